@@ -1,0 +1,49 @@
+//! Errors of the CLI, each saying what failed, why, and what to do next.
+
+use miette::Diagnostic;
+
+#[derive(Debug, thiserror::Error, Diagnostic)]
+pub enum Error {
+    #[error(transparent)]
+    Config(#[from] remora_config::Error),
+    #[error("target {target} not found: no such process (is the workload running?)")]
+    TargetNotFound { target: String },
+    #[error(
+        "{target}: {kind} targets need a Kubernetes cluster, which this build cannot reach yet"
+    )]
+    #[diagnostic(help("on the local platform use pid/<PID>"))]
+    UnsupportedTarget { target: String, kind: String },
+    #[error("no target given")]
+    #[diagnostic(help("pass --target pid/<PID> (or set `target` in remora.toml / REMORA_TARGET)"))]
+    NoTarget,
+    #[error("remora needs privileges to enter the namespaces of {target}")]
+    #[diagnostic(help(
+        "run as root (e.g. with sudo), or give remora CAP_SYS_ADMIN + CAP_NET_ADMIN + CAP_SYS_PTRACE"
+    ))]
+    NotPrivileged { target: String },
+    #[error("cannot find {what} (looked in {looked})")]
+    #[diagnostic(help("set {env} to its path, or reinstall remora"))]
+    MissingComponent {
+        what: String,
+        looked: String,
+        env: String,
+    },
+    #[error("the agent for {target} did not start: {reason}")]
+    AgentStart { target: String, reason: String },
+    #[error("the intproxy did not start: {reason}")]
+    IntproxyStart { reason: String },
+    #[error("fetching the environment of {target}: {reason}")]
+    Env { target: String, reason: String },
+    #[error("cannot run `{program}`: {source}")]
+    Exec {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("intproxy: {0}")]
+    Intproxy(#[from] remora_intproxy::Error),
+    #[error("{0}")]
+    Io(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

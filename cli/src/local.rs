@@ -1,0 +1,126 @@
+//! The local platform: targets are processes on this machine (`pid/<PID>`),
+//! the agent is a local privileged process, and both background processes are
+//! started here.
+//!
+//! Process tree: `remora run` starts `remora intproxy --detach`, which starts
+//! the real intproxy in its own session and exits at once, so the intproxy is
+//! never a child of the user's command (a `wait()` there must not wait for
+//! remora). The intproxy starts the agent as its own child and stops it when
+//! it exits.
+
+use crate::error::{Error, Result};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// Environment variable overriding where the agent binary is.
+pub const AGENT_BIN_ENV: &str = "REMORA_AGENT_BIN";
+/// Environment variable overriding where the layer library is.
+pub const LAYER_PATH_ENV: &str = "REMORA_LAYER_PATH";
+/// Prefix of the line an intproxy prints when it could not start.
+pub const FAILED_PREFIX: &str = "REMORA_INTPROXY_FAILED";
+/// Prefix of the agent's ready line.
+pub const AGENT_READY_PREFIX: &str = "REMORA_AGENT_LISTENING";
+
+/// Find a file shipped next to the `remora` binary (or named by `env`).
+pub fn find_component(file_name: &str, env: &str) -> Result<PathBuf> {
+    if let Some(path) = std::env::var_os(env) {
+        let path = PathBuf::from(path);
+        if path.exists() {
+            return Ok(path);
+        }
+        return Err(Error::MissingComponent {
+            what: file_name.into(),
+            looked: path.display().to_string(),
+            env: env.into(),
+        });
+    }
+    let exe = std::env::current_exe().map_err(|e| Error::Io(format!("locating remora: {e}")))?;
+    let dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    // cargo puts test binaries one level deeper (target/debug/deps).
+    let candidates = [dir.join(file_name), dir.join("..").join(file_name)];
+    for c in &candidates {
+        if c.exists() {
+            return Ok(c.clone());
+        }
+    }
+    Err(Error::MissingComponent {
+        what: file_name.into(),
+        looked: dir.display().to_string(),
+        env: env.into(),
+    })
+}
+
+/// Fail fast and clearly when the target process does not exist.
+pub fn check_target(pid: u32, target: &str) -> Result<()> {
+    if Path::new(&format!("/proc/{pid}")).exists() {
+        Ok(())
+    } else {
+        Err(Error::TargetNotFound {
+            target: target.into(),
+        })
+    }
+}
+
+/// Root, or the three capabilities the agent needs.
+pub fn check_privileges(target: &str) -> Result<()> {
+    if nix::unistd::geteuid().is_root() {
+        return Ok(());
+    }
+    const NEEDED: u64 = (1 << 21) | (1 << 12) | (1 << 19); // SYS_ADMIN, NET_ADMIN, SYS_PTRACE
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0);
+    if eff & NEEDED == NEEDED {
+        Ok(())
+    } else {
+        Err(Error::NotPrivileged {
+            target: target.into(),
+        })
+    }
+}
+
+/// What a background process said on its first stdout line.
+#[derive(Debug)]
+pub enum Ready {
+    Line(String),
+    Eof,
+    Timeout,
+}
+
+/// Wait for the first line on `stdout` (without blocking forever).
+pub fn first_line(stdout: ChildStdout, timeout: Duration) -> Ready {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let got = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(match got {
+            Ok(0) | Err(_) => None,
+            Ok(_) => Some(line.trim_end().to_string()),
+        });
+    });
+    match rx.recv_timeout(timeout) {
+        Ok(Some(line)) => Ready::Line(line),
+        Ok(None) => Ready::Eof,
+        Err(_) => Ready::Timeout,
+    }
+}
+
+/// Describe how a child ended, for error messages.
+pub fn exit_of(child: &mut Child) -> String {
+    match child.try_wait() {
+        Ok(Some(status)) => format!("it exited with {status}"),
+        _ => "it is not responding".into(),
+    }
+}
+
+/// Parse `PREFIX addr`.
+pub fn parse_ready(line: &str, prefix: &str) -> Option<SocketAddr> {
+    line.strip_prefix(prefix)?.trim().parse().ok()
+}

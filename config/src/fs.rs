@@ -1,0 +1,236 @@
+//! File policy: for an absolute path and an access kind, whether the layer opens
+//! the file locally, reads or writes it in the target, or pretends it is missing.
+
+use regex::RegexSet;
+use std::borrow::Cow;
+
+use crate::{FsConfig, FsMode, Issues, Result};
+
+/// Paths that stay local whatever `fs.mode` says (user lists still win). They
+/// hold what the local process needs to run at all: its loader, libraries,
+/// interpreters, terminal, temporary files and the developer's own dotfiles.
+pub const DEFAULT_LOCAL: &[&str] = &[
+    // Kernel views of the local process and machine (the layer asks the agent
+    // explicitly when it wants the target's).
+    r"^/proc(/|$)",
+    r"^/sys(/|$)",
+    // Devices: terminals, /dev/null, /dev/urandom.
+    r"^/dev(/|$)",
+    // Shared libraries wherever they live (`libfoo.so`, `libfoo.so.1.2`).
+    r"\.so(\.\d+)*$",
+    // Library trees; also cover /usr/lib/python3.*, /usr/local/lib/python3.*, node, perl.
+    r"^/lib(/|$)",
+    r"^/lib64(/|$)",
+    r"^/usr/lib(/|$)",
+    r"^/usr/lib64(/|$)",
+    r"^/usr/local/lib(/|$)",
+    // Architecture-independent data: locales, zoneinfo, terminfo, man pages.
+    r"^/usr/share(/|$)",
+    // Executables the local process may exec.
+    r"^/bin(/|$)",
+    r"^/sbin(/|$)",
+    r"^/usr/bin(/|$)",
+    r"^/usr/sbin(/|$)",
+    r"^/usr/local/bin(/|$)",
+    // The dynamic loader's cache and configuration.
+    r"^/etc/ld\.so\.",
+    // How local libc looks up users and hosts (the layer hooks DNS itself).
+    r"^/etc/nsswitch\.conf$",
+    // The local timezone.
+    r"^/etc/localtime$",
+    // Local TLS trust roots, matching the local libraries that read them.
+    r"^/etc/ssl(/|$)",
+    r"^/etc/ca-certificates(/|$)",
+    // Debian's alternatives symlinks for local executables.
+    r"^/etc/alternatives(/|$)",
+    // Local users and groups, so `getpwuid` names the developer.
+    r"^/etc/passwd$",
+    r"^/etc/group$",
+    // Temporary files and per-user runtime directories (sockets, locks).
+    r"^/tmp(/|$)",
+    r"^/var/tmp(/|$)",
+    r"^/run/user(/|$)",
+    // Dotfiles and dot-directories in home directories (shell, git, pyenv, cargo, caches).
+    r"^/home/[^/]+/\.",
+    r"^/root/\.",
+    // Language package trees installed anywhere (virtualenvs, project dependencies).
+    r"/site-packages(/|$)",
+    r"/dist-packages(/|$)",
+    r"/node_modules(/|$)",
+    // Package managers' stores.
+    r"^/nix/store(/|$)",
+    r"^/opt/homebrew(/|$)",
+];
+
+/// What the layer does with one file operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FsDecision {
+    /// Call the local libc function.
+    Local,
+    /// Open the target's file for reading.
+    Remote,
+    /// Open the target's file with writing allowed.
+    RemoteWrite,
+    /// Fail with `ENOENT`.
+    NotFound,
+}
+
+/// [`FsConfig`] compiled for the layer: decide with [`FsPolicy::decide`] on every call.
+#[derive(Debug, Clone)]
+pub struct FsPolicy {
+    mode: FsMode,
+    not_found: RegexSet,
+    local: RegexSet,
+    read_write: RegexSet,
+    read_only: RegexSet,
+    default_local: RegexSet,
+    local_prefixes: Vec<String>,
+}
+
+impl FsPolicy {
+    /// Compiles the user's lists and the built-in [`DEFAULT_LOCAL`] list.
+    ///
+    /// # Errors
+    /// [`crate::Error::Invalid`] naming every invalid regex (`fs.read_only[2]: ...`).
+    pub fn new(config: &FsConfig) -> Result<FsPolicy> {
+        let mut issues = Issues::default();
+        let mut compile = |key: &str, patterns: &[String]| {
+            compile_set(key, patterns, &mut issues).unwrap_or_else(RegexSet::empty)
+        };
+        let not_found = compile("fs.not_found", &config.not_found);
+        let local = compile("fs.local", &config.local);
+        let read_write = compile("fs.read_write", &config.read_write);
+        let read_only = compile("fs.read_only", &config.read_only);
+        // Cannot fail: the built-in patterns are constants covered by the tests.
+        let default_local = RegexSet::new(DEFAULT_LOCAL).expect("built-in patterns compile");
+        issues.into_result(FsPolicy {
+            mode: config.mode,
+            not_found,
+            local,
+            read_write,
+            read_only,
+            default_local,
+            local_prefixes: Vec::new(),
+        })
+    }
+
+    /// Adds directories that stay local like the built-in list (the layer adds
+    /// the working directory and the executable's directory). A prefix matches
+    /// itself and everything under it. `/` and relative paths are ignored: a
+    /// process started from `/` must not make every file local.
+    pub fn with_local_prefixes(mut self, prefixes: Vec<String>) -> FsPolicy {
+        let prefixes = prefixes.into_iter().filter_map(|p| {
+            let trimmed = p.trim_end_matches('/');
+            trimmed.starts_with('/').then(|| trimmed.to_owned())
+        });
+        self.local_prefixes.extend(prefixes);
+        self
+    }
+
+    /// Decides one operation on `path`; `write` is true when the file is opened
+    /// for writing (or created, truncated, renamed, removed). Relative paths are
+    /// local (the caller resolves them first); `.` and `..` are resolved lexically.
+    pub fn decide(&self, path: &str, write: bool) -> FsDecision {
+        if !path.starts_with('/') {
+            return FsDecision::Local;
+        }
+        let path = normalize(path);
+        let path = path.as_ref();
+        if self.not_found.is_match(path) {
+            FsDecision::NotFound
+        } else if self.local.is_match(path) {
+            FsDecision::Local
+        } else if self.read_write.is_match(path) {
+            if write {
+                FsDecision::RemoteWrite
+            } else {
+                FsDecision::Remote
+            }
+        } else if self.read_only.is_match(path) {
+            if write {
+                FsDecision::Local
+            } else {
+                FsDecision::Remote
+            }
+        } else if self.default_local.is_match(path) || self.has_local_prefix(path) {
+            FsDecision::Local
+        } else {
+            match (self.mode, write) {
+                (FsMode::Local, _) | (FsMode::Read, true) => FsDecision::Local,
+                (FsMode::Read, false) | (FsMode::Write, false) => FsDecision::Remote,
+                (FsMode::Write, true) => FsDecision::RemoteWrite,
+            }
+        }
+    }
+
+    fn has_local_prefix(&self, path: &str) -> bool {
+        self.local_prefixes.iter().any(|prefix| {
+            path.strip_prefix(prefix.as_str())
+                .is_some_and(|r| r.is_empty() || r.starts_with('/'))
+        })
+    }
+}
+
+/// Compiles `patterns` into one set, recording each invalid one as `key[i]`.
+pub(crate) fn compile_set(key: &str, patterns: &[String], issues: &mut Issues) -> Option<RegexSet> {
+    let before = issues.0.len();
+    for (i, pattern) in patterns.iter().enumerate() {
+        if let Err(err) = regex::Regex::new(pattern) {
+            issues.push(format!("{key}[{i}]"), regex_message(pattern, &err));
+        }
+    }
+    if issues.0.len() > before {
+        return None;
+    }
+    match RegexSet::new(patterns) {
+        Ok(set) => Some(set),
+        Err(err) => {
+            // Each pattern compiled alone; together they can still exceed the size limit.
+            issues.push(key, format!("{err} (use fewer or simpler patterns)"));
+            None
+        }
+    }
+}
+
+/// `invalid regex "(": <regex's explanation>`, one line.
+pub(crate) fn regex_message(pattern: &str, err: &regex::Error) -> String {
+    let why = match err {
+        regex::Error::Syntax(text) => {
+            // The syntax error is a multi-line drawing; its last line says what is wrong.
+            text.lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or(text)
+                .trim()
+                .to_owned()
+        }
+        other => other.to_string(),
+    };
+    let why = why.strip_prefix("error: ").unwrap_or(&why);
+    format!("invalid regex {pattern:?}: {why} (see https://docs.rs/regex/#syntax)")
+}
+
+/// Resolves `.`, `..` and repeated slashes without touching the file system.
+fn normalize(path: &str) -> Cow<'_, str> {
+    let clean = !path.contains("//")
+        && !path.contains("/./")
+        && !path.contains("/..")
+        && !path.ends_with("/.");
+    if clean {
+        return Cow::Borrowed(path);
+    }
+    let mut parts: Vec<&str> = Vec::new();
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            other => parts.push(other),
+        }
+    }
+    Cow::Owned(format!("/{}", parts.join("/")))
+}
+
+#[cfg(test)]
+mod tests;

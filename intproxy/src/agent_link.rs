@@ -1,0 +1,341 @@
+//! The intproxy's single connection to the agent, as an actor.
+//!
+//! [`AgentLinkTask`] owns the framed connection and the tables of in-flight
+//! requests and open streams; everything else talks to it through an
+//! [`AgentApi`]. When the link dies every waiter gets an `Unavailable` error
+//! at once and later calls fail immediately, so nothing ever hangs on a dead
+//! agent.
+
+use crate::IntProxyConfig;
+use crate::error::{Error, Result};
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use remora_protocol::codec::FrameCodec;
+use remora_protocol::handshake::PROTOCOL_VERSION;
+use remora_protocol::outgoing::{Connected, OutgoingClient, OutgoingServer};
+use remora_protocol::session::LogLevel;
+use remora_protocol::{
+    Capabilities, ClientMessage, ConnectionId, ErrorCode, Hello, HelloReply, RemoteAddr,
+    RemoteError, RemoteResult, Request, RequestId, Response, ServerMessage,
+};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::codec::Framed;
+
+/// Commands queued to the link task. Bounded: callers wait when the agent is slow.
+const COMMAND_CAPACITY: usize = 1024;
+/// Events buffered per outgoing stream (each at most one 64 KiB chunk).
+pub const STREAM_EVENT_CAPACITY: usize = 64;
+
+/// What happens on an outgoing stream, as seen from the agent.
+#[derive(Debug)]
+pub enum StreamEvent {
+    Data(Bytes),
+    ShutdownWrite,
+    Closed(Option<RemoteError>),
+}
+
+#[derive(Debug)]
+enum Command {
+    Request {
+        request: Request,
+        reply: oneshot::Sender<RemoteResult<Response>>,
+    },
+    Connect {
+        transport: remora_protocol::net::Transport,
+        remote: RemoteAddr,
+        /// agent --stream events--> interceptor task
+        events_tx: mpsc::Sender<StreamEvent>,
+        reply: oneshot::Sender<RemoteResult<(ConnectionId, Connected)>>,
+    },
+    Send(ClientMessage),
+}
+
+/// Cheap, cloneable handle to the link.
+#[derive(Debug, Clone)]
+pub struct AgentApi {
+    /// callers --commands--> link task
+    command_tx: mpsc::Sender<Command>,
+    dead: Arc<Mutex<Option<String>>>,
+}
+
+fn unavailable(reason: &str) -> RemoteError {
+    RemoteError::new(
+        ErrorCode::Unavailable,
+        format!("remora agent unavailable: {reason}"),
+    )
+}
+
+impl AgentApi {
+    fn dead_error(&self) -> RemoteError {
+        let reason = self.dead.lock().ok().and_then(|d| d.clone());
+        unavailable(reason.as_deref().unwrap_or("connection closed"))
+    }
+
+    /// Send a request and wait for its reply.
+    pub async fn request(&self, request: Request) -> RemoteResult<Response> {
+        let (reply, rx) = oneshot::channel();
+        if self
+            .command_tx
+            .send(Command::Request { request, reply })
+            .await
+            .is_err()
+        {
+            return Err(self.dead_error());
+        }
+        rx.await.unwrap_or_else(|_| Err(self.dead_error()))
+    }
+
+    /// Open a stream from the target; returns its id, what the target says
+    /// about it, and the receiver of its events.
+    pub async fn connect(
+        &self,
+        transport: remora_protocol::net::Transport,
+        remote: RemoteAddr,
+    ) -> RemoteResult<(ConnectionId, Connected, mpsc::Receiver<StreamEvent>)> {
+        let (events_tx, events_rx) = mpsc::channel(STREAM_EVENT_CAPACITY);
+        let (reply, rx) = oneshot::channel();
+        let cmd = Command::Connect {
+            transport,
+            remote,
+            events_tx,
+            reply,
+        };
+        if self.command_tx.send(cmd).await.is_err() {
+            return Err(self.dead_error());
+        }
+        let (conn, connected) = rx.await.unwrap_or_else(|_| Err(self.dead_error()))?;
+        Ok((conn, connected, events_rx))
+    }
+
+    /// Send a stream message (data, shutdown, close). Errors mean the link is gone.
+    pub async fn send(&self, msg: OutgoingClient) -> RemoteResult<()> {
+        self.command_tx
+            .send(Command::Send(ClientMessage::Outgoing(msg)))
+            .await
+            .map_err(|_| self.dead_error())
+    }
+}
+
+type AgentFramed = Framed<TcpStream, FrameCodec<ServerMessage, ClientMessage>>;
+
+/// Connect, handshake and start the link task.
+pub async fn connect(config: &IntProxyConfig) -> Result<AgentApi> {
+    let addr = config.agent;
+    let stream = TcpStream::connect(addr)
+        .await
+        .map_err(|source| Error::AgentConnect { addr, source })?;
+    stream.set_nodelay(true).ok();
+    let mut hs = Framed::new(stream, FrameCodec::<HelloReply, Hello>::default());
+    let hello = Hello {
+        version: PROTOCOL_VERSION,
+        capabilities: Capabilities::ALL,
+        token: config.agent_token.clone(),
+        client: config.identity.clone(),
+        target: config.target.clone(),
+    };
+    let handshake_error = |reason: String| Error::Handshake { addr, reason };
+    hs.send(hello)
+        .await
+        .map_err(|e| handshake_error(e.to_string()))?;
+    match hs.next().await {
+        Some(Ok(HelloReply::Accepted { .. })) => {}
+        Some(Ok(HelloReply::Rejected {
+            reason,
+            server_protocol,
+            server_version,
+        })) => {
+            return Err(Error::Rejected {
+                reason,
+                server_version,
+                server_protocol: server_protocol.to_string(),
+                ours: PROTOCOL_VERSION.to_string(),
+            });
+        }
+        Some(Err(e)) => return Err(handshake_error(e.to_string())),
+        None => return Err(handshake_error("connection closed during handshake".into())),
+    }
+    let framed: AgentFramed = hs.map_codec(|_| FrameCodec::default());
+    let (command_tx, command_rx) = mpsc::channel(COMMAND_CAPACITY);
+    let dead = Arc::new(Mutex::new(None));
+    let task = AgentLinkTask {
+        framed,
+        command_rx,
+        next_request: 1,
+        next_conn: 1,
+        pending: HashMap::new(),
+        connecting: HashMap::new(),
+        streams: HashMap::new(),
+        dead: dead.clone(),
+    };
+    tokio::spawn(task.run());
+    Ok(AgentApi { command_tx, dead })
+}
+
+type ConnectReply = oneshot::Sender<RemoteResult<(ConnectionId, Connected)>>;
+
+/// Owns the connection and the routing tables.
+struct AgentLinkTask {
+    framed: AgentFramed,
+    command_rx: mpsc::Receiver<Command>,
+    next_request: u64,
+    next_conn: u64,
+    pending: HashMap<RequestId, oneshot::Sender<RemoteResult<Response>>>,
+    connecting: HashMap<ConnectionId, (mpsc::Sender<StreamEvent>, ConnectReply)>,
+    streams: HashMap<ConnectionId, mpsc::Sender<StreamEvent>>,
+    dead: Arc<Mutex<Option<String>>>,
+}
+
+impl AgentLinkTask {
+    async fn run(mut self) {
+        let reason = loop {
+            tokio::select! {
+                cmd = self.command_rx.recv() => match cmd {
+                    Some(cmd) => if let Err(e) = self.on_command(cmd).await {
+                        break format!("sending to the agent: {e}");
+                    },
+                    // Every handle dropped: orderly goodbye.
+                    None => {
+                        let _ = self.framed.send(ClientMessage::Bye).await;
+                        break "intproxy shutting down".to_string();
+                    }
+                },
+                msg = self.framed.next() => match msg {
+                    Some(Ok(ServerMessage::Closing { reason })) => {
+                        eprintln!("remora: the agent ended the session: {reason}");
+                        break reason;
+                    }
+                    Some(Ok(msg)) => self.on_message(msg).await,
+                    Some(Err(e)) => break format!("reading from the agent: {e}"),
+                    None => break "the agent closed the connection".to_string(),
+                },
+            }
+        };
+        self.shut_down(&reason);
+    }
+
+    async fn on_command(&mut self, cmd: Command) -> Result<(), remora_protocol::CodecError> {
+        match cmd {
+            Command::Request { request, reply } => {
+                let id = RequestId(self.next_request);
+                self.next_request += 1;
+                self.pending.insert(id, reply);
+                self.framed
+                    .send(ClientMessage::Request { id, request })
+                    .await
+            }
+            Command::Connect {
+                transport,
+                remote,
+                events_tx,
+                reply,
+            } => {
+                let conn = ConnectionId(self.next_conn);
+                self.next_conn += 1;
+                self.connecting.insert(conn, (events_tx, reply));
+                self.framed
+                    .send(ClientMessage::Outgoing(OutgoingClient::Connect {
+                        conn,
+                        transport,
+                        remote,
+                    }))
+                    .await
+            }
+            Command::Send(msg) => {
+                if let ClientMessage::Outgoing(OutgoingClient::Close { conn }) = &msg {
+                    self.streams.remove(conn);
+                }
+                self.framed.send(msg).await
+            }
+        }
+    }
+
+    async fn on_message(&mut self, msg: ServerMessage) {
+        match msg {
+            ServerMessage::Response { id, result } => {
+                if let Some(reply) = self.pending.remove(&id) {
+                    let _ = reply.send(result);
+                }
+            }
+            ServerMessage::Outgoing(OutgoingServer::Connected { conn, result }) => {
+                if let Some((events_tx, reply)) = self.connecting.remove(&conn) {
+                    match result {
+                        Ok(connected) => {
+                            self.streams.insert(conn, events_tx);
+                            if reply.send(Ok((conn, connected))).is_err() {
+                                // The requester gave up: release the stream.
+                                self.streams.remove(&conn);
+                                let _ = self
+                                    .framed
+                                    .send(ClientMessage::Outgoing(OutgoingClient::Close { conn }))
+                                    .await;
+                            }
+                        }
+                        Err(e) => {
+                            let _ = reply.send(Err(e));
+                        }
+                    }
+                }
+            }
+            ServerMessage::Outgoing(OutgoingServer::Data { conn, data }) => {
+                self.deliver(conn, StreamEvent::Data(data)).await;
+            }
+            ServerMessage::Outgoing(OutgoingServer::ShutdownWrite { conn }) => {
+                self.deliver(conn, StreamEvent::ShutdownWrite).await;
+            }
+            ServerMessage::Outgoing(OutgoingServer::Closed { conn, error }) => {
+                self.deliver(conn, StreamEvent::Closed(error)).await;
+                self.streams.remove(&conn);
+            }
+            ServerMessage::Incoming(_) => {
+                tracing::debug!("ignoring incoming-traffic message: not subscribed");
+            }
+            ServerMessage::Log { level, message } => {
+                let prefix = match level {
+                    LogLevel::Info => "",
+                    LogLevel::Warn => "warning: ",
+                    LogLevel::Error => "error: ",
+                };
+                eprintln!("remora: {prefix}{message}");
+            }
+            ServerMessage::Closing { .. } => unreachable!("handled by run()"),
+        }
+    }
+
+    /// Hand a stream event to its interceptor. Waiting here applies
+    /// backpressure from a slow local reader to the whole link (there is no
+    /// per-stream credit yet); the per-stream buffer keeps that rare.
+    async fn deliver(&mut self, conn: ConnectionId, event: StreamEvent) {
+        if let Some(tx) = self.streams.get(&conn) {
+            if tx.send(event).await.is_err() {
+                // Interceptor gone: tell the agent to drop the stream.
+                self.streams.remove(&conn);
+                let _ = self
+                    .framed
+                    .send(ClientMessage::Outgoing(OutgoingClient::Close { conn }))
+                    .await;
+            }
+        }
+    }
+
+    fn shut_down(mut self, reason: &str) {
+        tracing::info!("agent link closed: {reason}");
+        if let Ok(mut dead) = self.dead.lock() {
+            *dead = Some(reason.to_string());
+        }
+        for (_, reply) in self.pending.drain() {
+            let _ = reply.send(Err(unavailable(reason)));
+        }
+        for (_, (_, reply)) in self.connecting.drain() {
+            let _ = reply.send(Err(unavailable(reason)));
+        }
+        for (_, tx) in self.streams.drain() {
+            let _ = tx.try_send(StreamEvent::Closed(Some(unavailable(reason))));
+        }
+        // Commands already queued are answered with errors by their senders
+        // noticing the dropped receiver.
+        self.command_rx.close();
+    }
+}

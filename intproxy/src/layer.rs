@@ -1,0 +1,136 @@
+//! Layer sessions: one connection per process of the run's tree.
+
+use crate::IntProxyConfig;
+use crate::agent_link::AgentApi;
+use crate::outgoing;
+use futures::{SinkExt, StreamExt};
+use remora_protocol::codec::FrameCodec;
+use remora_protocol::handshake::PROTOCOL_VERSION;
+use remora_protocol::messages::{
+    LayerHello, LayerHelloReply, LayerMessage, LayerRequest, LayerResponse, ProxyMessage,
+};
+use remora_protocol::{ErrorCode, RemoteError, RemoteResult};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+use tokio_util::codec::Framed;
+
+/// Live layer sessions and a wake-up for the lifetime watcher.
+#[derive(Debug, Default)]
+struct Sessions {
+    live: AtomicUsize,
+    ever: AtomicUsize,
+    changed: Notify,
+}
+
+/// Decrements the live count when a session task ends, however it ends.
+struct SessionGuard(Arc<Sessions>);
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        self.0.live.fetch_sub(1, Ordering::SeqCst);
+        self.0.changed.notify_one();
+    }
+}
+
+/// Accept layers until the process tree is gone (see the crate docs).
+pub async fn serve(
+    listener: TcpListener,
+    agent: AgentApi,
+    config: Arc<IntProxyConfig>,
+) -> crate::Result<()> {
+    let sessions = Arc::new(Sessions::default());
+    loop {
+        let idle_for = if sessions.ever.load(Ordering::SeqCst) == 0 {
+            config.first_connect_timeout
+        } else {
+            config.linger
+        };
+        let idle = async {
+            loop {
+                if sessions.live.load(Ordering::SeqCst) == 0 {
+                    tokio::select! {
+                        _ = tokio::time::sleep(idle_for) => return,
+                        _ = sessions.changed.notified() => {}
+                    }
+                } else {
+                    sessions.changed.notified().await;
+                }
+            }
+        };
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    stream.set_nodelay(true).ok();
+                    sessions.live.fetch_add(1, Ordering::SeqCst);
+                    sessions.ever.fetch_add(1, Ordering::SeqCst);
+                    let guard = SessionGuard(sessions.clone());
+                    let agent = agent.clone();
+                    let config = config.clone();
+                    tokio::spawn(async move {
+                        let _guard = guard;
+                        if let Err(e) = session(stream, agent, config).await {
+                            tracing::debug!("layer session ended: {e}");
+                        }
+                    });
+                }
+                Err(e) => tracing::warn!("accepting a layer: {e}"),
+            },
+            _ = idle => {
+                tracing::info!("no layer session left; intproxy exits");
+                return Ok(());
+            }
+        }
+    }
+}
+
+async fn session(
+    stream: TcpStream,
+    agent: AgentApi,
+    config: Arc<IntProxyConfig>,
+) -> Result<(), remora_protocol::CodecError> {
+    let mut hs = Framed::new(stream, FrameCodec::<LayerHello, LayerHelloReply>::default());
+    let Some(hello) = hs.next().await.transpose()? else {
+        return Ok(());
+    };
+    if hello.token != config.layer_token {
+        let reason = "invalid layer token".to_string();
+        hs.send(LayerHelloReply::Rejected { reason }).await?;
+        return Ok(());
+    }
+    if let Err(reason) = remora_protocol::handshake::negotiate(hello.version) {
+        hs.send(LayerHelloReply::Rejected { reason }).await?;
+        return Ok(());
+    }
+    hs.send(LayerHelloReply::Accepted {
+        version: PROTOCOL_VERSION,
+    })
+    .await?;
+    tracing::debug!(pid = hello.pid, program = %hello.program, "layer connected");
+    let mut framed = hs.map_codec(|_| FrameCodec::<LayerMessage, ProxyMessage>::default());
+    while let Some(msg) = framed.next().await {
+        let LayerMessage::Request { id, request } = msg?;
+        let result = handle(&agent, request).await;
+        framed.send(ProxyMessage::Response { id, result }).await?;
+    }
+    Ok(())
+}
+
+async fn handle(agent: &AgentApi, request: LayerRequest) -> RemoteResult<LayerResponse> {
+    match request {
+        LayerRequest::Remote(request) => agent.request(request).await.map(LayerResponse::Remote),
+        LayerRequest::ConnectOutgoing { transport, remote } => {
+            let (interceptor, remote_local) =
+                outgoing::intercept(agent.clone(), transport, remote).await?;
+            Ok(LayerResponse::Intercepted {
+                interceptor,
+                remote_local,
+            })
+        }
+        LayerRequest::Listen { .. } | LayerRequest::Unlisten { .. } => Err(RemoteError::new(
+            ErrorCode::Unsupported,
+            "incoming traffic is not implemented yet",
+        )),
+    }
+}

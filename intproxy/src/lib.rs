@@ -1,0 +1,93 @@
+//! The intproxy: one per `remora run`, between every layer of the run's
+//! process tree and the agent (or operator).
+//!
+//! - [`agent_link`]: the one multiplexed connection to the agent, as an actor
+//!   with a cheap [`agent_link::AgentApi`] handle.
+//! - [`layer`]: accepts layer sessions (one per process), authenticates them,
+//!   answers their requests in order.
+//! - [`outgoing`]: interceptors. For a remote outgoing stream it opens the
+//!   stream from the target first, then a local socket the layer connects the
+//!   application's socket to; bytes then flow through real kernel sockets.
+//!
+//! # Lifetime
+//! The intproxy lives exactly as long as the process tree it serves: it exits
+//! when no layer connected within [`IntProxyConfig::first_connect_timeout`], or
+//! when the last layer session has been gone for [`IntProxyConfig::linger`].
+//! Every layer connects from its constructor and keeps its connection for the
+//! life of its process, so "no sessions" means "no process left". If the agent
+//! goes away, layers keep being served: remote calls fail fast with
+//! `Unavailable` and a one-line warning, local calls are unaffected.
+
+pub mod agent_link;
+pub mod error;
+pub mod layer;
+pub mod outgoing;
+
+pub use error::{Error, Result};
+
+use remora_protocol::SessionToken;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+/// Line printed on stdout once the intproxy accepts layers.
+pub const READY_PREFIX: &str = "REMORA_INTPROXY_LISTENING";
+
+/// How to run an intproxy.
+#[derive(Debug, Clone)]
+pub struct IntProxyConfig {
+    /// The agent (or operator) to connect to.
+    pub agent: SocketAddr,
+    /// Token presented to the agent.
+    pub agent_token: SessionToken,
+    /// Token layers must present.
+    pub layer_token: SessionToken,
+    /// Who we are, for the agent's session list.
+    pub identity: remora_protocol::ClientIdentity,
+    /// Target name sent in the handshake.
+    pub target: Option<String>,
+    /// Where to accept layers (port 0 picks one).
+    pub listen: SocketAddr,
+    pub first_connect_timeout: Duration,
+    pub linger: Duration,
+}
+
+/// A bound, connected intproxy ready to [`IntProxy::run`].
+#[derive(Debug)]
+pub struct IntProxy {
+    listener: TcpListener,
+    agent: agent_link::AgentApi,
+    config: Arc<IntProxyConfig>,
+}
+
+impl IntProxy {
+    /// Connect to the agent (handshake included) and bind the layer listener.
+    pub async fn start(config: IntProxyConfig) -> Result<IntProxy> {
+        let agent = agent_link::connect(&config).await?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| Error::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        Ok(IntProxy {
+            listener,
+            agent,
+            config: Arc::new(config),
+        })
+    }
+
+    /// Where layers connect.
+    pub fn local_addr(&self) -> Result<SocketAddr> {
+        self.listener.local_addr().map_err(|source| Error::Bind {
+            addr: self.config.listen,
+            source,
+        })
+    }
+
+    /// Serve layers until the process tree is gone.
+    pub async fn run(self) -> Result<()> {
+        layer::serve(self.listener, self.agent, self.config).await
+    }
+}
