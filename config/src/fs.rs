@@ -26,6 +26,9 @@ pub const DEFAULT_LOCAL: &[&str] = &[
     r"^/usr/local/lib(/|$)",
     // Architecture-independent data: locales, zoneinfo, terminfo, man pages.
     r"^/usr/share(/|$)",
+    // Everything else under /usr (libexec, include, local installs such as
+    // /usr/local/sbin that shells probe on every PATH lookup).
+    r"^/usr(/|$)",
     // Executables the local process may exec.
     r"^/bin(/|$)",
     r"^/sbin(/|$)",
@@ -53,6 +56,13 @@ pub const DEFAULT_LOCAL: &[&str] = &[
     // Dotfiles and dot-directories in home directories (shell, git, pyenv, cargo, caches).
     r"^/home/[^/]+/\.",
     r"^/root/\.",
+    // Home directories themselves (shells and interpreters stat them at start).
+    r"^/home/[^/]+$",
+    r"^/root$",
+    // Local shell start-up files and resolver tuning of the local libc.
+    r"^/etc/(bash\.bashrc|profile|inputrc|environment)$",
+    r"^/etc/profile\.d(/|$)",
+    r"^/etc/(gai|host)\.conf$",
     // Language package trees installed anywhere (virtualenvs, project dependencies).
     r"/site-packages(/|$)",
     r"/dist-packages(/|$)",

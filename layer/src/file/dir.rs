@@ -1,0 +1,481 @@
+//! Remote directory streams: `opendir`/`fdopendir` of a remote directory
+//! return a fake `DIR*` that pages entries from the agent with
+//! `ReadDirBatch`; `readdir`, `closedir`, `dirfd`, `rewinddir`, `telldir` and
+//! `seekdir` recognise it by address and pass every other `DIR*` to libc.
+//!
+//! glibc's own `scandir`, `glob`, `ftw`/`nftw` and `fts_*` call its internal
+//! `opendir`, which interposition cannot reach: they list the local directory.
+//! gnulib's `fts` (`find`, `du`, `grep -r`) uses `openat(O_DIRECTORY)` +
+//! `fdopendir`, which are hooked.
+
+use super::hooks::cstr;
+use super::ops::{self, Routed};
+use super::{FileInfo, RemoteHandle, stat};
+use crate::error::{HookError, HookResult, errno_of, set_errno};
+use crate::fd::{self, Managed, Shared};
+use crate::guard::DetourGuard;
+use crate::real::real;
+use libc::{DIR, c_char, c_int, c_long, dirent, dirent64};
+use parking_lot::Mutex;
+use remora_protocol::fs::{DirEntry, FileType, Metadata};
+use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// The head of glibc's `struct __dirstream`. A fake `DIR` starts with it so
+/// that a libc function the layer does not hook (and that reads the stream
+/// directly) finds an empty buffer and fails cleanly on the fd instead of
+/// reading garbage.
+#[repr(C)]
+#[derive(Debug)]
+struct GlibcDirHead {
+    fd: c_int,
+    lock: c_int,
+    allocation: usize,
+    size: usize,
+    offset: usize,
+    filepos: i64,
+    errcode: c_int,
+}
+
+/// One open remote directory stream; `*mut DIR` points at it.
+#[repr(C)]
+struct RemoteDir {
+    head: GlibcDirHead,
+    path: Arc<str>,
+    metadata: Metadata,
+    /// `None` after a rewind, until the next read reopens the directory.
+    handle: Option<Shared<RemoteHandle>>,
+    pending: VecDeque<DirEntry>,
+    eof: bool,
+    /// Entries returned so far (what `telldir` reports).
+    pos: u64,
+    /// Entries still to drop after a `seekdir`.
+    skip: u64,
+    /// What `dirfd` returns: the `fdopendir` fd or a lazily made placeholder.
+    fd: c_int,
+    ent: dirent,
+    ent64: dirent64,
+}
+
+/// Addresses of the live fake `DIR`s.
+static DIRS: Mutex<Option<HashSet<usize>>> = Mutex::new(None);
+/// Number of live fake `DIR`s: local streams skip the lock when zero.
+static OPEN_DIRS: AtomicUsize = AtomicUsize::new(0);
+
+/// `d_type` for a protocol file type.
+pub fn d_type(file_type: FileType) -> u8 {
+    match file_type {
+        FileType::Regular => libc::DT_REG,
+        FileType::Directory => libc::DT_DIR,
+        FileType::Symlink => libc::DT_LNK,
+        FileType::Fifo => libc::DT_FIFO,
+        FileType::Socket => libc::DT_SOCK,
+        FileType::CharDevice => libc::DT_CHR,
+        FileType::BlockDevice => libc::DT_BLK,
+        FileType::Unknown => libc::DT_UNKNOWN,
+    }
+}
+
+macro_rules! fill_fn {
+    ($name:ident, $ty:ty) => {
+        /// Fill a C directory entry; names longer than 255 bytes are cut
+        /// (Linux file names cannot be longer). `off` is the `telldir`
+        /// position after this entry.
+        pub fn $name(ent: &mut $ty, entry: &DirEntry, off: u64) {
+            let name = entry.name.as_bytes();
+            let len = name.len().min(ent.d_name.len() - 1);
+            for (dst, &src) in ent.d_name.iter_mut().zip(&name[..len]) {
+                *dst = src as c_char;
+            }
+            ent.d_name[len] = 0;
+            ent.d_ino = entry.ino;
+            ent.d_off = off as i64;
+            ent.d_type = d_type(entry.file_type);
+            let header = std::mem::offset_of!($ty, d_name);
+            let reclen = (header + len + 1)
+                .next_multiple_of(8)
+                .min(std::mem::size_of::<$ty>());
+            ent.d_reclen = reclen as u16;
+        }
+    };
+}
+
+fill_fn!(fill_dirent, dirent);
+fill_fn!(fill_dirent64, dirent64);
+
+fn dot_entries(metadata: &Metadata) -> [DirEntry; 2] {
+    // The parent's inode is unknown; nothing relies on `..`'s d_ino.
+    let entry = |name: &str| DirEntry {
+        name: name.to_owned(),
+        ino: metadata.ino,
+        file_type: FileType::Directory,
+    };
+    [entry("."), entry("..")]
+}
+
+impl RemoteDir {
+    fn new(
+        path: Arc<str>,
+        metadata: Metadata,
+        handle: Shared<RemoteHandle>,
+        fd: c_int,
+    ) -> Box<Self> {
+        // SAFETY: dirent/dirent64 are plain old data; all-zero is valid.
+        let (ent, ent64) = unsafe { (std::mem::zeroed(), std::mem::zeroed()) };
+        let mut dir = Box::new(RemoteDir {
+            head: GlibcDirHead {
+                fd,
+                lock: 0,
+                allocation: 0,
+                size: 0,
+                offset: 0,
+                filepos: 0,
+                errcode: 0,
+            },
+            path,
+            metadata,
+            handle: Some(handle),
+            pending: VecDeque::new(),
+            eof: false,
+            pos: 0,
+            skip: 0,
+            fd,
+            ent,
+            ent64,
+        });
+        dir.pending.extend(dot_entries(&dir.metadata));
+        dir
+    }
+
+    /// The next entry, `None` at the end.
+    fn next(&mut self) -> HookResult<Option<DirEntry>> {
+        loop {
+            let handle = match &self.handle {
+                Some(handle) => handle.clone(),
+                None => {
+                    let reply = ops::open_dir(&self.path)?;
+                    let handle = Arc::new(RemoteHandle::new(reply.fd));
+                    self.handle = Some(handle.clone());
+                    self.pending.extend(dot_entries(&self.metadata));
+                    handle
+                }
+            };
+            if let Some(entry) = self.pending.pop_front() {
+                self.pos += 1;
+                self.head.filepos = self.pos as i64;
+                if self.skip > 0 {
+                    self.skip -= 1;
+                    continue;
+                }
+                return Ok(Some(entry));
+            }
+            if self.eof {
+                return Ok(None);
+            }
+            let batch = ops::read_dir_batch(&handle)?;
+            if batch.is_empty() {
+                self.eof = true;
+            }
+            // "." and ".." were produced already, whether or not the agent lists them.
+            self.pending.extend(
+                batch
+                    .into_iter()
+                    .filter(|e| e.name != "." && e.name != ".."),
+            );
+        }
+    }
+
+    /// Restart the listing (reopened lazily), then drop `skip` entries.
+    fn rewind(&mut self, skip: u64) {
+        self.handle = None;
+        self.pending.clear();
+        self.eof = false;
+        self.pos = 0;
+        self.skip = skip;
+        self.head.filepos = 0;
+    }
+}
+
+/// Run `f` on the fake `DIR` at `dirp`; `None` when `dirp` is not one.
+fn with_dir<R>(dirp: *mut DIR, f: impl FnOnce(&mut RemoteDir) -> R) -> Option<R> {
+    if dirp.is_null() || OPEN_DIRS.load(Ordering::Acquire) == 0 {
+        return None;
+    }
+    let dirs = DIRS.lock();
+    if !dirs.as_ref()?.contains(&(dirp as usize)) {
+        return None;
+    }
+    // SAFETY: registered addresses are live Box<RemoteDir>s (removed before
+    // being freed), and holding the registry lock makes this access exclusive.
+    Some(f(unsafe { &mut *dirp.cast::<RemoteDir>() }))
+}
+
+fn register(dir: Box<RemoteDir>) -> *mut DIR {
+    let ptr = Box::into_raw(dir);
+    DIRS.lock()
+        .get_or_insert_with(HashSet::new)
+        .insert(ptr as usize);
+    OPEN_DIRS.fetch_add(1, Ordering::Release);
+    ptr.cast()
+}
+
+/// `opendir` of a remote path.
+fn open(path: &std::ffi::CStr) -> HookResult<Routed<*mut DIR>> {
+    let path = match ops::locate(libc::AT_FDCWD, path, false)? {
+        Routed::Remote(path) => path,
+        Routed::Local(local) => return Ok(Routed::Local(local)),
+    };
+    let reply = ops::open_dir(&path)?;
+    if !stat::is_dir(reply.metadata.mode) && reply.metadata.mode != 0 {
+        // The handle closes on drop.
+        drop(RemoteHandle::new(reply.fd));
+        return Err(HookError::Errno(libc::ENOTDIR));
+    }
+    let handle = Arc::new(RemoteHandle::new(reply.fd));
+    Ok(Routed::Remote(register(RemoteDir::new(
+        path.into(),
+        reply.metadata,
+        handle,
+        -1,
+    ))))
+}
+
+/// `fdopendir` of a remote directory's placeholder fd (the stream owns it).
+fn open_fd(fd: c_int) -> HookResult<*mut DIR> {
+    let info = match fd::get(fd) {
+        Some(Managed::File(info)) if info.is_dir() => info,
+        Some(Managed::File(_)) => return Err(HookError::Errno(libc::ENOTDIR)),
+        _ => return Err(HookError::Bypass("not a remote directory")),
+    };
+    let reply = ops::open_dir(&info.path)?;
+    let handle = Arc::new(RemoteHandle::new(reply.fd));
+    Ok(register(RemoteDir::new(
+        info.path,
+        info.metadata,
+        handle,
+        fd,
+    )))
+}
+
+/// The fd of a fake stream, making its placeholder on first use.
+fn fd_of(dir: &mut RemoteDir) -> HookResult<c_int> {
+    if dir.fd < 0 {
+        let info = FileInfo {
+            path: dir.path.clone(),
+            metadata: dir.metadata,
+            remote: None,
+        };
+        // glibc's opendir opens with O_CLOEXEC; so does this.
+        dir.fd = ops::placeholder(info, true)?;
+        dir.head.fd = dir.fd;
+    }
+    Ok(dir.fd)
+}
+
+fn null_with(err: &HookError) -> *mut DIR {
+    set_errno(errno_of(err));
+    std::ptr::null_mut()
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn opendir(name: *const c_char) -> *mut DIR {
+    let real = real!(opendir: fn(*const c_char) -> *mut DIR);
+    let Some(_g) = DetourGuard::enter() else {
+        // SAFETY: forwarding the caller's arguments unchanged.
+        return unsafe { real(name) };
+    };
+    // SAFETY: opendir(3) contract: name is null or NUL-terminated.
+    let Some(path) = (unsafe { cstr(name) }) else {
+        return unsafe { real(name) };
+    };
+    match open(path) {
+        Ok(Routed::Remote(dirp)) => dirp,
+        // SAFETY: forwarding the caller's arguments unchanged.
+        Ok(Routed::Local(_)) | Err(HookError::Bypass(_)) => unsafe { real(name) },
+        Err(e) => null_with(&e),
+    }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn fdopendir(fd: c_int) -> *mut DIR {
+    let real = real!(fdopendir: fn(c_int) -> *mut DIR);
+    let Some(_g) = DetourGuard::enter() else {
+        // SAFETY: forwarding the caller's arguments unchanged.
+        return unsafe { real(fd) };
+    };
+    match open_fd(fd) {
+        Ok(dirp) => dirp,
+        // SAFETY: forwarding the caller's arguments unchanged.
+        Err(HookError::Bypass(_)) => unsafe { real(fd) },
+        Err(e) => null_with(&e),
+    }
+}
+
+/// Shared body of `readdir`/`readdir64`: `fill` copies the entry into the
+/// stream's own buffer and returns its address.
+fn next_entry<T>(
+    dirp: *mut DIR,
+    fill: impl FnOnce(&mut RemoteDir, &DirEntry) -> *mut T,
+) -> Option<*mut T> {
+    let _g = DetourGuard::enter()?;
+    let result = with_dir(dirp, |dir| {
+        dir.next().map(|entry| entry.map(|e| fill(dir, &e)))
+    })?;
+    Some(match result {
+        Ok(Some(ptr)) => ptr,
+        // End of stream: NULL with errno untouched.
+        Ok(None) => std::ptr::null_mut(),
+        Err(e) => {
+            set_errno(errno_of(&e));
+            std::ptr::null_mut()
+        }
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn readdir(dirp: *mut DIR) -> *mut dirent {
+    let real = real!(readdir: fn(*mut DIR) -> *mut dirent);
+    let fill = |dir: &mut RemoteDir, e: &DirEntry| {
+        fill_dirent(&mut dir.ent, e, dir.pos);
+        &mut dir.ent as *mut dirent
+    };
+    // SAFETY: a stream not made by the layer goes to libc unchanged.
+    next_entry(dirp, fill).unwrap_or_else(|| unsafe { real(dirp) })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn readdir64(dirp: *mut DIR) -> *mut dirent64 {
+    let real = real!(readdir64: fn(*mut DIR) -> *mut dirent64);
+    let fill = |dir: &mut RemoteDir, e: &DirEntry| {
+        fill_dirent64(&mut dir.ent64, e, dir.pos);
+        &mut dir.ent64 as *mut dirent64
+    };
+    // SAFETY: a stream not made by the layer goes to libc unchanged.
+    next_entry(dirp, fill).unwrap_or_else(|| unsafe { real(dirp) })
+}
+
+/// Shared body of `readdir_r`/`readdir64_r`.
+///
+/// # Safety
+/// `entry` and `result` must be valid for writes (readdir_r's contract).
+unsafe fn next_entry_r<T>(
+    dirp: *mut DIR,
+    entry: *mut T,
+    result: *mut *mut T,
+    fill: fn(&mut T, &DirEntry, u64),
+) -> Option<c_int> {
+    let _g = DetourGuard::enter()?;
+    let next = with_dir(dirp, |dir| dir.next().map(|e| e.map(|e| (e, dir.pos))))?;
+    Some(match next {
+        Ok(Some((e, pos))) => {
+            // SAFETY: caller guarantees entry and result are writable.
+            unsafe {
+                fill(&mut *entry, &e, pos);
+                *result = entry;
+            }
+            0
+        }
+        Ok(None) => {
+            // SAFETY: caller guarantees result is writable.
+            unsafe { *result = std::ptr::null_mut() };
+            0
+        }
+        Err(e) => errno_of(&e),
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn readdir_r(
+    dirp: *mut DIR,
+    entry: *mut dirent,
+    result: *mut *mut dirent,
+) -> c_int {
+    let real = real!(readdir_r: fn(*mut DIR, *mut dirent, *mut *mut dirent) -> c_int);
+    // SAFETY: readdir_r(3) contract; other streams go to libc unchanged.
+    unsafe {
+        next_entry_r(dirp, entry, result, fill_dirent).unwrap_or_else(|| real(dirp, entry, result))
+    }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn readdir64_r(
+    dirp: *mut DIR,
+    entry: *mut dirent64,
+    result: *mut *mut dirent64,
+) -> c_int {
+    let real = real!(readdir64_r: fn(*mut DIR, *mut dirent64, *mut *mut dirent64) -> c_int);
+    // SAFETY: readdir64_r(3) contract; other streams go to libc unchanged.
+    unsafe {
+        next_entry_r(dirp, entry, result, fill_dirent64)
+            .unwrap_or_else(|| real(dirp, entry, result))
+    }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn closedir(dirp: *mut DIR) -> c_int {
+    let real = real!(closedir: fn(*mut DIR) -> c_int);
+    let ours = !dirp.is_null()
+        && OPEN_DIRS.load(Ordering::Acquire) != 0
+        && DIRS
+            .lock()
+            .as_mut()
+            .is_some_and(|set| set.remove(&(dirp as usize)));
+    if !ours {
+        // SAFETY: a stream from libc's opendir.
+        return unsafe { real(dirp) };
+    }
+    OPEN_DIRS.fetch_sub(1, Ordering::Release);
+    let _g = DetourGuard::enter();
+    // SAFETY: the address came from Box::into_raw in `register` and was just
+    // unregistered, so nobody else can reach it.
+    let dir = unsafe { Box::from_raw(dirp.cast::<RemoteDir>()) };
+    if dir.fd >= 0 {
+        drop(fd::remove(dir.fd));
+        // SAFETY: the stream owns its fd (placeholder or fdopendir's).
+        unsafe { libc::close(dir.fd) };
+    }
+    // Dropping the handle closes the remote directory.
+    drop(dir);
+    0
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn dirfd(dirp: *mut DIR) -> c_int {
+    let real = real!(dirfd: fn(*mut DIR) -> c_int);
+    let ours = DetourGuard::enter().and_then(|_g| with_dir(dirp, fd_of));
+    match ours {
+        Some(Ok(fd)) => fd,
+        Some(Err(e)) => crate::error::fail(&e),
+        // SAFETY: a stream from libc's opendir.
+        None => unsafe { real(dirp) },
+    }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn rewinddir(dirp: *mut DIR) {
+    let real = real!(rewinddir: fn(*mut DIR) -> ());
+    let ours = DetourGuard::enter().and_then(|_g| with_dir(dirp, |d| d.rewind(0)));
+    if ours.is_none() {
+        // SAFETY: a stream from libc's opendir.
+        unsafe { real(dirp) }
+    }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn telldir(dirp: *mut DIR) -> c_long {
+    let real = real!(telldir: fn(*mut DIR) -> c_long);
+    let ours = DetourGuard::enter().and_then(|_g| with_dir(dirp, |d| d.pos as c_long));
+    // SAFETY: a stream from libc's opendir.
+    ours.unwrap_or_else(|| unsafe { real(dirp) })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn seekdir(dirp: *mut DIR, loc: c_long) {
+    let real = real!(seekdir: fn(*mut DIR, c_long) -> ());
+    let ours = DetourGuard::enter().and_then(|_g| with_dir(dirp, |d| d.rewind(loc.max(0) as u64)));
+    if ours.is_none() {
+        // SAFETY: a stream from libc's opendir.
+        unsafe { real(dirp, loc) }
+    }
+}

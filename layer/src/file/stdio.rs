@@ -1,0 +1,228 @@
+//! stdio entry points. glibc's `fopen` opens through internal symbols that
+//! interposition cannot see, so `fopen` itself is hooked: a remote snapshot
+//! or directory becomes `fdopen(fd)`, a remote handle a `fopencookie` stream
+//! whose callbacks forward to the agent (such a stream has no fd: `fileno`
+//! returns -1). `fclose` is hooked because glibc closes the fd internally,
+//! behind the `close` hook's back.
+
+use super::RemoteHandle;
+use super::hooks::{cstr, out_slice};
+use super::ops::{self, Opened, Routed};
+use crate::error::{HookError, HookResult, errno_of, fail, set_errno};
+use crate::fd::{self, Shared};
+use crate::guard::DetourGuard;
+use crate::real::real;
+use libc::{FILE, c_char, c_int, c_void, off64_t, size_t, ssize_t};
+use std::ffi::CStr;
+
+/// glibc's `cookie_io_functions_t`.
+#[repr(C)]
+struct CookieIoFunctions {
+    read: Option<unsafe extern "C" fn(*mut c_void, *mut c_char, size_t) -> ssize_t>,
+    write: Option<unsafe extern "C" fn(*mut c_void, *const c_char, size_t) -> ssize_t>,
+    seek: Option<unsafe extern "C" fn(*mut c_void, *mut off64_t, c_int) -> c_int>,
+    close: Option<unsafe extern "C" fn(*mut c_void) -> c_int>,
+}
+
+unsafe extern "C" {
+    fn fopencookie(cookie: *mut c_void, mode: *const c_char, io: CookieIoFunctions) -> *mut FILE;
+}
+
+/// The state behind a cookie stream: the agent's handle, closed on drop.
+#[derive(Debug)]
+struct Cookie {
+    handle: Shared<RemoteHandle>,
+}
+
+/// A remote `fopen`'s result before it becomes a `FILE`.
+enum Stream {
+    Fd(c_int),
+    Handle(Shared<RemoteHandle>),
+}
+
+fn open(path: &CStr, flags: c_int) -> HookResult<Routed<Stream>> {
+    let path = match ops::locate(libc::AT_FDCWD, path, ops::opens_for_write(flags))? {
+        Routed::Remote(path) => path,
+        Routed::Local(local) => return Ok(Routed::Local(local)),
+    };
+    // fopen creates files with 0666 (minus the umask, applied by the agent).
+    match ops::open_remote(path, flags, 0o666)? {
+        Opened::Native(fd) => Ok(Routed::Remote(Stream::Fd(fd))),
+        Opened::Handle(info) => match info.remote {
+            Some(handle) => Ok(Routed::Remote(Stream::Handle(handle))),
+            None => Err(HookError::Errno(libc::EIO)),
+        },
+    }
+}
+
+/// # Safety
+/// `mode` must be NUL-terminated.
+unsafe fn stream_of(stream: Stream, mode: *const c_char) -> *mut FILE {
+    match stream {
+        Stream::Fd(fd) => {
+            // SAFETY: fd is ours and open; mode is the caller's valid string.
+            let fp = unsafe { libc::fdopen(fd, mode) };
+            if fp.is_null() {
+                let errno = std::io::Error::last_os_error()
+                    .raw_os_error()
+                    .unwrap_or(libc::EIO);
+                drop(fd::remove(fd));
+                // SAFETY: closing the fd this call opened.
+                unsafe { libc::close(fd) };
+                set_errno(errno);
+            }
+            fp
+        }
+        Stream::Handle(handle) => {
+            let cookie = Box::into_raw(Box::new(Cookie { handle }));
+            let io = CookieIoFunctions {
+                read: Some(cookie_read),
+                write: Some(cookie_write),
+                seek: Some(cookie_seek),
+                close: Some(cookie_close),
+            };
+            // SAFETY: the cookie stays valid until glibc calls cookie_close.
+            let fp = unsafe { fopencookie(cookie.cast(), mode, io) };
+            if fp.is_null() {
+                // SAFETY: glibc did not take the cookie; reclaim it (closes remotely).
+                drop(unsafe { Box::from_raw(cookie) });
+            }
+            fp
+        }
+    }
+}
+
+/// Shared body of `fopen`/`fopen64`.
+///
+/// # Safety
+/// `path` and `mode` must be null or NUL-terminated; `local` must be the libc call.
+unsafe fn fopen_hook(
+    path: *const c_char,
+    mode: *const c_char,
+    local: impl FnOnce() -> *mut FILE,
+) -> *mut FILE {
+    let Some(_g) = DetourGuard::enter() else {
+        return local();
+    };
+    // SAFETY: caller guarantees both are null or NUL-terminated.
+    let (Some(cpath), Some(cmode)) = (unsafe { cstr(path) }, unsafe { cstr(mode) }) else {
+        return local();
+    };
+    let Some(flags) = ops::fopen_flags(cmode.to_bytes()) else {
+        return local();
+    };
+    match open(cpath, flags) {
+        // SAFETY: mode is NUL-terminated (checked above).
+        Ok(Routed::Remote(stream)) => unsafe { stream_of(stream, mode) },
+        Ok(Routed::Local(_)) | Err(HookError::Bypass(_)) => local(),
+        Err(e) => {
+            set_errno(errno_of(&e));
+            std::ptr::null_mut()
+        }
+    }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn fopen(path: *const c_char, mode: *const c_char) -> *mut FILE {
+    let real = real!(fopen: fn(*const c_char, *const c_char) -> *mut FILE);
+    // SAFETY: fopen(3) contract; libc gets the caller's arguments.
+    unsafe { fopen_hook(path, mode, || real(path, mode)) }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn fopen64(path: *const c_char, mode: *const c_char) -> *mut FILE {
+    let real = real!(fopen64: fn(*const c_char, *const c_char) -> *mut FILE);
+    // SAFETY: fopen(3) contract; libc gets the caller's arguments.
+    unsafe { fopen_hook(path, mode, || real(path, mode)) }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn fclose(fp: *mut FILE) -> c_int {
+    let real = real!(fclose: fn(*mut FILE) -> c_int);
+    if !fp.is_null() {
+        if let Some(_g) = DetourGuard::enter() {
+            // Forget the fd while it is still open (after fclose another
+            // thread could get the same number). fileno fails with EBADF on
+            // cookie streams: keep the caller's errno.
+            let saved = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+            // SAFETY: fp is the caller's open stream.
+            let fd = unsafe { libc::fileno(fp) };
+            set_errno(saved);
+            if fd >= 0 {
+                drop(fd::remove(fd));
+            }
+        }
+    }
+    // The guard is released: a cookie stream's flush and close callbacks
+    // forward to the agent and need the layer.
+    // SAFETY: forwarding the caller's arguments unchanged.
+    unsafe { real(fp) }
+}
+
+/// # Safety
+/// `cookie` must be the pointer given to `fopencookie` and not yet closed.
+unsafe fn cookie_of<'a>(cookie: *mut c_void) -> &'a Cookie {
+    // SAFETY: caller guarantees a live Box<Cookie>.
+    unsafe { &*cookie.cast::<Cookie>() }
+}
+
+unsafe extern "C" fn cookie_read(cookie: *mut c_void, buf: *mut c_char, size: size_t) -> ssize_t {
+    // Entered when possible; the callbacks work from inside the layer as well.
+    let _g = DetourGuard::enter();
+    // SAFETY: glibc passes our live cookie and a buffer of `size` bytes.
+    let result = unsafe { out_slice(buf.cast(), size) }
+        .and_then(|out| ops::read(&unsafe { cookie_of(cookie) }.handle, out));
+    match result {
+        Ok(n) => n as ssize_t,
+        Err(e) => fail(&e) as ssize_t,
+    }
+}
+
+unsafe extern "C" fn cookie_write(
+    cookie: *mut c_void,
+    buf: *const c_char,
+    size: size_t,
+) -> ssize_t {
+    let _g = DetourGuard::enter();
+    let data: &[u8] = if size == 0 || buf.is_null() {
+        &[]
+    } else {
+        // SAFETY: glibc passes `size` readable bytes.
+        unsafe { std::slice::from_raw_parts(buf.cast::<u8>(), size) }
+    };
+    // SAFETY: glibc passes our live cookie.
+    match ops::write(&unsafe { cookie_of(cookie) }.handle, data) {
+        Ok(n) => n as ssize_t,
+        // fopencookie's write must not return a negative value: 0 is the error.
+        Err(e) => {
+            set_errno(errno_of(&e));
+            0
+        }
+    }
+}
+
+unsafe extern "C" fn cookie_seek(
+    cookie: *mut c_void,
+    offset: *mut off64_t,
+    whence: c_int,
+) -> c_int {
+    let _g = DetourGuard::enter();
+    // SAFETY: glibc passes our live cookie and a valid offset pointer.
+    let (handle, requested) = unsafe { (&cookie_of(cookie).handle, *offset) };
+    match ops::seek(handle, requested, whence) {
+        Ok(pos) => {
+            // SAFETY: as above.
+            unsafe { *offset = pos };
+            0
+        }
+        Err(e) => fail(&e),
+    }
+}
+
+unsafe extern "C" fn cookie_close(cookie: *mut c_void) -> c_int {
+    let _g = DetourGuard::enter();
+    // SAFETY: glibc calls close once, with the pointer from Box::into_raw;
+    // dropping it closes the remote handle.
+    drop(unsafe { Box::from_raw(cookie.cast::<Cookie>()) });
+    0
+}

@@ -1,0 +1,64 @@
+//! The layer's process-wide configuration, read once at load time.
+
+use remora_config::{Config, Policies, RESOLVED_CONFIG_ENV};
+use std::sync::OnceLock;
+
+/// Environment variable naming the intproxy's address for layers.
+pub const INTPROXY_ADDR_ENV: &str = "REMORA_INTPROXY_ADDR";
+/// Environment variable carrying the intproxy's per-run secret.
+pub const LAYER_TOKEN_ENV: &str = "REMORA_LAYER_TOKEN";
+
+/// Everything a hook needs to decide local vs remote.
+#[derive(Debug)]
+pub struct LayerState {
+    pub config: Config,
+    pub policies: Policies,
+}
+
+static STATE: OnceLock<LayerState> = OnceLock::new();
+
+/// The active state, or `None` when the layer is loaded but not configured
+/// (every hook then calls libc directly).
+pub fn get() -> Option<&'static LayerState> {
+    STATE.get()
+}
+
+/// Read the environment and activate the layer. Returns why it stays inactive.
+pub fn init() -> Result<(), String> {
+    let Ok(addr) = std::env::var(INTPROXY_ADDR_ENV) else {
+        return Err(format!("{INTPROXY_ADDR_ENV} is not set"));
+    };
+    let addr = addr
+        .parse()
+        .map_err(|e| format!("{INTPROXY_ADDR_ENV}={addr:?}: {e}"))?;
+    let token = std::env::var(LAYER_TOKEN_ENV).unwrap_or_default();
+    let config = match std::env::var(RESOLVED_CONFIG_ENV) {
+        Ok(value) => Config::from_env_value(&value).map_err(|e| e.to_string())?,
+        Err(_) => Config::default(),
+    };
+    let mut policies = config.policies().map_err(|e| e.to_string())?;
+    policies.fs = policies.fs.with_local_prefixes(runtime_local_prefixes());
+    crate::session::configure(crate::session::ProxyEndpoint { addr, token });
+    let _ = STATE.set(LayerState { config, policies });
+    crate::session::connect_now();
+    Ok(())
+}
+
+/// Paths that are local for this process in particular: its working directory
+/// and the directory of its executable.
+fn runtime_local_prefixes() -> Vec<String> {
+    let mut out = Vec::new();
+    if let Ok(cwd) = std::env::current_dir() {
+        if cwd.as_os_str() != "/" {
+            out.push(cwd.to_string_lossy().into_owned());
+        }
+    }
+    if let Ok(exe) = std::env::current_exe() {
+        if let Some(dir) = exe.parent() {
+            if dir.as_os_str() != "/" {
+                out.push(dir.to_string_lossy().into_owned());
+            }
+        }
+    }
+    out
+}
