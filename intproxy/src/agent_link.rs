@@ -74,6 +74,11 @@ impl AgentApi {
         unavailable(reason.as_deref().unwrap_or("connection closed"))
     }
 
+    /// Why the link to the agent is gone, once it is.
+    pub fn lost(&self) -> Option<String> {
+        self.dead.lock().ok().and_then(|d| d.clone())
+    }
+
     /// Send a request and wait for its reply.
     pub async fn request(&self, request: Request) -> RemoteResult<Response> {
         let (reply, rx) = oneshot::channel();
@@ -190,6 +195,7 @@ struct AgentLinkTask {
 
 impl AgentLinkTask {
     async fn run(mut self) {
+        let mut orderly = false;
         let reason = loop {
             tokio::select! {
                 cmd = self.command_rx.recv() => match cmd {
@@ -199,12 +205,14 @@ impl AgentLinkTask {
                     // Every handle dropped: orderly goodbye.
                     None => {
                         let _ = self.framed.send(ClientMessage::Bye).await;
+                        orderly = true;
                         break "intproxy shutting down".to_string();
                     }
                 },
                 msg = self.framed.next() => match msg {
                     Some(Ok(ServerMessage::Closing { reason })) => {
                         eprintln!("remora: the agent ended the session: {reason}");
+                        orderly = true;
                         break reason;
                     }
                     Some(Ok(msg)) => self.on_message(msg).await,
@@ -213,7 +221,7 @@ impl AgentLinkTask {
                 },
             }
         };
-        self.shut_down(&reason);
+        self.shut_down(&reason, orderly);
     }
 
     async fn on_command(&mut self, cmd: Command) -> Result<(), remora_protocol::CodecError> {
@@ -320,8 +328,16 @@ impl AgentLinkTask {
         }
     }
 
-    fn shut_down(mut self, reason: &str) {
+    fn shut_down(mut self, reason: &str, orderly: bool) {
         tracing::info!("agent link closed: {reason}");
+        if !orderly {
+            // The user's terminal gets one line; layers then fail remote
+            // calls with ENOTCONN-like errors and keep local ones working.
+            eprintln!(
+                "remora: lost the connection to the agent ({reason}); remote calls now fail, \
+                 local ones keep working"
+            );
+        }
         if let Ok(mut dead) = self.dead.lock() {
             *dead = Some(reason.to_string());
         }

@@ -9,6 +9,7 @@ use remora_protocol::handshake::PROTOCOL_VERSION;
 use remora_protocol::messages::{
     LayerHello, LayerHelloReply, LayerMessage, LayerRequest, LayerResponse, ProxyMessage,
 };
+use remora_protocol::session::LogLevel;
 use remora_protocol::{ErrorCode, RemoteError, RemoteResult};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -109,9 +110,27 @@ async fn session(
     .await?;
     tracing::debug!(pid = hello.pid, program = %hello.program, "layer connected");
     let mut framed = hs.map_codec(|_| FrameCodec::<LayerMessage, ProxyMessage>::default());
+    let mut warned_lost = false;
     while let Some(msg) = framed.next().await {
         let LayerMessage::Request { id, request } = msg?;
         let result = handle(&agent, request).await;
+        // The first call that fails because the agent is gone tells the
+        // user why, once per process (the layer prints Log lines on stderr).
+        if result.is_err() && !warned_lost {
+            if let Some(reason) = agent.lost() {
+                warned_lost = true;
+                let message = format!(
+                    "lost the connection to the remora agent ({reason}); remote calls now \
+                     fail, local ones keep working"
+                );
+                framed
+                    .send(ProxyMessage::Log {
+                        level: LogLevel::Warn,
+                        message,
+                    })
+                    .await?;
+            }
+        }
         framed.send(ProxyMessage::Response { id, result }).await?;
     }
     Ok(())

@@ -1,0 +1,29 @@
+//! Command-line arguments of `remora-agent`. The session token is not one of
+//! them: it comes from [`crate::TOKEN_ENV`] so it never shows in `ps`.
+
+use crate::target::TargetPid;
+use std::net::SocketAddr;
+
+/// `remora-agent --target pid/<PID> [--listen 127.0.0.1:0] [--idle-timeout-secs 30]`
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "remora-agent",
+    version,
+    about = "Runs next to a target process and performs network, DNS, file and environment \
+             operations inside its namespaces for remora clients.",
+    after_help = "The session token is read from the REMORA_AGENT_TOKEN environment variable. \
+                  Logs go to stderr (filter with REMORA_AGENT_LOG, default info)."
+)]
+pub struct Args {
+    /// The process to serve, as pid/<PID>.
+    #[arg(long, value_name = "pid/<PID>")]
+    pub target: TargetPid,
+
+    /// Where clients connect.
+    #[arg(long, default_value = "127.0.0.1:0", value_name = "IP:PORT")]
+    pub listen: SocketAddr,
+
+    /// Exit when no client connected within this many seconds (0: never).
+    #[arg(long, default_value_t = 30, value_name = "SECONDS")]
+    pub idle_timeout_secs: u64,
+}

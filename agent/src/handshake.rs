@@ -1,0 +1,85 @@
+//! The first exchange with a client: protocol version, session token, target
+//! and capabilities, decided before any other frame is looked at.
+
+use remora_protocol::handshake::negotiate;
+use remora_protocol::{Capabilities, Hello, HelloReply, PROTOCOL_VERSION, ProtocolVersion};
+use remora_protocol::{SessionId, SessionToken};
+
+/// What this agent implements. Incoming traffic is not among it yet.
+pub const AGENT_CAPABILITIES: Capabilities = Capabilities(
+    Capabilities::FILES.0
+        | Capabilities::DNS.0
+        | Capabilities::ENV.0
+        | Capabilities::OUTGOING_TCP.0
+        | Capabilities::OUTGOING_UDP.0
+        | Capabilities::OUTGOING_UNIX.0
+        | Capabilities::SESSIONS.0
+        | Capabilities::FILE_SNAPSHOT.0,
+);
+
+/// remora's version, as told to clients.
+pub const SERVER_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// What both sides agreed on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Negotiated {
+    pub version: ProtocolVersion,
+    /// The client's capabilities that this agent implements too.
+    pub capabilities: Capabilities,
+}
+
+/// Decide whether to accept `hello`. The version is checked first: a peer of
+/// another version is told so even when its other fields are off too.
+///
+/// # Errors
+/// The reason to put in [`HelloReply::Rejected`].
+pub fn evaluate(hello: &Hello, token: &SessionToken, target: &str) -> Result<Negotiated, String> {
+    let version = negotiate(hello.version)?;
+    if !tokens_match(&hello.token, token) {
+        return Err("invalid session token".to_owned());
+    }
+    if let Some(wanted) = &hello.target
+        && wanted != target
+    {
+        return Err(format!(
+            "this agent serves {target}, not {wanted}; connect to the agent of {wanted}"
+        ));
+    }
+    Ok(Negotiated {
+        version,
+        capabilities: hello.capabilities.intersect(AGENT_CAPABILITIES),
+    })
+}
+
+/// Compare tokens in time independent of where they differ, so the reply time
+/// does not tell an attacker how much of a guess was right.
+pub fn tokens_match(a: &SessionToken, b: &SessionToken) -> bool {
+    let (a, b) = (a.0.as_bytes(), b.0.as_bytes());
+    let mut diff = u8::from(a.len() != b.len());
+    for i in 0..a.len().max(b.len()) {
+        diff |= a.get(i).copied().unwrap_or(0) ^ b.get(i).copied().unwrap_or(0);
+    }
+    diff == 0
+}
+
+/// The reply accepting a session.
+pub fn accepted(negotiated: Negotiated, session: SessionId) -> HelloReply {
+    HelloReply::Accepted {
+        version: negotiated.version,
+        capabilities: negotiated.capabilities,
+        session,
+        server_version: SERVER_VERSION.to_owned(),
+    }
+}
+
+/// The reply refusing a session.
+pub fn rejected(reason: String) -> HelloReply {
+    HelloReply::Rejected {
+        reason,
+        server_protocol: PROTOCOL_VERSION,
+        server_version: SERVER_VERSION.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,125 @@
+//! remora-agent: runs privileged next to a target process and performs the
+//! operations remora clients send it (outgoing connections, DNS, files,
+//! environment, hostname) *inside the target's namespaces*.
+//!
+//! # Structure
+//!
+//! * [`server`]: the [`Agent`]: listener, lifetime (idle timeout, linger
+//!   after the last client, target exit, shutdown), one task per client.
+//! * `client`: one client: handshake ([`handshake`]), then its frames are
+//!   dispatched (each request a task, each outgoing connection a task, see
+//!   [`outgoing`]) and a writer task sends replies through a bounded queue.
+//! * [`net`]: the **network thread**, which `setns`-es into the target's
+//!   network namespace once and owns a current-thread runtime. It creates and
+//!   connects TCP/UDP sockets and runs DNS queries; connected sockets go back
+//!   to the main runtime (a socket keeps the namespace it was created in).
+//! * [`pool`]: the **namespace workers**, threads that `unshare(CLONE_FS)` and
+//!   then enter the target's mount, UTS and network namespaces. All blocking
+//!   file I/O ([`fs`]), hosts/resolv.conf reads ([`dns`]), unix socket
+//!   connects and `gethostname` run there, so paths and symlinks (even
+//!   absolute ones) resolve exactly as inside the target.
+//! * [`namespace`]: the [`TargetNamespaces`] seam with the real
+//!   `/proc/<PID>/ns` implementation.
+//!
+//! # Unsafe code
+//! None. The workspace forbids `unsafe`, and the agent keeps it that way:
+//! `nix` offers safe wrappers for `setns`, `unshare`, `fdopendir`, `access`
+//! and the socket calls the namespace module needs.
+
+pub mod args;
+mod client;
+pub mod dns;
+pub mod env;
+pub mod error;
+pub mod fs;
+pub mod handshake;
+pub mod namespace;
+pub mod net;
+pub mod outgoing;
+pub mod pool;
+pub mod server;
+pub mod session;
+pub mod target;
+
+pub use args::Args;
+pub use error::{Error, Result};
+pub use namespace::{ProcessNamespaces, TargetNamespaces};
+pub use server::{Agent, AgentConfig, ExitReason, ShutdownHandle};
+pub use target::TargetPid;
+
+use remora_protocol::SessionToken;
+use std::io::Write;
+use std::time::Duration;
+
+/// Environment variable holding the session token clients must present.
+pub const TOKEN_ENV: &str = "REMORA_AGENT_TOKEN";
+
+/// Environment variable holding the log filter (`tracing` env-filter syntax).
+pub const LOG_ENV: &str = "REMORA_AGENT_LOG";
+
+/// The line prefix announcing the listening address on stdout.
+pub const LISTENING_PREFIX: &str = "REMORA_AGENT_LISTENING";
+
+/// Log to stderr, filtered by [`LOG_ENV`] (default `info`). Does nothing when
+/// a subscriber is already installed.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env(LOG_ENV)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use std::io::IsTerminal;
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .try_init();
+}
+
+/// Run the agent as the binary does: token from [`TOKEN_ENV`], announce
+/// `REMORA_AGENT_LISTENING <ip:port>` on stdout, serve until idle, until every
+/// client left, until the target exits, or until SIGTERM/SIGINT.
+///
+/// # Errors
+/// A one-line, user-facing [`Error`]; [`Error::TargetGone`] when the target
+/// exited while the agent served it.
+pub async fn run(args: Args) -> Result<()> {
+    let token = std::env::var(TOKEN_ENV)
+        .ok()
+        .filter(|token| !token.is_empty())
+        .ok_or(Error::MissingToken)?;
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut sigterm = signal(SignalKind::terminate()).map_err(|source| Error::Signal {
+        signal: "SIGTERM",
+        source,
+    })?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(|source| Error::Signal {
+        signal: "SIGINT",
+        source,
+    })?;
+
+    let mut config = AgentConfig::new(args.target, SessionToken(token));
+    config.listen = args.listen;
+    config.idle_timeout =
+        (args.idle_timeout_secs > 0).then(|| Duration::from_secs(args.idle_timeout_secs));
+    let agent = Agent::bind(config).await?;
+    announce(agent.local_addr())?;
+
+    let shutdown = agent.shutdown_handle();
+    let wait = agent.wait();
+    tokio::pin!(wait);
+    let outcome = loop {
+        tokio::select! {
+            outcome = &mut wait => break outcome,
+            _ = sigterm.recv() => shutdown.shutdown("the agent received SIGTERM"),
+            _ = sigint.recv() => shutdown.shutdown("the agent received SIGINT"),
+        }
+    };
+    let reason = outcome?;
+    tracing::info!(?reason, "agent stopped");
+    Ok(())
+}
+
+fn announce(addr: std::net::SocketAddr) -> Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{LISTENING_PREFIX} {addr}")
+        .and_then(|()| stdout.flush())
+        .map_err(|source| Error::Announce { source })
+}

@@ -1,0 +1,511 @@
+//! Outgoing streams: connections the local process makes that leave from the
+//! target's network namespace, one task per connection.
+//!
+//! # Flow control
+//! The protocol has no per-stream window, so the agent bounds what it holds:
+//!
+//! * remote → client: each connection reads at most [`MAX_CHUNK`] at a time
+//!   and waits for room in the client's (bounded) outbound queue, so a slow
+//!   client link slows the remote peers down instead of filling memory.
+//! * client → remote: each connection has its own writer task and a queue of
+//!   [`CONN_QUEUE_CAPACITY`] chunks. When a remote peer stops reading and its
+//!   queue is full, the client's link waits up to [`CONN_STALL_TIMEOUT`] for
+//!   room; if there is still none, that connection alone is closed with
+//!   `TimedOut` and the link goes on serving every other stream.
+
+use crate::net::NetApi;
+use crate::pool::NsPool;
+use bytes::Bytes;
+use remora_protocol::ServerMessage;
+use remora_protocol::net::{RemoteAddr, Transport};
+use remora_protocol::outgoing::{Connected, MAX_CHUNK, OutgoingClient, OutgoingServer};
+use remora_protocol::{Capabilities, ConnectionId, ErrorCode, RemoteError, RemoteResult};
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TrySendError;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
+
+/// Chunks queued for one connection's remote peer (at most 4 MiB).
+pub const CONN_QUEUE_CAPACITY: usize = 64;
+
+/// How long the client link waits for a full connection queue to drain
+/// before that connection is given up.
+pub const CONN_STALL_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Most simultaneous outgoing connections of one client.
+pub const MAX_CONNECTIONS: usize = 1024;
+
+/// How long a unix socket connect may wait for a full backlog.
+pub const UNIX_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the client sends towards a connection's remote peer.
+#[derive(Debug)]
+enum Upstream {
+    Data(Bytes),
+    ShutdownWrite,
+}
+
+/// The client task's handle on one connection.
+#[derive(Debug)]
+struct ConnHandle {
+    /// client task --bytes for the remote peer--> connection writer
+    up_tx: mpsc::Sender<Upstream>,
+    /// Cancelled to end the connection, and by the connection when it ends.
+    close: CancellationToken,
+    /// Why the agent ended the connection, reported in its `Closed`.
+    failure: Arc<Mutex<Option<RemoteError>>>,
+}
+
+impl ConnHandle {
+    fn fail(&self, error: RemoteError) {
+        *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(error);
+        self.close.cancel();
+    }
+
+    fn is_finished(&self) -> bool {
+        self.close.is_cancelled() || self.up_tx.is_closed()
+    }
+}
+
+/// One client's outgoing connections.
+#[derive(Debug)]
+pub struct Outgoing {
+    net: NetApi,
+    pool: NsPool,
+    target: String,
+    capabilities: Capabilities,
+    /// connections --server messages--> client writer
+    out_tx: mpsc::Sender<ServerMessage>,
+    /// Cancelled when the client goes away: every connection ends silently.
+    client_token: CancellationToken,
+    conns: HashMap<ConnectionId, ConnHandle>,
+}
+
+impl Outgoing {
+    pub fn new(
+        net: NetApi,
+        pool: NsPool,
+        target: String,
+        capabilities: Capabilities,
+        out_tx: mpsc::Sender<ServerMessage>,
+        client_token: CancellationToken,
+    ) -> Self {
+        Outgoing {
+            net,
+            pool,
+            target,
+            capabilities,
+            out_tx,
+            client_token,
+            conns: HashMap::new(),
+        }
+    }
+
+    /// Handle one message of the client. May wait (bounded, see the module
+    /// docs) when the connection's queue is full.
+    pub async fn handle(&mut self, message: OutgoingClient) {
+        match message {
+            OutgoingClient::Connect {
+                conn,
+                transport,
+                remote,
+            } => self.connect(conn, transport, remote).await,
+            OutgoingClient::Data { conn, data } => self.upstream(conn, Upstream::Data(data)).await,
+            OutgoingClient::ShutdownWrite { conn } => {
+                self.upstream(conn, Upstream::ShutdownWrite).await;
+            }
+            OutgoingClient::Close { conn } => {
+                if let Some(handle) = self.conns.remove(&conn) {
+                    handle.close.cancel();
+                }
+            }
+        }
+    }
+
+    /// Number of connections not finished yet.
+    pub fn active(&self) -> usize {
+        self.conns.values().filter(|h| !h.is_finished()).count()
+    }
+
+    async fn connect(&mut self, conn: ConnectionId, transport: Transport, remote: RemoteAddr) {
+        self.conns.retain(|_, handle| !handle.is_finished());
+        let refused = if let Err(e) = self.allowed(transport, &remote) {
+            Some(e)
+        } else if self.conns.contains_key(&conn) {
+            Some(RemoteError::new(
+                ErrorCode::AlreadyExists,
+                format!("connection {conn} is already open"),
+            ))
+        } else if self.conns.len() >= MAX_CONNECTIONS {
+            Some(RemoteError::new(
+                ErrorCode::Other(libc::EMFILE),
+                format!("this session already has {MAX_CONNECTIONS} open connections"),
+            ))
+        } else {
+            None
+        };
+        if let Some(error) = refused {
+            let reply = OutgoingServer::Connected {
+                conn,
+                result: Err(error),
+            };
+            let _ = self.out_tx.send(ServerMessage::Outgoing(reply)).await;
+            return;
+        }
+        let (up_tx, up_rx) = mpsc::channel(CONN_QUEUE_CAPACITY);
+        let handle = ConnHandle {
+            up_tx,
+            close: self.client_token.child_token(),
+            failure: Arc::default(),
+        };
+        let task = ConnTask {
+            spec: ConnSpec {
+                conn,
+                transport,
+                remote,
+                target: self.target.clone(),
+                net: self.net.clone(),
+                pool: self.pool.clone(),
+            },
+            up_rx,
+            link: ConnLink {
+                conn,
+                close: handle.close.clone(),
+                failure: handle.failure.clone(),
+                out_tx: self.out_tx.clone(),
+                client_token: self.client_token.clone(),
+            },
+        };
+        self.conns.insert(conn, handle);
+        tokio::spawn(task.run());
+    }
+
+    fn allowed(&self, transport: Transport, remote: &RemoteAddr) -> RemoteResult<()> {
+        let needed = match (transport, remote) {
+            (Transport::Tcp, RemoteAddr::Ip(_)) => Capabilities::OUTGOING_TCP,
+            (Transport::Udp, RemoteAddr::Ip(_)) => Capabilities::OUTGOING_UDP,
+            (Transport::Tcp, RemoteAddr::Unix(_)) => Capabilities::OUTGOING_UNIX,
+            (Transport::Udp, RemoteAddr::Unix(_)) => {
+                return Err(RemoteError::new(
+                    ErrorCode::Unsupported,
+                    "unix datagram sockets are not supported",
+                ));
+            }
+        };
+        if self.capabilities.contains(needed) {
+            Ok(())
+        } else {
+            Err(RemoteError::new(
+                ErrorCode::Unsupported,
+                "this kind of outgoing connection was not negotiated for the session",
+            ))
+        }
+    }
+
+    async fn upstream(&mut self, conn: ConnectionId, item: Upstream) {
+        let Some(handle) = self.conns.get(&conn) else {
+            tracing::debug!(%conn, "data for a connection that is not open; dropped");
+            return;
+        };
+        let item = match handle.up_tx.try_send(item) {
+            Ok(()) | Err(TrySendError::Closed(_)) => return,
+            Err(TrySendError::Full(item)) => item,
+        };
+        match tokio::time::timeout(CONN_STALL_TIMEOUT, handle.up_tx.send(item)).await {
+            Ok(_) => {}
+            Err(_) => {
+                tracing::warn!(
+                    %conn,
+                    "remote peer stopped reading; closing the connection to keep the others going"
+                );
+                handle.fail(RemoteError::new(
+                    ErrorCode::TimedOut,
+                    format!(
+                        "the remote peer did not read for {}s and {CONN_QUEUE_CAPACITY} chunks \
+                         were waiting; the agent closed the connection",
+                        CONN_STALL_TIMEOUT.as_secs()
+                    ),
+                ));
+                self.conns.remove(&conn);
+            }
+        }
+    }
+}
+
+/// A connected socket of any supported kind.
+enum Socket {
+    Tcp(tokio::net::TcpStream),
+    Udp(tokio::net::UdpSocket),
+    Unix(tokio::net::UnixStream),
+}
+
+/// What to connect to, and with what.
+struct ConnSpec {
+    conn: ConnectionId,
+    transport: Transport,
+    remote: RemoteAddr,
+    target: String,
+    net: NetApi,
+    pool: NsPool,
+}
+
+/// A connection's way back to its client.
+struct ConnLink {
+    conn: ConnectionId,
+    close: CancellationToken,
+    failure: Arc<Mutex<Option<RemoteError>>>,
+    /// this connection --server messages--> client writer
+    out_tx: mpsc::Sender<ServerMessage>,
+    client_token: CancellationToken,
+}
+
+/// One connection: connects, then pumps both ways until done.
+struct ConnTask {
+    spec: ConnSpec,
+    /// client task --bytes for the remote peer--> this connection's writer
+    up_rx: mpsc::Receiver<Upstream>,
+    link: ConnLink,
+}
+
+impl ConnTask {
+    async fn run(self) {
+        let ConnTask { spec, up_rx, link } = self;
+        // However this ends, the client task sees the connection as finished.
+        let _finished = link.close.clone().drop_guard();
+        let socket = tokio::select! {
+            _ = link.close.cancelled() => {
+                link.end(Ok(())).await;
+                return;
+            }
+            socket = spec.connect() => socket,
+        };
+        let (socket, local) = match socket {
+            Ok(connected) => connected,
+            Err(error) => {
+                tracing::debug!(conn = %spec.conn, remote = %spec.remote, %error, "connect failed");
+                let reply = OutgoingServer::Connected {
+                    conn: spec.conn,
+                    result: Err(error),
+                };
+                let _ = link.out_tx.send(ServerMessage::Outgoing(reply)).await;
+                return;
+            }
+        };
+        let reply = OutgoingServer::Connected {
+            conn: spec.conn,
+            result: Ok(Connected {
+                local,
+                remote: spec.remote.clone(),
+            }),
+        };
+        if !send_or_closed(&link.close, &link.out_tx, reply).await {
+            link.end(Ok(())).await;
+            return;
+        }
+        let (close, out_tx, conn) = (&link.close, &link.out_tx, spec.conn);
+        let result = match socket {
+            Socket::Tcp(stream) => pump_stream(stream, up_rx, close, out_tx, conn).await,
+            Socket::Unix(stream) => pump_stream(stream, up_rx, close, out_tx, conn).await,
+            Socket::Udp(socket) => pump_datagrams(socket, up_rx, close, out_tx, conn).await,
+        };
+        link.end(result).await;
+    }
+}
+
+impl ConnSpec {
+    async fn connect(&self) -> RemoteResult<(Socket, Option<SocketAddr>)> {
+        let context = format!("connecting to {} from {}", self.remote, self.target);
+        let err = |e: io::Error| RemoteError::from_io(&context, &e);
+        match (&self.remote, self.transport) {
+            (RemoteAddr::Ip(addr), Transport::Tcp) => {
+                let stream = self.net.connect_tcp(*addr).await.map_err(err)?;
+                let local = stream.local_addr().ok();
+                Ok((Socket::Tcp(stream), local))
+            }
+            (RemoteAddr::Ip(addr), Transport::Udp) => {
+                let socket = self.net.connect_udp(*addr).await.map_err(err)?;
+                let local = socket.local_addr().ok();
+                Ok((Socket::Udp(socket), local))
+            }
+            (RemoteAddr::Unix(path), _) => {
+                let path = path.clone();
+                let stream = self
+                    .pool
+                    .run(move || connect_unix(&path))
+                    .await
+                    .map_err(|e| RemoteError::new(ErrorCode::Unavailable, e.to_string()))?
+                    .and_then(tokio::net::UnixStream::from_std)
+                    .map_err(err)?;
+                Ok((Socket::Unix(stream), None))
+            }
+        }
+    }
+}
+
+impl ConnLink {
+    /// Send the final `Closed` of the connection, unless its client is gone.
+    async fn end(&self, result: RemoteResult<()>) {
+        if self.client_token.is_cancelled() {
+            return;
+        }
+        let failure = self
+            .failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let error = failure.or(result.err());
+        if let Some(error) = &error {
+            tracing::debug!(conn = %self.conn, %error, "connection failed");
+        }
+        let closed = OutgoingServer::Closed {
+            conn: self.conn,
+            error,
+        };
+        let _ = self.out_tx.send(ServerMessage::Outgoing(closed)).await;
+    }
+}
+
+/// Send `message` to the client unless the connection is closed first.
+/// Returns whether it was sent.
+async fn send_or_closed(
+    close: &CancellationToken,
+    out_tx: &mpsc::Sender<ServerMessage>,
+    message: OutgoingServer,
+) -> bool {
+    tokio::select! {
+        _ = close.cancelled() => false,
+        sent = out_tx.send(ServerMessage::Outgoing(message)) => sent.is_ok(),
+    }
+}
+
+/// Pump a byte stream both ways. Ends when both directions are shut down,
+/// on the first error, or when the connection is closed.
+async fn pump_stream<S>(
+    stream: S,
+    up_rx: mpsc::Receiver<Upstream>,
+    close: &CancellationToken,
+    out_tx: &mpsc::Sender<ServerMessage>,
+    conn: ConnectionId,
+) -> RemoteResult<()>
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (mut reader, writer) = tokio::io::split(stream);
+    let mut writer = AbortOnDropHandle::new(tokio::spawn(write_stream(writer, up_rx)));
+    let mut buf = vec![0u8; MAX_CHUNK];
+    let (mut writer_done, mut reader_done) = (false, false);
+    while !(writer_done && reader_done) {
+        tokio::select! {
+            _ = close.cancelled() => return Ok(()),
+            joined = &mut writer, if !writer_done => {
+                joined.map_err(|e| RemoteError::new(ErrorCode::Other(libc::EIO), e.to_string()))??;
+                writer_done = true;
+            }
+            read = reader.read(&mut buf), if !reader_done => {
+                let n = read.map_err(|e| RemoteError::from_io("reading from the remote peer", &e))?;
+                let message = if n == 0 {
+                    reader_done = true;
+                    OutgoingServer::ShutdownWrite { conn }
+                } else {
+                    OutgoingServer::Data { conn, data: Bytes::copy_from_slice(&buf[..n]) }
+                };
+                if !send_or_closed(close, out_tx, message).await {
+                    return Ok(());
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The writer half of a stream: client bytes in order, then the half close.
+async fn write_stream<W: AsyncWrite + Unpin>(
+    mut writer: W,
+    mut up_rx: mpsc::Receiver<Upstream>,
+) -> RemoteResult<()> {
+    let err = |e: io::Error| RemoteError::from_io("writing to the remote peer", &e);
+    while let Some(item) = up_rx.recv().await {
+        match item {
+            Upstream::Data(data) => writer.write_all(&data).await.map_err(err)?,
+            Upstream::ShutdownWrite => {
+                writer.shutdown().await.map_err(err)?;
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Pump datagrams: each client `Data` is one datagram, each received datagram
+/// one `Data`. Ends only when closed or on an error.
+async fn pump_datagrams(
+    socket: tokio::net::UdpSocket,
+    mut up_rx: mpsc::Receiver<Upstream>,
+    close: &CancellationToken,
+    out_tx: &mpsc::Sender<ServerMessage>,
+    conn: ConnectionId,
+) -> RemoteResult<()> {
+    let socket = Arc::new(socket);
+    let sender = socket.clone();
+    let mut writer = AbortOnDropHandle::new(tokio::spawn(async move {
+        while let Some(Upstream::Data(datagram)) = up_rx.recv().await {
+            sender
+                .send(&datagram)
+                .await
+                .map_err(|e| RemoteError::from_io("sending a datagram", &e))?;
+        }
+        Ok::<_, RemoteError>(())
+    }));
+    let mut buf = vec![0u8; MAX_CHUNK];
+    let mut writer_done = false;
+    loop {
+        tokio::select! {
+            _ = close.cancelled() => return Ok(()),
+            joined = &mut writer, if !writer_done => {
+                joined.map_err(|e| RemoteError::new(ErrorCode::Other(libc::EIO), e.to_string()))??;
+                writer_done = true;
+            }
+            received = socket.recv(&mut buf) => {
+                let n = received.map_err(|e| RemoteError::from_io("receiving a datagram", &e))?;
+                let data = Bytes::copy_from_slice(&buf[..n]);
+                if !send_or_closed(close, out_tx, OutgoingServer::Data { conn, data }).await {
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+/// Connect a unix stream socket; runs on a namespace worker so the path
+/// resolves in the target's mount namespace (and an abstract name, written
+/// with a leading NUL, in its network namespace).
+fn connect_unix(path: &str) -> io::Result<std::os::unix::net::UnixStream> {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, UnixAddr, sockopt};
+    use nix::sys::time::TimeVal;
+    use std::os::fd::AsRawFd;
+
+    let addr = match path.strip_prefix('\0') {
+        Some(name) => UnixAddr::new_abstract(name.as_bytes())?,
+        None => UnixAddr::new(path)?,
+    };
+    let fd = nix::sys::socket::socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    // A blocking unix connect waits while the listener's backlog is full;
+    // the send timeout bounds that wait.
+    let timeout = TimeVal::new(UNIX_CONNECT_TIMEOUT.as_secs() as _, 0);
+    nix::sys::socket::setsockopt(&fd, sockopt::SendTimeout, &timeout)?;
+    nix::sys::socket::connect(fd.as_raw_fd(), &addr)?;
+    let stream = std::os::unix::net::UnixStream::from(fd);
+    stream.set_nonblocking(true)?;
+    Ok(stream)
+}

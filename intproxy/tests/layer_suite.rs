@@ -1,0 +1,1108 @@
+//! Layer-level suite (rung 2 of the testing ladder): real programs (python3,
+//! curl, getent, hostname, cat, ls, bash) with the real `libremora_layer.so`
+//! preloaded, against an in-process intproxy connected to a scripted agent.
+//!
+//! Every test asserts both what the program printed and what the agent was
+//! asked. The only real network traffic is on loopback: the fake agent maps
+//! remote addresses (10.9.9.x) to servers on 127.0.0.1 and refuses the rest.
+//!
+//! Needs `cargo build -p remora-layer` first; the tests fail (never skip)
+//! when the library is missing.
+
+mod support;
+
+use bytes::Bytes;
+use remora_config::Config;
+use remora_protocol::dns::{LookupReply, ReverseReply};
+use remora_protocol::fs::{DirEntry, FileType, FsReply, FsRequest, Metadata, OpenReply, Timestamp};
+use remora_protocol::{
+    ErrorCode, RemoteAddr, RemoteError, RemoteFd, RemoteResult, Request, Response,
+};
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use support::fake_agent::{ConnectPlan, POD_LOCAL_ADDR, Script};
+use support::harness::{self, Harness, LAYER_DEBUG_ENV, python};
+use support::http::HttpServer;
+use support::udp::UdpEcho;
+
+// ---------------------------------------------------------------------------
+// The scripted target ("staging pod")
+// ---------------------------------------------------------------------------
+
+const BACKEND: &str = "backend.staging.internal";
+const BACKEND_IP: Ipv4Addr = Ipv4Addr::new(10, 1, 2, 3);
+const CHILD_NAME: &str = "child.staging.internal";
+const CHILD_IP: Ipv4Addr = Ipv4Addr::new(10, 1, 2, 4);
+const UNKNOWN_NAME: &str = "nosuch.staging.internal";
+const POD_HOSTNAME: &str = "orders-7f9c4-xk2lp";
+
+/// Remote address of a service the fake agent maps to the local HTTP server.
+const HTTP_REMOTE: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 9, 9, 9)), 80);
+/// [`BACKEND`]'s HTTP port, also mapped to the local HTTP server.
+const BACKEND_HTTP: SocketAddr = SocketAddr::new(IpAddr::V4(BACKEND_IP), 80);
+/// Remote UDP service the fake agent maps to the local echo service.
+const UDP_REMOTE: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 9, 9, 12)), 9999);
+/// Remote address whose connects the target refuses.
+const REFUSED_REMOTE: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 9, 9, 10)), 80);
+/// Remote address where the target itself answers with fixed bytes.
+const CANNED_REMOTE: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 9, 9, 11)), 7000);
+const CANNED_GREETING: &str = "hello from the pod\n";
+
+const HELLO_PATH: &str = "/hello.txt";
+const HELLO_BODY: &str = "hello from the staging backend\n";
+
+const REMOTE_CONFIG: &str = "/etc/remora-fake/config.yaml";
+const REMOTE_CONFIG_BODY: &str = "database:\n  host: db.staging.internal\n  port: 5432\n";
+const REMOTE_MISSING: &str = "/etc/remora-fake/missing.yaml";
+const REMOTE_DIR: &str = "/srv/fake";
+const REMOTE_DIR_ENTRIES: &[(&str, FileType)] = &[
+    ("alpha.txt", FileType::Regular),
+    ("beta.log", FileType::Regular),
+    ("gamma", FileType::Directory),
+];
+
+const S_IFREG: u32 = 0o100_000;
+const S_IFDIR: u32 = 0o040_000;
+
+fn metadata(mode: u32, size: u64, ino: u64) -> Metadata {
+    let time = Timestamp {
+        secs: 1_700_000_000,
+        nanos: 0,
+    };
+    Metadata {
+        dev: 0x42,
+        ino,
+        mode,
+        nlink: 1,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        size,
+        blksize: 4096,
+        blocks: size.div_ceil(512),
+        atime: time,
+        mtime: time,
+        ctime: time,
+    }
+}
+
+fn config_metadata() -> Metadata {
+    metadata(S_IFREG | 0o644, REMOTE_CONFIG_BODY.len() as u64, 1001)
+}
+
+fn dir_metadata() -> Metadata {
+    metadata(S_IFDIR | 0o755, 4096, 1002)
+}
+
+fn not_found(what: &str) -> RemoteError {
+    RemoteError::new(
+        ErrorCode::NotFound,
+        format!("{what}: no such file or directory"),
+    )
+}
+
+/// Handles the fake target's file system hands out.
+#[derive(Debug, Default)]
+struct FakeFs {
+    next_fd: AtomicU64,
+    /// Open directory handles and whether their entries were listed already.
+    dirs: Mutex<HashMap<RemoteFd, bool>>,
+    /// Open file handles and their read positions.
+    files: Mutex<HashMap<RemoteFd, usize>>,
+}
+
+impl FakeFs {
+    fn fd(&self) -> RemoteFd {
+        RemoteFd(100 + self.next_fd.fetch_add(1, Ordering::SeqCst))
+    }
+
+    fn handle(&self, request: &FsRequest) -> RemoteResult<FsReply> {
+        let body = REMOTE_CONFIG_BODY.as_bytes();
+        match request {
+            FsRequest::Stat { path, .. } | FsRequest::Access { path, .. } => {
+                let meta = match path.as_str() {
+                    REMOTE_CONFIG => config_metadata(),
+                    REMOTE_DIR => dir_metadata(),
+                    other => return Err(not_found(other)),
+                };
+                Ok(match request {
+                    FsRequest::Stat { .. } => FsReply::Metadata(meta),
+                    _ => FsReply::Done,
+                })
+            }
+            FsRequest::Open(open) => match open.path.as_str() {
+                REMOTE_CONFIG if open.options.write => Err(RemoteError::new(
+                    ErrorCode::PermissionDenied,
+                    "read-only file system",
+                )),
+                REMOTE_CONFIG => {
+                    let fd = self.fd();
+                    let inline = open.snapshot_limit >= body.len() as u64;
+                    if !inline {
+                        self.files.lock().unwrap().insert(fd, 0);
+                    }
+                    Ok(FsReply::Opened(OpenReply {
+                        fd,
+                        metadata: config_metadata(),
+                        snapshot: inline.then(|| Bytes::from_static(body)),
+                    }))
+                }
+                REMOTE_DIR => Ok(FsReply::Opened(OpenReply {
+                    fd: self.fd(),
+                    metadata: dir_metadata(),
+                    snapshot: None,
+                })),
+                other => Err(not_found(other)),
+            },
+            FsRequest::OpenDir { path } if path == REMOTE_DIR => {
+                let fd = self.fd();
+                self.dirs.lock().unwrap().insert(fd, false);
+                Ok(FsReply::Opened(OpenReply {
+                    fd,
+                    metadata: dir_metadata(),
+                    snapshot: None,
+                }))
+            }
+            FsRequest::OpenDir { path } => Err(not_found(path)),
+            FsRequest::ReadDirBatch { fd, .. } => {
+                let mut dirs = self.dirs.lock().unwrap();
+                let listed = dirs
+                    .get_mut(fd)
+                    .ok_or_else(|| RemoteError::new(ErrorCode::BadHandle, "unknown handle"))?;
+                if std::mem::replace(listed, true) {
+                    return Ok(FsReply::DirEntries(Vec::new()));
+                }
+                let entries = REMOTE_DIR_ENTRIES
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (name, file_type))| DirEntry {
+                        name: (*name).to_string(),
+                        ino: 2000 + i as u64,
+                        file_type: *file_type,
+                    })
+                    .collect();
+                Ok(FsReply::DirEntries(entries))
+            }
+            FsRequest::Read { fd, len } => {
+                let mut files = self.files.lock().unwrap();
+                let pos = files
+                    .get_mut(fd)
+                    .ok_or_else(|| RemoteError::new(ErrorCode::BadHandle, "unknown handle"))?;
+                let start = (*pos).min(body.len());
+                let end = (start + *len as usize).min(body.len());
+                *pos = end;
+                Ok(FsReply::Data(Bytes::copy_from_slice(&body[start..end])))
+            }
+            FsRequest::Pread { fd, offset, len } => {
+                if !self.files.lock().unwrap().contains_key(fd) {
+                    return Err(RemoteError::new(ErrorCode::BadHandle, "unknown handle"));
+                }
+                let start = (*offset as usize).min(body.len());
+                let end = (start + *len as usize).min(body.len());
+                Ok(FsReply::Data(Bytes::copy_from_slice(&body[start..end])))
+            }
+            FsRequest::Fstat { fd } => {
+                if self.dirs.lock().unwrap().contains_key(fd) {
+                    Ok(FsReply::Metadata(dir_metadata()))
+                } else if self.files.lock().unwrap().contains_key(fd) {
+                    Ok(FsReply::Metadata(config_metadata()))
+                } else {
+                    Err(RemoteError::new(ErrorCode::BadHandle, "unknown handle"))
+                }
+            }
+            FsRequest::Close { fd } => {
+                self.dirs.lock().unwrap().remove(fd);
+                self.files.lock().unwrap().remove(fd);
+                Ok(FsReply::Done)
+            }
+            FsRequest::Canonicalize { path } => match path.as_str() {
+                REMOTE_CONFIG | REMOTE_DIR => Ok(FsReply::Path(path.clone())),
+                other => Err(not_found(other)),
+            },
+            FsRequest::ReadLink { path } => match path.as_str() {
+                REMOTE_CONFIG | REMOTE_DIR => Err(RemoteError::new(
+                    ErrorCode::InvalidInput,
+                    "not a symbolic link",
+                )),
+                other => Err(not_found(other)),
+            },
+            _ => Err(RemoteError::new(
+                ErrorCode::PermissionDenied,
+                "the fake target is read-only",
+            )),
+        }
+    }
+}
+
+fn lookup(name: &str) -> RemoteResult<Response> {
+    let ip = match name.trim_end_matches('.') {
+        BACKEND => BACKEND_IP,
+        CHILD_NAME => CHILD_IP,
+        _ => {
+            return Err(RemoteError::new(
+                ErrorCode::NameNotResolved,
+                format!("{name}: name or service not known"),
+            ));
+        }
+    };
+    Ok(Response::Lookup(LookupReply {
+        canonical_name: Some(name.to_string()),
+        addresses: vec![IpAddr::V4(ip)],
+    }))
+}
+
+/// The staging pod: its DNS, hostname, files, and a network where
+/// [`HTTP_REMOTE`] and [`BACKEND_HTTP`] are the local `http` server and
+/// [`UDP_REMOTE`] the local `udp` echo service.
+fn staging(http: SocketAddr, udp: SocketAddr) -> Script {
+    let fs = FakeFs::default();
+    Script::new(
+        move |request| match request {
+            Request::Lookup(l) => lookup(&l.name),
+            Request::Reverse(_) => Ok(Response::Reverse(ReverseReply { names: Vec::new() })),
+            Request::Hostname => Ok(Response::Hostname(POD_HOSTNAME.into())),
+            Request::Fs(fs_request) => fs.handle(fs_request).map(Response::Fs),
+            Request::Ping => Ok(Response::Pong),
+            Request::Env(_) | Request::Session(_) => Err(RemoteError::new(
+                ErrorCode::Unsupported,
+                "not scripted in the fake agent",
+            )),
+        },
+        move |remote| match remote {
+            RemoteAddr::Ip(addr) if *addr == HTTP_REMOTE || *addr == BACKEND_HTTP => {
+                ConnectPlan::Forward(http)
+            }
+            RemoteAddr::Ip(addr) if *addr == UDP_REMOTE => ConnectPlan::Forward(udp),
+            RemoteAddr::Ip(addr) if *addr == REFUSED_REMOTE => {
+                ConnectPlan::Refuse(ErrorCode::ConnectionRefused)
+            }
+            RemoteAddr::Ip(addr) if *addr == CANNED_REMOTE => {
+                ConnectPlan::Canned(Bytes::from_static(CANNED_GREETING.as_bytes()))
+            }
+            _ => ConnectPlan::Refuse(ErrorCode::NetworkUnreachable),
+        },
+    )
+}
+
+/// A harness against the staging pod, with the local services behind it.
+#[derive(Debug)]
+struct Staging {
+    harness: Harness,
+    http: HttpServer,
+    udp: UdpEcho,
+}
+
+impl std::ops::Deref for Staging {
+    type Target = Harness;
+
+    fn deref(&self) -> &Harness {
+        &self.harness
+    }
+}
+
+/// The staging pod with `config` handed to the layer; its HTTP service
+/// serves [`HELLO_PATH`] and `extra_files`.
+async fn staging_harness_with(config: Config, extra_files: &[(&str, &str)]) -> Staging {
+    let mut files = vec![(HELLO_PATH, HELLO_BODY)];
+    files.extend_from_slice(extra_files);
+    let http = HttpServer::start(&files).await;
+    let udp = UdpEcho::start().await;
+    let harness = Harness::start(staging(http.addr(), udp.addr()), config).await;
+    Staging { harness, http, udp }
+}
+
+async fn staging_harness(config: Config) -> Staging {
+    staging_harness_with(config, &[]).await
+}
+
+async fn default_harness() -> Staging {
+    staging_harness(Config::default()).await
+}
+
+/// `curl` that gives up quickly instead of hanging on a broken redirection.
+fn curl_args(url: &str) -> Vec<&str> {
+    vec!["-sS", "--connect-timeout", "5", "--max-time", "15", url]
+}
+
+fn http_url(addr: SocketAddr, path: &str) -> String {
+    format!("http://{addr}{path}")
+}
+
+#[track_caller]
+fn assert_no_remora_lines(out: &harness::Finished) {
+    assert!(
+        out.remora_lines().is_empty(),
+        "the layer warned unexpectedly:\n{out}"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// 1. DNS
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_python_getaddrinfo_resolves_in_the_target() {
+    let h = default_harness().await;
+    let out = h
+        .python(&format!(
+            "import socket; print(socket.getaddrinfo('{BACKEND}', 80)[0][4][0])"
+        ))
+        .await;
+    out.assert_success();
+    assert_eq!(out.stdout.trim(), BACKEND_IP.to_string(), "{out}");
+    assert_eq!(h.agent.lookups(), vec![BACKEND.to_string()]);
+    assert_no_remora_lines(&out);
+
+    // gethostbyname() and an IPv4-only getaddrinfo() go the same way.
+    let out = h
+        .python(&format!(
+            "import socket\n\
+             print(socket.gethostbyname('{CHILD_NAME}'))\n\
+             print(socket.getaddrinfo('{BACKEND}', 'http', socket.AF_INET, socket.SOCK_STREAM)[0][4])\n"
+        ))
+        .await;
+    out.assert_success();
+    assert_eq!(
+        out.stdout,
+        format!("{CHILD_IP}\n('{BACKEND_IP}', 80)\n"),
+        "{out}"
+    );
+    assert_eq!(
+        h.agent.lookups(),
+        vec![
+            BACKEND.to_string(),
+            CHILD_NAME.to_string(),
+            BACKEND.to_string()
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_concurrent_lookups_from_many_threads_all_get_their_answer() {
+    let h = default_harness().await;
+    let out = h
+        .python(&format!(
+            "import socket, threading\n\
+             expected = {{'{BACKEND}': '{BACKEND_IP}', '{CHILD_NAME}': '{CHILD_IP}'}}\n\
+             names = list(expected)\n\
+             wrong = []\n\
+             def work(i):\n\
+             \x20   for j in range(25):\n\
+             \x20       name = names[(i + j) % 2]\n\
+             \x20       got = socket.getaddrinfo(name, 80)[0][4][0]\n\
+             \x20       if got != expected[name]:\n\
+             \x20           wrong.append((name, got))\n\
+             threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]\n\
+             for t in threads: t.start()\n\
+             for t in threads: t.join()\n\
+             print('wrong', wrong)\n"
+        ))
+        .await;
+    out.assert_success();
+    assert_eq!(out.stdout, "wrong []\n", "{out}");
+    assert_eq!(h.agent.lookups().len(), 8 * 25);
+    assert_no_remora_lines(&out);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_getent_ahosts_resolves_in_the_target() {
+    let h = default_harness().await;
+    let out = h.run("getent", &["ahosts", BACKEND]).await;
+    out.assert_success();
+    let lines: Vec<Vec<&str>> = out
+        .stdout
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    // One line per socket type; the first carries the canonical name.
+    assert_eq!(
+        lines.first().map(Vec::as_slice),
+        Some(&["10.1.2.3", "STREAM", BACKEND][..]),
+        "{out}"
+    );
+    assert!(
+        lines.iter().all(|l| l.first() == Some(&"10.1.2.3")),
+        "every address is the target's: {out}"
+    );
+    assert_eq!(h.agent.lookups(), vec![BACKEND.to_string()]);
+    assert_no_remora_lines(&out);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_name_unknown_to_the_target_raises_gaierror() {
+    let h = default_harness().await;
+    let out = h
+        .python(&format!(
+            "import socket\n\
+             try:\n    socket.getaddrinfo('{UNKNOWN_NAME}', 80)\n    print('resolved')\n\
+             except socket.gaierror as e:\n    print('gaierror', e.errno == socket.EAI_NONAME)\n"
+        ))
+        .await;
+    out.assert_success();
+    assert_eq!(out.stdout.trim(), "gaierror True", "{out}");
+    // getent's "key not found" exit code.
+    let getent = h.run("getent", &["ahosts", UNKNOWN_NAME]).await;
+    assert_eq!(getent.code(), Some(2), "{getent}");
+    assert_eq!(getent.stdout, "", "{getent}");
+    assert_eq!(
+        h.agent.lookups(),
+        vec![UNKNOWN_NAME.to_string(), UNKNOWN_NAME.to_string()]
+    );
+}
+
+// ---------------------------------------------------------------------------
+// 2. Outgoing TCP
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outgoing_curl_reaches_the_service_behind_the_remote_address() {
+    let h = default_harness().await;
+    let url = http_url(HTTP_REMOTE, HELLO_PATH);
+    let out = h.run("curl", &curl_args(&url)).await;
+    out.assert_success();
+    assert_eq!(out.stdout, HELLO_BODY, "{out}");
+    assert_eq!(h.agent.connects(), vec![RemoteAddr::Ip(HTTP_REMOTE)]);
+    // The request went app → interceptor → intproxy → agent → server.
+    let sent = String::from_utf8_lossy(&h.agent.outgoing_bytes()).into_owned();
+    assert!(
+        sent.starts_with(&format!("GET {HELLO_PATH} HTTP/1.1\r\n")),
+        "the agent relayed: {sent:?}"
+    );
+    let heads = h.http.heads();
+    assert_eq!(
+        heads.len(),
+        1,
+        "the server got exactly one request: {heads:?}"
+    );
+    assert!(
+        heads[0].contains("Host: 10.9.9.9"),
+        "curl addressed the remote service: {heads:?}"
+    );
+    assert_no_remora_lines(&out);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outgoing_curl_by_name_resolves_and_connects_in_the_target() {
+    let h = default_harness().await;
+    let url = format!("http://{BACKEND}{HELLO_PATH}");
+    let mut args = curl_args(&url);
+    args.extend(["-w", "%{remote_ip}:%{remote_port}\n"]);
+    let out = h.run("curl", &args).await;
+    out.assert_success();
+    // curl reports the remote peer the layer shows it, not the interceptor.
+    assert_eq!(out.stdout, format!("{HELLO_BODY}{BACKEND_HTTP}\n"), "{out}");
+    assert_eq!(h.agent.lookups(), vec![BACKEND.to_string()]);
+    assert_eq!(h.agent.connects(), vec![RemoteAddr::Ip(BACKEND_HTTP)]);
+    let heads = h.http.heads();
+    assert!(
+        heads.len() == 1 && heads[0].contains(&format!("Host: {BACKEND}")),
+        "{heads:?}"
+    );
+    assert_no_remora_lines(&out);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outgoing_large_transfers_both_ways_through_the_interceptor() {
+    // Several MiB each way: many 64 KiB chunks, so back-pressure and
+    // chunking on every hop (interceptor, intproxy link, agent) are exercised.
+    let big: String = (0..5 * 1024 * 1024 / 64)
+        .map(|i| format!("{i:063}\n"))
+        .collect();
+    let h = staging_harness_with(Config::default(), &[("/big.txt", &big)]).await;
+    let upload: Vec<u8> = (0..3 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(h.workdir().join("upload.bin"), &upload).expect("writing the upload");
+
+    let get_url = http_url(HTTP_REMOTE, "/big.txt");
+    let mut get = curl_args(&get_url);
+    get.extend(["-o", "big.out"]);
+    h.run("curl", &get).await.assert_success();
+    let got = std::fs::read(h.workdir().join("big.out")).expect("reading the download");
+    assert!(
+        got == big.as_bytes(),
+        "download corrupted: {} bytes, expected {}",
+        got.len(),
+        big.len()
+    );
+
+    let post_url = http_url(HTTP_REMOTE, "/echo");
+    let mut post = curl_args(&post_url);
+    post.extend([
+        "-H",
+        "Expect:",
+        "--data-binary",
+        "@upload.bin",
+        "-o",
+        "echoed.bin",
+    ]);
+    h.run("curl", &post).await.assert_success();
+    let echoed = std::fs::read(h.workdir().join("echoed.bin")).expect("reading the echo");
+    assert!(
+        echoed == upload,
+        "upload corrupted: echoed {} bytes, sent {}",
+        echoed.len(),
+        upload.len()
+    );
+    assert_eq!(
+        h.agent.connects(),
+        vec![RemoteAddr::Ip(HTTP_REMOTE), RemoteAddr::Ip(HTTP_REMOTE)]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outgoing_python_sees_the_remote_peer_not_the_interceptor() {
+    let h = default_harness().await;
+    let code = format!(
+        "import socket\n\
+         s = socket.create_connection(('10.9.9.9', 80))\n\
+         print('peer', s.getpeername())\n\
+         print('local', s.getsockname())\n\
+         s.sendall(b'GET {HELLO_PATH} HTTP/1.0\\r\\nHost: 10.9.9.9\\r\\n\\r\\n')\n\
+         data = b''\n\
+         while True:\n    chunk = s.recv(4096)\n    if not chunk: break\n    data += chunk\n\
+         print('body', repr(data.split(b'\\r\\n\\r\\n', 1)[1].decode()))\n\
+         d = s.dup()\n\
+         print('dup peer', d.getpeername())\n\
+         old = s.fileno()\n\
+         d.close()\n\
+         s.close()\n\
+         a, b = socket.socketpair()\n\
+         print('fd reused', old in (a.fileno(), b.fileno()), 'peers', a.getpeername(), b.getpeername())\n"
+    );
+    let out = h.python(&code).await;
+    out.assert_success();
+    // A duplicate shows the same peer; a new local socket that reuses the
+    // closed fd number is not mistaken for the redirected one.
+    let expected = format!(
+        "peer ('10.9.9.9', 80)\nlocal ('{}', {})\nbody {:?}\ndup peer ('10.9.9.9', 80)\n\
+         fd reused True peers  \n",
+        POD_LOCAL_ADDR.ip(),
+        POD_LOCAL_ADDR.port(),
+        HELLO_BODY
+    );
+    // Python's repr of a str uses single quotes.
+    let expected = expected.replace('"', "'");
+    assert_eq!(out.stdout, expected, "{out}");
+    assert_eq!(h.agent.connects(), vec![RemoteAddr::Ip(HTTP_REMOTE)]);
+    assert_eq!(h.http.heads().len(), 1);
+    assert_no_remora_lines(&out);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outgoing_connect_refused_by_the_target_is_econnrefused() {
+    let h = default_harness().await;
+    let url = http_url(REFUSED_REMOTE, HELLO_PATH);
+    let curl = h.run("curl", &curl_args(&url)).await;
+    assert_eq!(curl.code(), Some(7), "curl: couldn't connect\n{curl}");
+    let py = h
+        .python(
+            "import socket\n\
+             try:\n    socket.create_connection(('10.9.9.10', 80), timeout=10)\n    print('connected')\n\
+             except ConnectionRefusedError:\n    print('refused')\n",
+        )
+        .await;
+    py.assert_success();
+    assert_eq!(py.stdout.trim(), "refused", "{py}");
+    assert_eq!(
+        h.agent.connects(),
+        vec![
+            RemoteAddr::Ip(REFUSED_REMOTE),
+            RemoteAddr::Ip(REFUSED_REMOTE)
+        ]
+    );
+    assert!(
+        h.http.heads().is_empty(),
+        "nothing reached the local server"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outgoing_stream_answered_by_the_target_itself() {
+    let h = default_harness().await;
+    let out = h
+        .python(
+            "import socket\n\
+             s = socket.create_connection(('10.9.9.11', 7000), timeout=10)\n\
+             s.sendall(b'ping')\n\
+             s.shutdown(socket.SHUT_WR)\n\
+             data = b''\n\
+             while True:\n    chunk = s.recv(4096)\n    if not chunk: break\n    data += chunk\n\
+             print(data.decode(), end='')\n",
+        )
+        .await;
+    out.assert_success();
+    assert_eq!(out.stdout, CANNED_GREETING, "{out}");
+    assert_eq!(h.agent.connects(), vec![RemoteAddr::Ip(CANNED_REMOTE)]);
+    assert_eq!(h.agent.outgoing_bytes(), b"ping");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outgoing_udp_datagrams_go_through_the_target_both_ways() {
+    let h = default_harness().await;
+    let out = h
+        .python(
+            "import socket\n\
+             u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+             u.settimeout(10)\n\
+             u.sendto(b'ping', ('10.9.9.12', 9999))\n\
+             data, source = u.recvfrom(100)\n\
+             print('unconnected', data, source)\n\
+             c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+             c.settimeout(10)\n\
+             c.connect(('10.9.9.12', 9999))\n\
+             c.send(b'pong')\n\
+             print('connected', c.recv(100), c.getpeername())\n",
+        )
+        .await;
+    out.assert_success();
+    assert_eq!(
+        out.stdout,
+        "unconnected b'PING' ('10.9.9.12', 9999)\nconnected b'PONG' ('10.9.9.12', 9999)\n",
+        "{out}"
+    );
+    assert_eq!(
+        h.agent.connects(),
+        vec![RemoteAddr::Ip(UDP_REMOTE), RemoteAddr::Ip(UDP_REMOTE)]
+    );
+    assert_eq!(h.udp.received(), vec![b"ping".to_vec(), b"pong".to_vec()]);
+    assert_no_remora_lines(&out);
+}
+
+// ---------------------------------------------------------------------------
+// 3. Hostname
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostname_is_the_targets() {
+    let h = default_harness().await;
+    let out = h.run("hostname", &[]).await;
+    out.assert_success();
+    assert_eq!(out.stdout.trim(), POD_HOSTNAME, "{out}");
+    assert!(h.agent.requests().contains(&Request::Hostname));
+    assert_no_remora_lines(&out);
+    let py = h.python("import socket; print(socket.gethostname())").await;
+    py.assert_success();
+    assert_eq!(py.stdout.trim(), POD_HOSTNAME, "{py}");
+}
+
+// ---------------------------------------------------------------------------
+// 4. Files
+// ---------------------------------------------------------------------------
+
+/// Fail clearly when the layer has no file hooks (rather than failing on
+/// whatever the local file system happens to say).
+fn require_file_hooks() {
+    let layer = harness::layer_path();
+    let out = std::process::Command::new("nm")
+        .args(["-D", "--defined-only"])
+        .arg(&layer)
+        .output()
+        .unwrap_or_else(|e| panic!("running nm on {}: {e}", layer.display()));
+    let exported = String::from_utf8_lossy(&out.stdout);
+    let has = |sym: &str| {
+        exported
+            .lines()
+            .any(|l| l.split_whitespace().last() == Some(sym))
+    };
+    for sym in ["open", "opendir"] {
+        assert!(
+            has(sym),
+            "{} exports no `{sym}`: the file hooks are missing (rebuild with \
+             `cargo build -p remora-layer`)",
+            layer.display()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_cat_reads_a_remote_file() {
+    require_file_hooks();
+    let h = default_harness().await;
+    let out = h.run("cat", &[REMOTE_CONFIG]).await;
+    out.assert_success();
+    assert_eq!(out.stdout, REMOTE_CONFIG_BODY, "{out}");
+    assert!(
+        h.agent.fs_requests().iter().any(
+            |r| matches!(r, FsRequest::Open(o) if o.path == REMOTE_CONFIG && !o.options.write)
+        ),
+        "the agent saw a read-only Open of {REMOTE_CONFIG}: {:?}",
+        h.agent.fs_requests()
+    );
+    assert_no_remora_lines(&out);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_python_reads_a_remote_file() {
+    require_file_hooks();
+    let h = default_harness().await;
+    let out = h
+        .python(&format!(
+            "import os\n\
+             print(open('{REMOTE_CONFIG}').read(), end='')\n\
+             print('size', os.stat('{REMOTE_CONFIG}').st_size)\n\
+             print('missing exists', os.path.exists('{REMOTE_MISSING}'))\n\
+             print('listdir', sorted(os.listdir('{REMOTE_DIR}')))\n"
+        ))
+        .await;
+    out.assert_success();
+    let names: Vec<&str> = REMOTE_DIR_ENTRIES.iter().map(|(n, _)| *n).collect();
+    assert_eq!(
+        out.stdout,
+        format!(
+            "{REMOTE_CONFIG_BODY}size {}\nmissing exists False\nlistdir {names:?}\n",
+            REMOTE_CONFIG_BODY.len()
+        )
+        .replace('"', "'"),
+        "{out}"
+    );
+    assert!(
+        h.agent.fs_paths().iter().any(|p| p == REMOTE_CONFIG),
+        "{:?}",
+        h.agent.fs_requests()
+    );
+    assert_no_remora_lines(&out);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_missing_remote_file_is_enoent() {
+    require_file_hooks();
+    let h = default_harness().await;
+    let out = h.run("cat", &[REMOTE_MISSING]).await;
+    assert_eq!(out.code(), Some(1), "{out}");
+    assert!(
+        out.stderr
+            .contains(&format!("{REMOTE_MISSING}: No such file or directory")),
+        "{out}"
+    );
+    assert!(
+        h.agent.fs_paths().iter().any(|p| p == REMOTE_MISSING),
+        "the agent was asked for {REMOTE_MISSING}: {:?}",
+        h.agent.fs_requests()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_ls_lists_a_remote_directory() {
+    require_file_hooks();
+    let h = default_harness().await;
+    let out = h.run("ls", &["-1", REMOTE_DIR]).await;
+    out.assert_success();
+    let listed: Vec<&str> = out.stdout.lines().collect();
+    let expected: Vec<&str> = REMOTE_DIR_ENTRIES.iter().map(|(n, _)| *n).collect();
+    assert_eq!(listed, expected, "{out}");
+    let fs = h.agent.fs_requests();
+    assert!(
+        fs.iter()
+            .any(|r| matches!(r, FsRequest::OpenDir { path } if path == REMOTE_DIR)),
+        "{fs:?}"
+    );
+    assert!(
+        fs.iter()
+            .any(|r| matches!(r, FsRequest::ReadDirBatch { .. })),
+        "{fs:?}"
+    );
+    assert_no_remora_lines(&out);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_local_by_default_paths_never_reach_the_agent() {
+    require_file_hooks();
+    let h = default_harness().await;
+    let local_file = h.workdir().join("local.txt");
+    std::fs::write(&local_file, "local content\n").expect("writing a local file");
+    let local_abs = local_file.to_string_lossy().into_owned();
+    let os_release = std::fs::read_to_string("/usr/lib/os-release")
+        .expect("this machine has /usr/lib/os-release");
+
+    let cat = h
+        .run("cat", &["/usr/lib/os-release", "local.txt", &local_abs])
+        .await;
+    cat.assert_success();
+    assert_eq!(
+        cat.stdout,
+        format!("{os_release}local content\nlocal content\n"),
+        "{cat}"
+    );
+    let ls = h.run("ls", &["-1"]).await;
+    ls.assert_success();
+    assert_eq!(ls.stdout, "local.txt\n", "{ls}");
+    let py = h
+        .python(
+            "import os; print(open('local.txt').read(), end=''); print(sorted(os.listdir('.')))",
+        )
+        .await;
+    py.assert_success();
+    assert_eq!(py.stdout, "local content\n['local.txt']\n", "{py}");
+
+    let workdir = h.workdir().to_string_lossy().into_owned();
+    let leaked: Vec<String> = h
+        .agent
+        .fs_paths()
+        .into_iter()
+        .filter(|p| p.starts_with("/usr/lib/") || p.starts_with(&workdir))
+        .collect();
+    assert!(
+        leaked.is_empty(),
+        "local paths reached the agent: {leaked:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// 5. Losing the agent
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_loss_fails_remote_calls_fast_and_keeps_local_ones_working() {
+    // Loopback stays local, so a local service can show that local traffic
+    // survives the agent.
+    let mut config = Config::default();
+    config.network.outgoing.ignore_localhost = true;
+    let h = staging_harness(config).await;
+    let code = format!(
+        "import socket, sys\n\
+         def lookup():\n\
+         \x20   try:\n\
+         \x20       return socket.getaddrinfo('{BACKEND}', 80)[0][4][0]\n\
+         \x20   except socket.gaierror as e:\n\
+         \x20       return 'gaierror'\n\
+         print('before', lookup(), flush=True)\n\
+         sys.stdin.readline()\n\
+         print('after', lookup(), flush=True)\n\
+         print('again', lookup(), flush=True)\n\
+         print('local file', len(open('/usr/lib/os-release').read()) > 0, flush=True)\n"
+    );
+    let mut py = h.spawn_interactive(python(), &["-c", &code]);
+    assert_eq!(py.line().await, format!("before {BACKEND_IP}"));
+
+    h.agent.drop_connections().await;
+    let started = Instant::now();
+    py.send_line("go").await;
+    let out = py.finish().await;
+    let elapsed = started.elapsed();
+    out.assert_success();
+    assert_eq!(
+        out.stdout,
+        format!("before {BACKEND_IP}\nafter gaierror\nagain gaierror\nlocal file True\n"),
+        "{out}"
+    );
+    assert!(
+        elapsed < Duration::from_secs(5),
+        "remote calls failed slowly ({elapsed:?}) after the agent was lost"
+    );
+    let warnings = out.remora_lines();
+    assert_eq!(
+        warnings.len(),
+        1,
+        "exactly one `remora:` warning line for the lost agent:\n{out}"
+    );
+    assert!(
+        warnings[0].contains("agent"),
+        "the warning names the cause:\n{out}"
+    );
+
+    // A new process: remote connect fails at once, local traffic works.
+    let started = Instant::now();
+    let remote = h
+        .run("curl", &curl_args(&http_url(HTTP_REMOTE, HELLO_PATH)))
+        .await;
+    assert_eq!(remote.code(), Some(7), "curl: couldn't connect\n{remote}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "curl failed slowly: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(remote.remora_lines().len(), 1, "{remote}");
+    let local = h
+        .run("curl", &curl_args(&http_url(h.http.addr(), HELLO_PATH)))
+        .await;
+    local.assert_success();
+    assert_eq!(local.stdout, HELLO_BODY, "{local}");
+    // Nothing of the second half reached the (gone) agent.
+    assert_eq!(h.agent.lookups(), vec![BACKEND.to_string()]);
+    assert!(h.agent.connects().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_loss_ends_open_remote_streams_promptly() {
+    let h = default_harness().await;
+    // The app holds a connection to a remote service that has not answered
+    // yet (no request sent) when the agent goes away.
+    let code = "import socket, sys\n\
+                s = socket.create_connection(('10.9.9.9', 80), timeout=30)\n\
+                print('connected', flush=True)\n\
+                sys.stdin.readline()\n\
+                try:\n\
+                \x20   data = s.recv(4096)\n\
+                \x20   print('recv', repr(data), flush=True)\n\
+                except OSError as e:\n\
+                \x20   print('recv failed', type(e).__name__, flush=True)\n";
+    let mut py = h.spawn_interactive(python(), &["-c", code]);
+    assert_eq!(py.line().await, "connected");
+    h.agent.drop_connections().await;
+    let started = Instant::now();
+    py.send_line("go").await;
+    let out = py.finish().await;
+    out.assert_success();
+    let last = out.stdout.lines().last().unwrap_or_default().to_string();
+    assert!(
+        last == "recv b''" || last == "recv failed ConnectionResetError",
+        "the stream ends (EOF or reset) when the agent is lost:\n{out}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the stream ended slowly ({:?}) after the agent was lost",
+        started.elapsed()
+    );
+}
+
+// ---------------------------------------------------------------------------
+// 6. fork / exec
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_children_load_the_layer_again() {
+    require_file_hooks();
+    let h = default_harness().await;
+    let script = format!(
+        "getent ahosts {BACKEND} | head -n 1; \
+         {} -c \"import socket; print(socket.getaddrinfo('{CHILD_NAME}', 80)[0][4][0])\"; \
+         cat {REMOTE_CONFIG}",
+        python()
+    );
+    let out = h.run("bash", &["-c", &script]).await;
+    out.assert_success();
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines.len(), 2 + REMOTE_CONFIG_BODY.lines().count(), "{out}");
+    assert_eq!(lines[2..].join("\n") + "\n", REMOTE_CONFIG_BODY, "{out}");
+    assert_eq!(
+        lines[0].split_whitespace().collect::<Vec<_>>(),
+        ["10.1.2.3", "STREAM", BACKEND],
+        "{out}"
+    );
+    assert_eq!(lines[1], CHILD_IP.to_string(), "{out}");
+    assert_eq!(
+        h.agent.lookups(),
+        vec![BACKEND.to_string(), CHILD_NAME.to_string()]
+    );
+    assert_no_remora_lines(&out);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forked_child_resolves_remotely_and_parent_session_survives() {
+    let h = default_harness().await;
+    let code = format!(
+        "import os, socket\n\
+         def look(name):\n    return socket.getaddrinfo(name, 80)[0][4][0]\n\
+         print('parent', look('{BACKEND}'), flush=True)\n\
+         pid = os.fork()\n\
+         if pid == 0:\n\
+         \x20   try:\n\
+         \x20       print('child', look('{CHILD_NAME}'), flush=True)\n\
+         \x20       os._exit(0)\n\
+         \x20   except BaseException as e:\n\
+         \x20       print('child failed', repr(e), flush=True)\n\
+         \x20       os._exit(1)\n\
+         _, status = os.waitpid(pid, 0)\n\
+         print('child exit', os.waitstatus_to_exitcode(status))\n\
+         print('parent again', look('{BACKEND}'), flush=True)\n"
+    );
+    let out = h.python(&code).await;
+    out.assert_success();
+    assert_eq!(
+        out.stdout,
+        format!("parent {BACKEND_IP}\nchild {CHILD_IP}\nchild exit 0\nparent again {BACKEND_IP}\n"),
+        "{out}"
+    );
+    assert_eq!(
+        h.agent.lookups(),
+        vec![
+            BACKEND.to_string(),
+            CHILD_NAME.to_string(),
+            BACKEND.to_string()
+        ]
+    );
+    assert_no_remora_lines(&out);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forked_child_and_parent_each_open_remote_streams() {
+    let h = default_harness().await;
+    let code = format!(
+        "import os, socket\n\
+         def fetch():\n\
+         \x20   s = socket.create_connection(('10.9.9.9', 80), timeout=10)\n\
+         \x20   s.sendall(b'GET {HELLO_PATH} HTTP/1.0\\r\\n\\r\\n')\n\
+         \x20   data = b''\n\
+         \x20   while True:\n\
+         \x20       chunk = s.recv(4096)\n\
+         \x20       if not chunk: break\n\
+         \x20       data += chunk\n\
+         \x20   return (s.getpeername(), data.split(b'\\r\\n\\r\\n', 1)[1].decode().strip())\n\
+         pid = os.fork()\n\
+         if pid == 0:\n\
+         \x20   try:\n\
+         \x20       print('child', fetch(), flush=True)\n\
+         \x20       os._exit(0)\n\
+         \x20   except BaseException as e:\n\
+         \x20       print('child failed', repr(e), flush=True)\n\
+         \x20       os._exit(1)\n\
+         _, status = os.waitpid(pid, 0)\n\
+         print('child exit', os.waitstatus_to_exitcode(status))\n\
+         print('parent', fetch(), flush=True)\n"
+    );
+    let out = h.python(&code).await;
+    out.assert_success();
+    let fetched = format!("(('10.9.9.9', 80), '{}')", HELLO_BODY.trim());
+    assert_eq!(
+        out.stdout,
+        format!("child {fetched}\nchild exit 0\nparent {fetched}\n"),
+        "{out}"
+    );
+    assert_eq!(h.agent.connects().len(), 2);
+    assert_eq!(h.http.heads().len(), 2);
+    assert_no_remora_lines(&out);
+}
+
+// ---------------------------------------------------------------------------
+// 7. Inactive layer
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inactive_layer_changes_nothing() {
+    let http = HttpServer::start(&[(HELLO_PATH, HELLO_BODY)]).await;
+    let cwd = tempfile::tempdir().expect("working directory");
+    let url = http_url(http.addr(), HELLO_PATH);
+    let curl = curl_args(&url);
+    let programs: Vec<(&str, Vec<&str>)> = vec![
+        ("cat", vec!["/etc/hostname"]),
+        ("curl", curl.clone()),
+        ("hostname", vec![]),
+    ];
+    for (program, args) in &programs {
+        let plain = harness::run_plain(program, args, cwd.path()).await;
+        let preloaded = harness::run_inactive(program, args, cwd.path(), &[]).await;
+        assert_eq!(
+            (preloaded.status, &preloaded.stdout, &preloaded.stderr),
+            (plain.status, &plain.stdout, &plain.stderr),
+            "with the inactive layer:\n{preloaded}\nwithout it:\n{plain}"
+        );
+    }
+    assert_eq!(http.heads().len(), 2, "both curls reached the local server");
+    // The library really was loaded (and said why it stays inactive).
+    let debug = harness::run_inactive(
+        "cat",
+        &["/etc/hostname"],
+        cwd.path(),
+        &[(LAYER_DEBUG_ENV, "1")],
+    )
+    .await;
+    debug.assert_success();
+    assert!(
+        debug
+            .stderr
+            .contains("remora: layer inactive: REMORA_INTPROXY_ADDR is not set"),
+        "{debug}"
+    );
+}

@@ -1,0 +1,69 @@
+//! The demo behind `scripts/demo.sh`: builds a sandbox "checkout" pod (its own
+//! network namespace, hostname, hosts file, private files, environment and a
+//! service on its loopback), then runs the same local program twice, once
+//! plainly and once through `remora run --target pid/<pod>`, and prints what
+//! each saw. Everything it creates is removed when it exits.
+
+use remora_tests::fixtures::{
+    CHECKOUT_CONFIG, CHECKOUT_PORT, PAYMENTS_HOST, checkout_pod, remora_run,
+};
+use remora_tests::{Sandbox, bin_path};
+use std::process::{Command, ExitCode};
+
+fn main() -> ExitCode {
+    match demo() {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => {
+            eprintln!("demo: remora did not show the pod's view (see above)");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("demo: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn demo() -> Result<bool, Box<dyn std::error::Error>> {
+    let sandbox = Sandbox::new()?;
+    println!("==> starting a sandbox pod \"checkout\" (network + mount + UTS namespaces)");
+    let c = checkout_pod(&sandbox)?;
+    println!(
+        "    pod IP {}, target {}, a service on the pod's 127.0.0.1:{CHECKOUT_PORT}",
+        c.pod.ip(),
+        c.pod.target()
+    );
+    let probe = bin_path("remora-probe")?;
+    let probe = probe.to_string_lossy().into_owned();
+    let port = CHECKOUT_PORT;
+    let script = format!(
+        "echo \"hostname:        $(hostname)\"; \
+         echo \"APP_SECRET:      ${{APP_SECRET:-<unset>}}\"; \
+         echo \"{CHECKOUT_CONFIG}: $(head -1 {CHECKOUT_CONFIG} 2>&1)\"; \
+         echo \"ls /srv/checkout: $(ls /srv/checkout 2>&1 | tr '\\n' ' ')\"; \
+         echo \"resolve {PAYMENTS_HOST}: $({probe} resolve {PAYMENTS_HOST} 2>&1)\"; \
+         echo \"GET 127.0.0.1:{port}/health: $({probe} get 127.0.0.1:{port} /health 2>&1)\"; \
+         echo \"python urllib: $(python3 -c 'import urllib.request as u; print(u.urlopen(\"http://{PAYMENTS_HOST}:{port}/\", timeout=5).read().decode().strip())' 2>&1 | tail -1)\""
+    );
+    println!("\n==> without remora: bash -c '...'");
+    let plain = Command::new("bash").args(["-c", &script]).output()?;
+    print!("{}", indent(&String::from_utf8_lossy(&plain.stdout)));
+    println!(
+        "\n==> with remora: remora run --target {} -- bash -c '...'",
+        c.pod.target()
+    );
+    let remote = remora_run(&c.pod, &["bash", "-c", &script])?;
+    let seen = String::from_utf8_lossy(&remote.stdout).into_owned();
+    print!("{}", indent(&seen));
+    eprint!("{}", String::from_utf8_lossy(&remote.stderr));
+    let ok = remote.status.success()
+        && seen.contains("s3cr3t-from-the-pod")
+        && seen.contains("new_checkout")
+        && seen.contains("/health: ok");
+    println!("\n==> cleaning up the sandbox");
+    Ok(ok)
+}
+
+fn indent(text: &str) -> String {
+    text.lines().map(|l| format!("    {l}\n")).collect()
+}

@@ -1,0 +1,92 @@
+//! Ready-made pods shared by the end-to-end tests and `scripts/demo.sh`.
+//!
+//! The "checkout" pod looks like a small service of a staging cluster: its own
+//! environment, config files only it has, a cluster-only hostname, and an HTTP
+//! service listening on the pod's loopback only.
+
+use crate::{Pod, PodProcess, PodSpec, Result, Sandbox};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+/// Port of the checkout pod's HTTP service (on the pod's 127.0.0.1 only).
+pub const CHECKOUT_PORT: u16 = 18080;
+/// Secret only the pod's environment has.
+pub const CHECKOUT_SECRET: &str = "s3cr3t-from-the-pod";
+/// Config file only the pod has.
+pub const CHECKOUT_CONFIG: &str = "/etc/checkout/config.yaml";
+/// Its contents.
+pub const CHECKOUT_CONFIG_BODY: &str = "feature_flags:\n  new_checkout: true\nregion: staging-eu\n";
+/// Name that resolves only inside the pod (to the pod's loopback).
+pub const PAYMENTS_HOST: &str = "payments.staging.internal";
+/// Directory the service serves, only in the pod.
+pub const CHECKOUT_WWW: &str = "/srv/checkout/www";
+
+/// A running checkout pod: the pod and its service process.
+#[derive(Debug)]
+pub struct CheckoutPod {
+    pub pod: Pod,
+    pub service: PodProcess,
+}
+
+/// Start the checkout pod and wait until its service answers.
+pub fn checkout_pod(sandbox: &Sandbox) -> Result<CheckoutPod> {
+    let spec = PodSpec::new("checkout")
+        .env("APP_SECRET", CHECKOUT_SECRET)
+        .env(
+            "DATABASE_URL",
+            "postgres://db.staging.internal:5432/checkout",
+        )
+        .env(
+            "PAYMENTS_URL",
+            format!("http://{PAYMENTS_HOST}:{CHECKOUT_PORT}"),
+        )
+        .file(CHECKOUT_CONFIG, CHECKOUT_CONFIG_BODY)
+        .file(
+            format!("{CHECKOUT_WWW}/index.html"),
+            "hello from the checkout pod\n",
+        )
+        .file(format!("{CHECKOUT_WWW}/health"), "ok\n")
+        .file(
+            "/srv/checkout/data/orders.csv",
+            "id,total\n1,9.99\n2,42.00\n",
+        )
+        .host(PAYMENTS_HOST, std::net::Ipv4Addr::LOCALHOST);
+    let pod = sandbox.pod(spec)?;
+    let port = CHECKOUT_PORT.to_string();
+    let service = pod.spawn(&[
+        "python3",
+        "-m",
+        "http.server",
+        "--bind",
+        "127.0.0.1",
+        "--directory",
+        CHECKOUT_WWW,
+        &port,
+    ])?;
+    pod.wait_for_tcp(CHECKOUT_PORT, Duration::from_secs(20))?;
+    Ok(CheckoutPod { pod, service })
+}
+
+/// `remora run --target <pod> -- <args>` with the workspace's `remora`.
+pub fn remora_run(pod: &Pod, args: &[&str]) -> Result<Output> {
+    remora_run_with(pod, &[], args)
+}
+
+/// Like [`remora_run`] with extra `remora run` flags before `--`.
+pub fn remora_run_with(pod: &Pod, flags: &[&str], args: &[&str]) -> Result<Output> {
+    let remora = crate::bin_path("remora")?;
+    let target = pod.target();
+    let out = Command::new(&remora)
+        .arg("run")
+        .args(["--target", &target])
+        .args(flags)
+        .arg("--")
+        .args(args)
+        .output()
+        .map_err(|source| crate::Error::Spawn {
+            what: "remora run".into(),
+            program: remora.display().to_string(),
+            source,
+        })?;
+    Ok(out)
+}
