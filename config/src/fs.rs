@@ -1,6 +1,8 @@
 //! File policy: for an absolute path and an access kind, whether the layer opens
 //! the file locally, reads or writes it in the target, or pretends it is missing.
 
+mod default_local;
+
 use regex::RegexSet;
 use std::borrow::Cow;
 
@@ -93,7 +95,6 @@ pub struct FsPolicy {
     local: RegexSet,
     read_write: RegexSet,
     read_only: RegexSet,
-    default_local: RegexSet,
     local_prefixes: Vec<String>,
 }
 
@@ -112,14 +113,12 @@ impl FsPolicy {
         let read_write = compile("fs.read_write", &config.read_write);
         let read_only = compile("fs.read_only", &config.read_only);
         // Cannot fail: the built-in patterns are constants covered by the tests.
-        let default_local = RegexSet::new(DEFAULT_LOCAL).expect("built-in patterns compile");
         issues.into_result(FsPolicy {
             mode: config.mode,
             not_found,
             local,
             read_write,
             read_only,
-            default_local,
             local_prefixes: Vec::new(),
         })
     }
@@ -162,7 +161,7 @@ impl FsPolicy {
             } else {
                 FsDecision::Remote
             }
-        } else if self.default_local.is_match(path) || self.has_local_prefix(path) {
+        } else if default_local::matches(path) || self.has_local_prefix(path) {
             FsDecision::Local
         } else {
             match (self.mode, write) {

@@ -331,12 +331,9 @@ impl AgentLinkTask {
     fn shut_down(mut self, reason: &str, orderly: bool) {
         tracing::info!("agent link closed: {reason}");
         if !orderly {
-            // The user's terminal gets one line; layers then fail remote
-            // calls with ENOTCONN-like errors and keep local ones working.
-            eprintln!(
-                "remora: lost the connection to the agent ({reason}); remote calls now fail, \
-                 local ones keep working"
-            );
+            // Each layer session tells its process once (see `AgentApi::lost`),
+            // so the warning lands on the app's stderr, wherever that goes.
+            tracing::debug!("lost the connection to the agent: {reason}");
         }
         if let Ok(mut dead) = self.dead.lock() {
             *dead = Some(reason.to_string());

@@ -11,316 +11,15 @@
 
 mod support;
 
-use bytes::Bytes;
 use remora_config::Config;
-use remora_protocol::dns::{LookupReply, ReverseReply};
-use remora_protocol::fs::{DirEntry, FileType, FsReply, FsRequest, Metadata, OpenReply, Timestamp};
-use remora_protocol::{
-    ErrorCode, RemoteAddr, RemoteError, RemoteFd, RemoteResult, Request, Response,
-};
-use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use remora_protocol::fs::FsRequest;
+use remora_protocol::{RemoteAddr, Request};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
-use support::fake_agent::{ConnectPlan, POD_LOCAL_ADDR, Script};
-use support::harness::{self, Harness, LAYER_DEBUG_ENV, python};
+use support::fake_agent::POD_LOCAL_ADDR;
+use support::harness::{self, LAYER_DEBUG_ENV, python};
 use support::http::HttpServer;
-use support::udp::UdpEcho;
-
-// ---------------------------------------------------------------------------
-// The scripted target ("staging pod")
-// ---------------------------------------------------------------------------
-
-const BACKEND: &str = "backend.staging.internal";
-const BACKEND_IP: Ipv4Addr = Ipv4Addr::new(10, 1, 2, 3);
-const CHILD_NAME: &str = "child.staging.internal";
-const CHILD_IP: Ipv4Addr = Ipv4Addr::new(10, 1, 2, 4);
-const UNKNOWN_NAME: &str = "nosuch.staging.internal";
-const POD_HOSTNAME: &str = "orders-7f9c4-xk2lp";
-
-/// Remote address of a service the fake agent maps to the local HTTP server.
-const HTTP_REMOTE: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 9, 9, 9)), 80);
-/// [`BACKEND`]'s HTTP port, also mapped to the local HTTP server.
-const BACKEND_HTTP: SocketAddr = SocketAddr::new(IpAddr::V4(BACKEND_IP), 80);
-/// Remote UDP service the fake agent maps to the local echo service.
-const UDP_REMOTE: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 9, 9, 12)), 9999);
-/// Remote address whose connects the target refuses.
-const REFUSED_REMOTE: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 9, 9, 10)), 80);
-/// Remote address where the target itself answers with fixed bytes.
-const CANNED_REMOTE: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 9, 9, 11)), 7000);
-const CANNED_GREETING: &str = "hello from the pod\n";
-
-const HELLO_PATH: &str = "/hello.txt";
-const HELLO_BODY: &str = "hello from the staging backend\n";
-
-const REMOTE_CONFIG: &str = "/etc/remora-fake/config.yaml";
-const REMOTE_CONFIG_BODY: &str = "database:\n  host: db.staging.internal\n  port: 5432\n";
-const REMOTE_MISSING: &str = "/etc/remora-fake/missing.yaml";
-const REMOTE_DIR: &str = "/srv/fake";
-const REMOTE_DIR_ENTRIES: &[(&str, FileType)] = &[
-    ("alpha.txt", FileType::Regular),
-    ("beta.log", FileType::Regular),
-    ("gamma", FileType::Directory),
-];
-
-const S_IFREG: u32 = 0o100_000;
-const S_IFDIR: u32 = 0o040_000;
-
-fn metadata(mode: u32, size: u64, ino: u64) -> Metadata {
-    let time = Timestamp {
-        secs: 1_700_000_000,
-        nanos: 0,
-    };
-    Metadata {
-        dev: 0x42,
-        ino,
-        mode,
-        nlink: 1,
-        uid: 0,
-        gid: 0,
-        rdev: 0,
-        size,
-        blksize: 4096,
-        blocks: size.div_ceil(512),
-        atime: time,
-        mtime: time,
-        ctime: time,
-    }
-}
-
-fn config_metadata() -> Metadata {
-    metadata(S_IFREG | 0o644, REMOTE_CONFIG_BODY.len() as u64, 1001)
-}
-
-fn dir_metadata() -> Metadata {
-    metadata(S_IFDIR | 0o755, 4096, 1002)
-}
-
-fn not_found(what: &str) -> RemoteError {
-    RemoteError::new(
-        ErrorCode::NotFound,
-        format!("{what}: no such file or directory"),
-    )
-}
-
-/// Handles the fake target's file system hands out.
-#[derive(Debug, Default)]
-struct FakeFs {
-    next_fd: AtomicU64,
-    /// Open directory handles and whether their entries were listed already.
-    dirs: Mutex<HashMap<RemoteFd, bool>>,
-    /// Open file handles and their read positions.
-    files: Mutex<HashMap<RemoteFd, usize>>,
-}
-
-impl FakeFs {
-    fn fd(&self) -> RemoteFd {
-        RemoteFd(100 + self.next_fd.fetch_add(1, Ordering::SeqCst))
-    }
-
-    fn handle(&self, request: &FsRequest) -> RemoteResult<FsReply> {
-        let body = REMOTE_CONFIG_BODY.as_bytes();
-        match request {
-            FsRequest::Stat { path, .. } | FsRequest::Access { path, .. } => {
-                let meta = match path.as_str() {
-                    REMOTE_CONFIG => config_metadata(),
-                    REMOTE_DIR => dir_metadata(),
-                    other => return Err(not_found(other)),
-                };
-                Ok(match request {
-                    FsRequest::Stat { .. } => FsReply::Metadata(meta),
-                    _ => FsReply::Done,
-                })
-            }
-            FsRequest::Open(open) => match open.path.as_str() {
-                REMOTE_CONFIG if open.options.write => Err(RemoteError::new(
-                    ErrorCode::PermissionDenied,
-                    "read-only file system",
-                )),
-                REMOTE_CONFIG => {
-                    let fd = self.fd();
-                    let inline = open.snapshot_limit >= body.len() as u64;
-                    if !inline {
-                        self.files.lock().unwrap().insert(fd, 0);
-                    }
-                    Ok(FsReply::Opened(OpenReply {
-                        fd,
-                        metadata: config_metadata(),
-                        snapshot: inline.then(|| Bytes::from_static(body)),
-                    }))
-                }
-                REMOTE_DIR => Ok(FsReply::Opened(OpenReply {
-                    fd: self.fd(),
-                    metadata: dir_metadata(),
-                    snapshot: None,
-                })),
-                other => Err(not_found(other)),
-            },
-            FsRequest::OpenDir { path } if path == REMOTE_DIR => {
-                let fd = self.fd();
-                self.dirs.lock().unwrap().insert(fd, false);
-                Ok(FsReply::Opened(OpenReply {
-                    fd,
-                    metadata: dir_metadata(),
-                    snapshot: None,
-                }))
-            }
-            FsRequest::OpenDir { path } => Err(not_found(path)),
-            FsRequest::ReadDirBatch { fd, .. } => {
-                let mut dirs = self.dirs.lock().unwrap();
-                let listed = dirs
-                    .get_mut(fd)
-                    .ok_or_else(|| RemoteError::new(ErrorCode::BadHandle, "unknown handle"))?;
-                if std::mem::replace(listed, true) {
-                    return Ok(FsReply::DirEntries(Vec::new()));
-                }
-                let entries = REMOTE_DIR_ENTRIES
-                    .iter()
-                    .enumerate()
-                    .map(|(i, (name, file_type))| DirEntry {
-                        name: (*name).to_string(),
-                        ino: 2000 + i as u64,
-                        file_type: *file_type,
-                    })
-                    .collect();
-                Ok(FsReply::DirEntries(entries))
-            }
-            FsRequest::Read { fd, len } => {
-                let mut files = self.files.lock().unwrap();
-                let pos = files
-                    .get_mut(fd)
-                    .ok_or_else(|| RemoteError::new(ErrorCode::BadHandle, "unknown handle"))?;
-                let start = (*pos).min(body.len());
-                let end = (start + *len as usize).min(body.len());
-                *pos = end;
-                Ok(FsReply::Data(Bytes::copy_from_slice(&body[start..end])))
-            }
-            FsRequest::Pread { fd, offset, len } => {
-                if !self.files.lock().unwrap().contains_key(fd) {
-                    return Err(RemoteError::new(ErrorCode::BadHandle, "unknown handle"));
-                }
-                let start = (*offset as usize).min(body.len());
-                let end = (start + *len as usize).min(body.len());
-                Ok(FsReply::Data(Bytes::copy_from_slice(&body[start..end])))
-            }
-            FsRequest::Fstat { fd } => {
-                if self.dirs.lock().unwrap().contains_key(fd) {
-                    Ok(FsReply::Metadata(dir_metadata()))
-                } else if self.files.lock().unwrap().contains_key(fd) {
-                    Ok(FsReply::Metadata(config_metadata()))
-                } else {
-                    Err(RemoteError::new(ErrorCode::BadHandle, "unknown handle"))
-                }
-            }
-            FsRequest::Close { fd } => {
-                self.dirs.lock().unwrap().remove(fd);
-                self.files.lock().unwrap().remove(fd);
-                Ok(FsReply::Done)
-            }
-            FsRequest::Canonicalize { path } => match path.as_str() {
-                REMOTE_CONFIG | REMOTE_DIR => Ok(FsReply::Path(path.clone())),
-                other => Err(not_found(other)),
-            },
-            FsRequest::ReadLink { path } => match path.as_str() {
-                REMOTE_CONFIG | REMOTE_DIR => Err(RemoteError::new(
-                    ErrorCode::InvalidInput,
-                    "not a symbolic link",
-                )),
-                other => Err(not_found(other)),
-            },
-            _ => Err(RemoteError::new(
-                ErrorCode::PermissionDenied,
-                "the fake target is read-only",
-            )),
-        }
-    }
-}
-
-fn lookup(name: &str) -> RemoteResult<Response> {
-    let ip = match name.trim_end_matches('.') {
-        BACKEND => BACKEND_IP,
-        CHILD_NAME => CHILD_IP,
-        _ => {
-            return Err(RemoteError::new(
-                ErrorCode::NameNotResolved,
-                format!("{name}: name or service not known"),
-            ));
-        }
-    };
-    Ok(Response::Lookup(LookupReply {
-        canonical_name: Some(name.to_string()),
-        addresses: vec![IpAddr::V4(ip)],
-    }))
-}
-
-/// The staging pod: its DNS, hostname, files, and a network where
-/// [`HTTP_REMOTE`] and [`BACKEND_HTTP`] are the local `http` server and
-/// [`UDP_REMOTE`] the local `udp` echo service.
-fn staging(http: SocketAddr, udp: SocketAddr) -> Script {
-    let fs = FakeFs::default();
-    Script::new(
-        move |request| match request {
-            Request::Lookup(l) => lookup(&l.name),
-            Request::Reverse(_) => Ok(Response::Reverse(ReverseReply { names: Vec::new() })),
-            Request::Hostname => Ok(Response::Hostname(POD_HOSTNAME.into())),
-            Request::Fs(fs_request) => fs.handle(fs_request).map(Response::Fs),
-            Request::Ping => Ok(Response::Pong),
-            Request::Env(_) | Request::Session(_) => Err(RemoteError::new(
-                ErrorCode::Unsupported,
-                "not scripted in the fake agent",
-            )),
-        },
-        move |remote| match remote {
-            RemoteAddr::Ip(addr) if *addr == HTTP_REMOTE || *addr == BACKEND_HTTP => {
-                ConnectPlan::Forward(http)
-            }
-            RemoteAddr::Ip(addr) if *addr == UDP_REMOTE => ConnectPlan::Forward(udp),
-            RemoteAddr::Ip(addr) if *addr == REFUSED_REMOTE => {
-                ConnectPlan::Refuse(ErrorCode::ConnectionRefused)
-            }
-            RemoteAddr::Ip(addr) if *addr == CANNED_REMOTE => {
-                ConnectPlan::Canned(Bytes::from_static(CANNED_GREETING.as_bytes()))
-            }
-            _ => ConnectPlan::Refuse(ErrorCode::NetworkUnreachable),
-        },
-    )
-}
-
-/// A harness against the staging pod, with the local services behind it.
-#[derive(Debug)]
-struct Staging {
-    harness: Harness,
-    http: HttpServer,
-    udp: UdpEcho,
-}
-
-impl std::ops::Deref for Staging {
-    type Target = Harness;
-
-    fn deref(&self) -> &Harness {
-        &self.harness
-    }
-}
-
-/// The staging pod with `config` handed to the layer; its HTTP service
-/// serves [`HELLO_PATH`] and `extra_files`.
-async fn staging_harness_with(config: Config, extra_files: &[(&str, &str)]) -> Staging {
-    let mut files = vec![(HELLO_PATH, HELLO_BODY)];
-    files.extend_from_slice(extra_files);
-    let http = HttpServer::start(&files).await;
-    let udp = UdpEcho::start().await;
-    let harness = Harness::start(staging(http.addr(), udp.addr()), config).await;
-    Staging { harness, http, udp }
-}
-
-async fn staging_harness(config: Config) -> Staging {
-    staging_harness_with(config, &[]).await
-}
-
-async fn default_harness() -> Staging {
-    staging_harness(Config::default()).await
-}
+use support::staging::*;
 
 /// `curl` that gives up quickly instead of hanging on a broken redirection.
 fn curl_args(url: &str) -> Vec<&str> {
@@ -453,6 +152,35 @@ async fn dns_name_unknown_to_the_target_raises_gaierror() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_ipv6_lookup_with_ai_v4mapped_maps_the_targets_ipv4_answers() {
+    let h = default_harness().await;
+    // getent ahostsv6 asks for AF_INET6 with AI_V4MAPPED.
+    let out = h.run("getent", &["ahostsv6", BACKEND]).await;
+    out.assert_success();
+    assert_eq!(
+        out.stdout
+            .lines()
+            .next()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>()),
+        Some(vec!["::ffff:10.1.2.3", "STREAM", BACKEND]),
+        "{out}"
+    );
+    let py = h
+        .python(&format!(
+            "import socket\n\
+             print(socket.getaddrinfo('{BACKEND}', 80, socket.AF_INET6, socket.SOCK_STREAM, 0, \
+             socket.AI_V4MAPPED)[0][4][:2])\n"
+        ))
+        .await;
+    py.assert_success();
+    assert_eq!(py.stdout, "('::ffff:10.1.2.3', 80)\n", "{py}");
+    assert_eq!(
+        h.agent.lookups(),
+        vec![BACKEND.to_string(), BACKEND.to_string()]
+    );
+}
+
 // ---------------------------------------------------------------------------
 // 2. Outgoing TCP
 // ---------------------------------------------------------------------------
@@ -549,6 +277,73 @@ async fn outgoing_large_transfers_both_ways_through_the_interceptor() {
         h.agent.connects(),
         vec![RemoteAddr::Ip(HTTP_REMOTE), RemoteAddr::Ip(HTTP_REMOTE)]
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outgoing_repeated_connect_does_not_open_a_second_remote_stream() {
+    // Regression: connect() called again on a non-blocking socket (how Ruby's
+    // connect_nonblock and many C loops learn the result) opened a second
+    // stream from the target to the same service.
+    let h = default_harness().await;
+    let out = h
+        .python(&format!(
+            "import errno, select, socket\n\
+             s = socket.socket()\n\
+             s.setblocking(False)\n\
+             first = s.connect_ex(('10.9.9.9', 80))\n\
+             select.select([], [s], [], 10)\n\
+             second = s.connect_ex(('10.9.9.9', 80))\n\
+             print('first', errno.errorcode.get(first, first))\n\
+             print('second ok', second in (0, errno.EISCONN))\n\
+             s.setblocking(True)\n\
+             s.sendall(b'GET {HELLO_PATH} HTTP/1.0\\r\\n\\r\\n')\n\
+             data = b''\n\
+             while True:\n\
+             \x20   chunk = s.recv(4096)\n\
+             \x20   if not chunk: break\n\
+             \x20   data += chunk\n\
+             print(data.split(b'\\r\\n\\r\\n', 1)[1].decode(), end='')\n"
+        ))
+        .await;
+    out.assert_success();
+    assert_eq!(
+        out.stdout,
+        format!("first EINPROGRESS\nsecond ok True\n{HELLO_BODY}"),
+        "{out}"
+    );
+    assert_eq!(h.agent.connects(), vec![RemoteAddr::Ip(HTTP_REMOTE)]);
+    assert_eq!(h.http.heads().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outgoing_dual_stack_socket_reaches_an_ipv4_mapped_peer() {
+    // What Java and other dual-stack clients do: an AF_INET6 socket
+    // connecting to ::ffff:a.b.c.d.
+    let h = default_harness().await;
+    let out = h
+        .python(&format!(
+            "import socket\n\
+             s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)\n\
+             s.settimeout(10)\n\
+             s.connect(('::ffff:10.9.9.9', 80))\n\
+             print(s.getpeername()[:2])\n\
+             s.sendall(b'GET {HELLO_PATH} HTTP/1.0\\r\\n\\r\\n')\n\
+             data = b''\n\
+             while True:\n\
+             \x20   chunk = s.recv(4096)\n\
+             \x20   if not chunk: break\n\
+             \x20   data += chunk\n\
+             print(data.split(b'\\r\\n\\r\\n', 1)[1].decode(), end='')\n"
+        ))
+        .await;
+    out.assert_success();
+    assert_eq!(
+        out.stdout,
+        format!("('::ffff:10.9.9.9', 80)\n{HELLO_BODY}"),
+        "{out}"
+    );
+    assert_eq!(h.agent.connects().len(), 1);
+    assert_eq!(h.http.heads().len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -787,7 +582,7 @@ async fn files_missing_remote_file_is_enoent() {
 async fn files_ls_lists_a_remote_directory() {
     require_file_hooks();
     let h = default_harness().await;
-    let out = h.run("ls", &["-1", REMOTE_DIR]).await;
+    let out = h.run("ls", &[REMOTE_DIR]).await;
     out.assert_success();
     let listed: Vec<&str> = out.stdout.lines().collect();
     let expected: Vec<&str> = REMOTE_DIR_ENTRIES.iter().map(|(n, _)| *n).collect();
@@ -1062,6 +857,28 @@ async fn forked_child_and_parent_each_open_remote_streams() {
     );
     assert_eq!(h.agent.connects().len(), 2);
     assert_eq!(h.http.heads().len(), 2);
+    assert_no_remora_lines(&out);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_survives_a_daemon_style_closerange() {
+    // Daemons and process supervisors close every inherited fd
+    // (close_range/closefrom), which includes the layer's own connection.
+    let h = default_harness().await;
+    let out = h
+        .python(&format!(
+            "import os, socket\n\
+             os.closerange(3, 65536)\n\
+             print(socket.getaddrinfo('{BACKEND}', 80)[0][4][0])\n\
+             print(socket.getaddrinfo('{CHILD_NAME}', 80)[0][4][0])\n"
+        ))
+        .await;
+    out.assert_success();
+    assert_eq!(out.stdout, format!("{BACKEND_IP}\n{CHILD_IP}\n"), "{out}");
+    assert_eq!(
+        h.agent.lookups(),
+        vec![BACKEND.to_string(), CHILD_NAME.to_string()]
+    );
     assert_no_remora_lines(&out);
 }
 

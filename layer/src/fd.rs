@@ -169,3 +169,63 @@ pub unsafe extern "C" fn fcntl64(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
     let ret = unsafe { real!(fcntl64: fn(c_int, c_int, c_ulong) -> c_int)(fd, cmd, arg) };
     after_fcntl(fd, cmd, ret)
 }
+
+/// Entries of the fd table in `[first, last]`, removed.
+fn forget_range(first: c_int, last: c_int) {
+    if COUNT.load(Ordering::Relaxed) == 0 {
+        return;
+    }
+    let mut t = TABLE.write();
+    if let Some(map) = t.as_mut() {
+        let before = map.len();
+        map.retain(|fd, _| *fd < first || *fd > last);
+        COUNT.fetch_sub(before - map.len(), Ordering::Relaxed);
+    }
+}
+
+/// `close_range` that spares the layer's own connection: daemons and
+/// `subprocess`-style launchers close every fd above 2 this way, and the
+/// layer must keep talking to its intproxy afterwards.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn close_range(
+    first: libc::c_uint,
+    last: libc::c_uint,
+    flags: c_int,
+) -> c_int {
+    let real = real!(close_range: fn(libc::c_uint, libc::c_uint, c_int) -> c_int);
+    let Some(_g) = DetourGuard::enter() else {
+        // SAFETY: forwarding the caller's arguments unchanged.
+        return unsafe { real(first, last, flags) };
+    };
+    let session = session::session_fd();
+    // CLOSE_RANGE_CLOEXEC only marks fds; the layer's fd is close-on-exec already.
+    let marks_only = flags & (libc::CLOSE_RANGE_CLOEXEC as c_int) != 0;
+    if flags & (libc::CLOSE_RANGE_UNSHARE as c_int) == 0 && !marks_only {
+        let end = last.min(c_int::MAX as libc::c_uint) as c_int;
+        forget_range(first.min(c_int::MAX as libc::c_uint) as c_int, end);
+    }
+    match session {
+        Some(fd) if !marks_only && (first..=last).contains(&(fd as libc::c_uint)) => {
+            let fd = fd as libc::c_uint;
+            let mut rc = 0;
+            if fd > first {
+                // SAFETY: closing a sub-range of what the caller asked for.
+                rc = unsafe { real(first, fd - 1, flags) };
+            }
+            if rc == 0 && fd < last {
+                // SAFETY: as above.
+                rc = unsafe { real(fd + 1, last, flags) };
+            }
+            rc
+        }
+        // SAFETY: forwarding the caller's arguments unchanged.
+        _ => unsafe { real(first, last, flags) },
+    }
+}
+
+/// glibc's `closefrom` calls `close_range` internally, out of the hooks' reach.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn closefrom(low: c_int) {
+    // SAFETY: same contract as closefrom: close everything from `low` up.
+    unsafe { close_range(low.max(0) as libc::c_uint, libc::c_uint::MAX, 0) };
+}

@@ -56,6 +56,12 @@ pub fn configure(endpoint: ProxyEndpoint) {
     unsafe { libc::pthread_atfork(Some(before_fork), Some(after_fork), Some(after_fork)) };
 }
 
+/// The layer's connection fd, if connected.
+pub fn session_fd() -> Option<i32> {
+    let fd = SESSION_FD.load(Ordering::Relaxed);
+    (fd >= 0).then_some(fd)
+}
+
 /// Whether `fd` is the layer's own connection (the app may not close it).
 pub fn is_session_fd(fd: i32) -> bool {
     fd >= 0 && SESSION_FD.load(Ordering::Relaxed) == fd
@@ -108,7 +114,9 @@ pub fn request(req: LayerRequest) -> HookResult<LayerResponse> {
     match conn.roundtrip(req) {
         Ok(result) => result.map_err(HookError::Remote),
         Err(e) => {
-            *guard = None;
+            if let Some(conn) = guard.take() {
+                conn.discard();
+            }
             SESSION_FD.store(-1, Ordering::Relaxed);
             Err(unavailable(&e))
         }
@@ -148,6 +156,16 @@ pub fn warn(msg: &str) {
 }
 
 impl Conn {
+    /// Close a broken connection without trusting that its fd is still ours
+    /// (the app may have closed it behind our back, e.g. with a raw syscall):
+    /// std would abort on `EBADF` when dropping an `OwnedFd`.
+    fn discard(self) {
+        use std::os::fd::IntoRawFd;
+        let fd = self.reader.into_inner().into_raw_fd();
+        // SAFETY: closing a raw fd; an error (already closed) is ignored.
+        unsafe { libc::close(fd) };
+    }
+
     fn connect(endpoint: &ProxyEndpoint, pid: u32) -> Result<Conn, String> {
         let stream = TcpStream::connect_timeout(&endpoint.addr, Duration::from_secs(5))
             .map_err(|e| format!("connecting to {}: {e}", endpoint.addr))?;

@@ -33,7 +33,10 @@ pub fn init() -> Result<(), String> {
         .map_err(|e| format!("{INTPROXY_ADDR_ENV}={addr:?}: {e}"))?;
     let token = std::env::var(LAYER_TOKEN_ENV).unwrap_or_default();
     let config = match std::env::var(RESOLVED_CONFIG_ENV) {
-        Ok(value) => Config::from_env_value(&value).map_err(|e| e.to_string())?,
+        // The CLI validated it; `policies()` below compiles (and so checks) it
+        // once more, so skip `from_env_value`'s second validation.
+        Ok(value) => serde_json::from_str::<Config>(&value)
+            .map_err(|e| format!("{RESOLVED_CONFIG_ENV}: {e}"))?,
         Err(_) => Config::default(),
     };
     let mut policies = config.policies().map_err(|e| e.to_string())?;

@@ -53,16 +53,20 @@ pub fn checkout_pod(sandbox: &Sandbox) -> Result<CheckoutPod> {
         .host(PAYMENTS_HOST, std::net::Ipv4Addr::LOCALHOST);
     let pod = sandbox.pod(spec)?;
     let port = CHECKOUT_PORT.to_string();
-    let service = pod.spawn(&[
-        "python3",
-        "-m",
-        "http.server",
-        "--bind",
-        "127.0.0.1",
-        "--directory",
-        CHECKOUT_WWW,
-        &port,
-    ])?;
+    // The service's access log would interleave with test and demo output.
+    let service = pod
+        .command("python3")?
+        .args([
+            "-m",
+            "http.server",
+            "--bind",
+            "127.0.0.1",
+            "--directory",
+            CHECKOUT_WWW,
+            &port,
+        ])
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
     pod.wait_for_tcp(CHECKOUT_PORT, Duration::from_secs(20))?;
     Ok(CheckoutPod { pod, service })
 }

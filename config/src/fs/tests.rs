@@ -207,3 +207,137 @@ fn built_in_list_compiles() {
         regex::Regex::new(pattern).unwrap();
     }
 }
+
+mod default_local_equivalence {
+    use super::super::{DEFAULT_LOCAL, default_local};
+    use proptest::prelude::*;
+
+    /// Path fragments that exercise every rule and its near misses.
+    const FRAGMENTS: &[&str] = &[
+        "proc",
+        "sys",
+        "dev",
+        "lib",
+        "lib64",
+        "usr",
+        "local",
+        "share",
+        "bin",
+        "sbin",
+        "etc",
+        "ld.so.cache",
+        "ld.so",
+        "nsswitch.conf",
+        "localtime",
+        "ssl",
+        "ca-certificates",
+        "alternatives",
+        "passwd",
+        "group",
+        "tmp",
+        "var",
+        "run",
+        "user",
+        "home",
+        "root",
+        "alice",
+        ".bashrc",
+        ".",
+        "bash.bashrc",
+        "profile",
+        "profile.d",
+        "inputrc",
+        "environment",
+        "gai.conf",
+        "host.conf",
+        "site-packages",
+        "dist-packages",
+        "node_modules",
+        "nix",
+        "store",
+        "opt",
+        "homebrew",
+        "libc.so",
+        "libc.so.6",
+        "libfoo.so.1.2",
+        "x.so.",
+        "a.so.x",
+        "so",
+        "procx",
+        "usrx",
+        "checkout",
+        "config.yaml",
+        "srv",
+        "app",
+        "lib-x",
+        "",
+        "ld.so.",
+    ];
+
+    fn path() -> impl Strategy<Value = String> {
+        proptest::collection::vec(proptest::sample::select(FRAGMENTS), 1..5)
+            .prop_map(|parts| format!("/{}", parts.join("/")))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 4000, ..ProptestConfig::default() })]
+
+        #[test]
+        fn fast_rules_agree_with_the_documented_regexes(path in path()) {
+            let set = regex::RegexSet::new(DEFAULT_LOCAL).unwrap();
+            prop_assert_eq!(default_local::matches(&path), set.is_match(&path), "{}", path);
+        }
+    }
+
+    #[test]
+    fn each_pattern_is_exercised() {
+        for (pattern, path) in DEFAULT_LOCAL.iter().zip([
+            "/proc/self/maps",
+            "/sys",
+            "/dev/null",
+            "/x/libc.so.6",
+            "/lib/x",
+            "/lib64",
+            "/usr/lib/x",
+            "/usr/lib64",
+            "/usr/local/lib/p",
+            "/usr/share/zoneinfo",
+            "/usr/include/x.h",
+            "/bin/sh",
+            "/sbin/ip",
+            "/usr/bin/env",
+            "/usr/sbin/x",
+            "/usr/local/bin/x",
+            "/etc/ld.so.cache",
+            "/etc/nsswitch.conf",
+            "/etc/localtime",
+            "/etc/ssl/certs",
+            "/etc/ca-certificates",
+            "/etc/alternatives/x",
+            "/etc/passwd",
+            "/etc/group",
+            "/tmp/x",
+            "/var/tmp",
+            "/run/user/0",
+            "/home/alice/.bashrc",
+            "/root/.cargo",
+            "/home/alice",
+            "/root",
+            "/etc/profile",
+            "/etc/profile.d/x.sh",
+            "/etc/gai.conf",
+            "/app/venv/lib/site-packages/x",
+            "/usr/lib/python3/dist-packages",
+            "/app/node_modules/x",
+            "/nix/store/abc",
+            "/opt/homebrew/bin",
+        ]) {
+            let re = regex::Regex::new(pattern).unwrap();
+            assert!(re.is_match(path), "{pattern} should match {path}");
+            assert!(
+                default_local::matches(path),
+                "fast rules should match {path}"
+            );
+        }
+    }
+}

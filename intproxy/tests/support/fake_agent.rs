@@ -35,7 +35,8 @@ const FORWARD_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Answers a [`Request`] the way the target would.
 pub type RequestScript = dyn Fn(&Request) -> RemoteResult<Response> + Send + Sync;
-/// Decides what happens to an outgoing stream to a remote address.
+/// Decides what happens to an outgoing stream to a remote address (given
+/// [`canonical`]: IPv4-mapped addresses as IPv4).
 pub type ConnectScript = dyn Fn(&RemoteAddr) -> ConnectPlan + Send + Sync;
 
 /// What the fake target network does with one `Connect`.
@@ -213,6 +214,17 @@ impl Drop for FakeAgent {
     }
 }
 
+/// The address the target network really reaches: an IPv4-mapped IPv6
+/// address (what dual-stack sockets connect to) is the IPv4 address.
+pub fn canonical(remote: RemoteAddr) -> RemoteAddr {
+    match remote {
+        RemoteAddr::Ip(addr) => {
+            RemoteAddr::Ip(SocketAddr::new(addr.ip().to_canonical(), addr.port()))
+        }
+        unix => unix,
+    }
+}
+
 /// The path a file request names, if it names one.
 pub fn fs_path(request: &FsRequest) -> Option<String> {
     match request {
@@ -315,7 +327,7 @@ async fn serve_connection(stream: TcpStream, shared: &Shared, mut drop_rx: watch
                         }
                     }
                     ClientMessage::Outgoing(OutgoingClient::Connect { conn, transport, remote }) => {
-                        let plan = (shared.script.connects)(&remote);
+                        let plan = (shared.script.connects)(&canonical(remote.clone()));
                         let (tx, rx) = mpsc::unbounded_channel();
                         streams.insert(conn, tx);
                         tokio::spawn(stream_task(conn, transport, remote, plan, rx, out_tx.clone()));

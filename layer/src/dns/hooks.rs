@@ -104,9 +104,13 @@ unsafe fn remote_getaddrinfo(
         libc::SOCK_DGRAM => SockType::Datagram,
         _ => SockType::Any,
     };
+    // AI_V4MAPPED: an AF_INET6 lookup falls back to (with AI_ALL: adds)
+    // the IPv4 addresses as v4-mapped IPv6 ones, so the target must be asked
+    // for both families.
+    let v4_mapped = family == AddrFamily::V6 && hints.ai_flags & libc::AI_V4MAPPED != 0;
     let query = Query {
         name: name.clone(),
-        family,
+        family: if v4_mapped { AddrFamily::Any } else { family },
         socktype,
         flags: hints.ai_flags,
     };
@@ -128,7 +132,7 @@ unsafe fn remote_getaddrinfo(
         };
         vec![(hints.ai_socktype, proto)]
     };
-    let addrs: Vec<IpAddr> = reply
+    let mut addrs: Vec<IpAddr> = reply
         .addresses
         .iter()
         .copied()
@@ -138,6 +142,12 @@ unsafe fn remote_getaddrinfo(
             AddrFamily::Any => true,
         })
         .collect();
+    if v4_mapped && (addrs.is_empty() || hints.ai_flags & libc::AI_ALL != 0) {
+        addrs.extend(reply.addresses.iter().filter_map(|ip| match ip {
+            IpAddr::V4(v4) => Some(IpAddr::V6(v4.to_ipv6_mapped())),
+            IpAddr::V6(_) => None,
+        }));
+    }
     if addrs.is_empty() {
         return Err(Failure::Eai(libc::EAI_NONAME));
     }

@@ -87,6 +87,25 @@ pub struct Redirect {
 /// Plan a remote `connect`: on success the hook connects `fd` to
 /// `interceptor` and then calls [`connected`].
 pub fn connect(fd: i32, remote: SocketAddr) -> HookResult<Redirect> {
+    // A second connect to the same peer is how non-blocking code (Ruby's
+    // connect_nonblock, many C loops) learns that the first one finished: it
+    // must reach the same interceptor, so the kernel answers EALREADY/EISCONN,
+    // instead of opening another stream from the target.
+    if let Some(Managed::Socket(
+        info @ SocketInfo::Outgoing {
+            remote: current,
+            interceptor,
+            ..
+        },
+    )) = fd::get(fd)
+    {
+        if current == remote {
+            return Ok(Redirect {
+                interceptor: sockaddr::encode(interceptor, domain_of(fd)),
+                info,
+            });
+        }
+    }
     let (transport, domain) = route(fd, remote)?;
     let (interceptor, remote_local) = intercept(transport, remote)?;
     Ok(Redirect {
