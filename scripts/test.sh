@@ -24,10 +24,12 @@ cargo build --workspace --quiet
 export REMORA_REQUIRE_SANDBOX=1
 
 if cargo nextest --version >/dev/null 2>&1; then
+    # nextest does not run doctests; run them first so nextest's summary is
+    # the run's closing line.
+    echo "==> cargo test --doc"
+    cargo test --workspace --doc --quiet
     echo "==> cargo nextest run --workspace"
     cargo nextest run --workspace --no-fail-fast "$@"
-    # nextest does not run doctests.
-    cargo test --workspace --doc --quiet
 else
     echo "==> cargo test --workspace"
     cargo test --workspace --no-fail-fast "$@"
