@@ -2,6 +2,7 @@
 
 use crate::IntProxyConfig;
 use crate::agent_link::AgentApi;
+use crate::file_stream::{self, WriteStreams};
 use crate::outgoing;
 use futures::{SinkExt, StreamExt};
 use remora_protocol::codec::FrameCodec;
@@ -42,6 +43,7 @@ pub async fn serve(
     config: Arc<IntProxyConfig>,
 ) -> crate::Result<()> {
     let sessions = Arc::new(Sessions::default());
+    let streams = WriteStreams::default();
     loop {
         let idle_for = if sessions.ever.load(Ordering::SeqCst) == 0 {
             config.first_connect_timeout
@@ -69,9 +71,10 @@ pub async fn serve(
                     let guard = SessionGuard(sessions.clone());
                     let agent = agent.clone();
                     let config = config.clone();
+                    let streams = streams.clone();
                     tokio::spawn(async move {
                         let _guard = guard;
-                        if let Err(e) = session(stream, agent, config).await {
+                        if let Err(e) = session(stream, agent, config, streams).await {
                             tracing::debug!("layer session ended: {e}");
                         }
                     });
@@ -90,6 +93,7 @@ async fn session(
     stream: TcpStream,
     agent: AgentApi,
     config: Arc<IntProxyConfig>,
+    streams: WriteStreams,
 ) -> Result<(), remora_protocol::CodecError> {
     let mut hs = Framed::new(stream, FrameCodec::<LayerHello, LayerHelloReply>::default());
     let Some(hello) = hs.next().await.transpose()? else {
@@ -113,7 +117,7 @@ async fn session(
     let mut warned_lost = false;
     while let Some(msg) = framed.next().await {
         let LayerMessage::Request { id, request } = msg?;
-        let result = handle(&agent, request).await;
+        let result = handle(&agent, &streams, request).await;
         // The first call that fails because the agent is gone tells the
         // user why, once per process (the layer prints Log lines on stderr).
         if result.is_err() && !warned_lost {
@@ -136,9 +140,25 @@ async fn session(
     Ok(())
 }
 
-async fn handle(agent: &AgentApi, request: LayerRequest) -> RemoteResult<LayerResponse> {
+async fn handle(
+    agent: &AgentApi,
+    streams: &WriteStreams,
+    request: LayerRequest,
+) -> RemoteResult<LayerResponse> {
     match request {
-        LayerRequest::Remote(request) => agent.request(request).await.map(LayerResponse::Remote),
+        LayerRequest::Remote(request) => {
+            if let Some(path) = file_stream::path_of(&request) {
+                streams.drained(path).await;
+            }
+            agent.request(request).await.map(LayerResponse::Remote)
+        }
+        LayerRequest::StreamWrites { fd, path } => {
+            let interceptor = streams.start(agent.clone(), fd, path).await?;
+            Ok(LayerResponse::Intercepted {
+                interceptor,
+                remote_local: None,
+            })
+        }
         LayerRequest::ConnectOutgoing { transport, remote } => {
             let (interceptor, remote_local) =
                 outgoing::intercept(agent.clone(), transport, remote).await?;

@@ -20,6 +20,7 @@
 
 pub mod agent_link;
 pub mod error;
+pub mod file_stream;
 pub mod layer;
 pub mod outgoing;
 

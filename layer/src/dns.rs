@@ -5,6 +5,7 @@
 //! filters written with host names can match the IPs the app connects to.
 
 pub mod hooks;
+pub mod hostent;
 pub mod ops;
 
 use parking_lot::Mutex;

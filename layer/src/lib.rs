@@ -30,6 +30,7 @@
 
 pub mod dns;
 pub mod error;
+pub mod exec;
 pub mod fd;
 pub mod file;
 pub mod guard;
@@ -39,6 +40,7 @@ pub mod session;
 pub mod sockaddr;
 pub mod socket;
 pub mod state;
+pub mod syscall;
 
 /// Environment variable that makes the layer print why it is inactive.
 pub const DEBUG_ENV: &str = "REMORA_LAYER_DEBUG";

@@ -43,6 +43,7 @@ pub fn init() -> Result<(), String> {
     policies.fs = policies.fs.with_local_prefixes(runtime_local_prefixes());
     crate::session::configure(crate::session::ProxyEndpoint { addr, token });
     let _ = STATE.set(LayerState { config, policies });
+    crate::exec::capture_environment();
     crate::session::connect_now();
     Ok(())
 }

@@ -117,6 +117,13 @@ pub enum LayerRequest {
     },
     /// The application closed its listener on `remote`.
     Unlisten { remote: RemotePort },
+    /// Write sequentially to the remote file `fd` (opened write-only through
+    /// this intproxy) from a local stream: the layer connects the returned
+    /// interceptor and hands that socket to the application, so writes work
+    /// from stdio internals and exec'd children too. The intproxy closes the
+    /// remote file when the stream ends, and holds later requests naming
+    /// `path` until the stream is drained.
+    StreamWrites { fd: crate::RemoteFd, path: String },
 }
 
 /// The successful answer to a [`LayerRequest`].

@@ -413,3 +413,149 @@ fn agent_pid_for(target: &str) -> Option<u32> {
 fn intproxy_running_for(target: &str) -> bool {
     !processes_for(target, Some("remora")).is_empty()
 }
+
+/// Runs `remora run` from a second "laptop" pod whose resolver only knows its
+/// own loopback, so if a resolver function escaped the layer, its query could
+/// never leave the machine: it would fail instead.
+fn remora_from_laptop(laptop: &remora_tests::Pod, target: &str, args: &[&str]) -> Output {
+    let remora = bin_path("remora").unwrap();
+    laptop
+        .command(remora.as_os_str())
+        .unwrap()
+        .args(["run", "--target", target, "--"])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+const LEGACY_SCRIPT: &str = r#"
+import os, platform, socket, subprocess
+print("gethostbyname", socket.gethostbyname("payments.staging.internal"))
+print("gethostbyname_ex", socket.gethostbyname_ex("payments.staging.internal")[2])
+print("gethostbyaddr", socket.gethostbyaddr("127.0.0.1")[0])
+print("node", platform.node())
+# A child started with a scrubbed environment still sees the pod.
+child = subprocess.run(["cat", "/etc/checkout/config.yaml"], env={"PATH": os.environ["PATH"]},
+                       capture_output=True, text=True)
+print("scrubbed-env child", child.stdout.splitlines()[0] if child.stdout else child.stderr.strip())
+"#;
+
+#[test]
+fn legacy_resolvers_uname_and_scrubbed_children_see_the_pod() {
+    require_sandbox!();
+    let sandbox = Sandbox::new().unwrap();
+    let c = checkout_pod(&sandbox).unwrap();
+    let laptop = sandbox.pod(PodSpec::new("laptop")).unwrap();
+    let out = remora_from_laptop(&laptop, &c.pod.target(), &["python3", "-c", LEGACY_SCRIPT]);
+    let stdout = ok(out);
+    assert_eq!(
+        stdout,
+        "gethostbyname 127.0.0.1\ngethostbyname_ex ['127.0.0.1']\ngethostbyaddr localhost\n\
+         node checkout\nscrubbed-env child feature_flags:\n"
+    );
+    let hosts = ok(remora_from_laptop(
+        &laptop,
+        &c.pod.target(),
+        &["getent", "hosts", PAYMENTS_HOST],
+    ));
+    assert!(hosts.starts_with("127.0.0.1"), "{hosts}");
+    let uname = ok(remora_from_laptop(
+        &laptop,
+        &c.pod.target(),
+        &["uname", "-n"],
+    ));
+    assert_eq!(uname.trim(), "checkout");
+}
+
+#[test]
+fn write_mode_writes_the_targets_files_and_read_mode_does_not() {
+    require_sandbox!();
+    let sandbox = Sandbox::new().unwrap();
+    let c = checkout_pod(&sandbox).unwrap();
+    let script = "set -e; echo 'id,total' > /srv/checkout/data/new.csv; echo '3,1.00' >> /srv/checkout/data/new.csv; \
+                  mkdir /srv/checkout/data/archive; mv /srv/checkout/data/orders.csv /srv/checkout/data/archive/; \
+                  ls /srv/checkout/data";
+    let listing =
+        ok(remora_run_with(&c.pod, &["--fs-mode", "write"], &["bash", "-c", script]).unwrap());
+    assert_eq!(listing, "archive\nnew.csv\n");
+    // The pod itself sees the changes.
+    assert_eq!(
+        c.pod
+            .exec_ok(&["cat", "/srv/checkout/data/new.csv"])
+            .unwrap(),
+        "id,total\n3,1.00\n"
+    );
+    assert!(
+        c.pod
+            .exec_ok(&["ls", "/srv/checkout/data/archive"])
+            .unwrap()
+            .contains("orders.csv")
+    );
+    // In the default read mode writes stay local: the pod's file is untouched.
+    let out = remora_run(
+        &c.pod,
+        &["bash", "-c", "echo local > /srv/checkout/data/new.csv"],
+    )
+    .unwrap();
+    assert!(
+        !out.status.success(),
+        "the local machine has no /srv/checkout"
+    );
+    assert_eq!(
+        c.pod
+            .exec_ok(&["cat", "/srv/checkout/data/new.csv"])
+            .unwrap(),
+        "id,total\n3,1.00\n"
+    );
+}
+
+const UDP_ECHO: &str = r#"
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("127.0.0.1", 19053))
+while True:
+    data, peer = s.recvfrom(2048)
+    s.sendto(b"pod:" + data, peer)
+"#;
+
+const UDP_CLIENT: &str = r#"
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(10)
+s.sendto(b"ping", ("127.0.0.1", 19053))
+data, source = s.recvfrom(2048)
+print(data.decode(), source)
+c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+c.settimeout(10)
+c.connect(("127.0.0.1", 19053))
+c.send(b"pong")
+print(c.recv(2048).decode(), c.getpeername())
+"#;
+
+#[test]
+fn udp_datagrams_reach_the_pods_loopback() {
+    require_sandbox!();
+    let sandbox = Sandbox::new().unwrap();
+    let c = checkout_pod(&sandbox).unwrap();
+    let _echo = c.pod.spawn(&["python3", "-c", UDP_ECHO]).unwrap();
+    // Wait until the echo answers inside the pod (UDP has no connect to poll).
+    let probe = "import socket; s=socket.socket(2,2); s.settimeout(0.2); s.sendto(b'x',('127.0.0.1',19053)); s.recvfrom(64)";
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !c
+        .pod
+        .exec(&["python3", "-c", probe])
+        .unwrap()
+        .status
+        .success()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "UDP echo never answered in the pod"
+        );
+    }
+    let out = ok(remora_run(&c.pod, &["python3", "-c", UDP_CLIENT]).unwrap());
+    assert_eq!(
+        out,
+        "pod:ping ('127.0.0.1', 19053)\npod:pong ('127.0.0.1', 19053)\n"
+    );
+}

@@ -10,10 +10,9 @@ use crate::error::{HookError, fail};
 use crate::guard::DetourGuard;
 use crate::real::real;
 use crate::sockaddr as sa;
-use libc::{addrinfo, c_char, c_int, hostent, size_t};
+use libc::{addrinfo, c_char, c_int, size_t};
 use parking_lot::Mutex;
 use remora_protocol::dns::{AddrFamily, SockType};
-use std::cell::RefCell;
 use std::collections::HashSet;
 use std::ffi::{CStr, CString};
 use std::net::{IpAddr, SocketAddr};
@@ -25,10 +24,6 @@ static OURS: Mutex<Option<HashSet<usize>>> = Mutex::new(None);
 struct Entry {
     ai: addrinfo,
     addr: libc::sockaddr_storage,
-}
-
-unsafe extern "C" {
-    fn __h_errno_location() -> *mut c_int;
 }
 
 type GetAddrInfo = unsafe extern "C" fn(
@@ -263,96 +258,6 @@ pub unsafe extern "C" fn freeaddrinfo(res: *mut addrinfo) {
             cur = next;
         }
     }
-}
-
-/// Storage behind the `hostent` that `gethostbyname` returns (per thread, as
-/// glibc's is per process; valid until the next call on the same thread).
-struct HostEntStorage {
-    ent: hostent,
-    _name: CString,
-    _addrs: Vec<[u8; 4]>,
-    _addr_ptrs: Vec<*mut c_char>,
-    _aliases: Vec<*mut c_char>,
-}
-
-thread_local! {
-    static HOSTENT: RefCell<Option<Box<HostEntStorage>>> = const { RefCell::new(None) };
-}
-
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn gethostbyname(name: *const c_char) -> *mut hostent {
-    let real = real!(gethostbyname: fn(*const c_char) -> *mut hostent);
-    let Some(_g) = DetourGuard::enter() else {
-        // SAFETY: forwarding the caller's arguments unchanged.
-        return unsafe { real(name) };
-    };
-    if name.is_null() {
-        return unsafe { real(name) };
-    }
-    // SAFETY: gethostbyname(3): name is NUL-terminated.
-    let text = unsafe { CStr::from_ptr(name) }
-        .to_string_lossy()
-        .into_owned();
-    if ops::should_resolve_remotely(&text).is_err() {
-        return unsafe { real(name) };
-    }
-    let query = Query {
-        name: text.clone(),
-        family: AddrFamily::V4,
-        socktype: SockType::Any,
-        flags: 0,
-    };
-    let reply = match ops::lookup(query) {
-        Ok(r) => r,
-        Err(HookError::Bypass(_)) => return unsafe { real(name) },
-        Err(e) => {
-            let h = if ops::eai_of(&e) == libc::EAI_AGAIN {
-                2
-            } else {
-                1
-            };
-            // SAFETY: this thread's h_errno slot.
-            unsafe { *__h_errno_location() = h };
-            return std::ptr::null_mut();
-        }
-    };
-    let addrs: Vec<[u8; 4]> = reply
-        .addresses
-        .iter()
-        .filter_map(|ip| match ip {
-            IpAddr::V4(v4) => Some(v4.octets()),
-            IpAddr::V6(_) => None,
-        })
-        .collect();
-    if addrs.is_empty() {
-        // SAFETY: this thread's h_errno slot. HOST_NOT_FOUND.
-        unsafe { *__h_errno_location() = 1 };
-        return std::ptr::null_mut();
-    }
-    let cname = CString::new(reply.canonical_name.unwrap_or(text)).unwrap_or_default();
-    let mut storage = Box::new(HostEntStorage {
-        // SAFETY: hostent is plain old data; filled in below.
-        ent: unsafe { std::mem::zeroed() },
-        _name: cname,
-        _addrs: addrs,
-        _addr_ptrs: Vec::new(),
-        _aliases: vec![std::ptr::null_mut()],
-    });
-    let s = &mut *storage;
-    s._addr_ptrs = s
-        ._addrs
-        .iter_mut()
-        .map(|a| a.as_mut_ptr().cast::<c_char>())
-        .collect();
-    s._addr_ptrs.push(std::ptr::null_mut());
-    s.ent.h_name = s._name.as_ptr().cast_mut();
-    s.ent.h_aliases = s._aliases.as_mut_ptr();
-    s.ent.h_addrtype = libc::AF_INET;
-    s.ent.h_length = 4;
-    s.ent.h_addr_list = s._addr_ptrs.as_mut_ptr();
-    let ptr: *mut hostent = &mut s.ent;
-    HOSTENT.with(|slot| *slot.borrow_mut() = Some(storage));
-    ptr
 }
 
 #[unsafe(no_mangle)]

@@ -346,6 +346,7 @@ unsafe fn rename_hook(
     old: *const c_char,
     new_dirfd: c_int,
     new: *const c_char,
+    flags: libc::c_uint,
     local: impl FnOnce(c_int, *const c_char, c_int, *const c_char) -> c_int,
 ) -> c_int {
     let Some(_g) = DetourGuard::enter() else {
@@ -355,7 +356,7 @@ unsafe fn rename_hook(
     let (Some(o), Some(n)) = (unsafe { cstr(old) }, unsafe { cstr(new) }) else {
         return local(old_dirfd, old, new_dirfd, new);
     };
-    match ops::rename(old_dirfd, o, new_dirfd, n) {
+    match ops::rename(old_dirfd, o, new_dirfd, n, flags) {
         Ok(Renamed::Remote) => 0,
         Ok(Renamed::Local(a, b)) => {
             let (od, op) = a.as_ref().map_or((old_dirfd, old), |a| (CWD, a.as_ptr()));
@@ -371,7 +372,7 @@ unsafe fn rename_hook(
 pub unsafe extern "C" fn rename(old: *const c_char, new: *const c_char) -> c_int {
     let real = real!(rename: fn(*const c_char, *const c_char) -> c_int);
     // SAFETY: rename(2) contract; libc gets the caller's arguments.
-    unsafe { rename_hook(CWD, old, CWD, new, |_, o, _, n| real(o, n)) }
+    unsafe { rename_hook(CWD, old, CWD, new, 0, |_, o, _, n| real(o, n)) }
 }
 
 #[unsafe(no_mangle)]
@@ -384,8 +385,26 @@ pub unsafe extern "C" fn renameat(
     let real = real!(renameat: fn(c_int, *const c_char, c_int, *const c_char) -> c_int);
     // SAFETY: renameat(2) contract; libc gets the caller's (or absolute) arguments.
     unsafe {
-        rename_hook(old_dirfd, old, new_dirfd, new, |od, o, nd, n| {
+        rename_hook(old_dirfd, old, new_dirfd, new, 0, |od, o, nd, n| {
             real(od, o, nd, n)
+        })
+    }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn renameat2(
+    old_dirfd: c_int,
+    old: *const c_char,
+    new_dirfd: c_int,
+    new: *const c_char,
+    flags: libc::c_uint,
+) -> c_int {
+    let real =
+        real!(renameat2: fn(c_int, *const c_char, c_int, *const c_char, libc::c_uint) -> c_int);
+    // SAFETY: renameat2(2) contract; libc gets the caller's (or absolute) arguments.
+    unsafe {
+        rename_hook(old_dirfd, old, new_dirfd, new, flags, |od, o, nd, n| {
+            real(od, o, nd, n, flags)
         })
     }
 }

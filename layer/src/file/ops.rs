@@ -253,6 +253,10 @@ pub fn open_remote(path: String, flags: c_int, mode: u32) -> HookResult<Opened> 
         metadata,
         snapshot,
     } = expect_reply!(fs(FsRequest::Open(request))?, FsReply::Opened(reply) => reply)?;
+    if write && flags & libc::O_ACCMODE == libc::O_WRONLY && stat::is_regular(metadata.mode) {
+        // The intproxy owns (and closes) the remote handle from here on.
+        return stream_writes(&path, remote_fd, metadata, cloexec).map(Opened::Native);
+    }
     let path: Arc<str> = path.into();
     if let Some(content) = snapshot {
         // The agent already closed its handle.
@@ -280,6 +284,66 @@ pub fn open_remote(path: String, flags: c_int, mode: u32) -> HookResult<Opened> 
         metadata,
         remote: Some(handle),
     }))
+}
+
+/// A write-only remote file as a local stream socket (see the intproxy's
+/// `file_stream`): a kernel fd, so stdio's internal writes and exec'd
+/// children (`cmd > file` in a shell) reach the target too. Seeking it fails
+/// with `ESPIPE`, like a pipe.
+fn stream_writes(
+    path: &str,
+    remote: remora_protocol::RemoteFd,
+    metadata: Metadata,
+    cloexec: bool,
+) -> HookResult<c_int> {
+    use remora_protocol::messages::{InterceptorAddr, LayerRequest, LayerResponse};
+    let request = LayerRequest::StreamWrites {
+        fd: remote,
+        path: path.to_owned(),
+    };
+    let addr = match session::request(request)? {
+        LayerResponse::Intercepted {
+            interceptor: InterceptorAddr::Ip(addr),
+            ..
+        } => addr,
+        other => return Err(session::protocol_violation(&other)),
+    };
+    let family = if addr.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    let kind = libc::SOCK_STREAM | if cloexec { libc::SOCK_CLOEXEC } else { 0 };
+    // SAFETY: plain socket creation.
+    let fd = unsafe { libc::socket(family, kind, 0) };
+    if fd < 0 {
+        return Err(HookError::Errno(
+            std::io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EIO),
+        ));
+    }
+    let target = crate::sockaddr::encode(addr, family);
+    // SAFETY: `target` is a valid sockaddr; the layer's guard makes this the real connect.
+    if unsafe { libc::connect(fd, target.as_ptr(), target.len) } != 0 {
+        let errno = std::io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO);
+        close_quietly(fd);
+        return Err(HookError::Errno(errno));
+    }
+    // Nothing is ever read from it: make reads see end-of-file at once.
+    // SAFETY: shutting down the read half of our own socket.
+    unsafe { libc::shutdown(fd, libc::SHUT_RD) };
+    record(
+        fd,
+        FileInfo {
+            path: path.into(),
+            metadata,
+            remote: None,
+        },
+    );
+    Ok(fd)
 }
 
 fn native_snapshot(
@@ -646,13 +710,33 @@ pub enum Renamed {
 
 /// `rename`/`renameat`: both ends in the target, or both local; a rename
 /// between the two file systems fails with `EXDEV` like across mounts.
-pub fn rename(old_dirfd: c_int, old: &CStr, new_dirfd: c_int, new: &CStr) -> HookResult<Renamed> {
+/// `renameat2` flags: `RENAME_NOREPLACE` is emulated remotely (a check, then
+/// the rename: not atomic), other flags are refused with `EINVAL` for remote
+/// paths so callers such as `mv` fall back to plain semantics.
+pub fn rename(
+    old_dirfd: c_int,
+    old: &CStr,
+    new_dirfd: c_int,
+    new: &CStr,
+    flags: libc::c_uint,
+) -> HookResult<Renamed> {
     let side = |dirfd, path| match locate(dirfd, path, true) {
         Err(HookError::Bypass(_)) => Ok(Routed::Local(None)),
         other => other,
     };
     match (side(old_dirfd, old)?, side(new_dirfd, new)?) {
         (Routed::Remote(from), Routed::Remote(to)) => {
+            if flags & !libc::RENAME_NOREPLACE != 0 {
+                return Err(HookError::Errno(libc::EINVAL));
+            }
+            if flags & libc::RENAME_NOREPLACE != 0 {
+                match stat_remote(&to, false) {
+                    Ok(_) => return Err(HookError::Errno(libc::EEXIST)),
+                    Err(HookError::Remote(e)) if e.code == remora_protocol::ErrorCode::NotFound => {
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
             done(FsRequest::Rename { from, to }).map(|()| Renamed::Remote)
         }
         (Routed::Local(a), Routed::Local(b)) => Ok(Renamed::Local(a, b)),
