@@ -2,6 +2,7 @@
 //! `network.dns`.
 
 use crate::outgoing::check_dns_name;
+use crate::route_filter::RouteFilter;
 use crate::{DnsConfig, Issues, Result, Route};
 
 /// One parsed name of a DNS filter.
@@ -55,14 +56,7 @@ impl NameMatch {
 #[derive(Debug, Clone)]
 pub struct DnsPolicy {
     enabled: bool,
-    filter: Filter,
-}
-
-#[derive(Debug, Clone)]
-enum Filter {
-    All,
-    OnlyRemote(Vec<NameMatch>),
-    OnlyLocal(Vec<NameMatch>),
+    filter: RouteFilter<NameMatch>,
 }
 
 impl DnsPolicy {
@@ -74,21 +68,14 @@ impl DnsPolicy {
     pub fn new(config: &DnsConfig) -> Result<DnsPolicy> {
         let mut issues = Issues::default();
         let key = "network.dns.filter";
-        let remote = parse_list(&format!("{key}.remote"), &config.filter.remote, &mut issues);
-        let local = parse_list(&format!("{key}.local"), &config.filter.local, &mut issues);
-        let filter = match (remote.is_empty(), local.is_empty()) {
-            (true, true) => Filter::All,
-            (false, true) => Filter::OnlyRemote(remote),
-            (true, false) => Filter::OnlyLocal(local),
-            (false, false) => {
-                issues.push(
-                    key,
-                    "set either remote or local, not both (remote: only those names are \
-                     resolved by the target; local: all but those are)",
-                );
-                Filter::All
-            }
-        };
+        let filter = RouteFilter::build(
+            key,
+            &config.filter.remote,
+            &config.filter.local,
+            NameMatch::parse,
+            "remote: only those names are resolved by the target; local: all but those are",
+            &mut issues,
+        );
         issues.into_result(DnsPolicy {
             enabled: config.enabled,
             filter,
@@ -100,26 +87,8 @@ impl DnsPolicy {
         if !self.enabled {
             return Route::Local;
         }
-        let any = |list: &[NameMatch]| list.iter().any(|m| m.matches(name));
-        match &self.filter {
-            Filter::All => Route::Remote,
-            Filter::OnlyRemote(list) if any(list) => Route::Remote,
-            Filter::OnlyRemote(_) => Route::Local,
-            Filter::OnlyLocal(list) if any(list) => Route::Local,
-            Filter::OnlyLocal(_) => Route::Remote,
-        }
+        self.filter.route(|m| m.matches(name))
     }
-}
-
-fn parse_list(key: &str, entries: &[String], issues: &mut Issues) -> Vec<NameMatch> {
-    let mut parsed = Vec::with_capacity(entries.len());
-    for (i, entry) in entries.iter().enumerate() {
-        match NameMatch::parse(entry) {
-            Ok(name) => parsed.push(name),
-            Err(message) => issues.push(format!("{key}[{i}]"), message),
-        }
-    }
-    parsed
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@ mod layers;
 mod load;
 mod model;
 mod outgoing;
+mod route_filter;
 mod schema;
 mod target;
 mod validate;

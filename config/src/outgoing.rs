@@ -5,6 +5,7 @@ use ipnet::IpNet;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 
+use crate::route_filter::RouteFilter;
 use crate::{Issues, OutgoingConfig, Result};
 
 /// Transport protocol of an outgoing socket.
@@ -164,14 +165,7 @@ pub struct OutgoingPolicy {
     tcp: bool,
     udp: bool,
     ignore_localhost: bool,
-    filter: Filter,
-}
-
-#[derive(Debug, Clone)]
-enum Filter {
-    All,
-    OnlyRemote(Vec<AddrFilter>),
-    OnlyLocal(Vec<AddrFilter>),
+    filter: RouteFilter<AddrFilter>,
 }
 
 impl OutgoingPolicy {
@@ -183,21 +177,14 @@ impl OutgoingPolicy {
     pub fn new(config: &OutgoingConfig) -> Result<OutgoingPolicy> {
         let mut issues = Issues::default();
         let key = "network.outgoing.filter";
-        let remote = parse_list(&format!("{key}.remote"), &config.filter.remote, &mut issues);
-        let local = parse_list(&format!("{key}.local"), &config.filter.local, &mut issues);
-        let filter = match (remote.is_empty(), local.is_empty()) {
-            (true, true) => Filter::All,
-            (false, true) => Filter::OnlyRemote(remote),
-            (true, false) => Filter::OnlyLocal(local),
-            (false, false) => {
-                issues.push(
-                    key,
-                    "set either remote or local, not both (remote: only those go through the \
-                     target; local: all but those do)",
-                );
-                Filter::All
-            }
-        };
+        let filter = RouteFilter::build(
+            key,
+            &config.filter.remote,
+            &config.filter.local,
+            AddrFilter::parse,
+            "remote: only those go through the target; local: all but those do",
+            &mut issues,
+        );
         issues.into_result(OutgoingPolicy {
             tcp: config.tcp,
             udp: config.udp,
@@ -219,26 +206,8 @@ impl OutgoingPolicy {
         if self.ignore_localhost && (ip.is_loopback() || ip.is_unspecified()) {
             return Route::Local;
         }
-        let any = |list: &[AddrFilter]| list.iter().any(|f| f.matches(proto, addr, hostname));
-        match &self.filter {
-            Filter::All => Route::Remote,
-            Filter::OnlyRemote(list) if any(list) => Route::Remote,
-            Filter::OnlyRemote(_) => Route::Local,
-            Filter::OnlyLocal(list) if any(list) => Route::Local,
-            Filter::OnlyLocal(_) => Route::Remote,
-        }
+        self.filter.route(|m| m.matches(proto, addr, hostname))
     }
-}
-
-fn parse_list(key: &str, entries: &[String], issues: &mut Issues) -> Vec<AddrFilter> {
-    let mut parsed = Vec::with_capacity(entries.len());
-    for (i, entry) in entries.iter().enumerate() {
-        match AddrFilter::parse(entry) {
-            Ok(filter) => parsed.push(filter),
-            Err(message) => issues.push(format!("{key}[{i}]"), message),
-        }
-    }
-    parsed
 }
 
 /// A DNS name: dot-separated labels of letters, digits, `-` and `_`, each at

@@ -106,6 +106,21 @@ unsafe fn patched(envp: *const *const c_char) -> Option<Env> {
     })
 }
 
+/// Call `exec` with `envp`, patched when the program dropped the layer.
+///
+/// # Safety
+/// `envp` must be null or a NULL-terminated array of C strings.
+unsafe fn with_layer_env<T>(
+    envp: *const *const c_char,
+    exec: impl FnOnce(*const *const c_char) -> T,
+) -> T {
+    let env = DetourGuard::enter().and_then(|_g| {
+        // SAFETY: envp is a NULL-terminated array per the contract.
+        unsafe { patched(envp) }
+    });
+    exec(env.as_ref().map_or(envp, |e| e.ptrs.as_ptr()))
+}
+
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn execve(
     path: *const c_char,
@@ -162,13 +177,12 @@ unsafe fn spawn(
     argv: *const *mut c_char,
     envp: *const *mut c_char,
 ) -> c_int {
-    let env = DetourGuard::enter().and_then(|_g| {
-        // SAFETY: envp is a NULL-terminated array per the contract.
-        unsafe { patched(envp.cast()) }
-    });
-    let envp = env.as_ref().map_or(envp, |e| e.ptrs.as_ptr().cast());
-    // SAFETY: forwarding the caller's arguments (with a patched environment).
-    unsafe { real(pid, path, actions, attr, argv, envp) }
+    // SAFETY: posix_spawn(3) contract; libc gets the caller's arguments (patched env).
+    unsafe {
+        with_layer_env(envp.cast(), |envp| {
+            real(pid, path, actions, attr, argv, envp.cast())
+        })
+    }
 }
 
 #[unsafe(no_mangle)]

@@ -14,7 +14,7 @@
 use remora_tests::fixtures::remora_run;
 use remora_tests::{Pod, PodSpec, Sandbox, bin_path};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, ExitCode, Output};
 use std::time::Duration;
 
@@ -72,8 +72,8 @@ fn bench() -> Result<()> {
          `remora-bench-app serve {SERVER_PORT}`"
     ));
     let spec = PodSpec::new("bench")
-        .file(SMALL_FILE, pattern(SMALL_LEN, 1))
-        .file(BIG_FILE, pattern(BIG_LEN, 2));
+        .file(SMALL_FILE, text(SMALL_LEN))
+        .file(BIG_FILE, pattern(BIG_LEN, 1));
     let pod = sandbox.pod(spec)?;
     let _server = pod
         .command(app)?
@@ -86,7 +86,7 @@ fn bench() -> Result<()> {
     progress("start-up: hyperfine `true` vs `remora run -- true`".into());
     let [direct, through] = startup(&remora, &pod)?;
     rows.push(Row::new(
-        "start-up: `true` (hyperfine mean of 20)",
+        "start-up: `true`, hyperfine mean of 20",
         Unit::Millis,
         direct,
         through,
@@ -94,11 +94,11 @@ fn bench() -> Result<()> {
 
     let local_rows = [
         (
-            "local files: open+read 4 KiB+close + stat (files-local)",
+            "local files: open+read 4 KiB+close + stat, files-local",
             ["files-local", FILES_LOCAL_OPS],
         ),
         (
-            "local sockets: unix connect+close (sock-local)",
+            "local sockets: unix connect+close, sock-local",
             ["sock-local", SOCK_LOCAL_OPS],
         ),
     ];
@@ -210,9 +210,7 @@ fn build_profile(bins: &Path) -> String {
 
 /// Trimmed stdout of a successful command.
 fn capture(cmd: &mut Command) -> Result<String> {
-    let out = cmd
-        .output()
-        .map_err(|e| format!("running {cmd:?}: {e}"))?;
+    let out = cmd.output().map_err(|e| format!("running {cmd:?}: {e}"))?;
     checked(&format!("{cmd:?}"), &out)?;
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
@@ -386,6 +384,18 @@ impl std::fmt::Display for Row {
     }
 }
 
+/// `len` bytes of numbered text lines.
+fn text(len: usize) -> Vec<u8> {
+    let mut out = String::with_capacity(len + 64);
+    let mut line = 0;
+    while out.len() < len {
+        line += 1;
+        out.push_str(&format!("remora bench small file, line {line:04}\n"));
+    }
+    out.truncate(len);
+    out.into_bytes()
+}
+
 /// `len` deterministic pseudo-random bytes (xorshift64 from `seed`), so every run
 /// reads the same content without shipping it.
 fn pattern(len: usize, seed: u64) -> Vec<u8> {
@@ -400,6 +410,3 @@ fn pattern(len: usize, seed: u64) -> Vec<u8> {
     out.truncate(len);
     out
 }
-
-#[allow(dead_code)]
-fn unused(_: PathBuf) {}

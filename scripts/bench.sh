@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The benchmarks recorded in docs/benchmarks.md: a sandbox pod, and start-up, local
+# calls, the pod's files and the pod's TCP service measured directly and through
+# `remora run`, in one run, printed as a markdown table (also saved to
+# target/bench-results.md). Release build: debug numbers would mislead.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/setup.sh
+echo "==> building remora (release)" >&2
+cargo build --release --workspace --quiet
+# remora-bench looks in $REMORA_BIN_DIR first: pin it, so a debug build named there
+# cannot slip into a release table (remora finds its agent and layer next to itself).
+export REMORA_BIN_DIR="$PWD/target/release"
+./target/release/remora-bench | tee target/bench-results.md
