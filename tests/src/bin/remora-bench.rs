@@ -84,15 +84,14 @@ fn bench() -> Result<()> {
 
     let mut rows = Vec::new();
     progress("start-up: hyperfine `true` vs `remora run -- true`".into());
-    let [direct, through] = startup(&remora, &pod)?;
-    rows.push(Row::new(
-        "start-up: `true`, hyperfine mean of 20",
-        Unit::Millis,
-        direct,
-        through,
-    ));
+    rows.push(Row {
+        name: "start-up: `true`, hyperfine mean of 20",
+        unit: Unit::Millis,
+        measured: startup(&remora, &pod)?,
+    });
 
-    let local_rows = [
+    let mut local = Vec::new();
+    for (name, args) in [
         (
             "local files: open+read 4 KiB+close + stat, files-local",
             ["files-local", FILES_LOCAL_OPS],
@@ -101,69 +100,78 @@ fn bench() -> Result<()> {
             "local sockets: unix connect+close, sock-local",
             ["sock-local", SOCK_LOCAL_OPS],
         ),
-    ];
-    let mut overheads = Vec::new();
-    for (name, args) in local_rows {
+    ] {
         progress(format!("{name}: plain vs remora run"));
-        let m = runner.median(Where::Local, &args, "ns_per_op")?;
-        overheads.push((args[0], m.remora / m.direct - 1.0));
-        rows.push(Row::new(name, Unit::Nanos, m.direct, m.remora));
+        let measured = runner.measure(Where::Local, &args, "ns_per_op")?;
+        local.push((args[0], rows.len()));
+        rows.push(Row {
+            name,
+            unit: Unit::Nanos,
+            measured,
+        });
     }
 
-    progress("pod files: read-file in the pod vs remora run".into());
-    let small = ["read-file", SMALL_FILE, SMALL_READS];
-    let m = runner.median(Where::Pod, &small, "ns_per_op")?;
-    rows.push(Row::new(
-        "pod file 1 KiB: std::fs::read latency",
-        Unit::Micros,
-        m.direct,
-        m.remora,
-    ));
-    let big = ["read-file", BIG_FILE, BIG_READS];
-    let m = runner.median(Where::Pod, &big, "mib_per_s")?;
-    rows.push(Row::new(
-        "pod file 64 MiB: std::fs::read throughput",
-        Unit::MibPerSec,
-        m.direct,
-        m.remora,
-    ));
-
-    progress("pod TCP: tcp-rr and tcp-stream in the pod vs remora run".into());
     let addr = format!("127.0.0.1:{SERVER_PORT}");
-    let rr = ["tcp-rr", addr.as_str(), TCP_ROUND_TRIPS];
-    let m = runner.median(Where::Pod, &rr, "ns_per_op")?;
-    rows.push(Row::new(
-        "pod TCP 127.0.0.1: 1-byte round trip",
-        Unit::Micros,
-        m.direct,
-        m.remora,
-    ));
-    let stream = ["tcp-stream", addr.as_str(), TCP_STREAM_MIB];
-    let m = runner.median(Where::Pod, &stream, "mib_per_s")?;
-    rows.push(Row::new(
-        "pod TCP 127.0.0.1: 256 MiB upload throughput",
-        Unit::MibPerSec,
-        m.direct,
-        m.remora,
-    ));
+    let remote: [(&str, Unit, [&str; 3], &str); 4] = [
+        (
+            "pod file 1 KiB: std::fs::read latency",
+            Unit::Micros,
+            ["read-file", SMALL_FILE, SMALL_READS],
+            "ns_per_op",
+        ),
+        (
+            "pod file 64 MiB: std::fs::read throughput",
+            Unit::MibPerSec,
+            ["read-file", BIG_FILE, BIG_READS],
+            "mib_per_s",
+        ),
+        (
+            "pod TCP 127.0.0.1: 1-byte round trip",
+            Unit::Micros,
+            ["tcp-rr", &addr, TCP_ROUND_TRIPS],
+            "ns_per_op",
+        ),
+        (
+            "pod TCP 127.0.0.1: 256 MiB upload throughput",
+            Unit::MibPerSec,
+            ["tcp-stream", &addr, TCP_STREAM_MIB],
+            "mib_per_s",
+        ),
+    ];
+    for (name, unit, args, key) in remote {
+        progress(format!("{name}: in the pod vs remora run"));
+        let measured = runner.measure(Where::Pod, &args, key)?;
+        rows.push(Row {
+            name,
+            unit,
+            measured,
+        });
+    }
 
     print!("{header}");
+    println!("- load average (1/5/15 min) after the run: {}", load_average()?);
+    println!();
     println!("| benchmark | direct | remora | ratio (remora/direct) |");
     println!("| --- | ---: | ---: | ---: |");
     for row in &rows {
         println!("{row}");
     }
     println!();
-    for (bench, overhead) in overheads {
+    for (bench, index) in local {
+        let row = &rows[index];
+        let overhead = row.measured.ratio() - 1.0;
         let verdict = if overhead <= LOCAL_OVERHEAD_TARGET {
             "yes"
         } else {
             "no"
         };
         println!(
-            "- target: local call overhead within {:.0}% ({bench}): {verdict} ({:+.1}%)",
+            "- target: local call overhead within {:.0}% ({bench}): {verdict} ({:+.1}%; \
+             runs: direct {}, remora {})",
             LOCAL_OVERHEAD_TARGET * 100.0,
-            overhead * 100.0
+            overhead * 100.0,
+            row.range(&row.measured.direct),
+            row.range(&row.measured.remora),
         );
     }
     progress("cleaning up the sandbox".into());
