@@ -145,17 +145,20 @@ impl FsPolicy {
         }
         let path = normalize(path);
         let path = path.as_ref();
-        if self.not_found.is_match(path) {
+        // Every hooked path call of every process lands here: skip the user
+        // sets when they are empty (the default), which costs a search each.
+        let hit = |set: &RegexSet| !set.is_empty() && set.is_match(path);
+        if hit(&self.not_found) {
             FsDecision::NotFound
-        } else if self.local.is_match(path) {
+        } else if hit(&self.local) {
             FsDecision::Local
-        } else if self.read_write.is_match(path) {
+        } else if hit(&self.read_write) {
             if write {
                 FsDecision::RemoteWrite
             } else {
                 FsDecision::Remote
             }
-        } else if self.read_only.is_match(path) {
+        } else if hit(&self.read_only) {
             if write {
                 FsDecision::Local
             } else {

@@ -133,23 +133,24 @@ pub fn locate(dirfd: c_int, path: &CStr, write: bool) -> HookResult<Routed<Strin
     if text.is_empty() {
         return Err(HookError::Bypass("empty path"));
     }
-    let (abs, via_remote_dir) = if text.starts_with('/') {
-        (text.to_owned(), false)
+    // Absolute paths (the common case) are decided without allocating.
+    let (abs, via_remote_dir): (std::borrow::Cow<'_, str>, bool) = if text.starts_with('/') {
+        (text.into(), false)
     } else if dirfd == libc::AT_FDCWD {
-        (absolutize(&cwd()?, text), false)
+        (absolutize(&cwd()?, text).into(), false)
     } else {
         let dir = remote_dir(dirfd).ok_or(HookError::Bypass("relative to a local dirfd"))?;
-        (absolutize(&dir, text), true)
+        (absolutize(&dir, text).into(), true)
     };
     match state.policies.fs.decide(&abs, write) {
         FsDecision::Local if via_remote_dir => {
             // Cannot fail: built from a C string and a directory path.
-            let c = CString::new(abs).map_err(|_| HookError::Errno(libc::EINVAL))?;
+            let c = CString::new(abs.into_owned()).map_err(|_| HookError::Errno(libc::EINVAL))?;
             Ok(Routed::Local(Some(c)))
         }
         FsDecision::Local => Ok(Routed::Local(None)),
         FsDecision::NotFound => Err(HookError::Errno(libc::ENOENT)),
-        FsDecision::Remote | FsDecision::RemoteWrite => Ok(Routed::Remote(abs)),
+        FsDecision::Remote | FsDecision::RemoteWrite => Ok(Routed::Remote(abs.into_owned())),
     }
 }
 

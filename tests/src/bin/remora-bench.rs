@@ -8,15 +8,16 @@
 //! inside the pod. "remora" is the program run on this machine under
 //! `remora run --target pid/<pod>`. The measured programs time their own loops
 //! (`remora-bench-app`), so remora's start-up only counts in the start-up row.
-//! Each command runs [`RUNS`] times, direct and remora alternating; the table shows
-//! medians. Nothing printed is a constant: every number comes from this run.
+//! Each command runs [`RUNS`] times, direct and remora alternating (each remora run's
+//! intproxy and agent are gone before the next run starts); the table shows medians.
+//! Nothing printed is a constant: every number comes from this run.
 
 use remora_tests::fixtures::remora_run;
 use remora_tests::{Pod, PodSpec, Sandbox, bin_path};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Command, ExitCode, Output};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 type Result<T, E = Box<dyn std::error::Error>> = std::result::Result<T, E>;
 
@@ -37,6 +38,8 @@ const SMALL_READS: &str = "2000";
 const BIG_READS: &str = "3";
 const TCP_ROUND_TRIPS: &str = "5000";
 const TCP_STREAM_MIB: &str = "256";
+/// How long the intproxy and agent of one `remora run` may take to go away.
+const REMORA_EXIT_DEADLINE: Duration = Duration::from_secs(15);
 /// The issue's target for local calls under remora: at most this much slower.
 const LOCAL_OVERHEAD_TARGET: f64 = 0.05;
 
@@ -68,8 +71,9 @@ fn bench() -> Result<()> {
 
     let sandbox = Sandbox::new()?;
     progress(format!(
-        "starting a sandbox pod with {SMALL_FILE} (1 KiB), {BIG_FILE} (64 MiB) and \
-         `remora-bench-app serve {SERVER_PORT}`"
+        "starting a sandbox pod with {SMALL_FILE} ({SMALL_LEN} B), {BIG_FILE} ({} MiB) and \
+         `remora-bench-app serve {SERVER_PORT}`",
+        BIG_LEN >> 20
     ));
     let spec = PodSpec::new("bench")
         .file(SMALL_FILE, text(SMALL_LEN))
@@ -85,7 +89,7 @@ fn bench() -> Result<()> {
     let mut rows = Vec::new();
     progress("start-up: hyperfine `true` vs `remora run -- true`".into());
     rows.push(Row {
-        name: "start-up: `true`, hyperfine mean of 20",
+        name: "start-up: `true`, hyperfine mean of 20".into(),
         unit: Unit::Millis,
         measured: startup(&remora, &pod)?,
     });
@@ -105,34 +109,34 @@ fn bench() -> Result<()> {
         let measured = runner.measure(Where::Local, &args, "ns_per_op")?;
         local.push((args[0], rows.len()));
         rows.push(Row {
-            name,
+            name: name.into(),
             unit: Unit::Nanos,
             measured,
         });
     }
 
     let addr = format!("127.0.0.1:{SERVER_PORT}");
-    let remote: [(&str, Unit, [&str; 3], &str); 4] = [
+    let remote: [(String, Unit, [&str; 3], &str); 4] = [
         (
-            "pod file 1 KiB: std::fs::read latency",
+            format!("pod file {SMALL_LEN} B: std::fs::read latency"),
             Unit::Micros,
             ["read-file", SMALL_FILE, SMALL_READS],
             "ns_per_op",
         ),
         (
-            "pod file 64 MiB: std::fs::read throughput",
+            format!("pod file {} MiB: std::fs::read throughput", BIG_LEN >> 20),
             Unit::MibPerSec,
             ["read-file", BIG_FILE, BIG_READS],
             "mib_per_s",
         ),
         (
-            "pod TCP 127.0.0.1: 1-byte round trip",
+            "pod TCP 127.0.0.1: 1-byte round trip".into(),
             Unit::Micros,
             ["tcp-rr", &addr, TCP_ROUND_TRIPS],
             "ns_per_op",
         ),
         (
-            "pod TCP 127.0.0.1: 256 MiB upload throughput",
+            format!("pod TCP 127.0.0.1: {TCP_STREAM_MIB} MiB upload throughput"),
             Unit::MibPerSec,
             ["tcp-stream", &addr, TCP_STREAM_MIB],
             "mib_per_s",
@@ -149,8 +153,10 @@ fn bench() -> Result<()> {
     }
 
     print!("{header}");
-    println!("- load average (1/5/15 min) after the run: {}", load_average()?);
-    println!();
+    println!(
+        "- load average (1/5/15 min) after the run: {}\n",
+        load_average()?
+    );
     println!("| benchmark | direct | remora | ratio (remora/direct) |");
     println!("| --- | ---: | ---: | ---: |");
     for row in &rows {
@@ -165,9 +171,14 @@ fn bench() -> Result<()> {
         } else {
             "no"
         };
+        let noise = if row.measured.ranges_overlap() {
+            "; the runs overlap, so noise is as large as the difference"
+        } else {
+            ""
+        };
         println!(
             "- target: local call overhead within {:.0}% ({bench}): {verdict} ({:+.1}%; \
-             runs: direct {}, remora {})",
+             runs: direct {}, remora {}{noise})",
             LOCAL_OVERHEAD_TARGET * 100.0,
             overhead * 100.0,
             row.range(&row.measured.direct),
@@ -182,7 +193,7 @@ fn progress(what: String) {
     eprintln!("==> {what}");
 }
 
-/// Date, machine and build, so a table can be compared with another one.
+/// Date, machine, load and build, so a table can be compared with another one.
 fn header(remora: &Path) -> Result<String> {
     let date = capture(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]))?;
     let uname = capture(Command::new("uname").arg("-srm"))?;
@@ -200,9 +211,22 @@ fn header(remora: &Path) -> Result<String> {
          - date: {date}\n\
          - machine: `{uname}`, {nproc} CPUs, {cpu}\n\
          - build: {profile} (binaries in {})\n\
-         - method: median of {RUNS} runs per command, direct and remora alternating\n\n",
-        bins.display()
+         - method: median of {RUNS} runs per command, direct and remora alternating\n\
+         - load average (1/5/15 min) before the run: {}\n",
+        bins.display(),
+        load_average()?,
     ))
+}
+
+/// The first three fields of `/proc/loadavg`: other work on the machine skews every
+/// number, so the table says how busy it was.
+fn load_average() -> Result<String> {
+    let text = std::fs::read_to_string("/proc/loadavg")?;
+    Ok(text
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" "))
 }
 
 /// `release`/`debug` from a cargo profile directory (`target/release`).
@@ -236,13 +260,12 @@ fn checked(what: &str, out: &Output) -> Result<()> {
     }
 }
 
-/// Mean wall time (ms) of `true` and of `remora run -- true`, each the median of
-/// [`RUNS`] hyperfine runs that measure both.
-fn startup(remora: &Path, pod: &Pod) -> Result<[f64; 2]> {
+/// Mean wall time (ms) of `true` and of `remora run -- true`, from [`RUNS`] hyperfine
+/// runs that each measure both.
+fn startup(remora: &Path, pod: &Pod) -> Result<Measured> {
     let json = std::env::temp_dir().join(format!("remora-bench-{}.json", std::process::id()));
     let through = format!("{} run --target {} -- true", remora.display(), pod.target());
-    let mut direct = Vec::new();
-    let mut remote = Vec::new();
+    let mut measured = Measured::default();
     for _ in 0..RUNS {
         let mut cmd = Command::new("hyperfine");
         cmd.args(["-N", "--warmup", "3", "--runs", "20", "--style", "none"])
@@ -250,13 +273,15 @@ fn startup(remora: &Path, pod: &Pod) -> Result<[f64; 2]> {
             .arg(&json)
             .args(["true", &through]);
         capture(&mut cmd)?;
+        wait_for_remora_exit(pod);
         let means = hyperfine_means(&json);
         let _ = std::fs::remove_file(&json);
-        let [d, r] = means?;
-        direct.push(d * 1e3);
-        remote.push(r * 1e3);
+        let [direct, remora] = means?;
+        measured.direct.push(direct * 1e3);
+        measured.remora.push(remora * 1e3);
     }
-    Ok([median(direct), median(remote)])
+    measured.log("mean ms");
+    Ok(measured)
 }
 
 /// The `mean` (seconds) of both results of a hyperfine JSON export.
@@ -280,11 +305,42 @@ enum Where {
     Pod,
 }
 
-/// Medians of one value reported by `remora-bench-app`.
-#[derive(Debug)]
+/// Every run's value of one benchmark, direct and through remora.
+#[derive(Debug, Default)]
 struct Measured {
-    direct: f64,
-    remora: f64,
+    direct: Vec<f64>,
+    remora: Vec<f64>,
+}
+
+impl Measured {
+    /// Median remora value over median direct value.
+    fn ratio(&self) -> f64 {
+        median(&self.remora) / median(&self.direct)
+    }
+
+    /// Whether the ranges of the direct and the remora runs overlap: then the
+    /// run-to-run noise is as large as the difference between them.
+    fn ranges_overlap(&self) -> bool {
+        let (dmin, dmax) = min_max(&self.direct);
+        let (rmin, rmax) = min_max(&self.remora);
+        dmin.max(rmin) <= dmax.min(rmax)
+    }
+
+    /// Shows every run on stderr, so a noisy machine is visible while it runs.
+    fn log(&self, key: &str) {
+        let runs = |values: &[f64]| {
+            values
+                .iter()
+                .map(|v| format!("{v:.1}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        eprintln!(
+            "    {key}: direct [{}], remora [{}]",
+            runs(&self.direct),
+            runs(&self.remora)
+        );
+    }
 }
 
 #[derive(Debug)]
@@ -295,43 +351,88 @@ struct Runner<'a> {
 
 impl Runner<'_> {
     /// Runs `remora-bench-app args` [`RUNS`] times directly and [`RUNS`] times under
-    /// `remora run`, alternating, and returns the medians of `key`.
-    fn median(&self, direct_at: Where, args: &[&str], key: &str) -> Result<Measured> {
-        let mut direct = Vec::new();
-        let mut remora = Vec::new();
+    /// `remora run`, alternating, and collects the value of `key` they report.
+    fn measure(&self, direct_at: Where, args: &[&str], key: &str) -> Result<Measured> {
+        let mut measured = Measured::default();
         for _ in 0..RUNS {
             let out = match direct_at {
                 Where::Local => Command::new(self.app).args(args).output()?,
                 Where::Pod => self.pod.command(self.app)?.args(args).output()?,
             };
-            direct.push(self.value(&out, args, key, "direct")?);
+            measured.direct.push(value(&out, args, key, "direct")?);
             let mut argv = vec![self.app];
             argv.extend_from_slice(args);
             let out = remora_run(self.pod, &argv)?;
-            remora.push(self.value(&out, args, key, "under remora")?);
+            measured
+                .remora
+                .push(value(&out, args, key, "under remora")?);
         }
-        Ok(Measured {
-            direct: median(direct),
-            remora: median(remora),
-        })
-    }
-
-    fn value(&self, out: &Output, args: &[&str], key: &str, how: &str) -> Result<f64> {
-        let what = format!("remora-bench-app {} ({how})", args.join(" "));
-        checked(&what, out)?;
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        stdout
-            .split_whitespace()
-            .find_map(|field| field.strip_prefix(key)?.strip_prefix('='))
-            .ok_or_else(|| format!("{what}: no {key}= in its output {stdout:?}"))?
-            .parse()
-            .map_err(|e| format!("{what}: {key}: {e}").into())
+        measured.log(key);
+        Ok(measured)
     }
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
+/// Waits until no intproxy or agent of a `remora run` against `pod` is left. After
+/// the program exits, its intproxy lingers (for exec'd children that reconnect),
+/// then stops the agent: that teardown must not land in the next measurement.
+fn wait_for_remora_exit(pod: &Pod) {
+    let target = pod.target();
+    let deadline = Instant::now() + REMORA_EXIT_DEADLINE;
+    while remora_processes_for(&target) {
+        if Instant::now() >= deadline {
+            eprintln!(
+                "    warning: remora processes for {target} still running after \
+                 {REMORA_EXIT_DEADLINE:?}; measuring anyway"
+            );
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Whether a `remora` (intproxy) or `remora-agent` process names `target` in its
+/// arguments.
+fn remora_processes_for(target: &str) -> bool {
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    procs.flatten().any(|entry| {
+        // Processes vanish while we look: an unreadable cmdline is not ours.
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            return false;
+        };
+        let mut args = cmdline.split(|&b| b == 0);
+        let program = args.next().unwrap_or_default();
+        let name = program.rsplit(|&b| b == b'/').next().unwrap_or_default();
+        (name == b"remora" || name == b"remora-agent") && args.any(|arg| arg == target.as_bytes())
+    })
+}
+
+/// The `key=value` a successful `remora-bench-app` run printed.
+fn value(out: &Output, args: &[&str], key: &str, how: &str) -> Result<f64> {
+    let what = format!("remora-bench-app {} ({how})", args.join(" "));
+    checked(&what, out)?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    stdout
+        .split_whitespace()
+        .find_map(|field| field.strip_prefix(key)?.strip_prefix('='))
+        .ok_or_else(|| format!("{what}: no {key}= in its output {stdout:?}"))?
+        .parse()
+        .map_err(|e| format!("{what}: {key}: {e}").into())
+}
+
+fn min_max(values: &[f64]) -> (f64, f64) {
+    values
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| {
+            (lo.min(v), hi.max(v))
+        })
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted[sorted.len() / 2]
 }
 
 /// How a row's values are shown.
@@ -347,24 +448,15 @@ enum Unit {
     MibPerSec,
 }
 
+/// One line of the table.
 #[derive(Debug)]
 struct Row {
-    name: &'static str,
+    name: String,
     unit: Unit,
-    direct: f64,
-    remora: f64,
+    measured: Measured,
 }
 
 impl Row {
-    fn new(name: &'static str, unit: Unit, direct: f64, remora: f64) -> Row {
-        Row {
-            name,
-            unit,
-            direct,
-            remora,
-        }
-    }
-
     fn show(&self, value: f64) -> String {
         match self.unit {
             Unit::Millis => format!("{value:.2} ms"),
@@ -372,6 +464,12 @@ impl Row {
             Unit::Micros => format!("{:.1} µs", value / 1e3),
             Unit::MibPerSec => format!("{value:.0} MiB/s"),
         }
+    }
+
+    /// `min to max` of some runs, in the row's unit.
+    fn range(&self, values: &[f64]) -> String {
+        let (min, max) = min_max(values);
+        format!("{} to {}", self.show(min), self.show(max))
     }
 }
 
@@ -385,9 +483,9 @@ impl std::fmt::Display for Row {
             f,
             "| {} ({better}) | {} | {} | {:.2}x |",
             self.name,
-            self.show(self.direct),
-            self.show(self.remora),
-            self.remora / self.direct
+            self.show(median(&self.measured.direct)),
+            self.show(median(&self.measured.remora)),
+            self.measured.ratio()
         )
     }
 }
