@@ -20,7 +20,7 @@ pub struct Cli {
 pub enum Command {
     /// Run a command with the target's environment, files, DNS and network.
     #[command(visible_alias = "exec")]
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Configuration helpers.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -69,6 +69,27 @@ pub struct RunArgs {
     /// Resolve names locally.
     #[arg(long)]
     pub no_remote_dns: bool,
+    /// Take the target's incoming traffic on the ports the command listens on.
+    #[arg(long, conflicts_with = "mirror")]
+    pub steal: bool,
+    /// Receive a copy of the target's incoming traffic (the target still answers).
+    #[arg(long)]
+    pub mirror: bool,
+    /// Only these target ports (repeatable; default: every port the command listens on).
+    #[arg(long = "port", value_name = "PORT")]
+    pub ports: Vec<u16>,
+    /// LOCAL:REMOTE: the command listens on LOCAL and receives the target's REMOTE port.
+    #[arg(short = 'p', long = "port-mapping", value_name = "LOCAL:REMOTE")]
+    pub port_mappings: Vec<String>,
+    /// Only steal HTTP requests with a header line matching this regex (`name: value`).
+    #[arg(long, value_name = "REGEX")]
+    pub http_header_filter: Option<String>,
+    /// Only steal HTTP requests whose path matches this regex.
+    #[arg(long, value_name = "REGEX")]
+    pub http_path_filter: Option<String>,
+    /// Only steal HTTP requests with this method.
+    #[arg(long = "http-method", value_name = "METHOD")]
+    pub http_method_filter: Option<String>,
     /// The command to run, after `--`.
     #[arg(last = true, required = true, value_name = "COMMAND")]
     pub command: Vec<String>,

@@ -16,7 +16,7 @@ use args::{Cli, Command};
 /// that do not exec).
 pub fn run(cli: Cli) -> miette::Result<i32> {
     match cli.command {
-        Command::Run(args) => run::run(args).map_err(Into::into),
+        Command::Run(args) => run::run(*args).map_err(Into::into),
         Command::Intproxy(args) => intproxy_cmd::run(args).map_err(Into::into),
         Command::Config(cmd) => config_cmd::run(cmd),
         Command::Completions { shell } => {

@@ -7,7 +7,7 @@ use crate::error::{Error, Result};
 use crate::intproxy_cmd::{AGENT_TOKEN_ENV, LAYER_TOKEN_ENV};
 use crate::local::{self, AGENT_BIN_ENV, FAILED_PREFIX, LAYER_PATH_ENV, Ready};
 use crate::progress::Progress;
-use remora_config::{Config, FsMode, Overrides, Target};
+use remora_config::{Config, FsMode, IncomingMode, Overrides, Target};
 use remora_protocol::codec;
 use remora_protocol::env::EnvRequest;
 use remora_protocol::messages::{
@@ -42,7 +42,18 @@ pub fn run(args: RunArgs) -> Result<i32> {
         env_unset: args.env_unset.clone(),
         no_outgoing: args.no_outgoing,
         no_remote_dns: args.no_remote_dns,
-        ..Overrides::default()
+        incoming_mode: if args.steal {
+            Some(IncomingMode::Steal)
+        } else if args.mirror {
+            Some(IncomingMode::Mirror)
+        } else {
+            None
+        },
+        ports: args.ports.clone(),
+        port_mappings: args.port_mappings.clone(),
+        http_header_filter: args.http_header_filter.clone(),
+        http_path_filter: args.http_path_filter.clone(),
+        http_method_filter: args.http_method_filter.clone(),
     };
     let loaded = Config::from_env_and_overrides(args.config.clone(), overrides)?;
     let config = loaded.config;

@@ -12,6 +12,9 @@ use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use remora_protocol::codec::FrameCodec;
 use remora_protocol::handshake::PROTOCOL_VERSION;
+use remora_protocol::incoming::{
+    HttpFilter, IncomingClient, IncomingMode, IncomingServer, RemotePort,
+};
 use remora_protocol::outgoing::{Connected, OutgoingClient, OutgoingServer};
 use remora_protocol::session::LogLevel;
 use remora_protocol::{
@@ -19,6 +22,7 @@ use remora_protocol::{
     RemoteError, RemoteResult, Request, RequestId, Response, ServerMessage,
 };
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
@@ -51,7 +55,38 @@ enum Command {
         reply: oneshot::Sender<RemoteResult<(ConnectionId, Connected)>>,
     },
     Send(ClientMessage),
+    Subscribe {
+        port: RemotePort,
+        mode: IncomingMode,
+        filter: Option<HttpFilter>,
+        /// agent --incoming events of this port--> the port's task
+        events_tx: mpsc::Sender<IncomingEvent>,
+        reply: oneshot::Sender<RemoteResult<()>>,
+    },
 }
+
+/// Incoming traffic of one subscribed port, as the agent reports it.
+#[derive(Debug)]
+pub enum IncomingEvent {
+    NewConnection {
+        conn: ConnectionId,
+        peer: SocketAddr,
+        local: SocketAddr,
+    },
+    Data {
+        conn: ConnectionId,
+        data: Bytes,
+    },
+    ShutdownWrite {
+        conn: ConnectionId,
+    },
+    Closed {
+        conn: ConnectionId,
+    },
+}
+
+/// Events buffered per subscribed port (connection events and data chunks).
+pub const INCOMING_EVENT_CAPACITY: usize = 256;
 
 /// Cheap, cloneable handle to the link.
 #[derive(Debug, Clone)]
@@ -115,6 +150,38 @@ impl AgentApi {
         Ok((conn, connected, events_rx))
     }
 
+    /// Subscribe a port of the target; incoming connections arrive on the
+    /// returned receiver.
+    pub async fn subscribe(
+        &self,
+        port: RemotePort,
+        mode: IncomingMode,
+        filter: Option<HttpFilter>,
+    ) -> RemoteResult<mpsc::Receiver<IncomingEvent>> {
+        let (events_tx, events_rx) = mpsc::channel(INCOMING_EVENT_CAPACITY);
+        let (reply, rx) = oneshot::channel();
+        let cmd = Command::Subscribe {
+            port,
+            mode,
+            filter,
+            events_tx,
+            reply,
+        };
+        if self.command_tx.send(cmd).await.is_err() {
+            return Err(self.dead_error());
+        }
+        rx.await.unwrap_or_else(|_| Err(self.dead_error()))?;
+        Ok(events_rx)
+    }
+
+    /// Send an incoming-traffic message (data back to a peer, unsubscribe...).
+    pub async fn send_incoming(&self, msg: IncomingClient) -> RemoteResult<()> {
+        self.command_tx
+            .send(Command::Send(ClientMessage::Incoming(msg)))
+            .await
+            .map_err(|_| self.dead_error())
+    }
+
     /// Send a stream message (data, shutdown, close). Errors mean the link is gone.
     pub async fn send(&self, msg: OutgoingClient) -> RemoteResult<()> {
         self.command_tx
@@ -173,6 +240,9 @@ pub async fn connect(config: &IntProxyConfig) -> Result<AgentApi> {
         pending: HashMap::new(),
         connecting: HashMap::new(),
         streams: HashMap::new(),
+        subscribing: HashMap::new(),
+        ports: HashMap::new(),
+        incoming_conns: HashMap::new(),
         dead: dead.clone(),
     };
     tokio::spawn(task.run());
@@ -190,6 +260,16 @@ struct AgentLinkTask {
     pending: HashMap<RequestId, oneshot::Sender<RemoteResult<Response>>>,
     connecting: HashMap<ConnectionId, (mpsc::Sender<StreamEvent>, ConnectReply)>,
     streams: HashMap<ConnectionId, mpsc::Sender<StreamEvent>>,
+    subscribing: HashMap<
+        RemotePort,
+        (
+            mpsc::Sender<IncomingEvent>,
+            oneshot::Sender<RemoteResult<()>>,
+        ),
+    >,
+    ports: HashMap<RemotePort, mpsc::Sender<IncomingEvent>>,
+    /// Which port each incoming connection belongs to.
+    incoming_conns: HashMap<ConnectionId, RemotePort>,
     dead: Arc<Mutex<Option<String>>>,
 }
 
@@ -251,7 +331,27 @@ impl AgentLinkTask {
                     }))
                     .await
             }
+            Command::Subscribe {
+                port,
+                mode,
+                filter,
+                events_tx,
+                reply,
+            } => {
+                self.subscribing.insert(port, (events_tx, reply));
+                self.framed
+                    .send(ClientMessage::Incoming(IncomingClient::Subscribe {
+                        port,
+                        mode,
+                        filter,
+                    }))
+                    .await
+            }
             Command::Send(msg) => {
+                if let ClientMessage::Incoming(IncomingClient::Unsubscribe { port }) = &msg {
+                    self.ports.remove(port);
+                    self.incoming_conns.retain(|_, p| p != port);
+                }
                 if let ClientMessage::Outgoing(OutgoingClient::Close { conn }) = &msg {
                     self.streams.remove(conn);
                 }
@@ -297,9 +397,7 @@ impl AgentLinkTask {
                 self.deliver(conn, StreamEvent::Closed(error)).await;
                 self.streams.remove(&conn);
             }
-            ServerMessage::Incoming(_) => {
-                tracing::debug!("ignoring incoming-traffic message: not subscribed");
-            }
+            ServerMessage::Incoming(msg) => self.on_incoming(msg).await,
             ServerMessage::Log { level, message } => {
                 let prefix = match level {
                     LogLevel::Info => "",
@@ -309,6 +407,63 @@ impl AgentLinkTask {
                 eprintln!("remora: {prefix}{message}");
             }
             ServerMessage::Closing { .. } => unreachable!("handled by run()"),
+        }
+    }
+
+    async fn on_incoming(&mut self, msg: IncomingServer) {
+        match msg {
+            IncomingServer::Subscribed { port, result } => {
+                if let Some((events_tx, reply)) = self.subscribing.remove(&port) {
+                    if result.is_ok() {
+                        self.ports.insert(port, events_tx);
+                    }
+                    let _ = reply.send(result);
+                }
+            }
+            IncomingServer::NewConnection {
+                conn,
+                port,
+                peer,
+                local,
+            } => {
+                self.incoming_conns.insert(conn, port);
+                self.deliver_incoming(conn, IncomingEvent::NewConnection { conn, peer, local })
+                    .await;
+            }
+            IncomingServer::Data { conn, data } => {
+                self.deliver_incoming(conn, IncomingEvent::Data { conn, data })
+                    .await;
+            }
+            IncomingServer::ShutdownWrite { conn } => {
+                self.deliver_incoming(conn, IncomingEvent::ShutdownWrite { conn })
+                    .await;
+            }
+            IncomingServer::Closed { conn } => {
+                self.deliver_incoming(conn, IncomingEvent::Closed { conn })
+                    .await;
+                self.incoming_conns.remove(&conn);
+            }
+            other => tracing::debug!("ignoring incoming-traffic message {other:?}"),
+        }
+    }
+
+    /// Hand an incoming event to its port's task (waiting applies
+    /// backpressure, as for outgoing streams).
+    async fn deliver_incoming(&mut self, conn: ConnectionId, event: IncomingEvent) {
+        let Some(port) = self.incoming_conns.get(&conn).copied() else {
+            return;
+        };
+        let Some(tx) = self.ports.get(&port) else {
+            return;
+        };
+        if tx.send(event).await.is_err() {
+            self.ports.remove(&port);
+            let _ = self
+                .framed
+                .send(ClientMessage::Incoming(IncomingClient::Unsubscribe {
+                    port,
+                }))
+                .await;
         }
     }
 
@@ -344,6 +499,10 @@ impl AgentLinkTask {
         for (_, (_, reply)) in self.connecting.drain() {
             let _ = reply.send(Err(unavailable(reason)));
         }
+        for (_, (_, reply)) in self.subscribing.drain() {
+            let _ = reply.send(Err(unavailable(reason)));
+        }
+        self.ports.clear();
         for (_, tx) in self.streams.drain() {
             let _ = tx.try_send(StreamEvent::Closed(Some(unavailable(reason))));
         }

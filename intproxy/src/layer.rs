@@ -3,15 +3,17 @@
 use crate::IntProxyConfig;
 use crate::agent_link::AgentApi;
 use crate::file_stream::{self, WriteStreams};
+use crate::incoming::Incoming;
 use crate::outgoing;
 use futures::{SinkExt, StreamExt};
+use remora_protocol::RemoteResult;
 use remora_protocol::codec::FrameCodec;
 use remora_protocol::handshake::PROTOCOL_VERSION;
+use remora_protocol::incoming::RemotePort;
 use remora_protocol::messages::{
     LayerHello, LayerHelloReply, LayerMessage, LayerRequest, LayerResponse, ProxyMessage,
 };
 use remora_protocol::session::LogLevel;
-use remora_protocol::{ErrorCode, RemoteError, RemoteResult};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::net::{TcpListener, TcpStream};
@@ -44,6 +46,7 @@ pub async fn serve(
 ) -> crate::Result<()> {
     let sessions = Arc::new(Sessions::default());
     let streams = WriteStreams::default();
+    let incoming = Incoming::default();
     loop {
         let idle_for = if sessions.ever.load(Ordering::SeqCst) == 0 {
             config.first_connect_timeout
@@ -71,10 +74,10 @@ pub async fn serve(
                     let guard = SessionGuard(sessions.clone());
                     let agent = agent.clone();
                     let config = config.clone();
-                    let streams = streams.clone();
+                    let shared = Shared { streams: streams.clone(), incoming: incoming.clone() };
                     tokio::spawn(async move {
                         let _guard = guard;
-                        if let Err(e) = session(stream, agent, config, streams).await {
+                        if let Err(e) = session(stream, agent, config, shared).await {
                             tracing::debug!("layer session ended: {e}");
                         }
                     });
@@ -93,7 +96,7 @@ async fn session(
     stream: TcpStream,
     agent: AgentApi,
     config: Arc<IntProxyConfig>,
-    streams: WriteStreams,
+    shared: Shared,
 ) -> Result<(), remora_protocol::CodecError> {
     let mut hs = Framed::new(stream, FrameCodec::<LayerHello, LayerHelloReply>::default());
     let Some(hello) = hs.next().await.transpose()? else {
@@ -115,14 +118,57 @@ async fn session(
     tracing::debug!(pid = hello.pid, program = %hello.program, "layer connected");
     let mut framed = hs.map_codec(|_| FrameCodec::<LayerMessage, ProxyMessage>::default());
     let mut warned_lost = false;
+    let mut listening: Vec<RemotePort> = Vec::new();
+    let outcome = serve_session(
+        &mut framed,
+        &agent,
+        &shared,
+        &mut listening,
+        &mut warned_lost,
+    )
+    .await;
+    // A process that exits stops receiving its ports' traffic at once.
+    for port in listening {
+        let _ = shared.incoming.unlisten(&agent, port).await;
+    }
+    outcome
+}
+
+/// State shared by every layer session of the run.
+#[derive(Debug, Clone)]
+struct Shared {
+    streams: WriteStreams,
+    incoming: Incoming,
+}
+
+type LayerFramed = Framed<TcpStream, FrameCodec<LayerMessage, ProxyMessage>>;
+
+async fn serve_session(
+    framed: &mut LayerFramed,
+    agent: &AgentApi,
+    shared: &Shared,
+    listening: &mut Vec<RemotePort>,
+    warned_lost: &mut bool,
+) -> Result<(), remora_protocol::CodecError> {
     while let Some(msg) = framed.next().await {
         let LayerMessage::Request { id, request } = msg?;
-        let result = handle(&agent, &streams, request).await;
+        let listens = match &request {
+            LayerRequest::Listen { remote, .. } => Some(*remote),
+            LayerRequest::Unlisten { remote } => {
+                listening.retain(|p| p != remote);
+                None
+            }
+            _ => None,
+        };
+        let result = handle(agent, shared, request).await;
+        if let (Some(port), Ok(_)) = (listens, &result) {
+            listening.push(port);
+        }
         // The first call that fails because the agent is gone tells the
         // user why, once per process (the layer prints Log lines on stderr).
-        if result.is_err() && !warned_lost {
+        if result.is_err() && !*warned_lost {
             if let Some(reason) = agent.lost() {
-                warned_lost = true;
+                *warned_lost = true;
                 let message = format!(
                     "lost the connection to the remora agent ({reason}); remote calls now \
                      fail, local ones keep working"
@@ -142,9 +188,10 @@ async fn session(
 
 async fn handle(
     agent: &AgentApi,
-    streams: &WriteStreams,
+    shared: &Shared,
     request: LayerRequest,
 ) -> RemoteResult<LayerResponse> {
+    let streams = &shared.streams;
     match request {
         LayerRequest::Remote(request) => {
             if let Some(path) = file_stream::path_of(&request) {
@@ -167,9 +214,28 @@ async fn handle(
                 remote_local,
             })
         }
-        LayerRequest::Listen { .. } | LayerRequest::Unlisten { .. } => Err(RemoteError::new(
-            ErrorCode::Unsupported,
-            "incoming traffic is not implemented yet",
-        )),
+        LayerRequest::Listen {
+            local,
+            remote,
+            mode,
+            filter,
+        } => {
+            shared
+                .incoming
+                .listen(agent.clone(), local, remote, mode, filter)
+                .await?;
+            Ok(LayerResponse::Listening)
+        }
+        LayerRequest::Unlisten { remote } => {
+            shared.incoming.unlisten(agent, remote).await?;
+            Ok(LayerResponse::Unlistened)
+        }
+        LayerRequest::IncomingPeer { dialer } => {
+            let found = shared.incoming.peer_of(dialer);
+            Ok(LayerResponse::Peer {
+                peer: found.map(|f| f.0),
+                local: found.map(|f| f.1),
+            })
+        }
     }
 }

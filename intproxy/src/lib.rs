@@ -21,6 +21,7 @@
 pub mod agent_link;
 pub mod error;
 pub mod file_stream;
+pub mod incoming;
 pub mod layer;
 pub mod outgoing;
 

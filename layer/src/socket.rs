@@ -9,6 +9,7 @@
 //! (`sendto`/`sendmsg`/`recvfrom`/`recvmsg`) are rewritten.
 
 pub mod hooks;
+pub mod incoming;
 pub mod ops;
 
 use parking_lot::Mutex;
@@ -28,6 +29,13 @@ pub enum SocketInfo {
     },
     /// An unconnected UDP socket that has sent datagrams to remote peers.
     UdpRoutes(Arc<Mutex<UdpRoutes>>),
+    /// A listener whose port is subscribed on the target.
+    Listening(Arc<incoming::Subscription>),
+    /// A connection the intproxy delivered from the target: who really sent it.
+    Accepted {
+        peer: SocketAddr,
+        local: Option<SocketAddr>,
+    },
 }
 
 /// Remote peer ⇄ interceptor mappings of one unconnected UDP socket.

@@ -124,6 +124,13 @@ pub enum LayerRequest {
     /// remote file when the stream ends, and holds later requests naming
     /// `path` until the stream is drained.
     StreamWrites { fd: crate::RemoteFd, path: String },
+    /// The intproxy dialed the application's listener from `dialer` for an
+    /// incoming connection: who is the real peer (and the target-side address
+    /// it connected to)?
+    IncomingPeer {
+        #[serde(with = "crate::net::wire_addr")]
+        dialer: SocketAddr,
+    },
 }
 
 /// The successful answer to a [`LayerRequest`].
@@ -140,6 +147,14 @@ pub enum LayerResponse {
     },
     Listening,
     Unlistened,
+    /// Answer to [`LayerRequest::IncomingPeer`]; `None` when the connection
+    /// is not one the intproxy dialed.
+    Peer {
+        #[serde(with = "crate::net::wire_addr::option")]
+        peer: Option<SocketAddr>,
+        #[serde(with = "crate::net::wire_addr::option")]
+        local: Option<SocketAddr>,
+    },
 }
 
 /// Where the intproxy accepts an intercepted stream.

@@ -195,3 +195,83 @@ pub unsafe extern "C" fn recvmsg(fd: c_int, msg: *mut msghdr, flags: c_int) -> s
     }
     got
 }
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn listen(fd: c_int, backlog: c_int) -> c_int {
+    let real = real!(listen: fn(c_int, c_int) -> c_int);
+    // SAFETY: forwarding the caller's arguments unchanged.
+    let rc = unsafe { real(fd, backlog) };
+    if rc == 0 {
+        if let Some(_g) = DetourGuard::enter() {
+            match super::incoming::listen(fd) {
+                Ok(()) | Err(HookError::Bypass(_)) => {}
+                // The app keeps its local listener; say why the target's
+                // traffic will not come.
+                Err(e) => crate::session::warn(&format!(
+                    "could not subscribe the target's port for listener fd {fd}: {}",
+                    match e {
+                        HookError::Remote(r) => r.message,
+                        other => format!("{other:?}"),
+                    }
+                )),
+            }
+        }
+    }
+    rc
+}
+
+/// Shared body of `accept`/`accept4`: report the real peer of connections
+/// the intproxy delivered.
+///
+/// # Safety
+/// `addr`/`len` are the caller's accept(2) out-parameters (or null).
+unsafe fn after_accept(listener: c_int, conn: c_int, addr: *mut sockaddr, len: *mut socklen_t) {
+    let Some(_g) = DetourGuard::enter() else {
+        return;
+    };
+    // SAFETY: sockaddr_storage is plain old data.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut slen = std::mem::size_of::<libc::sockaddr_storage>() as socklen_t;
+    let sp = (&mut storage as *mut libc::sockaddr_storage).cast::<sockaddr>();
+    // SAFETY: valid out-parameters; the guard makes this the real getpeername.
+    if unsafe { libc::getpeername(conn, sp, &mut slen) } != 0 {
+        return;
+    }
+    // SAFETY: the kernel wrote slen bytes.
+    let Some(from) = (unsafe { sa::read(sp, slen) }) else {
+        return;
+    };
+    if let Some((peer, family)) = super::incoming::accepted(listener, conn, from) {
+        // SAFETY: the caller's out-parameters, as accept(2) defines them.
+        unsafe { sa::write_out(peer, family, addr, len) };
+    }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn accept(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
+    let real = real!(accept: fn(c_int, *mut sockaddr, *mut socklen_t) -> c_int);
+    // SAFETY: forwarding the caller's arguments unchanged.
+    let conn = unsafe { real(fd, addr, len) };
+    if conn >= 0 && crate::fd::get(fd).is_some() {
+        // SAFETY: accept succeeded; addr/len are the caller's.
+        unsafe { after_accept(fd, conn, addr, len) };
+    }
+    conn
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn accept4(
+    fd: c_int,
+    addr: *mut sockaddr,
+    len: *mut socklen_t,
+    flags: c_int,
+) -> c_int {
+    let real = real!(accept4: fn(c_int, *mut sockaddr, *mut socklen_t, c_int) -> c_int);
+    // SAFETY: forwarding the caller's arguments unchanged.
+    let conn = unsafe { real(fd, addr, len, flags) };
+    if conn >= 0 && crate::fd::get(fd).is_some() {
+        // SAFETY: accept4 succeeded; addr/len are the caller's.
+        unsafe { after_accept(fd, conn, addr, len) };
+    }
+    conn
+}

@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 /// `SO_TYPE` and `SO_DOMAIN` of a socket.
-fn socket_kind(fd: i32) -> Option<(i32, i32)> {
+pub(super) fn socket_kind(fd: i32) -> Option<(i32, i32)> {
     let get = |opt| {
         let mut value: i32 = 0;
         let mut len = std::mem::size_of::<i32>() as libc::socklen_t;
@@ -127,6 +127,7 @@ pub fn connected(fd: i32, redirect: Redirect) {
 pub fn peer_of(fd: i32) -> HookResult<(SocketAddr, i32)> {
     match fd::get(fd) {
         Some(Managed::Socket(SocketInfo::Outgoing { remote, .. })) => Ok((remote, domain_of(fd))),
+        Some(Managed::Socket(SocketInfo::Accepted { peer, .. })) => Ok((peer, domain_of(fd))),
         _ => Err(HookError::Bypass("not redirected")),
     }
 }
@@ -142,7 +143,7 @@ pub fn local_of(fd: i32) -> HookResult<(SocketAddr, i32)> {
     }
 }
 
-fn domain_of(fd: i32) -> i32 {
+pub(super) fn domain_of(fd: i32) -> i32 {
     socket_kind(fd).map(|(_, d)| d).unwrap_or(libc::AF_INET)
 }
 
