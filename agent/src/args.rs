@@ -1,10 +1,12 @@
 //! Command-line arguments of `remora-agent`. The session token is not one of
 //! them: it comes from [`crate::TOKEN_ENV`] so it never shows in `ps`.
 
+use crate::incoming::NetfilterBackend;
 use crate::target::TargetPid;
 use std::net::SocketAddr;
 
-/// `remora-agent --target pid/<PID> [--listen 127.0.0.1:0] [--idle-timeout-secs 30]`
+/// `remora-agent --target pid/<PID> [--listen 127.0.0.1:0] [--idle-timeout-secs 30]
+/// [--netfilter auto]`
 #[derive(Debug, Clone, clap::Parser)]
 #[command(
     name = "remora-agent",
@@ -26,4 +28,9 @@ pub struct Args {
     /// Exit when no client connected within this many seconds (0: never).
     #[arg(long, default_value_t = 30, value_name = "SECONDS")]
     pub idle_timeout_secs: u64,
+
+    /// Which tools redirect incoming traffic inside the target: nftables
+    /// when `nft` is installed (auto), or forced.
+    #[arg(long, value_enum, default_value_t = NetfilterBackend::Auto)]
+    pub netfilter: NetfilterBackend,
 }

@@ -6,6 +6,7 @@ use crate::dns::DnsApi;
 use crate::env::read_env;
 use crate::fs::{self, FsApi};
 use crate::handshake::{self, Negotiated};
+use crate::incoming::{ClientIncoming, IncomingApi};
 use crate::namespace::TargetNamespaces;
 use crate::net::NetApi;
 use crate::outgoing::Outgoing;
@@ -15,11 +16,10 @@ use crate::session::SessionRegistry;
 use futures::{SinkExt, StreamExt};
 use remora_protocol::codec::FrameCodec;
 use remora_protocol::fs::FsRequest;
-use remora_protocol::incoming::{IncomingClient, IncomingServer};
 use remora_protocol::session::{SessionReply, SessionRequest};
 use remora_protocol::{
     Capabilities, ClientMessage, CodecError, ErrorCode, Hello, HelloReply, RemoteError,
-    RemoteResult, Request, RequestId, Response, ServerMessage, SessionToken,
+    RemoteResult, Request, RequestId, Response, ServerMessage, SessionId, SessionToken,
 };
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -53,6 +53,7 @@ pub(crate) struct AgentContext {
     pub pool: NsPool,
     pub net: NetApi,
     pub dns: DnsApi,
+    pub incoming: IncomingApi,
     pub sessions: SessionRegistry,
     pub shutdown: ShutdownHandle,
 }
@@ -109,7 +110,7 @@ pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, ctx: Arc<AgentCon
         );
         // Keeps whatever the client sent right after its Hello.
         let link: LinkFramed = framed.map_codec(|_| FrameCodec::default());
-        ClientTask::new(ctx, negotiated, user)
+        ClientTask::new(ctx, negotiated, id, user)
             .run(link, kill_rx)
             .await;
         drop(session);
@@ -129,8 +130,8 @@ enum Ended {
     Closed(String),
 }
 
-/// Owns one client's state: its handle table, its outgoing connections and
-/// its request budget.
+/// Owns one client's state: its handle table, its outgoing and incoming
+/// connections and its request budget.
 struct ClientTask {
     ctx: Arc<AgentContext>,
     negotiated: Negotiated,
@@ -143,16 +144,30 @@ struct ClientTask {
     requests: Arc<Semaphore>,
     fs: FsApi,
     outgoing: Outgoing,
+    incoming: ClientIncoming,
 }
 
 impl ClientTask {
-    fn new(ctx: Arc<AgentContext>, negotiated: Negotiated, user: String) -> Self {
+    fn new(
+        ctx: Arc<AgentContext>,
+        negotiated: Negotiated,
+        session: SessionId,
+        user: String,
+    ) -> Self {
         let token = ctx.shutdown.token().child_token();
         let (out_tx, out_rx) = mpsc::channel(OUTBOUND_CAPACITY);
         let outgoing = Outgoing::new(
             ctx.net.clone(),
             ctx.pool.clone(),
             ctx.target.clone(),
+            negotiated.capabilities,
+            out_tx.clone(),
+            token.clone(),
+        );
+        let incoming = ClientIncoming::new(
+            ctx.incoming.clone(),
+            session,
+            user.clone(),
             negotiated.capabilities,
             out_tx.clone(),
             token.clone(),
@@ -167,6 +182,7 @@ impl ClientTask {
             out_rx: Some(out_rx),
             requests: Arc::new(Semaphore::new(MAX_REQUESTS_IN_FLIGHT)),
             outgoing,
+            incoming,
         }
     }
 
@@ -198,7 +214,7 @@ impl ClientTask {
             Ended::Gone => tracing::info!("client disconnected"),
         }
         let closed = self.fs.close_all();
-        let connections = self.outgoing.active();
+        let connections = self.outgoing.active() + self.incoming.active();
         drop(self);
         if tokio::time::timeout(FLUSH_TIMEOUT, &mut writer)
             .await
@@ -226,7 +242,7 @@ impl ClientTask {
             match message {
                 ClientMessage::Request { id, request } => self.request(id, request).await,
                 ClientMessage::Outgoing(message) => self.outgoing.handle(message).await,
-                ClientMessage::Incoming(message) => self.incoming(message).await,
+                ClientMessage::Incoming(message) => self.incoming.handle(message).await,
                 ClientMessage::Bye => return Ended::Bye,
             }
         }
@@ -259,22 +275,6 @@ impl ClientTask {
             }
             .in_current_span(),
         );
-    }
-
-    async fn incoming(&self, message: IncomingClient) {
-        match message {
-            IncomingClient::Subscribe { port, .. } => {
-                let refused = IncomingServer::Subscribed {
-                    port,
-                    result: Err(RemoteError::new(
-                        ErrorCode::Unsupported,
-                        "incoming traffic is not implemented yet",
-                    )),
-                };
-                let _ = self.out_tx.send(ServerMessage::Incoming(refused)).await;
-            }
-            other => tracing::debug!(?other, "incoming message without a subscription; ignored"),
-        }
     }
 }
 

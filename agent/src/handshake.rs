@@ -5,7 +5,7 @@ use remora_protocol::handshake::negotiate;
 use remora_protocol::{Capabilities, Hello, HelloReply, PROTOCOL_VERSION, ProtocolVersion};
 use remora_protocol::{SessionId, SessionToken};
 
-/// What this agent implements. Incoming traffic is not among it yet.
+/// What this agent implements. HTTP filters are not among it yet.
 pub const AGENT_CAPABILITIES: Capabilities = Capabilities(
     Capabilities::FILES.0
         | Capabilities::DNS.0
@@ -14,7 +14,9 @@ pub const AGENT_CAPABILITIES: Capabilities = Capabilities(
         | Capabilities::OUTGOING_UDP.0
         | Capabilities::OUTGOING_UNIX.0
         | Capabilities::SESSIONS.0
-        | Capabilities::FILE_SNAPSHOT.0,
+        | Capabilities::FILE_SNAPSHOT.0
+        | Capabilities::INCOMING_STEAL.0
+        | Capabilities::INCOMING_MIRROR.0,
 );
 
 /// remora's version, as told to clients.

@@ -20,6 +20,10 @@
 //!   absolute ones) resolve exactly as inside the target.
 //! * [`namespace`]: the [`TargetNamespaces`] seam with the real
 //!   `/proc/<PID>/ns` implementation.
+//! * [`incoming`]: incoming traffic (steal, mirror): the incoming task, its
+//!   listeners inside the target, and the netfilter rules that send the
+//!   subscribed ports there, run by the **netfilter thread** inside the
+//!   target's network namespace and removed even when the agent is killed.
 //!
 //! # Unsafe code
 //! None. The workspace forbids `unsafe`, and the agent keeps it that way:
@@ -33,6 +37,7 @@ pub mod env;
 pub mod error;
 pub mod fs;
 pub mod handshake;
+pub mod incoming;
 pub mod namespace;
 pub mod net;
 pub mod outgoing;
@@ -75,7 +80,8 @@ pub fn init_logging() {
 
 /// Run the agent as the binary does: token from [`TOKEN_ENV`], announce
 /// `REMORA_AGENT_LISTENING <ip:port>` on stdout, serve until idle, until every
-/// client left, until the target exits, or until SIGTERM/SIGINT.
+/// client left, until the target exits, or until SIGTERM/SIGINT. Every
+/// incoming traffic rule is removed before it returns.
 ///
 /// # Errors
 /// A one-line, user-facing [`Error`]; [`Error::TargetGone`] when the target
@@ -97,6 +103,7 @@ pub async fn run(args: Args) -> Result<()> {
 
     let mut config = AgentConfig::new(args.target, SessionToken(token));
     config.listen = args.listen;
+    config.netfilter = args.netfilter;
     config.idle_timeout =
         (args.idle_timeout_secs > 0).then(|| Duration::from_secs(args.idle_timeout_secs));
     let agent = Agent::bind(config).await?;

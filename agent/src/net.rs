@@ -26,7 +26,14 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 enum NetCommand {
     ConnectTcp {
         addr: SocketAddr,
+        /// `SO_MARK` for the socket, set before it connects.
+        mark: Option<u32>,
         reply: oneshot::Sender<io::Result<std::net::TcpStream>>,
+    },
+    ListenTcp {
+        /// `None`: every address of the namespace, IPv6 and IPv4 when it can.
+        ip: Option<IpAddr>,
+        reply: oneshot::Sender<io::Result<std::net::TcpListener>>,
     },
     ConnectUdp {
         addr: SocketAddr,
@@ -109,13 +116,37 @@ impl NetApi {
 
     /// Connect a TCP stream to `addr` from inside the target.
     pub async fn connect_tcp(&self, addr: SocketAddr) -> io::Result<tokio::net::TcpStream> {
+        self.connect_tcp_marked(addr, None).await
+    }
+
+    /// Connect a TCP stream to `addr` from inside the target, its packets
+    /// carrying `mark` (`SO_MARK`, needs `CAP_NET_ADMIN`) so that netfilter
+    /// rules can tell them apart.
+    pub async fn connect_tcp_marked(
+        &self,
+        addr: SocketAddr,
+        mark: Option<u32>,
+    ) -> io::Result<tokio::net::TcpStream> {
         let (reply, reply_rx) = oneshot::channel();
         self.cmd_tx
-            .send(NetCommand::ConnectTcp { addr, reply })
+            .send(NetCommand::ConnectTcp { addr, mark, reply })
             .await
             .map_err(|_| gone())?;
         let stream = reply_rx.await.map_err(|_| gone())??;
         tokio::net::TcpStream::from_std(stream)
+    }
+
+    /// A TCP listener inside the target on an ephemeral port: on `ip`, or
+    /// when `None` on every address (dual-stack `[::]`, or `0.0.0.0` when the
+    /// namespace has no IPv6).
+    pub async fn listen_tcp(&self, ip: Option<IpAddr>) -> io::Result<tokio::net::TcpListener> {
+        let (reply, reply_rx) = oneshot::channel();
+        self.cmd_tx
+            .send(NetCommand::ListenTcp { ip, reply })
+            .await
+            .map_err(|_| gone())?;
+        let listener = reply_rx.await.map_err(|_| gone())??;
+        tokio::net::TcpListener::from_std(listener)
     }
 
     /// A UDP socket inside the target, connected to `addr`.
@@ -182,10 +213,14 @@ impl NetTask {
     async fn run(mut self) {
         while let Some(cmd) = self.cmd_rx.recv().await {
             match cmd {
-                NetCommand::ConnectTcp { addr, reply } => {
+                NetCommand::ConnectTcp { addr, mark, reply } => {
                     tokio::spawn(async move {
-                        let _ = reply.send(connect_tcp(addr).await);
+                        let _ = reply.send(connect_tcp(addr, mark).await);
                     });
+                }
+                NetCommand::ListenTcp { ip, reply } => {
+                    // Non-blocking system calls only: answered in place.
+                    let _ = reply.send(listen_tcp(ip));
                 }
                 NetCommand::ConnectUdp { addr, reply } => {
                     tokio::spawn(async move {
@@ -238,11 +273,14 @@ impl NetTask {
     }
 }
 
-async fn connect_tcp(addr: SocketAddr) -> io::Result<std::net::TcpStream> {
+async fn connect_tcp(addr: SocketAddr, mark: Option<u32>) -> io::Result<std::net::TcpStream> {
     let socket = match addr {
         SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
         SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
     };
+    if let Some(mark) = mark {
+        nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::Mark, &mark)?;
+    }
     match tokio::time::timeout(CONNECT_TIMEOUT, socket.connect(addr)).await {
         Ok(stream) => stream?.into_std(),
         Err(_) => Err(io::Error::new(
@@ -250,6 +288,47 @@ async fn connect_tcp(addr: SocketAddr) -> io::Result<std::net::TcpStream> {
             format!("connect timed out after {}s", CONNECT_TIMEOUT.as_secs()),
         )),
     }
+}
+
+/// Backlog of the listeners the agent opens inside the target.
+const LISTEN_BACKLOG: i32 = 1024;
+
+fn listen_tcp(ip: Option<IpAddr>) -> io::Result<std::net::TcpListener> {
+    match ip {
+        Some(ip) => listen_on((ip, 0).into(), false),
+        None => listen_on((Ipv6Addr::UNSPECIFIED, 0).into(), true).or_else(|e| {
+            tracing::debug!(error = %e, "no dual-stack listener; listening on IPv4 only");
+            listen_on((Ipv4Addr::UNSPECIFIED, 0).into(), false)
+        }),
+    }
+}
+
+fn listen_on(addr: SocketAddr, dual_stack: bool) -> io::Result<std::net::TcpListener> {
+    use nix::sys::socket::{
+        AddressFamily, Backlog, SockFlag, SockType, SockaddrStorage, bind, listen, setsockopt,
+        socket, sockopt,
+    };
+    let family = match addr {
+        SocketAddr::V4(_) => AddressFamily::Inet,
+        SocketAddr::V6(_) => AddressFamily::Inet6,
+    };
+    let fd = socket(
+        family,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        None,
+    )?;
+    if dual_stack {
+        setsockopt(&fd, sockopt::Ipv6V6Only, &false)?;
+    }
+    setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+    bind(
+        std::os::fd::AsRawFd::as_raw_fd(&fd),
+        &SockaddrStorage::from(addr),
+    )?;
+    let backlog = Backlog::new(LISTEN_BACKLOG).map_err(io::Error::from)?;
+    listen(&fd, backlog)?;
+    Ok(std::net::TcpListener::from(fd))
 }
 
 async fn connect_udp(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {

@@ -5,6 +5,7 @@
 use crate::client::{self, AgentContext};
 use crate::dns::DnsApi;
 use crate::error::{Error, Result};
+use crate::incoming::{IncomingApi, IncomingSettings, NetfilterBackend, RedirectApi, netfilter};
 use crate::namespace::{ProcessNamespaces, TargetNamespaces};
 use crate::net::NetApi;
 use crate::pool::{NsPool, POOL_WORKERS};
@@ -44,6 +45,8 @@ pub struct AgentConfig {
     pub linger: Option<Duration>,
     /// How often to check that the target still runs.
     pub target_poll: Duration,
+    /// Which netfilter tools redirect incoming traffic.
+    pub netfilter: NetfilterBackend,
 }
 
 impl AgentConfig {
@@ -57,6 +60,7 @@ impl AgentConfig {
             idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
             linger: Some(DEFAULT_LINGER),
             target_poll: TARGET_POLL_INTERVAL,
+            netfilter: NetfilterBackend::Auto,
         }
     }
 }
@@ -151,6 +155,14 @@ impl Agent {
             source,
         })?;
         let shutdown = ShutdownHandle::new();
+        let backend = config.netfilter;
+        let redirect = RedirectApi::start(ns.clone(), Box::new(move || netfilter(backend))).await?;
+        let (incoming, incoming_task) = IncomingApi::start(
+            net.clone(),
+            redirect,
+            IncomingSettings::new(ns.name()),
+            shutdown.token().clone(),
+        );
         let ctx = Arc::new(AgentContext {
             target: ns.name(),
             token: config.token.clone(),
@@ -158,11 +170,12 @@ impl Agent {
             dns: DnsApi::new(pool.clone(), net.clone()),
             pool,
             net,
+            incoming,
             sessions: SessionRegistry::default(),
             shutdown: shutdown.clone(),
         });
         tracing::info!(target = %ctx.target, %local_addr, "agent listening");
-        let task = tokio::spawn(supervise(listener, ctx, config));
+        let task = tokio::spawn(supervise(listener, ctx, config, incoming_task));
         Ok(Agent {
             local_addr,
             shutdown,
@@ -191,11 +204,13 @@ impl Agent {
     }
 }
 
-/// Accept clients and watch the agent's lifetime conditions.
+/// Accept clients and watch the agent's lifetime conditions. Returns once
+/// every client is done and the incoming task removed its rules.
 async fn supervise(
     listener: TcpListener,
     ctx: Arc<AgentContext>,
     config: AgentConfig,
+    incoming_task: JoinHandle<()>,
 ) -> Result<ExitReason> {
     let clients = TaskTracker::new();
     let mut count_rx = ctx.sessions.subscribe_count();
@@ -282,6 +297,13 @@ async fn supervise(
         .is_err()
     {
         tracing::warn!("some clients did not finish in time");
+    }
+    // The shutdown token stops the incoming task, which removes its rules.
+    if tokio::time::timeout(SHUTDOWN_GRACE, incoming_task)
+        .await
+        .is_err()
+    {
+        tracing::warn!("incoming traffic rules were not removed in time");
     }
     outcome
 }

@@ -16,7 +16,9 @@ use remora_protocol::env::EnvRequest;
 use remora_protocol::fs::{
     AccessMode, FileType, FsReply, FsRequest, OpenOptions, OpenRequest, SeekFrom,
 };
-use remora_protocol::incoming::{IncomingClient, IncomingMode, IncomingServer, RemotePort};
+use remora_protocol::incoming::{
+    HttpFilter, IncomingClient, IncomingMode, IncomingServer, RemotePort,
+};
 use remora_protocol::session::{SessionReply, SessionRequest};
 use remora_protocol::{
     Capabilities, ClientMessage, ErrorCode, HelloReply, PROTOCOL_VERSION, Request, Response,
@@ -71,7 +73,7 @@ async fn accepted_session_gets_the_intersection_of_capabilities() {
     let target = Target::sleep(&[]);
     let agent = agent_for(&target).await;
     let mut small = hello(1, TOKEN, "alice");
-    small.capabilities = Capabilities::FILES | Capabilities::INCOMING_STEAL;
+    small.capabilities = Capabilities::FILES | Capabilities::HTTP_FILTER;
     let (reply, link) = handshake(agent.local_addr(), small).await;
     let HelloReply::Accepted { capabilities, .. } = reply else {
         panic!("refused: {reply:?}");
@@ -477,7 +479,7 @@ async fn localhost_resolves_and_hostname_and_ping_answer() {
 }
 
 #[tokio::test]
-async fn incoming_subscriptions_are_refused_as_unsupported() {
+async fn filtered_incoming_subscriptions_are_refused_as_unsupported() {
     let target = Target::sleep(&[]);
     let agent = agent_for(&target).await;
     let mut client = Client::connect(agent.local_addr(), "alice").await;
@@ -485,7 +487,7 @@ async fn incoming_subscriptions_are_refused_as_unsupported() {
         .send(ClientMessage::Incoming(IncomingClient::Subscribe {
             port: RemotePort(8080),
             mode: IncomingMode::Steal,
-            filter: None,
+            filter: Some(HttpFilter::Path("^/api".into())),
         }))
         .await;
     let Some(ServerMessage::Incoming(IncomingServer::Subscribed { port, result })) =
@@ -496,7 +498,7 @@ async fn incoming_subscriptions_are_refused_as_unsupported() {
     assert_eq!(port, RemotePort(8080));
     let err = result.unwrap_err();
     assert_eq!(err.code, ErrorCode::Unsupported);
-    assert_eq!(err.message, "incoming traffic is not implemented yet");
+    assert_eq!(err.message, "HTTP filters are not implemented yet");
 }
 
 // ---------------------------------------------------------------- sessions

@@ -28,7 +28,8 @@ fn accepts_and_intersects_capabilities() {
     let ok = evaluate(&hello(1, "s3cret-token", Some("pid/7")), &token(), "pid/7").unwrap();
     assert_eq!(ok.version, PROTOCOL_VERSION);
     assert_eq!(ok.capabilities, AGENT_CAPABILITIES);
-    assert!(!ok.capabilities.contains(Capabilities::INCOMING_STEAL));
+    assert!(ok.capabilities.contains(Capabilities::INCOMING_STEAL));
+    assert!(!ok.capabilities.contains(Capabilities::HTTP_FILTER));
 
     let mut small = hello(1, "s3cret-token", None);
     small.capabilities = Capabilities::FILES | Capabilities::HTTP2;

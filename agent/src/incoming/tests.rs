@@ -1,0 +1,602 @@
+//! Tests of the incoming task and a client's incoming traffic, with a
+//! recording [`Redirector`] double: no root, no rules. Listeners bind on the
+//! loopback and connecting straight to one stands in for a redirected
+//! connection.
+
+use super::*;
+use crate::namespace::CurrentNamespaces;
+use bytes::Bytes;
+use remora_protocol::incoming::{IncomingClient, IncomingServer};
+use remora_protocol::session::LogLevel;
+use remora_protocol::{Capabilities, ConnectionId, ErrorCode, RemoteResult};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const STEP: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Op {
+    Add(u16, u16),
+    Remove(u16),
+    RemoveAll,
+    RemoveStale,
+}
+
+/// What the double was asked, shared with the test.
+#[derive(Debug, Clone, Default)]
+struct Recorder {
+    ops: Arc<Mutex<Vec<Op>>>,
+    fail_add: Arc<AtomicBool>,
+}
+
+impl Recorder {
+    fn ops(&self) -> Vec<Op> {
+        self.ops.lock().unwrap().clone()
+    }
+
+    /// Wait until the double has seen exactly `expected`.
+    async fn wait_for(&self, expected: &[Op]) {
+        let deadline = tokio::time::Instant::now() + STEP;
+        while self.ops() != expected {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "netfilter operations {:?}, expected {expected:?}",
+                self.ops()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    fn listener_of(&self, port: u16) -> u16 {
+        self.ops()
+            .iter()
+            .find_map(|op| match op {
+                Op::Add(p, to) if *p == port => Some(*to),
+                _ => None,
+            })
+            .expect("port was added")
+    }
+}
+
+#[derive(Debug)]
+struct FakeRedirector(Recorder);
+
+impl Redirector for FakeRedirector {
+    fn add(&mut self, port: RemotePort, to: ListenerPort) -> Result<(), RedirectError> {
+        self.0.ops.lock().unwrap().push(Op::Add(port.0, to.0));
+        if self.0.fail_add.load(Ordering::Relaxed) {
+            return Err(RedirectError::Command {
+                command: "nft add element".into(),
+                output: "Error: Could not process rule: No buffer space available".into(),
+            });
+        }
+        Ok(())
+    }
+
+    fn remove(&mut self, port: RemotePort) -> Result<(), RedirectError> {
+        self.0.ops.lock().unwrap().push(Op::Remove(port.0));
+        Ok(())
+    }
+
+    fn remove_all(&mut self) -> Result<(), RedirectError> {
+        self.0.ops.lock().unwrap().push(Op::RemoveAll);
+        Ok(())
+    }
+
+    fn remove_stale(
+        &mut self,
+        _is_alive: &dyn Fn(u32) -> bool,
+    ) -> Result<Vec<String>, RedirectError> {
+        self.0.ops.lock().unwrap().push(Op::RemoveStale);
+        Ok(Vec::new())
+    }
+}
+
+struct Fixture {
+    api: IncomingApi,
+    task: JoinHandle<()>,
+    rec: Recorder,
+    shutdown: CancellationToken,
+}
+
+async fn fixture() -> Fixture {
+    let ns: Arc<dyn crate::namespace::TargetNamespaces> = Arc::new(CurrentNamespaces);
+    let net = NetApi::start(ns.clone()).await.unwrap();
+    let rec = Recorder::default();
+    let double = rec.clone();
+    let redirect = RedirectApi::start(
+        ns,
+        Box::new(move || Ok(Box::new(FakeRedirector(double)) as Box<dyn Redirector>)),
+    )
+    .await
+    .unwrap();
+    let settings = IncomingSettings {
+        target: "pid/4242".into(),
+        listen_ip: Some(Ipv4Addr::LOCALHOST.into()),
+        // Marking needs CAP_NET_ADMIN, and without rules nothing loops.
+        mark: None,
+    };
+    let shutdown = CancellationToken::new();
+    let (api, task) = IncomingApi::start(net, redirect, settings, shutdown.clone());
+    rec.wait_for(&[Op::RemoveStale]).await;
+    Fixture {
+        api,
+        task,
+        rec,
+        shutdown,
+    }
+}
+
+/// A client of the incoming task, as the client task would drive it.
+struct TestClient {
+    incoming: ClientIncoming,
+    out_rx: mpsc::Receiver<ServerMessage>,
+    token: CancellationToken,
+}
+
+impl Fixture {
+    fn client(&self, session: u64, user: &str) -> TestClient {
+        self.client_with(session, user, Capabilities::ALL, 64)
+    }
+
+    fn client_with(
+        &self,
+        session: u64,
+        user: &str,
+        capabilities: Capabilities,
+        link_capacity: usize,
+    ) -> TestClient {
+        let (out_tx, out_rx) = mpsc::channel(link_capacity);
+        let token = self.shutdown.child_token();
+        TestClient {
+            incoming: ClientIncoming::new(
+                self.api.clone(),
+                SessionId(session),
+                user.into(),
+                capabilities,
+                out_tx,
+                token.clone(),
+            ),
+            out_rx,
+            token,
+        }
+    }
+}
+
+impl TestClient {
+    async fn send(&mut self, message: IncomingClient) {
+        self.incoming.handle(message).await;
+    }
+
+    async fn subscribe(&mut self, port: u16, mode: IncomingMode) -> RemoteResult<()> {
+        self.send(IncomingClient::Subscribe {
+            port: RemotePort(port),
+            mode,
+            filter: None,
+        })
+        .await;
+        self.subscribed(port).await
+    }
+
+    async fn subscribed(&mut self, port: u16) -> RemoteResult<()> {
+        match self.next().await {
+            ServerMessage::Incoming(IncomingServer::Subscribed { port: p, result }) => {
+                assert_eq!(p, RemotePort(port));
+                result
+            }
+            other => panic!("expected Subscribed, got {other:?}"),
+        }
+    }
+
+    async fn next(&mut self) -> ServerMessage {
+        tokio::time::timeout(STEP, self.out_rx.recv())
+            .await
+            .expect("a message in time")
+            .expect("link open")
+    }
+
+    async fn incoming(&mut self) -> IncomingServer {
+        match self.next().await {
+            ServerMessage::Incoming(message) => message,
+            other => panic!("expected an incoming message, got {other:?}"),
+        }
+    }
+
+    /// Data of `conn` up to its half close.
+    async fn read_until_shutdown(&mut self, conn: ConnectionId) -> Vec<u8> {
+        let mut got = Vec::new();
+        loop {
+            match self.incoming().await {
+                IncomingServer::Data { conn: c, data } if c == conn => got.extend_from_slice(&data),
+                IncomingServer::ShutdownWrite { conn: c } if c == conn => return got,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+}
+
+fn localhost(port: u16) -> SocketAddr {
+    (Ipv4Addr::LOCALHOST, port).into()
+}
+
+#[tokio::test]
+async fn stealing_a_port_redirects_it_and_warns_about_health_probes() {
+    let fx = fixture().await;
+    let mut alice = fx.client(1, "alice");
+    alice.subscribe(8080, IncomingMode::Steal).await.unwrap();
+    match alice.next().await {
+        ServerMessage::Log { level, message } => {
+            assert_eq!(level, LogLevel::Warn);
+            assert_eq!(
+                message,
+                "stealing port 8080 without an HTTP filter also takes health-probe traffic \
+                 (kubelet probes) away from the target"
+            );
+        }
+        other => panic!("expected the probe warning, got {other:?}"),
+    }
+    let listener = fx.rec.listener_of(8080);
+    assert_ne!(listener, 0);
+    fx.rec
+        .wait_for(&[Op::RemoveStale, Op::Add(8080, listener)])
+        .await;
+}
+
+#[tokio::test]
+async fn a_stolen_connection_reaches_the_subscriber_and_only_it_answers() {
+    let fx = fixture().await;
+    let mut alice = fx.client(1, "alice");
+    alice.subscribe(8080, IncomingMode::Steal).await.unwrap();
+    let _warning = alice.next().await;
+
+    let mut peer = TcpStream::connect(localhost(fx.rec.listener_of(8080)))
+        .await
+        .unwrap();
+    peer.write_all(b"GET / HTTP/1.0\r\n\r\n").await.unwrap();
+    peer.shutdown().await.unwrap();
+    let IncomingServer::NewConnection {
+        conn,
+        port,
+        peer: seen_peer,
+        local,
+    } = alice.incoming().await
+    else {
+        panic!("expected a new connection");
+    };
+    assert_eq!(port, RemotePort(8080));
+    assert_eq!(seen_peer, peer.local_addr().unwrap());
+    assert_eq!(local, localhost(8080), "the original destination");
+    assert_eq!(
+        alice.read_until_shutdown(conn).await,
+        b"GET / HTTP/1.0\r\n\r\n"
+    );
+
+    let reply = Bytes::from_static(b"HTTP/1.0 200 OK\r\n\r\nfrom the laptop");
+    alice.send(IncomingClient::Data { conn, data: reply }).await;
+    alice.send(IncomingClient::ShutdownWrite { conn }).await;
+    let mut answer = Vec::new();
+    tokio::time::timeout(STEP, peer.read_to_end(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(answer, b"HTTP/1.0 200 OK\r\n\r\nfrom the laptop");
+    assert_eq!(
+        alice.incoming().await,
+        IncomingServer::Closed { conn },
+        "closed once both sides are done"
+    );
+}
+
+#[tokio::test]
+async fn a_port_has_one_subscriber_at_a_time() {
+    let fx = fixture().await;
+    let mut alice = fx.client(1, "alice");
+    let mut bob = fx.client(2, "bob");
+    alice.subscribe(8080, IncomingMode::Mirror).await.unwrap();
+    let err = bob.subscribe(8080, IncomingMode::Steal).await.unwrap_err();
+    assert_eq!(err.code, ErrorCode::AlreadyExists);
+    assert!(
+        err.message
+            .contains("port 8080 of pid/4242 is already mirrored by session 1 (alice)"),
+        "{err}"
+    );
+    // Nothing was added for bob, and alice keeps the port.
+    let listener = fx.rec.listener_of(8080);
+    fx.rec
+        .wait_for(&[Op::RemoveStale, Op::Add(8080, listener)])
+        .await;
+    bob.subscribe(9090, IncomingMode::Steal).await.unwrap();
+}
+
+#[tokio::test]
+async fn filtered_subscriptions_are_refused_without_touching_netfilter() {
+    let fx = fixture().await;
+    let mut alice = fx.client(1, "alice");
+    alice
+        .send(IncomingClient::Subscribe {
+            port: RemotePort(8080),
+            mode: IncomingMode::Steal,
+            filter: Some(remora_protocol::incoming::HttpFilter::Header(
+                "x-user: alice".into(),
+            )),
+        })
+        .await;
+    let err = alice.subscribed(8080).await.unwrap_err();
+    assert_eq!(err.code, ErrorCode::Unsupported);
+    assert_eq!(err.message, "HTTP filters are not implemented yet");
+    assert_eq!(fx.rec.ops(), [Op::RemoveStale]);
+}
+
+#[tokio::test]
+async fn modes_that_were_not_negotiated_are_refused() {
+    let fx = fixture().await;
+    let mut alice = fx.client_with(1, "alice", Capabilities::INCOMING_STEAL, 8);
+    let err = alice
+        .subscribe(8080, IncomingMode::Mirror)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::Unsupported);
+    assert_eq!(fx.rec.ops(), [Op::RemoveStale]);
+}
+
+#[tokio::test]
+async fn unsubscribing_removes_the_rule_and_the_last_port_takes_the_table() {
+    let fx = fixture().await;
+    let mut alice = fx.client(1, "alice");
+    alice.subscribe(8080, IncomingMode::Mirror).await.unwrap();
+    alice.subscribe(9090, IncomingMode::Mirror).await.unwrap();
+    let (l1, l2) = (fx.rec.listener_of(8080), fx.rec.listener_of(9090));
+    assert_ne!(l1, l2);
+
+    alice
+        .send(IncomingClient::Unsubscribe {
+            port: RemotePort(8080),
+        })
+        .await;
+    let mut expected = vec![
+        Op::RemoveStale,
+        Op::Add(8080, l1),
+        Op::Add(9090, l2),
+        Op::Remove(8080),
+    ];
+    fx.rec.wait_for(&expected).await;
+    wait_refused(localhost(l1)).await;
+
+    alice
+        .send(IncomingClient::Unsubscribe {
+            port: RemotePort(9090),
+        })
+        .await;
+    expected.extend([Op::Remove(9090), Op::RemoveAll]);
+    fx.rec.wait_for(&expected).await;
+    wait_refused(localhost(l2)).await;
+}
+
+#[tokio::test]
+async fn another_session_cannot_unsubscribe_a_port() {
+    let fx = fixture().await;
+    let mut alice = fx.client(1, "alice");
+    let mut bob = fx.client(2, "bob");
+    alice.subscribe(8080, IncomingMode::Mirror).await.unwrap();
+    bob.send(IncomingClient::Unsubscribe {
+        port: RemotePort(8080),
+    })
+    .await;
+    // Ordered after bob's unsubscribe in the task's queue.
+    bob.subscribe(9090, IncomingMode::Mirror).await.unwrap();
+    let (l1, l2) = (fx.rec.listener_of(8080), fx.rec.listener_of(9090));
+    assert_eq!(
+        fx.rec.ops(),
+        [Op::RemoveStale, Op::Add(8080, l1), Op::Add(9090, l2)]
+    );
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_loses_its_ports_and_others_keep_theirs() {
+    let fx = fixture().await;
+    let mut alice = fx.client(1, "alice");
+    let mut bob = fx.client(2, "bob");
+    alice.subscribe(8080, IncomingMode::Mirror).await.unwrap();
+    bob.subscribe(9090, IncomingMode::Mirror).await.unwrap();
+    let (l1, l2) = (fx.rec.listener_of(8080), fx.rec.listener_of(9090));
+
+    alice.token.cancel();
+    drop(alice);
+    fx.rec
+        .wait_for(&[
+            Op::RemoveStale,
+            Op::Add(8080, l1),
+            Op::Add(9090, l2),
+            Op::Remove(8080),
+        ])
+        .await;
+    wait_refused(localhost(l1)).await;
+    TcpStream::connect(localhost(l2))
+        .await
+        .expect("bob's listener still runs");
+
+    // The port is free again.
+    let mut carol = fx.client(3, "carol");
+    carol.subscribe(8080, IncomingMode::Mirror).await.unwrap();
+
+    bob.token.cancel();
+    carol.token.cancel();
+    let l3 = fx.rec.ops()[4];
+    let deadline = tokio::time::Instant::now() + STEP;
+    while fx.rec.ops().last() != Some(&Op::RemoveAll) {
+        assert!(tokio::time::Instant::now() < deadline, "{:?}", fx.rec.ops());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let ops = fx.rec.ops();
+    assert!(matches!(l3, Op::Add(8080, _)), "{ops:?}");
+    assert_eq!(ops.len(), 8, "{ops:?}");
+    assert!(ops[5..7].contains(&Op::Remove(8080)) && ops[5..7].contains(&Op::Remove(9090)));
+}
+
+#[tokio::test]
+async fn a_failed_redirect_leaves_no_rule_and_no_listener() {
+    let fx = fixture().await;
+    fx.rec.fail_add.store(true, Ordering::Relaxed);
+    let mut alice = fx.client(1, "alice");
+    let err = alice
+        .subscribe(8080, IncomingMode::Steal)
+        .await
+        .unwrap_err();
+    assert!(
+        err.message
+            .starts_with("cannot redirect port 8080 of pid/4242 to the agent: `nft add element`"),
+        "{err}"
+    );
+    let listener = fx.rec.listener_of(8080);
+    fx.rec
+        .wait_for(&[Op::RemoveStale, Op::Add(8080, listener), Op::RemoveAll])
+        .await;
+    wait_refused(localhost(listener)).await;
+
+    // Nothing half-held: the next try may succeed.
+    fx.rec.fail_add.store(false, Ordering::Relaxed);
+    alice.subscribe(8080, IncomingMode::Steal).await.unwrap();
+}
+
+#[tokio::test]
+async fn agent_shutdown_removes_every_rule() {
+    let fx = fixture().await;
+    let mut alice = fx.client(1, "alice");
+    alice.subscribe(8080, IncomingMode::Mirror).await.unwrap();
+    let listener = fx.rec.listener_of(8080);
+    fx.shutdown.cancel();
+    tokio::time::timeout(STEP, fx.task)
+        .await
+        .expect("the incoming task ends")
+        .unwrap();
+    assert_eq!(
+        fx.rec.ops(),
+        [Op::RemoveStale, Op::Add(8080, listener), Op::RemoveAll]
+    );
+}
+
+/// A service that answers `service:<request>` after the request's half
+/// close, as the target's real service would.
+async fn service() -> (SocketAddr, JoinHandle<Vec<SocketAddr>>) {
+    let listener = tokio::net::TcpListener::bind(localhost(0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let (mut stream, peer) = listener.accept().await.unwrap();
+        let mut got = Vec::new();
+        stream.read_to_end(&mut got).await.unwrap();
+        let answer = if got.len() > 1024 {
+            format!("service:{} bytes", got.len()).into_bytes()
+        } else {
+            [b"service:", &got[..]].concat()
+        };
+        stream.write_all(&answer).await.unwrap();
+        vec![peer]
+    });
+    (addr, task)
+}
+
+#[tokio::test]
+async fn a_mirrored_connection_is_answered_by_the_service_and_copied_to_the_client() {
+    let fx = fixture().await;
+    let (service_addr, service) = service().await;
+    let mut alice = fx.client(1, "alice");
+    alice
+        .subscribe(service_addr.port(), IncomingMode::Mirror)
+        .await
+        .unwrap();
+
+    let mut peer = TcpStream::connect(localhost(fx.rec.listener_of(service_addr.port())))
+        .await
+        .unwrap();
+    peer.write_all(b"ping").await.unwrap();
+    peer.shutdown().await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(STEP, peer.read_to_end(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(answer, b"service:ping");
+    assert_eq!(service.await.unwrap().len(), 1);
+
+    let IncomingServer::NewConnection { conn, local, .. } = alice.incoming().await else {
+        panic!("expected a new connection");
+    };
+    assert_eq!(local, service_addr);
+    // What the client sends back is discarded.
+    alice
+        .send(IncomingClient::Data {
+            conn,
+            data: Bytes::from_static(b"ignored"),
+        })
+        .await;
+    assert_eq!(alice.read_until_shutdown(conn).await, b"ping");
+    assert_eq!(alice.incoming().await, IncomingServer::Closed { conn });
+}
+
+#[tokio::test]
+async fn a_slow_client_loses_its_mirror_copy_and_the_traffic_goes_on() {
+    let fx = fixture().await;
+    let (service_addr, service) = service().await;
+    // A link with room for one message that nobody reads after Subscribed.
+    let mut alice = fx.client_with(1, "alice", Capabilities::ALL, 1);
+    alice
+        .subscribe(service_addr.port(), IncomingMode::Mirror)
+        .await
+        .unwrap();
+
+    let mut peer = TcpStream::connect(localhost(fx.rec.listener_of(service_addr.port())))
+        .await
+        .unwrap();
+    // At least 128 reads of at most 64 KiB: more than the copy queue holds.
+    let request = vec![7u8; 8 * 1024 * 1024];
+    let (mut peer_r, mut peer_w) = peer.split();
+    let send = async {
+        peer_w.write_all(&request).await.unwrap();
+        peer_w.shutdown().await.unwrap();
+    };
+    let mut answer = Vec::new();
+    let receive = peer_r.read_to_end(&mut answer);
+    let ((), received) = tokio::time::timeout(STEP, async { tokio::join!(send, receive) })
+        .await
+        .expect("the mirrored traffic never waits for the client");
+    received.unwrap();
+    assert_eq!(
+        answer,
+        format!("service:{} bytes", request.len()).as_bytes()
+    );
+    service.await.unwrap();
+
+    let IncomingServer::NewConnection { conn, .. } = alice.incoming().await else {
+        panic!("expected a new connection");
+    };
+    let mut copied = 0;
+    let warning = loop {
+        match alice.next().await {
+            ServerMessage::Incoming(IncomingServer::Data { data, .. }) => copied += data.len(),
+            ServerMessage::Log { level, message } => {
+                assert_eq!(level, LogLevel::Warn);
+                break message;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert!(copied < request.len(), "copied {copied} bytes");
+    assert!(warning.contains("its copy was dropped"), "{warning}");
+    assert_eq!(alice.incoming().await, IncomingServer::Closed { conn });
+}
+
+/// Wait until nothing accepts on `addr` any more.
+async fn wait_refused(addr: SocketAddr) {
+    let deadline = tokio::time::Instant::now() + STEP;
+    while TcpStream::connect(addr).await.is_ok() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{addr} still accepts"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}

@@ -1,0 +1,187 @@
+//! End-to-end incoming traffic on the local platform: a local HTTP server run
+//! with `remora run --steal/--mirror` receives the sandbox pod's traffic, from
+//! other hosts (this machine, through the pod's veth) and from the pod itself.
+
+use remora_tests::{Pod, PodProcess, PodSpec, Sandbox, bin_path, require_sandbox};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const POD_PORT: u16 = 18090;
+
+/// A pod whose service answers "pod" on 0.0.0.0:POD_PORT.
+fn pod_with_service(sandbox: &Sandbox) -> (Pod, PodProcess) {
+    let pod = sandbox
+        .pod(PodSpec::new("api").file("/srv/api/index.html", "answer from the pod\n"))
+        .unwrap();
+    let port = POD_PORT.to_string();
+    let service = pod
+        .command("python3")
+        .unwrap()
+        .args([
+            "-m",
+            "http.server",
+            "--bind",
+            "0.0.0.0",
+            "--directory",
+            "/srv/api",
+            &port,
+        ])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    pod.wait_for_tcp(POD_PORT, Duration::from_secs(20)).unwrap();
+    (pod, service)
+}
+
+/// Kills the `remora run` child (and so the local app it became) on drop.
+struct Run(Child);
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `remora run <flags> -- python3 <server that answers "local" and logs paths>`.
+/// Each test uses its own local port: tests run in parallel on this machine's
+/// loopback, and a stolen connection must reach its own test's app.
+fn local_app(pod: &Pod, local_port: u16, mode: &str, dir: &Path) -> Run {
+    let mapping = format!("{local_port}:{POD_PORT}");
+    let flags = [mode, "-p", &mapping];
+    std::fs::write(dir.join("index.html"), "answer from the laptop\n").unwrap();
+    let script = format!(
+        r#"
+import http.server, sys
+class H(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, fmt, *args):
+        with open("{log}", "a") as f:
+            f.write(self.path + " " + self.client_address[0] + "\n")
+http.server.ThreadingHTTPServer(("127.0.0.1", {local_port}), lambda *a: H(*a, directory="{dir}")).serve_forever()
+"#,
+        log = dir.join("requests.log").display(),
+        dir = dir.display(),
+    );
+    let child = Command::new(bin_path("remora").unwrap())
+        .args(["run", "--target", &pod.target()])
+        .args(flags)
+        .args(["--", "python3", "-c", &script])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    Run(child)
+}
+
+/// curl from this machine (another host, for the pod) to the pod's service.
+fn curl_from_host(pod: &Pod, path: &str, header: Option<&str>) -> String {
+    let url = format!("http://{}:{POD_PORT}{path}", pod.ip());
+    let mut cmd = Command::new("curl");
+    cmd.args(["-s", "-m", "5", &url]);
+    if let Some(h) = header {
+        cmd.args(["-H", h]);
+    }
+    String::from_utf8_lossy(&cmd.output().unwrap().stdout).into_owned()
+}
+
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn ruleset(pod: &Pod) -> String {
+    pod.exec_ok(&["nft", "list", "ruleset"]).unwrap_or_default()
+}
+
+#[test]
+fn steal_moves_the_pods_traffic_to_the_local_app_and_gives_it_back() {
+    require_sandbox!();
+    let sandbox = Sandbox::new().unwrap();
+    let (pod, _service) = pod_with_service(&sandbox);
+    let before = ruleset(&pod);
+    assert_eq!(curl_from_host(&pod, "/", None), "answer from the pod\n");
+    let dir = tempfile::tempdir().unwrap();
+    let app = local_app(&pod, 18191, "--steal", dir.path());
+    wait_for("the stolen traffic", || {
+        curl_from_host(&pod, "/", None) == "answer from the laptop\n"
+    });
+    // From inside the pod too (its own loopback).
+    let url = format!("http://127.0.0.1:{POD_PORT}/");
+    let inside = pod.exec_ok(&["curl", "-s", "-m", "5", &url]).unwrap();
+    assert_eq!(inside, "answer from the laptop\n");
+    // The app saw the real peer, not the intproxy's loopback socket.
+    let log = std::fs::read_to_string(dir.path().join("requests.log")).unwrap();
+    assert!(log.contains(&format!("/ {}", pod.host_ip())), "{log}");
+    drop(app);
+    wait_for("the pod to answer again", || {
+        curl_from_host(&pod, "/", None) == "answer from the pod\n"
+    });
+    wait_for("the ruleset to be restored", || ruleset(&pod) == before);
+}
+
+#[test]
+fn mirror_copies_requests_while_the_pod_keeps_answering() {
+    require_sandbox!();
+    let sandbox = Sandbox::new().unwrap();
+    let (pod, _service) = pod_with_service(&sandbox);
+    let before = ruleset(&pod);
+    let dir = tempfile::tempdir().unwrap();
+    let app = local_app(&pod, 18192, "--mirror", dir.path());
+    let log = dir.path().join("requests.log");
+    wait_for("a mirrored request", || {
+        // Every request is answered (by the pod) while the copy goes local.
+        assert!(!curl_from_host(&pod, "/mirrored", None).is_empty());
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("/mirrored"))
+    });
+    // The pod answered every one of those requests itself.
+    assert!(curl_from_host(&pod, "/", None) == "answer from the pod\n");
+    drop(app);
+    wait_for("the ruleset to be restored", || ruleset(&pod) == before);
+}
+
+#[test]
+fn killing_the_agent_restores_the_target() {
+    require_sandbox!();
+    let sandbox = Sandbox::new().unwrap();
+    let (pod, _service) = pod_with_service(&sandbox);
+    let before = ruleset(&pod);
+    let dir = tempfile::tempdir().unwrap();
+    let _app = local_app(&pod, 18193, "--steal", dir.path());
+    wait_for("the stolen traffic", || {
+        curl_from_host(&pod, "/", None) == "answer from the laptop\n"
+    });
+    let agent = agent_of(&pod.target()).expect("an agent serves the run");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(agent as i32),
+        nix::sys::signal::SIGKILL,
+    )
+    .unwrap();
+    wait_for("the pod to answer again", || {
+        curl_from_host(&pod, "/", None) == "answer from the pod\n"
+    });
+    wait_for("the ruleset to be restored", || ruleset(&pod) == before);
+}
+
+fn agent_of(target: &str) -> Option<u32> {
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        let serves = args
+            .windows(2)
+            .any(|w| w[0] == b"--target" && w[1] == target.as_bytes());
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if serves && comm.trim() == "remora-agent" {
+            return Some(pid);
+        }
+    }
+    None
+}
