@@ -13,13 +13,14 @@ use futures::{SinkExt, StreamExt};
 use remora_protocol::codec::FrameCodec;
 use remora_protocol::handshake::PROTOCOL_VERSION;
 use remora_protocol::incoming::{
-    HttpFilter, IncomingClient, IncomingMode, IncomingServer, RemotePort,
+    HttpFilter, HttpRequestHead, HttpResponseHead, IncomingClient, IncomingMode, IncomingServer,
+    RemotePort,
 };
 use remora_protocol::outgoing::{Connected, OutgoingClient, OutgoingServer};
 use remora_protocol::session::LogLevel;
 use remora_protocol::{
-    Capabilities, ClientMessage, ConnectionId, ErrorCode, Hello, HelloReply, RemoteAddr,
-    RemoteError, RemoteResult, Request, RequestId, Response, ServerMessage,
+    Capabilities, ClientMessage, ConnectionId, ErrorCode, Hello, HelloReply, HttpRequestId,
+    RemoteAddr, RemoteError, RemoteResult, Request, RequestId, Response, ServerMessage,
 };
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -82,6 +83,22 @@ pub enum IncomingEvent {
     },
     Closed {
         conn: ConnectionId,
+    },
+    /// An HTTP request that matched the subscription's filter.
+    Request {
+        request: HttpRequestId,
+        peer: SocketAddr,
+        head: HttpRequestHead,
+    },
+    /// A piece of a request's body; `last` ends it.
+    RequestBody {
+        request: HttpRequestId,
+        chunk: Bytes,
+        last: bool,
+    },
+    /// The HTTP client went away: stop answering `request`.
+    RequestCancelled {
+        request: HttpRequestId,
     },
 }
 
@@ -182,6 +199,43 @@ impl AgentApi {
             .map_err(|_| self.dead_error())
     }
 
+    /// Send the head of the local app's response to a stolen HTTP request.
+    pub async fn send_response_head(
+        &self,
+        request: HttpRequestId,
+        head: HttpResponseHead,
+    ) -> RemoteResult<()> {
+        self.send_incoming(IncomingClient::ResponseHead { request, head })
+            .await
+    }
+
+    /// Send a piece of a response body (at most `MAX_CHUNK` bytes); `last`
+    /// ends the response.
+    pub async fn send_response_body(
+        &self,
+        request: HttpRequestId,
+        chunk: Bytes,
+        last: bool,
+    ) -> RemoteResult<()> {
+        self.send_incoming(IncomingClient::ResponseBody {
+            request,
+            chunk,
+            last,
+        })
+        .await
+    }
+
+    /// Tell the agent the local app could not answer `request` (it answers
+    /// 502 when no head was sent yet, and aborts the response otherwise).
+    pub async fn send_response_failed(
+        &self,
+        request: HttpRequestId,
+        reason: String,
+    ) -> RemoteResult<()> {
+        self.send_incoming(IncomingClient::ResponseFailed { request, reason })
+            .await
+    }
+
     /// Send a stream message (data, shutdown, close). Errors mean the link is gone.
     pub async fn send(&self, msg: OutgoingClient) -> RemoteResult<()> {
         self.command_tx
@@ -243,6 +297,7 @@ pub async fn connect(config: &IntProxyConfig) -> Result<AgentApi> {
         subscribing: HashMap::new(),
         ports: HashMap::new(),
         incoming_conns: HashMap::new(),
+        http_requests: HashMap::new(),
         dead: dead.clone(),
     };
     tokio::spawn(task.run());
@@ -270,6 +325,9 @@ struct AgentLinkTask {
     ports: HashMap<RemotePort, mpsc::Sender<IncomingEvent>>,
     /// Which port each incoming connection belongs to.
     incoming_conns: HashMap<ConnectionId, RemotePort>,
+    /// Which port each stolen HTTP request belongs to, until its response
+    /// is done (last body chunk or failure) or it is cancelled.
+    http_requests: HashMap<HttpRequestId, RemotePort>,
     dead: Arc<Mutex<Option<String>>>,
 }
 
@@ -351,6 +409,18 @@ impl AgentLinkTask {
                 if let ClientMessage::Incoming(IncomingClient::Unsubscribe { port }) = &msg {
                     self.ports.remove(port);
                     self.incoming_conns.retain(|_, p| p != port);
+                    self.http_requests.retain(|_, p| p != port);
+                }
+                if let ClientMessage::Incoming(
+                    IncomingClient::ResponseBody {
+                        request,
+                        last: true,
+                        ..
+                    }
+                    | IncomingClient::ResponseFailed { request, .. },
+                ) = &msg
+                {
+                    self.http_requests.remove(request);
                 }
                 if let ClientMessage::Outgoing(OutgoingClient::Close { conn }) = &msg {
                     self.streams.remove(conn);
@@ -443,8 +513,65 @@ impl AgentLinkTask {
                     .await;
                 self.incoming_conns.remove(&conn);
             }
+            IncomingServer::Request {
+                request,
+                port,
+                peer,
+                head,
+            } => {
+                if !self.ports.contains_key(&port) {
+                    // Unsubscribed meanwhile: nobody local can answer.
+                    let reason = format!("nothing listens locally for port {} any more", port.0);
+                    let _ = self
+                        .framed
+                        .send(ClientMessage::Incoming(IncomingClient::ResponseFailed {
+                            request,
+                            reason,
+                        }))
+                        .await;
+                    return;
+                }
+                self.http_requests.insert(request, port);
+                self.deliver_request(
+                    request,
+                    IncomingEvent::Request {
+                        request,
+                        peer,
+                        head,
+                    },
+                )
+                .await;
+            }
+            IncomingServer::RequestBody {
+                request,
+                chunk,
+                last,
+            } => {
+                self.deliver_request(
+                    request,
+                    IncomingEvent::RequestBody {
+                        request,
+                        chunk,
+                        last,
+                    },
+                )
+                .await;
+            }
+            IncomingServer::RequestCancelled { request } => {
+                self.deliver_request(request, IncomingEvent::RequestCancelled { request })
+                    .await;
+                self.http_requests.remove(&request);
+            }
             other => tracing::debug!("ignoring incoming-traffic message {other:?}"),
         }
+    }
+
+    /// Hand an HTTP request event to its port's task.
+    async fn deliver_request(&mut self, request: HttpRequestId, event: IncomingEvent) {
+        let Some(port) = self.http_requests.get(&request).copied() else {
+            return;
+        };
+        self.deliver_to_port(port, event).await;
     }
 
     /// Hand an incoming event to its port's task (waiting applies
@@ -453,11 +580,18 @@ impl AgentLinkTask {
         let Some(port) = self.incoming_conns.get(&conn).copied() else {
             return;
         };
+        self.deliver_to_port(port, event).await;
+    }
+
+    /// Hand an event to a port's task; a gone task unsubscribes the port.
+    async fn deliver_to_port(&mut self, port: RemotePort, event: IncomingEvent) {
         let Some(tx) = self.ports.get(&port) else {
             return;
         };
         if tx.send(event).await.is_err() {
             self.ports.remove(&port);
+            self.incoming_conns.retain(|_, p| *p != port);
+            self.http_requests.retain(|_, p| *p != port);
             let _ = self
                 .framed
                 .send(ClientMessage::Incoming(IncomingClient::Unsubscribe {

@@ -3,17 +3,23 @@
 //! connection, dials the application's real listener, so its own `accept`
 //! loop works unchanged. The layer asks [`Incoming::peer_of`] to report the
 //! real remote peer instead of the intproxy's dialing socket.
+//!
+//! With an HTTP filter the agent sends whole requests instead of connections;
+//! [`http`] replays each one to the same listener (with the same peer
+//! mapping) and streams the answer back.
+
+mod http;
 
 use crate::agent_link::{AgentApi, IncomingEvent};
 use bytes::Bytes;
 use remora_protocol::incoming::{HttpFilter, IncomingClient, IncomingMode, RemotePort};
 use remora_protocol::outgoing::MAX_CHUNK;
-use remora_protocol::{ConnectionId, RemoteResult};
+use remora_protocol::{ConnectionId, HttpRequestId, RemoteResult};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpSocket;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::mpsc;
 
 /// Events buffered per incoming connection.
@@ -27,10 +33,13 @@ enum Input {
     Closed,
 }
 
-/// The run's incoming traffic: dialer address → (real peer, target address).
+/// Dialer address → (real peer, target-side address when the agent knows it).
+type PeerTable = Arc<Mutex<HashMap<SocketAddr, (SocketAddr, Option<SocketAddr>)>>>;
+
+/// The run's incoming traffic: which intproxy dialer stands for which peer.
 #[derive(Debug, Clone, Default)]
 pub struct Incoming {
-    peers: Arc<Mutex<HashMap<SocketAddr, (SocketAddr, SocketAddr)>>>,
+    peers: PeerTable,
 }
 
 impl Incoming {
@@ -57,19 +66,63 @@ impl Incoming {
 
     /// The real peer and target-side address of a connection the intproxy
     /// dialed from `dialer`.
-    pub fn peer_of(&self, dialer: SocketAddr) -> Option<(SocketAddr, SocketAddr)> {
+    pub fn peer_of(&self, dialer: SocketAddr) -> Option<(SocketAddr, Option<SocketAddr>)> {
         self.peers.lock().ok()?.get(&dialer).copied()
     }
 }
 
+/// A dialer address registered in the [`PeerTable`]; dropping it forgets the
+/// mapping (also when its task is aborted).
+struct Registered {
+    peers: PeerTable,
+    dialer: SocketAddr,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        if let Ok(mut peers) = self.peers.lock() {
+            peers.remove(&self.dialer);
+        }
+    }
+}
+
+/// Connect to the app, registering the dialing address *before* the
+/// connection exists so the app's `accept` always finds its real peer.
+async fn dial_app(
+    peers: &PeerTable,
+    app: SocketAddr,
+    peer: SocketAddr,
+    local: Option<SocketAddr>,
+) -> std::io::Result<(TcpStream, Registered)> {
+    let socket = if app.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }?;
+    socket.bind(SocketAddr::new(app.ip(), 0))?;
+    let dialer = socket.local_addr()?;
+    if let Ok(mut table) = peers.lock() {
+        table.insert(dialer, (peer, local));
+    }
+    let registered = Registered {
+        peers: peers.clone(),
+        dialer,
+    };
+    let stream = socket.connect(app).await?;
+    stream.set_nodelay(true).ok();
+    Ok((stream, registered))
+}
+
 async fn port_task(
     agent: AgentApi,
-    peers: Arc<Mutex<HashMap<SocketAddr, (SocketAddr, SocketAddr)>>>,
+    peers: PeerTable,
     app: SocketAddr,
     mut events: mpsc::Receiver<IncomingEvent>,
 ) {
     // port task --input of one connection--> its connection task
     let mut conns: HashMap<ConnectionId, mpsc::Sender<Input>> = HashMap::new();
+    // Dropping a handle aborts its request (cancelled, or this task ended).
+    let mut requests: HashMap<HttpRequestId, http::RequestHandle> = HashMap::new();
     while let Some(event) = events.recv().await {
         let (conn, input) = match event {
             IncomingEvent::NewConnection { conn, peer, local } => {
@@ -87,6 +140,34 @@ async fn port_task(
             IncomingEvent::Data { conn, data } => (conn, Input::Data(data)),
             IncomingEvent::ShutdownWrite { conn } => (conn, Input::Eof),
             IncomingEvent::Closed { conn } => (conn, Input::Closed),
+            IncomingEvent::Request {
+                request,
+                peer,
+                head,
+            } => {
+                requests.retain(|_, handle| !handle.is_finished());
+                let target = http::Target {
+                    agent: agent.clone(),
+                    peers: peers.clone(),
+                    app,
+                };
+                requests.insert(request, http::spawn(target, request, peer, head));
+                continue;
+            }
+            IncomingEvent::RequestBody {
+                request,
+                chunk,
+                last,
+            } => {
+                if let Some(handle) = requests.get_mut(&request) {
+                    handle.body(chunk, last).await;
+                }
+                continue;
+            }
+            IncomingEvent::RequestCancelled { request } => {
+                requests.remove(&request);
+                continue;
+            }
         };
         let closing = matches!(input, Input::Closed);
         if let Some(tx) = conns.get(&conn) {
@@ -100,19 +181,20 @@ async fn port_task(
 /// One incoming connection, dialed to the application's listener.
 struct ConnTask {
     agent: AgentApi,
-    peers: Arc<Mutex<HashMap<SocketAddr, (SocketAddr, SocketAddr)>>>,
+    peers: PeerTable,
     app: SocketAddr,
     conn: ConnectionId,
 }
 
 impl ConnTask {
     async fn run(self, peer: SocketAddr, local: SocketAddr, mut input: mpsc::Receiver<Input>) {
-        let dialer = self.dial(peer, local).await;
-        if let Some((stream, dialer)) = dialer {
-            self.pump(stream, &mut input).await;
-            if let Ok(mut peers) = self.peers.lock() {
-                peers.remove(&dialer);
-            }
+        match dial_app(&self.peers, self.app, peer, Some(local)).await {
+            Ok((stream, _registered)) => self.pump(stream, &mut input).await,
+            Err(e) => eprintln!(
+                "remora: an incoming connection from {peer} could not reach the local \
+                 listener {}: {e}",
+                self.app
+            ),
         }
         let _ = self
             .agent
@@ -120,45 +202,7 @@ impl ConnTask {
             .await;
     }
 
-    /// Connect to the app, registering the dialing address *before* the
-    /// connection exists so the app's `accept` always finds its real peer.
-    async fn dial(
-        &self,
-        peer: SocketAddr,
-        local: SocketAddr,
-    ) -> Option<(tokio::net::TcpStream, SocketAddr)> {
-        let socket = if self.app.is_ipv4() {
-            TcpSocket::new_v4()
-        } else {
-            TcpSocket::new_v6()
-        };
-        let socket = socket.ok()?;
-        let bind_to = SocketAddr::new(self.app.ip(), 0);
-        socket.bind(bind_to).ok()?;
-        let dialer = socket.local_addr().ok()?;
-        if let Ok(mut peers) = self.peers.lock() {
-            peers.insert(dialer, (peer, local));
-        }
-        match socket.connect(self.app).await {
-            Ok(stream) => {
-                stream.set_nodelay(true).ok();
-                Some((stream, dialer))
-            }
-            Err(e) => {
-                eprintln!(
-                    "remora: an incoming connection from {peer} could not reach the local \
-                     listener {}: {e}",
-                    self.app
-                );
-                if let Ok(mut peers) = self.peers.lock() {
-                    peers.remove(&dialer);
-                }
-                None
-            }
-        }
-    }
-
-    async fn pump(&self, stream: tokio::net::TcpStream, input: &mut mpsc::Receiver<Input>) {
+    async fn pump(&self, stream: TcpStream, input: &mut mpsc::Receiver<Input>) {
         let conn = self.conn;
         let (mut rd, mut wr) = stream.into_split();
         let mut buf = vec![0u8; MAX_CHUNK];

@@ -234,7 +234,7 @@ async fn handle(
             let found = shared.incoming.peer_of(dialer);
             Ok(LayerResponse::Peer {
                 peer: found.map(|f| f.0),
-                local: found.map(|f| f.1),
+                local: found.and_then(|f| f.1),
             })
         }
     }

@@ -8,6 +8,8 @@
 //! - [`outgoing`]: interceptors. For a remote outgoing stream it opens the
 //!   stream from the target first, then a local socket the layer connects the
 //!   application's socket to; bytes then flow through real kernel sockets.
+//! - [`incoming`]: the target's stolen or mirrored connections, and HTTP
+//!   requests stolen by filter, delivered to the app's own local listener.
 //!
 //! # Lifetime
 //! The intproxy lives exactly as long as the process tree it serves: it exits

@@ -11,9 +11,15 @@
 
 mod support;
 
+use bytes::Bytes;
 use remora_config::Config;
 use remora_protocol::fs::FsRequest;
-use remora_protocol::{RemoteAddr, Request};
+use remora_protocol::incoming::{
+    HttpFilter, HttpRequestHead, HttpResponseHead, HttpVersion, IncomingClient, IncomingMode,
+    IncomingServer, RemotePort,
+};
+use remora_protocol::outgoing::MAX_CHUNK;
+use remora_protocol::{ConnectionId, HttpRequestId, RemoteAddr, Request};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use support::fake_agent::POD_LOCAL_ADDR;
@@ -922,4 +928,338 @@ async fn inactive_layer_changes_nothing() {
             .contains("remora: layer inactive: REMORA_INTPROXY_ADDR is not set"),
         "{debug}"
     );
+}
+
+// ---------------------------------------------------------------------------
+// 8. Incoming traffic (stolen connections and filtered HTTP requests)
+// ---------------------------------------------------------------------------
+
+/// The peer the fake agent says every incoming request or connection has.
+const INCOMING_PEER: &str = "10.0.0.99:5555";
+/// Header regex of the filtered-steal tests.
+const STEAL_HEADER: &str = "^x-remora: yes$";
+
+fn steal_config(filter: Option<&str>) -> Config {
+    let mut config = Config::default();
+    config.network.incoming.mode = remora_config::IncomingMode::Steal;
+    config.network.incoming.http_filter = filter.map(remora_config::HttpFilter::header);
+    config
+}
+
+fn incoming_peer() -> SocketAddr {
+    INCOMING_PEER.parse().expect("valid peer address")
+}
+
+/// Start `code` (which prints its listening port once `listen` returned)
+/// under the layer; answer the subscription it makes and return the port.
+async fn start_subscribed_app(
+    h: &Staging,
+    code: &str,
+    filter: Option<HttpFilter>,
+) -> (harness::Interactive, RemotePort) {
+    let mut app = h.spawn_interactive(python(), &["-c", code]);
+    // `listen` waits for the agent's answer, so the port comes from the
+    // Subscribe before the app can print it.
+    let (port, mode, got_filter) = h
+        .agent
+        .wait_for("a Subscribe", |msgs| {
+            msgs.iter().find_map(|m| match m {
+                IncomingClient::Subscribe { port, mode, filter } => {
+                    Some((*port, *mode, filter.clone()))
+                }
+                _ => None,
+            })
+        })
+        .await;
+    assert_eq!(mode, IncomingMode::Steal);
+    assert_eq!(got_filter, filter);
+    h.agent
+        .inject(IncomingServer::Subscribed {
+            port,
+            result: Ok(()),
+        })
+        .await;
+    let printed = app.line().await;
+    assert_eq!(
+        printed.trim(),
+        port.0.to_string(),
+        "the app listens on the subscribed port"
+    );
+    (app, port)
+}
+
+/// The app's answer to `request`: head and body, or the failure reason.
+async fn response_of(
+    h: &Staging,
+    request: HttpRequestId,
+) -> Result<(HttpResponseHead, Vec<u8>), String> {
+    let msgs = h
+        .agent
+        .wait_for("the end of the response", |msgs| {
+            msgs.iter()
+                .any(|m| {
+                    matches!(m,
+                        IncomingClient::ResponseBody { request: r, last: true, .. }
+                        | IncomingClient::ResponseFailed { request: r, .. } if *r == request)
+                })
+                .then(|| msgs.to_vec())
+        })
+        .await;
+    let mut head = None;
+    let mut body = Vec::new();
+    for m in msgs {
+        match m {
+            IncomingClient::ResponseFailed { request: r, reason } if r == request => {
+                assert!(head.is_none(), "failed after the head: {reason}");
+                return Err(reason);
+            }
+            IncomingClient::ResponseHead {
+                request: r,
+                head: h,
+            } if r == request => {
+                assert!(head.is_none(), "one head per response");
+                head = Some(h);
+            }
+            IncomingClient::ResponseBody {
+                request: r, chunk, ..
+            } if r == request => {
+                assert!(head.is_some(), "the head comes before the body");
+                assert!(chunk.len() <= MAX_CHUNK, "chunk of {} bytes", chunk.len());
+                body.extend_from_slice(&chunk);
+            }
+            _ => {}
+        }
+    }
+    Ok((head.expect("a response head"), body))
+}
+
+fn request_head(method: &str, uri: &str, headers: &[(&str, &str)]) -> HttpRequestHead {
+    HttpRequestHead {
+        method: method.into(),
+        uri: uri.into(),
+        version: HttpVersion::Http11,
+        headers: headers
+            .iter()
+            .map(|(n, v)| (n.to_string(), Bytes::copy_from_slice(v.as_bytes())))
+            .collect(),
+    }
+}
+
+fn header<'a>(head: &'a HttpResponseHead, name: &str) -> Option<&'a [u8]> {
+    head.headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_ref())
+}
+
+/// `python3 -m http.server` on 127.0.0.1 in the working directory, until
+/// stdin closes.
+const FILE_SERVER_APP: &str = "import http.server, sys, threading\n\
+srv = http.server.ThreadingHTTPServer(('127.0.0.1', 0), http.server.SimpleHTTPRequestHandler)\n\
+print(srv.server_address[1], flush=True)\n\
+threading.Thread(target=srv.serve_forever, daemon=True).start()\n\
+sys.stdin.read()\n";
+
+/// Answers every POST with `METHOD PATH X-Remora peer=IP` and the body.
+const ECHO_SERVER_APP: &str = "import http.server, sys, threading\n\
+class H(http.server.BaseHTTPRequestHandler):\n\
+\x20   def do_POST(self):\n\
+\x20       body = self.rfile.read(int(self.headers['Content-Length']))\n\
+\x20       line = '%s %s %s peer=%s\\n' % (self.command, self.path, self.headers.get('X-Remora'), self.client_address[0])\n\
+\x20       out = line.encode() + body\n\
+\x20       self.send_response(201)\n\
+\x20       self.send_header('Content-Length', str(len(out)))\n\
+\x20       self.send_header('X-Echo', 'yes')\n\
+\x20       self.end_headers()\n\
+\x20       self.wfile.write(out)\n\
+srv = http.server.ThreadingHTTPServer(('127.0.0.1', 0), H)\n\
+print(srv.server_address[1], flush=True)\n\
+threading.Thread(target=srv.serve_forever, daemon=True).start()\n\
+sys.stdin.read()\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incoming_filtered_get_is_answered_by_the_local_http_server() {
+    let h = staging_harness(steal_config(Some(STEAL_HEADER))).await;
+    let content = "hello from the local app\n".repeat(10_000);
+    std::fs::write(h.workdir().join("hello.txt"), &content).expect("writing hello.txt");
+    let filter = Some(HttpFilter::Header(STEAL_HEADER.into()));
+    let (app, port) = start_subscribed_app(&h, FILE_SERVER_APP, filter).await;
+    let request = HttpRequestId(1);
+    h.agent
+        .inject(IncomingServer::Request {
+            request,
+            port,
+            peer: incoming_peer(),
+            head: request_head(
+                "GET",
+                "/hello.txt",
+                &[("Host", "svc.ns"), ("X-Remora", "yes")],
+            ),
+        })
+        .await;
+    // A bodyless request may still get an empty last chunk: harmless.
+    h.agent
+        .inject(IncomingServer::RequestBody {
+            request,
+            chunk: Bytes::new(),
+            last: true,
+        })
+        .await;
+    let (head, body) = response_of(&h, request).await.expect("an answer");
+    assert_eq!(head.status, 200);
+    assert_eq!(
+        head.version,
+        HttpVersion::Http10,
+        "http.server answers HTTP/1.0"
+    );
+    assert_eq!(
+        header(&head, "content-length"),
+        Some(content.len().to_string().as_bytes())
+    );
+    assert_eq!(String::from_utf8_lossy(&body), content);
+    let out = app.finish().await;
+    out.assert_success();
+    assert!(
+        out.stderr.contains("10.0.0.99 - - ")
+            && out.stderr.contains("\"GET /hello.txt HTTP/1.1\" 200"),
+        "the app logs the real peer and the request: {out}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incoming_filtered_post_body_in_chunks_reaches_the_app_intact() {
+    let h = staging_harness(steal_config(Some(STEAL_HEADER))).await;
+    let filter = Some(HttpFilter::Header(STEAL_HEADER.into()));
+    let (app, port) = start_subscribed_app(&h, ECHO_SERVER_APP, filter).await;
+    let chunks: Vec<Bytes> = [b'a', b'b', b'c']
+        .iter()
+        .map(|c| Bytes::from(vec![*c; 50_000]))
+        .collect();
+    let total: usize = chunks.iter().map(Bytes::len).sum();
+    let request = HttpRequestId(7);
+    h.agent
+        .inject(IncomingServer::Request {
+            request,
+            port,
+            peer: incoming_peer(),
+            head: request_head(
+                "POST",
+                "/upload?x=1",
+                &[
+                    ("Host", "svc.ns"),
+                    ("X-Remora", "yes"),
+                    ("Content-Length", &total.to_string()),
+                ],
+            ),
+        })
+        .await;
+    for (i, chunk) in chunks.iter().enumerate() {
+        h.agent
+            .inject(IncomingServer::RequestBody {
+                request,
+                chunk: chunk.clone(),
+                last: i == chunks.len() - 1,
+            })
+            .await;
+    }
+    let (head, body) = response_of(&h, request).await.expect("an answer");
+    assert_eq!(head.status, 201);
+    assert_eq!(header(&head, "x-echo"), Some(&b"yes"[..]));
+    let mut expected = b"POST /upload?x=1 yes peer=10.0.0.99\n".to_vec();
+    for chunk in &chunks {
+        expected.extend_from_slice(chunk);
+    }
+    assert_eq!(body.len(), expected.len());
+    assert!(body == expected, "the echoed body differs");
+    app.finish().await.assert_success();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incoming_request_for_a_port_whose_app_is_gone_fails() {
+    let h = staging_harness(steal_config(Some(STEAL_HEADER))).await;
+    let filter = Some(HttpFilter::Header(STEAL_HEADER.into()));
+    let (app, port) = start_subscribed_app(&h, FILE_SERVER_APP, filter).await;
+    app.finish().await.assert_success();
+    let request = HttpRequestId(3);
+    h.agent
+        .inject(IncomingServer::Request {
+            request,
+            port,
+            peer: incoming_peer(),
+            head: request_head("GET", "/hello.txt", &[("X-Remora", "yes")]),
+        })
+        .await;
+    let reason = response_of(&h, request)
+        .await
+        .expect_err("nobody can answer");
+    // Either the app's exit already unsubscribed the port, or the intproxy
+    // found nothing listening when it dialed.
+    assert!(
+        reason.contains(&format!("port {}", port.0))
+            || reason.contains("connecting to the local app"),
+        "{reason}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incoming_stolen_connection_reaches_the_app_and_its_answer_comes_back() {
+    let h = staging_harness(steal_config(None)).await;
+    let code = "import socket\n\
+s = socket.socket()\n\
+s.bind(('127.0.0.1', 0))\n\
+s.listen()\n\
+print(s.getsockname()[1], flush=True)\n\
+c, peer = s.accept()\n\
+print('peer', peer[0], peer[1], flush=True)\n\
+data = b''\n\
+while True:\n\
+\x20   d = c.recv(65536)\n\
+\x20   if not d: break\n\
+\x20   data += d\n\
+c.sendall(data.upper())\n\
+c.close()\n";
+    let (mut app, port) = start_subscribed_app(&h, code, None).await;
+    let conn = ConnectionId(42);
+    h.agent
+        .inject(IncomingServer::NewConnection {
+            conn,
+            port,
+            peer: incoming_peer(),
+            local: SocketAddr::new(POD_LOCAL_ADDR.ip(), port.0),
+        })
+        .await;
+    assert_eq!(
+        app.line().await,
+        "peer 10.0.0.99 5555",
+        "accept reports the real peer"
+    );
+    for data in ["hello ", "stolen"] {
+        h.agent
+            .inject(IncomingServer::Data {
+                conn,
+                data: Bytes::from_static(data.as_bytes()),
+            })
+            .await;
+    }
+    h.agent.inject(IncomingServer::ShutdownWrite { conn }).await;
+    let answer = h
+        .agent
+        .wait_for("the app's answer and its end", |msgs| {
+            let mut answer = Vec::new();
+            for m in msgs {
+                match m {
+                    IncomingClient::Data { conn: c, data } if *c == conn => {
+                        answer.extend_from_slice(data);
+                    }
+                    IncomingClient::ShutdownWrite { conn: c } if *c == conn => {
+                        return Some(answer);
+                    }
+                    _ => {}
+                }
+            }
+            None
+        })
+        .await;
+    assert_eq!(String::from_utf8_lossy(&answer), "HELLO STOLEN");
+    app.finish().await.assert_success();
 }

@@ -7,6 +7,7 @@ use futures::{SinkExt, StreamExt};
 use remora_protocol::codec::FrameCodec;
 use remora_protocol::dns::LookupRequest;
 use remora_protocol::fs::FsRequest;
+use remora_protocol::incoming::{IncomingClient, IncomingServer};
 use remora_protocol::net::Transport;
 use remora_protocol::outgoing::{Connected, MAX_CHUNK, OutgoingClient, OutgoingServer};
 use remora_protocol::{
@@ -32,6 +33,11 @@ pub const POD_LOCAL_ADDR: SocketAddr =
 const OUT_CAPACITY: usize = 256;
 /// How long the fake target network may take to reach a local server.
 const FORWARD_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long [`FakeAgent::wait_for`] waits for the client to say something.
+const WAIT_FOR_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// test --injected frames--> the newest connection's writer
+type InjectSlot = Arc<Mutex<Option<mpsc::Sender<ServerMessage>>>>;
 
 /// Answers a [`Request`] the way the target would.
 pub type RequestScript = dyn Fn(&Request) -> RemoteResult<Response> + Send + Sync;
@@ -84,6 +90,7 @@ pub struct FakeAgent {
     hellos: Arc<Mutex<Vec<Hello>>>,
     seen: Arc<Mutex<Vec<ClientMessage>>>,
     live: Arc<AtomicUsize>,
+    inject: InjectSlot,
     /// test --"drop every connection now"--> connection tasks
     drop_tx: watch::Sender<bool>,
     task: JoinHandle<()>,
@@ -99,12 +106,14 @@ impl FakeAgent {
         let hellos = Arc::new(Mutex::new(Vec::new()));
         let seen = Arc::new(Mutex::new(Vec::new()));
         let live = Arc::new(AtomicUsize::new(0));
+        let inject = InjectSlot::default();
         let (drop_tx, drop_rx) = watch::channel(false);
         let shared = Shared {
             script,
             hellos: hellos.clone(),
             seen: seen.clone(),
             live: live.clone(),
+            inject: inject.clone(),
         };
         let task = tokio::spawn(accept_loop(listener, shared, drop_rx));
         FakeAgent {
@@ -112,8 +121,61 @@ impl FakeAgent {
             hellos,
             seen,
             live,
+            inject,
             drop_tx,
             task,
+        }
+    }
+
+    /// Send an incoming-traffic message to the intproxy, as the agent would
+    /// (on the newest connection).
+    ///
+    /// # Panics
+    /// When no intproxy is connected.
+    pub async fn inject(&self, msg: IncomingServer) {
+        let tx = self
+            .inject
+            .lock()
+            .unwrap()
+            .clone()
+            .expect("no intproxy is connected to the fake agent");
+        tx.send(ServerMessage::Incoming(msg))
+            .await
+            .expect("the fake agent's connection is gone");
+    }
+
+    /// Every incoming-traffic message received, in order.
+    pub fn incoming(&self) -> Vec<IncomingClient> {
+        self.seen()
+            .into_iter()
+            .filter_map(|m| match m {
+                ClientMessage::Incoming(msg) => Some(msg),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Poll what the client sent until `found` returns something.
+    ///
+    /// # Panics
+    /// After 20 s, naming `what` and listing what was received.
+    pub async fn wait_for<T>(
+        &self,
+        what: &str,
+        mut found: impl FnMut(&[IncomingClient]) -> Option<T>,
+    ) -> T {
+        let deadline = tokio::time::Instant::now() + WAIT_FOR_TIMEOUT;
+        loop {
+            let incoming = self.incoming();
+            if let Some(t) = found(&incoming) {
+                return t;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the fake agent did not receive {what} within {} s; incoming messages: {incoming:#?}",
+                WAIT_FOR_TIMEOUT.as_secs()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 
@@ -247,6 +309,7 @@ struct Shared {
     hellos: Arc<Mutex<Vec<Hello>>>,
     seen: Arc<Mutex<Vec<ClientMessage>>>,
     live: Arc<AtomicUsize>,
+    inject: InjectSlot,
 }
 
 /// Resolves once the test asked to drop every connection.
@@ -303,6 +366,7 @@ async fn serve_connection(stream: TcpStream, shared: &Shared, mut drop_rx: watch
     let mut framed = hs.map_codec(|_| FrameCodec::<ClientMessage, ServerMessage>::default());
     // stream tasks --frames--> this connection's writer
     let (out_tx, mut out_rx) = mpsc::channel::<ServerMessage>(OUT_CAPACITY);
+    *shared.inject.lock().unwrap() = Some(out_tx.clone());
     // Unbounded on purpose: the connection loop must never wait on a stream
     // task that itself waits on the connection loop (a test double may buffer).
     let mut streams: HashMap<ConnectionId, mpsc::UnboundedSender<OutgoingClient>> = HashMap::new();

@@ -1,0 +1,267 @@
+//! Stolen HTTP requests: each one is replayed to the application's listener
+//! with hyper's HTTP/1 client and its response streamed back to the agent.
+//!
+//! Every request gets its own connection to the app (no pooling or
+//! keep-alive yet): simple, and the dialer → peer mapping then names exactly
+//! one client. Memory stays bounded both ways: the request body flows through
+//! a [`BODY_CAPACITY`]-chunk channel and the response body is forwarded frame
+//! by frame in pieces of at most [`MAX_CHUNK`] bytes, so a 1 GiB upload or
+//! download streams. Upgrades (WebSocket) are not delivered yet.
+
+use super::{PeerTable, dial_app};
+use crate::agent_link::AgentApi;
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::body::{Body, Frame};
+use hyper::header::{HOST, HeaderName, HeaderValue};
+use hyper::{Method, Uri, Version};
+use hyper_util::rt::TokioIo;
+use remora_protocol::HttpRequestId;
+use remora_protocol::incoming::{HttpRequestHead, HttpResponseHead, HttpVersion};
+use remora_protocol::outgoing::MAX_CHUNK;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use tokio::sync::mpsc;
+use tokio_util::task::AbortOnDropHandle;
+
+/// Request body chunks buffered per request (each at most one agent frame).
+const BODY_CAPACITY: usize = 16;
+
+/// Where a port's requests go.
+pub(super) struct Target {
+    pub agent: AgentApi,
+    pub peers: PeerTable,
+    pub app: SocketAddr,
+}
+
+/// The port task's handle on one request. Dropping it aborts the request
+/// (its connection to the app is closed and its peer mapping forgotten).
+pub(super) struct RequestHandle {
+    /// port task --request body chunks--> the request's body; `None` once
+    /// the body is complete (or the request declared none).
+    body_tx: Option<mpsc::Sender<Bytes>>,
+    task: AbortOnDropHandle<()>,
+}
+
+impl RequestHandle {
+    /// The request is answered (or failed) and can be forgotten.
+    pub(super) fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+
+    /// Feed a piece of the request body (waits while the app is slow to read).
+    pub(super) async fn body(&mut self, chunk: Bytes, last: bool) {
+        if let Some(tx) = &self.body_tx {
+            if !chunk.is_empty() && tx.send(chunk).await.is_err() {
+                // The request is over (answered early or failed).
+                self.body_tx = None;
+            }
+        }
+        if last {
+            // Closing the channel ends the body.
+            self.body_tx = None;
+        }
+    }
+}
+
+/// Start delivering `request` to the app.
+pub(super) fn spawn(
+    target: Target,
+    request: HttpRequestId,
+    peer: SocketAddr,
+    head: HttpRequestHead,
+) -> RequestHandle {
+    let (body_tx, body) = if has_body(&head) {
+        let (tx, rx) = mpsc::channel(BODY_CAPACITY);
+        (Some(tx), ChannelBody { rx: Some(rx) })
+    } else {
+        (None, ChannelBody { rx: None })
+    };
+    let task = tokio::spawn(async move {
+        if let Err(reason) = forward(&target, request, peer, head, body).await {
+            let _ = target.agent.send_response_failed(request, reason).await;
+        }
+    });
+    RequestHandle {
+        body_tx,
+        task: AbortOnDropHandle::new(task),
+    }
+}
+
+/// Send the request to the app and its response to the agent. `Err` is the
+/// reason given to the agent in `ResponseFailed`.
+async fn forward(
+    target: &Target,
+    request: HttpRequestId,
+    peer: SocketAddr,
+    head: HttpRequestHead,
+    body: ChannelBody,
+) -> Result<(), String> {
+    let app = target.app;
+    let req = build_request(head, body)?;
+    let (stream, _registered) = dial_app(&target.peers, app, peer, None)
+        .await
+        .map_err(|e| format!("connecting to the local app at {app}: {e}"))?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("talking HTTP/1 to the local app at {app}: {e}"))?;
+    // Aborted with this task: a cancelled request closes its connection.
+    let _conn = AbortOnDropHandle::new(tokio::spawn(async move {
+        let _ = conn.await;
+    }));
+    let response = sender
+        .send_request(req)
+        .await
+        .map_err(|e| format!("the local app at {app} did not answer: {e}"))?;
+    let (parts, mut body) = response.into_parts();
+    let head = HttpResponseHead {
+        status: parts.status.as_u16(),
+        version: match parts.version {
+            Version::HTTP_10 => HttpVersion::Http10,
+            Version::HTTP_2 => HttpVersion::Http2,
+            _ => HttpVersion::Http11,
+        },
+        headers: parts
+            .headers
+            .iter()
+            .map(|(name, value)| {
+                (
+                    name.as_str().to_string(),
+                    Bytes::copy_from_slice(value.as_bytes()),
+                )
+            })
+            .collect(),
+    };
+    let agent = &target.agent;
+    let agent_gone = |e: remora_protocol::RemoteError| e.to_string();
+    agent
+        .send_response_head(request, head)
+        .await
+        .map_err(agent_gone)?;
+    while let Some(frame) = body.frame().await {
+        let frame =
+            frame.map_err(|e| format!("reading the response of the local app at {app}: {e}"))?;
+        // Trailers are dropped: the protocol has no place for them yet.
+        let Ok(mut data) = frame.into_data() else {
+            continue;
+        };
+        while !data.is_empty() {
+            let chunk = data.split_to(data.len().min(MAX_CHUNK));
+            agent
+                .send_response_body(request, chunk, false)
+                .await
+                .map_err(agent_gone)?;
+        }
+    }
+    agent
+        .send_response_body(request, Bytes::new(), true)
+        .await
+        .map_err(agent_gone)
+}
+
+/// Whether the agent will send a body for this request. HTTP/1 requests
+/// without `Content-Length` or `Transfer-Encoding` have none; HTTP/2 ones may
+/// have one without a length, except for the methods that never carry one.
+fn has_body(head: &HttpRequestHead) -> bool {
+    let header = |wanted: &str| {
+        head.headers
+            .iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case(wanted))
+            .map(|(_, value)| value)
+    };
+    if header("transfer-encoding").is_some() {
+        return true;
+    }
+    if let Some(length) = header("content-length") {
+        return length.as_ref() != b"0";
+    }
+    head.version == HttpVersion::Http2
+        && !["GET", "HEAD", "DELETE", "OPTIONS"]
+            .iter()
+            .any(|m| head.method.eq_ignore_ascii_case(m))
+}
+
+/// The request as the app receives it: origin-form URI, HTTP/1.x, the
+/// client's headers (HTTP/2 pseudo-headers turned into `Host`).
+fn build_request(
+    head: HttpRequestHead,
+    body: ChannelBody,
+) -> Result<hyper::Request<ChannelBody>, String> {
+    let method = Method::from_bytes(head.method.as_bytes())
+        .map_err(|_| format!("invalid request method {:?}", head.method))?;
+    let uri: Uri = head
+        .uri
+        .parse()
+        .map_err(|e| format!("invalid request URI {:?}: {e}", head.uri))?;
+    let path = uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let version = match head.version {
+        HttpVersion::Http10 => Version::HTTP_10,
+        HttpVersion::Http11 | HttpVersion::Http2 => Version::HTTP_11,
+    };
+    let mut req = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .version(version)
+        .body(body)
+        .map_err(|e| format!("building the request for the local app: {e}"))?;
+    let mut authority = uri
+        .authority()
+        .map(|a| Bytes::copy_from_slice(a.as_str().as_bytes()));
+    let headers = req.headers_mut();
+    for (name, value) in head.headers {
+        if let Some(pseudo) = name.strip_prefix(':') {
+            if pseudo.eq_ignore_ascii_case("authority") {
+                authority = Some(value);
+            }
+            continue;
+        }
+        let name = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| format!("invalid request header name {name:?}"))?;
+        let value = HeaderValue::from_maybe_shared(value)
+            .map_err(|_| format!("invalid value of request header {name}"))?;
+        headers.append(name, value);
+    }
+    if !headers.contains_key(HOST) {
+        if let Some(value) = authority.and_then(|a| HeaderValue::from_maybe_shared(a).ok()) {
+            headers.insert(HOST, value);
+        }
+    }
+    Ok(req)
+}
+
+/// A request body fed by the port task; it ends when the channel closes.
+#[derive(Debug)]
+struct ChannelBody {
+    rx: Option<mpsc::Receiver<Bytes>>,
+}
+
+impl Body for ChannelBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let Some(rx) = self.rx.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match rx.poll_recv(cx) {
+            Poll::Ready(Some(chunk)) => Poll::Ready(Some(Ok(Frame::data(chunk)))),
+            Poll::Ready(None) => {
+                self.rx = None;
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.rx.is_none()
+    }
+}
+
+#[cfg(test)]
+mod tests;
