@@ -12,3 +12,5 @@ cargo build --release --workspace --quiet
 # cannot slip into a release table (remora finds its agent and layer next to itself).
 export REMORA_BIN_DIR="$PWD/target/release"
 ./target/release/remora-bench | tee target/bench-results.md
+echo >> target/bench-results.md
+./target/release/remora-bench-incoming | tee -a target/bench-results.md

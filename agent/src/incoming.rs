@@ -14,6 +14,9 @@
 //!   connections and finding their original destination (`SO_ORIGINAL_DST`).
 //! * `conn`: one task per connection: the stolen pump, or the mirror proxy
 //!   plus the client's copy.
+//! * `http` and `filter`: a **filtered steal** (HTTP/1.x only): each
+//!   request the filter takes goes to the client, the others to the
+//!   original destination; connections that are not HTTP/1.x pass through.
 //! * `session`: a client's side: its `IncomingClient` messages, its
 //!   connections by id.
 //! * [`redirect`]: the [`Redirector`] seam and the netfilter thread; the
@@ -54,11 +57,16 @@
 //!   (different pid namespaces) on one target cannot both subscribe, and a
 //!   leftover is only recognised as stale when no process with its pid runs
 //!   in the agent's pid namespace.
+//! * A filtered steal understands HTTP/1.x only: other connections on the
+//!   port (HTTP/2 included) pass through to the target untouched. One
+//!   subscriber per port, with or without a filter.
 //! * Owned nftables tables need Linux 5.12 or later; on older kernels use
 //!   `--netfilter iptables`. Leftover chains are looked for only by the
 //!   backend in use.
 
 mod conn;
+mod filter;
+mod http;
 mod iptables;
 mod listener;
 mod nft;
@@ -122,6 +130,8 @@ pub(crate) struct Subscriber {
     pub token: CancellationToken,
     /// The client's incoming connections by id.
     pub conns: ConnTable,
+    /// The client's taken HTTP requests waiting for answers, by id.
+    pub requests: http::RequestTable,
 }
 
 /// Work for the incoming task.

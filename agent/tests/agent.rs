@@ -479,26 +479,32 @@ async fn localhost_resolves_and_hostname_and_ping_answer() {
 }
 
 #[tokio::test]
-async fn filtered_incoming_subscriptions_are_refused_as_unsupported() {
+async fn filtered_mirrors_and_bad_filters_are_refused() {
+    // Neither touches netfilter: this target shares the host's namespace.
     let target = Target::sleep(&[]);
     let agent = agent_for(&target).await;
     let mut client = Client::connect(agent.local_addr(), "alice").await;
-    client
-        .send(ClientMessage::Incoming(IncomingClient::Subscribe {
-            port: RemotePort(8080),
-            mode: IncomingMode::Steal,
-            filter: Some(HttpFilter::Path("^/api".into())),
-        }))
-        .await;
-    let Some(ServerMessage::Incoming(IncomingServer::Subscribed { port, result })) =
-        client.read().await
-    else {
-        panic!("no subscription answer");
-    };
-    assert_eq!(port, RemotePort(8080));
-    let err = result.unwrap_err();
-    assert_eq!(err.code, ErrorCode::Unsupported);
-    assert_eq!(err.message, "HTTP filters are not implemented yet");
+    let refusals = [
+        (IncomingMode::Mirror, "^/api", ErrorCode::Unsupported),
+        (IncomingMode::Steal, "(", ErrorCode::InvalidInput),
+    ];
+    for (mode, pattern, code) in refusals {
+        client
+            .send(ClientMessage::Incoming(IncomingClient::Subscribe {
+                port: RemotePort(8080),
+                mode,
+                filter: Some(HttpFilter::Path(pattern.into())),
+            }))
+            .await;
+        let Some(ServerMessage::Incoming(IncomingServer::Subscribed { port, result })) =
+            client.read().await
+        else {
+            panic!("no subscription answer");
+        };
+        assert_eq!(port, RemotePort(8080));
+        let err = result.unwrap_err();
+        assert_eq!(err.code, code, "{err}");
+    }
 }
 
 // ---------------------------------------------------------------- sessions

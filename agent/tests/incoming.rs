@@ -16,9 +16,12 @@ use pod::*;
 use bytes::Bytes;
 use remora_agent::incoming::NetfilterBackend;
 use remora_agent::{Agent, TargetPid};
-use remora_protocol::incoming::{IncomingClient, IncomingMode, IncomingServer, RemotePort};
+use remora_protocol::incoming::{
+    HttpFilter, HttpRequestHead, HttpResponseHead, HttpVersion, IncomingClient, IncomingMode,
+    IncomingServer, RemotePort,
+};
 use remora_protocol::session::LogLevel;
-use remora_protocol::{ClientMessage, ConnectionId, RemoteResult, ServerMessage};
+use remora_protocol::{ClientMessage, ConnectionId, HttpRequestId, RemoteResult, ServerMessage};
 use std::io::{BufRead, BufReader};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::process::{Child, Command, Stdio};
@@ -570,4 +573,220 @@ async fn tables_and_chains_of_dead_agents_are_removed_at_start() {
     })
     .await;
     service_answers(&pod, port).await;
+}
+
+// ---------------------------------------------------------------- HTTP filter
+
+/// A real HTTP service in the pod (`python3 -m http.server`) serving a
+/// directory with `file.bin`; returns the directory and the file's bytes.
+async fn http_service(pod: &mut Pod, port: u16) -> (tempfile::TempDir, Vec<u8>) {
+    let dir = tempfile::tempdir().unwrap();
+    let content: Vec<u8> = (0..70_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(dir.path().join("file.bin"), &content).unwrap();
+    let port_arg = port.to_string();
+    let dir_arg = dir.path().to_str().unwrap().to_owned();
+    pod.spawn(&[
+        "/usr/bin/python3",
+        "-m",
+        "http.server",
+        &port_arg,
+        "--bind",
+        "127.0.0.1",
+        "--directory",
+        &dir_arg,
+    ]);
+    let deadline = std::time::Instant::now() + WAIT;
+    while pod.connect(localhost(port)).await.is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "http.server never listened"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    (dir, content)
+}
+
+async fn subscribe_filtered(client: &mut Client, port: u16, filter: HttpFilter) {
+    client
+        .send(ClientMessage::Incoming(IncomingClient::Subscribe {
+            port: RemotePort(port),
+            mode: IncomingMode::Steal,
+            filter: Some(filter),
+        }))
+        .await;
+    match incoming(client).await {
+        IncomingServer::Subscribed { port: p, result } => {
+            assert_eq!(p, RemotePort(port));
+            result.expect("filtered steal works");
+        }
+        other => panic!("expected Subscribed, got {other:?}"),
+    }
+}
+
+/// The next `Request`, skipping the end of earlier requests' bodies.
+async fn next_request(client: &mut Client) -> (HttpRequestId, HttpRequestHead) {
+    loop {
+        match incoming(client).await {
+            IncomingServer::Request { request, head, .. } => return (request, head),
+            IncomingServer::RequestBody { .. } => {}
+            other => panic!("expected a request, got {other:?}"),
+        }
+    }
+}
+
+/// Answer `request` with 200 and `body`.
+async fn respond(client: &mut Client, request: HttpRequestId, body: &'static [u8]) {
+    let head = HttpResponseHead {
+        status: 200,
+        version: HttpVersion::Http11,
+        headers: vec![("content-type".into(), Bytes::from_static(b"text/plain"))],
+    };
+    client
+        .send(ClientMessage::Incoming(IncomingClient::ResponseHead {
+            request,
+            head,
+        }))
+        .await;
+    client
+        .send(ClientMessage::Incoming(IncomingClient::ResponseBody {
+            request,
+            chunk: Bytes::from_static(body),
+            last: true,
+        }))
+        .await;
+}
+
+fn header<'a>(head: &'a HttpRequestHead, name: &str) -> Option<&'a [u8]> {
+    head.headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| &v[..])
+}
+
+#[tokio::test]
+async fn a_filtered_steal_takes_matching_requests_and_the_service_answers_the_rest() {
+    let mut pod = Pod::create();
+    let target = pod.spawn_target();
+    let port = free_port();
+    let (_dir, content) = http_service(&mut pod, port).await;
+    let agent = agent_in(target, NetfilterBackend::Auto).await;
+    let mut alice = Client::connect(agent.local_addr(), "alice").await;
+    subscribe_filtered(
+        &mut alice,
+        port,
+        HttpFilter::Header("^x-user: alice$".into()),
+    )
+    .await;
+    let url = format!("http://127.0.0.1:{port}/file.bin?from=curl");
+
+    let curl = {
+        let args = [
+            "curl",
+            "-sS",
+            "--max-time",
+            "10",
+            "-H",
+            "X-User: alice",
+            &url,
+        ];
+        pod.exec_async(&args)
+    };
+    let answered = async {
+        let (request, head) = next_request(&mut alice).await;
+        assert_eq!(head.method, "GET");
+        assert_eq!(head.uri, "/file.bin?from=curl");
+        assert_eq!(header(&head, "x-user"), Some(&b"alice"[..]));
+        respond(&mut alice, request, b"stolen").await;
+    };
+    let (output, ()) = tokio::join!(curl, answered);
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(output.stdout, b"stolen");
+
+    // Not taken: the real service's file, byte for byte.
+    let output = pod
+        .exec_async(&["curl", "-sS", "--max-time", "10", "-H", "X-User: bob", &url])
+        .await;
+    assert!(output.status.success(), "{output:?}");
+    assert!(output.stdout == content, "the file changed on the way");
+
+    // Not HTTP: passed through raw to the service, whose own error page
+    // names the bytes it got (hyper would have answered a bare 400).
+    let mut stream = pod.connect(localhost(port)).await.unwrap();
+    let answer = ask(&mut stream, b"\x16\x03\x01 hello\r\n\r\n").await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.contains("Bad HTTP/0.9 request type"), "{answer}");
+    drop(agent);
+}
+
+/// One keep-alive connection from python's `http.client`: a taken request,
+/// one for the service, then a taken chunked POST.
+const KEEP_ALIVE_CLIENT: &str = r#"
+import http.client, sys
+port = int(sys.argv[1])
+c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+c.request("GET", "/mine", headers={"X-User": "alice"})
+r = c.getresponse(); a = r.read()
+c.request("GET", "/file.bin")
+r = c.getresponse(); b = r.read()
+c.request("POST", "/upload", body=iter([b"part-one;", b"part-two"]), headers={"X-User": "alice"}, encode_chunked=True)
+r = c.getresponse(); d = r.read()
+sock = c.sock
+print(a.decode(), len(b), d.decode(), sock is not None)
+"#;
+
+#[tokio::test]
+async fn a_filtered_steal_keeps_order_on_a_keep_alive_connection_and_streams_chunked_bodies() {
+    let mut pod = Pod::create();
+    let target = pod.spawn_target();
+    let port = free_port();
+    let (_dir, content) = http_service(&mut pod, port).await;
+    let agent = agent_in(target, NetfilterBackend::Auto).await;
+    let mut alice = Client::connect(agent.local_addr(), "alice").await;
+    subscribe_filtered(
+        &mut alice,
+        port,
+        HttpFilter::Header("^x-user: alice$".into()),
+    )
+    .await;
+
+    let port_arg = port.to_string();
+    let client = pod.exec_async(&["/usr/bin/python3", "-c", KEEP_ALIVE_CLIENT, &port_arg]);
+    let answered = async {
+        let (first, head) = next_request(&mut alice).await;
+        assert_eq!(head.uri, "/mine");
+        respond(&mut alice, first, b"first").await;
+        let (post, head) = next_request(&mut alice).await;
+        assert_eq!(
+            (head.method.as_str(), head.uri.as_str()),
+            ("POST", "/upload")
+        );
+        let (mut body, mut chunks) = (Vec::new(), 0);
+        loop {
+            match incoming(&mut alice).await {
+                IncomingServer::RequestBody {
+                    request,
+                    chunk,
+                    last,
+                } if request == post => {
+                    body.extend_from_slice(&chunk);
+                    chunks += 1;
+                    if last {
+                        break;
+                    }
+                }
+                IncomingServer::RequestBody { request, .. } if request == first => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(body, b"part-one;part-two");
+        assert!(chunks >= 2, "{chunks} chunk(s)");
+        respond(&mut alice, post, b"uploaded").await;
+    };
+    let (output, ()) = tokio::join!(client, answered);
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        format!("first {} uploaded True", content.len())
+    );
+    drop(agent);
 }

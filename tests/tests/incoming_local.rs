@@ -48,8 +48,13 @@ impl Drop for Run {
 /// Each test uses its own local port: tests run in parallel on this machine's
 /// loopback, and a stolen connection must reach its own test's app.
 fn local_app(pod: &Pod, local_port: u16, mode: &str, dir: &Path) -> Run {
+    local_app_with(pod, local_port, &[mode], dir)
+}
+
+fn local_app_with(pod: &Pod, local_port: u16, extra: &[&str], dir: &Path) -> Run {
     let mapping = format!("{local_port}:{POD_PORT}");
-    let flags = [mode, "-p", &mapping];
+    let mut flags = vec!["-p", &mapping];
+    flags.extend_from_slice(extra);
     std::fs::write(dir.join("index.html"), "answer from the laptop\n").unwrap();
     let script = format!(
         r#"
@@ -65,7 +70,7 @@ http.server.ThreadingHTTPServer(("127.0.0.1", {local_port}), lambda *a: H(*a, di
     );
     let child = Command::new(bin_path("remora").unwrap())
         .args(["run", "--target", &pod.target()])
-        .args(flags)
+        .args(&flags)
         .args(["--", "python3", "-c", &script])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -184,4 +189,38 @@ fn agent_of(target: &str) -> Option<u32> {
         }
     }
     None
+}
+
+#[test]
+fn header_filtered_steal_takes_only_matching_requests() {
+    require_sandbox!();
+    let sandbox = Sandbox::new().unwrap();
+    let (pod, _service) = pod_with_service(&sandbox);
+    let before = ruleset(&pod);
+    let dir = tempfile::tempdir().unwrap();
+    let app = local_app_with(
+        &pod,
+        18194,
+        &["--steal", "--http-header-filter", "^x-user: alice$"],
+        dir.path(),
+    );
+    wait_for("alice's requests to reach the laptop", || {
+        curl_from_host(&pod, "/", Some("X-User: alice")) == "answer from the laptop\n"
+    });
+    // Everyone else still gets the pod, byte for byte.
+    assert_eq!(curl_from_host(&pod, "/", None), "answer from the pod\n");
+    assert_eq!(
+        curl_from_host(&pod, "/", Some("X-User: bob")),
+        "answer from the pod\n"
+    );
+    // Mixed requests from inside the pod too.
+    let url = format!("http://127.0.0.1:{POD_PORT}/");
+    let alice = pod
+        .exec_ok(&["curl", "-s", "-m", "5", "-H", "x-user: alice", &url])
+        .unwrap();
+    assert_eq!(alice, "answer from the laptop\n");
+    let other = pod.exec_ok(&["curl", "-s", "-m", "5", &url]).unwrap();
+    assert_eq!(other, "answer from the pod\n");
+    drop(app);
+    wait_for("the ruleset to be restored", || ruleset(&pod) == before);
 }

@@ -18,13 +18,13 @@ use bytes::Bytes;
 use remora_protocol::incoming::{IncomingServer, RemotePort};
 use remora_protocol::outgoing::MAX_CHUNK;
 use remora_protocol::session::LogLevel;
-use remora_protocol::{ConnectionId, ServerMessage};
+use remora_protocol::{ConnectionId, HttpRequestId, ServerMessage};
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
@@ -166,16 +166,50 @@ pub(super) async fn steal(accepted: Accepted, subscriber: Subscriber) {
     }
 }
 
+/// An upgraded HTTP request (WebSocket etc.) of a filtered steal, from now
+/// on a raw stolen connection `conn`: the client is told `Upgraded`, then
+/// it is pumped as [`steal`] does.
+pub(super) async fn steal_upgraded<S>(
+    request: HttpRequestId,
+    conn: ConnectionId,
+    stream: S,
+    subscriber: Subscriber,
+) where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (up_tx, up_rx) = mpsc::channel(CONN_QUEUE_CAPACITY);
+    let close = subscriber.token.child_token();
+    let handle = ConnHandle {
+        up_tx: Some(up_tx),
+        close: close.clone(),
+    };
+    let _entry = subscriber.conns.insert(conn, handle);
+    let out_tx = &subscriber.out_tx;
+    let announcement = incoming(IncomingServer::Upgraded { request, conn });
+    if !send(&close, out_tx, announcement).await {
+        return;
+    }
+    if let Err(e) = pump_stolen(stream, up_rx, &close, out_tx, conn).await {
+        tracing::debug!(%conn, error = %e, "upgraded connection failed");
+    }
+    if !subscriber.token.is_cancelled() {
+        let _ = out_tx.send(incoming(IncomingServer::Closed { conn })).await;
+    }
+}
+
 /// Pump a stolen connection both ways until both directions are shut down,
 /// an error, or `close`.
-async fn pump_stolen(
-    stream: TcpStream,
+async fn pump_stolen<S>(
+    stream: S,
     up_rx: mpsc::Receiver<Upstream>,
     close: &CancellationToken,
     out_tx: &mpsc::Sender<ServerMessage>,
     conn: ConnectionId,
-) -> io::Result<()> {
-    let (mut reader, writer) = stream.into_split();
+) -> io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (mut reader, writer) = tokio::io::split(stream);
     let mut writer = AbortOnDropHandle::new(tokio::spawn(write_upstream(writer, up_rx)));
     let mut buf = vec![0u8; MAX_CHUNK];
     let (mut writer_done, mut reader_done) = (false, false);

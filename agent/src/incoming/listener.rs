@@ -4,6 +4,8 @@
 
 use super::Subscriber;
 use super::conn::{self, Accepted};
+use super::filter::CompiledFilter;
+use super::http::{self, Filtered};
 use super::redirect::ListenerPort;
 use crate::net::NetApi;
 use remora_protocol::incoming::{IncomingMode, IncomingServer, RemotePort};
@@ -27,6 +29,8 @@ pub(super) struct PortTask {
     pub listener_port: ListenerPort,
     pub port: RemotePort,
     pub mode: IncomingMode,
+    /// Set for a filtered steal.
+    pub filter: Option<Arc<CompiledFilter>>,
     pub subscriber: Subscriber,
     pub net: NetApi,
     pub mark: Option<u32>,
@@ -53,7 +57,7 @@ impl PortTask {
             port: self.port,
             result: Ok(()),
         })];
-        if self.mode == IncomingMode::Steal {
+        if self.mode == IncomingMode::Steal && self.filter.is_none() {
             answer.push(ServerMessage::Log {
                 level: LogLevel::Warn,
                 message: unfiltered_steal_warning(self.port),
@@ -107,11 +111,22 @@ impl PortTask {
             mode = ?self.mode,
             "incoming connection"
         );
-        match self.mode {
-            IncomingMode::Steal => {
+        match (self.mode, &self.filter) {
+            (IncomingMode::Steal, Some(filter)) => {
+                let filtered = Filtered {
+                    subscriber: self.subscriber.clone(),
+                    filter: filter.clone(),
+                    net: self.net.clone(),
+                    mark: self.mark,
+                    shutdown: self.shutdown.clone(),
+                    conn_ids: self.conn_ids.clone(),
+                };
+                tokio::spawn(http::serve(accepted, filtered));
+            }
+            (IncomingMode::Steal, None) => {
                 tokio::spawn(conn::steal(accepted, self.subscriber.clone()));
             }
-            IncomingMode::Mirror => {
+            (IncomingMode::Mirror, _) => {
                 tokio::spawn(conn::mirror(
                     accepted,
                     self.subscriber.clone(),

@@ -2,11 +2,12 @@
 //! the incoming task (subscriptions) or to its connections (data).
 
 use super::conn::{ConnTable, Upstream};
+use super::http::{RequestTable, ResponsePart};
 use super::{IncomingApi, Subscriber};
 use remora_protocol::incoming::{IncomingClient, IncomingMode, IncomingServer};
 use remora_protocol::session::LogLevel;
 use remora_protocol::{
-    Capabilities, ConnectionId, ErrorCode, RemoteError, ServerMessage, SessionId,
+    Capabilities, ConnectionId, ErrorCode, HttpRequestId, RemoteError, ServerMessage, SessionId,
 };
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -44,6 +45,7 @@ impl ClientIncoming {
                 out_tx,
                 token,
                 conns: ConnTable::default(),
+                requests: RequestTable::default(),
             },
             capabilities,
         }
@@ -97,13 +99,19 @@ impl ClientIncoming {
                     tracing::debug!(%conn, "close of an incoming connection that is not open");
                 }
             }
-            other @ (IncomingClient::ResponseHead { .. }
-            | IncomingClient::ResponseBody { .. }
-            | IncomingClient::ResponseFailed { .. }) => {
-                tracing::debug!(
-                    ?other,
-                    "HTTP answer without a filtered subscription; ignored"
-                );
+            IncomingClient::ResponseHead { request, head } => {
+                self.respond(request, ResponsePart::Head(head)).await;
+            }
+            IncomingClient::ResponseBody {
+                request,
+                chunk,
+                last,
+            } => {
+                self.respond(request, ResponsePart::Body { chunk, last })
+                    .await
+            }
+            IncomingClient::ResponseFailed { request, reason } => {
+                self.respond(request, ResponsePart::Failed(reason)).await;
             }
         }
     }
@@ -112,6 +120,28 @@ impl ClientIncoming {
         tokio::select! {
             _ = self.subscriber.token.cancelled() => false,
             sent = self.subscriber.out_tx.send(message) => sent.is_ok(),
+        }
+    }
+
+    /// A part of the answer to a taken request; dropped when the request
+    /// is no longer waiting (answered, cancelled).
+    async fn respond(&mut self, request: HttpRequestId, part: ResponsePart) {
+        let Some(part_tx) = self.subscriber.requests.get(request) else {
+            tracing::debug!(%request, "answer to an HTTP request that is not waiting; dropped");
+            return;
+        };
+        let part = match part_tx.try_send(part) {
+            Ok(()) | Err(TrySendError::Closed(_)) => return,
+            Err(TrySendError::Full(part)) => part,
+        };
+        if tokio::time::timeout(CONN_STALL_TIMEOUT, part_tx.send(part))
+            .await
+            .is_err()
+        {
+            tracing::warn!(%request, "peer of a stolen HTTP request stopped reading");
+            // The request's body stream ends with an error: the peer's
+            // connection is aborted.
+            self.subscriber.requests.remove(request);
         }
     }
 

@@ -1,6 +1,7 @@
 //! The incoming task: the agent's one owner of subscriptions, listeners and
 //! redirect rules (see the [module docs](super) for its guarantees).
 
+use super::filter::CompiledFilter;
 use super::listener::PortTask;
 use super::redirect::{ListenerPort, RedirectApi, RedirectError};
 use super::{IncomingCommand, IncomingSettings, Subscriber};
@@ -146,12 +147,19 @@ impl IncomingTask {
         filter: Option<HttpFilter>,
     ) -> RemoteResult<()> {
         let target = &self.settings.target;
-        if filter.is_some() {
-            return Err(RemoteError::new(
-                ErrorCode::Unsupported,
-                "HTTP filters are not implemented yet",
-            ));
-        }
+        let filter = match (filter, mode) {
+            (None, _) => None,
+            (Some(_), IncomingMode::Mirror) => {
+                return Err(RemoteError::new(
+                    ErrorCode::Unsupported,
+                    "HTTP filters apply to steal; mirror the whole port instead",
+                ));
+            }
+            (Some(filter), IncomingMode::Steal) => Some(Arc::new(
+                CompiledFilter::compile(&filter)
+                    .map_err(|e| RemoteError::new(ErrorCode::InvalidInput, e))?,
+            )),
+        };
         if let Some(held) = self.ports.get(&port) {
             let whose = if held.session == subscriber.session {
                 "this session".to_owned()
@@ -200,6 +208,7 @@ impl IncomingTask {
             listener_port,
             port,
             mode,
+            filter,
             subscriber: subscriber.clone(),
             net: self.net.clone(),
             mark: self.settings.mark,

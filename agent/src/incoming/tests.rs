@@ -6,7 +6,7 @@
 use super::*;
 use crate::namespace::CurrentNamespaces;
 use bytes::Bytes;
-use remora_protocol::incoming::{IncomingClient, IncomingServer};
+use remora_protocol::incoming::{HttpResponseHead, HttpVersion, IncomingClient, IncomingServer};
 use remora_protocol::session::LogLevel;
 use remora_protocol::{Capabilities, ConnectionId, ErrorCode, RemoteResult};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -312,23 +312,252 @@ async fn a_port_has_one_subscriber_at_a_time() {
     bob.subscribe(9090, IncomingMode::Steal).await.unwrap();
 }
 
+impl TestClient {
+    async fn subscribe_filtered(
+        &mut self,
+        port: u16,
+        mode: IncomingMode,
+        filter: HttpFilter,
+    ) -> RemoteResult<()> {
+        self.send(IncomingClient::Subscribe {
+            port: RemotePort(port),
+            mode,
+            filter: Some(filter),
+        })
+        .await;
+        self.subscribed(port).await
+    }
+}
+
 #[tokio::test]
-async fn filtered_subscriptions_are_refused_without_touching_netfilter() {
+async fn bad_filters_and_filtered_mirrors_are_refused_without_touching_netfilter() {
+    let fx = fixture().await;
+    let mut alice = fx.client(1, "alice");
+    let err = alice
+        .subscribe_filtered(8080, IncomingMode::Steal, HttpFilter::Header("(".into()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::InvalidInput);
+    assert_eq!(err.message, "header filter \"(\": unclosed group");
+    let err = alice
+        .subscribe_filtered(
+            8080,
+            IncomingMode::Mirror,
+            HttpFilter::Header("^x-user: alice$".into()),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::Unsupported);
+    assert!(
+        err.message.starts_with("HTTP filters apply to steal"),
+        "{err}"
+    );
+    assert_eq!(fx.rec.ops(), [Op::RemoveStale]);
+}
+
+#[tokio::test]
+async fn a_filtered_steal_hands_matching_requests_to_the_subscriber() {
     let fx = fixture().await;
     let mut alice = fx.client(1, "alice");
     alice
-        .send(IncomingClient::Subscribe {
-            port: RemotePort(8080),
-            mode: IncomingMode::Steal,
-            filter: Some(remora_protocol::incoming::HttpFilter::Header(
-                "x-user: alice".into(),
-            )),
+        .subscribe_filtered(
+            8080,
+            IncomingMode::Steal,
+            HttpFilter::Header("^x-user: alice$".into()),
+        )
+        .await
+        .unwrap();
+    let mut peer = TcpStream::connect(localhost(fx.rec.listener_of(8080)))
+        .await
+        .unwrap();
+    peer.write_all(
+        b"POST /x?y=1 HTTP/1.1\r\nHost: a\r\nX-User: Alice\r\nContent-Length: 4\r\n\r\nbody",
+    )
+    .await
+    .unwrap();
+    // No probe warning for a filtered steal: the request comes first.
+    let IncomingServer::Request { request, head, .. } = alice.incoming().await else {
+        panic!("expected a request");
+    };
+    assert_eq!(
+        (head.method.as_str(), head.uri.as_str()),
+        ("POST", "/x?y=1")
+    );
+    assert!(
+        head.headers
+            .contains(&("x-user".into(), Bytes::from_static(b"Alice")))
+    );
+    let mut body = Vec::new();
+    loop {
+        match alice.incoming().await {
+            IncomingServer::RequestBody {
+                request: r,
+                chunk,
+                last,
+            } if r == request => {
+                body.extend_from_slice(&chunk);
+                if last {
+                    break;
+                }
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(body, b"body");
+    alice
+        .send(IncomingClient::ResponseHead {
+            request,
+            head: HttpResponseHead {
+                status: 201,
+                version: HttpVersion::Http11,
+                headers: vec![("content-length".into(), Bytes::from_static(b"6"))],
+            },
         })
         .await;
-    let err = alice.subscribed(8080).await.unwrap_err();
-    assert_eq!(err.code, ErrorCode::Unsupported);
-    assert_eq!(err.message, "HTTP filters are not implemented yet");
-    assert_eq!(fx.rec.ops(), [Op::RemoveStale]);
+    alice
+        .send(IncomingClient::ResponseBody {
+            request,
+            chunk: Bytes::from_static(b"stolen"),
+            last: true,
+        })
+        .await;
+    let mut answer = vec![0u8; 4096];
+    let mut got = Vec::new();
+    while !got.ends_with(b"stolen") {
+        let n = tokio::time::timeout(STEP, peer.read(&mut answer))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_ne!(n, 0, "closed early: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&answer[..n]);
+    }
+    let got = String::from_utf8(got).unwrap();
+    assert!(got.starts_with("HTTP/1.1 201 Created\r\n"), "{got}");
+}
+
+#[tokio::test]
+async fn an_upgraded_request_becomes_a_stolen_connection() {
+    let fx = fixture().await;
+    let mut alice = fx.client(1, "alice");
+    alice
+        .subscribe_filtered(8080, IncomingMode::Steal, HttpFilter::Path("^/ws$".into()))
+        .await
+        .unwrap();
+    let mut peer = TcpStream::connect(localhost(fx.rec.listener_of(8080)))
+        .await
+        .unwrap();
+    peer.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let IncomingServer::Request { request, .. } = alice.incoming().await else {
+        panic!("expected a request");
+    };
+    let head = HttpResponseHead {
+        status: 101,
+        version: HttpVersion::Http11,
+        headers: vec![
+            ("connection".into(), Bytes::from_static(b"Upgrade")),
+            ("upgrade".into(), Bytes::from_static(b"websocket")),
+        ],
+    };
+    alice
+        .send(IncomingClient::ResponseHead { request, head })
+        .await;
+    let mut answer = vec![0u8; 4096];
+    let mut got = Vec::new();
+    while !got.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(STEP, peer.read(&mut answer))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_ne!(n, 0);
+        got.extend_from_slice(&answer[..n]);
+    }
+    assert!(got.starts_with(b"HTTP/1.1 101 Switching Protocols\r\n"));
+    let conn = loop {
+        match alice.incoming().await {
+            IncomingServer::RequestBody { .. } => {}
+            IncomingServer::Upgraded { request: r, conn } => {
+                assert_eq!(r, request);
+                break conn;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    peer.write_all(b"ping").await.unwrap();
+    match alice.incoming().await {
+        IncomingServer::Data { conn: c, data } => {
+            assert_eq!((c, &data[..]), (conn, &b"ping"[..]));
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    alice
+        .send(IncomingClient::Data {
+            conn,
+            data: Bytes::from_static(b"pong"),
+        })
+        .await;
+    let n = tokio::time::timeout(STEP, peer.read(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&answer[..n], b"pong");
+}
+
+#[tokio::test]
+async fn a_failed_answer_is_a_502_and_a_gone_peer_cancels_its_request() {
+    let fx = fixture().await;
+    let mut alice = fx.client(1, "alice");
+    alice
+        .subscribe_filtered(8080, IncomingMode::Steal, HttpFilter::Method("GET".into()))
+        .await
+        .unwrap();
+    let listener = localhost(fx.rec.listener_of(8080));
+    let mut peer = TcpStream::connect(listener).await.unwrap();
+    peer.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let IncomingServer::Request { request, .. } = alice.incoming().await else {
+        panic!("expected a request");
+    };
+    alice
+        .send(IncomingClient::ResponseFailed {
+            request,
+            reason: "connection refused".into(),
+        })
+        .await;
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(STEP, peer.read(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(answer[..n].starts_with(b"HTTP/1.1 502 Bad Gateway\r\n"));
+
+    let mut peer = TcpStream::connect(listener).await.unwrap();
+    peer.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let request = loop {
+        match alice.incoming().await {
+            // The end of the first request's (empty) body.
+            IncomingServer::RequestBody { .. } => {}
+            IncomingServer::Request { request, .. } => break request,
+            other => panic!("expected a request, got {other:?}"),
+        }
+    };
+    drop(peer);
+    loop {
+        match alice.incoming().await {
+            IncomingServer::RequestBody { .. } => {}
+            IncomingServer::RequestCancelled { request: r } => {
+                assert_eq!(r, request);
+                break;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
 }
 
 #[tokio::test]

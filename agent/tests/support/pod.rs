@@ -147,6 +147,36 @@ impl Pod {
         }
     }
 
+    /// Start a program inside the namespace; it is killed when the pod goes.
+    pub fn spawn(&mut self, args: &[&str]) {
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("ip netns exec");
+        self.children.push(child);
+    }
+
+    /// Run a command inside the namespace on a blocking thread (the agent
+    /// under test may run on the caller's runtime).
+    pub fn exec_async(&self, args: &[&str]) -> impl Future<Output = Output> + 'static {
+        let mut command = Command::new("ip");
+        command
+            .args(["netns", "exec", &self.name])
+            .args(args)
+            .stdin(Stdio::null());
+        let output = tokio::task::spawn_blocking(move || command.output());
+        async move {
+            output
+                .await
+                .expect("command thread")
+                .expect("run ip netns exec")
+        }
+    }
+
     fn ns_file(&self) -> std::fs::File {
         std::fs::File::open(format!("/run/netns/{}", self.name)).expect("open the netns file")
     }

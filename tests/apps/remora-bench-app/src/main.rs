@@ -11,11 +11,13 @@
 //! remora-bench-app serve PORT               TCP server on 0.0.0.0:PORT: 'E' echo, 'S' sink
 //! remora-bench-app tcp-rr HOST:PORT N       1-byte request/response round trips on one connection
 //! remora-bench-app tcp-stream HOST:PORT MB  send MB MiB on one connection, read back the count
+//! remora-bench-app http-serve ADDR BODY     HTTP/1.1 keep-alive server answering 200 BODY (for wrk)
 //! ```
 //!
 //! Output: `ns_per_op=1234.5 ops=N`, plus `mib_per_s=456.7 bytes=B` when bytes moved.
 
 mod files;
+mod http;
 mod local;
 mod report;
 mod tcp;
@@ -24,7 +26,8 @@ use std::process::ExitCode;
 use std::str::FromStr;
 
 const USAGE: &str = "usage: remora-bench-app files-local N | sock-local N | read-file PATH N \
-                     | serve PORT | tcp-rr HOST:PORT N | tcp-stream HOST:PORT MB";
+                     | serve PORT | tcp-rr HOST:PORT N | tcp-stream HOST:PORT MB \
+                     | http-serve ADDR BODY";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -49,6 +52,7 @@ fn run(args: &[&str]) -> Result<String, String> {
         ["serve", port] => return tcp::serve(number("PORT", port)?).map(|()| String::new()),
         ["tcp-rr", addr, n] => tcp::request_response(addr, count(n)?)?,
         ["tcp-stream", addr, mb] => tcp::stream(addr, count(mb)?)?,
+        ["http-serve", addr, body] => return http::serve(addr, body).map(|()| String::new()),
         _ => return Err(USAGE.into()),
     };
     Ok(report.to_string())

@@ -1,0 +1,218 @@
+//! Incoming-traffic benchmark behind `scripts/bench.sh` (issue 4): `wrk`
+//! against a sandbox pod's HTTP service (a) directly, (b) for requests that do
+//! not match a filtered steal and pass through the agent to the service, (c)
+//! for requests that match and are delivered to the local app, and (d) against
+//! the local app directly. Prints a markdown table; every number is measured
+//! in this run (median of RUNS `wrk` runs each).
+
+use remora_tests::{Pod, PodSpec, Sandbox, bin_path};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+const POD_PORT: u16 = 19080;
+const LOCAL_PORT: u16 = 19181;
+const RUNS: usize = 3;
+const WRK_ARGS: [&str; 6] = ["-t2", "-c32", "-d3s", "--latency", "--timeout", "5s"];
+const HEADER: &str = "x-user: alice";
+
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+fn main() -> ExitCode {
+    match bench() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("remora-bench-incoming: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// One wrk result.
+#[derive(Debug, Clone, Copy)]
+struct Wrk {
+    rps: f64,
+    p50_us: f64,
+    p99_us: f64,
+}
+
+fn parse_duration_us(text: &str) -> Option<f64> {
+    let text = text.trim();
+    let (num, mult) = if let Some(v) = text.strip_suffix("us") {
+        (v, 1.0)
+    } else if let Some(v) = text.strip_suffix("ms") {
+        (v, 1000.0)
+    } else if let Some(v) = text.strip_suffix('s') {
+        (v, 1_000_000.0)
+    } else {
+        return None;
+    };
+    num.parse::<f64>().ok().map(|n| n * mult)
+}
+
+fn wrk_once(url: &str, header: Option<&str>) -> Result<Wrk> {
+    let mut cmd = Command::new("wrk");
+    cmd.args(WRK_ARGS);
+    if let Some(h) = header {
+        cmd.args(["-H", h]);
+    }
+    let out = cmd.arg(url).output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() || text.contains("Non-2xx") || text.contains("Socket errors") {
+        return Err(format!("wrk {url} failed or saw errors:\n{text}").into());
+    }
+    let field = |prefix: &str| {
+        text.lines().find_map(|l| {
+            l.trim()
+                .strip_prefix(prefix)
+                .map(str::trim)
+                .map(String::from)
+        })
+    };
+    let rps = field("Requests/sec:")
+        .and_then(|v| v.parse().ok())
+        .ok_or("no Requests/sec")?;
+    let p50 = field("50%")
+        .and_then(|v| parse_duration_us(&v))
+        .ok_or("no p50")?;
+    let p99 = field("99%")
+        .and_then(|v| parse_duration_us(&v))
+        .ok_or("no p99")?;
+    Ok(Wrk {
+        rps,
+        p50_us: p50,
+        p99_us: p99,
+    })
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn wrk(url: &str, header: Option<&str>) -> Result<Wrk> {
+    let runs = (0..RUNS)
+        .map(|_| wrk_once(url, header))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Wrk {
+        rps: median(runs.iter().map(|r| r.rps).collect()),
+        p50_us: median(runs.iter().map(|r| r.p50_us).collect()),
+        p99_us: median(runs.iter().map(|r| r.p99_us).collect()),
+    })
+}
+
+fn curl(url: &str, header: Option<&str>) -> String {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-s", "-m", "5", url]);
+    if let Some(h) = header {
+        cmd.args(["-H", h]);
+    }
+    cmd.output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+}
+
+/// Kills `remora run` (the local app it became) on drop.
+struct App(Child);
+
+impl Drop for App {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_local_app(pod: &Pod, app: &str) -> Result<App> {
+    let mapping = format!("{LOCAL_PORT}:{POD_PORT}");
+    let listen = format!("127.0.0.1:{LOCAL_PORT}");
+    let child = Command::new(bin_path("remora")?)
+        .args([
+            "run",
+            "--target",
+            &pod.target(),
+            "--steal",
+            "--http-header-filter",
+        ])
+        .arg(format!("^{HEADER}$"))
+        .args(["-p", &mapping, "--", app, "http-serve", &listen, "laptop"])
+        .stdout(Stdio::null())
+        .spawn()?;
+    Ok(App(child))
+}
+
+fn bench() -> Result<()> {
+    let app = bin_path("remora-bench-app")?;
+    let app = app.to_string_lossy().into_owned();
+    let sandbox = Sandbox::new()?;
+    let pod = sandbox.pod(PodSpec::new("bench-http"))?;
+    let listen = format!("0.0.0.0:{POD_PORT}");
+    let _service = pod
+        .command(&app)?
+        .args(["http-serve", &listen, "pod"])
+        .spawn()?;
+    pod.wait_for_tcp(POD_PORT, Duration::from_secs(20))?;
+    let url = format!("http://{}:{POD_PORT}/", pod.ip());
+    let local_url = format!("http://127.0.0.1:{LOCAL_PORT}/");
+
+    eprintln!("bench: (a) the pod's service directly");
+    let direct = wrk(&url, None)?;
+    let _local = start_local_app(&pod, &app)?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while curl(&url, Some(HEADER)) != "laptop" {
+        if Instant::now() > deadline {
+            return Err("the filtered steal never delivered to the local app".into());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Both sides answer what they should before and after the load.
+    let check = || -> Result<()> {
+        if curl(&url, None) != "pod" || curl(&url, Some(HEADER)) != "laptop" {
+            return Err("a request reached the wrong side".into());
+        }
+        Ok(())
+    };
+    check()?;
+    eprintln!("bench: (b) unmatched requests through the filtered steal");
+    let passthrough = wrk(&url, None)?;
+    eprintln!("bench: (c) matched requests delivered to the local app");
+    let matched = wrk(&url, Some(HEADER))?;
+    eprintln!("bench: (d) the local app directly");
+    let local = wrk(&local_url, None)?;
+    check()?;
+
+    println!("## incoming traffic (filtered steal, HTTP/1.1)\n");
+    println!(
+        "- wrk {} against the pod's IP from this machine (another host for the pod); median of {RUNS} runs",
+        WRK_ARGS.join(" ")
+    );
+    println!(
+        "- filter: `--http-header-filter '^{HEADER}$'`; service and local app: `remora-bench-app http-serve`\n"
+    );
+    println!("| path | req/s | p50 | p99 | req/s vs (a) |");
+    println!("| --- | ---: | ---: | ---: | ---: |");
+    for (name, w) in [
+        ("(a) pod service directly", direct),
+        ("(b) unmatched, passed through the agent", passthrough),
+        ("(c) matched, delivered to the local app", matched),
+        ("(d) local app directly", local),
+    ] {
+        println!(
+            "| {name} | {:.0} | {:.0} µs | {:.0} µs | {:.2}x |",
+            w.rps,
+            w.p50_us,
+            w.p99_us,
+            w.rps / direct.rps
+        );
+    }
+    let cost = 1.0 - passthrough.rps / direct.rps;
+    let added = passthrough.p50_us - direct.p50_us;
+    println!(
+        "\n- target: passthrough costs under 10% of direct throughput: {} ({:+.1}%)",
+        if cost < 0.10 { "yes" } else { "no" },
+        -cost * 100.0
+    );
+    println!(
+        "- target: passthrough adds under 100 µs p50: {} ({added:+.0} µs)",
+        if added < 100.0 { "yes" } else { "no" }
+    );
+    Ok(())
+}
