@@ -224,3 +224,55 @@ fn header_filtered_steal_takes_only_matching_requests() {
     drop(app);
     wait_for("the ruleset to be restored", || ruleset(&pod) == before);
 }
+
+const MIXED_LOAD: &str = r#"
+import concurrent.futures, sys, urllib.request
+url = sys.argv[1]
+def one(i):
+    headers = {"x-user": "alice"} if i % 2 == 0 else {"x-user": "bob-%d" % i}
+    body = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=20).read().decode()
+    want = "answer from the laptop\n" if i % 2 == 0 else "answer from the pod\n"
+    return body == want
+with concurrent.futures.ThreadPoolExecutor(max_workers=32) as pool:
+    results = list(pool.map(one, range(400)))
+print(sum(results), len(results))
+"#;
+
+#[test]
+fn hundreds_of_concurrent_mixed_requests_each_reach_the_right_side() {
+    require_sandbox!();
+    let sandbox = Sandbox::new().unwrap();
+    let (pod, _service) = pod_with_service(&sandbox);
+    let dir = tempfile::tempdir().unwrap();
+    let _app = local_app_with(
+        &pod,
+        18195,
+        &["--steal", "--http-header-filter", "^x-user: alice$"],
+        dir.path(),
+    );
+    wait_for("alice's requests to reach the laptop", || {
+        curl_from_host(&pod, "/", Some("X-User: alice")) == "answer from the laptop\n"
+    });
+    let url = format!("http://{}:{POD_PORT}/", pod.ip());
+    let out = Command::new("python3").args(["-c", MIXED_LOAD, &url]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(stdout.trim(), "400 400", "every request must reach its own side");
+}
+
+#[test]
+fn killing_the_local_app_gives_the_port_back() {
+    require_sandbox!();
+    let sandbox = Sandbox::new().unwrap();
+    let (pod, _service) = pod_with_service(&sandbox);
+    let before = ruleset(&pod);
+    let dir = tempfile::tempdir().unwrap();
+    let mut app = local_app(&pod, 18196, "--steal", dir.path());
+    wait_for("the stolen traffic", || curl_from_host(&pod, "/", None) == "answer from the laptop\n");
+    // SIGKILL: no close, no goodbye; the process tree is simply gone.
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(app.0.id() as i32), nix::sys::signal::SIGKILL)
+        .unwrap();
+    let _ = app.0.wait();
+    wait_for("the pod to answer again", || curl_from_host(&pod, "/", None) == "answer from the pod\n");
+    wait_for("the ruleset to be restored", || ruleset(&pod) == before);
+}
