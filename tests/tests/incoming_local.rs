@@ -254,10 +254,21 @@ fn hundreds_of_concurrent_mixed_requests_each_reach_the_right_side() {
         curl_from_host(&pod, "/", Some("X-User: alice")) == "answer from the laptop\n"
     });
     let url = format!("http://{}:{POD_PORT}/", pod.ip());
-    let out = Command::new("python3").args(["-c", MIXED_LOAD, &url]).output().unwrap();
+    let out = Command::new("python3")
+        .args(["-c", MIXED_LOAD, &url])
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(stdout.trim(), "400 400", "every request must reach its own side");
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        stdout.trim(),
+        "400 400",
+        "every request must reach its own side"
+    );
 }
 
 #[test]
@@ -268,11 +279,91 @@ fn killing_the_local_app_gives_the_port_back() {
     let before = ruleset(&pod);
     let dir = tempfile::tempdir().unwrap();
     let mut app = local_app(&pod, 18196, "--steal", dir.path());
-    wait_for("the stolen traffic", || curl_from_host(&pod, "/", None) == "answer from the laptop\n");
+    wait_for("the stolen traffic", || {
+        curl_from_host(&pod, "/", None) == "answer from the laptop\n"
+    });
     // SIGKILL: no close, no goodbye; the process tree is simply gone.
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(app.0.id() as i32), nix::sys::signal::SIGKILL)
-        .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(app.0.id() as i32),
+        nix::sys::signal::SIGKILL,
+    )
+    .unwrap();
     let _ = app.0.wait();
-    wait_for("the pod to answer again", || curl_from_host(&pod, "/", None) == "answer from the pod\n");
+    wait_for("the pod to answer again", || {
+        curl_from_host(&pod, "/", None) == "answer from the pod\n"
+    });
     wait_for("the ruleset to be restored", || ruleset(&pod) == before);
+}
+
+/// Peak resident memory (VmHWM, KiB) of the processes serving `target` whose
+/// `comm` is `comm`.
+fn peak_rss_kib(target: &str, comm: &str) -> Option<u64> {
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        let serves = args
+            .windows(2)
+            .any(|w| w[0] == b"--target" && w[1] == target.as_bytes());
+        let name = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if serves && name.trim() == comm {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+            return status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok());
+        }
+    }
+    None
+}
+
+#[test]
+fn a_200_mb_upload_streams_through_with_bounded_memory() {
+    require_sandbox!();
+    let sandbox = Sandbox::new().unwrap();
+    let (pod, _service) = pod_with_service(&sandbox);
+    let app = bin_path("remora-bench-app").unwrap();
+    let mapping = format!("18197:{POD_PORT}");
+    let child = Command::new(bin_path("remora").unwrap())
+        .args([
+            "run",
+            "--target",
+            &pod.target(),
+            "--steal",
+            "--http-header-filter",
+            "^x-user: alice$",
+        ])
+        .args(["-p", &mapping, "--"])
+        .arg(&app)
+        .args(["http-serve", "127.0.0.1:18197", "laptop"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _run = Run(child);
+    wait_for("alice's requests to reach the laptop", || {
+        curl_from_host(&pod, "/", Some("X-User: alice")) == "laptop"
+    });
+    let upload = tempfile::NamedTempFile::new().unwrap();
+    upload.as_file().set_len(200 * 1024 * 1024).unwrap();
+    let url = format!("http://{}:{POD_PORT}/upload", pod.ip());
+    let out = Command::new("curl")
+        .args(["-s", "-m", "120", "-H", "x-user: alice", "--data-binary"])
+        .arg(format!("@{}", upload.path().display()))
+        .arg(&url)
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "laptop", "{out:?}");
+    // Neither the agent nor the intproxy held the body in memory.
+    let target = pod.target();
+    for comm in ["remora-agent", "remora"] {
+        let peak = peak_rss_kib(&target, comm).expect("process serving the run");
+        assert!(
+            peak < 100 * 1024,
+            "{comm} peaked at {peak} KiB for a 200 MiB upload"
+        );
+    }
 }
