@@ -100,6 +100,11 @@ pub enum IncomingEvent {
     RequestCancelled {
         request: HttpRequestId,
     },
+    /// `request` was answered 101: from now on it is raw connection `conn`.
+    Upgraded {
+        request: HttpRequestId,
+        conn: ConnectionId,
+    },
 }
 
 /// Events buffered per subscribed port (connection events and data chunks).
@@ -562,7 +567,14 @@ impl AgentLinkTask {
                     .await;
                 self.http_requests.remove(&request);
             }
-            other => tracing::debug!("ignoring incoming-traffic message {other:?}"),
+            IncomingServer::Upgraded { request, conn } => {
+                // The upgraded stream's data is routed by connection from now on.
+                if let Some(port) = self.http_requests.get(&request).copied() {
+                    self.incoming_conns.insert(conn, port);
+                }
+                self.deliver_request(request, IncomingEvent::Upgraded { request, conn })
+                    .await;
+            }
         }
     }
 

@@ -168,6 +168,15 @@ async fn port_task(
                 requests.remove(&request);
                 continue;
             }
+            IncomingEvent::Upgraded { request, conn } => {
+                let (input_tx, input_rx) = mpsc::channel(CONN_INPUT_CAPACITY);
+                if let Some(handle) = requests.get_mut(&request) {
+                    if handle.upgraded(conn, input_rx) {
+                        conns.insert(conn, input_tx);
+                    }
+                }
+                continue;
+            }
         };
         let closing = matches!(input, Input::Closed);
         if let Some(tx) = conns.get(&conn) {
@@ -203,40 +212,51 @@ impl ConnTask {
     }
 
     async fn pump(&self, stream: TcpStream, input: &mut mpsc::Receiver<Input>) {
-        let conn = self.conn;
-        let (mut rd, mut wr) = stream.into_split();
-        let mut buf = vec![0u8; MAX_CHUNK];
-        let (mut app_done, mut peer_done) = (false, false);
-        while !(app_done && peer_done) {
-            tokio::select! {
-                n = rd.read(&mut buf), if !app_done => match n {
-                    Ok(0) | Err(_) => {
-                        app_done = true;
-                        let msg = IncomingClient::ShutdownWrite { conn };
-                        if self.agent.send_incoming(msg).await.is_err() {
-                            return;
-                        }
+        pump_raw(&self.agent, self.conn, stream, input).await;
+    }
+}
+
+/// Copy a raw stream (a stolen connection, or an upgraded request) between
+/// the app and the agent until both directions end or either side fails.
+async fn pump_raw<S>(
+    agent: &AgentApi,
+    conn: ConnectionId,
+    stream: S,
+    input: &mut mpsc::Receiver<Input>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite,
+{
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    let mut buf = vec![0u8; MAX_CHUNK];
+    let (mut app_done, mut peer_done) = (false, false);
+    while !(app_done && peer_done) {
+        tokio::select! {
+            n = rd.read(&mut buf), if !app_done => match n {
+                Ok(0) | Err(_) => {
+                    app_done = true;
+                    if agent.send_incoming(IncomingClient::ShutdownWrite { conn }).await.is_err() {
+                        return;
                     }
-                    Ok(n) => {
-                        let data = Bytes::copy_from_slice(&buf[..n]);
-                        if self.agent.send_incoming(IncomingClient::Data { conn, data }).await.is_err() {
-                            return;
-                        }
+                }
+                Ok(n) => {
+                    let data = Bytes::copy_from_slice(&buf[..n]);
+                    if agent.send_incoming(IncomingClient::Data { conn, data }).await.is_err() {
+                        return;
                     }
-                },
-                event = input.recv(), if !peer_done => match event {
-                    Some(Input::Data(data)) => {
-                        if wr.write_all(&data).await.is_err() {
-                            return;
-                        }
+                }
+            },
+            event = input.recv(), if !peer_done => match event {
+                Some(Input::Data(data)) => {
+                    if wr.write_all(&data).await.is_err() {
+                        return;
                     }
-                    Some(Input::Eof) => {
-                        peer_done = true;
-                        let _ = wr.shutdown().await;
-                    }
-                    Some(Input::Closed) | None => return,
-                },
-            }
+                }
+                Some(Input::Eof) => {
+                    peer_done = true;
+                    let _ = wr.shutdown().await;
+                }
+                Some(Input::Closed) | None => return,
+            },
         }
     }
 }

@@ -367,3 +367,78 @@ fn a_200_mb_upload_streams_through_with_bounded_memory() {
         );
     }
 }
+
+/// A local app that answers an Upgrade with 101 and then echoes raw bytes.
+const UPGRADE_APP: &str = r#"
+import socket, sys, threading
+srv = socket.socket(); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind(("127.0.0.1", int(sys.argv[1]))); srv.listen(16)
+def serve(c):
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = c.recv(4096)
+        if not chunk: return
+        head += chunk
+    if b"upgrade: websocket" in head.lower():
+        c.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+        while True:
+            data = c.recv(4096)
+            if not data: break
+            c.sendall(b"echo:" + data)
+    else:
+        c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\nlaptop\n")
+    c.close()
+while True:
+    conn, _ = srv.accept()
+    threading.Thread(target=serve, args=(conn,), daemon=True).start()
+"#;
+
+/// A client that upgrades, then talks raw bytes through the tunnel.
+const UPGRADE_CLIENT: &str = r#"
+import socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
+s.sendall(b"GET /ws HTTP/1.1\r\nHost: api\r\nx-user: alice\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+head = b""
+while b"\r\n\r\n" not in head:
+    head += s.recv(4096)
+status = head.split(b"\r\n")[0].decode()
+s.sendall(b"ping")
+print(status, s.recv(4096).decode())
+"#;
+
+#[test]
+fn a_matched_websocket_upgrade_becomes_a_tunnel_to_the_local_app() {
+    require_sandbox!();
+    let sandbox = Sandbox::new().unwrap();
+    let (pod, _service) = pod_with_service(&sandbox);
+    let mapping = format!("18198:{POD_PORT}");
+    let child = Command::new(bin_path("remora").unwrap())
+        .args([
+            "run",
+            "--target",
+            &pod.target(),
+            "--steal",
+            "--http-header-filter",
+            "^x-user: alice$",
+        ])
+        .args(["-p", &mapping, "--", "python3", "-c", UPGRADE_APP, "18198"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _run = Run(child);
+    wait_for("alice's requests to reach the laptop", || {
+        curl_from_host(&pod, "/", Some("X-User: alice")) == "laptop\n"
+    });
+    let ip = pod.ip().to_string();
+    let port = POD_PORT.to_string();
+    let out = Command::new("python3")
+        .args(["-c", UPGRADE_CLIENT, &ip, &port])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        stdout.trim(),
+        "HTTP/1.1 101 Switching Protocols echo:ping",
+        "{out:?}"
+    );
+}

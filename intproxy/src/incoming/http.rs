@@ -6,9 +6,11 @@
 //! one client. Memory stays bounded both ways: the request body flows through
 //! a [`BODY_CAPACITY`]-chunk channel and the response body is forwarded frame
 //! by frame in pieces of at most [`MAX_CHUNK`] bytes, so a 1 GiB upload or
-//! download streams. Upgrades (WebSocket) are not delivered yet.
+//! download streams. An upgrade (WebSocket) answered `101` by the app becomes
+//! a raw stream once the agent announces it (`Upgraded`), pumped like a stolen
+//! connection.
 
-use super::{PeerTable, dial_app};
+use super::{Input, PeerTable, dial_app, pump_raw};
 use crate::agent_link::AgentApi;
 use bytes::Bytes;
 use http_body_util::BodyExt;
@@ -16,6 +18,7 @@ use hyper::body::{Body, Frame};
 use hyper::header::{HOST, HeaderName, HeaderValue};
 use hyper::{Method, Uri, Version};
 use hyper_util::rt::TokioIo;
+use remora_protocol::ConnectionId;
 use remora_protocol::HttpRequestId;
 use remora_protocol::incoming::{HttpRequestHead, HttpResponseHead, HttpVersion};
 use remora_protocol::outgoing::MAX_CHUNK;
@@ -24,6 +27,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use tokio::sync::mpsc;
+use tokio::sync::oneshot;
 use tokio_util::task::AbortOnDropHandle;
 
 /// Request body chunks buffered per request (each at most one agent frame).
@@ -42,6 +46,8 @@ pub(super) struct RequestHandle {
     /// port task --request body chunks--> the request's body; `None` once
     /// the body is complete (or the request declared none).
     body_tx: Option<mpsc::Sender<Bytes>>,
+    /// port task --the upgraded connection's id and input--> the request task
+    upgrade_tx: Option<oneshot::Sender<(ConnectionId, mpsc::Receiver<Input>)>>,
     task: AbortOnDropHandle<()>,
 }
 
@@ -49,6 +55,15 @@ impl RequestHandle {
     /// The request is answered (or failed) and can be forgotten.
     pub(super) fn is_finished(&self) -> bool {
         self.task.is_finished()
+    }
+
+    /// The agent turned this request into raw connection `conn`; `false` when
+    /// the request cannot take it (already upgraded or over).
+    pub(super) fn upgraded(&mut self, conn: ConnectionId, input: mpsc::Receiver<Input>) -> bool {
+        match self.upgrade_tx.take() {
+            Some(tx) => tx.send((conn, input)).is_ok(),
+            None => false,
+        }
     }
 
     /// Feed a piece of the request body (waits while the app is slow to read).
@@ -79,13 +94,15 @@ pub(super) fn spawn(
     } else {
         (None, ChannelBody { rx: None })
     };
+    let (upgrade_tx, upgrade_rx) = oneshot::channel();
     let task = tokio::spawn(async move {
-        if let Err(reason) = forward(&target, request, peer, head, body).await {
+        if let Err(reason) = forward(&target, request, peer, head, body, upgrade_rx).await {
             let _ = target.agent.send_response_failed(request, reason).await;
         }
     });
     RequestHandle {
         body_tx,
+        upgrade_tx: Some(upgrade_tx),
         task: AbortOnDropHandle::new(task),
     }
 }
@@ -98,6 +115,7 @@ async fn forward(
     peer: SocketAddr,
     head: HttpRequestHead,
     body: ChannelBody,
+    upgrade_rx: oneshot::Receiver<(ConnectionId, mpsc::Receiver<Input>)>,
 ) -> Result<(), String> {
     let app = target.app;
     let req = build_request(head, body)?;
@@ -109,12 +127,15 @@ async fn forward(
         .map_err(|e| format!("talking HTTP/1 to the local app at {app}: {e}"))?;
     // Aborted with this task: a cancelled request closes its connection.
     let _conn = AbortOnDropHandle::new(tokio::spawn(async move {
-        let _ = conn.await;
+        let _ = conn.with_upgrades().await;
     }));
     let response = sender
         .send_request(req)
         .await
         .map_err(|e| format!("the local app at {app} did not answer: {e}"))?;
+    let switching = response.status() == hyper::StatusCode::SWITCHING_PROTOCOLS;
+    let mut response = response;
+    let upgrade = switching.then(|| hyper::upgrade::on(&mut response));
     let (parts, mut body) = response.into_parts();
     let head = HttpResponseHead {
         status: parts.status.as_u16(),
@@ -140,6 +161,21 @@ async fn forward(
         .send_response_head(request, head)
         .await
         .map_err(agent_gone)?;
+    if let Some(upgrade) = upgrade {
+        // No body after a 101: the connection now belongs to the protocol
+        // both sides switched to.
+        let io = upgrade
+            .await
+            .map_err(|e| format!("upgrading the connection to the local app at {app}: {e}"))?;
+        let Ok((conn, mut input)) = upgrade_rx.await else {
+            return Ok(());
+        };
+        pump_raw(agent, conn, TokioIo::new(io), &mut input).await;
+        let _ = agent
+            .send_incoming(remora_protocol::incoming::IncomingClient::Close { conn })
+            .await;
+        return Ok(());
+    }
     while let Some(frame) = body.frame().await {
         let frame =
             frame.map_err(|e| format!("reading the response of the local app at {app}: {e}"))?;
