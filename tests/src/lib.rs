@@ -13,6 +13,7 @@ pub mod bins;
 mod cmd;
 pub mod error;
 pub mod fixtures;
+pub mod procs;
 pub mod sandbox;
 
 pub use bins::{artifact_path, bin_path};

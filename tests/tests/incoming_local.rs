@@ -159,7 +159,7 @@ fn killing_the_agent_restores_the_target() {
     wait_for("the stolen traffic", || {
         curl_from_host(&pod, "/", None) == "answer from the laptop\n"
     });
-    let agent = agent_of(&pod.target()).expect("an agent serves the run");
+    let agent = remora_tests::procs::agent_of(&pod.target()).expect("an agent serves the run");
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(agent as i32),
         nix::sys::signal::SIGKILL,
@@ -169,26 +169,6 @@ fn killing_the_agent_restores_the_target() {
         curl_from_host(&pod, "/", None) == "answer from the pod\n"
     });
     wait_for("the ruleset to be restored", || ruleset(&pod) == before);
-}
-
-fn agent_of(target: &str) -> Option<u32> {
-    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-            continue;
-        };
-        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-        let serves = args
-            .windows(2)
-            .any(|w| w[0] == b"--target" && w[1] == target.as_bytes());
-        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-        if serves && comm.trim() == "remora-agent" {
-            return Some(pid);
-        }
-    }
-    None
 }
 
 #[test]
@@ -295,32 +275,6 @@ fn killing_the_local_app_gives_the_port_back() {
     wait_for("the ruleset to be restored", || ruleset(&pod) == before);
 }
 
-/// Peak resident memory (VmHWM, KiB) of the processes serving `target` whose
-/// `comm` is `comm`.
-fn peak_rss_kib(target: &str, comm: &str) -> Option<u64> {
-    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-            continue;
-        };
-        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-        let serves = args
-            .windows(2)
-            .any(|w| w[0] == b"--target" && w[1] == target.as_bytes());
-        let name = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-        if serves && name.trim() == comm {
-            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-            return status
-                .lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok());
-        }
-    }
-    None
-}
-
 #[test]
 fn a_200_mb_upload_streams_through_with_bounded_memory() {
     require_sandbox!();
@@ -360,7 +314,8 @@ fn a_200_mb_upload_streams_through_with_bounded_memory() {
     // Neither the agent nor the intproxy held the body in memory.
     let target = pod.target();
     for comm in ["remora-agent", "remora"] {
-        let peak = peak_rss_kib(&target, comm).expect("process serving the run");
+        let pid = remora_tests::procs::serving(&target, comm)[0];
+        let peak = remora_tests::procs::peak_rss_kib(pid).expect("process serving the run");
         assert!(
             peak < 100 * 1024,
             "{comm} peaked at {peak} KiB for a 200 MiB upload"

@@ -338,7 +338,7 @@ print("local", open("{marker_path}").read())
         assert!(Instant::now() < deadline, "the script never got ready");
         std::thread::sleep(Duration::from_millis(20));
     }
-    let agent = agent_pid_for(&c.pod.target()).expect("an agent serves the run");
+    let agent = remora_tests::procs::agent_of(&c.pod.target()).expect("an agent serves the run");
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(agent as i32),
         nix::sys::signal::SIGKILL,
@@ -370,48 +370,13 @@ fn nothing_is_left_running_after_the_command_exits() {
     let c = checkout_pod(&sandbox).unwrap();
     ok(remora_run(&c.pod, &["true"]).unwrap());
     let deadline = Instant::now() + Duration::from_secs(15);
-    while agent_pid_for(&c.pod.target()).is_some() || intproxy_running_for(&c.pod.target()) {
+    while remora_tests::procs::any_serving(&c.pod.target()) {
         assert!(
             Instant::now() < deadline,
             "agent or intproxy still running 15s after the run"
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-/// PIDs of processes whose arguments contain `--target <target>`, and whose
-/// executable name (`comm`) is `comm` when given.
-fn processes_for(target: &str, comm: Option<&str>) -> Vec<u32> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-            continue;
-        };
-        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-        let serves = args
-            .windows(2)
-            .any(|w| w[0] == b"--target" && w[1] == target.as_bytes());
-        let named = comm.is_none_or(|want| {
-            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == want)
-        });
-        if serves && named {
-            found.push(pid);
-        }
-    }
-    found
-}
-
-fn agent_pid_for(target: &str) -> Option<u32> {
-    processes_for(target, Some("remora-agent"))
-        .into_iter()
-        .next()
-}
-
-fn intproxy_running_for(target: &str) -> bool {
-    !processes_for(target, Some("remora")).is_empty()
 }
 
 /// Runs `remora run` from a second "laptop" pod whose resolver only knows its

@@ -378,7 +378,7 @@ impl Runner<'_> {
 fn wait_for_remora_exit(pod: &Pod) {
     let target = pod.target();
     let deadline = Instant::now() + REMORA_EXIT_DEADLINE;
-    while remora_processes_for(&target) {
+    while remora_tests::procs::any_serving(&target) {
         if Instant::now() >= deadline {
             eprintln!(
                 "    warning: remora processes for {target} still running after \
@@ -388,24 +388,6 @@ fn wait_for_remora_exit(pod: &Pod) {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-/// Whether a `remora` (intproxy) or `remora-agent` process names `target` in its
-/// arguments.
-fn remora_processes_for(target: &str) -> bool {
-    let Ok(procs) = std::fs::read_dir("/proc") else {
-        return false;
-    };
-    procs.flatten().any(|entry| {
-        // Processes vanish while we look: an unreadable cmdline is not ours.
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-            return false;
-        };
-        let mut args = cmdline.split(|&b| b == 0);
-        let program = args.next().unwrap_or_default();
-        let name = program.rsplit(|&b| b == b'/').next().unwrap_or_default();
-        (name == b"remora" || name == b"remora-agent") && args.any(|arg| arg == target.as_bytes())
-    })
 }
 
 /// The `key=value` a successful `remora-bench-app` run printed.
