@@ -338,7 +338,6 @@ struct AgentLinkTask {
 
 impl AgentLinkTask {
     async fn run(mut self) {
-        let mut orderly = false;
         let reason = loop {
             tokio::select! {
                 cmd = self.command_rx.recv() => match cmd {
@@ -348,14 +347,12 @@ impl AgentLinkTask {
                     // Every handle dropped: orderly goodbye.
                     None => {
                         let _ = self.framed.send(ClientMessage::Bye).await;
-                        orderly = true;
                         break "intproxy shutting down".to_string();
                     }
                 },
                 msg = self.framed.next() => match msg {
                     Some(Ok(ServerMessage::Closing { reason })) => {
                         eprintln!("remora: the agent ended the session: {reason}");
-                        orderly = true;
                         break reason;
                     }
                     Some(Ok(msg)) => self.on_message(msg).await,
@@ -364,7 +361,7 @@ impl AgentLinkTask {
                 },
             }
         };
-        self.shut_down(&reason, orderly);
+        self.shut_down(&reason);
     }
 
     async fn on_command(&mut self, cmd: Command) -> Result<(), remora_protocol::CodecError> {
@@ -629,13 +626,10 @@ impl AgentLinkTask {
         }
     }
 
-    fn shut_down(mut self, reason: &str, orderly: bool) {
+    /// Each layer session then tells its process once (see `AgentApi::lost`),
+    /// so the user's warning lands on the app's stderr, wherever that goes.
+    fn shut_down(mut self, reason: &str) {
         tracing::info!("agent link closed: {reason}");
-        if !orderly {
-            // Each layer session tells its process once (see `AgentApi::lost`),
-            // so the warning lands on the app's stderr, wherever that goes.
-            tracing::debug!("lost the connection to the agent: {reason}");
-        }
         if let Ok(mut dead) = self.dead.lock() {
             *dead = Some(reason.to_string());
         }

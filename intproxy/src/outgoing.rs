@@ -9,7 +9,7 @@ use crate::agent_link::{AgentApi, StreamEvent};
 use remora_protocol::messages::InterceptorAddr;
 use remora_protocol::net::Transport;
 use remora_protocol::outgoing::{MAX_CHUNK, OutgoingClient};
-use remora_protocol::{ConnectionId, ErrorCode, RemoteAddr, RemoteError, RemoteResult};
+use remora_protocol::{ConnectionId, RemoteAddr, RemoteError, RemoteResult};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -169,9 +169,4 @@ async fn udp_stream(
         }
     }
     let _ = agent.send(OutgoingClient::Close { conn }).await;
-}
-
-/// Error for a stream kind the intproxy cannot intercept.
-pub fn unsupported(what: &str) -> RemoteError {
-    RemoteError::new(ErrorCode::Unsupported, format!("{what} is not supported"))
 }

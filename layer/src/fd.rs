@@ -43,14 +43,6 @@ pub fn get(fd: c_int) -> Option<Managed> {
     TABLE.read().as_ref()?.get(&fd).cloned()
 }
 
-/// Run `f` on the entry of `fd` under the write lock.
-pub fn update<R>(fd: c_int, f: impl FnOnce(&mut Managed) -> R) -> Option<R> {
-    if COUNT.load(Ordering::Relaxed) == 0 {
-        return None;
-    }
-    TABLE.write().as_mut()?.get_mut(&fd).map(f)
-}
-
 /// Forget `fd`; returns its entry.
 pub fn remove(fd: c_int) -> Option<Managed> {
     if COUNT.load(Ordering::Relaxed) == 0 {

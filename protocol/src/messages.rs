@@ -186,8 +186,3 @@ pub enum ProxyMessage {
     /// A line to print on the user's terminal (from the agent or the intproxy).
     Log { level: LogLevel, message: String },
 }
-
-/// Convenience: every request on a link carries an id echoed by its reply.
-pub fn reply_matches(request: RequestId, reply: RequestId) -> bool {
-    request == reply
-}
