@@ -42,6 +42,7 @@ pub mod namespace;
 pub mod net;
 pub mod outgoing;
 pub mod pool;
+mod pump;
 pub mod server;
 pub mod session;
 pub mod target;

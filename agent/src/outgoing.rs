@@ -25,7 +25,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio_util::sync::CancellationToken;
@@ -44,12 +44,7 @@ pub const MAX_CONNECTIONS: usize = 1024;
 /// How long a unix socket connect may wait for a full backlog.
 pub const UNIX_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// What the client sends towards a connection's remote peer.
-#[derive(Debug)]
-enum Upstream {
-    Data(Bytes),
-    ShutdownWrite,
-}
+use crate::pump::{PumpError, Upstream, pump};
 
 /// The client task's handle on one connection.
 #[derive(Debug)]
@@ -373,19 +368,7 @@ impl ConnLink {
 
 /// Send `message` to the client unless the connection is closed first.
 /// Returns whether it was sent.
-async fn send_or_closed(
-    close: &CancellationToken,
-    out_tx: &mpsc::Sender<ServerMessage>,
-    message: OutgoingServer,
-) -> bool {
-    tokio::select! {
-        _ = close.cancelled() => false,
-        sent = out_tx.send(ServerMessage::Outgoing(message)) => sent.is_ok(),
-    }
-}
-
-/// Pump a byte stream both ways. Ends when both directions are shut down,
-/// on the first error, or when the connection is closed.
+/// Pump a byte stream (TCP or unix) both ways, see [`pump`].
 async fn pump_stream<S>(
     stream: S,
     up_rx: mpsc::Receiver<Upstream>,
@@ -396,50 +379,26 @@ async fn pump_stream<S>(
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
-    let (mut reader, writer) = tokio::io::split(stream);
-    let mut writer = AbortOnDropHandle::new(tokio::spawn(write_stream(writer, up_rx)));
-    let mut buf = vec![0u8; MAX_CHUNK];
-    let (mut writer_done, mut reader_done) = (false, false);
-    while !(writer_done && reader_done) {
-        tokio::select! {
-            _ = close.cancelled() => return Ok(()),
-            joined = &mut writer, if !writer_done => {
-                joined.map_err(|e| RemoteError::new(ErrorCode::Other(libc::EIO), e.to_string()))??;
-                writer_done = true;
-            }
-            read = reader.read(&mut buf), if !reader_done => {
-                let n = read.map_err(|e| RemoteError::from_io("reading from the remote peer", &e))?;
-                let message = if n == 0 {
-                    reader_done = true;
-                    OutgoingServer::ShutdownWrite { conn }
-                } else {
-                    OutgoingServer::Data { conn, data: Bytes::copy_from_slice(&buf[..n]) }
-                };
-                if !send_or_closed(close, out_tx, message).await {
-                    return Ok(());
-                }
-            }
-        }
-    }
-    Ok(())
+    let message = |conn, data: Option<Bytes>| {
+        ServerMessage::Outgoing(match data {
+            Some(data) => OutgoingServer::Data { conn, data },
+            None => OutgoingServer::ShutdownWrite { conn },
+        })
+    };
+    pump(stream, up_rx, close, out_tx, conn, message)
+        .await
+        .map_err(|e| match e {
+            PumpError::Read(e) => RemoteError::from_io("reading from the remote peer", &e),
+            PumpError::Write(e) => RemoteError::from_io("writing to the remote peer", &e),
+        })
 }
 
-/// The writer half of a stream: client bytes in order, then the half close.
-async fn write_stream<W: AsyncWrite + Unpin>(
-    mut writer: W,
-    mut up_rx: mpsc::Receiver<Upstream>,
-) -> RemoteResult<()> {
-    let err = |e: io::Error| RemoteError::from_io("writing to the remote peer", &e);
-    while let Some(item) = up_rx.recv().await {
-        match item {
-            Upstream::Data(data) => writer.write_all(&data).await.map_err(err)?,
-            Upstream::ShutdownWrite => {
-                writer.shutdown().await.map_err(err)?;
-                return Ok(());
-            }
-        }
-    }
-    Ok(())
+async fn send_or_closed(
+    close: &CancellationToken,
+    out_tx: &mpsc::Sender<ServerMessage>,
+    message: OutgoingServer,
+) -> bool {
+    crate::pump::send(close, out_tx, ServerMessage::Outgoing(message)).await
 }
 
 /// Pump datagrams: each client `Data` is one datagram, each received datagram

@@ -29,7 +29,6 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::AbortOnDropHandle;
 
 /// Chunks from the client queued for one stolen connection's peer.
 pub const CONN_QUEUE_CAPACITY: usize = 64;
@@ -38,12 +37,8 @@ pub const CONN_QUEUE_CAPACITY: usize = 64;
 /// dropped.
 pub const MIRROR_COPY_CAPACITY: usize = 64;
 
-/// What the client sends towards a stolen connection's peer.
-#[derive(Debug)]
-pub(super) enum Upstream {
-    Data(Bytes),
-    ShutdownWrite,
-}
+pub(super) use crate::pump::Upstream;
+use crate::pump::{pump, send};
 
 /// The client's handle on one of its incoming connections.
 #[derive(Debug, Clone)]
@@ -127,19 +122,16 @@ impl Accepted {
 }
 
 /// Send `message` unless `close` is cancelled first; whether it was sent.
-async fn send(
-    close: &CancellationToken,
-    out_tx: &mpsc::Sender<ServerMessage>,
-    message: ServerMessage,
-) -> bool {
-    tokio::select! {
-        _ = close.cancelled() => false,
-        sent = out_tx.send(message) => sent.is_ok(),
-    }
-}
-
 fn incoming(message: IncomingServer) -> ServerMessage {
     ServerMessage::Incoming(message)
+}
+
+/// The peer's bytes (or half close) of a stolen connection, for the client.
+fn stolen_message(conn: ConnectionId, data: Option<Bytes>) -> ServerMessage {
+    incoming(match data {
+        Some(data) => IncomingServer::Data { conn, data },
+        None => IncomingServer::ShutdownWrite { conn },
+    })
 }
 
 /// A stolen connection: only the client talks to the peer.
@@ -157,7 +149,7 @@ pub(super) async fn steal(accepted: Accepted, subscriber: Subscriber) {
         return;
     }
     let Accepted { stream, permit, .. } = accepted;
-    if let Err(e) = pump_stolen(stream, up_rx, &close, out_tx, conn).await {
+    if let Err(e) = pump(stream, up_rx, &close, out_tx, conn, stolen_message).await {
         tracing::debug!(%conn, error = %e, "stolen connection failed");
     }
     drop(permit);
@@ -189,69 +181,12 @@ pub(super) async fn steal_upgraded<S>(
     if !send(&close, out_tx, announcement).await {
         return;
     }
-    if let Err(e) = pump_stolen(stream, up_rx, &close, out_tx, conn).await {
+    if let Err(e) = pump(stream, up_rx, &close, out_tx, conn, stolen_message).await {
         tracing::debug!(%conn, error = %e, "upgraded connection failed");
     }
     if !subscriber.token.is_cancelled() {
         let _ = out_tx.send(incoming(IncomingServer::Closed { conn })).await;
     }
-}
-
-/// Pump a stolen connection both ways until both directions are shut down,
-/// an error, or `close`.
-async fn pump_stolen<S>(
-    stream: S,
-    up_rx: mpsc::Receiver<Upstream>,
-    close: &CancellationToken,
-    out_tx: &mpsc::Sender<ServerMessage>,
-    conn: ConnectionId,
-) -> io::Result<()>
-where
-    S: AsyncRead + AsyncWrite + Send + 'static,
-{
-    let (mut reader, writer) = tokio::io::split(stream);
-    let mut writer = AbortOnDropHandle::new(tokio::spawn(write_upstream(writer, up_rx)));
-    let mut buf = vec![0u8; MAX_CHUNK];
-    let (mut writer_done, mut reader_done) = (false, false);
-    while !(writer_done && reader_done) {
-        tokio::select! {
-            _ = close.cancelled() => return Ok(()),
-            joined = &mut writer, if !writer_done => {
-                joined.map_err(io::Error::other)??;
-                writer_done = true;
-            }
-            read = reader.read(&mut buf), if !reader_done => {
-                let n = read?;
-                let message = if n == 0 {
-                    reader_done = true;
-                    IncomingServer::ShutdownWrite { conn }
-                } else {
-                    IncomingServer::Data { conn, data: Bytes::copy_from_slice(&buf[..n]) }
-                };
-                if !send(close, out_tx, incoming(message)).await {
-                    return Ok(());
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
-/// The client's bytes to the peer, in order, then the half close.
-async fn write_upstream<W: AsyncWrite + Unpin>(
-    mut writer: W,
-    mut up_rx: mpsc::Receiver<Upstream>,
-) -> io::Result<()> {
-    while let Some(item) = up_rx.recv().await {
-        match item {
-            Upstream::Data(data) => writer.write_all(&data).await?,
-            Upstream::ShutdownWrite => {
-                writer.shutdown().await?;
-                return Ok(());
-            }
-        }
-    }
-    Ok(())
 }
 
 /// A mirrored connection: proxied to its original destination (from the

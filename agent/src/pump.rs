@@ -1,0 +1,109 @@
+//! Byte-stream pumping shared by outgoing streams and stolen connections: the
+//! client's bytes go to the peer in order (then the half close), the peer's
+//! bytes come back to the client as protocol messages, until both directions
+//! end, an error, or the connection is closed.
+
+use bytes::Bytes;
+use remora_protocol::outgoing::MAX_CHUNK;
+use remora_protocol::{ConnectionId, ServerMessage};
+use std::io;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
+
+/// What the client sends towards a connection's peer.
+#[derive(Debug)]
+pub(crate) enum Upstream {
+    Data(Bytes),
+    ShutdownWrite,
+}
+
+/// Which direction of a pump failed.
+#[derive(Debug)]
+pub(crate) enum PumpError {
+    /// Reading from the peer.
+    Read(io::Error),
+    /// Writing to the peer.
+    Write(io::Error),
+}
+
+impl std::fmt::Display for PumpError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PumpError::Read(e) => write!(f, "reading from the peer: {e}"),
+            PumpError::Write(e) => write!(f, "writing to the peer: {e}"),
+        }
+    }
+}
+
+/// Queue `message` for the client unless the connection is closed first;
+/// `false` when it could not be sent.
+pub(crate) async fn send(
+    close: &CancellationToken,
+    out_tx: &mpsc::Sender<ServerMessage>,
+    message: ServerMessage,
+) -> bool {
+    tokio::select! {
+        _ = close.cancelled() => false,
+        sent = out_tx.send(message) => sent.is_ok(),
+    }
+}
+
+/// Pump `stream` both ways. `message(conn, Some(data))` wraps the peer's
+/// bytes for the client, `message(conn, None)` its half close.
+pub(crate) async fn pump<S>(
+    stream: S,
+    up_rx: mpsc::Receiver<Upstream>,
+    close: &CancellationToken,
+    out_tx: &mpsc::Sender<ServerMessage>,
+    conn: ConnectionId,
+    message: impl Fn(ConnectionId, Option<Bytes>) -> ServerMessage,
+) -> Result<(), PumpError>
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (mut reader, writer) = tokio::io::split(stream);
+    let mut writer = AbortOnDropHandle::new(tokio::spawn(write_upstream(writer, up_rx)));
+    let mut buf = vec![0u8; MAX_CHUNK];
+    let (mut writer_done, mut reader_done) = (false, false);
+    while !(writer_done && reader_done) {
+        tokio::select! {
+            _ = close.cancelled() => return Ok(()),
+            joined = &mut writer, if !writer_done => {
+                joined.map_err(|e| PumpError::Write(io::Error::other(e)))?.map_err(PumpError::Write)?;
+                writer_done = true;
+            }
+            read = reader.read(&mut buf), if !reader_done => {
+                let n = read.map_err(PumpError::Read)?;
+                let data = if n == 0 {
+                    reader_done = true;
+                    None
+                } else {
+                    Some(Bytes::copy_from_slice(&buf[..n]))
+                };
+                if !send(close, out_tx, message(conn, data)).await {
+                    return Ok(());
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The client's bytes to the peer, in order, then the half close.
+async fn write_upstream<W: AsyncWrite + Unpin>(
+    mut writer: W,
+    mut up_rx: mpsc::Receiver<Upstream>,
+) -> io::Result<()> {
+    while let Some(item) = up_rx.recv().await {
+        match item {
+            Upstream::Data(data) => writer.write_all(&data).await?,
+            Upstream::ShutdownWrite => {
+                writer.shutdown().await?;
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
+}
