@@ -68,16 +68,25 @@ http.server.ThreadingHTTPServer(("127.0.0.1", {local_port}), lambda *a: H(*a, di
         log = dir.join("requests.log").display(),
         dir = dir.display(),
     );
+    remora_background(pod, &flags, &["python3", "-c", &script])
+}
+
+/// `remora run --target <pod> <flags> -- <command>` in the background. Its
+/// stderr goes to the test's (an unread pipe could fill up and stall it).
+fn remora_background(pod: &Pod, flags: &[&str], command: &[&str]) -> Run {
     let child = Command::new(bin_path("remora").unwrap())
         .args(["run", "--target", &pod.target()])
-        .args(&flags)
-        .args(["--", "python3", "-c", &script])
+        .args(flags)
+        .arg("--")
+        .args(command)
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     Run(child)
 }
+
+/// Flags of a header-filtered steal of `POD_PORT` for alice, onto `mapping`.
+const ALICE: [&str; 3] = ["--steal", "--http-header-filter", "^x-user: alice$"];
 
 /// curl from this machine (another host, for the pod) to the pod's service.
 fn curl_from_host(pod: &Pod, path: &str, header: Option<&str>) -> String {
@@ -178,12 +187,7 @@ fn header_filtered_steal_takes_only_matching_requests() {
     let (pod, _service) = pod_with_service(&sandbox);
     let before = ruleset(&pod);
     let dir = tempfile::tempdir().unwrap();
-    let app = local_app_with(
-        &pod,
-        18194,
-        &["--steal", "--http-header-filter", "^x-user: alice$"],
-        dir.path(),
-    );
+    let app = local_app_with(&pod, 18194, &ALICE, dir.path());
     wait_for("alice's requests to reach the laptop", || {
         curl_from_host(&pod, "/", Some("X-User: alice")) == "answer from the laptop\n"
     });
@@ -224,12 +228,7 @@ fn hundreds_of_concurrent_mixed_requests_each_reach_the_right_side() {
     let sandbox = Sandbox::new().unwrap();
     let (pod, _service) = pod_with_service(&sandbox);
     let dir = tempfile::tempdir().unwrap();
-    let _app = local_app_with(
-        &pod,
-        18195,
-        &["--steal", "--http-header-filter", "^x-user: alice$"],
-        dir.path(),
-    );
+    let _app = local_app_with(&pod, 18195, &ALICE, dir.path());
     wait_for("alice's requests to reach the laptop", || {
         curl_from_host(&pod, "/", Some("X-User: alice")) == "answer from the laptop\n"
     });
@@ -282,22 +281,13 @@ fn a_200_mb_upload_streams_through_with_bounded_memory() {
     let (pod, _service) = pod_with_service(&sandbox);
     let app = bin_path("remora-bench-app").unwrap();
     let mapping = format!("18197:{POD_PORT}");
-    let child = Command::new(bin_path("remora").unwrap())
-        .args([
-            "run",
-            "--target",
-            &pod.target(),
-            "--steal",
-            "--http-header-filter",
-            "^x-user: alice$",
-        ])
-        .args(["-p", &mapping, "--"])
-        .arg(&app)
-        .args(["http-serve", "127.0.0.1:18197", "laptop"])
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let _run = Run(child);
+    let app = app.to_string_lossy();
+    let flags = [ALICE[0], ALICE[1], ALICE[2], "-p", &mapping];
+    let _run = remora_background(
+        &pod,
+        &flags,
+        &[&app, "http-serve", "127.0.0.1:18197", "laptop"],
+    );
     wait_for("alice's requests to reach the laptop", || {
         curl_from_host(&pod, "/", Some("X-User: alice")) == "laptop"
     });
@@ -367,20 +357,8 @@ fn a_matched_websocket_upgrade_becomes_a_tunnel_to_the_local_app() {
     let sandbox = Sandbox::new().unwrap();
     let (pod, _service) = pod_with_service(&sandbox);
     let mapping = format!("18198:{POD_PORT}");
-    let child = Command::new(bin_path("remora").unwrap())
-        .args([
-            "run",
-            "--target",
-            &pod.target(),
-            "--steal",
-            "--http-header-filter",
-            "^x-user: alice$",
-        ])
-        .args(["-p", &mapping, "--", "python3", "-c", UPGRADE_APP, "18198"])
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let _run = Run(child);
+    let flags = [ALICE[0], ALICE[1], ALICE[2], "-p", &mapping];
+    let _run = remora_background(&pod, &flags, &["python3", "-c", UPGRADE_APP, "18198"]);
     wait_for("alice's requests to reach the laptop", || {
         curl_from_host(&pod, "/", Some("X-User: alice")) == "laptop\n"
     });
