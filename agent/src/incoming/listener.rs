@@ -4,9 +4,9 @@
 
 use super::Subscriber;
 use super::conn::{self, Accepted};
-use super::filter::CompiledFilter;
 use super::http::{self, Filtered};
 use super::redirect::ListenerPort;
+use super::task::PortRoutes;
 use crate::net::NetApi;
 use remora_protocol::incoming::{IncomingMode, IncomingServer, RemotePort};
 use remora_protocol::session::LogLevel;
@@ -16,21 +16,31 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 
 /// Most connections of one subscribed port open at once; beyond that new
 /// ones are closed right away.
 pub const MAX_CONNECTIONS_PER_PORT: usize = 1024;
 
+/// How a port's connections are handled.
+#[derive(Debug)]
+pub(super) enum PortMode {
+    /// The whole port, stolen or mirrored, for the subscriber.
+    Whole(IncomingMode),
+    /// Filtered steals: each HTTP request goes to the first route whose
+    /// filter takes it, or to the original destination.
+    Filtered(watch::Receiver<PortRoutes>),
+}
+
 /// The listener task of one subscribed port.
 pub(super) struct PortTask {
     pub listener: TcpListener,
     pub listener_port: ListenerPort,
     pub port: RemotePort,
-    pub mode: IncomingMode,
-    /// Set for a filtered steal.
-    pub filter: Option<Arc<CompiledFilter>>,
+    pub mode: PortMode,
+    /// The first subscriber: told `Subscribed` once the port is ready. For
+    /// a whole port, the port ends with its session.
     pub subscriber: Subscriber,
     pub net: NetApi,
     pub mark: Option<u32>,
@@ -57,7 +67,7 @@ impl PortTask {
             port: self.port,
             result: Ok(()),
         })];
-        if self.mode == IncomingMode::Steal && self.filter.is_none() {
+        if matches!(self.mode, PortMode::Whole(IncomingMode::Steal)) {
             answer.push(ServerMessage::Log {
                 level: LogLevel::Warn,
                 message: unfiltered_steal_warning(self.port),
@@ -71,10 +81,13 @@ impl PortTask {
             }
         }
         let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS_PER_PORT));
+        // A shared (filtered) port outlives its first subscriber: the
+        // incoming task stops it when its last filter goes.
+        let whole = matches!(self.mode, PortMode::Whole(_));
         loop {
             tokio::select! {
                 _ = self.stop.cancelled() => return,
-                _ = subscriber.token.cancelled() => return,
+                _ = subscriber.token.cancelled(), if whole => return,
                 accepted = self.listener.accept() => match accepted {
                     Ok((stream, peer)) => self.dispatch(stream, peer, &limit),
                     Err(e) => {
@@ -111,22 +124,22 @@ impl PortTask {
             mode = ?self.mode,
             "incoming connection"
         );
-        match (self.mode, &self.filter) {
-            (IncomingMode::Steal, Some(filter)) => {
+        match &self.mode {
+            PortMode::Filtered(routes) => {
                 let filtered = Filtered {
-                    subscriber: self.subscriber.clone(),
-                    filter: filter.clone(),
+                    routes: routes.clone(),
                     net: self.net.clone(),
                     mark: self.mark,
+                    stop: self.stop.clone(),
                     shutdown: self.shutdown.clone(),
                     conn_ids: self.conn_ids.clone(),
                 };
                 tokio::spawn(http::serve(accepted, filtered));
             }
-            (IncomingMode::Steal, None) => {
+            PortMode::Whole(IncomingMode::Steal) => {
                 tokio::spawn(conn::steal(accepted, self.subscriber.clone()));
             }
-            (IncomingMode::Mirror, _) => {
+            PortMode::Whole(IncomingMode::Mirror) => {
                 tokio::spawn(conn::mirror(
                     accepted,
                     self.subscriber.clone(),

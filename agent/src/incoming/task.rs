@@ -1,8 +1,8 @@
 //! The incoming task: the agent's one owner of subscriptions, listeners and
 //! redirect rules (see the [module docs](super) for its guarantees).
 
-use super::filter::CompiledFilter;
-use super::listener::PortTask;
+use super::filter::{self, Routes};
+use super::listener::{PortMode, PortTask};
 use super::redirect::{ListenerPort, RedirectApi, RedirectError};
 use super::{IncomingCommand, IncomingSettings, Subscriber};
 use crate::net::NetApi;
@@ -11,19 +11,83 @@ use remora_protocol::{ErrorCode, RemoteError, RemoteResult, ServerMessage, Sessi
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::{CancellationToken, DropGuard};
+
+/// The filtered subscribers of one port, as connections see them.
+pub(super) type PortRoutes = Arc<Routes<super::Subscriber>>;
+
+/// One filtered steal held on a port.
+#[derive(Debug)]
+struct Held {
+    subscriber: Subscriber,
+    filter: HttpFilter,
+}
+
+/// Who holds a subscribed port.
+#[derive(Debug)]
+enum Holders {
+    /// An unfiltered steal or a mirror: the whole port, one session.
+    Whole {
+        session: SessionId,
+        user: String,
+        mode: IncomingMode,
+    },
+    /// Filtered steals of any number of sessions, first match wins.
+    Filtered {
+        held: Vec<Held>,
+        /// Publishes the routes to the port's connections.
+        routes: watch::Sender<PortRoutes>,
+    },
+}
 
 /// One subscribed port.
 #[derive(Debug)]
 struct Subscription {
-    session: SessionId,
-    user: String,
-    mode: IncomingMode,
+    holders: Holders,
     listener: ListenerPort,
     /// Stops the port's listener task when the subscription is dropped.
     _stop: DropGuard,
+}
+
+impl Subscription {
+    fn held_by(&self, session: SessionId) -> bool {
+        match &self.holders {
+            Holders::Whole { session: s, .. } => *s == session,
+            Holders::Filtered { held, .. } => held.iter().any(|h| h.subscriber.session == session),
+        }
+    }
+}
+
+/// `session 7 (alice)`, or `this session`.
+fn whose(session: SessionId, user: &str, asking: SessionId) -> String {
+    if session == asking {
+        "this session".to_owned()
+    } else {
+        format!("session {session} ({user})")
+    }
+}
+
+/// A filter as users wrote it, for messages.
+fn describe(filter: &HttpFilter) -> String {
+    match filter {
+        HttpFilter::Header(p) => format!("header filter '{p}'"),
+        HttpFilter::Path(p) => format!("path filter '{p}'"),
+        HttpFilter::Method(m) => format!("method filter '{m}'"),
+        HttpFilter::AllOf(all) => format!(
+            "all_of [{}]",
+            all.iter().map(describe).collect::<Vec<_>>().join(", ")
+        ),
+        HttpFilter::AnyOf(any) => format!(
+            "any_of [{}]",
+            any.iter().map(describe).collect::<Vec<_>>().join(", ")
+        ),
+    }
+}
+
+fn build_routes(held: &[Held]) -> Result<PortRoutes, String> {
+    Routes::build(held.iter().map(|h| (&h.filter, h.subscriber.clone()))).map(Arc::new)
 }
 
 /// Owns every subscription of the agent.
@@ -128,8 +192,8 @@ impl IncomingTask {
                 }
             }
             IncomingCommand::Unsubscribe { session, port } => {
-                if self.ports.get(&port).is_some_and(|s| s.session == session) {
-                    self.release(port).await;
+                if self.ports.get(&port).is_some_and(|s| s.held_by(session)) {
+                    self.leave(port, session).await;
                 } else {
                     tracing::debug!(%session, port = port.0, "unsubscribe from a port not held");
                 }
@@ -137,8 +201,8 @@ impl IncomingTask {
         }
     }
 
-    /// Set up a subscription; on success its listener task sends the
-    /// `Subscribed` answer before it accepts anything.
+    /// Set up a subscription; on success the subscriber gets its
+    /// `Subscribed` answer before any of its traffic.
     async fn subscribe(
         &mut self,
         subscriber: &Subscriber,
@@ -147,40 +211,25 @@ impl IncomingTask {
         filter: Option<HttpFilter>,
     ) -> RemoteResult<()> {
         let target = &self.settings.target;
-        let filter = match (filter, mode) {
-            (None, _) => None,
-            (Some(_), IncomingMode::Mirror) => {
-                return Err(RemoteError::new(
-                    ErrorCode::Unsupported,
-                    "HTTP filters apply to steal; mirror the whole port instead",
-                ));
-            }
-            (Some(filter), IncomingMode::Steal) => Some(Arc::new(
-                CompiledFilter::compile(&filter)
-                    .map_err(|e| RemoteError::new(ErrorCode::InvalidInput, e))?,
-            )),
-        };
-        if let Some(held) = self.ports.get(&port) {
-            let whose = if held.session == subscriber.session {
-                "this session".to_owned()
-            } else {
-                format!("session {} ({})", held.session, held.user)
-            };
+        if let (Some(_), IncomingMode::Mirror) = (&filter, mode) {
             return Err(RemoteError::new(
-                ErrorCode::AlreadyExists,
-                format!(
-                    "port {} of {target} is already {} by {whose}; one session per port \
-                     (unsubscribe it first, or pick another port)",
-                    port.0,
-                    mode_word(held.mode),
-                ),
+                ErrorCode::Unsupported,
+                "HTTP filters apply to steal; mirror the whole port instead",
             ));
+        }
+        if let Some(filter) = &filter {
+            filter::validate(filter).map_err(|e| RemoteError::new(ErrorCode::InvalidInput, e))?;
         }
         if subscriber.token.is_cancelled() {
             return Err(RemoteError::new(
                 ErrorCode::Unavailable,
                 "the session is ending",
             ));
+        }
+        if let Some(held) = self.ports.get_mut(&port) {
+            join(held, subscriber, port, target, mode, filter)?;
+            self.watch(subscriber);
+            return Ok(());
         }
         let listener = self
             .net
@@ -195,6 +244,29 @@ impl IncomingTask {
             })?;
         let (listener_addr, listener) = listener;
         let listener_port = ListenerPort(listener_addr.port());
+        let (holders, port_mode) = match filter {
+            None => (
+                Holders::Whole {
+                    session: subscriber.session,
+                    user: subscriber.user.clone(),
+                    mode,
+                },
+                PortMode::Whole(mode),
+            ),
+            Some(filter) => {
+                let held = vec![Held {
+                    subscriber: subscriber.clone(),
+                    filter,
+                }];
+                let routes = build_routes(&held)
+                    .map_err(|e| RemoteError::new(ErrorCode::InvalidInput, e))?;
+                let (routes, routes_rx) = watch::channel(routes);
+                (
+                    Holders::Filtered { held, routes },
+                    PortMode::Filtered(routes_rx),
+                )
+            }
+        };
         if let Err(e) = self.redirect.add(port, listener_port).await {
             if self.ports.is_empty() {
                 // Leave nothing behind, not even an empty table.
@@ -207,8 +279,7 @@ impl IncomingTask {
             listener,
             listener_port,
             port,
-            mode,
-            filter,
+            mode: port_mode,
             subscriber: subscriber.clone(),
             net: self.net.clone(),
             mark: self.settings.mark,
@@ -227,9 +298,7 @@ impl IncomingTask {
         self.ports.insert(
             port,
             Subscription {
-                session: subscriber.session,
-                user: subscriber.user.clone(),
-                mode,
+                holders,
                 listener: listener_port,
                 _stop: stop.drop_guard(),
             },
@@ -254,15 +323,40 @@ impl IncomingTask {
         let held: Vec<RemotePort> = self
             .ports
             .iter()
-            .filter(|(_, s)| s.session == session)
+            .filter(|(_, s)| s.held_by(session))
             .map(|(port, _)| *port)
             .collect();
         for port in held {
-            self.release(port).await;
+            self.leave(port, session).await;
         }
     }
 
-    /// End the subscription of `port`: its listener stops, its rule goes,
+    /// `session` gives up `port`: its filter leaves the port's routes, and
+    /// the port goes when nobody holds it any more.
+    async fn leave(&mut self, port: RemotePort, session: SessionId) {
+        let Some(subscription) = self.ports.get_mut(&port) else {
+            return;
+        };
+        if let Holders::Filtered { held, routes } = &mut subscription.holders {
+            held.retain(|h| h.subscriber.session != session);
+            if !held.is_empty() {
+                match build_routes(held) {
+                    Ok(new) => {
+                        routes.send_replace(new);
+                        tracing::info!(port = port.0, %session, left = held.len(), "filter removed");
+                        return;
+                    }
+                    // Fewer filters than before cannot exceed the limits;
+                    // should it happen, release the port rather than route
+                    // to a session that left.
+                    Err(e) => tracing::warn!(port = port.0, error = %e, "cannot rebuild routes"),
+                }
+            }
+        }
+        self.release(port).await;
+    }
+
+    /// End every subscription of `port`: its listener stops, its rule goes,
     /// and with the last port the whole table.
     async fn release(&mut self, port: RemotePort) {
         let Some(subscription) = self.ports.remove(&port) else {
@@ -279,9 +373,118 @@ impl IncomingTask {
         tracing::info!(
             port = port.0,
             listener = subscription.listener.0,
-            session = %subscription.session,
             "port unsubscribed"
         );
+    }
+}
+
+/// Add a subscription to a port already held, when it can share it: only
+/// filtered steals share a port, with different filters, one per session.
+fn join(
+    held: &mut Subscription,
+    subscriber: &Subscriber,
+    port: RemotePort,
+    target: &str,
+    mode: IncomingMode,
+    filter: Option<HttpFilter>,
+) -> RemoteResult<()> {
+    let taken = |message: String| Err(RemoteError::new(ErrorCode::AlreadyExists, message));
+    let asking = subscriber.session;
+    match (&mut held.holders, filter) {
+        (
+            Holders::Whole {
+                session,
+                user,
+                mode: held_mode,
+            },
+            _,
+        ) => taken(format!(
+            "port {} of {target} is already {} by {}; a whole port has one session \
+             (unsubscribe it first, or pick another port)",
+            port.0,
+            mode_word(*held_mode),
+            whose(*session, user, asking),
+        )),
+        (Holders::Filtered { held, .. }, None) => {
+            let first = &held[0];
+            taken(format!(
+                "port {} of {target} has HTTP filters held by {}{}; {} the whole port would \
+                 take their traffic (steal with a filter of your own instead)",
+                port.0,
+                whose(first.subscriber.session, &first.subscriber.user, asking),
+                match held.len() {
+                    1 => String::new(),
+                    n => format!(" and {} other session(s)", n - 1),
+                },
+                match mode {
+                    IncomingMode::Steal => "stealing",
+                    IncomingMode::Mirror => "mirroring",
+                },
+            ))
+        }
+        (Holders::Filtered { held, routes }, Some(filter)) => {
+            if let Some(mine) = held.iter().find(|h| h.subscriber.session == asking) {
+                return taken(format!(
+                    "port {} of {target} is already stolen by this session with {}",
+                    port.0,
+                    describe(&mine.filter)
+                ));
+            }
+            if let Some(same) = held.iter().find(|h| same_filter(&h.filter, &filter)) {
+                return taken(format!(
+                    "port {} of {target}: {} is held by {}",
+                    port.0,
+                    describe(&same.filter),
+                    whose(same.subscriber.session, &same.subscriber.user, asking),
+                ));
+            }
+            held.push(Held {
+                subscriber: subscriber.clone(),
+                filter,
+            });
+            match build_routes(held) {
+                Ok(new) => {
+                    routes.send_replace(new);
+                }
+                Err(e) => {
+                    held.pop();
+                    return Err(RemoteError::new(ErrorCode::InvalidInput, e));
+                }
+            }
+            tracing::info!(
+                port = port.0,
+                session = %asking,
+                filters = held.len(),
+                "filter added to a shared port"
+            );
+            let answer = ServerMessage::Incoming(IncomingServer::Subscribed {
+                port,
+                result: Ok(()),
+            });
+            let (out_tx, token) = (subscriber.out_tx.clone(), subscriber.token.clone());
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = token.cancelled() => {}
+                    _ = out_tx.send(answer) => {}
+                }
+            });
+            Ok(())
+        }
+    }
+}
+
+/// Two filters that would take the same requests by the same rule: equal,
+/// with header patterns compared case-insensitively (they match that way).
+fn same_filter(a: &HttpFilter, b: &HttpFilter) -> bool {
+    match (a, b) {
+        (HttpFilter::Header(x), HttpFilter::Header(y)) => x.trim().eq_ignore_ascii_case(y.trim()),
+        (HttpFilter::Path(x), HttpFilter::Path(y)) => x.trim() == y.trim(),
+        (HttpFilter::Method(x), HttpFilter::Method(y)) => x.eq_ignore_ascii_case(y),
+        (HttpFilter::AllOf(x), HttpFilter::AllOf(y))
+        | (HttpFilter::AnyOf(x), HttpFilter::AnyOf(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(x, y)| same_filter(x, y))
+        }
+        _ => false,
     }
 }
 

@@ -6,7 +6,9 @@
 use super::*;
 use crate::namespace::CurrentNamespaces;
 use bytes::Bytes;
-use remora_protocol::incoming::{HttpResponseHead, HttpVersion, IncomingClient, IncomingServer};
+use remora_protocol::incoming::{
+    HttpRequestHead, HttpResponseHead, HttpVersion, IncomingClient, IncomingServer,
+};
 use remora_protocol::session::LogLevel;
 use remora_protocol::{Capabilities, ConnectionId, ErrorCode, RemoteResult};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -383,9 +385,10 @@ async fn a_filtered_steal_hands_matching_requests_to_the_subscriber() {
         (head.method.as_str(), head.uri.as_str()),
         ("POST", "/x?y=1")
     );
+    // Header names as the peer sent them.
     assert!(
         head.headers
-            .contains(&("x-user".into(), Bytes::from_static(b"Alice")))
+            .contains(&("X-User".into(), Bytes::from_static(b"Alice")))
     );
     let mut body = Vec::new();
     loop {
@@ -828,4 +831,212 @@ async fn wait_refused(addr: SocketAddr) {
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+}
+
+/// An HTTP/1.1 keep-alive service answering every request `200 service`,
+/// on as many connections as come.
+async fn http_service() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind(localhost(0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    while let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                        got.drain(..end + 4);
+                        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 7\r\n\r\nservice";
+                        if stream.write_all(answer).await.is_err() {
+                            return;
+                        }
+                    }
+                    match stream.read(&mut buf).await {
+                        Ok(n) if n > 0 => got.extend_from_slice(&buf[..n]),
+                        _ => return,
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+impl TestClient {
+    /// Take the next request and answer it `200 <body>`.
+    async fn answer_next(&mut self, body: &'static str) -> HttpRequestHead {
+        let IncomingServer::Request { request, head, .. } = self.incoming().await else {
+            panic!("expected a request");
+        };
+        loop {
+            match self.incoming().await {
+                IncomingServer::RequestBody { last: true, .. } => break,
+                IncomingServer::RequestBody { .. } => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        let length = Bytes::from(body.len().to_string());
+        self.send(IncomingClient::ResponseHead {
+            request,
+            head: HttpResponseHead {
+                status: 200,
+                version: HttpVersion::Http11,
+                headers: vec![("content-length".into(), length)],
+            },
+        })
+        .await;
+        self.send(IncomingClient::ResponseBody {
+            request,
+            chunk: Bytes::from_static(body.as_bytes()),
+            last: true,
+        })
+        .await;
+        head
+    }
+}
+
+/// Send one GET on `peer` and read its answer's body (content-length framed).
+async fn get(peer: &mut TcpStream, user: Option<&str>) -> String {
+    let header = user.map_or_else(String::new, |u| format!("x-user: {u}\r\n"));
+    let request = format!("GET /who HTTP/1.1\r\nhost: a\r\n{header}\r\n");
+    peer.write_all(request.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&got[..end]).to_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .expect("content-length")
+                .trim()
+                .parse()
+                .unwrap();
+            if got.len() >= end + 4 + length {
+                return String::from_utf8_lossy(&got[end + 4..end + 4 + length]).into_owned();
+            }
+        }
+        let n = tokio::time::timeout(STEP, peer.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_ne!(n, 0, "closed early: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+}
+
+#[tokio::test]
+async fn filtered_steals_share_a_port_and_each_request_finds_its_session() {
+    let fx = fixture().await;
+    let service = http_service().await;
+    let port = service.port();
+    let mut alice = fx.client(1, "alice");
+    let mut bob = fx.client(2, "bob");
+    let header = |user: &str| HttpFilter::Header(format!("^x-user: {user}$"));
+    alice
+        .subscribe_filtered(port, IncomingMode::Steal, header("alice"))
+        .await
+        .unwrap();
+    bob.subscribe_filtered(port, IncomingMode::Steal, header("bob"))
+        .await
+        .unwrap();
+    // One rule for the shared port.
+    let listener = fx.rec.listener_of(port);
+    assert_eq!(fx.rec.ops(), [Op::RemoveStale, Op::Add(port, listener)]);
+
+    // One connection, requests for everyone, in turn.
+    let mut peer = TcpStream::connect(localhost(listener)).await.unwrap();
+    let (answered, head) = tokio::join!(get(&mut peer, Some("bob")), bob.answer_next("bob"));
+    assert_eq!((answered.as_str(), head.uri.as_str()), ("bob", "/who"));
+    assert_eq!(get(&mut peer, None).await, "service");
+    let (answered, _) = tokio::join!(get(&mut peer, Some("alice")), alice.answer_next("alice"));
+    assert_eq!(answered, "alice");
+    assert_eq!(get(&mut peer, Some("carol")).await, "service");
+
+    // Alice leaves: her requests go to the service, bob keeps his.
+    alice.token.cancel();
+    let mut left = false;
+    for _ in 0..100 {
+        if get(&mut peer, Some("alice")).await == "service" {
+            left = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(left, "alice's filter still routes after she left");
+    let (answered, _) = tokio::join!(get(&mut peer, Some("bob")), bob.answer_next("bob"));
+    assert_eq!(answered, "bob");
+    assert_eq!(fx.rec.ops(), [Op::RemoveStale, Op::Add(port, listener)]);
+
+    // The last one leaving takes the rule and the table.
+    bob.send(IncomingClient::Unsubscribe {
+        port: RemotePort(port),
+    })
+    .await;
+    fx.rec
+        .wait_for(&[
+            Op::RemoveStale,
+            Op::Add(port, listener),
+            Op::Remove(port),
+            Op::RemoveAll,
+        ])
+        .await;
+}
+
+#[tokio::test]
+async fn a_shared_port_refuses_what_would_take_others_traffic() {
+    let fx = fixture().await;
+    let mut alice = fx.client(1, "alice");
+    let mut bob = fx.client(2, "bob");
+    let header = |p: &str| HttpFilter::Header(p.into());
+    alice
+        .subscribe_filtered(8080, IncomingMode::Steal, header("^x-user: alice$"))
+        .await
+        .unwrap();
+    let err = bob
+        .subscribe_filtered(8080, IncomingMode::Steal, header("^X-User: Alice$"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::AlreadyExists);
+    assert_eq!(
+        err.message,
+        "port 8080 of pid/4242: header filter '^x-user: alice$' is held by session 1 (alice)"
+    );
+    let err = bob.subscribe(8080, IncomingMode::Steal).await.unwrap_err();
+    assert!(
+        err.message.starts_with(
+            "port 8080 of pid/4242 has HTTP filters held by session 1 (alice); stealing the \
+             whole port"
+        ),
+        "{err}"
+    );
+    let err = bob.subscribe(8080, IncomingMode::Mirror).await.unwrap_err();
+    assert!(err.message.contains("mirroring the whole port"), "{err}");
+    let err = alice
+        .subscribe_filtered(8080, IncomingMode::Steal, header("^x-user: alice2$"))
+        .await
+        .unwrap_err();
+    assert!(
+        err.message
+            .contains("already stolen by this session with header filter '^x-user: alice$'"),
+        "{err}"
+    );
+    // A whole port is not shared with filters either.
+    bob.subscribe(9090, IncomingMode::Steal).await.unwrap();
+    let ServerMessage::Log { .. } = bob.next().await else {
+        panic!("expected the probe warning");
+    };
+    let err = alice
+        .subscribe_filtered(9090, IncomingMode::Steal, header("^x-user: alice$"))
+        .await
+        .unwrap_err();
+    assert!(
+        err.message
+            .contains("port 9090 of pid/4242 is already stolen by session 2 (bob)"),
+        "{err}"
+    );
+    // Different filters share.
+    bob.subscribe_filtered(8080, IncomingMode::Steal, header("^x-user: bob$"))
+        .await
+        .unwrap();
 }

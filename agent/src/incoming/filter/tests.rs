@@ -1,25 +1,31 @@
 use super::*;
-use hyper::header::{HeaderName, HeaderValue};
-
-fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-    let mut map = HeaderMap::new();
-    for (name, value) in pairs {
-        map.append(
-            HeaderName::from_bytes(name.as_bytes()).unwrap(),
-            HeaderValue::from_str(value).unwrap(),
-        );
-    }
-    map
-}
 
 fn takes(filter: HttpFilter, method: &str, path: &str, pairs: &[(&str, &str)]) -> bool {
-    let headers = headers(pairs);
+    validate(&filter).unwrap();
+    route(&[filter], method, path, pairs).is_some()
+}
+
+/// Which of `filters` (by index) takes the request.
+fn route(
+    filters: &[HttpFilter],
+    method: &str,
+    path: &str,
+    pairs: &[(&str, &str)],
+) -> Option<usize> {
+    let headers: Vec<HeaderLine<'_>> = pairs
+        .iter()
+        .map(|(name, value)| HeaderLine {
+            name,
+            value: value.as_bytes(),
+        })
+        .collect();
     let view = RequestView {
         method,
         path_and_query: path,
         headers: &headers,
     };
-    CompiledFilter::compile(&filter).unwrap().matches(&view)
+    let routes = Routes::build(filters.iter().zip(0..)).unwrap();
+    routes.pick(&view).copied()
 }
 
 #[test]
@@ -79,13 +85,77 @@ fn all_of_and_any_of_combine() {
 
 #[test]
 fn bad_regexes_are_named_with_their_reason() {
-    let err = CompiledFilter::compile(&HttpFilter::Header("(".into())).unwrap_err();
+    let err = validate(&HttpFilter::Header("(".into())).unwrap_err();
     assert_eq!(err, "header filter \"(\": unclosed group");
     let nested = HttpFilter::AnyOf(vec![
         HttpFilter::Method("GET".into()),
         HttpFilter::Path("[a".into()),
     ]);
-    let err = CompiledFilter::compile(&nested).unwrap_err();
+    let err = validate(&nested).unwrap_err();
     assert!(err.starts_with("path filter \"[a\": "), "{err}");
-    assert!(CompiledFilter::compile(&HttpFilter::Method(String::new())).is_err());
+    assert!(validate(&HttpFilter::Method(String::new())).is_err());
+}
+
+#[test]
+fn the_first_matching_route_wins_among_many() {
+    let filters: Vec<HttpFilter> = (0..50)
+        .map(|n| HttpFilter::Header(format!("^x-user: u{n}$")))
+        .chain([
+            HttpFilter::AllOf(vec![
+                HttpFilter::Method("POST".into()),
+                HttpFilter::Path("^/upload".into()),
+            ]),
+            HttpFilter::Path("^/".into()),
+        ])
+        .collect();
+    for n in 0..50 {
+        let user = format!("u{n}");
+        let got = route(
+            &filters,
+            "GET",
+            "/x",
+            &[("accept", "*/*"), ("X-User", &user)],
+        );
+        assert_eq!(got, Some(n), "x-user: {user}");
+    }
+    assert_eq!(
+        route(&filters, "POST", "/upload", &[("x-user", "nobody")]),
+        Some(50)
+    );
+    assert_eq!(route(&filters, "GET", "/upload", &[]), Some(51));
+    assert_eq!(
+        route(&filters[..50], "GET", "/", &[("x-user", "u50")]),
+        None
+    );
+    assert_eq!(
+        route(&filters[..50], "GET", "/", &[("x-user", "u1x")]),
+        None
+    );
+}
+
+#[test]
+fn header_values_need_not_be_utf8() {
+    let filters = [HttpFilter::Header("^x-bin: a.b$".into())];
+    let headers = [HeaderLine {
+        name: "x-bin",
+        value: b"a\xffb",
+    }];
+    let view = RequestView {
+        method: "GET",
+        path_and_query: "/",
+        headers: &headers,
+    };
+    let routes = Routes::build(filters.iter().zip(0..)).unwrap();
+    // One invalid byte is not a character: `.` does not match it...
+    assert_eq!(routes.pick(&view), None);
+    let headers = [HeaderLine {
+        name: "x-bin",
+        value: "a\u{e9}b".as_bytes(),
+    }];
+    let view = RequestView {
+        headers: &headers,
+        ..view
+    };
+    // ...but a UTF-8 character is one.
+    assert_eq!(routes.pick(&view), Some(&0));
 }

@@ -1,0 +1,457 @@
+//! HTTP/1.x message framing for the pass-through proxy: request and
+//! response heads parsed with `httparse` (kept as byte ranges of the read
+//! buffer so the original bytes can be forwarded untouched), body lengths
+//! (RFC 9112 section 6), and a chunked-coding scanner that finds where a
+//! chunked body ends while passing its bytes through as they are.
+
+use bytes::{Bytes, BytesMut};
+use std::io;
+use std::ops::Range;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// How much is read from a socket at a time.
+pub const READ_SIZE: usize = 64 * 1024;
+
+/// Largest request or response head accepted.
+pub const MAX_HEAD: usize = 64 * 1024;
+
+/// Most header lines in one head.
+pub const MAX_HEADERS: usize = 128;
+
+/// Longest chunk-size line or trailer line of a chunked body.
+const MAX_CHUNK_LINE: usize = 8 * 1024;
+
+/// How a message body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Body {
+    /// No body.
+    Empty,
+    Length(u64),
+    Chunked,
+    /// Until the connection closes (responses only).
+    UntilClose,
+}
+
+/// A parsed head, as ranges of the buffer it was read into.
+#[derive(Debug, Clone)]
+pub struct Head {
+    /// Bytes of the head, final empty line included.
+    pub len: usize,
+    /// Request method, or empty for a response.
+    pub method: Range<usize>,
+    /// Request target, or empty for a response.
+    pub target: Range<usize>,
+    /// Response status, or 0 for a request.
+    pub status: u16,
+    /// `HTTP/1.minor`.
+    pub minor: u8,
+    pub headers: Vec<(Range<usize>, Range<usize>)>,
+}
+
+/// Why a head cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum HeadError {
+    #[error("head larger than {MAX_HEAD} bytes")]
+    TooLarge,
+    #[error("malformed head: {0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+fn offset(buf: &[u8], part: &[u8]) -> Range<usize> {
+    let start = part.as_ptr() as usize - buf.as_ptr() as usize;
+    start..start + part.len()
+}
+
+impl Head {
+    /// Parse a request head at the start of `buf`; `Ok(None)` when more
+    /// bytes are needed.
+    pub fn request(buf: &[u8]) -> Result<Option<Head>, HeadError> {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut request = httparse::Request::new(&mut headers);
+        match request.parse(buf) {
+            Ok(httparse::Status::Complete(len)) => Ok(Some(Head {
+                len,
+                method: offset(buf, request.method.unwrap_or_default().as_bytes()),
+                target: offset(buf, request.path.unwrap_or_default().as_bytes()),
+                status: 0,
+                minor: request.version.unwrap_or(1),
+                headers: request
+                    .headers
+                    .iter()
+                    .map(|h| (offset(buf, h.name.as_bytes()), offset(buf, h.value)))
+                    .collect(),
+            })),
+            Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => Err(HeadError::TooLarge),
+            Ok(httparse::Status::Partial) => Ok(None),
+            Err(httparse::Error::TooManyHeaders) => Err(HeadError::TooLarge),
+            Err(e) => Err(HeadError::Invalid(e.to_string())),
+        }
+    }
+
+    /// Parse a response head at the start of `buf`; `Ok(None)` when more
+    /// bytes are needed.
+    pub fn response(buf: &[u8]) -> Result<Option<Head>, HeadError> {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut response = httparse::Response::new(&mut headers);
+        match response.parse(buf) {
+            Ok(httparse::Status::Complete(len)) => Ok(Some(Head {
+                len,
+                method: 0..0,
+                target: 0..0,
+                status: response.code.unwrap_or_default(),
+                minor: response.version.unwrap_or(1),
+                headers: response
+                    .headers
+                    .iter()
+                    .map(|h| (offset(buf, h.name.as_bytes()), offset(buf, h.value)))
+                    .collect(),
+            })),
+            Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => Err(HeadError::TooLarge),
+            Ok(httparse::Status::Partial) => Ok(None),
+            Err(httparse::Error::TooManyHeaders) => Err(HeadError::TooLarge),
+            Err(e) => Err(HeadError::Invalid(e.to_string())),
+        }
+    }
+
+    /// Values of header `name` (case-insensitive).
+    pub fn values<'b>(&self, buf: &'b [u8], name: &str) -> impl Iterator<Item = &'b [u8]> {
+        let name = name.as_bytes().to_vec();
+        self.headers
+            .clone()
+            .into_iter()
+            .filter(move |(n, _)| buf[n.clone()].eq_ignore_ascii_case(&name))
+            .map(move |(_, v)| &buf[v])
+    }
+
+    /// Whether a comma-separated header (`connection`...) lists `token`.
+    pub fn has_token(&self, buf: &[u8], name: &str, token: &str) -> bool {
+        self.values(buf, name).any(|v| {
+            v.split(|&b| b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+        })
+    }
+
+    /// How the body of this message is delimited (RFC 9112 6.3); `request`
+    /// tells which rules apply. For a response, `head_request` and the
+    /// status decide first.
+    pub fn body(&self, buf: &[u8], request: bool, head_request: bool) -> Result<Body, HeadError> {
+        if !request
+            && (head_request
+                || (100..200).contains(&self.status)
+                || self.status == 204
+                || self.status == 304)
+        {
+            return Ok(Body::Empty);
+        }
+        let mut codings = self.values(buf, "transfer-encoding").peekable();
+        if codings.peek().is_some() {
+            let last = codings
+                .flat_map(|v| v.split(|&b| b == b','))
+                .map(<[u8]>::trim_ascii)
+                .filter(|t| !t.is_empty())
+                .last()
+                .unwrap_or_default();
+            return if last.eq_ignore_ascii_case(b"chunked") {
+                Ok(Body::Chunked)
+            } else if request {
+                Err(HeadError::Invalid(
+                    "request body with a transfer coding other than chunked last".into(),
+                ))
+            } else {
+                Ok(Body::UntilClose)
+            };
+        }
+        let mut length: Option<u64> = None;
+        for value in self.values(buf, "content-length") {
+            for part in value.split(|&b| b == b',') {
+                let parsed = std::str::from_utf8(part.trim_ascii())
+                    .ok()
+                    .filter(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()))
+                    .and_then(|t| t.parse::<u64>().ok())
+                    .ok_or_else(|| HeadError::Invalid("bad content-length".into()))?;
+                if length.is_some_and(|l| l != parsed) {
+                    return Err(HeadError::Invalid("conflicting content-length".into()));
+                }
+                length = Some(parsed);
+            }
+        }
+        Ok(match (length, request) {
+            (Some(0), _) | (None, true) => Body::Empty,
+            (Some(n), _) => Body::Length(n),
+            (None, false) => Body::UntilClose,
+        })
+    }
+
+    /// Whether the connection may carry another message after this one.
+    pub fn keep_alive(&self, buf: &[u8]) -> bool {
+        if self.minor == 0 {
+            self.has_token(buf, "connection", "keep-alive")
+        } else {
+            !self.has_token(buf, "connection", "close")
+        }
+    }
+}
+
+/// Where a chunked body is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ChunkState {
+    Size,
+    Data(u64),
+    DataEnd,
+    Trailers,
+    Done,
+}
+
+/// One step of [`Chunked::step`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// More bytes are needed.
+    Need,
+    /// `consumed` bytes belong to the body; `data` (within them) is payload.
+    Advance {
+        consumed: usize,
+        data: Option<Range<usize>>,
+    },
+    /// The body ended after `consumed` more bytes.
+    Done { consumed: usize },
+}
+
+/// Scanner of a chunked body.
+#[derive(Debug, Clone)]
+pub struct Chunked {
+    state: ChunkState,
+}
+
+impl Default for Chunked {
+    fn default() -> Self {
+        Chunked {
+            state: ChunkState::Size,
+        }
+    }
+}
+
+fn invalid(what: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, format!("chunked body: {what}"))
+}
+
+impl Chunked {
+    /// Look at the bytes after those already consumed.
+    pub fn step(&mut self, input: &[u8]) -> io::Result<Step> {
+        match self.state {
+            ChunkState::Done => Ok(Step::Done { consumed: 0 }),
+            ChunkState::Size => match httparse::parse_chunk_size(input) {
+                Ok(httparse::Status::Complete((consumed, size))) => {
+                    self.state = if size == 0 {
+                        ChunkState::Trailers
+                    } else {
+                        ChunkState::Data(size)
+                    };
+                    Ok(Step::Advance {
+                        consumed,
+                        data: None,
+                    })
+                }
+                Ok(httparse::Status::Partial) if input.len() > MAX_CHUNK_LINE => {
+                    Err(invalid("chunk-size line too long"))
+                }
+                Ok(httparse::Status::Partial) => Ok(Step::Need),
+                Err(_) => Err(invalid("bad chunk size")),
+            },
+            ChunkState::Data(left) => {
+                let n = usize::try_from(left).unwrap_or(usize::MAX).min(input.len());
+                if n == 0 {
+                    return Ok(Step::Need);
+                }
+                let left = left - n as u64;
+                self.state = if left == 0 {
+                    ChunkState::DataEnd
+                } else {
+                    ChunkState::Data(left)
+                };
+                Ok(Step::Advance {
+                    consumed: n,
+                    data: Some(0..n),
+                })
+            }
+            ChunkState::DataEnd => match input {
+                [b'\r', b'\n', ..] => {
+                    self.state = ChunkState::Size;
+                    Ok(Step::Advance {
+                        consumed: 2,
+                        data: None,
+                    })
+                }
+                [] | [b'\r'] => Ok(Step::Need),
+                _ => Err(invalid("missing CRLF after chunk data")),
+            },
+            ChunkState::Trailers => match input.windows(2).position(|w| w == b"\r\n") {
+                Some(0) => {
+                    self.state = ChunkState::Done;
+                    Ok(Step::Done { consumed: 2 })
+                }
+                Some(end) => Ok(Step::Advance {
+                    consumed: end + 2,
+                    data: None,
+                }),
+                None if input.len() > MAX_CHUNK_LINE => Err(invalid("trailer line too long")),
+                None => Ok(Step::Need),
+            },
+        }
+    }
+}
+
+/// Read more into `buf`; an error at end of stream (`what` names it).
+pub async fn read_more<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    buf: &mut BytesMut,
+    what: &str,
+) -> io::Result<()> {
+    buf.reserve(READ_SIZE);
+    if reader.read_buf(buf).await? == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("connection closed in the middle of {what}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Copy one body, delimited by `body`, from `buf` (bytes already read) and
+/// then `reader` to `writer`, unchanged. Bytes after the body stay in
+/// `buf`.
+pub async fn copy_body<R, W>(
+    body: Body,
+    buf: &mut BytesMut,
+    reader: &mut R,
+    writer: &mut W,
+) -> io::Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    match body {
+        Body::Empty => Ok(()),
+        Body::Length(mut left) => loop {
+            let n = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
+            if n > 0 {
+                writer.write_all(&buf.split_to(n)).await?;
+                left -= n as u64;
+            }
+            if left == 0 {
+                return Ok(());
+            }
+            read_more(reader, buf, "a body").await?;
+        },
+        Body::Chunked => {
+            let mut chunked = Chunked::default();
+            loop {
+                let mut at = 0;
+                let mut done = false;
+                loop {
+                    match chunked.step(&buf[at..])? {
+                        Step::Need => break,
+                        Step::Advance { consumed, .. } => at += consumed,
+                        Step::Done { consumed } => {
+                            at += consumed;
+                            done = true;
+                            break;
+                        }
+                    }
+                }
+                if at > 0 {
+                    writer.write_all(&buf.split_to(at)).await?;
+                }
+                if done {
+                    return Ok(());
+                }
+                read_more(reader, buf, "a chunked body").await?;
+            }
+        }
+        Body::UntilClose => {
+            if !buf.is_empty() {
+                writer.write_all(&buf.split()).await?;
+            }
+            tokio::io::copy(reader, writer).await.map(drop)
+        }
+    }
+}
+
+/// Read one body, delimited by `body`, from `buf` and then `reader`,
+/// handing its payload (chunk coding removed) to `sink` piece by piece.
+/// Bytes after the body stay in `buf`. `sink` returning `false` stops.
+pub async fn read_body<R, F, Fut>(
+    body: Body,
+    buf: &mut BytesMut,
+    reader: &mut R,
+    mut sink: F,
+) -> io::Result<bool>
+where
+    R: AsyncRead + Unpin,
+    F: FnMut(Bytes) -> Fut,
+    Fut: Future<Output = bool>,
+{
+    match body {
+        Body::Empty => Ok(true),
+        Body::Length(mut left) => loop {
+            let n = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
+            if n > 0 {
+                left -= n as u64;
+                if !sink(buf.split_to(n).freeze()).await {
+                    return Ok(false);
+                }
+            }
+            if left == 0 {
+                return Ok(true);
+            }
+            read_more(reader, buf, "a body").await?;
+        },
+        Body::Chunked => {
+            let mut chunked = Chunked::default();
+            loop {
+                let mut at = 0;
+                let mut done = false;
+                let mut data: Vec<Range<usize>> = Vec::new();
+                loop {
+                    match chunked.step(&buf[at..])? {
+                        Step::Need => break,
+                        Step::Advance { consumed, data: d } => {
+                            if let Some(d) = d {
+                                data.push(at + d.start..at + d.end);
+                            }
+                            at += consumed;
+                        }
+                        Step::Done { consumed } => {
+                            at += consumed;
+                            done = true;
+                            break;
+                        }
+                    }
+                }
+                let read: Bytes = buf.split_to(at).freeze();
+                for range in data {
+                    if !sink(read.slice(range)).await {
+                        return Ok(false);
+                    }
+                }
+                if done {
+                    return Ok(true);
+                }
+                read_more(reader, buf, "a chunked body").await?;
+            }
+        }
+        Body::UntilClose => loop {
+            if !buf.is_empty() && !sink(buf.split().freeze()).await {
+                return Ok(false);
+            }
+            buf.reserve(READ_SIZE);
+            if reader.read_buf(buf).await? == 0 {
+                return Ok(true);
+            }
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests;
