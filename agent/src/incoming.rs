@@ -6,17 +6,23 @@
 //!
 //! # Structure
 //! * [`IncomingApi`] / `task`: the **incoming task**, one per agent, owns
-//!   every subscription (port → subscriber, one subscriber per port), opens
-//!   a listener per subscribed port and installs/removes the rules through
-//!   [`RedirectApi`]. It watches each subscriber's session and ends its
-//!   subscriptions when the session ends.
+//!   every subscription, opens a listener per subscribed port and
+//!   installs/removes the rules through [`RedirectApi`]. A port is held
+//!   either whole (an unfiltered steal or a mirror: one session) or by
+//!   **filtered steals of any number of sessions**, each with its own filter
+//!   (identical filters are refused naming their holder; whole and filtered
+//!   do not mix). It watches each subscriber's session and ends its
+//!   subscriptions when the session ends; a shared port goes with its last
+//!   filter.
 //! * `listener`: one task per subscribed port, accepting the redirected
 //!   connections and finding their original destination (`SO_ORIGINAL_DST`).
 //! * `conn`: one task per connection: the stolen pump, or the mirror proxy
 //!   plus the client's copy.
-//! * `http` and `filter`: a **filtered steal** (HTTP/1.x only): each
-//!   request the filter takes goes to the client, the others to the
-//!   original destination; connections that are not HTTP/1.x pass through.
+//! * `http` and `filter`: **filtered steals**: each HTTP/1.x request or
+//!   HTTP/2 stream goes to the first session whose filter takes it (all
+//!   filters of a port matched in one pass, see `filter`), the others to the
+//!   original destination (HTTP/1 byte for byte); connections that are
+//!   neither pass through raw.
 //! * `session`: a client's side: its `IncomingClient` messages, its
 //!   connections by id.
 //! * [`redirect`]: the [`Redirector`] seam and the netfilter thread; the
@@ -57,9 +63,13 @@
 //!   (different pid namespaces) on one target cannot both subscribe, and a
 //!   leftover is only recognised as stale when no process with its pid runs
 //!   in the agent's pid namespace.
-//! * A filtered steal understands HTTP/1.x only: other connections on the
-//!   port (HTTP/2 included) pass through to the target untouched. One
-//!   subscriber per port, with or without a filter.
+//! * A filtered steal understands HTTP/1.x and HTTP/2 with prior knowledge
+//!   (`h2c`); TLS and other protocols on the port pass through to the target
+//!   untouched (HTTP/2 over TLS cannot be seen without the target's keys).
+//! * Only identical filters are refused on a shared port; whether two
+//!   different patterns can match the same request is not computed (an
+//!   automaton intersection per pair). When they overlap, the earliest
+//!   subscription whose filter takes a request wins.
 //! * Owned nftables tables need Linux 5.12 or later; on older kernels use
 //!   `--netfilter iptables`. Leftover chains are looked for only by the
 //!   backend in use.

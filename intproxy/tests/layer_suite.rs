@@ -1263,3 +1263,96 @@ c.close()\n";
     assert_eq!(String::from_utf8_lossy(&answer), "HELLO STOLEN");
     app.finish().await.assert_success();
 }
+
+/// Speaks HTTP/2 with prior knowledge and nothing else (no HTTP/1 at all):
+/// answers the first request stream with `200` and `h2 got <body>`, printing
+/// the peer `accept` reported and whether the preface was HTTP/2's. Only the
+/// frames a client sends are handled; header blocks are not decoded.
+const H2_ONLY_APP: &str = "import socket, struct\n\
+s = socket.socket()\n\
+s.bind(('127.0.0.1', 0))\n\
+s.listen()\n\
+print(s.getsockname()[1], flush=True)\n\
+c, peer = s.accept()\n\
+print('peer', peer[0], flush=True)\n\
+def exact(n):\n\
+\x20   data = b''\n\
+\x20   while len(data) < n:\n\
+\x20       d = c.recv(n - len(data))\n\
+\x20       if not d: return None\n\
+\x20       data += d\n\
+\x20   return data\n\
+def frame(kind, flags, stream, payload=b''):\n\
+\x20   c.sendall(struct.pack('>I', len(payload))[1:] + bytes([kind, flags]) + struct.pack('>I', stream) + payload)\n\
+preface = exact(24)\n\
+print('preface', preface == b'PRI * HTTP/2.0\\r\\n\\r\\nSM\\r\\n\\r\\n', flush=True)\n\
+frame(4, 0, 0)\n\
+body = b''\n\
+while True:\n\
+\x20   head = exact(9)\n\
+\x20   if head is None: break\n\
+\x20   length = struct.unpack('>I', b'\\0' + head[:3])[0]\n\
+\x20   kind, flags, stream = head[3], head[4], struct.unpack('>I', head[5:])[0] & 0x7fffffff\n\
+\x20   payload = exact(length)\n\
+\x20   if kind == 4 and not flags & 1: frame(4, 1, 0)\n\
+\x20   if kind == 6 and not flags & 1: frame(6, 1, 0, payload)\n\
+\x20   if kind == 0: body += payload\n\
+\x20   if kind in (0, 1) and flags & 1:\n\
+\x20       frame(1, 4, stream, b'\\x88')\n\
+\x20       frame(0, 1, stream, b'h2 got ' + body)\n\
+\x20       print('answered stream', stream, flush=True)\n\
+c.close()\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incoming_filtered_http2_request_reaches_an_http2_only_app_as_http2() {
+    let h = staging_harness(steal_config(Some(STEAL_HEADER))).await;
+    let filter = Some(HttpFilter::Header(STEAL_HEADER.into()));
+    let (mut app, port) = start_subscribed_app(&h, H2_ONLY_APP, filter).await;
+    let request = HttpRequestId(9);
+    let mut head = request_head(
+        "POST",
+        "/h2",
+        &[
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":authority", "svc.ns"),
+            (":path", "/h2"),
+            ("x-remora", "yes"),
+        ],
+    );
+    head.version = HttpVersion::Http2;
+    h.agent
+        .inject(IncomingServer::Request {
+            request,
+            port,
+            peer: incoming_peer(),
+            head,
+        })
+        .await;
+    for (chunk, last) in [("over ", false), ("h2", true)] {
+        h.agent
+            .inject(IncomingServer::RequestBody {
+                request,
+                chunk: Bytes::from_static(chunk.as_bytes()),
+                last,
+            })
+            .await;
+    }
+    assert_eq!(
+        app.line().await,
+        "peer 10.0.0.99",
+        "accept reports the real peer"
+    );
+    assert_eq!(
+        app.line().await,
+        "preface True",
+        "the app was spoken HTTP/2 to"
+    );
+    let (head, body) = response_of(&h, request).await.expect("an answer");
+    assert_eq!(head.status, 200);
+    assert_eq!(head.version, HttpVersion::Http2);
+    assert_eq!(String::from_utf8_lossy(&body), "h2 got over h2");
+    let out = app.finish().await;
+    out.assert_success();
+    assert!(out.stdout.contains("answered stream 1\n"), "{out}");
+}

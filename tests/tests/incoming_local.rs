@@ -375,3 +375,312 @@ fn a_matched_websocket_upgrade_becomes_a_tunnel_to_the_local_app() {
         "{out:?}"
     );
 }
+
+// ---------------------------------------------------------------------------
+// Filtered steal, protocol by protocol: the pod's service and the local app
+// are both `remora-bench-app h2-serve` (HTTP/1.1 and HTTP/2 prior knowledge on
+// one port), answering "pod ..." or "laptop ..." with the version, method,
+// path and body length each one saw.
+// ---------------------------------------------------------------------------
+
+fn bench_app() -> String {
+    bin_path("remora-bench-app")
+        .unwrap()
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// A pod whose service on 0.0.0.0:POD_PORT is `h2-serve` named "pod".
+fn pod_with_h2_service(sandbox: &Sandbox) -> (Pod, PodProcess) {
+    let pod = sandbox.pod(PodSpec::new("api")).unwrap();
+    let addr = format!("0.0.0.0:{POD_PORT}");
+    let service = pod
+        .command(bench_app())
+        .unwrap()
+        .args(["h2-serve", &addr, "pod"])
+        .spawn()
+        .unwrap();
+    pod.wait_for_tcp(POD_PORT, Duration::from_secs(20)).unwrap();
+    (pod, service)
+}
+
+/// Alice's requests to the pod's POD_PORT stolen by a local `h2-serve` named
+/// "laptop" on 127.0.0.1:`local_port`; returns once an HTTP/1.1 request of
+/// hers reached it.
+fn steal_for_alice_to_h2_serve(pod: &Pod, local_port: u16) -> Run {
+    let mapping = format!("{local_port}:{POD_PORT}");
+    let listen = format!("127.0.0.1:{local_port}");
+    let flags = [ALICE[0], ALICE[1], ALICE[2], "-p", &mapping];
+    let run = remora_background(pod, &flags, &[&bench_app(), "h2-serve", &listen, "laptop"]);
+    wait_for("alice's requests to reach the laptop", || {
+        curl_from_host(pod, "/", Some("X-User: alice")) == "laptop HTTP/1.1 GET / 0\n"
+    });
+    run
+}
+
+/// `curl <args> http://POD:POD_PORT<path>` from this machine: its stdout, and
+/// its stderr for failure messages.
+fn curl_pod(pod: &Pod, path: &str, args: &[&str]) -> (String, String) {
+    let url = format!("http://{}:{POD_PORT}{path}", pod.ip());
+    let out = Command::new("curl")
+        .args(["-sS", "-m", "30"])
+        .args(args)
+        .arg(&url)
+        .output()
+        .unwrap();
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `python3 -c code POD_IP POD_PORT`, which must succeed: its stdout.
+fn python_to_pod(pod: &Pod, code: &str) -> String {
+    let out = Command::new("python3")
+        .args(["-c", code, &pod.ip().to_string(), &POD_PORT.to_string()])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// A file of `len` bytes (not all zeros, so nothing can guess it).
+fn body_file(len: usize) -> tempfile::NamedTempFile {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+    std::fs::write(file.path(), data).unwrap();
+    file
+}
+
+/// Why alice's HTTP/2 requests can get the pod's answer.
+const NEEDS_H2_ROUTING: &str = "alice's HTTP/2 requests need the agent's HTTP/2 routing \
+                                (an agent that passes h2 through untouched sends them to the pod)";
+
+/// Needs the agent's HTTP/2 routing: an agent that passes h2 through untouched
+/// gives alice the pod's answer.
+#[test]
+fn http2_prior_knowledge_requests_are_filtered_one_by_one() {
+    require_sandbox!();
+    let sandbox = Sandbox::new().unwrap();
+    let (pod, _service) = pod_with_h2_service(&sandbox);
+    let h2 = ["--http2-prior-knowledge"];
+    // The pod's service speaks h2c itself.
+    let (direct, err) = curl_pod(&pod, "/direct", &h2);
+    assert_eq!(direct, "pod HTTP/2 GET /direct 0\n", "{err}");
+    let _run = steal_for_alice_to_h2_serve(&pod, 18201);
+    let alice = ["--http2-prior-knowledge", "-H", "x-user: alice"];
+    let (answer, err) = curl_pod(&pod, "/h2", &alice);
+    assert_eq!(
+        answer, "laptop HTTP/2 GET /h2 0\n",
+        "{NEEDS_H2_ROUTING}\n{err}"
+    );
+    let (answer, err) = curl_pod(&pod, "/h2", &h2);
+    assert_eq!(answer, "pod HTTP/2 GET /h2 0\n", "{err}");
+    let bob = ["--http2-prior-knowledge", "-H", "x-user: bob"];
+    let (answer, err) = curl_pod(&pod, "/h2", &bob);
+    assert_eq!(answer, "pod HTTP/2 GET /h2 0\n", "{err}");
+    // A request body (DATA frames) reaches the laptop whole.
+    let upload = body_file(300_000);
+    let data = format!("@{}", upload.path().display());
+    let post = [
+        "--http2-prior-knowledge",
+        "-H",
+        "x-user: alice",
+        "--data-binary",
+        &data,
+    ];
+    let (answer, err) = curl_pod(&pod, "/upload", &post);
+    assert_eq!(answer, "laptop HTTP/2 POST /upload 300000\n", "{err}");
+}
+
+/// Needs the agent's HTTP/2 routing, like the test above. curl 7.88 cannot
+/// reuse a prior-knowledge connection (curl/curl#10634), so `h2-mixed` sends
+/// the streams.
+#[test]
+fn concurrent_http2_streams_on_one_connection_each_reach_their_side() {
+    require_sandbox!();
+    let sandbox = Sandbox::new().unwrap();
+    let (pod, _service) = pod_with_h2_service(&sandbox);
+    const STREAMS: u64 = 40;
+    let mixed = || {
+        let addr = format!("{}:{POD_PORT}", pod.ip());
+        let out = Command::new(bench_app())
+            .args(["h2-mixed", &addr, &STREAMS.to_string(), "x-user: alice"])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    };
+    let expected = |side: &dyn Fn(u64) -> &'static str| -> String {
+        (0..STREAMS)
+            .map(|i| format!("200 {} HTTP/2 GET /mixed/{i} 0\n", side(i)))
+            .collect()
+    };
+    // Before the steal the pod answers every stream.
+    assert_eq!(mixed(), expected(&|_| "pod"));
+    let _run = steal_for_alice_to_h2_serve(&pod, 18206);
+    // The even streams carry alice's header.
+    let sides = |i: u64| if i % 2 == 0 { "laptop" } else { "pod" };
+    assert_eq!(mixed(), expected(&sides), "{NEEDS_H2_ROUTING}");
+}
+
+/// One `http.client` connection, six requests; the connection must survive
+/// each answer (http.client would silently reconnect after a close, so the
+/// client checks its socket stays the same).
+const KEEP_ALIVE_CLIENT: &str = r#"
+import http.client, sys
+conn = http.client.HTTPConnection(sys.argv[1], int(sys.argv[2]), timeout=20)
+first = None
+for i in range(6):
+    headers = {"x-user": "alice"} if i % 2 == 0 else {}
+    conn.request("GET", "/keep/%d" % i, headers=headers)
+    resp = conn.getresponse()
+    body = resp.read().decode()
+    assert not resp.will_close, "answer %d closes the connection: %r" % (i, resp.getheaders())
+    assert conn.sock is not None, "connection closed after answer %d" % i
+    name = conn.sock.getsockname()
+    first = first or name
+    assert name == first, "reconnected before request %d: %r then %r" % (i, first, name)
+    print(resp.status, body.strip())
+"#;
+
+#[test]
+fn keep_alive_requests_on_one_connection_alternate_between_laptop_and_pod() {
+    require_sandbox!();
+    let sandbox = Sandbox::new().unwrap();
+    let (pod, _service) = pod_with_h2_service(&sandbox);
+    let _run = steal_for_alice_to_h2_serve(&pod, 18202);
+    let expected: String = (0..6)
+        .map(|i| {
+            let side = if i % 2 == 0 { "laptop" } else { "pod" };
+            format!("200 {side} HTTP/1.1 GET /keep/{i} 0\n")
+        })
+        .collect();
+    assert_eq!(python_to_pod(&pod, KEEP_ALIVE_CLIENT), expected);
+}
+
+/// Four HTTP/1.1 requests in one `sendall`, then their four answers read off
+/// the same connection (Content-Length or chunked), printed in order.
+const PIPELINING_CLIENT: &str = r#"
+import socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=20)
+s.sendall(
+    b"GET /pipe/0 HTTP/1.1\r\nHost: api\r\nx-user: alice\r\n\r\n"
+    b"POST /pipe/1 HTTP/1.1\r\nHost: api\r\nContent-Length: 5\r\n\r\nhello"
+    b"POST /pipe/2 HTTP/1.1\r\nHost: api\r\nx-user: alice\r\nContent-Length: 11\r\n\r\nhello world"
+    b"GET /pipe/3 HTTP/1.1\r\nHost: api\r\n\r\n"
+)
+buf = b""
+def until(sep):
+    global buf
+    while sep not in buf:
+        data = s.recv(65536)
+        assert data, "connection closed; unparsed: %r" % buf
+        buf += data
+    out, buf = buf.split(sep, 1)
+    return out
+def exactly(n):
+    global buf
+    while len(buf) < n:
+        data = s.recv(65536)
+        assert data, "connection closed; unparsed: %r" % buf
+        buf += data
+    out, buf = buf[:n], buf[n:]
+    return out
+for _ in range(4):
+    lines = until(b"\r\n\r\n").decode().split("\r\n")
+    headers = dict((k.strip().lower(), v.strip()) for k, v in (l.split(":", 1) for l in lines[1:]))
+    if headers.get("transfer-encoding", "").lower() == "chunked":
+        body = b""
+        while True:
+            size = int(until(b"\r\n").split(b";")[0], 16)
+            if size == 0:
+                while until(b"\r\n"):
+                    pass
+                break
+            body += exactly(size)
+            until(b"\r\n")
+    else:
+        body = exactly(int(headers["content-length"]))
+    print(lines[0].split(" ")[1], body.decode().strip())
+"#;
+
+#[test]
+fn pipelined_requests_are_answered_in_order_each_by_its_side() {
+    require_sandbox!();
+    let sandbox = Sandbox::new().unwrap();
+    let (pod, _service) = pod_with_h2_service(&sandbox);
+    let _run = steal_for_alice_to_h2_serve(&pod, 18203);
+    assert_eq!(
+        python_to_pod(&pod, PIPELINING_CLIENT),
+        "200 laptop HTTP/1.1 GET /pipe/0 0\n\
+         200 pod HTTP/1.1 POST /pipe/1 5\n\
+         200 laptop HTTP/1.1 POST /pipe/2 11\n\
+         200 pod HTTP/1.1 GET /pipe/3 0\n"
+    );
+}
+
+#[test]
+fn expect_100_continue_uploads_reach_the_right_side_whole() {
+    require_sandbox!();
+    let sandbox = Sandbox::new().unwrap();
+    let (pod, _service) = pod_with_h2_service(&sandbox);
+    let _run = steal_for_alice_to_h2_serve(&pod, 18204);
+    const LEN: usize = 2 * 1024 * 1024;
+    let upload = body_file(LEN);
+    let data = format!("@{}", upload.path().display());
+    // curl waits longer for the `100 Continue` than it waits for the whole
+    // exchange: the body is only sent once the `100` came back through remora.
+    let expect = [
+        "-v",
+        "--expect100-timeout",
+        "60",
+        "-H",
+        "Expect: 100-continue",
+        "--data-binary",
+        &data,
+    ];
+    for (side, header) in [("laptop", "x-user: alice"), ("pod", "x-user: bob")] {
+        let mut args = expect.to_vec();
+        args.extend(["-H", header]);
+        let (answer, verbose) = curl_pod(&pod, "/expect", &args);
+        assert_eq!(
+            answer,
+            format!("{side} HTTP/1.1 POST /expect {LEN}\n"),
+            "{verbose}"
+        );
+        assert!(verbose.contains("< HTTP/1.1 100 Continue"), "{verbose}");
+    }
+}
+
+#[test]
+fn chunked_request_bodies_reach_the_right_side_whole() {
+    require_sandbox!();
+    let sandbox = Sandbox::new().unwrap();
+    let (pod, _service) = pod_with_h2_service(&sandbox);
+    let _run = steal_for_alice_to_h2_serve(&pod, 18205);
+    const LEN: usize = 300_001;
+    let upload = body_file(LEN);
+    let data = format!("@{}", upload.path().display());
+    let chunked = ["-H", "Transfer-Encoding: chunked", "--data-binary", &data];
+    for (side, header) in [("laptop", "x-user: alice"), ("pod", "x-user: bob")] {
+        let mut args = chunked.to_vec();
+        args.extend(["-H", header]);
+        let (answer, err) = curl_pod(&pod, "/chunked", &args);
+        assert_eq!(
+            answer,
+            format!("{side} HTTP/1.1 POST /chunked {LEN}\n"),
+            "{err}"
+        );
+    }
+}

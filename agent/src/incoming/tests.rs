@@ -1040,3 +1040,177 @@ async fn a_shared_port_refuses_what_would_take_others_traffic() {
         .await
         .unwrap();
 }
+
+/// A service that runs `serve` on every connection it accepts.
+async fn scripted_service<F, Fut>(serve: F) -> SocketAddr
+where
+    F: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let listener = tokio::net::TcpListener::bind(localhost(0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(serve(stream));
+        }
+    });
+    addr
+}
+
+/// Read from `stream` until `got` ends with `end`.
+async fn read_until(stream: &mut TcpStream, got: &mut Vec<u8>, end: &[u8]) {
+    let mut buf = [0u8; 4096];
+    while !got.ends_with(end) {
+        let n = tokio::time::timeout(STEP, stream.read(&mut buf))
+            .await
+            .expect("more bytes in time")
+            .unwrap();
+        assert_ne!(n, 0, "closed early: {}", String::from_utf8_lossy(got));
+        got.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// Alice holds a filtered steal on `port`.
+async fn alice_on(fx: &Fixture, port: u16) -> TestClient {
+    let mut alice = fx.client(1, "alice");
+    alice
+        .subscribe_filtered(
+            port,
+            IncomingMode::Steal,
+            HttpFilter::Header("^x-user: alice$".into()),
+        )
+        .await
+        .unwrap();
+    alice
+}
+
+#[tokio::test]
+async fn requests_not_taken_get_the_services_bytes_unchanged() {
+    const ANSWER: &[u8] = b"HTTP/1.1 200 OK\r\nX-Odd-CASE:   spaced  \r\nTransfer-Encoding: \
+                            chunked\r\n\r\n3;ext=1\r\nabc\r\n0\r\nTrailer: x\r\n\r\n";
+    let service = scripted_service(|mut stream| async move {
+        let mut got = Vec::new();
+        loop {
+            read_until(&mut stream, &mut got, b"\r\n\r\n").await;
+            got.clear();
+            stream.write_all(ANSWER).await.unwrap();
+        }
+    })
+    .await;
+    let fx = fixture().await;
+    let _alice = alice_on(&fx, service.port()).await;
+    let mut peer = TcpStream::connect(localhost(fx.rec.listener_of(service.port())))
+        .await
+        .unwrap();
+    // Twice on one connection: the chunked answer's end was found.
+    for _ in 0..2 {
+        peer.write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        read_until(&mut peer, &mut got, b"Trailer: x\r\n\r\n").await;
+        assert_eq!(got, ANSWER);
+    }
+}
+
+#[tokio::test]
+async fn pipelined_requests_are_answered_in_order_whoever_answers() {
+    let fx = fixture().await;
+    let service = http_service().await;
+    let mut alice = alice_on(&fx, service.port()).await;
+    let mut peer = TcpStream::connect(localhost(fx.rec.listener_of(service.port())))
+        .await
+        .unwrap();
+    peer.write_all(
+        b"GET /1 HTTP/1.1\r\nx-user: alice\r\n\r\n\
+          POST /2 HTTP/1.1\r\ncontent-length: 3\r\n\r\nabc\
+          GET /3 HTTP/1.1\r\nx-user: alice\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let reader = tokio::spawn(async move {
+        let mut got = Vec::new();
+        read_until(&mut peer, &mut got, b"alice3").await;
+        String::from_utf8(got).unwrap()
+    });
+    assert_eq!(alice.answer_next("alice1").await.uri, "/1");
+    assert_eq!(alice.answer_next("alice3").await.uri, "/3");
+    let got = reader.await.unwrap();
+    let bodies: Vec<&str> = ["alice1", "service", "alice3"]
+        .iter()
+        .map(|b| &got[got.find(b).unwrap_or_else(|| panic!("{b} missing: {got}"))..][..b.len()])
+        .collect();
+    assert_eq!(bodies, ["alice1", "service", "alice3"]);
+    assert!(got.find("alice1") < got.find("service") && got.find("service") < got.find("alice3"));
+}
+
+#[tokio::test]
+async fn expect_100_continue_works_taken_or_not() {
+    // The service says 100 Continue, then reads the body and answers.
+    let service = scripted_service(|mut stream| async move {
+        let mut got = Vec::new();
+        read_until(&mut stream, &mut got, b"\r\n\r\n").await;
+        assert!(String::from_utf8_lossy(&got).contains("expect: 100-continue"));
+        stream
+            .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+            .await
+            .unwrap();
+        let mut body = Vec::new();
+        read_until(&mut stream, &mut body, b"hello").await;
+        stream
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 7\r\n\r\ngot all")
+            .await
+            .unwrap();
+    })
+    .await;
+    let fx = fixture().await;
+    let mut alice = alice_on(&fx, service.port()).await;
+    let listener = localhost(fx.rec.listener_of(service.port()));
+    for user in ["bob", "alice"] {
+        let mut peer = TcpStream::connect(listener).await.unwrap();
+        let head = format!(
+            "POST / HTTP/1.1\r\nx-user: {user}\r\nexpect: 100-continue\r\ncontent-length: 5\r\n\r\n"
+        );
+        peer.write_all(head.as_bytes()).await.unwrap();
+        // The peer waits for 100 Continue before it sends the body.
+        let mut got = Vec::new();
+        read_until(&mut peer, &mut got, b"100 Continue\r\n\r\n").await;
+        peer.write_all(b"hello").await.unwrap();
+        let mut got = Vec::new();
+        if user == "alice" {
+            let head = alice.answer_next("got all").await;
+            assert!(
+                !head.headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("expect")),
+                "the agent answered the expectation itself"
+            );
+        }
+        read_until(&mut peer, &mut got, b"got all").await;
+        assert!(got.starts_with(b"HTTP/1.1 200 OK\r\n"), "{user}");
+    }
+}
+
+#[tokio::test]
+async fn an_upstream_connection_the_service_closed_while_idle_is_replaced() {
+    // One answer per connection, then the service closes it (as an idle
+    // timeout would), without saying so in the answer.
+    let service = scripted_service(|mut stream| async move {
+        let mut got = Vec::new();
+        read_until(&mut stream, &mut got, b"\r\n\r\n").await;
+        stream
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            .await
+            .unwrap();
+    })
+    .await;
+    let fx = fixture().await;
+    let _alice = alice_on(&fx, service.port()).await;
+    let mut peer = TcpStream::connect(localhost(fx.rec.listener_of(service.port())))
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        peer.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        let mut got = Vec::new();
+        read_until(&mut peer, &mut got, b"\r\n\r\nok").await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -1,23 +1,35 @@
 //! Stolen HTTP requests: each one is replayed to the application's listener
-//! with hyper's HTTP/1 client and its response streamed back to the agent.
+//! and its response streamed back to the agent. A request that reached the
+//! target as HTTP/1.x is replayed with hyper's HTTP/1 client; one that came
+//! as HTTP/2 with hyper's HTTP/2 client (prior knowledge, h2c), so the app
+//! sees the protocol its real clients speak and the response head says
+//! `Http2`.
 //!
 //! Every request gets its own connection to the app (no pooling or
-//! keep-alive yet): simple, and the dialer → peer mapping then names exactly
-//! one client. Memory stays bounded both ways: the request body flows through
-//! a [`BODY_CAPACITY`]-chunk channel and the response body is forwarded frame
-//! by frame in pieces of at most [`MAX_CHUNK`] bytes, so a 1 GiB upload or
-//! download streams. An upgrade (WebSocket) answered `101` by the app becomes
-//! a raw stream once the agent announces it (`Upgraded`), pumped like a stolen
+//! keep-alive yet, HTTP/2 included: one stream per connection): simple, and
+//! the dialer → peer mapping then names exactly one client. Memory stays
+//! bounded both ways: the request body flows through a [`BODY_CAPACITY`]-chunk
+//! channel and the response body is forwarded frame by frame in pieces of at
+//! most [`MAX_CHUNK`] bytes, so a 1 GiB upload or download streams. An
+//! upgrade (WebSocket, HTTP/1 only) answered `101` by the app becomes a raw
+//! stream once the agent announces it (`Upgraded`), pumped like a stolen
 //! connection.
+//!
+//! # Limits
+//! * An HTTP/2 request needs an app that speaks HTTP/2 without TLS (h2c with
+//!   prior knowledge), as the target's service did; it is not downgraded to
+//!   HTTP/1.1 for an app that only speaks HTTP/1.
+//! * Trailers are dropped both ways (the protocol has no place for them).
 
 use super::{Input, PeerTable, dial_app, pump_raw};
 use crate::agent_link::AgentApi;
 use bytes::Bytes;
 use http_body_util::BodyExt;
-use hyper::body::{Body, Frame};
-use hyper::header::{HOST, HeaderName, HeaderValue};
+use hyper::body::{Body, Frame, Incoming};
+use hyper::header::{CONNECTION, HOST, HeaderMap, HeaderName, HeaderValue, TE};
+use hyper::http::uri::{Authority, Scheme};
 use hyper::{Method, Uri, Version};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use remora_protocol::ConnectionId;
 use remora_protocol::HttpRequestId;
 use remora_protocol::incoming::{HttpRequestHead, HttpResponseHead, HttpVersion};
@@ -26,6 +38,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::sync::oneshot;
 use tokio_util::task::AbortOnDropHandle;
@@ -118,22 +131,19 @@ async fn forward(
     upgrade_rx: oneshot::Receiver<(ConnectionId, mpsc::Receiver<Input>)>,
 ) -> Result<(), String> {
     let app = target.app;
-    let req = build_request(head, body)?;
+    let http2 = head.version == HttpVersion::Http2;
+    let req = build_request(head, body, app)?;
     let (stream, _registered) = dial_app(&target.peers, app, peer, None)
         .await
         .map_err(|e| format!("connecting to the local app at {app}: {e}"))?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| format!("talking HTTP/1 to the local app at {app}: {e}"))?;
     // Aborted with this task: a cancelled request closes its connection.
-    let _conn = AbortOnDropHandle::new(tokio::spawn(async move {
-        let _ = conn.with_upgrades().await;
-    }));
-    let response = sender
-        .send_request(req)
-        .await
-        .map_err(|e| format!("the local app at {app} did not answer: {e}"))?;
-    let switching = response.status() == hyper::StatusCode::SWITCHING_PROTOCOLS;
+    let (response, _conn) = if http2 {
+        send_http2(stream, req, app).await?
+    } else {
+        send_http1(stream, req, app).await?
+    };
+    // HTTP/2 has no `101`: its upgrades are extended CONNECT streams.
+    let switching = !http2 && response.status() == hyper::StatusCode::SWITCHING_PROTOCOLS;
     let mut response = response;
     let upgrade = switching.then(|| hyper::upgrade::on(&mut response));
     let (parts, mut body) = response.into_parts();
@@ -197,6 +207,47 @@ async fn forward(
         .map_err(agent_gone)
 }
 
+/// The app's answer to `req` over HTTP/1 on `stream`, and the task driving
+/// the connection (upgrades included).
+async fn send_http1(
+    stream: TcpStream,
+    req: hyper::Request<ChannelBody>,
+    app: SocketAddr,
+) -> Result<(hyper::Response<Incoming>, AbortOnDropHandle<()>), String> {
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("talking HTTP/1 to the local app at {app}: {e}"))?;
+    let conn = AbortOnDropHandle::new(tokio::spawn(async move {
+        let _ = conn.with_upgrades().await;
+    }));
+    let response = sender
+        .send_request(req)
+        .await
+        .map_err(|e| format!("the local app at {app} did not answer: {e}"))?;
+    Ok((response, conn))
+}
+
+/// The app's answer to `req` over HTTP/2 with prior knowledge on `stream`,
+/// and the task driving the connection.
+async fn send_http2(
+    stream: TcpStream,
+    req: hyper::Request<ChannelBody>,
+    app: SocketAddr,
+) -> Result<(hyper::Response<Incoming>, AbortOnDropHandle<()>), String> {
+    let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("talking HTTP/2 to the local app at {app}: {e}"))?;
+    let conn = AbortOnDropHandle::new(tokio::spawn(async move {
+        let _ = conn.await;
+    }));
+    let response = sender
+        .send_request(req)
+        .await
+        .map_err(|e| format!("the local app at {app} did not answer over HTTP/2: {e}"))?;
+    Ok((response, conn))
+}
+
 /// Whether the agent will send a body for this request. HTTP/1 requests
 /// without `Content-Length` or `Transfer-Encoding` have none; HTTP/2 ones may
 /// have one without a length, except for the methods that never carry one.
@@ -219,11 +270,17 @@ fn has_body(head: &HttpRequestHead) -> bool {
             .any(|m| head.method.eq_ignore_ascii_case(m))
 }
 
-/// The request as the app receives it: origin-form URI, HTTP/1.x, the
-/// client's headers (HTTP/2 pseudo-headers turned into `Host`).
+/// The request as the app receives it, the client's headers included.
+/// * HTTP/1.x: origin-form URI, the request's version, a `Host` header (from
+///   the URI or `:authority` when the client sent none).
+/// * HTTP/2: absolute URI whose authority is the client's (`:authority`,
+///   else the URI's, else `Host`, else the app's address), no `Host` header
+///   (RFC 9113 §8.3.1) and none of the connection-specific headers HTTP/2
+///   forbids.
 fn build_request(
     head: HttpRequestHead,
     body: ChannelBody,
+    app: SocketAddr,
 ) -> Result<hyper::Request<ChannelBody>, String> {
     let method = Method::from_bytes(head.method.as_bytes())
         .map_err(|_| format!("invalid request method {:?}", head.method))?;
@@ -231,21 +288,10 @@ fn build_request(
         .uri
         .parse()
         .map_err(|e| format!("invalid request URI {:?}: {e}", head.uri))?;
-    let path = uri.path_and_query().map_or("/", |pq| pq.as_str());
-    let version = match head.version {
-        HttpVersion::Http10 => Version::HTTP_10,
-        HttpVersion::Http11 | HttpVersion::Http2 => Version::HTTP_11,
-    };
-    let mut req = hyper::Request::builder()
-        .method(method)
-        .uri(path)
-        .version(version)
-        .body(body)
-        .map_err(|e| format!("building the request for the local app: {e}"))?;
     let mut authority = uri
         .authority()
         .map(|a| Bytes::copy_from_slice(a.as_str().as_bytes()));
-    let headers = req.headers_mut();
+    let mut headers = HeaderMap::new();
     for (name, value) in head.headers {
         if let Some(pseudo) = name.strip_prefix(':') {
             if pseudo.eq_ignore_ascii_case("authority") {
@@ -259,12 +305,85 @@ fn build_request(
             .map_err(|_| format!("invalid value of request header {name}"))?;
         headers.append(name, value);
     }
-    if !headers.contains_key(HOST) {
-        if let Some(value) = authority.and_then(|a| HeaderValue::from_maybe_shared(a).ok()) {
-            headers.insert(HOST, value);
+    let path = uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let (uri, version) = match head.version {
+        HttpVersion::Http10 | HttpVersion::Http11 => {
+            if !headers.contains_key(HOST) {
+                if let Some(value) = authority.and_then(|a| HeaderValue::from_maybe_shared(a).ok())
+                {
+                    headers.insert(HOST, value);
+                }
+            }
+            let version = if head.version == HttpVersion::Http10 {
+                Version::HTTP_10
+            } else {
+                Version::HTTP_11
+            };
+            (Uri::try_from(path).map_err(|e| e.to_string()), version)
         }
-    }
+        HttpVersion::Http2 => {
+            strip_connection_headers(&mut headers);
+            let host = headers.remove(HOST);
+            let authority = authority
+                .or_else(|| host.map(|h| Bytes::copy_from_slice(h.as_bytes())))
+                .and_then(|a| Authority::from_maybe_shared(a).ok())
+                .map_or_else(|| Authority::try_from(app.to_string()), Ok)
+                .map_err(|e| format!("no authority for the request to {app}: {e}"))?;
+            let uri = Uri::builder()
+                .scheme(Scheme::HTTP)
+                .authority(authority)
+                .path_and_query(path)
+                .build()
+                .map_err(|e| e.to_string());
+            (uri, Version::HTTP_2)
+        }
+    };
+    let uri = uri.map_err(|e| format!("invalid request target {path:?}: {e}"))?;
+    let mut req = hyper::Request::builder()
+        .method(method)
+        .uri(uri)
+        .version(version)
+        .body(body)
+        .map_err(|e| format!("building the request for the local app: {e}"))?;
+    *req.headers_mut() = headers;
     Ok(req)
+}
+
+/// Headers that only mean something for one HTTP/1 connection, which HTTP/2
+/// forbids (RFC 9113 §8.2.2).
+const CONNECTION_SPECIFIC: [&str; 5] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Remove the connection-specific headers, those `Connection` names too, and
+/// `TE` unless it is `trailers`.
+fn strip_connection_headers(headers: &mut HeaderMap) {
+    let named: Vec<String> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .map(|name| name.trim().to_ascii_lowercase())
+        .filter(|name| !name.is_empty())
+        .collect();
+    for name in CONNECTION_SPECIFIC
+        .iter()
+        .copied()
+        .chain(named.iter().map(String::as_str))
+    {
+        headers.remove(name);
+    }
+    if headers
+        .get_all(TE)
+        .iter()
+        .any(|value| !value.as_bytes().eq_ignore_ascii_case(b"trailers"))
+    {
+        headers.remove(TE);
+    }
 }
 
 /// A request body fed by the port task; it ends when the channel closes.

@@ -12,11 +12,16 @@
 //! remora-bench-app tcp-rr HOST:PORT N       1-byte request/response round trips on one connection
 //! remora-bench-app tcp-stream HOST:PORT MB  send MB MiB on one connection, read back the count
 //! remora-bench-app http-serve ADDR BODY     HTTP/1.1 keep-alive server answering 200 BODY (for wrk)
+//! remora-bench-app h2-serve ADDR NAME       HTTP/1.1 + HTTP/2 (h2c) server answering
+//!                                           "NAME VERSION METHOD PATH BODY-LENGTH\n"
+//! remora-bench-app h2-mixed ADDR N HEADER   N concurrent GETs on one h2c connection, even ones
+//!                                           with HEADER; prints "STATUS BODY" per request
 //! ```
 //!
 //! Output: `ns_per_op=1234.5 ops=N`, plus `mib_per_s=456.7 bytes=B` when bytes moved.
 
 mod files;
+mod h2;
 mod http;
 mod local;
 mod report;
@@ -27,7 +32,8 @@ use std::str::FromStr;
 
 const USAGE: &str = "usage: remora-bench-app files-local N | sock-local N | read-file PATH N \
                      | serve PORT | tcp-rr HOST:PORT N | tcp-stream HOST:PORT MB \
-                     | http-serve ADDR BODY";
+                     | http-serve ADDR BODY | h2-serve ADDR NAME \
+                     | h2-mixed ADDR N HEADER";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -53,6 +59,8 @@ fn run(args: &[&str]) -> Result<String, String> {
         ["tcp-rr", addr, n] => tcp::request_response(addr, count(n)?)?,
         ["tcp-stream", addr, mb] => tcp::stream(addr, count(mb)?)?,
         ["http-serve", addr, body] => return http::serve(addr, body).map(|()| String::new()),
+        ["h2-serve", addr, name] => return h2::serve(addr, name).map(|()| String::new()),
+        ["h2-mixed", addr, n, header] => return h2::mixed(addr, count(n)?, header),
         _ => return Err(USAGE.into()),
     };
     Ok(report.to_string())
