@@ -73,7 +73,7 @@ impl Incoming {
 
 /// A dialer address registered in the [`PeerTable`]; dropping it forgets the
 /// mapping (also when its task is aborted).
-struct Registered {
+pub(crate) struct Registered {
     peers: PeerTable,
     dialer: SocketAddr,
 }
@@ -99,6 +99,9 @@ async fn dial_app(
     } else {
         TcpSocket::new_v6()
     }?;
+    // Explicit binds cannot share a port with a closed connection still in
+    // TIME_WAIT unless allowed to; under load they would run out.
+    socket.set_reuseaddr(true)?;
     socket.bind(SocketAddr::new(app.ip(), 0))?;
     let dialer = socket.local_addr()?;
     if let Ok(mut table) = peers.lock() {
@@ -123,6 +126,7 @@ async fn port_task(
     let mut conns: HashMap<ConnectionId, mpsc::Sender<Input>> = HashMap::new();
     // Dropping a handle aborts its request (cancelled, or this task ended).
     let mut requests: HashMap<HttpRequestId, http::RequestHandle> = HashMap::new();
+    let pool = http::AppPool::default();
     while let Some(event) = events.recv().await {
         let (conn, input) = match event {
             IncomingEvent::NewConnection { conn, peer, local } => {
@@ -150,6 +154,7 @@ async fn port_task(
                     agent: agent.clone(),
                     peers: peers.clone(),
                     app,
+                    pool: pool.clone(),
                 };
                 requests.insert(request, http::spawn(target, request, peer, head));
                 continue;

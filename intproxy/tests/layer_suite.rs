@@ -1282,7 +1282,9 @@ def exact(n):\n\
 \x20       if not d: return None\n\
 \x20       data += d\n\
 \x20   return data\n\
+done = False\n\
 def frame(kind, flags, stream, payload=b''):\n\
+\x20   if done: return\n\
 \x20   c.sendall(struct.pack('>I', len(payload))[1:] + bytes([kind, flags]) + struct.pack('>I', stream) + payload)\n\
 preface = exact(24)\n\
 print('preface', preface == b'PRI * HTTP/2.0\\r\\n\\r\\nSM\\r\\n\\r\\n', flush=True)\n\
@@ -1301,6 +1303,8 @@ while True:\n\
 \x20       frame(1, 4, stream, b'\\x88')\n\
 \x20       frame(0, 1, stream, b'h2 got ' + body)\n\
 \x20       print('answered stream', stream, flush=True)\n\
+\x20       c.shutdown(socket.SHUT_WR)\n\
+\x20       done = True\n\
 c.close()\n";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,9 +5,9 @@
 //! sees the protocol its real clients speak and the response head says
 //! `Http2`.
 //!
-//! Every request gets its own connection to the app (no pooling or
-//! keep-alive yet, HTTP/2 included: one stream per connection): simple, and
-//! the dialer → peer mapping then names exactly one client. Memory stays
+//! Connections to the app are kept alive and reused for the next request of
+//! the same peer (see [`pool`]), so the dialer → peer mapping of each
+//! connection still names exactly one client. Memory stays
 //! bounded both ways: the request body flows through a [`BODY_CAPACITY`]-chunk
 //! channel and the response body is forwarded frame by frame in pieces of at
 //! most [`MAX_CHUNK`] bytes, so a 1 GiB upload or download streams. An
@@ -21,15 +21,18 @@
 //!   HTTP/1.1 for an app that only speaks HTTP/1.
 //! * Trailers are dropped both ways (the protocol has no place for them).
 
+mod pool;
+
 use super::{Input, PeerTable, dial_app, pump_raw};
 use crate::agent_link::AgentApi;
 use bytes::Bytes;
 use http_body_util::BodyExt;
-use hyper::body::{Body, Frame, Incoming};
+use hyper::body::{Body, Frame};
 use hyper::header::{CONNECTION, HOST, HeaderMap, HeaderName, HeaderValue, TE};
 use hyper::http::uri::{Authority, Scheme};
 use hyper::{Method, Uri, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use pool::{AppConn, Pool, Sender};
 use remora_protocol::ConnectionId;
 use remora_protocol::HttpRequestId;
 use remora_protocol::incoming::{HttpRequestHead, HttpResponseHead, HttpVersion};
@@ -38,7 +41,6 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::sync::oneshot;
 use tokio_util::task::AbortOnDropHandle;
@@ -51,7 +53,16 @@ pub(super) struct Target {
     pub agent: AgentApi,
     pub peers: PeerTable,
     pub app: SocketAddr,
+    /// The port's idle connections to the app.
+    pub pool: AppPool,
 }
+
+/// The idle connections to the app of one port.
+pub(super) type AppPool = Pool<ChannelBody>;
+
+/// How long a finished connection may take to be ready for the next
+/// request before it is given up instead of pooled.
+const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The port task's handle on one request. Dropping it aborts the request
 /// (its connection to the app is closed and its peer mapping forgotten).
@@ -132,15 +143,29 @@ async fn forward(
 ) -> Result<(), String> {
     let app = target.app;
     let http2 = head.version == HttpVersion::Http2;
-    let req = build_request(head, body, app)?;
-    let (stream, _registered) = dial_app(&target.peers, app, peer, None)
-        .await
-        .map_err(|e| format!("connecting to the local app at {app}: {e}"))?;
+    let mut req = build_request(head, body, app)?;
+    let pooled = target.pool.take(peer, http2);
+    let mut fresh = pooled.is_none();
+    let mut conn = match pooled {
+        Some(conn) => conn,
+        None => connect(target, peer, http2).await?,
+    };
     // Aborted with this task: a cancelled request closes its connection.
-    let (response, _conn) = if http2 {
-        send_http2(stream, req, app).await?
-    } else {
-        send_http1(stream, req, app).await?
+    let response = loop {
+        match conn.sender.send(req).await {
+            Ok(response) => break response,
+            // The pooled connection closed before the request went out:
+            // once more on a new one.
+            Err((_, Some(back))) if !fresh => {
+                req = back;
+                conn = connect(target, peer, http2).await?;
+                fresh = true;
+            }
+            Err((e, _)) => {
+                let over = if http2 { " over HTTP/2" } else { "" };
+                return Err(format!("the local app at {app} did not answer{over}: {e}"));
+            }
+        }
     };
     // HTTP/2 has no `101`: its upgrades are extended CONNECT streams.
     let switching = !http2 && response.status() == hyper::StatusCode::SWITCHING_PROTOCOLS;
@@ -204,48 +229,49 @@ async fn forward(
     agent
         .send_response_body(request, Bytes::new(), true)
         .await
-        .map_err(agent_gone)
+        .map_err(agent_gone)?;
+    // The answer was read whole: the connection can carry the next request
+    // of this peer once hyper says so.
+    if let Ok(Ok(())) = tokio::time::timeout(READY_TIMEOUT, conn.sender.ready()).await {
+        target.pool.put(peer, http2, conn);
+    }
+    Ok(())
 }
 
-/// The app's answer to `req` over HTTP/1 on `stream`, and the task driving
-/// the connection (upgrades included).
-async fn send_http1(
-    stream: TcpStream,
-    req: hyper::Request<ChannelBody>,
-    app: SocketAddr,
-) -> Result<(hyper::Response<Incoming>, AbortOnDropHandle<()>), String> {
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+/// A new connection to the app for `peer`, mapped to it before it exists.
+async fn connect(
+    target: &Target,
+    peer: SocketAddr,
+    http2: bool,
+) -> Result<AppConn<ChannelBody>, String> {
+    let app = target.app;
+    let (stream, registered) = dial_app(&target.peers, app, peer, None)
         .await
-        .map_err(|e| format!("talking HTTP/1 to the local app at {app}: {e}"))?;
-    let conn = AbortOnDropHandle::new(tokio::spawn(async move {
-        let _ = conn.with_upgrades().await;
-    }));
-    let response = sender
-        .send_request(req)
-        .await
-        .map_err(|e| format!("the local app at {app} did not answer: {e}"))?;
-    Ok((response, conn))
-}
-
-/// The app's answer to `req` over HTTP/2 with prior knowledge on `stream`,
-/// and the task driving the connection.
-async fn send_http2(
-    stream: TcpStream,
-    req: hyper::Request<ChannelBody>,
-    app: SocketAddr,
-) -> Result<(hyper::Response<Incoming>, AbortOnDropHandle<()>), String> {
-    let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-        .handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| format!("talking HTTP/2 to the local app at {app}: {e}"))?;
-    let conn = AbortOnDropHandle::new(tokio::spawn(async move {
-        let _ = conn.await;
-    }));
-    let response = sender
-        .send_request(req)
-        .await
-        .map_err(|e| format!("the local app at {app} did not answer over HTTP/2: {e}"))?;
-    Ok((response, conn))
+        .map_err(|e| format!("connecting to the local app at {app}: {e}"))?;
+    let io = TokioIo::new(stream);
+    let (sender, driver) = if http2 {
+        let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .handshake(io)
+            .await
+            .map_err(|e| format!("talking HTTP/2 to the local app at {app}: {e}"))?;
+        let driver = tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        (Sender::Http2(sender), driver)
+    } else {
+        let (sender, conn) = hyper::client::conn::http1::handshake(io)
+            .await
+            .map_err(|e| format!("talking HTTP/1 to the local app at {app}: {e}"))?;
+        let driver = tokio::spawn(async move {
+            let _ = conn.with_upgrades().await;
+        });
+        (Sender::Http1(sender), driver)
+    };
+    Ok(AppConn {
+        sender,
+        _driver: AbortOnDropHandle::new(driver),
+        _registered: registered,
+    })
 }
 
 /// Whether the agent will send a body for this request. HTTP/1 requests
@@ -388,7 +414,7 @@ fn strip_connection_headers(headers: &mut HeaderMap) {
 
 /// A request body fed by the port task; it ends when the channel closes.
 #[derive(Debug)]
-struct ChannelBody {
+pub(super) struct ChannelBody {
     rx: Option<mpsc::Receiver<Bytes>>,
 }
 
