@@ -235,6 +235,14 @@ async fn forward(
     filtered: &Filtered,
 ) -> Next {
     let head_bytes = buf.split_to(head.len).freeze();
+    // A request with a body cannot be retried once sent: make sure first
+    // that the service did not close the idle connection meanwhile.
+    if info.body != Body::Empty
+        && let Some(up) = slot
+        && !idle_and_open(up)
+    {
+        *slot = None;
+    }
     loop {
         let up = match slot {
             Some(up) => up,
@@ -280,6 +288,13 @@ async fn forward(
             }
         }
     }
+}
+
+/// Whether an idle upstream connection is still open and silent (a closed
+/// one reads end of stream; one with unexpected bytes is out of step).
+fn idle_and_open(up: &Upstream) -> bool {
+    let mut probe = [0u8; 1];
+    matches!(up.stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
 }
 
 /// One request and its answer over `up`.
