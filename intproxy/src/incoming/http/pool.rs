@@ -85,9 +85,12 @@ struct Idle<B> {
     since: Instant,
 }
 
+/// Idle connections by (peer, HTTP/2).
+type IdleMap<B> = HashMap<(SocketAddr, bool), Vec<Idle<B>>>;
+
 /// The idle connections of one port, by (peer, HTTP/2). Cheap to clone.
 pub(crate) struct Pool<B> {
-    inner: Arc<Mutex<HashMap<(SocketAddr, bool), Vec<Idle<B>>>>>,
+    inner: Arc<Mutex<IdleMap<B>>>,
 }
 
 impl<B> Clone for Pool<B> {
@@ -118,7 +121,7 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    fn lock(&self) -> MutexGuard<'_, HashMap<(SocketAddr, bool), Vec<Idle<B>>>> {
+    fn lock(&self) -> MutexGuard<'_, IdleMap<B>> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
