@@ -1230,3 +1230,24 @@ async fn an_upstream_connection_the_service_closed_while_idle_is_replaced() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_keep_alive_connections_pass_through_without_a_failure() {
+    let fx = fixture().await;
+    let service = http_service().await;
+    let _alice = alice_on(&fx, service.port()).await;
+    let listener = localhost(fx.rec.listener_of(service.port()));
+    let clients: Vec<_> = (0..16)
+        .map(|_| {
+            tokio::spawn(async move {
+                let mut peer = TcpStream::connect(listener).await.unwrap();
+                for _ in 0..300 {
+                    assert_eq!(get(&mut peer, None).await, "service");
+                }
+            })
+        })
+        .collect();
+    for client in clients {
+        client.await.unwrap();
+    }
+}

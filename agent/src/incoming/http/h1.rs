@@ -316,8 +316,12 @@ async fn exchange(
         &mut dw,
         info.head_method
     ));
+    if info.body == Body::Empty {
+        return response.await;
+    }
     let body = framing::copy_body(info.body, buf, &mut dr, &mut uw);
     tokio::select! {
+        biased;
         copied = body => {
             if copied.is_err() {
                 // The peer went, or the service stopped reading: nothing
@@ -479,6 +483,7 @@ async fn steal(
                 true
             });
             tokio::select! {
+                biased;
                 sent = body => match sent {
                     Ok(true) if sender.send(bytes::Bytes::new(), true).await => None,
                     // The peer went mid-body (dropping the request cancels
@@ -488,21 +493,23 @@ async fn steal(
                 answered = &mut response => Some(answered),
             }
         };
-        if early.is_some() {
+        match early {
             // Answered before the whole body arrived: the rest of the body
             // cannot be told from a next request; close.
-            return Stolen::Next(Next::Close);
-        }
-        loop {
-            // Meanwhile, notice the peer leaving (it cancels the request);
-            // pipelined requests wait in `buf`.
-            tokio::select! {
-                answered = &mut response => break answered,
-                read = dr.read_buf(buf), if buf.len() < framing::MAX_HEAD => match read {
-                    Ok(n) if n > 0 => {}
-                    _ => return Stolen::Next(Next::Close),
-                },
-            }
+            Some(_) if info.body != Body::Empty => return Stolen::Next(Next::Close),
+            // No body: only its end was not announced yet (it needs none).
+            Some(answered) => answered,
+            None => loop {
+                // Meanwhile, notice the peer leaving (it cancels the request);
+                // pipelined requests wait in `buf`.
+                tokio::select! {
+                    answered = &mut response => break answered,
+                    read = dr.read_buf(buf), if buf.len() < framing::MAX_HEAD => match read {
+                        Ok(n) if n > 0 => {}
+                        _ => return Stolen::Next(Next::Close),
+                    },
+                }
+            },
         }
     };
     match answered {
