@@ -14,3 +14,5 @@ export REMORA_BIN_DIR="$PWD/target/release"
 ./target/release/remora-bench | tee target/bench-results.md
 echo >> target/bench-results.md
 ./target/release/remora-bench-incoming | tee -a target/bench-results.md
+echo >> target/bench-results.md
+./target/release/remora-bench-operator | tee -a target/bench-results.md

@@ -16,6 +16,7 @@ use crate::session::SessionRegistry;
 use futures::{SinkExt, StreamExt};
 use remora_protocol::codec::FrameCodec;
 use remora_protocol::fs::FsRequest;
+use remora_protocol::incoming::IncomingClient;
 use remora_protocol::session::{SessionReply, SessionRequest};
 use remora_protocol::{
     Capabilities, ClientMessage, CodecError, ErrorCode, Hello, HelloReply, RemoteError,
@@ -244,6 +245,12 @@ impl ClientTask {
                 ClientMessage::Outgoing(message) => self.outgoing.handle(message).await,
                 ClientMessage::Incoming(message) => self.incoming.handle(message).await,
                 ClientMessage::Bye => return Ended::Bye,
+                // The override wish is the operator's business (it owns the
+                // registry of competing sessions); here it is a subscription.
+                ClientMessage::SubscribeOverride { port, mode, filter } => {
+                    let subscribe = IncomingClient::Subscribe { port, mode, filter };
+                    self.incoming.handle(subscribe).await
+                }
             }
         }
     }

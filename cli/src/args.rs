@@ -24,6 +24,9 @@ pub enum Command {
     /// Configuration helpers.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// List or kill the sessions of an operator.
+    #[command(subcommand)]
+    Session(SessionCommand),
     /// Print shell completions.
     Completions {
         #[arg(value_enum)]
@@ -90,6 +93,10 @@ pub struct RunArgs {
     /// Only steal HTTP requests with this method.
     #[arg(long = "http-method", value_name = "METHOD")]
     pub http_method_filter: Option<String>,
+    /// Through an operator: take the port over from a session holding an
+    /// identical filter (it is told) instead of being refused.
+    #[arg(long)]
+    pub override_filter: bool,
     /// The command to run, after `--`.
     #[arg(last = true, required = true, value_name = "COMMAND")]
     pub command: Vec<String>,
@@ -104,6 +111,27 @@ pub enum ConfigCommand {
         /// Config file; default as for `run`.
         #[arg(short = 'f', long = "config")]
         config: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SessionCommand {
+    /// List every session of the operator.
+    Ls {
+        /// The operator (host:port).
+        #[arg(long, env = "REMORA_OPERATOR")]
+        operator: String,
+        /// Print a JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// End a session: its traffic returns to the target at once.
+    Kill {
+        /// The session id, as `remora session ls` shows it.
+        id: String,
+        /// The operator (host:port).
+        #[arg(long, env = "REMORA_OPERATOR")]
+        operator: String,
     },
 }
 
@@ -124,4 +152,7 @@ pub struct IntproxyArgs {
     /// Start the real intproxy in its own session and return at once.
     #[arg(long)]
     pub detach: bool,
+    /// Ask the operator to take ports over from conflicting filters.
+    #[arg(long)]
+    pub override_filter: bool,
 }

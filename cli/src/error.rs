@@ -40,6 +40,18 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("operator address {operator:?}: {reason}")]
+    #[diagnostic(help(
+        "give the operator as host:port (--operator, REMORA_OPERATOR or `operator` in remora.toml)"
+    ))]
+    Operator { operator: String, reason: String },
+    #[error("no operator token")]
+    #[diagnostic(help(
+        "set REMORA_OPERATOR_TOKEN to the operator's token (the one it was started with, or the content of its --token-file)"
+    ))]
+    OperatorToken,
+    #[error("operator at {operator}: {reason}")]
+    OperatorSession { operator: String, reason: String },
     #[error("intproxy: {0}")]
     Intproxy(#[from] remora_intproxy::Error),
     #[error("{0}")]

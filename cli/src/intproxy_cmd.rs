@@ -8,7 +8,7 @@
 
 use crate::args::IntproxyArgs;
 use crate::error::{Error, Result};
-use crate::local::{self, AGENT_READY_PREFIX, FAILED_PREFIX, Ready};
+use crate::local::FAILED_PREFIX;
 use remora_intproxy::{IntProxy, IntProxyConfig, READY_PREFIX};
 use remora_protocol::{ClientIdentity, SessionToken};
 use std::io::Write;
@@ -16,12 +16,11 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-/// Environment variable carrying the agent's token.
-pub const AGENT_TOKEN_ENV: &str = "REMORA_AGENT_TOKEN";
+/// Environment variable carrying the agent's (or operator's) token.
+pub use remora_operator::platform::local::AGENT_TOKEN_ENV;
 /// Environment variable carrying the layers' token.
 pub const LAYER_TOKEN_ENV: &str = "REMORA_LAYER_TOKEN";
-/// How long the agent may take to start listening.
-const AGENT_START_TIMEOUT: Duration = Duration::from_secs(20);
+use remora_operator::platform::local::AGENT_START_TIMEOUT;
 
 /// Who this run is, for the agent's and operator's session lists.
 pub fn identity(program: &str) -> ClientIdentity {
@@ -114,6 +113,7 @@ fn serve(args: IntproxyArgs) -> Result<()> {
         listen: args.listen,
         first_connect_timeout: Duration::from_secs(30),
         linger: Duration::from_secs(2),
+        override_filters: args.override_filter,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -142,59 +142,22 @@ fn silence_stdout() {
     }
 }
 
-/// Start the agent for `target` and wait for its ready line.
+/// Start the agent for `target` (the operator's local platform does it the same way).
 fn spawn_agent(bin: &std::path::Path, target: &str, token: &str) -> Result<(Child, SocketAddr)> {
-    let agent_error = |reason: String| Error::AgentStart {
-        target: target.into(),
-        reason,
-    };
-    let mut cmd = Command::new(bin);
-    cmd.args(["--target", target, "--listen", "127.0.0.1:0"])
-        .env(AGENT_TOKEN_ENV, token)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped());
-    if std::env::var_os("REMORA_AGENT_LOG").is_none() {
-        cmd.env("REMORA_AGENT_LOG", "warn");
-    }
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| agent_error(format!("spawning {}: {e}", bin.display())))?;
-    let Some(stdout) = child.stdout.take() else {
-        return Err(agent_error("no stdout pipe".into()));
-    };
-    match local::first_line(stdout, AGENT_START_TIMEOUT) {
-        Ready::Line(line) => match local::parse_ready(&line, AGENT_READY_PREFIX) {
-            Some(addr) => Ok((child, addr)),
-            None => {
-                let _ = child.kill();
-                let _ = child.wait();
-                Err(agent_error(format!("unexpected output {line:?}")))
-            }
-        },
-        Ready::Eof => {
-            let _ = child.wait();
-            Err(agent_error(local::exit_of(&mut child)))
-        }
-        Ready::Timeout => {
-            let _ = child.kill();
-            let _ = child.wait();
-            Err(agent_error(format!(
-                "no answer within {}s",
-                AGENT_START_TIMEOUT.as_secs()
-            )))
-        }
-    }
+    let agent =
+        remora_operator::platform::local::spawn_agent(bin, target, token, AGENT_START_TIMEOUT)
+            .map_err(|reason| Error::AgentStart {
+                target: target.into(),
+                reason,
+            })?;
+    Ok((agent.child, agent.addr))
 }
 
 /// The agent exits by itself once its last client is gone; make sure.
-fn stop_agent(mut child: Child) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(3);
-    while std::time::Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
+fn stop_agent(child: Child) {
+    remora_operator::platform::local::stop_agent(
+        child,
+        Duration::from_secs(3),
+        Duration::from_secs(1),
+    );
 }

@@ -12,18 +12,16 @@ use crate::error::{Error, Result};
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdout};
+use std::process::ChildStdout;
 use std::sync::mpsc;
 use std::time::Duration;
 
 /// Environment variable overriding where the agent binary is.
-pub const AGENT_BIN_ENV: &str = "REMORA_AGENT_BIN";
+pub use remora_operator::platform::local::AGENT_BIN_ENV;
 /// Environment variable overriding where the layer library is.
 pub const LAYER_PATH_ENV: &str = "REMORA_LAYER_PATH";
 /// Prefix of the line an intproxy prints when it could not start.
 pub const FAILED_PREFIX: &str = "REMORA_INTPROXY_FAILED";
-/// Prefix of the agent's ready line.
-pub const AGENT_READY_PREFIX: &str = "REMORA_AGENT_LISTENING";
 
 /// Find a file shipped next to the `remora` binary (or named by `env`).
 pub fn find_component(file_name: &str, env: &str) -> Result<PathBuf> {
@@ -109,14 +107,6 @@ pub fn first_line(stdout: ChildStdout, timeout: Duration) -> Ready {
         Ok(Some(line)) => Ready::Line(line),
         Ok(None) => Ready::Eof,
         Err(_) => Ready::Timeout,
-    }
-}
-
-/// Describe how a child ended, for error messages.
-pub fn exit_of(child: &mut Child) -> String {
-    match child.try_wait() {
-        Ok(Some(status)) => format!("it exited with {status}"),
-        _ => "it is not responding".into(),
     }
 }
 

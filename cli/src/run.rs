@@ -54,37 +54,60 @@ pub fn run(args: RunArgs) -> Result<i32> {
         http_header_filter: args.http_header_filter.clone(),
         http_path_filter: args.http_path_filter.clone(),
         http_method_filter: args.http_method_filter.clone(),
+        override_filter: args.override_filter,
     };
     let loaded = Config::from_env_and_overrides(args.config.clone(), overrides)?;
     let config = loaded.config;
     let policies = config.policies()?;
     let target_name = policies.target.to_string();
-    let pid = match &policies.target {
-        Target::Pid(pid) => *pid,
-        Target::Targetless if config.target.is_none() => return Err(Error::NoTarget),
-        other => {
-            return Err(Error::UnsupportedTarget {
-                target: other.to_string(),
-                kind: other.kind().to_string(),
-            });
+    let layer = local::find_component(LAYER_FILE, LAYER_PATH_ENV)?;
+    let program = args.command[0].clone();
+    let backend = match &config.operator {
+        // The operator resolves the target and runs the agent, with its own
+        // privileges: nothing to check or start here.
+        Some(operator) => {
+            if config.target.is_none() {
+                return Err(Error::NoTarget);
+            }
+            Backend::Operator {
+                addr: operator_addr(operator)?,
+                token: operator_token()?,
+            }
+        }
+        None => {
+            let pid = match &policies.target {
+                Target::Pid(pid) => *pid,
+                Target::Targetless if config.target.is_none() => return Err(Error::NoTarget),
+                other => {
+                    return Err(Error::UnsupportedTarget {
+                        target: other.to_string(),
+                        kind: other.kind().to_string(),
+                    });
+                }
+            };
+            local::check_target(pid, &target_name)?;
+            local::check_privileges(&target_name)?;
+            Backend::Agent {
+                bin: local::find_component(AGENT_FILE, AGENT_BIN_ENV)?,
+                token: random_token()?,
+            }
         }
     };
-    local::check_target(pid, &target_name)?;
-    local::check_privileges(&target_name)?;
-    let layer = local::find_component(LAYER_FILE, LAYER_PATH_ENV)?;
-    let agent_bin = local::find_component(AGENT_FILE, AGENT_BIN_ENV)?;
-    let program = args.command[0].clone();
     warn_if_unhookable(&program);
 
-    let progress = Progress::start(&format!("starting the agent for {target_name}"));
-    let agent_token = random_token()?;
+    let progress = Progress::start(&match &backend {
+        Backend::Operator { addr, .. } => {
+            format!("joining {target_name} through the operator at {addr}")
+        }
+        Backend::Agent { .. } => format!("starting the agent for {target_name}"),
+    });
     let layer_token = random_token()?;
     let proxy = start_intproxy(
-        &agent_bin,
+        &backend,
         &target_name,
-        &agent_token,
         &layer_token,
         &program,
+        config.network.incoming.override_filter,
     )?;
     progress.step("fetching the target's environment");
     let env_policy = &policies.env;
@@ -135,21 +158,71 @@ fn random_token() -> Result<String> {
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
+/// What the intproxy connects to.
+#[derive(Debug)]
+enum Backend {
+    /// Start this agent binary with this token.
+    Agent {
+        bin: std::path::PathBuf,
+        token: String,
+    },
+    /// Go through the operator at this address with its token.
+    Operator { addr: SocketAddr, token: String },
+}
+
+/// `operator` (`host:port`) as a socket address.
+fn operator_addr(operator: &str) -> Result<SocketAddr> {
+    use std::net::ToSocketAddrs;
+    operator
+        .to_socket_addrs()
+        .map_err(|e| Error::Operator {
+            operator: operator.into(),
+            reason: e.to_string(),
+        })?
+        .next()
+        .ok_or_else(|| Error::Operator {
+            operator: operator.into(),
+            reason: "the name resolves to no address".into(),
+        })
+}
+
+/// The operator's token, from [`remora_operator::token::OPERATOR_TOKEN_ENV`].
+pub fn operator_token() -> Result<String> {
+    std::env::var(remora_operator::token::OPERATOR_TOKEN_ENV)
+        .ok()
+        .filter(|t| !t.is_empty())
+        .ok_or(Error::OperatorToken)
+}
+
 fn start_intproxy(
-    agent_bin: &std::path::Path,
+    backend: &Backend,
     target: &str,
-    agent_token: &str,
     layer_token: &str,
     program: &str,
+    override_filter: bool,
 ) -> Result<SocketAddr> {
     let exe = std::env::current_exe().map_err(|e| Error::Io(format!("locating remora: {e}")))?;
-    let mut child = Command::new(exe)
-        .arg("intproxy")
-        .arg("--detach")
-        .arg("--agent-bin")
-        .arg(agent_bin)
+    let mut command = Command::new(exe);
+    command.arg("intproxy").arg("--detach");
+    match backend {
+        Backend::Agent { bin, token } => {
+            command
+                .arg("--agent-bin")
+                .arg(bin)
+                .env(AGENT_TOKEN_ENV, token);
+        }
+        Backend::Operator { addr, token } => {
+            command
+                .arg("--agent")
+                .arg(addr.to_string())
+                .env(AGENT_TOKEN_ENV, token);
+        }
+    }
+    if override_filter {
+        command.arg("--override-filter");
+    }
+    let mut child = command
         .args(["--target", target])
-        .env(AGENT_TOKEN_ENV, agent_token)
         .env(LAYER_TOKEN_ENV, layer_token)
         .env("REMORA_PROGRAM", program)
         .env_remove("LD_PRELOAD")

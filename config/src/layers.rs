@@ -156,6 +156,8 @@ pub struct Overrides {
     pub http_path_filter: Option<String>,
     /// `--http-method-filter METHOD`: part of `network.incoming.http_filter`.
     pub http_method_filter: Option<String>,
+    /// `--override-filter`: sets `network.incoming.override_filter`.
+    pub override_filter: bool,
 }
 
 /// Applies the `REMORA_*` variables that `env` returns, recording what each set.
@@ -239,6 +241,10 @@ impl Overrides {
         if self.no_remote_dns {
             config.network.dns.enabled = false;
             set("network.dns.enabled", "--no-remote-dns");
+        }
+        if self.override_filter {
+            config.network.incoming.override_filter = true;
+            set("network.incoming.override_filter", "--override-filter");
         }
         if let Some(mode) = self.incoming_mode {
             config.network.incoming.mode = mode;

@@ -129,6 +129,11 @@ pub struct IncomingConfig {
     /// (mirror); the others go to the target as usual. Unset: whole connections.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub http_filter: Option<HttpFilter>,
+    /// Through an operator: when another session holds an identical filter
+    /// (or the port unfiltered), take the port over from it instead of being
+    /// refused; the holder is told. Policies may forbid it. Default: `false`.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub override_filter: bool,
 }
 
 /// An HTTP request filter. Set exactly one key; combine with `all_of` / `any_of`.

@@ -304,6 +304,7 @@ pub async fn connect(config: &IntProxyConfig) -> Result<AgentApi> {
         incoming_conns: HashMap::new(),
         http_requests: HashMap::new(),
         dead: dead.clone(),
+        override_filters: config.override_filters,
     };
     tokio::spawn(task.run());
     Ok(AgentApi { command_tx, dead })
@@ -334,6 +335,8 @@ struct AgentLinkTask {
     /// is done (last body chunk or failure) or it is cancelled.
     http_requests: HashMap<HttpRequestId, RemotePort>,
     dead: Arc<Mutex<Option<String>>>,
+    /// Subscribe with [`ClientMessage::SubscribeOverride`].
+    override_filters: bool,
 }
 
 impl AgentLinkTask {
@@ -399,13 +402,12 @@ impl AgentLinkTask {
                 reply,
             } => {
                 self.subscribing.insert(port, (events_tx, reply));
-                self.framed
-                    .send(ClientMessage::Incoming(IncomingClient::Subscribe {
-                        port,
-                        mode,
-                        filter,
-                    }))
-                    .await
+                let subscribe = if self.override_filters {
+                    ClientMessage::SubscribeOverride { port, mode, filter }
+                } else {
+                    ClientMessage::Incoming(IncomingClient::Subscribe { port, mode, filter })
+                };
+                self.framed.send(subscribe).await
             }
             Command::Send(msg) => {
                 if let ClientMessage::Incoming(IncomingClient::Unsubscribe { port }) = &msg {

@@ -14,7 +14,7 @@ pub enum Error {
     #[error("handshake with the agent at {addr} failed: {reason}")]
     Handshake { addr: SocketAddr, reason: String },
     #[error(
-        "the agent refused the session: {reason} (agent {server_version}, protocol {server_protocol}; this remora speaks {ours})"
+        "the agent (or operator) refused the session: {reason} (server {server_version}, protocol {server_protocol}; this remora speaks {ours})"
     )]
     Rejected {
         reason: String,

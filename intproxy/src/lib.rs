@@ -55,6 +55,9 @@ pub struct IntProxyConfig {
     pub listen: SocketAddr,
     pub first_connect_timeout: Duration,
     pub linger: Duration,
+    /// Ask the operator to take ports over from sessions holding conflicting
+    /// filters (`--override-filter`); an agent ignores the wish.
+    pub override_filters: bool,
 }
 
 /// A bound, connected intproxy ready to [`IntProxy::run`].

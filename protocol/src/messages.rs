@@ -52,6 +52,17 @@ pub enum ClientMessage {
     Incoming(IncomingClient),
     /// Orderly goodbye; the server releases everything of this session.
     Bye,
+    /// Like `Incoming(IncomingClient::Subscribe { .. })`, but the client asks
+    /// the operator to take the port over from another session holding an
+    /// identical (or conflicting) filter: the holder's subscription of this
+    /// port ends and it is told so. Policies may forbid it. An agent, which
+    /// serves no competing sessions' registry, treats it as a plain
+    /// subscription.
+    SubscribeOverride {
+        port: RemotePort,
+        mode: IncomingMode,
+        filter: Option<HttpFilter>,
+    },
 }
 
 /// agent/operator → client, after the handshake.

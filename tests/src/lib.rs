@@ -4,6 +4,7 @@
 //! - [`sandbox`]: [`Sandbox`] / [`Pod`]: one sandbox per test, pods with their own IP,
 //!   hosts file, private files, hostname and environment; everything removed on drop and
 //!   leftovers of crashed runs swept on the next [`Sandbox::new`].
+//! - [`operator`]: a `remora-operator` daemon for tests and benchmarks.
 //! - [`bins`]: paths of binaries and libraries cargo built for the workspace.
 //!
 //! Tests that need root start with [`require_sandbox!`], which skips loudly without
@@ -13,6 +14,7 @@ pub mod bins;
 mod cmd;
 pub mod error;
 pub mod fixtures;
+pub mod operator;
 pub mod procs;
 pub mod sandbox;
 

@@ -101,12 +101,14 @@ fn flags_set_their_keys() {
         http_header_filter: None,
         http_path_filter: Some("^/api".into()),
         http_method_filter: None,
+        override_filter: true,
     }
     .apply(&mut config, &mut origins)
     .unwrap();
     assert_eq!(config.target.as_deref(), Some("pod/api"));
     assert_eq!(config.namespace.as_deref(), Some("ns"));
     assert_eq!(config.operator.as_deref(), Some("op:1"));
+    assert!(config.network.incoming.override_filter);
     assert_eq!(config.fs.mode, FsMode::Local);
     assert_eq!(config.env.include, ["APP_*"]);
     assert_eq!(config.env.exclude, ["APP_KEY"]);

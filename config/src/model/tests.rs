@@ -143,6 +143,7 @@ fn config() -> impl Strategy<Value = Config> {
                     .map(|(l, r)| [l, r])
                     .collect(),
                 http_filter,
+                override_filter: false,
             },
         );
     let outgoing = (any::<[bool; 4]>(), subsequence(ADDRS, 0..4)).prop_map(|(b, entries)| {

@@ -411,7 +411,7 @@ async fn serve_connection(stream: TcpStream, shared: &Shared, mut drop_rx: watch
                             streams.remove(&conn);
                         }
                     }
-                    ClientMessage::Incoming(_) => {}
+                    ClientMessage::Incoming(_) | ClientMessage::SubscribeOverride { .. } => {}
                     ClientMessage::Bye => return,
                 }
             }

@@ -208,6 +208,7 @@ impl Harness {
             listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
             first_connect_timeout: INTPROXY_IDLE,
             linger: INTPROXY_IDLE,
+            override_filters: false,
         })
         .await
         .expect("starting the intproxy against the fake agent");

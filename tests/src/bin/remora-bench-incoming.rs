@@ -5,7 +5,7 @@
 //! the local app directly. Prints a markdown table; every number is measured
 //! in this run (median of RUNS `wrk` runs each).
 
-use remora_tests::{Pod, PodSpec, Sandbox, bin_path};
+use remora_tests::{Pod, PodSpec, Sandbox, bin_path, procs};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
@@ -34,6 +34,8 @@ fn main() -> ExitCode {
 /// One wrk result.
 #[derive(Debug, Clone, Copy)]
 struct Wrk {
+    /// Requests of all runs together.
+    requests: f64,
     rps: f64,
     p50_us: f64,
     p99_us: f64,
@@ -81,7 +83,13 @@ fn wrk_once(args: &[&str], url: &str, header: Option<&str>) -> Result<Wrk> {
     let p99 = field("99%")
         .and_then(|v| parse_duration_us(&v))
         .ok_or("no p99")?;
+    let requests = text
+        .lines()
+        .find_map(|l| l.trim().split_once(" requests in "))
+        .and_then(|(n, _)| n.trim().parse().ok())
+        .ok_or("no request count")?;
     Ok(Wrk {
+        requests,
         rps,
         p50_us: p50,
         p99_us: p99,
@@ -98,6 +106,7 @@ fn wrk(args: &[&str], url: &str, header: Option<&str>) -> Result<Wrk> {
         .map(|_| wrk_once(args, url, header))
         .collect::<Result<Vec<_>>>()?;
     Ok(Wrk {
+        requests: runs.iter().map(|r| r.requests).sum(),
         rps: median(runs.iter().map(|r| r.rps).collect()),
         p50_us: median(runs.iter().map(|r| r.p50_us).collect()),
         p99_us: median(runs.iter().map(|r| r.p99_us).collect()),
@@ -149,16 +158,24 @@ fn bench() -> Result<()> {
     let sandbox = Sandbox::new()?;
     let pod = sandbox.pod(PodSpec::new("bench-http"))?;
     let listen = format!("0.0.0.0:{POD_PORT}");
-    let _service = pod
+    let service = pod
         .command(&app)?
         .args(["http-serve", &listen, "pod"])
         .spawn()?;
+    let service_pid = service.pid();
+    // CPU microseconds `pid` used per request while `run` ran.
+    let cpu_per_request = |pid: u32, run: &dyn Fn() -> Result<Wrk>| -> Result<(Wrk, f64)> {
+        let before = procs::cpu_seconds(pid).ok_or("no CPU time")?;
+        let w = run()?;
+        let after = procs::cpu_seconds(pid).ok_or("no CPU time")?;
+        Ok((w, (after - before) * 1e6 / w.requests))
+    };
     pod.wait_for_tcp(POD_PORT, Duration::from_secs(20))?;
     let url = format!("http://{}:{POD_PORT}/", pod.ip());
     let local_url = format!("http://127.0.0.1:{LOCAL_PORT}/");
 
     eprintln!("bench: (a) the pod's service directly");
-    let direct = wrk(&WRK_ARGS, &url, None)?;
+    let (direct, service_cpu) = cpu_per_request(service_pid, &|| wrk(&WRK_ARGS, &url, None))?;
     let direct_one = wrk(&WRK_ONE, &url, None)?;
     let _local = start_local_app(&pod, &app)?;
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -177,7 +194,8 @@ fn bench() -> Result<()> {
     };
     check()?;
     eprintln!("bench: (b) unmatched requests through the filtered steal");
-    let passthrough = wrk(&WRK_ARGS, &url, None)?;
+    let agent = procs::agent_of(&pod.target()).ok_or("no agent serves the pod")?;
+    let (passthrough, agent_cpu) = cpu_per_request(agent, &|| wrk(&WRK_ARGS, &url, None))?;
     let passthrough_one = wrk(&WRK_ONE, &url, None)?;
     eprintln!("bench: (c) matched requests delivered to the local app");
     let matched = wrk(&WRK_ARGS, &url, Some(HEADER))?;
@@ -227,6 +245,10 @@ fn bench() -> Result<()> {
         }
         println!();
     }
+    println!(
+        "- CPU per request under load: the pod's service {service_cpu:.1} µs (direct); the agent \
+         {agent_cpu:.1} µs per passed-through request\n"
+    );
     let cost = 1.0 - passthrough.rps / direct.rps;
     let added = passthrough_one.p50_us - direct_one.p50_us;
     println!(

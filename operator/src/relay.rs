@@ -1,0 +1,591 @@
+//! One session: the client's connection relayed, frame by frame, to the
+//! session's own connection to its target's agent, with the operator's
+//! rules applied on the way.
+//!
+//! * client → agent: session control requests are answered here; files the
+//!   policies hide are answered `NotFound`; outgoing connects and incoming
+//!   subscriptions are checked against the policies, then subscriptions
+//!   against the [filter registry](crate::registry); everything else passes
+//!   unchanged (request and connection ids included: the agent connection
+//!   is this session's alone).
+//! * agent → client: environment replies lose the variables policies
+//!   withhold; subscription results update the registry.
+//!
+//! When the session ends (client gone, killed, agent gone) the agent
+//! connection is closed, and the agent drops the session's subscriptions at
+//! once.
+
+use crate::policy::{Destination, LearnedBlock, PolicyStore, SubscribeCheck};
+use crate::registry::{ClaimRequest, describe};
+use crate::sessions::{SessionCommand, Sessions};
+use futures::{Sink, SinkExt, Stream, StreamExt};
+use remora_protocol::fs::FsRequest;
+use remora_protocol::incoming::{
+    HttpFilter, IncomingClient, IncomingMode, IncomingServer, RemotePort,
+};
+use remora_protocol::outgoing::{OutgoingClient, OutgoingServer};
+use remora_protocol::session::{LogLevel, SessionReply, SessionRequest};
+use remora_protocol::{
+    ClientMessage, CodecError, ErrorCode, RemoteError, RemoteResult, Request, RequestId, Response,
+    ServerMessage, SessionId,
+};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+use tokio::sync::{mpsc, oneshot};
+
+/// Frames queued for the client, and for the agent.
+pub const OUTBOUND_CAPACITY: usize = 256;
+/// Request ids the operator uses on a session's agent connection (its own
+/// pings); clients count theirs up from 1, far below.
+pub const OPERATOR_REQUEST_BASE: u64 = 1 << 63;
+/// How long a takeover waits for the previous holder's agent to let go.
+pub const EVICT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long the last frames get to reach a closing client.
+pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Who the session is and what it shares with the rest of the operator.
+#[derive(Debug, Clone)]
+pub struct SessionContext {
+    /// The session's id.
+    pub id: SessionId,
+    /// Its user.
+    pub user: String,
+    /// Its target's canonical name.
+    pub target: String,
+    /// Every session and the filter registry.
+    pub sessions: Sessions,
+    /// The policies in force.
+    pub policies: PolicyStore,
+}
+
+/// How a session ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ended {
+    /// The client's connection closed or broke.
+    ClientGone,
+    /// The client said goodbye.
+    Bye,
+    /// The agent connection closed (the agent stopped).
+    AgentGone(String),
+    /// Killed (or the client sent garbage); the client is told why.
+    Killed(String),
+}
+
+/// State both directions of the relay look at.
+#[derive(Debug, Default)]
+struct Shared {
+    /// Environment requests in flight: their replies get filtered.
+    env_requests: HashSet<RequestId>,
+    /// Lookups of names an `outgoing_block` entry names.
+    lookups: HashMap<RequestId, (String, Vec<(String, Destination)>)>,
+    /// Addresses such names resolved to, and the entry blocking them.
+    learned: Vec<LearnedBlock>,
+    /// The operator's own requests on the agent connection.
+    pings: HashMap<RequestId, oneshot::Sender<()>>,
+    next_ping: u64,
+    /// Messages already shown to the user (each policy hit once).
+    told: HashSet<String>,
+}
+
+#[derive(Debug, Clone)]
+struct Relay {
+    ctx: SessionContext,
+    /// relay --frames--> client writer
+    client_tx: mpsc::Sender<ServerMessage>,
+    /// relay --frames--> agent writer
+    agent_tx: mpsc::Sender<ClientMessage>,
+    shared: Arc<Mutex<Shared>>,
+}
+
+/// Relay `client` ⇄ `agent` until the session ends; returns how.
+pub async fn run<CS, CR, AS, AR>(
+    client_sink: CS,
+    mut client_stream: CR,
+    agent_sink: AS,
+    mut agent_stream: AR,
+    ctx: SessionContext,
+    mut commands: mpsc::Receiver<SessionCommand>,
+) -> Ended
+where
+    CS: Sink<ServerMessage, Error = CodecError> + Unpin + Send + 'static,
+    CR: Stream<Item = Result<ClientMessage, CodecError>> + Unpin,
+    AS: Sink<ClientMessage, Error = CodecError> + Unpin + Send + 'static,
+    AR: Stream<Item = Result<ServerMessage, CodecError>> + Unpin,
+{
+    let (client_tx, client_rx) = mpsc::channel(OUTBOUND_CAPACITY);
+    let (agent_tx, agent_rx) = mpsc::channel(OUTBOUND_CAPACITY);
+    let mut client_writer = tokio::spawn(write_loop(client_sink, client_rx, |m| {
+        matches!(m, ServerMessage::Closing { .. })
+    }));
+    let mut agent_writer = tokio::spawn(write_loop(agent_sink, agent_rx, |m| {
+        matches!(m, ClientMessage::Bye)
+    }));
+    let relay = Relay {
+        ctx,
+        client_tx,
+        agent_tx,
+        shared: Arc::default(),
+    };
+    let ended = {
+        let up = relay.clone().upstream(&mut client_stream);
+        let down = relay.clone().downstream(&mut agent_stream);
+        tokio::pin!(up, down);
+        loop {
+            tokio::select! {
+                ended = &mut up => break ended,
+                ended = &mut down => break ended,
+                Some(command) = commands.recv() => match command {
+                    SessionCommand::Kill { reason } => break Ended::Killed(reason),
+                    SessionCommand::Evict { port, by, done } => relay.evict(port, by, done).await,
+                },
+            }
+        }
+    };
+    let closing = match &ended {
+        Ended::Killed(reason) => Some(reason.clone()),
+        Ended::AgentGone(reason) => Some(format!(
+            "the agent of {} stopped ({reason})",
+            relay.ctx.target
+        )),
+        Ended::ClientGone | Ended::Bye => None,
+    };
+    tracing::info!(session = %relay.ctx.id, ?ended, "session ending");
+    if let Some(reason) = closing {
+        let _ = tokio::time::timeout(
+            FLUSH_TIMEOUT,
+            relay.client_tx.send(ServerMessage::Closing { reason }),
+        )
+        .await;
+    }
+    if !matches!(ended, Ended::Bye | Ended::AgentGone(_)) {
+        let _ = relay.agent_tx.try_send(ClientMessage::Bye);
+    }
+    drop(relay);
+    // Both writers end once their queues drain; then both connections close.
+    for writer in [&mut agent_writer, &mut client_writer] {
+        if tokio::time::timeout(FLUSH_TIMEOUT, &mut *writer)
+            .await
+            .is_err()
+        {
+            writer.abort();
+        }
+    }
+    ended
+}
+
+/// Write queued frames, flushing when the queue is empty; stop after a
+/// frame `last` says is the last one, or when the queue closes.
+async fn write_loop<T, S>(mut sink: S, mut rx: mpsc::Receiver<T>, last: fn(&T) -> bool)
+where
+    S: Sink<T, Error = CodecError> + Unpin,
+{
+    while let Some(message) = rx.recv().await {
+        let is_last = last(&message);
+        if sink.feed(message).await.is_err() {
+            return;
+        }
+        if (is_last || rx.is_empty()) && sink.flush().await.is_err() {
+            return;
+        }
+        if is_last {
+            break;
+        }
+    }
+    let _ = sink.close().await;
+}
+
+impl Relay {
+    fn shared(&self) -> MutexGuard<'_, Shared> {
+        // Every critical section leaves the maps consistent, even on panic.
+        self.shared.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn to_client(&self, message: ServerMessage) -> bool {
+        self.client_tx.send(message).await.is_ok()
+    }
+
+    async fn to_agent(&self, message: ClientMessage) -> bool {
+        self.agent_tx.send(message).await.is_ok()
+    }
+
+    /// Show `message` on the user's terminal, once per session.
+    async fn tell_once(&self, level: LogLevel, message: String) {
+        if self.shared().told.insert(message.clone()) {
+            let _ = self.to_client(ServerMessage::Log { level, message }).await;
+        }
+    }
+
+    async fn upstream<R>(self, frames: &mut R) -> Ended
+    where
+        R: Stream<Item = Result<ClientMessage, CodecError>> + Unpin,
+    {
+        loop {
+            let message = match frames.next().await {
+                None | Some(Err(CodecError::Io(_))) => return Ended::ClientGone,
+                Some(Err(e)) => {
+                    tracing::warn!(session = %self.ctx.id, error = %e, "undecodable frame from the client");
+                    return Ended::Killed(format!("the operator could not read a frame: {e}"));
+                }
+                Some(Ok(message)) => message,
+            };
+            let forwarded = match message {
+                ClientMessage::Request { id, request } => self.request(id, request).await,
+                ClientMessage::Outgoing(OutgoingClient::Connect {
+                    conn,
+                    transport,
+                    remote,
+                }) => {
+                    let verdict = {
+                        let shared = self.shared();
+                        self.ctx.policies.current().check_outgoing(
+                            &self.ctx.target,
+                            &remote,
+                            &shared.learned,
+                        )
+                    };
+                    match verdict {
+                        Ok(()) => {
+                            self.to_agent(ClientMessage::Outgoing(OutgoingClient::Connect {
+                                conn,
+                                transport,
+                                remote,
+                            }))
+                            .await
+                        }
+                        Err(reason) => {
+                            tracing::info!(session = %self.ctx.id, %reason, "outgoing connection refused");
+                            let result =
+                                Err(RemoteError::new(ErrorCode::Forbidden, reason.clone()));
+                            self.tell_once(LogLevel::Warn, reason).await;
+                            let _ =
+                                self.to_client(ServerMessage::Outgoing(
+                                    OutgoingServer::Connected { conn, result },
+                                ))
+                                .await;
+                            true
+                        }
+                    }
+                }
+                ClientMessage::Incoming(IncomingClient::Subscribe { port, mode, filter }) => {
+                    self.subscribe(port, mode, filter, false).await
+                }
+                ClientMessage::SubscribeOverride { port, mode, filter } => {
+                    self.subscribe(port, mode, filter, true).await
+                }
+                ClientMessage::Incoming(IncomingClient::Unsubscribe { port }) => {
+                    let (target, id) = (&self.ctx.target, self.ctx.id);
+                    self.ctx
+                        .sessions
+                        .with_registry(|r| r.release(target, port, id));
+                    self.to_agent(ClientMessage::Incoming(IncomingClient::Unsubscribe {
+                        port,
+                    }))
+                    .await
+                }
+                ClientMessage::Bye => {
+                    let _ = self.to_agent(ClientMessage::Bye).await;
+                    return Ended::Bye;
+                }
+                other => self.to_agent(other).await,
+            };
+            if !forwarded {
+                return Ended::AgentGone("its connection closed".into());
+            }
+        }
+    }
+
+    /// Answer or forward a request; false when the agent link is gone.
+    async fn request(&self, id: RequestId, request: Request) -> bool {
+        let answer = |result: RemoteResult<Response>| ServerMessage::Response { id, result };
+        match &request {
+            Request::Session(control) => {
+                let result = session_control(&self.ctx.sessions, &self.ctx.user, control);
+                let _ = self.to_client(answer(result)).await;
+                return true;
+            }
+            Request::Fs(fs) => {
+                let hidden = fs_paths(fs).into_iter().find_map(|path| {
+                    self.ctx
+                        .policies
+                        .current()
+                        .fs_hidden(&self.ctx.target, path)
+                        .map(|(label, pattern)| {
+                            format!("{path} is hidden by {label} (fs_not_found {pattern:?})")
+                        })
+                });
+                if let Some(reason) = hidden {
+                    self.tell_once(LogLevel::Info, reason.clone()).await;
+                    let error = RemoteError::new(ErrorCode::NotFound, reason);
+                    let _ = self.to_client(answer(Err(error))).await;
+                    return true;
+                }
+            }
+            Request::Env(_) => {
+                self.shared().env_requests.insert(id);
+            }
+            Request::Lookup(lookup) => {
+                let hits = self
+                    .ctx
+                    .policies
+                    .current()
+                    .blocked_name(&self.ctx.target, &lookup.name);
+                if !hits.is_empty() {
+                    self.shared()
+                        .lookups
+                        .insert(id, (lookup.name.clone(), hits));
+                }
+            }
+            _ => {}
+        }
+        self.to_agent(ClientMessage::Request { id, request }).await
+    }
+
+    async fn subscribe(
+        &self,
+        port: RemotePort,
+        mode: IncomingMode,
+        filter: Option<HttpFilter>,
+        take_over: bool,
+    ) -> bool {
+        let target = self.ctx.target.clone();
+        let check = SubscribeCheck {
+            target: &target,
+            port: port.0,
+            mode,
+            filter: filter.as_ref(),
+            take_over,
+        };
+        if let Err(reason) = self.ctx.policies.current().check_subscribe(&check) {
+            return self.refuse(port, ErrorCode::Forbidden, reason).await;
+        }
+        let claim = ClaimRequest {
+            target: &target,
+            port,
+            session: self.ctx.id,
+            user: &self.ctx.user,
+            mode,
+            filter: filter.as_ref(),
+            take_over,
+        };
+        let claimed = self
+            .ctx
+            .sessions
+            .with_registry(|r| r.claim(&claim, SystemTime::now()));
+        let evicted = match claimed {
+            Ok(evicted) => evicted,
+            Err(conflict) => {
+                return self
+                    .refuse(port, ErrorCode::AddressInUse, conflict.message)
+                    .await;
+            }
+        };
+        for holder in evicted {
+            let Some(tx) = self.ctx.sessions.command_tx(holder.session) else {
+                continue;
+            };
+            let (done, done_rx) = oneshot::channel();
+            let by = format!("{} (session {})", self.ctx.user, self.ctx.id);
+            if tx
+                .send(SessionCommand::Evict { port, by, done })
+                .await
+                .is_ok()
+            {
+                let _ = tokio::time::timeout(EVICT_TIMEOUT, done_rx).await;
+            }
+            let what = holder
+                .filter
+                .as_ref()
+                .map_or_else(|| "its unfiltered subscription".to_owned(), describe);
+            let message = format!(
+                "port {} on {target}: took over from {} (session {}, {what})",
+                port.0, holder.user, holder.session
+            );
+            let _ = self
+                .to_client(ServerMessage::Log {
+                    level: LogLevel::Warn,
+                    message,
+                })
+                .await;
+        }
+        // The agent needs no override wish: the previous holder let go.
+        self.to_agent(ClientMessage::Incoming(IncomingClient::Subscribe {
+            port,
+            mode,
+            filter,
+        }))
+        .await
+    }
+
+    /// Refuse a subscription without asking the agent (the layer shows the
+    /// reason on the user's terminal).
+    async fn refuse(&self, port: RemotePort, code: ErrorCode, reason: String) -> bool {
+        tracing::info!(session = %self.ctx.id, port = port.0, %reason, "subscription refused");
+        let result = Err(RemoteError::new(code, reason));
+        let _ = self
+            .to_client(ServerMessage::Incoming(IncomingServer::Subscribed {
+                port,
+                result,
+            }))
+            .await;
+        true
+    }
+
+    /// Another session took `port` over: let go of it at the agent.
+    async fn evict(&self, port: RemotePort, by: String, done: oneshot::Sender<()>) {
+        let id = {
+            let mut shared = self.shared();
+            shared.next_ping += 1;
+            let id = RequestId(OPERATOR_REQUEST_BASE + shared.next_ping);
+            shared.pings.insert(id, done);
+            id
+        };
+        let (target, session) = (&self.ctx.target, self.ctx.id);
+        self.ctx
+            .sessions
+            .with_registry(|r| r.release(target, port, session));
+        let _ = self
+            .to_agent(ClientMessage::Incoming(IncomingClient::Unsubscribe {
+                port,
+            }))
+            .await;
+        // The agent handles one connection's frames in order: the pong
+        // means the unsubscription reached its incoming task.
+        let _ = self
+            .to_agent(ClientMessage::Request {
+                id,
+                request: Request::Ping,
+            })
+            .await;
+        let message = format!(
+            "port {} on {target}: your subscription was taken over by {by} (override); \
+             its requests no longer reach you",
+            port.0
+        );
+        let _ = self
+            .to_client(ServerMessage::Log {
+                level: LogLevel::Warn,
+                message,
+            })
+            .await;
+    }
+
+    async fn downstream<R>(self, frames: &mut R) -> Ended
+    where
+        R: Stream<Item = Result<ServerMessage, CodecError>> + Unpin,
+    {
+        loop {
+            let mut message = match frames.next().await {
+                None => return Ended::AgentGone("it closed the connection".into()),
+                Some(Err(e)) => return Ended::AgentGone(e.to_string()),
+                Some(Ok(ServerMessage::Closing { reason })) => return Ended::AgentGone(reason),
+                Some(Ok(message)) => message,
+            };
+            match &mut message {
+                ServerMessage::Response { id, .. } if id.0 >= OPERATOR_REQUEST_BASE => {
+                    if let Some(done) = self.shared().pings.remove(id) {
+                        let _ = done.send(());
+                    }
+                    continue;
+                }
+                ServerMessage::Response { id, result } => {
+                    let env = self.shared().env_requests.remove(id);
+                    if env && let Ok(Response::Env(reply)) = result {
+                        self.withhold_env(&mut reply.vars).await;
+                    }
+                    let lookup = self.shared().lookups.remove(id);
+                    if let (Some((name, hits)), Ok(Response::Lookup(reply))) = (lookup, &*result) {
+                        let mut shared = self.shared();
+                        for ip in &reply.addresses {
+                            for (label, dest) in &hits {
+                                shared.learned.push(LearnedBlock {
+                                    ip: *ip,
+                                    name: name.clone(),
+                                    dest: dest.clone(),
+                                    label: label.clone(),
+                                });
+                            }
+                        }
+                    }
+                }
+                ServerMessage::Incoming(IncomingServer::Subscribed { port, result }) => {
+                    let (target, id, port, ok) =
+                        (&self.ctx.target, self.ctx.id, *port, result.is_ok());
+                    self.ctx.sessions.with_registry(|r| {
+                        if ok {
+                            r.confirm(target, port, id);
+                        } else {
+                            r.release(target, port, id);
+                        }
+                    });
+                }
+                _ => {}
+            }
+            if !self.to_client(message).await {
+                return Ended::ClientGone;
+            }
+        }
+    }
+
+    async fn withhold_env(&self, vars: &mut std::collections::BTreeMap<String, String>) {
+        let policies = self.ctx.policies.current();
+        let mut withheld: Vec<(String, String)> = Vec::new();
+        vars.retain(
+            |name, _| match policies.env_excluded(&self.ctx.target, name) {
+                Some(label) => {
+                    withheld.push((name.clone(), label.to_owned()));
+                    false
+                }
+                None => true,
+            },
+        );
+        for (name, label) in withheld {
+            self.tell_once(
+                LogLevel::Info,
+                format!(
+                    "{name} withheld from {} by {label} (env_exclude)",
+                    self.ctx.target
+                ),
+            )
+            .await;
+        }
+    }
+}
+
+/// The paths a file request names.
+fn fs_paths(request: &FsRequest) -> Vec<&str> {
+    match request {
+        FsRequest::Open(open) => vec![&open.path],
+        FsRequest::Stat { path, .. }
+        | FsRequest::Access { path, .. }
+        | FsRequest::OpenDir { path }
+        | FsRequest::ReadLink { path }
+        | FsRequest::Canonicalize { path }
+        | FsRequest::MkDir { path, .. }
+        | FsRequest::Unlink { path }
+        | FsRequest::RmDir { path } => vec![path],
+        FsRequest::Rename { from, to } => vec![from, to],
+        _ => Vec::new(),
+    }
+}
+
+/// `remora session ls` / `kill`, answered by the operator itself.
+pub fn session_control(
+    sessions: &Sessions,
+    user: &str,
+    request: &SessionRequest,
+) -> RemoteResult<Response> {
+    match request {
+        SessionRequest::List => Ok(SessionReply::Sessions(sessions.list())),
+        SessionRequest::Kill { id } => {
+            tracing::info!(victim = %id, by = %user, "killing a session on request");
+            sessions
+                .kill(*id, format!("session killed by {user}"))
+                .map(|()| SessionReply::Killed)
+        }
+    }
+    .map(Response::Session)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,388 @@
+use super::*;
+use crate::policy::Policies;
+use crate::sessions::SessionGuard;
+use remora_protocol::RemoteAddr;
+use remora_protocol::codec::FrameCodec;
+use remora_protocol::env::{EnvReply, EnvRequest};
+use std::collections::BTreeMap;
+use std::path::Path;
+use tokio::io::DuplexStream;
+use tokio::task::JoinHandle;
+use tokio_util::codec::Framed;
+
+const TARGET: &str = "pid/4242";
+const PORT: RemotePort = RemotePort(8080);
+
+/// The client's and the agent's ends of one relayed session.
+struct Session {
+    client: Framed<DuplexStream, FrameCodec<ServerMessage, ClientMessage>>,
+    agent: Framed<DuplexStream, FrameCodec<ClientMessage, ServerMessage>>,
+    relay: JoinHandle<Ended>,
+    guard: SessionGuard,
+}
+
+fn start(user: &str, sessions: &Sessions, policies: PolicyStore) -> Session {
+    let (client, relay_client) = tokio::io::duplex(1 << 16);
+    let (agent, relay_agent) = tokio::io::duplex(1 << 16);
+    let (client_sink, client_stream) = Framed::new(
+        relay_client,
+        FrameCodec::<ClientMessage, ServerMessage>::default(),
+    )
+    .split();
+    let (agent_sink, agent_stream) = Framed::new(
+        relay_agent,
+        FrameCodec::<ServerMessage, ClientMessage>::default(),
+    )
+    .split();
+    let (guard, commands) = sessions.register(user, TARGET);
+    let ctx = SessionContext {
+        id: guard.id(),
+        user: user.to_owned(),
+        target: TARGET.to_owned(),
+        sessions: sessions.clone(),
+        policies,
+    };
+    let relay = tokio::spawn(run(
+        client_sink,
+        client_stream,
+        agent_sink,
+        agent_stream,
+        ctx,
+        commands,
+    ));
+    Session {
+        client: Framed::new(client, FrameCodec::default()),
+        agent: Framed::new(agent, FrameCodec::default()),
+        relay,
+        guard,
+    }
+}
+
+fn policies(text: &str) -> PolicyStore {
+    PolicyStore::fixed(Policies::parse(text, Path::new("p.toml")).unwrap())
+}
+
+async fn next<T>(stream: &mut (impl Stream<Item = Result<T, CodecError>> + Unpin)) -> T {
+    tokio::time::timeout(Duration::from_secs(5), stream.next())
+        .await
+        .expect("a frame in time")
+        .expect("the stream is open")
+        .expect("a decodable frame")
+}
+
+/// The next frame the client gets that is not a log line.
+async fn next_reply(s: &mut Session) -> ServerMessage {
+    loop {
+        match next(&mut s.client).await {
+            ServerMessage::Log { .. } => {}
+            other => return other,
+        }
+    }
+}
+
+fn ping(id: u64) -> ClientMessage {
+    ClientMessage::Request {
+        id: RequestId(id),
+        request: Request::Ping,
+    }
+}
+
+fn subscribe(header: &str) -> ClientMessage {
+    ClientMessage::Incoming(IncomingClient::Subscribe {
+        port: PORT,
+        mode: IncomingMode::Steal,
+        filter: Some(HttpFilter::Header(header.into())),
+    })
+}
+
+#[tokio::test]
+async fn session_requests_are_answered_by_the_operator_itself() {
+    let sessions = Sessions::default();
+    let mut s = start("alice", &sessions, PolicyStore::empty());
+    let list = ClientMessage::Request {
+        id: RequestId(1),
+        request: Request::Session(SessionRequest::List),
+    };
+    s.client.send(list).await.unwrap();
+    s.client.send(ping(2)).await.unwrap();
+    match next(&mut s.client).await {
+        ServerMessage::Response {
+            id: RequestId(1),
+            result: Ok(Response::Session(SessionReply::Sessions(list))),
+        } => {
+            assert_eq!(list.len(), 1);
+            assert_eq!(list[0].user, "alice");
+            assert_eq!(list[0].target, TARGET);
+        }
+        other => panic!("{other:?}"),
+    }
+    // The agent only ever saw the ping.
+    assert_eq!(next(&mut s.agent).await, ping(2));
+}
+
+#[tokio::test]
+async fn hidden_files_are_not_found_without_reaching_the_agent() {
+    let sessions = Sessions::default();
+    let store = policies("[[policy]]\ntargets=[\"pid/*\"]\nfs_not_found=[\"^/srv/secrets/\"]\n");
+    let mut s = start("alice", &sessions, store);
+    let stat = |id, path: &str| ClientMessage::Request {
+        id: RequestId(id),
+        request: Request::Fs(FsRequest::Stat {
+            path: path.into(),
+            follow_symlinks: true,
+        }),
+    };
+    s.client.send(stat(1, "/srv/secrets/token")).await.unwrap();
+    s.client.send(stat(2, "/etc/hosts")).await.unwrap();
+    match next_reply(&mut s).await {
+        ServerMessage::Response {
+            id: RequestId(1),
+            result: Err(e),
+        } => {
+            assert_eq!(e.code, ErrorCode::NotFound);
+            assert!(e.message.contains("hidden by policy #1 in p.toml"), "{e}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(next(&mut s.agent).await, stat(2, "/etc/hosts"));
+}
+
+#[tokio::test]
+async fn environment_replies_lose_the_withheld_variables() {
+    let sessions = Sessions::default();
+    let store = policies("[[policy]]\ntargets=[\"*\"]\nenv_exclude=[\"DB_PASSWORD\", \"AWS_*\"]\n");
+    let mut s = start("alice", &sessions, store);
+    let request = ClientMessage::Request {
+        id: RequestId(7),
+        request: Request::Env(EnvRequest {
+            include: vec![],
+            exclude: vec![],
+        }),
+    };
+    s.client.send(request.clone()).await.unwrap();
+    assert_eq!(next(&mut s.agent).await, request);
+    let vars: BTreeMap<String, String> =
+        [("DB_PASSWORD", "x"), ("AWS_KEY", "y"), ("HOME", "/root")]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+    s.agent
+        .send(ServerMessage::Response {
+            id: RequestId(7),
+            result: Ok(Response::Env(EnvReply { vars })),
+        })
+        .await
+        .unwrap();
+    match next_reply(&mut s).await {
+        ServerMessage::Response {
+            result: Ok(Response::Env(reply)),
+            ..
+        } => assert_eq!(reply.vars.keys().collect::<Vec<_>>(), ["HOME"]),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn blocked_destinations_are_refused_with_the_policy() {
+    let sessions = Sessions::default();
+    let store = policies("[[policy]]\ntargets=[\"*\"]\noutgoing_block=[\"10.0.0.0/8:5432\"]\n");
+    let mut s = start("alice", &sessions, store);
+    let connect = ClientMessage::Outgoing(OutgoingClient::Connect {
+        conn: remora_protocol::ConnectionId(3),
+        transport: remora_protocol::net::Transport::Tcp,
+        remote: RemoteAddr::Ip("10.1.2.3:5432".parse().unwrap()),
+    });
+    s.client.send(connect).await.unwrap();
+    s.client.send(ping(9)).await.unwrap();
+    let mut told = false;
+    loop {
+        match next(&mut s.client).await {
+            ServerMessage::Log { message, .. } => told = message.contains("policy #1 in p.toml"),
+            ServerMessage::Outgoing(OutgoingServer::Connected { result: Err(e), .. }) => {
+                assert_eq!(e.code, ErrorCode::Forbidden);
+                break;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(told, "the user is told which policy refused");
+    assert_eq!(next(&mut s.agent).await, ping(9));
+}
+
+#[tokio::test]
+async fn a_held_filter_is_refused_without_reaching_the_agent() {
+    let sessions = Sessions::default();
+    let mut alice = start("alice", &sessions, PolicyStore::empty());
+    alice
+        .client
+        .send(subscribe("^x-user: alice$"))
+        .await
+        .unwrap();
+    assert_eq!(next(&mut alice.agent).await, subscribe("^x-user: alice$"));
+    alice
+        .agent
+        .send(ServerMessage::Incoming(IncomingServer::Subscribed {
+            port: PORT,
+            result: Ok(()),
+        }))
+        .await
+        .unwrap();
+    next(&mut alice.client).await;
+    let listed = sessions.list();
+    assert_eq!(
+        listed[0].subscriptions.len(),
+        1,
+        "granted subscriptions are listed"
+    );
+
+    let mut bob = start("bob", &sessions, PolicyStore::empty());
+    bob.client.send(subscribe("^X-User: alice$")).await.unwrap();
+    bob.client.send(ping(1)).await.unwrap();
+    match next_reply(&mut bob).await {
+        ServerMessage::Incoming(IncomingServer::Subscribed {
+            port: PORT,
+            result: Err(e),
+        }) => assert!(
+            e.message
+                .contains(&format!("held by alice (session {}", alice.guard.id())),
+            "{e}"
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(next(&mut bob.agent).await, ping(1));
+}
+
+#[tokio::test]
+async fn override_makes_the_holder_let_go_first_and_tells_it() {
+    let sessions = Sessions::default();
+    let mut alice = start("alice", &sessions, PolicyStore::empty());
+    alice
+        .client
+        .send(subscribe("^x-user: alice$"))
+        .await
+        .unwrap();
+    next(&mut alice.agent).await;
+
+    let mut bob = start("bob", &sessions, PolicyStore::empty());
+    let wish = ClientMessage::SubscribeOverride {
+        port: PORT,
+        mode: IncomingMode::Steal,
+        filter: Some(HttpFilter::Header("^x-user: alice$".into())),
+    };
+    bob.client.send(wish).await.unwrap();
+    // Alice's agent connection unsubscribes, then the operator pings it.
+    assert_eq!(
+        next(&mut alice.agent).await,
+        ClientMessage::Incoming(IncomingClient::Unsubscribe { port: PORT })
+    );
+    let ClientMessage::Request {
+        id,
+        request: Request::Ping,
+    } = next(&mut alice.agent).await
+    else {
+        panic!("expected the operator's ping");
+    };
+    assert!(id.0 >= OPERATOR_REQUEST_BASE);
+    alice
+        .agent
+        .send(ServerMessage::Response {
+            id,
+            result: Ok(Response::Pong),
+        })
+        .await
+        .unwrap();
+    // Only then does bob's subscription reach the agent, as a plain one.
+    assert_eq!(next(&mut bob.agent).await, subscribe("^x-user: alice$"));
+    match next(&mut alice.client).await {
+        ServerMessage::Log { level, message } => {
+            assert_eq!(level, LogLevel::Warn);
+            assert!(message.contains("taken over by bob (session"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_killed_session_is_told_and_its_agent_connection_closes() {
+    let sessions = Sessions::default();
+    let mut s = start("alice", &sessions, PolicyStore::empty());
+    sessions
+        .kill(s.guard.id(), "session killed by root".into())
+        .unwrap();
+    match next(&mut s.client).await {
+        ServerMessage::Closing { reason } => assert_eq!(reason, "session killed by root"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(next(&mut s.agent).await, ClientMessage::Bye);
+    let end = tokio::time::timeout(Duration::from_secs(5), s.agent.next())
+        .await
+        .unwrap();
+    assert!(end.is_none(), "the agent connection is closed: {end:?}");
+    assert_eq!(
+        s.relay.await.unwrap(),
+        Ended::Killed("session killed by root".into())
+    );
+}
+
+#[tokio::test]
+async fn a_vanished_client_ends_the_session() {
+    let sessions = Sessions::default();
+    let Session {
+        client,
+        mut agent,
+        relay,
+        guard: _guard,
+    } = start("alice", &sessions, PolicyStore::empty());
+    drop(client);
+    assert_eq!(relay.await.unwrap(), Ended::ClientGone);
+    assert_eq!(next(&mut agent).await, ClientMessage::Bye);
+}
+
+#[tokio::test]
+async fn a_blocked_name_blocks_the_addresses_it_resolved_to() {
+    use remora_protocol::dns::{AddrFamily, LookupReply, LookupRequest, SockType};
+    let sessions = Sessions::default();
+    let store = policies("[[policy]]\ntargets=[\"*\"]\noutgoing_block=[\"db.internal:5432\"]\n");
+    let mut s = start("alice", &sessions, store);
+    let lookup = ClientMessage::Request {
+        id: RequestId(4),
+        request: Request::Lookup(LookupRequest {
+            name: "db.internal".into(),
+            family: AddrFamily::Any,
+            socktype: SockType::Stream,
+            flags: 0,
+        }),
+    };
+    s.client.send(lookup.clone()).await.unwrap();
+    assert_eq!(next(&mut s.agent).await, lookup);
+    s.agent
+        .send(ServerMessage::Response {
+            id: RequestId(4),
+            result: Ok(Response::Lookup(LookupReply {
+                canonical_name: None,
+                addresses: vec!["10.9.9.9".parse().unwrap()],
+            })),
+        })
+        .await
+        .unwrap();
+    next_reply(&mut s).await;
+    let connect = |conn, addr: &str| {
+        ClientMessage::Outgoing(OutgoingClient::Connect {
+            conn: remora_protocol::ConnectionId(conn),
+            transport: remora_protocol::net::Transport::Tcp,
+            remote: RemoteAddr::Ip(addr.parse().unwrap()),
+        })
+    };
+    s.client.send(connect(1, "10.9.9.9:5432")).await.unwrap();
+    s.client.send(connect(2, "10.9.9.9:80")).await.unwrap();
+    match next_reply(&mut s).await {
+        ServerMessage::Outgoing(OutgoingServer::Connected { result: Err(e), .. }) => {
+            assert!(
+                e.message.contains("(db.internal)") && e.message.contains("policy #1 in p.toml"),
+                "{e}"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(next(&mut s.agent).await, connect(2, "10.9.9.9:80"));
+}

@@ -1,0 +1,372 @@
+//! The operator as a whole: accepts connections, authenticates them, and
+//! turns each into a session relayed to its target's shared agent (or a
+//! control connection answering `remora session ls/kill`).
+//!
+//! The accept path is generic over `AsyncRead + AsyncWrite`, so a TLS
+//! acceptor can wrap the TCP stream without touching the rest.
+
+use crate::agents::{AgentLease, AgentPool};
+use crate::error::{Error, Result};
+use crate::platform::{Platform, ResolvedTarget};
+use crate::policy::PolicyStore;
+use crate::relay::{self, SessionContext};
+use crate::sessions::Sessions;
+use crate::token::tokens_match;
+use futures::{SinkExt, StreamExt};
+use remora_protocol::codec::FrameCodec;
+use remora_protocol::handshake::negotiate;
+use remora_protocol::{
+    Capabilities, ClientMessage, CodecError, ErrorCode, Hello, HelloReply, PROTOCOL_VERSION,
+    ProtocolVersion, RemoteError, Request, Response, ServerMessage, SessionId, SessionToken,
+};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// How long a new connection may take to say `Hello`.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long connecting to an agent may take.
+pub const AGENT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// remora's version, as told to clients.
+pub const SERVER_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// How an operator is set up.
+#[derive(Debug, Clone)]
+pub struct OperatorConfig {
+    /// Where clients connect.
+    pub listen: SocketAddr,
+    /// What clients must present.
+    pub token: SessionToken,
+    /// The policies in force.
+    pub policies: PolicyStore,
+}
+
+/// What every connection shares.
+#[derive(Debug)]
+struct Context {
+    token: SessionToken,
+    agents: Arc<AgentPool>,
+    sessions: Sessions,
+    policies: PolicyStore,
+}
+
+/// A running operator.
+#[derive(Debug)]
+pub struct Operator {
+    local_addr: SocketAddr,
+    cancel: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+    sessions: Sessions,
+    agents: Arc<AgentPool>,
+}
+
+impl Operator {
+    /// Bind the listener and start serving in the background.
+    ///
+    /// # Errors
+    /// [`Error::Bind`].
+    pub async fn bind(config: OperatorConfig, platform: Arc<dyn Platform>) -> Result<Operator> {
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| Error::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        let local_addr = listener.local_addr().map_err(|source| Error::Bind {
+            addr: config.listen,
+            source,
+        })?;
+        let agents = AgentPool::new(platform);
+        let sessions = Sessions::default();
+        let ctx = Arc::new(Context {
+            token: config.token,
+            agents: agents.clone(),
+            sessions: sessions.clone(),
+            policies: config.policies.clone(),
+        });
+        let cancel = CancellationToken::new();
+        tokio::spawn(
+            config
+                .policies
+                .watch(crate::policy::RELOAD_INTERVAL, cancel.clone()),
+        );
+        tracing::info!(%local_addr, platform = agents.platform().name(), "operator listening");
+        let task = tokio::spawn(accept_loop(listener, ctx, cancel.clone()));
+        Ok(Operator {
+            local_addr,
+            cancel,
+            task,
+            sessions,
+            agents,
+        })
+    }
+
+    /// Where clients connect.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The sessions (tests, benchmarks).
+    pub fn sessions(&self) -> &Sessions {
+        &self.sessions
+    }
+
+    /// Stop accepting, end every session (clients hear `reason`) and stop
+    /// every agent.
+    pub async fn shutdown(self, reason: &str) {
+        for session in self.sessions.list() {
+            let _ = self.sessions.kill(session.id, reason.to_owned());
+        }
+        self.cancel.cancel();
+        let _ = self.task.await;
+        self.agents.stop_all().await;
+    }
+}
+
+async fn accept_loop(listener: TcpListener, ctx: Arc<Context>, cancel: CancellationToken) {
+    let tracker = TaskTracker::new();
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    tracker.spawn(serve_connection(stream, peer, ctx.clone()));
+                }
+                Err(e) => {
+                    // Typically EMFILE: back off instead of spinning.
+                    tracing::warn!(error = %e, "cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+        }
+    }
+    tracker.close();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await;
+}
+
+fn rejected(reason: String) -> HelloReply {
+    HelloReply::Rejected {
+        reason,
+        server_protocol: PROTOCOL_VERSION,
+        server_version: SERVER_VERSION.to_owned(),
+    }
+}
+
+fn accepted(version: ProtocolVersion, capabilities: Capabilities, id: SessionId) -> HelloReply {
+    HelloReply::Accepted {
+        version,
+        capabilities,
+        session: id,
+        server_version: SERVER_VERSION.to_owned(),
+    }
+}
+
+/// Serve one client connection (any byte stream: TCP now, TLS later).
+async fn serve_connection<S>(stream: S, peer: SocketAddr, ctx: Arc<Context>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut framed = Framed::new(stream, FrameCodec::<Hello, HelloReply>::default());
+    let hello = match tokio::time::timeout(HANDSHAKE_TIMEOUT, framed.next()).await {
+        Err(_) | Ok(None) | Ok(Some(Err(CodecError::Io(_)))) => return,
+        Ok(Some(Err(e))) => {
+            let _ = framed
+                .send(rejected(format!("undecodable Hello: {e}")))
+                .await;
+            return;
+        }
+        Ok(Some(Ok(hello))) => hello,
+    };
+    let version = match negotiate(hello.version) {
+        Ok(version) => version,
+        Err(reason) => {
+            let _ = framed.send(rejected(reason)).await;
+            return;
+        }
+    };
+    if !tokens_match(&hello.token, &ctx.token) {
+        tracing::warn!(%peer, user = %hello.client.user, "wrong operator token");
+        let reason = "invalid operator token: set REMORA_OPERATOR_TOKEN to the operator's token \
+                      (see its --token-file)"
+            .to_owned();
+        let _ = framed.send(rejected(reason)).await;
+        return;
+    }
+    let user = hello.client.user.clone();
+    let Some(target) = hello.target.clone() else {
+        // A control connection: session listing and killing only.
+        let reply = accepted(version, Capabilities::SESSIONS, SessionId(0));
+        if framed.send(reply).await.is_ok() {
+            control(framed.map_codec(|_| FrameCodec::default()), &ctx, &user).await;
+        }
+        return;
+    };
+    let platform = ctx.agents.platform().clone();
+    let resolved = match platform.resolve(&target) {
+        Ok(resolved) => resolved,
+        Err(e) => {
+            let _ = framed.send(rejected(e.to_string())).await;
+            return;
+        }
+    };
+    let (lease, agent, agent_reply) = match connect_agent(&ctx, &resolved, &hello).await {
+        Ok(connected) => connected,
+        Err(reason) => {
+            tracing::warn!(%peer, %user, target = %resolved.name, %reason, "session refused");
+            let _ = framed.send(rejected(reason)).await;
+            return;
+        }
+    };
+    let HelloReply::Accepted {
+        version: agent_version,
+        capabilities,
+        ..
+    } = agent_reply
+    else {
+        unreachable!("connect_agent returns accepted sessions only");
+    };
+    let (guard, commands) = ctx.sessions.register(&user, &resolved.name);
+    let id = guard.id();
+    if framed
+        .send(accepted(agent_version.min(version), capabilities, id))
+        .await
+        .is_err()
+    {
+        lease.release().await;
+        return;
+    }
+    tracing::info!(
+        session = %id, %peer, %user, target = %resolved.name,
+        program = %hello.client.program, "session started"
+    );
+    let client: Framed<S, FrameCodec<ClientMessage, ServerMessage>> =
+        framed.map_codec(|_| FrameCodec::default());
+    let (client_sink, client_stream) = client.split();
+    let (agent_sink, agent_stream) = agent.split();
+    let session = SessionContext {
+        id,
+        user,
+        target: resolved.name.clone(),
+        sessions: ctx.sessions.clone(),
+        policies: ctx.policies.clone(),
+    };
+    let ended = relay::run(
+        client_sink,
+        client_stream,
+        agent_sink,
+        agent_stream,
+        session,
+        commands,
+    )
+    .await;
+    drop(guard);
+    tracing::info!(session = %id, ?ended, "session ended");
+    lease.release().await;
+}
+
+type AgentLink = Framed<TcpStream, FrameCodec<ServerMessage, ClientMessage>>;
+
+/// Get the target's agent and open this session's own connection to it,
+/// with the client's identity. Retries once with a fresh agent when the one
+/// found does not answer (it may have just exited on its own).
+async fn connect_agent(
+    ctx: &Context,
+    target: &ResolvedTarget,
+    hello: &Hello,
+) -> std::result::Result<(AgentLease, AgentLink, HelloReply), String> {
+    let mut last_error = String::new();
+    for attempt in 0..2 {
+        let lease = ctx
+            .agents
+            .acquire(target, attempt > 0)
+            .await
+            .map_err(|e| e.to_string())?;
+        match handshake_agent(lease.addr, &lease.token, target, hello).await {
+            Ok((link, reply @ HelloReply::Accepted { .. })) => return Ok((lease, link, reply)),
+            Ok((_, HelloReply::Rejected { reason, .. })) => {
+                lease.release().await;
+                return Err(format!(
+                    "the agent of {} refused the session: {reason}",
+                    target.name
+                ));
+            }
+            Err(e) => {
+                last_error = e;
+                lease.release().await;
+            }
+        }
+    }
+    Err(format!(
+        "cannot reach the agent of {}: {last_error}",
+        target.name
+    ))
+}
+
+async fn handshake_agent(
+    addr: SocketAddr,
+    token: &SessionToken,
+    target: &ResolvedTarget,
+    hello: &Hello,
+) -> std::result::Result<(AgentLink, HelloReply), String> {
+    let stream = tokio::time::timeout(AGENT_CONNECT_TIMEOUT, TcpStream::connect(addr))
+        .await
+        .map_err(|_| format!("no answer from {addr}"))?
+        .map_err(|e| format!("connecting to {addr}: {e}"))?;
+    let _ = stream.set_nodelay(true);
+    let mut framed = Framed::new(stream, FrameCodec::<HelloReply, Hello>::default());
+    let agent_hello = Hello {
+        version: hello.version.min(PROTOCOL_VERSION),
+        capabilities: hello.capabilities,
+        token: token.clone(),
+        client: hello.client.clone(),
+        target: Some(target.name.clone()),
+    };
+    framed
+        .send(agent_hello)
+        .await
+        .map_err(|e| format!("sending Hello: {e}"))?;
+    let reply = tokio::time::timeout(HANDSHAKE_TIMEOUT, framed.next())
+        .await
+        .map_err(|_| "no Hello reply".to_owned())?
+        .ok_or_else(|| "the agent closed the connection".to_owned())?
+        .map_err(|e| e.to_string())?;
+    Ok((framed.map_codec(|_| FrameCodec::default()), reply))
+}
+
+/// A control connection: `Session` requests and pings until the client leaves.
+async fn control<S>(
+    mut link: Framed<S, FrameCodec<ClientMessage, ServerMessage>>,
+    ctx: &Context,
+    user: &str,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    while let Some(Ok(message)) = link.next().await {
+        let (id, request) = match message {
+            ClientMessage::Request { id, request } => (id, request),
+            ClientMessage::Bye => return,
+            _ => continue,
+        };
+        let result = match &request {
+            Request::Session(control) => relay::session_control(&ctx.sessions, user, control),
+            Request::Ping => Ok(Response::Pong),
+            _ => Err(RemoteError::new(
+                ErrorCode::Unsupported,
+                "this is a control connection (no target): only session requests",
+            )),
+        };
+        if link
+            .send(ServerMessage::Response { id, result })
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+}
