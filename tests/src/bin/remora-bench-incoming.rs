@@ -18,6 +18,9 @@ const WRK_ARGS: [&str; 6] = ["-t2", "-c32", "-d3s", "--latency", "--timeout", "5
 /// saturated, so this shows what each hop adds).
 const WRK_ONE: [&str; 6] = ["-t1", "-c1", "-d3s", "--latency", "--timeout", "5s"];
 const HEADER: &str = "x-user: alice";
+/// CPU the pod's service spends per request in the last table: a service
+/// that does real work, next to one that does none.
+const WORK_US: u64 = 1000;
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
@@ -152,6 +155,18 @@ fn start_local_app(pod: &Pod, app: &str) -> Result<App> {
     Ok(App(child))
 }
 
+/// Wait until the filtered steal delivers matching requests to the local app.
+fn wait_for_laptop(url: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while curl(url, Some(HEADER)) != "laptop" {
+        if Instant::now() > deadline {
+            return Err("the filtered steal never delivered to the local app".into());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
+
 fn bench() -> Result<()> {
     let app = bin_path("remora-bench-app")?;
     let app = app.to_string_lossy().into_owned();
@@ -177,14 +192,8 @@ fn bench() -> Result<()> {
     eprintln!("bench: (a) the pod's service directly");
     let (direct, service_cpu) = cpu_per_request(service_pid, &|| wrk(&WRK_ARGS, &url, None))?;
     let direct_one = wrk(&WRK_ONE, &url, None)?;
-    let _local = start_local_app(&pod, &app)?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while curl(&url, Some(HEADER)) != "laptop" {
-        if Instant::now() > deadline {
-            return Err("the filtered steal never delivered to the local app".into());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let local_app = start_local_app(&pod, &app)?;
+    wait_for_laptop(&url)?;
     // Both sides answer what they should before and after the load.
     let check = || -> Result<()> {
         if curl(&url, None) != "pod" || curl(&url, Some(HEADER)) != "laptop" {
@@ -204,6 +213,28 @@ fn bench() -> Result<()> {
     let local = wrk(&WRK_ARGS, &local_url, None)?;
     let local_one = wrk(&WRK_ONE, &local_url, None)?;
     check()?;
+
+    // The same pass-through in front of a service that works per request
+    // (another pod: the first one's service is its target process).
+    drop(local_app);
+    drop(service);
+    let pod = sandbox.pod(PodSpec::new("bench-work"))?;
+    let work = WORK_US.to_string();
+    let _service = pod
+        .command(&app)?
+        .args(["http-serve", &listen, "pod", &work])
+        .spawn()?;
+    pod.wait_for_tcp(POD_PORT, Duration::from_secs(20))?;
+    let url = format!("http://{}:{POD_PORT}/", pod.ip());
+    eprintln!("bench: (a') a service working {WORK_US} µs per request, directly");
+    let direct_work = wrk(&WRK_ARGS, &url, None)?;
+    let _local = start_local_app(&pod, &app)?;
+    wait_for_laptop(&url)?;
+    eprintln!("bench: (b') unmatched requests to it through the filtered steal");
+    let passthrough_work = wrk(&WRK_ARGS, &url, None)?;
+    if curl(&url, None) != "pod" {
+        return Err("a request reached the wrong side".into());
+    }
 
     println!("## incoming traffic (filtered steal, HTTP/1.1)\n");
     println!(
@@ -249,12 +280,38 @@ fn bench() -> Result<()> {
         "- CPU per request under load: the pod's service {service_cpu:.1} µs (direct); the agent \
          {agent_cpu:.1} µs per passed-through request\n"
     );
+    println!(
+        "### a service spending {WORK_US} µs of CPU per request, under load: `wrk {}`\n",
+        WRK_ARGS.join(" ")
+    );
+    println!("| path | req/s | p50 | p99 | req/s vs (a') | p50 vs (a') |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: |");
+    for (name, w) in [
+        ("(a') that service directly", direct_work),
+        ("(b') unmatched, passed through the agent", passthrough_work),
+    ] {
+        println!(
+            "| {name} | {:.0} | {:.0} µs | {:.0} µs | {:.2}x | {:+.0} µs |",
+            w.rps,
+            w.p50_us,
+            w.p99_us,
+            w.rps / direct_work.rps,
+            w.p50_us - direct_work.p50_us,
+        );
+    }
+    println!();
+    let cost_work = 1.0 - passthrough_work.rps / direct_work.rps;
     let cost = 1.0 - passthrough.rps / direct.rps;
     let added = passthrough_one.p50_us - direct_one.p50_us;
     println!(
         "- target: passthrough costs under 10% of direct throughput under load: {} ({:+.1}%)",
         if cost < 0.10 { "yes" } else { "no" },
         -cost * 100.0
+    );
+    println!(
+        "- the same for a service working {WORK_US} µs per request: {} ({:+.1}%)",
+        if cost_work < 0.10 { "yes" } else { "no" },
+        -cost_work * 100.0
     );
     println!(
         "- target: passthrough adds under 100 µs p50 (one connection): {} ({added:+.0} µs)",

@@ -11,7 +11,9 @@
 //! remora-bench-app serve PORT               TCP server on 0.0.0.0:PORT: 'E' echo, 'S' sink
 //! remora-bench-app tcp-rr HOST:PORT N       1-byte request/response round trips on one connection
 //! remora-bench-app tcp-stream HOST:PORT MB  send MB MiB on one connection, read back the count
-//! remora-bench-app http-serve ADDR BODY     HTTP/1.1 keep-alive server answering 200 BODY (for wrk)
+//! remora-bench-app http-serve ADDR BODY [WORK_US]
+//!                                           HTTP/1.1 keep-alive server answering 200 BODY (for wrk),
+//!                                           spending WORK_US of CPU per request (default 0)
 //! remora-bench-app h2-serve ADDR NAME       HTTP/1.1 + HTTP/2 (h2c) server answering
 //!                                           "NAME VERSION METHOD PATH BODY-LENGTH\n"
 //! remora-bench-app h2-mixed ADDR N HEADER   N concurrent GETs on one h2c connection, even ones
@@ -32,7 +34,7 @@ use std::str::FromStr;
 
 const USAGE: &str = "usage: remora-bench-app files-local N | sock-local N | read-file PATH N \
                      | serve PORT | tcp-rr HOST:PORT N | tcp-stream HOST:PORT MB \
-                     | http-serve ADDR BODY | h2-serve ADDR NAME \
+                     | http-serve ADDR BODY [WORK_US] | h2-serve ADDR NAME \
                      | h2-mixed ADDR N HEADER";
 
 fn main() -> ExitCode {
@@ -58,7 +60,11 @@ fn run(args: &[&str]) -> Result<String, String> {
         ["serve", port] => return tcp::serve(number("PORT", port)?).map(|()| String::new()),
         ["tcp-rr", addr, n] => tcp::request_response(addr, count(n)?)?,
         ["tcp-stream", addr, mb] => tcp::stream(addr, count(mb)?)?,
-        ["http-serve", addr, body] => return http::serve(addr, body).map(|()| String::new()),
+        ["http-serve", addr, body] => return http::serve(addr, body, 0).map(|()| String::new()),
+        ["http-serve", addr, body, work] => {
+            let work = number("WORK_US", work)?;
+            return http::serve(addr, body, work).map(|()| String::new());
+        }
         ["h2-serve", addr, name] => return h2::serve(addr, name).map(|()| String::new()),
         ["h2-mixed", addr, n, header] => return h2::mixed(addr, count(n)?, header),
         _ => return Err(USAGE.into()),
