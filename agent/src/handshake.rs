@@ -37,7 +37,7 @@ pub struct Negotiated {
 /// The reason to put in [`HelloReply::Rejected`].
 pub fn evaluate(hello: &Hello, token: &SessionToken, target: &str) -> Result<Negotiated, String> {
     let version = negotiate(hello.version)?;
-    if !tokens_match(&hello.token, token) {
+    if !hello.token.matches(token) {
         return Err("invalid session token".to_owned());
     }
     if let Some(wanted) = &hello.target
@@ -51,17 +51,6 @@ pub fn evaluate(hello: &Hello, token: &SessionToken, target: &str) -> Result<Neg
         version,
         capabilities: hello.capabilities.intersect(AGENT_CAPABILITIES),
     })
-}
-
-/// Compare tokens in time independent of where they differ, so the reply time
-/// does not tell an attacker how much of a guess was right.
-pub fn tokens_match(a: &SessionToken, b: &SessionToken) -> bool {
-    let (a, b) = (a.0.as_bytes(), b.0.as_bytes());
-    let mut diff = u8::from(a.len() != b.len());
-    for i in 0..a.len().max(b.len()) {
-        diff |= a.get(i).copied().unwrap_or(0) ^ b.get(i).copied().unwrap_or(0);
-    }
-    diff == 0
 }
 
 /// The reply accepting a session.

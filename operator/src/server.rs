@@ -11,7 +11,6 @@ use crate::platform::{Platform, ResolvedTarget};
 use crate::policy::PolicyStore;
 use crate::relay::{self, SessionContext};
 use crate::sessions::Sessions;
-use crate::token::tokens_match;
 use futures::{SinkExt, StreamExt};
 use remora_protocol::codec::FrameCodec;
 use remora_protocol::handshake::negotiate;
@@ -190,7 +189,7 @@ where
             return;
         }
     };
-    if !tokens_match(&hello.token, &ctx.token) {
+    if !hello.token.matches(&ctx.token) {
         tracing::warn!(%peer, user = %hello.client.user, "wrong operator token");
         let reason = "invalid operator token: set REMORA_OPERATOR_TOKEN to the operator's token \
                       (see its --token-file)"

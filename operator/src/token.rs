@@ -63,16 +63,6 @@ fn write_private(path: &Path, token: &str) -> std::io::Result<()> {
     writeln!(file, "{token}")
 }
 
-/// Compare tokens in time independent of where they differ.
-pub fn tokens_match(a: &SessionToken, b: &SessionToken) -> bool {
-    let (a, b) = (a.0.as_bytes(), b.0.as_bytes());
-    let mut diff = u8::from(a.len() != b.len());
-    for i in 0..a.len().max(b.len()) {
-        diff |= a.get(i).copied().unwrap_or(0) ^ b.get(i).copied().unwrap_or(0);
-    }
-    diff == 0
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -112,8 +102,8 @@ mod tests {
     #[test]
     fn tokens_compare_exactly() {
         let t = |s: &str| SessionToken(s.into());
-        assert!(tokens_match(&t("abc"), &t("abc")));
-        assert!(!tokens_match(&t("abc"), &t("abd")));
-        assert!(!tokens_match(&t("abc"), &t("abcd")));
+        assert!(t("abc").matches(&t("abc")));
+        assert!(!t("abc").matches(&t("abd")));
+        assert!(!t("abc").matches(&t("abcd")));
     }
 }

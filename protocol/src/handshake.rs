@@ -67,6 +67,20 @@ impl std::ops::BitOr for Capabilities {
 #[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct SessionToken(pub String);
 
+impl SessionToken {
+    /// Compare with `other` in time independent of where they differ, so a
+    /// server's reply time does not tell an attacker how much of a guess was
+    /// right.
+    pub fn matches(&self, other: &SessionToken) -> bool {
+        let (a, b) = (self.0.as_bytes(), other.0.as_bytes());
+        let mut diff = u8::from(a.len() != b.len());
+        for i in 0..a.len().max(b.len()) {
+            diff |= a.get(i).copied().unwrap_or(0) ^ b.get(i).copied().unwrap_or(0);
+        }
+        diff == 0
+    }
+}
+
 impl std::fmt::Debug for SessionToken {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("SessionToken(<redacted>)")

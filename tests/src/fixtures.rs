@@ -94,3 +94,31 @@ pub fn remora_run_with(pod: &Pod, flags: &[&str], args: &[&str]) -> Result<Outpu
         })?;
     Ok(out)
 }
+
+/// `curl -s -m 5 [-H header] url` from this machine: the body, or an empty
+/// string when curl fails (tests compare bodies).
+pub fn curl(url: &str, header: Option<&str>) -> String {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-s", "-m", "5", url]);
+    if let Some(h) = header {
+        cmd.args(["-H", h]);
+    }
+    cmd.output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+}
+
+/// Poll `ready` every 100 ms until it holds.
+///
+/// # Panics
+/// After `timeout`, naming `what`.
+pub fn wait_for(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + timeout;
+    while !ready() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

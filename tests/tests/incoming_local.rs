@@ -2,10 +2,10 @@
 //! with `remora run --steal/--mirror` receives the sandbox pod's traffic, from
 //! other hosts (this machine, through the pod's veth) and from the pod itself.
 
-use remora_tests::{Pod, PodProcess, PodSpec, Sandbox, bin_path, require_sandbox};
+use remora_tests::{Pod, PodProcess, PodSpec, Sandbox, bin_path, fixtures, require_sandbox};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const POD_PORT: u16 = 18090;
 
@@ -90,21 +90,11 @@ const ALICE: [&str; 3] = ["--steal", "--http-header-filter", "^x-user: alice$"];
 
 /// curl from this machine (another host, for the pod) to the pod's service.
 fn curl_from_host(pod: &Pod, path: &str, header: Option<&str>) -> String {
-    let url = format!("http://{}:{POD_PORT}{path}", pod.ip());
-    let mut cmd = Command::new("curl");
-    cmd.args(["-s", "-m", "5", &url]);
-    if let Some(h) = header {
-        cmd.args(["-H", h]);
-    }
-    String::from_utf8_lossy(&cmd.output().unwrap().stdout).into_owned()
+    fixtures::curl(&format!("http://{}:{POD_PORT}{path}", pod.ip()), header)
 }
 
-fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+fn wait_for(what: &str, ready: impl FnMut() -> bool) {
+    fixtures::wait_for(what, Duration::from_secs(20), ready);
 }
 
 fn ruleset(pod: &Pod) -> String {

@@ -7,7 +7,7 @@
 //! unique per test (tests run in parallel on this machine's loopback).
 
 use remora_tests::operator::OperatorProcess;
-use remora_tests::{Pod, PodProcess, PodSpec, Sandbox, bin_path, require_sandbox};
+use remora_tests::{Pod, PodProcess, PodSpec, Sandbox, bin_path, fixtures, require_sandbox};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -110,21 +110,11 @@ fn filtered_app(
 
 /// curl from this machine (another host, for the pod) to the pod's `port`.
 fn curl(pod: &Pod, port: u16, header: Option<&str>) -> String {
-    let url = format!("http://{}:{port}/", pod.ip());
-    let mut cmd = Command::new("curl");
-    cmd.args(["-s", "-m", "5", &url]);
-    if let Some(h) = header {
-        cmd.args(["-H", h]);
-    }
-    String::from_utf8_lossy(&cmd.output().unwrap().stdout).into_owned()
+    fixtures::curl(&format!("http://{}:{port}/", pod.ip()), header)
 }
 
-fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+fn wait_for(what: &str, ready: impl FnMut() -> bool) {
+    fixtures::wait_for(what, Duration::from_secs(30), ready);
 }
 
 /// A miette error as one line (it wraps and frames long messages).

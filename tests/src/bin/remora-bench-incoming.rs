@@ -5,6 +5,7 @@
 //! the local app directly. Prints a markdown table; every number is measured
 //! in this run (median of RUNS `wrk` runs each).
 
+use remora_tests::fixtures::curl;
 use remora_tests::{Pod, PodSpec, Sandbox, bin_path, procs};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
@@ -114,17 +115,6 @@ fn wrk(args: &[&str], url: &str, header: Option<&str>) -> Result<Wrk> {
         p50_us: median(runs.iter().map(|r| r.p50_us).collect()),
         p99_us: median(runs.iter().map(|r| r.p99_us).collect()),
     })
-}
-
-fn curl(url: &str, header: Option<&str>) -> String {
-    let mut cmd = Command::new("curl");
-    cmd.args(["-s", "-m", "5", url]);
-    if let Some(h) = header {
-        cmd.args(["-H", h]);
-    }
-    cmd.output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default()
 }
 
 /// Kills `remora run` (the local app it became) on drop.

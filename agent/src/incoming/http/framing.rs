@@ -64,30 +64,44 @@ fn offset(buf: &[u8], part: &[u8]) -> Range<usize> {
     start..start + part.len()
 }
 
+fn ranges(buf: &[u8], headers: &[httparse::Header<'_>]) -> Vec<(Range<usize>, Range<usize>)> {
+    headers
+        .iter()
+        .map(|h| (offset(buf, h.name.as_bytes()), offset(buf, h.value)))
+        .collect()
+}
+
+/// What a parse attempt means: a head (built by `head` from its length),
+/// more bytes needed, or an error.
+fn complete(
+    buf: &[u8],
+    parsed: httparse::Result<usize>,
+    head: impl FnOnce(usize) -> Head,
+) -> Result<Option<Head>, HeadError> {
+    match parsed {
+        Ok(httparse::Status::Complete(len)) => Ok(Some(head(len))),
+        Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => Err(HeadError::TooLarge),
+        Ok(httparse::Status::Partial) => Ok(None),
+        Err(httparse::Error::TooManyHeaders) => Err(HeadError::TooLarge),
+        Err(e) => Err(HeadError::Invalid(e.to_string())),
+    }
+}
+
 impl Head {
     /// Parse a request head at the start of `buf`; `Ok(None)` when more
     /// bytes are needed.
     pub fn request(buf: &[u8]) -> Result<Option<Head>, HeadError> {
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut request = httparse::Request::new(&mut headers);
-        match request.parse(buf) {
-            Ok(httparse::Status::Complete(len)) => Ok(Some(Head {
-                len,
-                method: offset(buf, request.method.unwrap_or_default().as_bytes()),
-                target: offset(buf, request.path.unwrap_or_default().as_bytes()),
-                status: 0,
-                minor: request.version.unwrap_or(1),
-                headers: request
-                    .headers
-                    .iter()
-                    .map(|h| (offset(buf, h.name.as_bytes()), offset(buf, h.value)))
-                    .collect(),
-            })),
-            Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => Err(HeadError::TooLarge),
-            Ok(httparse::Status::Partial) => Ok(None),
-            Err(httparse::Error::TooManyHeaders) => Err(HeadError::TooLarge),
-            Err(e) => Err(HeadError::Invalid(e.to_string())),
-        }
+        let parsed = request.parse(buf);
+        complete(buf, parsed, |len| Head {
+            len,
+            method: offset(buf, request.method.unwrap_or_default().as_bytes()),
+            target: offset(buf, request.path.unwrap_or_default().as_bytes()),
+            status: 0,
+            minor: request.version.unwrap_or(1),
+            headers: ranges(buf, request.headers),
+        })
     }
 
     /// Parse a response head at the start of `buf`; `Ok(None)` when more
@@ -95,24 +109,15 @@ impl Head {
     pub fn response(buf: &[u8]) -> Result<Option<Head>, HeadError> {
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut response = httparse::Response::new(&mut headers);
-        match response.parse(buf) {
-            Ok(httparse::Status::Complete(len)) => Ok(Some(Head {
-                len,
-                method: 0..0,
-                target: 0..0,
-                status: response.code.unwrap_or_default(),
-                minor: response.version.unwrap_or(1),
-                headers: response
-                    .headers
-                    .iter()
-                    .map(|h| (offset(buf, h.name.as_bytes()), offset(buf, h.value)))
-                    .collect(),
-            })),
-            Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => Err(HeadError::TooLarge),
-            Ok(httparse::Status::Partial) => Ok(None),
-            Err(httparse::Error::TooManyHeaders) => Err(HeadError::TooLarge),
-            Err(e) => Err(HeadError::Invalid(e.to_string())),
-        }
+        let parsed = response.parse(buf);
+        complete(buf, parsed, |len| Head {
+            len,
+            method: 0..0,
+            target: 0..0,
+            status: response.code.unwrap_or_default(),
+            minor: response.version.unwrap_or(1),
+            headers: ranges(buf, response.headers),
+        })
     }
 
     /// Values of header `name` (case-insensitive).
@@ -237,6 +242,29 @@ fn invalid(what: &str) -> io::Error {
 }
 
 impl Chunked {
+    /// Step over everything `buf` holds: how many of its bytes belong to
+    /// the body and whether the body ended there; the payload's ranges among
+    /// them go to `data` when given.
+    pub fn scan(
+        &mut self,
+        buf: &[u8],
+        mut data: Option<&mut Vec<Range<usize>>>,
+    ) -> io::Result<(usize, bool)> {
+        let mut at = 0;
+        loop {
+            match self.step(&buf[at..])? {
+                Step::Need => return Ok((at, false)),
+                Step::Advance { consumed, data: d } => {
+                    if let (Some(d), Some(data)) = (d, data.as_deref_mut()) {
+                        data.push(at + d.start..at + d.end);
+                    }
+                    at += consumed;
+                }
+                Step::Done { consumed } => return Ok((at + consumed, true)),
+            }
+        }
+    }
+
     /// Look at the bytes after those already consumed.
     pub fn step(&mut self, input: &[u8]) -> io::Result<Step> {
         match self.state {
@@ -347,19 +375,7 @@ where
         Body::Chunked => {
             let mut chunked = Chunked::default();
             loop {
-                let mut at = 0;
-                let mut done = false;
-                loop {
-                    match chunked.step(&buf[at..])? {
-                        Step::Need => break,
-                        Step::Advance { consumed, .. } => at += consumed,
-                        Step::Done { consumed } => {
-                            at += consumed;
-                            done = true;
-                            break;
-                        }
-                    }
-                }
+                let (at, done) = chunked.scan(buf, None)?;
                 if at > 0 {
                     writer.write_all(&buf.split_to(at)).await?;
                 }
@@ -410,25 +426,8 @@ where
         Body::Chunked => {
             let mut chunked = Chunked::default();
             loop {
-                let mut at = 0;
-                let mut done = false;
                 let mut data: Vec<Range<usize>> = Vec::new();
-                loop {
-                    match chunked.step(&buf[at..])? {
-                        Step::Need => break,
-                        Step::Advance { consumed, data: d } => {
-                            if let Some(d) = d {
-                                data.push(at + d.start..at + d.end);
-                            }
-                            at += consumed;
-                        }
-                        Step::Done { consumed } => {
-                            at += consumed;
-                            done = true;
-                            break;
-                        }
-                    }
-                }
+                let (at, done) = chunked.scan(buf, Some(&mut data))?;
                 let read: Bytes = buf.split_to(at).freeze();
                 for range in data {
                     if !sink(read.slice(range)).await {
