@@ -746,3 +746,122 @@ fn a_client_sigkilled_mid_request_leaves_the_other_sessions_untouched() {
         assert!(others_fine(), "another session was disturbed");
     }
 }
+
+#[test]
+fn steal_outgoing_and_override_blocks_are_enforced_and_explained() {
+    require_sandbox!();
+    let sandbox = Sandbox::new().unwrap();
+    let (pod, _services) = pod_with_service(&sandbox);
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        "[[policy]]\ntargets = [\"pid/*\"]\nblock = [\"steal\", \"outgoing\"]\n",
+    )
+    .unwrap();
+    let op = OperatorProcess::start(Some(&policy)).unwrap();
+    let app = bin_path("remora-bench-app").unwrap();
+    let app = app.to_str().unwrap();
+    let file = policy.display().to_string();
+
+    // Even a filtered steal is refused; the pod keeps its traffic.
+    let steal_err = dir.path().join("steal.err");
+    let steal = filtered_app(
+        &op,
+        &pod,
+        "alice",
+        "^x-user: alice$",
+        18310,
+        "alice",
+        &steal_err,
+    );
+    let expected = format!(
+        "stealing port {POD_PORT} on {} is blocked by policy #1 in {file} (block = [\"steal\"])",
+        pod.target()
+    );
+    wait_for("the filtered steal to be refused", || {
+        read(&steal_err).contains(&expected)
+    });
+    assert_eq!(curl(&pod, POD_PORT, Some("x-user: alice")), POD_BODY);
+    drop(steal);
+
+    // Every outgoing connection from the pod is refused.
+    let url = format!("http://127.0.0.1:{POD_PORT}/");
+    let out = op
+        .remora("alice")
+        .unwrap()
+        .args(["run", "--target", &pod.target(), "--"])
+        .args(["curl", "-s", "-m", "5", &url])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "curl got through: {out:?}");
+    let expected = format!(
+        "outgoing connections from {} (here to 127.0.0.1:{POD_PORT}) are blocked by policy #1 \
+         in {file} (block = [\"outgoing\"])",
+        pod.target()
+    );
+    assert!(
+        stderr.contains(&expected),
+        "missing {expected:?} in:\n{stderr}"
+    );
+
+    // Taking a filter over from its holder can be forbidden too.
+    std::fs::write(
+        &policy,
+        "[[policy]]\ntargets = [\"pid/*\"]\nblock = [\"override\"]\n",
+    )
+    .unwrap();
+    let alice_err = dir.path().join("alice.err");
+    let mut port = 18311;
+    // Alice's session, kept (and stopped on drop) once it holds the filter.
+    let mut alice = None;
+    wait_for("a filtered steal after the reload", || {
+        port += 1;
+        let run = filtered_app(
+            &op,
+            &pod,
+            "alice",
+            "^x-user: alice$",
+            port,
+            "alice",
+            &alice_err,
+        );
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if curl(&pod, POD_PORT, Some("x-user: alice")) == "alice" {
+                alice = Some(run);
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        false
+    });
+    let eve_err = dir.path().join("eve.err");
+    let eve = session(
+        &op,
+        &pod,
+        "eve",
+        &[
+            "--steal",
+            "--http-header-filter",
+            "^x-user: alice$",
+            "-p",
+            "18320:18090",
+            "--override-filter",
+        ],
+        &[app, "http-serve", "127.0.0.1:18320", "eve"],
+        &eve_err,
+    );
+    let expected = format!(
+        "taking over port {POD_PORT} on {} from other sessions is blocked by policy #1 in {file} \
+         (block = [\"override\"])",
+        pod.target()
+    );
+    wait_for("the takeover to be refused", || {
+        read(&eve_err).contains(&expected)
+    });
+    assert_eq!(curl(&pod, POD_PORT, Some("x-user: alice")), "alice");
+    drop(eve);
+    drop(alice);
+}
