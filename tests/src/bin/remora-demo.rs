@@ -2,15 +2,20 @@
 //! network namespace, hostname, hosts file, private files, environment and a
 //! service on its loopback), then runs the same local program twice, once
 //! plainly and once through `remora run --target pid/<pod>`, and prints what
-//! each saw. Everything it creates is removed when it exits.
+//! each saw. Then two developers share the pod's service through the
+//! operator: each steals only the requests carrying their own header, while
+//! everyone else keeps talking to the pod. Everything it creates is removed
+//! when it exits.
 //!
 //! `remora-demo -- CMD...` runs your own command against the same pod instead.
 
 use remora_tests::fixtures::{
     CHECKOUT_CONFIG, CHECKOUT_PORT, PAYMENTS_HOST, checkout_pod, remora_run,
 };
-use remora_tests::{Sandbox, bin_path};
-use std::process::{Command, ExitCode};
+use remora_tests::operator::OperatorProcess;
+use remora_tests::{Pod, Sandbox, bin_path};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::Duration;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -76,8 +81,108 @@ fn demo() -> Result<bool, Box<dyn std::error::Error>> {
         && seen.contains("s3cr3t-from-the-pod")
         && seen.contains("feature_flags")
         && seen.contains("/health: ok");
+    let shared = shared_target(&c.pod)?;
     println!("\n==> cleaning up the sandbox");
-    Ok(ok)
+    Ok(ok && shared)
+}
+
+/// Stops a background `remora run` (and the app it became) on drop.
+struct Background(Child);
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Alice and Bob steal the pod's service port through one operator, each
+/// with their own header filter; the pod's own clients see all three answers.
+fn shared_target(pod: &Pod) -> Result<bool, Box<dyn std::error::Error>> {
+    println!("\n==> a shared target: remora-operator, and two developers on the same port");
+    let operator = OperatorProcess::start(None)?;
+    let app = bin_path("remora-bench-app")?;
+    let mut laptops = Vec::new();
+    for (user, port) in [("alice", 19401), ("bob", 19402)] {
+        let filter = format!("^x-user: {user}$");
+        let mapping = format!("{port}:{CHECKOUT_PORT}");
+        let listen = format!("127.0.0.1:{port}");
+        let answer = format!("{user}'s laptop");
+        println!(
+            "    {user}$ remora run --operator {} --target {} --steal --http-header-filter \
+             '{filter}' -p {mapping} -- <a server answering \"{answer}\">",
+            operator.addr(),
+            pod.target()
+        );
+        let child = operator
+            .remora(user)?
+            .args(["run", "--target", &pod.target(), "--steal"])
+            .args(["--http-header-filter", &filter, "-p", &mapping, "--"])
+            .arg(&app)
+            .args(["http-serve", &listen, &answer])
+            .stdout(Stdio::null())
+            .spawn()?;
+        laptops.push(Background(child));
+    }
+    // The pod's own clients: curl inside the pod, to its loopback service.
+    let curl = |header: Option<&str>| -> String {
+        let mut cmd = match pod.command("curl") {
+            Ok(cmd) => cmd,
+            Err(_) => return String::new(),
+        };
+        cmd.args(["-s", "-m", "5"]);
+        if let Some(h) = header {
+            cmd.args(["-H", h]);
+        }
+        cmd.arg(format!("http://127.0.0.1:{CHECKOUT_PORT}/health"));
+        cmd.output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .unwrap_or_default()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while curl(Some("x-user: alice")) != "alice's laptop"
+        || curl(Some("x-user: bob")) != "bob's laptop"
+    {
+        if std::time::Instant::now() > deadline {
+            println!("    the steals did not start in time");
+            return Ok(false);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let mut ok = true;
+    for (header, expected) in [
+        (Some("x-user: alice"), "alice's laptop"),
+        (Some("x-user: bob"), "bob's laptop"),
+        (None, "ok"),
+    ] {
+        let got = curl(header);
+        let shown = header.map_or_else(String::new, |h| format!(" -H '{h}'"));
+        println!("    in the pod: curl{shown} 127.0.0.1:{CHECKOUT_PORT}/health -> {got}");
+        ok &= got == expected;
+    }
+    let ls = operator.remora("demo")?.args(["session", "ls"]).output()?;
+    println!("    remora session ls:");
+    print!("{}", indent(&indent(&String::from_utf8_lossy(&ls.stdout))));
+    drop(laptops);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let back = loop {
+        if curl(Some("x-user: alice")) == "ok" {
+            break true;
+        }
+        if std::time::Instant::now() > deadline {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    println!(
+        "    both sessions ended: curl -H 'x-user: alice' -> {}",
+        if back {
+            "ok (the pod again)"
+        } else {
+            "still stolen!"
+        }
+    );
+    Ok(ok && back)
 }
 
 /// `remora-demo -- CMD...`: run your own command against the demo pod.
