@@ -1193,7 +1193,7 @@ async fn expect_100_continue_works_taken_or_not() {
 }
 
 #[tokio::test]
-async fn an_upstream_connection_the_service_closed_while_idle_is_replaced() {
+async fn when_the_service_closes_an_idle_connection_the_peers_closes_too() {
     // One answer per connection, then the service closes it (as an idle
     // timeout would), without saying so in the answer.
     let service = scripted_service(|mut stream| async move {
@@ -1213,21 +1213,24 @@ async fn an_upstream_connection_the_service_closed_while_idle_is_replaced() {
     .await;
     let fx = fixture().await;
     let _alice = alice_on(&fx, service.port()).await;
-    let mut peer = TcpStream::connect(localhost(fx.rec.listener_of(service.port())))
-        .await
-        .unwrap();
-    // With or without a body (which could not be sent twice).
-    let requests: [&[u8]; 4] = [
-        b"GET / HTTP/1.1\r\n\r\n",
-        b"POST / HTTP/1.1\r\ncontent-length: 3\r\n\r\nabc",
+    let listener = localhost(fx.rec.listener_of(service.port()));
+    // With or without a body, each on a new connection: the last one ended
+    // with the service's.
+    let requests: [&[u8]; 2] = [
         b"GET / HTTP/1.1\r\n\r\n",
         b"POST / HTTP/1.1\r\ncontent-length: 3\r\n\r\nabc",
     ];
     for request in requests {
+        let mut peer = TcpStream::connect(listener).await.unwrap();
         peer.write_all(request).await.unwrap();
         let mut got = Vec::new();
         read_until(&mut peer, &mut got, b"\r\n\r\nok").await;
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut rest = Vec::new();
+        let closed = tokio::time::timeout(STEP, peer.read_to_end(&mut rest)).await;
+        assert!(
+            matches!(closed, Ok(Ok(0))),
+            "the peer's connection outlived the service's: {closed:?}"
+        );
     }
 }
 

@@ -16,6 +16,10 @@
 //! Requests are served one at a time, in order: pipelined requests wait in
 //! the read buffer, so answers can never be reordered (pipelining-safe).
 //!
+//! Between requests, the peer's connection ends when the service closes the
+//! idle upstream connection (its keep-alive timeout then applies to the peer
+//! as it would without remora), or after [`IDLE_TIMEOUT`] without a request.
+//!
 //! This is a hand-written proxy rather than hyper's server and client: a
 //! request not taken must cost as little as possible and must reach the
 //! service as the peer sent it. hyper would parse into a header map, then
@@ -33,6 +37,11 @@ use std::pin::pin;
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{ReadHalf, WriteHalf};
+
+/// How long a peer's connection may stay without a complete request head
+/// before the agent closes it (the service's own idle timeout usually ends
+/// it first: see `read_head`).
+pub const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// The connection to the original destination of one peer connection.
 struct Upstream {
@@ -86,7 +95,7 @@ pub(super) async fn serve(
 ) {
     let mut upstream: Option<Upstream> = None;
     loop {
-        let head = match read_head(&mut down, &mut buf).await {
+        let head = match read_head(&mut down, &mut buf, &upstream).await {
             Ok(Some(head)) => head,
             Ok(None) => return,
             Err(HeadError::TooLarge) => {
@@ -164,8 +173,16 @@ fn pick(head: &Head, buf: &[u8], filtered: &Filtered) -> Option<Subscriber> {
     routes.pick(&view).cloned()
 }
 
-/// The next request head; `Ok(None)` when the peer closed between requests.
-async fn read_head(down: &mut TcpStream, buf: &mut BytesMut) -> Result<Option<Head>, HeadError> {
+/// The next request head; `Ok(None)` when the connection should end between
+/// requests: the peer closed it, the service closed this connection's idle
+/// upstream connection (the peer's connection ends too, as it would without
+/// remora), or it stayed idle for [`IDLE_TIMEOUT`].
+async fn read_head(
+    down: &mut TcpStream,
+    buf: &mut BytesMut,
+    upstream: &Option<Upstream>,
+) -> Result<Option<Head>, HeadError> {
+    let idle_until = tokio::time::Instant::now() + IDLE_TIMEOUT;
     loop {
         if !buf.is_empty()
             && let Some(head) = Head::request(buf)?
@@ -173,12 +190,39 @@ async fn read_head(down: &mut TcpStream, buf: &mut BytesMut) -> Result<Option<He
             return Ok(Some(head));
         }
         buf.reserve(READ_SIZE);
-        if down.read_buf(buf).await? == 0 {
-            return if buf.is_empty() {
-                Ok(None)
-            } else {
-                Err(HeadError::Invalid("closed in the middle of a head".into()))
-            };
+        let idle = buf.is_empty();
+        tokio::select! {
+            biased;
+            read = down.read_buf(buf) => {
+                if read? == 0 {
+                    return if buf.is_empty() {
+                        Ok(None)
+                    } else {
+                        Err(HeadError::Invalid("closed in the middle of a head".into()))
+                    };
+                }
+            }
+            () = closed(upstream), if idle => return Ok(None),
+            () = tokio::time::sleep_until(idle_until) => {
+                return if idle {
+                    Ok(None)
+                } else {
+                    Err(HeadError::Invalid("head not complete in time".into()))
+                };
+            }
+        }
+    }
+}
+
+/// Resolves when the idle upstream connection is closed by the service (or
+/// sends something it should not); never when there is none.
+async fn closed(upstream: &Option<Upstream>) {
+    let Some(up) = upstream else {
+        return std::future::pending().await;
+    };
+    loop {
+        if up.stream.readable().await.is_err() || !idle_and_open(up) {
+            return;
         }
     }
 }
