@@ -65,6 +65,8 @@ pub enum IncomingClient {
         request: HttpRequestId,
         head: HttpResponseHead,
     },
+    /// A piece of the answer's body, `last` on the final one (which may be
+    /// the last data chunk, or an empty chunk after it).
     ResponseBody {
         request: HttpRequestId,
         #[cfg_attr(test, proptest(strategy = "crate::tests::bytes()"))]
@@ -145,6 +147,10 @@ pub enum IncomingServer {
         peer: SocketAddr,
         head: HttpRequestHead,
     },
+    /// A piece of a taken request's body, `last` on the final one (which may
+    /// be empty). Sent for HTTP/2 requests and for HTTP/1 requests whose
+    /// head has a `content-length` or `transfer-encoding` header; an HTTP/1
+    /// request with neither has no body and gets none of these.
     RequestBody {
         request: HttpRequestId,
         #[cfg_attr(test, proptest(strategy = "crate::tests::bytes()"))]

@@ -211,25 +211,33 @@ async fn forward(
             .await;
         return Ok(());
     }
-    while let Some(frame) = body.frame().await {
+    // The last data chunk says it is the last when hyper knows the body
+    // ends there (a known length); otherwise an empty chunk says so after.
+    let mut ended = false;
+    while !ended && let Some(frame) = body.frame().await {
         let frame =
             frame.map_err(|e| format!("reading the response of the local app at {app}: {e}"))?;
         // Trailers are dropped: the protocol has no place for them yet.
         let Ok(mut data) = frame.into_data() else {
             continue;
         };
+        let at_end = body.is_end_stream();
         while !data.is_empty() {
             let chunk = data.split_to(data.len().min(MAX_CHUNK));
+            let last = at_end && data.is_empty();
             agent
-                .send_response_body(request, chunk, false)
+                .send_response_body(request, chunk, last)
                 .await
                 .map_err(agent_gone)?;
+            ended |= last;
         }
     }
-    agent
-        .send_response_body(request, Bytes::new(), true)
-        .await
-        .map_err(agent_gone)?;
+    if !ended {
+        agent
+            .send_response_body(request, Bytes::new(), true)
+            .await
+            .map_err(agent_gone)?;
+    }
     // The answer was read whole: the connection can carry the next request
     // of this peer once hyper says so.
     if let Ok(Ok(())) = tokio::time::timeout(READY_TIMEOUT, conn.sender.ready()).await {

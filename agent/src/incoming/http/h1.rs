@@ -64,6 +64,9 @@ enum Next {
 #[derive(Debug, Clone, Copy)]
 struct RequestInfo {
     body: Body,
+    /// It has a `content-length` or `transfer-encoding` header (even one
+    /// saying there is no body): the client then waits for the body's end.
+    declares_body: bool,
     keep_alive: bool,
     head_method: bool,
     upgrade: bool,
@@ -75,6 +78,8 @@ impl RequestInfo {
     fn new(head: &Head, buf: &[u8]) -> Result<RequestInfo, HeadError> {
         Ok(RequestInfo {
             body: head.body(buf, true, false)?,
+            declares_body: head.values(buf, "content-length").next().is_some()
+                || head.values(buf, "transfer-encoding").next().is_some(),
             keep_alive: head.keep_alive(buf),
             head_method: &buf[head.method.clone()] == b"HEAD",
             upgrade: head.values(buf, "upgrade").next().is_some(),
@@ -526,10 +531,13 @@ async fn steal(
                 }
                 true
             });
+            // A request that declares no body needs no end of it: the
+            // client does not wait for one (one frame less per request).
+            let end = info.declares_body;
             tokio::select! {
                 biased;
                 sent = body => match sent {
-                    Ok(true) if sender.send(bytes::Bytes::new(), true).await => None,
+                    Ok(true) if !end || sender.send(bytes::Bytes::new(), true).await => None,
                     // The peer went mid-body (dropping the request cancels
                     // it), or the client did.
                     _ => return Stolen::Next(Next::Close),
