@@ -1366,3 +1366,66 @@ async fn incoming_filtered_http2_request_reaches_an_http2_only_app_as_http2() {
     out.assert_success();
     assert!(out.stdout.contains("answered stream 1\n"), "{out}");
 }
+
+/// HTTP/1.1 keep-alive; answers every GET with `conn N peer=IP`, N counting
+/// the connections it accepted.
+const CONN_COUNTING_APP: &str = "import http.server, sys, threading, itertools\n\
+count = itertools.count(1)\n\
+class H(http.server.BaseHTTPRequestHandler):\n\
+\x20   protocol_version = 'HTTP/1.1'\n\
+\x20   def setup(self):\n\
+\x20       super().setup()\n\
+\x20       self.conn_no = next(count)\n\
+\x20   def do_GET(self):\n\
+\x20       out = ('conn %d peer=%s' % (self.conn_no, self.client_address[0])).encode()\n\
+\x20       self.send_response(200)\n\
+\x20       self.send_header('Content-Length', str(len(out)))\n\
+\x20       self.end_headers()\n\
+\x20       self.wfile.write(out)\n\
+\x20   def log_message(self, *args): pass\n\
+srv = http.server.ThreadingHTTPServer(('127.0.0.1', 0), H)\n\
+print(srv.server_address[1], flush=True)\n\
+threading.Thread(target=srv.serve_forever, daemon=True).start()\n\
+sys.stdin.read()\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incoming_requests_of_one_peer_reuse_one_connection_to_the_app() {
+    let h = staging_harness(steal_config(Some(STEAL_HEADER))).await;
+    let filter = Some(HttpFilter::Header(STEAL_HEADER.into()));
+    let (app, port) = start_subscribed_app(&h, CONN_COUNTING_APP, filter).await;
+    let other_peer: SocketAddr = "10.0.0.77:40000".parse().expect("valid peer address");
+    let mut answers = Vec::new();
+    for (n, peer) in [
+        incoming_peer(),
+        incoming_peer(),
+        incoming_peer(),
+        other_peer,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let request = HttpRequestId(n as u64 + 1);
+        h.agent
+            .inject(IncomingServer::Request {
+                request,
+                port,
+                peer,
+                head: request_head("GET", "/", &[("Host", "svc.ns")]),
+            })
+            .await;
+        let (head, body) = response_of(&h, request).await.expect("an answer");
+        assert_eq!(head.status, 200);
+        answers.push(String::from_utf8_lossy(&body).into_owned());
+    }
+    assert_eq!(
+        answers,
+        [
+            "conn 1 peer=10.0.0.99",
+            "conn 1 peer=10.0.0.99",
+            "conn 1 peer=10.0.0.99",
+            "conn 2 peer=10.0.0.77",
+        ],
+        "one kept-alive connection per peer, each showing its own peer"
+    );
+    app.finish().await.assert_success();
+}

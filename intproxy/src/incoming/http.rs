@@ -240,6 +240,7 @@ async fn forward(
     }
     // The answer was read whole: the connection can carry the next request
     // of this peer once hyper says so.
+    drop(body);
     if let Ok(Ok(())) = tokio::time::timeout(READY_TIMEOUT, conn.sender.ready()).await {
         target.pool.put(peer, http2, conn);
     }
