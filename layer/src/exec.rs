@@ -129,13 +129,9 @@ pub unsafe extern "C" fn execve(
 ) -> c_int {
     let real =
         real!(execve: fn(*const c_char, *const *const c_char, *const *const c_char) -> c_int);
-    let env = DetourGuard::enter().and_then(|_g| {
-        // SAFETY: execve(2) contract: envp is a NULL-terminated array.
-        unsafe { patched(envp) }
-    });
-    let envp = env.as_ref().map_or(envp, |e| e.ptrs.as_ptr());
-    // SAFETY: forwarding the caller's arguments (with a patched environment).
-    unsafe { real(path, argv, envp) }
+    // SAFETY: execve(2) contract: envp is a NULL-terminated array; the
+    // caller's arguments are forwarded (with a patched environment).
+    unsafe { with_layer_env(envp, |envp| real(path, argv, envp)) }
 }
 
 #[unsafe(no_mangle)]
@@ -146,13 +142,9 @@ pub unsafe extern "C" fn execvpe(
 ) -> c_int {
     let real =
         real!(execvpe: fn(*const c_char, *const *const c_char, *const *const c_char) -> c_int);
-    let env = DetourGuard::enter().and_then(|_g| {
-        // SAFETY: execvpe(3) contract: envp is a NULL-terminated array.
-        unsafe { patched(envp) }
-    });
-    let envp = env.as_ref().map_or(envp, |e| e.ptrs.as_ptr());
-    // SAFETY: forwarding the caller's arguments (with a patched environment).
-    unsafe { real(file, argv, envp) }
+    // SAFETY: execvpe(3) contract: envp is a NULL-terminated array; the
+    // caller's arguments are forwarded (with a patched environment).
+    unsafe { with_layer_env(envp, |envp| real(file, argv, envp)) }
 }
 
 type Spawn = unsafe extern "C" fn(

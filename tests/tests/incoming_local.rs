@@ -451,8 +451,8 @@ fn body_file(len: usize) -> tempfile::NamedTempFile {
 const NEEDS_H2_ROUTING: &str = "alice's HTTP/2 requests need the agent's HTTP/2 routing \
                                 (an agent that passes h2 through untouched sends them to the pod)";
 
-/// Needs the agent's HTTP/2 routing: an agent that passes h2 through untouched
-/// gives alice the pod's answer.
+/// The agent routes HTTP/2 requests one by one (an agent that passed h2
+/// through untouched would give alice the pod's answer).
 #[test]
 fn http2_prior_knowledge_requests_are_filtered_one_by_one() {
     require_sandbox!();
@@ -488,9 +488,9 @@ fn http2_prior_knowledge_requests_are_filtered_one_by_one() {
     assert_eq!(answer, "laptop HTTP/2 POST /upload 300000\n", "{err}");
 }
 
-/// Needs the agent's HTTP/2 routing, like the test above. curl 7.88 cannot
-/// reuse a prior-knowledge connection (curl/curl#10634), so `h2-mixed` sends
-/// the streams.
+/// Each stream of one HTTP/2 connection is routed on its own. curl 7.88
+/// cannot reuse a prior-knowledge connection (curl/curl#10634), so
+/// `h2-mixed` sends the streams.
 #[test]
 fn concurrent_http2_streams_on_one_connection_each_reach_their_side() {
     require_sandbox!();

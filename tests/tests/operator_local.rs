@@ -224,8 +224,8 @@ with concurrent.futures.ThreadPoolExecutor(max_workers=32) as pool:
 print(sum(results), len(results))
 "#;
 
-/// Needs the agent to route one port to several filtered subscribers (the
-/// agent change of issue 5); today's agent refuses bob's subscription.
+/// The agent routes one port to several filtered subscribers: each request
+/// reaches its own side, unmatched ones the pod.
 #[test]
 fn two_sessions_with_different_header_filters_share_a_port() {
     require_sandbox!();

@@ -168,6 +168,11 @@ impl<T> Routes<T> {
                 line.extend_from_slice(header.name.as_bytes());
                 line.extend_from_slice(b": ");
                 line.extend_from_slice(header.value);
+                // Most lines match no filter: find that out without
+                // collecting which ones (an allocation per line).
+                if !self.headers.is_match(&line) {
+                    continue;
+                }
                 for i in self.headers.matches(&line).iter() {
                     hits.header[i] = true;
                 }

@@ -121,13 +121,11 @@ impl Head {
     }
 
     /// Values of header `name` (case-insensitive).
-    pub fn values<'b>(&self, buf: &'b [u8], name: &str) -> impl Iterator<Item = &'b [u8]> {
-        let name = name.as_bytes().to_vec();
+    pub fn values<'a>(&'a self, buf: &'a [u8], name: &'a str) -> impl Iterator<Item = &'a [u8]> {
         self.headers
-            .clone()
-            .into_iter()
-            .filter(move |(n, _)| buf[n.clone()].eq_ignore_ascii_case(&name))
-            .map(move |(_, v)| &buf[v])
+            .iter()
+            .filter(move |(n, _)| buf[n.clone()].eq_ignore_ascii_case(name.as_bytes()))
+            .map(move |(_, v)| &buf[v.clone()])
     }
 
     /// Whether a comma-separated header (`connection`...) lists `token`.

@@ -38,12 +38,21 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    /// Whether the connection is closed.
+    fn closed(&self) -> bool {
+        match self {
+            Sender::Http1(s) => s.is_closed(),
+            Sender::Http2(s) => s.is_closed(),
+        }
+    }
+
     /// Whether a request can go out on it now.
     fn usable(&self) -> bool {
-        match self {
-            Sender::Http1(s) => s.is_ready() && !s.is_closed(),
-            Sender::Http2(s) => s.is_ready() && !s.is_closed(),
-        }
+        let ready = match self {
+            Sender::Http1(s) => s.is_ready(),
+            Sender::Http2(s) => s.is_ready(),
+        };
+        ready && !self.closed()
     }
 
     /// Wait until the connection can take another request.
@@ -88,9 +97,56 @@ struct Idle<B> {
 /// Idle connections by (peer, HTTP/2).
 type IdleMap<B> = HashMap<(SocketAddr, bool), Vec<Idle<B>>>;
 
+/// How often `put` forgets expired and closed connections of every peer.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+struct State<B> {
+    idle: IdleMap<B>,
+    /// Connections in `idle`, all peers together.
+    total: usize,
+    /// When `idle` was last swept.
+    swept: Instant,
+}
+
+impl<B> State<B>
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    /// Forget what expired or closed.
+    fn sweep(&mut self, now: Instant) {
+        self.idle.retain(|_, conns| {
+            conns.retain(|c| now.duration_since(c.since) < IDLE_TIMEOUT && !c.conn.sender.closed());
+            !conns.is_empty()
+        });
+        self.total = self.idle.values().map(Vec::len).sum();
+        self.swept = now;
+    }
+
+    /// Drop the connection idle the longest.
+    fn evict_oldest(&mut self) {
+        let oldest = self
+            .idle
+            .iter()
+            .filter_map(|(key, conns)| conns.first().map(|c| (c.since, *key)))
+            .min()
+            .map(|(_, key)| key);
+        if let Some(key) = oldest
+            && let Some(conns) = self.idle.get_mut(&key)
+        {
+            conns.remove(0);
+            self.total -= 1;
+            if conns.is_empty() {
+                self.idle.remove(&key);
+            }
+        }
+    }
+}
+
 /// The idle connections of one port, by (peer, HTTP/2). Cheap to clone.
 pub(crate) struct Pool<B> {
-    inner: Arc<Mutex<IdleMap<B>>>,
+    inner: Arc<Mutex<State<B>>>,
 }
 
 impl<B> Clone for Pool<B> {
@@ -104,7 +160,11 @@ impl<B> Clone for Pool<B> {
 impl<B> Default for Pool<B> {
     fn default() -> Self {
         Pool {
-            inner: Arc::default(),
+            inner: Arc::new(Mutex::new(State {
+                idle: HashMap::new(),
+                total: 0,
+                swept: Instant::now(),
+            })),
         }
     }
 }
@@ -121,26 +181,28 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    fn lock(&self) -> MutexGuard<'_, IdleMap<B>> {
+    fn lock(&self) -> MutexGuard<'_, State<B>> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// A usable idle connection for `peer`, if one waits.
     pub(crate) fn take(&self, peer: SocketAddr, http2: bool) -> Option<AppConn<B>> {
-        let mut idle = self.lock();
-        let conns = idle.get_mut(&(peer, http2))?;
+        let mut state = self.lock();
+        let state = &mut *state;
+        let conns = state.idle.get_mut(&(peer, http2))?;
         let now = Instant::now();
         let found = loop {
             let Some(candidate) = conns.pop() else {
                 break None;
             };
+            state.total -= 1;
             if now.duration_since(candidate.since) < IDLE_TIMEOUT && candidate.conn.sender.usable()
             {
                 break Some(candidate.conn);
             }
         };
         if conns.is_empty() {
-            idle.remove(&(peer, http2));
+            state.idle.remove(&(peer, http2));
         }
         found
     }
@@ -150,36 +212,19 @@ where
         if !conn.sender.usable() {
             return;
         }
-        let mut idle = self.lock();
+        let mut state = self.lock();
         let now = Instant::now();
-        // Forget what expired or closed, then make room.
-        idle.retain(|_, conns| {
-            conns.retain(|c| now.duration_since(c.since) < IDLE_TIMEOUT && !closed(&c.conn));
-            !conns.is_empty()
-        });
-        let total: usize = idle.values().map(Vec::len).sum();
-        if total >= MAX_IDLE
-            && let Some(oldest) = idle
-                .iter()
-                .filter_map(|(key, conns)| conns.first().map(|c| (c.since, *key)))
-                .min()
-                .map(|(_, key)| key)
-            && let Some(conns) = idle.get_mut(&oldest)
-        {
-            conns.remove(0);
-            if conns.is_empty() {
-                idle.remove(&oldest);
-            }
+        if state.total >= MAX_IDLE || now.duration_since(state.swept) >= SWEEP_EVERY {
+            state.sweep(now);
         }
-        idle.entry((peer, http2))
+        if state.total >= MAX_IDLE {
+            state.evict_oldest();
+        }
+        state
+            .idle
+            .entry((peer, http2))
             .or_default()
             .push(Idle { conn, since: now });
-    }
-}
-
-fn closed<B>(conn: &AppConn<B>) -> bool {
-    match &conn.sender {
-        Sender::Http1(s) => s.is_closed(),
-        Sender::Http2(s) => s.is_closed(),
+        state.total += 1;
     }
 }
