@@ -150,15 +150,5 @@ pub fn path_of(request: &Request) -> Option<&str> {
     let Request::Fs(fs) = request else {
         return None;
     };
-    match fs {
-        FsRequest::Open(open) => Some(&open.path),
-        FsRequest::Stat { path, .. }
-        | FsRequest::Access { path, .. }
-        | FsRequest::OpenDir { path }
-        | FsRequest::ReadLink { path }
-        | FsRequest::Canonicalize { path }
-        | FsRequest::Unlink { path } => Some(path),
-        FsRequest::Rename { from, .. } => Some(from),
-        _ => None,
-    }
+    fs.paths().first().copied()
 }

@@ -19,7 +19,6 @@ use crate::policy::{Destination, LearnedBlock, PolicyStore, SubscribeCheck};
 use crate::registry::{ClaimRequest, describe};
 use crate::sessions::{SessionCommand, Sessions};
 use futures::{Sink, SinkExt, Stream, StreamExt};
-use remora_protocol::fs::FsRequest;
 use remora_protocol::incoming::{
     HttpFilter, IncomingClient, IncomingMode, IncomingServer, RemotePort,
 };
@@ -305,7 +304,7 @@ impl Relay {
                 return true;
             }
             Request::Fs(fs) => {
-                let hidden = fs_paths(fs).into_iter().find_map(|path| {
+                let hidden = fs.paths().into_iter().find_map(|path| {
                     self.ctx
                         .policies
                         .current()
@@ -549,23 +548,6 @@ impl Relay {
             )
             .await;
         }
-    }
-}
-
-/// The paths a file request names.
-fn fs_paths(request: &FsRequest) -> Vec<&str> {
-    match request {
-        FsRequest::Open(open) => vec![&open.path],
-        FsRequest::Stat { path, .. }
-        | FsRequest::Access { path, .. }
-        | FsRequest::OpenDir { path }
-        | FsRequest::ReadLink { path }
-        | FsRequest::Canonicalize { path }
-        | FsRequest::MkDir { path, .. }
-        | FsRequest::Unlink { path }
-        | FsRequest::RmDir { path } => vec![path],
-        FsRequest::Rename { from, to } => vec![from, to],
-        _ => Vec::new(),
     }
 }
 

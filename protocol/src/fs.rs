@@ -187,6 +187,34 @@ pub enum FsRequest {
     },
 }
 
+impl FsRequest {
+    /// The paths the request names (both of a rename, `from` first); none
+    /// for requests on an open fd.
+    pub fn paths(&self) -> Vec<&str> {
+        match self {
+            FsRequest::Open(open) => vec![&open.path],
+            FsRequest::Stat { path, .. }
+            | FsRequest::Access { path, .. }
+            | FsRequest::OpenDir { path }
+            | FsRequest::ReadLink { path }
+            | FsRequest::Canonicalize { path }
+            | FsRequest::MkDir { path, .. }
+            | FsRequest::Unlink { path }
+            | FsRequest::RmDir { path } => vec![path],
+            FsRequest::Rename { from, to } => vec![from, to],
+            FsRequest::Read { .. }
+            | FsRequest::Pread { .. }
+            | FsRequest::Write { .. }
+            | FsRequest::Pwrite { .. }
+            | FsRequest::Seek { .. }
+            | FsRequest::Fstat { .. }
+            | FsRequest::Ftruncate { .. }
+            | FsRequest::Close { .. }
+            | FsRequest::ReadDirBatch { .. } => Vec::new(),
+        }
+    }
+}
+
 /// The successful answer to an [`FsRequest`].
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -225,3 +225,19 @@ fn errno_mapping_roundtrips_for_known_codes() {
         assert_eq!(ErrorCode::from_linux_errno(errno).to_linux_errno(), errno);
     }
 }
+
+#[test]
+fn file_requests_name_their_paths() {
+    use crate::fs::FsRequest;
+    let rename = FsRequest::Rename {
+        from: "/a".into(),
+        to: "/b".into(),
+    };
+    assert_eq!(rename.paths(), ["/a", "/b"]);
+    let rmdir = FsRequest::RmDir { path: "/d".into() };
+    assert_eq!(rmdir.paths(), ["/d"]);
+    let close = FsRequest::Close {
+        fd: crate::RemoteFd(3),
+    };
+    assert!(close.paths().is_empty());
+}

@@ -289,19 +289,7 @@ pub fn canonical(remote: RemoteAddr) -> RemoteAddr {
 
 /// The path a file request names, if it names one.
 pub fn fs_path(request: &FsRequest) -> Option<String> {
-    match request {
-        FsRequest::Open(open) => Some(open.path.clone()),
-        FsRequest::Stat { path, .. }
-        | FsRequest::Access { path, .. }
-        | FsRequest::OpenDir { path }
-        | FsRequest::ReadLink { path }
-        | FsRequest::Canonicalize { path }
-        | FsRequest::MkDir { path, .. }
-        | FsRequest::Unlink { path }
-        | FsRequest::RmDir { path } => Some(path.clone()),
-        FsRequest::Rename { from, .. } => Some(from.clone()),
-        _ => None,
-    }
+    request.paths().first().map(|p| (*p).to_owned())
 }
 
 struct Shared {

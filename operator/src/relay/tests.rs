@@ -4,6 +4,7 @@ use crate::sessions::SessionGuard;
 use remora_protocol::RemoteAddr;
 use remora_protocol::codec::FrameCodec;
 use remora_protocol::env::{EnvReply, EnvRequest};
+use remora_protocol::fs::FsRequest;
 use std::collections::BTreeMap;
 use std::path::Path;
 use tokio::io::DuplexStream;
