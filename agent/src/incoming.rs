@@ -144,6 +144,21 @@ pub(crate) struct Subscriber {
     pub requests: http::RequestTable,
 }
 
+impl Subscriber {
+    /// Send `message` to the client without waiting for room on its link
+    /// (from `Drop`, or from the incoming task, which must not wait on one
+    /// client); dropped if the session ends first.
+    fn send_later(&self, message: ServerMessage) {
+        let (out_tx, token) = (self.out_tx.clone(), self.token.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = token.cancelled() => {}
+                _ = out_tx.send(message) => {}
+            }
+        });
+    }
+}
+
 /// Work for the incoming task.
 #[derive(Debug)]
 enum IncomingCommand {

@@ -125,15 +125,8 @@ impl Drop for PendingRequest {
             let cancelled = ServerMessage::Incoming(IncomingServer::RequestCancelled {
                 request: self.request,
             });
-            let out_tx = self.subscriber.out_tx.clone();
-            let token = self.subscriber.token.clone();
             // Drop cannot wait for room on the link.
-            tokio::spawn(async move {
-                tokio::select! {
-                    _ = token.cancelled() => {}
-                    _ = out_tx.send(cancelled) => {}
-                }
-            });
+            self.subscriber.send_later(cancelled);
         }
     }
 }

@@ -181,14 +181,7 @@ impl IncomingTask {
                     };
                     // Never wait on one client's link here: it would hold up
                     // every other client's subscriptions.
-                    let out_tx = subscriber.out_tx.clone();
-                    let token = subscriber.token.clone();
-                    tokio::spawn(async move {
-                        tokio::select! {
-                            _ = token.cancelled() => {}
-                            _ = out_tx.send(ServerMessage::Incoming(reply)) => {}
-                        }
-                    });
+                    subscriber.send_later(ServerMessage::Incoming(reply));
                 }
             }
             IncomingCommand::Unsubscribe { session, port } => {
@@ -461,13 +454,7 @@ fn join(
                 port,
                 result: Ok(()),
             });
-            let (out_tx, token) = (subscriber.out_tx.clone(), subscriber.token.clone());
-            tokio::spawn(async move {
-                tokio::select! {
-                    _ = token.cancelled() => {}
-                    _ = out_tx.send(answer) => {}
-                }
-            });
+            subscriber.send_later(answer);
             Ok(())
         }
     }
