@@ -16,3 +16,12 @@ echo >> target/bench-results.md
 ./target/release/remora-bench-incoming | tee -a target/bench-results.md
 echo >> target/bench-results.md
 ./target/release/remora-bench-operator | tee -a target/bench-results.md
+echo >> target/bench-results.md
+./target/release/remora-bench-outgoing | tee -a target/bench-results.md
+echo >> target/bench-results.md
+./target/release/remora-bench-seccomp | tee -a target/bench-results.md
+echo >> target/bench-results.md
+./target/release/remora-bench-db-branches | tee -a target/bench-results.md
+echo >> target/bench-results.md
+# The test cluster (needs root for its pod namespaces, cgroups and bridge).
+./tests/kube-sim/bench/kube_sim.sh target/release/remora-kube-sim | tee -a target/bench-results.md

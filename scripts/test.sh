@@ -9,6 +9,10 @@ cd "$(dirname "$0")/.."
 
 ./scripts/setup.sh
 
+# A CI run builds once from a clean clone: incremental caches would only
+# take disk space.
+export CARGO_INCREMENTAL=0
+
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 
@@ -19,6 +23,9 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 # (remora, remora-agent, libremora_layer.so, tests/apps) are built once here.
 echo "==> cargo build --workspace"
 cargo build --workspace --quiet
+
+echo "==> VS Code extension: npm test (ide/vscode)"
+(cd ide/vscode && npm test --silent)
 
 # Sandbox tests must run here, never skip silently.
 export REMORA_REQUIRE_SANDBOX=1

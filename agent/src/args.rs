@@ -5,7 +5,7 @@ use crate::incoming::NetfilterBackend;
 use crate::target::TargetPid;
 use std::net::SocketAddr;
 
-/// `remora-agent --target pid/<PID> [--listen 127.0.0.1:0] [--idle-timeout-secs 30]
+/// `remora-agent (--target pid/<PID> | --container-id <ID> | --targetless) [--listen 127.0.0.1:0] [--idle-timeout-secs 30]
 /// [--netfilter auto]`
 #[derive(Debug, Clone, clap::Parser)]
 #[command(
@@ -18,8 +18,24 @@ use std::net::SocketAddr;
 )]
 pub struct Args {
     /// The process to serve, as pid/<PID>.
-    #[arg(long, value_name = "pid/<PID>")]
-    pub target: TargetPid,
+    #[arg(
+        long,
+        value_name = "pid/<PID>",
+        required_unless_present_any = ["container_id", "targetless"]
+    )]
+    pub target: Option<TargetPid>,
+
+    /// Serve a Kubernetes container instead, by its runtime id
+    /// (`containerd://<id>` or the bare id): its main process is found through
+    /// `/proc/*/cgroup` (needs the host's PID namespace).
+    #[arg(long, value_name = "ID", conflicts_with = "target")]
+    pub container_id: Option<String>,
+
+    /// Serve no target: files, DNS, environment and connections are the
+    /// agent's own (its pod's, for `remora run --target targetless`). Needs
+    /// no privilege.
+    #[arg(long, conflicts_with_all = ["target", "container_id"])]
+    pub targetless: bool,
 
     /// Where clients connect.
     #[arg(long, default_value = "127.0.0.1:0", value_name = "IP:PORT")]

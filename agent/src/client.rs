@@ -4,6 +4,7 @@
 
 use crate::dns::DnsApi;
 use crate::env::read_env;
+use crate::fs::policy::FsPolicy;
 use crate::fs::{self, FsApi};
 use crate::handshake::{self, Negotiated};
 use crate::incoming::{ClientIncoming, IncomingApi};
@@ -251,6 +252,32 @@ impl ClientTask {
                     let subscribe = IncomingClient::Subscribe { port, mode, filter };
                     self.incoming.handle(subscribe).await
                 }
+                ClientMessage::SessionPolicy(policy) => {
+                    if !self
+                        .negotiated
+                        .capabilities
+                        .contains(Capabilities::SESSION_POLICY)
+                    {
+                        return Ended::Closed(
+                            "a session policy arrived on a session that did not negotiate it"
+                                .into(),
+                        );
+                    }
+                    match FsPolicy::compile(&policy) {
+                        Ok(compiled) => {
+                            tracing::info!(
+                                fs_not_found = policy.fs_not_found.len(),
+                                hide_process_env = policy.hide_process_env.is_some(),
+                                "session policy in force"
+                            );
+                            self.fs.set_policy(compiled);
+                        }
+                        // Fail closed: no file request may run unchecked.
+                        Err(reason) => {
+                            return Ended::Closed(format!("invalid session policy: {reason}"));
+                        }
+                    }
+                }
             }
         }
     }
@@ -298,6 +325,19 @@ impl RequestWorker {
         match request {
             Request::Fs(mut request) => {
                 self.need(Capabilities::FILES, "file access")?;
+                match request {
+                    FsRequest::Fsync { .. } => self.need(Capabilities::FILE_SYNC, "fsync")?,
+                    FsRequest::SetMode { .. }
+                    | FsRequest::SetOwner { .. }
+                    | FsRequest::SetTimes { .. }
+                    | FsRequest::Truncate { .. }
+                    | FsRequest::Link { .. }
+                    | FsRequest::Symlink { .. }
+                    | FsRequest::StatFs { .. } => {
+                        self.need(Capabilities::FILE_METADATA, "file metadata changes")?
+                    }
+                    _ => {}
+                }
                 if let FsRequest::Open(open) = &mut request
                     && !self.capabilities.contains(Capabilities::FILE_SNAPSHOT)
                 {
@@ -320,6 +360,10 @@ impl RequestWorker {
                     .await
                     .map(Response::Env)
             }
+            Request::Db(_) => Err(RemoteError::new(
+                ErrorCode::Unsupported,
+                "database branches are made by the operator: set `operator` (or --operator)",
+            )),
             Request::Session(request) => {
                 self.need(Capabilities::SESSIONS, "session control")?;
                 match request {

@@ -44,6 +44,10 @@ pub enum Error {
     )]
     MissingToken,
 
+    /// The Kubernetes container given by id was not found on this node.
+    #[error(transparent)]
+    Container(crate::container::ContainerError),
+
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,

@@ -2,13 +2,16 @@
 //! table, and the hand-off of every blocking operation to a namespace worker.
 
 pub mod fd_table;
+pub mod meta;
 pub mod ops;
+pub mod policy;
 
 use crate::pool::NsPool;
 use fd_table::FdTable;
+use policy::FsPolicy;
 use remora_protocol::fs::{FsReply, FsRequest};
 use remora_protocol::{ErrorCode, RemoteError, RemoteResult};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 /// One client's view of the target's files. Its handles are closed by
 /// [`FsApi::close_all`] when the client goes away (and at the latest when the
@@ -17,6 +20,8 @@ use std::sync::{Arc, Mutex};
 pub struct FsApi {
     pool: NsPool,
     fds: Arc<Mutex<FdTable>>,
+    /// The operator's file policies for this session, checked on the worker.
+    policy: Arc<RwLock<Option<Arc<FsPolicy>>>>,
 }
 
 impl FsApi {
@@ -24,7 +29,13 @@ impl FsApi {
         FsApi {
             pool,
             fds: Arc::default(),
+            policy: Arc::default(),
         }
+    }
+
+    /// Enforce `policy` on every later request (replacing the previous one).
+    pub fn set_policy(&self, policy: FsPolicy) {
+        *self.policy.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(policy));
     }
 
     /// Perform `request` on a namespace worker.
@@ -34,8 +45,18 @@ impl FsApi {
     /// the layer does, one call at a time per thread).
     pub async fn handle(&self, request: FsRequest) -> RemoteResult<FsReply> {
         let fds = self.fds.clone();
+        let policy = self
+            .policy
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         self.pool
-            .run(move || ops::execute(&fds, request))
+            .run(move || {
+                if let Some(policy) = policy {
+                    policy.check(&request)?;
+                }
+                ops::execute(&fds, request)
+            })
             .await
             .map_err(|e| RemoteError::new(ErrorCode::Unavailable, e.to_string()))?
     }

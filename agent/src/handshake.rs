@@ -15,8 +15,13 @@ pub const AGENT_CAPABILITIES: Capabilities = Capabilities(
         | Capabilities::OUTGOING_UNIX.0
         | Capabilities::SESSIONS.0
         | Capabilities::FILE_SNAPSHOT.0
+        | Capabilities::FILE_SYNC.0
+        | Capabilities::FILE_METADATA.0
+        | Capabilities::FLOW_CONTROL.0
         | Capabilities::INCOMING_STEAL.0
-        | Capabilities::INCOMING_MIRROR.0,
+        | Capabilities::INCOMING_MIRROR.0
+        | Capabilities::SUBSCRIBE_OVERRIDE.0
+        | Capabilities::SESSION_POLICY.0,
 );
 
 /// remora's version, as told to clients.
@@ -47,9 +52,15 @@ pub fn evaluate(hello: &Hello, token: &SessionToken, target: &str) -> Result<Neg
             "this agent serves {target}, not {wanted}; connect to the agent of {wanted}"
         ));
     }
+    let mut capabilities = hello.capabilities.intersect(AGENT_CAPABILITIES);
+    if version < ProtocolVersion(3) {
+        // Credit messages are v3 variants: a v2 peer (or a v2 operator
+        // relaying a newer client's bits) could not decode them.
+        capabilities = Capabilities(capabilities.0 & !Capabilities::FLOW_CONTROL.0);
+    }
     Ok(Negotiated {
         version,
-        capabilities: hello.capabilities.intersect(AGENT_CAPABILITIES),
+        capabilities,
     })
 }
 

@@ -142,6 +142,8 @@ pub(crate) struct Subscriber {
     pub conns: ConnTable,
     /// The client's taken HTTP requests waiting for answers, by id.
     pub requests: http::RequestTable,
+    /// The client negotiated per-stream credit ([`crate::flow`]).
+    pub flow_control: bool,
 }
 
 impl Subscriber {

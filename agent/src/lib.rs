@@ -32,9 +32,11 @@
 
 pub mod args;
 mod client;
+pub mod container;
 pub mod dns;
 pub mod env;
 pub mod error;
+mod flow;
 pub mod fs;
 pub mod handshake;
 pub mod incoming;
@@ -49,7 +51,7 @@ pub mod target;
 
 pub use args::Args;
 pub use error::{Error, Result};
-pub use namespace::{ProcessNamespaces, TargetNamespaces};
+pub use namespace::{OwnNamespaces, ProcessNamespaces, TargetNamespaces};
 pub use server::{Agent, AgentConfig, ExitReason, ShutdownHandle};
 pub use target::TargetPid;
 
@@ -102,12 +104,31 @@ pub async fn run(args: Args) -> Result<()> {
         source,
     })?;
 
-    let mut config = AgentConfig::new(args.target, SessionToken(token));
+    let target = match (args.target, &args.container_id) {
+        _ if args.targetless => TargetPid(std::process::id()),
+        (Some(target), _) => target,
+        (None, Some(id)) => {
+            let pid = container::find_container_pid(std::path::Path::new("/proc"), id)
+                .map_err(Error::Container)?;
+            tracing::info!(container_id = %id, pid, "found the container's process");
+            TargetPid(pid)
+        }
+        (None, None) => {
+            return Err(Error::Container(container::ContainerError::InvalidId(
+                "(none: give --target or --container-id)".into(),
+            )));
+        }
+    };
+    let mut config = AgentConfig::new(target, SessionToken(token));
     config.listen = args.listen;
     config.netfilter = args.netfilter;
     config.idle_timeout =
         (args.idle_timeout_secs > 0).then(|| Duration::from_secs(args.idle_timeout_secs));
-    let agent = Agent::bind(config).await?;
+    let agent = if args.targetless {
+        Agent::bind_with(config, std::sync::Arc::new(OwnNamespaces)).await?
+    } else {
+        Agent::bind(config).await?
+    };
     announce(agent.local_addr())?;
 
     let shutdown = agent.shutdown_handle();

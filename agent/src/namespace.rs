@@ -153,6 +153,34 @@ impl TargetNamespaces for ProcessNamespaces {
     }
 }
 
+/// No target (`remora-agent --targetless`): the agent's own namespaces (its
+/// pod's) are where files, DNS and connections happen, so nothing is entered
+/// and no privilege is needed. The "target" is the agent process itself.
+#[derive(Debug, Default)]
+pub struct OwnNamespaces;
+
+impl TargetNamespaces for OwnNamespaces {
+    fn name(&self) -> String {
+        "targetless".to_owned()
+    }
+
+    fn enter_net(&self) -> Result<()> {
+        Ok(())
+    }
+
+    fn enter_files(&self) -> Result<()> {
+        Ok(())
+    }
+
+    fn proc_dir(&self) -> PathBuf {
+        PathBuf::from("/proc/self")
+    }
+
+    fn is_alive(&self) -> bool {
+        true
+    }
+}
+
 /// Test double: "the target" is the test process itself, in its current
 /// namespaces, so unit tests need neither root nor a second process.
 #[cfg(test)]

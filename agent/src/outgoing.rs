@@ -2,16 +2,19 @@
 //! target's network namespace, one task per connection.
 //!
 //! # Flow control
-//! The protocol has no per-stream window, so the agent bounds what it holds:
+//! Per-stream credit ([`remora_protocol::flow`], [`crate::flow`]):
 //!
 //! * remote → client: each connection reads at most [`MAX_CHUNK`] at a time
-//!   and waits for room in the client's (bounded) outbound queue, so a slow
-//!   client link slows the remote peers down instead of filling memory.
-//! * client → remote: each connection has its own writer task and a queue of
-//!   [`CONN_QUEUE_CAPACITY`] chunks. When a remote peer stops reading and its
-//!   queue is full, the client's link waits up to [`CONN_STALL_TIMEOUT`] for
-//!   room; if there is still none, that connection alone is closed with
-//!   `TimedOut` and the link goes on serving every other stream.
+//!   and sends it once the client has given credit for it, so a client that
+//!   does not pass a stream's bytes on stops that stream's remote reads only.
+//! * client → remote: each connection has its own writer task and a queue
+//!   that holds at most one window; credit goes back as the writer writes.
+//!   A remote peer that stops reading holds its own stream, never the link,
+//!   and is never closed for being slow. A client that sends beyond its
+//!   credit gets that connection closed with a protocol error.
+//!
+//! A client without flow control (v1/v2) gets the old bounded queue: a full
+//! one makes the link wait.
 
 use crate::net::NetApi;
 use crate::pool::NsPool;
@@ -27,16 +30,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
-use tokio::sync::mpsc::error::TrySendError;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
-
-/// Chunks queued for one connection's remote peer (at most 4 MiB).
-pub const CONN_QUEUE_CAPACITY: usize = 64;
-
-/// How long the client link waits for a full connection queue to drain
-/// before that connection is given up.
-pub const CONN_STALL_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Most simultaneous outgoing connections of one client.
 pub const MAX_CONNECTIONS: usize = 1024;
@@ -44,7 +39,8 @@ pub const MAX_CONNECTIONS: usize = 1024;
 /// How long a unix socket connect may wait for a full backlog.
 pub const UNIX_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-use crate::pump::{PumpError, Upstream, pump};
+use crate::flow::{Inbound, SendWindow};
+use crate::pump::{Flow, PumpError, Upstream, pump, queue_upstream};
 
 /// The client task's handle on one connection.
 #[derive(Debug)]
@@ -55,6 +51,10 @@ struct ConnHandle {
     close: CancellationToken,
     /// Why the agent ended the connection, reported in its `Closed`.
     failure: Arc<Mutex<Option<RemoteError>>>,
+    /// Credit for the remote peer's bytes to the client.
+    window: SendWindow,
+    /// The client's bytes held for the remote peer.
+    inbound: Inbound,
 }
 
 impl ConnHandle {
@@ -102,8 +102,8 @@ impl Outgoing {
         }
     }
 
-    /// Handle one message of the client. May wait (bounded, see the module
-    /// docs) when the connection's queue is full.
+    /// Handle one message of the client. Waits only for a client without
+    /// flow control whose connection queue is full.
     pub async fn handle(&mut self, message: OutgoingClient) {
         match message {
             OutgoingClient::Connect {
@@ -118,6 +118,11 @@ impl Outgoing {
             OutgoingClient::Close { conn } => {
                 if let Some(handle) = self.conns.remove(&conn) {
                     handle.close.cancel();
+                }
+            }
+            OutgoingClient::Credit { conn, bytes } => {
+                if let Some(handle) = self.conns.get(&conn) {
+                    handle.window.grant(bytes);
                 }
             }
         }
@@ -153,11 +158,15 @@ impl Outgoing {
             let _ = self.out_tx.send(ServerMessage::Outgoing(reply)).await;
             return;
         }
-        let (up_tx, up_rx) = mpsc::channel(CONN_QUEUE_CAPACITY);
+        let flow_control = self.capabilities.contains(Capabilities::FLOW_CONTROL);
+        let inbound = Inbound::new(flow_control);
+        let (up_tx, up_rx) = mpsc::channel(inbound.queue_capacity());
         let handle = ConnHandle {
             up_tx,
             close: self.client_token.child_token(),
             failure: Arc::default(),
+            window: SendWindow::new(flow_control),
+            inbound,
         };
         let task = ConnTask {
             spec: ConnSpec {
@@ -169,6 +178,13 @@ impl Outgoing {
                 pool: self.pool.clone(),
             },
             up_rx,
+            flow: Flow {
+                window: handle.window.clone(),
+                returner: handle.inbound.returner(),
+                credit: |conn, bytes| {
+                    ServerMessage::Outgoing(OutgoingServer::Credit { conn, bytes })
+                },
+            },
             link: ConnLink {
                 conn,
                 close: handle.close.clone(),
@@ -208,27 +224,17 @@ impl Outgoing {
             tracing::debug!(%conn, "data for a connection that is not open; dropped");
             return;
         };
-        let item = match handle.up_tx.try_send(item) {
-            Ok(()) | Err(TrySendError::Closed(_)) => return,
-            Err(TrySendError::Full(item)) => item,
-        };
-        match tokio::time::timeout(CONN_STALL_TIMEOUT, handle.up_tx.send(item)).await {
-            Ok(_) => {}
-            Err(_) => {
-                tracing::warn!(
-                    %conn,
-                    "remote peer stopped reading; closing the connection to keep the others going"
-                );
-                handle.fail(RemoteError::new(
-                    ErrorCode::TimedOut,
-                    format!(
-                        "the remote peer did not read for {}s and {CONN_QUEUE_CAPACITY} chunks \
-                         were waiting; the agent closed the connection",
-                        CONN_STALL_TIMEOUT.as_secs()
-                    ),
-                ));
-                self.conns.remove(&conn);
-            }
+        if !queue_upstream(&handle.up_tx, &handle.inbound, item).await {
+            tracing::warn!(%conn, "the client sent beyond its credit; closing the connection");
+            handle.fail(RemoteError::new(
+                ErrorCode::Other(libc::EPROTO),
+                format!(
+                    "the client sent more than its {} byte window on connection {conn}; \
+                     the agent closed it (a client bug: upgrade remora)",
+                    remora_protocol::flow::STREAM_WINDOW
+                ),
+            ));
+            self.conns.remove(&conn);
         }
     }
 }
@@ -265,12 +271,18 @@ struct ConnTask {
     spec: ConnSpec,
     /// client task --bytes for the remote peer--> this connection's writer
     up_rx: mpsc::Receiver<Upstream>,
+    flow: Flow,
     link: ConnLink,
 }
 
 impl ConnTask {
     async fn run(self) {
-        let ConnTask { spec, up_rx, link } = self;
+        let ConnTask {
+            spec,
+            up_rx,
+            flow,
+            link,
+        } = self;
         // However this ends, the client task sees the connection as finished.
         let _finished = link.close.clone().drop_guard();
         let socket = tokio::select! {
@@ -305,9 +317,9 @@ impl ConnTask {
         }
         let (close, out_tx, conn) = (&link.close, &link.out_tx, spec.conn);
         let result = match socket {
-            Socket::Tcp(stream) => pump_stream(stream, up_rx, close, out_tx, conn).await,
-            Socket::Unix(stream) => pump_stream(stream, up_rx, close, out_tx, conn).await,
-            Socket::Udp(socket) => pump_datagrams(socket, up_rx, close, out_tx, conn).await,
+            Socket::Tcp(stream) => pump_stream(stream, up_rx, close, out_tx, conn, flow).await,
+            Socket::Unix(stream) => pump_stream(stream, up_rx, close, out_tx, conn, flow).await,
+            Socket::Udp(socket) => pump_datagrams(socket, up_rx, close, out_tx, conn, flow).await,
         };
         link.end(result).await;
     }
@@ -375,6 +387,7 @@ async fn pump_stream<S>(
     close: &CancellationToken,
     out_tx: &mpsc::Sender<ServerMessage>,
     conn: ConnectionId,
+    flow: Flow,
 ) -> RemoteResult<()>
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
@@ -385,7 +398,7 @@ where
             None => OutgoingServer::ShutdownWrite { conn },
         })
     };
-    pump(stream, up_rx, close, out_tx, conn, message)
+    pump(stream, up_rx, close, out_tx, conn, message, flow)
         .await
         .map_err(|e| match e {
             PumpError::Read(e) => RemoteError::from_io("reading from the remote peer", &e),
@@ -409,15 +422,27 @@ async fn pump_datagrams(
     close: &CancellationToken,
     out_tx: &mpsc::Sender<ServerMessage>,
     conn: ConnectionId,
+    flow: Flow,
 ) -> RemoteResult<()> {
     let socket = Arc::new(socket);
     let sender = socket.clone();
+    let Flow {
+        window,
+        mut returner,
+        credit,
+    } = flow;
+    let (credit_tx, credit_close) = (out_tx.clone(), close.clone());
     let mut writer = AbortOnDropHandle::new(tokio::spawn(async move {
         while let Some(Upstream::Data(datagram)) = up_rx.recv().await {
             sender
                 .send(&datagram)
                 .await
                 .map_err(|e| RemoteError::from_io("sending a datagram", &e))?;
+            if let Some(bytes) = returner.written(datagram.len()) {
+                if !crate::pump::send(&credit_close, &credit_tx, credit(conn, bytes)).await {
+                    break;
+                }
+            }
         }
         Ok::<_, RemoteError>(())
     }));
@@ -432,6 +457,13 @@ async fn pump_datagrams(
             }
             received = socket.recv(&mut buf) => {
                 let n = received.map_err(|e| RemoteError::from_io("receiving a datagram", &e))?;
+                let credited = tokio::select! {
+                    _ = close.cancelled() => false,
+                    credited = window.take(n) => credited,
+                };
+                if !credited {
+                    return Ok(());
+                }
                 let data = Bytes::copy_from_slice(&buf[..n]);
                 if !send_or_closed(close, out_tx, OutgoingServer::Data { conn, data }).await {
                     return Ok(());

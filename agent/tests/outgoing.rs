@@ -6,9 +6,10 @@ mod harness;
 
 use harness::*;
 
+use remora_protocol::flow::{STREAM_WINDOW, credit_cost};
 use remora_protocol::net::{RemoteAddr, Transport};
 use remora_protocol::outgoing::{MAX_CHUNK, OutgoingClient, OutgoingServer};
-use remora_protocol::{ClientMessage, ConnectionId, ErrorCode, Request, Response};
+use remora_protocol::{ClientMessage, ConnectionId, ErrorCode, Request, Response, ServerMessage};
 use std::net::{IpAddr, Ipv4Addr};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -165,18 +166,21 @@ async fn outgoing_udp_and_unix_streams_work() {
 }
 
 #[tokio::test]
-async fn a_peer_that_stops_reading_loses_only_its_own_connection() {
+async fn a_peer_that_stops_reading_holds_only_its_own_connection_and_loses_nothing() {
     let target = Target::sleep(&[]);
     let agent = agent_for(&target).await;
     let mut client = Client::connect(agent.local_addr(), "alice").await;
 
-    // One peer accepts and never reads; another echoes.
+    // One peer accepts and reads only when released; another echoes.
     let stuck = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let stuck_addr = stuck.local_addr().unwrap();
+    let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
     let stuck_server = tokio::spawn(async move {
-        let (stream, _) = stuck.accept().await.unwrap();
-        tokio::time::sleep(std::time::Duration::from_secs(30)).await;
-        drop(stream);
+        let (mut stream, _) = stuck.accept().await.unwrap();
+        let _ = release_rx.await;
+        let mut got = Vec::new();
+        stream.read_to_end(&mut got).await.unwrap();
+        got
     });
     let echo = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let echo_addr = echo.local_addr().unwrap();
@@ -196,23 +200,60 @@ async fn a_peer_that_stops_reading_loses_only_its_own_connection() {
         result.unwrap();
     }
 
-    // Far more than the connection queue and the kernel buffers can hold.
-    let chunk = vec![7u8; MAX_CHUNK];
-    for _ in 0..512 {
-        client.data(1, &chunk).await;
+    // A whole window on the stuck connection, without waiting for credit.
+    let chunks = (STREAM_WINDOW / credit_cost(MAX_CHUNK)) as usize;
+    let sent: Vec<u8> = (0..chunks * MAX_CHUNK).map(|i| (i % 249) as u8).collect();
+    for chunk in sent.chunks(MAX_CHUNK) {
+        client.data(1, chunk).await;
     }
-    let OutgoingServer::Closed { conn, error } = client.outgoing().await else {
-        panic!("the stuck connection was not closed");
-    };
-    assert_eq!(conn, ConnectionId(1));
-    let error = error.expect("closed with an error");
-    assert_eq!(error.code, ErrorCode::TimedOut);
-    assert!(error.message.contains("did not read"), "{error}");
 
-    // The link and the other connection carry on.
+    // The link and the other connection carry on, and nothing is closed.
     assert_eq!(client.request(Request::Ping).await.unwrap(), Response::Pong);
     client.data(2, b"still here").await;
     client.shutdown_write(2).await;
     assert_eq!(client.drain_until_closed(2).await, b"still here");
-    stuck_server.abort();
+
+    // Released, the peer gets every byte in order.
+    release_tx.send(()).unwrap();
+    client.shutdown_write(1).await;
+    assert_eq!(client.drain_until_closed(1).await, b"");
+    assert_eq!(stuck_server.await.unwrap(), sent);
+}
+
+#[tokio::test]
+async fn a_client_that_sends_beyond_its_window_loses_that_connection() {
+    let target = Target::sleep(&[]);
+    let agent = agent_for(&target).await;
+    let mut client = Client::connect(agent.local_addr(), "alice").await;
+    let stuck = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let stuck_addr = stuck.local_addr().unwrap();
+    let _stuck_server = tokio::spawn(async move {
+        let (stream, _) = stuck.accept().await.unwrap();
+        std::future::pending::<()>().await;
+        drop(stream);
+    });
+    client
+        .connect_out(1, Transport::Tcp, RemoteAddr::Ip(stuck_addr))
+        .await;
+    let OutgoingServer::Connected { result, .. } = client.outgoing().await else {
+        panic!("no connect reply");
+    };
+    result.unwrap();
+    // The agent's writer may pass some on to the kernel and credit it, so
+    // overrun by far more than the socket buffers can take.
+    let chunk = vec![7u8; MAX_CHUNK];
+    let closed = loop {
+        client.data(1, &chunk).await;
+        match tokio::time::timeout(std::time::Duration::from_millis(1), client.read()).await {
+            Ok(Some(ServerMessage::Outgoing(OutgoingServer::Closed { conn, error }))) => {
+                break (conn, error);
+            }
+            Ok(Some(ServerMessage::Outgoing(OutgoingServer::Credit { .. }))) | Err(_) => {}
+            Ok(other) => panic!("unexpected {other:?}"),
+        }
+    };
+    assert_eq!(closed.0, ConnectionId(1));
+    let error = closed.1.expect("closed with an error");
+    assert!(error.message.contains("window"), "{error}");
+    assert_eq!(client.request(Request::Ping).await.unwrap(), Response::Pong);
 }

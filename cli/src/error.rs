@@ -8,11 +8,11 @@ pub enum Error {
     Config(#[from] remora_config::Error),
     #[error("target {target} not found: no such process (is the workload running?)")]
     TargetNotFound { target: String },
-    #[error(
-        "{target}: {kind} targets need a Kubernetes cluster, which this build cannot reach yet"
-    )]
-    #[diagnostic(help("on the local platform use pid/<PID>"))]
-    UnsupportedTarget { target: String, kind: String },
+    #[error("{}", kube_message(target, reason))]
+    #[diagnostic(help(
+        "check the cluster with kubectl (`kubectl get pods -n <namespace>`, `kubectl describe job -l app.kubernetes.io/name=remora-agent`); flags: -n/--namespace, --context, --kubeconfig"
+    ))]
+    KubeStart { target: String, reason: String },
     #[error("no target given")]
     #[diagnostic(help("pass --target pid/<PID> (or set `target` in remora.toml / REMORA_TARGET)"))]
     NoTarget,
@@ -52,10 +52,25 @@ pub enum Error {
     OperatorToken,
     #[error("operator at {operator}: {reason}")]
     OperatorSession { operator: String, reason: String },
+    #[error("listing the {platform} targets: {reason}")]
+    #[diagnostic(help(
+        "check the cluster with kubectl; flags: -n/--namespace, --context, --kubeconfig, --platform local"
+    ))]
+    List { platform: String, reason: String },
     #[error("intproxy: {0}")]
     Intproxy(#[from] remora_intproxy::Error),
     #[error("{0}")]
     Io(String),
+}
+
+/// The reason alone when it names the target's object already.
+fn kube_message(target: &str, reason: &str) -> String {
+    let object = target.split("/container/").next().unwrap_or(target);
+    if reason.contains(object) {
+        reason.to_owned()
+    } else {
+        format!("{target}: {reason}")
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -16,6 +16,8 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+mod stderr_relay;
+
 /// Environment variable carrying the agent's (or operator's) token.
 pub use remora_operator::platform::local::AGENT_TOKEN_ENV;
 /// Environment variable carrying the layers' token.
@@ -86,21 +88,36 @@ fn announce(line: &str) {
 }
 
 fn serve(args: IntproxyArgs) -> Result<()> {
-    let agent_token = std::env::var(AGENT_TOKEN_ENV).unwrap_or_default();
+    // Before the agent starts, so it writes through the relay too.
+    let on_idle = stderr_relay::relay_if_pipe();
+    let mut agent_token = std::env::var(AGENT_TOKEN_ENV).unwrap_or_default();
     let layer_token = std::env::var(LAYER_TOKEN_ENV).unwrap_or_default();
     let program = std::env::var("REMORA_PROGRAM").unwrap_or_default();
     let target = args.target.clone().unwrap_or_else(|| "targetless".into());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Io(format!("starting the intproxy runtime: {e}")))?;
     let mut agent_child = None;
-    let agent_addr = match (args.agent, &args.agent_bin) {
-        (Some(addr), _) => addr,
-        (None, Some(bin)) => {
+    let mut kube_agent = None;
+    let agent_addr = match (args.agent, &args.agent_bin, args.kube) {
+        (Some(addr), _, _) => addr,
+        (None, Some(bin), _) => {
             let (child, addr) = spawn_agent(bin, &target, &agent_token)?;
             agent_child = Some(child);
             addr
         }
-        (None, None) => {
+        (None, None, true) => {
+            let launch = crate::kube::KubeLaunch::from_env()?;
+            let started = runtime.block_on(crate::kube::start_agent(&launch, &target))?;
+            agent_token = started.token.0;
+            kube_agent = Some(started.handle);
+            started.addr
+        }
+        (None, None, false) => {
             return Err(Error::IntproxyStart {
-                reason: "needs --agent or --agent-bin".into(),
+                reason: "needs --agent, --agent-bin or --kube".into(),
             });
         }
     };
@@ -109,31 +126,63 @@ fn serve(args: IntproxyArgs) -> Result<()> {
         agent_token: SessionToken(agent_token),
         layer_token: SessionToken(layer_token),
         identity: identity(&program),
-        target: args.target,
+        // A cluster agent serves the container it found (`pid/<PID>` on its
+        // node); it was started for this run alone, its token says so.
+        target: if args.kube { None } else { args.target },
         listen: args.listen,
-        first_connect_timeout: Duration::from_secs(30),
+        first_connect_timeout: Duration::from_secs(args.first_connect_timeout),
         linger: Duration::from_secs(2),
+        setup_sessions: args.setup_sessions,
         override_filters: args.override_filter,
+        on_idle,
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| Error::Io(format!("starting the intproxy runtime: {e}")))?;
+    let kube = kube_agent.is_some();
     let result = runtime.block_on(async {
-        let proxy = IntProxy::start(config).await?;
+        let proxy = if kube {
+            crate::kube::connect_when_listening(config).await?
+        } else {
+            IntProxy::start(config).await?
+        };
         let addr = proxy.local_addr()?;
         announce(&format!("{READY_PREFIX} {addr}"));
         // Nobody reads stdout after the ready line: the reader exec'd away.
         silence_stdout();
-        proxy.run().await?;
+        tokio::select! {
+            result = proxy.run() => result?,
+            signal = terminating_signal() => {
+                tracing::warn!("the intproxy received {signal}: stopping the agent");
+            }
+        }
         Ok::<_, Error>(())
     });
+    if let Some(agent) = kube_agent {
+        // Deletes the agent Job (or pod) and waits for it to go.
+        runtime.block_on(agent.stop());
+    }
     drop(runtime);
     if let Some(child) = agent_child {
         stop_agent(child);
     }
     result
+}
+
+/// The first of SIGTERM, SIGINT or SIGHUP, by name (never, if none can be watched).
+pub(crate) async fn terminating_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let watch = |kind: SignalKind, name: &'static str| async move {
+        match signal(kind) {
+            Ok(mut s) => {
+                s.recv().await;
+                name
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        name = watch(SignalKind::terminate(), "SIGTERM") => name,
+        name = watch(SignalKind::interrupt(), "SIGINT") => name,
+        name = watch(SignalKind::hangup(), "SIGHUP") => name,
+    }
 }
 
 fn silence_stdout() {

@@ -14,7 +14,6 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ChildStdout;
 use std::sync::mpsc;
-use std::time::Duration;
 
 /// Environment variable overriding where the agent binary is.
 pub use remora_operator::platform::local::AGENT_BIN_ENV;
@@ -84,30 +83,23 @@ pub fn check_privileges(target: &str) -> Result<()> {
     }
 }
 
-/// What a background process said on its first stdout line.
-#[derive(Debug)]
-pub enum Ready {
-    Line(String),
-    Eof,
-    Timeout,
-}
+/// How many stdout lines of a background process may wait to be read.
+const LINES_CAPACITY: usize = 64;
 
-/// Wait for the first line on `stdout` (without blocking forever).
-pub fn first_line(stdout: ChildStdout, timeout: Duration) -> Ready {
-    let (tx, rx) = mpsc::channel();
+/// The lines of `stdout`, read by a thread; the channel closes at EOF.
+///
+/// reader thread --line--> the caller waiting for the process to be ready
+pub fn lines(stdout: ChildStdout) -> mpsc::Receiver<String> {
+    let (line_tx, line_rx) = mpsc::sync_channel(LINES_CAPACITY);
     std::thread::spawn(move || {
-        let mut line = String::new();
-        let got = BufReader::new(stdout).read_line(&mut line);
-        let _ = tx.send(match got {
-            Ok(0) | Err(_) => None,
-            Ok(_) => Some(line.trim_end().to_string()),
-        });
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if line_tx.send(line.trim_end().to_string()).is_err() {
+                break;
+            }
+        }
     });
-    match rx.recv_timeout(timeout) {
-        Ok(Some(line)) => Ready::Line(line),
-        Ok(None) => Ready::Eof,
-        Err(_) => Ready::Timeout,
-    }
+    line_rx
 }
 
 /// Parse `PREFIX addr`.

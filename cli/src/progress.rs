@@ -1,17 +1,34 @@
 //! A spinner on a terminal while remora starts; nothing when stderr is not one.
 
+use crate::session::Reporter;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::IsTerminal;
 use std::time::Duration;
 
 /// Shows what remora is doing while the user waits.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Progress(Option<ProgressBar>);
 
 impl Progress {
-    pub fn start(message: &str) -> Progress {
+    pub fn new() -> Progress {
+        Progress(None)
+    }
+
+    pub fn finish(self) {
+        if let Some(bar) = self.0 {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+impl Reporter for Progress {
+    fn step(&mut self, message: &str) {
+        if let Some(bar) = &self.0 {
+            bar.set_message(message.to_string());
+            return;
+        }
         if !std::io::stderr().is_terminal() {
-            return Progress(None);
+            return;
         }
         let bar = ProgressBar::new_spinner();
         if let Ok(style) = ProgressStyle::with_template("{spinner} remora: {msg}") {
@@ -19,18 +36,6 @@ impl Progress {
         }
         bar.set_message(message.to_string());
         bar.enable_steady_tick(Duration::from_millis(80));
-        Progress(Some(bar))
-    }
-
-    pub fn step(&self, message: &str) {
-        if let Some(bar) = &self.0 {
-            bar.set_message(message.to_string());
-        }
-    }
-
-    pub fn finish(self) {
-        if let Some(bar) = self.0 {
-            bar.finish_and_clear();
-        }
+        self.0 = Some(bar);
     }
 }

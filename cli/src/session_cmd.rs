@@ -4,7 +4,7 @@
 use crate::args::SessionCommand;
 use crate::error::{Error, Result};
 use crate::intproxy_cmd::identity;
-use crate::run::operator_token;
+use crate::session::operator_token;
 use remora_protocol::codec;
 use remora_protocol::incoming::{HttpFilter, IncomingMode};
 use remora_protocol::session::{SessionInfo, SessionReply, SessionRequest};
@@ -20,7 +20,17 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 
 pub fn run(command: SessionCommand) -> Result<i32> {
     match command {
-        SessionCommand::Ls { operator, json } => {
+        SessionCommand::Ls {
+            kube,
+            json,
+            all_namespaces,
+            ..
+        } if kube.kubernetes => crate::session_kube::ls(&kube, all_namespaces, json),
+        SessionCommand::Kill { id, kube, .. } if kube.kubernetes => {
+            crate::session_kube::kill(&kube, &id)
+        }
+        SessionCommand::Ls { operator, json, .. } => {
+            let operator = operator.unwrap_or_default();
             let sessions = match ask(&operator, SessionRequest::List)? {
                 SessionReply::Sessions(sessions) => sessions,
                 other => return Err(unexpected(&operator, &other)),
@@ -32,7 +42,8 @@ pub fn run(command: SessionCommand) -> Result<i32> {
             }
             Ok(0)
         }
-        SessionCommand::Kill { id, operator } => {
+        SessionCommand::Kill { id, operator, .. } => {
+            let operator = operator.unwrap_or_default();
             let id = parse_id(&id)?;
             match ask(&operator, SessionRequest::Kill { id })? {
                 SessionReply::Killed => {
@@ -64,6 +75,20 @@ fn parse_id(id: &str) -> Result<SessionId> {
 }
 
 fn ask(operator: &str, request: SessionRequest) -> Result<SessionReply> {
+    match ask_operator(operator, Request::Session(request))? {
+        Response::Session(reply) => Ok(reply),
+        other => Err(Error::OperatorSession {
+            operator: operator.into(),
+            reason: format!("unexpected reply {other:?}"),
+        }),
+    }
+}
+
+/// One request on a control connection to `operator`, one answer.
+///
+/// # Errors
+/// [`Error::OperatorSession`] with the operator's reason.
+pub(crate) fn ask_operator(operator: &str, request: Request) -> Result<Response> {
     let failed = |reason: String| Error::OperatorSession {
         operator: operator.into(),
         reason,
@@ -79,7 +104,7 @@ fn ask(operator: &str, request: SessionRequest) -> Result<SessionReply> {
     stream.set_read_timeout(Some(TIMEOUT)).ok();
     let hello = Hello {
         version: PROTOCOL_VERSION,
-        capabilities: Capabilities::SESSIONS,
+        capabilities: Capabilities::SESSIONS | Capabilities::DB_BRANCHES,
         token: SessionToken(token),
         client: identity("remora session"),
         target: None,
@@ -90,10 +115,7 @@ fn ask(operator: &str, request: SessionRequest) -> Result<SessionReply> {
         HelloReply::Rejected { reason, .. } => return Err(failed(reason)),
     }
     let id = RequestId(1);
-    let message = ClientMessage::Request {
-        id,
-        request: Request::Session(request),
-    };
+    let message = ClientMessage::Request { id, request };
     codec::write_frame(&mut stream, &message).map_err(|e| failed(e.to_string()))?;
     loop {
         match codec::read_frame::<_, ServerMessage>(&mut stream)
@@ -101,11 +123,7 @@ fn ask(operator: &str, request: SessionRequest) -> Result<SessionReply> {
         {
             ServerMessage::Response { id: got, result } if got == id => {
                 let _ = codec::write_frame(&mut stream, &ClientMessage::Bye);
-                return match result {
-                    Ok(Response::Session(reply)) => Ok(reply),
-                    Ok(other) => Err(failed(format!("unexpected reply {other:?}"))),
-                    Err(e) => Err(failed(e.message)),
-                };
+                return result.map_err(|e| failed(e.message));
             }
             ServerMessage::Closing { reason } => return Err(failed(reason)),
             _ => {}
@@ -114,7 +132,7 @@ fn ask(operator: &str, request: SessionRequest) -> Result<SessionReply> {
 }
 
 /// A filter as one line of text (`header:^x-user: alice$`).
-fn filter_text(filter: &HttpFilter) -> String {
+pub(crate) fn filter_text(filter: &HttpFilter) -> String {
     match filter {
         HttpFilter::Header(p) => format!("header:{p}"),
         HttpFilter::Path(p) => format!("path:{p}"),

@@ -21,6 +21,14 @@ pub struct EnvVar {
 /// value counts as unset.
 pub const ENV_VARS: &[EnvVar] = &[
     EnvVar {
+        name: "REMORA_REPLY_TIMEOUT",
+        key: "layer.reply_timeout_secs",
+        apply: |c, v| {
+            c.layer.reply_timeout_secs = Some(seconds(v)?);
+            Ok(())
+        },
+    },
+    EnvVar {
         name: "REMORA_TARGET",
         key: "target",
         apply: |c, v| {
@@ -111,6 +119,14 @@ fn list(value: &str) -> Vec<String> {
         .collect()
 }
 
+/// A positive whole number of seconds.
+fn seconds(value: &str) -> std::result::Result<u64, String> {
+    match value.trim().parse::<u64>() {
+        Ok(secs) if secs > 0 => Ok(secs),
+        _ => Err("expected a whole number of seconds above 0".to_owned()),
+    }
+}
+
 fn boolean(value: &str) -> std::result::Result<bool, String> {
     match value.to_ascii_lowercase().as_str() {
         "true" | "1" => Ok(true),
@@ -130,13 +146,17 @@ pub struct Overrides {
     pub namespace: Option<String>,
     /// `--operator`: sets `operator`.
     pub operator: Option<String>,
+    /// `--kubeconfig FILE`: sets `kubeconfig`.
+    pub kubeconfig: Option<std::path::PathBuf>,
+    /// `--context NAME`: sets `context`.
+    pub context: Option<String>,
     /// `--fs-mode`: sets `fs.mode`.
     pub fs_mode: Option<FsMode>,
     /// `--env-include` (repeatable): replaces `env.include`.
     pub env_include: Vec<String>,
     /// `--env-exclude` (repeatable): replaces `env.exclude`.
     pub env_exclude: Vec<String>,
-    /// `--env-set KEY=VALUE` (repeatable): added to `env.override`.
+    /// `--env KEY=VALUE` (repeatable): added to `env.override`.
     pub env_set: Vec<String>,
     /// `--env-unset GLOB` (repeatable): added to `env.unset`.
     pub env_unset: Vec<String>,
@@ -144,7 +164,7 @@ pub struct Overrides {
     pub no_outgoing: bool,
     /// `--no-remote-dns`: sets `network.dns.enabled` to false.
     pub no_remote_dns: bool,
-    /// `--incoming off|mirror|steal`: sets `network.incoming.mode`.
+    /// `--steal` or `--mirror`: sets `network.incoming.mode`.
     pub incoming_mode: Option<IncomingMode>,
     /// `--port` (repeatable): replaces `network.incoming.ports`.
     pub ports: Vec<u16>,
@@ -154,10 +174,12 @@ pub struct Overrides {
     pub http_header_filter: Option<String>,
     /// `--http-path-filter REGEX`: part of `network.incoming.http_filter`.
     pub http_path_filter: Option<String>,
-    /// `--http-method-filter METHOD`: part of `network.incoming.http_filter`.
+    /// `--http-method METHOD`: part of `network.incoming.http_filter`.
     pub http_method_filter: Option<String>,
     /// `--override-filter`: sets `network.incoming.override_filter`.
     pub override_filter: bool,
+    /// `--reply-timeout SECONDS`: sets `layer.reply_timeout_secs`.
+    pub reply_timeout_secs: Option<u64>,
 }
 
 /// Applies the `REMORA_*` variables that `env` returns, recording what each set.
@@ -201,6 +223,14 @@ impl Overrides {
             config.operator = Some(operator);
             set("operator", "--operator");
         }
+        if let Some(kubeconfig) = self.kubeconfig {
+            config.kubeconfig = Some(kubeconfig);
+            set("kubeconfig", "--kubeconfig");
+        }
+        if let Some(context) = self.context {
+            config.context = Some(context);
+            set("context", "--context");
+        }
         if let Some(mode) = self.fs_mode {
             config.fs.mode = mode;
             set("fs.mode", "--fs-mode");
@@ -217,7 +247,7 @@ impl Overrides {
             let Some((name, value)) = pair.split_once('=').filter(|(name, _)| !name.is_empty())
             else {
                 return Err(Error::Flag {
-                    flag: "--env-set",
+                    flag: "--env",
                     value: pair,
                     message: "expected KEY=VALUE".to_owned(),
                 });
@@ -226,7 +256,7 @@ impl Overrides {
                 .env
                 .overrides
                 .insert(name.to_owned(), value.to_owned());
-            set("env.override", "--env-set");
+            set("env.override", "--env");
         }
         if !self.env_unset.is_empty() {
             config.env.unset.extend(self.env_unset);
@@ -238,6 +268,10 @@ impl Overrides {
             set("network.outgoing.tcp", "--no-outgoing");
             set("network.outgoing.udp", "--no-outgoing");
         }
+        if let Some(secs) = self.reply_timeout_secs {
+            config.layer.reply_timeout_secs = Some(secs);
+            set("layer.reply_timeout_secs", "--reply-timeout");
+        }
         if self.no_remote_dns {
             config.network.dns.enabled = false;
             set("network.dns.enabled", "--no-remote-dns");
@@ -248,7 +282,13 @@ impl Overrides {
         }
         if let Some(mode) = self.incoming_mode {
             config.network.incoming.mode = mode;
-            set("network.incoming.mode", "--incoming");
+            let flag = match mode {
+                IncomingMode::Steal => "--steal",
+                IncomingMode::Mirror => "--mirror",
+                // No flag turns it off; only the file or the environment do.
+                IncomingMode::Off => "--steal/--mirror",
+            };
+            set("network.incoming.mode", flag);
         }
         if !self.ports.is_empty() {
             config.network.incoming.ports = self.ports;
@@ -284,7 +324,7 @@ impl Overrides {
         }
         if let Some(method) = self.http_method_filter {
             filters.push(HttpFilter::method(method));
-            flags.push("--http-method-filter");
+            flags.push("--http-method");
         }
         // Flags replace the file's filter; several flags must all match.
         if let Some(flag) = flags.first() {

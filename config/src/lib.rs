@@ -11,6 +11,8 @@
 //! The user-facing reference is `docs/config.md`; the annotated example is
 //! `config/examples/remora.toml`.
 
+pub mod agent;
+mod db_branches;
 mod dns;
 mod env;
 mod error;
@@ -24,6 +26,11 @@ mod schema;
 mod target;
 mod validate;
 
+pub use agent::{AgentMode, AgentResources, AgentSettings, AgentToleration, DEFAULT_AGENT_IMAGE};
+pub use db_branches::{
+    CopyConfig, CopyMode, DEFAULT_TTL_SECS, DbBranchConfig, DbConnectionConfig, DbParams, DbType,
+    FromEnv, TableCopy, parse_ttl,
+};
 pub use dns::{DnsPolicy, NameMatch};
 pub use env::{EnvPolicy, NEVER_IMPORTED};
 pub use error::{Error, Issue, Issues, Result};
@@ -32,7 +39,8 @@ pub use layers::{CONFIG_FILE_ENV, ENV_VARS, EnvVar, Overrides};
 pub use load::{DEFAULT_CONFIG_PATH, Format, LoadOptions, Loaded, Origin};
 pub use model::{
     Config, DnsConfig, DnsFilter, EnvConfig, FsConfig, FsMode, HttpFilter, IncomingConfig,
-    IncomingMode, NetworkConfig, OutgoingConfig, OutgoingFilter, RESOLVED_CONFIG_ENV,
+    IncomingMode, Interception, LayerConfig, NetworkConfig, OutgoingConfig, OutgoingFilter,
+    RESOLVED_CONFIG_ENV,
 };
 pub use outgoing::{AddrFilter, HostMatch, OutgoingPolicy, Proto, Route};
 pub use schema::json_schema;

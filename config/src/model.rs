@@ -28,6 +28,16 @@ pub struct Config {
     /// Kubernetes namespace of the target. Unset: the kubeconfig context's namespace.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
+    /// Kubeconfig file for Kubernetes targets. Unset: `KUBECONFIG`, then
+    /// `~/.kube/config`, then the in-cluster service account.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kubeconfig: Option<std::path::PathBuf>,
+    /// Context of the kubeconfig for Kubernetes targets. Unset: its current context.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub context: Option<String>,
+    /// How the agent is started for Kubernetes targets (`[agent]`).
+    #[serde(skip_serializing_if = "crate::AgentSettings::is_default")]
+    pub agent: crate::AgentSettings,
     /// Address (`host:port`) of a remora operator to go through instead of
     /// starting an agent. Unset: no operator.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -38,6 +48,56 @@ pub struct Config {
     pub fs: FsConfig,
     /// Incoming traffic, outgoing connections and DNS.
     pub network: NetworkConfig,
+    /// How `remora run` intercepts the program's calls: `auto` (the
+    /// `LD_PRELOAD` layer for dynamically linked programs, the seccomp
+    /// supervisor for Go and static ones), `preload` or `seccomp`. Unset: `auto`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interception: Option<Interception>,
+    /// How the layer inside the local process talks to remora.
+    #[serde(skip_serializing_if = "LayerConfig::is_default")]
+    pub layer: LayerConfig,
+    /// Databases the operator branches for this session (`[[db_branches]]`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub db_branches: Vec<crate::DbBranchConfig>,
+}
+
+/// How a program's calls are intercepted (see docs/seccomp.md).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Interception {
+    /// By the program's ELF: seccomp for Go and static programs.
+    #[default]
+    Auto,
+    /// Always the `LD_PRELOAD` layer.
+    Preload,
+    /// Always the seccomp supervisor.
+    Seccomp,
+}
+
+impl std::fmt::Display for Interception {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Interception::Auto => "auto",
+            Interception::Preload => "preload",
+            Interception::Seccomp => "seccomp",
+        })
+    }
+}
+
+/// The layer's own settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields, rename_all = "snake_case")]
+pub struct LayerConfig {
+    /// Seconds one remote call (a file read, a DNS lookup, a connect) may wait
+    /// for its reply before it fails with a message naming this key. Unset: 120.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reply_timeout_secs: Option<u64>,
+}
+
+impl LayerConfig {
+    fn is_default(&self) -> bool {
+        *self == LayerConfig::default()
+    }
 }
 
 /// Environment variables: the local process starts from the local environment,

@@ -9,8 +9,8 @@ use crate::{Config, Error, Issues, Result};
 
 /// The forms a target may take, for error messages.
 pub const TARGET_FORMS: &str = "pid/<PID>, pod/<name>[/container/<c>], \
-     deployment/<name>[/container/<c>], statefulset/<name>[/container/<c>], \
-     job/<name>[/container/<c>], rollout/<name>[/container/<c>], or targetless";
+     deployment/<name>[/container/<c>], statefulset/, replicaset/, job/, cronjob/, \
+     rollout/ or service/<name>[/container/<c>], or targetless";
 
 /// What the local process runs against.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -39,6 +39,13 @@ pub enum Target {
         /// Container name.
         container: Option<String>,
     },
+    /// A pod of a replicaset.
+    ReplicaSet {
+        /// Replicaset name.
+        name: String,
+        /// Container name.
+        container: Option<String>,
+    },
     /// A pod of a job.
     Job {
         /// Job name.
@@ -46,9 +53,23 @@ pub enum Target {
         /// Container name.
         container: Option<String>,
     },
+    /// A pod of the newest job of a cronjob.
+    CronJob {
+        /// Cronjob name.
+        name: String,
+        /// Container name.
+        container: Option<String>,
+    },
     /// A pod of an Argo rollout.
     Rollout {
         /// Rollout name.
+        name: String,
+        /// Container name.
+        container: Option<String>,
+    },
+    /// A pod its selector matches.
+    Service {
+        /// Service name.
         name: String,
         /// Container name.
         container: Option<String>,
@@ -65,10 +86,19 @@ impl Target {
             Target::Pod { .. } => "pod",
             Target::Deployment { .. } => "deployment",
             Target::StatefulSet { .. } => "statefulset",
+            Target::ReplicaSet { .. } => "replicaset",
             Target::Job { .. } => "job",
+            Target::CronJob { .. } => "cronjob",
             Target::Rollout { .. } => "rollout",
+            Target::Service { .. } => "service",
             Target::Targetless => "targetless",
         }
+    }
+
+    /// Whether the target lives in a Kubernetes cluster (every kind but
+    /// `pid/`; `targetless` needs a cluster too).
+    pub fn is_kubernetes(&self) -> bool {
+        !matches!(self, Target::Pid(_))
     }
 
     /// The workload's name and container, for the Kubernetes kinds.
@@ -77,8 +107,11 @@ impl Target {
             Target::Pod { name, container }
             | Target::Deployment { name, container }
             | Target::StatefulSet { name, container }
+            | Target::ReplicaSet { name, container }
             | Target::Job { name, container }
-            | Target::Rollout { name, container } => Some((name, container.as_deref())),
+            | Target::CronJob { name, container }
+            | Target::Rollout { name, container }
+            | Target::Service { name, container } => Some((name, container.as_deref())),
             Target::Pid(_) | Target::Targetless => None,
         }
     }
@@ -160,7 +193,12 @@ fn parse(s: &str) -> std::result::Result<Target, String> {
             },
             _ => Err(format!("expected pid/<PID>, got {s:?}")),
         },
-        "pod" | "deployment" | "statefulset" | "job" | "rollout" => {
+        kind => {
+            let Some(kind) = canonical_kind(kind) else {
+                return Err(format!(
+                    "unknown target kind {kind:?} in {s:?} (expected {TARGET_FORMS})"
+                ));
+            };
             let (name, container) = match rest.as_slice() {
                 [name] => (*name, None),
                 [name, "container", container] => (*name, Some(*container)),
@@ -181,14 +219,30 @@ fn parse(s: &str) -> std::result::Result<Target, String> {
                 "pod" => Target::Pod { name, container },
                 "deployment" => Target::Deployment { name, container },
                 "statefulset" => Target::StatefulSet { name, container },
+                "replicaset" => Target::ReplicaSet { name, container },
                 "job" => Target::Job { name, container },
+                "cronjob" => Target::CronJob { name, container },
+                "service" => Target::Service { name, container },
                 _ => Target::Rollout { name, container },
             })
         }
-        _ => Err(format!(
-            "unknown target kind {kind:?} in {s:?} (expected {TARGET_FORMS})"
-        )),
     }
+}
+
+/// The canonical kind for a prefix, accepting kubectl's plural and short
+/// names (`deploy`, `sts`, `svc`, ...).
+fn canonical_kind(prefix: &str) -> Option<&'static str> {
+    Some(match prefix {
+        "pod" | "pods" | "po" => "pod",
+        "deployment" | "deployments" | "deploy" => "deployment",
+        "statefulset" | "statefulsets" | "sts" => "statefulset",
+        "replicaset" | "replicasets" | "rs" => "replicaset",
+        "job" | "jobs" => "job",
+        "cronjob" | "cronjobs" | "cj" => "cronjob",
+        "rollout" | "rollouts" | "ro" => "rollout",
+        "service" | "services" | "svc" => "service",
+        _ => return None,
+    })
 }
 
 /// Kubernetes object names: RFC 1123 labels (containers) or subdomains

@@ -52,6 +52,14 @@ impl Config {
                 );
             }
         }
+        if self.layer.reply_timeout_secs == Some(0) {
+            issues.push(
+                "layer.reply_timeout_secs",
+                "a reply timeout of 0 s fails every remote call; set a number of seconds \
+                 above 0 or remove the key for the default (120)"
+                    .to_owned(),
+            );
+        }
         if let Some(operator) = &self.operator {
             if let Err(why) = check_host_port(operator) {
                 issues.push(
@@ -66,6 +74,13 @@ impl Config {
         let env = issues.absorb("env", EnvPolicy::new(&self.env));
         let fs = issues.absorb("fs", FsPolicy::new(&self.fs));
         check_incoming(&self.network.incoming, &mut issues);
+        crate::db_branches::check(&self.db_branches, &mut issues);
+        self.agent.validate(&mut issues);
+        if let Some(context) = &self.context {
+            if context.trim().is_empty() {
+                issues.push("context", "the context name is empty");
+            }
+        }
         let outgoing = issues.absorb(
             "network.outgoing",
             OutgoingPolicy::new(&self.network.outgoing),

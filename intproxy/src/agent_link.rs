@@ -8,9 +8,12 @@
 
 use crate::IntProxyConfig;
 use crate::error::{Error, Result};
+pub use crate::flow::StreamFlow;
+use crate::flow::{Admit, Route};
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use remora_protocol::codec::FrameCodec;
+use remora_protocol::fs::{FsReply, FsRequest};
 use remora_protocol::handshake::PROTOCOL_VERSION;
 use remora_protocol::incoming::{
     HttpFilter, HttpRequestHead, HttpResponseHead, IncomingClient, IncomingMode, IncomingServer,
@@ -29,10 +32,14 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::Framed;
 
+/// Most queued commands written out with one flush.
+const MAX_BATCH: usize = 64;
+
+/// errno of a peer that broke the protocol (Linux `EPROTO`).
+const PROTOCOL_ERROR: i32 = 71;
+
 /// Commands queued to the link task. Bounded: callers wait when the agent is slow.
 const COMMAND_CAPACITY: usize = 1024;
-/// Events buffered per outgoing stream (each at most one 64 KiB chunk).
-pub const STREAM_EVENT_CAPACITY: usize = 64;
 
 /// What happens on an outgoing stream, as seen from the agent.
 #[derive(Debug)]
@@ -53,6 +60,7 @@ enum Command {
         remote: RemoteAddr,
         /// agent --stream events--> interceptor task
         events_tx: mpsc::Sender<StreamEvent>,
+        route: Route,
         reply: oneshot::Sender<RemoteResult<(ConnectionId, Connected)>>,
     },
     Send(ClientMessage),
@@ -73,6 +81,7 @@ pub enum IncomingEvent {
         conn: ConnectionId,
         peer: SocketAddr,
         local: SocketAddr,
+        flow: StreamFlow,
     },
     Data {
         conn: ConnectionId,
@@ -104,6 +113,7 @@ pub enum IncomingEvent {
     Upgraded {
         request: HttpRequestId,
         conn: ConnectionId,
+        flow: StreamFlow,
     },
 }
 
@@ -116,6 +126,8 @@ pub struct AgentApi {
     /// callers --commands--> link task
     command_tx: mpsc::Sender<Command>,
     dead: Arc<Mutex<Option<String>>>,
+    /// The agent negotiated per-stream credit ([`crate::flow`]).
+    flow_control: bool,
 }
 
 fn unavailable(reason: &str) -> RemoteError {
@@ -150,26 +162,39 @@ impl AgentApi {
         rx.await.unwrap_or_else(|_| Err(self.dead_error()))
     }
 
+    /// Whether streams follow per-stream credit.
+    pub fn flow_control(&self) -> bool {
+        self.flow_control
+    }
+
     /// Open a stream from the target; returns its id, what the target says
-    /// about it, and the receiver of its events.
+    /// about it, the receiver of its events and its credit.
     pub async fn connect(
         &self,
         transport: remora_protocol::net::Transport,
         remote: RemoteAddr,
-    ) -> RemoteResult<(ConnectionId, Connected, mpsc::Receiver<StreamEvent>)> {
-        let (events_tx, events_rx) = mpsc::channel(STREAM_EVENT_CAPACITY);
+    ) -> RemoteResult<(
+        ConnectionId,
+        Connected,
+        mpsc::Receiver<StreamEvent>,
+        StreamFlow,
+    )> {
+        let route = Route::new(self.flow_control);
+        let flow = route.flow();
+        let (events_tx, events_rx) = mpsc::channel(route.inbound.queue_capacity());
         let (reply, rx) = oneshot::channel();
         let cmd = Command::Connect {
             transport,
             remote,
             events_tx,
+            route,
             reply,
         };
         if self.command_tx.send(cmd).await.is_err() {
             return Err(self.dead_error());
         }
         let (conn, connected) = rx.await.unwrap_or_else(|_| Err(self.dead_error()))?;
-        Ok((conn, connected, events_rx))
+        Ok((conn, connected, events_rx, flow))
     }
 
     /// Subscribe a port of the target; incoming connections arrive on the
@@ -271,8 +296,29 @@ pub async fn connect(config: &IntProxyConfig) -> Result<AgentApi> {
     hs.send(hello)
         .await
         .map_err(|e| handshake_error(e.to_string()))?;
-    match hs.next().await {
-        Some(Ok(HelloReply::Accepted { .. })) => {}
+    let capabilities = match hs.next().await {
+        Some(Ok(HelloReply::Accepted {
+            version,
+            capabilities,
+            ..
+        })) => {
+            remora_protocol::handshake::check_accepted(version, "the agent (or operator)")
+                .map_err(handshake_error)?;
+            // Messages added after v1 go only to a peer that negotiated them.
+            if config.override_filters && !capabilities.contains(Capabilities::SUBSCRIBE_OVERRIDE) {
+                return Err(handshake_error(format!(
+                    "taking ports over (--override-filter) needs a server that negotiates it \
+                     (protocol v2); it speaks {version}, this remora speaks {PROTOCOL_VERSION}: \
+                     upgrade the agent or operator"
+                )));
+            }
+            if version < remora_protocol::ProtocolVersion(3) {
+                // Credit messages are v3 variants, whatever bits a relay passed on.
+                Capabilities(capabilities.0 & !Capabilities::FLOW_CONTROL.0)
+            } else {
+                capabilities
+            }
+        }
         Some(Ok(HelloReply::Rejected {
             reason,
             server_protocol,
@@ -287,10 +333,11 @@ pub async fn connect(config: &IntProxyConfig) -> Result<AgentApi> {
         }
         Some(Err(e)) => return Err(handshake_error(e.to_string())),
         None => return Err(handshake_error("connection closed during handshake".into())),
-    }
+    };
     let framed: AgentFramed = hs.map_codec(|_| FrameCodec::default());
     let (command_tx, command_rx) = mpsc::channel(COMMAND_CAPACITY);
     let dead = Arc::new(Mutex::new(None));
+    let flow_control = capabilities.contains(Capabilities::FLOW_CONTROL);
     let task = AgentLinkTask {
         framed,
         command_rx,
@@ -305,9 +352,14 @@ pub async fn connect(config: &IntProxyConfig) -> Result<AgentApi> {
         http_requests: HashMap::new(),
         dead: dead.clone(),
         override_filters: config.override_filters,
+        capabilities,
     };
     tokio::spawn(task.run());
-    Ok(AgentApi { command_tx, dead })
+    Ok(AgentApi {
+        command_tx,
+        dead,
+        flow_control,
+    })
 }
 
 type ConnectReply = oneshot::Sender<RemoteResult<(ConnectionId, Connected)>>;
@@ -319,8 +371,8 @@ struct AgentLinkTask {
     next_request: u64,
     next_conn: u64,
     pending: HashMap<RequestId, oneshot::Sender<RemoteResult<Response>>>,
-    connecting: HashMap<ConnectionId, (mpsc::Sender<StreamEvent>, ConnectReply)>,
-    streams: HashMap<ConnectionId, mpsc::Sender<StreamEvent>>,
+    connecting: HashMap<ConnectionId, (mpsc::Sender<StreamEvent>, Route, ConnectReply)>,
+    streams: HashMap<ConnectionId, (mpsc::Sender<StreamEvent>, Route)>,
     subscribing: HashMap<
         RemotePort,
         (
@@ -329,11 +381,14 @@ struct AgentLinkTask {
         ),
     >,
     ports: HashMap<RemotePort, mpsc::Sender<IncomingEvent>>,
-    /// Which port each incoming connection belongs to.
-    incoming_conns: HashMap<ConnectionId, RemotePort>,
+    /// Which port each incoming connection belongs to, and its credit.
+    incoming_conns: HashMap<ConnectionId, (RemotePort, Route)>,
     /// Which port each stolen HTTP request belongs to, until its response
     /// is done (last body chunk or failure) or it is cancelled.
     http_requests: HashMap<HttpRequestId, RemotePort>,
+    /// What the agent (or operator) said it implements: messages beyond
+    /// protocol v1 are only sent when it has their capability bit.
+    capabilities: Capabilities,
     dead: Arc<Mutex<Option<String>>>,
     /// Subscribe with [`ClientMessage::SubscribeOverride`].
     override_filters: bool,
@@ -344,7 +399,7 @@ impl AgentLinkTask {
         let reason = loop {
             tokio::select! {
                 cmd = self.command_rx.recv() => match cmd {
-                    Some(cmd) => if let Err(e) = self.on_command(cmd).await {
+                    Some(cmd) => if let Err(e) = self.on_commands(cmd).await {
                         break format!("sending to the agent: {e}");
                     },
                     // Every handle dropped: orderly goodbye.
@@ -367,27 +422,52 @@ impl AgentLinkTask {
         self.shut_down(&reason);
     }
 
+    /// Handle `cmd` and whatever else is queued already, then write them out
+    /// at once: one system call for a burst of messages, not one each.
+    async fn on_commands(&mut self, cmd: Command) -> Result<(), remora_protocol::CodecError> {
+        self.on_command(cmd).await?;
+        let mut batched = 1;
+        while batched < MAX_BATCH {
+            let Ok(cmd) = self.command_rx.try_recv() else {
+                break;
+            };
+            self.on_command(cmd).await?;
+            batched += 1;
+        }
+        self.framed.flush().await
+    }
+
+    /// Queue the frames of one command (written by [`Self::on_commands`]).
     async fn on_command(&mut self, cmd: Command) -> Result<(), remora_protocol::CodecError> {
         match cmd {
             Command::Request { request, reply } => {
+                if let Request::Fs(FsRequest::Fsync { .. }) = request
+                    && !self.capabilities.contains(Capabilities::FILE_SYNC)
+                {
+                    // A v1 agent cannot sync; its writes were synchronous
+                    // already, as they were before v2.
+                    let _ = reply.send(Ok(Response::Fs(FsReply::Done)));
+                    return Ok(());
+                }
                 let id = RequestId(self.next_request);
                 self.next_request += 1;
                 self.pending.insert(id, reply);
                 self.framed
-                    .send(ClientMessage::Request { id, request })
+                    .feed(ClientMessage::Request { id, request })
                     .await
             }
             Command::Connect {
                 transport,
                 remote,
                 events_tx,
+                route,
                 reply,
             } => {
                 let conn = ConnectionId(self.next_conn);
                 self.next_conn += 1;
-                self.connecting.insert(conn, (events_tx, reply));
+                self.connecting.insert(conn, (events_tx, route, reply));
                 self.framed
-                    .send(ClientMessage::Outgoing(OutgoingClient::Connect {
+                    .feed(ClientMessage::Outgoing(OutgoingClient::Connect {
                         conn,
                         transport,
                         remote,
@@ -402,18 +482,28 @@ impl AgentLinkTask {
                 reply,
             } => {
                 self.subscribing.insert(port, (events_tx, reply));
-                let subscribe = if self.override_filters {
+                let can_override = self.capabilities.contains(Capabilities::SUBSCRIBE_OVERRIDE);
+                if self.override_filters && !can_override {
+                    tracing::warn!(
+                        "the agent or operator predates filter overrides (protocol v1): \
+                         subscribing port {port:?} without --override-filter"
+                    );
+                }
+                let subscribe = if self.override_filters && can_override {
                     ClientMessage::SubscribeOverride { port, mode, filter }
                 } else {
                     ClientMessage::Incoming(IncomingClient::Subscribe { port, mode, filter })
                 };
-                self.framed.send(subscribe).await
+                self.framed.feed(subscribe).await
             }
             Command::Send(msg) => {
                 if let ClientMessage::Incoming(IncomingClient::Unsubscribe { port }) = &msg {
                     self.ports.remove(port);
-                    self.incoming_conns.retain(|_, p| p != port);
+                    self.incoming_conns.retain(|_, (p, _)| p != port);
                     self.http_requests.retain(|_, p| p != port);
+                }
+                if let ClientMessage::Incoming(IncomingClient::Close { conn }) = &msg {
+                    self.incoming_conns.remove(conn);
                 }
                 if let ClientMessage::Incoming(
                     IncomingClient::ResponseBody {
@@ -429,7 +519,7 @@ impl AgentLinkTask {
                 if let ClientMessage::Outgoing(OutgoingClient::Close { conn }) = &msg {
                     self.streams.remove(conn);
                 }
-                self.framed.send(msg).await
+                self.framed.feed(msg).await
             }
         }
     }
@@ -442,10 +532,10 @@ impl AgentLinkTask {
                 }
             }
             ServerMessage::Outgoing(OutgoingServer::Connected { conn, result }) => {
-                if let Some((events_tx, reply)) = self.connecting.remove(&conn) {
+                if let Some((events_tx, route, reply)) = self.connecting.remove(&conn) {
                     match result {
                         Ok(connected) => {
-                            self.streams.insert(conn, events_tx);
+                            self.streams.insert(conn, (events_tx, route));
                             if reply.send(Ok((conn, connected))).is_err() {
                                 // The requester gave up: release the stream.
                                 self.streams.remove(&conn);
@@ -470,6 +560,11 @@ impl AgentLinkTask {
             ServerMessage::Outgoing(OutgoingServer::Closed { conn, error }) => {
                 self.deliver(conn, StreamEvent::Closed(error)).await;
                 self.streams.remove(&conn);
+            }
+            ServerMessage::Outgoing(OutgoingServer::Credit { conn, bytes }) => {
+                if let Some((_, route)) = self.streams.get(&conn) {
+                    route.window.grant(bytes);
+                }
             }
             ServerMessage::Incoming(msg) => self.on_incoming(msg).await,
             ServerMessage::Log { level, message } => {
@@ -500,13 +595,33 @@ impl AgentLinkTask {
                 peer,
                 local,
             } => {
-                self.incoming_conns.insert(conn, port);
-                self.deliver_incoming(conn, IncomingEvent::NewConnection { conn, peer, local })
-                    .await;
+                let route = Route::new(self.flow_control());
+                let flow = route.flow();
+                self.incoming_conns.insert(conn, (port, route));
+                let event = IncomingEvent::NewConnection {
+                    conn,
+                    peer,
+                    local,
+                    flow,
+                };
+                self.deliver_incoming(conn, event).await;
             }
             IncomingServer::Data { conn, data } => {
+                let admit = match self.incoming_conns.get(&conn) {
+                    Some((_, route)) => route.inbound.admit(data.len()),
+                    None => return,
+                };
+                if admit == Admit::Violation {
+                    self.incoming_violation(conn).await;
+                    return;
+                }
                 self.deliver_incoming(conn, IncomingEvent::Data { conn, data })
                     .await;
+            }
+            IncomingServer::Credit { conn, bytes } => {
+                if let Some((_, route)) = self.incoming_conns.get(&conn) {
+                    route.window.grant(bytes);
+                }
             }
             IncomingServer::ShutdownWrite { conn } => {
                 self.deliver_incoming(conn, IncomingEvent::ShutdownWrite { conn })
@@ -568,11 +683,17 @@ impl AgentLinkTask {
             }
             IncomingServer::Upgraded { request, conn } => {
                 // The upgraded stream's data is routed by connection from now on.
+                let route = Route::new(self.flow_control());
+                let flow = route.flow();
                 if let Some(port) = self.http_requests.get(&request).copied() {
-                    self.incoming_conns.insert(conn, port);
+                    self.incoming_conns.insert(conn, (port, route));
                 }
-                self.deliver_request(request, IncomingEvent::Upgraded { request, conn })
-                    .await;
+                let event = IncomingEvent::Upgraded {
+                    request,
+                    conn,
+                    flow,
+                };
+                self.deliver_request(request, event).await;
             }
         }
     }
@@ -588,10 +709,24 @@ impl AgentLinkTask {
     /// Hand an incoming event to its port's task (waiting applies
     /// backpressure, as for outgoing streams).
     async fn deliver_incoming(&mut self, conn: ConnectionId, event: IncomingEvent) {
-        let Some(port) = self.incoming_conns.get(&conn).copied() else {
+        let Some(port) = self.incoming_conns.get(&conn).map(|(port, _)| *port) else {
             return;
         };
         self.deliver_to_port(port, event).await;
+    }
+
+    /// The agent sent beyond a connection's credit: the connection ends.
+    async fn incoming_violation(&mut self, conn: ConnectionId) {
+        tracing::warn!(%conn, "the agent sent beyond its credit; closing the connection");
+        self.deliver_incoming(conn, IncomingEvent::Closed { conn })
+            .await;
+        self.incoming_conns.remove(&conn);
+        let close = ClientMessage::Incoming(IncomingClient::Close { conn });
+        let _ = self.framed.send(close).await;
+    }
+
+    fn flow_control(&self) -> bool {
+        self.capabilities.contains(Capabilities::FLOW_CONTROL)
     }
 
     /// Hand an event to a port's task; a gone task unsubscribes the port.
@@ -601,7 +736,7 @@ impl AgentLinkTask {
         };
         if tx.send(event).await.is_err() {
             self.ports.remove(&port);
-            self.incoming_conns.retain(|_, p| *p != port);
+            self.incoming_conns.retain(|_, (p, _)| *p != port);
             self.http_requests.retain(|_, p| *p != port);
             let _ = self
                 .framed
@@ -612,12 +747,33 @@ impl AgentLinkTask {
         }
     }
 
-    /// Hand a stream event to its interceptor. Waiting here applies
-    /// backpressure from a slow local reader to the whole link (there is no
-    /// per-stream credit yet); the per-stream buffer keeps that rare.
+    /// Hand a stream event to its interceptor. With flow control this never
+    /// waits: the queue holds a full window. Without it (an older agent),
+    /// waiting here makes a slow local reader slow the whole link.
     async fn deliver(&mut self, conn: ConnectionId, event: StreamEvent) {
-        if let Some(tx) = self.streams.get(&conn) {
-            if tx.send(event).await.is_err() {
+        if let Some((tx, route)) = self.streams.get(&conn) {
+            let admit = match &event {
+                StreamEvent::Data(data) => route.inbound.admit(data.len()),
+                _ => route.inbound.admit_end(),
+            };
+            let failed = match admit {
+                Admit::Violation => {
+                    tracing::warn!(%conn, "the agent sent beyond its credit; closing the stream");
+                    let error = RemoteError::new(
+                        ErrorCode::Other(PROTOCOL_ERROR),
+                        "the agent sent more than the stream's window",
+                    );
+                    let _ = tx.try_send(StreamEvent::Closed(Some(error)));
+                    true
+                }
+                Admit::Queue => matches!(
+                    tx.try_send(event),
+                    Err(mpsc::error::TrySendError::Closed(_))
+                        | Err(mpsc::error::TrySendError::Full(_))
+                ),
+                Admit::Wait => tx.send(event).await.is_err(),
+            };
+            if failed {
                 // Interceptor gone: tell the agent to drop the stream.
                 self.streams.remove(&conn);
                 let _ = self
@@ -638,14 +794,14 @@ impl AgentLinkTask {
         for (_, reply) in self.pending.drain() {
             let _ = reply.send(Err(unavailable(reason)));
         }
-        for (_, (_, reply)) in self.connecting.drain() {
+        for (_, (_, _, reply)) in self.connecting.drain() {
             let _ = reply.send(Err(unavailable(reason)));
         }
         for (_, (_, reply)) in self.subscribing.drain() {
             let _ = reply.send(Err(unavailable(reason)));
         }
         self.ports.clear();
-        for (_, tx) in self.streams.drain() {
+        for (_, (tx, _)) in self.streams.drain() {
             let _ = tx.try_send(StreamEvent::Closed(Some(unavailable(reason))));
         }
         // Commands already queued are answered with errors by their senders

@@ -97,7 +97,11 @@ impl WriteStreams {
         self.registry.start(&path);
         let registry = self.registry.clone();
         tokio::spawn(async move {
-            pump(agent.clone(), fd, listener).await;
+            if let Err(e) = pump(&agent, fd, listener).await {
+                // The app's next write on the stream fails (the socket is
+                // closed); this says why.
+                tracing::warn!("writing {path} in the target failed: {e}");
+            }
             let _ = agent.request(Request::Fs(FsRequest::Close { fd })).await;
             registry.finish(&path);
         });
@@ -119,27 +123,36 @@ impl WriteStreams {
     }
 }
 
-async fn pump(agent: AgentApi, fd: RemoteFd, listener: TcpListener) {
+/// Copy the app's stream into remote `fd`, every byte: a short `Written(n)`
+/// sends the rest again, and an error ends the stream with that error.
+async fn pump(agent: &AgentApi, fd: RemoteFd, listener: TcpListener) -> Result<(), String> {
     let Ok(Ok((mut stream, _))) = tokio::time::timeout(ACCEPT_TIMEOUT, listener.accept()).await
     else {
-        return;
+        return Ok(());
     };
     drop(listener);
     let mut buf = vec![0u8; WRITE_CHUNK];
     loop {
         let n = match stream.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
+            Ok(0) | Err(_) => return Ok(()),
             Ok(n) => n,
         };
-        let data = bytes::Bytes::copy_from_slice(&buf[..n]);
-        match agent
-            .request(Request::Fs(FsRequest::Write { fd, data }))
-            .await
-        {
-            Ok(Response::Fs(FsReply::Written(_))) => {}
-            other => {
-                tracing::warn!("writing the remote file failed: {other:?}");
-                return;
+        let mut data = bytes::Bytes::copy_from_slice(&buf[..n]);
+        while !data.is_empty() {
+            let request = Request::Fs(FsRequest::Write {
+                fd,
+                data: data.clone(),
+            });
+            match agent.request(request).await {
+                Ok(Response::Fs(FsReply::Written(w))) if w > 0 => {
+                    let w = usize::try_from(w).unwrap_or(usize::MAX).min(data.len());
+                    let _ = data.split_to(w);
+                }
+                Ok(Response::Fs(FsReply::Written(_))) => {
+                    return Err("the target wrote nothing (is its disk full?)".into());
+                }
+                Ok(other) => return Err(format!("unexpected reply {other:?}")),
+                Err(e) => return Err(e.to_string()),
             }
         }
     }

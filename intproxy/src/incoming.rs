@@ -10,7 +10,9 @@
 
 mod http;
 
-use crate::agent_link::{AgentApi, IncomingEvent};
+use crate::agent_link::{AgentApi, IncomingEvent, StreamFlow};
+use crate::flow::Inbound;
+use crate::outgoing::both_ways;
 use bytes::Bytes;
 use remora_protocol::incoming::{HttpFilter, IncomingClient, IncomingMode, RemotePort};
 use remora_protocol::outgoing::MAX_CHUNK;
@@ -22,8 +24,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::mpsc;
 
-/// Events buffered per incoming connection.
-const CONN_INPUT_CAPACITY: usize = 64;
+/// An upgraded request's connection id, input and credit.
+type Upgrade = (ConnectionId, mpsc::Receiver<Input>, StreamFlow);
 
 /// What the agent sends for one incoming connection.
 #[derive(Debug)]
@@ -122,15 +124,22 @@ async fn port_task(
     app: SocketAddr,
     mut events: mpsc::Receiver<IncomingEvent>,
 ) {
-    // port task --input of one connection--> its connection task
+    // port task --input of one connection--> its connection task; with flow
+    // control the queue holds a whole window, so the port task never waits.
     let mut conns: HashMap<ConnectionId, mpsc::Sender<Input>> = HashMap::new();
+    let queue = Inbound::new(agent.flow_control()).queue_capacity();
     // Dropping a handle aborts its request (cancelled, or this task ended).
     let mut requests: HashMap<HttpRequestId, http::RequestHandle> = HashMap::new();
     let pool = http::AppPool::default();
     while let Some(event) = events.recv().await {
         let (conn, input) = match event {
-            IncomingEvent::NewConnection { conn, peer, local } => {
-                let (input_tx, input_rx) = mpsc::channel(CONN_INPUT_CAPACITY);
+            IncomingEvent::NewConnection {
+                conn,
+                peer,
+                local,
+                flow,
+            } => {
+                let (input_tx, input_rx) = mpsc::channel(queue);
                 conns.insert(conn, input_tx);
                 let task = ConnTask {
                     agent: agent.clone(),
@@ -138,7 +147,7 @@ async fn port_task(
                     app,
                     conn,
                 };
-                tokio::spawn(task.run(peer, local, input_rx));
+                tokio::spawn(task.run(peer, local, input_rx, flow));
                 continue;
             }
             IncomingEvent::Data { conn, data } => (conn, Input::Data(data)),
@@ -173,10 +182,14 @@ async fn port_task(
                 requests.remove(&request);
                 continue;
             }
-            IncomingEvent::Upgraded { request, conn } => {
-                let (input_tx, input_rx) = mpsc::channel(CONN_INPUT_CAPACITY);
+            IncomingEvent::Upgraded {
+                request,
+                conn,
+                flow,
+            } => {
+                let (input_tx, input_rx) = mpsc::channel(queue);
                 if let Some(handle) = requests.get_mut(&request) {
-                    if handle.upgraded(conn, input_rx) {
+                    if handle.upgraded((conn, input_rx, flow)) {
                         conns.insert(conn, input_tx);
                     }
                 }
@@ -185,7 +198,13 @@ async fn port_task(
         };
         let closing = matches!(input, Input::Closed);
         if let Some(tx) = conns.get(&conn) {
-            if tx.send(input).await.is_err() || closing {
+            let gone = if agent.flow_control() {
+                // Within the window (checked by the link): room is certain.
+                tx.try_send(input).is_err()
+            } else {
+                tx.send(input).await.is_err()
+            };
+            if gone || closing {
                 conns.remove(&conn);
             }
         }
@@ -201,9 +220,17 @@ struct ConnTask {
 }
 
 impl ConnTask {
-    async fn run(self, peer: SocketAddr, local: SocketAddr, mut input: mpsc::Receiver<Input>) {
+    async fn run(
+        self,
+        peer: SocketAddr,
+        local: SocketAddr,
+        mut input: mpsc::Receiver<Input>,
+        flow: StreamFlow,
+    ) {
         match dial_app(&self.peers, self.app, peer, Some(local)).await {
-            Ok((stream, _registered)) => self.pump(stream, &mut input).await,
+            Ok((stream, _registered)) => {
+                pump_raw(&self.agent, self.conn, stream, &mut input, flow).await;
+            }
             Err(e) => eprintln!(
                 "remora: an incoming connection from {peer} could not reach the local \
                  listener {}: {e}",
@@ -215,53 +242,63 @@ impl ConnTask {
             .send_incoming(IncomingClient::Close { conn: self.conn })
             .await;
     }
-
-    async fn pump(&self, stream: TcpStream, input: &mut mpsc::Receiver<Input>) {
-        pump_raw(&self.agent, self.conn, stream, input).await;
-    }
 }
 
 /// Copy a raw stream (a stolen connection, or an upgraded request) between
-/// the app and the agent until both directions end or either side fails.
+/// the app and the agent until both directions end or either side fails;
+/// each direction on its own, following the connection's credit.
 async fn pump_raw<S>(
     agent: &AgentApi,
     conn: ConnectionId,
     stream: S,
     input: &mut mpsc::Receiver<Input>,
+    flow: StreamFlow,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite,
 {
     let (mut rd, mut wr) = tokio::io::split(stream);
-    let mut buf = vec![0u8; MAX_CHUNK];
-    let (mut app_done, mut peer_done) = (false, false);
-    while !(app_done && peer_done) {
-        tokio::select! {
-            n = rd.read(&mut buf), if !app_done => match n {
+    let StreamFlow {
+        window,
+        mut returner,
+    } = flow;
+    // app → peer
+    let upstream = async {
+        let mut buf = vec![0u8; MAX_CHUNK];
+        loop {
+            match rd.read(&mut buf).await {
                 Ok(0) | Err(_) => {
-                    app_done = true;
-                    if agent.send_incoming(IncomingClient::ShutdownWrite { conn }).await.is_err() {
-                        return;
-                    }
+                    let shutdown = IncomingClient::ShutdownWrite { conn };
+                    return agent.send_incoming(shutdown).await.map_err(|_| ());
                 }
                 Ok(n) => {
-                    let data = Bytes::copy_from_slice(&buf[..n]);
-                    if agent.send_incoming(IncomingClient::Data { conn, data }).await.is_err() {
-                        return;
+                    if !window.take(n).await {
+                        return Err(());
                     }
+                    let data = Bytes::copy_from_slice(&buf[..n]);
+                    let message = IncomingClient::Data { conn, data };
+                    agent.send_incoming(message).await.map_err(|_| ())?;
                 }
-            },
-            event = input.recv(), if !peer_done => match event {
+            }
+        }
+    };
+    // peer → app
+    let downstream = async {
+        loop {
+            match input.recv().await {
                 Some(Input::Data(data)) => {
-                    if wr.write_all(&data).await.is_err() {
-                        return;
+                    wr.write_all(&data).await.map_err(|_| ())?;
+                    if let Some(bytes) = returner.written(data.len()) {
+                        let credit = IncomingClient::Credit { conn, bytes };
+                        agent.send_incoming(credit).await.map_err(|_| ())?;
                     }
                 }
                 Some(Input::Eof) => {
-                    peer_done = true;
                     let _ = wr.shutdown().await;
+                    return Ok(());
                 }
-                Some(Input::Closed) | None => return,
-            },
+                Some(Input::Closed) | None => return Err(()),
+            }
         }
-    }
+    };
+    both_ways(upstream, downstream).await;
 }

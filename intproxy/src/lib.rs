@@ -15,6 +15,9 @@
 //! The intproxy lives exactly as long as the process tree it serves: it exits
 //! when no layer connected within [`IntProxyConfig::first_connect_timeout`], or
 //! when the last layer session has been gone for [`IntProxyConfig::linger`].
+//! The first [`IntProxyConfig::setup_sessions`] sessions are the CLI's own
+//! (`remora ext` fetching the environment, then exiting): they do not count
+//! as the run's first process, so the wait for it starts over when they end.
 //! Every layer connects from its constructor and keeps its connection for the
 //! life of its process, so "no sessions" means "no process left". If the agent
 //! goes away, layers keep being served: remote calls fail fast with
@@ -23,6 +26,7 @@
 pub mod agent_link;
 pub mod error;
 pub mod file_stream;
+pub mod flow;
 pub mod incoming;
 pub mod layer;
 pub mod outgoing;
@@ -55,9 +59,16 @@ pub struct IntProxyConfig {
     pub listen: SocketAddr,
     pub first_connect_timeout: Duration,
     pub linger: Duration,
+    /// How many of the first sessions are set-up sessions that do not count
+    /// as the first process (0 for `remora run`, whose own session lives on
+    /// in the command; 1 for `remora ext`, which exits).
+    pub setup_sessions: usize,
     /// Ask the operator to take ports over from sessions holding conflicting
     /// filters (`--override-filter`); an agent ignores the wish.
     pub override_filters: bool,
+    /// Told each time the last layer session has left and the linger begins
+    /// (the CLI then lets go of the user's terminal or pipe).
+    pub on_idle: Option<std::sync::mpsc::SyncSender<()>>,
 }
 
 /// A bound, connected intproxy ready to [`IntProxy::run`].

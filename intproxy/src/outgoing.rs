@@ -3,9 +3,11 @@
 //! The remote stream is opened first (so `connect` reports the target's real
 //! answer, e.g. `ECONNREFUSED`), then a loopback socket is bound for the
 //! layer to connect the application's socket to. One task per stream pumps
-//! bytes between the two.
+//! bytes between the two, each direction on its own following the stream's
+//! credit ([`crate::flow`]): a direction waiting for credit (or for the app
+//! to read) never holds up the other one, nor any other stream.
 
-use crate::agent_link::{AgentApi, StreamEvent};
+use crate::agent_link::{AgentApi, StreamEvent, StreamFlow};
 use remora_protocol::messages::InterceptorAddr;
 use remora_protocol::net::Transport;
 use remora_protocol::outgoing::{MAX_CHUNK, OutgoingClient};
@@ -31,7 +33,7 @@ pub async fn intercept(
     transport: Transport,
     remote: RemoteAddr,
 ) -> RemoteResult<(InterceptorAddr, Option<SocketAddr>)> {
-    let (conn, connected, events) = agent.connect(transport, remote).await?;
+    let (conn, connected, events, flow) = agent.connect(transport, remote).await?;
     let loopback = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
     let bound = match transport {
         Transport::Tcp => {
@@ -39,7 +41,7 @@ pub async fn intercept(
             bound
                 .and_then(|l| Ok((l.local_addr()?, l)))
                 .map(|(addr, listener)| {
-                    tokio::spawn(tcp_stream(agent.clone(), conn, listener, events));
+                    tokio::spawn(tcp_stream(agent.clone(), conn, listener, events, flow));
                     addr
                 })
         }
@@ -48,7 +50,7 @@ pub async fn intercept(
             bound
                 .and_then(|s| Ok((s.local_addr()?, s)))
                 .map(|(addr, socket)| {
-                    tokio::spawn(udp_stream(agent.clone(), conn, socket, events));
+                    tokio::spawn(udp_stream(agent.clone(), conn, socket, events, flow));
                     addr
                 })
         }
@@ -67,6 +69,7 @@ async fn tcp_stream(
     conn: ConnectionId,
     listener: TcpListener,
     mut events: mpsc::Receiver<StreamEvent>,
+    flow: StreamFlow,
 ) {
     let stream = match tokio::time::timeout(ACCEPT_TIMEOUT, listener.accept()).await {
         Ok(Ok((stream, _))) => stream,
@@ -78,7 +81,7 @@ async fn tcp_stream(
     };
     drop(listener);
     stream.set_nodelay(true).ok();
-    pump_tcp(&agent, conn, stream, &mut events).await;
+    pump_tcp(&agent, conn, stream, &mut events, flow).await;
     let _ = agent.send(OutgoingClient::Close { conn }).await;
 }
 
@@ -88,50 +91,89 @@ async fn pump_tcp(
     conn: ConnectionId,
     stream: TcpStream,
     events: &mut mpsc::Receiver<StreamEvent>,
+    flow: StreamFlow,
 ) {
     let (mut rd, mut wr) = stream.into_split();
-    let mut buf = vec![0u8; MAX_CHUNK];
-    let mut local_done = false;
-    let mut remote_done = false;
-    while !(local_done && remote_done) {
-        tokio::select! {
-            n = rd.read(&mut buf), if !local_done => match n {
+    let StreamFlow {
+        window,
+        mut returner,
+    } = flow;
+    // app → agent; `Err` when the stream must end now.
+    let upstream = async {
+        let mut buf = vec![0u8; MAX_CHUNK];
+        loop {
+            match rd.read(&mut buf).await {
                 Ok(0) => {
-                    local_done = true;
-                    if agent.send(OutgoingClient::ShutdownWrite { conn }).await.is_err() {
-                        return;
-                    }
+                    let shutdown = OutgoingClient::ShutdownWrite { conn };
+                    return agent.send(shutdown).await.map_err(|_| ());
                 }
                 Ok(n) => {
-                    let data = bytes::Bytes::copy_from_slice(&buf[..n]);
-                    if agent.send(OutgoingClient::Data { conn, data }).await.is_err() {
-                        return;
+                    if !window.take(n).await {
+                        return Err(());
                     }
+                    let data = bytes::Bytes::copy_from_slice(&buf[..n]);
+                    agent
+                        .send(OutgoingClient::Data { conn, data })
+                        .await
+                        .map_err(|_| ())?;
                 }
-                Err(_) => return,
-            },
-            event = events.recv(), if !remote_done => match event {
+                Err(_) => return Err(()),
+            }
+        }
+    };
+    // agent → app; `Err` when the stream must end now.
+    let downstream = async {
+        loop {
+            match events.recv().await {
                 Some(StreamEvent::Data(data)) => {
-                    if wr.write_all(&data).await.is_err() {
-                        return;
+                    wr.write_all(&data).await.map_err(|_| ())?;
+                    if let Some(bytes) = returner.written(data.len()) {
+                        let credit = OutgoingClient::Credit { conn, bytes };
+                        agent.send(credit).await.map_err(|_| ())?;
                     }
                 }
                 Some(StreamEvent::ShutdownWrite) => {
-                    remote_done = true;
                     let _ = wr.shutdown().await;
+                    return Ok(());
                 }
                 Some(StreamEvent::Closed(error)) => {
                     if let Some(e) = error {
                         tracing::debug!(%conn, "remote stream failed: {e}");
                         // Reset rather than a clean FIN so the app sees an error.
-                        return;
+                        return Err(());
                     }
                     let _ = wr.shutdown().await;
                     // The remote side is gone; whatever the app still sends has nowhere to go.
+                    return Err(());
+                }
+                None => return Err(()),
+            }
+        }
+    };
+    both_ways(upstream, downstream).await;
+}
+
+/// Run both directions of a stream until both are done or one fails.
+pub(crate) async fn both_ways(
+    upstream: impl std::future::Future<Output = Result<(), ()>>,
+    downstream: impl std::future::Future<Output = Result<(), ()>>,
+) {
+    tokio::pin!(upstream, downstream);
+    let (mut up_done, mut down_done) = (false, false);
+    while !(up_done && down_done) {
+        tokio::select! {
+            done = &mut upstream, if !up_done => {
+                if done.is_err() {
                     return;
                 }
-                None => return,
-            },
+                up_done = true;
+            }
+            done = &mut downstream, if !down_done => {
+                if done.is_err() {
+                    return;
+                }
+                down_done = true;
+            }
         }
     }
 }
@@ -141,7 +183,12 @@ async fn udp_stream(
     conn: ConnectionId,
     socket: UdpSocket,
     mut events: mpsc::Receiver<StreamEvent>,
+    flow: StreamFlow,
 ) {
+    let StreamFlow {
+        window,
+        mut returner,
+    } = flow;
     let mut peer: Option<SocketAddr> = None;
     let mut buf = vec![0u8; MAX_CHUNK];
     loop {
@@ -149,6 +196,9 @@ async fn udp_stream(
             got = socket.recv_from(&mut buf) => match got {
                 Ok((n, from)) => {
                     peer = Some(from);
+                    if !window.take(n).await {
+                        break;
+                    }
                     let data = bytes::Bytes::copy_from_slice(&buf[..n]);
                     if agent.send(OutgoingClient::Data { conn, data }).await.is_err() {
                         break;
@@ -160,6 +210,11 @@ async fn udp_stream(
                 Some(StreamEvent::Data(data)) => {
                     if let Some(peer) = peer {
                         let _ = socket.send_to(&data, peer).await;
+                    }
+                    if let Some(bytes) = returner.written(data.len()) {
+                        if agent.send(OutgoingClient::Credit { conn, bytes }).await.is_err() {
+                            break;
+                        }
                     }
                 }
                 Some(StreamEvent::ShutdownWrite) => {}

@@ -8,14 +8,14 @@ pub mod hooks;
 pub mod hostent;
 pub mod ops;
 
-use parking_lot::Mutex;
+use crate::sync::ForkMutex;
 use std::collections::HashMap;
 use std::net::IpAddr;
 
 /// Upper bound of remembered address → name pairs.
 const HOSTNAME_CACHE_CAP: usize = 4096;
 
-static HOSTNAMES: Mutex<Option<HashMap<IpAddr, String>>> = Mutex::new(None);
+pub(crate) static HOSTNAMES: ForkMutex<Option<HashMap<IpAddr, String>>> = ForkMutex::new(None);
 
 /// Remember that `ip` came from resolving `name`.
 pub fn remember(ip: IpAddr, name: &str) {

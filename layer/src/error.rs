@@ -39,6 +39,12 @@ pub fn fail(err: &HookError) -> libc::c_int {
     -1
 }
 
+/// The calling thread's `errno`.
+pub fn errno() -> i32 {
+    // SAFETY: __errno_location returns this thread's errno slot.
+    unsafe { *libc::__errno_location() }
+}
+
 /// Set the calling thread's `errno`.
 pub fn set_errno(errno: i32) {
     // SAFETY: __errno_location returns this thread's errno slot.

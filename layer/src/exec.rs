@@ -1,8 +1,10 @@
 //! Process images: children started with an explicit environment
-//! (`execve`, `execvpe`, `posix_spawn[p]`) get the layer's variables back if
+//! (`execve`, `execvpe`, `execveat`, `fexecve`, `posix_spawn[p]`, and
+//! `execv`/`execvp`, which pass `environ`) get the layer's variables back if
 //! the program dropped them, so the whole process tree keeps seeing the
-//! target; and `uname` reports the target's node name like `gethostname`.
+//! target (and its remote working directory, [`crate::file::cwd`]); and `uname` reports the target's node name like `gethostname`.
 
+use crate::file::cwd::REMOTE_CWD_ENV;
 use crate::guard::DetourGuard;
 use crate::real::real;
 use crate::state::{INTPROXY_ADDR_ENV, LAYER_TOKEN_ENV};
@@ -69,7 +71,14 @@ unsafe fn patched(envp: *const *const c_char) -> Option<Env> {
                 .is_some_and(|v| String::from_utf8_lossy(v).split(':').any(|p| p == first))
         })
     });
-    if has(INTPROXY_ADDR_ENV) && preload_ok {
+    // The remote working directory travels to the child in the environment.
+    let cwd_prefix = format!("{REMOTE_CWD_ENV}=");
+    let want_cwd = crate::file::cwd::remote().map(|dir| format!("{cwd_prefix}{dir}"));
+    let has_cwd = entries
+        .iter()
+        .find(|e| e.to_bytes().starts_with(cwd_prefix.as_bytes()));
+    let cwd_ok = has_cwd.map(|e| e.to_bytes()) == want_cwd.as_ref().map(|w| w.as_bytes());
+    if has(INTPROXY_ADDR_ENV) && preload_ok && cwd_ok {
         return None;
     }
     let mut owned: Vec<CString> = Vec::new();
@@ -79,7 +88,13 @@ unsafe fn patched(envp: *const *const c_char) -> Option<Env> {
         if bytes.starts_with(b"LD_PRELOAD=") && !preload_ok {
             continue; // replaced below, keeping the program's own preloads
         }
+        if bytes.starts_with(cwd_prefix.as_bytes()) {
+            continue; // replaced below by this process's remote directory, if any
+        }
         ptrs.push(entry.as_ptr());
+    }
+    if let Some(entry) = want_cwd {
+        owned.push(CString::new(entry).ok()?);
     }
     for (key, value) in inherited {
         if key == "LD_PRELOAD" {
@@ -145,6 +160,51 @@ pub unsafe extern "C" fn execvpe(
     // SAFETY: execvpe(3) contract: envp is a NULL-terminated array; the
     // caller's arguments are forwarded (with a patched environment).
     unsafe { with_layer_env(envp, |envp| real(file, argv, envp)) }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn execveat(
+    dirfd: c_int,
+    path: *const c_char,
+    argv: *const *const c_char,
+    envp: *const *const c_char,
+    flags: c_int,
+) -> c_int {
+    let real = real!(execveat: fn(c_int, *const c_char, *const *const c_char, *const *const c_char, c_int) -> c_int);
+    // SAFETY: execveat(2) contract; the caller's arguments are forwarded
+    // (with a patched environment).
+    unsafe { with_layer_env(envp, |envp| real(dirfd, path, argv, envp, flags)) }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn fexecve(
+    fd: c_int,
+    argv: *const *const c_char,
+    envp: *const *const c_char,
+) -> c_int {
+    let real = real!(fexecve: fn(c_int, *const *const c_char, *const *const c_char) -> c_int);
+    // SAFETY: fexecve(3) contract; the caller's arguments are forwarded
+    // (with a patched environment).
+    unsafe { with_layer_env(envp, |envp| real(fd, argv, envp)) }
+}
+
+unsafe extern "C" {
+    static environ: *const *const c_char;
+}
+
+/// `execv` passes `environ` to glibc's internal execve, which the layer
+/// cannot see: a remote working directory set since start would be lost.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn execv(path: *const c_char, argv: *const *const c_char) -> c_int {
+    // SAFETY: execv(3) contract; `environ` is the process's environment.
+    unsafe { execve(path, argv, environ) }
+}
+
+/// `execvp`: like [`execv`], searching `PATH`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn execvp(file: *const c_char, argv: *const *const c_char) -> c_int {
+    // SAFETY: execvp(3) contract; `environ` is the process's environment.
+    unsafe { execvpe(file, argv, environ) }
 }
 
 type Spawn = unsafe extern "C" fn(

@@ -1,13 +1,16 @@
 //! Book-keeping of the file descriptors the layer manages (remote-connected
 //! sockets, remote files), and the `close`/`dup*`/`fcntl` hooks that keep it
-//! consistent with the kernel's fd table.
+//! consistent with the kernel's fd table. Calls that create fds of other
+//! kinds clear stale entries in [`create`].
+
+pub mod create;
 
 use crate::error::fail;
 use crate::guard::DetourGuard;
 use crate::real::real;
 use crate::session;
+use crate::sync::ForkRwLock;
 use libc::{c_int, c_ulong};
-use parking_lot::RwLock;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -20,18 +23,25 @@ pub enum Managed {
     File(crate::file::FileInfo),
 }
 
-static TABLE: RwLock<Option<HashMap<c_int, Managed>>> = RwLock::new(None);
+/// The table. A leaf lock (see [`crate::sync`]): entries are dropped only
+/// after it is released, because dropping the last duplicate of a remote
+/// handle is a round trip to the intproxy.
+pub(crate) static TABLE: ForkRwLock<Option<HashMap<c_int, Managed>>> = ForkRwLock::new(None);
 /// Number of entries: lets the hot path skip the lock when nothing is managed.
 static COUNT: AtomicUsize = AtomicUsize::new(0);
 
 /// Start managing `fd` (replacing what was recorded for that number).
 pub fn insert(fd: c_int, info: Managed) {
-    let mut t = TABLE.write();
-    if t.get_or_insert_with(HashMap::new)
-        .insert(fd, info)
-        .is_none()
-    {
-        COUNT.fetch_add(1, Ordering::Relaxed);
+    let replaced = TABLE
+        .write()
+        .get_or_insert_with(HashMap::new)
+        .insert(fd, info);
+    match replaced {
+        // Dropped here, after the lock is released.
+        Some(old) => drop(old),
+        None => {
+            COUNT.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -162,22 +172,59 @@ pub unsafe extern "C" fn fcntl64(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
     after_fcntl(fd, cmd, ret)
 }
 
-/// Entries of the fd table in `[first, last]`, removed.
-fn forget_range(first: c_int, last: c_int) {
+/// Entries of the fd table in `[first, last]`, removed under the lock and
+/// returned so the caller drops them (releasing remote handles) after it.
+fn take_range(first: c_int, last: c_int) -> Vec<Managed> {
     if COUNT.load(Ordering::Relaxed) == 0 {
-        return;
+        return Vec::new();
     }
     let mut t = TABLE.write();
-    if let Some(map) = t.as_mut() {
-        let before = map.len();
-        map.retain(|fd, _| *fd < first || *fd > last);
-        COUNT.fetch_sub(before - map.len(), Ordering::Relaxed);
-    }
+    let Some(map) = t.as_mut() else {
+        return Vec::new();
+    };
+    let fds: Vec<c_int> = map
+        .keys()
+        .copied()
+        .filter(|fd| (first..=last).contains(fd))
+        .collect();
+    let taken: Vec<Managed> = fds.iter().filter_map(|fd| map.remove(fd)).collect();
+    COUNT.fetch_sub(taken.len(), Ordering::Relaxed);
+    taken
 }
 
-/// `close_range` that spares the layer's own connection: daemons and
+/// The pieces of `[first, last]` that do not contain any of `skip`.
+pub(crate) fn split_around(first: u32, last: u32, skip: &[i32]) -> Vec<(u32, u32)> {
+    let mut holes: Vec<u32> = skip
+        .iter()
+        .filter(|fd| **fd >= 0)
+        .map(|fd| *fd as u32)
+        .filter(|fd| (first..=last).contains(fd))
+        .collect();
+    holes.sort_unstable();
+    holes.dedup();
+    let mut out = Vec::new();
+    let mut start = first;
+    for hole in holes {
+        if hole > start {
+            out.push((start, hole - 1));
+        }
+        match hole.checked_add(1) {
+            Some(next) => start = next,
+            None => return out,
+        }
+    }
+    if start <= last {
+        out.push((start, last));
+    }
+    out
+}
+
+/// `close_range` that spares the layer's own connections: daemons and
 /// `subprocess`-style launchers close every fd above 2 this way, and the
-/// layer must keep talking to its intproxy afterwards.
+/// layer must keep talking to its intproxy afterwards. Every mode forgets the
+/// closed numbers: plain and `CLOSE_RANGE_UNSHARE` (which closes them in the
+/// process's now private table). `CLOSE_RANGE_CLOEXEC` closes nothing now;
+/// the entries stay valid until `exec` replaces the process (and the table).
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn close_range(
     first: libc::c_uint,
@@ -189,30 +236,29 @@ pub unsafe extern "C" fn close_range(
         // SAFETY: forwarding the caller's arguments unchanged.
         return unsafe { real(first, last, flags) };
     };
-    let session = session::session_fd();
-    // CLOSE_RANGE_CLOEXEC only marks fds; the layer's fd is close-on-exec already.
     let marks_only = flags & (libc::CLOSE_RANGE_CLOEXEC as c_int) != 0;
-    if flags & (libc::CLOSE_RANGE_UNSHARE as c_int) == 0 && !marks_only {
-        let end = last.min(c_int::MAX as libc::c_uint) as c_int;
-        forget_range(first.min(c_int::MAX as libc::c_uint) as c_int, end);
+    if first > last || marks_only {
+        // SAFETY: forwarding the caller's arguments unchanged (the layer's
+        // own fds are close-on-exec already).
+        return unsafe { real(first, last, flags) };
     }
-    match session {
-        Some(fd) if !marks_only && (first..=last).contains(&(fd as libc::c_uint)) => {
-            let fd = fd as libc::c_uint;
-            let mut rc = 0;
-            if fd > first {
-                // SAFETY: closing a sub-range of what the caller asked for.
-                rc = unsafe { real(first, fd - 1, flags) };
-            }
-            if rc == 0 && fd < last {
-                // SAFETY: as above.
-                rc = unsafe { real(fd + 1, last, flags) };
-            }
-            rc
+    let sessions = session::session_fds();
+    let mut rc = 0;
+    for (lo, hi) in split_around(first, last, &sessions) {
+        // SAFETY: closing a sub-range of what the caller asked for.
+        rc = unsafe { real(lo, hi, flags) };
+        if rc != 0 {
+            break;
         }
-        // SAFETY: forwarding the caller's arguments unchanged.
-        _ => unsafe { real(first, last, flags) },
     }
+    if rc == 0 {
+        let end = last.min(c_int::MAX as libc::c_uint) as c_int;
+        let taken = take_range(first.min(c_int::MAX as libc::c_uint) as c_int, end);
+        // Released after the table lock: the last duplicate of a remote
+        // handle closes it with a round trip.
+        drop(taken);
+    }
+    rc
 }
 
 /// glibc's `closefrom` calls `close_range` internally, out of the hooks' reach.

@@ -39,8 +39,8 @@
 //! through its internal `opendir`, so they list the local file system
 //! (gnulib's `fts`, used by `find`, `du`, `grep -r`, goes through
 //! `openat` + `fdopendir` and sees the target). `chdir` into a remote
-//! directory is not supported; relative paths are resolved against the local
-//! working directory, which is local by default.
+//! directory makes it the base of relative paths ([`cwd`]); the kernel's
+//! working directory stays local.
 //!
 //! # Replies expected from the agent
 //! `Open`/`OpenDir` → `Opened`; `Read`/`Pread`/`ReadDirBatch` → `Data`/
@@ -48,10 +48,13 @@
 //! `Stat`/`Fstat` → `Metadata`; `ReadLink`/`Canonicalize` → `Path`; the rest
 //! → `Done`.
 
+pub mod cwd;
 pub mod dir;
 pub mod hooks;
 pub mod io;
+pub mod meta;
 pub mod ops;
+pub mod read_mode;
 pub mod stat;
 pub mod stdio;
 

@@ -21,7 +21,8 @@
 //! [`error::HookResult`], whose `Bypass` means "call libc"). Re-entrancy is
 //! blocked by [`guard::DetourGuard`]: while layer code runs on a thread, every
 //! hook on that thread calls libc directly. No async runtime and no threads:
-//! one blocking connection to the intproxy per process ([`session`]).
+//! a small pool of blocking connections to the intproxy per process
+//! ([`session`]). Every lock is fork-safe ([`sync`], [`process`]).
 //!
 //! # Safety
 //! This crate allows `unsafe` (the rest of the workspace forbids it): it is
@@ -40,6 +41,7 @@ pub mod session;
 pub mod sockaddr;
 pub mod socket;
 pub mod state;
+pub mod sync;
 pub mod syscall;
 
 /// Environment variable that makes the layer print why it is inactive.

@@ -1,14 +1,17 @@
-//! The layer's one blocking connection to its intproxy.
+//! The layer's blocking connections to its intproxy: a per-process pool.
 //!
-//! Requests are written and their reply read while holding one mutex, so a
-//! reply always belongs to the request just sent (the intproxy answers in
-//! order per connection). A process that forked gets its own connection on
-//! first use (its pid differs from the connection's); `pthread_atfork`
-//! handlers keep the mutex consistent across `fork`.
+//! Each remote call checks a connection out of the pool, writes its request,
+//! reads its reply and checks the connection back in, so calls from
+//! different threads proceed concurrently (a slow DNS lookup holds one
+//! connection, not the process). The pool opens connections on demand, up to
+//! [`MAX_CONNECTIONS`], each with its own handshake; the intproxy groups them
+//! by pid. No lock is held across a round trip: [`POOL`]'s lock only guards
+//! the idle list. A forked child (its pid differs from the pool's) never uses
+//! the parent's connections: it forgets them and opens its own.
 
 use crate::error::{HookError, HookResult};
 use crate::guard::DetourGuard;
-use parking_lot::Mutex;
+use crate::sync::ForkMutex;
 use remora_protocol::codec;
 use remora_protocol::messages::{
     LayerHello, LayerHelloReply, LayerMessage, LayerRequest, LayerResponse, ProxyMessage,
@@ -19,79 +22,110 @@ use std::io::BufReader;
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, Ordering};
 use std::time::Duration;
 
 /// The connection is moved to an fd at or above this, out of the way of
 /// programs that assume small fd numbers are theirs.
 const SESSION_FD_FLOOR: i32 = 700;
-/// No remote call may block longer than this; the intproxy answers failures
-/// itself long before, so hitting it means the intproxy is stuck.
-const REPLY_TIMEOUT: Duration = Duration::from_secs(120);
+/// No remote call may block longer than this by default; the intproxy
+/// answers failures itself long before, so hitting it means the intproxy or
+/// the agent is stuck (or the call is legitimately slow: then raise it).
+pub const DEFAULT_REPLY_TIMEOUT: Duration = Duration::from_secs(120);
+/// Environment variable overriding the reply timeout, in seconds.
+pub const REPLY_TIMEOUT_ENV: &str = "REMORA_REPLY_TIMEOUT";
+
+/// Why a round trip failed.
+#[derive(Debug)]
+enum RoundtripError {
+    /// The reply did not come within the reply timeout.
+    TimedOut,
+    Other(String),
+}
 
 /// Where and how to reach the intproxy (fixed at start, from the environment).
 #[derive(Debug, Clone)]
 pub struct ProxyEndpoint {
     pub addr: SocketAddr,
     pub token: String,
+    /// How long one remote call may wait for its reply.
+    pub reply_timeout: Duration,
 }
 
+/// Connections a process opens at most; further callers wait for one.
+pub const MAX_CONNECTIONS: usize = 8;
+
 static ENDPOINT: OnceLock<ProxyEndpoint> = OnceLock::new();
-static CONN: Mutex<Option<Conn>> = Mutex::new(None);
-/// fd of the current connection, guarded against `close`/`dup2` by the app.
-static SESSION_FD: AtomicI32 = AtomicI32::new(-1);
+
+/// Idle connections of this process. A leaf lock (see [`crate::sync`]).
+pub(crate) static POOL: ForkMutex<Pool> = ForkMutex::new(Pool {
+    pid: 0,
+    idle: Vec::new(),
+    open: 0,
+});
+/// Bumped whenever a connection is checked in or a slot frees: the futex
+/// word callers wait on when all [`MAX_CONNECTIONS`] are busy.
+static POOL_FREED: AtomicU32 = AtomicU32::new(0);
+/// fds of this process's connections, guarded against `close`/`dup2` by the app.
+static SESSION_FDS: [AtomicI32; MAX_CONNECTIONS] = [const { AtomicI32::new(-1) }; MAX_CONNECTIONS];
+/// No session fd is below this (the lowest ever registered): lets `close` of
+/// an ordinary fd skip scanning [`SESSION_FDS`].
+static SESSION_FD_MIN: AtomicI32 = AtomicI32::new(i32::MAX);
 static WARNED_UNAVAILABLE: AtomicBool = AtomicBool::new(false);
+
+/// The connection pool's book-keeping.
+#[derive(Debug)]
+pub(crate) struct Pool {
+    /// The process the connections belong to (0 before the first).
+    pid: u32,
+    idle: Vec<Conn>,
+    /// Connections open (idle or checked out), at most [`MAX_CONNECTIONS`].
+    open: usize,
+}
 
 #[derive(Debug)]
 struct Conn {
     reader: BufReader<TcpStream>,
-    pid: u32,
+    /// Index in [`SESSION_FDS`].
+    slot: usize,
     next_id: u64,
 }
 
 /// Record the endpoint; called once from the constructor.
 pub fn configure(endpoint: ProxyEndpoint) {
     let _ = ENDPOINT.set(endpoint);
-    // SAFETY: registering plain extern "C" functions without arguments.
-    unsafe { libc::pthread_atfork(Some(before_fork), Some(after_fork), Some(after_fork)) };
+    crate::process::install_fork_handlers();
 }
 
-/// The layer's connection fd, if connected.
+/// The fds of this process's connections.
+pub fn session_fds() -> Vec<i32> {
+    SESSION_FDS
+        .iter()
+        .map(|fd| fd.load(Ordering::Relaxed))
+        .filter(|fd| *fd >= 0)
+        .collect()
+}
+
+/// The layer's first connection fd, if connected.
 pub fn session_fd() -> Option<i32> {
-    let fd = SESSION_FD.load(Ordering::Relaxed);
-    (fd >= 0).then_some(fd)
+    session_fds().first().copied()
 }
 
-/// Whether `fd` is the layer's own connection (the app may not close it).
+/// Whether `fd` is one of the layer's own connections (the app may not close it).
 pub fn is_session_fd(fd: i32) -> bool {
-    fd >= 0 && SESSION_FD.load(Ordering::Relaxed) == fd
-}
-
-extern "C" fn before_fork() {
-    // Hold the lock across fork so the child never inherits it mid-request.
-    std::mem::forget(CONN.lock());
-}
-
-extern "C" fn after_fork() {
-    // SAFETY: before_fork locked it on this thread and forgot the guard.
-    unsafe { CONN.force_unlock() };
+    fd >= SESSION_FD_MIN.load(Ordering::Relaxed)
+        && SESSION_FDS.iter().any(|s| s.load(Ordering::Relaxed) == fd)
 }
 
 /// Open this process's session now, so the intproxy knows the process is
 /// alive from its first instant (it exits when no process is left).
 pub fn connect_now() {
-    let Some(endpoint) = ENDPOINT.get() else {
+    if ENDPOINT.get().is_none() {
         return;
-    };
-    let mut guard = CONN.lock();
-    if guard.is_none() {
-        match Conn::connect(endpoint, std::process::id()) {
-            Ok(conn) => *guard = Some(conn),
-            Err(e) => {
-                drop(guard);
-                let _ = unavailable(&e);
-            }
-        }
+    }
+    match checkout() {
+        Ok(conn) => checkin(conn),
+        Err(e) => drop(e),
     }
 }
 
@@ -100,27 +134,113 @@ pub fn request(req: LayerRequest) -> HookResult<LayerResponse> {
     let Some(endpoint) = ENDPOINT.get() else {
         return Err(HookError::Bypass("layer not configured"));
     };
-    let mut guard = CONN.lock();
-    let pid = std::process::id();
-    if guard.as_ref().is_none_or(|c| c.pid != pid) {
-        // Dropping a connection inherited over fork closes only our copy.
-        *guard = None;
-        match Conn::connect(endpoint, pid) {
-            Ok(conn) => *guard = Some(conn),
-            Err(e) => return Err(unavailable(&e)),
+    let mut conn = checkout()?;
+    match conn.roundtrip(req) {
+        Ok(result) => {
+            checkin(conn);
+            result.map_err(HookError::Remote)
+        }
+        Err(e) => {
+            let reason = match e {
+                RoundtripError::TimedOut => timeout_message(endpoint.reply_timeout),
+                RoundtripError::Other(e) => e,
+            };
+            conn.discard();
+            free_slot();
+            Err(unavailable(&reason))
         }
     }
-    let conn = guard.as_mut().expect("connection was just established");
-    match conn.roundtrip(req) {
-        Ok(result) => result.map_err(HookError::Remote),
-        Err(e) => {
-            if let Some(conn) = guard.take() {
+}
+
+/// What the user reads when a reply does not come in time.
+pub fn timeout_message(timeout: Duration) -> String {
+    format!(
+        "no reply from remora's intproxy within {} s (the reply timeout; raise it with \
+         layer.reply_timeout_secs in the config, {REPLY_TIMEOUT_ENV}=<seconds>, or \
+         remora run --reply-timeout <seconds>)",
+        timeout.as_secs()
+    )
+}
+
+/// Take an idle connection, open a new one, or wait for one to come back.
+fn checkout() -> HookResult<Conn> {
+    let Some(endpoint) = ENDPOINT.get() else {
+        return Err(HookError::Bypass("layer not configured"));
+    };
+    let pid = std::process::id();
+    loop {
+        let seen = POOL_FREED.load(Ordering::Acquire);
+        let inherited = {
+            let mut pool = POOL.lock();
+            let inherited = if pool.pid != pid {
+                // A forked child: the parent's connections are not ours to use.
+                pool.pid = pid;
+                pool.open = 0;
+                for fd in &SESSION_FDS {
+                    fd.store(-1, Ordering::Relaxed);
+                }
+                std::mem::take(&mut pool.idle)
+            } else {
+                Vec::new()
+            };
+            if inherited.is_empty() {
+                if let Some(conn) = pool.idle.pop() {
+                    return Ok(conn);
+                }
+                if pool.open < MAX_CONNECTIONS {
+                    pool.open += 1;
+                    drop(pool);
+                    return match Conn::connect(endpoint, pid) {
+                        Ok(conn) => Ok(conn),
+                        Err(e) => {
+                            free_slot();
+                            Err(unavailable(&e))
+                        }
+                    };
+                }
+            }
+            inherited
+        };
+        if !inherited.is_empty() {
+            // Closing our copies leaves the parent's connections intact.
+            for conn in inherited {
                 conn.discard();
             }
-            SESSION_FD.store(-1, Ordering::Relaxed);
-            Err(unavailable(&e))
+            continue;
+        }
+        crate::sync::futex_wait(&POOL_FREED, seen, None);
+    }
+}
+
+/// Return a healthy connection to the pool.
+fn checkin(conn: Conn) {
+    let pid = std::process::id();
+    {
+        let mut pool = POOL.lock();
+        if pool.pid == pid {
+            pool.idle.push(conn);
+            drop(pool);
+            wake_one();
+            return;
         }
     }
+    // Checked out before a fork in which this thread is the child's only one:
+    // the child's pool was reset meanwhile; this copy is the parent's.
+    conn.discard();
+}
+
+/// A connection is gone for good: let a waiting caller open another.
+fn free_slot() {
+    {
+        let mut pool = POOL.lock();
+        pool.open = pool.open.saturating_sub(1);
+    }
+    wake_one();
+}
+
+fn wake_one() {
+    POOL_FREED.fetch_add(1, Ordering::Release);
+    crate::sync::futex_wake(&POOL_FREED, 1);
 }
 
 /// Convenience for `LayerRequest::Remote`.
@@ -161,6 +281,12 @@ impl Conn {
     /// std would abort on `EBADF` when dropping an `OwnedFd`.
     fn discard(self) {
         use std::os::fd::IntoRawFd;
+        let _ = SESSION_FDS[self.slot].compare_exchange(
+            self.reader.get_ref().as_raw_fd(),
+            -1,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
         let fd = self.reader.into_inner().into_raw_fd();
         // SAFETY: closing a raw fd; an error (already closed) is ignored.
         unsafe { libc::close(fd) };
@@ -171,11 +297,10 @@ impl Conn {
             .map_err(|e| format!("connecting to {}: {e}", endpoint.addr))?;
         let stream = move_high(stream);
         stream.set_nodelay(true).ok();
-        stream.set_read_timeout(Some(REPLY_TIMEOUT)).ok();
-        SESSION_FD.store(stream.as_raw_fd(), Ordering::Relaxed);
+        stream.set_read_timeout(Some(endpoint.reply_timeout)).ok();
         let mut conn = Conn {
             reader: BufReader::new(stream),
-            pid,
+            slot: usize::MAX,
             next_id: 1,
         };
         let hello = LayerHello {
@@ -188,7 +313,20 @@ impl Conn {
         };
         codec::write_frame(&mut conn.reader.get_ref(), &hello).map_err(|e| e.to_string())?;
         match codec::read_frame::<_, LayerHelloReply>(&mut conn.reader) {
-            Ok(LayerHelloReply::Accepted { .. }) => Ok(conn),
+            Ok(LayerHelloReply::Accepted { .. }) => {
+                // Only an accepted connection is protected from the app's
+                // `close`: after a failed handshake the number is the app's.
+                let fd = conn.reader.get_ref().as_raw_fd();
+                SESSION_FD_MIN.fetch_min(fd, Ordering::Relaxed);
+                match SESSION_FDS.iter().position(|s| {
+                    s.compare_exchange(-1, fd, Ordering::Relaxed, Ordering::Relaxed)
+                        .is_ok()
+                }) {
+                    Some(slot) => conn.slot = slot,
+                    None => conn.slot = 0,
+                }
+                Ok(conn)
+            }
             Ok(LayerHelloReply::Rejected { reason }) => Err(format!("intproxy refused: {reason}")),
             Err(e) => Err(format!("handshake with intproxy: {e}")),
         }
@@ -197,7 +335,7 @@ impl Conn {
     fn roundtrip(
         &mut self,
         request: LayerRequest,
-    ) -> Result<Result<LayerResponse, RemoteError>, String> {
+    ) -> Result<Result<LayerResponse, RemoteError>, RoundtripError> {
         let id = RequestId(self.next_id);
         self.next_id += 1;
         // write_frame sends header and payload in one write and flushes.
@@ -205,12 +343,14 @@ impl Conn {
             &mut self.reader.get_ref(),
             &LayerMessage::Request { id, request },
         )
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| RoundtripError::Other(e.to_string()))?;
         loop {
             match codec::read_frame::<_, ProxyMessage>(&mut self.reader) {
                 Ok(ProxyMessage::Response { id: got, result }) if got == id => return Ok(result),
                 Ok(ProxyMessage::Response { id: got, .. }) => {
-                    return Err(format!("reply {got} does not match request {id}"));
+                    return Err(RoundtripError::Other(format!(
+                        "reply {got} does not match request {id}"
+                    )));
                 }
                 Ok(ProxyMessage::Log { level, message }) => {
                     let prefix = match level {
@@ -220,7 +360,8 @@ impl Conn {
                     };
                     warn(&format!("{prefix}{message}"));
                 }
-                Err(e) => return Err(e.to_string()),
+                Err(e) if is_timeout(&e) => return Err(RoundtripError::TimedOut),
+                Err(e) => return Err(RoundtripError::Other(e.to_string())),
             }
         }
     }
@@ -237,4 +378,13 @@ fn move_high(stream: TcpStream) -> TcpStream {
     drop(stream);
     // SAFETY: `high` is a fresh fd we own exclusively.
     unsafe { TcpStream::from_raw_fd(high) }
+}
+
+/// Whether a read failed because the socket's read timeout expired.
+fn is_timeout(e: &remora_protocol::CodecError) -> bool {
+    matches!(
+        e,
+        remora_protocol::CodecError::Io(io)
+            if matches!(io.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)
+    )
 }

@@ -12,10 +12,11 @@ pub mod hooks;
 pub mod incoming;
 pub mod ops;
 
-use parking_lot::Mutex;
+use crate::sync::ForkMutex;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// A socket the layer has redirected.
 #[derive(Debug, Clone)]
@@ -28,7 +29,7 @@ pub enum SocketInfo {
         interceptor: SocketAddr,
     },
     /// An unconnected UDP socket that has sent datagrams to remote peers.
-    UdpRoutes(Arc<Mutex<UdpRoutes>>),
+    UdpRoutes(Arc<UdpRoutesKey>),
     /// A listener whose port is subscribed on the target.
     Listening(Arc<incoming::Subscription>),
     /// A connection the intproxy delivered from the target: who really sent it.
@@ -43,4 +44,43 @@ pub enum SocketInfo {
 pub struct UdpRoutes {
     pub by_remote: HashMap<SocketAddr, SocketAddr>,
     pub by_interceptor: HashMap<SocketAddr, SocketAddr>,
+}
+
+/// The routes of every unconnected UDP socket, by [`UdpRoutesKey`]: one
+/// table behind one fork-safe leaf lock (see [`crate::sync`]).
+pub(crate) static UDP_ROUTES: ForkMutex<Option<HashMap<u64, UdpRoutes>>> = ForkMutex::new(None);
+static NEXT_ROUTES_KEY: AtomicU64 = AtomicU64::new(1);
+
+/// A socket's entry in [`UDP_ROUTES`], removed when its last duplicate closes.
+#[derive(Debug)]
+pub struct UdpRoutesKey(u64);
+
+impl UdpRoutesKey {
+    /// A new, empty routing table.
+    pub fn new() -> Self {
+        UdpRoutesKey(NEXT_ROUTES_KEY.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Run `f` on this socket's routes under the table lock.
+    pub fn with<R>(&self, f: impl FnOnce(&mut UdpRoutes) -> R) -> R {
+        let mut table = UDP_ROUTES.lock();
+        f(table
+            .get_or_insert_with(HashMap::new)
+            .entry(self.0)
+            .or_default())
+    }
+}
+
+impl Default for UdpRoutesKey {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for UdpRoutesKey {
+    fn drop(&mut self) {
+        if let Some(table) = UDP_ROUTES.lock().as_mut() {
+            table.remove(&self.0);
+        }
+    }
 }

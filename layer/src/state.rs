@@ -41,9 +41,15 @@ pub fn init() -> Result<(), String> {
     };
     let mut policies = config.policies().map_err(|e| e.to_string())?;
     policies.fs = policies.fs.with_local_prefixes(runtime_local_prefixes());
-    crate::session::configure(crate::session::ProxyEndpoint { addr, token });
+    let reply_timeout = reply_timeout(&config);
+    crate::session::configure(crate::session::ProxyEndpoint {
+        addr,
+        token,
+        reply_timeout,
+    });
     let _ = STATE.set(LayerState { config, policies });
     crate::exec::capture_environment();
+    crate::file::cwd::init_from_env();
     crate::session::connect_now();
     Ok(())
 }
@@ -65,4 +71,18 @@ fn runtime_local_prefixes() -> Vec<String> {
         }
     }
     out
+}
+
+/// The reply timeout: the config's `layer.reply_timeout_secs` (which the CLI
+/// fills from the file, `REMORA_REPLY_TIMEOUT` or `--reply-timeout`), else
+/// the default.
+fn reply_timeout(config: &Config) -> std::time::Duration {
+    config
+        .layer
+        .reply_timeout_secs
+        .filter(|secs| *secs > 0)
+        .map_or(
+            crate::session::DEFAULT_REPLY_TIMEOUT,
+            std::time::Duration::from_secs,
+        )
 }

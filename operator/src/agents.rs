@@ -42,6 +42,8 @@ pub struct AgentLease {
     pub addr: SocketAddr,
     /// The token it accepts.
     pub token: SessionToken,
+    /// The agent was started for this lease (it may not listen yet).
+    pub fresh: bool,
     released: bool,
 }
 
@@ -85,6 +87,7 @@ impl AgentPool {
             Some(agent) => agent.handle.is_running() && !(restart && state.leases == 0),
             None => false,
         };
+        let fresh = !alive;
         if !alive {
             if let Some(old) = state.agent.take() {
                 tracing::info!(target = %target.name, "replacing an agent that stopped");
@@ -102,6 +105,7 @@ impl AgentPool {
             target: target.name.clone(),
             addr,
             token,
+            fresh,
             released: false,
         })
     }

@@ -6,7 +6,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-/// `remora-operator serve --platform local --listen ADDR [--policy FILE]`
+/// `remora-operator serve --platform local|kubernetes --listen ADDR [--policy FILE]`
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "remora-operator",
@@ -35,6 +35,10 @@ pub enum Command {
 pub enum PlatformKind {
     /// Targets are processes on this machine (`pid/<PID>`).
     Local,
+    /// Targets are in a Kubernetes cluster; clients authenticate with their
+    /// Kubernetes bearer token (TokenReview) and are authorised by RBAC
+    /// (SubjectAccessReview); sessions show as RemoraSession objects.
+    Kubernetes,
 }
 
 /// Arguments of `serve`.
@@ -55,4 +59,22 @@ pub struct ServeArgs {
     /// Without REMORA_OPERATOR_TOKEN: write a new random token here (mode 0600).
     #[arg(long, value_name = "PATH")]
     pub token_file: Option<PathBuf>,
+    /// Kubernetes platform: the kubeconfig to use outside the cluster
+    /// (default: KUBECONFIG, ~/.kube/config, else the in-cluster service account).
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Kubernetes platform: the namespace of the targets this operator
+    /// serves (default: the kubeconfig context's, else the operator's own).
+    #[arg(long, value_name = "N")]
+    pub namespace: Option<String>,
+    /// Where state that outlives the operator is kept (`db-branches.json`:
+    /// branches are dropped at their TTL even across restarts). Unset: the
+    /// state is kept in memory only.
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// A directory with PostgreSQL client programs (`pg_dump`, `psql`) to
+    /// branch servers newer than the default ones; repeatable. Searched
+    /// before /usr/lib/postgresql/*/bin and PATH.
+    #[arg(long, value_name = "DIR")]
+    pub pg_bindir: Vec<PathBuf>,
 }

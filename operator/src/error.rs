@@ -45,6 +45,9 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// This build cannot serve the platform asked for.
+    #[error("{0}")]
+    Unsupported(String),
     /// The agent binary is nowhere to be found.
     #[error(
         "cannot find remora-agent (looked in {looked}); pass --agent-bin or set REMORA_AGENT_BIN"

@@ -19,9 +19,14 @@
 //! * [`sessions`]: the session table.
 //! * [`policy`]: the policy file, its rules and its reloading.
 //! * [`token`]: the operator's token and agent tokens.
+//! * [`access`]: who may connect ([`access::Access`]: the shared token, or
+//!   Kubernetes reviews) and where the session table is mirrored.
+//! * [`branches`]: database branches, their state file and TTL reaper.
 
+pub mod access;
 pub mod agents;
 pub mod args;
+pub mod branches;
 pub mod error;
 pub mod platform;
 pub mod policy;
@@ -63,15 +68,7 @@ pub fn init_logging() {
 /// A one-line, user-facing [`Error`].
 pub async fn run(args: Args) -> Result<()> {
     let args::Command::Serve(serve) = args.command;
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut sigterm = signal(SignalKind::terminate()).map_err(|source| Error::Signal {
-        signal: "SIGTERM",
-        source,
-    })?;
-    let mut sigint = signal(SignalKind::interrupt()).map_err(|source| Error::Signal {
-        signal: "SIGINT",
-        source,
-    })?;
+    let mut signals = Signals::install()?;
     let from_env = std::env::var(token::OPERATOR_TOKEN_ENV)
         .ok()
         .filter(|t| !t.is_empty());
@@ -92,26 +89,75 @@ pub async fn run(args: Args) -> Result<()> {
         args::PlatformKind::Local => Arc::new(platform::local::LocalPlatform::new(
             platform::local::find_agent_bin(serve.agent_bin.as_deref())?,
         )),
+        args::PlatformKind::Kubernetes => {
+            return Err(Error::Unsupported(
+                "--platform kubernetes is served by the remora-operator binary of crate \
+                 remora-operator-kube (this library has no Kubernetes client)"
+                    .into(),
+            ));
+        }
     };
     let config = OperatorConfig {
         listen: serve.listen,
         token,
         policies,
+        state_dir: serve.state_dir.clone(),
+        pg_bindirs: serve.pg_bindir.clone(),
+        access: None,
+        observer: None,
     };
     let operator = Operator::bind(config, platform).await?;
-    {
-        let mut stdout = std::io::stdout().lock();
-        writeln!(stdout, "{LISTENING_PREFIX} {}", operator.local_addr())
-            .and_then(|()| stdout.flush())
-            .map_err(|source| Error::Announce { source })?;
-    }
-    let signal = tokio::select! {
-        _ = sigterm.recv() => "SIGTERM",
-        _ = sigint.recv() => "SIGINT",
-    };
+    announce(&operator)?;
+    let signal = signals.wait().await;
     tracing::info!(signal, "operator stopping");
     operator
         .shutdown(&format!("the operator received {signal}"))
         .await;
     Ok(())
+}
+
+/// Print `REMORA_OPERATOR_LISTENING <ip:port>` on stdout.
+///
+/// # Errors
+/// [`Error::Announce`].
+pub fn announce(operator: &Operator) -> Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{LISTENING_PREFIX} {}", operator.local_addr())
+        .and_then(|()| stdout.flush())
+        .map_err(|source| Error::Announce { source })
+}
+
+/// SIGTERM and SIGINT, installed before the operator starts serving.
+#[derive(Debug)]
+pub struct Signals {
+    sigterm: tokio::signal::unix::Signal,
+    sigint: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Install the handlers.
+    ///
+    /// # Errors
+    /// [`Error::Signal`].
+    pub fn install() -> Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            sigterm: signal(SignalKind::terminate()).map_err(|source| Error::Signal {
+                signal: "SIGTERM",
+                source,
+            })?,
+            sigint: signal(SignalKind::interrupt()).map_err(|source| Error::Signal {
+                signal: "SIGINT",
+                source,
+            })?,
+        })
+    }
+
+    /// Wait for either; its name.
+    pub async fn wait(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.sigterm.recv() => "SIGTERM",
+            _ = self.sigint.recv() => "SIGINT",
+        }
+    }
 }

@@ -11,6 +11,7 @@ pub mod local;
 use crate::error::Result;
 use futures::future::BoxFuture;
 use remora_protocol::SessionToken;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 /// A target the platform knows how to serve, under its canonical name
@@ -62,4 +63,17 @@ pub trait Platform: Send + Sync + std::fmt::Debug + 'static {
     /// # Errors
     /// [`crate::Error::AgentStart`] with a user-facing reason.
     fn start_agent(&self, target: &ResolvedTarget) -> BoxFuture<'static, Result<StartedAgent>>;
+
+    /// The target's environment, as the target sees it (database branches
+    /// read their connection settings from it).
+    ///
+    /// # Errors
+    /// [`crate::Error::Target`] when it cannot be read.
+    fn target_env(&self, target: &ResolvedTarget) -> Result<BTreeMap<String, String>>;
+
+    /// A command for `program` (a database client) whose connections leave
+    /// from `target`'s network, so addresses mean what they mean to the
+    /// target. `target` is a canonical name; when the target is gone the
+    /// command runs from the operator's own network.
+    fn dial(&self, target: &str, program: &str) -> std::process::Command;
 }

@@ -14,12 +14,20 @@
 //! Every policy whose `targets` match applies; a refusal names the file and
 //! the policy's index (`policy #1 in /etc/remora/policy.toml`).
 //!
-//! * `require_header_filter`: every subscription (steal or mirror) on a
-//!   matching target needs a filter that is a header filter, or an `all_of`
-//!   with a header filter directly in it, whose pattern, with one leading `^`
-//!   and one trailing `$` stripped, is matched by the policy regex
-//!   (case-insensitively, like header filters). `^x-user: alice$` passes
+//! * `require_header_filter`: enforced by [`Policies::constrain_filter`]:
+//!   the filter the agent gets is `all_of(header(<policy regex>), <the
+//!   session's filter>)`, so whatever the session's filter says, only
+//!   requests carrying a matching header reach it (`x-user: a|.*` cannot
+//!   widen `^x-user: .+$`). Before that, as advice, a subscription is
+//!   refused unless its filter is a header filter (or an `all_of` with one
+//!   directly in it) whose pattern, with one leading `^` and one trailing
+//!   `$` stripped, the policy regex matches: `^x-user: alice$` passes
 //!   `^x-user: .+$`; an unfiltered steal or a path filter does not.
+//! * `fs_not_found`, and `env_exclude` for `/proc/<pid>/environ` and the
+//!   like: sent to the agent as the session's
+//!   [`SessionPolicy`](remora_protocol::session::SessionPolicy)
+//!   ([`Policies::session_policy`]); the agent decides on each path as the
+//!   target resolves it (`//`, `..`, symlinks).
 //! * `outgoing_block`: IP and CIDR entries match the destination of an
 //!   outgoing connection; host names (`db`, `*.internal`) match names the
 //!   session resolves through the target, and then the addresses they
@@ -31,6 +39,7 @@ use ipnet::IpNet;
 use regex::{Regex, RegexBuilder};
 use remora_protocol::RemoteAddr;
 use remora_protocol::incoming::{HttpFilter, IncomingMode};
+use remora_protocol::session::{PathRule, SessionPolicy};
 use serde::Deserialize;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -47,20 +56,43 @@ struct FileSpec {
     policy: Vec<PolicySpec>,
 }
 
-#[derive(Debug, Deserialize)]
+/// One policy's rules, as a `[[policy]]` table or a policy object says them.
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct PolicySpec {
-    targets: Vec<String>,
+pub struct PolicySpec {
+    /// Globs over canonical target names.
+    pub targets: Vec<String>,
+    /// Platform user names it applies to; with `groups` both empty: everyone.
+    /// Not a key of the TOML file (the local platform has no identities).
+    #[serde(skip)]
+    pub users: Vec<String>,
+    /// Platform groups it applies to.
+    #[serde(skip)]
+    pub groups: Vec<String>,
+    /// What it blocks.
     #[serde(default)]
-    block: Vec<Block>,
+    pub block: Vec<Block>,
+    /// The header filter every subscription needs.
     #[serde(default)]
-    require_header_filter: Option<String>,
+    pub require_header_filter: Option<String>,
+    /// Variables withheld.
     #[serde(default)]
-    env_exclude: Vec<String>,
+    pub env_exclude: Vec<String>,
+    /// Paths that appear absent.
     #[serde(default)]
-    fs_not_found: Vec<String>,
+    pub fs_not_found: Vec<String>,
+    /// Destinations outgoing connections may not reach.
     #[serde(default)]
-    outgoing_block: Vec<String>,
+    pub outgoing_block: Vec<String>,
+}
+
+/// Whom a session runs as, for policies naming users or groups.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Subject {
+    /// The platform's user name.
+    pub user: Option<String>,
+    /// Its groups.
+    pub groups: Vec<String>,
 }
 
 /// What a policy's `block` list may name.
@@ -212,6 +244,8 @@ pub struct Policy {
     /// `policy #N in FILE`.
     pub label: String,
     targets: GlobSet,
+    users: Vec<String>,
+    groups: Vec<String>,
     block: Vec<Block>,
     require_header_filter: Option<(String, Regex)>,
     env_exclude: GlobSet,
@@ -260,6 +294,8 @@ impl Policy {
         Ok(Policy {
             label,
             targets,
+            users: spec.users,
+            groups: spec.groups,
             block: spec.block,
             require_header_filter,
             env_exclude,
@@ -270,6 +306,17 @@ impl Policy {
 
     fn applies_to(&self, target: &str) -> bool {
         self.targets.is_match(target)
+    }
+
+    /// Whether it applies to sessions of `subject` (a policy naming no
+    /// users or groups applies to everyone).
+    fn applies_to_subject(&self, subject: &Subject) -> bool {
+        (self.users.is_empty() && self.groups.is_empty())
+            || subject
+                .user
+                .as_ref()
+                .is_some_and(|u| self.users.contains(u))
+            || subject.groups.iter().any(|g| self.groups.contains(g))
     }
 }
 
@@ -291,7 +338,7 @@ pub struct SubscribeCheck<'a> {
 /// Every policy of one version of the file.
 #[derive(Debug, Default)]
 pub struct Policies {
-    list: Vec<Policy>,
+    list: Vec<Arc<Policy>>,
 }
 
 impl Policies {
@@ -307,10 +354,42 @@ impl Policies {
             .enumerate()
             .map(|(i, spec)| {
                 let label = format!("policy #{} in {}", i + 1, path.display());
-                Policy::compile(spec, label.clone()).map_err(|e| format!("{label}: {e}"))
+                Policy::compile(spec, label.clone())
+                    .map(Arc::new)
+                    .map_err(|e| format!("{label}: {e}"))
             })
             .collect::<std::result::Result<_, _>>()?;
         Ok(Policies { list })
+    }
+
+    /// Compile policies from another source (policy objects), each with the
+    /// label refusals name (`RemoraPolicy shop/payments`). An invalid one is
+    /// left out, and its error returned beside the others.
+    pub fn from_specs(specs: Vec<(String, PolicySpec)>) -> (Policies, Vec<String>) {
+        let mut errors = Vec::new();
+        let list = specs
+            .into_iter()
+            .filter_map(|(label, spec)| match Policy::compile(spec, label.clone()) {
+                Ok(policy) => Some(Arc::new(policy)),
+                Err(e) => {
+                    errors.push(format!("{label}: {e}"));
+                    None
+                }
+            })
+            .collect();
+        (Policies { list }, errors)
+    }
+
+    /// The policies that apply to sessions of `subject`.
+    pub fn for_subject(&self, subject: &Subject) -> Policies {
+        Policies {
+            list: self
+                .list
+                .iter()
+                .filter(|p| p.applies_to_subject(subject))
+                .cloned()
+                .collect(),
+        }
     }
 
     /// Read and parse `path`.
@@ -339,7 +418,12 @@ impl Policies {
     }
 
     fn applying<'a>(&'a self, target: &str) -> impl Iterator<Item = &'a Policy> + 'a {
-        let matching: Vec<&'a Policy> = self.list.iter().filter(|p| p.applies_to(target)).collect();
+        let matching: Vec<&'a Policy> = self
+            .list
+            .iter()
+            .map(|p| &**p)
+            .filter(|p| p.applies_to(target))
+            .collect();
         matching.into_iter()
     }
 
@@ -459,6 +543,42 @@ impl Policies {
             .map(|p| p.label.as_str())
     }
 
+    /// What the agent enforces for a session on `target`: every
+    /// `fs_not_found` rule, and whether process environments are hidden
+    /// (any `env_exclude`).
+    pub fn session_policy(&self, target: &str) -> SessionPolicy {
+        let mut policy = SessionPolicy::default();
+        for p in self.applying(target) {
+            policy
+                .fs_not_found
+                .extend(p.fs_not_found.iter().map(|re| PathRule {
+                    pattern: re.as_str().to_owned(),
+                    label: p.label.clone(),
+                }));
+            if policy.hide_process_env.is_none() && !p.env_exclude.is_empty() {
+                policy.hide_process_env = Some(p.label.clone());
+            }
+        }
+        policy
+    }
+
+    /// The filter a subscription on `target` really gets: `filter`, within
+    /// every `require_header_filter` that applies (`all_of` of them all), so
+    /// no filter text can widen the requirement.
+    pub fn constrain_filter(&self, target: &str, filter: Option<HttpFilter>) -> Option<HttpFilter> {
+        let required: Vec<HttpFilter> = self
+            .applying(target)
+            .filter_map(|p| p.require_header_filter.as_ref())
+            .map(|(text, _)| HttpFilter::Header(text.clone()))
+            .collect();
+        if required.is_empty() {
+            return filter;
+        }
+        let mut all = required;
+        all.extend(filter);
+        Some(HttpFilter::AllOf(all))
+    }
+
     /// The policy (and pattern) making `path` appear absent on `target`.
     pub fn fs_hidden(&self, target: &str, path: &str) -> Option<(&str, &str)> {
         self.applying(target).find_map(|p| {
@@ -495,6 +615,8 @@ pub struct PolicyStore {
     path: Option<PathBuf>,
     /// The file's content when it was loaded: the watcher's first reference.
     loaded: Option<Vec<u8>>,
+    /// Only the policies applying to this subject are seen (a session's view).
+    subject: Option<Arc<Subject>>,
 }
 
 impl PolicyStore {
@@ -509,6 +631,22 @@ impl PolicyStore {
             current: Arc::new(RwLock::new(Arc::new(policies))),
             path: None,
             loaded: None,
+            subject: None,
+        }
+    }
+
+    /// Replace the policies in force (a source other than a file: policy
+    /// objects). Every view of this store sees the new ones at once.
+    pub fn replace(&self, policies: Policies) {
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(policies);
+    }
+
+    /// This store as seen by sessions of `subject`: policies naming other
+    /// users and groups are left out.
+    pub fn for_subject(&self, subject: Subject) -> PolicyStore {
+        PolicyStore {
+            subject: Some(Arc::new(subject)),
+            ..self.clone()
         }
     }
 
@@ -533,15 +671,21 @@ impl PolicyStore {
             current: Arc::new(RwLock::new(Arc::new(policies))),
             path: Some(path.to_path_buf()),
             loaded: Some(bytes),
+            subject: None,
         })
     }
 
-    /// The policies in force now.
+    /// The policies in force now (for this store's subject, if it has one).
     pub fn current(&self) -> Arc<Policies> {
-        self.current
+        let all = self
+            .current
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .clone()
+            .clone();
+        match &self.subject {
+            Some(subject) => Arc::new(all.for_subject(subject)),
+            None => all,
+        }
     }
 
     /// Check the file every `interval` until `cancel`; a changed file that

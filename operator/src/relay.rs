@@ -23,10 +23,10 @@ use remora_protocol::incoming::{
     HttpFilter, IncomingClient, IncomingMode, IncomingServer, RemotePort,
 };
 use remora_protocol::outgoing::{OutgoingClient, OutgoingServer};
-use remora_protocol::session::{LogLevel, SessionReply, SessionRequest};
+use remora_protocol::session::{LogLevel, SessionPolicy, SessionReply, SessionRequest};
 use remora_protocol::{
-    ClientMessage, CodecError, ErrorCode, RemoteError, RemoteResult, Request, RequestId, Response,
-    ServerMessage, SessionId,
+    Capabilities, ClientMessage, CodecError, ErrorCode, RemoteError, RemoteResult, Request,
+    RequestId, Response, ServerMessage, SessionId,
 };
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -56,6 +56,21 @@ pub struct SessionContext {
     pub sessions: Sessions,
     /// The policies in force.
     pub policies: PolicyStore,
+    /// What the session's agent connection negotiated.
+    pub agent_capabilities: Capabilities,
+    /// Database branches (none in tests that do not need them).
+    pub branches: Option<crate::branches::Branches>,
+    /// What the platform lets this session's user do.
+    pub grants: crate::access::Grants,
+}
+
+/// Why a file request cannot be checked by the agent.
+#[derive(Debug)]
+enum Unenforceable {
+    /// The agent connection is gone.
+    AgentGone,
+    /// The agent cannot enforce session policies; the reason says so.
+    TooOld(String),
 }
 
 /// How a session ended.
@@ -85,6 +100,11 @@ struct Shared {
     next_ping: u64,
     /// Messages already shown to the user (each policy hit once).
     told: HashSet<String>,
+    /// The session policy the agent enforces now.
+    policy_sent: Option<SessionPolicy>,
+    /// File requests in flight while the agent enforces file rules: its
+    /// refusals are shown to the user.
+    fs_requests: HashSet<RequestId>,
 }
 
 #[derive(Debug, Clone)]
@@ -219,6 +239,10 @@ impl Relay {
     where
         R: Stream<Item = Result<ClientMessage, CodecError>> + Unpin,
     {
+        // An agent too old for the rules refuses file requests, later.
+        if let Err(Unenforceable::AgentGone) = self.sync_policy().await {
+            return Ended::AgentGone("its connection closed".into());
+        }
         loop {
             let message = match frames.next().await {
                 None | Some(Err(CodecError::Io(_))) => return Ended::ClientGone,
@@ -272,6 +296,14 @@ impl Relay {
                 ClientMessage::SubscribeOverride { port, mode, filter } => {
                     self.subscribe(port, mode, filter, true).await
                 }
+                // Policies come from the operator only: a client's would
+                // replace the session's rules at the agent.
+                ClientMessage::SessionPolicy(_) => {
+                    tracing::warn!(session = %self.ctx.id, "a client sent a session policy");
+                    return Ended::Killed(
+                        "clients may not send session policies (only the operator does)".into(),
+                    );
+                }
                 ClientMessage::Incoming(IncomingClient::Unsubscribe { port }) => {
                     let (target, id) = (&self.ctx.target, self.ctx.id);
                     self.ctx
@@ -319,9 +351,45 @@ impl Relay {
                     let _ = self.to_client(answer(Err(error))).await;
                     return true;
                 }
+                // The path's text is not the path: the agent decides on the
+                // path as the target resolves it, under the policy in force.
+                match self.sync_policy().await {
+                    Ok(true) => {
+                        if !fs.paths().is_empty() {
+                            self.shared().fs_requests.insert(id);
+                        }
+                    }
+                    Ok(false) => {}
+                    Err(Unenforceable::AgentGone) => return false,
+                    Err(Unenforceable::TooOld(reason)) => {
+                        let error = RemoteError::new(ErrorCode::Forbidden, reason.clone());
+                        self.tell_once(LogLevel::Warn, reason).await;
+                        let _ = self.to_client(answer(Err(error))).await;
+                        return true;
+                    }
+                }
             }
             Request::Env(_) => {
                 self.shared().env_requests.insert(id);
+            }
+            Request::Db(db) => {
+                let result = match &self.ctx.branches {
+                    Some(branches) => {
+                        let target = crate::platform::ResolvedTarget {
+                            name: self.ctx.target.clone(),
+                        };
+                        branches
+                            .handle(db.clone(), &self.ctx.user, Some(&target))
+                            .await
+                            .map(Response::Db)
+                    }
+                    None => Err(RemoteError::new(
+                        ErrorCode::Unsupported,
+                        "this operator makes no database branches",
+                    )),
+                };
+                let _ = self.to_client(answer(result)).await;
+                return true;
             }
             Request::Lookup(lookup) => {
                 let hits = self
@@ -340,6 +408,39 @@ impl Relay {
         self.to_agent(ClientMessage::Request { id, request }).await
     }
 
+    /// Make the agent enforce the session policy in force now (sent again
+    /// when the policy file changed). `Ok(true)` when it has file rules.
+    async fn sync_policy(&self) -> Result<bool, Unenforceable> {
+        let policy = self.ctx.policies.current().session_policy(&self.ctx.target);
+        let active = policy != SessionPolicy::default();
+        // The agent starts with no policy: nothing to send for an empty one.
+        let sent = self.shared().policy_sent.clone().unwrap_or_default();
+        if sent == policy {
+            return Ok(active);
+        }
+        if !self
+            .ctx
+            .agent_capabilities
+            .contains(Capabilities::SESSION_POLICY)
+        {
+            if !active {
+                return Ok(false);
+            }
+            return Err(Unenforceable::TooOld(format!(
+                "file access on {} is refused: its policies (fs_not_found, env_exclude) need an \
+                 agent that enforces session policies (protocol v2); restart the target's agent \
+                 with this operator's version",
+                self.ctx.target
+            )));
+        }
+        self.shared().policy_sent = Some(policy.clone());
+        if self.to_agent(ClientMessage::SessionPolicy(policy)).await {
+            Ok(active)
+        } else {
+            Err(Unenforceable::AgentGone)
+        }
+    }
+
     async fn subscribe(
         &self,
         port: RemotePort,
@@ -348,6 +449,7 @@ impl Relay {
         take_over: bool,
     ) -> bool {
         let target = self.ctx.target.clone();
+        let policies = self.ctx.policies.current();
         let check = SubscribeCheck {
             target: &target,
             port: port.0,
@@ -355,9 +457,20 @@ impl Relay {
             filter: filter.as_ref(),
             take_over,
         };
-        if let Err(reason) = self.ctx.policies.current().check_subscribe(&check) {
+        let grant = match mode {
+            IncomingMode::Steal => &self.ctx.grants.steal,
+            IncomingMode::Mirror => &self.ctx.grants.mirror,
+        };
+        if let crate::access::Grant::Denied(reason) = grant {
+            let reason = reason.clone();
             return self.refuse(port, ErrorCode::Forbidden, reason).await;
         }
+        if let Err(reason) = policies.check_subscribe(&check) {
+            return self.refuse(port, ErrorCode::Forbidden, reason).await;
+        }
+        // What the check above read as text is enforced by structure: the
+        // required header AND the session's filter.
+        let filter = policies.constrain_filter(&target, filter);
         let claim = ClaimRequest {
             target: &target,
             port,
@@ -488,6 +601,14 @@ impl Relay {
                     continue;
                 }
                 ServerMessage::Response { id, result } => {
+                    let fs = self.shared().fs_requests.remove(id);
+                    if fs
+                        && let Err(error) = &*result
+                        && error.code == ErrorCode::NotFound
+                        && error.message.contains(" is hidden by ")
+                    {
+                        self.tell_once(LogLevel::Info, error.message.clone()).await;
+                    }
                     let env = self.shared().env_requests.remove(id);
                     if env && let Ok(Response::Env(reply)) = result {
                         self.withhold_env(&mut reply.vars).await;

@@ -5,7 +5,9 @@
 //! The accept path is generic over `AsyncRead + AsyncWrite`, so a TLS
 //! acceptor can wrap the TCP stream without touching the rest.
 
+use crate::access::{Access, Caller, SessionObserver, TokenAccess};
 use crate::agents::{AgentLease, AgentPool};
+use crate::branches::Branches;
 use crate::error::{Error, Result};
 use crate::platform::{Platform, ResolvedTarget};
 use crate::policy::PolicyStore;
@@ -43,15 +45,25 @@ pub struct OperatorConfig {
     pub token: SessionToken,
     /// The policies in force.
     pub policies: PolicyStore,
+    /// Where `db-branches.json` is kept (none: in memory only).
+    pub state_dir: Option<std::path::PathBuf>,
+    /// Extra directories with PostgreSQL client programs, for branches of
+    /// servers newer than the default `pg_dump`.
+    pub pg_bindirs: Vec<std::path::PathBuf>,
+    /// Who may connect; none: whoever presents `token`.
+    pub access: Option<Arc<dyn Access>>,
+    /// Where the session table is mirrored (RemoraSession objects).
+    pub observer: Option<Arc<dyn SessionObserver>>,
 }
 
 /// What every connection shares.
 #[derive(Debug)]
 struct Context {
-    token: SessionToken,
+    access: Arc<dyn Access>,
     agents: Arc<AgentPool>,
     sessions: Sessions,
     policies: PolicyStore,
+    branches: Branches,
 }
 
 /// A running operator.
@@ -80,15 +92,30 @@ impl Operator {
             addr: config.listen,
             source,
         })?;
+        let cancel = CancellationToken::new();
+        let branches = Branches::start(
+            platform.clone(),
+            config.state_dir.clone(),
+            config.pg_bindirs.clone(),
+            cancel.clone(),
+        );
         let agents = AgentPool::new(platform);
-        let sessions = Sessions::default();
+        let sessions = match config.observer {
+            Some(observer) => Sessions::observed(observer),
+            None => Sessions::default(),
+        };
+        let access = config.access.unwrap_or_else(|| {
+            Arc::new(TokenAccess {
+                token: config.token,
+            })
+        });
         let ctx = Arc::new(Context {
-            token: config.token,
+            access,
             agents: agents.clone(),
             sessions: sessions.clone(),
             policies: config.policies.clone(),
+            branches,
         });
-        let cancel = CancellationToken::new();
         tokio::spawn(
             config
                 .policies
@@ -189,18 +216,22 @@ where
             return;
         }
     };
-    if !hello.token.matches(&ctx.token) {
-        tracing::warn!(%peer, user = %hello.client.user, "wrong operator token");
-        let reason = "invalid operator token: set REMORA_OPERATOR_TOKEN to the operator's token \
-                      (see its --token-file)"
-            .to_owned();
-        let _ = framed.send(rejected(reason)).await;
-        return;
-    }
-    let user = hello.client.user.clone();
+    let mut caller: Caller = match ctx.access.authenticate(&hello).await {
+        Ok(caller) => caller,
+        Err(reason) => {
+            tracing::warn!(%peer, user = %hello.client.user, %reason, "client not authenticated");
+            let _ = framed.send(rejected(reason)).await;
+            return;
+        }
+    };
+    let user = caller.user.clone();
     let Some(target) = hello.target.clone() else {
         // A control connection: session listing and killing only.
-        let reply = accepted(version, Capabilities::SESSIONS, SessionId(0));
+        let reply = accepted(
+            version,
+            Capabilities::SESSIONS | Capabilities::DB_BRANCHES,
+            SessionId(0),
+        );
         if framed.send(reply).await.is_ok() {
             control(framed.map_codec(|_| FrameCodec::default()), &ctx, &user).await;
         }
@@ -211,6 +242,14 @@ where
         Ok(resolved) => resolved,
         Err(e) => {
             let _ = framed.send(rejected(e.to_string())).await;
+            return;
+        }
+    };
+    caller.grants = match ctx.access.authorize(&caller, &resolved).await {
+        Ok(grants) => grants,
+        Err(reason) => {
+            tracing::warn!(%peer, %user, target = %resolved.name, %reason, "session not authorised");
+            let _ = framed.send(rejected(reason)).await;
             return;
         }
     };
@@ -230,10 +269,22 @@ where
     else {
         unreachable!("connect_agent returns accepted sessions only");
     };
-    let (guard, commands) = ctx.sessions.register(&user, &resolved.name);
+    let (guard, commands) =
+        ctx.sessions
+            .register_identified(&user, caller.identity.as_deref(), &resolved.name);
     let id = guard.id();
+    // The session policy is the operator's business with the agent; the
+    // override is the operator's own (whatever the agent says).
+    let client_capabilities = Capabilities(capabilities.0 & !Capabilities::SESSION_POLICY.0)
+        | hello
+            .capabilities
+            .intersect(Capabilities::SUBSCRIBE_OVERRIDE);
     if framed
-        .send(accepted(agent_version.min(version), capabilities, id))
+        .send(accepted(
+            agent_version.min(version),
+            client_capabilities | Capabilities::DB_BRANCHES,
+            id,
+        ))
         .await
         .is_err()
     {
@@ -253,7 +304,17 @@ where
         user,
         target: resolved.name.clone(),
         sessions: ctx.sessions.clone(),
-        policies: ctx.policies.clone(),
+        // Policies may name users and groups the platform vouches for.
+        policies: match &caller.identity {
+            Some(user) => ctx.policies.for_subject(crate::policy::Subject {
+                user: Some(user.clone()),
+                groups: caller.groups.clone(),
+            }),
+            None => ctx.policies.clone(),
+        },
+        agent_capabilities: capabilities,
+        branches: Some(ctx.branches.clone()),
+        grants: caller.grants.clone(),
     };
     let ended = relay::run(
         client_sink,
@@ -286,7 +347,7 @@ async fn connect_agent(
             .acquire(target, attempt > 0)
             .await
             .map_err(|e| e.to_string())?;
-        match handshake_agent(lease.addr, &lease.token, target, hello).await {
+        match handshake_when_listening(&lease, hello).await {
             Ok((link, reply @ HelloReply::Accepted { .. })) => return Ok((lease, link, reply)),
             Ok((_, HelloReply::Rejected { reason, .. })) => {
                 lease.release().await;
@@ -307,10 +368,41 @@ async fn connect_agent(
     ))
 }
 
+/// How long a freshly started agent may take to listen: a Kubernetes
+/// agent's container runs before its listener does, and the port-forward
+/// to it closes until then.
+const AGENT_LISTEN_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// [`handshake_agent`], retried with short doubling waits for
+/// [`AGENT_LISTEN_TIMEOUT`] when the agent was just started; an agent that
+/// was already running gets one try (it may have exited on its own, and
+/// [`connect_agent`] then replaces it).
+async fn handshake_when_listening(
+    lease: &AgentLease,
+    hello: &Hello,
+) -> std::result::Result<(AgentLink, HelloReply), String> {
+    let deadline = tokio::time::Instant::now()
+        + if lease.fresh {
+            AGENT_LISTEN_TIMEOUT
+        } else {
+            Duration::ZERO
+        };
+    let mut delay = Duration::from_millis(20);
+    loop {
+        match handshake_agent(lease.addr, &lease.token, hello).await {
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                tracing::debug!(error = %e, "the new agent does not answer yet");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_millis(500));
+            }
+            other => return other,
+        }
+    }
+}
+
 async fn handshake_agent(
     addr: SocketAddr,
     token: &SessionToken,
-    target: &ResolvedTarget,
     hello: &Hello,
 ) -> std::result::Result<(AgentLink, HelloReply), String> {
     let stream = tokio::time::timeout(AGENT_CONNECT_TIMEOUT, TcpStream::connect(addr))
@@ -321,10 +413,15 @@ async fn handshake_agent(
     let mut framed = Framed::new(stream, FrameCodec::<HelloReply, Hello>::default());
     let agent_hello = Hello {
         version: hello.version.min(PROTOCOL_VERSION),
-        capabilities: hello.capabilities,
+        // The operator asks for session policies on its own behalf.
+        capabilities: hello.capabilities | Capabilities::SESSION_POLICY,
         token: token.clone(),
         client: hello.client.clone(),
-        target: Some(target.name.clone()),
+        // The agent's own token already names it (each agent gets a random
+        // one); what it calls its target may differ from the operator's
+        // canonical name (a Kubernetes agent serves `pid/<container pid>`
+        // for `deployment/web`), so no target is asked for.
+        target: None,
     };
     framed
         .send(agent_hello)
@@ -355,6 +452,11 @@ async fn control<S>(
         let result = match &request {
             Request::Session(control) => relay::session_control(&ctx.sessions, user, control),
             Request::Ping => Ok(Response::Pong),
+            Request::Db(db) => ctx
+                .branches
+                .handle(db.clone(), user, None)
+                .await
+                .map(Response::Db),
             _ => Err(RemoteError::new(
                 ErrorCode::Unsupported,
                 "this is a control connection (no target): only session requests",

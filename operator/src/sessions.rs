@@ -1,6 +1,7 @@
 //! The operator's sessions: who runs what against which target, and the
 //! channels to tell a session's relay to end or to give a port up.
 
+use crate::access::{SessionObserver, SessionRecord};
 use crate::registry::FilterRegistry;
 use remora_protocol::incoming::RemotePort;
 use remora_protocol::session::SessionInfo;
@@ -31,6 +32,7 @@ pub enum SessionCommand {
 #[derive(Debug)]
 struct Entry {
     user: String,
+    identity: Option<String>,
     target: String,
     started_at: SystemTime,
     /// others --orders--> the session's relay
@@ -41,6 +43,8 @@ struct Entry {
 #[derive(Debug, Clone, Default)]
 pub struct Sessions {
     inner: Arc<Mutex<Inner>>,
+    /// Told the table after every change.
+    observer: Option<Arc<dyn SessionObserver>>,
 }
 
 #[derive(Debug, Default)]
@@ -68,14 +72,34 @@ impl Drop for SessionGuard {
         let mut inner = self.sessions.lock();
         inner.sessions.remove(&self.id);
         inner.registry.release_session(self.id);
+        drop(inner);
+        self.sessions.notify();
     }
 }
 
 impl Sessions {
+    /// An empty table whose every change is told to `observer`.
+    pub fn observed(observer: Arc<dyn SessionObserver>) -> Self {
+        Sessions {
+            inner: Arc::default(),
+            observer: Some(observer),
+        }
+    }
+
     /// Register a new session; its relay receives orders on the receiver.
     pub fn register(
         &self,
         user: &str,
+        target: &str,
+    ) -> (SessionGuard, mpsc::Receiver<SessionCommand>) {
+        self.register_identified(user, None, target)
+    }
+
+    /// [`Sessions::register`], with the platform's identity of the user.
+    pub fn register_identified(
+        &self,
+        user: &str,
+        identity: Option<&str>,
         target: &str,
     ) -> (SessionGuard, mpsc::Receiver<SessionCommand>) {
         let (command_tx, command_rx) = mpsc::channel(COMMAND_CAPACITY);
@@ -97,12 +121,14 @@ impl Sessions {
             id,
             Entry {
                 user: user.to_owned(),
+                identity: identity.map(str::to_owned),
                 target: target.to_owned(),
                 started_at: SystemTime::now(),
                 command_tx,
             },
         );
         drop(inner);
+        self.notify();
         let guard = SessionGuard {
             id,
             sessions: self.clone(),
@@ -112,24 +138,39 @@ impl Sessions {
 
     /// Every session, oldest first, with its granted subscriptions.
     pub fn list(&self) -> Vec<SessionInfo> {
+        self.records().into_iter().map(|r| r.info).collect()
+    }
+
+    /// [`Sessions::list`] with each user's identity.
+    pub fn records(&self) -> Vec<SessionRecord> {
         let inner = self.lock();
-        let mut list: Vec<SessionInfo> = inner
+        let mut list: Vec<SessionRecord> = inner
             .sessions
             .iter()
-            .map(|(id, e)| SessionInfo {
-                id: *id,
-                user: e.user.clone(),
-                target: e.target.clone(),
-                subscriptions: inner.registry.subscriptions_of(*id),
-                started_at: e
-                    .started_at
-                    .duration_since(SystemTime::UNIX_EPOCH)
-                    .map(|d| d.as_secs())
-                    .unwrap_or_default(),
+            .map(|(id, e)| SessionRecord {
+                info: SessionInfo {
+                    id: *id,
+                    user: e.user.clone(),
+                    target: e.target.clone(),
+                    subscriptions: inner.registry.subscriptions_of(*id),
+                    started_at: e
+                        .started_at
+                        .duration_since(SystemTime::UNIX_EPOCH)
+                        .map(|d| d.as_secs())
+                        .unwrap_or_default(),
+                },
+                identity: e.identity.clone(),
             })
             .collect();
-        list.sort_by_key(|s| (s.started_at, s.id));
+        list.sort_by_key(|s| (s.info.started_at, s.info.id));
         list
+    }
+
+    /// Tell the observer the table as it is now.
+    fn notify(&self) {
+        if let Some(observer) = &self.observer {
+            observer.sessions_changed(self.records());
+        }
     }
 
     /// Order session `id` to end with `reason`.
@@ -157,7 +198,9 @@ impl Sessions {
 
     /// Work on the filter registry.
     pub fn with_registry<R>(&self, f: impl FnOnce(&mut FilterRegistry) -> R) -> R {
-        f(&mut self.lock().registry)
+        let result = f(&mut self.lock().registry);
+        self.notify();
+        result
     }
 
     /// How many sessions are connected.

@@ -185,6 +185,81 @@ pub enum FsRequest {
         from: String,
         to: String,
     },
+    /// `fsync` (`data_only`: `fdatasync`) of an open file. Protocol v2, only
+    /// to peers with [`crate::Capabilities::FILE_SYNC`].
+    Fsync {
+        fd: RemoteFd,
+        data_only: bool,
+    },
+    /// `chmod` ([`crate::Capabilities::FILE_METADATA`], like every request below).
+    SetMode {
+        path: String,
+        mode: u32,
+        follow_symlinks: bool,
+    },
+    /// `chown`; `None` leaves the id unchanged (`-1` in C).
+    SetOwner {
+        path: String,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        follow_symlinks: bool,
+    },
+    /// `utimensat`.
+    SetTimes {
+        path: String,
+        atime: SetTime,
+        mtime: SetTime,
+        follow_symlinks: bool,
+    },
+    /// `truncate` of a path.
+    Truncate {
+        path: String,
+        len: u64,
+    },
+    /// A hard link `to` naming the file `from`.
+    Link {
+        from: String,
+        to: String,
+    },
+    /// A symbolic link at `link` whose content is `target`.
+    Symlink {
+        target: String,
+        link: String,
+    },
+    /// `statfs` of the file system holding `path`.
+    StatFs {
+        path: String,
+    },
+}
+
+/// One timestamp of a [`FsRequest::SetTimes`].
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SetTime {
+    /// The current time (`UTIME_NOW`).
+    Now,
+    /// Left unchanged (`UTIME_OMIT`).
+    Omit,
+    At(Timestamp),
+}
+
+/// A file system's figures, as `statfs(2)` reports them.
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct FsStats {
+    /// The magic number of the file system type (`f_type`).
+    pub fs_type: u64,
+    pub block_size: u64,
+    pub fragment_size: u64,
+    pub blocks: u64,
+    pub blocks_free: u64,
+    pub blocks_available: u64,
+    pub files: u64,
+    pub files_free: u64,
+    pub name_max: u64,
+    /// `ST_*` mount flags (`f_flag` of `statvfs`).
+    pub flags: u64,
+    pub fsid: u64,
 }
 
 impl FsRequest {
@@ -200,8 +275,14 @@ impl FsRequest {
             | FsRequest::Canonicalize { path }
             | FsRequest::MkDir { path, .. }
             | FsRequest::Unlink { path }
-            | FsRequest::RmDir { path } => vec![path],
-            FsRequest::Rename { from, to } => vec![from, to],
+            | FsRequest::RmDir { path }
+            | FsRequest::SetMode { path, .. }
+            | FsRequest::SetOwner { path, .. }
+            | FsRequest::SetTimes { path, .. }
+            | FsRequest::Truncate { path, .. }
+            | FsRequest::StatFs { path }
+            | FsRequest::Symlink { link: path, .. } => vec![path],
+            FsRequest::Rename { from, to } | FsRequest::Link { from, to } => vec![from, to],
             FsRequest::Read { .. }
             | FsRequest::Pread { .. }
             | FsRequest::Write { .. }
@@ -209,6 +290,7 @@ impl FsRequest {
             | FsRequest::Seek { .. }
             | FsRequest::Fstat { .. }
             | FsRequest::Ftruncate { .. }
+            | FsRequest::Fsync { .. }
             | FsRequest::Close { .. }
             | FsRequest::ReadDirBatch { .. } => Vec::new(),
         }
@@ -227,4 +309,5 @@ pub enum FsReply {
     DirEntries(Vec<DirEntry>),
     Path(String),
     Done,
+    StatFs(FsStats),
 }

@@ -8,6 +8,14 @@
 use serde::{Deserialize, Serialize};
 
 /// Protocol version, bumped whenever a message variant is appended.
+///
+/// * v1: the first release.
+/// * v2: feature negotiation for the messages v1 gained without a version
+///   ([`Capabilities::SUBSCRIBE_OVERRIDE`], [`Capabilities::STREAM_WRITES`],
+///   [`Capabilities::INCOMING_PEER`]) and the operator's
+///   [`Capabilities::SESSION_POLICY`]. A v1 peer still works: it never
+///   advertises those bits, so neither side sends those messages to it.
+/// * v3: per-stream credit ([`Capabilities::FLOW_CONTROL`], [`crate::flow`]).
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct ProtocolVersion(pub u32);
@@ -19,8 +27,16 @@ impl std::fmt::Display for ProtocolVersion {
 }
 
 /// The version this build speaks.
-pub const PROTOCOL_VERSION: ProtocolVersion = ProtocolVersion(1);
-/// The oldest peer version this build still understands.
+///
+/// - v1: the first release.
+/// - v2: `FsRequest::Fsync` ([`Capabilities::FILE_SYNC`]); the capability bits
+///   for what v1 peers may lack: `ClientMessage::SubscribeOverride`
+///   ([`Capabilities::SUBSCRIBE_OVERRIDE`]).
+/// - v3: per-stream credit-based flow control (`OutgoingClient::Credit` and
+///   the like, [`Capabilities::FLOW_CONTROL`]).
+pub const PROTOCOL_VERSION: ProtocolVersion = ProtocolVersion(3);
+/// The oldest peer version this build still understands (v1: every message
+/// added since is gated by a capability bit a v1 peer does not advertise).
 pub const MIN_PROTOCOL_VERSION: ProtocolVersion = ProtocolVersion(1);
 
 /// Optional features a peer supports, as a bit set.
@@ -42,9 +58,53 @@ impl Capabilities {
     pub const SESSIONS: Capabilities = Capabilities(1 << 10);
     /// Open replies may carry a snapshot of a small read-only file.
     pub const FILE_SNAPSHOT: Capabilities = Capabilities(1 << 11);
+    /// `FsRequest::Fsync` syncs a remote file (v2).
+    pub const FILE_SYNC: Capabilities = Capabilities(1 << 16);
+    /// `chmod`, `chown`, `utimensat`, `truncate`, links and `statfs` on remote
+    /// paths (`FsRequest::SetMode`... `StatFs`, v2).
+    pub const FILE_METADATA: Capabilities = Capabilities(1 << 17);
+    /// Per-stream credit on the client ⇄ server link ([`crate::flow`], v3):
+    /// the `Credit` messages of outgoing and incoming streams. Without it a
+    /// stream's data is not windowed and a slow stream slows the link.
+    pub const FLOW_CONTROL: Capabilities = Capabilities(1 << 18);
+    /// `ClientMessage::SubscribeOverride` takes a port over from a session
+    /// holding an identical filter (operators; v2 names it).
+    pub const SUBSCRIBE_OVERRIDE: Capabilities = Capabilities(1 << 24);
+    /// `ClientMessage::SessionPolicy`: the agent enforces the operator's
+    /// file policies itself, on paths as the target resolves them.
+    pub const SESSION_POLICY: Capabilities = Capabilities(1 << 25);
+    /// `LayerRequest::StreamWrites` is understood (layer ⇄ intproxy).
+    pub const STREAM_WRITES: Capabilities = Capabilities(1 << 26);
+    /// `LayerRequest::IncomingPeer` is understood (layer ⇄ intproxy).
+    pub const INCOMING_PEER: Capabilities = Capabilities(1 << 27);
+    /// The operator makes database branches ([`crate::db`]).
+    pub const DB_BRANCHES: Capabilities = Capabilities(1 << 28);
 
+    /// Every capability of protocol v1.
+    pub const V1: Capabilities = Capabilities((1 << 12) - 1);
     /// Everything this build implements.
-    pub const ALL: Capabilities = Capabilities((1 << 12) - 1);
+    pub const ALL: Capabilities = Capabilities(
+        Self::V1.0
+            | Self::FILE_SYNC.0
+            | Self::FILE_METADATA.0
+            | Self::FLOW_CONTROL.0
+            | Self::SUBSCRIBE_OVERRIDE.0
+            | Self::SESSION_POLICY.0
+            | Self::STREAM_WRITES.0
+            | Self::INCOMING_PEER.0
+            | Self::DB_BRANCHES.0,
+    );
+
+    /// What a peer that negotiated `version` but no capability set (the
+    /// layer ⇄ intproxy link, whose handshake carries only a version)
+    /// understands beyond v1.
+    pub fn implied_by(version: ProtocolVersion) -> Capabilities {
+        if version >= ProtocolVersion(2) {
+            Capabilities(Self::STREAM_WRITES.0 | Self::INCOMING_PEER.0)
+        } else {
+            Capabilities(0)
+        }
+    }
 
     pub fn contains(self, other: Capabilities) -> bool {
         self.0 & other.0 == other.0
@@ -131,14 +191,51 @@ pub enum HelloReply {
     },
 }
 
-/// Decide which version to speak with a peer, or explain the mismatch.
+/// Server side: decide which version to speak with a client that speaks
+/// `peer`, or explain the mismatch naming both versions. A newer client is
+/// answered in this side's version (it decides in [`check_accepted`] whether
+/// it can still speak it).
 pub fn negotiate(peer: ProtocolVersion) -> Result<ProtocolVersion, String> {
     if peer < MIN_PROTOCOL_VERSION {
         Err(format!(
-            "peer speaks protocol {peer}, this side needs at least {MIN_PROTOCOL_VERSION} \
-             (it speaks {PROTOCOL_VERSION}); upgrade the older remora"
+            "the client speaks protocol {peer}, this side speaks {PROTOCOL_VERSION} and needs \
+             at least {MIN_PROTOCOL_VERSION}; upgrade the older remora (the client)"
         ))
     } else {
         Ok(peer.min(PROTOCOL_VERSION))
+    }
+}
+
+/// Client side: may this build speak `accepted`, the version a server chose?
+/// `server` names the server in the message (`the agent`, `the operator`).
+///
+/// # Errors
+/// Both versions and which side to upgrade.
+pub fn check_accepted(accepted: ProtocolVersion, server: &str) -> Result<(), String> {
+    if accepted < MIN_PROTOCOL_VERSION {
+        Err(format!(
+            "{server} speaks protocol {accepted}, this remora speaks {PROTOCOL_VERSION} and \
+             needs at least {MIN_PROTOCOL_VERSION}; upgrade {server}"
+        ))
+    } else if accepted > PROTOCOL_VERSION {
+        Err(format!(
+            "{server} answered in protocol {accepted}, newer than this remora's \
+             {PROTOCOL_VERSION}; upgrade this remora"
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// Client side: explain a rejection in which the server's version differs
+/// from ours.
+pub fn explain_rejection(reason: &str, server_protocol: ProtocolVersion, server: &str) -> String {
+    if server_protocol == PROTOCOL_VERSION {
+        reason.to_owned()
+    } else {
+        format!(
+            "{reason} ({server} speaks protocol {server_protocol}, this remora speaks \
+             {PROTOCOL_VERSION})"
+        )
     }
 }

@@ -78,6 +78,12 @@ pub enum IncomingClient {
         request: HttpRequestId,
         reason: String,
     },
+    /// The client passed on `bytes` of credit of the server's data on
+    /// connection `conn` (v3, [`crate::flow`]).
+    Credit {
+        conn: ConnectionId,
+        bytes: u32,
+    },
 }
 
 /// An HTTP version.
@@ -166,5 +172,11 @@ pub enum IncomingServer {
     Upgraded {
         request: HttpRequestId,
         conn: ConnectionId,
+    },
+    /// The server passed on `bytes` of credit of the client's data on
+    /// connection `conn` (v3, [`crate::flow`]).
+    Credit {
+        conn: ConnectionId,
+        bytes: u32,
     },
 }

@@ -21,9 +21,11 @@
 //! async `tokio_util` codec sits behind the `tokio-codec` feature.
 
 pub mod codec;
+pub mod db;
 pub mod dns;
 pub mod env;
 pub mod error;
+pub mod flow;
 pub mod fs;
 pub mod handshake;
 pub mod ids;

@@ -25,6 +25,8 @@ pub enum Request {
     Env(EnvRequest),
     Session(SessionRequest),
     Ping,
+    /// Database branches (operator only; protocol v2, [`crate::Capabilities::DB_BRANCHES`]).
+    Db(crate::db::DbRequest),
 }
 
 /// The successful answer to a [`Request`].
@@ -38,6 +40,7 @@ pub enum Response {
     Env(EnvReply),
     Session(SessionReply),
     Pong,
+    Db(crate::db::DbReply),
 }
 
 /// intproxy/operator client → agent/operator, after the handshake.
@@ -63,6 +66,9 @@ pub enum ClientMessage {
         mode: IncomingMode,
         filter: Option<HttpFilter>,
     },
+    /// operator → agent: the file policies of this session (see
+    /// [`SessionPolicy`](crate::session::SessionPolicy)).
+    SessionPolicy(crate::session::SessionPolicy),
 }
 
 /// agent/operator → client, after the handshake.

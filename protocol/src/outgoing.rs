@@ -31,6 +31,9 @@ pub enum OutgoingClient {
     ShutdownWrite { conn: ConnectionId },
     /// The local side is gone; release everything.
     Close { conn: ConnectionId },
+    /// The client passed on `bytes` of credit of the server's data on `conn`
+    /// (v3, [`crate::flow`]).
+    Credit { conn: ConnectionId, bytes: u32 },
 }
 
 /// What the remote side of a new stream looks like.
@@ -63,4 +66,7 @@ pub enum OutgoingServer {
         conn: ConnectionId,
         error: Option<crate::RemoteError>,
     },
+    /// The server passed on `bytes` of credit of the client's data on `conn`
+    /// (v3, [`crate::flow`]).
+    Credit { conn: ConnectionId, bytes: u32 },
 }

@@ -49,3 +49,30 @@ pub enum LogLevel {
     Warn,
     Error,
 }
+
+/// operator → agent (only on a link that negotiated
+/// [`Capabilities::SESSION_POLICY`](crate::Capabilities::SESSION_POLICY)):
+/// the file rules the agent enforces for every later file request of this
+/// session, on each path as the target resolves it (after `//`, `.`, `..`
+/// and symlinks, inside its mount namespace). Replaces the previous one; the
+/// operator never forwards one a client sent.
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct SessionPolicy {
+    /// Paths that appear absent.
+    pub fs_not_found: Vec<PathRule>,
+    /// When set (to the label of the policy asking), the target's processes'
+    /// `/proc/<pid>/environ`, `mem` and the like appear absent: an
+    /// `env_exclude` must not be undone by reading them as files.
+    pub hide_process_env: Option<String>,
+}
+
+/// One `fs_not_found` regex and the policy it comes from.
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PathRule {
+    /// The regex, matched against resolved absolute paths.
+    pub pattern: String,
+    /// `policy #N in FILE`.
+    pub label: String,
+}

@@ -3,7 +3,7 @@
 use crate::codec::{self, CodecError, MAX_FRAME_LEN};
 use crate::incoming::HttpFilter;
 use crate::messages::*;
-use crate::{Hello, HelloReply};
+use crate::{Capabilities, Hello, HelloReply};
 use bytes::Bytes;
 use proptest::prelude::*;
 
@@ -213,7 +213,82 @@ fn version_negotiation_explains_mismatch() {
     );
     assert_eq!(negotiate(ProtocolVersion(99)), Ok(crate::PROTOCOL_VERSION));
     let err = negotiate(ProtocolVersion(0)).unwrap_err();
-    assert!(err.contains("v0") && err.contains("upgrade"), "{err}");
+    assert!(
+        err.contains("v0") && err.contains("v3") && err.contains("upgrade"),
+        "{err}"
+    );
+}
+
+#[test]
+fn version_two_keeps_v1_peers_and_gates_the_newer_messages() {
+    use crate::handshake::{MIN_PROTOCOL_VERSION, ProtocolVersion, negotiate};
+    assert_eq!(crate::PROTOCOL_VERSION, ProtocolVersion(3));
+    assert_eq!(MIN_PROTOCOL_VERSION, ProtocolVersion(1));
+    assert_eq!(negotiate(ProtocolVersion(1)), Ok(ProtocolVersion(1)));
+    let gated = [
+        (Capabilities::SUBSCRIBE_OVERRIDE, 1 << 24),
+        (Capabilities::SESSION_POLICY, 1 << 25),
+        (Capabilities::STREAM_WRITES, 1 << 26),
+        (Capabilities::INCOMING_PEER, 1 << 27),
+        (Capabilities::FLOW_CONTROL, 1 << 18),
+    ];
+    for (bit, value) in gated {
+        assert_eq!(bit.0, value);
+        assert!(Capabilities::ALL.contains(bit));
+    }
+    let v1 = Capabilities::implied_by(ProtocolVersion(1));
+    assert!(!v1.contains(Capabilities::STREAM_WRITES));
+    assert!(!v1.contains(Capabilities::INCOMING_PEER));
+    let v2 = Capabilities::implied_by(ProtocolVersion(2));
+    assert!(v2.contains(Capabilities::STREAM_WRITES | Capabilities::INCOMING_PEER));
+}
+
+#[test]
+fn a_client_names_both_versions_when_the_server_is_older_or_newer() {
+    use crate::handshake::{ProtocolVersion, check_accepted, explain_rejection};
+    assert!(check_accepted(crate::PROTOCOL_VERSION, "the agent").is_ok());
+    assert!(check_accepted(ProtocolVersion(1), "the agent").is_ok());
+    let newer = check_accepted(ProtocolVersion(7), "the operator").unwrap_err();
+    assert!(
+        newer.contains("v7") && newer.contains("v3") && newer.contains("upgrade this remora"),
+        "{newer}"
+    );
+    let older = check_accepted(ProtocolVersion(0), "the agent").unwrap_err();
+    assert!(
+        older.contains("v0") && older.contains("v3") && older.contains("upgrade the agent"),
+        "{older}"
+    );
+    let rejected = explain_rejection("invalid token", ProtocolVersion(9), "the agent");
+    assert!(
+        rejected.contains("v9") && rejected.contains("v3"),
+        "{rejected}"
+    );
+    assert_eq!(
+        explain_rejection("invalid token", crate::PROTOCOL_VERSION, "the agent"),
+        "invalid token"
+    );
+}
+
+#[test]
+fn a_v1_hello_still_decodes_and_its_encoding_is_frozen() {
+    use crate::handshake::ProtocolVersion;
+    let hello = Hello {
+        version: ProtocolVersion(1),
+        capabilities: Capabilities::FILES,
+        token: crate::SessionToken("t".into()),
+        client: crate::ClientIdentity {
+            user: "u".into(),
+            hostname: "h".into(),
+            pid: 1,
+            program: "p".into(),
+            remora_version: "0.1.0".into(),
+        },
+        target: None,
+    };
+    let bytes = codec::encode(&hello).unwrap();
+    // The version is the first field (a varint): a peer of any version reads it.
+    assert_eq!(bytes[0], 1);
+    assert_eq!(codec::decode::<Hello>(&bytes).unwrap(), hello);
 }
 
 #[test]

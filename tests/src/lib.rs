@@ -12,9 +12,11 @@
 
 pub mod bins;
 mod cmd;
+pub mod db;
 pub mod error;
 pub mod fixtures;
 pub mod operator;
+pub mod pg18;
 pub mod procs;
 pub mod sandbox;
 

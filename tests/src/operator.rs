@@ -25,6 +25,15 @@ impl OperatorProcess {
     /// # Errors
     /// The binary is missing, or it did not announce its address in time.
     pub fn start(policy: Option<&Path>) -> Result<OperatorProcess> {
+        Self::start_with(policy, &[])
+    }
+
+    /// Like [`OperatorProcess::start`], with more `serve` arguments
+    /// (`--state-dir DIR`).
+    ///
+    /// # Errors
+    /// As [`OperatorProcess::start`].
+    pub fn start_with(policy: Option<&Path>, extra: &[&str]) -> Result<OperatorProcess> {
         let bin = crate::bin_path("remora-operator")?;
         let token = format!("test-token-{}-{}", std::process::id(), unique());
         let mut cmd = Command::new(&bin);
@@ -32,6 +41,7 @@ impl OperatorProcess {
         if let Some(policy) = policy {
             cmd.arg("--policy").arg(policy);
         }
+        cmd.args(extra);
         if std::env::var_os("REMORA_OPERATOR_LOG").is_none() {
             cmd.env("REMORA_OPERATOR_LOG", "warn");
         }
@@ -73,6 +83,11 @@ impl OperatorProcess {
     /// Where it listens.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Its token (for tests that speak the protocol themselves).
+    pub fn token(&self) -> &str {
+        &self.token
     }
 
     /// Its process id.

@@ -379,6 +379,29 @@ fn nothing_is_left_running_after_the_command_exits() {
     }
 }
 
+/// `remora run … 2>&1 | cat` used to wait out the intproxy's linger: the
+/// intproxy and agent held the pipe. `output()` reads stderr to its end, so
+/// returning while the intproxy still lingers proves they let go of it.
+#[test]
+fn a_piped_stderr_ends_with_the_command_not_with_the_intproxy() {
+    require_sandbox!();
+    let sandbox = Sandbox::new().unwrap();
+    let c = checkout_pod(&sandbox).unwrap();
+    let out = remora_run(&c.pod, &["sh", "-c", "echo to-stderr >&2"]).unwrap();
+    let lingering = remora_tests::procs::any_serving(&c.pod.target());
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "to-stderr\n");
+    assert!(
+        lingering,
+        "stderr reached its end only once the intproxy had exited"
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while remora_tests::procs::any_serving(&c.pod.target()) {
+        assert!(Instant::now() < deadline, "the intproxy never exited");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Runs `remora run` from a second "laptop" pod whose resolver only knows its
 /// own loopback, so if a resolver function escaped the layer, its query could
 /// never leave the machine: it would fail instead.
@@ -398,6 +421,8 @@ import os, platform, socket, subprocess
 print("gethostbyname", socket.gethostbyname("payments.staging.internal"))
 print("gethostbyname_ex", socket.gethostbyname_ex("payments.staging.internal")[2])
 print("gethostbyaddr", socket.gethostbyaddr("127.0.0.1")[0])
+# gethostbyaddr_r: the pod's address is only in the pod's hosts file.
+print("gethostbyaddr pod", socket.gethostbyaddr(os.environ["POD_IP"])[0])
 print("node", platform.node())
 # A child started with a scrubbed environment still sees the pod.
 child = subprocess.run(["cat", "/etc/checkout/config.yaml"], env={"PATH": os.environ["PATH"]},
@@ -411,12 +436,17 @@ fn legacy_resolvers_uname_and_scrubbed_children_see_the_pod() {
     let sandbox = Sandbox::new().unwrap();
     let c = checkout_pod(&sandbox).unwrap();
     let laptop = sandbox.pod(PodSpec::new("laptop")).unwrap();
-    let out = remora_from_laptop(&laptop, &c.pod.target(), &["python3", "-c", LEGACY_SCRIPT]);
+    let pod_ip = format!("POD_IP={}", c.pod.ip());
+    let out = remora_from_laptop(
+        &laptop,
+        &c.pod.target(),
+        &["env", &pod_ip, "python3", "-c", LEGACY_SCRIPT],
+    );
     let stdout = ok(out);
     assert_eq!(
         stdout,
         "gethostbyname 127.0.0.1\ngethostbyname_ex ['127.0.0.1']\ngethostbyaddr localhost\n\
-         node checkout\nscrubbed-env child feature_flags:\n"
+         gethostbyaddr pod checkout\nnode checkout\nscrubbed-env child feature_flags:\n"
     );
     let hosts = ok(remora_from_laptop(
         &laptop,
@@ -522,5 +552,21 @@ fn udp_datagrams_reach_the_pods_loopback() {
     assert_eq!(
         out,
         "pod:ping ('127.0.0.1', 19053)\npod:pong ('127.0.0.1', 19053)\n"
+    );
+    // The batched calls: one sendmmsg to the pod's loopback, one recvmmsg
+    // whose sources are the pod's echo (not remora's interceptor).
+    let dir = tempfile::tempdir().unwrap();
+    let program = dir.path().join("udp_mmsg");
+    let built = std::process::Command::new("gcc")
+        .arg("-o")
+        .arg(&program)
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/apps/c/udp_mmsg.c"))
+        .status()
+        .unwrap();
+    assert!(built.success());
+    let out = ok(remora_run(&c.pod, &[program.to_str().unwrap(), "19053"]).unwrap());
+    assert_eq!(
+        out,
+        "sent 2\npod:one from 127.0.0.1:19053\npod:two from 127.0.0.1:19053\n"
     );
 }

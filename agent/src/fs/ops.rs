@@ -53,14 +53,18 @@ pub fn execute(fds: &Mutex<FdTable>, request: FsRequest) -> RemoteResult<FsReply
             let handle = get(fds, fd)?;
             let mut handle = lock(&handle);
             let file = plain_file(&mut handle, "write")?;
-            let n = retry(|| file.write(&data)).map_err(|e| io_err("write", &e))?;
+            let n =
+                write_fully(&data, |rest, _| file.write(rest)).map_err(|e| io_err("write", &e))?;
             Ok(FsReply::Written(n as u64))
         }
         FsRequest::Pwrite { fd, offset, data } => {
             let handle = get(fds, fd)?;
             let mut handle = lock(&handle);
             let file = plain_file(&mut handle, "pwrite")?;
-            let n = retry(|| file.write_at(&data, offset)).map_err(|e| io_err("pwrite", &e))?;
+            let n = write_fully(&data, |rest, done| {
+                file.write_at(rest, offset + done as u64)
+            })
+            .map_err(|e| io_err("pwrite", &e))?;
             Ok(FsReply::Written(n as u64))
         }
         FsRequest::Seek { fd, from } => {
@@ -104,6 +108,18 @@ pub fn execute(fds: &Mutex<FdTable>, request: FsRequest) -> RemoteResult<FsReply
             let mut handle = lock(&handle);
             let file = plain_file(&mut handle, "ftruncate")?;
             file.set_len(len).map_err(|e| io_err("ftruncate", &e))?;
+            Ok(FsReply::Done)
+        }
+        FsRequest::Fsync { fd, data_only } => {
+            let handle = get(fds, fd)?;
+            let mut handle = lock(&handle);
+            let file = plain_file(&mut handle, "fsync")?;
+            let synced = if data_only {
+                retry(|| file.sync_data())
+            } else {
+                retry(|| file.sync_all())
+            };
+            synced.map_err(|e| io_err(if data_only { "fdatasync" } else { "fsync" }, &e))?;
             Ok(FsReply::Done)
         }
         FsRequest::Close { fd } => {
@@ -157,6 +173,13 @@ pub fn execute(fds: &Mutex<FdTable>, request: FsRequest) -> RemoteResult<FsReply
                 .map_err(|e| io_err(format!("rename {from} to {to}"), &e))?;
             Ok(FsReply::Done)
         }
+        request @ (FsRequest::SetMode { .. }
+        | FsRequest::SetOwner { .. }
+        | FsRequest::SetTimes { .. }
+        | FsRequest::Truncate { .. }
+        | FsRequest::Link { .. }
+        | FsRequest::Symlink { .. }
+        | FsRequest::StatFs { .. }) => super::meta::execute(request),
     }
 }
 
@@ -334,6 +357,33 @@ fn lock(handle: &SharedHandle) -> MutexGuard<'_, Handle> {
     handle
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Write all of `data` with `write(rest, done)`, looping on short writes
+/// (and `EINTR`), so a frame's bytes are never half-written silently. An error
+/// after some bytes went out reports those bytes; the caller's next write
+/// then meets the error.
+pub(crate) fn write_fully(
+    data: &[u8],
+    mut write: impl FnMut(&[u8], usize) -> std::io::Result<usize>,
+) -> std::io::Result<usize> {
+    let mut done = 0;
+    while done < data.len() {
+        match write(&data[done..], done) {
+            Ok(0) => {
+                return if done > 0 {
+                    Ok(done)
+                } else {
+                    Err(std::io::ErrorKind::WriteZero.into())
+                };
+            }
+            Ok(n) => done += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) if done > 0 => return Ok(done),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
 }
 
 fn retry<T>(mut op: impl FnMut() -> std::io::Result<T>) -> std::io::Result<T> {

@@ -267,3 +267,74 @@ fn open_flags_follow_the_options() {
     assert!(flags.contains(OFlag::O_RDWR | OFlag::O_TRUNC));
     assert!(!flags.contains(OFlag::O_CREAT));
 }
+
+/// Regression: the agent did one `write` per frame and reported whatever
+/// count it got, so a short write lost the rest of the frame.
+#[test]
+fn short_writes_are_retried_until_the_frame_is_written() {
+    let data = b"0123456789";
+    let mut calls = Vec::new();
+    let mut interrupted = false;
+    let n = ops::write_fully(data, |rest, done| {
+        calls.push(done);
+        if done == 3 && !interrupted {
+            interrupted = true;
+            return Err(std::io::ErrorKind::Interrupted.into());
+        }
+        Ok(rest.len().min(3))
+    })
+    .unwrap();
+    assert_eq!(n, 10);
+    assert_eq!(calls, [0, 3, 3, 6, 9]);
+
+    // An error after progress reports the progress; before any, the error.
+    let partial = ops::write_fully(data, |_, done| {
+        if done == 0 {
+            Ok(4)
+        } else {
+            Err(std::io::Error::from_raw_os_error(libc::ENOSPC))
+        }
+    });
+    assert_eq!(partial.unwrap(), 4);
+    let failed = ops::write_fully(data, |_, _| {
+        Err(std::io::Error::from_raw_os_error(libc::ENOSPC))
+    });
+    assert_eq!(failed.unwrap_err().raw_os_error(), Some(libc::ENOSPC));
+    let zero = ops::write_fully(data, |_, _| Ok(0));
+    assert_eq!(zero.unwrap_err().kind(), std::io::ErrorKind::WriteZero);
+}
+
+#[test]
+fn fsync_and_fdatasync_sync_an_open_file_and_fail_on_a_bad_handle() {
+    let dir = tempfile::tempdir().unwrap();
+    let fds = Mutex::new(FdTable::default());
+    let path = dir.path().join("synced");
+    let options = OpenOptions {
+        write: true,
+        create: true,
+        ..OpenOptions::default()
+    };
+    let fd = opened(exec(&fds, open_req(&path, options, 0))).fd;
+    let data = Bytes::from_static(b"durable");
+    assert_eq!(
+        exec(&fds, FsRequest::Write { fd, data }).unwrap(),
+        FsReply::Written(7)
+    );
+    for data_only in [false, true] {
+        assert_eq!(
+            exec(&fds, FsRequest::Fsync { fd, data_only }).unwrap(),
+            FsReply::Done
+        );
+    }
+    assert_eq!(std::fs::read(&path).unwrap(), b"durable");
+    exec(&fds, FsRequest::Close { fd }).unwrap();
+    let closed = exec(
+        &fds,
+        FsRequest::Fsync {
+            fd,
+            data_only: false,
+        },
+    )
+    .unwrap_err();
+    assert_eq!(closed.code, ErrorCode::BadHandle, "{closed}");
+}

@@ -25,9 +25,17 @@ fn token() -> SessionToken {
 
 #[test]
 fn accepts_and_intersects_capabilities() {
-    let ok = evaluate(&hello(1, "s3cret-token", Some("pid/7")), &token(), "pid/7").unwrap();
+    let ok = evaluate(&hello(3, "s3cret-token", Some("pid/7")), &token(), "pid/7").unwrap();
     assert_eq!(ok.version, PROTOCOL_VERSION);
     assert_eq!(ok.capabilities, AGENT_CAPABILITIES);
+    assert!(ok.capabilities.contains(Capabilities::SESSION_POLICY));
+    assert!(ok.capabilities.contains(Capabilities::FLOW_CONTROL));
+    // A v1 client is still served, in v1, and a v2 one gets no credit
+    // messages even if its bits say so.
+    let v1 = evaluate(&hello(1, "s3cret-token", None), &token(), "pid/7").unwrap();
+    assert_eq!(v1.version, ProtocolVersion(1));
+    let v2 = evaluate(&hello(2, "s3cret-token", None), &token(), "pid/7").unwrap();
+    assert!(!v2.capabilities.contains(Capabilities::FLOW_CONTROL));
     assert!(ok.capabilities.contains(Capabilities::INCOMING_STEAL));
     assert!(!ok.capabilities.contains(Capabilities::HTTP_FILTER));
 
@@ -44,7 +52,10 @@ fn refuses_bad_tokens_old_versions_and_other_targets() {
         assert_eq!(err, "invalid session token");
     }
     let err = evaluate(&hello(0, "wrong", None), &token(), "pid/7").unwrap_err();
-    assert!(err.contains("v0") && err.contains("v1"), "{err}");
+    assert!(
+        err.contains("v0") && err.contains("v1") && err.contains("v3"),
+        "{err}"
+    );
     let err = evaluate(&hello(1, "s3cret-token", Some("pid/8")), &token(), "pid/7").unwrap_err();
     assert!(err.contains("pid/7") && err.contains("pid/8"), "{err}");
 }

@@ -3,14 +3,17 @@
 //! destination while the client gets a copy of what the peer sent.
 //!
 //! # Flow control
-//! * stolen, peer → client: at most [`MAX_CHUNK`] read at a time, sent when
-//!   the client's (bounded) link has room, so a slow client slows the peer.
-//! * stolen, client → peer: a queue of [`CONN_QUEUE_CAPACITY`] chunks per
-//!   connection, with the same stall rule as outgoing streams (see
-//!   [`crate::outgoing`]).
+//! Per-stream credit as for outgoing streams ([`crate::outgoing`],
+//! [`crate::flow`]):
+//! * stolen, peer → client: at most [`MAX_CHUNK`] read at a time, sent once
+//!   the client has credit for it, so a slow local app slows its own peer only.
+//! * stolen, client → peer: a queue holding at most one window, credited back
+//!   as it is written; a peer that stops reading is never closed for it.
 //! * mirrored: the real traffic never waits for the client. The copy goes
-//!   through a queue of [`MIRROR_COPY_CAPACITY`] chunks; when it is full the
-//!   copy is dropped (the client is told with a warning and `Closed`).
+//!   through a queue of [`MIRROR_COPY_CAPACITY`] chunks (sent as credit
+//!   allows); when it is full the copy is dropped (the client is told with a
+//!   warning and `Closed`). What the client sends back is dropped and
+//!   credited at once.
 
 use super::Subscriber;
 use crate::net::NetApi;
@@ -22,7 +25,6 @@ use remora_protocol::{ConnectionId, HttpRequestId, ServerMessage};
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -30,15 +32,35 @@ use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio_util::sync::CancellationToken;
 
-/// Chunks from the client queued for one stolen connection's peer.
-pub const CONN_QUEUE_CAPACITY: usize = 64;
-
 /// Chunks of a mirrored connection queued for the client before its copy is
 /// dropped.
 pub const MIRROR_COPY_CAPACITY: usize = 64;
 
+use crate::flow::{Inbound, SendWindow};
 pub(super) use crate::pump::Upstream;
-use crate::pump::{pump, send};
+use crate::pump::{Flow, pump, send};
+
+/// A stolen connection's handle and the flow its pump follows.
+fn stolen_handle(
+    subscriber: &Subscriber,
+    close: CancellationToken,
+) -> (ConnHandle, mpsc::Receiver<Upstream>, Flow) {
+    let inbound = Inbound::new(subscriber.flow_control);
+    let (up_tx, up_rx) = mpsc::channel(inbound.queue_capacity());
+    let window = SendWindow::new(subscriber.flow_control);
+    let flow = Flow {
+        window: window.clone(),
+        returner: inbound.returner(),
+        credit: |conn, bytes| incoming(IncomingServer::Credit { conn, bytes }),
+    };
+    let handle = ConnHandle {
+        up_tx: Some(up_tx),
+        close,
+        window,
+        inbound,
+    };
+    (handle, up_rx, flow)
+}
 
 /// The client's handle on one of its incoming connections.
 #[derive(Debug, Clone)]
@@ -48,6 +70,10 @@ pub(super) struct ConnHandle {
     pub up_tx: Option<mpsc::Sender<Upstream>>,
     /// Cancelled to end the connection (stolen) or its copy (mirrored).
     pub close: CancellationToken,
+    /// Credit for the peer's bytes (or their copy) to the client.
+    pub window: SendWindow,
+    /// The client's bytes held for the peer.
+    pub inbound: Inbound,
 }
 
 /// A client's incoming connections by id. Cheap to clone.
@@ -136,20 +162,16 @@ fn stolen_message(conn: ConnectionId, data: Option<Bytes>) -> ServerMessage {
 
 /// A stolen connection: only the client talks to the peer.
 pub(super) async fn steal(accepted: Accepted, subscriber: Subscriber) {
-    let (up_tx, up_rx) = mpsc::channel(CONN_QUEUE_CAPACITY);
     let close = subscriber.token.child_token();
     let conn = accepted.conn;
-    let handle = ConnHandle {
-        up_tx: Some(up_tx),
-        close: close.clone(),
-    };
+    let (handle, up_rx, flow) = stolen_handle(&subscriber, close.clone());
     let _entry = subscriber.conns.insert(conn, handle);
     let out_tx = &subscriber.out_tx;
     if !send(&close, out_tx, accepted.announcement()).await {
         return;
     }
     let Accepted { stream, permit, .. } = accepted;
-    if let Err(e) = pump(stream, up_rx, &close, out_tx, conn, stolen_message).await {
+    if let Err(e) = pump(stream, up_rx, &close, out_tx, conn, stolen_message, flow).await {
         tracing::debug!(%conn, error = %e, "stolen connection failed");
     }
     drop(permit);
@@ -169,19 +191,15 @@ pub(super) async fn steal_upgraded<S>(
 ) where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
-    let (up_tx, up_rx) = mpsc::channel(CONN_QUEUE_CAPACITY);
     let close = subscriber.token.child_token();
-    let handle = ConnHandle {
-        up_tx: Some(up_tx),
-        close: close.clone(),
-    };
+    let (handle, up_rx, flow) = stolen_handle(&subscriber, close.clone());
     let _entry = subscriber.conns.insert(conn, handle);
     let out_tx = &subscriber.out_tx;
     let announcement = incoming(IncomingServer::Upgraded { request, conn });
     if !send(&close, out_tx, announcement).await {
         return;
     }
-    if let Err(e) = pump(stream, up_rx, &close, out_tx, conn, stolen_message).await {
+    if let Err(e) = pump(stream, up_rx, &close, out_tx, conn, stolen_message, flow).await {
         tracing::debug!(%conn, error = %e, "upgraded connection failed");
     }
     if !subscriber.token.is_cancelled() {
@@ -265,14 +283,15 @@ enum Copied {
 struct MirrorCopy {
     /// proxy --copied bytes--> copy forwarder; `None` once the copy is over.
     copy_tx: Option<mpsc::Sender<Copied>>,
-    overflowed: Arc<AtomicBool>,
+    /// Cancelled when the client fell too far behind: the copy is dropped.
+    overflowed: CancellationToken,
 }
 
 impl MirrorCopy {
     /// Register the copy in the client's table and start its forwarder.
     fn start(accepted: &Accepted, subscriber: Subscriber) -> MirrorCopy {
         let (copy_tx, copy_rx) = mpsc::channel(MIRROR_COPY_CAPACITY);
-        let overflowed = Arc::new(AtomicBool::new(false));
+        let overflowed = CancellationToken::new();
         let forwarder = CopyForwarder {
             conn: accepted.conn,
             port: accepted.port,
@@ -297,7 +316,7 @@ impl MirrorCopy {
         match copy_tx.try_send(item) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
-                self.overflowed.store(true, Ordering::Relaxed);
+                self.overflowed.cancel();
                 self.copy_tx = None;
             }
             Err(TrySendError::Closed(_)) => self.copy_tx = None,
@@ -313,7 +332,7 @@ struct CopyForwarder {
     announcement: ServerMessage,
     /// proxy --copied bytes--> this forwarder
     copy_rx: mpsc::Receiver<Copied>,
-    overflowed: Arc<AtomicBool>,
+    overflowed: CancellationToken,
     /// Cancelled by the client's `Close` (and when its session ends).
     close: CancellationToken,
     subscriber: Subscriber,
@@ -322,9 +341,12 @@ struct CopyForwarder {
 impl CopyForwarder {
     async fn run(mut self) {
         let conn = self.conn;
+        let window = SendWindow::new(self.subscriber.flow_control);
         let handle = ConnHandle {
             up_tx: None,
             close: self.close.clone(),
+            window: window.clone(),
+            inbound: Inbound::new(self.subscriber.flow_control),
         };
         let _entry = self.subscriber.conns.insert(conn, handle);
         let (close, out_tx) = (&self.close, &self.subscriber.out_tx);
@@ -334,10 +356,21 @@ impl CopyForwarder {
         loop {
             let item = tokio::select! {
                 _ = close.cancelled() => return,
+                _ = self.overflowed.cancelled() => break,
                 item = self.copy_rx.recv() => item,
             };
             let message = match item {
-                Some(Copied::Data(data)) => IncomingServer::Data { conn, data },
+                Some(Copied::Data(data)) => {
+                    let credited = tokio::select! {
+                        _ = close.cancelled() => return,
+                        _ = self.overflowed.cancelled() => break,
+                        credited = window.take(data.len()) => credited,
+                    };
+                    if !credited {
+                        return;
+                    }
+                    IncomingServer::Data { conn, data }
+                }
                 Some(Copied::ShutdownWrite) => IncomingServer::ShutdownWrite { conn },
                 None => break,
             };
@@ -345,7 +378,7 @@ impl CopyForwarder {
                 return;
             }
         }
-        if self.overflowed.load(Ordering::Relaxed) {
+        if self.overflowed.is_cancelled() {
             tracing::info!(%conn, "client too slow for a mirrored connection; copy dropped");
             let warning = ServerMessage::Log {
                 level: LogLevel::Warn,

@@ -4,6 +4,7 @@
 use super::conn::{ConnTable, Upstream};
 use super::http::{RequestTable, ResponsePart};
 use super::{IncomingApi, Subscriber};
+use crate::pump::queue_upstream;
 use remora_protocol::incoming::{IncomingClient, IncomingMode, IncomingServer};
 use remora_protocol::session::LogLevel;
 use remora_protocol::{
@@ -14,9 +15,11 @@ use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio_util::sync::CancellationToken;
 
-/// How long the client link waits for a full stolen-connection queue to
-/// drain before that connection is given up.
-pub const CONN_STALL_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long the client link waits for room in a stolen HTTP request's
+/// response queue before that request is given up. HTTP bodies of filtered
+/// steals have no per-request credit yet (raw connections do), so this
+/// bounds how long one peer that does not read can hold the client's link.
+pub const HTTP_RESPONSE_STALL_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// One client's incoming traffic.
 #[derive(Debug)]
@@ -46,6 +49,7 @@ impl ClientIncoming {
                 token,
                 conns: ConnTable::default(),
                 requests: RequestTable::default(),
+                flow_control: capabilities.contains(Capabilities::FLOW_CONTROL),
             },
             capabilities,
         }
@@ -57,7 +61,9 @@ impl ClientIncoming {
     }
 
     /// Handle one message of the client. May wait (bounded by
-    /// [`CONN_STALL_TIMEOUT`]) when a stolen connection's queue is full.
+    /// [`HTTP_RESPONSE_STALL_TIMEOUT`]) when a stolen HTTP request's response
+    /// queue is full, and, for a client without flow control, when a stolen
+    /// connection's queue is.
     pub(crate) async fn handle(&mut self, message: IncomingClient) {
         match message {
             IncomingClient::Subscribe { port, mode, filter } => {
@@ -113,6 +119,11 @@ impl ClientIncoming {
             IncomingClient::ResponseFailed { request, reason } => {
                 self.respond(request, ResponsePart::Failed(reason)).await;
             }
+            IncomingClient::Credit { conn, bytes } => {
+                if let Some(handle) = self.subscriber.conns.get(conn) {
+                    handle.window.grant(bytes);
+                }
+            }
         }
     }
 
@@ -134,7 +145,7 @@ impl ClientIncoming {
             Ok(()) | Err(TrySendError::Closed(_)) => return,
             Err(TrySendError::Full(part)) => part,
         };
-        if tokio::time::timeout(CONN_STALL_TIMEOUT, part_tx.send(part))
+        if tokio::time::timeout(HTTP_RESPONSE_STALL_TIMEOUT, part_tx.send(part))
             .await
             .is_err()
         {
@@ -150,26 +161,24 @@ impl ClientIncoming {
             tracing::debug!(%conn, "data for an incoming connection that is not open; dropped");
             return;
         };
-        // A mirrored connection: the target answers its peer, not the client.
+        // A mirrored connection: the target answers its peer, not the
+        // client, whose bytes are dropped (and credited back at once).
         let Some(up_tx) = handle.up_tx else {
+            if let (Upstream::Data(data), true) = (&item, self.subscriber.flow_control) {
+                let bytes = remora_protocol::flow::credit_cost(data.len());
+                let credit = IncomingServer::Credit { conn, bytes };
+                let _ = self.send(ServerMessage::Incoming(credit)).await;
+            }
             return;
         };
-        let item = match up_tx.try_send(item) {
-            Ok(()) | Err(TrySendError::Closed(_)) => return,
-            Err(TrySendError::Full(item)) => item,
-        };
-        if tokio::time::timeout(CONN_STALL_TIMEOUT, up_tx.send(item))
-            .await
-            .is_err()
-        {
-            tracing::warn!(%conn, "peer of a stolen connection stopped reading; closing it");
+        if !queue_upstream(&up_tx, &handle.inbound, item).await {
+            tracing::warn!(%conn, "the client sent beyond its credit; closing the connection");
             self.subscriber.conns.close(conn);
             let warning = ServerMessage::Log {
                 level: LogLevel::Warn,
                 message: format!(
-                    "stolen connection {conn}: the peer did not read for {}s; the agent closed \
-                     the connection",
-                    CONN_STALL_TIMEOUT.as_secs()
+                    "stolen connection {conn}: the client sent more than its window; the agent \
+                     closed the connection (a client bug: upgrade remora)"
                 ),
             };
             let _ = self.send(warning).await;

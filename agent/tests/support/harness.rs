@@ -158,10 +158,14 @@ impl Client {
         }
     }
 
+    /// The next outgoing message other than credit.
     pub async fn outgoing(&mut self) -> OutgoingServer {
-        match self.read().await.expect("connection open") {
-            ServerMessage::Outgoing(message) => message,
-            other => panic!("expected an outgoing message, got {other:?}"),
+        loop {
+            match self.read().await.expect("connection open") {
+                ServerMessage::Outgoing(OutgoingServer::Credit { .. }) => {}
+                ServerMessage::Outgoing(message) => return message,
+                other => panic!("expected an outgoing message, got {other:?}"),
+            }
         }
     }
 
@@ -201,6 +205,13 @@ impl Client {
                     assert!(data.len() <= MAX_CHUNK, "chunk of {} bytes", data.len());
                     assert!(!half_closed, "data after the remote half-close");
                     received.extend_from_slice(&data);
+                    // Passed on: the agent may send as much again.
+                    let bytes = remora_protocol::flow::credit_cost(data.len());
+                    self.send(ClientMessage::Outgoing(OutgoingClient::Credit {
+                        conn,
+                        bytes,
+                    }))
+                    .await;
                 }
                 OutgoingServer::ShutdownWrite { conn: c } if c == conn => half_closed = true,
                 OutgoingServer::Closed { conn: c, error } if c == conn => {

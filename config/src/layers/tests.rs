@@ -31,6 +31,7 @@ fn every_env_var_sets_its_key() {
         ("REMORA_OUTGOING_TCP", "false"),
         ("REMORA_OUTGOING_UDP", "0"),
         ("REMORA_REMOTE_DNS", "FALSE"),
+        ("REMORA_REPLY_TIMEOUT", "45"),
     ])
     .unwrap();
     assert_eq!(config.target.as_deref(), Some("pid/1"));
@@ -43,6 +44,7 @@ fn every_env_var_sets_its_key() {
     assert!(!config.network.outgoing.tcp);
     assert!(!config.network.outgoing.udp);
     assert!(!config.network.dns.enabled);
+    assert_eq!(config.layer.reply_timeout_secs, Some(45));
     assert_eq!(origins.len(), ENV_VARS.len());
     assert!(origins.contains(&("fs.mode", Origin::Env("REMORA_FS_MODE"))));
 }
@@ -88,6 +90,8 @@ fn flags_set_their_keys() {
         target: Some("pod/api".into()),
         namespace: Some("ns".into()),
         operator: Some("op:1".into()),
+        kubeconfig: Some("/tmp/kc".into()),
+        context: Some("staging".into()),
         fs_mode: Some(FsMode::Local),
         env_include: vec!["APP_*".into()],
         env_exclude: vec!["APP_KEY".into()],
@@ -102,12 +106,16 @@ fn flags_set_their_keys() {
         http_path_filter: Some("^/api".into()),
         http_method_filter: None,
         override_filter: true,
+        reply_timeout_secs: Some(30),
     }
     .apply(&mut config, &mut origins)
     .unwrap();
+    assert_eq!(config.layer.reply_timeout_secs, Some(30));
     assert_eq!(config.target.as_deref(), Some("pod/api"));
     assert_eq!(config.namespace.as_deref(), Some("ns"));
     assert_eq!(config.operator.as_deref(), Some("op:1"));
+    assert_eq!(config.kubeconfig, Some("/tmp/kc".into()));
+    assert_eq!(config.context.as_deref(), Some("staging"));
     assert!(config.network.incoming.override_filter);
     assert_eq!(config.fs.mode, FsMode::Local);
     assert_eq!(config.env.include, ["APP_*"]);
@@ -175,7 +183,7 @@ fn bad_flag_values_name_the_flag() {
     .apply(&mut Config::default(), &mut Vec::new())
     .unwrap_err()
     .to_string();
-    assert_eq!(msg, "flag --env-set \"NOVALUE\": expected KEY=VALUE");
+    assert_eq!(msg, "flag --env \"NOVALUE\": expected KEY=VALUE");
     let msg = Overrides {
         port_mappings: vec!["8080-80".into()],
         ..Overrides::default()
@@ -186,5 +194,23 @@ fn bad_flag_values_name_the_flag() {
     assert!(
         msg.starts_with("flag --port-mapping \"8080-80\": expected LOCAL:REMOTE"),
         "{msg}"
+    );
+}
+
+#[test]
+fn reply_timeout_comes_from_env_and_zero_is_refused() {
+    let mut config = Config::default();
+    let mut origins = Vec::new();
+    let env = |name: &str| (name == "REMORA_REPLY_TIMEOUT").then(|| "300".to_owned());
+    apply_env(&mut config, &env, &mut origins).unwrap();
+    assert_eq!(config.layer.reply_timeout_secs, Some(300));
+    let zero = |name: &str| (name == "REMORA_REPLY_TIMEOUT").then(|| "0".to_owned());
+    let err = apply_env(&mut Config::default(), &zero, &mut Vec::new()).unwrap_err();
+    assert!(err.to_string().contains("REMORA_REPLY_TIMEOUT"), "{err}");
+    config.layer.reply_timeout_secs = Some(0);
+    let err = config.validate().unwrap_err();
+    assert!(
+        err.to_string().contains("layer.reply_timeout_secs"),
+        "{err}"
     );
 }

@@ -358,7 +358,7 @@ fn validation_errors_say_which_layer_set_the_key() {
     let err = load(
         dir.path(),
         Some("r.toml"),
-        &[("REMORA_TARGET", "pods/x")],
+        &[("REMORA_TARGET", "pode/x")],
         flags,
     )
     .unwrap_err();
@@ -368,7 +368,7 @@ fn validation_errors_say_which_layer_set_the_key() {
     let text = err.to_string();
     assert_eq!(issues.0.len(), 3, "{text}");
     assert!(
-        text.contains("target: unknown target kind \"pods\""),
+        text.contains("target: unknown target kind \"pode\""),
         "{text}"
     );
     assert!(

@@ -28,7 +28,7 @@ fn from_env_value_rejects_garbage_and_invalid_configs() {
     let err = Config::from_env_value("{not json").unwrap_err();
     assert!(matches!(err, Error::Resolved { .. }), "{err:?}");
     assert!(err.to_string().contains("same version"), "{err}");
-    let err = Config::from_env_value(r#"{"target": "pods/x"}"#).unwrap_err();
+    let err = Config::from_env_value(r#"{"target": "pode/x"}"#).unwrap_err();
     assert!(
         err.to_string().starts_with("target: unknown target kind"),
         "{err}"
@@ -207,6 +207,12 @@ fn config() -> impl Strategy<Value = Config> {
                     outgoing,
                     dns,
                 },
+                interception: None,
+                layer: LayerConfig::default(),
+                db_branches: Vec::new(),
+                kubeconfig: None,
+                context: None,
+                agent: crate::AgentSettings::default(),
             },
         )
 }

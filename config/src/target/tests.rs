@@ -60,6 +60,27 @@ fn valid_targets_parse_and_print_back() {
                 container: None,
             },
         ),
+        (
+            "replicaset/web-5d8f",
+            Target::ReplicaSet {
+                name: "web-5d8f".into(),
+                container: None,
+            },
+        ),
+        (
+            "cronjob/nightly/container/main",
+            Target::CronJob {
+                name: "nightly".into(),
+                container: Some("main".into()),
+            },
+        ),
+        (
+            "service/web",
+            Target::Service {
+                name: "web".into(),
+                container: None,
+            },
+        ),
     ];
     for (text, want) in cases {
         let got: Target = text.parse().unwrap_or_else(|e| panic!("{text}: {e}"));
@@ -70,9 +91,9 @@ fn valid_targets_parse_and_print_back() {
 
 #[test]
 fn unknown_kind_lists_the_forms() {
-    let msg = err("pods/x");
+    let msg = err("pode/x");
     assert!(
-        msg.starts_with("target: unknown target kind \"pods\""),
+        msg.starts_with("target: unknown target kind \"pode\""),
         "{msg}"
     );
     assert!(
@@ -123,10 +144,28 @@ fn serde_uses_the_canonical_string() {
     let json = serde_json::to_string(&target).unwrap();
     assert_eq!(json, "\"deployment/api/container/app\"");
     assert_eq!(serde_json::from_str::<Target>(&json).unwrap(), target);
-    assert!(serde_json::from_str::<Target>("\"pods/x\"").is_err());
+    assert!(serde_json::from_str::<Target>("\"pode/x\"").is_err());
 }
 
 #[test]
 fn unset_target_is_targetless() {
     assert_eq!(Config::default().target().unwrap(), Target::Targetless);
+}
+
+#[test]
+fn kubectl_short_and_plural_names_print_back_canonically() {
+    for (given, canonical) in [
+        ("deploy/api", "deployment/api"),
+        ("pods/api-1/container/app", "pod/api-1/container/app"),
+        ("sts/db", "statefulset/db"),
+        ("rs/web-5d8f", "replicaset/web-5d8f"),
+        ("cj/nightly", "cronjob/nightly"),
+        ("svc/web", "service/web"),
+        ("ro/canary", "rollout/canary"),
+    ] {
+        let target: Target = given.parse().unwrap_or_else(|e| panic!("{given}: {e}"));
+        assert_eq!(target.to_string(), canonical);
+        assert!(target.is_kubernetes());
+    }
+    assert!(!Target::Pid(1).is_kubernetes());
 }

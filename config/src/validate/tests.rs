@@ -39,13 +39,13 @@ fn default_config_is_valid() {
 #[test]
 fn unknown_target_kind() {
     let config = Config {
-        target: Some("pods/x".into()),
+        target: Some("pode/x".into()),
         ..Config::default()
     };
     assert_has(
         &invalid(&config),
         &[
-            "target: unknown target kind \"pods\"",
+            "target: unknown target kind \"pode\"",
             "expected pid/<PID>, pod/<name>",
             "targetless",
         ],

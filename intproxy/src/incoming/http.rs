@@ -23,7 +23,7 @@
 
 mod pool;
 
-use super::{Input, PeerTable, dial_app, pump_raw};
+use super::{PeerTable, dial_app, pump_raw};
 use crate::agent_link::AgentApi;
 use bytes::Bytes;
 use http_body_util::BodyExt;
@@ -33,7 +33,6 @@ use hyper::http::uri::{Authority, Scheme};
 use hyper::{Method, Uri, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use pool::{AppConn, Pool, Sender};
-use remora_protocol::ConnectionId;
 use remora_protocol::HttpRequestId;
 use remora_protocol::incoming::{HttpRequestHead, HttpResponseHead, HttpVersion};
 use remora_protocol::outgoing::MAX_CHUNK;
@@ -71,7 +70,7 @@ pub(super) struct RequestHandle {
     /// the body is complete (or the request declared none).
     body_tx: Option<mpsc::Sender<Bytes>>,
     /// port task --the upgraded connection's id and input--> the request task
-    upgrade_tx: Option<oneshot::Sender<(ConnectionId, mpsc::Receiver<Input>)>>,
+    upgrade_tx: Option<oneshot::Sender<super::Upgrade>>,
     task: AbortOnDropHandle<()>,
 }
 
@@ -83,9 +82,9 @@ impl RequestHandle {
 
     /// The agent turned this request into raw connection `conn`; `false` when
     /// the request cannot take it (already upgraded or over).
-    pub(super) fn upgraded(&mut self, conn: ConnectionId, input: mpsc::Receiver<Input>) -> bool {
+    pub(super) fn upgraded(&mut self, upgrade: super::Upgrade) -> bool {
         match self.upgrade_tx.take() {
-            Some(tx) => tx.send((conn, input)).is_ok(),
+            Some(tx) => tx.send(upgrade).is_ok(),
             None => false,
         }
     }
@@ -139,7 +138,7 @@ async fn forward(
     peer: SocketAddr,
     head: HttpRequestHead,
     body: ChannelBody,
-    upgrade_rx: oneshot::Receiver<(ConnectionId, mpsc::Receiver<Input>)>,
+    upgrade_rx: oneshot::Receiver<super::Upgrade>,
 ) -> Result<(), String> {
     let app = target.app;
     let http2 = head.version == HttpVersion::Http2;
@@ -202,10 +201,10 @@ async fn forward(
         let io = upgrade
             .await
             .map_err(|e| format!("upgrading the connection to the local app at {app}: {e}"))?;
-        let Ok((conn, mut input)) = upgrade_rx.await else {
+        let Ok((conn, mut input, flow)) = upgrade_rx.await else {
             return Ok(());
         };
-        pump_raw(agent, conn, TokioIo::new(io), &mut input).await;
+        pump_raw(agent, conn, TokioIo::new(io), &mut input, flow).await;
         let _ = agent
             .send_incoming(remora_protocol::incoming::IncomingClient::Close { conn })
             .await;

@@ -25,6 +25,16 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::codec::Framed;
 
+/// A lookup of this name is held: the fake agent answers it only once a
+/// lookup of another name arrived after it on the same connection. Tests use
+/// it to show that one slow remote call does not hold up the others.
+pub const HELD_NAME: &str = "held.staging.internal";
+
+/// Whether `request` is a lookup of [`HELD_NAME`].
+fn is_held(request: &Request) -> bool {
+    matches!(request, Request::Lookup(l) if l.name.trim_end_matches('.') == HELD_NAME)
+}
+
 /// What the fake target says is the local address of every stream it opens
 /// (what `getsockname` on a redirected socket must report).
 pub const POD_LOCAL_ADDR: SocketAddr =
@@ -342,9 +352,11 @@ async fn serve_connection(stream: TcpStream, shared: &Shared, mut drop_rx: watch
         return;
     };
     shared.hellos.lock().unwrap().push(hello);
+    // The scripted agent grants no credit: it speaks the link without
+    // per-stream flow control, as a v2 agent does.
     let accepted = HelloReply::Accepted {
         version: PROTOCOL_VERSION,
-        capabilities: Capabilities::ALL,
+        capabilities: Capabilities(Capabilities::ALL.0 & !Capabilities::FLOW_CONTROL.0),
         session: SessionId(1),
         server_version: "fake-agent".into(),
     };
@@ -358,6 +370,8 @@ async fn serve_connection(stream: TcpStream, shared: &Shared, mut drop_rx: watch
     // Unbounded on purpose: the connection loop must never wait on a stream
     // task that itself waits on the connection loop (a test double may buffer).
     let mut streams: HashMap<ConnectionId, mpsc::UnboundedSender<OutgoingClient>> = HashMap::new();
+    // Lookups of HELD_NAME waiting for another lookup to come after them.
+    let mut held: Vec<(remora_protocol::RequestId, Request)> = Vec::new();
     loop {
         tokio::select! {
             _ = dropped(&mut drop_rx) => return,
@@ -372,10 +386,22 @@ async fn serve_connection(stream: TcpStream, shared: &Shared, mut drop_rx: watch
                 let Some(Ok(msg)) = msg else { return };
                 shared.seen.lock().unwrap().push(msg.clone());
                 match msg {
+                    ClientMessage::Request { id, request } if is_held(&request) => {
+                        held.push((id, request));
+                    }
                     ClientMessage::Request { id, request } => {
+                        let releases = matches!(request, Request::Lookup(_));
                         let result = (shared.script.requests)(&request);
                         if framed.send(ServerMessage::Response { id, result }).await.is_err() {
                             return;
+                        }
+                        if releases {
+                            for (id, request) in held.drain(..) {
+                                let result = (shared.script.requests)(&request);
+                                if framed.send(ServerMessage::Response { id, result }).await.is_err() {
+                                    return;
+                                }
+                            }
                         }
                     }
                     ClientMessage::Outgoing(OutgoingClient::Connect { conn, transport, remote }) => {
@@ -388,7 +414,8 @@ async fn serve_connection(stream: TcpStream, shared: &Shared, mut drop_rx: watch
                         let conn = match &other {
                             OutgoingClient::Data { conn, .. }
                             | OutgoingClient::ShutdownWrite { conn }
-                            | OutgoingClient::Close { conn } => *conn,
+                            | OutgoingClient::Close { conn }
+                            | OutgoingClient::Credit { conn, .. } => *conn,
                             OutgoingClient::Connect { .. } => unreachable!("matched above"),
                         };
                         let close = matches!(other, OutgoingClient::Close { .. });
@@ -399,7 +426,9 @@ async fn serve_connection(stream: TcpStream, shared: &Shared, mut drop_rx: watch
                             streams.remove(&conn);
                         }
                     }
-                    ClientMessage::Incoming(_) | ClientMessage::SubscribeOverride { .. } => {}
+                    ClientMessage::Incoming(_)
+                    | ClientMessage::SubscribeOverride { .. }
+                    | ClientMessage::SessionPolicy(_) => {}
                     ClientMessage::Bye => return,
                 }
             }
@@ -594,7 +623,7 @@ async fn forward(
                     let _ = wr.shutdown().await;
                 }
                 Some(OutgoingClient::Close { .. }) | None => return,
-                Some(OutgoingClient::Connect { .. }) => {}
+                Some(OutgoingClient::Connect { .. } | OutgoingClient::Credit { .. }) => {}
             },
         }
     }

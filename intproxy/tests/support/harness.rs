@@ -180,12 +180,36 @@ pub struct Harness {
     workdir: tempfile::TempDir,
 }
 
+/// The intproxy's lifetime settings (see `IntProxyConfig`).
+#[derive(Debug, Clone)]
+pub struct Lifetime {
+    pub first_connect: Duration,
+    pub linger: Duration,
+    pub setup_sessions: usize,
+}
+
+impl Default for Lifetime {
+    /// Long enough never to end during a test.
+    fn default() -> Self {
+        Lifetime {
+            first_connect: INTPROXY_IDLE,
+            linger: INTPROXY_IDLE,
+            setup_sessions: 0,
+        }
+    }
+}
+
 impl Harness {
     /// Start with `config` as the resolved config handed to the layer
     /// (`Config::default()` is what `remora run` hands it without a config
     /// file: outgoing TCP/UDP and DNS all remote, files read from the target
     /// except the built-in local paths).
     pub async fn start(script: Script, config: Config) -> Harness {
+        Harness::start_with_lifetime(script, config, Lifetime::default()).await
+    }
+
+    /// Like [`Harness::start`], with the intproxy's lifetime settings.
+    pub async fn start_with_lifetime(script: Script, config: Config, life: Lifetime) -> Harness {
         static RUN: AtomicUsize = AtomicUsize::new(0);
         let layer_token = format!(
             "layer-token-{}-{}",
@@ -206,9 +230,11 @@ impl Harness {
             },
             target: Some("pid/1".into()),
             listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
-            first_connect_timeout: INTPROXY_IDLE,
-            linger: INTPROXY_IDLE,
+            first_connect_timeout: life.first_connect,
+            linger: life.linger,
+            setup_sessions: life.setup_sessions,
             override_filters: false,
+            on_idle: None,
         })
         .await
         .expect("starting the intproxy against the fake agent");
@@ -233,6 +259,16 @@ impl Harness {
             proxy,
             workdir,
         }
+    }
+
+    /// Whether the intproxy has exited.
+    pub fn proxy_finished(&self) -> bool {
+        self.proxy.is_finished()
+    }
+
+    /// Where the intproxy accepts layers.
+    pub fn proxy_addr(&self) -> SocketAddr {
+        self.proxy_addr
     }
 
     /// The working directory of every program.

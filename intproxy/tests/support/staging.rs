@@ -23,6 +23,8 @@ pub const BACKEND: &str = "backend.staging.internal";
 pub const BACKEND_IP: Ipv4Addr = Ipv4Addr::new(10, 1, 2, 3);
 pub const CHILD_NAME: &str = "child.staging.internal";
 pub const CHILD_IP: Ipv4Addr = Ipv4Addr::new(10, 1, 2, 4);
+/// What [`super::fake_agent::HELD_NAME`] resolves to, once released.
+pub const HELD_IP: Ipv4Addr = Ipv4Addr::new(10, 1, 2, 5);
 pub const UNKNOWN_NAME: &str = "nosuch.staging.internal";
 pub const POD_HOSTNAME: &str = "orders-7f9c4-xk2lp";
 
@@ -229,6 +231,7 @@ fn lookup(name: &str) -> RemoteResult<Response> {
     let ip = match name.trim_end_matches('.') {
         BACKEND => BACKEND_IP,
         CHILD_NAME => CHILD_IP,
+        super::fake_agent::HELD_NAME => HELD_IP,
         _ => {
             return Err(RemoteError::new(
                 ErrorCode::NameNotResolved,
@@ -254,7 +257,7 @@ pub fn staging(http: SocketAddr, udp: SocketAddr) -> Script {
             Request::Hostname => Ok(Response::Hostname(POD_HOSTNAME.into())),
             Request::Fs(fs_request) => fs.handle(fs_request).map(Response::Fs),
             Request::Ping => Ok(Response::Pong),
-            Request::Env(_) | Request::Session(_) => Err(RemoteError::new(
+            Request::Env(_) | Request::Session(_) | Request::Db(_) => Err(RemoteError::new(
                 ErrorCode::Unsupported,
                 "not scripted in the fake agent",
             )),
@@ -299,6 +302,16 @@ pub async fn staging_harness_with(config: Config, extra_files: &[(&str, &str)]) 
     let http = HttpServer::start(&files).await;
     let udp = UdpEcho::start().await;
     let harness = Harness::start(staging(http.addr(), udp.addr()), config).await;
+    Staging { harness, http, udp }
+}
+
+/// The staging pod with the default config and these intproxy lifetime settings.
+pub async fn staging_harness_lifetime(life: crate::support::harness::Lifetime) -> Staging {
+    let http = HttpServer::start(&[(HELLO_PATH, HELLO_BODY)]).await;
+    let udp = UdpEcho::start().await;
+    let harness =
+        Harness::start_with_lifetime(staging(http.addr(), udp.addr()), Config::default(), life)
+            .await;
     Staging { harness, http, udp }
 }
 

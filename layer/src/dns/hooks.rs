@@ -10,15 +10,15 @@ use crate::error::{HookError, fail};
 use crate::guard::DetourGuard;
 use crate::real::real;
 use crate::sockaddr as sa;
+use crate::sync::ForkMutex;
 use libc::{addrinfo, c_char, c_int, size_t};
-use parking_lot::Mutex;
 use remora_protocol::dns::{AddrFamily, SockType};
 use std::collections::HashSet;
 use std::ffi::{CStr, CString};
 use std::net::{IpAddr, SocketAddr};
 
 /// Heads of the lists this layer allocated.
-static OURS: Mutex<Option<HashSet<usize>>> = Mutex::new(None);
+pub(crate) static OURS: ForkMutex<Option<HashSet<usize>>> = ForkMutex::new(None);
 
 #[repr(C)]
 struct Entry {

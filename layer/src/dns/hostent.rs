@@ -1,5 +1,5 @@
 //! The `hostent` family: `gethostbyname`, `gethostbyname2`, their `_r`
-//! variants, `gethostbyaddr`, and `getnameinfo`. Older programs and some
+//! variants, `gethostbyaddr`, `gethostbyaddr_r` and `getnameinfo`. Older programs and some
 //! runtimes (CPython's `socket.gethostbyname` uses `gethostbyname_r`,
 //! `getent hosts` uses `gethostbyname2`) resolve through these rather than
 //! `getaddrinfo`; unhooked, they would ask the local resolver.
@@ -392,25 +392,22 @@ pub unsafe extern "C" fn getnameinfo(
     0
 }
 
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn gethostbyaddr(
-    addr: *const libc::c_void,
-    len: socklen_t,
-    af: c_int,
-) -> *mut hostent {
-    let real = real!(gethostbyaddr: fn(*const libc::c_void, socklen_t, c_int) -> *mut hostent);
-    let Some(_g) = DetourGuard::enter() else {
-        // SAFETY: forwarding the caller's arguments unchanged.
-        return unsafe { real(addr, len, af) };
-    };
+/// The target's answer for a reverse lookup of `len` bytes at `addr`;
+/// `None` for an address family or length the layer does not handle.
+///
+/// # Safety
+/// `addr` must point to `len` readable bytes.
+unsafe fn reverse_outcome(addr: *const libc::c_void, len: socklen_t, af: c_int) -> Option<Outcome> {
+    if addr.is_null() {
+        return None;
+    }
     let ip = match (af, len) {
         // SAFETY: the caller passes `len` bytes of address.
         (libc::AF_INET, 4) => IpAddr::from(unsafe { *addr.cast::<[u8; 4]>() }),
         (libc::AF_INET6, 16) => IpAddr::from(unsafe { *addr.cast::<[u8; 16]>() }),
-        // SAFETY: forwarding the caller's arguments unchanged.
-        _ => return unsafe { real(addr, len, af) },
+        _ => return None,
     };
-    let outcome = match reverse(ip) {
+    Some(match reverse(ip) {
         Err(HookError::Bypass(_)) => Outcome::Bypass,
         Ok(names) if !names.is_empty() => {
             let raw = match ip {
@@ -425,6 +422,51 @@ pub unsafe extern "C" fn gethostbyaddr(
         }
         Ok(_) => Outcome::Failed(HOST_NOT_FOUND),
         Err(_) => Outcome::Failed(TRY_AGAIN),
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn gethostbyaddr(
+    addr: *const libc::c_void,
+    len: socklen_t,
+    af: c_int,
+) -> *mut hostent {
+    let real = real!(gethostbyaddr: fn(*const libc::c_void, socklen_t, c_int) -> *mut hostent);
+    let Some(_g) = DetourGuard::enter() else {
+        // SAFETY: forwarding the caller's arguments unchanged.
+        return unsafe { real(addr, len, af) };
     };
-    non_reentrant(outcome, || unsafe { real(addr, len, af) })
+    // SAFETY: the caller passes `len` bytes of address.
+    match unsafe { reverse_outcome(addr, len, af) } {
+        Some(outcome) => non_reentrant(outcome, || unsafe { real(addr, len, af) }),
+        // SAFETY: forwarding the caller's arguments unchanged.
+        None => unsafe { real(addr, len, af) },
+    }
+}
+
+/// `gethostbyaddr_r` (CPython's `socket.gethostbyaddr` uses it).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn gethostbyaddr_r(
+    addr: *const libc::c_void,
+    len: socklen_t,
+    af: c_int,
+    ret: *mut hostent,
+    buf: *mut c_char,
+    buflen: size_t,
+    result: *mut *mut hostent,
+    h_errnop: *mut c_int,
+) -> c_int {
+    let real = real!(gethostbyaddr_r: fn(*const libc::c_void, socklen_t, c_int, *mut hostent, *mut c_char, size_t, *mut *mut hostent, *mut c_int) -> c_int);
+    if let Some(_g) = DetourGuard::enter() {
+        // SAFETY: the caller upholds gethostbyaddr_r's contract.
+        let answered = unsafe {
+            reverse_outcome(addr, len, af)
+                .and_then(|outcome| reentrant(outcome, ret, buf, buflen, result, h_errnop))
+        };
+        if let Some(rc) = answered {
+            return rc;
+        }
+    }
+    // SAFETY: forwarding the caller's arguments unchanged.
+    unsafe { real(addr, len, af, ret, buf, buflen, result, h_errnop) }
 }

@@ -15,10 +15,10 @@ use crate::error::{HookError, HookResult, errno_of, set_errno};
 use crate::fd::{self, Managed, Shared};
 use crate::guard::DetourGuard;
 use crate::real::real;
+use crate::sync::ForkMutex;
 use libc::{DIR, c_char, c_int, c_long, dirent, dirent64};
-use parking_lot::Mutex;
 use remora_protocol::fs::{DirEntry, FileType, Metadata};
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -58,8 +58,10 @@ struct RemoteDir {
     ent64: dirent64,
 }
 
-/// Addresses of the live fake `DIR`s.
-static DIRS: Mutex<Option<HashSet<usize>>> = Mutex::new(None);
+/// Addresses of the live fake `DIR`s, each with whether a thread is using it
+/// right now ("checked out"). The lock is only held to check a stream out or
+/// in, never while a stream talks to the intproxy (see [`crate::sync`]).
+pub(crate) static DIRS: ForkMutex<Option<HashMap<usize, bool>>> = ForkMutex::new(None);
 /// Number of live fake `DIR`s: local streams skip the lock when zero.
 static OPEN_DIRS: AtomicUsize = AtomicUsize::new(0);
 
@@ -198,24 +200,70 @@ impl RemoteDir {
 }
 
 /// Run `f` on the fake `DIR` at `dirp`; `None` when `dirp` is not one.
+///
+/// The stream is checked out for the duration of `f` (which may page entries
+/// from the agent), so other streams and `fork` are not held up by it; a
+/// second thread using the same stream waits for its turn.
 fn with_dir<R>(dirp: *mut DIR, f: impl FnOnce(&mut RemoteDir) -> R) -> Option<R> {
     if dirp.is_null() || OPEN_DIRS.load(Ordering::Acquire) == 0 {
         return None;
     }
-    let dirs = DIRS.lock();
-    if !dirs.as_ref()?.contains(&(dirp as usize)) {
-        return None;
-    }
+    checkout(dirp as usize, false)?;
     // SAFETY: registered addresses are live Box<RemoteDir>s (removed before
-    // being freed), and holding the registry lock makes this access exclusive.
-    Some(f(unsafe { &mut *dirp.cast::<RemoteDir>() }))
+    // being freed), and the check-out makes this access exclusive.
+    let out = f(unsafe { &mut *dirp.cast::<RemoteDir>() });
+    if let Some(busy) = DIRS
+        .lock()
+        .as_mut()
+        .and_then(|d| d.get_mut(&(dirp as usize)))
+    {
+        *busy = false;
+    }
+    Some(out)
+}
+
+/// Wait until the stream at `addr` is idle, then mark it busy (or, with
+/// `unregister`, remove it). `None` when it is not a fake `DIR`.
+fn checkout(addr: usize, unregister: bool) -> Option<()> {
+    loop {
+        {
+            let mut dirs = DIRS.lock();
+            let map = dirs.as_mut()?;
+            let busy = map.get_mut(&addr)?;
+            if !*busy {
+                if unregister {
+                    map.remove(&addr);
+                } else {
+                    *busy = true;
+                }
+                return Some(());
+            }
+        }
+        std::thread::yield_now();
+    }
+}
+
+/// In a forked child: streams another parent thread was using at the fork
+/// may be half updated, so they are forgotten (and leaked). Using one then
+/// reaches libc, which fails on its placeholder fd.
+///
+/// # Safety
+/// Only from the `fork` child handler, while it holds [`DIRS`].
+pub(crate) unsafe fn forget_busy_in_child() {
+    // SAFETY: the child handler holds the lock and is the only thread.
+    let dirs = unsafe { &mut *DIRS.data_ptr() };
+    if let Some(map) = dirs.as_mut() {
+        let before = map.len();
+        map.retain(|_, busy| !*busy);
+        OPEN_DIRS.fetch_sub(before - map.len(), Ordering::Release);
+    }
 }
 
 fn register(dir: Box<RemoteDir>) -> *mut DIR {
     let ptr = Box::into_raw(dir);
     DIRS.lock()
-        .get_or_insert_with(HashSet::new)
-        .insert(ptr as usize);
+        .get_or_insert_with(HashMap::new)
+        .insert(ptr as usize, false);
     OPEN_DIRS.fetch_add(1, Ordering::Release);
     ptr.cast()
 }
@@ -319,13 +367,28 @@ fn next_entry<T>(
     fill: impl FnOnce(&mut RemoteDir, &DirEntry) -> *mut T,
 ) -> Option<*mut T> {
     let _g = DetourGuard::enter()?;
+    // readdir(3) callers tell the end from an error by errno (CPython's
+    // listdir does): the locks and round trips below may set it (a
+    // contended futex leaves EAGAIN), so success restores the caller's.
+    let saved = crate::error::errno();
     let result = with_dir(dirp, |dir| {
         dir.next().map(|entry| entry.map(|e| fill(dir, &e)))
-    })?;
+    });
+    // Not ours: libc's readdir runs next and must see the caller's errno.
+    let Some(result) = result else {
+        set_errno(saved);
+        return None;
+    };
     Some(match result {
-        Ok(Some(ptr)) => ptr,
+        Ok(Some(ptr)) => {
+            set_errno(saved);
+            ptr
+        }
         // End of stream: NULL with errno untouched.
-        Ok(None) => std::ptr::null_mut(),
+        Ok(None) => {
+            set_errno(saved);
+            std::ptr::null_mut()
+        }
         Err(e) => {
             set_errno(errno_of(&e));
             std::ptr::null_mut()
@@ -366,7 +429,10 @@ unsafe fn next_entry_r<T>(
     fill: fn(&mut T, &DirEntry, u64),
 ) -> Option<c_int> {
     let _g = DetourGuard::enter()?;
-    let next = with_dir(dirp, |dir| dir.next().map(|e| e.map(|e| (e, dir.pos))))?;
+    let saved = crate::error::errno();
+    let next = with_dir(dirp, |dir| dir.next().map(|e| e.map(|e| (e, dir.pos))));
+    set_errno(saved);
+    let next = next?;
     Some(match next {
         Ok(Some((e, pos))) => {
             // SAFETY: caller guarantees entry and result are writable.
@@ -417,10 +483,7 @@ pub unsafe extern "C" fn closedir(dirp: *mut DIR) -> c_int {
     let real = real!(closedir: fn(*mut DIR) -> c_int);
     let ours = !dirp.is_null()
         && OPEN_DIRS.load(Ordering::Acquire) != 0
-        && DIRS
-            .lock()
-            .as_mut()
-            .is_some_and(|set| set.remove(&(dirp as usize)));
+        && checkout(dirp as usize, true).is_some();
     if !ours {
         // SAFETY: a stream from libc's opendir.
         return unsafe { real(dirp) };

@@ -78,7 +78,7 @@ pub(super) unsafe fn out_slice<'a>(buf: *mut c_void, len: size_t) -> HookResult<
 ///
 /// # Safety
 /// `path` must be null or NUL-terminated; `local` must be the libc call.
-unsafe fn open_at(
+pub(crate) unsafe fn open_at(
     dirfd: c_int,
     path: *const c_char,
     flags: c_int,
@@ -662,4 +662,108 @@ pub unsafe extern "C" fn flistxattr(fd: c_int, list: *mut c_char, size: size_t) 
     let real = real!(flistxattr: fn(c_int, *mut c_char, size_t) -> ssize_t);
     // SAFETY: forwarding the caller's arguments unchanged.
     xattr_fd(fd, no_attributes, || unsafe { real(fd, list, size) })
+}
+
+// ---------------------------------------------------------------- working directory
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn chdir(path: *const c_char) -> c_int {
+    let real = real!(chdir: fn(*const c_char) -> c_int);
+    let Some(_g) = DetourGuard::enter() else {
+        // SAFETY: chdir(2) contract; libc gets the caller's argument.
+        return unsafe { real(path) };
+    };
+    // SAFETY: caller guarantees path is null or NUL-terminated.
+    let Some(cpath) = (unsafe { cstr(path) }) else {
+        // SAFETY: as above.
+        return unsafe { real(path) };
+    };
+    let local = |_, p| {
+        // SAFETY: chdir(2) with the caller's or an absolute path.
+        let rc = unsafe { real(p) };
+        if rc == 0 {
+            super::cwd::clear();
+        }
+        rc
+    };
+    finish(super::cwd::chdir(cpath), CWD, path, local, |()| 0)
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn fchdir(fd: c_int) -> c_int {
+    let real = real!(fchdir: fn(c_int) -> c_int);
+    let Some(_g) = DetourGuard::enter() else {
+        // SAFETY: fchdir(2) contract.
+        return unsafe { real(fd) };
+    };
+    let local = |_, _| {
+        // SAFETY: fchdir(2) with the caller's fd.
+        let rc = unsafe { real(fd) };
+        if rc == 0 {
+            super::cwd::clear();
+        }
+        rc
+    };
+    finish(super::cwd::fchdir(fd), CWD, std::ptr::null(), local, |()| 0)
+}
+
+/// Hand the remote working directory out the way `getcwd(3)` does: into
+/// `buf` of `size` bytes or, when `buf` is null, into a `malloc`ed buffer
+/// (of `size` bytes, or as big as needed when `size` is 0).
+///
+/// # Safety
+/// `buf` must be null or have `size` writable bytes.
+unsafe fn write_cwd(dir: &str, buf: *mut c_char, size: size_t) -> *mut c_char {
+    let needed = dir.len() + 1;
+    if !buf.is_null() && size == 0 {
+        set_errno(libc::EINVAL);
+        return std::ptr::null_mut();
+    }
+    if size != 0 && size < needed {
+        set_errno(libc::ERANGE);
+        return std::ptr::null_mut();
+    }
+    let out = if buf.is_null() {
+        // SAFETY: plain allocation; the caller frees it with free(3).
+        let p = unsafe { libc::malloc(size.max(needed)) }.cast::<c_char>();
+        if p.is_null() {
+            set_errno(libc::ENOMEM);
+            return p;
+        }
+        p
+    } else {
+        buf
+    };
+    // SAFETY: `out` has at least `needed` writable bytes (checked or allocated).
+    unsafe {
+        std::ptr::copy_nonoverlapping(dir.as_ptr(), out.cast::<u8>(), dir.len());
+        *out.add(dir.len()) = 0;
+    }
+    out
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn getcwd(buf: *mut c_char, size: size_t) -> *mut c_char {
+    let real = real!(getcwd: fn(*mut c_char, size_t) -> *mut c_char);
+    if let Some(_g) = DetourGuard::enter() {
+        if let Some(dir) = super::cwd::remote() {
+            // SAFETY: getcwd(3) contract on buf/size.
+            return unsafe { write_cwd(&dir, buf, size) };
+        }
+    }
+    // SAFETY: getcwd(3) contract; libc gets the caller's arguments.
+    unsafe { real(buf, size) }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn get_current_dir_name() -> *mut c_char {
+    let real = real!(get_current_dir_name: fn() -> *mut c_char);
+    if let Some(_g) = DetourGuard::enter() {
+        if let Some(dir) = super::cwd::remote() {
+            // SAFETY: a malloc'ed copy, as get_current_dir_name(3) returns.
+            return unsafe { write_cwd(&dir, std::ptr::null_mut(), 0) };
+        }
+    }
+    // SAFETY: get_current_dir_name(3) takes no arguments.
+    unsafe { real() }
 }

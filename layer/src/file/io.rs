@@ -1,6 +1,6 @@
 //! `extern "C"` shims for I/O on the placeholder fds of remote handles:
 //! `read`/`write` and their positional and vectored forms, `lseek`,
-//! `ftruncate`, `fsync`, and the kernel shortcuts (`mmap`, `copy_file_range`,
+//! `ftruncate`, `fsync`, `preadv2`/`pwritev2` (in `io/v2.rs`), and the kernel shortcuts (`mmap`, `copy_file_range`,
 //! `sendfile`) that must not see the empty placeholder. Every other fd goes
 //! straight to libc.
 
@@ -10,6 +10,8 @@ use crate::error::{HookError, HookResult, fail, set_errno};
 use crate::guard::DetourGuard;
 use crate::real::real;
 use libc::{c_int, c_uint, c_void, iovec, off_t, size_t, ssize_t};
+
+mod v2;
 
 /// A byte count or `-1` + `errno`, as `read(2)` returns it.
 fn ssize(result: HookResult<usize>) -> ssize_t {
@@ -291,12 +293,16 @@ pub unsafe extern "C" fn ftruncate64(fd: c_int, len: off_t) -> c_int {
     ftruncate_hook(fd, len, || unsafe { real(fd, len) })
 }
 
-/// `fsync`/`fdatasync` on a remote handle succeed: every write was already
-/// handed to the agent synchronously (the protocol has no sync request).
-fn sync_hook(fd: c_int, local: impl FnOnce() -> c_int) -> c_int {
+/// `fsync`/`fdatasync` on a remote handle sync the target's file (an agent
+/// of protocol v1 cannot: its writes were synchronous, and the call succeeds
+/// as it did then); its errors reach the caller.
+fn sync_hook(fd: c_int, data_only: bool, local: impl FnOnce() -> c_int) -> c_int {
     if let Some(_g) = DetourGuard::enter() {
-        if ops::remote_handle(fd).is_some() {
-            return 0;
+        if let Some(handle) = ops::remote_handle(fd) {
+            return match ops::fsync(&handle, data_only) {
+                Ok(()) => 0,
+                Err(e) => fail(&e),
+            };
         }
     }
     local()
@@ -306,14 +312,14 @@ fn sync_hook(fd: c_int, local: impl FnOnce() -> c_int) -> c_int {
 pub unsafe extern "C" fn fsync(fd: c_int) -> c_int {
     let real = real!(fsync: fn(c_int) -> c_int);
     // SAFETY: forwarding the caller's arguments unchanged.
-    sync_hook(fd, || unsafe { real(fd) })
+    sync_hook(fd, false, || unsafe { real(fd) })
 }
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn fdatasync(fd: c_int) -> c_int {
     let real = real!(fdatasync: fn(c_int) -> c_int);
     // SAFETY: forwarding the caller's arguments unchanged.
-    sync_hook(fd, || unsafe { real(fd) })
+    sync_hook(fd, true, || unsafe { real(fd) })
 }
 
 /// Shared body of `preadv`/`preadv64`.

@@ -137,7 +137,12 @@ pub fn locate(dirfd: c_int, path: &CStr, write: bool) -> HookResult<Routed<Strin
     let (abs, via_remote_dir): (std::borrow::Cow<'_, str>, bool) = if text.starts_with('/') {
         (text.into(), false)
     } else if dirfd == libc::AT_FDCWD {
-        (absolutize(&cwd()?, text).into(), false)
+        match super::cwd::remote() {
+            // Relative to the remote working directory: a local answer must
+            // be given to libc as an absolute path.
+            Some(base) => (absolutize(&base, text).into(), true),
+            None => (absolutize(&cwd()?, text).into(), false),
+        }
     } else {
         let dir = remote_dir(dirfd).ok_or(HookError::Bypass("relative to a local dirfd"))?;
         (absolutize(&dir, text).into(), true)
@@ -152,6 +157,16 @@ pub fn locate(dirfd: c_int, path: &CStr, write: bool) -> HookResult<Routed<Strin
         FsDecision::NotFound => Err(HookError::Errno(libc::ENOENT)),
         FsDecision::Remote | FsDecision::RemoteWrite => Ok(Routed::Remote(abs.into_owned())),
     }
+}
+
+/// [`locate`] for an `open` with `flags`, warning once when read mode sends
+/// a write-open of a file the target has to a local file.
+pub fn locate_open(dirfd: c_int, path: &CStr, flags: c_int) -> HookResult<Routed<String>> {
+    let routed = locate(dirfd, path, opens_for_write(flags))?;
+    if let Routed::Local(_) = routed {
+        super::read_mode::check(dirfd, path, flags);
+    }
+    Ok(routed)
 }
 
 /// Whether `open` flags modify the file (what the policy calls a write).
@@ -213,7 +228,7 @@ pub enum Opened {
 
 /// `open`/`openat`: a real fd for a remote file, or where to call libc.
 pub fn open(dirfd: c_int, path: &CStr, flags: c_int, mode: u32) -> HookResult<Routed<c_int>> {
-    let path = remote_or_return!(locate(dirfd, path, opens_for_write(flags))?);
+    let path = remote_or_return!(locate_open(dirfd, path, flags)?);
     match open_remote(path, flags, mode)? {
         Opened::Native(fd) => Ok(Routed::Remote(fd)),
         Opened::Handle(info) => placeholder(info, flags & libc::O_CLOEXEC != 0).map(Routed::Remote),
@@ -624,6 +639,14 @@ pub fn seek(handle: &RemoteHandle, offset: i64, whence: c_int) -> HookResult<i64
 pub fn ftruncate(handle: &RemoteHandle, len: i64) -> HookResult<()> {
     let len = u64::try_from(len).map_err(|_| HookError::Errno(libc::EINVAL))?;
     done(FsRequest::Ftruncate { fd: handle.fd, len })
+}
+
+/// `fsync` (`data_only`: `fdatasync`) of a remote handle, in the target.
+pub fn fsync(handle: &RemoteHandle, data_only: bool) -> HookResult<()> {
+    done(FsRequest::Fsync {
+        fd: handle.fd,
+        data_only,
+    })
 }
 
 /// Remote metadata of a managed fd (`fstat`); `Bypass` for other fds.

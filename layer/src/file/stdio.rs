@@ -2,7 +2,7 @@
 //! interposition cannot see, so `fopen` itself is hooked: a remote snapshot
 //! or directory becomes `fdopen(fd)`, a remote handle a `fopencookie` stream
 //! whose callbacks forward to the agent (such a stream has no fd: `fileno`
-//! returns -1). `fclose` is hooked because glibc closes the fd internally,
+//! returns -1); `fdopen` of a remote handle's placeholder does the same. `fclose` is hooked because glibc closes the fd internally,
 //! behind the `close` hook's back.
 
 use super::RemoteHandle;
@@ -32,6 +32,8 @@ unsafe extern "C" {
 #[derive(Debug)]
 struct Cookie {
     handle: Shared<RemoteHandle>,
+    /// The placeholder fd of an `fdopen`ed remote file: `fclose` closes it.
+    fd: Option<c_int>,
 }
 
 /// A remote `fopen`'s result before it becomes a `FILE`.
@@ -41,7 +43,7 @@ enum Stream {
 }
 
 fn open(path: &CStr, flags: c_int) -> HookResult<Routed<Stream>> {
-    let path = match ops::locate(libc::AT_FDCWD, path, ops::opens_for_write(flags))? {
+    let path = match ops::locate_open(libc::AT_FDCWD, path, flags)? {
         Routed::Remote(path) => path,
         Routed::Local(local) => return Ok(Routed::Local(local)),
     };
@@ -74,22 +76,32 @@ unsafe fn stream_of(stream: Stream, mode: *const c_char) -> *mut FILE {
             fp
         }
         Stream::Handle(handle) => {
-            let cookie = Box::into_raw(Box::new(Cookie { handle }));
-            let io = CookieIoFunctions {
-                read: Some(cookie_read),
-                write: Some(cookie_write),
-                seek: Some(cookie_seek),
-                close: Some(cookie_close),
-            };
-            // SAFETY: the cookie stays valid until glibc calls cookie_close.
-            let fp = unsafe { fopencookie(cookie.cast(), mode, io) };
-            if fp.is_null() {
-                // SAFETY: glibc did not take the cookie; reclaim it (closes remotely).
-                drop(unsafe { Box::from_raw(cookie) });
-            }
-            fp
+            // SAFETY: mode is the caller's NUL-terminated string.
+            unsafe { cookie_stream(Cookie { handle, fd: None }, mode) }
         }
     }
+}
+
+/// A `fopencookie` stream over a remote handle.
+///
+/// # Safety
+/// `mode` must be NUL-terminated.
+unsafe fn cookie_stream(cookie: Cookie, mode: *const c_char) -> *mut FILE {
+    let cookie = Box::into_raw(Box::new(cookie));
+    let io = CookieIoFunctions {
+        read: Some(cookie_read),
+        write: Some(cookie_write),
+        seek: Some(cookie_seek),
+        close: Some(cookie_close),
+    };
+    // SAFETY: the cookie stays valid until glibc calls cookie_close.
+    let fp = unsafe { fopencookie(cookie.cast(), mode, io) };
+    if fp.is_null() {
+        // SAFETY: glibc did not take the cookie; reclaim it (an fdopen'ed
+        // fd stays open, as fdopen's failure leaves it).
+        drop(unsafe { Box::from_raw(cookie) });
+    }
+    fp
 }
 
 /// Shared body of `fopen`/`fopen64`.
@@ -223,6 +235,38 @@ unsafe extern "C" fn cookie_close(cookie: *mut c_void) -> c_int {
     let _g = DetourGuard::enter();
     // SAFETY: glibc calls close once, with the pointer from Box::into_raw;
     // dropping it closes the remote handle.
-    drop(unsafe { Box::from_raw(cookie.cast::<Cookie>()) });
+    let cookie = unsafe { Box::from_raw(cookie.cast::<Cookie>()) };
+    if let Some(fd) = cookie.fd {
+        // fclose of an fdopen'ed stream closes its fd (the placeholder).
+        drop(fd::remove(fd));
+        // SAFETY: the placeholder fd this stream owns since fdopen.
+        unsafe { libc::close(fd) };
+    }
+    drop(cookie);
     0
+}
+
+/// `fdopen` of a remote file's placeholder: stdio would read the empty
+/// placeholder through glibc's internal `read`, which the layer cannot
+/// see, so the stream is a cookie stream on the remote handle instead
+/// (its `fileno` is -1; `fclose` closes `fd`). Other fds go to libc.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn fdopen(fd: c_int, mode: *const c_char) -> *mut FILE {
+    let real = real!(fdopen: fn(c_int, *const c_char) -> *mut FILE);
+    if let Some(_g) = DetourGuard::enter() {
+        if let (Some(handle), Some(_)) = (ops::remote_handle(fd), unsafe { cstr(mode) }) {
+            // SAFETY: mode is NUL-terminated (checked).
+            return unsafe {
+                cookie_stream(
+                    Cookie {
+                        handle,
+                        fd: Some(fd),
+                    },
+                    mode,
+                )
+            };
+        }
+    }
+    // SAFETY: forwarding the caller's arguments unchanged.
+    unsafe { real(fd, mode) }
 }

@@ -432,3 +432,12 @@ fn vectored_io_stops_at_the_first_short_buffer() {
     });
     assert_eq!((total.unwrap(), calls), (5, 2));
 }
+
+#[test]
+fn normalize_removes_dots_and_parents() {
+    use super::cwd::normalize;
+    assert_eq!(normalize("/a/./b/../c/"), "/a/c");
+    assert_eq!(normalize("/.."), "/");
+    assert_eq!(normalize("//a//b"), "/a/b");
+    assert_eq!(normalize("/a/b/../../.."), "/");
+}

@@ -7,6 +7,8 @@ use crate::real::real;
 use crate::sockaddr as sa;
 use libc::{c_int, c_void, msghdr, size_t, sockaddr, socklen_t, ssize_t};
 
+mod mmsg;
+
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
     let real = real!(connect: fn(c_int, *const sockaddr, socklen_t) -> c_int);
@@ -252,6 +254,7 @@ pub unsafe extern "C" fn accept(fd: c_int, addr: *mut sockaddr, len: *mut sockle
     let real = real!(accept: fn(c_int, *mut sockaddr, *mut socklen_t) -> c_int);
     // SAFETY: forwarding the caller's arguments unchanged.
     let conn = unsafe { real(fd, addr, len) };
+    crate::fd::create::created(conn);
     if conn >= 0 && crate::fd::get(fd).is_some() {
         // SAFETY: accept succeeded; addr/len are the caller's.
         unsafe { after_accept(fd, conn, addr, len) };
@@ -269,6 +272,7 @@ pub unsafe extern "C" fn accept4(
     let real = real!(accept4: fn(c_int, *mut sockaddr, *mut socklen_t, c_int) -> c_int);
     // SAFETY: forwarding the caller's arguments unchanged.
     let conn = unsafe { real(fd, addr, len, flags) };
+    crate::fd::create::created(conn);
     if conn >= 0 && crate::fd::get(fd).is_some() {
         // SAFETY: accept4 succeeded; addr/len are the caller's.
         unsafe { after_accept(fd, conn, addr, len) };

@@ -1,11 +1,10 @@
 //! Safe logic of the socket hooks: decide local vs remote and talk to the intproxy.
 
-use super::{SocketInfo, UdpRoutes};
+use super::{SocketInfo, UdpRoutesKey};
 use crate::error::{HookError, HookResult};
 use crate::fd::{self, Managed};
 use crate::sockaddr::{self, CAddr};
 use crate::{dns, session, state};
-use parking_lot::Mutex;
 use remora_config::{Proto, Route};
 use remora_protocol::messages::{InterceptorAddr, LayerRequest, LayerResponse};
 use remora_protocol::net::{RemoteAddr, Transport};
@@ -161,29 +160,36 @@ pub fn sendto_target(fd: i32, remote: SocketAddr) -> HookResult<CAddr> {
         return Err(HookError::Bypass("sendto on a stream socket"));
     }
     if let Some(routes) = &existing {
-        if let Some(interceptor) = routes.lock().by_remote.get(&remote) {
-            return Ok(sockaddr::encode(*interceptor, domain));
+        if let Some(interceptor) = routes.with(|r| r.by_remote.get(&remote).copied()) {
+            return Ok(sockaddr::encode(interceptor, domain));
         }
     }
     let (interceptor, _) = intercept(Transport::Udp, remote)?;
     let routes = existing.unwrap_or_else(|| {
-        let routes = Arc::new(Mutex::new(UdpRoutes::default()));
+        let routes = Arc::new(UdpRoutesKey::new());
         fd::insert(fd, Managed::Socket(SocketInfo::UdpRoutes(routes.clone())));
         routes
     });
-    let mut r = routes.lock();
-    r.by_remote.insert(remote, interceptor);
-    r.by_interceptor.insert(interceptor, remote);
+    routes.with(|r| {
+        r.by_remote.insert(remote, interceptor);
+        r.by_interceptor.insert(interceptor, remote);
+    });
     Ok(sockaddr::encode(interceptor, domain))
 }
 
 /// The remote peer a datagram from `source` (an interceptor) stands for.
+/// Whether `fd` is an unconnected UDP socket with remote destinations, whose
+/// received sources [`recv_source`] may rewrite.
+pub fn has_udp_routes(fd: i32) -> bool {
+    matches!(fd::get(fd), Some(Managed::Socket(SocketInfo::UdpRoutes(_))))
+}
+
 pub fn recv_source(fd: i32, source: SocketAddr) -> Option<(SocketAddr, i32)> {
     let Some(Managed::Socket(SocketInfo::UdpRoutes(routes))) = fd::get(fd) else {
         return None;
     };
     let source = canonical(source);
-    let remote = routes.lock().by_interceptor.get(&source).copied()?;
+    let remote = routes.with(|r| r.by_interceptor.get(&source).copied())?;
     Some((remote, domain_of(fd)))
 }
 

@@ -257,3 +257,101 @@ async fn a_changed_file_is_reloaded_and_a_broken_one_keeps_the_old_policies() {
     cancel.cancel();
     watcher.await.unwrap();
 }
+
+#[test]
+fn a_wide_filter_text_is_narrowed_by_the_required_header_not_compared() {
+    let p = parse("[[policy]]\ntargets = [\"pid/*\"]\nrequire_header_filter = \"^x-user: .+$\"\n");
+    let wide = HttpFilter::Header("x-user: a|.*".into());
+    // The text check alone let it through (the bypass)...
+    assert!(p.check_subscribe(&steal("pid/42", Some(&wide))).is_ok());
+    // ...so what the agent gets is the requirement AND the session's filter.
+    assert_eq!(
+        p.constrain_filter("pid/42", Some(wide.clone())),
+        Some(HttpFilter::AllOf(vec![
+            HttpFilter::Header("^x-user: .+$".into()),
+            wide.clone(),
+        ]))
+    );
+    assert_eq!(
+        p.constrain_filter("deployment/api", Some(wide.clone())),
+        Some(wide)
+    );
+}
+
+#[test]
+fn the_session_policy_carries_file_rules_and_hides_environments_with_env_exclude() {
+    let p = parse(
+        "[[policy]]\ntargets = [\"pid/*\"]\nfs_not_found = [\"^/srv/secrets/\"]\n\n\
+         [[policy]]\ntargets = [\"pid/1\"]\nenv_exclude = [\"DB_*\"]\n",
+    );
+    let one = p.session_policy("pid/1");
+    assert_eq!(one.fs_not_found.len(), 1);
+    assert_eq!(one.fs_not_found[0].pattern, "^/srv/secrets/");
+    assert!(one.fs_not_found[0].label.starts_with("policy #1 in "));
+    assert!(one.hide_process_env.unwrap().starts_with("policy #2 in "));
+    assert_eq!(p.session_policy("pid/2").hide_process_env, None);
+    assert_eq!(p.session_policy("deployment/x"), SessionPolicy::default());
+}
+
+#[test]
+fn policies_from_objects_apply_to_the_users_and_groups_they_name() {
+    let spec = |users: &[&str], groups: &[&str]| PolicySpec {
+        targets: vec!["deployment/api*".into()],
+        users: users.iter().map(|s| (*s).to_owned()).collect(),
+        groups: groups.iter().map(|s| (*s).to_owned()).collect(),
+        block: vec![Block::Steal],
+        ..PolicySpec::default()
+    };
+    let (policies, errors) = Policies::from_specs(vec![
+        ("RemoraPolicy shop/alice".into(), spec(&["alice"], &[])),
+        ("RemoraPolicy shop/ci".into(), spec(&[], &["ci"])),
+        (
+            "RemoraPolicy shop/broken".into(),
+            PolicySpec {
+                targets: vec!["*".into()],
+                fs_not_found: vec!["(".into()],
+                ..PolicySpec::default()
+            },
+        ),
+    ]);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(errors[0].starts_with("RemoraPolicy shop/broken: fs_not_found"));
+    let store = PolicyStore::fixed(policies);
+    let check = |subject: Subject| {
+        store
+            .for_subject(subject)
+            .current()
+            .check_subscribe(&steal("deployment/api", None))
+    };
+    let alice = check(Subject {
+        user: Some("alice".into()),
+        groups: vec![],
+    });
+    assert_eq!(
+        alice.unwrap_err(),
+        "stealing port 8080 on deployment/api is blocked by RemoraPolicy shop/alice \
+         (block = [\"steal\"])"
+    );
+    let runner = check(Subject {
+        user: Some("runner".into()),
+        groups: vec!["ci".into()],
+    });
+    assert!(runner.unwrap_err().contains("RemoraPolicy shop/ci"));
+    assert!(
+        check(Subject {
+            user: Some("bob".into()),
+            groups: vec!["dev".into()],
+        })
+        .is_ok()
+    );
+    // The unfiltered store sees every policy; a replacement is seen at once.
+    assert_eq!(store.current().len(), 2);
+    store.replace(Policies::default());
+    assert!(
+        check(Subject {
+            user: Some("alice".into()),
+            groups: vec![],
+        })
+        .is_ok()
+    );
+}

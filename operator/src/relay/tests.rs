@@ -42,6 +42,9 @@ fn start(user: &str, sessions: &Sessions, policies: PolicyStore) -> Session {
         target: TARGET.to_owned(),
         sessions: sessions.clone(),
         policies,
+        agent_capabilities: Capabilities::ALL,
+        branches: None,
+        grants: Default::default(),
     };
     let relay = tokio::spawn(run(
         client_sink,
@@ -135,6 +138,15 @@ async fn hidden_files_are_not_found_without_reaching_the_agent() {
     };
     s.client.send(stat(1, "/srv/secrets/token")).await.unwrap();
     s.client.send(stat(2, "/etc/hosts")).await.unwrap();
+    // The agent gets the rules first: it decides on resolved paths.
+    match next(&mut s.agent).await {
+        ClientMessage::SessionPolicy(policy) => {
+            assert_eq!(policy.fs_not_found.len(), 1);
+            assert_eq!(policy.fs_not_found[0].pattern, "^/srv/secrets/");
+            assert_eq!(policy.hide_process_env, None);
+        }
+        other => panic!("{other:?}"),
+    }
     match next_reply(&mut s).await {
         ServerMessage::Response {
             id: RequestId(1),
@@ -161,6 +173,15 @@ async fn environment_replies_lose_the_withheld_variables() {
         }),
     };
     s.client.send(request.clone()).await.unwrap();
+    match next(&mut s.agent).await {
+        ClientMessage::SessionPolicy(policy) => {
+            assert_eq!(
+                policy.hide_process_env.as_deref(),
+                Some("policy #1 in p.toml")
+            );
+        }
+        other => panic!("{other:?}"),
+    }
     assert_eq!(next(&mut s.agent).await, request);
     let vars: BTreeMap<String, String> =
         [("DB_PASSWORD", "x"), ("AWS_KEY", "y"), ("HOME", "/root")]
@@ -386,4 +407,110 @@ async fn a_blocked_name_blocks_the_addresses_it_resolved_to() {
         other => panic!("{other:?}"),
     }
     assert_eq!(next(&mut s.agent).await, connect(2, "10.9.9.9:80"));
+}
+
+#[tokio::test]
+async fn a_client_cannot_send_a_session_policy() {
+    let sessions = Sessions::default();
+    let store = policies("[[policy]]\ntargets=[\"pid/*\"]\nfs_not_found=[\"^/srv/secrets/\"]\n");
+    let mut s = start("mallory", &sessions, store);
+    match next(&mut s.agent).await {
+        ClientMessage::SessionPolicy(_) => {}
+        other => panic!("{other:?}"),
+    }
+    let empty = ClientMessage::SessionPolicy(SessionPolicy::default());
+    s.client.send(empty).await.unwrap();
+    match next(&mut s.client).await {
+        ServerMessage::Closing { reason } => {
+            assert!(reason.contains("may not send session policies"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // The agent never saw it: the next frame is the goodbye.
+    assert_eq!(next(&mut s.agent).await, ClientMessage::Bye);
+}
+
+#[tokio::test]
+async fn file_requests_are_refused_when_the_agent_cannot_enforce_the_rules() {
+    let (client, relay_client) = tokio::io::duplex(1 << 16);
+    let (agent, relay_agent) = tokio::io::duplex(1 << 16);
+    let (client_sink, client_stream) = Framed::new(
+        relay_client,
+        FrameCodec::<ClientMessage, ServerMessage>::default(),
+    )
+    .split();
+    let (agent_sink, agent_stream) = Framed::new(
+        relay_agent,
+        FrameCodec::<ServerMessage, ClientMessage>::default(),
+    )
+    .split();
+    let sessions = Sessions::default();
+    let (guard, commands) = sessions.register("alice", TARGET);
+    let ctx = SessionContext {
+        id: guard.id(),
+        user: "alice".into(),
+        target: TARGET.into(),
+        sessions: sessions.clone(),
+        policies: policies("[[policy]]\ntargets=[\"*\"]\nfs_not_found=[\"^/srv/\"]\n"),
+        agent_capabilities: Capabilities(Capabilities::ALL.0 & !Capabilities::SESSION_POLICY.0),
+        branches: None,
+        grants: Default::default(),
+    };
+    let _relay = tokio::spawn(run(
+        client_sink,
+        client_stream,
+        agent_sink,
+        agent_stream,
+        ctx,
+        commands,
+    ));
+    let mut client = Framed::new(
+        client,
+        FrameCodec::<ServerMessage, ClientMessage>::default(),
+    );
+    let mut agent = Framed::new(agent, FrameCodec::<ClientMessage, ServerMessage>::default());
+    let stat = ClientMessage::Request {
+        id: RequestId(1),
+        request: Request::Fs(FsRequest::Stat {
+            path: "/etc/hosts".into(),
+            follow_symlinks: true,
+        }),
+    };
+    client.send(stat).await.unwrap();
+    client.send(ping(2)).await.unwrap();
+    loop {
+        match next(&mut client).await {
+            ServerMessage::Log { .. } => {}
+            ServerMessage::Response {
+                id: RequestId(1),
+                result: Err(e),
+            } => {
+                assert_eq!(e.code, ErrorCode::Forbidden);
+                assert!(e.message.contains("protocol v2"), "{e}");
+                break;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(next(&mut agent).await, ping(2));
+    drop(guard);
+}
+
+#[tokio::test]
+async fn the_required_header_is_anded_with_the_sessions_filter() {
+    let sessions = Sessions::default();
+    let store = policies("[[policy]]\ntargets=[\"*\"]\nrequire_header_filter=\"^x-user: .+$\"\n");
+    let mut s = start("mallory", &sessions, store);
+    s.client.send(subscribe("x-user: a|.*")).await.unwrap();
+    assert_eq!(
+        next(&mut s.agent).await,
+        ClientMessage::Incoming(IncomingClient::Subscribe {
+            port: PORT,
+            mode: IncomingMode::Steal,
+            filter: Some(HttpFilter::AllOf(vec![
+                HttpFilter::Header("^x-user: .+$".into()),
+                HttpFilter::Header("x-user: a|.*".into()),
+            ])),
+        })
+    );
 }

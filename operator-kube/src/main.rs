@@ -1,4 +1,7 @@
-//! `remora-operator`: parses its arguments and runs the operator library.
+//! `remora-operator`: parses its arguments and runs the operator: the local
+//! platform from `remora-operator`'s library, the Kubernetes mode from this
+//! crate's (the operator library cannot link the Kubernetes platform, which
+//! depends on it).
 
 use clap::Parser;
 use std::process::ExitCode;
@@ -17,7 +20,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(remora_operator::run(args)) {
+    match runtime.block_on(remora_operator_kube::serve::run(args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("remora-operator: {e}");

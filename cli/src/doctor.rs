@@ -1,0 +1,29 @@
+//! `remora doctor [-- PROGRAM]`: whether seccomp user notification works on
+//! this machine, and which interception mode a program would get and why.
+
+use crate::args::DoctorArgs;
+use crate::interception::{self, Asked, Mode};
+
+pub fn run(args: DoctorArgs) -> i32 {
+    let seccomp = remora_supervisor::probe();
+    match &seccomp {
+        Ok(()) => println!(
+            "seccomp user notification: works (with SECCOMP_IOCTL_NOTIF_ADDFD + \
+             SECCOMP_ADDFD_FLAG_SEND and pidfd_getfd)"
+        ),
+        Err(reason) => println!("seccomp user notification: unavailable: {reason}"),
+    }
+    let Some(program) = args.command.first() else {
+        return i32::from(seccomp.is_err());
+    };
+    let (mode, why) = interception::choose(Asked::parse(args.interception.as_deref()), program);
+    println!("{program}: {mode} ({why})");
+    if mode == Mode::Seccomp && seccomp.is_err() {
+        println!(
+            "{program}: cannot run under the seccomp supervisor here; remora would fall back \
+             to the LD_PRELOAD layer, which does not see this program's calls"
+        );
+        return 1;
+    }
+    0
+}

@@ -1,0 +1,608 @@
+//! The Kubernetes implementation of the operator's [`Platform`] seam: resolve
+//! a target to its pod, start the agent (a Job on the pod's node, or an
+//! ephemeral container), wait for it with a deadline and a clear error, reach
+//! it through the API server's port-forward, and delete it on stop.
+
+use futures::future::BoxFuture;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use remora_operator::platform::{AgentHandle, Platform, ResolvedTarget, StartedAgent};
+use remora_protocol::SessionToken;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::manifest::{AGENT_PORT, AgentMode, AgentSettings, AgentSpec, RUN_LABEL};
+use crate::resolve;
+use crate::target::KubeTarget;
+use crate::{ClientOptions, Error, KubeClient, Result};
+
+/// How often the agent's pod is looked at while waiting for it (at most).
+const POLL: Duration = Duration::from_millis(500);
+/// The first wait between two looks; it doubles up to [`POLL`].
+const FIRST_POLL: Duration = Duration::from_millis(25);
+/// How long deleting the agent may take before `stop` gives up waiting.
+const DELETE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Targets in a Kubernetes cluster.
+#[derive(Debug, Clone)]
+pub struct KubePlatform {
+    /// How to reach the cluster.
+    pub options: ClientOptions,
+    /// The `agent.*` settings.
+    pub settings: AgentSettings,
+}
+
+fn agent_start(target: &str, e: impl std::fmt::Display) -> remora_operator::Error {
+    remora_operator::Error::AgentStart {
+        target: target.to_owned(),
+        reason: e.to_string(),
+    }
+}
+
+/// A short random id for object names.
+fn run_id() -> std::result::Result<String, String> {
+    let token = remora_operator::token::random_token()?;
+    Ok(token[..10].to_owned())
+}
+
+impl Platform for KubePlatform {
+    fn name(&self) -> &'static str {
+        "kubernetes"
+    }
+
+    fn target_env(
+        &self,
+        target: &ResolvedTarget,
+    ) -> remora_operator::Result<std::collections::BTreeMap<String, String>> {
+        // Reading a container's environment needs its pod spec plus the
+        // ConfigMaps and Secrets it names; not built yet.
+        Err(remora_operator::Error::Target {
+            target: target.name.clone(),
+            reason: "database branches of Kubernetes targets are not built yet \
+                     (docs/db-branches.md)"
+                .into(),
+        })
+    }
+
+    fn dial(&self, _target: &str, program: &str) -> std::process::Command {
+        // The operator runs in the cluster: its own network is the targets'.
+        std::process::Command::new(program)
+    }
+
+    fn resolve(&self, target: &str) -> remora_operator::Result<ResolvedTarget> {
+        let parsed: KubeTarget =
+            target
+                .parse()
+                .map_err(|e: Error| remora_operator::Error::Target {
+                    target: target.to_owned(),
+                    reason: e.to_string(),
+                })?;
+        Ok(ResolvedTarget {
+            name: parsed.to_string(),
+        })
+    }
+
+    fn start_agent(
+        &self,
+        target: &ResolvedTarget,
+    ) -> BoxFuture<'static, remora_operator::Result<StartedAgent>> {
+        let this = self.clone();
+        let name = target.name.clone();
+        Box::pin(async move {
+            this.start_with(&name, &|_| {}, &CancellationToken::new())
+                .await
+                .map_err(|e| agent_start(&name, e))
+        })
+    }
+}
+
+/// What starting the agent is busy with, for a spinner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Phase {
+    /// Reading the kubeconfig and resolving the target to a pod.
+    Resolving {
+        /// The target string.
+        target: String,
+        /// The namespace it is looked up in.
+        namespace: String,
+    },
+    /// Creating the agent Job.
+    CreatingJob {
+        /// The Job's name.
+        name: String,
+        /// Its namespace.
+        namespace: String,
+    },
+    /// Adding the agent as an ephemeral container.
+    AddingEphemeral {
+        /// The target pod.
+        pod: String,
+    },
+    /// Creating the targetless agent pod.
+    CreatingPod {
+        /// The pod's name.
+        name: String,
+    },
+    /// The Job exists; its pod does not yet.
+    WaitingForPod,
+    /// The pod is not on a node yet.
+    Scheduling {
+        /// The agent's pod.
+        pod: String,
+    },
+    /// The pod is on its node; the image is being pulled and the container created.
+    PullingImage {
+        /// The agent's pod.
+        pod: String,
+        /// The agent image.
+        image: String,
+    },
+    /// The agent runs; the port-forward relay is being set up.
+    Connecting {
+        /// The agent's pod.
+        pod: String,
+    },
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Phase::Resolving { target, namespace } => {
+                write!(f, "resolving {target} in namespace {namespace}")
+            }
+            Phase::CreatingJob { name, namespace } => {
+                write!(f, "creating the agent job {name} in namespace {namespace}")
+            }
+            Phase::AddingEphemeral { pod } => {
+                write!(f, "adding the agent as an ephemeral container to pod {pod}")
+            }
+            Phase::CreatingPod { name } => write!(f, "creating the agent pod {name}"),
+            Phase::WaitingForPod => f.write_str("waiting for the agent's pod"),
+            Phase::Scheduling { pod } => write!(f, "waiting for pod {pod} to be scheduled"),
+            Phase::PullingImage { pod, image } => {
+                write!(f, "pulling the image {image} and starting pod {pod}")
+            }
+            Phase::Connecting { pod } => {
+                write!(
+                    f,
+                    "agent running in pod {pod}; connecting through port-forward"
+                )
+            }
+        }
+    }
+}
+
+/// Where phases are reported.
+pub type Report<'a> = &'a (dyn Fn(&Phase) + Send + Sync);
+
+/// The phase a pod's state means while its agent container does not run yet.
+fn phase_of(pod: &Pod, container: &str, image: &str) -> Phase {
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let scheduled = pod.spec.as_ref().is_some_and(|s| s.node_name.is_some());
+    let has_status = pod
+        .status
+        .iter()
+        .flat_map(|s| {
+            s.container_statuses
+                .iter()
+                .flatten()
+                .chain(s.ephemeral_container_statuses.iter().flatten())
+        })
+        .any(|c| c.name == container);
+    if scheduled || has_status {
+        Phase::PullingImage {
+            pod: name,
+            image: image.to_owned(),
+        }
+    } else {
+        Phase::Scheduling { pod: name }
+    }
+}
+
+/// The wait before look number `attempt` (from 0): short at first (a pod
+/// often appears or starts within a fraction of a second), then [`POLL`].
+fn poll_delay(attempt: u32) -> Duration {
+    FIRST_POLL.saturating_mul(1 << attempt.min(10)).min(POLL)
+}
+
+/// Sleep before look number `attempt`, or fail at once when `cancel` fires.
+async fn pause(cancel: &CancellationToken, attempt: &mut u32) -> Result<()> {
+    let delay = poll_delay(*attempt);
+    *attempt += 1;
+    tokio::select! {
+        () = tokio::time::sleep(delay) => Ok(()),
+        () = cancel.cancelled() => Err(Error::Resolve(
+            "cancelled while starting the agent (remora was interrupted)".to_owned(),
+        )),
+    }
+}
+
+/// What is waited for, for the timeout message.
+fn describe_wait(pod: Option<&Pod>, image: &str) -> String {
+    match pod {
+        None => {
+            "its pod to be created (is the Job controller running? `kubectl describe job` tells)"
+                .to_owned()
+        }
+        Some(pod) => {
+            let state = resolve::pod_state(pod);
+            let name = pod.metadata.name.as_deref().unwrap_or("?");
+            if state.contains("ImagePull") || state.contains("ErrImage") {
+                format!("pod {name} to pull image {image} ({state})")
+            } else {
+                format!("pod {name} to run ({state})")
+            }
+        }
+    }
+}
+
+/// Whether the agent container of `pod` runs (the agent has no readiness
+/// probe: it listens as soon as it runs, the port-forward check confirms).
+fn agent_running(pod: &Pod, container: &str) -> bool {
+    let status = pod.status.as_ref();
+    status
+        .into_iter()
+        .flat_map(|s| {
+            s.container_statuses
+                .iter()
+                .flatten()
+                .chain(s.ephemeral_container_statuses.iter().flatten())
+        })
+        .any(|c| c.name == container && c.state.as_ref().is_some_and(|s| s.running.is_some()))
+}
+
+/// A terminal failure while waiting: the image cannot be pulled or the agent exited.
+fn agent_failed(pod: &Pod, container: &str, image: &str) -> Option<String> {
+    let status = pod.status.as_ref()?;
+    let c = status
+        .container_statuses
+        .iter()
+        .flatten()
+        .chain(status.ephemeral_container_statuses.iter().flatten())
+        .find(|c| c.name == container)?;
+    let state = c.state.as_ref()?;
+    if let Some(w) = &state.waiting {
+        let reason = w.reason.as_deref().unwrap_or_default();
+        if matches!(
+            reason,
+            "ErrImagePull" | "ImagePullBackOff" | "InvalidImageName" | "ErrImageNeverPull"
+        ) {
+            return Some(format!(
+                "cannot pull the agent image {image}: {reason}: {}",
+                w.message.as_deref().unwrap_or("")
+            ));
+        }
+        if matches!(
+            reason,
+            "CreateContainerConfigError" | "CreateContainerError" | "RunContainerError"
+        ) {
+            return Some(format!(
+                "the agent container of image {image} cannot start: {reason}: {}",
+                w.message.as_deref().unwrap_or("")
+            ));
+        }
+    }
+    let t = state.terminated.as_ref()?;
+    Some(format!(
+        "the agent exited with code {}: {}",
+        t.exit_code,
+        t.message
+            .as_deref()
+            .or(t.reason.as_deref())
+            .unwrap_or("see `kubectl logs`")
+    ))
+}
+
+impl KubePlatform {
+    /// Start the agent for `target`, reporting each phase; `cancel` stops the
+    /// waits, and whatever was created is deleted before the error returns.
+    ///
+    /// # Errors
+    /// Why the target did not resolve or the agent did not start, saying what
+    /// was being waited for.
+    pub async fn start_with(
+        &self,
+        target: &str,
+        report: Report<'_>,
+        cancel: &CancellationToken,
+    ) -> Result<StartedAgent> {
+        let parsed: KubeTarget = target.parse()?;
+        let client = KubeClient::connect(&self.options).await?;
+        report(&Phase::Resolving {
+            target: parsed.to_string(),
+            namespace: client.namespace.clone(),
+        });
+        let resolved = client.resolve(&parsed).await?;
+        let run_id = run_id().map_err(Error::Resolve)?;
+        let token = remora_operator::token::random_token().map_err(Error::Resolve)?;
+        let namespace = match (&resolved, self.settings.mode()) {
+            (Some(r), AgentMode::Ephemeral) => r.namespace.clone(),
+            _ => self
+                .settings
+                .namespace
+                .clone()
+                .unwrap_or_else(|| client.namespace.clone()),
+        };
+        let spec = AgentSpec {
+            settings: &self.settings,
+            target: resolved.as_ref(),
+            run_id: &run_id,
+            token: &token,
+        };
+        let pods: Api<Pod> = Api::namespaced(client.client.clone(), &namespace);
+        let mut cleanup = Cleanup::None;
+        let created = async {
+            let (pod_name, container) = match (&resolved, self.settings.mode()) {
+                (Some(r), AgentMode::Ephemeral) => {
+                    report(&Phase::AddingEphemeral { pod: r.pod.clone() });
+                    let patch = serde_json::json!({"spec": {"ephemeralContainers": [spec.ephemeral_container()]}});
+                    pods.patch_ephemeral_containers(&r.pod, &PatchParams::default(), &Patch::Strategic(&patch))
+                        .await
+                        .map_err(|e| Error::api(format!("adding an ephemeral container to pod {}", r.pod), e))?;
+                    (r.pod.clone(), spec.name())
+                }
+                (Some(_), AgentMode::Job) => {
+                    let jobs: Api<Job> = Api::namespaced(client.client.clone(), &namespace);
+                    report(&Phase::CreatingJob { name: spec.name(), namespace: namespace.clone() });
+                    jobs.create(&PostParams::default(), &spec.job(&namespace))
+                        .await
+                        .map_err(|e| Error::api(format!("creating job {} in namespace {namespace}", spec.name()), e))?;
+                    cleanup = Cleanup::Job(jobs, spec.name());
+                    report(&Phase::WaitingForPod);
+                    (self.wait_for_job_pod(&pods, &run_id, cancel).await?, "agent".to_owned())
+                }
+                (None, _) => {
+                    report(&Phase::CreatingPod { name: spec.name() });
+                    pods.create(&PostParams::default(), &spec.targetless_pod(&namespace))
+                        .await
+                        .map_err(|e| Error::api(format!("creating pod {} in namespace {namespace}", spec.name()), e))?;
+                    cleanup = Cleanup::Pod(pods.clone(), spec.name());
+                    (spec.name(), "agent".to_owned())
+                }
+            };
+            self.wait_running(&pods, &pod_name, &container, report, cancel).await?;
+            report(&Phase::Connecting { pod: pod_name.clone() });
+            Ok::<_, Error>(pod_name)
+        }
+        .await;
+        let pod_name = match created {
+            Ok(p) => p,
+            Err(e) => {
+                cleanup.run().await;
+                return Err(e);
+            }
+        };
+        let (addr, relay) = match port_forward(pods.clone(), pod_name.clone()).await {
+            Ok(r) => r,
+            Err(e) => {
+                cleanup.run().await;
+                return Err(e);
+            }
+        };
+        let running = Arc::new(AtomicBool::new(true));
+        let watcher = tokio::spawn(watch(pods.clone(), pod_name.clone(), running.clone()));
+        Ok(StartedAgent {
+            addr,
+            token: SessionToken(token),
+            handle: Box::new(KubeAgent {
+                running,
+                relay,
+                watcher,
+                cleanup,
+            }),
+        })
+    }
+
+    async fn wait_for_job_pod(
+        &self,
+        pods: &Api<Pod>,
+        run_id: &str,
+        cancel: &CancellationToken,
+    ) -> Result<String> {
+        let mut attempt = 0;
+        let deadline = tokio::time::Instant::now()
+            + Duration::from_secs(u64::from(self.settings.startup_timeout));
+        let params = ListParams::default().labels(&format!("{RUN_LABEL}={run_id}"));
+        loop {
+            let list = pods
+                .list(&params)
+                .await
+                .map_err(|e| Error::api("listing the agent's pods", e))?;
+            if let Some(name) = list.items.into_iter().find_map(|p| p.metadata.name) {
+                return Ok(name);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::Resolve(format!(
+                    "the agent did not start within {}s (agent.startup_timeout): waiting for {}",
+                    self.settings.startup_timeout,
+                    describe_wait(None, &self.settings.image)
+                )));
+            }
+            pause(cancel, &mut attempt).await?;
+        }
+    }
+
+    async fn wait_running(
+        &self,
+        pods: &Api<Pod>,
+        pod_name: &str,
+        container: &str,
+        report: Report<'_>,
+        cancel: &CancellationToken,
+    ) -> Result<()> {
+        let timeout = Duration::from_secs(u64::from(self.settings.startup_timeout));
+        let mut attempt = 0;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut last_phase = None;
+        loop {
+            let pod = pods
+                .get_opt(pod_name)
+                .await
+                .map_err(|e| Error::api(format!("getting pod {pod_name}"), e))?;
+            if let Some(pod) = &pod {
+                if agent_running(pod, container) {
+                    return Ok(());
+                }
+                if let Some(failure) = agent_failed(pod, container, &self.settings.image) {
+                    return Err(Error::Resolve(failure));
+                }
+                let phase = phase_of(pod, container, &self.settings.image);
+                if last_phase.as_ref() != Some(&phase) {
+                    report(&phase);
+                    last_phase = Some(phase);
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::Resolve(format!(
+                    "the agent did not start within {}s (agent.startup_timeout): waiting for {}",
+                    timeout.as_secs(),
+                    describe_wait(pod.as_ref(), &self.settings.image)
+                )));
+            }
+            pause(cancel, &mut attempt).await?;
+        }
+    }
+}
+
+/// Listen on loopback and relay each connection through a port-forward to
+/// the agent's port in `pod`.
+async fn port_forward(pods: Api<Pod>, pod: String) -> Result<(SocketAddr, JoinHandle<()>)> {
+    // The first port-forward is opened now, so a refusal (RBAC, an API
+    // server without the subresource) is the start's error, not a failed
+    // handshake later; the first connection uses it.
+    let mut first = Some(open_forward(&pods, &pod).await?);
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| Error::Resolve(format!("binding the port-forward listener: {e}")))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| Error::Resolve(e.to_string()))?;
+    let relay = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let pods = pods.clone();
+            let pod = pod.clone();
+            let opened = first.take();
+            tokio::spawn(async move {
+                let forwarder = match opened {
+                    Some(f) => Ok(f),
+                    None => open_forward(&pods, &pod).await,
+                };
+                match forwarder {
+                    Ok(f) => relay_one(f, stream).await,
+                    Err(e) => tracing::warn!(%pod, error = %e, "port-forward to the agent failed"),
+                }
+            });
+        }
+    });
+    Ok((addr, relay))
+}
+
+async fn open_forward(pods: &Api<Pod>, pod: &str) -> Result<kube::api::Portforwarder> {
+    pods.portforward(pod, &[AGENT_PORT]).await.map_err(|e| {
+        Error::api(
+            format!("port-forwarding to port {AGENT_PORT} of pod {pod}"),
+            e,
+        )
+    })
+}
+
+async fn relay_one(mut forwarder: kube::api::Portforwarder, mut stream: TcpStream) {
+    let Some(mut upstream) = forwarder.take_stream(AGENT_PORT) else {
+        tracing::warn!("the port-forward has no stream for port {AGENT_PORT}");
+        return;
+    };
+    let _ = tokio::io::copy_bidirectional(&mut stream, &mut upstream).await;
+    drop(upstream);
+    let _ = forwarder.join().await;
+}
+
+/// Mark the agent gone once its pod has finished or disappeared.
+async fn watch(pods: Api<Pod>, pod: String, running: Arc<AtomicBool>) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let gone = match pods.get_opt(&pod).await {
+            Ok(None) => true,
+            Ok(Some(p)) => p
+                .status
+                .and_then(|s| s.phase)
+                .is_some_and(|phase| phase == "Succeeded" || phase == "Failed"),
+            Err(_) => false,
+        };
+        if gone {
+            running.store(false, Ordering::SeqCst);
+            return;
+        }
+    }
+}
+
+/// What to delete when the agent stops.
+#[derive(Debug)]
+enum Cleanup {
+    /// Nothing: an ephemeral container cannot be removed; it exits on its own.
+    None,
+    /// The agent Job (and its pods).
+    Job(Api<Job>, String),
+    /// The targetless agent pod.
+    Pod(Api<Pod>, String),
+}
+
+impl Cleanup {
+    async fn run(&self) {
+        let params = DeleteParams {
+            propagation_policy: Some(kube::api::PropagationPolicy::Foreground),
+            ..DeleteParams::default()
+        };
+        let deadline = tokio::time::Instant::now() + DELETE_TIMEOUT;
+        match self {
+            Cleanup::None => {}
+            Cleanup::Job(jobs, name) => {
+                let _ = jobs.delete(name, &params).await;
+                while tokio::time::Instant::now() < deadline
+                    && matches!(jobs.get_opt(name).await, Ok(Some(_)))
+                {
+                    tokio::time::sleep(POLL).await;
+                }
+            }
+            Cleanup::Pod(pods, name) => {
+                let _ = pods.delete(name, &params).await;
+                while tokio::time::Instant::now() < deadline
+                    && matches!(pods.get_opt(name).await, Ok(Some(_)))
+                {
+                    tokio::time::sleep(POLL).await;
+                }
+            }
+        }
+    }
+}
+
+/// An agent started in the cluster.
+#[derive(Debug)]
+struct KubeAgent {
+    running: Arc<AtomicBool>,
+    relay: JoinHandle<()>,
+    watcher: JoinHandle<()>,
+    cleanup: Cleanup,
+}
+
+impl AgentHandle for KubeAgent {
+    fn is_running(&mut self) -> bool {
+        self.running.load(Ordering::SeqCst)
+    }
+
+    fn stop(self: Box<Self>) -> BoxFuture<'static, ()> {
+        Box::pin(async move {
+            self.relay.abort();
+            self.watcher.abort();
+            self.cleanup.run().await;
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,445 @@
+//! The operator's install manifests (`remora operator manifests`): its
+//! Namespace and ServiceAccount, least-privilege RBAC, the Deployment, the
+//! Service and the CRDs, built as typed objects by pure functions.
+//!
+//! Every RBAC rule is a row of [`CLUSTER_RULES`] or [`NAMESPACE_RULES`] with
+//! the reason it is needed; `docs/operator.md` shows the same table, and a
+//! test keeps the two in step.
+
+use crate::crd;
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, Namespace, ObjectFieldSelector,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile,
+    SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec, TCPSocketAction,
+};
+use k8s_openapi::api::rbac::v1::{
+    ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use std::collections::BTreeMap;
+
+/// The namespace the operator is installed in unless told otherwise.
+pub const DEFAULT_NAMESPACE: &str = "remora";
+/// The operator image unless told otherwise.
+pub const DEFAULT_IMAGE: &str = concat!(
+    "ghcr.io/remora-dev/remora-operator:",
+    env!("CARGO_PKG_VERSION")
+);
+/// Name of every namespaced object of the install, and of the cluster-wide RBAC.
+pub const NAME: &str = "remora-operator";
+/// The port sessions reach the operator on (through the API server).
+pub const PORT: u16 = 8443;
+
+/// `remora operator manifests [--namespace N] [--image I]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestOptions {
+    /// Where the operator, its service account and its agents live.
+    pub namespace: String,
+    /// The operator image.
+    pub image: String,
+}
+
+impl Default for ManifestOptions {
+    fn default() -> Self {
+        ManifestOptions {
+            namespace: DEFAULT_NAMESPACE.to_owned(),
+            image: DEFAULT_IMAGE.to_owned(),
+        }
+    }
+}
+
+/// One RBAC rule and why the operator needs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rule {
+    /// API group (`""`: core).
+    pub group: &'static str,
+    /// Resources (with subresources, `pods/portforward`).
+    pub resources: &'static [&'static str],
+    /// Verbs.
+    pub verbs: &'static [&'static str],
+    /// Why, as the docs say it.
+    pub why: &'static str,
+}
+
+/// Cluster-wide: targets and sessions live in any namespace.
+pub const CLUSTER_RULES: &[Rule] = &[
+    Rule {
+        group: "",
+        resources: &["pods"],
+        verbs: &["get", "list"],
+        why: "resolve a target to its ready pod and container (pods are listed by the owner's selector)",
+    },
+    Rule {
+        group: "",
+        resources: &["services"],
+        verbs: &["get"],
+        why: "resolve `service/NAME` targets through their selector",
+    },
+    Rule {
+        group: "apps",
+        resources: &["deployments", "replicasets", "statefulsets"],
+        verbs: &["get"],
+        why: "resolve `deployment/`, `replicaset/`, `statefulset/` targets (and a rollout's `workloadRef`)",
+    },
+    Rule {
+        group: "batch",
+        resources: &["jobs"],
+        verbs: &["get", "list"],
+        why: "resolve `job/` targets, and `cronjob/` targets to their newest job",
+    },
+    Rule {
+        group: "batch",
+        resources: &["cronjobs"],
+        verbs: &["get"],
+        why: "resolve `cronjob/` targets",
+    },
+    Rule {
+        group: "argoproj.io",
+        resources: &["rollouts"],
+        verbs: &["get"],
+        why: "resolve `rollout/` targets (Argo Rollouts)",
+    },
+    Rule {
+        group: "remora.dev",
+        resources: &["remorasessions"],
+        verbs: &["get", "list", "watch", "create", "delete"],
+        why: "one RemoraSession per session in the target's namespace, created and deleted with it; the watch sees `kubectl delete remorasession` and ends that session",
+    },
+    Rule {
+        group: "remora.dev",
+        resources: &["remorasessions/status"],
+        verbs: &["patch"],
+        why: "keep a session's subscriptions (ports, modes, filters) in its status",
+    },
+    Rule {
+        group: "remora.dev",
+        resources: &["remorapolicies", "remoraclusterpolicies"],
+        verbs: &["get", "list", "watch"],
+        why: "read the policies, and see them change",
+    },
+    Rule {
+        group: "authentication.k8s.io",
+        resources: &["tokenreviews"],
+        verbs: &["create"],
+        why: "learn who a client is from its bearer token",
+    },
+    Rule {
+        group: "authorization.k8s.io",
+        resources: &["subjectaccessreviews"],
+        verbs: &["create"],
+        why: "ask whether that user may create sessions, steal and mirror in the target's namespace",
+    },
+];
+
+/// In the operator's own namespace: its agents run there.
+pub const NAMESPACE_RULES: &[Rule] = &[
+    Rule {
+        group: "batch",
+        resources: &["jobs"],
+        verbs: &["create", "delete"],
+        why: "start a target's agent as a Job on the target's node, and remove it after the last session",
+    },
+    Rule {
+        group: "",
+        resources: &["pods"],
+        verbs: &["create", "delete"],
+        why: "the agent pod of `targetless` sessions",
+    },
+    Rule {
+        group: "",
+        resources: &["pods/portforward"],
+        verbs: &["get", "create"],
+        why: "reach an agent through the API server's port-forward (`get`: the WebSocket upgrade kube-rs sends is a GET; `create`: API servers that authorise the SPDY POST)",
+    },
+    Rule {
+        group: "coordination.k8s.io",
+        resources: &["leases"],
+        verbs: &["get", "create", "update"],
+        why: "leader election: only the replica holding the Lease `remora-operator` serves",
+    },
+];
+
+fn labels() -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".to_owned(), NAME.to_owned()),
+        ("app.kubernetes.io/part-of".to_owned(), "remora".to_owned()),
+    ])
+}
+
+fn meta(name: &str, namespace: Option<&str>) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.to_owned()),
+        namespace: namespace.map(str::to_owned),
+        labels: Some(labels()),
+        ..ObjectMeta::default()
+    }
+}
+
+fn policy_rules(rules: &[Rule]) -> Vec<PolicyRule> {
+    rules
+        .iter()
+        .map(|r| PolicyRule {
+            api_groups: Some(vec![r.group.to_owned()]),
+            resources: Some(r.resources.iter().map(|s| (*s).to_owned()).collect()),
+            verbs: r.verbs.iter().map(|s| (*s).to_owned()).collect(),
+            ..PolicyRule::default()
+        })
+        .collect()
+}
+
+fn subject(namespace: &str) -> Vec<Subject> {
+    vec![Subject {
+        kind: "ServiceAccount".to_owned(),
+        name: NAME.to_owned(),
+        namespace: Some(namespace.to_owned()),
+        api_group: None,
+    }]
+}
+
+/// The namespace; its agents need host access (hostPID, capabilities), so
+/// Pod Security admission must allow privileged pods in it.
+pub fn namespace(options: &ManifestOptions) -> Namespace {
+    let mut meta = meta(&options.namespace, None);
+    meta.labels.get_or_insert_default().insert(
+        "pod-security.kubernetes.io/enforce".to_owned(),
+        "privileged".to_owned(),
+    );
+    Namespace {
+        metadata: meta,
+        ..Namespace::default()
+    }
+}
+
+/// The operator's service account.
+pub fn service_account(options: &ManifestOptions) -> ServiceAccount {
+    ServiceAccount {
+        metadata: meta(NAME, Some(&options.namespace)),
+        ..ServiceAccount::default()
+    }
+}
+
+/// [`CLUSTER_RULES`].
+pub fn cluster_role() -> ClusterRole {
+    ClusterRole {
+        metadata: meta(NAME, None),
+        rules: Some(policy_rules(CLUSTER_RULES)),
+        ..ClusterRole::default()
+    }
+}
+
+/// Binds [`cluster_role`] to the service account.
+pub fn cluster_role_binding(options: &ManifestOptions) -> ClusterRoleBinding {
+    ClusterRoleBinding {
+        metadata: meta(NAME, None),
+        role_ref: RoleRef {
+            api_group: Some("rbac.authorization.k8s.io".to_owned()),
+            kind: "ClusterRole".to_owned(),
+            name: NAME.to_owned(),
+        },
+        subjects: Some(subject(&options.namespace)),
+    }
+}
+
+/// [`NAMESPACE_RULES`], in the operator's namespace.
+pub fn role(options: &ManifestOptions) -> Role {
+    Role {
+        metadata: meta(NAME, Some(&options.namespace)),
+        rules: Some(policy_rules(NAMESPACE_RULES)),
+    }
+}
+
+/// Binds [`role`] to the service account.
+pub fn role_binding(options: &ManifestOptions) -> RoleBinding {
+    RoleBinding {
+        metadata: meta(NAME, Some(&options.namespace)),
+        role_ref: RoleRef {
+            api_group: Some("rbac.authorization.k8s.io".to_owned()),
+            kind: "Role".to_owned(),
+            name: NAME.to_owned(),
+        },
+        subjects: Some(subject(&options.namespace)),
+    }
+}
+
+fn tcp_probe(initial_delay: i32, period: i32) -> Probe {
+    Probe {
+        tcp_socket: Some(TCPSocketAction {
+            port: IntOrString::String("remora".to_owned()),
+            host: None,
+        }),
+        initial_delay_seconds: Some(initial_delay),
+        period_seconds: Some(period),
+        failure_threshold: Some(3),
+        timeout_seconds: Some(2),
+        ..Probe::default()
+    }
+}
+
+/// The operator: one replica (two would need leader election, not built
+/// yet), non-root, read-only root filesystem, no capabilities.
+pub fn deployment(options: &ManifestOptions) -> Deployment {
+    let selector = BTreeMap::from([("app.kubernetes.io/name".to_owned(), NAME.to_owned())]);
+    let quantity = |s: &str| Quantity(s.to_owned());
+    let container = Container {
+        name: "operator".to_owned(),
+        image: Some(options.image.clone()),
+        image_pull_policy: Some("IfNotPresent".to_owned()),
+        command: Some(vec!["remora-operator".to_owned()]),
+        args: Some(
+            [
+                "serve",
+                "--platform",
+                "kubernetes",
+                "--listen",
+                &format!("0.0.0.0:{PORT}"),
+            ]
+            .map(str::to_owned)
+            .to_vec(),
+        ),
+        env: Some(vec![
+            EnvVar {
+                name: "REMORA_OPERATOR_NAMESPACE".to_owned(),
+                value_from: Some(EnvVarSource {
+                    field_ref: Some(ObjectFieldSelector {
+                        field_path: "metadata.namespace".to_owned(),
+                        api_version: None,
+                    }),
+                    ..EnvVarSource::default()
+                }),
+                value: None,
+            },
+            EnvVar {
+                name: "REMORA_OPERATOR_LOG".to_owned(),
+                value: Some("info".to_owned()),
+                value_from: None,
+            },
+        ]),
+        ports: Some(vec![ContainerPort {
+            name: Some("remora".to_owned()),
+            container_port: i32::from(PORT),
+            protocol: Some("TCP".to_owned()),
+            ..ContainerPort::default()
+        }]),
+        readiness_probe: Some(tcp_probe(1, 5)),
+        liveness_probe: Some(tcp_probe(10, 20)),
+        resources: Some(ResourceRequirements {
+            requests: Some(BTreeMap::from([
+                ("cpu".to_owned(), quantity("50m")),
+                ("memory".to_owned(), quantity("64Mi")),
+            ])),
+            limits: Some(BTreeMap::from([
+                ("cpu".to_owned(), quantity("1")),
+                ("memory".to_owned(), quantity("256Mi")),
+            ])),
+            ..ResourceRequirements::default()
+        }),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            run_as_non_root: Some(true),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".to_owned()]),
+                add: None,
+            }),
+            ..SecurityContext::default()
+        }),
+        ..Container::default()
+    };
+    Deployment {
+        metadata: meta(NAME, Some(&options.namespace)),
+        spec: DeploymentSpec {
+            replicas: Some(1),
+            selector: LabelSelector {
+                match_labels: Some(selector),
+                match_expressions: None,
+            },
+            // Never two operators at once: each would start its own agents.
+            strategy: Some(DeploymentStrategy {
+                type_: Some("Recreate".to_owned()),
+                rolling_update: None,
+            }),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels()),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    service_account_name: Some(NAME.to_owned()),
+                    security_context: Some(PodSecurityContext {
+                        run_as_non_root: Some(true),
+                        run_as_user: Some(65532),
+                        run_as_group: Some(65532),
+                        seccomp_profile: Some(SeccompProfile {
+                            type_: "RuntimeDefault".to_owned(),
+                            localhost_profile: None,
+                        }),
+                        ..PodSecurityContext::default()
+                    }),
+                    containers: vec![container],
+                    ..PodSpec::default()
+                }),
+            },
+            ..DeploymentSpec::default()
+        },
+        ..Deployment::default()
+    }
+}
+
+/// A ClusterIP service: clients reach it through the API server (its
+/// service proxy or a port-forward), never from outside the cluster.
+pub fn service(options: &ManifestOptions) -> Service {
+    Service {
+        metadata: meta(NAME, Some(&options.namespace)),
+        spec: Some(ServiceSpec {
+            type_: Some("ClusterIP".to_owned()),
+            selector: Some(BTreeMap::from([(
+                "app.kubernetes.io/name".to_owned(),
+                NAME.to_owned(),
+            )])),
+            ports: Some(vec![ServicePort {
+                name: Some("remora".to_owned()),
+                port: i32::from(PORT),
+                target_port: Some(IntOrString::String("remora".to_owned())),
+                protocol: Some("TCP".to_owned()),
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    }
+}
+
+/// Every object, in the order `kubectl apply -f` should create them: the
+/// CRDs first, then the namespace and what lives in it.
+///
+/// # Panics
+/// Never: typed objects always convert to JSON.
+pub fn all(options: &ManifestOptions) -> Vec<serde_json::Value> {
+    let json = |v: serde_json::Result<serde_json::Value>| v.expect("objects serialize");
+    let mut out: Vec<serde_json::Value> = crd::crds()
+        .iter()
+        .map(|c| json(serde_json::to_value(c)))
+        .collect();
+    out.extend([
+        json(serde_json::to_value(namespace(options))),
+        json(serde_json::to_value(service_account(options))),
+        json(serde_json::to_value(cluster_role())),
+        json(serde_json::to_value(cluster_role_binding(options))),
+        json(serde_json::to_value(role(options))),
+        json(serde_json::to_value(role_binding(options))),
+        json(serde_json::to_value(service(options))),
+        json(serde_json::to_value(deployment(options))),
+    ]);
+    out
+}
+
+/// [`all`] as a YAML stream, what `remora operator manifests` prints.
+pub fn yaml(options: &ManifestOptions) -> String {
+    crate::yaml::documents(&all(options))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,143 @@
+use super::*;
+use std::path::PathBuf;
+
+/// Compare `text` with `tests/golden/<name>`; `REMORA_BLESS=1` rewrites it.
+fn golden(name: &str, text: &str) {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(name);
+    if std::env::var_os("REMORA_BLESS").is_some() {
+        std::fs::write(&path, text).unwrap();
+    }
+    let expected = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (REMORA_BLESS=1 writes it)", path.display()));
+    assert!(
+        expected == text,
+        "{} differs: REMORA_BLESS=1 rewrites it; review the diff",
+        path.display()
+    );
+}
+
+#[test]
+fn default_manifests_match_golden() {
+    golden("manifests-default.yaml", &yaml(&ManifestOptions::default()));
+}
+
+#[test]
+fn namespace_and_image_are_used_everywhere() {
+    let options = ManifestOptions {
+        namespace: "tools".into(),
+        image: "registry.example/remora-operator:dev".into(),
+    };
+    let text = yaml(&options);
+    golden("manifests-tools.yaml", &text);
+    assert!(!text.contains("namespace: remora\n"), "{text}");
+    let all = all(&options);
+    for object in &all {
+        let kind = object["kind"].as_str().unwrap();
+        let namespaced = !matches!(
+            kind,
+            "CustomResourceDefinition" | "Namespace" | "ClusterRole" | "ClusterRoleBinding"
+        );
+        assert_eq!(
+            object["metadata"]["namespace"].as_str(),
+            namespaced.then_some("tools"),
+            "{kind}"
+        );
+    }
+    let deployment = deployment(&options);
+    let pod = deployment.spec.template.spec.unwrap();
+    assert_eq!(
+        pod.containers[0].image.as_deref(),
+        Some("registry.example/remora-operator:dev")
+    );
+    assert_eq!(pod.service_account_name.as_deref(), Some(NAME));
+    let bound = cluster_role_binding(&options).subjects.unwrap();
+    assert_eq!(bound[0].namespace.as_deref(), Some("tools"));
+}
+
+#[test]
+fn the_operator_runs_restricted() {
+    let d = deployment(&ManifestOptions::default());
+    let pod = d.spec.template.spec.unwrap();
+    let c = &pod.containers[0];
+    let sc = c.security_context.as_ref().unwrap();
+    assert_eq!(sc.allow_privilege_escalation, Some(false));
+    assert_eq!(sc.read_only_root_filesystem, Some(true));
+    assert_eq!(
+        sc.capabilities.as_ref().unwrap().drop.as_deref(),
+        Some(&["ALL".to_owned()][..])
+    );
+    assert!(sc.privileged.is_none() && sc.capabilities.as_ref().unwrap().add.is_none());
+    let psc = pod.security_context.unwrap();
+    assert_eq!(psc.run_as_non_root, Some(true));
+    assert_eq!(psc.seccomp_profile.unwrap().type_, "RuntimeDefault");
+    assert!(pod.host_pid.is_none() && pod.host_network.is_none());
+    assert!(c.readiness_probe.is_some() && c.liveness_probe.is_some());
+    let resources = c.resources.as_ref().unwrap();
+    assert!(resources.requests.is_some() && resources.limits.is_some());
+}
+
+#[test]
+fn rbac_grants_no_wildcards_and_no_secrets() {
+    for rule in CLUSTER_RULES.iter().chain(NAMESPACE_RULES) {
+        for word in rule.resources.iter().chain(rule.verbs).chain([&rule.group]) {
+            assert_ne!(*word, "*", "{rule:?}");
+        }
+        assert!(
+            !rule.resources.iter().any(|r| r.contains("secret")),
+            "{rule:?}"
+        );
+        assert!(
+            !rule
+                .verbs
+                .iter()
+                .any(|v| ["escalate", "bind", "impersonate"].contains(v)),
+            "{rule:?}"
+        );
+    }
+    // Writes outside the operator's namespace: sessions only.
+    for rule in CLUSTER_RULES {
+        let writes = rule
+            .verbs
+            .iter()
+            .any(|v| ["create", "update", "patch", "delete"].contains(v));
+        let ours = rule.group == "remora.dev"
+            || rule.resources == ["tokenreviews"]
+            || rule.resources == ["subjectaccessreviews"];
+        assert!(!writes || ours, "{rule:?}");
+    }
+}
+
+fn doc_row(rule: &Rule) -> String {
+    let group = if rule.group.is_empty() {
+        "core"
+    } else {
+        rule.group
+    };
+    format!(
+        "| `{group}` | {} | {} | {} |",
+        rule.resources.join(", "),
+        rule.verbs.join(", "),
+        rule.why
+    )
+}
+
+#[test]
+fn docs_justify_every_rule() {
+    let docs = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/operator.md"),
+    )
+    .unwrap();
+    let expected: Vec<String> = CLUSTER_RULES
+        .iter()
+        .chain(NAMESPACE_RULES)
+        .map(doc_row)
+        .collect();
+    let missing: Vec<&String> = expected.iter().filter(|row| !docs.contains(*row)).collect();
+    assert!(
+        missing.is_empty(),
+        "docs/operator.md lacks these rows of the RBAC table:\n{}",
+        expected.join("\n")
+    );
+}

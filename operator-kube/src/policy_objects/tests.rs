@@ -1,0 +1,154 @@
+use super::*;
+use remora_operator::policy::{Subject, SubscribeCheck};
+use remora_protocol::incoming::IncomingMode;
+
+fn namespaced(yaml: &str) -> RemoraPolicy {
+    serde_yaml_ng::from_str(yaml).unwrap()
+}
+
+fn cluster(yaml: &str) -> RemoraClusterPolicy {
+    serde_yaml_ng::from_str(yaml).unwrap()
+}
+
+fn steal(target: &str) -> SubscribeCheck<'_> {
+    SubscribeCheck {
+        target,
+        port: 8080,
+        mode: IncomingMode::Steal,
+        filter: None,
+        take_over: false,
+    }
+}
+
+#[test]
+fn selectors_become_globs_over_kind_name_and_containers() {
+    let policy = namespaced(
+        "apiVersion: remora.dev/v1alpha1\nkind: RemoraPolicy\nmetadata: {name: p, namespace: shop}\n\
+         spec:\n  targets: [{kind: deployment, name: \"payments-*\"}]\n  block: [steal]\n",
+    );
+    let spec = spec_of(&policy.spec.rules);
+    assert_eq!(
+        spec.targets,
+        ["deployment/payments-*", "deployment/payments-*/container/*"]
+    );
+    let (policies, errors) = policies_of(&[policy], &[], "shop");
+    assert!(errors.is_empty(), "{errors:?}");
+    for target in [
+        "deployment/payments-eu",
+        "deployment/payments-eu/container/app",
+    ] {
+        let refused = policies.check_subscribe(&steal(target)).unwrap_err();
+        assert!(
+            refused.contains("blocked by RemoraPolicy shop/p"),
+            "{refused}"
+        );
+    }
+    for target in [
+        "deployment/api",
+        "statefulset/payments-eu",
+        "pod/payments-eu",
+    ] {
+        assert!(policies.check_subscribe(&steal(target)).is_ok(), "{target}");
+    }
+}
+
+#[test]
+fn a_selector_without_kind_selects_every_kind() {
+    let policy = namespaced(
+        "apiVersion: remora.dev/v1alpha1\nkind: RemoraPolicy\nmetadata: {name: p, namespace: shop}\n\
+         spec:\n  targets: [{name: api}]\n  block: [steal]\n",
+    );
+    let (policies, _) = policies_of(&[policy], &[], "shop");
+    for target in ["deployment/api", "pod/api/container/app", "service/api"] {
+        assert!(
+            policies.check_subscribe(&steal(target)).is_err(),
+            "{target}"
+        );
+    }
+    assert!(policies.check_subscribe(&steal("deployment/api2")).is_ok());
+}
+
+#[test]
+fn cluster_policies_apply_to_their_namespaces_and_namespaced_ones_to_theirs() {
+    let everywhere = cluster(
+        "apiVersion: remora.dev/v1alpha1\nkind: RemoraClusterPolicy\nmetadata: {name: all}\n\
+         spec:\n  targets: [{}]\n  block: [override]\n",
+    );
+    let payments = cluster(
+        "apiVersion: remora.dev/v1alpha1\nkind: RemoraClusterPolicy\nmetadata: {name: pay}\n\
+         spec:\n  namespaces: [\"payments-*\"]\n  targets: [{}]\n  block: [steal]\n",
+    );
+    let other_ns = namespaced(
+        "apiVersion: remora.dev/v1alpha1\nkind: RemoraPolicy\nmetadata: {name: p, namespace: other}\n\
+         spec:\n  targets: [{}]\n  block: [mirror]\n",
+    );
+    let (shop, _) = policies_of(
+        std::slice::from_ref(&other_ns),
+        &[everywhere.clone(), payments.clone()],
+        "shop",
+    );
+    assert_eq!(shop.len(), 1);
+    let (pay, _) = policies_of(&[other_ns], &[everywhere, payments], "payments-eu");
+    assert_eq!(pay.len(), 2);
+    let refused = pay.check_subscribe(&steal("deployment/api")).unwrap_err();
+    assert!(refused.contains("RemoraClusterPolicy pay"), "{refused}");
+}
+
+#[test]
+fn users_groups_and_rules_carry_over() {
+    let policy = namespaced(
+        "apiVersion: remora.dev/v1alpha1\nkind: RemoraPolicy\nmetadata: {name: ci, namespace: shop}\n\
+         spec:\n  targets: [{kind: deployment, matchLabels: {team: x}}]\n\
+         \x20 groups: [\"system:serviceaccounts:ci\"]\n  block: [steal-without-filter]\n\
+         \x20 requireHeaderFilter: \"^x-user: .+$\"\n  envExclude: [DB_*]\n\
+         \x20 fsNotFound: [\"^/secrets/\"]\n  outgoingBlock: [\"10.0.0.0/8:5432\"]\n",
+    );
+    let spec = spec_of(&policy.spec.rules);
+    assert_eq!(spec.groups, ["system:serviceaccounts:ci"]);
+    assert_eq!(spec.block, [Block::StealWithoutFilter]);
+    assert_eq!(spec.require_header_filter.as_deref(), Some("^x-user: .+$"));
+    assert_eq!(spec.env_exclude, ["DB_*"]);
+    assert_eq!(spec.fs_not_found, ["^/secrets/"]);
+    assert_eq!(spec.outgoing_block, ["10.0.0.0/8:5432"]);
+    // matchLabels is not evaluated: the selector applies to every deployment.
+    assert_eq!(spec.targets, ["deployment/*", "deployment/*/container/*"]);
+    let (policies, errors) = policies_of(&[policy], &[], "shop");
+    assert!(errors.is_empty(), "{errors:?}");
+    let store = PolicyStore::fixed(policies);
+    let ci = Subject {
+        user: Some("system:serviceaccount:ci:runner".into()),
+        groups: vec!["system:serviceaccounts:ci".into()],
+    };
+    let dev = Subject {
+        user: Some("jane".into()),
+        groups: vec!["dev".into()],
+    };
+    assert!(
+        store
+            .for_subject(ci)
+            .current()
+            .check_subscribe(&steal("deployment/api"))
+            .is_err()
+    );
+    assert!(
+        store
+            .for_subject(dev)
+            .current()
+            .check_subscribe(&steal("deployment/api"))
+            .is_ok()
+    );
+}
+
+#[test]
+fn an_invalid_object_is_left_out_and_named() {
+    let bad = namespaced(
+        "apiVersion: remora.dev/v1alpha1\nkind: RemoraPolicy\nmetadata: {name: bad, namespace: shop}\n\
+         spec:\n  targets: [{}]\n  fsNotFound: [\"(\"]\n",
+    );
+    let (policies, errors) = policies_of(&[bad], &[], "shop");
+    assert!(policies.is_empty());
+    assert!(
+        errors[0].starts_with("RemoraPolicy shop/bad: fs_not_found"),
+        "{errors:?}"
+    );
+}

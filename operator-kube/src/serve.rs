@@ -1,0 +1,132 @@
+//! `remora-operator serve`: the local platform through the operator
+//! library, or the Kubernetes mode: targets through the Kubernetes platform,
+//! clients authenticated by TokenReview and authorised by
+//! SubjectAccessReview ([`crate::access`]), sessions mirrored as
+//! RemoraSession objects ([`crate::session_objects`]), policies from
+//! RemoraPolicy / RemoraClusterPolicy objects ([`crate::policy_objects`]).
+
+use crate::access::{ApiReviewer, KubeAccess};
+use crate::error::{Error, Result};
+use crate::leader::Election;
+use crate::policy_objects::PolicyObjects;
+use crate::session_objects;
+use remora_kube::{AgentSettings, ClientOptions, KubeClient, KubePlatform};
+use remora_operator::args::{Command, PlatformKind, ServeArgs};
+use remora_operator::policy::PolicyStore;
+use remora_operator::{Args, Operator, OperatorConfig, Signals};
+use remora_protocol::SessionToken;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+/// Environment variable naming the operator's own namespace (set by the
+/// install manifests from the pod's metadata); its agents run there.
+pub const NAMESPACE_ENV: &str = "REMORA_OPERATOR_NAMESPACE";
+
+/// Run the operator as the binary does.
+///
+/// # Errors
+/// A one-line, user-facing error.
+pub async fn run(args: Args) -> Result<()> {
+    let Command::Serve(serve) = &args.command;
+    match serve.platform {
+        PlatformKind::Local => Ok(remora_operator::run(args).await?),
+        PlatformKind::Kubernetes => kubernetes(serve.clone()).await,
+    }
+}
+
+async fn kubernetes(serve: ServeArgs) -> Result<()> {
+    let mut signals = Signals::install()?;
+    let options = ClientOptions {
+        kubeconfig: serve.kubeconfig.clone(),
+        context: None,
+        namespace: serve.namespace.clone(),
+    };
+    let kube = KubeClient::connect(&options).await?;
+    let namespace = kube.namespace.clone();
+    let own_namespace = std::env::var(NAMESPACE_ENV).ok().filter(|n| !n.is_empty());
+    let platform = KubePlatform {
+        options: ClientOptions {
+            namespace: Some(namespace.clone()),
+            ..options
+        },
+        settings: AgentSettings {
+            // Agents run next to the operator: its Role covers them there.
+            namespace: own_namespace,
+            ..AgentSettings::default()
+        },
+    };
+    if serve.policy.is_some() {
+        return Err(Error::Usage(
+            "--policy is the local platform's TOML file; with --platform kubernetes, policies \
+             are RemoraPolicy and RemoraClusterPolicy objects"
+                .into(),
+        ));
+    }
+    // In force before the first session is accepted.
+    let policies = PolicyStore::empty();
+    let policy_objects = PolicyObjects::new(kube.client.clone(), &namespace);
+    policy_objects.load(&policies).await.map_err(|e| {
+        Error::Usage(format!(
+            "{e} (are the CRDs installed? `remora operator manifests | kubectl apply -f -`)"
+        ))
+    })?;
+    let (observer, objects) = session_objects::session_objects(kube.client.clone(), &namespace);
+    let config = OperatorConfig {
+        listen: serve.listen,
+        // Unused: clients present their Kubernetes token instead.
+        token: SessionToken(String::new()),
+        policies: policies.clone(),
+        state_dir: serve.state_dir.clone(),
+        pg_bindirs: serve.pg_bindir.clone(),
+        access: Some(Arc::new(KubeAccess {
+            reviewer: Arc::new(ApiReviewer {
+                client: kube.client.clone(),
+            }),
+            namespace: namespace.clone(),
+        })),
+        observer: Some(Arc::new(observer)),
+    };
+    // Of several replicas, only the Lease holder serves.
+    let me = format!(
+        "{}-{}",
+        std::env::var("HOSTNAME").unwrap_or_else(|_| "remora-operator".into()),
+        &remora_operator::token::random_token().unwrap_or_default()[..6]
+    );
+    let lease_namespace = std::env::var(NAMESPACE_ENV)
+        .ok()
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| namespace.clone());
+    let election = Election::new(kube.client.clone(), &lease_namespace, me);
+    let waiting = CancellationToken::new();
+    tokio::select! {
+        leader = election.acquire(&waiting) => if !leader { return Ok(()); },
+        signal = signals.wait() => {
+            tracing::info!(signal, "stopping before serving (not the leader)");
+            return Ok(());
+        }
+    }
+    tracing::info!(me = %election.me, "leader lease {} acquired", crate::leader::LEASE_NAME);
+    let operator = Operator::bind(config, Arc::new(platform)).await?;
+    let cancel = CancellationToken::new();
+    let lost = CancellationToken::new();
+    let leadership = tokio::spawn(election.keep(cancel.clone(), lost.clone()));
+    let objects = tokio::spawn(objects.run(operator.sessions().clone(), cancel.clone()));
+    tokio::spawn(policy_objects.watch(policies, cancel.clone()));
+    tracing::info!(%namespace, "serving Kubernetes targets");
+    remora_operator::announce(&operator)?;
+    let reason = tokio::select! {
+        signal = signals.wait() => format!("the operator received {signal}"),
+        _ = lost.cancelled() => "the operator lost its leader lease".to_owned(),
+    };
+    tracing::info!(%reason, "operator stopping");
+    operator.shutdown(&reason).await;
+    cancel.cancel();
+    let _ = objects.await;
+    let _ = leadership.await;
+    if lost.is_cancelled() {
+        return Err(Error::Usage(format!(
+            "{reason}: another replica serves now (this one exits to be restarted)"
+        )));
+    }
+    Ok(())
+}

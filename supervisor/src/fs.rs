@@ -1,0 +1,508 @@
+//! File syscalls: route paths by the fs policy, and emulate remote ones.
+//! Remote regular files become read-only `memfd` snapshots installed with
+//! `ADDFD`; remote directories become shadow directories (empty entries of
+//! the right type) that `getdents64` lists natively; stat, readlink and
+//! access answers are written into the program's buffers.
+
+use crate::client::ClientError;
+use crate::notify::{Memory, Verdict, bytes_of};
+use crate::{Call, Supervisor};
+use remora_config::FsDecision;
+use remora_protocol::fs::{
+    AccessMode, FileType, FsReply, FsRequest, Metadata, OpenOptions, OpenRequest,
+};
+use remora_protocol::{Request, Response};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+pub mod cwd;
+mod write;
+
+/// Largest snapshot asked for inline in an open reply (one frame).
+const INLINE_SNAPSHOT_LIMIT: u64 = 8 << 20;
+/// Chunk of the `Pread`s that fetch bigger files.
+const IO_CHUNK: u64 = 1 << 20;
+/// Directory entries asked for per `ReadDirBatch`.
+const DIR_BATCH: u32 = 256;
+
+/// Where a path argument lives.
+#[derive(Debug)]
+enum Place {
+    Local,
+    Remote(String),
+    NotFound,
+}
+
+impl Supervisor {
+    fn fs(&mut self, request: FsRequest) -> Result<FsReply, ClientError> {
+        match self.client().remote(Request::Fs(request))? {
+            Response::Fs(reply) => Ok(reply),
+            other => Err(ClientError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// Absolute remote path of `(dirfd, path)` if the policy says remote.
+    fn place(
+        &self,
+        call: &Call,
+        mem: &Memory,
+        dirfd: i64,
+        path_addr: u64,
+        write: bool,
+    ) -> std::io::Result<Place> {
+        let raw = mem.read_cstr(path_addr)?;
+        let Ok(text) = String::from_utf8(raw) else {
+            return Ok(Place::Local);
+        };
+        if text.is_empty() {
+            return Ok(Place::Local);
+        }
+        let dirfd = dirfd as i32;
+        let abs = if text.starts_with('/') {
+            text
+        } else {
+            // Relative to a virtual working directory in the target: remote
+            // unless the fs config says not found (a local answer would
+            // resolve against the real, different, working directory).
+            if dirfd == libc::AT_FDCWD && !self.cwds.is_empty() {
+                if let Some(cwd) = call.tgid().and_then(|t| self.cwds.remote_of(t)) {
+                    // Resolved lexically (`..` of a symlink differs).
+                    let abs = cwd::normalize(&format!("{cwd}/{text}"));
+                    return Ok(match self.policies.fs.decide(&abs, write) {
+                        FsDecision::Remote | FsDecision::RemoteWrite => Place::Remote(abs),
+                        FsDecision::Local | FsDecision::NotFound => Place::NotFound,
+                    });
+                }
+            }
+            let base = if dirfd == libc::AT_FDCWD {
+                std::fs::read_link(format!("/proc/{}/cwd", call.tid))?
+            } else {
+                std::fs::read_link(format!("/proc/{}/fd/{dirfd}", call.tid))?
+            };
+            let base = base.to_string_lossy().into_owned();
+            if dirfd != libc::AT_FDCWD && self.shadow.remote_of(&base).is_none() {
+                return Ok(Place::Local); // relative to a local directory fd
+            }
+            format!("{}/{}", base.trim_end_matches('/'), text)
+        };
+        if let Some(remote) = self.shadow.remote_of(&abs) {
+            return Ok(Place::Remote(remote));
+        }
+        if !self.dns_remote && (abs == "/etc/hosts" || abs == "/etc/resolv.conf") {
+            return Ok(Place::Local);
+        }
+        Ok(match self.policies.fs.decide(&abs, write) {
+            FsDecision::Local => Place::Local,
+            FsDecision::NotFound => Place::NotFound,
+            FsDecision::Remote | FsDecision::RemoteWrite => Place::Remote(abs),
+        })
+    }
+
+    /// `open(path, flags, mode)` and `openat(dirfd, path, flags, mode)`.
+    pub(crate) fn open(
+        &mut self,
+        call: &Call,
+        mem: &Memory,
+        dirfd: i64,
+        path: u64,
+        flags: i32,
+        mode: u32,
+    ) -> std::io::Result<Verdict> {
+        let write = opens_for_write(flags);
+        let path = match self.place(call, mem, dirfd, path, write)? {
+            Place::Local => return Ok(Verdict::Continue),
+            Place::NotFound => return Ok(Verdict::Errno(libc::ENOENT)),
+            Place::Remote(p) => p,
+        };
+        if !call.still_valid(self) {
+            return Ok(Verdict::Errno(libc::EINTR));
+        }
+        let cloexec = flags & libc::O_CLOEXEC != 0;
+        if write {
+            return Ok(self.open_for_write(path, flags, mode));
+        }
+        if flags & libc::O_PATH != 0 {
+            self.warn_once(&format!(
+                "{path}: O_PATH-opening the target's files is not supported under seccomp \
+                 interception; the program gets EROFS"
+            ));
+            return Ok(Verdict::Errno(libc::EROFS));
+        }
+        let request = OpenRequest {
+            path: path.clone(),
+            options: OpenOptions {
+                read: true,
+                nofollow: flags & libc::O_NOFOLLOW != 0,
+                ..OpenOptions::default()
+            },
+            mode: 0,
+            snapshot_limit: INLINE_SNAPSHOT_LIMIT,
+        };
+        let opened = match self.fs(FsRequest::Open(request)) {
+            Ok(FsReply::Opened(o)) => o,
+            Ok(other) => return Ok(Verdict::Errno(self.unexpected(&other))),
+            Err(e) => return Ok(Verdict::Errno(e.errno())),
+        };
+        let is_dir = opened.metadata.mode & libc::S_IFMT == libc::S_IFDIR;
+        if is_dir {
+            if opened.snapshot.is_none() {
+                let _ = self.fs(FsRequest::Close { fd: opened.fd });
+            }
+            return match self.shadow_dir(&path) {
+                Ok(dir) => Ok(Verdict::Fd { fd: dir, cloexec }),
+                Err(errno) => Ok(Verdict::Errno(errno)),
+            };
+        }
+        if flags & libc::O_DIRECTORY != 0 {
+            if opened.snapshot.is_none() {
+                let _ = self.fs(FsRequest::Close { fd: opened.fd });
+            }
+            return Ok(Verdict::Errno(libc::ENOTDIR));
+        }
+        let content = match opened.snapshot {
+            Some(data) => data.to_vec(),
+            None => {
+                let data = self.fetch(opened.fd, opened.metadata.size);
+                let _ = self.fs(FsRequest::Close { fd: opened.fd });
+                match data {
+                    Ok(d) => d,
+                    Err(e) => return Ok(Verdict::Errno(e.errno())),
+                }
+            }
+        };
+        Ok(match snapshot(&path, &content) {
+            Ok(fd) => Verdict::Fd { fd, cloexec },
+            Err(e) => Verdict::Errno(e.raw_os_error().unwrap_or(libc::EIO)),
+        })
+    }
+
+    /// Whole content of an open remote file too big to come inline.
+    fn fetch(&mut self, fd: remora_protocol::RemoteFd, size: u64) -> Result<Vec<u8>, ClientError> {
+        let mut out = Vec::with_capacity(size as usize);
+        loop {
+            match self.fs(FsRequest::Pread {
+                fd,
+                offset: out.len() as u64,
+                len: IO_CHUNK,
+            })? {
+                FsReply::Data(d) if d.is_empty() => return Ok(out),
+                FsReply::Data(d) => out.extend_from_slice(&d),
+                other => return Err(ClientError::Unexpected(format!("{other:?}"))),
+            }
+        }
+    }
+
+    /// The shadow directory standing for the remote directory `path`, in
+    /// sync with its entries, opened read-only.
+    fn shadow_dir(&mut self, path: &str) -> Result<OwnedFd, i32> {
+        let fd = match self.fs(FsRequest::OpenDir {
+            path: path.to_owned(),
+        }) {
+            Ok(FsReply::Opened(o)) => o.fd,
+            Ok(other) => return Err(self.unexpected(&other)),
+            Err(e) => return Err(e.errno()),
+        };
+        let mut entries = Vec::new();
+        loop {
+            match self.fs(FsRequest::ReadDirBatch { fd, max: DIR_BATCH }) {
+                Ok(FsReply::DirEntries(batch)) if batch.is_empty() => break,
+                Ok(FsReply::DirEntries(batch)) => entries.extend(batch),
+                Ok(other) => return Err(self.unexpected(&other)),
+                Err(e) => return Err(e.errno()),
+            }
+        }
+        let _ = self.fs(FsRequest::Close { fd });
+        let dir = self
+            .shadow
+            .sync(path, &entries)
+            .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))?;
+        std::fs::File::open(&dir)
+            .map(OwnedFd::from)
+            .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))
+    }
+
+    fn stat_remote(&mut self, path: String, follow: bool) -> Result<Metadata, i32> {
+        match self.fs(FsRequest::Stat {
+            path,
+            follow_symlinks: follow,
+        }) {
+            Ok(FsReply::Metadata(m)) => Ok(m),
+            Ok(other) => Err(self.unexpected(&other)),
+            Err(e) => Err(e.errno()),
+        }
+    }
+
+    /// `stat`, `lstat`, `newfstatat`: a `struct stat` written into `buf`.
+    pub(crate) fn stat(
+        &mut self,
+        call: &Call,
+        mem: &Memory,
+        dirfd: i64,
+        path: u64,
+        buf: u64,
+        follow: bool,
+    ) -> std::io::Result<Verdict> {
+        let path = match self.place(call, mem, dirfd, path, false)? {
+            Place::Local => return Ok(Verdict::Continue),
+            Place::NotFound => return Ok(Verdict::Errno(libc::ENOENT)),
+            Place::Remote(p) => p,
+        };
+        Ok(match self.stat_remote(path, follow) {
+            Ok(m) => {
+                let st = to_stat(&m);
+                if call.still_valid(self) {
+                    mem.write(buf, bytes_of(&st))?;
+                }
+                Verdict::Return(0)
+            }
+            Err(errno) => Verdict::Errno(errno),
+        })
+    }
+
+    /// `statx(dirfd, path, flags, mask, buf)`.
+    pub(crate) fn statx(
+        &mut self,
+        call: &Call,
+        mem: &Memory,
+        dirfd: i64,
+        path: u64,
+        flags: i32,
+        buf: u64,
+    ) -> std::io::Result<Verdict> {
+        let path = match self.place(call, mem, dirfd, path, false)? {
+            Place::Local => return Ok(Verdict::Continue),
+            Place::NotFound => return Ok(Verdict::Errno(libc::ENOENT)),
+            Place::Remote(p) => p,
+        };
+        Ok(
+            match self.stat_remote(path, flags & libc::AT_SYMLINK_NOFOLLOW == 0) {
+                Ok(m) => {
+                    let st = to_statx(&m);
+                    if call.still_valid(self) {
+                        mem.write(buf, bytes_of(&st))?;
+                    }
+                    Verdict::Return(0)
+                }
+                Err(errno) => Verdict::Errno(errno),
+            },
+        )
+    }
+
+    /// `readlink(path, buf, size)` and `readlinkat(dirfd, path, buf, size)`.
+    pub(crate) fn readlink(
+        &mut self,
+        call: &Call,
+        mem: &Memory,
+        dirfd: i64,
+        path: u64,
+        buf: u64,
+        size: u64,
+    ) -> std::io::Result<Verdict> {
+        let path = match self.place(call, mem, dirfd, path, false)? {
+            Place::Local => return Ok(Verdict::Continue),
+            Place::NotFound => return Ok(Verdict::Errno(libc::ENOENT)),
+            Place::Remote(p) => p,
+        };
+        Ok(match self.fs(FsRequest::ReadLink { path }) {
+            Ok(FsReply::Path(target)) => {
+                let bytes = target.as_bytes();
+                let n = bytes.len().min(size as usize);
+                if call.still_valid(self) {
+                    mem.write(buf, &bytes[..n])?;
+                }
+                Verdict::Return(n as i64)
+            }
+            Ok(other) => Verdict::Errno(self.unexpected(&other)),
+            Err(e) => Verdict::Errno(e.errno()),
+        })
+    }
+
+    /// `access`, `faccessat`, `faccessat2`.
+    pub(crate) fn access(
+        &mut self,
+        call: &Call,
+        mem: &Memory,
+        dirfd: i64,
+        path: u64,
+        mode: u32,
+    ) -> std::io::Result<Verdict> {
+        let path = match self.place(call, mem, dirfd, path, mode & libc::W_OK as u32 != 0)? {
+            Place::Local => return Ok(Verdict::Continue),
+            Place::NotFound => return Ok(Verdict::Errno(libc::ENOENT)),
+            Place::Remote(p) => p,
+        };
+        Ok(
+            match self.fs(FsRequest::Access {
+                path,
+                mode: AccessMode(mode),
+            }) {
+                Ok(FsReply::Done) => Verdict::Return(0),
+                Ok(other) => Verdict::Errno(self.unexpected(&other)),
+                Err(e) => Verdict::Errno(e.errno()),
+            },
+        )
+    }
+}
+
+/// Whether `open` flags modify the file (what the policy calls a write).
+fn opens_for_write(flags: i32) -> bool {
+    flags & libc::O_ACCMODE != libc::O_RDONLY
+        || flags & (libc::O_CREAT | libc::O_TRUNC | libc::O_APPEND) != 0
+        || flags & libc::O_TMPFILE == libc::O_TMPFILE
+}
+
+/// A read-only fd on a `memfd` holding `content`.
+fn snapshot(path: &str, content: &[u8]) -> std::io::Result<OwnedFd> {
+    use std::io::Write;
+    let name: String = format!("remora:{path}").chars().take(200).collect();
+    let cname = std::ffi::CString::new(name.replace('\0', "")).unwrap_or_default();
+    // SAFETY: a valid C string and flags.
+    let raw = unsafe { libc::memfd_create(cname.as_ptr(), libc::MFD_CLOEXEC) };
+    if raw < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a fresh fd we own.
+    let mut file = unsafe { std::fs::File::from_raw_fd(raw) };
+    file.write_all(content)?;
+    // Reopen read-only, so the program's writes fail as on a read-only file.
+    let ro = std::fs::File::open(format!("/proc/self/fd/{raw}"))?;
+    Ok(OwnedFd::from(ro))
+}
+
+/// Shadow directories: `ROOT/<remote path>` mirrors a remote directory's
+/// entries (empty files, directories, symlinks) so listing is native.
+#[derive(Debug)]
+pub struct Shadow {
+    root: PathBuf,
+}
+
+impl Shadow {
+    pub fn new() -> std::io::Result<Shadow> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let root =
+            std::env::temp_dir().join(format!("remora-shadow-{}-{nanos}", std::process::id()));
+        std::fs::create_dir(&root)?;
+        Ok(Shadow { root })
+    }
+
+    /// The remote path a local path under the shadow root stands for.
+    pub fn remote_of(&self, local: &str) -> Option<String> {
+        let root = self.root.to_str()?;
+        let rest = local.strip_prefix(root)?;
+        match rest {
+            "" => Some("/".to_owned()),
+            r if r.starts_with('/') => Some(r.to_owned()),
+            _ => None,
+        }
+    }
+
+    /// Bring `ROOT/path` in line with `entries`; returns its local path.
+    fn sync(
+        &self,
+        path: &str,
+        entries: &[remora_protocol::fs::DirEntry],
+    ) -> std::io::Result<PathBuf> {
+        let dir = self.root.join(path.trim_start_matches('/'));
+        std::fs::create_dir_all(&dir)?;
+        let wanted: std::collections::HashMap<&str, FileType> = entries
+            .iter()
+            .map(|e| (e.name.as_str(), e.file_type))
+            .collect();
+        for existing in std::fs::read_dir(&dir)?.flatten() {
+            let name = existing.file_name();
+            let keep = name.to_str().is_some_and(|n| wanted.contains_key(n));
+            if !keep {
+                let p = existing.path();
+                let _ = std::fs::remove_dir_all(&p).or_else(|_| std::fs::remove_file(&p));
+            }
+        }
+        for (name, kind) in wanted {
+            if name == "." || name == ".." || name.contains('/') {
+                continue;
+            }
+            let p = dir.join(name);
+            if p.symlink_metadata().is_ok() {
+                continue;
+            }
+            match kind {
+                FileType::Directory => std::fs::create_dir(&p)?,
+                FileType::Symlink => std::os::unix::fs::symlink(".", &p)?,
+                _ => drop(std::fs::File::create(&p)?),
+            }
+        }
+        Ok(dir)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+}
+
+impl Drop for Shadow {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+fn to_stat(m: &Metadata) -> libc::stat {
+    // SAFETY: plain old data; all-zero is valid and clears padding.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    st.st_dev = m.dev;
+    st.st_ino = m.ino;
+    st.st_nlink = m.nlink as _;
+    st.st_mode = m.mode;
+    st.st_uid = m.uid;
+    st.st_gid = m.gid;
+    st.st_rdev = m.rdev;
+    st.st_size = m.size as i64;
+    st.st_blksize = m.blksize as _;
+    st.st_blocks = m.blocks as _;
+    st.st_atime = m.atime.secs;
+    st.st_atime_nsec = i64::from(m.atime.nanos);
+    st.st_mtime = m.mtime.secs;
+    st.st_mtime_nsec = i64::from(m.mtime.nanos);
+    st.st_ctime = m.ctime.secs;
+    st.st_ctime_nsec = i64::from(m.ctime.nanos);
+    st
+}
+
+fn dev_major(dev: u64) -> u32 {
+    (((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff)) as u32
+}
+
+fn dev_minor(dev: u64) -> u32 {
+    ((dev & 0xff) | ((dev >> 12) & !0xff)) as u32
+}
+
+fn statx_time(t: remora_protocol::fs::Timestamp) -> libc::statx_timestamp {
+    // SAFETY: plain old data; zero fills the unnamed padding.
+    let mut ts: libc::statx_timestamp = unsafe { std::mem::zeroed() };
+    ts.tv_sec = t.secs;
+    ts.tv_nsec = t.nanos;
+    ts
+}
+
+fn to_statx(m: &Metadata) -> libc::statx {
+    // SAFETY: plain old data; all-zero is valid.
+    let mut st: libc::statx = unsafe { std::mem::zeroed() };
+    st.stx_mask = libc::STATX_BASIC_STATS;
+    st.stx_blksize = m.blksize as u32;
+    st.stx_nlink = m.nlink as u32;
+    st.stx_uid = m.uid;
+    st.stx_gid = m.gid;
+    st.stx_mode = m.mode as u16;
+    st.stx_ino = m.ino;
+    st.stx_size = m.size;
+    st.stx_blocks = m.blocks;
+    st.stx_atime = statx_time(m.atime);
+    st.stx_ctime = statx_time(m.ctime);
+    st.stx_mtime = statx_time(m.mtime);
+    st.stx_rdev_major = dev_major(m.rdev);
+    st.stx_rdev_minor = dev_minor(m.rdev);
+    st.stx_dev_major = dev_major(m.dev);
+    st.stx_dev_minor = dev_minor(m.dev);
+    st
+}

@@ -1,0 +1,252 @@
+//! Starting the program under the filter: between `fork` and `exec` the
+//! child sets `no_new_privs`, installs the filter with a new listener and
+//! sends the listener to the supervisor over a socketpair (`SCM_RIGHTS`).
+//! Everything the child does there is a raw syscall on memory prepared
+//! before the fork: no allocation, no lock.
+
+use crate::abi::{SECCOMP_FILTER_FLAG_NEW_LISTENER, SECCOMP_SET_MODE_FILTER};
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command};
+
+/// Install the filter in the calling process; returns the listener fd.
+///
+/// # Safety
+/// Async-signal-safe: only raw syscalls on `prog`, which must outlive the call.
+unsafe fn install(prog: &[libc::sock_filter]) -> io::Result<RawFd> {
+    // SAFETY: plain prctl/seccomp syscalls on valid pointers.
+    unsafe {
+        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let fprog = libc::sock_fprog {
+            len: prog.len() as u16,
+            filter: prog.as_ptr().cast_mut(),
+        };
+        let fd = libc::syscall(
+            libc::SYS_seccomp,
+            SECCOMP_SET_MODE_FILTER,
+            SECCOMP_FILTER_FLAG_NEW_LISTENER,
+            &fprog as *const libc::sock_fprog,
+        );
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(fd as RawFd)
+    }
+}
+
+/// Send `fd` over the unix socket `sock` (async-signal-safe).
+unsafe fn send_fd(sock: RawFd, fd: RawFd) -> io::Result<()> {
+    #[repr(C)]
+    struct Cmsg {
+        hdr: libc::cmsghdr,
+        fd: RawFd,
+    }
+    // SAFETY: zeroed msghdr/cmsghdr are valid; pointers stay on this frame.
+    unsafe {
+        let mut byte = [0u8; 1];
+        let mut iov = libc::iovec {
+            iov_base: byte.as_mut_ptr().cast(),
+            iov_len: 1,
+        };
+        let mut cmsg: Cmsg = std::mem::zeroed();
+        cmsg.hdr.cmsg_len = libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as usize;
+        cmsg.hdr.cmsg_level = libc::SOL_SOCKET;
+        cmsg.hdr.cmsg_type = libc::SCM_RIGHTS;
+        cmsg.fd = fd;
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = (&mut cmsg as *mut Cmsg).cast();
+        msg.msg_controllen = std::mem::size_of::<Cmsg>();
+        if libc::sendmsg(sock, &msg, 0) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Receive one fd sent with [`send_fd`].
+fn recv_fd(sock: &UnixStream) -> io::Result<OwnedFd> {
+    // SAFETY: as in send_fd; the received fd is checked before use.
+    unsafe {
+        let mut byte = [0u8; 1];
+        let mut iov = libc::iovec {
+            iov_base: byte.as_mut_ptr().cast(),
+            iov_len: 1,
+        };
+        let mut space = [0u64; 8];
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = space.as_mut_ptr().cast();
+        msg.msg_controllen = std::mem::size_of_val(&space);
+        if libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) <= 0 {
+            return Err(io::Error::other("the child sent no seccomp listener"));
+        }
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        if cmsg.is_null() || (*cmsg).cmsg_type != libc::SCM_RIGHTS {
+            return Err(io::Error::other("the child sent no seccomp listener"));
+        }
+        let fd = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>());
+        Ok(OwnedFd::from_raw_fd(fd))
+    }
+}
+
+/// Spawn `command` under a filter notifying `notified`; returns the child
+/// and the listener.
+pub fn spawn(mut command: Command, notified: &[libc::c_long]) -> io::Result<(Child, OwnedFd)> {
+    let prog = crate::filter::program(notified);
+    let (ours, theirs) = UnixStream::pair()?;
+    let theirs_fd = theirs.as_raw_fd();
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: the closure only makes raw syscalls on memory prepared above.
+    unsafe {
+        command.pre_exec(move || {
+            // Without its supervisor the program's notified calls would all
+            // fail: it dies with it (remora forwards signals, so this is for
+            // a remora that was killed outright).
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0
+                || libc::getppid() != parent
+            {
+                return Err(io::Error::other("the supervisor is gone"));
+            }
+            let listener = install(&prog)?;
+            send_fd(theirs_fd, listener)?;
+            libc::close(listener);
+            Ok(())
+        });
+    }
+    let child = command.spawn()?;
+    drop(theirs);
+    let listener = recv_fd(&ours)?;
+    Ok((child, listener))
+}
+
+/// Whether seccomp user notification works here with everything the
+/// supervisor uses: a forked child installs a filter notifying `getppid`;
+/// the parent takes a copy of one of the child's fds (`pidfd_getfd`, as for
+/// `connect` and `listen`) and answers the call with a new fd
+/// (`SECCOMP_IOCTL_NOTIF_ADDFD` + `SECCOMP_ADDFD_FLAG_SEND`, as for remote
+/// opens). `Err` says what is missing.
+pub fn probe() -> Result<(), String> {
+    use crate::abi::*;
+    let prog = vec![
+        libc::sock_filter {
+            code: (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16,
+            jt: 0,
+            jf: 0,
+            k: 0,
+        },
+        libc::sock_filter {
+            code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
+            jt: 0,
+            jf: 1,
+            k: libc::SYS_getppid as u32,
+        },
+        libc::sock_filter {
+            code: (libc::BPF_RET | libc::BPF_K) as u16,
+            jt: 0,
+            jf: 0,
+            k: SECCOMP_RET_USER_NOTIF,
+        },
+        libc::sock_filter {
+            code: (libc::BPF_RET | libc::BPF_K) as u16,
+            jt: 0,
+            jf: 0,
+            k: SECCOMP_RET_ALLOW,
+        },
+    ];
+    let (ours, theirs) = UnixStream::pair().map_err(|e| e.to_string())?;
+    let theirs_fd = theirs.as_raw_fd();
+    // SAFETY: the child only makes raw syscalls and exits with _exit.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(format!("fork: {}", io::Error::last_os_error()));
+    }
+    if pid == 0 {
+        // SAFETY: child side: raw syscalls only, then _exit.
+        unsafe {
+            let code = match install(&prog) {
+                Ok(listener) => {
+                    let _ = send_fd(theirs_fd, listener);
+                    libc::close(listener);
+                    // Answered by the parent with a new fd (`/dev/null`).
+                    let fd = libc::getppid();
+                    if fd >= 0 && libc::fcntl(fd, libc::F_GETFD) >= 0 && fd != theirs_fd {
+                        0
+                    } else {
+                        3
+                    }
+                }
+                Err(e) => 10 + e.raw_os_error().unwrap_or(0).min(100),
+            };
+            libc::_exit(code);
+        }
+    }
+    drop(theirs);
+    let result = (|| {
+        let listener = crate::notify::Listener::new(recv_fd(&ours).map_err(|e| e.to_string())?);
+        let notif = loop {
+            if let Some(n) = listener
+                .recv()
+                .map_err(|e| format!("receiving a notification: {e}"))?
+            {
+                break n;
+            }
+        };
+        if let Err(e) = crate::net::pidfd_getfd(notif.pid, theirs_fd) {
+            listener.answer(notif.id, crate::notify::Verdict::Errno(libc::ENOSYS));
+            return Err(format!(
+                "pidfd_getfd does not work: {e} (Linux 5.6 or later is needed, and ptrace \
+                 access to the program: a Yama ptrace_scope of 3 forbids it)"
+            ));
+        }
+        let devnull = std::fs::File::open("/dev/null").map_err(|e| e.to_string())?;
+        let mut addfd = SeccompNotifAddfd {
+            id: notif.id,
+            flags: SECCOMP_ADDFD_FLAG_SEND,
+            srcfd: devnull.as_raw_fd() as u32,
+            newfd: 0,
+            newfd_flags: 0,
+        };
+        // SAFETY: the ioctl reads a valid seccomp_notif_addfd.
+        let rc = unsafe {
+            libc::ioctl(
+                listener_fd(&listener),
+                SECCOMP_IOCTL_NOTIF_ADDFD,
+                &mut addfd,
+            )
+        };
+        if rc < 0 {
+            let e = io::Error::last_os_error();
+            listener.answer(notif.id, crate::notify::Verdict::Errno(libc::ENOSYS));
+            return Err(format!(
+                "SECCOMP_IOCTL_NOTIF_ADDFD with SECCOMP_ADDFD_FLAG_SEND is not supported: {e} \
+                 (Linux 5.14 or later is needed)"
+            ));
+        }
+        Ok(())
+    })();
+    let mut status = 0;
+    // SAFETY: waiting for our own child.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    result?;
+    match libc::WEXITSTATUS(status) {
+        0 => Ok(()),
+        3 => Err("the notified call was not answered with the supervisor's fd".into()),
+        c if c >= 10 => Err(format!(
+            "installing a seccomp filter with a listener failed: {} (Linux 5.0 or later with \
+             CONFIG_SECCOMP_FILTER is needed; containers may forbid seccomp)",
+            io::Error::from_raw_os_error(c - 10)
+        )),
+        c => Err(format!("probe child exited with {c}")),
+    }
+}
+
+fn listener_fd(listener: &crate::notify::Listener) -> RawFd {
+    listener.raw()
+}

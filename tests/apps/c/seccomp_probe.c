@@ -1,0 +1,131 @@
+/* seccomp_probe: a statically linked C program (gcc -static) that prints
+ * what it sees, for tests/tests/seccomp_local.rs. LD_PRELOAD cannot reach
+ * it; remora's seccomp supervisor can.
+ *   seccomp_probe cat PATH | ls DIR | stat PATH | get IP PORT PATH | env NAME
+ *   seccomp_probe uring x   (io_uring_setup: prints "ok" or the error)
+ *   seccomp_probe serve PORT LOG   (HTTP on 0.0.0.0:PORT with a *blocking*
+ *                                  accept: answers "answer from the laptop",
+ *                                  appends "PATH PEER_IP" to LOG)
+ *   seccomp_probe bench N COMMAND ARG...   (N times, output discarded; prints
+ *                                          "ns_per_op X" on stderr) */
+#include <time.h>
+#include <arpa/inet.h>
+#include <dirent.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <errno.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+static int cmp(const void *a, const void *b) {
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* A one-request-per-connection HTTP server, blocking accept (as simple C
+ * servers do), logging the peer accept(2) reported. */
+static int serve(int port, const char *log) {
+    int s = socket(AF_INET, SOCK_STREAM, 0), one = 1;
+    setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(port)};
+    if (bind(s, (struct sockaddr *)&sa, sizeof sa) || listen(s, 64)) { perror("listen"); return 1; }
+    for (;;) {
+        struct sockaddr_in peer;
+        socklen_t len = sizeof peer;
+        int c = accept(s, (struct sockaddr *)&peer, &len);
+        if (c < 0) { perror("accept"); return 1; }
+        char req[8192], path[1024] = "?", ip[64] = "?";
+        size_t got = 0;
+        ssize_t n;
+        while (got < sizeof req - 1 && (n = read(c, req + got, sizeof req - 1 - got)) > 0) {
+            got += n;
+            req[got] = 0;
+            if (strstr(req, "\r\n\r\n")) break;
+        }
+        req[got] = 0;
+        sscanf(req, "%*s %1023s", path);
+        inet_ntop(AF_INET, &peer.sin_addr, ip, sizeof ip);
+        FILE *f = fopen(log, "a");
+        if (f) { fprintf(f, "%s %s\n", path, ip); fclose(f); }
+        const char *resp = "HTTP/1.0 200 OK\r\nContent-Length: 23\r\nConnection: close\r\n\r\n"
+                           "answer from the laptop\n";
+        if (write(c, resp, strlen(resp)) < 0) perror("write");
+        close(c);
+    }
+}
+
+static int run1(int argc, char **argv) {
+    if (argc < 3) return 2;
+    const char *cmd = argv[1], *arg = argv[2];
+    if (!strcmp(cmd, "env")) {
+        const char *v = getenv(arg);
+        printf("%s\n", v ? v : "");
+    } else if (!strcmp(cmd, "cat")) {
+        FILE *f = fopen(arg, "r");
+        if (!f) { perror(arg); return 1; }
+        char buf[4096];
+        size_t n;
+        while ((n = fread(buf, 1, sizeof buf, f)) > 0) fwrite(buf, 1, n, stdout);
+        fclose(f);
+    } else if (!strcmp(cmd, "ls")) {
+        DIR *d = opendir(arg);
+        if (!d) { perror(arg); return 1; }
+        char *names[256];
+        int count = 0;
+        struct dirent *e;
+        while ((e = readdir(d)) && count < 256)
+            if (e->d_name[0] != '.') names[count++] = strdup(e->d_name);
+        closedir(d);
+        qsort(names, count, sizeof names[0], cmp);
+        for (int i = 0; i < count; i++) printf("%s%s", i ? " " : "", names[i]);
+        printf("\n");
+    } else if (!strcmp(cmd, "uring")) {
+        unsigned char params[120] = {0}; /* struct io_uring_params */
+        long fd = syscall(SYS_io_uring_setup, 4, params);
+        if (fd < 0) { printf("%s\n", strerror(errno)); return 0; }
+        close(fd);
+        printf("ok\n");
+    } else if (!strcmp(cmd, "stat")) {
+        struct stat st;
+        if (stat(arg, &st)) { perror(arg); return 1; }
+        printf("%lld %d\n", (long long)st.st_size, S_ISDIR(st.st_mode) ? 1 : 0);
+    } else if (!strcmp(cmd, "get") && argc >= 5) {
+        struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(atoi(argv[3]))};
+        inet_pton(AF_INET, arg, &sa.sin_addr);
+        int s = socket(AF_INET, SOCK_STREAM, 0);
+        if (connect(s, (struct sockaddr *)&sa, sizeof sa)) { perror("connect"); return 1; }
+        char req[512];
+        int len = snprintf(req, sizeof req, "GET %s HTTP/1.0\r\nHost: probe\r\n\r\n", argv[4]);
+        if (write(s, req, len) != len) return 1;
+        char buf[8192];
+        size_t total = 0;
+        ssize_t n;
+        while ((n = read(s, buf + total, sizeof buf - 1 - total)) > 0) total += n;
+        buf[total] = 0;
+        char *body = strstr(buf, "\r\n\r\n");
+        if (!body) return 1;
+        fputs(body + 4, stdout);
+    } else {
+        return 2;
+    }
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    if (argc >= 4 && !strcmp(argv[1], "serve")) return serve(atoi(argv[2]), argv[3]);
+    if (argc >= 4 && !strcmp(argv[1], "bench")) {
+        long n = atol(argv[2]);
+        if (!freopen("/dev/null", "w", stdout)) return 1;
+        struct timespec a, b;
+        clock_gettime(CLOCK_MONOTONIC, &a);
+        for (long i = 0; i < n; i++)
+            if (run1(argc - 2, argv + 2)) return 1;
+        clock_gettime(CLOCK_MONOTONIC, &b);
+        long long ns = (b.tv_sec - a.tv_sec) * 1000000000LL + (b.tv_nsec - a.tv_nsec);
+        fprintf(stderr, "ns_per_op %lld\n", ns / n);
+        return 0;
+    }
+    return run1(argc, argv);
+}

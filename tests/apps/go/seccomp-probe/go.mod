@@ -1,0 +1,3 @@
+module example.invalid/seccompprobe
+
+go 1.19

@@ -1,0 +1,3 @@
+module example.invalid/remoragotest
+
+go 1.19

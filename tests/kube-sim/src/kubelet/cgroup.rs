@@ -1,0 +1,153 @@
+//! cgroup v2 directories: one per run (`<cgroup2 mount>/remora-kube-sim-<pid>`), one per pod
+//! (`pod<uid>`) and one per container (`<container id>`), so that a container's processes
+//! are found by its id in `/proc/<pid>/cgroup`, as on a real node.
+
+use std::{
+    fs, io,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+/// How long a removal waits for the killed processes of a cgroup to be gone.
+const KILL_WAIT: Duration = Duration::from_secs(2);
+
+/// The run's cgroup.
+#[derive(Debug, Clone)]
+pub struct Cgroups {
+    root: PathBuf,
+}
+
+impl Cgroups {
+    /// Creates the run's cgroup `name` at the top of the cgroup v2 hierarchy.
+    pub fn create(name: &str) -> io::Result<Self> {
+        let root = cgroup2_mount()?.join(name);
+        fs::create_dir_all(&root).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!(
+                    "creating the cgroup {}: {e} (the simulator must run as root)",
+                    root.display()
+                ),
+            )
+        })?;
+        Ok(Self { root })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn pod_dir(&self, uid: &str) -> PathBuf {
+        self.root.join(format!("pod{uid}"))
+    }
+
+    /// Creates a container's cgroup; the container's init joins it before it execs.
+    pub fn container(&self, pod_uid: &str, id: &str) -> io::Result<ContainerCgroup> {
+        let dir = self.pod_dir(pod_uid).join(id);
+        fs::create_dir_all(&dir)?;
+        Ok(ContainerCgroup { dir })
+    }
+
+    /// The processes of a pod's containers, lowest pid first.
+    pub fn pod_pids(&self, uid: &str) -> Vec<u32> {
+        let mut pids: Vec<u32> = fs::read_dir(self.pod_dir(uid))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| fs::read_to_string(e.path().join("cgroup.procs")).ok())
+            .flat_map(|procs| {
+                procs
+                    .lines()
+                    .filter_map(|l| l.trim().parse().ok())
+                    .collect::<Vec<u32>>()
+            })
+            .collect();
+        pids.sort_unstable();
+        pids
+    }
+
+    /// Kills what is left of a pod and removes its cgroups.
+    pub fn remove_pod(&self, uid: &str) {
+        remove_tree(&self.pod_dir(uid));
+    }
+
+    /// Kills what is left of the run and removes all its cgroups.
+    pub fn remove_all(&self) {
+        remove_tree(&self.root);
+    }
+}
+
+/// One container's cgroup.
+#[derive(Debug)]
+pub struct ContainerCgroup {
+    pub dir: PathBuf,
+}
+
+impl ContainerCgroup {
+    /// Kills the processes still in the cgroup and removes it.
+    pub fn remove(self) {
+        remove_tree(&self.dir);
+    }
+}
+
+/// Moves the calling process into the cgroup `dir`.
+pub fn join(dir: &Path) -> io::Result<()> {
+    fs::write(dir.join("cgroup.procs"), std::process::id().to_string())
+}
+
+/// Kills whatever is still in `dir` and its descendants, and removes them, deepest first.
+pub fn remove_tree(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            remove_tree(&entry.path());
+        }
+    }
+    let _ = fs::write(dir.join("cgroup.kill"), "1");
+    let start = Instant::now();
+    while fs::read_to_string(dir.join("cgroup.procs")).is_ok_and(|p| !p.trim().is_empty())
+        && start.elapsed() < KILL_WAIT
+    {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let _ = fs::remove_dir(dir);
+}
+
+/// Removes the cgroups of earlier runs named `<prefix><pid>` whose pid is gone.
+pub fn sweep(prefix: &str) {
+    let Ok(mount) = cgroup2_mount() else {
+        return;
+    };
+    let Ok(entries) = fs::read_dir(&mount) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.strip_prefix(prefix) else {
+            continue;
+        };
+        if pid.parse::<u32>().is_ok_and(|pid| !crate::run_alive(pid)) {
+            remove_tree(&entry.path());
+        }
+    }
+}
+
+/// Where the cgroup v2 hierarchy is mounted (`/sys/fs/cgroup`, or `/sys/fs/cgroup/unified`
+/// on a hybrid host).
+pub fn cgroup2_mount() -> io::Result<PathBuf> {
+    let info = fs::read_to_string("/proc/self/mountinfo")?;
+    info.lines()
+        .find_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let mount_point = left.split_whitespace().nth(4)?;
+            (right.split_whitespace().next()? == "cgroup2").then(|| PathBuf::from(mount_point))
+        })
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                "no cgroup v2 hierarchy is mounted (see /proc/self/mountinfo); mount one at /sys/fs/cgroup",
+            )
+        })
+}

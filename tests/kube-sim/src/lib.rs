@@ -1,0 +1,261 @@
+//! remora-kube-sim: a one-process Kubernetes API server (plus controllers and a node agent)
+//! for remora's tests and demo. Test infrastructure, not a product feature: see
+//! docs/kube-sim.md for what it implements and what not.
+
+pub mod api;
+pub mod controllers;
+pub mod dns;
+pub mod error;
+pub mod exec;
+pub mod http;
+pub mod kubelet;
+pub mod patch;
+pub mod portforward;
+pub mod resources;
+pub mod selector;
+pub mod store;
+pub mod table;
+pub mod time;
+
+use std::{net::SocketAddr, path::PathBuf, sync::Arc};
+
+use hyper::service::service_fn;
+use hyper_util::{rt::TokioExecutor, server::conn::auto};
+use tokio::net::TcpListener;
+
+/// Prefix of the per-run state directories under the temp dir; a leftover whose pid is dead is swept.
+const STATE_DIR_PREFIX: &str = "remora-kube-sim-";
+
+/// Command line.
+#[derive(Debug, clap::Parser)]
+#[command(
+    name = "remora-kube-sim",
+    about = "A one-process Kubernetes API server for tests"
+)]
+pub enum Cli {
+    /// Serves the API until SIGTERM/SIGINT.
+    Serve(ServeArgs),
+    /// Internal: a container's first process (joins the container's cgroup, then execs).
+    #[command(hide = true, name = kubelet::init::SUBCOMMAND)]
+    ContainerInit(kubelet::init::InitArgs),
+    /// Internal: a pod's sandbox (holds its network and UTS namespaces).
+    #[command(hide = true, name = kubelet::sandbox::SUBCOMMAND)]
+    PodSandbox(kubelet::sandbox::SandboxArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Where to write the kubeconfig, once the server is ready.
+    #[arg(long)]
+    pub kubeconfig: PathBuf,
+    /// Listen address.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub listen: SocketAddr,
+    /// Container runtime: only `process` (containers as host process groups) so far.
+    #[arg(long, default_value = "process")]
+    pub runtime: String,
+}
+
+/// Why the simulator failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("binding {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("writing {path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("unsupported --runtime {0:?}: only \"process\" is implemented (see docs/kube-sim.md)")]
+    UnsupportedRuntime(String),
+    #[error("creating the pod network (a bridge and 10.216.N.0/24; needs root and iproute2): {0}")]
+    Network(#[source] std::io::Error),
+    #[error("starting the runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+}
+
+pub fn run(cli: Cli) -> Result<(), Error> {
+    let cli = match cli {
+        Cli::ContainerInit(args) => kubelet::init::container_init(args),
+        Cli::PodSandbox(args) => kubelet::sandbox::sandbox_main(args),
+        other => other,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(Error::Runtime)?;
+    match cli {
+        Cli::Serve(args) => rt.block_on(serve(args)),
+        Cli::ContainerInit(_) | Cli::PodSandbox(_) => unreachable!("handled above"),
+    }
+}
+
+/// Removes state directories of earlier runs whose process is gone.
+pub fn sweep_leftovers() {
+    kubelet::cgroup_sweep(STATE_DIR_PREFIX);
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.strip_prefix(STATE_DIR_PREFIX) else {
+            continue;
+        };
+        if pid.parse::<u32>().is_ok_and(|pid| !run_alive(pid)) {
+            kubelet::kill_leftovers(&entry.path());
+            kubelet::network::sweep(&entry.path());
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// Whether the simulator run `pid` is still alive (a zombie, not yet reaped, is not).
+pub fn run_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rfind(')')
+            .and_then(|i| stat[i + 1..].split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X")
+    })
+}
+
+fn kubeconfig(server: &str, token: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: remora-sim\n  cluster:\n    server: {server}\ncontexts:\n- name: remora-sim\n  context:\n    cluster: remora-sim\n    user: remora-sim-admin\n    namespace: default\ncurrent-context: remora-sim\nusers:\n- name: remora-sim-admin\n  user:\n    token: {token}\n"
+    )
+}
+
+async fn serve(args: ServeArgs) -> Result<(), Error> {
+    if args.runtime != "process" {
+        return Err(Error::UnsupportedRuntime(args.runtime));
+    }
+    sweep_leftovers();
+    let state_dir = std::env::temp_dir().join(format!("{STATE_DIR_PREFIX}{}", std::process::id()));
+    std::fs::create_dir_all(&state_dir).map_err(|source| Error::Write {
+        path: state_dir.clone(),
+        source,
+    })?;
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .map_err(|source| Error::Bind {
+            addr: args.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| Error::Bind {
+        addr: args.listen,
+        source,
+    })?;
+    let cgroups = kubelet::Cgroups::create(&format!("{STATE_DIR_PREFIX}{}", std::process::id()))
+        .map_err(Error::Runtime)?;
+    let network = match kubelet::Network::create(std::process::id(), &state_dir) {
+        Ok(network) => network,
+        Err(e) => {
+            cgroups.remove_all();
+            let _ = std::fs::remove_dir_all(&state_dir);
+            return Err(Error::Network(e));
+        }
+    };
+    // Pods in their own network namespace reach the API server on the bridge's address.
+    let pod_listener = TcpListener::bind((network.gateway(), addr.port()))
+        .await
+        .inspect_err(|e| {
+            tracing::warn!(error = %e, "pods cannot reach the API server on the bridge");
+        })
+        .ok();
+    let store = store::Store::new();
+    let store_for_dns = store.clone();
+    // The cluster DNS on the bridge's address; without it pods keep this machine's resolver.
+    let dns_server = match tokio::net::UdpSocket::bind((network.gateway(), 53)).await {
+        Ok(socket) => Some(tokio::spawn(dns::serve(
+            socket,
+            store_for_dns.clone(),
+            dns::upstream(),
+        ))),
+        Err(e) => {
+            tracing::warn!(error = %e, "no cluster DNS: binding {}:53", network.gateway());
+            None
+        }
+    };
+    let execs = kubelet::Execs::default();
+    let token = format!("remora-sim-{}", store::name_suffix(24));
+    let state = Arc::new(api::ApiState {
+        store: store.clone(),
+        token: token.clone(),
+        logs: kubelet::Logs::new(&state_dir.join("logs")),
+        cgroups: cgroups.clone(),
+        execs: execs.clone(),
+    });
+    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let kubelet = kubelet::Kubelet::new(
+        store.clone(),
+        state.logs.clone(),
+        cgroups.clone(),
+        network.clone(),
+        dns_server.as_ref().map(|_| network.gateway()),
+        execs,
+        addr.port(),
+    );
+    let kubelet_task = tokio::spawn(kubelet.run(shutdown_rx));
+    let controllers = tokio::spawn(controllers::run(store.clone()));
+    let server = tokio::spawn(accept(listener, state.clone()));
+    let pod_server = pod_listener.map(|l| tokio::spawn(accept(l, state.clone())));
+    // Written last, atomically: its existence means "ready".
+    let tmp = args.kubeconfig.with_extension("tmp-remora-sim");
+    std::fs::write(&tmp, kubeconfig(&format!("http://{addr}"), &token))
+        .and_then(|()| std::fs::rename(&tmp, &args.kubeconfig))
+        .map_err(|source| Error::Write {
+            path: args.kubeconfig.clone(),
+            source,
+        })?;
+    tracing::info!(%addr, "remora-kube-sim ready");
+    eprintln!("remora-kube-sim: serving on http://{addr}");
+    wait_for_signal().await;
+    server.abort();
+    if let Some(d) = dns_server {
+        d.abort();
+    }
+    if let Some(s) = pod_server {
+        s.abort();
+    }
+    controllers.abort();
+    let _ = shutdown_tx.send(true);
+    let _ = kubelet_task.await;
+    cgroups.remove_all();
+    network.remove();
+    let _ = std::fs::remove_dir_all(&state_dir);
+    Ok(())
+}
+
+/// Serves the API on `listener` until aborted.
+async fn accept(listener: TcpListener, state: Arc<api::ApiState>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let state = state.clone();
+                async move { Ok::<_, std::convert::Infallible>(api::handle(state, req).await) }
+            });
+            let _ = auto::Builder::new(TokioExecutor::new())
+                .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

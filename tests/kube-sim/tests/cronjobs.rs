@@ -1,0 +1,116 @@
+//! The CronJob controller held to the real kubectl: scheduled Jobs run and complete, the
+//! history limit removes old ones, and `kubectl create job --from=cronjob/x` (client-side,
+//! piped to apply) starts one by hand.
+
+mod common;
+
+use std::process::{Command, Stdio};
+
+use common::{Sim, poll};
+
+const CRONJOB: &str = r#"
+apiVersion: batch/v1
+kind: CronJob
+metadata: {name: tick}
+spec:
+  schedule: "@every 1s"
+  successfulJobsHistoryLimit: 100
+  jobTemplate:
+    metadata: {labels: {cron: tick}}
+    spec:
+      template:
+        spec:
+          restartPolicy: Never
+          containers: [{name: tick, image: busybox, command: [sh, -c, "echo tick"]}]
+"#;
+
+fn jobs(sim: &Sim) -> Vec<String> {
+    sim.ok(&["get", "jobs", "-l", "cron=tick", "-o", "name"])
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn cronjob_runs_jobs_on_schedule_and_by_hand() {
+    let sim = Sim::start();
+    sim.apply_yaml(CRONJOB, &[]);
+    poll(|| !jobs(&sim).is_empty(), "a first scheduled job");
+    let first = jobs(&sim)[0].clone();
+    sim.ok(&["wait", "--for=condition=Complete", &first, "--timeout=30s"]);
+    assert_eq!(sim.ok(&["logs", &first]), "tick\n");
+    poll(
+        || {
+            !sim.ok(&[
+                "get",
+                "cronjob",
+                "tick",
+                "-o",
+                "jsonpath={.status.lastSuccessfulTime}",
+            ])
+            .is_empty()
+        },
+        "lastSuccessfulTime",
+    );
+    // Later runs complete too, and the history limit removes the first job. (The limit
+    // starts high so the first job cannot vanish before it is looked at above.)
+    sim.ok(&[
+        "patch",
+        "cronjob",
+        "tick",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"successfulJobsHistoryLimit":1}}"#,
+    ]);
+    poll(
+        || !jobs(&sim).contains(&first),
+        "the first job to be removed by the history limit",
+    );
+    assert!(!jobs(&sim).is_empty(), "newer jobs exist");
+
+    // By hand: kubectl builds the job from the cronjob client-side. (It is owned by the
+    // cronjob, so the history limit applies to it too: raised to keep it.)
+    sim.ok(&[
+        "patch",
+        "cronjob",
+        "tick",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"suspend":true,"successfulJobsHistoryLimit":3}}"#,
+    ]);
+    let yaml = sim.ok(&[
+        "create",
+        "job",
+        "--from=cronjob/tick",
+        "manual",
+        "--dry-run=client",
+        "-o",
+        "yaml",
+    ]);
+    let mut apply = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(&sim.kubeconfig)
+        .args(["apply", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(apply.stdin.as_mut().unwrap(), yaml.as_bytes()).unwrap();
+    drop(apply.stdin.take());
+    assert!(apply.wait().unwrap().success());
+    sim.ok(&[
+        "wait",
+        "--for=condition=Complete",
+        "job/manual",
+        "--timeout=30s",
+    ]);
+    assert_eq!(sim.ok(&["logs", "job/manual"]), "tick\n");
+    let owner = sim.ok(&[
+        "get",
+        "job",
+        "manual",
+        "-o",
+        "jsonpath={.metadata.ownerReferences[0].name}",
+    ]);
+    assert_eq!(owner, "tick");
+}

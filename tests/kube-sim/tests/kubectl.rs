@@ -1,0 +1,602 @@
+//! The simulator held to the real `kubectl`: apply (client- and server-side), get, selectors,
+//! patches, rollouts, logs, watches, CRDs with printer columns, cascading delete, cleanup.
+
+mod common;
+
+use std::process::{Command, Stdio};
+
+use common::{Sim, links_of_subnet, poll, processes_of};
+
+const SHOP: &str = r#"
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: shop-config, labels: {app: shop, tier: config}}
+data: {GREETING: hello}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: shop-secret, labels: {app: shop}}
+stringData: {TOKEN: s3cret}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, labels: {app: shop, tier: web}}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers:
+      - name: web
+        image: busybox
+        command: ["sh", "-c", "echo greeting=$GREETING token=$TOKEN mode=$MODE pod=$POD; exec sleep 1000"]
+        env:
+        - {name: MODE, value: one}
+        - name: GREETING
+          valueFrom: {configMapKeyRef: {name: shop-config, key: GREETING}}
+        - name: POD
+          valueFrom: {fieldRef: {fieldPath: metadata.name}}
+        envFrom:
+        - secretRef: {name: shop-secret}
+"#;
+
+fn names(out: &str) -> Vec<String> {
+    let mut v: Vec<String> = out.split_whitespace().map(str::to_owned).collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn apply_get_selectors_and_patches() {
+    let sim = Sim::start();
+    let out = sim.apply_yaml(SHOP, &[]);
+    assert!(out.contains("deployment.apps/web created"), "{out}");
+    // A second client-side apply with a change is a strategic merge patch.
+    let changed = SHOP.replace("{name: MODE, value: one}", "{name: MODE, value: two}");
+    let out = sim.apply_yaml(&changed, &[]);
+    assert!(out.contains("deployment.apps/web configured"), "{out}");
+    assert!(out.contains("configmap/shop-config unchanged"), "{out}");
+    let d = sim.json(&["get", "deployment", "web"]);
+    assert_eq!(d["metadata"]["generation"], 2);
+    assert_eq!(
+        d["spec"]["template"]["spec"]["containers"][0]["env"][0]["value"],
+        "two"
+    );
+    assert!(d["metadata"]["uid"].as_str().is_some_and(|u| u.len() == 36));
+    assert!(d["metadata"]["resourceVersion"].as_str().is_some());
+    // Server-side apply.
+    let out = sim.apply_yaml(
+        &changed.replace("replicas: 2", "replicas: 3"),
+        &["--server-side"],
+    );
+    assert!(out.contains("serverside-applied"), "{out}");
+    assert_eq!(
+        sim.json(&["get", "deployment", "web"])["spec"]["replicas"],
+        3
+    );
+
+    // Label and field selectors.
+    let sel = |args: &[&str]| {
+        names(&sim.ok(&[&["get", "cm,secret,deploy", "-o", "name"], args].concat()))
+    };
+    assert_eq!(
+        sel(&["-l", "app=shop,tier=config"]),
+        ["configmap/shop-config"]
+    );
+    assert_eq!(
+        sel(&["-l", "app in (shop),tier notin (config,web)"]),
+        ["secret/shop-secret"]
+    );
+    assert_eq!(sel(&["-l", "app,!tier"]), ["secret/shop-secret"]);
+    assert_eq!(
+        sel(&["-l", "tier!=config,app=shop"]),
+        ["deployment.apps/web", "secret/shop-secret"]
+    );
+    assert_eq!(
+        names(&sim.ok(&[
+            "get",
+            "cm",
+            "-o",
+            "name",
+            "--field-selector",
+            "metadata.name=shop-config"
+        ])),
+        ["configmap/shop-config"]
+    );
+
+    // The three kinds of patch.
+    sim.ok(&[
+        "patch",
+        "deployment",
+        "web",
+        "--type=merge",
+        "-p",
+        r#"{"metadata":{"labels":{"merged":"yes"}}}"#,
+    ]);
+    sim.ok(&[
+        "patch",
+        "deployment",
+        "web",
+        "--type=json",
+        "-p",
+        r#"[{"op":"replace","path":"/spec/replicas","value":1}]"#,
+    ]);
+    sim.ok(&["patch", "deployment", "web", "-p",
+        r#"{"spec":{"template":{"spec":{"containers":[{"name":"web","env":[{"name":"EXTRA","value":"x"}]}]}}}}"#]);
+    let d = sim.json(&["get", "deployment", "web"]);
+    assert_eq!(d["metadata"]["labels"]["merged"], "yes");
+    assert_eq!(d["spec"]["replicas"], 1);
+    let env: Vec<&str> = d["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        env,
+        ["MODE", "GREETING", "POD", "EXTRA"],
+        "strategic merge keeps env by name"
+    );
+    sim.ok(&["scale", "deployment", "web", "--replicas=2"]);
+    assert_eq!(
+        sim.json(&["get", "deployment", "web"])["spec"]["replicas"],
+        2
+    );
+    // A stale update is a conflict.
+    let mut stale = sim.json(&["get", "cm", "shop-config"]);
+    sim.ok(&[
+        "patch",
+        "cm",
+        "shop-config",
+        "--type=merge",
+        "-p",
+        r#"{"data":{"x":"1"}}"#,
+    ]);
+    stale["data"]["y"] = "2".into();
+    let path = sim.dir.path().join("stale.json");
+    std::fs::write(&path, stale.to_string()).unwrap();
+    let out = sim.kubectl(&["replace", "-f", path.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("the object has been modified"));
+}
+
+#[test]
+fn rollout_env_logs_and_cascading_delete() {
+    let sim = Sim::start();
+    sim.apply_yaml(SHOP, &[]);
+    sim.ok(&["rollout", "status", "deployment/web", "--timeout=30s"]);
+    sim.ok(&[
+        "wait",
+        "--for=condition=Ready",
+        "pod",
+        "-l",
+        "app=web",
+        "--timeout=30s",
+    ]);
+    let pods = sim.json(&["get", "pods", "-l", "app=web"]);
+    let items = pods["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2);
+    for p in items {
+        assert_eq!(p["status"]["phase"], "Running");
+        let id = p["status"]["containerStatuses"][0]["containerID"]
+            .as_str()
+            .unwrap();
+        assert!(id.starts_with("remora-sim://"), "{id}");
+    }
+    let pod = items[0]["metadata"]["name"].as_str().unwrap().to_owned();
+    poll(
+        || {
+            sim.ok(&["logs", &pod])
+                .contains("greeting=hello token=s3cret mode=one")
+        },
+        "the pod's log",
+    );
+    assert!(sim.ok(&["logs", &pod]).contains(&format!("pod={pod}")));
+    let table = sim.ok(&["get", "pods"]);
+    assert!(
+        table
+            .lines()
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .eq(["NAME", "READY", "STATUS", "RESTARTS", "AGE"]),
+        "{table}"
+    );
+    assert!(
+        table.contains("1/1") && table.contains("Running"),
+        "{table}"
+    );
+
+    // `set env` rolls the pods.
+    sim.ok(&["set", "env", "deployment/web", "MODE=two"]);
+    sim.ok(&["rollout", "status", "deployment/web", "--timeout=30s"]);
+    poll(
+        || {
+            let pods = sim.json(&["get", "pods", "-l", "app=web"]);
+            let items = pods["items"].as_array().unwrap().clone();
+            items.len() == 2
+                && items.iter().all(|p| {
+                    let name = p["metadata"]["name"].as_str().unwrap();
+                    sim.kubectl(&["logs", name])
+                        .stdout
+                        .windows(8)
+                        .any(|w| w == b"mode=two")
+                })
+        },
+        "the pods to restart with MODE=two",
+    );
+    sim.ok(&["rollout", "restart", "deployment/web"]);
+    sim.ok(&["rollout", "status", "deployment/web", "--timeout=30s"]);
+    poll(
+        || sim.json(&["get", "rs"])["items"].as_array().unwrap().len() == 3,
+        "a third replica set",
+    );
+
+    let state = sim.state_dir();
+    assert!(
+        !processes_of(&state).is_empty(),
+        "containers run as processes"
+    );
+    sim.ok(&["delete", "deployment", "web"]);
+    poll(
+        || {
+            sim.json(&["get", "rs,pods"])["items"]
+                .as_array()
+                .unwrap()
+                .is_empty()
+        },
+        "cascading delete",
+    );
+    poll(
+        || processes_of(&state).is_empty(),
+        "the containers' processes to end",
+    );
+}
+
+#[test]
+fn watch_shows_changes() {
+    let sim = Sim::start();
+    let out_path = sim.dir.path().join("watch.out");
+    let mut watcher = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(&sim.kubeconfig)
+        .args(["get", "configmaps", "-w", "--output-watch-events"])
+        .stdout(std::fs::File::create(&out_path).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    poll(
+        || {
+            std::fs::read_to_string(&out_path)
+                .unwrap_or_default()
+                .contains("kube-root-ca.crt")
+        },
+        "the initial list",
+    );
+    sim.apply_yaml(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: watched}\ndata: {a: b}\n",
+        &[],
+    );
+    sim.ok(&["delete", "configmap", "watched"]);
+    poll(
+        || {
+            let text = std::fs::read_to_string(&out_path).unwrap_or_default();
+            text.lines()
+                .any(|l| l.starts_with("ADDED") && l.contains("watched"))
+                && text
+                    .lines()
+                    .any(|l| l.starts_with("DELETED") && l.contains("watched"))
+        },
+        "ADDED and DELETED events",
+    );
+    let _ = watcher.kill();
+    let _ = watcher.wait();
+}
+
+#[test]
+fn crd_with_printer_columns_and_status() {
+    let sim = Sim::start();
+    sim.apply_yaml(
+        r#"
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {name: widgets.shop.example.com}
+spec:
+  group: shop.example.com
+  scope: Namespaced
+  names: {plural: widgets, singular: widget, kind: Widget, shortNames: [wd]}
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    subresources: {status: {}}
+    schema: {openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}}
+    additionalPrinterColumns:
+    - {name: Color, type: string, jsonPath: .spec.color}
+    - {name: Phase, type: string, jsonPath: .status.phase}
+"#,
+        &[],
+    );
+    sim.ok(&[
+        "wait",
+        "--for=condition=Established",
+        "crd/widgets.shop.example.com",
+        "--timeout=30s",
+    ]);
+    sim.apply_yaml(
+        "apiVersion: shop.example.com/v1\nkind: Widget\nmetadata: {name: w1}\nspec: {color: red}\n",
+        &[],
+    );
+    sim.ok(&[
+        "patch",
+        "widget",
+        "w1",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"phase":"Shiny"}}"#,
+    ]);
+    // A status in the main resource is ignored, as with a real status subresource.
+    sim.ok(&[
+        "patch",
+        "wd",
+        "w1",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"phase":"Ignored"},"spec":{"color":"blue"}}"#,
+    ]);
+    let table = sim.ok(&["get", "widgets"]);
+    let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(header, ["NAME", "COLOR", "PHASE", "AGE"], "{table}");
+    let row: Vec<&str> = table.lines().nth(1).unwrap().split_whitespace().collect();
+    assert_eq!(&row[..3], ["w1", "blue", "Shiny"], "{table}");
+    // Cluster-scoped custom resources too.
+    sim.apply_yaml(r#"
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {name: zones.shop.example.com}
+spec:
+  group: shop.example.com
+  scope: Cluster
+  names: {plural: zones, singular: zone, kind: Zone}
+  versions:
+  - {name: v1, served: true, storage: true, schema: {openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}}}
+"#, &[]);
+    sim.ok(&[
+        "wait",
+        "--for=condition=Established",
+        "crd/zones.shop.example.com",
+        "--timeout=30s",
+    ]);
+    sim.apply_yaml(
+        "apiVersion: shop.example.com/v1\nkind: Zone\nmetadata: {name: z1}\n",
+        &[],
+    );
+    assert_eq!(
+        sim.json(&["get", "zone", "z1"])["metadata"].get("namespace"),
+        None
+    );
+    sim.ok(&["delete", "crd", "widgets.shop.example.com"]);
+    let out = sim.kubectl(&["get", "widgets.shop.example.com"]);
+    assert!(!out.status.success(), "the type is gone with its CRD");
+}
+
+#[test]
+fn job_completes_and_logs_follow() {
+    let sim = Sim::start();
+    sim.apply_yaml(
+        r#"
+apiVersion: batch/v1
+kind: Job
+metadata: {name: once}
+spec:
+  backoffLimit: 0
+  template:
+    spec:
+      restartPolicy: Never
+      containers:
+      - {name: main, image: busybox, command: ["sh", "-c", "echo one; sleep 0.5; echo two"]}
+"#,
+        &[],
+    );
+    let followed = sim.ok(&["logs", "-f", "job/once", "--pod-running-timeout=30s"]);
+    assert!(followed.contains("one\ntwo"), "{followed}");
+    sim.ok(&[
+        "wait",
+        "--for=condition=Complete",
+        "job/once",
+        "--timeout=30s",
+    ]);
+    let job = sim.json(&["get", "job", "once"]);
+    assert_eq!(job["status"]["succeeded"], 1);
+    let pods = sim.json(&["get", "pods", "-l", "job-name=once"]);
+    assert_eq!(pods["items"][0]["status"]["phase"], "Succeeded");
+    assert_eq!(
+        pods["items"][0]["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"],
+        0
+    );
+}
+
+const SLEEPERS: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: sleepers}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: sleepers}}
+  template:
+    metadata: {labels: {app: sleepers}}
+    spec:
+      containers:
+      - {name: main, image: busybox, command: ["sh", "-c", "sleep 1000 & wait"]}
+"#;
+
+#[test]
+fn nothing_left_after_sigterm() {
+    let mut sim = Sim::start();
+    sim.apply_yaml(SLEEPERS, &[]);
+    sim.ok(&["rollout", "status", "deployment/sleepers", "--timeout=30s"]);
+    let state = sim.state_dir();
+    poll(
+        || processes_of(&state).len() >= 4,
+        "two shells and two sleeps",
+    );
+    let cgroup = sim.cgroup();
+    assert!(cgroup.is_dir(), "the run has its cgroup");
+    let subnet = std::fs::read_to_string(state.join("subnet")).unwrap();
+    assert_eq!(
+        sim.links().len(),
+        3,
+        "a bridge and two veths: {:?}",
+        sim.links()
+    );
+    sim.terminate();
+    assert!(
+        processes_of(&state).is_empty(),
+        "no container process survives SIGTERM"
+    );
+    assert!(!state.exists(), "the state dir is removed");
+    assert!(!cgroup.exists(), "the run's cgroups are removed");
+    assert_eq!(
+        links_of_subnet(subnet.trim()),
+        Vec::<String>::new(),
+        "no bridge, no veth"
+    );
+}
+
+#[test]
+fn restart_after_sigkill_sweeps_leftovers() {
+    let mut sim = Sim::start();
+    sim.apply_yaml(SLEEPERS, &[]);
+    sim.ok(&["rollout", "status", "deployment/sleepers", "--timeout=30s"]);
+    let state = sim.state_dir();
+    poll(
+        || processes_of(&state).len() >= 4,
+        "two shells and two sleeps",
+    );
+    let cgroup = sim.cgroup();
+    let subnet = std::fs::read_to_string(state.join("subnet")).unwrap();
+    sim.child.kill().unwrap();
+    sim.child.wait().unwrap();
+    assert!(
+        !processes_of(&state).is_empty(),
+        "SIGKILL leaves the containers behind"
+    );
+    assert!(cgroup.is_dir(), "and their cgroups");
+    assert_eq!(
+        links_of_subnet(subnet.trim()).len(),
+        3,
+        "and their bridge and veths"
+    );
+    let _next = Sim::start();
+    assert!(
+        processes_of(&state).is_empty(),
+        "the next start kills the leftovers"
+    );
+    assert!(!state.exists(), "and removes their state dir");
+    assert!(!cgroup.exists(), "and their cgroups");
+    assert_eq!(
+        links_of_subnet(subnet.trim()),
+        Vec::<String>::new(),
+        "and their network"
+    );
+}
+
+#[test]
+fn statefulset_ordered_names_and_service_endpoints() {
+    let sim = Sim::start();
+    sim.apply_yaml(
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {name: db}
+spec:
+  selector: {app: db}
+  ports: [{name: pg, port: 5432}]
+---
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: db}
+spec:
+  replicas: 2
+  serviceName: db
+  selector: {matchLabels: {app: db}}
+  template:
+    metadata: {labels: {app: db}}
+    spec:
+      containers:
+      - {name: main, image: busybox, command: ["sleep", "1000"]}
+"#,
+        &[],
+    );
+    sim.ok(&["rollout", "status", "statefulset/db", "--timeout=30s"]);
+    poll(
+        || names(&sim.ok(&["get", "pods", "-o", "name"])) == ["pod/db-0", "pod/db-1"],
+        "db-0 and db-1",
+    );
+    poll(
+        || {
+            let ep = sim.json(&["get", "endpoints", "db"]);
+            ep["subsets"][0]["addresses"]
+                .as_array()
+                .is_some_and(|a| a.len() == 2)
+                && ep["subsets"][0]["ports"][0]["port"] == 5432
+        },
+        "two ready endpoints",
+    );
+    assert!(
+        sim.json(&["get", "svc", "db"])["spec"]["clusterIP"]
+            .as_str()
+            .unwrap()
+            .starts_with("10.215.")
+    );
+    sim.ok(&["scale", "statefulset", "db", "--replicas=1"]);
+    poll(
+        || names(&sim.ok(&["get", "pods", "-o", "name"])) == ["pod/db-0"],
+        "scale down from the highest ordinal",
+    );
+}
+
+#[test]
+fn reviews_are_answered_and_recorded() {
+    let sim = Sim::start();
+    let token = std::fs::read_to_string(&sim.kubeconfig)
+        .unwrap()
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("token: ").map(str::to_owned))
+        .unwrap();
+    let path = sim.dir.path().join("review.json");
+    std::fs::write(
+        &path,
+        serde_json::json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
+        "spec": {"token": token}})
+        .to_string(),
+    )
+    .unwrap();
+    let out: serde_json::Value =
+        serde_json::from_str(&sim.ok(&["create", "-f", path.to_str().unwrap(), "-o", "json"]))
+            .unwrap();
+    assert_eq!(out["status"]["authenticated"], true);
+    // (`kubectl auth can-i` sends protobuf, which the simulator does not speak.)
+    std::fs::write(
+        &path,
+        serde_json::json!({"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+        "spec": {"user": "alice", "resourceAttributes": {"verb": "delete", "resource": "pods"}}})
+        .to_string(),
+    )
+    .unwrap();
+    let out: serde_json::Value =
+        serde_json::from_str(&sim.ok(&["create", "-f", path.to_str().unwrap(), "-o", "json"]))
+            .unwrap();
+    assert_eq!(out["status"]["allowed"], true);
+    let reviews: serde_json::Value =
+        serde_json::from_str(&sim.ok(&["get", "--raw", "/remora-sim/reviews"])).unwrap();
+    let kinds: Vec<&str> = reviews
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["TokenReview", "SubjectAccessReview"]);
+}

@@ -1,0 +1,232 @@
+//! Pod networking held to real programs: every pod has its own network namespace, an address
+//! from 10.216.N.0/24 that this machine and the other pods reach (curl), its own hostname, the
+//! API server on the bridge; Endpoints carry the pod addresses; `hostNetwork` pods share the
+//! node's network and hostname.
+
+mod common;
+
+use std::{net::Ipv4Addr, process::Command};
+
+use common::{Sim, poll, web_pod};
+
+fn pod_ip(sim: &Sim, name: &str) -> Ipv4Addr {
+    sim.ok(&["get", "pod", name, "-o", "jsonpath={.status.podIP}"])
+        .parse()
+        .expect("an IPv4 podIP")
+}
+
+fn curl(url: &str) -> String {
+    let out = Command::new("curl")
+        .args(["-sS", "-m", "10", url])
+        .output()
+        .expect("curl");
+    assert!(
+        out.status.success(),
+        "curl {url}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn netns_of(pid: &str) -> String {
+    std::fs::read_link(format!("/proc/{pid}/ns/net"))
+        .map(|p| p.display().to_string())
+        .unwrap_or_default()
+}
+
+#[test]
+fn pods_have_their_own_address_hostname_and_reach_each_other() {
+    let sim = Sim::start();
+    // 8000 on every pod: each has its own namespace, so the same port does not collide.
+    web_pod(&sim, "web", 8000, "0.0.0.0");
+    let web = pod_ip(&sim, "web");
+    assert_eq!(web.octets()[..2], [10, 216], "{web}");
+    assert_eq!(
+        sim.ok(&["get", "pod", "web", "-o", "jsonpath={.status.podIPs[0].ip}"]),
+        web.to_string()
+    );
+    // This machine reaches the pod.
+    assert_eq!(
+        curl(&format!("http://{web}:8000/hello.txt")),
+        "hello from the pod\n"
+    );
+
+    // Another pod reaches it, sees its own name as hostname and address, and the API server.
+    let client = format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: client}}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: client
+    image: curl
+    command:
+    - sh
+    - -c
+    - |
+      echo hostname=$(hostname) ip=$POD_IP
+      ip -4 -o addr show dev eth0
+      curl -sS -m 10 http://{web}:8000/hello.txt
+      curl -sS -m 10 -o /dev/null -w 'api=%{{http_code}}\n' http://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT/version
+    env:
+    - name: POD_IP
+      valueFrom: {{fieldRef: {{fieldPath: status.podIP}}}}
+"#
+    );
+    sim.apply_yaml(&client, &[]);
+    poll(
+        || sim.ok(&["get", "pod", "client", "-o", "jsonpath={.status.phase}"]) == "Succeeded",
+        "the client pod to finish",
+    );
+    let client_ip = pod_ip(&sim, "client");
+    assert_ne!(client_ip, web);
+    let logs = sim.ok(&["logs", "client"]);
+    assert!(
+        logs.contains(&format!("hostname=client ip={client_ip}")),
+        "{logs}"
+    );
+    assert!(logs.contains(&format!("inet {client_ip}/24")), "{logs}");
+    assert!(logs.contains("hello from the pod\n"), "{logs}");
+    assert!(logs.contains("api=200"), "{logs}");
+
+    // Endpoints carry the pod's address.
+    sim.apply_yaml(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  selector: {app: web}\n  ports: [{port: 80, targetPort: 8000}]\n",
+        &[],
+    );
+    poll(
+        || {
+            sim.ok(&[
+                "get",
+                "endpoints",
+                "web",
+                "-o",
+                "jsonpath={.subsets[0].addresses[0].ip}",
+            ]) == web.to_string()
+        },
+        "the endpoints to carry the pod's address",
+    );
+
+    // Deleting the pod removes its host-side veth.
+    let veth = format!("rks{}p{}", web.octets()[2], web.octets()[3]);
+    assert!(link_exists(&veth), "{veth} exists while the pod runs");
+    sim.ok(&["delete", "pod", "web"]);
+    poll(|| !link_exists(&veth), "the pod's veth to be gone");
+}
+
+fn link_exists(name: &str) -> bool {
+    Command::new("ip")
+        .args(["link", "show", name])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+#[test]
+fn host_network_pods_share_the_node_network_and_hostname() {
+    let sim = Sim::start();
+    let pod = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: node-agent}
+spec:
+  hostNetwork: true
+  hostPID: true
+  containers:
+  - name: agent
+    image: agent
+    command: [sh, -c, "echo hostname=$(hostname); exec sleep 1000"]
+    securityContext: {privileged: true}
+"#;
+    sim.apply_yaml(pod, &[]);
+    sim.ok(&[
+        "wait",
+        "--for=condition=Ready",
+        "pod/node-agent",
+        "--timeout=30s",
+    ]);
+    assert_eq!(pod_ip(&sim, "node-agent"), Ipv4Addr::LOCALHOST);
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    poll(
+        || {
+            sim.ok(&["logs", "node-agent"])
+                .contains(&format!("hostname={}", host.trim()))
+        },
+        "the node's hostname in the pod",
+    );
+    let id = sim.ok(&[
+        "get",
+        "pod",
+        "node-agent",
+        "-o",
+        "jsonpath={.status.containerStatuses[0].containerID}",
+    ]);
+    let pid = remora_agent::container::find_container_pid(std::path::Path::new("/proc"), &id)
+        .expect("the agent finds the container");
+    assert_eq!(
+        netns_of(&pid.to_string()),
+        netns_of("self"),
+        "the node's network namespace"
+    );
+}
+
+#[test]
+fn cluster_dns_resolves_services_by_short_and_full_names() {
+    let sim = Sim::start();
+    web_pod(&sim, "web", 8000, "0.0.0.0");
+    let web = pod_ip(&sim, "web");
+    sim.apply_yaml(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  selector: {app: web}\n  ports: [{port: 8000}]\n",
+        &[],
+    );
+    poll(
+        || {
+            sim.ok(&[
+                "get",
+                "endpoints",
+                "web",
+                "-o",
+                "jsonpath={.subsets[0].addresses[0].ip}",
+            ]) == web.to_string()
+        },
+        "the endpoints",
+    );
+    sim.apply_yaml(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: client}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: client
+    image: busybox
+    command:
+    - sh
+    - -c
+    - |
+      for n in web web.default web.default.svc.cluster.local nope.default.svc.cluster.local client; do
+        echo "$n => $(getent hosts $n | cut -d' ' -f1)"
+      done
+      curl -sS -m 10 http://web:8000/hello.txt
+"#,
+        &[],
+    );
+    poll(
+        || sim.ok(&["get", "pod", "client", "-o", "jsonpath={.status.phase}"]) == "Succeeded",
+        "the client pod to finish",
+    );
+    let client = pod_ip(&sim, "client");
+    let logs = sim.ok(&["logs", "client"]);
+    for line in [
+        format!("web => {web}"),
+        format!("web.default => {web}"),
+        format!("web.default.svc.cluster.local => {web}"),
+        "nope.default.svc.cluster.local => \n".to_owned(),
+        format!("client => {client}"),
+        "hello from the pod".to_owned(),
+    ] {
+        assert!(logs.contains(&line), "{line:?} in {logs}");
+    }
+}

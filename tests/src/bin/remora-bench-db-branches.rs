@@ -1,0 +1,308 @@
+//! Database branch creation time (issue 13), against what a user would
+//! otherwise do, in the same run: **`pg_dump | psql`** of the same database
+//! into a new one on the same server. Two servers: this machine's
+//! PostgreSQL (127.0.0.1:5432, as `scripts/setup.sh` sets it up) and a
+//! PostgreSQL 18 on an XFS loop mount with reflinks and `file_copy_method =
+//! clone` ([`remora_tests::pg18::Pg18`]).
+//!
+//! Each round starts a fresh operator (so its golden copy is made again),
+//! then times, alternating: `pg_dump | psql`, and branches made by the
+//! operator through `remora run -- true` in modes `empty`, `schema`, `all`
+//! (the first: golden copy by `pg_dump | psql`, then a template copy) and
+//! `all` again (a template copy of the live golden copy; a clone on
+//! PostgreSQL 18). Branch times are the operator's own (`made in N ms`).
+//! The table (markdown, stdout) shows medians; every run's value goes to
+//! stderr. `REMORA_BENCH_DB_MB` sets the source size (default 100),
+//! `REMORA_BENCH_ROUNDS` the rounds (default 3).
+
+use remora_tests::db::Workload;
+use remora_tests::operator::OperatorProcess;
+use remora_tests::pg18::Pg18;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::time::Instant;
+
+type Result<T, E = Box<dyn std::error::Error>> = std::result::Result<T, E>;
+
+const SOURCE: &str = "remora_bench_src";
+const COPY: &str = "remora_bench_dump_copy";
+
+fn main() -> ExitCode {
+    match bench() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("remora-bench-db-branches: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn env_number(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A PostgreSQL server and the client programs that fit it.
+struct Server {
+    name: String,
+    port: u16,
+    bindir: Option<PathBuf>,
+}
+
+impl Server {
+    fn client(&self, program: &str) -> Command {
+        let mut cmd = match &self.bindir {
+            Some(dir) => Command::new(dir.join(program)),
+            None => Command::new(program),
+        };
+        cmd.env("PGHOST", "127.0.0.1")
+            .env("PGPORT", self.port.to_string())
+            .env("PGUSER", "postgres");
+        cmd
+    }
+
+    fn psql(&self, db: &str, sql: &str) -> Result<String> {
+        let out = self
+            .client("psql")
+            .args([
+                "-X",
+                "-q",
+                "-At",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-d",
+                db,
+                "-c",
+                sql,
+            ])
+            .output()?;
+        if !out.status.success() {
+            return Err(format!("psql {sql}: {}", String::from_utf8_lossy(&out.stderr)).into());
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    }
+
+    /// Drop the source, the dump copy and every branch of the source.
+    fn drop_all(&self) -> Result<()> {
+        let names = self.psql("postgres", "SELECT datname FROM pg_database")?;
+        for name in names
+            .lines()
+            .filter(|n| n.starts_with("remora_bench") || n.starts_with("remora_benchsrc"))
+        {
+            self.psql(
+                "postgres",
+                &format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// `pg_dump SOURCE | psql COPY`; seconds.
+    fn dump_restore(&self) -> Result<f64> {
+        self.psql(
+            "postgres",
+            &format!("DROP DATABASE IF EXISTS {COPY} WITH (FORCE)"),
+        )?;
+        let started = Instant::now();
+        self.psql("postgres", &format!("CREATE DATABASE {COPY}"))?;
+        let mut dump = self
+            .client("pg_dump")
+            .args(["-d", SOURCE])
+            .stdout(Stdio::piped())
+            .spawn()?;
+        let stdout = dump.stdout.take().ok_or("no pg_dump stdout")?;
+        let restore = self
+            .client("psql")
+            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", COPY])
+            .stdin(stdout)
+            .stdout(Stdio::null())
+            .status()?;
+        let dumped = dump.wait()?;
+        if !restore.success() || !dumped.success() {
+            return Err("pg_dump | psql failed".into());
+        }
+        Ok(started.elapsed().as_secs_f64())
+    }
+}
+
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// One branch made by the operator: its own time in seconds, and how.
+fn branch(op: &OperatorProcess, target: &Workload, config: &Path) -> Result<(f64, String)> {
+    let out = op
+        .remora("bench")?
+        .args(["run", "-f"])
+        .arg(config)
+        .args(["--target", &target.target(), "--", "true"])
+        .stdin(Stdio::null())
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
+        return Err(format!("remora run: {stderr}").into());
+    }
+    let line = stderr
+        .lines()
+        .find(|l| l.contains(" made in "))
+        .ok_or_else(|| format!("no branch line in {stderr}"))?;
+    let ms: f64 = line
+        .split(" made in ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| format!("no time in {line}"))?;
+    // `… made in N ms: BRANCH (MODE, METHOD)`; METHOD may hold parentheses.
+    let how = line
+        .split_once(" ms: ")
+        .and_then(|(_, rest)| rest.split_once(" ("))
+        .and_then(|(_, inner)| inner.strip_suffix(')'))
+        .and_then(|inner| inner.split_once(", "))
+        .map(|(_, method)| method.to_owned())
+        .unwrap_or_default();
+    Ok((ms / 1000.0, how))
+}
+
+fn config(dir: &Path, mode: &str) -> Result<PathBuf> {
+    let path = dir.join(format!("{mode}.toml"));
+    std::fs::write(
+        &path,
+        format!(
+            "[[db_branches]]\ntype = \"postgres\"\nname = \"benchsrc\"\n\
+             connection = {{ url = {{ env = \"DATABASE_URL\" }} }}\n\
+             copy = {{ mode = \"{mode}\" }}\nttl = \"10m\"\n"
+        ),
+    )?;
+    Ok(path)
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+const WAYS: [&str; 5] = [
+    "pg_dump | psql",
+    "branch empty",
+    "branch schema",
+    "branch all (first: golden copy)",
+    "branch all (from the golden copy)",
+];
+
+fn bench_server(server: &Server, mb: u64, rounds: u64, pg_bindir: &Path) -> Result<()> {
+    server.drop_all()?;
+    server.psql("postgres", &format!("CREATE DATABASE {SOURCE}"))?;
+    // ~300 bytes a row with its index entry.
+    let rows = mb * 1024 * 1024 / 300;
+    server.psql(
+        SOURCE,
+        &format!(
+            "CREATE TABLE items (id bigint PRIMARY KEY, org int, body text);
+             INSERT INTO items SELECT g, g % 100, repeat(md5(g::text), 7) FROM generate_series(1, {rows}) g;
+             CREATE INDEX ON items (org);"
+        ),
+    )?;
+    let size: u64 = server
+        .psql(SOURCE, &format!("SELECT pg_database_size('{SOURCE}')"))?
+        .parse()?;
+    let url = format!("postgres://postgres@127.0.0.1:{}/{SOURCE}", server.port);
+    let target = Workload::start(&[("DATABASE_URL", &url)]);
+    let dir = TempDir(std::env::temp_dir().join(format!(
+        "remora-bench-db-{}-{}",
+        std::process::id(),
+        server.port
+    )));
+    std::fs::create_dir_all(&dir.0)?;
+    let configs = [
+        config(&dir.0, "empty")?,
+        config(&dir.0, "schema")?,
+        config(&dir.0, "all")?,
+    ];
+    let mut times: Vec<Vec<f64>> = vec![Vec::new(); WAYS.len()];
+    let mut methods = vec![String::new(); WAYS.len()];
+    for round in 0..rounds {
+        times[0].push(server.dump_restore()?);
+        let op = OperatorProcess::start_with(
+            None,
+            &["--pg-bindir", pg_bindir.to_str().ok_or("bindir")?],
+        )?;
+        for (way, config) in [
+            (1, &configs[0]),
+            (2, &configs[1]),
+            (3, &configs[2]),
+            (4, &configs[2]),
+        ] {
+            let (secs, how) = branch(&op, &target, config)?;
+            times[way].push(secs);
+            methods[way] = how;
+        }
+        drop(op);
+        eprintln!(
+            "{}: round {round}: {}",
+            server.name,
+            times
+                .iter()
+                .map(|t| format!("{:.2}", t[t.len() - 1]))
+                .collect::<Vec<_>>()
+                .join(" / ")
+        );
+        // Branches of this round: dropped so the disk does not fill.
+        for name in server
+            .psql("postgres", "SELECT datname FROM pg_database")?
+            .lines()
+            .filter(|n| n.starts_with("remora_benchsrc_"))
+        {
+            server.psql(
+                "postgres",
+                &format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"),
+            )?;
+        }
+    }
+    let peer = median(&times[0]);
+    println!(
+        "\n{}, source {:.0} MB, median of {rounds} rounds:\n",
+        server.name,
+        size as f64 / 1e6
+    );
+    println!("| how | seconds | vs pg_dump \\| psql | method |");
+    println!("| --- | ---: | ---: | --- |");
+    for (i, way) in WAYS.iter().enumerate() {
+        let m = median(&times[i]);
+        println!(
+            "| {} | {m:.2} | {:.2}x | {} |",
+            way.replace('|', "\\|"),
+            peer / m,
+            methods[i].replace('|', "\\|")
+        );
+    }
+    server.drop_all()?;
+    Ok(())
+}
+
+fn bench() -> Result<()> {
+    let mb = env_number("REMORA_BENCH_DB_MB", 100);
+    let rounds = env_number("REMORA_BENCH_ROUNDS", 3).max(1);
+    let pg18_bindir = Pg18::bindir()?;
+    println!("### Database branches (`remora-bench-db-branches`)");
+    let system = Server {
+        name: "PostgreSQL (this machine's, 127.0.0.1:5432)".into(),
+        port: 5432,
+        bindir: None,
+    };
+    bench_server(&system, mb, rounds, &pg18_bindir)?;
+    let pg = Pg18::start((mb * 8).max(2048))?;
+    let pg18 = Server {
+        name: "PostgreSQL 18, XFS reflinks, file_copy_method = clone".into(),
+        port: pg.port(),
+        bindir: Some(pg18_bindir.clone()),
+    };
+    bench_server(&pg18, mb, rounds, &pg18_bindir)?;
+    Ok(())
+}

@@ -1,0 +1,189 @@
+//! The seccomp supervisor against the layer on the same work (issue 17): one
+//! dynamically linked C program (`tests/apps/c/seccomp_probe.c`, `bench N
+//! ...` mode timing N operations in-process) run plainly (local calls only),
+//! through `remora run --interception preload` and `--interception
+//! seccomp`, alternating, [`ROUNDS`] rounds each, from a client namespace
+//! against the checkout pod. Prints a markdown table of medians (stdout);
+//! every round's values go to stderr. Nothing printed is a constant.
+//!
+//! With `REMORA_BENCH_BASELINE=<dir>` (a directory holding another build's
+//! `remora`, `remora-agent` and `libremora_layer.so`), that build's seccomp
+//! path runs in the same rounds, alternating, as a "baseline" column: on a
+//! shared machine whose load swings, before/after numbers are only
+//! comparable when measured together.
+
+use remora_tests::fixtures::{CHECKOUT_CONFIG, CHECKOUT_PORT, checkout_pod};
+use remora_tests::{Pod, PodSpec, Sandbox, bin_path};
+use std::path::Path;
+use std::process::{Command, ExitCode, Output};
+
+type Result<T, E = Box<dyn std::error::Error>> = std::result::Result<T, E>;
+
+/// Rounds per way; the table shows the median.
+const ROUNDS: usize = 9;
+
+fn main() -> ExitCode {
+    match bench() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("remora-bench-seccomp: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `ns_per_op` printed by the probe's `bench` mode.
+fn ns_per_op(what: &str, out: &Output) -> Result<f64> {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
+        return Err(format!("{what} failed ({}): {stderr}", out.status).into());
+    }
+    stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("ns_per_op "))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| format!("{what}: no ns_per_op in {stderr}").into())
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// `12.3 µs` or `1.23 ms`.
+fn time(ns: f64) -> String {
+    if ns >= 1e6 {
+        format!("{:.2} ms", ns / 1e6)
+    } else {
+        format!("{:.1} µs", ns / 1e3)
+    }
+}
+
+/// `remora run --target <pod> --interception <mode> -- args` from `client`,
+/// with the workspace's `remora` or `exe`.
+fn remora(
+    client: &Pod,
+    pod: &Pod,
+    mode: &str,
+    args: &[&str],
+    exe: Option<&Path>,
+) -> Result<Output> {
+    let exe = match exe {
+        Some(exe) => exe.to_path_buf(),
+        None => bin_path("remora")?,
+    };
+    let mut cmd = client.command(exe)?;
+    cmd.args(["run", "--target", &pod.target(), "--interception", mode])
+        .arg("--")
+        .args(args);
+    Ok(cmd.output()?)
+}
+
+/// A directory removed on drop.
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn bench() -> Result<()> {
+    let dir =
+        TempDir(std::env::temp_dir().join(format!("remora-bench-seccomp-{}", std::process::id())));
+    std::fs::create_dir_all(&dir.0)?;
+    let probe = dir.0.join("seccomp_probe_dynamic");
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("apps/c/seccomp_probe.c");
+    let status = Command::new("gcc")
+        .args(["-O1", "-o"])
+        .arg(&probe)
+        .arg(&source)
+        .status()?;
+    if !status.success() {
+        return Err("gcc failed on tests/apps/c/seccomp_probe.c".into());
+    }
+    let probe = probe.to_str().ok_or("temp path is not UTF-8")?;
+    let sandbox = Sandbox::new()?;
+    eprintln!("==> starting the checkout pod and a client namespace");
+    let checkout = checkout_pod(&sandbox)?;
+    let pod = &checkout.pod;
+    let client = sandbox.pod(PodSpec::new("client"))?;
+    let port = CHECKOUT_PORT.to_string();
+    let work: [(&str, Vec<&str>); 3] = [
+        (
+            "local `stat` (`/usr/bin/env`), x2000",
+            vec!["2000", "stat", "/usr/bin/env"],
+        ),
+        (
+            "remote file read (open+read+close), x200",
+            vec!["200", "cat", CHECKOUT_CONFIG],
+        ),
+        (
+            "outgoing TCP round trip (HTTP GET to the pod's loopback), x50",
+            vec!["50", "get", "127.0.0.1", &port, "/health"],
+        ),
+    ];
+    let baseline = std::env::var_os("REMORA_BENCH_BASELINE")
+        .map(|dir| Path::new(&dir).join("remora"))
+        .filter(|exe| exe.exists());
+    let base_head = if baseline.is_some() {
+        " seccomp (baseline) |"
+    } else {
+        ""
+    };
+    let base_rule = if baseline.is_some() { " ---: |" } else { "" };
+    println!("| work | plain | layer |{base_head} seccomp | seccomp / layer | seccomp / plain |");
+    println!("| --- | ---: | ---: |{base_rule} ---: | ---: | ---: |");
+    for (name, args) in &work {
+        let mut argv = vec![probe, "bench"];
+        argv.extend(args.iter().copied());
+        let local_only = args[1] == "stat";
+        let (mut plain, mut layer, mut seccomp) = (Vec::new(), Vec::new(), Vec::new());
+        let mut base = Vec::new();
+        for round in 1..=ROUNDS {
+            if local_only {
+                plain.push(ns_per_op("plain", &client.exec(&argv)?)?);
+            }
+            layer.push(ns_per_op(
+                "layer",
+                &remora(&client, pod, "preload", &argv, None)?,
+            )?);
+            if let Some(exe) = &baseline {
+                base.push(ns_per_op(
+                    "baseline seccomp",
+                    &remora(&client, pod, "seccomp", &argv, Some(exe))?,
+                )?);
+            }
+            seccomp.push(ns_per_op(
+                "seccomp",
+                &remora(&client, pod, "seccomp", &argv, None)?,
+            )?);
+            eprintln!(
+                "{name} round {round}: plain {:?} layer {:?} baseline {:?} seccomp {:?} (ns/op)",
+                plain.last(),
+                layer.last(),
+                base.last(),
+                seccomp.last()
+            );
+        }
+        let (l, s) = (median(layer), median(seccomp));
+        let (plain, vs_plain) = if plain.is_empty() {
+            ("-".to_owned(), "-".to_owned())
+        } else {
+            let p = median(plain);
+            (time(p), format!("{:.2}x", s / p))
+        };
+        let base = if base.is_empty() {
+            String::new()
+        } else {
+            format!(" {} |", time(median(base)))
+        };
+        println!(
+            "| {name} | {plain} | {} |{base} {} | {:.2}x | {vs_plain} |",
+            time(l),
+            time(s),
+            s / l
+        );
+    }
+    Ok(())
+}

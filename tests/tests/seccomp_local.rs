@@ -1,0 +1,574 @@
+//! End-to-end: programs `LD_PRELOAD` cannot reach (a pure-Go program, a
+//! `gcc -static` C program, busybox-static) run through `remora run`, which
+//! picks the seccomp supervisor for them, against a sandbox pod.
+//!
+//! `remora run` itself runs inside a *client* namespace (network, mount and
+//! UTS of its own, with the default resolv.conf naming its own loopback,
+//! where nothing listens): if a program escaped remora, its file reads would
+//! see the host, its lookups would fail fast on the client's loopback and no
+//! query could leave the machine.
+
+use remora_tests::fixtures::{
+    CHECKOUT_CONFIG, CHECKOUT_CONFIG_BODY, CHECKOUT_PORT, CHECKOUT_SECRET, CheckoutPod,
+    PAYMENTS_HOST, checkout_pod,
+};
+use remora_tests::{Pod, PodSpec, Sandbox, bin_path, fixtures, require_sandbox};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+/// Where the programs are built: a fresh directory per test (tests run in
+/// parallel processes), with Go's build cache shared under target/.
+struct Apps {
+    dir: tempfile::TempDir,
+}
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+impl Apps {
+    fn new() -> Apps {
+        Apps {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// The pure-Go probe (tests/apps/go/seccomp-probe), built offline.
+    fn go_probe(&self) -> PathBuf {
+        self.go_build(false)
+    }
+
+    /// The same probe built with cgo and the cgo resolver (`netcgo`): a
+    /// dynamically linked program whose own syscalls still bypass libc.
+    fn go_probe_cgo(&self) -> PathBuf {
+        self.go_build(true)
+    }
+
+    fn go_build(&self, cgo: bool) -> PathBuf {
+        let name = if cgo {
+            "seccomp-probe-cgo"
+        } else {
+            "seccomp-probe"
+        };
+        let out = self.dir.path().join(name);
+        let cache = remora_tests::bins::profile_dir()
+            .unwrap_or_else(std::env::temp_dir)
+            .join("go-cache");
+        let status = Command::new("go")
+            .args(["build", "-tags", if cgo { "netcgo" } else { "" }, "-o"])
+            .arg(&out)
+            .arg(".")
+            .current_dir(workspace().join("tests/apps/go/seccomp-probe"))
+            .env("GOCACHE", &cache)
+            .env("GOFLAGS", "-mod=mod")
+            .env("GOPROXY", "off")
+            .env("CGO_ENABLED", if cgo { "1" } else { "0" })
+            .status()
+            .expect("go is installed (scripts/setup.sh)");
+        assert!(status.success(), "go build failed");
+        out
+    }
+
+    /// The static C probe (tests/apps/c/seccomp_probe.c).
+    fn c_probe(&self) -> PathBuf {
+        let out = self.dir.path().join("seccomp_probe");
+        let status = Command::new("gcc")
+            .args(["-static", "-O1", "-o"])
+            .arg(&out)
+            .arg(workspace().join("tests/apps/c/seccomp_probe.c"))
+            .status()
+            .expect("gcc is installed (scripts/setup.sh)");
+        assert!(status.success(), "gcc -static failed");
+        out
+    }
+}
+
+/// A checkout pod and a client namespace to run remora from.
+struct Setup {
+    checkout: CheckoutPod,
+    client: Pod,
+    _sandbox: Sandbox,
+}
+
+fn setup() -> Setup {
+    let sandbox = Sandbox::new().unwrap();
+    let checkout = checkout_pod(&sandbox).unwrap();
+    let client = sandbox.pod(PodSpec::new("client")).unwrap();
+    // The client's resolver is its own loopback: the pod-only name is unknown there.
+    let local = client.exec(&["getent", "hosts", PAYMENTS_HOST]).unwrap();
+    assert!(
+        !local.status.success(),
+        "{PAYMENTS_HOST} resolves in the client namespace"
+    );
+    Setup {
+        checkout,
+        client,
+        _sandbox: sandbox,
+    }
+}
+
+impl Setup {
+    /// `remora run [flags] --target <checkout> -- args` from the client namespace.
+    fn run(&self, flags: &[&str], args: &[&str]) -> Output {
+        let remora = bin_path("remora").unwrap();
+        let target = self.checkout.pod.target();
+        let mut cmd = self.client.command(&remora).unwrap();
+        cmd.arg("run")
+            .args(["--target", &target])
+            .args(flags)
+            .arg("--")
+            .args(args);
+        cmd.output().unwrap()
+    }
+
+    #[track_caller]
+    fn ok(&self, args: &[&str]) -> String {
+        self.ok_with(&[], args)
+    }
+
+    #[track_caller]
+    fn ok_with(&self, flags: &[&str], args: &[&str]) -> String {
+        let out = self.run(flags, args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success(),
+            "{args:?} failed ({}):\nstdout: {}\nstderr: {stderr}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+        );
+        assert!(
+            stderr.contains("runs under the seccomp supervisor"),
+            "{args:?} did not say its mode: {stderr}"
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+/// `remora doctor` runs the real probe (filter, pidfd_getfd, ADDFD + SEND)
+/// and names the mode a program would get.
+#[test]
+fn doctor_probes_seccomp_and_names_the_mode() {
+    let out = Command::new(bin_path("remora").unwrap())
+        .args(["doctor", "--", "/bin/busybox"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("seccomp user notification: works (with SECCOMP_IOCTL_NOTIF_ADDFD + SECCOMP_ADDFD_FLAG_SEND and pidfd_getfd)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("/bin/busybox: seccomp supervisor (/bin/busybox is statically linked"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn pure_go_program_sees_env_files_dirs_dns_and_the_pods_loopback() {
+    require_sandbox!();
+    let apps = Apps::new();
+    let probe = apps.go_probe();
+    let probe = probe.to_str().unwrap();
+    let s = setup();
+    // Without remora, the Go program sees the client namespace, not the pod.
+    let direct = s.client.exec(&[probe, "cat", CHECKOUT_CONFIG]).unwrap();
+    assert!(!direct.status.success());
+
+    assert_eq!(s.ok(&[probe, "env", "APP_SECRET"]).trim(), CHECKOUT_SECRET);
+    assert_eq!(s.ok(&[probe, "cat", CHECKOUT_CONFIG]), CHECKOUT_CONFIG_BODY);
+    assert_eq!(
+        s.ok(&[probe, "ls", "/srv/checkout/www"]).trim(),
+        "health index.html"
+    );
+    assert_eq!(
+        s.ok(&[probe, "stat", CHECKOUT_CONFIG]).trim(),
+        format!("{} false", CHECKOUT_CONFIG_BODY.len())
+    );
+    assert_eq!(
+        s.ok(&[probe, "stat", "/srv/checkout/data"])
+            .trim()
+            .split(' ')
+            .nth(1),
+        Some("true")
+    );
+    assert_eq!(s.ok(&[probe, "resolve", PAYMENTS_HOST]).trim(), "127.0.0.1");
+    let addr = format!("127.0.0.1:{CHECKOUT_PORT}");
+    assert_eq!(s.ok(&[probe, "get", &addr, "/health"]), "ok\n");
+    let by_name = format!("{PAYMENTS_HOST}:{CHECKOUT_PORT}");
+    assert_eq!(
+        s.ok(&[probe, "get", &by_name, "/"]),
+        "hello from the checkout pod\n"
+    );
+    // The connection's peer is the pod's service, not the interceptor.
+    assert_eq!(s.ok(&[probe, "peer", &by_name]).trim(), addr);
+    // A missing pod file is missing for the program too.
+    let out = s.run(&[], &[probe, "cat", "/etc/checkout/nope.yaml"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no such file"));
+}
+
+/// `chdir` into a pod directory (which does not exist here): relative paths,
+/// `getcwd`, listing `.`, and children (which inherit the working
+/// directory) all see the pod's directory.
+#[test]
+fn chdir_into_a_pod_directory_works_for_go_busybox_and_their_children() {
+    require_sandbox!();
+    let apps = Apps::new();
+    let probe = apps.go_probe();
+    let s = setup();
+    let www = "/srv/checkout/www";
+    assert_eq!(
+        s.ok(&[probe.to_str().unwrap(), "cdcat", www, "health"]),
+        format!("ok\n{www}\n")
+    );
+    // A static shell: `cd`, then its builtin `cat`-less reads through
+    // forked and exec'd busybox applets, which inherit the directory.
+    let script = "cd /srv/checkout/www && /bin/busybox cat health && /bin/busybox pwd \
+                  && /bin/busybox ls . && cd ../data && /bin/busybox cat orders.csv";
+    assert_eq!(
+        s.ok(&["/bin/busybox", "sh", "-c", script]),
+        format!("ok\n{www}\nhealth\nindex.html\nid,total\n1,9.99\n2,42.00\n")
+    );
+}
+
+/// The cgo build (dynamically linked, libc's resolver): `auto` picks the
+/// supervisor for it (a Go program), and libc's own calls are covered too.
+#[test]
+fn cgo_go_program_sees_files_and_resolves_pod_names_through_libc() {
+    require_sandbox!();
+    let apps = Apps::new();
+    let probe = apps.go_probe_cgo();
+    let probe = probe.to_str().unwrap();
+    let s = setup();
+    assert_eq!(s.ok(&[probe, "env", "APP_SECRET"]).trim(), CHECKOUT_SECRET);
+    assert_eq!(s.ok(&[probe, "cat", CHECKOUT_CONFIG]), CHECKOUT_CONFIG_BODY);
+    assert_eq!(s.ok(&[probe, "resolve", PAYMENTS_HOST]).trim(), "127.0.0.1");
+    let by_name = format!("{PAYMENTS_HOST}:{CHECKOUT_PORT}");
+    assert_eq!(s.ok(&[probe, "get", &by_name, "/health"]), "ok\n");
+}
+
+/// SIGTERM to `remora run` goes to the supervised program, which still has
+/// its supervisor while it shuts down (here: reads a pod file).
+#[test]
+fn sigterm_reaches_the_program_while_the_supervisor_serves_it() {
+    require_sandbox!();
+    use std::io::{BufRead, Read};
+    let apps = Apps::new();
+    let probe = apps.go_probe();
+    let s = setup();
+    let mut run = s
+        .client
+        .command(bin_path("remora").unwrap())
+        .unwrap()
+        .args(["run", "--target", &s.checkout.pod.target(), "--"])
+        .arg(&probe)
+        .args(["on-term", CHECKOUT_CONFIG])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = run.child_mut().stdout.take().unwrap();
+    let mut stdout = std::io::BufReader::new(stdout);
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    assert_eq!(line, "ready\n");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(run.pid() as i32),
+        nix::sys::signal::SIGTERM,
+    )
+    .unwrap();
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).unwrap();
+    assert_eq!(rest, CHECKOUT_CONFIG_BODY);
+    assert_eq!(run.wait().unwrap().code(), Some(0));
+}
+
+#[test]
+fn children_of_a_go_program_inherit_the_filter_static_or_dynamic() {
+    require_sandbox!();
+    let apps = Apps::new();
+    let probe = apps.go_probe();
+    let s = setup();
+    // The Go program execs the dynamically linked `cat`, which has no layer
+    // (LD_PRELOAD is not set in seccomp mode) but inherits the filter.
+    let out = s.ok(&[
+        probe.to_str().unwrap(),
+        "child",
+        "/srv/checkout/data/orders.csv",
+    ]);
+    assert_eq!(out, "id,total\n1,9.99\n2,42.00\n");
+}
+
+#[test]
+fn static_c_program_reads_lists_stats_and_connects_through_the_pod() {
+    require_sandbox!();
+    let apps = Apps::new();
+    let probe = apps.c_probe();
+    let probe = probe.to_str().unwrap();
+    let s = setup();
+    assert_eq!(s.ok(&[probe, "env", "APP_SECRET"]).trim(), CHECKOUT_SECRET);
+    assert_eq!(s.ok(&[probe, "cat", CHECKOUT_CONFIG]), CHECKOUT_CONFIG_BODY);
+    assert_eq!(
+        s.ok(&[probe, "ls", "/srv/checkout/www"]).trim(),
+        "health index.html"
+    );
+    assert_eq!(
+        s.ok(&[probe, "stat", CHECKOUT_CONFIG]).trim(),
+        format!("{} 0", CHECKOUT_CONFIG_BODY.len())
+    );
+    let port = CHECKOUT_PORT.to_string();
+    assert_eq!(s.ok(&[probe, "get", "127.0.0.1", &port, "/health"]), "ok\n");
+    // io_uring would bypass the filter: refused by remora, with a warning.
+    let out = s.run(&[], &[probe, "uring", "x"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "Function not implemented\n"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("io_uring is not available"));
+}
+
+#[test]
+fn busybox_static_cat_ls_and_wget_see_the_pod() {
+    require_sandbox!();
+    let busybox = "/bin/busybox";
+    assert!(
+        Path::new(busybox).exists(),
+        "busybox-static is installed (scripts/setup.sh)"
+    );
+    let s = setup();
+    assert_eq!(
+        s.ok(&[busybox, "cat", CHECKOUT_CONFIG]),
+        CHECKOUT_CONFIG_BODY
+    );
+    assert_eq!(
+        s.ok(&[busybox, "ls", "/srv/checkout/data"]).trim(),
+        "orders.csv"
+    );
+    let url = format!("http://{PAYMENTS_HOST}:{CHECKOUT_PORT}/health");
+    assert_eq!(s.ok(&[busybox, "wget", "-q", "-O", "-", &url]), "ok\n");
+}
+
+#[test]
+fn in_write_mode_go_and_busybox_write_mkdir_rename_and_unlink_in_the_pod() {
+    require_sandbox!();
+    let apps = Apps::new();
+    let probe = apps.go_probe();
+    let probe = probe.to_str().unwrap();
+    let busybox = "/bin/busybox";
+    let s = setup();
+    let pod = &s.checkout.pod;
+    let cat = |path: &str| pod.exec_ok(&["cat", path]).unwrap();
+    let exists = |path: &str| pod.exec(&["test", "-e", path]).unwrap().status.success();
+    let w = ["--fs-mode", "write"];
+    // Go's os.WriteFile: O_WRONLY|O_CREAT|O_TRUNC, streamed to the pod.
+    let new = "/srv/checkout/data/new.txt";
+    s.ok_with(&w, &[probe, "write", new, "from go\n"]);
+    assert_eq!(cat(new), "from go\n");
+    // A static shell's redirections, truncating then appending.
+    let sh = "/srv/checkout/data/sh.txt";
+    let script = format!("echo one > {sh}; echo two >> {sh}");
+    s.ok_with(&w, &[busybox, "sh", "-c", &script]);
+    assert_eq!(cat(sh), "one\ntwo\n");
+    // mkdir, rename, unlink, rmdir happen in the pod.
+    let dir = "/srv/checkout/data/reports";
+    s.ok_with(&w, &[busybox, "mkdir", dir]);
+    assert!(pod.exec(&["test", "-d", dir]).unwrap().status.success());
+    let moved = format!("{dir}/moved.txt");
+    s.ok_with(&w, &[busybox, "mv", new, &moved]);
+    assert_eq!(cat(&moved), "from go\n");
+    assert!(!exists(new));
+    s.ok_with(&w, &[busybox, "rm", &moved]);
+    s.ok_with(&w, &[busybox, "rmdir", dir]);
+    assert!(!exists(dir));
+    // None of it happened in the client namespace.
+    let local = s.client.exec(&["test", "-e", "/srv/checkout"]).unwrap();
+    assert!(!local.status.success());
+    // A read-write open cannot be emulated: EROFS and a warning, the pod's
+    // file untouched.
+    let out = s.run(&w, &[probe, "rdwr", CHECKOUT_CONFIG]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("read-only file system"), "{stderr}");
+    assert!(stderr.contains("remora: warning:"), "{stderr}");
+    assert_eq!(cat(CHECKOUT_CONFIG), CHECKOUT_CONFIG_BODY);
+}
+
+/// The pod's port whose traffic the Go server takes, and the Go server's own.
+const API_PORT: u16 = 18095;
+const GO_SERVER_PORT: u16 = 18395;
+
+/// A pod whose service answers "answer from the pod" on 0.0.0.0:API_PORT.
+fn api_pod(sandbox: &Sandbox) -> (Pod, remora_tests::PodProcess) {
+    let pod = sandbox
+        .pod(PodSpec::new("api").file("/srv/api/index.html", "answer from the pod\n"))
+        .unwrap();
+    let port = API_PORT.to_string();
+    let service = pod
+        .command("python3")
+        .unwrap()
+        .args(["-m", "http.server", "--bind", "0.0.0.0"])
+        .args(["--directory", "/srv/api", &port])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    pod.wait_for_tcp(API_PORT, Duration::from_secs(20)).unwrap();
+    (pod, service)
+}
+
+/// The Go probe's HTTP server `probe` (listening on the wildcard, as Go
+/// servers do) under `remora run --interception seccomp <flags>` from a
+/// client namespace; requests it serves are logged to `log` as "PATH PEER_IP".
+fn go_server(
+    probe: &Path,
+    pod: &Pod,
+    client: &Pod,
+    flags: &[&str],
+    log: &Path,
+) -> remora_tests::PodProcess {
+    let listen = format!(":{GO_SERVER_PORT}");
+    let log = log.to_str().unwrap();
+    let argv = [probe.to_str().unwrap(), "serve", &listen, log];
+    server(pod, client, flags, &argv)
+}
+
+/// `remora run --interception seccomp -p GO_SERVER_PORT:API_PORT <flags> --
+/// argv` from `client`, in the background.
+fn server(pod: &Pod, client: &Pod, flags: &[&str], argv: &[&str]) -> remora_tests::PodProcess {
+    let mapping = format!("{GO_SERVER_PORT}:{API_PORT}");
+    client
+        .command(bin_path("remora").unwrap())
+        .unwrap()
+        .args(["run", "--target", &pod.target(), "-p", &mapping])
+        .args(["--interception", "seccomp"])
+        .args(flags)
+        .arg("--")
+        .args(argv)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+fn curl_pod(pod: &Pod, header: Option<&str>) -> String {
+    fixtures::curl(&format!("http://{}:{API_PORT}/", pod.ip()), header)
+}
+
+fn wait_for(what: &str, ready: impl FnMut() -> bool) {
+    fixtures::wait_for(what, Duration::from_secs(30), ready);
+}
+
+/// The cgo build: `remora run --interception seccomp` (auto would give this
+/// dynamically linked program the layer, which sees none of Go's own calls).
+#[test]
+fn go_http_server_under_a_filtered_steal_gets_only_matching_requests() {
+    require_sandbox!();
+    let apps = Apps::new();
+    let probe = apps.go_probe_cgo();
+    let sandbox = Sandbox::new().unwrap();
+    let (pod, _service) = api_pod(&sandbox);
+    let client = sandbox.pod(PodSpec::new("client")).unwrap();
+    let log = apps.dir.path().join("requests.log");
+    let flags = ["--steal", "--http-header-filter", "^x-user: alice$"];
+    let server = go_server(&probe, &pod, &client, &flags, &log);
+    wait_for("alice's requests to reach the Go server", || {
+        curl_pod(&pod, Some("X-User: alice")) == "answer from the laptop\n"
+    });
+    // Everyone else still gets the pod.
+    assert_eq!(curl_pod(&pod, None), "answer from the pod\n");
+    assert_eq!(curl_pod(&pod, Some("X-User: bob")), "answer from the pod\n");
+    // The Go server saw the real peer (this machine, through the pod's
+    // veth), not the intproxy's loopback socket.
+    let seen = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        !seen.is_empty() && seen.lines().all(|l| l == format!("/ {}", pod.host_ip())),
+        "{seen}"
+    );
+    drop(server);
+    wait_for("the pod to answer alice again", || {
+        curl_pod(&pod, Some("X-User: alice")) == "answer from the pod\n"
+    });
+}
+
+/// A Go program that closes its listener (and goes on running) gives the
+/// target's port back: the supervisor notices the closed socket.
+#[test]
+fn closing_the_listener_gives_the_port_back_while_the_program_runs() {
+    require_sandbox!();
+    let apps = Apps::new();
+    let probe = apps.go_probe();
+    let sandbox = Sandbox::new().unwrap();
+    let (pod, _service) = api_pod(&sandbox);
+    let client = sandbox.pod(PodSpec::new("client")).unwrap();
+    let listen = format!(":{GO_SERVER_PORT}");
+    let argv = [probe.to_str().unwrap(), "serve-once", &listen];
+    let mut server = server(&pod, &client, &["--steal"], &argv);
+    wait_for("the stolen request", || {
+        curl_pod(&pod, None) == "answer from the laptop\n"
+    });
+    wait_for("the pod to answer again", || {
+        curl_pod(&pod, None) == "answer from the pod\n"
+    });
+    assert!(
+        server.try_wait().unwrap().is_none(),
+        "the program must still run"
+    );
+}
+
+/// A static C server with a *blocking* `accept` (waited for by a
+/// supervisor thread): matching requests reach it, with the real peer.
+#[test]
+fn static_c_server_with_a_blocking_accept_gets_stolen_requests_and_real_peers() {
+    require_sandbox!();
+    let apps = Apps::new();
+    let probe = apps.c_probe();
+    let sandbox = Sandbox::new().unwrap();
+    let (pod, _service) = api_pod(&sandbox);
+    let client = sandbox.pod(PodSpec::new("client")).unwrap();
+    let log = apps.dir.path().join("requests.log");
+    let port = GO_SERVER_PORT.to_string();
+    let argv = [
+        probe.to_str().unwrap(),
+        "serve",
+        &port,
+        log.to_str().unwrap(),
+    ];
+    let flags = ["--steal", "--http-header-filter", "^x-user: alice$"];
+    let _server = server(&pod, &client, &flags, &argv);
+    wait_for("alice's requests to reach the C server", || {
+        curl_pod(&pod, Some("X-User: alice")) == "answer from the laptop\n"
+    });
+    assert_eq!(curl_pod(&pod, None), "answer from the pod\n");
+    // Several in a row: the server is back in accept, with nothing pending,
+    // before each one, so every accept is waited for by a supervisor thread.
+    for _ in 0..3 {
+        assert_eq!(
+            curl_pod(&pod, Some("X-User: alice")),
+            "answer from the laptop\n"
+        );
+    }
+    let seen = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        seen.lines().count() >= 4 && seen.lines().all(|l| l == format!("/ {}", pod.host_ip())),
+        "{seen}"
+    );
+}
+
+#[test]
+fn go_http_server_under_mirror_gets_copies_while_the_pod_answers() {
+    require_sandbox!();
+    let apps = Apps::new();
+    let probe = apps.go_probe();
+    let sandbox = Sandbox::new().unwrap();
+    let (pod, _service) = api_pod(&sandbox);
+    let client = sandbox.pod(PodSpec::new("client")).unwrap();
+    let log = apps.dir.path().join("requests.log");
+    let _server = go_server(&probe, &pod, &client, &["--mirror"], &log);
+    wait_for("a mirrored request", || {
+        // Every request is answered by the pod while the copy goes local.
+        assert_eq!(curl_pod(&pod, None), "answer from the pod\n");
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains('/'))
+    });
+}

@@ -1,0 +1,158 @@
+//! The test cluster for the Kubernetes end-to-end tests (`run_kube.rs`,
+//! `operator_kube.rs`): a `remora-kube-sim serve` child with its kubeconfig,
+//! and the kubectl and remora commands that talk to it. Included by each
+//! test with `#[path = "support/kube_sim.rs"] mod kube_sim;`; a test uses
+//! only part of it.
+#![allow(dead_code)]
+
+use remora_tests::bin_path;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long anything may take before a test gives up.
+pub const DEADLINE: Duration = Duration::from_secs(60);
+/// The label every agent object carries.
+pub const AGENT_SELECTOR: &str = "app.kubernetes.io/name=remora-agent";
+
+/// A `remora-kube-sim serve` child whose PATH starts with the workspace's
+/// binaries; SIGTERMed and reaped on drop (it stops its pods).
+pub struct Sim {
+    child: Child,
+    pub dir: tempfile::TempDir,
+    pub kubeconfig: PathBuf,
+}
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+impl Sim {
+    /// With `agent`, the containers' PATH starts with the workspace's
+    /// binaries (so the agent Job's `remora-agent` command runs).
+    pub fn start(agent: bool) -> Sim {
+        let bin_dir = bin_path("remora").unwrap().parent().unwrap().to_owned();
+        let system = std::env::var("PATH").unwrap_or_default();
+        let path = if agent {
+            format!("{}:{system}", bin_dir.display())
+        } else {
+            system
+                .split(':')
+                .filter(|d| !Path::new(d).join("remora-agent").exists())
+                .collect::<Vec<_>>()
+                .join(":")
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let kubeconfig = dir.path().join("kubeconfig");
+        let child = Command::new(bin_path("remora-kube-sim").unwrap())
+            .args(["serve", "--kubeconfig"])
+            .arg(&kubeconfig)
+            .env("PATH", path)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let sim = Sim {
+            child,
+            dir,
+            kubeconfig,
+        };
+        poll(|| sim.kubeconfig.exists(), "the sim's kubeconfig");
+        sim
+    }
+
+    pub fn kubectl(&self, args: &[&str]) -> String {
+        let out = Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "kubectl {args:?}: {}",
+            text(&out.stderr)
+        );
+        text(&out.stdout)
+    }
+
+    pub fn apply(&self, yaml: &str) {
+        let path = self.dir.path().join("manifest.yaml");
+        std::fs::write(&path, yaml).unwrap();
+        self.kubectl(&["apply", "-f", path.to_str().unwrap()]);
+    }
+
+    /// A deployment `name` whose one container `app` runs `command`, ready.
+    pub fn deployment(&self, name: &str, command: &str) {
+        self.apply(&format!(
+            r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: {name}}}
+spec:
+  replicas: 1
+  selector: {{matchLabels: {{app: {name}}}}}
+  template:
+    metadata: {{labels: {{app: {name}}}}}
+    spec:
+      containers:
+      - name: app
+        image: python:3
+        command: ["sh", "-c", {command:?}]
+        env: [{{name: GREETING, value: hello-from-the-pod}}]
+"#
+        ));
+    }
+
+    /// The names of the agent Jobs and pods left in the namespace.
+    pub fn agent_objects(&self) -> String {
+        self.kubectl(&["get", "jobs,pods", "-l", AGENT_SELECTOR, "-o", "name"])
+    }
+
+    /// `remora <args[0]> --kubeconfig <this cluster's> <args[1..]>`.
+    pub fn remora(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(bin_path("remora").unwrap());
+        command
+            .arg(args[0])
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(&args[1..]);
+        command
+    }
+}
+
+/// Whether a message printed by miette (wrapped, framed) says `what`:
+/// compared without whitespace and frame characters.
+pub fn says(message: &str, what: &str) -> bool {
+    let squash = |s: &str| -> String {
+        s.chars()
+            .filter(|c| !c.is_whitespace() && *c != '│')
+            .collect()
+    };
+    squash(message).contains(&squash(what))
+}
+
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+pub fn poll(mut done: impl FnMut() -> bool, what: &str) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+pub fn wait_ready(sim: &Sim, deployment: &str) {
+    sim.kubectl(&[
+        "wait",
+        "--for=condition=Available",
+        &format!("deployment/{deployment}"),
+        "--timeout=60s",
+    ]);
+}
