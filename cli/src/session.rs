@@ -231,6 +231,9 @@ pub fn prepare(
             reporter,
         )?);
     }
+    if !config.split_queues.is_empty() {
+        split_queues(&config, &backend, &target_name)?;
+    }
     let imported = remote_env
         .iter()
         .filter(|(k, v)| env.get(*k) == Some(*v))
@@ -285,6 +288,28 @@ fn db_branches(
         eprintln!("remora: {note}");
     }
     Ok(vars)
+}
+
+/// `split_queues` are the operator's: refused clearly until the operator
+/// splits queues (the router and brokers exist in `remora-queues`; the
+/// operator's side is not built yet, see docs/queues.md), so a session never
+/// runs believing it has its own messages when it does not.
+fn split_queues(config: &Config, backend: &Backend, target: &str) -> Result<()> {
+    let ids: Vec<&str> = config.split_queues.keys().map(String::as_str).collect();
+    let reason = if matches!(backend, Backend::Operator { .. }) {
+        format!(
+            "split_queues ({}): this operator does not split queues yet (see docs/queues.md); \
+             remove split_queues to run without splitting",
+            ids.join(", ")
+        )
+    } else {
+        "queues are split by the operator: set `operator` (or --operator / REMORA_OPERATOR)"
+            .to_owned()
+    };
+    Err(Error::Env {
+        target: target.to_owned(),
+        reason,
+    })
 }
 
 /// A random hex token.

@@ -23,6 +23,7 @@ mod model;
 mod outgoing;
 mod route_filter;
 mod schema;
+mod split_queues;
 mod target;
 mod validate;
 
@@ -44,5 +45,6 @@ pub use model::{
 };
 pub use outgoing::{AddrFilter, HostMatch, OutgoingPolicy, Proto, Route};
 pub use schema::json_schema;
+pub use split_queues::{QueueType, SplitQueueConfig};
 pub use target::{TARGET_FORMS, Target};
 pub use validate::Policies;

@@ -59,6 +59,11 @@ pub struct Config {
     /// Databases the operator branches for this session (`[[db_branches]]`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub db_branches: Vec<crate::DbBranchConfig>,
+    /// Queues whose messages this session takes for itself, by queue id
+    /// (`split_queues = { orders = { type = "rabbitmq", message_filter = {
+    /// "x-user" = "^alice$" } } }`). Through the operator only.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub split_queues: BTreeMap<String, crate::SplitQueueConfig>,
 }
 
 /// How a program's calls are intercepted (see docs/seccomp.md).

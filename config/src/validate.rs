@@ -75,6 +75,7 @@ impl Config {
         let fs = issues.absorb("fs", FsPolicy::new(&self.fs));
         check_incoming(&self.network.incoming, &mut issues);
         crate::db_branches::check(&self.db_branches, &mut issues);
+        crate::split_queues::check(&self.split_queues, &mut issues);
         self.agent.validate(&mut issues);
         if let Some(context) = &self.context {
             if context.trim().is_empty() {

@@ -210,6 +210,7 @@ fn config() -> impl Strategy<Value = Config> {
                 interception: None,
                 layer: LayerConfig::default(),
                 db_branches: Vec::new(),
+                split_queues: Default::default(),
                 kubeconfig: None,
                 context: None,
                 agent: crate::AgentSettings::default(),
