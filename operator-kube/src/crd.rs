@@ -1,6 +1,7 @@
 //! The operator's custom resources (group `remora.dev`, version `v1alpha1`),
 //! generated from these Rust types by kube's `CustomResource` derive and
-//! schemars: [`RemoraSession`], [`RemoraPolicy`] and [`RemoraClusterPolicy`].
+//! schemars: [`RemoraSession`], [`RemoraPolicy`], [`RemoraClusterPolicy`] and
+//! [`queue_split::RemoraQueueSplit`].
 //!
 //! `operator-kube/deploy/crds.yaml` is the generated YAML, checked in; a test
 //! regenerates it and fails when it differs (`REMORA_BLESS=1` rewrites it).
@@ -249,6 +250,7 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
         RemoraSession::crd(),
         RemoraPolicy::crd(),
         RemoraClusterPolicy::crd(),
+        queue_split::RemoraQueueSplit::crd(),
     ]
 }
 
@@ -259,6 +261,8 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
 pub fn crds_yaml() -> String {
     crate::yaml::documents(&crds())
 }
+
+pub mod queue_split;
 
 #[cfg(test)]
 mod tests;

@@ -41,7 +41,7 @@ fn deploy(name: &str) -> PathBuf {
 
 #[test]
 fn the_crds_pass_strict_validation() {
-    assert_valid(&deploy("crds.yaml"), 3);
+    assert_valid(&deploy("crds.yaml"), 4);
 }
 
 #[test]
@@ -61,6 +61,6 @@ fn the_install_manifests_pass_strict_validation() {
     let golden = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
     // 3 CRDs, Namespace, ServiceAccount, ClusterRole(Binding), Role(Binding),
     // Service, Deployment.
-    assert_valid(&golden.join("manifests-default.yaml"), 11);
-    assert_valid(&golden.join("manifests-tools.yaml"), 11);
+    assert_valid(&golden.join("manifests-default.yaml"), 12);
+    assert_valid(&golden.join("manifests-tools.yaml"), 12);
 }

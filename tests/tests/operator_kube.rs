@@ -70,6 +70,7 @@ fn operator_sessions_on_a_deployment_run_through_its_agent_job_and_show_as_objec
         "crd/remorasessions.remora.dev",
         "crd/remorapolicies.remora.dev",
         "crd/remoraclusterpolicies.remora.dev",
+        "crd/remoraqueuesplits.remora.dev",
     ]);
     sim.deployment("web", "exec sleep 300");
     wait_ready(&sim, "web");

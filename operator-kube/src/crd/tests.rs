@@ -36,11 +36,15 @@ fn crds_name_the_group_version_scope_and_printer_columns() {
         [
             "remorasessions.remora.dev",
             "remorapolicies.remora.dev",
-            "remoraclusterpolicies.remora.dev"
+            "remoraclusterpolicies.remora.dev",
+            "remoraqueuesplits.remora.dev"
         ]
     );
     let scopes: Vec<_> = all.iter().map(|c| c.spec.scope.as_str()).collect();
-    assert_eq!(scopes, ["Namespaced", "Namespaced", "Cluster"]);
+    assert_eq!(
+        scopes,
+        ["Namespaced", "Namespaced", "Cluster", "Namespaced"]
+    );
     let session = &all[0].spec.versions[0];
     assert_eq!(session.name, VERSION);
     assert!(session.subresources.as_ref().unwrap().status.is_some());
@@ -131,4 +135,52 @@ fn session_status_summarises_its_ports() {
         Some("8080 steal (filtered), 9090 mirror")
     );
     assert_eq!(RemoraSessionStatus::new(vec![]).ports, None);
+}
+
+#[test]
+fn a_queue_split_in_yaml_reads_and_its_schema_requires_the_registration() {
+    use queue_split::*;
+    let split: RemoraQueueSplit = serde_yaml_ng::from_str(
+        r#"
+apiVersion: remora.dev/v1alpha1
+kind: RemoraQueueSplit
+metadata: {name: orders, namespace: shop}
+spec:
+  workload: {kind: Deployment, name: orders-worker}
+  queues:
+    orders:
+      type: rabbitmq
+      nameFrom: {env: ORDERS_QUEUE, container: worker}
+      brokerEndpoint:
+        url: amqp://rabbitmq.shop.svc:5672/%2f
+        usernameFrom: {name: rabbit, key: user}
+        passwordFrom: {name: rabbit, key: password}
+  drainTimeout: 90s
+"#,
+    )
+    .unwrap();
+    assert_eq!(split.spec.workload.kind, WorkloadKind::Deployment);
+    let orders = &split.spec.queues["orders"];
+    assert_eq!(orders.broker, QueueBroker::Rabbitmq);
+    assert_eq!(orders.name_from.env, "ORDERS_QUEUE");
+    assert_eq!(
+        orders.broker_endpoint.password_from.as_ref().unwrap().key,
+        "password"
+    );
+    assert!(split.status.is_none());
+
+    let crd = RemoraQueueSplit::crd();
+    let schema = serde_json::to_value(&crd.spec.versions[0].schema).unwrap();
+    let spec = &schema["openAPIV3Schema"]["properties"]["spec"];
+    assert_eq!(
+        spec["required"],
+        serde_json::json!(["queues", "workload"]),
+        "{spec:#}"
+    );
+    let queue = &spec["properties"]["queues"]["additionalProperties"];
+    assert_eq!(
+        queue["required"],
+        serde_json::json!(["brokerEndpoint", "nameFrom", "type"]),
+        "{queue:#}"
+    );
 }
