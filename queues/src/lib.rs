@@ -6,6 +6,7 @@
 //!   two sessions that could both want one message.
 //! * [`broker`]: the seam to a real broker (RabbitMQ, SQS, Kafka, Pub/Sub):
 //!   inspect, copy, consume, publish with confirmation, ack, delete.
+//! * [`rabbitmq`]: the RabbitMQ broker (lapin).
 //!
 //! Delivery contract (every broker and the router keep it): a message is
 //! removed from the queue it came from only after the broker confirmed it in
@@ -14,3 +15,4 @@
 
 pub mod broker;
 pub mod filter;
+pub mod rabbitmq;
