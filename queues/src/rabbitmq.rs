@@ -437,15 +437,48 @@ impl Broker for RabbitBroker {
             .map_err(|e| self.error(&e, name, "declare"))
     }
 
-    /// Deletes only an empty queue without consumers (`if-empty`,
-    /// `if-unused`): a refusal is [`BrokerError::Operation`] and the caller
-    /// drains again.
+    /// Deletes only an empty queue without consumers: classic queues with
+    /// `if-empty` and `if-unused` (the broker checks atomically); quorum
+    /// queues support neither flag (asking is a connection error), so for
+    /// them a passive declare checks that no message and no consumer is left
+    /// and the delete follows (a message published into the queue between
+    /// the two would be lost: nothing publishes into a queue being drained).
+    /// A refusal is [`BrokerError::Operation`] with `op: "delete"` and the
+    /// caller drains again.
     async fn delete(&self, name: &QueueName) -> Result<()> {
         let short = self.short(name, "delete")?;
+        let kind = match self.inspect(name).await {
+            Ok(props) => props.props.get("x-queue-type").cloned(),
+            Err(BrokerError::NoQueue { .. }) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let flags = match kind.as_deref() {
+            None | Some("classic") => true,
+            Some(_) => {
+                let queue = match self.passive(name, "delete").await {
+                    Ok(q) => q,
+                    Err(BrokerError::NoQueue { .. }) => return Ok(()),
+                    Err(e) => return Err(e),
+                };
+                if queue.message_count() > 0 || queue.consumer_count() > 0 {
+                    return Err(BrokerError::Operation {
+                        kind: KIND,
+                        queue: name.clone(),
+                        op: "delete",
+                        message: format!(
+                            "still holds {} messages and has {} consumers",
+                            queue.message_count(),
+                            queue.consumer_count()
+                        ),
+                    });
+                }
+                false
+            }
+        };
         let channel = self.ops_channel().await?;
         let options = QueueDeleteOptions {
-            if_unused: true,
-            if_empty: true,
+            if_unused: flags,
+            if_empty: flags,
             nowait: false,
         };
         match channel.queue_delete(short, options).await {
