@@ -155,7 +155,7 @@ pub async fn publish_range(conn: &Connection, queue: &QueueName, range: std::ops
         let mut headers = FieldTable::default();
         headers.insert("x-seq".into(), AMQPValue::LongLongInt(m.seq as i64));
         headers.insert("x-key".into(), AMQPValue::ShortUInt(m.key));
-        headers.insert("x-vip".into(), AMQPValue::Boolean(seq % 3 == 0));
+        headers.insert("x-vip".into(), AMQPValue::Boolean(seq.is_multiple_of(3)));
         if let Some(user) = m.user {
             headers.insert("x-user".into(), AMQPValue::LongString(user.into()));
         }
