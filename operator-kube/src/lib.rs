@@ -18,6 +18,7 @@ pub mod error;
 pub mod leader;
 pub mod manifests;
 pub mod policy_objects;
+pub mod queue_splits;
 pub mod serve;
 pub mod session_objects;
 pub mod yaml;
