@@ -3,10 +3,11 @@
 //! is active ([`template`] holds the pure edits; [`Workloads`] the API calls:
 //! GET, edit, PUT with the object's resourceVersion, retried on conflict).
 //!
-//! The router, the brokers and the session side live in `remora-queues`;
-//! the operator does not yet drive splits from `RemoraQueueSplit` objects
-//! (see docs/queues.md).
+//! [`controller`] runs splits for sessions (routers from `remora-queues`,
+//! state in the object's status); sessions do not reach it through the
+//! protocol yet (see docs/queues.md).
 
+pub mod controller;
 pub mod template;
 
 use crate::crd::queue_split::{QueueNameSource, WorkloadKind, WorkloadRef};

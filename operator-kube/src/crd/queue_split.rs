@@ -187,6 +187,10 @@ pub struct SplitQueueStatus {
     /// The sessions, in the order their filters are tried.
     #[serde(default)]
     pub sessions: Vec<SplitSessionStatus>,
+    /// The router's saved state (JSON, opaque): what a restarted operator
+    /// resumes from. Written before any message can reach a queue it names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub router_state: Option<String>,
 }
 
 /// The operator's record of a split, kept up to date as it changes.

@@ -1,0 +1,714 @@
+//! The operator's side of queue splits: sessions join and leave the split
+//! registered for their target's workload (a `RemoraQueueSplit`). The first
+//! session starts one router per registered queue and points the workload
+//! at its temporary queues (a rollout); the last one to leave stops the
+//! routers, restores the workload (a second rollout), gives the workload
+//! `drainTimeout` to empty its temporary queue, moves what is left back to
+//! the original queue and deletes the temporary queues.
+//!
+//! The routers' state is kept in the object's status (written before any
+//! message can reach a queue it names), so a restarted operator finds every
+//! temporary queue and resumes ([`Splits::resume_all`]).
+
+use super::{SplitError, Workloads};
+use crate::crd::queue_split::{
+    QueueBroker, QueueNameSource, RemoraQueueSplit, RemoraQueueSplitStatus, SecretKey, SplitPhase,
+    SplitQueueSpec, SplitQueueStatus, SplitSessionStatus, WorkloadRef,
+};
+use async_trait::async_trait;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use remora_queues::broker::{Broker, QueueName};
+use remora_queues::filter::MessageFilter;
+use remora_queues::rabbitmq::RabbitBroker;
+use remora_queues::router::{
+    RouterApi, RouterConfig, RouterTask, SplitSessionKey, SplitState, StateStore, StoreError,
+    move_then_delete,
+};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Default `drainTimeout`.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What a session asks for one queue id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Wanted {
+    /// The broker type the session expects.
+    pub broker: QueueBroker,
+    /// Header (attribute) name to regex.
+    pub filter: BTreeMap<String, String>,
+}
+
+/// One running router.
+#[derive(Debug)]
+struct RunningQueue {
+    broker: Arc<dyn Broker>,
+    api: RouterApi,
+    cancel: CancellationToken,
+    task: JoinHandle<SplitState>,
+    source: QueueNameSource,
+    original: QueueName,
+}
+
+/// One active split.
+#[derive(Debug)]
+struct Active {
+    spec: crate::crd::queue_split::RemoraQueueSplitSpec,
+    queues: BTreeMap<String, RunningQueue>,
+    /// Session id to the queue ids it joined.
+    sessions: BTreeMap<String, BTreeSet<String>>,
+    saved_env: BTreeMap<String, String>,
+}
+
+/// The splits this operator runs; cheap to clone.
+#[derive(Clone)]
+pub struct Splits {
+    client: kube::Client,
+    config: RouterConfig,
+    /// (namespace, split name) to its active state. One lock: joins and
+    /// leaves of splits are rare and each is a handful of API calls.
+    active: Arc<tokio::sync::Mutex<BTreeMap<(String, String), Active>>>,
+}
+
+impl std::fmt::Debug for Splits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Splits").finish_non_exhaustive()
+    }
+}
+
+/// The status store of one queue of one split: the router's state goes into
+/// `status.queues.<id>` with a merge patch.
+#[derive(Debug)]
+struct StatusStore {
+    api: Api<RemoraQueueSplit>,
+    split: String,
+    queue_id: String,
+}
+
+#[async_trait]
+impl StateStore for StatusStore {
+    async fn save(&self, state: &SplitState) -> Result<(), StoreError> {
+        let status = SplitQueueStatus {
+            original: state.original.0.clone(),
+            workload_queue: Some(state.workload_queue.0.clone()),
+            sessions: state
+                .sessions
+                .iter()
+                .map(|s| SplitSessionStatus {
+                    session: s.key.as_str().to_owned(),
+                    user: String::new(),
+                    filter: MessageFilter::new(s.filter.iter())
+                        .map(|f| f.to_string())
+                        .unwrap_or_default(),
+                    queue: s.queue.0.clone(),
+                })
+                .collect(),
+            router_state: Some(
+                serde_json::to_string(state).map_err(|e| StoreError(e.to_string()))?,
+            ),
+        };
+        let patch = serde_json::json!({"status": {"queues": {&self.queue_id: status}}});
+        self.api
+            .patch_status(&self.split, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map(|_| ())
+            .map_err(|e| StoreError(format!("RemoraQueueSplit {}: {e}", self.split)))
+    }
+}
+
+fn api_error(what: impl Into<String>) -> impl FnOnce(kube::Error) -> SplitError {
+    let what = what.into();
+    move |source| SplitError::Api { what, source }
+}
+
+fn duration(text: Option<&str>, default: Duration) -> Duration {
+    text.and_then(remora_config_duration).unwrap_or(default)
+}
+
+/// `90s`, `5m`, `1h` or plain seconds.
+fn remora_config_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    let at = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let n: u64 = text[..at].parse().ok()?;
+    let factor = match &text[at..] {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        _ => return None,
+    };
+    Some(Duration::from_secs(n.checked_mul(factor)?))
+}
+
+impl Splits {
+    /// The splits of this operator, routing with `config`.
+    pub fn new(client: kube::Client, config: RouterConfig) -> Self {
+        Self {
+            client,
+            config,
+            active: Arc::default(),
+        }
+    }
+
+    fn api(&self, namespace: &str) -> Api<RemoraQueueSplit> {
+        Api::namespaced(self.client.clone(), namespace)
+    }
+
+    /// The split registered for `workload` in `namespace`.
+    async fn find(
+        &self,
+        namespace: &str,
+        workload: &WorkloadRef,
+    ) -> Result<RemoraQueueSplit, SplitError> {
+        let list = self
+            .api(namespace)
+            .list(&ListParams::default())
+            .await
+            .map_err(api_error(format!(
+                "listing RemoraQueueSplits in namespace {namespace}"
+            )))?;
+        let mut matching: Vec<RemoraQueueSplit> = list
+            .items
+            .into_iter()
+            .filter(|s| s.spec.workload == *workload)
+            .collect();
+        match matching.len() {
+            1 => Ok(matching.remove(0)),
+            0 => Err(SplitError::Value(format!(
+                "no RemoraQueueSplit in namespace {namespace} registers {:?} {}: a platform \
+                 team registers a workload's queues once (see docs/queues.md)",
+                workload.kind, workload.name
+            ))),
+            _ => Err(SplitError::Value(format!(
+                "several RemoraQueueSplits in namespace {namespace} register {:?} {}: {}",
+                workload.kind,
+                workload.name,
+                matching
+                    .iter()
+                    .filter_map(|s| s.metadata.name.clone())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))),
+        }
+    }
+
+    async fn secret(&self, namespace: &str, key: &SecretKey) -> Result<String, SplitError> {
+        let secret = Api::<Secret>::namespaced(self.client.clone(), namespace)
+            .get(&key.name)
+            .await
+            .map_err(api_error(format!("reading Secret {}", key.name)))?;
+        let bytes = secret
+            .data
+            .and_then(|d| d.get(&key.key).cloned())
+            .ok_or_else(|| {
+                SplitError::Value(format!("Secret {} has no key {:?}", key.name, key.key))
+            })?;
+        String::from_utf8(bytes.0).map_err(|_| {
+            SplitError::Value(format!("Secret {} key {:?} is not text", key.name, key.key))
+        })
+    }
+
+    /// Connects to the broker of one registered queue.
+    async fn broker(
+        &self,
+        namespace: &str,
+        id: &str,
+        queue: &SplitQueueSpec,
+    ) -> Result<Arc<dyn Broker>, SplitError> {
+        let endpoint = &queue.broker_endpoint;
+        let url = match (&endpoint.url, &endpoint.url_from) {
+            (_, Some(key)) => self.secret(namespace, key).await?,
+            (Some(url), None) => url.clone(),
+            (None, None) => {
+                return Err(SplitError::Value(format!(
+                    "queue {id}: brokerEndpoint needs url or urlFrom"
+                )));
+            }
+        };
+        match queue.broker {
+            QueueBroker::Rabbitmq => {
+                let mut uri = url;
+                if let (Some(user), Some(password)) =
+                    (&endpoint.username_from, &endpoint.password_from)
+                {
+                    let user = self.secret(namespace, user).await?;
+                    let password = self.secret(namespace, password).await?;
+                    uri = with_credentials(&uri, &user, &password);
+                }
+                let broker = RabbitBroker::connect(&uri)
+                    .await
+                    .map_err(|e| SplitError::Value(format!("queue {id}: {e}")))?;
+                Ok(Arc::new(broker))
+            }
+            other => Err(SplitError::Value(format!(
+                "queue {id}: {other:?} queues are not split by this operator yet (RabbitMQ is)"
+            ))),
+        }
+    }
+
+    /// Joins `session` to the queues it asks for in the split registered for
+    /// `workload`, starting the split if it is the first. Returns the
+    /// session's variables: each queue's variable pointing at the session's
+    /// own temporary queue. On any refusal nothing of this session stays.
+    ///
+    /// # Errors
+    /// No registration, an unknown queue id or type, an overlapping filter
+    /// (naming the holder), broker or API failures.
+    pub async fn join(
+        &self,
+        namespace: &str,
+        workload: &WorkloadRef,
+        session: &str,
+        wanted: &BTreeMap<String, Wanted>,
+    ) -> Result<BTreeMap<String, String>, SplitError> {
+        let split = self.find(namespace, workload).await?;
+        let name = split.metadata.name.clone().unwrap_or_default();
+        for (id, want) in wanted {
+            let Some(registered) = split.spec.queues.get(id) else {
+                return Err(SplitError::Value(format!(
+                    "RemoraQueueSplit {name} registers no queue {id:?} (it has: {})",
+                    split
+                        .spec
+                        .queues
+                        .keys()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            };
+            if registered.broker != want.broker {
+                return Err(SplitError::Value(format!(
+                    "queue {id} is a {:?} queue in RemoraQueueSplit {name}, not {:?}",
+                    registered.broker, want.broker
+                )));
+            }
+        }
+        let key = SplitSessionKey::new(session).map_err(|e| SplitError::Value(e.to_string()))?;
+        let mut active = self.active.lock().await;
+        let slot = (namespace.to_owned(), name.clone());
+        if !active.contains_key(&slot) {
+            let started = self.activate(namespace, &name, &split).await?;
+            active.insert(slot.clone(), started);
+        }
+        let entry = active.get_mut(&slot).expect("inserted above");
+        let mut env = BTreeMap::new();
+        let mut joined = BTreeSet::new();
+        let mut failure = None;
+        for (id, want) in wanted {
+            let running = &entry.queues[id];
+            let filter = match MessageFilter::new(want.filter.iter()) {
+                Ok(f) => f,
+                Err(e) => {
+                    failure = Some(SplitError::Value(format!("queue {id}: {e}")));
+                    break;
+                }
+            };
+            match running.api.add_session(key.clone(), filter).await {
+                Ok(queue) => {
+                    env.insert(running.source.env.clone(), queue.0);
+                    joined.insert(id.clone());
+                }
+                Err(e) => {
+                    failure = Some(SplitError::Value(format!("queue {id}: {e}")));
+                    break;
+                }
+            }
+        }
+        if let Some(error) = failure {
+            for id in &joined {
+                let _ = entry.queues[id].api.remove_session(&key).await;
+            }
+            if entry.sessions.is_empty() {
+                let done = active.remove(&slot).expect("present");
+                drop(active);
+                self.deactivate(namespace, &name, done).await;
+            }
+            return Err(error);
+        }
+        entry.sessions.insert(session.to_owned(), joined);
+        let count = entry.sessions.len();
+        drop(active);
+        self.set_phase(namespace, &name, SplitPhase::Active, count)
+            .await;
+        Ok(env)
+    }
+
+    /// `session` leaves every split it joined; the last one out ends the split.
+    pub async fn leave(&self, session: &str) {
+        let Ok(key) = SplitSessionKey::new(session) else {
+            return;
+        };
+        let mut active = self.active.lock().await;
+        let mut ended = Vec::new();
+        let mut counts = Vec::new();
+        for ((namespace, name), entry) in active.iter_mut() {
+            let Some(ids) = entry.sessions.remove(session) else {
+                continue;
+            };
+            for id in ids {
+                if let Err(e) = entry.queues[&id].api.remove_session(&key).await {
+                    tracing::warn!(split = %name, queue = %id, error = %e, "removing a session");
+                }
+            }
+            if entry.sessions.is_empty() {
+                ended.push((namespace.clone(), name.clone()));
+            } else {
+                counts.push((namespace.clone(), name.clone(), entry.sessions.len()));
+            }
+        }
+        let ended: Vec<_> = ended
+            .into_iter()
+            .map(|slot| {
+                let done = active.remove(&slot).expect("present");
+                (slot, done)
+            })
+            .collect();
+        drop(active);
+        for (namespace, name, count) in counts {
+            self.set_phase(&namespace, &name, SplitPhase::Active, count)
+                .await;
+        }
+        for ((namespace, name), done) in ended {
+            self.deactivate(&namespace, &name, done).await;
+        }
+    }
+
+    /// Starts a router per registered queue and points the workload at its
+    /// temporary queues.
+    async fn activate(
+        &self,
+        namespace: &str,
+        name: &str,
+        split: &RemoraQueueSplit,
+    ) -> Result<Active, SplitError> {
+        let workloads = Workloads::new(self.client.clone(), namespace);
+        let mut saved_env = split
+            .status
+            .as_ref()
+            .map(|s| s.saved_env.clone())
+            .unwrap_or_default();
+        let mut queues = BTreeMap::new();
+        let mut targets = Vec::new();
+        for (id, registered) in &split.spec.queues {
+            let started = async {
+                let broker = self.broker(namespace, id, registered).await?;
+                let original = QueueName(
+                    workloads
+                        .queue_name(&split.spec.workload, &registered.name_from)
+                        .await?,
+                );
+                let store = Arc::new(StatusStore {
+                    api: self.api(namespace),
+                    split: name.to_owned(),
+                    queue_id: id.clone(),
+                });
+                let (task, api) = RouterTask::start(
+                    broker.clone(),
+                    store,
+                    original.clone(),
+                    BTreeMap::new(),
+                    self.config.clone(),
+                )
+                .await
+                .map_err(|e| SplitError::Value(format!("queue {id}: {e}")))?;
+                let cancel = CancellationToken::new();
+                let task = tokio::spawn(task.run(cancel.clone()));
+                Ok::<_, SplitError>(RunningQueue {
+                    broker,
+                    api,
+                    cancel,
+                    task,
+                    source: registered.name_from.clone(),
+                    original,
+                })
+            }
+            .await;
+            match started {
+                Ok(running) => {
+                    targets.push((
+                        running.source.clone(),
+                        running.api.workload_queue().0.clone(),
+                    ));
+                    queues.insert(id.clone(), running);
+                }
+                Err(e) => {
+                    let partial = Active {
+                        spec: split.spec.clone(),
+                        queues,
+                        sessions: BTreeMap::new(),
+                        saved_env,
+                    };
+                    self.deactivate(namespace, name, partial).await;
+                    return Err(e);
+                }
+            }
+        }
+        if let Err(e) = workloads
+            .point_at(name, &split.spec.workload, &targets, &mut saved_env)
+            .await
+        {
+            let partial = Active {
+                spec: split.spec.clone(),
+                queues,
+                sessions: BTreeMap::new(),
+                saved_env,
+            };
+            self.deactivate(namespace, name, partial).await;
+            return Err(e);
+        }
+        self.patch_status(
+            namespace,
+            name,
+            serde_json::json!({"savedEnv": saved_env, "phase": SplitPhase::Active}),
+        )
+        .await;
+        Ok(Active {
+            spec: split.spec.clone(),
+            queues,
+            sessions: BTreeMap::new(),
+            saved_env,
+        })
+    }
+
+    /// Stops the routers, restores the workload, lets it drain its
+    /// temporary queues for the drain timeout, then moves what is left back
+    /// to the originals and deletes the temporary queues.
+    async fn deactivate(&self, namespace: &str, name: &str, done: Active) {
+        self.patch_status(
+            namespace,
+            name,
+            serde_json::json!({"phase": SplitPhase::Draining, "sessionCount": 0}),
+        )
+        .await;
+        let mut stopped = Vec::new();
+        for (id, running) in done.queues {
+            running.cancel.cancel();
+            let state = match running.task.await {
+                Ok(state) => state,
+                Err(e) => {
+                    tracing::warn!(split = %name, queue = %id, error = %e, "router task failed");
+                    continue;
+                }
+            };
+            stopped.push((id, running.broker, running.original, state));
+        }
+        if !done.saved_env.is_empty() {
+            let workloads = Workloads::new(self.client.clone(), namespace);
+            if let Err(e) = workloads
+                .restore(&done.spec.workload, &done.saved_env)
+                .await
+            {
+                tracing::warn!(split = %name, error = %e, "restoring the workload");
+                self.patch_status(
+                    namespace,
+                    name,
+                    serde_json::json!({"message": e.to_string()}),
+                )
+                .await;
+                return;
+            }
+        }
+        let drain = duration(done.spec.drain_timeout.as_deref(), DEFAULT_DRAIN_TIMEOUT);
+        let deadline = tokio::time::Instant::now() + drain;
+        for (_, broker, original, state) in &stopped {
+            // The workload's old pods consume their temporary queue until they
+            // are replaced; give them the drain timeout, then move the rest.
+            while tokio::time::Instant::now() < deadline {
+                match broker.depth(&state.workload_queue).await {
+                    Ok(d) if d.ready == 0 && d.unacked.unwrap_or(0) == 0 => break,
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            for queue in state.temp_queues() {
+                move_then_delete(broker.as_ref(), queue, original, &self.config).await;
+            }
+        }
+        self.patch_status(
+            namespace,
+            name,
+            serde_json::json!({"phase": SplitPhase::Idle, "queues": null, "savedEnv": null, "message": null}),
+        )
+        .await;
+    }
+
+    async fn set_phase(&self, namespace: &str, name: &str, phase: SplitPhase, sessions: usize) {
+        self.patch_status(
+            namespace,
+            name,
+            serde_json::json!({"phase": phase, "sessionCount": sessions}),
+        )
+        .await;
+    }
+
+    async fn patch_status(&self, namespace: &str, name: &str, status: serde_json::Value) {
+        let patch = serde_json::json!({ "status": status });
+        if let Err(e) = self
+            .api(namespace)
+            .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            tracing::warn!(split = %name, error = %e, "updating the status");
+        }
+    }
+
+    /// After an operator restart: every split left active (its status
+    /// names temporary queues) has lost its sessions with the old operator,
+    /// so each is ended as a last session leaving would end it: the routers
+    /// resume from the saved state (draining the sessions' queues into the
+    /// workload's), the workload is restored, and the temporary queues are
+    /// emptied back into the originals.
+    ///
+    /// # Errors
+    /// Listing the splits failed.
+    pub async fn resume_all(&self) -> Result<usize, SplitError> {
+        let all: Api<RemoraQueueSplit> = Api::all(self.client.clone());
+        let list = all
+            .list(&ListParams::default())
+            .await
+            .map_err(api_error("listing RemoraQueueSplits"))?;
+        let mut resumed = 0;
+        for split in list.items {
+            let Some(status) = split.status.clone() else {
+                continue;
+            };
+            if status.phase == SplitPhase::Idle && status.queues.is_empty() {
+                continue;
+            }
+            let namespace = split.metadata.namespace.clone().unwrap_or_default();
+            let name = split.metadata.name.clone().unwrap_or_default();
+            let done = self.resume_one(&namespace, &name, &split, &status).await;
+            self.deactivate(&namespace, &name, done).await;
+            resumed += 1;
+        }
+        Ok(resumed)
+    }
+
+    async fn resume_one(
+        &self,
+        namespace: &str,
+        name: &str,
+        split: &RemoraQueueSplit,
+        status: &RemoraQueueSplitStatus,
+    ) -> Active {
+        let mut queues = BTreeMap::new();
+        for (id, queue_status) in &status.queues {
+            let Some(state) = queue_status
+                .router_state
+                .as_deref()
+                .and_then(|s| serde_json::from_str::<SplitState>(s).ok())
+            else {
+                continue;
+            };
+            let Some(registered) = split.spec.queues.get(id) else {
+                tracing::warn!(split = %name, queue = %id, "no longer registered; its temporary queues are left for a later resume");
+                continue;
+            };
+            let broker = match self.broker(namespace, id, registered).await {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::warn!(split = %name, queue = %id, error = %e, "cannot resume");
+                    continue;
+                }
+            };
+            let store = Arc::new(StatusStore {
+                api: self.api(namespace),
+                split: name.to_owned(),
+                queue_id: id.clone(),
+            });
+            let original = state.original.clone();
+            match RouterTask::resume(
+                broker.clone(),
+                store,
+                state,
+                &BTreeSet::new(),
+                self.config.clone(),
+            )
+            .await
+            {
+                Ok((task, api)) => {
+                    let cancel = CancellationToken::new();
+                    let task = tokio::spawn(task.run(cancel.clone()));
+                    queues.insert(
+                        id.clone(),
+                        RunningQueue {
+                            broker,
+                            api,
+                            cancel,
+                            task,
+                            source: registered.name_from.clone(),
+                            original,
+                        },
+                    );
+                }
+                Err(e) => tracing::warn!(split = %name, queue = %id, error = %e, "cannot resume"),
+            }
+        }
+        Active {
+            spec: split.spec.clone(),
+            queues,
+            sessions: BTreeMap::new(),
+            saved_env: status.saved_env.clone(),
+        }
+    }
+}
+
+/// `amqp://host/vhost` with `user:password@` put in (percent-encoded).
+fn with_credentials(uri: &str, user: &str, password: &str) -> String {
+    let enc = |s: &str| {
+        s.bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                    (b as char).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect::<String>()
+    };
+    match uri.split_once("://") {
+        Some((scheme, rest)) => {
+            let rest = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+            format!("{scheme}://{}:{}@{rest}", enc(user), enc(password))
+        }
+        None => uri.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn credentials_replace_any_in_the_uri_and_are_encoded() {
+        assert_eq!(
+            super::with_credentials("amqp://rabbit:5672/%2f", "alice", "p@ss:w/rd"),
+            "amqp://alice:p%40ss%3Aw%2Frd@rabbit:5672/%2f"
+        );
+        assert_eq!(
+            super::with_credentials("amqp://guest:guest@rabbit/", "u", "p"),
+            "amqp://u:p@rabbit/"
+        );
+    }
+
+    #[test]
+    fn durations_take_units() {
+        use std::time::Duration;
+        assert_eq!(
+            super::remora_config_duration("90s"),
+            Some(Duration::from_secs(90))
+        );
+        assert_eq!(
+            super::remora_config_duration("5m"),
+            Some(Duration::from_secs(300))
+        );
+        assert_eq!(
+            super::remora_config_duration("2"),
+            Some(Duration::from_secs(2))
+        );
+        assert_eq!(super::remora_config_duration("soon"), None);
+    }
+}

@@ -1,0 +1,363 @@
+//! Queue splitting driven by a `RemoraQueueSplit` on the test cluster with
+//! the real RabbitMQ: the first session starts the split and the workload
+//! rolls onto its temporary queue; messages go to the session whose filter
+//! matches, the rest to the workload, exactly; an overlapping filter is
+//! refused naming the holder; when the last session leaves, its unconsumed
+//! messages are not lost: the workload is restored (a second rollout), the
+//! temporary queues are emptied back into the original and deleted, and the
+//! status says Idle.
+
+use remora_kube::{ClientOptions, KubeClient};
+use remora_operator_kube::crd::queue_split::{QueueBroker, WorkloadKind, WorkloadRef};
+use remora_operator_kube::queue_splits::controller::{Splits, Wanted};
+use remora_queues::broker::{Broker, Message, QueueName, QueueProps};
+use remora_queues::rabbitmq::RabbitBroker;
+use remora_queues::router::{Owner, RouterConfig, temp_queue_name};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const DEADLINE: Duration = Duration::from_secs(60);
+
+fn rabbit_url() -> String {
+    std::env::var("REMORA_RABBITMQ_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
+}
+
+/// The simulator, SIGTERMed (it cleans up) and reaped on drop.
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        // Our own child, by its pid.
+        let _ = Command::new("kill").arg(self.0.id().to_string()).status();
+        let _ = self.0.wait();
+    }
+}
+
+/// Deletes the test's queues when dropped, also when the test fails.
+struct Cleanup(Vec<QueueName>);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let names = std::mem::take(&mut self.0);
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                if let Ok(broker) = RabbitBroker::connect(&rabbit_url()).await {
+                    for name in names {
+                        // A failed test may leave messages: take them first
+                        // (the broker deletes only empty queues).
+                        let _ = take_all(&broker, &name, Duration::from_millis(100)).await;
+                        let _ = broker.delete(&name).await;
+                    }
+                }
+            });
+        })
+        .join();
+    }
+}
+
+fn kubectl(kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running kubectl");
+    let input = child.stdin.take().unwrap();
+    if let Some(text) = stdin {
+        std::io::Write::write_all(&mut { input }, text.as_bytes()).unwrap();
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn ok(kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> String {
+    let out = kubectl(kubeconfig, args, stdin);
+    assert!(out.status.success(), "kubectl {args:?}: {out:?}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+async fn poll(what: &str, mut done: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + DEADLINE;
+    while !done().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The first line the newest running worker pod logged.
+fn worker_says(kubeconfig: &Path) -> Option<String> {
+    let pods = ok(
+        kubeconfig,
+        &[
+            "get",
+            "pods",
+            "-l",
+            "app=worker",
+            "--field-selector=status.phase=Running",
+            "--sort-by=.metadata.creationTimestamp",
+            "-o",
+            "name",
+        ],
+        None,
+    );
+    let newest = pods.lines().last()?.to_owned();
+    let out = kubectl(kubeconfig, &["logs", &newest], None);
+    String::from_utf8(out.stdout)
+        .ok()?
+        .lines()
+        .next()
+        .map(str::to_owned)
+}
+
+fn message(user: &str, n: usize) -> Message {
+    Message {
+        headers: BTreeMap::from([("x-user".to_owned(), user.to_owned())]),
+        body: format!("{user}-{n}").into_bytes(),
+        order_key: None,
+        native: Box::new(()),
+    }
+}
+
+/// Takes every message `queue` holds (acking them), waiting up to `idle`
+/// for each next one; returns the bodies.
+async fn take_all(broker: &RabbitBroker, queue: &QueueName, idle: Duration) -> Vec<String> {
+    let mut bodies = Vec::new();
+    let Ok(mut consumer) = broker.consume(queue, 100).await else {
+        return bodies;
+    };
+    while let Ok(Some(d)) = consumer.next_within(idle).await {
+        bodies.push(String::from_utf8_lossy(&d.message.body).into_owned());
+        if consumer.ack(d).await.is_err() {
+            break;
+        }
+    }
+    bodies
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registered_split_routes_by_filter_and_gives_everything_back_at_the_end() {
+    let sim_bin = std::env::var_os("REMORA_KUBE_SIM_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/remora-kube-sim")
+        });
+    assert!(
+        sim_bin.exists(),
+        "{} missing: run `cargo build -p remora-kube-sim`",
+        sim_bin.display()
+    );
+    let broker = RabbitBroker::connect(&rabbit_url())
+        .await
+        .unwrap_or_else(|e| panic!("{e}: RabbitMQ must run (scripts/setup.sh starts it)"));
+    let original = QueueName(format!("remora-test.split-sim.{}", std::process::id()));
+    let workload_queue = temp_queue_name(broker.kind(), &original, Owner::Workload);
+    let mut cleanup = Cleanup(vec![original.clone(), workload_queue.clone()]);
+    broker
+        .create_like(&QueueProps::default(), &original)
+        .await
+        .unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    let _sim = Reaped(
+        Command::new(&sim_bin)
+            .args(["serve", "--kubeconfig"])
+            .arg(&kubeconfig)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    poll("the simulator's kubeconfig", async || kubeconfig.exists()).await;
+    let crds = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("deploy/crds.yaml");
+    ok(&kubeconfig, &["apply", "-f", crds.to_str().unwrap()], None);
+    ok(
+        &kubeconfig,
+        &[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=30s",
+            "crd/remoraqueuesplits.remora.dev",
+        ],
+        None,
+    );
+    let objects = format!(
+        r#"
+apiVersion: v1
+kind: Secret
+metadata: {{name: rabbit}}
+stringData: {{url: "{url}"}}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: worker}}
+spec:
+  selector: {{matchLabels: {{app: worker}}}}
+  template:
+    metadata: {{labels: {{app: worker}}}}
+    spec:
+      containers:
+      - name: worker
+        image: busybox
+        command: [sh, -c, "echo QUEUE=$ORDERS_QUEUE; exec sleep 300"]
+        env: [{{name: ORDERS_QUEUE, value: "{original}"}}]
+---
+apiVersion: remora.dev/v1alpha1
+kind: RemoraQueueSplit
+metadata: {{name: orders}}
+spec:
+  workload: {{kind: Deployment, name: worker}}
+  drainTimeout: 1s
+  queues:
+    orders:
+      type: rabbitmq
+      nameFrom: {{env: ORDERS_QUEUE}}
+      brokerEndpoint: {{urlFrom: {{name: rabbit, key: url}}}}
+"#,
+        url = rabbit_url()
+    );
+    ok(&kubeconfig, &["apply", "-f", "-"], Some(&objects));
+    let says_original = format!("QUEUE={original}");
+    poll("the worker's first pod", async || {
+        worker_says(&kubeconfig).as_deref() == Some(says_original.as_str())
+    })
+    .await;
+
+    let kube = KubeClient::connect(&ClientOptions {
+        kubeconfig: Some(kubeconfig.clone()),
+        context: None,
+        namespace: Some("default".into()),
+    })
+    .await
+    .unwrap();
+    let splits = Splits::new(kube.client.clone(), RouterConfig::default());
+    let worker = WorkloadRef {
+        kind: WorkloadKind::Deployment,
+        name: "worker".into(),
+    };
+    let want = |pattern: &str| {
+        BTreeMap::from([(
+            "orders".to_owned(),
+            Wanted {
+                broker: QueueBroker::Rabbitmq,
+                filter: BTreeMap::from([("x-user".to_owned(), pattern.to_owned())]),
+            },
+        )])
+    };
+
+    // A wrong type or id is refused before anything starts.
+    let mut wrong = want("^alice$");
+    wrong.get_mut("orders").unwrap().broker = QueueBroker::Sqs;
+    let err = splits
+        .join("default", &worker, "s0", &wrong)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("not Sqs"), "{err}");
+
+    let alice_env = splits
+        .join("default", &worker, "alice1", &want("^alice$"))
+        .await
+        .unwrap();
+    let alice_queue = QueueName(alice_env["ORDERS_QUEUE"].clone());
+    cleanup.0.push(alice_queue.clone());
+    assert_ne!(alice_queue, original);
+    let says_split = format!("QUEUE={workload_queue}");
+    poll("the worker to roll onto its temporary queue", async || {
+        worker_says(&kubeconfig).as_deref() == Some(says_split.as_str())
+    })
+    .await;
+    let err = splits
+        .join("default", &worker, "bob2", &want("ali"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("alice1"),
+        "the refusal names the holder: {err}"
+    );
+    let phase = ok(
+        &kubeconfig,
+        &[
+            "get",
+            "rqs",
+            "orders",
+            "-o",
+            "jsonpath={.status.phase}/{.status.sessionCount}",
+        ],
+        None,
+    );
+    assert_eq!(phase, "Active/1");
+
+    // 100 messages each for alice and bob: alice's all reach her queue,
+    // bob's all reach the workload's, none twice.
+    for n in 0..100 {
+        broker
+            .publish(&original, &message("alice", n))
+            .await
+            .unwrap();
+        broker.publish(&original, &message("bob", n)).await.unwrap();
+    }
+    let mut alice = Vec::new();
+    poll("alice's 100 messages", async || {
+        alice.extend(take_all(&broker, &alice_queue, Duration::from_millis(300)).await);
+        alice.len() >= 100
+    })
+    .await;
+    let mut workload = Vec::new();
+    poll("bob's 100 messages at the workload", async || {
+        workload.extend(take_all(&broker, &workload_queue, Duration::from_millis(300)).await);
+        workload.len() >= 100
+    })
+    .await;
+    let expect = |user: &str| (0..100).map(|n| format!("{user}-{n}")).collect::<Vec<_>>();
+    assert_eq!(alice, expect("alice"), "in order, exactly once");
+    assert_eq!(workload, expect("bob"));
+
+    // Ten more for alice that she never takes; then she leaves, the last one.
+    for n in 100..110 {
+        broker
+            .publish(&original, &message("alice", n))
+            .await
+            .unwrap();
+    }
+    poll("the ten to reach alice's queue", async || {
+        broker
+            .depth(&alice_queue)
+            .await
+            .map(|d| d.ready)
+            .unwrap_or(0)
+            == 10
+    })
+    .await;
+    splits.leave("alice1").await;
+    poll(
+        "the worker to roll back onto the original queue",
+        async || worker_says(&kubeconfig).as_deref() == Some(says_original.as_str()),
+    )
+    .await;
+    let phase = ok(
+        &kubeconfig,
+        &["get", "rqs", "orders", "-o", "jsonpath={.status.phase}"],
+        None,
+    );
+    assert_eq!(phase, "Idle");
+    // Nothing lost: the ten are back on the original queue, and the
+    // temporary queues are gone.
+    let back = take_all(&broker, &original, Duration::from_millis(500)).await;
+    assert_eq!(
+        back,
+        (100..110).map(|n| format!("alice-{n}")).collect::<Vec<_>>()
+    );
+    for gone in [&alice_queue, &workload_queue] {
+        assert!(broker.inspect(gone).await.is_err(), "{gone} still exists");
+    }
+}
