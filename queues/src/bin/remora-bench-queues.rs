@@ -136,7 +136,11 @@ impl Bench {
     fn properties(&self, seq: u64) -> BasicProperties {
         let mut headers = FieldTable::default();
         // Half the messages are the session's.
-        let user = if seq.is_multiple_of(2) { "alice" } else { "bob" };
+        let user = if seq.is_multiple_of(2) {
+            "alice"
+        } else {
+            "bob"
+        };
         headers.insert("x-user".into(), AMQPValue::LongString(user.into()));
         let sent = self.epoch.elapsed().as_nanos() as i64;
         headers.insert("x-sent-ns".into(), AMQPValue::LongLongInt(sent));
