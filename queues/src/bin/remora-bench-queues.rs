@@ -405,7 +405,7 @@ async fn bench() -> Result<()> {
     ] {
         let (d, r) = (med(&lat[0], f), med(&lat[1], f));
         println!(
-            "| {name} | {d:.0} | {r:.0} | {:.2} (+{:.0} µs) |",
+            "| {name} | {d:.0} | {r:.0} | {:.2} ({:+.0} µs) |",
             r / d,
             r - d
         );
