@@ -4,8 +4,8 @@
 //! default `amqp://guest:guest@127.0.0.1:5672/%2f`), in one run.
 //!
 //! * **throughput**: `THROUGHPUT_N` messages wait in a queue; *direct*, one
-//!   consumer (the broker seam, prefetch `PREFETCH`, one ack each) takes them
-//!   all; *router*, a router (prefetch `PREFETCH`) with one session whose
+//!   consumer (the broker seam, prefetch 64 or `REMORA_BENCH_PREFETCH`, one ack each) takes them
+//!   all; *router*, a router (the same prefetch) with one session whose
 //!   filter takes half of them forwards them and one consumer per temporary
 //!   queue takes them. Messages/s from the start until the last one arrived.
 //! * **latency**: a publisher sends `LATENCY_N` messages at `LATENCY_RATE`/s,
@@ -35,7 +35,8 @@ use tokio_util::sync::CancellationToken;
 const THROUGHPUT_N: u64 = 20_000;
 const LATENCY_N: u64 = 4_000;
 const LATENCY_RATE: u64 = 2_000;
-const PREFETCH: u16 = 64;
+/// Both the direct consumers' and the router's prefetch; `REMORA_BENCH_PREFETCH` overrides.
+const DEFAULT_PREFETCH: u16 = 64;
 const RUNS: usize = 3;
 const BODY: usize = 256;
 /// Longest wait for one measurement before the bench gives up.
@@ -55,6 +56,13 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn prefetch() -> u16 {
+    std::env::var("REMORA_BENCH_PREFETCH")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(DEFAULT_PREFETCH)
 }
 
 fn url() -> String {
@@ -200,7 +208,7 @@ async fn receive(
     let (tx, mut rx) = tokio::sync::mpsc::channel::<u64>(1024);
     let mut tasks = tokio::task::JoinSet::new();
     for q in queues {
-        let mut consumer = broker.consume(q, PREFETCH).await?;
+        let mut consumer = broker.consume(q, prefetch()).await?;
         let tx = tx.clone();
         tasks.spawn(async move {
             while let Ok(Some(d)) = consumer.next().await {
@@ -267,7 +275,7 @@ async fn router(
         original.clone(),
         BTreeMap::new(),
         RouterConfig {
-            prefetch: PREFETCH,
+            prefetch: prefetch(),
             ..RouterConfig::default()
         },
     )
@@ -387,8 +395,9 @@ async fn bench() -> Result<()> {
     println!(
         "remora-bench-queues: {RUNS} runs alternating, medians; {THROUGHPUT_N} queued \
          messages for throughput, {LATENCY_N} at {LATENCY_RATE}/s for latency; {BODY}-byte \
-         bodies, prefetch {PREFETCH}; router: one session taking half, the workload the rest; \
+         bodies, prefetch {}; router: one session taking half, the workload the rest; \
          load average before {load_before}, after {}.",
+        prefetch(),
         load()
     );
     println!();
