@@ -23,5 +23,8 @@ echo >> target/bench-results.md
 echo >> target/bench-results.md
 ./target/release/remora-bench-db-branches | tee -a target/bench-results.md
 echo >> target/bench-results.md
+# Queue splitting against the local RabbitMQ (setup.sh starts it).
+./target/release/remora-bench-queues | tee -a target/bench-results.md
+echo >> target/bench-results.md
 # The test cluster (needs root for its pod namespaces, cgroups and bridge).
 ./tests/kube-sim/bench/kube_sim.sh target/release/remora-kube-sim | tee -a target/bench-results.md

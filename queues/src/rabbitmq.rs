@@ -47,7 +47,7 @@ use crate::broker::{
     QueueProps, Result,
 };
 use async_trait::async_trait;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use lapin::options::{
     BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
     ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
@@ -536,22 +536,30 @@ impl Broker for RabbitBroker {
         let confirm = {
             let mut slot = self.publisher.lock().await;
             let channel = self.publish_channel(&mut slot).await?;
-            let sent = channel
-                .basic_publish(
-                    ShortString::from(""),
-                    routing_key,
-                    BasicPublishOptions {
-                        mandatory: true,
-                        immediate: false,
-                    },
-                    &message.body,
-                    properties,
-                )
-                .await;
+            let mut sending = Box::pin(channel.basic_publish(
+                ShortString::from(""),
+                routing_key,
+                BasicPublishOptions {
+                    mandatory: true,
+                    immediate: false,
+                },
+                &message.body,
+                properties,
+            ));
+            // The first poll takes the confirm sequence number and queues
+            // the frames: that fixes this message's place on the wire, so
+            // the lock is released before waiting for the write.
+            let first = futures::poll!(&mut sending);
+            drop(slot);
+            let sent = match first {
+                std::task::Poll::Ready(sent) => sent,
+                std::task::Poll::Pending => sending.await,
+            };
             match sent {
                 Ok(confirm) => confirm,
                 Err(e) => {
-                    *slot = None;
+                    // The next publish finds the channel closed and opens
+                    // another.
                     return Err(self.error(&e, name, "publish"));
                 }
             }
@@ -667,15 +675,28 @@ impl Consumer for RabbitConsumer {
         }
     }
 
+    /// Queues the `basic.ack` frame on the connection and returns without
+    /// waiting for it to be written: `basic.ack` has no reply, so waiting
+    /// would only tell that the frame left this process, at the cost of a
+    /// round trip through lapin's I/O loop per message. Frames leave in the
+    /// order they were queued, so an ack queued here goes before the close
+    /// of this consumer's channel. A channel already closed is an error
+    /// (the broker delivers the message again).
     async fn ack(&mut self, delivery: Delivery) -> Result<()> {
         let token = self.token(delivery, "ack")?;
-        match token.acker.ack(Default::default()).await {
-            Ok(true) => Ok(()),
-            Ok(false) => Err(self.op_error(
+        let closed = || {
+            self.op_error(
                 "ack",
                 "the delivery's channel is closed; the broker delivers the message again".into(),
-            )),
-            Err(e) => Err(self.op_error("ack", e.to_string())),
+            )
+        };
+        if !token.acker.usable() {
+            return Err(closed());
+        }
+        match token.acker.ack(Default::default()).now_or_never() {
+            None | Some(Ok(true)) => Ok(()),
+            Some(Ok(false)) => Err(closed()),
+            Some(Err(e)) => Err(self.op_error("ack", e.to_string())),
         }
     }
 

@@ -14,10 +14,10 @@
 //! * A message is acknowledged on the original queue only after the broker
 //!   confirmed it on its destination ([`Broker::publish`] returned `Ok`). A
 //!   failed forward gives the message back to the original queue
-//!   ([`Consumer::requeue`]).
+//!   ([`Consumer::requeue`](crate::broker::Consumer::requeue)).
 //! * Several forwards are in flight at once (up to [`RouterConfig::prefetch`]).
 //!   They are *started* in the order the original queue delivered them, and
-//!   messages with the same [`Message::order_key`] are forwarded one after the
+//!   messages with the same [`Message::order_key`](crate::broker::Message::order_key) are forwarded one after the
 //!   other (the next starts once the previous one is confirmed), so per-key
 //!   order holds on every broker. On RabbitMQ (no order keys) the broker
 //!   stores forwards in the order they were started, so each destination

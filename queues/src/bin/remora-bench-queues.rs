@@ -4,8 +4,8 @@
 //! default `amqp://guest:guest@127.0.0.1:5672/%2f`), in one run.
 //!
 //! * **throughput**: `THROUGHPUT_N` messages wait in a queue; *direct*, one
-//!   consumer (the broker seam, prefetch `PREFETCH`, one ack each) takes them
-//!   all; *router*, a router (prefetch `PREFETCH`) with one session whose
+//!   consumer (the broker seam, prefetch 64 or `REMORA_BENCH_PREFETCH`, one ack each) takes them
+//!   all; *router*, a router (the same prefetch) with one session whose
 //!   filter takes half of them forwards them and one consumer per temporary
 //!   queue takes them. Messages/s from the start until the last one arrived.
 //! * **latency**: a publisher sends `LATENCY_N` messages at `LATENCY_RATE`/s,
@@ -35,7 +35,8 @@ use tokio_util::sync::CancellationToken;
 const THROUGHPUT_N: u64 = 20_000;
 const LATENCY_N: u64 = 4_000;
 const LATENCY_RATE: u64 = 2_000;
-const PREFETCH: u16 = 64;
+/// Both the direct consumers' and the router's prefetch; `REMORA_BENCH_PREFETCH` overrides.
+const DEFAULT_PREFETCH: u16 = 64;
 const RUNS: usize = 3;
 const BODY: usize = 256;
 /// Longest wait for one measurement before the bench gives up.
@@ -55,6 +56,13 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn prefetch() -> u16 {
+    std::env::var("REMORA_BENCH_PREFETCH")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(DEFAULT_PREFETCH)
 }
 
 fn url() -> String {
@@ -136,7 +144,11 @@ impl Bench {
     fn properties(&self, seq: u64) -> BasicProperties {
         let mut headers = FieldTable::default();
         // Half the messages are the session's.
-        let user = if seq.is_multiple_of(2) { "alice" } else { "bob" };
+        let user = if seq.is_multiple_of(2) {
+            "alice"
+        } else {
+            "bob"
+        };
         headers.insert("x-user".into(), AMQPValue::LongString(user.into()));
         let sent = self.epoch.elapsed().as_nanos() as i64;
         headers.insert("x-sent-ns".into(), AMQPValue::LongLongInt(sent));
@@ -196,7 +208,7 @@ async fn receive(
     let (tx, mut rx) = tokio::sync::mpsc::channel::<u64>(1024);
     let mut tasks = tokio::task::JoinSet::new();
     for q in queues {
-        let mut consumer = broker.consume(q, PREFETCH).await?;
+        let mut consumer = broker.consume(q, prefetch()).await?;
         let tx = tx.clone();
         tasks.spawn(async move {
             while let Ok(Some(d)) = consumer.next().await {
@@ -263,7 +275,7 @@ async fn router(
         original.clone(),
         BTreeMap::new(),
         RouterConfig {
-            prefetch: PREFETCH,
+            prefetch: prefetch(),
             ..RouterConfig::default()
         },
     )
@@ -383,8 +395,9 @@ async fn bench() -> Result<()> {
     println!(
         "remora-bench-queues: {RUNS} runs alternating, medians; {THROUGHPUT_N} queued \
          messages for throughput, {LATENCY_N} at {LATENCY_RATE}/s for latency; {BODY}-byte \
-         bodies, prefetch {PREFETCH}; router: one session taking half, the workload the rest; \
+         bodies, prefetch {}; router: one session taking half, the workload the rest; \
          load average before {load_before}, after {}.",
+        prefetch(),
         load()
     );
     println!();
@@ -401,7 +414,7 @@ async fn bench() -> Result<()> {
     ] {
         let (d, r) = (med(&lat[0], f), med(&lat[1], f));
         println!(
-            "| {name} | {d:.0} | {r:.0} | {:.2} (+{:.0} µs) |",
+            "| {name} | {d:.0} | {r:.0} | {:.2} ({:+.0} µs) |",
             r / d,
             r - d
         );
