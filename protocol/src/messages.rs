@@ -141,6 +141,17 @@ pub enum LayerRequest {
     /// remote file when the stream ends, and holds later requests naming
     /// `path` until the stream is drained.
     StreamWrites { fd: crate::RemoteFd, path: String },
+    /// Wait until every byte that reached the write stream accepted at
+    /// `stream` (the intproxy's end, the layer's peer address) is written to
+    /// the remote file, then (`sync: Some(data_only)`) sync it in the target.
+    /// Fails with the stream's first write error, if any: how a failed
+    /// remote write reaches the program's `fsync` or `close` (v4,
+    /// [`crate::Capabilities::STREAM_SYNC`]).
+    StreamSync {
+        #[serde(with = "crate::net::wire_addr")]
+        stream: SocketAddr,
+        sync: Option<bool>,
+    },
     /// The intproxy dialed the application's listener from `dialer` for an
     /// incoming connection: who is the real peer (and the target-side address
     /// it connected to)?
@@ -164,6 +175,8 @@ pub enum LayerResponse {
     },
     Listening,
     Unlistened,
+    /// Answer to [`LayerRequest::StreamSync`]: everything is written.
+    StreamSynced,
     /// Answer to [`LayerRequest::IncomingPeer`]; `None` when the connection
     /// is not one the intproxy dialed.
     Peer {

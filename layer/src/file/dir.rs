@@ -313,6 +313,7 @@ fn fd_of(dir: &mut RemoteDir) -> HookResult<c_int> {
             path: dir.path.clone(),
             metadata: dir.metadata,
             remote: None,
+            stream: None,
         };
         // glibc's opendir opens with O_CLOEXEC; so does this.
         dir.fd = ops::placeholder(info, true)?;

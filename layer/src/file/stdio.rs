@@ -151,6 +151,7 @@ pub unsafe extern "C" fn fopen64(path: *const c_char, mode: *const c_char) -> *m
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn fclose(fp: *mut FILE) -> c_int {
     let real = real!(fclose: fn(*mut FILE) -> c_int);
+    let mut late = None;
     if !fp.is_null() {
         if let Some(_g) = DetourGuard::enter() {
             // Forget the fd while it is still open (after fclose another
@@ -161,6 +162,7 @@ pub unsafe extern "C" fn fclose(fp: *mut FILE) -> c_int {
             let fd = unsafe { libc::fileno(fp) };
             set_errno(saved);
             if fd >= 0 {
+                late = late_stream_error(fp, fd);
                 drop(fd::remove(fd));
             }
         }
@@ -168,7 +170,28 @@ pub unsafe extern "C" fn fclose(fp: *mut FILE) -> c_int {
     // The guard is released: a cookie stream's flush and close callbacks
     // forward to the agent and need the layer.
     // SAFETY: forwarding the caller's arguments unchanged.
-    unsafe { real(fp) }
+    let rc = unsafe { real(fp) };
+    match late {
+        // The stream is closed either way, as fclose(3) leaves it.
+        Some(e) if rc == 0 => {
+            set_errno(errno_of(&e));
+            libc::EOF
+        }
+        _ => rc,
+    }
+}
+
+/// For a stream on a write stream's socket: its buffer flushed and every
+/// byte written in the target, or the first remote write error (glibc's
+/// `fclose` closes the fd internally, out of the `close` hook's sight).
+fn late_stream_error(fp: *mut FILE, fd: c_int) -> Option<HookError> {
+    let stream = ops::write_stream(fd)?;
+    // SAFETY: fp is the caller's open stream; flushing it is part of fclose.
+    unsafe { libc::fflush(fp) };
+    match ops::stream_sync(fd, stream, None) {
+        Err(e @ (HookError::Remote(_) | HookError::Errno(_))) => Some(e),
+        _ => None,
+    }
 }
 
 /// # Safety
