@@ -363,3 +363,55 @@ fn a_c_program_fdopens_a_pod_file_and_reads_and_writes_it() {
         "id,total\n1,9.99\n2,42.00\n4,0.50\n"
     );
 }
+
+/// Compile one of tests/apps/c into a temporary directory.
+fn c_program(dir: &tempfile::TempDir, name: &str) -> String {
+    let program = dir.path().join(name);
+    let source = format!("{}/apps/c/{name}.c", env!("CARGO_MANIFEST_DIR"));
+    let built = std::process::Command::new("gcc")
+        .arg("-o")
+        .arg(&program)
+        .arg(&source)
+        .status()
+        .unwrap();
+    assert!(built.success(), "gcc {source}");
+    program.to_str().unwrap().to_owned()
+}
+
+#[test]
+fn a_c_program_freopens_stdin_and_stdout_onto_pod_files() {
+    require_sandbox!();
+    let sandbox = Sandbox::new().unwrap();
+    let c = checkout_pod(&sandbox).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let program = c_program(&dir, "freopen_pod");
+    // Neither file exists here: stdin must read the pod's, stdout must
+    // write the pod's.
+    assert!(!std::path::Path::new("/srv/checkout/data/orders.csv").exists());
+    let out = remora_run_with(
+        &c.pod,
+        &["--fs-mode", "write"],
+        &[
+            &program,
+            "/srv/checkout/data/orders.csv",
+            "/srv/checkout/data/summary.txt",
+            "/srv/checkout/data/orders.csv",
+        ],
+    )
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("rw: Operation not supported\n"), "{stderr}");
+    assert_eq!(
+        stderr.matches("freopen of /srv/checkout/data/orders.csv").count(),
+        1,
+        "{stderr}"
+    );
+    assert!(stderr.ends_with("done\n"), "{stderr}");
+    assert_eq!(
+        c.pod
+            .exec_ok(&["cat", "/srv/checkout/data/summary.txt"])
+            .unwrap(),
+        "lines=3 first=id,total\n"
+    );
+}

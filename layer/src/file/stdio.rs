@@ -2,7 +2,8 @@
 //! interposition cannot see, so `fopen` itself is hooked: a remote snapshot
 //! or directory becomes `fdopen(fd)`, a remote handle a `fopencookie` stream
 //! whose callbacks forward to the agent (such a stream has no fd: `fileno`
-//! returns -1); `fdopen` of a remote handle's placeholder does the same. `fclose` is hooked because glibc closes the fd internally,
+//! returns -1); `fdopen` of a remote handle's placeholder does the same;
+//! `freopen` puts a remote fd under the caller's `FILE`. `fclose` is hooked because glibc closes the fd internally,
 //! behind the `close` hook's back.
 
 use super::RemoteHandle;
@@ -146,6 +147,138 @@ pub unsafe extern "C" fn fopen64(path: *const c_char, mode: *const c_char) -> *m
     let real = real!(fopen64: fn(*const c_char, *const c_char) -> *mut FILE);
     // SAFETY: fopen(3) contract; libc gets the caller's arguments.
     unsafe { fopen_hook(path, mode, || real(path, mode)) }
+}
+
+/// Shared body of `freopen`/`freopen64`. A remote file that becomes an fd
+/// (snapshot, directory, write stream) takes the stream's place like a
+/// local one: libc reopens `fp` on `/dev/null` with the same mode (keeping
+/// the stream's fd number, as glibc does), then the remote fd is moved onto
+/// that number. A remote file that needs a handle (read-write modes, reads
+/// over the snapshot limit) cannot become this `FILE` (only a new cookie
+/// stream could): `EOPNOTSUPP` with a one-line warning naming `fopen`.
+/// On a failed remote open the original stream stays open (C closes it).
+///
+/// # Safety
+/// freopen(3)'s contract; `local` must be the libc call.
+unsafe fn freopen_hook(
+    path: *const c_char,
+    mode: *const c_char,
+    fp: *mut FILE,
+    local: impl FnOnce(*const c_char, *const c_char) -> *mut FILE,
+) -> *mut FILE {
+    let Some(_g) = DetourGuard::enter() else {
+        return local(path, mode);
+    };
+    // SAFETY: caller guarantees both are null or NUL-terminated.
+    let (Some(cpath), Some(cmode)) = (unsafe { cstr(path) }, unsafe { cstr(mode) }) else {
+        // freopen(NULL, mode, fp) changes the mode of the same file.
+        return local(path, mode);
+    };
+    let Some(flags) = ops::fopen_flags(cmode.to_bytes()) else {
+        return local(path, mode);
+    };
+    if fp.is_null() {
+        return local(path, mode);
+    }
+    let stream = match open(cpath, flags) {
+        Ok(Routed::Remote(stream)) => stream,
+        Ok(Routed::Local(_)) | Err(HookError::Bypass(_)) => {
+            // glibc closes the old fd internally: forget what it was.
+            forget_stream_fd(fp);
+            return local(path, mode);
+        }
+        Err(e) => {
+            set_errno(errno_of(&e));
+            return std::ptr::null_mut();
+        }
+    };
+    let fd = match stream {
+        Stream::Fd(fd) => fd,
+        Stream::Handle(handle) => {
+            drop(handle);
+            crate::session::warn(&format!(
+                "remora: freopen of {} in mode {:?} is not supported (the target's file needs a                  handle: read-write, or bigger than {} MiB); open it with fopen instead",
+                cpath.to_string_lossy(),
+                cmode.to_string_lossy(),
+                ops::SNAPSHOT_LIMIT >> 20
+            ));
+            set_errno(libc::EOPNOTSUPP);
+            return std::ptr::null_mut();
+        }
+    };
+    forget_stream_fd(fp);
+    // /dev/null exists and takes every mode once 'x' (exclusive) is gone.
+    let null_mode: Vec<u8> = cmode
+        .to_bytes()
+        .iter()
+        .copied()
+        .filter(|c| *c != b'x' && *c != b'm')
+        .chain([0])
+        .collect();
+    let reopened = local(c"/dev/null".as_ptr(), null_mode.as_ptr().cast());
+    if reopened.is_null() {
+        let errno = crate::error::errno();
+        drop(fd::remove(fd));
+        // SAFETY: closing the fd the remote open made.
+        unsafe { libc::close(fd) };
+        set_errno(errno);
+        return reopened;
+    }
+    // SAFETY: reopened is the caller's stream, open again.
+    let target = unsafe { libc::fileno(reopened) };
+    let cloexec = if flags & libc::O_CLOEXEC != 0 {
+        libc::O_CLOEXEC
+    } else {
+        0
+    };
+    // SAFETY: both fds are open; dup3 replaces /dev/null with the remote fd.
+    if target < 0 || target == fd || unsafe { libc::dup3(fd, target, cloexec) } < 0 {
+        let errno = crate::error::errno();
+        drop(fd::remove(fd));
+        // SAFETY: closing the fd the remote open made.
+        unsafe { libc::close(fd) };
+        set_errno(if errno == 0 { libc::EIO } else { errno });
+        return std::ptr::null_mut();
+    }
+    if let Some(entry) = fd::remove(fd) {
+        fd::insert(target, entry);
+    }
+    // SAFETY: the remote open's fd, now duplicated onto the stream's.
+    unsafe { libc::close(fd) };
+    reopened
+}
+
+/// Forget the fd table entry of `fp`'s fd, which libc closes internally.
+fn forget_stream_fd(fp: *mut FILE) {
+    let saved = crate::error::errno();
+    // SAFETY: fp is the caller's stream.
+    let old = unsafe { libc::fileno(fp) };
+    set_errno(saved);
+    if old >= 0 {
+        drop(fd::remove(old));
+    }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn freopen(
+    path: *const c_char,
+    mode: *const c_char,
+    fp: *mut FILE,
+) -> *mut FILE {
+    let real = real!(freopen: fn(*const c_char, *const c_char, *mut FILE) -> *mut FILE);
+    // SAFETY: freopen(3) contract; libc gets the caller's stream.
+    unsafe { freopen_hook(path, mode, fp, |p, m| real(p, m, fp)) }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn freopen64(
+    path: *const c_char,
+    mode: *const c_char,
+    fp: *mut FILE,
+) -> *mut FILE {
+    let real = real!(freopen64: fn(*const c_char, *const c_char, *mut FILE) -> *mut FILE);
+    // SAFETY: freopen(3) contract; libc gets the caller's stream.
+    unsafe { freopen_hook(path, mode, fp, |p, m| real(p, m, fp)) }
 }
 
 #[unsafe(no_mangle)]
