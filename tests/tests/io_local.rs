@@ -365,13 +365,14 @@ fn a_c_program_fdopens_a_pod_file_and_reads_and_writes_it() {
 }
 
 /// Compile one of tests/apps/c into a temporary directory.
-fn c_program(dir: &tempfile::TempDir, name: &str) -> String {
+fn c_program(dir: &tempfile::TempDir, name: &str, libs: &[&str]) -> String {
     let program = dir.path().join(name);
     let source = format!("{}/apps/c/{name}.c", env!("CARGO_MANIFEST_DIR"));
     let built = std::process::Command::new("gcc")
         .arg("-o")
         .arg(&program)
         .arg(&source)
+        .args(libs)
         .status()
         .unwrap();
     assert!(built.success(), "gcc {source}");
@@ -384,7 +385,7 @@ fn a_c_program_freopens_stdin_and_stdout_onto_pod_files() {
     let sandbox = Sandbox::new().unwrap();
     let c = checkout_pod(&sandbox).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let program = c_program(&dir, "freopen_pod");
+    let program = c_program(&dir, "freopen_pod", &[]);
     // Neither file exists here: stdin must read the pod's, stdout must
     // write the pod's.
     assert!(!std::path::Path::new("/srv/checkout/data/orders.csv").exists());
@@ -403,7 +404,9 @@ fn a_c_program_freopens_stdin_and_stdout_onto_pod_files() {
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("rw: Operation not supported\n"), "{stderr}");
     assert_eq!(
-        stderr.matches("freopen of /srv/checkout/data/orders.csv").count(),
+        stderr
+            .matches("freopen of /srv/checkout/data/orders.csv")
+            .count(),
         1,
         "{stderr}"
     );
@@ -414,4 +417,53 @@ fn a_c_program_freopens_stdin_and_stdout_onto_pod_files() {
             .unwrap(),
         "lines=3 first=id,total\n"
     );
+}
+
+/// node's libuv stats and reads files through an io_uring ring when
+/// `UV_USE_IO_URING=1`: the kernel would look the pod's paths up locally.
+const NODE_URING: &str = r#"
+const fs = require("fs");
+fs.stat("/srv/checkout/data/orders.csv", (err, st) => {
+  if (err) { console.log("stat", err.code); return; }
+  console.log("stat size", st.size);
+  fs.promises.readFile("/srv/checkout/data/orders.csv", "utf8").then(
+    (text) => console.log("read", JSON.stringify(text)),
+    (e) => console.log("read", e.code));
+});
+"#;
+
+#[test]
+fn io_uring_is_refused_so_node_and_liburing_programs_use_calls_remora_sees() {
+    require_sandbox!();
+    let sandbox = Sandbox::new().unwrap();
+    let c = checkout_pod(&sandbox).unwrap();
+    let out = remora_run(
+        &c.pod,
+        &["env", "UV_USE_IO_URING=1", "node", "-e", NODE_URING],
+    )
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(
+        ok(out),
+        "stat size 24\nread \"id,total\\n1,9.99\\n2,42.00\\n\"\n",
+        "{stderr}"
+    );
+    assert_eq!(
+        stderr.matches("tried to use io_uring").count(),
+        1,
+        "{stderr}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let program = c_program(&dir, "uring_init", &["-l:liburing.so.2"]);
+    let out = remora_run(&c.pod, &[&program]).unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(ok(out), "io_uring_queue_init: Function not implemented\n");
+    assert!(
+        stderr.contains("REMORA_ALLOW_IO_URING=1 allows it"),
+        "{stderr}"
+    );
+    // Outside remora the same program gets its ring (the test means something).
+    let plain = std::process::Command::new(&program).output().unwrap();
+    assert_eq!(text(&plain), "io_uring_queue_init: ok\n");
 }
