@@ -49,6 +49,14 @@ pub unsafe extern "C" fn syscall(
                 )
             } as c_long;
         }
+        libc::SYS_getdents64 => {
+            // SAFETY: the caller passed getdents64's arguments.
+            if let Some(n) = unsafe {
+                crate::file::dir::getdents64_hook(a1 as c_int, a2 as *mut u8, a3 as usize)
+            } {
+                return n as c_long;
+            }
+        }
         // libuv (node) creates its rings this way.
         libc::SYS_io_uring_setup => {
             if let Some(refused) = crate::uring::setup_via_syscall() {

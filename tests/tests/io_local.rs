@@ -467,3 +467,62 @@ fn io_uring_is_refused_so_node_and_liburing_programs_use_calls_remora_sees() {
     let plain = std::process::Command::new(&program).output().unwrap();
     assert_eq!(text(&plain), "io_uring_queue_init: ok\n");
 }
+
+/// getdents64 through `syscall()` and the libc function, with a buffer
+/// that holds one or two records (several calls, the cursor kept between).
+const PY_GETDENTS: &str = r#"
+import ctypes, os, platform, struct, sys
+libc = ctypes.CDLL(None, use_errno=True)
+SYS_getdents64 = {"x86_64": 217, "aarch64": 61}[platform.machine()]
+libc.syscall.restype = ctypes.c_long
+libc.getdents64.restype = ctypes.c_ssize_t
+
+def listing(call, size):
+    fd = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY)
+    buf = ctypes.create_string_buffer(size)
+    names = []
+    while True:
+        n = call(fd, buf, size)
+        if n < 0:
+            raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+        if n == 0:
+            break
+        off = 0
+        while off < n:
+            ino, doff, reclen, dtype = struct.unpack_from("QqHB", buf.raw, off)
+            name = buf.raw[off + 19: off + reclen].split(b"\0")[0].decode()
+            names.append((name, dtype))
+            off += reclen
+    os.close(fd)
+    return sorted(names)
+
+via_syscall = listing(lambda fd, b, n: libc.syscall(SYS_getdents64, fd, b, n), 64)
+via_libc = listing(lambda fd, b, n: libc.getdents64(fd, b, n), 4096)
+assert via_syscall == via_libc, (via_syscall, via_libc)
+print(" ".join(f"{n}:{t}" for n, t in via_syscall))
+try:
+    listing(lambda fd, b, n: libc.syscall(SYS_getdents64, fd, b, n), 8)
+except OSError as e:
+    print("tiny buffer:", e.strerror)
+"#;
+
+#[test]
+fn getdents64_through_syscall_and_libc_lists_a_pod_directory() {
+    require_sandbox!();
+    let sandbox = Sandbox::new().unwrap();
+    let c = checkout_pod(&sandbox).unwrap();
+    c.pod
+        .exec_ok(&["sh", "-c", "mkdir /srv/checkout/data/archive && touch /srv/checkout/data/a-rather-long-file-name.txt"])
+        .unwrap();
+    let out = ok(remora_run(
+        &c.pod,
+        &["python3", "-c", PY_GETDENTS, "/srv/checkout/data"],
+    )
+    .unwrap());
+    // d_type: 4 directory, 8 regular file.
+    assert_eq!(
+        out,
+        ".:4 ..:4 a-rather-long-file-name.txt:8 archive:4 orders.csv:8\n\
+         tiny buffer: Invalid argument\n"
+    );
+}
