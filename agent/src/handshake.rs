@@ -21,7 +21,8 @@ pub const AGENT_CAPABILITIES: Capabilities = Capabilities(
         | Capabilities::INCOMING_STEAL.0
         | Capabilities::INCOMING_MIRROR.0
         | Capabilities::SUBSCRIBE_OVERRIDE.0
-        | Capabilities::SESSION_POLICY.0,
+        | Capabilities::SESSION_POLICY.0
+        | Capabilities::DNS_QUERY.0,
 );
 
 /// remora's version, as told to clients.

@@ -449,6 +449,16 @@ impl AgentLinkTask {
                     let _ = reply.send(Ok(Response::Fs(FsReply::Done)));
                     return Ok(());
                 }
+                if let Request::DnsQuery(_) = request
+                    && !self.capabilities.contains(Capabilities::DNS_QUERY)
+                {
+                    // An older agent could not decode it.
+                    let _ = reply.send(Err(remora_protocol::RemoteError::new(
+                        remora_protocol::ErrorCode::Unsupported,
+                        "the agent is too old for raw DNS queries (res_query); upgrade it",
+                    )));
+                    return Ok(());
+                }
                 let id = RequestId(self.next_request);
                 self.next_request += 1;
                 self.pending.insert(id, reply);

@@ -27,6 +27,9 @@ pub enum Request {
     Ping,
     /// Database branches (operator only; protocol v2, [`crate::Capabilities::DB_BRANCHES`]).
     Db(crate::db::DbRequest),
+    /// A raw DNS query answered by the target's nameservers (v4,
+    /// [`crate::Capabilities::DNS_QUERY`]).
+    DnsQuery(crate::dns::DnsQueryRequest),
 }
 
 /// The successful answer to a [`Request`].
@@ -41,6 +44,7 @@ pub enum Response {
     Session(SessionReply),
     Pong,
     Db(crate::db::DbReply),
+    DnsAnswer(crate::dns::DnsAnswer),
 }
 
 /// intproxy/operator client → agent/operator, after the handshake.
