@@ -59,6 +59,10 @@ pub fn evaluate(hello: &Hello, token: &SessionToken, target: &str) -> Result<Neg
         // relaying a newer client's bits) could not decode them.
         capabilities = Capabilities(capabilities.0 & !Capabilities::FLOW_CONTROL.0);
     }
+    if version < ProtocolVersion(4) {
+        // `Request::DnsQuery` is a v4 variant.
+        capabilities = Capabilities(capabilities.0 & !Capabilities::DNS_QUERY.0);
+    }
     Ok(Negotiated {
         version,
         capabilities,

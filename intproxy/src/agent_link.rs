@@ -312,12 +312,16 @@ pub async fn connect(config: &IntProxyConfig) -> Result<AgentApi> {
                      upgrade the agent or operator"
                 )));
             }
+            let mut capabilities = capabilities;
             if version < remora_protocol::ProtocolVersion(3) {
                 // Credit messages are v3 variants, whatever bits a relay passed on.
-                Capabilities(capabilities.0 & !Capabilities::FLOW_CONTROL.0)
-            } else {
-                capabilities
+                capabilities = Capabilities(capabilities.0 & !Capabilities::FLOW_CONTROL.0);
             }
+            if version < remora_protocol::ProtocolVersion(4) {
+                // So is `Request::DnsQuery` of v4.
+                capabilities = Capabilities(capabilities.0 & !Capabilities::DNS_QUERY.0);
+            }
+            capabilities
         }
         Some(Ok(HelloReply::Rejected {
             reason,

@@ -355,7 +355,7 @@ fn a_c_program_fdopens_a_pod_file_and_reads_and_writes_it() {
         &[program.to_str().unwrap(), "/srv/checkout/data/orders.csv"],
     )
     .unwrap());
-    assert_eq!(out, "first line: id,total\nfd closed: yes\n");
+    assert_eq!(out, "fileno: same\nfirst line: id,total\nfd closed: yes\n");
     assert_eq!(
         c.pod
             .exec_ok(&["cat", "/srv/checkout/data/orders.csv"])

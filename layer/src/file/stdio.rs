@@ -2,7 +2,8 @@
 //! interposition cannot see, so `fopen` itself is hooked: a remote snapshot
 //! or directory becomes `fdopen(fd)`, a remote handle a `fopencookie` stream
 //! whose callbacks forward to the agent (such a stream has no fd: `fileno`
-//! returns -1); `fdopen` of a remote handle's placeholder does the same;
+//! returns -1); `fdopen` of a remote handle's placeholder does the same, its
+//! `fileno` being the placeholder;
 //! `freopen` puts a remote fd under the caller's `FILE`. `fclose` is hooked because glibc closes the fd internally,
 //! behind the `close` hook's back.
 
@@ -402,17 +403,47 @@ unsafe extern "C" fn cookie_close(cookie: *mut c_void) -> c_int {
     0
 }
 
+/// Offset of `_fileno` in glibc's `struct _IO_FILE` on LP64 (an `int` after
+/// `_flags` and 13 pointers; `bits/types/struct_FILE.h`).
+const FILENO_OFFSET: usize = 112;
+/// What glibc's `fopencookie` stores there: "no file, but a real stream".
+const COOKIE_FILENO: c_int = -2;
+
+/// Make `fileno` of an `fdopen`ed cookie stream return its placeholder fd,
+/// as `fdopen` promises: code that reads or writes `fileno(f)` directly
+/// (libstdc++'s `filebuf`, `fstat(fileno(f))`) then reaches the same remote
+/// handle through the fd hooks. glibc's cookie streams never use `_fileno`
+/// for I/O (their callbacks do), and closing stays the cookie's `close`.
+/// Only done when the field holds glibc's cookie marker, so another libc
+/// layout is left alone.
+///
+/// # Safety
+/// `fp` must be null or a stream returned by `fopencookie`.
+unsafe fn give_fileno(fp: *mut FILE, fd: c_int) {
+    if fp.is_null() || !cfg!(all(target_env = "gnu", target_pointer_width = "64")) {
+        return;
+    }
+    // SAFETY: a glibc FILE is larger than FILENO_OFFSET + 4 bytes.
+    let slot = unsafe { fp.cast::<u8>().add(FILENO_OFFSET).cast::<c_int>() };
+    // SAFETY: as above; aligned (112 is a multiple of 4 in an aligned struct).
+    if unsafe { slot.read() } == COOKIE_FILENO {
+        // SAFETY: as above.
+        unsafe { slot.write(fd) };
+    }
+}
+
 /// `fdopen` of a remote file's placeholder: stdio would read the empty
 /// placeholder through glibc's internal `read`, which the layer cannot
 /// see, so the stream is a cookie stream on the remote handle instead
-/// (its `fileno` is -1; `fclose` closes `fd`). Other fds go to libc.
+/// (its `fileno` is `fd`, see [`give_fileno`]; `fclose` closes `fd`).
+/// Other fds go to libc.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn fdopen(fd: c_int, mode: *const c_char) -> *mut FILE {
     let real = real!(fdopen: fn(c_int, *const c_char) -> *mut FILE);
     if let Some(_g) = DetourGuard::enter() {
         if let (Some(handle), Some(_)) = (ops::remote_handle(fd), unsafe { cstr(mode) }) {
             // SAFETY: mode is NUL-terminated (checked).
-            return unsafe {
+            let fp = unsafe {
                 cookie_stream(
                     Cookie {
                         handle,
@@ -421,6 +452,9 @@ pub unsafe extern "C" fn fdopen(fd: c_int, mode: *const c_char) -> *mut FILE {
                     mode,
                 )
             };
+            // SAFETY: fp is null or the cookie stream just made.
+            unsafe { give_fileno(fp, fd) };
+            return fp;
         }
     }
     // SAFETY: forwarding the caller's arguments unchanged.
