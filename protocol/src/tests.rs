@@ -254,17 +254,17 @@ fn a_client_names_both_versions_when_the_server_is_older_or_newer() {
     assert!(check_accepted(ProtocolVersion(1), "the agent").is_ok());
     let newer = check_accepted(ProtocolVersion(7), "the operator").unwrap_err();
     assert!(
-        newer.contains("v7") && newer.contains("v3") && newer.contains("upgrade this remora"),
+        newer.contains("v7") && newer.contains("v4") && newer.contains("upgrade this remora"),
         "{newer}"
     );
     let older = check_accepted(ProtocolVersion(0), "the agent").unwrap_err();
     assert!(
-        older.contains("v0") && older.contains("v3") && older.contains("upgrade the agent"),
+        older.contains("v0") && older.contains("v4") && older.contains("upgrade the agent"),
         "{older}"
     );
     let rejected = explain_rejection("invalid token", ProtocolVersion(9), "the agent");
     assert!(
-        rejected.contains("v9") && rejected.contains("v3"),
+        rejected.contains("v9") && rejected.contains("v4"),
         "{rejected}"
     );
     assert_eq!(
