@@ -353,6 +353,10 @@ impl RequestWorker {
                 self.need(Capabilities::DNS, "DNS")?;
                 self.ctx.dns.reverse(request).await.map(Response::Reverse)
             }
+            Request::DnsQuery(request) => {
+                self.need(Capabilities::DNS_QUERY, "raw DNS queries")?;
+                self.ctx.dns.query(request).await.map(Response::DnsAnswer)
+            }
             Request::Hostname => fs::hostname(&self.ctx.pool).await.map(Response::Hostname),
             Request::Env(request) => {
                 self.need(Capabilities::ENV, "the environment")?;

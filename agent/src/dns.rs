@@ -3,12 +3,16 @@
 //! `/etc/resolv.conf`, queried from its network namespace.
 
 pub mod hosts;
+pub mod raw;
 pub mod resolver;
 
 use crate::net::NetApi;
 use crate::pool::NsPool;
 use hosts::HostsFile;
-use remora_protocol::dns::{AddrFamily, LookupReply, LookupRequest, ReverseReply, ReverseRequest};
+use remora_protocol::dns::{
+    AddrFamily, DnsAnswer, DnsQueryRequest, LookupReply, LookupRequest, ReverseReply,
+    ReverseRequest,
+};
 use remora_protocol::{ErrorCode, RemoteError, RemoteResult};
 use resolver::ResolvConf;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -81,6 +85,97 @@ impl DnsApi {
             .await
             .unwrap_or_else(|_| Err(deadline(&request.address.to_string())))?;
         Ok(ReverseReply { names })
+    }
+
+    /// `res_query`/`res_search` as the target would run them: the first
+    /// reply with answers, else the last reply received (its header says
+    /// why: NXDOMAIN, no data, a server failure).
+    pub async fn query(&self, request: DnsQueryRequest) -> RemoteResult<DnsAnswer> {
+        let (_, resolv) = self.files().await?;
+        let names = raw::candidates(request.name.trim(), request.search, &resolv);
+        let servers = raw::servers(&resolv);
+        let timeout = resolv.opts.timeout;
+        let work = async {
+            let mut last: Option<bytes::Bytes> = None;
+            let mut failure = None;
+            for name in &names {
+                match self.ask(name, &request, &servers, timeout).await {
+                    Ok(reply) => {
+                        let (_, rcode, answers) = raw::header(&reply).unwrap_or((0, 2, 0));
+                        if rcode == 0 && answers > 0 {
+                            return Ok(DnsAnswer { message: reply });
+                        }
+                        // Keep trying the search list on NXDOMAIN and empty
+                        // answers, as glibc does; a failing server ends it.
+                        let keep_going = rcode == raw::NXDOMAIN || rcode == 0;
+                        last = Some(reply);
+                        if !keep_going {
+                            break;
+                        }
+                    }
+                    Err(e) => failure = Some(e),
+                }
+            }
+            match (last, failure) {
+                (Some(message), _) => Ok(DnsAnswer { message }),
+                (None, Some(e)) => Err(e),
+                (None, None) => Err(resolver::not_found(&request.name)),
+            }
+        };
+        tokio::time::timeout(DNS_DEADLINE, work)
+            .await
+            .unwrap_or_else(|_| Err(deadline(&request.name)))
+    }
+
+    /// One name to each server in turn (UDP, from the target's network
+    /// namespace) until one replies.
+    async fn ask(
+        &self,
+        name: &str,
+        request: &DnsQueryRequest,
+        servers: &[std::net::SocketAddr],
+        timeout: Duration,
+    ) -> RemoteResult<bytes::Bytes> {
+        let id = rand_id();
+        let query = raw::build_query(id, name, request.class, request.rtype).ok_or_else(|| {
+            RemoteError::new(
+                ErrorCode::InvalidInput,
+                format!("{name} is not a valid DNS name"),
+            )
+        })?;
+        let mut failure = RemoteError::new(
+            ErrorCode::TemporaryNameFailure,
+            "the target has no nameserver".to_owned(),
+        );
+        for server in servers {
+            let attempt = async {
+                let socket = self.net.connect_udp(*server).await?;
+                socket.send(&query).await?;
+                let mut buf = vec![0u8; raw::MAX_REPLY];
+                loop {
+                    let n = socket.recv(&mut buf).await?;
+                    if raw::header(&buf[..n]).is_some_and(|(got, _, _)| got == id) {
+                        return Ok::<_, std::io::Error>(bytes::Bytes::copy_from_slice(&buf[..n]));
+                    }
+                }
+            };
+            match tokio::time::timeout(timeout, attempt).await {
+                Ok(Ok(reply)) => return Ok(reply),
+                Ok(Err(e)) => {
+                    failure = RemoteError::new(
+                        ErrorCode::TemporaryNameFailure,
+                        format!("asking {server} for {name} from the target: {e}"),
+                    );
+                }
+                Err(_) => {
+                    failure = RemoteError::new(
+                        ErrorCode::TemporaryNameFailure,
+                        format!("{server} did not answer for {name} within {timeout:?}"),
+                    );
+                }
+            }
+        }
+        Err(failure)
     }
 
     /// The target's current hosts and resolver files, re-read when their
@@ -198,6 +293,12 @@ fn localhost(name: &str, family: AddrFamily) -> Option<LookupReply> {
         canonical_name: Some(name),
         addresses,
     })
+}
+
+/// A query id that a stray reply is unlikely to match.
+fn rand_id() -> u16 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(Instant::now()) as u16
 }
 
 fn deadline(name: &str) -> RemoteError {

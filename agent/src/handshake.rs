@@ -21,7 +21,8 @@ pub const AGENT_CAPABILITIES: Capabilities = Capabilities(
         | Capabilities::INCOMING_STEAL.0
         | Capabilities::INCOMING_MIRROR.0
         | Capabilities::SUBSCRIBE_OVERRIDE.0
-        | Capabilities::SESSION_POLICY.0,
+        | Capabilities::SESSION_POLICY.0
+        | Capabilities::DNS_QUERY.0,
 );
 
 /// remora's version, as told to clients.
@@ -57,6 +58,10 @@ pub fn evaluate(hello: &Hello, token: &SessionToken, target: &str) -> Result<Neg
         // Credit messages are v3 variants: a v2 peer (or a v2 operator
         // relaying a newer client's bits) could not decode them.
         capabilities = Capabilities(capabilities.0 & !Capabilities::FLOW_CONTROL.0);
+    }
+    if version < ProtocolVersion(4) {
+        // `Request::DnsQuery` is a v4 variant.
+        capabilities = Capabilities(capabilities.0 & !Capabilities::DNS_QUERY.0);
     }
     Ok(Negotiated {
         version,

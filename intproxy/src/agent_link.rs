@@ -312,12 +312,16 @@ pub async fn connect(config: &IntProxyConfig) -> Result<AgentApi> {
                      upgrade the agent or operator"
                 )));
             }
+            let mut capabilities = capabilities;
             if version < remora_protocol::ProtocolVersion(3) {
                 // Credit messages are v3 variants, whatever bits a relay passed on.
-                Capabilities(capabilities.0 & !Capabilities::FLOW_CONTROL.0)
-            } else {
-                capabilities
+                capabilities = Capabilities(capabilities.0 & !Capabilities::FLOW_CONTROL.0);
             }
+            if version < remora_protocol::ProtocolVersion(4) {
+                // So is `Request::DnsQuery` of v4.
+                capabilities = Capabilities(capabilities.0 & !Capabilities::DNS_QUERY.0);
+            }
+            capabilities
         }
         Some(Ok(HelloReply::Rejected {
             reason,
@@ -447,6 +451,16 @@ impl AgentLinkTask {
                     // A v1 agent cannot sync; its writes were synchronous
                     // already, as they were before v2.
                     let _ = reply.send(Ok(Response::Fs(FsReply::Done)));
+                    return Ok(());
+                }
+                if let Request::DnsQuery(_) = request
+                    && !self.capabilities.contains(Capabilities::DNS_QUERY)
+                {
+                    // An older agent could not decode it.
+                    let _ = reply.send(Err(remora_protocol::RemoteError::new(
+                        remora_protocol::ErrorCode::Unsupported,
+                        "the agent is too old for raw DNS queries (res_query); upgrade it",
+                    )));
                     return Ok(());
                 }
                 let id = RequestId(self.next_request);

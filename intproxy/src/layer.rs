@@ -295,6 +295,7 @@ fn negotiated(capabilities: Capabilities, request: &LayerRequest) -> RemoteResul
     let (needed, what) = match request {
         LayerRequest::StreamWrites { .. } => (Capabilities::STREAM_WRITES, "StreamWrites"),
         LayerRequest::IncomingPeer { .. } => (Capabilities::INCOMING_PEER, "IncomingPeer"),
+        LayerRequest::StreamSync { .. } => (Capabilities::STREAM_SYNC, "StreamSync"),
         _ => return Ok(()),
     };
     if capabilities.contains(needed) {
@@ -302,7 +303,7 @@ fn negotiated(capabilities: Capabilities, request: &LayerRequest) -> RemoteResul
     } else {
         Err(remora_protocol::RemoteError::new(
             remora_protocol::ErrorCode::Unsupported,
-            format!("{what} was not negotiated with this layer (protocol v2 needed)"),
+            format!("{what} was not negotiated with this layer (its protocol is too old)"),
         ))
     }
 }
@@ -326,6 +327,10 @@ async fn handle(
                 interceptor,
                 remote_local: None,
             })
+        }
+        LayerRequest::StreamSync { stream, sync } => {
+            streams.sync(stream, sync).await?;
+            Ok(LayerResponse::StreamSynced)
         }
         LayerRequest::ConnectOutgoing { transport, remote } => {
             let (interceptor, remote_local) =

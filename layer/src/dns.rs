@@ -1,5 +1,6 @@
 //! Name resolution as the target resolves names: `getaddrinfo`,
-//! `freeaddrinfo`, `gethostbyname`, `gethostname`.
+//! `freeaddrinfo`, `gethostbyname`, `gethostname`; raw queries (`res_*`)
+//! and `getaddrinfo_a` ([`query`]).
 //!
 //! Addresses learnt from remote lookups are remembered (bounded) so outgoing
 //! filters written with host names can match the IPs the app connects to.
@@ -7,6 +8,7 @@
 pub mod hooks;
 pub mod hostent;
 pub mod ops;
+pub mod query;
 
 use crate::sync::ForkMutex;
 use std::collections::HashMap;

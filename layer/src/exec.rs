@@ -2,9 +2,11 @@
 //! (`execve`, `execvpe`, `execveat`, `fexecve`, `posix_spawn[p]`, and
 //! `execv`/`execvp`, which pass `environ`) get the layer's variables back if
 //! the program dropped them, so the whole process tree keeps seeing the
-//! target (and its remote working directory, [`crate::file::cwd`]); and `uname` reports the target's node name like `gethostname`.
+//! target (and its remote working directory, [`crate::file::cwd`], and
+//! the write streams it inherits, [`crate::file::streams`]); and `uname` reports the target's node name like `gethostname`.
 
 use crate::file::cwd::REMOTE_CWD_ENV;
+use crate::file::streams::WRITE_STREAMS_ENV;
 use crate::guard::DetourGuard;
 use crate::real::real;
 use crate::state::{INTPROXY_ADDR_ENV, LAYER_TOKEN_ENV};
@@ -78,7 +80,15 @@ unsafe fn patched(envp: *const *const c_char) -> Option<Env> {
         .iter()
         .find(|e| e.to_bytes().starts_with(cwd_prefix.as_bytes()));
     let cwd_ok = has_cwd.map(|e| e.to_bytes()) == want_cwd.as_ref().map(|w| w.as_bytes());
-    if has(INTPROXY_ADDR_ENV) && preload_ok && cwd_ok {
+    // So are the write streams the child inherits as fds.
+    let streams_prefix = format!("{WRITE_STREAMS_ENV}=");
+    let want_streams = crate::file::streams::env_value().map(|v| format!("{streams_prefix}{v}"));
+    let has_streams = entries
+        .iter()
+        .find(|e| e.to_bytes().starts_with(streams_prefix.as_bytes()));
+    let streams_ok =
+        has_streams.map(|e| e.to_bytes()) == want_streams.as_ref().map(|w| w.as_bytes());
+    if has(INTPROXY_ADDR_ENV) && preload_ok && cwd_ok && streams_ok {
         return None;
     }
     let mut owned: Vec<CString> = Vec::new();
@@ -91,9 +101,15 @@ unsafe fn patched(envp: *const *const c_char) -> Option<Env> {
         if bytes.starts_with(cwd_prefix.as_bytes()) {
             continue; // replaced below by this process's remote directory, if any
         }
+        if bytes.starts_with(streams_prefix.as_bytes()) {
+            continue; // replaced below by this process's write streams, if any
+        }
         ptrs.push(entry.as_ptr());
     }
     if let Some(entry) = want_cwd {
+        owned.push(CString::new(entry).ok()?);
+    }
+    if let Some(entry) = want_streams {
         owned.push(CString::new(entry).ok()?);
     }
     for (key, value) in inherited {

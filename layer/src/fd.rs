@@ -53,6 +53,18 @@ pub fn get(fd: c_int) -> Option<Managed> {
     TABLE.read().as_ref()?.get(&fd).cloned()
 }
 
+/// A copy of every entry (for `exec`, which passes some on).
+pub fn entries() -> Vec<(c_int, Managed)> {
+    if COUNT.load(Ordering::Relaxed) == 0 {
+        return Vec::new();
+    }
+    TABLE
+        .read()
+        .as_ref()
+        .map(|t| t.iter().map(|(fd, m)| (*fd, m.clone())).collect())
+        .unwrap_or_default()
+}
+
 /// Forget `fd`; returns its entry.
 pub fn remove(fd: c_int) -> Option<Managed> {
     if COUNT.load(Ordering::Relaxed) == 0 {
@@ -89,8 +101,27 @@ pub unsafe extern "C" fn close(fd: c_int) -> c_int {
             // layer off from its intproxy; pretend it worked.
             return 0;
         }
+        // A write stream's remote errors are reported by its close, as a
+        // file's write-back errors are: everything written so far reaches
+        // the target first (see `file::ops::stream_sync`).
+        let late = match crate::file::ops::write_stream(fd) {
+            Some(stream) => match crate::file::ops::stream_sync(fd, stream, None) {
+                Err(
+                    e @ (crate::error::HookError::Remote(_) | crate::error::HookError::Errno(_)),
+                ) => Some(e),
+                _ => None,
+            },
+            None => None,
+        };
         // Dropping the entry releases remote resources of its last duplicate.
         drop(remove(fd));
+        // SAFETY: forwarding the caller's arguments unchanged.
+        let rc = unsafe { real(fd) };
+        return match late {
+            // The fd is closed either way, as close(2) leaves it.
+            Some(e) if rc == 0 => fail(&e),
+            _ => rc,
+        };
     }
     // SAFETY: forwarding the caller's arguments unchanged.
     unsafe { real(fd) }

@@ -57,6 +57,7 @@ pub mod ops;
 pub mod read_mode;
 pub mod stat;
 pub mod stdio;
+pub mod streams;
 
 use crate::fd::Shared;
 use crate::guard::DetourGuard;
@@ -77,6 +78,9 @@ pub struct FileInfo {
     /// duplicate; `None` for snapshots (the fd holds the content) and for
     /// directories.
     pub remote: Option<Shared<RemoteHandle>>,
+    /// For a write stream (a write-only remote file behind a local socket):
+    /// the intproxy's end of it, which names the stream in `StreamSync`.
+    pub stream: Option<std::net::SocketAddr>,
 }
 
 impl FileInfo {

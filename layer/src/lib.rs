@@ -43,6 +43,7 @@ pub mod socket;
 pub mod state;
 pub mod sync;
 pub mod syscall;
+pub mod uring;
 
 /// Environment variable that makes the layer print why it is inactive.
 pub const DEBUG_ENV: &str = "REMORA_LAYER_DEBUG";

@@ -36,6 +36,7 @@ extern "C" fn prepare() {
     sync::hold_mutex(&crate::session::POOL);
     sync::hold_rwlock(&crate::fd::TABLE);
     sync::hold_mutex(&crate::file::dir::DIRS);
+    sync::hold_mutex(&crate::file::dir::CURSORS);
     sync::hold_mutex(&crate::dns::hooks::OURS);
     sync::hold_mutex(&crate::dns::HOSTNAMES);
     sync::hold_mutex(&crate::socket::UDP_ROUTES);
@@ -48,6 +49,7 @@ extern "C" fn parent() {
         sync::release_mutex(&crate::socket::UDP_ROUTES);
         sync::release_mutex(&crate::dns::HOSTNAMES);
         sync::release_mutex(&crate::dns::hooks::OURS);
+        sync::release_mutex(&crate::file::dir::CURSORS);
         sync::release_mutex(&crate::file::dir::DIRS);
         sync::release_rwlock(&crate::fd::TABLE);
         sync::release_mutex(&crate::session::POOL);
@@ -63,6 +65,7 @@ extern "C" fn child() {
         sync::reset_mutex(&crate::socket::UDP_ROUTES);
         sync::reset_mutex(&crate::dns::HOSTNAMES);
         sync::reset_mutex(&crate::dns::hooks::OURS);
+        sync::reset_mutex(&crate::file::dir::CURSORS);
         sync::reset_mutex(&crate::file::dir::DIRS);
         sync::reset_rwlock(&crate::fd::TABLE);
         sync::reset_mutex(&crate::session::POOL);

@@ -72,6 +72,8 @@ static SESSION_FDS: [AtomicI32; MAX_CONNECTIONS] = [const { AtomicI32::new(-1) }
 /// an ordinary fd skip scanning [`SESSION_FDS`].
 static SESSION_FD_MIN: AtomicI32 = AtomicI32::new(i32::MAX);
 static WARNED_UNAVAILABLE: AtomicBool = AtomicBool::new(false);
+/// The protocol version the intproxy accepted (0 before the first handshake).
+static NEGOTIATED: AtomicU32 = AtomicU32::new(0);
 
 /// The connection pool's book-keeping.
 #[derive(Debug)]
@@ -150,6 +152,23 @@ pub fn request(req: LayerRequest) -> HookResult<LayerResponse> {
             Err(unavailable(&reason))
         }
     }
+}
+
+/// The reply timeout of this process's remote calls.
+pub fn reply_timeout() -> Duration {
+    ENDPOINT
+        .get()
+        .map_or(DEFAULT_REPLY_TIMEOUT, |e| e.reply_timeout)
+}
+
+/// Whether the intproxy understands the layer requests of `capability`
+/// (the version it accepted implies them; connects first if needed).
+pub fn intproxy_supports(capability: remora_protocol::Capabilities) -> bool {
+    if NEGOTIATED.load(Ordering::Relaxed) == 0 {
+        connect_now();
+    }
+    let version = remora_protocol::ProtocolVersion(NEGOTIATED.load(Ordering::Relaxed));
+    remora_protocol::Capabilities::implied_by(version).contains(capability)
 }
 
 /// What the user reads when a reply does not come in time.
@@ -313,7 +332,8 @@ impl Conn {
         };
         codec::write_frame(&mut conn.reader.get_ref(), &hello).map_err(|e| e.to_string())?;
         match codec::read_frame::<_, LayerHelloReply>(&mut conn.reader) {
-            Ok(LayerHelloReply::Accepted { .. }) => {
+            Ok(LayerHelloReply::Accepted { version }) => {
+                NEGOTIATED.store(version.0, Ordering::Relaxed);
                 // Only an accepted connection is protected from the app's
                 // `close`: after a failed handshake the number is the app's.
                 let fd = conn.reader.get_ref().as_raw_fd();

@@ -50,6 +50,7 @@ pub fn init() -> Result<(), String> {
     let _ = STATE.set(LayerState { config, policies });
     crate::exec::capture_environment();
     crate::file::cwd::init_from_env();
+    crate::file::streams::init_from_env();
     crate::session::connect_now();
     Ok(())
 }

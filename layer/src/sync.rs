@@ -21,6 +21,7 @@ pub const LOCK_ORDER: &[&str] = &[
     "session::POOL",
     "fd::TABLE",
     "file::dir::DIRS",
+    "file::dir::CURSORS",
     "dns::hooks::OURS",
     "dns::HOSTNAMES",
     "socket::UDP_ROUTES",

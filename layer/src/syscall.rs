@@ -1,8 +1,9 @@
 //! `syscall(2)`: some programs reach newer system calls through the generic
 //! wrapper instead of their libc functions (gnulib, used by coreutils' `mv`,
 //! calls `syscall(SYS_renameat2, ...)`; libuv, under node, calls `statx`
-//! this way). `renameat2`, `statx` and `openat2` are routed to the layer's
-//! own hooks; every other call goes to libc unchanged.
+//! this way). `renameat2`, `statx`, `openat2` and `getdents64` are routed to
+//! the layer's own hooks, `io_uring_setup` is refused ([`crate::uring`]);
+//! every other call goes to libc unchanged.
 //!
 //! `syscall` is variadic in C; on the ABIs we support (x86_64 SysV, aarch64
 //! Linux) its arguments travel in registers, so six fixed `c_long` parameters
@@ -47,6 +48,20 @@ pub unsafe extern "C" fn syscall(
                     a5 as *mut libc::statx,
                 )
             } as c_long;
+        }
+        libc::SYS_getdents64 => {
+            // SAFETY: the caller passed getdents64's arguments.
+            if let Some(n) = unsafe {
+                crate::file::dir::getdents64_hook(a1 as c_int, a2 as *mut u8, a3 as usize)
+            } {
+                return n as c_long;
+            }
+        }
+        // libuv (node) creates its rings this way.
+        libc::SYS_io_uring_setup => {
+            if let Some(refused) = crate::uring::setup_via_syscall() {
+                return refused;
+            }
         }
         libc::SYS_openat2 => {
             // SAFETY: the caller passed openat2's arguments.

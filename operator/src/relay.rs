@@ -391,6 +391,24 @@ impl Relay {
                 let _ = self.to_client(answer(result)).await;
                 return true;
             }
+            // A raw query's addresses are not learned for outgoing_block: a
+            // blocked name is refused instead.
+            Request::DnsQuery(query) => {
+                let hits = self
+                    .ctx
+                    .policies
+                    .current()
+                    .blocked_name(&self.ctx.target, &query.name);
+                if let Some((label, _)) = hits.first() {
+                    let reason = format!(
+                        "DNS queries for {} are refused: {label} blocks connections to it",
+                        query.name
+                    );
+                    let error = RemoteError::new(ErrorCode::Forbidden, reason);
+                    let _ = self.to_client(answer(Err(error))).await;
+                    return true;
+                }
+            }
             Request::Lookup(lookup) => {
                 let hits = self
                     .ctx

@@ -55,3 +55,24 @@ pub struct ReverseRequest {
 pub struct ReverseReply {
     pub names: Vec<String>,
 }
+
+/// A raw DNS query (`res_query`/`res_search`): the target's nameservers are
+/// asked for `name`'s records of `class`/`rtype`, with its search list when
+/// `search` is set. Protocol v4, [`crate::Capabilities::DNS_QUERY`].
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DnsQueryRequest {
+    pub name: String,
+    pub class: u16,
+    pub rtype: u16,
+    pub search: bool,
+}
+
+/// The answer to a [`DnsQueryRequest`]: the nameserver's reply message as
+/// received (its header carries the response code).
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DnsAnswer {
+    #[cfg_attr(test, proptest(strategy = "crate::tests::bytes()"))]
+    pub message: bytes::Bytes,
+}

@@ -16,6 +16,8 @@ use serde::{Deserialize, Serialize};
 ///   [`Capabilities::SESSION_POLICY`]. A v1 peer still works: it never
 ///   advertises those bits, so neither side sends those messages to it.
 /// * v3: per-stream credit ([`Capabilities::FLOW_CONTROL`], [`crate::flow`]).
+/// * v4: `LayerRequest::StreamSync` ([`Capabilities::STREAM_SYNC`]),
+///   `Request::DnsQuery` ([`Capabilities::DNS_QUERY`]).
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct ProtocolVersion(pub u32);
@@ -34,7 +36,11 @@ impl std::fmt::Display for ProtocolVersion {
 ///   ([`Capabilities::SUBSCRIBE_OVERRIDE`]).
 /// - v3: per-stream credit-based flow control (`OutgoingClient::Credit` and
 ///   the like, [`Capabilities::FLOW_CONTROL`]).
-pub const PROTOCOL_VERSION: ProtocolVersion = ProtocolVersion(3);
+/// - v4: `LayerRequest::StreamSync` on the layer ⇄ intproxy link
+///   ([`Capabilities::STREAM_SYNC`]): a write stream's errors reach the
+///   program's `fsync` and `close`; `Request::DnsQuery`
+///   ([`Capabilities::DNS_QUERY`]): `res_query` and friends.
+pub const PROTOCOL_VERSION: ProtocolVersion = ProtocolVersion(4);
 /// The oldest peer version this build still understands (v1: every message
 /// added since is gated by a capability bit a v1 peer does not advertise).
 pub const MIN_PROTOCOL_VERSION: ProtocolVersion = ProtocolVersion(1);
@@ -79,6 +85,11 @@ impl Capabilities {
     pub const INCOMING_PEER: Capabilities = Capabilities(1 << 27);
     /// The operator makes database branches ([`crate::db`]).
     pub const DB_BRANCHES: Capabilities = Capabilities(1 << 28);
+    /// `LayerRequest::StreamSync` is understood (layer ⇄ intproxy, v4).
+    pub const STREAM_SYNC: Capabilities = Capabilities(1 << 29);
+    /// `Request::DnsQuery`: raw DNS queries through the target's
+    /// nameservers (`res_query` and friends, v4).
+    pub const DNS_QUERY: Capabilities = Capabilities(1 << 30);
 
     /// Every capability of protocol v1.
     pub const V1: Capabilities = Capabilities((1 << 12) - 1);
@@ -92,14 +103,18 @@ impl Capabilities {
             | Self::SESSION_POLICY.0
             | Self::STREAM_WRITES.0
             | Self::INCOMING_PEER.0
-            | Self::DB_BRANCHES.0,
+            | Self::DB_BRANCHES.0
+            | Self::STREAM_SYNC.0
+            | Self::DNS_QUERY.0,
     );
 
     /// What a peer that negotiated `version` but no capability set (the
     /// layer ⇄ intproxy link, whose handshake carries only a version)
     /// understands beyond v1.
     pub fn implied_by(version: ProtocolVersion) -> Capabilities {
-        if version >= ProtocolVersion(2) {
+        if version >= ProtocolVersion(4) {
+            Capabilities(Self::STREAM_WRITES.0 | Self::INCOMING_PEER.0 | Self::STREAM_SYNC.0)
+        } else if version >= ProtocolVersion(2) {
             Capabilities(Self::STREAM_WRITES.0 | Self::INCOMING_PEER.0)
         } else {
             Capabilities(0)

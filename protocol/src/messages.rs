@@ -27,6 +27,9 @@ pub enum Request {
     Ping,
     /// Database branches (operator only; protocol v2, [`crate::Capabilities::DB_BRANCHES`]).
     Db(crate::db::DbRequest),
+    /// A raw DNS query answered by the target's nameservers (v4,
+    /// [`crate::Capabilities::DNS_QUERY`]).
+    DnsQuery(crate::dns::DnsQueryRequest),
 }
 
 /// The successful answer to a [`Request`].
@@ -41,6 +44,7 @@ pub enum Response {
     Session(SessionReply),
     Pong,
     Db(crate::db::DbReply),
+    DnsAnswer(crate::dns::DnsAnswer),
 }
 
 /// intproxy/operator client → agent/operator, after the handshake.
@@ -141,6 +145,17 @@ pub enum LayerRequest {
     /// remote file when the stream ends, and holds later requests naming
     /// `path` until the stream is drained.
     StreamWrites { fd: crate::RemoteFd, path: String },
+    /// Wait until every byte that reached the write stream accepted at
+    /// `stream` (the intproxy's end, the layer's peer address) is written to
+    /// the remote file, then (`sync: Some(data_only)`) sync it in the target.
+    /// Fails with the stream's first write error, if any: how a failed
+    /// remote write reaches the program's `fsync` or `close` (v4,
+    /// [`crate::Capabilities::STREAM_SYNC`]).
+    StreamSync {
+        #[serde(with = "crate::net::wire_addr")]
+        stream: SocketAddr,
+        sync: Option<bool>,
+    },
     /// The intproxy dialed the application's listener from `dialer` for an
     /// incoming connection: who is the real peer (and the target-side address
     /// it connected to)?
@@ -164,6 +179,8 @@ pub enum LayerResponse {
     },
     Listening,
     Unlistened,
+    /// Answer to [`LayerRequest::StreamSync`]: everything is written.
+    StreamSynced,
     /// Answer to [`LayerRequest::IncomingPeer`]; `None` when the connection
     /// is not one the intproxy dialed.
     Peer {

@@ -355,11 +355,174 @@ fn a_c_program_fdopens_a_pod_file_and_reads_and_writes_it() {
         &[program.to_str().unwrap(), "/srv/checkout/data/orders.csv"],
     )
     .unwrap());
-    assert_eq!(out, "first line: id,total\nfd closed: yes\n");
+    assert_eq!(out, "fileno: same\nfirst line: id,total\nfd closed: yes\n");
     assert_eq!(
         c.pod
             .exec_ok(&["cat", "/srv/checkout/data/orders.csv"])
             .unwrap(),
         "id,total\n1,9.99\n2,42.00\n4,0.50\n"
+    );
+}
+
+/// Compile one of tests/apps/c into a temporary directory.
+fn c_program(dir: &tempfile::TempDir, name: &str, libs: &[&str]) -> String {
+    let program = dir.path().join(name);
+    let source = format!("{}/apps/c/{name}.c", env!("CARGO_MANIFEST_DIR"));
+    let built = std::process::Command::new("gcc")
+        .arg("-o")
+        .arg(&program)
+        .arg(&source)
+        .args(libs)
+        .status()
+        .unwrap();
+    assert!(built.success(), "gcc {source}");
+    program.to_str().unwrap().to_owned()
+}
+
+#[test]
+fn a_c_program_freopens_stdin_and_stdout_onto_pod_files() {
+    require_sandbox!();
+    let sandbox = Sandbox::new().unwrap();
+    let c = checkout_pod(&sandbox).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let program = c_program(&dir, "freopen_pod", &[]);
+    // Neither file exists here: stdin must read the pod's, stdout must
+    // write the pod's.
+    assert!(!std::path::Path::new("/srv/checkout/data/orders.csv").exists());
+    let out = remora_run_with(
+        &c.pod,
+        &["--fs-mode", "write"],
+        &[
+            &program,
+            "/srv/checkout/data/orders.csv",
+            "/srv/checkout/data/summary.txt",
+            "/srv/checkout/data/orders.csv",
+        ],
+    )
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("rw: Operation not supported\n"), "{stderr}");
+    assert_eq!(
+        stderr
+            .matches("freopen of /srv/checkout/data/orders.csv")
+            .count(),
+        1,
+        "{stderr}"
+    );
+    assert!(stderr.ends_with("done\n"), "{stderr}");
+    assert_eq!(
+        c.pod
+            .exec_ok(&["cat", "/srv/checkout/data/summary.txt"])
+            .unwrap(),
+        "lines=3 first=id,total\n"
+    );
+}
+
+/// node's libuv stats and reads files through an io_uring ring when
+/// `UV_USE_IO_URING=1`: the kernel would look the pod's paths up locally.
+const NODE_URING: &str = r#"
+const fs = require("fs");
+fs.stat("/srv/checkout/data/orders.csv", (err, st) => {
+  if (err) { console.log("stat", err.code); return; }
+  console.log("stat size", st.size);
+  fs.promises.readFile("/srv/checkout/data/orders.csv", "utf8").then(
+    (text) => console.log("read", JSON.stringify(text)),
+    (e) => console.log("read", e.code));
+});
+"#;
+
+#[test]
+fn io_uring_is_refused_so_node_and_liburing_programs_use_calls_remora_sees() {
+    require_sandbox!();
+    let sandbox = Sandbox::new().unwrap();
+    let c = checkout_pod(&sandbox).unwrap();
+    let out = remora_run(
+        &c.pod,
+        &["env", "UV_USE_IO_URING=1", "node", "-e", NODE_URING],
+    )
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(
+        ok(out),
+        "stat size 24\nread \"id,total\\n1,9.99\\n2,42.00\\n\"\n",
+        "{stderr}"
+    );
+    assert_eq!(
+        stderr.matches("tried to use io_uring").count(),
+        1,
+        "{stderr}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let program = c_program(&dir, "uring_init", &["-l:liburing.so.2"]);
+    let out = remora_run(&c.pod, &[&program]).unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(ok(out), "io_uring_queue_init: Function not implemented\n");
+    assert!(
+        stderr.contains("REMORA_ALLOW_IO_URING=1 allows it"),
+        "{stderr}"
+    );
+    // Outside remora the same program gets its ring (the test means something).
+    let plain = std::process::Command::new(&program).output().unwrap();
+    assert_eq!(text(&plain), "io_uring_queue_init: ok\n");
+}
+
+/// getdents64 through `syscall()` and the libc function, with a buffer
+/// that holds one or two records (several calls, the cursor kept between).
+const PY_GETDENTS: &str = r#"
+import ctypes, os, platform, struct, sys
+libc = ctypes.CDLL(None, use_errno=True)
+SYS_getdents64 = {"x86_64": 217, "aarch64": 61}[platform.machine()]
+libc.syscall.restype = ctypes.c_long
+libc.getdents64.restype = ctypes.c_ssize_t
+
+def listing(call, size):
+    fd = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY)
+    buf = ctypes.create_string_buffer(size)
+    names = []
+    while True:
+        n = call(fd, buf, size)
+        if n < 0:
+            raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+        if n == 0:
+            break
+        off = 0
+        while off < n:
+            ino, doff, reclen, dtype = struct.unpack_from("QqHB", buf.raw, off)
+            name = buf.raw[off + 19: off + reclen].split(b"\0")[0].decode()
+            names.append((name, dtype))
+            off += reclen
+    os.close(fd)
+    return sorted(names)
+
+via_syscall = listing(lambda fd, b, n: libc.syscall(SYS_getdents64, fd, b, n), 64)
+via_libc = listing(lambda fd, b, n: libc.getdents64(fd, b, n), 4096)
+assert via_syscall == via_libc, (via_syscall, via_libc)
+print(" ".join(f"{n}:{t}" for n, t in via_syscall))
+try:
+    listing(lambda fd, b, n: libc.syscall(SYS_getdents64, fd, b, n), 8)
+except OSError as e:
+    print("tiny buffer:", e.strerror)
+"#;
+
+#[test]
+fn getdents64_through_syscall_and_libc_lists_a_pod_directory() {
+    require_sandbox!();
+    let sandbox = Sandbox::new().unwrap();
+    let c = checkout_pod(&sandbox).unwrap();
+    c.pod
+        .exec_ok(&["sh", "-c", "mkdir /srv/checkout/data/archive && touch /srv/checkout/data/a-rather-long-file-name.txt"])
+        .unwrap();
+    let out = ok(remora_run(
+        &c.pod,
+        &["python3", "-c", PY_GETDENTS, "/srv/checkout/data"],
+    )
+    .unwrap());
+    // d_type: 4 directory, 8 regular file.
+    assert_eq!(
+        out,
+        ".:4 ..:4 a-rather-long-file-name.txt:8 archive:4 orders.csv:8\n\
+         tiny buffer: Invalid argument\n"
     );
 }

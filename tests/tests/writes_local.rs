@@ -124,3 +124,99 @@ fn read_mode_warns_once_when_sqlite_would_write_a_local_copy_of_a_pod_file() {
     assert_eq!(stdout, "42\n");
     assert!(!stderr.contains("exists in the target"), "{stderr}");
 }
+
+/// A pod with a full 64 KiB file system at /srv/small: any write there
+/// fails with ENOSPC in the target, after the program's `write` of a few
+/// bytes already returned (they sit in the stream's local socket).
+fn full_disk_pod(sandbox: &Sandbox) -> remora_tests::Pod {
+    let pod = pod(sandbox);
+    // In the pod's own mount namespace: gone with the pod.
+    pod.exec_ok(&["mkdir", "-p", "/srv/small"]).unwrap();
+    pod.exec_ok(&[
+        "mount",
+        "-t",
+        "tmpfs",
+        "-o",
+        "size=64k",
+        "remora-small",
+        "/srv/small",
+    ])
+    .unwrap();
+    fill(&pod);
+    pod
+}
+
+fn fill(pod: &remora_tests::Pod) {
+    // cat fails once the file system is full: that is the point.
+    pod.exec_ok(&[
+        "sh",
+        "-c",
+        "cat /dev/zero > /srv/small/fill 2>/dev/null; true",
+    ])
+    .unwrap();
+}
+
+#[test]
+fn a_failed_remote_write_of_a_stream_reaches_fsync_and_close() {
+    require_sandbox!();
+    let sandbox = Sandbox::new().unwrap();
+    let pod = full_disk_pod(&sandbox);
+    // Write-only opens are streams: write() returns once the bytes are in a
+    // local socket; the target's ENOSPC must still reach the program.
+    let script = r#"
+import errno, os
+def failure(step):
+    try:
+        step()
+    except OSError as e:
+        return errno.errorcode.get(e.errno, str(e.errno))
+    return "ok"
+
+fd = os.open("/srv/small/a.bin", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+print("a write", failure(lambda: os.write(fd, b"0123456789")))
+print("a fsync", failure(lambda: os.fsync(fd)))
+print("a fsync again", failure(lambda: os.fsync(fd)))
+# The stream stays failed: its close says so too (and closes the fd).
+print("a close", failure(lambda: os.close(fd)))
+print("a closed", failure(lambda: os.fstat(fd)))
+
+fd = os.open("/srv/small/b.bin", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+print("b write", failure(lambda: os.write(fd, b"0123456789")))
+print("b close", failure(lambda: os.close(fd)))
+
+os.unlink("/srv/small/fill")
+f = open("/srv/small/c.txt", "w")
+f.write("fits\n")
+f.flush()
+print("c fsync", failure(lambda: os.fsync(f.fileno())))
+print("c close", failure(f.close))
+"#;
+    let out = remora_run_with(&pod, &["--fs-mode", "write"], &["python3", "-c", script]).unwrap();
+    let (stdout, stderr) = ok(out);
+    assert_eq!(
+        stdout,
+        "a write ok\na fsync ENOSPC\na fsync again ENOSPC\na close ENOSPC\na closed EBADF\n\
+         b write ok\nb close ENOSPC\n\
+         c fsync ok\nc close ok\n",
+        "stderr: {stderr}"
+    );
+    assert_eq!(pod.exec_ok(&["cat", "/srv/small/c.txt"]).unwrap(), "fits\n");
+
+    // A real program writing through stdio into a shell redirect: head's
+    // fclose(stdout) reports the target's ENOSPC, and head fails.
+    fill(&pod);
+    let out = remora_run_with(
+        &pod,
+        &["--fs-mode", "write"],
+        &[
+            "sh",
+            "-c",
+            "head -c 100 /dev/zero > /srv/small/d.bin; echo rc=$?",
+        ],
+    )
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(stdout, "rc=1\n", "stderr: {stderr}");
+    assert!(stderr.contains("No space left on device"), "{stderr}");
+}

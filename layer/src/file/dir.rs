@@ -40,7 +40,7 @@ struct GlibcDirHead {
 
 /// One open remote directory stream; `*mut DIR` points at it.
 #[repr(C)]
-struct RemoteDir {
+pub(crate) struct RemoteDir {
     head: GlibcDirHead,
     path: Arc<str>,
     metadata: Metadata,
@@ -313,6 +313,7 @@ fn fd_of(dir: &mut RemoteDir) -> HookResult<c_int> {
             path: dir.path.clone(),
             metadata: dir.metadata,
             remote: None,
+            stream: None,
         };
         // glibc's opendir opens with O_CLOEXEC; so does this.
         dir.fd = ops::placeholder(info, true)?;
@@ -541,4 +542,112 @@ pub unsafe extern "C" fn seekdir(dirp: *mut DIR, loc: c_long) {
         // SAFETY: a stream from libc's opendir.
         unsafe { real(dirp, loc) }
     }
+}
+
+// ---------------------------------------------------------------- getdents64
+// `getdents64(fd, buf, len)` (the libc function, or `syscall(SYS_getdents64)`)
+// on a remote directory's placeholder fd: the listing's cursor lives here,
+// keyed by fd and tied to the open it belongs to (the `path` Arc of its fd
+// table entry, shared by `dup`s, which share the kernel offset too). A
+// cursor is checked out (removed) while it pages from the agent, so the
+// lock is never held across a round trip.
+
+/// Listing cursors of remote directory fds.
+pub(crate) static CURSORS: ForkMutex<Option<HashMap<c_int, (Arc<str>, Box<RemoteDir>)>>> =
+    ForkMutex::new(None);
+
+/// Size of the fixed part of `struct linux_dirent64` (before `d_name`).
+const DIRENT64_HEADER: usize = 8 + 8 + 2 + 1;
+
+/// `getdents64` on a remote directory fd; `Bypass` for every other fd.
+pub fn list_remote(fd: c_int, buf: &mut [u8]) -> HookResult<usize> {
+    let info = match fd::get(fd) {
+        Some(Managed::File(info)) if info.is_dir() => info,
+        Some(Managed::File(_)) => return Err(HookError::Errno(libc::ENOTDIR)),
+        _ => return Err(HookError::Bypass("not a remote directory")),
+    };
+    let taken = CURSORS.lock().as_mut().and_then(|c| c.remove(&fd));
+    // (A stale cursor of an earlier open is dropped below, after the lock.)
+    let mut dir = match taken {
+        Some((path, dir)) if Arc::ptr_eq(&path, &info.path) => dir,
+        // A new listing (or the fd number now names another open).
+        _ => {
+            let reply = ops::open_dir(&info.path)?;
+            let handle = Arc::new(RemoteHandle::new(reply.fd));
+            RemoteDir::new(info.path.clone(), info.metadata, handle, fd)
+        }
+    };
+    let result = fill_linux_dirents(&mut dir, buf);
+    let replaced = CURSORS
+        .lock()
+        .get_or_insert_with(HashMap::new)
+        .insert(fd, (info.path, dir));
+    // A cursor another thread put back meanwhile closes after the lock.
+    drop(replaced);
+    result
+}
+
+/// Write as many `linux_dirent64` records as fit into `buf`.
+fn fill_linux_dirents(dir: &mut RemoteDir, buf: &mut [u8]) -> HookResult<usize> {
+    let mut used = 0;
+    loop {
+        let entry = match dir.next() {
+            Ok(Some(entry)) => entry,
+            Ok(None) => return Ok(used),
+            Err(e) if used == 0 => return Err(e),
+            Err(_) => return Ok(used),
+        };
+        let name = entry.name.as_bytes();
+        let name_len = name.len().min(255);
+        let reclen = (DIRENT64_HEADER + name_len + 1).next_multiple_of(8);
+        if used + reclen > buf.len() {
+            // Given back: the next call starts with it.
+            dir.pending.push_front(entry);
+            dir.pos -= 1;
+            dir.head.filepos = dir.pos as i64;
+            return if used == 0 {
+                Err(HookError::Errno(libc::EINVAL))
+            } else {
+                Ok(used)
+            };
+        }
+        let rec = &mut buf[used..used + reclen];
+        rec.fill(0);
+        rec[0..8].copy_from_slice(&entry.ino.to_ne_bytes());
+        rec[8..16].copy_from_slice(&(dir.pos as i64).to_ne_bytes());
+        rec[16..18].copy_from_slice(&(reclen as u16).to_ne_bytes());
+        rec[18] = d_type(entry.file_type);
+        rec[DIRENT64_HEADER..DIRENT64_HEADER + name_len].copy_from_slice(&name[..name_len]);
+        used += reclen;
+    }
+}
+
+/// Shared body of the `getdents64` function and `syscall(SYS_getdents64)`:
+/// `None` when `fd` is not a remote directory (call the kernel).
+///
+/// # Safety
+/// `buf` must be null or have `len` writable bytes.
+pub unsafe fn getdents64_hook(fd: c_int, buf: *mut u8, len: usize) -> Option<isize> {
+    let _g = DetourGuard::enter()?;
+    // SAFETY: caller's contract.
+    let out = match unsafe { super::hooks::out_slice(buf.cast(), len) } {
+        Ok(out) => out,
+        Err(e) => return Some(crate::error::fail(&e) as isize),
+    };
+    match list_remote(fd, out) {
+        Ok(n) => Some(n as isize),
+        Err(HookError::Bypass(_)) => None,
+        Err(e) => Some(crate::error::fail(&e) as isize),
+    }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn getdents64(fd: c_int, buf: *mut libc::c_void, len: usize) -> isize {
+    // SAFETY: getdents64(2) contract: buf has len writable bytes.
+    if let Some(n) = unsafe { getdents64_hook(fd, buf.cast(), len) } {
+        return n;
+    }
+    let real = real!(getdents64: fn(c_int, *mut libc::c_void, usize) -> isize);
+    // SAFETY: forwarding the caller's arguments unchanged.
+    unsafe { real(fd, buf, len) }
 }

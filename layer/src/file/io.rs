@@ -160,14 +160,66 @@ pub unsafe extern "C" fn readv(fd: c_int, iov: *const iovec, count: c_int) -> ss
     unsafe { real(fd, iov, count) }
 }
 
+/// A write to a write stream's socket: without `SIGPIPE`, and a stream the
+/// intproxy closed after a failed remote write reports that write's error
+/// instead of `EPIPE`.
+fn stream_write(
+    fd: c_int,
+    stream: std::net::SocketAddr,
+    send: impl FnOnce() -> ssize_t,
+) -> ssize_t {
+    let n = send();
+    if n < 0 {
+        let errno = crate::error::errno();
+        if errno == libc::EPIPE || errno == libc::ECONNRESET {
+            return match ops::stream_sync(fd, stream, None) {
+                Err(e @ (HookError::Remote(_) | HookError::Errno(_))) => fail(&e) as ssize_t,
+                _ => {
+                    set_errno(errno);
+                    -1
+                }
+            };
+        }
+    }
+    n
+}
+
+/// What a write on `fd` reaches: a remote handle, a write stream, or neither.
+enum WriteTarget {
+    Handle(crate::fd::Shared<super::RemoteHandle>),
+    Stream(std::net::SocketAddr),
+}
+
+fn write_target(fd: c_int) -> Option<WriteTarget> {
+    match crate::fd::get(fd)? {
+        crate::fd::Managed::File(super::FileInfo {
+            remote: Some(handle),
+            ..
+        }) => Some(WriteTarget::Handle(handle)),
+        crate::fd::Managed::File(super::FileInfo {
+            stream: Some(addr), ..
+        }) => Some(WriteTarget::Stream(addr)),
+        _ => None,
+    }
+}
+
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn write(fd: c_int, buf: *const c_void, count: size_t) -> ssize_t {
     let real = real!(write: fn(c_int, *const c_void, size_t) -> ssize_t);
     if let Some(_g) = DetourGuard::enter() {
-        if let Some(handle) = ops::remote_handle(fd) {
-            // SAFETY: write(2) contract: buf has count readable bytes.
-            let buf = unsafe { in_slice(buf, count) };
-            return ssize(buf.and_then(|b| ops::write(&handle, b)));
+        match write_target(fd) {
+            Some(WriteTarget::Handle(handle)) => {
+                // SAFETY: write(2) contract: buf has count readable bytes.
+                let buf = unsafe { in_slice(buf, count) };
+                return ssize(buf.and_then(|b| ops::write(&handle, b)));
+            }
+            Some(WriteTarget::Stream(stream)) => {
+                return stream_write(fd, stream, || {
+                    // SAFETY: write(2) contract: buf has count readable bytes.
+                    unsafe { libc::send(fd, buf, count, libc::MSG_NOSIGNAL) }
+                });
+            }
+            None => {}
         }
     }
     // SAFETY: forwarding the caller's arguments unchanged.
@@ -223,16 +275,29 @@ pub unsafe extern "C" fn pwrite64(
 pub unsafe extern "C" fn writev(fd: c_int, iov: *const iovec, count: c_int) -> ssize_t {
     let real = real!(writev: fn(c_int, *const iovec, c_int) -> ssize_t);
     if let Some(_g) = DetourGuard::enter() {
-        if let Some(handle) = ops::remote_handle(fd) {
-            // SAFETY: writev(2) contract: iov holds count valid buffers.
-            let result = unsafe { iovecs(iov, count) }.and_then(|iov| {
-                vectored(iov, |v| {
-                    // SAFETY: each iovec describes iov_len readable bytes.
-                    let buf = unsafe { in_slice(v.iov_base, v.iov_len) }?;
-                    ops::write(&handle, buf)
-                })
-            });
-            return ssize(result);
+        match write_target(fd) {
+            Some(WriteTarget::Handle(handle)) => {
+                // SAFETY: writev(2) contract: iov holds count valid buffers.
+                let result = unsafe { iovecs(iov, count) }.and_then(|iov| {
+                    vectored(iov, |v| {
+                        // SAFETY: each iovec describes iov_len readable bytes.
+                        let buf = unsafe { in_slice(v.iov_base, v.iov_len) }?;
+                        ops::write(&handle, buf)
+                    })
+                });
+                return ssize(result);
+            }
+            Some(WriteTarget::Stream(stream)) if count >= 0 => {
+                return stream_write(fd, stream, || {
+                    // SAFETY: an all-zero msghdr is valid; writev's buffers as its iovecs.
+                    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+                    msg.msg_iov = iov.cast_mut();
+                    msg.msg_iovlen = count as _;
+                    // SAFETY: writev(2) contract: iov holds count valid buffers.
+                    unsafe { libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL) }
+                });
+            }
+            _ => {}
         }
     }
     // SAFETY: forwarding the caller's arguments unchanged.
@@ -293,16 +358,29 @@ pub unsafe extern "C" fn ftruncate64(fd: c_int, len: off_t) -> c_int {
     ftruncate_hook(fd, len, || unsafe { real(fd, len) })
 }
 
-/// `fsync`/`fdatasync` on a remote handle sync the target's file (an agent
+/// `fsync`/`fdatasync` on a remote handle or a write stream sync the target's file (an agent
 /// of protocol v1 cannot: its writes were synchronous, and the call succeeds
 /// as it did then); its errors reach the caller.
 fn sync_hook(fd: c_int, data_only: bool, local: impl FnOnce() -> c_int) -> c_int {
     if let Some(_g) = DetourGuard::enter() {
-        if let Some(handle) = ops::remote_handle(fd) {
-            return match ops::fsync(&handle, data_only) {
-                Ok(()) => 0,
-                Err(e) => fail(&e),
-            };
+        match write_target(fd) {
+            Some(WriteTarget::Handle(handle)) => {
+                return match ops::fsync(&handle, data_only) {
+                    Ok(()) => 0,
+                    Err(e) => fail(&e),
+                };
+            }
+            // A write stream: its bytes written and synced in the target, or
+            // the error of the first remote write that failed.
+            Some(WriteTarget::Stream(stream)) => {
+                return match ops::stream_sync(fd, stream, Some(data_only)) {
+                    Ok(()) => 0,
+                    // An intproxy too old to ask: fsync of a socket.
+                    Err(HookError::Bypass(_)) => local(),
+                    Err(e) => fail(&e),
+                };
+            }
+            None => {}
         }
     }
     local()

@@ -250,6 +250,7 @@ pub fn open_remote(path: String, flags: c_int, mode: u32) -> HookResult<Opened> 
             path: path.into(),
             metadata,
             remote: None,
+            stream: None,
         };
         return placeholder(info, cloexec).map(Opened::Native);
     }
@@ -286,6 +287,7 @@ pub fn open_remote(path: String, flags: c_int, mode: u32) -> HookResult<Opened> 
             path,
             metadata,
             remote: None,
+            stream: None,
         };
         return placeholder(info, cloexec).map(Opened::Native);
     }
@@ -299,6 +301,7 @@ pub fn open_remote(path: String, flags: c_int, mode: u32) -> HookResult<Opened> 
         path,
         metadata,
         remote: Some(handle),
+        stream: None,
     }))
 }
 
@@ -357,9 +360,57 @@ fn stream_writes(
             path: path.into(),
             metadata,
             remote: None,
+            stream: Some(addr),
         },
     );
     Ok(fd)
+}
+
+/// The intproxy's end of the write stream behind `fd`, if `fd` is one.
+pub fn write_stream(fd: c_int) -> Option<std::net::SocketAddr> {
+    match fd::get(fd)? {
+        Managed::File(FileInfo {
+            stream: Some(addr), ..
+        }) => Some(addr),
+        _ => None,
+    }
+}
+
+/// How long [`stream_sync`] waits for the intproxy to take the bytes of
+/// the stream out of the kernel at most (the reply timeout).
+fn stream_ack_deadline() -> std::time::Duration {
+    session::reply_timeout()
+}
+
+/// Whether the kernel still holds bytes written to socket `fd` that its
+/// peer has not acknowledged (`SIOCOUTQ`).
+fn unacknowledged(fd: c_int) -> bool {
+    let mut queued: c_int = 0;
+    // SAFETY: SIOCOUTQ (TIOCOUTQ) writes one int; `fd` is the caller's socket.
+    let rc = unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut queued) };
+    rc == 0 && queued > 0
+}
+
+/// `fsync`/`close` of a write stream: wait until the intproxy's kernel has
+/// every byte written so far (acknowledged), then ask the intproxy to write
+/// them to the target (and `sync: Some(data_only)`: to sync the file). The
+/// stream's first remote error, if any, is the result: a failed remote
+/// write reaches the program here. `Bypass` with an intproxy too old to ask.
+pub fn stream_sync(fd: c_int, stream: std::net::SocketAddr, sync: Option<bool>) -> HookResult<()> {
+    use remora_protocol::messages::{LayerRequest, LayerResponse};
+    if !session::intproxy_supports(remora_protocol::Capabilities::STREAM_SYNC) {
+        return Err(HookError::Bypass("the intproxy cannot sync write streams"));
+    }
+    let deadline = std::time::Instant::now() + stream_ack_deadline();
+    let mut pause = std::time::Duration::from_micros(50);
+    while unacknowledged(fd) && std::time::Instant::now() < deadline {
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(std::time::Duration::from_millis(5));
+    }
+    match session::request(LayerRequest::StreamSync { stream, sync })? {
+        LayerResponse::StreamSynced => Ok(()),
+        other => Err(session::protocol_violation(&other)),
+    }
 }
 
 fn native_snapshot(
@@ -377,6 +428,7 @@ fn native_snapshot(
             path,
             metadata,
             remote: None,
+            stream: None,
         },
     );
     Ok(fd)

@@ -2,7 +2,9 @@
 //! interposition cannot see, so `fopen` itself is hooked: a remote snapshot
 //! or directory becomes `fdopen(fd)`, a remote handle a `fopencookie` stream
 //! whose callbacks forward to the agent (such a stream has no fd: `fileno`
-//! returns -1); `fdopen` of a remote handle's placeholder does the same. `fclose` is hooked because glibc closes the fd internally,
+//! returns -1); `fdopen` of a remote handle's placeholder does the same, its
+//! `fileno` being the placeholder;
+//! `freopen` puts a remote fd under the caller's `FILE`. `fclose` is hooked because glibc closes the fd internally,
 //! behind the `close` hook's back.
 
 use super::RemoteHandle;
@@ -148,9 +150,142 @@ pub unsafe extern "C" fn fopen64(path: *const c_char, mode: *const c_char) -> *m
     unsafe { fopen_hook(path, mode, || real(path, mode)) }
 }
 
+/// Shared body of `freopen`/`freopen64`. A remote file that becomes an fd
+/// (snapshot, directory, write stream) takes the stream's place like a
+/// local one: libc reopens `fp` on `/dev/null` with the same mode (keeping
+/// the stream's fd number, as glibc does), then the remote fd is moved onto
+/// that number. A remote file that needs a handle (read-write modes, reads
+/// over the snapshot limit) cannot become this `FILE` (only a new cookie
+/// stream could): `EOPNOTSUPP` with a one-line warning naming `fopen`.
+/// On a failed remote open the original stream stays open (C closes it).
+///
+/// # Safety
+/// freopen(3)'s contract; `local` must be the libc call.
+unsafe fn freopen_hook(
+    path: *const c_char,
+    mode: *const c_char,
+    fp: *mut FILE,
+    local: impl FnOnce(*const c_char, *const c_char) -> *mut FILE,
+) -> *mut FILE {
+    let Some(_g) = DetourGuard::enter() else {
+        return local(path, mode);
+    };
+    // SAFETY: caller guarantees both are null or NUL-terminated.
+    let (Some(cpath), Some(cmode)) = (unsafe { cstr(path) }, unsafe { cstr(mode) }) else {
+        // freopen(NULL, mode, fp) changes the mode of the same file.
+        return local(path, mode);
+    };
+    let Some(flags) = ops::fopen_flags(cmode.to_bytes()) else {
+        return local(path, mode);
+    };
+    if fp.is_null() {
+        return local(path, mode);
+    }
+    let stream = match open(cpath, flags) {
+        Ok(Routed::Remote(stream)) => stream,
+        Ok(Routed::Local(_)) | Err(HookError::Bypass(_)) => {
+            // glibc closes the old fd internally: forget what it was.
+            forget_stream_fd(fp);
+            return local(path, mode);
+        }
+        Err(e) => {
+            set_errno(errno_of(&e));
+            return std::ptr::null_mut();
+        }
+    };
+    let fd = match stream {
+        Stream::Fd(fd) => fd,
+        Stream::Handle(handle) => {
+            drop(handle);
+            crate::session::warn(&format!(
+                "remora: freopen of {} in mode {:?} is not supported (the target's file needs a                  handle: read-write, or bigger than {} MiB); open it with fopen instead",
+                cpath.to_string_lossy(),
+                cmode.to_string_lossy(),
+                ops::SNAPSHOT_LIMIT >> 20
+            ));
+            set_errno(libc::EOPNOTSUPP);
+            return std::ptr::null_mut();
+        }
+    };
+    forget_stream_fd(fp);
+    // /dev/null exists and takes every mode once 'x' (exclusive) is gone.
+    let null_mode: Vec<u8> = cmode
+        .to_bytes()
+        .iter()
+        .copied()
+        .filter(|c| *c != b'x' && *c != b'm')
+        .chain([0])
+        .collect();
+    let reopened = local(c"/dev/null".as_ptr(), null_mode.as_ptr().cast());
+    if reopened.is_null() {
+        let errno = crate::error::errno();
+        drop(fd::remove(fd));
+        // SAFETY: closing the fd the remote open made.
+        unsafe { libc::close(fd) };
+        set_errno(errno);
+        return reopened;
+    }
+    // SAFETY: reopened is the caller's stream, open again.
+    let target = unsafe { libc::fileno(reopened) };
+    let cloexec = if flags & libc::O_CLOEXEC != 0 {
+        libc::O_CLOEXEC
+    } else {
+        0
+    };
+    // SAFETY: both fds are open; dup3 replaces /dev/null with the remote fd.
+    if target < 0 || target == fd || unsafe { libc::dup3(fd, target, cloexec) } < 0 {
+        let errno = crate::error::errno();
+        drop(fd::remove(fd));
+        // SAFETY: closing the fd the remote open made.
+        unsafe { libc::close(fd) };
+        set_errno(if errno == 0 { libc::EIO } else { errno });
+        return std::ptr::null_mut();
+    }
+    if let Some(entry) = fd::remove(fd) {
+        fd::insert(target, entry);
+    }
+    // SAFETY: the remote open's fd, now duplicated onto the stream's.
+    unsafe { libc::close(fd) };
+    reopened
+}
+
+/// Forget the fd table entry of `fp`'s fd, which libc closes internally.
+fn forget_stream_fd(fp: *mut FILE) {
+    let saved = crate::error::errno();
+    // SAFETY: fp is the caller's stream.
+    let old = unsafe { libc::fileno(fp) };
+    set_errno(saved);
+    if old >= 0 {
+        drop(fd::remove(old));
+    }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn freopen(
+    path: *const c_char,
+    mode: *const c_char,
+    fp: *mut FILE,
+) -> *mut FILE {
+    let real = real!(freopen: fn(*const c_char, *const c_char, *mut FILE) -> *mut FILE);
+    // SAFETY: freopen(3) contract; libc gets the caller's stream.
+    unsafe { freopen_hook(path, mode, fp, |p, m| real(p, m, fp)) }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn freopen64(
+    path: *const c_char,
+    mode: *const c_char,
+    fp: *mut FILE,
+) -> *mut FILE {
+    let real = real!(freopen64: fn(*const c_char, *const c_char, *mut FILE) -> *mut FILE);
+    // SAFETY: freopen(3) contract; libc gets the caller's stream.
+    unsafe { freopen_hook(path, mode, fp, |p, m| real(p, m, fp)) }
+}
+
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn fclose(fp: *mut FILE) -> c_int {
     let real = real!(fclose: fn(*mut FILE) -> c_int);
+    let mut late = None;
     if !fp.is_null() {
         if let Some(_g) = DetourGuard::enter() {
             // Forget the fd while it is still open (after fclose another
@@ -161,6 +296,7 @@ pub unsafe extern "C" fn fclose(fp: *mut FILE) -> c_int {
             let fd = unsafe { libc::fileno(fp) };
             set_errno(saved);
             if fd >= 0 {
+                late = late_stream_error(fp, fd);
                 drop(fd::remove(fd));
             }
         }
@@ -168,7 +304,28 @@ pub unsafe extern "C" fn fclose(fp: *mut FILE) -> c_int {
     // The guard is released: a cookie stream's flush and close callbacks
     // forward to the agent and need the layer.
     // SAFETY: forwarding the caller's arguments unchanged.
-    unsafe { real(fp) }
+    let rc = unsafe { real(fp) };
+    match late {
+        // The stream is closed either way, as fclose(3) leaves it.
+        Some(e) if rc == 0 => {
+            set_errno(errno_of(&e));
+            libc::EOF
+        }
+        _ => rc,
+    }
+}
+
+/// For a stream on a write stream's socket: its buffer flushed and every
+/// byte written in the target, or the first remote write error (glibc's
+/// `fclose` closes the fd internally, out of the `close` hook's sight).
+fn late_stream_error(fp: *mut FILE, fd: c_int) -> Option<HookError> {
+    let stream = ops::write_stream(fd)?;
+    // SAFETY: fp is the caller's open stream; flushing it is part of fclose.
+    unsafe { libc::fflush(fp) };
+    match ops::stream_sync(fd, stream, None) {
+        Err(e @ (HookError::Remote(_) | HookError::Errno(_))) => Some(e),
+        _ => None,
+    }
 }
 
 /// # Safety
@@ -246,17 +403,47 @@ unsafe extern "C" fn cookie_close(cookie: *mut c_void) -> c_int {
     0
 }
 
+/// Offset of `_fileno` in glibc's `struct _IO_FILE` on LP64 (an `int` after
+/// `_flags` and 13 pointers; `bits/types/struct_FILE.h`).
+const FILENO_OFFSET: usize = 112;
+/// What glibc's `fopencookie` stores there: "no file, but a real stream".
+const COOKIE_FILENO: c_int = -2;
+
+/// Make `fileno` of an `fdopen`ed cookie stream return its placeholder fd,
+/// as `fdopen` promises: code that reads or writes `fileno(f)` directly
+/// (libstdc++'s `filebuf`, `fstat(fileno(f))`) then reaches the same remote
+/// handle through the fd hooks. glibc's cookie streams never use `_fileno`
+/// for I/O (their callbacks do), and closing stays the cookie's `close`.
+/// Only done when the field holds glibc's cookie marker, so another libc
+/// layout is left alone.
+///
+/// # Safety
+/// `fp` must be null or a stream returned by `fopencookie`.
+unsafe fn give_fileno(fp: *mut FILE, fd: c_int) {
+    if fp.is_null() || !cfg!(all(target_env = "gnu", target_pointer_width = "64")) {
+        return;
+    }
+    // SAFETY: a glibc FILE is larger than FILENO_OFFSET + 4 bytes.
+    let slot = unsafe { fp.cast::<u8>().add(FILENO_OFFSET).cast::<c_int>() };
+    // SAFETY: as above; aligned (112 is a multiple of 4 in an aligned struct).
+    if unsafe { slot.read() } == COOKIE_FILENO {
+        // SAFETY: as above.
+        unsafe { slot.write(fd) };
+    }
+}
+
 /// `fdopen` of a remote file's placeholder: stdio would read the empty
 /// placeholder through glibc's internal `read`, which the layer cannot
 /// see, so the stream is a cookie stream on the remote handle instead
-/// (its `fileno` is -1; `fclose` closes `fd`). Other fds go to libc.
+/// (its `fileno` is `fd`, see [`give_fileno`]; `fclose` closes `fd`).
+/// Other fds go to libc.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn fdopen(fd: c_int, mode: *const c_char) -> *mut FILE {
     let real = real!(fdopen: fn(c_int, *const c_char) -> *mut FILE);
     if let Some(_g) = DetourGuard::enter() {
         if let (Some(handle), Some(_)) = (ops::remote_handle(fd), unsafe { cstr(mode) }) {
             // SAFETY: mode is NUL-terminated (checked).
-            return unsafe {
+            let fp = unsafe {
                 cookie_stream(
                     Cookie {
                         handle,
@@ -265,6 +452,9 @@ pub unsafe extern "C" fn fdopen(fd: c_int, mode: *const c_char) -> *mut FILE {
                     mode,
                 )
             };
+            // SAFETY: fp is null or the cookie stream just made.
+            unsafe { give_fileno(fp, fd) };
+            return fp;
         }
     }
     // SAFETY: forwarding the caller's arguments unchanged.

@@ -17,6 +17,8 @@ int main(int argc, char **argv) {
         perror("fdopen");
         return 1;
     }
+    /* fileno names the fd it was made from. */
+    printf("fileno: %s\n", fileno(f) == fd ? "same" : "other");
     char line[256];
     if (!fgets(line, sizeof line, f)) {
         printf("no line\n");
