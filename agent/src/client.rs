@@ -368,6 +368,10 @@ impl RequestWorker {
                 ErrorCode::Unsupported,
                 "database branches are made by the operator: set `operator` (or --operator)",
             )),
+            Request::Queues(_) => Err(RemoteError::new(
+                ErrorCode::Unsupported,
+                "queues are split by the operator: set `operator` (or --operator)",
+            )),
             Request::Session(request) => {
                 self.need(Capabilities::SESSIONS, "session control")?;
                 match request {

@@ -129,6 +129,36 @@ pub fn table(branches: &[BranchInfo]) -> String {
     out
 }
 
+/// Sends `request` to the operator over the session's lifeline (the layer
+/// link of the intproxy), waiting up to `wait`; the operator's log lines
+/// on the way are printed.
+///
+/// # Errors
+/// The operator's reason, or a broken link.
+pub fn ask_over_lifeline(
+    stream: &mut TcpStream,
+    request: Request,
+    wait: Duration,
+) -> std::result::Result<Response, String> {
+    stream.set_read_timeout(Some(wait)).ok();
+    let msg = LayerMessage::Request {
+        id: RequestId(2),
+        request: LayerRequest::Remote(request),
+    };
+    codec::write_frame(stream, &msg).map_err(|e| e.to_string())?;
+    let reply = loop {
+        match codec::read_frame::<_, ProxyMessage>(stream).map_err(|e| e.to_string())? {
+            ProxyMessage::Response { result, .. } => break result.map_err(|e| e.message)?,
+            ProxyMessage::Log { message, .. } => eprintln!("remora: {message}"),
+        }
+    };
+    stream.set_read_timeout(Some(Duration::from_secs(30))).ok();
+    match reply {
+        LayerResponse::Remote(response) => Ok(response),
+        other => Err(format!("unexpected reply {other:?}")),
+    }
+}
+
 /// The config's `[[db_branches]]` as the operator wants them.
 pub fn specs(config: &Config) -> Vec<BranchSpec> {
     config
@@ -188,24 +218,13 @@ pub fn make_branches(
     specs: Vec<BranchSpec>,
 ) -> std::result::Result<(BTreeMap<String, String>, Vec<String>), String> {
     // Filling a big branch may take longer than the usual request timeout.
-    stream
-        .set_read_timeout(Some(Duration::from_secs(3600)))
-        .ok();
-    let id = RequestId(2);
-    let msg = LayerMessage::Request {
-        id,
-        request: LayerRequest::Remote(Request::Db(DbRequest::Branch(specs))),
-    };
-    codec::write_frame(stream, &msg).map_err(|e| e.to_string())?;
-    let reply = loop {
-        match codec::read_frame::<_, ProxyMessage>(stream).map_err(|e| e.to_string())? {
-            ProxyMessage::Response { result, .. } => break result.map_err(|e| e.message)?,
-            ProxyMessage::Log { message, .. } => eprintln!("remora: {message}"),
-        }
-    };
-    stream.set_read_timeout(Some(Duration::from_secs(30))).ok();
+    let reply = ask_over_lifeline(
+        stream,
+        Request::Db(DbRequest::Branch(specs)),
+        Duration::from_secs(3600),
+    )?;
     match reply {
-        LayerResponse::Remote(Response::Db(DbReply::Branched { branches, env })) => {
+        Response::Db(DbReply::Branched { branches, env }) => {
             let notes = branches
                 .iter()
                 .map(|b| {

@@ -16,6 +16,7 @@ use remora_protocol::env::EnvRequest;
 use remora_protocol::messages::{
     LayerHello, LayerHelloReply, LayerMessage, LayerRequest, LayerResponse, ProxyMessage,
 };
+use remora_protocol::queues::{QueueReply, QueueRequest, QueueWanted};
 use remora_protocol::{PROTOCOL_VERSION, Request, RequestId, Response, SessionToken};
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpStream};
@@ -232,7 +233,13 @@ pub fn prepare(
         )?);
     }
     if !config.split_queues.is_empty() {
-        split_queues(&config, &backend, &target_name)?;
+        env.extend(split_queues(
+            &config,
+            &backend,
+            &mut lifeline,
+            &target_name,
+            reporter,
+        )?);
     }
     let imported = remote_env
         .iter()
@@ -290,26 +297,52 @@ fn db_branches(
     Ok(vars)
 }
 
-/// `split_queues` are the operator's: refused clearly until the operator
-/// splits queues (the router and brokers exist in `remora-queues`; the
-/// operator's side is not built yet, see docs/queues.md), so a session never
-/// runs believing it has its own messages when it does not.
-fn split_queues(config: &Config, backend: &Backend, target: &str) -> Result<()> {
-    let ids: Vec<&str> = config.split_queues.keys().map(String::as_str).collect();
-    let reason = if matches!(backend, Backend::Operator { .. }) {
-        format!(
-            "split_queues ({}): this operator does not split queues yet (see docs/queues.md); \
-             remove split_queues to run without splitting",
-            ids.join(", ")
-        )
-    } else {
-        "queues are split by the operator: set `operator` (or --operator / REMORA_OPERATOR)"
-            .to_owned()
-    };
-    Err(Error::Env {
+/// Ask the operator for the session's `split_queues`: the variables that
+/// name the session's own temporary queues. Its share ends with the session.
+fn split_queues(
+    config: &Config,
+    backend: &Backend,
+    lifeline: &mut TcpStream,
+    target: &str,
+    reporter: &mut dyn Reporter,
+) -> Result<BTreeMap<String, String>> {
+    let failed = |reason: String| Error::Env {
         target: target.to_owned(),
         reason,
-    })
+    };
+    if !matches!(backend, Backend::Operator { .. }) {
+        return Err(failed(
+            "queues are split by the operator: set `operator` (or --operator / \
+             REMORA_OPERATOR)"
+                .into(),
+        ));
+    }
+    reporter.step("joining queue splits");
+    let wanted = config
+        .split_queues
+        .iter()
+        .map(|(id, q)| QueueWanted {
+            id: id.clone(),
+            broker: match q.kind {
+                remora_config::QueueType::Rabbitmq => "rabbitmq",
+                remora_config::QueueType::Sqs => "sqs",
+                remora_config::QueueType::Kafka => "kafka",
+            }
+            .to_owned(),
+            filter: q.message_filter.clone(),
+        })
+        .collect();
+    // The first session of a split waits for the workload's rollout.
+    let reply = crate::db_cmd::ask_over_lifeline(
+        lifeline,
+        Request::Queues(QueueRequest::Split(wanted)),
+        Duration::from_secs(600),
+    )
+    .map_err(|reason| failed(format!("queue splits: {reason}")))?;
+    match reply {
+        Response::Queues(QueueReply::Split { env }) => Ok(env),
+        other => Err(failed(format!("queue splits: unexpected reply {other:?}"))),
+    }
 }
 
 /// A random hex token.

@@ -9,12 +9,14 @@ use crate::access::{ApiReviewer, KubeAccess};
 use crate::error::{Error, Result};
 use crate::leader::Election;
 use crate::policy_objects::PolicyObjects;
+use crate::queue_splits::controller::{KubeQueueSplitter, Splits};
 use crate::session_objects;
 use remora_kube::{AgentSettings, ClientOptions, KubeClient, KubePlatform};
 use remora_operator::args::{Command, PlatformKind, ServeArgs};
 use remora_operator::policy::PolicyStore;
 use remora_operator::{Args, Operator, OperatorConfig, Signals};
 use remora_protocol::SessionToken;
+use remora_queues::router::RouterConfig;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
@@ -71,6 +73,7 @@ async fn kubernetes(serve: ServeArgs) -> Result<()> {
         ))
     })?;
     let (observer, objects) = session_objects::session_objects(kube.client.clone(), &namespace);
+    let splits = Splits::new(kube.client.clone(), RouterConfig::default());
     let config = OperatorConfig {
         listen: serve.listen,
         // Unused: clients present their Kubernetes token instead.
@@ -85,6 +88,10 @@ async fn kubernetes(serve: ServeArgs) -> Result<()> {
             namespace: namespace.clone(),
         })),
         observer: Some(Arc::new(observer)),
+        queue_splitter: Some(Arc::new(KubeQueueSplitter {
+            splits: splits.clone(),
+            namespace: namespace.clone(),
+        })),
     };
     // Of several replicas, only the Lease holder serves.
     let me = format!(
@@ -106,6 +113,16 @@ async fn kubernetes(serve: ServeArgs) -> Result<()> {
         }
     }
     tracing::info!(me = %election.me, "leader lease {} acquired", crate::leader::LEASE_NAME);
+    // Splits the previous operator left active lost their sessions with it:
+    // their messages go back to the workloads before anyone joins again.
+    match splits.resume_all().await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(
+            splits = n,
+            "ended the queue splits a previous operator left"
+        ),
+        Err(e) => tracing::warn!(error = %e, "queue splits left by a previous operator"),
+    }
     let operator = Operator::bind(config, Arc::new(platform)).await?;
     let cancel = CancellationToken::new();
     let lost = CancellationToken::new();

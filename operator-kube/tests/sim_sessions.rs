@@ -353,6 +353,7 @@ spec:
             namespace: "default".into(),
         })),
         observer: Some(Arc::new(observer)),
+        queue_splitter: None,
     };
     let operator = Operator::bind(config, Arc::new(FakePlatform))
         .await
@@ -623,6 +624,7 @@ async fn rbac_denials_are_explained_naming_the_permission() {
             namespace: "shop".into(),
         })),
         observer: None,
+        queue_splitter: None,
     };
     let operator = Operator::bind(config, Arc::new(FakePlatform))
         .await

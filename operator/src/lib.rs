@@ -30,6 +30,7 @@ pub mod branches;
 pub mod error;
 pub mod platform;
 pub mod policy;
+pub mod queue_splits;
 pub mod registry;
 pub mod relay;
 pub mod server;
@@ -105,6 +106,7 @@ pub async fn run(args: Args) -> Result<()> {
         pg_bindirs: serve.pg_bindir.clone(),
         access: None,
         observer: None,
+        queue_splitter: None,
     };
     let operator = Operator::bind(config, platform).await?;
     announce(&operator)?;

@@ -60,6 +60,8 @@ pub struct SessionContext {
     pub agent_capabilities: Capabilities,
     /// Database branches (none in tests that do not need them).
     pub branches: Option<crate::branches::Branches>,
+    /// Queue splits (none: refused).
+    pub queue_splitter: Option<Arc<dyn crate::queue_splits::QueueSplitter>>,
     /// What the platform lets this session's user do.
     pub grants: crate::access::Grants,
 }
@@ -386,6 +388,27 @@ impl Relay {
                     None => Err(RemoteError::new(
                         ErrorCode::Unsupported,
                         "this operator makes no database branches",
+                    )),
+                };
+                let _ = self.to_client(answer(result)).await;
+                return true;
+            }
+            Request::Queues(request) => {
+                let result = match &self.ctx.queue_splitter {
+                    Some(splitter) => splitter
+                        .handle(
+                            self.ctx.target.clone(),
+                            self.ctx.id,
+                            self.ctx.user.clone(),
+                            request.clone(),
+                        )
+                        .await
+                        .map(Response::Queues)
+                        .map_err(|reason| RemoteError::new(ErrorCode::InvalidInput, reason)),
+                    None => Err(RemoteError::new(
+                        ErrorCode::Unsupported,
+                        "this operator splits no queues (queue splitting needs the operator \
+                         in Kubernetes mode: docs/queues.md)",
                     )),
                 };
                 let _ = self.to_client(answer(result)).await;

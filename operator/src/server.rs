@@ -54,6 +54,8 @@ pub struct OperatorConfig {
     pub access: Option<Arc<dyn Access>>,
     /// Where the session table is mirrored (RemoraSession objects).
     pub observer: Option<Arc<dyn SessionObserver>>,
+    /// Who splits queues for sessions (none: `split_queues` is refused).
+    pub queue_splitter: Option<Arc<dyn crate::queue_splits::QueueSplitter>>,
 }
 
 /// What every connection shares.
@@ -64,6 +66,7 @@ struct Context {
     sessions: Sessions,
     policies: PolicyStore,
     branches: Branches,
+    queue_splitter: Option<Arc<dyn crate::queue_splits::QueueSplitter>>,
 }
 
 /// A running operator.
@@ -115,6 +118,7 @@ impl Operator {
             sessions: sessions.clone(),
             policies: config.policies.clone(),
             branches,
+            queue_splitter: config.queue_splitter.clone(),
         });
         tokio::spawn(
             config
@@ -314,6 +318,7 @@ where
         },
         agent_capabilities: capabilities,
         branches: Some(ctx.branches.clone()),
+        queue_splitter: ctx.queue_splitter.clone(),
         grants: caller.grants.clone(),
     };
     let ended = relay::run(
@@ -325,6 +330,12 @@ where
         commands,
     )
     .await;
+    if let Some(splitter) = &ctx.queue_splitter {
+        // Draining the session's queue and, for the last one, restoring the
+        // workload take a while; its state is in the split's status, so a
+        // stop midway is finished by the next operator.
+        tokio::spawn(splitter.leave(id));
+    }
     drop(guard);
     tracing::info!(session = %id, ?ended, "session ended");
     lease.release().await;

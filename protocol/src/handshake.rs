@@ -90,6 +90,8 @@ impl Capabilities {
     /// `Request::DnsQuery`: raw DNS queries through the target's
     /// nameservers (`res_query` and friends, v4).
     pub const DNS_QUERY: Capabilities = Capabilities(1 << 30);
+    /// The operator splits queues ([`crate::queues`]).
+    pub const QUEUE_SPLITS: Capabilities = Capabilities(1 << 31);
 
     /// Every capability of protocol v1.
     pub const V1: Capabilities = Capabilities((1 << 12) - 1);
@@ -105,7 +107,8 @@ impl Capabilities {
             | Self::INCOMING_PEER.0
             | Self::DB_BRANCHES.0
             | Self::STREAM_SYNC.0
-            | Self::DNS_QUERY.0,
+            | Self::DNS_QUERY.0
+            | Self::QUEUE_SPLITS.0,
     );
 
     /// What a peer that negotiated `version` but no capability set (the

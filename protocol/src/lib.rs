@@ -33,6 +33,7 @@ pub mod incoming;
 pub mod messages;
 pub mod net;
 pub mod outgoing;
+pub mod queues;
 pub mod session;
 
 pub use codec::{CodecError, MAX_FRAME_LEN};

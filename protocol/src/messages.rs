@@ -27,6 +27,8 @@ pub enum Request {
     Ping,
     /// Database branches (operator only; protocol v2, [`crate::Capabilities::DB_BRANCHES`]).
     Db(crate::db::DbRequest),
+    /// Queue splits (operator only; [`crate::Capabilities::QUEUE_SPLITS`]).
+    Queues(crate::queues::QueueRequest),
     /// A raw DNS query answered by the target's nameservers (v4,
     /// [`crate::Capabilities::DNS_QUERY`]).
     DnsQuery(crate::dns::DnsQueryRequest),
@@ -44,6 +46,7 @@ pub enum Response {
     Session(SessionReply),
     Pong,
     Db(crate::db::DbReply),
+    Queues(crate::queues::QueueReply),
     DnsAnswer(crate::dns::DnsAnswer),
 }
 

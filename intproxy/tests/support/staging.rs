@@ -257,9 +257,14 @@ pub fn staging(http: SocketAddr, udp: SocketAddr) -> Script {
             Request::Hostname => Ok(Response::Hostname(POD_HOSTNAME.into())),
             Request::Fs(fs_request) => fs.handle(fs_request).map(Response::Fs),
             Request::Ping => Ok(Response::Pong),
-            Request::Env(_) | Request::Session(_) | Request::Db(_) | Request::DnsQuery(_) => Err(
-                RemoteError::new(ErrorCode::Unsupported, "not scripted in the fake agent"),
-            ),
+            Request::Env(_)
+            | Request::Session(_)
+            | Request::Db(_)
+            | Request::Queues(_)
+            | Request::DnsQuery(_) => Err(RemoteError::new(
+                ErrorCode::Unsupported,
+                "not scripted in the fake agent",
+            )),
         },
         move |remote| match remote {
             RemoteAddr::Ip(addr) if *addr == HTTP_REMOTE || *addr == BACKEND_HTTP => {

@@ -16,8 +16,12 @@ use crate::crd::queue_split::{
     SplitQueueSpec, SplitQueueStatus, SplitSessionStatus, WorkloadRef,
 };
 use async_trait::async_trait;
+use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, ListParams, Patch, PatchParams};
+use remora_operator::queue_splits::QueueSplitter;
+use remora_protocol::SessionId;
+use remora_protocol::queues::{QueueReply, QueueRequest};
 use remora_queues::broker::{Broker, QueueName};
 use remora_queues::filter::MessageFilter;
 use remora_queues::rabbitmq::RabbitBroker;
@@ -657,6 +661,84 @@ impl Splits {
             saved_env: status.saved_env.clone(),
         }
     }
+}
+
+/// The operator's [`QueueSplitter`]: sessions on `deployment/`,
+/// `statefulset/` and `rollout/` targets in the operator's namespace join
+/// the split registered for that workload.
+#[derive(Debug, Clone)]
+pub struct KubeQueueSplitter {
+    /// The splits.
+    pub splits: Splits,
+    /// The namespace the operator serves.
+    pub namespace: String,
+}
+
+/// The workload a canonical target names, if splits can serve it.
+fn workload_of(target: &str) -> Result<WorkloadRef, String> {
+    let mut parts = target.split('/');
+    let kind = match parts.next() {
+        Some("deployment") => crate::crd::queue_split::WorkloadKind::Deployment,
+        Some("statefulset") => crate::crd::queue_split::WorkloadKind::StatefulSet,
+        Some("rollout") => crate::crd::queue_split::WorkloadKind::Rollout,
+        _ => {
+            return Err(format!(
+                "split_queues need a deployment/, statefulset/ or rollout/ target (the workload \
+                 a RemoraQueueSplit registers), not {target}"
+            ));
+        }
+    };
+    let name = parts.next().unwrap_or_default().to_owned();
+    Ok(WorkloadRef { kind, name })
+}
+
+impl QueueSplitter for KubeQueueSplitter {
+    fn handle(
+        &self,
+        target: String,
+        session: SessionId,
+        _user: String,
+        request: QueueRequest,
+    ) -> BoxFuture<'static, Result<QueueReply, String>> {
+        let this = self.clone();
+        Box::pin(async move {
+            let workload = workload_of(&target)?;
+            let QueueRequest::Split(queues) = request;
+            let mut wanted = BTreeMap::new();
+            for q in queues {
+                let broker = match q.broker.as_str() {
+                    "rabbitmq" => QueueBroker::Rabbitmq,
+                    "sqs" => QueueBroker::Sqs,
+                    "kafka" => QueueBroker::Kafka,
+                    "pubsub" => QueueBroker::Pubsub,
+                    other => return Err(format!("queue {}: unknown type {other:?}", q.id)),
+                };
+                wanted.insert(
+                    q.id,
+                    Wanted {
+                        broker,
+                        filter: q.filter,
+                    },
+                );
+            }
+            let env = this
+                .splits
+                .join(&this.namespace, &workload, &session_key(session), &wanted)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(QueueReply::Split { env })
+        })
+    }
+
+    fn leave(&self, session: SessionId) -> BoxFuture<'static, ()> {
+        let splits = self.splits.clone();
+        Box::pin(async move { splits.leave(&session_key(session)).await })
+    }
+}
+
+/// The router's name for a session: its id in hex.
+fn session_key(session: SessionId) -> String {
+    format!("s{:x}", session.0)
 }
 
 /// `amqp://host/vhost` with `user:password@` put in (percent-encoded).

@@ -44,6 +44,7 @@ fn start(user: &str, sessions: &Sessions, policies: PolicyStore) -> Session {
         policies,
         agent_capabilities: Capabilities::ALL,
         branches: None,
+        queue_splitter: None,
         grants: Default::default(),
     };
     let relay = tokio::spawn(run(
@@ -454,6 +455,7 @@ async fn file_requests_are_refused_when_the_agent_cannot_enforce_the_rules() {
         policies: policies("[[policy]]\ntargets=[\"*\"]\nfs_not_found=[\"^/srv/\"]\n"),
         agent_capabilities: Capabilities(Capabilities::ALL.0 & !Capabilities::SESSION_POLICY.0),
         branches: None,
+        queue_splitter: None,
         grants: Default::default(),
     };
     let _relay = tokio::spawn(run(
