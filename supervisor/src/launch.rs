@@ -96,10 +96,15 @@ fn recv_fd(sock: &UnixStream) -> io::Result<OwnedFd> {
     }
 }
 
-/// Spawn `command` under a filter notifying `notified`; returns the child
+/// Spawn `command` under a filter notifying `notified` (`fds`: see
+/// [`crate::filter::FdRange`]); returns the child
 /// and the listener.
-pub fn spawn(mut command: Command, notified: &[libc::c_long]) -> io::Result<(Child, OwnedFd)> {
-    let prog = crate::filter::program(notified);
+pub fn spawn(
+    mut command: Command,
+    notified: &[(libc::c_long, crate::filter::When)],
+    fds: crate::filter::FdRange,
+) -> io::Result<(Child, OwnedFd)> {
+    let prog = crate::filter::program(notified, fds);
     let (ours, theirs) = UnixStream::pair()?;
     let theirs_fd = theirs.as_raw_fd();
     let parent = std::process::id() as libc::pid_t;

@@ -98,6 +98,12 @@ pub struct Supervisor {
     listeners: HashMap<u64, incoming::Subscribed>,
     /// When the subscribed listeners were last checked for being closed.
     swept: std::time::Instant,
+    /// The working directory every supervised process started in, while
+    /// none has called `chdir`/`fchdir` (both notified): relative paths
+    /// then resolve against it without asking `/proc`.
+    start_cwd: Option<String>,
+    /// Read-write opens of the target's files (fs mode `write`).
+    mirrors: fs::mirror::Mirrors,
 }
 
 /// Run `program args` with `env` under the filter and supervise it until it
@@ -136,8 +142,9 @@ pub fn run(
     let shadow = fs::Shadow::new().map_err(Error::Shadow)?;
     let mut command = Command::new(program);
     command.args(args).env_clear().envs(env);
+    let fds = filter::FdRange::for_soft_limit(soft_nofile());
     let (mut child, listener) =
-        launch::spawn(command, &notified(&config)).map_err(|source| Error::Spawn {
+        launch::spawn(command, &notified(&config), fds).map_err(|source| Error::Spawn {
             program: program.to_owned(),
             source,
         })?;
@@ -157,6 +164,10 @@ pub fn run(
         incoming: config.network.incoming.clone(),
         listeners: HashMap::new(),
         swept: std::time::Instant::now(),
+        start_cwd: std::env::current_dir()
+            .ok()
+            .and_then(|d| d.into_os_string().into_string().ok()),
+        mirrors: fs::mirror::Mirrors::new(fds),
     };
     // The loop ends when the listener fails (every filtered process is gone);
     // the main thread returns as soon as the direct child exits.
@@ -172,7 +183,7 @@ pub fn run(
 
 /// The syscalls this session's filter notifies: the fs writes and the
 /// incoming calls only when the config can route them to the target.
-fn notified(config: &Config) -> Vec<libc::c_long> {
+fn notified(config: &Config) -> Vec<(libc::c_long, filter::When)> {
     let mut out = filter::NOTIFIED.to_vec();
     if config.network.incoming.mode != remora_config::IncomingMode::Off {
         out.extend_from_slice(filter::INCOMING);
@@ -181,6 +192,20 @@ fn notified(config: &Config) -> Vec<libc::c_long> {
         out.extend_from_slice(filter::FS_WRITES);
     }
     out
+}
+
+/// This process's soft `RLIMIT_NOFILE`, which the program inherits.
+fn soft_nofile() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit fills the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
+        lim.rlim_cur
+    } else {
+        1024
+    }
 }
 
 /// The directory of the program and the working directory stay local (as
@@ -284,8 +309,15 @@ impl Supervisor {
                 Ok(Verdict::Errno(libc::ENOSYS))
             }
             libc::SYS_getpeername => self.getpeername(call, mem, a[0] as i32, a[1], a[2]),
-            libc::SYS_chdir => self.chdir(call, mem, a[0]),
-            libc::SYS_fchdir => Ok(self.fchdir(call)),
+            libc::SYS_chdir => {
+                let verdict = self.chdir(call, mem, a[0]);
+                self.start_cwd = None;
+                verdict
+            }
+            libc::SYS_fchdir => {
+                self.start_cwd = None;
+                Ok(self.fchdir(call))
+            }
             libc::SYS_getcwd => self.getcwd(call, mem, a[0], a[1]),
             libc::SYS_mkdir => self.mkdir(call, mem, at_fdcwd, a[0], a[1] as u32),
             libc::SYS_mkdirat => self.mkdir(call, mem, a[0] as i32 as i64, a[1], a[2] as u32),
@@ -314,6 +346,46 @@ impl Supervisor {
                 a[3],
                 a[4] as u32,
             ),
+            libc::SYS_truncate => self.truncate(call, mem, a[0], a[1] as i64),
+            libc::SYS_chmod => self.chmod(call, mem, at_fdcwd, a[0], a[1] as u32, 0),
+            libc::SYS_fchmodat => self.chmod(call, mem, a[0] as i32 as i64, a[1], a[2] as u32, 0),
+            filter::SYS_FCHMODAT2 => self.chmod(
+                call,
+                mem,
+                a[0] as i32 as i64,
+                a[1],
+                a[2] as u32,
+                a[3] as i32,
+            ),
+            libc::SYS_chown => self.chown(call, mem, at_fdcwd, a[0], [a[1], a[2]], 0),
+            libc::SYS_lchown => self.chown(
+                call,
+                mem,
+                at_fdcwd,
+                a[0],
+                [a[1], a[2]],
+                libc::AT_SYMLINK_NOFOLLOW,
+            ),
+            libc::SYS_fchownat => self.chown(
+                call,
+                mem,
+                a[0] as i32 as i64,
+                a[1],
+                [a[2], a[3]],
+                a[4] as i32,
+            ),
+            libc::SYS_link => {
+                self.link(call, mem, [at_fdcwd, a[0] as i64], [at_fdcwd, a[1] as i64])
+            }
+            libc::SYS_linkat => self.link(
+                call,
+                mem,
+                [a[0] as i32 as i64, a[1] as i64],
+                [a[2] as i32 as i64, a[3] as i64],
+            ),
+            libc::SYS_symlink => self.symlink(call, mem, a[0], at_fdcwd, a[1]),
+            libc::SYS_symlinkat => self.symlink(call, mem, a[0], a[1] as i32 as i64, a[2]),
+            nr if fs::mirror::CALLS.contains(&nr) => self.on_mirror(call, mem, nr, &a),
             libc::SYS_listen => Ok(self.listen(call, a[0] as i32, a[1] as i32)),
             libc::SYS_accept => Ok(self.accept(call, a[0] as i32, a[1], a[2], 0)),
             libc::SYS_accept4 => Ok(self.accept(call, a[0] as i32, a[1], a[2], a[3] as i32)),

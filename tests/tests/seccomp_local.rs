@@ -387,14 +387,72 @@ fn in_write_mode_go_and_busybox_write_mkdir_rename_and_unlink_in_the_pod() {
     // None of it happened in the client namespace.
     let local = s.client.exec(&["test", "-e", "/srv/checkout"]).unwrap();
     assert!(!local.status.success());
-    // A read-write open cannot be emulated: EROFS and a warning, the pod's
-    // file untouched.
-    let out = s.run(&w, &[probe, "rdwr", CHECKOUT_CONFIG]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("read-only file system"), "{stderr}");
-    assert!(stderr.contains("remora: warning:"), "{stderr}");
-    assert_eq!(cat(CHECKOUT_CONFIG), CHECKOUT_CONFIG_BODY);
+}
+
+/// Read-write opens (Go and static C, through pwrite, write, writev on a
+/// dup, ftruncate, fsync), truncate, chmod, link and symlink of pod paths
+/// happen in the pod in fs mode `write`; in the default mode `read` they
+/// stay local, as with the layer.
+#[test]
+fn in_write_mode_read_write_opens_truncate_chmod_and_links_reach_the_pod() {
+    require_sandbox!();
+    let apps = Apps::new();
+    let go = apps.go_probe();
+    let go = go.to_str().unwrap();
+    let c = apps.c_probe();
+    let c = c.to_str().unwrap();
+    let busybox = "/bin/busybox";
+    let s = setup();
+    let pod = &s.checkout.pod;
+    let cat = |path: &str| pod.exec_ok(&["cat", path]).unwrap();
+    let w = ["--fs-mode", "write"];
+    // Go: read it, overwrite byte 0, append, read back through the same fd.
+    let orders = "/srv/checkout/data/orders.csv";
+    let before = cat(orders);
+    let after = format!("#{}3,1.00\n", &before[1..]);
+    assert_eq!(
+        s.ok_with(&w, &[go, "rdwr", orders, "3,1.00\n"]),
+        format!("{}\n{after}", before.len())
+    );
+    assert_eq!(cat(orders), after);
+    // Static C: pwrite, write at the end, writev on a dup, ftruncate, fsync.
+    let notes = "/srv/checkout/data/notes.txt";
+    pod.exec_ok(&["sh", "-c", &format!("printf 'abc\\n' > {notes}")])
+        .unwrap();
+    assert_eq!(s.ok_with(&w, &[c, "rdwr", notes, "x"]), "#bc\nxx!");
+    assert_eq!(cat(notes), "#bc\nxx!");
+    // truncate(2) from Go; chmod, link and symlink from busybox.
+    s.ok_with(&w, &[go, "truncate", notes, "3"]);
+    assert_eq!(cat(notes), "#bc");
+    s.ok_with(&w, &[busybox, "chmod", "640", notes]);
+    assert_eq!(
+        pod.exec_ok(&["stat", "-c", "%a", notes]).unwrap().trim(),
+        "640"
+    );
+    let hard = "/srv/checkout/data/notes.hard";
+    s.ok_with(&w, &[busybox, "ln", notes, hard]);
+    assert_eq!(cat(hard), "#bc");
+    let soft = "/srv/checkout/data/notes.link";
+    s.ok_with(&w, &[busybox, "ln", "-s", "notes.txt", soft]);
+    assert_eq!(
+        pod.exec_ok(&["readlink", soft]).unwrap().trim(),
+        "notes.txt"
+    );
+    // The mirror's content is what the pod has: read back by a Go program.
+    assert_eq!(s.ok(&[go, "cat", soft]), "#bc");
+    // None of it happened in the client namespace.
+    let local = s.client.exec(&["test", "-e", "/srv/checkout"]).unwrap();
+    assert!(!local.status.success());
+    // In fs mode read these stay local (the path does not exist here).
+    let out = s.run(&[], &[busybox, "chmod", "600", notes]);
+    assert!(!out.status.success());
+    let out = s.run(&[], &[go, "rdwr", orders, "4,0.00\n"]);
+    assert!(!out.status.success());
+    assert_eq!(
+        pod.exec_ok(&["stat", "-c", "%a", notes]).unwrap().trim(),
+        "640"
+    );
+    assert_eq!(cat(orders), after);
 }
 
 /// The pod's port whose traffic the Go server takes, and the Go server's own.
