@@ -18,6 +18,7 @@ pub fn run(args: RunArgs) -> Result<i32> {
             .or(crate::interception::config_value(&args.session).as_deref()),
     );
     let (mode, why) = crate::interception::choose(asked, &program);
+    let handoff = asked == crate::interception::Asked::Auto;
     if mode == crate::interception::Mode::Seccomp {
         if let Err(reason) = remora_supervisor::probe() {
             eprintln!(
@@ -26,12 +27,12 @@ pub fn run(args: RunArgs) -> Result<i32> {
                  layer, which does not see its calls"
             );
             warn_if_unhookable(&program);
-            return run_preloaded(args, program);
+            return run_preloaded(args, program, false);
         }
         return run_supervised(args, program, &why);
     }
     warn_if_unhookable(&program);
-    run_preloaded(args, program)
+    run_preloaded(args, program, handoff)
 }
 
 /// The seccomp path: the CLI stays as the supervisor of the command.
@@ -78,13 +79,41 @@ pub fn supervise(
 /// environment under the seccomp supervisor; `remora ci start` starts Go and
 /// static apps this way (it returns while the app runs on, so the app needs
 /// a supervisor process of its own).
+///
+/// The layer's exec hooks also start Go and static children of a program
+/// that has the layer this way (with its `LD_PRELOAD` moved to
+/// [`HANDOFF_PRELOAD_ENV`]); when seccomp does not work here, the child is
+/// then started as it would have been, with the layer.
 pub fn supervise_cmd(args: crate::args::RunnerArgs) -> Result<i32> {
-    let env: std::collections::BTreeMap<String, String> = std::env::vars().collect();
+    let mut env: std::collections::BTreeMap<String, String> = std::env::vars().collect();
     let program = &args.command[0];
-    let why =
-        wants_supervisor(program, &env).unwrap_or_else(|| "started by remora ci start".to_owned());
+    let handed_off = env.remove(HANDOFF_PRELOAD_ENV);
+    env.remove(SUPERVISE_EXE_ENV);
+    let why = match (wants_supervisor(program, &env), handed_off) {
+        (Some(why), Some(_)) => format!("{why}; started by a program with the LD_PRELOAD layer"),
+        (Some(why), None) => why,
+        (None, Some(preload)) => {
+            env.insert("LD_PRELOAD".into(), preload);
+            let err = Command::new(program)
+                .args(&args.command[1..])
+                .env_clear()
+                .envs(&env)
+                .exec();
+            return Err(Error::Exec {
+                program: program.clone(),
+                source: err,
+            });
+        }
+        (None, None) => "started by remora ci start".to_owned(),
+    };
     supervise(program, &args.command[1..], &env, &why)
 }
+
+/// Set for the layer when `remora run` chose the interception
+/// automatically: the `remora` that supervises Go and static children.
+pub const SUPERVISE_EXE_ENV: &str = "REMORA_SUPERVISE_EXE";
+/// Where the layer's exec hooks put a handed-off child's `LD_PRELOAD`.
+pub const HANDOFF_PRELOAD_ENV: &str = "REMORA_HANDOFF_PRELOAD";
 
 /// Whether the session's `program` should run under the supervisor: the
 /// config's `interception` (from the session environment) and the ELF
@@ -118,10 +147,21 @@ pub fn wants_supervisor(
     }
 }
 
-fn run_preloaded(args: RunArgs, program: String) -> Result<i32> {
+/// With `handoff` (automatic interception), a Go or static program the
+/// command starts later goes to `remora supervise` (the layer's exec hooks
+/// see [`SUPERVISE_EXE_ENV`]).
+fn run_preloaded(args: RunArgs, program: String, handoff: bool) -> Result<i32> {
     let mut progress = Progress::new();
-    let prepared = session::prepare(&args.session, &program, &Lifetime::default(), &mut progress)?;
+    let mut prepared =
+        session::prepare(&args.session, &program, &Lifetime::default(), &mut progress)?;
     progress.finish();
+    if handoff {
+        if let Ok(exe) = std::env::current_exe() {
+            prepared
+                .env
+                .insert(SUPERVISE_EXE_ENV.into(), exe.display().to_string());
+        }
+    }
 
     // The lifeline session stays open in the command (and whatever inherits
     // it), keeping the intproxy alive even for programs the layer cannot load

@@ -303,6 +303,60 @@ fn children_of_a_go_program_inherit_the_filter_static_or_dynamic() {
     assert_eq!(out, "id,total\n1,9.99\n2,42.00\n");
 }
 
+/// The reverse: a dynamically linked program that has the layer (`sh`,
+/// `python3`) starts static and Go programs (execve, posix_spawnp with a
+/// PATH search); each child runs under `remora supervise` and sees the pod.
+#[test]
+fn a_dynamic_program_with_the_layer_hands_static_and_go_children_to_the_supervisor() {
+    require_sandbox!();
+    let apps = Apps::new();
+    let go = apps.go_probe();
+    let go = go.to_str().unwrap();
+    let s = setup();
+    let script = format!(
+        "/bin/busybox cat {CHECKOUT_CONFIG} && {go} cat {CHECKOUT_CONFIG} \
+         && busybox ls /srv/checkout/www && cat {CHECKOUT_CONFIG}"
+    );
+    let out = s.run(&[], &["sh", "-c", &script]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!(
+            "{CHECKOUT_CONFIG_BODY}{CHECKOUT_CONFIG_BODY}health\nindex.html\n{CHECKOUT_CONFIG_BODY}"
+        )
+    );
+    assert_eq!(
+        stderr
+            .matches("runs under the seccomp supervisor")
+            .count(),
+        3,
+        "{stderr}"
+    );
+    assert!(stderr.contains("started by a program with the LD_PRELOAD layer"), "{stderr}");
+    // posix_spawnp searching PATH, from Python; the exit code comes back.
+    let py = format!(
+        "import os\n\
+         pid = os.posix_spawnp('busybox', ['busybox', 'cat', '{CHECKOUT_CONFIG}'], dict(os.environ))\n\
+         _, status = os.waitpid(pid, 0)\n\
+         pid = os.posix_spawnp('busybox', ['busybox', 'cat', '/nope'], dict(os.environ))\n\
+         _, failed = os.waitpid(pid, 0)\n\
+         print(os.waitstatus_to_exitcode(status), os.waitstatus_to_exitcode(failed))\n"
+    );
+    let out = s.run(&[], &["python3", "-c", &py]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("{CHECKOUT_CONFIG_BODY}0 1\n")
+    );
+    // Forced preload: no hand-off, the static child sees this machine.
+    let only_static = format!("/bin/busybox cat {CHECKOUT_CONFIG}");
+    let out = s.run(&["--interception", "preload"], &["sh", "-c", &only_static]);
+    assert!(!out.status.success());
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("seccomp supervisor"));
+}
+
 #[test]
 fn static_c_program_reads_lists_stats_and_connects_through_the_pod() {
     require_sandbox!();

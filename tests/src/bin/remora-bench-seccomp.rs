@@ -109,10 +109,20 @@ fn bench() -> Result<()> {
     let pod = &checkout.pod;
     let client = sandbox.pod(PodSpec::new("client"))?;
     let port = CHECKOUT_PORT.to_string();
-    let work: [(&str, Vec<&str>); 3] = [
+    let work: [(&str, Vec<&str>); 5] = [
         (
             "local `stat` (`/usr/bin/env`), x2000",
             vec!["2000", "stat", "/usr/bin/env"],
+        ),
+        (
+            // The pod command's working directory is `/` (setns into its
+            // mount namespace): this is /usr/bin/env again.
+            "local `stat` of a relative path (`usr/bin/env`), x2000",
+            vec!["2000", "stat", "usr/bin/env"],
+        ),
+        (
+            "local `fstat` of an open fd (glibc: `newfstatat(fd, \"\", AT_EMPTY_PATH)`), x2000",
+            vec!["2000", "fstat", "2"],
         ),
         (
             "remote file read (open+read+close), x200",
@@ -137,7 +147,7 @@ fn bench() -> Result<()> {
     for (name, args) in &work {
         let mut argv = vec![probe, "bench"];
         argv.extend(args.iter().copied());
-        let local_only = args[1] == "stat";
+        let local_only = matches!(args[1], "stat" | "fstat");
         let (mut plain, mut layer, mut seccomp) = (Vec::new(), Vec::new(), Vec::new());
         let mut base = Vec::new();
         for round in 1..=ROUNDS {
