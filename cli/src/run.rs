@@ -115,6 +115,16 @@ pub const SUPERVISE_EXE_ENV: &str = "REMORA_SUPERVISE_EXE";
 /// Where the layer's exec hooks put a handed-off child's `LD_PRELOAD`.
 pub const HANDOFF_PRELOAD_ENV: &str = "REMORA_HANDOFF_PRELOAD";
 
+/// Whether the session's config leaves the interception automatic, so the
+/// layer may hand Go and static children to `remora supervise`.
+pub fn handoff_allowed(env: &std::collections::BTreeMap<String, String>) -> bool {
+    let configured = env
+        .get(remora_config::RESOLVED_CONFIG_ENV)
+        .and_then(|json| serde_json::from_str::<remora_config::Config>(json).ok())
+        .and_then(|c| c.interception);
+    matches!(configured, None | Some(remora_config::Interception::Auto))
+}
+
 /// Whether the session's `program` should run under the supervisor: the
 /// config's `interception` (from the session environment) and the ELF
 /// decide, as for `remora run`; `Some(why)` when it should and seccomp

@@ -327,13 +327,14 @@ fn a_dynamic_program_with_the_layer_hands_static_and_go_children_to_the_supervis
         )
     );
     assert_eq!(
-        stderr
-            .matches("runs under the seccomp supervisor")
-            .count(),
+        stderr.matches("runs under the seccomp supervisor").count(),
         3,
         "{stderr}"
     );
-    assert!(stderr.contains("started by a program with the LD_PRELOAD layer"), "{stderr}");
+    assert!(
+        stderr.contains("started by a program with the LD_PRELOAD layer"),
+        "{stderr}"
+    );
     // posix_spawnp searching PATH, from Python; the exit code comes back.
     let py = format!(
         "import os\n\

@@ -545,6 +545,31 @@ fn remora_test_runs_a_static_test_program_under_the_supervisor() {
     wait_until_nothing_serves(&c.pod.target());
 }
 
+/// A dynamically linked test command (`sh`, with the layer) that starts a
+/// static program: the layer hands it to `remora supervise`, so it sees the
+/// pod's file too.
+#[test]
+fn remora_test_hands_static_programs_a_dynamic_command_starts_to_the_supervisor() {
+    require_sandbox!();
+    let sandbox = Sandbox::new().unwrap();
+    let c = checkout_pod(&sandbox).unwrap();
+    let check = "test \"$(/bin/busybox head -n 1 /etc/checkout/config.yaml)\" = feature_flags: \
+                 && echo passed";
+    let out = Command::new(bin_path("remora").unwrap())
+        .args(["test", "--target", &c.pod.target(), "--"])
+        .args(["sh", "-c", check])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = text(&out.stderr);
+    assert_eq!(ok(out), "passed\n");
+    assert!(
+        stderr.contains("started by a program with the LD_PRELOAD layer"),
+        "{stderr}"
+    );
+    wait_until_nothing_serves(&c.pod.target());
+}
+
 const PY_TEST: &str = r#"
 import os, unittest
 

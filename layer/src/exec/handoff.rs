@@ -44,7 +44,11 @@ pub fn needs_supervisor(path: &std::path::Path) -> bool {
         v.copy_from_slice(&b[o..o + 8]);
         u64::from_le_bytes(v)
     };
-    let (phoff, phentsize, phnum) = (u64_at(&head, 0x20), u16_at(&head, 0x36), u16_at(&head, 0x38));
+    let (phoff, phentsize, phnum) = (
+        u64_at(&head, 0x20),
+        u16_at(&head, 0x36),
+        u16_at(&head, 0x38),
+    );
     if phentsize < 56 || phnum == 0 || phnum > 256 {
         return false;
     }
