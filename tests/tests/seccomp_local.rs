@@ -407,6 +407,49 @@ fn busybox_static_cat_ls_and_wget_see_the_pod() {
     assert_eq!(s.ok(&[busybox, "wget", "-q", "-O", "-", &url]), "ok\n");
 }
 
+/// A nameserver on the pod's loopback answering every A query with
+/// 10.9.8.7 (the pod's resolv.conf names 127.0.0.1); prints "ready".
+const POD_NAMESERVER: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("127.0.0.1", 53))
+print("ready", flush=True)
+while True:
+    q, peer = s.recvfrom(512)
+    i = 12
+    while q[i] != 0:
+        i += 1 + q[i]
+    question, qtype = q[12:i + 5], q[i + 1:i + 3]
+    answer = b"\xc0\x0c\x00\x01\x00\x01\x00\x00\x00\x3c\x00\x04" + bytes([10, 9, 8, 7])
+    count = b"\x00\x01" if qtype == b"\x00\x01" else b"\x00\x00"
+    head = q[:2] + b"\x81\x80\x00\x01" + count + b"\x00\x00\x00\x00"
+    s.sendto(head + question + (answer if count == b"\x00\x01" else b""), peer)
+"#;
+
+/// busybox's own resolver (`nslookup`, no libc) reads the pod's
+/// resolv.conf and asks the pod's nameserver over a connected UDP socket.
+#[test]
+fn busybox_static_nslookup_asks_the_pods_nameserver() {
+    require_sandbox!();
+    use std::io::BufRead;
+    let s = setup();
+    let mut dns = s
+        .checkout
+        .pod
+        .command("python3")
+        .unwrap()
+        .args(["-c", POD_NAMESERVER])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = dns.child_mut().stdout.take().unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(stdout).read_line(&mut line).unwrap();
+    assert_eq!(line, "ready\n");
+    let out = s.ok(&["/bin/busybox", "nslookup", "orders.pod-only.test"]);
+    assert!(out.contains("Address: 10.9.8.7"), "{out}");
+}
+
 #[test]
 fn in_write_mode_go_and_busybox_write_mkdir_rename_and_unlink_in_the_pod() {
     require_sandbox!();
