@@ -112,6 +112,7 @@ pub const FS_WRITES: &[(libc::c_long, When)] = &[
     (libc::SYS_linkat, When::Always),
     (libc::SYS_symlink, When::Always),
     (libc::SYS_symlinkat, When::Always),
+    (libc::SYS_utimensat, When::Always),
     (libc::SYS_write, When::FdInRange { arg: 0 }),
     (libc::SYS_pwrite64, When::FdInRange { arg: 0 }),
     (libc::SYS_writev, When::FdInRange { arg: 0 }),

@@ -383,6 +383,9 @@ impl Supervisor {
                 [a[0] as i32 as i64, a[1] as i64],
                 [a[2] as i32 as i64, a[3] as i64],
             ),
+            libc::SYS_utimensat => {
+                self.utimensat(call, mem, a[0] as i32 as i64, a[1], a[2], a[3] as i32)
+            }
             libc::SYS_symlink => self.symlink(call, mem, a[0], at_fdcwd, a[1]),
             libc::SYS_symlinkat => self.symlink(call, mem, a[0], a[1] as i32 as i64, a[2]),
             nr if fs::mirror::CALLS.contains(&nr) => self.on_mirror(call, mem, nr, &a),

@@ -444,7 +444,9 @@ fn busybox_static_nslookup_asks_the_pods_nameserver() {
         .unwrap();
     let stdout = dns.child_mut().stdout.take().unwrap();
     let mut line = String::new();
-    std::io::BufReader::new(stdout).read_line(&mut line).unwrap();
+    std::io::BufReader::new(stdout)
+        .read_line(&mut line)
+        .unwrap();
     assert_eq!(line, "ready\n");
     let out = s.ok(&["/bin/busybox", "nslookup", "orders.pod-only.test"]);
     assert!(out.contains("Address: 10.9.8.7"), "{out}");
@@ -488,7 +490,7 @@ fn in_write_mode_go_and_busybox_write_mkdir_rename_and_unlink_in_the_pod() {
 }
 
 /// Read-write opens (Go and static C, through pwrite, write, writev on a
-/// dup, ftruncate, fsync), truncate, chmod, link and symlink of pod paths
+/// dup, ftruncate, fsync), truncate, chmod, utimensat, link and symlink of pod paths
 /// happen in the pod in fs mode `write`; in the default mode `read` they
 /// stay local, as with the layer.
 #[test]
@@ -538,6 +540,13 @@ fn in_write_mode_read_write_opens_truncate_chmod_and_links_reach_the_pod() {
     );
     // The mirror's content is what the pod has: read back by a Go program.
     assert_eq!(s.ok(&[go, "cat", soft]), "#bc");
+    // touch: utimensat of an existing file, and O_RDWR|O_CREAT of a new one.
+    s.ok_with(&w, &[busybox, "touch", "-d", "@1577934245", notes]);
+    let mtime = pod.exec_ok(&["stat", "-c", "%Y", notes]).unwrap();
+    assert_eq!(mtime.trim(), "1577934245");
+    let touched = "/srv/checkout/data/touched";
+    s.ok_with(&w, &[busybox, "touch", touched]);
+    assert!(pod.exec(&["test", "-f", touched]).unwrap().status.success());
     // None of it happened in the client namespace.
     let local = s.client.exec(&["test", "-e", "/srv/checkout"]).unwrap();
     assert!(!local.status.success());

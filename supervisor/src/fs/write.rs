@@ -2,14 +2,14 @@
 //! as the layer does them: a write-only open becomes a local stream socket
 //! whose bytes the intproxy writes to the remote file (`StreamWrites`), and
 //! `mkdir`, `unlink`, `rmdir`, `rename`, `truncate`, `chmod`, `chown`,
-//! `link` and `symlink` of remote paths happen in the target. A read-write
+//! `utimensat`, `link` and `symlink` of remote paths happen in the target. A read-write
 //! open becomes a local mirror kept in step with the target's file (see
 //! [`super::mirror`]).
 
 use super::Place;
 use crate::notify::{Memory, Verdict};
 use crate::{Call, Supervisor};
-use remora_protocol::fs::{FsReply, FsRequest, OpenOptions, OpenRequest};
+use remora_protocol::fs::{FsReply, FsRequest, OpenOptions, OpenRequest, SetTime, Timestamp};
 use remora_protocol::messages::{InterceptorAddr, LayerRequest, LayerResponse};
 use std::os::fd::OwnedFd;
 
@@ -270,6 +270,60 @@ impl Supervisor {
             path,
             uid: id(ids[0]),
             gid: id(ids[1]),
+            follow_symlinks: flags & libc::AT_SYMLINK_NOFOLLOW == 0,
+        }))
+    }
+
+    /// `utimensat(dirfd, path, times, flags)`; a null `path` is `dirfd`
+    /// itself (`futimens`), a null `times` means both now.
+    pub(crate) fn utimensat(
+        &mut self,
+        call: &Call,
+        mem: &Memory,
+        dirfd: i64,
+        path: u64,
+        times: u64,
+        flags: i32,
+    ) -> std::io::Result<Verdict> {
+        let place = if path == 0 {
+            match self.mirror_path(call, dirfd as i32) {
+                Some(p) => Place::Remote(p),
+                None => Place::Local,
+            }
+        } else {
+            self.meta_place(call, mem, dirfd, path, flags)?
+        };
+        let path = match place {
+            Place::Local => return Ok(Verdict::Continue),
+            Place::NotFound => return Ok(Verdict::Errno(libc::ENOENT)),
+            Place::Remote(p) => p,
+        };
+        let (atime, mtime) = if times == 0 {
+            (SetTime::Now, SetTime::Now)
+        } else {
+            let raw = mem.read(times, 32)?;
+            let at = |o: usize| -> Option<SetTime> {
+                let secs = i64::from_ne_bytes(raw[o..o + 8].try_into().ok()?);
+                let nanos = i64::from_ne_bytes(raw[o + 8..o + 16].try_into().ok()?);
+                match nanos {
+                    libc::UTIME_NOW => Some(SetTime::Now),
+                    libc::UTIME_OMIT => Some(SetTime::Omit),
+                    n if (0..1_000_000_000).contains(&n) => Some(SetTime::At(Timestamp {
+                        secs,
+                        nanos: n as u32,
+                    })),
+                    _ => None,
+                }
+            };
+            match (at(0), at(16)) {
+                (Some(a), Some(m)) => (a, m),
+                _ => return Ok(Verdict::Errno(libc::EINVAL)),
+            }
+        };
+        Ok(self.done(FsRequest::SetTimes {
+            path,
+            atime,
+            mtime,
             follow_symlinks: flags & libc::AT_SYMLINK_NOFOLLOW == 0,
         }))
     }
