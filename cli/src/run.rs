@@ -55,6 +55,15 @@ pub fn supervise(
     why: &str,
 ) -> Result<i32> {
     eprintln!("remora: {program} runs under the seccomp supervisor ({why})");
+    supervise_quiet(program, args, env)
+}
+
+/// [`supervise`] without the startup line.
+fn supervise_quiet(
+    program: &str,
+    args: &[String],
+    env: &std::collections::BTreeMap<String, String>,
+) -> Result<i32> {
     let mut env = env.clone();
     env.remove("LD_PRELOAD");
     // Ctrl-C, SIGTERM...: the program gets them (the terminal's go to it
@@ -90,7 +99,27 @@ pub fn supervise_cmd(args: crate::args::RunnerArgs) -> Result<i32> {
     let handed_off = env.remove(HANDOFF_PRELOAD_ENV);
     env.remove(SUPERVISE_EXE_ENV);
     let why = match (wants_supervisor(program, &env), handed_off) {
-        (Some(why), Some(_)) => format!("{why}; started by a program with the LD_PRELOAD layer"),
+        (Some(why), Some(_)) => {
+            // Become the program (its parent waits for this pid), with a
+            // detached supervisor process of its own.
+            let why = format!("{why}; started by a program with the LD_PRELOAD layer");
+            eprintln!("remora: {program} runs under the seccomp supervisor ({why})");
+            env.remove("LD_PRELOAD");
+            match remora_supervisor::exec_in_place(program, &args.command[1..], &env) {
+                Ok(never) => match never {},
+                // Nothing changed yet when this process cannot fork safely:
+                // supervise it as a child instead.
+                Err(remora_supervisor::Error::Invalid { .. }) => {
+                    return supervise_quiet(program, &args.command[1..], &env);
+                }
+                Err(e) => {
+                    return Err(Error::Exec {
+                        program: program.clone(),
+                        source: std::io::Error::other(e.to_string()),
+                    });
+                }
+            }
+        }
         (Some(why), None) => why,
         (None, Some(preload)) => {
             env.insert("LD_PRELOAD".into(), preload);

@@ -255,3 +255,101 @@ pub fn probe() -> Result<(), String> {
 fn listener_fd(listener: &crate::notify::Listener) -> RawFd {
     listener.raw()
 }
+
+/// Fork a detached supervisor process (a grandchild in a session of its
+/// own, so it is not the program's child — a shell's `wait` must not wait
+/// for it — and the terminal's Ctrl-C does not reach it): it closes every
+/// fd but stderr and `ours`, receives the listener on `ours` and calls
+/// `serve`. `theirs` is the other end, kept by the caller. Returns in the
+/// caller once the intermediate child is reaped.
+///
+/// The caller must be single-threaded: the grandchild goes on running Rust
+/// code after `fork`.
+pub fn fork_supervisor(
+    ours: UnixStream,
+    theirs: RawFd,
+    serve: impl FnOnce(OwnedFd),
+) -> io::Result<()> {
+    // SAFETY: fork in a single-threaded process (the caller's contract).
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if pid == 0 {
+        // SAFETY: as above; the intermediate child only forks and exits.
+        let grandchild = unsafe { libc::fork() };
+        if grandchild != 0 {
+            // SAFETY: leaving the intermediate child without running Rust's exit path.
+            unsafe { libc::_exit(i32::from(grandchild < 0)) };
+        }
+        // SAFETY: plain syscalls on fds of this process.
+        unsafe {
+            libc::setsid();
+            libc::close(theirs);
+            let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+            if null >= 0 {
+                libc::dup2(null, 0);
+                libc::dup2(null, 1);
+                if null > 2 {
+                    libc::close(null);
+                }
+            }
+        }
+        let keep = ours.as_raw_fd();
+        if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
+            let fds: Vec<RawFd> = dir
+                .flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .filter(|&fd| fd > 2 && fd != keep)
+                .collect();
+            for fd in fds {
+                // SAFETY: closing inherited fds this process does not use
+                // (the read_dir's own fd is already closed; EBADF is harmless).
+                unsafe { libc::close(fd) };
+            }
+        }
+        let code = match recv_fd(&ours) {
+            Ok(listener) => {
+                drop(ours);
+                serve(listener);
+                0
+            }
+            Err(_) => 1,
+        };
+        std::process::exit(code);
+    }
+    let mut status = 0;
+    // SAFETY: reaping the intermediate child we just forked.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    drop(ours);
+    Ok(())
+}
+
+/// In the process that becomes the program: install the filter, send the
+/// listener to the supervisor over `theirs`, exec. Returns only on failure.
+pub fn install_and_exec(
+    prog: &[libc::sock_filter],
+    theirs: UnixStream,
+    program: &str,
+    args: &[String],
+    env: &std::collections::BTreeMap<String, String>,
+) -> io::Error {
+    // SAFETY: raw syscalls on `prog`, alive for the call.
+    let listener = match unsafe { install(prog) } {
+        Ok(fd) => fd,
+        Err(e) => return e,
+    };
+    // SAFETY: sending our own fd over our own socket, then closing it.
+    unsafe {
+        if let Err(e) = send_fd(theirs.as_raw_fd(), listener) {
+            return e;
+        }
+        libc::close(listener);
+    }
+    drop(theirs);
+    Command::new(program)
+        .args(args)
+        .env_clear()
+        .envs(env)
+        .exec()
+}

@@ -106,6 +106,81 @@ pub struct Supervisor {
     mirrors: fs::mirror::Mirrors,
 }
 
+/// What a supervisor needs from the session's environment.
+struct Setup {
+    intproxy: SocketAddr,
+    token: String,
+    config: Config,
+    policies: Policies,
+    dns_remote: bool,
+}
+
+impl Setup {
+    fn from_env(program: &str, env: &BTreeMap<String, String>) -> Result<Setup, Error> {
+        let addr = env
+            .get(INTPROXY_ADDR_ENV)
+            .ok_or(Error::MissingEnv(INTPROXY_ADDR_ENV))?;
+        let intproxy: SocketAddr =
+            addr.parse()
+                .map_err(|e: std::net::AddrParseError| Error::Invalid {
+                    what: INTPROXY_ADDR_ENV,
+                    reason: e.to_string(),
+                })?;
+        let token = env.get(LAYER_TOKEN_ENV).cloned().unwrap_or_default();
+        let config: Config = match env.get(RESOLVED_CONFIG_ENV) {
+            Some(json) => serde_json::from_str(json).map_err(|e| Error::Invalid {
+                what: RESOLVED_CONFIG_ENV,
+                reason: e.to_string(),
+            })?,
+            None => Config::default(),
+        };
+        let mut policies = config.policies().map_err(|e| Error::Invalid {
+            what: RESOLVED_CONFIG_ENV,
+            reason: e.to_string(),
+        })?;
+        policies.fs = policies.fs.with_local_prefixes(local_prefixes(program));
+        let dns_remote = policies.dns.decide("remora.invalid") == remora_config::Route::Remote;
+        Ok(Setup {
+            intproxy,
+            token,
+            config,
+            policies,
+            dns_remote,
+        })
+    }
+
+    /// The supervisor of `listener`, with its own intproxy connection.
+    fn supervisor(
+        self,
+        program: &str,
+        listener: std::os::fd::OwnedFd,
+        fds: filter::FdRange,
+    ) -> Result<Supervisor, Error> {
+        let client = Client::connect(self.intproxy, &self.token, std::process::id(), program)?;
+        let shadow = fs::Shadow::new().map_err(Error::Shadow)?;
+        let listener = Listener::new(listener);
+        listener.sync_wake_up();
+        Ok(Supervisor {
+            listener: Arc::new(listener),
+            client: Arc::new(Mutex::new(client)),
+            policies: self.policies,
+            intproxy: self.intproxy,
+            dns_remote: self.dns_remote,
+            shadow,
+            cwds: fs::cwd::Cwds::default(),
+            redirected: net::Redirected::default(),
+            warned: HashSet::new(),
+            incoming: self.config.network.incoming.clone(),
+            listeners: HashMap::new(),
+            swept: std::time::Instant::now(),
+            start_cwd: std::env::current_dir()
+                .ok()
+                .and_then(|d| d.into_os_string().into_string().ok()),
+            mirrors: fs::mirror::Mirrors::new(fds),
+        })
+    }
+}
+
 /// Run `program args` with `env` under the filter and supervise it until it
 /// exits; returns its exit status. `on_spawn` gets its pid once it runs (to
 /// forward signals to it: the supervisor must outlive it).
@@ -115,60 +190,17 @@ pub fn run(
     env: &BTreeMap<String, String>,
     on_spawn: impl FnOnce(u32),
 ) -> Result<ExitStatus, Error> {
-    let addr = env
-        .get(INTPROXY_ADDR_ENV)
-        .ok_or(Error::MissingEnv(INTPROXY_ADDR_ENV))?;
-    let intproxy: SocketAddr =
-        addr.parse()
-            .map_err(|e: std::net::AddrParseError| Error::Invalid {
-                what: INTPROXY_ADDR_ENV,
-                reason: e.to_string(),
-            })?;
-    let token = env.get(LAYER_TOKEN_ENV).cloned().unwrap_or_default();
-    let config: Config = match env.get(RESOLVED_CONFIG_ENV) {
-        Some(json) => serde_json::from_str(json).map_err(|e| Error::Invalid {
-            what: RESOLVED_CONFIG_ENV,
-            reason: e.to_string(),
-        })?,
-        None => Config::default(),
-    };
-    let mut policies = config.policies().map_err(|e| Error::Invalid {
-        what: RESOLVED_CONFIG_ENV,
-        reason: e.to_string(),
-    })?;
-    policies.fs = policies.fs.with_local_prefixes(local_prefixes(program));
-    let dns_remote = policies.dns.decide("remora.invalid") == remora_config::Route::Remote;
-    let client = Client::connect(intproxy, &token, std::process::id(), program)?;
-    let shadow = fs::Shadow::new().map_err(Error::Shadow)?;
+    let setup = Setup::from_env(program, env)?;
     let mut command = Command::new(program);
     command.args(args).env_clear().envs(env);
     let fds = filter::FdRange::for_soft_limit(soft_nofile());
     let (mut child, listener) =
-        launch::spawn(command, &notified(&config), fds).map_err(|source| Error::Spawn {
+        launch::spawn(command, &notified(&setup.config), fds).map_err(|source| Error::Spawn {
             program: program.to_owned(),
             source,
         })?;
     on_spawn(child.id());
-    let listener = Listener::new(listener);
-    listener.sync_wake_up();
-    let mut sup = Supervisor {
-        listener: Arc::new(listener),
-        client: Arc::new(Mutex::new(client)),
-        policies,
-        intproxy,
-        dns_remote,
-        shadow,
-        cwds: fs::cwd::Cwds::default(),
-        redirected: net::Redirected::default(),
-        warned: HashSet::new(),
-        incoming: config.network.incoming.clone(),
-        listeners: HashMap::new(),
-        swept: std::time::Instant::now(),
-        start_cwd: std::env::current_dir()
-            .ok()
-            .and_then(|d| d.into_os_string().into_string().ok()),
-        mirrors: fs::mirror::Mirrors::new(fds),
-    };
+    let mut sup = setup.supervisor(program, listener, fds)?;
     // The loop ends when the listener fails (every filtered process is gone);
     // the main thread returns as soon as the direct child exits.
     let _ = std::thread::Builder::new()
@@ -179,6 +211,53 @@ pub fn run(
         source,
     })?;
     Ok(status)
+}
+
+/// Become `program args` (same pid: its parent, a debugger or a tracer see
+/// the program itself) under the filter, supervised by a detached process
+/// of its own that ends when the last filtered process has. Returns only
+/// on failure, before anything was changed in this process when possible.
+/// This process must be single-threaded (it forks).
+pub fn exec_in_place(
+    program: &str,
+    args: &[String],
+    env: &BTreeMap<String, String>,
+) -> Result<std::convert::Infallible, Error> {
+    let spawn_err = |source: std::io::Error| Error::Spawn {
+        program: program.to_owned(),
+        source,
+    };
+    if !single_threaded() {
+        return Err(Error::Invalid {
+            what: "exec in place",
+            reason: "the process runs threads (it must fork)".into(),
+        });
+    }
+    let setup = Setup::from_env(program, env)?;
+    let fds = filter::FdRange::for_soft_limit(soft_nofile());
+    let prog = filter::program(&notified(&setup.config), fds);
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(spawn_err)?;
+    use std::os::fd::AsRawFd;
+    launch::fork_supervisor(ours, theirs.as_raw_fd(), |listener| {
+        // In the detached supervisor process: serve until the filter has
+        // no process left.
+        let Ok(mut sup) = setup.supervisor(program, listener, fds) else {
+            return;
+        };
+        let watched = Arc::clone(&sup.listener);
+        let shadow = sup.shadow.root().to_path_buf();
+        let _ = std::thread::Builder::new()
+            .name("remora-supervisor-hup".into())
+            .spawn(move || {
+                watched.wait_hangup();
+                let _ = std::fs::remove_dir_all(&shadow);
+                std::process::exit(0);
+            });
+        sup.serve();
+    })
+    .map_err(spawn_err)?;
+    let err = launch::install_and_exec(&prog, theirs, program, args, env);
+    Err(spawn_err(err))
 }
 
 /// The syscalls this session's filter notifies: the fs writes and the
@@ -192,6 +271,15 @@ fn notified(config: &Config) -> Vec<(libc::c_long, filter::When)> {
         out.extend_from_slice(filter::FS_WRITES);
     }
     out
+}
+
+/// Whether this process runs one thread only (it may fork and go on).
+fn single_threaded() -> bool {
+    std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("Threads:"))
+            .is_some_and(|n| n.trim() == "1")
+    })
 }
 
 /// This process's soft `RLIMIT_NOFILE`, which the program inherits.

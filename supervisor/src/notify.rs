@@ -80,6 +80,23 @@ impl Listener {
         unsafe { libc::poll(&mut pfd, 1, ms) > 0 }
     }
 
+    /// Wait until no process uses the filter any more (`POLLHUP`).
+    pub fn wait_hangup(&self) {
+        let mut pfd = libc::pollfd {
+            fd: self.fd.as_raw_fd(),
+            events: 0,
+            revents: 0,
+        };
+        loop {
+            // SAFETY: one valid pollfd; with no events asked, poll returns
+            // only for POLLHUP/POLLERR.
+            let rc = unsafe { libc::poll(&mut pfd, 1, -1) };
+            if rc > 0 && pfd.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0 {
+                return;
+            }
+        }
+    }
+
     /// Wait for the next notification. `Ok(None)`: it vanished (the thread
     /// was interrupted or died) before we got it; try again.
     pub fn recv(&self) -> io::Result<Option<SeccompNotif>> {

@@ -351,6 +351,30 @@ fn a_dynamic_program_with_the_layer_hands_static_and_go_children_to_the_supervis
         String::from_utf8_lossy(&out.stdout),
         format!("{CHECKOUT_CONFIG_BODY}0 1\n")
     );
+    // The child keeps its pid: the parent's pid becomes busybox itself (the
+    // supervisor is a detached process of its own), and its status is the
+    // program's.
+    let py = "import os, time\n\
+              r, w = os.pipe()\n\
+              pid = os.posix_spawnp('busybox', ['busybox', 'sh', '-c', 'read x; exit 7'], \
+                  dict(os.environ), file_actions=[(os.POSIX_SPAWN_DUP2, r, 0)])\n\
+              deadline = time.time() + 60\n\
+              while not os.readlink(f'/proc/{pid}/exe').endswith('busybox') and time.time() < deadline:\n\
+              \x20   time.sleep(0.05)\n\
+              print(os.readlink(f'/proc/{pid}/exe'))\n\
+              os.write(w, b'x\\n')\n\
+              _, status = os.waitpid(pid, 0)\n\
+              print(os.waitstatus_to_exitcode(status))\n";
+    let out = s.run(&[], &["python3", "-c", py]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(
+        lines.len() == 2 && lines[0].ends_with("/busybox"),
+        "{stdout}"
+    );
+    assert_eq!(lines[1], "7");
     // Forced preload: no hand-off, the static child sees this machine.
     let only_static = format!("/bin/busybox cat {CHECKOUT_CONFIG}");
     let out = s.run(&["--interception", "preload"], &["sh", "-c", &only_static]);
