@@ -84,59 +84,78 @@ fn supervise_quiet(
         .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
 }
 
-/// `remora supervise PROGRAM ARGS…` (hidden): `program` with this process's
-/// environment under the seccomp supervisor; `remora ci start` starts Go and
-/// static apps this way (it returns while the app runs on, so the app needs
-/// a supervisor process of its own).
+/// `remora supervise PROGRAM ARGS…`: `program` with this process's
+/// environment under the seccomp supervisor. This process *becomes* the
+/// program (same pid: its parent, `remora ci stop`, a debugger following
+/// the exec see the program itself) and a detached supervisor process
+/// serves it until its last process is gone.
 ///
-/// The layer's exec hooks also start Go and static children of a program
-/// that has the layer this way (with its `LD_PRELOAD` moved to
-/// [`HANDOFF_PRELOAD_ENV`]); when seccomp does not work here, the child is
-/// then started as it would have been, with the layer.
+/// Who starts it: `remora ci start` for Go and static apps; the layer's
+/// exec hooks for Go and static children of a program that has the layer
+/// (with its `LD_PRELOAD` moved to [`HANDOFF_PRELOAD_ENV`]); an IDE, with
+/// `remora ext`'s environment, for a Go or static debuggee. With
+/// `LD_PRELOAD` in its environment (the IDE case) it first re-executes
+/// itself without it, so the layer is not in the supervisor. When seccomp
+/// does not work here, a program that would have had the layer is started
+/// with it.
 pub fn supervise_cmd(args: crate::args::RunnerArgs) -> Result<i32> {
     let mut env: std::collections::BTreeMap<String, String> = std::env::vars().collect();
     let program = &args.command[0];
+    if let Some(preload) = env.remove("LD_PRELOAD") {
+        env.insert(SUPERVISE_PRELOAD_ENV.into(), preload);
+        return Err(reexec_without_layer(&env));
+    }
     let handed_off = env.remove(HANDOFF_PRELOAD_ENV);
+    let from_ide = env.remove(SUPERVISE_PRELOAD_ENV);
     env.remove(SUPERVISE_EXE_ENV);
-    let why = match (wants_supervisor(program, &env), handed_off) {
-        (Some(why), Some(_)) => {
-            // Become the program (its parent waits for this pid), with a
-            // detached supervisor process of its own.
-            let why = format!("{why}; started by a program with the LD_PRELOAD layer");
-            eprintln!("remora: {program} runs under the seccomp supervisor ({why})");
-            env.remove("LD_PRELOAD");
-            match remora_supervisor::exec_in_place(program, &args.command[1..], &env) {
-                Ok(never) => match never {},
-                // Nothing changed yet when this process cannot fork safely:
-                // supervise it as a child instead.
-                Err(remora_supervisor::Error::Invalid { .. }) => {
-                    return supervise_quiet(program, &args.command[1..], &env);
-                }
-                Err(e) => {
-                    return Err(Error::Exec {
-                        program: program.clone(),
-                        source: std::io::Error::other(e.to_string()),
-                    });
-                }
+    let why = match wants_supervisor(program, &env) {
+        Some(why) if handed_off.is_some() => {
+            format!("{why}; started by a program with the LD_PRELOAD layer")
+        }
+        Some(why) => why,
+        None => match handed_off.or(from_ide) {
+            Some(preload) => {
+                env.insert("LD_PRELOAD".into(), preload);
+                let err = Command::new(program)
+                    .args(&args.command[1..])
+                    .env_clear()
+                    .envs(&env)
+                    .exec();
+                return Err(Error::Exec {
+                    program: program.clone(),
+                    source: err,
+                });
             }
-        }
-        (Some(why), None) => why,
-        (None, Some(preload)) => {
-            env.insert("LD_PRELOAD".into(), preload);
-            let err = Command::new(program)
-                .args(&args.command[1..])
-                .env_clear()
-                .envs(&env)
-                .exec();
-            return Err(Error::Exec {
-                program: program.clone(),
-                source: err,
-            });
-        }
-        (None, None) => "started by remora ci start".to_owned(),
+            None => "asked for with remora supervise".to_owned(),
+        },
     };
-    supervise(program, &args.command[1..], &env, &why)
+    eprintln!("remora: {program} runs under the seccomp supervisor ({why})");
+    match remora_supervisor::exec_in_place(program, &args.command[1..], &env) {
+        Ok(never) => match never {},
+        // Nothing changed yet when this process cannot fork safely:
+        // supervise it as a child instead.
+        Err(remora_supervisor::Error::Invalid { .. }) => {
+            supervise_quiet(program, &args.command[1..], &env)
+        }
+        Err(e) => Err(Error::Exec {
+            program: program.clone(),
+            source: std::io::Error::other(e.to_string()),
+        }),
+    }
 }
+
+/// Run this `remora` again with `env` (no `LD_PRELOAD`) and the same
+/// arguments (see [`remora_supervisor::launch::reexec_self`]).
+fn reexec_without_layer(env: &std::collections::BTreeMap<String, String>) -> Error {
+    Error::Exec {
+        program: "remora supervise".into(),
+        source: remora_supervisor::launch::reexec_self(env),
+    }
+}
+
+/// Where `remora supervise` keeps the `LD_PRELOAD` it was given directly
+/// (an IDE with `remora ext`'s environment) while it re-executes itself.
+pub const SUPERVISE_PRELOAD_ENV: &str = "REMORA_SUPERVISE_PRELOAD";
 
 /// Set for the layer when `remora run` chose the interception
 /// automatically: the `remora` that supervises Go and static children.

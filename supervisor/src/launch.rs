@@ -353,3 +353,40 @@ pub fn install_and_exec(
         .envs(env)
         .exec()
 }
+
+/// Execute this program again with the same arguments and `env`, with the
+/// raw `execve` syscall: an `LD_PRELOAD` layer loaded here would put its
+/// variables back through its exec hook. Returns only on failure.
+pub fn reexec_self(env: &std::collections::BTreeMap<String, String>) -> io::Error {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => return e,
+    };
+    let Ok(exe) = CString::new(exe.as_os_str().as_bytes()) else {
+        return io::Error::from_raw_os_error(libc::EINVAL);
+    };
+    let argv: Vec<CString> = std::env::args_os()
+        .filter_map(|a| CString::new(a.as_bytes()).ok())
+        .collect();
+    let envp: Vec<CString> = env
+        .iter()
+        .filter_map(|(k, v)| CString::new(format!("{k}={v}")).ok())
+        .collect();
+    let mut argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+    argv_ptrs.push(std::ptr::null());
+    let mut envp_ptrs: Vec<*const libc::c_char> = envp.iter().map(|e| e.as_ptr()).collect();
+    envp_ptrs.push(std::ptr::null());
+    // SAFETY: NUL-terminated strings and NULL-terminated arrays that live
+    // across the call; execve only returns on failure.
+    unsafe {
+        libc::syscall(
+            libc::SYS_execve,
+            exe.as_ptr(),
+            argv_ptrs.as_ptr(),
+            envp_ptrs.as_ptr(),
+        );
+    }
+    io::Error::last_os_error()
+}
