@@ -103,6 +103,11 @@ pub fn supervise_cmd(args: crate::args::RunnerArgs) -> Result<i32> {
     let program = &args.command[0];
     if let Some(preload) = env.remove("LD_PRELOAD") {
         env.insert(SUPERVISE_PRELOAD_ENV.into(), preload);
+        // The layer's connection closes at the exec: hold the session
+        // meanwhile (an `ext` session ends when its last process leaves).
+        if let Ok(fd) = remora_supervisor::lifeline(program, &env) {
+            env.insert(remora_supervisor::LIFELINE_ENV.into(), fd.to_string());
+        }
         return Err(reexec_without_layer(&env));
     }
     let handed_off = env.remove(HANDOFF_PRELOAD_ENV);

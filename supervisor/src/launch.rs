@@ -259,7 +259,7 @@ fn listener_fd(listener: &crate::notify::Listener) -> RawFd {
 /// Fork a detached supervisor process (a grandchild in a session of its
 /// own, so it is not the program's child — a shell's `wait` must not wait
 /// for it — and the terminal's Ctrl-C does not reach it): it closes every
-/// fd but stderr and `ours`, receives the listener on `ours` and calls
+/// fd but stderr, `ours` and `keep`, receives the listener on `ours` and calls
 /// `serve`. `theirs` is the other end, kept by the caller. Returns in the
 /// caller once the intermediate child is reaped.
 ///
@@ -268,6 +268,7 @@ fn listener_fd(listener: &crate::notify::Listener) -> RawFd {
 pub fn fork_supervisor(
     ours: UnixStream,
     theirs: RawFd,
+    keep: &[RawFd],
     serve: impl FnOnce(OwnedFd),
 ) -> io::Result<()> {
     // SAFETY: fork in a single-threaded process (the caller's contract).
@@ -295,12 +296,12 @@ pub fn fork_supervisor(
                 }
             }
         }
-        let keep = ours.as_raw_fd();
+        let ours_fd = ours.as_raw_fd();
         if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
             let fds: Vec<RawFd> = dir
                 .flatten()
                 .filter_map(|e| e.file_name().to_str()?.parse().ok())
-                .filter(|&fd| fd > 2 && fd != keep)
+                .filter(|&fd| fd > 2 && fd != ours_fd && !keep.contains(&fd))
                 .collect();
             for fd in fds {
                 // SAFETY: closing inherited fds this process does not use

@@ -149,6 +149,16 @@ impl Setup {
         })
     }
 
+    /// A new intproxy connection for `program`.
+    fn connect(&self, program: &str) -> Result<Client, Error> {
+        Ok(Client::connect(
+            self.intproxy,
+            &self.token,
+            std::process::id(),
+            program,
+        )?)
+    }
+
     /// The supervisor of `listener`, with its own intproxy connection.
     fn supervisor(
         self,
@@ -156,7 +166,16 @@ impl Setup {
         listener: std::os::fd::OwnedFd,
         fds: filter::FdRange,
     ) -> Result<Supervisor, Error> {
-        let client = Client::connect(self.intproxy, &self.token, std::process::id(), program)?;
+        let client = self.connect(program)?;
+        self.supervisor_with(client, listener, fds)
+    }
+
+    fn supervisor_with(
+        self,
+        client: Client,
+        listener: std::os::fd::OwnedFd,
+        fds: filter::FdRange,
+    ) -> Result<Supervisor, Error> {
         let shadow = fs::Shadow::new().map_err(Error::Shadow)?;
         let listener = Listener::new(listener);
         listener.sync_wake_up();
@@ -237,11 +256,23 @@ pub fn exec_in_place(
     let fds = filter::FdRange::for_soft_limit(soft_nofile());
     let prog = filter::program(&notified(&setup.config), fds);
     let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(spawn_err)?;
+    // Connected before anything else, so the session always has a process
+    // (the supervisor takes this connection over); then a lifeline kept
+    // across a re-exec (see [`lifeline`]) can go.
+    let client = setup.connect(program)?;
+    let mut env = env.clone();
+    if let Some(fd) = env.remove(LIFELINE_ENV).and_then(|v| v.parse::<i32>().ok()) {
+        if fd > 2 {
+            // SAFETY: the fd number this process was given for its lifeline.
+            unsafe { libc::close(fd) };
+        }
+    }
     use std::os::fd::AsRawFd;
-    launch::fork_supervisor(ours, theirs.as_raw_fd(), |listener| {
+    let keep = [client.raw_fd()];
+    launch::fork_supervisor(ours, theirs.as_raw_fd(), &keep, move |listener| {
         // In the detached supervisor process: serve until the filter has
         // no process left.
-        let Ok(mut sup) = setup.supervisor(program, listener, fds) else {
+        let Ok(mut sup) = setup.supervisor_with(client, listener, fds) else {
             return;
         };
         let watched = Arc::clone(&sup.listener);
@@ -256,8 +287,25 @@ pub fn exec_in_place(
         sup.serve();
     })
     .map_err(spawn_err)?;
-    let err = launch::install_and_exec(&prog, theirs, program, args, env);
+    let err = launch::install_and_exec(&prog, theirs, program, args, &env);
     Err(spawn_err(err))
+}
+
+/// Names the fd of a [`lifeline`] across a re-exec.
+pub const LIFELINE_ENV: &str = "REMORA_SUPERVISE_LIFELINE";
+
+/// A connection to the session's intproxy that survives `exec` (not
+/// close-on-exec): it keeps the session up while this process re-executes
+/// itself (an `ext` session ends when its last process leaves).
+/// [`exec_in_place`] closes the fd that [`LIFELINE_ENV`] names once its own
+/// connection is up. Returns the fd number.
+pub fn lifeline(program: &str, env: &BTreeMap<String, String>) -> Result<i32, Error> {
+    use std::os::fd::IntoRawFd;
+    let setup = Setup::from_env(program, env)?;
+    let fd = setup.connect(program)?.into_fd().into_raw_fd();
+    // SAFETY: clearing FD_CLOEXEC on our own fd.
+    unsafe { libc::fcntl(fd, libc::F_SETFD, 0) };
+    Ok(fd)
 }
 
 /// The syscalls this session's filter notifies: the fs writes and the
