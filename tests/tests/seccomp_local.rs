@@ -450,12 +450,16 @@ while True:
     s.sendto(head + question + (answer if count == b"\x00\x01" else b""), peer)
 "#;
 
-/// busybox's own resolver (`nslookup`, no libc) reads the pod's
-/// resolv.conf and asks the pod's nameserver over a connected UDP socket.
+/// busybox's own resolver (`nslookup`, no libc), Go's pure resolver and
+/// glibc's (a cgo build) read the pod's resolv.conf and ask the pod's
+/// nameserver over UDP through the supervisor.
 #[test]
-fn busybox_static_nslookup_asks_the_pods_nameserver() {
+fn busybox_nslookup_and_go_resolvers_ask_the_pods_nameserver() {
     require_sandbox!();
     use std::io::BufRead;
+    let apps = Apps::new();
+    let go = apps.go_probe();
+    let cgo = apps.go_probe_cgo();
     let s = setup();
     let mut dns = s
         .checkout
@@ -472,8 +476,13 @@ fn busybox_static_nslookup_asks_the_pods_nameserver() {
         .read_line(&mut line)
         .unwrap();
     assert_eq!(line, "ready\n");
-    let out = s.ok(&["/bin/busybox", "nslookup", "orders.pod-only.test"]);
+    let name = "orders.pod-only.test";
+    let out = s.ok(&["/bin/busybox", "nslookup", name]);
     assert!(out.contains("Address: 10.9.8.7"), "{out}");
+    for probe in [&go, &cgo] {
+        let out = s.ok(&[probe.to_str().unwrap(), "resolve", name]);
+        assert_eq!(out.trim(), "10.9.8.7", "{probe:?}");
+    }
 }
 
 #[test]
