@@ -370,9 +370,10 @@ impl Supervisor {
         if data.is_empty() {
             return Verdict::Continue;
         }
+        // With O_APPEND every write appends, pwrite too (Linux).
         let mut at = match (m.append, offset) {
-            (true, None) => None,
-            (_, Some(o)) => Some(o),
+            (true, _) => None,
+            (false, Some(o)) => Some(o),
             (false, None) => match position(call.tid, fd) {
                 Some(p) => Some(p),
                 None => return Verdict::Errno(libc::EBADF),

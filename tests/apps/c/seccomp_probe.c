@@ -1,7 +1,8 @@
 /* seccomp_probe: a statically linked C program (gcc -static) that prints
  * what it sees, for tests/tests/seccomp_local.rs. LD_PRELOAD cannot reach
  * it; remora's seccomp supervisor can.
- *   seccomp_probe cat PATH | ls DIR | stat PATH | fstat FD | get IP PORT PATH | env NAME
+ *   seccomp_probe cat PATH | ls DIR | stat PATH | fstat FD | write1 FD | get IP PORT PATH |
+ *                 env NAME
  *   seccomp_probe uring x   (io_uring_setup: prints "ok" or the error)
  *   seccomp_probe rdwr PATH TEXT   (O_RDWR: pwrite "#" at 0, write TEXT at
  *                                  the end, writev TEXT "!\n" on a dup,
@@ -113,6 +114,9 @@ static int run1(int argc, char **argv) {
         if (fd < 0) { printf("%s\n", strerror(errno)); return 0; }
         close(fd);
         printf("ok\n");
+    } else if (!strcmp(cmd, "write1")) {
+        /* one byte to fd ARG (a plain write(2), never a remote file) */
+        if (write(atoi(arg), "x", 1) != 1) { perror("write"); return 1; }
     } else if (!strcmp(cmd, "fstat")) {
         /* fstat of an open fd (glibc: newfstatat(fd, "", AT_EMPTY_PATH)). */
         struct stat st;
