@@ -2,7 +2,10 @@
 //! (`execve`, `execvpe`, `execveat`, `fexecve`, `posix_spawn[p]`, and
 //! `execv`/`execvp`, which pass `environ`) get the layer's variables back if
 //! the program dropped them, so the whole process tree keeps seeing the
-//! target (and its remote working directory, [`crate::file::cwd`]); and `uname` reports the target's node name like `gethostname`.
+//! target (and its remote working directory, [`crate::file::cwd`]); a Go or
+//! statically linked program, which the layer cannot reach, is started
+//! through `remora supervise` instead ([`handoff`]); and `uname` reports the
+//! target's node name like `gethostname`.
 
 use crate::file::cwd::REMOTE_CWD_ENV;
 use crate::guard::DetourGuard;
