@@ -312,10 +312,13 @@ fn a_dynamic_program_with_the_layer_hands_static_and_go_children_to_the_supervis
     let apps = Apps::new();
     let go = apps.go_probe();
     let go = go.to_str().unwrap();
+    // The cgo build is dynamically linked: found by its Go build-id note.
+    let cgo = apps.go_probe_cgo();
+    let cgo = cgo.to_str().unwrap();
     let s = setup();
     let script = format!(
         "/bin/busybox cat {CHECKOUT_CONFIG} && {go} cat {CHECKOUT_CONFIG} \
-         && busybox ls /srv/checkout/www && cat {CHECKOUT_CONFIG}"
+         && busybox ls /srv/checkout/www && cat {CHECKOUT_CONFIG} && {cgo} cat {CHECKOUT_CONFIG}"
     );
     let out = s.run(&[], &["sh", "-c", &script]);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -323,12 +326,17 @@ fn a_dynamic_program_with_the_layer_hands_static_and_go_children_to_the_supervis
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
         format!(
-            "{CHECKOUT_CONFIG_BODY}{CHECKOUT_CONFIG_BODY}health\nindex.html\n{CHECKOUT_CONFIG_BODY}"
+            "{CHECKOUT_CONFIG_BODY}{CHECKOUT_CONFIG_BODY}health\nindex.html\n{CHECKOUT_CONFIG_BODY}\
+             {CHECKOUT_CONFIG_BODY}"
         )
     );
     assert_eq!(
         stderr.matches("runs under the seccomp supervisor").count(),
-        3,
+        4,
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("{cgo} runs under the seccomp supervisor")),
         "{stderr}"
     );
     assert!(
