@@ -22,6 +22,21 @@ pub const SUPERVISE_EXE_ENV: &str = "REMORA_SUPERVISE_EXE";
 /// with the layer.
 pub const HANDOFF_PRELOAD_ENV: &str = "REMORA_HANDOFF_PRELOAD";
 
+/// Little-endian fields at `o` of `b` (callers check the length).
+fn u16_at(b: &[u8], o: usize) -> usize {
+    u16::from_le_bytes([b[o], b[o + 1]]) as usize
+}
+
+fn u32_at(b: &[u8], o: usize) -> u32 {
+    u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]])
+}
+
+fn u64_at(b: &[u8], o: usize) -> u64 {
+    let mut v = [0u8; 8];
+    v.copy_from_slice(&b[o..o + 8]);
+    u64::from_le_bytes(v)
+}
+
 /// Whether the ELF file at `path` needs the supervisor: no program
 /// interpreter (statically linked), or a Go program (its `Go` build-id
 /// note), whose own syscalls bypass libc. Scripts and unreadable files: no.
@@ -37,13 +52,6 @@ pub fn needs_supervisor(path: &std::path::Path) -> bool {
     {
         return false; // not a 64-bit little-endian ELF
     }
-    let u16_at = |b: &[u8], o: usize| u16::from_le_bytes([b[o], b[o + 1]]) as usize;
-    let u32_at = |b: &[u8], o: usize| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
-    let u64_at = |b: &[u8], o: usize| {
-        let mut v = [0u8; 8];
-        v.copy_from_slice(&b[o..o + 8]);
-        u64::from_le_bytes(v)
-    };
     let (phoff, phentsize, phnum) = (
         u64_at(&head, 0x20),
         u16_at(&head, 0x36),
@@ -66,12 +74,6 @@ pub fn needs_supervisor(path: &std::path::Path) -> bool {
 /// Whether a dynamically linked ELF is a Go program (cgo): one of its note
 /// segments holds the `Go` build-id note.
 fn is_go(file: &std::fs::File, phdrs: &[u8], phentsize: usize) -> bool {
-    let u32_at = |b: &[u8], o: usize| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
-    let u64_at = |b: &[u8], o: usize| {
-        let mut v = [0u8; 8];
-        v.copy_from_slice(&b[o..o + 8]);
-        u64::from_le_bytes(v)
-    };
     for ph in phdrs.chunks_exact(phentsize) {
         if u32_at(ph, 0) != 4 {
             continue;
