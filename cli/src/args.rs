@@ -61,10 +61,9 @@ pub enum Command {
     /// (the Cargo runner, `go test -exec`).
     #[command(hide = true)]
     Runner(RunnerArgs),
-    /// (internal) Run a Go or static program, with this process's
-    /// environment (a prepared session's), under the seccomp supervisor
-    /// (`remora ci start` for such apps).
-    #[command(hide = true)]
+    /// Become PROGRAM (same process), with this process's environment (a
+    /// session's, e.g. from `remora ext`), under the seccomp supervisor:
+    /// for IDEs starting a Go or static debuggee (docs/ide.md)
     Supervise(RunnerArgs),
 }
 

@@ -18,6 +18,7 @@ pub fn run(args: RunArgs) -> Result<i32> {
             .or(crate::interception::config_value(&args.session).as_deref()),
     );
     let (mode, why) = crate::interception::choose(asked, &program);
+    let handoff = asked == crate::interception::Asked::Auto;
     if mode == crate::interception::Mode::Seccomp {
         if let Err(reason) = remora_supervisor::probe() {
             eprintln!(
@@ -26,12 +27,12 @@ pub fn run(args: RunArgs) -> Result<i32> {
                  layer, which does not see its calls"
             );
             warn_if_unhookable(&program);
-            return run_preloaded(args, program);
+            return run_preloaded(args, program, false);
         }
         return run_supervised(args, program, &why);
     }
     warn_if_unhookable(&program);
-    run_preloaded(args, program)
+    run_preloaded(args, program, handoff)
 }
 
 /// The seccomp path: the CLI stays as the supervisor of the command.
@@ -54,6 +55,15 @@ pub fn supervise(
     why: &str,
 ) -> Result<i32> {
     eprintln!("remora: {program} runs under the seccomp supervisor ({why})");
+    supervise_quiet(program, args, env)
+}
+
+/// [`supervise`] without the startup line.
+fn supervise_quiet(
+    program: &str,
+    args: &[String],
+    env: &std::collections::BTreeMap<String, String>,
+) -> Result<i32> {
     let mut env = env.clone();
     env.remove("LD_PRELOAD");
     // Ctrl-C, SIGTERM...: the program gets them (the terminal's go to it
@@ -74,16 +84,98 @@ pub fn supervise(
         .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
 }
 
-/// `remora supervise PROGRAM ARGS…` (hidden): `program` with this process's
-/// environment under the seccomp supervisor; `remora ci start` starts Go and
-/// static apps this way (it returns while the app runs on, so the app needs
-/// a supervisor process of its own).
+/// `remora supervise PROGRAM ARGS…`: `program` with this process's
+/// environment under the seccomp supervisor. This process *becomes* the
+/// program (same pid: its parent, `remora ci stop`, a debugger following
+/// the exec see the program itself) and a detached supervisor process
+/// serves it until its last process is gone.
+///
+/// Who starts it: `remora ci start` for Go and static apps; the layer's
+/// exec hooks for Go and static children of a program that has the layer
+/// (with its `LD_PRELOAD` moved to [`HANDOFF_PRELOAD_ENV`]); an IDE, with
+/// `remora ext`'s environment, for a Go or static debuggee. With
+/// `LD_PRELOAD` in its environment (the IDE case) it first re-executes
+/// itself without it, so the layer is not in the supervisor. When seccomp
+/// does not work here, a program that would have had the layer is started
+/// with it.
 pub fn supervise_cmd(args: crate::args::RunnerArgs) -> Result<i32> {
-    let env: std::collections::BTreeMap<String, String> = std::env::vars().collect();
+    let mut env: std::collections::BTreeMap<String, String> = std::env::vars().collect();
     let program = &args.command[0];
-    let why =
-        wants_supervisor(program, &env).unwrap_or_else(|| "started by remora ci start".to_owned());
-    supervise(program, &args.command[1..], &env, &why)
+    if let Some(preload) = env.remove("LD_PRELOAD") {
+        env.insert(SUPERVISE_PRELOAD_ENV.into(), preload);
+        // The layer's connection closes at the exec: hold the session
+        // meanwhile (an `ext` session ends when its last process leaves).
+        if let Ok(fd) = remora_supervisor::lifeline(program, &env) {
+            env.insert(remora_supervisor::LIFELINE_ENV.into(), fd.to_string());
+        }
+        return Err(reexec_without_layer(&env));
+    }
+    let handed_off = env.remove(HANDOFF_PRELOAD_ENV);
+    let from_ide = env.remove(SUPERVISE_PRELOAD_ENV);
+    env.remove(SUPERVISE_EXE_ENV);
+    let why = match wants_supervisor(program, &env) {
+        Some(why) if handed_off.is_some() => {
+            format!("{why}; started by a program with the LD_PRELOAD layer")
+        }
+        Some(why) => why,
+        None => match handed_off.or(from_ide) {
+            Some(preload) => {
+                env.insert("LD_PRELOAD".into(), preload);
+                let err = Command::new(program)
+                    .args(&args.command[1..])
+                    .env_clear()
+                    .envs(&env)
+                    .exec();
+                return Err(Error::Exec {
+                    program: program.clone(),
+                    source: err,
+                });
+            }
+            None => "asked for with remora supervise".to_owned(),
+        },
+    };
+    eprintln!("remora: {program} runs under the seccomp supervisor ({why})");
+    match remora_supervisor::exec_in_place(program, &args.command[1..], &env) {
+        Ok(never) => match never {},
+        // Nothing changed yet when this process cannot fork safely:
+        // supervise it as a child instead.
+        Err(remora_supervisor::Error::Invalid { .. }) => {
+            supervise_quiet(program, &args.command[1..], &env)
+        }
+        Err(e) => Err(Error::Exec {
+            program: program.clone(),
+            source: std::io::Error::other(e.to_string()),
+        }),
+    }
+}
+
+/// Run this `remora` again with `env` (no `LD_PRELOAD`) and the same
+/// arguments (see [`remora_supervisor::launch::reexec_self`]).
+fn reexec_without_layer(env: &std::collections::BTreeMap<String, String>) -> Error {
+    Error::Exec {
+        program: "remora supervise".into(),
+        source: remora_supervisor::launch::reexec_self(env),
+    }
+}
+
+/// Where `remora supervise` keeps the `LD_PRELOAD` it was given directly
+/// (an IDE with `remora ext`'s environment) while it re-executes itself.
+pub const SUPERVISE_PRELOAD_ENV: &str = "REMORA_SUPERVISE_PRELOAD";
+
+/// Set for the layer when `remora run` chose the interception
+/// automatically: the `remora` that supervises Go and static children.
+pub const SUPERVISE_EXE_ENV: &str = "REMORA_SUPERVISE_EXE";
+/// Where the layer's exec hooks put a handed-off child's `LD_PRELOAD`.
+pub const HANDOFF_PRELOAD_ENV: &str = "REMORA_HANDOFF_PRELOAD";
+
+/// Whether the session's config leaves the interception automatic, so the
+/// layer may hand Go and static children to `remora supervise`.
+pub fn handoff_allowed(env: &std::collections::BTreeMap<String, String>) -> bool {
+    let configured = env
+        .get(remora_config::RESOLVED_CONFIG_ENV)
+        .and_then(|json| serde_json::from_str::<remora_config::Config>(json).ok())
+        .and_then(|c| c.interception);
+    matches!(configured, None | Some(remora_config::Interception::Auto))
 }
 
 /// Whether the session's `program` should run under the supervisor: the
@@ -118,10 +210,21 @@ pub fn wants_supervisor(
     }
 }
 
-fn run_preloaded(args: RunArgs, program: String) -> Result<i32> {
+/// With `handoff` (automatic interception), a Go or static program the
+/// command starts later goes to `remora supervise` (the layer's exec hooks
+/// see [`SUPERVISE_EXE_ENV`]).
+fn run_preloaded(args: RunArgs, program: String, handoff: bool) -> Result<i32> {
     let mut progress = Progress::new();
-    let prepared = session::prepare(&args.session, &program, &Lifetime::default(), &mut progress)?;
+    let mut prepared =
+        session::prepare(&args.session, &program, &Lifetime::default(), &mut progress)?;
     progress.finish();
+    if handoff {
+        if let Ok(exe) = std::env::current_exe() {
+            prepared
+                .env
+                .insert(SUPERVISE_EXE_ENV.into(), exe.display().to_string());
+        }
+    }
 
     // The lifeline session stays open in the command (and whatever inherits
     // it), keeping the intproxy alive even for programs the layer cannot load

@@ -143,6 +143,12 @@ pub fn run(args: TestArgs) -> Result<i32> {
             .args(&args.command[1..])
             .env_clear()
             .envs(&prepared.env);
+        // Go and static programs the command starts get the supervisor.
+        if crate::run::handoff_allowed(&prepared.env) {
+            if let Ok(exe) = std::env::current_exe() {
+                command.env(crate::run::SUPERVISE_EXE_ENV, exe);
+            }
+        }
     } else {
         let local: BTreeMap<String, String> = std::env::vars().collect();
         let (env, unset) = prepared.diff(&local);

@@ -2,8 +2,11 @@
 //! (`execve`, `execvpe`, `execveat`, `fexecve`, `posix_spawn[p]`, and
 //! `execv`/`execvp`, which pass `environ`) get the layer's variables back if
 //! the program dropped them, so the whole process tree keeps seeing the
-//! target (and its remote working directory, [`crate::file::cwd`], and
-//! the write streams it inherits, [`crate::file::streams`]); and `uname` reports the target's node name like `gethostname`.
+//! target (and its remote working directory, [`crate::file::cwd`], and the
+//! write streams it inherits, [`crate::file::streams`]); a Go or statically
+//! linked program, which the layer cannot reach, is started through `remora
+//! supervise` instead ([`handoff`]); and `uname` reports the target's node
+//! name like `gethostname`.
 
 use crate::file::cwd::REMOTE_CWD_ENV;
 use crate::file::streams::WRITE_STREAMS_ENV;
@@ -13,6 +16,8 @@ use crate::state::{INTPROXY_ADDR_ENV, LAYER_TOKEN_ENV};
 use libc::{c_char, c_int, pid_t};
 use std::ffi::{CStr, CString};
 use std::sync::OnceLock;
+
+pub mod handoff;
 
 /// `KEY=VALUE` entries every child needs, captured when the layer started.
 static INHERITED: OnceLock<Vec<(String, String)>> = OnceLock::new();
@@ -24,6 +29,7 @@ pub fn capture_environment() {
         INTPROXY_ADDR_ENV,
         LAYER_TOKEN_ENV,
         remora_config::RESOLVED_CONFIG_ENV,
+        handoff::SUPERVISE_EXE_ENV,
     ];
     let vars = keys
         .iter()
@@ -161,8 +167,16 @@ pub unsafe extern "C" fn execve(
     let real =
         real!(execve: fn(*const c_char, *const *const c_char, *const *const c_char) -> c_int);
     // SAFETY: execve(2) contract: envp is a NULL-terminated array; the
-    // caller's arguments are forwarded (with a patched environment).
-    unsafe { with_layer_env(envp, |envp| real(path, argv, envp)) }
+    // caller's arguments are forwarded (with a patched environment), or a
+    // Go/static program is started under `remora supervise`.
+    unsafe {
+        with_layer_env(envp, |envp| {
+            match handoff::supervised(path, argv, envp, false) {
+                Some(h) => real(h.exe, h.argv.as_ptr(), h.envp.as_ptr()),
+                None => real(path, argv, envp),
+            }
+        })
+    }
 }
 
 #[unsafe(no_mangle)]
@@ -174,8 +188,16 @@ pub unsafe extern "C" fn execvpe(
     let real =
         real!(execvpe: fn(*const c_char, *const *const c_char, *const *const c_char) -> c_int);
     // SAFETY: execvpe(3) contract: envp is a NULL-terminated array; the
-    // caller's arguments are forwarded (with a patched environment).
-    unsafe { with_layer_env(envp, |envp| real(file, argv, envp)) }
+    // caller's arguments are forwarded (with a patched environment), or a
+    // Go/static program is started under `remora supervise`.
+    unsafe {
+        with_layer_env(envp, |envp| {
+            match handoff::supervised(file, argv, envp, true) {
+                Some(h) => real(h.exe, h.argv.as_ptr(), h.envp.as_ptr()),
+                None => real(file, argv, envp),
+            }
+        })
+    }
 }
 
 #[unsafe(no_mangle)]
@@ -236,6 +258,7 @@ type Spawn = unsafe extern "C" fn(
 ///
 /// # Safety
 /// posix_spawn(3)'s contract for every argument.
+#[allow(clippy::too_many_arguments)]
 unsafe fn spawn(
     real: Spawn,
     pid: *mut pid_t,
@@ -244,11 +267,23 @@ unsafe fn spawn(
     attr: *const libc::posix_spawnattr_t,
     argv: *const *mut c_char,
     envp: *const *mut c_char,
+    search: bool,
 ) -> c_int {
-    // SAFETY: posix_spawn(3) contract; libc gets the caller's arguments (patched env).
+    // SAFETY: posix_spawn(3) contract; libc gets the caller's arguments
+    // (patched env), or `remora supervise` for a Go/static program.
     unsafe {
         with_layer_env(envp.cast(), |envp| {
-            real(pid, path, actions, attr, argv, envp.cast())
+            match handoff::supervised(path, argv.cast(), envp, search) {
+                Some(h) => real(
+                    pid,
+                    h.exe,
+                    actions,
+                    attr,
+                    h.argv.as_ptr().cast(),
+                    h.envp.as_ptr().cast(),
+                ),
+                None => real(pid, path, actions, attr, argv, envp.cast()),
+            }
         })
     }
 }
@@ -264,7 +299,7 @@ pub unsafe extern "C" fn posix_spawn(
 ) -> c_int {
     let real: Spawn = real!(posix_spawn: fn(*mut pid_t, *const c_char, *const libc::posix_spawn_file_actions_t, *const libc::posix_spawnattr_t, *const *mut c_char, *const *mut c_char) -> c_int);
     // SAFETY: the caller upholds posix_spawn's contract.
-    unsafe { spawn(real, pid, path, actions, attr, argv, envp) }
+    unsafe { spawn(real, pid, path, actions, attr, argv, envp, false) }
 }
 
 #[unsafe(no_mangle)]
@@ -278,7 +313,7 @@ pub unsafe extern "C" fn posix_spawnp(
 ) -> c_int {
     let real: Spawn = real!(posix_spawnp: fn(*mut pid_t, *const c_char, *const libc::posix_spawn_file_actions_t, *const libc::posix_spawnattr_t, *const *mut c_char, *const *mut c_char) -> c_int);
     // SAFETY: the caller upholds posix_spawnp's contract.
-    unsafe { spawn(real, pid, file, actions, attr, argv, envp) }
+    unsafe { spawn(real, pid, file, actions, attr, argv, envp, true) }
 }
 
 #[unsafe(no_mangle)]

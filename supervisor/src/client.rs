@@ -78,6 +78,17 @@ impl Client {
         }
     }
 
+    /// The connection's fd number (kept open across a fork).
+    pub fn raw_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        self.reader.get_ref().as_raw_fd()
+    }
+
+    /// The connection itself (closing it ends this session's process).
+    pub fn into_fd(self) -> std::os::fd::OwnedFd {
+        std::os::fd::OwnedFd::from(self.reader.into_inner())
+    }
+
     /// Send one request and wait for its reply.
     pub fn request(&mut self, request: LayerRequest) -> Result<LayerResponse, ClientError> {
         let id = RequestId(self.next_id);

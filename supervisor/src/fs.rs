@@ -16,6 +16,7 @@ use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 pub mod cwd;
+pub mod mirror;
 mod write;
 
 /// Largest snapshot asked for inline in an open reply (one frame).
@@ -75,7 +76,11 @@ impl Supervisor {
                 }
             }
             let base = if dirfd == libc::AT_FDCWD {
-                std::fs::read_link(format!("/proc/{}/cwd", call.tid))?
+                match &self.start_cwd {
+                    // No process has moved: every one is still where it started.
+                    Some(cwd) => PathBuf::from(cwd),
+                    None => std::fs::read_link(format!("/proc/{}/cwd", call.tid))?,
+                }
             } else {
                 std::fs::read_link(format!("/proc/{}/fd/{dirfd}", call.tid))?
             };
@@ -119,7 +124,7 @@ impl Supervisor {
         }
         let cloexec = flags & libc::O_CLOEXEC != 0;
         if write {
-            return Ok(self.open_for_write(path, flags, mode));
+            return Ok(self.open_for_write(call, path, flags, mode));
         }
         if flags & libc::O_PATH != 0 {
             self.warn_once(&format!(

@@ -96,10 +96,15 @@ fn recv_fd(sock: &UnixStream) -> io::Result<OwnedFd> {
     }
 }
 
-/// Spawn `command` under a filter notifying `notified`; returns the child
+/// Spawn `command` under a filter notifying `notified` (`fds`: see
+/// [`crate::filter::FdRange`]); returns the child
 /// and the listener.
-pub fn spawn(mut command: Command, notified: &[libc::c_long]) -> io::Result<(Child, OwnedFd)> {
-    let prog = crate::filter::program(notified);
+pub fn spawn(
+    mut command: Command,
+    notified: &[(libc::c_long, crate::filter::When)],
+    fds: crate::filter::FdRange,
+) -> io::Result<(Child, OwnedFd)> {
+    let prog = crate::filter::program(notified, fds);
     let (ours, theirs) = UnixStream::pair()?;
     let theirs_fd = theirs.as_raw_fd();
     let parent = std::process::id() as libc::pid_t;
@@ -249,4 +254,140 @@ pub fn probe() -> Result<(), String> {
 
 fn listener_fd(listener: &crate::notify::Listener) -> RawFd {
     listener.raw()
+}
+
+/// Fork a detached supervisor process (a grandchild in a session of its
+/// own, so it is not the program's child — a shell's `wait` must not wait
+/// for it — and the terminal's Ctrl-C does not reach it): it closes every
+/// fd but stderr, `ours` and `keep`, receives the listener on `ours` and calls
+/// `serve`. `theirs` is the other end, kept by the caller. Returns in the
+/// caller once the intermediate child is reaped.
+///
+/// The caller must be single-threaded: the grandchild goes on running Rust
+/// code after `fork`.
+pub fn fork_supervisor(
+    ours: UnixStream,
+    theirs: RawFd,
+    keep: &[RawFd],
+    serve: impl FnOnce(OwnedFd),
+) -> io::Result<()> {
+    // SAFETY: fork in a single-threaded process (the caller's contract).
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if pid == 0 {
+        // SAFETY: as above; the intermediate child only forks and exits.
+        let grandchild = unsafe { libc::fork() };
+        if grandchild != 0 {
+            // SAFETY: leaving the intermediate child without running Rust's exit path.
+            unsafe { libc::_exit(i32::from(grandchild < 0)) };
+        }
+        // SAFETY: plain syscalls on fds of this process.
+        unsafe {
+            libc::setsid();
+            libc::close(theirs);
+            let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+            if null >= 0 {
+                libc::dup2(null, 0);
+                libc::dup2(null, 1);
+                if null > 2 {
+                    libc::close(null);
+                }
+            }
+        }
+        let ours_fd = ours.as_raw_fd();
+        if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
+            let fds: Vec<RawFd> = dir
+                .flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .filter(|&fd| fd > 2 && fd != ours_fd && !keep.contains(&fd))
+                .collect();
+            for fd in fds {
+                // SAFETY: closing inherited fds this process does not use
+                // (the read_dir's own fd is already closed; EBADF is harmless).
+                unsafe { libc::close(fd) };
+            }
+        }
+        let code = match recv_fd(&ours) {
+            Ok(listener) => {
+                drop(ours);
+                serve(listener);
+                0
+            }
+            Err(_) => 1,
+        };
+        std::process::exit(code);
+    }
+    let mut status = 0;
+    // SAFETY: reaping the intermediate child we just forked.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    drop(ours);
+    Ok(())
+}
+
+/// In the process that becomes the program: install the filter, send the
+/// listener to the supervisor over `theirs`, exec. Returns only on failure.
+pub fn install_and_exec(
+    prog: &[libc::sock_filter],
+    theirs: UnixStream,
+    program: &str,
+    args: &[String],
+    env: &std::collections::BTreeMap<String, String>,
+) -> io::Error {
+    // SAFETY: raw syscalls on `prog`, alive for the call.
+    let listener = match unsafe { install(prog) } {
+        Ok(fd) => fd,
+        Err(e) => return e,
+    };
+    // SAFETY: sending our own fd over our own socket, then closing it.
+    unsafe {
+        if let Err(e) = send_fd(theirs.as_raw_fd(), listener) {
+            return e;
+        }
+        libc::close(listener);
+    }
+    drop(theirs);
+    Command::new(program)
+        .args(args)
+        .env_clear()
+        .envs(env)
+        .exec()
+}
+
+/// Execute this program again with the same arguments and `env`, with the
+/// raw `execve` syscall: an `LD_PRELOAD` layer loaded here would put its
+/// variables back through its exec hook. Returns only on failure.
+pub fn reexec_self(env: &std::collections::BTreeMap<String, String>) -> io::Error {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => return e,
+    };
+    let Ok(exe) = CString::new(exe.as_os_str().as_bytes()) else {
+        return io::Error::from_raw_os_error(libc::EINVAL);
+    };
+    let argv: Vec<CString> = std::env::args_os()
+        .filter_map(|a| CString::new(a.as_bytes()).ok())
+        .collect();
+    let envp: Vec<CString> = env
+        .iter()
+        .filter_map(|(k, v)| CString::new(format!("{k}={v}")).ok())
+        .collect();
+    let mut argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+    argv_ptrs.push(std::ptr::null());
+    let mut envp_ptrs: Vec<*const libc::c_char> = envp.iter().map(|e| e.as_ptr()).collect();
+    envp_ptrs.push(std::ptr::null());
+    // SAFETY: NUL-terminated strings and NULL-terminated arrays that live
+    // across the call; execve only returns on failure.
+    unsafe {
+        libc::syscall(
+            libc::SYS_execve,
+            exe.as_ptr(),
+            argv_ptrs.as_ptr(),
+            envp_ptrs.as_ptr(),
+        );
+    }
+    io::Error::last_os_error()
 }

@@ -98,6 +98,106 @@ pub struct Supervisor {
     listeners: HashMap<u64, incoming::Subscribed>,
     /// When the subscribed listeners were last checked for being closed.
     swept: std::time::Instant,
+    /// The working directory every supervised process started in, while
+    /// none has called `chdir`/`fchdir` (both notified): relative paths
+    /// then resolve against it without asking `/proc`.
+    start_cwd: Option<String>,
+    /// Read-write opens of the target's files (fs mode `write`).
+    mirrors: fs::mirror::Mirrors,
+}
+
+/// What a supervisor needs from the session's environment.
+struct Setup {
+    intproxy: SocketAddr,
+    token: String,
+    config: Config,
+    policies: Policies,
+    dns_remote: bool,
+}
+
+impl Setup {
+    fn from_env(program: &str, env: &BTreeMap<String, String>) -> Result<Setup, Error> {
+        let addr = env
+            .get(INTPROXY_ADDR_ENV)
+            .ok_or(Error::MissingEnv(INTPROXY_ADDR_ENV))?;
+        let intproxy: SocketAddr =
+            addr.parse()
+                .map_err(|e: std::net::AddrParseError| Error::Invalid {
+                    what: INTPROXY_ADDR_ENV,
+                    reason: e.to_string(),
+                })?;
+        let token = env.get(LAYER_TOKEN_ENV).cloned().unwrap_or_default();
+        let config: Config = match env.get(RESOLVED_CONFIG_ENV) {
+            Some(json) => serde_json::from_str(json).map_err(|e| Error::Invalid {
+                what: RESOLVED_CONFIG_ENV,
+                reason: e.to_string(),
+            })?,
+            None => Config::default(),
+        };
+        let mut policies = config.policies().map_err(|e| Error::Invalid {
+            what: RESOLVED_CONFIG_ENV,
+            reason: e.to_string(),
+        })?;
+        policies.fs = policies.fs.with_local_prefixes(local_prefixes(program));
+        let dns_remote = policies.dns.decide("remora.invalid") == remora_config::Route::Remote;
+        Ok(Setup {
+            intproxy,
+            token,
+            config,
+            policies,
+            dns_remote,
+        })
+    }
+
+    /// A new intproxy connection for `program`.
+    fn connect(&self, program: &str) -> Result<Client, Error> {
+        Ok(Client::connect(
+            self.intproxy,
+            &self.token,
+            std::process::id(),
+            program,
+        )?)
+    }
+
+    /// The supervisor of `listener`, with its own intproxy connection.
+    fn supervisor(
+        self,
+        program: &str,
+        listener: std::os::fd::OwnedFd,
+        fds: filter::FdRange,
+    ) -> Result<Supervisor, Error> {
+        let client = self.connect(program)?;
+        self.supervisor_with(client, listener, fds)
+    }
+
+    fn supervisor_with(
+        self,
+        client: Client,
+        listener: std::os::fd::OwnedFd,
+        fds: filter::FdRange,
+    ) -> Result<Supervisor, Error> {
+        let shadow = fs::Shadow::new().map_err(Error::Shadow)?;
+        let listener = Listener::new(listener);
+        listener.sync_wake_up();
+        Ok(Supervisor {
+            listener: Arc::new(listener),
+            client: Arc::new(Mutex::new(client)),
+            policies: self.policies,
+            intproxy: self.intproxy,
+            dns_remote: self.dns_remote,
+            shadow,
+            cwds: fs::cwd::Cwds::default(),
+            redirected: net::Redirected::default(),
+            warned: HashSet::new(),
+            incoming: self.config.network.incoming.clone(),
+            listeners: HashMap::new(),
+            swept: std::time::Instant::now(),
+            start_cwd: std::env::current_dir()
+                .ok()
+                .and_then(|d| d.into_os_string().into_string().ok()),
+            mirrors: fs::mirror::Mirrors::new(fds),
+        })
+    }
 }
 
 /// Run `program args` with `env` under the filter and supervise it until it
@@ -109,55 +209,17 @@ pub fn run(
     env: &BTreeMap<String, String>,
     on_spawn: impl FnOnce(u32),
 ) -> Result<ExitStatus, Error> {
-    let addr = env
-        .get(INTPROXY_ADDR_ENV)
-        .ok_or(Error::MissingEnv(INTPROXY_ADDR_ENV))?;
-    let intproxy: SocketAddr =
-        addr.parse()
-            .map_err(|e: std::net::AddrParseError| Error::Invalid {
-                what: INTPROXY_ADDR_ENV,
-                reason: e.to_string(),
-            })?;
-    let token = env.get(LAYER_TOKEN_ENV).cloned().unwrap_or_default();
-    let config: Config = match env.get(RESOLVED_CONFIG_ENV) {
-        Some(json) => serde_json::from_str(json).map_err(|e| Error::Invalid {
-            what: RESOLVED_CONFIG_ENV,
-            reason: e.to_string(),
-        })?,
-        None => Config::default(),
-    };
-    let mut policies = config.policies().map_err(|e| Error::Invalid {
-        what: RESOLVED_CONFIG_ENV,
-        reason: e.to_string(),
-    })?;
-    policies.fs = policies.fs.with_local_prefixes(local_prefixes(program));
-    let dns_remote = policies.dns.decide("remora.invalid") == remora_config::Route::Remote;
-    let client = Client::connect(intproxy, &token, std::process::id(), program)?;
-    let shadow = fs::Shadow::new().map_err(Error::Shadow)?;
+    let setup = Setup::from_env(program, env)?;
     let mut command = Command::new(program);
     command.args(args).env_clear().envs(env);
+    let fds = filter::FdRange::for_soft_limit(soft_nofile());
     let (mut child, listener) =
-        launch::spawn(command, &notified(&config)).map_err(|source| Error::Spawn {
+        launch::spawn(command, &notified(&setup.config), fds).map_err(|source| Error::Spawn {
             program: program.to_owned(),
             source,
         })?;
     on_spawn(child.id());
-    let listener = Listener::new(listener);
-    listener.sync_wake_up();
-    let mut sup = Supervisor {
-        listener: Arc::new(listener),
-        client: Arc::new(Mutex::new(client)),
-        policies,
-        intproxy,
-        dns_remote,
-        shadow,
-        cwds: fs::cwd::Cwds::default(),
-        redirected: net::Redirected::default(),
-        warned: HashSet::new(),
-        incoming: config.network.incoming.clone(),
-        listeners: HashMap::new(),
-        swept: std::time::Instant::now(),
-    };
+    let mut sup = setup.supervisor(program, listener, fds)?;
     // The loop ends when the listener fails (every filtered process is gone);
     // the main thread returns as soon as the direct child exits.
     let _ = std::thread::Builder::new()
@@ -170,9 +232,85 @@ pub fn run(
     Ok(status)
 }
 
+/// Become `program args` (same pid: its parent, a debugger or a tracer see
+/// the program itself) under the filter, supervised by a detached process
+/// of its own that ends when the last filtered process has. Returns only
+/// on failure, before anything was changed in this process when possible.
+/// This process must be single-threaded (it forks).
+pub fn exec_in_place(
+    program: &str,
+    args: &[String],
+    env: &BTreeMap<String, String>,
+) -> Result<std::convert::Infallible, Error> {
+    let spawn_err = |source: std::io::Error| Error::Spawn {
+        program: program.to_owned(),
+        source,
+    };
+    if !single_threaded() {
+        return Err(Error::Invalid {
+            what: "exec in place",
+            reason: "the process runs threads (it must fork)".into(),
+        });
+    }
+    let setup = Setup::from_env(program, env)?;
+    let fds = filter::FdRange::for_soft_limit(soft_nofile());
+    let prog = filter::program(&notified(&setup.config), fds);
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(spawn_err)?;
+    // Connected before anything else, so the session always has a process
+    // (the supervisor takes this connection over); then a lifeline kept
+    // across a re-exec (see [`lifeline`]) can go.
+    let client = setup.connect(program)?;
+    let mut env = env.clone();
+    if let Some(fd) = env.remove(LIFELINE_ENV).and_then(|v| v.parse::<i32>().ok()) {
+        if fd > 2 {
+            // SAFETY: the fd number this process was given for its lifeline.
+            unsafe { libc::close(fd) };
+        }
+    }
+    use std::os::fd::AsRawFd;
+    let keep = [client.raw_fd()];
+    launch::fork_supervisor(ours, theirs.as_raw_fd(), &keep, move |listener| {
+        // In the detached supervisor process: serve until the filter has
+        // no process left.
+        let Ok(mut sup) = setup.supervisor_with(client, listener, fds) else {
+            return;
+        };
+        let watched = Arc::clone(&sup.listener);
+        let shadow = sup.shadow.root().to_path_buf();
+        let _ = std::thread::Builder::new()
+            .name("remora-supervisor-hup".into())
+            .spawn(move || {
+                watched.wait_hangup();
+                let _ = std::fs::remove_dir_all(&shadow);
+                std::process::exit(0);
+            });
+        sup.serve();
+    })
+    .map_err(spawn_err)?;
+    let err = launch::install_and_exec(&prog, theirs, program, args, &env);
+    Err(spawn_err(err))
+}
+
+/// Names the fd of a [`lifeline`] across a re-exec.
+pub const LIFELINE_ENV: &str = "REMORA_SUPERVISE_LIFELINE";
+
+/// A connection to the session's intproxy that survives `exec` (not
+/// close-on-exec): it keeps the session up while this process re-executes
+/// itself (an `ext` session ends when its last process leaves).
+/// [`exec_in_place`] closes the fd that [`LIFELINE_ENV`] names once its own
+/// connection is up. Returns the fd number.
+pub fn lifeline(program: &str, env: &BTreeMap<String, String>) -> Result<i32, Error> {
+    use std::os::fd::IntoRawFd;
+    let setup = Setup::from_env(program, env)?;
+    let fd = setup.connect(program)?.into_fd().into_raw_fd();
+    // SAFETY: clearing FD_CLOEXEC on our own fd.
+    unsafe { libc::fcntl(fd, libc::F_SETFD, 0) };
+    Ok(fd)
+}
+
 /// The syscalls this session's filter notifies: the fs writes and the
 /// incoming calls only when the config can route them to the target.
-fn notified(config: &Config) -> Vec<libc::c_long> {
+fn notified(config: &Config) -> Vec<(libc::c_long, filter::When)> {
     let mut out = filter::NOTIFIED.to_vec();
     if config.network.incoming.mode != remora_config::IncomingMode::Off {
         out.extend_from_slice(filter::INCOMING);
@@ -181,6 +319,29 @@ fn notified(config: &Config) -> Vec<libc::c_long> {
         out.extend_from_slice(filter::FS_WRITES);
     }
     out
+}
+
+/// Whether this process runs one thread only (it may fork and go on).
+fn single_threaded() -> bool {
+    std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("Threads:"))
+            .is_some_and(|n| n.trim() == "1")
+    })
+}
+
+/// This process's soft `RLIMIT_NOFILE`, which the program inherits.
+fn soft_nofile() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit fills the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
+        lim.rlim_cur
+    } else {
+        1024
+    }
 }
 
 /// The directory of the program and the working directory stay local (as
@@ -284,8 +445,15 @@ impl Supervisor {
                 Ok(Verdict::Errno(libc::ENOSYS))
             }
             libc::SYS_getpeername => self.getpeername(call, mem, a[0] as i32, a[1], a[2]),
-            libc::SYS_chdir => self.chdir(call, mem, a[0]),
-            libc::SYS_fchdir => Ok(self.fchdir(call)),
+            libc::SYS_chdir => {
+                let verdict = self.chdir(call, mem, a[0]);
+                self.start_cwd = None;
+                verdict
+            }
+            libc::SYS_fchdir => {
+                self.start_cwd = None;
+                Ok(self.fchdir(call))
+            }
             libc::SYS_getcwd => self.getcwd(call, mem, a[0], a[1]),
             libc::SYS_mkdir => self.mkdir(call, mem, at_fdcwd, a[0], a[1] as u32),
             libc::SYS_mkdirat => self.mkdir(call, mem, a[0] as i32 as i64, a[1], a[2] as u32),
@@ -314,6 +482,49 @@ impl Supervisor {
                 a[3],
                 a[4] as u32,
             ),
+            libc::SYS_truncate => self.truncate(call, mem, a[0], a[1] as i64),
+            libc::SYS_chmod => self.chmod(call, mem, at_fdcwd, a[0], a[1] as u32, 0),
+            libc::SYS_fchmodat => self.chmod(call, mem, a[0] as i32 as i64, a[1], a[2] as u32, 0),
+            filter::SYS_FCHMODAT2 => self.chmod(
+                call,
+                mem,
+                a[0] as i32 as i64,
+                a[1],
+                a[2] as u32,
+                a[3] as i32,
+            ),
+            libc::SYS_chown => self.chown(call, mem, at_fdcwd, a[0], [a[1], a[2]], 0),
+            libc::SYS_lchown => self.chown(
+                call,
+                mem,
+                at_fdcwd,
+                a[0],
+                [a[1], a[2]],
+                libc::AT_SYMLINK_NOFOLLOW,
+            ),
+            libc::SYS_fchownat => self.chown(
+                call,
+                mem,
+                a[0] as i32 as i64,
+                a[1],
+                [a[2], a[3]],
+                a[4] as i32,
+            ),
+            libc::SYS_link => {
+                self.link(call, mem, [at_fdcwd, a[0] as i64], [at_fdcwd, a[1] as i64])
+            }
+            libc::SYS_linkat => self.link(
+                call,
+                mem,
+                [a[0] as i32 as i64, a[1] as i64],
+                [a[2] as i32 as i64, a[3] as i64],
+            ),
+            libc::SYS_utimensat => {
+                self.utimensat(call, mem, a[0] as i32 as i64, a[1], a[2], a[3] as i32)
+            }
+            libc::SYS_symlink => self.symlink(call, mem, a[0], at_fdcwd, a[1]),
+            libc::SYS_symlinkat => self.symlink(call, mem, a[0], a[1] as i32 as i64, a[2]),
+            nr if fs::mirror::CALLS.contains(&nr) => self.on_mirror(call, mem, nr, &a),
             libc::SYS_listen => Ok(self.listen(call, a[0] as i32, a[1] as i32)),
             libc::SYS_accept => Ok(self.accept(call, a[0] as i32, a[1], a[2], 0)),
             libc::SYS_accept4 => Ok(self.accept(call, a[0] as i32, a[1], a[2], a[3] as i32)),

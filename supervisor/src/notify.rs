@@ -19,6 +19,8 @@ pub enum Verdict {
     Errno(i32),
     /// It returns a new fd in the program, a copy of this one.
     Fd { fd: OwnedFd, cloexec: bool },
+    /// The same at exactly fd number `at` (replacing what was there).
+    FdAt { fd: OwnedFd, at: u32, cloexec: bool },
     /// Another thread answers it later (a blocking accept being waited for).
     Pending,
 }
@@ -78,6 +80,23 @@ impl Listener {
         unsafe { libc::poll(&mut pfd, 1, ms) > 0 }
     }
 
+    /// Wait until no process uses the filter any more (`POLLHUP`).
+    pub fn wait_hangup(&self) {
+        let mut pfd = libc::pollfd {
+            fd: self.fd.as_raw_fd(),
+            events: 0,
+            revents: 0,
+        };
+        loop {
+            // SAFETY: one valid pollfd; with no events asked, poll returns
+            // only for POLLHUP/POLLERR.
+            let rc = unsafe { libc::poll(&mut pfd, 1, -1) };
+            if rc > 0 && pfd.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0 {
+                return;
+            }
+        }
+    }
+
     /// Wait for the next notification. `Ok(None)`: it vanished (the thread
     /// was interrupted or died) before we got it; try again.
     pub fn recv(&self) -> io::Result<Option<SeccompNotif>> {
@@ -107,12 +126,22 @@ impl Listener {
             Verdict::Continue => resp.flags = SECCOMP_USER_NOTIF_FLAG_CONTINUE,
             Verdict::Return(v) => resp.val = v,
             Verdict::Errno(e) => resp.error = -e,
-            Verdict::Fd { fd, cloexec } => {
+            Verdict::Fd { .. } | Verdict::FdAt { .. } => {
+                let (fd, at, cloexec) = match verdict {
+                    Verdict::Fd { fd, cloexec } => (fd, None, cloexec),
+                    Verdict::FdAt { fd, at, cloexec } => (fd, Some(at), cloexec),
+                    _ => unreachable!("matched above"),
+                };
                 let mut addfd = SeccompNotifAddfd {
                     id,
-                    flags: SECCOMP_ADDFD_FLAG_SEND,
+                    flags: SECCOMP_ADDFD_FLAG_SEND
+                        | if at.is_some() {
+                            SECCOMP_ADDFD_FLAG_SETFD
+                        } else {
+                            0
+                        },
                     srcfd: fd.as_raw_fd() as u32,
-                    newfd: 0,
+                    newfd: at.unwrap_or(0),
                     newfd_flags: if cloexec { libc::O_CLOEXEC as u32 } else { 0 },
                 };
                 // With SEND the kernel answers the syscall with the new fd.
@@ -176,6 +205,10 @@ impl Memory {
     /// `len` bytes at `addr`.
     pub fn read(&self, addr: u64, len: usize) -> io::Result<Vec<u8>> {
         let mut buf = vec![0; len];
+        // Usually all mapped: one read.
+        if len == 0 || self.read_into(addr, &mut buf).is_ok() {
+            return Ok(buf);
+        }
         let mut done = 0;
         // Page by page: one element never spans pages, so a fault is exact.
         while done < len {

@@ -303,6 +303,93 @@ fn children_of_a_go_program_inherit_the_filter_static_or_dynamic() {
     assert_eq!(out, "id,total\n1,9.99\n2,42.00\n");
 }
 
+/// The reverse: a dynamically linked program that has the layer (`sh`,
+/// `python3`) starts static and Go programs (execve, posix_spawnp with a
+/// PATH search); each child runs under `remora supervise` and sees the pod.
+#[test]
+fn a_dynamic_program_with_the_layer_hands_static_and_go_children_to_the_supervisor() {
+    require_sandbox!();
+    let apps = Apps::new();
+    let go = apps.go_probe();
+    let go = go.to_str().unwrap();
+    // The cgo build is dynamically linked: found by its Go build-id note.
+    let cgo = apps.go_probe_cgo();
+    let cgo = cgo.to_str().unwrap();
+    let s = setup();
+    let script = format!(
+        "/bin/busybox cat {CHECKOUT_CONFIG} && {go} cat {CHECKOUT_CONFIG} \
+         && busybox ls /srv/checkout/www && cat {CHECKOUT_CONFIG} && {cgo} cat {CHECKOUT_CONFIG}"
+    );
+    let out = s.run(&[], &["sh", "-c", &script]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!(
+            "{CHECKOUT_CONFIG_BODY}{CHECKOUT_CONFIG_BODY}health\nindex.html\n{CHECKOUT_CONFIG_BODY}\
+             {CHECKOUT_CONFIG_BODY}"
+        )
+    );
+    assert_eq!(
+        stderr.matches("runs under the seccomp supervisor").count(),
+        4,
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("{cgo} runs under the seccomp supervisor")),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("started by a program with the LD_PRELOAD layer"),
+        "{stderr}"
+    );
+    // posix_spawnp searching PATH, from Python; the exit code comes back.
+    let py = format!(
+        "import os\n\
+         pid = os.posix_spawnp('busybox', ['busybox', 'cat', '{CHECKOUT_CONFIG}'], dict(os.environ))\n\
+         _, status = os.waitpid(pid, 0)\n\
+         pid = os.posix_spawnp('busybox', ['busybox', 'cat', '/nope'], dict(os.environ))\n\
+         _, failed = os.waitpid(pid, 0)\n\
+         print(os.waitstatus_to_exitcode(status), os.waitstatus_to_exitcode(failed))\n"
+    );
+    let out = s.run(&[], &["python3", "-c", &py]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("{CHECKOUT_CONFIG_BODY}0 1\n")
+    );
+    // The child keeps its pid: the parent's pid becomes busybox itself (the
+    // supervisor is a detached process of its own), and its status is the
+    // program's.
+    let py = "import os, time\n\
+              r, w = os.pipe()\n\
+              pid = os.posix_spawnp('busybox', ['busybox', 'sh', '-c', 'read x; exit 7'], \
+                  dict(os.environ), file_actions=[(os.POSIX_SPAWN_DUP2, r, 0)])\n\
+              deadline = time.time() + 60\n\
+              while not os.readlink(f'/proc/{pid}/exe').endswith('busybox') and time.time() < deadline:\n\
+              \x20   time.sleep(0.05)\n\
+              print(os.readlink(f'/proc/{pid}/exe'))\n\
+              os.write(w, b'x\\n')\n\
+              _, status = os.waitpid(pid, 0)\n\
+              print(os.waitstatus_to_exitcode(status))\n";
+    let out = s.run(&[], &["python3", "-c", py]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(
+        lines.len() == 2 && lines[0].ends_with("/busybox"),
+        "{stdout}"
+    );
+    assert_eq!(lines[1], "7");
+    // Forced preload: no hand-off, the static child sees this machine.
+    let only_static = format!("/bin/busybox cat {CHECKOUT_CONFIG}");
+    let out = s.run(&["--interception", "preload"], &["sh", "-c", &only_static]);
+    assert!(!out.status.success());
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("seccomp supervisor"));
+}
+
 #[test]
 fn static_c_program_reads_lists_stats_and_connects_through_the_pod() {
     require_sandbox!();
@@ -352,6 +439,60 @@ fn busybox_static_cat_ls_and_wget_see_the_pod() {
     assert_eq!(s.ok(&[busybox, "wget", "-q", "-O", "-", &url]), "ok\n");
 }
 
+/// A nameserver on the pod's loopback answering every A query with
+/// 10.9.8.7 (the pod's resolv.conf names 127.0.0.1); prints "ready".
+const POD_NAMESERVER: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("127.0.0.1", 53))
+print("ready", flush=True)
+while True:
+    q, peer = s.recvfrom(512)
+    i = 12
+    while q[i] != 0:
+        i += 1 + q[i]
+    question, qtype = q[12:i + 5], q[i + 1:i + 3]
+    answer = b"\xc0\x0c\x00\x01\x00\x01\x00\x00\x00\x3c\x00\x04" + bytes([10, 9, 8, 7])
+    count = b"\x00\x01" if qtype == b"\x00\x01" else b"\x00\x00"
+    head = q[:2] + b"\x81\x80\x00\x01" + count + b"\x00\x00\x00\x00"
+    s.sendto(head + question + (answer if count == b"\x00\x01" else b""), peer)
+"#;
+
+/// busybox's own resolver (`nslookup`, no libc), Go's pure resolver and
+/// glibc's (a cgo build) read the pod's resolv.conf and ask the pod's
+/// nameserver over UDP through the supervisor.
+#[test]
+fn busybox_nslookup_and_go_resolvers_ask_the_pods_nameserver() {
+    require_sandbox!();
+    use std::io::BufRead;
+    let apps = Apps::new();
+    let go = apps.go_probe();
+    let cgo = apps.go_probe_cgo();
+    let s = setup();
+    let mut dns = s
+        .checkout
+        .pod
+        .command("python3")
+        .unwrap()
+        .args(["-c", POD_NAMESERVER])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = dns.child_mut().stdout.take().unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(stdout)
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line, "ready\n");
+    let name = "orders.pod-only.test";
+    let out = s.ok(&["/bin/busybox", "nslookup", name]);
+    assert!(out.contains("Address: 10.9.8.7"), "{out}");
+    for probe in [&go, &cgo] {
+        let out = s.ok(&[probe.to_str().unwrap(), "resolve", name]);
+        assert_eq!(out.trim(), "10.9.8.7", "{probe:?}");
+    }
+}
+
 #[test]
 fn in_write_mode_go_and_busybox_write_mkdir_rename_and_unlink_in_the_pod() {
     require_sandbox!();
@@ -387,14 +528,79 @@ fn in_write_mode_go_and_busybox_write_mkdir_rename_and_unlink_in_the_pod() {
     // None of it happened in the client namespace.
     let local = s.client.exec(&["test", "-e", "/srv/checkout"]).unwrap();
     assert!(!local.status.success());
-    // A read-write open cannot be emulated: EROFS and a warning, the pod's
-    // file untouched.
-    let out = s.run(&w, &[probe, "rdwr", CHECKOUT_CONFIG]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("read-only file system"), "{stderr}");
-    assert!(stderr.contains("remora: warning:"), "{stderr}");
-    assert_eq!(cat(CHECKOUT_CONFIG), CHECKOUT_CONFIG_BODY);
+}
+
+/// Read-write opens (Go and static C, through pwrite, write, writev on a
+/// dup, ftruncate, fsync), truncate, chmod, utimensat, link and symlink of pod paths
+/// happen in the pod in fs mode `write`; in the default mode `read` they
+/// stay local, as with the layer.
+#[test]
+fn in_write_mode_read_write_opens_truncate_chmod_and_links_reach_the_pod() {
+    require_sandbox!();
+    let apps = Apps::new();
+    let go = apps.go_probe();
+    let go = go.to_str().unwrap();
+    let c = apps.c_probe();
+    let c = c.to_str().unwrap();
+    let busybox = "/bin/busybox";
+    let s = setup();
+    let pod = &s.checkout.pod;
+    let cat = |path: &str| pod.exec_ok(&["cat", path]).unwrap();
+    let w = ["--fs-mode", "write"];
+    // Go: read it, overwrite byte 0, append, read back through the same fd.
+    let orders = "/srv/checkout/data/orders.csv";
+    let before = cat(orders);
+    let after = format!("#{}3,1.00\n", &before[1..]);
+    assert_eq!(
+        s.ok_with(&w, &[go, "rdwr", orders, "3,1.00\n"]),
+        format!("{}\n{after}", before.len())
+    );
+    assert_eq!(cat(orders), after);
+    // Static C: pwrite, write at the end, writev on a dup, ftruncate, fsync.
+    let notes = "/srv/checkout/data/notes.txt";
+    pod.exec_ok(&["sh", "-c", &format!("printf 'abc\\n' > {notes}")])
+        .unwrap();
+    assert_eq!(s.ok_with(&w, &[c, "rdwr", notes, "x"]), "#bc\nxx!");
+    assert_eq!(cat(notes), "#bc\nxx!");
+    // truncate(2) from Go; chmod, link and symlink from busybox.
+    s.ok_with(&w, &[go, "truncate", notes, "3"]);
+    assert_eq!(cat(notes), "#bc");
+    s.ok_with(&w, &[busybox, "chmod", "640", notes]);
+    assert_eq!(
+        pod.exec_ok(&["stat", "-c", "%a", notes]).unwrap().trim(),
+        "640"
+    );
+    let hard = "/srv/checkout/data/notes.hard";
+    s.ok_with(&w, &[busybox, "ln", notes, hard]);
+    assert_eq!(cat(hard), "#bc");
+    let soft = "/srv/checkout/data/notes.link";
+    s.ok_with(&w, &[busybox, "ln", "-s", "notes.txt", soft]);
+    assert_eq!(
+        pod.exec_ok(&["readlink", soft]).unwrap().trim(),
+        "notes.txt"
+    );
+    // The mirror's content is what the pod has: read back by a Go program.
+    assert_eq!(s.ok(&[go, "cat", soft]), "#bc");
+    // touch: utimensat of an existing file, and O_RDWR|O_CREAT of a new one.
+    s.ok_with(&w, &[busybox, "touch", "-d", "@1577934245", notes]);
+    let mtime = pod.exec_ok(&["stat", "-c", "%Y", notes]).unwrap();
+    assert_eq!(mtime.trim(), "1577934245");
+    let touched = "/srv/checkout/data/touched";
+    s.ok_with(&w, &[busybox, "touch", touched]);
+    assert!(pod.exec(&["test", "-f", touched]).unwrap().status.success());
+    // None of it happened in the client namespace.
+    let local = s.client.exec(&["test", "-e", "/srv/checkout"]).unwrap();
+    assert!(!local.status.success());
+    // In fs mode read these stay local (the path does not exist here).
+    let out = s.run(&[], &[busybox, "chmod", "600", notes]);
+    assert!(!out.status.success());
+    let out = s.run(&[], &[go, "rdwr", orders, "4,0.00\n"]);
+    assert!(!out.status.success());
+    assert_eq!(
+        pod.exec_ok(&["stat", "-c", "%a", notes]).unwrap().trim(),
+        "640"
+    );
+    assert_eq!(cat(orders), after);
 }
 
 /// The pod's port whose traffic the Go server takes, and the Go server's own.

@@ -204,6 +204,80 @@ fn gdb_given_exts_env_debugs_a_program_that_sees_the_pod() {
     wait_until_nothing_serves(&c.pod.target());
 }
 
+/// A static debuggee: a breakpoint on a function only it has.
+const STATIC_DEBUGGEE_C: &str = r#"
+#include <stdio.h>
+#include <stdlib.h>
+__attribute__((noinline)) int pod_answer(void) { return 42; }
+int main(void) {
+    const char *secret = getenv("APP_SECRET");
+    printf("secret=%s answer=%d\n", secret ? secret : "(none)", pod_answer());
+    FILE *f = fopen("/etc/checkout/config.yaml", "r");
+    char line[256];
+    if (f && fgets(line, sizeof line, f)) printf("config=%s", line);
+    else printf("config=(unreadable)\n");
+    return 0;
+}
+"#;
+
+/// The IDE path for a Go or static program: the debugger starts `remora
+/// supervise -- PROGRAM` with ext's env; it becomes the program (same
+/// process) under the seccomp supervisor, and gdb, following the exec,
+/// stops in the program and sees it read the pod's file.
+#[test]
+fn gdb_debugs_a_static_program_started_through_remora_supervise_with_exts_env() {
+    require_sandbox!();
+    let sandbox = Sandbox::new().unwrap();
+    let c = checkout_pod(&sandbox).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("debuggee.c");
+    std::fs::write(&source, STATIC_DEBUGGEE_C).unwrap();
+    let program = dir.path().join("debuggee");
+    ok(Command::new("gcc")
+        .args(["-static", "-g", "-O0", "-o"])
+        .arg(&program)
+        .arg(&source)
+        .output()
+        .unwrap());
+    let (env, unset) = ready_env(&c.pod.target(), &[]);
+    let mut script =
+        String::from("set startup-with-shell off\nset confirm off\nset breakpoint pending on\n");
+    for (name, value) in &env {
+        script.push_str(&format!("set environment {name}={value}\n"));
+    }
+    for name in &unset {
+        script.push_str(&format!("unset environment {name}\n"));
+    }
+    script.push_str("break pod_answer\nrun\nprint 6 * 7\ncontinue\n");
+    let commands = dir.path().join("commands.gdb");
+    std::fs::write(&commands, script).unwrap();
+    let out = Command::new("/usr/bin/gdb")
+        .args(["-batch", "-nx", "-x"])
+        .arg(&commands)
+        .arg("--args")
+        .arg(bin_path("remora").unwrap())
+        .args(["supervise", "--"])
+        .arg(&program)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = text(&out.stderr);
+    let out = ok(out);
+    assert!(out.contains("Breakpoint 1, pod_answer"), "{out}\n{stderr}");
+    assert!(out.contains("$1 = 42"), "{out}");
+    assert!(
+        out.contains(&format!("secret={CHECKOUT_SECRET} answer=42\n")),
+        "{out}"
+    );
+    let first = CHECKOUT_CONFIG_BODY.lines().next().unwrap();
+    assert!(out.contains(&format!("config={first}\n")), "{out}");
+    assert!(
+        stderr.contains("runs under the seccomp supervisor"),
+        "{stderr}"
+    );
+    wait_until_nothing_serves(&c.pod.target());
+}
+
 const PDB_SCRIPT: &str = r#"
 import os
 secret = os.environ.get("APP_SECRET")
@@ -540,6 +614,31 @@ fn remora_test_runs_a_static_test_program_under_the_supervisor() {
     assert_eq!(ok(out), "passed\n");
     assert!(
         stderr.contains("runs under the seccomp supervisor"),
+        "{stderr}"
+    );
+    wait_until_nothing_serves(&c.pod.target());
+}
+
+/// A dynamically linked test command (`sh`, with the layer) that starts a
+/// static program: the layer hands it to `remora supervise`, so it sees the
+/// pod's file too.
+#[test]
+fn remora_test_hands_static_programs_a_dynamic_command_starts_to_the_supervisor() {
+    require_sandbox!();
+    let sandbox = Sandbox::new().unwrap();
+    let c = checkout_pod(&sandbox).unwrap();
+    let check = "test \"$(/bin/busybox head -n 1 /etc/checkout/config.yaml)\" = feature_flags: \
+                 && echo passed";
+    let out = Command::new(bin_path("remora").unwrap())
+        .args(["test", "--target", &c.pod.target(), "--"])
+        .args(["sh", "-c", check])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = text(&out.stderr);
+    assert_eq!(ok(out), "passed\n");
+    assert!(
+        stderr.contains("started by a program with the LD_PRELOAD layer"),
         "{stderr}"
     );
     wait_until_nothing_serves(&c.pod.target());

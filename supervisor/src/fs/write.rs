@@ -1,19 +1,20 @@
 //! Writes to the target's files (fs mode `write`, or paths in `read_write`),
 //! as the layer does them: a write-only open becomes a local stream socket
 //! whose bytes the intproxy writes to the remote file (`StreamWrites`), and
-//! `mkdir`, `unlink`, `rmdir`, `rename` of remote paths happen in the target.
-//! A read-write open cannot be emulated with a kernel fd: `EROFS` and a
-//! one-line warning.
+//! `mkdir`, `unlink`, `rmdir`, `rename`, `truncate`, `chmod`, `chown`,
+//! `utimensat`, `link` and `symlink` of remote paths happen in the target. A read-write
+//! open becomes a local mirror kept in step with the target's file (see
+//! [`super::mirror`]).
 
 use super::Place;
 use crate::notify::{Memory, Verdict};
 use crate::{Call, Supervisor};
-use remora_protocol::fs::{FsReply, FsRequest, OpenOptions, OpenRequest};
+use remora_protocol::fs::{FsReply, FsRequest, OpenOptions, OpenRequest, SetTime, Timestamp};
 use remora_protocol::messages::{InterceptorAddr, LayerRequest, LayerResponse};
 use std::os::fd::OwnedFd;
 
 /// The protocol's open options for `open(2)` flags (the layer's `open_options`).
-fn open_options(flags: i32) -> OpenOptions {
+pub(super) fn open_options(flags: i32) -> OpenOptions {
     let access = flags & libc::O_ACCMODE;
     OpenOptions {
         read: access == libc::O_RDONLY || access == libc::O_RDWR,
@@ -29,7 +30,13 @@ fn open_options(flags: i32) -> OpenOptions {
 
 impl Supervisor {
     /// An `open` of the remote `path` that modifies it.
-    pub(super) fn open_for_write(&mut self, path: String, flags: i32, mode: u32) -> Verdict {
+    pub(super) fn open_for_write(
+        &mut self,
+        call: &Call,
+        path: String,
+        flags: i32,
+        mode: u32,
+    ) -> Verdict {
         if flags & libc::O_TMPFILE == libc::O_TMPFILE {
             return Verdict::Errno(libc::EOPNOTSUPP);
         }
@@ -45,13 +52,15 @@ impl Supervisor {
             ));
             return Verdict::Errno(libc::EROFS);
         }
-        if flags & libc::O_ACCMODE != libc::O_WRONLY || flags & libc::O_PATH != 0 {
+        if flags & libc::O_PATH != 0 {
             self.warn_once(&format!(
-                "{path}: opening the target's files for reading and writing at once is not \
-                 supported under seccomp interception (write-only opens and read-only opens are); \
-                 the program gets EROFS"
+                "{path}: O_PATH-opening the target's files is not supported under seccomp \
+                 interception; the program gets EROFS"
             ));
             return Verdict::Errno(libc::EROFS);
+        }
+        if flags & libc::O_ACCMODE == libc::O_RDWR {
+            return self.open_mirror(call, path, flags, mode);
         }
         let request = OpenRequest {
             path: path.clone(),
@@ -180,8 +189,187 @@ impl Supervisor {
         Ok(self.done(FsRequest::Rename { from, to }))
     }
 
+    /// `truncate(path, len)`.
+    pub(crate) fn truncate(
+        &mut self,
+        call: &Call,
+        mem: &Memory,
+        path: u64,
+        len: i64,
+    ) -> std::io::Result<Verdict> {
+        let path = match self.place(call, mem, libc::AT_FDCWD as i64, path, true)? {
+            Place::Local => return Ok(Verdict::Continue),
+            Place::NotFound => return Ok(Verdict::Errno(libc::ENOENT)),
+            Place::Remote(p) => p,
+        };
+        let Ok(len) = u64::try_from(len) else {
+            return Ok(Verdict::Errno(libc::EINVAL));
+        };
+        Ok(self.done(FsRequest::Truncate { path, len }))
+    }
+
+    /// Where a `*at` metadata call acts. `AT_EMPTY_PATH` with an empty path
+    /// means the fd itself: a mirror stands for its remote path, any other
+    /// fd is local.
+    fn meta_place(
+        &mut self,
+        call: &Call,
+        mem: &Memory,
+        dirfd: i64,
+        path: u64,
+        flags: i32,
+    ) -> std::io::Result<Place> {
+        if flags & libc::AT_EMPTY_PATH != 0 && mem.read_cstr(path)?.is_empty() {
+            return Ok(match self.mirror_path(call, dirfd as i32) {
+                Some(p) => Place::Remote(p),
+                None => Place::Local,
+            });
+        }
+        self.place(call, mem, dirfd, path, true)
+    }
+
+    /// `chmod`, `fchmodat`, `fchmodat2` (with `flags`).
+    pub(crate) fn chmod(
+        &mut self,
+        call: &Call,
+        mem: &Memory,
+        dirfd: i64,
+        path: u64,
+        mode: u32,
+        flags: i32,
+    ) -> std::io::Result<Verdict> {
+        let path = match self.meta_place(call, mem, dirfd, path, flags)? {
+            Place::Local => return Ok(Verdict::Continue),
+            Place::NotFound => return Ok(Verdict::Errno(libc::ENOENT)),
+            Place::Remote(p) => p,
+        };
+        Ok(self.done(FsRequest::SetMode {
+            path,
+            mode: mode & 0o7777,
+            follow_symlinks: flags & libc::AT_SYMLINK_NOFOLLOW == 0,
+        }))
+    }
+
+    /// `chown`, `lchown`, `fchownat`; `-1` leaves an id unchanged.
+    pub(crate) fn chown(
+        &mut self,
+        call: &Call,
+        mem: &Memory,
+        dirfd: i64,
+        path: u64,
+        ids: [u64; 2],
+        flags: i32,
+    ) -> std::io::Result<Verdict> {
+        let path = match self.meta_place(call, mem, dirfd, path, flags)? {
+            Place::Local => return Ok(Verdict::Continue),
+            Place::NotFound => return Ok(Verdict::Errno(libc::ENOENT)),
+            Place::Remote(p) => p,
+        };
+        let id = |v: u64| (v as u32 != u32::MAX).then_some(v as u32);
+        Ok(self.done(FsRequest::SetOwner {
+            path,
+            uid: id(ids[0]),
+            gid: id(ids[1]),
+            follow_symlinks: flags & libc::AT_SYMLINK_NOFOLLOW == 0,
+        }))
+    }
+
+    /// `utimensat(dirfd, path, times, flags)`; a null `path` is `dirfd`
+    /// itself (`futimens`), a null `times` means both now.
+    pub(crate) fn utimensat(
+        &mut self,
+        call: &Call,
+        mem: &Memory,
+        dirfd: i64,
+        path: u64,
+        times: u64,
+        flags: i32,
+    ) -> std::io::Result<Verdict> {
+        let place = if path == 0 {
+            match self.mirror_path(call, dirfd as i32) {
+                Some(p) => Place::Remote(p),
+                None => Place::Local,
+            }
+        } else {
+            self.meta_place(call, mem, dirfd, path, flags)?
+        };
+        let path = match place {
+            Place::Local => return Ok(Verdict::Continue),
+            Place::NotFound => return Ok(Verdict::Errno(libc::ENOENT)),
+            Place::Remote(p) => p,
+        };
+        let (atime, mtime) = if times == 0 {
+            (SetTime::Now, SetTime::Now)
+        } else {
+            let raw = mem.read(times, 32)?;
+            let at = |o: usize| -> Option<SetTime> {
+                let secs = i64::from_ne_bytes(raw[o..o + 8].try_into().ok()?);
+                let nanos = i64::from_ne_bytes(raw[o + 8..o + 16].try_into().ok()?);
+                match nanos {
+                    libc::UTIME_NOW => Some(SetTime::Now),
+                    libc::UTIME_OMIT => Some(SetTime::Omit),
+                    n if (0..1_000_000_000).contains(&n) => Some(SetTime::At(Timestamp {
+                        secs,
+                        nanos: n as u32,
+                    })),
+                    _ => None,
+                }
+            };
+            match (at(0), at(16)) {
+                (Some(a), Some(m)) => (a, m),
+                _ => return Ok(Verdict::Errno(libc::EINVAL)),
+            }
+        };
+        Ok(self.done(FsRequest::SetTimes {
+            path,
+            atime,
+            mtime,
+            follow_symlinks: flags & libc::AT_SYMLINK_NOFOLLOW == 0,
+        }))
+    }
+
+    /// `link`, `linkat` (`[dirfd, path]` each): both names in the target or
+    /// both local; between the two, `EXDEV` as across mounts.
+    pub(crate) fn link(
+        &mut self,
+        call: &Call,
+        mem: &Memory,
+        old: [i64; 2],
+        new: [i64; 2],
+    ) -> std::io::Result<Verdict> {
+        let from = self.place(call, mem, old[0], old[1] as u64, true)?;
+        let to = self.place(call, mem, new[0], new[1] as u64, true)?;
+        Ok(match (from, to) {
+            (Place::Local, Place::Local) => Verdict::Continue,
+            (Place::Remote(from), Place::Remote(to)) => self.done(FsRequest::Link { from, to }),
+            (Place::NotFound, _) | (_, Place::NotFound) => Verdict::Errno(libc::ENOENT),
+            _ => Verdict::Errno(libc::EXDEV),
+        })
+    }
+
+    /// `symlink(target, link)`, `symlinkat(target, dirfd, link)`: the
+    /// link's content is never resolved, only where the link goes.
+    pub(crate) fn symlink(
+        &mut self,
+        call: &Call,
+        mem: &Memory,
+        target: u64,
+        dirfd: i64,
+        link: u64,
+    ) -> std::io::Result<Verdict> {
+        let link = match self.place(call, mem, dirfd, link, true)? {
+            Place::Local => return Ok(Verdict::Continue),
+            Place::NotFound => return Ok(Verdict::Errno(libc::ENOENT)),
+            Place::Remote(p) => p,
+        };
+        let Ok(target) = String::from_utf8(mem.read_cstr(target)?) else {
+            return Ok(Verdict::Errno(libc::EINVAL));
+        };
+        Ok(self.done(FsRequest::Symlink { target, link }))
+    }
+
     /// A remote operation answered with `Done`: the call returns 0.
-    fn done(&mut self, request: FsRequest) -> Verdict {
+    pub(super) fn done(&mut self, request: FsRequest) -> Verdict {
         match self.fs(request) {
             Ok(FsReply::Done) => Verdict::Return(0),
             Ok(other) => Verdict::Errno(self.unexpected(&other)),

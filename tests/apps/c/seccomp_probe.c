@@ -1,8 +1,13 @@
 /* seccomp_probe: a statically linked C program (gcc -static) that prints
  * what it sees, for tests/tests/seccomp_local.rs. LD_PRELOAD cannot reach
  * it; remora's seccomp supervisor can.
- *   seccomp_probe cat PATH | ls DIR | stat PATH | get IP PORT PATH | env NAME
+ *   seccomp_probe cat PATH | ls DIR | stat PATH | fstat FD | write1 FD | get IP PORT PATH |
+ *                 env NAME
  *   seccomp_probe uring x   (io_uring_setup: prints "ok" or the error)
+ *   seccomp_probe rdwr PATH TEXT   (O_RDWR: pwrite "#" at 0, write TEXT at
+ *                                  the end, writev TEXT "!\n" on a dup,
+ *                                  ftruncate off the last byte, fsync,
+ *                                  print the content read back)
  *   seccomp_probe serve PORT LOG   (HTTP on 0.0.0.0:PORT with a *blocking*
  *                                  accept: answers "answer from the laptop",
  *                                  appends "PATH PEER_IP" to LOG)
@@ -18,6 +23,8 @@
 #include <sys/stat.h>
 #include <errno.h>
 #include <sys/syscall.h>
+#include <sys/uio.h>
+#include <fcntl.h>
 #include <unistd.h>
 
 static int cmp(const void *a, const void *b) {
@@ -81,12 +88,40 @@ static int run1(int argc, char **argv) {
         qsort(names, count, sizeof names[0], cmp);
         for (int i = 0; i < count; i++) printf("%s%s", i ? " " : "", names[i]);
         printf("\n");
+    } else if (!strcmp(cmd, "rdwr") && argc >= 4) {
+        /* O_RDWR through every call the supervisor keeps in step: pwrite,
+         * write at the end, writev on a dup, ftruncate, fsync; prints the
+         * content read back through the fd. */
+        int fd = open(arg, O_RDWR | O_CLOEXEC);
+        if (fd < 0) { perror(arg); return 1; }
+        const char *text = argv[3];
+        struct iovec iov[2] = {{(void *)text, strlen(text)}, {(void *)"!\n", 2}};
+        char buf[8192];
+        if (pwrite(fd, "#", 1, 0) != 1 || lseek(fd, 0, SEEK_END) < 0
+            || write(fd, text, strlen(text)) < 0) { perror("write"); return 1; }
+        int copy = dup(fd);
+        if (copy < 0 || writev(copy, iov, 2) < 0) { perror("dup+writev"); return 1; }
+        off_t end = lseek(fd, 0, SEEK_CUR);
+        if (ftruncate(fd, end - 1) || fsync(fd)) { perror("ftruncate"); return 1; }
+        ssize_t n = pread(copy, buf, sizeof buf, 0);
+        if (n < 0) { perror("pread"); return 1; }
+        fwrite(buf, 1, n, stdout);
+        close(copy);
+        close(fd);
     } else if (!strcmp(cmd, "uring")) {
         unsigned char params[120] = {0}; /* struct io_uring_params */
         long fd = syscall(SYS_io_uring_setup, 4, params);
         if (fd < 0) { printf("%s\n", strerror(errno)); return 0; }
         close(fd);
         printf("ok\n");
+    } else if (!strcmp(cmd, "write1")) {
+        /* one byte to fd ARG (a plain write(2), never a remote file) */
+        if (write(atoi(arg), "x", 1) != 1) { perror("write"); return 1; }
+    } else if (!strcmp(cmd, "fstat")) {
+        /* fstat of an open fd (glibc: newfstatat(fd, "", AT_EMPTY_PATH)). */
+        struct stat st;
+        if (fstat(atoi(arg), &st)) { perror("fstat"); return 1; }
+        printf("%lld\n", (long long)st.st_size);
     } else if (!strcmp(cmd, "stat")) {
         struct stat st;
         if (stat(arg, &st)) { perror(arg); return 1; }

@@ -65,6 +65,7 @@ fn remora(
     client: &Pod,
     pod: &Pod,
     mode: &str,
+    flags: &[&str],
     args: &[&str],
     exe: Option<&Path>,
 ) -> Result<Output> {
@@ -74,6 +75,7 @@ fn remora(
     };
     let mut cmd = client.command(exe)?;
     cmd.args(["run", "--target", &pod.target(), "--interception", mode])
+        .args(flags)
         .arg("--")
         .args(args);
     Ok(cmd.output()?)
@@ -109,10 +111,26 @@ fn bench() -> Result<()> {
     let pod = &checkout.pod;
     let client = sandbox.pod(PodSpec::new("client"))?;
     let port = CHECKOUT_PORT.to_string();
-    let work: [(&str, Vec<&str>); 3] = [
+    let write_mode: &[&str] = &["--fs-mode", "write"];
+    let work: [(&str, Vec<&str>); 6] = [
         (
             "local `stat` (`/usr/bin/env`), x2000",
             vec!["2000", "stat", "/usr/bin/env"],
+        ),
+        (
+            // The pod command's working directory is `/` (setns into its
+            // mount namespace): this is /usr/bin/env again.
+            "local `stat` of a relative path (`usr/bin/env`), x2000",
+            vec!["2000", "stat", "usr/bin/env"],
+        ),
+        (
+            "local `fstat` of an open fd (glibc: `newfstatat(fd, \"\", AT_EMPTY_PATH)`), x2000",
+            vec!["2000", "fstat", "2"],
+        ),
+        (
+            // fs mode write (below): `write` is checked by the filter.
+            "local `write` of 1 byte to /dev/null, fs mode `write`, x20000",
+            vec!["20000", "write1", "1"],
         ),
         (
             "remote file read (open+read+close), x200",
@@ -137,7 +155,8 @@ fn bench() -> Result<()> {
     for (name, args) in &work {
         let mut argv = vec![probe, "bench"];
         argv.extend(args.iter().copied());
-        let local_only = args[1] == "stat";
+        let local_only = matches!(args[1], "stat" | "fstat" | "write1");
+        let flags: &[&str] = if args[1] == "write1" { write_mode } else { &[] };
         let (mut plain, mut layer, mut seccomp) = (Vec::new(), Vec::new(), Vec::new());
         let mut base = Vec::new();
         for round in 1..=ROUNDS {
@@ -146,17 +165,17 @@ fn bench() -> Result<()> {
             }
             layer.push(ns_per_op(
                 "layer",
-                &remora(&client, pod, "preload", &argv, None)?,
+                &remora(&client, pod, "preload", flags, &argv, None)?,
             )?);
             if let Some(exe) = &baseline {
                 base.push(ns_per_op(
                     "baseline seccomp",
-                    &remora(&client, pod, "seccomp", &argv, Some(exe))?,
+                    &remora(&client, pod, "seccomp", flags, &argv, Some(exe))?,
                 )?);
             }
             seccomp.push(ns_per_op(
                 "seccomp",
-                &remora(&client, pod, "seccomp", &argv, None)?,
+                &remora(&client, pod, "seccomp", flags, &argv, None)?,
             )?);
             eprintln!(
                 "{name} round {round}: plain {:?} layer {:?} baseline {:?} seccomp {:?} (ns/op)",

@@ -6,7 +6,10 @@
 //	              resolve NAME | get HOST:PORT PATH | peer HOST:PORT |
 //	              child PATH | on-term PATH (prints "ready", waits for
 //	              SIGTERM, then prints PATH's content) |
-//	              write PATH TEXT | rdwr PATH | cdcat DIR FILE (chdir, read
+//	              write PATH TEXT | truncate PATH N |
+//	              rdwr PATH TEXT (O_RDWR: prints the size read, then the
+//	              content after overwriting byte 0 with '#' and appending
+//	              TEXT) | cdcat DIR FILE (chdir, read
 //	              FILE relative to it, print it and the working directory) |
 //	              serve ADDR LOG (HTTP: answers "answer from the laptop",
 //	              appends "PATH PEER_IP" to LOG for each request) |
@@ -145,11 +148,42 @@ func main() {
 			fail(err)
 		}
 	case "rdwr":
+		// Read-write: read it, overwrite its first byte, append a line,
+		// read it all again through the same fd, sync, close.
 		f, err := os.OpenFile(arg, os.O_RDWR, 0)
 		if err != nil {
 			fail(err)
 		}
-		f.Close()
+		before, err := io.ReadAll(f)
+		if err != nil {
+			fail(err)
+		}
+		if _, err := f.WriteAt([]byte("#"), 0); err != nil {
+			fail(err)
+		}
+		if _, err := f.Write([]byte(os.Args[3])); err != nil {
+			fail(err)
+		}
+		if _, err := f.Seek(0, io.SeekStart); err != nil {
+			fail(err)
+		}
+		after, err := io.ReadAll(f)
+		if err != nil {
+			fail(err)
+		}
+		if err := f.Sync(); err != nil {
+			fail(err)
+		}
+		if err := f.Close(); err != nil {
+			fail(err)
+		}
+		fmt.Printf("%d\n%s", len(before), after)
+	case "truncate":
+		var n int64
+		fmt.Sscan(os.Args[3], &n)
+		if err := os.Truncate(arg, n); err != nil {
+			fail(err)
+		}
 	case "serve":
 		if len(os.Args) < 4 {
 			fail(fmt.Errorf("usage: seccomp-probe serve ADDR LOG"))
