@@ -1,0 +1,335 @@
+//! Queue splitting end to end on the test cluster with the real RabbitMQ:
+//! a platform team's `RemoraQueueSplit` registers `deployment/worker`'s
+//! queue; `remora run --operator … -t deployment/worker -f config` with
+//! `split_queues` gets its own temporary queue in the variable the workload
+//! reads, while the workload rolls onto its own temporary queue; messages
+//! matching the session's filter reach only the session, the rest only the
+//! workload; when the command ends, the messages it did not take go back to
+//! the original queue and the workload rolls back onto it.
+//!
+//! Needs root, RabbitMQ on 127.0.0.1:5672 (scripts/setup.sh) and the
+//! workspace binaries `remora`, `remora-operator`, `remora-agent`,
+//! `libremora_layer.so` and `remora-kube-sim`.
+
+use remora_queues::broker::{Broker, Message, QueueName, QueueProps};
+use remora_queues::rabbitmq::RabbitBroker;
+use remora_queues::router::{Owner, temp_queue_name};
+use remora_tests::{bin_path, require_sandbox};
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+#[path = "support/kube_sim.rs"]
+mod kube_sim;
+
+use kube_sim::*;
+
+const RABBIT: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+/// A child process, SIGTERMed and reaped on drop.
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
+/// Lines of a pipe, read on a thread.
+fn lines(pipe: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(pipe).lines() {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+fn next_line(rx: &std::sync::mpsc::Receiver<String>, what: &str) -> String {
+    rx.recv_timeout(DEADLINE)
+        .unwrap_or_else(|e| panic!("no line: {what}: {e}"))
+}
+
+/// The test's RabbitMQ side: a runtime of its own (the test is blocking).
+struct Rabbit {
+    rt: tokio::runtime::Runtime,
+    broker: RabbitBroker,
+    queues: Vec<QueueName>,
+}
+
+impl Rabbit {
+    fn connect() -> Rabbit {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let broker = rt
+            .block_on(RabbitBroker::connect(RABBIT))
+            .unwrap_or_else(|e| panic!("{e}: RabbitMQ must run (scripts/setup.sh starts it)"));
+        Rabbit {
+            rt,
+            broker,
+            queues: Vec::new(),
+        }
+    }
+
+    fn publish(&self, queue: &QueueName, user: &str, n: usize) {
+        let message = Message {
+            headers: BTreeMap::from([("x-user".to_owned(), user.to_owned())]),
+            body: format!("{user}-{n}").into_bytes(),
+            order_key: None,
+            native: Box::new(()),
+        };
+        self.rt
+            .block_on(self.broker.publish(queue, &message))
+            .unwrap();
+    }
+
+    /// Everything `queue` holds now (acked), waiting `idle` for each next one.
+    fn take_all(&self, queue: &QueueName, idle: Duration) -> Vec<String> {
+        self.rt.block_on(async {
+            let mut bodies = Vec::new();
+            let Ok(mut consumer) = self.broker.consume(queue, 100).await else {
+                return bodies;
+            };
+            while let Ok(Some(d)) = consumer.next_within(idle).await {
+                bodies.push(String::from_utf8_lossy(&d.message.body).into_owned());
+                if consumer.ack(d).await.is_err() {
+                    break;
+                }
+            }
+            bodies
+        })
+    }
+
+    fn exists(&self, queue: &QueueName) -> bool {
+        self.rt.block_on(self.broker.inspect(queue)).is_ok()
+    }
+}
+
+impl Drop for Rabbit {
+    fn drop(&mut self) {
+        for queue in std::mem::take(&mut self.queues) {
+            self.take_all(&queue, Duration::from_millis(100));
+            let _ = self.rt.block_on(self.broker.delete(&queue));
+        }
+    }
+}
+
+/// Waits until `take` has returned `count` bodies in all; returns them.
+fn collect(mut take: impl FnMut() -> Vec<String>, count: usize, what: &str) -> Vec<String> {
+    let mut all = Vec::new();
+    poll(
+        || {
+            all.extend(take());
+            all.len() >= count
+        },
+        what,
+    );
+    all
+}
+
+#[test]
+fn a_session_with_split_queues_gets_only_its_messages_and_gives_back_the_rest() {
+    require_sandbox!();
+    let mut rabbit = Rabbit::connect();
+    let original = QueueName(format!("remora-test.queues-kube.{}", std::process::id()));
+    let workload_queue = temp_queue_name(rabbit.broker.kind(), &original, Owner::Workload);
+    rabbit.queues = vec![original.clone(), workload_queue.clone()];
+    rabbit
+        .rt
+        .block_on(rabbit.broker.create_like(&QueueProps::default(), &original))
+        .unwrap();
+
+    let sim = Sim::start(true);
+    let crds = Path::new(env!("CARGO_MANIFEST_DIR")).join("../operator-kube/deploy/crds.yaml");
+    sim.kubectl(&["apply", "-f", crds.to_str().unwrap()]);
+    sim.kubectl(&[
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/remorasessions.remora.dev",
+        "crd/remorapolicies.remora.dev",
+        "crd/remoraclusterpolicies.remora.dev",
+        "crd/remoraqueuesplits.remora.dev",
+    ]);
+    sim.apply(&format!(
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: worker}}
+spec:
+  replicas: 1
+  selector: {{matchLabels: {{app: worker}}}}
+  template:
+    metadata: {{labels: {{app: worker}}}}
+    spec:
+      containers:
+      - name: app
+        image: python:3
+        command: [sh, -c, "echo QUEUE=$ORDERS_QUEUE; exec sleep 300"]
+        env: [{{name: ORDERS_QUEUE, value: "{original}"}}]
+---
+apiVersion: remora.dev/v1alpha1
+kind: RemoraQueueSplit
+metadata: {{name: orders}}
+spec:
+  workload: {{kind: Deployment, name: worker}}
+  drainTimeout: 1s
+  queues:
+    orders:
+      type: rabbitmq
+      nameFrom: {{env: ORDERS_QUEUE}}
+      brokerEndpoint: {{url: "{RABBIT}"}}
+"#
+    ));
+    wait_ready(&sim, "worker");
+    let worker_says = || {
+        let pods = sim.kubectl(&[
+            "get",
+            "pods",
+            "-l",
+            "app=worker",
+            "--field-selector=status.phase=Running",
+            "--sort-by=.metadata.creationTimestamp",
+            "-o",
+            "name",
+        ]);
+        let Some(newest) = pods.lines().last() else {
+            return String::new();
+        };
+        sim.kubectl(&["logs", newest])
+            .lines()
+            .next()
+            .unwrap_or("")
+            .to_owned()
+    };
+
+    let mut operator = Command::new(bin_path("remora-operator").unwrap())
+        .args([
+            "serve",
+            "--platform",
+            "kubernetes",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--namespace", "default", "--kubeconfig"])
+        .arg(&sim.kubeconfig)
+        .env_remove("REMORA_OPERATOR_TOKEN")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let operator_out = lines(operator.stdout.take().unwrap());
+    let _operator = Reaped(operator);
+    let ready = next_line(&operator_out, "the operator's ready line");
+    let addr = ready
+        .strip_prefix("REMORA_OPERATOR_LISTENING ")
+        .unwrap_or_else(|| panic!("{ready:?}"))
+        .to_owned();
+
+    let config = sim.dir.path().join("remora.toml");
+    std::fs::write(
+        &config,
+        "split_queues = { orders = { type = \"rabbitmq\", message_filter = { \"x-user\" = \"^alice$\" } } }\n",
+    )
+    .unwrap();
+    let go = sim.dir.path().join("go");
+    let script = format!(
+        "echo QUEUE=$ORDERS_QUEUE; while [ ! -e {} ]; do sleep 0.1; done; echo done",
+        go.display()
+    );
+    let mut run = Command::new(bin_path("remora").unwrap())
+        .args(["run", "--operator", &addr, "-t", "deployment/worker", "-f"])
+        .arg(&config)
+        .args(["--", "sh", "-c", &script])
+        .env("REMORA_OPERATOR_TOKEN", "remora-sim-sa:default:alice")
+        .env("REMORA_USER", "alice")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let run_out = lines(run.stdout.take().unwrap());
+    let run_guard = Reaped(run);
+    let line = next_line(&run_out, "the command's queue variable");
+    let mine = QueueName(
+        line.strip_prefix("QUEUE=")
+            .unwrap_or_else(|| panic!("{line:?}"))
+            .to_owned(),
+    );
+    rabbit.queues.push(mine.clone());
+    assert!(
+        mine.0.starts_with(&format!("{original}.remora.s")),
+        "the session's own queue: {mine}"
+    );
+    let split_line = format!("QUEUE={workload_queue}");
+    poll(
+        || worker_says() == split_line,
+        "the worker to roll onto its temporary queue",
+    );
+
+    for n in 0..50 {
+        rabbit.publish(&original, "alice", n);
+        rabbit.publish(&original, "bob", n);
+    }
+    let idle = Duration::from_millis(300);
+    let alice = collect(|| rabbit.take_all(&mine, idle), 50, "alice's messages");
+    let workload = collect(
+        || rabbit.take_all(&workload_queue, idle),
+        50,
+        "bob's messages at the workload",
+    );
+    let expect = |user: &str| (0..50).map(|n| format!("{user}-{n}")).collect::<Vec<_>>();
+    assert_eq!(alice, expect("alice"), "only alice's, in order, once");
+    assert_eq!(workload, expect("bob"), "only bob's, in order, once");
+
+    // Five more for alice that the command never takes; then it ends.
+    for n in 50..55 {
+        rabbit.publish(&original, "alice", n);
+    }
+    poll(
+        || {
+            rabbit
+                .rt
+                .block_on(rabbit.broker.depth(&mine))
+                .is_ok_and(|d| d.ready == 5)
+        },
+        "the five to reach the session's queue",
+    );
+    std::fs::write(&go, "").unwrap();
+    assert_eq!(next_line(&run_out, "the command's end"), "done");
+    let mut run = run_guard;
+    assert!(run.0.wait().unwrap().success());
+
+    let original_line = format!("QUEUE={original}");
+    poll(
+        || worker_says() == original_line,
+        "the worker to roll back onto the original queue",
+    );
+    let back = collect(
+        || rabbit.take_all(&original, idle),
+        5,
+        "the five back on the original queue",
+    );
+    assert_eq!(
+        back,
+        (50..55).map(|n| format!("alice-{n}")).collect::<Vec<_>>()
+    );
+    poll(
+        || !rabbit.exists(&mine) && !rabbit.exists(&workload_queue),
+        "the temporary queues to be deleted",
+    );
+    poll(
+        || sim.kubectl(&["get", "rqs", "orders", "-o", "jsonpath={.status.phase}"]) == "Idle",
+        "the split to be Idle",
+    );
+}
