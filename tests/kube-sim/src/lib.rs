@@ -54,6 +54,10 @@ pub struct ServeArgs {
     /// Container runtime: only `process` (containers as host process groups) so far.
     #[arg(long, default_value = "process")]
     pub runtime: String,
+    /// Also shut down (and clean up, as on SIGTERM) when the process that started the
+    /// simulator dies, e.g. a test killed by a signal.
+    #[arg(long)]
+    pub exit_with_parent: bool,
 }
 
 /// Why the simulator failed.
@@ -91,7 +95,11 @@ pub fn run(cli: Cli) -> Result<(), Error> {
         .build()
         .map_err(Error::Runtime)?;
     match cli {
-        Cli::Serve(args) => rt.block_on(serve(args)),
+        Cli::Serve(args) => {
+            // Read before anything else: the parent may die at any time.
+            let parent = nix::unistd::getppid();
+            rt.block_on(serve(args, parent))
+        }
         Cli::ContainerInit(_) | Cli::PodSandbox(_) => unreachable!("handled above"),
     }
 }
@@ -130,7 +138,7 @@ fn kubeconfig(server: &str, token: &str) -> String {
     )
 }
 
-async fn serve(args: ServeArgs) -> Result<(), Error> {
+async fn serve(args: ServeArgs, parent: nix::unistd::Pid) -> Result<(), Error> {
     if args.runtime != "process" {
         return Err(Error::UnsupportedRuntime(args.runtime));
     }
@@ -214,7 +222,7 @@ async fn serve(args: ServeArgs) -> Result<(), Error> {
         })?;
     tracing::info!(%addr, "remora-kube-sim ready");
     eprintln!("remora-kube-sim: serving on http://{addr}");
-    wait_for_signal().await;
+    wait_for_signal(args.exit_with_parent.then_some(parent)).await;
     server.abort();
     if let Some(d) = dns_server {
         d.abort();
@@ -250,12 +258,26 @@ async fn accept(listener: TcpListener, state: Arc<api::ApiState>) {
     }
 }
 
-async fn wait_for_signal() {
+/// Returns on SIGTERM or SIGINT, or once `parent` is no longer this process's parent
+/// (it died and this process was re-parented to init or a subreaper).
+async fn wait_for_signal(parent: Option<nix::unistd::Pid>) {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
     let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    let orphaned = async {
+        match parent {
+            Some(parent) => {
+                while nix::unistd::getppid() == parent {
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
+                eprintln!("remora-kube-sim: parent {parent} is gone: shutting down");
+            }
+            None => std::future::pending().await,
+        }
+    };
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
+        () = orphaned => {}
     }
 }

@@ -24,7 +24,7 @@ impl Sim {
         let dir = tempfile::tempdir().expect("tempdir");
         let kubeconfig = dir.path().join("kubeconfig");
         let child = Command::new(env!("CARGO_BIN_EXE_remora-kube-sim"))
-            .args(["serve", "--kubeconfig"])
+            .args(["serve", "--exit-with-parent", "--kubeconfig"])
             .arg(&kubeconfig)
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())

@@ -504,6 +504,78 @@ fn restart_after_sigkill_sweeps_leftovers() {
 }
 
 #[test]
+fn exits_and_cleans_up_when_its_parent_dies() {
+    // A shell starts the simulator with --exit-with-parent and is then SIGKILLed, as a
+    // test process killed by a signal would be.
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    let mut parent = Command::new("sh")
+        .args([
+            "-c",
+            r#""$0" serve --kubeconfig "$1" --exit-with-parent >/dev/null & echo $!; wait"#,
+            env!("CARGO_BIN_EXE_remora-kube-sim"),
+        ])
+        .arg(&kubeconfig)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(parent.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let pid: u32 = line.trim().parse().expect("the simulator's pid");
+    poll(|| kubeconfig.exists(), "the kubeconfig to appear");
+    let kubectl = |args: &[&str]| {
+        let out = Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "kubectl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let manifest = dir.path().join("sleepers.yaml");
+    std::fs::write(&manifest, SLEEPERS).unwrap();
+    kubectl(&["apply", "-f", manifest.to_str().unwrap()]);
+    kubectl(&["rollout", "status", "deployment/sleepers", "--timeout=30s"]);
+    let state = std::env::temp_dir().join(format!("remora-kube-sim-{pid}"));
+    let cgroup = common::cgroup2_mount().join(format!("remora-kube-sim-{pid}"));
+    poll(
+        || processes_of(&state).len() >= 4,
+        "two shells and two sleeps",
+    );
+    let subnet = std::fs::read_to_string(state.join("subnet")).unwrap();
+    assert_eq!(
+        links_of_subnet(subnet.trim()).len(),
+        3,
+        "a bridge and two veths"
+    );
+
+    parent.kill().unwrap();
+    parent.wait().unwrap();
+    poll(
+        || !remora_kube_sim::run_alive(pid) && !state.exists(),
+        "the orphaned simulator to shut down",
+    );
+    assert!(
+        processes_of(&state).is_empty(),
+        "no container process survives its simulator"
+    );
+    assert!(!cgroup.exists(), "the run's cgroups are removed");
+    assert_eq!(
+        links_of_subnet(subnet.trim()),
+        Vec::<String>::new(),
+        "no bridge, no veth"
+    );
+}
+
+#[test]
 fn statefulset_ordered_names_and_service_endpoints() {
     let sim = Sim::start();
     sim.apply_yaml(

@@ -50,7 +50,7 @@ impl Sim {
         let dir = tempfile::tempdir().unwrap();
         let kubeconfig = dir.path().join("kubeconfig");
         let child = Command::new(bin_path("remora-kube-sim").unwrap())
-            .args(["serve", "--kubeconfig"])
+            .args(["serve", "--exit-with-parent", "--kubeconfig"])
             .arg(&kubeconfig)
             .env("PATH", path)
             .stdout(Stdio::null())
