@@ -320,6 +320,24 @@ spec:
   selector: {{app: cache}}
   ports: [{{port: 80}}]
 ---
+apiVersion: batch/v1
+kind: Job
+metadata: {{name: migrate}}
+spec:
+  template:{migrate}
+      restartPolicy: Never
+---
+apiVersion: batch/v1
+kind: CronJob
+metadata: {{name: nightly}}
+spec:
+  schedule: "0 3 * * *"
+  suspend: true
+  jobTemplate:
+    spec:
+      template:{nightly}
+          restartPolicy: Never
+---
 apiVersion: v1
 kind: Pod
 metadata: {{name: solo, labels: {{app: solo}}}}
@@ -336,22 +354,39 @@ spec:
 "#,
         db = template("db"),
         cache = template("cache"),
+        migrate = template("migrate"),
+        nightly = template("nightly").replace("\n", "\n    "),
     ));
+    // The suspended CronJob's Job, made by hand as kubectl does it (owned by the
+    // CronJob; JSON only: see docs/kube-sim.md).
+    let kc = sim.kubeconfig.display().to_string();
+    let made = Command::new("sh")
+        .args([
+            "-c",
+            &format!(
+                "kubectl --kubeconfig {kc} create job --from=cronjob/nightly nightly-by-hand \
+                 --dry-run=client -o yaml | kubectl --kubeconfig {kc} apply -f -"
+            ),
+        ])
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", text(&made.stderr));
     for pod in ["pod/db-0", "pod/solo"] {
         sim.kubectl(&["wait", "--for=condition=Ready", pod, "--timeout=60s"]);
     }
-    sim.kubectl(&[
-        "wait",
-        "--for=condition=Ready",
-        "pod",
-        "-l",
-        "app=cache",
-        "--timeout=60s",
-    ]);
-    // Not job/migrate: the sim does not default a Job's spec.selector (a real
-    // API server sets controller-uid), so it has none to resolve through
-    // (docs/kubernetes.md). cronjob/: the sim has no CronJob controller.
+    for app in ["cache", "migrate", "nightly"] {
+        sim.kubectl(&[
+            "wait",
+            "--for=condition=Ready",
+            "pod",
+            "-l",
+            &format!("app={app}"),
+            "--timeout=60s",
+        ]);
+    }
     for (target, who) in [
+        ("job/migrate", "migrate"),
+        ("cronjob/nightly", "nightly"),
         ("statefulset/db", "db"),
         ("sts/db", "db"),
         ("replicaset/cache", "cache"),

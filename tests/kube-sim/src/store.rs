@@ -356,7 +356,7 @@ impl Store {
         m.insert("generation".into(), json!(1));
         m.remove("deletionTimestamp");
         m.remove("managedFields");
-        self.defaults(&mut inner, rt, &mut obj);
+        self.defaults(&mut inner, rt, &mut obj)?;
         if dry_run {
             return Ok(obj);
         }
@@ -395,6 +395,54 @@ pub fn encode_base64(data: &[u8]) -> String {
     out
 }
 
+/// A Job's defaults as the API server sets them: unless `spec.manualSelector` is true, the
+/// selector is generated from the Job's uid (`batch.kubernetes.io/controller-uid`) and the pod
+/// template gets the labels it selects plus the job name (both with and without the
+/// `batch.kubernetes.io/` prefix); a selector given without `manualSelector` is refused, as
+/// the real server does.
+fn job_defaults(obj: &mut Value) -> Result<(), ApiError> {
+    let uid = obj["metadata"]["uid"].clone();
+    let name = obj["metadata"]["name"].clone();
+    let spec = &mut obj["spec"];
+    if spec["manualSelector"] != json!(true) {
+        let generated = json!({"matchLabels": {"batch.kubernetes.io/controller-uid": uid}});
+        if !spec["selector"].is_null() && spec["selector"] != generated {
+            return Err(ApiError::new(
+                422,
+                "Invalid",
+                format!(
+                    "Job.batch {name} is invalid: spec.selector: Invalid value: {}: `selector` not auto-generated",
+                    spec["selector"]
+                ),
+            ));
+        }
+        spec["selector"] = generated;
+        if !spec["template"]["metadata"]["labels"].is_object() {
+            spec["template"]["metadata"]["labels"] = json!({});
+        }
+        let labels = &mut spec["template"]["metadata"]["labels"];
+        labels["batch.kubernetes.io/controller-uid"] = uid.clone();
+        labels["batch.kubernetes.io/job-name"] = name.clone();
+        labels["controller-uid"] = uid;
+        labels["job-name"] = name;
+    }
+    for (field, default) in [("parallelism", 1), ("backoffLimit", 6)] {
+        if spec[field].is_null() {
+            spec[field] = json!(default);
+        }
+    }
+    if spec["completions"].is_null() && spec["parallelism"] == json!(1) {
+        spec["completions"] = json!(1);
+    }
+    if spec["completionMode"].is_null() {
+        spec["completionMode"] = json!("NonIndexed");
+    }
+    if spec["suspend"].is_null() {
+        spec["suspend"] = json!(false);
+    }
+    Ok(())
+}
+
 /// A Secret's `stringData` is write-only: it lands base64-encoded in `data`.
 fn fold_string_data(rt: &ResourceType, obj: &mut Value) {
     if !(rt.group.is_empty() && rt.plural == "secrets") {
@@ -417,7 +465,12 @@ fn fold_string_data(rt: &ResourceType, obj: &mut Value) {
 
 impl Store {
     /// Type-specific defaults on create.
-    fn defaults(&self, inner: &mut Inner, rt: &ResourceType, obj: &mut Value) {
+    fn defaults(
+        &self,
+        inner: &mut Inner,
+        rt: &ResourceType,
+        obj: &mut Value,
+    ) -> Result<(), ApiError> {
         fold_string_data(rt, obj);
         match (rt.group.as_str(), rt.plural.as_str()) {
             ("", "namespaces") => {
@@ -463,6 +516,7 @@ impl Store {
                     obj["status"] = json!({"loadBalancer": {}});
                 }
             }
+            ("batch", "jobs") => job_defaults(obj)?,
             ("apps", "deployments" | "replicasets") if obj["spec"]["replicas"].is_null() => {
                 obj["spec"]["replicas"] = json!(1);
             }
@@ -489,6 +543,7 @@ impl Store {
             }
             _ => {}
         }
+        Ok(())
     }
 
     fn after_create(&self, inner: &mut Inner, rt: &ResourceType, obj: &Value) {

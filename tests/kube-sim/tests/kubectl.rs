@@ -418,6 +418,100 @@ spec:
     );
 }
 
+#[test]
+fn job_selector_is_generated_from_its_uid() {
+    let sim = Sim::start();
+    sim.apply_yaml(
+        r#"
+apiVersion: batch/v1
+kind: Job
+metadata: {name: worker}
+spec:
+  template:
+    metadata: {labels: {app: worker}}
+    spec:
+      restartPolicy: Never
+      containers:
+      - {name: main, image: busybox, command: ["sleep", "1000"]}
+"#,
+        &[],
+    );
+    let job = sim.json(&["get", "job", "worker"]);
+    let uid = job["metadata"]["uid"].as_str().unwrap().to_owned();
+    assert_eq!(
+        job["spec"]["selector"],
+        serde_json::json!({"matchLabels": {"batch.kubernetes.io/controller-uid": uid}})
+    );
+    assert_eq!(
+        job["spec"]["template"]["metadata"]["labels"],
+        serde_json::json!({
+            "app": "worker",
+            "batch.kubernetes.io/controller-uid": uid,
+            "batch.kubernetes.io/job-name": "worker",
+            "controller-uid": uid,
+            "job-name": "worker",
+        })
+    );
+    assert_eq!(job["spec"]["completions"], 1);
+    assert_eq!(job["spec"]["parallelism"], 1);
+    assert_eq!(job["spec"]["backoffLimit"], 6);
+    // The Job's own selector finds its pod, as kubectl describe shows.
+    let selector = format!("batch.kubernetes.io/controller-uid={uid}");
+    poll(
+        || {
+            sim.ok(&["get", "pods", "-l", &selector, "-o", "name"])
+                .lines()
+                .count()
+                == 1
+        },
+        "the job's pod, by the generated selector",
+    );
+    let described = sim.ok(&["describe", "job", "worker"]);
+    assert!(
+        described
+            .lines()
+            .any(|l| l.starts_with("Selector:") && l.trim_end().ends_with(&selector)),
+        "{described}"
+    );
+
+    // A selector of one's own needs manualSelector, as on a real server.
+    let path = sim.dir.path().join("manual.yaml");
+    let manual = |flag: &str| {
+        format!(
+            r#"
+apiVersion: batch/v1
+kind: Job
+metadata: {{name: manual}}
+spec:
+  {flag}
+  selector: {{matchLabels: {{app: manual}}}}
+  template:
+    metadata: {{labels: {{app: manual}}}}
+    spec:
+      restartPolicy: Never
+      containers:
+      - {{name: main, image: busybox, command: ["sleep", "1000"]}}
+"#
+        )
+    };
+    std::fs::write(&path, manual("")).unwrap();
+    let out = sim.kubectl(&["apply", "-f", path.to_str().unwrap()]);
+    assert!(!out.status.success(), "a hand-made selector is refused");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("`selector` not auto-generated"), "{err}");
+    std::fs::write(&path, manual("manualSelector: true")).unwrap();
+    sim.ok(&["apply", "-f", path.to_str().unwrap()]);
+    let job = sim.json(&["get", "job", "manual"]);
+    assert_eq!(
+        job["spec"]["selector"],
+        serde_json::json!({"matchLabels": {"app": "manual"}})
+    );
+    assert_eq!(
+        job["spec"]["template"]["metadata"]["labels"],
+        serde_json::json!({"app": "manual"})
+    );
+}
+
 const SLEEPERS: &str = r#"
 apiVersion: apps/v1
 kind: Deployment

@@ -225,7 +225,9 @@ pub fn act() -> Result<bool> {
     );
     let manifest = cluster.dir.join("shop.yaml");
     std::fs::write(&manifest, SHOP)?;
-    println!("    $ kubectl apply -f shop.yaml   # namespace shop: 2 deployments, a service, a configmap, a secret");
+    println!(
+        "    $ kubectl apply -f shop.yaml   # namespace shop: 2 deployments, a service, a configmap, a secret"
+    );
     print!(
         "{}",
         super::indent(&cluster.kubectl(&["apply", "-f", &manifest.to_string_lossy()])?)
@@ -247,12 +249,11 @@ pub fn act() -> Result<bool> {
 
     println!("\n==> without remora: bash -c '...'");
     let plain = Command::new("bash").args(["-c", SCRIPT]).output()?;
-    print!(
-        "{}",
-        super::indent(&String::from_utf8_lossy(&plain.stdout))
-    );
+    print!("{}", super::indent(&String::from_utf8_lossy(&plain.stdout)));
 
-    println!("\n==> with remora: remora run -n shop --target deployment/storefront -- bash -c '...'");
+    println!(
+        "\n==> with remora: remora run -n shop --target deployment/storefront -- bash -c '...'"
+    );
     let remote = cluster.remora_run("deployment/storefront", &["bash", "-c", SCRIPT])?;
     let seen = String::from_utf8_lossy(&remote.stdout).into_owned();
     print!("{}", super::indent(&seen));
