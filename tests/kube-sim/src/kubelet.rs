@@ -402,6 +402,25 @@ impl Kubelet {
         }
     }
 
+    /// Records a core Event about `pod` from the kubelet (`kubectl describe`, `get events`).
+    fn event(&self, pod: &Value, reason: &str, message: &str) {
+        let Some(rt) = self.store.registry().find("", "v1", "events").cloned() else {
+            return;
+        };
+        let ns = s(&pod["metadata"]["namespace"]).to_owned();
+        let now = time::now_rfc3339();
+        let event = json!({
+            "metadata": {"generateName": format!("{}.", s(&pod["metadata"]["name"]))},
+            "involvedObject": {"kind": "Pod", "apiVersion": "v1", "namespace": ns,
+                               "name": pod["metadata"]["name"], "uid": pod["metadata"]["uid"]},
+            "reason": reason, "message": message, "type": "Normal", "count": 1,
+            "source": {"component": "kubelet", "host": NODE_NAME},
+            "firstTimestamp": now, "lastTimestamp": now,
+            "reportingComponent": "kubelet", "reportingInstance": NODE_NAME,
+        });
+        let _ = self.store.create(&rt, Some(&ns), event, false);
+    }
+
     fn publish(&self, pod: &Value, statuses: &Mutex<Vec<Value>>) {
         let list = statuses.lock().clone();
         let policy = s(&pod["spec"]["restartPolicy"]).to_owned();
@@ -464,7 +483,7 @@ impl Kubelet {
             // No command: the image's entrypoint is not run; the container idles.
             argv = vec!["sleep".to_owned(), "infinity".to_owned()];
         }
-        let readiness_probe = probes::Probe::parse(&container["readinessProbe"], &container);
+        let probes = probes::Probes::parse(&container);
         let mut backoff = FIRST_BACKOFF;
         let mut restarts = 0;
         loop {
@@ -558,8 +577,10 @@ impl Kubelet {
             {
                 let mut st = statuses.lock();
                 st[index]["state"] = json!({"running": {"startedAt": started}});
-                st[index]["ready"] = json!(readiness_probe.is_none());
-                st[index]["started"] = json!(true);
+                // Without a startup probe a running container has started; without a
+                // readiness probe either, it is ready.
+                st[index]["started"] = json!(probes.startup.is_none());
+                st[index]["ready"] = json!(probes.startup.is_none() && probes.readiness.is_none());
                 st[index]["containerID"] = json!(format!("remora-sim://{container_id}"));
                 st[index]["restartCount"] = json!(restarts);
             }
@@ -570,7 +591,7 @@ impl Kubelet {
                     .lock()
                     .insert((uid.clone(), cname.clone()), cmd.clone());
             }
-            let readiness = readiness_probe.clone().zip(init_cmd).map(|(probe, cmd)| {
+            let mut prober = init_cmd.filter(|_| probes.any()).map(|cmd| {
                 let exec: probes::Exec = Arc::new(move |argv: Vec<String>| {
                     cmd.command(&argv)
                         .stdout(Stdio::null())
@@ -578,10 +599,10 @@ impl Kubelet {
                         .spawn()
                 });
                 tokio::spawn(
-                    self.clone().readiness(
+                    self.clone().probe_container(
                         pod.clone(),
                         index,
-                        probe,
+                        probes.clone(),
                         ctx.pod_ip
                             .parse()
                             .unwrap_or(std::net::Ipv4Addr::LOCALHOST.into()),
@@ -590,8 +611,38 @@ impl Kubelet {
                     ),
                 )
             });
+            let prober_abort = prober.as_ref().map(tokio::task::JoinHandle::abort_handle);
+            let probe_failed = async {
+                match prober.as_mut() {
+                    Some(task) => task.await,
+                    None => std::future::pending().await,
+                }
+            };
             let exit = tokio::select! {
                 status = child.wait() => status.ok(),
+                Ok(failed) = probe_failed => {
+                    // As a kubelet does: SIGTERM, SIGKILL after the grace period, then the
+                    // restartPolicy decides.
+                    let message = format!(
+                        "Container {cname} failed {} probe, will be restarted",
+                        failed.name().to_lowercase()
+                    );
+                    let _ = std::fs::OpenOptions::new()
+                        .append(true)
+                        .open(&log_path)
+                        .and_then(|mut f| {
+                            std::io::Write::write_all(&mut f, format!("remora-kube-sim: {message}\n").as_bytes())
+                        });
+                    self.event(&pod, "Killing", &message);
+                    kill_group(pid, "TERM");
+                    match tokio::time::timeout(STOP_GRACE, child.wait()).await {
+                        Ok(status) => status.ok(),
+                        Err(_) => {
+                            kill_group(pid, "KILL");
+                            child.wait().await.ok()
+                        }
+                    }
+                }
                 _ = stop_rx.changed() => {
                     kill_group(pid, "TERM");
                     match tokio::time::timeout(STOP_GRACE, child.wait()).await {
@@ -602,7 +653,7 @@ impl Kubelet {
                         }
                     }
                     kill_group(pid, "KILL");
-                    if let Some(r) = readiness {
+                    if let Some(r) = prober_abort {
                         r.abort();
                     }
                     self.execs.lock().remove(&(uid.clone(), cname.clone()));
@@ -612,13 +663,19 @@ impl Kubelet {
                 }
             };
             kill_group(pid, "KILL");
-            if let Some(r) = readiness {
+            if let Some(r) = prober {
                 r.abort();
             }
             self.execs.lock().remove(&(uid.clone(), cname.clone()));
             remove_cgroup(cgroup).await;
             let _ = std::fs::write(self.logs.done_path(&uid, &cname), "");
-            let code = exit.and_then(|s| s.code()).unwrap_or(137);
+            // A process killed by a signal exits with 128 + the signal, as a runtime reports.
+            let code = exit
+                .and_then(|s| {
+                    use std::os::unix::process::ExitStatusExt;
+                    s.code().or_else(|| s.signal().map(|sig| 128 + sig))
+                })
+                .unwrap_or(137);
             {
                 let mut st = statuses.lock();
                 let terminated = json!({"exitCode": code, "reason": if code == 0 { "Completed" } else { "Error" },
