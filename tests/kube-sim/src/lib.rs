@@ -11,6 +11,7 @@ pub mod http;
 pub mod kubelet;
 pub mod patch;
 pub mod portforward;
+pub mod proxy;
 pub mod resources;
 pub mod selector;
 pub mod store;
@@ -176,6 +177,9 @@ async fn serve(args: ServeArgs, parent: nix::unistd::Pid) -> Result<(), Error> {
         })
         .ok();
     let store = store::Store::new();
+    // Cluster IPs from the run's own 10.215.N.0/24, served by the service proxy.
+    store.set_service_subnet(network.index());
+    let service_proxy = tokio::spawn(proxy::run(store.clone(), network.bridge()));
     let store_for_dns = store.clone();
     // The cluster DNS on the bridge's address; without it pods keep this machine's resolver.
     let dns_server = match tokio::net::UdpSocket::bind((network.gateway(), 53)).await {
@@ -231,6 +235,7 @@ async fn serve(args: ServeArgs, parent: nix::unistd::Pid) -> Result<(), Error> {
         s.abort();
     }
     controllers.abort();
+    service_proxy.abort();
     let _ = shutdown_tx.send(true);
     let _ = kubelet_task.await;
     cgroups.remove_all();

@@ -2,7 +2,7 @@
 //! a bounded event history for watches, finalizers and owner-reference garbage collection.
 
 use std::{
-    collections::{BTreeMap, VecDeque},
+    collections::{BTreeMap, BTreeSet, VecDeque},
     sync::Arc,
 };
 
@@ -48,6 +48,8 @@ struct Inner {
     compacted_rv: u64,
     reviews: Vec<Value>,
     next_cluster_ip: u32,
+    /// `N` of the run's routed service range 10.215.N.0/24 (see [`Store::set_service_subnet`]).
+    service_subnet: Option<u8>,
 }
 
 /// The shared store. Cheap to clone.
@@ -177,6 +179,20 @@ impl Store {
     }
 
     /// A snapshot of the served types.
+    /// From now on, cluster IPs come from 10.215.`index`.1–254, the range the run's service
+    /// proxy routes (without it they come from 10.215.0.0/16 and are not routed).
+    pub fn set_service_subnet(&self, index: u8) {
+        self.inner.lock().service_subnet = Some(index);
+    }
+
+    /// The cluster IP of `service` if the run's service proxy routes it (a ClusterIP in the
+    /// run's range); `None` for headless services and addresses outside the range.
+    pub fn routed_cluster_ip(&self, service: &Value) -> Option<std::net::Ipv4Addr> {
+        let index = self.inner.lock().service_subnet?;
+        let ip: std::net::Ipv4Addr = service["spec"]["clusterIP"].as_str()?.parse().ok()?;
+        (ip.octets()[..3] == [10, 215, index]).then_some(ip)
+    }
+
     pub fn registry(&self) -> Registry {
         self.inner.lock().registry.clone()
     }
@@ -498,9 +514,32 @@ impl Store {
                     spec["type"] = json!("ClusterIP");
                 }
                 if spec["clusterIP"].is_null() || spec["clusterIP"] == json!("") {
-                    inner.next_cluster_ip += 1;
-                    let n = inner.next_cluster_ip;
-                    let ip = format!("10.215.{}.{}", (n >> 8) & 0xff, n & 0xff);
+                    let ip = match inner.service_subnet {
+                        Some(index) => {
+                            let used: BTreeSet<String> = inner
+                                .objects
+                                .get(&("".to_owned(), "services".to_owned()))
+                                .into_iter()
+                                .flat_map(|m| m.values())
+                                .filter_map(|s| s["spec"]["clusterIP"].as_str().map(str::to_owned))
+                                .collect();
+                            (1..=254u8)
+                                .map(|k| format!("10.215.{index}.{k}"))
+                                .find(|ip| !used.contains(ip))
+                                .ok_or_else(|| {
+                                    ApiError::new(
+                                        500,
+                                        "InternalError",
+                                        format!("failed to allocate a serviceIP: range 10.215.{index}.0/24 is full"),
+                                    )
+                                })?
+                        }
+                        None => {
+                            inner.next_cluster_ip += 1;
+                            let n = inner.next_cluster_ip;
+                            format!("10.215.{}.{}", (n >> 8) & 0xff, n & 0xff)
+                        }
+                    };
                     spec["clusterIP"] = json!(ip);
                     spec["clusterIPs"] = json!([ip]);
                 }

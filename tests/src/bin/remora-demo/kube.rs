@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
 /// The shop. Its containers run host programs (the sim records images, it
-/// does not pull them); volumes and the cluster DNS make the pod's view.
+/// does not pull them); volumes, the cluster DNS and the service's cluster IP
+/// (port 80, relayed to the pod's 8080) make the pod's view.
 const SHOP: &str = r#"
 apiVersion: v1
 kind: Namespace
@@ -28,7 +29,7 @@ data:
   CURRENCY: EUR
   shop.toml: |
     # storefront settings, from configMap storefront-config
-    payments_url = "http://payments:8080"
+    payments_url = "http://payments"
 ---
 apiVersion: v1
 kind: Secret
@@ -85,7 +86,7 @@ kind: Service
 metadata: {name: payments, namespace: shop}
 spec:
   selector: {app: payments}
-  ports: [{port: 8080, targetPort: 8080}]
+  ports: [{port: 80, targetPort: 8080}]
 "#;
 
 /// The demo's directory (kubeconfig, the sim's log) is `$TMPDIR/<prefix><pid>`.
@@ -210,9 +211,9 @@ echo "/etc/storefront/shop.toml: $(grep payments_url /etc/storefront/shop.toml 2
 ip=$(getent -s files ahosts payments | awk 'NR==1 {print $1}')
 echo "resolve payments:  ${ip:-<not found>}"
 if [ -n "$ip" ]; then
-    echo "GET payments:8080/health: $(curl -sS -m 5 http://payments:8080/health 2>&1)"
+    echo "GET http://payments/health: $(curl -sS -m 5 http://payments/health 2>&1)"
 else
-    echo "GET payments:8080/health: <no address>"
+    echo "GET http://payments/health: <no address>"
 fi"#;
 
 /// The act; `Ok(false)` when remora did not show the pod's view.
@@ -272,8 +273,8 @@ pub fn act() -> Result<bool> {
         && seen.contains(&format!("hostname:          {pod}"))
         && seen.contains("CURRENCY:          EUR")
         && seen.contains("s3cr3t-from-the-cluster")
-        && seen.contains("payments_url = \"http://payments:8080\"")
-        && seen.contains("payments:8080/health: payments: ok");
+        && seen.contains("payments_url = \"http://payments\"")
+        && seen.contains("payments/health: payments: ok");
 
     // remora deletes its agent Job when the command ends.
     let deadline = Instant::now() + Duration::from_secs(30);
