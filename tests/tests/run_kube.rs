@@ -401,6 +401,34 @@ spec:
         assert!(out.status.success(), "{target}: {}", text(&out.stderr));
         assert_eq!(text(&out.stdout).trim(), who, "{target}");
     }
+    // Names resolve as in the pod: the cluster DNS gives the service's cluster IP (getent
+    // reads only this machine's files without remora, so nothing asks a real DNS server).
+    let cluster_ip = sim.kubectl(&[
+        "get",
+        "service",
+        "cache",
+        "-o",
+        "jsonpath={.spec.clusterIP}",
+    ]);
+    let out = sim
+        .remora(&[
+            "run",
+            "-t",
+            "replicaset/cache",
+            "--",
+            "sh",
+            "-c",
+            "getent -s files ahosts cache.default.svc.cluster.local | head -1",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout).split_whitespace().next(),
+        Some(cluster_ip.trim()),
+        "{}",
+        text(&out.stdout)
+    );
     poll(
         || sim.agent_objects().trim().is_empty(),
         "every agent Job to be deleted",
