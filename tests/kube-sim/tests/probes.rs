@@ -145,7 +145,7 @@ spec:
     std::fs::write(&alive, "").unwrap();
     poll(
         || {
-            status(&sim, "lively", "state.running.startedAt") != ""
+            !status(&sim, "lively", "state.running.startedAt").is_empty()
                 && status(&sim, "lively", "ready") == "true"
         },
         "the restarted container to run",
