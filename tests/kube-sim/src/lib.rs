@@ -17,6 +17,7 @@ pub mod selector;
 pub mod store;
 pub mod table;
 pub mod time;
+pub mod tls;
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 
@@ -59,6 +60,10 @@ pub struct ServeArgs {
     /// simulator dies, e.g. a test killed by a signal.
     #[arg(long)]
     pub exit_with_parent: bool,
+    /// Serve HTTPS with a certificate signed by a CA made at start; the kubeconfig carries the
+    /// CA, and every request must then carry a valid bearer token.
+    #[arg(long)]
+    pub tls: bool,
 }
 
 /// Why the simulator failed.
@@ -82,6 +87,8 @@ pub enum Error {
     Network(#[source] std::io::Error),
     #[error("starting the runtime: {0}")]
     Runtime(#[source] std::io::Error),
+    #[error("making the TLS certificates: {0}")]
+    Tls(String),
 }
 
 pub fn run(cli: Cli) -> Result<(), Error> {
@@ -133,9 +140,15 @@ pub fn run_alive(pid: u32) -> bool {
     })
 }
 
-fn kubeconfig(server: &str, token: &str) -> String {
+fn kubeconfig(server: &str, token: &str, ca_pem: Option<&str>) -> String {
+    let ca = ca_pem.map_or_else(String::new, |pem| {
+        format!(
+            "\n    certificate-authority-data: {}",
+            store::encode_base64(pem.as_bytes())
+        )
+    });
     format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: remora-sim\n  cluster:\n    server: {server}\ncontexts:\n- name: remora-sim\n  context:\n    cluster: remora-sim\n    user: remora-sim-admin\n    namespace: default\ncurrent-context: remora-sim\nusers:\n- name: remora-sim-admin\n  user:\n    token: {token}\n"
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: remora-sim\n  cluster:\n    server: {server}{ca}\ncontexts:\n- name: remora-sim\n  context:\n    cluster: remora-sim\n    user: remora-sim-admin\n    namespace: default\ncurrent-context: remora-sim\nusers:\n- name: remora-sim-admin\n  user:\n    token: {token}\n"
     )
 }
 
@@ -176,7 +189,27 @@ async fn serve(args: ServeArgs, parent: nix::unistd::Pid) -> Result<(), Error> {
             tracing::warn!(error = %e, "pods cannot reach the API server on the bridge");
         })
         .ok();
+    let tls = if args.tls {
+        let mut ips = vec![addr.ip(), std::net::IpAddr::V4(network.gateway())];
+        if !addr.ip().is_loopback() {
+            ips.push(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        match tls::make(&ips) {
+            Ok(tls) => Some(tls),
+            Err(e) => {
+                cgroups.remove_all();
+                network.remove();
+                let _ = std::fs::remove_dir_all(&state_dir);
+                return Err(Error::Tls(e));
+            }
+        }
+    } else {
+        None
+    };
     let store = store::Store::new();
+    if let Some(tls) = &tls {
+        store.set_root_ca(&tls.ca_pem);
+    }
     // Cluster IPs from the run's own 10.215.N.0/24, served by the service proxy.
     store.set_service_subnet(network.index());
     let service_proxy = tokio::spawn(proxy::run(store.clone(), network.bridge()));
@@ -201,6 +234,7 @@ async fn serve(args: ServeArgs, parent: nix::unistd::Pid) -> Result<(), Error> {
         logs: kubelet::Logs::new(&state_dir.join("logs")),
         cgroups: cgroups.clone(),
         execs: execs.clone(),
+        require_token: tls.is_some(),
     });
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let kubelet = kubelet::Kubelet::new(
@@ -214,18 +248,24 @@ async fn serve(args: ServeArgs, parent: nix::unistd::Pid) -> Result<(), Error> {
     );
     let kubelet_task = tokio::spawn(kubelet.run(shutdown_rx));
     let controllers = tokio::spawn(controllers::run(store.clone()));
-    let server = tokio::spawn(accept(listener, state.clone()));
-    let pod_server = pod_listener.map(|l| tokio::spawn(accept(l, state.clone())));
+    let acceptor = tls.as_ref().map(|t| t.acceptor.clone());
+    let server = tokio::spawn(accept(listener, state.clone(), acceptor.clone()));
+    let pod_server = pod_listener.map(|l| tokio::spawn(accept(l, state.clone(), acceptor.clone())));
     // Written last, atomically: its existence means "ready".
     let tmp = args.kubeconfig.with_extension("tmp-remora-sim");
-    std::fs::write(&tmp, kubeconfig(&format!("http://{addr}"), &token))
-        .and_then(|()| std::fs::rename(&tmp, &args.kubeconfig))
-        .map_err(|source| Error::Write {
-            path: args.kubeconfig.clone(),
-            source,
-        })?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let ca_pem = tls.as_ref().map(|t| t.ca_pem.as_str());
+    std::fs::write(
+        &tmp,
+        kubeconfig(&format!("{scheme}://{addr}"), &token, ca_pem),
+    )
+    .and_then(|()| std::fs::rename(&tmp, &args.kubeconfig))
+    .map_err(|source| Error::Write {
+        path: args.kubeconfig.clone(),
+        source,
+    })?;
     tracing::info!(%addr, "remora-kube-sim ready");
-    eprintln!("remora-kube-sim: serving on http://{addr}");
+    eprintln!("remora-kube-sim: serving on {scheme}://{addr}");
     wait_for_signal(args.exit_with_parent.then_some(parent)).await;
     server.abort();
     if let Some(d) = dns_server {
@@ -244,21 +284,39 @@ async fn serve(args: ServeArgs, parent: nix::unistd::Pid) -> Result<(), Error> {
     Ok(())
 }
 
-/// Serves the API on `listener` until aborted.
-async fn accept(listener: TcpListener, state: Arc<api::ApiState>) {
+/// Serves the API on `listener` (over TLS with `tls`) until aborted.
+async fn accept(
+    listener: TcpListener,
+    state: Arc<api::ApiState>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
         let state = state.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
                 let state = state.clone();
                 async move { Ok::<_, std::convert::Infallible>(api::handle(state, req).await) }
             });
-            let _ = auto::Builder::new(TokioExecutor::new())
-                .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(stream), svc)
-                .await;
+            let builder = auto::Builder::new(TokioExecutor::new());
+            match tls {
+                Some(tls) => {
+                    let Ok(stream) = tls.accept(stream).await else {
+                        return;
+                    };
+                    let _ = builder
+                        .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(stream), svc)
+                        .await;
+                }
+                None => {
+                    let _ = builder
+                        .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(stream), svc)
+                        .await;
+                }
+            }
         });
     }
 }

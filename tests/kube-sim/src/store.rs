@@ -50,6 +50,8 @@ struct Inner {
     next_cluster_ip: u32,
     /// `N` of the run's routed service range 10.215.N.0/24 (see [`Store::set_service_subnet`]).
     service_subnet: Option<u8>,
+    /// The API server's CA (PEM) for every namespace's `kube-root-ca.crt`; empty without TLS.
+    root_ca: String,
 }
 
 /// The shared store. Cheap to clone.
@@ -191,6 +193,33 @@ impl Store {
         let index = self.inner.lock().service_subnet?;
         let ip: std::net::Ipv4Addr = service["spec"]["clusterIP"].as_str()?.parse().ok()?;
         (ip.octets()[..3] == [10, 215, index]).then_some(ip)
+    }
+
+    /// Publishes the API server's CA in every namespace's `kube-root-ca.crt` ConfigMap
+    /// (`ca.crt`), now and for namespaces made later.
+    pub fn set_root_ca(&self, pem: &str) {
+        let mut inner = self.inner.lock();
+        inner.root_ca = pem.to_owned();
+        let key = ("".to_owned(), "configmaps".to_owned());
+        let names: Vec<(String, String)> = inner
+            .objects
+            .get(&key)
+            .into_iter()
+            .flat_map(|m| m.keys())
+            .filter(|(_, name)| name == "kube-root-ca.crt")
+            .cloned()
+            .collect();
+        for id in names {
+            inner.rv += 1;
+            let rv = inner.rv.to_string();
+            let Some(obj) = inner.objects.get_mut(&key).and_then(|m| m.get_mut(&id)) else {
+                continue;
+            };
+            obj["data"]["ca.crt"] = json!(pem);
+            obj["metadata"]["resourceVersion"] = json!(rv);
+            let obj = obj.clone();
+            self.emit(&mut inner, key.clone(), "MODIFIED", obj);
+        }
     }
 
     pub fn registry(&self) -> Registry {
@@ -594,7 +623,7 @@ impl Store {
                 self.insert_locked(inner, ("".into(), "serviceaccounts".into()), sa);
                 let root_ca = json!({"apiVersion": "v1", "kind": "ConfigMap",
                                 "metadata": {"name": "kube-root-ca.crt", "namespace": ns},
-                                "data": {"ca.crt": ""}});
+                                "data": {"ca.crt": inner.root_ca.clone()}});
                 self.insert_locked(inner, ("".into(), "configmaps".into()), root_ca);
             }
             ("apiextensions.k8s.io", "customresourcedefinitions") => {
