@@ -9,6 +9,7 @@ mod mounts;
 pub mod network;
 mod probes;
 pub mod sandbox;
+pub mod security;
 mod volumes;
 
 use std::{collections::HashMap, path::Path, process::Stdio, sync::Arc, time::Duration};
@@ -484,6 +485,16 @@ impl Kubelet {
             argv = vec!["sleep".to_owned(), "infinity".to_owned()];
         }
         let probes = probes::Probes::parse(&container);
+        let security = match security::Security::of(&pod, &container) {
+            Ok(security) => security,
+            Err(message) => {
+                // As a kubelet: the container waits (its spec cannot change) until the pod goes.
+                statuses.lock()[index]["state"] = json!({"waiting": {"reason": "CreateContainerConfigError", "message": message}});
+                self.publish(&pod, &statuses);
+                let _ = stop_rx.changed().await;
+                return;
+            }
+        };
         let mut backoff = FIRST_BACKOFF;
         let mut restarts = 0;
         loop {
@@ -528,6 +539,7 @@ impl Kubelet {
                 if let Some(dir) = workdir {
                     args.extend(["--workdir".to_owned(), dir.to_owned()]);
                 }
+                args.extend(security.to_args());
                 args.push("--".to_owned());
                 let mut env = vec![("PATH".to_owned(), path_var.clone())];
                 env.extend(self.env(&pod, &container, &ctx));
