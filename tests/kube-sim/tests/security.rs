@@ -64,8 +64,10 @@ spec:
         let mut text = String::new();
         poll(
             || {
-                text = sim.ok(&["logs", name]);
-                text.contains("uid=")
+                // Fails until the container has started.
+                let out = sim.kubectl(&["logs", name]);
+                text = String::from_utf8_lossy(&out.stdout).into_owned();
+                out.status.success() && text.contains("uid=")
             },
             &format!("the report of {name}"),
         );
