@@ -2,6 +2,7 @@
 //! serves their logs.
 
 mod cgroup;
+pub mod containerd;
 mod env;
 pub mod init;
 mod logs;
@@ -64,6 +65,8 @@ pub struct Kubelet {
     dns: Option<std::net::Ipv4Addr>,
     execs: Execs,
     api_port: u16,
+    /// `--runtime containerd`: the run's containerd; `None`: containers are process groups.
+    containerd: Option<Arc<containerd::Containerd>>,
     /// pod uid → stop signal of its task.
     pods: Arc<Mutex<HashMap<String, watch::Sender<bool>>>>,
     /// Tasks still running (to wait for at shutdown).
@@ -75,6 +78,7 @@ fn s(v: &Value) -> &str {
 }
 
 impl Kubelet {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         store: Store,
         logs: Logs,
@@ -83,6 +87,7 @@ impl Kubelet {
         dns: Option<std::net::Ipv4Addr>,
         execs: Execs,
         api_port: u16,
+        containerd: Option<Arc<containerd::Containerd>>,
     ) -> Self {
         Self {
             store,
@@ -92,8 +97,18 @@ impl Kubelet {
             dns,
             execs,
             api_port,
+            containerd,
             pods: Arc::default(),
             tasks: Arc::default(),
+        }
+    }
+
+    /// The `<runtime>` of container ids `<runtime>://<id>`.
+    fn runtime_name(&self) -> &'static str {
+        if self.containerd.is_some() {
+            "containerd"
+        } else {
+            "remora-sim"
         }
     }
 
@@ -552,8 +567,38 @@ impl Kubelet {
                         .display()
                         .to_string(),
                 ));
-                let exe = init::current_exe()?;
-                let cmd = InitCommand { exe, args, env };
+                let cmd = match &self.containerd {
+                    // ctr runs the container through containerd and runc, and ends with it.
+                    Some(ctrd) => {
+                        let privileged = container["securityContext"]["privileged"] == json!(true);
+                        let host_pid = pod["spec"]["hostPID"] == json!(true);
+                        let run = ctrd.run_args(
+                            &container_id,
+                            &uid,
+                            ctx.sandbox_pid,
+                            host_pid,
+                            privileged,
+                            &env,
+                            &mounts,
+                            workdir,
+                        );
+                        let marker = env.last().cloned().into_iter();
+                        InitCommand {
+                            exe: "ctr".into(),
+                            args: run,
+                            env: std::iter::once(("PATH".to_owned(), path_var.clone()))
+                                .chain(marker)
+                                .collect(),
+                            containerd: Some((ctrd.clone(), container_id.clone())),
+                        }
+                    }
+                    None => InitCommand {
+                        exe: init::current_exe()?,
+                        args,
+                        env,
+                        containerd: None,
+                    },
+                };
                 let child = cmd
                     .command(&argv)
                     .stdout(out)
@@ -593,7 +638,8 @@ impl Kubelet {
                 // readiness probe either, it is ready.
                 st[index]["started"] = json!(probes.startup.is_none());
                 st[index]["ready"] = json!(probes.startup.is_none() && probes.readiness.is_none());
-                st[index]["containerID"] = json!(format!("remora-sim://{container_id}"));
+                st[index]["containerID"] =
+                    json!(format!("{}://{container_id}", self.runtime_name()));
                 st[index]["restartCount"] = json!(restarts);
             }
             self.publish(&pod, &statuses);
@@ -605,7 +651,7 @@ impl Kubelet {
             }
             let mut prober = init_cmd.filter(|_| probes.any()).map(|cmd| {
                 let exec: probes::Exec = Arc::new(move |argv: Vec<String>| {
-                    cmd.command(&argv)
+                    cmd.exec_command(&argv)
                         .stdout(Stdio::null())
                         .stderr(Stdio::null())
                         .spawn()
@@ -692,7 +738,7 @@ impl Kubelet {
                 let mut st = statuses.lock();
                 let terminated = json!({"exitCode": code, "reason": if code == 0 { "Completed" } else { "Error" },
                                         "startedAt": started, "finishedAt": time::now_rfc3339(),
-                                        "containerID": format!("remora-sim://{container_id}")});
+                                        "containerID": format!("{}://{container_id}", self.runtime_name())});
                 st[index]["ready"] = json!(false);
                 st[index]["lastState"] = json!({"terminated": terminated.clone()});
                 let restart = policy == "Always" || (policy == "OnFailure" && code != 0);
@@ -763,9 +809,28 @@ pub struct InitCommand {
     exe: std::path::PathBuf,
     args: Vec<String>,
     env: Vec<(String, String)>,
+    /// Under `--runtime containerd`: the containerd and the container id, for `task exec`.
+    containerd: Option<(Arc<containerd::Containerd>, String)>,
 }
 
 impl InitCommand {
+    /// A command run in the running container (exec, exec probes).
+    pub fn exec_command(&self, argv: &[String]) -> tokio::process::Command {
+        match &self.containerd {
+            Some((ctrd, id)) => {
+                let mut cmd = tokio::process::Command::new("ctr");
+                cmd.args(ctrd.exec_args(id))
+                    .args(argv)
+                    .env_clear()
+                    .envs(self.env.iter().map(|(k, v)| (k, v)))
+                    .stdin(Stdio::null())
+                    .kill_on_drop(true);
+                cmd
+            }
+            None => self.command(argv),
+        }
+    }
+
     pub fn command(&self, argv: &[String]) -> tokio::process::Command {
         let mut cmd = tokio::process::Command::new(&self.exe);
         cmd.args(&self.args)

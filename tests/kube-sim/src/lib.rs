@@ -53,7 +53,8 @@ pub struct ServeArgs {
     /// Listen address.
     #[arg(long, default_value = "127.0.0.1:0")]
     pub listen: SocketAddr,
-    /// Container runtime: only `process` (containers as host process groups) so far.
+    /// Container runtime: `process` (alias `netns`: containers as host process groups in
+    /// their pod's namespaces) or `containerd` (a private containerd + runc).
     #[arg(long, default_value = "process")]
     pub runtime: String,
     /// Also shut down (and clean up, as on SIGTERM) when the process that started the
@@ -81,7 +82,9 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    #[error("unsupported --runtime {0:?}: only \"process\" is implemented (see docs/kube-sim.md)")]
+    #[error(
+        "unsupported --runtime {0:?}: \"process\" (or \"netns\") or \"containerd\" (see docs/kube-sim.md)"
+    )]
     UnsupportedRuntime(String),
     #[error("creating the pod network (a bridge and 10.216.N.0/24; needs root and iproute2): {0}")]
     Network(#[source] std::io::Error),
@@ -153,7 +156,7 @@ fn kubeconfig(server: &str, token: &str, ca_pem: Option<&str>) -> String {
 }
 
 async fn serve(args: ServeArgs, parent: nix::unistd::Pid) -> Result<(), Error> {
-    if args.runtime != "process" {
+    if !matches!(args.runtime.as_str(), "process" | "netns" | "containerd") {
         return Err(Error::UnsupportedRuntime(args.runtime));
     }
     sweep_leftovers();
@@ -189,6 +192,19 @@ async fn serve(args: ServeArgs, parent: nix::unistd::Pid) -> Result<(), Error> {
             tracing::warn!(error = %e, "pods cannot reach the API server on the bridge");
         })
         .ok();
+    let containerd = if args.runtime == "containerd" {
+        match kubelet::containerd::Containerd::start(&state_dir, cgroups.root()) {
+            Ok(c) => Some(Arc::new(c)),
+            Err(e) => {
+                cgroups.remove_all();
+                network.remove();
+                let _ = std::fs::remove_dir_all(&state_dir);
+                return Err(Error::Runtime(e));
+            }
+        }
+    } else {
+        None
+    };
     let tls = if args.tls {
         let mut ips = vec![addr.ip(), std::net::IpAddr::V4(network.gateway())];
         if !addr.ip().is_loopback() {
@@ -197,6 +213,9 @@ async fn serve(args: ServeArgs, parent: nix::unistd::Pid) -> Result<(), Error> {
         match tls::make(&ips) {
             Ok(tls) => Some(tls),
             Err(e) => {
+                if let Some(c) = &containerd {
+                    c.stop();
+                }
                 cgroups.remove_all();
                 network.remove();
                 let _ = std::fs::remove_dir_all(&state_dir);
@@ -245,6 +264,7 @@ async fn serve(args: ServeArgs, parent: nix::unistd::Pid) -> Result<(), Error> {
         dns_server.as_ref().map(|_| network.gateway()),
         execs,
         addr.port(),
+        containerd.clone(),
     );
     let kubelet_task = tokio::spawn(kubelet.run(shutdown_rx));
     let controllers = tokio::spawn(controllers::run(store.clone()));
@@ -278,6 +298,9 @@ async fn serve(args: ServeArgs, parent: nix::unistd::Pid) -> Result<(), Error> {
     service_proxy.abort();
     let _ = shutdown_tx.send(true);
     let _ = kubelet_task.await;
+    if let Some(c) = &containerd {
+        c.stop();
+    }
     cgroups.remove_all();
     network.remove();
     let _ = std::fs::remove_dir_all(&state_dir);
