@@ -570,18 +570,19 @@ impl Kubelet {
                 let cmd = match &self.containerd {
                     // ctr runs the container through containerd and runc, and ends with it.
                     Some(ctrd) => {
-                        let privileged = container["securityContext"]["privileged"] == json!(true);
                         let host_pid = pod["spec"]["hostPID"] == json!(true);
-                        let run = ctrd.run_args(
+                        let prefix = containerd::user_prefix(&security);
+                        let mut run = ctrd.run_args(
                             &container_id,
                             &uid,
                             ctx.sandbox_pid,
                             host_pid,
-                            privileged,
+                            &security,
                             &env,
                             &mounts,
                             workdir,
                         );
+                        run.extend(prefix.iter().cloned());
                         let marker = env.last().cloned().into_iter();
                         InitCommand {
                             exe: "ctr".into(),
@@ -589,7 +590,7 @@ impl Kubelet {
                             env: std::iter::once(("PATH".to_owned(), path_var.clone()))
                                 .chain(marker)
                                 .collect(),
-                            containerd: Some((ctrd.clone(), container_id.clone())),
+                            containerd: Some((ctrd.clone(), container_id.clone(), prefix)),
                         }
                     }
                     None => InitCommand {
@@ -810,16 +811,18 @@ pub struct InitCommand {
     args: Vec<String>,
     env: Vec<(String, String)>,
     /// Under `--runtime containerd`: the containerd and the container id, for `task exec`.
-    containerd: Option<(Arc<containerd::Containerd>, String)>,
+    /// (and the `setpriv` prefix of its user).
+    containerd: Option<(Arc<containerd::Containerd>, String, Vec<String>)>,
 }
 
 impl InitCommand {
     /// A command run in the running container (exec, exec probes).
     pub fn exec_command(&self, argv: &[String]) -> tokio::process::Command {
         match &self.containerd {
-            Some((ctrd, id)) => {
+            Some((ctrd, id, prefix)) => {
                 let mut cmd = tokio::process::Command::new("ctr");
                 cmd.args(ctrd.exec_args(id))
+                    .args(prefix)
                     .args(argv)
                     .env_clear()
                     .envs(self.env.iter().map(|(k, v)| (k, v)))

@@ -1,7 +1,8 @@
 //! A container's securityContext, held to what the kernel reports (`/proc/self/status`, `id`):
 //! the runtime's default capabilities, `add`/`drop` (with `ALL`), `privileged`,
 //! `runAsUser`/`runAsGroup` from the pod or the container (also for `kubectl exec`),
-//! `allowPrivilegeEscalation: false`, and `runAsNonRoot` refusing root.
+//! `allowPrivilegeEscalation: false`, and `runAsNonRoot` refusing root; with the process
+//! runtime and with containerd.
 
 mod common;
 
@@ -25,7 +26,15 @@ fn mask(bits: &[u32]) -> String {
 
 #[test]
 fn capabilities_users_and_non_root_as_a_runtime_applies_them() {
-    let sim = Sim::start();
+    check(&Sim::start());
+}
+
+#[test]
+fn containerd_applies_them_the_same_way() {
+    check(&Sim::start_with(&["--runtime", "containerd"]));
+}
+
+fn check(sim: &Sim) {
     let pod = |name: &str, pod_sc: &str, sc: &str| {
         format!(
             r#"

@@ -20,7 +20,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::mounts::MountSpec;
+use super::{
+    mounts::MountSpec,
+    security::{DEFAULT_CAPS, Security},
+};
 
 /// The containerd namespace the containers live in (as under a kubelet).
 pub const NAMESPACE: &str = "k8s.io";
@@ -133,8 +136,8 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
     }
 
     /// `ctr -a SOCK -n k8s.io` and its arguments: runs container `id` (its cgroup under
-    /// `pod<pod_uid>`) in the namespaces of `sandbox_pid`, with `env`, `mounts` and `workdir`.
-    /// The command follows.
+    /// `pod<pod_uid>`) in the namespaces of `sandbox_pid`, with `security`, `env`, `mounts`
+    /// and `workdir`. The command follows (after [`user_prefix`]).
     #[allow(clippy::too_many_arguments)]
     pub fn run_args(
         &self,
@@ -142,7 +145,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
         pod_uid: &str,
         sandbox_pid: u32,
         host_pid: bool,
-        privileged: bool,
+        security: &Security,
         env: &[(String, String)],
         mounts: &[MountSpec],
         workdir: Option<&str>,
@@ -163,8 +166,21 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
         if host_pid {
             args.extend(["--with-ns".into(), "pid:/proc/1/ns/pid".into()]);
         }
-        if privileged {
-            args.push("--privileged".into());
+        match &security.capabilities {
+            None => args.push("--privileged".into()),
+            Some(keep) => {
+                for cap in DEFAULT_CAPS.iter().filter(|c| !keep.contains(**c)) {
+                    args.extend(["--cap-drop".into(), format!("CAP_{cap}")]);
+                }
+                for cap in keep.iter().filter(|c| !DEFAULT_CAPS.contains(&c.as_str())) {
+                    args.extend(["--cap-add".into(), format!("CAP_{cap}")]);
+                }
+            }
+        }
+        // ctr sets NoNewPrivileges unless told; Kubernetes only with
+        // allowPrivilegeEscalation: false.
+        if !security.no_new_privs {
+            args.push("--allow-new-privs".into());
         }
         for (k, v) in env {
             args.extend(["--env".into(), format!("{k}={v}")]);
@@ -232,6 +248,21 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
         let _ = child.kill();
         let _ = child.wait();
     }
+}
+
+/// ctr cannot set the process user: `setpriv` (util-linux, from the bound `/usr`) switches
+/// to `runAsUser`/`runAsGroup` before the command, in the container and for every exec.
+pub fn user_prefix(security: &Security) -> Vec<String> {
+    let Some(user) = security.user else {
+        return Vec::new();
+    };
+    vec![
+        "setpriv".into(),
+        format!("--reuid={user}"),
+        format!("--regid={}", security.group.unwrap_or(0)),
+        "--clear-groups".into(),
+        "--".into(),
+    ]
 }
 
 /// This machine's top-level directories, bound into every container: read-only, `/tmp`
