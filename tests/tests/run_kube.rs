@@ -560,3 +560,75 @@ fn a_filtered_steal_takes_only_matching_requests_sent_to_the_pod_ip() {
     );
     assert_eq!(get(Some("x-user: me")), "the pod", "the redirect is gone");
 }
+
+#[test]
+fn a_pod_run_by_containerd_and_runc_is_reached_like_any_other() {
+    require_sandbox!();
+    // Its files live in the container's own rootfs: /data does not exist here.
+    assert!(
+        !Path::new("/data/www").exists(),
+        "/data/www exists here: the file check would prove nothing"
+    );
+    let sim = Sim::start_with(true, &["--runtime", "containerd"]);
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    sim.deployment(
+        "web",
+        &format!(
+            "mkdir -p /data/www && echo a file of the container > /data/www/hello.txt && \
+             exec python3 -u -m http.server {port} --bind 127.0.0.1 --directory /data/www"
+        ),
+    );
+    wait_ready(&sim, "web");
+    poll(
+        || {
+            sim.kubectl(&["logs", "deployment/web"])
+                .contains("Serving HTTP")
+        },
+        "the pod's http.server",
+    );
+    let out = sim
+        .remora(&[
+            "run",
+            "-t",
+            "deployment/web",
+            "--",
+            "sh",
+            "-c",
+            &format!(
+                "echo GREETING=$GREETING; cat /data/www/hello.txt; \
+                 curl -sS http://127.0.0.1:{port}/hello.txt; uname -n"
+            ),
+        ])
+        .output()
+        .unwrap();
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    let pod = sim.kubectl(&["get", "pods", "-l", "app=web", "-o", "name"]);
+    assert_eq!(
+        stdout.lines().collect::<Vec<_>>(),
+        [
+            "GREETING=hello-from-the-pod",
+            "a file of the container",
+            "a file of the container",
+            pod.trim().trim_start_matches("pod/"),
+        ],
+        "{}",
+        text(&out.stderr)
+    );
+    let id = sim.kubectl(&[
+        "get",
+        "pods",
+        "-l",
+        "app=web",
+        "-o",
+        "jsonpath={.items[0].status.containerStatuses[0].containerID}",
+    ]);
+    assert!(id.starts_with("containerd://"), "{id}");
+    poll(
+        || sim.agent_objects().trim().is_empty(),
+        "the agent Job and pod to be deleted after the run",
+    );
+}

@@ -164,7 +164,11 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
             format!("uts:/proc/{sandbox_pid}/ns/uts"),
         ]);
         if host_pid {
-            args.extend(["--with-ns".into(), "pid:/proc/1/ns/pid".into()]);
+            // The node's PID namespace: the simulator's own.
+            args.extend([
+                "--with-ns".into(),
+                format!("pid:/proc/{}/ns/pid", std::process::id()),
+            ]);
         }
         match &security.capabilities {
             None => args.push("--privileged".into()),
