@@ -632,3 +632,56 @@ fn a_pod_run_by_containerd_and_runc_is_reached_like_any_other() {
         "the agent Job and pod to be deleted after the run",
     );
 }
+
+#[test]
+fn the_ephemeral_container_agent_shares_the_target_containers_pid_namespace_under_containerd() {
+    require_sandbox!();
+    // containerd gives each container a PID namespace; the ephemeral agent joins its
+    // target's (`--target pid/1`), as on a real node.
+    let sim = Sim::start_with(true, &["--runtime", "containerd"]);
+    sim.deployment(
+        "web",
+        "mkdir -p /data && echo only-in-the-container > /data/f.txt && exec sleep 600",
+    );
+    wait_ready(&sim, "web");
+    let config = sim.dir.path().join("remora.toml");
+    std::fs::write(&config, "[agent]\nephemeral = true\n").unwrap();
+    let out = sim
+        .remora(&[
+            "run",
+            "-f",
+            config.to_str().unwrap(),
+            "-t",
+            "deployment/web",
+            "--",
+            "sh",
+            "-c",
+            "echo GREETING=$GREETING; cat /data/f.txt; uname -n",
+        ])
+        .output()
+        .unwrap();
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    let pod = sim.kubectl(&["get", "pods", "-l", "app=web", "-o", "name"]);
+    let pod = pod.trim().trim_start_matches("pod/");
+    assert_eq!(
+        stdout.lines().collect::<Vec<_>>(),
+        ["GREETING=hello-from-the-pod", "only-in-the-container", pod],
+        "{}",
+        text(&out.stderr)
+    );
+    // The agent ran as an ephemeral container of the target pod, not as a Job.
+    let ephemeral = sim.kubectl(&[
+        "get",
+        "pod",
+        pod,
+        "-o",
+        "jsonpath={.status.ephemeralContainerStatuses[0].containerID}",
+    ]);
+    assert!(ephemeral.starts_with("containerd://"), "{ephemeral}");
+    assert!(
+        sim.kubectl(&["get", "jobs", "-o", "name"])
+            .trim()
+            .is_empty()
+    );
+}

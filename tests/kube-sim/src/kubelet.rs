@@ -273,12 +273,21 @@ impl Kubelet {
             let stop_rx = stop_rx.clone();
             let ctx = ctx.clone();
             handles.push(tokio::spawn(async move {
-                me.run_container(pod, i, c, statuses, ctx, stop_rx).await
+                me.run_container(pod, i, c, statuses, ctx, stop_rx, None)
+                    .await
             }));
         }
+        // Ephemeral containers come later, through the pod's ephemeralcontainers subresource.
+        let ephemeral = tokio::spawn(self.clone().run_ephemeral(
+            pod.clone(),
+            statuses.clone(),
+            ctx.clone(),
+            stop_rx.clone(),
+        ));
         for h in handles {
             let _ = h.await;
         }
+        ephemeral.abort();
         sandbox.stop(&self.network).await;
         self.finish_pod(&uid, &stop_rx).await;
     }
@@ -437,6 +446,16 @@ impl Kubelet {
         let _ = self.store.create(&rt, Some(&ns), event, false);
     }
 
+    /// [`Self::publish`], or for ephemeral containers their `ephemeralContainerStatuses`.
+    fn publish_as(&self, pod: &Value, statuses: &Mutex<Vec<Value>>, ephemeral: bool) {
+        if ephemeral {
+            let list = statuses.lock().clone();
+            self.write_status(pod, |st| st["ephemeralContainerStatuses"] = json!(list));
+        } else {
+            self.publish(pod, statuses);
+        }
+    }
+
     fn publish(&self, pod: &Value, statuses: &Mutex<Vec<Value>>) {
         let list = statuses.lock().clone();
         let policy = s(&pod["spec"]["restartPolicy"]).to_owned();
@@ -476,6 +495,84 @@ impl Kubelet {
         });
     }
 
+    /// Starts every ephemeral container added to the pod's spec (once each, never
+    /// restarted), until aborted or the pod stops. Under containerd one with a
+    /// `targetContainerName` joins that container's PID namespace.
+    async fn run_ephemeral(
+        self,
+        pod: Value,
+        statuses: Arc<Mutex<Vec<Value>>>,
+        ctx: PodContext,
+        mut stop_rx: watch::Receiver<bool>,
+    ) {
+        let rt = self.pod_rt();
+        let ns = pod["metadata"]["namespace"].as_str().map(str::to_owned);
+        let name = s(&pod["metadata"]["name"]).to_owned();
+        let uid = s(&pod["metadata"]["uid"]).to_owned();
+        let list: Arc<Mutex<Vec<Value>>> = Arc::default();
+        let mut events = self.store.subscribe();
+        loop {
+            let current = self
+                .store
+                .get(&rt, ns.as_deref(), &name)
+                .ok()
+                .filter(|p| s(&p["metadata"]["uid"]) == uid);
+            for c in current
+                .as_ref()
+                .and_then(|p| p["spec"]["ephemeralContainers"].as_array())
+                .into_iter()
+                .flatten()
+            {
+                let index = {
+                    let mut list = list.lock();
+                    if list.iter().any(|st| st["name"] == c["name"]) {
+                        continue;
+                    }
+                    list.push(
+                        json!({"name": c["name"], "image": c["image"], "imageID": "",
+                        "ready": false, "restartCount": 0,
+                        "state": {"waiting": {"reason": "ContainerCreating"}}}),
+                    );
+                    list.len() - 1
+                };
+                let pid_ns = c["targetContainerName"]
+                    .as_str()
+                    .filter(|_| self.containerd.is_some())
+                    .and_then(|target| {
+                        let id = statuses
+                            .lock()
+                            .iter()
+                            .find(|st| st["name"] == json!(target))
+                            .and_then(|st| st["containerID"].as_str())
+                            .and_then(|id| id.split_once("://"))
+                            .map(|(_, id)| id.to_owned())?;
+                        let pid = self.cgroups.container_pids(&uid, &id).into_iter().next()?;
+                        Some(format!("/proc/{pid}/ns/pid"))
+                    });
+                tokio::spawn(self.clone().run_container(
+                    current.clone().unwrap_or_else(|| pod.clone()),
+                    index,
+                    c.clone(),
+                    list.clone(),
+                    ctx.clone(),
+                    stop_rx.clone(),
+                    Some(pid_ns),
+                ));
+            }
+            tokio::select! {
+                _ = events.recv() => {
+                    while events.try_recv().is_ok() {}
+                }
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = stop_rx.changed() => return,
+            }
+        }
+    }
+
+    /// Container `index` of `statuses` (`ephemeral`: `Some(its target's PID namespace, if
+    /// it joins one)`, for an ephemeral container: never restarted, no probes, its status
+    /// in `ephemeralContainerStatuses`).
+    #[allow(clippy::too_many_arguments)]
     async fn run_container(
         self,
         pod: Value,
@@ -484,10 +581,15 @@ impl Kubelet {
         statuses: Arc<Mutex<Vec<Value>>>,
         ctx: PodContext,
         mut stop_rx: watch::Receiver<bool>,
+        ephemeral: Option<Option<String>>,
     ) {
         let uid = s(&pod["metadata"]["uid"]).to_owned();
         let cname = s(&container["name"]).to_owned();
-        let policy = s(&pod["spec"]["restartPolicy"]).to_owned();
+        let policy = if ephemeral.is_some() {
+            "Never".to_owned()
+        } else {
+            s(&pod["spec"]["restartPolicy"]).to_owned()
+        };
         let mut argv: Vec<String> = container["command"]
             .as_array()
             .into_iter()
@@ -499,13 +601,17 @@ impl Kubelet {
             // No command: the image's entrypoint is not run; the container idles.
             argv = vec!["sleep".to_owned(), "infinity".to_owned()];
         }
-        let probes = probes::Probes::parse(&container);
+        let probes = if ephemeral.is_some() {
+            probes::Probes::default()
+        } else {
+            probes::Probes::parse(&container)
+        };
         let security = match security::Security::of(&pod, &container) {
             Ok(security) => security,
             Err(message) => {
                 // As a kubelet: the container waits (its spec cannot change) until the pod goes.
                 statuses.lock()[index]["state"] = json!({"waiting": {"reason": "CreateContainerConfigError", "message": message}});
-                self.publish(&pod, &statuses);
+                self.publish_as(&pod, &statuses, ephemeral.is_some());
                 let _ = stop_rx.changed().await;
                 return;
             }
@@ -570,13 +676,18 @@ impl Kubelet {
                 let cmd = match &self.containerd {
                     // ctr runs the container through containerd and runc, and ends with it.
                     Some(ctrd) => {
-                        let host_pid = pod["spec"]["hostPID"] == json!(true);
+                        // hostPID: the node's PID namespace, the simulator's own.
+                        let pid_ns = match &ephemeral {
+                            Some(target) => target.clone(),
+                            None => (pod["spec"]["hostPID"] == json!(true))
+                                .then(|| format!("/proc/{}/ns/pid", std::process::id())),
+                        };
                         let prefix = containerd::user_prefix(&security);
                         let mut run = ctrd.run_args(
                             &container_id,
                             &uid,
                             ctx.sandbox_pid,
-                            host_pid,
+                            pid_ns.as_deref(),
                             &security,
                             &env,
                             &mounts,
@@ -620,7 +731,7 @@ impl Kubelet {
                         format!("remora-kube-sim: starting {argv:?}: {e}\n"),
                     );
                     statuses.lock()[index]["state"] = json!({"waiting": {"reason": "RunContainerError", "message": e.to_string()}});
-                    self.publish(&pod, &statuses);
+                    self.publish_as(&pod, &statuses, ephemeral.is_some());
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
                         _ = stop_rx.changed() => return,
@@ -643,7 +754,7 @@ impl Kubelet {
                     json!(format!("{}://{container_id}", self.runtime_name()));
                 st[index]["restartCount"] = json!(restarts);
             }
-            self.publish(&pod, &statuses);
+            self.publish_as(&pod, &statuses, ephemeral.is_some());
             let init_cmd = init_cmd.map(Arc::new);
             if let Some(cmd) = &init_cmd {
                 self.execs
@@ -750,11 +861,11 @@ impl Kubelet {
                 };
                 if !restart {
                     drop(st);
-                    self.publish(&pod, &statuses);
+                    self.publish_as(&pod, &statuses, ephemeral.is_some());
                     return;
                 }
             }
-            self.publish(&pod, &statuses);
+            self.publish_as(&pod, &statuses, ephemeral.is_some());
             restarts += 1;
             tokio::select! {
                 _ = tokio::time::sleep(backoff) => {}

@@ -186,3 +186,68 @@ fn a_restart_sweeps_what_a_sigkilled_containerd_run_left() {
     assert!(!cgroup2_mount().join(&run).exists(), "and the v2 cgroups");
     assert_eq!(v1_dirs(&run), Vec::<PathBuf>::new(), "and the v1 cgroups");
 }
+
+#[test]
+fn kubectl_debug_runs_an_ephemeral_container_in_the_targets_pid_namespace() {
+    let sim = Sim::start_with(&["--runtime", "containerd"]);
+    sim.apply_yaml(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: target}
+spec:
+  containers:
+  - {name: app, image: busybox, command: [sh, -c, "exec sleep 1000"]}
+"#,
+        &[],
+    );
+    sim.ok(&[
+        "wait",
+        "--for=condition=Ready",
+        "pod/target",
+        "--timeout=60s",
+    ]);
+    sim.ok(&[
+        "debug",
+        "pod/target",
+        "--image=busybox",
+        "--target=app",
+        "-c",
+        "dbg",
+        "--",
+        "sh",
+        "-c",
+        "echo pid1=$(tr '\\0' ' ' < /proc/1/cmdline); exec sleep 1000",
+    ]);
+    poll(
+        || {
+            !sim.ok(&[
+                "get",
+                "pod",
+                "target",
+                "-o",
+                "jsonpath={.status.ephemeralContainerStatuses[0].state.running.startedAt}",
+            ])
+            .is_empty()
+        },
+        "the ephemeral container to run",
+    );
+    poll(
+        || {
+            let out = sim.kubectl(&["logs", "target", "-c", "dbg"]);
+            String::from_utf8_lossy(&out.stdout).contains("pid1=sleep 1000")
+        },
+        "the target's process as the debug container's pid 1",
+    );
+    // The pod's own status is untouched by it.
+    assert_eq!(
+        sim.ok(&[
+            "get",
+            "pod",
+            "target",
+            "-o",
+            "jsonpath={.status.containerStatuses[*].name} {.status.phase}",
+        ]),
+        "app Running"
+    );
+}

@@ -48,6 +48,18 @@ impl Cgroups {
         Ok(ContainerCgroup { dir })
     }
 
+    /// The processes of one container, lowest pid first.
+    pub fn container_pids(&self, pod_uid: &str, id: &str) -> Vec<u32> {
+        let mut pids: Vec<u32> =
+            fs::read_to_string(self.pod_dir(pod_uid).join(id).join("cgroup.procs"))
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| l.trim().parse().ok())
+                .collect();
+        pids.sort_unstable();
+        pids
+    }
+
     /// The processes of a pod's containers, lowest pid first.
     pub fn pod_pids(&self, uid: &str) -> Vec<u32> {
         let mut pids: Vec<u32> = fs::read_dir(self.pod_dir(uid))

@@ -136,7 +136,8 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
     }
 
     /// `ctr -a SOCK -n k8s.io` and its arguments: runs container `id` (its cgroup under
-    /// `pod<pod_uid>`) in the namespaces of `sandbox_pid`, with `security`, `env`, `mounts`
+    /// `pod<pod_uid>`) in the namespaces of `sandbox_pid` (and the PID namespace at
+    /// `pid_ns`; else one of its own), with `security`, `env`, `mounts`
     /// and `workdir`. The command follows (after [`user_prefix`]).
     #[allow(clippy::too_many_arguments)]
     pub fn run_args(
@@ -144,7 +145,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
         id: &str,
         pod_uid: &str,
         sandbox_pid: u32,
-        host_pid: bool,
+        pid_ns: Option<&str>,
         security: &Security,
         env: &[(String, String)],
         mounts: &[MountSpec],
@@ -163,12 +164,9 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
             "--with-ns".into(),
             format!("uts:/proc/{sandbox_pid}/ns/uts"),
         ]);
-        if host_pid {
-            // The node's PID namespace: the simulator's own.
-            args.extend([
-                "--with-ns".into(),
-                format!("pid:/proc/{}/ns/pid", std::process::id()),
-            ]);
+        // hostPID (the simulator's own) or an ephemeral container's target's.
+        if let Some(path) = pid_ns {
+            args.extend(["--with-ns".into(), format!("pid:{path}")]);
         }
         match &security.capabilities {
             None => args.push("--privileged".into()),
