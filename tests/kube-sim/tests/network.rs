@@ -216,6 +216,22 @@ spec:
             "the endpoints",
         );
     }
+    // The EndpointSlice, as kube-proxy and newer clients read it.
+    poll(
+        || {
+            sim.ok(&[
+                "get",
+                "endpointslices",
+                "-l",
+                "kubernetes.io/service-name=web",
+                "-o",
+                "jsonpath={.items[0].addressType} {.items[0].endpoints[0].addresses[0]} \
+                 {.items[0].endpoints[0].conditions.ready} {.items[0].ports[0].name} \
+                 {.items[0].ports[0].port} {.items[0].metadata.ownerReferences[0].name}",
+            ]) == format!("IPv4 {web} true http 8000 web")
+        },
+        "the service's EndpointSlice",
+    );
     let cluster_ip =
         |svc: &str| sim.ok(&["get", "service", svc, "-o", "jsonpath={.spec.clusterIP}"]);
     let web_ip = cluster_ip("web");
