@@ -559,10 +559,22 @@ impl Kubelet {
                     Some(pid_ns),
                 ));
             }
-            tokio::select! {
-                _ = events.recv() => {
-                    while events.try_recv().is_ok() {}
+            // Until this pod changes (or a second passes).
+            let this_pod = async {
+                loop {
+                    match events.recv().await {
+                        Ok(e) if e.key.1 != "pods" || e.object["metadata"]["uid"] != json!(uid) => {
+                            continue;
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                            std::future::pending::<()>().await;
+                        }
+                        _ => break,
+                    }
                 }
+            };
+            tokio::select! {
+                () = this_pod => {}
                 () = tokio::time::sleep(Duration::from_secs(1)) => {}
                 _ = stop_rx.changed() => return,
             }

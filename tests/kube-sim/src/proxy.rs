@@ -86,13 +86,23 @@ pub async fn run(store: Store, bridge: String) {
             let _ =
                 tokio::task::spawn_blocking(move || ip(&["addr", "del", &cidr, "dev", &dev])).await;
         }
-        tokio::select! {
-            _ = events.recv() => {
-                // Coalesce a burst of changes into one pass.
-                while events.try_recv().is_ok() {}
+        // Until a service or its endpoints change (or the resync).
+        let relevant = |e: &crate::store::Event| {
+            e.key.0.is_empty() && matches!(e.key.1.as_str(), "services" | "endpoints")
+        };
+        let _ = tokio::time::timeout(RESYNC, async {
+            loop {
+                match events.recv().await {
+                    Ok(e) if !relevant(&e) => continue,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                        std::future::pending::<()>().await;
+                    }
+                    // A relevant change, or lagging behind (then re-read everything).
+                    _ => break,
+                }
             }
-            () = tokio::time::sleep(RESYNC) => {}
-        }
+        })
+        .await;
     }
 }
 
