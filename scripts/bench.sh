@@ -28,3 +28,4 @@ echo >> target/bench-results.md
 echo >> target/bench-results.md
 # The test cluster (needs root for its pod namespaces, cgroups and bridge).
 ./tests/kube-sim/bench/kube_sim.sh target/release/remora-kube-sim | tee -a target/bench-results.md
+RUNTIME=containerd ./tests/kube-sim/bench/kube_sim.sh target/release/remora-kube-sim | tee -a target/bench-results.md

@@ -71,6 +71,12 @@ need redis-tools redis-benchmark
 # seccomp interception tests: static C (libc6-dev has libc.a) and busybox.
 need libc6-dev /usr/lib/x86_64-linux-gnu/libc.a
 need busybox-static busybox
+# kubectl drives the test cluster remora-kube-sim (tests, demo). The machine
+# image ships kubectl 1.32; Debian's kubernetes-client is the fallback.
+need kubernetes-client kubectl
+# remora-kube-sim --runtime containerd: a private containerd runs containers through runc.
+need containerd containerd
+need runc runc
 # Offline validation of the Kubernetes manifests remora generates.
 need python3-pip pip3
 # Database branches' fast path: PostgreSQL 18 clones on XFS with reflinks.

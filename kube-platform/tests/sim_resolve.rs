@@ -45,7 +45,7 @@ fn start_sim() -> Sim {
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = dir.path().join("kubeconfig");
     let child = Command::new(&bin)
-        .args(["serve", "--kubeconfig"])
+        .args(["serve", "--exit-with-parent", "--kubeconfig"])
         .arg(&kubeconfig)
         .stdout(Stdio::null())
         .spawn()

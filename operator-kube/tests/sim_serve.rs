@@ -97,7 +97,7 @@ async fn serve_kubernetes_authenticates_by_token_review_and_sweeps_leftovers() {
     let kubeconfig = dir.path().join("kubeconfig");
     let _sim = Reaped(
         Command::new(&sim_bin)
-            .args(["serve", "--kubeconfig"])
+            .args(["serve", "--exit-with-parent", "--kubeconfig"])
             .arg(&kubeconfig)
             .stdout(Stdio::null())
             .spawn()
@@ -253,7 +253,7 @@ fn of_two_replicas_only_the_lease_holder_serves_and_the_other_takes_over() {
     let kubeconfig = dir.path().join("kubeconfig");
     let _sim = Reaped(
         Command::new(&sim_bin)
-            .args(["serve", "--kubeconfig"])
+            .args(["serve", "--exit-with-parent", "--kubeconfig"])
             .arg(&kubeconfig)
             .stdout(Stdio::null())
             .spawn()

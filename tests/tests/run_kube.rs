@@ -320,6 +320,24 @@ spec:
   selector: {{app: cache}}
   ports: [{{port: 80}}]
 ---
+apiVersion: batch/v1
+kind: Job
+metadata: {{name: migrate}}
+spec:
+  template:{migrate}
+      restartPolicy: Never
+---
+apiVersion: batch/v1
+kind: CronJob
+metadata: {{name: nightly}}
+spec:
+  schedule: "0 3 * * *"
+  suspend: true
+  jobTemplate:
+    spec:
+      template:{nightly}
+          restartPolicy: Never
+---
 apiVersion: v1
 kind: Pod
 metadata: {{name: solo, labels: {{app: solo}}}}
@@ -336,22 +354,39 @@ spec:
 "#,
         db = template("db"),
         cache = template("cache"),
+        migrate = template("migrate"),
+        nightly = template("nightly").replace("\n", "\n    "),
     ));
+    // The suspended CronJob's Job, made by hand as kubectl does it (owned by the
+    // CronJob; JSON only: see docs/kube-sim.md).
+    let kc = sim.kubeconfig.display().to_string();
+    let made = Command::new("sh")
+        .args([
+            "-c",
+            &format!(
+                "kubectl --kubeconfig {kc} create job --from=cronjob/nightly nightly-by-hand \
+                 --dry-run=client -o yaml | kubectl --kubeconfig {kc} apply -f -"
+            ),
+        ])
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", text(&made.stderr));
     for pod in ["pod/db-0", "pod/solo"] {
         sim.kubectl(&["wait", "--for=condition=Ready", pod, "--timeout=60s"]);
     }
-    sim.kubectl(&[
-        "wait",
-        "--for=condition=Ready",
-        "pod",
-        "-l",
-        "app=cache",
-        "--timeout=60s",
-    ]);
-    // Not job/migrate: the sim does not default a Job's spec.selector (a real
-    // API server sets controller-uid), so it has none to resolve through
-    // (docs/kubernetes.md). cronjob/: the sim has no CronJob controller.
+    for app in ["cache", "migrate", "nightly"] {
+        sim.kubectl(&[
+            "wait",
+            "--for=condition=Ready",
+            "pod",
+            "-l",
+            &format!("app={app}"),
+            "--timeout=60s",
+        ]);
+    }
     for (target, who) in [
+        ("job/migrate", "migrate"),
+        ("cronjob/nightly", "nightly"),
         ("statefulset/db", "db"),
         ("sts/db", "db"),
         ("replicaset/cache", "cache"),
@@ -366,6 +401,34 @@ spec:
         assert!(out.status.success(), "{target}: {}", text(&out.stderr));
         assert_eq!(text(&out.stdout).trim(), who, "{target}");
     }
+    // Names resolve as in the pod: the cluster DNS gives the service's cluster IP (getent
+    // reads only this machine's files without remora, so nothing asks a real DNS server).
+    let cluster_ip = sim.kubectl(&[
+        "get",
+        "service",
+        "cache",
+        "-o",
+        "jsonpath={.spec.clusterIP}",
+    ]);
+    let out = sim
+        .remora(&[
+            "run",
+            "-t",
+            "replicaset/cache",
+            "--",
+            "sh",
+            "-c",
+            "getent -s files ahosts cache.default.svc.cluster.local | head -1",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout).split_whitespace().next(),
+        Some(cluster_ip.trim()),
+        "{}",
+        text(&out.stdout)
+    );
     poll(
         || sim.agent_objects().trim().is_empty(),
         "every agent Job to be deleted",
@@ -496,4 +559,129 @@ fn a_filtered_steal_takes_only_matching_requests_sent_to_the_pod_ip() {
         "the agent Job to be deleted",
     );
     assert_eq!(get(Some("x-user: me")), "the pod", "the redirect is gone");
+}
+
+#[test]
+fn a_pod_run_by_containerd_and_runc_is_reached_like_any_other() {
+    require_sandbox!();
+    // Its files live in the container's own rootfs: /data does not exist here.
+    assert!(
+        !Path::new("/data/www").exists(),
+        "/data/www exists here: the file check would prove nothing"
+    );
+    let sim = Sim::start_with(true, &["--runtime", "containerd"]);
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    sim.deployment(
+        "web",
+        &format!(
+            "mkdir -p /data/www && echo a file of the container > /data/www/hello.txt && \
+             exec python3 -u -m http.server {port} --bind 127.0.0.1 --directory /data/www"
+        ),
+    );
+    wait_ready(&sim, "web");
+    poll(
+        || {
+            sim.kubectl(&["logs", "deployment/web"])
+                .contains("Serving HTTP")
+        },
+        "the pod's http.server",
+    );
+    let out = sim
+        .remora(&[
+            "run",
+            "-t",
+            "deployment/web",
+            "--",
+            "sh",
+            "-c",
+            &format!(
+                "echo GREETING=$GREETING; cat /data/www/hello.txt; \
+                 curl -sS http://127.0.0.1:{port}/hello.txt; uname -n"
+            ),
+        ])
+        .output()
+        .unwrap();
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    let pod = sim.kubectl(&["get", "pods", "-l", "app=web", "-o", "name"]);
+    assert_eq!(
+        stdout.lines().collect::<Vec<_>>(),
+        [
+            "GREETING=hello-from-the-pod",
+            "a file of the container",
+            "a file of the container",
+            pod.trim().trim_start_matches("pod/"),
+        ],
+        "{}",
+        text(&out.stderr)
+    );
+    let id = sim.kubectl(&[
+        "get",
+        "pods",
+        "-l",
+        "app=web",
+        "-o",
+        "jsonpath={.items[0].status.containerStatuses[0].containerID}",
+    ]);
+    assert!(id.starts_with("containerd://"), "{id}");
+    poll(
+        || sim.agent_objects().trim().is_empty(),
+        "the agent Job and pod to be deleted after the run",
+    );
+}
+
+#[test]
+fn the_ephemeral_container_agent_shares_the_target_containers_pid_namespace_under_containerd() {
+    require_sandbox!();
+    // containerd gives each container a PID namespace; the ephemeral agent joins its
+    // target's (`--target pid/1`), as on a real node.
+    let sim = Sim::start_with(true, &["--runtime", "containerd"]);
+    sim.deployment(
+        "web",
+        "mkdir -p /data && echo only-in-the-container > /data/f.txt && exec sleep 600",
+    );
+    wait_ready(&sim, "web");
+    let config = sim.dir.path().join("remora.toml");
+    std::fs::write(&config, "[agent]\nephemeral = true\n").unwrap();
+    let out = sim
+        .remora(&[
+            "run",
+            "-f",
+            config.to_str().unwrap(),
+            "-t",
+            "deployment/web",
+            "--",
+            "sh",
+            "-c",
+            "echo GREETING=$GREETING; cat /data/f.txt; uname -n",
+        ])
+        .output()
+        .unwrap();
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    let pod = sim.kubectl(&["get", "pods", "-l", "app=web", "-o", "name"]);
+    let pod = pod.trim().trim_start_matches("pod/");
+    assert_eq!(
+        stdout.lines().collect::<Vec<_>>(),
+        ["GREETING=hello-from-the-pod", "only-in-the-container", pod],
+        "{}",
+        text(&out.stderr)
+    );
+    // The agent ran as an ephemeral container of the target pod, not as a Job.
+    let ephemeral = sim.kubectl(&[
+        "get",
+        "pod",
+        pod,
+        "-o",
+        "jsonpath={.status.ephemeralContainerStatuses[0].containerID}",
+    ]);
+    assert!(ephemeral.starts_with("containerd://"), "{ephemeral}");
+    assert!(
+        sim.kubectl(&["get", "jobs", "-o", "name"])
+            .trim()
+            .is_empty()
+    );
 }

@@ -2,12 +2,14 @@
 # remora-kube-sim benchmarks, printed as a markdown table: apply → Ready of one pod (each
 # pod with its own network namespace, veth and cgroup), a 100-replica deployment (apply →
 # rollout status, then delete), and watch events per second.
-# Usage: tests/kube-sim/bench/kube_sim.sh [path/to/remora-kube-sim]   (needs root, kubectl)
+# Usage: [RUNTIME=process|containerd] tests/kube-sim/bench/kube_sim.sh [path/to/remora-kube-sim]
+# (needs root, kubectl; containerd and runc for RUNTIME=containerd)
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 SIM=${1:-target/release/remora-kube-sim}
+RUNTIME=${RUNTIME:-process}
 work=$(mktemp -d)
-"$SIM" serve --kubeconfig "$work/kc" 2>"$work/sim.log" &
+"$SIM" serve --runtime "$RUNTIME" --exit-with-parent --kubeconfig "$work/kc" 2>"$work/sim.log" &
 sim_pid=$!
 cleanup() { kill "$sim_pid" 2>/dev/null || true; wait "$sim_pid" 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
@@ -59,7 +61,7 @@ deleted=$(elapsed "$t0" "$(now)")
 
 watch=$(python3 tests/kube-sim/bench/watch_events.py "$work/kc" 2000)
 
-echo "| remora-kube-sim ($(basename "$(dirname "$SIM")") build) | measured |"
+echo "| remora-kube-sim ($(basename "$(dirname "$SIM")") build, --runtime $RUNTIME) | measured |"
 echo "|---|---|"
 echo "| kubectl apply → kubectl wait Ready, one pod (median of 5, range) | ${ready} s (${range} s) |"
 echo "| 100-replica deployment: apply → rollout status | ${rollout} s (${running} pods Running) |"

@@ -29,6 +29,8 @@ const WATCH_BUFFER: usize = 256;
 pub struct ApiState {
     pub store: Store,
     pub token: String,
+    /// Refuse requests without a bearer token (`serve --tls`: clients then send theirs).
+    pub require_token: bool,
     pub logs: Logs,
     pub cgroups: Cgroups,
     pub execs: Execs,
@@ -48,19 +50,23 @@ pub async fn handle(state: Arc<ApiState>, req: Request<Incoming>) -> Response<Bo
     if matches!(path.as_str(), "/healthz" | "/readyz" | "/livez") {
         return http::text_response(200, "text/plain", "ok");
     }
-    // kubectl 1.32 sends no bearer token to a plain-http server, so a request without
-    // credentials is the admin (anonymous auth mapped to system:masters); a service account's
-    // token (`remora-sim-sa:<ns>:<name>`, what pods get in their projected volume) is accepted
-    // too (RBAC is not enforced); any other token is 401.
-    let authorized = req
+    // kubectl 1.32 sends no bearer token to a plain-http server, so there a request without
+    // credentials is the admin (anonymous auth mapped to system:masters); over TLS it is 401
+    // (anonymous auth off). A service account's token (`remora-sim-sa:<ns>:<name>`, what pods
+    // get in their projected volume) is accepted too (RBAC is not enforced); any other token
+    // is 401.
+    let credentials = req
         .headers()
         .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .is_none_or(|v| {
+        .and_then(|v| v.to_str().ok());
+    let authorized = match credentials {
+        None => !state.require_token,
+        Some(v) => {
             v == format!("Bearer {}", state.token)
                 || v.strip_prefix("Bearer remora-sim-sa:")
                     .is_some_and(|sa| sa.split(':').filter(|p| !p.is_empty()).count() == 2)
-        });
+        }
+    };
     if !authorized {
         return error_response(&ApiError::new(401, "Unauthorized", "Unauthorized"));
     }

@@ -455,6 +455,71 @@ fn reconcile_statefulsets(store: &Store) {
     }
 }
 
+/// The EndpointSlice of a Service with a selector (one per service, as the endpointslice
+/// controller makes while a service has under 100 endpoints): every selected pod with its
+/// address and `ready`/`serving`/`terminating` conditions, the ports of the Endpoints.
+fn reconcile_slice(store: &Store, svc: &Value, selected: &[&Value], ports: &[Value]) {
+    let Some(rt) = store
+        .registry()
+        .find("discovery.k8s.io", "v1", "endpointslices")
+        .cloned()
+    else {
+        return;
+    };
+    let ns = s(&svc["metadata"]["namespace"]).to_owned();
+    let name = s(&svc["metadata"]["name"]).to_owned();
+    let endpoints: Vec<Value> = selected
+        .iter()
+        .filter(|p| p["status"]["podIP"].is_string())
+        .map(|p| {
+            let ready = is_ready(p);
+            json!({"addresses": [p["status"]["podIP"]],
+                   "conditions": {"ready": ready, "serving": ready, "terminating": false},
+                   "nodeName": p["spec"]["nodeName"],
+                   "targetRef": {"kind": "Pod", "name": p["metadata"]["name"], "namespace": ns,
+                                 "uid": p["metadata"]["uid"]}})
+        })
+        .collect();
+    let service_label = format!("kubernetes.io/service-name={name}");
+    let existing = store
+        .list(
+            &rt,
+            Some(&ns),
+            &LabelSelector::parse(&service_label).unwrap_or_default(),
+            &FieldSelector::default(),
+        )
+        .0;
+    match existing.first() {
+        Some(slice) if slice["endpoints"] == json!(endpoints) && slice["ports"] == json!(ports) => {
+        }
+        Some(slice) => {
+            let _ = store.modify(
+                &rt,
+                Some(&ns),
+                s(&slice["metadata"]["name"]),
+                false,
+                false,
+                None,
+                |old| {
+                    let mut new = old.clone();
+                    new["endpoints"] = json!(endpoints);
+                    new["ports"] = json!(ports);
+                    Ok(new)
+                },
+            );
+        }
+        None => {
+            let slice = json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                "metadata": {"generateName": format!("{name}-"), "namespace": ns,
+                             "labels": {"kubernetes.io/service-name": name,
+                                        "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"},
+                             "ownerReferences": owner_ref(svc)},
+                "addressType": "IPv4", "endpoints": endpoints, "ports": ports});
+            let _ = store.create(&rt, Some(&ns), slice, false);
+        }
+    }
+}
+
 /// Endpoints of every Service with a selector: the ready pods it selects.
 fn reconcile_endpoints(store: &Store) {
     let svc_rt = rt(store, "", "services");
@@ -509,6 +574,7 @@ fn reconcile_endpoints(store: &Store) {
         } else {
             json!([subset])
         };
+        reconcile_slice(store, &svc, &selected, &ports);
         match store.get(&ep_rt, Some(&ns), &name) {
             Ok(ep) if ep["subsets"] == subsets => {}
             Ok(_) => {

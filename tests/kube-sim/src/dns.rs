@@ -1,8 +1,9 @@
 //! The cluster DNS: a small UDP resolver on the bridge's address (port 53) that pods use
 //! through their `/etc/resolv.conf`. It answers A queries for `<svc>.<ns>.svc.cluster.local`
-//! with the addresses of the service's ready pods (from its Endpoints, like a headless
-//! service: there is no ClusterIP routing), NXDOMAIN for other names under `cluster.local`,
-//! and relays every other query to this machine's own nameserver.
+//! with the service's cluster IP (routed by the service proxy, `src/proxy.rs`), or for a
+//! headless service the addresses of its ready pods (from its Endpoints), NXDOMAIN for other
+//! names under `cluster.local`, and relays every other query to this machine's own
+//! nameserver.
 
 use std::{
     net::{Ipv4Addr, SocketAddr},
@@ -68,12 +69,16 @@ fn response(query: &[u8], question_end: usize, rcode: u8, answers: &[Ipv4Addr]) 
     out
 }
 
-/// The ready pod addresses of service `svc` in `ns`; `None` if there is no such service.
+/// The addresses of service `svc` in `ns`: its cluster IP when the service proxy routes it,
+/// else (a headless service) its ready pods' addresses; `None` if there is no such service.
 fn service_addresses(store: &Store, ns: &str, svc: &str) -> Option<Vec<Ipv4Addr>> {
     let reg = store.registry();
-    store
+    let service = store
         .get(reg.find("", "v1", "services")?, Some(ns), svc)
         .ok()?;
+    if let Some(ip) = store.routed_cluster_ip(&service) {
+        return Some(vec![ip]);
+    }
     let endpoints = reg
         .find("", "v1", "endpoints")
         .and_then(|rt| store.get(rt, Some(ns), svc).ok());

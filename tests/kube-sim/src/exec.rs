@@ -167,7 +167,7 @@ where
         let _ = sink.close().await;
     });
     let spawned = init
-        .command(&argv)
+        .exec_command(&argv)
         .stdin(if with_stdin {
             std::process::Stdio::piped()
         } else {

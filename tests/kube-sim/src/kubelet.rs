@@ -2,6 +2,7 @@
 //! serves their logs.
 
 mod cgroup;
+pub mod containerd;
 mod env;
 pub mod init;
 mod logs;
@@ -9,6 +10,7 @@ mod mounts;
 pub mod network;
 mod probes;
 pub mod sandbox;
+pub mod security;
 mod volumes;
 
 use std::{collections::HashMap, path::Path, process::Stdio, sync::Arc, time::Duration};
@@ -63,6 +65,8 @@ pub struct Kubelet {
     dns: Option<std::net::Ipv4Addr>,
     execs: Execs,
     api_port: u16,
+    /// `--runtime containerd`: the run's containerd; `None`: containers are process groups.
+    containerd: Option<Arc<containerd::Containerd>>,
     /// pod uid → stop signal of its task.
     pods: Arc<Mutex<HashMap<String, watch::Sender<bool>>>>,
     /// Tasks still running (to wait for at shutdown).
@@ -74,6 +78,7 @@ fn s(v: &Value) -> &str {
 }
 
 impl Kubelet {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         store: Store,
         logs: Logs,
@@ -82,6 +87,7 @@ impl Kubelet {
         dns: Option<std::net::Ipv4Addr>,
         execs: Execs,
         api_port: u16,
+        containerd: Option<Arc<containerd::Containerd>>,
     ) -> Self {
         Self {
             store,
@@ -91,8 +97,18 @@ impl Kubelet {
             dns,
             execs,
             api_port,
+            containerd,
             pods: Arc::default(),
             tasks: Arc::default(),
+        }
+    }
+
+    /// The `<runtime>` of container ids `<runtime>://<id>`.
+    fn runtime_name(&self) -> &'static str {
+        if self.containerd.is_some() {
+            "containerd"
+        } else {
+            "remora-sim"
         }
     }
 
@@ -257,12 +273,21 @@ impl Kubelet {
             let stop_rx = stop_rx.clone();
             let ctx = ctx.clone();
             handles.push(tokio::spawn(async move {
-                me.run_container(pod, i, c, statuses, ctx, stop_rx).await
+                me.run_container(pod, i, c, statuses, ctx, stop_rx, None)
+                    .await
             }));
         }
+        // Ephemeral containers come later, through the pod's ephemeralcontainers subresource.
+        let ephemeral = tokio::spawn(self.clone().run_ephemeral(
+            pod.clone(),
+            statuses.clone(),
+            ctx.clone(),
+            stop_rx.clone(),
+        ));
         for h in handles {
             let _ = h.await;
         }
+        ephemeral.abort();
         sandbox.stop(&self.network).await;
         self.finish_pod(&uid, &stop_rx).await;
     }
@@ -402,6 +427,35 @@ impl Kubelet {
         }
     }
 
+    /// Records a core Event about `pod` from the kubelet (`kubectl describe`, `get events`).
+    fn event(&self, pod: &Value, reason: &str, message: &str) {
+        let Some(rt) = self.store.registry().find("", "v1", "events").cloned() else {
+            return;
+        };
+        let ns = s(&pod["metadata"]["namespace"]).to_owned();
+        let now = time::now_rfc3339();
+        let event = json!({
+            "metadata": {"generateName": format!("{}.", s(&pod["metadata"]["name"]))},
+            "involvedObject": {"kind": "Pod", "apiVersion": "v1", "namespace": ns,
+                               "name": pod["metadata"]["name"], "uid": pod["metadata"]["uid"]},
+            "reason": reason, "message": message, "type": "Normal", "count": 1,
+            "source": {"component": "kubelet", "host": NODE_NAME},
+            "firstTimestamp": now, "lastTimestamp": now,
+            "reportingComponent": "kubelet", "reportingInstance": NODE_NAME,
+        });
+        let _ = self.store.create(&rt, Some(&ns), event, false);
+    }
+
+    /// [`Self::publish`], or for ephemeral containers their `ephemeralContainerStatuses`.
+    fn publish_as(&self, pod: &Value, statuses: &Mutex<Vec<Value>>, ephemeral: bool) {
+        if ephemeral {
+            let list = statuses.lock().clone();
+            self.write_status(pod, |st| st["ephemeralContainerStatuses"] = json!(list));
+        } else {
+            self.publish(pod, statuses);
+        }
+    }
+
     fn publish(&self, pod: &Value, statuses: &Mutex<Vec<Value>>) {
         let list = statuses.lock().clone();
         let policy = s(&pod["spec"]["restartPolicy"]).to_owned();
@@ -441,6 +495,96 @@ impl Kubelet {
         });
     }
 
+    /// Starts every ephemeral container added to the pod's spec (once each, never
+    /// restarted), until aborted or the pod stops. Under containerd one with a
+    /// `targetContainerName` joins that container's PID namespace.
+    async fn run_ephemeral(
+        self,
+        pod: Value,
+        statuses: Arc<Mutex<Vec<Value>>>,
+        ctx: PodContext,
+        mut stop_rx: watch::Receiver<bool>,
+    ) {
+        let rt = self.pod_rt();
+        let ns = pod["metadata"]["namespace"].as_str().map(str::to_owned);
+        let name = s(&pod["metadata"]["name"]).to_owned();
+        let uid = s(&pod["metadata"]["uid"]).to_owned();
+        let list: Arc<Mutex<Vec<Value>>> = Arc::default();
+        let mut events = self.store.subscribe();
+        loop {
+            let current = self
+                .store
+                .get(&rt, ns.as_deref(), &name)
+                .ok()
+                .filter(|p| s(&p["metadata"]["uid"]) == uid);
+            for c in current
+                .as_ref()
+                .and_then(|p| p["spec"]["ephemeralContainers"].as_array())
+                .into_iter()
+                .flatten()
+            {
+                let index = {
+                    let mut list = list.lock();
+                    if list.iter().any(|st| st["name"] == c["name"]) {
+                        continue;
+                    }
+                    list.push(
+                        json!({"name": c["name"], "image": c["image"], "imageID": "",
+                        "ready": false, "restartCount": 0,
+                        "state": {"waiting": {"reason": "ContainerCreating"}}}),
+                    );
+                    list.len() - 1
+                };
+                let pid_ns = c["targetContainerName"]
+                    .as_str()
+                    .filter(|_| self.containerd.is_some())
+                    .and_then(|target| {
+                        let id = statuses
+                            .lock()
+                            .iter()
+                            .find(|st| st["name"] == json!(target))
+                            .and_then(|st| st["containerID"].as_str())
+                            .and_then(|id| id.split_once("://"))
+                            .map(|(_, id)| id.to_owned())?;
+                        let pid = self.cgroups.container_pids(&uid, &id).into_iter().next()?;
+                        Some(format!("/proc/{pid}/ns/pid"))
+                    });
+                tokio::spawn(self.clone().run_container(
+                    current.clone().unwrap_or_else(|| pod.clone()),
+                    index,
+                    c.clone(),
+                    list.clone(),
+                    ctx.clone(),
+                    stop_rx.clone(),
+                    Some(pid_ns),
+                ));
+            }
+            // Until this pod changes (or a second passes).
+            let this_pod = async {
+                loop {
+                    match events.recv().await {
+                        Ok(e) if e.key.1 != "pods" || e.object["metadata"]["uid"] != json!(uid) => {
+                            continue;
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                            std::future::pending::<()>().await;
+                        }
+                        _ => break,
+                    }
+                }
+            };
+            tokio::select! {
+                () = this_pod => {}
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = stop_rx.changed() => return,
+            }
+        }
+    }
+
+    /// Container `index` of `statuses` (`ephemeral`: `Some(its target's PID namespace, if
+    /// it joins one)`, for an ephemeral container: never restarted, no probes, its status
+    /// in `ephemeralContainerStatuses`).
+    #[allow(clippy::too_many_arguments)]
     async fn run_container(
         self,
         pod: Value,
@@ -449,10 +593,15 @@ impl Kubelet {
         statuses: Arc<Mutex<Vec<Value>>>,
         ctx: PodContext,
         mut stop_rx: watch::Receiver<bool>,
+        ephemeral: Option<Option<String>>,
     ) {
         let uid = s(&pod["metadata"]["uid"]).to_owned();
         let cname = s(&container["name"]).to_owned();
-        let policy = s(&pod["spec"]["restartPolicy"]).to_owned();
+        let policy = if ephemeral.is_some() {
+            "Never".to_owned()
+        } else {
+            s(&pod["spec"]["restartPolicy"]).to_owned()
+        };
         let mut argv: Vec<String> = container["command"]
             .as_array()
             .into_iter()
@@ -464,7 +613,21 @@ impl Kubelet {
             // No command: the image's entrypoint is not run; the container idles.
             argv = vec!["sleep".to_owned(), "infinity".to_owned()];
         }
-        let readiness_probe = probes::Probe::parse(&container["readinessProbe"], &container);
+        let probes = if ephemeral.is_some() {
+            probes::Probes::default()
+        } else {
+            probes::Probes::parse(&container)
+        };
+        let security = match security::Security::of(&pod, &container) {
+            Ok(security) => security,
+            Err(message) => {
+                // As a kubelet: the container waits (its spec cannot change) until the pod goes.
+                statuses.lock()[index]["state"] = json!({"waiting": {"reason": "CreateContainerConfigError", "message": message}});
+                self.publish_as(&pod, &statuses, ephemeral.is_some());
+                let _ = stop_rx.changed().await;
+                return;
+            }
+        };
         let mut backoff = FIRST_BACKOFF;
         let mut restarts = 0;
         loop {
@@ -509,6 +672,7 @@ impl Kubelet {
                 if let Some(dir) = workdir {
                     args.extend(["--workdir".to_owned(), dir.to_owned()]);
                 }
+                args.extend(security.to_args());
                 args.push("--".to_owned());
                 let mut env = vec![("PATH".to_owned(), path_var.clone())];
                 env.extend(self.env(&pod, &container, &ctx));
@@ -521,8 +685,44 @@ impl Kubelet {
                         .display()
                         .to_string(),
                 ));
-                let exe = init::current_exe()?;
-                let cmd = InitCommand { exe, args, env };
+                let cmd = match &self.containerd {
+                    // ctr runs the container through containerd and runc, and ends with it.
+                    Some(ctrd) => {
+                        // hostPID: the node's PID namespace, the simulator's own.
+                        let pid_ns = match &ephemeral {
+                            Some(target) => target.clone(),
+                            None => (pod["spec"]["hostPID"] == json!(true))
+                                .then(|| format!("/proc/{}/ns/pid", std::process::id())),
+                        };
+                        let prefix = containerd::user_prefix(&security);
+                        let mut run = ctrd.run_args(
+                            &container_id,
+                            &uid,
+                            ctx.sandbox_pid,
+                            pid_ns.as_deref(),
+                            &security,
+                            &env,
+                            &mounts,
+                            workdir,
+                        );
+                        run.extend(prefix.iter().cloned());
+                        let marker = env.last().cloned().into_iter();
+                        InitCommand {
+                            exe: "ctr".into(),
+                            args: run,
+                            env: std::iter::once(("PATH".to_owned(), path_var.clone()))
+                                .chain(marker)
+                                .collect(),
+                            containerd: Some((ctrd.clone(), container_id.clone(), prefix)),
+                        }
+                    }
+                    None => InitCommand {
+                        exe: init::current_exe()?,
+                        args,
+                        env,
+                        containerd: None,
+                    },
+                };
                 let child = cmd
                     .command(&argv)
                     .stdout(out)
@@ -543,7 +743,7 @@ impl Kubelet {
                         format!("remora-kube-sim: starting {argv:?}: {e}\n"),
                     );
                     statuses.lock()[index]["state"] = json!({"waiting": {"reason": "RunContainerError", "message": e.to_string()}});
-                    self.publish(&pod, &statuses);
+                    self.publish_as(&pod, &statuses, ephemeral.is_some());
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
                         _ = stop_rx.changed() => return,
@@ -558,30 +758,33 @@ impl Kubelet {
             {
                 let mut st = statuses.lock();
                 st[index]["state"] = json!({"running": {"startedAt": started}});
-                st[index]["ready"] = json!(readiness_probe.is_none());
-                st[index]["started"] = json!(true);
-                st[index]["containerID"] = json!(format!("remora-sim://{container_id}"));
+                // Without a startup probe a running container has started; without a
+                // readiness probe either, it is ready.
+                st[index]["started"] = json!(probes.startup.is_none());
+                st[index]["ready"] = json!(probes.startup.is_none() && probes.readiness.is_none());
+                st[index]["containerID"] =
+                    json!(format!("{}://{container_id}", self.runtime_name()));
                 st[index]["restartCount"] = json!(restarts);
             }
-            self.publish(&pod, &statuses);
+            self.publish_as(&pod, &statuses, ephemeral.is_some());
             let init_cmd = init_cmd.map(Arc::new);
             if let Some(cmd) = &init_cmd {
                 self.execs
                     .lock()
                     .insert((uid.clone(), cname.clone()), cmd.clone());
             }
-            let readiness = readiness_probe.clone().zip(init_cmd).map(|(probe, cmd)| {
+            let mut prober = init_cmd.filter(|_| probes.any()).map(|cmd| {
                 let exec: probes::Exec = Arc::new(move |argv: Vec<String>| {
-                    cmd.command(&argv)
+                    cmd.exec_command(&argv)
                         .stdout(Stdio::null())
                         .stderr(Stdio::null())
                         .spawn()
                 });
                 tokio::spawn(
-                    self.clone().readiness(
+                    self.clone().probe_container(
                         pod.clone(),
                         index,
-                        probe,
+                        probes.clone(),
                         ctx.pod_ip
                             .parse()
                             .unwrap_or(std::net::Ipv4Addr::LOCALHOST.into()),
@@ -590,8 +793,38 @@ impl Kubelet {
                     ),
                 )
             });
+            let prober_abort = prober.as_ref().map(tokio::task::JoinHandle::abort_handle);
+            let probe_failed = async {
+                match prober.as_mut() {
+                    Some(task) => task.await,
+                    None => std::future::pending().await,
+                }
+            };
             let exit = tokio::select! {
                 status = child.wait() => status.ok(),
+                Ok(failed) = probe_failed => {
+                    // As a kubelet does: SIGTERM, SIGKILL after the grace period, then the
+                    // restartPolicy decides.
+                    let message = format!(
+                        "Container {cname} failed {} probe, will be restarted",
+                        failed.name().to_lowercase()
+                    );
+                    let _ = std::fs::OpenOptions::new()
+                        .append(true)
+                        .open(&log_path)
+                        .and_then(|mut f| {
+                            std::io::Write::write_all(&mut f, format!("remora-kube-sim: {message}\n").as_bytes())
+                        });
+                    self.event(&pod, "Killing", &message);
+                    kill_group(pid, "TERM");
+                    match tokio::time::timeout(STOP_GRACE, child.wait()).await {
+                        Ok(status) => status.ok(),
+                        Err(_) => {
+                            kill_group(pid, "KILL");
+                            child.wait().await.ok()
+                        }
+                    }
+                }
                 _ = stop_rx.changed() => {
                     kill_group(pid, "TERM");
                     match tokio::time::timeout(STOP_GRACE, child.wait()).await {
@@ -602,7 +835,7 @@ impl Kubelet {
                         }
                     }
                     kill_group(pid, "KILL");
-                    if let Some(r) = readiness {
+                    if let Some(r) = prober_abort {
                         r.abort();
                     }
                     self.execs.lock().remove(&(uid.clone(), cname.clone()));
@@ -612,18 +845,24 @@ impl Kubelet {
                 }
             };
             kill_group(pid, "KILL");
-            if let Some(r) = readiness {
+            if let Some(r) = prober {
                 r.abort();
             }
             self.execs.lock().remove(&(uid.clone(), cname.clone()));
             remove_cgroup(cgroup).await;
             let _ = std::fs::write(self.logs.done_path(&uid, &cname), "");
-            let code = exit.and_then(|s| s.code()).unwrap_or(137);
+            // A process killed by a signal exits with 128 + the signal, as a runtime reports.
+            let code = exit
+                .and_then(|s| {
+                    use std::os::unix::process::ExitStatusExt;
+                    s.code().or_else(|| s.signal().map(|sig| 128 + sig))
+                })
+                .unwrap_or(137);
             {
                 let mut st = statuses.lock();
                 let terminated = json!({"exitCode": code, "reason": if code == 0 { "Completed" } else { "Error" },
                                         "startedAt": started, "finishedAt": time::now_rfc3339(),
-                                        "containerID": format!("remora-sim://{container_id}")});
+                                        "containerID": format!("{}://{container_id}", self.runtime_name())});
                 st[index]["ready"] = json!(false);
                 st[index]["lastState"] = json!({"terminated": terminated.clone()});
                 let restart = policy == "Always" || (policy == "OnFailure" && code != 0);
@@ -634,11 +873,11 @@ impl Kubelet {
                 };
                 if !restart {
                     drop(st);
-                    self.publish(&pod, &statuses);
+                    self.publish_as(&pod, &statuses, ephemeral.is_some());
                     return;
                 }
             }
-            self.publish(&pod, &statuses);
+            self.publish_as(&pod, &statuses, ephemeral.is_some());
             restarts += 1;
             tokio::select! {
                 _ = tokio::time::sleep(backoff) => {}
@@ -694,9 +933,30 @@ pub struct InitCommand {
     exe: std::path::PathBuf,
     args: Vec<String>,
     env: Vec<(String, String)>,
+    /// Under `--runtime containerd`: the containerd and the container id, for `task exec`.
+    /// (and the `setpriv` prefix of its user).
+    containerd: Option<(Arc<containerd::Containerd>, String, Vec<String>)>,
 }
 
 impl InitCommand {
+    /// A command run in the running container (exec, exec probes).
+    pub fn exec_command(&self, argv: &[String]) -> tokio::process::Command {
+        match &self.containerd {
+            Some((ctrd, id, prefix)) => {
+                let mut cmd = tokio::process::Command::new("ctr");
+                cmd.args(ctrd.exec_args(id))
+                    .args(prefix)
+                    .args(argv)
+                    .env_clear()
+                    .envs(self.env.iter().map(|(k, v)| (k, v)))
+                    .stdin(Stdio::null())
+                    .kill_on_drop(true);
+                cmd
+            }
+            None => self.command(argv),
+        }
+    }
+
     pub fn command(&self, argv: &[String]) -> tokio::process::Command {
         let mut cmd = tokio::process::Command::new(&self.exe);
         cmd.args(&self.args)

@@ -11,11 +11,13 @@ pub mod http;
 pub mod kubelet;
 pub mod patch;
 pub mod portforward;
+pub mod proxy;
 pub mod resources;
 pub mod selector;
 pub mod store;
 pub mod table;
 pub mod time;
+pub mod tls;
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 
@@ -51,9 +53,18 @@ pub struct ServeArgs {
     /// Listen address.
     #[arg(long, default_value = "127.0.0.1:0")]
     pub listen: SocketAddr,
-    /// Container runtime: only `process` (containers as host process groups) so far.
+    /// Container runtime: `process` (alias `netns`: containers as host process groups in
+    /// their pod's namespaces) or `containerd` (a private containerd + runc).
     #[arg(long, default_value = "process")]
     pub runtime: String,
+    /// Also shut down (and clean up, as on SIGTERM) when the process that started the
+    /// simulator dies, e.g. a test killed by a signal.
+    #[arg(long)]
+    pub exit_with_parent: bool,
+    /// Serve HTTPS with a certificate signed by a CA made at start; the kubeconfig carries the
+    /// CA, and every request must then carry a valid bearer token.
+    #[arg(long)]
+    pub tls: bool,
 }
 
 /// Why the simulator failed.
@@ -71,12 +82,16 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    #[error("unsupported --runtime {0:?}: only \"process\" is implemented (see docs/kube-sim.md)")]
+    #[error(
+        "unsupported --runtime {0:?}: \"process\" (or \"netns\") or \"containerd\" (see docs/kube-sim.md)"
+    )]
     UnsupportedRuntime(String),
     #[error("creating the pod network (a bridge and 10.216.N.0/24; needs root and iproute2): {0}")]
     Network(#[source] std::io::Error),
     #[error("starting the runtime: {0}")]
     Runtime(#[source] std::io::Error),
+    #[error("making the TLS certificates: {0}")]
+    Tls(String),
 }
 
 pub fn run(cli: Cli) -> Result<(), Error> {
@@ -91,7 +106,11 @@ pub fn run(cli: Cli) -> Result<(), Error> {
         .build()
         .map_err(Error::Runtime)?;
     match cli {
-        Cli::Serve(args) => rt.block_on(serve(args)),
+        Cli::Serve(args) => {
+            // Read before anything else: the parent may die at any time.
+            let parent = nix::unistd::getppid();
+            rt.block_on(serve(args, parent))
+        }
         Cli::ContainerInit(_) | Cli::PodSandbox(_) => unreachable!("handled above"),
     }
 }
@@ -124,14 +143,20 @@ pub fn run_alive(pid: u32) -> bool {
     })
 }
 
-fn kubeconfig(server: &str, token: &str) -> String {
+fn kubeconfig(server: &str, token: &str, ca_pem: Option<&str>) -> String {
+    let ca = ca_pem.map_or_else(String::new, |pem| {
+        format!(
+            "\n    certificate-authority-data: {}",
+            store::encode_base64(pem.as_bytes())
+        )
+    });
     format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: remora-sim\n  cluster:\n    server: {server}\ncontexts:\n- name: remora-sim\n  context:\n    cluster: remora-sim\n    user: remora-sim-admin\n    namespace: default\ncurrent-context: remora-sim\nusers:\n- name: remora-sim-admin\n  user:\n    token: {token}\n"
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: remora-sim\n  cluster:\n    server: {server}{ca}\ncontexts:\n- name: remora-sim\n  context:\n    cluster: remora-sim\n    user: remora-sim-admin\n    namespace: default\ncurrent-context: remora-sim\nusers:\n- name: remora-sim-admin\n  user:\n    token: {token}\n"
     )
 }
 
-async fn serve(args: ServeArgs) -> Result<(), Error> {
-    if args.runtime != "process" {
+async fn serve(args: ServeArgs, parent: nix::unistd::Pid) -> Result<(), Error> {
+    if !matches!(args.runtime.as_str(), "process" | "netns" | "containerd") {
         return Err(Error::UnsupportedRuntime(args.runtime));
     }
     sweep_leftovers();
@@ -167,7 +192,46 @@ async fn serve(args: ServeArgs) -> Result<(), Error> {
             tracing::warn!(error = %e, "pods cannot reach the API server on the bridge");
         })
         .ok();
+    let containerd = if args.runtime == "containerd" {
+        match kubelet::containerd::Containerd::start(&state_dir, cgroups.root()) {
+            Ok(c) => Some(Arc::new(c)),
+            Err(e) => {
+                cgroups.remove_all();
+                network.remove();
+                let _ = std::fs::remove_dir_all(&state_dir);
+                return Err(Error::Runtime(e));
+            }
+        }
+    } else {
+        None
+    };
+    let tls = if args.tls {
+        let mut ips = vec![addr.ip(), std::net::IpAddr::V4(network.gateway())];
+        if !addr.ip().is_loopback() {
+            ips.push(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        match tls::make(&ips) {
+            Ok(tls) => Some(tls),
+            Err(e) => {
+                if let Some(c) = &containerd {
+                    c.stop();
+                }
+                cgroups.remove_all();
+                network.remove();
+                let _ = std::fs::remove_dir_all(&state_dir);
+                return Err(Error::Tls(e));
+            }
+        }
+    } else {
+        None
+    };
     let store = store::Store::new();
+    if let Some(tls) = &tls {
+        store.set_root_ca(&tls.ca_pem);
+    }
+    // Cluster IPs from the run's own 10.215.N.0/24, served by the service proxy.
+    store.set_service_subnet(network.index());
+    let service_proxy = tokio::spawn(proxy::run(store.clone(), network.bridge()));
     let store_for_dns = store.clone();
     // The cluster DNS on the bridge's address; without it pods keep this machine's resolver.
     let dns_server = match tokio::net::UdpSocket::bind((network.gateway(), 53)).await {
@@ -189,6 +253,7 @@ async fn serve(args: ServeArgs) -> Result<(), Error> {
         logs: kubelet::Logs::new(&state_dir.join("logs")),
         cgroups: cgroups.clone(),
         execs: execs.clone(),
+        require_token: tls.is_some(),
     });
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let kubelet = kubelet::Kubelet::new(
@@ -199,22 +264,29 @@ async fn serve(args: ServeArgs) -> Result<(), Error> {
         dns_server.as_ref().map(|_| network.gateway()),
         execs,
         addr.port(),
+        containerd.clone(),
     );
     let kubelet_task = tokio::spawn(kubelet.run(shutdown_rx));
     let controllers = tokio::spawn(controllers::run(store.clone()));
-    let server = tokio::spawn(accept(listener, state.clone()));
-    let pod_server = pod_listener.map(|l| tokio::spawn(accept(l, state.clone())));
+    let acceptor = tls.as_ref().map(|t| t.acceptor.clone());
+    let server = tokio::spawn(accept(listener, state.clone(), acceptor.clone()));
+    let pod_server = pod_listener.map(|l| tokio::spawn(accept(l, state.clone(), acceptor.clone())));
     // Written last, atomically: its existence means "ready".
     let tmp = args.kubeconfig.with_extension("tmp-remora-sim");
-    std::fs::write(&tmp, kubeconfig(&format!("http://{addr}"), &token))
-        .and_then(|()| std::fs::rename(&tmp, &args.kubeconfig))
-        .map_err(|source| Error::Write {
-            path: args.kubeconfig.clone(),
-            source,
-        })?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let ca_pem = tls.as_ref().map(|t| t.ca_pem.as_str());
+    std::fs::write(
+        &tmp,
+        kubeconfig(&format!("{scheme}://{addr}"), &token, ca_pem),
+    )
+    .and_then(|()| std::fs::rename(&tmp, &args.kubeconfig))
+    .map_err(|source| Error::Write {
+        path: args.kubeconfig.clone(),
+        source,
+    })?;
     tracing::info!(%addr, "remora-kube-sim ready");
-    eprintln!("remora-kube-sim: serving on http://{addr}");
-    wait_for_signal().await;
+    eprintln!("remora-kube-sim: serving on {scheme}://{addr}");
+    wait_for_signal(args.exit_with_parent.then_some(parent)).await;
     server.abort();
     if let Some(d) = dns_server {
         d.abort();
@@ -223,39 +295,75 @@ async fn serve(args: ServeArgs) -> Result<(), Error> {
         s.abort();
     }
     controllers.abort();
+    service_proxy.abort();
     let _ = shutdown_tx.send(true);
     let _ = kubelet_task.await;
+    if let Some(c) = &containerd {
+        c.stop();
+    }
     cgroups.remove_all();
     network.remove();
     let _ = std::fs::remove_dir_all(&state_dir);
     Ok(())
 }
 
-/// Serves the API on `listener` until aborted.
-async fn accept(listener: TcpListener, state: Arc<api::ApiState>) {
+/// Serves the API on `listener` (over TLS with `tls`) until aborted.
+async fn accept(
+    listener: TcpListener,
+    state: Arc<api::ApiState>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
         let state = state.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
                 let state = state.clone();
                 async move { Ok::<_, std::convert::Infallible>(api::handle(state, req).await) }
             });
-            let _ = auto::Builder::new(TokioExecutor::new())
-                .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(stream), svc)
-                .await;
+            let builder = auto::Builder::new(TokioExecutor::new());
+            match tls {
+                Some(tls) => {
+                    let Ok(stream) = tls.accept(stream).await else {
+                        return;
+                    };
+                    let _ = builder
+                        .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(stream), svc)
+                        .await;
+                }
+                None => {
+                    let _ = builder
+                        .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(stream), svc)
+                        .await;
+                }
+            }
         });
     }
 }
 
-async fn wait_for_signal() {
+/// Returns on SIGTERM or SIGINT, or once `parent` is no longer this process's parent
+/// (it died and this process was re-parented to init or a subreaper).
+async fn wait_for_signal(parent: Option<nix::unistd::Pid>) {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
     let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    let orphaned = async {
+        match parent {
+            Some(parent) => {
+                while nix::unistd::getppid() == parent {
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
+                eprintln!("remora-kube-sim: parent {parent} is gone: shutting down");
+            }
+            None => std::future::pending().await,
+        }
+    };
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
+        () = orphaned => {}
     }
 }

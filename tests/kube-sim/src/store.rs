@@ -2,7 +2,7 @@
 //! a bounded event history for watches, finalizers and owner-reference garbage collection.
 
 use std::{
-    collections::{BTreeMap, VecDeque},
+    collections::{BTreeMap, BTreeSet, VecDeque},
     sync::Arc,
 };
 
@@ -48,6 +48,10 @@ struct Inner {
     compacted_rv: u64,
     reviews: Vec<Value>,
     next_cluster_ip: u32,
+    /// `N` of the run's routed service range 10.215.N.0/24 (see [`Store::set_service_subnet`]).
+    service_subnet: Option<u8>,
+    /// The API server's CA (PEM) for every namespace's `kube-root-ca.crt`; empty without TLS.
+    root_ca: String,
 }
 
 /// The shared store. Cheap to clone.
@@ -177,6 +181,47 @@ impl Store {
     }
 
     /// A snapshot of the served types.
+    /// From now on, cluster IPs come from 10.215.`index`.1–254, the range the run's service
+    /// proxy routes (without it they come from 10.215.0.0/16 and are not routed).
+    pub fn set_service_subnet(&self, index: u8) {
+        self.inner.lock().service_subnet = Some(index);
+    }
+
+    /// The cluster IP of `service` if the run's service proxy routes it (a ClusterIP in the
+    /// run's range); `None` for headless services and addresses outside the range.
+    pub fn routed_cluster_ip(&self, service: &Value) -> Option<std::net::Ipv4Addr> {
+        let index = self.inner.lock().service_subnet?;
+        let ip: std::net::Ipv4Addr = service["spec"]["clusterIP"].as_str()?.parse().ok()?;
+        (ip.octets()[..3] == [10, 215, index]).then_some(ip)
+    }
+
+    /// Publishes the API server's CA in every namespace's `kube-root-ca.crt` ConfigMap
+    /// (`ca.crt`), now and for namespaces made later.
+    pub fn set_root_ca(&self, pem: &str) {
+        let mut inner = self.inner.lock();
+        inner.root_ca = pem.to_owned();
+        let key = ("".to_owned(), "configmaps".to_owned());
+        let names: Vec<(String, String)> = inner
+            .objects
+            .get(&key)
+            .into_iter()
+            .flat_map(|m| m.keys())
+            .filter(|(_, name)| name == "kube-root-ca.crt")
+            .cloned()
+            .collect();
+        for id in names {
+            inner.rv += 1;
+            let rv = inner.rv.to_string();
+            let Some(obj) = inner.objects.get_mut(&key).and_then(|m| m.get_mut(&id)) else {
+                continue;
+            };
+            obj["data"]["ca.crt"] = json!(pem);
+            obj["metadata"]["resourceVersion"] = json!(rv);
+            let obj = obj.clone();
+            self.emit(&mut inner, key.clone(), "MODIFIED", obj);
+        }
+    }
+
     pub fn registry(&self) -> Registry {
         self.inner.lock().registry.clone()
     }
@@ -356,7 +401,7 @@ impl Store {
         m.insert("generation".into(), json!(1));
         m.remove("deletionTimestamp");
         m.remove("managedFields");
-        self.defaults(&mut inner, rt, &mut obj);
+        self.defaults(&mut inner, rt, &mut obj)?;
         if dry_run {
             return Ok(obj);
         }
@@ -395,6 +440,54 @@ pub fn encode_base64(data: &[u8]) -> String {
     out
 }
 
+/// A Job's defaults as the API server sets them: unless `spec.manualSelector` is true, the
+/// selector is generated from the Job's uid (`batch.kubernetes.io/controller-uid`) and the pod
+/// template gets the labels it selects plus the job name (both with and without the
+/// `batch.kubernetes.io/` prefix); a selector given without `manualSelector` is refused, as
+/// the real server does.
+fn job_defaults(obj: &mut Value) -> Result<(), ApiError> {
+    let uid = obj["metadata"]["uid"].clone();
+    let name = obj["metadata"]["name"].clone();
+    let spec = &mut obj["spec"];
+    if spec["manualSelector"] != json!(true) {
+        let generated = json!({"matchLabels": {"batch.kubernetes.io/controller-uid": uid}});
+        if !spec["selector"].is_null() && spec["selector"] != generated {
+            return Err(ApiError::new(
+                422,
+                "Invalid",
+                format!(
+                    "Job.batch {name} is invalid: spec.selector: Invalid value: {}: `selector` not auto-generated",
+                    spec["selector"]
+                ),
+            ));
+        }
+        spec["selector"] = generated;
+        if !spec["template"]["metadata"]["labels"].is_object() {
+            spec["template"]["metadata"]["labels"] = json!({});
+        }
+        let labels = &mut spec["template"]["metadata"]["labels"];
+        labels["batch.kubernetes.io/controller-uid"] = uid.clone();
+        labels["batch.kubernetes.io/job-name"] = name.clone();
+        labels["controller-uid"] = uid;
+        labels["job-name"] = name;
+    }
+    for (field, default) in [("parallelism", 1), ("backoffLimit", 6)] {
+        if spec[field].is_null() {
+            spec[field] = json!(default);
+        }
+    }
+    if spec["completions"].is_null() && spec["parallelism"] == json!(1) {
+        spec["completions"] = json!(1);
+    }
+    if spec["completionMode"].is_null() {
+        spec["completionMode"] = json!("NonIndexed");
+    }
+    if spec["suspend"].is_null() {
+        spec["suspend"] = json!(false);
+    }
+    Ok(())
+}
+
 /// A Secret's `stringData` is write-only: it lands base64-encoded in `data`.
 fn fold_string_data(rt: &ResourceType, obj: &mut Value) {
     if !(rt.group.is_empty() && rt.plural == "secrets") {
@@ -417,7 +510,12 @@ fn fold_string_data(rt: &ResourceType, obj: &mut Value) {
 
 impl Store {
     /// Type-specific defaults on create.
-    fn defaults(&self, inner: &mut Inner, rt: &ResourceType, obj: &mut Value) {
+    fn defaults(
+        &self,
+        inner: &mut Inner,
+        rt: &ResourceType,
+        obj: &mut Value,
+    ) -> Result<(), ApiError> {
         fold_string_data(rt, obj);
         match (rt.group.as_str(), rt.plural.as_str()) {
             ("", "namespaces") => {
@@ -445,9 +543,32 @@ impl Store {
                     spec["type"] = json!("ClusterIP");
                 }
                 if spec["clusterIP"].is_null() || spec["clusterIP"] == json!("") {
-                    inner.next_cluster_ip += 1;
-                    let n = inner.next_cluster_ip;
-                    let ip = format!("10.215.{}.{}", (n >> 8) & 0xff, n & 0xff);
+                    let ip = match inner.service_subnet {
+                        Some(index) => {
+                            let used: BTreeSet<String> = inner
+                                .objects
+                                .get(&("".to_owned(), "services".to_owned()))
+                                .into_iter()
+                                .flat_map(|m| m.values())
+                                .filter_map(|s| s["spec"]["clusterIP"].as_str().map(str::to_owned))
+                                .collect();
+                            (1..=254u8)
+                                .map(|k| format!("10.215.{index}.{k}"))
+                                .find(|ip| !used.contains(ip))
+                                .ok_or_else(|| {
+                                    ApiError::new(
+                                        500,
+                                        "InternalError",
+                                        format!("failed to allocate a serviceIP: range 10.215.{index}.0/24 is full"),
+                                    )
+                                })?
+                        }
+                        None => {
+                            inner.next_cluster_ip += 1;
+                            let n = inner.next_cluster_ip;
+                            format!("10.215.{}.{}", (n >> 8) & 0xff, n & 0xff)
+                        }
+                    };
                     spec["clusterIP"] = json!(ip);
                     spec["clusterIPs"] = json!([ip]);
                 }
@@ -463,6 +584,7 @@ impl Store {
                     obj["status"] = json!({"loadBalancer": {}});
                 }
             }
+            ("batch", "jobs") => job_defaults(obj)?,
             ("apps", "deployments" | "replicasets") if obj["spec"]["replicas"].is_null() => {
                 obj["spec"]["replicas"] = json!(1);
             }
@@ -489,6 +611,7 @@ impl Store {
             }
             _ => {}
         }
+        Ok(())
     }
 
     fn after_create(&self, inner: &mut Inner, rt: &ResourceType, obj: &Value) {
@@ -500,7 +623,7 @@ impl Store {
                 self.insert_locked(inner, ("".into(), "serviceaccounts".into()), sa);
                 let root_ca = json!({"apiVersion": "v1", "kind": "ConfigMap",
                                 "metadata": {"name": "kube-root-ca.crt", "namespace": ns},
-                                "data": {"ca.crt": ""}});
+                                "data": {"ca.crt": inner.root_ca.clone()}});
                 self.insert_locked(inner, ("".into(), "configmaps".into()), root_ca);
             }
             ("apiextensions.k8s.io", "customresourcedefinitions") => {

@@ -21,10 +21,17 @@ pub struct Sim {
 
 impl Sim {
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// With extra `serve` flags (e.g. `--tls`).
+    pub fn start_with(flags: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let kubeconfig = dir.path().join("kubeconfig");
         let child = Command::new(env!("CARGO_BIN_EXE_remora-kube-sim"))
-            .args(["serve", "--kubeconfig"])
+            .args(["serve", "--exit-with-parent"])
+            .args(flags)
+            .arg("--kubeconfig")
             .arg(&kubeconfig)
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())

@@ -114,3 +114,89 @@ fn cronjob_runs_jobs_on_schedule_and_by_hand() {
     ]);
     assert_eq!(owner, "tick");
 }
+
+#[test]
+fn a_run_later_than_the_starting_deadline_is_missed() {
+    let sim = Sim::start();
+    // Yearly on January 1st; both were last scheduled two years ago, so this year's run is
+    // months late: missed with a 60 s deadline, started without one.
+    let cronjob = |name: &str, deadline: &str| {
+        format!(
+            r#"
+apiVersion: batch/v1
+kind: CronJob
+metadata: {{name: {name}}}
+spec:
+  schedule: "0 0 1 1 *"
+  suspend: true
+  {deadline}
+  jobTemplate:
+    metadata: {{labels: {{cron: {name}}}}}
+    spec:
+      template:
+        spec:
+          restartPolicy: Never
+          containers: [{{name: c, image: busybox, command: [true]}}]
+"#
+        )
+    };
+    sim.apply_yaml(
+        &[
+            cronjob("strict", "startingDeadlineSeconds: 60"),
+            cronjob("lenient", ""),
+        ]
+        .join("---"),
+        &[],
+    );
+    let year: i32 = String::from_utf8_lossy(
+        &Command::new("date")
+            .args(["-u", "+%Y"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .trim()
+    .parse()
+    .unwrap();
+    let long_ago = format!(
+        r#"{{"status":{{"lastScheduleTime":"{}-01-01T00:00:00Z"}}}}"#,
+        year - 2
+    );
+    for name in ["strict", "lenient"] {
+        sim.ok(&[
+            "patch",
+            "cronjob",
+            name,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &long_ago,
+        ]);
+    }
+    // The strict one first: by the time the lenient one's job exists, the controller has
+    // looked at the unsuspended strict one at least once.
+    for name in ["strict", "lenient"] {
+        sim.ok(&[
+            "patch",
+            "cronjob",
+            name,
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"suspend":false}}"#,
+        ]);
+    }
+    poll(
+        || {
+            !sim.ok(&["get", "jobs", "-l", "cron=lenient", "-o", "name"])
+                .trim()
+                .is_empty()
+        },
+        "the lenient cronjob's late run",
+    );
+    assert_eq!(
+        sim.ok(&["get", "jobs", "-l", "cron=strict", "-o", "name"])
+            .trim(),
+        "",
+        "a run past its starting deadline is missed"
+    );
+}

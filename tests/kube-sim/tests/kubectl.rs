@@ -418,6 +418,100 @@ spec:
     );
 }
 
+#[test]
+fn job_selector_is_generated_from_its_uid() {
+    let sim = Sim::start();
+    sim.apply_yaml(
+        r#"
+apiVersion: batch/v1
+kind: Job
+metadata: {name: worker}
+spec:
+  template:
+    metadata: {labels: {app: worker}}
+    spec:
+      restartPolicy: Never
+      containers:
+      - {name: main, image: busybox, command: ["sleep", "1000"]}
+"#,
+        &[],
+    );
+    let job = sim.json(&["get", "job", "worker"]);
+    let uid = job["metadata"]["uid"].as_str().unwrap().to_owned();
+    assert_eq!(
+        job["spec"]["selector"],
+        serde_json::json!({"matchLabels": {"batch.kubernetes.io/controller-uid": uid}})
+    );
+    assert_eq!(
+        job["spec"]["template"]["metadata"]["labels"],
+        serde_json::json!({
+            "app": "worker",
+            "batch.kubernetes.io/controller-uid": uid,
+            "batch.kubernetes.io/job-name": "worker",
+            "controller-uid": uid,
+            "job-name": "worker",
+        })
+    );
+    assert_eq!(job["spec"]["completions"], 1);
+    assert_eq!(job["spec"]["parallelism"], 1);
+    assert_eq!(job["spec"]["backoffLimit"], 6);
+    // The Job's own selector finds its pod, as kubectl describe shows.
+    let selector = format!("batch.kubernetes.io/controller-uid={uid}");
+    poll(
+        || {
+            sim.ok(&["get", "pods", "-l", &selector, "-o", "name"])
+                .lines()
+                .count()
+                == 1
+        },
+        "the job's pod, by the generated selector",
+    );
+    let described = sim.ok(&["describe", "job", "worker"]);
+    assert!(
+        described
+            .lines()
+            .any(|l| l.starts_with("Selector:") && l.trim_end().ends_with(&selector)),
+        "{described}"
+    );
+
+    // A selector of one's own needs manualSelector, as on a real server.
+    let path = sim.dir.path().join("manual.yaml");
+    let manual = |flag: &str| {
+        format!(
+            r#"
+apiVersion: batch/v1
+kind: Job
+metadata: {{name: manual}}
+spec:
+  {flag}
+  selector: {{matchLabels: {{app: manual}}}}
+  template:
+    metadata: {{labels: {{app: manual}}}}
+    spec:
+      restartPolicy: Never
+      containers:
+      - {{name: main, image: busybox, command: ["sleep", "1000"]}}
+"#
+        )
+    };
+    std::fs::write(&path, manual("")).unwrap();
+    let out = sim.kubectl(&["apply", "-f", path.to_str().unwrap()]);
+    assert!(!out.status.success(), "a hand-made selector is refused");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("`selector` not auto-generated"), "{err}");
+    std::fs::write(&path, manual("manualSelector: true")).unwrap();
+    sim.ok(&["apply", "-f", path.to_str().unwrap()]);
+    let job = sim.json(&["get", "job", "manual"]);
+    assert_eq!(
+        job["spec"]["selector"],
+        serde_json::json!({"matchLabels": {"app": "manual"}})
+    );
+    assert_eq!(
+        job["spec"]["template"]["metadata"]["labels"],
+        serde_json::json!({"app": "manual"})
+    );
+}
+
 const SLEEPERS: &str = r#"
 apiVersion: apps/v1
 kind: Deployment
@@ -500,6 +594,78 @@ fn restart_after_sigkill_sweeps_leftovers() {
         links_of_subnet(subnet.trim()),
         Vec::<String>::new(),
         "and their network"
+    );
+}
+
+#[test]
+fn exits_and_cleans_up_when_its_parent_dies() {
+    // A shell starts the simulator with --exit-with-parent and is then SIGKILLed, as a
+    // test process killed by a signal would be.
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    let mut parent = Command::new("sh")
+        .args([
+            "-c",
+            r#""$0" serve --kubeconfig "$1" --exit-with-parent >/dev/null & echo $!; wait"#,
+            env!("CARGO_BIN_EXE_remora-kube-sim"),
+        ])
+        .arg(&kubeconfig)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(parent.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let pid: u32 = line.trim().parse().expect("the simulator's pid");
+    poll(|| kubeconfig.exists(), "the kubeconfig to appear");
+    let kubectl = |args: &[&str]| {
+        let out = Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "kubectl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let manifest = dir.path().join("sleepers.yaml");
+    std::fs::write(&manifest, SLEEPERS).unwrap();
+    kubectl(&["apply", "-f", manifest.to_str().unwrap()]);
+    kubectl(&["rollout", "status", "deployment/sleepers", "--timeout=30s"]);
+    let state = std::env::temp_dir().join(format!("remora-kube-sim-{pid}"));
+    let cgroup = common::cgroup2_mount().join(format!("remora-kube-sim-{pid}"));
+    poll(
+        || processes_of(&state).len() >= 4,
+        "two shells and two sleeps",
+    );
+    let subnet = std::fs::read_to_string(state.join("subnet")).unwrap();
+    assert_eq!(
+        links_of_subnet(subnet.trim()).len(),
+        3,
+        "a bridge and two veths"
+    );
+
+    parent.kill().unwrap();
+    parent.wait().unwrap();
+    poll(
+        || !remora_kube_sim::run_alive(pid) && !state.exists(),
+        "the orphaned simulator to shut down",
+    );
+    assert!(
+        processes_of(&state).is_empty(),
+        "no container process survives its simulator"
+    );
+    assert!(!cgroup.exists(), "the run's cgroups are removed");
+    assert_eq!(
+        links_of_subnet(subnet.trim()),
+        Vec::<String>::new(),
+        "no bridge, no veth"
     );
 }
 

@@ -1,7 +1,7 @@
 //! Pod networking held to real programs: every pod has its own network namespace, an address
 //! from 10.216.N.0/24 that this machine and the other pods reach (curl), its own hostname, the
-//! API server on the bridge; Endpoints carry the pod addresses; `hostNetwork` pods share the
-//! node's network and hostname.
+//! API server on the bridge; Endpoints carry the pod addresses; services are reached at their
+//! cluster IPs and by DNS name; `hostNetwork` pods share the node's network and hostname.
 
 mod common;
 
@@ -172,25 +172,98 @@ spec:
 }
 
 #[test]
-fn cluster_dns_resolves_services_by_short_and_full_names() {
+fn cluster_dns_and_cluster_ips_reach_services_by_short_and_full_names() {
     let sim = Sim::start();
     web_pod(&sim, "web", 8000, "0.0.0.0");
     let web = pod_ip(&sim, "web");
     sim.apply_yaml(
-        "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  selector: {app: web}\n  ports: [{port: 8000}]\n",
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  selector: {app: web}
+  ports: [{name: http, port: 80, targetPort: 8000}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web-headless}
+spec:
+  clusterIP: None
+  selector: {app: web}
+  ports: [{port: 8000}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: nobody}
+spec:
+  selector: {app: nobody}
+  ports: [{port: 80}]
+"#,
         &[],
     );
+    for svc in ["web", "web-headless"] {
+        poll(
+            || {
+                sim.ok(&[
+                    "get",
+                    "endpoints",
+                    svc,
+                    "-o",
+                    "jsonpath={.subsets[0].addresses[0].ip}",
+                ]) == web.to_string()
+            },
+            "the endpoints",
+        );
+    }
+    // The EndpointSlice, as kube-proxy and newer clients read it.
     poll(
         || {
             sim.ok(&[
                 "get",
-                "endpoints",
-                "web",
+                "endpointslices",
+                "-l",
+                "kubernetes.io/service-name=web",
                 "-o",
-                "jsonpath={.subsets[0].addresses[0].ip}",
-            ]) == web.to_string()
+                "jsonpath={.items[0].addressType} {.items[0].endpoints[0].addresses[0]} \
+                 {.items[0].endpoints[0].conditions.ready} {.items[0].ports[0].name} \
+                 {.items[0].ports[0].port} {.items[0].metadata.ownerReferences[0].name}",
+            ]) == format!("IPv4 {web} true http 8000 web")
         },
-        "the endpoints",
+        "the service's EndpointSlice",
+    );
+    let cluster_ip =
+        |svc: &str| sim.ok(&["get", "service", svc, "-o", "jsonpath={.spec.clusterIP}"]);
+    let web_ip = cluster_ip("web");
+    let subnet = std::fs::read_to_string(sim.state_dir().join("subnet")).unwrap();
+    assert!(
+        web_ip.starts_with(&format!("10.215.{}.", subnet.trim())),
+        "{web_ip}: from the run's service range"
+    );
+    assert_eq!(cluster_ip("web-headless"), "None");
+    // This machine reaches the service at its cluster IP and port (relayed to targetPort),
+    // once the proxy has seen the service.
+    poll(
+        || std::net::TcpStream::connect((web_ip.as_str(), 80)).is_ok(),
+        "the service proxy to listen",
+    );
+    assert_eq!(
+        curl(&format!("http://{web_ip}/hello.txt")),
+        "hello from the pod\n"
+    );
+    let nobody = Command::new("curl")
+        .args([
+            "-sS",
+            "-m",
+            "10",
+            &format!("http://{}/", cluster_ip("nobody")),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        !nobody.status.success(),
+        "a service without endpoints refuses: {}",
+        String::from_utf8_lossy(&nobody.stdout)
     );
     sim.apply_yaml(
         r#"
@@ -206,10 +279,12 @@ spec:
     - sh
     - -c
     - |
-      for n in web web.default web.default.svc.cluster.local nope.default.svc.cluster.local client; do
+      for n in web web.default web.default.svc.cluster.local web-headless nope.default.svc.cluster.local client; do
         echo "$n => $(getent hosts $n | cut -d' ' -f1)"
       done
-      curl -sS -m 10 http://web:8000/hello.txt
+      curl -sS -m 10 http://web/hello.txt
+      curl -sS -m 10 http://web.default.svc.cluster.local:80/hello.txt
+      curl -sS -m 10 http://web-headless:8000/hello.txt
 "#,
         &[],
     );
@@ -220,13 +295,39 @@ spec:
     let client = pod_ip(&sim, "client");
     let logs = sim.ok(&["logs", "client"]);
     for line in [
-        format!("web => {web}"),
-        format!("web.default => {web}"),
-        format!("web.default.svc.cluster.local => {web}"),
+        format!("web => {web_ip}"),
+        format!("web.default => {web_ip}"),
+        format!("web.default.svc.cluster.local => {web_ip}"),
+        format!("web-headless => {web}"),
         "nope.default.svc.cluster.local => \n".to_owned(),
         format!("client => {client}"),
-        "hello from the pod".to_owned(),
     ] {
         assert!(logs.contains(&line), "{line:?} in {logs}");
     }
+    assert_eq!(
+        logs.matches("hello from the pod").count(),
+        3,
+        "through both cluster-IP names and the headless one: {logs}"
+    );
+
+    // The cluster IP is an address of the run's bridge only while the service exists.
+    let bridge_addrs = || {
+        let out = Command::new("ip")
+            .args([
+                "-o",
+                "addr",
+                "show",
+                "dev",
+                &format!("rksbr{}", subnet.trim()),
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(bridge_addrs().contains(&format!("{web_ip}/32")));
+    sim.ok(&["delete", "service", "web"]);
+    poll(
+        || !bridge_addrs().contains(&format!("{web_ip}/32")),
+        "the cluster IP to leave the bridge",
+    );
 }

@@ -1,6 +1,9 @@
-//! Readiness probes held to real servers: httpGet (python3 http.server), tcpSocket and exec
-//! (run in the container's mount namespace); a container is not ready until its probe
-//! succeeds, and not ready again once it fails.
+//! Probes held to real servers: readiness with httpGet (python3 http.server), tcpSocket and
+//! exec (run in the container's mount namespace); a container is not ready until its probe
+//! succeeds, and not ready again once it fails. Liveness failures restart the container
+//! (restartCount, `logs --previous`, a Killing event); a startup probe holds the other probes
+//! back until it succeeds, and kills the container when it fails. Every transition is
+//! driven by a gate file the test writes, never by how long something takes.
 
 mod common;
 
@@ -93,4 +96,186 @@ spec:
     ]);
     assert_eq!(ready(&sim, "exec"), "false");
     assert_eq!(ready(&sim, "http"), "true");
+}
+
+fn status(sim: &Sim, pod: &str, path: &str) -> String {
+    sim.ok(&[
+        "get",
+        "pod",
+        pod,
+        "-o",
+        &format!("jsonpath={{.status.containerStatuses[0].{path}}}"),
+    ])
+}
+
+#[test]
+fn liveness_failures_restart_the_container_and_count_it() {
+    let sim = Sim::start();
+    let alive = sim.dir.path().join("alive");
+    std::fs::write(&alive, "").unwrap();
+    sim.apply_yaml(
+        &format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: lively}}
+spec:
+  containers:
+  - name: app
+    image: busybox
+    command: [sh, -c, "echo a run of the container; exec sleep 1000"]
+    livenessProbe: {{exec: {{command: [test, -f, {alive}]}}, periodSeconds: 1, failureThreshold: 2}}
+"#,
+            alive = alive.display()
+        ),
+        &[],
+    );
+    poll(
+        || status(&sim, "lively", "ready") == "true",
+        "the container to run",
+    );
+    assert_eq!(status(&sim, "lively", "restartCount"), "0");
+    let first = status(&sim, "lively", "containerID");
+
+    std::fs::remove_file(&alive).unwrap();
+    poll(
+        || status(&sim, "lively", "restartCount") != "0",
+        "the liveness probe to restart the container",
+    );
+    std::fs::write(&alive, "").unwrap();
+    poll(
+        || {
+            !status(&sim, "lively", "state.running.startedAt").is_empty()
+                && status(&sim, "lively", "ready") == "true"
+        },
+        "the restarted container to run",
+    );
+    assert_ne!(
+        status(&sim, "lively", "containerID"),
+        first,
+        "a new container"
+    );
+    // sleep was stopped by SIGTERM, as a kubelet stops it: 128 + 15.
+    assert_eq!(
+        status(&sim, "lively", "lastState.terminated.exitCode"),
+        "143"
+    );
+    let previous = sim.ok(&["logs", "lively", "--previous"]);
+    assert!(
+        previous.contains("a run of the container")
+            && previous.contains("Container app failed liveness probe, will be restarted"),
+        "{previous}"
+    );
+    let events = sim.ok(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=lively",
+        "-o",
+        "jsonpath={.items[*].reason}",
+    ]);
+    assert!(events.contains("Killing"), "{events}");
+}
+
+#[test]
+fn a_startup_probe_holds_back_liveness_and_readiness_and_kills_when_it_fails() {
+    let sim = Sim::start();
+    let file = |name: &str| sim.dir.path().join(name).display().to_string();
+    let counted = |name: &str, test: &str| {
+        format!(
+            "[sh, -c, \"echo x >> {}; {test}\"]",
+            file(&format!("{name}-count"))
+        )
+    };
+    sim.apply_yaml(
+        &format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: slow}}
+spec:
+  containers:
+  - name: app
+    image: busybox
+    command: [sleep, "1000"]
+    startupProbe: {{exec: {{command: {startup}}}, periodSeconds: 1, failureThreshold: 100000}}
+    livenessProbe: {{exec: {{command: {liveness}}}, periodSeconds: 1, failureThreshold: 1}}
+    readinessProbe: {{exec: {{command: {readiness}}}, periodSeconds: 1}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: never-starts}}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: app
+    image: busybox
+    command: [sleep, "1000"]
+    startupProbe: {{exec: {{command: [test, -f, {missing}]}}, periodSeconds: 1, failureThreshold: 2}}
+"#,
+            startup = counted("startup", &format!("test -f {}", file("started"))),
+            liveness = counted("liveness", &format!("test -f {}", file("alive"))),
+            readiness = counted("readiness", "true"),
+            missing = file("missing"),
+        ),
+        &[],
+    );
+    let runs = |name: &str| {
+        std::fs::read_to_string(file(&format!("{name}-count")))
+            .map(|s| s.lines().count())
+            .unwrap_or(0)
+    };
+    poll(|| runs("startup") >= 3, "three startup probes");
+    // Until the startup probe succeeds, nothing else is probed (a liveness probe would
+    // have failed: there is no `alive` file).
+    assert_eq!(runs("liveness"), 0, "liveness probed before the start");
+    assert_eq!(runs("readiness"), 0, "readiness probed before the start");
+    assert_eq!(status(&sim, "slow", "started"), "false");
+    assert_eq!(status(&sim, "slow", "ready"), "false");
+    assert_eq!(status(&sim, "slow", "restartCount"), "0");
+
+    std::fs::write(file("alive"), "").unwrap();
+    std::fs::write(file("started"), "").unwrap();
+    poll(
+        || status(&sim, "slow", "started") == "true" && status(&sim, "slow", "ready") == "true",
+        "started, then ready",
+    );
+    poll(
+        || runs("liveness") > 0 && runs("readiness") > 0,
+        "the liveness and readiness probes to run",
+    );
+    assert_eq!(status(&sim, "slow", "restartCount"), "0");
+
+    // A startup probe that fails failureThreshold times kills the container; with
+    // restartPolicy Never the pod fails.
+    poll(
+        || {
+            sim.ok(&[
+                "get",
+                "pod",
+                "never-starts",
+                "-o",
+                "jsonpath={.status.phase}",
+            ]) == "Failed"
+        },
+        "the never-starting pod to fail",
+    );
+    assert_eq!(
+        status(&sim, "never-starts", "state.terminated.exitCode"),
+        "143"
+    );
+    assert_eq!(status(&sim, "never-starts", "started"), "false");
+    assert_eq!(status(&sim, "never-starts", "restartCount"), "0");
+    let messages = sim.ok(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=never-starts",
+        "-o",
+        "jsonpath={.items[*].message}",
+    ]);
+    assert!(
+        messages.contains("Container app failed startup probe, will be restarted"),
+        "{messages}"
+    );
 }

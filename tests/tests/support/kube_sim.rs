@@ -36,6 +36,11 @@ impl Sim {
     /// With `agent`, the containers' PATH starts with the workspace's
     /// binaries (so the agent Job's `remora-agent` command runs).
     pub fn start(agent: bool) -> Sim {
+        Self::start_with(agent, &[])
+    }
+
+    /// With extra `serve` flags (e.g. `--runtime containerd`).
+    pub fn start_with(agent: bool, flags: &[&str]) -> Sim {
         let bin_dir = bin_path("remora").unwrap().parent().unwrap().to_owned();
         let system = std::env::var("PATH").unwrap_or_default();
         let path = if agent {
@@ -50,7 +55,9 @@ impl Sim {
         let dir = tempfile::tempdir().unwrap();
         let kubeconfig = dir.path().join("kubeconfig");
         let child = Command::new(bin_path("remora-kube-sim").unwrap())
-            .args(["serve", "--kubeconfig"])
+            .args(["serve", "--exit-with-parent"])
+            .args(flags)
+            .arg("--kubeconfig")
             .arg(&kubeconfig)
             .env("PATH", path)
             .stdout(Stdio::null())

@@ -221,7 +221,14 @@ pub(super) fn reconcile(store: &Store) {
         let active: Vec<&&Value> = mine.iter().filter(|j| finished(j).is_none()).collect();
         let policy = s(&cj["spec"]["concurrencyPolicy"]);
         let mut last_schedule = cj["status"]["lastScheduleTime"].clone();
+        // A run more than startingDeadlineSeconds late is missed, not started.
+        let too_late = |due: i64| {
+            cj["spec"]["startingDeadlineSeconds"]
+                .as_i64()
+                .is_some_and(|deadline| now > due + deadline)
+        };
         if let Some(due) = due
+            && !too_late(due)
             && cj["spec"]["suspend"] != json!(true)
             && (policy != "Forbid" || active.is_empty())
         {

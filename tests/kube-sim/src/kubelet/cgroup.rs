@@ -48,6 +48,18 @@ impl Cgroups {
         Ok(ContainerCgroup { dir })
     }
 
+    /// The processes of one container, lowest pid first.
+    pub fn container_pids(&self, pod_uid: &str, id: &str) -> Vec<u32> {
+        let mut pids: Vec<u32> =
+            fs::read_to_string(self.pod_dir(pod_uid).join(id).join("cgroup.procs"))
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| l.trim().parse().ok())
+                .collect();
+        pids.sort_unstable();
+        pids
+    }
+
     /// The processes of a pod's containers, lowest pid first.
     pub fn pod_pids(&self, uid: &str) -> Vec<u32> {
         let mut pids: Vec<u32> = fs::read_dir(self.pod_dir(uid))
@@ -66,14 +78,24 @@ impl Cgroups {
         pids
     }
 
-    /// Kills what is left of a pod and removes its cgroups.
+    /// Kills what is left of a pod and removes its cgroups (also in v1 hierarchies).
     pub fn remove_pod(&self, uid: &str) {
         remove_tree(&self.pod_dir(uid));
+        remove_v1(&format!("{}/pod{uid}", self.name()));
     }
 
-    /// Kills what is left of the run and removes all its cgroups.
+    /// Kills what is left of the run and removes all its cgroups (also in v1 hierarchies).
     pub fn remove_all(&self) {
         remove_tree(&self.root);
+        remove_v1(&self.name());
+    }
+
+    /// The run's cgroup name (its directory under every hierarchy's root).
+    pub fn name(&self) -> String {
+        self.root
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
     }
 }
 
@@ -106,16 +128,47 @@ pub fn remove_tree(dir: &Path) {
         }
     }
     let _ = fs::write(dir.join("cgroup.kill"), "1");
+    // rmdir fails (EBUSY) until the killed processes have fully exited, which may be a
+    // little after cgroup.procs reads empty.
     let start = Instant::now();
-    while fs::read_to_string(dir.join("cgroup.procs")).is_ok_and(|p| !p.trim().is_empty())
-        && start.elapsed() < KILL_WAIT
-    {
+    while fs::remove_dir(dir).is_err() && dir.exists() && start.elapsed() < KILL_WAIT {
         std::thread::sleep(Duration::from_millis(5));
     }
-    let _ = fs::remove_dir(dir);
 }
 
-/// Removes the cgroups of earlier runs named `<prefix><pid>` whose pid is gone.
+/// Mount points of the cgroup v1 hierarchies (a hybrid host has them beside the v2 one).
+pub fn v1_mounts() -> Vec<PathBuf> {
+    let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    info.lines()
+        .filter_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let mount_point = left.split_whitespace().nth(4)?;
+            (right.split_whitespace().next()? == "cgroup").then(|| PathBuf::from(mount_point))
+        })
+        .collect()
+}
+
+/// Removes the directory tree `rel` (relative to each hierarchy's root) from every cgroup
+/// v1 hierarchy, deepest first (runc makes a container's cgroup path in each of them).
+pub fn remove_v1(rel: &str) {
+    fn rmdir_tree(dir: &Path) {
+        for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                rmdir_tree(&entry.path());
+            }
+        }
+        let _ = fs::remove_dir(dir);
+    }
+    for mount in v1_mounts() {
+        let dir = mount.join(rel.trim_start_matches('/'));
+        if dir.is_dir() {
+            rmdir_tree(&dir);
+        }
+    }
+}
+
+/// Removes the cgroups of earlier runs named `<prefix><pid>` whose pid is gone (also their
+/// v1 trees, left by runc).
 pub fn sweep(prefix: &str) {
     let Ok(mount) = cgroup2_mount() else {
         return;
@@ -130,6 +183,18 @@ pub fn sweep(prefix: &str) {
         };
         if pid.parse::<u32>().is_ok_and(|pid| !crate::run_alive(pid)) {
             remove_tree(&entry.path());
+        }
+    }
+    for mount in v1_mounts() {
+        for entry in fs::read_dir(&mount).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name
+                .strip_prefix(prefix)
+                .and_then(|pid| pid.parse::<u32>().ok())
+                .is_some_and(|pid| !crate::run_alive(pid))
+            {
+                remove_v1(&name);
+            }
         }
     }
 }

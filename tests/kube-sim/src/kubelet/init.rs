@@ -31,6 +31,18 @@ pub struct InitArgs {
     /// The working directory, entered after the mounts.
     #[arg(long)]
     pub workdir: Option<PathBuf>,
+    /// The capabilities to keep (names without `CAP_`, comma-separated); absent keeps all.
+    #[arg(long)]
+    pub capabilities: Option<String>,
+    /// The user to run as.
+    #[arg(long)]
+    pub user: Option<u32>,
+    /// The group to run as.
+    #[arg(long)]
+    pub group: Option<u32>,
+    /// Sets no_new_privs (allowPrivilegeEscalation: false).
+    #[arg(long)]
+    pub no_new_privs: bool,
     /// The container's command and arguments.
     #[arg(last = true, required = true)]
     pub argv: Vec<String>,
@@ -68,6 +80,15 @@ pub fn container_init(args: InitArgs) -> ! {
         && let Err(e) = std::env::set_current_dir(dir)
     {
         eprintln!("remora-kube-sim: workingDir {}: {e}", dir.display());
+        std::process::exit(START_ERROR.into());
+    }
+    if let Err(e) = super::security::apply(
+        args.capabilities.as_deref(),
+        args.user,
+        args.group,
+        args.no_new_privs,
+    ) {
+        eprintln!("remora-kube-sim: applying the securityContext: {e}");
         std::process::exit(START_ERROR.into());
     }
     let err = std::process::Command::new(&args.argv[0])

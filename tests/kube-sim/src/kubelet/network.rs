@@ -87,6 +87,11 @@ impl Network {
             .unwrap_or_else(|| io::Error::other("every 10.216.N.0/24 is in use on this machine")))
     }
 
+    /// `N` of the run's 10.216.N.0/24 (also its service range 10.215.N.0/24).
+    pub fn index(&self) -> u8 {
+        self.index
+    }
+
     pub fn bridge(&self) -> String {
         bridge_name(self.index)
     }

@@ -1,8 +1,12 @@
-//! Readiness probes: httpGet and tcpSocket to the pod's address (this machine reaches every
-//! pod's address), exec in the container (its cgroup, namespaces and mounts, through the
-//! container init). A container with a readiness probe is ready only once the probe has
-//! succeeded `successThreshold` times, and not ready again after `failureThreshold` failures.
-
+//! Probes: httpGet and tcpSocket to the pod's address (this machine reaches every pod's
+//! address), exec in the container (its cgroup, namespaces and mounts, through the container
+//! init), run as a kubelet runs them:
+//! - a startup probe runs first; until it has succeeded the container is not `started` and no
+//!   other probe runs; `failureThreshold` failures kill the container;
+//! - then the readiness probe sets `ready` (once `successThreshold` successes, not ready again
+//!   after `failureThreshold` failures) and the liveness probe kills the container after
+//!   `failureThreshold` failures in a row. A killed container restarts as its pod's
+//!   restartPolicy says, with `restartCount` counting it.
 use std::{net::IpAddr, sync::Arc, time::Duration};
 
 use parking_lot::Mutex;
@@ -138,9 +142,132 @@ async fn check(check: &Check, ip: IpAddr, exec: &Exec) -> bool {
     }
 }
 
+/// A container's probes, parsed from its spec.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Probes {
+    pub startup: Option<Probe>,
+    pub readiness: Option<Probe>,
+    pub liveness: Option<Probe>,
+}
+
+impl Probes {
+    pub(super) fn parse(container: &Value) -> Self {
+        Self {
+            startup: Probe::parse(&container["startupProbe"], container),
+            readiness: Probe::parse(&container["readinessProbe"], container),
+            liveness: Probe::parse(&container["livenessProbe"], container),
+        }
+    }
+
+    pub(super) fn any(&self) -> bool {
+        self.startup.is_some() || self.readiness.is_some() || self.liveness.is_some()
+    }
+}
+
+/// Which probe had a container killed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Failed {
+    Startup,
+    Liveness,
+}
+
+impl Failed {
+    pub(super) fn name(self) -> &'static str {
+        match self {
+            Failed::Startup => "Startup",
+            Failed::Liveness => "Liveness",
+        }
+    }
+}
+
+async fn probe_once(probe: &Probe, ip: IpAddr, exec: &Exec) -> bool {
+    tokio::time::timeout(probe.timeout, check(&probe.check, ip, exec))
+        .await
+        .unwrap_or(false)
+}
+
+/// Probes until `successThreshold` successes in a row (`true`) or `failureThreshold`
+/// failures in a row (`false`).
+async fn until_decided(probe: &Probe, ip: IpAddr, exec: &Exec, succeed: bool) -> bool {
+    tokio::time::sleep(probe.initial_delay).await;
+    let (mut successes, mut failures) = (0, 0);
+    loop {
+        if probe_once(probe, ip, exec).await {
+            successes += 1;
+            failures = 0;
+            if succeed && successes >= probe.success_threshold {
+                return true;
+            }
+        } else {
+            failures += 1;
+            successes = 0;
+            if failures >= probe.failure_threshold {
+                return false;
+            }
+        }
+        tokio::time::sleep(probe.period).await;
+    }
+}
+
 impl Kubelet {
+    /// Runs container `index`'s probes until aborted or until one of them has the container
+    /// killed: then returns which.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn probe_container(
+        self,
+        pod: Value,
+        index: usize,
+        probes: Probes,
+        ip: IpAddr,
+        exec: Exec,
+        statuses: Arc<Mutex<Vec<Value>>>,
+    ) -> Failed {
+        if let Some(startup) = &probes.startup {
+            if !until_decided(startup, ip, &exec, true).await {
+                return Failed::Startup;
+            }
+            {
+                let mut st = statuses.lock();
+                st[index]["started"] = json!(true);
+                if probes.readiness.is_none() {
+                    st[index]["ready"] = json!(true);
+                }
+            }
+            self.publish(&pod, &statuses);
+        }
+        let readiness = async {
+            match probes.readiness.clone() {
+                Some(probe) => {
+                    self.clone()
+                        .readiness(
+                            pod.clone(),
+                            index,
+                            probe,
+                            ip,
+                            exec.clone(),
+                            statuses.clone(),
+                        )
+                        .await
+                }
+                None => std::future::pending().await,
+            }
+        };
+        let liveness = async {
+            match &probes.liveness {
+                Some(probe) => {
+                    until_decided(probe, ip, &exec, false).await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = readiness => unreachable!("readiness probes run until aborted"),
+            () = liveness => Failed::Liveness,
+        }
+    }
+
     /// Probes until aborted, setting `ready` of container `index` on transitions.
-    pub(super) async fn readiness(
+    async fn readiness(
         self,
         pod: Value,
         index: usize,
@@ -152,9 +279,7 @@ impl Kubelet {
         tokio::time::sleep(probe.initial_delay).await;
         let (mut successes, mut failures, mut ready) = (0, 0, false);
         loop {
-            let ok = tokio::time::timeout(probe.timeout, check(&probe.check, ip, &exec))
-                .await
-                .unwrap_or(false);
+            let ok = probe_once(&probe, ip, &exec).await;
             if ok {
                 successes += 1;
                 failures = 0;

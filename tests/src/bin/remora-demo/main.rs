@@ -4,10 +4,15 @@
 //! plainly and once through `remora run --target pid/<pod>`, and prints what
 //! each saw. Then two developers share the pod's service through the
 //! operator: each steals only the requests carrying their own header, while
-//! everyone else keeps talking to the pod. Everything it creates is removed
-//! when it exits.
+//! everyone else keeps talking to the pod. Last, the Kubernetes act
+//! (`kube.rs`): a small shop on the test cluster `remora-kube-sim`, and the
+//! same kind of script without and with `remora run --target
+//! deployment/storefront`. Everything it creates is removed when it exits.
 //!
-//! `remora-demo -- CMD...` runs your own command against the same pod instead.
+//! `remora-demo -- CMD...` runs your own command against the same pod instead;
+//! `remora-demo --kubernetes` runs only the Kubernetes act.
+
+mod kube;
 
 use remora_tests::fixtures::{
     CHECKOUT_CONFIG, CHECKOUT_PORT, PAYMENTS_HOST, checkout_pod, remora_run,
@@ -28,7 +33,12 @@ fn main() -> ExitCode {
             }
         };
     }
-    match demo() {
+    let result = if args == ["--kubernetes"] {
+        kube::act()
+    } else {
+        demo()
+    };
+    match result {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => {
             eprintln!("demo: remora did not show the pod's view (see above)");
@@ -83,7 +93,10 @@ fn demo() -> Result<bool, Box<dyn std::error::Error>> {
         && seen.contains("/health: ok");
     let shared = shared_target(&c.pod)?;
     println!("\n==> cleaning up the sandbox");
-    Ok(ok && shared)
+    drop(c);
+    drop(sandbox);
+    let kube = kube::act()?;
+    Ok(ok && shared && kube)
 }
 
 /// Stops a background `remora run` (and the app it became) on drop.
