@@ -190,6 +190,24 @@ pub fn prepare(
             _ => Backend::Kube(Box::new(crate::kube::KubeLaunch::from_config(&config))),
         },
     };
+    if !config.split_queues.is_empty()
+        && let (Backend::Operator { .. }, Some(operator)) = (&backend, &config.operator)
+    {
+        // The split's rollout replaces the workload's pods: it must be over
+        // before the operator picks the pod this session's agent enters.
+        reporter.step(&format!(
+            "preparing the queue split of {target_name} (the workload rolls onto its temporary queues)"
+        ));
+        let request = Request::Queues(QueueRequest::Prepare {
+            target: target_name.clone(),
+        });
+        crate::session_cmd::ask_operator_within(operator, request, SPLIT_PREPARE_WAIT).map_err(
+            |e| Error::Env {
+                target: target_name.clone(),
+                reason: format!("queue splits: {e}"),
+            },
+        )?;
+    }
     reporter.step(&match &backend {
         Backend::Operator { addr, .. } => {
             format!("joining {target_name} through the operator at {addr}")
@@ -296,6 +314,9 @@ fn db_branches(
     }
     Ok(vars)
 }
+
+/// How long `remora run` waits for a queue split's rollout.
+const SPLIT_PREPARE_WAIT: Duration = Duration::from_secs(330);
 
 /// Ask the operator for the session's `split_queues`: the variables that
 /// name the session's own temporary queues. Its share ends with the session.

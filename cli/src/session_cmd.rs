@@ -89,6 +89,18 @@ fn ask(operator: &str, request: SessionRequest) -> Result<SessionReply> {
 /// # Errors
 /// [`Error::OperatorSession`] with the operator's reason.
 pub(crate) fn ask_operator(operator: &str, request: Request) -> Result<Response> {
+    ask_operator_within(operator, request, TIMEOUT)
+}
+
+/// [`ask_operator`], waiting up to `wait` for the answer.
+///
+/// # Errors
+/// As [`ask_operator`].
+pub(crate) fn ask_operator_within(
+    operator: &str,
+    request: Request,
+    wait: Duration,
+) -> Result<Response> {
     let failed = |reason: String| Error::OperatorSession {
         operator: operator.into(),
         reason,
@@ -101,10 +113,12 @@ pub(crate) fn ask_operator(operator: &str, request: Request) -> Result<Response>
         .ok_or_else(|| failed("the name resolves to no address".into()))?;
     let mut stream = TcpStream::connect_timeout(&addr, TIMEOUT)
         .map_err(|e| failed(format!("cannot connect: {e} (is remora-operator running?)")))?;
-    stream.set_read_timeout(Some(TIMEOUT)).ok();
+    stream.set_read_timeout(Some(wait)).ok();
     let hello = Hello {
         version: PROTOCOL_VERSION,
-        capabilities: Capabilities::SESSIONS | Capabilities::DB_BRANCHES,
+        capabilities: Capabilities::SESSIONS
+            | Capabilities::DB_BRANCHES
+            | Capabilities::QUEUE_SPLITS,
         token: SessionToken(token),
         client: identity("remora session"),
         target: None,

@@ -294,6 +294,52 @@ impl Workloads {
         .await
     }
 
+    /// Waits until the workload's rollout is over: every replica runs the
+    /// current template and no pod of an older one is left (what `kubectl
+    /// rollout status` waits for).
+    ///
+    /// # Errors
+    /// The API failed, or `wait` passed first.
+    pub async fn wait_rolled_out(
+        &self,
+        workload: &WorkloadRef,
+        wait: std::time::Duration,
+    ) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let object = self
+                .api(workload.kind)
+                .get(&workload.name)
+                .await
+                .map_err(|source| SplitError::Api {
+                    what: format!("reading {:?} {}", workload.kind, workload.name),
+                    source,
+                })?;
+            let int = |path: &str| object.data.pointer(path).and_then(Value::as_i64);
+            let generation = object.metadata.generation.unwrap_or(0);
+            let wanted = int("/spec/replicas").unwrap_or(1);
+            let done = int("/status/observedGeneration").unwrap_or(0) >= generation
+                && int("/status/updatedReplicas").unwrap_or(0) >= wanted
+                && int("/status/replicas").unwrap_or(0) <= wanted
+                && int("/status/availableReplicas")
+                    .or_else(|| int("/status/readyReplicas"))
+                    .unwrap_or(0)
+                    >= wanted;
+            if done {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(SplitError::Value(format!(
+                    "{:?} {} did not finish rolling onto its temporary queues within {}s",
+                    workload.kind,
+                    workload.name,
+                    wait.as_secs()
+                )));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        }
+    }
+
     /// Puts the saved variables back and removes [`PATCHED_ANNOTATION`]
     /// (another rollout).
     ///

@@ -358,6 +358,7 @@ spec:
         (100..110).map(|n| format!("alice-{n}")).collect::<Vec<_>>()
     );
     for gone in [&alice_queue, &workload_queue] {
-        assert!(broker.inspect(gone).await.is_err(), "{gone} still exists");
+        // A passive declare (`inspect` redeclares to learn the arguments).
+        assert!(broker.depth(gone).await.is_err(), "{gone} still exists");
     }
 }

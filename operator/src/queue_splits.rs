@@ -22,6 +22,14 @@ pub trait QueueSplitter: Send + Sync + std::fmt::Debug + 'static {
         request: QueueRequest,
     ) -> BoxFuture<'static, Result<QueueReply, String>>;
 
+    /// Before a session on `target` (canonical) starts: make its workload's
+    /// split active and wait until the workload rolled onto its temporary
+    /// queues, so the session's agent starts in a pod that stays.
+    ///
+    /// # Errors
+    /// As [`QueueSplitter::handle`].
+    fn prepare(&self, target: String) -> BoxFuture<'static, Result<(), String>>;
+
     /// `session` ended: its messages go back to the workload (the future
     /// ends once they did).
     fn leave(&self, session: SessionId) -> BoxFuture<'static, ()>;

@@ -16,6 +16,7 @@ use crate::sessions::Sessions;
 use futures::{SinkExt, StreamExt};
 use remora_protocol::codec::FrameCodec;
 use remora_protocol::handshake::negotiate;
+use remora_protocol::queues::{QueueReply, QueueRequest};
 use remora_protocol::{
     Capabilities, ClientMessage, CodecError, ErrorCode, Hello, HelloReply, PROTOCOL_VERSION,
     ProtocolVersion, RemoteError, Request, Response, ServerMessage, SessionId, SessionToken,
@@ -233,11 +234,11 @@ where
         // A control connection: session listing and killing only.
         let reply = accepted(
             version,
-            Capabilities::SESSIONS | Capabilities::DB_BRANCHES,
+            Capabilities::SESSIONS | Capabilities::DB_BRANCHES | Capabilities::QUEUE_SPLITS,
             SessionId(0),
         );
         if framed.send(reply).await.is_ok() {
-            control(framed.map_codec(|_| FrameCodec::default()), &ctx, &user).await;
+            control(framed.map_codec(|_| FrameCodec::default()), &ctx, &caller).await;
         }
         return;
     };
@@ -447,13 +448,45 @@ async fn handshake_agent(
 }
 
 /// A control connection: `Session` requests and pings until the client leaves.
+/// `QueueRequest::Prepare` on a control connection: the caller must be
+/// allowed a session on the target, as the session that follows will be.
+async fn prepare_split(
+    ctx: &Context,
+    caller: &Caller,
+    target: &str,
+) -> std::result::Result<Response, RemoteError> {
+    let refused = |reason: String| RemoteError::new(ErrorCode::InvalidInput, reason);
+    let Some(splitter) = &ctx.queue_splitter else {
+        return Err(RemoteError::new(
+            ErrorCode::Unsupported,
+            "this operator splits no queues (queue splitting needs the operator in Kubernetes \
+             mode: docs/queues.md)",
+        ));
+    };
+    let resolved = ctx
+        .agents
+        .platform()
+        .resolve(target)
+        .map_err(|e| refused(e.to_string()))?;
+    ctx.access
+        .authorize(caller, &resolved)
+        .await
+        .map_err(|reason| RemoteError::new(ErrorCode::Forbidden, reason))?;
+    splitter
+        .prepare(resolved.name)
+        .await
+        .map(|()| Response::Queues(QueueReply::Prepared))
+        .map_err(refused)
+}
+
 async fn control<S>(
     mut link: Framed<S, FrameCodec<ClientMessage, ServerMessage>>,
     ctx: &Context,
-    user: &str,
+    caller: &Caller,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let user = caller.user.as_str();
     while let Some(Ok(message)) = link.next().await {
         let (id, request) = match message {
             ClientMessage::Request { id, request } => (id, request),
@@ -468,6 +501,9 @@ async fn control<S>(
                 .handle(db.clone(), user, None)
                 .await
                 .map(Response::Db),
+            Request::Queues(QueueRequest::Prepare { target }) => {
+                prepare_split(ctx, caller, target).await
+            }
             _ => Err(RemoteError::new(
                 ErrorCode::Unsupported,
                 "this is a control connection (no target): only session requests",

@@ -23,6 +23,11 @@ pub struct QueueWanted {
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum QueueRequest {
+    /// Before a session on `target` starts (on a control connection): make
+    /// the split of its workload active, so the workload's rollout onto its
+    /// temporary queues is over before the session's agent picks a pod. The
+    /// split waits a while for the session to join.
+    Prepare { target: String },
     /// Join these queues' splits for the rest of the session.
     Split(Vec<QueueWanted>),
 }
@@ -33,4 +38,6 @@ pub enum QueueRequest {
 pub enum QueueReply {
     /// The session's variables, each naming its own temporary queue.
     Split { env: BTreeMap<String, String> },
+    /// The split is active and the workload rolled out.
+    Prepared,
 }

@@ -111,8 +111,10 @@ impl Rabbit {
         })
     }
 
+    /// Whether `queue` exists (a passive declare: `inspect` redeclares,
+    /// which would create a queue deleted meanwhile).
     fn exists(&self, queue: &QueueName) -> bool {
-        self.rt.block_on(self.broker.inspect(queue)).is_ok()
+        self.rt.block_on(self.broker.depth(queue)).is_ok()
     }
 }
 
@@ -207,11 +209,14 @@ spec:
         let Some(newest) = pods.lines().last() else {
             return String::new();
         };
-        sim.kubectl(&["logs", newest])
-            .lines()
-            .next()
-            .unwrap_or("")
-            .to_owned()
+        // The pod may be gone by now (a rollout): then it says nothing.
+        let logs = Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&sim.kubeconfig)
+            .args(["logs", newest])
+            .output()
+            .unwrap();
+        text(&logs.stdout).lines().next().unwrap_or("").to_owned()
     };
 
     let mut operator = Command::new(bin_path("remora-operator").unwrap())

@@ -37,6 +37,10 @@ use tokio_util::sync::CancellationToken;
 
 /// Default `drainTimeout`.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a prepared split waits for its first session to join.
+pub const PREPARED_GRACE: Duration = Duration::from_secs(120);
+/// How long a workload may take to roll onto its temporary queues.
+pub const ROLLOUT_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// What a session asks for one queue id.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,6 +69,9 @@ struct Active {
     queues: BTreeMap<String, RunningQueue>,
     /// Session id to the queue ids it joined.
     sessions: BTreeMap<String, BTreeSet<String>>,
+    /// Prepared for a session that has not joined yet (until then the
+    /// split is not ended for having no sessions).
+    reserved: usize,
     saved_env: BTreeMap<String, String>,
 }
 
@@ -255,6 +262,50 @@ impl Splits {
         }
     }
 
+    /// Makes the split of `workload` active (if it is not) and waits until
+    /// the workload has rolled onto its temporary queues, for a session
+    /// that joins next; if none joins within [`PREPARED_GRACE`] and no other
+    /// session holds the split, it ends.
+    ///
+    /// # Errors
+    /// No registration, broker or API failures, a rollout that does not end.
+    pub async fn prepare(&self, namespace: &str, workload: &WorkloadRef) -> Result<(), SplitError> {
+        let split = self.find(namespace, workload).await?;
+        let name = split.metadata.name.clone().unwrap_or_default();
+        let slot = (namespace.to_owned(), name.clone());
+        {
+            let mut active = self.active.lock().await;
+            if !active.contains_key(&slot) {
+                let started = self.activate(namespace, &name, &split).await?;
+                active.insert(slot.clone(), started);
+            }
+            active.get_mut(&slot).expect("inserted above").reserved += 1;
+        }
+        let this = self.clone();
+        let grace_slot = slot.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(PREPARED_GRACE).await;
+            this.release_reservation(grace_slot).await;
+        });
+        Workloads::new(self.client.clone(), namespace)
+            .wait_rolled_out(workload, ROLLOUT_TIMEOUT)
+            .await
+    }
+
+    /// A reservation's grace is over: end the split if nobody holds it.
+    async fn release_reservation(&self, slot: (String, String)) {
+        let mut active = self.active.lock().await;
+        let Some(entry) = active.get_mut(&slot) else {
+            return;
+        };
+        entry.reserved = entry.reserved.saturating_sub(1);
+        if entry.reserved == 0 && entry.sessions.is_empty() {
+            let done = active.remove(&slot).expect("present");
+            drop(active);
+            self.deactivate(&slot.0, &slot.1, done).await;
+        }
+    }
+
     /// Joins `session` to the queues it asks for in the split registered for
     /// `workload`, starting the split if it is the first. Returns the
     /// session's variables: each queue's variable pointing at the session's
@@ -327,7 +378,7 @@ impl Splits {
             for id in &joined {
                 let _ = entry.queues[id].api.remove_session(&key).await;
             }
-            if entry.sessions.is_empty() {
+            if entry.sessions.is_empty() && entry.reserved == 0 {
                 let done = active.remove(&slot).expect("present");
                 drop(active);
                 self.deactivate(namespace, &name, done).await;
@@ -335,6 +386,8 @@ impl Splits {
             return Err(error);
         }
         entry.sessions.insert(session.to_owned(), joined);
+        // The session a prepare was for has joined.
+        entry.reserved = entry.reserved.saturating_sub(1);
         let count = entry.sessions.len();
         drop(active);
         self.set_phase(namespace, &name, SplitPhase::Active, count)
@@ -359,7 +412,7 @@ impl Splits {
                     tracing::warn!(split = %name, queue = %id, error = %e, "removing a session");
                 }
             }
-            if entry.sessions.is_empty() {
+            if entry.sessions.is_empty() && entry.reserved == 0 {
                 ended.push((namespace.clone(), name.clone()));
             } else {
                 counts.push((namespace.clone(), name.clone(), entry.sessions.len()));
@@ -445,6 +498,7 @@ impl Splits {
                         spec: split.spec.clone(),
                         queues,
                         sessions: BTreeMap::new(),
+                        reserved: 0,
                         saved_env,
                     };
                     self.deactivate(namespace, name, partial).await;
@@ -460,6 +514,7 @@ impl Splits {
                 spec: split.spec.clone(),
                 queues,
                 sessions: BTreeMap::new(),
+                reserved: 0,
                 saved_env,
             };
             self.deactivate(namespace, name, partial).await;
@@ -475,6 +530,7 @@ impl Splits {
             spec: split.spec.clone(),
             queues,
             sessions: BTreeMap::new(),
+            reserved: 0,
             saved_env,
         })
     }
@@ -658,6 +714,7 @@ impl Splits {
             spec: split.spec.clone(),
             queues,
             sessions: BTreeMap::new(),
+            reserved: 0,
             saved_env: status.saved_env.clone(),
         }
     }
@@ -703,7 +760,14 @@ impl QueueSplitter for KubeQueueSplitter {
         let this = self.clone();
         Box::pin(async move {
             let workload = workload_of(&target)?;
-            let QueueRequest::Split(queues) = request;
+            let queues = match request {
+                QueueRequest::Split(queues) => queues,
+                QueueRequest::Prepare { .. } => {
+                    return Err("a split is prepared on a control connection, before the \
+                                session starts"
+                        .to_owned());
+                }
+            };
             let mut wanted = BTreeMap::new();
             for q in queues {
                 let broker = match q.broker.as_str() {
@@ -727,6 +791,17 @@ impl QueueSplitter for KubeQueueSplitter {
                 .await
                 .map_err(|e| e.to_string())?;
             Ok(QueueReply::Split { env })
+        })
+    }
+
+    fn prepare(&self, target: String) -> BoxFuture<'static, Result<(), String>> {
+        let this = self.clone();
+        Box::pin(async move {
+            let workload = workload_of(&target)?;
+            this.splits
+                .prepare(&this.namespace, &workload)
+                .await
+                .map_err(|e| e.to_string())
         })
     }
 
