@@ -631,6 +631,10 @@ fn fill_linux_dirents(dir: &mut RemoteDir, buf: &mut [u8]) -> HookResult<usize> 
 /// `buf` must be null or have `len` writable bytes.
 pub unsafe fn getdents64_hook(fd: c_int, buf: *mut u8, len: usize) -> Option<isize> {
     let _g = DetourGuard::enter()?;
+    // Every other fd (the common case) goes to the kernel untouched.
+    if !matches!(fd::get(fd), Some(Managed::File(_))) {
+        return None;
+    }
     // SAFETY: caller's contract.
     let out = match unsafe { super::hooks::out_slice(buf.cast(), len) } {
         Ok(out) => out,
