@@ -51,6 +51,11 @@ need gdb gdb
 need mariadb-server mariadbd
 need mariadb-client mariadb-dump
 need gcc cc
+# Layer tests: a C++ std::fstream program (io_local), a liburing program
+# refused io_uring (io_local), nm -D of the built layer (hooks_doc).
+need g++ g++
+need liburing2 '/usr/lib/*/liburing.so.2'
+need binutils nm
 need nodejs node
 need npm npm
 need golang-go go

@@ -20,7 +20,7 @@
 //!   [`io`] forward `read`/`write`/`pread`/`pwrite`/`readv`/`writev`/
 //!   `lseek`/`ftruncate` on it. `fopen` of such a file returns a
 //!   `fopencookie` stream instead (glibc's stdio reads through internal
-//!   symbols that interposition cannot see).
+//!   symbols that interposition cannot see), whose `fileno` is a placeholder.
 //! * **Directories** (`open(O_DIRECTORY)`, or a read-only open that turns out
 //!   to be one) get a placeholder that remembers the path, so `fstat`,
 //!   `openat(dirfd, ...)` and `fdopendir` work; `opendir` returns a fake `DIR`
@@ -31,9 +31,7 @@
 //! after `exec` they read as empty files (snapshots keep working). On a
 //! placeholder `mmap` fails with `ENODEV`, `copy_file_range` with `EXDEV` and
 //! `sendfile` with `EINVAL` (callers fall back to `read`/`write`); `splice`
-//! and `fdopen`'d stdio see the empty `memfd`, and a `fopencookie` stream
-//! has no fd for code that bypasses stdio with `read(fileno(f))` (libstdc++'s
-//! `filebuf`). A forked child reuses the parent's remote handles over its own
+//! sees the empty `memfd`. A forked child reuses the parent's remote handles over its own
 //! intproxy session and never closes them remotely (the parent owns them).
 //! glibc's own `scandir`, `glob`, `ftw`/`nftw` and `fts_*` open directories
 //! through its internal `opendir`, so they list the local file system

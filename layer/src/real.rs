@@ -40,3 +40,23 @@ macro_rules! real {
     }};
 }
 pub(crate) use real;
+
+/// Like [`resolve`], trying `names` in order and returning null (instead of
+/// aborting) when none exists: for symbols whose exported name differs
+/// between libc versions (`__res_query` is a default symbol of old
+/// libresolv, a compatibility one of glibc 2.34+, where `res_query` is it).
+pub fn resolve_any(slot: &AtomicPtr<c_void>, names: &[&'static [u8]]) -> *mut c_void {
+    let ptr = slot.load(Ordering::Acquire);
+    if !ptr.is_null() {
+        return ptr;
+    }
+    for name in names {
+        // SAFETY: NUL-terminated static strings; RTLD_NEXT is valid here.
+        let found = unsafe { libc::dlsym(libc::RTLD_NEXT, name.as_ptr().cast()) };
+        if !found.is_null() {
+            slot.store(found, Ordering::Release);
+            return found;
+        }
+    }
+    std::ptr::null_mut()
+}

@@ -107,6 +107,9 @@ struct Shared {
     /// File requests in flight while the agent enforces file rules: its
     /// refusals are shown to the user.
     fs_requests: HashSet<RequestId>,
+    /// Raw DNS queries in flight: the name that answered (after the
+    /// target's search list) is checked against `outgoing_block` too.
+    dns_queries: HashSet<RequestId>,
 }
 
 #[derive(Debug, Clone)]
@@ -427,10 +430,12 @@ impl Relay {
                         "DNS queries for {} are refused: {label} blocks connections to it",
                         query.name
                     );
+                    self.tell_once(LogLevel::Warn, reason.clone()).await;
                     let error = RemoteError::new(ErrorCode::Forbidden, reason);
                     let _ = self.to_client(answer(Err(error))).await;
                     return true;
                 }
+                self.shared().dns_queries.insert(id);
             }
             Request::Lookup(lookup) => {
                 let hits = self
@@ -654,6 +659,25 @@ impl Relay {
                     if env && let Ok(Response::Env(reply)) = result {
                         self.withhold_env(&mut reply.vars).await;
                     }
+                    let dns = self.shared().dns_queries.remove(id);
+                    if dns
+                        && let Ok(Response::DnsAnswer(reply)) = &*result
+                        && let Some(name) = question_name(&reply.message)
+                    {
+                        let hits = self
+                            .ctx
+                            .policies
+                            .current()
+                            .blocked_name(&self.ctx.target, &name);
+                        if let Some((label, _)) = hits.first() {
+                            let reason = format!(
+                                "DNS queries for {name} are refused: {label} blocks connections \
+                                 to it"
+                            );
+                            self.tell_once(LogLevel::Warn, reason.clone()).await;
+                            *result = Err(RemoteError::new(ErrorCode::Forbidden, reason));
+                        }
+                    }
                     let lookup = self.shared().lookups.remove(id);
                     if let (Some((name, hits)), Ok(Response::Lookup(reply))) = (lookup, &*result) {
                         let mut shared = self.shared();
@@ -733,3 +757,27 @@ pub fn session_control(
 
 #[cfg(test)]
 mod tests;
+
+/// The name asked in a DNS message's first question (lowercase, no
+/// trailing dot); `None` when the message has none or is malformed.
+fn question_name(msg: &[u8]) -> Option<String> {
+    if msg.len() < 12 || u16::from_be_bytes([msg[4], msg[5]]) == 0 {
+        return None;
+    }
+    let mut labels = Vec::new();
+    let mut at = 12;
+    loop {
+        let len = *msg.get(at)? as usize;
+        if len == 0 {
+            break;
+        }
+        // A question name is never compressed.
+        if len > 63 {
+            return None;
+        }
+        let label = msg.get(at + 1..at + 1 + len)?;
+        labels.push(String::from_utf8_lossy(label).to_ascii_lowercase());
+        at += 1 + len;
+    }
+    Some(labels.join("."))
+}

@@ -5,6 +5,7 @@
 //! resolver: its hosts file, its nameserver and its search list.
 
 use remora_tests::fixtures::remora_run;
+use remora_tests::operator::OperatorProcess;
 use remora_tests::{PodSpec, Sandbox, require_sandbox};
 use std::net::Ipv4Addr;
 use std::process::Output;
@@ -143,5 +144,48 @@ fn getaddrinfo_a_resolves_with_the_pods_hosts_file_and_nameserver() {
         out,
         "ledger.pod.test: 10.4.5.6\norders.pod.test: 10.1.2.3\n\
          missing.pod.test: Name or service not known\n"
+    );
+}
+
+#[test]
+fn through_the_operator_raw_queries_for_a_blocked_name_are_refused() {
+    require_sandbox!();
+    let sandbox = Sandbox::new().unwrap();
+    let (pod, _server) = dns_pod(&sandbox);
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        "[[policy]]\ntargets = [\"pid/*\"]\noutgoing_block = [\"orders.pod.test\"]\n",
+    )
+    .unwrap();
+    let op = OperatorProcess::start(Some(&policy)).unwrap();
+    let out = op
+        .remora("alice")
+        .unwrap()
+        .args([
+            "run",
+            "--target",
+            &pod.target(),
+            "--",
+            "python3",
+            "-c",
+            PY_RES,
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        stderr.contains("DNS queries for orders.pod.test are refused: policy #1"),
+        "{stderr}\nstdout: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // The blocked name is refused (h_errno 3, NO_RECOVERY) whether asked
+    // for directly or found through the pod's search list (`orders`);
+    // other names are answered.
+    assert_eq!(
+        ok(out),
+        "res_query h_errno=3\nres_search h_errno=3\n__res_query 1 TXT hello from the pod\n\
+         nxdomain h_errno=1\nno data h_errno=3\n"
     );
 }

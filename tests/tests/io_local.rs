@@ -526,3 +526,35 @@ fn getdents64_through_syscall_and_libc_lists_a_pod_directory() {
          tiny buffer: Invalid argument\n"
     );
 }
+
+#[test]
+fn a_cpp_fstream_reads_and_appends_to_a_pod_file() {
+    require_sandbox!();
+    let sandbox = Sandbox::new().unwrap();
+    let c = checkout_pod(&sandbox).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let program = dir.path().join("fstream_rw");
+    let source = concat!(env!("CARGO_MANIFEST_DIR"), "/apps/c/fstream_rw.cpp");
+    let built = std::process::Command::new("g++")
+        .arg("-o")
+        .arg(&program)
+        .arg(source)
+        .status()
+        .unwrap();
+    assert!(built.success(), "g++ {source}");
+    // Read-write: the stream is a remote handle whose fileno the library
+    // uses directly.
+    let out = ok(remora_run_with(
+        &c.pod,
+        &["--fs-mode", "write"],
+        &[program.to_str().unwrap(), "/srv/checkout/data/orders.csv"],
+    )
+    .unwrap());
+    assert_eq!(out, "first line: id,total\nclosed: ok\n");
+    assert_eq!(
+        c.pod
+            .exec_ok(&["cat", "/srv/checkout/data/orders.csv"])
+            .unwrap(),
+        "id,total\n1,9.99\n2,42.00\n3,7.25\n"
+    );
+}

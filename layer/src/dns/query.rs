@@ -163,8 +163,24 @@ unsafe fn hook(
 }
 
 /// Define `res_query`-shaped entry points under each of their names.
+/// The libc function behind a resolver hook: `names` are its spellings
+/// (`res_query`, `__res_query`), tried in order; `None` when libc has none.
+fn next_fn(
+    slot: &'static std::sync::atomic::AtomicPtr<c_void>,
+    names: &[&'static [u8]],
+) -> Option<*mut c_void> {
+    let ptr = crate::real::resolve_any(slot, names);
+    (!ptr.is_null()).then_some(ptr)
+}
+
+/// The failure of a resolver call libc cannot make either.
+fn unavailable() -> c_int {
+    set_h_errno(NO_RECOVERY);
+    -1
+}
+
 macro_rules! query_hooks {
-    ($search:expr => $($name:ident),+) => {$(
+    ($search:expr => $($name:ident / $other:literal),+) => {$(
         #[unsafe(no_mangle)]
         pub unsafe extern "C" fn $name(
             dname: *const c_char,
@@ -177,7 +193,15 @@ macro_rules! query_hooks {
             if let Some(n) = unsafe { hook(dname, std::ptr::null(), class, rtype, answer, anslen, $search) } {
                 return n;
             }
-            let real = real!($name: fn(*const c_char, c_int, c_int, *mut u8, c_int) -> c_int);
+            static SLOT: std::sync::atomic::AtomicPtr<c_void> =
+                std::sync::atomic::AtomicPtr::new(std::ptr::null_mut());
+            let names: [&[u8]; 2] = [concat!(stringify!($name), "\0").as_bytes(), $other];
+            let Some(ptr) = next_fn(&SLOT, &names) else {
+                return unavailable();
+            };
+            // SAFETY: the symbol has res_query's C signature.
+            let real: unsafe extern "C" fn(*const c_char, c_int, c_int, *mut u8, c_int) -> c_int =
+                unsafe { std::mem::transmute(ptr) };
             // SAFETY: forwarding the caller's arguments unchanged.
             unsafe { real(dname, class, rtype, answer, anslen) }
         }
@@ -185,7 +209,7 @@ macro_rules! query_hooks {
 }
 
 macro_rules! nquery_hooks {
-    ($search:expr => $($name:ident),+) => {$(
+    ($search:expr => $($name:ident / $other:literal),+) => {$(
         #[unsafe(no_mangle)]
         pub unsafe extern "C" fn $name(
             statp: *mut c_void,
@@ -199,20 +223,28 @@ macro_rules! nquery_hooks {
             if let Some(n) = unsafe { hook(dname, std::ptr::null(), class, rtype, answer, anslen, $search) } {
                 return n;
             }
-            let real = real!($name: fn(*mut c_void, *const c_char, c_int, c_int, *mut u8, c_int) -> c_int);
+            static SLOT: std::sync::atomic::AtomicPtr<c_void> =
+                std::sync::atomic::AtomicPtr::new(std::ptr::null_mut());
+            let names: [&[u8]; 2] = [concat!(stringify!($name), "\0").as_bytes(), $other];
+            let Some(ptr) = next_fn(&SLOT, &names) else {
+                return unavailable();
+            };
+            // SAFETY: the symbol has res_nquery's C signature.
+            let real: unsafe extern "C" fn(*mut c_void, *const c_char, c_int, c_int, *mut u8, c_int) -> c_int =
+                unsafe { std::mem::transmute(ptr) };
             // SAFETY: forwarding the caller's arguments unchanged.
             unsafe { real(statp, dname, class, rtype, answer, anslen) }
         }
     )+};
 }
 
-query_hooks!(false => res_query, __res_query);
-query_hooks!(true => res_search, __res_search);
-nquery_hooks!(false => res_nquery, __res_nquery);
-nquery_hooks!(true => res_nsearch, __res_nsearch);
+query_hooks!(false => res_query / b"__res_query\0", __res_query / b"res_query\0");
+query_hooks!(true => res_search / b"__res_search\0", __res_search / b"res_search\0");
+nquery_hooks!(false => res_nquery / b"__res_nquery\0", __res_nquery / b"res_nquery\0");
+nquery_hooks!(true => res_nsearch / b"__res_nsearch\0", __res_nsearch / b"res_nsearch\0");
 
 macro_rules! querydomain_hooks {
-    ($($name:ident),+) => {$(
+    ($($name:ident / $other:literal),+) => {$(
         #[unsafe(no_mangle)]
         pub unsafe extern "C" fn $name(
             name: *const c_char,
@@ -226,17 +258,28 @@ macro_rules! querydomain_hooks {
             if let Some(n) = unsafe { hook(name, domain, class, rtype, answer, anslen, false) } {
                 return n;
             }
-            let real = real!($name: fn(*const c_char, *const c_char, c_int, c_int, *mut u8, c_int) -> c_int);
+            static SLOT: std::sync::atomic::AtomicPtr<c_void> =
+                std::sync::atomic::AtomicPtr::new(std::ptr::null_mut());
+            let names: [&[u8]; 2] = [concat!(stringify!($name), "\0").as_bytes(), $other];
+            let Some(ptr) = next_fn(&SLOT, &names) else {
+                return unavailable();
+            };
+            // SAFETY: the symbol has res_querydomain's C signature.
+            let real: unsafe extern "C" fn(*const c_char, *const c_char, c_int, c_int, *mut u8, c_int) -> c_int =
+                unsafe { std::mem::transmute(ptr) };
             // SAFETY: forwarding the caller's arguments unchanged.
             unsafe { real(name, domain, class, rtype, answer, anslen) }
         }
     )+};
 }
 
-querydomain_hooks!(res_querydomain, __res_querydomain);
+querydomain_hooks!(
+    res_querydomain / b"__res_querydomain\0",
+    __res_querydomain / b"res_querydomain\0"
+);
 
 macro_rules! nquerydomain_hooks {
-    ($($name:ident),+) => {$(
+    ($($name:ident / $other:literal),+) => {$(
         #[unsafe(no_mangle)]
         pub unsafe extern "C" fn $name(
             statp: *mut c_void,
@@ -251,14 +294,25 @@ macro_rules! nquerydomain_hooks {
             if let Some(n) = unsafe { hook(name, domain, class, rtype, answer, anslen, false) } {
                 return n;
             }
-            let real = real!($name: fn(*mut c_void, *const c_char, *const c_char, c_int, c_int, *mut u8, c_int) -> c_int);
+            static SLOT: std::sync::atomic::AtomicPtr<c_void> =
+                std::sync::atomic::AtomicPtr::new(std::ptr::null_mut());
+            let names: [&[u8]; 2] = [concat!(stringify!($name), "\0").as_bytes(), $other];
+            let Some(ptr) = next_fn(&SLOT, &names) else {
+                return unavailable();
+            };
+            // SAFETY: the symbol has res_nquerydomain's C signature.
+            let real: unsafe extern "C" fn(*mut c_void, *const c_char, *const c_char, c_int, c_int, *mut u8, c_int) -> c_int =
+                unsafe { std::mem::transmute(ptr) };
             // SAFETY: forwarding the caller's arguments unchanged.
             unsafe { real(statp, name, domain, class, rtype, answer, anslen) }
         }
     )+};
 }
 
-nquerydomain_hooks!(res_nquerydomain, __res_nquerydomain);
+nquerydomain_hooks!(
+    res_nquerydomain / b"__res_nquerydomain\0",
+    __res_nquerydomain / b"res_nquerydomain\0"
+);
 
 // ---------------------------------------------------------------- getaddrinfo_a
 
@@ -359,4 +413,28 @@ pub unsafe extern "C" fn getaddrinfo_a(
         unsafe { notify(sev) };
     }
     0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// With the layer inactive every spelling reaches libc (glibc 2.34+
+    /// exports `__res_query` only as a compatibility symbol, which
+    /// `dlsym` cannot find: the hook must fall back to `res_query`). A name
+    /// too long to encode fails inside libc before any packet is sent.
+    #[test]
+    fn every_spelling_reaches_libc_when_the_layer_is_inactive() {
+        let long = vec![b'a'; 300].into_iter().chain([0]).collect::<Vec<u8>>();
+        let mut answer = [0u8; 512];
+        // SAFETY: a NUL-terminated name and a 512-byte buffer.
+        let rcs = unsafe {
+            [
+                __res_query(long.as_ptr().cast(), 1, 1, answer.as_mut_ptr(), 512),
+                res_query(long.as_ptr().cast(), 1, 1, answer.as_mut_ptr(), 512),
+                __res_search(long.as_ptr().cast(), 1, 1, answer.as_mut_ptr(), 512),
+            ]
+        };
+        assert_eq!(rcs, [-1, -1, -1]);
+    }
 }

@@ -552,9 +552,11 @@ pub unsafe extern "C" fn seekdir(dirp: *mut DIR, loc: c_long) {
 // cursor is checked out (removed) while it pages from the agent, so the
 // lock is never held across a round trip.
 
+/// A listing cursor and the open it belongs to (its fd entry's path).
+type Cursor = (Arc<str>, Box<RemoteDir>);
+
 /// Listing cursors of remote directory fds.
-pub(crate) static CURSORS: ForkMutex<Option<HashMap<c_int, (Arc<str>, Box<RemoteDir>)>>> =
-    ForkMutex::new(None);
+pub(crate) static CURSORS: ForkMutex<Option<HashMap<c_int, Cursor>>> = ForkMutex::new(None);
 
 /// Size of the fixed part of `struct linux_dirent64` (before `d_name`).
 const DIRENT64_HEADER: usize = 8 + 8 + 2 + 1;
@@ -629,6 +631,10 @@ fn fill_linux_dirents(dir: &mut RemoteDir, buf: &mut [u8]) -> HookResult<usize> 
 /// `buf` must be null or have `len` writable bytes.
 pub unsafe fn getdents64_hook(fd: c_int, buf: *mut u8, len: usize) -> Option<isize> {
     let _g = DetourGuard::enter()?;
+    // Every other fd (the common case) goes to the kernel untouched.
+    if !matches!(fd::get(fd), Some(Managed::File(_))) {
+        return None;
+    }
     // SAFETY: caller's contract.
     let out = match unsafe { super::hooks::out_slice(buf.cast(), len) } {
         Ok(out) => out,

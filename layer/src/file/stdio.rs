@@ -1,9 +1,10 @@
 //! stdio entry points. glibc's `fopen` opens through internal symbols that
 //! interposition cannot see, so `fopen` itself is hooked: a remote snapshot
 //! or directory becomes `fdopen(fd)`, a remote handle a `fopencookie` stream
-//! whose callbacks forward to the agent (such a stream has no fd: `fileno`
-//! returns -1); `fdopen` of a remote handle's placeholder does the same, its
-//! `fileno` being the placeholder;
+//! whose callbacks forward to the agent, with a placeholder fd as its
+//! `fileno` (so code reading `fileno(f)` directly, like libstdc++'s
+//! `filebuf`, reaches the same handle); `fdopen` of a remote handle's
+//! placeholder does the same;
 //! `freopen` puts a remote fd under the caller's `FILE`. `fclose` is hooked because glibc closes the fd internally,
 //! behind the `close` hook's back.
 
@@ -41,7 +42,7 @@ struct Cookie {
 /// A remote `fopen`'s result before it becomes a `FILE`.
 enum Stream {
     Fd(c_int),
-    Handle(Shared<RemoteHandle>),
+    Handle(super::FileInfo),
 }
 
 fn open(path: &CStr, flags: c_int) -> HookResult<Routed<Stream>> {
@@ -52,10 +53,8 @@ fn open(path: &CStr, flags: c_int) -> HookResult<Routed<Stream>> {
     // fopen creates files with 0666 (minus the umask, applied by the agent).
     match ops::open_remote(path, flags, 0o666)? {
         Opened::Native(fd) => Ok(Routed::Remote(Stream::Fd(fd))),
-        Opened::Handle(info) => match info.remote {
-            Some(handle) => Ok(Routed::Remote(Stream::Handle(handle))),
-            None => Err(HookError::Errno(libc::EIO)),
-        },
+        Opened::Handle(info) if info.remote.is_some() => Ok(Routed::Remote(Stream::Handle(info))),
+        Opened::Handle(_) => Err(HookError::Errno(libc::EIO)),
     }
 }
 
@@ -77,9 +76,45 @@ unsafe fn stream_of(stream: Stream, mode: *const c_char) -> *mut FILE {
             }
             fp
         }
-        Stream::Handle(handle) => {
+        Stream::Handle(info) => {
+            let Some(handle) = info.remote.clone() else {
+                set_errno(libc::EIO);
+                return std::ptr::null_mut();
+            };
+            // A placeholder fd gives the stream a `fileno`: libstdc++'s
+            // `filebuf` (std::fstream) reads and writes `fileno(f)` directly,
+            // which the fd hooks then send to the same remote handle.
             // SAFETY: mode is the caller's NUL-terminated string.
-            unsafe { cookie_stream(Cookie { handle, fd: None }, mode) }
+            let cloexec = unsafe { CStr::from_ptr(mode) }
+                .to_bytes()
+                .split(|c| *c == b',')
+                .next()
+                .is_some_and(|flags| flags.contains(&b'e'));
+            let Ok(fd) = ops::placeholder(info, cloexec) else {
+                // SAFETY: as above.
+                return unsafe { cookie_stream(Cookie { handle, fd: None }, mode) };
+            };
+            // SAFETY: as above.
+            let fp = unsafe {
+                cookie_stream(
+                    Cookie {
+                        handle,
+                        fd: Some(fd),
+                    },
+                    mode,
+                )
+            };
+            if fp.is_null() {
+                let errno = crate::error::errno();
+                drop(fd::remove(fd));
+                // SAFETY: the placeholder this call made.
+                unsafe { libc::close(fd) };
+                set_errno(errno);
+            } else {
+                // SAFETY: fp is the cookie stream just made.
+                unsafe { give_fileno(fp, fd) };
+            }
+            fp
         }
     }
 }
@@ -195,8 +230,8 @@ unsafe fn freopen_hook(
     };
     let fd = match stream {
         Stream::Fd(fd) => fd,
-        Stream::Handle(handle) => {
-            drop(handle);
+        Stream::Handle(info) => {
+            drop(info);
             crate::session::warn(&format!(
                 "remora: freopen of {} in mode {:?} is not supported (the target's file needs a                  handle: read-write, or bigger than {} MiB); open it with fopen instead",
                 cpath.to_string_lossy(),

@@ -516,3 +516,19 @@ async fn the_required_header_is_anded_with_the_sessions_filter() {
         })
     );
 }
+
+#[test]
+fn the_question_of_a_dns_reply_is_read_for_outgoing_block() {
+    // id, flags, 1 question, 1 answer; "Orders.Pod.Test" A IN, then an answer.
+    let mut msg = vec![0x12, 0x34, 0x81, 0x80, 0, 1, 0, 1, 0, 0, 0, 0];
+    for label in ["Orders", "Pod", "Test"] {
+        msg.push(label.len() as u8);
+        msg.extend_from_slice(label.as_bytes());
+    }
+    msg.extend_from_slice(&[0, 0, 1, 0, 1, 0xc0, 0x0c]);
+    assert_eq!(question_name(&msg).as_deref(), Some("orders.pod.test"));
+    assert_eq!(question_name(&msg[..14]), None);
+    let mut none = msg.clone();
+    none[5] = 0;
+    assert_eq!(question_name(&none), None);
+}
