@@ -25,7 +25,7 @@ use remora_protocol::{
     Capabilities, ClientMessage, ConnectionId, ErrorCode, Hello, HelloReply, HttpRequestId,
     RemoteAddr, RemoteError, RemoteResult, Request, RequestId, Response, ServerMessage,
 };
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use tokio::net::TcpStream;
@@ -350,6 +350,7 @@ pub async fn connect(config: &IntProxyConfig) -> Result<AgentApi> {
         ports: HashMap::new(),
         incoming_conns: HashMap::new(),
         http_requests: HashMap::new(),
+        closing: HashSet::new(),
         dead: dead.clone(),
         override_filters: config.override_filters,
         capabilities,
@@ -381,6 +382,11 @@ struct AgentLinkTask {
         ),
     >,
     ports: HashMap<RemotePort, mpsc::Sender<IncomingEvent>>,
+    /// Ports unsubscribed while some of their HTTP requests were in flight:
+    /// they take nothing new, but their task keeps getting those requests'
+    /// events (body, cancellation) until the last one is done, as a server
+    /// that stops listening still serves the connections it accepted.
+    closing: HashSet<RemotePort>,
     /// Which port each incoming connection belongs to, and its credit.
     incoming_conns: HashMap<ConnectionId, (RemotePort, Route)>,
     /// Which port each stolen HTTP request belongs to, until its response
@@ -498,9 +504,7 @@ impl AgentLinkTask {
             }
             Command::Send(msg) => {
                 if let ClientMessage::Incoming(IncomingClient::Unsubscribe { port }) = &msg {
-                    self.ports.remove(port);
-                    self.incoming_conns.retain(|_, (p, _)| p != port);
-                    self.http_requests.retain(|_, p| p != port);
+                    self.unsubscribed(*port);
                 }
                 if let ClientMessage::Incoming(IncomingClient::Close { conn }) = &msg {
                     self.incoming_conns.remove(conn);
@@ -514,7 +518,7 @@ impl AgentLinkTask {
                     | IncomingClient::ResponseFailed { request, .. },
                 ) = &msg
                 {
-                    self.http_requests.remove(request);
+                    self.request_done(*request);
                 }
                 if let ClientMessage::Outgoing(OutgoingClient::Close { conn }) = &msg {
                     self.streams.remove(conn);
@@ -584,6 +588,10 @@ impl AgentLinkTask {
             IncomingServer::Subscribed { port, result } => {
                 if let Some((events_tx, reply)) = self.subscribing.remove(&port) {
                     if result.is_ok() {
+                        // A port still closing is taken over: its task ends
+                        // (requests whose body is whole are still answered).
+                        self.closing.remove(&port);
+                        self.http_requests.retain(|_, p| *p != port);
                         self.ports.insert(port, events_tx);
                     }
                     let _ = reply.send(result);
@@ -595,6 +603,12 @@ impl AgentLinkTask {
                 peer,
                 local,
             } => {
+                if self.closing.contains(&port) {
+                    // Nothing listens for it any more.
+                    let close = ClientMessage::Incoming(IncomingClient::Close { conn });
+                    let _ = self.framed.send(close).await;
+                    return;
+                }
                 let route = Route::new(self.flow_control());
                 let flow = route.flow();
                 self.incoming_conns.insert(conn, (port, route));
@@ -638,7 +652,7 @@ impl AgentLinkTask {
                 peer,
                 head,
             } => {
-                if !self.ports.contains_key(&port) {
+                if !self.ports.contains_key(&port) || self.closing.contains(&port) {
                     // Unsubscribed meanwhile: nobody local can answer.
                     let reason = format!("nothing listens locally for port {} any more", port.0);
                     let _ = self
@@ -679,7 +693,7 @@ impl AgentLinkTask {
             IncomingServer::RequestCancelled { request } => {
                 self.deliver_request(request, IncomingEvent::RequestCancelled { request })
                     .await;
-                self.http_requests.remove(&request);
+                self.request_done(request);
             }
             IncomingServer::Upgraded { request, conn } => {
                 // The upgraded stream's data is routed by connection from now on.
@@ -695,6 +709,30 @@ impl AgentLinkTask {
                 };
                 self.deliver_request(request, event).await;
             }
+        }
+    }
+
+    /// The session stopped listening on `port`: no new connection or request
+    /// goes to it, its raw connections end, and its task goes once the
+    /// requests in flight are done.
+    fn unsubscribed(&mut self, port: RemotePort) {
+        self.incoming_conns.retain(|_, (p, _)| *p != port);
+        if self.http_requests.values().any(|p| *p == port) {
+            self.closing.insert(port);
+        } else {
+            self.ports.remove(&port);
+        }
+    }
+
+    /// `request` is answered, failed or cancelled; the last one of a closing
+    /// port ends its task.
+    fn request_done(&mut self, request: HttpRequestId) {
+        let Some(port) = self.http_requests.remove(&request) else {
+            return;
+        };
+        if self.closing.contains(&port) && !self.http_requests.values().any(|p| *p == port) {
+            self.closing.remove(&port);
+            self.ports.remove(&port);
         }
     }
 
@@ -738,12 +776,14 @@ impl AgentLinkTask {
             self.ports.remove(&port);
             self.incoming_conns.retain(|_, (p, _)| *p != port);
             self.http_requests.retain(|_, p| *p != port);
-            let _ = self
-                .framed
-                .send(ClientMessage::Incoming(IncomingClient::Unsubscribe {
-                    port,
-                }))
-                .await;
+            if !self.closing.remove(&port) {
+                let _ = self
+                    .framed
+                    .send(ClientMessage::Incoming(IncomingClient::Unsubscribe {
+                        port,
+                    }))
+                    .await;
+            }
         }
     }
 

@@ -209,6 +209,9 @@ async fn port_task(
             }
         }
     }
+    for (request, handle) in requests {
+        handle.orphan(&agent, request);
+    }
 }
 
 /// One incoming connection, dialed to the application's listener.

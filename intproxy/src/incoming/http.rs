@@ -89,6 +89,24 @@ impl RequestHandle {
         }
     }
 
+    /// The port's events ended (the app closed its listener, or the link is
+    /// gone) while this request was in flight. Like a server that stops
+    /// listening but still answers the connections it accepted, a request
+    /// whose body has all arrived is still answered; one still waiting for
+    /// body can never get the rest, so it fails.
+    pub(super) fn orphan(self, agent: &AgentApi, request: HttpRequestId) {
+        if self.body_tx.is_none() {
+            drop(self.task.detach());
+            return;
+        }
+        drop(self);
+        let agent = agent.clone();
+        tokio::spawn(async move {
+            let reason = "the local app stopped listening before the request body arrived";
+            let _ = agent.send_response_failed(request, reason.into()).await;
+        });
+    }
+
     /// Feed a piece of the request body (waits while the app is slow to read).
     pub(super) async fn body(&mut self, chunk: Bytes, last: bool) {
         if let Some(tx) = &self.body_tx {
