@@ -18,6 +18,7 @@ pub const AGENT_CAPABILITIES: Capabilities = Capabilities(
         | Capabilities::FILE_SYNC.0
         | Capabilities::FILE_METADATA.0
         | Capabilities::FLOW_CONTROL.0
+        | Capabilities::HTTP_FLOW_CONTROL.0
         | Capabilities::INCOMING_STEAL.0
         | Capabilities::INCOMING_MIRROR.0
         | Capabilities::SUBSCRIBE_OVERRIDE.0
@@ -57,6 +58,10 @@ pub fn evaluate(hello: &Hello, token: &SessionToken, target: &str) -> Result<Neg
         // Credit messages are v3 variants: a v2 peer (or a v2 operator
         // relaying a newer client's bits) could not decode them.
         capabilities = Capabilities(capabilities.0 & !Capabilities::FLOW_CONTROL.0);
+    }
+    if version < ProtocolVersion(4) {
+        // Likewise the HTTP body credit messages of v4.
+        capabilities = Capabilities(capabilities.0 & !Capabilities::HTTP_FLOW_CONTROL.0);
     }
     Ok(Negotiated {
         version,

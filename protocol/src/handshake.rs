@@ -16,6 +16,8 @@ use serde::{Deserialize, Serialize};
 ///   [`Capabilities::SESSION_POLICY`]. A v1 peer still works: it never
 ///   advertises those bits, so neither side sends those messages to it.
 /// * v3: per-stream credit ([`Capabilities::FLOW_CONTROL`], [`crate::flow`]).
+/// * v4: per-request credit for the bodies of taken HTTP requests and their
+///   answers ([`Capabilities::HTTP_FLOW_CONTROL`]).
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct ProtocolVersion(pub u32);
@@ -34,7 +36,10 @@ impl std::fmt::Display for ProtocolVersion {
 ///   ([`Capabilities::SUBSCRIBE_OVERRIDE`]).
 /// - v3: per-stream credit-based flow control (`OutgoingClient::Credit` and
 ///   the like, [`Capabilities::FLOW_CONTROL`]).
-pub const PROTOCOL_VERSION: ProtocolVersion = ProtocolVersion(3);
+/// - v4: the same credit for HTTP bodies of taken requests
+///   (`IncomingClient::RequestCredit`, `IncomingServer::ResponseCredit`,
+///   [`Capabilities::HTTP_FLOW_CONTROL`]).
+pub const PROTOCOL_VERSION: ProtocolVersion = ProtocolVersion(4);
 /// The oldest peer version this build still understands (v1: every message
 /// added since is gated by a capability bit a v1 peer does not advertise).
 pub const MIN_PROTOCOL_VERSION: ProtocolVersion = ProtocolVersion(1);
@@ -67,6 +72,11 @@ impl Capabilities {
     /// the `Credit` messages of outgoing and incoming streams. Without it a
     /// stream's data is not windowed and a slow stream slows the link.
     pub const FLOW_CONTROL: Capabilities = Capabilities(1 << 18);
+    /// Per-request credit for the bodies of taken HTTP requests and their
+    /// answers ([`crate::flow`], v4): `RequestCredit` and `ResponseCredit`.
+    /// Without it a peer that does not read its answer is given up after a
+    /// timeout, and an app slow to read a request body slows the link.
+    pub const HTTP_FLOW_CONTROL: Capabilities = Capabilities(1 << 19);
     /// `ClientMessage::SubscribeOverride` takes a port over from a session
     /// holding an identical filter (operators; v2 names it).
     pub const SUBSCRIBE_OVERRIDE: Capabilities = Capabilities(1 << 24);
@@ -88,6 +98,7 @@ impl Capabilities {
             | Self::FILE_SYNC.0
             | Self::FILE_METADATA.0
             | Self::FLOW_CONTROL.0
+            | Self::HTTP_FLOW_CONTROL.0
             | Self::SUBSCRIBE_OVERRIDE.0
             | Self::SESSION_POLICY.0
             | Self::STREAM_WRITES.0

@@ -214,7 +214,7 @@ fn version_negotiation_explains_mismatch() {
     assert_eq!(negotiate(ProtocolVersion(99)), Ok(crate::PROTOCOL_VERSION));
     let err = negotiate(ProtocolVersion(0)).unwrap_err();
     assert!(
-        err.contains("v0") && err.contains("v3") && err.contains("upgrade"),
+        err.contains("v0") && err.contains(&crate::PROTOCOL_VERSION.to_string()) && err.contains("upgrade"),
         "{err}"
     );
 }
@@ -222,7 +222,7 @@ fn version_negotiation_explains_mismatch() {
 #[test]
 fn version_two_keeps_v1_peers_and_gates_the_newer_messages() {
     use crate::handshake::{MIN_PROTOCOL_VERSION, ProtocolVersion, negotiate};
-    assert_eq!(crate::PROTOCOL_VERSION, ProtocolVersion(3));
+    assert_eq!(crate::PROTOCOL_VERSION, ProtocolVersion(4));
     assert_eq!(MIN_PROTOCOL_VERSION, ProtocolVersion(1));
     assert_eq!(negotiate(ProtocolVersion(1)), Ok(ProtocolVersion(1)));
     let gated = [
@@ -231,6 +231,7 @@ fn version_two_keeps_v1_peers_and_gates_the_newer_messages() {
         (Capabilities::STREAM_WRITES, 1 << 26),
         (Capabilities::INCOMING_PEER, 1 << 27),
         (Capabilities::FLOW_CONTROL, 1 << 18),
+        (Capabilities::HTTP_FLOW_CONTROL, 1 << 19),
     ];
     for (bit, value) in gated {
         assert_eq!(bit.0, value);
@@ -250,17 +251,17 @@ fn a_client_names_both_versions_when_the_server_is_older_or_newer() {
     assert!(check_accepted(ProtocolVersion(1), "the agent").is_ok());
     let newer = check_accepted(ProtocolVersion(7), "the operator").unwrap_err();
     assert!(
-        newer.contains("v7") && newer.contains("v3") && newer.contains("upgrade this remora"),
+        newer.contains("v7") && newer.contains(&crate::PROTOCOL_VERSION.to_string()) && newer.contains("upgrade this remora"),
         "{newer}"
     );
     let older = check_accepted(ProtocolVersion(0), "the agent").unwrap_err();
     assert!(
-        older.contains("v0") && older.contains("v3") && older.contains("upgrade the agent"),
+        older.contains("v0") && older.contains(&crate::PROTOCOL_VERSION.to_string()) && older.contains("upgrade the agent"),
         "{older}"
     );
     let rejected = explain_rejection("invalid token", ProtocolVersion(9), "the agent");
     assert!(
-        rejected.contains("v9") && rejected.contains("v3"),
+        rejected.contains("v9") && rejected.contains(&crate::PROTOCOL_VERSION.to_string()),
         "{rejected}"
     );
     assert_eq!(

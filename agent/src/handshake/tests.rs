@@ -25,7 +25,7 @@ fn token() -> SessionToken {
 
 #[test]
 fn accepts_and_intersects_capabilities() {
-    let ok = evaluate(&hello(3, "s3cret-token", Some("pid/7")), &token(), "pid/7").unwrap();
+    let ok = evaluate(&hello(4, "s3cret-token", Some("pid/7")), &token(), "pid/7").unwrap();
     assert_eq!(ok.version, PROTOCOL_VERSION);
     assert_eq!(ok.capabilities, AGENT_CAPABILITIES);
     assert!(ok.capabilities.contains(Capabilities::SESSION_POLICY));
@@ -36,6 +36,10 @@ fn accepts_and_intersects_capabilities() {
     assert_eq!(v1.version, ProtocolVersion(1));
     let v2 = evaluate(&hello(2, "s3cret-token", None), &token(), "pid/7").unwrap();
     assert!(!v2.capabilities.contains(Capabilities::FLOW_CONTROL));
+    assert!(ok.capabilities.contains(Capabilities::HTTP_FLOW_CONTROL));
+    let v3 = evaluate(&hello(3, "s3cret-token", None), &token(), "pid/7").unwrap();
+    assert!(v3.capabilities.contains(Capabilities::FLOW_CONTROL));
+    assert!(!v3.capabilities.contains(Capabilities::HTTP_FLOW_CONTROL));
     assert!(ok.capabilities.contains(Capabilities::INCOMING_STEAL));
     assert!(!ok.capabilities.contains(Capabilities::HTTP_FILTER));
 
@@ -53,7 +57,7 @@ fn refuses_bad_tokens_old_versions_and_other_targets() {
     }
     let err = evaluate(&hello(0, "wrong", None), &token(), "pid/7").unwrap_err();
     assert!(
-        err.contains("v0") && err.contains("v1") && err.contains("v3"),
+        err.contains("v0") && err.contains("v1") && err.contains(&PROTOCOL_VERSION.to_string()),
         "{err}"
     );
     let err = evaluate(&hello(1, "s3cret-token", Some("pid/8")), &token(), "pid/7").unwrap_err();
