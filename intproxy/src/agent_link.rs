@@ -778,8 +778,7 @@ impl AgentLinkTask {
         let Some((port, _)) = self.http_requests.remove(&request) else {
             return;
         };
-        if self.closing.contains(&port) && !self.http_requests.values().any(|(p, _)| *p == port)
-        {
+        if self.closing.contains(&port) && !self.http_requests.values().any(|(p, _)| *p == port) {
             self.closing.remove(&port);
             self.ports.remove(&port);
         }

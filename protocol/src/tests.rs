@@ -214,7 +214,9 @@ fn version_negotiation_explains_mismatch() {
     assert_eq!(negotiate(ProtocolVersion(99)), Ok(crate::PROTOCOL_VERSION));
     let err = negotiate(ProtocolVersion(0)).unwrap_err();
     assert!(
-        err.contains("v0") && err.contains(&crate::PROTOCOL_VERSION.to_string()) && err.contains("upgrade"),
+        err.contains("v0")
+            && err.contains(&crate::PROTOCOL_VERSION.to_string())
+            && err.contains("upgrade"),
         "{err}"
     );
 }
@@ -251,12 +253,16 @@ fn a_client_names_both_versions_when_the_server_is_older_or_newer() {
     assert!(check_accepted(ProtocolVersion(1), "the agent").is_ok());
     let newer = check_accepted(ProtocolVersion(7), "the operator").unwrap_err();
     assert!(
-        newer.contains("v7") && newer.contains(&crate::PROTOCOL_VERSION.to_string()) && newer.contains("upgrade this remora"),
+        newer.contains("v7")
+            && newer.contains(&crate::PROTOCOL_VERSION.to_string())
+            && newer.contains("upgrade this remora"),
         "{newer}"
     );
     let older = check_accepted(ProtocolVersion(0), "the agent").unwrap_err();
     assert!(
-        older.contains("v0") && older.contains(&crate::PROTOCOL_VERSION.to_string()) && older.contains("upgrade the agent"),
+        older.contains("v0")
+            && older.contains(&crate::PROTOCOL_VERSION.to_string())
+            && older.contains("upgrade the agent"),
         "{older}"
     );
     let rejected = explain_rejection("invalid token", ProtocolVersion(9), "the agent");

@@ -50,12 +50,12 @@ mod h2;
 
 use super::Subscriber;
 use super::conn::Accepted;
-use crate::flow::{CreditReturn, Inbound, SendWindow};
 use super::task::PortRoutes;
+use crate::flow::{CreditReturn, Inbound, SendWindow};
 use crate::net::NetApi;
 use bytes::{Bytes, BytesMut};
-use remora_protocol::incoming::{HttpRequestHead, HttpResponseHead, IncomingServer, RemotePort};
 use remora_protocol::flow::MAX_MESSAGES_IN_WINDOW;
+use remora_protocol::incoming::{HttpRequestHead, HttpResponseHead, IncomingServer, RemotePort};
 use remora_protocol::outgoing::MAX_CHUNK;
 use remora_protocol::{HttpRequestId, ServerMessage};
 use std::collections::HashMap;

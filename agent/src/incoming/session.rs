@@ -153,7 +153,9 @@ impl ClientIncoming {
         if self.subscriber.http_flow_control {
             // Within the window the queue has room: nothing waits here.
             let within = match &part {
-                ResponsePart::Body { chunk, .. } => entry.inbound.admit(chunk.len()) != Admit::Violation,
+                ResponsePart::Body { chunk, .. } => {
+                    entry.inbound.admit(chunk.len()) != Admit::Violation
+                }
                 _ => true,
             };
             let queued = within
