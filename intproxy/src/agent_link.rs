@@ -756,6 +756,8 @@ impl AgentLinkTask {
                     flow,
                 };
                 self.deliver_request(request, event).await;
+                // No more HTTP messages come for it.
+                self.request_done(request);
             }
         }
     }
