@@ -474,7 +474,7 @@ fn bench() -> Result<()> {
         let (pass, pass_one) = (load[1].0, one[1].0);
         println!(
             "- target: unmatched pass-through at 1.0x or more of HAProxy's req/s under load: {} \
-             ({:.2}x)",
+             ({:.3}x)",
             verdict(pass.rps >= proxy.rps),
             pass.rps / proxy.rps
         );
@@ -492,10 +492,10 @@ fn bench() -> Result<()> {
     let ratio_work = work[1].0.rps / direct_work.rps;
     println!(
         "- target: at least 0.95x of direct for a service working {WORK_US} µs per request: {} \
-         ({ratio_work:.2}x{})",
+         ({ratio_work:.3}x{})",
         verdict(ratio_work >= 0.95),
         work.get(2).map_or(String::new(), |(w, _)| format!(
-            "; HAProxy {:.2}x",
+            "; HAProxy {:.3}x",
             w.rps / direct_work.rps
         )),
     );
