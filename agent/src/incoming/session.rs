@@ -63,9 +63,9 @@ impl ClientIncoming {
         self.subscriber.conns.len()
     }
 
-    /// Handle one message of the client. May wait (bounded by
-    /// [`HTTP_RESPONSE_STALL_TIMEOUT`]) when a stolen HTTP request's response
-    /// queue is full, and, for a client without flow control, when a stolen
+    /// Handle one message of the client. Waits only for a client without
+    /// credit: before v4 when a stolen HTTP request's response queue is full
+    /// (bounded by [`HTTP_RESPONSE_STALL_TIMEOUT`]), before v3 when a stolen
     /// connection's queue is.
     pub(crate) async fn handle(&mut self, message: IncomingClient) {
         match message {
