@@ -13,6 +13,9 @@ cargo build --release --workspace --quiet
 export REMORA_BIN_DIR="$PWD/target/release"
 ./target/release/remora-bench | tee target/bench-results.md
 echo >> target/bench-results.md
+# Its pass-through is compared with HAProxy in the same run; without it the rows are
+# missing and the table says so.
+command -v haproxy >/dev/null || echo "bench: HAProxy is missing (apt-get install haproxy): the incoming table has no reverse-proxy rows" >&2
 ./target/release/remora-bench-incoming | tee -a target/bench-results.md
 echo >> target/bench-results.md
 ./target/release/remora-bench-operator | tee -a target/bench-results.md

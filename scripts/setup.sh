@@ -73,6 +73,8 @@ need sqlite3 sqlite3
 # scripts/bench.sh's outgoing clients and the services they load (in a sandbox pod).
 need redis-server redis-server
 need redis-tools redis-benchmark
+# scripts/bench.sh's incoming pass-through is compared with a real reverse proxy.
+need haproxy haproxy
 # seccomp interception tests: static C (libc6-dev has libc.a) and busybox.
 need libc6-dev /usr/lib/x86_64-linux-gnu/libc.a
 need busybox-static busybox

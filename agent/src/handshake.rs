@@ -18,6 +18,7 @@ pub const AGENT_CAPABILITIES: Capabilities = Capabilities(
         | Capabilities::FILE_SYNC.0
         | Capabilities::FILE_METADATA.0
         | Capabilities::FLOW_CONTROL.0
+        | Capabilities::HTTP_FLOW_CONTROL.0
         | Capabilities::INCOMING_STEAL.0
         | Capabilities::INCOMING_MIRROR.0
         | Capabilities::SUBSCRIBE_OVERRIDE.0
@@ -62,6 +63,8 @@ pub fn evaluate(hello: &Hello, token: &SessionToken, target: &str) -> Result<Neg
     if version < ProtocolVersion(4) {
         // `Request::DnsQuery` is a v4 variant.
         capabilities = Capabilities(capabilities.0 & !Capabilities::DNS_QUERY.0);
+        // Likewise the HTTP body credit messages of v4.
+        capabilities = Capabilities(capabilities.0 & !Capabilities::HTTP_FLOW_CONTROL.0);
     }
     Ok(Negotiated {
         version,

@@ -144,6 +144,8 @@ pub(crate) struct Subscriber {
     pub requests: http::RequestTable,
     /// The client negotiated per-stream credit ([`crate::flow`]).
     pub flow_control: bool,
+    /// ...and per-request credit for HTTP bodies (v4).
+    pub http_flow_control: bool,
 }
 
 impl Subscriber {

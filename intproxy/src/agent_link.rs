@@ -25,7 +25,7 @@ use remora_protocol::{
     Capabilities, ClientMessage, ConnectionId, ErrorCode, Hello, HelloReply, HttpRequestId,
     RemoteAddr, RemoteError, RemoteResult, Request, RequestId, Response, ServerMessage,
 };
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use tokio::net::TcpStream;
@@ -93,11 +93,13 @@ pub enum IncomingEvent {
     Closed {
         conn: ConnectionId,
     },
-    /// An HTTP request that matched the subscription's filter.
+    /// An HTTP request that matched the subscription's filter, with the
+    /// credit of its answer's body and of its own.
     Request {
         request: HttpRequestId,
         peer: SocketAddr,
         head: HttpRequestHead,
+        flow: StreamFlow,
     },
     /// A piece of a request's body; `last` ends it.
     RequestBody {
@@ -128,6 +130,8 @@ pub struct AgentApi {
     dead: Arc<Mutex<Option<String>>>,
     /// The agent negotiated per-stream credit ([`crate::flow`]).
     flow_control: bool,
+    /// ...and per-request credit for HTTP bodies (v4).
+    http_flow_control: bool,
 }
 
 fn unavailable(reason: &str) -> RemoteError {
@@ -165,6 +169,22 @@ impl AgentApi {
     /// Whether streams follow per-stream credit.
     pub fn flow_control(&self) -> bool {
         self.flow_control
+    }
+
+    /// Whether the bodies of taken HTTP requests follow per-request credit.
+    pub fn http_flow_control(&self) -> bool {
+        self.http_flow_control
+    }
+
+    /// Send `msg` without waiting for room on the link (from code that
+    /// cannot wait, such as a body being polled); dropped if the link ends.
+    pub fn send_incoming_later(&self, msg: IncomingClient) {
+        let command_tx = self.command_tx.clone();
+        tokio::spawn(async move {
+            let _ = command_tx
+                .send(Command::Send(ClientMessage::Incoming(msg)))
+                .await;
+        });
     }
 
     /// Open a stream from the target; returns its id, what the target says
@@ -312,13 +332,14 @@ pub async fn connect(config: &IntProxyConfig) -> Result<AgentApi> {
                      upgrade the agent or operator"
                 )));
             }
+            // Credit messages are v3 (streams) and v4 (HTTP bodies) variants,
+            // and `Request::DnsQuery` is v4, whatever bits a relay passed on.
             let mut capabilities = capabilities;
             if version < remora_protocol::ProtocolVersion(3) {
-                // Credit messages are v3 variants, whatever bits a relay passed on.
                 capabilities = Capabilities(capabilities.0 & !Capabilities::FLOW_CONTROL.0);
             }
             if version < remora_protocol::ProtocolVersion(4) {
-                // So is `Request::DnsQuery` of v4.
+                capabilities = Capabilities(capabilities.0 & !Capabilities::HTTP_FLOW_CONTROL.0);
                 capabilities = Capabilities(capabilities.0 & !Capabilities::DNS_QUERY.0);
             }
             capabilities
@@ -342,6 +363,7 @@ pub async fn connect(config: &IntProxyConfig) -> Result<AgentApi> {
     let (command_tx, command_rx) = mpsc::channel(COMMAND_CAPACITY);
     let dead = Arc::new(Mutex::new(None));
     let flow_control = capabilities.contains(Capabilities::FLOW_CONTROL);
+    let http_flow_control = capabilities.contains(Capabilities::HTTP_FLOW_CONTROL);
     let task = AgentLinkTask {
         framed,
         command_rx,
@@ -354,6 +376,7 @@ pub async fn connect(config: &IntProxyConfig) -> Result<AgentApi> {
         ports: HashMap::new(),
         incoming_conns: HashMap::new(),
         http_requests: HashMap::new(),
+        closing: HashSet::new(),
         dead: dead.clone(),
         override_filters: config.override_filters,
         capabilities,
@@ -363,6 +386,7 @@ pub async fn connect(config: &IntProxyConfig) -> Result<AgentApi> {
         command_tx,
         dead,
         flow_control,
+        http_flow_control,
     })
 }
 
@@ -385,11 +409,16 @@ struct AgentLinkTask {
         ),
     >,
     ports: HashMap<RemotePort, mpsc::Sender<IncomingEvent>>,
+    /// Ports unsubscribed while some of their HTTP requests were in flight:
+    /// they take nothing new, but their task keeps getting those requests'
+    /// events (body, cancellation) until the last one is done, as a server
+    /// that stops listening still serves the connections it accepted.
+    closing: HashSet<RemotePort>,
     /// Which port each incoming connection belongs to, and its credit.
     incoming_conns: HashMap<ConnectionId, (RemotePort, Route)>,
-    /// Which port each stolen HTTP request belongs to, until its response
-    /// is done (last body chunk or failure) or it is cancelled.
-    http_requests: HashMap<HttpRequestId, RemotePort>,
+    /// Which port each stolen HTTP request belongs to, and its credit, until
+    /// its response is done (last body chunk or failure) or it is cancelled.
+    http_requests: HashMap<HttpRequestId, (RemotePort, Route)>,
     /// What the agent (or operator) said it implements: messages beyond
     /// protocol v1 are only sent when it has their capability bit.
     capabilities: Capabilities,
@@ -512,9 +541,7 @@ impl AgentLinkTask {
             }
             Command::Send(msg) => {
                 if let ClientMessage::Incoming(IncomingClient::Unsubscribe { port }) = &msg {
-                    self.ports.remove(port);
-                    self.incoming_conns.retain(|_, (p, _)| p != port);
-                    self.http_requests.retain(|_, p| p != port);
+                    self.unsubscribed(*port);
                 }
                 if let ClientMessage::Incoming(IncomingClient::Close { conn }) = &msg {
                     self.incoming_conns.remove(conn);
@@ -528,7 +555,7 @@ impl AgentLinkTask {
                     | IncomingClient::ResponseFailed { request, .. },
                 ) = &msg
                 {
-                    self.http_requests.remove(request);
+                    self.request_done(*request);
                 }
                 if let ClientMessage::Outgoing(OutgoingClient::Close { conn }) = &msg {
                     self.streams.remove(conn);
@@ -598,6 +625,10 @@ impl AgentLinkTask {
             IncomingServer::Subscribed { port, result } => {
                 if let Some((events_tx, reply)) = self.subscribing.remove(&port) {
                     if result.is_ok() {
+                        // A port still closing is taken over: its task ends
+                        // (requests whose body is whole are still answered).
+                        self.closing.remove(&port);
+                        self.http_requests.retain(|_, (p, _)| *p != port);
                         self.ports.insert(port, events_tx);
                     }
                     let _ = reply.send(result);
@@ -609,6 +640,12 @@ impl AgentLinkTask {
                 peer,
                 local,
             } => {
+                if self.closing.contains(&port) {
+                    // Nothing listens for it any more.
+                    let close = ClientMessage::Incoming(IncomingClient::Close { conn });
+                    let _ = self.framed.send(close).await;
+                    return;
+                }
                 let route = Route::new(self.flow_control());
                 let flow = route.flow();
                 self.incoming_conns.insert(conn, (port, route));
@@ -652,7 +689,7 @@ impl AgentLinkTask {
                 peer,
                 head,
             } => {
-                if !self.ports.contains_key(&port) {
+                if !self.ports.contains_key(&port) || self.closing.contains(&port) {
                     // Unsubscribed meanwhile: nobody local can answer.
                     let reason = format!("nothing listens locally for port {} any more", port.0);
                     let _ = self
@@ -664,13 +701,16 @@ impl AgentLinkTask {
                         .await;
                     return;
                 }
-                self.http_requests.insert(request, port);
+                let route = Route::new(self.http_flow_control());
+                let flow = route.flow();
+                self.http_requests.insert(request, (port, route));
                 self.deliver_request(
                     request,
                     IncomingEvent::Request {
                         request,
                         peer,
                         head,
+                        flow,
                     },
                 )
                 .await;
@@ -680,6 +720,20 @@ impl AgentLinkTask {
                 chunk,
                 last,
             } => {
+                let admit = match self.http_requests.get(&request) {
+                    Some((_, route)) => route.inbound.admit(chunk.len()),
+                    None => return,
+                };
+                if admit == Admit::Violation {
+                    tracing::warn!(%request, "the agent sent beyond its credit; request failed");
+                    self.deliver_request(request, IncomingEvent::RequestCancelled { request })
+                        .await;
+                    self.request_done(request);
+                    let reason = "the agent sent more request body than its window".to_owned();
+                    let failed = IncomingClient::ResponseFailed { request, reason };
+                    let _ = self.framed.send(ClientMessage::Incoming(failed)).await;
+                    return;
+                }
                 self.deliver_request(
                     request,
                     IncomingEvent::RequestBody {
@@ -693,14 +747,19 @@ impl AgentLinkTask {
             IncomingServer::RequestCancelled { request } => {
                 self.deliver_request(request, IncomingEvent::RequestCancelled { request })
                     .await;
-                self.http_requests.remove(&request);
+                self.request_done(request);
+            }
+            IncomingServer::ResponseCredit { request, bytes } => {
+                if let Some((_, route)) = self.http_requests.get(&request) {
+                    route.window.grant(bytes);
+                }
             }
             IncomingServer::Upgraded { request, conn } => {
                 // The upgraded stream's data is routed by connection from now on.
                 let route = Route::new(self.flow_control());
                 let flow = route.flow();
-                if let Some(port) = self.http_requests.get(&request).copied() {
-                    self.incoming_conns.insert(conn, (port, route));
+                if let Some((port, _)) = self.http_requests.get(&request) {
+                    self.incoming_conns.insert(conn, (*port, route));
                 }
                 let event = IncomingEvent::Upgraded {
                     request,
@@ -708,16 +767,42 @@ impl AgentLinkTask {
                     flow,
                 };
                 self.deliver_request(request, event).await;
+                // No more HTTP messages come for it.
+                self.request_done(request);
             }
+        }
+    }
+
+    /// The session stopped listening on `port`: no new connection or request
+    /// goes to it, its raw connections end, and its task goes once the
+    /// requests in flight are done.
+    fn unsubscribed(&mut self, port: RemotePort) {
+        self.incoming_conns.retain(|_, (p, _)| *p != port);
+        if self.http_requests.values().any(|(p, _)| *p == port) {
+            self.closing.insert(port);
+        } else {
+            self.ports.remove(&port);
+        }
+    }
+
+    /// `request` is answered, failed or cancelled; the last one of a closing
+    /// port ends its task.
+    fn request_done(&mut self, request: HttpRequestId) {
+        let Some((port, _)) = self.http_requests.remove(&request) else {
+            return;
+        };
+        if self.closing.contains(&port) && !self.http_requests.values().any(|(p, _)| *p == port) {
+            self.closing.remove(&port);
+            self.ports.remove(&port);
         }
     }
 
     /// Hand an HTTP request event to its port's task.
     async fn deliver_request(&mut self, request: HttpRequestId, event: IncomingEvent) {
-        let Some(port) = self.http_requests.get(&request).copied() else {
+        let Some((port, _)) = self.http_requests.get(&request) else {
             return;
         };
-        self.deliver_to_port(port, event).await;
+        self.deliver_to_port(*port, event).await;
     }
 
     /// Hand an incoming event to its port's task (waiting applies
@@ -743,6 +828,10 @@ impl AgentLinkTask {
         self.capabilities.contains(Capabilities::FLOW_CONTROL)
     }
 
+    fn http_flow_control(&self) -> bool {
+        self.capabilities.contains(Capabilities::HTTP_FLOW_CONTROL)
+    }
+
     /// Hand an event to a port's task; a gone task unsubscribes the port.
     async fn deliver_to_port(&mut self, port: RemotePort, event: IncomingEvent) {
         let Some(tx) = self.ports.get(&port) else {
@@ -751,13 +840,15 @@ impl AgentLinkTask {
         if tx.send(event).await.is_err() {
             self.ports.remove(&port);
             self.incoming_conns.retain(|_, (p, _)| *p != port);
-            self.http_requests.retain(|_, p| *p != port);
-            let _ = self
-                .framed
-                .send(ClientMessage::Incoming(IncomingClient::Unsubscribe {
-                    port,
-                }))
-                .await;
+            self.http_requests.retain(|_, (p, _)| *p != port);
+            if !self.closing.remove(&port) {
+                let _ = self
+                    .framed
+                    .send(ClientMessage::Incoming(IncomingClient::Unsubscribe {
+                        port,
+                    }))
+                    .await;
+            }
         }
     }
 

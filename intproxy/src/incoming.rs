@@ -157,6 +157,7 @@ async fn port_task(
                 request,
                 peer,
                 head,
+                flow,
             } => {
                 requests.retain(|_, handle| !handle.is_finished());
                 let target = http::Target {
@@ -165,7 +166,8 @@ async fn port_task(
                     app,
                     pool: pool.clone(),
                 };
-                requests.insert(request, http::spawn(target, request, peer, head));
+                let handle = http::spawn(target, request, peer, head, flow);
+                requests.insert(request, handle);
                 continue;
             }
             IncomingEvent::RequestBody {
@@ -208,6 +210,9 @@ async fn port_task(
                 conns.remove(&conn);
             }
         }
+    }
+    for (request, handle) in requests {
+        handle.orphan(&agent, request);
     }
 }
 

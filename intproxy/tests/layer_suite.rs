@@ -1273,13 +1273,16 @@ c.close()\n";
 /// Speaks HTTP/2 with prior knowledge and nothing else (no HTTP/1 at all):
 /// answers the first request stream with `200` and `h2 got <body>`, printing
 /// the peer `accept` reported and whether the preface was HTTP/2's. Only the
-/// frames a client sends are handled; header blocks are not decoded.
+/// frames a client sends are handled; header blocks are not decoded. It then
+/// reads until its peer closes; the `@AFTER_ANSWER@` line runs right after
+/// the answer (see [`h2_only_app`]).
 const H2_ONLY_APP: &str = "import socket, struct\n\
 s = socket.socket()\n\
 s.bind(('127.0.0.1', 0))\n\
 s.listen()\n\
 print(s.getsockname()[1], flush=True)\n\
 c, peer = s.accept()\n\
+@AFTER_ACCEPT@\n\
 print('peer', peer[0], flush=True)\n\
 def exact(n):\n\
 \x20   data = b''\n\
@@ -1309,14 +1312,43 @@ while True:\n\
 \x20       frame(1, 4, stream, b'\\x88')\n\
 \x20       frame(0, 1, stream, b'h2 got ' + body)\n\
 \x20       print('answered stream', stream, flush=True)\n\
+\x20       @AFTER_ANSWER@\n\
 \x20       done = True\n\
 c.close()\n";
 
+/// The HTTP/2-only app. `one_shot`: it stops listening as soon as it has
+/// accepted its connection and shuts its sending side down right after the
+/// answer, as a server that serves one request and exits does; else it
+/// keeps both open until the intproxy closes the connection.
+fn h2_only_app(one_shot: bool) -> String {
+    let (after_accept, after_answer) = if one_shot {
+        ("s.close()", "c.shutdown(socket.SHUT_WR)")
+    } else {
+        ("pass", "pass")
+    };
+    H2_ONLY_APP
+        .replace("@AFTER_ACCEPT@", after_accept)
+        .replace("@AFTER_ANSWER@", after_answer)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn incoming_filtered_http2_request_reaches_an_http2_only_app_as_http2() {
+    http2_request_to_an_http2_only_app(false).await;
+}
+
+/// The app stops listening once it has its connection, answers and shuts
+/// its side down in the same breath: the answer still arrives whole. (The
+/// intproxy used to abort the requests in flight when the app closed its
+/// listener, so such an answer was lost, or cut after its head.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incoming_http2_answer_of_a_one_shot_app_that_half_closes_arrives_whole() {
+    http2_request_to_an_http2_only_app(true).await;
+}
+
+async fn http2_request_to_an_http2_only_app(one_shot: bool) {
     let h = staging_harness(steal_config(Some(STEAL_HEADER))).await;
     let filter = Some(HttpFilter::Header(STEAL_HEADER.into()));
-    let (mut app, port) = start_subscribed_app(&h, H2_ONLY_APP, filter).await;
+    let (mut app, port) = start_subscribed_app(&h, &h2_only_app(one_shot), filter).await;
     let request = HttpRequestId(9);
     let mut head = request_head(
         "POST",
@@ -1361,10 +1393,10 @@ async fn incoming_filtered_http2_request_reaches_an_http2_only_app_as_http2() {
     assert_eq!(head.status, 200);
     assert_eq!(head.version, HttpVersion::Http2);
     assert_eq!(String::from_utf8_lossy(&body), "h2 got over h2");
-    // The app reads until the intproxy closes its (pooled) connection. An
-    // app that half-closes right after its answer can leave the response
-    // body unfinished under load: a known bug, tracked in issue 16's notes.
-    drop(h);
+    if !one_shot {
+        // The app reads until the intproxy closes its (pooled) connection.
+        drop(h);
+    }
     let out = app.finish().await;
     out.assert_success();
     assert!(out.stdout.contains("answered stream 1\n"), "{out}");

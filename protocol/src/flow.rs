@@ -15,6 +15,16 @@
 //!
 //! So a receiver never holds more than `STREAM_WINDOW` per stream, and never
 //! more than `STREAM_WINDOW / MESSAGE_COST` messages of one.
+//!
+//! # HTTP bodies (v4, [`Capabilities::HTTP_FLOW_CONTROL`](crate::Capabilities::HTTP_FLOW_CONTROL))
+//! A taken HTTP request is a stream of its own with the same rules: from
+//! `Request` on, the server has [`STREAM_WINDOW`] credit for its
+//! `RequestBody` messages and the client as much for its `ResponseBody`
+//! messages (each costs [`credit_cost`] of its chunk, an empty one too; heads
+//! and failures cost nothing). The client returns credit with
+//! `RequestCredit` once the app has taken the chunks, the server with
+//! `ResponseCredit` once the chunks are on their way to the peer. Only that
+//! request waits when its reader stalls; nothing gives it up for being slow.
 
 /// Credit each side has per stream and direction when the stream opens.
 pub const STREAM_WINDOW: u32 = 512 * 1024;

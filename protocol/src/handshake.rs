@@ -17,7 +17,9 @@ use serde::{Deserialize, Serialize};
 ///   advertises those bits, so neither side sends those messages to it.
 /// * v3: per-stream credit ([`Capabilities::FLOW_CONTROL`], [`crate::flow`]).
 /// * v4: `LayerRequest::StreamSync` ([`Capabilities::STREAM_SYNC`]),
-///   `Request::DnsQuery` ([`Capabilities::DNS_QUERY`]).
+///   `Request::DnsQuery` ([`Capabilities::DNS_QUERY`]), per-request credit
+///   for the bodies of taken HTTP requests and their answers
+///   ([`Capabilities::HTTP_FLOW_CONTROL`]).
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct ProtocolVersion(pub u32);
@@ -39,7 +41,10 @@ impl std::fmt::Display for ProtocolVersion {
 /// - v4: `LayerRequest::StreamSync` on the layer ⇄ intproxy link
 ///   ([`Capabilities::STREAM_SYNC`]): a write stream's errors reach the
 ///   program's `fsync` and `close`; `Request::DnsQuery`
-///   ([`Capabilities::DNS_QUERY`]): `res_query` and friends.
+///   ([`Capabilities::DNS_QUERY`]): `res_query` and friends; the same
+///   credit as v3 for HTTP bodies of taken requests
+///   (`IncomingClient::RequestCredit`, `IncomingServer::ResponseCredit`,
+///   [`Capabilities::HTTP_FLOW_CONTROL`]).
 pub const PROTOCOL_VERSION: ProtocolVersion = ProtocolVersion(4);
 /// The oldest peer version this build still understands (v1: every message
 /// added since is gated by a capability bit a v1 peer does not advertise).
@@ -73,6 +78,11 @@ impl Capabilities {
     /// the `Credit` messages of outgoing and incoming streams. Without it a
     /// stream's data is not windowed and a slow stream slows the link.
     pub const FLOW_CONTROL: Capabilities = Capabilities(1 << 18);
+    /// Per-request credit for the bodies of taken HTTP requests and their
+    /// answers ([`crate::flow`], v4): `RequestCredit` and `ResponseCredit`.
+    /// Without it a peer that does not read its answer is given up after a
+    /// timeout, and an app slow to read a request body slows the link.
+    pub const HTTP_FLOW_CONTROL: Capabilities = Capabilities(1 << 19);
     /// `ClientMessage::SubscribeOverride` takes a port over from a session
     /// holding an identical filter (operators; v2 names it).
     pub const SUBSCRIBE_OVERRIDE: Capabilities = Capabilities(1 << 24);
@@ -101,6 +111,7 @@ impl Capabilities {
             | Self::FILE_SYNC.0
             | Self::FILE_METADATA.0
             | Self::FLOW_CONTROL.0
+            | Self::HTTP_FLOW_CONTROL.0
             | Self::SUBSCRIBE_OVERRIDE.0
             | Self::SESSION_POLICY.0
             | Self::STREAM_WRITES.0

@@ -84,6 +84,12 @@ pub enum IncomingClient {
         conn: ConnectionId,
         bytes: u32,
     },
+    /// The client passed on `bytes` of credit of `request`'s body to the
+    /// local app (v4, [`crate::flow`]).
+    RequestCredit {
+        request: HttpRequestId,
+        bytes: u32,
+    },
 }
 
 /// An HTTP version.
@@ -177,6 +183,12 @@ pub enum IncomingServer {
     /// connection `conn` (v3, [`crate::flow`]).
     Credit {
         conn: ConnectionId,
+        bytes: u32,
+    },
+    /// The server passed on `bytes` of credit of the answer's body to
+    /// `request`'s peer (v4, [`crate::flow`]).
+    ResponseCredit {
+        request: HttpRequestId,
         bytes: u32,
     },
 }

@@ -214,7 +214,9 @@ fn version_negotiation_explains_mismatch() {
     assert_eq!(negotiate(ProtocolVersion(99)), Ok(crate::PROTOCOL_VERSION));
     let err = negotiate(ProtocolVersion(0)).unwrap_err();
     assert!(
-        err.contains("v0") && err.contains("v4") && err.contains("upgrade"),
+        err.contains("v0")
+            && err.contains(&crate::PROTOCOL_VERSION.to_string())
+            && err.contains("upgrade"),
         "{err}"
     );
 }
@@ -232,6 +234,9 @@ fn version_two_keeps_v1_peers_and_gates_the_newer_messages() {
         (Capabilities::INCOMING_PEER, 1 << 27),
         (Capabilities::FLOW_CONTROL, 1 << 18),
         (Capabilities::STREAM_SYNC, 1 << 29),
+        (Capabilities::HTTP_FLOW_CONTROL, 1 << 19),
+        (Capabilities::DNS_QUERY, 1 << 30),
+        (Capabilities::QUEUE_SPLITS, 1 << 31),
     ];
     for (bit, value) in gated {
         assert_eq!(bit.0, value);
@@ -254,17 +259,21 @@ fn a_client_names_both_versions_when_the_server_is_older_or_newer() {
     assert!(check_accepted(ProtocolVersion(1), "the agent").is_ok());
     let newer = check_accepted(ProtocolVersion(7), "the operator").unwrap_err();
     assert!(
-        newer.contains("v7") && newer.contains("v4") && newer.contains("upgrade this remora"),
+        newer.contains("v7")
+            && newer.contains(&crate::PROTOCOL_VERSION.to_string())
+            && newer.contains("upgrade this remora"),
         "{newer}"
     );
     let older = check_accepted(ProtocolVersion(0), "the agent").unwrap_err();
     assert!(
-        older.contains("v0") && older.contains("v4") && older.contains("upgrade the agent"),
+        older.contains("v0")
+            && older.contains(&crate::PROTOCOL_VERSION.to_string())
+            && older.contains("upgrade the agent"),
         "{older}"
     );
     let rejected = explain_rejection("invalid token", ProtocolVersion(9), "the agent");
     assert!(
-        rejected.contains("v9") && rejected.contains("v4"),
+        rejected.contains("v9") && rejected.contains(&crate::PROTOCOL_VERSION.to_string()),
         "{rejected}"
     );
     assert_eq!(

@@ -2,10 +2,13 @@
 //! agent. A python3 program under `remora run` talks to python3 servers in a
 //! sandbox pod over the pod's loopback: one stream is held (the app does not
 //! read it, or the pod's peer does not read it) while another stream works;
-//! and a soak run moves a large stream beside 10,000 small exchanges.
+//! and a soak run moves a large stream beside 10,000 small exchanges. The
+//! same for stolen HTTP requests: a local app under a filtered steal that
+//! does not read one request's body, a peer that does not read one answer,
+//! and busy requests beside them.
 
 use remora_tests::procs::{peak_rss_kib, serving};
-use remora_tests::{Pod, PodProcess, PodSpec, Sandbox, bin_path, require_sandbox};
+use remora_tests::{Pod, PodProcess, PodSpec, Sandbox, bin_path, fixtures, require_sandbox};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -207,9 +210,17 @@ impl Peaks {
 /// the deadline; its output and the memory peaks seen meanwhile.
 fn run_python(target: &str, program: &str, args: &[String]) -> (Output, Peaks) {
     let remora = bin_path("remora").unwrap();
-    let mut child = Command::new(&remora)
+    let mut command = Command::new(&remora);
+    command
         .args(["run", "--target", target, "--", "python3", "-c", program])
-        .args(args)
+        .args(args);
+    run_sampled(command, target)
+}
+
+/// Run `command` to its end, killed at the deadline; its output and the
+/// memory peaks of `target`'s intproxy and agent seen meanwhile.
+fn run_sampled(mut command: Command, target: &str) -> (Output, Peaks) {
+    let mut child = command
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -286,6 +297,171 @@ fn soak_one_large_stream_beside_ten_thousand_exchanges_in_bounded_memory() {
         stdout.contains(&format!("PASS {size} bytes, {SOAK_EXCHANGES} exchanges")),
         "{stdout}"
     );
+    eprintln!("memory peaks (pid, KiB): {peaks:?}");
+    let (Some((_, intproxy)), Some((_, agent))) = (peaks.intproxy, peaks.agent) else {
+        panic!("the run's intproxy and agent were not found: {peaks:?}");
+    };
+    assert!(
+        intproxy < RSS_BOUND_KIB && agent < RSS_BOUND_KIB,
+        "peak RSS over {RSS_BOUND_KIB} KiB: intproxy {intproxy} KiB, agent {agent} KiB"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Stolen HTTP requests: per-request credit for their bodies (protocol v4)
+// ---------------------------------------------------------------------------
+
+/// The pod's port stolen for alice's requests.
+const HTTP_POD_PORT: u16 = 18097;
+/// The local app's port (on this machine's loopback: unique among tests).
+const HTTP_LOCAL_PORT: u16 = 18231;
+
+/// The local app (HTTP/1.1 keep-alive, a thread per connection):
+/// * `GET /big/N`: N bytes of the pattern; `GET /sent` how many it wrote;
+/// * `POST /upload`: reads nothing until `GET /go`, then checks the body
+///   and answers `ok N` or `bad at P`;
+/// * `POST /echo`: the body back; anything else: `laptop`.
+const HTTP_APP: &str = r#"
+import http.server, sys, threading
+PATTERN = bytes(i % 251 for i in range(251 * 4200))
+gate = threading.Event()
+sent = [0]
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def log_message(self, *args): pass
+    def reply(self, body):
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def do_GET(self):
+        if self.path.startswith("/big/"):
+            n = int(self.path[5:]); p = 0
+            self.send_response(200)
+            self.send_header("Content-Length", str(n))
+            self.end_headers()
+            while p < n:
+                k = min(1 << 20, n - p); o = p % 251
+                self.wfile.write(PATTERN[o:o + k]); p += k; sent[0] = p
+        elif self.path == "/sent": self.reply(b"%d" % sent[0])
+        elif self.path == "/go": gate.set(); self.reply(b"ok")
+        else: self.reply(b"laptop")
+    def do_POST(self):
+        n = int(self.headers["Content-Length"])
+        if self.path != "/upload":
+            return self.reply(self.rfile.read(n))
+        gate.wait(); p = 0; bad = None
+        while p < n:
+            b = self.rfile.read(min(1 << 20, n - p))
+            if not b: break
+            o = p % 251
+            if bad is None and b != PATTERN[o:o + len(b)]: bad = p
+            p += len(b)
+        self.reply((b"ok %d" % p) if bad is None else (b"bad at %d" % bad))
+http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+"#;
+
+/// From this machine to the pod's stolen port, all of it alice's: one
+/// download not read and one upload the app does not read, both held while
+/// `BUSY` 64 KiB echo requests go back and forth on a third connection;
+/// then both deliver every byte.
+const HTTP_HELD_AND_BUSY: &str = r#"
+import http.client, sys, threading
+PATTERN = bytes(i % 251 for i in range(251 * 4200))
+HOST, PORT, APP = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+SIZE, BUSY = int(sys.argv[4]), int(sys.argv[5])
+ALICE = {"x-user": "alice"}
+def connection(): return http.client.HTTPConnection(HOST, PORT, timeout=300)
+def control(path):
+    c = http.client.HTTPConnection("127.0.0.1", APP, timeout=300)
+    c.request("GET", path); body = c.getresponse().read().decode(); c.close()
+    return body
+down = connection(); down.request("GET", "/big/%d" % SIZE, headers=ALICE)   # read at the end
+def pattern():
+    p = 0
+    while p < SIZE:
+        k = min(1 << 20, SIZE - p); o = p % 251
+        yield PATTERN[o:o + k]; p += k
+result = {}
+def upload():
+    try:
+        up = connection()
+        up.request("POST", "/upload", body=pattern(), headers=dict(ALICE, **{"Content-Length": str(SIZE)}))
+        result["up"] = up.getresponse().read().decode()
+    except BaseException as e: result["up"] = repr(e)
+uploader = threading.Thread(target=upload); uploader.start()
+busy = connection()
+for i in range(BUSY):
+    msg = bytes([i % 256]) * 65536
+    busy.request("POST", "/echo", body=msg, headers=ALICE)
+    if busy.getresponse().read() != msg: raise SystemExit("echo %d differs" % i)
+held = int(control("/sent"))
+print("busy done; the app had written %d of %d bytes; upload running: %s"
+      % (held, SIZE, uploader.is_alive()), flush=True)
+if held >= SIZE: raise SystemExit("the download was not held")
+if not uploader.is_alive(): raise SystemExit("the upload was not held")
+control("/go")
+answer = down.getresponse(); p = 0
+while True:
+    b = answer.read(1 << 20)
+    if not b: break
+    o = p % 251
+    if b != PATTERN[o:o + len(b)]: raise SystemExit("download out of order at %d" % p)
+    p += len(b)
+if p != SIZE: raise SystemExit("download got %d of %d bytes" % (p, SIZE))
+uploader.join()
+if result.get("up") != "ok %d" % SIZE: raise SystemExit("upload: %r" % result.get("up"))
+print("PASS", flush=True)
+"#;
+
+/// Kills the `remora run` child (and so the local app it became) on drop.
+struct Run(std::process::Child);
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn a_held_http_request_does_not_hold_busy_ones_and_loses_nothing() {
+    require_sandbox!();
+    let sandbox = Sandbox::new().unwrap();
+    let pod = sandbox.pod(PodSpec::new("flow-http")).unwrap();
+    let target = pod.target();
+    let mapping = format!("{HTTP_LOCAL_PORT}:{HTTP_POD_PORT}");
+    let app = Command::new(bin_path("remora").unwrap())
+        .args(["run", "--target", &target, "-p", &mapping, "--steal"])
+        .args(["--http-header-filter", "^x-user: alice$"])
+        .args([
+            "--",
+            "python3",
+            "-c",
+            HTTP_APP,
+            &HTTP_LOCAL_PORT.to_string(),
+        ])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _app = Run(app);
+    let url = format!("http://{}:{HTTP_POD_PORT}/", pod.ip());
+    fixtures::wait_for("alice's requests to reach the laptop", DEADLINE, || {
+        fixtures::curl(&url, Some("x-user: alice")) == "laptop"
+    });
+    // Far more than the windows and every socket buffer on the way hold.
+    let size = 64 * 1024 * 1024;
+    let mut client = Command::new("python3");
+    client.args(["-c", HTTP_HELD_AND_BUSY]).args([
+        pod.ip().to_string(),
+        HTTP_POD_PORT.to_string(),
+        HTTP_LOCAL_PORT.to_string(),
+        size.to_string(),
+        "256".into(),
+    ]);
+    let (out, peaks) = run_sampled(client, &target);
+    let stdout = passed(&out);
+    assert!(stdout.contains("busy done"), "{stdout}");
     eprintln!("memory peaks (pid, KiB): {peaks:?}");
     let (Some((_, intproxy)), Some((_, agent))) = (peaks.intproxy, peaks.agent) else {
         panic!("the run's intproxy and agent were not found: {peaks:?}");

@@ -36,10 +36,13 @@ fn accepts_and_intersects_capabilities() {
     assert_eq!(v1.version, ProtocolVersion(1));
     let v2 = evaluate(&hello(2, "s3cret-token", None), &token(), "pid/7").unwrap();
     assert!(!v2.capabilities.contains(Capabilities::FLOW_CONTROL));
-    // Raw DNS queries are v4 variants.
+    // Raw DNS queries and HTTP body credit are v4 variants.
     assert!(ok.capabilities.contains(Capabilities::DNS_QUERY));
+    assert!(ok.capabilities.contains(Capabilities::HTTP_FLOW_CONTROL));
     let v3 = evaluate(&hello(3, "s3cret-token", None), &token(), "pid/7").unwrap();
     assert!(!v3.capabilities.contains(Capabilities::DNS_QUERY));
+    assert!(v3.capabilities.contains(Capabilities::FLOW_CONTROL));
+    assert!(!v3.capabilities.contains(Capabilities::HTTP_FLOW_CONTROL));
     assert!(ok.capabilities.contains(Capabilities::INCOMING_STEAL));
     assert!(!ok.capabilities.contains(Capabilities::HTTP_FILTER));
 
@@ -57,7 +60,7 @@ fn refuses_bad_tokens_old_versions_and_other_targets() {
     }
     let err = evaluate(&hello(0, "wrong", None), &token(), "pid/7").unwrap_err();
     assert!(
-        err.contains("v0") && err.contains("v1") && err.contains("v4"),
+        err.contains("v0") && err.contains("v1") && err.contains(&PROTOCOL_VERSION.to_string()),
         "{err}"
     );
     let err = evaluate(&hello(1, "s3cret-token", Some("pid/8")), &token(), "pid/7").unwrap_err();

@@ -14,11 +14,21 @@
 //!   peer stays silent for [`FIRST_BYTES_TIMEOUT`]): passed through raw.
 //!
 //! # Flow control
-//! * Request bodies of taken requests go to the client chunk by chunk
-//!   ([`MAX_CHUNK`] at most) as its bounded link has room, so a slow client
-//!   slows the peer; nothing is buffered whole.
-//! * Response parts from the client wait in a queue of
-//!   [`RESPONSE_QUEUE_CAPACITY`] per request, drained as the peer reads.
+//! With a client of protocol v4 ([`Capabilities::HTTP_FLOW_CONTROL`]) each
+//! taken request has credit both ways ([`remora_protocol::flow`]):
+//! * its body goes to the client chunk by chunk ([`MAX_CHUNK`] at most)
+//!   while the request has credit, returned as the local app reads it, so an
+//!   app that does not read slows only its own peer;
+//! * the answer's parts wait in a queue that holds the client's whole window
+//!   and are credited back as they go to the peer, so a peer that does not
+//!   read holds only its own answer, for as long as it likes.
+//!
+//! An older client has no such credit: request bodies go as its bounded link
+//! has room, and answer parts wait in a queue of [`RESPONSE_QUEUE_CAPACITY`]
+//! (the link gives up a request whose peer stops reading for
+//! [`super::session::HTTP_RESPONSE_STALL_TIMEOUT`]).
+//!
+//! [`Capabilities::HTTP_FLOW_CONTROL`]: remora_protocol::Capabilities::HTTP_FLOW_CONTROL
 //! * Requests not taken stream through with one buffer per direction.
 //!
 //! # Upgrades
@@ -41,8 +51,10 @@ mod h2;
 use super::Subscriber;
 use super::conn::Accepted;
 use super::task::PortRoutes;
+use crate::flow::{CreditReturn, Inbound, SendWindow};
 use crate::net::NetApi;
 use bytes::{Bytes, BytesMut};
+use remora_protocol::flow::MAX_MESSAGES_IN_WINDOW;
 use remora_protocol::incoming::{HttpRequestHead, HttpResponseHead, IncomingServer, RemotePort};
 use remora_protocol::outgoing::MAX_CHUNK;
 use remora_protocol::{HttpRequestId, ServerMessage};
@@ -60,7 +72,8 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
-/// Response parts from the client queued for one taken request.
+/// Response parts from a client without HTTP body credit queued for one
+/// taken request.
 pub const RESPONSE_QUEUE_CAPACITY: usize = 64;
 
 /// How long a taken request waits for the client's `ResponseHead` before
@@ -85,20 +98,30 @@ pub(super) enum ResponsePart {
     Failed(String),
 }
 
+/// One taken request in its client's table.
+#[derive(Debug, Clone)]
+pub(super) struct RequestEntry {
+    /// client --response parts--> the request's task
+    pub parts: mpsc::Sender<ResponsePart>,
+    /// Credit for the request body to the client.
+    pub window: SendWindow,
+    /// The client's answer body the agent holds, in credit.
+    pub inbound: Inbound,
+}
+
 /// A client's taken requests waiting for their answer, by id. Cheap to
 /// clone.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct RequestTable {
-    /// client --response parts--> the request's task
-    inner: Arc<Mutex<HashMap<HttpRequestId, mpsc::Sender<ResponsePart>>>>,
+    inner: Arc<Mutex<HashMap<HttpRequestId, RequestEntry>>>,
 }
 
 impl RequestTable {
-    fn lock(&self) -> MutexGuard<'_, HashMap<HttpRequestId, mpsc::Sender<ResponsePart>>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<HttpRequestId, RequestEntry>> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub(super) fn get(&self, request: HttpRequestId) -> Option<mpsc::Sender<ResponsePart>> {
+    pub(super) fn get(&self, request: HttpRequestId) -> Option<RequestEntry> {
         self.lock().get(&request).cloned()
     }
 
@@ -135,6 +158,10 @@ impl Drop for PendingRequest {
 struct Taken {
     pending: PendingRequest,
     parts: mpsc::Receiver<ResponsePart>,
+    /// Credit for the request body.
+    window: SendWindow,
+    /// Credit owed to the client for answer parts taken from the queue.
+    returner: CreditReturn,
 }
 
 impl Taken {
@@ -147,8 +174,23 @@ impl Taken {
         head: HttpRequestHead,
     ) -> Option<Taken> {
         let request = HttpRequestId(REQUEST_IDS.fetch_add(1, Ordering::Relaxed) + 1);
-        let (part_tx, parts) = mpsc::channel(RESPONSE_QUEUE_CAPACITY);
-        subscriber.requests.lock().insert(request, part_tx);
+        let credit = subscriber.http_flow_control;
+        // With credit: every part a whole window holds, the head and a
+        // failure.
+        let capacity = if credit {
+            MAX_MESSAGES_IN_WINDOW + 2
+        } else {
+            RESPONSE_QUEUE_CAPACITY
+        };
+        let (part_tx, parts) = mpsc::channel(capacity);
+        let (window, inbound) = (SendWindow::new(credit), Inbound::new(credit));
+        let returner = inbound.returner();
+        let entry = RequestEntry {
+            parts: part_tx,
+            window: window.clone(),
+            inbound,
+        };
+        subscriber.requests.lock().insert(request, entry);
         let pending = PendingRequest {
             request,
             subscriber: subscriber.clone(),
@@ -161,9 +203,12 @@ impl Taken {
             peer,
             head,
         });
-        send(subscriber, announce)
-            .await
-            .then_some(Taken { pending, parts })
+        send(subscriber, announce).await.then_some(Taken {
+            pending,
+            parts,
+            window,
+            returner,
+        })
     }
 
     fn id(&self) -> HttpRequestId {
@@ -175,6 +220,7 @@ impl Taken {
         BodySender {
             subscriber: self.pending.subscriber.clone(),
             request: self.id(),
+            window: self.window.clone(),
         }
     }
 
@@ -223,6 +269,17 @@ impl Taken {
         let result = match part {
             Some(ResponsePart::Body { chunk, last }) => {
                 self.pending.done = last;
+                // Taken from the queue on its way to the peer: its credit
+                // goes back (none is needed after the last part).
+                if let Some(bytes) = self.returner.written(chunk.len())
+                    && !last
+                {
+                    let credit = IncomingServer::ResponseCredit {
+                        request: self.id(),
+                        bytes,
+                    };
+                    send(&self.pending.subscriber, ServerMessage::Incoming(credit)).await;
+                }
                 return Ok(Some((chunk, last)));
             }
             Some(ResponsePart::Failed(reason)) => Err(reason),
@@ -238,12 +295,20 @@ impl Taken {
 struct BodySender {
     subscriber: Subscriber,
     request: HttpRequestId,
+    window: SendWindow,
 }
 
 impl BodySender {
-    /// One chunk of the body (`last` once, at the end); `false` when the
-    /// subscriber is gone.
+    /// One chunk of the body (`last` once, at the end), once the request has
+    /// credit for it; `false` when the subscriber is gone.
     async fn send(&self, chunk: Bytes, last: bool) -> bool {
+        let credit = tokio::select! {
+            _ = self.subscriber.token.cancelled() => false,
+            credit = self.window.take(chunk.len()) => credit,
+        };
+        if !credit {
+            return false;
+        }
         let message = ServerMessage::Incoming(IncomingServer::RequestBody {
             request: self.request,
             chunk,

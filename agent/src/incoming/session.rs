@@ -4,6 +4,7 @@
 use super::conn::{ConnTable, Upstream};
 use super::http::{RequestTable, ResponsePart};
 use super::{IncomingApi, Subscriber};
+use crate::flow::Admit;
 use crate::pump::queue_upstream;
 use remora_protocol::incoming::{IncomingClient, IncomingMode, IncomingServer};
 use remora_protocol::session::LogLevel;
@@ -15,10 +16,11 @@ use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio_util::sync::CancellationToken;
 
-/// How long the client link waits for room in a stolen HTTP request's
-/// response queue before that request is given up. HTTP bodies of filtered
-/// steals have no per-request credit yet (raw connections do), so this
-/// bounds how long one peer that does not read can hold the client's link.
+/// How long the link of a client without HTTP body credit (before v4) waits
+/// for room in a stolen HTTP request's response queue before that request is
+/// given up: this bounds how long one peer that does not read can hold such
+/// a client's link. With credit the queue holds a whole window and nothing
+/// waits.
 pub const HTTP_RESPONSE_STALL_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// One client's incoming traffic.
@@ -50,6 +52,7 @@ impl ClientIncoming {
                 conns: ConnTable::default(),
                 requests: RequestTable::default(),
                 flow_control: capabilities.contains(Capabilities::FLOW_CONTROL),
+                http_flow_control: capabilities.contains(Capabilities::HTTP_FLOW_CONTROL),
             },
             capabilities,
         }
@@ -60,9 +63,9 @@ impl ClientIncoming {
         self.subscriber.conns.len()
     }
 
-    /// Handle one message of the client. May wait (bounded by
-    /// [`HTTP_RESPONSE_STALL_TIMEOUT`]) when a stolen HTTP request's response
-    /// queue is full, and, for a client without flow control, when a stolen
+    /// Handle one message of the client. Waits only for a client without
+    /// credit: before v4 when a stolen HTTP request's response queue is full
+    /// (bounded by [`HTTP_RESPONSE_STALL_TIMEOUT`]), before v3 when a stolen
     /// connection's queue is.
     pub(crate) async fn handle(&mut self, message: IncomingClient) {
         match message {
@@ -124,6 +127,11 @@ impl ClientIncoming {
                     handle.window.grant(bytes);
                 }
             }
+            IncomingClient::RequestCredit { request, bytes } => {
+                if let Some(entry) = self.subscriber.requests.get(request) {
+                    entry.window.grant(bytes);
+                }
+            }
         }
     }
 
@@ -137,10 +145,38 @@ impl ClientIncoming {
     /// A part of the answer to a taken request; dropped when the request
     /// is no longer waiting (answered, cancelled).
     async fn respond(&mut self, request: HttpRequestId, part: ResponsePart) {
-        let Some(part_tx) = self.subscriber.requests.get(request) else {
+        let Some(entry) = self.subscriber.requests.get(request) else {
             tracing::debug!(%request, "answer to an HTTP request that is not waiting; dropped");
             return;
         };
+        let part_tx = entry.parts;
+        if self.subscriber.http_flow_control {
+            // Within the window the queue has room: nothing waits here.
+            let within = match &part {
+                ResponsePart::Body { chunk, .. } => {
+                    entry.inbound.admit(chunk.len()) != Admit::Violation
+                }
+                _ => true,
+            };
+            let queued = within
+                && matches!(
+                    part_tx.try_send(part),
+                    Ok(()) | Err(TrySendError::Closed(_))
+                );
+            if !queued {
+                tracing::warn!(%request, "the client answered beyond its credit; request aborted");
+                self.subscriber.requests.remove(request);
+                let warning = ServerMessage::Log {
+                    level: LogLevel::Warn,
+                    message: format!(
+                        "stolen HTTP request {request}: the client sent more than its window; \
+                         the agent aborted the answer (a client bug: upgrade remora)"
+                    ),
+                };
+                let _ = self.send(warning).await;
+            }
+            return;
+        }
         let part = match part_tx.try_send(part) {
             Ok(()) | Err(TrySendError::Closed(_)) => return,
             Err(TrySendError::Full(part)) => part,

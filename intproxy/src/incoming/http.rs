@@ -7,10 +7,19 @@
 //!
 //! Connections to the app are kept alive and reused for the next request of
 //! the same peer (see [`pool`]), so the dialer → peer mapping of each
-//! connection still names exactly one client. Memory stays
-//! bounded both ways: the request body flows through a [`BODY_CAPACITY`]-chunk
-//! channel and the response body is forwarded frame by frame in pieces of at
-//! most [`MAX_CHUNK`] bytes, so a 1 GiB upload or download streams. An
+//! connection still names exactly one client.
+//!
+//! # Flow control
+//! Memory stays bounded both ways, so a 1 GiB upload or download streams:
+//! the response body is forwarded frame by frame in pieces of at most
+//! [`MAX_CHUNK`] bytes, and the request body flows through a channel. With
+//! an agent of protocol v4 each request has its own credit both ways
+//! ([`remora_protocol::flow`]): the channel holds the agent's whole window,
+//! so the port task never waits for a slow app, credit goes back as hyper
+//! takes the chunks to write them to the app, and the answer's chunks wait
+//! for the request's credit, so a peer that does not read holds only its own
+//! request. With an older agent the channel holds [`BODY_CAPACITY`] chunks
+//! and a slow app makes the link wait. An
 //! upgrade (WebSocket, HTTP/1 only) answered `101` by the app becomes a raw
 //! stream once the agent announces it (`Upgraded`), pumped like a stolen
 //! connection.
@@ -24,7 +33,8 @@
 mod pool;
 
 use super::{PeerTable, dial_app, pump_raw};
-use crate::agent_link::AgentApi;
+use crate::agent_link::{AgentApi, StreamFlow};
+use crate::flow::{CreditReturn, SendWindow};
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame};
@@ -34,7 +44,8 @@ use hyper::{Method, Uri, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use pool::{AppConn, Pool, Sender};
 use remora_protocol::HttpRequestId;
-use remora_protocol::incoming::{HttpRequestHead, HttpResponseHead, HttpVersion};
+use remora_protocol::flow::MAX_MESSAGES_IN_WINDOW;
+use remora_protocol::incoming::{HttpRequestHead, HttpResponseHead, HttpVersion, IncomingClient};
 use remora_protocol::outgoing::MAX_CHUNK;
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -44,7 +55,8 @@ use tokio::sync::mpsc;
 use tokio::sync::oneshot;
 use tokio_util::task::AbortOnDropHandle;
 
-/// Request body chunks buffered per request (each at most one agent frame).
+/// Request body chunks buffered per request (each at most one agent frame)
+/// when the agent has no HTTP body credit.
 const BODY_CAPACITY: usize = 16;
 
 /// Where a port's requests go.
@@ -69,6 +81,8 @@ pub(super) struct RequestHandle {
     /// port task --request body chunks--> the request's body; `None` once
     /// the body is complete (or the request declared none).
     body_tx: Option<mpsc::Sender<Bytes>>,
+    /// The channel holds the agent's whole window: sending never waits.
+    credit: bool,
     /// port task --the upgraded connection's id and input--> the request task
     upgrade_tx: Option<oneshot::Sender<super::Upgrade>>,
     task: AbortOnDropHandle<()>,
@@ -89,10 +103,35 @@ impl RequestHandle {
         }
     }
 
-    /// Feed a piece of the request body (waits while the app is slow to read).
+    /// The port's events ended (the app closed its listener, or the link is
+    /// gone) while this request was in flight. Like a server that stops
+    /// listening but still answers the connections it accepted, a request
+    /// whose body has all arrived is still answered; one still waiting for
+    /// body can never get the rest, so it fails.
+    pub(super) fn orphan(self, agent: &AgentApi, request: HttpRequestId) {
+        if self.body_tx.is_none() {
+            drop(self.task.detach());
+            return;
+        }
+        drop(self);
+        let agent = agent.clone();
+        tokio::spawn(async move {
+            let reason = "the local app stopped listening before the request body arrived";
+            let _ = agent.send_response_failed(request, reason.into()).await;
+        });
+    }
+
+    /// Feed a piece of the request body. With credit it never waits;
+    /// without, it waits while the app is slow to read.
     pub(super) async fn body(&mut self, chunk: Bytes, last: bool) {
         if let Some(tx) = &self.body_tx {
-            if !chunk.is_empty() && tx.send(chunk).await.is_err() {
+            let gone = if self.credit {
+                // Empty chunks cost credit too: the body returns it.
+                tx.try_send(chunk).is_err()
+            } else {
+                !chunk.is_empty() && tx.send(chunk).await.is_err()
+            };
+            if gone {
                 // The request is over (answered early or failed).
                 self.body_tx = None;
             }
@@ -110,21 +149,37 @@ pub(super) fn spawn(
     request: HttpRequestId,
     peer: SocketAddr,
     head: HttpRequestHead,
+    flow: StreamFlow,
 ) -> RequestHandle {
+    let credit = target.agent.http_flow_control();
+    let StreamFlow { window, returner } = flow;
     let (body_tx, body) = if has_body(&head) {
-        let (tx, rx) = mpsc::channel(BODY_CAPACITY);
-        (Some(tx), ChannelBody { rx: Some(rx) })
+        // With credit: every chunk a whole window holds, and the end.
+        let capacity = if credit {
+            MAX_MESSAGES_IN_WINDOW + 1
+        } else {
+            BODY_CAPACITY
+        };
+        let (tx, rx) = mpsc::channel(capacity);
+        let credit = BodyCredit {
+            agent: target.agent.clone(),
+            request,
+            returner,
+        };
+        (Some(tx), ChannelBody::new(rx, credit))
     } else {
-        (None, ChannelBody { rx: None })
+        (None, ChannelBody::empty())
     };
     let (upgrade_tx, upgrade_rx) = oneshot::channel();
     let task = tokio::spawn(async move {
-        if let Err(reason) = forward(&target, request, peer, head, body, upgrade_rx).await {
+        let forwarded = forward(&target, request, peer, head, body, upgrade_rx, window).await;
+        if let Err(reason) = forwarded {
             let _ = target.agent.send_response_failed(request, reason).await;
         }
     });
     RequestHandle {
         body_tx,
+        credit,
         upgrade_tx: Some(upgrade_tx),
         task: AbortOnDropHandle::new(task),
     }
@@ -139,6 +194,7 @@ async fn forward(
     head: HttpRequestHead,
     body: ChannelBody,
     upgrade_rx: oneshot::Receiver<super::Upgrade>,
+    window: SendWindow,
 ) -> Result<(), String> {
     let app = target.app;
     let http2 = head.version == HttpVersion::Http2;
@@ -224,6 +280,10 @@ async fn forward(
         while !data.is_empty() {
             let chunk = data.split_to(data.len().min(MAX_CHUNK));
             let last = at_end && data.is_empty();
+            // Only this request waits while its peer does not read.
+            if !window.take(chunk.len()).await {
+                return Err("the request's credit was withdrawn".to_owned());
+            }
             agent
                 .send_response_body(request, chunk, last)
                 .await
@@ -232,6 +292,9 @@ async fn forward(
         }
     }
     if !ended {
+        if !window.take(0).await {
+            return Err("the request's credit was withdrawn".to_owned());
+        }
         agent
             .send_response_body(request, Bytes::new(), true)
             .await
@@ -424,6 +487,42 @@ fn strip_connection_headers(headers: &mut HeaderMap) {
 #[derive(Debug)]
 pub(super) struct ChannelBody {
     rx: Option<mpsc::Receiver<Bytes>>,
+    credit: Option<BodyCredit>,
+}
+
+/// Gives the agent back the credit of the request body hyper has taken.
+#[derive(Debug)]
+struct BodyCredit {
+    agent: AgentApi,
+    request: HttpRequestId,
+    returner: CreditReturn,
+}
+
+impl ChannelBody {
+    fn new(rx: mpsc::Receiver<Bytes>, credit: BodyCredit) -> Self {
+        ChannelBody {
+            rx: Some(rx),
+            credit: Some(credit),
+        }
+    }
+
+    fn empty() -> Self {
+        ChannelBody {
+            rx: None,
+            credit: None,
+        }
+    }
+
+    /// hyper took `len` bytes to write them to the app.
+    fn taken(&mut self, len: usize) {
+        if let Some(credit) = &mut self.credit
+            && let Some(bytes) = credit.returner.written(len)
+        {
+            let request = credit.request;
+            let message = IncomingClient::RequestCredit { request, bytes };
+            credit.agent.send_incoming_later(message);
+        }
+    }
 }
 
 impl Body for ChannelBody {
@@ -434,16 +533,24 @@ impl Body for ChannelBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        let Some(rx) = self.rx.as_mut() else {
-            return Poll::Ready(None);
-        };
-        match rx.poll_recv(cx) {
-            Poll::Ready(Some(chunk)) => Poll::Ready(Some(Ok(Frame::data(chunk)))),
-            Poll::Ready(None) => {
-                self.rx = None;
-                Poll::Ready(None)
+        loop {
+            let Some(rx) = self.rx.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match rx.poll_recv(cx) {
+                Poll::Ready(Some(chunk)) => {
+                    self.taken(chunk.len());
+                    // An empty chunk (the end, sent apart) is no frame.
+                    if !chunk.is_empty() {
+                        return Poll::Ready(Some(Ok(Frame::data(chunk))));
+                    }
+                }
+                Poll::Ready(None) => {
+                    self.rx = None;
+                    return Poll::Ready(None);
+                }
+                Poll::Pending => return Poll::Pending,
             }
-            Poll::Pending => Poll::Pending,
         }
     }
 

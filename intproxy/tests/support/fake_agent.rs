@@ -353,10 +353,11 @@ async fn serve_connection(stream: TcpStream, shared: &Shared, mut drop_rx: watch
     };
     shared.hellos.lock().unwrap().push(hello);
     // The scripted agent grants no credit: it speaks the link without
-    // per-stream flow control, as a v2 agent does.
+    // per-stream or HTTP body flow control, as a v2 agent does.
+    let no_credit = Capabilities::FLOW_CONTROL.0 | Capabilities::HTTP_FLOW_CONTROL.0;
     let accepted = HelloReply::Accepted {
         version: PROTOCOL_VERSION,
-        capabilities: Capabilities(Capabilities::ALL.0 & !Capabilities::FLOW_CONTROL.0),
+        capabilities: Capabilities(Capabilities::ALL.0 & !no_credit),
         session: SessionId(1),
         server_version: "fake-agent".into(),
     };

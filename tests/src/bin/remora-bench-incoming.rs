@@ -1,9 +1,16 @@
-//! Incoming-traffic benchmark behind `scripts/bench.sh` (issue 4): `wrk`
-//! against a sandbox pod's HTTP service (a) directly, (b) for requests that do
-//! not match a filtered steal and pass through the agent to the service, (c)
-//! for requests that match and are delivered to the local app, and (d) against
-//! the local app directly. Prints a markdown table; every number is measured
-//! in this run (median of RUNS `wrk` runs each).
+//! Incoming-traffic benchmark behind `scripts/bench.sh` (issues 4 and 16):
+//! `wrk` against a sandbox pod's HTTP service (a) directly, (b) for requests
+//! that do not match a filtered steal and pass through the agent to the
+//! service, (c) for requests that match and are delivered to the local app,
+//! (d) against the local app directly, and (e) through a real reverse proxy,
+//! HAProxy, run in the pod in front of the same service with HTTP/1.1
+//! keep-alive to it. (a), (b) and (e) run alternately, RUNS rounds, and each
+//! row is the median of its runs. Prints a markdown table; every number is
+//! measured in this run.
+//!
+//! The stolen port is redirected for the pod's own connections too, so (a)
+//! and (e) reach a second instance of the same service on [`TWIN_PORT`] (the
+//! same program and arguments), which the steal does not touch.
 
 use remora_tests::fixtures::curl;
 use remora_tests::{Pod, PodSpec, Sandbox, bin_path, procs};
@@ -11,6 +18,10 @@ use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 const POD_PORT: u16 = 19080;
+/// The same service again, not stolen: what (a) and HAProxy reach.
+const TWIN_PORT: u16 = 19081;
+/// HAProxy's port in the pod.
+const PROXY_PORT: u16 = 19090;
 const LOCAL_PORT: u16 = 19181;
 const RUNS: usize = 3;
 /// Load: as many requests as 32 connections get through.
@@ -109,11 +120,136 @@ fn wrk(args: &[&str], url: &str, header: Option<&str>) -> Result<Wrk> {
     let runs = (0..RUNS)
         .map(|_| wrk_once(args, url, header))
         .collect::<Result<Vec<_>>>()?;
-    Ok(Wrk {
+    Ok(summary(&runs))
+}
+
+/// Medians of several runs (and all their requests).
+fn summary(runs: &[Wrk]) -> Wrk {
+    Wrk {
         requests: runs.iter().map(|r| r.requests).sum(),
         rps: median(runs.iter().map(|r| r.rps).collect()),
         p50_us: median(runs.iter().map(|r| r.p50_us).collect()),
         p99_us: median(runs.iter().map(|r| r.p99_us).collect()),
+    }
+}
+
+/// One path of an alternating comparison: where wrk goes, and the process
+/// whose CPU per request is reported.
+struct Path<'a> {
+    url: &'a str,
+    cpu_of: Option<u32>,
+}
+
+/// `wrk args` against each path in turn, RUNS rounds: each path's medians
+/// and, when it names a process, that process's CPU µs per request over its
+/// own runs.
+fn alternate(args: &[&str], paths: &[Path<'_>]) -> Result<Vec<(Wrk, Option<f64>)>> {
+    let mut runs: Vec<Vec<Wrk>> = paths.iter().map(|_| Vec::new()).collect();
+    let mut cpu = vec![0.0; paths.len()];
+    for _ in 0..RUNS {
+        for (i, path) in paths.iter().enumerate() {
+            let before = path.cpu_of.and_then(procs::cpu_seconds);
+            runs[i].push(wrk_once(args, path.url, None)?);
+            if let (Some(pid), Some(before)) = (path.cpu_of, before) {
+                let after = procs::cpu_seconds(pid).ok_or("no CPU time")?;
+                cpu[i] += after - before;
+            }
+        }
+    }
+    Ok(paths
+        .iter()
+        .zip(runs)
+        .zip(cpu)
+        .map(|((path, runs), cpu)| {
+            let w = summary(&runs);
+            (w, path.cpu_of.map(|_| cpu * 1e6 / w.requests))
+        })
+        .collect())
+}
+
+/// HAProxy in front of the service on [`TWIN_PORT`]: HTTP mode, keep-alive
+/// on both sides, idle server connections reused by any client.
+const HAPROXY_CFG: &str = "global\n\
+\x20   maxconn 4096\n\
+defaults\n\
+\x20   mode http\n\
+\x20   option http-keep-alive\n\
+\x20   http-reuse always\n\
+\x20   timeout connect 5s\n\
+\x20   timeout client 30s\n\
+\x20   timeout server 30s\n\
+frontend bench\n\
+\x20   bind 0.0.0.0:19090\n\
+\x20   default_backend service\n\
+backend service\n\
+\x20   server twin 127.0.0.1:19081\n";
+
+/// Where the pod finds [`HAPROXY_CFG`].
+const HAPROXY_CFG_PATH: &str = "/etc/remora-bench/haproxy.cfg";
+
+/// The host's HAProxy, or why there is none.
+fn haproxy() -> std::result::Result<String, String> {
+    let found = Command::new("sh")
+        .args(["-c", "command -v haproxy"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
+    found.ok_or_else(|| {
+        "HAProxy is not installed here: no reverse-proxy rows (scripts/setup.sh installs it: \
+         apt-get install haproxy)"
+            .to_owned()
+    })
+}
+
+/// A pod named `name` running the service twice (POD_PORT, TWIN_PORT), each
+/// spending `work_us` per request, and HAProxy when there is one; also the
+/// twin's and HAProxy's PIDs.
+struct ServicePod {
+    pod: Pod,
+    _procs: Vec<remora_tests::PodProcess>,
+    twin: u32,
+    proxy: Option<u32>,
+}
+
+fn service_pod(
+    sandbox: &Sandbox,
+    name: &str,
+    app: &str,
+    work_us: u64,
+    proxy: Option<&str>,
+) -> Result<ServicePod> {
+    let pod = sandbox.pod(PodSpec::new(name).file(HAPROXY_CFG_PATH, HAPROXY_CFG))?;
+    let work = work_us.to_string();
+    let mut procs = Vec::new();
+    for port in [POD_PORT, TWIN_PORT] {
+        let listen = format!("0.0.0.0:{port}");
+        procs.push(
+            pod.command(app)?
+                .args(["http-serve", &listen, "pod", &work])
+                .spawn()?,
+        );
+        pod.wait_for_tcp(port, Duration::from_secs(20))?;
+    }
+    let twin = procs[1].pid();
+    let proxy = match proxy {
+        Some(haproxy) => {
+            let p = pod
+                .command(haproxy)?
+                .args(["-db", "-f", HAPROXY_CFG_PATH])
+                .spawn()?;
+            let pid = p.pid();
+            procs.push(p);
+            pod.wait_for_tcp(PROXY_PORT, Duration::from_secs(20))?;
+            Some(pid)
+        }
+        None => None,
+    };
+    Ok(ServicePod {
+        pod,
+        _procs: procs,
+        twin,
+        proxy,
     })
 }
 
@@ -160,115 +296,155 @@ fn wait_for_laptop(url: &str) -> Result<()> {
 fn bench() -> Result<()> {
     let app = bin_path("remora-bench-app")?;
     let app = app.to_string_lossy().into_owned();
+    let haproxy = haproxy();
+    if let Err(why) = &haproxy {
+        eprintln!("bench: {why}");
+    }
+    let haproxy = haproxy.as_ref().ok().map(String::as_str);
     let sandbox = Sandbox::new()?;
-    let pod = sandbox.pod(PodSpec::new("bench-http"))?;
-    let listen = format!("0.0.0.0:{POD_PORT}");
-    let service = pod
-        .command(&app)?
-        .args(["http-serve", &listen, "pod"])
-        .spawn()?;
-    let service_pid = service.pid();
-    // CPU microseconds `pid` used per request while `run` ran.
-    let cpu_per_request = |pid: u32, run: &dyn Fn() -> Result<Wrk>| -> Result<(Wrk, f64)> {
-        let before = procs::cpu_seconds(pid).ok_or("no CPU time")?;
-        let w = run()?;
-        let after = procs::cpu_seconds(pid).ok_or("no CPU time")?;
-        Ok((w, (after - before) * 1e6 / w.requests))
-    };
-    pod.wait_for_tcp(POD_PORT, Duration::from_secs(20))?;
+    let service = service_pod(&sandbox, "bench-http", &app, 0, haproxy)?;
+    let pod = &service.pod;
     let url = format!("http://{}:{POD_PORT}/", pod.ip());
+    let twin_url = format!("http://{}:{TWIN_PORT}/", pod.ip());
+    let proxy_url = format!("http://{}:{PROXY_PORT}/", pod.ip());
     let local_url = format!("http://127.0.0.1:{LOCAL_PORT}/");
 
-    eprintln!("bench: (a) the pod's service directly");
-    let (direct, service_cpu) = cpu_per_request(service_pid, &|| wrk(&WRK_ARGS, &url, None))?;
-    let direct_one = wrk(&WRK_ONE, &url, None)?;
-    let local_app = start_local_app(&pod, &app)?;
+    let local_app = start_local_app(pod, &app)?;
     wait_for_laptop(&url)?;
     // Both sides answer what they should before and after the load.
-    let check = || -> Result<()> {
-        if curl(&url, None) != "pod" || curl(&url, Some(HEADER)) != "laptop" {
+    let check = |url: &str| -> Result<()> {
+        if curl(url, None) != "pod" || curl(url, Some(HEADER)) != "laptop" {
             return Err("a request reached the wrong side".into());
         }
         Ok(())
     };
-    check()?;
-    eprintln!("bench: (b) unmatched requests through the filtered steal");
+    check(&url)?;
+    if haproxy.is_some() && curl(&proxy_url, None) != "pod" {
+        return Err("HAProxy does not reach the service".into());
+    }
     let agent = procs::agent_of(&pod.target()).ok_or("no agent serves the pod")?;
-    let (passthrough, agent_cpu) = cpu_per_request(agent, &|| wrk(&WRK_ARGS, &url, None))?;
-    let passthrough_one = wrk(&WRK_ONE, &url, None)?;
+    let mut paths = vec![
+        Path {
+            url: &twin_url,
+            cpu_of: Some(service.twin),
+        },
+        Path {
+            url: &url,
+            cpu_of: Some(agent),
+        },
+    ];
+    if let Some(pid) = service.proxy {
+        paths.push(Path {
+            url: &proxy_url,
+            cpu_of: Some(pid),
+        });
+    }
+    eprintln!("bench: (a) direct, (b) unmatched through the agent, (e) HAProxy, alternating");
+    let load = alternate(&WRK_ARGS, &paths)?;
+    let one = alternate(&WRK_ONE, &paths)?;
     eprintln!("bench: (c) matched requests delivered to the local app");
     let matched = wrk(&WRK_ARGS, &url, Some(HEADER))?;
     let matched_one = wrk(&WRK_ONE, &url, Some(HEADER))?;
     eprintln!("bench: (d) the local app directly");
     let local = wrk(&WRK_ARGS, &local_url, None)?;
     let local_one = wrk(&WRK_ONE, &local_url, None)?;
-    check()?;
+    check(&url)?;
 
-    // The same pass-through in front of a service that works per request
-    // (another pod: the first one's service is its target process).
+    // The same in front of a service that works per request.
     drop(local_app);
     drop(service);
-    let pod = sandbox.pod(PodSpec::new("bench-work"))?;
-    let work = WORK_US.to_string();
-    let _service = pod
-        .command(&app)?
-        .args(["http-serve", &listen, "pod", &work])
-        .spawn()?;
-    pod.wait_for_tcp(POD_PORT, Duration::from_secs(20))?;
+    let service = service_pod(&sandbox, "bench-work", &app, WORK_US, haproxy)?;
+    let pod = &service.pod;
     let url = format!("http://{}:{POD_PORT}/", pod.ip());
-    eprintln!("bench: (a') a service working {WORK_US} µs per request, directly");
-    let direct_work = wrk(&WRK_ARGS, &url, None)?;
-    let _local = start_local_app(&pod, &app)?;
+    let twin_url = format!("http://{}:{TWIN_PORT}/", pod.ip());
+    let proxy_url = format!("http://{}:{PROXY_PORT}/", pod.ip());
+    let _local = start_local_app(pod, &app)?;
     wait_for_laptop(&url)?;
-    eprintln!("bench: (b') unmatched requests to it through the filtered steal");
-    let passthrough_work = wrk(&WRK_ARGS, &url, None)?;
+    let mut paths = vec![
+        Path {
+            url: &twin_url,
+            cpu_of: None,
+        },
+        Path {
+            url: &url,
+            cpu_of: None,
+        },
+    ];
+    if service.proxy.is_some() {
+        paths.push(Path {
+            url: &proxy_url,
+            cpu_of: None,
+        });
+    }
+    eprintln!("bench: (a') (b') (e') a service working {WORK_US} µs per request, alternating");
+    let work = alternate(&WRK_ARGS, &paths)?;
     if curl(&url, None) != "pod" {
         return Err("a request reached the wrong side".into());
     }
 
     println!("## incoming traffic (filtered steal, HTTP/1.1)\n");
     println!(
-        "- wrk against the pod's IP from this machine (another host for the pod); median of {RUNS} runs"
+        "- wrk against the pod's IP from this machine (another host for the pod); (a), (b) and \
+         (e) alternate, {RUNS} rounds, medians; (c) and (d) median of {RUNS} runs"
     );
     println!(
-        "- filter: `--http-header-filter '^{HEADER}$'`; service and local app: `remora-bench-app http-serve`\n"
+        "- filter: `--http-header-filter '^{HEADER}$'`; service and local app: `remora-bench-app \
+         http-serve`; (a) and (e) reach a twin of the service the steal does not redirect"
     );
-    for (title, args, rows) in [
-        (
-            "under load",
-            WRK_ARGS,
-            [direct, passthrough, matched, local],
+    match haproxy {
+        Some(path) => println!(
+            "- (e): {} in the pod (`-db`, HTTP mode, `option http-keep-alive`, `http-reuse always`)\n",
+            version_of(path)
         ),
+        None => println!("- (e): HAProxy is not installed here: no reverse-proxy rows\n"),
+    }
+    let names = [
+        "(a) pod service directly",
+        "(b) unmatched, passed through the agent",
+        "(e) HAProxy in the pod, keep-alive to the service",
+    ];
+    for (title, args, alternated, matched, local) in [
+        ("under load", WRK_ARGS, &load, matched, local),
         (
             "one connection, one request at a time",
             WRK_ONE,
-            [direct_one, passthrough_one, matched_one, local_one],
+            &one,
+            matched_one,
+            local_one,
         ),
     ] {
         println!("### {title}: `wrk {}`\n", args.join(" "));
         println!("| path | req/s | p50 | p99 | req/s vs (a) | p50 vs (a) |");
         println!("| --- | ---: | ---: | ---: | ---: | ---: |");
-        let names = [
-            "(a) pod service directly",
-            "(b) unmatched, passed through the agent",
-            "(c) matched, delivered to the local app",
-            "(d) local app directly",
-        ];
-        for (name, w) in names.iter().zip(rows) {
+        let direct = alternated[0].0;
+        let mut rows: Vec<(&str, Wrk)> = names
+            .iter()
+            .copied()
+            .zip(alternated.iter().map(|r| r.0))
+            .collect();
+        rows.insert(2, ("(c) matched, delivered to the local app", matched));
+        rows.insert(3, ("(d) local app directly", local));
+        for (name, w) in rows {
             println!(
                 "| {name} | {:.0} | {:.0} µs | {:.0} µs | {:.2}x | {:+.0} µs |",
                 w.rps,
                 w.p50_us,
                 w.p99_us,
-                w.rps / rows[0].rps,
-                w.p50_us - rows[0].p50_us,
+                w.rps / direct.rps,
+                w.p50_us - direct.p50_us,
             );
         }
         println!();
     }
+    let cpu = |i: usize| load.get(i).and_then(|r| r.1);
     println!(
-        "- CPU per request under load: the pod's service {service_cpu:.1} µs (direct); the agent \
-         {agent_cpu:.1} µs per passed-through request\n"
+        "- CPU per request under load: the service {:.1} µs (direct); the agent {:.1} µs per \
+         passed-through request{}\n",
+        cpu(0).unwrap_or(f64::NAN),
+        cpu(1).unwrap_or(f64::NAN),
+        cpu(2).map_or(String::new(), |c| format!(
+            "; HAProxy {c:.1} µs per proxied request"
+        )),
     );
     println!(
         "### a service spending {WORK_US} µs of CPU per request, under load: `wrk {}`\n",
@@ -276,10 +452,13 @@ fn bench() -> Result<()> {
     );
     println!("| path | req/s | p50 | p99 | req/s vs (a') | p50 vs (a') |");
     println!("| --- | ---: | ---: | ---: | ---: | ---: |");
-    for (name, w) in [
-        ("(a') that service directly", direct_work),
-        ("(b') unmatched, passed through the agent", passthrough_work),
-    ] {
+    let work_names = [
+        "(a') that service directly",
+        "(b') unmatched, passed through the agent",
+        "(e') HAProxy in the pod, keep-alive to it",
+    ];
+    let direct_work = work[0].0;
+    for (name, (w, _)) in work_names.iter().zip(&work) {
         println!(
             "| {name} | {:.0} | {:.0} µs | {:.0} µs | {:.2}x | {:+.0} µs |",
             w.rps,
@@ -290,22 +469,50 @@ fn bench() -> Result<()> {
         );
     }
     println!();
-    let cost_work = 1.0 - passthrough_work.rps / direct_work.rps;
-    let cost = 1.0 - passthrough.rps / direct.rps;
-    let added = passthrough_one.p50_us - direct_one.p50_us;
+    let verdict = |ok: bool| if ok { "yes" } else { "no" };
+    if let (Some((proxy, _)), Some((proxy_one, _))) = (load.get(2), one.get(2)) {
+        let (pass, pass_one) = (load[1].0, one[1].0);
+        println!(
+            "- target: unmatched pass-through at 1.0x or more of HAProxy's req/s under load: {} \
+             ({:.3}x)",
+            verdict(pass.rps >= proxy.rps),
+            pass.rps / proxy.rps
+        );
+        println!(
+            "- target: its p50 no higher than HAProxy's: {} under load ({:.0} vs {:.0} µs), {} \
+             on one connection ({:.0} vs {:.0} µs)",
+            verdict(pass.p50_us <= proxy.p50_us),
+            pass.p50_us,
+            proxy.p50_us,
+            verdict(pass_one.p50_us <= proxy_one.p50_us),
+            pass_one.p50_us,
+            proxy_one.p50_us
+        );
+    }
+    let ratio_work = work[1].0.rps / direct_work.rps;
     println!(
-        "- target: passthrough costs under 10% of direct throughput under load: {} ({:+.1}%)",
-        if cost < 0.10 { "yes" } else { "no" },
-        -cost * 100.0
-    );
-    println!(
-        "- the same for a service working {WORK_US} µs per request: {} ({:+.1}%)",
-        if cost_work < 0.10 { "yes" } else { "no" },
-        -cost_work * 100.0
-    );
-    println!(
-        "- target: passthrough adds under 100 µs p50 (one connection): {} ({added:+.0} µs)",
-        if added < 100.0 { "yes" } else { "no" }
+        "- target: at least 0.95x of direct for a service working {WORK_US} µs per request: {} \
+         ({ratio_work:.3}x{})",
+        verdict(ratio_work >= 0.95),
+        work.get(2).map_or(String::new(), |(w, _)| format!(
+            "; HAProxy {:.3}x",
+            w.rps / direct_work.rps
+        )),
     );
     Ok(())
+}
+
+/// `haproxy -v`'s first line.
+fn version_of(haproxy: &str) -> String {
+    Command::new(haproxy)
+        .arg("-v")
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| "HAProxy".to_owned())
 }

@@ -56,7 +56,7 @@ fn http11_request_becomes_origin_form_with_host_from_the_authority() {
         HttpVersion::Http11,
         &[("x-user", "me"), ("Transfer-Encoding", "chunked")],
     );
-    let req = build_request(h, ChannelBody { rx: None }, app()).unwrap();
+    let req = build_request(h, ChannelBody::empty(), app()).unwrap();
     assert_eq!(req.method(), Method::PUT);
     assert_eq!(req.uri(), "/api/x?y=1");
     assert_eq!(req.version(), Version::HTTP_11);
@@ -79,7 +79,7 @@ fn http2_request_stays_http2_with_the_clients_authority() {
             ("host", "other.ns"),
         ],
     );
-    let req = build_request(h, ChannelBody { rx: None }, app()).unwrap();
+    let req = build_request(h, ChannelBody::empty(), app()).unwrap();
     assert_eq!(req.method(), Method::PUT);
     assert_eq!(req.uri(), "http://svc.ns:8080/api/x?y=1");
     assert_eq!(req.version(), Version::HTTP_2);
@@ -91,10 +91,10 @@ fn http2_request_stays_http2_with_the_clients_authority() {
 #[test]
 fn http2_authority_falls_back_to_host_then_to_the_app() {
     let with_host = head("GET", "/a", HttpVersion::Http2, &[("Host", "svc.ns")]);
-    let req = build_request(with_host, ChannelBody { rx: None }, app()).unwrap();
+    let req = build_request(with_host, ChannelBody::empty(), app()).unwrap();
     assert_eq!(req.uri(), "http://svc.ns/a");
     let bare = head("GET", "/b", HttpVersion::Http2, &[]);
-    let req = build_request(bare, ChannelBody { rx: None }, app()).unwrap();
+    let req = build_request(bare, ChannelBody::empty(), app()).unwrap();
     assert_eq!(req.uri(), format!("http://{APP}/b").as_str());
 }
 
@@ -115,17 +115,17 @@ fn http2_request_loses_the_connection_specific_headers() {
             ("x-user", "me"),
         ],
     );
-    let req = build_request(h, ChannelBody { rx: None }, app()).unwrap();
+    let req = build_request(h, ChannelBody::empty(), app()).unwrap();
     let names: Vec<&str> = req.headers().keys().map(HeaderName::as_str).collect();
     assert_eq!(names, ["x-user"]);
     let trailers = head("GET", "/", HttpVersion::Http2, &[("te", "trailers")]);
-    let req = build_request(trailers, ChannelBody { rx: None }, app()).unwrap();
+    let req = build_request(trailers, ChannelBody::empty(), app()).unwrap();
     assert_eq!(req.headers()[TE], "trailers");
 }
 
 #[test]
 fn invalid_header_name_is_a_reason_not_a_panic() {
     let h = head("GET", "/", HttpVersion::Http11, &[("bad header", "x")]);
-    let err = build_request(h, ChannelBody { rx: None }, app()).unwrap_err();
+    let err = build_request(h, ChannelBody::empty(), app()).unwrap_err();
     assert!(err.contains("bad header"), "{err}");
 }
