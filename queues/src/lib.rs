@@ -14,3 +14,4 @@
 
 pub mod broker;
 pub mod filter;
+pub mod sqs;
