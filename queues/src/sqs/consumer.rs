@@ -25,6 +25,9 @@ const MIN_HEARTBEAT: Duration = Duration::from_secs(1);
 #[derive(Default)]
 struct Held {
     receipts: Mutex<HashMap<u64, String>>,
+    /// Receipts of deliveries dropped without an ack or requeue: given back
+    /// (made visible) by the consumer's next call, or when it closes.
+    abandoned: Mutex<Vec<String>>,
     /// Signalled when a held message is settled or dropped (room to receive).
     released: Notify,
     /// Held while changing visibilities, so the heartbeat never re-hides a
@@ -62,19 +65,28 @@ impl Held {
     }
 }
 
-/// The [`Delivery::token`] of an SQS delivery. Dropping it stops the
-/// heartbeat for the message (it becomes visible again when its timeout
-/// ends).
+/// The [`Delivery::token`] of an SQS delivery. Dropping it unsettled stops
+/// the heartbeat for the message and has the consumer give it back.
 struct SqsToken {
     id: u64,
     receipt: String,
     group: Option<String>,
     held: Arc<Held>,
+    /// Acked or requeued.
+    settled: bool,
 }
 
 impl Drop for SqsToken {
     fn drop(&mut self) {
-        self.held.remove(self.id);
+        if let Some(receipt) = self.held.remove(self.id) {
+            if !self.settled {
+                self.held
+                    .abandoned
+                    .lock()
+                    .expect("abandoned receipts")
+                    .push(receipt);
+            }
+        }
     }
 }
 
@@ -89,6 +101,8 @@ impl Drop for SqsToken {
 ///   messages of its group (they must not overtake it).
 /// * Cancel-safe: dropping a [`Consumer::next`] future loses nothing (an
 ///   outstanding receive is picked up by the next call).
+/// * A delivery dropped without an ack or requeue is made visible again by
+///   the consumer's next call (or when it closes).
 /// * Dropped: buffered and unsettled messages are made visible again at once
 ///   (best effort, in a background task).
 pub struct SqsConsumer {
@@ -161,6 +175,7 @@ impl SqsConsumer {
                 receipt: received.receipt_handle,
                 group,
                 held: self.held.clone(),
+                settled: false,
             }),
         }
     }
@@ -169,6 +184,7 @@ impl SqsConsumer {
     /// buffer, long-polling up to `wait`; or, when `prefetch` messages are
     /// held, waits until one is settled.
     async fn fill(&mut self, wait: Duration) -> Result<()> {
+        self.give_back_abandoned().await?;
         if self.pending.is_none() {
             let room = self.prefetch.saturating_sub(self.held.len());
             if room == 0 {
@@ -223,6 +239,16 @@ impl SqsConsumer {
             self.buffer.push_back((id, received));
         }
         Ok(())
+    }
+
+    /// Makes the messages of dropped deliveries visible again.
+    async fn give_back_abandoned(&mut self) -> Result<()> {
+        let receipts = std::mem::take(&mut *self.held.abandoned.lock().expect("abandoned receipts"));
+        if receipts.is_empty() {
+            return Ok(());
+        }
+        let _settle = self.held.settle.lock().await;
+        release(&self.client, &self.config, &self.queue, &self.url, receipts).await
     }
 
     fn token(&self, delivery: Delivery, op: &'static str) -> Result<SqsToken> {
@@ -371,7 +397,7 @@ impl Consumer for SqsConsumer {
     }
 
     async fn ack(&mut self, delivery: Delivery) -> Result<()> {
-        let token = self.token(delivery, "ack")?;
+        let mut token = self.token(delivery, "ack")?;
         let _settle = self.held.settle.lock().await;
         self.client
             .delete_message()
@@ -380,11 +406,13 @@ impl Consumer for SqsConsumer {
             .send()
             .await
             .map_err(|e| sdk_error(&self.config, &self.queue, "ack", e))?;
+        token.settled = true;
         Ok(())
     }
 
     async fn requeue(&mut self, delivery: Delivery) -> Result<()> {
-        let token = self.token(delivery, "requeue")?;
+        let mut token = self.token(delivery, "requeue")?;
+        token.settled = true;
         let _settle = self.held.settle.lock().await;
         self.held.remove(token.id);
         let mut receipts = vec![token.receipt.clone()];
@@ -412,7 +440,8 @@ impl Drop for SqsConsumer {
             pending.abort();
         }
         self.buffer.clear();
-        let receipts = self.held.snapshot();
+        let mut receipts = self.held.snapshot();
+        receipts.append(&mut self.held.abandoned.lock().expect("abandoned receipts"));
         if receipts.is_empty() {
             return;
         }

@@ -1,0 +1,532 @@
+//! `SqsBroker` against a real `moto_server` (installed by scripts/setup.sh).
+//! Each test starts its own server on a free loopback port and kills it (by
+//! PID) when it ends, pass or fail.
+
+use aws_sdk_sqs::primitives::Blob;
+use aws_sdk_sqs::types::{
+    DeleteMessageBatchRequestEntry, MessageAttributeValue, MessageSystemAttributeName,
+    SendMessageBatchRequestEntry,
+};
+use remora_queues::broker::{Broker, BrokerError, QueueName, QueueProps};
+use remora_queues::sqs::{SqsBroker, SqsConfig, temp_queue_name};
+use std::collections::{BTreeMap, HashMap};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+/// How long anything may take before the test gives up (generous: the CI
+/// machine is loaded).
+const DEADLINE: Duration = Duration::from_secs(300);
+
+/// A `moto_server` of this test; killed by PID on drop.
+struct Moto {
+    child: Child,
+    url: String,
+}
+
+impl Moto {
+    fn start() -> Self {
+        let bin = std::env::var("MOTO_SERVER").unwrap_or_else(|_| "moto_server".into());
+        let mut child = Command::new(&bin)
+            .args(["-H", "127.0.0.1", "-p", "0"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {bin}: {e} (run scripts/setup.sh)"));
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (port_tx, port_rx) = std::sync::mpsc::channel();
+        // Reads the port from the start-up line, then keeps draining the
+        // request log so the server never blocks on a full pipe.
+        std::thread::spawn(move || {
+            let mut port_tx = Some(port_tx);
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Some(rest) = line.split("Running on http://127.0.0.1:").nth(1) {
+                    if let Some(tx) = port_tx.take() {
+                        let _ = tx.send(rest.trim().to_owned());
+                    }
+                }
+            }
+        });
+        let mut moto = Self {
+            child,
+            url: String::new(),
+        };
+        let port = port_rx
+            .recv_timeout(Duration::from_secs(120))
+            .expect("moto_server did not report its port");
+        moto.url = format!("http://127.0.0.1:{port}");
+        moto
+    }
+
+    fn broker(&self) -> Arc<SqsBroker> {
+        Arc::new(SqsBroker::new(SqsConfig::local(&self.url)))
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn q(name: &str) -> QueueName {
+    QueueName(name.to_owned())
+}
+
+fn props(pairs: &[(&str, &str)]) -> QueueProps {
+    QueueProps {
+        name: None,
+        props: pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+    }
+}
+
+fn string_attr(v: &str) -> MessageAttributeValue {
+    MessageAttributeValue::builder()
+        .data_type("String")
+        .string_value(v)
+        .build()
+        .unwrap()
+}
+
+fn number_attr(v: u64) -> MessageAttributeValue {
+    MessageAttributeValue::builder()
+        .data_type("Number")
+        .string_value(v.to_string())
+        .build()
+        .unwrap()
+}
+
+fn binary_attr(v: &[u8]) -> MessageAttributeValue {
+    MessageAttributeValue::builder()
+        .data_type("Binary")
+        .binary_value(Blob::new(v))
+        .build()
+        .unwrap()
+}
+
+/// The attributes of test message `seq`.
+fn attributes_of(seq: u64) -> HashMap<String, MessageAttributeValue> {
+    HashMap::from([
+        ("x-user".to_owned(), string_attr(["alice", "bob", "carol"][(seq % 3) as usize])),
+        ("seq".to_owned(), number_attr(seq)),
+        ("blob".to_owned(), binary_attr(&seq.to_be_bytes())),
+    ])
+}
+
+/// Creates `name` (a FIFO queue when it ends in `.fifo`).
+async fn create(broker: &SqsBroker, name: &QueueName) {
+    let fifo = name.0.ends_with(".fifo");
+    let mut like = vec![("VisibilityTimeout", "30")];
+    if fifo {
+        like.push(("FifoQueue", "true"));
+    }
+    broker.create_like(&props(&like), name).await.unwrap();
+}
+
+/// Sends `count` messages to `name` ten at a time with SendMessageBatch:
+/// body `g{group}:{seq in group}`, attributes [`attributes_of`]; FIFO
+/// messages in `groups` groups, round robin.
+async fn fill(broker: &SqsBroker, name: &QueueName, count: u64, groups: u64) {
+    let url = broker.queue_url(name).await.unwrap();
+    let fifo = name.0.ends_with(".fifo");
+    let mut next_in_group = vec![0u64; groups as usize];
+    let mut seq = 0;
+    while seq < count {
+        let mut entries = Vec::new();
+        for i in 0..10.min(count - seq) {
+            let n = seq + i;
+            let group = n % groups;
+            let in_group = next_in_group[group as usize];
+            next_in_group[group as usize] += 1;
+            let mut entry = SendMessageBatchRequestEntry::builder()
+                .id(i.to_string())
+                .message_body(format!("g{group}:{in_group}"))
+                .set_message_attributes(Some(attributes_of(n)));
+            if fifo {
+                entry = entry
+                    .message_group_id(format!("g{group}"))
+                    .message_deduplication_id(format!("d{n}"));
+            }
+            entries.push(entry.build().unwrap());
+        }
+        let out = broker
+            .client()
+            .send_message_batch()
+            .queue_url(&url)
+            .set_entries(Some(entries))
+            .send()
+            .await
+            .unwrap();
+        assert!(out.failed().is_empty(), "{:?}", out.failed());
+        seq += 10.min(count - seq);
+    }
+}
+
+/// Everything left in `name`, received and deleted in batches through the
+/// SDK (not the seam under test): (group, body, attributes) in receive order.
+async fn drain(
+    broker: &SqsBroker,
+    name: &QueueName,
+) -> Vec<(Option<String>, String, HashMap<String, MessageAttributeValue>)> {
+    let url = broker.queue_url(name).await.unwrap();
+    let mut out = Vec::new();
+    let mut empty_polls = 0;
+    let start = Instant::now();
+    while empty_polls < 2 {
+        assert!(start.elapsed() < DEADLINE, "draining {name} took too long");
+        let got = broker
+            .client()
+            .receive_message()
+            .queue_url(&url)
+            .max_number_of_messages(10)
+            .wait_time_seconds(1)
+            .message_attribute_names("All")
+            .message_system_attribute_names(MessageSystemAttributeName::All)
+            .send()
+            .await
+            .unwrap();
+        let messages = got.messages.unwrap_or_default();
+        if messages.is_empty() {
+            empty_polls += 1;
+            continue;
+        }
+        empty_polls = 0;
+        let mut entries = Vec::new();
+        for (i, m) in messages.into_iter().enumerate() {
+            entries.push(
+                DeleteMessageBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .receipt_handle(m.receipt_handle.clone().unwrap())
+                    .build()
+                    .unwrap(),
+            );
+            let group = m
+                .attributes
+                .as_ref()
+                .and_then(|a| a.get(&MessageSystemAttributeName::MessageGroupId).cloned());
+            out.push((
+                group,
+                m.body.unwrap_or_default(),
+                m.message_attributes.unwrap_or_default(),
+            ));
+        }
+        let deleted = broker
+            .client()
+            .delete_message_batch()
+            .queue_url(&url)
+            .set_entries(Some(entries))
+            .send()
+            .await
+            .unwrap();
+        assert!(deleted.failed().is_empty(), "{:?}", deleted.failed());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_like_copies_attributes_and_tags_of_standard_and_fifo_queues() {
+    let moto = Moto::start();
+    let broker = moto.broker();
+
+    // A dead-letter queue for the redrive policy.
+    let dlq = q("copy-dlq");
+    create(&broker, &dlq).await;
+    let dlq_arn = format!("arn:aws:sqs:us-east-1:123456789012:{dlq}");
+    let redrive = format!(r#"{{"deadLetterTargetArn":"{dlq_arn}","maxReceiveCount":"5"}}"#);
+    let original = q("copy-orders");
+    broker
+        .create_like(
+            &props(&[
+                ("VisibilityTimeout", "45"),
+                ("MessageRetentionPeriod", "7200"),
+                ("DelaySeconds", "3"),
+                ("ReceiveMessageWaitTimeSeconds", "2"),
+                ("MaximumMessageSize", "2048"),
+                ("RedrivePolicy", &redrive),
+                ("tag:team", "payments"),
+                ("tag:env", "staging"),
+            ]),
+            &original,
+        )
+        .await
+        .unwrap();
+    let seen = broker.inspect(&original).await.unwrap();
+    assert_eq!(seen.name.as_ref(), Some(&original));
+    for (k, v) in [
+        ("VisibilityTimeout", "45"),
+        ("MessageRetentionPeriod", "7200"),
+        ("DelaySeconds", "3"),
+        ("ReceiveMessageWaitTimeSeconds", "2"),
+        ("MaximumMessageSize", "2048"),
+        ("tag:team", "payments"),
+        ("tag:env", "staging"),
+    ] {
+        assert_eq!(seen.props.get(k).map(String::as_str), Some(v), "{k} in {seen:?}");
+    }
+    assert!(seen.props["RedrivePolicy"].contains(&dlq_arn), "{seen:?}");
+    assert!(
+        !seen.props.contains_key("QueueArn") && !seen.props.contains_key("CreatedTimestamp"),
+        "read-only attributes are not kept: {seen:?}"
+    );
+
+    let copy = temp_queue_name(&original, "remora-s1");
+    broker.create_like(&seen, &copy).await.unwrap();
+    // Idempotent.
+    broker.create_like(&seen, &copy).await.unwrap();
+    let copied = broker.inspect(&copy).await.unwrap();
+    let without_arn = |p: &QueueProps| {
+        let mut p = p.props.clone();
+        p.remove(remora_queues::sqs::ARN_PROP);
+        p
+    };
+    assert_eq!(without_arn(&copied), without_arn(&seen));
+
+    // FIFO: the copy's name keeps `.fifo`, and a name without it is refused.
+    let fifo = q("copy-orders.fifo");
+    broker
+        .create_like(
+            &props(&[
+                ("FifoQueue", "true"),
+                ("ContentBasedDeduplication", "true"),
+                ("VisibilityTimeout", "20"),
+                ("tag:team", "risk"),
+            ]),
+            &fifo,
+        )
+        .await
+        .unwrap();
+    let seen = broker.inspect(&fifo).await.unwrap();
+    assert_eq!(seen.props["FifoQueue"], "true");
+    assert_eq!(seen.props["ContentBasedDeduplication"], "true");
+    let copy_fifo = temp_queue_name(&fifo, "remora-s1");
+    assert_eq!(copy_fifo, q("copy-orders-remora-s1.fifo"));
+    broker.create_like(&seen, &copy_fifo).await.unwrap();
+    let copied = broker.inspect(&copy_fifo).await.unwrap();
+    assert_eq!(without_arn(&copied), without_arn(&seen));
+    let refused = broker
+        .create_like(&seen, &q("copy-orders-remora-s2"))
+        .await
+        .unwrap_err();
+    assert!(refused.to_string().contains(".fifo"), "{refused}");
+
+    for name in [&copy, &original, &copy_fifo, &fifo, &dlq] {
+        broker.delete(name).await.unwrap();
+        assert!(
+            matches!(broker.inspect(name).await, Err(BrokerError::NoQueue { .. })),
+            "{name} deleted"
+        );
+        // Deleting again is fine.
+        broker.delete(name).await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_consume_ack_and_requeue_keep_attributes_and_groups() {
+    let moto = Moto::start();
+    let broker = moto.broker();
+    let source = q("trip-src.fifo");
+    let dest = q("trip-dst.fifo");
+    create(&broker, &source).await;
+    create(&broker, &dest).await;
+    // Two groups, three messages each.
+    fill(&broker, &source, 6, 2).await;
+
+    let mut consumer = broker.consume(&source, 10).await.unwrap();
+    let first = consumer
+        .next_within(Duration::from_secs(30))
+        .await
+        .unwrap()
+        .expect("a message");
+    assert!(!first.redelivered);
+    let group = first.message.order_key.clone().expect("a FIFO group");
+    assert_eq!(String::from_utf8_lossy(&first.message.body), format!("{group}:0"));
+    let seq: u64 = first.message.headers["seq"].parse().unwrap();
+    assert_eq!(first.message.headers["x-user"], ["alice", "bob", "carol"][(seq % 3) as usize]);
+    assert!(!first.message.headers.contains_key("blob"), "binary is not a header");
+
+    // Requeue the first of its group: it comes back first, marked
+    // redelivered, and the group's later messages do not overtake it.
+    consumer.requeue(first).await.unwrap();
+    let mut seen: BTreeMap<String, Vec<(String, bool)>> = BTreeMap::new();
+    let start = Instant::now();
+    while seen.values().map(Vec::len).sum::<usize>() < 6 {
+        assert!(start.elapsed() < DEADLINE, "only {seen:?}");
+        let Some(d) = consumer.next_within(Duration::from_secs(5)).await.unwrap() else {
+            continue;
+        };
+        let group = d.message.order_key.clone().unwrap();
+        let body = String::from_utf8(d.message.body.clone()).unwrap();
+        seen.entry(group).or_default().push((body, d.redelivered));
+        // Forward it, then ack: the round trip keeps everything.
+        broker.publish(&dest, &d.message).await.unwrap();
+        consumer.ack(d).await.unwrap();
+    }
+    assert_eq!(seen[&group][0], (format!("{group}:0"), true), "{seen:?}");
+    for (g, messages) in &seen {
+        let bodies: Vec<&str> = messages.iter().map(|(b, _)| b.as_str()).collect();
+        assert_eq!(bodies, [format!("{g}:0"), format!("{g}:1"), format!("{g}:2")], "{seen:?}");
+    }
+    drop(consumer);
+
+    let forwarded = drain(&broker, &dest).await;
+    assert_eq!(forwarded.len(), 6);
+    for (group, body, attributes) in &forwarded {
+        let (g, _) = body.split_once(':').unwrap();
+        assert_eq!(group.as_deref(), Some(g));
+        let seq: u64 = attributes["seq"].string_value().unwrap().parse().unwrap();
+        assert_eq!(attributes, &attributes_of(seq), "typed attributes of {body}");
+    }
+    assert_eq!(broker.depth(&source).await.unwrap().ready, 0);
+
+    // A retried forward of the same received message is deduplicated.
+    fill(&broker, &source, 1, 1).await;
+    let mut consumer = broker.consume(&source, 1).await.unwrap();
+    let d = consumer.next_within(DEADLINE).await.unwrap().unwrap();
+    broker.publish(&dest, &d.message).await.unwrap();
+    broker.publish(&dest, &d.message).await.unwrap();
+    consumer.ack(d).await.unwrap();
+    assert_eq!(drain(&broker, &dest).await.len(), 1, "one copy of a retried forward");
+
+    drop(consumer);
+    broker.delete(&source).await.unwrap();
+    broker.delete(&dest).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn depth_counts_ready_and_unacked_messages() {
+    let moto = Moto::start();
+    let broker = moto.broker();
+    let name = q("depth-q");
+    create(&broker, &name).await;
+    let depth = broker.depth(&name).await.unwrap();
+    assert_eq!((depth.ready, depth.unacked), (0, Some(0)));
+    fill(&broker, &name, 25, 1).await;
+    let depth = broker.depth(&name).await.unwrap();
+    assert_eq!((depth.ready, depth.unacked), (25, Some(0)));
+
+    let mut consumer = broker.consume(&name, 5).await.unwrap();
+    let mut held = Vec::new();
+    for _ in 0..5 {
+        held.push(consumer.next_within(DEADLINE).await.unwrap().unwrap());
+    }
+    let depth = broker.depth(&name).await.unwrap();
+    assert_eq!((depth.ready, depth.unacked), (20, Some(5)));
+    // Prefetch 5: nothing more arrives while five are held.
+    assert!(consumer.next_within(Duration::from_secs(2)).await.unwrap().is_none());
+    for d in held.drain(..2) {
+        consumer.ack(d).await.unwrap();
+    }
+    let d = held.pop().unwrap();
+    consumer.requeue(d).await.unwrap();
+    let depth = broker.depth(&name).await.unwrap();
+    assert_eq!((depth.ready, depth.unacked), (21, Some(2)));
+    // Closing the consumer gives back what it held.
+    drop(held);
+    drop(consumer);
+    let start = Instant::now();
+    loop {
+        let depth = broker.depth(&name).await.unwrap();
+        if (depth.ready, depth.unacked) == (23, Some(0)) {
+            break;
+        }
+        assert!(start.elapsed() < DEADLINE, "{depth:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    broker.delete(&name).await.unwrap();
+    assert!(matches!(broker.depth(&name).await, Err(BrokerError::NoQueue { .. })));
+}
+
+/// Moves everything from `from` to `to` with `workers` consumers, each
+/// forwarding one message at a time (publish, then ack), until `count` have
+/// moved. Returns the rate in messages/s.
+async fn move_all(
+    broker: &Arc<SqsBroker>,
+    from: &QueueName,
+    to: &QueueName,
+    count: usize,
+    workers: usize,
+) -> f64 {
+    let moved = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..workers {
+        let (broker, from, to, moved) = (broker.clone(), from.clone(), to.clone(), moved.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut consumer = broker.consume(&from, 10).await.unwrap();
+            while moved.load(Ordering::SeqCst) < count {
+                assert!(start.elapsed() < DEADLINE, "moved only {moved:?} of {count}");
+                let Some(d) = consumer.next_within(Duration::from_secs(1)).await.unwrap() else {
+                    continue;
+                };
+                broker.publish(&to, &d.message).await.unwrap();
+                consumer.ack(d).await.unwrap();
+                moved.fetch_add(1, Ordering::SeqCst);
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let rate = count as f64 / start.elapsed().as_secs_f64();
+    eprintln!("moved {count} messages {from} -> {to} with {workers} workers: {rate:.0} messages/s");
+    rate
+}
+
+async fn ten_thousand_move_exactly_once(source: QueueName, dest: QueueName, groups: u64) {
+    const COUNT: u64 = 10_000;
+    let moto = Moto::start();
+    let broker = moto.broker();
+    create(&broker, &source).await;
+    create(&broker, &dest).await;
+    fill(&broker, &source, COUNT, groups).await;
+    assert_eq!(broker.depth(&source).await.unwrap().ready, COUNT);
+
+    move_all(&broker, &source, &dest, COUNT as usize, 4).await;
+
+    let depth = broker.depth(&source).await.unwrap();
+    assert_eq!((depth.ready, depth.unacked), (0, Some(0)), "source emptied");
+    let forwarded = drain(&broker, &dest).await;
+    let mut per_group: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for (group, body, attributes) in &forwarded {
+        let (g, n) = body.split_once(':').unwrap();
+        if let Some(group) = group {
+            assert_eq!(group, g, "{body} kept its group");
+        }
+        let seq: u64 = attributes["seq"].string_value().unwrap().parse().unwrap();
+        assert_eq!(attributes, &attributes_of(seq), "attributes of {body}");
+        per_group.entry(g.to_owned()).or_default().push(n.parse().unwrap());
+    }
+    assert_eq!(forwarded.len() as u64, COUNT, "zero lost, zero duplicated");
+    for (g, seqs) in &mut per_group {
+        if source.0.ends_with(".fifo") {
+            let want: Vec<u64> = (0..seqs.len() as u64).collect();
+            assert_eq!(seqs, &want, "group {g} in order");
+        } else {
+            seqs.sort_unstable();
+            seqs.dedup();
+        }
+    }
+    let distinct: usize = per_group.values().map(Vec::len).sum();
+    assert_eq!(distinct as u64, COUNT, "every message exactly once");
+    assert_eq!(per_group.len() as u64, groups);
+    broker.delete(&source).await.unwrap();
+    broker.delete(&dest).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_fifo_messages_move_exactly_once_in_group_order() {
+    ten_thousand_move_exactly_once(q("move-src.fifo"), q("move-dst.fifo"), 16).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_standard_messages_move_exactly_once() {
+    ten_thousand_move_exactly_once(q("move-src"), q("move-dst"), 16).await;
+}
