@@ -521,9 +521,8 @@ impl Broker for SqsBroker {
         } else {
             // A message from another broker: its text headers become String
             // attributes.
-            send = send.set_message_attributes(Some(convert::attributes_from_headers(
-                &message.headers,
-            )));
+            send = send
+                .set_message_attributes(Some(convert::attributes_from_headers(&message.headers)));
         }
         let group = message.order_key.clone();
         if fifo {

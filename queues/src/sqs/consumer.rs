@@ -243,7 +243,8 @@ impl SqsConsumer {
 
     /// Makes the messages of dropped deliveries visible again.
     async fn give_back_abandoned(&mut self) -> Result<()> {
-        let receipts = std::mem::take(&mut *self.held.abandoned.lock().expect("abandoned receipts"));
+        let receipts =
+            std::mem::take(&mut *self.held.abandoned.lock().expect("abandoned receipts"));
         if receipts.is_empty() {
             return Ok(());
         }

@@ -67,7 +67,9 @@ pub(crate) fn received(m: aws_sdk_sqs::types::Message) -> Option<Received> {
 /// The filter headers of a message: String and Number attributes (and
 /// their custom `String.x` / `Number.x` types) as text; Binary ones are left
 /// out.
-pub(crate) fn headers(attributes: &HashMap<String, MessageAttributeValue>) -> BTreeMap<String, String> {
+pub(crate) fn headers(
+    attributes: &HashMap<String, MessageAttributeValue>,
+) -> BTreeMap<String, String> {
     attributes
         .iter()
         .filter(|(_, v)| {

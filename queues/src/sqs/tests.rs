@@ -9,7 +9,10 @@ fn q(name: &str) -> QueueName {
 
 #[test]
 fn temp_names_keep_the_fifo_suffix_and_fit_80_characters() {
-    assert_eq!(temp_queue_name(&q("orders"), "remora-a1"), q("orders-remora-a1"));
+    assert_eq!(
+        temp_queue_name(&q("orders"), "remora-a1"),
+        q("orders-remora-a1")
+    );
     assert_eq!(
         temp_queue_name(&q("orders.fifo"), "remora-a1"),
         q("orders-remora-a1.fifo")
@@ -58,7 +61,11 @@ fn string_and_number_attributes_are_headers_and_binary_ones_are_not() {
 #[test]
 fn a_copy_policy_names_the_copy() {
     assert_eq!(
-        sibling_arn("arn:aws:sqs:eu-west-1:123456789012:orders.fifo", &q("o-t.fifo")).as_deref(),
+        sibling_arn(
+            "arn:aws:sqs:eu-west-1:123456789012:orders.fifo",
+            &q("o-t.fifo")
+        )
+        .as_deref(),
         Some("arn:aws:sqs:eu-west-1:123456789012:o-t.fifo")
     );
     assert_eq!(sibling_arn("no-colons", &q("x")), None);
