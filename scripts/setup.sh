@@ -75,6 +75,8 @@ need busybox-static busybox
 need python3-pip pip3
 # Database branches' fast path: PostgreSQL 18 clones on XFS with reflinks.
 need xfsprogs mkfs.xfs
+# Queue splitting (queues/tests): a real RabbitMQ broker.
+need rabbitmq-server /usr/sbin/rabbitmq-server
 
 if [ ${#missing[@]} -gt 0 ]; then
     has apt-get || die "missing ${missing[*]} and apt-get is not available (Debian/Ubuntu only)"
@@ -150,6 +152,29 @@ if ! mariadb -h127.0.0.1 -uroot --protocol=tcp -e 'SELECT 1' >/dev/null 2>&1; th
         CREATE USER IF NOT EXISTS 'root'@'127.0.0.1' IDENTIFIED BY ''; \
         GRANT ALL ON *.* TO 'root'@'127.0.0.1' WITH GRANT OPTION;" \
         || die "MariaDB started but root cannot log in"
+fi
+
+# RabbitMQ (queue splitting tests, queues/tests): must accept guest/guest on
+# 127.0.0.1:5672. A machine where it already answers is left untouched; a fresh
+# one gets a loopback-only configuration (guest may only log in from loopback
+# anyway) unless /etc/rabbitmq already has one.
+rabbitmq_up() { (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null; }
+if ! rabbitmq_up; then
+    if [ ! -s /etc/rabbitmq/rabbitmq.conf ]; then
+        say "configuring RabbitMQ to listen on 127.0.0.1:5672 only"
+        as_root mkdir -p /etc/rabbitmq
+        printf 'listeners.tcp.local = 127.0.0.1:5672\n' | as_root tee /etc/rabbitmq/rabbitmq.conf >/dev/null
+        printf 'NODENAME=rabbit@localhost\nERL_EPMD_ADDRESS=127.0.0.1\nexport ERL_FLAGS="-kernel inet_dist_use_interface {127,0,0,1}"\n' \
+            | as_root tee /etc/rabbitmq/rabbitmq-env.conf >/dev/null
+    fi
+    say "starting RabbitMQ"
+    # Debian's wrapper switches to the rabbitmq user.
+    as_root rabbitmq-server -detached >/dev/null 2>&1 || die "could not start RabbitMQ (see /var/log/rabbitmq/)"
+    for _ in $(seq 300); do
+        rabbitmq_up && break
+        sleep 0.2
+    done
+    rabbitmq_up || die "RabbitMQ started but does not accept connections on 127.0.0.1:5672 (see /var/log/rabbitmq/)"
 fi
 
 # The VS Code extension's build and test tools (ide/vscode/package-lock.json).

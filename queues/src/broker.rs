@@ -175,7 +175,11 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
     /// existing queue of that name with the same properties is fine.
     async fn create_like(&self, like: &QueueProps, name: &QueueName) -> Result<()>;
 
-    /// Deletes `name`; a queue that does not exist is fine.
+    /// Deletes `name`; a queue that does not exist is fine. A broker that
+    /// can refuse to delete a queue that still holds messages or has
+    /// consumers (RabbitMQ does: `if-empty`, `if-unused`) returns
+    /// [`BrokerError::Operation`] then, and the caller drains and retries:
+    /// a temporary queue is never deleted with messages in it.
     async fn delete(&self, name: &QueueName) -> Result<()>;
 
     /// How many messages `name` holds.
@@ -197,6 +201,13 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
 pub trait Consumer: Send + fmt::Debug {
     /// The next message, waiting for one; `None` once the consumer has been
     /// closed (by the broker, or the queue was deleted).
+    ///
+    /// # Cancel safety
+    /// The router polls this in a `select!` next to its publishes, so
+    /// dropping the future before it completes must lose no message: a
+    /// message already received is returned by a later call, or stays on the
+    /// broker unacknowledged and is delivered again (SQS: when its
+    /// visibility timeout ends).
     async fn next(&mut self) -> Result<Option<Delivery>>;
 
     /// The next message if one arrives within `wait`; `None` if none did.

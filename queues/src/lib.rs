@@ -6,6 +6,10 @@
 //!   two sessions that could both want one message.
 //! * [`broker`]: the seam to a real broker (RabbitMQ, SQS, Kafka, Pub/Sub):
 //!   inspect, copy, consume, publish with confirmation, ack, delete.
+//! * [`rabbitmq`]: the RabbitMQ broker (lapin).
+//! * [`sqs`]: the Amazon SQS broker (aws-sdk-sqs; moto in tests).
+//! * [`router`]: the router of one split queue (an actor: `RouterTask` +
+//!   `RouterApi`), its saved state and the temporary queues' names.
 //!
 //! Delivery contract (every broker and the router keep it): a message is
 //! removed from the queue it came from only after the broker confirmed it in
@@ -14,4 +18,6 @@
 
 pub mod broker;
 pub mod filter;
+pub mod rabbitmq;
+pub mod router;
 pub mod sqs;
