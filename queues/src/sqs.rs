@@ -9,7 +9,7 @@
 //!
 //! # FIFO queues
 //! A FIFO queue's name must end in `.fifo`, so a temporary copy of a FIFO
-//! queue must too: [`temp_queue_name`] inserts the tag before the suffix
+//! queue must too: [`crate::router::temp_queue_name`] keeps the suffix
 //! (`orders.fifo` → `orders-remora-alice.fifo`), and [`Broker::create_like`]
 //! refuses a FIFO copy whose name lacks it rather than silently creating a
 //! queue under another name than the one the workload will be given.
@@ -150,19 +150,6 @@ impl SqsConfig {
             .clone()
             .unwrap_or_else(|| format!("https://sqs.{}.amazonaws.com", self.region))
     }
-}
-
-/// The name of a temporary copy of `original` tagged `tag`: `{original}-{tag}`,
-/// with a FIFO queue's `.fifo` kept at the end, cut to fit the 80 characters
-/// SQS allows (the tag is kept whole, the original's name shortened).
-pub fn temp_queue_name(original: &QueueName, tag: &str) -> QueueName {
-    let (stem, suffix) = match original.0.strip_suffix(FIFO_SUFFIX) {
-        Some(stem) => (stem, FIFO_SUFFIX),
-        None => (original.0.as_str(), ""),
-    };
-    let room = MAX_QUEUE_NAME_LEN.saturating_sub(suffix.len() + 1 + tag.len());
-    let stem: String = stem.chars().take(room).collect();
-    QueueName(format!("{stem}-{tag}{suffix}"))
 }
 
 /// Whether `name` is a FIFO queue's name.
@@ -383,7 +370,7 @@ impl Broker for SqsBroker {
                 name,
                 "create queue",
                 if fifo {
-                    "a copy of a FIFO queue must have a name ending in .fifo (see sqs::temp_queue_name)"
+                    "a copy of a FIFO queue must have a name ending in .fifo (see router::temp_queue_name)"
                 } else {
                     "only a copy of a FIFO queue may have a name ending in .fifo"
                 },
@@ -440,15 +427,34 @@ impl Broker for SqsBroker {
         Ok(())
     }
 
+    /// Refuses (op `delete`) while the queue holds messages, visible,
+    /// in flight or delayed: SQS would delete them with it. The counts are
+    /// SQS's approximate ones; the router drains and retries.
     async fn delete(&self, name: &QueueName) -> Result<()> {
         let url = match self.queue_url(name).await {
             Ok(url) => url,
             Err(BrokerError::NoQueue { .. }) => return Ok(()),
             Err(e) => return Err(e),
         };
+        let depth = match self.depth(name).await {
+            Ok(depth) => depth,
+            Err(BrokerError::NoQueue { .. }) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let in_flight = depth.unacked.unwrap_or(0);
+        if depth.ready + in_flight > 0 {
+            return Err(invalid(
+                name,
+                "delete",
+                format!(
+                    "not deleted: it still holds {} messages ({in_flight} in flight)",
+                    depth.ready + in_flight
+                ),
+            ));
+        }
         let out = self.client.delete_queue().queue_url(&url).send().await;
         self.forget_url(name);
-        match out.map_err(|e| self.error(name, "delete queue", e)) {
+        match out.map_err(|e| self.error(name, "delete", e)) {
             Ok(_) | Err(BrokerError::NoQueue { .. }) => Ok(()),
             Err(e) => Err(e),
         }

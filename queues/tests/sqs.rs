@@ -8,7 +8,9 @@ use aws_sdk_sqs::types::{
     SendMessageBatchRequestEntry,
 };
 use remora_queues::broker::{Broker, BrokerError, QueueName, QueueProps};
-use remora_queues::sqs::{SqsBroker, SqsConfig, temp_queue_name};
+use remora_queues::broker::BrokerKind;
+use remora_queues::router::{Owner, SplitSessionKey, temp_queue_name};
+use remora_queues::sqs::{SqsBroker, SqsConfig};
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -328,7 +330,8 @@ async fn create_like_copies_attributes_and_tags_of_standard_and_fifo_queues() {
         "read-only attributes are not kept: {seen:?}"
     );
 
-    let copy = temp_queue_name(&original, "remora-s1");
+    let s1 = SplitSessionKey::new("s1").unwrap();
+    let copy = temp_queue_name(BrokerKind::Sqs, &original, Owner::Session(&s1));
     broker.create_like(&seen, &copy).await.unwrap();
     // Idempotent.
     broker.create_like(&seen, &copy).await.unwrap();
@@ -357,7 +360,7 @@ async fn create_like_copies_attributes_and_tags_of_standard_and_fifo_queues() {
     let seen = broker.inspect(&fifo).await.unwrap();
     assert_eq!(seen.props["FifoQueue"], "true");
     assert_eq!(seen.props["ContentBasedDeduplication"], "true");
-    let copy_fifo = temp_queue_name(&fifo, "remora-s1");
+    let copy_fifo = temp_queue_name(BrokerKind::Sqs, &fifo, Owner::Session(&s1));
     assert_eq!(copy_fifo, q("copy-orders-remora-s1.fifo"));
     broker.create_like(&seen, &copy_fifo).await.unwrap();
     let copied = broker.inspect(&copy_fifo).await.unwrap();
@@ -518,6 +521,14 @@ async fn depth_counts_ready_and_unacked_messages() {
         assert!(start.elapsed() < DEADLINE, "{depth:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // A queue with messages is not deleted (SQS would drop them with it).
+    let refused = broker.delete(&name).await.unwrap_err();
+    assert!(
+        matches!(&refused, BrokerError::Operation { op: "delete", .. })
+            && refused.to_string().contains("23 messages"),
+        "{refused}"
+    );
+    assert_eq!(drain(&broker, &name).await.len(), 23);
     broker.delete(&name).await.unwrap();
     assert!(matches!(
         broker.depth(&name).await,

@@ -17,6 +17,9 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+/// The pause between two empty short polls (a wait under a second).
+const SHORT_POLL_PAUSE: Duration = Duration::from_millis(50);
+
 /// The shortest heartbeat period (half the visibility timeout, at least this).
 const MIN_HEARTBEAT: Duration = Duration::from_secs(1);
 
@@ -387,12 +390,19 @@ impl Consumer for SqsConsumer {
             if left.is_zero() {
                 return Ok(None);
             }
-            // Whole seconds of long poll, at least one; the timeout cuts it
-            // short (the receive stays pending for the next call).
-            let poll = Duration::from_secs(left.as_secs_f64().ceil() as u64);
+            // Long polls of whole seconds that end before the deadline; under
+            // a second, short polls with a pause between empty ones. The
+            // timeout is a safety net for a slow reply (a receive cut short
+            // stays pending for the next call).
+            let poll = Duration::from_secs(left.as_secs());
+            let buffered = self.buffer.len();
             match tokio::time::timeout(left, self.fill(poll)).await {
                 Ok(out) => out?,
                 Err(_elapsed) => return Ok(None),
+            }
+            if poll.is_zero() && self.buffer.len() == buffered && !self.closed {
+                let left = deadline.saturating_duration_since(Instant::now());
+                tokio::time::sleep(left.min(SHORT_POLL_PAUSE)).await;
             }
         }
     }
