@@ -157,6 +157,9 @@ pub fn is_fifo_name(name: &QueueName) -> bool {
     name.0.ends_with(FIFO_SUFFIX)
 }
 
+/// Held during a publish of one FIFO group to one queue.
+type GroupLock = Arc<tokio::sync::Mutex<()>>;
+
 /// An SQS endpoint.
 pub struct SqsBroker {
     client: Client,
@@ -165,7 +168,7 @@ pub struct SqsBroker {
     urls: Mutex<HashMap<QueueName, String>>,
     /// (queue, group) → held during a publish of that group, so publishes of
     /// one group are stored in the order they were called.
-    group_locks: Mutex<HashMap<(QueueName, String), Arc<tokio::sync::Mutex<()>>>>,
+    group_locks: Mutex<HashMap<(QueueName, String), GroupLock>>,
 }
 
 impl fmt::Debug for SqsBroker {
@@ -269,7 +272,7 @@ impl SqsBroker {
         Ok(out?.attributes.unwrap_or_default())
     }
 
-    fn group_lock(&self, name: &QueueName, group: &str) -> Arc<tokio::sync::Mutex<()>> {
+    fn group_lock(&self, name: &QueueName, group: &str) -> GroupLock {
         let mut locks = self.group_locks.lock().expect("group locks");
         // Forget locks nobody holds or waits for, so the map stays small.
         locks.retain(|_, lock| Arc::strong_count(lock) > 1);

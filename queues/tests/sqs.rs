@@ -2,18 +2,20 @@
 //! Each test starts its own server on a free loopback port and kills it (by
 //! PID) when it ends, pass or fail.
 
+#[path = "support/moto.rs"]
+mod moto;
+
 use aws_sdk_sqs::primitives::Blob;
 use aws_sdk_sqs::types::{
     DeleteMessageBatchRequestEntry, MessageAttributeValue, MessageSystemAttributeName,
     SendMessageBatchRequestEntry,
 };
-use remora_queues::broker::{Broker, BrokerError, QueueName, QueueProps};
+use moto::Moto;
 use remora_queues::broker::BrokerKind;
+use remora_queues::broker::{Broker, BrokerError, QueueName, QueueProps};
 use remora_queues::router::{Owner, SplitSessionKey, temp_queue_name};
-use remora_queues::sqs::{SqsBroker, SqsConfig};
+use remora_queues::sqs::SqsBroker;
 use std::collections::{BTreeMap, HashMap};
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -21,60 +23,6 @@ use std::time::{Duration, Instant};
 /// How long anything may take before the test gives up (generous: the CI
 /// machine is loaded).
 const DEADLINE: Duration = Duration::from_secs(300);
-
-/// A `moto_server` of this test; killed by PID on drop.
-struct Moto {
-    child: Child,
-    url: String,
-}
-
-impl Moto {
-    fn start() -> Self {
-        let bin = std::env::var("MOTO_SERVER").unwrap_or_else(|_| "moto_server".into());
-        let mut child = Command::new(&bin)
-            .args(["-H", "127.0.0.1", "-p", "0"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {bin}: {e} (run scripts/setup.sh)"));
-        let stderr = child.stderr.take().expect("piped stderr");
-        let (port_tx, port_rx) = std::sync::mpsc::channel();
-        // Reads the port from the start-up line, then keeps draining the
-        // request log so the server never blocks on a full pipe.
-        std::thread::spawn(move || {
-            let mut port_tx = Some(port_tx);
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if let Some(rest) = line.split("Running on http://127.0.0.1:").nth(1) {
-                    if let Some(tx) = port_tx.take() {
-                        let _ = tx.send(rest.trim().to_owned());
-                    }
-                }
-            }
-        });
-        let mut moto = Self {
-            child,
-            url: String::new(),
-        };
-        let port = port_rx
-            .recv_timeout(Duration::from_secs(120))
-            .expect("moto_server did not report its port");
-        moto.url = format!("http://127.0.0.1:{port}");
-        moto
-    }
-
-    fn broker(&self) -> Arc<SqsBroker> {
-        Arc::new(SqsBroker::new(SqsConfig::local(&self.url)))
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn q(name: &str) -> QueueName {
     QueueName(name.to_owned())

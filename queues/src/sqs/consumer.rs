@@ -81,14 +81,14 @@ struct SqsToken {
 
 impl Drop for SqsToken {
     fn drop(&mut self) {
-        if let Some(receipt) = self.held.remove(self.id) {
-            if !self.settled {
-                self.held
-                    .abandoned
-                    .lock()
-                    .expect("abandoned receipts")
-                    .push(receipt);
-            }
+        if let Some(receipt) = self.held.remove(self.id)
+            && !self.settled
+        {
+            self.held
+                .abandoned
+                .lock()
+                .expect("abandoned receipts")
+                .push(receipt);
         }
     }
 }
