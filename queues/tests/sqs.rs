@@ -20,9 +20,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-/// How long anything may take before the test gives up (generous: the CI
-/// machine is loaded).
-const DEADLINE: Duration = Duration::from_secs(300);
+/// How long anything may take before the test gives up: generous (the CI
+/// machine is loaded), and longer for a run with many messages.
+fn deadline() -> Duration {
+    Duration::from_secs(300).max(Duration::from_millis(200) * message_count(0) as u32)
+}
 
 fn q(name: &str) -> QueueName {
     QueueName(name.to_owned())
@@ -158,7 +160,10 @@ async fn drain(broker: &SqsBroker, name: &QueueName) -> Vec<Seen> {
     let mut empty_polls = 0;
     let start = Instant::now();
     while empty_polls < 2 {
-        assert!(start.elapsed() < DEADLINE, "draining {name} took too long");
+        assert!(
+            start.elapsed() < deadline(),
+            "draining {name} took too long"
+        );
         let got = drain_once(broker, &url, None).await;
         if got.is_empty() {
             empty_polls += 1;
@@ -369,7 +374,7 @@ async fn publish_consume_ack_and_requeue_keep_attributes_and_groups() {
     let mut seen: BTreeMap<String, Vec<(String, bool)>> = BTreeMap::new();
     let start = Instant::now();
     while seen.values().map(Vec::len).sum::<usize>() < 6 {
-        assert!(start.elapsed() < DEADLINE, "only {seen:?}");
+        assert!(start.elapsed() < deadline(), "only {seen:?}");
         let Some(d) = consumer.next_within(Duration::from_secs(5)).await.unwrap() else {
             continue;
         };
@@ -408,7 +413,7 @@ async fn publish_consume_ack_and_requeue_keep_attributes_and_groups() {
     // A retried forward of the same received message is deduplicated.
     fill(&broker, &source, 1, 1).await;
     let mut consumer = broker.consume(&source, 1).await.unwrap();
-    let d = consumer.next_within(DEADLINE).await.unwrap().unwrap();
+    let d = consumer.next_within(deadline()).await.unwrap().unwrap();
     broker.publish(&dest, &d.message).await.unwrap();
     broker.publish(&dest, &d.message).await.unwrap();
     consumer.ack(d).await.unwrap();
@@ -438,7 +443,7 @@ async fn depth_counts_ready_and_unacked_messages() {
     let mut consumer = broker.consume(&name, 5).await.unwrap();
     let mut held = Vec::new();
     for _ in 0..5 {
-        held.push(consumer.next_within(DEADLINE).await.unwrap().unwrap());
+        held.push(consumer.next_within(deadline()).await.unwrap().unwrap());
     }
     let depth = broker.depth(&name).await.unwrap();
     assert_eq!((depth.ready, depth.unacked), (20, Some(5)));
@@ -466,7 +471,7 @@ async fn depth_counts_ready_and_unacked_messages() {
         if (depth.ready, depth.unacked) == (23, Some(0)) {
             break;
         }
-        assert!(start.elapsed() < DEADLINE, "{depth:?}");
+        assert!(start.elapsed() < deadline(), "{depth:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // A queue with messages is not deleted (SQS would drop them with it).
@@ -526,7 +531,7 @@ async fn stream(
             let fifo = source.0.ends_with(".fifo");
             let mut sent = 0;
             while sent < count {
-                assert!(start.elapsed() < DEADLINE, "sent only {sent} of {count}");
+                assert!(start.elapsed() < deadline(), "sent only {sent} of {count}");
                 if sent - moved.load(Ordering::SeqCst) >= WINDOW {
                     tokio::time::sleep(Duration::from_millis(10)).await;
                     continue;
@@ -559,7 +564,7 @@ async fn stream(
             let mut consumer = broker.consume(&from, 10).await.unwrap();
             while moved.load(Ordering::SeqCst) < count {
                 assert!(
-                    start.elapsed() < DEADLINE,
+                    start.elapsed() < deadline(),
                     "moved only {moved:?} of {count}"
                 );
                 let Some(d) = consumer.next_within(Duration::from_secs(1)).await.unwrap() else {
@@ -582,7 +587,7 @@ async fn stream(
             let mut empty_after_last_move = 0;
             while empty_after_last_move < 2 {
                 assert!(
-                    start.elapsed() < DEADLINE,
+                    start.elapsed() < deadline(),
                     "drained only {} of {count}",
                     seen.len()
                 );
