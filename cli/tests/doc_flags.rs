@@ -24,7 +24,8 @@ const OTHER_PROGRAMS: &[(&str, &[&str])] = &[
     ("code (VS Code)", &["--install-extension"]),
     ("cargo nextest", &["--run-ignored", "--no-capture"]),
     ("kubernetes-validate", &["--strict"]),
-    ("kubectl", &["--for"]),
+    ("kubectl", &["--for", "--from"]),
+    ("remora-kube-sim", &["--runtime"]),
     ("nsenter", &["--net"]),
     ("pg_dump", &["--schema-only"]),
     (

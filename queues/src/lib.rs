@@ -7,6 +7,7 @@
 //! * [`broker`]: the seam to a real broker (RabbitMQ, SQS, Kafka, Pub/Sub):
 //!   inspect, copy, consume, publish with confirmation, ack, delete.
 //! * [`rabbitmq`]: the RabbitMQ broker (lapin).
+//! * [`sqs`]: the Amazon SQS broker (aws-sdk-sqs; moto in tests).
 //! * [`router`]: the router of one split queue (an actor: `RouterTask` +
 //!   `RouterApi`), its saved state and the temporary queues' names.
 //!
@@ -19,3 +20,4 @@ pub mod broker;
 pub mod filter;
 pub mod rabbitmq;
 pub mod router;
+pub mod sqs;
