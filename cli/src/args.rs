@@ -30,6 +30,9 @@ pub enum Command {
     /// List, remove or print the URL of the operator's database branches.
     #[command(subcommand)]
     Db(DbCommand),
+    /// List the operator's active queue splits.
+    #[command(subcommand)]
+    Queues(QueuesCommand),
     /// Install the operator in a Kubernetes cluster.
     #[command(subcommand)]
     Operator(OperatorCommand),
@@ -399,6 +402,21 @@ pub struct DoctorArgs {
     /// The program to explain (optional), after `--`.
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<String>,
+}
+
+/// `remora queues ...`: the operator's queue splits.
+#[derive(Debug, Subcommand)]
+pub enum QueuesCommand {
+    /// List the active splits: each queue's sessions, filters, and the depth
+    /// and routed count of every temporary queue (and the original's lag).
+    Ls {
+        /// The operator (host:port).
+        #[arg(long, env = "REMORA_OPERATOR")]
+        operator: String,
+        /// Print a JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// `remora db ...`: the operator's database branches.

@@ -22,6 +22,7 @@ pub mod ls_cmd;
 pub mod operator_cmd;
 pub mod procfs;
 pub mod progress;
+pub mod queues_cmd;
 pub mod run;
 pub mod session;
 pub mod session_cmd;
@@ -40,6 +41,7 @@ pub fn run(cli: Cli) -> miette::Result<i32> {
         Command::Config(cmd) => config_cmd::run(cmd),
         Command::Session(cmd) => session_cmd::run(cmd).map_err(Into::into),
         Command::Db(cmd) => db_cmd::run(cmd).map_err(Into::into),
+        Command::Queues(cmd) => queues_cmd::run(cmd).map_err(Into::into),
         Command::Operator(cmd) => Ok(operator_cmd::run(cmd)),
         Command::Ext(args) => ext::run(*args).map_err(Into::into),
         Command::Test(args) => test_cmd::run(*args).map_err(Into::into),

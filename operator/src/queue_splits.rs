@@ -30,6 +30,12 @@ pub trait QueueSplitter: Send + Sync + std::fmt::Debug + 'static {
     /// As [`QueueSplitter::handle`].
     fn prepare(&self, target: String) -> BoxFuture<'static, Result<(), String>>;
 
+    /// The active splits, with their sessions and queue depths.
+    ///
+    /// # Errors
+    /// A user-facing reason.
+    fn list(&self) -> BoxFuture<'static, Result<QueueReply, String>>;
+
     /// `session` ended: its messages go back to the workload (the future
     /// ends once they did).
     fn leave(&self, session: SessionId) -> BoxFuture<'static, ()>;

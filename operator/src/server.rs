@@ -504,6 +504,14 @@ async fn control<S>(
             Request::Queues(QueueRequest::Prepare { target }) => {
                 prepare_split(ctx, caller, target).await
             }
+            Request::Queues(QueueRequest::List) => match &ctx.queue_splitter {
+                Some(splitter) => splitter
+                    .list()
+                    .await
+                    .map(Response::Queues)
+                    .map_err(|reason| RemoteError::new(ErrorCode::Unavailable, reason)),
+                None => Ok(Response::Queues(QueueReply::List(Vec::new()))),
+            },
             _ => Err(RemoteError::new(
                 ErrorCode::Unsupported,
                 "this is a control connection (no target): only session requests",

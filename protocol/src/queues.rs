@@ -30,6 +30,66 @@ pub enum QueueRequest {
     Prepare { target: String },
     /// Join these queues' splits for the rest of the session.
     Split(Vec<QueueWanted>),
+    /// The active splits, their sessions and queue depths (`remora queues ls`).
+    List,
+}
+
+/// One temporary queue of a split, as listed.
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TempQueueInfo {
+    /// The queue's name on its broker.
+    pub queue: String,
+    /// Its owner: `workload`, or the session id.
+    pub owner: String,
+    /// The owner's filter (none for the workload).
+    pub filter: Option<String>,
+    /// Messages waiting in it (none: the broker did not say).
+    pub depth: Option<u64>,
+    /// Messages the router sent it since it started.
+    pub routed: u64,
+}
+
+/// One registered queue of an active split.
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SplitQueueInfo {
+    /// The queue id.
+    pub id: String,
+    /// `rabbitmq`, `sqs`, `kafka`.
+    pub broker: String,
+    /// The original queue.
+    pub original: String,
+    /// Messages waiting in the original (the router's lag).
+    pub original_depth: Option<u64>,
+    /// The workload's queue first, then the sessions' in filter order.
+    #[cfg_attr(
+        test,
+        proptest(
+            strategy = "proptest::collection::vec(proptest::prelude::any::<TempQueueInfo>(), 0..3)"
+        )
+    )]
+    pub queues: Vec<TempQueueInfo>,
+}
+
+/// One active split.
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SplitInfo {
+    /// Its namespace.
+    pub namespace: String,
+    /// Its registration's name.
+    pub name: String,
+    /// The workload (`Deployment/orders-worker`).
+    pub workload: String,
+    /// Its queues.
+    #[cfg_attr(
+        test,
+        proptest(
+            strategy = "proptest::collection::vec(proptest::prelude::any::<SplitQueueInfo>(), 0..3)"
+        )
+    )]
+    pub queues: Vec<SplitQueueInfo>,
 }
 
 /// Replies to [`QueueRequest`].
@@ -40,4 +100,14 @@ pub enum QueueReply {
     Split { env: BTreeMap<String, String> },
     /// The split is active and the workload rolled out.
     Prepared,
+    /// The active splits.
+    List(
+        #[cfg_attr(
+            test,
+            proptest(
+                strategy = "proptest::collection::vec(proptest::prelude::any::<SplitInfo>(), 0..3)"
+            )
+        )]
+        Vec<SplitInfo>,
+    ),
 }

@@ -297,6 +297,30 @@ spec:
     assert_eq!(alice, expect("alice"), "only alice's, in order, once");
     assert_eq!(workload, expect("bob"), "only bob's, in order, once");
 
+    // `remora queues ls` shows the split, the session's filter and queues.
+    let ls = Command::new(bin_path("remora").unwrap())
+        .args(["queues", "ls", "--operator", &addr, "--json"])
+        .env("REMORA_OPERATOR_TOKEN", "remora-sim-sa:default:alice")
+        .output()
+        .unwrap();
+    assert!(ls.status.success(), "{ls:?}");
+    let listed: serde_json::Value = serde_json::from_slice(&ls.stdout).unwrap();
+    let split = &listed[0];
+    assert_eq!(split["name"], "orders", "{listed:#}");
+    assert_eq!(split["workload"], "Deployment/worker", "{listed:#}");
+    let queue = &split["queues"][0];
+    assert_eq!(queue["id"], "orders", "{listed:#}");
+    assert_eq!(queue["original"], original.0.as_str(), "{listed:#}");
+    let temps = queue["queues"].as_array().unwrap();
+    assert_eq!(temps.len(), 2, "the workload's and alice's: {listed:#}");
+    assert_eq!(temps[0]["owner"], "workload");
+    assert_eq!(temps[0]["queue"], workload_queue.0.as_str());
+    assert_eq!(temps[0]["routed"], 50);
+    assert_eq!(temps[1]["queue"], mine.0.as_str());
+    assert_eq!(temps[1]["filter"], "{x-user = \"^alice$\"}");
+    assert_eq!(temps[1]["routed"], 50);
+    assert_eq!(temps[1]["depth"], 0, "alice took all hers");
+
     // Five more for alice that the command never takes; then it ends.
     for n in 50..55 {
         rabbit.publish(&original, "alice", n);

@@ -21,7 +21,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use remora_operator::queue_splits::QueueSplitter;
 use remora_protocol::SessionId;
-use remora_protocol::queues::{QueueReply, QueueRequest};
+use remora_protocol::queues::{QueueReply, QueueRequest, SplitInfo, SplitQueueInfo, TempQueueInfo};
 use remora_queues::broker::{Broker, QueueName};
 use remora_queues::filter::MessageFilter;
 use remora_queues::rabbitmq::RabbitBroker;
@@ -395,6 +395,54 @@ impl Splits {
         Ok(env)
     }
 
+    /// Every active split with its queues' sessions, filters, depths and
+    /// routed counts (`remora queues ls`).
+    pub async fn list(&self) -> Vec<SplitInfo> {
+        let active = self.active.lock().await;
+        let mut out = Vec::new();
+        for ((namespace, name), entry) in active.iter() {
+            let mut queues = Vec::new();
+            for (id, running) in &entry.queues {
+                let Ok(stats) = running.api.stats().await else {
+                    continue;
+                };
+                let temp =
+                    |q: &remora_queues::router::QueueStats, owner: String, filter| TempQueueInfo {
+                        queue: q.queue.0.clone(),
+                        owner,
+                        filter,
+                        depth: q.depth.map(|d| d.ready),
+                        routed: q.routed,
+                    };
+                let mut temps = vec![temp(&stats.workload, "workload".to_owned(), None)];
+                for s in &stats.sessions {
+                    temps.push(temp(
+                        &s.queue,
+                        s.key.as_str().to_owned(),
+                        Some(s.filter.clone()),
+                    ));
+                }
+                queues.push(SplitQueueInfo {
+                    id: id.clone(),
+                    broker: running.broker.kind().to_string(),
+                    original: running.original.0.clone(),
+                    original_depth: stats.original.depth.map(|d| d.ready),
+                    queues: temps,
+                });
+            }
+            out.push(SplitInfo {
+                namespace: namespace.clone(),
+                name: name.clone(),
+                workload: format!(
+                    "{:?}/{}",
+                    entry.spec.workload.kind, entry.spec.workload.name
+                ),
+                queues,
+            });
+        }
+        out
+    }
+
     /// `session` leaves every split it joined; the last one out ends the split.
     pub async fn leave(&self, session: &str) {
         let Ok(key) = SplitSessionKey::new(session) else {
@@ -762,10 +810,8 @@ impl QueueSplitter for KubeQueueSplitter {
             let workload = workload_of(&target)?;
             let queues = match request {
                 QueueRequest::Split(queues) => queues,
-                QueueRequest::Prepare { .. } => {
-                    return Err("a split is prepared on a control connection, before the \
-                                session starts"
-                        .to_owned());
+                QueueRequest::Prepare { .. } | QueueRequest::List => {
+                    return Err("this request goes on a control connection (no target)".to_owned());
                 }
             };
             let mut wanted = BTreeMap::new();
@@ -803,6 +849,11 @@ impl QueueSplitter for KubeQueueSplitter {
                 .await
                 .map_err(|e| e.to_string())
         })
+    }
+
+    fn list(&self) -> BoxFuture<'static, Result<QueueReply, String>> {
+        let splits = self.splits.clone();
+        Box::pin(async move { Ok(QueueReply::List(splits.list().await)) })
     }
 
     fn leave(&self, session: SessionId) -> BoxFuture<'static, ()> {
