@@ -12,45 +12,13 @@
 //! `remora-agent`, `libremora_layer.so` and `remora-kube-sim`.
 
 use remora_tests::{bin_path, require_sandbox};
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
 #[path = "support/kube_sim.rs"]
 mod kube_sim;
 
 use kube_sim::*;
-
-/// A child process, SIGTERMed and reaped on drop.
-struct Reaped(Child);
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.0.id().to_string()])
-            .status();
-        let _ = self.0.wait();
-    }
-}
-
-/// Lines of a pipe, read on a thread.
-fn lines(pipe: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(pipe).lines() {
-            let Ok(line) = line else { return };
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    rx
-}
-
-fn next_line(rx: &std::sync::mpsc::Receiver<String>, what: &str) -> String {
-    rx.recv_timeout(DEADLINE)
-        .unwrap_or_else(|e| panic!("no line: {what}: {e}"))
-}
 
 fn sessions(sim: &Sim) -> serde_json::Value {
     let json = sim.kubectl(&["get", "remorasessions", "-o", "json"]);
@@ -75,28 +43,7 @@ fn operator_sessions_on_a_deployment_run_through_its_agent_job_and_show_as_objec
     sim.deployment("web", "exec sleep 300");
     wait_ready(&sim, "web");
 
-    let mut operator = Command::new(bin_path("remora-operator").unwrap())
-        .args([
-            "serve",
-            "--platform",
-            "kubernetes",
-            "--listen",
-            "127.0.0.1:0",
-        ])
-        .args(["--namespace", "default", "--kubeconfig"])
-        .arg(&sim.kubeconfig)
-        .env_remove("REMORA_OPERATOR_TOKEN")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let operator_out = lines(operator.stdout.take().unwrap());
-    let _operator = Reaped(operator);
-    let ready = next_line(&operator_out, "the operator's ready line");
-    let addr = ready
-        .strip_prefix("REMORA_OPERATOR_LISTENING ")
-        .unwrap_or_else(|| panic!("{ready:?}"))
-        .to_owned();
+    let (_operator, addr) = start_operator(&sim);
 
     // A session that waits until told to end (a file appears).
     let go = sim.dir.path().join("go");

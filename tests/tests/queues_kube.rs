@@ -16,9 +16,8 @@ use remora_queues::rabbitmq::RabbitBroker;
 use remora_queues::router::{Owner, temp_queue_name};
 use remora_tests::{bin_path, require_sandbox};
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 #[path = "support/kube_sim.rs"]
@@ -27,37 +26,6 @@ mod kube_sim;
 use kube_sim::*;
 
 const RABBIT: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
-
-/// A child process, SIGTERMed and reaped on drop.
-struct Reaped(Child);
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.0.id().to_string()])
-            .status();
-        let _ = self.0.wait();
-    }
-}
-
-/// Lines of a pipe, read on a thread.
-fn lines(pipe: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(pipe).lines() {
-            let Ok(line) = line else { return };
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    rx
-}
-
-fn next_line(rx: &std::sync::mpsc::Receiver<String>, what: &str) -> String {
-    rx.recv_timeout(DEADLINE)
-        .unwrap_or_else(|e| panic!("no line: {what}: {e}"))
-}
 
 /// The test's RabbitMQ side: a runtime of its own (the test is blocking).
 struct Rabbit {
@@ -219,28 +187,7 @@ spec:
         text(&logs.stdout).lines().next().unwrap_or("").to_owned()
     };
 
-    let mut operator = Command::new(bin_path("remora-operator").unwrap())
-        .args([
-            "serve",
-            "--platform",
-            "kubernetes",
-            "--listen",
-            "127.0.0.1:0",
-        ])
-        .args(["--namespace", "default", "--kubeconfig"])
-        .arg(&sim.kubeconfig)
-        .env_remove("REMORA_OPERATOR_TOKEN")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let operator_out = lines(operator.stdout.take().unwrap());
-    let _operator = Reaped(operator);
-    let ready = next_line(&operator_out, "the operator's ready line");
-    let addr = ready
-        .strip_prefix("REMORA_OPERATOR_LISTENING ")
-        .unwrap_or_else(|| panic!("{ready:?}"))
-        .to_owned();
+    let (_operator, addr) = start_operator(&sim);
 
     let config = sim.dir.path().join("remora.toml");
     std::fs::write(

@@ -163,3 +163,64 @@ pub fn wait_ready(sim: &Sim, deployment: &str) {
         "--timeout=60s",
     ]);
 }
+
+/// A child process, SIGTERMed and reaped on drop.
+pub struct Reaped(pub Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        // Our own child, by its pid.
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
+/// Lines of a pipe, read on a thread.
+pub fn lines(pipe: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(pipe)) {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// The next line, waiting up to [`DEADLINE`].
+pub fn next_line(rx: &std::sync::mpsc::Receiver<String>, what: &str) -> String {
+    rx.recv_timeout(DEADLINE)
+        .unwrap_or_else(|e| panic!("no line: {what}: {e}"))
+}
+
+/// `remora-operator serve --platform kubernetes` for `sim`'s default
+/// namespace; returns it (stopped on drop) and the address it listens on.
+pub fn start_operator(sim: &Sim) -> (Reaped, String) {
+    let mut operator = Command::new(bin_path("remora-operator").unwrap())
+        .args([
+            "serve",
+            "--platform",
+            "kubernetes",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--namespace", "default", "--kubeconfig"])
+        .arg(&sim.kubeconfig)
+        .env_remove("REMORA_OPERATOR_TOKEN")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let out = lines(operator.stdout.take().unwrap());
+    let operator = Reaped(operator);
+    let ready = next_line(&out, "the operator's ready line");
+    let addr = ready
+        .strip_prefix("REMORA_OPERATOR_LISTENING ")
+        .unwrap_or_else(|| panic!("{ready:?}"))
+        .to_owned();
+    (operator, addr)
+}
