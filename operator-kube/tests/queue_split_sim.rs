@@ -14,26 +14,17 @@ use remora_queues::broker::{Broker, Message, QueueName, QueueProps};
 use remora_queues::rabbitmq::RabbitBroker;
 use remora_queues::router::{Owner, RouterConfig, temp_queue_name};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-const DEADLINE: Duration = Duration::from_secs(60);
+#[path = "support/sim.rs"]
+mod sim;
+
+use sim::{DEADLINE, Sim, ok, worker_says};
 
 fn rabbit_url() -> String {
     std::env::var("REMORA_RABBITMQ_URL")
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
-}
-
-/// The simulator, SIGTERMed (it cleans up) and reaped on drop.
-struct Reaped(Child);
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        // Our own child, by its pid.
-        let _ = Command::new("kill").arg(self.0.id().to_string()).status();
-        let _ = self.0.wait();
-    }
 }
 
 /// Deletes the test's queues when dropped, also when the test fails.
@@ -62,60 +53,12 @@ impl Drop for Cleanup {
     }
 }
 
-fn kubectl(kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> Output {
-    let mut child = Command::new("kubectl")
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("running kubectl");
-    let input = child.stdin.take().unwrap();
-    if let Some(text) = stdin {
-        std::io::Write::write_all(&mut { input }, text.as_bytes()).unwrap();
-    }
-    child.wait_with_output().unwrap()
-}
-
-fn ok(kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> String {
-    let out = kubectl(kubeconfig, args, stdin);
-    assert!(out.status.success(), "kubectl {args:?}: {out:?}");
-    String::from_utf8(out.stdout).unwrap()
-}
-
 async fn poll(what: &str, mut done: impl AsyncFnMut() -> bool) {
     let deadline = Instant::now() + DEADLINE;
     while !done().await {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-}
-
-/// The first line the newest running worker pod logged.
-fn worker_says(kubeconfig: &Path) -> Option<String> {
-    let pods = ok(
-        kubeconfig,
-        &[
-            "get",
-            "pods",
-            "-l",
-            "app=worker",
-            "--field-selector=status.phase=Running",
-            "--sort-by=.metadata.creationTimestamp",
-            "-o",
-            "name",
-        ],
-        None,
-    );
-    let newest = pods.lines().last()?.to_owned();
-    let out = kubectl(kubeconfig, &["logs", &newest], None);
-    String::from_utf8(out.stdout)
-        .ok()?
-        .lines()
-        .next()
-        .map(str::to_owned)
 }
 
 fn message(user: &str, n: usize) -> Message {
@@ -145,16 +88,6 @@ async fn take_all(broker: &RabbitBroker, queue: &QueueName, idle: Duration) -> V
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_registered_split_routes_by_filter_and_gives_everything_back_at_the_end() {
-    let sim_bin = std::env::var_os("REMORA_KUBE_SIM_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/remora-kube-sim")
-        });
-    assert!(
-        sim_bin.exists(),
-        "{} missing: run `cargo build -p remora-kube-sim`",
-        sim_bin.display()
-    );
     let broker = RabbitBroker::connect(&rabbit_url())
         .await
         .unwrap_or_else(|e| panic!("{e}: RabbitMQ must run (scripts/setup.sh starts it)"));
@@ -166,17 +99,8 @@ async fn a_registered_split_routes_by_filter_and_gives_everything_back_at_the_en
         .await
         .unwrap();
 
-    let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    let _sim = Reaped(
-        Command::new(&sim_bin)
-            .args(["serve", "--kubeconfig"])
-            .arg(&kubeconfig)
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    poll("the simulator's kubeconfig", async || kubeconfig.exists()).await;
+    let sim = Sim::start();
+    let kubeconfig = sim.kubeconfig.clone();
     let crds = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("deploy/crds.yaml");
     ok(&kubeconfig, &["apply", "-f", crds.to_str().unwrap()], None);
     ok(

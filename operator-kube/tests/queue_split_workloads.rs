@@ -8,45 +8,12 @@ use remora_kube::{ClientOptions, KubeClient};
 use remora_operator_kube::crd::queue_split::{QueueNameSource, WorkloadKind, WorkloadRef};
 use remora_operator_kube::queue_splits::{PATCHED_ANNOTATION, Workloads};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-const DEADLINE: Duration = Duration::from_secs(60);
+#[path = "support/sim.rs"]
+mod sim;
 
-/// The simulator, SIGTERMed (it cleans up) and reaped on drop.
-struct Reaped(Child);
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        // Our own child, by its pid.
-        let _ = Command::new("kill").arg(self.0.id().to_string()).status();
-        let _ = self.0.wait();
-    }
-}
-
-fn kubectl(kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> Output {
-    let mut child = Command::new("kubectl")
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("running kubectl");
-    let input = child.stdin.take().unwrap();
-    if let Some(text) = stdin {
-        std::io::Write::write_all(&mut { input }, text.as_bytes()).unwrap();
-    }
-    child.wait_with_output().unwrap()
-}
-
-fn ok(kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> String {
-    let out = kubectl(kubeconfig, args, stdin);
-    assert!(out.status.success(), "kubectl {args:?}: {out:?}");
-    String::from_utf8(out.stdout).unwrap()
-}
+use sim::{DEADLINE, Sim, ok, worker_says};
 
 fn poll(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + DEADLINE;
@@ -81,54 +48,13 @@ spec:
         - configMapRef: {name: queues}
 "#;
 
-/// The first line the newest running pod of the deployment logged.
-fn running_pod_line(kubeconfig: &Path) -> Option<String> {
-    let pods = ok(
-        kubeconfig,
-        &[
-            "get",
-            "pods",
-            "-l",
-            "app=worker",
-            "--field-selector=status.phase=Running",
-            "--sort-by=.metadata.creationTimestamp",
-            "-o",
-            "name",
-        ],
-        None,
-    );
-    let newest = pods.lines().last()?.to_owned();
-    let out = kubectl(kubeconfig, &["logs", &newest], None);
-    let text = String::from_utf8(out.stdout).ok()?;
-    text.lines().next().map(str::to_owned)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_split_points_the_workload_at_its_temporary_queues_and_restores_it_exactly() {
-    let sim_bin = std::env::var_os("REMORA_KUBE_SIM_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/remora-kube-sim")
-        });
-    assert!(
-        sim_bin.exists(),
-        "{} missing: run `cargo build -p remora-kube-sim`",
-        sim_bin.display()
-    );
-    let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    let _sim = Reaped(
-        Command::new(&sim_bin)
-            .args(["serve", "--kubeconfig"])
-            .arg(&kubeconfig)
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    poll("the simulator's kubeconfig", || kubeconfig.exists());
+    let sim = Sim::start();
+    let kubeconfig = sim.kubeconfig.clone();
     ok(&kubeconfig, &["apply", "-f", "-"], Some(OBJECTS));
     poll("the worker's first pod", || {
-        running_pod_line(&kubeconfig).as_deref() == Some("ORDERS=orders EVENTS=events JOBS=jobs")
+        worker_says(&kubeconfig).as_deref() == Some("ORDERS=orders EVENTS=events JOBS=jobs")
     });
     let template_json = || {
         ok(
@@ -203,7 +129,7 @@ async fn a_split_points_the_workload_at_its_temporary_queues_and_restores_it_exa
         .unwrap();
     assert_eq!(saved.len(), 2, "{saved:?}");
     poll("the rolled pod to see the temporary queues", || {
-        running_pod_line(&kubeconfig).as_deref()
+        worker_says(&kubeconfig).as_deref()
             == Some("ORDERS=orders.remora.workload EVENTS=events.remora.workload JOBS=jobs")
     });
     let annotation = ok(
@@ -230,6 +156,6 @@ async fn a_split_points_the_workload_at_its_temporary_queues_and_restores_it_exa
     workloads.restore(&worker, &saved).await.unwrap();
     assert_eq!(template_json(), original, "the template is back exactly");
     poll("the restored pod", || {
-        running_pod_line(&kubeconfig).as_deref() == Some("ORDERS=orders EVENTS=events JOBS=jobs")
+        worker_says(&kubeconfig).as_deref() == Some("ORDERS=orders EVENTS=events JOBS=jobs")
     });
 }

@@ -1,0 +1,119 @@
+//! What the queue-split tests share: the test cluster as a child process,
+//! kubectl against it, and what the newest `app=worker` pod printed first.
+//! Included with `#[path = "support/sim.rs"] mod sim;`.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long anything may take before a test gives up.
+pub const DEADLINE: Duration = Duration::from_secs(60);
+
+/// A child process, SIGTERMed (the simulator then cleans up) and reaped on drop.
+pub struct Reaped(pub Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        // Our own child, by its pid.
+        let _ = Command::new("kill").arg(self.0.id().to_string()).status();
+        let _ = self.0.wait();
+    }
+}
+
+/// A running `remora-kube-sim` and its kubeconfig (in `dir`).
+pub struct Sim {
+    pub kubeconfig: PathBuf,
+    _child: Reaped,
+    _dir: tempfile::TempDir,
+}
+
+impl Sim {
+    /// Starts the simulator and waits for its kubeconfig.
+    pub fn start() -> Sim {
+        let bin = std::env::var_os("REMORA_KUBE_SIM_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/remora-kube-sim")
+            });
+        assert!(
+            bin.exists(),
+            "{} missing: run `cargo build -p remora-kube-sim`",
+            bin.display()
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let kubeconfig = dir.path().join("kubeconfig");
+        let child = Reaped(
+            Command::new(&bin)
+                .args(["serve", "--exit-with-parent", "--kubeconfig"])
+                .arg(&kubeconfig)
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        let deadline = Instant::now() + DEADLINE;
+        while !kubeconfig.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "the simulator wrote no kubeconfig"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Sim {
+            kubeconfig,
+            _child: child,
+            _dir: dir,
+        }
+    }
+}
+
+/// kubectl with `stdin` (if any) as its input.
+pub fn kubectl(kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running kubectl");
+    let input = child.stdin.take().unwrap();
+    if let Some(text) = stdin {
+        std::io::Write::write_all(&mut { input }, text.as_bytes()).unwrap();
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// [`kubectl`] that must succeed; its output.
+pub fn ok(kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> String {
+    let out = kubectl(kubeconfig, args, stdin);
+    assert!(out.status.success(), "kubectl {args:?}: {out:?}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The first line the newest running `app=worker` pod logged (none while
+/// there is none, or it is gone by the time its logs are asked for).
+pub fn worker_says(kubeconfig: &Path) -> Option<String> {
+    let pods = ok(
+        kubeconfig,
+        &[
+            "get",
+            "pods",
+            "-l",
+            "app=worker",
+            "--field-selector=status.phase=Running",
+            "--sort-by=.metadata.creationTimestamp",
+            "-o",
+            "name",
+        ],
+        None,
+    );
+    let newest = pods.lines().last()?.to_owned();
+    let out = kubectl(kubeconfig, &["logs", &newest], None);
+    String::from_utf8(out.stdout)
+        .ok()?
+        .lines()
+        .next()
+        .map(str::to_owned)
+}
