@@ -13,7 +13,7 @@ use crate::sync::ForkRwLock;
 use libc::{c_int, c_ulong};
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 /// What the layer knows about one fd. Cloned on `dup` (an `Arc` inside keeps
 /// shared remote resources alive until the last duplicate closes).
@@ -30,12 +30,47 @@ pub(crate) static TABLE: ForkRwLock<Option<HashMap<c_int, Managed>>> = ForkRwLoc
 /// Number of entries: lets the hot path skip the lock when nothing is managed.
 static COUNT: AtomicUsize = AtomicUsize::new(0);
 
+/// fds below this have a bit in [`MANAGED`]; higher ones fall back to the table.
+const BITMAP_FDS: c_int = 4096;
+/// One bit per fd below [`BITMAP_FDS`]: set while the table has an entry for it.
+/// Every `read`, `write`, `close` and local `open` of a program asks whether its fd
+/// is managed; once any fd is (the session's streams, a pod file), answering "no"
+/// from one atomic load instead of the table's lock and hash keeps local I/O at
+/// libc speed. Changed only under the table's write lock, together with the entry.
+static MANAGED: [AtomicU64; (BITMAP_FDS / 64) as usize] =
+    [const { AtomicU64::new(0) }; (BITMAP_FDS / 64) as usize];
+
+fn set_managed(fd: c_int, on: bool) {
+    if (0..BITMAP_FDS).contains(&fd) {
+        let (word, bit) = ((fd / 64) as usize, 1u64 << (fd % 64));
+        if on {
+            MANAGED[word].fetch_or(bit, Ordering::Release);
+        } else {
+            MANAGED[word].fetch_and(!bit, Ordering::Release);
+        }
+    }
+}
+
+/// Whether the table may have an entry for `fd`: false is certain, true means look.
+#[inline]
+pub(crate) fn maybe_managed(fd: c_int) -> bool {
+    if COUNT.load(Ordering::Relaxed) == 0 || fd < 0 {
+        return false;
+    }
+    if fd >= BITMAP_FDS {
+        return true;
+    }
+    MANAGED[(fd / 64) as usize].load(Ordering::Acquire) & (1u64 << (fd % 64)) != 0
+}
+
 /// Start managing `fd` (replacing what was recorded for that number).
 pub fn insert(fd: c_int, info: Managed) {
-    let replaced = TABLE
-        .write()
-        .get_or_insert_with(HashMap::new)
-        .insert(fd, info);
+    let replaced = {
+        let mut table = TABLE.write();
+        let replaced = table.get_or_insert_with(HashMap::new).insert(fd, info);
+        set_managed(fd, true);
+        replaced
+    };
     match replaced {
         // Dropped here, after the lock is released.
         Some(old) => drop(old),
@@ -46,10 +81,17 @@ pub fn insert(fd: c_int, info: Managed) {
 }
 
 /// A copy of what is recorded for `fd`.
+#[inline]
 pub fn get(fd: c_int) -> Option<Managed> {
-    if COUNT.load(Ordering::Relaxed) == 0 {
+    if !maybe_managed(fd) {
         return None;
     }
+    get_recorded(fd)
+}
+
+#[cold]
+#[inline(never)]
+fn get_recorded(fd: c_int) -> Option<Managed> {
     TABLE.read().as_ref()?.get(&fd).cloned()
 }
 
@@ -66,14 +108,24 @@ pub fn entries() -> Vec<(c_int, Managed)> {
 }
 
 /// Forget `fd`; returns its entry.
+#[inline]
 pub fn remove(fd: c_int) -> Option<Managed> {
-    if COUNT.load(Ordering::Relaxed) == 0 {
+    if !maybe_managed(fd) {
         return None;
     }
-    let removed = TABLE.write().as_mut()?.remove(&fd);
+    remove_recorded(fd)
+}
+
+#[cold]
+#[inline(never)]
+fn remove_recorded(fd: c_int) -> Option<Managed> {
+    let mut table = TABLE.write();
+    let removed = table.as_mut()?.remove(&fd);
     if removed.is_some() {
+        set_managed(fd, false);
         COUNT.fetch_sub(1, Ordering::Relaxed);
     }
+    drop(table);
     removed
 }
 
@@ -218,7 +270,14 @@ fn take_range(first: c_int, last: c_int) -> Vec<Managed> {
         .copied()
         .filter(|fd| (first..=last).contains(fd))
         .collect();
-    let taken: Vec<Managed> = fds.iter().filter_map(|fd| map.remove(fd)).collect();
+    let taken: Vec<Managed> = fds
+        .iter()
+        .filter_map(|fd| {
+            let entry = map.remove(fd)?;
+            set_managed(*fd, false);
+            Some(entry)
+        })
+        .collect();
     COUNT.fetch_sub(taken.len(), Ordering::Relaxed);
     taken
 }

@@ -25,50 +25,86 @@ enum Rule {
     HomeDir,
 }
 
-const RULES: &[Rule] = &[
-    Rule::Tree("/proc"),
-    Rule::Tree("/sys"),
-    Rule::Tree("/dev"),
+/// A first path component of up to 8 bytes as one integer (little-endian, zero
+/// padded): [`group`] compares one `u64` instead of strings. Longer names get a
+/// key no group has.
+const fn key(name: &[u8]) -> u64 {
+    if name.len() > 8 {
+        return u64::MAX;
+    }
+    let mut k = 0u64;
+    let mut i = 0;
+    while i < name.len() {
+        k |= (name[i] as u64) << (8 * i);
+        i += 1;
+    }
+    k
+}
+
+/// The rules for paths whose first component is `first`: rules anchored at `/` sit
+/// under their first component, so a call looks at a handful of rules rather than
+/// all of them.
+fn group(first: &str) -> &'static [Rule] {
+    const K_PROC: u64 = key(b"proc");
+    const K_SYS: u64 = key(b"sys");
+    const K_DEV: u64 = key(b"dev");
+    const K_LIB: u64 = key(b"lib");
+    const K_LIB64: u64 = key(b"lib64");
+    const K_USR: u64 = key(b"usr");
+    const K_BIN: u64 = key(b"bin");
+    const K_SBIN: u64 = key(b"sbin");
+    const K_ETC: u64 = key(b"etc");
+    const K_TMP: u64 = key(b"tmp");
+    const K_VAR: u64 = key(b"var");
+    const K_RUN: u64 = key(b"run");
+    const K_HOME: u64 = key(b"home");
+    const K_ROOT: u64 = key(b"root");
+    const K_NIX: u64 = key(b"nix");
+    const K_OPT: u64 = key(b"opt");
+    match key(first.as_bytes()) {
+        K_PROC => &[Rule::Tree("/proc")],
+        K_SYS => &[Rule::Tree("/sys")],
+        K_DEV => &[Rule::Tree("/dev")],
+        K_LIB => &[Rule::Tree("/lib")],
+        K_LIB64 => &[Rule::Tree("/lib64")],
+        // `/usr` covers `/usr/lib`, `/usr/share`, `/usr/local/bin`... of DEFAULT_LOCAL.
+        K_USR => &[Rule::Tree("/usr")],
+        K_BIN => &[Rule::Tree("/bin")],
+        K_SBIN => &[Rule::Tree("/sbin")],
+        K_ETC => &[
+            Rule::StartsWith("/etc/ld.so."),
+            Rule::Exact("/etc/nsswitch.conf"),
+            Rule::Exact("/etc/localtime"),
+            Rule::Tree("/etc/ssl"),
+            Rule::Tree("/etc/ca-certificates"),
+            Rule::Tree("/etc/alternatives"),
+            Rule::Exact("/etc/passwd"),
+            Rule::Exact("/etc/group"),
+            Rule::Exact("/etc/bash.bashrc"),
+            Rule::Exact("/etc/profile"),
+            Rule::Exact("/etc/inputrc"),
+            Rule::Exact("/etc/environment"),
+            Rule::Tree("/etc/profile.d"),
+            Rule::Exact("/etc/gai.conf"),
+            Rule::Exact("/etc/host.conf"),
+        ],
+        K_TMP => &[Rule::Tree("/tmp")],
+        K_VAR => &[Rule::Tree("/var/tmp")],
+        K_RUN => &[Rule::Tree("/run/user")],
+        K_HOME => &[Rule::HomeDotfile, Rule::HomeDir],
+        K_ROOT => &[Rule::StartsWith("/root/."), Rule::Exact("/root")],
+        K_NIX => &[Rule::Tree("/nix/store")],
+        K_OPT => &[Rule::Tree("/opt/homebrew")],
+        _ => &[],
+    }
+}
+
+/// Rules that can match wherever a path starts.
+const ANYWHERE: &[Rule] = &[
     Rule::SharedLibrary,
-    Rule::Tree("/lib"),
-    Rule::Tree("/lib64"),
-    Rule::Tree("/usr/lib"),
-    Rule::Tree("/usr/lib64"),
-    Rule::Tree("/usr/local/lib"),
-    Rule::Tree("/usr/share"),
-    Rule::Tree("/usr"),
-    Rule::Tree("/bin"),
-    Rule::Tree("/sbin"),
-    Rule::Tree("/usr/bin"),
-    Rule::Tree("/usr/sbin"),
-    Rule::Tree("/usr/local/bin"),
-    Rule::StartsWith("/etc/ld.so."),
-    Rule::Exact("/etc/nsswitch.conf"),
-    Rule::Exact("/etc/localtime"),
-    Rule::Tree("/etc/ssl"),
-    Rule::Tree("/etc/ca-certificates"),
-    Rule::Tree("/etc/alternatives"),
-    Rule::Exact("/etc/passwd"),
-    Rule::Exact("/etc/group"),
-    Rule::Tree("/tmp"),
-    Rule::Tree("/var/tmp"),
-    Rule::Tree("/run/user"),
-    Rule::HomeDotfile,
-    Rule::StartsWith("/root/."),
-    Rule::HomeDir,
-    Rule::Exact("/root"),
-    Rule::Exact("/etc/bash.bashrc"),
-    Rule::Exact("/etc/profile"),
-    Rule::Exact("/etc/inputrc"),
-    Rule::Exact("/etc/environment"),
-    Rule::Tree("/etc/profile.d"),
-    Rule::Exact("/etc/gai.conf"),
-    Rule::Exact("/etc/host.conf"),
     Rule::Anywhere("/site-packages"),
     Rule::Anywhere("/dist-packages"),
     Rule::Anywhere("/node_modules"),
-    Rule::Tree("/nix/store"),
-    Rule::Tree("/opt/homebrew"),
 ];
 
 fn tree(path: &str, p: &str) -> bool {
@@ -124,5 +160,11 @@ fn matches_rule(rule: Rule, path: &str) -> bool {
 
 /// Whether `path` (absolute, normalised) is local by default.
 pub fn matches(path: &str) -> bool {
-    RULES.iter().any(|rule| matches_rule(*rule, path))
+    let anchored = path.strip_prefix('/').is_some_and(|rest| {
+        // First components are short: a byte loop beats a searcher here.
+        let end = rest.bytes().position(|b| b == b'/').unwrap_or(rest.len());
+        let first = &rest[..end];
+        group(first).iter().any(|rule| matches_rule(*rule, path))
+    });
+    anchored || ANYWHERE.iter().any(|rule| matches_rule(*rule, path))
 }

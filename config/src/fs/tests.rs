@@ -341,3 +341,32 @@ mod default_local_equivalence {
         }
     }
 }
+
+mod clean_paths {
+    use super::super::is_clean;
+    use proptest::prelude::*;
+
+    /// The four substring checks the one-pass scan replaces.
+    fn clean_by_substrings(path: &str) -> bool {
+        !path.contains("//")
+            && !path.contains("/./")
+            && !path.contains("/..")
+            && !path.ends_with("/.")
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 4000, ..ProptestConfig::default() })]
+
+        #[test]
+        fn one_pass_scan_agrees_with_the_substring_checks(
+            parts in proptest::collection::vec(
+                proptest::sample::select(&["", ".", "..", "...", ".a", "a.", "a", "..b", "abcdefg", "x/y"][..]),
+                0..9,
+            ),
+            lead in any::<bool>(),
+        ) {
+            let path = format!("{}{}", if lead { "/" } else { "" }, parts.join("/"));
+            prop_assert_eq!(is_clean(&path), clean_by_substrings(&path), "{}", path);
+        }
+    }
+}

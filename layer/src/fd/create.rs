@@ -7,17 +7,16 @@
 //! remote file. `open` paths do the same in [`crate::file`], `dup*` and
 //! `fcntl(F_DUPFD*)` in [`crate::fd`], `accept` in [`crate::socket::hooks`].
 
-use super::{COUNT, remove};
+use super::{maybe_managed, remove};
 use crate::guard::DetourGuard;
 use crate::real::real;
 use libc::{c_char, c_int, c_uint, sigset_t};
-use std::sync::atomic::Ordering;
 
 /// `fd` was just created by the kernel: whatever the table says about it is
 /// stale. Dropping the entry may release a remote handle (a round trip), so
 /// it happens outside the table lock and only outside layer code.
 pub fn created(fd: c_int) {
-    if fd < 0 || COUNT.load(Ordering::Relaxed) == 0 {
+    if !maybe_managed(fd) {
         return;
     }
     if let Some(_g) = DetourGuard::enter() {
