@@ -538,7 +538,7 @@ fn postgres_without_createdb_branches_on_a_branch_server_and_refuses_a_version_m
         stderr.contains(&format!("on the branch server 127.0.0.1:{port}")),
         "{stderr}"
     );
-    assert!(stderr.contains("pg_dump -Fd -j"), "{stderr}");
+    assert!(stderr.contains("pg_dump -Fd -Z0 -j"), "{stderr}");
     assert_eq!(
         server
             .psql(

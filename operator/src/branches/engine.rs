@@ -407,7 +407,9 @@ fn fill(dial: Dial<'_>, plan: &Plan<'_>, into: &str, mode: CopyMode) -> Result<(
             let jobs = plan.jobs.max(1);
             let dir = DumpDir::new(into)?;
             let mut dump = client(dial, reader, "pg_dump", true);
-            dump.args(["--no-owner", "--no-privileges", "-Fd"])
+            // Uncompressed: the directory is read once, right away, and
+            // compressing it cost more CPU than the whole copy.
+            dump.args(["--no-owner", "--no-privileges", "-Fd", "-Z0"])
                 .arg(format!("--jobs={jobs}"))
                 .arg("-f")
                 .arg(dir.path())
@@ -522,7 +524,7 @@ pub fn create(dial: Dial<'_>, plan: &Plan<'_>) -> Result<String, String> {
 fn create_inner(dial: Dial<'_>, plan: &Plan<'_>) -> Result<String, String> {
     let at = plan.at;
     let jobs = plan.jobs.max(1);
-    let parallel = format!("pg_dump -Fd -j {jobs} + pg_restore -j {jobs}");
+    let parallel = format!("pg_dump -Fd -Z0 -j {jobs} + pg_restore -j {jobs}");
     if let Some((golden, fresh)) = plan.golden {
         if !fresh {
             drop_database(dial, at, golden)?;
