@@ -407,9 +407,9 @@ fn fill(dial: Dial<'_>, plan: &Plan<'_>, into: &str, mode: CopyMode) -> Result<(
             let jobs = plan.jobs.max(1);
             let dir = DumpDir::new(into)?;
             let mut dump = client(dial, reader, "pg_dump", true);
-            // Uncompressed: the directory is read once, right away, and
-            // compressing it cost more CPU than the whole copy.
-            dump.args(["--no-owner", "--no-privileges", "-Fd", "-Z0"])
+            // Uncompressed and not synced: the directory is read once,
+            // right away, then removed.
+            dump.args(["--no-owner", "--no-privileges", "-Fd", "-Z0", "--no-sync"])
                 .arg(format!("--jobs={jobs}"))
                 .arg("-f")
                 .arg(dir.path())
