@@ -92,12 +92,14 @@ impl Server {
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
     }
 
-    /// Drop the source, the dump copy and every branch of the source.
+    /// Drop the source, the dump copy, every branch of the source and its
+    /// golden copy (`remora_remora_bench_src_golden`, left by an operator
+    /// stopped before its TTL).
     fn drop_all(&self) -> Result<()> {
         let names = self.psql("postgres", "SELECT datname FROM pg_database")?;
         for name in names
             .lines()
-            .filter(|n| n.starts_with("remora_bench") || n.starts_with("remora_benchsrc"))
+            .filter(|n| n.starts_with("remora_bench") || n.starts_with("remora_remora_bench"))
         {
             self.psql(
                 "postgres",
