@@ -86,8 +86,10 @@ need containerd containerd
 need runc runc
 # Offline validation of the Kubernetes manifests remora generates.
 need python3-pip pip3
-# Database branches' fast path: PostgreSQL 18 clones on XFS with reflinks.
+# Database branches' fast paths: PostgreSQL 18 clones on XFS with reflinks;
+# MariaDB golden copies by mariadb-backup, reflinked per branch.
 need xfsprogs mkfs.xfs
+need mariadb-backup mariadb-backup
 # Queue splitting (queues/tests): a real RabbitMQ broker.
 need rabbitmq-server /usr/sbin/rabbitmq-server
 

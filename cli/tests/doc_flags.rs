@@ -28,6 +28,9 @@ const OTHER_PROGRAMS: &[(&str, &[&str])] = &[
     ("remora-kube-sim", &["--runtime"]),
     ("nsenter", &["--net"]),
     ("pg_dump", &["--schema-only"]),
+    ("pg_restore", &["--section"]),
+    ("mariadb-backup", &["--backup", "--prepare"]),
+    ("cp", &["--reflink"]),
     (
         "mariadb-dump",
         &["--no-data", "--where", "--single-transaction"],

@@ -81,6 +81,9 @@ async fn kubernetes(serve: ServeArgs) -> Result<()> {
         policies: policies.clone(),
         state_dir: serve.state_dir.clone(),
         pg_bindirs: serve.pg_bindir.clone(),
+        db_settings: remora_operator::branches::settings::DbSettings::load(
+            serve.db_config.as_deref(),
+        )?,
         access: Some(Arc::new(KubeAccess {
             reviewer: Arc::new(ApiReviewer {
                 client: kube.client.clone(),

@@ -346,6 +346,7 @@ spec:
         policies: policies.clone(),
         state_dir: None,
         pg_bindirs: Vec::new(),
+        db_settings: Default::default(),
         access: Some(Arc::new(KubeAccess {
             reviewer: Arc::new(ApiReviewer {
                 client: kube.client.clone(),
@@ -617,6 +618,7 @@ async fn rbac_denials_are_explained_naming_the_permission() {
         policies: PolicyStore::empty(),
         state_dir: None,
         pg_bindirs: Vec::new(),
+        db_settings: Default::default(),
         access: Some(Arc::new(KubeAccess {
             reviewer: Arc::new(TableReviewer {
                 denied: vec![("bob", "steal"), ("eve", "create")],

@@ -77,4 +77,9 @@ pub struct ServeArgs {
     /// before /usr/lib/postgresql/*/bin and PATH.
     #[arg(long, value_name = "DIR")]
     pub pg_bindir: Vec<PathBuf>,
+    /// Database-branch settings (TOML): `[[branch_server]]` for sources whose
+    /// credentials may not create databases, `[[read_only_role]]` to read
+    /// sources as, `dump_jobs`. See docs/db-branches.md.
+    #[arg(long, value_name = "FILE")]
+    pub db_config: Option<PathBuf>,
 }

@@ -1,14 +1,19 @@
 //! Database branches: private copies of a target's databases, made on the
-//! source's own server when a session starts, reused by id, and dropped at
+//! source's own server (or a configured branch server of the same version)
+//! when a session starts, reused by id, and dropped at
 //! their TTL, also across operator restarts (state in `db-branches.json`
 //! under `--state-dir`).
 //!
 //! * [`source`]: the connection read from the target's environment, and the
 //!   session's variables rewritten to the branch.
 //! * [`engine`]: the server clients that create, fill and drop databases.
+//! * [`settings`]: the operator's `--db-config`: branch servers for sources
+//!   whose credentials may not create databases, read-only roles.
 
 pub mod engine;
+pub mod instance;
 pub mod pg_clients;
+pub mod settings;
 pub mod source;
 
 use crate::platform::{Platform, ResolvedTarget};
@@ -17,6 +22,7 @@ use remora_protocol::db::{
 };
 use remora_protocol::{ErrorCode, RemoteError};
 use serde::{Deserialize, Serialize};
+use settings::DbSettings;
 use source::Server;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -40,6 +46,23 @@ struct Entry {
     env: BTreeMap<String, String>,
     /// A golden copy (not listed, never handed to a session).
     golden: bool,
+    /// The MariaDB fast path: the branch's own datadir (served by its own
+    /// `mariadbd`) or the golden copy's directory; dropping removes it.
+    #[serde(default)]
+    dir: Option<PathBuf>,
+}
+
+impl Entry {
+    /// Drop what this entry made. Blocking.
+    fn drop_blocking(&self, dial: engine::Dial<'_>) -> Result<(), String> {
+        match &self.dir {
+            Some(dir) => {
+                instance::remove(dir);
+                Ok(())
+            }
+            None => engine::drop_database(dial, &self.server, &self.info.branch),
+        }
+    }
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -54,6 +77,8 @@ pub struct Branches {
     state_file: Option<PathBuf>,
     /// Extra directories with PostgreSQL clients (`--pg-bindir`).
     pg_bindirs: Vec<PathBuf>,
+    /// Branch servers and read-only roles (`--db-config`).
+    settings: Arc<DbSettings>,
     /// One database operation at a time: creating a branch from a golden
     /// copy must not race its refresh, and the state file has one writer.
     state: Arc<tokio::sync::Mutex<State>>,
@@ -66,7 +91,7 @@ fn now() -> u64 {
         .unwrap_or(0)
 }
 
-fn random_id() -> String {
+pub(crate) fn random_id() -> String {
     let mut bytes = [0u8; 4];
     let _ = getrandom::fill(&mut bytes);
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -105,6 +130,7 @@ impl Branches {
         platform: Arc<dyn Platform>,
         state_dir: Option<PathBuf>,
         pg_bindirs: Vec<PathBuf>,
+        settings: DbSettings,
         cancel: CancellationToken,
     ) -> Branches {
         let state_file = state_dir.map(|dir| dir.join(STATE_FILE));
@@ -123,6 +149,7 @@ impl Branches {
             platform,
             state_file,
             pg_bindirs,
+            settings: Arc::new(settings),
             state: Arc::new(tokio::sync::Mutex::new(state)),
         };
         let reaper = branches.clone();
@@ -186,12 +213,10 @@ impl Branches {
         }
         for entry in expired {
             let dial = self.dialer(entry.info.target.clone());
-            let server = entry.server.clone();
-            let db = entry.info.branch.clone();
-            let dropped =
-                tokio::task::spawn_blocking(move || engine::drop_database(&dial, &server, &db))
-                    .await
-                    .unwrap_or_else(|e| Err(e.to_string()));
+            let gone = entry.clone();
+            let dropped = tokio::task::spawn_blocking(move || gone.drop_blocking(&dial))
+                .await
+                .unwrap_or_else(|e| Err(e.to_string()));
             match dropped {
                 Ok(()) => {
                     tracing::info!(id = %entry.info.id, branch = %entry.info.branch, "db branch expired and dropped");
@@ -270,8 +295,7 @@ impl Branches {
                         )
                     })?;
                 let dial = self.dialer(entry.info.target.clone());
-                let (server, db) = (entry.server.clone(), entry.info.branch.clone());
-                tokio::task::spawn_blocking(move || engine::drop_database(&dial, &server, &db))
+                tokio::task::spawn_blocking(move || entry.drop_blocking(&dial))
                     .await
                     .unwrap_or_else(|e| Err(e.to_string()))
                     .map_err(|e| error(ErrorCode::Unavailable, e))?;
@@ -317,20 +341,83 @@ impl Branches {
             }
             let id = spec.id.clone().unwrap_or_else(random_id);
             let branch = branch_name(&spec.name, &id);
+            let failed = |e: String| {
+                error(
+                    ErrorCode::Unavailable,
+                    format!("db branch of {}: {e}", spec.name),
+                )
+            };
+            let started = std::time::Instant::now();
+            if spec.mode == CopyMode::All
+                && spec.filters.is_empty()
+                && let Some(fast) = self.settings.mariadb_backup(&src.server).cloned()
+            {
+                let (entry, vars) = self
+                    .mariadb_backup_branch(
+                        &mut state,
+                        &fast,
+                        &src,
+                        id,
+                        user,
+                        target,
+                        t,
+                        spec.ttl_secs,
+                    )
+                    .await
+                    .map_err(failed)?;
+                let millis = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+                tracing::info!(id = %entry.info.id, millis, method = %entry.info.method, "db branch made");
+                session_env.extend(vars);
+                made.push(BranchMade {
+                    info: entry.info.clone(),
+                    reused: false,
+                    millis,
+                });
+                state.entries.push(entry);
+                self.save(&state);
+                continue;
+            }
+            // Where: reachable, versions, the right to create databases.
+            let dial = self.dialer(target.name.clone());
+            let (settings, pg_bindirs) = (self.settings.clone(), self.pg_bindirs.clone());
+            let (server, source_db, branch_db) =
+                (src.server.clone(), src.database.clone(), branch.clone());
+            let mode = spec.mode;
+            let place = tokio::task::spawn_blocking(move || {
+                choose_place(
+                    &dial,
+                    &settings,
+                    &pg_bindirs,
+                    &server,
+                    &source_db,
+                    &branch_db,
+                    mode,
+                )
+            })
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()))
+            .map_err(failed)?;
+            let vars = source::rewritten(&src, &place.at, &branch)
+                .map_err(|e| error(ErrorCode::InvalidInput, e))?;
             let golden = (spec.kind == DbKind::Postgres
                 && spec.mode == CopyMode::All
                 && spec.filters.is_empty())
-            .then(|| golden_name(&src.database));
+            .then(|| {
+                if place.at == src.server {
+                    golden_name(&src.database)
+                } else {
+                    // One branch server may hold copies of several sources.
+                    let from = format!("{}_{}_{}", src.database, src.server.host, src.server.port);
+                    golden_name(&from)
+                }
+            });
             let fresh = golden.as_ref().is_some_and(|g| {
                 state.entries.iter().any(|e| {
-                    e.golden
-                        && &e.info.branch == g
-                        && e.server == src.server
-                        && e.info.expires_at > t
+                    e.golden && &e.info.branch == g && e.server == place.at && e.info.expires_at > t
                 })
             });
             let dial = self.dialer(target.name.clone());
-            let server = src.server.clone();
+            let (reader, at) = (place.reader.clone(), place.at.clone());
             let (source_db, branch_db, golden_db, mode, filters) = (
                 src.database.clone(),
                 branch.clone(),
@@ -338,44 +425,33 @@ impl Branches {
                 spec.mode,
                 spec.filters.clone(),
             );
-            let started = std::time::Instant::now();
-            let pg_bindirs = self.pg_bindirs.clone();
+            let (clients, jobs) = (place.clients.clone(), self.settings.jobs);
             let method = tokio::task::spawn_blocking(move || {
-                let (server_version, major) = engine::version(&dial, &server, &source_db)?;
-                // PostgreSQL: the dump and restore clients must be at least
-                // the server's version (an empty branch needs no dump).
-                let clients = match major {
-                    Some(major) if mode != CopyMode::Empty => {
-                        Some(pg_clients::find(&pg_bindirs, major, &server_version)?)
-                    }
-                    _ => None,
-                };
                 let dial = |program: &str| match &clients {
                     Some(c) => dial(&c.program(program).to_string_lossy()),
                     None => dial(program),
                 };
                 let plan = engine::Plan {
+                    reader: &reader,
                     source: &source_db,
+                    at: &at,
                     branch: &branch_db,
                     mode,
                     filters: &filters,
                     golden: golden_db.as_deref().map(|g| (g, fresh)),
+                    jobs,
                 };
-                engine::create(&dial, &server, &plan)
+                engine::create(&dial, &plan)
             })
             .await
             .unwrap_or_else(|e| Err(e.to_string()))
-            .map_err(|e| {
-                error(
-                    ErrorCode::Unavailable,
-                    format!("db branch of {}: {e}", spec.name),
-                )
-            })?;
+            .map_err(failed)?;
+            let method = format!("{method}{}", place.note);
             let millis = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
             if let Some(g) = golden.filter(|_| !fresh) {
                 state
                     .entries
-                    .retain(|e| !(e.golden && e.info.branch == g && e.server == src.server));
+                    .retain(|e| !(e.golden && e.info.branch == g && e.server == place.at));
                 state.entries.push(Entry {
                     info: BranchInfo {
                         id: format!("golden:{g}"),
@@ -387,11 +463,12 @@ impl Branches {
                         target: target.name.clone(),
                         created_at: t,
                         expires_at: t + GOLDEN_TTL_SECS,
-                        method: "pg_dump | psql".into(),
+                        method: "pg_dump -Fd | pg_restore".into(),
                     },
-                    server: src.server.clone(),
+                    server: place.at.clone(),
                     env: BTreeMap::new(),
                     golden: true,
+                    dir: None,
                 });
             }
             let info = BranchInfo {
@@ -406,14 +483,14 @@ impl Branches {
                 expires_at: t + spec.ttl_secs,
                 method,
             };
-            let vars = source::rewritten(&src.rewrite, &branch);
             session_env.extend(vars.clone());
             tracing::info!(id = %info.id, branch = %info.branch, millis, method = %info.method, "db branch made");
             state.entries.push(Entry {
                 info: info.clone(),
-                server: src.server.clone(),
+                server: place.at.clone(),
                 env: vars,
                 golden: false,
+                dir: None,
             });
             self.save(&state);
             made.push(BranchMade {
@@ -428,6 +505,184 @@ impl Branches {
             env: session_env,
         })
     }
+}
+
+impl Branches {
+    /// The MariaDB fast path: a `mariadb-backup` golden copy of the source
+    /// in `fast.workdir` (made again when older than [`GOLDEN_TTL_SECS`]),
+    /// and the branch its reflinked copy served by its own `mariadbd`. The
+    /// session's variables point at that server; the database keeps its name.
+    #[allow(clippy::too_many_arguments)]
+    async fn mariadb_backup_branch(
+        &self,
+        state: &mut State,
+        fast: &settings::MariadbBackup,
+        src: &source::Source,
+        id: String,
+        user: &str,
+        target: &ResolvedTarget,
+        t: u64,
+        ttl_secs: u64,
+    ) -> Result<(Entry, BTreeMap<String, String>), String> {
+        let golden_name = golden_name(&format!(
+            "{}_{}_{}",
+            src.database, src.server.host, src.server.port
+        ));
+        let golden_dir = instance::path(&fast.workdir, &golden_name);
+        let fresh = state
+            .entries
+            .iter()
+            .any(|e| e.golden && e.dir.as_ref() == Some(&golden_dir) && e.info.expires_at > t);
+        let branch_dir = instance::path(&fast.workdir, &branch_name(&src.database, &id));
+        let dial = self.dialer(target.name.clone());
+        let reader = self.settings.reader(&src.server);
+        let (login, db) = (src.server.clone(), src.database.clone());
+        let (g, b) = (golden_dir.clone(), branch_dir.clone());
+        let port = tokio::task::spawn_blocking(move || {
+            if !fresh {
+                engine::version(&dial, &reader, Some(&db))?;
+                std::fs::create_dir_all(g.parent().unwrap_or(&g))
+                    .map_err(|e| format!("{}: {e}", g.display()))?;
+                instance::backup(&dial, &reader, &db, &g)?;
+            }
+            instance::start(&dial, &g, &b, &login)
+        })
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()))?;
+        if !fresh {
+            state
+                .entries
+                .retain(|e| !(e.golden && e.dir.as_ref() == Some(&golden_dir)));
+            state.entries.push(Entry {
+                info: BranchInfo {
+                    id: format!("golden:{golden_name}"),
+                    kind: DbKind::Mysql,
+                    source: src.database.clone(),
+                    branch: golden_name.clone(),
+                    mode: CopyMode::All,
+                    owner: "remora-operator".into(),
+                    target: target.name.clone(),
+                    created_at: t,
+                    expires_at: t + GOLDEN_TTL_SECS,
+                    method: "mariadb-backup".into(),
+                },
+                server: src.server.clone(),
+                env: BTreeMap::new(),
+                golden: true,
+                dir: Some(golden_dir.clone()),
+            });
+        }
+        let at = Server {
+            host: "127.0.0.1".into(),
+            port,
+            ..src.server.clone()
+        };
+        let vars = match source::rewritten(src, &at, &src.database) {
+            Ok(vars) => vars,
+            Err(e) => {
+                let dir = branch_dir.clone();
+                let _ = tokio::task::spawn_blocking(move || instance::remove(&dir)).await;
+                return Err(e);
+            }
+        };
+        let refreshed = if fresh {
+            ""
+        } else {
+            " (golden copy refreshed by mariadb-backup first)"
+        };
+        let info = BranchInfo {
+            id,
+            kind: DbKind::Mysql,
+            source: src.database.clone(),
+            branch: src.database.clone(),
+            mode: CopyMode::All,
+            owner: user.to_owned(),
+            target: target.name.clone(),
+            created_at: t,
+            expires_at: t + ttl_secs,
+            method: format!(
+                "mariadb-backup golden copy, cp --reflink, own mariadbd on 127.0.0.1:{port}{refreshed}"
+            ),
+        };
+        Ok((
+            Entry {
+                info,
+                server: at,
+                env: vars.clone(),
+                golden: false,
+                dir: Some(branch_dir),
+            },
+            vars,
+        ))
+    }
+}
+
+/// Where a new branch goes, and how the source is read.
+#[derive(Debug, Clone)]
+struct Place {
+    /// The source's server with the credentials it is read with.
+    reader: Server,
+    /// The server the branch is made on.
+    at: Server,
+    /// PostgreSQL clients new enough for the source (none: the defaults).
+    clients: Option<pg_clients::PgClients>,
+    /// Said after the method when the branch is not on the source's server.
+    note: String,
+}
+
+/// Decide where the branch `branch` of `source_db` on `source` goes: the
+/// source's own server when its credentials may create databases, else
+/// the configured branch server of the same version. Blocking.
+fn choose_place(
+    dial: engine::Dial<'_>,
+    settings: &DbSettings,
+    pg_bindirs: &[PathBuf],
+    source: &Server,
+    source_db: &str,
+    branch: &str,
+    mode: CopyMode,
+) -> Result<Place, String> {
+    let reader = settings.reader(source);
+    let (source_version, major) = engine::version(dial, &reader, Some(source_db))?;
+    // PostgreSQL: the dump and restore clients must be at least the
+    // server's version (an empty branch needs no dump).
+    let clients = match major {
+        Some(major) if mode != CopyMode::Empty => {
+            Some(pg_clients::find(pg_bindirs, major, &source_version)?)
+        }
+        _ => None,
+    };
+    let dial_clients = |program: &str| match &clients {
+        Some(c) => dial(&c.program(program).to_string_lossy()),
+        None => dial(program),
+    };
+    if engine::can_create(&dial_clients, source, source_db, branch)? {
+        return Ok(Place {
+            reader,
+            at: source.clone(),
+            clients,
+            note: String::new(),
+        });
+    }
+    let Some(at) = settings.branch_server(source.kind) else {
+        return Err(format!(
+            "{} may not create databases on {}:{} (grant it CREATEDB, or configure a \
+             branch_server in the operator's --db-config)",
+            source.user, source.host, source.port
+        ));
+    };
+    let (branch_version, _) =
+        engine::version(&dial_clients, at, None).map_err(|e| format!("the branch server: {e}"))?;
+    engine::check_versions(source, &source_version, at, &branch_version)?;
+    Ok(Place {
+        reader,
+        at: at.clone(),
+        clients,
+        note: format!(
+            ", on the branch server {}:{} ({} may not create databases on the source's server)",
+            at.host, at.port, source.user
+        ),
+    })
 }
 
 #[cfg(test)]

@@ -29,6 +29,9 @@ pub enum Error {
     /// The policy file cannot be read or is invalid.
     #[error("policy file {path}: {reason}")]
     Policy { path: PathBuf, reason: String },
+    /// The database-branch settings (`--db-config`) cannot be read or are invalid.
+    #[error("db config {path}: {reason}")]
+    DbConfig { path: PathBuf, reason: String },
     /// No token could be set up.
     #[error("operator token: {reason}")]
     Token { reason: String },

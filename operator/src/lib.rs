@@ -104,6 +104,7 @@ pub async fn run(args: Args) -> Result<()> {
         policies,
         state_dir: serve.state_dir.clone(),
         pg_bindirs: serve.pg_bindir.clone(),
+        db_settings: branches::settings::DbSettings::load(serve.db_config.as_deref())?,
         access: None,
         observer: None,
         queue_splitter: None,

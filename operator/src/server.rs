@@ -51,6 +51,8 @@ pub struct OperatorConfig {
     /// Extra directories with PostgreSQL client programs, for branches of
     /// servers newer than the default `pg_dump`.
     pub pg_bindirs: Vec<std::path::PathBuf>,
+    /// Branch servers and read-only roles for database branches (`--db-config`).
+    pub db_settings: crate::branches::settings::DbSettings,
     /// Who may connect; none: whoever presents `token`.
     pub access: Option<Arc<dyn Access>>,
     /// Where the session table is mirrored (RemoraSession objects).
@@ -101,6 +103,7 @@ impl Operator {
             platform.clone(),
             config.state_dir.clone(),
             config.pg_bindirs.clone(),
+            config.db_settings.clone(),
             cancel.clone(),
         );
         let agents = AgentPool::new(platform);

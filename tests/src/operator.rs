@@ -34,6 +34,19 @@ impl OperatorProcess {
     /// # Errors
     /// As [`OperatorProcess::start`].
     pub fn start_with(policy: Option<&Path>, extra: &[&str]) -> Result<OperatorProcess> {
+        Self::start_with_env(policy, extra, &[])
+    }
+
+    /// Like [`OperatorProcess::start_with`], with `env` added to the
+    /// operator's environment.
+    ///
+    /// # Errors
+    /// As [`OperatorProcess::start`].
+    pub fn start_with_env(
+        policy: Option<&Path>,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<OperatorProcess> {
         let bin = crate::bin_path("remora-operator")?;
         let token = format!("test-token-{}-{}", std::process::id(), unique());
         let mut cmd = Command::new(&bin);
@@ -42,6 +55,7 @@ impl OperatorProcess {
             cmd.arg("--policy").arg(policy);
         }
         cmd.args(extra);
+        cmd.envs(env.iter().copied());
         if std::env::var_os("REMORA_OPERATOR_LOG").is_none() {
             cmd.env("REMORA_OPERATOR_LOG", "warn");
         }

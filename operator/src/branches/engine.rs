@@ -1,16 +1,21 @@
 //! Making and dropping branch databases with the servers' own clients
-//! (`psql`, `pg_dump`, `mariadb`, `mariadb-dump`), run from the target's
-//! network through [`crate::Platform::dial`]. Blocking: callers use
-//! `spawn_blocking`.
+//! (`psql`, `pg_dump`, `pg_restore`, `mariadb`, `mariadb-dump`), run from
+//! the target's network through [`crate::Platform::dial`]. Blocking:
+//! callers use `spawn_blocking`.
 //!
 //! The source is only ever read: PostgreSQL clients reading it run with
 //! `default_transaction_read_only=on`, MariaDB dumps in one consistent
-//! read (`--single-transaction`).
+//! read (`--single-transaction`); where a read-only role is configured,
+//! every read of the source logs in as that role ([`Plan::reader`]).
+//!
+//! A branch lives on [`Plan::at`]: the source's own server, or a branch
+//! server of the same version ([`check_versions`]).
 
 use super::source::Server;
 use remora_protocol::db::{CopyMode, DbKind};
 use std::collections::BTreeMap;
 use std::io::Read;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 /// Makes a client command that connects from the target's network.
@@ -19,13 +24,20 @@ pub type Dial<'a> = &'a (dyn Fn(&str) -> Command + Send + Sync);
 /// What to copy into a new branch.
 #[derive(Debug, Clone)]
 pub struct Plan<'a> {
+    /// The source's server, with the credentials it is read with.
+    pub reader: &'a Server,
     pub source: &'a str,
+    /// Where the branch is made: the source's server (with the source's
+    /// own credentials) or a branch server.
+    pub at: &'a Server,
     pub branch: &'a str,
     pub mode: CopyMode,
     pub filters: &'a BTreeMap<String, String>,
     /// PostgreSQL `all` without filters: clone this golden copy (made first
     /// when `fresh_golden` is false).
     pub golden: Option<(&'a str, bool)>,
+    /// Parallel jobs of `pg_dump -Fd` / `pg_restore` (PostgreSQL `all`).
+    pub jobs: usize,
 }
 
 fn client(dial: Dial<'_>, server: &Server, program: &str, read_only: bool) -> Command {
@@ -137,14 +149,22 @@ fn mariadb(dial: Dial<'_>, server: &Server, db: Option<&str>) -> Command {
 
 /// The server's version string (also checks it can be reached); for
 /// PostgreSQL also its major version, which picks the client programs.
+/// `db` is the database to connect to (none: the server's default).
 ///
 /// # Errors
 /// The server cannot be reached or refuses the credentials.
-pub fn version(dial: Dial<'_>, server: &Server, db: &str) -> Result<(String, Option<u32>), String> {
-    let what = format!("cannot reach {}:{}", server.host, server.port);
+pub fn version(
+    dial: Dial<'_>,
+    server: &Server,
+    db: Option<&str>,
+) -> Result<(String, Option<u32>), String> {
+    let what = format!(
+        "cannot reach {}:{} as {}",
+        server.host, server.port, server.user
+    );
     match server.kind {
         DbKind::Postgres => {
-            let mut cmd = psql(dial, server, db, true);
+            let mut cmd = psql(dial, server, db.unwrap_or("postgres"), true);
             cmd.args([
                 "-At",
                 "-c",
@@ -157,11 +177,112 @@ pub fn version(dial: Dial<'_>, server: &Server, db: &str) -> Result<(String, Opt
             Ok((text.to_owned(), Some(major)))
         }
         DbKind::Mysql => {
-            let mut cmd = mariadb(dial, server, Some(db));
+            let mut cmd = mariadb(dial, server, db);
             cmd.args(["-N", "-e", "SELECT VERSION()"]);
             run(cmd, &what).map(|v| (v.trim().to_owned(), None))
         }
     }
+}
+
+/// The release series a version string belongs to, as compared by
+/// [`check_versions`]: PostgreSQL's major version (`15.20` → `15`, `9.6.24`
+/// → `9.6`); MariaDB's or MySQL's `major.minor` with the flavour
+/// (`10.11.19-MariaDB-0+deb12u1` → `MariaDB 10.11`, `8.0.36` → `MySQL 8.0`).
+pub fn series(kind: DbKind, version: &str) -> String {
+    let number: String = version
+        .trim()
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.')
+        .collect();
+    let parts: Vec<&str> = number.split('.').filter(|p| !p.is_empty()).collect();
+    let old_pg = parts
+        .first()
+        .and_then(|m| m.parse::<u32>().ok())
+        .is_some_and(|m| m < 10);
+    let keep = match kind {
+        DbKind::Postgres if old_pg => 2,
+        DbKind::Postgres => 1,
+        DbKind::Mysql => 2,
+    };
+    let flavour = match kind {
+        DbKind::Postgres => "PostgreSQL ",
+        DbKind::Mysql if version.to_ascii_lowercase().contains("mariadb") => "MariaDB ",
+        DbKind::Mysql => "MySQL ",
+    };
+    format!("{flavour}{}", parts[..keep.min(parts.len())].join("."))
+}
+
+/// Refuse a branch server of another release series than the source: a
+/// dump of one PostgreSQL major version (or MariaDB/MySQL series) restored
+/// into another is not the same database. The error names both versions.
+///
+/// # Errors
+/// The series differ.
+pub fn check_versions(
+    source: &Server,
+    source_version: &str,
+    branch: &Server,
+    branch_version: &str,
+) -> Result<(), String> {
+    let (a, b) = (
+        series(source.kind, source_version),
+        series(branch.kind, branch_version),
+    );
+    if a == b {
+        return Ok(());
+    }
+    let full = |v: &str| match source.kind {
+        DbKind::Postgres => format!("PostgreSQL {}", v.trim()),
+        DbKind::Mysql => format!("{} ({})", series(source.kind, v), v.trim()),
+    };
+    Err(format!(
+        "version mismatch: the source server {}:{} runs {}, but the branch server {}:{} \
+         runs {}; a branch must run the source's version (configure a branch server of {a} \
+         in the operator's --db-config)",
+        source.host,
+        source.port,
+        full(source_version),
+        branch.host,
+        branch.port,
+        full(branch_version),
+    ))
+}
+
+/// Whether `server`'s credentials may create the database `branch`
+/// (PostgreSQL: `CREATEDB` or superuser; MariaDB/MySQL: a global CREATE,
+/// or one on a database pattern that matches `branch`).
+///
+/// # Errors
+/// The server cannot be asked.
+pub fn can_create(dial: Dial<'_>, server: &Server, db: &str, branch: &str) -> Result<bool, String> {
+    let what = format!("cannot reach {}:{}", server.host, server.port);
+    let answer = match server.kind {
+        DbKind::Postgres => {
+            let mut cmd = psql(dial, server, db, true);
+            cmd.args([
+                "-At",
+                "-c",
+                "SELECT rolcreatedb OR rolsuper FROM pg_roles WHERE rolname = current_user",
+            ]);
+            run(cmd, &what)?
+        }
+        DbKind::Mysql => {
+            let me = "CONCAT('''', SUBSTRING_INDEX(CURRENT_USER(), '@', 1), '''@''', \
+                      SUBSTRING_INDEX(CURRENT_USER(), '@', -1), '''')";
+            let sql = format!(
+                "SELECT (SELECT COUNT(*) FROM information_schema.USER_PRIVILEGES \
+                   WHERE PRIVILEGE_TYPE = 'CREATE' AND GRANTEE = {me}) \
+                 + (SELECT COUNT(*) FROM information_schema.SCHEMA_PRIVILEGES \
+                   WHERE PRIVILEGE_TYPE = 'CREATE' AND GRANTEE = {me} \
+                   AND '{}' LIKE TABLE_SCHEMA) > 0",
+                branch.replace('\'', "")
+            );
+            let mut cmd = mariadb(dial, server, None);
+            cmd.args(["-N", "-e", &sql]);
+            run(cmd, &what)?
+        }
+    };
+    Ok(matches!(answer.trim(), "t" | "1"))
 }
 
 /// PostgreSQL 18's `file_copy_method` (`copy` or `clone`); empty before 18.
@@ -235,44 +356,93 @@ pub fn drop_database(dial: Dial<'_>, server: &Server, db: &str) -> Result<(), St
     }
 }
 
-/// Fill `source` into the database `into` (which exists and is empty).
-fn fill(
-    dial: Dial<'_>,
-    server: &Server,
-    source: &str,
-    into: &str,
-    mode: CopyMode,
-    filters: &BTreeMap<String, String>,
-) -> Result<(), String> {
+/// A directory for one parallel dump, removed on drop.
+struct DumpDir(PathBuf);
+
+impl DumpDir {
+    fn new(branch: &str) -> Result<DumpDir, String> {
+        let base = std::env::temp_dir().join(format!(
+            "remora-dump-{branch}-{}-{}",
+            std::process::id(),
+            super::random_id()
+        ));
+        std::fs::create_dir_all(&base).map_err(|e| format!("{}: {e}", base.display()))?;
+        // pg_dump -Fd makes the directory itself.
+        Ok(DumpDir(base))
+    }
+
+    fn path(&self) -> PathBuf {
+        self.0.join("dump")
+    }
+}
+
+impl Drop for DumpDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn pg_restore(dial: Dial<'_>, at: &Server, into: &str, dir: &Path, jobs: usize) -> Command {
+    let mut cmd = client(dial, at, "pg_restore", false);
+    cmd.args(["--no-owner", "--no-privileges", "--exit-on-error"])
+        .arg(format!("--jobs={jobs}"))
+        .args(["-d", into])
+        .arg(dir);
+    cmd
+}
+
+/// Fill the plan's source into the database `into` on `plan.at` (which
+/// exists and is empty), in `mode`.
+fn fill(dial: Dial<'_>, plan: &Plan<'_>, into: &str, mode: CopyMode) -> Result<(), String> {
     if mode == CopyMode::Empty {
         return Ok(());
     }
+    let (reader, at, source, filters) = (plan.reader, plan.at, plan.source, plan.filters);
     let what = format!("copying {source} into {into}");
-    match server.kind {
+    match reader.kind {
+        DbKind::Postgres if mode == CopyMode::All => {
+            // Parallel: a directory-format dump in one snapshot, restored by
+            // as many jobs: tables and rows first, then the filtered rows,
+            // then indexes and constraints.
+            let jobs = plan.jobs.max(1);
+            let dir = DumpDir::new(into)?;
+            let mut dump = client(dial, reader, "pg_dump", true);
+            // Uncompressed and not synced: the directory is read once,
+            // right away, then removed.
+            dump.args(["--no-owner", "--no-privileges", "-Fd", "-Z0", "--no-sync"])
+                .arg(format!("--jobs={jobs}"))
+                .arg("-f")
+                .arg(dir.path())
+                .args(["-d", source]);
+            for table in filters.keys() {
+                dump.arg(format!("--exclude-table-data={table}"));
+            }
+            run(dump, &format!("{what} (pg_dump -Fd)"))?;
+            let mut restore = pg_restore(dial, at, into, &dir.path(), jobs);
+            restore.args(["--section=pre-data", "--section=data"]);
+            run(restore, &format!("{what} (pg_restore)"))?;
+            copy_filtered_pg(dial, plan, into, &what)?;
+            let mut restore = pg_restore(dial, at, into, &dir.path(), jobs);
+            restore.arg("--section=post-data");
+            run(
+                restore,
+                &format!("{what} (pg_restore, indexes and constraints)"),
+            )?;
+        }
         DbKind::Postgres => {
-            let mut dump = client(dial, server, "pg_dump", true);
-            dump.args(["--no-owner", "--no-privileges", "-d", source]);
-            if mode == CopyMode::Schema {
-                dump.arg("--schema-only");
-            } else {
-                for table in filters.keys() {
-                    dump.arg(format!("--exclude-table-data={table}"));
-                }
-            }
-            pipe(dump, psql(dial, server, into, false), &what)?;
-            for (table, filter) in filters {
-                let mut out = psql(dial, server, source, true);
-                out.args([
-                    "-c",
-                    &format!("\\copy (SELECT * FROM {table} {filter}) TO STDOUT"),
-                ]);
-                let mut inp = psql(dial, server, into, false);
-                inp.args(["-c", &format!("\\copy {table} FROM STDIN")]);
-                pipe(out, inp, &format!("{what} (table {table})"))?;
-            }
+            let mut dump = client(dial, reader, "pg_dump", true);
+            dump.args([
+                "--no-owner",
+                "--no-privileges",
+                "--schema-only",
+                "-d",
+                source,
+            ]);
+            pipe(dump, psql(dial, at, into, false), &what)?;
+            copy_filtered_pg(dial, plan, into, &what)?;
         }
         DbKind::Mysql => {
-            let mut dump = client(dial, server, "mariadb-dump", false);
+            let mut dump = client(dial, reader, "mariadb-dump", false);
             dump.args(["--single-transaction", "--routines", "--triggers"]);
             if mode == CopyMode::Schema {
                 dump.arg("--no-data");
@@ -282,17 +452,17 @@ fn fill(
                 }
             }
             dump.arg(source);
-            pipe(dump, mariadb(dial, server, Some(into)), &what)?;
+            pipe(dump, mariadb(dial, at, Some(into)), &what)?;
             if mode != CopyMode::Schema && !filters.is_empty() {
                 // The filtered tables were left out whole above: their
                 // definitions first, their filtered rows below.
-                let mut dump = client(dial, server, "mariadb-dump", false);
+                let mut dump = client(dial, reader, "mariadb-dump", false);
                 dump.args(["--single-transaction", "--no-data", "--skip-triggers"])
                     .arg(source)
                     .args(filters.keys());
                 pipe(
                     dump,
-                    mariadb(dial, server, Some(into)),
+                    mariadb(dial, at, Some(into)),
                     &format!("{what} (filtered tables' definitions)"),
                 )?;
             }
@@ -304,7 +474,7 @@ fn fill(
                     } else {
                         condition
                     };
-                let mut dump = client(dial, server, "mariadb-dump", false);
+                let mut dump = client(dial, reader, "mariadb-dump", false);
                 dump.args([
                     "--single-transaction",
                     "--no-create-info",
@@ -315,7 +485,7 @@ fn fill(
                 .args([source, table]);
                 pipe(
                     dump,
-                    mariadb(dial, server, Some(into)),
+                    mariadb(dial, at, Some(into)),
                     &format!("{what} (table {table})"),
                 )?;
             }
@@ -324,42 +494,53 @@ fn fill(
     Ok(())
 }
 
+/// PostgreSQL: copy each filtered table's chosen rows into `into`.
+fn copy_filtered_pg(dial: Dial<'_>, plan: &Plan<'_>, into: &str, what: &str) -> Result<(), String> {
+    for (table, filter) in plan.filters {
+        let mut out = psql(dial, plan.reader, plan.source, true);
+        out.args([
+            "-c",
+            &format!("\\copy (SELECT * FROM {table} {filter}) TO STDOUT"),
+        ]);
+        let mut inp = psql(dial, plan.at, into, false);
+        inp.args(["-c", &format!("\\copy {table} FROM STDIN")]);
+        pipe(out, inp, &format!("{what} (table {table})"))?;
+    }
+    Ok(())
+}
+
 /// Make the branch of `plan`; returns how it was filled, for the user.
 ///
 /// # Errors
 /// A user-facing reason; a half-made branch is dropped again.
-pub fn create(dial: Dial<'_>, server: &Server, plan: &Plan<'_>) -> Result<String, String> {
-    let result = create_inner(dial, server, plan);
+pub fn create(dial: Dial<'_>, plan: &Plan<'_>) -> Result<String, String> {
+    let result = create_inner(dial, plan);
     if result.is_err() {
-        let _ = drop_database(dial, server, plan.branch);
+        let _ = drop_database(dial, plan.at, plan.branch);
     }
     result
 }
 
-fn create_inner(dial: Dial<'_>, server: &Server, plan: &Plan<'_>) -> Result<String, String> {
+fn create_inner(dial: Dial<'_>, plan: &Plan<'_>) -> Result<String, String> {
+    let at = plan.at;
+    let jobs = plan.jobs.max(1);
+    let parallel = format!("pg_dump -Fd -Z0 -j {jobs} + pg_restore -j {jobs}");
     if let Some((golden, fresh)) = plan.golden {
         if !fresh {
-            drop_database(dial, server, golden)?;
-            create_empty(dial, server, golden, None)?;
-            if let Err(e) = fill(
-                dial,
-                server,
-                plan.source,
-                golden,
-                CopyMode::All,
-                plan.filters,
-            ) {
-                let _ = drop_database(dial, server, golden);
+            drop_database(dial, at, golden)?;
+            create_empty(dial, at, golden, None)?;
+            if let Err(e) = fill(dial, plan, golden, CopyMode::All) {
+                let _ = drop_database(dial, at, golden);
                 return Err(e);
             }
         }
-        create_empty(dial, server, plan.branch, Some(golden))?;
+        create_empty(dial, at, plan.branch, Some(golden))?;
         let refreshed = if fresh {
-            ""
+            String::new()
         } else {
-            " (golden copy refreshed by pg_dump | psql first)"
+            format!(" (golden copy refreshed by {parallel} first)")
         };
-        let method = match file_copy_method(dial, server).as_str() {
+        let method = match file_copy_method(dial, at).as_str() {
             "" => String::new(),
             m => format!(" (file_copy_method = {m})"),
         };
@@ -367,24 +548,17 @@ fn create_inner(dial: Dial<'_>, server: &Server, plan: &Plan<'_>) -> Result<Stri
             "CREATE DATABASE … TEMPLATE {golden} STRATEGY FILE_COPY{method}{refreshed}"
         ));
     }
-    create_empty(dial, server, plan.branch, None)?;
-    fill(
-        dial,
-        server,
-        plan.source,
-        plan.branch,
-        plan.mode,
-        plan.filters,
-    )?;
+    create_empty(dial, at, plan.branch, None)?;
+    fill(dial, plan, plan.branch, plan.mode)?;
     let filtered = if plan.filters.is_empty() {
         ""
     } else {
         " + filtered tables"
     };
-    Ok(match (server.kind, plan.mode) {
+    Ok(match (at.kind, plan.mode) {
         (_, CopyMode::Empty) => "empty database".to_owned(),
         (DbKind::Postgres, CopyMode::Schema) => format!("pg_dump --schema-only | psql{filtered}"),
-        (DbKind::Postgres, CopyMode::All) => format!("pg_dump | psql{filtered}"),
+        (DbKind::Postgres, CopyMode::All) => format!("{parallel}{filtered}"),
         (DbKind::Mysql, CopyMode::Schema) => format!("mariadb-dump --no-data | mariadb{filtered}"),
         (DbKind::Mysql, CopyMode::All) => format!("mariadb-dump | mariadb{filtered}"),
     })

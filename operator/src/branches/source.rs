@@ -20,13 +20,31 @@ pub struct Server {
 pub struct Source {
     pub server: Server,
     pub database: String,
-    /// How to point the session at another database on the same server:
-    /// variable → value with [`DB_PLACEHOLDER`] where the name goes.
-    pub rewrite: BTreeMap<String, String>,
+    /// Which of the target's variables name the source, to point the
+    /// session at the branch instead.
+    pub rewrite: Rewrite,
 }
 
-/// Stands for the branch's database name in [`Source::rewrite`].
-pub const DB_PLACEHOLDER: &str = "\u{0}db\u{0}";
+/// The target's variables that say where the source is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rewrite {
+    /// One URL variable: `before_db` (scheme and authority, up to the `/`),
+    /// the database, then `after_db` (the query string).
+    Url {
+        var: String,
+        scheme: String,
+        before_db: String,
+        after_db: String,
+    },
+    /// One variable per setting (`None`: the target does not set it).
+    Params {
+        host: Option<String>,
+        port: Option<String>,
+        user: Option<String>,
+        password: Option<String>,
+        database: String,
+    },
+}
 
 fn default_port(kind: DbKind) -> u16 {
     match kind {
@@ -71,10 +89,12 @@ pub fn resolve(spec: &BranchSpec, env: &BTreeMap<String, String>) -> Result<Sour
                     password: parsed.password,
                 },
                 database: parsed.database,
-                rewrite: BTreeMap::from([(
-                    var.clone(),
-                    format!("{}{DB_PLACEHOLDER}{}", parsed.before_db, parsed.after_db),
-                )]),
+                rewrite: Rewrite::Url {
+                    var: var.clone(),
+                    scheme: url[..url.find("://").unwrap_or(0)].to_owned(),
+                    before_db: parsed.before_db,
+                    after_db: parsed.after_db,
+                },
             })
         }
         DbConnection::Params {
@@ -88,6 +108,7 @@ pub fn resolve(spec: &BranchSpec, env: &BTreeMap<String, String>) -> Result<Sour
             let db_var = database
                 .clone()
                 .ok_or_else(|| "params need a database variable".to_owned())?;
+            let port_var = port;
             let port_text = opt(port)?;
             let port = match port_text {
                 Some(p) => p.parse().map_err(|_| {
@@ -104,7 +125,13 @@ pub fn resolve(spec: &BranchSpec, env: &BTreeMap<String, String>) -> Result<Sour
                     password: opt(password)?,
                 },
                 database: get(&db_var)?,
-                rewrite: BTreeMap::from([(db_var, DB_PLACEHOLDER.to_owned())]),
+                rewrite: Rewrite::Params {
+                    host: host.clone(),
+                    port: port_var.clone(),
+                    user: user.clone(),
+                    password: password.clone(),
+                    database: db_var,
+                },
             })
         }
     }
@@ -202,11 +229,107 @@ fn percent_decode(text: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// The session's variables pointing at `branch` instead of the source.
-pub fn rewritten(rewrite: &BTreeMap<String, String>, branch: &str) -> BTreeMap<String, String> {
-    rewrite
-        .iter()
-        .map(|(k, v)| (k.clone(), v.replace(DB_PLACEHOLDER, branch)))
+/// The session's variables pointing at database `branch` on `at` (the
+/// source's own server, or a branch server) instead of the source.
+///
+/// # Errors
+/// `at` is another server and the target names it with params that leave
+/// out a setting that differs (no host variable, say): the session could
+/// not be pointed there.
+pub fn rewritten(
+    source: &Source,
+    at: &Server,
+    branch: &str,
+) -> Result<BTreeMap<String, String>, String> {
+    let same = at == &source.server;
+    match &source.rewrite {
+        Rewrite::Url {
+            var,
+            scheme,
+            before_db,
+            after_db,
+        } => {
+            let before = if same {
+                before_db.clone()
+            } else {
+                let password = at
+                    .password
+                    .as_deref()
+                    .map(|p| format!(":{}", percent_encode(p)))
+                    .unwrap_or_default();
+                let host = if at.host.contains(':') {
+                    format!("[{}]", at.host)
+                } else {
+                    at.host.clone()
+                };
+                format!(
+                    "{scheme}://{}{password}@{host}:{}/",
+                    percent_encode(&at.user),
+                    at.port
+                )
+            };
+            Ok(BTreeMap::from([(
+                var.clone(),
+                format!("{before}{branch}{after_db}"),
+            )]))
+        }
+        Rewrite::Params {
+            host,
+            port,
+            user,
+            password,
+            database,
+        } => {
+            let mut vars = BTreeMap::from([(database.clone(), branch.to_owned())]);
+            if same {
+                return Ok(vars);
+            }
+            let mut set = |setting: &str,
+                           var: &Option<String>,
+                           differs: bool,
+                           value: String|
+             -> Result<(), String> {
+                match var {
+                    Some(var) => {
+                        vars.insert(var.clone(), value);
+                        Ok(())
+                    }
+                    None if differs => Err(format!(
+                        "the branch server's {setting} differs from the source's, but the \
+                         db_branches params name no {setting} variable to point the session at it \
+                         (add `{setting} = {{ env = \"…\" }}`)"
+                    )),
+                    None => Ok(()),
+                }
+            };
+            set("host", host, at.host != source.server.host, at.host.clone())?;
+            set(
+                "port",
+                port,
+                at.port != source.server.port,
+                at.port.to_string(),
+            )?;
+            set("user", user, at.user != source.server.user, at.user.clone())?;
+            set(
+                "password",
+                password,
+                at.password != source.server.password,
+                at.password.clone().unwrap_or_default(),
+            )?;
+            Ok(vars)
+        }
+    }
+}
+
+fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
         .collect()
 }
 
@@ -219,10 +342,12 @@ pub fn url_for(server: &Server, database: &str) -> String {
     let password = server
         .password
         .as_deref()
-        .map(|p| format!(":{p}"))
+        .map(|p| format!(":{}", percent_encode(p)))
         .unwrap_or_default();
     format!(
         "{scheme}://{}{password}@{}:{}/{database}",
-        server.user, server.host, server.port
+        percent_encode(&server.user),
+        server.host,
+        server.port
     )
 }

@@ -34,7 +34,7 @@ fn urls_parse_and_rewrite_only_the_database() {
     )
     .unwrap();
     assert_eq!(
-        rewritten(&src.rewrite, "remora_shop_x")["DATABASE_URL"],
+        rewritten(&src, &src.server, "remora_shop_x").unwrap()["DATABASE_URL"],
         "postgres://alice:p%40ss@db.internal:6432/remora_shop_x?sslmode=disable"
     );
     assert!(parse_url("postgres://host:5432").is_err());
@@ -72,7 +72,7 @@ fn params_rewrite_the_database_variable() {
     assert_eq!(src.server.host, "10.0.0.5");
     assert_eq!(src.server.port, 5432);
     assert_eq!(
-        rewritten(&src.rewrite, "b"),
+        rewritten(&src, &src.server, "b").unwrap(),
         BTreeMap::from([("DB_NAME".to_owned(), "b".to_owned())])
     );
 }
@@ -120,4 +120,144 @@ fn no_client_new_enough_names_both_versions_and_the_flag() {
     assert!(err.contains("PostgreSQL 99.1"), "{err}");
     assert!(err.contains("pg_dump 99 or newer"), "{err}");
     assert!(err.contains("--pg-bindir"), "{err}");
+}
+
+fn server(kind: DbKind, host: &str, port: u16, user: &str, password: Option<&str>) -> Server {
+    Server {
+        kind,
+        host: host.into(),
+        port,
+        user: user.into(),
+        password: password.map(Into::into),
+    }
+}
+
+#[test]
+fn a_branch_server_rewrites_the_whole_url_and_keeps_the_query() {
+    let env = BTreeMap::from([(
+        "DATABASE_URL".to_owned(),
+        "postgres://app:secret@db.internal:5432/shop?sslmode=disable".to_owned(),
+    )]);
+    let src = resolve(
+        &spec(DbConnection::Url {
+            env: "DATABASE_URL".into(),
+        }),
+        &env,
+    )
+    .unwrap();
+    let at = server(
+        DbKind::Postgres,
+        "10.0.0.9",
+        6543,
+        "brancher",
+        Some("p@ss word"),
+    );
+    assert_eq!(
+        rewritten(&src, &at, "remora_shop_x").unwrap()["DATABASE_URL"],
+        "postgres://brancher:p%40ss%20word@10.0.0.9:6543/remora_shop_x?sslmode=disable"
+    );
+}
+
+#[test]
+fn params_without_a_host_variable_cannot_point_at_another_host() {
+    let env = BTreeMap::from([
+        ("DB_NAME".to_owned(), "shop".to_owned()),
+        ("DB_PORT".to_owned(), "5432".to_owned()),
+    ]);
+    let src = resolve(
+        &spec(DbConnection::Params {
+            host: None,
+            port: Some("DB_PORT".into()),
+            user: None,
+            password: None,
+            database: Some("DB_NAME".into()),
+        }),
+        &env,
+    )
+    .unwrap();
+    // Same host, another port: the port variable is rewritten.
+    let at = server(DbKind::Postgres, "127.0.0.1", 5433, "postgres", None);
+    assert_eq!(
+        rewritten(&src, &at, "b").unwrap(),
+        BTreeMap::from([
+            ("DB_NAME".to_owned(), "b".to_owned()),
+            ("DB_PORT".to_owned(), "5433".to_owned()),
+        ])
+    );
+    let elsewhere = server(DbKind::Postgres, "10.0.0.9", 5432, "postgres", None);
+    let err = rewritten(&src, &elsewhere, "b").unwrap_err();
+    assert!(err.contains("no host variable"), "{err}");
+}
+
+#[test]
+fn release_series_compare_major_versions() {
+    use super::engine::series;
+    assert_eq!(
+        series(DbKind::Postgres, "15.20 (Debian 15.20-0+deb12u1)"),
+        "PostgreSQL 15"
+    );
+    assert_eq!(series(DbKind::Postgres, "18.1"), "PostgreSQL 18");
+    assert_eq!(series(DbKind::Postgres, "9.6.24"), "PostgreSQL 9.6");
+    assert_eq!(
+        series(DbKind::Mysql, "10.11.19-MariaDB-0+deb12u1"),
+        "MariaDB 10.11"
+    );
+    assert_eq!(series(DbKind::Mysql, "8.0.36"), "MySQL 8.0");
+}
+
+#[test]
+fn a_version_mismatch_names_both_versions() {
+    use super::engine::check_versions;
+    let a = server(DbKind::Postgres, "127.0.0.1", 5432, "app", None);
+    let b = server(DbKind::Postgres, "127.0.0.1", 5433, "brancher", None);
+    assert!(check_versions(&a, "15.20 (Debian)", &b, "15.3").is_ok());
+    let err = check_versions(&a, "15.20", &b, "18.1").unwrap_err();
+    assert!(
+        err.contains("127.0.0.1:5432 runs PostgreSQL 15.20"),
+        "{err}"
+    );
+    assert!(err.contains("127.0.0.1:5433 runs PostgreSQL 18.1"), "{err}");
+    assert!(err.contains("branch server of PostgreSQL 15"), "{err}");
+    let m = server(DbKind::Mysql, "h", 3306, "root", None);
+    let err = check_versions(&m, "10.11.19-MariaDB", &m, "11.4.2-MariaDB").unwrap_err();
+    assert!(err.contains("MariaDB 10.11 (10.11.19-MariaDB)"), "{err}");
+    assert!(err.contains("MariaDB 11.4 (11.4.2-MariaDB)"), "{err}");
+    assert!(check_versions(&m, "10.11.19-MariaDB", &m, "8.0.36").is_err());
+}
+
+#[test]
+fn db_settings_parse_branch_servers_roles_and_jobs() {
+    use super::settings::DbSettings;
+    let text = r#"
+        dump_jobs = 3
+        [[branch_server]]
+        type = "postgres"
+        url = "postgres://brancher:pw@10.0.0.9:6543/postgres"
+        [[read_only_role]]
+        type = "postgres"
+        server = "10.0.0.5:5432"
+        user = "reader"
+        password_env = "READER_PW"
+    "#;
+    let env = |v: &str| (v == "READER_PW").then(|| "s3cret".to_owned());
+    let s = DbSettings::parse(text, env).unwrap();
+    assert_eq!(s.jobs, 3);
+    let at = s.branch_server(DbKind::Postgres).unwrap();
+    assert_eq!(
+        (at.host.as_str(), at.port, at.user.as_str()),
+        ("10.0.0.9", 6543, "brancher")
+    );
+    assert!(s.branch_server(DbKind::Mysql).is_none());
+    let source = server(DbKind::Postgres, "10.0.0.5", 5432, "app", Some("x"));
+    let reader = s.reader(&source);
+    assert_eq!(
+        (reader.user.as_str(), reader.password.as_deref()),
+        ("reader", Some("s3cret"))
+    );
+    let other = server(DbKind::Postgres, "10.0.0.6", 5432, "app", None);
+    assert_eq!(s.reader(&other), other);
+    let err = DbSettings::parse(text, |_| None).unwrap_err();
+    assert!(err.contains("READER_PW"), "{err}");
+    assert!(DbSettings::parse("bogus = 1", |_| None).is_err());
+    assert!(DbSettings::parse("dump_jobs = 0", |_| None).is_err());
 }

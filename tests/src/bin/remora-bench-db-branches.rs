@@ -14,8 +14,16 @@
 //! The table (markdown, stdout) shows medians; every run's value goes to
 //! stderr. `REMORA_BENCH_DB_MB` sets the source size (default 100),
 //! `REMORA_BENCH_ROUNDS` the rounds (default 3).
+//!
+//! MariaDB (this machine's, 127.0.0.1:3306), against **`mariadb-dump |
+//! mariadb`** of the same database on the same server: branches in modes
+//! `empty`, `schema`, `all` by the dump (an operator without the fast path),
+//! then `all` through the fast path (`[[mariadb_backup]]` with a work
+//! directory on an XFS loop mount with reflinks): the first makes the golden
+//! copy with `mariadb-backup`, the next are reflinked copies served by
+//! their own `mariadbd`. `REMORA_BENCH_DB=postgres|mariadb` runs one only.
 
-use remora_tests::db::Workload;
+use remora_tests::db::{Workload, XfsMount};
 use remora_tests::operator::OperatorProcess;
 use remora_tests::pg18::Pg18;
 use std::path::{Path, PathBuf};
@@ -84,12 +92,14 @@ impl Server {
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
     }
 
-    /// Drop the source, the dump copy and every branch of the source.
+    /// Drop the source, the dump copy, every branch of the source and its
+    /// golden copy (`remora_remora_bench_src_golden`, left by an operator
+    /// stopped before its TTL).
     fn drop_all(&self) -> Result<()> {
         let names = self.psql("postgres", "SELECT datname FROM pg_database")?;
         for name in names
             .lines()
-            .filter(|n| n.starts_with("remora_bench") || n.starts_with("remora_benchsrc"))
+            .filter(|n| n.starts_with("remora_bench") || n.starts_with("remora_remora_bench"))
         {
             self.psql(
                 "postgres",
@@ -286,11 +296,217 @@ fn bench_server(server: &Server, mb: u64, rounds: u64, pg_bindir: &Path) -> Resu
     Ok(())
 }
 
+fn maria(db: Option<&str>, sql: &str) -> Result<String> {
+    let mut cmd = Command::new("mariadb");
+    cmd.args([
+        "-h127.0.0.1",
+        "-P3306",
+        "-uroot",
+        "--protocol=tcp",
+        "-N",
+        "--batch",
+    ]);
+    if let Some(db) = db {
+        cmd.arg(db);
+    }
+    let out = cmd.args(["-e", sql]).output()?;
+    if !out.status.success() {
+        return Err(format!("mariadb {sql}: {}", String::from_utf8_lossy(&out.stderr)).into());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+fn maria_drop_all() -> Result<()> {
+    for name in maria(None, "SHOW DATABASES")?
+        .lines()
+        .filter(|n| n.starts_with("remora_bench"))
+    {
+        maria(None, &format!("DROP DATABASE IF EXISTS `{name}`"))?;
+    }
+    Ok(())
+}
+
+/// `mariadb-dump SOURCE | mariadb COPY`; seconds.
+fn maria_dump_restore() -> Result<f64> {
+    maria(None, &format!("DROP DATABASE IF EXISTS {COPY}"))?;
+    let started = Instant::now();
+    maria(None, &format!("CREATE DATABASE {COPY}"))?;
+    let mut dump = Command::new("mariadb-dump")
+        .args(["-h127.0.0.1", "-P3306", "-uroot", "--protocol=tcp"])
+        .args(["--single-transaction", "--routines", "--triggers", SOURCE])
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let stdout = dump.stdout.take().ok_or("no mariadb-dump stdout")?;
+    let restore = Command::new("mariadb")
+        .args(["-h127.0.0.1", "-P3306", "-uroot", "--protocol=tcp", COPY])
+        .stdin(stdout)
+        .stdout(Stdio::null())
+        .status()?;
+    let dumped = dump.wait()?;
+    if !restore.success() || !dumped.success() {
+        return Err("mariadb-dump | mariadb failed".into());
+    }
+    Ok(started.elapsed().as_secs_f64())
+}
+
+const MARIA_WAYS: [&str; 6] = [
+    "mariadb-dump | mariadb",
+    "branch empty",
+    "branch schema",
+    "branch all (mariadb-dump, no fast path)",
+    "branch all (first: mariadb-backup golden copy)",
+    "branch all (reflinked golden copy + own mariadbd)",
+];
+
+fn bench_mariadb(mb: u64, rounds: u64) -> Result<()> {
+    maria_drop_all()?;
+    maria(None, &format!("CREATE DATABASE {SOURCE}"))?;
+    let rows = mb * 1024 * 1024 / 300;
+    maria(
+        Some(SOURCE),
+        &format!(
+            "CREATE TABLE items (id bigint PRIMARY KEY, org int, body text, KEY (org)) ENGINE=InnoDB;
+             INSERT INTO items SELECT seq, seq % 100, REPEAT(MD5(seq), 7) FROM seq_1_to_{rows};"
+        ),
+    )?;
+    // Fresh statistics, or information_schema says 0.
+    maria(Some(SOURCE), "ANALYZE TABLE items")?;
+    let size: f64 = maria(
+        None,
+        &format!(
+            "SELECT SUM(data_length + index_length) FROM information_schema.TABLES \
+             WHERE table_schema = '{SOURCE}'"
+        ),
+    )?
+    .parse()?;
+    let xfs = XfsMount::new("bench-maria", (mb * 8).max(2048))?;
+    let dir =
+        TempDir(std::env::temp_dir().join(format!("remora-bench-maria-{}", std::process::id())));
+    std::fs::create_dir_all(&dir.0)?;
+    let db_config = dir.0.join("db.toml");
+    std::fs::write(
+        &db_config,
+        format!(
+            "[[mariadb_backup]]\nserver = \"127.0.0.1:3306\"\nworkdir = \"{}/work\"\n",
+            xfs.path().display()
+        ),
+    )?;
+    let url = format!("mysql://root@127.0.0.1:3306/{SOURCE}");
+    let target = Workload::start(&[("DATABASE_URL", &url)]);
+    let configs: Vec<PathBuf> = ["empty", "schema", "all"]
+        .iter()
+        .map(|mode| {
+            let path = dir.0.join(format!("maria-{mode}.toml"));
+            std::fs::write(
+                &path,
+                format!(
+                    "[[db_branches]]\ntype = \"mysql\"\nname = \"benchsrc\"\n\
+                     connection = {{ url = {{ env = \"DATABASE_URL\" }} }}\n\
+                     copy = {{ mode = \"{mode}\" }}\nttl = \"10m\"\n"
+                ),
+            )
+            .map(|()| path)
+        })
+        .collect::<std::io::Result<_>>()?;
+    let mut times: Vec<Vec<f64>> = vec![Vec::new(); MARIA_WAYS.len()];
+    let mut methods = vec![String::new(); MARIA_WAYS.len()];
+    for round in 0..rounds {
+        times[0].push(maria_dump_restore()?);
+        let plain = OperatorProcess::start(None)?;
+        for (way, config) in [(1, &configs[0]), (2, &configs[1]), (3, &configs[2])] {
+            let (secs, how) = branch(&plain, &target, config)?;
+            times[way].push(secs);
+            methods[way] = how;
+        }
+        drop(plain);
+        let fast =
+            OperatorProcess::start_with(None, &["--db-config", db_config.to_str().ok_or("path")?])?;
+        for way in [4, 5] {
+            let (secs, how) = branch(&fast, &target, &configs[2])?;
+            times[way].push(secs);
+            methods[way] = how;
+        }
+        // Stops the branches' servers and removes their datadirs before
+        // the next round (the next operator makes its own golden copy).
+        remove_all(&fast)?;
+        drop(fast);
+        eprintln!(
+            "MariaDB: round {round}: {}",
+            times
+                .iter()
+                .map(|t| format!("{:.2}", t[t.len() - 1]))
+                .collect::<Vec<_>>()
+                .join(" / ")
+        );
+        maria_drop_all_branches()?;
+    }
+    let peer = median(&times[0]);
+    println!(
+        "\nMariaDB {} (this machine's, 127.0.0.1:3306), source {:.0} MB (data + indexes), median of {rounds} rounds:\n",
+        maria(None, "SELECT VERSION()")?,
+        size / 1e6
+    );
+    println!("| how | seconds | vs mariadb-dump \\| mariadb | method |");
+    println!("| --- | ---: | ---: | --- |");
+    for (i, way) in MARIA_WAYS.iter().enumerate() {
+        let m = median(&times[i]);
+        println!(
+            "| {} | {m:.2} | {:.2}x | {} |",
+            way.replace('|', "\\|"),
+            peer / m,
+            methods[i].replace('|', "\\|")
+        );
+    }
+    drop(target);
+    drop(xfs);
+    maria_drop_all()?;
+    Ok(())
+}
+
+/// `remora db rm` every branch `op` lists.
+fn remove_all(op: &OperatorProcess) -> Result<()> {
+    let out = op.remora("bench")?.args(["db", "ls", "--json"]).output()?;
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    for id in listed
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|b| b["id"].as_str())
+    {
+        let out = op.remora("bench")?.args(["db", "rm", id]).output()?;
+        if !out.status.success() {
+            return Err(format!(
+                "remora db rm {id}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+            .into());
+        }
+    }
+    Ok(())
+}
+
+fn maria_drop_all_branches() -> Result<()> {
+    for name in maria(None, "SHOW DATABASES")?
+        .lines()
+        .filter(|n| n.starts_with("remora_benchsrc_"))
+    {
+        maria(None, &format!("DROP DATABASE IF EXISTS `{name}`"))?;
+    }
+    Ok(())
+}
+
 fn bench() -> Result<()> {
     let mb = env_number("REMORA_BENCH_DB_MB", 100);
     let rounds = env_number("REMORA_BENCH_ROUNDS", 3).max(1);
-    let pg18_bindir = Pg18::bindir()?;
+    let only = std::env::var("REMORA_BENCH_DB").unwrap_or_default();
     println!("### Database branches (`remora-bench-db-branches`)");
+    if only != "postgres" {
+        bench_mariadb(mb, rounds)?;
+    }
+    if only == "mariadb" {
+        return Ok(());
+    }
+    let pg18_bindir = Pg18::bindir()?;
     let system = Server {
         name: "PostgreSQL (this machine's, 127.0.0.1:5432)".into(),
         port: 5432,
