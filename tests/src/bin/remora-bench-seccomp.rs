@@ -21,6 +21,8 @@ type Result<T, E = Box<dyn std::error::Error>> = std::result::Result<T, E>;
 
 /// Rounds per way; the table shows the median.
 const ROUNDS: usize = 9;
+/// The pod's UDP service (answers each datagram).
+const UDP_PORT: u16 = 18099;
 
 fn main() -> ExitCode {
     match bench() {
@@ -111,8 +113,18 @@ fn bench() -> Result<()> {
     let pod = &checkout.pod;
     let client = sandbox.pod(PodSpec::new("client"))?;
     let port = CHECKOUT_PORT.to_string();
+    // A UDP service on the pod's loopback for the unconnected-UDP row.
+    let udp_port = UDP_PORT.to_string();
+    let _udp = pod
+        .command("socat")?
+        .args([
+            &format!("UDP4-RECVFROM:{UDP_PORT},bind=127.0.0.1,fork"),
+            "SYSTEM:read x; echo pod got $x",
+        ])
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
     let write_mode: &[&str] = &["--fs-mode", "write"];
-    let work: [(&str, Vec<&str>); 6] = [
+    let work: [(&str, Vec<&str>); 7] = [
         (
             "local `stat` (`/usr/bin/env`), x2000",
             vec!["2000", "stat", "/usr/bin/env"],
@@ -139,6 +151,10 @@ fn bench() -> Result<()> {
         (
             "outgoing TCP round trip (HTTP GET to the pod's loopback), x50",
             vec!["50", "get", "127.0.0.1", &port, "/health"],
+        ),
+        (
+            "outgoing UDP round trip, unconnected socket (`sendto` + `recvfrom`), x50",
+            vec!["50", "udp", "127.0.0.1", &udp_port, "ping"],
         ),
     ];
     let baseline = std::env::var_os("REMORA_BENCH_BASELINE")
