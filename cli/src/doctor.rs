@@ -13,6 +13,17 @@ pub fn run(args: DoctorArgs) -> i32 {
         ),
         Err(reason) => println!("seccomp user notification: unavailable: {reason}"),
     }
+    match remora_supervisor::launch::sync_wake_up_probed() {
+        Some(true) => println!(
+            "seccomp synchronous wake-ups (SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP): yes (a notified \
+             call hands its CPU straight to the supervisor)"
+        ),
+        Some(false) => println!(
+            "seccomp synchronous wake-ups (SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP): no (Linux 6.6 \
+             or later; without them each notified call waits for a scheduler wake-up)"
+        ),
+        None => {}
+    }
     let Some(program) = args.command.first() else {
         return i32::from(seccomp.is_err());
     };

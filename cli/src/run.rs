@@ -111,6 +111,9 @@ pub fn supervise_cmd(args: crate::args::RunnerArgs) -> Result<i32> {
         return Err(reexec_without_layer(&env));
     }
     let handed_off = env.remove(HANDOFF_PRELOAD_ENV);
+    if let Some(fd) = env.remove(HANDOFF_CLOEXEC_FD_ENV) {
+        close_on_exec(&fd);
+    }
     let from_ide = env.remove(SUPERVISE_PRELOAD_ENV);
     env.remove(SUPERVISE_EXE_ENV);
     let why = match wants_supervisor(program, &env) {
@@ -121,7 +124,11 @@ pub fn supervise_cmd(args: crate::args::RunnerArgs) -> Result<i32> {
         None => match handed_off.or(from_ide) {
             Some(preload) => {
                 env.insert("LD_PRELOAD".into(), preload);
-                let err = Command::new(program)
+                let mut command = Command::new(program);
+                if let Some(argv0) = env.remove(remora_supervisor::ARGV0_ENV) {
+                    command.arg0(argv0);
+                }
+                let err = command
                     .args(&args.command[1..])
                     .env_clear()
                     .envs(&env)
@@ -167,6 +174,19 @@ pub const SUPERVISE_PRELOAD_ENV: &str = "REMORA_SUPERVISE_PRELOAD";
 pub const SUPERVISE_EXE_ENV: &str = "REMORA_SUPERVISE_EXE";
 /// Where the layer's exec hooks put a handed-off child's `LD_PRELOAD`.
 pub const HANDOFF_PRELOAD_ENV: &str = "REMORA_HANDOFF_PRELOAD";
+/// Names the fd a hand-off by fd (`fexecve`, `execveat`) kept open for this
+/// exec only: the program is `/proc/self/fd/N…`, and fd `N` had
+/// close-on-exec set in the program that exec'd it.
+pub const HANDOFF_CLOEXEC_FD_ENV: &str = "REMORA_HANDOFF_CLOEXEC_FD";
+
+/// Set close-on-exec again on the fd named `fd` (see
+/// [`HANDOFF_CLOEXEC_FD_ENV`]): exec still opens the program by its
+/// `/proc/self/fd` path, and the program does not inherit the fd.
+fn close_on_exec(fd: &str) {
+    if let Ok(fd) = fd.parse::<i32>() {
+        remora_supervisor::launch::close_on_exec(fd);
+    }
+}
 
 /// Whether the session's config leaves the interception automatic, so the
 /// layer may hand Go and static children to `remora supervise`.

@@ -209,9 +209,20 @@ pub unsafe extern "C" fn execveat(
     flags: c_int,
 ) -> c_int {
     let real = real!(execveat: fn(c_int, *const c_char, *const *const c_char, *const *const c_char, c_int) -> c_int);
+    let execve =
+        real!(execve: fn(*const c_char, *const *const c_char, *const *const c_char) -> c_int);
     // SAFETY: execveat(2) contract; the caller's arguments are forwarded
-    // (with a patched environment).
-    unsafe { with_layer_env(envp, |envp| real(dirfd, path, argv, envp, flags)) }
+    // (with a patched environment), or a Go/static program is started
+    // under `remora supervise` by its `/proc/self/fd` path.
+    unsafe {
+        with_layer_env(envp, |envp| {
+            let by_fd = handoff::FdProgram::of_execveat(dirfd, path, flags);
+            match by_fd.as_ref().and_then(|p| p.supervised(argv, envp)) {
+                Some((h, fd)) => fd.exec(|| execve(h.exe, h.argv.as_ptr(), h.envp.as_ptr())),
+                None => real(dirfd, path, argv, envp, flags),
+            }
+        })
+    }
 }
 
 #[unsafe(no_mangle)]
@@ -221,9 +232,20 @@ pub unsafe extern "C" fn fexecve(
     envp: *const *const c_char,
 ) -> c_int {
     let real = real!(fexecve: fn(c_int, *const *const c_char, *const *const c_char) -> c_int);
+    let execve =
+        real!(execve: fn(*const c_char, *const *const c_char, *const *const c_char) -> c_int);
     // SAFETY: fexecve(3) contract; the caller's arguments are forwarded
-    // (with a patched environment).
-    unsafe { with_layer_env(envp, |envp| real(fd, argv, envp)) }
+    // (with a patched environment), or a Go/static program is started
+    // under `remora supervise` by its `/proc/self/fd` path.
+    unsafe {
+        with_layer_env(envp, |envp| {
+            let by_fd = handoff::FdProgram::of_fd(fd);
+            match by_fd.as_ref().and_then(|p| p.supervised(argv, envp)) {
+                Some((h, held)) => held.exec(|| execve(h.exe, h.argv.as_ptr(), h.envp.as_ptr())),
+                None => real(fd, argv, envp),
+            }
+        })
+    }
 }
 
 unsafe extern "C" {

@@ -23,6 +23,13 @@ pub enum When {
     /// `newfstatat(fd, "", buf, AT_EMPTY_PATH)`, Rust's is `statx` alike),
     /// and the fds remora makes are real local files or directories.
     NotEmptyPathOfFd { flags: u8 },
+    /// Unless argument `arg` (a pointer) is NULL: `sendto`/`recvfrom`
+    /// without an address (`send`, `recv`: every TCP write of glibc).
+    NonNull { arg: u8 },
+    /// Unless argument `arg` (flags) has bit `flag`: the `sendmsg` that
+    /// hands the listener over, right after the filter is installed, is
+    /// marked with [`UNNOTIFIED_SENDMSG`].
+    UnlessFlag { arg: u8, flag: u32 },
     /// Only when argument `arg` is an fd in the range remora installs its
     /// read-write mirrors of the target's files in ([`FdRange`]).
     FdInRange { arg: u8 },
@@ -70,6 +77,7 @@ pub const NOTIFIED: &[(libc::c_long, When)] = &[
     (libc::SYS_faccessat2, When::Always),
     (libc::SYS_connect, When::Always),
     (libc::SYS_getpeername, When::Always),
+    (libc::SYS_getsockname, When::Always),
     (libc::SYS_chdir, When::Always),
     (libc::SYS_fchdir, When::Always),
     (libc::SYS_getcwd, When::Always),
@@ -77,6 +85,31 @@ pub const NOTIFIED: &[(libc::c_long, When)] = &[
     // programs fall back to plain syscalls (see docs/seccomp.md).
     (libc::SYS_io_uring_setup, When::Always),
 ];
+
+/// Notified when outgoing UDP may go to the target: datagrams with a
+/// destination on unconnected sockets, and their answers (see
+/// `net/udp.rs`). `sendmsg`/`recvmsg` and their `mmsg` forms hide the
+/// address behind a pointer, so they always notify.
+pub const DATAGRAMS: &[(libc::c_long, When)] = &[
+    (libc::SYS_sendto, When::NonNull { arg: 4 }),
+    (libc::SYS_recvfrom, When::NonNull { arg: 4 }),
+    (
+        libc::SYS_sendmsg,
+        When::UnlessFlag {
+            arg: 2,
+            flag: UNNOTIFIED_SENDMSG as u32,
+        },
+    ),
+    (libc::SYS_sendmmsg, When::Always),
+    (libc::SYS_recvmsg, When::Always),
+    (libc::SYS_recvmmsg, When::Always),
+];
+
+/// The `sendmsg` flag that the filter lets through: `MSG_FASTOPEN`, which
+/// the kernel ignores on the unix socket that hands the listener to the
+/// supervisor (it must not be notified: nobody could answer it yet), and
+/// which only means something for TCP, whose `sendmsg` is never redirected.
+pub const UNNOTIFIED_SENDMSG: i32 = libc::MSG_FASTOPEN;
 
 /// Notified only when incoming traffic is on (steal or mirror).
 pub const INCOMING: &[(libc::c_long, When)] = &[
@@ -178,6 +211,20 @@ fn block(when: When, fds: FdRange) -> Vec<libc::sock_filter> {
             allow,
             notify,
         ],
+        When::NonNull { arg } => vec![
+            stmt(BPF_LD_W_ABS, offset_arg(arg)),
+            jump(BPF_JEQ_K, 0, 0, 2),
+            stmt(BPF_LD_W_ABS, offset_arg(arg) + 4),
+            jump(BPF_JEQ_K, 0, 1, 0),
+            notify,
+            allow,
+        ],
+        When::UnlessFlag { arg, flag } => vec![
+            stmt(BPF_LD_W_ABS, offset_arg(arg)),
+            jump(BPF_JSET_K, flag, 1, 0),
+            notify,
+            allow,
+        ],
         When::FdInRange { arg } => vec![
             stmt(BPF_LD_W_ABS, offset_arg(arg)),
             jump(BPF_JGE_K, fds.base, 0, 2),
@@ -199,7 +246,7 @@ pub fn program(notified: &[(libc::c_long, When)], fds: FdRange) -> Vec<libc::soc
     // instructions, not the whole list.
     let mut notified = notified.to_vec();
     notified.sort_by_key(|(_, when)| match when {
-        When::FdInRange { .. } => 0,
+        When::FdInRange { .. } | When::NonNull { .. } | When::UnlessFlag { .. } => 0,
         When::NotEmptyPathOfFd { .. } => 1,
         When::Always => 2,
     });
@@ -263,6 +310,7 @@ mod tests {
                     acc = match ins.k {
                         OFFSET_ARCH => arch,
                         OFFSET_NR => nr,
+                        k if (k - 16) % 8 == 4 => (args[((k - 16) / 8) as usize] >> 32) as u32,
                         k => args[((k - 16) / 8) as usize] as u32,
                     }
                 }
@@ -388,6 +436,35 @@ mod tests {
         assert_eq!(
             x86(&prog, libc::SYS_copy_file_range, [3, 0, 970, 0, 0, 0]),
             NOTIFY
+        );
+    }
+
+    #[test]
+    fn datagram_calls_notify_only_with_an_address() {
+        let prog = program(&[NOTIFIED, DATAGRAMS].concat(), FDS);
+        // send(fd, buf, n, 0) is sendto(fd, buf, n, 0, NULL, 0).
+        assert_eq!(x86(&prog, libc::SYS_sendto, [3, 1, 1, 0, 0, 0]), ALLOW);
+        assert_eq!(x86(&prog, libc::SYS_recvfrom, [3, 1, 1, 0, 0, 0]), ALLOW);
+        for addr in [0x7ffd_0000_1000u64, 0x1000, 0x7ffd_0000_0000] {
+            assert_eq!(x86(&prog, libc::SYS_sendto, [3, 1, 1, 0, addr, 16]), NOTIFY);
+            assert_eq!(
+                x86(&prog, libc::SYS_recvfrom, [3, 1, 1, 0, addr, 9]),
+                NOTIFY
+            );
+        }
+        assert_eq!(x86(&prog, libc::SYS_sendmsg, [3, 1, 0, 0, 0, 0]), NOTIFY);
+        // The listener's hand-over (right after the filter is installed).
+        let marked = UNNOTIFIED_SENDMSG as u64;
+        assert_eq!(
+            x86(&prog, libc::SYS_sendmsg, [3, 1, marked, 0, 0, 0]),
+            ALLOW
+        );
+        assert_eq!(x86(&prog, libc::SYS_recvmmsg, [3, 1, 1, 0, 0, 0]), NOTIFY);
+        // Without outgoing UDP they are not in the filter at all.
+        let prog = program(NOTIFIED, FDS);
+        assert_eq!(
+            x86(&prog, libc::SYS_sendto, [3, 1, 1, 0, 0x1000, 16]),
+            ALLOW
         );
     }
 

@@ -164,37 +164,76 @@ impl Supervisor {
             }
             return Ok(Verdict::Errno(libc::ENOTDIR));
         }
-        let content = match opened.snapshot {
-            Some(data) => data.to_vec(),
+        let file = match opened.snapshot {
+            Some(data) => memfd(&path, "remora").and_then(|mut f| {
+                use std::io::Write;
+                f.write_all(&data).map(|()| f)
+            }),
             None => {
-                let data = self.fetch(opened.fd, opened.metadata.size);
+                let file = self.fetch_memfd(&path, "remora", opened.fd, opened.metadata.size);
                 let _ = self.fs(FsRequest::Close { fd: opened.fd });
-                match data {
-                    Ok(d) => d,
-                    Err(e) => return Ok(Verdict::Errno(e.errno())),
+                match file {
+                    Ok(f) => Ok(f),
+                    Err(errno) => return Ok(Verdict::Errno(errno)),
                 }
             }
         };
-        Ok(match snapshot(&path, &content) {
-            Ok(fd) => Verdict::Fd { fd, cloexec },
+        // Reopened read-only, so the program's writes fail as on a read-only file.
+        Ok(match file.and_then(|f| reopen(&f, false, false)) {
+            Ok(f) => Verdict::Fd {
+                fd: OwnedFd::from(f),
+                cloexec,
+            },
             Err(e) => Verdict::Errno(e.raw_os_error().unwrap_or(libc::EIO)),
         })
     }
 
-    /// Whole content of an open remote file too big to come inline.
-    fn fetch(&mut self, fd: remora_protocol::RemoteFd, size: u64) -> Result<Vec<u8>, ClientError> {
-        let mut out = Vec::with_capacity(size as usize);
+    /// A new `memfd` with the whole content of the open remote file `fd`
+    /// (`size` bytes when opened), streamed in [`IO_CHUNK`] reads straight
+    /// into it: nothing else holds the content, and all-zero chunks are
+    /// left as holes (a sparse file stays sparse here). A file over half
+    /// the memory available gets `EFBIG` and a one-line warning.
+    pub(crate) fn fetch_memfd(
+        &mut self,
+        path: &str,
+        prefix: &str,
+        fd: remora_protocol::RemoteFd,
+        size: u64,
+    ) -> Result<std::fs::File, i32> {
+        use std::os::unix::fs::FileExt;
+        if let Some(available) = mem_available().filter(|a| size > a / 2) {
+            self.warn_once(&format!(
+                "{path}: the target's file is {} MiB, over half the memory available here ({}                  MiB): under seccomp interception it would be copied into memory; the program                  gets EFBIG",
+                size >> 20,
+                available >> 20
+            ));
+            return Err(libc::EFBIG);
+        }
+        let io = |e: std::io::Error| e.raw_os_error().unwrap_or(libc::EIO);
+        let file = memfd(path, prefix).map_err(io)?;
+        file.set_len(size).map_err(io)?;
+        let mut at = 0u64;
         loop {
-            match self.fs(FsRequest::Pread {
+            let reply = self.fs(FsRequest::Pread {
                 fd,
-                offset: out.len() as u64,
+                offset: at,
                 len: IO_CHUNK,
-            })? {
-                FsReply::Data(d) if d.is_empty() => return Ok(out),
-                FsReply::Data(d) => out.extend_from_slice(&d),
-                other => return Err(ClientError::Unexpected(format!("{other:?}"))),
+            });
+            match reply {
+                Ok(FsReply::Data(d)) if d.is_empty() => break,
+                Ok(FsReply::Data(d)) => {
+                    if d.iter().any(|&b| b != 0) {
+                        file.write_all_at(&d, at).map_err(io)?;
+                    }
+                    at += d.len() as u64;
+                }
+                Ok(other) => return Err(self.unexpected(&other)),
+                Err(e) => return Err(e.errno()),
             }
         }
+        // The file may have changed size since it was opened.
+        file.set_len(at).map_err(io)?;
+        Ok(file)
     }
 
     /// The shadow directory standing for the remote directory `path`, in
@@ -356,10 +395,9 @@ fn opens_for_write(flags: i32) -> bool {
         || flags & libc::O_TMPFILE == libc::O_TMPFILE
 }
 
-/// A read-only fd on a `memfd` holding `content`.
-fn snapshot(path: &str, content: &[u8]) -> std::io::Result<OwnedFd> {
-    use std::io::Write;
-    let name: String = format!("remora:{path}").chars().take(200).collect();
+/// A new, empty `memfd` named after `path`.
+pub(crate) fn memfd(path: &str, prefix: &str) -> std::io::Result<std::fs::File> {
+    let name: String = format!("{prefix}:{path}").chars().take(200).collect();
     let cname = std::ffi::CString::new(name.replace('\0', "")).unwrap_or_default();
     // SAFETY: a valid C string and flags.
     let raw = unsafe { libc::memfd_create(cname.as_ptr(), libc::MFD_CLOEXEC) };
@@ -367,11 +405,36 @@ fn snapshot(path: &str, content: &[u8]) -> std::io::Result<OwnedFd> {
         return Err(std::io::Error::last_os_error());
     }
     // SAFETY: a fresh fd we own.
-    let mut file = unsafe { std::fs::File::from_raw_fd(raw) };
-    file.write_all(content)?;
-    // Reopen read-only, so the program's writes fail as on a read-only file.
-    let ro = std::fs::File::open(format!("/proc/self/fd/{raw}"))?;
-    Ok(OwnedFd::from(ro))
+    Ok(unsafe { std::fs::File::from_raw_fd(raw) })
+}
+
+/// A new open file description of `file` (read-only, or read-write and
+/// appending as asked): its own offset and access mode.
+pub(crate) fn reopen(
+    file: &std::fs::File,
+    write: bool,
+    append: bool,
+) -> std::io::Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(write)
+        .append(append)
+        .open(format!("/proc/self/fd/{}", file.as_raw_fd()))
+}
+
+/// `MemAvailable` of `/proc/meminfo`, in bytes.
+fn mem_available() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib = info
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse::<u64>()
+        .ok()?;
+    Some(kib * 1024)
 }
 
 /// Shadow directories: `ROOT/<remote path>` mirrors a remote directory's

@@ -7,7 +7,7 @@
 //! peer (`IncomingPeer`), not the intproxy's loopback socket.
 
 use crate::client::Client;
-use crate::net::{encode, inode, pidfd_getfd, socket_kind};
+use crate::net::{Redirected, Replaced, encode, inode, pidfd_getfd, socket_kind};
 use crate::notify::{Listener, Memory, Verdict};
 use crate::{Call, Supervisor, lock};
 use remora_config::{HttpFilter as ConfigFilter, IncomingMode as ConfigMode};
@@ -245,7 +245,7 @@ impl Supervisor {
         }
         if !accept.blocking || readable(&accept.listener, 0) {
             match accept.now() {
-                Ok(conn) => return accept.deliver(conn, &self.client),
+                Ok(conn) => return accept.deliver(conn, &self.client, &self.redirected),
                 // Nothing (left) to accept: a blocking accept waits below.
                 Err(libc::EAGAIN) if accept.blocking => {}
                 Err(errno) => return Verdict::Errno(errno),
@@ -253,9 +253,10 @@ impl Supervisor {
         }
         let seccomp = Arc::clone(&self.listener);
         let client = Arc::clone(&self.client);
+        let redirected = Arc::clone(&self.redirected);
         let spawned = std::thread::Builder::new()
             .name("remora-accept".into())
-            .spawn(move || accept.wait(&seccomp, &client));
+            .spawn(move || accept.wait(&seccomp, &client, &redirected));
         match spawned {
             Ok(_) => Verdict::Pending,
             // No thread: the kernel waits (the peer is then the intproxy's).
@@ -326,7 +327,7 @@ impl Accept {
 
     /// On its own thread: wait until a connection comes (or the call is
     /// gone: the thread was interrupted or died), then answer.
-    fn wait(self, seccomp: &Listener, client: &Mutex<Client>) {
+    fn wait(self, seccomp: &Listener, client: &Mutex<Client>, redirected: &Mutex<Redirected>) {
         let conn = loop {
             let ready = readable(&self.listener, WAIT_SLICE_MS);
             if !seccomp.id_valid(self.id) {
@@ -345,17 +346,33 @@ impl Accept {
             }
         };
         let id = self.id;
-        seccomp.answer(id, self.deliver(conn, client));
+        seccomp.answer(id, self.deliver(conn, client, redirected));
     }
 
     /// The answer for accepted `conn`: its real peer written into the
-    /// program's `addr`/`addrlen`, the connection installed.
-    fn deliver(&self, conn: OwnedFd, client: &Mutex<Client>) -> Verdict {
+    /// program's `addr`/`addrlen` and remembered for `getpeername`, the
+    /// connection installed.
+    fn deliver(
+        &self,
+        conn: OwnedFd,
+        client: &Mutex<Client>,
+        redirected: &Mutex<Redirected>,
+    ) -> Verdict {
         let peer = match sock_addr(&conn, true) {
             Some(from) if from.ip().is_loopback() => {
                 let reply = lock(client).request(LayerRequest::IncomingPeer { dialer: from });
                 match reply {
-                    Ok(LayerResponse::Peer { peer: Some(p), .. }) => Some(p),
+                    Ok(LayerResponse::Peer { peer: Some(p), .. }) => {
+                        if let Some(ino) = inode(&conn) {
+                            let replaced = Replaced {
+                                peer: p,
+                                local: None,
+                            };
+                            let mut map = redirected.lock().unwrap_or_else(|e| e.into_inner());
+                            map.insert(ino, replaced);
+                        }
+                        Some(p)
+                    }
                     _ => Some(from),
                 }
             }

@@ -62,7 +62,11 @@ unsafe fn send_fd(sock: RawFd, fd: RawFd) -> io::Result<()> {
         msg.msg_iovlen = 1;
         msg.msg_control = (&mut cmsg as *mut Cmsg).cast();
         msg.msg_controllen = std::mem::size_of::<Cmsg>();
-        if libc::sendmsg(sock, &msg, 0) < 0 {
+        // The filter is already installed when the listener is sent, and
+        // nobody could answer a notified sendmsg yet: MSG_FASTOPEN (ignored
+        // on a unix socket) is the mark that the filter lets through
+        // (`When::UnlessFlag`).
+        if libc::sendmsg(sock, &msg, crate::filter::UNNOTIFIED_SENDMSG) < 0 {
             return Err(io::Error::last_os_error());
         }
     }
@@ -131,6 +135,21 @@ pub fn spawn(
     Ok((child, listener))
 }
 
+/// What the last [`probe`] learnt of `SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP`:
+/// 0 not probed, 1 works, 2 refused.
+static SYNC_WAKE_UP: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// Whether the kernel took `SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP` (Linux 6.6:
+/// the notifying thread hands its CPU straight to the supervisor) in the
+/// last [`probe`]; `None` before one got that far.
+pub fn sync_wake_up_probed() -> Option<bool> {
+    match SYNC_WAKE_UP.load(std::sync::atomic::Ordering::Relaxed) {
+        1 => Some(true),
+        2 => Some(false),
+        _ => None,
+    }
+}
+
 /// Whether seccomp user notification works here with everything the
 /// supervisor uses: a forked child installs a filter notifying `getppid`;
 /// the parent takes a copy of one of the child's fds (`pidfd_getfd`, as for
@@ -195,6 +214,8 @@ pub fn probe() -> Result<(), String> {
     drop(theirs);
     let result = (|| {
         let listener = crate::notify::Listener::new(recv_fd(&ours).map_err(|e| e.to_string())?);
+        let sync = if listener.sync_wake_up() { 1 } else { 2 };
+        SYNC_WAKE_UP.store(sync, std::sync::atomic::Ordering::Relaxed);
         let notif = loop {
             if let Some(n) = listener
                 .recv()
@@ -332,6 +353,7 @@ pub fn install_and_exec(
     prog: &[libc::sock_filter],
     theirs: UnixStream,
     program: &str,
+    argv0: Option<String>,
     args: &[String],
     env: &std::collections::BTreeMap<String, String>,
 ) -> io::Error {
@@ -348,11 +370,11 @@ pub fn install_and_exec(
         libc::close(listener);
     }
     drop(theirs);
-    Command::new(program)
-        .args(args)
-        .env_clear()
-        .envs(env)
-        .exec()
+    let mut command = Command::new(program);
+    if let Some(argv0) = argv0 {
+        command.arg0(argv0);
+    }
+    command.args(args).env_clear().envs(env).exec()
 }
 
 /// Execute this program again with the same arguments and `env`, with the
@@ -390,4 +412,15 @@ pub fn reexec_self(env: &std::collections::BTreeMap<String, String>) -> io::Erro
         );
     }
     io::Error::last_os_error()
+}
+
+/// Set close-on-exec on fd `fd` of this process (not stdin, stdout or
+/// stderr): an fd kept open only so the next exec could name the program
+/// through `/proc/self/fd` (exec opens the program before it closes such
+/// fds).
+pub fn close_on_exec(fd: RawFd) {
+    if fd > 2 {
+        // SAFETY: F_SETFD on a number: no memory involved; a closed fd fails.
+        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
 }

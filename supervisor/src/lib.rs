@@ -87,8 +87,12 @@ pub struct Supervisor {
     intproxy: SocketAddr,
     dns_remote: bool,
     shadow: fs::Shadow,
-    /// Sockets redirected to an interceptor (`getpeername`).
-    redirected: net::Redirected,
+    /// Sockets connected to an interceptor or accepted for the program
+    /// (`getpeername`, `getsockname`); shared with accept waiters.
+    redirected: Arc<Mutex<net::Redirected>>,
+    /// Unconnected UDP sockets with destinations in the target; shared
+    /// with receive waiters.
+    udp: Arc<Mutex<net::udp::UdpRoutes>>,
     /// Virtual working directories in the target (`chdir`).
     cwds: fs::cwd::Cwds,
     warned: HashSet<String>,
@@ -187,7 +191,8 @@ impl Setup {
             dns_remote: self.dns_remote,
             shadow,
             cwds: fs::cwd::Cwds::default(),
-            redirected: net::Redirected::default(),
+            redirected: Arc::default(),
+            udp: Arc::default(),
             warned: HashSet::new(),
             incoming: self.config.network.incoming.clone(),
             listeners: HashMap::new(),
@@ -287,9 +292,15 @@ pub fn exec_in_place(
         sup.serve();
     })
     .map_err(spawn_err)?;
-    let err = launch::install_and_exec(&prog, theirs, program, args, &env);
+    let argv0 = env.remove(ARGV0_ENV);
+    let err = launch::install_and_exec(&prog, theirs, program, argv0, args, &env);
     Err(spawn_err(err))
 }
+
+/// The `argv[0]` the program gets in [`exec_in_place`] (default: its
+/// path): a program handed over by the layer keeps the one its parent gave
+/// (busybox picks its applet by it).
+pub const ARGV0_ENV: &str = "REMORA_HANDOFF_ARGV0";
 
 /// Names the fd of a [`lifeline`] across a re-exec.
 pub const LIFELINE_ENV: &str = "REMORA_SUPERVISE_LIFELINE";
@@ -312,6 +323,9 @@ pub fn lifeline(program: &str, env: &BTreeMap<String, String>) -> Result<i32, Er
 /// incoming calls only when the config can route them to the target.
 fn notified(config: &Config) -> Vec<(libc::c_long, filter::When)> {
     let mut out = filter::NOTIFIED.to_vec();
+    if config.network.outgoing.udp {
+        out.extend_from_slice(filter::DATAGRAMS);
+    }
     if config.network.incoming.mode != remora_config::IncomingMode::Off {
         out.extend_from_slice(filter::INCOMING);
     }
@@ -444,7 +458,14 @@ impl Supervisor {
                 );
                 Ok(Verdict::Errno(libc::ENOSYS))
             }
-            libc::SYS_getpeername => self.getpeername(call, mem, a[0] as i32, a[1], a[2]),
+            libc::SYS_getpeername => self.sock_name(call, mem, a[0] as i32, a[1], a[2], true),
+            nr @ (libc::SYS_sendto | libc::SYS_sendmsg | libc::SYS_sendmmsg) => {
+                self.send_dgram(call, mem, nr, &a)
+            }
+            nr @ (libc::SYS_recvfrom | libc::SYS_recvmsg | libc::SYS_recvmmsg) => {
+                self.recv_dgram(call, nr, &a)
+            }
+            libc::SYS_getsockname => self.sock_name(call, mem, a[0] as i32, a[1], a[2], false),
             libc::SYS_chdir => {
                 let verdict = self.chdir(call, mem, a[0]);
                 self.start_cwd = None;

@@ -4,7 +4,9 @@
 //! same socket, so every option and flag the program set (non-blocking,
 //! keep-alive) stays; the program gets connect's own result (`0`,
 //! `EINPROGRESS`...). `getpeername` on such a socket reports the address
-//! the program asked for, not the interceptor's.
+//! the program asked for, not the interceptor's, and `getsockname` the
+//! socket's own address in the target (as the layer does); on a connection
+//! the supervisor accepted for the program, `getpeername` is the real peer.
 
 use crate::notify::{Memory, Verdict};
 use crate::{Call, Supervisor};
@@ -13,6 +15,8 @@ use remora_protocol::messages::{InterceptorAddr, LayerRequest, LayerResponse};
 use remora_protocol::net::{RemoteAddr, Transport};
 use std::net::{IpAddr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+pub mod udp;
 
 impl Supervisor {
     /// `connect(fd, addr, len)`.
@@ -59,11 +63,11 @@ impl Supervisor {
             transport,
             remote: RemoteAddr::Ip(remote),
         });
-        let interceptor = match reply {
+        let (interceptor, remote_local) = match reply {
             Ok(LayerResponse::Intercepted {
                 interceptor: InterceptorAddr::Ip(a),
-                ..
-            }) => a,
+                remote_local,
+            }) => (a, remote_local),
             Ok(other) => return Ok(Verdict::Errno(self.unexpected(&other))),
             Err(e) => return Ok(Verdict::Errno(e.errno())),
         };
@@ -81,7 +85,13 @@ impl Supervisor {
             .unwrap_or(libc::EIO);
         if rc == 0 || errno == libc::EINPROGRESS {
             if let Some(ino) = inode(&sock) {
-                self.redirected.insert(ino, remote);
+                self.redirected().insert(
+                    ino,
+                    Replaced {
+                        peer: remote,
+                        local: remote_local,
+                    },
+                );
             }
         }
         if rc == 0 {
@@ -91,17 +101,26 @@ impl Supervisor {
         }
     }
 
-    /// `getpeername(fd, addr, len)`: a redirected socket's peer is the
-    /// address the program connected to.
-    pub(crate) fn getpeername(
+    /// The sockets the supervisor connected or accepted for the program.
+    pub(crate) fn redirected(&self) -> std::sync::MutexGuard<'_, Redirected> {
+        self.redirected.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// `getpeername(fd, addr, len)` (`peer`) and `getsockname` (not
+    /// `peer`): a redirected socket's peer is the address the program
+    /// connected to and its own address the one it has in the target; an
+    /// accepted connection's peer is the real client. Other sockets, and
+    /// addresses the intproxy did not report, are the kernel's.
+    pub(crate) fn sock_name(
         &mut self,
         call: &Call,
         mem: &Memory,
         fd: i32,
         addr: u64,
         len_addr: u64,
+        peer: bool,
     ) -> std::io::Result<Verdict> {
-        if self.redirected.is_empty() || addr == 0 || len_addr == 0 {
+        if self.redirected().is_empty() || addr == 0 || len_addr == 0 {
             return Ok(Verdict::Continue);
         }
         let Some(tgid) = call.tgid() else {
@@ -110,7 +129,14 @@ impl Supervisor {
         let Ok(sock) = pidfd_getfd(tgid, fd) else {
             return Ok(Verdict::Continue);
         };
-        let Some(remote) = inode(&sock).and_then(|ino| self.redirected.get(ino)) else {
+        let Some(replaced) = inode(&sock).and_then(|ino| self.redirected().get(ino)) else {
+            return Ok(Verdict::Continue);
+        };
+        let Some(answer) = (if peer {
+            Some(replaced.peer)
+        } else {
+            replaced.local
+        }) else {
             return Ok(Verdict::Continue);
         };
         let Some((_, domain)) = socket_kind(&sock) else {
@@ -131,7 +157,7 @@ impl Supervisor {
             return Ok(Verdict::Continue);
         }
         let cap = u32::from_ne_bytes(mem.read(len_addr, 4)?.try_into().unwrap_or([0; 4]));
-        let (storage, slen) = encode(remote, domain);
+        let (storage, slen) = encode(answer, domain);
         let bytes = crate::notify::bytes_of(&storage);
         mem.write(addr, &bytes[..(slen.min(cap)) as usize])?;
         mem.write(len_addr, &slen.to_ne_bytes())?;
@@ -139,11 +165,21 @@ impl Supervisor {
     }
 }
 
-/// Sockets connected to an interceptor, by inode: the address the program
-/// asked for. Bounded (the oldest go first): `close` is not notified.
+/// What the program should see of a socket the supervisor connected to an
+/// interceptor or accepted for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Replaced {
+    /// `getpeername`: the address it connected to, or the real client.
+    pub peer: SocketAddr,
+    /// `getsockname`: its address in the target, when the intproxy said.
+    pub local: Option<SocketAddr>,
+}
+
+/// Sockets connected to an interceptor or accepted for the program, by
+/// inode. Bounded (the oldest go first): `close` is not notified.
 #[derive(Debug, Default)]
 pub struct Redirected {
-    by_inode: std::collections::HashMap<u64, SocketAddr>,
+    by_inode: std::collections::HashMap<u64, Replaced>,
     order: std::collections::VecDeque<u64>,
 }
 
@@ -155,8 +191,8 @@ impl Redirected {
         self.by_inode.is_empty()
     }
 
-    fn insert(&mut self, ino: u64, remote: SocketAddr) {
-        if self.by_inode.insert(ino, remote).is_none() {
+    pub(crate) fn insert(&mut self, ino: u64, replaced: Replaced) {
+        if self.by_inode.insert(ino, replaced).is_none() {
             self.order.push_back(ino);
         }
         while self.order.len() > REDIRECTED_MAX {
@@ -166,7 +202,7 @@ impl Redirected {
         }
     }
 
-    fn get(&self, ino: u64) -> Option<SocketAddr> {
+    fn get(&self, ino: u64) -> Option<Replaced> {
         self.by_inode.get(&ino).copied()
     }
 }

@@ -8,145 +8,17 @@
 //! see the host, its lookups would fail fast on the client's loopback and no
 //! query could leave the machine.
 
+#[path = "support/seccomp.rs"]
+mod seccomp;
+
 use remora_tests::fixtures::{
-    CHECKOUT_CONFIG, CHECKOUT_CONFIG_BODY, CHECKOUT_PORT, CHECKOUT_SECRET, CheckoutPod,
-    PAYMENTS_HOST, checkout_pod,
+    CHECKOUT_CONFIG, CHECKOUT_CONFIG_BODY, CHECKOUT_PORT, CHECKOUT_SECRET, PAYMENTS_HOST,
 };
 use remora_tests::{Pod, PodSpec, Sandbox, bin_path, fixtures, require_sandbox};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use seccomp::{Apps, setup};
+use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
-
-/// Where the programs are built: a fresh directory per test (tests run in
-/// parallel processes), with Go's build cache shared under target/.
-struct Apps {
-    dir: tempfile::TempDir,
-}
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-impl Apps {
-    fn new() -> Apps {
-        Apps {
-            dir: tempfile::tempdir().unwrap(),
-        }
-    }
-
-    /// The pure-Go probe (tests/apps/go/seccomp-probe), built offline.
-    fn go_probe(&self) -> PathBuf {
-        self.go_build(false)
-    }
-
-    /// The same probe built with cgo and the cgo resolver (`netcgo`): a
-    /// dynamically linked program whose own syscalls still bypass libc.
-    fn go_probe_cgo(&self) -> PathBuf {
-        self.go_build(true)
-    }
-
-    fn go_build(&self, cgo: bool) -> PathBuf {
-        let name = if cgo {
-            "seccomp-probe-cgo"
-        } else {
-            "seccomp-probe"
-        };
-        let out = self.dir.path().join(name);
-        let cache = remora_tests::bins::profile_dir()
-            .unwrap_or_else(std::env::temp_dir)
-            .join("go-cache");
-        let status = Command::new("go")
-            .args(["build", "-tags", if cgo { "netcgo" } else { "" }, "-o"])
-            .arg(&out)
-            .arg(".")
-            .current_dir(workspace().join("tests/apps/go/seccomp-probe"))
-            .env("GOCACHE", &cache)
-            .env("GOFLAGS", "-mod=mod")
-            .env("GOPROXY", "off")
-            .env("CGO_ENABLED", if cgo { "1" } else { "0" })
-            .status()
-            .expect("go is installed (scripts/setup.sh)");
-        assert!(status.success(), "go build failed");
-        out
-    }
-
-    /// The static C probe (tests/apps/c/seccomp_probe.c).
-    fn c_probe(&self) -> PathBuf {
-        let out = self.dir.path().join("seccomp_probe");
-        let status = Command::new("gcc")
-            .args(["-static", "-O1", "-o"])
-            .arg(&out)
-            .arg(workspace().join("tests/apps/c/seccomp_probe.c"))
-            .status()
-            .expect("gcc is installed (scripts/setup.sh)");
-        assert!(status.success(), "gcc -static failed");
-        out
-    }
-}
-
-/// A checkout pod and a client namespace to run remora from.
-struct Setup {
-    checkout: CheckoutPod,
-    client: Pod,
-    _sandbox: Sandbox,
-}
-
-fn setup() -> Setup {
-    let sandbox = Sandbox::new().unwrap();
-    let checkout = checkout_pod(&sandbox).unwrap();
-    let client = sandbox.pod(PodSpec::new("client")).unwrap();
-    // The client's resolver is its own loopback: the pod-only name is unknown there.
-    let local = client.exec(&["getent", "hosts", PAYMENTS_HOST]).unwrap();
-    assert!(
-        !local.status.success(),
-        "{PAYMENTS_HOST} resolves in the client namespace"
-    );
-    Setup {
-        checkout,
-        client,
-        _sandbox: sandbox,
-    }
-}
-
-impl Setup {
-    /// `remora run [flags] --target <checkout> -- args` from the client namespace.
-    fn run(&self, flags: &[&str], args: &[&str]) -> Output {
-        let remora = bin_path("remora").unwrap();
-        let target = self.checkout.pod.target();
-        let mut cmd = self.client.command(&remora).unwrap();
-        cmd.arg("run")
-            .args(["--target", &target])
-            .args(flags)
-            .arg("--")
-            .args(args);
-        cmd.output().unwrap()
-    }
-
-    #[track_caller]
-    fn ok(&self, args: &[&str]) -> String {
-        self.ok_with(&[], args)
-    }
-
-    #[track_caller]
-    fn ok_with(&self, flags: &[&str], args: &[&str]) -> String {
-        let out = self.run(flags, args);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            out.status.success(),
-            "{args:?} failed ({}):\nstdout: {}\nstderr: {stderr}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-        );
-        assert!(
-            stderr.contains("runs under the seccomp supervisor"),
-            "{args:?} did not say its mode: {stderr}"
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-}
 
 /// `remora doctor` runs the real probe (filter, pidfd_getfd, ADDFD + SEND)
 /// and names the mode a program would get.
@@ -164,6 +36,11 @@ fn doctor_probes_seccomp_and_names_the_mode() {
     );
     assert!(
         stdout.contains("/bin/busybox: seccomp supervisor (/bin/busybox is statically linked"),
+        "{stdout}"
+    );
+    // Whether the kernel takes synchronous wake-ups (Linux 6.6) is said.
+    assert!(
+        stdout.contains("seccomp synchronous wake-ups (SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP): "),
         "{stdout}"
     );
 }
@@ -603,6 +480,97 @@ fn in_write_mode_read_write_opens_truncate_chmod_and_links_reach_the_pod() {
     assert_eq!(cat(orders), after);
 }
 
+/// A read-write open of a pod file bigger than 64 MiB (sparse: 72 MiB, a
+/// few bytes of data) is mirrored by streaming it into the local copy, holes
+/// left as holes; the write reaches the pod's file, and read-only opens of
+/// it (busybox head and tail) see the pod's content.
+#[test]
+fn read_write_open_of_a_pod_file_over_64_mib_is_streamed_into_its_mirror() {
+    require_sandbox!();
+    let apps = Apps::new();
+    let c = apps.c_probe();
+    let c = c.to_str().unwrap();
+    let s = setup();
+    let pod = &s.checkout.pod;
+    let big = "/srv/checkout/data/big.bin";
+    let size: u64 = 72 << 20;
+    pod.exec_ok(&[
+        "sh",
+        "-c",
+        &format!("truncate -s {size} {big} && printf start | dd of={big} conv=notrunc status=none"),
+    ])
+    .unwrap();
+    let out = s.ok_with(&["--fs-mode", "write"], &[c, "rdwr-end", big, "-end-"]);
+    assert_eq!(out, format!("{size} {} 0000 -end-\n", size + 5));
+    assert_eq!(
+        pod.exec_ok(&["stat", "-c", "%s", big]).unwrap().trim(),
+        (size + 5).to_string()
+    );
+    assert_eq!(pod.exec_ok(&["tail", "-c", "5", big]).unwrap(), "-end-");
+    assert_eq!(s.ok(&["/bin/busybox", "head", "-c", "5", big]), "start");
+    assert_eq!(s.ok(&["/bin/busybox", "tail", "-c", "5", big]), "-end-");
+}
+
+/// `fexecve` (Python's `os.execve` with an fd; a C program with an
+/// `O_CLOEXEC` fd) and `execveat` (relative to a directory fd, and
+/// `AT_EMPTY_PATH` on an `O_PATH` fd) of a static or Go program, from a
+/// dynamic program that has the layer: handed to `remora supervise` like
+/// `execve`, so the program sees the pod.
+#[test]
+fn fexecve_and_execveat_of_static_and_go_programs_hand_them_to_the_supervisor() {
+    require_sandbox!();
+    let apps = Apps::new();
+    let go = apps.go_probe();
+    let go = go.to_str().unwrap();
+    let exec_fd = apps.c_dynamic("exec_fd");
+    let exec_fd = exec_fd.to_str().unwrap();
+    let s = setup();
+    let handed = |args: &[&str]| {
+        let out = s.run(&[], args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("started by a program with the LD_PRELOAD layer"),
+            "{args:?}: {stderr}"
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let cat = ["cat", CHECKOUT_CONFIG];
+    let busybox_cat = ["busybox", "cat", CHECKOUT_CONFIG];
+    let body = CHECKOUT_CONFIG_BODY;
+    assert_eq!(
+        handed(&[&[exec_fd, "fexecve", "/bin/busybox"][..], &busybox_cat].concat()),
+        body
+    );
+    assert_eq!(
+        handed(&[&[exec_fd, "fexecve", go, "probe"][..], &cat].concat()),
+        body
+    );
+    assert_eq!(
+        handed(&[&[exec_fd, "execveat", "/bin", "busybox"][..], &busybox_cat].concat()),
+        body
+    );
+    assert_eq!(
+        handed(&[&[exec_fd, "empty-path", go, "probe"][..], &cat].concat()),
+        body
+    );
+    // Python's os.execve with an fd is fexecve.
+    let py = format!(
+        "import os\n\
+         fd = os.open('/bin/busybox', os.O_RDONLY)\n\
+         os.execve(fd, ['busybox', 'cat', '{CHECKOUT_CONFIG}'], dict(os.environ))\n"
+    );
+    assert_eq!(handed(&["python3", "-c", &py]), body);
+    // A dynamic program by fd keeps the layer, as with execve.
+    let out = s.run(
+        &[],
+        &[exec_fd, "fexecve", "/bin/cat", "cat", CHECKOUT_CONFIG],
+    );
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), body);
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("seccomp supervisor"));
+}
+
 /// The pod's port whose traffic the Go server takes, and the Go server's own.
 const API_PORT: u16 = 18095;
 const GO_SERVER_PORT: u16 = 18395;
@@ -724,7 +692,8 @@ fn closing_the_listener_gives_the_port_back_while_the_program_runs() {
 }
 
 /// A static C server with a *blocking* `accept` (waited for by a
-/// supervisor thread): matching requests reach it, with the real peer.
+/// supervisor thread): matching requests reach it, with the real peer from
+/// `accept` and from `getpeername` alike.
 #[test]
 fn static_c_server_with_a_blocking_accept_gets_stolen_requests_and_real_peers() {
     require_sandbox!();
@@ -755,9 +724,12 @@ fn static_c_server_with_a_blocking_accept_gets_stolen_requests_and_real_peers() 
             "answer from the laptop\n"
         );
     }
+    // accept's address and getpeername on the accepted connection agree:
+    // the real peer, not the intproxy's loopback socket.
     let seen = std::fs::read_to_string(&log).unwrap();
+    let peer = pod.host_ip();
     assert!(
-        seen.lines().count() >= 4 && seen.lines().all(|l| l == format!("/ {}", pod.host_ip())),
+        seen.lines().count() >= 4 && seen.lines().all(|l| l == format!("/ {peer} {peer}")),
         "{seen}"
     );
 }

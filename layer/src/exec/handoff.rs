@@ -200,6 +200,12 @@ pub unsafe fn supervised(
         }
     }
     owned.extend(renamed);
+    // The program's own argv[0] (busybox picks its applet by it).
+    if let Some(argv0) = args.first() {
+        let mut entry = format!("{ARGV0_ENV}=").into_bytes();
+        entry.extend_from_slice(argv0.to_bytes());
+        owned.push(CString::new(entry).ok()?);
+    }
     for (i, c) in owned.iter().enumerate() {
         if i < 4 {
             argv.push(c.as_ptr());
@@ -218,9 +224,170 @@ pub unsafe fn supervised(
     })
 }
 
+/// The `argv[0]` the parent gave the program: `remora supervise` execs it
+/// with that one (`remora_supervisor::ARGV0_ENV`).
+pub const ARGV0_ENV: &str = "REMORA_HANDOFF_ARGV0";
+
+/// Set on a hand-off by fd (`fexecve`, `execveat`) when the layer cleared
+/// the fd's close-on-exec flag so `remora` could still open the program by
+/// its `/proc/self/fd` path: `remora supervise` sets it again before its own
+/// exec, so the program does not inherit an fd it would not have had.
+pub const HANDOFF_CLOEXEC_FD_ENV: &str = "REMORA_HANDOFF_CLOEXEC_FD";
+
+/// A program named through an fd (`fexecve(fd)`, `execveat(dirfd, path)`):
+/// its `/proc/self/fd/N[/path]` path, which names the same file for as long
+/// as fd `N` is open.
+#[derive(Debug)]
+pub struct FdProgram {
+    path: CString,
+    /// The fd the path goes through (`None`: a plain path).
+    fd: Option<libc::c_int>,
+}
+
+impl FdProgram {
+    /// `fexecve(fd, …)`.
+    pub fn of_fd(fd: libc::c_int) -> Option<FdProgram> {
+        (fd >= 0).then(|| FdProgram {
+            path: CString::new(format!("/proc/self/fd/{fd}")).unwrap_or_default(),
+            fd: Some(fd),
+        })
+    }
+
+    /// `execveat(dirfd, path, …, flags)`.
+    ///
+    /// # Safety
+    /// `path` must be null or a C string.
+    pub unsafe fn of_execveat(
+        dirfd: libc::c_int,
+        path: *const c_char,
+        flags: libc::c_int,
+    ) -> Option<FdProgram> {
+        if path.is_null() {
+            return None;
+        }
+        // SAFETY: a C string per the contract.
+        let name = unsafe { CStr::from_ptr(path) };
+        let bytes = name.to_bytes();
+        let program = if bytes.is_empty() {
+            if flags & libc::AT_EMPTY_PATH == 0 {
+                return None; // ENOENT from the kernel
+            }
+            return FdProgram::of_fd(dirfd);
+        } else if bytes.starts_with(b"/") || dirfd == libc::AT_FDCWD {
+            FdProgram {
+                path: name.to_owned(),
+                fd: None,
+            }
+        } else {
+            let mut p = format!("/proc/self/fd/{dirfd}/").into_bytes();
+            p.extend_from_slice(bytes);
+            FdProgram {
+                path: CString::new(p).ok()?,
+                fd: Some(dirfd),
+            }
+        };
+        // AT_SYMLINK_NOFOLLOW on a symlink: the kernel's ELOOP, not a hand-off.
+        // (The layer's own lstat, not its hook.)
+        let _g = crate::guard::DetourGuard::enter();
+        let is_link = std::fs::symlink_metadata(OsStr::from_bytes(program.path.to_bytes()))
+            .is_ok_and(|m| m.file_type().is_symlink());
+        if flags & libc::AT_SYMLINK_NOFOLLOW != 0 && is_link {
+            return None;
+        }
+        Some(program)
+    }
+
+    /// The hand-off of this program (see [`supervised`]), and the fd whose
+    /// close-on-exec flag must be cleared for the exec.
+    ///
+    /// # Safety
+    /// As [`supervised`].
+    pub unsafe fn supervised(
+        &self,
+        argv: *const *const c_char,
+        envp: *const *const c_char,
+    ) -> Option<(Handoff, HeldFd)> {
+        // SAFETY: forwarded contract; `path` is our own C string.
+        let mut handoff = unsafe { supervised(self.path.as_ptr(), argv, envp, false) }?;
+        // SAFETY: F_GETFD on an fd number: no memory involved.
+        let flags = self
+            .fd
+            .map(|fd| (fd, unsafe { libc::fcntl(fd, libc::F_GETFD) }));
+        let held = match flags {
+            Some((fd, f)) if f >= 0 && f & libc::FD_CLOEXEC != 0 => {
+                handoff.add_env(CString::new(format!("{HANDOFF_CLOEXEC_FD_ENV}={fd}")).ok()?);
+                HeldFd { cloexec: Some(fd) }
+            }
+            _ => HeldFd { cloexec: None },
+        };
+        Some((handoff, held))
+    }
+}
+
+/// The fd of a hand-off by fd, kept open across the exec of `remora`.
+#[derive(Debug)]
+pub struct HeldFd {
+    /// An fd whose close-on-exec flag is cleared for the exec.
+    cloexec: Option<libc::c_int>,
+}
+
+impl HeldFd {
+    /// Run `exec` with the fd kept open across it; a failed exec (it
+    /// returns) gets the flag back, with exec's errno.
+    pub fn exec(self, exec: impl FnOnce() -> libc::c_int) -> libc::c_int {
+        let Some(fd) = self.cloexec else {
+            return exec();
+        };
+        // SAFETY: F_SETFD on the caller's fd; no memory involved.
+        unsafe { libc::fcntl(fd, libc::F_SETFD, 0) };
+        let rc = exec();
+        let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+        // SAFETY: as above.
+        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+        crate::error::set_errno(errno);
+        rc
+    }
+}
+
+impl Handoff {
+    /// One more `KEY=VALUE` for `remora supervise`.
+    fn add_env(&mut self, entry: CString) {
+        let at = self.envp.len().saturating_sub(1); // before the NULL
+        self.envp.insert(at, entry.as_ptr());
+        // Moving the CString into the Vec does not move its bytes.
+        self._owned.push(entry);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn programs_named_by_fd_go_through_proc_self_fd() {
+        let p = FdProgram::of_fd(7).unwrap();
+        assert_eq!(
+            (p.path.to_str().unwrap(), p.fd),
+            ("/proc/self/fd/7", Some(7))
+        );
+        assert!(FdProgram::of_fd(-1).is_none());
+        let at = |dirfd, path: &CStr, flags| {
+            // SAFETY: a valid C string.
+            unsafe { FdProgram::of_execveat(dirfd, path.as_ptr(), flags) }
+                .map(|p| (p.path.to_str().unwrap().to_owned(), p.fd))
+        };
+        assert_eq!(
+            at(5, c"", libc::AT_EMPTY_PATH),
+            Some(("/proc/self/fd/5".into(), Some(5)))
+        );
+        assert_eq!(at(5, c"", 0), None);
+        assert_eq!(
+            at(5, c"bin/x", 0),
+            Some(("/proc/self/fd/5/bin/x".into(), Some(5)))
+        );
+        assert_eq!(at(5, c"/bin/x", 0), Some(("/bin/x".into(), None)));
+        assert_eq!(at(libc::AT_FDCWD, c"x", 0), Some(("x".into(), None)));
+    }
 
     #[test]
     fn classifies_static_dynamic_and_scripts() {

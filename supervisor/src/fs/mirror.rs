@@ -16,6 +16,7 @@
 //! into a mirror (`EINVAL`, callers fall back to `write`) and
 //! `copy_file_range` into one (`EXDEV`, likewise).
 
+use super::reopen;
 use super::write::open_options;
 use crate::filter::FdRange;
 use crate::notify::{Memory, Verdict};
@@ -23,8 +24,7 @@ use crate::{Call, Supervisor};
 use remora_protocol::RemoteFd;
 use remora_protocol::fs::{FsReply, FsRequest, OpenOptions, OpenRequest};
 use std::collections::HashMap;
-use std::io::Write;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::MetadataExt;
 
 /// The calls notified for fds in the range (see [`crate::filter::FS_WRITES`]).
@@ -50,8 +50,6 @@ pub const CALLS: &[libc::c_long] = &[
     libc::SYS_splice,
 ];
 
-/// Largest file mirrored (it is held in memory, as the layer's snapshots).
-const MIRROR_LIMIT: u64 = 64 << 20;
 /// Largest payload of one remote write.
 const WRITE_CHUNK: usize = 1 << 20;
 /// Most iovec elements a `writev` may have (`IOV_MAX`).
@@ -105,26 +103,6 @@ fn free_slot(fds: FdRange, tgid: u32, from: u32) -> Option<u32> {
     })
 }
 
-/// A `memfd` holding `content`, reopened with `flags` (read-write, and
-/// `O_APPEND` if asked): the reopened description starts at offset 0.
-fn mirror_fd(path: &str, content: &[u8], flags: i32) -> std::io::Result<std::fs::File> {
-    let name: String = format!("remora-rw:{path}").chars().take(200).collect();
-    let cname = std::ffi::CString::new(name.replace('\0', "")).unwrap_or_default();
-    // SAFETY: a valid C string and flags.
-    let raw = unsafe { libc::memfd_create(cname.as_ptr(), libc::MFD_CLOEXEC) };
-    if raw < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: a fresh fd we own.
-    let mut file = unsafe { std::fs::File::from_raw_fd(raw) };
-    file.write_all(content)?;
-    std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .append(flags & libc::O_APPEND != 0)
-        .open(format!("/proc/self/fd/{raw}"))
-}
-
 impl Supervisor {
     /// A read-write `open` of the remote `path` (its writes may go to the
     /// target): a mirror at a free fd in the range.
@@ -175,23 +153,15 @@ impl Supervisor {
             );
             return refuse(self, why, libc::EROFS);
         }
-        if opened.metadata.size > MIRROR_LIMIT {
-            let why = format!(
-                "{path}: read-write opens of the target's files over {} MiB are not supported \
-                 under seccomp interception (the file is mirrored in memory); the program gets \
-                 EFBIG",
-                MIRROR_LIMIT >> 20
-            );
-            return refuse(self, why, libc::EFBIG);
-        }
-        let content = match self.fetch(opened.fd, opened.metadata.size) {
-            Ok(c) => c,
-            Err(e) => {
+        let size = opened.metadata.size;
+        let file = match self.fetch_memfd(&path, "remora-rw", opened.fd, size) {
+            Ok(f) => reopen(&f, true, flags & libc::O_APPEND != 0),
+            Err(errno) => {
                 let _ = self.fs(FsRequest::Close { fd: opened.fd });
-                return Verdict::Errno(e.errno());
+                return Verdict::Errno(errno);
             }
         };
-        let file = match mirror_fd(&path, &content, flags) {
+        let file = match file {
             Ok(f) => f,
             Err(e) => {
                 let _ = self.fs(FsRequest::Close { fd: opened.fd });
@@ -442,7 +412,7 @@ fn read_buf(mem: &Memory, addr: u64, len: u64) -> std::io::Result<Vec<u8>> {
 }
 
 /// The bytes of an iovec array of `count` elements at `addr`, in order.
-fn read_iov(mem: &Memory, addr: u64, count: u64) -> std::io::Result<Vec<u8>> {
+pub(crate) fn read_iov(mem: &Memory, addr: u64, count: u64) -> std::io::Result<Vec<u8>> {
     if count > IOV_MAX {
         return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
     }

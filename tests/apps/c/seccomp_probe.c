@@ -8,9 +8,16 @@
  *                                  the end, writev TEXT "!\n" on a dup,
  *                                  ftruncate off the last byte, fsync,
  *                                  print the content read back)
+ *   seccomp_probe rdwr-end PATH TEXT  (O_RDWR: pwrite TEXT at the end; prints the
+ *                                  size before and after, the 4 bytes in the
+ *                                  middle as numbers, and TEXT read back)
  *   seccomp_probe serve PORT LOG   (HTTP on 0.0.0.0:PORT with a *blocking*
  *                                  accept: answers "answer from the laptop",
- *                                  appends "PATH PEER_IP" to LOG)
+ *                                  appends "PATH PEER_IP GETPEERNAME_IP" to
+ *                                  LOG: accept's peer, then getpeername's)
+ *   seccomp_probe udp IP PORT TEXT (an unconnected UDP socket: sendto, a
+ *                                  blocking recvfrom; prints "REPLY from IP:PORT")
+ *   seccomp_probe udpmsg IP PORT TEXT  (the same with sendmsg and recvmsg)
  *   seccomp_probe bench N COMMAND ARG...   (N times, output discarded; prints
  *                                          "ns_per_op X" on stderr) */
 #include <time.h>
@@ -54,13 +61,49 @@ static int serve(int port, const char *log) {
         req[got] = 0;
         sscanf(req, "%*s %1023s", path);
         inet_ntop(AF_INET, &peer.sin_addr, ip, sizeof ip);
+        struct sockaddr_in named;
+        socklen_t named_len = sizeof named;
+        char named_ip[64] = "?";
+        if (!getpeername(c, (struct sockaddr *)&named, &named_len))
+            inet_ntop(AF_INET, &named.sin_addr, named_ip, sizeof named_ip);
         FILE *f = fopen(log, "a");
-        if (f) { fprintf(f, "%s %s\n", path, ip); fclose(f); }
+        if (f) { fprintf(f, "%s %s %s\n", path, ip, named_ip); fclose(f); }
         const char *resp = "HTTP/1.0 200 OK\r\nContent-Length: 23\r\nConnection: close\r\n\r\n"
                            "answer from the laptop\n";
         if (write(c, resp, strlen(resp)) < 0) perror("write");
         close(c);
     }
+}
+
+/* One datagram to IP:PORT from an unconnected socket and its answer, with
+ * sendto/recvfrom or (msg) sendmsg/recvmsg; blocking. */
+static int udp(const char *ip, int port, const char *text, int msg) {
+    struct sockaddr_in to = {.sin_family = AF_INET, .sin_port = htons(port)}, from;
+    inet_pton(AF_INET, ip, &to.sin_addr);
+    int s = socket(AF_INET, SOCK_DGRAM, 0);
+    char out[512], buf[2048], src[64] = "?";
+    int len = snprintf(out, sizeof out, "%s\n", text);
+    socklen_t flen = sizeof from;
+    ssize_t n;
+    if (msg) {
+        struct iovec iov[2] = {{out, 3}, {out + 3, len - 3}};
+        struct msghdr m = {.msg_name = &to, .msg_namelen = sizeof to, .msg_iov = iov, .msg_iovlen = 2};
+        if (sendmsg(s, &m, 0) != len) { perror("sendmsg"); close(s); return 1; }
+        struct iovec in = {buf, sizeof buf - 1};
+        struct msghdr r = {.msg_name = &from, .msg_namelen = sizeof from, .msg_iov = &in, .msg_iovlen = 1};
+        n = recvmsg(s, &r, 0);
+        flen = r.msg_namelen;
+    } else {
+        if (sendto(s, out, len, 0, (struct sockaddr *)&to, sizeof to) != len) { perror("sendto"); close(s); return 1; }
+        n = recvfrom(s, buf, sizeof buf - 1, 0, (struct sockaddr *)&from, &flen);
+    }
+    if (n < 0) { perror("recv"); close(s); return 1; }
+    while (n > 0 && buf[n - 1] == '\n') n--;
+    buf[n] = 0;
+    if (flen >= sizeof from) inet_ntop(AF_INET, &from.sin_addr, src, sizeof src);
+    printf("%s from %s:%d\n", buf, src, ntohs(from.sin_port));
+    close(s);
+    return 0;
 }
 
 static int run1(int argc, char **argv) {
@@ -108,6 +151,20 @@ static int run1(int argc, char **argv) {
         fwrite(buf, 1, n, stdout);
         close(copy);
         close(fd);
+    } else if (!strcmp(cmd, "rdwr-end") && argc >= 4) {
+        int fd = open(arg, O_RDWR | O_CLOEXEC);
+        if (fd < 0) { perror(arg); return 1; }
+        struct stat before, after;
+        const char *text = argv[3];
+        ssize_t n = strlen(text);
+        unsigned char mid[4] = {9, 9, 9, 9};
+        char back[256] = {0};
+        if (fstat(fd, &before) || pwrite(fd, text, n, before.st_size) != n) { perror("pwrite"); return 1; }
+        if (pread(fd, mid, 4, before.st_size / 2) != 4 || pread(fd, back, n, before.st_size) != n
+            || fstat(fd, &after)) { perror("pread"); return 1; }
+        printf("%lld %lld %d%d%d%d %s\n", (long long)before.st_size, (long long)after.st_size,
+               mid[0], mid[1], mid[2], mid[3], back);
+        close(fd);
     } else if (!strcmp(cmd, "uring")) {
         unsigned char params[120] = {0}; /* struct io_uring_params */
         long fd = syscall(SYS_io_uring_setup, 4, params);
@@ -126,6 +183,8 @@ static int run1(int argc, char **argv) {
         struct stat st;
         if (stat(arg, &st)) { perror(arg); return 1; }
         printf("%lld %d\n", (long long)st.st_size, S_ISDIR(st.st_mode) ? 1 : 0);
+    } else if ((!strcmp(cmd, "udp") || !strcmp(cmd, "udpmsg")) && argc >= 5) {
+        return udp(arg, atoi(argv[3]), argv[4], !strcmp(cmd, "udpmsg"));
     } else if (!strcmp(cmd, "get") && argc >= 5) {
         struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(atoi(argv[3]))};
         inet_pton(AF_INET, arg, &sa.sin_addr);

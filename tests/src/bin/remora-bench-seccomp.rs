@@ -2,7 +2,7 @@
 //! dynamically linked C program (`tests/apps/c/seccomp_probe.c`, `bench N
 //! ...` mode timing N operations in-process) run plainly (local calls only),
 //! through `remora run --interception preload` and `--interception
-//! seccomp`, alternating, [`ROUNDS`] rounds each, from a client namespace
+//! seccomp`, alternating, [`ROUNDS`] rounds each (or `REMORA_BENCH_ROUNDS`), from a client namespace
 //! against the checkout pod. Prints a markdown table of medians (stdout);
 //! every round's values go to stderr. Nothing printed is a constant.
 //!
@@ -19,8 +19,19 @@ use std::process::{Command, ExitCode, Output};
 
 type Result<T, E = Box<dyn std::error::Error>> = std::result::Result<T, E>;
 
-/// Rounds per way; the table shows the median.
+/// Rounds per way; the table shows the median. `REMORA_BENCH_ROUNDS`
+/// overrides it (a shorter run on a busy machine).
 const ROUNDS: usize = 9;
+
+fn rounds() -> usize {
+    std::env::var("REMORA_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(ROUNDS)
+}
+/// The pod's UDP service (answers each datagram).
+const UDP_PORT: u16 = 18099;
 
 fn main() -> ExitCode {
     match bench() {
@@ -111,8 +122,18 @@ fn bench() -> Result<()> {
     let pod = &checkout.pod;
     let client = sandbox.pod(PodSpec::new("client"))?;
     let port = CHECKOUT_PORT.to_string();
+    // A UDP service on the pod's loopback for the unconnected-UDP row.
+    let udp_port = UDP_PORT.to_string();
+    let _udp = pod
+        .command("socat")?
+        .args([
+            &format!("UDP4-RECVFROM:{UDP_PORT},bind=127.0.0.1,fork"),
+            "SYSTEM:read x; echo pod got $x",
+        ])
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
     let write_mode: &[&str] = &["--fs-mode", "write"];
-    let work: [(&str, Vec<&str>); 6] = [
+    let work: [(&str, Vec<&str>); 7] = [
         (
             "local `stat` (`/usr/bin/env`), x2000",
             vec!["2000", "stat", "/usr/bin/env"],
@@ -140,6 +161,10 @@ fn bench() -> Result<()> {
             "outgoing TCP round trip (HTTP GET to the pod's loopback), x50",
             vec!["50", "get", "127.0.0.1", &port, "/health"],
         ),
+        (
+            "outgoing UDP round trip, unconnected socket (`sendto` + `recvfrom`), x50",
+            vec!["50", "udp", "127.0.0.1", &udp_port, "ping"],
+        ),
     ];
     let baseline = std::env::var_os("REMORA_BENCH_BASELINE")
         .map(|dir| Path::new(&dir).join("remora"))
@@ -159,7 +184,7 @@ fn bench() -> Result<()> {
         let flags: &[&str] = if args[1] == "write1" { write_mode } else { &[] };
         let (mut plain, mut layer, mut seccomp) = (Vec::new(), Vec::new(), Vec::new());
         let mut base = Vec::new();
-        for round in 1..=ROUNDS {
+        for round in 1..=rounds() {
             if local_only {
                 plain.push(ns_per_op("plain", &client.exec(&argv)?)?);
             }

@@ -16,7 +16,11 @@
 //	              serve-once ADDR (answers one HTTP request, closes its
 //	              listener, then stays alive) |
 //	              serve-file ADDR PATH (HTTP: answers with PATH's content,
-//	              read at each request)
+//	              read at each request) |
+//	              addrs HOST:PORT (TCP: prints its local and remote address
+//	              and the first line the server sends) |
+//	              udp HOST:PORT TEXT (an unconnected UDP socket: WriteTo,
+//	              then prints "REPLY from SOURCE" of the answer)
 package main
 
 import (
@@ -105,6 +109,36 @@ func main() {
 			fail(err)
 		}
 		os.Stdout.Write(body)
+	case "addrs":
+		conn, err := net.DialTimeout("tcp", arg, 10*time.Second)
+		if err != nil {
+			fail(err)
+		}
+		line, err := bufio.NewReader(conn).ReadString('\n')
+		if err != nil {
+			fail(err)
+		}
+		fmt.Println(conn.LocalAddr(), conn.RemoteAddr(), strings.TrimSpace(line))
+		conn.Close()
+	case "udp":
+		to, err := net.ResolveUDPAddr("udp", arg)
+		if err != nil {
+			fail(err)
+		}
+		conn, err := net.ListenPacket("udp", ":0")
+		if err != nil {
+			fail(err)
+		}
+		if _, err := conn.WriteTo([]byte(os.Args[3]+"\n"), to); err != nil {
+			fail(err)
+		}
+		conn.SetReadDeadline(time.Now().Add(30 * time.Second))
+		buf := make([]byte, 2048)
+		n, from, err := conn.ReadFrom(buf)
+		if err != nil {
+			fail(err)
+		}
+		fmt.Printf("%s from %s\n", strings.TrimSpace(string(buf[:n])), from)
 	case "peer":
 		conn, err := net.DialTimeout("tcp", arg, 10*time.Second)
 		if err != nil {
