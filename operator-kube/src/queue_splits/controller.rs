@@ -10,21 +10,20 @@
 //! message can reach a queue it names), so a restarted operator finds every
 //! temporary queue and resumes ([`Splits::resume_all`]).
 
+use super::brokers::{self, QueueForm, Secrets};
 use super::{SplitError, Workloads};
 use crate::crd::queue_split::{
-    QueueBroker, QueueNameSource, RemoraQueueSplit, RemoraQueueSplitStatus, SecretKey, SplitPhase,
+    QueueBroker, QueueNameSource, RemoraQueueSplit, RemoraQueueSplitStatus, SplitPhase,
     SplitQueueSpec, SplitQueueStatus, SplitSessionStatus, WorkloadRef,
 };
 use async_trait::async_trait;
 use futures::future::BoxFuture;
-use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use remora_operator::queue_splits::QueueSplitter;
 use remora_protocol::SessionId;
 use remora_protocol::queues::{QueueReply, QueueRequest, SplitInfo, SplitQueueInfo, TempQueueInfo};
 use remora_queues::broker::{Broker, QueueName};
 use remora_queues::filter::MessageFilter;
-use remora_queues::rabbitmq::RabbitBroker;
 use remora_queues::router::{
     RouterApi, RouterConfig, RouterTask, SplitSessionKey, SplitState, StateStore, StoreError,
     move_then_delete,
@@ -59,6 +58,9 @@ struct RunningQueue {
     cancel: CancellationToken,
     task: JoinHandle<SplitState>,
     source: QueueNameSource,
+    /// How the workload's variable names the queue (a temporary queue is
+    /// handed out in the same form).
+    form: QueueForm,
     original: QueueName,
 }
 
@@ -208,22 +210,6 @@ impl Splits {
         }
     }
 
-    async fn secret(&self, namespace: &str, key: &SecretKey) -> Result<String, SplitError> {
-        let secret = Api::<Secret>::namespaced(self.client.clone(), namespace)
-            .get(&key.name)
-            .await
-            .map_err(api_error(format!("reading Secret {}", key.name)))?;
-        let bytes = secret
-            .data
-            .and_then(|d| d.get(&key.key).cloned())
-            .ok_or_else(|| {
-                SplitError::Value(format!("Secret {} has no key {:?}", key.name, key.key))
-            })?;
-        String::from_utf8(bytes.0).map_err(|_| {
-            SplitError::Value(format!("Secret {} key {:?} is not text", key.name, key.key))
-        })
-    }
-
     /// Connects to the broker of one registered queue.
     async fn broker(
         &self,
@@ -231,35 +217,11 @@ impl Splits {
         id: &str,
         queue: &SplitQueueSpec,
     ) -> Result<Arc<dyn Broker>, SplitError> {
-        let endpoint = &queue.broker_endpoint;
-        let url = match (&endpoint.url, &endpoint.url_from) {
-            (_, Some(key)) => self.secret(namespace, key).await?,
-            (Some(url), None) => url.clone(),
-            (None, None) => {
-                return Err(SplitError::Value(format!(
-                    "queue {id}: brokerEndpoint needs url or urlFrom"
-                )));
-            }
+        let secrets = Secrets {
+            client: &self.client,
+            namespace,
         };
-        match queue.broker {
-            QueueBroker::Rabbitmq => {
-                let mut uri = url;
-                if let (Some(user), Some(password)) =
-                    (&endpoint.username_from, &endpoint.password_from)
-                {
-                    let user = self.secret(namespace, user).await?;
-                    let password = self.secret(namespace, password).await?;
-                    uri = with_credentials(&uri, &user, &password);
-                }
-                let broker = RabbitBroker::connect(&uri)
-                    .await
-                    .map_err(|e| SplitError::Value(format!("queue {id}: {e}")))?;
-                Ok(Arc::new(broker))
-            }
-            other => Err(SplitError::Value(format!(
-                "queue {id}: {other:?} queues are not split by this operator yet (RabbitMQ is)"
-            ))),
-        }
+        brokers::connect(&secrets, id, queue).await
     }
 
     /// Makes the split of `workload` active (if it is not) and waits until
@@ -365,7 +327,7 @@ impl Splits {
             };
             match running.api.add_session(key.clone(), filter).await {
                 Ok(queue) => {
-                    env.insert(running.source.env.clone(), queue.0);
+                    env.insert(running.source.env.clone(), running.form.render(&queue));
                     joined.insert(id.clone());
                 }
                 Err(e) => {
@@ -502,11 +464,10 @@ impl Splits {
         for (id, registered) in &split.spec.queues {
             let started = async {
                 let broker = self.broker(namespace, id, registered).await?;
-                let original = QueueName(
-                    workloads
-                        .queue_name(&split.spec.workload, &registered.name_from)
-                        .await?,
-                );
+                let value = workloads
+                    .queue_name(&split.spec.workload, &registered.name_from)
+                    .await?;
+                let (original, form) = QueueForm::parse(registered.broker, &value)?;
                 let store = Arc::new(StatusStore {
                     api: self.api(namespace),
                     split: name.to_owned(),
@@ -529,6 +490,7 @@ impl Splits {
                     cancel,
                     task,
                     source: registered.name_from.clone(),
+                    form,
                     original,
                 })
             }
@@ -537,7 +499,7 @@ impl Splits {
                 Ok(running) => {
                     targets.push((
                         running.source.clone(),
-                        running.api.workload_queue().0.clone(),
+                        running.form.render(running.api.workload_queue()),
                     ));
                     queues.insert(id.clone(), running);
                 }
@@ -751,6 +713,9 @@ impl Splits {
                             cancel,
                             task,
                             source: registered.name_from.clone(),
+                            // Only ended after a resume: no variable is
+                            // handed out in it.
+                            form: QueueForm::Name,
                             original,
                         },
                     );
@@ -867,41 +832,8 @@ fn session_key(session: SessionId) -> String {
     format!("s{:x}", session.0)
 }
 
-/// `amqp://host/vhost` with `user:password@` put in (percent-encoded).
-fn with_credentials(uri: &str, user: &str, password: &str) -> String {
-    let enc = |s: &str| {
-        s.bytes()
-            .map(|b| match b {
-                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                    (b as char).to_string()
-                }
-                _ => format!("%{b:02X}"),
-            })
-            .collect::<String>()
-    };
-    match uri.split_once("://") {
-        Some((scheme, rest)) => {
-            let rest = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
-            format!("{scheme}://{}:{}@{rest}", enc(user), enc(password))
-        }
-        None => uri.to_owned(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn credentials_replace_any_in_the_uri_and_are_encoded() {
-        assert_eq!(
-            super::with_credentials("amqp://rabbit:5672/%2f", "alice", "p@ss:w/rd"),
-            "amqp://alice:p%40ss%3Aw%2Frd@rabbit:5672/%2f"
-        );
-        assert_eq!(
-            super::with_credentials("amqp://guest:guest@rabbit/", "u", "p"),
-            "amqp://u:p@rabbit/"
-        );
-    }
-
     #[test]
     fn durations_take_units() {
         use std::time::Duration;
