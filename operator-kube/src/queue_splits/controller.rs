@@ -75,6 +75,10 @@ struct Active {
     /// split is not ended for having no sessions).
     reserved: usize,
     saved_env: BTreeMap<String, String>,
+    /// Counts the times the split was left without sessions; a keep-warm
+    /// timer ends the split only if no session came and went since it
+    /// started.
+    warm_epoch: u64,
 }
 
 /// The splits this operator runs; cheap to clone.
@@ -261,11 +265,59 @@ impl Splits {
             return;
         };
         entry.reserved = entry.reserved.saturating_sub(1);
-        if entry.reserved == 0 && entry.sessions.is_empty() {
-            let done = active.remove(&slot).expect("present");
+        if entry.reserved == 0
+            && entry.sessions.is_empty()
+            && let Some(done) = self.unheld(&mut active, &slot).await
+        {
             drop(active);
             self.deactivate(&slot.0, &slot.1, done).await;
         }
+    }
+
+    /// The split at `slot` has no session and no reservation left: with no
+    /// `keepWarmTtl`, it is taken out of `active` and returned, for the
+    /// caller to end once it dropped the lock. Otherwise it stays set up
+    /// (phase Warm, routers running, the workload on its temporary queues)
+    /// and ends when the TTL passes without a session having joined.
+    async fn unheld(
+        &self,
+        active: &mut BTreeMap<(String, String), Active>,
+        slot: &(String, String),
+    ) -> Option<Active> {
+        let entry = active.get_mut(slot)?;
+        let ttl = duration(entry.spec.keep_warm_ttl.as_deref(), Duration::ZERO);
+        if ttl.is_zero() {
+            return active.remove(slot);
+        }
+        entry.warm_epoch += 1;
+        let epoch = entry.warm_epoch;
+        let (namespace, name) = slot;
+        self.patch_status(
+            namespace,
+            name,
+            serde_json::json!({
+                "phase": SplitPhase::Warm,
+                "sessionCount": 0,
+                "idleSince": k8s_openapi::jiff::Timestamp::now().to_string(),
+            }),
+        )
+        .await;
+        let this = self.clone();
+        let slot = slot.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(ttl).await;
+            let mut active = this.active.lock().await;
+            let still_idle = active
+                .get(&slot)
+                .is_some_and(|e| e.warm_epoch == epoch && e.sessions.is_empty() && e.reserved == 0);
+            if still_idle {
+                let done = active.remove(&slot).expect("present");
+                drop(active);
+                tracing::info!(split = %slot.1, "keepWarmTtl passed without a session: ending the split");
+                this.deactivate(&slot.0, &slot.1, done).await;
+            }
+        });
+        None
     }
 
     /// Joins `session` to the queues it asks for in the split registered for
@@ -340,8 +392,10 @@ impl Splits {
             for id in &joined {
                 let _ = entry.queues[id].api.remove_session(&key).await;
             }
-            if entry.sessions.is_empty() && entry.reserved == 0 {
-                let done = active.remove(&slot).expect("present");
+            if entry.sessions.is_empty()
+                && entry.reserved == 0
+                && let Some(done) = self.unheld(&mut active, &slot).await
+            {
                 drop(active);
                 self.deactivate(namespace, &name, done).await;
             }
@@ -428,19 +482,18 @@ impl Splits {
                 counts.push((namespace.clone(), name.clone(), entry.sessions.len()));
             }
         }
-        let ended: Vec<_> = ended
-            .into_iter()
-            .map(|slot| {
-                let done = active.remove(&slot).expect("present");
-                (slot, done)
-            })
-            .collect();
+        let mut to_end = Vec::new();
+        for slot in ended {
+            if let Some(done) = self.unheld(&mut active, &slot).await {
+                to_end.push((slot, done));
+            }
+        }
         drop(active);
         for (namespace, name, count) in counts {
             self.set_phase(&namespace, &name, SplitPhase::Active, count)
                 .await;
         }
-        for ((namespace, name), done) in ended {
+        for ((namespace, name), done) in to_end {
             self.deactivate(&namespace, &name, done).await;
         }
     }
@@ -510,6 +563,7 @@ impl Splits {
                         sessions: BTreeMap::new(),
                         reserved: 0,
                         saved_env,
+                        warm_epoch: 0,
                     };
                     self.deactivate(namespace, name, partial).await;
                     return Err(e);
@@ -526,6 +580,7 @@ impl Splits {
                 sessions: BTreeMap::new(),
                 reserved: 0,
                 saved_env,
+                warm_epoch: 0,
             };
             self.deactivate(namespace, name, partial).await;
             return Err(e);
@@ -542,6 +597,7 @@ impl Splits {
             sessions: BTreeMap::new(),
             reserved: 0,
             saved_env,
+            warm_epoch: 0,
         })
     }
 
@@ -603,7 +659,7 @@ impl Splits {
         self.patch_status(
             namespace,
             name,
-            serde_json::json!({"phase": SplitPhase::Idle, "queues": null, "savedEnv": null, "message": null}),
+            serde_json::json!({"phase": SplitPhase::Idle, "queues": null, "savedEnv": null, "message": null, "idleSince": null}),
         )
         .await;
     }
@@ -612,7 +668,7 @@ impl Splits {
         self.patch_status(
             namespace,
             name,
-            serde_json::json!({"phase": phase, "sessionCount": sessions}),
+            serde_json::json!({"phase": phase, "sessionCount": sessions, "idleSince": null}),
         )
         .await;
     }
@@ -729,6 +785,7 @@ impl Splits {
             sessions: BTreeMap::new(),
             reserved: 0,
             saved_env: status.saved_env.clone(),
+            warm_epoch: 0,
         }
     }
 }
