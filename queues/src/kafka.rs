@@ -30,7 +30,7 @@
 //! the router forwarding one message of a key after the other, per-key order
 //! holds. A message from another broker is partitioned by its key.
 
-mod consumer;
+pub(crate) mod consumer;
 
 pub use consumer::KafkaConsumer;
 
