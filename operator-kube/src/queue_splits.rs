@@ -7,6 +7,7 @@
 //! state in the object's status); sessions do not reach it through the
 //! protocol yet (see docs/queues.md).
 
+pub mod brokers;
 pub mod controller;
 pub mod template;
 

@@ -9,6 +9,7 @@
 
 use remora_kube::{ClientOptions, KubeClient};
 use remora_operator_kube::crd::queue_split::{QueueBroker, WorkloadKind, WorkloadRef};
+use remora_operator_kube::queue_splits::Workloads;
 use remora_operator_kube::queue_splits::controller::{Splits, Wanted};
 use remora_queues::broker::{Broker, Message, QueueName, QueueProps};
 use remora_queues::rabbitmq::RabbitBroker;
@@ -86,19 +87,10 @@ async fn take_all(broker: &RabbitBroker, queue: &QueueName, idle: Duration) -> V
     bodies
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_registered_split_routes_by_filter_and_gives_everything_back_at_the_end() {
-    let broker = RabbitBroker::connect(&rabbit_url())
-        .await
-        .unwrap_or_else(|e| panic!("{e}: RabbitMQ must run (scripts/setup.sh starts it)"));
-    let original = QueueName(format!("remora-test.split-sim.{}", std::process::id()));
-    let workload_queue = temp_queue_name(broker.kind(), &original, Owner::Workload);
-    let mut cleanup = Cleanup(vec![original.clone(), workload_queue.clone()]);
-    broker
-        .create_like(&QueueProps::default(), &original)
-        .await
-        .unwrap();
-
+/// The test cluster with the CRDs, a `worker` Deployment whose
+/// `ORDERS_QUEUE` names `original`, and a `RemoraQueueSplit` `orders` for
+/// it (with `extra` spec lines); returns once the worker's first pod runs.
+async fn start_split(original: &QueueName, extra: &str) -> Sim {
     let sim = Sim::start();
     let kubeconfig = sim.kubeconfig.clone();
     let crds = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("deploy/crds.yaml");
@@ -140,6 +132,7 @@ metadata: {{name: orders}}
 spec:
   workload: {{kind: Deployment, name: worker}}
   drainTimeout: 1s
+{extra}
   queues:
     orders:
       type: rabbitmq
@@ -154,6 +147,25 @@ spec:
         worker_says(&kubeconfig).as_deref() == Some(says_original.as_str())
     })
     .await;
+    sim
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registered_split_routes_by_filter_and_gives_everything_back_at_the_end() {
+    let broker = RabbitBroker::connect(&rabbit_url())
+        .await
+        .unwrap_or_else(|e| panic!("{e}: RabbitMQ must run (scripts/setup.sh starts it)"));
+    let original = QueueName(format!("remora-test.split-sim.{}", std::process::id()));
+    let workload_queue = temp_queue_name(broker.kind(), &original, Owner::Workload);
+    let mut cleanup = Cleanup(vec![original.clone(), workload_queue.clone()]);
+    broker
+        .create_like(&QueueProps::default(), &original)
+        .await
+        .unwrap();
+
+    let sim = start_split(&original, "").await;
+    let kubeconfig = sim.kubeconfig.clone();
+    let says_original = format!("QUEUE={original}");
 
     let kube = KubeClient::connect(&ClientOptions {
         kubeconfig: Some(kubeconfig.clone()),
@@ -285,4 +297,133 @@ spec:
         // A passive declare (`inspect` redeclares to learn the arguments).
         assert!(broker.depth(gone).await.is_err(), "{gone} still exists");
     }
+}
+
+/// The names of the worker's pods, running or not.
+fn worker_pods(kubeconfig: &std::path::Path) -> String {
+    ok(
+        kubeconfig,
+        &["get", "pods", "-l", "app=worker", "-o", "name"],
+        None,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_split_kept_warm_outlives_its_last_session_and_ends_after_keep_warm_ttl() {
+    let broker = RabbitBroker::connect(&rabbit_url())
+        .await
+        .unwrap_or_else(|e| panic!("{e}: RabbitMQ must run (scripts/setup.sh starts it)"));
+    let original = QueueName(format!("remora-test.split-warm.{}", std::process::id()));
+    let workload_queue = temp_queue_name(broker.kind(), &original, Owner::Workload);
+    let mut cleanup = Cleanup(vec![original.clone(), workload_queue.clone()]);
+    broker
+        .create_like(&QueueProps::default(), &original)
+        .await
+        .unwrap();
+    // Long enough for the checks of the warm split below, however loaded
+    // the machine; the test then waits for it to pass.
+    let sim = start_split(&original, "  keepWarmTtl: 20s").await;
+    let kubeconfig = sim.kubeconfig.clone();
+    let kube = KubeClient::connect(&ClientOptions {
+        kubeconfig: Some(kubeconfig.clone()),
+        context: None,
+        namespace: Some("default".into()),
+    })
+    .await
+    .unwrap();
+    let splits = Splits::new(kube.client.clone(), RouterConfig::default());
+    let worker = WorkloadRef {
+        kind: WorkloadKind::Deployment,
+        name: "worker".into(),
+    };
+    let want = |pattern: &str| {
+        BTreeMap::from([(
+            "orders".to_owned(),
+            Wanted {
+                broker: QueueBroker::Rabbitmq,
+                filter: BTreeMap::from([("x-user".to_owned(), pattern.to_owned())]),
+            },
+        )])
+    };
+    let phase = || {
+        ok(
+            &kubeconfig,
+            &[
+                "get",
+                "rqs",
+                "orders",
+                "-o",
+                "jsonpath={.status.phase}/{.status.sessionCount}",
+            ],
+            None,
+        )
+    };
+
+    let alice = splits
+        .join("default", &worker, "alice1", &want("^alice$"))
+        .await
+        .unwrap();
+    cleanup.0.push(QueueName(alice["ORDERS_QUEUE"].clone()));
+    let says_split = format!("QUEUE={workload_queue}");
+    poll("the worker to roll onto its temporary queue", async || {
+        worker_says(&kubeconfig).as_deref() == Some(says_split.as_str())
+    })
+    .await;
+    Workloads::new(kube.client.clone(), "default")
+        .wait_rolled_out(&worker, Duration::from_secs(300))
+        .await
+        .unwrap();
+    let pods = worker_pods(&kubeconfig);
+
+    // The last session leaves: the split stays set up.
+    splits.leave("alice1").await;
+    assert_eq!(phase(), "Warm/0");
+    let idle_since = ok(
+        &kubeconfig,
+        &["get", "rqs", "orders", "-o", "jsonpath={.status.idleSince}"],
+        None,
+    );
+    assert!(!idle_since.is_empty(), "idleSince is set");
+    broker.publish(&original, &message("bob", 0)).await.unwrap();
+    poll("bob's message to reach the workload's queue", async || {
+        broker
+            .depth(&workload_queue)
+            .await
+            .map(|d| d.ready)
+            .unwrap_or(0)
+            == 1
+    })
+    .await;
+
+    // The next session joins the warm split: no rollout.
+    let carol = splits
+        .join("default", &worker, "carol2", &want("^carol$"))
+        .await
+        .unwrap();
+    cleanup.0.push(QueueName(carol["ORDERS_QUEUE"].clone()));
+    assert_eq!(phase(), "Active/1");
+    assert_eq!(
+        worker_pods(&kubeconfig),
+        pods,
+        "the worker was not rolled again"
+    );
+    splits.leave("carol2").await;
+    assert_eq!(phase(), "Warm/0");
+
+    // keepWarmTtl passes with no session: the split ends as usual.
+    poll("the split to end after keepWarmTtl", async || {
+        phase() == "Idle/0"
+    })
+    .await;
+    poll(
+        "the worker to roll back onto the original queue",
+        async || worker_says(&kubeconfig).as_deref() == Some(format!("QUEUE={original}").as_str()),
+    )
+    .await;
+    let back = take_all(&broker, &original, Duration::from_millis(500)).await;
+    assert_eq!(back, ["bob-0"], "the message nobody took is back");
+    assert!(
+        broker.depth(&workload_queue).await.is_err(),
+        "the workload's queue is gone"
+    );
 }

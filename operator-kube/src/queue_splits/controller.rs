@@ -10,21 +10,20 @@
 //! message can reach a queue it names), so a restarted operator finds every
 //! temporary queue and resumes ([`Splits::resume_all`]).
 
+use super::brokers::{self, QueueForm, Secrets};
 use super::{SplitError, Workloads};
 use crate::crd::queue_split::{
-    QueueBroker, QueueNameSource, RemoraQueueSplit, RemoraQueueSplitStatus, SecretKey, SplitPhase,
+    QueueBroker, QueueNameSource, RemoraQueueSplit, RemoraQueueSplitStatus, SplitPhase,
     SplitQueueSpec, SplitQueueStatus, SplitSessionStatus, WorkloadRef,
 };
 use async_trait::async_trait;
 use futures::future::BoxFuture;
-use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use remora_operator::queue_splits::QueueSplitter;
 use remora_protocol::SessionId;
 use remora_protocol::queues::{QueueReply, QueueRequest, SplitInfo, SplitQueueInfo, TempQueueInfo};
 use remora_queues::broker::{Broker, QueueName};
 use remora_queues::filter::MessageFilter;
-use remora_queues::rabbitmq::RabbitBroker;
 use remora_queues::router::{
     RouterApi, RouterConfig, RouterTask, SplitSessionKey, SplitState, StateStore, StoreError,
     move_then_delete,
@@ -59,6 +58,9 @@ struct RunningQueue {
     cancel: CancellationToken,
     task: JoinHandle<SplitState>,
     source: QueueNameSource,
+    /// How the workload's variable names the queue (a temporary queue is
+    /// handed out in the same form).
+    form: QueueForm,
     original: QueueName,
 }
 
@@ -73,6 +75,10 @@ struct Active {
     /// split is not ended for having no sessions).
     reserved: usize,
     saved_env: BTreeMap<String, String>,
+    /// Counts the times the split was left without sessions; a keep-warm
+    /// timer ends the split only if no session came and went since it
+    /// started.
+    warm_epoch: u64,
 }
 
 /// The splits this operator runs; cheap to clone.
@@ -208,22 +214,6 @@ impl Splits {
         }
     }
 
-    async fn secret(&self, namespace: &str, key: &SecretKey) -> Result<String, SplitError> {
-        let secret = Api::<Secret>::namespaced(self.client.clone(), namespace)
-            .get(&key.name)
-            .await
-            .map_err(api_error(format!("reading Secret {}", key.name)))?;
-        let bytes = secret
-            .data
-            .and_then(|d| d.get(&key.key).cloned())
-            .ok_or_else(|| {
-                SplitError::Value(format!("Secret {} has no key {:?}", key.name, key.key))
-            })?;
-        String::from_utf8(bytes.0).map_err(|_| {
-            SplitError::Value(format!("Secret {} key {:?} is not text", key.name, key.key))
-        })
-    }
-
     /// Connects to the broker of one registered queue.
     async fn broker(
         &self,
@@ -231,35 +221,11 @@ impl Splits {
         id: &str,
         queue: &SplitQueueSpec,
     ) -> Result<Arc<dyn Broker>, SplitError> {
-        let endpoint = &queue.broker_endpoint;
-        let url = match (&endpoint.url, &endpoint.url_from) {
-            (_, Some(key)) => self.secret(namespace, key).await?,
-            (Some(url), None) => url.clone(),
-            (None, None) => {
-                return Err(SplitError::Value(format!(
-                    "queue {id}: brokerEndpoint needs url or urlFrom"
-                )));
-            }
+        let secrets = Secrets {
+            client: &self.client,
+            namespace,
         };
-        match queue.broker {
-            QueueBroker::Rabbitmq => {
-                let mut uri = url;
-                if let (Some(user), Some(password)) =
-                    (&endpoint.username_from, &endpoint.password_from)
-                {
-                    let user = self.secret(namespace, user).await?;
-                    let password = self.secret(namespace, password).await?;
-                    uri = with_credentials(&uri, &user, &password);
-                }
-                let broker = RabbitBroker::connect(&uri)
-                    .await
-                    .map_err(|e| SplitError::Value(format!("queue {id}: {e}")))?;
-                Ok(Arc::new(broker))
-            }
-            other => Err(SplitError::Value(format!(
-                "queue {id}: {other:?} queues are not split by this operator yet (RabbitMQ is)"
-            ))),
-        }
+        brokers::connect(&secrets, id, queue).await
     }
 
     /// Makes the split of `workload` active (if it is not) and waits until
@@ -299,11 +265,59 @@ impl Splits {
             return;
         };
         entry.reserved = entry.reserved.saturating_sub(1);
-        if entry.reserved == 0 && entry.sessions.is_empty() {
-            let done = active.remove(&slot).expect("present");
+        if entry.reserved == 0
+            && entry.sessions.is_empty()
+            && let Some(done) = self.unheld(&mut active, &slot).await
+        {
             drop(active);
             self.deactivate(&slot.0, &slot.1, done).await;
         }
+    }
+
+    /// The split at `slot` has no session and no reservation left: with no
+    /// `keepWarmTtl`, it is taken out of `active` and returned, for the
+    /// caller to end once it dropped the lock. Otherwise it stays set up
+    /// (phase Warm, routers running, the workload on its temporary queues)
+    /// and ends when the TTL passes without a session having joined.
+    async fn unheld(
+        &self,
+        active: &mut BTreeMap<(String, String), Active>,
+        slot: &(String, String),
+    ) -> Option<Active> {
+        let entry = active.get_mut(slot)?;
+        let ttl = duration(entry.spec.keep_warm_ttl.as_deref(), Duration::ZERO);
+        if ttl.is_zero() {
+            return active.remove(slot);
+        }
+        entry.warm_epoch += 1;
+        let epoch = entry.warm_epoch;
+        let (namespace, name) = slot;
+        self.patch_status(
+            namespace,
+            name,
+            serde_json::json!({
+                "phase": SplitPhase::Warm,
+                "sessionCount": 0,
+                "idleSince": k8s_openapi::jiff::Timestamp::now().to_string(),
+            }),
+        )
+        .await;
+        let this = self.clone();
+        let slot = slot.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(ttl).await;
+            let mut active = this.active.lock().await;
+            let still_idle = active
+                .get(&slot)
+                .is_some_and(|e| e.warm_epoch == epoch && e.sessions.is_empty() && e.reserved == 0);
+            if still_idle {
+                let done = active.remove(&slot).expect("present");
+                drop(active);
+                tracing::info!(split = %slot.1, "keepWarmTtl passed without a session: ending the split");
+                this.deactivate(&slot.0, &slot.1, done).await;
+            }
+        });
+        None
     }
 
     /// Joins `session` to the queues it asks for in the split registered for
@@ -365,7 +379,7 @@ impl Splits {
             };
             match running.api.add_session(key.clone(), filter).await {
                 Ok(queue) => {
-                    env.insert(running.source.env.clone(), queue.0);
+                    env.insert(running.source.env.clone(), running.form.render(&queue));
                     joined.insert(id.clone());
                 }
                 Err(e) => {
@@ -378,8 +392,10 @@ impl Splits {
             for id in &joined {
                 let _ = entry.queues[id].api.remove_session(&key).await;
             }
-            if entry.sessions.is_empty() && entry.reserved == 0 {
-                let done = active.remove(&slot).expect("present");
+            if entry.sessions.is_empty()
+                && entry.reserved == 0
+                && let Some(done) = self.unheld(&mut active, &slot).await
+            {
                 drop(active);
                 self.deactivate(namespace, &name, done).await;
             }
@@ -466,19 +482,18 @@ impl Splits {
                 counts.push((namespace.clone(), name.clone(), entry.sessions.len()));
             }
         }
-        let ended: Vec<_> = ended
-            .into_iter()
-            .map(|slot| {
-                let done = active.remove(&slot).expect("present");
-                (slot, done)
-            })
-            .collect();
+        let mut to_end = Vec::new();
+        for slot in ended {
+            if let Some(done) = self.unheld(&mut active, &slot).await {
+                to_end.push((slot, done));
+            }
+        }
         drop(active);
         for (namespace, name, count) in counts {
             self.set_phase(&namespace, &name, SplitPhase::Active, count)
                 .await;
         }
-        for ((namespace, name), done) in ended {
+        for ((namespace, name), done) in to_end {
             self.deactivate(&namespace, &name, done).await;
         }
     }
@@ -502,11 +517,10 @@ impl Splits {
         for (id, registered) in &split.spec.queues {
             let started = async {
                 let broker = self.broker(namespace, id, registered).await?;
-                let original = QueueName(
-                    workloads
-                        .queue_name(&split.spec.workload, &registered.name_from)
-                        .await?,
-                );
+                let value = workloads
+                    .queue_name(&split.spec.workload, &registered.name_from)
+                    .await?;
+                let (original, form) = QueueForm::parse(registered.broker, &value)?;
                 let store = Arc::new(StatusStore {
                     api: self.api(namespace),
                     split: name.to_owned(),
@@ -529,6 +543,7 @@ impl Splits {
                     cancel,
                     task,
                     source: registered.name_from.clone(),
+                    form,
                     original,
                 })
             }
@@ -537,7 +552,7 @@ impl Splits {
                 Ok(running) => {
                     targets.push((
                         running.source.clone(),
-                        running.api.workload_queue().0.clone(),
+                        running.form.render(running.api.workload_queue()),
                     ));
                     queues.insert(id.clone(), running);
                 }
@@ -548,6 +563,7 @@ impl Splits {
                         sessions: BTreeMap::new(),
                         reserved: 0,
                         saved_env,
+                        warm_epoch: 0,
                     };
                     self.deactivate(namespace, name, partial).await;
                     return Err(e);
@@ -564,6 +580,7 @@ impl Splits {
                 sessions: BTreeMap::new(),
                 reserved: 0,
                 saved_env,
+                warm_epoch: 0,
             };
             self.deactivate(namespace, name, partial).await;
             return Err(e);
@@ -580,6 +597,7 @@ impl Splits {
             sessions: BTreeMap::new(),
             reserved: 0,
             saved_env,
+            warm_epoch: 0,
         })
     }
 
@@ -641,7 +659,7 @@ impl Splits {
         self.patch_status(
             namespace,
             name,
-            serde_json::json!({"phase": SplitPhase::Idle, "queues": null, "savedEnv": null, "message": null}),
+            serde_json::json!({"phase": SplitPhase::Idle, "queues": null, "savedEnv": null, "message": null, "idleSince": null}),
         )
         .await;
     }
@@ -650,7 +668,7 @@ impl Splits {
         self.patch_status(
             namespace,
             name,
-            serde_json::json!({"phase": phase, "sessionCount": sessions}),
+            serde_json::json!({"phase": phase, "sessionCount": sessions, "idleSince": null}),
         )
         .await;
     }
@@ -751,6 +769,9 @@ impl Splits {
                             cancel,
                             task,
                             source: registered.name_from.clone(),
+                            // Only ended after a resume: no variable is
+                            // handed out in it.
+                            form: QueueForm::Name,
                             original,
                         },
                     );
@@ -764,6 +785,7 @@ impl Splits {
             sessions: BTreeMap::new(),
             reserved: 0,
             saved_env: status.saved_env.clone(),
+            warm_epoch: 0,
         }
     }
 }
@@ -867,41 +889,8 @@ fn session_key(session: SessionId) -> String {
     format!("s{:x}", session.0)
 }
 
-/// `amqp://host/vhost` with `user:password@` put in (percent-encoded).
-fn with_credentials(uri: &str, user: &str, password: &str) -> String {
-    let enc = |s: &str| {
-        s.bytes()
-            .map(|b| match b {
-                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                    (b as char).to_string()
-                }
-                _ => format!("%{b:02X}"),
-            })
-            .collect::<String>()
-    };
-    match uri.split_once("://") {
-        Some((scheme, rest)) => {
-            let rest = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
-            format!("{scheme}://{}:{}@{rest}", enc(user), enc(password))
-        }
-        None => uri.to_owned(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn credentials_replace_any_in_the_uri_and_are_encoded() {
-        assert_eq!(
-            super::with_credentials("amqp://rabbit:5672/%2f", "alice", "p@ss:w/rd"),
-            "amqp://alice:p%40ss%3Aw%2Frd@rabbit:5672/%2f"
-        );
-        assert_eq!(
-            super::with_credentials("amqp://guest:guest@rabbit/", "u", "p"),
-            "amqp://u:p@rabbit/"
-        );
-    }
-
     #[test]
     fn durations_take_units() {
         use std::time::Duration;
