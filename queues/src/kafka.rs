@@ -30,7 +30,7 @@
 //! the router forwarding one message of a key after the other, per-key order
 //! holds. A message from another broker is partitioned by its key.
 
-pub(crate) mod consumer;
+mod consumer;
 
 pub use consumer::KafkaConsumer;
 

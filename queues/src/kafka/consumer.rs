@@ -18,51 +18,6 @@ use std::time::Duration;
 /// assignment or a fetch while the topic still has unread messages.
 pub const CATCH_UP_LIMIT: Duration = Duration::from_secs(120);
 
-/// The acknowledgement book of one partition: Kafka commits one offset per
-/// partition (everything below it is done), while the router finishes
-/// messages of different keys out of order.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub(crate) struct PartitionAcks {
-    /// Offsets handed out and not acked (requeued ones stay here).
-    outstanding: BTreeSet<i64>,
-    /// One past the highest offset handed out. A rebalance makes the group
-    /// start again at its committed offset; what lies below this was handed
-    /// out already (in flight or acked) and is skipped.
-    delivered: Option<i64>,
-    /// One past the highest offset acked.
-    acked: i64,
-    /// The offset last committed.
-    committed: Option<i64>,
-}
-
-impl PartitionAcks {
-    /// Records that `offset` was read; `false` if it was handed out before
-    /// (a re-read after a rebalance): skip it.
-    pub(crate) fn deliver(&mut self, offset: i64) -> bool {
-        if self.delivered.is_some_and(|hi| offset < hi) {
-            return false;
-        }
-        self.delivered = Some(offset + 1);
-        self.outstanding.insert(offset);
-        true
-    }
-
-    /// Records that `offset` is done; the offset to commit now, if the
-    /// commit moves: below the lowest offset still outstanding, else one
-    /// past the highest acked.
-    pub(crate) fn ack(&mut self, offset: i64) -> Option<i64> {
-        self.outstanding.remove(&offset);
-        self.acked = self.acked.max(offset + 1);
-        let at = self.outstanding.first().copied().unwrap_or(self.acked);
-        (self.committed.is_none_or(|c| c < at)).then_some(at)
-    }
-
-    /// Records a commit that succeeded.
-    pub(crate) fn committed(&mut self, at: i64) {
-        self.committed = Some(self.committed.map_or(at, |c| c.max(at)));
-    }
-}
-
 /// Which message a [`Delivery`] was.
 #[derive(Debug, Clone, Copy)]
 struct KafkaToken {
@@ -75,8 +30,16 @@ pub struct KafkaConsumer {
     consumer: Arc<StreamConsumer>,
     topic: QueueName,
     config: KafkaConfig,
-    /// Per partition: what was handed out, acked and committed.
-    partitions: BTreeMap<i32, PartitionAcks>,
+    /// Per partition: offsets delivered and neither acked nor given up.
+    outstanding: BTreeMap<i32, BTreeSet<i64>>,
+    /// Per partition: one past the highest offset delivered. A rebalance
+    /// makes the group start again at its committed offset; messages below
+    /// this were handed out already (in flight or acked) and are skipped.
+    delivered: BTreeMap<i32, i64>,
+    /// Per partition: one past the highest offset acked.
+    acked: BTreeMap<i32, i64>,
+    /// Per partition: the offset last committed.
+    committed: BTreeMap<i32, i64>,
     /// Deliveries given back with [`Consumer::requeue`], handed out again
     /// first.
     again: VecDeque<Delivery>,
@@ -117,7 +80,10 @@ impl KafkaConsumer {
             consumer: Arc::new(consumer),
             topic: topic.clone(),
             config: config.clone(),
-            partitions: BTreeMap::new(),
+            outstanding: BTreeMap::new(),
+            delivered: BTreeMap::new(),
+            acked: BTreeMap::new(),
+            committed: BTreeMap::new(),
             again: VecDeque::new(),
         })
     }
@@ -131,10 +97,20 @@ impl KafkaConsumer {
                 .recv()
                 .await
                 .map_err(|e| op(&self.topic, "consume", e))?;
-            let acks = self.partitions.entry(message.partition()).or_default();
-            if acks.deliver(message.offset()) {
-                return Ok(delivery(&message));
+            let (partition, offset) = (message.partition(), message.offset());
+            if self
+                .delivered
+                .get(&partition)
+                .is_some_and(|hi| offset < *hi)
+            {
+                continue;
             }
+            self.delivered.insert(partition, offset + 1);
+            self.outstanding
+                .entry(partition)
+                .or_default()
+                .insert(offset);
+            return Ok(delivery(&message));
         }
     }
 
@@ -264,10 +240,18 @@ impl Consumer for KafkaConsumer {
     /// delivered message is acked.
     async fn ack(&mut self, delivery: Delivery) -> Result<()> {
         let KafkaToken { partition, offset } = token(&delivery, &self.topic)?;
-        let acks = self.partitions.entry(partition).or_default();
-        let Some(commit_at) = acks.ack(offset) else {
+        let pending = self.outstanding.entry(partition).or_default();
+        pending.remove(&offset);
+        let acked = self.acked.entry(partition).or_insert(0);
+        *acked = (*acked).max(offset + 1);
+        let commit_at = pending.first().copied().unwrap_or(*acked);
+        if self
+            .committed
+            .get(&partition)
+            .is_some_and(|c| *c >= commit_at)
+        {
             return Ok(());
-        };
+        }
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(&self.topic.0, partition, Offset::Offset(commit_at))
             .map_err(|e| op(&self.topic, "ack", e))?;
@@ -275,10 +259,7 @@ impl Consumer for KafkaConsumer {
         blocking(move || consumer.commit(&tpl, CommitMode::Sync))
             .await
             .map_err(|e: KafkaError| op(&self.topic, "ack", e))?;
-        self.partitions
-            .entry(partition)
-            .or_default()
-            .committed(commit_at);
+        self.committed.insert(partition, commit_at);
         Ok(())
     }
 
