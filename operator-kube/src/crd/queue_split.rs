@@ -110,13 +110,6 @@ pub struct SplitQueueSpec {
     pub name_from: QueueNameSource,
     /// How to reach the broker.
     pub broker_endpoint: BrokerEndpoint,
-    /// Kafka: the consumer group the workload reads the topic with. The
-    /// router reads the original topic in this group, so it takes over
-    /// where the workload stopped and hands back where it stopped; a
-    /// temporary topic's depth is this group's lag on it. Required for
-    /// kafka queues.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub consumer_group: Option<String>,
 }
 
 /// Registration of a workload's queues for splitting.

@@ -9,7 +9,6 @@ use crate::crd::queue_split::{BrokerEndpoint, QueueBroker, SecretKey, SplitQueue
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 use remora_queues::broker::{Broker, QueueName};
-use remora_queues::kafka::{KafkaBroker, KafkaConfig};
 use remora_queues::rabbitmq::RabbitBroker;
 use remora_queues::sqs::{SqsBroker, SqsConfig};
 use std::sync::Arc;
@@ -138,26 +137,9 @@ pub(super) async fn connect(
             let broker = SqsBroker::new(config);
             Ok(Arc::new(broker))
         }
-        QueueBroker::Kafka => {
-            let (Some(bootstrap_servers), Some(group)) = (url, queue.consumer_group.clone()) else {
-                return Err(SplitError::Value(format!(
-                    "queue {id}: a kafka queue needs brokerEndpoint url (or urlFrom) with the \
-                     bootstrap servers, and consumerGroup: the group the workload reads with"
-                )));
-            };
-            let sasl = user.zip(password);
-            let broker = KafkaBroker::connect(KafkaConfig {
-                bootstrap_servers,
-                group,
-                sasl,
-            })
-            .await
-            .map_err(failed)?;
-            Ok(Arc::new(broker))
-        }
-        QueueBroker::Pubsub => Err(SplitError::Value(format!(
-            "queue {id}: pubsub queues are not split by this operator yet \
-             (rabbitmq, sqs and kafka are)"
+        other => Err(SplitError::Value(format!(
+            "queue {id}: {other:?} queues are not split by this operator yet \
+             (rabbitmq and sqs are)"
         ))),
     }
 }
