@@ -12,7 +12,7 @@ use crate::{
     error::{ApiError, Result},
     http::{self, Body, Query, error_response, json_response},
     kubelet::{Cgroups, Execs, Logs},
-    patch,
+    patch, protobuf,
     resources::ResourceType,
     selector::{FieldSelector, LabelSelector},
     store::{Propagation, Store},
@@ -76,12 +76,31 @@ pub async fn handle(state: Arc<ApiState>, req: Request<Incoming>) -> Response<Bo
     }
 }
 
+/// The request's body; a protobuf body (client-go's typed clients send built-in kinds so) is
+/// decoded into the JSON object it stands for.
 async fn read_body(req: Request<Incoming>) -> Result<Bytes> {
-    req.into_body()
+    let protobuf = req
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with(protobuf::MEDIA_TYPE));
+    let body = req
+        .into_body()
         .collect()
         .await
         .map(|c| c.to_bytes())
-        .map_err(|e| ApiError::bad_request(format!("reading the body: {e}")))
+        .map_err(|e| ApiError::bad_request(format!("reading the body: {e}")))?;
+    if !protobuf || body.is_empty() {
+        return Ok(body);
+    }
+    let obj = protobuf::decode(&body).map_err(|e| {
+        ApiError::new(
+            415,
+            "UnsupportedMediaType",
+            format!("the protobuf body could not be decoded: {e}"),
+        )
+    })?;
+    Ok(Bytes::from(serde_json::to_vec(&obj).unwrap_or_default()))
 }
 
 fn parse_json(body: &[u8]) -> Result<Value> {
@@ -258,13 +277,6 @@ async fn resource_request(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/json")
         .to_owned();
-    if content_type.starts_with("application/vnd.kubernetes.protobuf") {
-        return Err(ApiError::new(
-            415,
-            "UnsupportedMediaType",
-            "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, application/merge-patch+json, application/json-patch+json, application/strategic-merge-patch+json, application/apply-patch+yaml",
-        ));
-    }
     let dry_run = query.get("dryRun").is_some_and(|v| !v.is_empty());
     let ns = t.namespace.as_deref();
     let rt = &t.rt;

@@ -11,6 +11,7 @@ pub mod http;
 pub mod kubelet;
 pub mod patch;
 pub mod portforward;
+pub mod protobuf;
 pub mod proxy;
 pub mod resources;
 pub mod selector;

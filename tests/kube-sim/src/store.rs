@@ -537,6 +537,9 @@ impl Store {
                     spec["dnsPolicy"] = json!("ClusterFirst");
                 }
             }
+            ("", "secrets") if obj["type"].as_str().is_none_or(str::is_empty) => {
+                obj["type"] = json!("Opaque");
+            }
             ("", "services") => {
                 let spec = &mut obj["spec"];
                 if spec["type"].is_null() {

@@ -744,7 +744,6 @@ fn reviews_are_answered_and_recorded() {
         serde_json::from_str(&sim.ok(&["create", "-f", path.to_str().unwrap(), "-o", "json"]))
             .unwrap();
     assert_eq!(out["status"]["authenticated"], true);
-    // (`kubectl auth can-i` sends protobuf, which the simulator does not speak.)
     std::fs::write(
         &path,
         serde_json::json!({"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
@@ -765,4 +764,91 @@ fn reviews_are_answered_and_recorded() {
         .map(|r| r["kind"].as_str().unwrap())
         .collect();
     assert_eq!(kinds, ["TokenReview", "SubjectAccessReview"]);
+}
+
+/// kubectl's generator commands go through client-go's typed clients, which POST built-in
+/// kinds as protobuf (`application/vnd.kubernetes.protobuf`): the simulator decodes them.
+#[test]
+fn typed_clients_protobuf_bodies_are_understood() {
+    let sim = Sim::start();
+    sim.ok(&[
+        "create",
+        "configmap",
+        "cfg",
+        "--from-literal=greeting=hello",
+        "--from-literal=empty=",
+    ]);
+    let cm = sim.json(&["get", "configmap", "cfg"]);
+    assert_eq!(
+        cm["data"],
+        serde_json::json!({"greeting": "hello", "empty": ""})
+    );
+    sim.ok(&[
+        "create",
+        "secret",
+        "generic",
+        "pw",
+        "--from-literal=password=s3cret",
+    ]);
+    let secret = sim.json(&["get", "secret", "pw"]);
+    assert_eq!(secret["data"]["password"], "czNjcmV0");
+    assert_eq!(secret["type"], "Opaque");
+
+    sim.ok(&[
+        "create",
+        "deployment",
+        "web",
+        "--image=busybox",
+        "--replicas=2",
+        "--",
+        "sleep",
+        "1000",
+    ]);
+    sim.ok(&["rollout", "status", "deployment/web", "--timeout=30s"]);
+    let deploy = sim.json(&["get", "deployment", "web"]);
+    assert_eq!(deploy["spec"]["replicas"], 2);
+    let container = &deploy["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(container["command"], serde_json::json!(["sleep", "1000"]));
+    // go-to-protobuf writes every non-pointer field, also unset ones: their zero values
+    // are not taken for meant ones.
+    assert!(
+        container.get("imagePullPolicy").is_none(),
+        "no empty imagePullPolicy: {container}"
+    );
+    assert_eq!(names(&sim.ok(&["get", "pods", "-o", "name"])).len(), 2);
+    // A pointer's zero is meant: zero replicas stay zero (not defaulted to one).
+    sim.ok(&[
+        "create",
+        "deployment",
+        "idle",
+        "--image=busybox",
+        "--replicas=0",
+    ]);
+    assert_eq!(
+        sim.ok(&[
+            "get",
+            "deployment",
+            "idle",
+            "-o",
+            "jsonpath={.spec.replicas}"
+        ]),
+        "0"
+    );
+    assert!(
+        sim.ok(&["get", "pods", "-l", "app=idle", "-o", "name"])
+            .is_empty()
+    );
+
+    // `auth can-i` POSTs a SelfSubjectAccessReview.
+    assert_eq!(sim.ok(&["auth", "can-i", "delete", "pods"]).trim(), "yes");
+    let reviews: serde_json::Value =
+        serde_json::from_str(&sim.ok(&["get", "--raw", "/remora-sim/reviews"])).unwrap();
+    let review = reviews
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["kind"] == "SelfSubjectAccessReview")
+        .expect("the review is recorded");
+    assert_eq!(review["spec"]["resourceAttributes"]["verb"], "delete");
+    assert_eq!(review["spec"]["resourceAttributes"]["resource"], "pods");
 }
