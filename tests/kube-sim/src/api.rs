@@ -131,7 +131,21 @@ async fn route(state: &ApiState, req: Request<Incoming>) -> Result<Response<Body
                 }),
             ));
         }
-        ["api"] => {
+        ["api"] | ["apis"] => {
+            let legacy = segs == ["api"];
+            let served = aggregated_discovery_version(&req);
+            state
+                .store
+                .record_discovery(&path, served.unwrap_or("legacy"));
+            if let Some(version) = served {
+                return Ok(aggregated_response(
+                    &registry.aggregated_discovery(legacy, version),
+                    version,
+                ));
+            }
+            if !legacy {
+                return Ok(json_response(200, &registry.api_group_list()));
+            }
             return Ok(json_response(
                 200,
                 &json!({
@@ -140,7 +154,6 @@ async fn route(state: &ApiState, req: Request<Incoming>) -> Result<Response<Body
                 }),
             ));
         }
-        ["apis"] => return Ok(json_response(200, &registry.api_group_list())),
         ["openapi", "v2"] => {
             // An empty protobuf document: kubectl's client-side validation finds no schema
             // for any kind and skips it (see docs/kube-sim.md).
@@ -151,6 +164,9 @@ async fn route(state: &ApiState, req: Request<Incoming>) -> Result<Response<Body
             ));
         }
         ["remora-sim", "reviews"] => return Ok(json_response(200, &json!(state.store.reviews()))),
+        ["remora-sim", "discovery"] => {
+            return Ok(json_response(200, &json!(state.store.discoveries())));
+        }
         ["remora-sim", "compact"] => {
             state.store.compact();
             return Ok(json_response(
@@ -159,6 +175,7 @@ async fn route(state: &ApiState, req: Request<Incoming>) -> Result<Response<Body
             ));
         }
         ["api", "v1"] => {
+            state.store.record_discovery(&path, "legacy");
             return registry
                 .resource_list("", "v1")
                 .map(|v| json_response(200, &v))
@@ -173,6 +190,7 @@ async fn route(state: &ApiState, req: Request<Incoming>) -> Result<Response<Body
                 .ok_or_else(|| ApiError::not_found("group", group));
         }
         ["apis", group, version] => {
+            state.store.record_discovery(&path, "legacy");
             return registry
                 .resource_list(group, version)
                 .map(|v| json_response(200, &v))
@@ -232,6 +250,48 @@ async fn route(state: &ApiState, req: Request<Incoming>) -> Result<Response<Body
         sub,
     };
     resource_request(state, target, req).await
+}
+
+/// The aggregated discovery version (`v2`, `v2beta1`) the client's Accept header asks for
+/// before any plain JSON, as client-go's discovery does (`application/json;g=apidiscovery.k8s.io;
+/// v=v2;as=APIGroupDiscoveryList,…;v=v2beta1;…,application/json`); None for legacy discovery.
+fn aggregated_discovery_version(req: &Request<Incoming>) -> Option<&'static str> {
+    let accept = req.headers().get("accept")?.to_str().ok()?;
+    for clause in accept.split(',') {
+        let mut parts = clause.split(';').map(str::trim);
+        let base = parts.next().unwrap_or_default().to_ascii_lowercase();
+        let params: Vec<(String, &str)> = parts
+            .filter_map(|p| p.split_once('='))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim()))
+            .collect();
+        let param = |name: &str| params.iter().find(|(k, _)| k == name).map(|(_, v)| *v);
+        if base == "application/json"
+            && param("g") == Some("apidiscovery.k8s.io")
+            && param("as") == Some("APIGroupDiscoveryList")
+        {
+            match param("v") {
+                Some("v2") => return Some("v2"),
+                Some("v2beta1") => return Some("v2beta1"),
+                _ => continue,
+            }
+        }
+        if matches!(base.as_str(), "application/json" | "*/*" | "application/*") {
+            return None;
+        }
+    }
+    None
+}
+
+fn aggregated_response(body: &Value, version: &str) -> Response<Body> {
+    Response::builder()
+        .status(200)
+        .header(
+            "content-type",
+            format!("application/json;g=apidiscovery.k8s.io;v={version};as=APIGroupDiscoveryList"),
+        )
+        .header("vary", "Accept")
+        .body(http::full(serde_json::to_vec(body).unwrap_or_default()))
+        .expect("response")
 }
 
 fn wants_table(req: &Request<Incoming>) -> bool {

@@ -47,6 +47,8 @@ struct Inner {
     /// Highest resourceVersion no longer in `history`.
     compacted_rv: u64,
     reviews: Vec<Value>,
+    /// Discovery requests served: `{"path", "served"}` (`v2`, `v2beta1` or `legacy`).
+    discovery: VecDeque<Value>,
     next_cluster_ip: u32,
     /// `N` of the run's routed service range 10.215.N.0/24 (see [`Store::set_service_subnet`]).
     service_subnet: Option<u8>,
@@ -237,6 +239,22 @@ impl Store {
 
     pub fn reviews(&self) -> Vec<Value> {
         self.inner.lock().reviews.clone()
+    }
+
+    /// Records which discovery format a discovery request got (the last 1000 are kept), so
+    /// tests can assert on what kubectl negotiated.
+    pub fn record_discovery(&self, path: &str, served: &str) {
+        let mut inner = self.inner.lock();
+        if inner.discovery.len() >= 1000 {
+            inner.discovery.pop_front();
+        }
+        inner
+            .discovery
+            .push_back(json!({"path": path, "served": served}));
+    }
+
+    pub fn discoveries(&self) -> Vec<Value> {
+        self.inner.lock().discovery.iter().cloned().collect()
     }
 
     /// Drops the watch history, so a watch from an older resourceVersion gets 410 Gone.

@@ -852,3 +852,87 @@ fn typed_clients_protobuf_bodies_are_understood() {
     assert_eq!(review["spec"]["resourceAttributes"]["verb"], "delete");
     assert_eq!(review["spec"]["resourceAttributes"]["resource"], "pods");
 }
+
+/// kubectl 1.32 asks `/api` and `/apis` for aggregated discovery (`apidiscovery.k8s.io/v2`)
+/// first; it gets it, so it needs no per-group-version request, and `api-resources` and
+/// `get <custom kind>` work from it.
+#[test]
+fn kubectl_discovers_through_aggregated_discovery() {
+    let sim = Sim::start();
+    sim.apply_yaml(
+        r#"
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {name: gadgets.shop.example.com}
+spec:
+  group: shop.example.com
+  scope: Namespaced
+  names: {plural: gadgets, singular: gadget, kind: Gadget, shortNames: [gd]}
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    schema: {openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}}
+    additionalPrinterColumns:
+    - {name: Size, type: string, jsonPath: .spec.size}
+"#,
+        &[],
+    );
+    sim.ok(&[
+        "wait",
+        "--for=condition=Established",
+        "crd/gadgets.shop.example.com",
+        "--timeout=30s",
+    ]);
+    // A fresh discovery cache, so this kubectl discovers everything from the server.
+    let cache = sim.dir.path().join("discovery-cache");
+    let cache = format!("--cache-dir={}", cache.display());
+    let before = discoveries(&sim).len();
+    let resources = sim.ok(&[&cache, "api-resources"]);
+    let row = |name: &str| {
+        resources
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .unwrap_or_else(|| panic!("no {name} in:\n{resources}"))
+    };
+    assert_eq!(row("pods"), ["pods", "po", "v1", "true", "Pod"]);
+    assert_eq!(
+        row("deployments"),
+        ["deployments", "deploy", "apps/v1", "true", "Deployment"]
+    );
+    assert_eq!(
+        row("gadgets"),
+        ["gadgets", "gd", "shop.example.com/v1", "true", "Gadget"]
+    );
+    assert_eq!(
+        row("namespaces"),
+        ["namespaces", "ns", "v1", "false", "Namespace"]
+    );
+    let served: Vec<serde_json::Value> = discoveries(&sim)[before..].to_vec();
+    let paths: Vec<(&str, &str)> = served
+        .iter()
+        .map(|d| (d["path"].as_str().unwrap(), d["served"].as_str().unwrap()))
+        .collect();
+    assert!(paths.contains(&("/api", "v2")), "{paths:?}");
+    assert!(paths.contains(&("/apis", "v2")), "{paths:?}");
+    assert!(
+        paths.iter().all(|(_, s)| *s == "v2"),
+        "no legacy discovery request was needed: {paths:?}"
+    );
+    sim.apply_yaml(
+        "apiVersion: shop.example.com/v1\nkind: Gadget\nmetadata: {name: g1}\nspec: {size: XL}\n",
+        &[],
+    );
+    let table = sim.ok(&[&cache, "get", "gadgets"]);
+    let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(header, ["NAME", "SIZE", "AGE"], "{table}");
+    assert!(table.lines().nth(1).unwrap().starts_with("g1 "), "{table}");
+    // Without the aggregated media type in Accept, the legacy documents are served.
+    let legacy = sim.ok(&["get", "--raw", "/apis"]);
+    assert!(legacy.contains("\"kind\":\"APIGroupList\""), "{legacy}");
+}
+
+fn discoveries(sim: &Sim) -> Vec<serde_json::Value> {
+    serde_json::from_str(&sim.ok(&["get", "--raw", "/remora-sim/discovery"])).unwrap()
+}
