@@ -10,6 +10,7 @@ use tokio::sync::{broadcast::error::RecvError, mpsc};
 
 use crate::{
     error::{ApiError, Result},
+    fields,
     http::{self, Body, Query, error_response, json_response},
     kubelet::{Cgroups, Execs, Logs},
     patch, protobuf,
@@ -338,6 +339,24 @@ async fn resource_request(
         .unwrap_or("application/json")
         .to_owned();
     let dry_run = query.get("dryRun").is_some_and(|v| !v.is_empty());
+    let manager = query
+        .get("fieldManager")
+        .filter(|m| !m.is_empty())
+        .map(str::to_owned)
+        .unwrap_or_else(|| {
+            fields::default_manager(
+                req.headers()
+                    .get("user-agent")
+                    .and_then(|v| v.to_str().ok()),
+            )
+        });
+    let api_version = t.rt.api_version();
+    let update = |sub: Option<&'static str>| fields::Write {
+        manager: &manager,
+        operation: "Update",
+        subresource: sub,
+        api_version: &api_version,
+    };
     let ns = t.namespace.as_deref();
     let rt = &t.rt;
     let store = &state.store;
@@ -414,7 +433,13 @@ async fn resource_request(
             Some(other) => Err(ApiError::not_found("subresource", other)),
         },
         (Method::POST, None, None) => {
-            let body = parse_json(&read_body(req).await?)?;
+            let mut body = parse_json(&read_body(req).await?)?;
+            fields::record_update(
+                &Value::Null,
+                &mut body,
+                &update(None),
+                rt.status_subresource,
+            );
             let obj = store.create(rt, ns, body, dry_run)?;
             Ok(json_response(201, &obj))
         }
@@ -427,7 +452,19 @@ async fn resource_request(
         }
         (Method::PUT, Some(name), sub @ (None | Some("status") | Some("ephemeralcontainers"))) => {
             let body = parse_json(&read_body(req).await?)?;
-            let obj = store.update(rt, ns, name, body, sub == Some("status"), dry_run)?;
+            let status = sub == Some("status");
+            let write = update(status.then_some("status"));
+            let obj = store.modify(rt, ns, name, status, dry_run, None, |old| {
+                let want = body["metadata"]["resourceVersion"]
+                    .as_str()
+                    .unwrap_or_default();
+                if !want.is_empty() && Some(want) != old["metadata"]["resourceVersion"].as_str() {
+                    return Err(ApiError::conflict(&rt.plural, name));
+                }
+                let mut new = body.clone();
+                fields::record_update(old, &mut new, &write, rt.status_subresource);
+                Ok(new)
+            })?;
             Ok(json_response(200, &obj))
         }
         (Method::PUT, Some(name), Some("scale")) => {
@@ -452,6 +489,7 @@ async fn resource_request(
                 &query,
                 &body,
                 dry_run,
+                &manager,
             )
         }
         (Method::DELETE, Some(name), None) => {
@@ -536,6 +574,7 @@ fn patch_request(
     query: &Query,
     body: &[u8],
     dry_run: bool,
+    manager: &str,
 ) -> Result<Response<Body>> {
     let kind = content_type
         .split(';')
@@ -550,10 +589,25 @@ fn patch_request(
             "fieldManager is required for apply requests",
         ));
     }
+    let api_version = rt.api_version();
+    let subresource = (sub == Some("status")).then_some("status");
+    let write = fields::Write {
+        manager,
+        operation: if apply { "Apply" } else { "Update" },
+        subresource,
+        api_version: &api_version,
+    };
+    let force = query.flag("force") && query.get("force").is_some();
     let create = if apply && sub.is_none() {
         let mut obj = patch_doc.clone();
         obj["metadata"]["name"] = json!(name);
-        Some(obj)
+        Some(fields::apply(
+            None,
+            &obj,
+            &write,
+            force,
+            rt.status_subresource,
+        )?)
     } else {
         None
     };
@@ -596,8 +650,14 @@ fn patch_request(
                 dry_run,
                 create,
                 |old| {
-                    let mut new = old.clone();
-                    apply_patch(&mut new)?;
+                    let mut new = if apply {
+                        fields::apply(Some(old), &patch_doc, &write, force, rt.status_subresource)?
+                    } else {
+                        let mut new = old.clone();
+                        apply_patch(&mut new)?;
+                        fields::record_update(old, &mut new, &write, rt.status_subresource);
+                        new
+                    };
                     let want = new["metadata"]["resourceVersion"]
                         .as_str()
                         .unwrap_or_default();

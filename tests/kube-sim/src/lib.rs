@@ -7,6 +7,7 @@ pub mod controllers;
 pub mod dns;
 pub mod error;
 pub mod exec;
+pub mod fields;
 pub mod http;
 pub mod kubelet;
 pub mod patch;

@@ -418,7 +418,6 @@ impl Store {
         m.insert("creationTimestamp".into(), json!(time::now_rfc3339()));
         m.insert("generation".into(), json!(1));
         m.remove("deletionTimestamp");
-        m.remove("managedFields");
         self.defaults(&mut inner, rt, &mut obj)?;
         if dry_run {
             return Ok(obj);
@@ -729,6 +728,14 @@ impl Store {
         if status {
             let mut merged = old.clone();
             merged["status"] = new["status"].clone();
+            match new["metadata"].get("managedFields") {
+                Some(mf) => merged["metadata"]["managedFields"] = mf.clone(),
+                None => {
+                    if let Some(m) = merged["metadata"].as_object_mut() {
+                        m.remove("managedFields");
+                    }
+                }
+            }
             new = merged;
         } else if rt.status_subresource {
             new["status"] = old["status"].clone();
@@ -755,9 +762,6 @@ impl Store {
                     }
                 }
             }
-        }
-        if let Some(m) = new["metadata"].as_object_mut() {
-            m.remove("managedFields");
         }
         let generation = old["metadata"]["generation"].as_i64().unwrap_or(1);
         let bumped = if spec_part(&old) != spec_part(&new) {

@@ -936,3 +936,119 @@ spec:
 fn discoveries(sim: &Sim) -> Vec<serde_json::Value> {
     serde_json::from_str(&sim.ok(&["get", "--raw", "/remora-sim/discovery"])).unwrap()
 }
+
+/// The managedFields entries of configmap `owned`: (manager, operation, fieldsV1).
+fn managed_fields(sim: &Sim) -> Vec<(String, String, serde_json::Value)> {
+    let cm = sim.json(&["get", "configmap", "owned", "--show-managed-fields"]);
+    cm["metadata"]["managedFields"]
+        .as_array()
+        .expect("managedFields")
+        .iter()
+        .map(|e| {
+            (
+                e["manager"].as_str().unwrap().to_owned(),
+                e["operation"].as_str().unwrap().to_owned(),
+                e["fieldsV1"].clone(),
+            )
+        })
+        .collect()
+}
+
+/// Server-side apply with field ownership, through the real kubectl with two field
+/// managers: managedFields per manager and operation; applying another value of a field
+/// someone else owns is a 409 conflict naming the field and its owner, unless
+/// `--force-conflicts`, which takes the field over; a field a manager stops applying is
+/// removed; a plain patch makes its manager (Update) an owner that apply conflicts with.
+#[test]
+fn server_side_apply_tracks_field_owners_and_conflicts() {
+    use serde_json::json;
+    let sim = Sim::start();
+    let cm = |data: &str| {
+        format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: owned}}\ndata: {{{data}}}\n")
+    };
+    let ssa = |manager: &str, data: &str, extra: &[&str]| {
+        let path = sim.dir.path().join(format!("{manager}.yaml"));
+        std::fs::write(&path, cm(data)).unwrap();
+        let mut args = vec![
+            "apply".to_owned(),
+            "--server-side".to_owned(),
+            format!("--field-manager={manager}"),
+            "-f".to_owned(),
+            path.display().to_string(),
+        ];
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        sim.kubectl(&args)
+    };
+    let data = |sim: &Sim| sim.json(&["get", "configmap", "owned"])["data"].clone();
+
+    assert!(ssa("alice", "shared: one, mine: a", &[]).status.success());
+    // bob applies the same value: the field is shared, no conflict.
+    assert!(ssa("bob", "shared: one", &[]).status.success());
+    let mf = managed_fields(&sim);
+    assert_eq!(
+        mf,
+        [
+            (
+                "alice".to_owned(),
+                "Apply".to_owned(),
+                json!({"f:data": {"f:mine": {}, "f:shared": {}}})
+            ),
+            (
+                "bob".to_owned(),
+                "Apply".to_owned(),
+                json!({"f:data": {"f:shared": {}}})
+            ),
+        ]
+    );
+
+    // bob wants another value: conflict with alice, nothing changes.
+    let out = ssa("bob", "shared: two", &[]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("conflict with \"alice\"") && stderr.contains(".data.shared"),
+        "{stderr}"
+    );
+    assert_eq!(data(&sim), json!({"shared": "one", "mine": "a"}));
+
+    // Forced: bob takes the field over.
+    let out = ssa("bob", "shared: two", &["--force-conflicts"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(data(&sim), json!({"shared": "two", "mine": "a"}));
+    let mf = managed_fields(&sim);
+    assert_eq!(mf[0].2, json!({"f:data": {"f:mine": {}}}), "{mf:?}");
+    assert_eq!(mf[1].2, json!({"f:data": {"f:shared": {}}}), "{mf:?}");
+
+    // alice stops applying `mine`: it goes (no one else owns it).
+    assert!(ssa("alice", "shared: two", &[]).status.success());
+    assert_eq!(data(&sim), json!({"shared": "two"}));
+
+    // A merge patch (an Update by kubectl-patch) changes `shared`: it owns it now, and an
+    // apply of another value conflicts with it.
+    sim.ok(&[
+        "patch",
+        "configmap",
+        "owned",
+        "--type=merge",
+        "-p",
+        r#"{"data":{"shared":"three"}}"#,
+    ]);
+    let mf = managed_fields(&sim);
+    assert!(
+        mf.iter().any(|(m, op, f)| m == "kubectl-patch"
+            && op == "Update"
+            && *f == json!({"f:data": {"f:shared": {}}})),
+        "{mf:?}"
+    );
+    let out = ssa("alice", "shared: two", &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("conflict with \"kubectl-patch\""),
+        "{stderr}"
+    );
+}
