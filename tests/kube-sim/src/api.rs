@@ -402,17 +402,38 @@ async fn resource_request(
                     table,
                 );
             }
-            let (items, rv) = store.list(rt, ns, &labels, &fields);
+            let limit = match query.get("limit").filter(|l| !l.is_empty()) {
+                Some(l) => l
+                    .parse::<usize>()
+                    .map_err(|_| ApiError::bad_request(format!("invalid limit {l:?}")))?,
+                None => 0,
+            };
+            let selected = !labels.is_empty() || !fields.is_empty();
+            let page = store.snapshots.page(
+                || store.list(rt, ns, &labels, &fields),
+                limit,
+                query.get("continue"),
+            )?;
+            let mut metadata = json!({"resourceVersion": page.rv.to_string()});
+            if let Some(token) = &page.continue_token {
+                metadata["continue"] = json!(token);
+                // As the API server: only when no selector filters the list.
+                if !selected {
+                    metadata["remainingItemCount"] = json!(page.remaining);
+                }
+            }
             if table {
-                return Ok(json_response(200, &table::table(rt, &items, rv, true)));
+                let mut t = table::table(rt, &page.items, page.rv, true);
+                t["metadata"] = metadata;
+                return Ok(json_response(200, &t));
             }
             Ok(json_response(
                 200,
                 &json!({
                     "kind": format!("{}List", rt.kind),
                     "apiVersion": rt.api_version(),
-                    "metadata": {"resourceVersion": rv.to_string()},
-                    "items": items,
+                    "metadata": metadata,
+                    "items": page.items,
                 }),
             ))
         }

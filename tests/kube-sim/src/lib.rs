@@ -10,6 +10,7 @@ pub mod exec;
 pub mod fields;
 pub mod http;
 pub mod kubelet;
+pub mod paging;
 pub mod patch;
 pub mod portforward;
 pub mod protobuf;

@@ -12,6 +12,7 @@ use tokio::sync::broadcast;
 
 use crate::{
     error::{ApiError, Result},
+    paging::Snapshots,
     resources::{Registry, ResourceType},
     selector::{FieldSelector, LabelSelector},
     time,
@@ -61,6 +62,8 @@ struct Inner {
 pub struct Store {
     inner: Arc<Mutex<Inner>>,
     events_tx: broadcast::Sender<Arc<Event>>,
+    /// Snapshots of paged lists (`limit`/`continue`).
+    pub snapshots: Snapshots,
 }
 
 /// What a watch starts from.
@@ -137,6 +140,7 @@ impl Store {
         let store = Self {
             inner: Arc::new(Mutex::new(Inner::default())),
             events_tx,
+            snapshots: Snapshots::default(),
         };
         store.seed();
         store
