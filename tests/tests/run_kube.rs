@@ -357,16 +357,17 @@ spec:
         migrate = template("migrate"),
         nightly = template("nightly").replace("\n", "\n    "),
     ));
-    // The suspended CronJob's Job, made by hand as kubectl does it (owned by the
-    // CronJob; JSON only: see docs/kube-sim.md).
+    // The suspended CronJob's Job, made by hand with kubectl (owned by the CronJob; kubectl
+    // POSTs it as protobuf, which the test cluster decodes).
     let kc = sim.kubeconfig.display().to_string();
-    let made = Command::new("sh")
+    let made = Command::new("kubectl")
         .args([
-            "-c",
-            &format!(
-                "kubectl --kubeconfig {kc} create job --from=cronjob/nightly nightly-by-hand \
-                 --dry-run=client -o yaml | kubectl --kubeconfig {kc} apply -f -"
-            ),
+            "--kubeconfig",
+            &kc,
+            "create",
+            "job",
+            "--from=cronjob/nightly",
+            "nightly-by-hand",
         ])
         .output()
         .unwrap();

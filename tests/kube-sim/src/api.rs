@@ -10,9 +10,10 @@ use tokio::sync::{broadcast::error::RecvError, mpsc};
 
 use crate::{
     error::{ApiError, Result},
+    fields,
     http::{self, Body, Query, error_response, json_response},
     kubelet::{Cgroups, Execs, Logs},
-    patch,
+    patch, protobuf,
     resources::ResourceType,
     selector::{FieldSelector, LabelSelector},
     store::{Propagation, Store},
@@ -76,12 +77,31 @@ pub async fn handle(state: Arc<ApiState>, req: Request<Incoming>) -> Response<Bo
     }
 }
 
+/// The request's body; a protobuf body (client-go's typed clients send built-in kinds so) is
+/// decoded into the JSON object it stands for.
 async fn read_body(req: Request<Incoming>) -> Result<Bytes> {
-    req.into_body()
+    let protobuf = req
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with(protobuf::MEDIA_TYPE));
+    let body = req
+        .into_body()
         .collect()
         .await
         .map(|c| c.to_bytes())
-        .map_err(|e| ApiError::bad_request(format!("reading the body: {e}")))
+        .map_err(|e| ApiError::bad_request(format!("reading the body: {e}")))?;
+    if !protobuf || body.is_empty() {
+        return Ok(body);
+    }
+    let obj = protobuf::decode(&body).map_err(|e| {
+        ApiError::new(
+            415,
+            "UnsupportedMediaType",
+            format!("the protobuf body could not be decoded: {e}"),
+        )
+    })?;
+    Ok(Bytes::from(serde_json::to_vec(&obj).unwrap_or_default()))
 }
 
 fn parse_json(body: &[u8]) -> Result<Value> {
@@ -112,7 +132,21 @@ async fn route(state: &ApiState, req: Request<Incoming>) -> Result<Response<Body
                 }),
             ));
         }
-        ["api"] => {
+        ["api"] | ["apis"] => {
+            let legacy = segs == ["api"];
+            let served = aggregated_discovery_version(&req);
+            state
+                .store
+                .record_discovery(&path, served.unwrap_or("legacy"));
+            if let Some(version) = served {
+                return Ok(aggregated_response(
+                    &registry.aggregated_discovery(legacy, version),
+                    version,
+                ));
+            }
+            if !legacy {
+                return Ok(json_response(200, &registry.api_group_list()));
+            }
             return Ok(json_response(
                 200,
                 &json!({
@@ -121,7 +155,6 @@ async fn route(state: &ApiState, req: Request<Incoming>) -> Result<Response<Body
                 }),
             ));
         }
-        ["apis"] => return Ok(json_response(200, &registry.api_group_list())),
         ["openapi", "v2"] => {
             // An empty protobuf document: kubectl's client-side validation finds no schema
             // for any kind and skips it (see docs/kube-sim.md).
@@ -132,6 +165,9 @@ async fn route(state: &ApiState, req: Request<Incoming>) -> Result<Response<Body
             ));
         }
         ["remora-sim", "reviews"] => return Ok(json_response(200, &json!(state.store.reviews()))),
+        ["remora-sim", "discovery"] => {
+            return Ok(json_response(200, &json!(state.store.discoveries())));
+        }
         ["remora-sim", "compact"] => {
             state.store.compact();
             return Ok(json_response(
@@ -140,6 +176,7 @@ async fn route(state: &ApiState, req: Request<Incoming>) -> Result<Response<Body
             ));
         }
         ["api", "v1"] => {
+            state.store.record_discovery(&path, "legacy");
             return registry
                 .resource_list("", "v1")
                 .map(|v| json_response(200, &v))
@@ -154,6 +191,7 @@ async fn route(state: &ApiState, req: Request<Incoming>) -> Result<Response<Body
                 .ok_or_else(|| ApiError::not_found("group", group));
         }
         ["apis", group, version] => {
+            state.store.record_discovery(&path, "legacy");
             return registry
                 .resource_list(group, version)
                 .map(|v| json_response(200, &v))
@@ -215,6 +253,48 @@ async fn route(state: &ApiState, req: Request<Incoming>) -> Result<Response<Body
     resource_request(state, target, req).await
 }
 
+/// The aggregated discovery version (`v2`, `v2beta1`) the client's Accept header asks for
+/// before any plain JSON, as client-go's discovery does (`application/json;g=apidiscovery.k8s.io;
+/// v=v2;as=APIGroupDiscoveryList,…;v=v2beta1;…,application/json`); None for legacy discovery.
+fn aggregated_discovery_version(req: &Request<Incoming>) -> Option<&'static str> {
+    let accept = req.headers().get("accept")?.to_str().ok()?;
+    for clause in accept.split(',') {
+        let mut parts = clause.split(';').map(str::trim);
+        let base = parts.next().unwrap_or_default().to_ascii_lowercase();
+        let params: Vec<(String, &str)> = parts
+            .filter_map(|p| p.split_once('='))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim()))
+            .collect();
+        let param = |name: &str| params.iter().find(|(k, _)| k == name).map(|(_, v)| *v);
+        if base == "application/json"
+            && param("g") == Some("apidiscovery.k8s.io")
+            && param("as") == Some("APIGroupDiscoveryList")
+        {
+            match param("v") {
+                Some("v2") => return Some("v2"),
+                Some("v2beta1") => return Some("v2beta1"),
+                _ => continue,
+            }
+        }
+        if matches!(base.as_str(), "application/json" | "*/*" | "application/*") {
+            return None;
+        }
+    }
+    None
+}
+
+fn aggregated_response(body: &Value, version: &str) -> Response<Body> {
+    Response::builder()
+        .status(200)
+        .header(
+            "content-type",
+            format!("application/json;g=apidiscovery.k8s.io;v={version};as=APIGroupDiscoveryList"),
+        )
+        .header("vary", "Accept")
+        .body(http::full(serde_json::to_vec(body).unwrap_or_default()))
+        .expect("response")
+}
+
 fn wants_table(req: &Request<Incoming>) -> bool {
     req.headers()
         .get("accept")
@@ -258,14 +338,25 @@ async fn resource_request(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/json")
         .to_owned();
-    if content_type.starts_with("application/vnd.kubernetes.protobuf") {
-        return Err(ApiError::new(
-            415,
-            "UnsupportedMediaType",
-            "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, application/merge-patch+json, application/json-patch+json, application/strategic-merge-patch+json, application/apply-patch+yaml",
-        ));
-    }
     let dry_run = query.get("dryRun").is_some_and(|v| !v.is_empty());
+    let manager = query
+        .get("fieldManager")
+        .filter(|m| !m.is_empty())
+        .map(str::to_owned)
+        .unwrap_or_else(|| {
+            fields::default_manager(
+                req.headers()
+                    .get("user-agent")
+                    .and_then(|v| v.to_str().ok()),
+            )
+        });
+    let api_version = t.rt.api_version();
+    let update = |sub: Option<&'static str>| fields::Write {
+        manager: &manager,
+        operation: "Update",
+        subresource: sub,
+        api_version: &api_version,
+    };
     let ns = t.namespace.as_deref();
     let rt = &t.rt;
     let store = &state.store;
@@ -311,17 +402,38 @@ async fn resource_request(
                     table,
                 );
             }
-            let (items, rv) = store.list(rt, ns, &labels, &fields);
+            let limit = match query.get("limit").filter(|l| !l.is_empty()) {
+                Some(l) => l
+                    .parse::<usize>()
+                    .map_err(|_| ApiError::bad_request(format!("invalid limit {l:?}")))?,
+                None => 0,
+            };
+            let selected = !labels.is_empty() || !fields.is_empty();
+            let page = store.snapshots.page(
+                || store.list(rt, ns, &labels, &fields),
+                limit,
+                query.get("continue"),
+            )?;
+            let mut metadata = json!({"resourceVersion": page.rv.to_string()});
+            if let Some(token) = &page.continue_token {
+                metadata["continue"] = json!(token);
+                // As the API server: only when no selector filters the list.
+                if !selected {
+                    metadata["remainingItemCount"] = json!(page.remaining);
+                }
+            }
             if table {
-                return Ok(json_response(200, &table::table(rt, &items, rv, true)));
+                let mut t = table::table(rt, &page.items, page.rv, true);
+                t["metadata"] = metadata;
+                return Ok(json_response(200, &t));
             }
             Ok(json_response(
                 200,
                 &json!({
                     "kind": format!("{}List", rt.kind),
                     "apiVersion": rt.api_version(),
-                    "metadata": {"resourceVersion": rv.to_string()},
-                    "items": items,
+                    "metadata": metadata,
+                    "items": page.items,
                 }),
             ))
         }
@@ -342,7 +454,13 @@ async fn resource_request(
             Some(other) => Err(ApiError::not_found("subresource", other)),
         },
         (Method::POST, None, None) => {
-            let body = parse_json(&read_body(req).await?)?;
+            let mut body = parse_json(&read_body(req).await?)?;
+            fields::record_update(
+                &Value::Null,
+                &mut body,
+                &update(None),
+                rt.status_subresource,
+            );
             let obj = store.create(rt, ns, body, dry_run)?;
             Ok(json_response(201, &obj))
         }
@@ -355,7 +473,19 @@ async fn resource_request(
         }
         (Method::PUT, Some(name), sub @ (None | Some("status") | Some("ephemeralcontainers"))) => {
             let body = parse_json(&read_body(req).await?)?;
-            let obj = store.update(rt, ns, name, body, sub == Some("status"), dry_run)?;
+            let status = sub == Some("status");
+            let write = update(status.then_some("status"));
+            let obj = store.modify(rt, ns, name, status, dry_run, None, |old| {
+                let want = body["metadata"]["resourceVersion"]
+                    .as_str()
+                    .unwrap_or_default();
+                if !want.is_empty() && Some(want) != old["metadata"]["resourceVersion"].as_str() {
+                    return Err(ApiError::conflict(&rt.plural, name));
+                }
+                let mut new = body.clone();
+                fields::record_update(old, &mut new, &write, rt.status_subresource);
+                Ok(new)
+            })?;
             Ok(json_response(200, &obj))
         }
         (Method::PUT, Some(name), Some("scale")) => {
@@ -380,6 +510,7 @@ async fn resource_request(
                 &query,
                 &body,
                 dry_run,
+                &manager,
             )
         }
         (Method::DELETE, Some(name), None) => {
@@ -464,6 +595,7 @@ fn patch_request(
     query: &Query,
     body: &[u8],
     dry_run: bool,
+    manager: &str,
 ) -> Result<Response<Body>> {
     let kind = content_type
         .split(';')
@@ -478,10 +610,25 @@ fn patch_request(
             "fieldManager is required for apply requests",
         ));
     }
+    let api_version = rt.api_version();
+    let subresource = (sub == Some("status")).then_some("status");
+    let write = fields::Write {
+        manager,
+        operation: if apply { "Apply" } else { "Update" },
+        subresource,
+        api_version: &api_version,
+    };
+    let force = query.flag("force") && query.get("force").is_some();
     let create = if apply && sub.is_none() {
         let mut obj = patch_doc.clone();
         obj["metadata"]["name"] = json!(name);
-        Some(obj)
+        Some(fields::apply(
+            None,
+            &obj,
+            &write,
+            force,
+            rt.status_subresource,
+        )?)
     } else {
         None
     };
@@ -524,8 +671,14 @@ fn patch_request(
                 dry_run,
                 create,
                 |old| {
-                    let mut new = old.clone();
-                    apply_patch(&mut new)?;
+                    let mut new = if apply {
+                        fields::apply(Some(old), &patch_doc, &write, force, rt.status_subresource)?
+                    } else {
+                        let mut new = old.clone();
+                        apply_patch(&mut new)?;
+                        fields::record_update(old, &mut new, &write, rt.status_subresource);
+                        new
+                    };
                     let want = new["metadata"]["resourceVersion"]
                         .as_str()
                         .unwrap_or_default();

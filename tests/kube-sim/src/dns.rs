@@ -1,4 +1,4 @@
-//! The cluster DNS: a small UDP resolver on the bridge's address (port 53) that pods use
+//! The cluster DNS: a small resolver on the bridge's address (port 53, UDP and TCP) that pods use
 //! through their `/etc/resolv.conf`. It answers A queries for `<svc>.<ns>.svc.cluster.local`
 //! with the service's cluster IP (routed by the service proxy, `src/proxy.rs`), or for a
 //! headless service the addresses of its ready pods (from its Endpoints), NXDOMAIN for other
@@ -11,7 +11,10 @@ use std::{
     time::Duration,
 };
 
-use tokio::net::UdpSocket;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream, UdpSocket},
+};
 
 use crate::store::Store;
 
@@ -21,6 +24,8 @@ pub const DOMAIN: &str = "cluster.local";
 const TTL: u32 = 5;
 /// How long a relayed query may take.
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a TCP connection may stay idle between queries.
+const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 const TYPE_A: u16 = 1;
 const RCODE_NXDOMAIN: u8 = 3;
 const RCODE_SERVFAIL: u8 = 2;
@@ -102,6 +107,35 @@ pub fn upstream() -> Option<SocketAddr> {
         .map(|ip| SocketAddr::new(ip, 53))
 }
 
+/// The reply to one query: answered here for names under `cluster.local`, relayed to
+/// `upstream` (over TCP when the query came over TCP) otherwise; None for a malformed query.
+async fn reply(
+    store: &Store,
+    upstream: Option<SocketAddr>,
+    query: &[u8],
+    tcp: bool,
+) -> Option<Vec<u8>> {
+    let (name, qtype, end) = question(query)?;
+    if name == DOMAIN || name.ends_with(&format!(".{DOMAIN}")) {
+        let labels: Vec<&str> = name.split('.').collect();
+        return Some(match labels.as_slice() {
+            [svc, ns, "svc", "cluster", "local"] => match service_addresses(store, ns, svc) {
+                Some(ips) if qtype == TYPE_A => response(query, end, 0, &ips),
+                // The name exists: no data of other types.
+                Some(_) => response(query, end, 0, &[]),
+                None => response(query, end, RCODE_NXDOMAIN, &[]),
+            },
+            _ => response(query, end, RCODE_NXDOMAIN, &[]),
+        });
+    }
+    let relayed = match upstream {
+        Some(up) if tcp => relay_tcp(query, up).await,
+        Some(up) => relay(query, up).await,
+        None => None,
+    };
+    Some(relayed.unwrap_or_else(|| response(query, end, RCODE_SERVFAIL, &[])))
+}
+
 /// Serves queries on `socket` until aborted.
 pub async fn serve(socket: UdpSocket, store: Store, upstream: Option<SocketAddr>) {
     let socket = Arc::new(socket);
@@ -111,33 +145,64 @@ pub async fn serve(socket: UdpSocket, store: Store, upstream: Option<SocketAddr>
             continue;
         };
         let query = buf[..n].to_vec();
-        let Some((name, qtype, end)) = question(&query) else {
-            continue;
-        };
-        if name == DOMAIN || name.ends_with(&format!(".{DOMAIN}")) {
-            let labels: Vec<&str> = name.split('.').collect();
-            let reply = match labels.as_slice() {
-                [svc, ns, "svc", "cluster", "local"] => match service_addresses(&store, ns, svc) {
-                    Some(ips) if qtype == TYPE_A => response(&query, end, 0, &ips),
-                    // The name exists: no data of other types.
-                    Some(_) => response(&query, end, 0, &[]),
-                    None => response(&query, end, RCODE_NXDOMAIN, &[]),
-                },
-                _ => response(&query, end, RCODE_NXDOMAIN, &[]),
-            };
-            let _ = socket.send_to(&reply, peer).await;
-            continue;
-        }
         let socket = socket.clone();
+        let store = store.clone();
         tokio::spawn(async move {
-            let reply = match upstream {
-                Some(up) => relay(&query, up).await,
-                None => None,
-            };
-            let reply = reply.unwrap_or_else(|| response(&query, end, RCODE_SERVFAIL, &[]));
-            let _ = socket.send_to(&reply, peer).await;
+            if let Some(r) = reply(&store, upstream, &query, false).await {
+                let _ = socket.send_to(&r, peer).await;
+            }
         });
     }
+}
+
+/// Serves DNS over TCP (RFC 1035 4.2.2, RFC 7766: each message behind its 2-byte length,
+/// several per connection) on `listener` until aborted, as resolvers use it for large
+/// answers or with `options use-vc`.
+pub async fn serve_tcp(listener: TcpListener, store: Store, upstream: Option<SocketAddr>) {
+    loop {
+        let Ok((mut conn, _)) = listener.accept().await else {
+            continue;
+        };
+        let store = store.clone();
+        tokio::spawn(async move {
+            while let Ok(Ok(query)) =
+                tokio::time::timeout(TCP_IDLE_TIMEOUT, read_message(&mut conn)).await
+            {
+                let Some(r) = reply(&store, upstream, &query, true).await else {
+                    return;
+                };
+                if write_message(&mut conn, &r).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+}
+
+async fn read_message(conn: &mut TcpStream) -> std::io::Result<Vec<u8>> {
+    let mut len = [0u8; 2];
+    conn.read_exact(&mut len).await?;
+    let mut msg = vec![0u8; usize::from(u16::from_be_bytes(len))];
+    conn.read_exact(&mut msg).await?;
+    Ok(msg)
+}
+
+async fn write_message(conn: &mut TcpStream, msg: &[u8]) -> std::io::Result<()> {
+    let len = u16::try_from(msg.len()).map_err(|_| std::io::ErrorKind::InvalidData)?;
+    let mut out = len.to_be_bytes().to_vec();
+    out.extend_from_slice(msg);
+    conn.write_all(&out).await
+}
+
+async fn relay_tcp(query: &[u8], upstream: SocketAddr) -> Option<Vec<u8>> {
+    tokio::time::timeout(UPSTREAM_TIMEOUT, async {
+        let mut conn = TcpStream::connect(upstream).await.ok()?;
+        write_message(&mut conn, query).await.ok()?;
+        read_message(&mut conn).await.ok()
+    })
+    .await
+    .ok()
+    .flatten()
 }
 
 async fn relay(query: &[u8], upstream: SocketAddr) -> Option<Vec<u8>> {

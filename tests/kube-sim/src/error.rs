@@ -9,6 +9,8 @@ pub struct ApiError {
     pub code: u16,
     pub reason: &'static str,
     pub message: String,
+    /// `details` of the Status (e.g. the `causes` of an apply conflict).
+    pub details: Option<Value>,
 }
 
 pub type Result<T, E = ApiError> = std::result::Result<T, E>;
@@ -19,7 +21,13 @@ impl ApiError {
             code,
             reason,
             message: message.into(),
+            details: None,
         }
+    }
+
+    pub fn with_details(mut self, details: Value) -> Self {
+        self.details = Some(details);
+        self
     }
 
     pub fn not_found(resource: &str, name: &str) -> Self {
@@ -54,7 +62,7 @@ impl ApiError {
 
     /// The `metav1.Status` body.
     pub fn status(&self) -> Value {
-        json!({
+        let mut status = json!({
             "kind": "Status",
             "apiVersion": "v1",
             "metadata": {},
@@ -62,6 +70,10 @@ impl ApiError {
             "message": self.message,
             "reason": self.reason,
             "code": self.code,
-        })
+        });
+        if let Some(details) = &self.details {
+            status["details"] = details.clone();
+        }
+        status
     }
 }

@@ -673,6 +673,21 @@ impl Kubelet {
                     args.extend(["--workdir".to_owned(), dir.to_owned()]);
                 }
                 args.extend(security.to_args());
+                let limits = &container["resources"]["limits"];
+                let quantity = |name: &str| {
+                    limits[name]
+                        .as_str()
+                        .map(str::to_owned)
+                        .or_else(|| limits[name].as_f64().map(|n| n.to_string()))
+                        .and_then(|q| cgroup::parse_quantity(&q))
+                };
+                if let Some(bytes) = quantity("memory") {
+                    args.extend(["--memory-limit".to_owned(), (bytes as u64).to_string()]);
+                }
+                if let Some(cores) = quantity("cpu") {
+                    let milli = (cores * 1000.0).ceil() as u64;
+                    args.extend(["--cpu-limit-milli".to_owned(), milli.to_string()]);
+                }
                 args.push("--".to_owned());
                 let mut env = vec![("PATH".to_owned(), path_var.clone())];
                 env.extend(self.env(&pod, &container, &ctx));

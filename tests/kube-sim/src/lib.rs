@@ -7,10 +7,13 @@ pub mod controllers;
 pub mod dns;
 pub mod error;
 pub mod exec;
+pub mod fields;
 pub mod http;
 pub mod kubelet;
+pub mod paging;
 pub mod patch;
 pub mod portforward;
+pub mod protobuf;
 pub mod proxy;
 pub mod resources;
 pub mod selector;
@@ -245,6 +248,18 @@ async fn serve(args: ServeArgs, parent: nix::unistd::Pid) -> Result<(), Error> {
             None
         }
     };
+    // The same over TCP.
+    let dns_tcp_server = match tokio::net::TcpListener::bind((network.gateway(), 53)).await {
+        Ok(listener) => Some(tokio::spawn(dns::serve_tcp(
+            listener,
+            store_for_dns.clone(),
+            dns::upstream(),
+        ))),
+        Err(e) => {
+            tracing::warn!(error = %e, "no cluster DNS over TCP: binding {}:53", network.gateway());
+            None
+        }
+    };
     let execs = kubelet::Execs::default();
     let token = format!("remora-sim-{}", store::name_suffix(24));
     let state = Arc::new(api::ApiState {
@@ -288,7 +303,7 @@ async fn serve(args: ServeArgs, parent: nix::unistd::Pid) -> Result<(), Error> {
     eprintln!("remora-kube-sim: serving on {scheme}://{addr}");
     wait_for_signal(args.exit_with_parent.then_some(parent)).await;
     server.abort();
-    if let Some(d) = dns_server {
+    for d in [dns_server, dns_tcp_server].into_iter().flatten() {
         d.abort();
     }
     if let Some(s) = pod_server {

@@ -419,6 +419,95 @@ impl Registry {
         }))
     }
 
+    /// Aggregated discovery (`apidiscovery.k8s.io/v2`, or `v2beta1`: the same shape) of the
+    /// legacy group (`legacy`: what `/api` serves) or of every named group (`/apis`): an
+    /// `APIGroupDiscoveryList` whose versions hold their resources, each resource with its
+    /// subresources, as kubectl 1.32 asks for first.
+    pub fn aggregated_discovery(&self, legacy: bool, version: &str) -> Value {
+        let groups: Vec<(String, Vec<String>)> = if legacy {
+            vec![(String::new(), vec!["v1".to_owned()])]
+        } else {
+            self.groups()
+        };
+        let items: Vec<Value> = groups
+            .iter()
+            .map(|(group, versions)| {
+                let versions: Vec<Value> = versions
+                    .iter()
+                    .map(|v| {
+                        json!({
+                            "version": v,
+                            "resources": self.discovered_resources(group, v),
+                            "freshness": "Current",
+                        })
+                    })
+                    .collect();
+                json!({"metadata": {"name": group, "creationTimestamp": null}, "versions": versions})
+            })
+            .collect();
+        json!({
+            "kind": "APIGroupDiscoveryList",
+            "apiVersion": format!("apidiscovery.k8s.io/{version}"),
+            "metadata": {},
+            "items": items,
+        })
+    }
+
+    /// The `APIResourceDiscovery` entries of one group/version (from its `APIResourceList`:
+    /// each `x/sub` entry becomes a subresource of `x`).
+    fn discovered_resources(&self, group: &str, version: &str) -> Vec<Value> {
+        let Some(list) = self.resource_list(group, version) else {
+            return Vec::new();
+        };
+        let entries = list["resources"].as_array().cloned().unwrap_or_default();
+        let kind_of = |e: &Value| {
+            json!({
+                "group": e["group"].as_str().unwrap_or(group),
+                "version": e["version"].as_str().unwrap_or(version),
+                "kind": e["kind"],
+            })
+        };
+        let mut out: Vec<Value> = Vec::new();
+        for e in &entries {
+            let name = e["name"].as_str().unwrap_or_default();
+            match name.split_once('/') {
+                None => out.push(json!({
+                    "resource": name,
+                    "responseKind": kind_of(e),
+                    "scope": if e["namespaced"] == json!(true) { "Namespaced" } else { "Cluster" },
+                    "singularResource": e["singularName"],
+                    "verbs": e["verbs"],
+                    "shortNames": e["shortNames"],
+                    "subresources": [],
+                })),
+                Some((parent, sub)) => {
+                    if let Some(p) = out.iter_mut().find(|r| r["resource"] == json!(parent))
+                        && let Some(subs) = p["subresources"].as_array_mut()
+                    {
+                        subs.push(json!({
+                            "subresource": sub,
+                            "responseKind": kind_of(e),
+                            "verbs": e["verbs"],
+                        }));
+                    }
+                }
+            }
+        }
+        for r in &mut out {
+            if let Some(m) = r.as_object_mut() {
+                for key in ["shortNames", "subresources"] {
+                    if m.get(key)
+                        .and_then(Value::as_array)
+                        .is_some_and(Vec::is_empty)
+                    {
+                        m.remove(key);
+                    }
+                }
+            }
+        }
+        out
+    }
+
     /// Registers (or re-registers) the types a CRD defines.
     pub fn register_crd(&mut self, crd: &Value) {
         let Some(name) = crd.pointer("/metadata/name").and_then(Value::as_str) else {

@@ -65,6 +65,11 @@ fn set_values(rest: &str, selector: &str) -> Result<Vec<String>, SelectorError> 
 }
 
 impl LabelSelector {
+    /// Selects everything.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     pub fn parse(text: &str) -> Result<Self, SelectorError> {
         let mut reqs = Vec::new();
         for part in split_top(text) {
@@ -146,6 +151,11 @@ impl LabelSelector {
 pub struct FieldSelector(Vec<(String, bool, String)>);
 
 impl FieldSelector {
+    /// Selects everything.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     pub fn parse(text: &str) -> Result<Self, SelectorError> {
         let mut terms = Vec::new();
         for part in split_top(text) {

@@ -12,6 +12,7 @@ use tokio::sync::broadcast;
 
 use crate::{
     error::{ApiError, Result},
+    paging::Snapshots,
     resources::{Registry, ResourceType},
     selector::{FieldSelector, LabelSelector},
     time,
@@ -47,6 +48,8 @@ struct Inner {
     /// Highest resourceVersion no longer in `history`.
     compacted_rv: u64,
     reviews: Vec<Value>,
+    /// Discovery requests served: `{"path", "served"}` (`v2`, `v2beta1` or `legacy`).
+    discovery: VecDeque<Value>,
     next_cluster_ip: u32,
     /// `N` of the run's routed service range 10.215.N.0/24 (see [`Store::set_service_subnet`]).
     service_subnet: Option<u8>,
@@ -59,6 +62,8 @@ struct Inner {
 pub struct Store {
     inner: Arc<Mutex<Inner>>,
     events_tx: broadcast::Sender<Arc<Event>>,
+    /// Snapshots of paged lists (`limit`/`continue`).
+    pub snapshots: Snapshots,
 }
 
 /// What a watch starts from.
@@ -135,6 +140,7 @@ impl Store {
         let store = Self {
             inner: Arc::new(Mutex::new(Inner::default())),
             events_tx,
+            snapshots: Snapshots::default(),
         };
         store.seed();
         store
@@ -237,6 +243,22 @@ impl Store {
 
     pub fn reviews(&self) -> Vec<Value> {
         self.inner.lock().reviews.clone()
+    }
+
+    /// Records which discovery format a discovery request got (the last 1000 are kept), so
+    /// tests can assert on what kubectl negotiated.
+    pub fn record_discovery(&self, path: &str, served: &str) {
+        let mut inner = self.inner.lock();
+        if inner.discovery.len() >= 1000 {
+            inner.discovery.pop_front();
+        }
+        inner
+            .discovery
+            .push_back(json!({"path": path, "served": served}));
+    }
+
+    pub fn discoveries(&self) -> Vec<Value> {
+        self.inner.lock().discovery.iter().cloned().collect()
     }
 
     /// Drops the watch history, so a watch from an older resourceVersion gets 410 Gone.
@@ -400,7 +422,6 @@ impl Store {
         m.insert("creationTimestamp".into(), json!(time::now_rfc3339()));
         m.insert("generation".into(), json!(1));
         m.remove("deletionTimestamp");
-        m.remove("managedFields");
         self.defaults(&mut inner, rt, &mut obj)?;
         if dry_run {
             return Ok(obj);
@@ -536,6 +557,9 @@ impl Store {
                 if spec["dnsPolicy"].is_null() {
                     spec["dnsPolicy"] = json!("ClusterFirst");
                 }
+            }
+            ("", "secrets") if obj["type"].as_str().is_none_or(str::is_empty) => {
+                obj["type"] = json!("Opaque");
             }
             ("", "services") => {
                 let spec = &mut obj["spec"];
@@ -708,6 +732,14 @@ impl Store {
         if status {
             let mut merged = old.clone();
             merged["status"] = new["status"].clone();
+            match new["metadata"].get("managedFields") {
+                Some(mf) => merged["metadata"]["managedFields"] = mf.clone(),
+                None => {
+                    if let Some(m) = merged["metadata"].as_object_mut() {
+                        m.remove("managedFields");
+                    }
+                }
+            }
             new = merged;
         } else if rt.status_subresource {
             new["status"] = old["status"].clone();
@@ -734,9 +766,6 @@ impl Store {
                     }
                 }
             }
-        }
-        if let Some(m) = new["metadata"].as_object_mut() {
-            m.remove("managedFields");
         }
         let generation = old["metadata"]["generation"].as_i64().unwrap_or(1);
         let bumped = if spec_part(&old) != spec_part(&new) {

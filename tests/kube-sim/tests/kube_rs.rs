@@ -216,3 +216,66 @@ async fn watch_from_a_compacted_version_is_gone() {
         other => panic!("expected a BOOKMARK, got {other:?}"),
     }
 }
+
+/// Paged lists: `ListParams::limit` with the continue tokens, and a watcher whose initial
+/// list comes in pages, both see every object.
+#[tokio::test]
+async fn paged_lists_and_a_paging_watcher() {
+    let sim = Sim::start();
+    let client = client(&sim).await;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    for i in 0..5 {
+        cms.create(&PostParams::default(), &cm(&format!("p{i}"), "v"))
+            .await
+            .unwrap();
+    }
+    let mut names = Vec::new();
+    let mut pages = 0;
+    let mut params = ListParams::default().labels("app=kube-rs").limit(2);
+    loop {
+        let page = cms.list(&params).await.unwrap();
+        pages += 1;
+        names.extend(page.items.iter().map(|c| c.metadata.name.clone().unwrap()));
+        match page.metadata.continue_.filter(|t| !t.is_empty()) {
+            Some(token) => params = params.continue_token(&token),
+            None => break,
+        }
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(names, ["p0", "p1", "p2", "p3", "p4"]);
+
+    let (reader, writer) = reflector::store::<ConfigMap>();
+    let stream = reflector(
+        writer,
+        watcher(
+            cms.clone(),
+            watcher::Config::default()
+                .labels("app=kube-rs")
+                .page_size(2),
+        ),
+    )
+    .applied_objects()
+    .boxed();
+    let task = tokio::spawn(async move {
+        let mut stream = stream;
+        while stream.try_next().await.is_ok_and(|e| e.is_some()) {}
+    });
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let mut seen: Vec<String> = reader
+            .state()
+            .iter()
+            .map(|c| c.metadata.name.clone().unwrap())
+            .collect();
+        seen.sort();
+        if seen == names {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "reflector state {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    task.abort();
+}

@@ -744,7 +744,6 @@ fn reviews_are_answered_and_recorded() {
         serde_json::from_str(&sim.ok(&["create", "-f", path.to_str().unwrap(), "-o", "json"]))
             .unwrap();
     assert_eq!(out["status"]["authenticated"], true);
-    // (`kubectl auth can-i` sends protobuf, which the simulator does not speak.)
     std::fs::write(
         &path,
         serde_json::json!({"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
@@ -765,4 +764,382 @@ fn reviews_are_answered_and_recorded() {
         .map(|r| r["kind"].as_str().unwrap())
         .collect();
     assert_eq!(kinds, ["TokenReview", "SubjectAccessReview"]);
+}
+
+/// kubectl's generator commands go through client-go's typed clients, which POST built-in
+/// kinds as protobuf (`application/vnd.kubernetes.protobuf`): the simulator decodes them.
+#[test]
+fn typed_clients_protobuf_bodies_are_understood() {
+    let sim = Sim::start();
+    sim.ok(&[
+        "create",
+        "configmap",
+        "cfg",
+        "--from-literal=greeting=hello",
+        "--from-literal=empty=",
+    ]);
+    let cm = sim.json(&["get", "configmap", "cfg"]);
+    assert_eq!(
+        cm["data"],
+        serde_json::json!({"greeting": "hello", "empty": ""})
+    );
+    sim.ok(&[
+        "create",
+        "secret",
+        "generic",
+        "pw",
+        "--from-literal=password=s3cret",
+    ]);
+    let secret = sim.json(&["get", "secret", "pw"]);
+    assert_eq!(secret["data"]["password"], "czNjcmV0");
+    assert_eq!(secret["type"], "Opaque");
+
+    sim.ok(&[
+        "create",
+        "deployment",
+        "web",
+        "--image=busybox",
+        "--replicas=2",
+        "--",
+        "sleep",
+        "1000",
+    ]);
+    sim.ok(&["rollout", "status", "deployment/web", "--timeout=30s"]);
+    let deploy = sim.json(&["get", "deployment", "web"]);
+    assert_eq!(deploy["spec"]["replicas"], 2);
+    let container = &deploy["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(container["command"], serde_json::json!(["sleep", "1000"]));
+    // go-to-protobuf writes every non-pointer field, also unset ones: their zero values
+    // are not taken for meant ones.
+    assert!(
+        container.get("imagePullPolicy").is_none(),
+        "no empty imagePullPolicy: {container}"
+    );
+    assert_eq!(names(&sim.ok(&["get", "pods", "-o", "name"])).len(), 2);
+    // A pointer's zero is meant: zero replicas stay zero (not defaulted to one).
+    sim.ok(&[
+        "create",
+        "deployment",
+        "idle",
+        "--image=busybox",
+        "--replicas=0",
+    ]);
+    assert_eq!(
+        sim.ok(&[
+            "get",
+            "deployment",
+            "idle",
+            "-o",
+            "jsonpath={.spec.replicas}"
+        ]),
+        "0"
+    );
+    assert!(
+        sim.ok(&["get", "pods", "-l", "app=idle", "-o", "name"])
+            .is_empty()
+    );
+
+    // `auth can-i` POSTs a SelfSubjectAccessReview.
+    assert_eq!(sim.ok(&["auth", "can-i", "delete", "pods"]).trim(), "yes");
+    let reviews: serde_json::Value =
+        serde_json::from_str(&sim.ok(&["get", "--raw", "/remora-sim/reviews"])).unwrap();
+    let review = reviews
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["kind"] == "SelfSubjectAccessReview")
+        .expect("the review is recorded");
+    assert_eq!(review["spec"]["resourceAttributes"]["verb"], "delete");
+    assert_eq!(review["spec"]["resourceAttributes"]["resource"], "pods");
+}
+
+/// kubectl 1.32 asks `/api` and `/apis` for aggregated discovery (`apidiscovery.k8s.io/v2`)
+/// first; it gets it, so it needs no per-group-version request, and `api-resources` and
+/// `get <custom kind>` work from it.
+#[test]
+fn kubectl_discovers_through_aggregated_discovery() {
+    let sim = Sim::start();
+    sim.apply_yaml(
+        r#"
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {name: gadgets.shop.example.com}
+spec:
+  group: shop.example.com
+  scope: Namespaced
+  names: {plural: gadgets, singular: gadget, kind: Gadget, shortNames: [gd]}
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    schema: {openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}}
+    additionalPrinterColumns:
+    - {name: Size, type: string, jsonPath: .spec.size}
+"#,
+        &[],
+    );
+    sim.ok(&[
+        "wait",
+        "--for=condition=Established",
+        "crd/gadgets.shop.example.com",
+        "--timeout=30s",
+    ]);
+    // A fresh discovery cache, so this kubectl discovers everything from the server.
+    let cache = sim.dir.path().join("discovery-cache");
+    let cache = format!("--cache-dir={}", cache.display());
+    let before = discoveries(&sim).len();
+    let resources = sim.ok(&[&cache, "api-resources"]);
+    let row = |name: &str| {
+        resources
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .unwrap_or_else(|| panic!("no {name} in:\n{resources}"))
+    };
+    assert_eq!(row("pods"), ["pods", "po", "v1", "true", "Pod"]);
+    assert_eq!(
+        row("deployments"),
+        ["deployments", "deploy", "apps/v1", "true", "Deployment"]
+    );
+    assert_eq!(
+        row("gadgets"),
+        ["gadgets", "gd", "shop.example.com/v1", "true", "Gadget"]
+    );
+    assert_eq!(
+        row("namespaces"),
+        ["namespaces", "ns", "v1", "false", "Namespace"]
+    );
+    let served: Vec<serde_json::Value> = discoveries(&sim)[before..].to_vec();
+    let paths: Vec<(&str, &str)> = served
+        .iter()
+        .map(|d| (d["path"].as_str().unwrap(), d["served"].as_str().unwrap()))
+        .collect();
+    assert!(paths.contains(&("/api", "v2")), "{paths:?}");
+    assert!(paths.contains(&("/apis", "v2")), "{paths:?}");
+    assert!(
+        paths.iter().all(|(_, s)| *s == "v2"),
+        "no legacy discovery request was needed: {paths:?}"
+    );
+    sim.apply_yaml(
+        "apiVersion: shop.example.com/v1\nkind: Gadget\nmetadata: {name: g1}\nspec: {size: XL}\n",
+        &[],
+    );
+    let table = sim.ok(&[&cache, "get", "gadgets"]);
+    let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(header, ["NAME", "SIZE", "AGE"], "{table}");
+    assert!(table.lines().nth(1).unwrap().starts_with("g1 "), "{table}");
+    // Without the aggregated media type in Accept, the legacy documents are served.
+    let legacy = sim.ok(&["get", "--raw", "/apis"]);
+    assert!(legacy.contains("\"kind\":\"APIGroupList\""), "{legacy}");
+}
+
+fn discoveries(sim: &Sim) -> Vec<serde_json::Value> {
+    serde_json::from_str(&sim.ok(&["get", "--raw", "/remora-sim/discovery"])).unwrap()
+}
+
+/// The managedFields entries of configmap `owned`: (manager, operation, fieldsV1).
+fn managed_fields(sim: &Sim) -> Vec<(String, String, serde_json::Value)> {
+    let cm = sim.json(&["get", "configmap", "owned", "--show-managed-fields"]);
+    cm["metadata"]["managedFields"]
+        .as_array()
+        .expect("managedFields")
+        .iter()
+        .map(|e| {
+            (
+                e["manager"].as_str().unwrap().to_owned(),
+                e["operation"].as_str().unwrap().to_owned(),
+                e["fieldsV1"].clone(),
+            )
+        })
+        .collect()
+}
+
+/// Server-side apply with field ownership, through the real kubectl with two field
+/// managers: managedFields per manager and operation; applying another value of a field
+/// someone else owns is a 409 conflict naming the field and its owner, unless
+/// `--force-conflicts`, which takes the field over; a field a manager stops applying is
+/// removed; a plain patch makes its manager (Update) an owner that apply conflicts with.
+#[test]
+fn server_side_apply_tracks_field_owners_and_conflicts() {
+    use serde_json::json;
+    let sim = Sim::start();
+    let cm = |data: &str| {
+        format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: owned}}\ndata: {{{data}}}\n")
+    };
+    let ssa = |manager: &str, data: &str, extra: &[&str]| {
+        let path = sim.dir.path().join(format!("{manager}.yaml"));
+        std::fs::write(&path, cm(data)).unwrap();
+        let mut args = vec![
+            "apply".to_owned(),
+            "--server-side".to_owned(),
+            format!("--field-manager={manager}"),
+            "-f".to_owned(),
+            path.display().to_string(),
+        ];
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        sim.kubectl(&args)
+    };
+    let data = |sim: &Sim| sim.json(&["get", "configmap", "owned"])["data"].clone();
+
+    assert!(ssa("alice", "shared: one, mine: a", &[]).status.success());
+    // bob applies the same value: the field is shared, no conflict.
+    assert!(ssa("bob", "shared: one", &[]).status.success());
+    let mf = managed_fields(&sim);
+    assert_eq!(
+        mf,
+        [
+            (
+                "alice".to_owned(),
+                "Apply".to_owned(),
+                json!({"f:data": {"f:mine": {}, "f:shared": {}}})
+            ),
+            (
+                "bob".to_owned(),
+                "Apply".to_owned(),
+                json!({"f:data": {"f:shared": {}}})
+            ),
+        ]
+    );
+
+    // bob wants another value: conflict with alice, nothing changes.
+    let out = ssa("bob", "shared: two", &[]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("conflict with \"alice\"") && stderr.contains(".data.shared"),
+        "{stderr}"
+    );
+    assert_eq!(data(&sim), json!({"shared": "one", "mine": "a"}));
+
+    // Forced: bob takes the field over.
+    let out = ssa("bob", "shared: two", &["--force-conflicts"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(data(&sim), json!({"shared": "two", "mine": "a"}));
+    let mf = managed_fields(&sim);
+    assert_eq!(mf[0].2, json!({"f:data": {"f:mine": {}}}), "{mf:?}");
+    assert_eq!(mf[1].2, json!({"f:data": {"f:shared": {}}}), "{mf:?}");
+
+    // alice stops applying `mine`: it goes (no one else owns it).
+    assert!(ssa("alice", "shared: two", &[]).status.success());
+    assert_eq!(data(&sim), json!({"shared": "two"}));
+
+    // A merge patch (an Update by kubectl-patch) changes `shared`: it owns it now, and an
+    // apply of another value conflicts with it.
+    sim.ok(&[
+        "patch",
+        "configmap",
+        "owned",
+        "--type=merge",
+        "-p",
+        r#"{"data":{"shared":"three"}}"#,
+    ]);
+    let mf = managed_fields(&sim);
+    assert!(
+        mf.iter().any(|(m, op, f)| m == "kubectl-patch"
+            && op == "Update"
+            && *f == json!({"f:data": {"f:shared": {}}})),
+        "{mf:?}"
+    );
+    let out = ssa("alice", "shared: two", &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("conflict with \"kubectl-patch\""),
+        "{stderr}"
+    );
+}
+
+/// List paging: `kubectl get --chunk-size=2` over 5 pods reads 3 pages (`limit=2` and the
+/// continue tokens) and shows all 5; a page's metadata has the token and the remaining
+/// count; a token whose snapshot is unknown is 410 Gone.
+#[test]
+fn kubectl_get_reads_pages_with_limit_and_continue() {
+    let sim = Sim::start();
+    let pods: Vec<String> = (0..5)
+        .map(|i| {
+            format!(
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: page-{i}, labels: {{app: paged}}}}\n\
+                 spec:\n  containers: [{{name: c, image: busybox, command: [sleep, \"1000\"]}}]\n"
+            )
+        })
+        .collect();
+    sim.apply_yaml(&pods.join("---\n"), &[]);
+    let out = sim.kubectl(&["get", "pods", "--chunk-size=2", "-v=6"]);
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let listed: Vec<&str> = stdout
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(
+        listed,
+        ["page-0", "page-1", "page-2", "page-3", "page-4"],
+        "{stdout}"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let requests: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("GET ") && l.contains("/pods?") && l.contains("limit=2"))
+        .collect();
+    assert_eq!(requests.len(), 3, "three pages: {requests:#?}");
+    assert_eq!(
+        requests.iter().filter(|l| l.contains("continue=")).count(),
+        2,
+        "{requests:#?}"
+    );
+    // `-o name` (a plain list, not a Table) pages the same way.
+    assert_eq!(
+        names(&sim.ok(&["get", "pods", "--chunk-size=2", "-o", "name"])).len(),
+        5
+    );
+
+    let page: serde_json::Value =
+        serde_json::from_str(&sim.ok(&["get", "--raw", "/api/v1/namespaces/default/pods?limit=2"]))
+            .unwrap();
+    assert_eq!(page["items"].as_array().unwrap().len(), 2);
+    assert_eq!(page["metadata"]["remainingItemCount"], 3);
+    let token = page["metadata"]["continue"].as_str().unwrap().to_owned();
+    // The pages are one snapshot: a pod made now is not in the next page.
+    sim.apply_yaml(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: page-2a}\nspec:\n  containers: [{name: c, image: busybox, command: [sleep, \"1000\"]}]\n",
+        &[],
+    );
+    let next: serde_json::Value = serde_json::from_str(&sim.ok(&[
+        "get",
+        "--raw",
+        &format!("/api/v1/namespaces/default/pods?limit=2&continue={token}"),
+    ]))
+    .unwrap();
+    let next_names: Vec<&str> = next["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["metadata"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(next_names, ["page-2", "page-3"]);
+    assert_eq!(
+        next["metadata"]["resourceVersion"],
+        page["metadata"]["resourceVersion"]
+    );
+    // A token nobody issued (or whose snapshot expired) is 410 Gone.
+    let stale: String = r#"{"v":"meta.k8s.io/v1","rv":1,"snapshot":"0000","offset":2}"#
+        .bytes()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let out = sim.kubectl(&[
+        "get",
+        "--raw",
+        &format!("/api/v1/namespaces/default/pods?limit=2&continue={stale}"),
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("too old"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -282,6 +282,10 @@ spec:
       for n in web web.default web.default.svc.cluster.local web-headless nope.default.svc.cluster.local client; do
         echo "$n => $(getent hosts $n | cut -d' ' -f1)"
       done
+      # The same over TCP only (glibc's use-vc option).
+      for n in web web.default.svc.cluster.local; do
+        echo "tcp $n => $(RES_OPTIONS=use-vc getent hosts $n | cut -d' ' -f1)"
+      done
       curl -sS -m 10 http://web/hello.txt
       curl -sS -m 10 http://web.default.svc.cluster.local:80/hello.txt
       curl -sS -m 10 http://web-headless:8000/hello.txt
@@ -301,6 +305,8 @@ spec:
         format!("web-headless => {web}"),
         "nope.default.svc.cluster.local => \n".to_owned(),
         format!("client => {client}"),
+        format!("tcp web => {web_ip}"),
+        format!("tcp web.default.svc.cluster.local => {web_ip}"),
     ] {
         assert!(logs.contains(&line), "{line:?} in {logs}");
     }

@@ -78,3 +78,124 @@ fn container_processes_live_in_a_cgroup_named_by_the_container_id() {
         "the run's cgroup stays until shutdown"
     );
 }
+
+/// The controller's limit file for `pid`: its cgroup v2 directory's when the controller is
+/// there, else (a hybrid host) the one of its cgroup in the controller's v1 hierarchy.
+fn limit_file(pid: u32, controller: &str, v2_file: &str, v1_file: &str) -> String {
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let v2 = cgroups.lines().find_map(|l| l.strip_prefix("0::")).unwrap();
+    let v2_path = common::cgroup2_mount()
+        .join(v2.trim_start_matches('/'))
+        .join(v2_file);
+    if v2_path.exists() {
+        return std::fs::read_to_string(v2_path).unwrap().trim().to_owned();
+    }
+    let v1 = cgroups
+        .lines()
+        .find_map(|l| {
+            let mut f = l.splitn(3, ':');
+            let (_, controllers, path) = (f.next()?, f.next()?, f.next()?);
+            controllers
+                .split(',')
+                .any(|c| c == controller)
+                .then(|| path.to_owned())
+        })
+        .unwrap_or_else(|| panic!("no {controller} cgroup in {cgroups}"));
+    let path = Path::new("/sys/fs/cgroup")
+        .join(controller)
+        .join(v1.trim_start_matches('/'))
+        .join(v1_file);
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .trim()
+        .to_owned()
+}
+
+/// `resources.limits` reach the container's cgroup: memory as its limit (a container that
+/// allocates past it is OOM-killed: exit code 137), cpu as a CFS quota per 100 ms.
+#[test]
+fn resource_limits_are_written_to_the_containers_cgroup_and_enforced() {
+    let sim = Sim::start();
+    sim.apply_yaml(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: limited}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: capped
+    image: busybox
+    command: [sleep, "303"]
+    resources: {limits: {memory: 64Mi, cpu: 250m}}
+  - name: hog
+    image: python
+    command: [python3, -c, "b = bytearray(256 * 1024 * 1024); print('survived', len(b))"]
+    resources: {limits: {memory: 32Mi}}
+"#,
+        &[],
+    );
+    let mut capped_id = String::new();
+    poll(
+        || {
+            let pod = sim.json(&["get", "pod", "limited"]);
+            let statuses = pod["status"]["containerStatuses"].as_array().cloned();
+            let find = |name: &str| {
+                statuses
+                    .iter()
+                    .flatten()
+                    .find(|s| s["name"] == name)
+                    .cloned()
+            };
+            let hog_done = find("hog").is_some_and(|s| s["state"]["terminated"].is_object());
+            capped_id = find("capped")
+                .and_then(|s| s["containerID"].as_str().map(str::to_owned))
+                .unwrap_or_default();
+            hog_done && !capped_id.is_empty()
+        },
+        "the hog to end and the capped container to run",
+    );
+    let pod = sim.json(&["get", "pod", "limited"]);
+    let hog = pod["status"]["containerStatuses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "hog")
+        .unwrap();
+    assert_eq!(
+        hog["state"]["terminated"]["exitCode"], 137,
+        "killed by the OOM killer: {hog}"
+    );
+    assert!(
+        !sim.ok(&["logs", "limited", "-c", "hog"])
+            .contains("survived")
+    );
+
+    let id = capped_id.strip_prefix("remora-sim://").unwrap().to_owned();
+    let mut pid = 0;
+    poll(
+        || {
+            pid = pids_in_cgroup_segment(&id)
+                .into_iter()
+                .find(|p| cmdline(*p).trim() == "sleep 303")
+                .unwrap_or(0);
+            pid != 0
+        },
+        "the capped container's process",
+    );
+    let memory = limit_file(pid, "memory", "memory.max", "memory.limit_in_bytes");
+    assert_eq!(memory, (64 * 1024 * 1024).to_string());
+    let quota = limit_file(pid, "cpu", "cpu.max", "cpu.cfs_quota_us");
+    assert!(
+        quota == "25000" || quota == "25000 100000",
+        "250m is 25 ms per 100 ms: {quota}"
+    );
+    let uid = pod["metadata"]["uid"].as_str().unwrap().to_owned();
+    sim.ok(&["delete", "pod", "limited", "--wait=true"]);
+    for controller in ["memory", "cpu"] {
+        let v1 = Path::new("/sys/fs/cgroup")
+            .join(controller)
+            .join(format!("remora-kube-sim-{}/pod{uid}", sim.pid()));
+        poll(|| !v1.exists(), "the pod's v1 cgroups to be removed");
+    }
+}

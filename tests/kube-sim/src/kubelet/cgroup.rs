@@ -117,6 +117,104 @@ pub fn join(dir: &Path) -> io::Result<()> {
     fs::write(dir.join("cgroup.procs"), std::process::id().to_string())
 }
 
+/// The mount point of the cgroup v1 hierarchy of `controller` (hybrid hosts), if any.
+fn v1_mount(controller: &str) -> Option<PathBuf> {
+    let info = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines().find_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        let mount_point = left.split_whitespace().nth(4)?;
+        let mut fields = right.split_whitespace();
+        (fields.next()? == "cgroup" && fields.nth(1)?.split(',').any(|o| o == controller))
+            .then(|| PathBuf::from(mount_point))
+    })
+}
+
+/// CFS period of CPU limits (the kubelet's default).
+const CPU_PERIOD_US: u64 = 100_000;
+
+/// Applies a container's `resources.limits` to the calling process (already in the container's
+/// cgroup v2 directory `dir`): memory in bytes, CPU in millicores (as a CFS quota per
+/// 100 ms period, like a kubelet). Where the v2 directory has the controller's files they are
+/// written there; otherwise (a hybrid host, whose memory and cpu controllers are in v1
+/// hierarchies) the process joins the same relative path in the `memory`/`cpu` v1
+/// hierarchy, made here, and the limit is written there. Those v1 directories go with the
+/// pod (`remove_pod`), at shutdown and in the sweep, like runc's.
+pub fn set_limits(dir: &Path, memory: Option<u64>, cpu_milli: Option<u64>) -> io::Result<()> {
+    let rel = dir
+        .strip_prefix(cgroup2_mount()?)
+        .map_err(|_| io::Error::other("the container's cgroup is outside the v2 hierarchy"))?
+        .to_owned();
+    let limits = [
+        (
+            "memory",
+            memory.map(|m| m.to_string()),
+            "memory.max",
+            memory.map(|m| vec![("memory.limit_in_bytes", m.to_string())]),
+        ),
+        (
+            "cpu",
+            cpu_milli.map(|c| format!("{} {CPU_PERIOD_US}", (c * CPU_PERIOD_US / 1000).max(1000))),
+            "cpu.max",
+            cpu_milli.map(|c| {
+                vec![
+                    ("cpu.cfs_period_us", CPU_PERIOD_US.to_string()),
+                    (
+                        "cpu.cfs_quota_us",
+                        (c * CPU_PERIOD_US / 1000).max(1000).to_string(),
+                    ),
+                ]
+            }),
+        ),
+    ];
+    for (controller, v2_value, v2_file, v1_files) in limits {
+        let (Some(v2_value), Some(v1_files)) = (v2_value, v1_files) else {
+            continue;
+        };
+        if dir.join(v2_file).exists() {
+            fs::write(dir.join(v2_file), v2_value)?;
+            continue;
+        }
+        let root = v1_mount(controller).ok_or_else(|| {
+            io::Error::other(format!(
+                "no {controller} controller in the container's cgroup nor a v1 hierarchy"
+            ))
+        })?;
+        let v1 = root.join(&rel);
+        fs::create_dir_all(&v1)?;
+        for (file, value) in v1_files {
+            fs::write(v1.join(file), value)?;
+        }
+        join(&v1)?;
+    }
+    Ok(())
+}
+
+/// Parses a Kubernetes quantity (`64Mi`, `1G`, `250m`, `0.5`, `1e3`) into a number.
+pub fn parse_quantity(q: &str) -> Option<f64> {
+    let q = q.trim();
+    let suffixes: [(&str, f64); 13] = [
+        ("Ki", 1024.0),
+        ("Mi", 1024.0 * 1024.0),
+        ("Gi", 1024.0 * 1024.0 * 1024.0),
+        ("Ti", 1024f64.powi(4)),
+        ("Pi", 1024f64.powi(5)),
+        ("Ei", 1024f64.powi(6)),
+        ("n", 1e-9),
+        ("u", 1e-6),
+        ("m", 1e-3),
+        ("k", 1e3),
+        ("M", 1e6),
+        ("G", 1e9),
+        ("T", 1e12),
+    ];
+    for (suffix, factor) in suffixes {
+        if let Some(n) = q.strip_suffix(suffix) {
+            return n.parse::<f64>().ok().map(|n| n * factor);
+        }
+    }
+    q.parse::<f64>().ok()
+}
+
 /// Kills whatever is still in `dir` and its descendants, and removes them, deepest first.
 pub fn remove_tree(dir: &Path) {
     let Ok(entries) = fs::read_dir(dir) else {

@@ -43,6 +43,12 @@ pub struct InitArgs {
     /// Sets no_new_privs (allowPrivilegeEscalation: false).
     #[arg(long)]
     pub no_new_privs: bool,
+    /// `resources.limits.memory` in bytes.
+    #[arg(long)]
+    pub memory_limit: Option<u64>,
+    /// `resources.limits.cpu` in millicores.
+    #[arg(long)]
+    pub cpu_limit_milli: Option<u64>,
     /// The container's command and arguments.
     #[arg(last = true, required = true)]
     pub argv: Vec<String>,
@@ -55,6 +61,13 @@ pub fn container_init(args: InitArgs) -> ! {
             "remora-kube-sim: joining the cgroup {}: {e}",
             args.cgroup.display()
         );
+        std::process::exit(START_ERROR.into());
+    }
+    if (args.memory_limit.is_some() || args.cpu_limit_milli.is_some())
+        && let Err(e) =
+            super::cgroup::set_limits(&args.cgroup, args.memory_limit, args.cpu_limit_milli)
+    {
+        eprintln!("remora-kube-sim: applying the container's resource limits: {e}");
         std::process::exit(START_ERROR.into());
     }
     if let Some(pid) = args.sandbox
