@@ -88,6 +88,20 @@ impl Platform for KubePlatform {
         })
     }
 
+    fn target_labels(
+        &self,
+        target: &ResolvedTarget,
+    ) -> BoxFuture<'static, Option<std::collections::BTreeMap<String, String>>> {
+        let this = self.clone();
+        let name = target.name.clone();
+        Box::pin(async move {
+            this.pod_labels(&name)
+                .await
+                .map_err(|e| tracing::warn!(target = %name, error = %e, "cannot read the target's labels"))
+                .ok()
+        })
+    }
+
     fn start_agent(
         &self,
         target: &ResolvedTarget,

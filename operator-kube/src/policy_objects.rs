@@ -5,16 +5,23 @@
 //! event order).
 //!
 //! Target selectors become globs over canonical target names: `kind` and
-//! `name` (a glob) select `kind/name` and its containers. `matchLabels` is
-//! not evaluated yet (target labels are not known to the operator): a
-//! selector with labels applies to every target its kind and name match,
-//! which restricts more, never less.
+//! `name` (a glob) select `kind/name` and its containers. A selector with
+//! `matchLabels` / `matchExpressions` also needs the labels of the target's
+//! pod to match, which the operator reads when a session starts
+//! (`Platform::target_labels`); when they cannot be read, it applies to
+//! every target its kind and name match (restricting more, never less).
 
-use crate::crd::{BlockedAction, PolicyRules, RemoraClusterPolicy, RemoraPolicy, TargetKind};
+use crate::crd::{
+    BlockedAction, PolicyRules, RemoraClusterPolicy, RemoraPolicy, SelectorOperator, TargetKind,
+    TargetSelector,
+};
 use futures::StreamExt;
 use kube::api::{Api, ListParams};
 use kube::runtime::watcher;
-use remora_operator::policy::{Block, Policies, PolicySpec, PolicyStore};
+use remora_operator::policy::{
+    Block, LabelOperator, LabelRequirement, LabelSelector, LabelledTargets, Policies, PolicySpec,
+    PolicyStore,
+};
 use tokio_util::sync::CancellationToken;
 
 const ALL_KINDS: [TargetKind; 8] = [
@@ -54,20 +61,29 @@ fn block(action: BlockedAction) -> Block {
 /// The operator's spec for a policy object's rules (pure).
 pub fn spec_of(rules: &PolicyRules) -> PolicySpec {
     let mut targets = Vec::new();
+    let mut labelled_targets = Vec::new();
     for selector in &rules.targets {
         let name = selector.name.as_deref().unwrap_or("*");
         let kinds: Vec<TargetKind> = match selector.kind {
             Some(kind) => vec![kind],
             None => ALL_KINDS.to_vec(),
         };
+        let mut globs = Vec::new();
         for kind in kinds {
             let kind = kind_name(kind);
-            targets.push(format!("{kind}/{name}"));
-            targets.push(format!("{kind}/{name}/container/*"));
+            globs.push(format!("{kind}/{name}"));
+            globs.push(format!("{kind}/{name}/container/*"));
+        }
+        let labels = label_selector(selector);
+        if labels.is_empty() {
+            targets.extend(globs);
+        } else {
+            labelled_targets.push(LabelledTargets { globs, labels });
         }
     }
     PolicySpec {
         targets,
+        labelled_targets,
         users: rules.users.clone(),
         groups: rules.groups.clone(),
         block: rules.block.iter().copied().map(block).collect(),
@@ -75,6 +91,27 @@ pub fn spec_of(rules: &PolicyRules) -> PolicySpec {
         env_exclude: rules.env_exclude.clone(),
         fs_not_found: rules.fs_not_found.clone(),
         outgoing_block: rules.outgoing_block.clone(),
+    }
+}
+
+/// A selector's label requirements, for the operator's policy.
+fn label_selector(selector: &TargetSelector) -> LabelSelector {
+    LabelSelector {
+        match_labels: selector.match_labels.clone(),
+        match_expressions: selector
+            .match_expressions
+            .iter()
+            .map(|r| LabelRequirement {
+                key: r.key.clone(),
+                operator: match r.operator {
+                    SelectorOperator::In => LabelOperator::In,
+                    SelectorOperator::NotIn => LabelOperator::NotIn,
+                    SelectorOperator::Exists => LabelOperator::Exists,
+                    SelectorOperator::DoesNotExist => LabelOperator::DoesNotExist,
+                },
+                values: r.values.clone(),
+            })
+            .collect(),
     }
 }
 
