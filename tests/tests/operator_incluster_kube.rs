@@ -91,16 +91,13 @@ fn install_operator(sim: &Sim) {
          operator\n  user:\n    token: remora-sim-sa:{OPERATOR_NS}:remora-operator\n",
         port = api_port(sim)
     );
-    let path = sim.dir.path().join("operator.kubeconfig");
-    std::fs::write(&path, kubeconfig).unwrap();
-    sim.kubectl(&[
-        "create",
-        "configmap",
-        "operator-kubeconfig",
-        "-n",
-        OPERATOR_NS,
-        &format!("--from-file=kubeconfig={}", path.display()),
-    ]);
+    // (kubectl create sends protobuf, which the sim does not read: apply.)
+    let configmap = serde_json::json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "operator-kubeconfig", "namespace": OPERATOR_NS},
+        "data": {"kubeconfig": kubeconfig},
+    });
+    sim.apply(&configmap.to_string());
     // The manifests' Deployment as printed, plus the kubeconfig (a real
     // cluster gives the in-cluster service account instead).
     let patch = serde_json::json!({"spec": {"template": {"spec": {
@@ -323,10 +320,12 @@ fn users_reach_the_installed_operator_through_the_api_server_as_their_kubeconfig
 fn a_policy_selecting_pods_by_label_applies_only_to_the_labelled_target() {
     require_sandbox!();
     let sim = Sim::start(true);
-    sim.deployment("pay", "exec sleep 300");
-    sim.deployment("web", "exec sleep 300");
-    wait_ready(&sim, "pay");
-    wait_ready(&sim, "web");
+    for name in ["pay", "shop", "web"] {
+        sim.deployment(name, "exec sleep 300");
+    }
+    for name in ["pay", "shop", "web"] {
+        wait_ready(&sim, name);
+    }
     // The CRDs and the policy before the operator: it starts with the
     // policy in force.
     let crds = Path::new(env!("CARGO_MANIFEST_DIR")).join("../operator-kube/deploy/crds.yaml");
@@ -346,7 +345,10 @@ spec:
   targets:
   - kind: deployment
     matchLabels: {app: pay}
-    matchExpressions: [{key: tier, operator: DoesNotExist}]
+  - kind: deployment
+    matchExpressions:
+    - {key: app, operator: In, values: [shop, cart]}
+    - {key: tier, operator: DoesNotExist}
   envExclude: [GREETING]
 "#,
     );
@@ -370,7 +372,12 @@ spec:
     assert_eq!(
         greeting("deployment/pay"),
         "GREETING=",
-        "withheld by the policy"
+        "withheld (matchLabels)"
+    );
+    assert_eq!(
+        greeting("deployment/shop"),
+        "GREETING=",
+        "withheld (matchExpressions)"
     );
     assert_eq!(greeting("deployment/web"), "GREETING=hello-from-the-pod");
 }
@@ -469,6 +476,15 @@ fn the_operator_pod_deleted_mid_session_ends_it_cleanly_and_its_successor_serves
             "misrouted: {answer}"
         );
     }
+    let laptop = answers
+        .iter()
+        .filter(|a| a.as_deref() == Ok("alice's laptop"))
+        .count();
+    eprintln!(
+        "{} requests while the operator stopped: {laptop} to alice's laptop, the rest to the pod",
+        answers.len()
+    );
+    assert!(laptop > 0, "the traffic started while alice held it");
     poll(
         || {
             sim.kubectl(&[
