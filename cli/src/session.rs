@@ -175,9 +175,11 @@ pub fn prepare(
                 // server, as the kubeconfig's user.
                 Some(launch) => {
                     let token = launch.token()?;
+                    let namespace = launch.namespace()?;
                     Backend::KubeOperator {
                         launch: Box::new(launch),
                         token,
+                        namespace,
                     }
                 }
                 None => Backend::Operator {
@@ -412,6 +414,8 @@ enum Backend {
     KubeOperator {
         launch: Box<crate::kube_operator::OperatorLaunch>,
         token: String,
+        /// The target's namespace, which the operator is told.
+        namespace: String,
     },
     /// Start the agent in a Kubernetes cluster (the intproxy does, and
     /// reaches it through port-forward with a per-run token).
@@ -469,7 +473,7 @@ fn start_intproxy(launch: &IntproxyLaunch<'_>, reporter: &mut dyn Reporter) -> R
                 .arg(addr.to_string())
                 .env(AGENT_TOKEN_ENV, token);
         }
-        Backend::KubeOperator { launch, token } => {
+        Backend::KubeOperator { launch, token, .. } => {
             command
                 .arg("--kube-operator")
                 .env(
@@ -504,8 +508,15 @@ fn start_intproxy(launch: &IntproxyLaunch<'_>, reporter: &mut dyn Reporter) -> R
             command.stderr(open_log(path)?);
         }
     }
+    // The operator serves several namespaces: it is told the target's.
+    let target = match launch.backend {
+        Backend::KubeOperator { namespace, .. } => {
+            remora_kube::namespaced::qualify(namespace, launch.target)
+        }
+        _ => launch.target.to_owned(),
+    };
     let mut child = command
-        .args(["--target", launch.target])
+        .args(["--target", &target])
         .env(LAYER_TOKEN_ENV, launch.layer_token)
         .env("REMORA_PROGRAM", launch.program)
         .env_remove("LD_PRELOAD")

@@ -115,6 +115,31 @@ fn label_selector(selector: &TargetSelector) -> LabelSelector {
     }
 }
 
+/// `globs` for targets named with one of `namespaces` (globs), plus the
+/// plain `globs` themselves when they also hold in the default namespace
+/// (whose targets are named without one).
+fn placed(globs: &[String], namespaces: &[String], default: bool) -> Vec<String> {
+    let mut out = if default { globs.to_vec() } else { Vec::new() };
+    for ns in namespaces {
+        out.extend(
+            globs
+                .iter()
+                .map(|g| format!("{}{ns}/{g}", remora_kube::namespaced::PREFIX)),
+        );
+    }
+    out
+}
+
+/// `spec` for the targets of `namespaces` (globs) and, with `default`, of
+/// the default namespace.
+fn place(mut spec: PolicySpec, namespaces: &[String], default: bool) -> PolicySpec {
+    spec.targets = placed(&spec.targets, namespaces, default);
+    for labelled in &mut spec.labelled_targets {
+        labelled.globs = placed(&labelled.globs, namespaces, default);
+    }
+    spec
+}
+
 /// Whether a cluster policy's `namespaces` globs admit `namespace`.
 fn namespace_matches(globs: &[String], namespace: &str) -> bool {
     globs.is_empty()
@@ -125,9 +150,13 @@ fn namespace_matches(globs: &[String], namespace: &str) -> bool {
         })
 }
 
-/// The policies in force for targets in `namespace` (pure): each labelled
-/// as refusals name it (`RemoraPolicy shop/payments`, `RemoraClusterPolicy
-/// no-steal`). Invalid ones are left out; their errors are returned.
+/// The policies in force (pure), `namespace` being the default one (its
+/// targets are named without a namespace; others as `namespace/<ns>/...`):
+/// a RemoraPolicy applies to its own namespace's targets, a
+/// RemoraClusterPolicy to those of the namespaces its globs admit. Each is
+/// labelled as refusals name it (`RemoraPolicy shop/payments`,
+/// `RemoraClusterPolicy no-steal`). Invalid ones are left out; their errors
+/// are returned.
 pub fn policies_of(
     namespaced: &[RemoraPolicy],
     cluster: &[RemoraClusterPolicy],
@@ -137,25 +166,37 @@ pub fn policies_of(
     let mut specs = Vec::new();
     for policy in namespaced {
         let ns = policy.metadata.namespace.as_deref().unwrap_or(namespace);
-        if ns == namespace {
-            specs.push((
-                format!("RemoraPolicy {ns}/{}", name(&policy.metadata)),
-                spec_of(&policy.spec.rules),
-            ));
-        }
+        let spec = spec_of(&policy.spec.rules);
+        let spec = if ns == namespace {
+            spec
+        } else {
+            place(spec, &[ns.to_owned()], false)
+        };
+        specs.push((
+            format!("RemoraPolicy {ns}/{}", name(&policy.metadata)),
+            spec,
+        ));
     }
     for policy in cluster {
-        if namespace_matches(&policy.spec.namespaces, namespace) {
-            specs.push((
-                format!("RemoraClusterPolicy {}", name(&policy.metadata)),
+        let globs = &policy.spec.namespaces;
+        let others = if globs.is_empty() {
+            vec!["*".to_owned()]
+        } else {
+            globs.clone()
+        };
+        specs.push((
+            format!("RemoraClusterPolicy {}", name(&policy.metadata)),
+            place(
                 spec_of(&policy.spec.rules),
-            ));
-        }
+                &others,
+                namespace_matches(globs, namespace),
+            ),
+        ));
     }
     Policies::from_specs(specs)
 }
 
-/// Reads the policy objects for one namespace of targets.
+/// Reads the policy objects of every namespace.
 #[derive(Debug, Clone)]
 pub struct PolicyObjects {
     namespaced: Api<RemoraPolicy>,
@@ -164,10 +205,10 @@ pub struct PolicyObjects {
 }
 
 impl PolicyObjects {
-    /// For targets in `namespace`.
+    /// `namespace` is the default namespace of targets.
     pub fn new(client: kube::Client, namespace: &str) -> Self {
         PolicyObjects {
-            namespaced: Api::namespaced(client.clone(), namespace),
+            namespaced: Api::all(client.clone()),
             cluster: Api::all(client),
             namespace: namespace.to_owned(),
         }
@@ -182,7 +223,7 @@ impl PolicyObjects {
             .namespaced
             .list(&ListParams::default())
             .await
-            .map_err(|e| format!("listing RemoraPolicy objects in {}: {e}", self.namespace))?;
+            .map_err(|e| format!("listing RemoraPolicy objects: {e}"))?;
         let cluster = self
             .cluster
             .list(&ListParams::default())

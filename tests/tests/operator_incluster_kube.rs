@@ -382,6 +382,93 @@ spec:
     assert_eq!(greeting("deployment/web"), "GREETING=hello-from-the-pod");
 }
 
+#[test]
+fn one_operator_serves_a_target_in_another_namespace_with_its_objects_and_reviews_there() {
+    require_sandbox!();
+    let sim = Sim::start(true);
+    sim.deployment("web", "exec sleep 300");
+    wait_ready(&sim, "web");
+    sim.apply(
+        r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: api, namespace: shop}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: api}}
+  template:
+    metadata: {labels: {app: api}}
+    spec:
+      containers:
+      - name: app
+        image: python:3
+        command: ["sh", "-c", "exec sleep 300"]
+        env: [{name: GREETING, value: hello-from-shop}]
+"#,
+    );
+    sim.kubectl(&[
+        "wait",
+        "--for=condition=Available",
+        "deployment/api",
+        "-n",
+        "shop",
+        "--timeout=60s",
+    ]);
+    install_operator(&sim);
+    let kc = kubeconfig_for(&sim, "alice", "remora-sim-sa:shop:alice");
+    let go = sim.dir.path().join("go");
+    let script = format!(
+        "echo GREETING=$GREETING; while [ ! -e {} ]; do sleep 0.1; done",
+        go.display()
+    );
+    let mut run = remora_as(&kc, "alice")
+        .args([
+            "-n",
+            "shop",
+            "-t",
+            "deployment/api",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = lines(run.stdout.take().unwrap());
+    let run = Reaped(run);
+    assert_eq!(
+        next_line(&out, "the environment"),
+        "GREETING=hello-from-shop"
+    );
+    let listed = sessions(&sim);
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(
+        listed[0]["metadata"]["namespace"], "shop",
+        "the target's namespace"
+    );
+    assert_eq!(listed[0]["spec"]["target"], "deployment/api");
+    let reviews = reviews(&sim);
+    assert!(
+        reviews.iter().any(|r| r["kind"] == "SubjectAccessReview"
+            && r["spec"]["user"] == "system:serviceaccount:shop:alice"
+            && r["spec"]["resourceAttributes"]["verb"] == "create"
+            && r["spec"]["resourceAttributes"]["namespace"] == "shop"),
+        "authorised in shop: {reviews:#?}"
+    );
+    std::fs::write(&go, "").unwrap();
+    let mut run = run;
+    assert!(run.0.wait().unwrap().success());
+    poll(
+        || sessions(&sim).is_empty(),
+        "the RemoraSession in shop to go",
+    );
+}
+
 /// The pid of a process of the pod whose command line mentions `marker`.
 fn pod_pid(marker: &Path) -> u32 {
     let marker = marker.to_string_lossy().into_owned();
