@@ -82,16 +82,41 @@ fn cluster_policies_apply_to_their_namespaces_and_namespaced_ones_to_theirs() {
         "apiVersion: remora.dev/v1alpha1\nkind: RemoraPolicy\nmetadata: {name: p, namespace: other}\n\
          spec:\n  targets: [{}]\n  block: [mirror]\n",
     );
-    let (shop, _) = policies_of(
+    let (shop, errors) = policies_of(
         std::slice::from_ref(&other_ns),
         &[everywhere.clone(), payments.clone()],
         "shop",
     );
-    assert_eq!(shop.len(), 1);
+    assert!(errors.is_empty(), "{errors:?}");
+    let mirror = |target| SubscribeCheck {
+        mode: IncomingMode::Mirror,
+        ..steal(target)
+    };
+    let take_over = |target| SubscribeCheck {
+        take_over: true,
+        ..steal(target)
+    };
+    // shop is the default namespace: its targets are named without one.
+    assert!(shop.check_subscribe(&steal("deployment/api")).is_ok());
+    assert!(shop.check_subscribe(&mirror("deployment/api")).is_ok());
+    let refused = |policies: &Policies, check: &SubscribeCheck<'_>| {
+        policies.check_subscribe(check).unwrap_err()
+    };
+    assert!(refused(&shop, &take_over("deployment/api")).contains("RemoraClusterPolicy all"));
+    // Targets of other namespaces: their own RemoraPolicy objects, and the
+    // cluster policies whose namespaces admit them.
+    let other = "namespace/other/deployment/api";
+    assert!(refused(&shop, &mirror(other)).contains("RemoraPolicy other/p"));
+    assert!(shop.check_subscribe(&steal(other)).is_ok());
+    assert!(refused(&shop, &take_over(other)).contains("RemoraClusterPolicy all"));
+    let eu = "namespace/payments-eu/deployment/api";
+    assert!(refused(&shop, &steal(eu)).contains("RemoraClusterPolicy pay"));
+    assert!(shop.check_subscribe(&mirror(eu)).is_ok());
+    // payments-eu as the default namespace.
     let (pay, _) = policies_of(&[other_ns], &[everywhere, payments], "payments-eu");
-    assert_eq!(pay.len(), 2);
     let refused = pay.check_subscribe(&steal("deployment/api")).unwrap_err();
     assert!(refused.contains("RemoraClusterPolicy pay"), "{refused}");
+    assert!(pay.check_subscribe(&steal("namespace/shop/pod/x")).is_ok());
 }
 
 #[test]
