@@ -232,7 +232,9 @@ pub struct SessionArgs {
     /// Config file (.toml, .json, .yaml). Default: $REMORA_CONFIG_FILE, else ./.remora/config.toml.
     #[arg(short = 'f', long = "config")]
     pub config: Option<PathBuf>,
-    /// Address of a remora operator.
+    /// The remora operator: host:port, or kube[:NAMESPACE[/SERVICE]] for the
+    /// one installed in the cluster (reached through the API server as your
+    /// kubeconfig user).
     #[arg(long)]
     pub operator: Option<String>,
     /// File mode: local (nothing remote), read (read the target's files), write.
@@ -373,6 +375,10 @@ pub struct IntproxyArgs {
     /// REMORA_INTPROXY_KUBE) and connect to it through port-forward.
     #[arg(long, conflicts_with_all = ["agent", "agent_bin"])]
     pub kube: bool,
+    /// Connect to the operator installed in a Kubernetes cluster (in
+    /// REMORA_INTPROXY_KUBE_OPERATOR) through port-forwards.
+    #[arg(long, conflicts_with_all = ["agent", "agent_bin", "kube"])]
+    pub kube_operator: bool,
     /// The target, for the agent's session list.
     #[arg(long)]
     pub target: Option<String>,

@@ -103,6 +103,10 @@ fn serve(args: IntproxyArgs) -> Result<()> {
     let mut kube_agent = None;
     let agent_addr = match (args.agent, &args.agent_bin, args.kube) {
         (Some(addr), _, _) => addr,
+        (None, None, false) if args.kube_operator => {
+            let launch = crate::kube_operator::OperatorLaunch::from_env()?;
+            runtime.block_on(launch.relay())?
+        }
         (None, Some(bin), _) => {
             let (child, addr) = spawn_agent(bin, &target, &agent_token)?;
             agent_child = Some(child);
@@ -117,7 +121,7 @@ fn serve(args: IntproxyArgs) -> Result<()> {
         }
         (None, None, false) => {
             return Err(Error::IntproxyStart {
-                reason: "needs --agent, --agent-bin or --kube".into(),
+                reason: "needs --agent, --agent-bin, --kube or --kube-operator".into(),
             });
         }
     };

@@ -17,6 +17,7 @@ pub mod ide;
 pub mod interception;
 pub mod intproxy_cmd;
 pub mod kube;
+pub mod kube_operator;
 pub mod local;
 pub mod ls_cmd;
 pub mod operator_cmd;

@@ -170,9 +170,22 @@ pub fn prepare(
             if config.target.is_none() {
                 return Err(Error::NoTarget);
             }
-            Backend::Operator {
-                addr: operator_addr(operator)?,
-                token: operator_token()?,
+            match crate::kube_operator::OperatorLaunch::from_config(&config)? {
+                // The operator installed in the cluster: through the API
+                // server, as the kubeconfig's user.
+                Some(launch) => {
+                    let token = launch.token()?;
+                    let namespace = launch.namespace()?;
+                    Backend::KubeOperator {
+                        launch: Box::new(launch),
+                        token,
+                        namespace,
+                    }
+                }
+                None => Backend::Operator {
+                    addr: operator_addr(operator)?,
+                    token: operator_token()?,
+                },
             }
         }
         None => match &policies.target {
@@ -191,7 +204,8 @@ pub fn prepare(
         },
     };
     if !config.split_queues.is_empty()
-        && let (Backend::Operator { .. }, Some(operator)) = (&backend, &config.operator)
+        && let (Backend::Operator { .. } | Backend::KubeOperator { .. }, Some(operator)) =
+            (&backend, &config.operator)
     {
         // The split's rollout replaces the workload's pods: it must be over
         // before the operator picks the pod this session's agent enters.
@@ -201,16 +215,25 @@ pub fn prepare(
         let request = Request::Queues(QueueRequest::Prepare {
             target: target_name.clone(),
         });
-        crate::session_cmd::ask_operator_within(operator, request, SPLIT_PREPARE_WAIT).map_err(
-            |e| Error::Env {
+        let kube = match &backend {
+            Backend::KubeOperator { launch, .. } => Some(launch.options.clone()),
+            _ => None,
+        };
+        crate::session_cmd::ask_operator_over(operator, kube, request, SPLIT_PREPARE_WAIT)
+            .map_err(|e| Error::Env {
                 target: target_name.clone(),
                 reason: format!("queue splits: {e}"),
-            },
-        )?;
+            })?;
     }
     reporter.step(&match &backend {
         Backend::Operator { addr, .. } => {
             format!("joining {target_name} through the operator at {addr}")
+        }
+        Backend::KubeOperator { launch, .. } => {
+            format!(
+                "joining {target_name} through the operator ({})",
+                launch.operator
+            )
         }
         Backend::Agent { .. } => format!("starting the agent for {target_name}"),
         Backend::Kube(_) => format!("connecting to the cluster for {target_name}"),
@@ -299,7 +322,10 @@ fn db_branches(
         target: target.to_owned(),
         reason,
     };
-    if !matches!(backend, Backend::Operator { .. }) {
+    if !matches!(
+        backend,
+        Backend::Operator { .. } | Backend::KubeOperator { .. }
+    ) {
         return Err(failed(
             "db_branches are made by the operator: set `operator` (or --operator / \
              REMORA_OPERATOR)"
@@ -331,7 +357,10 @@ fn split_queues(
         target: target.to_owned(),
         reason,
     };
-    if !matches!(backend, Backend::Operator { .. }) {
+    if !matches!(
+        backend,
+        Backend::Operator { .. } | Backend::KubeOperator { .. }
+    ) {
         return Err(failed(
             "queues are split by the operator: set `operator` (or --operator / \
              REMORA_OPERATOR)"
@@ -380,6 +409,14 @@ enum Backend {
     Agent { bin: PathBuf, token: String },
     /// Go through the operator at this address with its token.
     Operator { addr: SocketAddr, token: String },
+    /// Go through the operator installed in the cluster (the intproxy
+    /// relays through port-forwards) with the kubeconfig user's token.
+    KubeOperator {
+        launch: Box<crate::kube_operator::OperatorLaunch>,
+        token: String,
+        /// The target's namespace, which the operator is told.
+        namespace: String,
+    },
     /// Start the agent in a Kubernetes cluster (the intproxy does, and
     /// reaches it through port-forward with a per-run token).
     Kube(Box<crate::kube::KubeLaunch>),
@@ -436,6 +473,15 @@ fn start_intproxy(launch: &IntproxyLaunch<'_>, reporter: &mut dyn Reporter) -> R
                 .arg(addr.to_string())
                 .env(AGENT_TOKEN_ENV, token);
         }
+        Backend::KubeOperator { launch, token, .. } => {
+            command
+                .arg("--kube-operator")
+                .env(
+                    crate::kube_operator::OPERATOR_LAUNCH_ENV,
+                    launch.to_env_value(),
+                )
+                .env(AGENT_TOKEN_ENV, token);
+        }
         Backend::Kube(kube) => {
             command
                 .arg("--kube")
@@ -462,8 +508,15 @@ fn start_intproxy(launch: &IntproxyLaunch<'_>, reporter: &mut dyn Reporter) -> R
             command.stderr(open_log(path)?);
         }
     }
+    // The operator serves several namespaces: it is told the target's.
+    let target = match launch.backend {
+        Backend::KubeOperator { namespace, .. } => {
+            remora_kube::namespaced::qualify(namespace, launch.target)
+        }
+        _ => launch.target.to_owned(),
+    };
     let mut child = command
-        .args(["--target", launch.target])
+        .args(["--target", &target])
         .env(LAYER_TOKEN_ENV, launch.layer_token)
         .env("REMORA_PROGRAM", launch.program)
         .env_remove("LD_PRELOAD")

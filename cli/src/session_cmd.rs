@@ -101,16 +101,38 @@ pub(crate) fn ask_operator_within(
     request: Request,
     wait: Duration,
 ) -> Result<Response> {
+    ask_operator_over(operator, None, request, wait)
+}
+
+/// [`ask_operator_within`]; an operator in the cluster (`kube...`) is
+/// reached with `kube` (kubeconfig, context), default: KUBECONFIG.
+///
+/// # Errors
+/// As [`ask_operator`].
+pub(crate) fn ask_operator_over(
+    operator: &str,
+    kube: Option<remora_kube::ClientOptions>,
+    request: Request,
+    wait: Duration,
+) -> Result<Response> {
     let failed = |reason: String| Error::OperatorSession {
         operator: operator.into(),
         reason,
     };
-    let token = operator_token()?;
-    let addr = operator
-        .to_socket_addrs()
-        .map_err(|e| failed(format!("cannot resolve it: {e}")))?
-        .next()
-        .ok_or_else(|| failed("the name resolves to no address".into()))?;
+    let (addr, token) =
+        match crate::kube_operator::OperatorLaunch::from_value(operator, kube.unwrap_or_default())?
+        {
+            // Through the API server, as the kubeconfig's user.
+            Some(launch) => (launch.relay_in_background()?, launch.token()?),
+            None => (
+                operator
+                    .to_socket_addrs()
+                    .map_err(|e| failed(format!("cannot resolve it: {e}")))?
+                    .next()
+                    .ok_or_else(|| failed("the name resolves to no address".into()))?,
+                operator_token()?,
+            ),
+        };
     let mut stream = TcpStream::connect_timeout(&addr, TIMEOUT)
         .map_err(|e| failed(format!("cannot connect: {e} (is remora-operator running?)")))?;
     stream.set_read_timeout(Some(wait)).ok();

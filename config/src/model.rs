@@ -38,8 +38,11 @@ pub struct Config {
     /// How the agent is started for Kubernetes targets (`[agent]`).
     #[serde(skip_serializing_if = "crate::AgentSettings::is_default")]
     pub agent: crate::AgentSettings,
-    /// Address (`host:port`) of a remora operator to go through instead of
-    /// starting an agent. Unset: no operator.
+    /// The remora operator to go through instead of starting an agent:
+    /// `host:port` (an operator daemon), or `kube[:NAMESPACE[/SERVICE]]`:
+    /// the operator installed in the cluster (default `remora/remora-operator`),
+    /// reached through the API server's port-forward with the kubeconfig
+    /// user's identity. Unset: no operator.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub operator: Option<String>,
     /// Which of the target's environment variables the local process gets.

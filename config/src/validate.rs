@@ -60,13 +60,18 @@ impl Config {
                     .to_owned(),
             );
         }
-        if let Some(operator) = &self.operator {
+        // `kube[:NAMESPACE[/SERVICE]]` names the operator installed in the
+        // cluster (reached through the API server); its parts are checked
+        // where it is used (remora_kube::operator_link).
+        let in_cluster = |o: &str| o == "kube" || o.starts_with("kube:");
+        if let Some(operator) = self.operator.as_ref().filter(|o| !in_cluster(o)) {
             if let Err(why) = check_host_port(operator) {
                 issues.push(
                     "operator",
                     format!(
                         "invalid address {operator:?}: {why} (expected host:port, e.g. \
-                         \"remora-operator.remora.svc:8443\" or \"127.0.0.1:8443\")"
+                         \"127.0.0.1:8443\", or kube[:NAMESPACE[/SERVICE]] for the operator \
+                         installed in the cluster)"
                     ),
                 );
             }

@@ -6,7 +6,10 @@
 //! API server.
 
 pub mod client;
+pub mod labels;
 pub mod manifest;
+pub mod namespaced;
+pub mod operator_link;
 pub mod platform;
 pub mod resolve;
 pub mod target;

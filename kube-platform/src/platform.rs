@@ -19,8 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::manifest::{AGENT_PORT, AgentMode, AgentSettings, AgentSpec, RUN_LABEL};
 use crate::resolve;
-use crate::target::KubeTarget;
-use crate::{ClientOptions, Error, KubeClient, Result};
+use crate::{ClientOptions, Error, Result};
 
 /// How often the agent's pod is looked at while waiting for it (at most).
 const POLL: Duration = Duration::from_millis(500);
@@ -76,15 +75,26 @@ impl Platform for KubePlatform {
     }
 
     fn resolve(&self, target: &str) -> remora_operator::Result<ResolvedTarget> {
-        let parsed: KubeTarget =
-            target
-                .parse()
-                .map_err(|e: Error| remora_operator::Error::Target {
-                    target: target.to_owned(),
-                    reason: e.to_string(),
-                })?;
-        Ok(ResolvedTarget {
-            name: parsed.to_string(),
+        // `namespace/<ns>/<target>`: another namespace than the default.
+        let (name, _) = crate::namespaced::canonical(target, self.options.namespace.as_deref())
+            .map_err(|e| remora_operator::Error::Target {
+                target: target.to_owned(),
+                reason: e.to_string(),
+            })?;
+        Ok(ResolvedTarget { name })
+    }
+
+    fn target_labels(
+        &self,
+        target: &ResolvedTarget,
+    ) -> BoxFuture<'static, Option<std::collections::BTreeMap<String, String>>> {
+        let this = self.clone();
+        let name = target.name.clone();
+        Box::pin(async move {
+            this.pod_labels(&name)
+                .await
+                .map_err(|e| tracing::warn!(target = %name, error = %e, "cannot read the target's labels"))
+                .ok()
         })
     }
 
@@ -312,8 +322,7 @@ impl KubePlatform {
         report: Report<'_>,
         cancel: &CancellationToken,
     ) -> Result<StartedAgent> {
-        let parsed: KubeTarget = target.parse()?;
-        let client = KubeClient::connect(&self.options).await?;
+        let (client, parsed) = self.client_for(target).await?;
         report(&Phase::Resolving {
             target: parsed.to_string(),
             namespace: client.namespace.clone(),

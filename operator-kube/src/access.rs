@@ -189,8 +189,8 @@ impl Reviewer for ApiReviewer {
 pub struct KubeAccess {
     /// Where the reviews go.
     pub reviewer: Arc<dyn Reviewer>,
-    /// The namespace of the targets this operator serves (sessions are
-    /// authorised there).
+    /// The default namespace of targets (sessions on a target named with
+    /// its namespace are authorised in that one).
     pub namespace: String,
 }
 
@@ -213,10 +213,14 @@ impl Access for KubeAccess {
     fn authorize(
         &self,
         caller: &Caller,
-        _target: &ResolvedTarget,
+        target: &ResolvedTarget,
     ) -> BoxFuture<'static, Result<Grants, String>> {
         let reviewer = self.reviewer.clone();
-        let namespace = self.namespace.clone();
+        // The target's own namespace (`namespace/<ns>/...`), else the default.
+        let namespace = remora_kube::namespaced::split(&target.name)
+            .0
+            .unwrap_or(&self.namespace)
+            .to_owned();
         let caller = caller.clone();
         Box::pin(async move {
             let username = caller.identity.clone().ok_or_else(|| {

@@ -167,6 +167,36 @@ pub struct TargetSelector {
     /// Labels the target's pod must carry (all of them).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub match_labels: BTreeMap<String, String>,
+    /// Requirements on the target's pod's labels (all of them), as in a
+    /// Kubernetes label selector.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub match_expressions: Vec<SelectorRequirement>,
+}
+
+/// One `matchExpressions` requirement of a [`TargetSelector`].
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SelectorRequirement {
+    /// The label key.
+    pub key: String,
+    /// How the label is compared with `values`.
+    pub operator: SelectorOperator,
+    /// The values (for `In` and `NotIn`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub values: Vec<String>,
+}
+
+/// A label selector operator.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum SelectorOperator {
+    /// The label has one of the values.
+    In,
+    /// The label is unset or has none of the values.
+    NotIn,
+    /// The label is set.
+    Exists,
+    /// The label is unset.
+    DoesNotExist,
 }
 
 /// The rules of a policy: the same as a `[[policy]]` table of the local

@@ -16,6 +16,7 @@ pub mod access;
 pub mod crd;
 pub mod error;
 pub mod leader;
+pub mod leftover_agents;
 pub mod manifests;
 pub mod policy_objects;
 pub mod queue_splits;

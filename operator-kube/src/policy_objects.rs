@@ -5,16 +5,23 @@
 //! event order).
 //!
 //! Target selectors become globs over canonical target names: `kind` and
-//! `name` (a glob) select `kind/name` and its containers. `matchLabels` is
-//! not evaluated yet (target labels are not known to the operator): a
-//! selector with labels applies to every target its kind and name match,
-//! which restricts more, never less.
+//! `name` (a glob) select `kind/name` and its containers. A selector with
+//! `matchLabels` / `matchExpressions` also needs the labels of the target's
+//! pod to match, which the operator reads when a session starts
+//! (`Platform::target_labels`); when they cannot be read, it applies to
+//! every target its kind and name match (restricting more, never less).
 
-use crate::crd::{BlockedAction, PolicyRules, RemoraClusterPolicy, RemoraPolicy, TargetKind};
+use crate::crd::{
+    BlockedAction, PolicyRules, RemoraClusterPolicy, RemoraPolicy, SelectorOperator, TargetKind,
+    TargetSelector,
+};
 use futures::StreamExt;
 use kube::api::{Api, ListParams};
 use kube::runtime::watcher;
-use remora_operator::policy::{Block, Policies, PolicySpec, PolicyStore};
+use remora_operator::policy::{
+    Block, LabelOperator, LabelRequirement, LabelSelector, LabelledTargets, Policies, PolicySpec,
+    PolicyStore,
+};
 use tokio_util::sync::CancellationToken;
 
 const ALL_KINDS: [TargetKind; 8] = [
@@ -54,20 +61,29 @@ fn block(action: BlockedAction) -> Block {
 /// The operator's spec for a policy object's rules (pure).
 pub fn spec_of(rules: &PolicyRules) -> PolicySpec {
     let mut targets = Vec::new();
+    let mut labelled_targets = Vec::new();
     for selector in &rules.targets {
         let name = selector.name.as_deref().unwrap_or("*");
         let kinds: Vec<TargetKind> = match selector.kind {
             Some(kind) => vec![kind],
             None => ALL_KINDS.to_vec(),
         };
+        let mut globs = Vec::new();
         for kind in kinds {
             let kind = kind_name(kind);
-            targets.push(format!("{kind}/{name}"));
-            targets.push(format!("{kind}/{name}/container/*"));
+            globs.push(format!("{kind}/{name}"));
+            globs.push(format!("{kind}/{name}/container/*"));
+        }
+        let labels = label_selector(selector);
+        if labels.is_empty() {
+            targets.extend(globs);
+        } else {
+            labelled_targets.push(LabelledTargets { globs, labels });
         }
     }
     PolicySpec {
         targets,
+        labelled_targets,
         users: rules.users.clone(),
         groups: rules.groups.clone(),
         block: rules.block.iter().copied().map(block).collect(),
@@ -76,6 +92,52 @@ pub fn spec_of(rules: &PolicyRules) -> PolicySpec {
         fs_not_found: rules.fs_not_found.clone(),
         outgoing_block: rules.outgoing_block.clone(),
     }
+}
+
+/// A selector's label requirements, for the operator's policy.
+fn label_selector(selector: &TargetSelector) -> LabelSelector {
+    LabelSelector {
+        match_labels: selector.match_labels.clone(),
+        match_expressions: selector
+            .match_expressions
+            .iter()
+            .map(|r| LabelRequirement {
+                key: r.key.clone(),
+                operator: match r.operator {
+                    SelectorOperator::In => LabelOperator::In,
+                    SelectorOperator::NotIn => LabelOperator::NotIn,
+                    SelectorOperator::Exists => LabelOperator::Exists,
+                    SelectorOperator::DoesNotExist => LabelOperator::DoesNotExist,
+                },
+                values: r.values.clone(),
+            })
+            .collect(),
+    }
+}
+
+/// `globs` for targets named with one of `namespaces` (globs), plus the
+/// plain `globs` themselves when they also hold in the default namespace
+/// (whose targets are named without one).
+fn placed(globs: &[String], namespaces: &[String], default: bool) -> Vec<String> {
+    let mut out = if default { globs.to_vec() } else { Vec::new() };
+    for ns in namespaces {
+        out.extend(
+            globs
+                .iter()
+                .map(|g| format!("{}{ns}/{g}", remora_kube::namespaced::PREFIX)),
+        );
+    }
+    out
+}
+
+/// `spec` for the targets of `namespaces` (globs) and, with `default`, of
+/// the default namespace.
+fn place(mut spec: PolicySpec, namespaces: &[String], default: bool) -> PolicySpec {
+    spec.targets = placed(&spec.targets, namespaces, default);
+    for labelled in &mut spec.labelled_targets {
+        labelled.globs = placed(&labelled.globs, namespaces, default);
+    }
+    spec
 }
 
 /// Whether a cluster policy's `namespaces` globs admit `namespace`.
@@ -88,9 +150,13 @@ fn namespace_matches(globs: &[String], namespace: &str) -> bool {
         })
 }
 
-/// The policies in force for targets in `namespace` (pure): each labelled
-/// as refusals name it (`RemoraPolicy shop/payments`, `RemoraClusterPolicy
-/// no-steal`). Invalid ones are left out; their errors are returned.
+/// The policies in force (pure), `namespace` being the default one (its
+/// targets are named without a namespace; others as `namespace/<ns>/...`):
+/// a RemoraPolicy applies to its own namespace's targets, a
+/// RemoraClusterPolicy to those of the namespaces its globs admit. Each is
+/// labelled as refusals name it (`RemoraPolicy shop/payments`,
+/// `RemoraClusterPolicy no-steal`). Invalid ones are left out; their errors
+/// are returned.
 pub fn policies_of(
     namespaced: &[RemoraPolicy],
     cluster: &[RemoraClusterPolicy],
@@ -100,25 +166,37 @@ pub fn policies_of(
     let mut specs = Vec::new();
     for policy in namespaced {
         let ns = policy.metadata.namespace.as_deref().unwrap_or(namespace);
-        if ns == namespace {
-            specs.push((
-                format!("RemoraPolicy {ns}/{}", name(&policy.metadata)),
-                spec_of(&policy.spec.rules),
-            ));
-        }
+        let spec = spec_of(&policy.spec.rules);
+        let spec = if ns == namespace {
+            spec
+        } else {
+            place(spec, &[ns.to_owned()], false)
+        };
+        specs.push((
+            format!("RemoraPolicy {ns}/{}", name(&policy.metadata)),
+            spec,
+        ));
     }
     for policy in cluster {
-        if namespace_matches(&policy.spec.namespaces, namespace) {
-            specs.push((
-                format!("RemoraClusterPolicy {}", name(&policy.metadata)),
+        let globs = &policy.spec.namespaces;
+        let others = if globs.is_empty() {
+            vec!["*".to_owned()]
+        } else {
+            globs.clone()
+        };
+        specs.push((
+            format!("RemoraClusterPolicy {}", name(&policy.metadata)),
+            place(
                 spec_of(&policy.spec.rules),
-            ));
-        }
+                &others,
+                namespace_matches(globs, namespace),
+            ),
+        ));
     }
     Policies::from_specs(specs)
 }
 
-/// Reads the policy objects for one namespace of targets.
+/// Reads the policy objects of every namespace.
 #[derive(Debug, Clone)]
 pub struct PolicyObjects {
     namespaced: Api<RemoraPolicy>,
@@ -127,10 +205,10 @@ pub struct PolicyObjects {
 }
 
 impl PolicyObjects {
-    /// For targets in `namespace`.
+    /// `namespace` is the default namespace of targets.
     pub fn new(client: kube::Client, namespace: &str) -> Self {
         PolicyObjects {
-            namespaced: Api::namespaced(client.clone(), namespace),
+            namespaced: Api::all(client.clone()),
             cluster: Api::all(client),
             namespace: namespace.to_owned(),
         }
@@ -145,7 +223,7 @@ impl PolicyObjects {
             .namespaced
             .list(&ListParams::default())
             .await
-            .map_err(|e| format!("listing RemoraPolicy objects in {}: {e}", self.namespace))?;
+            .map_err(|e| format!("listing RemoraPolicy objects: {e}"))?;
         let cluster = self
             .cluster
             .list(&ListParams::default())

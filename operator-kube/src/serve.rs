@@ -53,7 +53,9 @@ async fn kubernetes(serve: ServeArgs) -> Result<()> {
         },
         settings: AgentSettings {
             // Agents run next to the operator: its Role covers them there.
-            namespace: own_namespace,
+            namespace: own_namespace.clone(),
+            // So that the next operator finds them if this one is killed.
+            labels: crate::leftover_agents::agent_labels(),
             ..AgentSettings::default()
         },
     };
@@ -116,6 +118,12 @@ async fn kubernetes(serve: ServeArgs) -> Result<()> {
         }
     }
     tracing::info!(me = %election.me, "leader lease {} acquired", crate::leader::LEASE_NAME);
+    // Agents a killed operator left: deleted, so their rules go with them.
+    let agent_namespace = own_namespace.unwrap_or_else(|| namespace.clone());
+    match crate::leftover_agents::sweep(kube.client.clone(), &agent_namespace).await {
+        0 => {}
+        n => tracing::info!(objects = n, "deleted the agents a previous operator left"),
+    }
     // Splits the previous operator left active lost their sessions with it:
     // their messages go back to the workloads before anyone joins again.
     match splits.resume_all().await {

@@ -39,15 +39,27 @@ impl SessionObserver for SessionObjects {
     }
 }
 
-/// Owns the `RemoraSession` objects of one namespace.
-#[derive(Debug)]
+/// Owns the operator's `RemoraSession` objects, each in its target's
+/// namespace.
 pub struct SessionObjectsTask {
-    api: Api<RemoraSession>,
+    client: kube::Client,
+    /// Every namespace's objects (the watch, the sweep).
+    all: Api<RemoraSession>,
+    /// Where objects of targets named without a namespace go.
     namespace: String,
     /// operator --session table--> this task
     table_rx: watch::Receiver<Vec<SessionRecord>>,
-    /// What each object was last written as.
-    written: BTreeMap<SessionId, RemoraSessionStatus>,
+    /// What each object was last written as, and its namespace.
+    written: BTreeMap<SessionId, (String, RemoraSessionStatus)>,
+}
+
+impl std::fmt::Debug for SessionObjectsTask {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionObjectsTask")
+            .field("namespace", &self.namespace)
+            .field("written", &self.written)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The observer and its task; run the task with [`SessionObjectsTask::run`]
@@ -60,7 +72,8 @@ pub fn session_objects(
     (
         SessionObjects { table_tx },
         SessionObjectsTask {
-            api: Api::namespaced(client, namespace),
+            all: Api::all(client.clone()),
+            client,
             namespace: namespace.to_owned(),
             table_rx,
             written: BTreeMap::new(),
@@ -96,9 +109,18 @@ pub fn describe_filter(filter: &HttpFilter) -> String {
     }
 }
 
-/// The object for a session (pure).
+/// The namespace of a session's object: its target's (`namespace/<ns>/...`),
+/// else `default`; and the target as the object names it (without the
+/// namespace).
+pub fn placement<'a>(record: &'a SessionRecord, default: &'a str) -> (&'a str, &'a str) {
+    let (namespace, target) = remora_kube::namespaced::split(&record.info.target);
+    (namespace.unwrap_or(default), target)
+}
+
+/// The object for a session (pure); `namespace` is the default one.
 pub fn session_object(record: &SessionRecord, namespace: &str) -> RemoraSession {
     let info = &record.info;
+    let (namespace, target) = placement(record, namespace);
     let started = i64::try_from(info.started_at)
         .ok()
         .and_then(|s| k8s_openapi::jiff::Timestamp::from_second(s).ok())
@@ -109,7 +131,7 @@ pub fn session_object(record: &SessionRecord, namespace: &str) -> RemoraSession 
             id: info.id.to_string(),
             user: info.user.clone(),
             identity: record.identity.clone(),
-            target: info.target.clone(),
+            target: target.to_owned(),
             started_at: started.to_string(),
         },
     );
@@ -145,8 +167,8 @@ impl SessionObjectsTask {
         self.sweep_leftovers().await;
         let config =
             watcher::Config::default().labels(&format!("{}={}", MANAGED_BY.0, MANAGED_BY.1));
-        let mut events = std::pin::pin!(watcher(self.api.clone(), config));
-        let mut listed: Option<BTreeSet<String>> = None;
+        let mut events = std::pin::pin!(watcher(self.all.clone(), config));
+        let mut listed: Option<BTreeSet<(String, String)>> = None;
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => break,
@@ -159,25 +181,34 @@ impl SessionObjectsTask {
                 }
                 event = events.next() => match event {
                     Some(Ok(watcher::Event::Delete(object))) => {
-                        self.deleted(&object.metadata.name.unwrap_or_default(), &sessions);
+                        let meta = object.metadata;
+                        self.deleted(
+                            meta.namespace.as_deref().unwrap_or_default(),
+                            meta.name.as_deref().unwrap_or_default(),
+                            &sessions,
+                        );
                     }
                     Some(Ok(watcher::Event::Init)) => listed = Some(BTreeSet::new()),
                     Some(Ok(watcher::Event::InitApply(object))) => {
                         if let Some(names) = &mut listed {
-                            names.extend(object.metadata.name);
+                            let meta = object.metadata;
+                            names.insert((
+                                meta.namespace.unwrap_or_default(),
+                                meta.name.unwrap_or_default(),
+                            ));
                         }
                     }
                     Some(Ok(watcher::Event::InitDone)) => {
                         // A delete missed while the watch was down.
                         if let Some(names) = listed.take() {
-                            let gone: Vec<String> = self
+                            let gone: Vec<(String, String)> = self
                                 .written
-                                .keys()
-                                .map(|id| object_name(*id))
-                                .filter(|name| !names.contains(name))
+                                .iter()
+                                .map(|(id, (ns, _))| (ns.clone(), object_name(*id)))
+                                .filter(|key| !names.contains(key))
                                 .collect();
-                            for name in gone {
-                                self.deleted(&name, &sessions);
+                            for (ns, name) in gone {
+                                self.deleted(&ns, &name, &sessions);
                             }
                         }
                     }
@@ -196,32 +227,37 @@ impl SessionObjectsTask {
 
     async fn sweep_leftovers(&self) {
         let params = ListParams::default().labels(&format!("{}={}", MANAGED_BY.0, MANAGED_BY.1));
-        match self.api.list(&params).await {
+        match self.all.list(&params).await {
             Ok(list) => {
                 for object in list.items {
                     let name = object.metadata.name.unwrap_or_default();
-                    tracing::info!(namespace = %self.namespace, %name, "removing a RemoraSession left by a previous operator");
-                    let _ = self.api.delete(&name, &DeleteParams::default()).await;
+                    let namespace = object.metadata.namespace.unwrap_or_default();
+                    tracing::info!(%namespace, %name, "removing a RemoraSession left by a previous operator");
+                    let _ = self
+                        .api(&namespace)
+                        .delete(&name, &DeleteParams::default())
+                        .await;
                 }
             }
             Err(e) => tracing::warn!(error = %e, "cannot list RemoraSession objects"),
         }
     }
 
-    /// Object `name` was deleted: end its session if it still runs.
-    fn deleted(&mut self, name: &str, sessions: &Sessions) {
+    fn api(&self, namespace: &str) -> Api<RemoraSession> {
+        Api::namespaced(self.client.clone(), namespace)
+    }
+
+    /// Object `namespace/name` was deleted: end its session if it still runs.
+    fn deleted(&mut self, namespace: &str, name: &str, sessions: &Sessions) {
         let Some((&id, _)) = self
             .written
             .iter()
-            .find(|(id, _)| object_name(**id) == name)
+            .find(|(id, (ns, _))| object_name(**id) == name && ns == namespace)
         else {
             return;
         };
         self.written.remove(&id);
-        let reason = format!(
-            "session ended: its RemoraSession {}/{name} was deleted",
-            self.namespace
-        );
+        let reason = format!("session ended: its RemoraSession {namespace}/{name} was deleted");
         tracing::info!(session = %id, "{reason}");
         let _ = sessions.kill(id, reason);
     }
@@ -236,9 +272,11 @@ impl SessionObjectsTask {
             .copied()
             .collect();
         for id in ended {
-            self.written.remove(&id);
+            let Some((namespace, _)) = self.written.remove(&id) else {
+                continue;
+            };
             match self
-                .api
+                .api(&namespace)
                 .delete(&object_name(id), &DeleteParams::default())
                 .await
             {
@@ -252,12 +290,13 @@ impl SessionObjectsTask {
         for record in table {
             let id = record.info.id;
             let status = session_status(record);
+            let namespace = placement(record, &self.namespace).0.to_owned();
+            let api = self.api(&namespace);
             match self.written.get(&id) {
-                Some(written) if *written == status => {}
+                Some((_, written)) if *written == status => {}
                 Some(_) => {
                     let patch = serde_json::json!({"status": status});
-                    match self
-                        .api
+                    match api
                         .patch_status(
                             &object_name(id),
                             &PatchParams::default(),
@@ -266,7 +305,7 @@ impl SessionObjectsTask {
                         .await
                     {
                         Ok(_) => {
-                            self.written.insert(id, status);
+                            self.written.insert(id, (namespace, status));
                         }
                         Err(e) => {
                             tracing::warn!(session = %id, error = %e, "cannot update its RemoraSession status")
@@ -275,19 +314,18 @@ impl SessionObjectsTask {
                 }
                 None => {
                     let object = session_object(record, &self.namespace);
-                    match self.api.create(&PostParams::default(), &object).await {
+                    match api.create(&PostParams::default(), &object).await {
                         Ok(_) => {
                             // The status subresource ignores status on create.
                             let patch = serde_json::json!({"status": status});
-                            let _ = self
-                                .api
+                            let _ = api
                                 .patch_status(
                                     &object_name(id),
                                     &PatchParams::default(),
                                     &Patch::Merge(&patch),
                                 )
                                 .await;
-                            self.written.insert(id, status);
+                            self.written.insert(id, (namespace, status));
                         }
                         Err(e) => {
                             tracing::warn!(session = %id, error = %e, "cannot create its RemoraSession")

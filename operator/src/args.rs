@@ -63,8 +63,9 @@ pub struct ServeArgs {
     /// (default: KUBECONFIG, ~/.kube/config, else the in-cluster service account).
     #[arg(long, value_name = "FILE")]
     pub kubeconfig: Option<PathBuf>,
-    /// Kubernetes platform: the namespace of the targets this operator
-    /// serves (default: the kubeconfig context's, else the operator's own).
+    /// Kubernetes platform: the default namespace of targets (default: the
+    /// kubeconfig context's, else the operator's own). A client may name
+    /// any other: the operator serves every namespace.
     #[arg(long, value_name = "N")]
     pub namespace: Option<String>,
     /// Where state that outlives the operator is kept (`db-branches.json`:

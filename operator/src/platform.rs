@@ -71,6 +71,16 @@ pub trait Platform: Send + Sync + std::fmt::Debug + 'static {
     /// [`crate::Error::Target`] when it cannot be read.
     fn target_env(&self, target: &ResolvedTarget) -> Result<BTreeMap<String, String>>;
 
+    /// The labels of `target`'s object, for policies that select targets
+    /// by label; `None` when the platform has none or they cannot be read
+    /// now (such policies then apply whatever the labels).
+    fn target_labels(
+        &self,
+        _target: &ResolvedTarget,
+    ) -> BoxFuture<'static, Option<BTreeMap<String, String>>> {
+        Box::pin(async { None })
+    }
+
     /// A command for `program` (a database client) whose connections leave
     /// from `target`'s network, so addresses mean what they mean to the
     /// target. `target` is a canonical name; when the target is gone the

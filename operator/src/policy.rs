@@ -33,14 +33,18 @@
 //!   session resolves through the target, and then the addresses they
 //!   resolved to. No port: every port.
 
+pub mod labels;
+
 use crate::error::{Error, Result};
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use ipnet::IpNet;
+pub use labels::{LabelOperator, LabelRequirement, LabelSelector};
 use regex::{Regex, RegexBuilder};
 use remora_protocol::RemoteAddr;
 use remora_protocol::incoming::{HttpFilter, IncomingMode};
 use remora_protocol::session::{PathRule, SessionPolicy};
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -62,6 +66,10 @@ struct FileSpec {
 pub struct PolicySpec {
     /// Globs over canonical target names.
     pub targets: Vec<String>,
+    /// Targets selected by name globs *and* labels (policy objects'
+    /// `matchLabels` / `matchExpressions`). Not a key of the TOML file.
+    #[serde(skip)]
+    pub labelled_targets: Vec<LabelledTargets>,
     /// Platform user names it applies to; with `groups` both empty: everyone.
     /// Not a key of the TOML file (the local platform has no identities).
     #[serde(skip)]
@@ -86,13 +94,26 @@ pub struct PolicySpec {
     pub outgoing_block: Vec<String>,
 }
 
-/// Whom a session runs as, for policies naming users or groups.
+/// Target name globs that select a target only when its labels match too.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LabelledTargets {
+    /// Globs over canonical target names.
+    pub globs: Vec<String>,
+    /// What the target object's labels must meet.
+    pub labels: LabelSelector,
+}
+
+/// Whom a session runs as, for policies naming users or groups, and the
+/// labels of its target, for policies selecting targets by label.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Subject {
     /// The platform's user name.
     pub user: Option<String>,
     /// Its groups.
     pub groups: Vec<String>,
+    /// The target object's labels; `None` when unknown (then a selector
+    /// with labels applies whatever they are: it restricts more, never less).
+    pub target_labels: Option<BTreeMap<String, String>>,
 }
 
 /// What a policy's `block` list may name.
@@ -239,11 +260,12 @@ pub struct LearnedBlock {
 }
 
 /// One compiled `[[policy]]`.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Policy {
     /// `policy #N in FILE`.
     pub label: String,
     targets: GlobSet,
+    labelled: Vec<(GlobSet, LabelSelector)>,
     users: Vec<String>,
     groups: Vec<String>,
     block: Vec<Block>,
@@ -264,10 +286,15 @@ impl Policy {
             }
             builder.build().map_err(|e| format!("{key}: {e}"))
         };
-        if spec.targets.is_empty() {
+        if spec.targets.is_empty() && spec.labelled_targets.is_empty() {
             return Err("targets is empty: name at least one target glob (\"*\" for all)".into());
         }
         let targets = glob_set(&spec.targets, "targets")?;
+        let labelled = spec
+            .labelled_targets
+            .iter()
+            .map(|t| Ok((glob_set(&t.globs, "targets")?, t.labels.clone())))
+            .collect::<std::result::Result<_, String>>()?;
         let env_exclude = glob_set(&spec.env_exclude, "env_exclude")?;
         let require_header_filter = spec
             .require_header_filter
@@ -294,6 +321,7 @@ impl Policy {
         Ok(Policy {
             label,
             targets,
+            labelled,
             users: spec.users,
             groups: spec.groups,
             block: spec.block,
@@ -305,7 +333,17 @@ impl Policy {
     }
 
     fn applies_to(&self, target: &str) -> bool {
-        self.targets.is_match(target)
+        self.targets.is_match(target) || self.labelled.iter().any(|(g, _)| g.is_match(target))
+    }
+
+    /// This policy for a target with `labels`: its selectors whose labels
+    /// do not match are dropped (`None` when nothing selects any more).
+    fn for_labels(&self, labels: &BTreeMap<String, String>) -> Option<Policy> {
+        let mut policy = self.clone();
+        policy
+            .labelled
+            .retain(|(_, selector)| selector.matches(labels));
+        (!policy.targets.is_empty() || !policy.labelled.is_empty()).then_some(policy)
     }
 
     /// Whether it applies to sessions of `subject` (a policy naming no
@@ -387,7 +425,10 @@ impl Policies {
                 .list
                 .iter()
                 .filter(|p| p.applies_to_subject(subject))
-                .cloned()
+                .filter_map(|p| match &subject.target_labels {
+                    Some(labels) if !p.labelled.is_empty() => p.for_labels(labels).map(Arc::new),
+                    _ => Some(p.clone()),
+                })
                 .collect(),
         }
     }

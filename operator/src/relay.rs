@@ -42,6 +42,12 @@ pub const OPERATOR_REQUEST_BASE: u64 = 1 << 63;
 pub const EVICT_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long the last frames get to reach a closing client.
 pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a killed session that holds ports keeps relaying after giving
+/// them back at the agent: new requests already reach the target, and the
+/// ones handed to the session before are still answered (its client hears
+/// why the session ended after that). An operator stopping (its pod
+/// deleted) kills every session this way, so no stolen request is lost.
+pub const KILL_DRAIN: Duration = Duration::from_millis(1000);
 
 /// Who the session is and what it shares with the rest of the operator.
 #[derive(Debug, Clone)]
@@ -154,13 +160,27 @@ where
     let ended = {
         let up = relay.clone().upstream(&mut client_stream);
         let down = relay.clone().downstream(&mut agent_stream);
-        tokio::pin!(up, down);
+        // Killed while holding ports: why, once the drain is over.
+        let mut draining: Option<String> = None;
+        let drain = tokio::time::sleep(KILL_DRAIN);
+        tokio::pin!(up, down, drain);
         loop {
             tokio::select! {
                 ended = &mut up => break ended,
                 ended = &mut down => break ended,
+                () = &mut drain, if draining.is_some() => {
+                    break Ended::Killed(draining.take().unwrap_or_default());
+                }
                 Some(command) = commands.recv() => match command {
-                    SessionCommand::Kill { reason } => break Ended::Killed(reason),
+                    SessionCommand::Kill { .. } if draining.is_some() => {}
+                    SessionCommand::Kill { reason } => {
+                        if relay.give_back_ports().await {
+                            drain.as_mut().reset(tokio::time::Instant::now() + KILL_DRAIN);
+                            draining = Some(reason);
+                        } else {
+                            break Ended::Killed(reason);
+                        }
+                    }
                     SessionCommand::Evict { port, by, done } => relay.evict(port, by, done).await,
                 },
             }
@@ -587,6 +607,28 @@ impl Relay {
             }))
             .await;
         true
+    }
+
+    /// The session is being killed: give every port it holds back at the
+    /// agent (new requests reach the target), keeping the connection so
+    /// that requests already handed to it are answered. Whether it held any.
+    async fn give_back_ports(&self) -> bool {
+        let (target, session) = (&self.ctx.target, self.ctx.id);
+        let ports: Vec<RemotePort> = self.ctx.sessions.with_registry(|r| {
+            let held = r.subscriptions_of(session);
+            for s in &held {
+                r.release(target, s.port, session);
+            }
+            held.into_iter().map(|s| s.port).collect()
+        });
+        for port in &ports {
+            let _ = self
+                .to_agent(ClientMessage::Incoming(IncomingClient::Unsubscribe {
+                    port: *port,
+                }))
+                .await;
+        }
+        !ports.is_empty()
     }
 
     /// Another session took `port` over: let go of it at the agent.

@@ -261,6 +261,8 @@ where
             return;
         }
     };
+    // Policy objects may select targets by label.
+    let target_labels = platform.target_labels(&resolved).await;
     let (lease, agent, agent_reply) = match connect_agent(&ctx, &resolved, &hello).await {
         Ok(connected) => connected,
         Err(reason) => {
@@ -313,12 +315,13 @@ where
         target: resolved.name.clone(),
         sessions: ctx.sessions.clone(),
         // Policies may name users and groups the platform vouches for.
-        policies: match &caller.identity {
-            Some(user) => ctx.policies.for_subject(crate::policy::Subject {
-                user: Some(user.clone()),
+        policies: match (&caller.identity, target_labels) {
+            (None, None) => ctx.policies.clone(),
+            (identity, target_labels) => ctx.policies.for_subject(crate::policy::Subject {
+                user: identity.clone(),
                 groups: caller.groups.clone(),
+                target_labels,
             }),
-            None => ctx.policies.clone(),
         },
         agent_capabilities: capabilities,
         branches: Some(ctx.branches.clone()),

@@ -326,6 +326,7 @@ fn policies_from_objects_apply_to_the_users_and_groups_they_name() {
     let alice = check(Subject {
         user: Some("alice".into()),
         groups: vec![],
+        ..Subject::default()
     });
     assert_eq!(
         alice.unwrap_err(),
@@ -335,12 +336,14 @@ fn policies_from_objects_apply_to_the_users_and_groups_they_name() {
     let runner = check(Subject {
         user: Some("runner".into()),
         groups: vec!["ci".into()],
+        ..Subject::default()
     });
     assert!(runner.unwrap_err().contains("RemoraPolicy shop/ci"));
     assert!(
         check(Subject {
             user: Some("bob".into()),
             groups: vec!["dev".into()],
+            ..Subject::default()
         })
         .is_ok()
     );
@@ -351,6 +354,7 @@ fn policies_from_objects_apply_to_the_users_and_groups_they_name() {
         check(Subject {
             user: Some("alice".into()),
             groups: vec![],
+            ..Subject::default()
         })
         .is_ok()
     );
