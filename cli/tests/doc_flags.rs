@@ -27,6 +27,7 @@ const OTHER_PROGRAMS: &[(&str, &[&str])] = &[
     ("kubectl", &["--for", "--from"]),
     ("remora-kube-sim", &["--runtime"]),
     ("nsenter", &["--net"]),
+    ("remora-agent (started by the intproxy)", &["--fd-broker"]),
     ("pg_dump", &["--schema-only"]),
     (
         "mariadb-dump",
