@@ -6,7 +6,9 @@
 //! "direct" is what a user would otherwise do: for start-up and local calls, the same
 //! command without remora; for the pod's files and services, the same program run
 //! inside the pod. "remora" is the program run on this machine under
-//! `remora run --target pid/<pod>`. The measured programs time their own loops
+//! `remora run --target pid/<pod>`, and for the pod's files and services also with
+//! `REMORA_LOCAL_FAST_PATH=off` (the proxied path Kubernetes targets take). The
+//! measured programs time their own loops
 //! (`remora-bench-app`), so remora's start-up only counts in the start-up row.
 //! Each command runs [`RUNS`] times, direct and remora alternating (each remora run's
 //! intproxy and agent are gone before the next run starts); the table shows medians.
