@@ -49,4 +49,10 @@ pub struct Args {
     /// when `nft` is installed (auto), or forced.
     #[arg(long, value_enum, default_value_t = NetfilterBackend::Auto)]
     pub netfilter: NetfilterBackend,
+
+    /// Also serve the local fast path on this unix socket: layers of the
+    /// run on this machine get real file and socket descriptors from inside
+    /// the target (token in REMORA_FD_BROKER_TOKEN).
+    #[arg(long, value_name = "PATH")]
+    pub fd_broker: Option<std::path::PathBuf>,
 }

@@ -20,6 +20,9 @@
 //!   absolute ones) resolve exactly as inside the target.
 //! * [`namespace`]: the [`TargetNamespaces`] seam with the real
 //!   `/proc/<PID>/ns` implementation.
+//! * [`broker`]: the local fast path: real file and socket descriptors
+//!   opened inside the target, handed to layers on this machine with
+//!   `SCM_RIGHTS` (only with `--fd-broker`).
 //! * [`incoming`]: incoming traffic (steal, mirror): the incoming task, its
 //!   listeners inside the target, and the netfilter rules that send the
 //!   subscribed ports there, run by the **netfilter thread** inside the
@@ -31,6 +34,7 @@
 //! and the socket calls the namespace module needs.
 
 pub mod args;
+pub mod broker;
 mod client;
 pub mod container;
 pub mod dns;
@@ -124,6 +128,10 @@ pub async fn run(args: Args) -> Result<()> {
     config.netfilter = args.netfilter;
     config.idle_timeout =
         (args.idle_timeout_secs > 0).then(|| Duration::from_secs(args.idle_timeout_secs));
+    config.fd_broker = args.fd_broker.map(|path| {
+        let token = std::env::var(broker::BROKER_TOKEN_ENV).unwrap_or_default();
+        (path, SessionToken(token))
+    });
     let agent = if args.targetless {
         Agent::bind_with(config, std::sync::Arc::new(OwnNamespaces)).await?
     } else {

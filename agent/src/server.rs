@@ -47,6 +47,9 @@ pub struct AgentConfig {
     pub target_poll: Duration,
     /// Which netfilter tools redirect incoming traffic.
     pub netfilter: NetfilterBackend,
+    /// Serve the local fast path ([`crate::broker`]) on this unix socket,
+    /// to layers presenting this token.
+    pub fd_broker: Option<(std::path::PathBuf, SessionToken)>,
 }
 
 impl AgentConfig {
@@ -61,6 +64,7 @@ impl AgentConfig {
             linger: Some(DEFAULT_LINGER),
             target_poll: TARGET_POLL_INTERVAL,
             netfilter: NetfilterBackend::Auto,
+            fd_broker: None,
         }
     }
 }
@@ -120,6 +124,8 @@ pub struct Agent {
     local_addr: SocketAddr,
     shutdown: ShutdownHandle,
     task: JoinHandle<Result<ExitReason>>,
+    /// The local fast path, removed when the agent stops.
+    _broker: Option<crate::broker::Broker>,
 }
 
 impl Agent {
@@ -154,6 +160,19 @@ impl Agent {
             addr: config.listen,
             source,
         })?;
+        let broker = match &config.fd_broker {
+            Some((path, token)) => {
+                match crate::broker::Broker::start(path, token.clone(), ns.clone()) {
+                    Ok(broker) => Some(broker),
+                    Err(e) => {
+                        // The proxied path still works: the layer falls back.
+                        tracing::warn!(path = %path.display(), error = %e, "no local fast path");
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
         let shutdown = ShutdownHandle::new();
         let backend = config.netfilter;
         let redirect = RedirectApi::start(ns.clone(), Box::new(move || netfilter(backend))).await?;
@@ -180,6 +199,7 @@ impl Agent {
             local_addr,
             shutdown,
             task,
+            _broker: broker,
         })
     }
 

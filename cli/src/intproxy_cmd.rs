@@ -108,7 +108,10 @@ fn serve(args: IntproxyArgs) -> Result<()> {
             runtime.block_on(launch.relay())?
         }
         (None, Some(bin), _) => {
-            let (child, addr) = spawn_agent(bin, &target, &agent_token)?;
+            let broker = std::env::var_os(remora_protocol::broker::BROKER_PATH_ENV)
+                .map(std::path::PathBuf::from);
+            let broker = broker.as_deref().map(|path| (path, layer_token.as_str()));
+            let (child, addr) = spawn_agent(bin, &target, &agent_token, broker)?;
             agent_child = Some(child);
             addr
         }
@@ -196,13 +199,23 @@ fn silence_stdout() {
 }
 
 /// Start the agent for `target` (the operator's local platform does it the same way).
-fn spawn_agent(bin: &std::path::Path, target: &str, token: &str) -> Result<(Child, SocketAddr)> {
-    let agent =
-        remora_operator::platform::local::spawn_agent(bin, target, token, AGENT_START_TIMEOUT)
-            .map_err(|reason| Error::AgentStart {
-                target: target.into(),
-                reason,
-            })?;
+fn spawn_agent(
+    bin: &std::path::Path,
+    target: &str,
+    token: &str,
+    fd_broker: Option<(&std::path::Path, &str)>,
+) -> Result<(Child, SocketAddr)> {
+    let agent = remora_operator::platform::local::spawn_agent_with(
+        bin,
+        target,
+        token,
+        AGENT_START_TIMEOUT,
+        fd_broker,
+    )
+    .map_err(|reason| Error::AgentStart {
+        target: target.into(),
+        reason,
+    })?;
     Ok((agent.child, agent.addr))
 }
 

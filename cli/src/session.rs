@@ -11,6 +11,7 @@ use crate::error::{Error, Result};
 use crate::intproxy_cmd::{AGENT_TOKEN_ENV, LAYER_TOKEN_ENV};
 use crate::local::{self, AGENT_BIN_ENV, FAILED_PREFIX, LAYER_PATH_ENV};
 use remora_config::{Config, FsMode, IncomingMode, Overrides, Target};
+use remora_protocol::broker::BROKER_PATH_ENV;
 use remora_protocol::codec;
 use remora_protocol::env::EnvRequest;
 use remora_protocol::messages::{
@@ -195,6 +196,7 @@ pub fn prepare(
                 Backend::Agent {
                     bin: local::find_component(AGENT_FILE, AGENT_BIN_ENV)?,
                     token: random_token()?,
+                    fd_broker: fd_broker_path()?,
                 }
             }
             Target::Targetless if config.target.is_none() => return Err(Error::NoTarget),
@@ -294,6 +296,17 @@ pub fn prepare(
     env.insert("LD_PRELOAD".into(), preload);
     env.insert(INTPROXY_ADDR_ENV.into(), proxy.to_string());
     env.insert(LAYER_TOKEN_ENV.into(), layer_token);
+    match &backend {
+        Backend::Agent {
+            fd_broker: Some(path),
+            ..
+        } => {
+            env.insert(BROKER_PATH_ENV.into(), path.display().to_string());
+        }
+        _ => {
+            env.remove(BROKER_PATH_ENV);
+        }
+    }
     env.insert(
         remora_config::RESOLVED_CONFIG_ENV.into(),
         config.to_env_value(),
@@ -406,7 +419,12 @@ pub fn random_token() -> Result<String> {
 #[derive(Debug)]
 enum Backend {
     /// Start this agent binary with this token.
-    Agent { bin: PathBuf, token: String },
+    Agent {
+        bin: PathBuf,
+        token: String,
+        /// Where its local fast path listens (`None`: turned off).
+        fd_broker: Option<PathBuf>,
+    },
     /// Go through the operator at this address with its token.
     Operator { addr: SocketAddr, token: String },
     /// Go through the operator installed in the cluster (the intproxy
@@ -438,6 +456,28 @@ fn operator_addr(operator: &str) -> Result<SocketAddr> {
         })
 }
 
+/// Environment variable turning the local fast path off (`0`, `off`,
+/// `false`, `no`): file reads and outgoing TCP then take the proxied path, as
+/// on Kubernetes (benchmarks compare both).
+pub const FAST_PATH_ENV: &str = "REMORA_LOCAL_FAST_PATH";
+
+/// Where this run's agent serves the local fast path (see
+/// `remora_agent::broker`): a fresh socket path under the temporary
+/// directory, or `None` when [`FAST_PATH_ENV`] turns it off or the path
+/// would be too long for a unix socket.
+fn fd_broker_path() -> Result<Option<PathBuf>> {
+    if let Ok(value) = std::env::var(FAST_PATH_ENV)
+        && matches!(value.trim(), "0" | "off" | "false" | "no")
+    {
+        return Ok(None);
+    }
+    let token = random_token()?;
+    let name = format!("remora-fd-{}.sock", &token[..token.len().min(16)]);
+    let path = std::env::temp_dir().join(name);
+    // sun_path holds 108 bytes, NUL included.
+    Ok((path.as_os_str().len() < 100).then_some(path))
+}
+
 /// The operator's token, from [`remora_operator::token::OPERATOR_TOKEN_ENV`].
 pub fn operator_token() -> Result<String> {
     std::env::var(remora_operator::token::OPERATOR_TOKEN_ENV)
@@ -459,13 +499,24 @@ struct IntproxyLaunch<'a> {
 fn start_intproxy(launch: &IntproxyLaunch<'_>, reporter: &mut dyn Reporter) -> Result<SocketAddr> {
     let exe = std::env::current_exe().map_err(|e| Error::Io(format!("locating remora: {e}")))?;
     let mut command = Command::new(exe);
-    command.arg("intproxy").arg("--detach");
+    command
+        .arg("intproxy")
+        .arg("--detach")
+        .env_remove(BROKER_PATH_ENV);
     match launch.backend {
-        Backend::Agent { bin, token } => {
+        Backend::Agent {
+            bin,
+            token,
+            fd_broker,
+        } => {
             command
                 .arg("--agent-bin")
                 .arg(bin)
                 .env(AGENT_TOKEN_ENV, token);
+            match fd_broker {
+                Some(path) => command.env(BROKER_PATH_ENV, path),
+                None => command.env_remove(BROKER_PATH_ENV),
+            };
         }
         Backend::Operator { addr, token } => {
             command

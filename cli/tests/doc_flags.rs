@@ -27,6 +27,7 @@ const OTHER_PROGRAMS: &[(&str, &[&str])] = &[
     ("kubectl", &["--for", "--from"]),
     ("remora-kube-sim", &["--runtime"]),
     ("nsenter", &["--net"]),
+    ("remora-agent (started by the intproxy)", &["--fd-broker"]),
     ("pg_dump", &["--schema-only"]),
     ("pg_restore", &["--section"]),
     ("mariadb-backup", &["--backup", "--prepare"]),

@@ -30,6 +30,7 @@ pub fn capture_environment() {
         LAYER_TOKEN_ENV,
         remora_config::RESOLVED_CONFIG_ENV,
         handoff::SUPERVISE_EXE_ENV,
+        remora_protocol::broker::BROKER_PATH_ENV,
     ];
     let vars = keys
         .iter()

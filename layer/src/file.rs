@@ -7,6 +7,11 @@
 //! by the agent inside the target's mount namespace.
 //!
 //! # Remote files become real descriptors
+//! * **The target's file itself**, on the local fast path
+//!   ([`crate::broker`]): a read-only open of a regular file that this run
+//!   can never write remotely is opened by the agent inside the target's
+//!   mount namespace and handed over (`SCM_RIGHTS`); nothing is recorded or
+//!   hooked for it afterwards.
 //! * **Snapshots.** A read-only open of a regular remote file of at most
 //!   [`ops::SNAPSHOT_LIMIT`] bytes is copied into a `memfd` (inline in the open
 //!   reply when it fits one frame, else with a few 1 MiB `Pread`s) that is

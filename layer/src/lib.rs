@@ -29,6 +29,7 @@
 //! injected into foreign processes and speaks the C ABI. Every `unsafe` block
 //! states why it is sound.
 
+pub mod broker;
 pub mod dns;
 pub mod error;
 pub mod exec;

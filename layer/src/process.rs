@@ -34,6 +34,7 @@ pub fn install_fork_handlers() {
 /// for map operations, so this waits microseconds, never for the network.
 extern "C" fn prepare() {
     sync::hold_mutex(&crate::session::POOL);
+    sync::hold_mutex(&crate::broker::POOL);
     sync::hold_rwlock(&crate::fd::TABLE);
     sync::hold_mutex(&crate::file::dir::DIRS);
     sync::hold_mutex(&crate::file::dir::CURSORS);
@@ -52,6 +53,7 @@ extern "C" fn parent() {
         sync::release_mutex(&crate::file::dir::CURSORS);
         sync::release_mutex(&crate::file::dir::DIRS);
         sync::release_rwlock(&crate::fd::TABLE);
+        sync::release_mutex(&crate::broker::POOL);
         sync::release_mutex(&crate::session::POOL);
     }
 }
@@ -68,6 +70,7 @@ extern "C" fn child() {
         sync::reset_mutex(&crate::file::dir::CURSORS);
         sync::reset_mutex(&crate::file::dir::DIRS);
         sync::reset_rwlock(&crate::fd::TABLE);
+        sync::reset_mutex(&crate::broker::POOL);
         sync::reset_mutex(&crate::session::POOL);
     }
 }

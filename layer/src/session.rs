@@ -115,8 +115,9 @@ pub fn session_fd() -> Option<i32> {
 
 /// Whether `fd` is one of the layer's own connections (the app may not close it).
 pub fn is_session_fd(fd: i32) -> bool {
-    fd >= SESSION_FD_MIN.load(Ordering::Relaxed)
-        && SESSION_FDS.iter().any(|s| s.load(Ordering::Relaxed) == fd)
+    (fd >= SESSION_FD_MIN.load(Ordering::Relaxed)
+        && SESSION_FDS.iter().any(|s| s.load(Ordering::Relaxed) == fd))
+        || crate::broker::is_broker_fd(fd)
 }
 
 /// Open this process's session now, so the intproxy knows the process is
@@ -150,6 +151,126 @@ pub fn request(req: LayerRequest) -> HookResult<LayerResponse> {
             conn.discard();
             free_slot();
             Err(unavailable(&reason))
+        }
+    }
+}
+
+/// Send `requests` over up to `depth` pool connections at once (the
+/// intproxy and the agent serve each connection's request concurrently) and
+/// hand each reply to `on_reply` in request order; `on_reply` returning
+/// `false` stops sending (replies already asked for are still read).
+///
+/// # Errors
+/// The first failure of a request or of `on_reply`.
+pub fn remote_pipelined(
+    requests: impl IntoIterator<Item = remora_protocol::Request>,
+    depth: usize,
+    mut on_reply: impl FnMut(remora_protocol::Response) -> HookResult<bool>,
+) -> HookResult<()> {
+    let Some(endpoint) = ENDPOINT.get() else {
+        return Err(HookError::Bypass("layer not configured"));
+    };
+    let mut requests = requests.into_iter();
+    let mut inflight: std::collections::VecDeque<(Conn, RequestId)> =
+        std::collections::VecDeque::new();
+    let mut outcome: HookResult<()> = Ok(());
+    let mut sending = true;
+    // Set once `on_reply` said stop: later replies are read, not handed on.
+    let mut stopped = false;
+    loop {
+        while sending && inflight.len() < depth.max(1) {
+            let conn = if inflight.is_empty() {
+                match checkout() {
+                    Ok(conn) => Some(conn),
+                    Err(e) => {
+                        outcome = Err(e);
+                        sending = false;
+                        None
+                    }
+                }
+            } else {
+                try_checkout(endpoint)
+            };
+            let Some(mut conn) = conn else { break };
+            let Some(request) = requests.next() else {
+                checkin(conn);
+                sending = false;
+                break;
+            };
+            match conn.send(LayerRequest::Remote(request)) {
+                Ok(id) => inflight.push_back((conn, id)),
+                Err(e) => {
+                    conn.discard();
+                    free_slot();
+                    outcome = Err(unavailable(&e));
+                    sending = false;
+                }
+            }
+        }
+        let Some((mut conn, id)) = inflight.pop_front() else {
+            return outcome;
+        };
+        match conn.receive(id) {
+            Ok(result) => {
+                checkin(conn);
+                if outcome.is_err() || stopped {
+                    continue;
+                }
+                let step = match result {
+                    Ok(LayerResponse::Remote(response)) => on_reply(response),
+                    Ok(other) => Err(protocol_violation(&other)),
+                    Err(e) => Err(HookError::Remote(e)),
+                };
+                match step {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        sending = false;
+                        stopped = true;
+                    }
+                    Err(e) => {
+                        outcome = Err(e);
+                        sending = false;
+                    }
+                }
+            }
+            Err(e) => {
+                let reason = match e {
+                    RoundtripError::TimedOut => timeout_message(endpoint.reply_timeout),
+                    RoundtripError::Other(e) => e,
+                };
+                conn.discard();
+                free_slot();
+                if outcome.is_ok() {
+                    outcome = Err(unavailable(&reason));
+                }
+                sending = false;
+            }
+        }
+    }
+}
+
+/// An idle connection or a new one, without waiting; `None` when all
+/// [`MAX_CONNECTIONS`] are busy (or the pool belongs to a parent process).
+fn try_checkout(endpoint: &ProxyEndpoint) -> Option<Conn> {
+    let pid = std::process::id();
+    {
+        let mut pool = POOL.lock();
+        if pool.pid != pid {
+            return None;
+        }
+        if let Some(conn) = pool.idle.pop() {
+            return Some(conn);
+        }
+        if pool.open >= MAX_CONNECTIONS {
+            return None;
+        }
+        pool.open += 1;
+    }
+    match Conn::connect(endpoint, pid) {
+        Ok(conn) => Some(conn),
+        Err(_) => {
+            free_slot();
+            None
         }
     }
 }
@@ -356,6 +477,12 @@ impl Conn {
         &mut self,
         request: LayerRequest,
     ) -> Result<Result<LayerResponse, RemoteError>, RoundtripError> {
+        let id = self.send(request).map_err(RoundtripError::Other)?;
+        self.receive(id)
+    }
+
+    /// Write one request; its id, to [`Conn::receive`] the reply with.
+    fn send(&mut self, request: LayerRequest) -> Result<RequestId, String> {
         let id = RequestId(self.next_id);
         self.next_id += 1;
         // write_frame sends header and payload in one write and flushes.
@@ -363,7 +490,15 @@ impl Conn {
             &mut self.reader.get_ref(),
             &LayerMessage::Request { id, request },
         )
-        .map_err(|e| RoundtripError::Other(e.to_string()))?;
+        .map_err(|e| e.to_string())?;
+        Ok(id)
+    }
+
+    /// Read the reply to request `id` (printing log lines that come first).
+    fn receive(
+        &mut self,
+        id: RequestId,
+    ) -> Result<Result<LayerResponse, RemoteError>, RoundtripError> {
         loop {
             match codec::read_frame::<_, ProxyMessage>(&mut self.reader) {
                 Ok(ProxyMessage::Response { id: got, result }) if got == id => return Ok(result),

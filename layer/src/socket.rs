@@ -8,6 +8,7 @@
 //! address-reporting calls (`getpeername`, `getsockname`) and unconnected UDP
 //! (`sendto`/`sendmsg`/`recvfrom`/`recvmsg`) are rewritten.
 
+pub mod fast;
 pub mod hooks;
 pub mod incoming;
 pub mod ops;

@@ -42,6 +42,7 @@ pub fn init() -> Result<(), String> {
     let mut policies = config.policies().map_err(|e| e.to_string())?;
     policies.fs = policies.fs.with_local_prefixes(runtime_local_prefixes());
     let reply_timeout = reply_timeout(&config);
+    crate::broker::configure(&token);
     crate::session::configure(crate::session::ProxyEndpoint {
         addr,
         token,

@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 /// of [`crate::process`]'s prepare handler; each name is the static's path).
 pub const LOCK_ORDER: &[&str] = &[
     "session::POOL",
+    "broker::POOL",
     "fd::TABLE",
     "file::dir::DIRS",
     "file::dir::CURSORS",

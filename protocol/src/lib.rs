@@ -20,6 +20,7 @@
 //! This crate is I/O free apart from the blocking `std::io` frame helpers; an
 //! async `tokio_util` codec sits behind the `tokio-codec` feature.
 
+pub mod broker;
 pub mod codec;
 pub mod db;
 pub mod dns;

@@ -255,6 +255,11 @@ pub fn open_remote(path: String, flags: c_int, mode: u32) -> HookResult<Opened> 
         return placeholder(info, cloexec).map(Opened::Native);
     }
     let write = opens_for_write(flags);
+    if !write && fast_path_allowed(&path) {
+        if let Some(fd) = open_fast(&path, flags)? {
+            return Ok(Opened::Native(fd));
+        }
+    }
     let request = OpenRequest {
         path: path.clone(),
         options: open_options(flags),
@@ -303,6 +308,44 @@ pub fn open_remote(path: String, flags: c_int, mode: u32) -> HookResult<Opened> 
         remote: Some(handle),
         stream: None,
     }))
+}
+
+/// Whether a read-only open of `path` may take the local fast path: only
+/// when this run can never write `path` remotely, so no write stream of the
+/// intproxy can hold bytes for it that the target does not have yet (the
+/// proxied path waits for those; the fast path does not see them).
+fn fast_path_allowed(path: &str) -> bool {
+    crate::broker::available()
+        && state::get().is_some_and(|s| s.policies.fs.decide(path, true) != FsDecision::RemoteWrite)
+}
+
+/// Open `path` through the local fast path: the target's file itself,
+/// opened read-only inside its mount namespace. `None`: not a regular file,
+/// or no fast path; the proxied path serves it.
+fn open_fast(path: &str, flags: c_int) -> HookResult<Option<c_int>> {
+    use remora_protocol::broker::{BrokerReply, BrokerRequest};
+    let request = BrokerRequest::OpenRead {
+        path: path.to_owned(),
+        nofollow: flags & libc::O_NOFOLLOW != 0,
+    };
+    let received = match crate::broker::call(&request, flags & libc::O_CLOEXEC != 0) {
+        Ok(received) => received,
+        Err(HookError::Bypass(_)) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    if received.reply == BrokerReply::NotRegular {
+        if let Some(fd) = received.fd {
+            close_quietly(fd);
+        }
+        return Ok(None);
+    }
+    let (_, fd) = crate::broker::expect_fd(received)?;
+    if flags & libc::O_NONBLOCK != 0 {
+        // SAFETY: setting status flags on the descriptor we just received.
+        unsafe { libc::fcntl(fd, libc::F_SETFL, libc::O_RDONLY | libc::O_NONBLOCK) };
+    }
+    forget_stale(fd);
+    Ok(Some(fd))
 }
 
 /// A write-only remote file as a local stream socket (see the intproxy's
@@ -434,28 +477,44 @@ fn native_snapshot(
     Ok(fd)
 }
 
-/// Fetch a whole remote file with `Pread`s; `None` when it grew past
-/// [`SNAPSHOT_LIMIT`] meanwhile (the handle's position is untouched).
+/// `Pread`s in flight at once while fetching a snapshot (over as many of
+/// the process's intproxy connections): the intproxy and the agent copy one
+/// chunk while the next is read.
+const SNAPSHOT_PIPELINE: usize = 4;
+
+/// Fetch a whole remote file with pipelined `Pread`s; `None` when it grew
+/// past [`SNAPSHOT_LIMIT`] meanwhile (the handle's position is untouched).
 fn read_whole(handle: &RemoteHandle, expected: u64) -> HookResult<Option<Vec<u8>>> {
     let mut out = Vec::with_capacity(expected as usize);
-    loop {
-        let offset = out.len() as u64;
-        let chunk = expect_reply!(
-            fs(FsRequest::Pread { fd: handle.fd, offset, len: IO_CHUNK as u64 })?,
-            FsReply::Data(data) => data
-        )?;
-        if chunk.is_empty() {
-            return Ok(Some(out));
-        }
+    let mut too_big = false;
+    let offsets = (0u64..).map(|i| i * IO_CHUNK as u64);
+    let requests = offsets.map(|offset| {
+        Request::Fs(FsRequest::Pread {
+            fd: handle.fd,
+            offset,
+            len: IO_CHUNK as u64,
+        })
+    });
+    // One request when the file fits a chunk: no read-ahead past its end.
+    let depth = if expected < IO_CHUNK as u64 {
+        1
+    } else {
+        SNAPSHOT_PIPELINE
+    };
+    session::remote_pipelined(requests, depth, |response| {
+        let chunk = match response {
+            Response::Fs(FsReply::Data(data)) => data,
+            other => return Err(session::protocol_violation(&other)),
+        };
         if (out.len() + chunk.len()) as u64 > SNAPSHOT_LIMIT {
-            return Ok(None);
+            too_big = true;
+            return Ok(false);
         }
         out.extend_from_slice(&chunk);
-        // A short read at the expected size is the end; saves one round trip.
-        if chunk.len() < IO_CHUNK && out.len() as u64 >= expected {
-            return Ok(Some(out));
-        }
-    }
+        // A short chunk is the end (the agent answers up to IO_CHUNK).
+        Ok(chunk.len() == IO_CHUNK)
+    })?;
+    Ok((!too_big).then_some(out))
 }
 
 /// Start managing `fd`, first releasing whatever a stale entry held (an fd

@@ -20,6 +20,14 @@ pub unsafe extern "C" fn connect(fd: c_int, addr: *const sockaddr, len: socklen_
     let Some(remote) = (unsafe { sa::read(addr, len) }) else {
         return unsafe { real(fd, addr, len) };
     };
+    match super::fast::connect(fd, remote) {
+        Ok(true) => {
+            crate::error::set_errno(0);
+            return 0;
+        }
+        Ok(false) => {}
+        Err(e) => return fail(&e),
+    }
     match ops::connect(fd, remote) {
         Ok(redirect) => {
             let target = redirect.interceptor;

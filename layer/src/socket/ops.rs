@@ -40,7 +40,7 @@ fn transport_of(sock_type: i32) -> Option<(Transport, Proto)> {
 }
 
 /// Decide whether traffic from `fd` to `addr` goes through the target.
-fn route(fd: i32, addr: SocketAddr) -> HookResult<(Transport, i32)> {
+pub(super) fn route(fd: i32, addr: SocketAddr) -> HookResult<(Transport, i32)> {
     let state = state::get().ok_or(HookError::Bypass("layer inactive"))?;
     if !sockaddr::is_forwardable(&addr) {
         return Err(HookError::Bypass("unspecified address"));

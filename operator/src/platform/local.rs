@@ -47,7 +47,27 @@ pub fn spawn_agent(
     token: &str,
     timeout: Duration,
 ) -> std::result::Result<LocalAgent, String> {
+    spawn_agent_with(bin, target, token, timeout, None)
+}
+
+/// [`spawn_agent`], also serving the local fast path (`--fd-broker`) on
+/// `fd_broker.0` for layers presenting the token `fd_broker.1`.
+///
+/// # Errors
+/// As [`spawn_agent`].
+pub fn spawn_agent_with(
+    bin: &Path,
+    target: &str,
+    token: &str,
+    timeout: Duration,
+    fd_broker: Option<(&Path, &str)>,
+) -> std::result::Result<LocalAgent, String> {
     let mut cmd = Command::new(bin);
+    if let Some((path, broker_token)) = fd_broker {
+        cmd.arg("--fd-broker")
+            .arg(path)
+            .env(remora_protocol::broker::BROKER_TOKEN_ENV, broker_token);
+    }
     cmd.args(["--target", target, "--listen", "127.0.0.1:0"])
         .env(AGENT_TOKEN_ENV, token)
         .env_remove("LD_PRELOAD")

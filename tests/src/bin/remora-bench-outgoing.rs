@@ -2,13 +2,16 @@
 //! item 2): **in the pod** (the client runs inside the pod's network
 //! namespace), through a **relay** (the shape of `kubectl port-forward`: socat
 //! on this machine, then socat in the pod, two userspace hops), and through
-//! **remora** (`remora run --target pid/<pod> -- client`). The clients:
+//! **remora** (`remora run --target pid/<pod> -- client`), once on the local
+//! fast path (the agent hands the client a socket it connected inside the
+//! pod, `SCM_RIGHTS`) and once on the proxied path Kubernetes targets take
+//! (`REMORA_LOCAL_FAST_PATH=off`: interceptor, intproxy, agent). The clients:
 //! `pgbench -S` with 4 clients against a PostgreSQL that listens only on the
 //! pod's loopback, `redis-benchmark` GET with 8 clients against a Redis on
 //! the pod's loopback, and `remora-bench-app`'s 1-byte round trips and
 //! 256 MiB upload against its server in the pod.
 //!
-//! Each measurement runs [`RUNS`] times, the three ways alternating; the
+//! Each measurement runs [`RUNS`] times, the four ways alternating; the
 //! table (markdown, stdout) shows medians and the ratios remora/relay and
 //! remora/pod. Progress and every run's value go to stderr. Nothing printed
 //! is a constant: every number comes from this run.
@@ -122,7 +125,7 @@ fn bench() -> Result<()> {
             "==> {}: in the pod, relay, remora ({RUNS} runs each, alternating)",
             client.name
         );
-        let mut values = [Vec::new(), Vec::new(), Vec::new()];
+        let mut values = [Vec::new(), Vec::new(), Vec::new(), Vec::new()];
         for _ in 0..RUNS {
             let argv = (client.argv)("127.0.0.1", client.port);
             let out = pod.command(&argv[0])?.args(&argv[1..]).output()?;
@@ -137,10 +140,18 @@ fn bench() -> Result<()> {
             let out = remora_run(&pod, &argv)?;
             values[2].push(parse(client, "through remora", &out)?);
             wait_for_remora_exit(&pod);
+
+            let out = Command::new(bin_path("remora")?)
+                .args(["run", "--target", &pod.target(), "--"])
+                .args(&argv)
+                .env("REMORA_LOCAL_FAST_PATH", "off")
+                .output()?;
+            values[3].push(parse(client, "through remora, proxied", &out)?);
+            wait_for_remora_exit(&pod);
         }
         eprintln!(
-            "    {}: pod {:?}, relay {:?}, remora {:?}",
-            client.unit, values[0], values[1], values[2]
+            "    {}: pod {:?}, relay {:?}, remora {:?}, remora proxied {:?}",
+            client.unit, values[0], values[1], values[2], values[3]
         );
         rows.push((client, values.map(|v| median(&v))));
     }
@@ -155,22 +166,26 @@ fn bench() -> Result<()> {
         capture(Command::new("uname").arg("-srm"))?,
         capture(&mut Command::new("nproc"))?
     );
-    println!("- method: median of {RUNS} runs per way, the three ways alternating");
+    println!("- method: median of {RUNS} runs per way, the four ways alternating");
     println!("- load average (1/5/15 min) before the run: {load_before}");
     println!(
         "- load average (1/5/15 min) after the run: {}\n",
         load_average()?
     );
     println!(
-        "| client (higher is better) | in the pod | relay | remora | remora / relay | remora / pod |"
+        "| client (higher is better) | in the pod | relay | remora | remora / relay | \
+         remora / pod | remora, proxied | proxied / relay | proxied / pod |"
     );
-    println!("| --- | ---: | ---: | ---: | ---: | ---: |");
-    for (client, [pod_v, relay_v, remora_v]) in rows {
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for (client, [pod_v, relay_v, remora_v, proxied_v]) in rows {
         println!(
-            "| {} | {pod_v:.0} {u} | {relay_v:.0} {u} | {remora_v:.0} {u} | {:.2}x | {:.2}x |",
+            "| {} | {pod_v:.0} {u} | {relay_v:.0} {u} | {remora_v:.0} {u} | {:.2}x | {:.2}x \
+             | {proxied_v:.0} {u} | {:.2}x | {:.2}x |",
             client.name,
             remora_v / relay_v,
             remora_v / pod_v,
+            proxied_v / relay_v,
+            proxied_v / pod_v,
             u = client.unit,
         );
     }

@@ -6,7 +6,9 @@
 //! "direct" is what a user would otherwise do: for start-up and local calls, the same
 //! command without remora; for the pod's files and services, the same program run
 //! inside the pod. "remora" is the program run on this machine under
-//! `remora run --target pid/<pod>`. The measured programs time their own loops
+//! `remora run --target pid/<pod>`, and for the pod's files and services also with
+//! `REMORA_LOCAL_FAST_PATH=off` (the proxied path Kubernetes targets take). The
+//! measured programs time their own loops
 //! (`remora-bench-app`), so remora's start-up only counts in the start-up row.
 //! Each command runs [`RUNS`] times, direct and remora alternating (each remora run's
 //! intproxy and agent are gone before the next run starts); the table shows medians.
@@ -29,6 +31,9 @@ const SMALL_LEN: usize = 1024;
 /// The pod's large file (remote read throughput).
 const BIG_FILE: &str = "/srv/bench/big.bin";
 const BIG_LEN: usize = 64 * 1024 * 1024;
+/// The pod's 7 KiB file (read one byte per `read` call).
+const MEDIUM_FILE: &str = "/srv/bench/medium.txt";
+const MEDIUM_LEN: usize = 7 * 1024;
 /// Port of `remora-bench-app serve` inside the pod.
 const SERVER_PORT: u16 = 19000;
 /// Loop counts handed to `remora-bench-app`.
@@ -36,6 +41,7 @@ const FILES_LOCAL_OPS: &str = "200000";
 const SOCK_LOCAL_OPS: &str = "50000";
 const SMALL_READS: &str = "2000";
 const BIG_READS: &str = "3";
+const BYTE_READS: &str = "100";
 const TCP_ROUND_TRIPS: &str = "5000";
 const TCP_STREAM_MIB: &str = "256";
 /// How long the intproxy and agent of one `remora run` may take to go away.
@@ -77,6 +83,7 @@ fn bench() -> Result<()> {
     ));
     let spec = PodSpec::new("bench")
         .file(SMALL_FILE, text(SMALL_LEN))
+        .file(MEDIUM_FILE, text(MEDIUM_LEN))
         .file(BIG_FILE, pattern(BIG_LEN, 1));
     let pod = sandbox.pod(spec)?;
     let _server = pod
@@ -116,11 +123,17 @@ fn bench() -> Result<()> {
     }
 
     let addr = format!("127.0.0.1:{SERVER_PORT}");
-    let remote: [(String, Unit, [&str; 3], &str); 4] = [
+    let remote: [(String, Unit, [&str; 3], &str); 5] = [
         (
             format!("pod file {SMALL_LEN} B: std::fs::read latency"),
             Unit::Micros,
             ["read-file", SMALL_FILE, SMALL_READS],
+            "ns_per_op",
+        ),
+        (
+            format!("pod file {MEDIUM_LEN} B: open + 1 byte per read() to the end"),
+            Unit::Micros,
+            ["read-bytes", MEDIUM_FILE, BYTE_READS],
             "ns_per_op",
         ),
         (
@@ -157,8 +170,11 @@ fn bench() -> Result<()> {
         "- load average (1/5/15 min) after the run: {}\n",
         load_average()?
     );
-    println!("| benchmark | direct | remora | ratio (remora/direct) |");
-    println!("| --- | ---: | ---: | ---: |");
+    println!(
+        "| benchmark | direct | remora | ratio (remora/direct) | remora, proxied path | \
+         ratio (proxied/direct) |"
+    );
+    println!("| --- | ---: | ---: | ---: | ---: | ---: |");
     for row in &rows {
         println!("{row}");
     }
@@ -310,6 +326,9 @@ enum Where {
 struct Measured {
     direct: Vec<f64>,
     remora: Vec<f64>,
+    /// Under remora with the local fast path off ([`FAST_PATH_OFF`]): the
+    /// path Kubernetes targets take. Empty for the local-call rows.
+    proxied: Vec<f64>,
 }
 
 impl Measured {
@@ -336,9 +355,10 @@ impl Measured {
                 .join(", ")
         };
         eprintln!(
-            "    {key}: direct [{}], remora [{}]",
+            "    {key}: direct [{}], remora [{}], proxied [{}]",
             runs(&self.direct),
-            runs(&self.remora)
+            runs(&self.remora),
+            runs(&self.proxied)
         );
     }
 }
@@ -366,6 +386,13 @@ impl Runner<'_> {
             measured
                 .remora
                 .push(value(&out, args, key, "under remora")?);
+            if let Where::Pod = direct_at {
+                wait_for_remora_exit(self.pod);
+                let out = remora_run_env(self.pod, FAST_PATH_OFF, &argv)?;
+                let how = "under remora, proxied path";
+                measured.proxied.push(value(&out, args, key, how)?);
+                wait_for_remora_exit(self.pod);
+            }
         }
         measured.log(key);
         Ok(measured)
@@ -388,6 +415,19 @@ fn wait_for_remora_exit(pod: &Pod) {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// `remora run` with the local fast path off.
+const FAST_PATH_OFF: (&str, &str) = ("REMORA_LOCAL_FAST_PATH", "off");
+
+/// [`remora_run`] with one more environment variable for `remora run`.
+fn remora_run_env(pod: &Pod, env: (&str, &str), args: &[&str]) -> Result<Output> {
+    let remora = bin_path("remora")?;
+    Ok(Command::new(remora)
+        .args(["run", "--target", &pod.target(), "--"])
+        .args(args)
+        .env(env.0, env.1)
+        .output()?)
 }
 
 /// The `key=value` a successful `remora-bench-app` run printed.
@@ -468,6 +508,16 @@ impl std::fmt::Display for Row {
             self.show(median(&self.measured.direct)),
             self.show(median(&self.measured.remora)),
             self.measured.ratio()
+        )?;
+        if self.measured.proxied.is_empty() {
+            return write!(f, " - | - |");
+        }
+        let proxied = median(&self.measured.proxied);
+        write!(
+            f,
+            " {} | {:.2}x |",
+            self.show(proxied),
+            proxied / median(&self.measured.direct)
         )
     }
 }

@@ -8,6 +8,7 @@
 //! remora-bench-app files-local N            open+read 4 KiB+close of a /tmp file and a stat under /usr/lib
 //! remora-bench-app sock-local N             connect+close to its own unix listener under /tmp
 //! remora-bench-app read-file PATH N         std::fs::read of the whole of PATH
+//! remora-bench-app read-bytes PATH N        open PATH and read it one byte per read(2)
 //! remora-bench-app serve PORT               TCP server on 0.0.0.0:PORT: 'E' echo, 'S' sink
 //! remora-bench-app tcp-rr HOST:PORT N       1-byte request/response round trips on one connection
 //! remora-bench-app tcp-stream HOST:PORT MB  send MB MiB on one connection, read back the count
@@ -32,7 +33,7 @@ mod tcp;
 use std::process::ExitCode;
 use std::str::FromStr;
 
-const USAGE: &str = "usage: remora-bench-app files-local N | sock-local N | read-file PATH N \
+const USAGE: &str = "usage: remora-bench-app files-local N | sock-local N | read-file PATH N | read-bytes PATH N \
                      | serve PORT | tcp-rr HOST:PORT N | tcp-stream HOST:PORT MB \
                      | http-serve ADDR BODY [WORK_US] | h2-serve ADDR NAME \
                      | h2-mixed ADDR N HEADER";
@@ -57,6 +58,7 @@ fn run(args: &[&str]) -> Result<String, String> {
         ["files-local", n] => local::files(count(n)?)?,
         ["sock-local", n] => local::sockets(count(n)?)?,
         ["read-file", path, n] => files::read_whole(path, count(n)?)?,
+        ["read-bytes", path, n] => files::read_bytes(path, count(n)?)?,
         ["serve", port] => return tcp::serve(number("PORT", port)?).map(|()| String::new()),
         ["tcp-rr", addr, n] => tcp::request_response(addr, count(n)?)?,
         ["tcp-stream", addr, mb] => tcp::stream(addr, count(mb)?)?,

@@ -1,0 +1,364 @@
+//! The local fast path's client (see [`remora_protocol::broker`]): when the
+//! agent shares this machine, read-only opens of the target's regular files
+//! and outgoing TCP connects get a real descriptor from inside the target,
+//! received with `SCM_RIGHTS`, instead of a snapshot or an intercepted
+//! socket.
+//!
+//! Blocking connections straight to the agent's broker socket
+//! ([`BROKER_PATH_ENV`]), a small per-process pool like [`crate::session`]'s:
+//! each call checks one out, so a slow connect in one thread does not hold
+//! up another thread's open. When every connection is busy, or the broker
+//! cannot be reached, the caller takes the proxied path
+//! ([`HookError::Bypass`]); a broker that refused or broke once is not
+//! tried again by this process.
+
+use crate::error::{HookError, HookResult};
+use crate::guard::DetourGuard;
+use crate::sync::ForkMutex;
+use remora_protocol::broker::{
+    BROKER_PATH_ENV, BROKER_VERSION, BrokerHello, BrokerHelloReply, BrokerReply, BrokerRequest,
+};
+use remora_protocol::{SessionToken, codec};
+use std::io::Read;
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
+use std::os::unix::net::UnixStream;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+
+/// Broker connections a process opens at most.
+pub const MAX_CONNECTIONS: usize = 4;
+/// Broker connections live at or above this fd, like the session's.
+const BROKER_FD_FLOOR: i32 = 720;
+
+/// Where the broker listens and the token it wants (fixed at start).
+#[derive(Debug)]
+struct Endpoint {
+    path: std::path::PathBuf,
+    token: String,
+}
+
+static ENDPOINT: OnceLock<Option<Endpoint>> = OnceLock::new();
+/// Set once the broker refused or broke: the proxied path from then on.
+static DISABLED: AtomicBool = AtomicBool::new(false);
+/// fds of this process's broker connections, guarded against the app's `close`.
+static BROKER_FDS: [AtomicI32; MAX_CONNECTIONS] = [const { AtomicI32::new(-1) }; MAX_CONNECTIONS];
+
+/// Idle connections of this process. A leaf lock (see [`crate::sync`]).
+pub(crate) static POOL: ForkMutex<Pool> = ForkMutex::new(Pool {
+    pid: 0,
+    idle: Vec::new(),
+    open: 0,
+});
+
+#[derive(Debug)]
+pub(crate) struct Pool {
+    pid: u32,
+    idle: Vec<Conn>,
+    open: usize,
+}
+
+#[derive(Debug)]
+struct Conn {
+    stream: UnixStream,
+    slot: usize,
+}
+
+/// Read the broker's path from the environment; called once at start.
+pub fn configure(token: &str) {
+    let endpoint = std::env::var_os(BROKER_PATH_ENV)
+        .filter(|p| !p.is_empty())
+        .map(|path| Endpoint {
+            path: path.into(),
+            token: token.to_owned(),
+        });
+    let _ = ENDPOINT.set(endpoint);
+}
+
+/// Whether this process may try the fast path at all.
+pub fn available() -> bool {
+    !DISABLED.load(Ordering::Relaxed) && matches!(ENDPOINT.get(), Some(Some(_)))
+}
+
+/// Whether `fd` is one of the layer's broker connections.
+pub fn is_broker_fd(fd: i32) -> bool {
+    fd >= BROKER_FD_FLOOR && BROKER_FDS.iter().any(|s| s.load(Ordering::Relaxed) == fd)
+}
+
+/// What a successful broker call handed over.
+#[derive(Debug)]
+pub struct Received {
+    pub reply: BrokerReply,
+    /// The descriptor attached to the reply, if any (at the lowest free
+    /// number, as `open` or `socket` would have given).
+    pub fd: Option<libc::c_int>,
+}
+
+/// Ask the broker; `cloexec` sets close-on-exec on a received descriptor.
+///
+/// # Errors
+/// `Bypass` when the fast path is unavailable (never configured, refused,
+/// broken, or every connection busy): the caller takes the proxied path.
+pub fn call(request: &BrokerRequest, cloexec: bool) -> HookResult<Received> {
+    if !available() {
+        return Err(HookError::Bypass("no local fast path"));
+    }
+    let mut conn = checkout()?;
+    match conn.roundtrip(request, cloexec) {
+        Ok(received) => {
+            checkin(conn);
+            Ok(received)
+        }
+        Err(reason) => {
+            crate::session::warn(&format!(
+                "the local fast path broke ({reason}); using the proxied path from now on"
+            ));
+            DISABLED.store(true, Ordering::Relaxed);
+            conn.discard();
+            release_slot();
+            Err(HookError::Bypass("local fast path broke"))
+        }
+    }
+}
+
+fn checkout() -> HookResult<Conn> {
+    let Some(Some(endpoint)) = ENDPOINT.get() else {
+        return Err(HookError::Bypass("no local fast path"));
+    };
+    let pid = std::process::id();
+    let inherited = {
+        let mut pool = POOL.lock();
+        let inherited = if pool.pid != pid {
+            // A forked child: the parent's connections are not ours.
+            pool.pid = pid;
+            pool.open = 0;
+            for fd in &BROKER_FDS {
+                fd.store(-1, Ordering::Relaxed);
+            }
+            std::mem::take(&mut pool.idle)
+        } else {
+            Vec::new()
+        };
+        if inherited.is_empty() {
+            if let Some(conn) = pool.idle.pop() {
+                return Ok(conn);
+            }
+            if pool.open >= MAX_CONNECTIONS {
+                return Err(HookError::Bypass("every fast-path connection is busy"));
+            }
+            pool.open += 1;
+        }
+        inherited
+    };
+    if !inherited.is_empty() {
+        for conn in inherited {
+            conn.close_copy();
+        }
+        return checkout();
+    }
+    match Conn::connect(endpoint) {
+        Ok(conn) => Ok(conn),
+        Err(reason) => {
+            release_slot();
+            if !DISABLED.swap(true, Ordering::Relaxed) {
+                crate::session::warn(&format!(
+                    "no local fast path ({reason}); using the proxied path"
+                ));
+            }
+            Err(HookError::Bypass("local fast path unreachable"))
+        }
+    }
+}
+
+fn checkin(conn: Conn) {
+    let mut pool = POOL.lock();
+    if pool.pid == std::process::id() {
+        pool.idle.push(conn);
+    } else {
+        drop(pool);
+        conn.close_copy();
+    }
+}
+
+fn release_slot() {
+    let mut pool = POOL.lock();
+    pool.open = pool.open.saturating_sub(1);
+}
+
+impl Conn {
+    fn connect(endpoint: &Endpoint) -> Result<Conn, String> {
+        let _g = DetourGuard::enter();
+        let stream = UnixStream::connect(&endpoint.path)
+            .map_err(|e| format!("connecting to {}: {e}", endpoint.path.display()))?;
+        let stream = move_high(stream);
+        stream
+            .set_read_timeout(Some(crate::session::reply_timeout()))
+            .ok();
+        let hello = BrokerHello {
+            version: BROKER_VERSION,
+            token: SessionToken(endpoint.token.clone()),
+        };
+        codec::write_frame(&mut &stream, &hello).map_err(|e| e.to_string())?;
+        match codec::read_frame::<_, BrokerHelloReply>(&mut &stream) {
+            Ok(BrokerHelloReply::Accepted) => {}
+            Ok(BrokerHelloReply::Rejected { reason }) => return Err(format!("refused: {reason}")),
+            Err(e) => return Err(format!("handshake: {e}")),
+        }
+        let fd = stream.as_raw_fd();
+        let slot = BROKER_FDS
+            .iter()
+            .position(|s| {
+                s.compare_exchange(-1, fd, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+            })
+            .unwrap_or(0);
+        Ok(Conn { stream, slot })
+    }
+
+    fn roundtrip(&mut self, request: &BrokerRequest, cloexec: bool) -> Result<Received, String> {
+        let _g = DetourGuard::enter();
+        codec::write_frame(&mut &self.stream, request).map_err(|e| e.to_string())?;
+        let mut header = [0u8; codec::HEADER_LEN];
+        let (got, fd) = recv_with_fd(self.stream.as_raw_fd(), &mut header, cloexec)?;
+        let close_fd = |fd: Option<libc::c_int>| {
+            if let Some(fd) = fd {
+                // SAFETY: closing a descriptor we just received and own.
+                unsafe { libc::close(fd) };
+            }
+        };
+        if got == 0 {
+            close_fd(fd);
+            return Err("the broker closed the connection".into());
+        }
+        if let Err(e) = (&self.stream).read_exact(&mut header[got..]) {
+            close_fd(fd);
+            return Err(e.to_string());
+        }
+        let len = match codec::frame_len(header) {
+            Ok(len) => len,
+            Err(e) => {
+                close_fd(fd);
+                return Err(e.to_string());
+            }
+        };
+        let mut payload = vec![0u8; len];
+        if let Err(e) = (&self.stream).read_exact(&mut payload) {
+            close_fd(fd);
+            return Err(e.to_string());
+        }
+        match codec::decode::<BrokerReply>(&payload) {
+            Ok(reply) => Ok(Received { reply, fd }),
+            Err(e) => {
+                close_fd(fd);
+                Err(e.to_string())
+            }
+        }
+    }
+
+    /// Close a broken connection of this process.
+    fn discard(self) {
+        let fd = self.stream.into_raw_fd();
+        let _ =
+            BROKER_FDS[self.slot].compare_exchange(fd, -1, Ordering::Relaxed, Ordering::Relaxed);
+        // SAFETY: closing our own connection; an error (already closed) is ignored.
+        unsafe { libc::close(fd) };
+    }
+
+    /// Close a copy inherited across `fork` (the parent keeps its own).
+    fn close_copy(self) {
+        let fd = self.stream.into_raw_fd();
+        // SAFETY: closing the child's copy of the parent's connection.
+        unsafe { libc::close(fd) };
+    }
+}
+
+/// Re-home a socket at a high fd with close-on-exec.
+fn move_high(stream: UnixStream) -> UnixStream {
+    let fd = stream.as_raw_fd();
+    // SAFETY: duplicating an fd we own; on failure we keep the original.
+    let high = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, BROKER_FD_FLOOR) };
+    if high < 0 {
+        return stream;
+    }
+    drop(stream);
+    // SAFETY: `high` is a fresh fd we own exclusively.
+    unsafe { UnixStream::from_raw_fd(high) }
+}
+
+/// `recvmsg` into `buf`, taking at most one descriptor from `SCM_RIGHTS`.
+fn recv_with_fd(
+    sock: libc::c_int,
+    buf: &mut [u8],
+    cloexec: bool,
+) -> Result<(usize, Option<libc::c_int>), String> {
+    // Room for one cmsghdr carrying a few ints, aligned as cmsghdr wants.
+    let mut control = [0u64; 8];
+    loop {
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        // SAFETY: an all-zero msghdr is valid; the pointers set below outlive the call.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = std::mem::size_of_val(&control);
+        let flags = if cloexec { libc::MSG_CMSG_CLOEXEC } else { 0 };
+        // SAFETY: `msg` points at valid buffers for the duration of the call.
+        let n = unsafe { libc::recvmsg(sock, &mut msg, flags) };
+        if n < 0 {
+            let err = std::io::Error::last_os_error();
+            if err.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(format!("recvmsg: {err}"));
+        }
+        let mut received = None;
+        // SAFETY: walking the control buffer the kernel filled, with the
+        // CMSG_* macros and within msg_controllen.
+        unsafe {
+            let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+            while !cmsg.is_null() {
+                if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                    let data = libc::CMSG_DATA(cmsg).cast::<libc::c_int>();
+                    let count = ((*cmsg).cmsg_len as usize - (data as usize - cmsg as usize))
+                        / std::mem::size_of::<libc::c_int>();
+                    for i in 0..count {
+                        let fd = std::ptr::read_unaligned(data.add(i));
+                        if received.is_none() {
+                            received = Some(fd);
+                        } else {
+                            libc::close(fd);
+                        }
+                    }
+                }
+                cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+            }
+        }
+        if msg.msg_flags & libc::MSG_CTRUNC != 0 && received.is_none() {
+            return Err("a descriptor was lost (control data truncated)".into());
+        }
+        return Ok((n as usize, received));
+    }
+}
+
+/// A reply's descriptor or the reply's failure, for callers that expect one.
+pub fn expect_fd(received: Received) -> HookResult<(BrokerReply, libc::c_int)> {
+    match received {
+        Received {
+            reply: BrokerReply::Failed(e),
+            fd,
+        } => {
+            if let Some(fd) = fd {
+                // SAFETY: an unexpected descriptor we own.
+                unsafe { libc::close(fd) };
+            }
+            Err(HookError::Remote(e))
+        }
+        Received {
+            reply,
+            fd: Some(fd),
+        } => Ok((reply, fd)),
+        Received { .. } => Err(HookError::Bypass("no descriptor in the reply")),
+    }
+}

@@ -1,0 +1,108 @@
+//! The local fast path ("fd broker"): on the local platform the agent shares
+//! the developer's machine, so instead of proxying bytes it can hand the
+//! layer a real descriptor opened or connected inside the target (a
+//! read-only file, a connected TCP socket) with `SCM_RIGHTS` over a unix
+//! socket.
+//!
+//! The link is layer ⇄ agent directly, one blocking connection per process:
+//! [`BrokerHello`] first (the run's layer token, which the agent was started
+//! with), then [`BrokerRequest`]s each answered by one [`BrokerReply`]; a
+//! reply that carries a descriptor ([`BrokerReply::Opened`],
+//! [`BrokerReply::Connected`]) has it attached to its first byte. Frames
+//! are the usual length-prefixed bincode ([`crate::codec`]).
+//!
+//! Both ends always come from the same remora build (the CLI starts the
+//! agent and sets the layer's environment in one run), so the link has a
+//! version number but no capability negotiation. It is offered only when no
+//! operator sits between the run and the agent: the operator's rules are
+//! checked on its relay, which this link would bypass.
+
+use crate::error::RemoteError;
+use crate::handshake::SessionToken;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+
+/// Version of the broker link; both ends must agree exactly.
+pub const BROKER_VERSION: u32 = 1;
+
+/// Environment variable giving the layer (and the intproxy) the broker's
+/// unix socket path. Unset: no fast path.
+pub const BROKER_PATH_ENV: &str = "REMORA_FD_BROKER";
+
+/// Environment variable carrying the token the agent's broker accepts (the
+/// run's layer token), so it never shows in `ps`.
+pub const BROKER_TOKEN_ENV: &str = "REMORA_FD_BROKER_TOKEN";
+
+/// The first frame from the layer.
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BrokerHello {
+    pub version: u32,
+    pub token: SessionToken,
+}
+
+/// The agent's answer to [`BrokerHello`].
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BrokerHelloReply {
+    Accepted,
+    Rejected { reason: String },
+}
+
+/// What the layer asks for.
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BrokerRequest {
+    /// Open `path` read-only inside the target's mount namespace. Only a
+    /// regular file is handed over; anything else is [`BrokerReply::NotRegular`].
+    OpenRead { path: String, nofollow: bool },
+    /// Connect a TCP socket to `remote` from inside the target's network
+    /// namespace and hand it over connected.
+    ConnectTcp {
+        #[serde(with = "crate::net::wire_addr")]
+        remote: SocketAddr,
+    },
+}
+
+/// The agent's answer to one [`BrokerRequest`].
+#[cfg_attr(test, derive(proptest_derive::Arbitrary))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BrokerReply {
+    /// The file's descriptor is attached.
+    Opened,
+    /// The path exists but is not a regular file (a directory, a FIFO, a
+    /// device): the layer takes the proxied path for it.
+    NotRegular,
+    /// The connected socket is attached; `local` is its address in the target.
+    Connected {
+        #[serde(with = "crate::net::wire_addr")]
+        local: SocketAddr,
+    },
+    /// The operation failed in the target (the errno the program sees).
+    Failed(RemoteError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn broker_messages_roundtrip(
+            hello in any::<BrokerHello>(),
+            hello_reply in any::<BrokerHelloReply>(),
+            request in any::<BrokerRequest>(),
+            reply in any::<BrokerReply>(),
+        ) {
+            let back: BrokerHello = crate::codec::decode(&crate::codec::encode(&hello).unwrap()).unwrap();
+            prop_assert_eq!(back, hello);
+            let back: BrokerHelloReply = crate::codec::decode(&crate::codec::encode(&hello_reply).unwrap()).unwrap();
+            prop_assert_eq!(back, hello_reply);
+            let back: BrokerRequest = crate::codec::decode(&crate::codec::encode(&request).unwrap()).unwrap();
+            prop_assert_eq!(back, request);
+            let back: BrokerReply = crate::codec::decode(&crate::codec::encode(&reply).unwrap()).unwrap();
+            prop_assert_eq!(back, reply);
+        }
+    }
+}
