@@ -685,3 +685,195 @@ fn the_ephemeral_container_agent_shares_the_target_containers_pid_namespace_unde
             .is_empty()
     );
 }
+
+/// The Argo Rollouts CRD, as far as remora reads it (no Argo controller runs:
+/// the tests create the ReplicaSets it would).
+const ROLLOUT_CRD: &str = r#"
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {name: rollouts.argoproj.io}
+spec:
+  group: argoproj.io
+  scope: Namespaced
+  names: {kind: Rollout, plural: rollouts, singular: rollout, shortNames: [ro]}
+  versions:
+  - name: v1alpha1
+    served: true
+    storage: true
+    subresources: {status: {}}
+    schema:
+      openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}
+"#;
+
+/// A ReplicaSet owned by rollout `rollout` (uid `uid`), as the Argo
+/// controller makes them: the pod-template hash as a label, WHO=`who`.
+fn rollout_replicaset(
+    name: &str,
+    rollout: &str,
+    uid: &str,
+    app: &str,
+    hash: &str,
+    who: &str,
+) -> String {
+    format!(
+        r#"
+apiVersion: apps/v1
+kind: ReplicaSet
+metadata:
+  name: {name}
+  labels: {{app: {app}, rollouts-pod-template-hash: {hash}}}
+  ownerReferences:
+  - {{apiVersion: argoproj.io/v1alpha1, kind: Rollout, name: {rollout}, uid: {uid}, controller: true, blockOwnerDeletion: true}}
+spec:
+  replicas: 1
+  selector: {{matchLabels: {{app: {app}, rollouts-pod-template-hash: {hash}}}}}
+  template:
+    metadata: {{labels: {{app: {app}, rollouts-pod-template-hash: {hash}}}}}
+    spec:
+      containers:
+      - name: app
+        image: busybox
+        command: ["sh", "-c", "exec sleep 600"]
+        env: [{{name: WHO, value: {who}}}]
+"#
+    )
+}
+
+#[test]
+fn a_rollout_target_enters_a_pod_of_the_rollouts_own_stable_replicaset() {
+    require_sandbox!();
+    let sim = Sim::start(true);
+    sim.apply(ROLLOUT_CRD);
+    sim.kubectl(&[
+        "wait",
+        "--for=condition=Established",
+        "crd/rollouts.argoproj.io",
+        "--timeout=60s",
+    ]);
+    // A Deployment that a workloadRef rollout takes its template from; Argo
+    // does not scale it down by default (`scaleDown: never`), so its pod
+    // matches the selector too but is not the rollout's.
+    sim.apply(
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: shop}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: shop}}
+  template:
+    metadata: {labels: {app: shop}}
+    spec:
+      containers:
+      - name: app
+        image: busybox
+        command: ["sh", "-c", "exec sleep 600"]
+        env: [{name: WHO, value: the-deployment}]
+---
+apiVersion: argoproj.io/v1alpha1
+kind: Rollout
+metadata: {name: shop}
+spec:
+  replicas: 1
+  workloadRef: {apiVersion: apps/v1, kind: Deployment, name: shop}
+  strategy: {canary: {steps: [{setWeight: 20}]}}
+---
+apiVersion: argoproj.io/v1alpha1
+kind: Rollout
+metadata: {name: api}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: api}}
+  template:
+    metadata: {labels: {app: api}}
+    spec:
+      containers: [{name: app, image: busybox}]
+  strategy: {canary: {steps: [{setWeight: 20}]}}
+"#,
+    );
+    wait_ready(&sim, "shop");
+    let uid = |name: &str| sim.kubectl(&["get", "rollout", name, "-o", "jsonpath={.metadata.uid}"]);
+    let (shop_uid, api_uid) = (uid("shop"), uid("api"));
+    // rollout/api: the old ReplicaSet still runs (Argo's scaleDownDelaySeconds)
+    // after the newer one became stable.
+    sim.apply(&rollout_replicaset(
+        "api-5d4c",
+        "api",
+        &api_uid,
+        "api",
+        "5d4c",
+        "api-previous",
+    ));
+    sim.apply(&rollout_replicaset(
+        "api-7f9c",
+        "api",
+        &api_uid,
+        "api",
+        "7f9c",
+        "api-stable",
+    ));
+    sim.apply(&rollout_replicaset(
+        "shop-6b8f",
+        "shop",
+        &shop_uid,
+        "shop",
+        "6b8f",
+        "shop-rollout",
+    ));
+    sim.kubectl(&[
+        "patch",
+        "rollout",
+        "api",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status": {"stableRS": "7f9c"}}"#,
+    ]);
+    for app in ["api", "shop"] {
+        sim.kubectl(&[
+            "wait",
+            "--for=condition=Ready",
+            "pod",
+            "-l",
+            &format!("app={app}"),
+            "--timeout=60s",
+        ]);
+    }
+    for (target, who) in [
+        ("rollout/api", "api-stable"),
+        ("ro/shop", "shop-rollout"),
+        ("deployment/shop", "the-deployment"),
+    ] {
+        let out = sim
+            .remora(&["run", "-t", target, "--", "sh", "-c", "echo $WHO; uname -n"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{target}: {}", text(&out.stderr));
+        let stdout = text(&out.stdout);
+        let lines: Vec<&str> = stdout.lines().collect();
+        assert_eq!(lines.first(), Some(&who), "{target}: {stdout}");
+        // The hostname is the pod's name: the pod of that ReplicaSet.
+        assert!(
+            lines.get(1).is_some_and(|pod| match who {
+                "api-stable" => pod.starts_with("api-7f9c-"),
+                "shop-rollout" => pod.starts_with("shop-6b8f-"),
+                _ => pod.starts_with("shop-") && !pod.starts_with("shop-6b8f-"),
+            }),
+            "{target}: {stdout}"
+        );
+    }
+    let out = sim
+        .remora(&["ls", "--platform", "kubernetes", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let listed = text(&out.stdout);
+    assert!(
+        listed.contains("\"rollout/api\"") && listed.contains("\"rollout/shop\""),
+        "{listed}"
+    );
+    poll(
+        || sim.agent_objects().trim().is_empty(),
+        "every agent Job to be deleted",
+    );
+}
