@@ -877,3 +877,173 @@ spec:
         "every agent Job to be deleted",
     );
 }
+
+/// A copy of `sim`'s kubeconfig whose user is `user`, an RBAC-checked user
+/// of the sim (`remora-sim-user:<name>` tokens; docs/kube-sim.md).
+fn kubeconfig_of_user(sim: &Sim, user: &str) -> PathBuf {
+    let admin = std::fs::read_to_string(&sim.kubeconfig).unwrap();
+    let token_line = admin
+        .lines()
+        .find(|l| l.trim_start().starts_with("token:"))
+        .expect("a token in the sim's kubeconfig");
+    let path = sim.dir.path().join(format!("kubeconfig-{user}"));
+    std::fs::write(
+        &path,
+        admin.replace(token_line, &format!("    token: remora-sim-user:{user}")),
+    )
+    .unwrap();
+    path
+}
+
+#[test]
+fn an_rbac_denial_names_the_verb_and_resource_and_leaves_no_agent() {
+    require_sandbox!();
+    let sim = Sim::start(true);
+    sim.deployment("web", "exec sleep 600");
+    // bob may look at pods and workloads, and manage jobs, but not port-forward.
+    sim.apply(
+        r#"
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {name: reader}
+rules:
+- {apiGroups: [""], resources: [pods, pods/log, services], verbs: [get, list, watch]}
+- {apiGroups: [apps], resources: [deployments, replicasets], verbs: [get, list, watch]}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: bob-reads}
+subjects: [{kind: User, name: bob, apiGroup: rbac.authorization.k8s.io}]
+roleRef: {kind: Role, name: reader, apiGroup: rbac.authorization.k8s.io}
+"#,
+    );
+    wait_ready(&sim, "web");
+    let bob = kubeconfig_of_user(&sim, "bob");
+    let run_as_bob = || {
+        let out = Command::new(bin_path("remora").unwrap())
+            .args(["run", "--kubeconfig", bob.to_str().unwrap()])
+            .args(["-t", "deployment/web", "--", "true"])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "remora run as bob succeeded");
+        text(&out.stderr)
+    };
+    let err = run_as_bob();
+    assert!(
+        says(&err, "creating job remora-agent-")
+            && says(&err, "in namespace default: permission denied"),
+        "{err}"
+    );
+    assert!(
+        says(
+            &err,
+            "jobs.batch is forbidden: User \"bob\" cannot create resource \"jobs\" in API group \"batch\" in the namespace \"default\""
+        ),
+        "{err}"
+    );
+    assert!(sim.agent_objects().trim().is_empty(), "nothing was created");
+
+    // Now bob may run the agent Job, but still not port-forward to it.
+    sim.apply(
+        r#"
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {name: agent-runner}
+rules:
+- {apiGroups: [batch], resources: [jobs], verbs: [get, list, create, delete]}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: bob-runs-agents}
+subjects: [{kind: User, name: bob, apiGroup: rbac.authorization.k8s.io}]
+roleRef: {kind: Role, name: agent-runner, apiGroup: rbac.authorization.k8s.io}
+"#,
+    );
+    let err = run_as_bob();
+    assert!(
+        says(&err, "port-forwarding to port 47101 of pod remora-agent-")
+            && says(&err, "permission denied"),
+        "{err}"
+    );
+    assert!(
+        says(
+            &err,
+            "cannot create resource \"pods/portforward\" in API group \"\" in the namespace \"default\""
+        ),
+        "{err}"
+    );
+    poll(
+        || sim.agent_objects().trim().is_empty(),
+        "the agent Job to be deleted after the denied port-forward",
+    );
+}
+
+#[test]
+fn an_unpullable_agent_image_and_an_agent_that_never_listens_fail_clearly_and_leave_no_agent() {
+    require_sandbox!();
+    // A stand-in `remora-agent` that runs but never listens.
+    let fake = tempfile::tempdir().unwrap();
+    let agent = fake.path().join("remora-agent");
+    std::fs::write(
+        &agent,
+        "#!/bin/sh\necho starting but never listening >&2\nexec sleep 600\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&agent, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let sim = Sim::start_with_path(fake.path());
+    sim.deployment("web", "exec sleep 600");
+    wait_ready(&sim, "web");
+    let run_with = |config: &str| {
+        let path = sim.dir.path().join("remora.toml");
+        std::fs::write(&path, config).unwrap();
+        let out = sim
+            .remora(&[
+                "run",
+                "-f",
+                path.to_str().unwrap(),
+                "-t",
+                "deployment/web",
+                "--",
+                "true",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            !out.status.success(),
+            "remora run with {config:?} succeeded"
+        );
+        text(&out.stderr)
+    };
+
+    // The registry does not resolve (the sim fails `.invalid` registries as a node would).
+    let err = run_with("[agent]\nimage = \"registry.remora.invalid/remora-agent:0.1.0\"\n");
+    assert!(
+        says(
+            &err,
+            "cannot pull the agent image registry.remora.invalid/remora-agent:0.1.0: ErrImagePull"
+        ) && says(&err, "lookup registry.remora.invalid: no such host"),
+        "{err}"
+    );
+    poll(
+        || sim.agent_objects().trim().is_empty(),
+        "the agent Job to be deleted after the pull error",
+    );
+
+    // The agent runs but never says it listens: the start gives up after
+    // agent.startup_timeout, saying what it waited for.
+    let err = run_with("[agent]\nstartup_timeout = 5\n");
+    assert!(
+        says(
+            &err,
+            "the agent did not start within 5s (agent.startup_timeout): waiting for the agent in pod remora-agent-"
+        ) && says(
+            &err,
+            "to listen on port 47101 (it runs, but its log has no REMORA_AGENT_LISTENING line"
+        ),
+        "{err}"
+    );
+    poll(
+        || sim.agent_objects().trim().is_empty(),
+        "the agent Job to be deleted after the timeout",
+    );
+}

@@ -12,6 +12,7 @@ pub mod kubelet;
 pub mod patch;
 pub mod portforward;
 pub mod proxy;
+pub mod rbac;
 pub mod resources;
 pub mod selector;
 pub mod store;
