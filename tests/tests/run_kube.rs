@@ -1047,3 +1047,176 @@ fn an_unpullable_agent_image_and_an_agent_that_never_listens_fail_clearly_and_le
         "the agent Job to be deleted after the timeout",
     );
 }
+
+#[test]
+fn psql_reaches_a_database_only_the_pod_can_reach() {
+    require_sandbox!();
+    let sim = Sim::start(true);
+    // PostgreSQL listens on the pod's own loopback, as user nobody (it refuses root).
+    let data = sim.dir.path().join("pg");
+    std::fs::create_dir_all(&data).unwrap();
+    Command::new("chown")
+        .args(["65534:65534"])
+        .arg(&data)
+        .status()
+        .unwrap();
+    std::fs::set_permissions(
+        sim.dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let d = data.display();
+    sim.apply(&format!(
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: db}}
+spec:
+  replicas: 1
+  selector: {{matchLabels: {{app: db}}}}
+  template:
+    metadata: {{labels: {{app: db}}}}
+    spec:
+      securityContext: {{runAsUser: 65534, runAsGroup: 65534}}
+      containers:
+      - name: postgres
+        image: postgres:16
+        command: ["sh", "-c", "initdb -D {d}/data -A trust -U postgres >{d}/initdb.log 2>&1 && exec postgres -D {d}/data -k {d} -c listen_addresses=127.0.0.1 -p {port}"]
+        readinessProbe: {{exec: {{command: ["pg_isready", "-h", "127.0.0.1", "-p", "{port}"]}}, periodSeconds: 1}}
+"#
+    ));
+    wait_ready(&sim, "db");
+    // Not reachable from this machine: only through the pod.
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "port {port} is reachable locally: the check would prove nothing"
+    );
+    let sql = "create table t (who text); insert into t values ('from the pod'); \
+               select who || ' ' || inet_server_port() from t";
+    let out = sim
+        .remora(&[
+            "run",
+            "-t",
+            "deployment/db",
+            "--",
+            "psql",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-U",
+            "postgres",
+            "-Atc",
+            sql,
+        ])
+        .output()
+        .unwrap();
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    assert_eq!(
+        stdout.lines().last(),
+        Some(format!("from the pod {port}").as_str()),
+        "{stdout}"
+    );
+    poll(
+        || sim.agent_objects().trim().is_empty(),
+        "the agent Job to be deleted",
+    );
+}
+
+#[test]
+fn a_mirror_receives_copies_of_requests_sent_to_the_pod_ip_while_the_pod_answers() {
+    require_sandbox!();
+    let sim = Sim::start(true);
+    let pod_www = sim.dir.path().join("pod-www");
+    let local_www = sim.dir.path().join("local-www");
+    for (dir, who) in [(&pod_www, "the pod"), (&local_www, "this machine")] {
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(dir.join("who"), format!("{who}\n")).unwrap();
+    }
+    sim.deployment(
+        "api",
+        &format!(
+            "exec python3 -u -m http.server 8080 --directory {}",
+            pod_www.display()
+        ),
+    );
+    wait_ready(&sim, "api");
+    poll(
+        || {
+            sim.kubectl(&["logs", "deployment/api"])
+                .contains("Serving HTTP")
+        },
+        "the pod's http.server",
+    );
+    let ip = sim.kubectl(&[
+        "get",
+        "pods",
+        "-l",
+        "app=api",
+        "-o",
+        "jsonpath={.items[0].status.podIP}",
+    ]);
+    let get = |path: &str| {
+        let out = Command::new("curl")
+            .args(["-sS", "--max-time", "5"])
+            .arg(format!("http://{ip}:8080{path}"))
+            .output()
+            .unwrap();
+        text(&out.stdout).trim().to_owned()
+    };
+    assert_eq!(get("/who"), "the pod");
+    let local_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    // The local copy of the app logs every request it gets (http.server logs to stderr).
+    let log_path = sim.dir.path().join("local.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let child = sim
+        .remora(&[
+            "run",
+            "-t",
+            "deployment/api",
+            "--mirror",
+            "-p",
+            &format!("{local_port}:8080"),
+            "--",
+            "python3",
+            "-u",
+            "-m",
+            "http.server",
+            &local_port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--directory",
+            local_www.to_str().unwrap(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let child = Reaped(child);
+    let mut sent = 0;
+    poll(
+        || {
+            sent += 1;
+            // The pod still answers every request itself.
+            assert_eq!(get(&format!("/who?mirrored={sent}")), "the pod");
+            std::fs::read_to_string(&log_path).is_ok_and(|l| l.contains("GET /who?mirrored="))
+        },
+        "a mirrored request to reach the local app",
+    );
+    drop(child);
+    poll(
+        || sim.agent_objects().trim().is_empty(),
+        "the agent Job to be deleted",
+    );
+    // The mirror is gone: the pod answers alone, as before.
+    assert_eq!(get("/who"), "the pod");
+}
