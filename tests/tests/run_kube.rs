@@ -1220,3 +1220,74 @@ fn a_mirror_receives_copies_of_requests_sent_to_the_pod_ip_while_the_pod_answers
     // The mirror is gone: the pod answers alone, as before.
     assert_eq!(get("/who"), "the pod");
 }
+
+#[test]
+fn the_agent_finds_a_containerd_containers_process_through_containerds_api() {
+    require_sandbox!();
+    let sim = Sim::start_with(true, &["--runtime", "containerd"]);
+    sim.deployment("web", "exec sleep 600");
+    wait_ready(&sim, "web");
+    let id = sim.kubectl(&[
+        "get",
+        "pods",
+        "-l",
+        "app=web",
+        "-o",
+        "jsonpath={.items[0].status.containerStatuses[0].containerID}",
+    ]);
+    let bare = id
+        .trim()
+        .strip_prefix("containerd://")
+        .expect("a containerd id")
+        .to_owned();
+    let socket = std::env::temp_dir().join(format!(
+        "remora-kube-sim-{}/containerd/containerd.sock",
+        sim.pid()
+    ));
+    // What containerd's own client says.
+    let tasks = Command::new("ctr")
+        .arg("--address")
+        .arg(&socket)
+        .args(["-n", "k8s.io", "task", "ls"])
+        .output()
+        .unwrap();
+    assert!(tasks.status.success(), "{}", text(&tasks.stderr));
+    let tasks = text(&tasks.stdout);
+    let ctr_pid = tasks
+        .lines()
+        .find_map(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            (cols.first() == Some(&bare.as_str())).then(|| cols[1].to_owned())
+        })
+        .unwrap_or_else(|| panic!("no task {bare} in {tasks}"));
+    // The agent (it stops by itself: no client within a second).
+    let agent_log = |socket: &Path| {
+        let out = Command::new(bin_path("remora-agent").unwrap())
+            .args(["--container-id", id.trim(), "--idle-timeout-secs", "1"])
+            .arg("--containerd-socket")
+            .arg(socket)
+            .env("REMORA_AGENT_TOKEN", "a-test-token")
+            .env("REMORA_AGENT_LOG", "info")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stderr)
+    };
+    let log = agent_log(&socket);
+    assert!(
+        log.lines().any(
+            |l| l.contains("found the container's process through containerd's API")
+                && l.contains(&format!("pid={ctr_pid}"))
+        ),
+        "ctr says pid {ctr_pid}:\n{log}"
+    );
+    // Without the socket: the cgroup scan finds the same process.
+    let log = agent_log(Path::new("/nonexistent/containerd.sock"));
+    assert!(
+        log.lines().any(
+            |l| l.contains("found the container's process by its cgroup")
+                && l.contains(&format!("pid={ctr_pid}"))
+        ),
+        "ctr says pid {ctr_pid}:\n{log}"
+    );
+}

@@ -77,6 +77,11 @@ impl Sim {
         sim
     }
 
+    /// The simulator's pid (its state dir is `$TMPDIR/remora-kube-sim-<pid>`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn kubectl(&self, args: &[&str]) -> String {
         let out = Command::new("kubectl")
             .arg("--kubeconfig")
