@@ -16,7 +16,9 @@ chmod 755 "$work"
 PATH="$BIN:$PATH" "$BIN/remora-kube-sim" serve --exit-with-parent --kubeconfig "$work/kc" 2>"$work/sim.log" &
 sim_pid=$!
 pf_pid=
+local_pid=
 cleanup() {
+    [ -n "$local_pid" ] && { kill "$local_pid" 2>/dev/null || true; wait "$local_pid" 2>/dev/null || true; }
     [ -n "$pf_pid" ] && { kill "$pf_pid" 2>/dev/null || true; wait "$pf_pid" 2>/dev/null || true; }
     kill "$sim_pid" 2>/dev/null || true
     wait "$sim_pid" 2>/dev/null || true
@@ -83,6 +85,19 @@ for _ in $(seq "$RUNS"); do
     through_kubectl+=("$(curl -sS -o /dev/null -w '%{time_total}' "http://127.0.0.1:$port/big")")
 done
 
+# The same download through remora on a local pid/ target (a server of this machine, no
+# port-forward): what remora's own path costs without the API server's relay.
+local_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+python3 -m http.server "$local_port" --bind 127.0.0.1 --directory "$work/www" >/dev/null 2>&1 &
+local_pid=$!
+for _ in $(seq 300); do curl -s -o /dev/null "http://127.0.0.1:$local_port/" && break; sleep 0.1; done
+through_local=()
+for _ in $(seq "$RUNS"); do
+    through_local+=("$("$BIN/remora" run -t "pid/$local_pid" -- curl -sS -o /dev/null -w '%{time_total}' "http://127.0.0.1:$local_port/big")")
+done
+kill "$local_pid"; wait "$local_pid" 2>/dev/null || true
+local_pid=
+
 build=$(basename "$BIN")
 echo "### remora on a Kubernetes target (remora-kube-sim, $build build, $RUNS runs each)"
 echo
@@ -92,4 +107,5 @@ echo "| what | time | throughput |"
 echo "| --- | --- | --- |"
 echo "| start-up: \`remora run -t deployment/big -- true\` | $(printf '%s\n' "${startup[@]}" | summary) | |"
 echo "| 100 MB: \`remora run -t deployment/big -- curl\` (curl's time) | $(printf '%s\n' "${through_remora[@]}" | summary) | $(printf '%s\n' "${through_remora[@]}" | rate) |"
+echo "| 100 MB: \`remora run -t pid/<local server> -- curl\` (no port-forward) | $(printf '%s\n' "${through_local[@]}" | summary) | $(printf '%s\n' "${through_local[@]}" | rate) |"
 echo "| 100 MB: \`kubectl port-forward\` + curl | $(printf '%s\n' "${through_kubectl[@]}" | summary) | $(printf '%s\n' "${through_kubectl[@]}" | rate) |"
