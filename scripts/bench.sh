@@ -32,3 +32,7 @@ echo >> target/bench-results.md
 # The test cluster (needs root for its pod namespaces, cgroups and bridge).
 ./tests/kube-sim/bench/kube_sim.sh target/release/remora-kube-sim | tee -a target/bench-results.md
 RUNTIME=containerd ./tests/kube-sim/bench/kube_sim.sh target/release/remora-kube-sim | tee -a target/bench-results.md
+echo >> target/bench-results.md
+# remora on a Kubernetes target of the test cluster: start-up, and 100 MB through
+# remora's port-forward data path against a plain `kubectl port-forward` in the same run.
+./tests/kube-sim/bench/remora_kube.sh target/release | tee -a target/bench-results.md

@@ -31,6 +31,11 @@ pub struct Args {
     #[arg(long, value_name = "ID", conflicts_with = "target")]
     pub container_id: Option<String>,
 
+    /// containerd's API socket, asked first for the pid of `--container-id`
+    /// (namespace k8s.io); the `/proc/*/cgroup` scan is the fallback.
+    #[arg(long, default_value = crate::container::containerd::DEFAULT_SOCKET, value_name = "PATH")]
+    pub containerd_socket: std::path::PathBuf,
+
     /// Serve no target: files, DNS, environment and connections are the
     /// agent's own (its pod's, for `remora run --target targetless`). Needs
     /// no privilege.

@@ -10,6 +10,8 @@
 
 use std::path::Path;
 
+pub mod containerd;
+
 /// Shortest container id accepted: shorter ones could match unrelated paths.
 pub const MIN_CONTAINER_ID_LEN: usize = 12;
 

@@ -85,6 +85,30 @@ pub fn init_logging() {
         .try_init();
 }
 
+/// The main process of container `id`: containerd's answer when its socket is
+/// there and knows the container, else the `/proc/*/cgroup` scan (CRI-O,
+/// Docker, or any runtime whose API is not reachable).
+async fn container_pid(socket: &std::path::Path, id: &str) -> Result<u32> {
+    let bare = container::normalize_id(id).map_err(Error::Container)?;
+    if socket.exists() {
+        match container::containerd::task_pid(socket, container::containerd::K8S_NAMESPACE, &bare)
+            .await
+        {
+            Ok(pid) => {
+                tracing::info!(container_id = %bare, pid, socket = %socket.display(),
+                    "found the container's process through containerd's API");
+                return Ok(pid);
+            }
+            Err(reason) => tracing::info!(container_id = %bare, %reason,
+                "containerd did not give the container's process; scanning /proc"),
+        }
+    }
+    let pid = container::find_container_pid(std::path::Path::new("/proc"), &bare)
+        .map_err(Error::Container)?;
+    tracing::info!(container_id = %bare, pid, "found the container's process by its cgroup");
+    Ok(pid)
+}
+
 /// Run the agent as the binary does: token from [`TOKEN_ENV`], announce
 /// `REMORA_AGENT_LISTENING <ip:port>` on stdout, serve until idle, until every
 /// client left, until the target exits, or until SIGTERM/SIGINT. Every
@@ -111,12 +135,7 @@ pub async fn run(args: Args) -> Result<()> {
     let target = match (args.target, &args.container_id) {
         _ if args.targetless => TargetPid(std::process::id()),
         (Some(target), _) => target,
-        (None, Some(id)) => {
-            let pid = container::find_container_pid(std::path::Path::new("/proc"), id)
-                .map_err(Error::Container)?;
-            tracing::info!(container_id = %id, pid, "found the container's process");
-            TargetPid(pid)
-        }
+        (None, Some(id)) => TargetPid(container_pid(&args.containerd_socket, id).await?),
         (None, None) => {
             return Err(Error::Container(container::ContainerError::InvalidId(
                 "(none: give --target or --container-id)".into(),

@@ -238,7 +238,22 @@ impl KubeClient {
                         selector(resolve::deployment_selector(&d))?
                     }
                 };
-                self.pods_of(&what, &sel).await?
+                // The rollout's own ReplicaSets (Argo creates them, also for a
+                // workloadRef); before it has any, the pods its selector matches.
+                let sets: Vec<ReplicaSet> =
+                    self.list("replicasets", &ListParams::default()).await?;
+                let owned = resolve::rollout_replicasets(&json, &sets);
+                if owned.is_empty() {
+                    self.pods_of(&what, &sel).await?
+                } else {
+                    let pods: Vec<Pod> = self
+                        .list(
+                            "pods",
+                            &ListParams::default().labels(&resolve::selector_string(&sel)),
+                        )
+                        .await?;
+                    resolve::pick_rollout_pod(&what, &self.namespace, &owned, &pods)?.clone()
+                }
             }
         };
         let container = resolve::pick_container(&pod, container.as_deref())?;

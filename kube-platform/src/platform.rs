@@ -6,7 +6,7 @@
 use futures::future::BoxFuture;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, LogParams, Patch, PatchParams, PostParams};
 use remora_operator::platform::{AgentHandle, Platform, ResolvedTarget, StartedAgent};
 use remora_protocol::SessionToken;
 use std::net::SocketAddr;
@@ -153,6 +153,11 @@ pub enum Phase {
         /// The agent image.
         image: String,
     },
+    /// The agent's container runs; waiting for the agent to say it listens.
+    WaitingForAgent {
+        /// The agent's pod.
+        pod: String,
+    },
     /// The agent runs; the port-forward relay is being set up.
     Connecting {
         /// The agent's pod.
@@ -177,6 +182,12 @@ impl std::fmt::Display for Phase {
             Phase::Scheduling { pod } => write!(f, "waiting for pod {pod} to be scheduled"),
             Phase::PullingImage { pod, image } => {
                 write!(f, "pulling the image {image} and starting pod {pod}")
+            }
+            Phase::WaitingForAgent { pod } => {
+                write!(
+                    f,
+                    "agent container running in pod {pod}; waiting for it to listen"
+                )
             }
             Phase::Connecting { pod } => {
                 write!(
@@ -252,8 +263,17 @@ fn describe_wait(pod: Option<&Pod>, image: &str) -> String {
     }
 }
 
-/// Whether the agent container of `pod` runs (the agent has no readiness
-/// probe: it listens as soon as it runs, the port-forward check confirms).
+/// The first line of the agent's stdout once it listens (as on the local
+/// platform); the readiness signal, which an ephemeral container (no probes
+/// allowed) can give too.
+pub const AGENT_READY_LINE: &str = "REMORA_AGENT_LISTENING";
+
+/// How much of the agent's log is read while looking for [`AGENT_READY_LINE`]
+/// (it is among the first lines).
+const READY_LOG_BYTES: i64 = 64 * 1024;
+
+/// Whether the agent container of `pod` runs (it may not listen yet: see
+/// [`AGENT_READY_LINE`]).
 fn agent_running(pod: &Pod, container: &str) -> bool {
     let status = pod.status.as_ref();
     status
@@ -454,27 +474,66 @@ impl KubePlatform {
                 .get_opt(pod_name)
                 .await
                 .map_err(|e| Error::api(format!("getting pod {pod_name}"), e))?;
+            let mut running = false;
             if let Some(pod) = &pod {
-                if agent_running(pod, container) {
-                    return Ok(());
-                }
                 if let Some(failure) = agent_failed(pod, container, &self.settings.image) {
                     return Err(Error::Resolve(failure));
                 }
-                let phase = phase_of(pod, container, &self.settings.image);
+                running = agent_running(pod, container);
+                if running && agent_listens(pods, pod_name, container).await? {
+                    return Ok(());
+                }
+                let phase = if running {
+                    Phase::WaitingForAgent {
+                        pod: pod_name.to_owned(),
+                    }
+                } else {
+                    phase_of(pod, container, &self.settings.image)
+                };
                 if last_phase.as_ref() != Some(&phase) {
                     report(&phase);
                     last_phase = Some(phase);
                 }
             }
             if tokio::time::Instant::now() >= deadline {
-                return Err(Error::Resolve(format!(
-                    "the agent did not start within {}s (agent.startup_timeout): waiting for {}",
-                    timeout.as_secs(),
+                let waiting_for = if running {
+                    format!(
+                        "the agent in pod {pod_name} to listen on port {AGENT_PORT} \
+                         (it runs, but its log has no {AGENT_READY_LINE} line; \
+                         `kubectl logs {pod_name} -c {container}` shows what it does)"
+                    )
+                } else {
                     describe_wait(pod.as_ref(), &self.settings.image)
+                };
+                return Err(Error::Resolve(format!(
+                    "the agent did not start within {}s (agent.startup_timeout): waiting for {waiting_for}",
+                    timeout.as_secs(),
                 )));
             }
             pause(cancel, &mut attempt).await?;
+        }
+    }
+}
+
+/// Whether the agent in `pod` said it listens. When the log may not be read
+/// (RBAC without `pods/log`), the running container has to do: the
+/// port-forward then finds out.
+async fn agent_listens(pods: &Api<Pod>, pod: &str, container: &str) -> Result<bool> {
+    let params = LogParams {
+        container: Some(container.to_owned()),
+        limit_bytes: Some(READY_LOG_BYTES),
+        ..LogParams::default()
+    };
+    match pods.logs(pod, &params).await {
+        Ok(log) => Ok(log.lines().any(|l| l.starts_with(AGENT_READY_LINE))),
+        Err(kube::Error::Api(status)) if status.code == 403 => {
+            tracing::debug!(%pod, "the agent's log may not be read; not waiting for its ready line");
+            Ok(true)
+        }
+        // Not there yet (a container that just started), or a passing error.
+        Err(e) => {
+            tracing::debug!(%pod, error = %e, "reading the agent's log");
+            Ok(false)
         }
     }
 }

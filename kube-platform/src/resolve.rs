@@ -250,6 +250,103 @@ pub fn rollout_pods(target: &str, rollout: &serde_json::Value) -> Result<Rollout
         .map_err(|e| Error::Resolve(format!("{target} has an invalid selector: {e}")))
 }
 
+/// The label Argo Rollouts puts on a rollout's ReplicaSets and their pods.
+pub const ROLLOUT_HASH_LABEL: &str = "rollouts-pod-template-hash";
+
+fn owned_by(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta, uid: &str) -> bool {
+    meta.owner_references.iter().flatten().any(|o| o.uid == uid)
+}
+
+/// The ReplicaSets an Argo Rollout owns (as the Argo controller creates them,
+/// also for a `workloadRef`), the stable one (`status.stableRS`, a
+/// pod-template hash) first, then by creation time and name.
+pub fn rollout_replicasets<'a>(
+    rollout: &serde_json::Value,
+    sets: &'a [ReplicaSet],
+) -> Vec<&'a ReplicaSet> {
+    let Some(uid) = rollout["metadata"]["uid"].as_str() else {
+        return Vec::new();
+    };
+    let stable = rollout["status"]["stableRS"].as_str();
+    let mut owned: Vec<&ReplicaSet> = sets.iter().filter(|r| owned_by(&r.metadata, uid)).collect();
+    let is_stable = |r: &ReplicaSet| {
+        stable.is_some()
+            && r.metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(ROLLOUT_HASH_LABEL))
+                .map(String::as_str)
+                == stable
+    };
+    owned.sort_by(|a, b| {
+        (
+            !is_stable(a),
+            &a.metadata.creation_timestamp,
+            &a.metadata.name,
+        )
+            .cmp(&(
+                !is_stable(b),
+                &b.metadata.creation_timestamp,
+                &b.metadata.name,
+            ))
+    });
+    owned
+}
+
+/// Pick the pod of an Argo Rollout: the first ready pod of its ReplicaSets
+/// in [`rollout_replicasets`] order (the stable ReplicaSet's first), each
+/// set's pods oldest first. Pods that only match the selector (a
+/// `workloadRef`'s Deployment that was not scaled down) are not the rollout's.
+///
+/// # Errors
+/// [`Error::NoReadyPod`] listing the rollout's pods and their states.
+pub fn pick_rollout_pod<'a>(
+    target: &str,
+    namespace: &str,
+    sets: &[&ReplicaSet],
+    pods: &'a [Pod],
+) -> Result<&'a Pod> {
+    let mut candidates: Vec<&Pod> = Vec::new();
+    for set in sets {
+        let Some(uid) = set.metadata.uid.as_deref() else {
+            continue;
+        };
+        let mut of_set: Vec<&Pod> = pods.iter().filter(|p| owned_by(&p.metadata, uid)).collect();
+        of_set.sort_by(|a, b| {
+            (&a.metadata.creation_timestamp, &a.metadata.name)
+                .cmp(&(&b.metadata.creation_timestamp, &b.metadata.name))
+        });
+        candidates.extend(of_set);
+    }
+    if let Some(pod) = candidates.iter().find(|p| pod_is_ready(p)) {
+        return Ok(pod);
+    }
+    let found = if candidates.is_empty() {
+        let names: Vec<&str> = sets
+            .iter()
+            .filter_map(|s| s.metadata.name.as_deref())
+            .collect();
+        format!("its replica sets {} have no pods", names.join(", "))
+    } else {
+        candidates
+            .iter()
+            .map(|p| {
+                format!(
+                    "{} ({})",
+                    p.metadata.name.as_deref().unwrap_or("?"),
+                    pod_state(p)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    Err(Error::NoReadyPod {
+        target: target.to_owned(),
+        namespace: namespace.to_owned(),
+        found,
+    })
+}
+
 /// Pick the first ready pod among those `selector` matches, ordered by creation
 /// time then name (oldest first, so repeated runs pick the same pod).
 ///

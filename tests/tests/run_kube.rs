@@ -686,3 +686,609 @@ fn the_ephemeral_container_agent_shares_the_target_containers_pid_namespace_unde
             .is_empty()
     );
 }
+
+/// The Argo Rollouts CRD, as far as remora reads it (no Argo controller runs:
+/// the tests create the ReplicaSets it would).
+const ROLLOUT_CRD: &str = r#"
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {name: rollouts.argoproj.io}
+spec:
+  group: argoproj.io
+  scope: Namespaced
+  names: {kind: Rollout, plural: rollouts, singular: rollout, shortNames: [ro]}
+  versions:
+  - name: v1alpha1
+    served: true
+    storage: true
+    subresources: {status: {}}
+    schema:
+      openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}
+"#;
+
+/// A ReplicaSet owned by rollout `rollout` (uid `uid`), as the Argo
+/// controller makes them: the pod-template hash as a label, WHO=`who`.
+fn rollout_replicaset(
+    name: &str,
+    rollout: &str,
+    uid: &str,
+    app: &str,
+    hash: &str,
+    who: &str,
+) -> String {
+    format!(
+        r#"
+apiVersion: apps/v1
+kind: ReplicaSet
+metadata:
+  name: {name}
+  labels: {{app: {app}, rollouts-pod-template-hash: {hash}}}
+  ownerReferences:
+  - {{apiVersion: argoproj.io/v1alpha1, kind: Rollout, name: {rollout}, uid: {uid}, controller: true, blockOwnerDeletion: true}}
+spec:
+  replicas: 1
+  selector: {{matchLabels: {{app: {app}, rollouts-pod-template-hash: {hash}}}}}
+  template:
+    metadata: {{labels: {{app: {app}, rollouts-pod-template-hash: {hash}}}}}
+    spec:
+      containers:
+      - name: app
+        image: busybox
+        command: ["sh", "-c", "exec sleep 600"]
+        env: [{{name: WHO, value: {who}}}]
+"#
+    )
+}
+
+#[test]
+fn a_rollout_target_enters_a_pod_of_the_rollouts_own_stable_replicaset() {
+    require_sandbox!();
+    let sim = Sim::start(true);
+    sim.apply(ROLLOUT_CRD);
+    sim.kubectl(&[
+        "wait",
+        "--for=condition=Established",
+        "crd/rollouts.argoproj.io",
+        "--timeout=60s",
+    ]);
+    // A Deployment that a workloadRef rollout takes its template from; Argo
+    // does not scale it down by default (`scaleDown: never`), so its pod
+    // matches the selector too but is not the rollout's.
+    sim.apply(
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: shop}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: shop}}
+  template:
+    metadata: {labels: {app: shop}}
+    spec:
+      containers:
+      - name: app
+        image: busybox
+        command: ["sh", "-c", "exec sleep 600"]
+        env: [{name: WHO, value: the-deployment}]
+---
+apiVersion: argoproj.io/v1alpha1
+kind: Rollout
+metadata: {name: shop}
+spec:
+  replicas: 1
+  workloadRef: {apiVersion: apps/v1, kind: Deployment, name: shop}
+  strategy: {canary: {steps: [{setWeight: 20}]}}
+---
+apiVersion: argoproj.io/v1alpha1
+kind: Rollout
+metadata: {name: api}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: api}}
+  template:
+    metadata: {labels: {app: api}}
+    spec:
+      containers: [{name: app, image: busybox}]
+  strategy: {canary: {steps: [{setWeight: 20}]}}
+"#,
+    );
+    wait_ready(&sim, "shop");
+    let uid = |name: &str| sim.kubectl(&["get", "rollout", name, "-o", "jsonpath={.metadata.uid}"]);
+    let (shop_uid, api_uid) = (uid("shop"), uid("api"));
+    // rollout/api: the old ReplicaSet still runs (Argo's scaleDownDelaySeconds)
+    // after the newer one became stable.
+    sim.apply(&rollout_replicaset(
+        "api-5d4c",
+        "api",
+        &api_uid,
+        "api",
+        "5d4c",
+        "api-previous",
+    ));
+    sim.apply(&rollout_replicaset(
+        "api-7f9c",
+        "api",
+        &api_uid,
+        "api",
+        "7f9c",
+        "api-stable",
+    ));
+    sim.apply(&rollout_replicaset(
+        "shop-6b8f",
+        "shop",
+        &shop_uid,
+        "shop",
+        "6b8f",
+        "shop-rollout",
+    ));
+    sim.kubectl(&[
+        "patch",
+        "rollout",
+        "api",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status": {"stableRS": "7f9c"}}"#,
+    ]);
+    for app in ["api", "shop"] {
+        sim.kubectl(&[
+            "wait",
+            "--for=condition=Ready",
+            "pod",
+            "-l",
+            &format!("app={app}"),
+            "--timeout=60s",
+        ]);
+    }
+    for (target, who) in [
+        ("rollout/api", "api-stable"),
+        ("ro/shop", "shop-rollout"),
+        ("deployment/shop", "the-deployment"),
+    ] {
+        let out = sim
+            .remora(&["run", "-t", target, "--", "sh", "-c", "echo $WHO; uname -n"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{target}: {}", text(&out.stderr));
+        let stdout = text(&out.stdout);
+        let lines: Vec<&str> = stdout.lines().collect();
+        assert_eq!(lines.first(), Some(&who), "{target}: {stdout}");
+        // The hostname is the pod's name: the pod of that ReplicaSet.
+        assert!(
+            lines.get(1).is_some_and(|pod| match who {
+                "api-stable" => pod.starts_with("api-7f9c-"),
+                "shop-rollout" => pod.starts_with("shop-6b8f-"),
+                _ => pod.starts_with("shop-") && !pod.starts_with("shop-6b8f-"),
+            }),
+            "{target}: {stdout}"
+        );
+    }
+    let out = sim
+        .remora(&["ls", "--platform", "kubernetes", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let listed = text(&out.stdout);
+    assert!(
+        listed.contains("\"rollout/api\"") && listed.contains("\"rollout/shop\""),
+        "{listed}"
+    );
+    poll(
+        || sim.agent_objects().trim().is_empty(),
+        "every agent Job to be deleted",
+    );
+}
+
+/// A copy of `sim`'s kubeconfig whose user is `user`, an RBAC-checked user
+/// of the sim (`remora-sim-user:<name>` tokens; docs/kube-sim.md).
+fn kubeconfig_of_user(sim: &Sim, user: &str) -> PathBuf {
+    let admin = std::fs::read_to_string(&sim.kubeconfig).unwrap();
+    let token_line = admin
+        .lines()
+        .find(|l| l.trim_start().starts_with("token:"))
+        .expect("a token in the sim's kubeconfig");
+    let path = sim.dir.path().join(format!("kubeconfig-{user}"));
+    std::fs::write(
+        &path,
+        admin.replace(token_line, &format!("    token: remora-sim-user:{user}")),
+    )
+    .unwrap();
+    path
+}
+
+#[test]
+fn an_rbac_denial_names_the_verb_and_resource_and_leaves_no_agent() {
+    require_sandbox!();
+    let sim = Sim::start(true);
+    sim.deployment("web", "exec sleep 600");
+    // bob may look at pods and workloads, and manage jobs, but not port-forward.
+    sim.apply(
+        r#"
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {name: reader}
+rules:
+- {apiGroups: [""], resources: [pods, pods/log, services], verbs: [get, list, watch]}
+- {apiGroups: [apps], resources: [deployments, replicasets], verbs: [get, list, watch]}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: bob-reads}
+subjects: [{kind: User, name: bob, apiGroup: rbac.authorization.k8s.io}]
+roleRef: {kind: Role, name: reader, apiGroup: rbac.authorization.k8s.io}
+"#,
+    );
+    wait_ready(&sim, "web");
+    let bob = kubeconfig_of_user(&sim, "bob");
+    let run_as_bob = || {
+        let out = Command::new(bin_path("remora").unwrap())
+            .args(["run", "--kubeconfig", bob.to_str().unwrap()])
+            .args(["-t", "deployment/web", "--", "true"])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "remora run as bob succeeded");
+        text(&out.stderr)
+    };
+    let err = run_as_bob();
+    assert!(
+        says(&err, "creating job remora-agent-")
+            && says(&err, "in namespace default: permission denied"),
+        "{err}"
+    );
+    assert!(
+        says(
+            &err,
+            "jobs.batch is forbidden: User \"bob\" cannot create resource \"jobs\" in API group \"batch\" in the namespace \"default\""
+        ),
+        "{err}"
+    );
+    assert!(sim.agent_objects().trim().is_empty(), "nothing was created");
+
+    // Now bob may run the agent Job, but still not port-forward to it.
+    sim.apply(
+        r#"
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {name: agent-runner}
+rules:
+- {apiGroups: [batch], resources: [jobs], verbs: [get, list, create, delete]}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: bob-runs-agents}
+subjects: [{kind: User, name: bob, apiGroup: rbac.authorization.k8s.io}]
+roleRef: {kind: Role, name: agent-runner, apiGroup: rbac.authorization.k8s.io}
+"#,
+    );
+    let err = run_as_bob();
+    assert!(
+        says(&err, "port-forwarding to port 47101 of pod remora-agent-")
+            && says(&err, "permission denied"),
+        "{err}"
+    );
+    assert!(
+        says(
+            &err,
+            "cannot create resource \"pods/portforward\" in API group \"\" in the namespace \"default\""
+        ),
+        "{err}"
+    );
+    poll(
+        || sim.agent_objects().trim().is_empty(),
+        "the agent Job to be deleted after the denied port-forward",
+    );
+}
+
+#[test]
+fn an_unpullable_agent_image_and_an_agent_that_never_listens_fail_clearly_and_leave_no_agent() {
+    require_sandbox!();
+    // A stand-in `remora-agent` that runs but never listens.
+    let fake = tempfile::tempdir().unwrap();
+    let agent = fake.path().join("remora-agent");
+    std::fs::write(
+        &agent,
+        "#!/bin/sh\necho starting but never listening >&2\nexec sleep 600\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&agent, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let sim = Sim::start_with_path(fake.path());
+    sim.deployment("web", "exec sleep 600");
+    wait_ready(&sim, "web");
+    let run_with = |config: &str| {
+        let path = sim.dir.path().join("remora.toml");
+        std::fs::write(&path, config).unwrap();
+        let out = sim
+            .remora(&[
+                "run",
+                "-f",
+                path.to_str().unwrap(),
+                "-t",
+                "deployment/web",
+                "--",
+                "true",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            !out.status.success(),
+            "remora run with {config:?} succeeded"
+        );
+        text(&out.stderr)
+    };
+
+    // The registry does not resolve (the sim fails `.invalid` registries as a node would).
+    let err = run_with("[agent]\nimage = \"registry.remora.invalid/remora-agent:0.1.0\"\n");
+    assert!(
+        says(
+            &err,
+            "cannot pull the agent image registry.remora.invalid/remora-agent:0.1.0: ErrImagePull"
+        ) && says(&err, "lookup registry.remora.invalid: no such host"),
+        "{err}"
+    );
+    poll(
+        || sim.agent_objects().trim().is_empty(),
+        "the agent Job to be deleted after the pull error",
+    );
+
+    // The agent runs but never says it listens: the start gives up after
+    // agent.startup_timeout, saying what it waited for.
+    let err = run_with("[agent]\nstartup_timeout = 5\n");
+    assert!(
+        says(
+            &err,
+            "the agent did not start within 5s (agent.startup_timeout): waiting for the agent in pod remora-agent-"
+        ) && says(
+            &err,
+            "to listen on port 47101 (it runs, but its log has no REMORA_AGENT_LISTENING line"
+        ),
+        "{err}"
+    );
+    poll(
+        || sim.agent_objects().trim().is_empty(),
+        "the agent Job to be deleted after the timeout",
+    );
+}
+
+#[test]
+fn psql_reaches_a_database_only_the_pod_can_reach() {
+    require_sandbox!();
+    let sim = Sim::start(true);
+    // PostgreSQL listens on the pod's own loopback, as user nobody (it refuses root).
+    let data = sim.dir.path().join("pg");
+    std::fs::create_dir_all(&data).unwrap();
+    Command::new("chown")
+        .args(["65534:65534"])
+        .arg(&data)
+        .status()
+        .unwrap();
+    std::fs::set_permissions(
+        sim.dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let d = data.display();
+    sim.apply(&format!(
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: db}}
+spec:
+  replicas: 1
+  selector: {{matchLabels: {{app: db}}}}
+  template:
+    metadata: {{labels: {{app: db}}}}
+    spec:
+      securityContext: {{runAsUser: 65534, runAsGroup: 65534}}
+      containers:
+      - name: postgres
+        image: postgres:16
+        command: ["sh", "-c", "initdb -D {d}/data -A trust -U postgres >{d}/initdb.log 2>&1 && exec postgres -D {d}/data -k {d} -c listen_addresses=127.0.0.1 -p {port}"]
+        readinessProbe: {{exec: {{command: ["pg_isready", "-h", "127.0.0.1", "-p", "{port}"]}}, periodSeconds: 1}}
+"#
+    ));
+    wait_ready(&sim, "db");
+    // Not reachable from this machine: only through the pod.
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "port {port} is reachable locally: the check would prove nothing"
+    );
+    let sql = "create table t (who text); insert into t values ('from the pod'); \
+               select who || ' ' || inet_server_port() from t";
+    let out = sim
+        .remora(&[
+            "run",
+            "-t",
+            "deployment/db",
+            "--",
+            "psql",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-U",
+            "postgres",
+            "-Atc",
+            sql,
+        ])
+        .output()
+        .unwrap();
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    assert_eq!(
+        stdout.lines().last(),
+        Some(format!("from the pod {port}").as_str()),
+        "{stdout}"
+    );
+    poll(
+        || sim.agent_objects().trim().is_empty(),
+        "the agent Job to be deleted",
+    );
+}
+
+#[test]
+fn a_mirror_receives_copies_of_requests_sent_to_the_pod_ip_while_the_pod_answers() {
+    require_sandbox!();
+    let sim = Sim::start(true);
+    let pod_www = sim.dir.path().join("pod-www");
+    let local_www = sim.dir.path().join("local-www");
+    for (dir, who) in [(&pod_www, "the pod"), (&local_www, "this machine")] {
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(dir.join("who"), format!("{who}\n")).unwrap();
+    }
+    sim.deployment(
+        "api",
+        &format!(
+            "exec python3 -u -m http.server 8080 --directory {}",
+            pod_www.display()
+        ),
+    );
+    wait_ready(&sim, "api");
+    poll(
+        || {
+            sim.kubectl(&["logs", "deployment/api"])
+                .contains("Serving HTTP")
+        },
+        "the pod's http.server",
+    );
+    let ip = sim.kubectl(&[
+        "get",
+        "pods",
+        "-l",
+        "app=api",
+        "-o",
+        "jsonpath={.items[0].status.podIP}",
+    ]);
+    let get = |path: &str| {
+        let out = Command::new("curl")
+            .args(["-sS", "--max-time", "5"])
+            .arg(format!("http://{ip}:8080{path}"))
+            .output()
+            .unwrap();
+        text(&out.stdout).trim().to_owned()
+    };
+    assert_eq!(get("/who"), "the pod");
+    let local_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    // The local copy of the app logs every request it gets (http.server logs to stderr).
+    let log_path = sim.dir.path().join("local.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let child = sim
+        .remora(&[
+            "run",
+            "-t",
+            "deployment/api",
+            "--mirror",
+            "-p",
+            &format!("{local_port}:8080"),
+            "--",
+            "python3",
+            "-u",
+            "-m",
+            "http.server",
+            &local_port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--directory",
+            local_www.to_str().unwrap(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let child = Reaped(child);
+    let mut sent = 0;
+    poll(
+        || {
+            sent += 1;
+            // The pod still answers every request itself.
+            assert_eq!(get(&format!("/who?mirrored={sent}")), "the pod");
+            std::fs::read_to_string(&log_path).is_ok_and(|l| l.contains("GET /who?mirrored="))
+        },
+        "a mirrored request to reach the local app",
+    );
+    drop(child);
+    poll(
+        || sim.agent_objects().trim().is_empty(),
+        "the agent Job to be deleted",
+    );
+    // The mirror is gone: the pod answers alone, as before.
+    assert_eq!(get("/who"), "the pod");
+}
+
+#[test]
+fn the_agent_finds_a_containerd_containers_process_through_containerds_api() {
+    require_sandbox!();
+    let sim = Sim::start_with(true, &["--runtime", "containerd"]);
+    sim.deployment("web", "exec sleep 600");
+    wait_ready(&sim, "web");
+    let id = sim.kubectl(&[
+        "get",
+        "pods",
+        "-l",
+        "app=web",
+        "-o",
+        "jsonpath={.items[0].status.containerStatuses[0].containerID}",
+    ]);
+    let bare = id
+        .trim()
+        .strip_prefix("containerd://")
+        .expect("a containerd id")
+        .to_owned();
+    let socket = std::env::temp_dir().join(format!(
+        "remora-kube-sim-{}/containerd/containerd.sock",
+        sim.pid()
+    ));
+    // What containerd's own client says.
+    let tasks = Command::new("ctr")
+        .arg("--address")
+        .arg(&socket)
+        .args(["-n", "k8s.io", "task", "ls"])
+        .output()
+        .unwrap();
+    assert!(tasks.status.success(), "{}", text(&tasks.stderr));
+    let tasks = text(&tasks.stdout);
+    let ctr_pid = tasks
+        .lines()
+        .find_map(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            (cols.first() == Some(&bare.as_str())).then(|| cols[1].to_owned())
+        })
+        .unwrap_or_else(|| panic!("no task {bare} in {tasks}"));
+    // The agent (it stops by itself: no client within a second).
+    let agent_log = |socket: &Path| {
+        let out = Command::new(bin_path("remora-agent").unwrap())
+            .args(["--container-id", id.trim(), "--idle-timeout-secs", "1"])
+            .arg("--containerd-socket")
+            .arg(socket)
+            .env("REMORA_AGENT_TOKEN", "a-test-token")
+            .env("REMORA_AGENT_LOG", "info")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stderr)
+    };
+    let log = agent_log(&socket);
+    assert!(
+        log.lines().any(
+            |l| l.contains("found the container's process through containerd's API")
+                && l.contains(&format!("pid={ctr_pid}"))
+        ),
+        "ctr says pid {ctr_pid}:\n{log}"
+    );
+    // Without the socket: the cgroup scan finds the same process.
+    let log = agent_log(Path::new("/nonexistent/containerd.sock"));
+    assert!(
+        log.lines().any(
+            |l| l.contains("found the container's process by its cgroup")
+                && l.contains(&format!("pid={ctr_pid}"))
+        ),
+        "ctr says pid {ctr_pid}:\n{log}"
+    );
+}

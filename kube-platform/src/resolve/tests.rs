@@ -246,3 +246,98 @@ fn a_rollout_uses_its_selector_or_its_workload_ref() {
         .to_string();
     assert_eq!(err, "rollout/api has no pod selector");
 }
+
+fn owned(mut value: serde_json::Value, owner_uid: &str) -> serde_json::Value {
+    value["metadata"]["ownerReferences"] =
+        json!([{"apiVersion": "v1", "kind": "Owner", "name": "o", "uid": owner_uid}]);
+    value
+}
+
+fn replicaset(name: &str, uid: &str, hash: &str, created: &str, owner: &str) -> ReplicaSet {
+    serde_json::from_value(owned(
+        json!({"metadata": {"name": name, "uid": uid, "creationTimestamp": created,
+                            "labels": {"app": "api", ROLLOUT_HASH_LABEL: hash}},
+               "spec": {"selector": {"matchLabels": {"app": "api"}}}}),
+        owner,
+    ))
+    .unwrap()
+}
+
+fn pod_of(name: &str, created: &str, ready: bool, owner: &str) -> Pod {
+    let phase = if ready { "Running" } else { "Pending" };
+    let p = pod(
+        name,
+        created,
+        phase,
+        ready,
+        (!ready).then_some("ImagePullBackOff"),
+    );
+    serde_json::from_value(owned(serde_json::to_value(p).unwrap(), owner)).unwrap()
+}
+
+#[test]
+fn a_rollouts_pod_comes_from_its_stable_replicaset_not_from_pods_its_selector_also_matches() {
+    let rollout = json!({"metadata": {"name": "api", "uid": "ro-1"},
+                         "status": {"stableRS": "bbb"}});
+    let sets = vec![
+        replicaset("api-aaa", "rs-a", "aaa", "2026-01-01T00:00:00Z", "ro-1"),
+        replicaset(
+            "api-base-1",
+            "rs-d",
+            "x",
+            "2025-12-01T00:00:00Z",
+            "deploy-1",
+        ),
+        replicaset("api-bbb", "rs-b", "bbb", "2026-01-02T00:00:00Z", "ro-1"),
+    ];
+    let owned = rollout_replicasets(&rollout, &sets);
+    let names: Vec<_> = owned.iter().map(|r| r.metadata.name.as_deref()).collect();
+    assert_eq!(names, [Some("api-bbb"), Some("api-aaa")]);
+    let pods = vec![
+        pod_of("api-base-1-x", "2025-12-01T00:00:00Z", true, "rs-d"),
+        pod_of("api-aaa-1", "2026-01-01T00:00:00Z", true, "rs-a"),
+        pod_of("api-bbb-2", "2026-01-02T00:00:02Z", true, "rs-b"),
+        pod_of("api-bbb-1", "2026-01-02T00:00:01Z", true, "rs-b"),
+    ];
+    let picked = pick_rollout_pod("rollout/api", "shop", &owned, &pods).unwrap();
+    assert_eq!(picked.metadata.name.as_deref(), Some("api-bbb-1"));
+    // No stable one known: the oldest set's pods first.
+    let rollout = json!({"metadata": {"name": "api", "uid": "ro-1"}});
+    let owned = rollout_replicasets(&rollout, &sets);
+    let picked = pick_rollout_pod("rollout/api", "shop", &owned, &pods).unwrap();
+    assert_eq!(picked.metadata.name.as_deref(), Some("api-aaa-1"));
+    // A rollout with no ReplicaSet of its own (no Argo controller yet).
+    let other = json!({"metadata": {"name": "api", "uid": "ro-2"}});
+    assert!(rollout_replicasets(&other, &sets).is_empty());
+}
+
+#[test]
+fn a_rollout_without_a_ready_pod_lists_its_own_pods() {
+    let rollout = json!({"metadata": {"name": "api", "uid": "ro-1"}});
+    let sets = vec![replicaset(
+        "api-aaa",
+        "rs-a",
+        "aaa",
+        "2026-01-01T00:00:00Z",
+        "ro-1",
+    )];
+    let owned = rollout_replicasets(&rollout, &sets);
+    let pods = vec![
+        pod_of("api-aaa-1", "2026-01-01T00:00:00Z", false, "rs-a"),
+        pod_of("other", "2026-01-01T00:00:00Z", true, "rs-z"),
+    ];
+    let err = pick_rollout_pod("rollout/api", "shop", &owned, &pods)
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        err,
+        "rollout/api in namespace shop has no ready pod: api-aaa-1 (Pending: ImagePullBackOff)"
+    );
+    let err = pick_rollout_pod("rollout/api", "shop", &owned, &[])
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        err,
+        "rollout/api in namespace shop has no ready pod: its replica sets api-aaa have no pods"
+    );
+}

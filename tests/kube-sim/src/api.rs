@@ -54,7 +54,8 @@ pub async fn handle(state: Arc<ApiState>, req: Request<Incoming>) -> Response<Bo
     // kubectl 1.32 sends no bearer token to a plain-http server, so there a request without
     // credentials is the admin (anonymous auth mapped to system:masters); over TLS it is 401
     // (anonymous auth off). A service account's token (`remora-sim-sa:<ns>:<name>`, what pods
-    // get in their projected volume) is accepted too (RBAC is not enforced); any other token
+    // get in their projected volume) is accepted too (allowed everything), and a user's
+    // (`remora-sim-user:<name>`, RBAC-checked: rbac.rs); any other token
     // is 401.
     let credentials = req
         .headers()
@@ -66,10 +67,17 @@ pub async fn handle(state: Arc<ApiState>, req: Request<Incoming>) -> Response<Bo
             v == format!("Bearer {}", state.token)
                 || v.strip_prefix("Bearer remora-sim-sa:")
                     .is_some_and(|sa| sa.split(':').filter(|p| !p.is_empty()).count() == 2)
+                || crate::rbac::user_of(v).is_some()
         }
     };
+    let user = credentials.and_then(crate::rbac::user_of);
     if !authorized {
         return error_response(&ApiError::new(401, "Unauthorized", "Unauthorized"));
+    }
+    // A user's resource requests are authorized by RBAC (rbac.rs).
+    let mut req = req;
+    if let Some(user) = user {
+        req.extensions_mut().insert(user);
     }
     match route(&state, req).await {
         Ok(resp) => resp,
@@ -250,6 +258,23 @@ async fn route(state: &ApiState, req: Request<Incoming>) -> Result<Response<Body
         name,
         sub,
     };
+    if let Some(user) = req.extensions().get::<crate::rbac::User>() {
+        let watch = Query::parse(req.uri().query()).get("watch") == Some("true");
+        let attributes = crate::rbac::Attributes {
+            verb: crate::rbac::verb(
+                req.method(),
+                target.name.is_some(),
+                watch,
+                target.sub.as_deref(),
+            ),
+            group: &target.rt.group,
+            resource: &target.rt.plural,
+            sub: target.sub.as_deref(),
+            namespace: target.namespace.as_deref(),
+            name: target.name.as_deref(),
+        };
+        crate::rbac::authorize(&state.store, user, &attributes)?;
+    }
     resource_request(state, target, req).await
 }
 

@@ -47,6 +47,20 @@ pub(crate) struct PodContext {
     api_host: String,
 }
 
+/// Why `image` cannot be pulled: images are not pulled here, but one from a
+/// registry under the reserved `.invalid` domain (RFC 2606) fails as it would
+/// on a real node, for tests of image pull errors.
+fn unpullable(image: &str) -> Option<String> {
+    let registry = image.split_once('/')?.0;
+    let host = registry.split(':').next().unwrap_or(registry);
+    host.ends_with(".invalid").then(|| {
+        format!(
+            "failed to pull and unpack image \"{image}\": failed to resolve reference \"{image}\": \
+             dial tcp: lookup {host}: no such host"
+        )
+    })
+}
+
 /// First restart back-off; doubles up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
@@ -629,6 +643,26 @@ impl Kubelet {
             }
         };
         let mut backoff = FIRST_BACKOFF;
+        if let Some(message) = unpullable(s(&container["image"])) {
+            // As a kubelet whose registry does not resolve: ErrImagePull, then
+            // ImagePullBackOff between retries, until the pod goes.
+            let mut reason = "ErrImagePull";
+            loop {
+                statuses.lock()[index]["state"] =
+                    json!({"waiting": {"reason": reason, "message": message}});
+                self.publish_as(&pod, &statuses, ephemeral.is_some());
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = stop_rx.changed() => return,
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                reason = if reason == "ErrImagePull" {
+                    "ImagePullBackOff"
+                } else {
+                    "ErrImagePull"
+                };
+            }
+        }
         let mut restarts = 0;
         loop {
             if *stop_rx.borrow() {

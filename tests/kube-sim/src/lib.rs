@@ -15,6 +15,7 @@ pub mod patch;
 pub mod portforward;
 pub mod protobuf;
 pub mod proxy;
+pub mod rbac;
 pub mod resources;
 pub mod selector;
 pub mod store;

@@ -42,16 +42,21 @@ impl Sim {
     /// With extra `serve` flags (e.g. `--runtime containerd`).
     pub fn start_with(agent: bool, flags: &[&str]) -> Sim {
         let bin_dir = bin_path("remora").unwrap().parent().unwrap().to_owned();
-        let system = std::env::var("PATH").unwrap_or_default();
         let path = if agent {
-            format!("{}:{system}", bin_dir.display())
+            format!("{}:{}", bin_dir.display(), system_path())
         } else {
-            system
-                .split(':')
-                .filter(|d| !Path::new(d).join("remora-agent").exists())
-                .collect::<Vec<_>>()
-                .join(":")
+            system_path()
         };
+        Self::launch(path, flags)
+    }
+
+    /// The containers' PATH starts with `dir` (e.g. a stand-in `remora-agent`),
+    /// and has no other `remora-agent`.
+    pub fn start_with_path(dir: &Path) -> Sim {
+        Self::launch(format!("{}:{}", dir.display(), system_path()), &[])
+    }
+
+    fn launch(path: String, flags: &[&str]) -> Sim {
         let dir = tempfile::tempdir().unwrap();
         let kubeconfig = dir.path().join("kubeconfig");
         let child = Command::new(bin_path("remora-kube-sim").unwrap())
@@ -70,6 +75,11 @@ impl Sim {
         };
         poll(|| sim.kubeconfig.exists(), "the sim's kubeconfig");
         sim
+    }
+
+    /// The simulator's pid (its state dir is `$TMPDIR/remora-kube-sim-<pid>`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn kubectl(&self, args: &[&str]) -> String {
@@ -130,6 +140,16 @@ spec:
             .args(&args[1..]);
         command
     }
+}
+
+/// This process's PATH without the directories holding a `remora-agent`.
+fn system_path() -> String {
+    std::env::var("PATH")
+        .unwrap_or_default()
+        .split(':')
+        .filter(|d| !Path::new(d).join("remora-agent").exists())
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 /// Whether a message printed by miette (wrapped, framed) says `what`:

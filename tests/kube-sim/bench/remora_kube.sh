@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# remora against a Kubernetes target on the test cluster, printed as a markdown table:
+# start-up of `remora run -t deployment/big -- true` (resolve, agent Job, its pod, the
+# agent's ready line, port-forward, environment), and 100 MB downloaded by curl from a
+# server on the pod's loopback, through remora (layer, intproxy, kube-rs port-forward,
+# agent) and through a plain `kubectl port-forward` relay to the same pod, in the same run.
+# Usage: tests/kube-sim/bench/remora_kube.sh [BIN_DIR]   (default target/release; it holds
+# remora, remora-agent, libremora_layer.so and remora-kube-sim; needs root, kubectl, curl)
+set -euo pipefail
+cd "$(dirname "$0")/../../.."
+BIN=$(cd "${1:-target/release}" && pwd)
+RUNS=${RUNS:-5}
+work=$(mktemp -d)
+chmod 755 "$work"
+# The agent Job's `remora-agent` command runs from $BIN (the sim runs containers as host processes).
+PATH="$BIN:$PATH" "$BIN/remora-kube-sim" serve --exit-with-parent --kubeconfig "$work/kc" 2>"$work/sim.log" &
+sim_pid=$!
+pf_pid=
+local_pid=
+cleanup() {
+    [ -n "$local_pid" ] && { kill "$local_pid" 2>/dev/null || true; wait "$local_pid" 2>/dev/null || true; }
+    [ -n "$pf_pid" ] && { kill "$pf_pid" 2>/dev/null || true; wait "$pf_pid" 2>/dev/null || true; }
+    kill "$sim_pid" 2>/dev/null || true
+    wait "$sim_pid" 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+for _ in $(seq 300); do [ -f "$work/kc" ] && break; sleep 0.1; done
+k() { kubectl --kubeconfig "$work/kc" "$@"; }
+now() { date +%s.%N; }
+load() { cut -d' ' -f1-3 /proc/loadavg; }
+load_start=$(load)
+
+mkdir -p "$work/www"
+head -c 100000000 /dev/zero > "$work/www/big"
+cat > "$work/d.yaml" <<YAML
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: big}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: big}}
+  template:
+    metadata: {labels: {app: big}}
+    spec:
+      containers:
+      - name: app
+        image: python:3
+        command: [python3, -m, http.server, "8080", --bind, 127.0.0.1, --directory, "$work/www"]
+        readinessProbe:
+          exec: {command: [python3, -c, "import socket; socket.create_connection(('127.0.0.1', 8080))"]}
+          periodSeconds: 1
+YAML
+k apply -f "$work/d.yaml" >/dev/null
+k wait --for=condition=Available deployment/big --timeout=120s >/dev/null
+
+# "min–max (median)" of numbers, one per line.
+summary() { python3 -c '
+import statistics, sys
+v = sorted(float(x) for x in sys.stdin.read().split())
+print(f"{v[0]:.3f}–{v[-1]:.3f} s (median {statistics.median(v):.3f} s)")'; }
+rate() { python3 -c '
+import statistics, sys
+v = sorted(float(x) for x in sys.stdin.read().split())
+print(f"{100 / v[-1]:.0f}–{100 / v[0]:.0f} MB/s (median {100 / statistics.median(v):.0f})")'; }
+
+remora() { "$BIN/remora" run --kubeconfig "$work/kc" -t deployment/big -- "$@"; }
+startup=()
+for _ in $(seq "$RUNS"); do
+    t0=$(now)
+    remora true
+    startup+=("$(python3 -c "import sys; print(float(sys.argv[2]) - float(sys.argv[1]))" "$t0" "$(now)")")
+done
+through_remora=()
+for _ in $(seq "$RUNS"); do
+    through_remora+=("$(remora curl -sS -o /dev/null -w '%{time_total}' http://127.0.0.1:8080/big)")
+done
+
+port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+k port-forward deployment/big "$port:8080" >"$work/pf.log" 2>&1 &
+pf_pid=$!
+for _ in $(seq 300); do grep -q Forwarding "$work/pf.log" && break; sleep 0.1; done
+through_kubectl=()
+for _ in $(seq "$RUNS"); do
+    through_kubectl+=("$(curl -sS -o /dev/null -w '%{time_total}' "http://127.0.0.1:$port/big")")
+done
+
+# The same download through remora on a local pid/ target (a server of this machine, no
+# port-forward): what remora's own path costs without the API server's relay.
+local_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+python3 -m http.server "$local_port" --bind 127.0.0.1 --directory "$work/www" >/dev/null 2>&1 &
+local_pid=$!
+for _ in $(seq 300); do curl -s -o /dev/null "http://127.0.0.1:$local_port/" && break; sleep 0.1; done
+through_local=()
+for _ in $(seq "$RUNS"); do
+    through_local+=("$("$BIN/remora" run -t "pid/$local_pid" -- curl -sS -o /dev/null -w '%{time_total}' "http://127.0.0.1:$local_port/big")")
+done
+kill "$local_pid"; wait "$local_pid" 2>/dev/null || true
+local_pid=
+
+build=$(basename "$BIN")
+echo "### remora on a Kubernetes target (remora-kube-sim, $build build, $RUNS runs each)"
+echo
+echo "$(date -u +%F), $(nproc) CPUs, load average at start $load_start, at end $(load) (the machine is shared)."
+echo
+echo "| what | time | throughput |"
+echo "| --- | --- | --- |"
+echo "| start-up: \`remora run -t deployment/big -- true\` | $(printf '%s\n' "${startup[@]}" | summary) | |"
+echo "| 100 MB: \`remora run -t deployment/big -- curl\` (curl's time) | $(printf '%s\n' "${through_remora[@]}" | summary) | $(printf '%s\n' "${through_remora[@]}" | rate) |"
+echo "| 100 MB: \`remora run -t pid/<local server> -- curl\` (no port-forward) | $(printf '%s\n' "${through_local[@]}" | summary) | $(printf '%s\n' "${through_local[@]}" | rate) |"
+echo "| 100 MB: \`kubectl port-forward\` + curl | $(printf '%s\n' "${through_kubectl[@]}" | summary) | $(printf '%s\n' "${through_kubectl[@]}" | rate) |"
