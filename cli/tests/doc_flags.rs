@@ -32,6 +32,8 @@ const OTHER_PROGRAMS: &[(&str, &[&str])] = &[
     ("pg_restore", &["--section"]),
     ("mariadb-backup", &["--backup", "--prepare"]),
     ("cp", &["--reflink"]),
+    ("valgrind", &["--tool", "--callgrind-out-file"]),
+    ("cloud-pubsub-emulator", &["--host", "--port"]),
     (
         "mariadb-dump",
         &["--no-data", "--where", "--single-transaction"],
