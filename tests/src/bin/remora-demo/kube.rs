@@ -47,7 +47,7 @@ spec:
     spec:
       containers:
       - name: web
-        image: example.invalid/storefront:1.0
+        image: registry.shop.example/storefront:1.0
         command: ["sleep", "infinity"]
         env:
         - name: CURRENCY
@@ -71,7 +71,7 @@ spec:
     spec:
       containers:
       - name: api
-        image: example.invalid/payments:1.0
+        image: registry.shop.example/payments:1.0
         command: ["sh", "-c", "echo 'payments: ok' > /srv/payments/health && exec python3 -m http.server 8080 --directory /srv/payments"]
         readinessProbe:
           httpGet: {path: /health, port: 8080}
