@@ -55,20 +55,6 @@ impl Platform for KubePlatform {
         "kubernetes"
     }
 
-    fn target_env(
-        &self,
-        target: &ResolvedTarget,
-    ) -> remora_operator::Result<std::collections::BTreeMap<String, String>> {
-        // Reading a container's environment needs its pod spec plus the
-        // ConfigMaps and Secrets it names; not built yet.
-        Err(remora_operator::Error::Target {
-            target: target.name.clone(),
-            reason: "database branches of Kubernetes targets are not built yet \
-                     (docs/db-branches.md)"
-                .into(),
-        })
-    }
-
     fn dial(&self, _target: &str, program: &str) -> std::process::Command {
         // The operator runs in the cluster: its own network is the targets'.
         std::process::Command::new(program)

@@ -212,12 +212,6 @@ impl Platform for FakePlatform {
             })
         })
     }
-    fn target_env(
-        &self,
-        _: &ResolvedTarget,
-    ) -> remora_operator::Result<std::collections::BTreeMap<String, String>> {
-        Ok(Default::default())
-    }
     fn dial(&self, _: &str, program: &str) -> std::process::Command {
         std::process::Command::new(program)
     }

@@ -46,6 +46,9 @@ struct Entry {
     env: BTreeMap<String, String>,
     /// A golden copy (not listed, never handed to a session).
     golden: bool,
+    /// A golden copy is ready to be cloned (false while it is being made).
+    #[serde(default = "yes")]
+    ready: bool,
     /// The MariaDB fast path: the branch's own datadir (served by its own
     /// `mariadbd`) or the golden copy's directory; dropping removes it.
     #[serde(default)]
@@ -65,9 +68,31 @@ impl Entry {
     }
 }
 
+fn yes() -> bool {
+    true
+}
+
+/// The key of a golden copy in [`Branches::building`].
+fn golden_key(golden: &str, at: &Server) -> String {
+    format!("{golden}@{}:{}", at.host, at.port)
+}
+
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct State {
     entries: Vec<Entry>,
+}
+
+/// Where a branch request comes from: the session's target, and the
+/// target's environment as its agent read it (the target process's own
+/// environment, on every platform: on Kubernetes the kubelet's rendering of
+/// `env`, `envFrom`, ConfigMap and Secret references, without the operator
+/// reading Secrets).
+#[derive(Debug, Clone, Copy)]
+pub struct SessionTarget<'a> {
+    /// The session's target.
+    pub target: &'a ResolvedTarget,
+    /// Its environment.
+    pub env: &'a BTreeMap<String, String>,
 }
 
 /// The branch registry; cheap to clone.
@@ -82,6 +107,8 @@ pub struct Branches {
     /// One database operation at a time: creating a branch from a golden
     /// copy must not race its refresh, and the state file has one writer.
     state: Arc<tokio::sync::Mutex<State>>,
+    /// Golden copies being made in the background ([`golden_key`]).
+    building: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
 fn now() -> u64 {
@@ -151,6 +178,7 @@ impl Branches {
             pg_bindirs,
             settings: Arc::new(settings),
             state: Arc::new(tokio::sync::Mutex::new(state)),
+            building: Arc::default(),
         };
         let reaper = branches.clone();
         tokio::spawn(async move {
@@ -198,14 +226,24 @@ impl Branches {
         move |program: &str| platform.dial(&target, program)
     }
 
-    /// Drop every expired branch (and golden copy).
+    fn building_now(&self) -> std::collections::HashSet<String> {
+        self.building
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Drop every expired branch (and golden copy), except golden copies
+    /// being made.
     async fn reap(&self) {
         let mut state = self.state.lock().await;
         let t = now();
+        let building = self.building_now();
         let expired: Vec<Entry> = state
             .entries
             .iter()
             .filter(|e| e.info.expires_at <= t)
+            .filter(|e| !building.contains(&golden_key(&e.info.branch, &e.server)))
             .cloned()
             .collect();
         if expired.is_empty() {
@@ -232,8 +270,8 @@ impl Branches {
         self.save(&state);
     }
 
-    /// Answer a [`DbRequest`] from `user`; `target` is the session's (none
-    /// on a control connection).
+    /// Answer a [`DbRequest`] from `user`; `session` is where a `Branch`
+    /// request comes from (none on a control connection).
     ///
     /// # Errors
     /// A user-facing [`RemoteError`].
@@ -241,17 +279,17 @@ impl Branches {
         &self,
         request: DbRequest,
         user: &str,
-        target: Option<&ResolvedTarget>,
+        session: Option<SessionTarget<'_>>,
     ) -> Result<DbReply, RemoteError> {
         match request {
             DbRequest::Branch(specs) => {
-                let target = target.ok_or_else(|| {
+                let session = session.ok_or_else(|| {
                     error(
                         ErrorCode::Unsupported,
                         "database branches need a session with a target",
                     )
                 })?;
-                self.branch(specs, user, target).await
+                self.branch(specs, user, session.target, session.env).await
             }
             DbRequest::List => {
                 let state = self.state.lock().await;
@@ -311,17 +349,14 @@ impl Branches {
         specs: Vec<BranchSpec>,
         user: &str,
         target: &ResolvedTarget,
+        env: &BTreeMap<String, String>,
     ) -> Result<DbReply, RemoteError> {
-        let env = self
-            .platform
-            .target_env(target)
-            .map_err(|e| error(ErrorCode::Unavailable, e.to_string()))?;
         let mut state = self.state.lock().await;
         let mut made = Vec::new();
         let mut session_env = BTreeMap::new();
         for spec in specs {
             let src =
-                source::resolve(&spec, &env).map_err(|e| error(ErrorCode::InvalidInput, e))?;
+                source::resolve(&spec, env).map_err(|e| error(ErrorCode::InvalidInput, e))?;
             let t = now();
             let reuse = spec.id.as_ref().and_then(|id| {
                 state
@@ -411,9 +446,16 @@ impl Branches {
                     golden_name(&from)
                 }
             });
-            let fresh = golden.as_ref().is_some_and(|g| {
+            // A golden copy that is ready is cloned; without one, the
+            // branch is filled directly (as fast as `pg_dump | psql`) and
+            // the golden copy is made in the background for the next ones.
+            let ready = golden.as_ref().is_some_and(|g| {
                 state.entries.iter().any(|e| {
-                    e.golden && &e.info.branch == g && e.server == place.at && e.info.expires_at > t
+                    e.golden
+                        && e.ready
+                        && &e.info.branch == g
+                        && e.server == place.at
+                        && e.info.expires_at > t
                 })
             });
             let dial = self.dialer(target.name.clone());
@@ -421,7 +463,7 @@ impl Branches {
             let (source_db, branch_db, golden_db, mode, filters) = (
                 src.database.clone(),
                 branch.clone(),
-                golden.clone(),
+                golden.clone().filter(|_| ready),
                 spec.mode,
                 spec.filters.clone(),
             );
@@ -438,7 +480,7 @@ impl Branches {
                     branch: &branch_db,
                     mode,
                     filters: &filters,
-                    golden: golden_db.as_deref().map(|g| (g, fresh)),
+                    golden: golden_db.as_deref(),
                     jobs,
                 };
                 engine::create(&dial, &plan)
@@ -448,29 +490,20 @@ impl Branches {
             .map_err(failed)?;
             let method = format!("{method}{}", place.note);
             let millis = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-            if let Some(g) = golden.filter(|_| !fresh) {
-                state
-                    .entries
-                    .retain(|e| !(e.golden && e.info.branch == g && e.server == place.at));
-                state.entries.push(Entry {
-                    info: BranchInfo {
-                        id: format!("golden:{g}"),
-                        kind: spec.kind,
+            let method = match golden.filter(|_| !ready) {
+                Some(g) => {
+                    let made = GoldenSource {
+                        reader: place.reader.clone(),
                         source: src.database.clone(),
-                        branch: g,
-                        mode: CopyMode::All,
-                        owner: "remora-operator".into(),
+                        at: place.at.clone(),
+                        clients: place.clients.clone(),
                         target: target.name.clone(),
-                        created_at: t,
-                        expires_at: t + GOLDEN_TTL_SECS,
-                        method: "pg_dump -Fd | pg_restore".into(),
-                    },
-                    server: place.at.clone(),
-                    env: BTreeMap::new(),
-                    golden: true,
-                    dir: None,
-                });
-            }
+                    };
+                    self.make_golden_later(&mut state, g, made, t);
+                    format!("{method} (the golden copy for the next branches is being made)")
+                }
+                None => method,
+            };
             let info = BranchInfo {
                 id,
                 kind: spec.kind,
@@ -490,6 +523,7 @@ impl Branches {
                 server: place.at.clone(),
                 env: vars,
                 golden: false,
+                ready: true,
                 dir: None,
             });
             self.save(&state);
@@ -507,7 +541,108 @@ impl Branches {
     }
 }
 
+/// What a PostgreSQL golden copy is made from, and where.
+#[derive(Debug, Clone)]
+struct GoldenSource {
+    /// The source's server, with the credentials it is read with.
+    reader: Server,
+    /// The source database.
+    source: String,
+    /// Where the golden copy goes (where the branches are made).
+    at: Server,
+    /// PostgreSQL clients new enough for the source.
+    clients: Option<pg_clients::PgClients>,
+    /// The target whose network the clients run from.
+    target: String,
+}
+
 impl Branches {
+    /// Make the golden copy `golden` of `from` in the background (unless it
+    /// is being made already): registered at once as not ready (so that it
+    /// is dropped at its TTL even if this operator stops meanwhile), ready
+    /// once filled. `all` branches clone it from then on.
+    fn make_golden_later(&self, state: &mut State, golden: String, from: GoldenSource, t: u64) {
+        let key = golden_key(&golden, &from.at);
+        if !self
+            .building
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.clone())
+        {
+            return;
+        }
+        state
+            .entries
+            .retain(|e| !(e.golden && e.info.branch == golden && e.server == from.at));
+        state.entries.push(Entry {
+            info: BranchInfo {
+                id: format!("golden:{golden}"),
+                kind: DbKind::Postgres,
+                source: from.source.clone(),
+                branch: golden.clone(),
+                mode: CopyMode::All,
+                owner: "remora-operator".into(),
+                target: from.target.clone(),
+                created_at: t,
+                expires_at: t + GOLDEN_TTL_SECS,
+                method: "being made".into(),
+            },
+            server: from.at.clone(),
+            env: BTreeMap::new(),
+            golden: true,
+            ready: false,
+            dir: None,
+        });
+        self.save(state);
+        let this = self.clone();
+        tokio::spawn(async move {
+            let dial = this.dialer(from.target.clone());
+            let (g, f, jobs) = (golden.clone(), from.clone(), this.settings.jobs);
+            let started = std::time::Instant::now();
+            let made = tokio::task::spawn_blocking(move || {
+                let dial = |program: &str| match &f.clients {
+                    Some(c) => dial(&c.program(program).to_string_lossy()),
+                    None => dial(program),
+                };
+                let plan = engine::Plan {
+                    reader: &f.reader,
+                    source: &f.source,
+                    at: &f.at,
+                    branch: &g,
+                    mode: CopyMode::All,
+                    filters: &BTreeMap::new(),
+                    golden: None,
+                    jobs,
+                };
+                engine::make_golden(&dial, &plan, &g)
+            })
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()));
+            let mut state = this.state.lock().await;
+            let mine = |e: &Entry| e.golden && e.info.branch == golden && e.server == from.at;
+            match made {
+                Ok(method) => {
+                    let millis = started.elapsed().as_millis();
+                    tracing::info!(%golden, millis, %method, "golden copy ready");
+                    if let Some(entry) = state.entries.iter_mut().find(|e| mine(e)) {
+                        entry.ready = true;
+                        entry.info.expires_at = now() + GOLDEN_TTL_SECS;
+                        entry.info.method = method;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(%golden, error = %e, "cannot make the golden copy; branches are filled directly");
+                    state.entries.retain(|e| !mine(e));
+                }
+            }
+            this.building
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&key);
+            this.save(&state);
+        });
+    }
+
     /// The MariaDB fast path: a `mariadb-backup` golden copy of the source
     /// in `fast.workdir` (made again when older than [`GOLDEN_TTL_SECS`]),
     /// and the branch its reflinked copy served by its own `mariadbd`. The
@@ -569,6 +704,7 @@ impl Branches {
                 server: src.server.clone(),
                 env: BTreeMap::new(),
                 golden: true,
+                ready: true,
                 dir: Some(golden_dir.clone()),
             });
         }
@@ -610,6 +746,7 @@ impl Branches {
                 server: at,
                 env: vars.clone(),
                 golden: false,
+                ready: true,
                 dir: Some(branch_dir),
             },
             vars,

@@ -64,13 +64,6 @@ pub trait Platform: Send + Sync + std::fmt::Debug + 'static {
     /// [`crate::Error::AgentStart`] with a user-facing reason.
     fn start_agent(&self, target: &ResolvedTarget) -> BoxFuture<'static, Result<StartedAgent>>;
 
-    /// The target's environment, as the target sees it (database branches
-    /// read their connection settings from it).
-    ///
-    /// # Errors
-    /// [`crate::Error::Target`] when it cannot be read.
-    fn target_env(&self, target: &ResolvedTarget) -> Result<BTreeMap<String, String>>;
-
     /// The labels of `target`'s object, for policies that select targets
     /// by label; `None` when the platform has none or they cannot be read
     /// now (such policies then apply whatever the labels).

@@ -2,7 +2,9 @@
 //! session's own connection to its target's agent, with the operator's
 //! rules applied on the way.
 //!
-//! * client → agent: session control requests are answered here; files the
+//! * client → agent: session control and database requests are answered
+//!   here (a branch reads the target's environment from the agent, with an
+//!   operator request id the client never sees); files the
 //!   policies hide are answered `NotFound`; outgoing connects and incoming
 //!   subscriptions are checked against the policies, then subscriptions
 //!   against the [filter registry](crate::registry); everything else passes
@@ -23,6 +25,8 @@ use remora_protocol::incoming::{
     HttpFilter, IncomingClient, IncomingMode, IncomingServer, RemotePort,
 };
 use remora_protocol::outgoing::{OutgoingClient, OutgoingServer};
+use remora_protocol::db::DbRequest;
+use remora_protocol::env::EnvRequest;
 use remora_protocol::session::{LogLevel, SessionPolicy, SessionReply, SessionRequest};
 use remora_protocol::{
     Capabilities, ClientMessage, CodecError, ErrorCode, RemoteError, RemoteResult, Request,
@@ -38,6 +42,9 @@ pub const OUTBOUND_CAPACITY: usize = 256;
 /// Request ids the operator uses on a session's agent connection (its own
 /// pings); clients count theirs up from 1, far below.
 pub const OPERATOR_REQUEST_BASE: u64 = 1 << 63;
+/// How long the operator waits for the agent's answer to its own request
+/// (the target's environment, for database branches).
+pub const ASK_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a takeover waits for the previous holder's agent to let go.
 pub const EVICT_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long the last frames get to reach a closing client.
@@ -105,6 +112,9 @@ struct Shared {
     learned: Vec<LearnedBlock>,
     /// The operator's own requests on the agent connection.
     pings: HashMap<RequestId, oneshot::Sender<()>>,
+    /// The operator's own requests whose answers it reads (the target's
+    /// environment, for database branches).
+    asks: HashMap<RequestId, oneshot::Sender<RemoteResult<Response>>>,
     next_ping: u64,
     /// Messages already shown to the user (each policy hit once).
     told: HashSet<String>,
@@ -399,15 +409,7 @@ impl Relay {
             }
             Request::Db(db) => {
                 let result = match &self.ctx.branches {
-                    Some(branches) => {
-                        let target = crate::platform::ResolvedTarget {
-                            name: self.ctx.target.clone(),
-                        };
-                        branches
-                            .handle(db.clone(), &self.ctx.user, Some(&target))
-                            .await
-                            .map(Response::Db)
-                    }
+                    Some(branches) => self.branch_request(branches, db.clone()).await,
                     None => Err(RemoteError::new(
                         ErrorCode::Unsupported,
                         "this operator makes no database branches",
@@ -670,6 +672,69 @@ impl Relay {
             .await;
     }
 
+    /// A database request of this session. Branches read their connection
+    /// settings from the target's environment as its agent reads it.
+    async fn branch_request(
+        &self,
+        branches: &crate::branches::Branches,
+        db: DbRequest,
+    ) -> RemoteResult<Response> {
+        let target = crate::platform::ResolvedTarget {
+            name: self.ctx.target.clone(),
+        };
+        let env = match &db {
+            DbRequest::Branch(_) => Some(self.target_env().await?),
+            _ => None,
+        };
+        let session = env.as_ref().map(|env| crate::branches::SessionTarget {
+            target: &target,
+            env,
+        });
+        branches
+            .handle(db, &self.ctx.user, session)
+            .await
+            .map(Response::Db)
+    }
+
+    /// The target's whole environment, asked of the agent by the operator
+    /// (no policy withholds anything from the operator itself).
+    async fn target_env(&self) -> RemoteResult<std::collections::BTreeMap<String, String>> {
+        let unavailable = |why: String| {
+            RemoteError::new(
+                ErrorCode::Unavailable,
+                format!("reading the environment of {}: {why}", self.ctx.target),
+            )
+        };
+        let (done, answer) = oneshot::channel();
+        let id = {
+            let mut shared = self.shared();
+            shared.next_ping += 1;
+            let id = RequestId(OPERATOR_REQUEST_BASE + shared.next_ping);
+            shared.asks.insert(id, done);
+            id
+        };
+        let request = Request::Env(EnvRequest {
+            include: Vec::new(),
+            exclude: Vec::new(),
+        });
+        if !self.to_agent(ClientMessage::Request { id, request }).await {
+            self.shared().asks.remove(&id);
+            return Err(unavailable("the agent connection closed".into()));
+        }
+        let answered = tokio::time::timeout(ASK_TIMEOUT, answer).await;
+        self.shared().asks.remove(&id);
+        match answered {
+            Ok(Ok(Ok(Response::Env(reply)))) => Ok(reply.vars),
+            Ok(Ok(Ok(other))) => Err(unavailable(format!("unexpected answer {other:?}"))),
+            Ok(Ok(Err(e))) => Err(unavailable(e.message)),
+            Ok(Err(_)) => Err(unavailable("the agent connection closed".into())),
+            Err(_) => Err(unavailable(format!(
+                "the agent did not answer within {}s",
+                ASK_TIMEOUT.as_secs()
+            ))),
+        }
+    }
+
     async fn downstream<R>(self, frames: &mut R) -> Ended
     where
         R: Stream<Item = Result<ServerMessage, CodecError>> + Unpin,
@@ -682,9 +747,12 @@ impl Relay {
                 Some(Ok(message)) => message,
             };
             match &mut message {
-                ServerMessage::Response { id, .. } if id.0 >= OPERATOR_REQUEST_BASE => {
+                ServerMessage::Response { id, result } if id.0 >= OPERATOR_REQUEST_BASE => {
                     if let Some(done) = self.shared().pings.remove(id) {
                         let _ = done.send(());
+                    }
+                    if let Some(asked) = self.shared().asks.remove(id) {
+                        let _ = asked.send(result.clone());
                     }
                     continue;
                 }

@@ -8,39 +8,13 @@
 //! (127.0.0.1:3306, root without password), as `scripts/setup.sh` sets up.
 //! Every database a test makes is dropped on the way out, also on failure.
 
-use remora_tests::db::{Workload, XfsMount, dump_checksum};
+use remora_tests::db::{MariaServer, Workload, XfsMount, dump_checksum, psql, wait_golden_ready};
 use remora_tests::fixtures;
 use remora_tests::operator::OperatorProcess;
 use remora_tests::pg18::Pg18;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
-
-fn psql(db: &str, sql: &str) -> String {
-    let out = Command::new("psql")
-        .args([
-            "-X",
-            "-h",
-            "127.0.0.1",
-            "-U",
-            "postgres",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-At",
-            "-d",
-            db,
-            "-c",
-            sql,
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "psql {sql}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
 
 fn maria(sql: &str) -> String {
     let out = Command::new("mariadb")
@@ -280,6 +254,14 @@ fn postgres_branches_keep_the_source_intact_and_follow_modes_ids_and_ttls() {
         &all,
         "psql -X -At \"$DATABASE_URL\" -c 'SELECT count(*) FROM orders' -c 'SELECT current_database()' && psql -X -q \"$DATABASE_URL\" -c 'DELETE FROM orders'",
     );
+    // The first is filled directly; the golden copy is made after it, in
+    // the background, and the next ones clone it.
+    assert!(
+        String::from_utf8_lossy(&first.stderr).contains("golden copy for the next branches"),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    wait_golden_ready(&state, Duration::from_secs(60)).unwrap();
     let second = run(
         &op,
         &target,
@@ -875,4 +857,227 @@ fn walk_size(dir: &Path) -> u64 {
             Err(_) => 0,
         })
         .sum()
+}
+
+/// Drops MariaDB users on the way out.
+struct DropMariaUsers(Vec<String>);
+
+impl Drop for DropMariaUsers {
+    fn drop(&mut self) {
+        for user in &self.0 {
+            let _ = maria(&format!("DROP USER IF EXISTS '{user}'@'%'"));
+        }
+    }
+}
+
+/// A shell prelude giving `m`: the `mariadb` client connected to the
+/// session's `DATABASE_URL` (host 127.0.0.1), whatever its port and user.
+const MARIA_CLIENT: &str = "eval \"$(python3 -c 'import os, urllib.parse as u; \
+     p = u.urlparse(os.environ[\"DATABASE_URL\"]); \
+     print(\"P=%s D=%s U=%s W=%s\" % (p.port, p.path[1:], p.username, p.password or \"\"))')\"; \
+     m() { MYSQL_PWD=$W mariadb -h127.0.0.1 -P$P -u$U --protocol=tcp -N --batch $D \"$@\"; }; ";
+
+#[test]
+fn mariadb_without_create_rights_branches_on_a_branch_server() {
+    let prefix = format!("dbbmsrv{}", std::process::id());
+    let source = format!("{prefix}shop");
+    let app = format!("{prefix}app");
+    let dir = temp_dir("msrv");
+    let _cleanup = Cleanup {
+        postgres: false,
+        prefix: prefix.clone(),
+        dirs: vec![dir.clone()],
+    };
+    let _users = DropMariaUsers(vec![app.clone()]);
+    // The application may use its database, and create none.
+    maria(&format!(
+        "CREATE DATABASE `{source}`; USE `{source}`;
+         CREATE TABLE users (id int PRIMARY KEY, org_id int, name text);
+         CREATE TABLE orders (id int PRIMARY KEY, user_id int, total int);
+         INSERT INTO users SELECT seq, seq % 10, CONCAT('u', seq) FROM seq_1_to_100;
+         INSERT INTO orders SELECT seq, seq, seq * 3 FROM seq_1_to_100;
+         CREATE USER '{app}'@'%' IDENTIFIED BY 'app-pw';
+         GRANT ALL PRIVILEGES ON `{source}`.* TO '{app}'@'%';"
+    ));
+    let checksum = || {
+        maria(&format!(
+            "CHECKSUM TABLE `{source}`.users, `{source}`.orders EXTENDED"
+        ))
+    };
+    let before = checksum();
+    let url = format!("mysql://{app}:app-pw@127.0.0.1:3306/{source}");
+    let target = Workload::start(&[("DATABASE_URL", &url)]);
+    let id = format!("{prefix}-b");
+    let all = config(
+        &dir,
+        "all.toml",
+        &format!(
+            "[[db_branches]]\ntype = \"mysql\"\nname = \"{source}\"\n\
+             connection = {{ url = {{ env = \"DATABASE_URL\" }} }}\ncopy = {{ mode = \"all\" }}\n\
+             ttl = \"10m\"\nid = \"{id}\"\n"
+        ),
+    );
+
+    // No branch server configured: refused before the program starts.
+    let op = OperatorProcess::start(None).unwrap();
+    let out = run(&op, &target, "alice", &all, "echo started");
+    assert!(!out.status.success());
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("started"));
+    let text = flat(&out);
+    assert!(
+        text.contains(&format!("{app}maynotcreatedatabaseson127.0.0.1:3306")),
+        "{text}"
+    );
+    drop(op);
+
+    // A second MariaDB 10.11 server as the branch server: the branch is
+    // made there and the session's URL points at it.
+    let server = MariaServer::start("branch-server").unwrap();
+    let db_config = config(
+        &dir,
+        "db.toml",
+        &format!(
+            "[[branch_server]]\ntype = \"mysql\"\nurl = \"mysql://root@127.0.0.1:{}/mysql\"\n",
+            server.port()
+        ),
+    );
+    let op =
+        OperatorProcess::start_with(None, &["--db-config", db_config.to_str().unwrap()]).unwrap();
+    let out = run(
+        &op,
+        &target,
+        "alice",
+        &all,
+        &format!(
+            "{MARIA_CLIENT}m -e 'SELECT count(*) FROM orders; SELECT @@port; SELECT DATABASE()' \
+             && m -e 'DROP TABLE orders; DELETE FROM users'"
+        ),
+    );
+    let text = ok(&out);
+    let branch_db = format!("remora_{source}_{}", id.replace('-', "_"));
+    let port = server.port().to_string();
+    assert_eq!(
+        text.lines().collect::<Vec<_>>(),
+        ["100", port.as_str(), branch_db.as_str()],
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("on the branch server 127.0.0.1:{port}")),
+        "{stderr}"
+    );
+    assert_eq!(
+        server
+            .sql(&format!(
+                "SELECT count(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = '{branch_db}'"
+            ))
+            .unwrap(),
+        "1"
+    );
+    assert_eq!(
+        maria(&format!(
+            "SELECT count(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = '{branch_db}'"
+        )),
+        "0",
+        "the branch was made on the source's server"
+    );
+    assert_eq!(checksum(), before, "the source changed");
+    // Dropped on the branch server.
+    let out = op
+        .remora("alice")
+        .unwrap()
+        .args(["db", "rm", &id])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        server
+            .sql(&format!(
+                "SELECT count(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = '{branch_db}'"
+            ))
+            .unwrap(),
+        "0"
+    );
+}
+
+#[test]
+fn mariadb_sources_are_read_through_the_configured_read_only_role() {
+    let prefix = format!("dbbmro{}", std::process::id());
+    let source = format!("{prefix}shop");
+    let (app, reader) = (format!("{prefix}app"), format!("{prefix}rd"));
+    let dir = temp_dir("mro");
+    let _cleanup = Cleanup {
+        postgres: false,
+        prefix: prefix.clone(),
+        dirs: vec![dir.clone()],
+    };
+    let _users = DropMariaUsers(vec![app.clone(), reader.clone()]);
+    // The application may create its branches but not read `secrets`; the
+    // read-only user may read every table of the source and nothing else.
+    maria(&format!(
+        "CREATE DATABASE `{source}`; USE `{source}`;
+         CREATE TABLE users (id int PRIMARY KEY, name text);
+         CREATE TABLE secrets (id int PRIMARY KEY, value text);
+         INSERT INTO users SELECT seq, CONCAT('u', seq) FROM seq_1_to_20;
+         INSERT INTO secrets SELECT seq, MD5(seq) FROM seq_1_to_30;
+         CREATE USER '{app}'@'%' IDENTIFIED BY 'app-pw';
+         GRANT SELECT ON `{source}`.users TO '{app}'@'%';
+         GRANT ALL PRIVILEGES ON `remora\\_{prefix}%`.* TO '{app}'@'%';
+         CREATE USER '{reader}'@'%' IDENTIFIED BY 'reader-pw';
+         GRANT SELECT, SHOW VIEW, TRIGGER ON `{source}`.* TO '{reader}'@'%';"
+    ));
+    let checksum = || {
+        maria(&format!(
+            "CHECKSUM TABLE `{source}`.users, `{source}`.secrets EXTENDED"
+        ))
+    };
+    let before = checksum();
+    let url = format!("mysql://{app}:app-pw@127.0.0.1:3306/{source}");
+    let target = Workload::start(&[("DATABASE_URL", &url)]);
+    let all = config(
+        &dir,
+        "all.toml",
+        &format!(
+            "[[db_branches]]\ntype = \"mysql\"\nname = \"{source}\"\n\
+             connection = {{ url = {{ env = \"DATABASE_URL\" }} }}\ncopy = {{ mode = \"all\" }}\n\
+             ttl = \"10m\"\n"
+        ),
+    );
+    let script = format!("{MARIA_CLIENT}m -e 'SELECT count(*) FROM secrets; SELECT CURRENT_USER()'");
+
+    // Without a read-only user the source is read with the application's
+    // credentials: mariadb-dump does not even list `secrets`, so the
+    // branch has no such table.
+    let op = OperatorProcess::start(None).unwrap();
+    let out = run(&op, &target, "alice", &all, &script);
+    assert!(!out.status.success());
+    let text = flat(&out);
+    assert!(text.contains("secrets'doesn'texist"), "{text}");
+    drop(op);
+
+    // With one, every read of the source logs in as it; the branch is still
+    // made by the application's user, on the source's server.
+    let db_config = config(
+        &dir,
+        "db.toml",
+        &format!(
+            "[[read_only_role]]\ntype = \"mysql\"\nserver = \"127.0.0.1:3306\"\n\
+             user = \"{reader}\"\npassword_env = \"TEST_READER_PW\"\n"
+        ),
+    );
+    let op = OperatorProcess::start_with_env(
+        None,
+        &["--db-config", db_config.to_str().unwrap()],
+        &[("TEST_READER_PW", "reader-pw")],
+    )
+    .unwrap();
+    let out = run(&op, &target, "alice", &all, &script);
+    assert_eq!(
+        ok(&out).lines().collect::<Vec<_>>(),
+        ["30", format!("{app}@%").as_str()],
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(checksum(), before, "the source changed");
 }

@@ -7,7 +7,7 @@
 //! unchanged after a destructive migration on the branch. Without a client
 //! new enough the session is refused with both versions named.
 
-use remora_tests::db::{Workload, dump_checksum};
+use remora_tests::db::{Workload, dump_checksum, wait_golden_ready};
 use remora_tests::operator::OperatorProcess;
 use remora_tests::pg18::Pg18;
 use std::path::{Path, PathBuf};
@@ -92,15 +92,30 @@ fn postgres18_all_branches_are_reflinked_clones_and_the_source_stays_intact() {
     assert!(flat.contains("--pg-bindirDIR"), "{stderr}");
     drop(old);
 
-    let op = OperatorProcess::start_with(None, &["--pg-bindir", bindir.to_str().unwrap()]).unwrap();
+    let state = dir.0.join("state");
+    let op = OperatorProcess::start_with(
+        None,
+        &[
+            "--pg-bindir",
+            bindir.to_str().unwrap(),
+            "--state-dir",
+            state.to_str().unwrap(),
+        ],
+    )
+    .unwrap();
     let all = config(&dir.0, "all");
     let count = "psql -X -At -d \"$DATABASE_URL\" -c 'SELECT count(*) FROM users'";
-    // The first branch makes the golden copy (pg_dump | psql), then clones it.
+    // The first branch is filled by pg_dump | psql; the golden copy is made
+    // after it, in the background.
     let first = run(&op, &target, &all, count);
     let stderr = String::from_utf8_lossy(&first.stderr);
     assert!(first.status.success(), "{stderr}");
     assert_eq!(String::from_utf8_lossy(&first.stdout).trim(), "250000");
-    assert!(stderr.contains("file_copy_method = clone"), "{stderr}");
+    assert!(
+        stderr.contains("pg_dump | psql (the golden copy for the next branches is being made)"),
+        "{stderr}"
+    );
+    wait_golden_ready(&state, std::time::Duration::from_secs(120)).unwrap();
 
     // The second is a clone of the live golden copy: it takes a fraction of
     // the source's size on disk, and a destructive migration on it leaves

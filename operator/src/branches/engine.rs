@@ -33,9 +33,9 @@ pub struct Plan<'a> {
     pub branch: &'a str,
     pub mode: CopyMode,
     pub filters: &'a BTreeMap<String, String>,
-    /// PostgreSQL `all` without filters: clone this golden copy (made first
-    /// when `fresh_golden` is false).
-    pub golden: Option<(&'a str, bool)>,
+    /// PostgreSQL `all` without filters: clone this golden copy (made
+    /// before by [`make_golden`]) instead of filling the branch.
+    pub golden: Option<&'a str>,
     /// Parallel jobs of `pg_dump -Fd` / `pg_restore` (PostgreSQL `all`).
     pub jobs: usize,
 }
@@ -51,9 +51,17 @@ fn client(dial: Dial<'_>, server: &Server, program: &str, read_only: bool) -> Co
             if let Some(pw) = &server.password {
                 cmd.env("PGPASSWORD", pw);
             }
-            if read_only {
-                cmd.env("PGOPTIONS", "-c default_transaction_read_only=on");
-            }
+            // Reads of the source are read-only transactions; writes into
+            // a branch do not wait for their WAL to reach the disk (a crash
+            // loses the branch being made, which is dropped anyway).
+            cmd.env(
+                "PGOPTIONS",
+                if read_only {
+                    "-c default_transaction_read_only=on"
+                } else {
+                    "-c synchronous_commit=off"
+                },
+            );
         }
         DbKind::Mysql => {
             cmd.arg(format!("--host={}", server.host))
@@ -392,15 +400,22 @@ fn pg_restore(dial: Dial<'_>, at: &Server, into: &str, dir: &Path, jobs: usize) 
 }
 
 /// Fill the plan's source into the database `into` on `plan.at` (which
-/// exists and is empty), in `mode`.
-fn fill(dial: Dial<'_>, plan: &Plan<'_>, into: &str, mode: CopyMode) -> Result<(), String> {
+/// exists and is empty), in `mode`; PostgreSQL `all` by the parallel dump
+/// and restore when `parallel` (see [`parallel_pays`]).
+fn fill(
+    dial: Dial<'_>,
+    plan: &Plan<'_>,
+    into: &str,
+    mode: CopyMode,
+    parallel: bool,
+) -> Result<(), String> {
     if mode == CopyMode::Empty {
         return Ok(());
     }
     let (reader, at, source, filters) = (plan.reader, plan.at, plan.source, plan.filters);
     let what = format!("copying {source} into {into}");
     match reader.kind {
-        DbKind::Postgres if mode == CopyMode::All => {
+        DbKind::Postgres if mode == CopyMode::All && parallel => {
             // Parallel: a directory-format dump in one snapshot, restored by
             // as many jobs: tables and rows first, then the filtered rows,
             // then indexes and constraints.
@@ -428,6 +443,17 @@ fn fill(dial: Dial<'_>, plan: &Plan<'_>, into: &str, mode: CopyMode) -> Result<(
                 restore,
                 &format!("{what} (pg_restore, indexes and constraints)"),
             )?;
+        }
+        DbKind::Postgres if mode == CopyMode::All => {
+            // One table (or one job): the plain pipe, as `pg_dump | psql`;
+            // no dump directory written and read back.
+            let mut dump = client(dial, reader, "pg_dump", true);
+            dump.args(["--no-owner", "--no-privileges", "-d", source]);
+            for table in filters.keys() {
+                dump.arg(format!("--exclude-table-data={table}"));
+            }
+            pipe(dump, psql(dial, at, into, false), &what)?;
+            copy_filtered_pg(dial, plan, into, &what)?;
         }
         DbKind::Postgres => {
             let mut dump = client(dial, reader, "pg_dump", true);
@@ -494,6 +520,40 @@ fn fill(dial: Dial<'_>, plan: &Plan<'_>, into: &str, mode: CopyMode) -> Result<(
     Ok(())
 }
 
+/// The tables (plain tables and materialized views: what holds rows) of
+/// the plan's source.
+fn pg_table_count(dial: Dial<'_>, plan: &Plan<'_>) -> Result<u64, String> {
+    let mut cmd = psql(dial, plan.reader, plan.source, true);
+    cmd.args([
+        "-At",
+        "-c",
+        "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE c.relkind IN ('r', 'm') AND n.nspname <> 'information_schema' \
+         AND n.nspname NOT LIKE 'pg\\_%'",
+    ]);
+    let out = run(cmd, &format!("counting the tables of {}", plan.source))?;
+    out.trim()
+        .parse()
+        .map_err(|_| format!("counting the tables of {}: {out:?}", plan.source))
+}
+
+/// Whether a PostgreSQL `all` copy goes through the parallel dump and
+/// restore: only with several jobs and several tables (`pg_dump -j` splits
+/// by table; for one table the directory is only written and read back,
+/// and the plain pipe is faster: docs/benchmarks.md).
+fn parallel_pays(dial: Dial<'_>, plan: &Plan<'_>) -> Result<bool, String> {
+    Ok(plan.jobs > 1 && pg_table_count(dial, plan)? > 1)
+}
+
+/// How [`fill`] copies everything, for the user.
+fn all_method(parallel: bool, jobs: usize) -> String {
+    if parallel {
+        format!("pg_dump -Fd -Z0 -j {jobs} + pg_restore -j {jobs}")
+    } else {
+        "pg_dump | psql".to_owned()
+    }
+}
+
 /// PostgreSQL: copy each filtered table's chosen rows into `into`.
 fn copy_filtered_pg(dial: Dial<'_>, plan: &Plan<'_>, into: &str, what: &str) -> Result<(), String> {
     for (table, filter) in plan.filters {
@@ -521,35 +581,42 @@ pub fn create(dial: Dial<'_>, plan: &Plan<'_>) -> Result<String, String> {
     result
 }
 
+/// Make (again) the golden copy `golden` of the plan's source on
+/// `plan.at`, a full copy that later `all` branches clone; returns how it
+/// was filled.
+///
+/// # Errors
+/// A user-facing reason; a half-made copy is dropped again.
+pub fn make_golden(dial: Dial<'_>, plan: &Plan<'_>, golden: &str) -> Result<String, String> {
+    let at = plan.at;
+    drop_database(dial, at, golden)?;
+    create_empty(dial, at, golden, None)?;
+    let parallel = parallel_pays(dial, plan)?;
+    let method = all_method(parallel, plan.jobs.max(1));
+    if let Err(e) = fill(dial, plan, golden, CopyMode::All, parallel) {
+        let _ = drop_database(dial, at, golden);
+        return Err(e);
+    }
+    Ok(method)
+}
+
 fn create_inner(dial: Dial<'_>, plan: &Plan<'_>) -> Result<String, String> {
     let at = plan.at;
-    let jobs = plan.jobs.max(1);
-    let parallel = format!("pg_dump -Fd -Z0 -j {jobs} + pg_restore -j {jobs}");
-    if let Some((golden, fresh)) = plan.golden {
-        if !fresh {
-            drop_database(dial, at, golden)?;
-            create_empty(dial, at, golden, None)?;
-            if let Err(e) = fill(dial, plan, golden, CopyMode::All) {
-                let _ = drop_database(dial, at, golden);
-                return Err(e);
-            }
-        }
+    if let Some(golden) = plan.golden {
         create_empty(dial, at, plan.branch, Some(golden))?;
-        let refreshed = if fresh {
-            String::new()
-        } else {
-            format!(" (golden copy refreshed by {parallel} first)")
-        };
         let method = match file_copy_method(dial, at).as_str() {
             "" => String::new(),
             m => format!(" (file_copy_method = {m})"),
         };
         return Ok(format!(
-            "CREATE DATABASE … TEMPLATE {golden} STRATEGY FILE_COPY{method}{refreshed}"
+            "CREATE DATABASE … TEMPLATE {golden} STRATEGY FILE_COPY{method}"
         ));
     }
+    let parallel = at.kind == DbKind::Postgres
+        && plan.mode == CopyMode::All
+        && parallel_pays(dial, plan)?;
     create_empty(dial, at, plan.branch, None)?;
-    fill(dial, plan, plan.branch, plan.mode)?;
+    fill(dial, plan, plan.branch, plan.mode, parallel)?;
     let filtered = if plan.filters.is_empty() {
         ""
     } else {
@@ -558,7 +625,9 @@ fn create_inner(dial: Dial<'_>, plan: &Plan<'_>) -> Result<String, String> {
     Ok(match (at.kind, plan.mode) {
         (_, CopyMode::Empty) => "empty database".to_owned(),
         (DbKind::Postgres, CopyMode::Schema) => format!("pg_dump --schema-only | psql{filtered}"),
-        (DbKind::Postgres, CopyMode::All) => format!("{parallel}{filtered}"),
+        (DbKind::Postgres, CopyMode::All) => {
+            format!("{}{filtered}", all_method(parallel, plan.jobs.max(1)))
+        }
         (DbKind::Mysql, CopyMode::Schema) => format!("mariadb-dump --no-data | mariadb{filtered}"),
         (DbKind::Mysql, CopyMode::All) => format!("mariadb-dump | mariadb{filtered}"),
     })

@@ -229,27 +229,6 @@ impl Platform for LocalPlatform {
         "local"
     }
 
-    fn target_env(
-        &self,
-        target: &ResolvedTarget,
-    ) -> Result<std::collections::BTreeMap<String, String>> {
-        let error = |reason: String| Error::Target {
-            target: target.name.clone(),
-            reason,
-        };
-        let pid = parse_pid_target(&target.name).map_err(error)?;
-        let raw = std::fs::read(format!("/proc/{pid}/environ"))
-            .map_err(|e| error(format!("reading its environment: {e}")))?;
-        Ok(raw
-            .split(|b| *b == 0)
-            .filter_map(|entry| {
-                let entry = String::from_utf8_lossy(entry);
-                let (name, value) = entry.split_once('=')?;
-                Some((name.to_owned(), value.to_owned()))
-            })
-            .collect())
-    }
-
     fn dial(&self, target: &str, program: &str) -> Command {
         // Enter the target's network namespace only when it is not ours:
         // nsenter needs privileges the operator may lack for same-netns targets.

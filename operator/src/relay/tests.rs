@@ -23,6 +23,15 @@ struct Session {
 }
 
 fn start(user: &str, sessions: &Sessions, policies: PolicyStore) -> Session {
+    start_with(user, sessions, policies, None)
+}
+
+fn start_with(
+    user: &str,
+    sessions: &Sessions,
+    policies: PolicyStore,
+    branches: Option<crate::branches::Branches>,
+) -> Session {
     let (client, relay_client) = tokio::io::duplex(1 << 16);
     let (agent, relay_agent) = tokio::io::duplex(1 << 16);
     let (client_sink, client_stream) = Framed::new(
@@ -43,7 +52,7 @@ fn start(user: &str, sessions: &Sessions, policies: PolicyStore) -> Session {
         sessions: sessions.clone(),
         policies,
         agent_capabilities: Capabilities::ALL,
-        branches: None,
+        branches,
         queue_splitter: None,
         grants: Default::default(),
     };
@@ -531,4 +540,91 @@ fn the_question_of_a_dns_reply_is_read_for_outgoing_block() {
     let mut none = msg.clone();
     none[5] = 0;
     assert_eq!(question_name(&none), None);
+}
+
+/// A platform that starts no agents (branch requests need only `dial`).
+#[derive(Debug)]
+struct NoAgents;
+
+impl crate::platform::Platform for NoAgents {
+    fn name(&self) -> &'static str {
+        "test"
+    }
+    fn resolve(&self, target: &str) -> crate::Result<crate::platform::ResolvedTarget> {
+        Ok(crate::platform::ResolvedTarget {
+            name: target.to_owned(),
+        })
+    }
+    fn start_agent(
+        &self,
+        _: &crate::platform::ResolvedTarget,
+    ) -> futures::future::BoxFuture<'static, crate::Result<crate::platform::StartedAgent>> {
+        Box::pin(async { Err(crate::Error::Unsupported("no agents here".into())) })
+    }
+    fn dial(&self, _: &str, program: &str) -> std::process::Command {
+        std::process::Command::new(program)
+    }
+}
+
+#[tokio::test]
+async fn a_branch_reads_the_targets_environment_from_its_agent_under_an_operator_id() {
+    use remora_protocol::db::{BranchSpec, CopyMode, DbConnection, DbKind, DbRequest};
+    let sessions = Sessions::default();
+    let branches = crate::branches::Branches::start(
+        Arc::new(NoAgents),
+        None,
+        Vec::new(),
+        crate::branches::settings::DbSettings::default(),
+        tokio_util::sync::CancellationToken::new(),
+    );
+    let mut s = start_with("alice", &sessions, PolicyStore::empty(), Some(branches));
+    let spec = BranchSpec {
+        kind: DbKind::Postgres,
+        name: "shop".into(),
+        connection: DbConnection::Url {
+            env: "DATABASE_URL".into(),
+        },
+        mode: CopyMode::Schema,
+        filters: BTreeMap::new(),
+        ttl_secs: 60,
+        id: None,
+    };
+    let request = Request::Db(DbRequest::Branch(vec![spec]));
+    s.client
+        .send(ClientMessage::Request {
+            id: RequestId(1),
+            request,
+        })
+        .await
+        .unwrap();
+    // The operator asks the agent for the whole environment, with an id
+    // of its own.
+    let id = match next(&mut s.agent).await {
+        ClientMessage::Request {
+            id,
+            request: Request::Env(EnvRequest { include, exclude }),
+        } if include.is_empty() && exclude.is_empty() => id,
+        other => panic!("{other:?}"),
+    };
+    assert!(id.0 >= OPERATOR_REQUEST_BASE, "{id:?}");
+    let vars = BTreeMap::from([("DATABASE_URL".to_owned(), "not-a-url".to_owned())]);
+    s.agent
+        .send(ServerMessage::Response {
+            id,
+            result: Ok(Response::Env(EnvReply { vars })),
+        })
+        .await
+        .unwrap();
+    // The client gets only the branch's answer, made from that
+    // environment: the variable was found, its value is no URL.
+    match next_reply(&mut s).await {
+        ServerMessage::Response {
+            id: RequestId(1),
+            result: Err(e),
+        } => {
+            assert_eq!(e.code, ErrorCode::InvalidInput, "{e:?}");
+            assert!(e.message.contains("DATABASE_URL: not a URL"), "{}", e.message);
+        }
+        other => panic!("{other:?}"),
+    }
 }

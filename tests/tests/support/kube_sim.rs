@@ -244,3 +244,91 @@ pub fn start_operator(sim: &Sim) -> (Reaped, String) {
         .to_owned();
     (operator, addr)
 }
+
+/// The namespace `install_operator` installs the operator in.
+pub const OPERATOR_NS: &str = "remora";
+
+/// The server URL of the sim's kubeconfig (`http://127.0.0.1:PORT`).
+pub fn api_port(sim: &Sim) -> String {
+    let text = std::fs::read_to_string(&sim.kubeconfig).unwrap();
+    let server = text
+        .lines()
+        .find_map(|l| l.trim_start().strip_prefix("server: "))
+        .unwrap();
+    server.rsplit(':').next().unwrap().to_owned()
+}
+
+/// Install the operator with its own manifests. Its pod has a network of
+/// its own, so it reaches the API server at the bridge's address (the
+/// `.1` of any pod's subnet) with a kubeconfig of its service account's
+/// token, mounted from a ConfigMap; it serves the targets of `default`.
+pub fn install_operator(sim: &Sim) {
+    let manifests = Command::new(bin_path("remora").unwrap())
+        .args(["operator", "manifests", "--namespace", OPERATOR_NS])
+        .output()
+        .unwrap();
+    assert!(manifests.status.success(), "{}", text(&manifests.stderr));
+    sim.apply(&text(&manifests.stdout));
+    // Any pod's address gives the subnet (not a hostNetwork pod's
+    // 127.0.0.1); the bridge is its .1.
+    let pod_ips = sim.kubectl(&[
+        "get",
+        "pods",
+        "-n",
+        "default",
+        "-o",
+        "jsonpath={.items[*].status.podIP}",
+    ]);
+    let pod_ip = pod_ips
+        .split_whitespace()
+        .find(|ip| !ip.starts_with("127."))
+        .expect("a pod of its own network runs already");
+    let (subnet, _) = pod_ip.rsplit_once('.').unwrap();
+    let kubeconfig = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: sim\n  cluster:\n    server: \
+         http://{subnet}.1:{port}\ncontexts:\n- name: sim\n  context:\n    cluster: sim\n    \
+         user: operator\n    namespace: default\ncurrent-context: sim\nusers:\n- name: \
+         operator\n  user:\n    token: remora-sim-sa:{OPERATOR_NS}:remora-operator\n",
+        port = api_port(sim)
+    );
+    // (kubectl create sends protobuf, which the sim does not read: apply.)
+    let configmap = serde_json::json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "operator-kubeconfig", "namespace": OPERATOR_NS},
+        "data": {"kubeconfig": kubeconfig},
+    });
+    sim.apply(&configmap.to_string());
+    // The manifests' Deployment as printed, plus the kubeconfig (a real
+    // cluster gives the in-cluster service account instead).
+    let patch = serde_json::json!({"spec": {"template": {"spec": {
+        "volumes": [{"name": "kubeconfig", "configMap": {"name": "operator-kubeconfig"}}],
+        "containers": [{
+            "name": "operator",
+            "args": ["serve", "--platform", "kubernetes", "--listen", "0.0.0.0:8443",
+                     "--kubeconfig", "/etc/remora-operator/kubeconfig", "--namespace", "default"],
+            "volumeMounts": [{"name": "kubeconfig", "mountPath": "/etc/remora-operator"}],
+        }],
+    }}}});
+    sim.kubectl(&[
+        "patch",
+        "deployment",
+        "remora-operator",
+        "-n",
+        OPERATOR_NS,
+        "--type=strategic",
+        "-p",
+        &patch.to_string(),
+    ]);
+    wait_operator_ready(sim);
+}
+
+pub fn wait_operator_ready(sim: &Sim) {
+    sim.kubectl(&[
+        "rollout",
+        "status",
+        "deployment/remora-operator",
+        "-n",
+        OPERATOR_NS,
+        "--timeout=120s",
+    ]);
+}
