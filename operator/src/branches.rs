@@ -355,8 +355,7 @@ impl Branches {
         let mut made = Vec::new();
         let mut session_env = BTreeMap::new();
         for spec in specs {
-            let src =
-                source::resolve(&spec, env).map_err(|e| error(ErrorCode::InvalidInput, e))?;
+            let src = source::resolve(&spec, env).map_err(|e| error(ErrorCode::InvalidInput, e))?;
             let t = now();
             let reuse = spec.id.as_ref().and_then(|id| {
                 state

@@ -21,12 +21,12 @@ use crate::policy::{Destination, LearnedBlock, PolicyStore, SubscribeCheck};
 use crate::registry::{ClaimRequest, describe};
 use crate::sessions::{SessionCommand, Sessions};
 use futures::{Sink, SinkExt, Stream, StreamExt};
+use remora_protocol::db::DbRequest;
+use remora_protocol::env::EnvRequest;
 use remora_protocol::incoming::{
     HttpFilter, IncomingClient, IncomingMode, IncomingServer, RemotePort,
 };
 use remora_protocol::outgoing::{OutgoingClient, OutgoingServer};
-use remora_protocol::db::DbRequest;
-use remora_protocol::env::EnvRequest;
 use remora_protocol::session::{LogLevel, SessionPolicy, SessionReply, SessionRequest};
 use remora_protocol::{
     Capabilities, ClientMessage, CodecError, ErrorCode, RemoteError, RemoteResult, Request,

@@ -43,7 +43,15 @@ impl Drop for Workload {
 /// psql fails.
 pub fn psql(db: &str, sql: &str) -> String {
     let out = Command::new("psql")
-        .args(["-X", "-h", "127.0.0.1", "-U", "postgres", "-v", "ON_ERROR_STOP=1"])
+        .args([
+            "-X",
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-v",
+            "ON_ERROR_STOP=1",
+        ])
         .args(["-At", "-d", db, "-c", sql])
         .output()
         .expect("running psql");

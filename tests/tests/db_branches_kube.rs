@@ -199,9 +199,11 @@ spec:
     assert_eq!(pg_checksum(&source), before, "the source changed");
 
     // `remora db ls|rm` through the installed operator.
-    let listed = ok(&remora_kube(&sim, &["db", "ls", "--operator", "kube", "--json"])
-        .output()
-        .unwrap());
+    let listed = ok(
+        &remora_kube(&sim, &["db", "ls", "--operator", "kube", "--json"])
+            .output()
+            .unwrap(),
+    );
     let listed: serde_json::Value = serde_json::from_str(&listed).unwrap();
     let entry = listed
         .as_array()
@@ -216,9 +218,11 @@ spec:
             .is_some_and(|t| t.ends_with("deployment/shop")),
         "{entry}"
     );
-    ok(&remora_kube(&sim, &["db", "rm", "--operator", "kube", "alice-k8s"])
-        .output()
-        .unwrap());
+    ok(
+        &remora_kube(&sim, &["db", "rm", "--operator", "kube", "alice-k8s"])
+            .output()
+            .unwrap(),
+    );
     assert_eq!(
         psql(
             "postgres",

@@ -990,7 +990,11 @@ fn mariadb_without_create_rights_branches_on_a_branch_server() {
         .args(["db", "rm", &id])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(
         server
             .sql(&format!(
@@ -1044,7 +1048,8 @@ fn mariadb_sources_are_read_through_the_configured_read_only_role() {
              ttl = \"10m\"\n"
         ),
     );
-    let script = format!("{MARIA_CLIENT}m -e 'SELECT count(*) FROM secrets; SELECT CURRENT_USER()'");
+    let script =
+        format!("{MARIA_CLIENT}m -e 'SELECT count(*) FROM secrets; SELECT CURRENT_USER()'");
 
     // Without a read-only user the source is read with the application's
     // credentials: mariadb-dump does not even list `secrets`, so the

@@ -612,9 +612,8 @@ fn create_inner(dial: Dial<'_>, plan: &Plan<'_>) -> Result<String, String> {
             "CREATE DATABASE … TEMPLATE {golden} STRATEGY FILE_COPY{method}"
         ));
     }
-    let parallel = at.kind == DbKind::Postgres
-        && plan.mode == CopyMode::All
-        && parallel_pays(dial, plan)?;
+    let parallel =
+        at.kind == DbKind::Postgres && plan.mode == CopyMode::All && parallel_pays(dial, plan)?;
     create_empty(dial, at, plan.branch, None)?;
     fill(dial, plan, plan.branch, plan.mode, parallel)?;
     let filtered = if plan.filters.is_empty() {

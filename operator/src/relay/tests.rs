@@ -623,7 +623,11 @@ async fn a_branch_reads_the_targets_environment_from_its_agent_under_an_operator
             result: Err(e),
         } => {
             assert_eq!(e.code, ErrorCode::InvalidInput, "{e:?}");
-            assert!(e.message.contains("DATABASE_URL: not a URL"), "{}", e.message);
+            assert!(
+                e.message.contains("DATABASE_URL: not a URL"),
+                "{}",
+                e.message
+            );
         }
         other => panic!("{other:?}"),
     }
