@@ -261,3 +261,18 @@ fn db_settings_parse_branch_servers_roles_and_jobs() {
     assert!(DbSettings::parse("bogus = 1", |_| None).is_err());
     assert!(DbSettings::parse("dump_jobs = 0", |_| None).is_err());
 }
+
+#[test]
+fn state_files_from_before_background_golden_copies_read_their_copies_as_ready() {
+    let old = r#"{"entries": [{
+        "info": {"id": "golden:remora_shop_golden", "kind": "Postgres", "source": "shop",
+                 "branch": "remora_shop_golden", "mode": "All", "owner": "remora-operator",
+                 "target": "pid/1", "created_at": 1, "expires_at": 2, "method": "m"},
+        "server": {"kind": "Postgres", "host": "127.0.0.1", "port": 5432, "user": "postgres",
+                   "password": null},
+        "env": {}, "golden": true}]}"#;
+    let state: State = serde_json::from_str(old).unwrap();
+    assert!(state.entries[0].ready);
+    let key = golden_key(&state.entries[0].info.branch, &state.entries[0].server);
+    assert_eq!(key, "remora_shop_golden@127.0.0.1:5432");
+}
