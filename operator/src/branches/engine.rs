@@ -597,6 +597,14 @@ pub fn make_golden(dial: Dial<'_>, plan: &Plan<'_>, golden: &str) -> Result<Stri
         let _ = drop_database(dial, at, golden);
         return Err(e);
     }
+    // `STRATEGY FILE_COPY` checkpoints first, which would write the whole
+    // fresh copy while the next branch waits: written now instead (where
+    // the credentials may: superuser, or `pg_checkpoint` from 15 on).
+    let mut checkpoint = psql(dial, at, "postgres", false);
+    checkpoint.args(["-c", "CHECKPOINT"]);
+    if run(checkpoint, "CHECKPOINT").is_ok() {
+        return Ok(format!("{method}, CHECKPOINT"));
+    }
     Ok(method)
 }
 
