@@ -12,8 +12,9 @@
 //! kubelet), makes the branch on the source's server from its own pod, and
 //! the local `psql` sees the rewritten URL and reaches the branch through
 //! the pod (the name resolved and the connection made there). A destructive
-//! migration on the branch leaves the source's dump unchanged; `remora db
-//! ls|rm --operator kube` list and drop the branch.
+//! migration on the branch leaves the source's dump unchanged; a second
+//! session in mode `all` gets every row; `remora db ls|rm --operator kube`
+//! list and drop a branch.
 //!
 //! Needs root, the machine's PostgreSQL (as `scripts/setup.sh` sets it up)
 //! and the workspace binaries `remora`, `remora-operator`, `remora-agent`,
@@ -195,6 +196,39 @@ spec:
             &format!("SELECT count(*) FROM pg_database WHERE datname = '{branch}'")
         ),
         "1"
+    );
+    assert_eq!(pg_checksum(&source), before, "the source changed");
+
+    // Mode `all`: every row, dumped and restored from the operator's pod.
+    let all = sim.dir.path().join("all.toml");
+    std::fs::write(
+        &all,
+        format!(
+            "[[db_branches]]\ntype = \"postgres\"\nname = \"{source}\"\n\
+             connection = {{ url = {{ env = \"DATABASE_URL\" }} }}\n\
+             copy = {{ mode = \"all\" }}\nttl = \"10m\"\nid = \"alice-all\"\n"
+        ),
+    )
+    .unwrap();
+    let out = remora_kube(&sim, &["run", "--operator", "kube", "-f"])
+        .arg(&all)
+        .args(["-t", "deployment/shop", "--", "sh", "-c"])
+        .arg(
+            "psql -X -q -v ON_ERROR_STOP=1 \"$DATABASE_URL\" -Atc \
+             \"select current_database(), (select count(*) from users), count(*) from orders\"",
+        )
+        .output()
+        .unwrap();
+    let stdout = ok(&out);
+    let stderr = text(&out.stderr);
+    assert_eq!(
+        stdout.trim(),
+        format!("remora_{source}_alice_all|20|20"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("the golden copy for the next branches is being made"),
+        "{stderr}"
     );
     assert_eq!(pg_checksum(&source), before, "the source changed");
 
