@@ -11,9 +11,10 @@ use remora_protocol::{ErrorCode, RemoteError, RemoteResult, ServerMessage, Sessi
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::{CancellationToken, DropGuard};
+use tokio_util::task::TaskTracker;
 
 /// The filtered subscribers of one port, as connections see them.
 pub(super) type PortRoutes = Arc<Routes<super::Subscriber>>;
@@ -47,11 +48,24 @@ enum Holders {
 struct Subscription {
     holders: Holders,
     listener: ListenerPort,
-    /// Stops the port's listener task when the subscription is dropped.
+    /// Retires the port's listener task when the subscription is dropped.
     _stop: DropGuard,
 }
 
 impl Subscription {
+    /// Requests its connections read from now on go to the original
+    /// destination (its redirect is gone; it is about to be dropped).
+    fn route_nothing(&self) {
+        if let Holders::Filtered { routes, .. } = &self.holders {
+            match build_routes(&[]) {
+                Ok(none) => {
+                    routes.send_replace(none);
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot clear the routes of a port"),
+            }
+        }
+    }
+
     fn held_by(&self, session: SessionId) -> bool {
         match &self.holders {
             Holders::Whole { session: s, .. } => *s == session,
@@ -105,6 +119,11 @@ pub(super) struct IncomingTask {
     watchers: JoinSet<SessionId>,
     /// Ids of incoming connections, unique in this agent.
     conn_ids: Arc<AtomicU64>,
+    /// Every listener task and incoming connection task, for the drain
+    /// when the agent stops.
+    conns: TaskTracker,
+    /// The agent is stopping: no new subscriptions.
+    withdrawn: bool,
 }
 
 fn mode_word(mode: IncomingMode) -> &'static str {
@@ -132,6 +151,8 @@ impl IncomingTask {
             watched: HashSet::new(),
             watchers: JoinSet::new(),
             conn_ids: Arc::default(),
+            conns: TaskTracker::new(),
+            withdrawn: false,
         }
     }
 
@@ -156,13 +177,48 @@ impl IncomingTask {
                 },
             }
         }
+        // Normally empty already (withdrawn); the rules go before the
+        // listeners either way.
         let held = self.ports.len();
-        // Stops every listener.
-        self.ports.clear();
         match self.redirect.remove_all().await {
             Ok(()) => tracing::debug!(ports = held, "incoming traffic: every rule removed"),
             Err(e) => tracing::warn!(error = %e, "cannot remove the incoming traffic rules"),
         }
+        self.ports.clear();
+    }
+
+    /// The agent is stopping: every redirect goes, then every listener
+    /// retires (see [`super::listener`]); `done` hears once the listeners
+    /// and the connections inside the agent finished, or `drain` passed.
+    async fn withdraw(&mut self, drain: std::time::Duration, done: oneshot::Sender<()>) {
+        self.withdrawn = true;
+        if !self.ports.is_empty() {
+            match self.redirect.remove_all().await {
+                Ok(()) => tracing::info!(
+                    ports = self.ports.len(),
+                    "agent stopping: redirects removed, draining incoming connections"
+                ),
+                Err(e) => tracing::warn!(error = %e, "cannot remove the incoming traffic rules"),
+            }
+        }
+        for (_, subscription) in std::mem::take(&mut self.ports) {
+            subscription.route_nothing();
+        }
+        let conns = self.conns.clone();
+        tokio::spawn(async move {
+            conns.close();
+            let deadline = tokio::time::Instant::now() + drain + super::listener::LISTENER_LINGER;
+            if tokio::time::timeout_at(deadline, conns.wait())
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    left = conns.len(),
+                    "incoming connections still open when the agent stops"
+                );
+            }
+            let _ = done.send(());
+        });
     }
 
     async fn handle(&mut self, command: IncomingCommand) {
@@ -184,6 +240,7 @@ impl IncomingTask {
                     subscriber.send_later(ServerMessage::Incoming(reply));
                 }
             }
+            IncomingCommand::Withdraw { drain, done } => self.withdraw(drain, done).await,
             IncomingCommand::Unsubscribe { session, port } => {
                 if self.ports.get(&port).is_some_and(|s| s.held_by(session)) {
                     self.leave(port, session).await;
@@ -217,6 +274,12 @@ impl IncomingTask {
             return Err(RemoteError::new(
                 ErrorCode::Unavailable,
                 "the session is ending",
+            ));
+        }
+        if self.withdrawn {
+            return Err(RemoteError::new(
+                ErrorCode::Unavailable,
+                format!("the agent of {target} is stopping"),
             ));
         }
         if let Some(held) = self.ports.get_mut(&port) {
@@ -279,8 +342,9 @@ impl IncomingTask {
             stop: stop.clone(),
             shutdown: self.shutdown.clone(),
             conn_ids: self.conn_ids.clone(),
+            conns: self.conns.clone(),
         };
-        tokio::spawn(task.run());
+        self.conns.spawn(task.run());
         tracing::info!(
             port = port.0,
             listener = listener_port.0,
@@ -349,8 +413,9 @@ impl IncomingTask {
         self.release(port).await;
     }
 
-    /// End every subscription of `port`: its listener stops, its rule goes,
-    /// and with the last port the whole table.
+    /// End every subscription of `port`: its rule goes (with the last port
+    /// the whole table), then its listener retires. In that order, so that
+    /// no connection meets a closed listener: see the module's guarantees.
     async fn release(&mut self, port: RemotePort) {
         let Some(subscription) = self.ports.remove(&port) else {
             return;
@@ -363,6 +428,7 @@ impl IncomingTask {
         {
             tracing::warn!(error = %e, "cannot remove the incoming traffic rules");
         }
+        subscription.route_nothing();
         tracing::info!(
             port = port.0,
             listener = subscription.listener.0,

@@ -1261,3 +1261,122 @@ async fn many_keep_alive_connections_pass_through_without_a_failure() {
         client.await.unwrap();
     }
 }
+
+/// Regression: releasing a port used to stop its listener and every one of
+/// its connections at once, before its rule went: a request a session had
+/// taken lost its answer, and a connection the rule had just sent was
+/// reset. Now the rule goes first, taken requests are still answered, and
+/// whatever comes after goes to the service.
+#[tokio::test]
+async fn a_released_port_still_answers_what_it_took_and_sends_the_rest_to_the_service() {
+    let fx = fixture().await;
+    let service = http_service().await;
+    let port = service.port();
+    let mut alice = alice_on(&fx, port).await;
+    let listener = fx.rec.listener_of(port);
+    let mut taken = TcpStream::connect(localhost(listener)).await.unwrap();
+    taken
+        .write_all(b"GET /who HTTP/1.1\r\nhost: a\r\nx-user: alice\r\n\r\n")
+        .await
+        .unwrap();
+    let IncomingServer::Request { request, .. } = alice.incoming().await else {
+        panic!("expected a request");
+    };
+    // Accepted before the release, its first request not sent yet.
+    let mut idle = TcpStream::connect(localhost(listener)).await.unwrap();
+
+    alice
+        .send(IncomingClient::Unsubscribe {
+            port: RemotePort(port),
+        })
+        .await;
+    fx.rec
+        .wait_for(&[
+            Op::RemoveStale,
+            Op::Add(port, listener),
+            Op::Remove(port),
+            Op::RemoveAll,
+        ])
+        .await;
+    // The taken request is answered by alice, who still holds it.
+    alice
+        .send(IncomingClient::ResponseHead {
+            request,
+            head: HttpResponseHead {
+                status: 200,
+                version: HttpVersion::Http11,
+                headers: vec![("content-length".into(), Bytes::from_static(b"5"))],
+            },
+        })
+        .await;
+    alice
+        .send(IncomingClient::ResponseBody {
+            request,
+            chunk: Bytes::from_static(b"alice"),
+            last: true,
+        })
+        .await;
+    let mut got = Vec::new();
+    read_until(&mut taken, &mut got, b"alice").await;
+    // Alice's next requests go to the service: she gave the port back.
+    assert_eq!(get(&mut taken, Some("alice")).await, "service");
+    assert_eq!(get(&mut idle, Some("alice")).await, "service");
+    wait_refused(localhost(listener)).await;
+}
+
+/// The agent stopping (`withdraw`): rules first, a taken request is still
+/// answered by its session, new subscriptions are refused, and the drain
+/// ends once the connections inside the agent are done.
+#[tokio::test]
+async fn withdrawing_removes_the_rules_first_and_waits_for_what_is_in_flight() {
+    let fx = fixture().await;
+    let service = http_service().await;
+    let port = service.port();
+    let mut alice = alice_on(&fx, port).await;
+    let listener = fx.rec.listener_of(port);
+    let mut taken = TcpStream::connect(localhost(listener)).await.unwrap();
+    taken
+        .write_all(b"GET /who HTTP/1.1\r\nhost: a\r\nx-user: alice\r\n\r\n")
+        .await
+        .unwrap();
+    let IncomingServer::Request { request, .. } = alice.incoming().await else {
+        panic!("expected a request");
+    };
+    let api = fx.api.clone();
+    let withdraw = tokio::spawn(async move { api.withdraw(STEP).await });
+    fx.rec
+        .wait_for(&[Op::RemoveStale, Op::Add(port, listener), Op::RemoveAll])
+        .await;
+    let mut bob = fx.client(2, "bob");
+    let refused = bob.subscribe(9999, IncomingMode::Mirror).await.unwrap_err();
+    assert_eq!(refused.message, "the agent of pid/4242 is stopping");
+    assert!(!withdraw.is_finished(), "a request is still in flight");
+    alice
+        .send(IncomingClient::ResponseHead {
+            request,
+            head: HttpResponseHead {
+                status: 200,
+                version: HttpVersion::Http11,
+                headers: vec![
+                    ("content-length".into(), Bytes::from_static(b"5")),
+                    ("connection".into(), Bytes::from_static(b"close")),
+                ],
+            },
+        })
+        .await;
+    alice
+        .send(IncomingClient::ResponseBody {
+            request,
+            chunk: Bytes::from_static(b"alice"),
+            last: true,
+        })
+        .await;
+    let mut got = Vec::new();
+    read_until(&mut taken, &mut got, b"alice").await;
+    drop(taken);
+    tokio::time::timeout(STEP, withdraw)
+        .await
+        .expect("the drain ends once nothing is in flight")
+        .unwrap();
+    wait_refused(localhost(listener)).await;
+}
