@@ -54,7 +54,10 @@
 //!   the kernel removes the nftables table (an owned table dies with the
 //!   `nft -i` child that holds it, which reads EOF when the agent is gone);
 //!   with iptables a guard process does the same (see the backends).
-//! * When the last port goes, the table (or chain) goes too.
+//! * When the last port goes, the table (or chain) goes too, once the
+//!   connections it redirected are closed: their packets are translated
+//!   only while a NAT chain is registered in the namespace (see
+//!   `IncomingTask::remove_table_if_idle`).
 //! * Installing is all or nothing: a failed subscription leaves no rule and
 //!   no listener, so the target is never left unreachable.
 //! * At start, the agent removes tables/chains left by agents whose pid no

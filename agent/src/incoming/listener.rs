@@ -66,6 +66,8 @@ pub(super) struct PortTask {
     pub conn_ids: Arc<AtomicU64>,
     /// Every connection task of the agent (drained when it stops).
     pub conns: TaskTracker,
+    /// This port's connection tasks (its table goes once they are done).
+    pub port_conns: TaskTracker,
 }
 
 /// The warning a client gets when it steals a whole port.
@@ -117,6 +119,11 @@ impl PortTask {
         }
     }
 
+    /// Run a connection task, tracked by the agent and by this port.
+    fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        self.conns.spawn(self.port_conns.track_future(task));
+    }
+
     /// The port was released and its rule is gone: serve what the rule
     /// sent before for [`LISTENER_LINGER`], then close the listener.
     async fn retire(&self, limit: &Arc<Semaphore>) {
@@ -157,7 +164,7 @@ impl PortTask {
             return;
         };
         let (net, mark, shutdown) = (self.net.clone(), self.mark, self.shutdown.clone());
-        self.conns.spawn(async move {
+        self.spawn(async move {
             let Accepted {
                 mut stream,
                 local,
@@ -236,14 +243,13 @@ impl PortTask {
                     shutdown: self.shutdown.clone(),
                     conn_ids: self.conn_ids.clone(),
                 };
-                self.conns.spawn(http::serve(accepted, filtered));
+                self.spawn(http::serve(accepted, filtered));
             }
             PortMode::Whole(IncomingMode::Steal) => {
-                self.conns
-                    .spawn(conn::steal(accepted, self.subscriber.clone()));
+                self.spawn(conn::steal(accepted, self.subscriber.clone()));
             }
             PortMode::Whole(IncomingMode::Mirror) => {
-                self.conns.spawn(conn::mirror(
+                self.spawn(conn::mirror(
                     accepted,
                     self.subscriber.clone(),
                     self.net.clone(),

@@ -50,6 +50,8 @@ struct Subscription {
     listener: ListenerPort,
     /// Retires the port's listener task when the subscription is dropped.
     _stop: DropGuard,
+    /// The port's listener task and connection tasks.
+    conns: TaskTracker,
 }
 
 impl Subscription {
@@ -122,6 +124,9 @@ pub(super) struct IncomingTask {
     /// Every listener task and incoming connection task, for the drain
     /// when the agent stops.
     conns: TaskTracker,
+    /// One task per released port, ending once its listener and every
+    /// connection it redirected are done: the table stays until then.
+    draining: JoinSet<()>,
     /// The agent is stopping: no new subscriptions.
     withdrawn: bool,
 }
@@ -152,6 +157,7 @@ impl IncomingTask {
             watchers: JoinSet::new(),
             conn_ids: Arc::default(),
             conns: TaskTracker::new(),
+            draining: JoinSet::new(),
             withdrawn: false,
         }
     }
@@ -171,6 +177,9 @@ impl IncomingTask {
                         self.session_ended(session).await;
                     }
                 }
+                Some(_) = self.draining.join_next(), if !self.draining.is_empty() => {
+                    self.remove_table_if_idle().await;
+                }
                 command = self.cmd_rx.recv() => match command {
                     Some(command) => self.handle(command).await,
                     None => break,
@@ -187,22 +196,16 @@ impl IncomingTask {
         self.ports.clear();
     }
 
-    /// The agent is stopping: every redirect goes, then every listener
-    /// retires (see [`super::listener`]); `done` hears once the listeners
-    /// and the connections inside the agent finished, or `drain` passed.
+    /// The agent is stopping: every port is released (its redirect goes,
+    /// then its listener retires, see [`super::listener`]); `done` hears once
+    /// the listeners and the connections inside the agent finished, or
+    /// `drain` passed. The table goes when the incoming task ends.
     async fn withdraw(&mut self, drain: std::time::Duration, done: oneshot::Sender<()>) {
         self.withdrawn = true;
-        if !self.ports.is_empty() {
-            match self.redirect.remove_all().await {
-                Ok(()) => tracing::info!(
-                    ports = self.ports.len(),
-                    "agent stopping: redirects removed, draining incoming connections"
-                ),
-                Err(e) => tracing::warn!(error = %e, "cannot remove the incoming traffic rules"),
-            }
-        }
-        for (_, subscription) in std::mem::take(&mut self.ports) {
-            subscription.route_nothing();
+        let ports: Vec<RemotePort> = self.ports.keys().copied().collect();
+        for port in ports {
+            // The table itself stays until the drain is over (see `release`).
+            self.release(port).await;
         }
         let conns = self.conns.clone();
         tokio::spawn(async move {
@@ -324,13 +327,13 @@ impl IncomingTask {
             }
         };
         if let Err(e) = self.redirect.add(port, listener_port).await {
-            if self.ports.is_empty() {
-                // Leave nothing behind, not even an empty table.
-                let _ = self.redirect.remove_all().await;
-            }
-            return Err(redirect_failed(port, target, &e));
+            let refused = redirect_failed(port, target, &e);
+            // Leave nothing behind, not even an empty table.
+            self.remove_table_if_idle().await;
+            return Err(refused);
         }
         let stop = CancellationToken::new();
+        let port_conns = TaskTracker::new();
         let task = PortTask {
             listener,
             listener_port,
@@ -343,8 +346,9 @@ impl IncomingTask {
             shutdown: self.shutdown.clone(),
             conn_ids: self.conn_ids.clone(),
             conns: self.conns.clone(),
+            port_conns: port_conns.clone(),
         };
-        self.conns.spawn(task.run());
+        self.conns.spawn(port_conns.track_future(task.run()));
         tracing::info!(
             port = port.0,
             listener = listener_port.0,
@@ -358,6 +362,7 @@ impl IncomingTask {
                 holders,
                 listener: listener_port,
                 _stop: stop.drop_guard(),
+                conns: port_conns,
             },
         );
         self.watch(subscriber);
@@ -413,9 +418,11 @@ impl IncomingTask {
         self.release(port).await;
     }
 
-    /// End every subscription of `port`: its rule goes (with the last port
-    /// the whole table), then its listener retires. In that order, so that
-    /// no connection meets a closed listener: see the module's guarantees.
+    /// End every subscription of `port`: its rule goes, then its listener
+    /// retires. In that order, so that no connection meets a closed
+    /// listener: see the module's guarantees. The table goes with the last
+    /// port, but only once the connections it redirected are done (see
+    /// [`IncomingTask::remove_table_if_idle`]).
     async fn release(&mut self, port: RemotePort) {
         let Some(subscription) = self.ports.remove(&port) else {
             return;
@@ -423,17 +430,39 @@ impl IncomingTask {
         if let Err(e) = self.redirect.remove(port).await {
             tracing::warn!(port = port.0, error = %e, "cannot remove the rule of a port");
         }
-        if self.ports.is_empty()
-            && let Err(e) = self.redirect.remove_all().await
-        {
-            tracing::warn!(error = %e, "cannot remove the incoming traffic rules");
-        }
         subscription.route_nothing();
+        let conns = subscription.conns.clone();
+        self.draining.spawn(async move {
+            conns.close();
+            conns.wait().await;
+        });
         tracing::info!(
             port = port.0,
             listener = subscription.listener.0,
             "port unsubscribed"
         );
+    }
+}
+
+impl IncomingTask {
+    /// Remove the table once no port is held and every released port's
+    /// connections are done.
+    ///
+    /// Not sooner: the redirect of a connection lives in its conntrack entry,
+    /// but the kernel translates its packets only while a NAT chain is
+    /// registered in the network namespace. Deleting the table (whose chains
+    /// are often the only NAT chains of a pod) while a redirected connection
+    /// is open would send that connection's answer from the listener's port
+    /// instead of the subscribed one, and its peer would drop it: a request
+    /// taken just before its port was released went unanswered that way
+    /// (curl timed out with 0 bytes) when the operator's pod was deleted.
+    async fn remove_table_if_idle(&mut self) {
+        if self.ports.is_empty()
+            && self.draining.is_empty()
+            && let Err(e) = self.redirect.remove_all().await
+        {
+            tracing::warn!(error = %e, "cannot remove the incoming traffic rules");
+        }
     }
 }
 

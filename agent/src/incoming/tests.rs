@@ -975,11 +975,13 @@ async fn filtered_steals_share_a_port_and_each_request_finds_its_session() {
     assert_eq!(answered, "bob");
     assert_eq!(fx.rec.ops(), [Op::RemoveStale, Op::Add(port, listener)]);
 
-    // The last one leaving takes the rule and the table.
+    // The last one leaving takes the rule, and the table once the
+    // connection it redirected is closed.
     bob.send(IncomingClient::Unsubscribe {
         port: RemotePort(port),
     })
     .await;
+    drop(peer);
     fx.rec
         .wait_for(&[
             Op::RemoveStale,
@@ -1263,10 +1265,11 @@ async fn many_keep_alive_connections_pass_through_without_a_failure() {
 }
 
 /// Regression: releasing a port used to stop its listener and every one of
-/// its connections at once, before its rule went: a request a session had
-/// taken lost its answer, and a connection the rule had just sent was
-/// reset. Now the rule goes first, taken requests are still answered, and
-/// whatever comes after goes to the service.
+/// its connections at once, before its rule went, and to delete the table
+/// with the last port: a request a session had taken lost its answer, and a
+/// connection the rule had just sent was reset. Now the rule goes first,
+/// taken requests are still answered, whatever comes after goes to the
+/// service, and the table waits for the connections it redirected.
 #[tokio::test]
 async fn a_released_port_still_answers_what_it_took_and_sends_the_rest_to_the_service() {
     let fx = fixture().await;
@@ -1290,14 +1293,8 @@ async fn a_released_port_still_answers_what_it_took_and_sends_the_rest_to_the_se
             port: RemotePort(port),
         })
         .await;
-    fx.rec
-        .wait_for(&[
-            Op::RemoveStale,
-            Op::Add(port, listener),
-            Op::Remove(port),
-            Op::RemoveAll,
-        ])
-        .await;
+    let released = [Op::RemoveStale, Op::Add(port, listener), Op::Remove(port)];
+    fx.rec.wait_for(&released).await;
     // The taken request is answered by alice, who still holds it.
     alice
         .send(IncomingClient::ResponseHead {
@@ -1322,11 +1319,25 @@ async fn a_released_port_still_answers_what_it_took_and_sends_the_rest_to_the_se
     assert_eq!(get(&mut taken, Some("alice")).await, "service");
     assert_eq!(get(&mut idle, Some("alice")).await, "service");
     wait_refused(localhost(listener)).await;
+    // The table (its NAT chains) outlives the port while connections it
+    // redirected are open: without it their answers would go out
+    // untranslated.
+    assert_eq!(fx.rec.ops(), released);
+    drop((taken, idle));
+    fx.rec
+        .wait_for(&[
+            Op::RemoveStale,
+            Op::Add(port, listener),
+            Op::Remove(port),
+            Op::RemoveAll,
+        ])
+        .await;
 }
 
-/// The agent stopping (`withdraw`): rules first, a taken request is still
-/// answered by its session, new subscriptions are refused, and the drain
-/// ends once the connections inside the agent are done.
+/// The agent stopping (`withdraw`): redirects first, a taken request is
+/// still answered by its session, new subscriptions are refused, the drain
+/// ends once the connections inside the agent are done, and the table goes
+/// after them.
 #[tokio::test]
 async fn withdrawing_removes_the_rules_first_and_waits_for_what_is_in_flight() {
     let fx = fixture().await;
@@ -1344,9 +1355,8 @@ async fn withdrawing_removes_the_rules_first_and_waits_for_what_is_in_flight() {
     };
     let api = fx.api.clone();
     let withdraw = tokio::spawn(async move { api.withdraw(STEP).await });
-    fx.rec
-        .wait_for(&[Op::RemoveStale, Op::Add(port, listener), Op::RemoveAll])
-        .await;
+    let released = [Op::RemoveStale, Op::Add(port, listener), Op::Remove(port)];
+    fx.rec.wait_for(&released).await;
     let mut bob = fx.client(2, "bob");
     let refused = bob.subscribe(9999, IncomingMode::Mirror).await.unwrap_err();
     assert_eq!(refused.message, "the agent of pid/4242 is stopping");
@@ -1379,4 +1389,12 @@ async fn withdrawing_removes_the_rules_first_and_waits_for_what_is_in_flight() {
         .expect("the drain ends once nothing is in flight")
         .unwrap();
     wait_refused(localhost(listener)).await;
+    fx.rec
+        .wait_for(&[
+            Op::RemoveStale,
+            Op::Add(port, listener),
+            Op::Remove(port),
+            Op::RemoveAll,
+        ])
+        .await;
 }
