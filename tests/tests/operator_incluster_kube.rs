@@ -561,7 +561,7 @@ fn the_operator_pod_deleted_mid_session_ends_it_cleanly_and_its_successor_serves
     // listener, serves what is in flight, and keeps its nftables table (the
     // pod's only NAT chains) until the connections it redirected are closed.
     // (Deleting it at once left a request taken just before the release
-    // without its answer: curl timed out with 0 bytes, 2 runs in 3.)
+    // without its answer: curl timed out with 0 bytes, in 3 runs of 4.)
     let lost: Vec<&String> = answers.iter().filter_map(|a| a.as_ref().err()).collect();
     assert!(
         lost.is_empty(),
