@@ -767,3 +767,38 @@ fn a_kubeconfig_user_without_the_permission_is_refused_naming_it_and_nothing_is_
     );
     assert_eq!(ruleset(pid), before);
 }
+
+/// A kubeconfig user with only a client certificate cannot be reviewed by
+/// the operator (docs/operator.md, "Client-certificate users"): the CLI
+/// says so before it starts anything or reaches the cluster.
+#[test]
+fn a_client_certificate_user_is_told_only_bearer_tokens_are_reviewed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("user.crt"), dir.path().join("user.key"));
+    std::fs::write(&cert, "not read: refused before any TLS\n").unwrap();
+    std::fs::write(&key, "not read: refused before any TLS\n").unwrap();
+    let kubeconfig = dir.path().join("cert.kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: \
+             https://127.0.0.1:1\ncontexts:\n- name: c\n  context:\n    cluster: c\n    user: \
+             admin\ncurrent-context: c\nusers:\n- name: admin\n  user:\n    \
+             client-certificate: {}\n    client-key: {}\n",
+            cert.display(),
+            key.display()
+        ),
+    )
+    .unwrap();
+    let out = remora_as(&kubeconfig, "admin")
+        .args(["-t", "deployment/web", "--", "true"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        says(&err, "the kubeconfig user has no bearer token")
+            && says(&err, "client certificates are not supported yet"),
+        "{err}"
+    );
+}
