@@ -36,6 +36,16 @@
 //! processes (`output`), only when the destination is a local address.
 //!
 //! # Guarantees
+//! * No connection is lost when a port is released (unsubscribed, its
+//!   session gone, the agent stopping): its redirect goes first, so new
+//!   connections reach the target's own service; connections the redirect
+//!   sent before still wait in the listener's queue, and the listener keeps
+//!   accepting for `LISTENER_LINGER`, passing them through to
+//!   the original destination; connections already being served go on
+//!   (requests a session took are answered by it, later requests of a
+//!   kept-alive connection go to the target). When the agent stops it
+//!   waits for them ([`crate::server::INCOMING_DRAIN`] at most) before it
+//!   closes its clients.
 //! * A subscription's rules are removed when it is unsubscribed, when its
 //!   client disconnects (or is killed), and all of them when the agent stops
 //!   (idle, clients gone, target gone, `SIGTERM`, `SIGINT`): the incoming
@@ -44,7 +54,10 @@
 //!   the kernel removes the nftables table (an owned table dies with the
 //!   `nft -i` child that holds it, which reads EOF when the agent is gone);
 //!   with iptables a guard process does the same (see the backends).
-//! * When the last port goes, the table (or chain) goes too.
+//! * When the last port goes, the table (or chain) goes too, once the
+//!   connections it redirected are closed: their packets are translated
+//!   only while a NAT chain is registered in the namespace (see
+//!   `IncomingTask::remove_table_if_idle`).
 //! * Installing is all or nothing: a failed subscription leaves no rule and
 //!   no listener, so the target is never left unreachable.
 //! * At start, the agent removes tables/chains left by agents whose pid no
@@ -177,6 +190,13 @@ enum IncomingCommand {
         session: SessionId,
         port: RemotePort,
     },
+    /// The agent is stopping: release every port (redirects first), refuse
+    /// new subscriptions, and answer once the connections inside the agent
+    /// finished or `drain` passed.
+    Withdraw {
+        drain: std::time::Duration,
+        done: tokio::sync::oneshot::Sender<()>,
+    },
 }
 
 /// Handle to the incoming task. Cheap to clone.
@@ -216,6 +236,21 @@ impl IncomingApi {
             filter,
         };
         self.cmd_tx.send(command).await.is_ok()
+    }
+
+    /// Release every port before the agent stops: the redirects go at once,
+    /// then this waits until the incoming connections already inside the
+    /// agent are done, at most `drain` (plus the listeners' linger).
+    pub async fn withdraw(&self, drain: std::time::Duration) {
+        let (done, done_rx) = tokio::sync::oneshot::channel();
+        if self
+            .cmd_tx
+            .send(IncomingCommand::Withdraw { drain, done })
+            .await
+            .is_ok()
+        {
+            let _ = done_rx.await;
+        }
     }
 
     /// End a subscription of `session` (nothing when it holds none on `port`).

@@ -33,6 +33,13 @@ pub const TARGET_POLL_INTERVAL: Duration = Duration::from_secs(1);
 /// How long clients get to hear `Closing` when the agent stops.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
+/// How long incoming connections already inside the agent (requests a
+/// session took, requests on their way to the target's service) get to
+/// finish when the agent stops, after its redirects are gone and before its
+/// clients hear `Closing`. Kubernetes gives a pod 30 s after SIGTERM by
+/// default; the test cluster gives 2 s.
+pub const INCOMING_DRAIN: Duration = Duration::from_secs(1);
+
 /// How the agent is set up.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
@@ -81,8 +88,16 @@ pub enum ExitReason {
 }
 
 /// Asks a running agent to stop; every client is told `reason`.
+///
+/// Stopping goes in an order that loses no incoming request: the redirects
+/// go first (new connections reach the target's own service), connections
+/// already inside the agent get [`INCOMING_DRAIN`] to finish while their
+/// sessions are still connected, and only then do clients hear `Closing`.
 #[derive(Debug, Clone)]
 pub struct ShutdownHandle {
+    /// Cancelled when the agent is asked to stop.
+    requested: CancellationToken,
+    /// Cancelled once incoming traffic is drained: ends every client.
     token: CancellationToken,
     reason: Arc<Mutex<Option<String>>>,
 }
@@ -90,6 +105,7 @@ pub struct ShutdownHandle {
 impl ShutdownHandle {
     fn new() -> Self {
         ShutdownHandle {
+            requested: CancellationToken::new(),
             token: CancellationToken::new(),
             reason: Arc::default(),
         }
@@ -97,13 +113,25 @@ impl ShutdownHandle {
 
     /// Stop the agent. The first reason given is the one clients hear.
     pub fn shutdown(&self, reason: impl Into<String>) {
+        self.set_reason(reason);
+        self.requested.cancel();
+    }
+
+    fn set_reason(&self, reason: impl Into<String>) {
         self.reason
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get_or_insert_with(|| reason.into());
+    }
+
+    /// End every client now (the last step of stopping).
+    fn close(&self, reason: impl Into<String>) {
+        self.set_reason(reason);
+        self.requested.cancel();
         self.token.cancel();
     }
 
+    /// Cancelled when the clients are to be closed (after the drain).
     pub(crate) fn token(&self) -> &CancellationToken {
         &self.token
     }
@@ -258,7 +286,7 @@ async fn supervise(
             }
         };
         tokio::select! {
-            _ = ctx.shutdown.token().cancelled() => break Ok(ExitReason::Shutdown),
+            _ = ctx.shutdown.requested.cancelled() => break Ok(ExitReason::Shutdown),
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     tracing::debug!(%peer, "connection accepted");
@@ -309,8 +337,11 @@ async fn supervise(
         Err(e) => e.to_string(),
     };
     tracing::info!(%reason, "agent stopping");
-    ctx.shutdown.shutdown(reason);
     drop(listener);
+    // Incoming traffic first: redirects out, in-flight connections finish
+    // while their sessions are still connected (see `ShutdownHandle`).
+    ctx.incoming.withdraw(INCOMING_DRAIN).await;
+    ctx.shutdown.close(reason);
     clients.close();
     if tokio::time::timeout(SHUTDOWN_GRACE, clients.wait())
         .await

@@ -790,3 +790,67 @@ async fn a_filtered_steal_keeps_order_on_a_keep_alive_connection_and_streams_chu
     );
     drop(agent);
 }
+
+/// Regression (issue 11): a request taken just before its port is given
+/// back is still answered, and the table goes after its connection. The
+/// agent used to delete its table with the last port; its chains were the
+/// pod's only NAT chains, so the kernel stopped translating the redirected
+/// connection, and the answer left from the listener's port and never
+/// reached curl (it timed out with 0 bytes).
+#[tokio::test]
+async fn a_request_taken_just_before_the_port_is_given_back_is_still_answered() {
+    let mut pod = Pod::create();
+    let target = pod.spawn_target();
+    let port = free_port();
+    let (_dir, _content) = http_service(&mut pod, port).await;
+    let before = pod.ruleset();
+    let agent = agent_in(target, NetfilterBackend::Nftables).await;
+    let mut alice = Client::connect(agent.local_addr(), "alice").await;
+    subscribe_filtered(
+        &mut alice,
+        port,
+        HttpFilter::Header("^x-user: alice$".into()),
+    )
+    .await;
+    let url = format!("http://127.0.0.1:{port}/mine");
+    let curl = pod.exec_async(&[
+        "curl",
+        "-sS",
+        "--max-time",
+        "10",
+        "-H",
+        "X-User: alice",
+        &url,
+    ]);
+    let answered = async {
+        let (request, _) = next_request(&mut alice).await;
+        alice
+            .send(ClientMessage::Incoming(IncomingClient::Unsubscribe {
+                port: RemotePort(port),
+            }))
+            .await;
+        // Answered once the redirect is gone.
+        let deadline = std::time::Instant::now() + WAIT;
+        while pod.ruleset().contains(&format!("{port} : ")) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the port stays redirected"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        respond(&mut alice, request, b"stolen").await;
+    };
+    let (output, ()) = tokio::join!(curl, answered);
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(output.stdout, b"stolen");
+    let deadline = std::time::Instant::now() + WAIT;
+    while pod.ruleset() != before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the table outlived its last connection: {}",
+            pod.ruleset()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    drop(agent);
+}

@@ -12,10 +12,16 @@
 //!   identities;
 //! * a policy selecting targets by pod label (`matchLabels`,
 //!   `matchExpressions`) applies to the labelled deployment only;
+//! * a kubeconfig user whom RBAC does not allow sessions is refused by the
+//!   operator naming the verb, resource and user (a `remora-sim-user:` token,
+//!   reviewed by the sim's RBAC), then one allowed sessions but not `steal`
+//!   is refused the steal; nothing is left (no RemoraSession, no agent, no
+//!   rule in the pod);
 //! * the operator pod deleted while stolen traffic flows: the session ends
 //!   with a clear message, every request is answered (by the local server,
-//!   then by the pod), the agent Job is gone, nothing is left in the pod's
-//!   ruleset, and the Deployment's new operator pod serves a new session.
+//!   then by the pod; none lost, none misrouted), the agent Job is gone,
+//!   nothing is left in the pod's ruleset, and the Deployment's new
+//!   operator pod serves a new session.
 //!
 //! Needs root and the workspace binaries `remora`, `remora-operator`,
 //! `remora-agent`, `libremora_layer.so` and `remora-kube-sim`.
@@ -468,12 +474,19 @@ fn the_operator_pod_deleted_mid_session_ends_it_cleanly_and_its_successor_serves
     );
     stop.store(true, Ordering::SeqCst);
     let answers = traffic.join().unwrap();
-    // Known gap, not asserted: a request that reaches the agent's redirect
-    // while the agent itself is being deleted can go unanswered (seen once
-    // in three runs: curl timed out with 0 bytes); the operator's part (the
-    // session gives its ports back and drains before it ends) loses none.
-    let lost = answers.iter().filter(|a| a.is_err()).count();
-    eprintln!("{lost} of {} requests got no answer", answers.len());
+    // Nothing lost: the session gives its port back at the agent and drains
+    // before it ends; the agent removes a port's redirect before its
+    // listener, serves what is in flight, and keeps its nftables table (the
+    // pod's only NAT chains) until the connections it redirected are closed.
+    // (Deleting it at once left a request taken just before the release
+    // without its answer: curl timed out with 0 bytes, in 3 runs of 4.)
+    let lost: Vec<&String> = answers.iter().filter_map(|a| a.as_ref().err()).collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} requests got no answer: {lost:?}",
+        lost.len(),
+        answers.len()
+    );
     for answer in answers.iter().flatten() {
         assert!(
             answer == "alice's laptop" || answer == "the pod",
@@ -541,4 +554,169 @@ fn the_operator_pod_deleted_mid_session_ends_it_cleanly_and_its_successor_serves
         .unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout).trim(), "GREETING=hello-from-the-pod");
+}
+
+/// A Role and its RoleBinding for the sim's RBAC-checked user `user`.
+fn grant(sim: &Sim, user: &str, namespace: &str, name: &str, rules: &str) {
+    sim.apply(&format!(
+        r#"
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {{name: {name}, namespace: {namespace}}}
+rules:
+{rules}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: {name}-{user}, namespace: {namespace}}}
+subjects: [{{kind: User, name: {user}, apiGroup: rbac.authorization.k8s.io}}]
+roleRef: {{kind: Role, name: {name}, apiGroup: rbac.authorization.k8s.io}}
+"#
+    ));
+}
+
+/// The agent Jobs and pods the operator runs (in its namespace).
+fn operator_agents(sim: &Sim) -> String {
+    sim.kubectl(&[
+        "get",
+        "jobs,pods",
+        "-n",
+        OPERATOR_NS,
+        "-l",
+        AGENT_SELECTOR,
+        "-o",
+        "name",
+    ])
+}
+
+#[test]
+fn a_kubeconfig_user_without_the_permission_is_refused_naming_it_and_nothing_is_left() {
+    require_sandbox!();
+    let sim = Sim::start(true);
+    let pod_www = www(&sim, "pod-www", "the pod");
+    web_server(&sim, "web", &pod_www);
+    install_operator(&sim);
+    let ip = pod_ip(&sim, "web");
+    let pid = pod_pid(&pod_www);
+    let before = ruleset(pid);
+    // dave (a user RBAC decides for, `remora-sim-user:` token) may reach the
+    // operator, as every user of `--operator kube` must, and nothing else.
+    grant(
+        &sim,
+        "dave",
+        OPERATOR_NS,
+        "reach-operator",
+        "- {apiGroups: [\"\"], resources: [services, pods], verbs: [get, list]}\n\
+         - {apiGroups: [\"\"], resources: [pods/portforward], verbs: [create]}",
+    );
+    let kc = kubeconfig_for(&sim, "dave", "remora-sim-user:dave");
+
+    let out = remora_as(&kc, "dave")
+        .args(["-t", "deployment/web", "--", "true"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "dave had a session");
+    let err = text(&out.stderr);
+    assert!(
+        says(
+            &err,
+            "dave may not create remorasessions.remora.dev in namespace default"
+        ) && says(
+            &err,
+            "ask for a Role granting verb \"create\" on resource \"remorasessions\" of apiGroup \
+             \"remora.dev\" there"
+        ),
+        "{err}"
+    );
+    // The operator asked the cluster about dave himself, who was denied.
+    let reviews = reviews(&sim);
+    assert!(
+        reviews.iter().any(|r| r["kind"] == "TokenReview"
+            && r["spec"]["token"] == "remora-sim-user:dave"
+            && r["status"]["user"]["username"] == "dave"),
+        "{reviews:#?}"
+    );
+    assert!(
+        reviews.iter().any(|r| r["kind"] == "SubjectAccessReview"
+            && r["spec"]["user"] == "dave"
+            && r["spec"]["resourceAttributes"]["verb"] == "create"
+            && r["status"]["allowed"] == false),
+        "{reviews:#?}"
+    );
+    assert!(sessions(&sim).is_empty(), "no RemoraSession for dave");
+    assert!(operator_agents(&sim).trim().is_empty(), "no agent for dave");
+
+    // Sessions now, but still no steal: the steal is refused naming it, and
+    // the port stays the pod's.
+    grant(
+        &sim,
+        "dave",
+        "default",
+        "remora-sessions",
+        "- {apiGroups: [remora.dev], resources: [remorasessions], verbs: [create]}",
+    );
+    let dave_www = www(&sim, "dave-www", "dave's laptop");
+    let dave_err = sim.dir.path().join("dave.err");
+    let dave = steal_as(&kc, "dave", "x-user: dave", &dave_www, &dave_err);
+    poll(
+        || {
+            says(
+                &read(&dave_err),
+                "dave may not steal remorasessions.remora.dev in namespace default",
+            )
+        },
+        "dave to hear that he may not steal",
+    );
+    assert!(
+        says(
+            &read(&dave_err),
+            "verb \"steal\" on resource \"remorasessions\""
+        ),
+        "{}",
+        read(&dave_err)
+    );
+    assert_eq!(get(&ip, "x-user: dave").as_deref(), Ok("the pod"));
+    assert_eq!(ruleset(pid), before, "no redirect for a refused steal");
+    drop(dave);
+    poll(|| sessions(&sim).is_empty(), "dave's RemoraSession to go");
+    poll(
+        || operator_agents(&sim).trim().is_empty(),
+        "the agent to be deleted",
+    );
+    assert_eq!(ruleset(pid), before);
+}
+
+/// A kubeconfig user with only a client certificate cannot be reviewed by
+/// the operator (docs/operator.md, "Client-certificate users"): the CLI
+/// says so before it starts anything or reaches the cluster.
+#[test]
+fn a_client_certificate_user_is_told_only_bearer_tokens_are_reviewed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("user.crt"), dir.path().join("user.key"));
+    std::fs::write(&cert, "not read: refused before any TLS\n").unwrap();
+    std::fs::write(&key, "not read: refused before any TLS\n").unwrap();
+    let kubeconfig = dir.path().join("cert.kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: \
+             https://127.0.0.1:1\ncontexts:\n- name: c\n  context:\n    cluster: c\n    user: \
+             admin\ncurrent-context: c\nusers:\n- name: admin\n  user:\n    \
+             client-certificate: {}\n    client-key: {}\n",
+            cert.display(),
+            key.display()
+        ),
+    )
+    .unwrap();
+    let out = remora_as(&kubeconfig, "admin")
+        .args(["-t", "deployment/web", "--", "true"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        says(&err, "the kubeconfig user has no bearer token")
+            && says(&err, "client certificates are not supported yet"),
+        "{err}"
+    );
 }

@@ -334,8 +334,6 @@ pub(super) struct Filtered {
     pub routes: watch::Receiver<PortRoutes>,
     pub net: NetApi,
     pub mark: Option<u32>,
-    /// Cancelled when the port is released.
-    pub stop: CancellationToken,
     pub shutdown: CancellationToken,
     /// Ids of incoming connections (upgraded requests become one).
     pub conn_ids: Arc<AtomicU64>,
@@ -376,8 +374,10 @@ enum Protocol {
     Other,
 }
 
-/// Serve one connection of a filtered port until it ends, the agent shuts
-/// down or the port is released.
+/// Serve one connection of a filtered port until it ends or the agent
+/// closes (after its drain). A released port's connections go on: requests
+/// already taken are answered by their session, later ones go to the
+/// original destination (the port's routes are then empty).
 pub(super) async fn serve(accepted: Accepted, filtered: Filtered) {
     let Accepted {
         mut stream,
@@ -387,7 +387,7 @@ pub(super) async fn serve(accepted: Accepted, filtered: Filtered) {
         port,
         conn,
     } = accepted;
-    let (shutdown, stop) = (filtered.shutdown.clone(), filtered.stop.clone());
+    let shutdown = filtered.shutdown.clone();
     let work = async {
         let mut buf = BytesMut::with_capacity(framing::READ_SIZE);
         match first_bytes(&mut stream, &mut buf).await {
@@ -404,7 +404,6 @@ pub(super) async fn serve(accepted: Accepted, filtered: Filtered) {
     };
     tokio::select! {
         _ = shutdown.cancelled() => {}
-        _ = stop.cancelled() => {}
         _ = work => {}
     }
     drop(permit);

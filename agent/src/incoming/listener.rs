@@ -1,6 +1,14 @@
 //! One subscribed port: tells the subscriber it is subscribed, then accepts
 //! the connections the rules send to its listener and hands each to a
 //! connection task with its real peer and original destination.
+//!
+//! # Retiring
+//! When the port is released its rule is removed first; connections the
+//! rule redirected just before may still be in the listener's queue (or
+//! finishing their handshake). Closing the listener then would reset them,
+//! so the task keeps accepting for [`LISTENER_LINGER`], sends each such
+//! connection to its original destination unchanged, takes what is left in
+//! the queue without waiting, and only then closes the listener.
 
 use super::Subscriber;
 use super::conn::{self, Accepted};
@@ -18,10 +26,17 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// Most connections of one subscribed port open at once; beyond that new
 /// ones are closed right away.
 pub const MAX_CONNECTIONS_PER_PORT: usize = 1024;
+
+/// How long a released port's listener keeps accepting what its rule sent
+/// before the rule went (see the module docs). A redirected connection is
+/// in the queue within a round trip inside the target's network namespace;
+/// the margin is for an agent slowed down by a busy machine.
+pub const LISTENER_LINGER: Duration = Duration::from_millis(500);
 
 /// How a port's connections are handled.
 #[derive(Debug)]
@@ -49,6 +64,10 @@ pub(super) struct PortTask {
     /// The agent's: ends mirrored pass-through connections too.
     pub shutdown: CancellationToken,
     pub conn_ids: Arc<AtomicU64>,
+    /// Every connection task of the agent (drained when it stops).
+    pub conns: TaskTracker,
+    /// This port's connection tasks (its table goes once they are done).
+    pub port_conns: TaskTracker,
 }
 
 /// The warning a client gets when it steals a whole port.
@@ -73,21 +92,21 @@ impl PortTask {
                 message: unfiltered_steal_warning(self.port),
             });
         }
+        let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS_PER_PORT));
         for message in answer {
             tokio::select! {
-                _ = self.stop.cancelled() => return,
-                _ = subscriber.token.cancelled() => return,
+                _ = self.stop.cancelled() => return self.retire(&limit).await,
+                // Released soon by the incoming task; serve until then.
+                _ = subscriber.token.cancelled() => break,
                 _ = subscriber.out_tx.send(message) => {}
             }
         }
-        let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS_PER_PORT));
-        // A shared (filtered) port outlives its first subscriber: the
-        // incoming task stops it when its last filter goes.
-        let whole = matches!(self.mode, PortMode::Whole(_));
+        // A port outlives its subscriber's session until the incoming task
+        // releases it (rule first, then `stop`): a whole port's connections
+        // meanwhile go to the original destination (see `dispatch`).
         loop {
             tokio::select! {
-                _ = self.stop.cancelled() => return,
-                _ = subscriber.token.cancelled(), if whole => return,
+                _ = self.stop.cancelled() => return self.retire(&limit).await,
                 accepted = self.listener.accept() => match accepted {
                     Ok((stream, peer)) => self.dispatch(stream, peer, &limit),
                     Err(e) => {
@@ -100,22 +119,113 @@ impl PortTask {
         }
     }
 
-    fn dispatch(&self, stream: TcpStream, peer: SocketAddr, limit: &Arc<Semaphore>) {
+    /// Run a connection task, tracked by the agent and by this port.
+    fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        self.conns.spawn(self.port_conns.track_future(task));
+    }
+
+    /// The port was released and its rule is gone: serve what the rule
+    /// sent before for [`LISTENER_LINGER`], then close the listener.
+    async fn retire(&self, limit: &Arc<Semaphore>) {
+        let linger = tokio::time::sleep(LISTENER_LINGER);
+        tokio::pin!(linger);
+        let mut late = 0usize;
+        loop {
+            tokio::select! {
+                biased;
+                accepted = self.listener.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        late += 1;
+                        self.pass_through(stream, peer, limit);
+                    }
+                    Err(_) => break,
+                },
+                () = &mut linger => break,
+                _ = self.shutdown.cancelled() => break,
+            }
+        }
+        // Whatever reached the queue at the last moment, without waiting.
+        while let Some(Ok((stream, peer))) =
+            futures::FutureExt::now_or_never(self.listener.accept())
+        {
+            late += 1;
+            self.pass_through(stream, peer, limit);
+        }
+        tracing::debug!(
+            port = self.port.0,
+            late,
+            "listener closed after its rule was removed"
+        );
+    }
+
+    /// Send a connection to its original destination, unchanged.
+    fn pass_through(&self, stream: TcpStream, peer: SocketAddr, limit: &Arc<Semaphore>) {
+        let Some(accepted) = self.accepted(stream, peer, limit) else {
+            return;
+        };
+        let (net, mark, shutdown) = (self.net.clone(), self.mark, self.shutdown.clone());
+        self.spawn(async move {
+            let Accepted {
+                mut stream,
+                local,
+                permit,
+                conn,
+                ..
+            } = accepted;
+            tracing::debug!(%conn, destination = %local, "passed through: the port is released");
+            let service = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                service = net.connect_tcp_marked(local, mark) => service,
+            };
+            match service {
+                Ok(mut service) => {
+                    let _ = service.set_nodelay(true);
+                    tokio::select! {
+                        _ = shutdown.cancelled() => {}
+                        _ = tokio::io::copy_bidirectional(&mut stream, &mut service) => {}
+                    }
+                }
+                // Dropping the peer's socket tells it, as the target would.
+                Err(e) => tracing::warn!(%conn, destination = %local, error = %e,
+                    "cannot reach the original destination"),
+            }
+            drop(permit);
+        });
+    }
+
+    /// A connection with its id, real peer and original destination; `None`
+    /// (it is closed) beyond the port's connection limit.
+    fn accepted(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        limit: &Arc<Semaphore>,
+    ) -> Option<Accepted> {
         let Ok(permit) = limit.clone().try_acquire_owned() else {
             tracing::warn!(
                 port = self.port.0,
                 "{MAX_CONNECTIONS_PER_PORT} connections open; refusing a new one"
             );
-            return;
+            return None;
         };
         let _ = stream.set_nodelay(true);
-        let accepted = Accepted {
+        Some(Accepted {
             conn: ConnectionId(self.conn_ids.fetch_add(1, Ordering::Relaxed) + 1),
             port: self.port,
             peer: canonical(peer),
             local: original_destination(&stream, self.listener_port, self.port),
             stream,
             permit,
+        })
+    }
+
+    fn dispatch(&self, stream: TcpStream, peer: SocketAddr, limit: &Arc<Semaphore>) {
+        // A whole port whose session ended, not released yet: the target's.
+        if matches!(self.mode, PortMode::Whole(_)) && self.subscriber.token.is_cancelled() {
+            return self.pass_through(stream, peer, limit);
+        }
+        let Some(accepted) = self.accepted(stream, peer, limit) else {
+            return;
         };
         tracing::debug!(
             conn = %accepted.conn,
@@ -130,17 +240,16 @@ impl PortTask {
                     routes: routes.clone(),
                     net: self.net.clone(),
                     mark: self.mark,
-                    stop: self.stop.clone(),
                     shutdown: self.shutdown.clone(),
                     conn_ids: self.conn_ids.clone(),
                 };
-                tokio::spawn(http::serve(accepted, filtered));
+                self.spawn(http::serve(accepted, filtered));
             }
             PortMode::Whole(IncomingMode::Steal) => {
-                tokio::spawn(conn::steal(accepted, self.subscriber.clone()));
+                self.spawn(conn::steal(accepted, self.subscriber.clone()));
             }
             PortMode::Whole(IncomingMode::Mirror) => {
-                tokio::spawn(conn::mirror(
+                self.spawn(conn::mirror(
                     accepted,
                     self.subscriber.clone(),
                     self.net.clone(),

@@ -11,9 +11,10 @@ use remora_protocol::{ErrorCode, RemoteError, RemoteResult, ServerMessage, Sessi
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::{CancellationToken, DropGuard};
+use tokio_util::task::TaskTracker;
 
 /// The filtered subscribers of one port, as connections see them.
 pub(super) type PortRoutes = Arc<Routes<super::Subscriber>>;
@@ -47,11 +48,26 @@ enum Holders {
 struct Subscription {
     holders: Holders,
     listener: ListenerPort,
-    /// Stops the port's listener task when the subscription is dropped.
+    /// Retires the port's listener task when the subscription is dropped.
     _stop: DropGuard,
+    /// The port's listener task and connection tasks.
+    conns: TaskTracker,
 }
 
 impl Subscription {
+    /// Requests its connections read from now on go to the original
+    /// destination (its redirect is gone; it is about to be dropped).
+    fn route_nothing(&self) {
+        if let Holders::Filtered { routes, .. } = &self.holders {
+            match build_routes(&[]) {
+                Ok(none) => {
+                    routes.send_replace(none);
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot clear the routes of a port"),
+            }
+        }
+    }
+
     fn held_by(&self, session: SessionId) -> bool {
         match &self.holders {
             Holders::Whole { session: s, .. } => *s == session,
@@ -105,6 +121,14 @@ pub(super) struct IncomingTask {
     watchers: JoinSet<SessionId>,
     /// Ids of incoming connections, unique in this agent.
     conn_ids: Arc<AtomicU64>,
+    /// Every listener task and incoming connection task, for the drain
+    /// when the agent stops.
+    conns: TaskTracker,
+    /// One task per released port, ending once its listener and every
+    /// connection it redirected are done: the table stays until then.
+    draining: JoinSet<()>,
+    /// The agent is stopping: no new subscriptions.
+    withdrawn: bool,
 }
 
 fn mode_word(mode: IncomingMode) -> &'static str {
@@ -132,6 +156,9 @@ impl IncomingTask {
             watched: HashSet::new(),
             watchers: JoinSet::new(),
             conn_ids: Arc::default(),
+            conns: TaskTracker::new(),
+            draining: JoinSet::new(),
+            withdrawn: false,
         }
     }
 
@@ -150,19 +177,51 @@ impl IncomingTask {
                         self.session_ended(session).await;
                     }
                 }
+                Some(_) = self.draining.join_next(), if !self.draining.is_empty() => {
+                    self.remove_table_if_idle().await;
+                }
                 command = self.cmd_rx.recv() => match command {
                     Some(command) => self.handle(command).await,
                     None => break,
                 },
             }
         }
+        // Normally empty already (withdrawn); the rules go before the
+        // listeners either way.
         let held = self.ports.len();
-        // Stops every listener.
-        self.ports.clear();
         match self.redirect.remove_all().await {
             Ok(()) => tracing::debug!(ports = held, "incoming traffic: every rule removed"),
             Err(e) => tracing::warn!(error = %e, "cannot remove the incoming traffic rules"),
         }
+        self.ports.clear();
+    }
+
+    /// The agent is stopping: every port is released (its redirect goes,
+    /// then its listener retires, see [`super::listener`]); `done` hears once
+    /// the listeners and the connections inside the agent finished, or
+    /// `drain` passed. The table goes when the incoming task ends.
+    async fn withdraw(&mut self, drain: std::time::Duration, done: oneshot::Sender<()>) {
+        self.withdrawn = true;
+        let ports: Vec<RemotePort> = self.ports.keys().copied().collect();
+        for port in ports {
+            // The table itself stays until the drain is over (see `release`).
+            self.release(port).await;
+        }
+        let conns = self.conns.clone();
+        tokio::spawn(async move {
+            conns.close();
+            let deadline = tokio::time::Instant::now() + drain + super::listener::LISTENER_LINGER;
+            if tokio::time::timeout_at(deadline, conns.wait())
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    left = conns.len(),
+                    "incoming connections still open when the agent stops"
+                );
+            }
+            let _ = done.send(());
+        });
     }
 
     async fn handle(&mut self, command: IncomingCommand) {
@@ -184,6 +243,7 @@ impl IncomingTask {
                     subscriber.send_later(ServerMessage::Incoming(reply));
                 }
             }
+            IncomingCommand::Withdraw { drain, done } => self.withdraw(drain, done).await,
             IncomingCommand::Unsubscribe { session, port } => {
                 if self.ports.get(&port).is_some_and(|s| s.held_by(session)) {
                     self.leave(port, session).await;
@@ -217,6 +277,12 @@ impl IncomingTask {
             return Err(RemoteError::new(
                 ErrorCode::Unavailable,
                 "the session is ending",
+            ));
+        }
+        if self.withdrawn {
+            return Err(RemoteError::new(
+                ErrorCode::Unavailable,
+                format!("the agent of {target} is stopping"),
             ));
         }
         if let Some(held) = self.ports.get_mut(&port) {
@@ -261,13 +327,13 @@ impl IncomingTask {
             }
         };
         if let Err(e) = self.redirect.add(port, listener_port).await {
-            if self.ports.is_empty() {
-                // Leave nothing behind, not even an empty table.
-                let _ = self.redirect.remove_all().await;
-            }
-            return Err(redirect_failed(port, target, &e));
+            let refused = redirect_failed(port, target, &e);
+            // Leave nothing behind, not even an empty table.
+            self.remove_table_if_idle().await;
+            return Err(refused);
         }
         let stop = CancellationToken::new();
+        let port_conns = TaskTracker::new();
         let task = PortTask {
             listener,
             listener_port,
@@ -279,8 +345,10 @@ impl IncomingTask {
             stop: stop.clone(),
             shutdown: self.shutdown.clone(),
             conn_ids: self.conn_ids.clone(),
+            conns: self.conns.clone(),
+            port_conns: port_conns.clone(),
         };
-        tokio::spawn(task.run());
+        self.conns.spawn(port_conns.track_future(task.run()));
         tracing::info!(
             port = port.0,
             listener = listener_port.0,
@@ -294,6 +362,7 @@ impl IncomingTask {
                 holders,
                 listener: listener_port,
                 _stop: stop.drop_guard(),
+                conns: port_conns,
             },
         );
         self.watch(subscriber);
@@ -349,8 +418,11 @@ impl IncomingTask {
         self.release(port).await;
     }
 
-    /// End every subscription of `port`: its listener stops, its rule goes,
-    /// and with the last port the whole table.
+    /// End every subscription of `port`: its rule goes, then its listener
+    /// retires. In that order, so that no connection meets a closed
+    /// listener: see the module's guarantees. The table goes with the last
+    /// port, but only once the connections it redirected are done (see
+    /// [`IncomingTask::remove_table_if_idle`]).
     async fn release(&mut self, port: RemotePort) {
         let Some(subscription) = self.ports.remove(&port) else {
             return;
@@ -358,16 +430,39 @@ impl IncomingTask {
         if let Err(e) = self.redirect.remove(port).await {
             tracing::warn!(port = port.0, error = %e, "cannot remove the rule of a port");
         }
-        if self.ports.is_empty()
-            && let Err(e) = self.redirect.remove_all().await
-        {
-            tracing::warn!(error = %e, "cannot remove the incoming traffic rules");
-        }
+        subscription.route_nothing();
+        let conns = subscription.conns.clone();
+        self.draining.spawn(async move {
+            conns.close();
+            conns.wait().await;
+        });
         tracing::info!(
             port = port.0,
             listener = subscription.listener.0,
             "port unsubscribed"
         );
+    }
+}
+
+impl IncomingTask {
+    /// Remove the table once no port is held and every released port's
+    /// connections are done.
+    ///
+    /// Not sooner: the redirect of a connection lives in its conntrack entry,
+    /// but the kernel translates its packets only while a NAT chain is
+    /// registered in the network namespace. Deleting the table (whose chains
+    /// are often the only NAT chains of a pod) while a redirected connection
+    /// is open would send that connection's answer from the listener's port
+    /// instead of the subscribed one, and its peer would drop it: a request
+    /// taken just before its port was released went unanswered that way
+    /// (curl timed out with 0 bytes) when the operator's pod was deleted.
+    async fn remove_table_if_idle(&mut self) {
+        if self.ports.is_empty()
+            && self.draining.is_empty()
+            && let Err(e) = self.redirect.remove_all().await
+        {
+            tracing::warn!(error = %e, "cannot remove the incoming traffic rules");
+        }
     }
 }
 

@@ -975,11 +975,13 @@ async fn filtered_steals_share_a_port_and_each_request_finds_its_session() {
     assert_eq!(answered, "bob");
     assert_eq!(fx.rec.ops(), [Op::RemoveStale, Op::Add(port, listener)]);
 
-    // The last one leaving takes the rule and the table.
+    // The last one leaving takes the rule, and the table once the
+    // connection it redirected is closed.
     bob.send(IncomingClient::Unsubscribe {
         port: RemotePort(port),
     })
     .await;
+    drop(peer);
     fx.rec
         .wait_for(&[
             Op::RemoveStale,
@@ -1260,4 +1262,139 @@ async fn many_keep_alive_connections_pass_through_without_a_failure() {
     for client in clients {
         client.await.unwrap();
     }
+}
+
+/// Regression: releasing a port used to stop its listener and every one of
+/// its connections at once, before its rule went, and to delete the table
+/// with the last port: a request a session had taken lost its answer, and a
+/// connection the rule had just sent was reset. Now the rule goes first,
+/// taken requests are still answered, whatever comes after goes to the
+/// service, and the table waits for the connections it redirected.
+#[tokio::test]
+async fn a_released_port_still_answers_what_it_took_and_sends_the_rest_to_the_service() {
+    let fx = fixture().await;
+    let service = http_service().await;
+    let port = service.port();
+    let mut alice = alice_on(&fx, port).await;
+    let listener = fx.rec.listener_of(port);
+    let mut taken = TcpStream::connect(localhost(listener)).await.unwrap();
+    taken
+        .write_all(b"GET /who HTTP/1.1\r\nhost: a\r\nx-user: alice\r\n\r\n")
+        .await
+        .unwrap();
+    let IncomingServer::Request { request, .. } = alice.incoming().await else {
+        panic!("expected a request");
+    };
+    // Accepted before the release, its first request not sent yet.
+    let mut idle = TcpStream::connect(localhost(listener)).await.unwrap();
+
+    alice
+        .send(IncomingClient::Unsubscribe {
+            port: RemotePort(port),
+        })
+        .await;
+    let released = [Op::RemoveStale, Op::Add(port, listener), Op::Remove(port)];
+    fx.rec.wait_for(&released).await;
+    // The taken request is answered by alice, who still holds it.
+    alice
+        .send(IncomingClient::ResponseHead {
+            request,
+            head: HttpResponseHead {
+                status: 200,
+                version: HttpVersion::Http11,
+                headers: vec![("content-length".into(), Bytes::from_static(b"5"))],
+            },
+        })
+        .await;
+    alice
+        .send(IncomingClient::ResponseBody {
+            request,
+            chunk: Bytes::from_static(b"alice"),
+            last: true,
+        })
+        .await;
+    let mut got = Vec::new();
+    read_until(&mut taken, &mut got, b"alice").await;
+    // Alice's next requests go to the service: she gave the port back.
+    assert_eq!(get(&mut taken, Some("alice")).await, "service");
+    assert_eq!(get(&mut idle, Some("alice")).await, "service");
+    wait_refused(localhost(listener)).await;
+    // The table (its NAT chains) outlives the port while connections it
+    // redirected are open: without it their answers would go out
+    // untranslated.
+    assert_eq!(fx.rec.ops(), released);
+    drop((taken, idle));
+    fx.rec
+        .wait_for(&[
+            Op::RemoveStale,
+            Op::Add(port, listener),
+            Op::Remove(port),
+            Op::RemoveAll,
+        ])
+        .await;
+}
+
+/// The agent stopping (`withdraw`): redirects first, a taken request is
+/// still answered by its session, new subscriptions are refused, the drain
+/// ends once the connections inside the agent are done, and the table goes
+/// after them.
+#[tokio::test]
+async fn withdrawing_removes_the_rules_first_and_waits_for_what_is_in_flight() {
+    let fx = fixture().await;
+    let service = http_service().await;
+    let port = service.port();
+    let mut alice = alice_on(&fx, port).await;
+    let listener = fx.rec.listener_of(port);
+    let mut taken = TcpStream::connect(localhost(listener)).await.unwrap();
+    taken
+        .write_all(b"GET /who HTTP/1.1\r\nhost: a\r\nx-user: alice\r\n\r\n")
+        .await
+        .unwrap();
+    let IncomingServer::Request { request, .. } = alice.incoming().await else {
+        panic!("expected a request");
+    };
+    let api = fx.api.clone();
+    let withdraw = tokio::spawn(async move { api.withdraw(STEP).await });
+    let released = [Op::RemoveStale, Op::Add(port, listener), Op::Remove(port)];
+    fx.rec.wait_for(&released).await;
+    let mut bob = fx.client(2, "bob");
+    let refused = bob.subscribe(9999, IncomingMode::Mirror).await.unwrap_err();
+    assert_eq!(refused.message, "the agent of pid/4242 is stopping");
+    assert!(!withdraw.is_finished(), "a request is still in flight");
+    alice
+        .send(IncomingClient::ResponseHead {
+            request,
+            head: HttpResponseHead {
+                status: 200,
+                version: HttpVersion::Http11,
+                headers: vec![
+                    ("content-length".into(), Bytes::from_static(b"5")),
+                    ("connection".into(), Bytes::from_static(b"close")),
+                ],
+            },
+        })
+        .await;
+    alice
+        .send(IncomingClient::ResponseBody {
+            request,
+            chunk: Bytes::from_static(b"alice"),
+            last: true,
+        })
+        .await;
+    let mut got = Vec::new();
+    read_until(&mut taken, &mut got, b"alice").await;
+    drop(taken);
+    tokio::time::timeout(STEP, withdraw)
+        .await
+        .expect("the drain ends once nothing is in flight")
+        .unwrap();
+    wait_refused(localhost(listener)).await;
+    fx.rec
+        .wait_for(&[
+            Op::RemoveStale,
+            Op::Add(port, listener),
+            Op::Remove(port),
+            Op::RemoveAll,
+        ])
+        .await;
 }

@@ -723,7 +723,23 @@ fn patch_request(
     }
 }
 
-/// Answers a TokenReview / SubjectAccessReview and records it.
+/// Whether a SubjectAccessReview asks about an RBAC-checked user of the sim (a
+/// `remora-sim-user:` token's user, not the admin or a service account, which stay allowed
+/// everything) and a resource.
+fn rbac_checked(spec: &Value) -> bool {
+    let user = spec["user"].as_str().unwrap_or_default();
+    let masters = spec["groups"]
+        .as_array()
+        .is_some_and(|g| g.iter().any(|g| g == "system:masters"));
+    !user.is_empty()
+        && !user.starts_with("system:")
+        && user != "remora-sim-admin"
+        && !masters
+        && spec["resourceAttributes"].is_object()
+}
+
+/// Answers a TokenReview / SubjectAccessReview and records it. Users of `remora-sim-user:`
+/// tokens authenticate, and their SubjectAccessReviews are decided by the stored RBAC.
 fn review(state: &ApiState, rt: &ResourceType, mut body: Value) -> Value {
     body["apiVersion"] = json!(rt.api_version());
     body["kind"] = json!(rt.kind);
@@ -736,9 +752,29 @@ fn review(state: &ApiState, rt: &ResourceType, mut body: Value) -> Value {
             } else if let Some(sa) = token.strip_prefix("remora-sim-sa:") {
                 json!({"authenticated": true, "user": {"username": format!("system:serviceaccount:{sa}"),
                        "groups": ["system:serviceaccounts", "system:authenticated"]}})
+            } else if let Some(user) = crate::rbac::user_of(&format!("Bearer {token}")) {
+                json!({"authenticated": true, "user": {"username": user.0, "groups": ["system:authenticated"]}})
             } else {
                 json!({"authenticated": false, "error": "invalid bearer token"})
             };
+        }
+        "subjectaccessreviews" if rbac_checked(&body["spec"]) => {
+            // As the RBAC authorizer answers: allowed, or not (no reason).
+            let spec = &body["spec"];
+            let user = crate::rbac::User(spec["user"].as_str().unwrap_or_default().to_owned());
+            let attrs = &spec["resourceAttributes"];
+            let text = |field: &str| attrs[field].as_str().filter(|s| !s.is_empty());
+            // Custom verbs too (remora's `steal`, `mirror`), as rules name them.
+            let a = crate::rbac::Attributes {
+                verb: text("verb").unwrap_or_default(),
+                group: text("group").unwrap_or_default(),
+                resource: text("resource").unwrap_or_default(),
+                sub: text("subresource"),
+                namespace: text("namespace"),
+                name: text("name"),
+            };
+            let allowed = crate::rbac::authorize(&state.store, &user, &a).is_ok();
+            body["status"] = json!({ "allowed": allowed });
         }
         _ => {
             body["status"] = json!({"allowed": true, "reason": "remora-kube-sim stores RBAC but does not enforce it"});

@@ -31,7 +31,7 @@ pub fn user_of(authorization: &str) -> Option<User> {
 /// What a request asks, in RBAC's terms.
 #[derive(Debug)]
 pub struct Attributes<'a> {
-    pub verb: &'static str,
+    pub verb: &'a str,
     pub group: &'a str,
     pub resource: &'a str,
     pub sub: Option<&'a str>,

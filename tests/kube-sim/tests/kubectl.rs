@@ -751,10 +751,42 @@ fn reviews_are_answered_and_recorded() {
         .to_string(),
     )
     .unwrap();
-    let out: serde_json::Value =
+    let review = |path: &std::path::Path| -> serde_json::Value {
         serde_json::from_str(&sim.ok(&["create", "-f", path.to_str().unwrap(), "-o", "json"]))
-            .unwrap();
-    assert_eq!(out["status"]["allowed"], true);
+            .unwrap()
+    };
+    // alice is a user RBAC decides for (as with a `remora-sim-user:alice` token), with no
+    // role yet; then a ClusterRole bound to her allows it.
+    assert_eq!(review(&path)["status"]["allowed"], false);
+    let rbac = sim.dir.path().join("rbac.yaml");
+    std::fs::write(
+        &rbac,
+        r#"
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: pod-deleter}
+rules: [{apiGroups: [""], resources: [pods], verbs: [delete]}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: alice-deletes-pods}
+subjects: [{kind: User, name: alice, apiGroup: rbac.authorization.k8s.io}]
+roleRef: {kind: ClusterRole, name: pod-deleter, apiGroup: rbac.authorization.k8s.io}
+"#,
+    )
+    .unwrap();
+    sim.ok(&["apply", "-f", rbac.to_str().unwrap()]);
+    assert_eq!(review(&path)["status"]["allowed"], true);
+    // Service accounts stay allowed everything.
+    std::fs::write(
+        &path,
+        serde_json::json!({"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+        "spec": {"user": "system:serviceaccount:default:bob",
+                 "resourceAttributes": {"verb": "delete", "resource": "pods"}}})
+        .to_string(),
+    )
+    .unwrap();
+    assert_eq!(review(&path)["status"]["allowed"], true);
     let reviews: serde_json::Value =
         serde_json::from_str(&sim.ok(&["get", "--raw", "/remora-sim/reviews"])).unwrap();
     let kinds: Vec<&str> = reviews
@@ -763,7 +795,15 @@ fn reviews_are_answered_and_recorded() {
         .iter()
         .map(|r| r["kind"].as_str().unwrap())
         .collect();
-    assert_eq!(kinds, ["TokenReview", "SubjectAccessReview"]);
+    assert_eq!(
+        kinds,
+        [
+            "TokenReview",
+            "SubjectAccessReview",
+            "SubjectAccessReview",
+            "SubjectAccessReview"
+        ]
+    );
 }
 
 /// kubectl's generator commands go through client-go's typed clients, which POST built-in

@@ -175,7 +175,12 @@ fn pick(head: &Head, buf: &[u8], filtered: &Filtered) -> Option<Subscriber> {
         path_and_query: text(&head.target).unwrap_or_default(),
         headers: &headers,
     };
-    routes.pick(&view).cloned()
+    // A session that just ended is still in the routes until the incoming
+    // task rebuilds them: its requests go to the target meanwhile.
+    routes
+        .pick(&view)
+        .filter(|subscriber| !subscriber.token.is_cancelled())
+        .cloned()
 }
 
 /// The next request head; `Ok(None)` when the connection should end between

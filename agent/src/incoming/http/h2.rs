@@ -103,7 +103,11 @@ fn pick(
         path_and_query,
         headers: &headers,
     };
-    routes.pick(&view).cloned()
+    // As for HTTP/1: a session that just ended takes nothing more.
+    routes
+        .pick(&view)
+        .filter(|subscriber| !subscriber.token.is_cancelled())
+        .cloned()
 }
 
 fn plain(status: StatusCode, text: &'static str) -> Response<Body> {
