@@ -130,9 +130,7 @@ fn shared_library(path: &[u8]) -> bool {
             return true;
         }
         match rest.iter().rposition(|&b| b == b'.') {
-            Some(dot)
-                if dot + 1 < rest.len() && rest[dot + 1..].iter().all(u8::is_ascii_digit) =>
-            {
+            Some(dot) if dot + 1 < rest.len() && rest[dot + 1..].iter().all(u8::is_ascii_digit) => {
                 rest = &rest[..dot];
             }
             _ => return false,

@@ -387,7 +387,10 @@ fn paths_are_decided_on_bytes_even_when_not_utf8() {
     assert_eq!(p.decide_bytes(b"/tmp/..", false), Remote);
     for path in ["/app/config.yaml", "/srv//a/./b/../c", "/home/u/.x", "/"] {
         for write in [false, true] {
-            assert_eq!(p.decide_bytes(path.as_bytes(), write), p.decide(path, write));
+            assert_eq!(
+                p.decide_bytes(path.as_bytes(), write),
+                p.decide(path, write)
+            );
         }
     }
 }
