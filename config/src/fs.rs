@@ -3,7 +3,7 @@
 
 mod default_local;
 
-use regex::RegexSet;
+use regex::bytes::RegexSet;
 use std::borrow::Cow;
 
 use crate::{FsConfig, FsMode, Issues, Result};
@@ -147,7 +147,14 @@ impl FsPolicy {
     /// for writing (or created, truncated, renamed, removed). Relative paths are
     /// local (the caller resolves them first); `.` and `..` are resolved lexically.
     pub fn decide(&self, path: &str, write: bool) -> FsDecision {
-        if !path.starts_with('/') {
+        self.decide_bytes(path.as_bytes(), write)
+    }
+
+    /// [`FsPolicy::decide`] on a path's bytes, as a C string holds them: the
+    /// layer decides without a UTF-8 pass, so a local path costs none. The
+    /// user's patterns match the bytes (a non-UTF-8 path can match them too).
+    pub fn decide_bytes(&self, path: &[u8], write: bool) -> FsDecision {
+        if !path.starts_with(b"/") {
             return FsDecision::Local;
         }
         let path = normalize(path);
@@ -171,7 +178,7 @@ impl FsPolicy {
     }
 
     /// The decision of the user's four lists, in their order of precedence.
-    fn decide_by_patterns(&self, path: &str, write: bool) -> Option<FsDecision> {
+    fn decide_by_patterns(&self, path: &[u8], write: bool) -> Option<FsDecision> {
         let hit = |set: &RegexSet| !set.is_empty() && set.is_match(path);
         if hit(&self.not_found) {
             Some(FsDecision::NotFound)
@@ -194,10 +201,10 @@ impl FsPolicy {
         }
     }
 
-    fn has_local_prefix(&self, path: &str) -> bool {
+    fn has_local_prefix(&self, path: &[u8]) -> bool {
         self.local_prefixes.iter().any(|prefix| {
-            path.strip_prefix(prefix.as_str())
-                .is_some_and(|r| r.is_empty() || r.starts_with('/'))
+            path.strip_prefix(prefix.as_bytes())
+                .is_some_and(|r| r.is_empty() || r.starts_with(b"/"))
         })
     }
 }
@@ -246,14 +253,14 @@ pub(crate) fn regex_message(pattern: &str, err: &regex::Error) -> String {
 /// scan for `/` followed by `/` or `.`, eight bytes per step; only paths with such a
 /// pair (dotfiles, `..`) get the exact byte-by-byte look. Hand-rolled rather than
 /// `str::contains` three times: that was the layer's largest cost on local calls.
-fn is_clean(path: &str) -> bool {
+fn is_clean(path: &[u8]) -> bool {
     const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
     /// The high bit of each byte is set iff that byte of `v` is zero (exact: no
     /// carries cross bytes).
     fn zero_bytes(v: u64) -> u64 {
         !(((v & LOW7).wrapping_add(LOW7)) | v | LOW7)
     }
-    let b = path.as_bytes();
+    let b = path;
     let mut chunks = b.chunks_exact(8);
     // Whether the byte just before the current chunk is `/`.
     let mut slash_before = false;
@@ -291,21 +298,29 @@ fn clean_exact(b: &[u8]) -> bool {
 }
 
 /// Resolves `.`, `..` and repeated slashes without touching the file system.
-fn normalize(path: &str) -> Cow<'_, str> {
+fn normalize(path: &[u8]) -> Cow<'_, [u8]> {
     if is_clean(path) {
         return Cow::Borrowed(path);
     }
-    let mut parts: Vec<&str> = Vec::new();
-    for part in path.split('/') {
+    let mut parts: Vec<&[u8]> = Vec::new();
+    for part in path.split(|&b| b == b'/') {
         match part {
-            "" | "." => {}
-            ".." => {
+            b"" | b"." => {}
+            b".." => {
                 parts.pop();
             }
             other => parts.push(other),
         }
     }
-    Cow::Owned(format!("/{}", parts.join("/")))
+    let mut out = Vec::with_capacity(path.len());
+    for part in parts {
+        out.push(b'/');
+        out.extend_from_slice(part);
+    }
+    if out.is_empty() {
+        out.push(b'/');
+    }
+    Cow::Owned(out)
 }
 
 #[cfg(test)]

@@ -205,6 +205,7 @@ impl AgentSpec<'_> {
     }
 
     fn container(&self) -> Container {
+        const FALLBACK_TO_LOGS: &str = "FallbackToLogsOnError";
         let (_, mounts) = self.socket_volumes();
         Container {
             name: "agent".to_owned(),
@@ -222,6 +223,9 @@ impl AgentSpec<'_> {
             resources: self.resources(),
             security_context: self.security_context(),
             volume_mounts: self.target.is_some().then_some(mounts),
+            // A failing agent's last log lines become its `terminated.message`,
+            // which the CLI shows: why it failed, without `kubectl logs`.
+            termination_message_policy: Some(FALLBACK_TO_LOGS.to_owned()),
             ..Container::default()
         }
     }
@@ -301,6 +305,7 @@ impl AgentSpec<'_> {
             resources: None,
             security_context: c.security_context,
             target_container_name: self.target.map(|t| t.container.clone()),
+            termination_message_policy: c.termination_message_policy,
             ..EphemeralContainer::default()
         }
     }

@@ -146,6 +146,12 @@ pub type Shared<T> = Arc<T>;
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn close(fd: c_int) -> c_int {
     let real = real!(close: fn(c_int) -> c_int);
+    // Neither recorded nor the layer's own: one atomic load and a compare,
+    // without the thread-local guard.
+    if !maybe_managed(fd) && !session::is_session_fd(fd) {
+        // SAFETY: forwarding the caller's arguments unchanged.
+        return unsafe { real(fd) };
+    }
     // The layer closing its own fds (old sessions after fork) goes straight through.
     if let Some(_g) = DetourGuard::enter() {
         if session::is_session_fd(fd) {

@@ -44,7 +44,7 @@ const fn key(name: &[u8]) -> u64 {
 /// The rules for paths whose first component is `first`: rules anchored at `/` sit
 /// under their first component, so a call looks at a handful of rules rather than
 /// all of them.
-fn group(first: &str) -> &'static [Rule] {
+fn group(first: &[u8]) -> &'static [Rule] {
     const K_PROC: u64 = key(b"proc");
     const K_SYS: u64 = key(b"sys");
     const K_DEV: u64 = key(b"dev");
@@ -61,7 +61,7 @@ fn group(first: &str) -> &'static [Rule] {
     const K_ROOT: u64 = key(b"root");
     const K_NIX: u64 = key(b"nix");
     const K_OPT: u64 = key(b"opt");
-    match key(first.as_bytes()) {
+    match key(first) {
         K_PROC => &[Rule::Tree("/proc")],
         K_SYS => &[Rule::Tree("/sys")],
         K_DEV => &[Rule::Tree("/dev")],
@@ -107,29 +107,30 @@ const ANYWHERE: &[Rule] = &[
     Rule::Anywhere("/node_modules"),
 ];
 
-fn tree(path: &str, p: &str) -> bool {
-    path.strip_prefix(p)
-        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+fn tree(path: &[u8], p: &str) -> bool {
+    path.strip_prefix(p.as_bytes())
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with(b"/"))
 }
 
-fn anywhere(path: &str, p: &str) -> bool {
-    path.match_indices(p).any(|(i, _)| {
-        let rest = &path[i + p.len()..];
-        rest.is_empty() || rest.starts_with('/')
+fn anywhere(path: &[u8], p: &str) -> bool {
+    let p = p.as_bytes();
+    path.windows(p.len()).enumerate().any(|(i, w)| {
+        w == p && {
+            let rest = &path[i + p.len()..];
+            rest.is_empty() || rest.starts_with(b"/")
+        }
     })
 }
 
-fn shared_library(path: &str) -> bool {
+fn shared_library(path: &[u8]) -> bool {
     // Strip trailing `.<digits>` groups, then require a `.so` suffix.
     let mut rest = path;
     loop {
-        if rest.ends_with(".so") {
+        if rest.ends_with(b".so") {
             return true;
         }
-        match rest.rfind('.') {
-            Some(dot)
-                if dot + 1 < rest.len() && rest[dot + 1..].bytes().all(|b| b.is_ascii_digit()) =>
-            {
+        match rest.iter().rposition(|&b| b == b'.') {
+            Some(dot) if dot + 1 < rest.len() && rest[dot + 1..].iter().all(u8::is_ascii_digit) => {
                 rest = &rest[..dot];
             }
             _ => return false,
@@ -137,32 +138,33 @@ fn shared_library(path: &str) -> bool {
     }
 }
 
-fn home_entry(path: &str) -> Option<&str> {
-    let rest = path.strip_prefix("/home/")?;
-    let (user, after) = match rest.find('/') {
+fn home_entry(path: &[u8]) -> Option<&[u8]> {
+    let rest = path.strip_prefix(b"/home/")?;
+    let (user, after) = match rest.iter().position(|&b| b == b'/') {
         Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, ""),
+        None => (rest, &b""[..]),
     };
     (!user.is_empty()).then_some(after)
 }
 
-fn matches_rule(rule: Rule, path: &str) -> bool {
+fn matches_rule(rule: Rule, path: &[u8]) -> bool {
     match rule {
         Rule::Tree(p) => tree(path, p),
-        Rule::Exact(p) => path == p,
-        Rule::StartsWith(p) => path.starts_with(p),
+        Rule::Exact(p) => path == p.as_bytes(),
+        Rule::StartsWith(p) => path.starts_with(p.as_bytes()),
         Rule::Anywhere(p) => anywhere(path, p),
         Rule::SharedLibrary => shared_library(path),
-        Rule::HomeDotfile => home_entry(path).is_some_and(|after| after.starts_with("/.")),
-        Rule::HomeDir => home_entry(path).is_some_and(str::is_empty),
+        Rule::HomeDotfile => home_entry(path).is_some_and(|after| after.starts_with(b"/.")),
+        Rule::HomeDir => home_entry(path).is_some_and(<[u8]>::is_empty),
     }
 }
 
-/// Whether `path` (absolute, normalised) is local by default.
-pub fn matches(path: &str) -> bool {
-    let anchored = path.strip_prefix('/').is_some_and(|rest| {
+/// Whether `path` (absolute, normalised; bytes, as a C string holds it) is
+/// local by default.
+pub fn matches(path: &[u8]) -> bool {
+    let anchored = path.strip_prefix(b"/").is_some_and(|rest| {
         // First components are short: a byte loop beats a searcher here.
-        let end = rest.bytes().position(|b| b == b'/').unwrap_or(rest.len());
+        let end = rest.iter().position(|&b| b == b'/').unwrap_or(rest.len());
         let first = &rest[..end];
         group(first).iter().any(|rule| matches_rule(*rule, path))
     });

@@ -285,7 +285,7 @@ mod default_local_equivalence {
         #[test]
         fn fast_rules_agree_with_the_documented_regexes(path in path()) {
             let set = regex::RegexSet::new(DEFAULT_LOCAL).unwrap();
-            prop_assert_eq!(default_local::matches(&path), set.is_match(&path), "{}", path);
+            prop_assert_eq!(default_local::matches(path.as_bytes()), set.is_match(&path), "{}", path);
         }
     }
 
@@ -335,7 +335,7 @@ mod default_local_equivalence {
             let re = regex::Regex::new(pattern).unwrap();
             assert!(re.is_match(path), "{pattern} should match {path}");
             assert!(
-                default_local::matches(path),
+                default_local::matches(path.as_bytes()),
                 "fast rules should match {path}"
             );
         }
@@ -366,7 +366,31 @@ mod clean_paths {
             lead in any::<bool>(),
         ) {
             let path = format!("{}{}", if lead { "/" } else { "" }, parts.join("/"));
-            prop_assert_eq!(is_clean(&path), clean_by_substrings(&path), "{}", path);
+            prop_assert_eq!(is_clean(path.as_bytes()), clean_by_substrings(&path), "{}", path);
+        }
+    }
+}
+
+#[test]
+fn paths_are_decided_on_bytes_even_when_not_utf8() {
+    let p = policy(FsConfig {
+        not_found: strings(&[r"^/secret/"]),
+        ..FsConfig::default()
+    });
+    // A C path need not be UTF-8: built-in rules, patterns and the mode still apply.
+    assert_eq!(p.decide_bytes(b"/tmp/caf\xe9", false), Local);
+    assert_eq!(p.decide_bytes(b"/secret/\xff", false), NotFound);
+    assert_eq!(p.decide_bytes(b"/srv/\xff", false), Remote);
+    // Dots and repeated slashes are resolved on bytes like on text.
+    assert_eq!(p.decide_bytes(b"/srv/../tmp//x", true), Local);
+    assert_eq!(p.decide_bytes(b"/tmp/../srv/./x", false), Remote);
+    assert_eq!(p.decide_bytes(b"/tmp/..", false), Remote);
+    for path in ["/app/config.yaml", "/srv//a/./b/../c", "/home/u/.x", "/"] {
+        for write in [false, true] {
+            assert_eq!(
+                p.decide_bytes(path.as_bytes(), write),
+                p.decide(path, write)
+            );
         }
     }
 }

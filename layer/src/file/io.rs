@@ -38,11 +38,17 @@ unsafe fn in_slice<'a>(buf: *const c_void, len: size_t) -> HookResult<&'a [u8]> 
 
 // ---------------------------------------------------------------- fd I/O
 // These sit on every read and write of the process: the fast path is one
-// thread-local flag and one atomic load (`fd::get` with nothing managed).
+// atomic load (`fd::maybe_managed`), before the thread-local guard.
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn read(fd: c_int, buf: *mut c_void, count: size_t) -> ssize_t {
     let real = real!(read: fn(c_int, *mut c_void, size_t) -> ssize_t);
+    // The bitmap first: an fd the layer does not manage costs one atomic load,
+    // not the thread-local guard as well.
+    if !crate::fd::maybe_managed(fd) {
+        // SAFETY: forwarding the caller's arguments unchanged.
+        return unsafe { real(fd, buf, count) };
+    }
     if let Some(_g) = DetourGuard::enter() {
         if let Some(handle) = ops::remote_handle(fd) {
             // SAFETY: read(2) contract: buf has count writable bytes.
@@ -206,6 +212,10 @@ fn write_target(fd: c_int) -> Option<WriteTarget> {
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn write(fd: c_int, buf: *const c_void, count: size_t) -> ssize_t {
     let real = real!(write: fn(c_int, *const c_void, size_t) -> ssize_t);
+    if !crate::fd::maybe_managed(fd) {
+        // SAFETY: forwarding the caller's arguments unchanged.
+        return unsafe { real(fd, buf, count) };
+    }
     if let Some(_g) = DetourGuard::enter() {
         match write_target(fd) {
             Some(WriteTarget::Handle(handle)) => {

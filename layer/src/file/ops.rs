@@ -127,35 +127,46 @@ fn remote_dir(fd: c_int) -> Option<Arc<str>> {
 /// is relative to a local directory fd; `ENOENT` for the policy's `not_found`.
 pub fn locate(dirfd: c_int, path: &CStr, write: bool) -> HookResult<Routed<String>> {
     let state = state::get().ok_or(HookError::Bypass("layer inactive"))?;
+    let bytes = path.to_bytes();
+    if bytes.is_empty() {
+        return Err(HookError::Bypass("empty path"));
+    }
+    if bytes[0] == b'/' {
+        // Absolute paths (the common case) are decided on the C string's
+        // bytes: a local answer needs neither a copy nor a UTF-8 pass.
+        return match state.policies.fs.decide_bytes(bytes, write) {
+            FsDecision::Local => Ok(Routed::Local(None)),
+            FsDecision::NotFound => Err(HookError::Errno(libc::ENOENT)),
+            FsDecision::Remote | FsDecision::RemoteWrite => Ok(Routed::Remote(
+                path.to_str()
+                    .map_err(|_| HookError::Bypass("path is not UTF-8"))?
+                    .to_owned(),
+            )),
+        };
+    }
     let text = path
         .to_str()
         .map_err(|_| HookError::Bypass("path is not UTF-8"))?;
-    if text.is_empty() {
-        return Err(HookError::Bypass("empty path"));
-    }
-    // Absolute paths (the common case) are decided without allocating.
-    let (abs, via_remote_dir): (std::borrow::Cow<'_, str>, bool) = if text.starts_with('/') {
-        (text.into(), false)
-    } else if dirfd == libc::AT_FDCWD {
+    let (abs, via_remote_dir) = if dirfd == libc::AT_FDCWD {
         match super::cwd::remote() {
             // Relative to the remote working directory: a local answer must
             // be given to libc as an absolute path.
-            Some(base) => (absolutize(&base, text).into(), true),
-            None => (absolutize(&cwd()?, text).into(), false),
+            Some(base) => (absolutize(&base, text), true),
+            None => (absolutize(&cwd()?, text), false),
         }
     } else {
         let dir = remote_dir(dirfd).ok_or(HookError::Bypass("relative to a local dirfd"))?;
-        (absolutize(&dir, text).into(), true)
+        (absolutize(&dir, text), true)
     };
     match state.policies.fs.decide(&abs, write) {
         FsDecision::Local if via_remote_dir => {
             // Cannot fail: built from a C string and a directory path.
-            let c = CString::new(abs.into_owned()).map_err(|_| HookError::Errno(libc::EINVAL))?;
+            let c = CString::new(abs).map_err(|_| HookError::Errno(libc::EINVAL))?;
             Ok(Routed::Local(Some(c)))
         }
         FsDecision::Local => Ok(Routed::Local(None)),
         FsDecision::NotFound => Err(HookError::Errno(libc::ENOENT)),
-        FsDecision::Remote | FsDecision::RemoteWrite => Ok(Routed::Remote(abs.into_owned())),
+        FsDecision::Remote | FsDecision::RemoteWrite => Ok(Routed::Remote(abs)),
     }
 }
 

@@ -909,9 +909,14 @@ impl Kubelet {
                 .unwrap_or(137);
             {
                 let mut st = statuses.lock();
-                let terminated = json!({"exitCode": code, "reason": if code == 0 { "Completed" } else { "Error" },
+                let mut terminated = json!({"exitCode": code, "reason": if code == 0 { "Completed" } else { "Error" },
                                         "startedAt": started, "finishedAt": time::now_rfc3339(),
                                         "containerID": format!("{}://{container_id}", self.runtime_name())});
+                if code != 0 && container["terminationMessagePolicy"] == "FallbackToLogsOnError" {
+                    if let Some(tail) = log_tail(&self.logs.path(&uid, &cname, false)) {
+                        terminated["message"] = json!(tail);
+                    }
+                }
                 st[index]["ready"] = json!(false);
                 st[index]["lastState"] = json!({"terminated": terminated.clone()});
                 let restart = policy == "Always" || (policy == "OnFailure" && code != 0);
@@ -1039,4 +1044,26 @@ fn kill_group(pid: u32, signal: &str) {
         .args([format!("-{signal}"), "--".to_owned(), format!("-{pid}")])
         .stderr(Stdio::null())
         .status();
+}
+
+/// What a kubelet puts in `terminated.message` under `terminationMessagePolicy:
+/// FallbackToLogsOnError` when a container fails without writing a termination
+/// message: the end of its log, at most 80 lines and 2048 bytes.
+fn log_tail(path: &std::path::Path) -> Option<String> {
+    const MAX_LINES: usize = 80;
+    const MAX_BYTES: usize = 2048;
+    let log = std::fs::read(path).ok()?;
+    let mut start = log.len().saturating_sub(MAX_BYTES);
+    let lines: Vec<usize> = log[start..]
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| **b == b'\n')
+        .map(|(i, _)| start + i + 1)
+        .collect();
+    // The last MAX_LINES lines: start after the newline that precedes them.
+    if lines.len() > MAX_LINES {
+        start = lines[lines.len() - MAX_LINES - 1];
+    }
+    let tail = String::from_utf8_lossy(&log[start..]).trim_end().to_owned();
+    (!tail.is_empty()).then_some(tail)
 }

@@ -226,16 +226,40 @@ spec:
 
 /// The names of the links of the run that holds subnet `index`.
 pub fn links_of_subnet(index: &str) -> Vec<String> {
+    link_ids_of_subnet(index)
+        .into_iter()
+        .map(|(_, name)| name)
+        .collect()
+}
+
+/// [`links_of_subnet`] with each link's interface index. Indexes are not
+/// reused soon, so `(index, name)` tells a leftover from a link of the same
+/// name that a later run (another test's sim claiming the freed subnet) made.
+pub fn link_ids_of_subnet(index: &str) -> Vec<(u32, String)> {
     let out = Command::new("ip")
         .args(["-o", "link", "show"])
         .output()
         .expect("ip link");
     String::from_utf8_lossy(&out.stdout)
         .lines()
-        .filter_map(|l| l.split(": ").nth(1))
-        .map(|name| name.split('@').next().unwrap_or(name).to_owned())
-        .filter(|name| {
+        .filter_map(|l| {
+            let mut fields = l.split(": ");
+            let ifindex = fields.next()?.trim().parse().ok()?;
+            let name = fields.next()?;
+            Some((ifindex, name.split('@').next().unwrap_or(name).to_owned()))
+        })
+        .filter(|(_, name)| {
             *name == format!("rksbr{index}") || name.starts_with(&format!("rks{index}p"))
         })
+        .collect()
+}
+
+/// Which of `links` (from [`link_ids_of_subnet`]) still exist. Once a run has
+/// freed its subnet, another test's sim may claim it at once and make links
+/// of the same names: only the earlier run's own links count.
+pub fn links_still_there(index: &str, links: &[(u32, String)]) -> Vec<(u32, String)> {
+    link_ids_of_subnet(index)
+        .into_iter()
+        .filter(|link| links.contains(link))
         .collect()
 }

@@ -5,7 +5,7 @@ mod common;
 
 use std::process::{Command, Stdio};
 
-use common::{Sim, links_of_subnet, poll, processes_of};
+use common::{Sim, link_ids_of_subnet, links_still_there, poll, processes_of};
 
 const SHOP: &str = r#"
 apiVersion: v1
@@ -545,6 +545,7 @@ fn nothing_left_after_sigterm() {
         "a bridge and two veths: {:?}",
         sim.links()
     );
+    let links = link_ids_of_subnet(subnet.trim());
     sim.terminate();
     assert!(
         processes_of(&state).is_empty(),
@@ -553,8 +554,8 @@ fn nothing_left_after_sigterm() {
     assert!(!state.exists(), "the state dir is removed");
     assert!(!cgroup.exists(), "the run's cgroups are removed");
     assert_eq!(
-        links_of_subnet(subnet.trim()),
-        Vec::<String>::new(),
+        links_still_there(subnet.trim(), &links),
+        Vec::new(),
         "no bridge, no veth"
     );
 }
@@ -578,11 +579,8 @@ fn restart_after_sigkill_sweeps_leftovers() {
         "SIGKILL leaves the containers behind"
     );
     assert!(cgroup.is_dir(), "and their cgroups");
-    assert_eq!(
-        links_of_subnet(subnet.trim()).len(),
-        3,
-        "and their bridge and veths"
-    );
+    let links = link_ids_of_subnet(subnet.trim());
+    assert_eq!(links.len(), 3, "and their bridge and veths: {links:?}");
     let _next = Sim::start();
     assert!(
         processes_of(&state).is_empty(),
@@ -591,8 +589,8 @@ fn restart_after_sigkill_sweeps_leftovers() {
     assert!(!state.exists(), "and removes their state dir");
     assert!(!cgroup.exists(), "and their cgroups");
     assert_eq!(
-        links_of_subnet(subnet.trim()),
-        Vec::<String>::new(),
+        links_still_there(subnet.trim(), &links),
+        Vec::new(),
         "and their network"
     );
 }
@@ -645,11 +643,8 @@ fn exits_and_cleans_up_when_its_parent_dies() {
         "two shells and two sleeps",
     );
     let subnet = std::fs::read_to_string(state.join("subnet")).unwrap();
-    assert_eq!(
-        links_of_subnet(subnet.trim()).len(),
-        3,
-        "a bridge and two veths"
-    );
+    let links = link_ids_of_subnet(subnet.trim());
+    assert_eq!(links.len(), 3, "a bridge and two veths: {links:?}");
 
     parent.kill().unwrap();
     parent.wait().unwrap();
@@ -663,8 +658,8 @@ fn exits_and_cleans_up_when_its_parent_dies() {
     );
     assert!(!cgroup.exists(), "the run's cgroups are removed");
     assert_eq!(
-        links_of_subnet(subnet.trim()),
-        Vec::<String>::new(),
+        links_still_there(subnet.trim(), &links),
+        Vec::new(),
         "no bridge, no veth"
     );
 }

@@ -199,3 +199,65 @@ spec:
         poll(|| !v1.exists(), "the pod's v1 cgroups to be removed");
     }
 }
+
+#[test]
+fn a_failed_containers_log_tail_is_its_termination_message_when_asked() {
+    let sim = Sim::start();
+    sim.apply_yaml(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: failing}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: fallback
+    image: busybox
+    terminationMessagePolicy: FallbackToLogsOnError
+    command: [sh, -c, "for i in $(seq 1 100); do echo line $i; done; echo 'cannot enter the target' >&2; exit 3"]
+  - name: plain
+    image: busybox
+    command: [sh, -c, "echo not shown; exit 4"]
+  - name: fine
+    image: busybox
+    terminationMessagePolicy: FallbackToLogsOnError
+    command: [sh, -c, "echo all good"]
+"#,
+        &[],
+    );
+    let terminated = |name: &str| {
+        let pod = sim.json(&["get", "pod", "failing"]);
+        pod["status"]["containerStatuses"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|s| s["name"] == name)
+            .map(|s| s["state"]["terminated"].clone())
+            .filter(serde_json::Value::is_object)
+    };
+    poll(
+        || {
+            ["fallback", "plain", "fine"]
+                .iter()
+                .all(|c| terminated(c).is_some())
+        },
+        "all three containers to end",
+    );
+    let fallback = terminated("fallback").unwrap();
+    assert_eq!(fallback["exitCode"], 3, "{fallback}");
+    let message = fallback["message"].as_str().unwrap_or_default();
+    // The last 80 lines of the log: lines 22..=100 and the error.
+    assert!(
+        message.ends_with("line 100\ncannot enter the target"),
+        "{message:?}"
+    );
+    assert!(message.starts_with("line 22\n"), "{message:?}");
+    let plain = terminated("plain").unwrap();
+    assert_eq!(plain["exitCode"], 4);
+    assert!(plain["message"].is_null(), "no policy, no message: {plain}");
+    let fine = terminated("fine").unwrap();
+    assert!(
+        fine["message"].is_null(),
+        "success keeps no message: {fine}"
+    );
+}
