@@ -11,7 +11,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::{Request, StrBytes};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use tokio::sync::Mutex;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 /// Kafka's error code for a topic that does not exist.
 pub const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
@@ -82,14 +82,11 @@ impl Cluster {
 
     /// The shared connection to `addr`, opened on first use.
     pub async fn conn(&self, addr: &str) -> Result<Arc<Conn>, ConnError> {
-        if let Some(c) = self.conns.lock().await.get(addr) {
+        if let Some(c) = lock(&self.conns).get(addr) {
             return Ok(c.clone());
         }
         let conn = Arc::new(Conn::connect(addr).await?);
-        Ok(self
-            .conns
-            .lock()
-            .await
+        Ok(lock(&self.conns)
             .entry(addr.to_owned())
             .or_insert(conn)
             .clone())
@@ -98,7 +95,7 @@ impl Cluster {
     /// A connection to any broker: a known one, else the first bootstrap
     /// address that answers.
     pub async fn any(&self) -> Result<Arc<Conn>, ConnError> {
-        let known: Vec<String> = self.conns.lock().await.keys().cloned().collect();
+        let known: Vec<String> = lock(&self.conns).keys().cloned().collect();
         let mut last = None;
         for addr in known.iter().chain(&self.bootstrap) {
             match self.conn(addr).await {
@@ -115,7 +112,7 @@ impl Cluster {
     /// Forgets the connection to `addr` (after an I/O error on it, so the
     /// next use connects again and re-negotiates versions).
     pub async fn forget(&self, addr: &str) {
-        self.conns.lock().await.remove(addr);
+        lock(&self.conns).remove(addr);
     }
 
     /// Sends `req` to any broker, at the highest version in `min..=max`.
@@ -163,13 +160,13 @@ impl Cluster {
         // creates the topic).
         let resp = self.send_any(&req, 4, 12).await?;
         {
-            let mut brokers = self.brokers.lock().await;
+            let mut brokers = lock(&self.brokers);
             for b in &resp.brokers {
                 brokers.insert(b.node_id.0, format!("{}:{}", b.host.as_str(), b.port));
             }
         }
-        *self.controller.lock().await = Some(resp.controller_id.0).filter(|id| *id >= 0);
-        let mut layouts = self.topics.lock().await;
+        *lock(&self.controller) = Some(resp.controller_id.0).filter(|id| *id >= 0);
+        let mut layouts = lock(&self.topics);
         for t in &resp.topics {
             let Some(name) = &t.name else { continue };
             if t.error_code != 0 {
@@ -202,7 +199,7 @@ impl Cluster {
     /// The layout of `topic`: cached, else from fresh metadata; `None` if
     /// the topic does not exist.
     pub async fn layout(&self, topic: &str, fresh: bool) -> Result<Option<TopicLayout>, ConnError> {
-        if !fresh && let Some(l) = self.topics.lock().await.get(topic) {
+        if !fresh && let Some(l) = lock(&self.topics).get(topic) {
             return Ok(Some(l.clone()));
         }
         let resp = self.refresh(&[topic]).await?;
@@ -213,17 +210,17 @@ impl Cluster {
         if known.is_none() {
             return Ok(None);
         }
-        Ok(self.topics.lock().await.get(topic).cloned())
+        Ok(lock(&self.topics).get(topic).cloned())
     }
 
     /// Forgets `topic`'s layout (it was deleted, or its leaders moved).
     pub async fn forget_topic(&self, topic: &str) {
-        self.topics.lock().await.remove(topic);
+        lock(&self.topics).remove(topic);
     }
 
     /// The address of broker `id`, from the last metadata.
     pub async fn broker_addr(&self, id: i32) -> Option<String> {
-        self.brokers.lock().await.get(&id).cloned()
+        lock(&self.brokers).get(&id).cloned()
     }
 
     /// The connection to broker `id` (metadata is fetched if it is unknown).
@@ -243,12 +240,12 @@ impl Cluster {
     /// The controller's connection (topic creation and deletion), or any
     /// broker's when none is named (KRaft brokers forward to it).
     pub async fn controller(&self) -> Result<Arc<Conn>, ConnError> {
-        let id = *self.controller.lock().await;
+        let id = *lock(&self.controller);
         let id = match id {
             Some(id) => Some(id),
             None => {
                 self.refresh(&[]).await?;
-                *self.controller.lock().await
+                *lock(&self.controller)
             }
         };
         match id {
@@ -268,7 +265,7 @@ impl Cluster {
             return Err(CoordError::Code(resp.error_code));
         }
         let addr = format!("{}:{}", resp.host.as_str(), resp.port);
-        self.brokers.lock().await.insert(resp.node_id.0, addr.clone());
+        lock(&self.brokers).insert(resp.node_id.0, addr.clone());
         Ok(self.conn(&addr).await?)
     }
 }
@@ -282,6 +279,12 @@ pub enum CoordError {
     /// The broker answered with an error code.
     #[error("finding the group coordinator: {}", code_text(*.0))]
     Code(i16),
+}
+
+/// Locks `m`; these maps hold plain data, consistent after any panic.
+/// Never held across an await.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// The broker id type kafka-protocol uses, from a plain id.

@@ -1,17 +1,19 @@
 //! One connection to one Kafka broker: framing, request headers, API version
-//! negotiation. Requests on one connection are sent one at a time (a request
-//! is written, then its response read, under one lock), so Kafka's
-//! per-connection ordering holds trivially; callers that long-poll (fetch)
-//! open a connection of their own.
+//! negotiation. A task owns the socket and sends requests one at a time, in
+//! the order they were queued (so Kafka's per-connection ordering holds
+//! trivially); callers that long-poll (fetch) open a connection of their
+//! own.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use kafka_protocol::messages::{ApiKey, ApiVersionsRequest, RequestHeader, ResponseHeader};
+use kafka_protocol::messages::{
+    ApiKey, ApiVersionsRequest, ApiVersionsResponse, RequestHeader, ResponseHeader,
+};
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Request, StrBytes};
 use std::collections::HashMap;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::Mutex;
+use tokio::sync::{mpsc, oneshot};
 
 /// The client id remora sends (brokers log it; quotas may key on it).
 pub const CLIENT_ID: &str = "remora-queues";
@@ -59,19 +61,40 @@ pub enum ConnError {
     },
 }
 
-struct Stream {
-    tcp: Option<TcpStream>,
-    correlation: i32,
+/// Requests waiting for the connection's task; far more than the router
+/// keeps in flight (its prefetch), so a sender never waits for room (a
+/// waiting sender that its owner stops polling would hold the queue's
+/// next slot).
+const QUEUE_CAPACITY: usize = 1024;
+
+/// How long a request may wait for its response (a fetch waits at most its
+/// `max_wait_ms`, a produce or a topic creation 30 s broker-side).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(45);
+
+/// One request for the connection's task: the header and body encoded by
+/// the caller, the response body (after its header) sent back.
+struct Job {
+    header: RequestHeader,
+    header_version: i16,
+    body: Bytes,
+    response_header_version: i16,
+    reply: oneshot::Sender<Result<Bytes, ConnError>>,
 }
 
-/// A connection to one broker. Reconnects on the next request after an I/O
-/// error (the failed request is reported, not retried: the caller decides,
-/// because a produce must not be sent twice blindly).
+/// A connection to one broker, owned by a task of its own that sends
+/// requests one at a time, in the order they were queued, and reads each
+/// response before the next request. Callers never hold a lock across the
+/// network: a caller that stops polling (a router's forward waiting its
+/// turn) cannot stall another caller on the same connection. After an I/O
+/// error the task reconnects on the next request (the failed request is
+/// reported, not retried: the caller decides, because a produce must not be
+/// sent twice blindly).
 pub struct Conn {
     addr: String,
     /// API key -> (min, max) version the broker supports.
     versions: HashMap<i16, (i16, i16)>,
-    stream: Mutex<Stream>,
+    /// callers --requests--> the connection's task
+    jobs_tx: mpsc::Sender<Job>,
 }
 
 impl std::fmt::Debug for Conn {
@@ -84,14 +107,34 @@ impl Conn {
     /// Connects to `addr` (`host:port`) and asks which API versions it
     /// supports.
     pub async fn connect(addr: &str) -> Result<Self, ConnError> {
-        let tcp = open(addr).await?;
-        let mut stream = Stream {
-            tcp: Some(tcp),
-            correlation: 0,
-        };
+        let mut tcp = Some(open(addr).await?);
+        let mut correlation = 0;
         // ApiVersions v0: every broker answers it, whatever its own range.
-        let resp = roundtrip::<ApiVersionsRequest>(addr, &mut stream, &Default::default(), 0)
-            .await?;
+        let req = ApiVersionsRequest::default();
+        let mut body = BytesMut::new();
+        req.encode(&mut body, 0).map_err(|e| ConnError::Protocol {
+            addr: addr.to_owned(),
+            api: ApiKey::ApiVersions,
+            version: 0,
+            message: e.to_string(),
+        })?;
+        let job_header = header_for(ApiKey::ApiVersions as i16, 0);
+        let mut resp = roundtrip(
+            addr,
+            &mut tcp,
+            &mut correlation,
+            job_header,
+            ApiVersionsRequest::header_version(0),
+            &body,
+            ApiVersionsResponse::header_version(0),
+        )
+        .await?;
+        let resp = ApiVersionsResponse::decode(&mut resp, 0).map_err(|e| ConnError::Protocol {
+            addr: addr.to_owned(),
+            api: ApiKey::ApiVersions,
+            version: 0,
+            message: e.to_string(),
+        })?;
         if resp.error_code != 0 {
             return Err(ConnError::Io {
                 addr: addr.to_owned(),
@@ -103,10 +146,12 @@ impl Conn {
             .iter()
             .map(|k| (k.api_key, (k.min_version, k.max_version)))
             .collect();
+        let (jobs_tx, jobs_rx) = mpsc::channel(QUEUE_CAPACITY);
+        tokio::spawn(run(addr.to_owned(), tcp, correlation, jobs_rx));
         Ok(Self {
             addr: addr.to_owned(),
             versions,
-            stream: Mutex::new(stream),
+            jobs_tx,
         })
     }
 
@@ -135,16 +180,95 @@ impl Conn {
 
     /// Sends `req` at `version` and waits for its response.
     pub async fn send<R: Request>(&self, req: &R, version: i16) -> Result<R::Response, ConnError> {
-        let mut stream = self.stream.lock().await;
-        if stream.tcp.is_none() {
-            stream.tcp = Some(open(&self.addr).await?);
+        let api = api_key::<R>();
+        let proto = |message: String| ConnError::Protocol {
+            addr: self.addr.clone(),
+            api,
+            version,
+            message,
+        };
+        let mut body = BytesMut::new();
+        req.encode(&mut body, version)
+            .map_err(|e| proto(format!("encoding: {e}")))?;
+        let (reply, reply_rx) = oneshot::channel();
+        let job = Job {
+            header: header_for(R::KEY, version),
+            header_version: R::header_version(version),
+            body: body.freeze(),
+            response_header_version: R::Response::header_version(version),
+            reply,
+        };
+        let gone = || ConnError::Io {
+            addr: self.addr.clone(),
+            message: "the connection's task ended".into(),
+        };
+        self.jobs_tx.send(job).await.map_err(|_| gone())?;
+        let mut resp = match tokio::time::timeout(REQUEST_TIMEOUT, reply_rx).await {
+            Ok(Ok(r)) => r?,
+            Ok(Err(_)) => return Err(gone()),
+            Err(_) => {
+                return Err(ConnError::Io {
+                    addr: self.addr.clone(),
+                    message: format!("{api:?} v{version}: no response within {REQUEST_TIMEOUT:?}"),
+                });
+            }
+        };
+        let decoded =
+            R::Response::decode(&mut resp, version).map_err(|e| proto(format!("decoding: {e}")))?;
+        if resp.has_remaining() {
+            tracing::debug!(?api, version, left = resp.remaining(), "response had trailing bytes");
         }
-        let result = roundtrip(&self.addr, &mut stream, req, version).await;
+        Ok(decoded)
+    }
+}
+
+fn header_for(key: i16, version: i16) -> RequestHeader {
+    RequestHeader::default()
+        .with_request_api_key(key)
+        .with_request_api_version(version)
+        .with_client_id(Some(StrBytes::from_static_str(CLIENT_ID)))
+}
+
+/// The connection's task: one job at a time, until every `Conn` handle is
+/// gone.
+async fn run(addr: String, mut tcp: Option<TcpStream>, mut correlation: i32, mut jobs_rx: mpsc::Receiver<Job>) {
+    while let Some(job) = jobs_rx.recv().await {
+        if job.reply.is_closed() {
+            continue; // its caller gave up (timed out or dropped)
+        }
+        if tcp.is_none() {
+            match open(&addr).await {
+                Ok(t) => tcp = Some(t),
+                Err(e) => {
+                    let _ = job.reply.send(Err(e));
+                    continue;
+                }
+            }
+        }
+        let result = tokio::time::timeout(
+            REQUEST_TIMEOUT,
+            roundtrip(
+                &addr,
+                &mut tcp,
+                &mut correlation,
+                job.header,
+                job.header_version,
+                &job.body,
+                job.response_header_version,
+            ),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(ConnError::Io {
+                addr: addr.clone(),
+                message: format!("no response within {REQUEST_TIMEOUT:?}"),
+            })
+        });
         if matches!(result, Err(ConnError::Io { .. })) {
             // The stream may hold half a frame: start over next time.
-            stream.tcp = None;
+            tcp = None;
         }
-        result
+        let _ = job.reply.send(result);
     }
 }
 
@@ -172,48 +296,47 @@ fn api_key<R: Request>() -> ApiKey {
     ApiKey::try_from(R::KEY).unwrap_or(ApiKey::ApiVersions)
 }
 
-async fn roundtrip<R: Request>(
+async fn roundtrip(
     addr: &str,
-    stream: &mut Stream,
-    req: &R,
-    version: i16,
-) -> Result<R::Response, ConnError> {
-    let api = api_key::<R>();
+    tcp: &mut Option<TcpStream>,
+    correlation: &mut i32,
+    header: RequestHeader,
+    header_version: i16,
+    body: &[u8],
+    response_header_version: i16,
+) -> Result<Bytes, ConnError> {
+    let io = |what: &str, e: std::io::Error| ConnError::Io {
+        addr: addr.to_owned(),
+        message: format!("{what}: {e}"),
+    };
+    let api = ApiKey::try_from(header.request_api_key).unwrap_or(ApiKey::ApiVersions);
+    let version = header.request_api_version;
     let proto = |message: String| ConnError::Protocol {
         addr: addr.to_owned(),
         api,
         version,
         message,
     };
-    let io = |what: &str, e: std::io::Error| ConnError::Io {
-        addr: addr.to_owned(),
-        message: format!("{what}: {e}"),
-    };
-    stream.correlation = stream.correlation.wrapping_add(1);
-    let correlation = stream.correlation;
-    let header = RequestHeader::default()
-        .with_request_api_key(R::KEY)
-        .with_request_api_version(version)
-        .with_correlation_id(correlation)
-        .with_client_id(Some(StrBytes::from_static_str(CLIENT_ID)));
+    *correlation = correlation.wrapping_add(1);
+    let correlation = *correlation;
+    let header = header.with_correlation_id(correlation);
     let mut buf = BytesMut::new();
     buf.put_i32(0); // the frame's length, filled in below
     header
-        .encode(&mut buf, R::header_version(version))
+        .encode(&mut buf, header_version)
         .map_err(|e| proto(format!("encoding the header: {e}")))?;
-    req.encode(&mut buf, version)
-        .map_err(|e| proto(format!("encoding: {e}")))?;
+    buf.extend_from_slice(body);
     let len = i32::try_from(buf.len() - 4).map_err(|_| proto("request too large".into()))?;
     buf[..4].copy_from_slice(&len.to_be_bytes());
 
-    let Some(tcp) = stream.tcp.as_mut() else {
+    let Some(stream) = tcp.as_mut() else {
         return Err(ConnError::Io {
             addr: addr.to_owned(),
             message: "not connected".into(),
         });
     };
-    tcp.write_all(&buf).await.map_err(|e| io("writing", e))?;
-    let len = tcp.read_i32().await.map_err(|e| io("reading", e))?;
+    stream.write_all(&buf).await.map_err(|e| io("writing", e))?;
+    let len = stream.read_i32().await.map_err(|e| io("reading", e))?;
     let len = usize::try_from(len)
         .ok()
         .filter(|l| *l <= MAX_RESPONSE)
@@ -221,26 +344,22 @@ async fn roundtrip<R: Request>(
             addr: addr.to_owned(),
             message: format!("response of {len} bytes refused"),
         })?;
-    let mut body = vec![0; len];
-    tcp.read_exact(&mut body)
+    let mut resp = vec![0; len];
+    stream
+        .read_exact(&mut resp)
         .await
         .map_err(|e| io("reading", e))?;
-    let mut body = Bytes::from(body);
-    let header = ResponseHeader::decode(&mut body, R::Response::header_version(version))
+    let mut resp = Bytes::from(resp);
+    let got = ResponseHeader::decode(&mut resp, response_header_version)
         .map_err(|e| proto(format!("decoding the response header: {e}")))?;
-    if header.correlation_id != correlation {
+    if got.correlation_id != correlation {
         return Err(ConnError::Io {
             addr: addr.to_owned(),
             message: format!(
                 "response for request {} where {correlation} was expected",
-                header.correlation_id
+                got.correlation_id
             ),
         });
-    }
-    let resp =
-        R::Response::decode(&mut body, version).map_err(|e| proto(format!("decoding: {e}")))?;
-    if body.has_remaining() {
-        tracing::debug!(?api, version, left = body.remaining(), "response had trailing bytes");
     }
     Ok(resp)
 }
