@@ -8,10 +8,10 @@
 //! on the original topic for the workload's group, and the temporary topics
 //! are gone.
 
-#[path = "../../queues/tests/support/tansu.rs"]
-mod tansu;
 #[path = "support/sim.rs"]
 mod sim;
+#[path = "../../queues/tests/support/tansu.rs"]
+mod tansu;
 
 use remora_kube::{ClientOptions, KubeClient};
 use remora_operator_kube::crd::queue_split::{QueueBroker, WorkloadKind, WorkloadRef};

@@ -289,7 +289,11 @@ impl KafkaBroker {
                         return Err(Self::op_err(
                             topic,
                             "list offsets",
-                            format!("partition {}: {}", p.partition_index, code_text(p.error_code)),
+                            format!(
+                                "partition {}: {}",
+                                p.partition_index,
+                                code_text(p.error_code)
+                            ),
                         ));
                     }
                     out.insert(p.partition_index, p.offset);
@@ -333,7 +337,11 @@ impl KafkaBroker {
                 continue;
             }
             if resp.error_code != 0 {
-                return Err(Self::op_err(topic, "offset fetch", code_text(resp.error_code)));
+                return Err(Self::op_err(
+                    topic,
+                    "offset fetch",
+                    code_text(resp.error_code),
+                ));
             }
             let mut out = BTreeMap::new();
             for t in resp.topics {
@@ -342,7 +350,11 @@ impl KafkaBroker {
                         return Err(Self::op_err(
                             topic,
                             "offset fetch",
-                            format!("partition {}: {}", p.partition_index, code_text(p.error_code)),
+                            format!(
+                                "partition {}: {}",
+                                p.partition_index,
+                                code_text(p.error_code)
+                            ),
                         ));
                     }
                     if p.committed_offset >= 0 {
@@ -356,7 +368,11 @@ impl KafkaBroker {
     }
 
     /// Commits `offsets` (partition -> next offset to read) for the group.
-    pub(crate) async fn commit(&self, topic: &QueueName, offsets: &BTreeMap<i32, i64>) -> Result<()> {
+    pub(crate) async fn commit(
+        &self,
+        topic: &QueueName,
+        offsets: &BTreeMap<i32, i64>,
+    ) -> Result<()> {
         let req = OffsetCommitRequest::default()
             .with_group_id(GroupId(StrBytes::from_string(self.config.group.clone())))
             .with_generation_id_or_member_epoch(-1)
@@ -530,14 +546,21 @@ impl Broker for KafkaBroker {
                 return Err(Self::no_queue(queue));
             }
             if r.error_code != 0 {
-                return Err(Self::op_err(queue, "describe configs", code_text(r.error_code)));
+                return Err(Self::op_err(
+                    queue,
+                    "describe configs",
+                    code_text(r.error_code),
+                ));
             }
             for c in r.configs {
                 if c.read_only || c.is_sensitive {
                     continue;
                 }
                 if let Some(value) = c.value {
-                    props.insert(format!("{CONFIG_PREFIX}{}", c.name.as_str()), value.to_string());
+                    props.insert(
+                        format!("{CONFIG_PREFIX}{}", c.name.as_str()),
+                        value.to_string(),
+                    );
                 }
             }
         }
@@ -550,13 +573,21 @@ impl Broker for KafkaBroker {
     async fn create_like(&self, like: &QueueProps, name: &QueueName) -> Result<()> {
         let partitions: i32 = match like.props.get(PARTITIONS_PROP) {
             Some(p) => p.parse().map_err(|_| {
-                Self::op_err(name, "create", format!("{PARTITIONS_PROP} = {p:?} is not a number"))
+                Self::op_err(
+                    name,
+                    "create",
+                    format!("{PARTITIONS_PROP} = {p:?} is not a number"),
+                )
             })?,
             None => -1, // the broker's default
         };
         let replication: i16 = match like.props.get(REPLICATION_PROP) {
             Some(r) => r.parse().map_err(|_| {
-                Self::op_err(name, "create", format!("{REPLICATION_PROP} = {r:?} is not a number"))
+                Self::op_err(
+                    name,
+                    "create",
+                    format!("{REPLICATION_PROP} = {r:?} is not a number"),
+                )
             })?,
             None => -1,
         };
@@ -613,7 +644,11 @@ impl Broker for KafkaBroker {
                         .error_message
                         .map(|m| format!(": {}", m.as_str()))
                         .unwrap_or_default();
-                    return Err(Self::op_err(name, "create", format!("{}{detail}", code_text(code))));
+                    return Err(Self::op_err(
+                        name,
+                        "create",
+                        format!("{}{detail}", code_text(code)),
+                    ));
                 }
             }
         }
@@ -627,7 +662,11 @@ impl Broker for KafkaBroker {
                 Err(e) => return Err(self.conn_err(e)),
             }
         }
-        Err(Self::op_err(name, "create", "created, but it has no partition leaders after 5 s"))
+        Err(Self::op_err(
+            name,
+            "create",
+            "created, but it has no partition leaders after 5 s",
+        ))
     }
 
     async fn delete(&self, name: &QueueName) -> Result<()> {
@@ -638,7 +677,10 @@ impl Broker for KafkaBroker {
                 return Err(Self::op_err(
                     name,
                     "delete",
-                    format!("group {} has {} messages to read on it", self.config.group, d.ready),
+                    format!(
+                        "group {} has {} messages to read on it",
+                        self.config.group, d.ready
+                    ),
                 ));
             }
             Ok(_) => {}
@@ -756,7 +798,14 @@ impl Broker for KafkaBroker {
                 }
                 UNKNOWN_TOPIC_OR_PARTITION => {
                     self.cluster.forget_topic(&name.0).await;
-                    if self.cluster.layout(&name.0, true).await.ok().flatten().is_none() {
+                    if self
+                        .cluster
+                        .layout(&name.0, true)
+                        .await
+                        .ok()
+                        .flatten()
+                        .is_none()
+                    {
                         return Err(Self::no_queue(name));
                     }
                     fresh = true;
@@ -767,7 +816,11 @@ impl Broker for KafkaBroker {
                 code => return Err(Self::op_err(name, "publish", code_text(code))),
             }
         }
-        Err(Self::op_err(name, "publish", "the partition's leader kept moving"))
+        Err(Self::op_err(
+            name,
+            "publish",
+            "the partition's leader kept moving",
+        ))
     }
 }
 

@@ -6,7 +6,9 @@
 #[path = "support/tansu.rs"]
 mod tansu;
 
-use remora_queues::broker::{Broker, BrokerError, Consumer, Delivery, Message, QueueName, QueueProps};
+use remora_queues::broker::{
+    Broker, BrokerError, Consumer, Delivery, Message, QueueName, QueueProps,
+};
 use remora_queues::kafka::{CONFIG_PREFIX, KafkaBroker, PARTITIONS_PROP};
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -68,11 +70,17 @@ async fn a_copy_keeps_partitions_and_topic_configs() {
 
     let read = broker.inspect(&original).await.unwrap();
     assert_eq!(read.props[PARTITIONS_PROP], "3");
-    assert_eq!(read.props[&format!("{CONFIG_PREFIX}retention.ms")], "3600000");
+    assert_eq!(
+        read.props[&format!("{CONFIG_PREFIX}retention.ms")],
+        "3600000"
+    );
     let copy = q("orders.remora.workload");
     broker.create_like(&read, &copy).await.unwrap();
     let copied = broker.inspect(&copy).await.unwrap();
-    assert_eq!(copied.props, read.props, "the copy has the original's properties");
+    assert_eq!(
+        copied.props, read.props,
+        "the copy has the original's properties"
+    );
 
     // A different partition count under an existing name is refused.
     let err = broker.create_like(&props(5), &copy).await.unwrap_err();
@@ -116,7 +124,11 @@ async fn publish_consume_ack_keep_headers_keys_and_partition_order() {
     let mut partition_of_key: HashMap<String, String> = HashMap::new();
     let mut forwarded = Vec::new();
     for _ in 0..n {
-        let d = consumer.next_within(WAIT).await.unwrap().expect("a message");
+        let d = consumer
+            .next_within(WAIT)
+            .await
+            .unwrap()
+            .expect("a message");
         let seq = seq_of(&d);
         assert_eq!(d.message.body, format!("body {seq}").into_bytes());
         assert_eq!(d.message.headers["x-user"], "alice");
@@ -150,7 +162,13 @@ async fn publish_consume_ack_keep_headers_keys_and_partition_order() {
         consumer.ack(d).await.unwrap();
     }
     assert_eq!(broker.depth(&topic).await.unwrap().ready, 0);
-    assert!(consumer.next_within(Duration::from_millis(300)).await.unwrap().is_none());
+    assert!(
+        consumer
+            .next_within(Duration::from_millis(300))
+            .await
+            .unwrap()
+            .is_none()
+    );
     drop(consumer);
     broker.delete(&topic).await.unwrap();
 
@@ -180,7 +198,10 @@ async fn commits_stop_at_the_first_unacked_message_and_requeues_come_back() {
     let topic = q("jobs");
     broker.create_like(&props(1), &topic).await.unwrap();
     for seq in 0..10 {
-        broker.publish(&topic, &message(seq, "bob", "k")).await.unwrap();
+        broker
+            .publish(&topic, &message(seq, "bob", "k"))
+            .await
+            .unwrap();
     }
     let mut consumer = broker.consume(&topic, 4).await.unwrap();
     let mut held = Vec::new();
@@ -213,7 +234,10 @@ async fn commits_stop_at_the_first_unacked_message_and_requeues_come_back() {
     let other: std::sync::Arc<KafkaBroker> = tansu.broker("g2").await;
     assert_eq!(other.depth(&topic).await.unwrap().ready, 10);
     let mut consumer = other.consume(&topic, 4).await.unwrap();
-    assert_eq!(take(consumer.as_mut(), true).await, (0..10).collect::<Vec<_>>());
+    assert_eq!(
+        take(consumer.as_mut(), true).await,
+        (0..10).collect::<Vec<_>>()
+    );
     drop(consumer);
     broker.delete(&topic).await.unwrap();
 }

@@ -78,11 +78,7 @@ async fn read_all(tansu: &Tansu, topic: &QueueName, group: &str) -> Vec<(u64, St
     let reader = tansu.broker(group).await;
     let mut consumer = reader.consume(topic, 64).await.unwrap();
     let mut got = Vec::new();
-    while let Some(d) = consumer
-        .next_within(Duration::from_secs(3))
-        .await
-        .unwrap()
-    {
+    while let Some(d) = consumer.next_within(Duration::from_secs(3)).await.unwrap() {
         assert_eq!(d.message.headers["x-user"], user(seq_of(&d)));
         assert_eq!(d.message.body, seq_of(&d).to_string().into_bytes());
         got.push((seq_of(&d), d.message.order_key.clone().unwrap()));
@@ -104,7 +100,10 @@ fn assert_partition_order(what: &str, got: &[(u64, String)]) {
     let mut last: HashMap<&str, u64> = HashMap::new();
     for (seq, part) in got {
         if let Some(before) = last.insert(part, *seq) {
-            assert!(before < *seq, "{what}: {before} came before {seq} in {part}");
+            assert!(
+                before < *seq,
+                "{what}: {before} came before {seq} in {part}"
+            );
         }
     }
 }
@@ -216,7 +215,10 @@ async fn a_split_topic_delivers_exactly_once_with_a_session_killed_midway() {
     let mut sorted_bob: Vec<u64> = got_bob.iter().map(|(s, _)| *s).collect();
     sorted_bob.sort_unstable();
     let want_bob: Vec<u64> = (0..n).filter(|s| user(*s) == "bob").collect();
-    assert_eq!(sorted_bob, want_bob, "bob got exactly his messages, once each");
+    assert_eq!(
+        sorted_bob, want_bob,
+        "bob got exactly his messages, once each"
+    );
     // Bob's session lived throughout: each partition's order is kept.
     assert_partition_order("bob", &got_bob);
     let mut sorted_workload: Vec<u64> = got_workload.iter().map(|(s, _)| *s).collect();

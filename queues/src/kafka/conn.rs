@@ -216,7 +216,12 @@ impl Conn {
         let decoded =
             R::Response::decode(&mut resp, version).map_err(|e| proto(format!("decoding: {e}")))?;
         if resp.has_remaining() {
-            tracing::debug!(?api, version, left = resp.remaining(), "response had trailing bytes");
+            tracing::debug!(
+                ?api,
+                version,
+                left = resp.remaining(),
+                "response had trailing bytes"
+            );
         }
         Ok(decoded)
     }
@@ -231,7 +236,12 @@ fn header_for(key: i16, version: i16) -> RequestHeader {
 
 /// The connection's task: one job at a time, until every `Conn` handle is
 /// gone.
-async fn run(addr: String, mut tcp: Option<TcpStream>, mut correlation: i32, mut jobs_rx: mpsc::Receiver<Job>) {
+async fn run(
+    addr: String,
+    mut tcp: Option<TcpStream>,
+    mut correlation: i32,
+    mut jobs_rx: mpsc::Receiver<Job>,
+) {
     while let Some(job) = jobs_rx.recv().await {
         if job.reply.is_closed() {
             continue; // its caller gave up (timed out or dropped)

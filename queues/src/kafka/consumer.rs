@@ -123,7 +123,10 @@ impl KafkaConsumer {
 
     fn hand_out(&mut self, d: Delivery) -> Delivery {
         if let Some(t) = d.token.downcast_ref::<KafkaToken>() {
-            self.outstanding.entry(t.partition).or_default().insert(t.offset);
+            self.outstanding
+                .entry(t.partition)
+                .or_default()
+                .insert(t.offset);
             let end = self.handed_end.entry(t.partition).or_insert(0);
             *end = (*end).max(t.offset + 1);
         }
@@ -303,7 +306,9 @@ impl Fetcher {
                         ),
                 ]);
             // v4..=12: by topic name (v13 names topics by id).
-            let version = conn.version::<FetchRequest>(4, 12).map_err(|e| e.to_string())?;
+            let version = conn
+                .version::<FetchRequest>(4, 12)
+                .map_err(|e| e.to_string())?;
             let resp = match conn.send(&req, version).await {
                 Ok(r) => r,
                 Err(e) => {

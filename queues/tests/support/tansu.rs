@@ -35,7 +35,13 @@ impl Tansu {
             let addr = format!("127.0.0.1:{port}");
             let url = format!("tcp://{addr}");
             let mut child = Command::new(&bin)
-                .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+                .args([
+                    "broker",
+                    "--listener-url",
+                    &url,
+                    "--advertised-listener-url",
+                    &url,
+                ])
                 .args(["--storage-engine", "memory://tansu/"])
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
