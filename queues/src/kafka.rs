@@ -160,6 +160,8 @@ pub struct KafkaNative {
     pub headers: Vec<(String, Option<Bytes>)>,
     /// The record's timestamp (ms since the epoch).
     pub timestamp: i64,
+    /// The record had a null value (a tombstone), not an empty one.
+    pub null_value: bool,
 }
 
 /// A Kafka cluster, one consumer group. Cheap to share.
@@ -469,7 +471,9 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 
 /// The record a message is published as.
 fn record_of(message: &Message) -> Record {
-    let (key, headers, timestamp) = match message.native.downcast_ref::<KafkaNative>() {
+    let native = message.native.downcast_ref::<KafkaNative>();
+    let null_value = native.is_some_and(|n| n.null_value);
+    let (key, headers, timestamp) = match native {
         Some(n) => (
             n.key.clone(),
             n.headers
@@ -513,7 +517,7 @@ fn record_of(message: &Message) -> Record {
         sequence: -1,
         timestamp,
         key,
-        value: Some(Bytes::copy_from_slice(&message.body)),
+        value: (!null_value).then(|| Bytes::copy_from_slice(&message.body)),
         headers,
     }
 }

@@ -6,10 +6,11 @@
 #[path = "support/tansu.rs"]
 mod tansu;
 
+use bytes::Bytes;
 use remora_queues::broker::{
     Broker, BrokerError, Consumer, Delivery, Message, QueueName, QueueProps,
 };
-use remora_queues::kafka::{CONFIG_PREFIX, KafkaBroker, PARTITIONS_PROP};
+use remora_queues::kafka::{CONFIG_PREFIX, KafkaBroker, KafkaNative, PARTITIONS_PROP};
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 use tansu::Tansu;
@@ -240,4 +241,61 @@ async fn commits_stop_at_the_first_unacked_message_and_requeues_come_back() {
     );
     drop(consumer);
     broker.delete(&topic).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tombstone_stays_a_tombstone_and_binary_headers_are_forwarded_unmatched() {
+    let tansu = Tansu::start();
+    let broker = tansu.broker("g").await;
+    let (from, to) = (q("compacted"), q("compacted.copy"));
+    for t in [&from, &to] {
+        broker.create_like(&props(2), t).await.unwrap();
+    }
+    let native = KafkaNative {
+        partition: 1,
+        key: Some(Bytes::from_static(b"user-7")),
+        headers: vec![
+            ("x-user".into(), Some(Bytes::from_static(b"alice"))),
+            ("x-raw".into(), Some(Bytes::from_static(&[0xff, 0x00]))),
+            ("x-none".into(), None),
+        ],
+        timestamp: 1_700_000_000_000,
+        null_value: true,
+    };
+    let tombstone = Message {
+        headers: BTreeMap::new(),
+        body: Vec::new(),
+        order_key: None,
+        native: Box::new(native),
+    };
+    broker.publish(&from, &tombstone).await.unwrap();
+    let mut consumer = broker.consume(&from, 4).await.unwrap();
+    let d = consumer
+        .next_within(WAIT)
+        .await
+        .unwrap()
+        .expect("the tombstone");
+    // Only the UTF-8 header is matchable; every header is forwarded.
+    assert_eq!(
+        d.message.headers,
+        BTreeMap::from([("x-user".to_owned(), "alice".to_owned())])
+    );
+    assert_eq!(d.message.order_key.as_deref(), Some("p1"));
+    broker.publish(&to, &d.message).await.unwrap();
+    consumer.ack(d).await.unwrap();
+    let mut copy = broker.consume(&to, 4).await.unwrap();
+    let d = copy.next_within(WAIT).await.unwrap().expect("the copy");
+    let n = d.message.native.downcast_ref::<KafkaNative>().unwrap();
+    assert!(n.null_value, "still a tombstone");
+    assert_eq!(n.partition, 1);
+    assert_eq!(n.key.as_deref(), Some(&b"user-7"[..]));
+    assert_eq!(n.timestamp, 1_700_000_000_000);
+    assert_eq!(n.headers.len(), 3, "{:?}", n.headers);
+    assert_eq!(n.headers[1].1.as_deref(), Some(&[0xff, 0x00][..]));
+    assert_eq!(n.headers[2].1, None);
+    copy.ack(d).await.unwrap();
+    drop((consumer, copy));
+    for t in [&from, &to] {
+        broker.delete(t).await.unwrap();
+    }
 }

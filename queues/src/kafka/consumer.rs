@@ -409,6 +409,7 @@ impl Fetcher {
                         .map(|(k, v)| (k.as_str().to_owned(), v.clone()))
                         .collect(),
                     timestamp: r.timestamp,
+                    null_value: r.value.is_none(),
                 };
                 let delivery = Delivery {
                     message: Message {
