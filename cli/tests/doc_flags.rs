@@ -35,6 +35,14 @@ const OTHER_PROGRAMS: &[(&str, &[&str])] = &[
     ("valgrind", &["--tool", "--callgrind-out-file"]),
     ("cloud-pubsub-emulator", &["--host", "--port"]),
     (
+        "tansu (docs/queues.md)",
+        &[
+            "--listener-url",
+            "--advertised-listener-url",
+            "--storage-engine",
+        ],
+    ),
+    (
         "mariadb-dump",
         &["--no-data", "--where", "--single-transaction"],
     ),

@@ -8,6 +8,7 @@
 //!   inspect, copy, consume, publish with confirmation, ack, delete.
 //! * [`rabbitmq`]: the RabbitMQ broker (lapin).
 //! * [`sqs`]: the Amazon SQS broker (aws-sdk-sqs; moto in tests).
+//! * [`kafka`]: Kafka-protocol brokers (kafka-protocol; tansu in tests).
 //! * [`router`]: the router of one split queue (an actor: `RouterTask` +
 //!   `RouterApi`), its saved state and the temporary queues' names.
 //!
@@ -18,6 +19,7 @@
 
 pub mod broker;
 pub mod filter;
+pub mod kafka;
 pub mod rabbitmq;
 pub mod router;
 pub mod sqs;

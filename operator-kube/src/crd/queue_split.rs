@@ -97,6 +97,12 @@ pub struct BrokerEndpoint {
     /// Password (RabbitMQ, Kafka SASL) or secret access key (SQS).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_from: Option<SecretKey>,
+    /// Kafka: the consumer group the workload reads the topic with. The
+    /// router reads the original topic from this group's offsets and
+    /// commits there, and a temporary topic counts as empty once this
+    /// group has read it all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
 }
 
 /// One registered queue.

@@ -9,6 +9,7 @@ use crate::crd::queue_split::{BrokerEndpoint, QueueBroker, SecretKey, SplitQueue
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 use remora_queues::broker::{Broker, QueueName};
+use remora_queues::kafka::{KafkaBroker, KafkaConfig};
 use remora_queues::rabbitmq::RabbitBroker;
 use remora_queues::sqs::{SqsBroker, SqsConfig};
 use std::sync::Arc;
@@ -137,9 +138,14 @@ pub(super) async fn connect(
             let broker = SqsBroker::new(config);
             Ok(Arc::new(broker))
         }
-        other => Err(SplitError::Value(format!(
-            "queue {id}: {other:?} queues are not split by this operator yet \
-             (rabbitmq and sqs are)"
+        QueueBroker::Kafka => {
+            let config = kafka_config(id, endpoint, url, user, password)?;
+            let broker = KafkaBroker::connect(config).await.map_err(failed)?;
+            Ok(Arc::new(broker))
+        }
+        QueueBroker::Pubsub => Err(SplitError::Value(format!(
+            "queue {id}: pubsub queues are not split by this operator yet \
+             (rabbitmq, sqs and kafka are)"
         ))),
     }
 }
@@ -188,6 +194,42 @@ fn sqs_config(
         session_token,
         visibility_timeout: None,
     })
+}
+
+/// The Kafka client settings: the bootstrap servers (`url`/`urlFrom`) and
+/// the workload's consumer group (`group`). SASL is not spoken yet, so a
+/// registration with credentials is refused rather than connecting without
+/// them.
+fn kafka_config(
+    id: &str,
+    endpoint: &BrokerEndpoint,
+    url: Option<String>,
+    user: Option<String>,
+    password: Option<String>,
+) -> Result<KafkaConfig, SplitError> {
+    let Some(url) = url else {
+        return Err(SplitError::Value(format!(
+            "queue {id}: a kafka brokerEndpoint needs url or urlFrom (host:port[,host:port])"
+        )));
+    };
+    let Some(group) = endpoint.group.clone().filter(|g| !g.is_empty()) else {
+        return Err(SplitError::Value(format!(
+            "queue {id}: a kafka brokerEndpoint needs group (the consumer group the workload \
+             reads the topic with)"
+        )));
+    };
+    if user.is_some() || password.is_some() {
+        return Err(SplitError::Value(format!(
+            "queue {id}: kafka SASL credentials (usernameFrom/passwordFrom) are not supported yet"
+        )));
+    }
+    let config = KafkaConfig::new(&url, group);
+    if config.bootstrap.is_empty() {
+        return Err(SplitError::Value(format!(
+            "queue {id}: kafka url {url:?} names no host:port"
+        )));
+    }
+    Ok(config)
 }
 
 /// `amqp://host/vhost` with `user:password@` put in (percent-encoded).
@@ -245,6 +287,44 @@ mod tests {
         let (name, form) = QueueForm::parse(QueueBroker::Rabbitmq, "http://x/y").unwrap();
         assert_eq!((name.0.as_str(), form), ("http://x/y", QueueForm::Name));
         assert!(QueueForm::parse(QueueBroker::Sqs, "https://sqs.x/").is_err());
+    }
+
+    #[test]
+    fn kafka_needs_bootstrap_servers_and_the_workloads_group() {
+        let with_group = BrokerEndpoint {
+            group: Some("orders-workers".into()),
+            ..BrokerEndpoint::default()
+        };
+        let config = kafka_config(
+            "q",
+            &with_group,
+            Some("kafka://k1:9092, k2:9092".into()),
+            None,
+            None,
+        )
+        .unwrap();
+        assert_eq!(config.bootstrap, ["k1:9092", "k2:9092"]);
+        assert_eq!(config.group, "orders-workers");
+        let err = kafka_config("q", &with_group, None, None, None).unwrap_err();
+        assert!(err.to_string().contains("url"), "{err}");
+        let err = kafka_config(
+            "q",
+            &BrokerEndpoint::default(),
+            Some("k1:9092".into()),
+            None,
+            None,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("group"), "{err}");
+        let err = kafka_config(
+            "q",
+            &with_group,
+            Some("k1:9092".into()),
+            Some("u".into()),
+            Some("p".into()),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("SASL"), "{err}");
     }
 
     #[test]
