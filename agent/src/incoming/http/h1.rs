@@ -160,20 +160,34 @@ pub(super) async fn serve(
 fn pick(head: &Head, buf: &[u8], filtered: &Filtered) -> Option<Subscriber> {
     let routes = filtered.routes();
     let text = |range: &std::ops::Range<usize>| std::str::from_utf8(&buf[range.clone()]).ok();
-    let headers: Vec<HeaderLine<'_>> = head
-        .headers
-        .iter()
-        .filter_map(|(name, value)| {
-            Some(HeaderLine {
-                name: text(name)?,
-                value: &buf[value.clone()],
-            })
+    let lines = head.headers.iter().filter_map(|(name, value)| {
+        Some(HeaderLine {
+            name: text(name)?,
+            value: &buf[value.clone()],
         })
-        .collect();
+    });
+    // On the stack when they fit: every request builds them.
+    let empty = HeaderLine {
+        name: "",
+        value: &[],
+    };
+    let mut stack = [empty; 32];
+    let heap: Vec<HeaderLine<'_>>;
+    let headers: &[HeaderLine<'_>] = if head.headers.len() <= stack.len() {
+        let mut n = 0;
+        for line in lines {
+            stack[n] = line;
+            n += 1;
+        }
+        &stack[..n]
+    } else {
+        heap = lines.collect();
+        &heap
+    };
     let view = RequestView {
         method: text(&head.method).unwrap_or_default(),
         path_and_query: text(&head.target).unwrap_or_default(),
-        headers: &headers,
+        headers,
     };
     routes.pick(&view).cloned()
 }
@@ -354,9 +368,23 @@ async fn exchange(
     info: RequestInfo,
     up: &mut Upstream,
 ) -> Result<Relayed, Failure> {
-    if up.stream.write_all(head_bytes).await.is_err() {
+    // The head and the part of the body already read go in one write.
+    let mut progress = framing::Progress::new(info.body);
+    let Ok((read, done)) = progress.take(buf) else {
+        return Err(Failure::Broken);
+    };
+    let written = if read == 0 {
+        up.stream.write_all(head_bytes).await
+    } else {
+        let mut first = Vec::with_capacity(head_bytes.len() + read);
+        first.extend_from_slice(head_bytes);
+        first.extend_from_slice(&buf[..read]);
+        up.stream.write_all(&first).await
+    };
+    if written.is_err() {
         return Err(Failure::NoResponse { stale: true });
     }
+    buf.advance(read);
     let (mut dr, mut dw) = down.split();
     let (mut ur, mut uw) = up.stream.split();
     let mut response = pin!(relay_response(
@@ -365,10 +393,10 @@ async fn exchange(
         &mut dw,
         info.head_method
     ));
-    if info.body == Body::Empty {
+    if done {
         return response.await;
     }
-    let body = framing::copy_body(info.body, buf, &mut dr, &mut uw);
+    let body = framing::copy_rest(progress, buf, &mut dr, &mut uw);
     tokio::select! {
         biased;
         copied = body => {
@@ -427,7 +455,14 @@ async fn relay_response(
         };
         let keep_alive = head.keep_alive(ubuf) && body != Body::UntilClose;
         let status = head.status;
-        if dw.write_all(&ubuf.split_to(head.len)).await.is_err() {
+        // The head and the part of the body already read go in one write:
+        // a small answer read whole reaches the peer in one segment.
+        let mut progress = framing::Progress::new(body);
+        let Ok((read, done)) = progress.take(&ubuf[head.len..]) else {
+            tracing::debug!("bad chunked body from the original destination");
+            return Err(broken(relayed_any, false));
+        };
+        if dw.write_all(&ubuf.split_to(head.len + read)).await.is_err() {
             return Err(Failure::Broken);
         }
         relayed_any = true;
@@ -440,7 +475,7 @@ async fn relay_response(
         if (100..200).contains(&status) {
             continue;
         }
-        if framing::copy_body(body, ubuf, ur, dw).await.is_err() {
+        if !done && framing::copy_rest(progress, ubuf, ur, dw).await.is_err() {
             return Err(Failure::Broken);
         }
         return Ok(Relayed {
