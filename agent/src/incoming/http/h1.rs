@@ -33,10 +33,11 @@ use crate::incoming::filter::{HeaderLine, RequestView};
 use bytes::{Buf, BytesMut};
 use remora_protocol::incoming::{HttpRequestHead, HttpResponseHead, HttpVersion, RemotePort};
 use std::net::SocketAddr;
-use std::pin::pin;
+use std::pin::{Pin, pin};
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{ReadHalf, WriteHalf};
+use tokio::time::{Instant, Sleep};
 
 /// How long a peer's connection may stay without a complete request head
 /// before the agent closes it (the service's own idle timeout usually ends
@@ -99,8 +100,11 @@ pub(super) async fn serve(
     filtered: &Filtered,
 ) {
     let mut upstream: Option<Upstream> = None;
+    // One timer for the connection's life, pushed back only when it fires
+    // early: arming a timer per request would cost more than routing it.
+    let mut idle = pin!(tokio::time::sleep(IDLE_TIMEOUT));
     loop {
-        let head = match read_head(&mut down, &mut buf, &upstream).await {
+        let head = match read_head(&mut down, &mut buf, &upstream, idle.as_mut()).await {
             Ok(Some(head)) => head,
             Ok(None) => return,
             Err(HeadError::TooLarge) => {
@@ -200,8 +204,9 @@ async fn read_head(
     down: &mut TcpStream,
     buf: &mut BytesMut,
     upstream: &Option<Upstream>,
+    mut idle: Pin<&mut Sleep>,
 ) -> Result<Option<Head>, HeadError> {
-    let idle_until = tokio::time::Instant::now() + IDLE_TIMEOUT;
+    let idle_until = Instant::now() + IDLE_TIMEOUT;
     loop {
         if !buf.is_empty()
             && let Some(head) = Head::request(buf)?
@@ -209,7 +214,7 @@ async fn read_head(
             return Ok(Some(head));
         }
         buf.reserve(READ_SIZE);
-        let idle = buf.is_empty();
+        let idle_now = buf.is_empty();
         tokio::select! {
             biased;
             read = down.read_buf(buf) => {
@@ -221,9 +226,13 @@ async fn read_head(
                     };
                 }
             }
-            () = closed(upstream), if idle => return Ok(None),
-            () = tokio::time::sleep_until(idle_until) => {
-                return if idle {
+            () = closed(upstream), if idle_now => return Ok(None),
+            () = idle.as_mut() => {
+                if Instant::now() < idle_until {
+                    idle.as_mut().reset(idle_until);
+                    continue;
+                }
+                return if idle_now {
                     Ok(None)
                 } else {
                     Err(HeadError::Invalid("head not complete in time".into()))
