@@ -75,8 +75,8 @@ enum Node {
 impl Node {
     fn matches(&self, hits: &Hits, method: &str) -> bool {
         match self {
-            Node::Header(i) => hits.header[*i],
-            Node::Path(i) => hits.path[*i],
+            Node::Header(i) => hits.header.get(*i),
+            Node::Path(i) => hits.path.get(*i),
             Node::Method(m) => m.eq_ignore_ascii_case(method),
             Node::AllOf(all) => all.iter().all(|n| n.matches(hits, method)),
             Node::AnyOf(any) => any.iter().any(|n| n.matches(hits, method)),
@@ -86,8 +86,39 @@ impl Node {
 
 /// Which patterns of the sets matched one request.
 struct Hits {
-    header: Vec<bool>,
-    path: Vec<bool>,
+    header: Bits,
+    path: Bits,
+}
+
+/// A set of pattern indexes; up to 64 without an allocation (every request
+/// not taken builds one).
+enum Bits {
+    Small(u64),
+    Large(Vec<bool>),
+}
+
+impl Bits {
+    fn new(len: usize) -> Bits {
+        if len <= 64 {
+            Bits::Small(0)
+        } else {
+            Bits::Large(vec![false; len])
+        }
+    }
+
+    fn set(&mut self, i: usize) {
+        match self {
+            Bits::Small(bits) => *bits |= 1 << i,
+            Bits::Large(bits) => bits[i] = true,
+        }
+    }
+
+    fn get(&self, i: usize) -> bool {
+        match self {
+            Bits::Small(bits) => bits & (1 << i) != 0,
+            Bits::Large(bits) => bits[i],
+        }
+    }
 }
 
 /// The filtered subscribers of one port, in subscription order, with their
@@ -158,29 +189,41 @@ impl<T> Routes<T> {
     /// The first route whose filter takes `request`.
     pub(super) fn pick(&self, request: &RequestView<'_>) -> Option<&T> {
         let mut hits = Hits {
-            header: vec![false; self.headers.len()],
-            path: vec![false; self.paths.len()],
+            header: Bits::new(self.headers.len()),
+            path: Bits::new(self.paths.len()),
         };
         if !self.headers.is_empty() {
-            let mut line = Vec::with_capacity(128);
+            // `name: value` is built on the stack when it fits.
+            let mut stack = [0u8; 256];
+            let mut heap = Vec::new();
             for header in request.headers {
-                line.clear();
-                line.extend_from_slice(header.name.as_bytes());
-                line.extend_from_slice(b": ");
-                line.extend_from_slice(header.value);
+                let (name, value) = (header.name.as_bytes(), header.value);
+                let len = name.len() + 2 + value.len();
+                let line: &[u8] = if len <= stack.len() {
+                    stack[..name.len()].copy_from_slice(name);
+                    stack[name.len()..name.len() + 2].copy_from_slice(b": ");
+                    stack[name.len() + 2..len].copy_from_slice(value);
+                    &stack[..len]
+                } else {
+                    heap.clear();
+                    heap.extend_from_slice(name);
+                    heap.extend_from_slice(b": ");
+                    heap.extend_from_slice(value);
+                    &heap
+                };
                 // Most lines match no filter: find that out without
                 // collecting which ones (an allocation per line).
-                if !self.headers.is_match(&line) {
+                if !self.headers.is_match(line) {
                     continue;
                 }
-                for i in self.headers.matches(&line).iter() {
-                    hits.header[i] = true;
+                for i in self.headers.matches(line).iter() {
+                    hits.header.set(i);
                 }
             }
         }
         if !self.paths.is_empty() {
             for i in self.paths.matches(request.path_and_query.as_bytes()).iter() {
-                hits.path[i] = true;
+                hits.path.set(i);
             }
         }
         self.routes

@@ -1398,3 +1398,25 @@ async fn withdrawing_removes_the_rules_first_and_waits_for_what_is_in_flight() {
         ])
         .await;
 }
+
+#[tokio::test]
+async fn requests_with_many_headers_are_routed_by_any_of_them() {
+    let service = http_service().await;
+    let fx = fixture().await;
+    let mut alice = alice_on(&fx, service.port()).await;
+    let mut peer = TcpStream::connect(localhost(fx.rec.listener_of(service.port())))
+        .await
+        .unwrap();
+    // More header lines than the agent routes without an allocation.
+    let filler: String = (0..40).map(|i| format!("x-filler-{i}: {i}\r\n")).collect();
+    for (user, answer) in [("bob", "service"), ("alice", "laptop"), ("bob", "service")] {
+        let request = format!("GET /who HTTP/1.1\r\nhost: a\r\n{filler}x-user: {user}\r\n\r\n");
+        peer.write_all(request.as_bytes()).await.unwrap();
+        if user == "alice" {
+            let head = alice.answer_next("laptop").await;
+            assert_eq!(head.headers.len(), 42);
+        }
+        let mut got = Vec::new();
+        read_until(&mut peer, &mut got, answer.as_bytes()).await;
+    }
+}

@@ -159,3 +159,19 @@ fn header_values_need_not_be_utf8() {
     // ...but a UTF-8 character is one.
     assert_eq!(routes.pick(&view), Some(&0));
 }
+
+#[test]
+fn more_than_64_patterns_and_long_header_lines_match_too() {
+    let filters: Vec<HttpFilter> = (0..100)
+        .map(|n| HttpFilter::Header(format!("^x-user: u{n}$")))
+        .chain([HttpFilter::Path("^/p70$".into())])
+        .collect();
+    assert_eq!(route(&filters, "GET", "/", &[("x-user", "u63")]), Some(63));
+    assert_eq!(route(&filters, "GET", "/", &[("x-user", "u99")]), Some(99));
+    assert_eq!(route(&filters, "GET", "/p70", &[]), Some(100));
+    assert_eq!(route(&filters, "GET", "/", &[("x-user", "u100")]), None);
+    let long = "a".repeat(300);
+    let filters = [HttpFilter::Header(format!("^x-long: {long}$"))];
+    assert_eq!(route(&filters, "GET", "/", &[("x-long", &long)]), Some(0));
+    assert_eq!(route(&filters, "GET", "/", &[("x-long", &long[1..])]), None);
+}

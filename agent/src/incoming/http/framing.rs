@@ -344,11 +344,48 @@ pub async fn read_more<R: AsyncRead + Unpin>(
     Ok(())
 }
 
-/// Copy one body, delimited by `body`, from `buf` (bytes already read) and
-/// then `reader` to `writer`, unchanged. Bytes after the body stay in
-/// `buf`.
-pub async fn copy_body<R, W>(
-    body: Body,
+/// Where a relayed body is: what is left of it, as its bytes go by.
+#[derive(Debug, Clone)]
+pub enum Progress {
+    /// This many bytes are left (0: the body is over).
+    Length(u64),
+    Chunked(Chunked),
+    /// Until the connection closes.
+    UntilClose,
+}
+
+impl Progress {
+    pub fn new(body: Body) -> Progress {
+        match body {
+            Body::Empty => Progress::Length(0),
+            Body::Length(n) => Progress::Length(n),
+            Body::Chunked => Progress::Chunked(Chunked::default()),
+            Body::UntilClose => Progress::UntilClose,
+        }
+    }
+
+    /// How many of `bytes` (the ones after those already taken) belong to
+    /// the body, and whether it ends with them.
+    pub fn take(&mut self, bytes: &[u8]) -> io::Result<(usize, bool)> {
+        match self {
+            Progress::Length(left) => {
+                let n = usize::try_from(*left)
+                    .unwrap_or(usize::MAX)
+                    .min(bytes.len());
+                *left -= n as u64;
+                Ok((n, *left == 0))
+            }
+            Progress::Chunked(chunked) => chunked.scan(bytes, None),
+            Progress::UntilClose => Ok((bytes.len(), false)),
+        }
+    }
+}
+
+/// Copy the rest of a body (all of it for a new [`Progress`]) from `buf`
+/// (bytes already read) and then `reader` to `writer`, unchanged. Bytes
+/// after the body stay in `buf`.
+pub async fn copy_rest<R, W>(
+    mut progress: Progress,
     buf: &mut BytesMut,
     reader: &mut R,
     writer: &mut W,
@@ -357,38 +394,21 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    match body {
-        Body::Empty => Ok(()),
-        Body::Length(mut left) => loop {
-            let n = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
-            if n > 0 {
-                writer.write_all(&buf.split_to(n)).await?;
-                left -= n as u64;
-            }
-            if left == 0 {
-                return Ok(());
-            }
-            read_more(reader, buf, "a body").await?;
-        },
-        Body::Chunked => {
-            let mut chunked = Chunked::default();
-            loop {
-                let (at, done) = chunked.scan(buf, None)?;
-                if at > 0 {
-                    writer.write_all(&buf.split_to(at)).await?;
-                }
-                if done {
-                    return Ok(());
-                }
-                read_more(reader, buf, "a chunked body").await?;
-            }
+    if let Progress::UntilClose = progress {
+        if !buf.is_empty() {
+            writer.write_all(&buf.split()).await?;
         }
-        Body::UntilClose => {
-            if !buf.is_empty() {
-                writer.write_all(&buf.split()).await?;
-            }
-            tokio::io::copy(reader, writer).await.map(drop)
+        return tokio::io::copy(reader, writer).await.map(drop);
+    }
+    loop {
+        let (n, done) = progress.take(buf)?;
+        if n > 0 {
+            writer.write_all(&buf.split_to(n)).await?;
         }
+        if done {
+            return Ok(());
+        }
+        read_more(reader, buf, "a body").await?;
     }
 }
 

@@ -33,10 +33,11 @@ use crate::incoming::filter::{HeaderLine, RequestView};
 use bytes::{Buf, BytesMut};
 use remora_protocol::incoming::{HttpRequestHead, HttpResponseHead, HttpVersion, RemotePort};
 use std::net::SocketAddr;
-use std::pin::pin;
+use std::pin::{Pin, pin};
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{ReadHalf, WriteHalf};
+use tokio::time::{Instant, Sleep};
 
 /// How long a peer's connection may stay without a complete request head
 /// before the agent closes it (the service's own idle timeout usually ends
@@ -99,8 +100,11 @@ pub(super) async fn serve(
     filtered: &Filtered,
 ) {
     let mut upstream: Option<Upstream> = None;
+    // One timer for the connection's life, pushed back only when it fires
+    // early: arming a timer per request would cost more than routing it.
+    let mut idle = pin!(tokio::time::sleep(IDLE_TIMEOUT));
     loop {
-        let head = match read_head(&mut down, &mut buf, &upstream).await {
+        let head = match read_head(&mut down, &mut buf, &upstream, idle.as_mut()).await {
             Ok(Some(head)) => head,
             Ok(None) => return,
             Err(HeadError::TooLarge) => {
@@ -160,20 +164,34 @@ pub(super) async fn serve(
 fn pick(head: &Head, buf: &[u8], filtered: &Filtered) -> Option<Subscriber> {
     let routes = filtered.routes();
     let text = |range: &std::ops::Range<usize>| std::str::from_utf8(&buf[range.clone()]).ok();
-    let headers: Vec<HeaderLine<'_>> = head
-        .headers
-        .iter()
-        .filter_map(|(name, value)| {
-            Some(HeaderLine {
-                name: text(name)?,
-                value: &buf[value.clone()],
-            })
+    let lines = head.headers.iter().filter_map(|(name, value)| {
+        Some(HeaderLine {
+            name: text(name)?,
+            value: &buf[value.clone()],
         })
-        .collect();
+    });
+    // On the stack when they fit: every request builds them.
+    let empty = HeaderLine {
+        name: "",
+        value: &[],
+    };
+    let mut stack = [empty; 32];
+    let heap: Vec<HeaderLine<'_>>;
+    let headers: &[HeaderLine<'_>] = if head.headers.len() <= stack.len() {
+        let mut n = 0;
+        for line in lines {
+            stack[n] = line;
+            n += 1;
+        }
+        &stack[..n]
+    } else {
+        heap = lines.collect();
+        &heap
+    };
     let view = RequestView {
         method: text(&head.method).unwrap_or_default(),
         path_and_query: text(&head.target).unwrap_or_default(),
-        headers: &headers,
+        headers,
     };
     // A session that just ended is still in the routes until the incoming
     // task rebuilds them: its requests go to the target meanwhile.
@@ -191,8 +209,9 @@ async fn read_head(
     down: &mut TcpStream,
     buf: &mut BytesMut,
     upstream: &Option<Upstream>,
+    mut idle: Pin<&mut Sleep>,
 ) -> Result<Option<Head>, HeadError> {
-    let idle_until = tokio::time::Instant::now() + IDLE_TIMEOUT;
+    let idle_until = Instant::now() + IDLE_TIMEOUT;
     loop {
         if !buf.is_empty()
             && let Some(head) = Head::request(buf)?
@@ -200,7 +219,7 @@ async fn read_head(
             return Ok(Some(head));
         }
         buf.reserve(READ_SIZE);
-        let idle = buf.is_empty();
+        let idle_now = buf.is_empty();
         tokio::select! {
             biased;
             read = down.read_buf(buf) => {
@@ -212,9 +231,13 @@ async fn read_head(
                     };
                 }
             }
-            () = closed(upstream), if idle => return Ok(None),
-            () = tokio::time::sleep_until(idle_until) => {
-                return if idle {
+            () = closed(upstream), if idle_now => return Ok(None),
+            () = idle.as_mut() => {
+                if Instant::now() < idle_until {
+                    idle.as_mut().reset(idle_until);
+                    continue;
+                }
+                return if idle_now {
                     Ok(None)
                 } else {
                     Err(HeadError::Invalid("head not complete in time".into()))
@@ -359,9 +382,23 @@ async fn exchange(
     info: RequestInfo,
     up: &mut Upstream,
 ) -> Result<Relayed, Failure> {
-    if up.stream.write_all(head_bytes).await.is_err() {
+    // The head and the part of the body already read go in one write.
+    let mut progress = framing::Progress::new(info.body);
+    let Ok((read, done)) = progress.take(buf) else {
+        return Err(Failure::Broken);
+    };
+    let written = if read == 0 {
+        up.stream.write_all(head_bytes).await
+    } else {
+        let mut first = Vec::with_capacity(head_bytes.len() + read);
+        first.extend_from_slice(head_bytes);
+        first.extend_from_slice(&buf[..read]);
+        up.stream.write_all(&first).await
+    };
+    if written.is_err() {
         return Err(Failure::NoResponse { stale: true });
     }
+    buf.advance(read);
     let (mut dr, mut dw) = down.split();
     let (mut ur, mut uw) = up.stream.split();
     let mut response = pin!(relay_response(
@@ -370,10 +407,10 @@ async fn exchange(
         &mut dw,
         info.head_method
     ));
-    if info.body == Body::Empty {
+    if done {
         return response.await;
     }
-    let body = framing::copy_body(info.body, buf, &mut dr, &mut uw);
+    let body = framing::copy_rest(progress, buf, &mut dr, &mut uw);
     tokio::select! {
         biased;
         copied = body => {
@@ -432,7 +469,14 @@ async fn relay_response(
         };
         let keep_alive = head.keep_alive(ubuf) && body != Body::UntilClose;
         let status = head.status;
-        if dw.write_all(&ubuf.split_to(head.len)).await.is_err() {
+        // The head and the part of the body already read go in one write:
+        // a small answer read whole reaches the peer in one segment.
+        let mut progress = framing::Progress::new(body);
+        let Ok((read, done)) = progress.take(&ubuf[head.len..]) else {
+            tracing::debug!("bad chunked body from the original destination");
+            return Err(broken(relayed_any, false));
+        };
+        if dw.write_all(&ubuf.split_to(head.len + read)).await.is_err() {
             return Err(Failure::Broken);
         }
         relayed_any = true;
@@ -445,7 +489,7 @@ async fn relay_response(
         if (100..200).contains(&status) {
             continue;
         }
-        if framing::copy_body(body, ubuf, ur, dw).await.is_err() {
+        if !done && framing::copy_rest(progress, ubuf, ur, dw).await.is_err() {
             return Err(Failure::Broken);
         }
         return Ok(Relayed {

@@ -110,7 +110,7 @@ async fn bodies_are_copied_unchanged_and_what_follows_stays() {
     let mut buf = BytesMut::from(&b"3\r\nab"[..]);
     let mut rest: &[u8] = b"c\r\n0\r\n\r\nNEXT";
     let mut out = Vec::new();
-    copy_body(Body::Chunked, &mut buf, &mut rest, &mut out)
+    copy_rest(Progress::new(Body::Chunked), &mut buf, &mut rest, &mut out)
         .await
         .unwrap();
     assert_eq!(out, chunked);
@@ -122,9 +122,14 @@ async fn bodies_are_copied_unchanged_and_what_follows_stays() {
     let mut buf = BytesMut::from(&b"hello world"[..]);
     let mut out = Vec::new();
     let mut nothing: &[u8] = b"";
-    copy_body(Body::Length(5), &mut buf, &mut nothing, &mut out)
-        .await
-        .unwrap();
+    copy_rest(
+        Progress::new(Body::Length(5)),
+        &mut buf,
+        &mut nothing,
+        &mut out,
+    )
+    .await
+    .unwrap();
     assert_eq!(out, b"hello");
     assert_eq!(&buf[..], b" world");
 
@@ -142,6 +147,31 @@ async fn bodies_are_copied_unchanged_and_what_follows_stays() {
 
     let mut buf = BytesMut::new();
     let mut short: &[u8] = b"abc";
-    let err = copy_body(Body::Length(10), &mut buf, &mut short, &mut Vec::new()).await;
+    let err = copy_rest(
+        Progress::new(Body::Length(10)),
+        &mut buf,
+        &mut short,
+        &mut Vec::new(),
+    )
+    .await;
     assert_eq!(err.unwrap_err().kind(), io::ErrorKind::UnexpectedEof);
+}
+
+#[test]
+fn a_body_is_taken_as_its_bytes_go_by() {
+    let mut length = Progress::new(Body::Length(5));
+    assert_eq!(length.take(b"he").unwrap(), (2, false));
+    assert_eq!(length.take(b"lloGET").unwrap(), (3, true));
+    assert_eq!(length.take(b"GET").unwrap(), (0, true));
+
+    let mut empty = Progress::new(Body::Empty);
+    assert_eq!(empty.take(b"GET").unwrap(), (0, true));
+
+    let mut chunked = Progress::new(Body::Chunked);
+    assert_eq!(chunked.take(b"3\r\nab").unwrap(), (5, false));
+    assert_eq!(chunked.take(b"c\r\n0\r\n\r\nGET").unwrap(), (8, true));
+    assert!(Progress::new(Body::Chunked).take(b"zz\r\n").is_err());
+
+    let mut until_close = Progress::new(Body::UntilClose);
+    assert_eq!(until_close.take(b"anything").unwrap(), (8, false));
 }
