@@ -19,9 +19,8 @@ use remora_operator_kube::queue_splits::controller::{Splits, Wanted};
 use remora_queues::broker::{Broker, BrokerError, Message, QueueName, QueueProps};
 use remora_queues::kafka::{KafkaBroker, PARTITIONS_PROP};
 use remora_queues::router::{Owner, RouterConfig, temp_queue_name};
-use sim::{DEADLINE, Sim, ok, worker_says};
+use sim::{DEADLINE, Sim, install_queue_split_crds, ok, worker_deployment, worker_says};
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use tansu::Tansu;
 
@@ -108,33 +107,11 @@ async fn a_kafka_split_through_the_operator_routes_by_header_and_gives_everythin
 
     let sim = Sim::start();
     let kubeconfig = sim.kubeconfig.clone();
-    let crds = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("deploy/crds.yaml");
-    ok(&kubeconfig, &["apply", "-f", crds.to_str().unwrap()], None);
-    ok(
-        &kubeconfig,
-        &[
-            "wait",
-            "--for=condition=Established",
-            "--timeout=30s",
-            "crd/remoraqueuesplits.remora.dev",
-        ],
-        None,
-    );
+    install_queue_split_crds(&kubeconfig);
+    let worker = worker_deployment("ORDERS_TOPIC", &original);
     let objects = format!(
         r#"
-apiVersion: apps/v1
-kind: Deployment
-metadata: {{name: worker}}
-spec:
-  selector: {{matchLabels: {{app: worker}}}}
-  template:
-    metadata: {{labels: {{app: worker}}}}
-    spec:
-      containers:
-      - name: worker
-        image: busybox
-        command: [sh, -c, "echo QUEUE=$ORDERS_TOPIC; exec sleep 300"]
-        env: [{{name: ORDERS_TOPIC, value: "{original}"}}]
+{worker}
 ---
 apiVersion: remora.dev/v1alpha1
 kind: RemoraQueueSplit

@@ -15,13 +15,12 @@ use remora_queues::broker::{Broker, Message, QueueName, QueueProps};
 use remora_queues::rabbitmq::RabbitBroker;
 use remora_queues::router::{Owner, RouterConfig, temp_queue_name};
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 #[path = "support/sim.rs"]
 mod sim;
 
-use sim::{DEADLINE, Sim, ok, worker_says};
+use sim::{DEADLINE, Sim, install_queue_split_crds, ok, worker_deployment, worker_says};
 
 fn rabbit_url() -> String {
     std::env::var("REMORA_RABBITMQ_URL")
@@ -93,18 +92,8 @@ async fn take_all(broker: &RabbitBroker, queue: &QueueName, idle: Duration) -> V
 async fn start_split(original: &QueueName, extra: &str) -> Sim {
     let sim = Sim::start();
     let kubeconfig = sim.kubeconfig.clone();
-    let crds = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("deploy/crds.yaml");
-    ok(&kubeconfig, &["apply", "-f", crds.to_str().unwrap()], None);
-    ok(
-        &kubeconfig,
-        &[
-            "wait",
-            "--for=condition=Established",
-            "--timeout=30s",
-            "crd/remoraqueuesplits.remora.dev",
-        ],
-        None,
-    );
+    install_queue_split_crds(&kubeconfig);
+    let worker = worker_deployment("ORDERS_QUEUE", &original);
     let objects = format!(
         r#"
 apiVersion: v1
@@ -112,19 +101,7 @@ kind: Secret
 metadata: {{name: rabbit}}
 stringData: {{url: "{url}"}}
 ---
-apiVersion: apps/v1
-kind: Deployment
-metadata: {{name: worker}}
-spec:
-  selector: {{matchLabels: {{app: worker}}}}
-  template:
-    metadata: {{labels: {{app: worker}}}}
-    spec:
-      containers:
-      - name: worker
-        image: busybox
-        command: [sh, -c, "echo QUEUE=$ORDERS_QUEUE; exec sleep 300"]
-        env: [{{name: ORDERS_QUEUE, value: "{original}"}}]
+{worker}
 ---
 apiVersion: remora.dev/v1alpha1
 kind: RemoraQueueSplit

@@ -20,9 +20,8 @@ use remora_operator_kube::queue_splits::controller::{Splits, Wanted};
 use remora_queues::broker::{Broker, Message, QueueName, QueueProps};
 use remora_queues::router::{Owner, RouterConfig, temp_queue_name};
 use remora_queues::sqs::SqsBroker;
-use sim::{DEADLINE, Sim, ok, worker_says};
+use sim::{DEADLINE, Sim, install_queue_split_crds, ok, worker_deployment, worker_says};
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 async fn poll(what: &str, mut done: impl AsyncFnMut() -> bool) {
@@ -83,18 +82,8 @@ async fn an_sqs_fifo_split_through_the_operator_routes_by_attribute_and_gives_ev
 
     let sim = Sim::start();
     let kubeconfig = sim.kubeconfig.clone();
-    let crds = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("deploy/crds.yaml");
-    ok(&kubeconfig, &["apply", "-f", crds.to_str().unwrap()], None);
-    ok(
-        &kubeconfig,
-        &[
-            "wait",
-            "--for=condition=Established",
-            "--timeout=30s",
-            "crd/remoraqueuesplits.remora.dev",
-        ],
-        None,
-    );
+    install_queue_split_crds(&kubeconfig);
+    let worker = worker_deployment("ORDERS_QUEUE", &original_url);
     // moto takes any key; the operator must still read it from the Secret.
     let objects = format!(
         r#"
@@ -103,19 +92,7 @@ kind: Secret
 metadata: {{name: sqs}}
 stringData: {{endpoint: "{endpoint}", id: "AKIDREMORA", secret: "remora-secret"}}
 ---
-apiVersion: apps/v1
-kind: Deployment
-metadata: {{name: worker}}
-spec:
-  selector: {{matchLabels: {{app: worker}}}}
-  template:
-    metadata: {{labels: {{app: worker}}}}
-    spec:
-      containers:
-      - name: worker
-        image: busybox
-        command: [sh, -c, "echo QUEUE=$ORDERS_QUEUE; exec sleep 300"]
-        env: [{{name: ORDERS_QUEUE, value: "{original_url}"}}]
+{worker}
 ---
 apiVersion: remora.dev/v1alpha1
 kind: RemoraQueueSplit

@@ -117,3 +117,40 @@ pub fn worker_says(kubeconfig: &Path) -> Option<String> {
         .next()
         .map(str::to_owned)
 }
+
+/// Applies the operator's CRDs and waits until the queue-split kind is served.
+pub fn install_queue_split_crds(kubeconfig: &Path) {
+    let crds = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/crds.yaml");
+    ok(kubeconfig, &["apply", "-f", crds.to_str().unwrap()], None);
+    ok(
+        kubeconfig,
+        &[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=30s",
+            "crd/remoraqueuesplits.remora.dev",
+        ],
+        None,
+    );
+}
+
+/// The split workload of the queue-split tests: Deployment `worker` (pods
+/// `app=worker`) whose container logs `QUEUE=<its queue>` (see [`worker_says`])
+/// from env var `var`, set to `queue` in the pod template.
+pub fn worker_deployment(var: &str, queue: &dyn std::fmt::Display) -> String {
+    format!(
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: worker}}
+spec:
+  selector: {{matchLabels: {{app: worker}}}}
+  template:
+    metadata: {{labels: {{app: worker}}}}
+    spec:
+      containers:
+      - name: worker
+        image: busybox
+        command: [sh, -c, "echo QUEUE=${var}; exec sleep 300"]
+        env: [{{name: {var}, value: "{queue}"}}]"#
+    )
+}
