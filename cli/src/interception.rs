@@ -65,6 +65,13 @@ pub fn choose(asked: Asked, program: &str) -> (Mode, String) {
 }
 
 fn classify(path: &Path) -> (Mode, String) {
+    classify_at(path, 0)
+}
+
+/// How many `#!` interpreters are followed (the kernel follows up to 4).
+const SCRIPT_DEPTH: usize = 4;
+
+fn classify_at(path: &Path, depth: usize) -> (Mode, String) {
     let shown = path.display();
     match elf::inspect(path) {
         Some(Kind::Go) => (
@@ -76,11 +83,31 @@ fn classify(path: &Path) -> (Mode, String) {
             format!("{shown} is statically linked (LD_PRELOAD is ignored)"),
         ),
         Some(Kind::Dynamic) => (Mode::Preload, format!("{shown} is dynamically linked")),
-        None => (
-            Mode::Preload,
-            format!("{shown} is not an ELF program (a script runs its interpreter with the layer)"),
-        ),
+        None if !path.exists() => (Mode::Preload, format!("{shown} does not exist")),
+        None => match interpreter(path).filter(|_| depth < SCRIPT_DEPTH) {
+            // The interpreter is what runs (under the filter or the layer).
+            Some(interp) => {
+                let (mode, why) = classify_at(&interp, depth + 1);
+                let run_by = interp.display();
+                (mode, format!("{shown} is a script run by {run_by}; {why}"))
+            }
+            None => (
+                Mode::Preload,
+                format!("{shown} is not an ELF program or a `#!` script"),
+            ),
+        },
     }
+}
+
+/// The interpreter a `#!` line names (the kernel does not search `PATH`).
+fn interpreter(path: &Path) -> Option<PathBuf> {
+    use std::io::Read;
+    let mut head = [0u8; 256];
+    let n = std::fs::File::open(path).ok()?.read(&mut head).ok()?;
+    let line = head[..n].strip_prefix(b"#!")?;
+    let line = &line[..line.iter().position(|&b| b == b'\n')?];
+    let line = std::str::from_utf8(line).ok()?;
+    line.split_whitespace().next().map(PathBuf::from)
 }
 
 /// The `interception` key of the config the session flags point at, if set.
@@ -91,4 +118,38 @@ pub fn config_value(args: &crate::args::SessionArgs) -> Option<String> {
     )
     .ok()?;
     loaded.config.interception.map(|i| i.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scripts_are_classified_by_their_interpreter() {
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("s");
+        std::fs::write(&script, "#!/bin/sh -e\necho hi\n").unwrap();
+        let (_, why) = classify(&script);
+        assert!(why.contains("is a script run by /bin/sh"), "{why}");
+        let nested = dir.path().join("t");
+        std::fs::write(&nested, format!("#! {}\n", script.display())).unwrap();
+        let (_, why) = classify(&nested);
+        assert!(
+            why.contains("is a script run by") && why.contains("/bin/sh"),
+            "{why}"
+        );
+        let (mode, why) = classify(&dir.path().join("missing"));
+        assert_eq!(mode, Mode::Preload);
+        assert!(why.ends_with("does not exist"), "{why}");
+        // A busybox shell script (busybox-static, scripts/setup.sh).
+        std::fs::write(&script, "#!/bin/busybox sh\n").unwrap();
+        let (mode, why) = classify(&script);
+        assert_eq!(mode, Mode::Seccomp, "{why}");
+        std::fs::write(&script, "plain text").unwrap();
+        assert!(
+            classify(&script)
+                .1
+                .contains("not an ELF program or a `#!` script")
+        );
+    }
 }

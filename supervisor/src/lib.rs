@@ -463,7 +463,7 @@ impl Supervisor {
                 self.send_dgram(call, mem, nr, &a)
             }
             nr @ (libc::SYS_recvfrom | libc::SYS_recvmsg | libc::SYS_recvmmsg) => {
-                self.recv_dgram(call, nr, &a)
+                self.recv_dgram(call, mem, nr, &a)
             }
             libc::SYS_getsockname => self.sock_name(call, mem, a[0] as i32, a[1], a[2], false),
             libc::SYS_chdir => {

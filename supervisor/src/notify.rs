@@ -115,14 +115,16 @@ impl Listener {
         ioctl(&self.fd, SECCOMP_IOCTL_NOTIF_ID_VALID, &mut id).is_ok()
     }
 
-    /// Answer notification `id`. Errors mean the thread is gone; ignored.
-    pub fn answer(&self, id: u64, verdict: Verdict) {
+    /// Answer notification `id`: whether the kernel took the answer (an
+    /// error means the call is gone: its thread was interrupted by a signal
+    /// or died; callers that consumed something for it put it back).
+    pub fn answer(&self, id: u64, verdict: Verdict) -> bool {
         let mut resp = SeccompNotifResp {
             id,
             ..Default::default()
         };
         match verdict {
-            Verdict::Pending => return,
+            Verdict::Pending => return true,
             Verdict::Continue => resp.flags = SECCOMP_USER_NOTIF_FLAG_CONTINUE,
             Verdict::Return(v) => resp.val = v,
             Verdict::Errno(e) => resp.error = -e,
@@ -146,12 +148,12 @@ impl Listener {
                 };
                 // With SEND the kernel answers the syscall with the new fd.
                 match ioctl(&self.fd, SECCOMP_IOCTL_NOTIF_ADDFD, &mut addfd) {
-                    Ok(_) => return,
+                    Ok(_) => return true,
                     Err(e) => resp.error = -e.raw_os_error().unwrap_or(libc::EIO),
                 }
             }
         }
-        let _ = ioctl(&self.fd, SECCOMP_IOCTL_NOTIF_SEND, &mut resp);
+        ioctl(&self.fd, SECCOMP_IOCTL_NOTIF_SEND, &mut resp).is_ok()
     }
 }
 

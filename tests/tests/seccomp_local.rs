@@ -38,6 +38,38 @@ fn doctor_probes_seccomp_and_names_the_mode() {
         stdout.contains("/bin/busybox: seccomp supervisor (/bin/busybox is statically linked"),
         "{stdout}"
     );
+    // A script is judged by its interpreter; a missing program is named so.
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("script");
+    std::fs::write(&script, "#!/bin/busybox sh\necho hi\n").unwrap();
+    let missing = dir.path().join("missing");
+    let out = Command::new(bin_path("remora").unwrap())
+        .args(["doctor", "--"])
+        .arg(&script)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let script = script.display();
+    assert!(
+        stdout.contains(&format!(
+            "{script}: seccomp supervisor ({script} is a script run by /bin/busybox; \
+             /bin/busybox is statically linked"
+        )),
+        "{stdout}"
+    );
+    let out = Command::new(bin_path("remora").unwrap())
+        .args(["doctor", "--"])
+        .arg(&missing)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let missing = missing.display();
+    assert!(
+        stdout.contains(&format!(
+            "{missing}: LD_PRELOAD layer ({missing} does not exist)"
+        )),
+        "{stdout}"
+    );
     // Whether the kernel takes synchronous wake-ups (Linux 6.6) is said.
     assert!(
         stdout.contains("seccomp synchronous wake-ups (SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP): "),
@@ -314,6 +346,13 @@ fn busybox_static_cat_ls_and_wget_see_the_pod() {
     );
     let url = format!("http://{PAYMENTS_HOST}:{CHECKOUT_PORT}/health");
     assert_eq!(s.ok(&[busybox, "wget", "-q", "-O", "-", &url]), "ok\n");
+    // A script whose `#!` interpreter is static is chosen by that
+    // interpreter (it used to get the layer, which busybox ignores).
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("show-config");
+    std::fs::write(&script, format!("#!{busybox} sh\ncat {CHECKOUT_CONFIG}\n")).unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    assert_eq!(s.ok(&[script.to_str().unwrap()]), CHECKOUT_CONFIG_BODY);
 }
 
 /// A nameserver on the pod's loopback answering every A query with

@@ -30,6 +30,21 @@ fn socat(s: &seccomp::Setup, args: &[&str]) -> PodProcess {
         .unwrap()
 }
 
+/// Start the pod's UDP service on [`UDP_PORT`] and wait until it answers.
+fn udp_service(s: &seccomp::Setup) -> PodProcess {
+    let listen = format!("UDP4-RECVFROM:{UDP_PORT},bind=127.0.0.1,fork");
+    let service = socat(s, &[&listen, "SYSTEM:read x; echo pod got $x"]);
+    let addr = format!("127.0.0.1:{UDP_PORT}");
+    // The service is up once it answers inside the pod.
+    fixtures::wait_for("the pod's UDP service", Duration::from_secs(30), || {
+        s.checkout
+            .pod
+            .exec(&["sh", "-c", &format!("echo up | socat -t 2 - UDP4:{addr}")])
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("pod got up"))
+    });
+    service
+}
+
 /// `sendto`/`sendmsg` with a destination on a socket that never called
 /// `connect` (Go's `WriteTo`, C's `sendto` and `sendmsg`) reach the pod's
 /// loopback, and the answer's source (`ReadFrom`, `recvfrom`, `recvmsg`,
@@ -43,17 +58,9 @@ fn unconnected_udp_sendto_and_sendmsg_reach_the_pod_and_answers_name_it() {
     let c = apps.c_probe();
     let c = c.to_str().unwrap();
     let s = setup();
-    let listen = format!("UDP4-RECVFROM:{UDP_PORT},bind=127.0.0.1,fork");
-    let _service = socat(&s, &[&listen, "SYSTEM:read x; echo pod got $x"]);
+    let _service = udp_service(&s);
     let addr = format!("127.0.0.1:{UDP_PORT}");
     let port = UDP_PORT.to_string();
-    // The service is up once it answers inside the pod.
-    fixtures::wait_for("the pod's UDP service", Duration::from_secs(30), || {
-        s.checkout
-            .pod
-            .exec(&["sh", "-c", &format!("echo up | socat -t 2 - UDP4:{addr}")])
-            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("pod got up"))
-    });
     assert_eq!(
         s.ok(&[go, "udp", &addr, "from-go"]),
         format!("pod got from-go from {addr}\n")
@@ -95,4 +102,97 @@ fn getsockname_of_a_redirected_socket_is_its_address_in_the_pod() {
     assert_eq!(fields[1], addr, "{out}");
     let seen = format!("{}:{}", fields[2], fields[3]);
     assert_eq!(fields[0], seen, "local address vs what the pod saw: {out}");
+}
+
+/// A pod port where nothing listens: datagrams sent there get no answer.
+const DEAD_UDP_PORT: u16 = 18096;
+
+/// A receive the supervisor waits for on a routed socket ends when the
+/// program's timeout says so: `SO_RCVTIMEO` of a blocking socket (static C,
+/// and Go's `syscall` package) gives `EAGAIN`, a Go deadline its timeout
+/// error; the socket then still gets the pod's answers. (Before, a
+/// blocking receive ignored `SO_RCVTIMEO` and the program hung; the
+/// programs' own watchdogs turn a hang into a failure.)
+#[test]
+fn receive_timeouts_end_udp_receives_the_supervisor_waits_for() {
+    require_sandbox!();
+    let apps = Apps::new();
+    let go = apps.go_probe();
+    let go = go.to_str().unwrap();
+    let c = apps.c_static("udp_recv");
+    let c = c.to_str().unwrap();
+    let s = setup();
+    let _service = udp_service(&s);
+    let live = format!("127.0.0.1:{UDP_PORT}");
+    let dead = format!("127.0.0.1:{DEAD_UDP_PORT}");
+    assert_eq!(
+        s.ok(&[go, "udp-timeout", &dead, &live]),
+        format!(
+            "timed out: deadline\ntimed out: resource temporarily unavailable\n\
+             pod got ping from {live}\n"
+        )
+    );
+    let (dead_port, live_port) = (DEAD_UDP_PORT.to_string(), UDP_PORT.to_string());
+    assert_eq!(
+        s.ok(&[c, "timeout", "127.0.0.1", &dead_port, &live_port]),
+        format!("timed out: Resource temporarily unavailable\npod got ping from {live}\n")
+    );
+}
+
+/// `recvmmsg` on a routed socket fills every message it can, as the
+/// kernel: a blocking call without `MSG_WAITFORONE` returns all `vlen`
+/// answers at once (it returned one per call before), each with the pod's
+/// source; with nothing pending `MSG_DONTWAIT` gets `EAGAIN`; and when
+/// `SO_RCVTIMEO` passes with some messages in, it returns those. Static C
+/// and Go (the raw call golang.org/x/net's `ReadBatch` makes).
+#[test]
+fn recvmmsg_on_a_routed_socket_returns_every_pending_datagram_in_one_call() {
+    require_sandbox!();
+    let apps = Apps::new();
+    let go = apps.go_probe();
+    let go = go.to_str().unwrap();
+    let c = apps.c_static("udp_recv");
+    let c = c.to_str().unwrap();
+    let s = setup();
+    let _service = udp_service(&s);
+    let addr = format!("127.0.0.1:{UDP_PORT}");
+    let replies: String = (0..3)
+        .map(|i| format!("pod got m{i} from {addr}\n"))
+        .collect();
+    assert_eq!(
+        s.ok(&[c, "mmsg", "127.0.0.1", &UDP_PORT.to_string(), "3"]),
+        format!("one call: 3\n{replies}then: Resource temporarily unavailable\ntimeout: 2\n")
+    );
+    assert_eq!(
+        s.ok(&[go, "udp-mmsg", &addr, "3"]),
+        format!("one call: 3\n{replies}")
+    );
+}
+
+/// A signal that interrupts a receive after the supervisor took the
+/// datagram but before the answer reached the program no longer loses it:
+/// it is put back on the socket and the retried receive gets it. The
+/// receiving thread gets SIGUSR1 every 100 µs during 150 request/reply
+/// rounds: a blocking `recvfrom` of static C (waited for by a supervisor
+/// thread, EINTR retried) and Go's non-blocking `ReadFrom` (answered at
+/// once). Before, a reply was lost now and then and its round timed out.
+#[test]
+fn a_signal_during_a_udp_receive_loses_no_datagram() {
+    require_sandbox!();
+    let apps = Apps::new();
+    let go = apps.go_probe();
+    let go = go.to_str().unwrap();
+    let c = apps.c_static("udp_recv");
+    let c = c.to_str().unwrap();
+    let s = setup();
+    let _service = udp_service(&s);
+    let addr = format!("127.0.0.1:{UDP_PORT}");
+    assert_eq!(
+        s.ok(&[c, "signals", "127.0.0.1", &UDP_PORT.to_string(), "150"]),
+        "replies 150 of 150\n"
+    );
+    assert_eq!(
+        s.ok(&[go, "udp-signals", &addr, "150"]),
+        "replies 150 of 150\n"
+    );
 }

@@ -6,13 +6,12 @@
 //! copy of the program's socket, with the program's bytes. Answers come
 //! back from the interceptor, so once a socket has such a route, its
 //! `recvfrom`/`recvmsg`/`recvmmsg` with a source address are done by the
-//! supervisor too, which writes the destination the interceptor stands for
-//! as the source (the program sees the pod's peer, as with the layer). A
-//! blocking receive with nothing pending is waited for by a thread of its
-//! own, like a blocking `accept`.
+//! supervisor too ([`recv`]), which writes the destination the interceptor
+//! stands for as the source (the program sees the pod's peer, as with the
+//! layer).
 
 use super::{encode, inode, parse_sockaddr, pidfd_getfd, socket_kind};
-use crate::notify::{Listener, Memory, Verdict, bytes_of};
+use crate::notify::{Memory, Verdict};
 use crate::{Call, Supervisor};
 use remora_config::{Proto, Route};
 use remora_protocol::messages::{InterceptorAddr, LayerRequest, LayerResponse};
@@ -20,7 +19,6 @@ use remora_protocol::net::{RemoteAddr, Transport};
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::sync::{Arc, Mutex};
 
 /// Sockets remembered at most (the oldest go first: `close` is not notified).
 const SOCKETS_MAX: usize = 4096;
@@ -31,14 +29,19 @@ const CONTROL_MAX: usize = 4096;
 /// `struct msghdr` and `struct mmsghdr` on x86_64.
 const MSGHDR: usize = 56;
 const MMSGHDR: u64 = 64;
-/// How often a waiting receive checks that its call still waits.
-const WAIT_SLICE_MS: i32 = 200;
+
+mod recv;
 
 /// The interceptors of one socket: destination <-> interceptor.
 #[derive(Debug, Default)]
 struct Routes {
     by_remote: HashMap<SocketAddr, SocketAddr>,
+    /// The source a datagram from this address is shown with: an
+    /// interceptor's destination, or a put-back sender's original source.
     by_interceptor: HashMap<SocketAddr, SocketAddr>,
+    /// Sockets that put datagrams back for calls that were gone by the
+    /// time they were answered ([`recv`]), by the source they stand for.
+    senders: HashMap<SocketAddr, recv::Sender>,
 }
 
 /// Unconnected UDP sockets with routed destinations, by inode.
@@ -46,6 +49,10 @@ struct Routes {
 pub struct UdpRoutes {
     sockets: HashMap<u64, Routes>,
     order: VecDeque<u64>,
+    /// Blocking receives being waited for, by thread: a thread's new
+    /// receive means its earlier one is gone (a signal ended it), so its
+    /// waiter is woken to notice at once ([`recv`]).
+    waiters: HashMap<u32, recv::Waker>,
 }
 
 impl UdpRoutes {
@@ -284,84 +291,6 @@ impl Supervisor {
         }
         Ok(Verdict::Return(sent as i64))
     }
-
-    /// `recvfrom` (with a source address), `recvmsg`, `recvmmsg` on a socket
-    /// with routed destinations: received here, the source rewritten.
-    pub(crate) fn recv_dgram(
-        &mut self,
-        call: &Call,
-        nr: i64,
-        a: &[u64; 6],
-    ) -> std::io::Result<Verdict> {
-        if self.udp().is_empty() {
-            return Ok(Verdict::Continue);
-        }
-        let Some(tgid) = call.tgid() else {
-            return Ok(Verdict::Continue);
-        };
-        let Ok(sock) = pidfd_getfd(tgid, a[0] as i32) else {
-            return Ok(Verdict::Continue);
-        };
-        let Some(ino) = inode(&sock).filter(|ino| self.udp().sockets.contains_key(ino)) else {
-            return Ok(Verdict::Continue);
-        };
-        let Some((_, domain)) = socket_kind(&sock) else {
-            return Ok(Verdict::Continue);
-        };
-        let (kind, flags) = match nr {
-            libc::SYS_recvfrom => (
-                Dest::From {
-                    buf: a[1],
-                    len: a[2],
-                    src: a[4],
-                    srclen: a[5],
-                },
-                a[3] as i32,
-            ),
-            libc::SYS_recvmsg => (Dest::Msg { msg: a[1] }, a[2] as i32),
-            // recvmmsg: the first message only (it may return fewer).
-            _ if a[2] == 0 => return Ok(Verdict::Continue),
-            _ => (
-                Dest::Mmsg { vec: a[1] },
-                a[3] as i32 & !libc::MSG_WAITFORONE,
-            ),
-        };
-        // SAFETY: fcntl on our own copy of the socket.
-        let status = unsafe { libc::fcntl(sock.as_raw_fd(), libc::F_GETFL) };
-        let recv = Recv {
-            id: call.id,
-            tid: call.tid,
-            sock,
-            ino,
-            domain,
-            kind,
-            flags,
-            blocking: flags & libc::MSG_DONTWAIT == 0 && status & libc::O_NONBLOCK == 0,
-        };
-        if !call.still_valid(self) {
-            return Ok(Verdict::Errno(libc::EINTR));
-        }
-        match recv.now(&self.udp) {
-            Err(libc::EAGAIN) if recv.blocking => {}
-            done => return Ok(answer(done)),
-        }
-        let seccomp = Arc::clone(&self.listener);
-        let routes = Arc::clone(&self.udp);
-        let spawned = std::thread::Builder::new()
-            .name("remora-recv".into())
-            .spawn(move || recv.wait(&seccomp, &routes));
-        Ok(match spawned {
-            Ok(_) => Verdict::Pending,
-            Err(_) => Verdict::Errno(libc::EAGAIN),
-        })
-    }
-}
-
-fn answer(result: Result<i64, i32>) -> Verdict {
-    match result {
-        Ok(n) => Verdict::Return(n),
-        Err(errno) => Verdict::Errno(errno),
-    }
 }
 
 /// Send `data` (and ancillary `control`) on `sock` to `to`.
@@ -434,168 +363,6 @@ fn send_plain(
     // SAFETY: a valid msghdr on our copy of the socket.
     let n = unsafe { libc::sendmsg(sock.as_raw_fd(), &m, flags | libc::MSG_NOSIGNAL) };
     Ok(if n < 0 { Err(errno()) } else { Ok(n as i64) })
-}
-
-/// Where a notified receive puts what it gets.
-#[derive(Debug, Clone, Copy)]
-enum Dest {
-    From {
-        buf: u64,
-        len: u64,
-        src: u64,
-        srclen: u64,
-    },
-    Msg {
-        msg: u64,
-    },
-    Mmsg {
-        vec: u64,
-    },
-}
-
-/// One notified receive on a socket with routed destinations.
-#[derive(Debug)]
-struct Recv {
-    id: u64,
-    tid: u32,
-    /// Our copy of the program's socket.
-    sock: OwnedFd,
-    ino: u64,
-    domain: i32,
-    kind: Dest,
-    flags: i32,
-    blocking: bool,
-}
-
-impl Recv {
-    /// Receive one datagram without waiting and write it, its source
-    /// (rewritten) and the rest into the program's buffers.
-    fn now(&self, routes: &Mutex<UdpRoutes>) -> Result<i64, i32> {
-        let mem = Memory::open(self.tid).map_err(|_| libc::ESRCH)?;
-        let msg = match self.kind {
-            Dest::From { .. } => None,
-            Dest::Msg { msg } | Dest::Mmsg { vec: msg } => {
-                Some(MsgHdr::read(&mem, msg).map_err(|_| libc::EFAULT)?)
-            }
-        };
-        let (want, iovs) = match (self.kind, &msg) {
-            (Dest::From { buf, len, .. }, _) => (len, vec![(buf, len)]),
-            (_, Some(m)) => {
-                let iovs = read_iovecs(&mem, m.iov, m.iovlen).map_err(|_| libc::EFAULT)?;
-                (iovs.iter().map(|(_, l)| l).sum(), iovs)
-            }
-            _ => return Err(libc::EINVAL),
-        };
-        let mut data = vec![0u8; (want as usize).min(DATAGRAM_MAX)];
-        let mut control = vec![0u8; msg.map_or(0, |m| (m.controllen as usize).min(CONTROL_MAX))];
-        // SAFETY: all-zero sockaddr_storage and msghdr are valid.
-        let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-        let mut iov = libc::iovec {
-            iov_base: data.as_mut_ptr().cast(),
-            iov_len: data.len(),
-        };
-        // SAFETY: as above.
-        let mut m: libc::msghdr = unsafe { std::mem::zeroed() };
-        m.msg_name = (&mut storage as *mut libc::sockaddr_storage).cast();
-        m.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as u32;
-        m.msg_iov = &mut iov;
-        m.msg_iovlen = 1;
-        if !control.is_empty() {
-            m.msg_control = control.as_mut_ptr().cast();
-            m.msg_controllen = control.len();
-        }
-        // SAFETY: a valid msghdr on our copy of the socket.
-        let n = unsafe {
-            libc::recvmsg(
-                self.sock.as_raw_fd(),
-                &mut m,
-                self.flags | libc::MSG_DONTWAIT,
-            )
-        };
-        if n < 0 {
-            return Err(errno());
-        }
-        let got = (n as usize).min(data.len());
-        let source = parse_sockaddr(bytes_of(&storage)).map(|from| {
-            let from = canonical(from);
-            let routed = routes.lock().unwrap_or_else(|e| e.into_inner());
-            routed.source_of(self.ino, from).unwrap_or(from)
-        });
-        let fault = |_| libc::EFAULT;
-        // Scatter the bytes over the program's buffers.
-        let mut at = 0;
-        for (base, len) in iovs {
-            if at >= got {
-                break;
-            }
-            let take = (len as usize).min(got - at);
-            mem.write(base, &data[at..at + take]).map_err(fault)?;
-            at += take;
-        }
-        let (name, namelen_at) = match (self.kind, &msg) {
-            (Dest::From { src, srclen, .. }, _) => (src, srclen),
-            (Dest::Msg { msg: at } | Dest::Mmsg { vec: at }, Some(h)) => (h.name, at + 8),
-            _ => (0, 0),
-        };
-        if let (Some(source), true) = (source, name != 0 && namelen_at != 0) {
-            let cap = match (self.kind, &msg) {
-                (_, Some(h)) => h.namelen,
-                _ => u32::from_ne_bytes(
-                    mem.read(namelen_at, 4)
-                        .map_err(fault)?
-                        .try_into()
-                        .unwrap_or([0; 4]),
-                ),
-            };
-            let (storage, slen) = encode(source, self.domain);
-            mem.write(name, &bytes_of(&storage)[..slen.min(cap) as usize])
-                .map_err(fault)?;
-            mem.write(namelen_at, &slen.to_ne_bytes()).map_err(fault)?;
-        }
-        if let (Dest::Msg { msg: at } | Dest::Mmsg { vec: at }, Some(h)) = (self.kind, &msg) {
-            let clen = m.msg_controllen.min(control.len());
-            if clen > 0 {
-                mem.write(h.control, &control[..clen]).map_err(fault)?;
-            }
-            mem.write(at + 40, &(clen as u64).to_ne_bytes())
-                .map_err(fault)?;
-            mem.write(at + 48, &m.msg_flags.to_ne_bytes())
-                .map_err(fault)?;
-            if let Dest::Mmsg { vec } = self.kind {
-                mem.write(vec + MSGHDR as u64, &(n as u32).to_ne_bytes())
-                    .map_err(fault)?;
-                return Ok(1);
-            }
-        }
-        Ok(n as i64)
-    }
-
-    /// On its own thread: wait until a datagram comes (or the call is gone:
-    /// the thread was interrupted or died), then answer.
-    fn wait(self, seccomp: &Listener, routes: &Mutex<UdpRoutes>) {
-        loop {
-            let mut pfd = libc::pollfd {
-                fd: self.sock.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: one valid pollfd.
-            let ready = unsafe { libc::poll(&mut pfd, 1, WAIT_SLICE_MS) } == 1;
-            if !seccomp.id_valid(self.id) {
-                return;
-            }
-            if !ready {
-                continue;
-            }
-            match self.now(routes) {
-                Err(libc::EAGAIN) => continue,
-                done => {
-                    seccomp.answer(self.id, answer(done));
-                    return;
-                }
-            }
-        }
-    }
 }
 
 /// The `(base, len)` pairs of an iovec array.

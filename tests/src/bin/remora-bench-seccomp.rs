@@ -4,7 +4,10 @@
 //! through `remora run --interception preload` and `--interception
 //! seccomp`, alternating, [`ROUNDS`] rounds each (or `REMORA_BENCH_ROUNDS`), from a client namespace
 //! against the checkout pod. Prints a markdown table of medians (stdout);
-//! every round's values go to stderr. Nothing printed is a constant.
+//! every round's values go to stderr. Nothing printed is a constant. The
+//! local `stat` rows also get the "floor": the same `stat` under a bare
+//! notifying filter whose supervisor only answers `CONTINUE`
+//! (`tests/apps/c/notif_floor.c`), in the same rounds.
 //!
 //! With `REMORA_BENCH_BASELINE=<dir>` (a directory holding another build's
 //! `remora`, `remora-agent` and `libremora_layer.so`), that build's seccomp
@@ -92,6 +95,24 @@ fn remora(
     Ok(cmd.output()?)
 }
 
+/// The floor of a notified `stat` without remora, in the same namespace:
+/// `tests/apps/c/notif_floor.c` (a child `stat`s `/usr/bin/env` N times
+/// under a filter notifying `newfstatat`; its parent reads the path with
+/// `process_vm_readv` and answers `CONTINUE`, with synchronous wake-ups, as
+/// remora's supervisor does for a local path), in ns per `stat`.
+fn floor_ns(client: &Pod, floor: &str, n: &str) -> Result<f64> {
+    let out = client.exec(&[floor, n, "1", "1"])?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        return Err(format!("notif_floor failed ({}): {stdout}", out.status).into());
+    }
+    stdout
+        .lines()
+        .find_map(|l| l.split_once("ns_per_stat ").map(|(_, v)| v.to_owned()))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| format!("notif_floor: no ns_per_stat in {stdout}").into())
+}
+
 /// A directory removed on drop.
 struct TempDir(std::path::PathBuf);
 
@@ -116,6 +137,17 @@ fn bench() -> Result<()> {
         return Err("gcc failed on tests/apps/c/seccomp_probe.c".into());
     }
     let probe = probe.to_str().ok_or("temp path is not UTF-8")?;
+    // The floor of a notification without remora (see `floor_ns`).
+    let floor = dir.0.join("notif_floor");
+    let status = Command::new("gcc")
+        .args(["-O2", "-o"])
+        .arg(&floor)
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("apps/c/notif_floor.c"))
+        .status()?;
+    if !status.success() {
+        return Err("gcc failed on tests/apps/c/notif_floor.c".into());
+    }
+    let floor = floor.to_str().ok_or("temp path is not UTF-8")?;
     let sandbox = Sandbox::new()?;
     eprintln!("==> starting the checkout pod and a client namespace");
     let checkout = checkout_pod(&sandbox)?;
@@ -175,18 +207,23 @@ fn bench() -> Result<()> {
         ""
     };
     let base_rule = if baseline.is_some() { " ---: |" } else { "" };
-    println!("| work | plain | layer |{base_head} seccomp | seccomp / layer | seccomp / plain |");
-    println!("| --- | ---: | ---: |{base_rule} ---: | ---: | ---: |");
+    println!(
+        "| work | plain | layer |{base_head} seccomp | floor | seccomp / layer | seccomp / plain | floor / plain |"
+    );
+    println!("| --- | ---: | ---: |{base_rule} ---: | ---: | ---: | ---: | ---: |");
     for (name, args) in &work {
         let mut argv = vec![probe, "bench"];
         argv.extend(args.iter().copied());
         let local_only = matches!(args[1], "stat" | "fstat" | "write1");
         let flags: &[&str] = if args[1] == "write1" { write_mode } else { &[] };
         let (mut plain, mut layer, mut seccomp) = (Vec::new(), Vec::new(), Vec::new());
-        let mut base = Vec::new();
+        let (mut base, mut floors) = (Vec::new(), Vec::new());
         for round in 1..=rounds() {
             if local_only {
                 plain.push(ns_per_op("plain", &client.exec(&argv)?)?);
+            }
+            if args[1] == "stat" {
+                floors.push(floor_ns(&client, floor, args[0])?);
             }
             layer.push(ns_per_op(
                 "layer",
@@ -203,19 +240,24 @@ fn bench() -> Result<()> {
                 &remora(&client, pod, "seccomp", flags, &argv, None)?,
             )?);
             eprintln!(
-                "{name} round {round}: plain {:?} layer {:?} baseline {:?} seccomp {:?} (ns/op)",
+                "{name} round {round}: plain {:?} layer {:?} baseline {:?} seccomp {:?} floor {:?} (ns/op)",
                 plain.last(),
                 layer.last(),
                 base.last(),
-                seccomp.last()
+                seccomp.last(),
+                floors.last()
             );
         }
         let (l, s) = (median(layer), median(seccomp));
-        let (plain, vs_plain) = if plain.is_empty() {
-            ("-".to_owned(), "-".to_owned())
-        } else {
-            let p = median(plain);
-            (time(p), format!("{:.2}x", s / p))
+        let p = (!plain.is_empty()).then(|| median(plain));
+        let f = (!floors.is_empty()).then(|| median(floors));
+        let (plain, vs_plain) = match p {
+            Some(p) => (time(p), format!("{:.2}x", s / p)),
+            None => ("-".to_owned(), "-".to_owned()),
+        };
+        let (floor_cell, floor_vs_plain) = match (f, p) {
+            (Some(f), Some(p)) => (time(f), format!("{:.2}x", f / p)),
+            _ => ("-".to_owned(), "-".to_owned()),
         };
         let base = if base.is_empty() {
             String::new()
@@ -223,7 +265,7 @@ fn bench() -> Result<()> {
             format!(" {} |", time(median(base)))
         };
         println!(
-            "| {name} | {plain} | {} |{base} {} | {:.2}x | {vs_plain} |",
+            "| {name} | {plain} | {} |{base} {} | {floor_cell} | {:.2}x | {vs_plain} | {floor_vs_plain} |",
             time(l),
             time(s),
             s / l

@@ -78,6 +78,20 @@ impl Apps {
         out
     }
 
+    /// A statically linked C program from tests/apps/c (`gcc -static
+    /// -pthread`: it gets the seccomp supervisor).
+    pub fn c_static(&self, name: &str) -> PathBuf {
+        let out = self.dir.path().join(name);
+        let status = Command::new("gcc")
+            .args(["-static", "-pthread", "-O1", "-o"])
+            .arg(&out)
+            .arg(workspace().join(format!("tests/apps/c/{name}.c")))
+            .status()
+            .expect("gcc is installed (scripts/setup.sh)");
+        assert!(status.success(), "gcc -static {name}.c failed");
+        out
+    }
+
     /// The static C probe (tests/apps/c/seccomp_probe.c).
     pub fn c_probe(&self) -> PathBuf {
         let out = self.dir.path().join("seccomp_probe");

@@ -20,7 +20,8 @@
 //	              addrs HOST:PORT (TCP: prints its local and remote address
 //	              and the first line the server sends) |
 //	              udp HOST:PORT TEXT (an unconnected UDP socket: WriteTo,
-//	              then prints "REPLY from SOURCE" of the answer)
+//	              then prints "REPLY from SOURCE" of the answer) |
+//	              udp-timeout, udp-mmsg, udp-signals (see udp.go)
 package main
 
 import (
@@ -258,7 +259,21 @@ func main() {
 		conn.Close()
 		ln.Close()
 		time.Sleep(time.Hour)
+	case "udp-timeout":
+		udpTimeout(arg, os.Args[3])
+	case "udp-mmsg":
+		udpMmsg(arg, atoi(os.Args[3]))
+	case "udp-signals":
+		udpSignals(arg, atoi(os.Args[3]))
 	default:
 		fail(fmt.Errorf("unknown command %q", os.Args[1]))
 	}
+}
+
+func atoi(s string) int {
+	var n int
+	if _, err := fmt.Sscan(s, &n); err != nil {
+		fail(err)
+	}
+	return n
 }
