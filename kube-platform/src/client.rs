@@ -14,7 +14,7 @@ use serde::de::DeserializeOwned;
 use std::fmt::Debug;
 use std::path::PathBuf;
 
-use crate::resolve::{self, ResolvedPod, RolloutPods};
+use crate::resolve::{self, Owners, ResolvedPod, RolloutPods};
 use crate::target::{KubeTarget, TargetKind};
 use crate::{Error, Result};
 
@@ -140,14 +140,62 @@ impl KubeClient {
     }
 
     async fn pods_of(&self, target: &str, selector: &LabelSelector) -> Result<Pod> {
+        self.owned_pods_of(target, selector, Owners::Any).await
+    }
+
+    /// The first ready pod `selector` matches that `owners` owns.
+    async fn owned_pods_of(
+        &self,
+        target: &str,
+        selector: &LabelSelector,
+        owners: Owners<'_>,
+    ) -> Result<Pod> {
         let pods: Vec<Pod> = self
             .list(
                 "pods",
                 &ListParams::default().labels(&resolve::selector_string(selector)),
             )
             .await?;
-        let pod = resolve::pick_ready_pod(target, &self.namespace, selector, &pods)?;
+        let pod = resolve::pick_owned_pod(target, &self.namespace, selector, owners, &pods)?;
         Ok(pod.clone())
+    }
+
+    /// The first ready pod of a controller that owns its pods directly
+    /// (StatefulSet, ReplicaSet, Job): matched by its selector and owned by its uid.
+    async fn pods_owned_by(
+        &self,
+        target: &str,
+        selector: &LabelSelector,
+        uid: Option<&str>,
+    ) -> Result<Pod> {
+        match uid {
+            Some(uid) => {
+                self.owned_pods_of(target, selector, Owners::Uids(&[uid]))
+                    .await
+            }
+            None => self.pods_of(target, selector).await,
+        }
+    }
+
+    /// The first ready pod of a Deployment: one of its own ReplicaSets' pods,
+    /// not a pod of another owner with the same labels (an Argo Rollout
+    /// with a `workloadRef` to it).
+    async fn deployment_pod(&self, target: &str, d: &Deployment) -> Result<Pod> {
+        let sel = resolve::require_selector(target, resolve::deployment_selector(d))?;
+        if d.metadata.uid.is_none() {
+            return self.pods_of(target, &sel).await;
+        }
+        let sets: Vec<ReplicaSet> = self
+            .list(
+                "replicasets",
+                &ListParams::default().labels(&resolve::selector_string(&sel)),
+            )
+            .await?;
+        let uids: Vec<&str> = resolve::deployment_replicasets(d, &sets)
+            .into_iter()
+            .filter_map(|r| r.metadata.uid.as_deref())
+            .collect();
+        self.owned_pods_of(target, &sel, Owners::Uids(&uids)).await
     }
 
     fn rollout_api(&self) -> Api<DynamicObject> {
@@ -178,22 +226,24 @@ impl KubeClient {
             }
             TargetKind::Deployment => {
                 let d: Deployment = self.get(*kind, name).await?;
-                self.pods_of(&what, &selector(resolve::deployment_selector(&d))?)
-                    .await?
+                self.deployment_pod(&what, &d).await?
             }
             TargetKind::StatefulSet => {
                 let s: StatefulSet = self.get(*kind, name).await?;
-                self.pods_of(&what, &selector(resolve::statefulset_selector(&s))?)
+                let sel = selector(resolve::statefulset_selector(&s))?;
+                self.pods_owned_by(&what, &sel, s.metadata.uid.as_deref())
                     .await?
             }
             TargetKind::ReplicaSet => {
                 let r: ReplicaSet = self.get(*kind, name).await?;
-                self.pods_of(&what, &selector(resolve::replicaset_selector(&r))?)
+                let sel = selector(resolve::replicaset_selector(&r))?;
+                self.pods_owned_by(&what, &sel, r.metadata.uid.as_deref())
                     .await?
             }
             TargetKind::Job => {
                 let j: Job = self.get(*kind, name).await?;
-                self.pods_of(&what, &selector(resolve::job_selector(&j))?)
+                let sel = selector(resolve::job_selector(&j))?;
+                self.pods_owned_by(&what, &sel, j.metadata.uid.as_deref())
                     .await?
             }
             TargetKind::Service => {
@@ -210,7 +260,8 @@ impl KubeClient {
                         namespace: self.namespace.clone(),
                         found: "it has no job yet".to_owned(),
                     })?;
-                self.pods_of(&what, &selector(resolve::job_selector(job))?)
+                let sel = selector(resolve::job_selector(job))?;
+                self.pods_owned_by(&what, &sel, job.metadata.uid.as_deref())
                     .await?
             }
             TargetKind::Rollout => {

@@ -11,6 +11,7 @@ pub mod manifest;
 pub mod namespaced;
 pub mod operator_link;
 pub mod platform;
+pub mod portforward;
 pub mod resolve;
 pub mod target;
 

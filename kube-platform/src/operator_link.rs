@@ -13,9 +13,10 @@ use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::api::{Api, ListParams};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+use crate::portforward::PortForward;
 use crate::resolve;
 use crate::{ClientOptions, Error, Result};
 
@@ -247,15 +248,15 @@ impl OperatorForward {
                 let this = self.clone();
                 let opened = first.take();
                 tokio::spawn(async move {
-                    let forwarder = match opened {
-                        Some(f) => Ok((f, port)),
+                    let forward = match opened {
+                        Some(f) => Ok(f),
                         None => match this.pick().await {
-                            Ok((pod, port)) => this.open(&pod, port).await.map(|f| (f, port)),
+                            Ok((pod, port)) => this.open(&pod, port).await,
                             Err(e) => Err(e),
                         },
                     };
-                    match forwarder {
-                        Ok((f, port)) => relay_one(f, port, stream).await,
+                    match forward {
+                        Ok(f) => f.relay(stream).await,
                         Err(e) => tracing::warn!(error = %e, "cannot reach the operator"),
                     }
                 });
@@ -264,9 +265,9 @@ impl OperatorForward {
         Ok((addr, relay))
     }
 
-    async fn open(&self, pod: &str, port: u16) -> Result<kube::api::Portforwarder> {
+    async fn open(&self, pod: &str, port: u16) -> Result<PortForward> {
         let ns = &self.operator.namespace;
-        self.pods.portforward(pod, &[port]).await.map_err(|e| {
+        PortForward::open(&self.pods, pod, port).await.map_err(|e| {
             Error::api(
                 format!(
                     "port-forwarding to the operator (pod {pod} port {port} in namespace {ns}; \
@@ -299,16 +300,6 @@ fn target_port(service: &Service, pod: &Pod) -> Option<u16> {
             .and_then(|p| u16::try_from(p.container_port).ok()),
         None => u16::try_from(port.port).ok(),
     }
-}
-
-async fn relay_one(mut forwarder: kube::api::Portforwarder, port: u16, mut stream: TcpStream) {
-    let Some(mut upstream) = forwarder.take_stream(port) else {
-        tracing::warn!("the port-forward has no stream for port {port}");
-        return;
-    };
-    let _ = tokio::io::copy_bidirectional(&mut stream, &mut upstream).await;
-    drop(upstream);
-    let _ = forwarder.join().await;
 }
 
 #[cfg(test)]

@@ -13,11 +13,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::manifest::{AGENT_PORT, AgentMode, AgentSettings, AgentSpec, RUN_LABEL};
+use crate::portforward::PortForward;
 use crate::resolve;
 use crate::{ClientOptions, Error, Result};
 
@@ -525,7 +526,7 @@ async fn agent_listens(pods: &Api<Pod>, pod: &str, container: &str) -> Result<bo
 }
 
 /// Listen on loopback and relay each connection through a port-forward to
-/// the agent's port in `pod`.
+/// the agent's port in `pod` ([`crate::portforward`]).
 async fn port_forward(pods: Api<Pod>, pod: String) -> Result<(SocketAddr, JoinHandle<()>)> {
     // The first port-forward is opened now, so a refusal (RBAC, an API
     // server without the subresource) is the start's error, not a failed
@@ -543,12 +544,12 @@ async fn port_forward(pods: Api<Pod>, pod: String) -> Result<(SocketAddr, JoinHa
             let pod = pod.clone();
             let opened = first.take();
             tokio::spawn(async move {
-                let forwarder = match opened {
+                let forward = match opened {
                     Some(f) => Ok(f),
                     None => open_forward(&pods, &pod).await,
                 };
-                match forwarder {
-                    Ok(f) => relay_one(f, stream).await,
+                match forward {
+                    Ok(f) => f.relay(stream).await,
                     Err(e) => tracing::warn!(%pod, error = %e, "port-forward to the agent failed"),
                 }
             });
@@ -557,23 +558,13 @@ async fn port_forward(pods: Api<Pod>, pod: String) -> Result<(SocketAddr, JoinHa
     Ok((addr, relay))
 }
 
-async fn open_forward(pods: &Api<Pod>, pod: &str) -> Result<kube::api::Portforwarder> {
-    pods.portforward(pod, &[AGENT_PORT]).await.map_err(|e| {
+async fn open_forward(pods: &Api<Pod>, pod: &str) -> Result<PortForward> {
+    PortForward::open(pods, pod, AGENT_PORT).await.map_err(|e| {
         Error::api(
             format!("port-forwarding to port {AGENT_PORT} of pod {pod}"),
             e,
         )
     })
-}
-
-async fn relay_one(mut forwarder: kube::api::Portforwarder, mut stream: TcpStream) {
-    let Some(mut upstream) = forwarder.take_stream(AGENT_PORT) else {
-        tracing::warn!("the port-forward has no stream for port {AGENT_PORT}");
-        return;
-    };
-    let _ = tokio::io::copy_bidirectional(&mut stream, &mut upstream).await;
-    drop(upstream);
-    let _ = forwarder.join().await;
 }
 
 /// Mark the agent gone once its pod has finished or disappeared.

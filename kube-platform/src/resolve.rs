@@ -328,23 +328,46 @@ pub fn pick_rollout_pod<'a>(
             .collect();
         format!("its replica sets {} have no pods", names.join(", "))
     } else {
-        candidates
-            .iter()
-            .map(|p| {
-                format!(
-                    "{} ({})",
-                    p.metadata.name.as_deref().unwrap_or("?"),
-                    pod_state(p)
-                )
-            })
-            .collect::<Vec<_>>()
-            .join(", ")
+        pod_list(&candidates)
     };
     Err(Error::NoReadyPod {
         target: target.to_owned(),
         namespace: namespace.to_owned(),
         found,
     })
+}
+
+/// The ReplicaSets a Deployment owns (their `ownerReferences` name its uid),
+/// as the deployment controller creates them; none when it has no uid.
+pub fn deployment_replicasets<'a>(
+    deployment: &Deployment,
+    sets: &'a [ReplicaSet],
+) -> Vec<&'a ReplicaSet> {
+    let Some(uid) = deployment.metadata.uid.as_deref() else {
+        return Vec::new();
+    };
+    sets.iter().filter(|r| owned_by(&r.metadata, uid)).collect()
+}
+
+/// Which of the pods an owner's selector matches are the owner's own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Owners<'a> {
+    /// Every pod the selector matches (a Service, which owns no pods).
+    Any,
+    /// Only pods whose `ownerReferences` name one of these uids: the owner
+    /// itself (StatefulSet, ReplicaSet, Job) or a Deployment's ReplicaSets.
+    /// Another owner's pods with the same labels (an Argo Rollout with a
+    /// `workloadRef` to the Deployment) are not picked.
+    Uids(&'a [&'a str]),
+}
+
+impl Owners<'_> {
+    fn own(self, pod: &Pod) -> bool {
+        match self {
+            Owners::Any => true,
+            Owners::Uids(uids) => uids.iter().any(|uid| owned_by(&pod.metadata, uid)),
+        }
+    }
 }
 
 /// Pick the first ready pod among those `selector` matches, ordered by creation
@@ -358,7 +381,35 @@ pub fn pick_ready_pod<'a>(
     selector: &LabelSelector,
     pods: &'a [Pod],
 ) -> Result<&'a Pod> {
-    let mut matching: Vec<&Pod> = pods
+    pick_owned_pod(target, namespace, selector, Owners::Any, pods)
+}
+
+fn pod_list(pods: &[&Pod]) -> String {
+    pods.iter()
+        .map(|p| {
+            format!(
+                "{} ({})",
+                p.metadata.name.as_deref().unwrap_or("?"),
+                pod_state(p)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// As [`pick_ready_pod`], among the pods of `owners` only.
+///
+/// # Errors
+/// [`Error::NoReadyPod`] listing the owner's pods, each with its state, or
+/// the pods of other owners that its selector matches.
+pub fn pick_owned_pod<'a>(
+    target: &str,
+    namespace: &str,
+    selector: &LabelSelector,
+    owners: Owners<'_>,
+    pods: &'a [Pod],
+) -> Result<&'a Pod> {
+    let (mut own, mut others): (Vec<&Pod>, Vec<&Pod>) = pods
         .iter()
         .filter(|p| {
             p.metadata
@@ -366,28 +417,24 @@ pub fn pick_ready_pod<'a>(
                 .as_ref()
                 .is_some_and(|l| selector_matches(selector, l))
         })
-        .collect();
-    matching.sort_by(|a, b| {
-        (&a.metadata.creation_timestamp, &a.metadata.name)
-            .cmp(&(&b.metadata.creation_timestamp, &b.metadata.name))
-    });
-    if let Some(pod) = matching.iter().find(|p| pod_is_ready(p)) {
+        .partition(|p| owners.own(p));
+    for list in [&mut own, &mut others] {
+        list.sort_by(|a, b| {
+            (&a.metadata.creation_timestamp, &a.metadata.name)
+                .cmp(&(&b.metadata.creation_timestamp, &b.metadata.name))
+        });
+    }
+    if let Some(pod) = own.iter().find(|p| pod_is_ready(p)) {
         return Ok(pod);
     }
-    let found = if matching.is_empty() {
-        format!("no pod matches its selector {}", selector_string(selector))
-    } else {
-        matching
-            .iter()
-            .map(|p| {
-                format!(
-                    "{} ({})",
-                    p.metadata.name.as_deref().unwrap_or("?"),
-                    pod_state(p)
-                )
-            })
-            .collect::<Vec<_>>()
-            .join(", ")
+    let found = match (own.is_empty(), others.is_empty()) {
+        (false, _) => pod_list(&own),
+        (true, true) => format!("no pod matches its selector {}", selector_string(selector)),
+        (true, false) => format!(
+            "none of the pods its selector {} matches is its own: {}",
+            selector_string(selector),
+            pod_list(&others)
+        ),
     };
     Err(Error::NoReadyPod {
         target: target.to_owned(),

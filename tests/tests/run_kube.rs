@@ -751,26 +751,8 @@ fn a_rollout_target_enters_a_pod_of_the_rollouts_own_stable_replicaset() {
         "crd/rollouts.argoproj.io",
         "--timeout=60s",
     ]);
-    // A Deployment that a workloadRef rollout takes its template from; Argo
-    // does not scale it down by default (`scaleDown: never`), so its pod
-    // matches the selector too but is not the rollout's.
     sim.apply(
         r#"
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: shop}
-spec:
-  replicas: 1
-  selector: {matchLabels: {app: shop}}
-  template:
-    metadata: {labels: {app: shop}}
-    spec:
-      containers:
-      - name: app
-        image: busybox
-        command: ["sh", "-c", "exec sleep 600"]
-        env: [{name: WHO, value: the-deployment}]
----
 apiVersion: argoproj.io/v1alpha1
 kind: Rollout
 metadata: {name: shop}
@@ -792,7 +774,6 @@ spec:
   strategy: {canary: {steps: [{setWeight: 20}]}}
 "#,
     );
-    wait_ready(&sim, "shop");
     let uid = |name: &str| sim.kubectl(&["get", "rollout", name, "-o", "jsonpath={.metadata.uid}"]);
     let (shop_uid, api_uid) = (uid("shop"), uid("api"));
     // rollout/api: the old ReplicaSet still runs (Argo's scaleDownDelaySeconds)
@@ -840,10 +821,55 @@ spec:
             "--timeout=60s",
         ]);
     }
-    // Not checked: `deployment/shop`. Its selector also matches the rollout's
-    // pod, and which of two ready pods with random name suffixes comes first is
-    // not something kubectl defines either (a CI run picked the rollout's).
-    for (target, who) in [("rollout/api", "api-stable"), ("ro/shop", "shop-rollout")] {
+    // The Deployment that the workloadRef rollout takes its template from,
+    // created once the rollout's pod is older (creation times have seconds):
+    // Argo does not scale it down by default (`scaleDown: never`), so its pod
+    // matches the selector too, and picking by selector and age alone would
+    // enter the rollout's pod for deployment/shop.
+    let rollout_pod_created = sim.kubectl(&[
+        "get",
+        "pod",
+        "-l",
+        "app=shop",
+        "-o",
+        "jsonpath={.items[0].metadata.creationTimestamp}",
+    ]);
+    poll(
+        || {
+            let now = Command::new("date")
+                .args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])
+                .output()
+                .unwrap();
+            text(&now.stdout).trim() > rollout_pod_created.trim()
+        },
+        "the clock to pass the rollout pod's creation second",
+    );
+    sim.apply(
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: shop}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: shop}}
+  template:
+    metadata: {labels: {app: shop}}
+    spec:
+      containers:
+      - name: app
+        image: busybox
+        command: ["sh", "-c", "exec sleep 600"]
+        env: [{name: WHO, value: the-deployment}]
+"#,
+    );
+    wait_ready(&sim, "shop");
+    // `deployment/shop`: its selector also matches the rollout's pod, which
+    // may be the older one; the Deployment's own ReplicaSet's pod is entered.
+    for (target, who) in [
+        ("rollout/api", "api-stable"),
+        ("ro/shop", "shop-rollout"),
+        ("deployment/shop", "the-deployment"),
+    ] {
         let out = sim
             .remora(&["run", "-t", target, "--", "sh", "-c", "echo $WHO; uname -n"])
             .output()
@@ -857,7 +883,7 @@ spec:
             lines.get(1).is_some_and(|pod| match who {
                 "api-stable" => pod.starts_with("api-7f9c-"),
                 "shop-rollout" => pod.starts_with("shop-6b8f-"),
-                _ => false,
+                _ => pod.starts_with("shop-") && !pod.starts_with("shop-6b8f-"),
             }),
             "{target}: {stdout}"
         );

@@ -341,3 +341,70 @@ fn a_rollout_without_a_ready_pod_lists_its_own_pods() {
         "rollout/api in namespace shop has no ready pod: its replica sets api-aaa have no pods"
     );
 }
+
+#[test]
+fn a_deployments_pod_comes_from_its_own_replicasets_not_from_another_owner_with_the_same_labels() {
+    let deployment: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "api", "uid": "deploy-1"},
+        "spec": {"selector": {"matchLabels": {"app": "api"}}, "template": {}}
+    }))
+    .unwrap();
+    let sets = vec![
+        replicaset("api-old", "rs-old", "x", "2026-01-01T00:00:00Z", "deploy-1"),
+        replicaset("api-ro", "rs-ro", "y", "2025-12-01T00:00:00Z", "rollout-1"),
+        replicaset("api-new", "rs-new", "z", "2026-01-02T00:00:00Z", "deploy-1"),
+    ];
+    let own = deployment_replicasets(&deployment, &sets);
+    let names: Vec<_> = own.iter().map(|r| r.metadata.name.as_deref()).collect();
+    assert_eq!(names, [Some("api-old"), Some("api-new")]);
+    let uids: Vec<&str> = own
+        .iter()
+        .filter_map(|r| r.metadata.uid.as_deref())
+        .collect();
+    // The rollout's pod is older, so selector order alone would pick it.
+    let pods = vec![
+        pod_of("api-new-1", "2026-01-02T00:00:01Z", true, "rs-new"),
+        pod_of("api-ro-1", "2025-12-01T00:00:01Z", true, "rs-ro"),
+        pod_of("api-old-1", "2026-01-01T00:00:01Z", false, "rs-old"),
+    ];
+    let picked = pick_ready_pod("deployment/api", "shop", &app_selector(), &pods).unwrap();
+    assert_eq!(picked.metadata.name.as_deref(), Some("api-ro-1"));
+    let picked = pick_owned_pod(
+        "deployment/api",
+        "shop",
+        &app_selector(),
+        Owners::Uids(&uids),
+        &pods,
+    )
+    .unwrap();
+    assert_eq!(picked.metadata.name.as_deref(), Some("api-new-1"));
+    // Only another owner's pods: the error names them as such.
+    let err = pick_owned_pod(
+        "deployment/api",
+        "shop",
+        &app_selector(),
+        Owners::Uids(&uids),
+        &pods[1..2],
+    )
+    .unwrap_err()
+    .to_string();
+    assert_eq!(
+        err,
+        "deployment/api in namespace shop has no ready pod: none of the pods its selector \
+         app=api matches is its own: api-ro-1 (Running)"
+    );
+    // The owner's own pods, none ready.
+    let err = pick_owned_pod(
+        "statefulset/api",
+        "shop",
+        &app_selector(),
+        Owners::Uids(&["rs-old"]),
+        &pods,
+    )
+    .unwrap_err()
+    .to_string();
+    assert_eq!(
+        err,
+        "statefulset/api in namespace shop has no ready pod: api-old-1 (Pending: ImagePullBackOff)"
+    );
+}

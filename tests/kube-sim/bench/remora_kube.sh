@@ -71,19 +71,13 @@ for _ in $(seq "$RUNS"); do
     remora true
     startup+=("$(python3 -c "import sys; print(float(sys.argv[2]) - float(sys.argv[1]))" "$t0" "$(now)")")
 done
-through_remora=()
-for _ in $(seq "$RUNS"); do
-    through_remora+=("$(remora curl -sS -o /dev/null -w '%{time_total}' http://127.0.0.1:8080/big)")
-done
 
+# The three downloads alternate, round after round, so that a change in the
+# machine's load (it is shared) falls on all of them alike.
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 k port-forward deployment/big "$port:8080" >"$work/pf.log" 2>&1 &
 pf_pid=$!
 for _ in $(seq 300); do grep -q Forwarding "$work/pf.log" && break; sleep 0.1; done
-through_kubectl=()
-for _ in $(seq "$RUNS"); do
-    through_kubectl+=("$(curl -sS -o /dev/null -w '%{time_total}' "http://127.0.0.1:$port/big")")
-done
 
 # The same download through remora on a local pid/ target (a server of this machine, no
 # port-forward): what remora's own path costs without the API server's relay.
@@ -91,8 +85,13 @@ local_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1"
 python3 -m http.server "$local_port" --bind 127.0.0.1 --directory "$work/www" >/dev/null 2>&1 &
 local_pid=$!
 for _ in $(seq 300); do curl -s -o /dev/null "http://127.0.0.1:$local_port/" && break; sleep 0.1; done
+
+through_remora=()
+through_kubectl=()
 through_local=()
 for _ in $(seq "$RUNS"); do
+    through_remora+=("$(remora curl -sS -o /dev/null -w '%{time_total}' http://127.0.0.1:8080/big)")
+    through_kubectl+=("$(curl -sS -o /dev/null -w '%{time_total}' "http://127.0.0.1:$port/big")")
     through_local+=("$("$BIN/remora" run -t "pid/$local_pid" -- curl -sS -o /dev/null -w '%{time_total}' "http://127.0.0.1:$local_port/big")")
 done
 kill "$local_pid"; wait "$local_pid" 2>/dev/null || true

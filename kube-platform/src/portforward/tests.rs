@@ -1,0 +1,120 @@
+use super::*;
+use tokio::io::DuplexStream;
+use tokio::net::TcpListener;
+use tokio_tungstenite::tungstenite::protocol::Role;
+
+const PORT: u16 = 4242;
+
+/// A relay over an in-memory WebSocket: returns the local client's socket and
+/// the server's end of the WebSocket (playing the API server and kubelet).
+async fn relayed() -> (TcpStream, WebSocketStream<DuplexStream>) {
+    let (client_io, server_io) = tokio::io::duplex(256 * 1024);
+    let socket = WebSocketStream::from_raw_socket(client_io, Role::Client, None).await;
+    let server = WebSocketStream::from_raw_socket(server_io, Role::Server, None).await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app = TcpStream::connect(listener.local_addr().unwrap())
+        .await
+        .unwrap();
+    let (local, _) = listener.accept().await.unwrap();
+    tokio::spawn(async move { relay(socket, local, "agent-pod", PORT).await });
+    (app, server)
+}
+
+fn on(channel: u8, payload: &[u8]) -> Message {
+    let mut v = vec![channel];
+    v.extend_from_slice(payload);
+    Message::Binary(v.into())
+}
+
+async fn announce(server: &mut WebSocketStream<DuplexStream>, port: u16) {
+    for channel in [DATA, ERROR] {
+        server.send(on(channel, &port.to_le_bytes())).await.unwrap();
+    }
+}
+
+/// The next data payload the server receives, `None` at a close.
+async fn next_data(server: &mut WebSocketStream<DuplexStream>) -> Option<Vec<u8>> {
+    loop {
+        match server.next().await? {
+            Ok(Message::Binary(b)) => {
+                assert_eq!(b[0], DATA, "the client writes on the data channel only");
+                return Some(b[1..].to_vec());
+            }
+            Ok(Message::Close(_)) | Err(_) => return None,
+            Ok(_) => {}
+        }
+    }
+}
+
+#[tokio::test]
+async fn bytes_go_both_ways_and_the_local_end_closes_the_forward() {
+    let (mut app, mut server) = relayed().await;
+    announce(&mut server, PORT).await;
+    app.write_all(b"ping").await.unwrap();
+    let mut got = Vec::new();
+    while got.len() < 4 {
+        got.extend(next_data(&mut server).await.unwrap());
+    }
+    assert_eq!(got, b"ping");
+    server.send(on(DATA, b"pong")).await.unwrap();
+    let mut answer = [0; 4];
+    app.read_exact(&mut answer).await.unwrap();
+    assert_eq!(&answer, b"pong");
+    // The app stops sending: the WebSocket closes (v4 has no half-close,
+    // as with kube-rs), and the app's connection ends once the server
+    // answers the close.
+    app.shutdown().await.unwrap();
+    assert_eq!(next_data(&mut server).await, None);
+    // Sends the answer to the close (tungstenite queued it on reading).
+    SinkExt::close(&mut server).await.unwrap();
+    let mut rest = Vec::new();
+    app.read_to_end(&mut rest).await.unwrap();
+    assert!(rest.is_empty());
+}
+
+#[tokio::test]
+async fn a_large_download_arrives_whole_and_in_order() {
+    let (mut app, mut server) = relayed().await;
+    announce(&mut server, PORT).await;
+    let data: Vec<u8> = (0..4 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    let sent = data.clone();
+    let sender = tokio::spawn(async move {
+        for chunk in sent.chunks(32 * 1024) {
+            server.send(on(DATA, chunk)).await.unwrap();
+        }
+        let _ = server.close(None).await;
+        server
+    });
+    let mut got = Vec::new();
+    app.read_to_end(&mut got).await.unwrap();
+    assert!(
+        got == data,
+        "{} bytes of {} arrived, or out of order",
+        got.len(),
+        data.len()
+    );
+    drop(sender.await.unwrap());
+}
+
+#[tokio::test]
+async fn a_message_on_the_error_channel_closes_the_local_connection() {
+    let (mut app, mut server) = relayed().await;
+    announce(&mut server, PORT).await;
+    server
+        .send(on(ERROR, b"error forwarding port 4242: connection refused"))
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    app.read_to_end(&mut rest).await.unwrap();
+    assert!(rest.is_empty());
+}
+
+#[tokio::test]
+async fn a_channel_opened_for_another_port_closes_the_local_connection() {
+    let (mut app, mut server) = relayed().await;
+    announce(&mut server, PORT + 1).await;
+    server.send(on(DATA, b"not for us")).await.unwrap();
+    let mut rest = Vec::new();
+    app.read_to_end(&mut rest).await.unwrap();
+    assert!(rest.is_empty());
+}
