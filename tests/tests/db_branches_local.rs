@@ -116,6 +116,41 @@ fn branch(kind: &str, source: &str, mode: &str, extra: &str) -> String {
     )
 }
 
+/// `all.toml` in `dir`: a whole-database (`all`) branch of `source`, reached
+/// through the target's `DATABASE_URL`, living 10 minutes; `extra` lines
+/// (an `id = ...`) appended.
+fn all_copy_config(dir: &Path, kind: &str, source: &str, extra: &str) -> PathBuf {
+    config(
+        dir,
+        "all.toml",
+        &format!(
+            "[[db_branches]]\ntype = \"{kind}\"\nname = \"{source}\"\n\
+             connection = {{ url = {{ env = \"DATABASE_URL\" }} }}\ncopy = {{ mode = \"all\" }}\n\
+             ttl = \"10m\"\n{extra}"
+        ),
+    )
+}
+
+/// With no branch server configured, a user who may not create databases on
+/// `server` (host:port) is refused before the program starts, naming why.
+fn refused_without_branch_server(
+    target: &Workload,
+    config: &Path,
+    app: &str,
+    server: &str,
+) -> String {
+    let op = OperatorProcess::start(None).unwrap();
+    let out = run(&op, target, "alice", config, "echo started");
+    assert!(!out.status.success());
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("started"));
+    let text = flat(&out);
+    assert!(
+        text.contains(&format!("{app}maynotcreatedatabaseson{server}")),
+        "{text}"
+    );
+    text
+}
+
 fn ls(op: &OperatorProcess) -> Vec<serde_json::Value> {
     let out = op
         .remora("alice")
@@ -239,14 +274,7 @@ fn postgres_branches_keep_the_source_intact_and_follow_modes_ids_and_ttls() {
     assert_eq!(psql(&branch_url, "SELECT count(*) FROM users"), "0");
 
     // all: two sessions each get their own full copy; the second comes from the golden copy.
-    let all = config(
-        &dir,
-        "all.toml",
-        &format!(
-            "[[db_branches]]\ntype = \"postgres\"\nname = \"{source}\"\n\
-         connection = {{ url = {{ env = \"DATABASE_URL\" }} }}\ncopy = {{ mode = \"all\" }}\nttl = \"10m\"\n"
-        ),
-    );
+    let all = all_copy_config(&dir, "postgres", &source, "");
     let first = run(
         &op,
         &target,
@@ -462,28 +490,11 @@ fn postgres_without_createdb_branches_on_a_branch_server_and_refuses_a_version_m
     let url = format!("postgres://{app}:app-pw@127.0.0.1:5432/{source}");
     let target = Workload::start(&[("DATABASE_URL", &url)]);
     let id = format!("{prefix}-b");
-    let all = config(
-        &dir,
-        "all.toml",
-        &format!(
-            "[[db_branches]]\ntype = \"postgres\"\nname = \"{source}\"\n\
-             connection = {{ url = {{ env = \"DATABASE_URL\" }} }}\ncopy = {{ mode = \"all\" }}\n\
-             ttl = \"10m\"\nid = \"{id}\"\n"
-        ),
-    );
+    let all = all_copy_config(&dir, "postgres", &source, &format!("id = \"{id}\"\n"));
 
     // No branch server configured: refused before the program starts.
-    let op = OperatorProcess::start(None).unwrap();
-    let out = run(&op, &target, "alice", &all, "echo started");
-    assert!(!out.status.success());
-    assert!(!String::from_utf8_lossy(&out.stdout).contains("started"));
-    let text = flat(&out);
-    assert!(
-        text.contains(&format!("{app}maynotcreatedatabaseson127.0.0.1:5432")),
-        "{text}"
-    );
+    let text = refused_without_branch_server(&target, &all, &app, "127.0.0.1:5432");
     assert!(text.contains("branch_server"), "{text}");
-    drop(op);
 
     // A branch server of the same version (this machine's PostgreSQL,
     // another cluster): the branch is made there and the session's URL
@@ -636,14 +647,7 @@ fn postgres_sources_are_read_through_the_configured_read_only_role() {
     let before = pg_checksum(&source);
     let url = format!("postgres://{app}@127.0.0.1:5432/{source}");
     let target = Workload::start(&[("DATABASE_URL", &url)]);
-    let all = config(
-        &dir,
-        "all.toml",
-        &format!(
-            "[[db_branches]]\ntype = \"postgres\"\nname = \"{source}\"\n\
-             connection = {{ url = {{ env = \"DATABASE_URL\" }} }}\ncopy = {{ mode = \"all\" }}\nttl = \"10m\"\n"
-        ),
-    );
+    let all = all_copy_config(&dir, "postgres", &source, "");
     let script =
         "psql -X -At \"$DATABASE_URL\" -c 'SELECT count(*) FROM secrets' -c 'SELECT current_user'";
 
@@ -908,27 +912,10 @@ fn mariadb_without_create_rights_branches_on_a_branch_server() {
     let url = format!("mysql://{app}:app-pw@127.0.0.1:3306/{source}");
     let target = Workload::start(&[("DATABASE_URL", &url)]);
     let id = format!("{prefix}-b");
-    let all = config(
-        &dir,
-        "all.toml",
-        &format!(
-            "[[db_branches]]\ntype = \"mysql\"\nname = \"{source}\"\n\
-             connection = {{ url = {{ env = \"DATABASE_URL\" }} }}\ncopy = {{ mode = \"all\" }}\n\
-             ttl = \"10m\"\nid = \"{id}\"\n"
-        ),
-    );
+    let all = all_copy_config(&dir, "mysql", &source, &format!("id = \"{id}\"\n"));
 
     // No branch server configured: refused before the program starts.
-    let op = OperatorProcess::start(None).unwrap();
-    let out = run(&op, &target, "alice", &all, "echo started");
-    assert!(!out.status.success());
-    assert!(!String::from_utf8_lossy(&out.stdout).contains("started"));
-    let text = flat(&out);
-    assert!(
-        text.contains(&format!("{app}maynotcreatedatabaseson127.0.0.1:3306")),
-        "{text}"
-    );
-    drop(op);
+    refused_without_branch_server(&target, &all, &app, "127.0.0.1:3306");
 
     // A second MariaDB 10.11 server as the branch server: the branch is
     // made there and the session's URL points at it.
@@ -1039,15 +1026,7 @@ fn mariadb_sources_are_read_through_the_configured_read_only_role() {
     let before = checksum();
     let url = format!("mysql://{app}:app-pw@127.0.0.1:3306/{source}");
     let target = Workload::start(&[("DATABASE_URL", &url)]);
-    let all = config(
-        &dir,
-        "all.toml",
-        &format!(
-            "[[db_branches]]\ntype = \"mysql\"\nname = \"{source}\"\n\
-             connection = {{ url = {{ env = \"DATABASE_URL\" }} }}\ncopy = {{ mode = \"all\" }}\n\
-             ttl = \"10m\"\n"
-        ),
-    );
+    let all = all_copy_config(&dir, "mysql", &source, "");
     let script =
         format!("{MARIA_CLIENT}m -e 'SELECT count(*) FROM secrets; SELECT CURRENT_USER()'");
 
