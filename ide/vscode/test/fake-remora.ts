@@ -11,8 +11,18 @@ export interface FakeRemora {
   calls(): string[][];
 }
 
+// Every fake's directory, removed when the test process exits (each test
+// file runs in a process of its own), whether its tests passed or not.
+const dirs: string[] = [];
+process.on("exit", () => {
+  for (const dir of dirs) {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
 export function fakeRemora(stdout: string, opts: { stderr?: string; code?: number } = {}): FakeRemora {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "fake-remora-"));
+  dirs.push(dir);
   fs.writeFileSync(path.join(dir, "stdout"), stdout);
   fs.writeFileSync(path.join(dir, "stderr"), opts.stderr ?? "");
   const log = path.join(dir, "calls");
