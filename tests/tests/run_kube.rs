@@ -465,10 +465,10 @@ fn targetless_runs_the_command_from_an_agent_pod_of_its_own() {
     );
 }
 
-#[test]
-fn a_filtered_steal_takes_only_matching_requests_sent_to_the_pod_ip() {
-    require_sandbox!();
-    let sim = Sim::start(true);
+/// Deployment `api`: python's http.server on port 8080 serving a `who` file
+/// saying "the pod"; returns a local directory whose `who` says "this machine"
+/// (for the local server) and the pod's IP.
+fn pod_web_server(sim: &Sim) -> (std::path::PathBuf, String) {
     let pod_www = sim.dir.path().join("pod-www");
     let local_www = sim.dir.path().join("local-www");
     for (dir, who) in [(&pod_www, "the pod"), (&local_www, "this machine")] {
@@ -482,7 +482,7 @@ fn a_filtered_steal_takes_only_matching_requests_sent_to_the_pod_ip() {
             pod_www.display()
         ),
     );
-    wait_ready(&sim, "api");
+    wait_ready(sim, "api");
     poll(
         || {
             sim.kubectl(&["logs", "deployment/api"])
@@ -498,6 +498,14 @@ fn a_filtered_steal_takes_only_matching_requests_sent_to_the_pod_ip() {
         "-o",
         "jsonpath={.items[0].status.podIP}",
     ]);
+    (local_www, ip)
+}
+
+#[test]
+fn a_filtered_steal_takes_only_matching_requests_sent_to_the_pod_ip() {
+    require_sandbox!();
+    let sim = Sim::start(true);
+    let (local_www, ip) = pod_web_server(&sim);
     let get = |header: Option<&str>| {
         let mut curl = Command::new("curl");
         curl.args(["-sS", "--max-time", "5"]);
@@ -1158,35 +1166,7 @@ spec:
 fn a_mirror_receives_copies_of_requests_sent_to_the_pod_ip_while_the_pod_answers() {
     require_sandbox!();
     let sim = Sim::start(true);
-    let pod_www = sim.dir.path().join("pod-www");
-    let local_www = sim.dir.path().join("local-www");
-    for (dir, who) in [(&pod_www, "the pod"), (&local_www, "this machine")] {
-        std::fs::create_dir_all(dir).unwrap();
-        std::fs::write(dir.join("who"), format!("{who}\n")).unwrap();
-    }
-    sim.deployment(
-        "api",
-        &format!(
-            "exec python3 -u -m http.server 8080 --directory {}",
-            pod_www.display()
-        ),
-    );
-    wait_ready(&sim, "api");
-    poll(
-        || {
-            sim.kubectl(&["logs", "deployment/api"])
-                .contains("Serving HTTP")
-        },
-        "the pod's http.server",
-    );
-    let ip = sim.kubectl(&[
-        "get",
-        "pods",
-        "-l",
-        "app=api",
-        "-o",
-        "jsonpath={.items[0].status.podIP}",
-    ]);
+    let (local_www, ip) = pod_web_server(&sim);
     let get = |path: &str| {
         let out = Command::new("curl")
             .args(["-sS", "--max-time", "5"])
