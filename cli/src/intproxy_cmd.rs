@@ -101,6 +101,8 @@ fn serve(args: IntproxyArgs) -> Result<()> {
         .map_err(|e| Error::Io(format!("starting the intproxy runtime: {e}")))?;
     let mut agent_child = None;
     let mut kube_agent = None;
+    // The fd broker's socket path this run chose (the agent serves it).
+    let mut broker_path = None;
     let agent_addr = match (args.agent, &args.agent_bin, args.kube) {
         (Some(addr), _, _) => addr,
         (None, None, false) if args.kube_operator => {
@@ -108,10 +110,13 @@ fn serve(args: IntproxyArgs) -> Result<()> {
             runtime.block_on(launch.relay())?
         }
         (None, Some(bin), _) => {
-            let broker = std::env::var_os(remora_protocol::broker::BROKER_PATH_ENV)
+            broker_path = std::env::var_os(remora_protocol::broker::BROKER_PATH_ENV)
                 .map(std::path::PathBuf::from);
-            let broker = broker.as_deref().map(|path| (path, layer_token.as_str()));
-            let (child, addr) = spawn_agent(bin, &target, &agent_token, broker)?;
+            let broker = broker_path
+                .as_deref()
+                .map(|path| (path, layer_token.as_str()));
+            let spawned = spawn_agent(bin, &target, &agent_token, broker);
+            let (child, addr) = spawned.inspect_err(|_| remove_broker_socket(&broker_path))?;
             agent_child = Some(child);
             addr
         }
@@ -170,7 +175,25 @@ fn serve(args: IntproxyArgs) -> Result<()> {
     if let Some(child) = agent_child {
         stop_agent(child);
     }
+    remove_broker_socket(&broker_path);
     result
+}
+
+/// The agent removes its fd broker's socket when it stops; one that was
+/// killed (SIGKILL, the OOM killer) cannot, so the intproxy, which chose the
+/// path for this run alone and has reaped the agent, removes what is left.
+fn remove_broker_socket(path: &Option<std::path::PathBuf>) {
+    if let Some(path) = path {
+        match std::fs::remove_file(path) {
+            Ok(()) => {
+                tracing::debug!(path = %path.display(), "removed the agent's fd broker socket")
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot remove the fd broker socket")
+            }
+        }
+    }
 }
 
 /// The first of SIGTERM, SIGINT or SIGHUP, by name (never, if none can be watched).
@@ -219,11 +242,25 @@ fn spawn_agent(
     Ok((agent.child, agent.addr))
 }
 
+/// How long the agent gets after SIGTERM before SIGKILL: its own shutdown
+/// (incoming drain, clients hearing `Closing`, traffic rules removed) may
+/// take `remora_agent::server::INCOMING_DRAIN + 2 * SHUTDOWN_GRACE`, plus a
+/// second for its runtime; a SIGKILL before that would leave rules behind
+/// (a test below keeps this in step with the agent's constants).
+const AGENT_STOP_GRACE: Duration = Duration::from_secs(8);
+
 /// The agent exits by itself once its last client is gone; make sure.
 fn stop_agent(child: Child) {
-    remora_operator::platform::local::stop_agent(
-        child,
-        Duration::from_secs(3),
-        Duration::from_secs(1),
-    );
+    remora_operator::platform::local::stop_agent(child, Duration::from_secs(3), AGENT_STOP_GRACE);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::AGENT_STOP_GRACE;
+    use remora_agent::server::{INCOMING_DRAIN, SHUTDOWN_GRACE};
+
+    #[test]
+    fn the_agent_gets_its_whole_shutdown_before_sigkill() {
+        assert!(AGENT_STOP_GRACE >= INCOMING_DRAIN + 2 * SHUTDOWN_GRACE);
+    }
 }

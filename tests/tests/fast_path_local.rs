@@ -396,3 +396,87 @@ fn tempfile_dir() -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+/// The PIDs of processes whose command line holds `needle` as one argument.
+fn pids_with_arg(needle: &str) -> Vec<i32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        if cmdline
+            .split(|b| *b == 0)
+            .any(|arg| arg == needle.as_bytes())
+        {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// The entries of `dir` named like the fd broker's socket.
+fn broker_sockets(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("remora-fd-"))
+        })
+        .collect()
+}
+
+/// An agent that is killed cannot remove its fd broker's socket; the
+/// intproxy that started it does once it has reaped it, so no socket file is
+/// left in the temporary directory (each killed agent left one before).
+#[test]
+fn the_fd_broker_socket_is_removed_even_when_the_agent_is_killed() {
+    require_sandbox!();
+    let sandbox = Sandbox::new().unwrap();
+    let pod = sandbox
+        .pod(PodSpec::new("fpleak").file(SMALL, "from the pod\n"))
+        .unwrap();
+    // A short directory: the socket path must fit a unix socket address,
+    // whatever TMPDIR this test runs with.
+    let tmp = std::path::PathBuf::from(format!("/tmp/remora-fdleak-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    let script = format!("cat {SMALL}; read line; echo done");
+    let mut run = remora(&pod, Path::Fast, &[], &["sh", "-c", &script])
+        .env("TMPDIR", &tmp)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(run.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    assert_eq!(line, "from the pod\n");
+    let sockets = broker_sockets(&tmp);
+    assert_eq!(sockets.len(), 1, "the run's fd broker socket: {sockets:?}");
+    let agents = pids_with_arg(sockets[0].to_str().unwrap());
+    assert_eq!(agents.len(), 1, "the agent serving {:?}", sockets[0]);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(agents[0]),
+        nix::sys::signal::SIGKILL,
+    )
+    .unwrap();
+    run.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+    assert_eq!(rest, "done\n");
+    run.wait().unwrap();
+    // The detached intproxy lingers a moment after the run, then stops.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !broker_sockets(&tmp).is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let left = broker_sockets(&tmp);
+    let _ = std::fs::remove_dir_all(&tmp);
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
