@@ -364,7 +364,11 @@ fn shadow_directories_are_removed_however_the_run_ends() {
         std::fs::read_dir(tmp.path())
             .unwrap()
             .flatten()
-            .filter(|e| e.file_name().to_string_lossy().starts_with("remora-shadow-"))
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with("remora-shadow-")
+            })
             .map(|e| e.path())
             .collect()
     };
@@ -377,12 +381,20 @@ fn shadow_directories_are_removed_however_the_run_ends() {
     // A listing, then a normal exit.
     let out = run(&[probe, "ls", www]);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "health index.html\n");
-    assert_eq!(shadows(), Vec::<std::path::PathBuf>::new(), "after a normal exit");
+    assert_eq!(
+        shadows(),
+        Vec::<std::path::PathBuf>::new(),
+        "after a normal exit"
+    );
     // The program killed by a signal after its listing.
     let out = run(&[probe, "hold", www, "kill"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "ready 4\n");
     assert_eq!(out.status.code(), Some(128 + 9));
-    assert_eq!(shadows(), Vec::<std::path::PathBuf>::new(), "after the program was killed");
+    assert_eq!(
+        shadows(),
+        Vec::<std::path::PathBuf>::new(),
+        "after the program was killed"
+    );
     // `remora` gets SIGTERM (which it forwards) while the program waits.
     let held = |signal| {
         let mut cmd = s.command(&[], &[probe, "hold", www]);
@@ -399,17 +411,28 @@ fn shadow_directories_are_removed_however_the_run_ends() {
     };
     let status = held(nix::sys::signal::SIGTERM);
     assert_eq!(status.code(), Some(128 + 15));
-    assert_eq!(shadows(), Vec::<std::path::PathBuf>::new(), "after SIGTERM to remora");
+    assert_eq!(
+        shadows(),
+        Vec::<std::path::PathBuf>::new(),
+        "after SIGTERM to remora"
+    );
     // `remora` killed outright: its directory stays until the next run,
     // which removes it (nobody holds its lock; it is older than a moment).
     held(nix::sys::signal::SIGKILL);
     let left = shadows();
     assert_eq!(left.len(), 1, "SIGKILL leaves the directory");
     let old = std::time::SystemTime::now() - Duration::from_secs(60);
-    std::fs::File::open(&left[0]).unwrap().set_modified(old).unwrap();
+    std::fs::File::open(&left[0])
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
     let out = run(&[probe, "env", "APP_SECRET"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), CHECKOUT_SECRET);
-    assert_eq!(shadows(), Vec::<std::path::PathBuf>::new(), "the next run sweeps it");
+    assert_eq!(
+        shadows(),
+        Vec::<std::path::PathBuf>::new(),
+        "the next run sweeps it"
+    );
 }
 
 #[test]
