@@ -1,6 +1,7 @@
 //! File syscalls: route paths by the fs policy, and emulate remote ones.
-//! Remote regular files become read-only `memfd` snapshots installed with
-//! `ADDFD`; remote directories become shadow directories (empty entries of
+//! Remote regular files opened read-only are the target's file itself when
+//! the agent's fd broker is offered (the local platform, [`crate::broker`]),
+//! else read-only `memfd` snapshots; either is installed with `ADDFD`; remote directories become shadow directories (empty entries of
 //! the right type) that `getdents64` lists natively; stat, readlink and
 //! access answers are written into the program's buffers.
 
@@ -133,6 +134,31 @@ impl Supervisor {
             ));
             return Ok(Verdict::Errno(libc::EROFS));
         }
+        if flags & libc::O_DIRECTORY == 0 && self.fast_path_allowed(&path) {
+            match self.broker.open_read(&path, flags & libc::O_NOFOLLOW != 0) {
+                crate::broker::OpenRead::File(fd) => {
+                    if flags & libc::O_NONBLOCK != 0 {
+                        use std::os::fd::AsRawFd;
+                        // SAFETY: status flags of the descriptor we just received.
+                        unsafe {
+                            libc::fcntl(
+                                fd.as_raw_fd(),
+                                libc::F_SETFL,
+                                libc::O_RDONLY | libc::O_NONBLOCK,
+                            )
+                        };
+                    }
+                    return Ok(Verdict::Fd { fd, cloexec });
+                }
+                crate::broker::OpenRead::Failed(errno) => return Ok(Verdict::Errno(errno)),
+                crate::broker::OpenRead::NotRegular => {}
+                crate::broker::OpenRead::Unavailable(why) => {
+                    if let Some(why) = why {
+                        self.warn_once(&why);
+                    }
+                }
+            }
+        }
         let request = OpenRequest {
             path: path.clone(),
             options: OpenOptions {
@@ -186,6 +212,14 @@ impl Supervisor {
             },
             Err(e) => Verdict::Errno(e.raw_os_error().unwrap_or(libc::EIO)),
         })
+    }
+
+    /// Whether a read-only open of the target's `path` may take the local
+    /// fast path (the agent's fd broker): as for the layer, only when this
+    /// run can never write `path` in the target, so no read-write mirror or
+    /// write stream can hold bytes the target's file does not have yet.
+    fn fast_path_allowed(&self, path: &str) -> bool {
+        self.broker.available() && self.policies.fs.decide(path, true) != FsDecision::RemoteWrite
     }
 
     /// A new `memfd` with the whole content of the open remote file `fd`
@@ -439,21 +473,64 @@ fn mem_available() -> Option<u64> {
 
 /// Shadow directories: `ROOT/<remote path>` mirrors a remote directory's
 /// entries (empty files, directories, symlinks) so listing is native.
+///
+/// `ROOT` (`$TMPDIR/remora-shadow-PID-NANOS`) is created at the first
+/// remote directory listed, and removed with everything in it when the
+/// `Shadow` or a [`ShadowCleanup`] of it is dropped, whichever comes first
+/// (the supervisor thread of `remora run` is never joined: its process
+/// exits when the program does). Its owner holds an exclusive `flock` on it
+/// while it lives, so a root whose owner was killed outright (`SIGKILL`) is
+/// recognised and removed by the next supervisor that starts
+/// ([`sweep_stale`]), in any pid namespace.
 #[derive(Debug)]
 pub struct Shadow {
     root: PathBuf,
+    state: std::sync::Arc<std::sync::Mutex<ShadowState>>,
 }
 
+#[derive(Debug, Default)]
+struct ShadowState {
+    /// The root's open fd holding the `flock`, once created.
+    lock: Option<std::fs::File>,
+    /// Removed for good: nothing is created any more.
+    closed: bool,
+}
+
+/// Name prefix of the shadow roots in the temporary directory.
+const SHADOW_PREFIX: &str = "remora-shadow-";
+
+/// A stale root is only removed when it was last changed this long ago:
+/// a root just created is locked a moment after `mkdir`.
+const STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
+
 impl Shadow {
+    /// A shadow under the temporary directory (created when first used);
+    /// removes the roots of supervisors that are gone.
     pub fn new() -> std::io::Result<Shadow> {
+        Ok(Shadow::new_in(&std::env::temp_dir()))
+    }
+
+    /// [`Shadow::new`] under `dir`.
+    pub fn new_in(dir: &Path) -> Shadow {
+        sweep_stale(dir);
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.subsec_nanos())
             .unwrap_or(0);
-        let root =
-            std::env::temp_dir().join(format!("remora-shadow-{}-{nanos}", std::process::id()));
-        std::fs::create_dir(&root)?;
-        Ok(Shadow { root })
+        let root = dir.join(format!("{SHADOW_PREFIX}{}-{nanos}", std::process::id()));
+        Shadow {
+            root,
+            state: std::sync::Arc::default(),
+        }
+    }
+
+    /// A handle that removes the root when dropped (also while this
+    /// `Shadow` lives on in another thread): nothing is created after.
+    pub fn cleanup(&self) -> ShadowCleanup {
+        ShadowCleanup {
+            root: self.root.clone(),
+            state: std::sync::Arc::clone(&self.state),
+        }
     }
 
     /// The remote path a local path under the shadow root stands for.
@@ -473,6 +550,24 @@ impl Shadow {
         path: &str,
         entries: &[remora_protocol::fs::DirEntry],
     ) -> std::io::Result<PathBuf> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if state.closed {
+            return Err(std::io::Error::from_raw_os_error(libc::ESHUTDOWN));
+        }
+        if state.lock.is_none() {
+            // A fresh root (`create_dir` fails if someone made it first),
+            // locked while this supervisor lives.
+            std::fs::create_dir(&self.root)?;
+            let dir = std::fs::File::open(&self.root)?;
+            use std::os::fd::AsRawFd;
+            // SAFETY: flock on our own open fd.
+            if unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+                let e = std::io::Error::last_os_error();
+                let _ = std::fs::remove_dir(&self.root);
+                return Err(e);
+            }
+            state.lock = Some(dir);
+        }
         let dir = self.root.join(path.trim_start_matches('/'));
         std::fs::create_dir_all(&dir)?;
         let wanted: std::collections::HashMap<&str, FileType> = entries
@@ -511,7 +606,67 @@ impl Shadow {
 
 impl Drop for Shadow {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.root);
+        remove_root(&self.root, &self.state);
+    }
+}
+
+/// Removes a [`Shadow`]'s root when dropped (see [`Shadow::cleanup`]).
+#[derive(Debug)]
+pub struct ShadowCleanup {
+    root: PathBuf,
+    state: std::sync::Arc<std::sync::Mutex<ShadowState>>,
+}
+
+impl Drop for ShadowCleanup {
+    fn drop(&mut self) {
+        remove_root(&self.root, &self.state);
+    }
+}
+
+fn remove_root(root: &Path, state: &std::sync::Mutex<ShadowState>) {
+    let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
+    state.closed = true;
+    if let Some(lock) = state.lock.take() {
+        let _ = std::fs::remove_dir_all(root);
+        drop(lock);
+    }
+}
+
+/// Remove the shadow roots in `dir` whose supervisor is gone: nobody holds
+/// their `flock` (a live supervisor does, whatever its pid namespace), and
+/// they have not changed for [`STALE_AFTER`]. Only this user's roots.
+pub fn sweep_stale(dir: &Path) {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    // SAFETY: getuid cannot fail.
+    let uid = unsafe { libc::getuid() };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if !name.to_str().is_some_and(|n| n.starts_with(SHADOW_PREFIX)) {
+            continue;
+        }
+        let path = entry.path();
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        let old = meta
+            .modified()
+            .ok()
+            .and_then(|m| m.elapsed().ok())
+            .is_some_and(|age| age >= STALE_AFTER);
+        if !meta.is_dir() || meta.uid() != uid || !old {
+            continue;
+        }
+        let Ok(handle) = std::fs::File::open(&path) else {
+            continue;
+        };
+        // SAFETY: flock on our own open fd.
+        if unsafe { libc::flock(handle.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            let _ = std::fs::remove_dir_all(&path);
+        }
     }
 }
 
@@ -573,4 +728,89 @@ fn to_statx(m: &Metadata) -> libc::statx {
     st.stx_dev_major = dev_major(m.dev);
     st.stx_dev_minor = dev_minor(m.dev);
     st
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use remora_protocol::fs::DirEntry;
+
+    fn entry(name: &str, file_type: FileType) -> DirEntry {
+        DirEntry {
+            name: name.into(),
+            ino: 1,
+            file_type,
+        }
+    }
+
+    fn age(path: &Path) {
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
+        std::fs::File::open(path)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+    }
+
+    #[test]
+    fn the_root_is_made_at_the_first_listing_and_removed_by_a_cleanup_handle() {
+        let tmp = tempfile::tempdir().unwrap();
+        let shadow = Shadow::new_in(tmp.path());
+        assert!(!shadow.root().exists(), "nothing made before a listing");
+        let dir = shadow
+            .sync(
+                "/srv/www",
+                &[
+                    entry("index.html", FileType::Regular),
+                    entry("img", FileType::Directory),
+                ],
+            )
+            .unwrap();
+        assert_eq!(dir, shadow.root().join("srv/www"));
+        assert!(dir.join("index.html").is_file() && dir.join("img").is_dir());
+        // The cleanup handle (what `run` keeps) removes it while the
+        // shadow itself lives on (the never-joined serving thread's).
+        drop(shadow.cleanup());
+        assert!(!shadow.root().exists());
+        assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
+        let again = shadow.sync("/srv", &[]).unwrap_err();
+        assert_eq!(again.raw_os_error(), Some(libc::ESHUTDOWN));
+        assert!(!shadow.root().exists(), "nothing made after the cleanup");
+    }
+
+    #[test]
+    fn dropping_the_shadow_removes_its_root() {
+        let tmp = tempfile::tempdir().unwrap();
+        let shadow = Shadow::new_in(tmp.path());
+        shadow.sync("/a", &[entry("b", FileType::Regular)]).unwrap();
+        let root = shadow.root().to_path_buf();
+        assert!(root.exists());
+        drop(shadow);
+        assert!(!root.exists());
+    }
+
+    #[test]
+    fn a_new_shadow_sweeps_roots_whose_supervisor_is_gone_and_only_those() {
+        let tmp = tempfile::tempdir().unwrap();
+        // A live supervisor's root: locked.
+        let live = Shadow::new_in(tmp.path());
+        live.sync("/srv", &[entry("x", FileType::Regular)]).unwrap();
+        age(live.root());
+        // A killed supervisor's root: nobody holds its lock.
+        let dead = tmp.path().join("remora-shadow-4000000-1");
+        std::fs::create_dir_all(dead.join("srv/www")).unwrap();
+        std::fs::write(dead.join("srv/www/index.html"), "").unwrap();
+        age(&dead);
+        // One just made (not locked yet), and something else of the user.
+        let young = tmp.path().join("remora-shadow-4000000-2");
+        std::fs::create_dir(&young).unwrap();
+        let other = tmp.path().join("remora-fd-1.sock");
+        std::fs::create_dir(&other).unwrap();
+        age(&other);
+
+        let _next = Shadow::new_in(tmp.path());
+        assert!(!dead.exists(), "the dead supervisor's root is removed");
+        assert!(live.root().join("srv/x").exists(), "a live one stays");
+        assert!(young.exists(), "a fresh one stays");
+        assert!(other.exists(), "other names stay");
+    }
 }

@@ -15,6 +15,7 @@
 //! `SCM_RIGHTS` are raw kernel ABIs no safe crate here wraps.
 
 pub mod abi;
+pub mod broker;
 pub mod client;
 pub mod filter;
 pub mod fs;
@@ -87,6 +88,8 @@ pub struct Supervisor {
     intproxy: SocketAddr,
     dns_remote: bool,
     shadow: fs::Shadow,
+    /// The agent's fd broker (the local fast path), when offered.
+    broker: broker::Broker,
     /// Sockets connected to an interceptor or accepted for the program
     /// (`getpeername`, `getsockname`); shared with accept waiters.
     redirected: Arc<Mutex<net::Redirected>>,
@@ -117,6 +120,7 @@ struct Setup {
     config: Config,
     policies: Policies,
     dns_remote: bool,
+    broker: broker::Broker,
 }
 
 impl Setup {
@@ -144,7 +148,9 @@ impl Setup {
         })?;
         policies.fs = policies.fs.with_local_prefixes(local_prefixes(program));
         let dns_remote = policies.dns.decide("remora.invalid") == remora_config::Route::Remote;
+        let broker = broker::Broker::from_env(env, &token);
         Ok(Setup {
+            broker,
             intproxy,
             token,
             config,
@@ -190,6 +196,7 @@ impl Setup {
             intproxy: self.intproxy,
             dns_remote: self.dns_remote,
             shadow,
+            broker: self.broker,
             cwds: fs::cwd::Cwds::default(),
             redirected: Arc::default(),
             udp: Arc::default(),
@@ -226,7 +233,10 @@ pub fn run(
     on_spawn(child.id());
     let mut sup = setup.supervisor(program, listener, fds)?;
     // The loop ends when the listener fails (every filtered process is gone);
-    // the main thread returns as soon as the direct child exits.
+    // the main thread returns as soon as the direct child exits, and the
+    // process with it: the thread is never joined, so the shadow
+    // directories go with this guard (on every return from here).
+    let _shadow = sup.shadow.cleanup();
     let _ = std::thread::Builder::new()
         .name("remora-supervisor".into())
         .spawn(move || sup.serve());
@@ -277,16 +287,38 @@ pub fn exec_in_place(
     launch::fork_supervisor(ours, theirs.as_raw_fd(), &keep, move |listener| {
         // In the detached supervisor process: serve until the filter has
         // no process left.
+        // Blocked before any thread starts (they inherit the mask): a
+        // terminating signal is taken by the thread below, which removes
+        // the shadow directories before the process ends as it would have.
+        let terminating = terminating_signals();
         let Ok(mut sup) = setup.supervisor_with(client, listener, fds) else {
             return;
         };
+        let on_signal = sup.shadow.cleanup();
+        let _ = std::thread::Builder::new()
+            .name("remora-supervisor-signals".into())
+            .spawn(move || {
+                let signal = wait_signal(&terminating);
+                drop(on_signal);
+                // SAFETY: back to the default action and raised again: the
+                // process ends by the signal it was sent.
+                unsafe {
+                    libc::signal(signal, libc::SIG_DFL);
+                    let mut set: libc::sigset_t = std::mem::zeroed();
+                    libc::sigemptyset(&mut set);
+                    libc::sigaddset(&mut set, signal);
+                    libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+                    libc::raise(signal);
+                }
+                std::process::exit(128 + signal);
+            });
         let watched = Arc::clone(&sup.listener);
-        let shadow = sup.shadow.root().to_path_buf();
+        let shadow = sup.shadow.cleanup();
         let _ = std::thread::Builder::new()
             .name("remora-supervisor-hup".into())
             .spawn(move || {
                 watched.wait_hangup();
-                let _ = std::fs::remove_dir_all(&shadow);
+                drop(shadow);
                 std::process::exit(0);
             });
         sup.serve();
@@ -333,6 +365,32 @@ fn notified(config: &Config) -> Vec<(libc::c_long, filter::When)> {
         out.extend_from_slice(filter::FS_WRITES);
     }
     out
+}
+
+/// Block SIGTERM, SIGINT and SIGHUP in this thread (and the threads it
+/// starts from now on); the set, for [`wait_signal`].
+fn terminating_signals() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data, filled by sigemptyset/sigaddset.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for signal in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+            libc::sigaddset(&mut set, signal);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+/// Wait for one of the blocked signals of `set`; its number.
+fn wait_signal(set: &libc::sigset_t) -> i32 {
+    loop {
+        let mut signal = 0;
+        // SAFETY: a valid set and an int to fill.
+        if unsafe { libc::sigwait(set, &mut signal) } == 0 {
+            return signal;
+        }
+    }
 }
 
 /// Whether this process runs one thread only (it may fork and go on).

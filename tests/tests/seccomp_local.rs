@@ -316,6 +316,26 @@ fn static_c_program_reads_lists_stats_and_connects_through_the_pod() {
         s.ok(&[probe, "stat", CHECKOUT_CONFIG]).trim(),
         format!("{} 0", CHECKOUT_CONFIG_BODY.len())
     );
+    // On the local platform the file is the pod's file itself, handed over
+    // by the agent's fd broker; without the fast path (as on Kubernetes) a
+    // snapshot in a memfd named after it. The same bytes either way.
+    let fast = s.ok(&[probe, "link", CHECKOUT_CONFIG]);
+    let (link, content) = fast.split_once('\n').unwrap();
+    assert!(!link.starts_with("/memfd:"), "fast path not taken: {link}");
+    assert_eq!(content, CHECKOUT_CONFIG_BODY);
+    let mut proxied = s.command(&[], &[probe, "link", CHECKOUT_CONFIG]);
+    proxied.env("REMORA_LOCAL_FAST_PATH", "off");
+    let proxied = String::from_utf8(proxied.output().unwrap().stdout).unwrap();
+    let (link, content) = proxied.split_once('\n').unwrap();
+    assert!(
+        link.starts_with(&format!("/memfd:remora:{CHECKOUT_CONFIG}")),
+        "{link}"
+    );
+    assert_eq!(content, CHECKOUT_CONFIG_BODY);
+    // A missing file is missing on the fast path too.
+    let out = s.run(&[], &[probe, "link", "/etc/checkout/nope.yaml"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("No such file"));
     let port = CHECKOUT_PORT.to_string();
     assert_eq!(s.ok(&[probe, "get", "127.0.0.1", &port, "/health"]), "ok\n");
     // io_uring would bypass the filter: refused by remora, with a warning.
@@ -325,6 +345,94 @@ fn static_c_program_reads_lists_stats_and_connects_through_the_pod() {
         "Function not implemented\n"
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("io_uring is not available"));
+}
+
+/// The supervisor's shadow directories (where the pod's directories it
+/// lists are mirrored, under the temporary directory) are removed however
+/// the run ends: the program exits, the program is killed, `remora` gets
+/// SIGTERM; those of a `remora` killed outright go with the next run.
+#[test]
+fn shadow_directories_are_removed_however_the_run_ends() {
+    require_sandbox!();
+    use std::io::BufRead;
+    let apps = Apps::new();
+    let probe = apps.c_probe();
+    let probe = probe.to_str().unwrap();
+    let s = setup();
+    let tmp = tempfile::tempdir().unwrap();
+    let shadows = || -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(tmp.path())
+            .unwrap()
+            .flatten()
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with("remora-shadow-")
+            })
+            .map(|e| e.path())
+            .collect()
+    };
+    let www = "/srv/checkout/www";
+    let run = |args: &[&str]| {
+        let mut cmd = s.command(&[], args);
+        cmd.env("TMPDIR", tmp.path());
+        cmd.output().unwrap()
+    };
+    // A listing, then a normal exit.
+    let out = run(&[probe, "ls", www]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "health index.html\n");
+    assert_eq!(
+        shadows(),
+        Vec::<std::path::PathBuf>::new(),
+        "after a normal exit"
+    );
+    // The program killed by a signal after its listing.
+    let out = run(&[probe, "hold", www, "kill"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "ready 4\n");
+    assert_eq!(out.status.code(), Some(128 + 9));
+    assert_eq!(
+        shadows(),
+        Vec::<std::path::PathBuf>::new(),
+        "after the program was killed"
+    );
+    // `remora` gets SIGTERM (which it forwards) while the program waits.
+    let held = |signal| {
+        let mut cmd = s.command(&[], &[probe, "hold", www]);
+        cmd.env("TMPDIR", tmp.path())
+            .stdout(std::process::Stdio::piped());
+        let mut run = cmd.spawn().unwrap();
+        let mut stdout = std::io::BufReader::new(run.child_mut().stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        assert_eq!(line, "ready 4\n");
+        assert_eq!(shadows().len(), 1, "the listing made a shadow directory");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(run.pid() as i32), signal).unwrap();
+        run.wait().unwrap()
+    };
+    let status = held(nix::sys::signal::SIGTERM);
+    assert_eq!(status.code(), Some(128 + 15));
+    assert_eq!(
+        shadows(),
+        Vec::<std::path::PathBuf>::new(),
+        "after SIGTERM to remora"
+    );
+    // `remora` killed outright: its directory stays until the next run,
+    // which removes it (nobody holds its lock; it is older than a moment).
+    held(nix::sys::signal::SIGKILL);
+    let left = shadows();
+    assert_eq!(left.len(), 1, "SIGKILL leaves the directory");
+    let old = std::time::SystemTime::now() - Duration::from_secs(60);
+    std::fs::File::open(&left[0])
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+    let out = run(&[probe, "env", "APP_SECRET"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), CHECKOUT_SECRET);
+    assert_eq!(
+        shadows(),
+        Vec::<std::path::PathBuf>::new(),
+        "the next run sweeps it"
+    );
 }
 
 #[test]

@@ -3,6 +3,10 @@
  * it; remora's seccomp supervisor can.
  *   seccomp_probe cat PATH | ls DIR | stat PATH | fstat FD | write1 FD | get IP PORT PATH |
  *                 env NAME
+ *   seccomp_probe link PATH (open read-only; prints the fd's /proc/self/fd link,
+ *                           then the content read from it)
+ *   seccomp_probe hold DIR [kill]  (lists DIR like ls, prints "ready", then
+ *                           waits for a signal, or with "kill" SIGKILLs itself)
  *   seccomp_probe uring x   (io_uring_setup: prints "ok" or the error)
  *   seccomp_probe rdwr PATH TEXT   (O_RDWR: pwrite "#" at 0, write TEXT at
  *                                  the end, writev TEXT "!\n" on a dup,
@@ -21,6 +25,7 @@
  *   seccomp_probe bench N COMMAND ARG...   (N times, output discarded; prints
  *                                          "ns_per_op X" on stderr) */
 #include <time.h>
+#include <signal.h>
 #include <arpa/inet.h>
 #include <dirent.h>
 #include <stdio.h>
@@ -119,6 +124,27 @@ static int run1(int argc, char **argv) {
         size_t n;
         while ((n = fread(buf, 1, sizeof buf, f)) > 0) fwrite(buf, 1, n, stdout);
         fclose(f);
+    } else if (!strcmp(cmd, "link")) {
+        int fd = open(arg, O_RDONLY);
+        if (fd < 0) { perror(arg); return 1; }
+        char proc[64], link[4096], buf[4096];
+        snprintf(proc, sizeof proc, "/proc/self/fd/%d", fd);
+        ssize_t n = readlink(proc, link, sizeof link - 1);
+        if (n < 0) { perror(proc); return 1; }
+        link[n] = 0;
+        printf("%s\n", link);
+        while ((n = read(fd, buf, sizeof buf)) > 0) fwrite(buf, 1, n, stdout);
+        close(fd);
+    } else if (!strcmp(cmd, "hold")) {
+        DIR *d = opendir(arg);
+        if (!d) { perror(arg); return 1; }
+        int count = 0;
+        while (readdir(d)) count++;
+        closedir(d);
+        printf("ready %d\n", count);
+        fflush(stdout);
+        if (argc >= 4 && !strcmp(argv[3], "kill")) raise(SIGKILL);
+        for (;;) pause();
     } else if (!strcmp(cmd, "ls")) {
         DIR *d = opendir(arg);
         if (!d) { perror(arg); return 1; }

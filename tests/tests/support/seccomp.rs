@@ -133,6 +133,11 @@ pub fn setup() -> Setup {
 impl Setup {
     /// `remora run [flags] --target <checkout> -- args` from the client namespace.
     pub fn run(&self, flags: &[&str], args: &[&str]) -> Output {
+        self.command(flags, args).output().unwrap()
+    }
+
+    /// The command [`Setup::run`] runs, to add to.
+    pub fn command(&self, flags: &[&str], args: &[&str]) -> remora_tests::PodCommand {
         let remora = bin_path("remora").unwrap();
         let target = self.checkout.pod.target();
         let mut cmd = self.client.command(&remora).unwrap();
@@ -141,7 +146,7 @@ impl Setup {
             .args(flags)
             .arg("--")
             .args(args);
-        cmd.output().unwrap()
+        cmd
     }
 
     #[track_caller]
