@@ -95,7 +95,10 @@ pub fn object(key: &str, record: &BranchRecord) -> RemoraDbBranch {
             method: info.method.clone(),
             golden: record.golden,
             ready: record.ready,
-            dir: record.dir.as_ref().map(|d| d.to_string_lossy().into_owned()),
+            dir: record
+                .dir
+                .as_ref()
+                .map(|d| d.to_string_lossy().into_owned()),
             pod: record.pod.clone(),
         },
     );
@@ -242,10 +245,7 @@ impl DbBranchObjects {
         };
         match self
             .secrets
-            .create(
-                &PostParams::default(),
-                &secret(&key, &made, &branch.secret),
-            )
+            .create(&PostParams::default(), &secret(&key, &made, &branch.secret))
             .await
         {
             Ok(_) => Ok(()),

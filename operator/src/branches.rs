@@ -611,7 +611,9 @@ impl Branches {
             let (place, pod) = match chosen {
                 Chosen::At(place) => (place, None),
                 Chosen::Pod(plan) => {
-                    let settings = pod_settings.clone().ok_or_else(|| failed("no branch_pod".into()))?;
+                    let settings = pod_settings
+                        .clone()
+                        .ok_or_else(|| failed("no branch_pod".into()))?;
                     let (place, handle) = self
                         .branch_pod(plan, settings, &src, &branch, target)
                         .await
@@ -776,11 +778,7 @@ impl Branches {
             password: Some(password),
         };
         let dial = self.dialer(target.name.clone());
-        let (source, at_check, clients) = (
-            src.server.clone(),
-            at.clone(),
-            plan.clients.clone(),
-        );
+        let (source, at_check, clients) = (src.server.clone(), at.clone(), plan.clients.clone());
         let source_version = plan.source_version.clone();
         let checked = tokio::task::spawn_blocking(move || {
             let dial = |program: &str| match &clients {

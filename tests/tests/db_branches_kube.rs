@@ -124,7 +124,9 @@ spec:
   - name: pg
     image: postgres:15
     command: ["sleep", "infinity"]
-    readinessProbe: {{exec: {{command: ["pg_isready", "-h", "127.0.0.1", "-p", "5432"]}}, periodSeconds: 1}}
+    # Ready once, then only 30 failures in a row (a loaded machine) make
+    # it unready and empty the service.
+    readinessProbe: {{exec: {{command: ["pg_isready", "-h", "127.0.0.1", "-p", "5432"]}}, periodSeconds: 1, timeoutSeconds: 10, failureThreshold: 30}}
 ---
 apiVersion: v1
 kind: Service
@@ -453,16 +455,9 @@ fn branches_outlive_an_operator_restart_and_its_successor_drops_them_at_their_tt
     assert!(!database_exists(&keep_db));
     poll(
         || {
-            sim.kubectl(&[
-                "get",
-                "remoradbbranches",
-                "-n",
-                OPERATOR_NS,
-                "-o",
-                "name",
-            ])
-            .trim()
-            .is_empty()
+            sim.kubectl(&["get", "remoradbbranches", "-n", OPERATOR_NS, "-o", "name"])
+                .trim()
+                .is_empty()
         },
         "no RemoraDbBranch left",
     );
@@ -476,8 +471,9 @@ fn branches_outlive_an_operator_restart_and_its_successor_drops_them_at_their_tt
 const PG_POD_COMMAND: &str = "set -e; B=/usr/lib/postgresql/15/bin; \
     AS='setpriv --reuid=postgres --regid=postgres --init-groups'; \
     chown postgres:postgres \"$PGDATA\"; chmod 700 \"$PGDATA\"; \
-    printf '%s\\n' \"$POSTGRES_PASSWORD\" | $AS $B/initdb -D \"$PGDATA\" -U postgres \
-    -A scram-sha-256 --pwfile=/dev/stdin >/dev/null; \
+    PW=$(mktemp); printf '%s\\n' \"$POSTGRES_PASSWORD\" > \"$PW\"; chown postgres \"$PW\"; \
+    $AS $B/initdb -D \"$PGDATA\" -U postgres -A scram-sha-256 --pwfile=\"$PW\" >/dev/null; \
+    rm -f \"$PW\"; \
     echo 'host all all all scram-sha-256' >> \"$PGDATA/pg_hba.conf\"; \
     exec $AS $B/postgres -D \"$PGDATA\" -p 5432 -c listen_addresses='*' \
     -c unix_socket_directories=''";
@@ -491,7 +487,17 @@ fn configure_operator(sim: &Sim, toml: &str) {
         "data": {"db.toml": toml},
     });
     sim.apply(&configmap.to_string());
-    let patch = serde_json::json!({"spec": {"template": {"spec": {
+    // The sim rolls Deployments by surge only (no Recreate), and a second
+    // operator would wait for the first one's leader lease: none first.
+    sim.kubectl(&[
+        "scale",
+        "deployment/remora-operator",
+        "-n",
+        OPERATOR_NS,
+        "--replicas=0",
+    ]);
+    poll(|| operator_pods(sim).is_empty(), "no operator pod");
+    let patch = serde_json::json!({"spec": {"replicas": 1, "template": {"spec": {
         "volumes": [{"name": "db-config", "configMap": {"name": "operator-db-config"}}],
         "containers": [{
             "name": "operator",
@@ -511,14 +517,33 @@ fn configure_operator(sim: &Sim, toml: &str) {
         "-p",
         &patch.to_string(),
     ]);
-    wait_operator_ready(sim);
-    poll(
-        || {
-            let pods = operator_pods(sim);
-            pods.len() == 1 && pods[0].1
-        },
-        "one operator pod, ready",
-    );
+    let start = std::time::Instant::now();
+    loop {
+        let pods = operator_pods(sim);
+        if pods.len() == 1 && pods[0].1 {
+            break;
+        }
+        if start.elapsed() > std::time::Duration::from_secs(120) {
+            let logs = Command::new("kubectl")
+                .arg("--kubeconfig")
+                .arg(&sim.kubeconfig)
+                .args([
+                    "logs",
+                    "-n",
+                    OPERATOR_NS,
+                    "-l",
+                    "app.kubernetes.io/name=remora-operator",
+                ])
+                .output()
+                .unwrap();
+            panic!(
+                "the reconfigured operator is not ready: {pods:?}\n{}{}",
+                text(&logs.stdout),
+                text(&logs.stderr)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
 }
 
 fn branch_pod_objects(sim: &Sim) -> String {
@@ -581,7 +606,9 @@ fn a_branch_pod_is_started_filled_reached_and_deleted_at_the_ttl() {
     let branch = format!("remora_{source}_alice_pod");
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines.len(), 3, "{stdout}\n{stderr}");
-    let url = lines[0].strip_prefix("URL=postgres://postgres:").unwrap_or_else(|| panic!("{stdout}"));
+    let url = lines[0]
+        .strip_prefix("URL=postgres://postgres:")
+        .unwrap_or_else(|| panic!("{stdout}"));
     let (_password, rest) = url.split_once('@').unwrap();
     let (host, db) = rest.split_once('/').unwrap();
     assert!(
@@ -596,7 +623,10 @@ fn a_branch_pod_is_started_filled_reached_and_deleted_at_the_ttl() {
         "the session says where and how: {stderr}"
     );
     // Not on the source's server; the source is untouched.
-    assert!(!database_exists(&branch), "the branch is on the source's server");
+    assert!(
+        !database_exists(&branch),
+        "the branch is on the source's server"
+    );
     assert_eq!(pg_checksum(&source), before, "the source changed");
     let objects = branch_pod_objects(&sim);
     let pod_name = host.split('.').next().unwrap();

@@ -23,14 +23,26 @@ fn the_pod_reads_its_password_from_its_secret_and_keeps_its_data_in_an_empty_dir
     let r = request();
     let pod = pod(&r);
     let json = serde_json::to_string(&pod).unwrap();
-    assert!(!json.contains("0f1e2d3c"), "the password is not in the pod: {json}");
+    assert!(
+        !json.contains("0f1e2d3c"),
+        "the password is not in the pod: {json}"
+    );
     let spec = pod.spec.unwrap();
     let c = &spec.containers[0];
     assert_eq!(c.image.as_deref(), Some("postgres:15"));
     let env = c.env.as_ref().unwrap();
     let password = env.iter().find(|e| e.name == "POSTGRES_PASSWORD").unwrap();
-    let from = password.value_from.as_ref().unwrap().secret_key_ref.as_ref().unwrap();
-    assert_eq!((from.name.as_str(), from.key.as_str()), (r.name.as_str(), PASSWORD_KEY));
+    let from = password
+        .value_from
+        .as_ref()
+        .unwrap()
+        .secret_key_ref
+        .as_ref()
+        .unwrap();
+    assert_eq!(
+        (from.name.as_str(), from.key.as_str()),
+        (r.name.as_str(), PASSWORD_KEY)
+    );
     assert_eq!(
         c.volume_mounts.as_ref().unwrap()[0].mount_path,
         "/var/lib/postgresql/data"
@@ -57,7 +69,10 @@ fn the_secret_and_the_service_belong_to_the_pod() {
         service(&r, &made).metadata.owner_references.unwrap(),
     ] {
         assert_eq!(owners.len(), 1);
-        assert_eq!((owners[0].kind.as_str(), owners[0].uid.as_str()), ("Pod", "pod-uid"));
+        assert_eq!(
+            (owners[0].kind.as_str(), owners[0].uid.as_str()),
+            ("Pod", "pod-uid")
+        );
     }
     assert_eq!(
         secret(&r, &made).string_data.unwrap()[PASSWORD_KEY],

@@ -47,7 +47,7 @@ fn an_object_shows_the_branch_and_gives_back_its_record_without_credentials() {
     let s = stored();
     let object = object(&s.key, &s.record);
     assert_eq!(object.metadata.name.as_deref(), Some(s.key.as_str()));
-    assert_eq!(object.spec.expires_at, "2026-12-03T14:50:00Z");
+    assert_eq!(object.spec.expires_at, "2026-12-04T14:10:00Z");
     assert_eq!(object.spec.type_, DbBranchType::Postgres);
     assert_eq!(record(&object).unwrap(), s.record);
     let json = serde_json::to_string(&object).unwrap();
@@ -89,7 +89,10 @@ fn keys_are_object_names_and_differ_by_server() {
     };
     let long = "remora_".to_owned() + &"x_".repeat(40);
     let long_key = remora_operator::branches::store::key(&long, &other);
-    assert!(long_key.len() <= 63 && !long_key.contains("--"), "{long_key}");
+    assert!(
+        long_key.len() <= 63 && !long_key.contains("--"),
+        "{long_key}"
+    );
     assert_ne!(
         remora_operator::branches::store::key(&s.record.info.branch, &other),
         *key
