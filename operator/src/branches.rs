@@ -267,6 +267,7 @@ impl Branches {
         )
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn launch(
         platform: Arc<dyn Platform>,
         state_file: Option<PathBuf>,

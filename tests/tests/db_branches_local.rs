@@ -420,7 +420,7 @@ fn postgres_branches_keep_the_source_intact_and_follow_modes_ids_and_ttls() {
 #[test]
 fn mariadb_branches_copy_schema_filters_and_all_and_keep_the_source_intact() {
     let Names {
-        prefix,
+        prefix: _,
         source,
         dir,
         _cleanup,
