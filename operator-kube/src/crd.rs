@@ -1,7 +1,7 @@
 //! The operator's custom resources (group `remora.dev`, version `v1alpha1`),
 //! generated from these Rust types by kube's `CustomResource` derive and
-//! schemars: [`RemoraSession`], [`RemoraPolicy`], [`RemoraClusterPolicy`] and
-//! [`queue_split::RemoraQueueSplit`].
+//! schemars: [`RemoraSession`], [`RemoraPolicy`], [`RemoraClusterPolicy`],
+//! [`queue_split::RemoraQueueSplit`] and [`db_branch::RemoraDbBranch`].
 //!
 //! `operator-kube/deploy/crds.yaml` is the generated YAML, checked in; a test
 //! regenerates it and fails when it differs (`REMORA_BLESS=1` rewrites it).
@@ -281,6 +281,7 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
         RemoraPolicy::crd(),
         RemoraClusterPolicy::crd(),
         queue_split::RemoraQueueSplit::crd(),
+        db_branch::RemoraDbBranch::crd(),
     ]
 }
 
@@ -292,6 +293,7 @@ pub fn crds_yaml() -> String {
     crate::yaml::documents(&crds())
 }
 
+pub mod db_branch;
 pub mod queue_split;
 
 #[cfg(test)]

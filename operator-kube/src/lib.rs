@@ -4,7 +4,8 @@
 //! for sessions ([`access`]: TokenReview, SubjectAccessReview), and the
 //! session table mirrored as `RemoraSession` objects ([`session_objects`]),
 //! policies read from `RemoraPolicy`/`RemoraClusterPolicy` objects
-//! ([`policy_objects`]), leader election among replicas ([`leader`]);
+//! ([`policy_objects`]), database branches kept as `RemoraDbBranch`
+//! objects ([`db_branch_objects`]), leader election among replicas ([`leader`]);
 //! [`serve`] runs it all (`remora-operator serve --platform kubernetes`; this
 //! crate builds the `remora-operator` binary).
 //!
@@ -13,7 +14,9 @@
 //! thin layers on top.
 
 pub mod access;
+pub mod branch_pods;
 pub mod crd;
+pub mod db_branch_objects;
 pub mod error;
 pub mod leader;
 pub mod leftover_agents;

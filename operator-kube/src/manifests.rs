@@ -146,13 +146,31 @@ pub const NAMESPACE_RULES: &[Rule] = &[
         group: "",
         resources: &["pods"],
         verbs: &["create", "delete"],
-        why: "the agent pod of `targetless` sessions",
+        why: "the agent pod of `targetless` sessions, and branch pods (`[[branch_pod]]` of `--db-config`: a database server per branch, deleted with it)",
+    },
+    Rule {
+        group: "",
+        resources: &["services"],
+        verbs: &["create"],
+        why: "a branch pod's Service, owned by the pod (the garbage collector deletes it with the pod)",
     },
     Rule {
         group: "",
         resources: &["pods/portforward"],
         verbs: &["get", "create"],
         why: "reach an agent through the API server's port-forward (`get`: the WebSocket upgrade kube-rs sends is a GET; `create`: API servers that authorise the SPDY POST)",
+    },
+    Rule {
+        group: "remora.dev",
+        resources: &["remoradbbranches"],
+        verbs: &["list", "create", "patch", "delete"],
+        why: "one RemoraDbBranch per database branch the operator made, listed at start so that a restarted operator still drops them at their TTL",
+    },
+    Rule {
+        group: "",
+        resources: &["secrets"],
+        verbs: &["create", "get"],
+        why: "a branch's credentials (to drop it) and its session variables, in an immutable Secret owned by its RemoraDbBranch, read back at start; a branch pod's generated password, in a Secret owned by the pod (the garbage collector deletes both with their owners); no list, update or delete",
     },
     Rule {
         group: "coordination.k8s.io",

@@ -82,6 +82,16 @@ async fn kubernetes(serve: ServeArgs) -> Result<()> {
         token: SessionToken(String::new()),
         policies: policies.clone(),
         state_dir: serve.state_dir.clone(),
+        // Branches as RemoraDbBranch objects next to the operator, so that
+        // its successor (a new pod) drops them at their TTL.
+        branch_store: Some(Arc::new(crate::db_branch_objects::DbBranchObjects::new(
+            kube.client.clone(),
+            own_namespace.as_deref().unwrap_or(&namespace),
+        ))),
+        branch_pods: Some(Arc::new(crate::branch_pods::KubeBranchPods::new(
+            kube.client.clone(),
+            own_namespace.as_deref().unwrap_or(&namespace),
+        ))),
         pg_bindirs: serve.pg_bindir.clone(),
         db_settings: remora_operator::branches::settings::DbSettings::load(
             serve.db_config.as_deref(),

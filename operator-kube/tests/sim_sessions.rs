@@ -341,6 +341,8 @@ spec:
         token: SessionToken(String::new()),
         policies: policies.clone(),
         state_dir: None,
+        branch_store: None,
+        branch_pods: None,
         pg_bindirs: Vec::new(),
         db_settings: Default::default(),
         access: Some(Arc::new(KubeAccess {
@@ -614,6 +616,8 @@ async fn rbac_denials_are_explained_naming_the_permission() {
         token: SessionToken(String::new()),
         policies: PolicyStore::empty(),
         state_dir: None,
+        branch_store: None,
+        branch_pods: None,
         pg_bindirs: Vec::new(),
         db_settings: Default::default(),
         access: Some(Arc::new(KubeAccess {

@@ -11,13 +11,17 @@
 //!   source's first `all` branch, cloned by the next ones.
 //! * [`settings`]: the operator's `--db-config`: branch servers for sources
 //!   whose credentials may not create databases, read-only roles.
+//! * [`store`]: the registry kept elsewhere than `--state-dir` (on
+//!   Kubernetes: `RemoraDbBranch` objects and their Secrets).
 
 pub mod engine;
 mod golden;
 pub mod instance;
 pub mod pg_clients;
+pub mod pods;
 pub mod settings;
 pub mod source;
+pub mod store;
 
 use crate::platform::{Platform, ResolvedTarget};
 use remora_protocol::db::{
@@ -56,9 +60,45 @@ struct Entry {
     /// `mariadbd`) or the golden copy's directory; dropping removes it.
     #[serde(default)]
     dir: Option<PathBuf>,
+    /// Kubernetes: the branch's own pod ([`pods::PodMade::handle`]);
+    /// dropping deletes it.
+    #[serde(default)]
+    pod: Option<String>,
 }
 
 impl Entry {
+    /// The entry as a [`store::BranchStore`] keeps it.
+    fn stored(&self) -> store::StoredBranch {
+        store::StoredBranch {
+            key: store::key(&self.info.branch, &self.server),
+            record: store::BranchRecord {
+                info: self.info.clone(),
+                golden: self.golden,
+                ready: self.ready,
+                dir: self.dir.clone(),
+                pod: self.pod.clone(),
+                server: format!("{}:{}", self.server.host, self.server.port),
+            },
+            secret: store::BranchSecret {
+                server: self.server.clone(),
+                env: self.env.clone(),
+            },
+        }
+    }
+
+    /// The entry a [`store::BranchStore`] kept.
+    fn from_stored(stored: store::StoredBranch) -> Entry {
+        Entry {
+            info: stored.record.info,
+            server: stored.secret.server,
+            env: stored.secret.env,
+            golden: stored.record.golden,
+            ready: stored.record.ready,
+            dir: stored.record.dir,
+            pod: stored.record.pod,
+        }
+    }
+
     /// Drop what this entry made. Blocking.
     fn drop_blocking(&self, dial: engine::Dial<'_>) -> Result<(), String> {
         match &self.dir {
@@ -83,6 +123,10 @@ fn golden_key(golden: &str, at: &Server) -> String {
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct State {
     entries: Vec<Entry>,
+    /// With a [`store::BranchStore`]: each entry's record as last stored
+    /// (JSON), by key.
+    #[serde(skip)]
+    stored: BTreeMap<String, String>,
 }
 
 /// Where a branch request comes from: the session's target, and the
@@ -103,6 +147,10 @@ pub struct SessionTarget<'a> {
 pub struct Branches {
     platform: Arc<dyn Platform>,
     state_file: Option<PathBuf>,
+    /// Where the registry is kept instead of `state_file` (Kubernetes).
+    store: Option<Arc<dyn store::BranchStore>>,
+    /// Who makes branch pods (Kubernetes).
+    pods: Option<Arc<dyn pods::BranchPods>>,
     /// Extra directories with PostgreSQL clients (`--pg-bindir`).
     pg_bindirs: Vec<PathBuf>,
     /// Branch servers and read-only roles (`--db-config`).
@@ -155,6 +203,45 @@ fn error(code: ErrorCode, message: impl Into<String>) -> RemoteError {
 }
 
 impl Branches {
+    /// Load the state from `store` and start the reaper, which stops with
+    /// `cancel`: the registry is kept there instead of a state file.
+    ///
+    /// # Errors
+    /// The stored entries cannot be read (the operator must not start: it
+    /// would never drop them).
+    pub async fn start_stored(
+        platform: Arc<dyn Platform>,
+        store: Arc<dyn store::BranchStore>,
+        pods: Option<Arc<dyn pods::BranchPods>>,
+        pg_bindirs: Vec<PathBuf>,
+        settings: DbSettings,
+        cancel: CancellationToken,
+    ) -> Result<Branches, String> {
+        let loaded = store.load().await?;
+        let mut state = State::default();
+        for stored in loaded {
+            let record = serde_json::to_string(&stored.record).unwrap_or_default();
+            state.stored.insert(stored.key.clone(), record);
+            state.entries.push(Entry::from_stored(stored));
+        }
+        if !state.entries.is_empty() {
+            tracing::info!(
+                entries = state.entries.len(),
+                "db branches (and golden copies) a previous operator made: dropped at their TTL"
+            );
+        }
+        Ok(Self::launch(
+            platform,
+            None,
+            Some(store),
+            pods,
+            state,
+            pg_bindirs,
+            settings,
+            cancel,
+        ))
+    }
+
     /// Load the state (if any) and start the reaper, which stops with `cancel`.
     pub fn start(
         platform: Arc<dyn Platform>,
@@ -175,9 +262,27 @@ impl Branches {
                 }
             })
             .unwrap_or_default();
+        Self::launch(
+            platform, state_file, None, None, state, pg_bindirs, settings, cancel,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn launch(
+        platform: Arc<dyn Platform>,
+        state_file: Option<PathBuf>,
+        store: Option<Arc<dyn store::BranchStore>>,
+        pods: Option<Arc<dyn pods::BranchPods>>,
+        state: State,
+        pg_bindirs: Vec<PathBuf>,
+        settings: DbSettings,
+        cancel: CancellationToken,
+    ) -> Branches {
         let branches = Branches {
             platform,
             state_file,
+            store,
+            pods,
             pg_bindirs,
             settings: Arc::new(settings),
             state: Arc::new(tokio::sync::Mutex::new(state)),
@@ -196,7 +301,47 @@ impl Branches {
         branches
     }
 
-    fn save(&self, state: &State) {
+    /// Keep the registry: in the store (only what changed since the last
+    /// save; what fails is written again at the next), or in the state file.
+    async fn save(&self, state: &mut State) {
+        if let Some(store) = &self.store {
+            let mut keys = std::collections::BTreeSet::new();
+            for entry in &state.entries {
+                let stored = entry.stored();
+                keys.insert(stored.key.clone());
+                let record = serde_json::to_string(&stored.record).unwrap_or_default();
+                let before = state.stored.get(&stored.key);
+                if before == Some(&record) {
+                    continue;
+                }
+                let key = stored.key.clone();
+                match store.put(stored, before.is_none()).await {
+                    Ok(()) => {
+                        state.stored.insert(key, record);
+                    }
+                    Err(e) => {
+                        tracing::warn!(%key, error = %e, "cannot store a db branch; retrying")
+                    }
+                }
+            }
+            let gone: Vec<String> = state
+                .stored
+                .keys()
+                .filter(|k| !keys.contains(*k))
+                .cloned()
+                .collect();
+            for key in gone {
+                match store.remove(key.clone()).await {
+                    Ok(()) => {
+                        state.stored.remove(&key);
+                    }
+                    Err(e) => {
+                        tracing::warn!(%key, error = %e, "cannot forget a dropped db branch; retrying")
+                    }
+                }
+            }
+            return;
+        }
         let Some(path) = &self.state_file else { return };
         let write = || -> std::io::Result<()> {
             if let Some(dir) = path.parent() {
@@ -229,6 +374,33 @@ impl Branches {
         move |program: &str| platform.dial(&target, program)
     }
 
+    /// Drop what `entry` made: its pod, or its database (blocking, on a
+    /// thread).
+    async fn drop_entry(&self, entry: Entry) -> Result<(), String> {
+        if let Some(handle) = entry.pod.clone() {
+            let Some(pods) = &self.pods else {
+                return Err(format!(
+                    "{} is in the pod {handle}, and this operator makes no pods",
+                    entry.info.branch
+                ));
+            };
+            return pods.delete(handle).await;
+        }
+        let dial = self.dialer(entry.info.target.clone());
+        tokio::task::spawn_blocking(move || entry.drop_blocking(&dial))
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()))
+    }
+
+    /// Delete the branch pod `handle` of a branch that failed.
+    async fn delete_pod(&self, handle: Option<&str>) {
+        if let (Some(handle), Some(pods)) = (handle, &self.pods)
+            && let Err(e) = pods.delete(handle.to_owned()).await
+        {
+            tracing::warn!(%handle, error = %e, "cannot delete the pod of a failed db branch");
+        }
+    }
+
     fn building_now(&self) -> std::collections::HashSet<String> {
         self.building
             .lock()
@@ -250,15 +422,14 @@ impl Branches {
             .cloned()
             .collect();
         if expired.is_empty() {
+            if self.store.is_some() {
+                // Writes that failed before are tried again.
+                self.save(&mut state).await;
+            }
             return;
         }
         for entry in expired {
-            let dial = self.dialer(entry.info.target.clone());
-            let gone = entry.clone();
-            let dropped = tokio::task::spawn_blocking(move || gone.drop_blocking(&dial))
-                .await
-                .unwrap_or_else(|e| Err(e.to_string()));
-            match dropped {
+            match self.drop_entry(entry.clone()).await {
                 Ok(()) => {
                     tracing::info!(id = %entry.info.id, branch = %entry.info.branch, "db branch expired and dropped");
                     state
@@ -270,7 +441,7 @@ impl Branches {
                 }
             }
         }
-        self.save(&state);
+        self.save(&mut state).await;
     }
 
     /// Answer a [`DbRequest`] from `user`; `session` is where a `Branch`
@@ -335,13 +506,11 @@ impl Branches {
                             format!("no db branch {id:?} (see remora db ls)"),
                         )
                     })?;
-                let dial = self.dialer(entry.info.target.clone());
-                tokio::task::spawn_blocking(move || entry.drop_blocking(&dial))
+                self.drop_entry(entry)
                     .await
-                    .unwrap_or_else(|e| Err(e.to_string()))
                     .map_err(|e| error(ErrorCode::Unavailable, e))?;
                 state.entries.retain(|e| e.info.id != id || e.golden);
-                self.save(&state);
+                self.save(&mut state).await;
                 Ok(DbReply::Removed)
             }
         }
@@ -411,7 +580,7 @@ impl Branches {
                     millis,
                 });
                 state.entries.push(entry);
-                self.save(&state);
+                self.save(&mut state).await;
                 continue;
             }
             // Where: reachable, versions, the right to create databases.
@@ -420,7 +589,12 @@ impl Branches {
             let (server, source_db, branch_db) =
                 (src.server.clone(), src.database.clone(), branch.clone());
             let mode = spec.mode;
-            let place = tokio::task::spawn_blocking(move || {
+            let pod_settings = self
+                .pods
+                .as_ref()
+                .and_then(|_| self.settings.branch_pod(spec.kind).cloned());
+            let pod = pod_settings.clone();
+            let chosen = tokio::task::spawn_blocking(move || {
                 choose_place(
                     &dial,
                     &settings,
@@ -429,16 +603,36 @@ impl Branches {
                     &source_db,
                     &branch_db,
                     mode,
+                    pod.as_ref(),
                 )
             })
             .await
             .unwrap_or_else(|e| Err(e.to_string()))
             .map_err(failed)?;
-            let vars = source::rewritten(&src, &place.at, &branch)
-                .map_err(|e| error(ErrorCode::InvalidInput, e))?;
+            let (place, pod) = match chosen {
+                Chosen::At(place) => (place, None),
+                Chosen::Pod(plan) => {
+                    let settings = pod_settings
+                        .clone()
+                        .ok_or_else(|| failed("no branch_pod".into()))?;
+                    let (place, handle) = self
+                        .branch_pod(plan, settings, &src, &branch, target)
+                        .await
+                        .map_err(failed)?;
+                    (place, Some(handle))
+                }
+            };
+            let vars = match source::rewritten(&src, &place.at, &branch) {
+                Ok(vars) => vars,
+                Err(e) => {
+                    self.delete_pod(pod.as_deref()).await;
+                    return Err(error(ErrorCode::InvalidInput, e));
+                }
+            };
             let golden = (spec.kind == DbKind::Postgres
                 && spec.mode == CopyMode::All
-                && spec.filters.is_empty())
+                && spec.filters.is_empty()
+                && pod.is_none())
             .then(|| {
                 if place.at == src.server {
                     golden_name(&src.database)
@@ -488,8 +682,14 @@ impl Branches {
                 engine::create(&dial, &plan)
             })
             .await
-            .unwrap_or_else(|e| Err(e.to_string()))
-            .map_err(failed)?;
+            .unwrap_or_else(|e| Err(e.to_string()));
+            let method = match method {
+                Ok(method) => method,
+                Err(e) => {
+                    self.delete_pod(pod.as_deref()).await;
+                    return Err(failed(e));
+                }
+            };
             let method = format!("{method}{}", place.note);
             let millis = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
             let method = match golden.filter(|_| !ready) {
@@ -501,7 +701,7 @@ impl Branches {
                         clients: place.clients.clone(),
                         target: target.name.clone(),
                     };
-                    self.make_golden_later(&mut state, g, made, t);
+                    self.make_golden_later(&mut state, g, made, t).await;
                     format!("{method} (the golden copy for the next branches is being made)")
                 }
                 None => method,
@@ -527,15 +727,16 @@ impl Branches {
                 golden: false,
                 ready: true,
                 dir: None,
+                pod,
             });
-            self.save(&state);
+            self.save(&mut state).await;
             made.push(BranchMade {
                 info,
                 reused: false,
                 millis,
             });
         }
-        self.save(&state);
+        self.save(&mut state).await;
         Ok(DbReply::Branched {
             branches: made,
             env: session_env,
@@ -544,6 +745,78 @@ impl Branches {
 }
 
 impl Branches {
+    /// Start a branch pod for `branch` and check its server's version: the
+    /// place to fill, and the pod's handle. The pod is deleted again when
+    /// the version does not match.
+    async fn branch_pod(
+        &self,
+        plan: PodPlan,
+        settings: settings::BranchPod,
+        src: &source::Source,
+        branch: &str,
+        target: &ResolvedTarget,
+    ) -> Result<(Place, String), String> {
+        let pods = self
+            .pods
+            .clone()
+            .ok_or("this operator makes no branch pods")?;
+        let password = crate::token::random_token()?;
+        let image = settings.image.clone();
+        let kind = settings.kind;
+        let made = pods
+            .create(pods::PodRequest {
+                name: store::key(branch, &src.server),
+                branch: branch.to_owned(),
+                settings,
+                password: password.clone(),
+            })
+            .await?;
+        let at = Server {
+            kind,
+            host: made.host.clone(),
+            port: made.port,
+            user: pods::superuser(kind).to_owned(),
+            password: Some(password),
+        };
+        let dial = self.dialer(target.name.clone());
+        let (source, at_check, clients) = (src.server.clone(), at.clone(), plan.clients.clone());
+        let source_version = plan.source_version.clone();
+        let checked = tokio::task::spawn_blocking(move || {
+            let dial = |program: &str| match &clients {
+                Some(c) => dial(&c.program(program).to_string_lossy()),
+                None => dial(program),
+            };
+            // Ready, but its Service may route to it a moment later.
+            let mut tries = 0;
+            let (version, _) = loop {
+                match engine::version(&dial, &at_check, None) {
+                    Ok(v) => break v,
+                    Err(e) if tries >= 20 => return Err(format!("the branch pod: {e}")),
+                    Err(_) => {
+                        tries += 1;
+                        std::thread::sleep(std::time::Duration::from_millis(500));
+                    }
+                }
+            };
+            engine::check_versions(&source, &source_version, &at_check, &version)
+        })
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()));
+        if let Err(e) = checked {
+            let _ = pods.delete(made.handle.clone()).await;
+            return Err(e);
+        }
+        Ok((
+            Place {
+                reader: plan.reader,
+                at,
+                clients: plan.clients,
+                note: format!(", in its own pod {} (image {image})", made.handle),
+            },
+            made.handle,
+        ))
+    }
+
     /// The MariaDB fast path: a `mariadb-backup` golden copy of the source
     /// in `fast.workdir` (made again when older than [`GOLDEN_TTL_SECS`]),
     /// and the branch its reflinked copy served by its own `mariadbd`. The
@@ -607,6 +880,7 @@ impl Branches {
                 golden: true,
                 ready: true,
                 dir: Some(golden_dir.clone()),
+                pod: None,
             });
         }
         let at = Server {
@@ -649,6 +923,7 @@ impl Branches {
                 golden: false,
                 ready: true,
                 dir: Some(branch_dir),
+                pod: None,
             },
             vars,
         ))
@@ -668,9 +943,27 @@ struct Place {
     note: String,
 }
 
+/// A branch goes to a server, or to a pod of its own.
+#[derive(Debug)]
+enum Chosen {
+    At(Place),
+    Pod(PodPlan),
+}
+
+/// A branch pod's source, read as [`Place::reader`] says.
+#[derive(Debug)]
+struct PodPlan {
+    reader: Server,
+    clients: Option<pg_clients::PgClients>,
+    source_version: String,
+}
+
 /// Decide where the branch `branch` of `source_db` on `source` goes: the
 /// source's own server when its credentials may create databases, else
-/// the configured branch server of the same version. Blocking.
+/// the configured branch server of the same version, else a branch pod
+/// (`pod`: configured, and this platform makes them; with `always`, a pod
+/// in any case). Blocking.
+#[allow(clippy::too_many_arguments)]
 fn choose_place(
     dial: engine::Dial<'_>,
     settings: &DbSettings,
@@ -679,7 +972,8 @@ fn choose_place(
     source_db: &str,
     branch: &str,
     mode: CopyMode,
-) -> Result<Place, String> {
+    pod: Option<&settings::BranchPod>,
+) -> Result<Chosen, String> {
     let reader = settings.reader(source);
     let (source_version, major) = engine::version(dial, &reader, Some(source_db))?;
     // PostgreSQL: the dump and restore clients must be at least the
@@ -694,13 +988,26 @@ fn choose_place(
         Some(c) => dial(&c.program(program).to_string_lossy()),
         None => dial(program),
     };
+    let to_pod = |reader: Server, clients: Option<pg_clients::PgClients>| {
+        Ok(Chosen::Pod(PodPlan {
+            reader,
+            clients,
+            source_version: source_version.clone(),
+        }))
+    };
+    if pod.is_some_and(|p| p.always) {
+        return to_pod(reader, clients);
+    }
     if engine::can_create(&dial_clients, source, source_db, branch)? {
-        return Ok(Place {
+        return Ok(Chosen::At(Place {
             reader,
             at: source.clone(),
             clients,
             note: String::new(),
-        });
+        }));
+    }
+    if settings.branch_server(source.kind).is_none() && pod.is_some() {
+        return to_pod(reader, clients);
     }
     let Some(at) = settings.branch_server(source.kind) else {
         return Err(format!(
@@ -712,7 +1019,7 @@ fn choose_place(
     let (branch_version, _) =
         engine::version(&dial_clients, at, None).map_err(|e| format!("the branch server: {e}"))?;
     engine::check_versions(source, &source_version, at, &branch_version)?;
-    Ok(Place {
+    Ok(Chosen::At(Place {
         reader,
         at: at.clone(),
         clients,
@@ -720,7 +1027,7 @@ fn choose_place(
             ", on the branch server {}:{} ({} may not create databases on the source's server)",
             at.host, at.port, source.user
         ),
-    })
+    }))
 }
 
 #[cfg(test)]

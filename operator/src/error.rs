@@ -32,6 +32,9 @@ pub enum Error {
     /// The database-branch settings (`--db-config`) cannot be read or are invalid.
     #[error("db config {path}: {reason}")]
     DbConfig { path: PathBuf, reason: String },
+    /// The database branches a previous operator left cannot be read.
+    #[error("database branches left by a previous operator: {reason}")]
+    BranchStore { reason: String },
     /// No token could be set up.
     #[error("operator token: {reason}")]
     Token { reason: String },

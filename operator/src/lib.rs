@@ -103,6 +103,8 @@ pub async fn run(args: Args) -> Result<()> {
         token,
         policies,
         state_dir: serve.state_dir.clone(),
+        branch_store: None,
+        branch_pods: None,
         pg_bindirs: serve.pg_bindir.clone(),
         db_settings: branches::settings::DbSettings::load(serve.db_config.as_deref())?,
         access: None,

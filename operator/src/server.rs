@@ -48,6 +48,11 @@ pub struct OperatorConfig {
     pub policies: PolicyStore,
     /// Where `db-branches.json` is kept (none: in memory only).
     pub state_dir: Option<std::path::PathBuf>,
+    /// Where the database-branch registry is kept instead of `state_dir`
+    /// (Kubernetes: `RemoraDbBranch` objects).
+    pub branch_store: Option<Arc<dyn crate::branches::store::BranchStore>>,
+    /// Who makes branch pods (Kubernetes; only with `branch_store`).
+    pub branch_pods: Option<Arc<dyn crate::branches::pods::BranchPods>>,
     /// Extra directories with PostgreSQL client programs, for branches of
     /// servers newer than the default `pg_dump`.
     pub pg_bindirs: Vec<std::path::PathBuf>,
@@ -99,13 +104,25 @@ impl Operator {
             source,
         })?;
         let cancel = CancellationToken::new();
-        let branches = Branches::start(
-            platform.clone(),
-            config.state_dir.clone(),
-            config.pg_bindirs.clone(),
-            config.db_settings.clone(),
-            cancel.clone(),
-        );
+        let branches = match config.branch_store.clone() {
+            Some(store) => Branches::start_stored(
+                platform.clone(),
+                store,
+                config.branch_pods.clone(),
+                config.pg_bindirs.clone(),
+                config.db_settings.clone(),
+                cancel.clone(),
+            )
+            .await
+            .map_err(|reason| Error::BranchStore { reason })?,
+            None => Branches::start(
+                platform.clone(),
+                config.state_dir.clone(),
+                config.pg_bindirs.clone(),
+                config.db_settings.clone(),
+                cancel.clone(),
+            ),
+        };
         let agents = AgentPool::new(platform);
         let sessions = match config.observer {
             Some(observer) => Sessions::observed(observer),

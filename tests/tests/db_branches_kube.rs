@@ -76,10 +76,19 @@ fn ok(out: &Output) -> String {
     text(&out.stdout)
 }
 
-#[test]
-fn a_deployment_target_gets_a_branch_of_the_database_its_secret_names_through_its_pod() {
-    require_sandbox!();
-    let source = format!("kb{}shop", std::process::id());
+/// The test cluster with the source `{tag}shop` (20 users, 20 orders; its
+/// checksum returned), the Service `pg` in front of this machine's
+/// PostgreSQL, the deployment `shop` whose `DATABASE_URL` (from a Secret)
+/// names it, and the operator installed by its manifests.
+struct Shop {
+    sim: Sim,
+    source: String,
+    before: String,
+    _drop: DropDatabases,
+}
+
+fn shop(tag: &str) -> Shop {
+    let source = format!("{tag}{}shop", std::process::id());
     let _drop = DropDatabases {
         tag: source.clone(),
     };
@@ -115,7 +124,9 @@ spec:
   - name: pg
     image: postgres:15
     command: ["sleep", "infinity"]
-    readinessProbe: {{exec: {{command: ["pg_isready", "-h", "127.0.0.1", "-p", "5432"]}}, periodSeconds: 1}}
+    # Ready once, then only 30 failures in a row (a loaded machine) make
+    # it unready and empty the service.
+    readinessProbe: {{exec: {{command: ["pg_isready", "-h", "127.0.0.1", "-p", "5432"]}}, periodSeconds: 1, timeoutSeconds: 10, failureThreshold: 30}}
 ---
 apiVersion: v1
 kind: Service
@@ -150,6 +161,23 @@ spec:
     wait_ready(&sim, "shop");
     sim.kubectl(&["wait", "--for=condition=Ready", "--timeout=60s", "pod/pg"]);
     install_operator(&sim);
+    Shop {
+        sim,
+        source,
+        before,
+        _drop,
+    }
+}
+
+#[test]
+fn a_deployment_target_gets_a_branch_of_the_database_its_secret_names_through_its_pod() {
+    require_sandbox!();
+    let Shop {
+        sim,
+        source,
+        before,
+        _drop,
+    } = shop("kb");
 
     let config = sim.dir.path().join("remora.toml");
     std::fs::write(
@@ -264,5 +292,369 @@ spec:
         ),
         "0",
         "db rm drops the branch"
+    );
+}
+
+/// `[[db_branches]]` of the shop's source in mode `empty`, with this id and TTL.
+fn empty_branch_config(sim: &Sim, source: &str, id: &str, ttl: &str) -> std::path::PathBuf {
+    let path = sim.dir.path().join(format!("{id}.toml"));
+    std::fs::write(
+        &path,
+        format!(
+            "[[db_branches]]\ntype = \"postgres\"\nname = \"{source}\"\n\
+             connection = {{ url = {{ env = \"DATABASE_URL\" }} }}\n\
+             copy = {{ mode = \"empty\" }}\nttl = \"{ttl}\"\nid = \"{id}\"\n"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn database_exists(name: &str) -> bool {
+    psql(
+        "postgres",
+        &format!("SELECT count(*) FROM pg_database WHERE datname = '{name}'"),
+    ) == "1"
+}
+
+/// The operator's pods: `name ready` lines.
+fn operator_pods(sim: &Sim) -> Vec<(String, bool)> {
+    sim.kubectl(&[
+        "get",
+        "pods",
+        "-n",
+        OPERATOR_NS,
+        "-l",
+        "app.kubernetes.io/name=remora-operator",
+        "-o",
+        "jsonpath={range .items[*]}{.metadata.name} {.status.conditions[?(@.type==\"Ready\")].status}{\"\\n\"}{end}",
+    ])
+    .lines()
+    .filter_map(|l| l.split_once(' '))
+    .map(|(name, ready)| (name.to_owned(), ready == "True"))
+    .collect()
+}
+
+/// The branch registry is kept as RemoraDbBranch objects (credentials in
+/// their Secrets): after the operator's pod is deleted, its successor
+/// lists the branches (`remora db ls`) and drops the short-lived one at its
+/// TTL, its object and Secret with it.
+#[test]
+fn branches_outlive_an_operator_restart_and_its_successor_drops_them_at_their_ttl() {
+    require_sandbox!();
+    let Shop {
+        sim,
+        source,
+        before,
+        _drop,
+    } = shop("kr");
+    let keep = empty_branch_config(&sim, &source, "keep", "10m");
+    // Long enough for the restart below (seconds here), short for a test.
+    let brief = empty_branch_config(&sim, &source, "brief", "40s");
+    for config in [&keep, &brief] {
+        ok(&remora_kube(&sim, &["run", "--operator", "kube", "-f"])
+            .arg(config)
+            .args(["-t", "deployment/shop", "--", "true"])
+            .output()
+            .unwrap());
+    }
+    let (keep_db, brief_db) = (
+        format!("remora_{source}_keep"),
+        format!("remora_{source}_brief"),
+    );
+    assert!(database_exists(&keep_db) && database_exists(&brief_db));
+
+    // `kubectl get` shows them; their credentials are in Secrets.
+    let table = sim.kubectl(&["get", "remoradbbranches", "-n", OPERATOR_NS]);
+    for (id, db) in [("keep", &keep_db), ("brief", &brief_db)] {
+        let row = table
+            .lines()
+            .find(|l| l.split_whitespace().nth(1) == Some(id))
+            .unwrap_or_else(|| panic!("no row for {id}:\n{table}"));
+        assert!(
+            row.contains(db.as_str()) && row.contains("postgres") && row.contains("empty"),
+            "{table}"
+        );
+    }
+    assert!(
+        table.lines().next().is_some_and(|h| h.contains("EXPIRES")),
+        "{table}"
+    );
+    let secrets = sim.kubectl(&[
+        "get",
+        "secrets",
+        "-n",
+        OPERATOR_NS,
+        "-l",
+        "app.kubernetes.io/managed-by=remora-operator",
+        "-o",
+        "name",
+    ]);
+    assert_eq!(secrets.lines().count(), 2, "{secrets}");
+
+    // A new operator pod: no memory of its predecessor's.
+    let old = operator_pods(&sim);
+    assert_eq!(old.len(), 1, "{old:?}");
+    sim.kubectl(&["delete", "pod", "-n", OPERATOR_NS, &old[0].0]);
+    poll(
+        || {
+            let pods = operator_pods(&sim);
+            pods.len() == 1 && pods[0].0 != old[0].0 && pods[0].1
+        },
+        "a new operator pod, ready",
+    );
+    assert!(
+        database_exists(&brief_db),
+        "the 40 s branch expired before the old operator stopped: the test proves nothing"
+    );
+    let listed = ok(
+        &remora_kube(&sim, &["db", "ls", "--operator", "kube", "--json"])
+            .output()
+            .unwrap(),
+    );
+    let listed: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    let ids: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|b| b["id"].as_str())
+        .collect();
+    assert!(ids.contains(&"keep"), "the new operator lists {ids:?}");
+
+    // The new operator drops the brief one at its TTL, object and Secret too.
+    let start = std::time::Instant::now();
+    while database_exists(&brief_db) {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(120),
+            "the new operator did not drop {brief_db} at its TTL"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    poll(
+        || {
+            let names = sim.kubectl(&[
+                "get",
+                "remoradbbranches,secrets",
+                "-n",
+                OPERATOR_NS,
+                "-l",
+                "app.kubernetes.io/managed-by=remora-operator",
+                "-o",
+                "name",
+            ]);
+            names.lines().count() == 2 && !names.contains("brief")
+        },
+        "the brief branch's object and Secret gone, the kept one's left",
+    );
+    assert!(database_exists(&keep_db));
+    ok(
+        &remora_kube(&sim, &["db", "rm", "--operator", "kube", "keep"])
+            .output()
+            .unwrap(),
+    );
+    assert!(!database_exists(&keep_db));
+    poll(
+        || {
+            sim.kubectl(&["get", "remoradbbranches", "-n", OPERATOR_NS, "-o", "name"])
+                .trim()
+                .is_empty()
+        },
+        "no RemoraDbBranch left",
+    );
+    assert_eq!(pg_checksum(&source), before, "the source changed");
+}
+
+/// What the sim runs for a `postgres:15` branch pod (it pulls no image):
+/// the official image's entrypoint in short, this machine's PostgreSQL 15
+/// as the user `postgres`, its data in the pod's `emptyDir` (`$PGDATA`),
+/// the superuser's password from `$POSTGRES_PASSWORD` (the pod's Secret).
+const PG_POD_COMMAND: &str = "set -e; B=/usr/lib/postgresql/15/bin; \
+    AS='setpriv --reuid=postgres --regid=postgres --init-groups'; \
+    chown postgres:postgres \"$PGDATA\"; chmod 700 \"$PGDATA\"; \
+    PW=$(mktemp); printf '%s\\n' \"$POSTGRES_PASSWORD\" > \"$PW\"; chown postgres \"$PW\"; \
+    $AS $B/initdb -D \"$PGDATA\" -U postgres -A scram-sha-256 --pwfile=\"$PW\" >/dev/null; \
+    rm -f \"$PW\"; \
+    echo 'host all all all scram-sha-256' >> \"$PGDATA/pg_hba.conf\"; \
+    exec $AS $B/postgres -D \"$PGDATA\" -p 5432 -c listen_addresses='*' \
+    -c unix_socket_directories=''";
+
+/// Give the installed operator `--db-config` with `toml` (a ConfigMap
+/// mounted in its pod) and wait for its new pod.
+fn configure_operator(sim: &Sim, toml: &str) {
+    let configmap = serde_json::json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "operator-db-config", "namespace": OPERATOR_NS},
+        "data": {"db.toml": toml},
+    });
+    sim.apply(&configmap.to_string());
+    // The sim rolls Deployments by surge only (no Recreate), and a second
+    // operator would wait for the first one's leader lease: none first.
+    sim.kubectl(&[
+        "scale",
+        "deployment/remora-operator",
+        "-n",
+        OPERATOR_NS,
+        "--replicas=0",
+    ]);
+    poll(|| operator_pods(sim).is_empty(), "no operator pod");
+    let patch = serde_json::json!({"spec": {"replicas": 1, "template": {"spec": {
+        "volumes": [{"name": "db-config", "configMap": {"name": "operator-db-config"}}],
+        "containers": [{
+            "name": "operator",
+            "args": ["serve", "--platform", "kubernetes", "--listen", "0.0.0.0:8443",
+                     "--kubeconfig", "/etc/remora-operator/kubeconfig", "--namespace", "default",
+                     "--db-config", "/etc/remora-db/db.toml"],
+            "volumeMounts": [{"name": "db-config", "mountPath": "/etc/remora-db"}],
+        }],
+    }}}});
+    sim.kubectl(&[
+        "patch",
+        "deployment",
+        "remora-operator",
+        "-n",
+        OPERATOR_NS,
+        "--type=strategic",
+        "-p",
+        &patch.to_string(),
+    ]);
+    let start = std::time::Instant::now();
+    loop {
+        let pods = operator_pods(sim);
+        if pods.len() == 1 && pods[0].1 {
+            break;
+        }
+        if start.elapsed() > std::time::Duration::from_secs(120) {
+            let logs = Command::new("kubectl")
+                .arg("--kubeconfig")
+                .arg(&sim.kubeconfig)
+                .args([
+                    "logs",
+                    "-n",
+                    OPERATOR_NS,
+                    "-l",
+                    "app.kubernetes.io/name=remora-operator",
+                ])
+                .output()
+                .unwrap();
+            panic!(
+                "the reconfigured operator is not ready: {pods:?}\n{}{}",
+                text(&logs.stdout),
+                text(&logs.stderr)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+}
+
+fn branch_pod_objects(sim: &Sim) -> String {
+    sim.kubectl(&[
+        "get",
+        "pods,services,secrets",
+        "-n",
+        OPERATOR_NS,
+        "-l",
+        "app.kubernetes.io/name=remora-db-branch",
+        "-o",
+        "name",
+    ])
+}
+
+/// `[[branch_pod]]`: the branch gets a PostgreSQL server of its own in a
+/// pod (with a Service and a Secret), is filled there, reached by the
+/// local process through the target pod by the Service's name, and the pod
+/// is deleted at the branch's TTL; the source's server never holds it.
+#[test]
+fn a_branch_pod_is_started_filled_reached_and_deleted_at_the_ttl() {
+    require_sandbox!();
+    let Shop {
+        sim,
+        source,
+        before,
+        _drop,
+    } = shop("kp");
+    let command = serde_json::to_string(&["sh", "-c", PG_POD_COMMAND]).unwrap();
+    configure_operator(
+        &sim,
+        &format!(
+            "[[branch_pod]]\ntype = \"postgres\"\nimage = \"postgres:15\"\nalways = true\n\
+             command = {command}\nmemory = \"512Mi\"\n"
+        ),
+    );
+    let config = sim.dir.path().join("pod.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[db_branches]]\ntype = \"postgres\"\nname = \"{source}\"\n\
+             connection = {{ url = {{ env = \"DATABASE_URL\" }} }}\n\
+             copy = {{ mode = \"schema\", tables = {{ users = {{ filter = \"WHERE org = 2\" }} }} }}\n\
+             ttl = \"45s\"\nid = \"alice-pod\"\n"
+        ),
+    )
+    .unwrap();
+    let script = "echo \"URL=$DATABASE_URL\"; \
+                  psql -X -q -v ON_ERROR_STOP=1 \"$DATABASE_URL\" -Atc \
+                  \"select current_database(), count(*), min(id) from users\" && \
+                  psql -X -q -v ON_ERROR_STOP=1 \"$DATABASE_URL\" -Atc \
+                  \"select count(*) from orders; drop table orders; drop table users\"";
+    let out = remora_kube(&sim, &["run", "--operator", "kube", "-f"])
+        .arg(&config)
+        .args(["-t", "deployment/shop", "--", "sh", "-c", script])
+        .output()
+        .unwrap();
+    let stdout = ok(&out);
+    let stderr = text(&out.stderr);
+    let branch = format!("remora_{source}_alice_pod");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{stdout}\n{stderr}");
+    let url = lines[0]
+        .strip_prefix("URL=postgres://postgres:")
+        .unwrap_or_else(|| panic!("{stdout}"));
+    let (_password, rest) = url.split_once('@').unwrap();
+    let (host, db) = rest.split_once('/').unwrap();
+    assert!(
+        host.starts_with("remora-") && host.ends_with(".remora.svc.cluster.local:5432"),
+        "{host}"
+    );
+    assert_eq!(db, branch);
+    assert_eq!(lines[1], format!("{branch}|4|2"), "{stderr}");
+    assert_eq!(lines[2], "0", "{stderr}");
+    assert!(
+        says(&stderr, "in its own pod remora/") && stderr.contains("pg_dump --schema-only"),
+        "the session says where and how: {stderr}"
+    );
+    // Not on the source's server; the source is untouched.
+    assert!(
+        !database_exists(&branch),
+        "the branch is on the source's server"
+    );
+    assert_eq!(pg_checksum(&source), before, "the source changed");
+    let objects = branch_pod_objects(&sim);
+    let pod_name = host.split('.').next().unwrap();
+    for kind in ["pod", "service", "secret"] {
+        assert!(
+            objects.contains(&format!("{kind}/{pod_name}")),
+            "{kind}/{pod_name} in:\n{objects}"
+        );
+    }
+    let record = sim.kubectl(&["get", "remoradbbranches", "-n", OPERATOR_NS, "-o", "wide"]);
+    assert!(record.contains(&format!("remora/{pod_name}")), "{record}");
+
+    // At its TTL the pod goes, its Service and Secret with it.
+    let start = std::time::Instant::now();
+    while !branch_pod_objects(&sim).trim().is_empty() {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(150),
+            "the branch pod was not deleted at its TTL:\n{}",
+            branch_pod_objects(&sim)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    poll(
+        || {
+            sim.kubectl(&["get", "remoradbbranches", "-n", OPERATOR_NS, "-o", "name"])
+                .trim()
+                .is_empty()
+        },
+        "the RemoraDbBranch gone",
     );
 }

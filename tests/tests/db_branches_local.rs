@@ -73,6 +73,38 @@ impl Drop for Cleanup {
     }
 }
 
+/// Which server a test's databases are on.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Db {
+    Postgres,
+    Mariadb,
+}
+
+/// A test's names: the prefix `dbb<tag><pid>` of everything it makes, its
+/// source database `<prefix>shop`, a fresh temporary directory; and the
+/// cleanup that drops them all on the way out.
+struct Names {
+    prefix: String,
+    source: String,
+    dir: PathBuf,
+    _cleanup: Cleanup,
+}
+
+fn names(tag: &str, db: Db) -> Names {
+    let prefix = format!("dbb{tag}{}", std::process::id());
+    let dir = temp_dir(tag);
+    Names {
+        source: format!("{prefix}shop"),
+        _cleanup: Cleanup {
+            postgres: db == Db::Postgres,
+            prefix: prefix.clone(),
+            dirs: vec![dir.clone()],
+        },
+        prefix,
+        dir,
+    }
+}
+
 fn temp_dir(tag: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("remora-dbb-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -185,14 +217,12 @@ fn pg_checksum(db: &str) -> String {
 
 #[test]
 fn postgres_branches_keep_the_source_intact_and_follow_modes_ids_and_ttls() {
-    let prefix = format!("dbbpg{}", std::process::id());
-    let source = format!("{prefix}shop");
-    let dir = temp_dir("pg");
-    let _cleanup = Cleanup {
-        postgres: true,
-        prefix: prefix.clone(),
-        dirs: vec![dir.clone()],
-    };
+    let Names {
+        prefix,
+        source,
+        dir,
+        _cleanup,
+    } = names("pg", Db::Postgres);
     psql("postgres", &format!("CREATE DATABASE \"{source}\""));
     psql(
         &source,
@@ -389,14 +419,12 @@ fn postgres_branches_keep_the_source_intact_and_follow_modes_ids_and_ttls() {
 
 #[test]
 fn mariadb_branches_copy_schema_filters_and_all_and_keep_the_source_intact() {
-    let prefix = format!("dbbmy{}", std::process::id());
-    let source = format!("{prefix}shop");
-    let dir = temp_dir("my");
-    let _cleanup = Cleanup {
-        postgres: false,
-        prefix: prefix.clone(),
-        dirs: vec![dir.clone()],
-    };
+    let Names {
+        prefix: _,
+        source,
+        dir,
+        _cleanup,
+    } = names("my", Db::Mariadb);
     maria(&format!(
         "CREATE DATABASE `{source}`; USE `{source}`;
          CREATE TABLE users (id int PRIMARY KEY, org_id int, name text);
@@ -458,15 +486,13 @@ fn mariadb_branches_copy_schema_filters_and_all_and_keep_the_source_intact() {
 
 #[test]
 fn postgres_without_createdb_branches_on_a_branch_server_and_refuses_a_version_mismatch() {
-    let prefix = format!("dbbsrv{}", std::process::id());
-    let source = format!("{prefix}shop");
+    let Names {
+        prefix,
+        source,
+        dir,
+        _cleanup,
+    } = names("srv", Db::Postgres);
     let app = format!("{prefix}app");
-    let dir = temp_dir("srv");
-    let _cleanup = Cleanup {
-        postgres: true,
-        prefix: prefix.clone(),
-        dirs: vec![dir.clone()],
-    };
     // The application's role may not create databases.
     psql(
         "postgres",
@@ -619,15 +645,13 @@ fn postgres_without_createdb_branches_on_a_branch_server_and_refuses_a_version_m
 
 #[test]
 fn postgres_sources_are_read_through_the_configured_read_only_role() {
-    let prefix = format!("dbbro{}", std::process::id());
-    let source = format!("{prefix}shop");
+    let Names {
+        prefix,
+        source,
+        dir,
+        _cleanup,
+    } = names("ro", Db::Postgres);
     let (app, reader) = (format!("{prefix}app"), format!("{prefix}reader"));
-    let dir = temp_dir("ro");
-    let _cleanup = Cleanup {
-        postgres: true,
-        prefix: prefix.clone(),
-        dirs: vec![dir.clone()],
-    };
     psql("postgres", &format!("CREATE DATABASE \"{source}\""));
     // The application may create databases but not read `secrets`; the
     // read-only role may read every table and nothing else.
@@ -688,14 +712,12 @@ fn postgres_sources_are_read_through_the_configured_read_only_role() {
 
 #[test]
 fn mariadb_all_branches_are_reflinked_backups_served_by_their_own_server() {
-    let prefix = format!("dbbmb{}", std::process::id());
-    let source = format!("{prefix}shop");
-    let dir = temp_dir("mb");
-    let _cleanup = Cleanup {
-        postgres: false,
-        prefix: prefix.clone(),
-        dirs: vec![dir.clone()],
-    };
+    let Names {
+        prefix,
+        source,
+        dir,
+        _cleanup,
+    } = names("mb", Db::Mariadb);
     // Dropped before the cleanup: stops the branches' servers, unmounts.
     let xfs = XfsMount::new("mb", 1024).unwrap();
     maria(&format!(
@@ -883,15 +905,13 @@ const MARIA_CLIENT: &str = "eval \"$(python3 -c 'import os, urllib.parse as u; \
 
 #[test]
 fn mariadb_without_create_rights_branches_on_a_branch_server() {
-    let prefix = format!("dbbmsrv{}", std::process::id());
-    let source = format!("{prefix}shop");
+    let Names {
+        prefix,
+        source,
+        dir,
+        _cleanup,
+    } = names("msrv", Db::Mariadb);
     let app = format!("{prefix}app");
-    let dir = temp_dir("msrv");
-    let _cleanup = Cleanup {
-        postgres: false,
-        prefix: prefix.clone(),
-        dirs: vec![dir.clone()],
-    };
     let _users = DropMariaUsers(vec![app.clone()]);
     // The application may use its database, and create none.
     maria(&format!(
@@ -994,15 +1014,13 @@ fn mariadb_without_create_rights_branches_on_a_branch_server() {
 
 #[test]
 fn mariadb_sources_are_read_through_the_configured_read_only_role() {
-    let prefix = format!("dbbmro{}", std::process::id());
-    let source = format!("{prefix}shop");
+    let Names {
+        prefix,
+        source,
+        dir,
+        _cleanup,
+    } = names("mro", Db::Mariadb);
     let (app, reader) = (format!("{prefix}app"), format!("{prefix}rd"));
-    let dir = temp_dir("mro");
-    let _cleanup = Cleanup {
-        postgres: false,
-        prefix: prefix.clone(),
-        dirs: vec![dir.clone()],
-    };
     let _users = DropMariaUsers(vec![app.clone(), reader.clone()]);
     // The application may create its branches but not read `secrets`; the
     // read-only user may read every table of the source and nothing else.

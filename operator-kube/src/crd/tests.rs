@@ -37,13 +37,43 @@ fn crds_name_the_group_version_scope_and_printer_columns() {
             "remorasessions.remora.dev",
             "remorapolicies.remora.dev",
             "remoraclusterpolicies.remora.dev",
-            "remoraqueuesplits.remora.dev"
+            "remoraqueuesplits.remora.dev",
+            "remoradbbranches.remora.dev"
         ]
     );
     let scopes: Vec<_> = all.iter().map(|c| c.spec.scope.as_str()).collect();
     assert_eq!(
         scopes,
-        ["Namespaced", "Namespaced", "Cluster", "Namespaced"]
+        [
+            "Namespaced",
+            "Namespaced",
+            "Cluster",
+            "Namespaced",
+            "Namespaced"
+        ]
+    );
+    let branch = &all[4].spec.versions[0];
+    let columns: Vec<_> = branch
+        .additional_printer_columns
+        .iter()
+        .flatten()
+        .map(|c| (c.name.as_str(), c.type_.as_str(), c.priority.unwrap_or(0)))
+        .collect();
+    assert_eq!(
+        columns,
+        [
+            ("ID", "string", 0),
+            ("Type", "string", 0),
+            ("Source", "string", 0),
+            ("Branch", "string", 0),
+            ("Mode", "string", 0),
+            ("Owner", "string", 0),
+            ("Expires", "date", 0),
+            ("Target", "string", 1),
+            ("Server", "string", 1),
+            ("Pod", "string", 1),
+            ("Method", "string", 1),
+        ]
     );
     let session = &all[0].spec.versions[0];
     assert_eq!(session.name, VERSION);

@@ -29,7 +29,7 @@ impl Branches {
     /// is being made already): registered at once as not ready (so that it
     /// is dropped at its TTL even if this operator stops meanwhile), ready
     /// once filled. `all` branches clone it from then on.
-    pub(super) fn make_golden_later(
+    pub(super) async fn make_golden_later(
         &self,
         state: &mut State,
         golden: String,
@@ -66,8 +66,9 @@ impl Branches {
             golden: true,
             ready: false,
             dir: None,
+            pod: None,
         });
-        self.save(state);
+        self.save(state).await;
         let this = self.clone();
         tokio::spawn(async move {
             let dial = this.dialer(from.target.clone());
@@ -113,7 +114,7 @@ impl Branches {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&key);
-            this.save(&state);
+            this.save(&mut state).await;
         });
     }
 }

@@ -13,6 +13,13 @@
 //! server = "127.0.0.1:3306"            # the source, host:port as targets name it
 //! workdir = "/srv/remora-branches"     # on XFS (reflink=1) or Btrfs
 //!
+//! [[branch_pod]]                      # Kubernetes: a pod per branch
+//! type = "postgres"                    # or "mysql"
+//! image = "postgres:15"                # must run the source's series
+//! always = false                       # true: even where the source's server could hold it
+//! # command = ["sh", "-c", "…"]        # instead of the image's entrypoint
+//! # port = 5432, memory = "512Mi", cpu = "500m"
+//!
 //! [[read_only_role]]
 //! type = "postgres"
 //! server = "10.0.0.5:5432"             # the source, host:port as targets name it
@@ -53,10 +60,31 @@ pub struct MariadbBackup {
     pub workdir: std::path::PathBuf,
 }
 
+/// Kubernetes: branches in a pod of their own, made from an image (see
+/// [`super::pods`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BranchPod {
+    pub kind: DbKind,
+    /// The image; it must run the source's series (checked as a branch
+    /// server's version is).
+    pub image: String,
+    /// Instead of the image's entrypoint (the test cluster pulls no image).
+    pub command: Option<Vec<String>>,
+    /// The server's port in the pod (and the Service's).
+    pub port: u16,
+    /// Every branch of this kind gets a pod, even where the source's server
+    /// could hold it; otherwise only where neither it nor a branch server can.
+    pub always: bool,
+    /// The container's memory and CPU limits (Kubernetes quantities).
+    pub memory: Option<String>,
+    pub cpu: Option<String>,
+}
+
 /// Everything `--db-config` configures; empty by default.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DbSettings {
     pub branch_servers: Vec<BranchServer>,
+    pub branch_pods: Vec<BranchPod>,
     pub read_only_roles: Vec<ReadOnlyRole>,
     pub mariadb_backups: Vec<MariadbBackup>,
     /// Parallel jobs of `pg_dump -Fd` and `pg_restore` (`dump_jobs`;
@@ -71,6 +99,7 @@ impl Default for DbSettings {
     fn default() -> DbSettings {
         DbSettings {
             branch_servers: Vec::new(),
+            branch_pods: Vec::new(),
             read_only_roles: Vec::new(),
             mariadb_backups: Vec::new(),
             jobs: std::thread::available_parallelism()
@@ -117,6 +146,20 @@ struct ReadOnlyRoleFile {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct BranchPodFile {
+    #[serde(rename = "type")]
+    kind: KindFile,
+    image: String,
+    command: Option<Vec<String>>,
+    port: Option<u16>,
+    #[serde(default)]
+    always: bool,
+    memory: Option<String>,
+    cpu: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct MariadbBackupFile {
     server: String,
     workdir: std::path::PathBuf,
@@ -130,6 +173,8 @@ struct SettingsFile {
     dump_jobs: Option<usize>,
     #[serde(default)]
     branch_server: Vec<BranchServerFile>,
+    #[serde(default)]
+    branch_pod: Vec<BranchPodFile>,
     #[serde(default)]
     read_only_role: Vec<ReadOnlyRoleFile>,
 }
@@ -198,6 +243,30 @@ impl DbSettings {
                 },
             });
         }
+        for (i, p) in file.branch_pod.into_iter().enumerate() {
+            let kind = DbKind::from(p.kind);
+            if p.image.trim().is_empty() {
+                return Err(format!("branch_pod #{}: image is empty", i + 1));
+            }
+            if p.command.as_ref().is_some_and(Vec::is_empty) {
+                return Err(format!("branch_pod #{}: command is empty", i + 1));
+            }
+            if settings.branch_pods.iter().any(|b| b.kind == kind) {
+                return Err(format!(
+                    "branch_pod #{}: a second branch_pod of the same type",
+                    i + 1
+                ));
+            }
+            settings.branch_pods.push(BranchPod {
+                kind,
+                image: p.image,
+                command: p.command,
+                port: p.port.unwrap_or(default_port(kind)),
+                always: p.always,
+                memory: p.memory,
+                cpu: p.cpu,
+            });
+        }
         for (i, m) in file.mariadb_backup.into_iter().enumerate() {
             let what = format!("mariadb_backup #{}", i + 1);
             let (host, port) = host_port(&m.server, DbKind::Mysql, &what)?;
@@ -246,6 +315,11 @@ impl DbSettings {
             .iter()
             .map(|b| &b.server)
             .find(|s| s.kind == kind)
+    }
+
+    /// The branch pod settings for sources of `kind`, if configured.
+    pub fn branch_pod(&self, kind: DbKind) -> Option<&BranchPod> {
+        self.branch_pods.iter().find(|p| p.kind == kind)
     }
 
     /// The MariaDB fast path configured for `source`, if any.

@@ -276,3 +276,172 @@ fn state_files_from_before_background_golden_copies_read_their_copies_as_ready()
     let key = golden_key(&state.entries[0].info.branch, &state.entries[0].server);
     assert_eq!(key, "remora_shop_golden@127.0.0.1:5432");
 }
+
+/// A platform whose clients are never run (the tests below drop pods only).
+#[derive(Debug)]
+struct NoPlatform;
+
+impl crate::platform::Platform for NoPlatform {
+    fn name(&self) -> &'static str {
+        "none"
+    }
+    fn resolve(&self, target: &str) -> crate::Result<ResolvedTarget> {
+        Ok(ResolvedTarget {
+            name: target.to_owned(),
+        })
+    }
+    fn start_agent(
+        &self,
+        _: &ResolvedTarget,
+    ) -> futures::future::BoxFuture<'static, crate::Result<crate::platform::StartedAgent>> {
+        Box::pin(async { Err(crate::Error::Unsupported("no agents".into())) })
+    }
+    fn dial(&self, _: &str, _: &str) -> std::process::Command {
+        std::process::Command::new("false")
+    }
+}
+
+/// A store in memory, recording what it was asked.
+#[derive(Debug, Default)]
+struct MemoryStore {
+    entries: std::sync::Mutex<BTreeMap<String, store::StoredBranch>>,
+    calls: std::sync::Mutex<Vec<String>>,
+}
+
+impl store::BranchStore for Arc<MemoryStore> {
+    fn load(
+        &self,
+    ) -> futures::future::BoxFuture<'static, Result<Vec<store::StoredBranch>, String>> {
+        let all = self.entries.lock().unwrap().values().cloned().collect();
+        Box::pin(async move { Ok(all) })
+    }
+    fn put(
+        &self,
+        branch: store::StoredBranch,
+        new: bool,
+    ) -> futures::future::BoxFuture<'static, Result<(), String>> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("put {} new={new}", branch.key));
+        self.entries
+            .lock()
+            .unwrap()
+            .insert(branch.key.clone(), branch);
+        Box::pin(async { Ok(()) })
+    }
+    fn remove(&self, key: String) -> futures::future::BoxFuture<'static, Result<(), String>> {
+        self.calls.lock().unwrap().push(format!("remove {key}"));
+        self.entries.lock().unwrap().remove(&key);
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// Pods that are only deleted, recorded.
+#[derive(Debug, Default)]
+struct DeletedPods(std::sync::Mutex<Vec<String>>);
+
+impl pods::BranchPods for Arc<DeletedPods> {
+    fn create(
+        &self,
+        _: pods::PodRequest,
+    ) -> futures::future::BoxFuture<'static, Result<pods::PodMade, String>> {
+        Box::pin(async { Err("not in this test".into()) })
+    }
+    fn delete(&self, handle: String) -> futures::future::BoxFuture<'static, Result<(), String>> {
+        self.0.lock().unwrap().push(handle);
+        Box::pin(async { Ok(()) })
+    }
+}
+
+fn stored_entry(id: &str, pod: &str, expires_at: u64) -> store::StoredBranch {
+    let entry = Entry {
+        info: BranchInfo {
+            id: id.into(),
+            kind: DbKind::Postgres,
+            source: "shop".into(),
+            branch: branch_name("shop", id),
+            mode: CopyMode::Schema,
+            owner: "alice".into(),
+            target: "deployment/shop".into(),
+            created_at: now(),
+            expires_at,
+            method: "pg_dump --schema-only | psql".into(),
+        },
+        server: server(DbKind::Postgres, pod, 5432, "postgres", Some("pw")),
+        env: BTreeMap::from([("DATABASE_URL".into(), format!("postgres://{pod}/x"))]),
+        golden: false,
+        ready: true,
+        dir: None,
+        pod: Some(format!("remora/{pod}")),
+    };
+    entry.stored()
+}
+
+/// Wait until `done`, at most a minute (then fail naming `what`).
+async fn until(what: &str, done: impl Fn() -> bool) {
+    let start = std::time::Instant::now();
+    while !done() {
+        assert!(start.elapsed() < Duration::from_secs(60), "never: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_stored_registry_is_listed_after_a_restart_and_dropped_at_its_ttl() {
+    let store = Arc::new(MemoryStore::default());
+    for s in [
+        stored_entry("kept", "pod-kept", now() + 600),
+        stored_entry("gone", "pod-gone", now() + 2),
+    ] {
+        store.entries.lock().unwrap().insert(s.key.clone(), s);
+    }
+    let pods = Arc::new(DeletedPods::default());
+    let cancel = CancellationToken::new();
+    let branches = Branches::start_stored(
+        Arc::new(NoPlatform),
+        Arc::new(store.clone()),
+        Some(Arc::new(pods.clone())),
+        Vec::new(),
+        DbSettings::default(),
+        cancel.clone(),
+    )
+    .await
+    .unwrap();
+    let DbReply::Branches(listed) = branches.handle(DbRequest::List, "bob", None).await.unwrap()
+    else {
+        panic!("not a list")
+    };
+    let mut ids: Vec<&str> = listed.iter().map(|b| b.id.as_str()).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, ["gone", "kept"]);
+    // Loading writes nothing back.
+    assert!(store.calls.lock().unwrap().is_empty());
+    // The reaper deletes the expired one's pod and forgets it in the store.
+    until("the expired pod deleted", || {
+        !pods.0.lock().unwrap().is_empty()
+    })
+    .await;
+    assert_eq!(*pods.0.lock().unwrap(), ["remora/pod-gone"]);
+    let gone_key = stored_entry("gone", "pod-gone", 0).key;
+    until("the expired entry removed from the store", || {
+        store
+            .calls
+            .lock()
+            .unwrap()
+            .contains(&format!("remove {gone_key}"))
+    })
+    .await;
+    assert_eq!(store.calls.lock().unwrap().len(), 1, "{:?}", store.calls);
+    // `remora db rm` of the other: its pod deleted, forgotten too.
+    branches
+        .handle(DbRequest::Remove { id: "kept".into() }, "bob", None)
+        .await
+        .unwrap();
+    assert_eq!(
+        *pods.0.lock().unwrap(),
+        ["remora/pod-gone", "remora/pod-kept"]
+    );
+    assert!(store.entries.lock().unwrap().is_empty());
+    cancel.cancel();
+}
