@@ -7,10 +7,10 @@
 
 use crate::error::{Error, Result};
 use remora_config::Config;
+use remora_intproxy::{AgentDialer, AgentStream, DialFuture};
 use remora_kube::ClientOptions;
 use remora_kube::operator_link::{OperatorForward, OperatorRef};
 use serde::{Deserialize, Serialize};
-use remora_intproxy::{AgentDialer, AgentStream, DialFuture};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
@@ -184,7 +184,10 @@ impl OperatorLaunch {
         let first = forward.dial().await.map_err(failed)?;
         let first = Arc::new(Mutex::new(Some(first)));
         Ok(AgentDialer {
-            describe: format!("the operator ({}, through the API server's port-forward)", self.operator),
+            describe: format!(
+                "the operator ({}, through the API server's port-forward)",
+                self.operator
+            ),
             dial: Arc::new(move || -> DialFuture {
                 let forward = forward.clone();
                 let first = first

@@ -6,10 +6,10 @@
 //! at once and later calls fail immediately, so nothing ever hangs on a dead
 //! agent.
 
-use crate::{AgentEndpoint, AgentStream, IntProxyConfig};
 use crate::error::{Error, Result};
 pub use crate::flow::StreamFlow;
 use crate::flow::{Admit, Route};
+use crate::{AgentEndpoint, AgentStream, IntProxyConfig};
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use remora_protocol::codec::FrameCodec;

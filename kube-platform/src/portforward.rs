@@ -247,7 +247,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for PortForwardStream<S> {
                     this.ended = true;
                     return Poll::Ready(Err(std::io::Error::new(
                         std::io::ErrorKind::InvalidData,
-                        format!("port-forward to pod {} port {}: {reason}", this.pod, this.port),
+                        format!(
+                            "port-forward to pod {} port {}: {reason}",
+                            this.pod, this.port
+                        ),
                     )));
                 }
             }

@@ -147,7 +147,9 @@ async fn the_stream_carries_bytes_both_ways_in_data_messages() {
     stream.read_exact(&mut got).await.unwrap();
     assert_eq!(&got, b"world");
     // A write larger than a message is split; every byte arrives in order.
-    let big: Vec<u8> = (0..3 * CHUNK as u32 + 17).map(|i| (i % 253) as u8).collect();
+    let big: Vec<u8> = (0..3 * CHUNK as u32 + 17)
+        .map(|i| (i % 253) as u8)
+        .collect();
     let expected = big.clone();
     let writer = tokio::spawn(async move {
         stream.write_all(&big).await.unwrap();

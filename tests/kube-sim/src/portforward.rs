@@ -138,7 +138,11 @@ fn negotiate(offered: &[&str]) -> Result<&'static str> {
             )))
         };
     }
-    let offered = if offered.is_empty() { &[""][..] } else { offered };
+    let offered = if offered.is_empty() {
+        &[""][..]
+    } else {
+        offered
+    };
     match offered.iter().find(|p| ["", V4, V4_BASE64].contains(p)) {
         Some(&V4_BASE64) => Err(ApiError::bad_request(format!(
             "{V4_BASE64} is what a kubelet would pick here; remora-kube-sim does not speak it \
