@@ -9,7 +9,7 @@
 use crate::args::IntproxyArgs;
 use crate::error::{Error, Result};
 use crate::local::FAILED_PREFIX;
-use remora_intproxy::{IntProxy, IntProxyConfig, READY_PREFIX};
+use remora_intproxy::{AgentEndpoint, IntProxy, IntProxyConfig, READY_PREFIX};
 use remora_protocol::{ClientIdentity, SessionToken};
 use std::io::Write;
 use std::net::SocketAddr;
@@ -103,11 +103,11 @@ fn serve(args: IntproxyArgs) -> Result<()> {
     let mut kube_agent = None;
     // The fd broker's socket path this run chose (the agent serves it).
     let mut broker_path = None;
-    let agent_addr = match (args.agent, &args.agent_bin, args.kube) {
-        (Some(addr), _, _) => addr,
+    let agent_addr: AgentEndpoint = match (args.agent, &args.agent_bin, args.kube) {
+        (Some(addr), _, _) => addr.into(),
         (None, None, false) if args.kube_operator => {
             let launch = crate::kube_operator::OperatorLaunch::from_env()?;
-            runtime.block_on(launch.relay())?
+            AgentEndpoint::Dial(runtime.block_on(launch.dialer())?)
         }
         (None, Some(bin), _) => {
             broker_path = std::env::var_os(remora_protocol::broker::BROKER_PATH_ENV)
@@ -118,14 +118,14 @@ fn serve(args: IntproxyArgs) -> Result<()> {
             let spawned = spawn_agent(bin, &target, &agent_token, broker);
             let (child, addr) = spawned.inspect_err(|_| remove_broker_socket(&broker_path))?;
             agent_child = Some(child);
-            addr
+            addr.into()
         }
         (None, None, true) => {
             let launch = crate::kube::KubeLaunch::from_env()?;
             let started = runtime.block_on(crate::kube::start_agent(&launch, &target))?;
             agent_token = started.token.0;
             kube_agent = Some(started.handle);
-            started.addr
+            AgentEndpoint::Dial(crate::kube::dialer(started.forward))
         }
         (None, None, false) => {
             return Err(Error::IntproxyStart {

@@ -6,11 +6,12 @@
 
 use crate::error::{Error, Result};
 use remora_config::{AgentSettings, Config};
-use remora_intproxy::{IntProxy, IntProxyConfig};
+use remora_intproxy::{AgentDialer, AgentStream, DialFuture, IntProxy, IntProxyConfig};
+use remora_kube::platform::{AgentForward, DirectAgent};
 use remora_kube::{ClientOptions, KubePlatform};
-use remora_operator::platform::StartedAgent;
 use serde::{Deserialize, Serialize};
 use std::io::Write;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -73,14 +74,15 @@ impl KubeLaunch {
     }
 }
 
-/// Start the agent for `target` (in the intproxy's runtime): each phase goes
+/// Start the agent for `target` (in the intproxy's runtime), to be reached
+/// through [`dialer`]: each phase goes
 /// to stdout as a [`PROGRESS_PREFIX`] line; the start is cancelled (and what
 /// it created deleted) when the CLI stops waiting (its end of stdout closes:
 /// Ctrl-C, SIGTERM, SIGKILL) or the intproxy gets SIGTERM, SIGINT or SIGHUP.
 ///
 /// # Errors
 /// The platform's reason, as a user-facing line.
-pub async fn start_agent(launch: &KubeLaunch, target: &str) -> Result<StartedAgent> {
+pub async fn start_agent(launch: &KubeLaunch, target: &str) -> Result<DirectAgent> {
     let platform = KubePlatform {
         options: launch.options.clone(),
         settings: launch.settings.clone(),
@@ -88,10 +90,33 @@ pub async fn start_agent(launch: &KubeLaunch, target: &str) -> Result<StartedAge
     let cancel = CancellationToken::new();
     let watcher = tokio::spawn(watch_caller(cancel.clone()));
     let report = |phase: &remora_kube::platform::Phase| progress(&phase.to_string());
-    let started = platform.start_with(target, &report, &cancel).await;
+    let started = platform.start_direct(target, &report, &cancel).await;
     watcher.abort();
     // The CLI names the target (`Error::KubeStart`).
     started.map_err(|e| Error::Io(e.to_string()))
+}
+
+/// The intproxy's way to the agent: each connection is a port-forward
+/// WebSocket of its own that carries the remora protocol in its payloads
+/// (no local socket and relay in between).
+pub fn dialer(forward: Arc<AgentForward>) -> AgentDialer {
+    AgentDialer {
+        describe: format!(
+            "pod {} port {} (through the API server's port-forward)",
+            forward.pod(),
+            remora_kube::manifest::AGENT_PORT
+        ),
+        dial: Arc::new(move || -> DialFuture {
+            let forward = forward.clone();
+            Box::pin(async move {
+                let opened = forward
+                    .open()
+                    .await
+                    .map_err(|e| std::io::Error::other(e.to_string()))?;
+                Ok(Box::new(opened.into_stream()) as Box<dyn AgentStream>)
+            })
+        }),
+    }
 }
 
 /// Connect the intproxy to a cluster agent whose container runs but may

@@ -7,10 +7,12 @@
 
 use crate::error::{Error, Result};
 use remora_config::Config;
+use remora_intproxy::{AgentDialer, AgentStream, DialFuture};
 use remora_kube::ClientOptions;
 use remora_kube::operator_link::{OperatorForward, OperatorRef};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 
 /// Environment variable carrying an [`OperatorLaunch`] (JSON) to the intproxy.
 pub const OPERATOR_LAUNCH_ENV: &str = "REMORA_INTPROXY_KUBE_OPERATOR";
@@ -159,6 +161,51 @@ impl OperatorLaunch {
             .map_err(failed)?;
         let (addr, _relay) = forward.listen().await.map_err(failed)?;
         Ok(addr)
+    }
+}
+
+impl OperatorLaunch {
+    /// The intproxy's way to the operator: a port-forward WebSocket per
+    /// connection, to the operator pod ready at that moment, carrying the
+    /// remora protocol in its payloads (no local socket and relay in
+    /// between). The first one is opened now, so that a missing operator or
+    /// a refused port-forward is this call's error.
+    ///
+    /// # Errors
+    /// As [`OperatorLaunch::relay`].
+    pub async fn dialer(&self) -> Result<AgentDialer> {
+        let failed = |e: remora_kube::Error| Error::Operator {
+            operator: format!("kube ({})", self.operator),
+            reason: e.to_string(),
+        };
+        let forward = OperatorForward::connect(&self.options, self.operator.clone())
+            .await
+            .map_err(failed)?;
+        let first = forward.dial().await.map_err(failed)?;
+        let first = Arc::new(Mutex::new(Some(first)));
+        Ok(AgentDialer {
+            describe: format!(
+                "the operator ({}, through the API server's port-forward)",
+                self.operator
+            ),
+            dial: Arc::new(move || -> DialFuture {
+                let forward = forward.clone();
+                let first = first
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .take();
+                Box::pin(async move {
+                    let opened = match first {
+                        Some(f) => f,
+                        None => forward
+                            .dial()
+                            .await
+                            .map_err(|e| std::io::Error::other(e.to_string()))?,
+                    };
+                    Ok(Box::new(opened.into_stream()) as Box<dyn AgentStream>)
+                })
+            }),
+        })
     }
 }
 

@@ -6,10 +6,10 @@
 //! at once and later calls fail immediately, so nothing ever hangs on a dead
 //! agent.
 
-use crate::IntProxyConfig;
 use crate::error::{Error, Result};
 pub use crate::flow::StreamFlow;
 use crate::flow::{Admit, Route};
+use crate::{AgentEndpoint, AgentStream, IntProxyConfig};
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use remora_protocol::codec::FrameCodec;
@@ -295,15 +295,30 @@ impl AgentApi {
     }
 }
 
-type AgentFramed = Framed<TcpStream, FrameCodec<ServerMessage, ClientMessage>>;
+type AgentFramed = Framed<Box<dyn AgentStream>, FrameCodec<ServerMessage, ClientMessage>>;
+
+/// Open the stream to the agent: a TCP connection, or the dialer's stream
+/// (a port-forward WebSocket, with no local socket in between).
+async fn open(endpoint: &AgentEndpoint) -> std::io::Result<Box<dyn AgentStream>> {
+    match endpoint {
+        AgentEndpoint::Tcp(addr) => {
+            let stream = TcpStream::connect(addr).await?;
+            stream.set_nodelay(true).ok();
+            Ok(Box::new(stream))
+        }
+        AgentEndpoint::Dial(dialer) => (dialer.dial)().await,
+    }
+}
 
 /// Connect, handshake and start the link task.
 pub async fn connect(config: &IntProxyConfig) -> Result<AgentApi> {
-    let addr = config.agent;
-    let stream = TcpStream::connect(addr)
+    let addr = config.agent.to_string();
+    let stream = open(&config.agent)
         .await
-        .map_err(|source| Error::AgentConnect { addr, source })?;
-    stream.set_nodelay(true).ok();
+        .map_err(|source| Error::AgentConnect {
+            addr: addr.clone(),
+            source,
+        })?;
     let mut hs = Framed::new(stream, FrameCodec::<HelloReply, Hello>::default());
     let hello = Hello {
         version: PROTOCOL_VERSION,
@@ -312,7 +327,10 @@ pub async fn connect(config: &IntProxyConfig) -> Result<AgentApi> {
         client: config.identity.clone(),
         target: config.target.clone(),
     };
-    let handshake_error = |reason: String| Error::Handshake { addr, reason };
+    let handshake_error = |reason: String| Error::Handshake {
+        addr: addr.clone(),
+        reason,
+    };
     hs.send(hello)
         .await
         .map_err(|e| handshake_error(e.to_string()))?;

@@ -7,12 +7,13 @@ use std::net::SocketAddr;
 pub enum Error {
     #[error("cannot reach the agent at {addr}: {source}")]
     AgentConnect {
-        addr: SocketAddr,
+        /// The address, or what the dialer reaches.
+        addr: String,
         #[source]
         source: std::io::Error,
     },
     #[error("handshake with the agent at {addr} failed: {reason}")]
-    Handshake { addr: SocketAddr, reason: String },
+    Handshake { addr: String, reason: String },
     #[error(
         "the agent (or operator) refused the session: {reason} (server {server_version}, protocol {server_protocol}; this remora speaks {ours})"
     )]

@@ -42,11 +42,65 @@ use tokio::net::TcpListener;
 /// Line printed on stdout once the intproxy accepts layers.
 pub const READY_PREFIX: &str = "REMORA_INTPROXY_LISTENING";
 
+/// A byte stream to the agent (or operator) that carries the framed remora
+/// protocol: a TCP connection, or a port-forward WebSocket's payloads.
+pub trait AgentStream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
+
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> AgentStream for T {}
+
+/// What an [`AgentDialer`] returns.
+pub type DialFuture = futures::future::BoxFuture<'static, std::io::Result<Box<dyn AgentStream>>>;
+
+/// Opens a new [`AgentStream`] each time it is called.
+pub type DialFn = dyn Fn() -> DialFuture + Send + Sync;
+
+/// Reaches the agent through something else than a TCP address (a
+/// Kubernetes port-forward): what it is, for messages, and how to open it.
+#[derive(Clone)]
+pub struct AgentDialer {
+    /// Says where it leads (`pod P port N through port-forward`).
+    pub describe: String,
+    /// Opens the stream.
+    pub dial: Arc<DialFn>,
+}
+
+impl std::fmt::Debug for AgentDialer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentDialer")
+            .field("describe", &self.describe)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where the agent (or operator) is.
+#[derive(Debug, Clone)]
+pub enum AgentEndpoint {
+    /// A TCP address.
+    Tcp(SocketAddr),
+    /// A stream opened by a dialer.
+    Dial(AgentDialer),
+}
+
+impl From<SocketAddr> for AgentEndpoint {
+    fn from(addr: SocketAddr) -> Self {
+        AgentEndpoint::Tcp(addr)
+    }
+}
+
+impl std::fmt::Display for AgentEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AgentEndpoint::Tcp(addr) => write!(f, "{addr}"),
+            AgentEndpoint::Dial(dialer) => f.write_str(&dialer.describe),
+        }
+    }
+}
+
 /// How to run an intproxy.
 #[derive(Debug, Clone)]
 pub struct IntProxyConfig {
     /// The agent (or operator) to connect to.
-    pub agent: SocketAddr,
+    pub agent: AgentEndpoint,
     /// Token presented to the agent.
     pub agent_token: SessionToken,
     /// Token layers must present.

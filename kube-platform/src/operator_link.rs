@@ -265,6 +265,15 @@ impl OperatorForward {
         Ok((addr, relay))
     }
 
+    /// A port-forward to the operator pod ready now.
+    ///
+    /// # Errors
+    /// As [`OperatorForward::pick`], or the refused port-forward.
+    pub async fn dial(&self) -> Result<PortForward> {
+        let (pod, port) = self.pick().await?;
+        self.open(&pod, port).await
+    }
+
     async fn open(&self, pod: &str, port: u16) -> Result<PortForward> {
         let ns = &self.operator.namespace;
         PortForward::open(&self.pods, pod, port).await.map_err(|e| {

@@ -316,9 +316,65 @@ fn agent_failed(pod: &Pod, container: &str, image: &str) -> Option<String> {
     ))
 }
 
+/// An agent started in the cluster, reached by the caller through
+/// port-forwards of its own ([`AgentForward::open`]): no local socket
+/// between the client and the WebSocket.
+#[derive(Debug)]
+pub struct DirectAgent {
+    /// Opens port-forwards to the agent's port.
+    pub forward: Arc<AgentForward>,
+    /// The token the agent accepts.
+    pub token: SessionToken,
+    /// Stops it (deletes its Job or pod).
+    pub handle: Box<dyn AgentHandle>,
+}
+
+/// The agent's port in its pod, reached through the API server's
+/// port-forward: the first one was opened while starting (so a refusal was
+/// the start's error), later ones are opened on demand.
+pub struct AgentForward {
+    pods: Api<Pod>,
+    pod: String,
+    first: std::sync::Mutex<Option<PortForward>>,
+}
+
+impl std::fmt::Debug for AgentForward {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentForward")
+            .field("pod", &self.pod)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AgentForward {
+    /// The agent's pod.
+    pub fn pod(&self) -> &str {
+        &self.pod
+    }
+
+    /// A port-forward to the agent's port (the one opened at start, the
+    /// first time).
+    ///
+    /// # Errors
+    /// The API server refused it (RBAC names the verb and resource).
+    pub async fn open(&self) -> Result<PortForward> {
+        let first = self
+            .first
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        match first {
+            Some(f) => Ok(f),
+            None => open_forward(&self.pods, &self.pod).await,
+        }
+    }
+}
+
 impl KubePlatform {
     /// Start the agent for `target`, reporting each phase; `cancel` stops the
     /// waits, and whatever was created is deleted before the error returns.
+    /// The agent is reached through a local address: each connection to it
+    /// is relayed through its own port-forward.
     ///
     /// # Errors
     /// Why the target did not resolve or the agent did not start, saying what
@@ -329,6 +385,47 @@ impl KubePlatform {
         report: Report<'_>,
         cancel: &CancellationToken,
     ) -> Result<StartedAgent> {
+        let (forward, token, mut agent) = self.start_agent_pod(target, report, cancel).await?;
+        let (addr, relay) = match listen(forward).await {
+            Ok(r) => r,
+            Err(e) => {
+                agent.cleanup.run().await;
+                return Err(e);
+            }
+        };
+        agent.relay = Some(relay);
+        Ok(StartedAgent {
+            addr,
+            token,
+            handle: Box::new(agent),
+        })
+    }
+
+    /// [`KubePlatform::start_with`] for a client that speaks to the agent
+    /// over the port-forward WebSocket itself (the intproxy).
+    ///
+    /// # Errors
+    /// As [`KubePlatform::start_with`].
+    pub async fn start_direct(
+        &self,
+        target: &str,
+        report: Report<'_>,
+        cancel: &CancellationToken,
+    ) -> Result<DirectAgent> {
+        let (forward, token, agent) = self.start_agent_pod(target, report, cancel).await?;
+        Ok(DirectAgent {
+            forward: Arc::new(forward),
+            token,
+            handle: Box::new(agent),
+        })
+    }
+
+    async fn start_agent_pod(
+        &self,
+        target: &str,
+        report: Report<'_>,
+        cancel: &CancellationToken,
+    ) -> Result<(AgentForward, SessionToken, KubeAgent)> {
         let (client, parsed) = self.client_for(target).await?;
         report(&Phase::Resolving {
             target: parsed.to_string(),
@@ -394,8 +491,11 @@ impl KubePlatform {
                 return Err(e);
             }
         };
-        let (addr, relay) = match port_forward(pods.clone(), pod_name.clone()).await {
-            Ok(r) => r,
+        // The first port-forward is opened now, so a refusal (RBAC, an API
+        // server without the subresource) is the start's error, not a failed
+        // handshake later; the first connection uses it.
+        let first = match open_forward(&pods, &pod_name).await {
+            Ok(f) => f,
             Err(e) => {
                 cleanup.run().await;
                 return Err(e);
@@ -403,16 +503,21 @@ impl KubePlatform {
         };
         let running = Arc::new(AtomicBool::new(true));
         let watcher = tokio::spawn(watch(pods.clone(), pod_name.clone(), running.clone()));
-        Ok(StartedAgent {
-            addr,
-            token: SessionToken(token),
-            handle: Box::new(KubeAgent {
+        let forward = AgentForward {
+            pods,
+            pod: pod_name,
+            first: std::sync::Mutex::new(Some(first)),
+        };
+        Ok((
+            forward,
+            SessionToken(token),
+            KubeAgent {
                 running,
-                relay,
+                relay: None,
                 watcher,
                 cleanup,
-            }),
-        })
+            },
+        ))
     }
 
     async fn wait_for_job_pod(
@@ -526,31 +631,24 @@ async fn agent_listens(pods: &Api<Pod>, pod: &str, container: &str) -> Result<bo
 }
 
 /// Listen on loopback and relay each connection through a port-forward to
-/// the agent's port in `pod` ([`crate::portforward`]).
-async fn port_forward(pods: Api<Pod>, pod: String) -> Result<(SocketAddr, JoinHandle<()>)> {
-    // The first port-forward is opened now, so a refusal (RBAC, an API
-    // server without the subresource) is the start's error, not a failed
-    // handshake later; the first connection uses it.
-    let mut first = Some(open_forward(&pods, &pod).await?);
+/// the agent's port ([`crate::portforward`]).
+async fn listen(forward: AgentForward) -> Result<(SocketAddr, JoinHandle<()>)> {
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
         .map_err(|e| Error::Resolve(format!("binding the port-forward listener: {e}")))?;
     let addr = listener
         .local_addr()
         .map_err(|e| Error::Resolve(e.to_string()))?;
+    let forward = Arc::new(forward);
     let relay = tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
-            let pods = pods.clone();
-            let pod = pod.clone();
-            let opened = first.take();
+            let forward = forward.clone();
             tokio::spawn(async move {
-                let forward = match opened {
-                    Some(f) => Ok(f),
-                    None => open_forward(&pods, &pod).await,
-                };
-                match forward {
+                match forward.open().await {
                     Ok(f) => f.relay(stream).await,
-                    Err(e) => tracing::warn!(%pod, error = %e, "port-forward to the agent failed"),
+                    Err(e) => {
+                        tracing::warn!(pod = %forward.pod, error = %e, "port-forward to the agent failed");
+                    }
                 }
             });
         }
@@ -630,7 +728,8 @@ impl Cleanup {
 #[derive(Debug)]
 struct KubeAgent {
     running: Arc<AtomicBool>,
-    relay: JoinHandle<()>,
+    /// The local listener's relay, when the agent is reached through one.
+    relay: Option<JoinHandle<()>>,
     watcher: JoinHandle<()>,
     cleanup: Cleanup,
 }
@@ -642,7 +741,9 @@ impl AgentHandle for KubeAgent {
 
     fn stop(self: Box<Self>) -> BoxFuture<'static, ()> {
         Box::pin(async move {
-            self.relay.abort();
+            if let Some(relay) = &self.relay {
+                relay.abort();
+            }
             self.watcher.abort();
             self.cleanup.run().await;
         })

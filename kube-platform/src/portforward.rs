@@ -17,12 +17,21 @@
 //! is the port number (two bytes, little endian), every later one is a
 //! channel byte and a payload. v4 has no half-close: when the local side
 //! finishes sending, the WebSocket is closed, as kube-rs does.
+//!
+//! [`PortForwardStream`] is the same WebSocket as a byte stream
+//! (`AsyncRead` + `AsyncWrite`) for a client that speaks to the pod's port
+//! itself: the intproxy carries its framed remora protocol in the
+//! WebSocket's payloads that way, with no local socket and relay between it
+//! and the WebSocket. [`PortForward::relay`] remains for clients that need a
+//! local address (the operator link of short commands, the `Platform` seam).
 
-use bytes::Bytes;
-use futures::{SinkExt, StreamExt};
+use bytes::{Buf, Bytes};
+use futures::{Sink, SinkExt, StreamExt};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio_tungstenite::WebSocketStream;
@@ -40,7 +49,7 @@ const ERROR: u8 = 1;
 const CLOSE: u8 = 255;
 
 /// The socket `kube::Client::connect` opens.
-type Upgraded = hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>;
+pub type Upgraded = hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>;
 
 /// An open port-forward WebSocket to one port of a pod, not yet relaying.
 pub struct PortForward {
@@ -84,6 +93,209 @@ impl PortForward {
     /// Relay `local` to the pod's port and back until either side ends.
     pub async fn relay(self, local: TcpStream) {
         relay(self.socket, local, &self.pod, self.port).await;
+    }
+
+    /// The forward as a byte stream to the pod's port.
+    pub fn into_stream(self) -> PortForwardStream<Upgraded> {
+        PortForwardStream::new(self.socket, self.pod, self.port)
+    }
+}
+
+/// What one message from the server is, once its channel byte is read.
+enum Frame {
+    /// Bytes from the pod's port.
+    Data(Bytes),
+    /// Nothing for the reader (a channel's port announcement, a text or
+    /// ping message).
+    Skip,
+    /// The pod's side of the port ended.
+    End,
+}
+
+/// The reading half of the channel protocol: which channels announced
+/// their port yet.
+#[derive(Debug, Default)]
+struct Channels {
+    opened: [bool; 2],
+}
+
+impl Channels {
+    /// Classify `data`, one binary message from the server.
+    fn frame(&mut self, data: Bytes, port: u16) -> Result<Frame, Ended> {
+        let Some(&channel) = data.first() else {
+            return Ok(Frame::Skip);
+        };
+        if channel == CLOSE {
+            // v5 (no Kubernetes server picks it for port-forward: see
+            // docs/kubernetes.md): the server closed a channel.
+            return Ok(if data.get(1) == Some(&DATA) {
+                Frame::End
+            } else {
+                Frame::Skip
+            });
+        }
+        let Some(seen) = self.opened.get_mut(usize::from(channel)) else {
+            return Err(Ended::Broken(format!("a message on channel {channel}")));
+        };
+        let payload = data.slice(1..);
+        if !*seen {
+            let announced = <[u8; 2]>::try_from(&payload[..])
+                .ok()
+                .map(u16::from_le_bytes);
+            if announced != Some(port) {
+                return Err(Ended::Broken(format!(
+                    "channel {channel} opened for port {announced:?}, not {port}"
+                )));
+            }
+            *seen = true;
+            return Ok(Frame::Skip);
+        }
+        if channel == ERROR {
+            return Err(Ended::Refused(
+                String::from_utf8_lossy(&payload).into_owned(),
+            ));
+        }
+        Ok(Frame::Data(payload))
+    }
+}
+
+/// A port-forward WebSocket to one port of a pod as a byte stream: reads
+/// give the data channel's payloads (an error-channel message is a
+/// `ConnectionRefused` error: nothing listens on the port), each write is
+/// one data message, and shutting down closes the WebSocket (v4 has no
+/// half-close). Polled from one task (it is not split), so no lock sits
+/// between the two directions.
+pub struct PortForwardStream<S> {
+    socket: WebSocketStream<S>,
+    pod: String,
+    port: u16,
+    channels: Channels,
+    /// The rest of the last data message, not yet read.
+    pending: Bytes,
+    /// The server closed the data channel or the WebSocket.
+    ended: bool,
+}
+
+impl<S> std::fmt::Debug for PortForwardStream<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PortForwardStream")
+            .field("pod", &self.pod)
+            .field("port", &self.port)
+            .field("ended", &self.ended)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S> PortForwardStream<S> {
+    /// Over `socket`, a port-forward WebSocket to `port` of `pod` that
+    /// negotiated the binary channel protocol.
+    pub fn new(socket: WebSocketStream<S>, pod: String, port: u16) -> Self {
+        PortForwardStream {
+            socket,
+            pod,
+            port,
+            channels: Channels::default(),
+            pending: Bytes::new(),
+            ended: false,
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for PortForwardStream<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            if !this.pending.is_empty() {
+                let n = this.pending.len().min(buf.remaining());
+                buf.put_slice(&this.pending[..n]);
+                this.pending.advance(n);
+                return Poll::Ready(Ok(()));
+            }
+            if this.ended {
+                return Poll::Ready(Ok(()));
+            }
+            let data = match ready!(this.socket.poll_next_unpin(cx)) {
+                Some(Ok(Message::Binary(data))) => data,
+                Some(Ok(Message::Close(_))) | None => {
+                    this.ended = true;
+                    continue;
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => {
+                    return Poll::Ready(Err(std::io::Error::other(format!(
+                        "port-forward to pod {} port {}: {e}",
+                        this.pod, this.port
+                    ))));
+                }
+            };
+            match this.channels.frame(data, this.port) {
+                Ok(Frame::Data(payload)) => this.pending = payload,
+                Ok(Frame::Skip) => {}
+                Ok(Frame::End) => this.ended = true,
+                Err(Ended::Refused(message)) => {
+                    this.ended = true;
+                    return Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::ConnectionRefused,
+                        format!("pod {} port {}: {message}", this.pod, this.port),
+                    )));
+                }
+                Err(Ended::Broken(reason)) => {
+                    this.ended = true;
+                    return Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!(
+                            "port-forward to pod {} port {}: {reason}",
+                            this.pod, this.port
+                        ),
+                    )));
+                }
+            }
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for PortForwardStream<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        let this = self.get_mut();
+        ready!(Pin::new(&mut this.socket).poll_ready(cx)).map_err(ws_error)?;
+        let n = buf.len().min(CHUNK);
+        let mut message = Vec::with_capacity(1 + n);
+        message.push(DATA);
+        message.extend_from_slice(&buf[..n]);
+        Pin::new(&mut this.socket)
+            .start_send(Message::Binary(message.into()))
+            .map_err(ws_error)?;
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().socket)
+            .poll_flush(cx)
+            .map_err(ws_error)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().socket)
+            .poll_close(cx)
+            .map_err(ws_error)
+    }
+}
+
+fn ws_error(e: tokio_tungstenite::tungstenite::Error) -> std::io::Error {
+    match e {
+        tokio_tungstenite::tungstenite::Error::Io(e) => e,
+        other => std::io::Error::other(other),
     }
 }
 
@@ -139,8 +351,7 @@ async fn to_local_loop<S: AsyncRead + AsyncWrite + Unpin>(
     mut to_local: OwnedWriteHalf,
     port: u16,
 ) -> Result<(), Ended> {
-    // Whether each channel's first message (the port number) was seen.
-    let mut opened = [false; 2];
+    let mut channels = Channels::default();
     while let Some(message) = stream.next().await {
         let data = match message {
             Ok(Message::Binary(data)) => data,
@@ -148,35 +359,12 @@ async fn to_local_loop<S: AsyncRead + AsyncWrite + Unpin>(
             Ok(_) => continue,
             Err(e) => return Err(Ended::Broken(format!("reading the WebSocket: {e}"))),
         };
-        let Some((&channel, payload)) = data.split_first() else {
-            continue;
+        let payload = match channels.frame(data, port)? {
+            Frame::Data(payload) => payload,
+            Frame::Skip => continue,
+            Frame::End => break,
         };
-        if channel == CLOSE {
-            // v5 (if a server picks it): the server closed a channel.
-            if payload.first() == Some(&DATA) {
-                break;
-            }
-            continue;
-        }
-        let Some(seen) = opened.get_mut(usize::from(channel)) else {
-            return Err(Ended::Broken(format!("a message on channel {channel}")));
-        };
-        if !*seen {
-            let announced = <[u8; 2]>::try_from(payload).ok().map(u16::from_le_bytes);
-            if announced != Some(port) {
-                return Err(Ended::Broken(format!(
-                    "channel {channel} opened for port {announced:?}, not {port}"
-                )));
-            }
-            *seen = true;
-            continue;
-        }
-        if channel == ERROR {
-            return Err(Ended::Refused(
-                String::from_utf8_lossy(payload).into_owned(),
-            ));
-        }
-        if let Err(e) = to_local.write_all(payload).await {
+        if let Err(e) = to_local.write_all(&payload).await {
             return Err(Ended::Broken(format!("writing to the local socket: {e}")));
         }
     }

@@ -1082,6 +1082,78 @@ fn an_unpullable_agent_image_and_an_agent_that_never_listens_fail_clearly_and_le
     );
 }
 
+/// The CLI stopped while the agent starts (a Ctrl-C, a SIGTERM, a SIGKILL):
+/// the intproxy, in a session of its own, sees its stdout's reader gone,
+/// cancels the start and deletes the Job it created.
+#[test]
+fn the_cli_stopped_while_the_agent_starts_leaves_no_agent() {
+    require_sandbox!();
+    // A stand-in `remora-agent` that runs but never listens: the start waits
+    // (agent.startup_timeout = 300) until the CLI goes.
+    let fake = tempfile::tempdir().unwrap();
+    let agent = fake.path().join("remora-agent");
+    std::fs::write(
+        &agent,
+        "#!/bin/sh\necho starting but never listening >&2\nexec sleep 600\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&agent, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let sim = Sim::start_with_path(fake.path());
+    sim.deployment("web", "exec sleep 600");
+    wait_ready(&sim, "web");
+    let config = sim.dir.path().join("remora.toml");
+    std::fs::write(&config, "[agent]\nstartup_timeout = 300\n").unwrap();
+    for signal in ["KILL", "TERM", "INT"] {
+        let child = sim
+            .remora(&[
+                "run",
+                "-f",
+                config.to_str().unwrap(),
+                "-t",
+                "deployment/web",
+                "--",
+                "true",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut cli = Reaped(child);
+        poll(
+            || {
+                sim.kubectl(&[
+                    "get",
+                    "pods",
+                    "-l",
+                    AGENT_SELECTOR,
+                    "-o",
+                    "jsonpath={.items[*].status.phase}",
+                ])
+                .contains("Running")
+            },
+            "the agent's pod to run (its agent never listens)",
+        );
+        assert!(
+            cli.0.try_wait().unwrap().is_none(),
+            "remora run ended before SIG{signal}"
+        );
+        // Our own child, by its pid.
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &cli.0.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let _ = cli.0.wait();
+        // Reaped: its pid is no longer ours to signal on drop.
+        std::mem::forget(cli);
+        poll(
+            || sim.agent_objects().trim().is_empty(),
+            &format!("the agent Job to be deleted after SIG{signal} to remora run"),
+        );
+    }
+}
+
 #[test]
 fn psql_reaches_a_database_only_the_pod_can_reach() {
     require_sandbox!();

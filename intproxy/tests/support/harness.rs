@@ -218,7 +218,7 @@ impl Harness {
         );
         let agent = FakeAgent::start(script).await;
         let proxy = IntProxy::start(IntProxyConfig {
-            agent: agent.addr(),
+            agent: agent.addr().into(),
             agent_token: SessionToken(AGENT_TOKEN.into()),
             layer_token: SessionToken(layer_token.clone()),
             identity: ClientIdentity {

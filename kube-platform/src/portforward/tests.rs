@@ -118,3 +118,101 @@ async fn a_channel_opened_for_another_port_closes_the_local_connection() {
     app.read_to_end(&mut rest).await.unwrap();
     assert!(rest.is_empty());
 }
+
+/// A [`PortForwardStream`] over an in-memory WebSocket, and the server's end.
+async fn streamed() -> (
+    PortForwardStream<DuplexStream>,
+    WebSocketStream<DuplexStream>,
+) {
+    let (client_io, server_io) = tokio::io::duplex(256 * 1024);
+    let socket = WebSocketStream::from_raw_socket(client_io, Role::Client, None).await;
+    let server = WebSocketStream::from_raw_socket(server_io, Role::Server, None).await;
+    (
+        PortForwardStream::new(socket, "agent-pod".into(), PORT),
+        server,
+    )
+}
+
+#[tokio::test]
+async fn the_stream_carries_bytes_both_ways_in_data_messages() {
+    let (mut stream, mut server) = streamed().await;
+    announce(&mut server, PORT).await;
+    stream.write_all(b"hello").await.unwrap();
+    stream.flush().await.unwrap();
+    assert_eq!(next_data(&mut server).await.unwrap(), b"hello");
+    server.send(on(DATA, b"wor")).await.unwrap();
+    server.send(Message::Ping(Bytes::new())).await.unwrap();
+    server.send(on(DATA, b"ld")).await.unwrap();
+    let mut got = [0; 5];
+    stream.read_exact(&mut got).await.unwrap();
+    assert_eq!(&got, b"world");
+    // A write larger than a message is split; every byte arrives in order.
+    let big: Vec<u8> = (0..3 * CHUNK as u32 + 17)
+        .map(|i| (i % 253) as u8)
+        .collect();
+    let expected = big.clone();
+    let writer = tokio::spawn(async move {
+        stream.write_all(&big).await.unwrap();
+        stream.flush().await.unwrap();
+        stream
+    });
+    let mut received = Vec::new();
+    while received.len() < expected.len() {
+        let payload = next_data(&mut server).await.unwrap();
+        assert!(payload.len() <= CHUNK);
+        received.extend(payload);
+    }
+    assert!(received == expected, "the upload arrived out of order");
+    let mut stream = writer.await.unwrap();
+    // Shutting down closes the WebSocket (v4 has no half-close).
+    stream.shutdown().await.unwrap();
+    assert_eq!(next_data(&mut server).await, None);
+}
+
+#[tokio::test]
+async fn the_stream_ends_when_the_server_closes() {
+    let (mut stream, mut server) = streamed().await;
+    announce(&mut server, PORT).await;
+    server.send(on(DATA, b"last words")).await.unwrap();
+    server.close(None).await.unwrap();
+    let mut rest = Vec::new();
+    stream.read_to_end(&mut rest).await.unwrap();
+    assert_eq!(rest, b"last words");
+}
+
+#[tokio::test]
+async fn the_stream_ends_at_a_v5_close_signal_for_the_data_channel() {
+    // No Kubernetes server picks v5 for port-forward (docs/kubernetes.md);
+    // should one, its close signal for the data channel is the end.
+    let (mut stream, mut server) = streamed().await;
+    announce(&mut server, PORT).await;
+    server.send(on(DATA, b"bye")).await.unwrap();
+    server.send(on(CLOSE, &[ERROR])).await.unwrap();
+    server.send(on(DATA, b" now")).await.unwrap();
+    server.send(on(CLOSE, &[DATA])).await.unwrap();
+    let mut rest = Vec::new();
+    stream.read_to_end(&mut rest).await.unwrap();
+    assert_eq!(rest, b"bye now");
+}
+
+#[tokio::test]
+async fn an_error_message_is_a_refused_read() {
+    let (mut stream, mut server) = streamed().await;
+    announce(&mut server, PORT).await;
+    server
+        .send(on(ERROR, b"error forwarding port 4242: connection refused"))
+        .await
+        .unwrap();
+    let e = stream.read(&mut [0; 16]).await.unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused);
+    assert!(e.to_string().contains("connection refused"), "{e}");
+}
+
+#[tokio::test]
+async fn a_channel_opened_for_another_port_is_invalid_data() {
+    let (mut stream, mut server) = streamed().await;
+    announce(&mut server, PORT + 1).await;
+    let e = stream.read(&mut [0; 16]).await.unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::InvalidData);
+    assert!(e.to_string().contains("not 4242"), "{e}");
+}

@@ -2,8 +2,10 @@
 # remora against a Kubernetes target on the test cluster, printed as a markdown table:
 # start-up of `remora run -t deployment/big -- true` (resolve, agent Job, its pod, the
 # agent's ready line, port-forward, environment), and 100 MB downloaded by curl from a
-# server on the pod's loopback, through remora (layer, intproxy, kube-rs port-forward,
-# agent) and through a plain `kubectl port-forward` relay to the same pod, in the same run.
+# server on the pod's loopback, through remora (layer, intproxy, the port-forward WebSocket
+# the intproxy speaks the remora protocol over, agent) and through a plain `kubectl
+# port-forward` relay to the same pod, in the same run; and the latency of a small request
+# (a new connection each: the median of 50 sequential 100-byte GETs in one curl) both ways.
 # Usage: tests/kube-sim/bench/remora_kube.sh [BIN_DIR]   (default target/release; it holds
 # remora, remora-agent, libremora_layer.so and remora-kube-sim; needs root, kubectl, curl)
 set -euo pipefail
@@ -33,6 +35,7 @@ load_start=$(load)
 
 mkdir -p "$work/www"
 head -c 100000000 /dev/zero > "$work/www/big"
+head -c 100 /dev/zero > "$work/www/small"
 cat > "$work/d.yaml" <<YAML
 apiVersion: apps/v1
 kind: Deployment
@@ -59,6 +62,10 @@ summary() { python3 -c '
 import statistics, sys
 v = sorted(float(x) for x in sys.stdin.read().split())
 print(f"{v[0]:.3f}–{v[-1]:.3f} s (median {statistics.median(v):.3f} s)")'; }
+summary_ms() { python3 -c '
+import statistics, sys
+v = sorted(1000 * float(x) for x in sys.stdin.read().split())
+print(f"{v[0]:.2f}–{v[-1]:.2f} ms (median {statistics.median(v):.2f} ms)")'; }
 rate() { python3 -c '
 import statistics, sys
 v = sorted(float(x) for x in sys.stdin.read().split())
@@ -86,13 +93,26 @@ python3 -m http.server "$local_port" --bind 127.0.0.1 --directory "$work/www" >/
 local_pid=$!
 for _ in $(seq 300); do curl -s -o /dev/null "http://127.0.0.1:$local_port/" && break; sleep 0.1; done
 
+# 50 sequential GETs of a 100-byte file in one curl (python3's http.server closes each
+# connection, so each is a new connection through the forward): the median of their times.
+small_args() { for _ in $(seq 50); do printf '%s\n' -o /dev/null "$1"; done; }
+median() { python3 -c '
+import statistics, sys
+print(f"{statistics.median(float(x) for x in sys.stdin.read().split()):.6f}")'; }
+mapfile -t small_remote < <(small_args http://127.0.0.1:8080/small)
+mapfile -t small_kubectl < <(small_args "http://127.0.0.1:$port/small")
+
 through_remora=()
 through_kubectl=()
 through_local=()
+small_through_remora=()
+small_through_kubectl=()
 for _ in $(seq "$RUNS"); do
     through_remora+=("$(remora curl -sS -o /dev/null -w '%{time_total}' http://127.0.0.1:8080/big)")
     through_kubectl+=("$(curl -sS -o /dev/null -w '%{time_total}' "http://127.0.0.1:$port/big")")
     through_local+=("$("$BIN/remora" run -t "pid/$local_pid" -- curl -sS -o /dev/null -w '%{time_total}' "http://127.0.0.1:$local_port/big")")
+    small_through_remora+=("$(remora curl -sS -w '%{time_total}\n' "${small_remote[@]}" | median)")
+    small_through_kubectl+=("$(curl -sS -w '%{time_total}\n' "${small_kubectl[@]}" | median)")
 done
 kill "$local_pid"; wait "$local_pid" 2>/dev/null || true
 local_pid=
@@ -108,3 +128,5 @@ echo "| start-up: \`remora run -t deployment/big -- true\` | $(printf '%s\n' "${
 echo "| 100 MB: \`remora run -t deployment/big -- curl\` (curl's time) | $(printf '%s\n' "${through_remora[@]}" | summary) | $(printf '%s\n' "${through_remora[@]}" | rate) |"
 echo "| 100 MB: \`remora run -t pid/<local server> -- curl\` (no port-forward) | $(printf '%s\n' "${through_local[@]}" | summary) | $(printf '%s\n' "${through_local[@]}" | rate) |"
 echo "| 100 MB: \`kubectl port-forward\` + curl | $(printf '%s\n' "${through_kubectl[@]}" | summary) | $(printf '%s\n' "${through_kubectl[@]}" | rate) |"
+echo "| small GET, new connection each (median of 50 per run): \`remora run -t deployment/big -- curl\` | $(printf '%s\n' "${small_through_remora[@]}" | summary_ms) | |"
+echo "| small GET, new connection each (median of 50 per run): \`kubectl port-forward\` + curl | $(printf '%s\n' "${small_through_kubectl[@]}" | summary_ms) | |"

@@ -1,6 +1,8 @@
 //! `pods/<name>/portforward`, in the three ways clients ask for it:
 //!
-//! * WebSocket `v4.channel.k8s.io` (kube-rs `Api::<Pod>::portforward`);
+//! * WebSocket `v4.channel.k8s.io` (kube-rs `Api::<Pod>::portforward`, which offers
+//!   `v5.channel.k8s.io, v4.channel.k8s.io`), or no subprotocol at all (the same binary
+//!   channels);
 //! * WebSocket `SPDY/3.1+portforward.k8s.io`: SPDY tunnelled in binary WebSocket messages
 //!   (kubectl ≥ 1.31 by default);
 //! * a plain `Upgrade: SPDY/3.1` with `X-Stream-Protocol-Version: portforward.k8s.io`
@@ -36,6 +38,9 @@ use crate::{
 
 /// kube-rs' channel protocol.
 const V4: &str = "v4.channel.k8s.io";
+/// The same channels in base64 text messages: a kubelet speaks it, this sim does not (no
+/// client here offers it), and says so.
+const V4_BASE64: &str = "v4.base64.channel.k8s.io";
 /// kubectl's SPDY-in-WebSocket tunnel.
 const SPDY_TUNNEL: &str = "SPDY/3.1+portforward.k8s.io";
 /// The SPDY port-forward protocol.
@@ -108,6 +113,49 @@ pub(crate) fn header_str(req: &Request<Incoming>, name: header::HeaderName) -> V
         .collect()
 }
 
+/// The WebSocket subprotocol a Kubernetes API server and kubelet pick from the client's
+/// `offered` list, or `""` for none.
+///
+/// The API server tunnels SPDY when any offered protocol is `SPDY/3.1+…k8s.io`
+/// (`PortForwardWebsockets`, on by default since 1.31; `IsWebSocketRequestWithTunnelingProtocol`
+/// in apiserver's `streamtunnel.go`); anything else is proxied to the kubelet, whose
+/// port-forward (`pkg/kubelet/cri/streaming/portforward/websocket.go`) accepts `""`,
+/// `v4.channel.k8s.io` and `v4.base64.channel.k8s.io`, and `wsstream`'s handshake takes the
+/// first of the client's protocols it accepts (no header counts as `""`). So kube-rs' offer
+/// `v5.channel.k8s.io, v4.channel.k8s.io` gets v4: no Kubernetes version speaks v5 (the
+/// close signal of KEP-4006) for port-forward, only for exec and attach; a v5-only offer is a
+/// 400 `requested protocol(s) are not supported`.
+fn negotiate(offered: &[&str]) -> Result<&'static str> {
+    if offered
+        .iter()
+        .any(|p| p.starts_with("SPDY/3.1+") && p.ends_with(".k8s.io"))
+    {
+        return if offered.contains(&SPDY_TUNNEL) {
+            Ok(SPDY_TUNNEL)
+        } else {
+            Err(ApiError::bad_request(format!(
+                "requested protocol(s) are not supported: {offered:?}; supports [{SPDY_TUNNEL}]"
+            )))
+        };
+    }
+    let offered = if offered.is_empty() {
+        &[""][..]
+    } else {
+        offered
+    };
+    match offered.iter().find(|p| ["", V4, V4_BASE64].contains(p)) {
+        Some(&V4_BASE64) => Err(ApiError::bad_request(format!(
+            "{V4_BASE64} is what a kubelet would pick here; remora-kube-sim does not speak it \
+             (offer {V4})"
+        ))),
+        Some(&V4) => Ok(V4),
+        Some(_) => Ok(""),
+        None => Err(ApiError::bad_request(format!(
+            "requested protocol(s) are not supported: {offered:?}; supports [\"\" {V4} {V4_BASE64}]"
+        ))),
+    }
+}
+
 /// The ports a v4 client asks for: `ports=80,8080` (or the parameter repeated).
 fn requested_ports(query: &Query) -> Result<Vec<u16>> {
     query
@@ -146,15 +194,8 @@ pub fn handle(cgroups: &Cgroups, pod: &Value, req: Request<Incoming>) -> Result<
             .ok_or_else(|| ApiError::bad_request("missing Sec-WebSocket-Key"))?;
         let accept = derive_accept_key(key.as_bytes());
         let offered = header_str(&req, header::SEC_WEBSOCKET_PROTOCOL);
-        let protocol = [V4, SPDY_TUNNEL]
-            .into_iter()
-            .find(|p| offered.contains(p))
-            .ok_or_else(|| {
-                ApiError::bad_request(format!(
-                    "no supported WebSocket subprotocol in {offered:?}: this server speaks {V4} and {SPDY_TUNNEL}"
-                ))
-            })?;
-        let ports = if protocol == V4 {
+        let protocol = negotiate(&offered)?;
+        let ports = if protocol != SPDY_TUNNEL {
             let ports = requested_ports(&Query::parse(req.uri().query()))?;
             if ports.is_empty() {
                 return Err(ApiError::bad_request(
@@ -172,7 +213,7 @@ pub fn handle(cgroups: &Cgroups, pod: &Value, req: Request<Incoming>) -> Result<
             };
             let ws =
                 WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
-            if protocol == V4 {
+            if protocol != SPDY_TUNNEL {
                 websocket::serve_v4(ws, ports, target).await;
             } else {
                 let (input, output) = websocket::byte_pipe(ws);
@@ -181,11 +222,14 @@ pub fn handle(cgroups: &Cgroups, pod: &Value, req: Request<Incoming>) -> Result<
                 }
             }
         });
-        return Ok(switching(&[
+        let mut headers = vec![
             (header::UPGRADE.as_str(), "websocket"),
-            (header::SEC_WEBSOCKET_ACCEPT.as_str(), &accept),
-            (header::SEC_WEBSOCKET_PROTOCOL.as_str(), protocol),
-        ]));
+            (header::SEC_WEBSOCKET_ACCEPT.as_str(), accept.as_str()),
+        ];
+        if !protocol.is_empty() {
+            headers.push((header::SEC_WEBSOCKET_PROTOCOL.as_str(), protocol));
+        }
+        return Ok(switching(&headers));
     }
     if upgrade.iter().any(|u| u.eq_ignore_ascii_case("SPDY/3.1")) {
         let versions = header_str(
@@ -225,4 +269,36 @@ pub(crate) fn switching(headers: &[(&str, &str)]) -> Response<Body> {
         resp = resp.header(*k, *v);
     }
     resp.body(full(bytes::Bytes::new())).expect("response")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_subprotocol_is_the_first_offered_one_a_kubelet_accepts() {
+        // kube-rs 5.0's offer: v5 first, which no kubelet speaks for port-forward.
+        assert_eq!(negotiate(&["v5.channel.k8s.io", V4]).unwrap(), V4);
+        assert_eq!(negotiate(&[V4]).unwrap(), V4);
+        // No header (or an empty one): binary channels, no protocol in the answer.
+        assert_eq!(negotiate(&[]).unwrap(), "");
+        assert_eq!(negotiate(&[""]).unwrap(), "");
+        // kubectl's tunnel, whatever else it offers.
+        assert_eq!(negotiate(&[SPDY_TUNNEL]).unwrap(), SPDY_TUNNEL);
+        assert_eq!(negotiate(&[V4, SPDY_TUNNEL]).unwrap(), SPDY_TUNNEL);
+    }
+
+    #[test]
+    fn an_offer_without_a_port_forward_protocol_is_refused() {
+        for offered in [
+            &["v5.channel.k8s.io"][..],
+            &["channel.k8s.io"],
+            &["SPDY/3.1+remotecommand.k8s.io"],
+            &[V4_BASE64, V4],
+        ] {
+            let e = negotiate(offered).unwrap_err();
+            assert_eq!(e.code, 400, "{offered:?}");
+            assert!(e.message.contains("not"), "{offered:?}: {}", e.message);
+        }
+    }
 }

@@ -197,3 +197,22 @@ async fn kube_rs_portforward() {
         "{error}"
     );
 }
+
+/// kube-rs 5.0 offers `v5.channel.k8s.io, v4.channel.k8s.io`; a kubelet (and the sim)
+/// answers a port-forward with v4, which has no close signal.
+#[tokio::test]
+async fn kube_rs_offers_v5_first_and_gets_v4() {
+    let sim = Sim::start();
+    let port = free_port();
+    web_pod(&sim, "web", port, "127.0.0.1");
+    let client = client(&sim).await;
+    let pods: Api<Pod> = Api::default_namespaced(client.clone());
+    let request = kube::core::Request::new(pods.resource_url())
+        .portforward("web", &[port])
+        .expect("request");
+    let connection = client.connect(request).await.expect("upgrade");
+    assert!(
+        !connection.supports_stream_close(),
+        "the sim picked v5 for a port-forward"
+    );
+}
