@@ -216,7 +216,10 @@ fn route(path: &str) -> Route<'_> {
         ["apis", g, v, "namespaces", namespace, r, name, s]
             if *g == GROUP && *v == VERSION && *r == RESOURCE && *s == SUBRESOURCE =>
         {
-            Route::Connect { namespace, name }
+            Route::Connect {
+                namespace: *namespace,
+                name: *name,
+            }
         }
         _ => Route::Unknown,
     }

@@ -164,6 +164,8 @@ async fn serve(args: ServeArgs, parent: nix::unistd::Pid) -> Result<(), Error> {
     if !matches!(args.runtime.as_str(), "process" | "netns" | "containerd") {
         return Err(Error::UnsupportedRuntime(args.runtime));
     }
+    // Made first: nothing to clean up if it fails.
+    let front_proxy = tls::front_proxy().map_err(Error::Tls)?;
     sweep_leftovers();
     let state_dir = std::env::temp_dir().join(format!("{STATE_DIR_PREFIX}{}", std::process::id()));
     std::fs::create_dir_all(&state_dir).map_err(|source| Error::Write {
@@ -234,7 +236,6 @@ async fn serve(args: ServeArgs, parent: nix::unistd::Pid) -> Result<(), Error> {
     if let Some(tls) = &tls {
         store.set_root_ca(&tls.ca_pem);
     }
-    let front_proxy = tls::front_proxy().map_err(Error::Tls)?;
     aggregator::publish_authentication(&store, &front_proxy, tls.as_ref().map(|t| t.ca_pem.as_str()));
     // Cluster IPs from the run's own 10.215.N.0/24, served by the service proxy.
     store.set_service_subnet(network.index());
