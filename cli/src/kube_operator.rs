@@ -133,12 +133,13 @@ impl OperatorLaunch {
     /// # Errors
     /// [`Error::Operator`]: the kubeconfig or its token cannot be read.
     pub fn token(&mut self) -> Result<String> {
-        let token = block_on(remora_kube::operator_link::bearer_token(&self.options)).map_err(
-            |e| Error::Operator {
-                operator: format!("kube ({})", self.operator),
-                reason: e.to_string(),
-            },
-        )?;
+        let token =
+            block_on(remora_kube::operator_link::bearer_token(&self.options)).map_err(|e| {
+                Error::Operator {
+                    operator: format!("kube ({})", self.operator),
+                    reason: e.to_string(),
+                }
+            })?;
         self.through_api = token.is_none();
         Ok(token.unwrap_or_default())
     }
@@ -172,9 +173,7 @@ impl OperatorLaunch {
             reason: e.to_string(),
         };
         if self.through_api {
-            let api = OperatorApi::connect(&self.options)
-                .await
-                .map_err(failed)?;
+            let api = OperatorApi::connect(&self.options).await.map_err(failed)?;
             let (addr, _relay) = api.listen().await.map_err(failed)?;
             return Ok(addr);
         }

@@ -106,9 +106,7 @@ pub async fn bearer_token(options: &ClientOptions) -> Result<Option<String>> {
     let config = crate::client::config(options).await?;
     let auth = &config.auth_info;
     if let Some(token) = &auth.token {
-        return Ok(Some(
-            secrecy::ExposeSecret::expose_secret(token).to_owned(),
-        ));
+        return Ok(Some(secrecy::ExposeSecret::expose_secret(token).to_owned()));
     }
     if let Some(path) = &auth.token_file {
         let token = std::fs::read_to_string(path).map_err(|e| {

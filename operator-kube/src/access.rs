@@ -141,12 +141,13 @@ pub fn admit(hello: &Hello, who: &Vouched, default_namespace: &str) -> Result<Ca
         remora_kube::operator_api::route(hello.target.as_deref(), default_namespace);
     // A connection without a target lists and kills sessions: any
     // namespace's URL may carry it.
-    let same = name == who.target
-        && (hello.target.is_none() || namespace == who.namespace);
+    let same = name == who.target && (hello.target.is_none() || namespace == who.namespace);
     if !same {
         return Err(format!(
             "the connection was opened for {RESOURCE}/{} in namespace {} but asks for {} in              namespace {namespace}",
-            who.target, who.namespace, name,
+            who.target,
+            who.namespace,
+            name,
             RESOURCE = remora_kube::operator_api::RESOURCE,
         ));
     }

@@ -250,7 +250,9 @@ fn handle(
         "preferredVersion": {"groupVersion": format!("{GROUP}/{VERSION}"), "version": VERSION},
     });
     match route {
-        Route::GroupList => object(json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": [group]})),
+        Route::GroupList => {
+            object(json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": [group]}))
+        }
         Route::Group => {
             let mut group = group;
             group["kind"] = json!("APIGroup");
@@ -278,8 +280,10 @@ fn handle(
         Route::Health | Route::Unknown => status(
             StatusCode::NOT_FOUND,
             "NotFound",
-            &format!("the operator serves no {path} (sessions connect to {})",
-                operator_api::connect_path("NAMESPACE", &format!("KIND.NAME or {CONTROL}"))),
+            &format!(
+                "the operator serves no {path} (sessions connect to {})",
+                operator_api::connect_path("NAMESPACE", &format!("KIND.NAME or {CONTROL}"))
+            ),
         ),
     }
 }
@@ -306,7 +310,10 @@ fn upgrade(
         .get(header::UPGRADE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
-    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY).filter(|_| is_websocket) else {
+    let Some(key) = headers
+        .get(header::SEC_WEBSOCKET_KEY)
+        .filter(|_| is_websocket)
+    else {
         return status(
             StatusCode::BAD_REQUEST,
             "BadRequest",
@@ -347,7 +354,10 @@ fn upgrade(
         .header(header::UPGRADE, "websocket")
         .header(header::SEC_WEBSOCKET_ACCEPT, accept);
     if let Some(protocol) = protocol {
-        response = response.header(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(protocol));
+        response = response.header(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static(protocol),
+        );
     }
     response
         .body(Full::new(Bytes::new()))
@@ -362,9 +372,10 @@ fn text(code: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
 
 fn object(value: serde_json::Value) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from(value.to_string())));
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     response
 }
 

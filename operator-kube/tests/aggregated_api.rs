@@ -61,7 +61,10 @@ fn ca(name: &str) -> Ca {
     let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     params.distinguished_name.push(DnType::CommonName, name);
-    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     let key = KeyPair::generate().unwrap();
     Ca {
         cert: params.self_signed(&key).unwrap(),
@@ -158,7 +161,10 @@ async fn connect(
     };
     let tcp = TcpStream::connect(served.addr).await.unwrap();
     let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(ServerName::try_from("remora-operator.remora.svc").unwrap(), tcp)
+        .connect(
+            ServerName::try_from("remora-operator.remora.svc").unwrap(),
+            tcp,
+        )
         .await
         .map_err(tungstenite::Error::Io)?;
     let mut request = format!(
@@ -170,7 +176,10 @@ async fn connect(
     let headers = request.headers_mut();
     headers.insert("X-Remote-User", "carol".parse().unwrap());
     headers.append("X-Remote-Group", "devs".parse().unwrap());
-    headers.insert("Sec-WebSocket-Protocol", "v4.channel.k8s.io".parse().unwrap());
+    headers.insert(
+        "Sec-WebSocket-Protocol",
+        "v4.channel.k8s.io".parse().unwrap(),
+    );
     tokio_tungstenite::client_async(request, tls)
         .await
         .map(|(ws, _)| ws)

@@ -132,7 +132,13 @@ fn a_client_certificate_user_runs_a_session_through_the_aggregated_api_as_itself
     let ip = pod_ip(&sim, "web");
     let carol_www = www(&sim, "carol-www", "carol's laptop");
     let carol_err = sim.dir.path().join("carol.err");
-    let _carol = steal_as(&carol_kc, "carol-laptop", "x-user: carol", &carol_www, &carol_err);
+    let _carol = steal_as(
+        &carol_kc,
+        "carol-laptop",
+        "x-user: carol",
+        &carol_www,
+        &carol_err,
+    );
     poll(
         || get(&ip, "x-user: carol").as_deref() == Ok("carol's laptop"),
         "carol's requests to reach her laptop",
@@ -189,10 +195,11 @@ fn client_certificate_users_without_the_permission_are_refused_naming_them() {
         "{err}"
     );
     assert!(
-        reviews_of(&sim, "frank").iter().any(|r| r["kind"]
-            == "SubjectAccessReview"
-            && r["spec"]["resourceAttributes"]["verb"] == "create"
-            && r["status"]["allowed"] == false),
+        reviews_of(&sim, "frank")
+            .iter()
+            .any(|r| r["kind"] == "SubjectAccessReview"
+                && r["spec"]["resourceAttributes"]["verb"] == "create"
+                && r["status"]["allowed"] == false),
         "the operator asked about frank himself"
     );
 
@@ -206,8 +213,10 @@ fn client_certificate_users_without_the_permission_are_refused_naming_them() {
     assert!(!out.status.success(), "grace had a session");
     let err = text(&out.stderr);
     assert!(
-        says(&err, "User \"grace\" cannot get resource \"targets/connect\"")
-            && says(&err, "needs get on targets/connect"),
+        says(
+            &err,
+            "User \"grace\" cannot get resource \"targets/connect\""
+        ) && says(&err, "needs get on targets/connect"),
         "{err}"
     );
     assert!(reviews_of(&sim, "grace").is_empty());
@@ -223,8 +232,21 @@ fn curl_operator(ip: &str, args: &[&str]) -> String {
          deployment.web/connect"
     );
     let out = Command::new("curl")
-        .args(["-sk", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5"])
-        .args(["-H", "X-Remote-User: system:admin", "-H", "X-Remote-Group: system:masters"])
+        .args([
+            "-sk",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "5",
+        ])
+        .args([
+            "-H",
+            "X-Remote-User: system:admin",
+            "-H",
+            "X-Remote-Group: system:masters",
+        ])
         .args(["-H", "Connection: Upgrade", "-H", "Upgrade: websocket"])
         .args(["-H", "Sec-WebSocket-Version: 13"])
         .args(["-H", "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ=="])

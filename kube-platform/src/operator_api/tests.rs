@@ -10,10 +10,7 @@ fn targets_route_to_their_namespace_and_a_path_segment() {
         route(Some("pod/web-1/container/app"), "default"),
         ("default".to_owned(), "pod.web-1.container.app".to_owned())
     );
-    assert_eq!(
-        route(None, "team"),
-        ("team".to_owned(), CONTROL.to_owned())
-    );
+    assert_eq!(route(None, "team"), ("team".to_owned(), CONTROL.to_owned()));
     assert_eq!(
         connect_path("shop", "deployment.web"),
         "/apis/operator.remora.dev/v1alpha1/namespaces/shop/targets/deployment.web/connect"

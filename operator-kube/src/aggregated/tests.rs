@@ -5,7 +5,10 @@ fn paths_route_to_discovery_and_connect() {
     assert_eq!(route("/healthz"), Route::Health);
     assert_eq!(route("/apis"), Route::GroupList);
     assert_eq!(route("/apis/operator.remora.dev"), Route::Group);
-    assert_eq!(route("/apis/operator.remora.dev/v1alpha1"), Route::Resources);
+    assert_eq!(
+        route("/apis/operator.remora.dev/v1alpha1"),
+        Route::Resources
+    );
     assert_eq!(
         route("/apis/operator.remora.dev/v1alpha1/namespaces/shop/targets/deployment.web/connect"),
         Route::Connect {
@@ -32,7 +35,9 @@ fn config(allowed: &[&str]) -> Arc<RequestHeaderConfig> {
 
 fn cert_named(cn: &str) -> Vec<u8> {
     let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.distinguished_name.push(rcgen::DnType::CommonName, cn);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, cn);
     let key = rcgen::KeyPair::generate().unwrap();
     params.self_signed(&key).unwrap().der().to_vec()
 }
@@ -55,7 +60,12 @@ fn the_generated_serving_certificate_serves_and_names_the_service() {
     let names = tls::service_names("remora-operator", "remora");
     assert_eq!(names[0], "remora-operator.remora.svc");
     let cert = tls::generate(&names).unwrap();
-    assert!(cert.generated_ca_pem.as_deref().unwrap().starts_with("-----BEGIN CERTIFICATE-----"));
+    assert!(
+        cert.generated_ca_pem
+            .as_deref()
+            .unwrap()
+            .starts_with("-----BEGIN CERTIFICATE-----")
+    );
     assert_eq!(cert.chain.len(), 2);
     assert_eq!(
         front_proxy::subject_common_name(&cert.chain[0]).as_deref(),

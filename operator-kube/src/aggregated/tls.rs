@@ -45,12 +45,17 @@ pub fn generate(names: &[String]) -> Result<ServingCert, String> {
     ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     ca.distinguished_name
         .push(DnType::CommonName, "remora-operator aggregated API CA");
-    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     let ca_key = KeyPair::generate().map_err(|e| err("CA key", e))?;
     let ca_cert = ca.self_signed(&ca_key).map_err(|e| err("CA", e))?;
     let mut leaf = CertificateParams::new(names.to_vec()).map_err(|e| err("certificate", e))?;
-    leaf.distinguished_name
-        .push(DnType::CommonName, names.first().map_or("remora-operator", String::as_str));
+    leaf.distinguished_name.push(
+        DnType::CommonName,
+        names.first().map_or("remora-operator", String::as_str),
+    );
     leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     leaf.key_usages = vec![
         KeyUsagePurpose::DigitalSignature,
@@ -112,11 +117,13 @@ pub fn server_config(
                     .add(ca)
                     .map_err(|e| format!("the requestheader client CA: {e}"))?;
             }
-            let verifier =
-                rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-                    .allow_unauthenticated()
-                    .build()
-                    .map_err(|e| format!("the requestheader client CA: {e}"))?;
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .allow_unauthenticated()
+            .build()
+            .map_err(|e| format!("the requestheader client CA: {e}"))?;
             builder.with_client_cert_verifier(verifier)
         }
         None => builder.with_no_client_auth(),

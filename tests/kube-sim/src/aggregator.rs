@@ -98,7 +98,9 @@ fn apiservices(store: &Store) -> Vec<Value> {
 /// The APIService serving `group`/`version` through a Service, if any.
 pub fn served_by(store: &Store, group: &str, version: &str) -> Option<Value> {
     apiservices(store).into_iter().find(|s| {
-        s["spec"]["group"] == group && s["spec"]["version"] == version && s["spec"]["service"].is_object()
+        s["spec"]["group"] == group
+            && s["spec"]["version"] == version
+            && s["spec"]["service"].is_object()
     })
 }
 
@@ -111,8 +113,10 @@ pub fn api_group(store: &Store, group: &str) -> Option<Value> {
         .map(|v| json!({"groupVersion": format!("{group}/{v}"), "version": v}))
         .collect();
     let preferred = versions.first()?.clone();
-    Some(json!({"kind": "APIGroup", "apiVersion": "v1", "name": group,
-                "versions": versions, "preferredVersion": preferred}))
+    Some(
+        json!({"kind": "APIGroup", "apiVersion": "v1", "name": group,
+                "versions": versions, "preferredVersion": preferred}),
+    )
 }
 
 /// `/remora-sim/client-cert?user=U&groups=G1,G2`: a client certificate signed by the CA (test
@@ -120,10 +124,16 @@ pub fn api_group(store: &Store, group: &str) -> Option<Value> {
 /// and not for RBAC-checked users.
 pub fn client_cert(state: &ApiState, req: &Request<Incoming>) -> Result<Response<Body>> {
     if req.extensions().get::<rbac::User>().is_some() {
-        return Err(ApiError::new(403, "Forbidden", "client certificates are issued to the admin only"));
+        return Err(ApiError::new(
+            403,
+            "Forbidden",
+            "client certificates are issued to the admin only",
+        ));
     }
     let tls = state.tls.as_ref().ok_or_else(|| {
-        ApiError::bad_request("client certificates need `serve --tls` (a plain-http server has no CA)")
+        ApiError::bad_request(
+            "client certificates need `serve --tls` (a plain-http server has no CA)",
+        )
     })?;
     let query = Query::parse(req.uri().query());
     let user = query
@@ -140,7 +150,10 @@ pub fn client_cert(state: &ApiState, req: &Request<Incoming>) -> Result<Response
     let (cert, key) = tls
         .issue_client(user, &groups)
         .map_err(|e| ApiError::new(500, "InternalError", e))?;
-    Ok(json_response(200, &json!({"cert": cert, "key": key, "ca": tls.ca_pem})))
+    Ok(json_response(
+        200,
+        &json!({"cert": cert, "key": key, "ca": tls.ca_pem}),
+    ))
 }
 
 /// Authorize an RBAC-checked user's request on the resource its path names (`namespaces/NS/
@@ -181,9 +194,11 @@ pub async fn proxy(
     mut req: Request<Incoming>,
 ) -> Result<Response<Body>> {
     authorize(state, segs, &req)?;
-    let who = req.extensions().get::<Identity>().cloned().ok_or_else(|| {
-        ApiError::new(401, "Unauthorized", "Unauthorized")
-    })?;
+    let who = req
+        .extensions()
+        .get::<Identity>()
+        .cloned()
+        .ok_or_else(|| ApiError::new(401, "Unauthorized", "Unauthorized"))?;
     let spec = &apiservice["spec"];
     let apiservice_name = apiservice["metadata"]["name"].as_str().unwrap_or_default();
     let namespace = spec["service"]["namespace"].as_str().unwrap_or("default");
@@ -194,21 +209,31 @@ pub async fn proxy(
     let service = state
         .store
         .get(services, Some(namespace), service_name)
-        .map_err(|_| unavailable(format!("service/{service_name} in {namespace} (of apiservice {apiservice_name}) not found")))?;
+        .map_err(|_| {
+            unavailable(format!(
+                "service/{service_name} in {namespace} (of apiservice {apiservice_name}) not found"
+            ))
+        })?;
     let ip = state.store.routed_cluster_ip(&service).ok_or_else(|| {
-        unavailable(format!("service/{service_name} in {namespace} has no routed cluster IP"))
+        unavailable(format!(
+            "service/{service_name} in {namespace} has no routed cluster IP"
+        ))
     })?;
     let config = client_config(&state.front_proxy, spec, apiservice_name)?;
     let host = format!("{service_name}.{namespace}.svc");
-    let server_name = ServerName::try_from(host.clone())
-        .map_err(|e| unavailable(format!("{host}: {e}")))?;
+    let server_name =
+        ServerName::try_from(host.clone()).map_err(|e| unavailable(format!("{host}: {e}")))?;
     let tcp = TcpStream::connect((ip, u16::try_from(port).unwrap_or(443)))
         .await
         .map_err(|e| unavailable(format!("connecting to {host} ({ip}:{port}): {e}")))?;
     let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
         .connect(server_name, tcp)
         .await
-        .map_err(|e| unavailable(format!("TLS to {host} for apiservice {apiservice_name}: {e}")))?;
+        .map_err(|e| {
+            unavailable(format!(
+                "TLS to {host} for apiservice {apiservice_name}: {e}"
+            ))
+        })?;
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
         .await
         .map_err(|e| unavailable(format!("HTTP to {host}: {e}")))?;
@@ -235,7 +260,9 @@ pub async fn proxy(
         }
         out = out.header(name, value);
     }
-    out = out.header(header::HOST, host.as_str()).header("X-Remote-User", who.user.as_str());
+    out = out
+        .header(header::HOST, host.as_str())
+        .header("X-Remote-User", who.user.as_str());
     for group in &who.groups {
         out = out.header("X-Remote-Group", group.as_str());
     }
@@ -254,8 +281,11 @@ pub async fn proxy(
             let (Ok(client), Ok(backend)) = tokio::join!(client, backend) else {
                 return;
             };
-            let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(client), &mut TokioIo::new(backend))
-                .await;
+            let _ = tokio::io::copy_bidirectional(
+                &mut TokioIo::new(client),
+                &mut TokioIo::new(backend),
+            )
+            .await;
         });
         let mut back = Response::builder().status(hyper::StatusCode::SWITCHING_PROTOCOLS);
         for (name, value) in response.headers() {
@@ -277,12 +307,17 @@ pub async fn proxy(
             back = back.header(name, value);
         }
     }
-    back.body(full(body)).map_err(|e| unavailable(e.to_string()))
+    back.body(full(body))
+        .map_err(|e| unavailable(e.to_string()))
 }
 
 /// The TLS client of the proxied connection: the front-proxy certificate, and the backend
 /// verified with the caBundle (or not at all with `insecureSkipTLSVerify`).
-fn client_config(front_proxy: &FrontProxy, spec: &Value, name: &str) -> Result<rustls::ClientConfig> {
+fn client_config(
+    front_proxy: &FrontProxy,
+    spec: &Value,
+    name: &str,
+) -> Result<rustls::ClientConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -340,7 +375,12 @@ impl rustls::client::danger::ServerCertVerifier for NoVerification {
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -349,7 +389,12 @@ impl rustls::client::danger::ServerCertVerifier for NoVerification {
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {

@@ -63,13 +63,19 @@ fn identity(credentials: Option<&str>, cert: Option<&crate::tls::ClientCert>) ->
         let ns = sa.split(':').next().unwrap_or_default();
         return authenticated(
             format!("system:serviceaccount:{sa}"),
-            vec!["system:serviceaccounts".to_owned(), format!("system:serviceaccounts:{ns}")],
+            vec![
+                "system:serviceaccounts".to_owned(),
+                format!("system:serviceaccounts:{ns}"),
+            ],
         );
     }
     if let Some(user) = credentials.and_then(crate::rbac::user_of) {
         return authenticated(user.0, Vec::new());
     }
-    authenticated("remora-sim-admin".to_owned(), vec!["system:masters".to_owned()])
+    authenticated(
+        "remora-sim-admin".to_owned(),
+        vec!["system:masters".to_owned()],
+    )
 }
 
 /// Where a resource request points.

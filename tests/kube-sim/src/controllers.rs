@@ -553,12 +553,18 @@ fn reconcile_endpoints(store: &Store) {
             .filter(|p| !is_ready(p))
             .map(address)
             .collect();
-        let ports: Vec<Value> = svc["spec"]["ports"].as_array().into_iter().flatten()
+        let ports: Vec<Value> = svc["spec"]["ports"]
+            .as_array()
+            .into_iter()
+            .flatten()
             .map(|p| {
                 // A named targetPort is the selected pods' container port of that name.
                 let named = p["targetPort"].as_str().and_then(|want| {
                     selected.iter().find_map(|pod| {
-                        pod["spec"]["containers"].as_array().into_iter().flatten()
+                        pod["spec"]["containers"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
                             .flat_map(|c| c["ports"].as_array().into_iter().flatten())
                             .find(|cp| cp["name"] == want)
                             .and_then(|cp| cp["containerPort"].as_i64())

@@ -236,7 +236,11 @@ async fn serve(args: ServeArgs, parent: nix::unistd::Pid) -> Result<(), Error> {
     if let Some(tls) = &tls {
         store.set_root_ca(&tls.ca_pem);
     }
-    aggregator::publish_authentication(&store, &front_proxy, tls.as_ref().map(|t| t.ca_pem.as_str()));
+    aggregator::publish_authentication(
+        &store,
+        &front_proxy,
+        tls.as_ref().map(|t| t.ca_pem.as_str()),
+    );
     // Cluster IPs from the run's own 10.215.N.0/24, served by the service proxy.
     store.set_service_subnet(network.index());
     let service_proxy = tokio::spawn(proxy::run(store.clone(), network.bridge()));

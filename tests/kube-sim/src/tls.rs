@@ -63,7 +63,9 @@ pub const FRONT_PROXY_CN: &str = "front-proxy-client";
 impl FrontProxy {
     /// Its key, for a TLS client configuration.
     pub fn client_key(&self) -> PrivateKeyDer<'static> {
-        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.client_key_der.as_ref().clone()))
+        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
+            self.client_key_der.as_ref().clone(),
+        ))
     }
 }
 
@@ -194,17 +196,19 @@ pub fn make(ips: &[IpAddr]) -> Result<Tls, String> {
     roots
         .add(ca_cert.der().clone())
         .map_err(|e| err("client CA", &e))?;
-    let verifier =
-        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-            .allow_unauthenticated()
-            .build()
-            .map_err(|e| err("client verifier", &e))?;
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .allow_unauthenticated()
+    .build()
+    .map_err(|e| err("client verifier", &e))?;
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
-    .with_safe_default_protocol_versions()
-    .map_err(|e| err("TLS versions", &e))?
-    .with_client_cert_verifier(verifier)
-    .with_single_cert(chain, private)
-    .map_err(|e| err("TLS config", &e))?;
+        .with_safe_default_protocol_versions()
+        .map_err(|e| err("TLS versions", &e))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, private)
+        .map_err(|e| err("TLS config", &e))?;
     // HTTP/1.1 only: exec, attach and port-forward upgrade the connection.
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Tls {
@@ -265,7 +269,9 @@ fn tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
         if n == 0 || n > 4 || rest.len() < n {
             return None;
         }
-        let len = rest[..n].iter().fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
+        let len = rest[..n]
+            .iter()
+            .fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
         (len, &rest[n..])
     };
     (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))

@@ -5,15 +5,30 @@ use super::*;
 
 fn kubeadm_data() -> BTreeMap<String, String> {
     BTreeMap::from([
-        ("client-ca-file".into(), "-----BEGIN CERTIFICATE-----\nclients\n".into()),
+        (
+            "client-ca-file".into(),
+            "-----BEGIN CERTIFICATE-----\nclients\n".into(),
+        ),
         (
             "requestheader-client-ca-file".into(),
             "-----BEGIN CERTIFICATE-----\nfront-proxy\n".into(),
         ),
-        ("requestheader-allowed-names".into(), "[\"front-proxy-client\"]".into()),
-        ("requestheader-extra-headers-prefix".into(), "[\"X-Remote-Extra-\"]".into()),
-        ("requestheader-group-headers".into(), "[\"X-Remote-Group\"]".into()),
-        ("requestheader-username-headers".into(), "[\"X-Remote-User\"]".into()),
+        (
+            "requestheader-allowed-names".into(),
+            "[\"front-proxy-client\"]".into(),
+        ),
+        (
+            "requestheader-extra-headers-prefix".into(),
+            "[\"X-Remote-Extra-\"]".into(),
+        ),
+        (
+            "requestheader-group-headers".into(),
+            "[\"X-Remote-Group\"]".into(),
+        ),
+        (
+            "requestheader-username-headers".into(),
+            "[\"X-Remote-User\"]".into(),
+        ),
     ])
 }
 
@@ -27,7 +42,10 @@ fn the_kubeadm_configmap_reads_as_its_front_proxy_trust() {
     assert_eq!(config.extra_prefixes, ["X-Remote-Extra-"]);
     assert!(config.allow_proxy(Some("front-proxy-client")).is_ok());
     let err = config.allow_proxy(Some("jane")).unwrap_err();
-    assert!(err.contains("\"jane\"") && err.contains("front-proxy-client"), "{err}");
+    assert!(
+        err.contains("\"jane\"") && err.contains("front-proxy-client"),
+        "{err}"
+    );
     assert!(config.allow_proxy(None).is_err());
 }
 
@@ -43,7 +61,10 @@ fn without_a_requestheader_ca_there_is_no_front_proxy_and_an_empty_name_list_all
     let config = from_configmap(&data).unwrap();
     assert!(config.allow_proxy(Some("anyone")).is_ok());
     assert_eq!(config.username_headers, ["X-Remote-User"], "the default");
-    data.insert("requestheader-group-headers".into(), "X-Remote-Group".into());
+    data.insert(
+        "requestheader-group-headers".into(),
+        "X-Remote-Group".into(),
+    );
     assert!(from_configmap(&data).is_err(), "not a JSON list");
 }
 
