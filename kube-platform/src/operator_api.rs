@@ -79,14 +79,13 @@ where
     let (mut rd, mut wr) = tokio::io::split(io);
     let down = async {
         while let Some(Ok(message)) = stream.next().await {
-            match message {
-                Message::Binary(data) => {
-                    if wr.write_all(&data).await.is_err() {
-                        break;
-                    }
-                }
-                Message::Close(_) => break,
-                _ => {}
+            if message.is_close() {
+                break;
+            }
+            if let Message::Binary(data) = message
+                && wr.write_all(&data).await.is_err()
+            {
+                break;
             }
         }
         let _ = wr.shutdown().await;

@@ -216,10 +216,7 @@ fn route(path: &str) -> Route<'_> {
         ["apis", g, v, "namespaces", namespace, r, name, s]
             if *g == GROUP && *v == VERSION && *r == RESOURCE && *s == SUBRESOURCE =>
         {
-            Route::Connect {
-                namespace: *namespace,
-                name: *name,
-            }
+            Route::Connect { namespace, name }
         }
         _ => Route::Unknown,
     }
