@@ -26,9 +26,9 @@
 //! Needs root and the workspace binaries `remora`, `remora-operator`,
 //! `remora-agent`, `libremora_layer.so` and `remora-kube-sim`.
 
-use remora_tests::{bin_path, require_sandbox};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use remora_tests::require_sandbox;
+use std::path::Path;
+use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
