@@ -3,12 +3,16 @@
 //! operator reviews) and hands both to the intproxy in [`OPERATOR_LAUNCH_ENV`];
 //! the intproxy relays its operator connection through the API server's
 //! port-forward ([`remora_kube::operator_link`]), a new one per connection,
-//! so it reaches whichever operator pod is ready.
+//! so it reaches whichever operator pod is ready. A user without a bearer
+//! token (a client certificate) goes through the operator's aggregated API
+//! instead ([`remora_kube::operator_api`]): each connection is an upgrade
+//! request the API server authenticates and proxies to the operator.
 
 use crate::error::{Error, Result};
 use remora_config::Config;
 use remora_intproxy::{AgentDialer, AgentStream, DialFuture};
 use remora_kube::ClientOptions;
+use remora_kube::operator_api::OperatorApi;
 use remora_kube::operator_link::{OperatorForward, OperatorRef};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
@@ -24,6 +28,10 @@ pub struct OperatorLaunch {
     pub options: ClientOptions,
     /// The operator's Service.
     pub operator: OperatorRef,
+    /// Through the operator's aggregated API (the user has no bearer
+    /// token), set by [`OperatorLaunch::token`].
+    #[serde(default)]
+    pub through_api: bool,
 }
 
 impl OperatorLaunch {
@@ -57,7 +65,11 @@ impl OperatorLaunch {
             operator: value.to_owned(),
             reason,
         })?;
-        Ok(Some(OperatorLaunch { options, operator }))
+        Ok(Some(OperatorLaunch {
+            options,
+            operator,
+            through_api: false,
+        }))
     }
 
     /// [`OperatorLaunch::relay`] on a thread of its own that lives as long
@@ -115,17 +127,23 @@ impl OperatorLaunch {
         })
     }
 
-    /// The user's bearer token: what the operator's TokenReview checks.
+    /// The user's bearer token: what the operator's TokenReview checks. A
+    /// user without one (a client certificate) is relayed through the
+    /// operator's aggregated API from now on, and presents no token (the
+    /// API server vouches for it).
     ///
     /// # Errors
-    /// [`Error::Operator`]: the kubeconfig has no usable token.
-    pub fn token(&self) -> Result<String> {
-        block_on(remora_kube::operator_link::bearer_token(&self.options)).map_err(|e| {
-            Error::Operator {
-                operator: format!("kube ({})", self.operator),
-                reason: e.to_string(),
-            }
-        })
+    /// [`Error::Operator`]: the kubeconfig or its token cannot be read.
+    pub fn token(&mut self) -> Result<String> {
+        let token =
+            block_on(remora_kube::operator_link::bearer_token(&self.options)).map_err(|e| {
+                Error::Operator {
+                    operator: format!("kube ({})", self.operator),
+                    reason: e.to_string(),
+                }
+            })?;
+        self.through_api = token.is_none();
+        Ok(token.unwrap_or_default())
     }
 
     /// The namespace targets are looked up in (flag, config, else the
@@ -156,6 +174,11 @@ impl OperatorLaunch {
             operator: format!("kube ({})", self.operator),
             reason: e.to_string(),
         };
+        if self.through_api {
+            let api = OperatorApi::connect(&self.options).await.map_err(failed)?;
+            let (addr, _relay) = api.listen().await.map_err(failed)?;
+            return Ok(addr);
+        }
         let forward = OperatorForward::connect(&self.options, self.operator.clone())
             .await
             .map_err(failed)?;

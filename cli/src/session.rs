@@ -174,7 +174,7 @@ pub fn prepare(
             match crate::kube_operator::OperatorLaunch::from_config(&config)? {
                 // The operator installed in the cluster: through the API
                 // server, as the kubeconfig's user.
-                Some(launch) => {
+                Some(mut launch) => {
                     let token = launch.token()?;
                     let namespace = launch.namespace()?;
                     Backend::KubeOperator {

@@ -123,7 +123,10 @@ pub(crate) fn ask_operator_over(
         match crate::kube_operator::OperatorLaunch::from_value(operator, kube.unwrap_or_default())?
         {
             // Through the API server, as the kubeconfig's user.
-            Some(launch) => (launch.relay_in_background()?, launch.token()?),
+            Some(mut launch) => {
+                let token = launch.token()?;
+                (launch.relay_in_background()?, token)
+            }
             None => (
                 operator
                     .to_socket_addrs()

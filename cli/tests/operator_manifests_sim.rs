@@ -186,8 +186,11 @@ fn manifests_install_on_the_test_cluster_and_sessions_show_their_columns() {
         "clusterrolebinding.rbac.authorization.k8s.io/remora-operator created",
         "role.rbac.authorization.k8s.io/remora-operator created",
         "rolebinding.rbac.authorization.k8s.io/remora-operator created",
+        // In kube-system: reading the front proxy's trust.
+        "rolebinding.rbac.authorization.k8s.io/remora-operator-remora-test created",
         "service/remora-operator created",
         "deployment.apps/remora-operator created",
+        "apiservice.apiregistration.k8s.io/v1alpha1.operator.remora.dev created",
     ] {
         assert!(applied.contains(object), "{object} missing in:\n{applied}");
     }

@@ -9,6 +9,7 @@ pub mod client;
 pub mod labels;
 pub mod manifest;
 pub mod namespaced;
+pub mod operator_api;
 pub mod operator_link;
 pub mod platform;
 pub mod portforward;

@@ -1,7 +1,9 @@
 //! Reaching the operator installed in a cluster as kubectl reaches a pod:
 //! through the API server's `pods/portforward` to a ready pod behind the
 //! operator's Service (never an open port), presenting the kubeconfig
-//! user's own bearer token, which the operator reviews (TokenReview).
+//! user's own bearer token, which the operator reviews (TokenReview). Users
+//! without a bearer token go through the operator's aggregated API instead
+//! ([`crate::operator_api`]).
 //!
 //! [`OperatorRef`] is the `operator = "kube[:NAMESPACE[/SERVICE]]"` form of
 //! the config; [`OperatorForward::listen`] relays local connections, each
@@ -91,37 +93,37 @@ impl std::fmt::Display for OperatorRef {
 }
 
 /// The bearer token the kubeconfig user presents to the API server: its
-/// `token`, `tokenFile` or the token its `exec` credential plugin prints.
+/// `token`, `tokenFile` or the token its `exec` credential plugin prints;
+/// `None` when it authenticates otherwise (a client certificate, from the
+/// kubeconfig or an exec plugin): such a user reaches the operator through
+/// its aggregated API ([`crate::operator_api`]), where the API server
+/// vouches for it.
 ///
 /// # Errors
-/// The user authenticates otherwise (client certificates, basic auth): the
-/// operator can only review bearer tokens.
-pub async fn bearer_token(options: &ClientOptions) -> Result<String> {
+/// The kubeconfig cannot be read, the token file cannot be read, or the
+/// exec plugin fails.
+pub async fn bearer_token(options: &ClientOptions) -> Result<Option<String>> {
     let config = crate::client::config(options).await?;
     let auth = &config.auth_info;
     if let Some(token) = &auth.token {
-        return Ok(secrecy::ExposeSecret::expose_secret(token).to_owned());
+        return Ok(Some(secrecy::ExposeSecret::expose_secret(token).to_owned()));
     }
     if let Some(path) = &auth.token_file {
         let token = std::fs::read_to_string(path).map_err(|e| {
             Error::Config(format!("reading the kubeconfig's tokenFile {path}: {e}"))
         })?;
-        return Ok(token.trim().to_owned());
+        return Ok(Some(token.trim().to_owned()));
     }
     if let Some(exec) = &auth.exec {
         return exec_token(exec);
     }
-    Err(Error::Config(
-        "the kubeconfig user has no bearer token (token, tokenFile or an exec plugin): the \
-         operator identifies you with a TokenReview of that token; client certificates are \
-         not supported yet"
-            .to_owned(),
-    ))
+    Ok(None)
 }
 
 /// Run a kubeconfig `exec` credential plugin as kubectl does and take the
-/// `status.token` of the ExecCredential it prints.
-fn exec_token(exec: &kube::config::ExecConfig) -> Result<String> {
+/// `status.token` of the ExecCredential it prints (none: it prints a
+/// client certificate).
+fn exec_token(exec: &kube::config::ExecConfig) -> Result<Option<String>> {
     let command = exec
         .command
         .as_deref()
@@ -147,15 +149,15 @@ fn exec_token(exec: &kube::config::ExecConfig) -> Result<String> {
     }
     let credential: serde_json::Value = serde_json::from_slice(&out.stdout)
         .map_err(|e| Error::Config(format!("the exec plugin {command} printed no JSON: {e}")))?;
-    credential["status"]["token"]
-        .as_str()
-        .map(str::to_owned)
-        .ok_or_else(|| {
-            Error::Config(format!(
-                "the exec plugin {command} gave no status.token (client certificates are not \
-                 supported yet)"
-            ))
-        })
+    let status = &credential["status"];
+    match status["token"].as_str() {
+        Some(token) => Ok(Some(token.to_owned())),
+        None if status["clientCertificateData"].is_string() => Ok(None),
+        None => Err(Error::Config(format!(
+            "the exec plugin {command} gave neither status.token nor \
+             status.clientCertificateData"
+        ))),
+    }
 }
 
 /// Local connections relayed to the operator through port-forwards.

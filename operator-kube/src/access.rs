@@ -12,7 +12,7 @@ use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
 };
-use remora_operator::access::{Access, Caller, Grant, Grants};
+use remora_operator::access::{Access, Caller, Grant, Grants, Vouched};
 use remora_operator::platform::ResolvedTarget;
 use remora_protocol::Hello;
 use std::collections::BTreeMap;
@@ -127,6 +127,39 @@ pub fn decision(review: &SubjectAccessReview) -> Grant {
     ))
 }
 
+/// Admit a client the API server vouched for (the aggregated API's
+/// front-proxy headers): the target its Hello names must be the one its
+/// connect URL named, which is what the API server authorised.
+///
+/// # Errors
+/// No user name, or the Hello names another target than the URL.
+pub fn admit(hello: &Hello, who: &Vouched, default_namespace: &str) -> Result<Caller, String> {
+    if who.username.is_empty() {
+        return Err("the API server vouched for no user".to_owned());
+    }
+    let (namespace, name) =
+        remora_kube::operator_api::route(hello.target.as_deref(), default_namespace);
+    // A connection without a target lists and kills sessions: any
+    // namespace's URL may carry it.
+    let same = name == who.target && (hello.target.is_none() || namespace == who.namespace);
+    if !same {
+        return Err(format!(
+            "the connection was opened for {RESOURCE}/{} in namespace {} but asks for {} in              namespace {namespace}",
+            who.target,
+            who.namespace,
+            name,
+            RESOURCE = remora_kube::operator_api::RESOURCE,
+        ));
+    }
+    Ok(Caller {
+        user: hello.client.user.clone(),
+        identity: Some(who.username.clone()),
+        groups: who.groups.clone(),
+        extra: who.extra.clone(),
+        grants: Grants::default(),
+    })
+}
+
 /// The API calls the reviews need.
 pub trait Reviewer: Send + Sync + std::fmt::Debug + 'static {
     /// Create a TokenReview; the answer carries its status.
@@ -205,9 +238,19 @@ impl Access for KubeAccess {
                 user,
                 identity: Some(who.username),
                 groups: who.groups,
+                extra: who.extra,
                 grants: Grants::default(),
             })
         })
+    }
+
+    fn admit_vouched(
+        &self,
+        hello: &Hello,
+        who: &Vouched,
+    ) -> BoxFuture<'static, Result<Caller, String>> {
+        let result = admit(hello, who, &self.namespace);
+        Box::pin(async move { result })
     }
 
     fn authorize(
@@ -229,6 +272,7 @@ impl Access for KubeAccess {
             let who = Identity {
                 username,
                 groups: caller.groups.clone(),
+                extra: caller.extra.clone(),
                 ..Identity::default()
             };
             let ask = |verb: &str| {

@@ -1,7 +1,8 @@
 //! remora-operator-kube: the operator in a Kubernetes cluster. Its custom
 //! resources ([`crd`]: sessions and policies as Kubernetes objects) and its
 //! install manifests ([`manifests`]), and Kubernetes identity and access
-//! for sessions ([`access`]: TokenReview, SubjectAccessReview), and the
+//! for sessions ([`access`]: TokenReview, SubjectAccessReview; [`aggregated`]:
+//! the aggregated API the API server proxies sessions to), and the
 //! session table mirrored as `RemoraSession` objects ([`session_objects`]),
 //! policies read from `RemoraPolicy`/`RemoraClusterPolicy` objects
 //! ([`policy_objects`]), database branches kept as `RemoraDbBranch`
@@ -14,6 +15,7 @@
 //! thin layers on top.
 
 pub mod access;
+pub mod aggregated;
 pub mod branch_pods;
 pub mod crd;
 pub mod db_branch_objects;

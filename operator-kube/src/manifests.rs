@@ -1,6 +1,7 @@
 //! The operator's install manifests (`remora operator manifests`): its
 //! Namespace and ServiceAccount, least-privilege RBAC, the Deployment, the
-//! Service and the CRDs, built as typed objects by pure functions.
+//! Service, the CRDs and the APIService of the aggregated API
+//! (`operator.remora.dev`), built as typed objects by pure functions.
 //!
 //! Every RBAC rule is a row of [`CLUSTER_RULES`] or [`NAMESPACE_RULES`] with
 //! the reason it is needed; `docs/operator.md` shows the same table, and a
@@ -19,6 +20,9 @@ use k8s_openapi::api::rbac::v1::{
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::{
+    APIService, APIServiceSpec, ServiceReference,
+};
 use std::collections::BTreeMap;
 
 /// The namespace the operator is installed in unless told otherwise.
@@ -32,6 +36,12 @@ pub const DEFAULT_IMAGE: &str = concat!(
 pub const NAME: &str = "remora-operator";
 /// The port sessions reach the operator on (through the API server).
 pub const PORT: u16 = 8443;
+/// The container port of the aggregated API (`--api-listen`, TLS).
+pub const API_PORT: u16 = 8444;
+/// The Service port the APIService names (the API server connects there).
+pub const API_SERVICE_PORT: u16 = 443;
+/// The bootstrap Role (in kube-system) that reads the front proxy's trust.
+pub const AUTH_READER_ROLE: &str = "extension-apiserver-authentication-reader";
 
 /// `remora operator manifests [--namespace N] [--image I]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,6 +70,8 @@ pub struct Rule {
     pub resources: &'static [&'static str],
     /// Verbs.
     pub verbs: &'static [&'static str],
+    /// Only these objects (`resourceNames`); empty: any.
+    pub names: &'static [&'static str],
     /// Why, as the docs say it.
     pub why: &'static str,
 }
@@ -70,66 +82,84 @@ pub const CLUSTER_RULES: &[Rule] = &[
         group: "",
         resources: &["pods"],
         verbs: &["get", "list"],
+        names: &[],
         why: "resolve a target to its ready pod and container (pods are listed by the owner's selector)",
     },
     Rule {
         group: "",
         resources: &["services"],
         verbs: &["get"],
+        names: &[],
         why: "resolve `service/NAME` targets through their selector",
     },
     Rule {
         group: "apps",
         resources: &["deployments", "replicasets", "statefulsets"],
         verbs: &["get"],
+        names: &[],
         why: "resolve `deployment/`, `replicaset/`, `statefulset/` targets (and a rollout's `workloadRef`)",
     },
     Rule {
         group: "batch",
         resources: &["jobs"],
         verbs: &["get", "list"],
+        names: &[],
         why: "resolve `job/` targets, and `cronjob/` targets to their newest job",
     },
     Rule {
         group: "batch",
         resources: &["cronjobs"],
         verbs: &["get"],
+        names: &[],
         why: "resolve `cronjob/` targets",
     },
     Rule {
         group: "argoproj.io",
         resources: &["rollouts"],
         verbs: &["get"],
+        names: &[],
         why: "resolve `rollout/` targets (Argo Rollouts)",
     },
     Rule {
         group: "remora.dev",
         resources: &["remorasessions"],
         verbs: &["get", "list", "watch", "create", "delete"],
+        names: &[],
         why: "one RemoraSession per session in the target's namespace, created and deleted with it; the watch sees `kubectl delete remorasession` and ends that session",
     },
     Rule {
         group: "remora.dev",
         resources: &["remorasessions/status"],
         verbs: &["patch"],
+        names: &[],
         why: "keep a session's subscriptions (ports, modes, filters) in its status",
     },
     Rule {
         group: "remora.dev",
         resources: &["remorapolicies", "remoraclusterpolicies"],
         verbs: &["get", "list", "watch"],
+        names: &[],
         why: "read the policies, and see them change",
     },
     Rule {
         group: "authentication.k8s.io",
         resources: &["tokenreviews"],
         verbs: &["create"],
+        names: &[],
         why: "learn who a client is from its bearer token",
+    },
+    Rule {
+        group: "apiregistration.k8s.io",
+        resources: &["apiservices"],
+        verbs: &["get", "patch"],
+        names: &[remora_kube::operator_api::APISERVICE],
+        why: "put the CA of the serving certificate made at start in the caBundle of the operator's own APIService",
     },
     Rule {
         group: "authorization.k8s.io",
         resources: &["subjectaccessreviews"],
         verbs: &["create"],
+        names: &[],
         why: "ask whether that user may create sessions, steal and mirror in the target's namespace",
     },
 ];
@@ -140,42 +170,49 @@ pub const NAMESPACE_RULES: &[Rule] = &[
         group: "batch",
         resources: &["jobs"],
         verbs: &["create", "delete"],
+        names: &[],
         why: "start a target's agent as a Job on the target's node, and remove it after the last session",
     },
     Rule {
         group: "",
         resources: &["pods"],
         verbs: &["create", "delete"],
+        names: &[],
         why: "the agent pod of `targetless` sessions, and branch pods (`[[branch_pod]]` of `--db-config`: a database server per branch, deleted with it)",
     },
     Rule {
         group: "",
         resources: &["services"],
         verbs: &["create"],
+        names: &[],
         why: "a branch pod's Service, owned by the pod (the garbage collector deletes it with the pod)",
     },
     Rule {
         group: "",
         resources: &["pods/portforward"],
         verbs: &["get", "create"],
+        names: &[],
         why: "reach an agent through the API server's port-forward (`get`: the WebSocket upgrade kube-rs sends is a GET; `create`: API servers that authorise the SPDY POST)",
     },
     Rule {
         group: "remora.dev",
         resources: &["remoradbbranches"],
         verbs: &["list", "create", "patch", "delete"],
+        names: &[],
         why: "one RemoraDbBranch per database branch the operator made, listed at start so that a restarted operator still drops them at their TTL",
     },
     Rule {
         group: "",
         resources: &["secrets"],
         verbs: &["create", "get"],
+        names: &[],
         why: "a branch's credentials (to drop it) and its session variables, in an immutable Secret owned by its RemoraDbBranch, read back at start; a branch pod's generated password, in a Secret owned by the pod (the garbage collector deletes both with their owners); no list, update or delete",
     },
     Rule {
         group: "coordination.k8s.io",
         resources: &["leases"],
         verbs: &["get", "create", "update"],
+        names: &[],
         why: "leader election: only the replica holding the Lease `remora-operator` serves",
     },
 ];
@@ -203,6 +240,8 @@ fn policy_rules(rules: &[Rule]) -> Vec<PolicyRule> {
             api_groups: Some(vec![r.group.to_owned()]),
             resources: Some(r.resources.iter().map(|s| (*s).to_owned()).collect()),
             verbs: r.verbs.iter().map(|s| (*s).to_owned()).collect(),
+            resource_names: (!r.names.is_empty())
+                .then(|| r.names.iter().map(|s| (*s).to_owned()).collect()),
             ..PolicyRule::default()
         })
         .collect()
@@ -313,6 +352,8 @@ pub fn deployment(options: &ManifestOptions) -> Deployment {
                 "kubernetes",
                 "--listen",
                 &format!("0.0.0.0:{PORT}"),
+                "--api-listen",
+                &format!("0.0.0.0:{API_PORT}"),
             ]
             .map(str::to_owned)
             .to_vec(),
@@ -335,12 +376,20 @@ pub fn deployment(options: &ManifestOptions) -> Deployment {
                 value_from: None,
             },
         ]),
-        ports: Some(vec![ContainerPort {
-            name: Some("remora".to_owned()),
-            container_port: i32::from(PORT),
-            protocol: Some("TCP".to_owned()),
-            ..ContainerPort::default()
-        }]),
+        ports: Some(vec![
+            ContainerPort {
+                name: Some("remora".to_owned()),
+                container_port: i32::from(PORT),
+                protocol: Some("TCP".to_owned()),
+                ..ContainerPort::default()
+            },
+            ContainerPort {
+                name: Some("https".to_owned()),
+                container_port: i32::from(API_PORT),
+                protocol: Some("TCP".to_owned()),
+                ..ContainerPort::default()
+            },
+        ]),
         readiness_probe: Some(tcp_probe(1, 5)),
         liveness_probe: Some(tcp_probe(10, 20)),
         resources: Some(ResourceRequirements {
@@ -417,16 +466,70 @@ pub fn service(options: &ManifestOptions) -> Service {
                 "app.kubernetes.io/name".to_owned(),
                 NAME.to_owned(),
             )])),
-            ports: Some(vec![ServicePort {
-                name: Some("remora".to_owned()),
-                port: i32::from(PORT),
-                target_port: Some(IntOrString::String("remora".to_owned())),
-                protocol: Some("TCP".to_owned()),
-                ..ServicePort::default()
-            }]),
+            // The first port is what the CLI port-forwards to.
+            ports: Some(vec![
+                ServicePort {
+                    name: Some("remora".to_owned()),
+                    port: i32::from(PORT),
+                    target_port: Some(IntOrString::String("remora".to_owned())),
+                    protocol: Some("TCP".to_owned()),
+                    ..ServicePort::default()
+                },
+                ServicePort {
+                    name: Some("https".to_owned()),
+                    port: i32::from(API_SERVICE_PORT),
+                    target_port: Some(IntOrString::String("https".to_owned())),
+                    protocol: Some("TCP".to_owned()),
+                    ..ServicePort::default()
+                },
+            ]),
             ..ServiceSpec::default()
         }),
         ..Service::default()
+    }
+}
+
+/// The RoleBinding (in kube-system) letting the operator read the front
+/// proxy's trust, `kube-system/extension-apiserver-authentication`, through
+/// the bootstrap Role every cluster has for aggregated API servers.
+pub fn auth_reader_binding(options: &ManifestOptions) -> RoleBinding {
+    RoleBinding {
+        metadata: meta(
+            &format!("{NAME}-{}", options.namespace),
+            Some(crate::aggregated::front_proxy::CONFIGMAP_NAMESPACE),
+        ),
+        role_ref: RoleRef {
+            api_group: Some("rbac.authorization.k8s.io".to_owned()),
+            kind: "Role".to_owned(),
+            name: AUTH_READER_ROLE.to_owned(),
+        },
+        subjects: Some(subject(&options.namespace)),
+    }
+}
+
+/// The APIService registering the aggregated API
+/// `operator.remora.dev/v1alpha1`, backed by the operator's Service. Its
+/// `caBundle` is left out: the operator sets it to the CA of the serving
+/// certificate it makes at start (docs/operator.md: or set it yourself for
+/// a certificate given with --tls-cert).
+pub fn api_service(options: &ManifestOptions) -> APIService {
+    use remora_kube::operator_api::{APISERVICE, GROUP, VERSION};
+    APIService {
+        metadata: meta(APISERVICE, None),
+        spec: Some(APIServiceSpec {
+            group: Some(GROUP.to_owned()),
+            version: Some(VERSION.to_owned()),
+            service: Some(ServiceReference {
+                namespace: Some(options.namespace.clone()),
+                name: Some(NAME.to_owned()),
+                port: Some(i32::from(API_SERVICE_PORT)),
+            }),
+            group_priority_minimum: 1000,
+            version_priority: 15,
+            insecure_skip_tls_verify: Some(false),
+            ca_bundle: None,
+        }),
+        status: None,
     }
 }
 
@@ -448,8 +551,10 @@ pub fn all(options: &ManifestOptions) -> Vec<serde_json::Value> {
         json(serde_json::to_value(cluster_role_binding(options))),
         json(serde_json::to_value(role(options))),
         json(serde_json::to_value(role_binding(options))),
+        json(serde_json::to_value(auth_reader_binding(options))),
         json(serde_json::to_value(service(options))),
         json(serde_json::to_value(deployment(options))),
+        json(serde_json::to_value(api_service(options))),
     ]);
     out
 }

@@ -146,6 +146,16 @@ async fn kubernetes(serve: ServeArgs) -> Result<()> {
     }
     let operator = Operator::bind(config, Arc::new(platform)).await?;
     let cancel = CancellationToken::new();
+    if let Some(listen) = serve.api_listen {
+        let files = serve.tls_cert.as_deref().zip(serve.tls_key.as_deref());
+        let names = crate::aggregated::tls::service_names(crate::manifests::NAME, &lease_namespace);
+        let api =
+            crate::aggregated::AggregatedApi::setup(kube.client.clone(), listen, files, &names)
+                .await
+                .map_err(Error::Usage)?;
+        tracing::info!(addr = ?api.local_addr(), "serving the aggregated API operator.remora.dev/v1alpha1");
+        tokio::spawn(api.serve(operator.connections(), cancel.clone()));
+    }
     let lost = CancellationToken::new();
     let leadership = tokio::spawn(election.keep(cancel.clone(), lost.clone()));
     let objects = tokio::spawn(objects.run(operator.sessions().clone(), cancel.clone()));

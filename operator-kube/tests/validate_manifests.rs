@@ -60,7 +60,7 @@ fn a_crd_with_an_unknown_field_is_rejected() {
 fn the_install_manifests_pass_strict_validation() {
     let golden = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
     // 3 CRDs, Namespace, ServiceAccount, ClusterRole(Binding), Role(Binding),
-    // Service, Deployment.
-    assert_valid(&golden.join("manifests-default.yaml"), 12);
-    assert_valid(&golden.join("manifests-tools.yaml"), 12);
+    // the front-proxy reader RoleBinding, Service, Deployment, APIService.
+    assert_valid(&golden.join("manifests-default.yaml"), 14);
+    assert_valid(&golden.join("manifests-tools.yaml"), 14);
 }

@@ -11,6 +11,25 @@ use crate::platform::ResolvedTarget;
 use futures::future::BoxFuture;
 use remora_protocol::session::SessionInfo;
 use remora_protocol::{Hello, SessionToken};
+use std::collections::BTreeMap;
+
+/// A client identity vouched for by whoever carried the connection to the
+/// operator (the API server's front proxy, for the aggregated API: it
+/// authenticated the user), with what the connection was opened for.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Vouched {
+    /// The user name.
+    pub username: String,
+    /// Its groups.
+    pub groups: Vec<String>,
+    /// Its extra attributes.
+    pub extra: BTreeMap<String, Vec<String>>,
+    /// The namespace the connection was opened in (its URL's).
+    pub namespace: String,
+    /// The target name the connection was opened for (its URL's), which the
+    /// client's Hello must name.
+    pub target: String,
+}
 
 /// Whether one kind of access is granted.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -41,6 +60,9 @@ pub struct Caller {
     pub identity: Option<String>,
     /// The groups the platform puts that identity in.
     pub groups: Vec<String>,
+    /// The identity's extra attributes (passed on to authorisation as they
+    /// came).
+    pub extra: BTreeMap<String, Vec<String>>,
     /// What the session may do.
     pub grants: Grants,
 }
@@ -65,6 +87,23 @@ pub trait Access: Send + Sync + std::fmt::Debug + 'static {
         caller: &Caller,
         target: &ResolvedTarget,
     ) -> BoxFuture<'static, Result<Grants, String>>;
+
+    /// Admit a client whose identity the carrier of its connection vouches
+    /// for ([`Vouched`]) instead of authenticating `hello`'s token; the
+    /// caller's grants are filled in by [`Access::authorize`]. By default
+    /// refused: only an access that trusts such a carrier admits them.
+    ///
+    /// # Errors
+    /// The refusal, as the client will print it.
+    fn admit_vouched(
+        &self,
+        _hello: &Hello,
+        _who: &Vouched,
+    ) -> BoxFuture<'static, Result<Caller, String>> {
+        Box::pin(async {
+            Err("this operator takes no identity from the connection's carrier".to_owned())
+        })
+    }
 }
 
 /// The local platform's access: everyone holding the operator's token may
@@ -82,6 +121,7 @@ impl Access for TokenAccess {
                 user: hello.client.user.clone(),
                 identity: None,
                 groups: Vec::new(),
+                extra: BTreeMap::new(),
                 grants: Grants::default(),
             })
         } else {

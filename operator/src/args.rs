@@ -59,6 +59,18 @@ pub struct ServeArgs {
     /// Without REMORA_OPERATOR_TOKEN: write a new random token here (mode 0600).
     #[arg(long, value_name = "PATH")]
     pub token_file: Option<PathBuf>,
+    /// Kubernetes platform: also serve the aggregated API
+    /// `operator.remora.dev/v1alpha1` over TLS here (what the API server
+    /// proxies sessions of any kubeconfig user to; docs/operator.md).
+    #[arg(long, value_name = "IP:PORT")]
+    pub api_listen: Option<SocketAddr>,
+    /// The aggregated API's serving certificate (PEM; with --tls-key). Unset:
+    /// one is made at start, and the APIService's caBundle set to its CA.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The key of --tls-cert (PEM, PKCS#8).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     /// Kubernetes platform: the kubeconfig to use outside the cluster
     /// (default: KUBECONFIG, ~/.kube/config, else the in-cluster service account).
     #[arg(long, value_name = "FILE")]

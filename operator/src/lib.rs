@@ -40,7 +40,7 @@ pub mod token;
 pub use args::Args;
 pub use error::{Error, Result};
 pub use platform::Platform;
-pub use server::{Operator, OperatorConfig};
+pub use server::{Connections, Operator, OperatorConfig};
 
 use std::io::Write;
 use std::sync::Arc;
@@ -69,6 +69,13 @@ pub fn init_logging() {
 /// A one-line, user-facing [`Error`].
 pub async fn run(args: Args) -> Result<()> {
     let args::Command::Serve(serve) = args.command;
+    if serve.api_listen.is_some() {
+        return Err(Error::Unsupported(
+            "--api-listen serves the aggregated API of the operator in a cluster \
+             (--platform kubernetes)"
+                .into(),
+        ));
+    }
     let mut signals = Signals::install()?;
     let from_env = std::env::var(token::OPERATOR_TOKEN_ENV)
         .ok()

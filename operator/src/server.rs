@@ -5,7 +5,7 @@
 //! The accept path is generic over `AsyncRead + AsyncWrite`, so a TLS
 //! acceptor can wrap the TCP stream without touching the rest.
 
-use crate::access::{Access, Caller, SessionObserver, TokenAccess};
+use crate::access::{Access, Caller, SessionObserver, TokenAccess, Vouched};
 use crate::agents::{AgentLease, AgentPool};
 use crate::branches::Branches;
 use crate::error::{Error, Result};
@@ -85,6 +85,27 @@ pub struct Operator {
     task: tokio::task::JoinHandle<()>,
     sessions: Sessions,
     agents: Arc<AgentPool>,
+    ctx: Arc<Context>,
+}
+
+/// Serves connections that reach the operator other than through its
+/// listener (the aggregated API's upgraded streams); a cheap handle.
+#[derive(Debug, Clone)]
+pub struct Connections {
+    ctx: Arc<Context>,
+}
+
+impl Connections {
+    /// Serve one client connection as the listener serves its own, with the
+    /// identity its carrier vouches for ([`Access::admit_vouched`]) instead
+    /// of the Hello's token when `vouched` is given. Returns when the
+    /// connection ends.
+    pub async fn serve<S>(&self, stream: S, peer: SocketAddr, vouched: Option<Vouched>)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        serve_connection(stream, peer, self.ctx.clone(), vouched).await;
+    }
 }
 
 impl Operator {
@@ -147,19 +168,28 @@ impl Operator {
                 .watch(crate::policy::RELOAD_INTERVAL, cancel.clone()),
         );
         tracing::info!(%local_addr, platform = agents.platform().name(), "operator listening");
-        let task = tokio::spawn(accept_loop(listener, ctx, cancel.clone()));
+        let task = tokio::spawn(accept_loop(listener, ctx.clone(), cancel.clone()));
         Ok(Operator {
             local_addr,
             cancel,
             task,
             sessions,
             agents,
+            ctx,
         })
     }
 
     /// Where clients connect.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// A handle serving connections that arrive other than through the
+    /// listener.
+    pub fn connections(&self) -> Connections {
+        Connections {
+            ctx: self.ctx.clone(),
+        }
     }
 
     /// The sessions (tests, benchmarks).
@@ -187,7 +217,7 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<Context>, cancel: Cancellat
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    tracker.spawn(serve_connection(stream, peer, ctx.clone()));
+                    tracker.spawn(serve_connection(stream, peer, ctx.clone(), None));
                 }
                 Err(e) => {
                     // Typically EMFILE: back off instead of spinning.
@@ -218,9 +248,14 @@ fn accepted(version: ProtocolVersion, capabilities: Capabilities, id: SessionId)
     }
 }
 
-/// Serve one client connection (any byte stream: TCP now, TLS later).
-async fn serve_connection<S>(stream: S, peer: SocketAddr, ctx: Arc<Context>)
-where
+/// Serve one client connection (any byte stream: TCP, or an upgraded
+/// stream of the aggregated API whose carrier vouches for the client).
+async fn serve_connection<S>(
+    stream: S,
+    peer: SocketAddr,
+    ctx: Arc<Context>,
+    vouched: Option<Vouched>,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let mut framed = Framed::new(stream, FrameCodec::<Hello, HelloReply>::default());
@@ -241,7 +276,11 @@ where
             return;
         }
     };
-    let mut caller: Caller = match ctx.access.authenticate(&hello).await {
+    let admitted = match &vouched {
+        Some(who) => ctx.access.admit_vouched(&hello, who).await,
+        None => ctx.access.authenticate(&hello).await,
+    };
+    let mut caller: Caller = match admitted {
         Ok(caller) => caller,
         Err(reason) => {
             tracing::warn!(%peer, user = %hello.client.user, %reason, "client not authenticated");

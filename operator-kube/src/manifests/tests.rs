@@ -37,13 +37,19 @@ fn namespace_and_image_are_used_everywhere() {
         let kind = object["kind"].as_str().unwrap();
         let namespaced = !matches!(
             kind,
-            "CustomResourceDefinition" | "Namespace" | "ClusterRole" | "ClusterRoleBinding"
+            "CustomResourceDefinition"
+                | "Namespace"
+                | "ClusterRole"
+                | "ClusterRoleBinding"
+                | "APIService"
         );
-        assert_eq!(
-            object["metadata"]["namespace"].as_str(),
-            namespaced.then_some("tools"),
-            "{kind}"
-        );
+        let expected = if object["roleRef"]["name"] == AUTH_READER_ROLE {
+            // The front proxy's trust is read where it lives.
+            Some("kube-system")
+        } else {
+            namespaced.then_some("tools")
+        };
+        assert_eq!(object["metadata"]["namespace"].as_str(), expected, "{kind}");
     }
     let deployment = deployment(&options);
     let pod = deployment.spec.template.spec.unwrap();
@@ -54,6 +60,10 @@ fn namespace_and_image_are_used_everywhere() {
     assert_eq!(pod.service_account_name.as_deref(), Some(NAME));
     let bound = cluster_role_binding(&options).subjects.unwrap();
     assert_eq!(bound[0].namespace.as_deref(), Some("tools"));
+    let reader = auth_reader_binding(&options).subjects.unwrap();
+    assert_eq!(reader[0].namespace.as_deref(), Some("tools"));
+    let backing = api_service(&options).spec.unwrap().service.unwrap();
+    assert_eq!(backing.namespace.as_deref(), Some("tools"));
 }
 
 #[test]
@@ -106,7 +116,9 @@ fn rbac_grants_no_wildcards_and_secrets_only_to_create_and_get_in_its_namespace(
             .any(|v| ["create", "update", "patch", "delete"].contains(v));
         let ours = rule.group == "remora.dev"
             || rule.resources == ["tokenreviews"]
-            || rule.resources == ["subjectaccessreviews"];
+            || rule.resources == ["subjectaccessreviews"]
+            // Its own APIService only.
+            || rule.names == [remora_kube::operator_api::APISERVICE];
         assert!(!writes || ours, "{rule:?}");
     }
 }
@@ -117,8 +129,13 @@ fn doc_row(rule: &Rule) -> String {
     } else {
         rule.group
     };
+    let only = if rule.names.is_empty() {
+        String::new()
+    } else {
+        format!(" (`{}` only)", rule.names.join("`, `"))
+    };
     format!(
-        "| `{group}` | {} | {} | {} |",
+        "| `{group}` | {}{only} | {} | {} |",
         rule.resources.join(", "),
         rule.verbs.join(", "),
         rule.why

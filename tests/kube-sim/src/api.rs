@@ -35,6 +35,47 @@ pub struct ApiState {
     pub logs: Logs,
     pub cgroups: Cgroups,
     pub execs: Execs,
+    /// `serve --tls`: the CA, which also signs client certificates.
+    pub tls: Option<crate::tls::Tls>,
+    /// What the aggregation layer presents to APIService backends.
+    pub front_proxy: crate::tls::FrontProxy,
+}
+
+/// Who a request is authenticated as (a request extension): what the aggregation layer names
+/// in `X-Remote-User` and `X-Remote-Group`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub user: String,
+    pub groups: Vec<String>,
+}
+
+/// The identity the request's credentials authenticate (after the 401 check).
+fn identity(credentials: Option<&str>, cert: Option<&crate::tls::ClientCert>) -> Identity {
+    let authenticated = |user: String, mut groups: Vec<String>| {
+        groups.push("system:authenticated".to_owned());
+        Identity { user, groups }
+    };
+    if let Some(cert) = cert {
+        return authenticated(cert.user.clone(), cert.groups.clone());
+    }
+    let token = credentials.and_then(|v| v.strip_prefix("Bearer "));
+    if let Some(sa) = token.and_then(|t| t.strip_prefix("remora-sim-sa:")) {
+        let ns = sa.split(':').next().unwrap_or_default();
+        return authenticated(
+            format!("system:serviceaccount:{sa}"),
+            vec![
+                "system:serviceaccounts".to_owned(),
+                format!("system:serviceaccounts:{ns}"),
+            ],
+        );
+    }
+    if let Some(user) = credentials.and_then(crate::rbac::user_of) {
+        return authenticated(user.0, Vec::new());
+    }
+    authenticated(
+        "remora-sim-admin".to_owned(),
+        vec!["system:masters".to_owned()],
+    )
 }
 
 /// Where a resource request points.
@@ -61,7 +102,11 @@ pub async fn handle(state: Arc<ApiState>, req: Request<Incoming>) -> Response<Bo
         .headers()
         .get("authorization")
         .and_then(|v| v.to_str().ok());
+    // A client certificate the CA signed (verified in the TLS handshake) authenticates its
+    // common name; in group system:masters it is allowed everything, else RBAC decides.
+    let cert = req.extensions().get::<crate::tls::ClientCert>().cloned();
     let authorized = match credentials {
+        _ if cert.is_some() => true,
         None => !state.require_token,
         Some(v) => {
             v == format!("Bearer {}", state.token)
@@ -70,15 +115,21 @@ pub async fn handle(state: Arc<ApiState>, req: Request<Incoming>) -> Response<Bo
                 || crate::rbac::user_of(v).is_some()
         }
     };
-    let user = credentials.and_then(crate::rbac::user_of);
     if !authorized {
         return error_response(&ApiError::new(401, "Unauthorized", "Unauthorized"));
     }
+    let user = match &cert {
+        Some(cert) if cert.groups.iter().any(|g| g == "system:masters") => None,
+        Some(cert) => Some(crate::rbac::User(cert.user.clone())),
+        None => credentials.and_then(crate::rbac::user_of),
+    };
+    let who = identity(credentials, cert.as_ref());
     // A user's resource requests are authorized by RBAC (rbac.rs).
     let mut req = req;
     if let Some(user) = user {
         req.extensions_mut().insert(user);
     }
+    req.extensions_mut().insert(who);
     match route(&state, req).await {
         Ok(resp) => resp,
         Err(err) => error_response(&err),
@@ -128,7 +179,20 @@ async fn route(state: &ApiState, req: Request<Incoming>) -> Result<Response<Body
         .collect();
     let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
     let registry = state.store.registry();
+    // An APIService's group and version: proxied to its service (aggregator.rs).
+    if let ["apis", group, version, ..] = segs.as_slice()
+        && let Some(apiservice) = crate::aggregator::served_by(&state.store, group, version)
+    {
+        return crate::aggregator::proxy(state, &apiservice, &segs, req).await;
+    }
+    if let ["apis", group] = segs.as_slice()
+        && registry.groups().iter().all(|(g, _)| g != group)
+        && let Some(group) = crate::aggregator::api_group(&state.store, group)
+    {
+        return Ok(json_response(200, &group));
+    }
     match segs.as_slice() {
+        ["remora-sim", "client-cert"] => return crate::aggregator::client_cert(state, &req),
         ["version"] => {
             return Ok(json_response(
                 200,

@@ -553,9 +553,25 @@ fn reconcile_endpoints(store: &Store) {
             .filter(|p| !is_ready(p))
             .map(address)
             .collect();
-        let ports: Vec<Value> = svc["spec"]["ports"].as_array().into_iter().flatten()
+        let ports: Vec<Value> = svc["spec"]["ports"]
+            .as_array()
+            .into_iter()
+            .flatten()
             .map(|p| {
-                let mut port = json!({"port": p["targetPort"].as_i64().or(p["port"].as_i64()), "protocol": p["protocol"]});
+                // A named targetPort is the selected pods' container port of that name.
+                let named = p["targetPort"].as_str().and_then(|want| {
+                    selected.iter().find_map(|pod| {
+                        pod["spec"]["containers"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .flat_map(|c| c["ports"].as_array().into_iter().flatten())
+                            .find(|cp| cp["name"] == want)
+                            .and_then(|cp| cp["containerPort"].as_i64())
+                    })
+                });
+                let number = p["targetPort"].as_i64().or(named).or(p["port"].as_i64());
+                let mut port = json!({"port": number, "protocol": p["protocol"]});
                 if let Some(n) = p["name"].as_str() {
                     port["name"] = json!(n);
                 }

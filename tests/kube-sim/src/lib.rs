@@ -2,6 +2,7 @@
 //! for remora's tests and demo. Test infrastructure, not a product feature: see
 //! docs/kube-sim.md for what it implements and what not.
 
+pub mod aggregator;
 pub mod api;
 pub mod controllers;
 pub mod dns;
@@ -163,6 +164,8 @@ async fn serve(args: ServeArgs, parent: nix::unistd::Pid) -> Result<(), Error> {
     if !matches!(args.runtime.as_str(), "process" | "netns" | "containerd") {
         return Err(Error::UnsupportedRuntime(args.runtime));
     }
+    // Made first: nothing to clean up if it fails.
+    let front_proxy = tls::front_proxy().map_err(Error::Tls)?;
     sweep_leftovers();
     let state_dir = std::env::temp_dir().join(format!("{STATE_DIR_PREFIX}{}", std::process::id()));
     std::fs::create_dir_all(&state_dir).map_err(|source| Error::Write {
@@ -233,6 +236,11 @@ async fn serve(args: ServeArgs, parent: nix::unistd::Pid) -> Result<(), Error> {
     if let Some(tls) = &tls {
         store.set_root_ca(&tls.ca_pem);
     }
+    aggregator::publish_authentication(
+        &store,
+        &front_proxy,
+        tls.as_ref().map(|t| t.ca_pem.as_str()),
+    );
     // Cluster IPs from the run's own 10.215.N.0/24, served by the service proxy.
     store.set_service_subnet(network.index());
     let service_proxy = tokio::spawn(proxy::run(store.clone(), network.bridge()));
@@ -270,6 +278,8 @@ async fn serve(args: ServeArgs, parent: nix::unistd::Pid) -> Result<(), Error> {
         cgroups: cgroups.clone(),
         execs: execs.clone(),
         require_token: tls.is_some(),
+        tls: tls.clone(),
+        front_proxy,
     });
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let kubelet = kubelet::Kubelet::new(
@@ -336,29 +346,40 @@ async fn accept(
         let state = state.clone();
         let tls = tls.clone();
         tokio::spawn(async move {
-            let svc = service_fn(move |req| {
-                let state = state.clone();
-                async move { Ok::<_, std::convert::Infallible>(api::handle(state, req).await) }
-            });
-            let builder = auto::Builder::new(TokioExecutor::new());
-            match tls {
+            let (io, cert): (std::pin::Pin<Box<dyn Io>>, Option<tls::ClientCert>) = match tls {
                 Some(tls) => {
                     let Ok(stream) = tls.accept(stream).await else {
                         return;
                     };
-                    let _ = builder
-                        .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(stream), svc)
-                        .await;
+                    // A verified client certificate authenticates every request of the
+                    // connection.
+                    let cert = stream
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|c| c.first())
+                        .and_then(|c| tls::client_identity(c));
+                    (Box::pin(stream), cert)
                 }
-                None => {
-                    let _ = builder
-                        .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(stream), svc)
-                        .await;
+                None => (Box::pin(stream), None),
+            };
+            let svc = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                let state = state.clone();
+                if let Some(cert) = &cert {
+                    req.extensions_mut().insert(cert.clone());
                 }
-            }
+                async move { Ok::<_, std::convert::Infallible>(api::handle(state, req).await) }
+            });
+            let _ = auto::Builder::new(TokioExecutor::new())
+                .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(io), svc)
+                .await;
         });
     }
 }
+
+/// A served connection's byte stream (TCP, or TLS over it).
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send> Io for T {}
 
 /// Returns on SIGTERM or SIGINT, or once `parent` is no longer this process's parent
 /// (it died and this process was re-parented to init or a subreaper).

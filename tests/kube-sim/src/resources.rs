@@ -227,6 +227,15 @@ impl Registry {
                 false,
             ),
             (
+                "apiregistration.k8s.io",
+                "v1",
+                "APIService",
+                "apiservices",
+                false,
+                &[],
+                true,
+            ),
+            (
                 "apiextensions.k8s.io",
                 "v1",
                 "CustomResourceDefinition",

@@ -461,6 +461,34 @@ pub fn encode_base64(data: &[u8]) -> String {
     out
 }
 
+/// Standard base64 (padding optional, whitespace ignored); `None` when malformed.
+pub fn decode_base64(text: &str) -> Option<Vec<u8>> {
+    let mut bits = 0u32;
+    let mut count = 0;
+    let mut out = Vec::new();
+    for c in text
+        .bytes()
+        .filter(|c| !c.is_ascii_whitespace() && *c != b'=')
+    {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        };
+        bits = (bits << 6) | u32::from(v);
+        count += 6;
+        if count >= 8 {
+            count -= 8;
+            out.push((bits >> count) as u8);
+            bits &= (1 << count) - 1;
+        }
+    }
+    Some(out)
+}
+
 /// A Job's defaults as the API server sets them: unless `spec.manualSelector` is true, the
 /// selector is generated from the Job's uid (`batch.kubernetes.io/controller-uid`) and the pod
 /// template gets the labels it selects plus the job name (both with and without the

@@ -248,14 +248,19 @@ pub fn start_operator(sim: &Sim) -> (Reaped, String) {
 /// The namespace `install_operator` installs the operator in.
 pub const OPERATOR_NS: &str = "remora";
 
-/// The server URL of the sim's kubeconfig (`http://127.0.0.1:PORT`).
-pub fn api_port(sim: &Sim) -> String {
+/// The server URL of the sim's kubeconfig (`http://127.0.0.1:PORT`, or
+/// `https://` with `serve --tls`).
+pub fn api_server(sim: &Sim) -> String {
     let text = std::fs::read_to_string(&sim.kubeconfig).unwrap();
-    let server = text
-        .lines()
+    text.lines()
         .find_map(|l| l.trim_start().strip_prefix("server: "))
-        .unwrap();
-    server.rsplit(':').next().unwrap().to_owned()
+        .unwrap()
+        .to_owned()
+}
+
+/// The port of [`api_server`].
+pub fn api_port(sim: &Sim) -> String {
+    api_server(sim).rsplit(':').next().unwrap().to_owned()
 }
 
 /// Install the operator with its own manifests. Its pod has a network of
@@ -284,9 +289,21 @@ pub fn install_operator(sim: &Sim) {
         .find(|ip| !ip.starts_with("127."))
         .expect("a pod of its own network runs already");
     let (subnet, _) = pod_ip.rsplit_once('.').unwrap();
+    // Over TLS (`serve --tls`) with the sim's CA, as the admin's kubeconfig.
+    let admin = std::fs::read_to_string(&sim.kubeconfig).unwrap();
+    let scheme = if api_server(sim).starts_with("https://") {
+        "https"
+    } else {
+        "http"
+    };
+    let ca = admin
+        .lines()
+        .find_map(|l| l.trim_start().strip_prefix("certificate-authority-data: "))
+        .map(|data| format!("\n    certificate-authority-data: {data}"))
+        .unwrap_or_default();
     let kubeconfig = format!(
         "apiVersion: v1\nkind: Config\nclusters:\n- name: sim\n  cluster:\n    server: \
-         http://{subnet}.1:{port}\ncontexts:\n- name: sim\n  context:\n    cluster: sim\n    \
+         {scheme}://{subnet}.1:{port}{ca}\ncontexts:\n- name: sim\n  context:\n    cluster: sim\n    \
          user: operator\n    namespace: default\ncurrent-context: sim\nusers:\n- name: \
          operator\n  user:\n    token: remora-sim-sa:{OPERATOR_NS}:remora-operator\n",
         port = api_port(sim)
@@ -305,6 +322,7 @@ pub fn install_operator(sim: &Sim) {
         "containers": [{
             "name": "operator",
             "args": ["serve", "--platform", "kubernetes", "--listen", "0.0.0.0:8443",
+                     "--api-listen", "0.0.0.0:8444",
                      "--kubeconfig", "/etc/remora-operator/kubeconfig", "--namespace", "default"],
             "volumeMounts": [{"name": "kubeconfig", "mountPath": "/etc/remora-operator"}],
         }],
