@@ -144,6 +144,14 @@ async fn a_split_topic_delivers_exactly_once_with_a_session_killed_midway() {
         let copied = broker.inspect(tmp).await.unwrap();
         assert_eq!(copied.props[PARTITIONS_PROP], "3", "{tmp}");
     }
+    // The router reads the original as a member of the workload's group,
+    // assigned all its partitions.
+    let router_member = BTreeMap::from([("orders".to_owned(), vec![0, 1, 2])]);
+    eventually("the router to join the group", || async {
+        let group = broker.describe_group().await.unwrap();
+        group.members.len() == 1 && group.members[0].1 == router_member
+    })
+    .await;
     // An overlapping filter is refused.
     assert!(
         api.add_session(key("mallory"), filter("^(alice|mallory)$"))
@@ -165,6 +173,19 @@ async fn a_split_topic_delivers_exactly_once_with_a_session_killed_midway() {
     })
     .await;
     let mut alice_consumer = broker.consume(&alice_q, 16).await.unwrap();
+    // Alice's process joined the group too (the group rebalanced; the
+    // router rejoined and kept the original's partitions).
+    let group = broker.describe_group().await.unwrap();
+    let mut assignments: Vec<_> = group.members.iter().map(|(_, a)| a.clone()).collect();
+    assignments.sort();
+    assert_eq!(
+        assignments,
+        [
+            router_member.clone(),
+            BTreeMap::from([("orders.remora.alice".to_owned(), vec![0, 1, 2])])
+        ],
+        "{group:?}"
+    );
     let mut alice_acked = Vec::new();
     let mut held = Vec::new();
     for i in 0..15 {
