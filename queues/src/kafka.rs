@@ -406,7 +406,11 @@ impl KafkaBroker {
                     return Err(Self::op_err(
                         topic,
                         "offset fetch",
-                        format!("partition {}: {}", p.partition_index, code_text(p.error_code)),
+                        format!(
+                            "partition {}: {}",
+                            p.partition_index,
+                            code_text(p.error_code)
+                        ),
                     ));
                 }
                 if p.committed_offset >= 0 {

@@ -310,8 +310,8 @@ async fn members_become(broker: &KafkaBroker, want: &[&str]) {
     loop {
         let group = broker.describe_group().await.unwrap();
         let ids: BTreeSet<String> = group.members.iter().map(|(id, _)| id.clone()).collect();
-        let settled = want.is_empty()
-            || (group.state == "Stable" && group.protocol_type == "consumer");
+        let settled =
+            want.is_empty() || (group.state == "Stable" && group.protocol_type == "consumer");
         if ids == want && settled {
             return;
         }

@@ -28,8 +28,7 @@
 
 use super::KafkaBroker;
 use super::client::{
-    COORDINATOR_LOAD_IN_PROGRESS, COORDINATOR_NOT_AVAILABLE, CoordError, NOT_COORDINATOR,
-    code_text,
+    COORDINATOR_LOAD_IN_PROGRESS, COORDINATOR_NOT_AVAILABLE, CoordError, NOT_COORDINATOR, code_text,
 };
 use super::conn::{Conn, ConnError};
 use crate::broker::{BrokerError, BrokerKind, QueueName, Result};
@@ -806,7 +805,12 @@ mod tests {
 
     fn sub(topics: &[&str], owned: &[(&str, &[i32])]) -> ConsumerProtocolSubscription {
         ConsumerProtocolSubscription::default()
-            .with_topics(topics.iter().map(|t| StrBytes::from_string((*t).to_owned())).collect())
+            .with_topics(
+                topics
+                    .iter()
+                    .map(|t| StrBytes::from_string((*t).to_owned()))
+                    .collect(),
+            )
             .with_owned_partitions(
                 owned
                     .iter()
@@ -843,7 +847,10 @@ mod tests {
         ]);
         let plan = plan_assignment(&subs, &counts, false);
         assert_eq!(of(&plan, "router", "orders"), vec![0, 1, 2]);
-        assert_eq!(of(&plan, "router", "orders.remora.workload"), Vec::<i32>::new());
+        assert_eq!(
+            of(&plan, "router", "orders.remora.workload"),
+            Vec::<i32>::new()
+        );
         let a = of(&plan, "pod-a", "orders.remora.workload");
         let b = of(&plan, "pod-b", "orders.remora.workload");
         assert_eq!((a.len(), b.len()), (2, 1));
@@ -854,7 +861,10 @@ mod tests {
     fn owned_partitions_stay_up_to_the_fair_share() {
         // pod-a owned all three; the router joins on the same topic.
         let subs = vec![
-            ("pod-a".to_owned(), sub(&["orders"], &[("orders", &[0, 1, 2])])),
+            (
+                "pod-a".to_owned(),
+                sub(&["orders"], &[("orders", &[0, 1, 2])]),
+            ),
             ("router".to_owned(), sub(&["orders"], &[])),
         ];
         let counts = BTreeMap::from([("orders".to_owned(), 3)]);
@@ -878,17 +888,18 @@ mod tests {
 
     #[test]
     fn subscriptions_and_assignments_round_trip() {
-        let bytes = subscription(
-            &QueueName("orders".into()),
-            &BTreeSet::from([1, 2]),
-            7,
-        )
-        .ok()
-        .unwrap();
+        let bytes = subscription(&QueueName("orders".into()), &BTreeSet::from([1, 2]), 7)
+            .ok()
+            .unwrap();
         let sub = decode_subscription(&bytes).unwrap();
         assert_eq!(sub.topics[0].as_str(), "orders");
         assert_eq!(sub.owned_partitions[0].partitions, vec![1, 2]);
         assert_eq!(sub.generation_id, 7);
-        assert!(decode_assignment(&Bytes::new()).unwrap().assigned_partitions.is_empty());
+        assert!(
+            decode_assignment(&Bytes::new())
+                .unwrap()
+                .assigned_partitions
+                .is_empty()
+        );
     }
 }
