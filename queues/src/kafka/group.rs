@@ -649,12 +649,54 @@ impl MemberTask {
         }
     }
 
+    /// Before leaving: if the group is rebalancing, rejoin first (bounded
+    /// by the rebalance timeout), so that we leave a formed group. tansu
+    /// (0.6, and its successor's coordinator) keeps a leader that leaves a
+    /// group while it rebalances as the group's leader: every later
+    /// generation names the departed member as leader, nobody assigns, and
+    /// every SyncGroup is answered `REBALANCE_IN_PROGRESS` for good. A
+    /// leader leaving a formed group is replaced. Kafka needs none of this
+    /// (it is one Heartbeat there).
+    async fn settle_before_leaving(&mut self) {
+        let group = GroupId(StrBytes::from_string(self.broker.config.group.clone()));
+        let (generation, member_id) = (
+            self.generation,
+            StrBytes::from_string(self.member_id.clone()),
+        );
+        let code = match self
+            .send(0, 4, |_| {
+                HeartbeatRequest::default()
+                    .with_group_id(group)
+                    .with_generation_id(generation)
+                    .with_member_id(member_id)
+            })
+            .await
+        {
+            Ok(r) => r.error_code,
+            Err(_) => return,
+        };
+        if !matches!(code, REBALANCE_IN_PROGRESS | ILLEGAL_GENERATION) {
+            return;
+        }
+        let wait = self.broker.config.rebalance_timeout;
+        match tokio::time::timeout(wait, self.join_and_sync()).await {
+            Ok(Ok(g)) => {
+                tracing::debug!(group = %self.broker.config.group, generation = g.id, "rejoined the rebalancing group before leaving it");
+                self.generation = g.id;
+            }
+            Ok(Err(_)) | Err(_) => {
+                tracing::debug!(group = %self.broker.config.group, "could not rejoin the rebalancing group before leaving it");
+            }
+        }
+    }
+
     /// LeaveGroup, best effort: the coordinator would otherwise drop us
     /// after the session timeout, delaying the other members' rebalance.
     async fn leave(&mut self) {
         if self.member_id.is_empty() {
             return;
         }
+        self.settle_before_leaving().await;
         let group = GroupId(StrBytes::from_string(self.broker.config.group.clone()));
         let member_id = StrBytes::from_string(self.member_id.clone());
         let resp = self
