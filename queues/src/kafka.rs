@@ -24,10 +24,13 @@
 //!   summed over partitions);
 //! * `delete` is refused while the group lags on the topic.
 //!
-//! Commits are made as a group without members (generation -1, as Kafka's
-//! own `assign()` + `commitSync()` do). Apache Kafka accepts those only
-//! while the group has no active member: see docs/queues.md for what that
-//! means for a workload that consumes in the same group.
+//! Every consumer is a **member** of the group (`group`: JoinGroup,
+//! SyncGroup, Heartbeat, LeaveGroup), subscribed to its one topic, and
+//! commits with its generation id and member id: Apache Kafka refuses a
+//! commit from outside a group that has members, and the workload's pods are
+//! members of this group throughout a split. See docs/queues.md for why the
+//! router reads the original in the workload's group rather than one of its
+//! own.
 //!
 //! # Order
 //! A message's [`Message::order_key`] is its partition (`p3`): the router
@@ -56,8 +59,10 @@
 mod client;
 mod conn;
 mod consumer;
+mod group;
 
 pub use consumer::KafkaConsumer;
+pub use group::{Generation, GroupDescription};
 
 use crate::broker::{
     Broker, BrokerError, BrokerKind, Consumer, Message, QueueDepth, QueueName, QueueProps, Result,
@@ -73,7 +78,7 @@ use conn::ConnError;
 use indexmap::IndexMap;
 use kafka_protocol::messages::{
     CreateTopicsRequest, DeleteTopicsRequest, DescribeConfigsRequest, GroupId, ListOffsetsRequest,
-    OffsetCommitRequest, OffsetFetchRequest, ProduceRequest, TopicName,
+    OffsetCommitRequest, OffsetCommitResponse, OffsetFetchRequest, ProduceRequest, TopicName,
     create_topics_request::{CreatableTopic, CreatableTopicConfig},
     describe_configs_request::DescribeConfigsResource,
     list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic},
@@ -81,7 +86,7 @@ use kafka_protocol::messages::{
     offset_fetch_request::OffsetFetchRequestTopic,
     produce_request::{PartitionProduceData, TopicProduceData},
 };
-use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::protocol::{Request, StrBytes};
 use kafka_protocol::records::{
     Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
 };
@@ -122,6 +127,28 @@ pub struct KafkaConfig {
     pub group: String,
     /// How long one fetch waits for records at most.
     pub fetch_wait: Duration,
+    /// The group's session timeout for our members: a member that sends
+    /// no heartbeat for this long is dropped from the group (the broker
+    /// bounds it: 6 s to 30 min by default).
+    pub session_timeout: Duration,
+    /// How long the group waits for its members to rejoin in a rebalance.
+    pub rebalance_timeout: Duration,
+    /// How often our members heartbeat (a rebalance reaches a member at
+    /// its next heartbeat).
+    pub heartbeat_interval: Duration,
+}
+
+/// A commit that the group refused or that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CommitError {
+    /// The group says the generation is over (`REBALANCE_IN_PROGRESS`,
+    /// `ILLEGAL_GENERATION`, `UNKNOWN_MEMBER_ID`, `FENCED_INSTANCE_ID`;
+    /// the Kafka error code).
+    #[error("the group's generation is over: {}", code_text(*.0))]
+    Stale(i16),
+    /// Any other refusal or failure.
+    #[error(transparent)]
+    Failed(#[from] BrokerError),
 }
 
 impl KafkaConfig {
@@ -144,6 +171,9 @@ impl KafkaConfig {
             bootstrap,
             group: group.into(),
             fetch_wait: Duration::from_millis(500),
+            session_timeout: Duration::from_secs(10),
+            rebalance_timeout: Duration::from_secs(30),
+            heartbeat_interval: Duration::from_secs(1),
         }
     }
 }
@@ -305,6 +335,45 @@ impl KafkaBroker {
         Ok(out)
     }
 
+    /// Sends `req` to the group's coordinator at the highest version in
+    /// `min..=max`: finds the coordinator, and tries again (up to
+    /// `ATTEMPTS`, pausing `RETRY_PAUSE`) while finding it fails or the
+    /// response's code (`code_of`) says it is loading, unavailable or
+    /// elsewhere. Any other code is the caller's to read.
+    pub(crate) async fn to_coordinator<R: Request>(
+        &self,
+        topic: &QueueName,
+        op: &'static str,
+        req: &R,
+        min: i16,
+        max: i16,
+        code_of: impl Fn(&R::Response) -> i16,
+    ) -> Result<R::Response> {
+        let mut attempt = 1;
+        loop {
+            let last = attempt >= ATTEMPTS;
+            attempt += 1;
+            let conn = match self.cluster.coordinator(&self.config.group).await {
+                Ok(c) => c,
+                Err(CoordError::Code(code)) if retriable_coord(code) && !last => {
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                    continue;
+                }
+                Err(e) => return Err(Self::op_err(topic, op, e.to_string())),
+            };
+            let resp = self
+                .cluster
+                .send_on(&conn, req, min, max)
+                .await
+                .map_err(|e| self.conn_err(e))?;
+            if retriable_coord(code_of(&resp)) && !last {
+                tokio::time::sleep(RETRY_PAUSE).await;
+                continue;
+            }
+            return Ok(resp);
+        }
+    }
+
     /// The group's committed offsets on `topic` (partitions without a
     /// commit are absent).
     pub(crate) async fn committed(
@@ -319,66 +388,60 @@ impl KafkaBroker {
                     .with_name(topic_name(topic))
                     .with_partition_indexes(partitions.to_vec()),
             ]));
-        for attempt in 1..=ATTEMPTS {
-            let conn = match self.cluster.coordinator(&self.config.group).await {
-                Ok(c) => c,
-                Err(CoordError::Code(code)) if retriable_coord(code) && attempt < ATTEMPTS => {
-                    tokio::time::sleep(RETRY_PAUSE).await;
-                    continue;
-                }
-                Err(e) => return Err(Self::op_err(topic, "offset fetch", e.to_string())),
-            };
-            // v1..=7: one group per request (v8 batches groups).
-            let resp = self
-                .cluster
-                .send_on(&conn, &req, 1, 7)
-                .await
-                .map_err(|e| self.conn_err(e))?;
-            if retriable_coord(resp.error_code) && attempt < ATTEMPTS {
-                tokio::time::sleep(RETRY_PAUSE).await;
-                continue;
-            }
-            if resp.error_code != 0 {
-                return Err(Self::op_err(
-                    topic,
-                    "offset fetch",
-                    code_text(resp.error_code),
-                ));
-            }
-            let mut out = BTreeMap::new();
-            for t in resp.topics {
-                for p in t.partitions {
-                    if p.error_code != 0 {
-                        return Err(Self::op_err(
-                            topic,
-                            "offset fetch",
-                            format!(
-                                "partition {}: {}",
-                                p.partition_index,
-                                code_text(p.error_code)
-                            ),
-                        ));
-                    }
-                    if p.committed_offset >= 0 {
-                        out.insert(p.partition_index, p.committed_offset);
-                    }
-                }
-            }
-            return Ok(out);
+        // v1..=7: one group per request (v8 batches groups).
+        let resp = self
+            .to_coordinator(topic, "offset fetch", &req, 1, 7, |r| r.error_code)
+            .await?;
+        if resp.error_code != 0 {
+            return Err(Self::op_err(
+                topic,
+                "offset fetch",
+                code_text(resp.error_code),
+            ));
         }
-        unreachable!("the last attempt returns")
+        let mut out = BTreeMap::new();
+        for t in resp.topics {
+            for p in t.partitions {
+                if p.error_code != 0 {
+                    return Err(Self::op_err(
+                        topic,
+                        "offset fetch",
+                        format!(
+                            "partition {}: {}",
+                            p.partition_index,
+                            code_text(p.error_code)
+                        ),
+                    ));
+                }
+                if p.committed_offset >= 0 {
+                    out.insert(p.partition_index, p.committed_offset);
+                }
+            }
+        }
+        Ok(out)
     }
 
-    /// Commits `offsets` (partition -> next offset to read) for the group.
-    pub(crate) async fn commit(
+    /// Commits `offsets` (partition -> next offset to read) for the group,
+    /// as the member `member_id` of generation `generation` (the consumers
+    /// of this broker are members: see [`KafkaConsumer`]), or with
+    /// generation -1 and no member id, as a client outside the group
+    /// (accepted by Apache Kafka only while the group has no member).
+    ///
+    /// # Errors
+    /// [`CommitError::Stale`] when the group says the generation is over
+    /// (a rebalance, or the member was dropped); any other refusal or
+    /// failure as [`CommitError::Failed`].
+    pub async fn commit_as(
         &self,
         topic: &QueueName,
         offsets: &BTreeMap<i32, i64>,
-    ) -> Result<()> {
+        generation: i32,
+        member_id: &str,
+    ) -> std::result::Result<(), CommitError> {
         let req = OffsetCommitRequest::default()
             .with_group_id(GroupId(StrBytes::from_string(self.config.group.clone())))
-            .with_generation_id_or_member_epoch(-1)
-            .with_member_id(StrBytes::from_static_str(""))
+            .with_generation_id_or_member_epoch(generation)
+            .with_member_id(StrBytes::from_string(member_id.to_owned()))
             .with_topics(vec![
                 OffsetCommitRequestTopic::default()
                     .with_name(topic_name(topic))
@@ -393,48 +456,41 @@ impl KafkaBroker {
                             .collect(),
                     ),
             ]);
-        for attempt in 1..=ATTEMPTS {
-            let conn = match self.cluster.coordinator(&self.config.group).await {
-                Ok(c) => c,
-                Err(CoordError::Code(code)) if retriable_coord(code) && attempt < ATTEMPTS => {
-                    tokio::time::sleep(RETRY_PAUSE).await;
-                    continue;
-                }
-                Err(e) => return Err(Self::op_err(topic, "commit", e.to_string())),
-            };
-            // v2..=8: v9 is for the new consumer protocol's members.
-            let resp = self
-                .cluster
-                .send_on(&conn, &req, 2, 8)
-                .await
-                .map_err(|e| self.conn_err(e))?;
-            let codes: Vec<(i32, i16)> = resp
-                .topics
+        let first_error = |r: &OffsetCommitResponse| {
+            r.topics
                 .iter()
                 .flat_map(|t| t.partitions.iter())
-                .filter(|p| p.error_code != 0)
+                .find(|p| p.error_code != 0)
                 .map(|p| (p.partition_index, p.error_code))
-                .collect();
-            if codes.is_empty() {
-                return Ok(());
-            }
-            if codes.iter().all(|(_, c)| retriable_coord(*c)) && attempt < ATTEMPTS {
-                tokio::time::sleep(RETRY_PAUSE).await;
-                continue;
-            }
-            let (p, code) = codes[0];
-            return Err(Self::op_err(
+        };
+        // v2..=8: v9 is for the new consumer protocol's members.
+        let resp = self
+            .to_coordinator(topic, "commit", &req, 2, 8, |r| {
+                first_error(r).map_or(0, |(_, c)| c)
+            })
+            .await?;
+        match first_error(&resp) {
+            None => Ok(()),
+            Some((_, code)) if group::stale_generation(code) => Err(CommitError::Stale(code)),
+            Some((p, code)) => Err(CommitError::Failed(Self::op_err(
                 topic,
                 "commit",
                 format!(
-                    "group {}, partition {p}: {} (Kafka accepts commits without group \
-                     membership only while the group has no active member)",
+                    "group {}, partition {p}: {}",
                     self.config.group,
                     code_text(code)
                 ),
-            ));
+            ))),
         }
-        unreachable!("the last attempt returns")
+    }
+
+    /// The group as DescribeGroups shows it: state, assignor, and each
+    /// member's assignment.
+    ///
+    /// # Errors
+    /// The coordinator could not be reached or refused.
+    pub async fn describe_group(&self) -> Result<GroupDescription> {
+        group::describe(self, &QueueName(String::new())).await
     }
 
     /// The partition a message goes to on a topic of `count` partitions.
@@ -737,8 +793,7 @@ impl Broker for KafkaBroker {
     }
 
     async fn consume(&self, name: &QueueName, prefetch: u16) -> Result<Box<dyn Consumer>> {
-        let consumer = KafkaConsumer::start(self.clone_handle(), name.clone(), prefetch).await?;
-        Ok(Box::new(consumer))
+        Ok(Box::new(self.consumer(name, prefetch).await?))
     }
 
     async fn publish(&self, name: &QueueName, message: &Message) -> Result<()> {
@@ -829,6 +884,17 @@ impl Broker for KafkaBroker {
 }
 
 impl KafkaBroker {
+    /// [`Broker::consume`], typed: a member of the group subscribed to
+    /// `name` (its [`KafkaConsumer::generation`] tells the member id and
+    /// the partitions assigned).
+    ///
+    /// # Errors
+    /// The topic does not exist ([`BrokerError::NoQueue`]), or the group
+    /// could not be joined.
+    pub async fn consumer(&self, name: &QueueName, prefetch: u16) -> Result<KafkaConsumer> {
+        KafkaConsumer::start(self.clone_handle(), name.clone(), prefetch).await
+    }
+
     /// Another handle on the same cluster and group (consumers hold one).
     fn clone_handle(&self) -> Arc<KafkaBroker> {
         Arc::new(Self {

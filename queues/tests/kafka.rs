@@ -10,8 +10,10 @@ use bytes::Bytes;
 use remora_queues::broker::{
     Broker, BrokerError, Consumer, Delivery, Message, QueueName, QueueProps,
 };
-use remora_queues::kafka::{CONFIG_PREFIX, KafkaBroker, KafkaNative, PARTITIONS_PROP};
-use std::collections::{BTreeMap, HashMap};
+use remora_queues::kafka::{
+    CONFIG_PREFIX, CommitError, Generation, KafkaBroker, KafkaNative, PARTITIONS_PROP,
+};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 use tansu::Tansu;
 
@@ -296,6 +298,103 @@ async fn a_tombstone_stays_a_tombstone_and_binary_headers_are_forwarded_unmatche
     copy.ack(d).await.unwrap();
     drop((consumer, copy));
     for t in [&from, &to] {
+        broker.delete(t).await.unwrap();
+    }
+}
+
+/// Waits (at most a minute) until DescribeGroups shows `want` as the
+/// group's members, and the group stable (a consumer group).
+async fn members_become(broker: &KafkaBroker, want: &[&str]) {
+    let want: BTreeSet<String> = want.iter().map(|m| (*m).to_owned()).collect();
+    let start = std::time::Instant::now();
+    loop {
+        let group = broker.describe_group().await.unwrap();
+        let ids: BTreeSet<String> = group.members.iter().map(|(id, _)| id.clone()).collect();
+        let settled =
+            want.is_empty() || (group.state == "Stable" && group.protocol_type == "consumer");
+        if ids == want && settled {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the group: {group:?}, not members {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn partitions(g: &Generation) -> Vec<i32> {
+    g.partitions.iter().copied().collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumers_are_group_members_and_commit_with_their_generation() {
+    let tansu = Tansu::start();
+    let broker = tansu.broker("members").await;
+    let (orders, copy) = (q("orders"), q("orders.copy"));
+    broker.create_like(&props(3), &orders).await.unwrap();
+    broker.create_like(&props(2), &copy).await.unwrap();
+    for seq in 0..12 {
+        broker
+            .publish(&orders, &message(seq, "bob", &format!("k{seq}")))
+            .await
+            .unwrap();
+    }
+    // A consumer is a member of the group (DescribeGroups lists it),
+    // assigned (SyncGroup) every partition of its topic: it was the
+    // leader, and the only subscriber.
+    let mut on_orders = broker.consumer(&orders, 16).await.unwrap();
+    let first = on_orders.generation();
+    assert_eq!(partitions(&first), [0, 1, 2]);
+    members_become(&broker, &[&first.member_id]).await;
+
+    // A second member on another topic: the group rebalances, the first
+    // rejoins and keeps its partitions, the second gets its topic's.
+    let on_copy = broker.consumer(&copy, 16).await.unwrap();
+    let second = on_copy.generation();
+    assert_eq!(partitions(&second), [0, 1]);
+    members_become(&broker, &[&first.member_id, &second.member_id]).await;
+
+    // The first's acks commit in the generation it rejoined in: nothing
+    // left for the group.
+    let got = take(&mut on_orders, true).await;
+    assert_eq!(got.len(), 12);
+    assert_eq!(broker.depth(&orders).await.unwrap().ready, 0);
+    let now = on_orders.generation();
+    assert!(now.id > first.id, "rejoined: {now:?} after {first:?}");
+    assert_eq!(now.member_id, first.member_id);
+    assert_eq!(partitions(&now), [0, 1, 2]);
+
+    // A member's commit with its generation is taken; one with a
+    // generation that is not the group's is refused.
+    // (On the empty copy: offset 0 leaves nothing to read.)
+    let offsets = BTreeMap::from([(0, 0)]);
+    broker
+        .commit_as(&copy, &offsets, now.id, &now.member_id)
+        .await
+        .unwrap();
+    let stale = broker
+        .commit_as(&copy, &offsets, now.id + 5, &now.member_id)
+        .await
+        .unwrap_err();
+    assert!(matches!(stale, CommitError::Stale(_)), "{stale}");
+    // As Apache Kafka, tansu refuses a commit from outside the group
+    // (generation -1, no member id) while the group has members, and one
+    // naming a member it does not know: UNKNOWN_MEMBER_ID (25).
+    for (generation, member) in [(-1, ""), (now.id, "someone-else")] {
+        let refused = broker
+            .commit_as(&copy, &offsets, generation, member)
+            .await
+            .unwrap_err();
+        assert!(matches!(refused, CommitError::Stale(25)), "{refused}");
+    }
+
+    // Dropped consumers leave the group.
+    drop(on_copy);
+    members_become(&broker, &[&first.member_id]).await;
+    drop(on_orders);
+    members_become(&broker, &[]).await;
+    for t in [&orders, &copy] {
         broker.delete(t).await.unwrap();
     }
 }

@@ -7,7 +7,9 @@
 #[path = "support/tansu.rs"]
 mod tansu;
 
-use remora_queues::broker::{Broker, BrokerError, Delivery, Message, QueueName, QueueProps};
+use remora_queues::broker::{
+    Broker, BrokerError, Consumer, Delivery, Message, QueueName, QueueProps,
+};
 use remora_queues::filter::MessageFilter;
 use remora_queues::kafka::{KafkaBroker, PARTITIONS_PROP};
 use remora_queues::router::{MemoryStore, RouterApi, RouterConfig, RouterTask, SplitSessionKey};
@@ -144,6 +146,14 @@ async fn a_split_topic_delivers_exactly_once_with_a_session_killed_midway() {
         let copied = broker.inspect(tmp).await.unwrap();
         assert_eq!(copied.props[PARTITIONS_PROP], "3", "{tmp}");
     }
+    // The router reads the original as a member of the workload's group
+    // (the only member yet).
+    eventually("the router to join the group", || async {
+        let group = broker.describe_group().await.unwrap();
+        group.members.len() == 1 && group.state == "Stable" && group.protocol_type == "consumer"
+    })
+    .await;
+    let router_member = broker.describe_group().await.unwrap().members[0].0.clone();
     // An overlapping filter is refused.
     assert!(
         api.add_session(key("mallory"), filter("^(alice|mallory)$"))
@@ -164,7 +174,20 @@ async fn a_split_topic_delivers_exactly_once_with_a_session_killed_midway() {
         routed_total(&api).await >= n / 3
     })
     .await;
-    let mut alice_consumer = broker.consume(&alice_q, 16).await.unwrap();
+    let mut alice_consumer = broker.consumer(&alice_q, 16).await.unwrap();
+    // Alice's process joined the group too (the group rebalanced; the
+    // router rejoined, as the same member).
+    let alice_member = alice_consumer.generation();
+    assert_eq!(alice_member.partitions.len(), 3, "{alice_member:?}");
+    eventually("alice and the router to be the group's members", || async {
+        let group = broker.describe_group().await.unwrap();
+        let mut ids: Vec<String> = group.members.into_iter().map(|(id, _)| id).collect();
+        ids.sort();
+        let mut want = vec![router_member.clone(), alice_member.member_id.clone()];
+        want.sort();
+        ids == want && group.state == "Stable"
+    })
+    .await;
     let mut alice_acked = Vec::new();
     let mut held = Vec::new();
     for i in 0..15 {

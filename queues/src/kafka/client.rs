@@ -256,6 +256,12 @@ impl Cluster {
 
     /// The connection to `group`'s coordinator.
     pub async fn coordinator(&self, group: &str) -> Result<Arc<Conn>, CoordError> {
+        let addr = self.coordinator_addr(group).await?;
+        Ok(self.conn(&addr).await?)
+    }
+
+    /// The address of `group`'s coordinator.
+    pub async fn coordinator_addr(&self, group: &str) -> Result<String, CoordError> {
         let req = FindCoordinatorRequest::default()
             .with_key(StrBytes::from_string(group.to_owned()))
             .with_key_type(0);
@@ -266,7 +272,7 @@ impl Cluster {
         }
         let addr = format!("{}:{}", resp.host.as_str(), resp.port);
         lock(&self.brokers).insert(resp.node_id.0, addr.clone());
-        Ok(self.conn(&addr).await?)
+        Ok(addr)
     }
 }
 

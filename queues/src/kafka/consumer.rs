@@ -8,7 +8,8 @@ use super::client::{
     code_text,
 };
 use super::conn::Conn;
-use super::{EARLIEST, KafkaBroker, KafkaNative, RETRY_PAUSE};
+use super::group::{Generation, Membership};
+use super::{CommitError, EARLIEST, KafkaBroker, KafkaNative, RETRY_PAUSE};
 use crate::broker::{BrokerError, BrokerKind, Consumer, Delivery, Message, QueueName, Result};
 use async_trait::async_trait;
 use bytes::{Buf, Bytes};
@@ -40,17 +41,28 @@ struct KafkaToken {
 type Fetched = Result<Delivery>;
 
 /// A consumer of one topic in the broker's group (see the module docs of
-/// `kafka`).
+/// `kafka`): a member of the group, subscribed to the topic, reading the
+/// partitions the group assigns it.
 ///
 /// # Guarantees
 /// A record is committed only once it and every record before it in its
 /// partition that this consumer handed out were acked; a record requeued or
 /// dropped unacked is never committed past, and comes again (requeued: from
 /// this consumer; dropped with the consumer: from the next consumer of the
-/// group). Dropping the consumer stops its fetcher.
+/// group). Commits carry the generation and member id; one refused because
+/// the group rebalanced is made again in the next generation, unless the
+/// partition went to another member, which then reads it from the last
+/// commit (a duplicate, never a loss). Dropping the consumer stops its
+/// fetcher and leaves the group.
 pub struct KafkaConsumer {
     broker: Arc<KafkaBroker>,
     topic: QueueName,
+    prefetch: u16,
+    membership: Membership,
+    /// The generation whose partitions the fetcher reads.
+    generation: Arc<Generation>,
+    /// A newer generation seen, not yet followed (the fetcher restarted).
+    pending: Option<Arc<Generation>>,
     /// fetcher --records--> consumer
     records_rx: mpsc::Receiver<Fetched>,
     fetcher: JoinHandle<()>,
@@ -58,7 +70,8 @@ pub struct KafkaConsumer {
     again: VecDeque<Delivery>,
     /// Per partition: offsets handed out and neither acked nor lost.
     outstanding: BTreeMap<i32, BTreeSet<i64>>,
-    /// Per partition: one past the last offset handed out.
+    /// Per partition: the next offset to hand out (one past the last
+    /// handed out; where reading started before that).
     handed_end: BTreeMap<i32, i64>,
     /// Per partition: the last offset committed.
     committed: BTreeMap<i32, i64>,
@@ -69,6 +82,7 @@ impl std::fmt::Debug for KafkaConsumer {
         f.debug_struct("KafkaConsumer")
             .field("topic", &self.topic)
             .field("group", &self.broker.group())
+            .field("generation", &self.generation)
             .field("committed", &self.committed)
             .finish_non_exhaustive()
     }
@@ -76,49 +90,138 @@ impl std::fmt::Debug for KafkaConsumer {
 
 impl Drop for KafkaConsumer {
     fn drop(&mut self) {
+        // The membership, dropped next, leaves the group.
         self.fetcher.abort();
     }
 }
 
 impl KafkaConsumer {
-    /// Starts consuming `topic` from the group's committed offsets.
+    /// Joins the group for `topic` and starts reading the partitions it
+    /// assigns, from the group's committed offsets.
     pub(super) async fn start(
         broker: Arc<KafkaBroker>,
         topic: QueueName,
         prefetch: u16,
     ) -> Result<Self> {
-        let layout = broker.layout(&topic, true).await?;
-        let parts: Vec<i32> = layout.leaders.keys().copied().collect();
-        let committed = broker.committed(&topic, &parts).await?;
-        let earliest = broker.list_offsets(&topic, &layout, EARLIEST).await?;
-        let positions: BTreeMap<i32, i64> = parts
+        // A missing topic is reported before joining for it.
+        broker.layout(&topic, true).await?;
+        let mut membership = Membership::join(broker.clone(), topic.clone()).await?;
+        let generation = match membership.current() {
+            Some(g) => g,
+            None => membership.next_generation(-1).await,
+        };
+        membership.has_changed();
+        let (_, records_rx) = mpsc::channel(1);
+        let mut consumer = Self {
+            broker,
+            topic,
+            prefetch,
+            membership,
+            generation: generation.clone(),
+            pending: Some(generation),
+            records_rx,
+            fetcher: tokio::spawn(async {}),
+            again: VecDeque::new(),
+            outstanding: BTreeMap::new(),
+            handed_end: BTreeMap::new(),
+            committed: BTreeMap::new(),
+        };
+        consumer.follow(true).await?;
+        Ok(consumer)
+    }
+
+    /// The generation this consumer reads for (tests: the member id and
+    /// the partitions assigned).
+    pub fn generation(&self) -> Arc<Generation> {
+        self.generation.clone()
+    }
+
+    /// Follows a new generation seen by [`Self::watch`]: the partitions it
+    /// no longer has are forgotten (their records in flight are committed
+    /// by their new owner's reading them again), the new ones are read from
+    /// the group's committed offsets, the kept ones from where they were.
+    /// Cancel safe: nothing changes before the last await.
+    async fn follow(&mut self, first: bool) -> Result<()> {
+        let Some(next) = self.pending.clone() else {
+            return Ok(());
+        };
+        if !first && next.partitions == self.generation.partitions {
+            self.generation = next;
+            self.pending = None;
+            return Ok(());
+        }
+        let layout = self.broker.layout(&self.topic, true).await?;
+        let added: Vec<i32> = next
+            .partitions
             .iter()
-            .map(|p| {
-                let low = earliest.get(p).copied().unwrap_or(0);
-                (*p, committed.get(p).copied().unwrap_or(low).max(low))
-            })
+            .copied()
+            .filter(|p| first || !self.generation.partitions.contains(p))
             .collect();
-        let (records_tx, records_rx) = mpsc::channel(usize::from(prefetch.max(1)));
+        let committed = self.broker.committed(&self.topic, &added).await?;
+        let earliest = self
+            .broker
+            .list_offsets(&self.topic, &layout, EARLIEST)
+            .await?;
+        // No await from here on.
+        self.fetcher.abort();
+        let revoked: Vec<i32> = self
+            .generation
+            .partitions
+            .difference(&next.partitions)
+            .copied()
+            .collect();
+        for p in &revoked {
+            self.outstanding.remove(p);
+            self.handed_end.remove(p);
+            self.committed.remove(p);
+        }
+        self.again.retain(|d| {
+            d.token
+                .downcast_ref::<KafkaToken>()
+                .is_some_and(|t| next.partitions.contains(&t.partition))
+        });
+        for p in &added {
+            let low = earliest.get(p).copied().unwrap_or(0);
+            let from = committed.get(p).copied().unwrap_or(low).max(low);
+            self.handed_end.insert(*p, from);
+            if let Some(c) = committed.get(p) {
+                self.committed.insert(*p, *c);
+            }
+        }
+        // Records fetched but not handed out are read again.
+        let positions: BTreeMap<i32, i64> = next
+            .partitions
+            .iter()
+            .map(|p| (*p, self.handed_end.get(p).copied().unwrap_or(0)))
+            .collect();
+        if !revoked.is_empty() || !added.is_empty() {
+            tracing::debug!(topic = %self.topic, group = %self.broker.group(), generation = next.id, ?revoked, ?added, "assignment changed");
+        }
+        let (records_tx, records_rx) = mpsc::channel(usize::from(self.prefetch.max(1)));
         let fetcher = Fetcher {
-            broker: broker.clone(),
-            cluster: broker.cluster().clone(),
-            topic: topic.clone(),
+            broker: self.broker.clone(),
+            cluster: self.broker.cluster().clone(),
+            topic: self.topic.clone(),
             layout,
             positions,
             conns: HashMap::new(),
             records_tx,
         };
-        let fetcher = tokio::spawn(fetcher.run());
-        Ok(Self {
-            broker,
-            topic,
-            records_rx,
-            fetcher,
-            again: VecDeque::new(),
-            outstanding: BTreeMap::new(),
-            handed_end: BTreeMap::new(),
-            committed,
-        })
+        self.fetcher = tokio::spawn(fetcher.run());
+        self.records_rx = records_rx;
+        self.generation = next;
+        self.pending = None;
+        Ok(())
+    }
+
+    /// Notes a new generation, if any, to follow.
+    fn watch(&mut self) {
+        if self.membership.has_changed()
+            && let Some(g) = self.membership.current()
+            && g.id != self.generation.id
+        {
+            self.pending = Some(g);
+        }
     }
 
     fn hand_out(&mut self, d: Delivery) -> Delivery {
@@ -144,19 +247,76 @@ impl KafkaConsumer {
                 message: "the delivery is not from this consumer".into(),
             })
     }
+
+    /// Commits `upto` on `partition` as the current generation's member,
+    /// again in the next generation if the group rebalanced meanwhile.
+    /// False if the partition is no longer ours.
+    async fn commit(&mut self, partition: i32, upto: i64) -> Result<bool> {
+        let wait = self.broker.config.rebalance_timeout + self.broker.config.session_timeout;
+        let mut generation = match self.membership.current() {
+            Some(g) => g,
+            None => self.next_generation(-1, wait).await?,
+        };
+        loop {
+            if !generation.partitions.contains(&partition) {
+                return Ok(false);
+            }
+            let offsets = BTreeMap::from([(partition, upto)]);
+            match self
+                .broker
+                .commit_as(&self.topic, &offsets, generation.id, &generation.member_id)
+                .await
+            {
+                Ok(()) => return Ok(true),
+                Err(CommitError::Stale(code)) => {
+                    tracing::debug!(topic = %self.topic, generation = generation.id, error = %code_text(code), "commit in a finished generation: committing in the next one");
+                    generation = self.next_generation(generation.id, wait).await?;
+                }
+                Err(CommitError::Failed(e)) => return Err(e),
+            }
+        }
+    }
+
+    async fn next_generation(&mut self, stale: i32, wait: Duration) -> Result<Arc<Generation>> {
+        tokio::time::timeout(wait, self.membership.next_generation(stale))
+            .await
+            .map_err(|_| BrokerError::Operation {
+                kind: BrokerKind::Kafka,
+                queue: self.topic.clone(),
+                op: "commit",
+                message: format!(
+                    "group {}: no new generation within {wait:?} after a rebalance",
+                    self.broker.group()
+                ),
+            })
+    }
 }
 
 #[async_trait]
 impl Consumer for KafkaConsumer {
     async fn next(&mut self) -> Result<Option<Delivery>> {
-        if let Some(d) = self.again.pop_front() {
-            return Ok(Some(d));
-        }
-        // Cancel safe: a record stays in the channel until received.
-        match self.records_rx.recv().await {
-            Some(Ok(d)) => Ok(Some(self.hand_out(d))),
-            Some(Err(e)) => Err(e),
-            None => Ok(None),
+        loop {
+            self.watch();
+            self.follow(false).await?;
+            if let Some(d) = self.again.pop_front() {
+                return Ok(Some(d));
+            }
+            // Cancel safe: a record stays in the channel until received, and
+            // a new generation stays pending until followed.
+            tokio::select! {
+                r = self.records_rx.recv() => return match r {
+                    Some(Ok(d)) => Ok(Some(self.hand_out(d))),
+                    Some(Err(e)) => Err(e),
+                    None => Ok(None),
+                },
+                () = self.membership.changed() => {
+                    if let Some(g) = self.membership.current()
+                        && g.id != self.generation.id
+                    {
+                        self.pending = Some(g);
+                    }
+                }
+            }
         }
     }
 
@@ -169,8 +329,14 @@ impl Consumer for KafkaConsumer {
 
     async fn ack(&mut self, delivery: Delivery) -> Result<()> {
         let t = self.token(&delivery, "ack")?;
-        let out = self.outstanding.entry(t.partition).or_default();
-        out.remove(&t.offset);
+        // A record of a partition taken from us since (its new owner reads
+        // it again from the last commit), or acked twice: nothing to commit.
+        let Some(out) = self.outstanding.get_mut(&t.partition) else {
+            return Ok(());
+        };
+        if !out.remove(&t.offset) || !self.generation.partitions.contains(&t.partition) {
+            return Ok(());
+        }
         let upto = out
             .first()
             .copied()
@@ -178,10 +344,11 @@ impl Consumer for KafkaConsumer {
         if self.committed.get(&t.partition).is_some_and(|c| *c >= upto) {
             return Ok(());
         }
-        self.broker
-            .commit(&self.topic, &BTreeMap::from([(t.partition, upto)]))
-            .await?;
-        self.committed.insert(t.partition, upto);
+        if self.commit(t.partition, upto).await? {
+            self.committed.insert(t.partition, upto);
+        } else {
+            tracing::debug!(topic = %self.topic, partition = t.partition, "acked a record of a partition now another member's: it reads it again from the last commit");
+        }
         Ok(())
     }
 
@@ -241,11 +408,9 @@ impl Fetcher {
     }
 
     async fn refresh(&mut self) -> Result<()> {
+        // Only the partitions assigned are read (a partition added to the
+        // topic is assigned at the group's next rebalance).
         self.layout = self.broker.layout(&self.topic, true).await?;
-        for p in self.layout.leaders.keys() {
-            // A partition added meanwhile is read from its start.
-            self.positions.entry(*p).or_insert(0);
-        }
         Ok(())
     }
 
@@ -270,12 +435,17 @@ impl Fetcher {
 
     /// One fetch per leader; hands every record on.
     async fn round(&mut self) -> Result<Round, String> {
+        if self.positions.is_empty() {
+            // Nothing assigned to us (another member reads the topic).
+            tokio::time::sleep(self.broker.config.fetch_wait).await;
+            return Ok(Round::Continue);
+        }
         let mut by_leader: BTreeMap<i32, Vec<i32>> = BTreeMap::new();
-        for (p, leader) in &self.layout.leaders {
-            if *leader < 0 {
-                return Ok(Round::Refresh);
+        for p in self.positions.keys() {
+            match self.layout.leaders.get(p) {
+                Some(leader) if *leader >= 0 => by_leader.entry(*leader).or_default().push(*p),
+                _ => return Ok(Round::Refresh),
             }
-            by_leader.entry(*leader).or_default().push(*p);
         }
         for (leader, parts) in by_leader {
             let conn = self.conn(leader).await?;
