@@ -162,7 +162,7 @@ fn cell<'a>(table: &'a [(String, String)], column: &str) -> &'a str {
 fn manifests_install_on_the_test_cluster_and_sessions_show_their_columns() {
     let sim = Sim::start();
     let (crds, rest) = split_crds(&manifests("remora-test"));
-    assert_eq!(crds.matches("kind: CustomResourceDefinition").count(), 4);
+    assert_eq!(crds.matches("kind: CustomResourceDefinition").count(), 5);
 
     let applied = sim.apply("crds.yaml", &crds);
     assert!(

@@ -99,6 +99,8 @@ async fn serve(front_proxy_ca: &Ca) -> Served {
         token: SessionToken(String::new()),
         policies: remora_operator::policy::PolicyStore::empty(),
         state_dir: None,
+        branch_store: None,
+        branch_pods: None,
         pg_bindirs: Vec::new(),
         db_settings: Default::default(),
         access: Some(Arc::new(KubeAccess {
