@@ -332,6 +332,10 @@ impl ConnSpec {
         match (&self.remote, self.transport) {
             (RemoteAddr::Ip(addr), Transport::Tcp) => {
                 let stream = self.net.connect_tcp(*addr).await.map_err(err)?;
+                // The client's bytes arrive already coalesced by the intproxy
+                // (one `Data` per read of the app's socket): hold none back,
+                // as a relay does.
+                let _ = stream.set_nodelay(true);
                 let local = stream.local_addr().ok();
                 Ok((Socket::Tcp(stream), local))
             }
