@@ -41,7 +41,7 @@ fn deploy(name: &str) -> PathBuf {
 
 #[test]
 fn the_crds_pass_strict_validation() {
-    assert_valid(&deploy("crds.yaml"), 4);
+    assert_valid(&deploy("crds.yaml"), 5);
 }
 
 #[test]
@@ -61,6 +61,6 @@ fn the_install_manifests_pass_strict_validation() {
     let golden = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
     // 3 CRDs, Namespace, ServiceAccount, ClusterRole(Binding), Role(Binding),
     // the front-proxy reader RoleBinding, Service, Deployment, APIService.
-    assert_valid(&golden.join("manifests-default.yaml"), 14);
-    assert_valid(&golden.join("manifests-tools.yaml"), 14);
+    assert_valid(&golden.join("manifests-default.yaml"), 15);
+    assert_valid(&golden.join("manifests-tools.yaml"), 15);
 }
