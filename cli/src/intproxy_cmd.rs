@@ -107,7 +107,12 @@ fn serve(args: IntproxyArgs) -> Result<()> {
         (Some(addr), _, _) => addr.into(),
         (None, None, false) if args.kube_operator => {
             let launch = crate::kube_operator::OperatorLaunch::from_env()?;
-            AgentEndpoint::Dial(runtime.block_on(launch.dialer())?)
+            if launch.through_api() {
+                // Client-certificate users: the aggregated API's relay.
+                runtime.block_on(launch.relay())?.into()
+            } else {
+                AgentEndpoint::Dial(runtime.block_on(launch.dialer())?)
+            }
         }
         (None, Some(bin), _) => {
             broker_path = std::env::var_os(remora_protocol::broker::BROKER_PATH_ENV)

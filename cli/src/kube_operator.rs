@@ -188,6 +188,12 @@ impl OperatorLaunch {
 }
 
 impl OperatorLaunch {
+    /// Whether this user reaches the operator through its aggregated API
+    /// (no bearer token: a client certificate), see [`OperatorLaunch::relay`].
+    pub fn through_api(&self) -> bool {
+        self.through_api
+    }
+
     /// The intproxy's way to the operator: a port-forward WebSocket per
     /// connection, to the operator pod ready at that moment, carrying the
     /// remora protocol in its payloads (no local socket and relay in
