@@ -15,11 +15,7 @@
 use crate::error::{HookError, HookResult};
 use crate::guard::DetourGuard;
 use crate::sync::ForkMutex;
-use remora_protocol::broker::{
-    BROKER_PATH_ENV, BROKER_VERSION, BrokerHello, BrokerHelloReply, BrokerReply, BrokerRequest,
-};
-use remora_protocol::{SessionToken, codec};
-use std::io::Read;
+use remora_protocol::broker::{BROKER_PATH_ENV, BrokerReply, BrokerRequest};
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::OnceLock;
@@ -193,16 +189,7 @@ impl Conn {
         stream
             .set_read_timeout(Some(crate::session::reply_timeout()))
             .ok();
-        let hello = BrokerHello {
-            version: BROKER_VERSION,
-            token: SessionToken(endpoint.token.clone()),
-        };
-        codec::write_frame(&mut &stream, &hello).map_err(|e| e.to_string())?;
-        match codec::read_frame::<_, BrokerHelloReply>(&mut &stream) {
-            Ok(BrokerHelloReply::Accepted) => {}
-            Ok(BrokerHelloReply::Rejected { reason }) => return Err(format!("refused: {reason}")),
-            Err(e) => return Err(format!("handshake: {e}")),
-        }
+        remora_broker_client::hello(&stream, &endpoint.token)?;
         let fd = stream.as_raw_fd();
         let slot = BROKER_FDS
             .iter()
@@ -216,42 +203,11 @@ impl Conn {
 
     fn roundtrip(&mut self, request: &BrokerRequest, cloexec: bool) -> Result<Received, String> {
         let _g = DetourGuard::enter();
-        codec::write_frame(&mut &self.stream, request).map_err(|e| e.to_string())?;
-        let mut header = [0u8; codec::HEADER_LEN];
-        let (got, fd) = recv_with_fd(self.stream.as_raw_fd(), &mut header, cloexec)?;
-        let close_fd = |fd: Option<libc::c_int>| {
-            if let Some(fd) = fd {
-                // SAFETY: closing a descriptor we just received and own.
-                unsafe { libc::close(fd) };
-            }
-        };
-        if got == 0 {
-            close_fd(fd);
-            return Err("the broker closed the connection".into());
-        }
-        if let Err(e) = (&self.stream).read_exact(&mut header[got..]) {
-            close_fd(fd);
-            return Err(e.to_string());
-        }
-        let len = match codec::frame_len(header) {
-            Ok(len) => len,
-            Err(e) => {
-                close_fd(fd);
-                return Err(e.to_string());
-            }
-        };
-        let mut payload = vec![0u8; len];
-        if let Err(e) = (&self.stream).read_exact(&mut payload) {
-            close_fd(fd);
-            return Err(e.to_string());
-        }
-        match codec::decode::<BrokerReply>(&payload) {
-            Ok(reply) => Ok(Received { reply, fd }),
-            Err(e) => {
-                close_fd(fd);
-                Err(e.to_string())
-            }
-        }
+        let (reply, fd) = remora_broker_client::roundtrip(&self.stream, request, cloexec)?;
+        Ok(Received {
+            reply,
+            fd: fd.map(IntoRawFd::into_raw_fd),
+        })
     }
 
     /// Close a broken connection of this process.
@@ -282,64 +238,6 @@ fn move_high(stream: UnixStream) -> UnixStream {
     drop(stream);
     // SAFETY: `high` is a fresh fd we own exclusively.
     unsafe { UnixStream::from_raw_fd(high) }
-}
-
-/// `recvmsg` into `buf`, taking at most one descriptor from `SCM_RIGHTS`.
-fn recv_with_fd(
-    sock: libc::c_int,
-    buf: &mut [u8],
-    cloexec: bool,
-) -> Result<(usize, Option<libc::c_int>), String> {
-    // Room for one cmsghdr carrying a few ints, aligned as cmsghdr wants.
-    let mut control = [0u64; 8];
-    loop {
-        let mut iov = libc::iovec {
-            iov_base: buf.as_mut_ptr().cast(),
-            iov_len: buf.len(),
-        };
-        // SAFETY: an all-zero msghdr is valid; the pointers set below outlive the call.
-        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = std::mem::size_of_val(&control);
-        let flags = if cloexec { libc::MSG_CMSG_CLOEXEC } else { 0 };
-        // SAFETY: `msg` points at valid buffers for the duration of the call.
-        let n = unsafe { libc::recvmsg(sock, &mut msg, flags) };
-        if n < 0 {
-            let err = std::io::Error::last_os_error();
-            if err.kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(format!("recvmsg: {err}"));
-        }
-        let mut received = None;
-        // SAFETY: walking the control buffer the kernel filled, with the
-        // CMSG_* macros and within msg_controllen.
-        unsafe {
-            let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
-            while !cmsg.is_null() {
-                if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
-                    let data = libc::CMSG_DATA(cmsg).cast::<libc::c_int>();
-                    let count = ((*cmsg).cmsg_len as usize - (data as usize - cmsg as usize))
-                        / std::mem::size_of::<libc::c_int>();
-                    for i in 0..count {
-                        let fd = std::ptr::read_unaligned(data.add(i));
-                        if received.is_none() {
-                            received = Some(fd);
-                        } else {
-                            libc::close(fd);
-                        }
-                    }
-                }
-                cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
-            }
-        }
-        if msg.msg_flags & libc::MSG_CTRUNC != 0 && received.is_none() {
-            return Err("a descriptor was lost (control data truncated)".into());
-        }
-        return Ok((n as usize, received));
-    }
 }
 
 /// A reply's descriptor or the reply's failure, for callers that expect one.

@@ -11,13 +11,9 @@
 //! fast path turned off) or once the broker refused or broke, every open
 //! takes the proxied path (a snapshot in a `memfd`).
 
-use remora_protocol::broker::{
-    BROKER_PATH_ENV, BROKER_VERSION, BrokerHello, BrokerHelloReply, BrokerReply, BrokerRequest,
-};
-use remora_protocol::{SessionToken, codec};
+use remora_protocol::broker::{BROKER_PATH_ENV, BrokerReply, BrokerRequest};
 use std::collections::BTreeMap;
-use std::io::Read;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -112,18 +108,7 @@ impl Broker {
             let stream = UnixStream::connect(path)
                 .map_err(|e| format!("connecting to {}: {e}", path.display()))?;
             stream.set_read_timeout(Some(REPLY_TIMEOUT)).ok();
-            let hello = BrokerHello {
-                version: BROKER_VERSION,
-                token: SessionToken(token.clone()),
-            };
-            codec::write_frame(&mut &stream, &hello).map_err(|e| e.to_string())?;
-            match codec::read_frame::<_, BrokerHelloReply>(&mut &stream) {
-                Ok(BrokerHelloReply::Accepted) => {}
-                Ok(BrokerHelloReply::Rejected { reason }) => {
-                    return Err(format!("refused: {reason}"));
-                }
-                Err(e) => return Err(format!("handshake: {e}")),
-            }
+            remora_broker_client::hello(&stream, token)?;
             self.conn = Some(stream);
         }
         self.conn.as_ref().ok_or_else(|| "no connection".into())
@@ -134,72 +119,6 @@ impl Broker {
         request: &BrokerRequest,
     ) -> Result<(BrokerReply, Option<OwnedFd>), String> {
         let stream = self.connect()?;
-        codec::write_frame(&mut &*stream, request).map_err(|e| e.to_string())?;
-        let mut header = [0u8; codec::HEADER_LEN];
-        let (got, fd) = recv_with_fd(stream.as_raw_fd(), &mut header)?;
-        if got == 0 {
-            return Err("the broker closed the connection".into());
-        }
-        (&*stream)
-            .read_exact(&mut header[got..])
-            .map_err(|e| e.to_string())?;
-        let len = codec::frame_len(header).map_err(|e| e.to_string())?;
-        let mut payload = vec![0u8; len];
-        (&*stream)
-            .read_exact(&mut payload)
-            .map_err(|e| e.to_string())?;
-        let reply = codec::decode::<BrokerReply>(&payload).map_err(|e| e.to_string())?;
-        Ok((reply, fd))
-    }
-}
-
-/// `recvmsg` into `buf` (close-on-exec), taking at most one descriptor
-/// from `SCM_RIGHTS` (any other is closed).
-fn recv_with_fd(sock: RawFd, buf: &mut [u8]) -> Result<(usize, Option<OwnedFd>), String> {
-    let mut control = [0u64; 8];
-    loop {
-        let mut iov = libc::iovec {
-            iov_base: buf.as_mut_ptr().cast(),
-            iov_len: buf.len(),
-        };
-        // SAFETY: an all-zero msghdr is valid; the pointers set below outlive the call.
-        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = std::mem::size_of_val(&control);
-        // SAFETY: `msg` points at valid buffers for the duration of the call.
-        let n = unsafe { libc::recvmsg(sock, &mut msg, libc::MSG_CMSG_CLOEXEC) };
-        if n < 0 {
-            let err = std::io::Error::last_os_error();
-            if err.kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(format!("recvmsg: {err}"));
-        }
-        let mut received = None;
-        // SAFETY: walking the control buffer the kernel filled, with the
-        // CMSG_* macros and within msg_controllen; every fd taken is ours.
-        unsafe {
-            let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
-            while !cmsg.is_null() {
-                if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
-                    let data = libc::CMSG_DATA(cmsg).cast::<libc::c_int>();
-                    let count = ((*cmsg).cmsg_len as usize - (data as usize - cmsg as usize))
-                        / std::mem::size_of::<libc::c_int>();
-                    for i in 0..count {
-                        let fd = OwnedFd::from_raw_fd(std::ptr::read_unaligned(data.add(i)));
-                        if received.is_none() {
-                            received = Some(fd);
-                        }
-                    }
-                }
-                cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
-            }
-        }
-        if msg.msg_flags & libc::MSG_CTRUNC != 0 && received.is_none() {
-            return Err("a descriptor was lost (control data truncated)".into());
-        }
-        return Ok((n as usize, received));
+        remora_broker_client::roundtrip(stream, request, true)
     }
 }
