@@ -165,7 +165,8 @@ mod tests {
     }
 
     fn tempfile_with(bytes: &[u8]) -> std::fs::File {
-        let path = std::env::temp_dir().join(format!("remora-broker-client-{}", std::process::id()));
+        let path =
+            std::env::temp_dir().join(format!("remora-broker-client-{}", std::process::id()));
         std::fs::write(&path, bytes).unwrap();
         let file = std::fs::File::open(&path).unwrap();
         std::fs::remove_file(&path).unwrap();
@@ -184,13 +185,17 @@ mod tests {
             msg.msg_iov = &mut iov;
             msg.msg_iovlen = 1;
             msg.msg_control = control.as_mut_ptr().cast();
-            msg.msg_controllen = libc::CMSG_SPACE(std::mem::size_of::<libc::c_int>() as u32) as usize;
+            msg.msg_controllen =
+                libc::CMSG_SPACE(std::mem::size_of::<libc::c_int>() as u32) as usize;
             let cmsg = libc::CMSG_FIRSTHDR(&msg);
             (*cmsg).cmsg_level = libc::SOL_SOCKET;
             (*cmsg).cmsg_type = libc::SCM_RIGHTS;
             (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<libc::c_int>() as u32) as usize;
             std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::c_int>(), fd);
-            assert_eq!(libc::sendmsg(sock.as_raw_fd(), &msg, 0), bytes.len() as isize);
+            assert_eq!(
+                libc::sendmsg(sock.as_raw_fd(), &msg, 0),
+                bytes.len() as isize
+            );
         }
     }
 }

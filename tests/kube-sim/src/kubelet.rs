@@ -463,17 +463,22 @@ impl Kubelet {
     /// [`Self::publish`], or for ephemeral containers their `ephemeralContainerStatuses`.
     fn publish_as(&self, pod: &Value, statuses: &Mutex<Vec<Value>>, ephemeral: bool) {
         if ephemeral {
-            let list = statuses.lock().clone();
-            self.write_status(pod, |st| st["ephemeralContainerStatuses"] = json!(list));
+            self.write_status(pod, |st| {
+                st["ephemeralContainerStatuses"] = json!(*statuses.lock());
+            });
         } else {
             self.publish(pod, statuses);
         }
     }
 
+    /// Writes the containers' statuses and what follows from them (phase,
+    /// conditions). The statuses are read under the store's lock, so of two
+    /// containers publishing at once the later write holds both changes (a
+    /// copy taken before would let an older one land last and lose the other).
     fn publish(&self, pod: &Value, statuses: &Mutex<Vec<Value>>) {
-        let list = statuses.lock().clone();
         let policy = s(&pod["spec"]["restartPolicy"]).to_owned();
         self.write_status(pod, |st| {
+            let list = statuses.lock().clone();
             let all_ready = list.iter().all(|c| c["ready"] == json!(true));
             let all_done = list.iter().all(|c| c["state"]["terminated"].is_object());
             let any_failed = list.iter().any(|c| {

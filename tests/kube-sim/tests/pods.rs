@@ -261,3 +261,47 @@ spec:
         "success keeps no message: {fine}"
     );
 }
+
+/// Containers that start and end at the same moment publish their statuses
+/// at once: every change must land (a lost one left a pod `Running` with a
+/// container that had ended, forever, and waits on it timed out).
+#[test]
+fn containers_ending_at_once_all_show_their_end() {
+    const N: usize = 48;
+    let sim = Sim::start();
+    let containers: String = (0..N)
+        .map(|i| {
+            format!(
+                "  - {{name: c{i}, image: busybox, command: [sh, -c, 'sleep 1; exit {}']}}\n",
+                i % 3
+            )
+        })
+        .collect();
+    sim.apply_yaml(
+        &format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: many}}\nspec:\n  restartPolicy: Never\n  containers:\n{containers}"
+        ),
+        &[],
+    );
+    let ended = || {
+        let pod = sim.json(&["get", "pod", "many"]);
+        pod["status"]["containerStatuses"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|s| s["state"]["terminated"].is_object())
+            .count()
+    };
+    poll(|| ended() == N, "every container's end to show");
+    let pod = sim.json(&["get", "pod", "many"]);
+    assert_eq!(pod["status"]["phase"], "Failed", "{}", pod["status"]);
+    for (i, status) in pod["status"]["containerStatuses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .enumerate()
+    {
+        assert_eq!(status["name"], format!("c{i}"));
+        assert_eq!(status["state"]["terminated"]["exitCode"], i % 3, "{status}");
+    }
+}
