@@ -10,8 +10,11 @@
 //! worker) and then answers that connection's requests in order.
 //!
 //! # Guarantees
-//! The socket file is removed when the [`Broker`] is dropped. A connection
-//! that does not present the token gets nothing.
+//! The CLI gives an abstract name (`@…`, see
+//! [`remora_protocol::broker::socket_addr`]), which no file backs: nothing is
+//! left behind however the agent ends. A socket file given instead is
+//! removed when the [`Broker`] is dropped. A connection that does not
+//! present the token gets nothing.
 
 use crate::namespace::TargetNamespaces;
 use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
@@ -51,10 +54,16 @@ impl Broker {
         token: SessionToken,
         ns: Arc<dyn TargetNamespaces>,
     ) -> std::io::Result<Broker> {
-        let _ = std::fs::remove_file(path);
-        let listener = UnixListener::bind(path)?;
-        // The run's program may not be root; the token is what protects it.
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
+        let addr = remora_protocol::broker::socket_addr(path)?;
+        let file = remora_protocol::broker::abstract_name(path).is_none();
+        if file {
+            let _ = std::fs::remove_file(path);
+        }
+        let listener = UnixListener::bind_addr(&addr)?;
+        if file {
+            // The run's program may not be root; the token is what protects it.
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
+        }
         let stopped = Arc::new(AtomicBool::new(false));
         let flag = stopped.clone();
         std::thread::Builder::new()
@@ -72,8 +81,12 @@ impl Drop for Broker {
     fn drop(&mut self) {
         self.stopped.store(true, Ordering::SeqCst);
         // Wake the accept loop so it sees the flag.
-        let _ = UnixStream::connect(&self.path);
-        let _ = std::fs::remove_file(&self.path);
+        if let Ok(addr) = remora_protocol::broker::socket_addr(&self.path) {
+            let _ = UnixStream::connect_addr(&addr);
+        }
+        if remora_protocol::broker::abstract_name(&self.path).is_none() {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 

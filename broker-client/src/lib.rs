@@ -16,6 +16,18 @@ use remora_protocol::{SessionToken, codec};
 use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
+use std::path::Path;
+
+/// Connect to the broker at `endpoint` as [`remora_protocol::broker::BROKER_PATH_ENV`]
+/// names it (`@NAME`: an abstract name; else a socket file).
+///
+/// # Errors
+/// The broker cannot be reached, as a sentence naming it.
+pub fn connect(endpoint: &Path) -> Result<UnixStream, String> {
+    remora_protocol::broker::socket_addr(endpoint)
+        .and_then(|addr| UnixStream::connect_addr(&addr))
+        .map_err(|e| format!("connecting to {}: {e}", endpoint.display()))
+}
 
 /// Introduce this run to the broker on a fresh `stream` with the run's
 /// layer `token`.

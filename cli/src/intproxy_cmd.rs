@@ -187,8 +187,13 @@ fn serve(args: IntproxyArgs) -> Result<()> {
 /// The agent removes its fd broker's socket when it stops; one that was
 /// killed (SIGKILL, the OOM killer) cannot, so the intproxy, which chose the
 /// path for this run alone and has reaped the agent, removes what is left.
+///
+/// The CLI names an abstract socket (no file), so this is only for a socket
+/// file given by hand.
 fn remove_broker_socket(path: &Option<std::path::PathBuf>) {
-    if let Some(path) = path {
+    if let Some(path) = path
+        && remora_protocol::broker::abstract_name(path).is_none()
+    {
         match std::fs::remove_file(path) {
             Ok(()) => {
                 tracing::debug!(path = %path.display(), "removed the agent's fd broker socket")

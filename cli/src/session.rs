@@ -462,9 +462,8 @@ fn operator_addr(operator: &str) -> Result<SocketAddr> {
 pub const FAST_PATH_ENV: &str = "REMORA_LOCAL_FAST_PATH";
 
 /// Where this run's agent serves the local fast path (see
-/// `remora_agent::broker`): a fresh socket path under the temporary
-/// directory, or `None` when [`FAST_PATH_ENV`] turns it off or the path
-/// would be too long for a unix socket.
+/// `remora_agent::broker`): a fresh abstract socket name (`@remora-fd-…`),
+/// or `None` when [`FAST_PATH_ENV`] turns it off.
 fn fd_broker_path() -> Result<Option<PathBuf>> {
     if let Ok(value) = std::env::var(FAST_PATH_ENV)
         && matches!(value.trim(), "0" | "off" | "false" | "no")
@@ -472,10 +471,12 @@ fn fd_broker_path() -> Result<Option<PathBuf>> {
         return Ok(None);
     }
     let token = random_token()?;
-    let name = format!("remora-fd-{}.sock", &token[..token.len().min(16)]);
-    let path = std::env::temp_dir().join(name);
-    // sun_path holds 108 bytes, NUL included.
-    Ok((path.as_os_str().len() < 100).then_some(path))
+    // An abstract name: no file, so nothing is left behind when the agent
+    // or the intproxy is killed (see `remora_protocol::broker::socket_addr`).
+    Ok(Some(PathBuf::from(format!(
+        "@remora-fd-{}",
+        &token[..token.len().min(16)]
+    ))))
 }
 
 /// The operator's token, from [`remora_operator::token::OPERATOR_TOKEN_ENV`].

@@ -183,8 +183,7 @@ fn release_slot() {
 impl Conn {
     fn connect(endpoint: &Endpoint) -> Result<Conn, String> {
         let _g = DetourGuard::enter();
-        let stream = UnixStream::connect(&endpoint.path)
-            .map_err(|e| format!("connecting to {}: {e}", endpoint.path.display()))?;
+        let stream = remora_broker_client::connect(&endpoint.path)?;
         let stream = move_high(stream);
         stream
             .set_read_timeout(Some(crate::session::reply_timeout()))

@@ -33,6 +33,40 @@ pub const BROKER_PATH_ENV: &str = "REMORA_FD_BROKER";
 /// run's layer token), so it never shows in `ps`.
 pub const BROKER_TOKEN_ENV: &str = "REMORA_FD_BROKER_TOKEN";
 
+/// The broker's unix socket address for an endpoint as [`BROKER_PATH_ENV`]
+/// carries it: `@NAME` is a name in the abstract namespace (what the CLI
+/// picks: no file exists, so none is left behind whoever dies, and it is
+/// gone with the agent's listener), anything else a socket file's path.
+/// An abstract name belongs to the network namespace it was bound in: the
+/// agent's own, which is the run's (a program moved into another one finds
+/// no broker and takes the proxied path).
+///
+/// # Errors
+/// The name or path does not fit a unix socket address.
+pub fn socket_addr(endpoint: &std::path::Path) -> std::io::Result<std::os::unix::net::SocketAddr> {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::ffi::OsStrExt;
+    match abstract_name(endpoint) {
+        Some(name) => std::os::unix::net::SocketAddr::from_abstract_name(name),
+        None => std::os::unix::net::SocketAddr::from_pathname(endpoint),
+    }
+    .map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!(
+                "fd broker address {:?}: {e}",
+                endpoint.as_os_str().as_bytes()
+            ),
+        )
+    })
+}
+
+/// The abstract name of an `@NAME` endpoint ([`socket_addr`]).
+pub fn abstract_name(endpoint: &std::path::Path) -> Option<&[u8]> {
+    use std::os::unix::ffi::OsStrExt;
+    endpoint.as_os_str().as_bytes().strip_prefix(b"@")
+}
+
 /// The first frame from the layer.
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

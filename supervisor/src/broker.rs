@@ -105,8 +105,7 @@ impl Broker {
             let Some((path, token)) = &self.endpoint else {
                 return Err("no fast path".into());
             };
-            let stream = UnixStream::connect(path)
-                .map_err(|e| format!("connecting to {}: {e}", path.display()))?;
+            let stream = remora_broker_client::connect(path)?;
             stream.set_read_timeout(Some(REPLY_TIMEOUT)).ok();
             remora_broker_client::hello(&stream, token)?;
             self.conn = Some(stream);

@@ -431,23 +431,30 @@ fn broker_sockets(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         .collect()
 }
 
-/// An agent that is killed cannot remove its fd broker's socket; the
-/// intproxy that started it does once it has reaped it, so no socket file is
-/// left in the temporary directory (each killed agent left one before).
+/// Whether a unix socket is bound at `address` in this network namespace
+/// (`@NAME` for an abstract name, as `/proc/net/unix` shows it).
+fn unix_socket_bound(address: &str) -> bool {
+    std::fs::read_to_string("/proc/net/unix")
+        .unwrap()
+        .lines()
+        .any(|line| line.split_whitespace().nth(7) == Some(address))
+}
+
+/// The fd broker has an abstract name, so no socket file exists that a
+/// killed agent or intproxy could leave behind (each run whose intproxy was
+/// SIGKILLed, e.g. by a pod's teardown, left one in the temporary directory
+/// before), and the name is gone as soon as the agent is.
 #[test]
-fn the_fd_broker_socket_is_removed_even_when_the_agent_is_killed() {
+fn no_fd_broker_socket_is_left_when_the_agent_and_the_intproxy_are_killed() {
     require_sandbox!();
     let sandbox = Sandbox::new().unwrap();
     let pod = sandbox
         .pod(PodSpec::new("fpleak").file(SMALL, "from the pod\n"))
         .unwrap();
-    // A short directory: the socket path must fit a unix socket address,
-    // whatever TMPDIR this test runs with.
-    let tmp = std::path::PathBuf::from(format!("/tmp/remora-fdleak-{}", std::process::id()));
-    std::fs::create_dir_all(&tmp).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
     let script = format!("cat {SMALL}; read line; echo done");
     let mut run = remora(&pod, Path::Fast, &[], &["sh", "-c", &script])
-        .env("TMPDIR", &tmp)
+        .env("TMPDIR", tmp.path())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -457,26 +464,37 @@ fn the_fd_broker_socket_is_removed_even_when_the_agent_is_killed() {
     let mut line = String::new();
     stdout.read_line(&mut line).unwrap();
     assert_eq!(line, "from the pod\n");
-    let sockets = broker_sockets(&tmp);
-    assert_eq!(sockets.len(), 1, "the run's fd broker socket: {sockets:?}");
-    let agents = pids_with_arg(sockets[0].to_str().unwrap());
-    assert_eq!(agents.len(), 1, "the agent serving {:?}", sockets[0]);
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(agents[0]),
-        nix::sys::signal::SIGKILL,
-    )
-    .unwrap();
+    // `remora run` became the shell: its environment names the broker.
+    let environ = std::fs::read(format!("/proc/{}/environ", run.id())).unwrap();
+    let broker = environ
+        .split(|b| *b == 0)
+        .filter_map(|v| std::str::from_utf8(v).ok())
+        .find_map(|v| v.strip_prefix("REMORA_FD_BROKER="))
+        .expect("the run's fd broker in its environment")
+        .to_owned();
+    assert!(broker.starts_with("@remora-fd-"), "{broker}");
+    assert!(unix_socket_bound(&broker), "{broker} is not listening");
+    assert_eq!(broker_sockets(tmp.path()), Vec::<std::path::PathBuf>::new());
+    let agents = pids_with_arg(&broker);
+    assert_eq!(agents.len(), 1, "the agent serving {broker}");
+    let status = std::fs::read_to_string(format!("/proc/{}/status", agents[0])).unwrap();
+    let intproxy: i32 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("PPid:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("the agent's parent");
+    for pid in [intproxy, agents[0]] {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL).unwrap();
+    }
     run.stdin.take().unwrap().write_all(b"go\n").unwrap();
     let mut rest = String::new();
     std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
     assert_eq!(rest, "done\n");
     run.wait().unwrap();
-    // The detached intproxy lingers a moment after the run, then stops.
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while !broker_sockets(&tmp).is_empty() && std::time::Instant::now() < deadline {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while unix_socket_bound(&broker) && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
     }
-    let left = broker_sockets(&tmp);
-    let _ = std::fs::remove_dir_all(&tmp);
-    assert!(left.is_empty(), "left behind: {left:?}");
+    assert!(!unix_socket_bound(&broker), "{broker} still bound");
+    assert_eq!(broker_sockets(tmp.path()), Vec::<std::path::PathBuf>::new());
 }
