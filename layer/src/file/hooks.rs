@@ -85,11 +85,16 @@ pub(crate) unsafe fn open_at(
     mode: c_uint,
     local: impl FnOnce(c_int, *const c_char) -> c_int,
 ) -> c_int {
-    let Some(_g) = DetourGuard::enter() else {
-        return local(dirfd, path);
-    };
     // SAFETY: caller guarantees path is null or NUL-terminated.
     let Some(cpath) = (unsafe { cstr(path) }) else {
+        return local(dirfd, path);
+    };
+    if !ops::opens_for_write(flags) && ops::stays_local(cpath, false) {
+        let fd = local(dirfd, path);
+        ops::forget_stale_unguarded(fd);
+        return fd;
+    }
+    let Some(_g) = DetourGuard::enter() else {
         return local(dirfd, path);
     };
     let local = |d, p| {

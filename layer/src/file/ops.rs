@@ -170,6 +170,33 @@ pub fn locate(dirfd: c_int, path: &CStr, write: bool) -> HookResult<Routed<Strin
     }
 }
 
+/// Whether a call on `path` goes to libc without entering the layer at all:
+/// the layer is inactive, or `path` is absolute and the fs policy keeps it
+/// local for this kind of access (`write`). The decision is pure (no lock,
+/// no remote call, no hooked libc call), so the hot local case skips the
+/// detour guard's thread-local accesses; any other answer takes the guarded
+/// path, which decides the same way.
+#[inline]
+pub fn stays_local(path: &CStr, write: bool) -> bool {
+    let Some(state) = state::get() else {
+        return true;
+    };
+    let bytes = path.to_bytes();
+    bytes.first() == Some(&b'/')
+        && state.policies.fs.decide_bytes(bytes, write) == FsDecision::Local
+}
+
+/// After a local call that returned `fd`: forget what the fd table may still
+/// hold for that number ([`forget_stale`]), entering the guard only when
+/// there is something to forget (dropping a remote handle is a remote call).
+#[inline]
+pub fn forget_stale_unguarded(fd: c_int) {
+    if fd::maybe_managed(fd) {
+        let _g = crate::guard::DetourGuard::enter();
+        forget_stale(fd);
+    }
+}
+
 /// [`locate`] for an `open` with `flags`, warning once when read mode sends
 /// a write-open of a file the target has to a local file.
 pub fn locate_open(dirfd: c_int, path: &CStr, flags: c_int) -> HookResult<Routed<String>> {

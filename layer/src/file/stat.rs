@@ -112,16 +112,16 @@ unsafe fn stat_path<S>(
     convert: fn(&Metadata) -> S,
     local: impl FnOnce(c_int, *const c_char) -> c_int,
 ) -> c_int {
-    let Some(_g) = DetourGuard::enter() else {
-        return local(dirfd, path);
-    };
     // SAFETY: caller guarantees path is null or NUL-terminated.
     let Some(cpath) = (unsafe { cstr(path) }) else {
         return local(dirfd, path);
     };
-    if out.is_null() {
+    if out.is_null() || ops::stays_local(cpath, false) {
         return local(dirfd, path);
     }
+    let Some(_g) = DetourGuard::enter() else {
+        return local(dirfd, path);
+    };
     finish(ops::stat_at(dirfd, cpath, flags), dirfd, path, local, |m| {
         // SAFETY: caller guarantees out is valid for a write of S.
         unsafe { out.write(convert(&m)) };
