@@ -95,9 +95,14 @@ impl AgentSpec<'_> {
             self.target.and_then(|t| t.container_id.as_ref()),
         ) {
             (None, _) => args.push("--targetless".to_owned()),
-            (Some(_), Some(id)) => {
+            (Some(t), Some(id)) => {
+                // With the runtime's scheme, as the pod's status gives it:
+                // the agent asks that runtime's API first.
                 args.push("--container-id".to_owned());
-                args.push(id.clone());
+                args.push(match &t.runtime {
+                    Some(runtime) => format!("{runtime}://{id}"),
+                    None => id.clone(),
+                });
             }
             // A container the runtime has not reported yet: the agent serves
             // the first process of its own PID namespace.

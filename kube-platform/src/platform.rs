@@ -465,6 +465,8 @@ impl KubePlatform {
                     let pod = pods.patch_ephemeral_containers(&r.pod, &PatchParams::default(), &Patch::Strategic(&patch))
                         .await
                         .map_err(|e| Error::api(format!("adding an ephemeral container to pod {}", r.pod), e))?;
+                    // Owned by the target pod, which stays: deleted by the
+                    // cleanup too, and by the collector if the CLI cannot.
                     own_secret(&secrets, &spec.name(), owned_by(&pod)).await?;
                     (r.pod.clone(), spec.name())
                 }
@@ -476,6 +478,8 @@ impl KubePlatform {
                         .map_err(|e| Error::api(format!("creating job {} in namespace {namespace}", spec.name()), e))?;
                     cleanup.agent = AgentObject::Job(jobs, spec.name());
                     own_secret(&secrets, &spec.name(), owned_by(&job)).await?;
+                    // Deleted with the Job from now on.
+                    cleanup.secret = None;
                     report(&Phase::WaitingForPod);
                     (self.wait_for_job_pod(&pods, &run_id, cancel).await?, "agent".to_owned())
                 }
@@ -486,6 +490,8 @@ impl KubePlatform {
                         .map_err(|e| Error::api(format!("creating pod {} in namespace {namespace}", spec.name()), e))?;
                     cleanup.agent = AgentObject::Pod(pods.clone(), spec.name());
                     own_secret(&secrets, &spec.name(), owned_by(&pod)).await?;
+                    // Deleted with the pod from now on.
+                    cleanup.secret = None;
                     (spec.name(), "agent".to_owned())
                 }
             };
@@ -730,8 +736,10 @@ enum AgentObject {
 }
 
 /// What to delete when the agent stops: what runs it, and the token's
-/// Secret (the garbage collector would delete it with its owner, but an
-/// ephemeral container's owner is the target pod, which stays).
+/// Secret while nothing that goes away with the agent owns it (before its
+/// Job or pod owns it, or for an ephemeral container, whose Secret the
+/// target pod owns). Once the Job or pod owns it, the garbage collector
+/// deletes it with them.
 #[derive(Debug, Default)]
 struct Cleanup {
     agent: AgentObject,
@@ -765,7 +773,6 @@ impl Cleanup {
             }
         }
         if let Some((secrets, name)) = &self.secret {
-            // Gone already when its owner was deleted in the foreground.
             let _ = secrets.delete(name, &DeleteParams::default()).await;
         }
     }
