@@ -964,6 +964,37 @@ roleRef: {kind: Role, name: reader, apiGroup: rbac.authorization.k8s.io}
     };
     let err = run_as_bob();
     assert!(
+        says(&err, "creating secret remora-agent-")
+            && says(&err, "in namespace default: permission denied"),
+        "{err}"
+    );
+    assert!(
+        says(
+            &err,
+            "secrets is forbidden: User \"bob\" cannot create resource \"secrets\" in API group \"\" in the namespace \"default\""
+        ),
+        "{err}"
+    );
+    assert!(sim.agent_objects().trim().is_empty(), "nothing was created");
+
+    // Now bob may keep the agent's token in a Secret, but not create its Job.
+    sim.apply(
+        r#"
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {name: token-keeper}
+rules:
+- {apiGroups: [""], resources: [secrets], verbs: [create, patch, delete]}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: bob-keeps-tokens}
+subjects: [{kind: User, name: bob, apiGroup: rbac.authorization.k8s.io}]
+roleRef: {kind: Role, name: token-keeper, apiGroup: rbac.authorization.k8s.io}
+"#,
+    );
+    let err = run_as_bob();
+    assert!(
         says(&err, "creating job remora-agent-")
             && says(&err, "in namespace default: permission denied"),
         "{err}"
@@ -975,7 +1006,10 @@ roleRef: {kind: Role, name: reader, apiGroup: rbac.authorization.k8s.io}
         ),
         "{err}"
     );
-    assert!(sim.agent_objects().trim().is_empty(), "nothing was created");
+    assert!(
+        sim.agent_objects().trim().is_empty(),
+        "the token's Secret was deleted"
+    );
 
     // Now bob may run the agent Job, but still not port-forward to it.
     sim.apply(
