@@ -184,6 +184,37 @@ fn a_deployment_target_gives_the_command_the_pods_env_files_and_network_then_the
         "remora run to exec sleep",
     );
     assert!(!sim.agent_objects().trim().is_empty(), "the agent runs");
+    // Its token is in a Secret the Job refers to and owns, not in the Job.
+    let of_job = |path: &str| {
+        sim.kubectl(&[
+            "get",
+            "jobs",
+            "-l",
+            AGENT_SELECTOR,
+            "-o",
+            &format!("jsonpath={path}"),
+        ])
+        .trim()
+        .to_owned()
+    };
+    let job = of_job("{.items[0].metadata.name}");
+    assert!(job.starts_with("remora-agent-"), "{job}");
+    assert_eq!(
+        of_job("{.items[0].spec.template.spec.containers[0].env[0].valueFrom.secretKeyRef.name}"),
+        job
+    );
+    assert_eq!(
+        of_job("{.items[0].spec.template.spec.containers[0].env[0].value}"),
+        ""
+    );
+    let owner = sim.kubectl(&[
+        "get",
+        "secret",
+        &job,
+        "-o",
+        "jsonpath={.metadata.ownerReferences[0].kind}/{.metadata.ownerReferences[0].name}",
+    ]);
+    assert_eq!(owner.trim(), format!("Job/{job}"));
     Command::new("kill")
         .args(["-TERM", &pid.to_string()])
         .status()
