@@ -1434,3 +1434,42 @@ fn the_agent_finds_a_containerd_containers_process_through_containerds_api() {
         "ctr says pid {ctr_pid}:\n{log}"
     );
 }
+
+/// `scripts/test-cluster.sh` never guesses a cluster, and its checks pass on
+/// the test cluster named by KUBECONFIG (the way it runs against a real one).
+#[test]
+fn the_test_cluster_script_refuses_without_kubeconfig_and_passes_on_the_sim() {
+    require_sandbox!();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/test-cluster.sh");
+    let out = Command::new(&script)
+        .env_remove("KUBECONFIG")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("no cluster: set KUBECONFIG") && out.stdout.is_empty(),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let sim = Sim::start(true);
+    let out = Command::new(&script)
+        .env("KUBECONFIG", &sim.kubeconfig)
+        .env("REMORA", bin_path("remora").unwrap())
+        .output()
+        .unwrap();
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    for check in [
+        "ok   the pod's environment",
+        "ok   a file of the pod",
+        "ok   a server on the pod's loopback",
+        "ok   the pod's hostname",
+        "ok   ls lists the deployment",
+        "ok   unknown container",
+        "ok   agent objects left",
+    ] {
+        assert!(stdout.contains(check), "no {check:?} in\n{stdout}");
+    }
+    assert!(!stdout.contains("FAIL"), "{stdout}");
+}
