@@ -1473,3 +1473,88 @@ fn the_test_cluster_script_refuses_without_kubeconfig_and_passes_on_the_sim() {
     }
     assert!(!stdout.contains("FAIL"), "{stdout}");
 }
+
+/// Pids of the intproxies serving runs against `sim` (their command line or
+/// environment names its kubeconfig).
+fn intproxies_of(sim: &Sim) -> Vec<u32> {
+    let kubeconfig = sim.kubeconfig.to_str().unwrap().to_owned();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let read = |file: &str| {
+                String::from_utf8_lossy(
+                    &std::fs::read(format!("/proc/{pid}/{file}")).unwrap_or_default(),
+                )
+                .replace('\0', " ")
+            };
+            let cmdline = read("cmdline");
+            cmdline.contains(" intproxy ")
+                && (cmdline.contains(&kubeconfig) || read("environ").contains(&kubeconfig))
+        })
+        .collect()
+}
+
+/// A lost client (intproxy and command SIGKILLed: nothing can delete the
+/// agent): the agent exits after its idle timeout, and the finished Job goes
+/// after its TTL, with its pod and the token's Secret (owned by the Job).
+#[test]
+fn a_lost_client_leaves_the_agent_to_its_idle_timeout_and_the_job_to_its_ttl() {
+    require_sandbox!();
+    let sim = Sim::start(true);
+    sim.deployment("web", "exec sleep 600");
+    wait_ready(&sim, "web");
+    let config = sim.dir.path().join("remora.toml");
+    std::fs::write(&config, "[agent]\nidle_timeout = 2\nttl = 5\n").unwrap();
+    let mut child = sim
+        .remora(&[
+            "run",
+            "-f",
+            config.to_str().unwrap(),
+            "-t",
+            "deployment/web",
+            "--",
+            "sleep",
+            "600",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    poll(
+        || std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "sleep"),
+        "remora run to exec sleep",
+    );
+    let intproxies = intproxies_of(&sim);
+    assert!(!intproxies.is_empty(), "no intproxy found");
+    for p in intproxies.iter().chain([&pid]) {
+        // Our run's own processes, by pid.
+        let _ = Command::new("kill")
+            .args(["-KILL", &p.to_string()])
+            .status();
+    }
+    let _ = child.wait();
+    let mut finished = false;
+    poll(
+        || {
+            let conditions = sim.kubectl(&[
+                "get",
+                "jobs",
+                "-l",
+                AGENT_SELECTOR,
+                "-o",
+                "jsonpath={.items[*].status.conditions[*].type}",
+            ]);
+            finished |= conditions.contains("Complete") || conditions.contains("Failed");
+            sim.agent_objects().trim().is_empty()
+        },
+        "the agent Job, its pod and the token's Secret to go after the idle timeout and the TTL",
+    );
+    assert!(
+        finished,
+        "the Job finished (its agent exited) before it was deleted"
+    );
+}
