@@ -95,14 +95,13 @@ impl AgentSpec<'_> {
             self.target.and_then(|t| t.container_id.as_ref()),
         ) {
             (None, _) => args.push("--targetless".to_owned()),
-            (Some(t), Some(id)) => {
-                // With the runtime's scheme, as the pod's status gives it:
-                // the agent asks that runtime's API first.
+            // The bare id: the agent asks containerd, CRI-O and Docker in
+            // turn (absent sockets are skipped), then scans /proc. (With
+            // the scheme, `cri-o://<id>`, it would ask that runtime first;
+            // not passed, see docs/kubernetes.md.)
+            (Some(_), Some(id)) => {
                 args.push("--container-id".to_owned());
-                args.push(match &t.runtime {
-                    Some(runtime) => format!("{runtime}://{id}"),
-                    None => id.clone(),
-                });
+                args.push(id.clone());
             }
             // A container the runtime has not reported yet: the agent serves
             // the first process of its own PID namespace.

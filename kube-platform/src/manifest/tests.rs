@@ -237,32 +237,3 @@ fn the_secret_is_owned_by_the_created_job_for_the_garbage_collector() {
     assert_eq!(owned_by(&pod).unwrap().api_version, "v1");
     assert_eq!(owned_by(&pod).unwrap().kind, "Pod");
 }
-
-#[test]
-fn the_agent_is_told_the_containers_runtime() {
-    let settings = AgentSettings::default();
-    let mut t = target();
-    let args = |t: &ResolvedPod| {
-        AgentSpec {
-            settings: &settings,
-            target: Some(t),
-            run_id: "r1a2b3",
-            token: "tok",
-        }
-        .job("shop")
-        .spec
-        .unwrap()
-        .template
-        .spec
-        .unwrap()
-        .containers[0]
-            .args
-            .clone()
-            .unwrap()
-    };
-    assert_eq!(args(&t)[4..], ["--container-id", "containerd://abc123"]);
-    t.runtime = Some("cri-o".to_owned());
-    assert_eq!(args(&t)[4..], ["--container-id", "cri-o://abc123"]);
-    t.runtime = None;
-    assert_eq!(args(&t)[4..], ["--container-id", "abc123"]);
-}
