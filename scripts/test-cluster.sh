@@ -122,7 +122,7 @@ contains "not found" "deployment/nope not found in namespace $NS" \
 echo "==> no agent left"
 left=""
 for _ in $(seq 60); do
-    left="$(kubectl -n "$NS" get jobs,pods -l app.kubernetes.io/name=remora-agent -o name)"
+    left="$(kubectl -n "$NS" get jobs,pods,secrets -l app.kubernetes.io/name=remora-agent -o name)"
     [[ -z "$left" ]] && break
     sleep 1
 done

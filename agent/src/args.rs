@@ -26,15 +26,27 @@ pub struct Args {
     pub target: Option<TargetPid>,
 
     /// Serve a Kubernetes container instead, by its runtime id
-    /// (`containerd://<id>` or the bare id): its main process is found through
-    /// `/proc/*/cgroup` (needs the host's PID namespace).
+    /// (`containerd://<id>`, `cri-o://<id>`, `docker://<id>` or the bare id):
+    /// its main process is asked of the runtimes' APIs (the one the scheme
+    /// names first), else found through `/proc/*/cgroup` (needs the host's
+    /// PID namespace).
     #[arg(long, value_name = "ID", conflicts_with = "target")]
     pub container_id: Option<String>,
 
-    /// containerd's API socket, asked first for the pid of `--container-id`
-    /// (namespace k8s.io); the `/proc/*/cgroup` scan is the fallback.
+    /// containerd's API socket, asked for the pid of `--container-id`
+    /// (`Tasks/Get`, namespace k8s.io); skipped when absent.
     #[arg(long, default_value = crate::container::containerd::DEFAULT_SOCKET, value_name = "PATH")]
     pub containerd_socket: std::path::PathBuf,
+
+    /// CRI-O's API socket, asked for the pid of `--container-id` (CRI
+    /// `ContainerStatus`, verbose); skipped when absent.
+    #[arg(long, default_value = crate::container::crio::DEFAULT_SOCKET, value_name = "PATH")]
+    pub crio_socket: std::path::PathBuf,
+
+    /// Docker's API socket, asked for the pid of `--container-id` (`GET
+    /// /containers/{id}/json`); skipped when absent.
+    #[arg(long, default_value = crate::container::docker::DEFAULT_SOCKET, value_name = "PATH")]
+    pub docker_socket: std::path::PathBuf,
 
     /// Serve no target: files, DNS, environment and connections are the
     /// agent's own (its pod's, for `remora run --target targetless`). Needs

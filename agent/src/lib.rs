@@ -85,27 +85,16 @@ pub fn init_logging() {
         .try_init();
 }
 
-/// The main process of container `id`: containerd's answer when its socket is
-/// there and knows the container, else the `/proc/*/cgroup` scan (CRI-O,
-/// Docker, or any runtime whose API is not reachable).
-async fn container_pid(socket: &std::path::Path, id: &str) -> Result<u32> {
-    let bare = container::normalize_id(id).map_err(Error::Container)?;
-    if socket.exists() {
-        match container::containerd::task_pid(socket, container::containerd::K8S_NAMESPACE, &bare)
-            .await
-        {
-            Ok(pid) => {
-                tracing::info!(container_id = %bare, pid, socket = %socket.display(),
-                    "found the container's process through containerd's API");
-                return Ok(pid);
-            }
-            Err(reason) => tracing::info!(container_id = %bare, %reason,
-                "containerd did not give the container's process; scanning /proc"),
-        }
-    }
-    let pid = container::find_container_pid(std::path::Path::new("/proc"), &bare)
-        .map_err(Error::Container)?;
-    tracing::info!(container_id = %bare, pid, "found the container's process by its cgroup");
+/// The main process of container `id`, as [`container::Lookup::find_pid`]
+/// finds it with the runtime sockets of `args`.
+async fn container_pid(args: &Args, id: &str) -> Result<u32> {
+    let lookup = container::Lookup {
+        containerd: args.containerd_socket.clone(),
+        crio: args.crio_socket.clone(),
+        docker: args.docker_socket.clone(),
+        ..container::Lookup::default()
+    };
+    let (pid, _) = lookup.find_pid(id).await.map_err(Error::Container)?;
     Ok(pid)
 }
 
@@ -135,7 +124,7 @@ pub async fn run(args: Args) -> Result<()> {
     let target = match (args.target, &args.container_id) {
         _ if args.targetless => TargetPid(std::process::id()),
         (Some(target), _) => target,
-        (None, Some(id)) => TargetPid(container_pid(&args.containerd_socket, id).await?),
+        (None, Some(id)) => TargetPid(container_pid(&args, id).await?),
         (None, None) => {
             return Err(Error::Container(container::ContainerError::InvalidId(
                 "(none: give --target or --container-id)".into(),

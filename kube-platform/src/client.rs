@@ -389,3 +389,6 @@ impl KubeClient {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests;

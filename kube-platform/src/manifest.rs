@@ -7,12 +7,12 @@
 
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EnvVar, EphemeralContainer, HostPathVolumeSource, Pod,
-    PodSpec, PodTemplateSpec, ResourceRequirements, SecurityContext, Toleration, Volume,
-    VolumeMount,
+    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, EphemeralContainer,
+    HostPathVolumeSource, Pod, PodSpec, PodTemplateSpec, ResourceRequirements, Secret,
+    SecretKeySelector, SecurityContext, Toleration, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use std::collections::BTreeMap;
 
 use crate::ResolvedPod;
@@ -30,6 +30,8 @@ pub const AGENT_LABEL_VALUE: &str = "remora-agent";
 pub const RUN_LABEL: &str = "remora.dev/run";
 /// The environment variable carrying the per-run token to the agent.
 pub const TOKEN_ENV: &str = "REMORA_AGENT_TOKEN";
+/// The key of the token in the agent's Secret ([`AgentSpec::token_secret`]).
+pub const TOKEN_KEY: &str = "token";
 
 /// Runtime sockets mounted into the agent (host path = container path):
 /// containerd, CRI-O and Docker. Missing ones are created empty by nobody:
@@ -50,7 +52,8 @@ pub struct AgentSpec<'a> {
     pub target: Option<&'a ResolvedPod>,
     /// Short unique id of this run (lowercase alphanumeric), part of object names.
     pub run_id: &'a str,
-    /// The per-run token the agent checks, passed through [`TOKEN_ENV`].
+    /// The per-run token the agent checks: kept in the Secret
+    /// [`AgentSpec::token_secret`], which [`TOKEN_ENV`] refers to.
     pub token: &'a str,
 }
 
@@ -92,6 +95,10 @@ impl AgentSpec<'_> {
             self.target.and_then(|t| t.container_id.as_ref()),
         ) {
             (None, _) => args.push("--targetless".to_owned()),
+            // The bare id: the agent asks containerd, CRI-O and Docker in
+            // turn (absent sockets are skipped), then scans /proc. (With
+            // the scheme, `cri-o://<id>`, it would ask that runtime first;
+            // not passed, see docs/kubernetes.md.)
             (Some(_), Some(id)) => {
                 args.push("--container-id".to_owned());
                 args.push(id.clone());
@@ -103,12 +110,35 @@ impl AgentSpec<'_> {
         args
     }
 
+    /// [`TOKEN_ENV`] from the token Secret, so the token is not in the
+    /// Job's, pod's or ephemeral container's spec for whoever may read those.
     fn env(&self) -> Vec<EnvVar> {
         vec![EnvVar {
             name: TOKEN_ENV.to_owned(),
-            value: Some(self.token.to_owned()),
-            value_from: None,
+            value: None,
+            value_from: Some(EnvVarSource {
+                secret_key_ref: Some(SecretKeySelector {
+                    name: self.name(),
+                    key: TOKEN_KEY.to_owned(),
+                    optional: Some(false),
+                }),
+                ..EnvVarSource::default()
+            }),
         }]
+    }
+
+    /// The Secret holding the per-run token (key [`TOKEN_KEY`]), named like
+    /// the agent and labelled like it. It is created before the object that
+    /// runs the agent, then [`owned_by`] that object so the garbage collector
+    /// deletes it with it (the CLI also deletes it when it stops).
+    pub fn token_secret(&self, namespace: &str) -> Secret {
+        Secret {
+            metadata: self.metadata(namespace),
+            type_: Some("Opaque".to_owned()),
+            immutable: Some(true),
+            string_data: Some([(TOKEN_KEY.to_owned(), self.token.to_owned())].into()),
+            ..Secret::default()
+        }
     }
 
     fn security_context(&self) -> Option<SecurityContext> {
@@ -309,6 +339,32 @@ impl AgentSpec<'_> {
             ..EphemeralContainer::default()
         }
     }
+}
+
+/// The `metadata.ownerReferences` that makes an object a dependent of
+/// `owner` (a Job or pod just created or read, so with its uid): deleted by
+/// the garbage collector when the owner is. Not `controller` and not
+/// `blockOwnerDeletion` (the latter needs the `update` verb on the owner's
+/// `finalizers`).
+///
+/// # Errors
+/// The owner has no name or uid.
+pub fn owned_by<K: kube::Resource<DynamicType = ()>>(owner: &K) -> Result<OwnerReference, String> {
+    let kind = K::kind(&()).into_owned();
+    let name = owner.meta().name.clone().ok_or("the owner has no name")?;
+    let uid = owner
+        .meta()
+        .uid
+        .clone()
+        .ok_or_else(|| format!("{kind} {name} has no uid"))?;
+    Ok(OwnerReference {
+        api_version: K::api_version(&()).into_owned(),
+        kind,
+        name,
+        uid,
+        controller: None,
+        block_owner_deletion: None,
+    })
 }
 
 #[cfg(test)]

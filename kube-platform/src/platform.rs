@@ -5,7 +5,7 @@
 
 use futures::future::BoxFuture;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, DeleteParams, ListParams, LogParams, Patch, PatchParams, PostParams};
 use remora_operator::platform::{AgentHandle, Platform, ResolvedTarget, StartedAgent};
 use remora_protocol::SessionToken;
@@ -17,7 +17,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::manifest::{AGENT_PORT, AgentMode, AgentSettings, AgentSpec, RUN_LABEL};
+use crate::manifest::{AGENT_PORT, AgentMode, AgentSettings, AgentSpec, RUN_LABEL, owned_by};
 use crate::portforward::PortForward;
 use crate::resolve;
 use crate::{ClientOptions, Error, Result};
@@ -449,33 +449,49 @@ impl KubePlatform {
             token: &token,
         };
         let pods: Api<Pod> = Api::namespaced(client.client.clone(), &namespace);
-        let mut cleanup = Cleanup::None;
+        let secrets: Api<Secret> = Api::namespaced(client.client.clone(), &namespace);
+        let mut cleanup = Cleanup::default();
         let created = async {
+            // The token's Secret first, so the agent's container finds it when it starts;
+            // then it is made a dependent of what runs the agent.
+            secrets.create(&PostParams::default(), &spec.token_secret(&namespace))
+                .await
+                .map_err(|e| Error::api(format!("creating secret {} in namespace {namespace}", spec.name()), e))?;
+            cleanup.secret = Some((secrets.clone(), spec.name()));
             let (pod_name, container) = match (&resolved, self.settings.mode()) {
                 (Some(r), AgentMode::Ephemeral) => {
                     report(&Phase::AddingEphemeral { pod: r.pod.clone() });
                     let patch = serde_json::json!({"spec": {"ephemeralContainers": [spec.ephemeral_container()]}});
-                    pods.patch_ephemeral_containers(&r.pod, &PatchParams::default(), &Patch::Strategic(&patch))
+                    let pod = pods.patch_ephemeral_containers(&r.pod, &PatchParams::default(), &Patch::Strategic(&patch))
                         .await
                         .map_err(|e| Error::api(format!("adding an ephemeral container to pod {}", r.pod), e))?;
+                    // Owned by the target pod, which stays: deleted by the
+                    // cleanup too, and by the collector if the CLI cannot.
+                    own_secret(&secrets, &spec.name(), owned_by(&pod)).await?;
                     (r.pod.clone(), spec.name())
                 }
                 (Some(_), AgentMode::Job) => {
                     let jobs: Api<Job> = Api::namespaced(client.client.clone(), &namespace);
                     report(&Phase::CreatingJob { name: spec.name(), namespace: namespace.clone() });
-                    jobs.create(&PostParams::default(), &spec.job(&namespace))
+                    let job = jobs.create(&PostParams::default(), &spec.job(&namespace))
                         .await
                         .map_err(|e| Error::api(format!("creating job {} in namespace {namespace}", spec.name()), e))?;
-                    cleanup = Cleanup::Job(jobs, spec.name());
+                    cleanup.agent = AgentObject::Job(jobs, spec.name());
+                    own_secret(&secrets, &spec.name(), owned_by(&job)).await?;
+                    // Deleted with the Job from now on.
+                    cleanup.secret = None;
                     report(&Phase::WaitingForPod);
                     (self.wait_for_job_pod(&pods, &run_id, cancel).await?, "agent".to_owned())
                 }
                 (None, _) => {
                     report(&Phase::CreatingPod { name: spec.name() });
-                    pods.create(&PostParams::default(), &spec.targetless_pod(&namespace))
+                    let pod = pods.create(&PostParams::default(), &spec.targetless_pod(&namespace))
                         .await
                         .map_err(|e| Error::api(format!("creating pod {} in namespace {namespace}", spec.name()), e))?;
-                    cleanup = Cleanup::Pod(pods.clone(), spec.name());
+                    cleanup.agent = AgentObject::Pod(pods.clone(), spec.name());
+                    own_secret(&secrets, &spec.name(), owned_by(&pod)).await?;
+                    // Deleted with the pod from now on.
+                    cleanup.secret = None;
                     (spec.name(), "agent".to_owned())
                 }
             };
@@ -684,15 +700,50 @@ async fn watch(pods: Api<Pod>, pod: String, running: Arc<AtomicBool>) {
     }
 }
 
-/// What to delete when the agent stops.
-#[derive(Debug)]
-enum Cleanup {
+/// Make the token Secret `name` a dependent of `owner`, so the garbage
+/// collector deletes it with the agent's Job or pod even when the CLI cannot.
+async fn own_secret(
+    secrets: &Api<Secret>,
+    name: &str,
+    owner: std::result::Result<
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference,
+        String,
+    >,
+) -> Result<()> {
+    let owner = owner.map_err(|e| Error::Resolve(format!("the owner of secret {name}: {e}")))?;
+    let action = format!(
+        "making {} {} the owner of secret {name}",
+        owner.kind, owner.name
+    );
+    let patch = serde_json::json!({"metadata": {"ownerReferences": [owner]}});
+    secrets
+        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map_err(|e| Error::api(action, e))?;
+    Ok(())
+}
+
+/// What runs the agent, deleted when it stops.
+#[derive(Debug, Default)]
+enum AgentObject {
     /// Nothing: an ephemeral container cannot be removed; it exits on its own.
+    #[default]
     None,
     /// The agent Job (and its pods).
     Job(Api<Job>, String),
     /// The targetless agent pod.
     Pod(Api<Pod>, String),
+}
+
+/// What to delete when the agent stops: what runs it, and the token's
+/// Secret while nothing that goes away with the agent owns it (before its
+/// Job or pod owns it, or for an ephemeral container, whose Secret the
+/// target pod owns). Once the Job or pod owns it, the garbage collector
+/// deletes it with them.
+#[derive(Debug, Default)]
+struct Cleanup {
+    agent: AgentObject,
+    secret: Option<(Api<Secret>, String)>,
 }
 
 impl Cleanup {
@@ -702,9 +753,9 @@ impl Cleanup {
             ..DeleteParams::default()
         };
         let deadline = tokio::time::Instant::now() + DELETE_TIMEOUT;
-        match self {
-            Cleanup::None => {}
-            Cleanup::Job(jobs, name) => {
+        match &self.agent {
+            AgentObject::None => {}
+            AgentObject::Job(jobs, name) => {
                 let _ = jobs.delete(name, &params).await;
                 while tokio::time::Instant::now() < deadline
                     && matches!(jobs.get_opt(name).await, Ok(Some(_)))
@@ -712,7 +763,7 @@ impl Cleanup {
                     tokio::time::sleep(POLL).await;
                 }
             }
-            Cleanup::Pod(pods, name) => {
+            AgentObject::Pod(pods, name) => {
                 let _ = pods.delete(name, &params).await;
                 while tokio::time::Instant::now() < deadline
                     && matches!(pods.get_opt(name).await, Ok(Some(_)))
@@ -720,6 +771,9 @@ impl Cleanup {
                     tokio::time::sleep(POLL).await;
                 }
             }
+        }
+        if let Some((secrets, name)) = &self.secret {
+            let _ = secrets.delete(name, &DeleteParams::default()).await;
         }
     }
 }

@@ -31,12 +31,13 @@ fn golden(name: &str) -> PathBuf {
 }
 
 #[test]
-fn job_and_pod_manifests_pass_strict_validation() {
+fn job_pod_and_secret_manifests_pass_strict_validation() {
     for name in [
         "job-default.json",
         "job-configured.json",
         "job-privileged.json",
         "targetless-pod.json",
+        "token-secret.json",
     ] {
         validate(&golden(name));
     }

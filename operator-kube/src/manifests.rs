@@ -204,9 +204,9 @@ pub const NAMESPACE_RULES: &[Rule] = &[
     Rule {
         group: "",
         resources: &["secrets"],
-        verbs: &["create", "get"],
+        verbs: &["create", "get", "patch"],
         names: &[],
-        why: "a branch's credentials (to drop it) and its session variables, in an immutable Secret owned by its RemoraDbBranch, read back at start; a branch pod's generated password, in a Secret owned by the pod (the garbage collector deletes both with their owners); no list, update or delete",
+        why: "a branch's credentials (to drop it) and its session variables, in an immutable Secret owned by its RemoraDbBranch, read back at start; a branch pod's generated password, in a Secret owned by the pod; an agent's per-run token, in a Secret created before its Job or pod and then patched to be owned by it (the garbage collector deletes them all with their owners); no list, update or delete",
     },
     Rule {
         group: "coordination.k8s.io",

@@ -386,7 +386,8 @@ fn branches_outlive_an_operator_restart_and_its_successor_drops_them_at_their_tt
         "-n",
         OPERATOR_NS,
         "-l",
-        "app.kubernetes.io/managed-by=remora-operator",
+        // The branches' Secrets, not the token Secret of the operator's agent.
+        "app.kubernetes.io/managed-by=remora-operator,app.kubernetes.io/name!=remora-agent",
         "-o",
         "name",
     ]);
@@ -438,7 +439,7 @@ fn branches_outlive_an_operator_restart_and_its_successor_drops_them_at_their_tt
                 "-n",
                 OPERATOR_NS,
                 "-l",
-                "app.kubernetes.io/managed-by=remora-operator",
+                "app.kubernetes.io/managed-by=remora-operator,app.kubernetes.io/name!=remora-agent",
                 "-o",
                 "name",
             ]);

@@ -346,7 +346,7 @@ fn the_operator_pod_deleted_mid_session_ends_it_cleanly_and_its_successor_serves
         || {
             sim.kubectl(&[
                 "get",
-                "jobs,pods",
+                "jobs,pods,secrets",
                 "-n",
                 OPERATOR_NS,
                 "-l",

@@ -184,6 +184,37 @@ fn a_deployment_target_gives_the_command_the_pods_env_files_and_network_then_the
         "remora run to exec sleep",
     );
     assert!(!sim.agent_objects().trim().is_empty(), "the agent runs");
+    // Its token is in a Secret the Job refers to and owns, not in the Job.
+    let of_job = |path: &str| {
+        sim.kubectl(&[
+            "get",
+            "jobs",
+            "-l",
+            AGENT_SELECTOR,
+            "-o",
+            &format!("jsonpath={path}"),
+        ])
+        .trim()
+        .to_owned()
+    };
+    let job = of_job("{.items[0].metadata.name}");
+    assert!(job.starts_with("remora-agent-"), "{job}");
+    assert_eq!(
+        of_job("{.items[0].spec.template.spec.containers[0].env[0].valueFrom.secretKeyRef.name}"),
+        job
+    );
+    assert_eq!(
+        of_job("{.items[0].spec.template.spec.containers[0].env[0].value}"),
+        ""
+    );
+    let owner = sim.kubectl(&[
+        "get",
+        "secret",
+        &job,
+        "-o",
+        "jsonpath={.metadata.ownerReferences[0].kind}/{.metadata.ownerReferences[0].name}",
+    ]);
+    assert_eq!(owner.trim(), format!("Job/{job}"));
     Command::new("kill")
         .args(["-TERM", &pid.to_string()])
         .status()
@@ -964,6 +995,37 @@ roleRef: {kind: Role, name: reader, apiGroup: rbac.authorization.k8s.io}
     };
     let err = run_as_bob();
     assert!(
+        says(&err, "creating secret remora-agent-")
+            && says(&err, "in namespace default: permission denied"),
+        "{err}"
+    );
+    assert!(
+        says(
+            &err,
+            "secrets is forbidden: User \"bob\" cannot create resource \"secrets\" in API group \"\" in the namespace \"default\""
+        ),
+        "{err}"
+    );
+    assert!(sim.agent_objects().trim().is_empty(), "nothing was created");
+
+    // Now bob may keep the agent's token in a Secret, but not create its Job.
+    sim.apply(
+        r#"
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {name: token-keeper}
+rules:
+- {apiGroups: [""], resources: [secrets], verbs: [create, patch, delete]}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: bob-keeps-tokens}
+subjects: [{kind: User, name: bob, apiGroup: rbac.authorization.k8s.io}]
+roleRef: {kind: Role, name: token-keeper, apiGroup: rbac.authorization.k8s.io}
+"#,
+    );
+    let err = run_as_bob();
+    assert!(
         says(&err, "creating job remora-agent-")
             && says(&err, "in namespace default: permission denied"),
         "{err}"
@@ -975,7 +1037,10 @@ roleRef: {kind: Role, name: reader, apiGroup: rbac.authorization.k8s.io}
         ),
         "{err}"
     );
-    assert!(sim.agent_objects().trim().is_empty(), "nothing was created");
+    assert!(
+        sim.agent_objects().trim().is_empty(),
+        "the token's Secret was deleted"
+    );
 
     // Now bob may run the agent Job, but still not port-forward to it.
     sim.apply(
@@ -1367,5 +1432,129 @@ fn the_agent_finds_a_containerd_containers_process_through_containerds_api() {
                 && l.contains(&format!("pid={ctr_pid}"))
         ),
         "ctr says pid {ctr_pid}:\n{log}"
+    );
+}
+
+/// `scripts/test-cluster.sh` never guesses a cluster, and its checks pass on
+/// the test cluster named by KUBECONFIG (the way it runs against a real one).
+#[test]
+fn the_test_cluster_script_refuses_without_kubeconfig_and_passes_on_the_sim() {
+    require_sandbox!();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/test-cluster.sh");
+    let out = Command::new(&script)
+        .env_remove("KUBECONFIG")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("no cluster: set KUBECONFIG") && out.stdout.is_empty(),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let sim = Sim::start(true);
+    let out = Command::new(&script)
+        .env("KUBECONFIG", &sim.kubeconfig)
+        .env("REMORA", bin_path("remora").unwrap())
+        .output()
+        .unwrap();
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    for check in [
+        "ok   the pod's environment",
+        "ok   a file of the pod",
+        "ok   a server on the pod's loopback",
+        "ok   the pod's hostname",
+        "ok   ls lists the deployment",
+        "ok   unknown container",
+        "ok   agent objects left",
+    ] {
+        assert!(stdout.contains(check), "no {check:?} in\n{stdout}");
+    }
+    assert!(!stdout.contains("FAIL"), "{stdout}");
+}
+
+/// Pids of the intproxies serving runs against `sim` (their command line or
+/// environment names its kubeconfig).
+fn intproxies_of(sim: &Sim) -> Vec<u32> {
+    let kubeconfig = sim.kubeconfig.to_str().unwrap().to_owned();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let read = |file: &str| {
+                String::from_utf8_lossy(
+                    &std::fs::read(format!("/proc/{pid}/{file}")).unwrap_or_default(),
+                )
+                .replace('\0', " ")
+            };
+            let cmdline = read("cmdline");
+            cmdline.contains(" intproxy ")
+                && (cmdline.contains(&kubeconfig) || read("environ").contains(&kubeconfig))
+        })
+        .collect()
+}
+
+/// A lost client (intproxy and command SIGKILLed: nothing can delete the
+/// agent): the agent exits after its idle timeout, and the finished Job goes
+/// after its TTL, with its pod and the token's Secret (owned by the Job).
+#[test]
+fn a_lost_client_leaves_the_agent_to_its_idle_timeout_and_the_job_to_its_ttl() {
+    require_sandbox!();
+    let sim = Sim::start(true);
+    sim.deployment("web", "exec sleep 600");
+    wait_ready(&sim, "web");
+    let config = sim.dir.path().join("remora.toml");
+    std::fs::write(&config, "[agent]\nidle_timeout = 2\nttl = 5\n").unwrap();
+    let mut child = sim
+        .remora(&[
+            "run",
+            "-f",
+            config.to_str().unwrap(),
+            "-t",
+            "deployment/web",
+            "--",
+            "sleep",
+            "600",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    poll(
+        || std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "sleep"),
+        "remora run to exec sleep",
+    );
+    let intproxies = intproxies_of(&sim);
+    assert!(!intproxies.is_empty(), "no intproxy found");
+    for p in intproxies.iter().chain([&pid]) {
+        // Our run's own processes, by pid.
+        let _ = Command::new("kill")
+            .args(["-KILL", &p.to_string()])
+            .status();
+    }
+    let _ = child.wait();
+    let mut finished = false;
+    poll(
+        || {
+            let conditions = sim.kubectl(&[
+                "get",
+                "jobs",
+                "-l",
+                AGENT_SELECTOR,
+                "-o",
+                "jsonpath={.items[*].status.conditions[*].type}",
+            ]);
+            finished |= conditions.contains("Complete") || conditions.contains("Failed");
+            sim.agent_objects().trim().is_empty()
+        },
+        "the agent Job, its pod and the token's Secret to go after the idle timeout and the TTL",
+    );
+    assert!(
+        finished,
+        "the Job finished (its agent exited) before it was deleted"
     );
 }

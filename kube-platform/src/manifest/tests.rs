@@ -167,3 +167,73 @@ fn settings_parse_from_config_keys() {
     assert_eq!(s.mode(), AgentMode::Ephemeral);
     assert!(serde_json::from_value::<AgentSettings>(serde_json::json!({"imagee": "x"})).is_err());
 }
+
+#[test]
+fn token_secret_matches_golden() {
+    let settings = configured();
+    let t = target();
+    let spec = AgentSpec {
+        settings: &settings,
+        target: Some(&t),
+        run_id: "r1a2b3",
+        token: "tok",
+    };
+    golden("token-secret", &spec.token_secret("remora"));
+}
+
+#[test]
+fn the_token_is_only_in_the_secret_which_every_agent_refers_to() {
+    const TOKEN: &str = "9f2c-the-per-run-token";
+    let settings = AgentSettings::default();
+    let t = target();
+    let spec = |target| AgentSpec {
+        settings: &settings,
+        target,
+        run_id: "r1a2b3",
+        token: TOKEN,
+    };
+    let secret = serde_json::to_string(&spec(Some(&t)).token_secret("shop")).unwrap();
+    assert!(secret.contains(TOKEN), "{secret}");
+    let reference = serde_json::json!([{
+        "name": TOKEN_ENV,
+        "valueFrom": {"secretKeyRef": {"name": "remora-agent-r1a2b3", "key": TOKEN_KEY, "optional": false}},
+    }]);
+    let job = spec(Some(&t)).job("shop");
+    let pod = spec(None).targetless_pod("shop");
+    let ephemeral = spec(Some(&t)).ephemeral_container();
+    let envs = [
+        serde_json::to_value(&job.spec.unwrap().template.spec.unwrap().containers[0].env),
+        serde_json::to_value(&pod.spec.unwrap().containers[0].env),
+        serde_json::to_value(&ephemeral.env),
+    ];
+    for env in envs {
+        assert_eq!(env.unwrap(), reference);
+    }
+    for object in [
+        serde_json::to_string(&spec(Some(&t)).job("shop")).unwrap(),
+        serde_json::to_string(&spec(None).targetless_pod("shop")).unwrap(),
+        serde_json::to_string(&spec(Some(&t)).ephemeral_container()).unwrap(),
+    ] {
+        assert!(!object.contains(TOKEN), "{object}");
+    }
+}
+
+#[test]
+fn the_secret_is_owned_by_the_created_job_for_the_garbage_collector() {
+    let mut job = Job::default();
+    assert!(owned_by(&job).is_err(), "no name, no uid");
+    job.metadata.name = Some("remora-agent-r1a2b3".to_owned());
+    assert!(owned_by(&job).unwrap_err().contains("has no uid"));
+    job.metadata.uid = Some("0e1d-uid".to_owned());
+    assert_eq!(
+        serde_json::to_value(owned_by(&job).unwrap()).unwrap(),
+        serde_json::json!({
+            "apiVersion": "batch/v1", "kind": "Job", "name": "remora-agent-r1a2b3", "uid": "0e1d-uid",
+        })
+    );
+    let mut pod = Pod::default();
+    pod.metadata.name = Some("api-7f9c".to_owned());
+    pod.metadata.uid = Some("7a3b-uid".to_owned());
+    assert_eq!(owned_by(&pod).unwrap().api_version, "v1");
+    assert_eq!(owned_by(&pod).unwrap().kind, "Pod");
+}

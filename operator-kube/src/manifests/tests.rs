@@ -89,16 +89,17 @@ fn the_operator_runs_restricted() {
 }
 
 #[test]
-fn rbac_grants_no_wildcards_and_secrets_only_to_create_and_get_in_its_namespace() {
+fn rbac_grants_no_wildcards_and_secrets_only_to_create_get_and_patch_in_its_namespace() {
     for rule in CLUSTER_RULES.iter().chain(NAMESPACE_RULES) {
         for word in rule.resources.iter().chain(rule.verbs).chain([&rule.group]) {
             assert_ne!(*word, "*", "{rule:?}");
         }
         if rule.resources.iter().any(|r| r.contains("secret")) {
-            // Its own database-branch records and branch pods' passwords.
+            // Its own database-branch records, branch pods' passwords and
+            // agents' tokens (patched to be owned by the agent's Job or pod).
             assert!(NAMESPACE_RULES.contains(rule), "{rule:?}");
             assert_eq!(rule.resources, ["secrets"], "{rule:?}");
-            assert_eq!(rule.verbs, ["create", "get"], "{rule:?}");
+            assert_eq!(rule.verbs, ["create", "get", "patch"], "{rule:?}");
         }
         assert!(
             !rule

@@ -127,7 +127,14 @@ spec:
 
     /// The names of the agent Jobs and pods left in the namespace.
     pub fn agent_objects(&self) -> String {
-        self.kubectl(&["get", "jobs,pods", "-l", AGENT_SELECTOR, "-o", "name"])
+        self.kubectl(&[
+            "get",
+            "jobs,pods,secrets",
+            "-l",
+            AGENT_SELECTOR,
+            "-o",
+            "name",
+        ])
     }
 
     /// `remora <args[0]> --kubeconfig <this cluster's> <args[1..]>`.

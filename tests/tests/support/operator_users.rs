@@ -196,7 +196,7 @@ roleRef: {{kind: Role, name: {name}, apiGroup: rbac.authorization.k8s.io}}
 pub fn operator_agents(sim: &Sim) -> String {
     sim.kubectl(&[
         "get",
-        "jobs,pods",
+        "jobs,pods,secrets",
         "-n",
         OPERATOR_NS,
         "-l",
