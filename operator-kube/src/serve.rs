@@ -135,12 +135,13 @@ async fn kubernetes(serve: ServeArgs) -> Result<()> {
         n => tracing::info!(objects = n, "deleted the agents a previous operator left"),
     }
     // Splits the previous operator left active lost their sessions with it:
-    // their messages go back to the workloads before anyone joins again.
+    // their messages go back to the workloads (in the background) before
+    // anyone joins them again.
     match splits.resume_all().await {
         Ok(0) => {}
         Ok(n) => tracing::info!(
             splits = n,
-            "ended the queue splits a previous operator left"
+            "ending the queue splits a previous operator left"
         ),
         Err(e) => tracing::warn!(error = %e, "queue splits left by a previous operator"),
     }

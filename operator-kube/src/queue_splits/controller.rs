@@ -943,6 +943,10 @@ impl Splits {
     /// workload's), the workload is restored, and the temporary queues are
     /// emptied back into the originals.
     ///
+    /// Returns once the splits are listed and marked as ending; their ends
+    /// run in the background (a drain waits as long as a consumer holds a
+    /// queue), and a session for one of them waits until its end is over.
+    ///
     /// # Errors
     /// Listing the splits failed.
     pub async fn resume_all(&self) -> Result<usize, SplitError> {
@@ -964,8 +968,15 @@ impl Splits {
                 }
                 continue;
             }
-            let done = self.resume_one(&namespace, &name, &split, &status).await;
-            self.deactivate(&namespace, &name, done).await;
+            self.ending
+                .lock()
+                .expect("not poisoned")
+                .insert((namespace.clone(), name.clone()));
+            let this = self.clone();
+            tokio::spawn(async move {
+                let done = this.resume_one(&namespace, &name, &split, &status).await;
+                this.deactivate(&namespace, &name, done).await;
+            });
             resumed += 1;
         }
         Ok(resumed)
@@ -1016,6 +1027,20 @@ impl Splits {
                 Ok((task, api)) => {
                     let cancel = CancellationToken::new();
                     let task = tokio::spawn(task.run(cancel.clone()));
+                    // The ended sessions' queues are being drained into the
+                    // workload's: let those drains finish before the split
+                    // ends (a router stopped mid-drain leaves the drain's
+                    // consumer, and the messages it held, to the broker).
+                    loop {
+                        match api.state().await {
+                            Ok(state) if state.draining.is_empty() => break,
+                            Ok(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                            Err(e) => {
+                                tracing::warn!(split = %name, queue = %id, error = %e, "the resumed router stopped");
+                                break;
+                            }
+                        }
+                    }
                     queues.insert(
                         id.clone(),
                         RunningQueue {
