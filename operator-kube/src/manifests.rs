@@ -156,27 +156,6 @@ pub const CLUSTER_RULES: &[Rule] = &[
         why: "keep a split's routers' state, sessions and the workload's saved variables in its status (what a restarted operator resumes from)",
     },
     Rule {
-        group: "apps",
-        resources: &["deployments", "statefulsets"],
-        verbs: &["update"],
-        names: &[],
-        why: "point a split workload's queue variables at its temporary queues, and back when the split ends",
-    },
-    Rule {
-        group: "argoproj.io",
-        resources: &["rollouts"],
-        verbs: &["update"],
-        names: &[],
-        why: "the same for a split Argo Rollout that carries its own pod template",
-    },
-    Rule {
-        group: "",
-        resources: &["configmaps", "secrets"],
-        verbs: &["get"],
-        names: &[],
-        why: "a split's broker URL and credentials (`urlFrom`, `usernameFrom`, `passwordFrom`), and a split workload's queue name where its variable reads a ConfigMap or Secret key",
-    },
-    Rule {
         group: "authentication.k8s.io",
         resources: &["tokenreviews"],
         verbs: &["create"],
