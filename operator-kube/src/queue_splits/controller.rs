@@ -98,9 +98,10 @@ struct Active {
     /// split is not ended for having no sessions).
     reserved: usize,
     saved_env: BTreeMap<String, String>,
-    /// Counts the times the split was left without sessions; a keep-warm
-    /// timer ends the split only if no session came and went since it
-    /// started.
+    /// The number (unique in this operator) of the keep-warm timer started
+    /// when the split was last left without sessions; a timer ends the
+    /// split only if it is still the latest (no session came and went
+    /// since, and the split was not ended and started again).
     warm_epoch: u64,
     /// Why the split was ended while it ran (its registration changed),
     /// kept in `status.message` once it ended.
@@ -369,7 +370,11 @@ impl Splits {
         if ttl.is_zero() {
             return self.take_to_end(active, slot);
         }
-        entry.warm_epoch += 1;
+        // Unique across splits and their restarts: a timer of a split that
+        // ended (say, its registration changed) never matches the next
+        // split of the same registration.
+        static EPOCHS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        entry.warm_epoch = EPOCHS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let epoch = entry.warm_epoch;
         let (namespace, name) = slot;
         self.patch_status(
