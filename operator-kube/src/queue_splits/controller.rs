@@ -612,8 +612,7 @@ impl Splits {
                 Some(Ok(watcher::Event::Delete(object))) => {
                     let (namespace, name) = slot_of(&object);
                     let reason = format!("RemoraQueueSplit {namespace}/{name} was deleted");
-                    self.end_changed(&(namespace, name), reason, &end_session)
-                        .await;
+                    self.end_in_background((namespace, name), reason, &end_session);
                 }
                 Some(Ok(watcher::Event::Init)) => listed = Some(BTreeSet::new()),
                 Some(Ok(watcher::Event::InitDone)) => {
@@ -630,7 +629,7 @@ impl Splits {
                         .collect();
                     for slot in gone {
                         let reason = format!("RemoraQueueSplit {}/{} was deleted", slot.0, slot.1);
-                        self.end_changed(&slot, reason, &end_session).await;
+                        self.end_in_background(slot, reason, &end_session);
                     }
                 }
                 Some(Err(e)) => {
@@ -666,7 +665,15 @@ impl Splits {
                 }
             }
         };
-        self.end_changed(&slot, reason, end_session).await;
+        self.end_in_background(slot, reason, end_session);
+    }
+
+    /// [`Self::end_changed`] in a task of its own: the watch goes on (an
+    /// end takes the drain timeout and more).
+    fn end_in_background(&self, slot: (String, String), reason: String, end_session: &EndSession) {
+        let this = self.clone();
+        let end_session = end_session.clone();
+        tokio::spawn(async move { this.end_changed(&slot, reason, &end_session).await });
     }
 
     /// Ends the split at `slot`, if it runs, because its registration
