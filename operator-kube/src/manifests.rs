@@ -142,6 +142,20 @@ pub const CLUSTER_RULES: &[Rule] = &[
         why: "read the policies, and see them change",
     },
     Rule {
+        group: "remora.dev",
+        resources: &["remoraqueuesplits"],
+        verbs: &["get", "list", "watch", "patch"],
+        names: &[],
+        why: "queue splits: read a workload's registration, see it edited or deleted (which ends a running split), and hold the finalizer `remora.dev/queue-split` while a split is set up",
+    },
+    Rule {
+        group: "remora.dev",
+        resources: &["remoraqueuesplits/status"],
+        verbs: &["patch"],
+        names: &[],
+        why: "keep a split's routers' state, sessions and the workload's saved variables in its status (what a restarted operator resumes from)",
+    },
+    Rule {
         group: "authentication.k8s.io",
         resources: &["tokenreviews"],
         verbs: &["create"],

@@ -135,12 +135,13 @@ async fn kubernetes(serve: ServeArgs) -> Result<()> {
         n => tracing::info!(objects = n, "deleted the agents a previous operator left"),
     }
     // Splits the previous operator left active lost their sessions with it:
-    // their messages go back to the workloads before anyone joins again.
+    // their messages go back to the workloads (in the background) before
+    // anyone joins them again.
     match splits.resume_all().await {
         Ok(0) => {}
         Ok(n) => tracing::info!(
             splits = n,
-            "ended the queue splits a previous operator left"
+            "ending the queue splits a previous operator left"
         ),
         Err(e) => tracing::warn!(error = %e, "queue splits left by a previous operator"),
     }
@@ -160,6 +161,16 @@ async fn kubernetes(serve: ServeArgs) -> Result<()> {
     let leadership = tokio::spawn(election.keep(cancel.clone(), lost.clone()));
     let objects = tokio::spawn(objects.run(operator.sessions().clone(), cancel.clone()));
     tokio::spawn(policy_objects.watch(policies, cancel.clone()));
+    // A split whose RemoraQueueSplit is edited or deleted ends, and so do
+    // its sessions (their variables name queues that go away).
+    let sessions = operator.sessions().clone();
+    let end_session: crate::queue_splits::controller::EndSession =
+        Arc::new(move |key: &str, reason: String| {
+            if let Some(id) = crate::queue_splits::controller::session_id(key) {
+                let _ = sessions.kill(id, reason);
+            }
+        });
+    tokio::spawn(splits.clone().watch(end_session, cancel.clone()));
     tracing::info!(%namespace, "serving Kubernetes targets");
     remora_operator::announce(&operator)?;
     let reason = tokio::select! {

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 #[path = "support/sim.rs"]
 mod sim;
 
-use sim::{DEADLINE, Sim, install_queue_split_crds, ok, worker_deployment, worker_says};
+use sim::{DEADLINE, Sim, install_queue_split_crds, kubectl, ok, worker_deployment, worker_says};
 
 fn rabbit_url() -> String {
     std::env::var("REMORA_RABBITMQ_URL")
@@ -403,4 +403,247 @@ async fn a_split_kept_warm_outlives_its_last_session_and_ends_after_keep_warm_tt
         broker.depth(&workload_queue).await.is_err(),
         "the workload's queue is gone"
     );
+}
+
+/// Registration changes while a session runs (issue 12): an edit of
+/// `drainTimeout` is taken as it is; an edit of the broker endpoint ends
+/// the split: the session is ended with the reason, the messages of every
+/// temporary queue go back to the original (none lost, none twice), the
+/// workload rolls back, the finalizer is removed; the next session starts
+/// the split under the new registration; deleting the object ends that
+/// split the same way, and the object goes only once it has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_split_whose_registration_is_edited_or_deleted_ends_its_sessions_and_loses_nothing() {
+    use remora_operator_kube::queue_splits::controller::{EndSession, FINALIZER};
+    use std::sync::{Arc, Mutex};
+
+    let broker = RabbitBroker::connect(&rabbit_url())
+        .await
+        .unwrap_or_else(|e| panic!("{e}: RabbitMQ must run (scripts/setup.sh starts it)"));
+    let original = QueueName(format!("remora-test.split-edit.{}", std::process::id()));
+    let workload_queue = temp_queue_name(broker.kind(), &original, Owner::Workload);
+    let mut cleanup = Cleanup(vec![original.clone(), workload_queue.clone()]);
+    broker
+        .create_like(&QueueProps::default(), &original)
+        .await
+        .unwrap();
+    let sim = start_split(&original, "").await;
+    let kubeconfig = sim.kubeconfig.clone();
+    let says_original = format!("QUEUE={original}");
+    let says_split = format!("QUEUE={workload_queue}");
+    let kube = KubeClient::connect(&ClientOptions {
+        kubeconfig: Some(kubeconfig.clone()),
+        context: None,
+        namespace: Some("default".into()),
+    })
+    .await
+    .unwrap();
+    let splits = Splits::new(kube.client.clone(), RouterConfig::default());
+    // The sessions the watch ends, with the reason their clients are told.
+    let ended: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+    let end_session: EndSession = {
+        let ended = ended.clone();
+        Arc::new(move |key: &str, reason: String| {
+            ended.lock().unwrap().push((key.to_owned(), reason));
+        })
+    };
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let watch = tokio::spawn(splits.clone().watch(end_session, cancel.clone()));
+    let worker = WorkloadRef {
+        kind: WorkloadKind::Deployment,
+        name: "worker".into(),
+    };
+    let want = |pattern: &str| {
+        BTreeMap::from([(
+            "orders".to_owned(),
+            Wanted {
+                broker: QueueBroker::Rabbitmq,
+                filter: BTreeMap::from([("x-user".to_owned(), pattern.to_owned())]),
+            },
+        )])
+    };
+    let get = |path: &str| {
+        ok(
+            &kubeconfig,
+            &["get", "rqs", "orders", "-o", &format!("jsonpath={path}")],
+            None,
+        )
+    };
+    let depth = async |queue: &QueueName| broker.depth(queue).await.map(|d| d.ready).unwrap_or(0);
+    // Every message of `users` numbered `range`, sorted.
+    let expect = |users: &[&str], range: std::ops::Range<usize>| {
+        let mut all: Vec<String> = users
+            .iter()
+            .flat_map(|u| range.clone().map(move |n| format!("{u}-{n}")))
+            .collect();
+        all.sort();
+        all
+    };
+
+    // Alice's session starts the split; the object carries the finalizer.
+    let alice = splits
+        .join("default", &worker, "alice1", &want("^alice$"))
+        .await
+        .unwrap();
+    let alice_queue = QueueName(alice["ORDERS_QUEUE"].clone());
+    cleanup.0.push(alice_queue.clone());
+    poll("the worker to roll onto its temporary queue", async || {
+        worker_says(&kubeconfig).as_deref() == Some(says_split.as_str())
+    })
+    .await;
+    assert!(
+        get("{.metadata.finalizers}").contains(FINALIZER),
+        "{}",
+        get("{.metadata}")
+    );
+    // Twenty each for alice and bob that nobody consumes.
+    for n in 0..20 {
+        for user in ["alice", "bob"] {
+            broker.publish(&original, &message(user, n)).await.unwrap();
+        }
+    }
+    poll("alice's twenty and bob's twenty routed", async || {
+        depth(&alice_queue).await == 20 && depth(&workload_queue).await == 20
+    })
+    .await;
+
+    // A timing edit is taken as it is; the broker endpoint's edit ends the
+    // split (the same broker, written another way: the router of the old
+    // registration still reaches it to give everything back).
+    ok(
+        &kubeconfig,
+        &[
+            "patch",
+            "rqs",
+            "orders",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"drainTimeout":"2s"}}"#,
+        ],
+        None,
+    );
+    let endpoint = serde_json::json!({"spec": {"queues": {"orders": {
+        "brokerEndpoint": {"urlFrom": null, "url": rabbit_url()}
+    }}}})
+    .to_string();
+    ok(
+        &kubeconfig,
+        &["patch", "rqs", "orders", "--type=merge", "-p", &endpoint],
+        None,
+    );
+    poll("alice's session to be ended", async || {
+        !ended.lock().unwrap().is_empty()
+    })
+    .await;
+    {
+        let ended = ended.lock().unwrap();
+        assert_eq!(ended.len(), 1, "only alice, once: {ended:?}");
+        assert_eq!(ended[0].0, "alice1");
+        assert!(
+            ended[0].1.starts_with(
+                "queue split ended: RemoraQueueSplit default/orders changed (queue orders changed)"
+            ),
+            "{}",
+            ended[0].1
+        );
+    }
+    poll(
+        "the worker to roll back onto the original queue",
+        async || worker_says(&kubeconfig).as_deref() == Some(says_original.as_str()),
+    )
+    .await;
+    poll("the split to be Idle", async || {
+        get("{.status.phase}") == "Idle"
+    })
+    .await;
+    assert_eq!(
+        get("{.status.message}"),
+        "the split was ended while it ran: RemoraQueueSplit default/orders changed (queue orders changed)"
+    );
+    assert!(!get("{.metadata.finalizers}").contains(FINALIZER));
+    let mut back = take_all(&broker, &original, Duration::from_millis(500)).await;
+    back.sort();
+    assert_eq!(
+        back,
+        expect(&["alice", "bob"], 0..20),
+        "none lost, none twice"
+    );
+    for gone in [&alice_queue, &workload_queue] {
+        assert!(broker.depth(gone).await.is_err(), "{gone} still exists");
+    }
+
+    // The next session starts the split under the new registration.
+    let bob = splits
+        .join("default", &worker, "bob2", &want("^bob$"))
+        .await
+        .unwrap();
+    let bob_queue = QueueName(bob["ORDERS_QUEUE"].clone());
+    cleanup.0.push(bob_queue.clone());
+    poll(
+        "the worker to roll onto its temporary queue again",
+        async || worker_says(&kubeconfig).as_deref() == Some(says_split.as_str()),
+    )
+    .await;
+    for n in 20..30 {
+        for user in ["alice", "bob"] {
+            broker.publish(&original, &message(user, n)).await.unwrap();
+        }
+    }
+    poll("bob's ten and alice's ten routed", async || {
+        depth(&bob_queue).await == 10 && depth(&workload_queue).await == 10
+    })
+    .await;
+
+    // Deleting the object ends the split before the object goes.
+    ok(
+        &kubeconfig,
+        &["delete", "rqs", "orders", "--wait=false"],
+        None,
+    );
+    poll("bob's session to be ended", async || {
+        ended.lock().unwrap().len() == 2
+    })
+    .await;
+    {
+        let ended = ended.lock().unwrap();
+        assert_eq!(ended[1].0, "bob2");
+        assert!(
+            ended[1]
+                .1
+                .starts_with("queue split ended: RemoraQueueSplit default/orders was deleted"),
+            "{}",
+            ended[1].1
+        );
+    }
+    poll(
+        "the worker to roll back onto the original queue",
+        async || worker_says(&kubeconfig).as_deref() == Some(says_original.as_str()),
+    )
+    .await;
+    poll("the object to be gone", async || {
+        !kubectl(&kubeconfig, &["get", "rqs", "orders"], None)
+            .status
+            .success()
+    })
+    .await;
+    let mut back = take_all(&broker, &original, Duration::from_millis(500)).await;
+    back.sort();
+    assert_eq!(
+        back,
+        expect(&["alice", "bob"], 20..30),
+        "none lost, none twice"
+    );
+    for gone in [&bob_queue, &workload_queue] {
+        assert!(broker.depth(gone).await.is_err(), "{gone} still exists");
+    }
+    // A session for a deleted registration is refused.
+    let err = splits
+        .join("default", &worker, "carol3", &want("^carol$"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no RemoraQueueSplit"), "{err}");
+    assert_eq!(ended.lock().unwrap().len(), 2);
+    cancel.cancel();
+    watch.await.unwrap();
 }

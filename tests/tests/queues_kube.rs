@@ -4,8 +4,13 @@
 //! `split_queues` gets its own temporary queue in the variable the workload
 //! reads, while the workload rolls onto its own temporary queue; messages
 //! matching the session's filter reach only the session, the rest only the
-//! workload; when the command ends, the messages it did not take go back to
-//! the original queue and the workload rolls back onto it.
+//! workload; `kubectl delete remorasession` of a second session ends it
+//! (its command is told why) and moves the messages it did not take to the
+//! workload's queue; when the first command ends, the messages it did not
+//! take go back to the original queue and the workload rolls back onto it.
+//! Then the operator is SIGKILLed while a third session holds a split: the
+//! next operator ends that split from the object's status, and nothing is
+//! lost.
 //!
 //! Needs root, RabbitMQ on 127.0.0.1:5672 (scripts/setup.sh) and the
 //! workspace binaries `remora`, `remora-operator`, `remora-agent`,
@@ -108,6 +113,104 @@ fn collect(mut take: impl FnMut() -> Vec<String>, count: usize, what: &str) -> V
     all
 }
 
+/// One `remora run` with `split_queues` for `user` (filter `^user$`) whose
+/// command prints its queue variable, then waits for the file `go`.
+struct Run {
+    child: Reaped,
+    out: std::sync::mpsc::Receiver<String>,
+    err: std::sync::mpsc::Receiver<String>,
+    go: std::path::PathBuf,
+    /// The session's own queue, as its command's variable names it.
+    queue: QueueName,
+}
+
+impl Run {
+    fn start(sim: &Sim, addr: &str, user: &str) -> Run {
+        let config = sim.dir.path().join(format!("remora-{user}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "split_queues = {{ orders = {{ type = \"rabbitmq\", message_filter = {{ \"x-user\" = \"^{user}$\" }} }} }}\n"
+            ),
+        )
+        .unwrap();
+        let go = sim.dir.path().join(format!("go-{user}"));
+        let script = format!(
+            "echo QUEUE=$ORDERS_QUEUE; while [ ! -e {} ]; do sleep 0.1; done; echo done",
+            go.display()
+        );
+        let mut child = Command::new(bin_path("remora").unwrap())
+            .args(["run", "--operator", addr, "-t", "deployment/worker", "-f"])
+            .arg(&config)
+            .args(["--", "sh", "-c", &script])
+            .env(
+                "REMORA_OPERATOR_TOKEN",
+                format!("remora-sim-sa:default:{user}"),
+            )
+            .env("REMORA_USER", user)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = lines(child.stdout.take().unwrap());
+        let err = lines(child.stderr.take().unwrap());
+        let child = Reaped(child);
+        let line = next_line(&out, &format!("{user}'s queue variable"));
+        let queue = QueueName(
+            line.strip_prefix("QUEUE=")
+                .unwrap_or_else(|| panic!("{line:?}"))
+                .to_owned(),
+        );
+        Run {
+            child,
+            out,
+            err,
+            go,
+            queue,
+        }
+    }
+
+    /// The session's id: its queue is `<original>.remora.s<id>`.
+    fn session(&self) -> String {
+        self.queue
+            .0
+            .rsplit_once(".remora.s")
+            .unwrap_or_else(|| panic!("{}", self.queue))
+            .1
+            .to_owned()
+    }
+
+    /// Waits for a line of its stderr containing `wanted`.
+    fn says(&self, wanted: &str) {
+        let deadline = std::time::Instant::now() + DEADLINE;
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.err.recv_timeout(left) {
+                Ok(line) if line.contains(wanted) => return,
+                Ok(line) => {
+                    eprintln!("{line}");
+                    seen.push(line);
+                }
+                Err(e) => panic!("no {wanted:?} on stderr ({e}): {seen:#?}"),
+            }
+        }
+    }
+
+    /// Lets its command end; its exit status.
+    fn finish(mut self) -> std::process::ExitStatus {
+        std::fs::write(&self.go, "").unwrap();
+        // The rest of its stderr, for the test's log.
+        let err = std::mem::replace(&mut self.err, std::sync::mpsc::channel().1);
+        std::thread::spawn(move || {
+            for line in err {
+                eprintln!("{line}");
+            }
+        });
+        self.child.0.wait().unwrap()
+    }
+}
+
 #[test]
 fn a_session_with_split_queues_gets_only_its_messages_and_gives_back_the_rest() {
     require_sandbox!();
@@ -187,37 +290,10 @@ spec:
         text(&logs.stdout).lines().next().unwrap_or("").to_owned()
     };
 
-    let (_operator, addr) = start_operator(&sim);
+    let (operator, addr) = start_operator(&sim);
 
-    let config = sim.dir.path().join("remora.toml");
-    std::fs::write(
-        &config,
-        "split_queues = { orders = { type = \"rabbitmq\", message_filter = { \"x-user\" = \"^alice$\" } } }\n",
-    )
-    .unwrap();
-    let go = sim.dir.path().join("go");
-    let script = format!(
-        "echo QUEUE=$ORDERS_QUEUE; while [ ! -e {} ]; do sleep 0.1; done; echo done",
-        go.display()
-    );
-    let mut run = Command::new(bin_path("remora").unwrap())
-        .args(["run", "--operator", &addr, "-t", "deployment/worker", "-f"])
-        .arg(&config)
-        .args(["--", "sh", "-c", &script])
-        .env("REMORA_OPERATOR_TOKEN", "remora-sim-sa:default:alice")
-        .env("REMORA_USER", "alice")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let run_out = lines(run.stdout.take().unwrap());
-    let run_guard = Reaped(run);
-    let line = next_line(&run_out, "the command's queue variable");
-    let mine = QueueName(
-        line.strip_prefix("QUEUE=")
-            .unwrap_or_else(|| panic!("{line:?}"))
-            .to_owned(),
-    );
+    let alice_run = Run::start(&sim, &addr, "alice");
+    let mine = alice_run.queue.clone();
     rabbit.queues.push(mine.clone());
     assert!(
         mine.0.starts_with(&format!("{original}.remora.s")),
@@ -268,6 +344,43 @@ spec:
     assert_eq!(temps[1]["routed"], 50);
     assert_eq!(temps[1]["depth"], 0, "alice took all hers");
 
+    // Carol's session holds five messages she never takes; `kubectl delete
+    // remorasession` ends it: her command is told why, and the five move to
+    // the workload's queue (alice still holds the split).
+    let carol = Run::start(&sim, &addr, "carol");
+    rabbit.queues.push(carol.queue.clone());
+    for n in 0..5 {
+        rabbit.publish(&original, "carol", n);
+    }
+    poll(
+        || {
+            rabbit
+                .rt
+                .block_on(rabbit.broker.depth(&carol.queue))
+                .is_ok_and(|d| d.ready == 5)
+        },
+        "carol's five to reach her queue",
+    );
+    sim.kubectl(&["delete", "remorasession", &carol.session()]);
+    carol.says(&format!(
+        "its RemoraSession default/{} was deleted",
+        carol.session()
+    ));
+    let moved = collect(
+        || rabbit.take_all(&workload_queue, idle),
+        5,
+        "carol's five at the workload's queue",
+    );
+    assert_eq!(
+        moved,
+        (0..5).map(|n| format!("carol-{n}")).collect::<Vec<_>>()
+    );
+    poll(
+        || !rabbit.exists(&carol.queue),
+        "carol's queue to be deleted",
+    );
+    carol.finish();
+
     // Five more for alice that the command never takes; then it ends.
     for n in 50..55 {
         rabbit.publish(&original, "alice", n);
@@ -281,10 +394,9 @@ spec:
         },
         "the five to reach the session's queue",
     );
-    std::fs::write(&go, "").unwrap();
-    assert_eq!(next_line(&run_out, "the command's end"), "done");
-    let mut run = run_guard;
-    assert!(run.0.wait().unwrap().success());
+    std::fs::write(&alice_run.go, "").unwrap();
+    assert_eq!(next_line(&alice_run.out, "the command's end"), "done");
+    assert!(alice_run.finish().success());
 
     let original_line = format!("QUEUE={original}");
     poll(
@@ -304,8 +416,59 @@ spec:
         || !rabbit.exists(&mine) && !rabbit.exists(&workload_queue),
         "the temporary queues to be deleted",
     );
+    let phase = || sim.kubectl(&["get", "rqs", "orders", "-o", "jsonpath={.status.phase}"]);
+    poll(|| phase() == "Idle", "the split to be Idle");
+
+    // The operator SIGKILLed while dave's session holds a split with five
+    // of his and five for the workload: the next operator ends the split
+    // from the object's status (dave's session went with the old one).
+    let dave = Run::start(&sim, &addr, "dave");
+    rabbit.queues.push(dave.queue.clone());
     poll(
-        || sim.kubectl(&["get", "rqs", "orders", "-o", "jsonpath={.status.phase}"]) == "Idle",
-        "the split to be Idle",
+        || worker_says() == split_line,
+        "the worker to roll onto its temporary queue again",
     );
+    for n in 0..5 {
+        rabbit.publish(&original, "dave", n);
+        rabbit.publish(&original, "erin", n);
+    }
+    let depth = |queue: &QueueName| {
+        rabbit
+            .rt
+            .block_on(rabbit.broker.depth(queue))
+            .map(|d| d.ready)
+            .unwrap_or(0)
+    };
+    poll(
+        || depth(&dave.queue) == 5 && depth(&workload_queue) == 5,
+        "dave's five and erin's five routed",
+    );
+    let mut operator = operator;
+    operator.0.kill().unwrap();
+    operator.0.wait().unwrap();
+    // Reaped: its drop must not signal a pid that may be reused.
+    std::mem::forget(operator);
+    let (_operator, _addr) = start_operator(&sim);
+    poll(
+        || worker_says() == original_line,
+        "the worker to roll back after the operator's restart",
+    );
+    poll(|| phase() == "Idle", "the split to be Idle again");
+    let mut back = collect(
+        || rabbit.take_all(&original, idle),
+        10,
+        "dave's and erin's five back on the original queue",
+    );
+    back.sort();
+    let mut want: Vec<String> = ["dave", "erin"]
+        .iter()
+        .flat_map(|u| (0..5).map(move |n| format!("{u}-{n}")))
+        .collect();
+    want.sort();
+    assert_eq!(back, want, "none lost, none twice");
+    poll(
+        || !rabbit.exists(&dave.queue) && !rabbit.exists(&workload_queue),
+        "the temporary queues to be deleted again",
+    );
+    dave.finish();
 }

@@ -570,3 +570,37 @@ fn udp_datagrams_reach_the_pods_loopback() {
         "sent 2\npod:one from 127.0.0.1:19053\npod:two from 127.0.0.1:19053\n"
     );
 }
+
+#[test]
+fn split_queues_without_an_operator_are_refused_before_the_command_runs() {
+    require_sandbox!();
+    let sandbox = Sandbox::new().unwrap();
+    let c = checkout_pod(&sandbox).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("remora.toml");
+    std::fs::write(
+        &config,
+        "split_queues = { orders = { type = \"rabbitmq\", message_filter = { \"x-user\" = \"^alice$\" } } }\n",
+    )
+    .unwrap();
+    let ran = dir.path().join("ran");
+    let out = remora_run_with(
+        &c.pod,
+        &["-f", config.to_str().unwrap()],
+        &["touch", ran.to_str().unwrap()],
+    )
+    .unwrap();
+    assert!(!out.status.success(), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // The report wraps its lines (`│` continues one).
+    let flat = stderr
+        .split_whitespace()
+        .filter(|w| *w != "│")
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert!(
+        flat.contains("queues are split by the operator: set `operator`"),
+        "{stderr}"
+    );
+    assert!(!ran.exists(), "the command must not run without its queues");
+}

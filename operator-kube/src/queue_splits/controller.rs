@@ -9,6 +9,16 @@
 //! The routers' state is kept in the object's status (written before any
 //! message can reach a queue it names), so a restarted operator finds every
 //! temporary queue and resumes ([`Splits::resume_all`]).
+//!
+//! A running split keeps the registration it started with until that
+//! registration changes: [`Splits::watch`] sees the object edited or
+//! deleted. An edit of `drainTimeout` or `keepWarmTtl` is taken as it is;
+//! any other edit (the workload, a queue added, removed or changed), and a
+//! deletion, end the split: its sessions are ended with the reason, every
+//! temporary queue is emptied back into its original, the workload is
+//! restored, and the next session starts the split under the new
+//! registration. While a split is set up, its object carries the finalizer
+//! [`FINALIZER`], so a deletion waits for that end.
 
 use super::brokers::{self, QueueForm, Secrets};
 use super::{SplitError, Workloads};
@@ -17,8 +27,10 @@ use crate::crd::queue_split::{
     SplitQueueSpec, SplitQueueStatus, SplitSessionStatus, WorkloadRef,
 };
 use async_trait::async_trait;
+use futures::StreamExt;
 use futures::future::BoxFuture;
 use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::runtime::watcher;
 use remora_operator::queue_splits::QueueSplitter;
 use remora_protocol::SessionId;
 use remora_protocol::queues::{QueueReply, QueueRequest, SplitInfo, SplitQueueInfo, TempQueueInfo};
@@ -40,6 +52,17 @@ pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
 pub const PREPARED_GRACE: Duration = Duration::from_secs(120);
 /// How long a workload may take to roll onto its temporary queues.
 pub const ROLLOUT_TIMEOUT: Duration = Duration::from_secs(300);
+/// On a `RemoraQueueSplit` while its split is set up (temporary queues, the
+/// workload patched): deleting the object ends the split first.
+pub const FINALIZER: &str = "remora.dev/queue-split";
+/// How long a session that wants a split waits for the previous split of
+/// the same registration to finish ending (the workload restored, its
+/// temporary queues emptied).
+pub const ENDING_WAIT: Duration = Duration::from_secs(600);
+
+/// Ends a session of this operator, with the reason its client is told:
+/// given the session's key (see [`session_id`]).
+pub type EndSession = Arc<dyn Fn(&str, String) + Send + Sync>;
 
 /// What a session asks for one queue id.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,10 +98,14 @@ struct Active {
     /// split is not ended for having no sessions).
     reserved: usize,
     saved_env: BTreeMap<String, String>,
-    /// Counts the times the split was left without sessions; a keep-warm
-    /// timer ends the split only if no session came and went since it
-    /// started.
+    /// The number (unique in this operator) of the keep-warm timer started
+    /// when the split was last left without sessions; a timer ends the
+    /// split only if it is still the latest (no session came and went
+    /// since, and the split was not ended and started again).
     warm_epoch: u64,
+    /// Why the split was ended while it ran (its registration changed),
+    /// kept in `status.message` once it ended.
+    end_note: Option<String>,
 }
 
 /// The splits this operator runs; cheap to clone.
@@ -89,6 +116,9 @@ pub struct Splits {
     /// (namespace, split name) to its active state. One lock: joins and
     /// leaves of splits are rare and each is a handful of API calls.
     active: Arc<tokio::sync::Mutex<BTreeMap<(String, String), Active>>>,
+    /// Splits taken out of `active` whose end is under way: a session for
+    /// one waits until it is over (changed under `active`'s lock).
+    ending: Arc<std::sync::Mutex<BTreeSet<(String, String)>>>,
 }
 
 impl std::fmt::Debug for Splits {
@@ -169,6 +199,51 @@ impl Splits {
             client,
             config,
             active: Arc::default(),
+            ending: Arc::default(),
+        }
+    }
+
+    fn is_ending(&self, slot: &(String, String)) -> bool {
+        self.ending.lock().expect("not poisoned").contains(slot)
+    }
+
+    /// Takes the split at `slot` out of `active` to be ended
+    /// ([`Self::deactivate`] clears the mark).
+    fn take_to_end(
+        &self,
+        active: &mut BTreeMap<(String, String), Active>,
+        slot: &(String, String),
+    ) -> Option<Active> {
+        let done = active.remove(slot)?;
+        self.ending
+            .lock()
+            .expect("not poisoned")
+            .insert(slot.clone());
+        Some(done)
+    }
+
+    /// The lock on the active splits once the split at `slot` is not
+    /// ending any more (a previous end of the same registration finished).
+    async fn lock_when_not_ending(
+        &self,
+        slot: &(String, String),
+    ) -> Result<tokio::sync::MutexGuard<'_, BTreeMap<(String, String), Active>>, SplitError> {
+        let deadline = tokio::time::Instant::now() + ENDING_WAIT;
+        loop {
+            let active = self.active.lock().await;
+            if !self.is_ending(slot) {
+                return Ok(active);
+            }
+            drop(active);
+            if tokio::time::Instant::now() >= deadline {
+                return Err(SplitError::Value(format!(
+                    "RemoraQueueSplit {}/{} is still ending after {}s",
+                    slot.0,
+                    slot.1,
+                    ENDING_WAIT.as_secs()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 
@@ -195,6 +270,12 @@ impl Splits {
             .filter(|s| s.spec.workload == *workload)
             .collect();
         match matching.len() {
+            1 if matching[0].metadata.deletion_timestamp.is_some() => {
+                Err(SplitError::Value(format!(
+                    "RemoraQueueSplit {namespace}/{} is being deleted",
+                    matching[0].metadata.name.as_deref().unwrap_or_default()
+                )))
+            }
             1 => Ok(matching.remove(0)),
             0 => Err(SplitError::Value(format!(
                 "no RemoraQueueSplit in namespace {namespace} registers {:?} {}: a platform \
@@ -240,7 +321,7 @@ impl Splits {
         let name = split.metadata.name.clone().unwrap_or_default();
         let slot = (namespace.to_owned(), name.clone());
         {
-            let mut active = self.active.lock().await;
+            let mut active = self.lock_when_not_ending(&slot).await?;
             if !active.contains_key(&slot) {
                 let started = self.activate(namespace, &name, &split).await?;
                 active.insert(slot.clone(), started);
@@ -287,9 +368,13 @@ impl Splits {
         let entry = active.get_mut(slot)?;
         let ttl = duration(entry.spec.keep_warm_ttl.as_deref(), Duration::ZERO);
         if ttl.is_zero() {
-            return active.remove(slot);
+            return self.take_to_end(active, slot);
         }
-        entry.warm_epoch += 1;
+        // Unique across splits and their restarts: a timer of a split that
+        // ended (say, its registration changed) never matches the next
+        // split of the same registration.
+        static EPOCHS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        entry.warm_epoch = EPOCHS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let epoch = entry.warm_epoch;
         let (namespace, name) = slot;
         self.patch_status(
@@ -311,7 +396,7 @@ impl Splits {
                 .get(&slot)
                 .is_some_and(|e| e.warm_epoch == epoch && e.sessions.is_empty() && e.reserved == 0);
             if still_idle {
-                let done = active.remove(&slot).expect("present");
+                let done = this.take_to_end(&mut active, &slot).expect("present");
                 drop(active);
                 tracing::info!(split = %slot.1, "keepWarmTtl passed without a session: ending the split");
                 this.deactivate(&slot.0, &slot.1, done).await;
@@ -358,8 +443,8 @@ impl Splits {
             }
         }
         let key = SplitSessionKey::new(session).map_err(|e| SplitError::Value(e.to_string()))?;
-        let mut active = self.active.lock().await;
         let slot = (namespace.to_owned(), name.clone());
+        let mut active = self.lock_when_not_ending(&slot).await?;
         if !active.contains_key(&slot) {
             let started = self.activate(namespace, &name, &split).await?;
             active.insert(slot.clone(), started);
@@ -498,6 +583,128 @@ impl Splits {
         }
     }
 
+    /// Follows the `RemoraQueueSplit` objects until `cancel`, so that a
+    /// running split does not outlive its registration: an edit of
+    /// `drainTimeout` or `keepWarmTtl` is taken as it is; any other edit, or
+    /// a deletion, ends the split ([`Self::end_changed`]), its sessions
+    /// through `end_session`.
+    pub async fn watch(self, end_session: EndSession, cancel: CancellationToken) {
+        let all: Api<RemoraQueueSplit> = Api::all(self.client.clone());
+        let mut events = std::pin::pin!(watcher(all, watcher::Config::default()));
+        // The objects a (re)list returned: a split whose object is not
+        // among them was deleted while the watch was down.
+        let mut listed: Option<BTreeSet<(String, String)>> = None;
+        loop {
+            let event = tokio::select! {
+                _ = cancel.cancelled() => break,
+                event = events.next() => event,
+            };
+            match event {
+                Some(Ok(watcher::Event::Apply(object))) => {
+                    self.registration_seen(&object, &end_session).await;
+                }
+                Some(Ok(watcher::Event::InitApply(object))) => {
+                    if let Some(names) = &mut listed {
+                        names.insert(slot_of(&object));
+                    }
+                    self.registration_seen(&object, &end_session).await;
+                }
+                Some(Ok(watcher::Event::Delete(object))) => {
+                    let (namespace, name) = slot_of(&object);
+                    let reason = format!("RemoraQueueSplit {namespace}/{name} was deleted");
+                    self.end_in_background((namespace, name), reason, &end_session);
+                }
+                Some(Ok(watcher::Event::Init)) => listed = Some(BTreeSet::new()),
+                Some(Ok(watcher::Event::InitDone)) => {
+                    let Some(names) = listed.take() else {
+                        continue;
+                    };
+                    let gone: Vec<(String, String)> = self
+                        .active
+                        .lock()
+                        .await
+                        .keys()
+                        .filter(|slot| !names.contains(*slot))
+                        .cloned()
+                        .collect();
+                    for slot in gone {
+                        let reason = format!("RemoraQueueSplit {}/{} was deleted", slot.0, slot.1);
+                        self.end_in_background(slot, reason, &end_session);
+                    }
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "watching RemoraQueueSplit objects (retrying)");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                None => break,
+            }
+        }
+    }
+
+    /// The object of a split was created or changed: compare it with the
+    /// registration its running split started with.
+    async fn registration_seen(&self, object: &RemoraQueueSplit, end_session: &EndSession) {
+        let slot = slot_of(object);
+        let reason = {
+            let mut active = self.active.lock().await;
+            let Some(entry) = active.get_mut(&slot) else {
+                return;
+            };
+            if object.metadata.deletion_timestamp.is_some() {
+                format!("RemoraQueueSplit {}/{} was deleted", slot.0, slot.1)
+            } else {
+                match spec_change(&entry.spec, &object.spec) {
+                    None => {
+                        // Only the timings (or nothing): taken as they are.
+                        entry.spec = object.spec.clone();
+                        return;
+                    }
+                    Some(what) => {
+                        format!("RemoraQueueSplit {}/{} changed ({what})", slot.0, slot.1)
+                    }
+                }
+            }
+        };
+        self.end_in_background(slot, reason, end_session);
+    }
+
+    /// [`Self::end_changed`] in a task of its own: the watch goes on (an
+    /// end takes the drain timeout and more).
+    fn end_in_background(&self, slot: (String, String), reason: String, end_session: &EndSession) {
+        let this = self.clone();
+        let end_session = end_session.clone();
+        tokio::spawn(async move { this.end_changed(&slot, reason, &end_session).await });
+    }
+
+    /// Ends the split at `slot`, if it runs, because its registration
+    /// changed or went: its sessions are ended with `reason`, every
+    /// temporary queue is emptied back into its original, the workload is
+    /// restored and the finalizer removed. Sessions that want the split
+    /// meanwhile wait, then start it under the new registration.
+    async fn end_changed(&self, slot: &(String, String), reason: String, end_session: &EndSession) {
+        let done = {
+            let mut active = self.active.lock().await;
+            self.take_to_end(&mut active, slot)
+        };
+        let Some(done) = done else {
+            return;
+        };
+        tracing::info!(split = %slot.1, %reason, sessions = done.sessions.len(), "ending the split");
+        for session in done.sessions.keys() {
+            end_session(
+                session,
+                format!(
+                    "queue split ended: {reason}; the messages of its temporary queues go back \
+                     to the original queues (start a new session to split under the current \
+                     registration)"
+                ),
+            );
+        }
+        let mut done = done;
+        done.end_note = Some(format!("the split was ended while it ran: {reason}"));
+        self.deactivate(&slot.0, &slot.1, done).await;
+    }
+
     /// Starts a router per registered queue and points the workload at its
     /// temporary queues.
     async fn activate(
@@ -506,6 +713,9 @@ impl Splits {
         name: &str,
         split: &RemoraQueueSplit,
     ) -> Result<Active, SplitError> {
+        // Before any temporary queue exists: a deletion of the object now
+        // waits for the split's end.
+        self.set_finalizer(namespace, name, true).await?;
         let workloads = Workloads::new(self.client.clone(), namespace);
         let mut saved_env = split
             .status
@@ -564,6 +774,7 @@ impl Splits {
                         reserved: 0,
                         saved_env,
                         warm_epoch: 0,
+                        end_note: None,
                     };
                     self.deactivate(namespace, name, partial).await;
                     return Err(e);
@@ -581,6 +792,7 @@ impl Splits {
                 reserved: 0,
                 saved_env,
                 warm_epoch: 0,
+                end_note: None,
             };
             self.deactivate(namespace, name, partial).await;
             return Err(e);
@@ -598,6 +810,7 @@ impl Splits {
             reserved: 0,
             saved_env,
             warm_epoch: 0,
+            end_note: None,
         })
     }
 
@@ -605,6 +818,14 @@ impl Splits {
     /// temporary queues for the drain timeout, then moves what is left back
     /// to the originals and deletes the temporary queues.
     async fn deactivate(&self, namespace: &str, name: &str, done: Active) {
+        /// Clears the split's mark in `ending` however the end goes.
+        struct Ended<'a>(&'a Splits, (String, String));
+        impl Drop for Ended<'_> {
+            fn drop(&mut self) {
+                self.0.ending.lock().expect("not poisoned").remove(&self.1);
+            }
+        }
+        let _ended = Ended(self, (namespace.to_owned(), name.to_owned()));
         self.patch_status(
             namespace,
             name,
@@ -659,9 +880,52 @@ impl Splits {
         self.patch_status(
             namespace,
             name,
-            serde_json::json!({"phase": SplitPhase::Idle, "queues": null, "savedEnv": null, "message": null, "idleSince": null}),
+            serde_json::json!({"phase": SplitPhase::Idle, "queues": null, "savedEnv": null, "message": done.end_note, "idleSince": null}),
         )
         .await;
+        if let Err(e) = self.set_finalizer(namespace, name, false).await {
+            tracing::warn!(split = %name, error = %e, "removing the finalizer");
+        }
+    }
+
+    /// Adds (`on`) or removes [`FINALIZER`] on the object `namespace/name`;
+    /// an object already gone needs neither.
+    async fn set_finalizer(&self, namespace: &str, name: &str, on: bool) -> Result<(), SplitError> {
+        let api = self.api(namespace);
+        let what = || format!("the finalizer of RemoraQueueSplit {namespace}/{name}");
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let Some(object) = api.get_opt(name).await.map_err(api_error(what()))? else {
+                return Ok(());
+            };
+            let mut finalizers = object.metadata.finalizers.unwrap_or_default();
+            let has = finalizers.iter().any(|f| f == FINALIZER);
+            if has == on {
+                return Ok(());
+            }
+            if on {
+                finalizers.push(FINALIZER.to_owned());
+            } else {
+                finalizers.retain(|f| f != FINALIZER);
+            }
+            // The resourceVersion makes a concurrent change of the list a
+            // conflict (retried from a fresh read) rather than a lost update.
+            let patch = serde_json::json!({"metadata": {
+                "finalizers": finalizers,
+                "resourceVersion": object.metadata.resource_version,
+            }});
+            match api
+                .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(kube::Error::Api(status)) if status.code == 404 => return Ok(()),
+                Err(kube::Error::Api(status))
+                    if status.code == 409 && attempt < super::CONFLICT_RETRIES => {}
+                Err(e) => return Err(api_error(what())(e)),
+            }
+        }
     }
 
     async fn set_phase(&self, namespace: &str, name: &str, phase: SplitPhase, sessions: usize) {
@@ -691,6 +955,10 @@ impl Splits {
     /// workload's), the workload is restored, and the temporary queues are
     /// emptied back into the originals.
     ///
+    /// Returns once the splits are listed and marked as ending; their ends
+    /// run in the background (a drain waits as long as a consumer holds a
+    /// queue), and a session for one of them waits until its end is over.
+    ///
     /// # Errors
     /// Listing the splits failed.
     pub async fn resume_all(&self) -> Result<usize, SplitError> {
@@ -701,16 +969,26 @@ impl Splits {
             .map_err(api_error("listing RemoraQueueSplits"))?;
         let mut resumed = 0;
         for split in list.items {
-            let Some(status) = split.status.clone() else {
-                continue;
-            };
-            if status.phase == SplitPhase::Idle && status.queues.is_empty() {
-                continue;
-            }
             let namespace = split.metadata.namespace.clone().unwrap_or_default();
             let name = split.metadata.name.clone().unwrap_or_default();
-            let done = self.resume_one(&namespace, &name, &split, &status).await;
-            self.deactivate(&namespace, &name, done).await;
+            let status = split.status.clone().unwrap_or_default();
+            if status.phase == SplitPhase::Idle && status.queues.is_empty() {
+                // Ended, but the previous operator stopped before it took
+                // its finalizer off.
+                if let Err(e) = self.set_finalizer(&namespace, &name, false).await {
+                    tracing::warn!(split = %name, error = %e, "removing the finalizer");
+                }
+                continue;
+            }
+            self.ending
+                .lock()
+                .expect("not poisoned")
+                .insert((namespace.clone(), name.clone()));
+            let this = self.clone();
+            tokio::spawn(async move {
+                let done = this.resume_one(&namespace, &name, &split, &status).await;
+                this.deactivate(&namespace, &name, done).await;
+            });
             resumed += 1;
         }
         Ok(resumed)
@@ -761,6 +1039,20 @@ impl Splits {
                 Ok((task, api)) => {
                     let cancel = CancellationToken::new();
                     let task = tokio::spawn(task.run(cancel.clone()));
+                    // The ended sessions' queues are being drained into the
+                    // workload's: let those drains finish before the split
+                    // ends (a router stopped mid-drain leaves the drain's
+                    // consumer, and the messages it held, to the broker).
+                    loop {
+                        match api.state().await {
+                            Ok(state) if state.draining.is_empty() => break,
+                            Ok(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                            Err(e) => {
+                                tracing::warn!(split = %name, queue = %id, error = %e, "the resumed router stopped");
+                                break;
+                            }
+                        }
+                    }
                     queues.insert(
                         id.clone(),
                         RunningQueue {
@@ -786,6 +1078,7 @@ impl Splits {
             reserved: 0,
             saved_env: status.saved_env.clone(),
             warm_epoch: 0,
+            end_note: None,
         }
     }
 }
@@ -889,6 +1182,49 @@ fn session_key(session: SessionId) -> String {
     format!("s{:x}", session.0)
 }
 
+/// The session a router's key names (the inverse of the key this operator
+/// gives its sessions), for [`Splits::watch`]'s `end_session`.
+pub fn session_id(key: &str) -> Option<SessionId> {
+    let hex = key.strip_prefix('s')?;
+    u64::from_str_radix(hex, 16).ok().map(SessionId)
+}
+
+fn slot_of(object: &RemoraQueueSplit) -> (String, String) {
+    (
+        object.metadata.namespace.clone().unwrap_or_default(),
+        object.metadata.name.clone().unwrap_or_default(),
+    )
+}
+
+/// What changed between a running split's registration and the object's,
+/// other than the timings (`drainTimeout`, `keepWarmTtl`), which a running
+/// split takes as they are; `None` when nothing else did.
+fn spec_change(
+    running: &crate::crd::queue_split::RemoraQueueSplitSpec,
+    now: &crate::crd::queue_split::RemoraQueueSplitSpec,
+) -> Option<String> {
+    let mut what = Vec::new();
+    if running.workload != now.workload {
+        what.push(format!(
+            "the workload is {:?} {}",
+            now.workload.kind, now.workload.name
+        ));
+    }
+    for (id, queue) in &running.queues {
+        match now.queues.get(id) {
+            None => what.push(format!("queue {id} removed")),
+            Some(q) if q != queue => what.push(format!("queue {id} changed")),
+            Some(_) => {}
+        }
+    }
+    for id in now.queues.keys() {
+        if !running.queues.contains_key(id) {
+            what.push(format!("queue {id} added"));
+        }
+    }
+    (!what.is_empty()).then(|| what.join(", "))
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -907,5 +1243,49 @@ mod tests {
             Some(Duration::from_secs(2))
         );
         assert_eq!(super::remora_config_duration("soon"), None);
+    }
+
+    #[test]
+    fn session_keys_name_their_sessions() {
+        let id = remora_protocol::SessionId(0x7f3a);
+        assert_eq!(super::session_id(&super::session_key(id)), Some(id));
+        assert_eq!(super::session_id("alice1"), None);
+    }
+
+    #[test]
+    fn only_timings_change_a_running_split() {
+        use crate::crd::queue_split::RemoraQueueSplitSpec;
+        let spec: RemoraQueueSplitSpec = serde_json::from_value(serde_json::json!({
+            "workload": {"kind": "Deployment", "name": "worker"},
+            "queues": {"orders": {
+                "type": "rabbitmq",
+                "nameFrom": {"env": "ORDERS_QUEUE"},
+                "brokerEndpoint": {"url": "amqp://rabbit:5672/%2f"},
+            }},
+        }))
+        .unwrap();
+        let mut timings = spec.clone();
+        timings.drain_timeout = Some("5m".into());
+        timings.keep_warm_ttl = Some("10m".into());
+        assert_eq!(super::spec_change(&spec, &timings), None);
+
+        let mut renamed = spec.clone();
+        renamed.queues.get_mut("orders").unwrap().name_from.env = "QUEUE".into();
+        let mut added = spec.clone();
+        added
+            .queues
+            .insert("payments".into(), spec.queues["orders"].clone());
+        assert_eq!(
+            super::spec_change(&spec, &renamed).as_deref(),
+            Some("queue orders changed")
+        );
+        assert_eq!(
+            super::spec_change(&spec, &added).as_deref(),
+            Some("queue payments added")
+        );
+        assert_eq!(
+            super::spec_change(&added, &spec).as_deref(),
+            Some("queue payments removed")
+        );
     }
 }
