@@ -39,6 +39,8 @@ pub struct ApiState {
     pub tls: Option<crate::tls::Tls>,
     /// What the aggregation layer presents to APIService backends.
     pub front_proxy: crate::tls::FrontProxy,
+    /// What APIService backends last answered to the availability check (aggregator.rs).
+    pub discovered: crate::aggregator::Discovered,
 }
 
 /// Who a request is authenticated as (a request extension): what the aggregation layer names
@@ -211,13 +213,18 @@ async fn route(state: &ApiState, req: Request<Incoming>) -> Result<Response<Body
                 .store
                 .record_discovery(&path, served.unwrap_or("legacy"));
             if let Some(version) = served {
-                return Ok(aggregated_response(
-                    &registry.aggregated_discovery(legacy, version),
-                    version,
-                ));
+                let mut body = registry.aggregated_discovery(legacy, version);
+                if !legacy && let Some(items) = body["items"].as_array_mut() {
+                    items.extend(crate::aggregator::discovery_items(state));
+                }
+                return Ok(aggregated_response(&body, version));
             }
             if !legacy {
-                return Ok(json_response(200, &registry.api_group_list()));
+                let mut list = registry.api_group_list();
+                if let Some(groups) = list["groups"].as_array_mut() {
+                    groups.extend(crate::aggregator::group_list_entries(&state.store));
+                }
+                return Ok(json_response(200, &list));
             }
             return Ok(json_response(
                 200,
