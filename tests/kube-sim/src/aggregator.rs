@@ -21,9 +21,11 @@
 //! failed check). `kubectl get apiservices` prints kube-aggregator's SERVICE and AVAILABLE
 //! columns.
 //!
-//! Not done: requests to an APIService that is not Available are still proxied (kube-aggregator
-//! answers 503 `service unavailable`), and local APIServices (no `spec.service`) are only
-//! marked available: nothing serves them.
+//! A request to an APIService that is not Available is answered 503 `service unavailable`
+//! without reaching its service, as kube-aggregator's proxy handler does.
+//!
+//! Not done: local APIServices (no `spec.service`) are only marked available: nothing serves
+//! them.
 
 use std::sync::Arc;
 
@@ -100,6 +102,15 @@ fn apiservices(store: &Store) -> Vec<Value> {
                 .0
         })
         .unwrap_or_default()
+}
+
+/// Whether the APIService's `Available` condition is True.
+pub fn available(apiservice: &Value) -> bool {
+    apiservice["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|c| c["type"] == "Available" && c["status"] == "True")
 }
 
 /// The APIService serving `group`/`version` through a Service, if any.
