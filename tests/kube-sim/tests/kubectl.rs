@@ -1243,6 +1243,14 @@ spec: {group: local.remora.dev, version: v1, groupPriorityMinimum: 1000, version
         ["NAME", "SERVICE", "AVAILABLE", "AGE"],
         "{header}"
     );
+    // Not proxied while not Available.
+    let out = sim.kubectl(&["get", "--raw", "/apis/example.remora.dev/v1alpha1"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("ServiceUnavailable") || err.contains("unable to handle the request"),
+        "{err}"
+    );
     // Listed in discovery, available or not.
     let apis = sim.ok(&["get", "--raw", "/apis"]);
     assert!(apis.contains("\"example.remora.dev/v1alpha1\""), "{apis}");
