@@ -50,13 +50,24 @@ fn users_reach_the_installed_operator_through_the_api_server_as_their_kubeconfig
     let alice_kc = kubeconfig_for(&sim, "alice", "remora-sim-sa:default:alice");
     let bob_kc = kubeconfig_for(&sim, "bob", "remora-sim-sa:default:bob");
     let ip = pod_ip(&sim, "web");
+    // `kubectl get remorasessions` at every step: none yet.
+    assert_eq!(session_rows(&sim), Vec::<String>::new());
 
     let alice_www = www(&sim, "alice-www", "alice's laptop");
     let alice_err = sim.dir.path().join("alice.err");
-    let _alice = steal_as(&alice_kc, "alice", "x-user: alice", &alice_www, &alice_err);
+    let alice = steal_as(&alice_kc, "alice", "x-user: alice", &alice_www, &alice_err);
     poll(
         || get(&ip, "x-user: alice").as_deref() == Ok("alice's laptop"),
         "alice's requests to reach her laptop",
+    );
+    let alice_row =
+        "alice system:serviceaccount:default:alice deployment/web 8080 steal (filtered)";
+    poll(
+        || {
+            let rows = session_rows(&sim);
+            rows.len() == 1 && rows[0].contains(alice_row)
+        },
+        "kubectl get remorasessions to show alice's steal",
     );
     assert_eq!(get(&ip, "x-user: carol").as_deref(), Ok("the pod"));
     let listed = sessions(&sim);
@@ -90,7 +101,7 @@ fn users_reach_the_installed_operator_through_the_api_server_as_their_kubeconfig
     // Bob, as himself, with the same filter: refused, naming alice.
     let bob_www = www(&sim, "bob-www", "bob's laptop");
     let bob_err = sim.dir.path().join("bob.err");
-    let _bob = steal_as(&bob_kc, "bob", "x-user: alice", &bob_www, &bob_err);
+    let bob = steal_as(&bob_kc, "bob", "x-user: alice", &bob_www, &bob_err);
     poll(
         || says(&read(&bob_err), "is held by alice (session "),
         "bob to hear that alice holds the filter",
@@ -105,6 +116,37 @@ fn users_reach_the_installed_operator_through_the_api_server_as_their_kubeconfig
         },
         "bob's session, as bob",
     );
+    // Both sessions listed; bob's holds no port.
+    let rows = session_rows(&sim);
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert!(rows.iter().any(|r| r.contains(alice_row)), "{rows:?}");
+    assert!(
+        rows.iter()
+            .any(|r| r.contains("bob system:serviceaccount:default:bob deployment/web <none>")),
+        "{rows:?}"
+    );
+    // Alice ends hers: only bob's is left, then none.
+    drop(alice);
+    poll(
+        || {
+            let rows = session_rows(&sim);
+            rows.len() == 1 && rows[0].contains(" bob ")
+        },
+        "alice's row to go",
+    );
+    drop(bob);
+    poll(|| session_rows(&sim).is_empty(), "bob's row to go");
+}
+
+/// The rows of `kubectl get remorasessions -A -o wide` (the printer
+/// columns: namespace, name, user, identity, target, ports, age), each with
+/// its words joined by one space.
+fn session_rows(sim: &Sim) -> Vec<String> {
+    sim.kubectl(&["get", "remorasessions", "-A", "-o", "wide", "--no-headers"])
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect()
 }
 
 #[test]
