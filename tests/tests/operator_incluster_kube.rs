@@ -116,6 +116,13 @@ fn users_reach_the_installed_operator_through_the_api_server_as_their_kubeconfig
         },
         "bob's session, as bob",
     );
+    // One agent serves both sessions on the target (one Job, one pod).
+    let agents = operator_agents(&sim);
+    let kinds: Vec<&str> = agents
+        .lines()
+        .filter_map(|l| l.split('/').next())
+        .collect();
+    assert_eq!(kinds, ["job.batch", "pod"], "{agents}");
     // Both sessions listed; bob's holds no port.
     let rows = session_rows(&sim);
     assert_eq!(rows.len(), 2, "{rows:?}");
