@@ -8,10 +8,13 @@
 //! authorises (SubjectAccessReview); no operator address or token is given.
 //!
 //! * two users with their own kubeconfigs and colliding filters: the second
-//!   is refused naming the first, and the sessions carry the reviewed
-//!   identities;
+//!   is refused naming the first, the sessions carry the reviewed
+//!   identities and share the target's one agent, and `kubectl get
+//!   remorasessions` is right at every step;
 //! * a policy selecting targets by pod label (`matchLabels`,
-//!   `matchExpressions`) applies to the labelled deployment only;
+//!   `matchExpressions`) applies to the labelled deployment only: its
+//!   `envExclude` withholds a variable and its `fsNotFound` hides a file,
+//!   naming the policy object;
 //! * a kubeconfig user whom RBAC does not allow sessions is refused by the
 //!   operator naming the verb, resource and user (a `remora-sim-user:` token,
 //!   reviewed by the sim's RBAC), then one allowed sessions but not `steal`
@@ -118,10 +121,7 @@ fn users_reach_the_installed_operator_through_the_api_server_as_their_kubeconfig
     );
     // One agent serves both sessions on the target (one Job, one pod).
     let agents = operator_agents(&sim);
-    let kinds: Vec<&str> = agents
-        .lines()
-        .filter_map(|l| l.split('/').next())
-        .collect();
+    let kinds: Vec<&str> = agents.lines().filter_map(|l| l.split('/').next()).collect();
     assert_eq!(kinds, ["job.batch", "pod"], "{agents}");
     // Both sessions listed; bob's holds no port.
     let rows = session_rows(&sim);
@@ -190,6 +190,7 @@ spec:
     - {key: app, operator: In, values: [shop, cart]}
     - {key: tier, operator: DoesNotExist}
   envExclude: [GREETING]
+  fsNotFound: ["^/etc/hostname$"]
 "#,
     );
     install_operator(&sim);
@@ -220,6 +221,31 @@ spec:
         "withheld (matchExpressions)"
     );
     assert_eq!(greeting("deployment/web"), "GREETING=hello-from-the-pod");
+    // fsNotFound: the pod's /etc/hostname (the sim's pods see the node's
+    // files) is not there for the labelled target, and is for the other.
+    let hostname = |target: &str| {
+        let out = remora_as(&kc, "alice")
+            .args(["-t", target, "--", "sh", "-c"])
+            .arg("cat /etc/hostname 2>&1 || echo HIDDEN")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        (text(&out.stdout).trim().to_owned(), text(&out.stderr))
+    };
+    let (pay, why) = hostname("deployment/pay");
+    assert_eq!(
+        pay, "cat: /etc/hostname: No such file or directory\nHIDDEN",
+        "hidden (fsNotFound)"
+    );
+    assert!(
+        says(
+            &why,
+            "/etc/hostname is hidden by RemoraPolicy default/payments-env"
+        ),
+        "{why}"
+    );
+    let node = std::fs::read_to_string("/etc/hostname").unwrap();
+    assert_eq!(hostname("deployment/web").0, node.trim());
 }
 
 #[test]
