@@ -495,17 +495,30 @@ pub async fn run_availability(state: Arc<ApiState>) {
             state.discovered.set(&name, list);
             set_available(&state.store, &apiservice, status, reason, &message);
         }
-        tokio::select! {
-            ev = events.recv() => {
-                if matches!(ev, Err(tokio::sync::broadcast::error::RecvError::Closed)) {
-                    return;
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                while events.try_recv().is_ok() {}
+        // Again after a change of what availability depends on, or the resync.
+        let resync = tokio::time::sleep(AVAILABILITY_RESYNC);
+        tokio::pin!(resync);
+        loop {
+            tokio::select! {
+                ev = events.recv() => match ev {
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => break,
+                    Ok(ev) if relevant(&ev.key.1) => {
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        while events.try_recv().is_ok() {}
+                        break;
+                    }
+                    Ok(_) => {}
+                },
+                () = &mut resync => break,
             }
-            () = tokio::time::sleep(AVAILABILITY_RESYNC) => {}
         }
     }
+}
+
+/// The kinds whose changes kube-aggregator's availability controller reacts to.
+fn relevant(plural: &str) -> bool {
+    matches!(plural, "apiservices" | "services" | "endpointslices")
 }
 
 fn set_available(store: &Store, apiservice: &Value, status: &str, reason: &str, message: &str) {
