@@ -513,7 +513,15 @@ async fn follow_front_proxy(client: kube::Client, trust: TrustCell, cancel: Canc
                 );
                 continue;
             }
-            Ok(watcher::Event::Init | watcher::Event::InitDone) => continue,
+            Ok(watcher::Event::Init) => continue,
+            Ok(watcher::Event::InitDone) => {
+                tracing::info!(
+                    "following the front proxy's trust: watching {}/{}",
+                    front_proxy::CONFIGMAP_NAMESPACE,
+                    front_proxy::CONFIGMAP_NAME
+                );
+                continue;
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "watching the front proxy's ConfigMap");
                 continue;

@@ -144,6 +144,23 @@ fn a_client_certificate_user_runs_a_session_through_the_aggregated_api_as_itself
         "jsonpath={.status.conditions[?(@.type==\"Available\")].reason}",
     ]);
     assert_eq!(reason.trim(), "Passed");
+    // The operator, as its service account, watches the front proxy's
+    // ConfigMap (the reader Role allows a watch by name).
+    let logs = || {
+        sim.kubectl(&[
+            "logs",
+            "-n",
+            OPERATOR_NS,
+            "-l",
+            "app.kubernetes.io/name=remora-operator",
+            "--tail=-1",
+        ])
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !logs().contains("following the front proxy's trust") {
+        assert!(std::time::Instant::now() < deadline, "{}", logs());
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
     let versions = sim.kubectl(&["api-versions"]);
     assert!(
         versions
