@@ -16,6 +16,10 @@
 //! runs as over the operator's own listener, with the vouched user in place
 //! of a TokenReview: the SubjectAccessReviews (create, steal, mirror) are
 //! the same.
+//!
+//! The front proxy's trust follows the ConfigMap: it is watched, and a
+//! changed CA or allowed name (a rotated front-proxy CA) applies to the
+//! connections accepted from then on, without a restart.
 
 pub mod front_proxy;
 pub mod tls;
@@ -46,18 +50,89 @@ const PIPE_CAPACITY: usize = 256 * 1024;
 /// WebSocket subprotocols the CLI's client (kube-rs) offers; one is echoed.
 const SUBPROTOCOLS: [&str; 2] = ["v5.channel.k8s.io", "v4.channel.k8s.io"];
 
+/// What a connection is accepted with: the TLS acceptor (whose client
+/// certificate verifier trusts the front proxy's CA) and the front proxy's
+/// configuration.
+struct Trust {
+    acceptor: TlsAcceptor,
+    front_proxy: Option<Arc<RequestHeaderConfig>>,
+}
+
+/// The trust in force, replaced whole when the front proxy's ConfigMap
+/// changes (the serving certificate stays).
+#[derive(Clone)]
+struct TrustCell {
+    chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+    key: Arc<rustls::pki_types::PrivateKeyDer<'static>>,
+    current: Arc<std::sync::RwLock<Arc<Trust>>>,
+}
+
+impl TrustCell {
+    fn new(
+        cert: tls::ServingCert,
+        front_proxy: Option<RequestHeaderConfig>,
+    ) -> Result<TrustCell, String> {
+        let chain = cert.chain.clone();
+        let key = Arc::new(cert.key.clone_key());
+        let trust = Self::build(cert, front_proxy)?;
+        Ok(TrustCell {
+            chain,
+            key,
+            current: Arc::new(std::sync::RwLock::new(Arc::new(trust))),
+        })
+    }
+
+    fn build(
+        cert: tls::ServingCert,
+        front_proxy: Option<RequestHeaderConfig>,
+    ) -> Result<Trust, String> {
+        let config = tls::server_config(cert, front_proxy.as_ref())?;
+        Ok(Trust {
+            acceptor: TlsAcceptor::from(Arc::new(config)),
+            front_proxy: front_proxy.map(Arc::new),
+        })
+    }
+
+    fn get(&self) -> Arc<Trust> {
+        self.current
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Trust `front_proxy` from now on; false when it is what was trusted.
+    fn set(&self, front_proxy: RequestHeaderConfig) -> Result<bool, String> {
+        if self.get().front_proxy.as_deref() == Some(&front_proxy) {
+            return Ok(false);
+        }
+        let cert = tls::ServingCert {
+            chain: self.chain.clone(),
+            key: self.key.clone_key(),
+            generated_ca_pem: None,
+        };
+        let trust = Self::build(cert, Some(front_proxy))?;
+        *self
+            .current
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(trust);
+        Ok(true)
+    }
+}
+
 /// The aggregated API, set up and ready to serve.
 pub struct AggregatedApi {
     listener: TcpListener,
-    acceptor: TlsAcceptor,
-    front_proxy: Option<Arc<RequestHeaderConfig>>,
+    trust: TrustCell,
+    /// The cluster whose front-proxy ConfigMap is followed (none: the trust
+    /// given at construction stays).
+    client: Option<kube::Client>,
 }
 
 impl std::fmt::Debug for AggregatedApi {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AggregatedApi")
             .field("listener", &self.listener)
-            .field("front_proxy", &self.front_proxy)
+            .field("front_proxy", &self.trust.get().front_proxy)
             .finish_non_exhaustive()
     }
 }
@@ -91,7 +166,7 @@ impl AggregatedApi {
             None => tls::generate(service_names)?,
         };
         if let Some(ca) = &cert.generated_ca_pem {
-            match set_ca_bundle(client, ca).await {
+            match set_ca_bundle(client.clone(), ca).await {
                 Ok(()) => tracing::info!(
                     apiservice = operator_api::APISERVICE,
                     "caBundle set to the serving certificate's CA"
@@ -99,7 +174,9 @@ impl AggregatedApi {
                 Err(e) => tracing::warn!(error = %e, "the APIService's caBundle was not set"),
             }
         }
-        Self::new(listener, cert, front_proxy)
+        let mut api = Self::new(listener, cert, front_proxy)?;
+        api.client = Some(client);
+        Ok(api)
     }
 
     /// On `listener`, serving `cert`, trusting `front_proxy` (none: every
@@ -112,11 +189,10 @@ impl AggregatedApi {
         cert: tls::ServingCert,
         front_proxy: Option<RequestHeaderConfig>,
     ) -> Result<AggregatedApi, String> {
-        let config = tls::server_config(cert, front_proxy.as_ref())?;
         Ok(AggregatedApi {
             listener,
-            acceptor: TlsAcceptor::from(Arc::new(config)),
-            front_proxy: front_proxy.map(Arc::new),
+            trust: TrustCell::new(cert, front_proxy)?,
+            client: None,
         })
     }
 
@@ -128,8 +204,16 @@ impl AggregatedApi {
         self.listener.local_addr()
     }
 
-    /// Serve until `cancel`.
+    /// Serve until `cancel` (and, when set up from a cluster, follow its
+    /// front-proxy ConfigMap meanwhile).
     pub async fn serve(self, connections: Connections, cancel: CancellationToken) {
+        if let Some(client) = self.client.clone() {
+            tokio::spawn(follow_front_proxy(
+                client,
+                self.trust.clone(),
+                cancel.clone(),
+            ));
+        }
         loop {
             let (stream, peer) = tokio::select! {
                 () = cancel.cancelled() => return,
@@ -142,8 +226,9 @@ impl AggregatedApi {
                     }
                 },
             };
-            let acceptor = self.acceptor.clone();
-            let front_proxy = self.front_proxy.clone();
+            let current = self.trust.get();
+            let acceptor = current.acceptor.clone();
+            let front_proxy = current.front_proxy.clone();
             let connections = connections.clone();
             tokio::spawn(async move {
                 let Ok(stream) = acceptor.accept(stream).await else {
@@ -397,6 +482,66 @@ async fn read_front_proxy(client: kube::Client) -> Result<RequestHeaderConfig, S
         )
     })?;
     front_proxy::from_configmap(&configmap.data.unwrap_or_default())
+}
+
+/// Watch `kube-system/extension-apiserver-authentication` and trust what it
+/// says from each change on, as kube-apiserver's own request-header
+/// authenticator does; until `cancel`. A ConfigMap that is deleted or no
+/// longer parses leaves the last good trust in force.
+async fn follow_front_proxy(client: kube::Client, trust: TrustCell, cancel: CancellationToken) {
+    use futures::StreamExt;
+    use kube::runtime::{WatchStreamExt, watcher};
+    let api: kube::Api<ConfigMap> = kube::Api::namespaced(client, front_proxy::CONFIGMAP_NAMESPACE);
+    let config = watcher::Config::default()
+        .fields(&format!("metadata.name={}", front_proxy::CONFIGMAP_NAME));
+    let mut events = std::pin::pin!(watcher(api, config).default_backoff());
+    loop {
+        let event = tokio::select! {
+            () = cancel.cancelled() => return,
+            event = events.next() => match event {
+                Some(event) => event,
+                None => return,
+            },
+        };
+        let configmap = match event {
+            Ok(watcher::Event::Apply(cm) | watcher::Event::InitApply(cm)) => cm,
+            Ok(watcher::Event::Delete(_)) => {
+                tracing::warn!(
+                    "{}/{} was deleted: the aggregated API keeps trusting the last front proxy",
+                    front_proxy::CONFIGMAP_NAMESPACE,
+                    front_proxy::CONFIGMAP_NAME
+                );
+                continue;
+            }
+            Ok(watcher::Event::Init) => continue,
+            Ok(watcher::Event::InitDone) => {
+                tracing::info!(
+                    "following the front proxy's trust: watching {}/{}",
+                    front_proxy::CONFIGMAP_NAMESPACE,
+                    front_proxy::CONFIGMAP_NAME
+                );
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "watching the front proxy's ConfigMap");
+                continue;
+            }
+        };
+        let changed = front_proxy::from_configmap(&configmap.data.unwrap_or_default())
+            .and_then(|config| trust.set(config));
+        match changed {
+            Ok(true) => tracing::info!(
+                "the front proxy's trust changed ({}/{}): new connections use it",
+                front_proxy::CONFIGMAP_NAMESPACE,
+                front_proxy::CONFIGMAP_NAME
+            ),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(
+                error = %e,
+                "the front proxy's ConfigMap changed but cannot be used: the last trust stays"
+            ),
+        }
+    }
 }
 
 /// Put `ca_pem` in the APIService's caBundle (a merge patch of that field

@@ -690,3 +690,230 @@ async fn rbac_denials_are_explained_naming_the_permission() {
     assert_eq!(operator.sessions().list()[0].subscriptions.len(), 1);
     operator.shutdown("test over").await;
 }
+
+/// The answer to an outgoing connect of `conn`.
+async fn connected(
+    client: &mut Client,
+    conn: remora_protocol::ConnectionId,
+) -> remora_protocol::RemoteResult<()> {
+    use remora_protocol::outgoing::OutgoingServer;
+    tokio::time::timeout(DEADLINE, async {
+        loop {
+            match client.next().await {
+                Some(Ok(ServerMessage::Outgoing(OutgoingServer::Connected {
+                    conn: c,
+                    result,
+                }))) if c == conn => {
+                    break result.map(|_| ());
+                }
+                Some(Ok(_)) => {}
+                other => panic!("the session ended: {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("no answer to the connect")
+}
+
+/// Every rule kind the operator itself enforces, written as policy objects
+/// (one per user, so each is seen alone): `block` steal,
+/// steal-without-filter, override and outgoing, `requireHeaderFilter` and
+/// `outgoingBlock`; each refusal names the object and the rule, and what the
+/// rule allows goes through. (`block: [mirror]` is in the test above;
+/// `envExclude` and `fsNotFound`, which the agent applies, are in
+/// tests/tests/operator_incluster_kube.rs and policy_local.rs.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_rule_kind_of_a_policy_object_is_enforced_and_named() {
+    use remora_protocol::ConnectionId;
+    use remora_protocol::net::{RemoteAddr, Transport};
+    use remora_protocol::outgoing::OutgoingClient;
+
+    let sim = Sim::start();
+    let kube = remora_kube::KubeClient::connect(&remora_kube::ClientOptions {
+        kubeconfig: Some(sim.kubeconfig.clone()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let crds: Api<CustomResourceDefinition> = Api::all(kube.client.clone());
+    for definition in crd::crds() {
+        crds.create(&PostParams::default(), &definition)
+            .await
+            .unwrap();
+    }
+    let wait = sim.kubectl(&[
+        "wait",
+        "--for=condition=Established",
+        "--timeout=30s",
+        "crd/remorapolicies.remora.dev",
+    ]);
+    assert!(wait.status.success(), "{wait:?}");
+    let sa = |user: &str| format!("system:serviceaccount:default:{user}");
+    let policy = |name: &str, user: &str, rule: &str| {
+        format!(
+            "apiVersion: remora.dev/v1alpha1\nkind: RemoraPolicy\nmetadata: {{name: {name}, \
+             namespace: default}}\nspec:\n  targets: [{{kind: deployment, name: api}}]\n  users: \
+             [\"{}\"]\n  {rule}\n---\n",
+            sa(user)
+        )
+    };
+    let yaml = [
+        policy("no-steal", "sam", "block: [steal]"),
+        policy("filtered-only", "fay", "block: [steal-without-filter]"),
+        policy("no-override", "olga", "block: [override]"),
+        policy("no-outgoing", "otto", "block: [outgoing]"),
+        policy(
+            "tenant-header",
+            "hank",
+            "requireHeaderFilter: \"^x-tenant: .+$\"",
+        ),
+        policy("no-db", "dora", "outgoingBlock: [\"10.0.0.0/8:5432\"]"),
+    ]
+    .concat();
+    let policy_file = sim._dir.path().join("rules.yaml");
+    std::fs::write(&policy_file, yaml).unwrap();
+    let applied = sim.kubectl(&["apply", "-f", policy_file.to_str().unwrap()]);
+    assert!(applied.status.success(), "{applied:?}");
+    let policies = PolicyStore::empty();
+    PolicyObjects::new(kube.client.clone(), "default")
+        .load(&policies)
+        .await
+        .unwrap();
+    assert_eq!(policies.current().len(), 6);
+
+    let config = OperatorConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        token: SessionToken(String::new()),
+        policies: policies.clone(),
+        state_dir: None,
+        branch_store: None,
+        branch_pods: None,
+        pg_bindirs: Vec::new(),
+        db_settings: Default::default(),
+        access: Some(Arc::new(KubeAccess {
+            reviewer: Arc::new(ApiReviewer {
+                client: kube.client.clone(),
+            }),
+            namespace: "default".into(),
+        })),
+        observer: None,
+        queue_splitter: None,
+    };
+    let operator = Operator::bind(config, Arc::new(FakePlatform))
+        .await
+        .unwrap();
+    let addr = operator.local_addr();
+    let session = |user: &'static str| async move {
+        let (reply, client) = connect(addr, &format!("remora-sim-sa:default:{user}"), user).await;
+        assert!(matches!(reply, HelloReply::Accepted { .. }), "{reply:?}");
+        client
+    };
+    let steal = |port: u16, filter: Option<&str>| {
+        ClientMessage::Incoming(IncomingClient::Subscribe {
+            port: RemotePort(port),
+            mode: IncomingMode::Steal,
+            filter: filter.map(|f| HttpFilter::Header(f.into())),
+        })
+    };
+    let outgoing = |conn: u64, addr: &str| {
+        ClientMessage::Outgoing(OutgoingClient::Connect {
+            conn: ConnectionId(conn),
+            transport: Transport::Tcp,
+            remote: RemoteAddr::Ip(addr.parse().unwrap()),
+        })
+    };
+
+    // block: [steal]
+    let mut sam = session("sam").await;
+    sam.send(steal(8080, Some("^x-user: sam$"))).await.unwrap();
+    assert_eq!(
+        subscribed(&mut sam, RemotePort(8080))
+            .await
+            .unwrap_err()
+            .message,
+        "stealing port 8080 on deployment/api is blocked by RemoraPolicy default/no-steal \
+         (block = [\"steal\"])"
+    );
+
+    // block: [steal-without-filter]: filtered steals go through.
+    let mut fay = session("fay").await;
+    fay.send(steal(8081, None)).await.unwrap();
+    assert_eq!(
+        subscribed(&mut fay, RemotePort(8081))
+            .await
+            .unwrap_err()
+            .message,
+        "stealing port 8081 on deployment/api without an HTTP filter is blocked by RemoraPolicy \
+         default/filtered-only (block = [\"steal-without-filter\"])"
+    );
+    fay.send(steal(8081, Some("^x-user: fay$"))).await.unwrap();
+    subscribed(&mut fay, RemotePort(8081)).await.unwrap();
+
+    // block: [override]: a plain steal is fine, taking the port over is not.
+    let mut olga = session("olga").await;
+    olga.send(ClientMessage::SubscribeOverride {
+        port: RemotePort(8082),
+        mode: IncomingMode::Steal,
+        filter: None,
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        subscribed(&mut olga, RemotePort(8082))
+            .await
+            .unwrap_err()
+            .message,
+        "taking over port 8082 on deployment/api from other sessions is blocked by RemoraPolicy \
+         default/no-override (block = [\"override\"])"
+    );
+    olga.send(steal(8082, None)).await.unwrap();
+    subscribed(&mut olga, RemotePort(8082)).await.unwrap();
+
+    // requireHeaderFilter: only a filter on that header.
+    let mut hank = session("hank").await;
+    hank.send(steal(8083, Some("^x-user: hank$")))
+        .await
+        .unwrap();
+    let refused = subscribed(&mut hank, RemotePort(8083)).await.unwrap_err();
+    assert!(
+        refused.message.starts_with(
+            "stealing port 8083 on deployment/api needs a header filter matching \
+             \"^x-tenant: .+$\" (require_header_filter of RemoraPolicy default/tenant-header)"
+        ),
+        "{refused:?}"
+    );
+    hank.send(steal(8083, Some("^x-tenant: blue$")))
+        .await
+        .unwrap();
+    subscribed(&mut hank, RemotePort(8083)).await.unwrap();
+
+    // block: [outgoing]
+    let mut otto = session("otto").await;
+    otto.send(outgoing(1, "192.0.2.1:80")).await.unwrap();
+    assert_eq!(
+        connected(&mut otto, ConnectionId(1))
+            .await
+            .unwrap_err()
+            .message,
+        "outgoing connections from deployment/api (here to 192.0.2.1:80) are blocked by \
+         RemoraPolicy default/no-outgoing (block = [\"outgoing\"])"
+    );
+
+    // outgoingBlock: that destination only (another is passed to the
+    // agent, which answers nothing here).
+    let mut dora = session("dora").await;
+    dora.send(outgoing(1, "10.1.2.3:5432")).await.unwrap();
+    assert_eq!(
+        connected(&mut dora, ConnectionId(1))
+            .await
+            .unwrap_err()
+            .message,
+        "connecting to 10.1.2.3:5432 from deployment/api is blocked by RemoraPolicy default/no-db \
+         (outgoing_block \"10.0.0.0/8:5432\")"
+    );
+    // The other users' policies do not apply to dora: her steal goes through.
+    dora.send(steal(8084, None)).await.unwrap();
+    subscribed(&mut dora, RemotePort(8084)).await.unwrap();
+
+    operator.shutdown("test over").await;
+}

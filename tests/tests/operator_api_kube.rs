@@ -119,6 +119,55 @@ fn a_client_certificate_user_runs_a_session_through_the_aggregated_api_as_itself
     assert!(!bundle.is_empty(), "the operator filled the caBundle");
     let discovery = sim.kubectl(&["get", "--raw", "/apis/operator.remora.dev/v1alpha1"]);
     assert!(discovery.contains("\"APIResourceList\""), "{discovery}");
+    // As kube-aggregator shows it: available after its discovery check, and
+    // the group in discovery.
+    let row = sim.kubectl(&[
+        "get",
+        "apiservices",
+        "v1alpha1.operator.remora.dev",
+        "--no-headers",
+    ]);
+    assert_eq!(
+        row.split_whitespace().take(3).collect::<Vec<_>>(),
+        [
+            "v1alpha1.operator.remora.dev",
+            "remora/remora-operator",
+            "True"
+        ],
+        "{row}"
+    );
+    let reason = sim.kubectl(&[
+        "get",
+        "apiservice",
+        "v1alpha1.operator.remora.dev",
+        "-o",
+        "jsonpath={.status.conditions[?(@.type==\"Available\")].reason}",
+    ]);
+    assert_eq!(reason.trim(), "Passed");
+    // The operator, as its service account, watches the front proxy's
+    // ConfigMap (the reader Role allows a watch by name).
+    let logs = || {
+        sim.kubectl(&[
+            "logs",
+            "-n",
+            OPERATOR_NS,
+            "-l",
+            "app.kubernetes.io/name=remora-operator",
+            "--tail=-1",
+        ])
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !logs().contains("following the front proxy's trust") {
+        assert!(std::time::Instant::now() < deadline, "{}", logs());
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let versions = sim.kubectl(&["api-versions"]);
+    assert!(
+        versions
+            .lines()
+            .any(|l| l == "operator.remora.dev/v1alpha1"),
+        "{versions}"
+    );
 
     let carol_kc = certificate_kubeconfig(&sim, "carol", "remora-devs");
     grant_connect(&sim, "carol");

@@ -8,10 +8,13 @@
 //! authorises (SubjectAccessReview); no operator address or token is given.
 //!
 //! * two users with their own kubeconfigs and colliding filters: the second
-//!   is refused naming the first, and the sessions carry the reviewed
-//!   identities;
+//!   is refused naming the first, the sessions carry the reviewed
+//!   identities and share the target's one agent, and `kubectl get
+//!   remorasessions` is right at every step;
 //! * a policy selecting targets by pod label (`matchLabels`,
-//!   `matchExpressions`) applies to the labelled deployment only;
+//!   `matchExpressions`) applies to the labelled deployment only: its
+//!   `envExclude` withholds a variable and its `fsNotFound` hides a file,
+//!   naming the policy object;
 //! * a kubeconfig user whom RBAC does not allow sessions is refused by the
 //!   operator naming the verb, resource and user (a `remora-sim-user:` token,
 //!   reviewed by the sim's RBAC), then one allowed sessions but not `steal`
@@ -50,13 +53,24 @@ fn users_reach_the_installed_operator_through_the_api_server_as_their_kubeconfig
     let alice_kc = kubeconfig_for(&sim, "alice", "remora-sim-sa:default:alice");
     let bob_kc = kubeconfig_for(&sim, "bob", "remora-sim-sa:default:bob");
     let ip = pod_ip(&sim, "web");
+    // `kubectl get remorasessions` at every step: none yet.
+    assert_eq!(session_rows(&sim), Vec::<String>::new());
 
     let alice_www = www(&sim, "alice-www", "alice's laptop");
     let alice_err = sim.dir.path().join("alice.err");
-    let _alice = steal_as(&alice_kc, "alice", "x-user: alice", &alice_www, &alice_err);
+    let alice = steal_as(&alice_kc, "alice", "x-user: alice", &alice_www, &alice_err);
     poll(
         || get(&ip, "x-user: alice").as_deref() == Ok("alice's laptop"),
         "alice's requests to reach her laptop",
+    );
+    let alice_row =
+        "alice system:serviceaccount:default:alice deployment/web 8080 steal (filtered)";
+    poll(
+        || {
+            let rows = session_rows(&sim);
+            rows.len() == 1 && rows[0].contains(alice_row)
+        },
+        "kubectl get remorasessions to show alice's steal",
     );
     assert_eq!(get(&ip, "x-user: carol").as_deref(), Ok("the pod"));
     let listed = sessions(&sim);
@@ -90,7 +104,7 @@ fn users_reach_the_installed_operator_through_the_api_server_as_their_kubeconfig
     // Bob, as himself, with the same filter: refused, naming alice.
     let bob_www = www(&sim, "bob-www", "bob's laptop");
     let bob_err = sim.dir.path().join("bob.err");
-    let _bob = steal_as(&bob_kc, "bob", "x-user: alice", &bob_www, &bob_err);
+    let bob = steal_as(&bob_kc, "bob", "x-user: alice", &bob_www, &bob_err);
     poll(
         || says(&read(&bob_err), "is held by alice (session "),
         "bob to hear that alice holds the filter",
@@ -105,6 +119,41 @@ fn users_reach_the_installed_operator_through_the_api_server_as_their_kubeconfig
         },
         "bob's session, as bob",
     );
+    // One agent serves both sessions on the target (one Job, one pod).
+    let agents = operator_agents(&sim);
+    let kinds: Vec<&str> = agents.lines().filter_map(|l| l.split('/').next()).collect();
+    assert_eq!(kinds, ["job.batch", "pod"], "{agents}");
+    // Both sessions listed; bob's holds no port.
+    let rows = session_rows(&sim);
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert!(rows.iter().any(|r| r.contains(alice_row)), "{rows:?}");
+    assert!(
+        rows.iter()
+            .any(|r| r.contains("bob system:serviceaccount:default:bob deployment/web <none>")),
+        "{rows:?}"
+    );
+    // Alice ends hers: only bob's is left, then none.
+    drop(alice);
+    poll(
+        || {
+            let rows = session_rows(&sim);
+            rows.len() == 1 && rows[0].contains(" bob ")
+        },
+        "alice's row to go",
+    );
+    drop(bob);
+    poll(|| session_rows(&sim).is_empty(), "bob's row to go");
+}
+
+/// The rows of `kubectl get remorasessions -A -o wide` (the printer
+/// columns: namespace, name, user, identity, target, ports, age), each with
+/// its words joined by one space.
+fn session_rows(sim: &Sim) -> Vec<String> {
+    sim.kubectl(&["get", "remorasessions", "-A", "-o", "wide", "--no-headers"])
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect()
 }
 
 #[test]
@@ -141,6 +190,7 @@ spec:
     - {key: app, operator: In, values: [shop, cart]}
     - {key: tier, operator: DoesNotExist}
   envExclude: [GREETING]
+  fsNotFound: ["^/etc/hostname$"]
 "#,
     );
     install_operator(&sim);
@@ -171,6 +221,31 @@ spec:
         "withheld (matchExpressions)"
     );
     assert_eq!(greeting("deployment/web"), "GREETING=hello-from-the-pod");
+    // fsNotFound: the pod's /etc/hostname (the sim's pods see the node's
+    // files) is not there for the labelled target, and is for the other.
+    let hostname = |target: &str| {
+        let out = remora_as(&kc, "alice")
+            .args(["-t", target, "--", "sh", "-c"])
+            .arg("cat /etc/hostname 2>&1 || echo HIDDEN")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        (text(&out.stdout).trim().to_owned(), text(&out.stderr))
+    };
+    let (pay, why) = hostname("deployment/pay");
+    assert_eq!(
+        pay, "cat: /etc/hostname: No such file or directory\nHIDDEN",
+        "hidden (fsNotFound)"
+    );
+    assert!(
+        says(
+            &why,
+            "/etc/hostname is hidden by RemoraPolicy default/payments-env"
+        ),
+        "{why}"
+    );
+    let node = std::fs::read_to_string("/etc/hostname").unwrap();
+    assert_eq!(hostname("deployment/web").0, node.trim());
 }
 
 #[test]

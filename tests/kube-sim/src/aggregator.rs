@@ -14,9 +14,18 @@
 //! `requestheader-allowed-names`, the header names) and the Role
 //! `kube-system/extension-apiserver-authentication-reader` that reads it.
 //!
-//! Not done: the APIService's `Available` condition, the group in `/apis` discovery
-//! (kubectl's aggregated discovery does not list it; `/apis/<group>` and everything below
-//! answer), local APIServices (no `spec.service`).
+//! The availability controller ([`run_availability`]) sets each APIService's `Available`
+//! condition with kube-aggregator's reasons and messages, and keeps what the backend answered
+//! to its discovery probe: `/apis` lists every APIService's group (available or not), and
+//! aggregated discovery lists its version with the resources of that answer (or none after a
+//! failed check). `kubectl get apiservices` prints kube-aggregator's SERVICE and AVAILABLE
+//! columns.
+//!
+//! A request to an APIService that is not Available is answered 503 `service unavailable`
+//! without reaching its service, as kube-aggregator's proxy handler does.
+//!
+//! Not done: local APIServices (no `spec.service`) are only marked available: nothing serves
+//! them.
 
 use std::sync::Arc;
 
@@ -93,6 +102,15 @@ fn apiservices(store: &Store) -> Vec<Value> {
                 .0
         })
         .unwrap_or_default()
+}
+
+/// Whether the APIService's `Available` condition is True.
+pub fn available(apiservice: &Value) -> bool {
+    apiservice["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|c| c["type"] == "Available" && c["status"] == "True")
 }
 
 /// The APIService serving `group`/`version` through a Service, if any.
@@ -400,4 +418,354 @@ impl rustls::client::danger::ServerCertVerifier for NoVerification {
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
     }
+}
+
+/// The `Available` condition's check interval (kube-aggregator resyncs every 30 s and on
+/// every APIService, Service and EndpointSlice change; the sim checks every second).
+const AVAILABILITY_RESYNC: std::time::Duration = std::time::Duration::from_secs(1);
+/// How long the discovery probe waits (kube-aggregator's client timeout).
+const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// What each APIService's backend last answered to `GET /apis/<group>/<version>` (its
+/// `APIResourceList`), by APIService name: the resources aggregated discovery lists. An
+/// APIService whose probe failed has no entry (its version is then listed without resources,
+/// as kube-aggregator's discovery manager does after a failed fetch).
+#[derive(Debug, Default)]
+pub struct Discovered(parking_lot::Mutex<std::collections::HashMap<String, Value>>);
+
+impl Discovered {
+    fn set(&self, name: &str, list: Option<Value>) {
+        let mut map = self.0.lock();
+        match list {
+            Some(list) => map.insert(name.to_owned(), list),
+            None => map.remove(name),
+        };
+    }
+
+    /// The `APIResourceList` of `group`/`version`'s APIService, if its last probe passed.
+    pub fn resource_list(&self, store: &Store, group: &str, version: &str) -> Option<Value> {
+        let name = served_by(store, group, version)?["metadata"]["name"]
+            .as_str()?
+            .to_owned();
+        self.0.lock().get(&name).cloned()
+    }
+}
+
+/// The groups served only by APIServices (not by the sim itself), with their versions:
+/// what `/apis` lists after the built-in groups, available or not (kube-aggregator's
+/// `apisHandler` lists every APIService's group).
+pub fn aggregated_groups(store: &Store) -> Vec<(String, Vec<String>)> {
+    let builtin = store.registry().groups();
+    let mut out: Vec<(String, Vec<String>)> = Vec::new();
+    for s in apiservices(store) {
+        let (Some(group), Some(version)) =
+            (s["spec"]["group"].as_str(), s["spec"]["version"].as_str())
+        else {
+            continue;
+        };
+        if group.is_empty() || builtin.iter().any(|(g, _)| g == group) {
+            continue;
+        }
+        match out.iter_mut().find(|(g, _)| g == group) {
+            Some((_, versions)) if !versions.iter().any(|v| v == version) => {
+                versions.push(version.to_owned());
+            }
+            Some(_) => {}
+            None => out.push((group.to_owned(), vec![version.to_owned()])),
+        }
+    }
+    out
+}
+
+/// The availability controller: sets every APIService's `Available` condition as
+/// kube-aggregator's does (`Local` for one without a service; `ServiceNotFound`,
+/// `ServicePortError`, `EndpointsNotFound`, `MissingEndpoints`, `FailedDiscoveryCheck`, or
+/// `Passed` after a 2xx answer to `GET /apis/<group>/<version>` on the service, asked as
+/// `system:kube-aggregator` in `system:masters` with the front-proxy certificate and no
+/// server verification). The status is written only when it changes.
+pub async fn run_availability(state: Arc<ApiState>) {
+    let mut events = state.store.subscribe();
+    loop {
+        for apiservice in apiservices(&state.store) {
+            let name = apiservice["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            let (status, reason, message, list) = check(&state, &apiservice).await;
+            state.discovered.set(&name, list);
+            set_available(&state.store, &apiservice, status, reason, &message);
+        }
+        // Again after a change of what availability depends on, or the resync.
+        let resync = tokio::time::sleep(AVAILABILITY_RESYNC);
+        tokio::pin!(resync);
+        loop {
+            tokio::select! {
+                ev = events.recv() => match ev {
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => break,
+                    Ok(ev) if relevant(&ev.key.1) => {
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        while events.try_recv().is_ok() {}
+                        break;
+                    }
+                    Ok(_) => {}
+                },
+                () = &mut resync => break,
+            }
+        }
+    }
+}
+
+/// The kinds whose changes kube-aggregator's availability controller reacts to.
+fn relevant(plural: &str) -> bool {
+    matches!(plural, "apiservices" | "services" | "endpointslices")
+}
+
+fn set_available(store: &Store, apiservice: &Value, status: &str, reason: &str, message: &str) {
+    let conditions = apiservice["status"]["conditions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let old = conditions.iter().find(|c| c["type"] == "Available");
+    if old
+        .is_some_and(|c| c["status"] == status && c["reason"] == reason && c["message"] == message)
+    {
+        return;
+    }
+    // lastTransitionTime moves only when the status does.
+    let since = old.filter(|c| c["status"] == status).map_or_else(
+        || json!(crate::time::now_rfc3339()),
+        |c| c["lastTransitionTime"].clone(),
+    );
+    let mut conditions: Vec<Value> = conditions
+        .into_iter()
+        .filter(|c| c["type"] != "Available")
+        .collect();
+    conditions.push(
+        json!({"type": "Available", "status": status, "lastTransitionTime": since,
+                           "reason": reason, "message": message}),
+    );
+    let Some(rt) = store
+        .registry()
+        .find("apiregistration.k8s.io", "v1", "apiservices")
+        .cloned()
+    else {
+        return;
+    };
+    let name = apiservice["metadata"]["name"].as_str().unwrap_or_default();
+    let _ = store.modify(&rt, None, name, true, false, None, |old| {
+        let mut new = old.clone();
+        new["status"]["conditions"] = json!(conditions);
+        Ok(new)
+    });
+}
+
+/// One APIService's availability: (status, reason, message, the backend's APIResourceList).
+async fn check(
+    state: &ApiState,
+    apiservice: &Value,
+) -> (&'static str, &'static str, String, Option<Value>) {
+    let spec = &apiservice["spec"];
+    if !spec["service"].is_object() {
+        return (
+            "True",
+            "Local",
+            "Local APIServices are always available".to_owned(),
+            None,
+        );
+    }
+    let namespace = spec["service"]["namespace"].as_str().unwrap_or_default();
+    let name = spec["service"]["name"].as_str().unwrap_or_default();
+    let port = spec["service"]["port"].as_i64().unwrap_or(443);
+    let registry = state.store.registry();
+    let services = registry.find("", "v1", "services").expect("built-in type");
+    let Ok(service) = state.store.get(services, Some(namespace), name) else {
+        return (
+            "False",
+            "ServiceNotFound",
+            format!("service/{name} in {namespace:?} is not present"),
+            None,
+        );
+    };
+    let cluster_ip_type = service["spec"]["type"]
+        .as_str()
+        .is_none_or(|t| t == "ClusterIP");
+    if cluster_ip_type {
+        let Some(service_port) = service["spec"]["ports"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| p["port"].as_i64() == Some(port))
+        else {
+            return (
+                "False",
+                "ServicePortError",
+                format!("service/{name} in {namespace:?} is not listening on port {port}"),
+                None,
+            );
+        };
+        let port_name = service_port["name"].as_str().unwrap_or_default();
+        let slices = registry
+            .find("discovery.k8s.io", "v1", "endpointslices")
+            .map(|rt| {
+                let selector = crate::selector::LabelSelector::parse(&format!(
+                    "kubernetes.io/service-name={name}"
+                ))
+                .unwrap_or_default();
+                state
+                    .store
+                    .list(rt, Some(namespace), &selector, &Default::default())
+                    .0
+            })
+            .unwrap_or_default();
+        if slices.is_empty() {
+            return (
+                "False",
+                "EndpointsNotFound",
+                format!("cannot find endpointslices for service/{name} in {namespace:?}"),
+                None,
+            );
+        }
+        let available = slices.iter().any(|s| {
+            let ready = s["endpoints"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|e| e["conditions"]["ready"] != false);
+            let port =
+                s["ports"].as_array().into_iter().flatten().any(|p| {
+                    p["name"].as_str().unwrap_or_default() == port_name && p["port"].is_i64()
+                });
+            ready && port
+        });
+        if !available {
+            return (
+                "False",
+                "MissingEndpoints",
+                format!(
+                    "endpointslices for service/{name} in {namespace:?} have no addresses with \
+                     port name {port_name:?}"
+                ),
+                None,
+            );
+        }
+    }
+    let group = spec["group"].as_str().unwrap_or_default();
+    let version = spec["version"].as_str().unwrap_or_default();
+    let Some(ip) = state.store.routed_cluster_ip(&service) else {
+        return (
+            "False",
+            "FailedDiscoveryCheck",
+            format!("service/{name} in {namespace:?} has no routed cluster IP"),
+            None,
+        );
+    };
+    let url = format!("https://{ip}:{port}/apis/{group}/{version}");
+    match tokio::time::timeout(PROBE_TIMEOUT, probe(state, ip, port, &url)).await {
+        Ok(Ok(list)) => ("True", "Passed", "all checks passed".to_owned(), list),
+        Ok(Err(e)) => (
+            "False",
+            "FailedDiscoveryCheck",
+            format!("failing or missing response from {url}: {e}"),
+            None,
+        ),
+        Err(_) => (
+            "False",
+            "FailedDiscoveryCheck",
+            format!("timed out waiting for {url}"),
+            None,
+        ),
+    }
+}
+
+/// `GET url` on the backend, unverified, as the aggregator; its body if an APIResourceList.
+async fn probe(
+    state: &ApiState,
+    ip: std::net::Ipv4Addr,
+    port: i64,
+    url: &str,
+) -> std::result::Result<Option<Value>, String> {
+    let config = client_config(
+        &state.front_proxy,
+        &json!({"insecureSkipTLSVerify": true}),
+        "",
+    )
+    .map_err(|e| e.to_string())?;
+    let tcp = TcpStream::connect((ip, u16::try_from(port).unwrap_or(443)))
+        .await
+        .map_err(|e| e.to_string())?;
+    let server_name = ServerName::IpAddress(std::net::IpAddr::V4(ip).into());
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(server_name, tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(connection);
+    let path = url.splitn(4, '/').nth(3).unwrap_or_default();
+    let request = Request::get(format!("/{path}"))
+        .header(header::HOST, format!("{ip}:{port}"))
+        .header(header::ACCEPT, "application/json")
+        .header("X-Remote-User", "system:kube-aggregator")
+        .header("X-Remote-Group", "system:masters")
+        .body(Full::new(Bytes::new()))
+        .map_err(|e| e.to_string())?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| e.to_string())?;
+    let code = response.status().as_u16();
+    if !(200..300).contains(&code) {
+        return Err(format!("bad status from {url}: {code}"));
+    }
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .map_err(|e| e.to_string())?;
+    Ok(serde_json::from_slice::<Value>(&body)
+        .ok()
+        .filter(|v| v["kind"] == "APIResourceList"))
+}
+
+/// `/apis` (legacy) entries of the groups only APIServices serve.
+pub fn group_list_entries(store: &Store) -> Vec<Value> {
+    aggregated_groups(store)
+        .into_iter()
+        .filter_map(|(group, _)| {
+            let mut entry = api_group(store, &group)?;
+            if let Some(m) = entry.as_object_mut() {
+                m.remove("kind");
+                m.remove("apiVersion");
+            }
+            Some(entry)
+        })
+        .collect()
+}
+
+/// Aggregated discovery (`/apis` as an `APIGroupDiscoveryList`) entries of the groups only
+/// APIServices serve: each version with the resources its backend listed at the last
+/// availability check, or none (the version alone) when that check failed.
+pub fn discovery_items(state: &ApiState) -> Vec<Value> {
+    aggregated_groups(&state.store)
+        .into_iter()
+        .map(|(group, versions)| {
+            let versions: Vec<Value> = versions
+                .iter()
+                .map(
+                    |v| match state.discovered.resource_list(&state.store, &group, v) {
+                        Some(list) => json!({
+                            "version": v,
+                            "resources": crate::resources::discovered_resources(&list, &group, v),
+                            "freshness": "Current",
+                        }),
+                        None => json!({"version": v}),
+                    },
+                )
+                .collect();
+            json!({"metadata": {"name": group, "creationTimestamp": null}, "versions": versions})
+        })
+        .collect()
 }

@@ -39,6 +39,8 @@ pub struct ApiState {
     pub tls: Option<crate::tls::Tls>,
     /// What the aggregation layer presents to APIService backends.
     pub front_proxy: crate::tls::FrontProxy,
+    /// What APIService backends last answered to the availability check (aggregator.rs).
+    pub discovered: crate::aggregator::Discovered,
 }
 
 /// Who a request is authenticated as (a request extension): what the aggregation layer names
@@ -183,6 +185,14 @@ async fn route(state: &ApiState, req: Request<Incoming>) -> Result<Response<Body
     if let ["apis", group, version, ..] = segs.as_slice()
         && let Some(apiservice) = crate::aggregator::served_by(&state.store, group, version)
     {
+        if !crate::aggregator::available(&apiservice) {
+            // kube-aggregator's proxy handler, for an APIService not Available.
+            return Ok(http::text_response(
+                503,
+                "text/plain; charset=utf-8",
+                Bytes::from_static(b"service unavailable\n"),
+            ));
+        }
         return crate::aggregator::proxy(state, &apiservice, &segs, req).await;
     }
     if let ["apis", group] = segs.as_slice()
@@ -211,13 +221,18 @@ async fn route(state: &ApiState, req: Request<Incoming>) -> Result<Response<Body
                 .store
                 .record_discovery(&path, served.unwrap_or("legacy"));
             if let Some(version) = served {
-                return Ok(aggregated_response(
-                    &registry.aggregated_discovery(legacy, version),
-                    version,
-                ));
+                let mut body = registry.aggregated_discovery(legacy, version);
+                if !legacy && let Some(items) = body["items"].as_array_mut() {
+                    items.extend(crate::aggregator::discovery_items(state));
+                }
+                return Ok(aggregated_response(&body, version));
             }
             if !legacy {
-                return Ok(json_response(200, &registry.api_group_list()));
+                let mut list = registry.api_group_list();
+                if let Some(groups) = list["groups"].as_array_mut() {
+                    groups.extend(crate::aggregator::group_list_entries(&state.store));
+                }
+                return Ok(json_response(200, &list));
             }
             return Ok(json_response(
                 200,
@@ -323,7 +338,14 @@ async fn route(state: &ApiState, req: Request<Incoming>) -> Result<Response<Body
         sub,
     };
     if let Some(user) = req.extensions().get::<crate::rbac::User>() {
-        let watch = Query::parse(req.uri().query()).get("watch") == Some("true");
+        let query = Query::parse(req.uri().query());
+        let watch = query.get("watch") == Some("true");
+        // A list or watch with the field selector `metadata.name=X` is authorised as on
+        // the object X (kube-apiserver's RequestInfo takes the name from it), so a role's
+        // resourceNames allow watching one object.
+        let selected = (target.name.is_none() && req.method() == Method::GET)
+            .then(|| selected_name(query.get("fieldSelector").unwrap_or_default()))
+            .flatten();
         let attributes = crate::rbac::Attributes {
             verb: crate::rbac::verb(
                 req.method(),
@@ -335,11 +357,20 @@ async fn route(state: &ApiState, req: Request<Incoming>) -> Result<Response<Body
             resource: &target.rt.plural,
             sub: target.sub.as_deref(),
             namespace: target.namespace.as_deref(),
-            name: target.name.as_deref(),
+            name: target.name.as_deref().or(selected.as_deref()),
         };
         crate::rbac::authorize(&state.store, user, &attributes)?;
     }
     resource_request(state, target, req).await
+}
+
+/// The name a field selector requires exactly (`metadata.name=X` or `metadata.name==X`, alone).
+fn selected_name(selector: &str) -> Option<String> {
+    let (field, name) = selector
+        .split_once("==")
+        .or_else(|| selector.split_once('='))?;
+    (field.trim() == "metadata.name" && !name.is_empty() && !name.contains([',', '=', '!']))
+        .then(|| name.trim().to_owned())
 }
 
 /// The aggregated discovery version (`v2`, `v2beta1`) the client's Accept header asks for

@@ -280,6 +280,7 @@ async fn serve(args: ServeArgs, parent: nix::unistd::Pid) -> Result<(), Error> {
         require_token: tls.is_some(),
         tls: tls.clone(),
         front_proxy,
+        discovered: Default::default(),
     });
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let kubelet = kubelet::Kubelet::new(
@@ -294,6 +295,7 @@ async fn serve(args: ServeArgs, parent: nix::unistd::Pid) -> Result<(), Error> {
     );
     let kubelet_task = tokio::spawn(kubelet.run(shutdown_rx));
     let controllers = tokio::spawn(controllers::run(store.clone()));
+    let availability = tokio::spawn(aggregator::run_availability(state.clone()));
     let acceptor = tls.as_ref().map(|t| t.acceptor.clone());
     let server = tokio::spawn(accept(listener, state.clone(), acceptor.clone()));
     let pod_server = pod_listener.map(|l| tokio::spawn(accept(l, state.clone(), acceptor.clone())));
@@ -321,6 +323,7 @@ async fn serve(args: ServeArgs, parent: nix::unistd::Pid) -> Result<(), Error> {
         s.abort();
     }
     controllers.abort();
+    availability.abort();
     service_proxy.abort();
     let _ = shutdown_tx.send(true);
     let _ = kubelet_task.await;

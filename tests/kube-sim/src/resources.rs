@@ -465,56 +465,9 @@ impl Registry {
     /// The `APIResourceDiscovery` entries of one group/version (from its `APIResourceList`:
     /// each `x/sub` entry becomes a subresource of `x`).
     fn discovered_resources(&self, group: &str, version: &str) -> Vec<Value> {
-        let Some(list) = self.resource_list(group, version) else {
-            return Vec::new();
-        };
-        let entries = list["resources"].as_array().cloned().unwrap_or_default();
-        let kind_of = |e: &Value| {
-            json!({
-                "group": e["group"].as_str().unwrap_or(group),
-                "version": e["version"].as_str().unwrap_or(version),
-                "kind": e["kind"],
-            })
-        };
-        let mut out: Vec<Value> = Vec::new();
-        for e in &entries {
-            let name = e["name"].as_str().unwrap_or_default();
-            match name.split_once('/') {
-                None => out.push(json!({
-                    "resource": name,
-                    "responseKind": kind_of(e),
-                    "scope": if e["namespaced"] == json!(true) { "Namespaced" } else { "Cluster" },
-                    "singularResource": e["singularName"],
-                    "verbs": e["verbs"],
-                    "shortNames": e["shortNames"],
-                    "subresources": [],
-                })),
-                Some((parent, sub)) => {
-                    if let Some(p) = out.iter_mut().find(|r| r["resource"] == json!(parent))
-                        && let Some(subs) = p["subresources"].as_array_mut()
-                    {
-                        subs.push(json!({
-                            "subresource": sub,
-                            "responseKind": kind_of(e),
-                            "verbs": e["verbs"],
-                        }));
-                    }
-                }
-            }
-        }
-        for r in &mut out {
-            if let Some(m) = r.as_object_mut() {
-                for key in ["shortNames", "subresources"] {
-                    if m.get(key)
-                        .and_then(Value::as_array)
-                        .is_some_and(Vec::is_empty)
-                    {
-                        m.remove(key);
-                    }
-                }
-            }
-        }
-        out
+        self.resource_list(group, version)
+            .map(|list| discovered_resources(&list, group, version))
+            .unwrap_or_default()
     }
 
     /// Registers (or re-registers) the types a CRD defines.
@@ -619,9 +572,65 @@ fn builtin_columns(plural: &str) -> Vec<PrinterColumn> {
             col("Data", "integer", "@datacount"),
         ],
         "nodes" => vec![col("Status", "string", "@nodestatus")],
+        "apiservices" => vec![
+            col("Service", "string", "@apiservice"),
+            col("Available", "string", "@available"),
+        ],
         "customresourcedefinitions" => {
             vec![col("Created At", "date", ".metadata.creationTimestamp")]
         }
         _ => Vec::new(),
     }
+}
+
+/// The `APIResourceDiscovery` entries of one group/version's `APIResourceList` (each `x/sub`
+/// entry becomes a subresource of `x`), as kube-apiserver converts legacy discovery.
+pub fn discovered_resources(list: &Value, group: &str, version: &str) -> Vec<Value> {
+    let entries = list["resources"].as_array().cloned().unwrap_or_default();
+    let kind_of = |e: &Value| {
+        json!({
+            "group": e["group"].as_str().unwrap_or(group),
+            "version": e["version"].as_str().unwrap_or(version),
+            "kind": e["kind"],
+        })
+    };
+    let mut out: Vec<Value> = Vec::new();
+    for e in &entries {
+        let name = e["name"].as_str().unwrap_or_default();
+        match name.split_once('/') {
+            None => out.push(json!({
+                "resource": name,
+                "responseKind": kind_of(e),
+                "scope": if e["namespaced"] == json!(true) { "Namespaced" } else { "Cluster" },
+                "singularResource": e["singularName"],
+                "verbs": e["verbs"],
+                "shortNames": e["shortNames"],
+                "subresources": [],
+            })),
+            Some((parent, sub)) => {
+                if let Some(p) = out.iter_mut().find(|r| r["resource"] == json!(parent))
+                    && let Some(subs) = p["subresources"].as_array_mut()
+                {
+                    subs.push(json!({
+                        "subresource": sub,
+                        "responseKind": kind_of(e),
+                        "verbs": e["verbs"],
+                    }));
+                }
+            }
+        }
+    }
+    for r in &mut out {
+        if let Some(m) = r.as_object_mut() {
+            for key in ["shortNames", "subresources"] {
+                if m.get(key)
+                    .and_then(Value::as_array)
+                    .is_some_and(Vec::is_empty)
+                {
+                    m.remove(key);
+                }
+            }
+        }
+    }
+    out
 }

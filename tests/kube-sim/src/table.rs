@@ -139,6 +139,38 @@ fn cell(obj: &Value, path: &str, type_: &str) -> Value {
             json!(count(&obj["data"]) + count(&obj["binaryData"]) + count(&obj["stringData"]))
         }
         "@nodestatus" => json!("Ready"),
+        // kube-aggregator's APIService columns: `NAMESPACE/NAME` of the service (or `Local`),
+        // and the Available condition's status, its reason after it when not True.
+        "@apiservice" => match obj["spec"]["service"].as_object() {
+            Some(svc) => json!(format!(
+                "{}/{}",
+                svc.get("namespace")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default(),
+                svc.get("name").and_then(Value::as_str).unwrap_or_default()
+            )),
+            None => json!("Local"),
+        },
+        "@available" => {
+            let available = obj["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|c| c["type"] == "Available");
+            json!(match available {
+                None => "Unknown".to_owned(),
+                Some(c)
+                    if c["status"] == "True" || c["reason"].as_str().is_none_or(str::is_empty) =>
+                {
+                    c["status"].as_str().unwrap_or("Unknown").to_owned()
+                }
+                Some(c) => format!(
+                    "{} ({})",
+                    c["status"].as_str().unwrap_or("Unknown"),
+                    c["reason"].as_str().unwrap_or_default()
+                ),
+            })
+        }
         _ => {
             let v = lookup(obj, path);
             match (type_, v) {

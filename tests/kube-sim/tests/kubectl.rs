@@ -1178,3 +1178,124 @@ fn kubectl_get_reads_pages_with_limit_and_continue() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The availability controller and discovery of the aggregation layer, as kube-aggregator
+/// shows them: an APIService's `Available` condition follows its service (absent, on another
+/// port, without endpoints, not answering its discovery over TLS) and a local one is
+/// available; `kubectl get apiservices` prints the service and availability columns; `/apis`
+/// lists the group of an APIService whether or not it is available.
+#[test]
+fn apiservice_availability_follows_its_service() {
+    let sim = Sim::start();
+    sim.apply_yaml(
+        r#"
+apiVersion: apiregistration.k8s.io/v1
+kind: APIService
+metadata: {name: v1alpha1.example.remora.dev}
+spec:
+  group: example.remora.dev
+  version: v1alpha1
+  groupPriorityMinimum: 1000
+  versionPriority: 15
+  insecureSkipTLSVerify: true
+  service: {namespace: default, name: echo, port: 443}
+---
+apiVersion: apiregistration.k8s.io/v1
+kind: APIService
+metadata: {name: v1.local.remora.dev}
+spec: {group: local.remora.dev, version: v1, groupPriorityMinimum: 1000, versionPriority: 15}
+"#,
+        &[],
+    );
+    let row = |name: &str| {
+        sim.ok(&["get", "apiservices", "--no-headers"])
+            .lines()
+            .find(|l| l.starts_with(name))
+            .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+            .unwrap_or_default()
+    };
+    let wait_row = |name: &str, want: &str| {
+        poll(
+            || row(name).contains(want),
+            &format!("kubectl get apiservices to show {name} {want}"),
+        );
+    };
+    let condition = || {
+        let s = sim.json(&["get", "apiservice", "v1alpha1.example.remora.dev"]);
+        s["status"]["conditions"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["type"] == "Available").cloned())
+            .unwrap_or_default()
+    };
+    wait_row("v1.local.remora.dev", "Local True");
+    wait_row(
+        "v1alpha1.example.remora.dev",
+        "default/echo False (ServiceNotFound)",
+    );
+    assert_eq!(
+        condition()["message"],
+        "service/echo in \"default\" is not present"
+    );
+    let header = sim.ok(&["get", "apiservices"]);
+    let header = header.lines().next().unwrap_or_default();
+    assert_eq!(
+        header.split_whitespace().collect::<Vec<_>>(),
+        ["NAME", "SERVICE", "AVAILABLE", "AGE"],
+        "{header}"
+    );
+    // Not proxied while not Available.
+    let out = sim.kubectl(&["get", "--raw", "/apis/example.remora.dev/v1alpha1"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("ServiceUnavailable") || err.contains("unable to handle the request"),
+        "{err}"
+    );
+    // Listed in discovery, available or not.
+    let apis = sim.ok(&["get", "--raw", "/apis"]);
+    assert!(apis.contains("\"example.remora.dev/v1alpha1\""), "{apis}");
+
+    let service = |port: u16| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: echo}}\nspec:\n  selector: {{app: \
+             echo}}\n  ports: [{{port: {port}, targetPort: 8443}}]\n"
+        )
+    };
+    sim.apply_yaml(&service(80), &[]);
+    wait_row("v1alpha1.example.remora.dev", "False (ServicePortError)");
+    assert_eq!(
+        condition()["message"],
+        "service/echo in \"default\" is not listening on port 443"
+    );
+    let since = condition()["lastTransitionTime"].clone();
+    sim.apply_yaml(&service(443), &[]);
+    wait_row("v1alpha1.example.remora.dev", "False (MissingEndpoints)");
+    assert_eq!(
+        condition()["lastTransitionTime"],
+        since,
+        "still False: the transition time stays"
+    );
+    // A pod behind it, serving plain HTTP: the discovery check's TLS fails.
+    common::web_pod(&sim, "echo", 8443, "0.0.0.0");
+    wait_row(
+        "v1alpha1.example.remora.dev",
+        "False (FailedDiscoveryCheck)",
+    );
+    let message = condition()["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        message.starts_with("failing or missing response from https://10.215.")
+            && message.contains(":443/apis/example.remora.dev/v1alpha1"),
+        "{message}"
+    );
+    sim.ok(&["delete", "apiservice", "v1alpha1.example.remora.dev"]);
+    poll(
+        || {
+            !sim.ok(&["get", "--raw", "/apis"])
+                .contains("example.remora.dev")
+        },
+        "the deleted APIService's group to leave discovery",
+    );
+}

@@ -149,3 +149,58 @@ async fn kube_rs_verifies_the_server_and_lists() {
             .is_empty()
     );
 }
+
+/// A list or watch whose field selector names one object is authorised as on that object, as
+/// kube-apiserver does: a Role with `resourceNames` (the bootstrap
+/// `extension-apiserver-authentication-reader`) lets its user watch that one ConfigMap, and
+/// not list the others.
+#[test]
+fn a_field_selector_on_the_name_is_authorised_by_resource_names() {
+    let sim = Sim::start_with(&["--tls"]);
+    let server = kubeconfig_field(&sim, "server");
+    let issued: serde_json::Value =
+        serde_json::from_str(&sim.ok(&["get", "--raw", "/remora-sim/client-cert?user=reader"]))
+            .unwrap();
+    let file = |name: &str, field: &str| {
+        let path = sim.dir.path().join(name);
+        std::fs::write(&path, issued[field].as_str().unwrap()).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    let (cert, key, ca) = (
+        file("reader.crt", "cert"),
+        file("reader.key", "key"),
+        file("ca.crt", "ca"),
+    );
+    sim.ok(&[
+        "-n",
+        "kube-system",
+        "create",
+        "rolebinding",
+        "reader",
+        "--role=extension-apiserver-authentication-reader",
+        "--user=reader",
+    ]);
+    let args = ["--cacert", &ca, "--cert", &cert, "--key", &key];
+    let url = |query: &str| format!("{server}/api/v1/namespaces/kube-system/configmaps{query}");
+    let named = "fieldSelector=metadata.name%3Dextension-apiserver-authentication";
+    poll(
+        || curl_status(&args, &url(&format!("?{named}"))) == "200",
+        "the reader to list the ConfigMap its Role names",
+    );
+    assert_eq!(
+        curl_status(
+            &args,
+            &url(&format!("?{named}&watch=true&timeoutSeconds=1"))
+        ),
+        "200"
+    );
+    assert_eq!(curl_status(&args, &url("")), "403", "not every ConfigMap");
+    assert_eq!(
+        curl_status(
+            &args,
+            &url("?fieldSelector=metadata.name%3Dkube-root-ca.crt")
+        ),
+        "403",
+        "not another one"
+    );
+}
