@@ -654,6 +654,35 @@ impl Branches {
                         && e.info.expires_at > t
                 })
             });
+            // The intent first: a branch recorded as expiring when it was
+            // made, so that an operator stopped while it is being made
+            // (after `CREATE DATABASE`, before the record below) leaves a
+            // record its successor drops at once, not a leaked database.
+            // A branch that fails keeps it too: the reaper drops what is
+            // left at its next round (nothing, usually: `engine::create`
+            // drops a half-made branch itself).
+            let mut info = BranchInfo {
+                id,
+                kind: spec.kind,
+                source: src.database.clone(),
+                branch: branch.clone(),
+                mode: spec.mode,
+                owner: user.to_owned(),
+                target: target.name.clone(),
+                created_at: t,
+                expires_at: t,
+                method: "being made".to_owned(),
+            };
+            state.entries.push(Entry {
+                info: info.clone(),
+                server: place.at.clone(),
+                env: vars.clone(),
+                golden: false,
+                ready: true,
+                dir: None,
+                pod: pod.clone(),
+            });
+            self.save(&mut state).await;
             let dial = self.dialer(target.name.clone());
             let (reader, at) = (place.reader.clone(), place.at.clone());
             let (source_db, branch_db, golden_db, mode, filters) = (
@@ -706,29 +735,18 @@ impl Branches {
                 }
                 None => method,
             };
-            let info = BranchInfo {
-                id,
-                kind: spec.kind,
-                source: src.database.clone(),
-                branch: branch.clone(),
-                mode: spec.mode,
-                owner: user.to_owned(),
-                target: target.name.clone(),
-                created_at: t,
-                expires_at: t + spec.ttl_secs,
-                method,
-            };
-            session_env.extend(vars.clone());
+            info.expires_at = t + spec.ttl_secs;
+            info.method = method;
+            session_env.extend(vars);
             tracing::info!(id = %info.id, branch = %info.branch, millis, method = %info.method, "db branch made");
-            state.entries.push(Entry {
-                info: info.clone(),
-                server: place.at.clone(),
-                env: vars,
-                golden: false,
-                ready: true,
-                dir: None,
-                pod,
-            });
+            if let Some(entry) = state
+                .entries
+                .iter_mut()
+                .rev()
+                .find(|e| !e.golden && e.info.branch == info.branch && e.server == place.at)
+            {
+                entry.info = info.clone();
+            }
             self.save(&mut state).await;
             made.push(BranchMade {
                 info,

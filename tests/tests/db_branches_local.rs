@@ -1083,3 +1083,80 @@ fn mariadb_sources_are_read_through_the_configured_read_only_role() {
     );
     assert_eq!(checksum(), before, "the source changed");
 }
+
+/// An operator killed while a branch is being made (after its `CREATE
+/// DATABASE`, before the branch is made) leaves no database behind: the
+/// branch was recorded first, and the operator started again with the same
+/// `--state-dir` drops it.
+#[test]
+fn a_branch_half_made_when_the_operator_is_killed_is_dropped_by_its_successor() {
+    let Names {
+        source,
+        dir,
+        _cleanup,
+        ..
+    } = names("crash", Db::Postgres);
+    psql("postgres", &format!("CREATE DATABASE \"{source}\""));
+    psql(
+        &source,
+        "CREATE TABLE users (id int PRIMARY KEY, org_id int, name text);
+         INSERT INTO users VALUES (1, 7, 'u1');",
+    );
+    let before = pg_checksum(&source);
+    let url = format!("postgres://postgres@127.0.0.1:5432/{source}");
+    let target = Workload::start(&[("DATABASE_URL", &url)]);
+    let state_arg = dir.join("state").to_str().unwrap().to_owned();
+    let op = OperatorProcess::start_with(None, &["--state-dir", &state_arg]).unwrap();
+    // The filtered rows take a minute to read: the operator is killed
+    // meanwhile, its branch database made and half filled.
+    let slow = config(
+        &dir,
+        "slow.toml",
+        &format!(
+            "[[db_branches]]\ntype = \"postgres\"\nname = \"{source}\"\n\
+             connection = {{ url = {{ env = \"DATABASE_URL\" }} }}\n\
+             copy = {{ mode = \"schema\", tables = {{ users = {{ filter = \"WHERE (SELECT true FROM pg_sleep(60))\" }} }} }}\n\
+             ttl = \"1h\"\nid = \"crash\"\n"
+        ),
+    );
+    let branch = format!("remora_{source}_crash");
+    let exists = |name: &str| {
+        psql(
+            "postgres",
+            &format!("SELECT count(*) FROM pg_database WHERE datname = '{name}'"),
+        ) == "1"
+    };
+    let mut session = op
+        .remora("alice")
+        .unwrap()
+        .args(["run", "-f"])
+        .arg(&slow)
+        .args(["--target", &target.target(), "--", "true"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    fixtures::wait_for(
+        "the branch database to be created",
+        Duration::from_secs(60),
+        || exists(&branch),
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(op.pid()).unwrap()),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    drop(op);
+    let _ = session.wait();
+    assert!(exists(&branch), "the killed operator dropped its branch");
+
+    let op = OperatorProcess::start_with(None, &["--state-dir", &state_arg]).unwrap();
+    fixtures::wait_for(
+        "the half-made branch to be dropped by the next operator",
+        Duration::from_secs(60),
+        || !exists(&branch),
+    );
+    assert!(ls(&op).iter().all(|b| b["id"] != "crash"));
+    assert_eq!(pg_checksum(&source), before, "the source changed");
+}
