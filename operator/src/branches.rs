@@ -41,6 +41,8 @@ use tokio_util::sync::CancellationToken;
 pub const STATE_FILE: &str = "db-branches.json";
 /// How often expired branches are looked for.
 pub const REAP_INTERVAL: Duration = Duration::from_secs(1);
+/// How often branch pods no branch names are looked for (and once at start).
+pub const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 /// How long a golden copy serves `all` branches before it is made again.
 pub const GOLDEN_TTL_SECS: u64 = 10 * 60;
 
@@ -291,10 +293,17 @@ impl Branches {
         let reaper = branches.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(REAP_INTERVAL);
+            let mut swept: Option<std::time::Instant> = None;
             loop {
                 tokio::select! {
                     _ = cancel.cancelled() => return,
-                    _ = tick.tick() => reaper.reap().await,
+                    _ = tick.tick() => {
+                        if swept.is_none_or(|at| at.elapsed() >= SWEEP_INTERVAL) {
+                            reaper.sweep_pods().await;
+                            swept = Some(std::time::Instant::now());
+                        }
+                        reaper.reap().await;
+                    }
                 }
             }
         });
@@ -398,6 +407,24 @@ impl Branches {
             && let Err(e) = pods.delete(handle.to_owned()).await
         {
             tracing::warn!(%handle, error = %e, "cannot delete the pod of a failed db branch");
+        }
+    }
+
+    /// Delete the branch pods no entry names (at start, and every
+    /// [`SWEEP_INTERVAL`]): an operator stopped after creating a branch's
+    /// pod and before recording the branch leaves one. Holding the registry,
+    /// so no branch is being made meanwhile.
+    async fn sweep_pods(&self) {
+        let Some(pods) = &self.pods else { return };
+        let state = self.state.lock().await;
+        let keep = state.entries.iter().filter_map(|e| e.pod.clone()).collect();
+        match pods.sweep(keep).await {
+            Ok(gone) => {
+                for handle in gone {
+                    tracing::warn!(pod = %handle, "deleted a branch pod no db branch names (left by an operator stopped while making it)");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot look for orphaned branch pods; retrying"),
         }
     }
 
