@@ -468,11 +468,7 @@ async fn a_stored_registry_is_listed_after_a_restart_and_dropped_at_its_ttl() {
 async fn branch_pods_no_branch_names_are_swept_at_start() {
     let store = Arc::new(MemoryStore::default());
     let kept = stored_entry("kept", "pod-kept", now() + 600);
-    store
-        .entries
-        .lock()
-        .unwrap()
-        .insert(kept.key.clone(), kept);
+    store.entries.lock().unwrap().insert(kept.key.clone(), kept);
     let pods = Arc::new(DeletedPods::default());
     *pods.1.lock().unwrap() = vec!["remora/pod-kept".into(), "remora/pod-orphan".into()];
     let cancel = CancellationToken::new();
