@@ -888,6 +888,43 @@ impl Branches {
             .iter()
             .any(|e| e.golden && e.dir.as_ref() == Some(&golden_dir) && e.info.expires_at > t);
         let branch_dir = instance::path(&fast.workdir, &branch_name(&src.database, &id));
+        // The intent first (as in `branch`): what an operator stopped
+        // meanwhile half made (the golden copy's and the branch's
+        // directories, the branch's server) is removed by its successor,
+        // and by the reaper when this fails.
+        let intent = |golden: bool, dir: &std::path::Path| Entry {
+            info: BranchInfo {
+                id: if golden {
+                    format!("golden:{golden_name}")
+                } else {
+                    id.clone()
+                },
+                kind: DbKind::Mysql,
+                source: src.database.clone(),
+                branch: if golden {
+                    golden_name.clone()
+                } else {
+                    src.database.clone()
+                },
+                mode: CopyMode::All,
+                owner: user.to_owned(),
+                target: target.name.clone(),
+                created_at: t,
+                expires_at: t,
+                method: "being made".to_owned(),
+            },
+            server: src.server.clone(),
+            env: BTreeMap::new(),
+            golden,
+            ready: false,
+            dir: Some(dir.to_path_buf()),
+            pod: None,
+        };
+        if !fresh {
+            state.entries.push(intent(true, &golden_dir));
+        }
+        state.entries.push(intent(false, &branch_dir));
+        self.save(state).await;
         let dial = self.dialer(target.name.clone());
         let reader = self.settings.reader(&src.server);
         let (login, db) = (src.server.clone(), src.database.clone());
@@ -903,6 +940,10 @@ impl Branches {
         })
         .await
         .unwrap_or_else(|e| Err(e.to_string()))?;
+        // Made: the branch's intent is replaced by its entry (the caller's).
+        state
+            .entries
+            .retain(|e| e.golden || e.dir.as_ref() != Some(&branch_dir));
         if !fresh {
             state
                 .entries
