@@ -337,8 +337,7 @@ fn postgres_branches_keep_the_source_intact_and_follow_modes_ids_and_ttls() {
     );
     assert!(String::from_utf8_lossy(&second.stderr).contains("STRATEGY FILE_COPY"));
 
-    // all + filter: every order, org 7's users only (orders reference users; filtered rows only).
-    psql(&source, "SELECT 1");
+    // (all + filter: `postgres_all_with_a_filter_copies_every_row_but_the_filtered_tables`.)
     assert_eq!(pg_checksum(&source), before, "the source changed");
 
     // rm drops it now.
@@ -1159,4 +1158,191 @@ fn a_branch_half_made_when_the_operator_is_killed_is_dropped_by_its_successor() 
     );
     assert!(ls(&op).iter().all(|b| b["id"] != "crash"));
     assert_eq!(pg_checksum(&source), before, "the source changed");
+}
+
+/// `copy = { mode = "all" }` with a filter: every table whole but the
+/// filtered one, which gets only its filtered rows (a table no foreign key
+/// points at); a destructive migration on the branch leaves the source's
+/// dump unchanged.
+#[test]
+fn postgres_all_with_a_filter_copies_every_row_but_the_filtered_tables() {
+    let Names {
+        source,
+        dir,
+        _cleanup,
+        ..
+    } = names("pgaf", Db::Postgres);
+    psql("postgres", &format!("CREATE DATABASE \"{source}\""));
+    psql(
+        &source,
+        "CREATE TABLE users (id int PRIMARY KEY, org_id int, name text);
+         CREATE TABLE orders (id int PRIMARY KEY, user_id int REFERENCES users(id), total int);
+         INSERT INTO users SELECT g, g % 10, 'u' || g FROM generate_series(1, 100) g;
+         INSERT INTO orders SELECT g, g, g * 3 FROM generate_series(1, 100) g;",
+    );
+    let before = pg_checksum(&source);
+    let url = format!("postgres://postgres@127.0.0.1:5432/{source}");
+    let target = Workload::start(&[("DATABASE_URL", &url)]);
+    let op = OperatorProcess::start(None).unwrap();
+    let filtered = config(
+        &dir,
+        "all-filter.toml",
+        &format!(
+            "[[db_branches]]\ntype = \"postgres\"\nname = \"{source}\"\n\
+             connection = {{ url = {{ env = \"DATABASE_URL\" }} }}\n\
+             copy = {{ mode = \"all\", tables = {{ orders = {{ filter = \"WHERE total > 270\" }} }} }}\n\
+             ttl = \"10m\"\n"
+        ),
+    );
+    let out = run(
+        &op,
+        &target,
+        "alice",
+        &filtered,
+        "psql -X -At \"$DATABASE_URL\" -c 'SELECT count(*) FROM users' -c 'SELECT count(*), min(total) FROM orders' && \
+         psql -X -q \"$DATABASE_URL\" -c 'DROP TABLE orders' -c 'TRUNCATE users'",
+    );
+    let text = ok(&out);
+    assert_eq!(
+        text.lines().collect::<Vec<_>>(),
+        ["100", "10|273"],
+        "{text}"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("+ filtered tables"), "{stderr}");
+    assert_eq!(pg_checksum(&source), before, "the source changed");
+}
+
+/// `connection = { params = … }`: the database variable is rewritten to the
+/// branch (the others name the same server and stay).
+#[test]
+fn postgres_params_connections_get_their_database_variable_rewritten() {
+    let Names {
+        source,
+        dir,
+        _cleanup,
+        ..
+    } = names("pgpar", Db::Postgres);
+    psql("postgres", &format!("CREATE DATABASE \"{source}\""));
+    psql(
+        &source,
+        "CREATE TABLE users (id int PRIMARY KEY, org_id int, name text);
+         INSERT INTO users SELECT g, g % 10, 'u' || g FROM generate_series(1, 100) g;",
+    );
+    let before = pg_checksum(&source);
+    let target = Workload::start(&[
+        ("DB_HOST", "127.0.0.1"),
+        ("DB_PORT", "5432"),
+        ("DB_USER", "postgres"),
+        ("DB_NAME", &source),
+    ]);
+    let op = OperatorProcess::start(None).unwrap();
+    let params = config(
+        &dir,
+        "params.toml",
+        &format!(
+            "[[db_branches]]\ntype = \"postgres\"\nname = \"{source}\"\n\
+             connection = {{ params = {{ host = {{ env = \"DB_HOST\" }}, port = {{ env = \"DB_PORT\" }}, \
+             user = {{ env = \"DB_USER\" }}, database = {{ env = \"DB_NAME\" }} }} }}\n\
+             copy = {{ mode = \"schema\", tables = {{ users = {{ filter = \"WHERE org_id = 7\" }} }} }}\n\
+             ttl = \"10m\"\nid = \"params\"\n"
+        ),
+    );
+    let out = run(
+        &op,
+        &target,
+        "alice",
+        &params,
+        "echo \"$DB_HOST $DB_PORT $DB_USER $DB_NAME\"; \
+         psql -X -q -At -h \"$DB_HOST\" -p \"$DB_PORT\" -U \"$DB_USER\" -d \"$DB_NAME\" -c 'SELECT count(*) FROM users' -c 'DROP TABLE users'",
+    );
+    let text = ok(&out);
+    let branch = format!("remora_{source}_params");
+    assert_eq!(
+        text.lines().collect::<Vec<_>>(),
+        [format!("127.0.0.1 5432 postgres {branch}").as_str(), "10"],
+        "{text}"
+    );
+    assert_eq!(pg_checksum(&source), before, "the source changed");
+}
+
+/// A source server that cannot be reached fails the session before the
+/// program starts, naming the server.
+#[test]
+fn an_unreachable_source_server_fails_before_the_program_starts() {
+    let Names { dir, _cleanup, .. } = names("unreach", Db::Postgres);
+    // A port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("postgres://postgres@127.0.0.1:{port}/shop");
+    let target = Workload::start(&[("DATABASE_URL", &url)]);
+    let op = OperatorProcess::start(None).unwrap();
+    let cfg = config(&dir, "b.toml", &branch("postgres", "shop", "schema", ""));
+    let out = run(&op, &target, "alice", &cfg, "echo started");
+    assert!(!out.status.success());
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("started"));
+    let text = flat(&out);
+    assert!(
+        text.contains(&format!("127.0.0.1:{port}")) && text.contains("cannotreach"),
+        "{text}"
+    );
+}
+
+/// MariaDB: an `empty` branch with an id is reused by a second session
+/// (its changes still there) and dropped at its TTL.
+#[test]
+fn mariadb_branches_are_reused_by_id_and_dropped_at_their_ttl() {
+    let Names {
+        source,
+        dir,
+        _cleanup,
+        ..
+    } = names("myttl", Db::Mariadb);
+    maria(&format!(
+        "CREATE DATABASE `{source}`; USE `{source}`;
+         CREATE TABLE users (id int PRIMARY KEY, org_id int, name text);
+         INSERT INTO users SELECT seq, seq % 10, CONCAT('u', seq) FROM seq_1_to_100;"
+    ));
+    let url = format!("mysql://root@127.0.0.1:3306/{source}");
+    let target = Workload::start(&[("DATABASE_URL", &url)]);
+    let op = OperatorProcess::start(None).unwrap();
+    let client =
+        "db=${DATABASE_URL##*/}; mariadb -h127.0.0.1 -uroot --protocol=tcp -N --batch \"$db\"";
+    let cfg = config(
+        &dir,
+        "empty.toml",
+        &format!(
+            "[[db_branches]]\ntype = \"mysql\"\nname = \"{source}\"\n\
+             connection = {{ url = {{ env = \"DATABASE_URL\" }} }}\n\
+             copy = {{ mode = \"empty\" }}\nttl = \"20s\"\nid = \"keep\"\n"
+        ),
+    );
+    let out = run(
+        &op,
+        &target,
+        "alice",
+        &cfg,
+        &format!("{client} -e 'SHOW TABLES; CREATE TABLE mine (x int); SELECT DATABASE()'"),
+    );
+    let branch = format!("remora_{source}_keep");
+    assert_eq!(ok(&out).trim(), branch, "an empty branch has no tables");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("empty database"));
+    let out = run(
+        &op,
+        &target,
+        "bob",
+        &cfg,
+        &format!("{client} -e 'SHOW TABLES'"),
+    );
+    assert_eq!(ok(&out).trim(), "mine");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("reused"));
+    fixtures::wait_for(
+        "the branch dropped at its TTL",
+        Duration::from_secs(90),
+        || !maria("SHOW DATABASES").lines().any(|n| n == branch),
+    );
+    assert!(ls(&op).is_empty());
 }
