@@ -955,3 +955,72 @@ metadata: {name: remora}
     }
     assert!(pod_exists(&sim, "not-the-operators"));
 }
+
+/// An operator pod deleted while a branch is being made (its database
+/// created, its filtered rows still being read) leaves a `RemoraDbBranch`
+/// written before the `CREATE DATABASE`, as expiring at once: the next
+/// operator pod drops the half-made database and deletes the object.
+#[test]
+fn a_branch_half_made_when_the_operator_pod_goes_is_dropped_by_the_next_one() {
+    require_sandbox!();
+    let Shop {
+        sim,
+        source,
+        before,
+        _drop,
+    } = shop("kc");
+    let config = sim.dir.path().join("slow.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[db_branches]]\ntype = \"postgres\"\nname = \"{source}\"\n\
+             connection = {{ url = {{ env = \"DATABASE_URL\" }} }}\n\
+             copy = {{ mode = \"schema\", tables = {{ users = {{ filter = \"WHERE (SELECT true FROM pg_sleep(120))\" }} }} }}\n\
+             ttl = \"1h\"\nid = \"crash\"\n"
+        ),
+    )
+    .unwrap();
+    let mut session = remora_kube(&sim, &["run", "--operator", "kube", "-f"])
+        .arg(&config)
+        .args(["-t", "deployment/shop", "--", "true"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let branch = format!("remora_{source}_crash");
+    poll(|| database_exists(&branch), "the branch database created");
+    let records = sim.kubectl(&["get", "remoradbbranches", "-n", OPERATOR_NS, "-o", "wide"]);
+    assert!(
+        records.contains(&branch) && records.contains("being made"),
+        "recorded before it is made:\n{records}"
+    );
+    let old = operator_pods(&sim);
+    assert_eq!(old.len(), 1, "{old:?}");
+    sim.kubectl(&["delete", "pod", "-n", OPERATOR_NS, &old[0].0]);
+    let _ = session.kill();
+    let _ = session.wait();
+    poll(
+        || {
+            let pods = operator_pods(&sim);
+            pods.len() == 1 && pods[0].0 != old[0].0 && pods[0].1
+        },
+        "a new operator pod, ready",
+    );
+    let start = std::time::Instant::now();
+    while database_exists(&branch) {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(120),
+            "the new operator did not drop the half-made {branch}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    poll(
+        || {
+            sim.kubectl(&["get", "remoradbbranches", "-n", OPERATOR_NS, "-o", "name"])
+                .trim()
+                .is_empty()
+        },
+        "the RemoraDbBranch gone",
+    );
+    assert_eq!(pg_checksum(&source), before, "the source changed");
+}
