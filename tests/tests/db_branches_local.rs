@@ -290,6 +290,17 @@ fn postgres_branches_keep_the_source_intact_and_follow_modes_ids_and_ttls() {
     assert_eq!(entry["branch"], branch_db.as_str());
     assert_eq!(entry["mode"], "schema");
     assert_eq!(entry["owner"], "alice");
+    assert_eq!(entry["type"], "postgres");
+    assert_eq!(entry["source"], source.as_str());
+    let (created, expires) = (
+        entry["created"].as_u64().unwrap(),
+        entry["expires"].as_u64().unwrap(),
+    );
+    // Made with a 10-minute TTL, and reused since (which keeps the later expiry).
+    assert!(
+        (created + 600..=created + 660).contains(&expires),
+        "{entry}"
+    );
     let out = op
         .remora("alice")
         .unwrap()
@@ -1262,6 +1273,15 @@ fn postgres_params_connections_get_their_database_variable_rewritten() {
         text.lines().collect::<Vec<_>>(),
         [format!("127.0.0.1 5432 postgres {branch}").as_str(), "10"],
         "{text}"
+    );
+    // Nothing in the target changed: its own environment still names the source.
+    let pid = target.target().trim_start_matches("pid/").to_owned();
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    assert!(
+        environ
+            .split(|b| *b == 0)
+            .any(|v| v == format!("DB_NAME={source}").as_bytes()),
+        "the target's DB_NAME changed"
     );
     assert_eq!(pg_checksum(&source), before, "the source changed");
 }
