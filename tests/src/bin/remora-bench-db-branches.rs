@@ -11,7 +11,9 @@
 //! (the first: filled directly, by `pg_dump | psql` for this one-table
 //! source; the operator then makes its golden copy in the background, which
 //! the bench waits for, untimed) and `all` again (a template copy of the
-//! live golden copy; a clone on PostgreSQL 18). Branch times are the operator's own (`made in N ms`).
+//! live golden copy; a clone on PostgreSQL 18), then `all` with a filter
+//! on the table (`WHERE org < 10`: a tenth of its rows, filled directly).
+//! Branch times are the operator's own (`made in N ms`).
 //! The table (markdown, stdout) shows medians; every run's value goes to
 //! stderr. `REMORA_BENCH_DB_MB` sets the source size (default 100),
 //! `REMORA_BENCH_ROUNDS` the rounds (default 3).
@@ -181,13 +183,18 @@ fn branch(op: &OperatorProcess, target: &Workload, config: &Path) -> Result<(f64
 }
 
 fn config(dir: &Path, mode: &str) -> Result<PathBuf> {
-    let path = dir.join(format!("{mode}.toml"));
+    config_as(dir, mode, &format!("{{ mode = \"{mode}\" }}"))
+}
+
+/// `NAME.toml` in `dir`: a PostgreSQL branch of the source with `copy`.
+fn config_as(dir: &Path, name: &str, copy: &str) -> Result<PathBuf> {
+    let path = dir.join(format!("{name}.toml"));
     std::fs::write(
         &path,
         format!(
             "[[db_branches]]\ntype = \"postgres\"\nname = \"benchsrc\"\n\
              connection = {{ url = {{ env = \"DATABASE_URL\" }} }}\n\
-             copy = {{ mode = \"{mode}\" }}\nttl = \"10m\"\n"
+             copy = {copy}\nttl = \"10m\"\n"
         ),
     )?;
     Ok(path)
@@ -199,12 +206,13 @@ fn median(values: &[f64]) -> f64 {
     v[v.len() / 2]
 }
 
-const WAYS: [&str; 5] = [
+const WAYS: [&str; 6] = [
     "pg_dump | psql",
     "branch empty",
     "branch schema",
     "branch all (first: filled directly)",
     "branch all (from the golden copy)",
+    "branch all, filtered (`WHERE org < 10`: a tenth of the rows)",
 ];
 
 fn bench_server(server: &Server, mb: u64, rounds: u64, pg_bindir: &Path) -> Result<()> {
@@ -235,6 +243,11 @@ fn bench_server(server: &Server, mb: u64, rounds: u64, pg_bindir: &Path) -> Resu
         config(&dir.0, "empty")?,
         config(&dir.0, "schema")?,
         config(&dir.0, "all")?,
+        config_as(
+            &dir.0,
+            "all-filtered",
+            "{ mode = \"all\", tables = { items = { filter = \"WHERE org < 10\" } } }",
+        )?,
     ];
     let mut times: Vec<Vec<f64>> = vec![Vec::new(); WAYS.len()];
     let mut methods = vec![String::new(); WAYS.len()];
@@ -255,6 +268,7 @@ fn bench_server(server: &Server, mb: u64, rounds: u64, pg_bindir: &Path) -> Resu
             (2, &configs[1]),
             (3, &configs[2]),
             (4, &configs[2]),
+            (5, &configs[3]),
         ] {
             if way == 4 {
                 // Made in the background after the first `all` branch.
