@@ -1366,3 +1366,64 @@ fn mariadb_branches_are_reused_by_id_and_dropped_at_their_ttl() {
     );
     assert!(ls(&op).is_empty());
 }
+
+/// A MariaDB branch server of another series is refused before the program
+/// starts, naming both versions. (This machine has one MariaDB series: the
+/// branch server is a MariaDB 10.11 started with `--version=11.4.2-MariaDB`,
+/// the version string it reports, which is what the operator reads.)
+#[test]
+fn mariadb_refuses_a_branch_server_of_another_series_naming_both_versions() {
+    let Names {
+        prefix,
+        source,
+        dir,
+        _cleanup,
+    } = names("mver", Db::Mariadb);
+    let app = format!("{prefix}app");
+    let _users = DropMariaUsers(vec![app.clone()]);
+    maria(&format!(
+        "CREATE DATABASE `{source}`; USE `{source}`;
+         CREATE TABLE users (id int PRIMARY KEY, org_id int, name text);
+         INSERT INTO users SELECT seq, seq % 10, CONCAT('u', seq) FROM seq_1_to_100;
+         CREATE USER '{app}'@'%' IDENTIFIED BY 'app-pw';
+         GRANT ALL PRIVILEGES ON `{source}`.* TO '{app}'@'%';"
+    ));
+    let url = format!("mysql://{app}:app-pw@127.0.0.1:3306/{source}");
+    let target = Workload::start(&[("DATABASE_URL", &url)]);
+    let server = MariaServer::start_with("other-series", &["--version=11.4.2-MariaDB"]).unwrap();
+    assert_eq!(server.sql("SELECT VERSION()").unwrap(), "11.4.2-MariaDB");
+    let db_config = config(
+        &dir,
+        "db.toml",
+        &format!(
+            "[[branch_server]]\ntype = \"mysql\"\nurl = \"mysql://root@127.0.0.1:{}/mysql\"\n",
+            server.port()
+        ),
+    );
+    let op =
+        OperatorProcess::start_with(None, &["--db-config", db_config.to_str().unwrap()]).unwrap();
+    let cfg = config(
+        &dir,
+        "schema.toml",
+        &branch("mysql", &source, "schema", "ttl = \"10m\""),
+    );
+    let out = run(&op, &target, "alice", &cfg, "echo started");
+    assert!(!out.status.success());
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("started"));
+    let text = flat(&out);
+    assert!(
+        text.contains("versionmismatch")
+            && text.contains("10.11")
+            && text.contains("11.4")
+            && text.contains(&format!("127.0.0.1:{}", server.port())),
+        "{text}"
+    );
+    assert_eq!(
+        server
+            .sql(&format!(
+                "SELECT count(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME LIKE 'remora_{source}%'"
+            ))
+            .unwrap(),
+        "0"
+    );
+}
