@@ -17,7 +17,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube::api::{Api, DeleteParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use remora_operator::branches::pods::{BranchPods, PodMade, PodRequest};
 use remora_protocol::db::DbKind;
 use std::collections::BTreeMap;
@@ -347,7 +347,40 @@ impl KubeBranchPods {
     }
 }
 
+impl KubeBranchPods {
+    async fn sweep_all(&self, keep: Vec<String>) -> Result<Vec<String>, String> {
+        let ns = &self.namespace;
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), ns);
+        let selector = format!(
+            "app.kubernetes.io/name={APP},{}={}",
+            MANAGED_BY.0, MANAGED_BY.1
+        );
+        let list = pods
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .map_err(|e| format!("cannot list the branch pods in {ns}: {e}"))?;
+        let mut gone = Vec::new();
+        for pod in list {
+            let Some(name) = pod.metadata.name else {
+                continue;
+            };
+            let handle = format!("{ns}/{name}");
+            if keep.contains(&handle) || pod.metadata.deletion_timestamp.is_some() {
+                continue;
+            }
+            self.delete_one(handle.clone()).await?;
+            gone.push(handle);
+        }
+        Ok(gone)
+    }
+}
+
 impl BranchPods for KubeBranchPods {
+    fn sweep(&self, keep: Vec<String>) -> BoxFuture<'static, Result<Vec<String>, String>> {
+        let this = self.clone();
+        Box::pin(async move { this.sweep_all(keep).await })
+    }
+
     fn create(&self, request: PodRequest) -> BoxFuture<'static, Result<PodMade, String>> {
         let this = self.clone();
         Box::pin(async move { this.create_one(request).await })

@@ -41,6 +41,8 @@ use tokio_util::sync::CancellationToken;
 pub const STATE_FILE: &str = "db-branches.json";
 /// How often expired branches are looked for.
 pub const REAP_INTERVAL: Duration = Duration::from_secs(1);
+/// How often branch pods no branch names are looked for (and once at start).
+pub const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 /// How long a golden copy serves `all` branches before it is made again.
 pub const GOLDEN_TTL_SECS: u64 = 10 * 60;
 
@@ -291,10 +293,17 @@ impl Branches {
         let reaper = branches.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(REAP_INTERVAL);
+            let mut swept: Option<std::time::Instant> = None;
             loop {
                 tokio::select! {
                     _ = cancel.cancelled() => return,
-                    _ = tick.tick() => reaper.reap().await,
+                    _ = tick.tick() => {
+                        if swept.is_none_or(|at| at.elapsed() >= SWEEP_INTERVAL) {
+                            reaper.sweep_pods().await;
+                            swept = Some(std::time::Instant::now());
+                        }
+                        reaper.reap().await;
+                    }
                 }
             }
         });
@@ -398,6 +407,24 @@ impl Branches {
             && let Err(e) = pods.delete(handle.to_owned()).await
         {
             tracing::warn!(%handle, error = %e, "cannot delete the pod of a failed db branch");
+        }
+    }
+
+    /// Delete the branch pods no entry names (at start, and every
+    /// [`SWEEP_INTERVAL`]): an operator stopped after creating a branch's
+    /// pod and before recording the branch leaves one. Holding the registry,
+    /// so no branch is being made meanwhile.
+    async fn sweep_pods(&self) {
+        let Some(pods) = &self.pods else { return };
+        let state = self.state.lock().await;
+        let keep = state.entries.iter().filter_map(|e| e.pod.clone()).collect();
+        match pods.sweep(keep).await {
+            Ok(gone) => {
+                for handle in gone {
+                    tracing::warn!(pod = %handle, "deleted a branch pod no db branch names (left by an operator stopped while making it)");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot look for orphaned branch pods; retrying"),
         }
     }
 
@@ -654,6 +681,35 @@ impl Branches {
                         && e.info.expires_at > t
                 })
             });
+            // The intent first: a branch recorded as expiring when it was
+            // made, so that an operator stopped while it is being made
+            // (after `CREATE DATABASE`, before the record below) leaves a
+            // record its successor drops at once, not a leaked database.
+            // A branch that fails keeps it too: the reaper drops what is
+            // left at its next round (nothing, usually: `engine::create`
+            // drops a half-made branch itself).
+            let mut info = BranchInfo {
+                id,
+                kind: spec.kind,
+                source: src.database.clone(),
+                branch: branch.clone(),
+                mode: spec.mode,
+                owner: user.to_owned(),
+                target: target.name.clone(),
+                created_at: t,
+                expires_at: t,
+                method: "being made".to_owned(),
+            };
+            state.entries.push(Entry {
+                info: info.clone(),
+                server: place.at.clone(),
+                env: vars.clone(),
+                golden: false,
+                ready: true,
+                dir: None,
+                pod: pod.clone(),
+            });
+            self.save(&mut state).await;
             let dial = self.dialer(target.name.clone());
             let (reader, at) = (place.reader.clone(), place.at.clone());
             let (source_db, branch_db, golden_db, mode, filters) = (
@@ -706,29 +762,18 @@ impl Branches {
                 }
                 None => method,
             };
-            let info = BranchInfo {
-                id,
-                kind: spec.kind,
-                source: src.database.clone(),
-                branch: branch.clone(),
-                mode: spec.mode,
-                owner: user.to_owned(),
-                target: target.name.clone(),
-                created_at: t,
-                expires_at: t + spec.ttl_secs,
-                method,
-            };
-            session_env.extend(vars.clone());
+            info.expires_at = t + spec.ttl_secs;
+            info.method = method;
+            session_env.extend(vars);
             tracing::info!(id = %info.id, branch = %info.branch, millis, method = %info.method, "db branch made");
-            state.entries.push(Entry {
-                info: info.clone(),
-                server: place.at.clone(),
-                env: vars,
-                golden: false,
-                ready: true,
-                dir: None,
-                pod,
-            });
+            if let Some(entry) = state
+                .entries
+                .iter_mut()
+                .rev()
+                .find(|e| !e.golden && e.info.branch == info.branch && e.server == place.at)
+            {
+                entry.info = info.clone();
+            }
             self.save(&mut state).await;
             made.push(BranchMade {
                 info,
@@ -843,6 +888,43 @@ impl Branches {
             .iter()
             .any(|e| e.golden && e.dir.as_ref() == Some(&golden_dir) && e.info.expires_at > t);
         let branch_dir = instance::path(&fast.workdir, &branch_name(&src.database, &id));
+        // The intent first (as in `branch`): what an operator stopped
+        // meanwhile half made (the golden copy's and the branch's
+        // directories, the branch's server) is removed by its successor,
+        // and by the reaper when this fails.
+        let intent = |golden: bool, dir: &std::path::Path| Entry {
+            info: BranchInfo {
+                id: if golden {
+                    format!("golden:{golden_name}")
+                } else {
+                    id.clone()
+                },
+                kind: DbKind::Mysql,
+                source: src.database.clone(),
+                branch: if golden {
+                    golden_name.clone()
+                } else {
+                    src.database.clone()
+                },
+                mode: CopyMode::All,
+                owner: user.to_owned(),
+                target: target.name.clone(),
+                created_at: t,
+                expires_at: t,
+                method: "being made".to_owned(),
+            },
+            server: src.server.clone(),
+            env: BTreeMap::new(),
+            golden,
+            ready: false,
+            dir: Some(dir.to_path_buf()),
+            pod: None,
+        };
+        if !fresh {
+            state.entries.push(intent(true, &golden_dir));
+        }
+        state.entries.push(intent(false, &branch_dir));
+        self.save(state).await;
         let dial = self.dialer(target.name.clone());
         let reader = self.settings.reader(&src.server);
         let (login, db) = (src.server.clone(), src.database.clone());
@@ -858,6 +940,10 @@ impl Branches {
         })
         .await
         .unwrap_or_else(|e| Err(e.to_string()))?;
+        // Made: the branch's intent is replaced by its entry (the caller's).
+        state
+            .entries
+            .retain(|e| e.golden || e.dir.as_ref() != Some(&branch_dir));
         if !fresh {
             state
                 .entries

@@ -242,6 +242,15 @@ impl MariaServer {
     /// # Errors
     /// Installing or starting fails, or it does not answer within 60 s.
     pub fn start(tag: &str) -> Result<MariaServer, String> {
+        Self::start_with(tag, &[])
+    }
+
+    /// [`MariaServer::start`] with more `mariadbd` options (e.g.
+    /// `--version=11.4.2-MariaDB`: the version string it reports).
+    ///
+    /// # Errors
+    /// Installing or starting fails, or it does not answer within 60 s.
+    pub fn start_with(tag: &str, extra: &[&str]) -> Result<MariaServer, String> {
         let dir = std::env::temp_dir().join(format!("remora-maria-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let data = dir.join("data");
@@ -279,6 +288,7 @@ impl MariaServer {
             .arg(format!("--log-error={d}/mariadbd.err"))
             .args(["--user=mysql", "--skip-log-bin", "--skip-name-resolve"])
             .args(["--innodb-buffer-pool-size=32M", "--innodb-log-file-size=8M"])
+            .args(extra)
             .spawn()
             .map_err(|e| format!("mariadbd: {e}"))?;
         let server = MariaServer { child, dir, port };

@@ -659,3 +659,369 @@ fn a_branch_pod_is_started_filled_reached_and_deleted_at_the_ttl() {
         "the RemoraDbBranch gone",
     );
 }
+
+/// What the official `mariadb:10.11` image's entrypoint does, in short, with
+/// this machine's MariaDB 10.11 (the sim pulls no image and runs the
+/// container's command as a process): `mariadb-install-db` in the pod's
+/// `emptyDir` (`/var/lib/mysql`), then `mariadbd` as the user `mysql` on
+/// port 3306 of the pod's network, with the superuser `root` (from any
+/// host) given the password of `$MARIADB_ROOT_PASSWORD` (the pod's Secret).
+const MARIADB_POD_COMMAND: &str = "set -e; D=/var/lib/mysql; \
+    chown mysql:mysql \"$D\"; chmod 700 \"$D\"; \
+    mariadb-install-db --no-defaults --user=mysql --datadir=\"$D\" \
+    --auth-root-authentication-method=normal --skip-test-db >/dev/null; \
+    INIT=$(mktemp); \
+    printf \"CREATE USER 'root'@'%%' IDENTIFIED BY '%s';\\nGRANT ALL ON *.* TO 'root'@'%%' WITH GRANT OPTION;\\nALTER USER 'root'@'localhost' IDENTIFIED BY '%s';\\n\" \
+    \"$MARIADB_ROOT_PASSWORD\" \"$MARIADB_ROOT_PASSWORD\" > \"$INIT\"; chown mysql \"$INIT\"; \
+    exec mariadbd --no-defaults --user=mysql --datadir=\"$D\" --port=3306 \
+    --bind-address=0.0.0.0 --socket=\"$D/mysqld.sock\" --pid-file=\"$D/mysqld.pid\" \
+    --init-file=\"$INIT\" --skip-log-bin --innodb-buffer-pool-size=32M";
+
+/// `mariadb` as root on this machine's MariaDB (127.0.0.1:3306).
+fn maria(sql: &str) -> String {
+    let out = Command::new("mariadb")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-P",
+            "3306",
+            "-uroot",
+            "--protocol=tcp",
+            "-N",
+            "--batch",
+            "-e",
+            sql,
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "mariadb {sql}: {}", text(&out.stderr));
+    text(&out.stdout).trim().to_owned()
+}
+
+fn maria_checksum(db: &str) -> String {
+    dump_checksum(Command::new("mariadb-dump").args([
+        "-h",
+        "127.0.0.1",
+        "-P",
+        "3306",
+        "-uroot",
+        "--protocol=tcp",
+        "--skip-dump-date",
+        db,
+    ]))
+}
+
+/// Drops every MariaDB database whose name contains `tag`.
+struct DropMariaDatabases {
+    tag: String,
+}
+
+impl Drop for DropMariaDatabases {
+    fn drop(&mut self) {
+        for name in maria("SHOW DATABASES")
+            .lines()
+            .filter(|n| n.contains(&self.tag))
+        {
+            let _ = maria(&format!("DROP DATABASE IF EXISTS `{name}`"));
+        }
+    }
+}
+
+/// `[[branch_pod]]` of type `mysql`: a MariaDB source's branch gets a
+/// MariaDB server of its own in a pod (with a Service and a Secret), filled
+/// there (`mariadb-dump --no-data | mariadb` and the filtered rows), reached
+/// by the local `mariadb` through the target pod by the Service's name, and
+/// deleted at the branch's TTL; the source's server never holds it.
+#[test]
+fn a_mariadb_branch_pod_is_started_filled_reached_and_deleted_at_the_ttl() {
+    require_sandbox!();
+    const MY_HOST: &str = "my.default.svc.cluster.local";
+    let source = format!("km{}shop", std::process::id());
+    let _drop = DropMariaDatabases {
+        tag: source.clone(),
+    };
+    maria(&format!(
+        "CREATE DATABASE `{source}`; USE `{source}`; \
+         CREATE TABLE users (id int PRIMARY KEY, org int, name text); \
+         INSERT INTO users SELECT seq, seq % 5, concat('user ', seq) FROM seq_1_to_20; \
+         CREATE TABLE orders (id int PRIMARY KEY, user_id int, total int, \
+           FOREIGN KEY (user_id) REFERENCES users (id)); \
+         INSERT INTO orders SELECT seq, seq, seq * 10 FROM seq_1_to_20"
+    ));
+    let before = maria_checksum(&source);
+
+    let sim = Sim::start(true);
+    let url = format!("mysql://root@{MY_HOST}:3306/{source}");
+    sim.apply(&format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: my, labels: {{app: my}}}}
+spec:
+  hostNetwork: true
+  containers:
+  - name: my
+    image: mariadb:10.11
+    command: ["sleep", "infinity"]
+    readinessProbe: {{exec: {{command: ["mariadb-admin", "ping", "-h", "127.0.0.1", "-P", "3306", "--protocol=tcp"]}}, periodSeconds: 1, timeoutSeconds: 10, failureThreshold: 30}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: my}}
+spec:
+  selector: {{app: my}}
+  ports: [{{port: 3306, targetPort: 3306}}]
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: shop-db}}
+stringData: {{url: "{url}"}}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: shop}}
+spec:
+  replicas: 1
+  selector: {{matchLabels: {{app: shop}}}}
+  template:
+    metadata: {{labels: {{app: shop}}}}
+    spec:
+      containers:
+      - name: app
+        image: shop:1
+        command: ["sleep", "infinity"]
+        env:
+        - name: DATABASE_URL
+          valueFrom: {{secretKeyRef: {{name: shop-db, key: url}}}}
+"#
+    ));
+    wait_ready(&sim, "shop");
+    sim.kubectl(&["wait", "--for=condition=Ready", "--timeout=60s", "pod/my"]);
+    install_operator(&sim);
+    let command = serde_json::to_string(&["sh", "-c", MARIADB_POD_COMMAND]).unwrap();
+    configure_operator(
+        &sim,
+        &format!(
+            "[[branch_pod]]\ntype = \"mysql\"\nimage = \"mariadb:10.11\"\nalways = true\n\
+             command = {command}\nmemory = \"512Mi\"\n"
+        ),
+    );
+    let config = sim.dir.path().join("pod.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[db_branches]]\ntype = \"mysql\"\nname = \"{source}\"\n\
+             connection = {{ url = {{ env = \"DATABASE_URL\" }} }}\n\
+             copy = {{ mode = \"schema\", tables = {{ users = {{ filter = \"WHERE org = 2\" }} }} }}\n\
+             ttl = \"45s\"\nid = \"alice-pod\"\n"
+        ),
+    )
+    .unwrap();
+    // The URL taken apart for the `mariadb` client, which takes no URL.
+    let script = "echo \"URL=$DATABASE_URL\"; u=${DATABASE_URL#mysql://}; \
+                  creds=${u%%@*}; rest=${u#*@}; hp=${rest%%/*}; db=${rest#*/}; \
+                  set -- -h \"${hp%:*}\" -P \"${hp##*:}\" -u \"${creds%%:*}\" -p\"${creds#*:}\" \
+                  --protocol=tcp -N --batch \"$db\"; \
+                  mariadb \"$@\" -e 'select database(), count(*), min(id) from users' && \
+                  mariadb \"$@\" -e 'select count(*) from orders; drop table orders; drop table users'";
+    let out = remora_kube(&sim, &["run", "--operator", "kube", "-f"])
+        .arg(&config)
+        .args(["-t", "deployment/shop", "--", "sh", "-c", script])
+        .output()
+        .unwrap();
+    let stdout = ok(&out);
+    let stderr = text(&out.stderr);
+    let branch = format!("remora_{source}_alice_pod");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{stdout}\n{stderr}");
+    let url = lines[0]
+        .strip_prefix("URL=mysql://root:")
+        .unwrap_or_else(|| panic!("{stdout}"));
+    let (_password, rest) = url.split_once('@').unwrap();
+    let (host, db) = rest.split_once('/').unwrap();
+    assert!(
+        host.starts_with("remora-") && host.ends_with(".remora.svc.cluster.local:3306"),
+        "{host}"
+    );
+    assert_eq!(db, branch);
+    assert_eq!(lines[1], format!("{branch}\t4\t2"), "{stderr}");
+    assert_eq!(lines[2], "0", "{stderr}");
+    assert!(
+        says(&stderr, "in its own pod remora/") && stderr.contains("mariadb-dump --no-data"),
+        "the session says where and how: {stderr}"
+    );
+    // Not on the source's server; the source is untouched.
+    assert!(
+        !maria("SHOW DATABASES").lines().any(|n| n == branch),
+        "the branch is on the source's server"
+    );
+    assert_eq!(maria_checksum(&source), before, "the source changed");
+    let objects = branch_pod_objects(&sim);
+    let pod_name = host.split('.').next().unwrap();
+    for kind in ["pod", "service", "secret"] {
+        assert!(
+            objects.contains(&format!("{kind}/{pod_name}")),
+            "{kind}/{pod_name} in:\n{objects}"
+        );
+    }
+    let record = sim.kubectl(&["get", "remoradbbranches", "-n", OPERATOR_NS, "-o", "wide"]);
+    assert!(record.contains(&format!("remora/{pod_name}")), "{record}");
+
+    // At its TTL the pod goes, its Service and Secret with it.
+    let start = std::time::Instant::now();
+    while !branch_pod_objects(&sim).trim().is_empty() {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(150),
+            "the branch pod was not deleted at its TTL:\n{}",
+            branch_pod_objects(&sim)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    poll(
+        || {
+            sim.kubectl(&["get", "remoradbbranches", "-n", OPERATOR_NS, "-o", "name"])
+                .trim()
+                .is_empty()
+        },
+        "the RemoraDbBranch gone",
+    );
+}
+
+/// A pod labelled as a branch pod by the operator, that no
+/// `RemoraDbBranch` names (what an operator stopped between creating a
+/// branch's pod and recording the branch leaves).
+fn orphan_pod(name: &str, managed: bool) -> String {
+    let mut labels = serde_json::json!({"app.kubernetes.io/name": "remora-db-branch"});
+    if managed {
+        labels["app.kubernetes.io/managed-by"] = "remora-operator".into();
+    }
+    serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": OPERATOR_NS, "labels": labels},
+        "spec": {"containers": [{"name": "db", "image": "postgres:15", "command": ["sleep", "infinity"]}]},
+    })
+    .to_string()
+}
+
+fn pod_exists(sim: &Sim, name: &str) -> bool {
+    sim.kubectl(&["get", "pods", "-n", OPERATOR_NS, "-o", "name"])
+        .lines()
+        .any(|l| l == format!("pod/{name}"))
+}
+
+/// Branch pods the operator made but no `RemoraDbBranch` names are deleted:
+/// one there before the operator starts (at start), one that appears while
+/// it runs (by the sweep every minute). A pod with the branch-pod name label
+/// but not managed by the operator is left alone.
+#[test]
+fn branch_pods_no_branch_names_are_deleted_at_start_and_while_running() {
+    require_sandbox!();
+    let sim = Sim::start(true);
+    sim.apply(
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: shop}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: shop}}
+  template:
+    metadata: {labels: {app: shop}}
+    spec:
+      containers:
+      - {name: app, image: shop:1, command: ["sleep", "infinity"]}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: remora}
+"#,
+    );
+    wait_ready(&sim, "shop");
+    sim.apply(&orphan_pod("remora-orphan-before", true));
+    sim.apply(&orphan_pod("not-the-operators", false));
+    assert!(pod_exists(&sim, "remora-orphan-before"));
+    install_operator(&sim);
+    poll(
+        || !pod_exists(&sim, "remora-orphan-before"),
+        "the orphaned branch pod deleted at the operator's start",
+    );
+    sim.apply(&orphan_pod("remora-orphan-later", true));
+    let start = std::time::Instant::now();
+    while pod_exists(&sim, "remora-orphan-later") {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(180),
+            "the orphaned branch pod was not swept while the operator runs"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    assert!(pod_exists(&sim, "not-the-operators"));
+}
+
+/// An operator pod deleted while a branch is being made (its database
+/// created, its filtered rows still being read) leaves a `RemoraDbBranch`
+/// written before the `CREATE DATABASE`, as expiring at once: the next
+/// operator pod drops the half-made database and deletes the object.
+#[test]
+fn a_branch_half_made_when_the_operator_pod_goes_is_dropped_by_the_next_one() {
+    require_sandbox!();
+    let Shop {
+        sim,
+        source,
+        before,
+        _drop,
+    } = shop("kc");
+    let config = sim.dir.path().join("slow.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[db_branches]]\ntype = \"postgres\"\nname = \"{source}\"\n\
+             connection = {{ url = {{ env = \"DATABASE_URL\" }} }}\n\
+             copy = {{ mode = \"schema\", tables = {{ users = {{ filter = \"WHERE (SELECT true FROM pg_sleep(120))\" }} }} }}\n\
+             ttl = \"1h\"\nid = \"crash\"\n"
+        ),
+    )
+    .unwrap();
+    let mut session = remora_kube(&sim, &["run", "--operator", "kube", "-f"])
+        .arg(&config)
+        .args(["-t", "deployment/shop", "--", "true"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let branch = format!("remora_{source}_crash");
+    poll(|| database_exists(&branch), "the branch database created");
+    let records = sim.kubectl(&["get", "remoradbbranches", "-n", OPERATOR_NS, "-o", "wide"]);
+    assert!(
+        records.contains(&branch) && records.contains("being made"),
+        "recorded before it is made:\n{records}"
+    );
+    let old = operator_pods(&sim);
+    assert_eq!(old.len(), 1, "{old:?}");
+    sim.kubectl(&["delete", "pod", "-n", OPERATOR_NS, &old[0].0]);
+    let _ = session.kill();
+    let _ = session.wait();
+    poll(
+        || {
+            let pods = operator_pods(&sim);
+            pods.len() == 1 && pods[0].0 != old[0].0 && pods[0].1
+        },
+        "a new operator pod, ready",
+    );
+    let start = std::time::Instant::now();
+    while database_exists(&branch) {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(120),
+            "the new operator did not drop the half-made {branch}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    poll(
+        || {
+            sim.kubectl(&["get", "remoradbbranches", "-n", OPERATOR_NS, "-o", "name"])
+                .trim()
+                .is_empty()
+        },
+        "the RemoraDbBranch gone",
+    );
+    assert_eq!(pg_checksum(&source), before, "the source changed");
+}

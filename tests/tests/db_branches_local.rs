@@ -290,6 +290,17 @@ fn postgres_branches_keep_the_source_intact_and_follow_modes_ids_and_ttls() {
     assert_eq!(entry["branch"], branch_db.as_str());
     assert_eq!(entry["mode"], "schema");
     assert_eq!(entry["owner"], "alice");
+    assert_eq!(entry["type"], "postgres");
+    assert_eq!(entry["source"], source.as_str());
+    let (created, expires) = (
+        entry["created"].as_u64().unwrap(),
+        entry["expires"].as_u64().unwrap(),
+    );
+    // Made with a 10-minute TTL, and reused since (which keeps the later expiry).
+    assert!(
+        (created + 600..=created + 660).contains(&expires),
+        "{entry}"
+    );
     let out = op
         .remora("alice")
         .unwrap()
@@ -337,8 +348,7 @@ fn postgres_branches_keep_the_source_intact_and_follow_modes_ids_and_ttls() {
     );
     assert!(String::from_utf8_lossy(&second.stderr).contains("STRATEGY FILE_COPY"));
 
-    // all + filter: every order, org 7's users only (orders reference users; filtered rows only).
-    psql(&source, "SELECT 1");
+    // (all + filter: `postgres_all_with_a_filter_copies_every_row_but_the_filtered_tables`.)
     assert_eq!(pg_checksum(&source), before, "the source changed");
 
     // rm drops it now.
@@ -1082,4 +1092,338 @@ fn mariadb_sources_are_read_through_the_configured_read_only_role() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(checksum(), before, "the source changed");
+}
+
+/// An operator killed while a branch is being made (after its `CREATE
+/// DATABASE`, before the branch is made) leaves no database behind: the
+/// branch was recorded first, and the operator started again with the same
+/// `--state-dir` drops it.
+#[test]
+fn a_branch_half_made_when_the_operator_is_killed_is_dropped_by_its_successor() {
+    let Names {
+        source,
+        dir,
+        _cleanup,
+        ..
+    } = names("crash", Db::Postgres);
+    psql("postgres", &format!("CREATE DATABASE \"{source}\""));
+    psql(
+        &source,
+        "CREATE TABLE users (id int PRIMARY KEY, org_id int, name text);
+         INSERT INTO users VALUES (1, 7, 'u1');",
+    );
+    let before = pg_checksum(&source);
+    let url = format!("postgres://postgres@127.0.0.1:5432/{source}");
+    let target = Workload::start(&[("DATABASE_URL", &url)]);
+    let state_arg = dir.join("state").to_str().unwrap().to_owned();
+    let op = OperatorProcess::start_with(None, &["--state-dir", &state_arg]).unwrap();
+    // The filtered rows take a minute to read: the operator is killed
+    // meanwhile, its branch database made and half filled.
+    let slow = config(
+        &dir,
+        "slow.toml",
+        &format!(
+            "[[db_branches]]\ntype = \"postgres\"\nname = \"{source}\"\n\
+             connection = {{ url = {{ env = \"DATABASE_URL\" }} }}\n\
+             copy = {{ mode = \"schema\", tables = {{ users = {{ filter = \"WHERE (SELECT true FROM pg_sleep(60))\" }} }} }}\n\
+             ttl = \"1h\"\nid = \"crash\"\n"
+        ),
+    );
+    let branch = format!("remora_{source}_crash");
+    let exists = |name: &str| {
+        psql(
+            "postgres",
+            &format!("SELECT count(*) FROM pg_database WHERE datname = '{name}'"),
+        ) == "1"
+    };
+    let mut session = op
+        .remora("alice")
+        .unwrap()
+        .args(["run", "-f"])
+        .arg(&slow)
+        .args(["--target", &target.target(), "--", "true"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    fixtures::wait_for(
+        "the branch database to be created",
+        Duration::from_secs(60),
+        || exists(&branch),
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(op.pid()).unwrap()),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    drop(op);
+    let _ = session.wait();
+    assert!(exists(&branch), "the killed operator dropped its branch");
+
+    let op = OperatorProcess::start_with(None, &["--state-dir", &state_arg]).unwrap();
+    fixtures::wait_for(
+        "the half-made branch to be dropped by the next operator",
+        Duration::from_secs(60),
+        || !exists(&branch),
+    );
+    assert!(ls(&op).iter().all(|b| b["id"] != "crash"));
+    assert_eq!(pg_checksum(&source), before, "the source changed");
+}
+
+/// `copy = { mode = "all" }` with a filter: every table whole but the
+/// filtered one, which gets only its filtered rows (a table no foreign key
+/// points at); a destructive migration on the branch leaves the source's
+/// dump unchanged.
+#[test]
+fn postgres_all_with_a_filter_copies_every_row_but_the_filtered_tables() {
+    let Names {
+        source,
+        dir,
+        _cleanup,
+        ..
+    } = names("pgaf", Db::Postgres);
+    psql("postgres", &format!("CREATE DATABASE \"{source}\""));
+    psql(
+        &source,
+        "CREATE TABLE users (id int PRIMARY KEY, org_id int, name text);
+         CREATE TABLE orders (id int PRIMARY KEY, user_id int REFERENCES users(id), total int);
+         INSERT INTO users SELECT g, g % 10, 'u' || g FROM generate_series(1, 100) g;
+         INSERT INTO orders SELECT g, g, g * 3 FROM generate_series(1, 100) g;",
+    );
+    let before = pg_checksum(&source);
+    let url = format!("postgres://postgres@127.0.0.1:5432/{source}");
+    let target = Workload::start(&[("DATABASE_URL", &url)]);
+    let op = OperatorProcess::start(None).unwrap();
+    let filtered = config(
+        &dir,
+        "all-filter.toml",
+        &format!(
+            "[[db_branches]]\ntype = \"postgres\"\nname = \"{source}\"\n\
+             connection = {{ url = {{ env = \"DATABASE_URL\" }} }}\n\
+             copy = {{ mode = \"all\", tables = {{ orders = {{ filter = \"WHERE total > 270\" }} }} }}\n\
+             ttl = \"10m\"\n"
+        ),
+    );
+    let out = run(
+        &op,
+        &target,
+        "alice",
+        &filtered,
+        "psql -X -At \"$DATABASE_URL\" -c 'SELECT count(*) FROM users' -c 'SELECT count(*), min(total) FROM orders' && \
+         psql -X -q \"$DATABASE_URL\" -c 'DROP TABLE orders' -c 'TRUNCATE users'",
+    );
+    let text = ok(&out);
+    assert_eq!(
+        text.lines().collect::<Vec<_>>(),
+        ["100", "10|273"],
+        "{text}"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("+ filtered tables"), "{stderr}");
+    assert_eq!(pg_checksum(&source), before, "the source changed");
+}
+
+/// `connection = { params = … }`: the database variable is rewritten to the
+/// branch (the others name the same server and stay).
+#[test]
+fn postgres_params_connections_get_their_database_variable_rewritten() {
+    let Names {
+        source,
+        dir,
+        _cleanup,
+        ..
+    } = names("pgpar", Db::Postgres);
+    psql("postgres", &format!("CREATE DATABASE \"{source}\""));
+    psql(
+        &source,
+        "CREATE TABLE users (id int PRIMARY KEY, org_id int, name text);
+         INSERT INTO users SELECT g, g % 10, 'u' || g FROM generate_series(1, 100) g;",
+    );
+    let before = pg_checksum(&source);
+    let target = Workload::start(&[
+        ("DB_HOST", "127.0.0.1"),
+        ("DB_PORT", "5432"),
+        ("DB_USER", "postgres"),
+        ("DB_NAME", &source),
+    ]);
+    let op = OperatorProcess::start(None).unwrap();
+    let params = config(
+        &dir,
+        "params.toml",
+        &format!(
+            "[[db_branches]]\ntype = \"postgres\"\nname = \"{source}\"\n\
+             connection = {{ params = {{ host = {{ env = \"DB_HOST\" }}, port = {{ env = \"DB_PORT\" }}, \
+             user = {{ env = \"DB_USER\" }}, database = {{ env = \"DB_NAME\" }} }} }}\n\
+             copy = {{ mode = \"schema\", tables = {{ users = {{ filter = \"WHERE org_id = 7\" }} }} }}\n\
+             ttl = \"10m\"\nid = \"params\"\n"
+        ),
+    );
+    let out = run(
+        &op,
+        &target,
+        "alice",
+        &params,
+        "echo \"$DB_HOST $DB_PORT $DB_USER $DB_NAME\"; \
+         psql -X -q -At -h \"$DB_HOST\" -p \"$DB_PORT\" -U \"$DB_USER\" -d \"$DB_NAME\" -c 'SELECT count(*) FROM users' -c 'DROP TABLE users'",
+    );
+    let text = ok(&out);
+    let branch = format!("remora_{source}_params");
+    assert_eq!(
+        text.lines().collect::<Vec<_>>(),
+        [format!("127.0.0.1 5432 postgres {branch}").as_str(), "10"],
+        "{text}"
+    );
+    // Nothing in the target changed: its own environment still names the source.
+    let pid = target.target().trim_start_matches("pid/").to_owned();
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    assert!(
+        environ
+            .split(|b| *b == 0)
+            .any(|v| v == format!("DB_NAME={source}").as_bytes()),
+        "the target's DB_NAME changed"
+    );
+    assert_eq!(pg_checksum(&source), before, "the source changed");
+}
+
+/// A source server that cannot be reached fails the session before the
+/// program starts, naming the server.
+#[test]
+fn an_unreachable_source_server_fails_before_the_program_starts() {
+    let Names { dir, _cleanup, .. } = names("unreach", Db::Postgres);
+    // A port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("postgres://postgres@127.0.0.1:{port}/shop");
+    let target = Workload::start(&[("DATABASE_URL", &url)]);
+    let op = OperatorProcess::start(None).unwrap();
+    let cfg = config(&dir, "b.toml", &branch("postgres", "shop", "schema", ""));
+    let out = run(&op, &target, "alice", &cfg, "echo started");
+    assert!(!out.status.success());
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("started"));
+    let text = flat(&out);
+    assert!(
+        text.contains(&format!("127.0.0.1:{port}")) && text.contains("cannotreach"),
+        "{text}"
+    );
+}
+
+/// MariaDB: an `empty` branch with an id is reused by a second session
+/// (its changes still there) and dropped at its TTL.
+#[test]
+fn mariadb_branches_are_reused_by_id_and_dropped_at_their_ttl() {
+    let Names {
+        source,
+        dir,
+        _cleanup,
+        ..
+    } = names("myttl", Db::Mariadb);
+    maria(&format!(
+        "CREATE DATABASE `{source}`; USE `{source}`;
+         CREATE TABLE users (id int PRIMARY KEY, org_id int, name text);
+         INSERT INTO users SELECT seq, seq % 10, CONCAT('u', seq) FROM seq_1_to_100;"
+    ));
+    let url = format!("mysql://root@127.0.0.1:3306/{source}");
+    let target = Workload::start(&[("DATABASE_URL", &url)]);
+    let op = OperatorProcess::start(None).unwrap();
+    let client =
+        "db=${DATABASE_URL##*/}; mariadb -h127.0.0.1 -uroot --protocol=tcp -N --batch \"$db\"";
+    let cfg = config(
+        &dir,
+        "empty.toml",
+        &format!(
+            "[[db_branches]]\ntype = \"mysql\"\nname = \"{source}\"\n\
+             connection = {{ url = {{ env = \"DATABASE_URL\" }} }}\n\
+             copy = {{ mode = \"empty\" }}\nttl = \"20s\"\nid = \"keep\"\n"
+        ),
+    );
+    let out = run(
+        &op,
+        &target,
+        "alice",
+        &cfg,
+        &format!("{client} -e 'SHOW TABLES; CREATE TABLE mine (x int); SELECT DATABASE()'"),
+    );
+    let branch = format!("remora_{source}_keep");
+    assert_eq!(ok(&out).trim(), branch, "an empty branch has no tables");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("empty database"));
+    let out = run(
+        &op,
+        &target,
+        "bob",
+        &cfg,
+        &format!("{client} -e 'SHOW TABLES'"),
+    );
+    assert_eq!(ok(&out).trim(), "mine");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("reused"));
+    fixtures::wait_for(
+        "the branch dropped at its TTL",
+        Duration::from_secs(90),
+        || !maria("SHOW DATABASES").lines().any(|n| n == branch),
+    );
+    assert!(ls(&op).is_empty());
+}
+
+/// A MariaDB branch server of another series is refused before the program
+/// starts, naming both versions. (This machine has one MariaDB series: the
+/// branch server is a MariaDB 10.11 started with `--version=11.4.2-MariaDB`,
+/// the version string it reports, which is what the operator reads.)
+#[test]
+fn mariadb_refuses_a_branch_server_of_another_series_naming_both_versions() {
+    let Names {
+        prefix,
+        source,
+        dir,
+        _cleanup,
+    } = names("mver", Db::Mariadb);
+    let app = format!("{prefix}app");
+    let _users = DropMariaUsers(vec![app.clone()]);
+    maria(&format!(
+        "CREATE DATABASE `{source}`; USE `{source}`;
+         CREATE TABLE users (id int PRIMARY KEY, org_id int, name text);
+         INSERT INTO users SELECT seq, seq % 10, CONCAT('u', seq) FROM seq_1_to_100;
+         CREATE USER '{app}'@'%' IDENTIFIED BY 'app-pw';
+         GRANT ALL PRIVILEGES ON `{source}`.* TO '{app}'@'%';"
+    ));
+    let url = format!("mysql://{app}:app-pw@127.0.0.1:3306/{source}");
+    let target = Workload::start(&[("DATABASE_URL", &url)]);
+    let server = MariaServer::start_with("other-series", &["--version=11.4.2-MariaDB"]).unwrap();
+    assert_eq!(server.sql("SELECT VERSION()").unwrap(), "11.4.2-MariaDB");
+    let db_config = config(
+        &dir,
+        "db.toml",
+        &format!(
+            "[[branch_server]]\ntype = \"mysql\"\nurl = \"mysql://root@127.0.0.1:{}/mysql\"\n",
+            server.port()
+        ),
+    );
+    let op =
+        OperatorProcess::start_with(None, &["--db-config", db_config.to_str().unwrap()]).unwrap();
+    let cfg = config(
+        &dir,
+        "schema.toml",
+        &branch("mysql", &source, "schema", "ttl = \"10m\""),
+    );
+    let out = run(&op, &target, "alice", &cfg, "echo started");
+    assert!(!out.status.success());
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("started"));
+    let text = flat(&out);
+    assert!(
+        text.contains("versionmismatch")
+            && text.contains("10.11")
+            && text.contains("11.4")
+            && text.contains(&format!("127.0.0.1:{}", server.port())),
+        "{text}"
+    );
+    assert_eq!(
+        server
+            .sql(&format!(
+                "SELECT count(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME LIKE 'remora_{source}%'"
+            ))
+            .unwrap(),
+        "0"
+    );
 }

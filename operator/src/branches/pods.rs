@@ -48,6 +48,15 @@ pub trait BranchPods: Send + Sync + std::fmt::Debug + 'static {
     /// # Errors
     /// Why not; tried again later.
     fn delete(&self, handle: String) -> BoxFuture<'static, Result<(), String>>;
+
+    /// Delete every branch pod this operator's platform made that `keep`
+    /// does not name (handles): pods left by an operator stopped between
+    /// creating a pod and recording its branch. Returns the handles
+    /// deleted. The caller holds the registry, so no pod is being made.
+    ///
+    /// # Errors
+    /// Why the pods cannot be listed; tried again later.
+    fn sweep(&self, keep: Vec<String>) -> BoxFuture<'static, Result<Vec<String>, String>>;
 }
 
 /// The superuser a branch pod's server is administered as.

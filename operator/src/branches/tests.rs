@@ -337,9 +337,10 @@ impl store::BranchStore for Arc<MemoryStore> {
     }
 }
 
-/// Pods that are only deleted, recorded.
+/// Pods that are only deleted, recorded; and the pods that exist (for the
+/// sweep).
 #[derive(Debug, Default)]
-struct DeletedPods(std::sync::Mutex<Vec<String>>);
+struct DeletedPods(std::sync::Mutex<Vec<String>>, std::sync::Mutex<Vec<String>>);
 
 impl pods::BranchPods for Arc<DeletedPods> {
     fn create(
@@ -351,6 +352,20 @@ impl pods::BranchPods for Arc<DeletedPods> {
     fn delete(&self, handle: String) -> futures::future::BoxFuture<'static, Result<(), String>> {
         self.0.lock().unwrap().push(handle);
         Box::pin(async { Ok(()) })
+    }
+    fn sweep(
+        &self,
+        keep: Vec<String>,
+    ) -> futures::future::BoxFuture<'static, Result<Vec<String>, String>> {
+        let mut existing = self.1.lock().unwrap();
+        let gone: Vec<String> = existing
+            .iter()
+            .filter(|h| !keep.contains(h))
+            .cloned()
+            .collect();
+        existing.retain(|h| keep.contains(h));
+        self.0.lock().unwrap().extend(gone.iter().cloned());
+        Box::pin(async move { Ok(gone) })
     }
 }
 
@@ -443,5 +458,36 @@ async fn a_stored_registry_is_listed_after_a_restart_and_dropped_at_its_ttl() {
         ["remora/pod-gone", "remora/pod-kept"]
     );
     assert!(store.entries.lock().unwrap().is_empty());
+    cancel.cancel();
+}
+
+/// At start the operator deletes the branch pods no stored branch names
+/// (an operator stopped between creating a pod and recording its branch),
+/// and keeps the others.
+#[tokio::test]
+async fn branch_pods_no_branch_names_are_swept_at_start() {
+    let store = Arc::new(MemoryStore::default());
+    let kept = stored_entry("kept", "pod-kept", now() + 600);
+    store.entries.lock().unwrap().insert(kept.key.clone(), kept);
+    let pods = Arc::new(DeletedPods::default());
+    *pods.1.lock().unwrap() = vec!["remora/pod-kept".into(), "remora/pod-orphan".into()];
+    let cancel = CancellationToken::new();
+    let _branches = Branches::start_stored(
+        Arc::new(NoPlatform),
+        Arc::new(store.clone()),
+        Some(Arc::new(pods.clone())),
+        Vec::new(),
+        DbSettings::default(),
+        cancel.clone(),
+    )
+    .await
+    .unwrap();
+    until("the orphaned pod deleted", || {
+        !pods.0.lock().unwrap().is_empty()
+    })
+    .await;
+    assert_eq!(*pods.0.lock().unwrap(), ["remora/pod-orphan"]);
+    assert_eq!(*pods.1.lock().unwrap(), ["remora/pod-kept"]);
+    assert!(store.calls.lock().unwrap().is_empty());
     cancel.cancel();
 }

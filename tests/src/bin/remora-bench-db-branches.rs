@@ -11,7 +11,9 @@
 //! (the first: filled directly, by `pg_dump | psql` for this one-table
 //! source; the operator then makes its golden copy in the background, which
 //! the bench waits for, untimed) and `all` again (a template copy of the
-//! live golden copy; a clone on PostgreSQL 18). Branch times are the operator's own (`made in N ms`).
+//! live golden copy; a clone on PostgreSQL 18), then `all` with a filter
+//! on the table (`WHERE org < 10`: a tenth of its rows, filled directly).
+//! Branch times are the operator's own (`made in N ms`).
 //! The table (markdown, stdout) shows medians; every run's value goes to
 //! stderr. `REMORA_BENCH_DB_MB` sets the source size (default 100),
 //! `REMORA_BENCH_ROUNDS` the rounds (default 3).
@@ -22,7 +24,9 @@
 //! then `all` through the fast path (`[[mariadb_backup]]` with a work
 //! directory on an XFS loop mount with reflinks): the first makes the golden
 //! copy with `mariadb-backup`, the next are reflinked copies served by
-//! their own `mariadbd`. `REMORA_BENCH_DB=postgres|mariadb` runs one only.
+//! their own `mariadbd`; and `all` with the same filter as PostgreSQL's
+//! (by the dump: a filter has no fast path). `REMORA_BENCH_DB=postgres|mariadb`
+//! runs one only.
 
 use remora_tests::db::{Workload, XfsMount};
 use remora_tests::operator::OperatorProcess;
@@ -181,13 +185,18 @@ fn branch(op: &OperatorProcess, target: &Workload, config: &Path) -> Result<(f64
 }
 
 fn config(dir: &Path, mode: &str) -> Result<PathBuf> {
-    let path = dir.join(format!("{mode}.toml"));
+    config_as(dir, mode, &format!("{{ mode = \"{mode}\" }}"))
+}
+
+/// `NAME.toml` in `dir`: a PostgreSQL branch of the source with `copy`.
+fn config_as(dir: &Path, name: &str, copy: &str) -> Result<PathBuf> {
+    let path = dir.join(format!("{name}.toml"));
     std::fs::write(
         &path,
         format!(
             "[[db_branches]]\ntype = \"postgres\"\nname = \"benchsrc\"\n\
              connection = {{ url = {{ env = \"DATABASE_URL\" }} }}\n\
-             copy = {{ mode = \"{mode}\" }}\nttl = \"10m\"\n"
+             copy = {copy}\nttl = \"10m\"\n"
         ),
     )?;
     Ok(path)
@@ -199,12 +208,13 @@ fn median(values: &[f64]) -> f64 {
     v[v.len() / 2]
 }
 
-const WAYS: [&str; 5] = [
+const WAYS: [&str; 6] = [
     "pg_dump | psql",
     "branch empty",
     "branch schema",
     "branch all (first: filled directly)",
     "branch all (from the golden copy)",
+    "branch all, filtered (`WHERE org < 10`: a tenth of the rows)",
 ];
 
 fn bench_server(server: &Server, mb: u64, rounds: u64, pg_bindir: &Path) -> Result<()> {
@@ -235,6 +245,11 @@ fn bench_server(server: &Server, mb: u64, rounds: u64, pg_bindir: &Path) -> Resu
         config(&dir.0, "empty")?,
         config(&dir.0, "schema")?,
         config(&dir.0, "all")?,
+        config_as(
+            &dir.0,
+            "all-filtered",
+            "{ mode = \"all\", tables = { items = { filter = \"WHERE org < 10\" } } }",
+        )?,
     ];
     let mut times: Vec<Vec<f64>> = vec![Vec::new(); WAYS.len()];
     let mut methods = vec![String::new(); WAYS.len()];
@@ -255,6 +270,7 @@ fn bench_server(server: &Server, mb: u64, rounds: u64, pg_bindir: &Path) -> Resu
             (2, &configs[1]),
             (3, &configs[2]),
             (4, &configs[2]),
+            (5, &configs[3]),
         ] {
             if way == 4 {
                 // Made in the background after the first `all` branch.
@@ -360,13 +376,14 @@ fn maria_dump_restore() -> Result<f64> {
     Ok(started.elapsed().as_secs_f64())
 }
 
-const MARIA_WAYS: [&str; 6] = [
+const MARIA_WAYS: [&str; 7] = [
     "mariadb-dump | mariadb",
     "branch empty",
     "branch schema",
     "branch all (mariadb-dump, no fast path)",
     "branch all (first: mariadb-backup golden copy)",
     "branch all (reflinked golden copy + own mariadbd)",
+    "branch all, filtered (`WHERE org < 10`: a tenth of the rows)",
 ];
 
 fn bench_mariadb(mb: u64, rounds: u64) -> Result<()> {
@@ -404,27 +421,40 @@ fn bench_mariadb(mb: u64, rounds: u64) -> Result<()> {
     )?;
     let url = format!("mysql://root@127.0.0.1:3306/{SOURCE}");
     let target = Workload::start(&[("DATABASE_URL", &url)]);
-    let configs: Vec<PathBuf> = ["empty", "schema", "all"]
-        .iter()
-        .map(|mode| {
-            let path = dir.0.join(format!("maria-{mode}.toml"));
-            std::fs::write(
-                &path,
-                format!(
-                    "[[db_branches]]\ntype = \"mysql\"\nname = \"benchsrc\"\n\
-                     connection = {{ url = {{ env = \"DATABASE_URL\" }} }}\n\
-                     copy = {{ mode = \"{mode}\" }}\nttl = \"10m\"\n"
-                ),
-            )
-            .map(|()| path)
-        })
-        .collect::<std::io::Result<_>>()?;
+    let configs: Vec<PathBuf> = [
+        ("empty", "{ mode = \"empty\" }"),
+        ("schema", "{ mode = \"schema\" }"),
+        ("all", "{ mode = \"all\" }"),
+        (
+            "all-filtered",
+            "{ mode = \"all\", tables = { items = { filter = \"WHERE org < 10\" } } }",
+        ),
+    ]
+    .iter()
+    .map(|(name, copy)| {
+        let path = dir.0.join(format!("maria-{name}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "[[db_branches]]\ntype = \"mysql\"\nname = \"benchsrc\"\n\
+                 connection = {{ url = {{ env = \"DATABASE_URL\" }} }}\n\
+                 copy = {copy}\nttl = \"10m\"\n"
+            ),
+        )
+        .map(|()| path)
+    })
+    .collect::<std::io::Result<_>>()?;
     let mut times: Vec<Vec<f64>> = vec![Vec::new(); MARIA_WAYS.len()];
     let mut methods = vec![String::new(); MARIA_WAYS.len()];
     for round in 0..rounds {
         times[0].push(maria_dump_restore()?);
         let plain = OperatorProcess::start(None)?;
-        for (way, config) in [(1, &configs[0]), (2, &configs[1]), (3, &configs[2])] {
+        for (way, config) in [
+            (1, &configs[0]),
+            (2, &configs[1]),
+            (3, &configs[2]),
+            (6, &configs[3]),
+        ] {
             let (secs, how) = branch(&plain, &target, config)?;
             times[way].push(secs);
             methods[way] = how;
