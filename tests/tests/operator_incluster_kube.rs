@@ -119,10 +119,11 @@ fn users_reach_the_installed_operator_through_the_api_server_as_their_kubeconfig
         },
         "bob's session, as bob",
     );
-    // One agent serves both sessions on the target (one Job, one pod).
+    // One agent serves both sessions on the target (one Job, its pod and
+    // the Secret holding its token).
     let agents = operator_agents(&sim);
     let kinds: Vec<&str> = agents.lines().filter_map(|l| l.split('/').next()).collect();
-    assert_eq!(kinds, ["job.batch", "pod"], "{agents}");
+    assert_eq!(kinds, ["job.batch", "pod", "secret"], "{agents}");
     // Both sessions listed; bob's holds no port.
     let rows = session_rows(&sim);
     assert_eq!(rows.len(), 2, "{rows:?}");
