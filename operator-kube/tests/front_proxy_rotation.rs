@@ -26,32 +26,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-const DEADLINE: Duration = Duration::from_secs(60);
+#[path = "support/sim.rs"]
+mod sim;
 
-/// The simulator, SIGTERMed (by its pid) and reaped on drop.
-struct Reaped(Child);
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        let _ = Command::new("kill").arg(self.0.id().to_string()).status();
-        let _ = self.0.wait();
-    }
-}
-
-fn kubectl(kubeconfig: &Path, args: &[&str]) -> Output {
-    Command::new("kubectl")
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
-        .args(args)
-        .output()
-        .expect("running kubectl")
-}
-
-fn ok(kubeconfig: &Path, args: &[&str]) -> String {
-    let out = kubectl(kubeconfig, args);
-    assert!(out.status.success(), "kubectl {args:?}: {out:?}");
-    String::from_utf8(out.stdout).unwrap()
-}
+use sim::{DEADLINE, Sim, ok};
 
 /// No reviews are asked for here.
 #[derive(Debug)]
@@ -163,39 +141,15 @@ fn patch_configmap(kubeconfig: &Path, data: serde_json::Value) {
             "-p",
             &patch,
         ],
+        None,
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotated_front_proxy_ca_is_trusted_without_a_restart() {
-    let sim_bin = std::env::var_os("REMORA_KUBE_SIM_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/remora-kube-sim")
-        });
-    assert!(
-        sim_bin.exists(),
-        "{} missing: run `cargo build -p remora-kube-sim`",
-        sim_bin.display()
-    );
+    let sim = Sim::start();
+    let kubeconfig = sim.kubeconfig.clone();
     let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    let _sim = Reaped(
-        Command::new(&sim_bin)
-            .args(["serve", "--exit-with-parent", "--kubeconfig"])
-            .arg(&kubeconfig)
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let deadline = Instant::now() + DEADLINE;
-    while !kubeconfig.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "the simulator wrote no kubeconfig"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
     // The APIService whose caBundle the aggregated API fills with its CA.
     let apiservice = dir.path().join("apiservice.yaml");
     std::fs::write(
@@ -206,7 +160,11 @@ async fn a_rotated_front_proxy_ca_is_trusted_without_a_restart() {
          remora-operator, port: 443}}\n",
     )
     .unwrap();
-    ok(&kubeconfig, &["apply", "-f", apiservice.to_str().unwrap()]);
+    ok(
+        &kubeconfig,
+        &["apply", "-f", apiservice.to_str().unwrap()],
+        None,
+    );
     let kube = remora_kube::KubeClient::connect(&remora_kube::ClientOptions {
         kubeconfig: Some(kubeconfig.clone()),
         ..Default::default()
@@ -252,6 +210,7 @@ async fn a_rotated_front_proxy_ca_is_trusted_without_a_restart() {
             "-o",
             "jsonpath={.spec.caBundle}",
         ],
+        None,
     );
     let serving_ca: k8s_openapi::ByteString =
         serde_json::from_value(serde_json::json!(bundle)).unwrap();

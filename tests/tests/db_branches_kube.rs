@@ -87,6 +87,66 @@ struct Shop {
     _drop: DropDatabases,
 }
 
+/// The source database server as pod and Service `name` (this machine's
+/// server, reached on the host network; ready while `ready` succeeds), and
+/// Deployment `shop` whose `DATABASE_URL` comes from Secret `shop-db` holding
+/// `url`; then the operator installed.
+fn source_server_and_shop(sim: &Sim, name: &str, image: &str, port: u16, ready: &str, url: &str) {
+    sim.apply(&format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}, labels: {{app: {name}}}}}
+spec:
+  hostNetwork: true
+  containers:
+  - name: {name}
+    image: {image}
+    command: ["sleep", "infinity"]
+    # Ready once, then only 30 failures in a row (a loaded machine) make
+    # it unready and empty the service.
+    readinessProbe: {{exec: {{command: {ready}}}, periodSeconds: 1, timeoutSeconds: 10, failureThreshold: 30}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: {name}}}
+spec:
+  selector: {{app: {name}}}
+  ports: [{{port: {port}, targetPort: {port}}}]
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: shop-db}}
+stringData: {{url: "{url}"}}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: shop}}
+spec:
+  replicas: 1
+  selector: {{matchLabels: {{app: shop}}}}
+  template:
+    metadata: {{labels: {{app: shop}}}}
+    spec:
+      containers:
+      - name: app
+        image: shop:1
+        command: ["sleep", "infinity"]
+        env:
+        - name: DATABASE_URL
+          valueFrom: {{secretKeyRef: {{name: shop-db, key: url}}}}
+"#
+    ));
+    wait_ready(sim, "shop");
+    sim.kubectl(&[
+        "wait",
+        "--for=condition=Ready",
+        "--timeout=60s",
+        &format!("pod/{name}"),
+    ]);
+    install_operator(sim);
+}
+
 fn shop(tag: &str) -> Shop {
     let source = format!("{tag}{}shop", std::process::id());
     let _drop = DropDatabases {
@@ -113,54 +173,14 @@ fn shop(tag: &str) -> Shop {
 
     let sim = Sim::start(true);
     let url = format!("postgres://postgres@{PG_HOST}:5432/{source}");
-    sim.apply(&format!(
-        r#"
-apiVersion: v1
-kind: Pod
-metadata: {{name: pg, labels: {{app: pg}}}}
-spec:
-  hostNetwork: true
-  containers:
-  - name: pg
-    image: postgres:15
-    command: ["sleep", "infinity"]
-    # Ready once, then only 30 failures in a row (a loaded machine) make
-    # it unready and empty the service.
-    readinessProbe: {{exec: {{command: ["pg_isready", "-h", "127.0.0.1", "-p", "5432"]}}, periodSeconds: 1, timeoutSeconds: 10, failureThreshold: 30}}
----
-apiVersion: v1
-kind: Service
-metadata: {{name: pg}}
-spec:
-  selector: {{app: pg}}
-  ports: [{{port: 5432, targetPort: 5432}}]
----
-apiVersion: v1
-kind: Secret
-metadata: {{name: shop-db}}
-stringData: {{url: "{url}"}}
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {{name: shop}}
-spec:
-  replicas: 1
-  selector: {{matchLabels: {{app: shop}}}}
-  template:
-    metadata: {{labels: {{app: shop}}}}
-    spec:
-      containers:
-      - name: app
-        image: shop:1
-        command: ["sleep", "infinity"]
-        env:
-        - name: DATABASE_URL
-          valueFrom: {{secretKeyRef: {{name: shop-db, key: url}}}}
-"#
-    ));
-    wait_ready(&sim, "shop");
-    sim.kubectl(&["wait", "--for=condition=Ready", "--timeout=60s", "pod/pg"]);
-    install_operator(&sim);
+    source_server_and_shop(
+        &sim,
+        "pg",
+        "postgres:15",
+        5432,
+        r#"["pg_isready", "-h", "127.0.0.1", "-p", "5432"]"#,
+        &url,
+    );
     Shop {
         sim,
         source,
@@ -752,52 +772,14 @@ fn a_mariadb_branch_pod_is_started_filled_reached_and_deleted_at_the_ttl() {
 
     let sim = Sim::start(true);
     let url = format!("mysql://root@{MY_HOST}:3306/{source}");
-    sim.apply(&format!(
-        r#"
-apiVersion: v1
-kind: Pod
-metadata: {{name: my, labels: {{app: my}}}}
-spec:
-  hostNetwork: true
-  containers:
-  - name: my
-    image: mariadb:10.11
-    command: ["sleep", "infinity"]
-    readinessProbe: {{exec: {{command: ["mariadb-admin", "ping", "-h", "127.0.0.1", "-P", "3306", "--protocol=tcp"]}}, periodSeconds: 1, timeoutSeconds: 10, failureThreshold: 30}}
----
-apiVersion: v1
-kind: Service
-metadata: {{name: my}}
-spec:
-  selector: {{app: my}}
-  ports: [{{port: 3306, targetPort: 3306}}]
----
-apiVersion: v1
-kind: Secret
-metadata: {{name: shop-db}}
-stringData: {{url: "{url}"}}
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {{name: shop}}
-spec:
-  replicas: 1
-  selector: {{matchLabels: {{app: shop}}}}
-  template:
-    metadata: {{labels: {{app: shop}}}}
-    spec:
-      containers:
-      - name: app
-        image: shop:1
-        command: ["sleep", "infinity"]
-        env:
-        - name: DATABASE_URL
-          valueFrom: {{secretKeyRef: {{name: shop-db, key: url}}}}
-"#
-    ));
-    wait_ready(&sim, "shop");
-    sim.kubectl(&["wait", "--for=condition=Ready", "--timeout=60s", "pod/my"]);
-    install_operator(&sim);
+    source_server_and_shop(
+        &sim,
+        "my",
+        "mariadb:10.11",
+        3306,
+        r#"["mariadb-admin", "ping", "-h", "127.0.0.1", "-P", "3306", "--protocol=tcp"]"#,
+        &url,
+    );
     let command = serde_json::to_string(&["sh", "-c", MARIADB_POD_COMMAND]).unwrap();
     configure_operator(
         &sim,

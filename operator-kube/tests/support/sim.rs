@@ -1,5 +1,6 @@
-//! What the queue-split tests share: the test cluster as a child process,
-//! kubectl against it, and what the newest `app=worker` pod printed first.
+//! What the tests on the test cluster share: the simulator as a child
+//! process, kubectl against it; for the queue-split tests also what the
+//! newest `app=worker` pod printed first.
 //! Included with `#[path = "support/sim.rs"] mod sim;`.
 #![allow(dead_code)]
 
