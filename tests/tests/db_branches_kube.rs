@@ -685,12 +685,14 @@ fn a_branch_pod_is_started_filled_reached_and_deleted_at_the_ttl() {
 /// container's command as a process): `mariadb-install-db` in the pod's
 /// `emptyDir` (`/var/lib/mysql`), then `mariadbd` as the user `mysql` on
 /// port 3306 of the pod's network, with the superuser `root` (from any
-/// host) given the password of `$MARIADB_ROOT_PASSWORD` (the pod's Secret).
+/// host) given the password of `$MARIADB_ROOT_PASSWORD` (the pod's Secret),
+/// through an init file in the `emptyDir`, which goes with the pod (one in
+/// the machine's /tmp was left behind by every run).
 const MARIADB_POD_COMMAND: &str = "set -e; D=/var/lib/mysql; \
     chown mysql:mysql \"$D\"; chmod 700 \"$D\"; \
     mariadb-install-db --no-defaults --user=mysql --datadir=\"$D\" \
     --auth-root-authentication-method=normal --skip-test-db >/dev/null; \
-    INIT=$(mktemp); \
+    INIT=\"$D/remora-init.sql\"; \
     printf \"CREATE USER 'root'@'%%' IDENTIFIED BY '%s';\\nGRANT ALL ON *.* TO 'root'@'%%' WITH GRANT OPTION;\\nALTER USER 'root'@'localhost' IDENTIFIED BY '%s';\\n\" \
     \"$MARIADB_ROOT_PASSWORD\" \"$MARIADB_ROOT_PASSWORD\" > \"$INIT\"; chown mysql \"$INIT\"; \
     exec mariadbd --no-defaults --user=mysql --datadir=\"$D\" --port=3306 \
