@@ -101,8 +101,6 @@ fn serve(args: IntproxyArgs) -> Result<()> {
         .map_err(|e| Error::Io(format!("starting the intproxy runtime: {e}")))?;
     let mut agent_child = None;
     let mut kube_agent = None;
-    // The fd broker's socket path this run chose (the agent serves it).
-    let mut broker_path = None;
     let agent_addr: AgentEndpoint = match (args.agent, &args.agent_bin, args.kube) {
         (Some(addr), _, _) => addr.into(),
         (None, None, false) if args.kube_operator => {
@@ -115,13 +113,14 @@ fn serve(args: IntproxyArgs) -> Result<()> {
             }
         }
         (None, Some(bin), _) => {
-            broker_path = std::env::var_os(remora_protocol::broker::BROKER_PATH_ENV)
+            // The fd broker's abstract name this run chose (nothing on
+            // disk to remove, however the agent ends).
+            let broker_path = std::env::var_os(remora_protocol::broker::BROKER_PATH_ENV)
                 .map(std::path::PathBuf::from);
             let broker = broker_path
                 .as_deref()
                 .map(|path| (path, layer_token.as_str()));
-            let spawned = spawn_agent(bin, &target, &agent_token, broker);
-            let (child, addr) = spawned.inspect_err(|_| remove_broker_socket(&broker_path))?;
+            let (child, addr) = spawn_agent(bin, &target, &agent_token, broker)?;
             agent_child = Some(child);
             addr.into()
         }
@@ -180,30 +179,7 @@ fn serve(args: IntproxyArgs) -> Result<()> {
     if let Some(child) = agent_child {
         stop_agent(child);
     }
-    remove_broker_socket(&broker_path);
     result
-}
-
-/// The agent removes its fd broker's socket when it stops; one that was
-/// killed (SIGKILL, the OOM killer) cannot, so the intproxy, which chose the
-/// path for this run alone and has reaped the agent, removes what is left.
-///
-/// The CLI names an abstract socket (no file), so this is only for a socket
-/// file given by hand.
-fn remove_broker_socket(path: &Option<std::path::PathBuf>) {
-    if let Some(path) = path
-        && remora_protocol::broker::abstract_name(path).is_none()
-    {
-        match std::fs::remove_file(path) {
-            Ok(()) => {
-                tracing::debug!(path = %path.display(), "removed the agent's fd broker socket")
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "cannot remove the fd broker socket")
-            }
-        }
-    }
 }
 
 /// The first of SIGTERM, SIGINT or SIGHUP, by name (never, if none can be watched).

@@ -189,10 +189,13 @@ pub fn stays_local(path: &CStr, write: bool) -> bool {
 /// After a local call that returned `fd`: forget what the fd table may still
 /// hold for that number ([`forget_stale`]), entering the guard only when
 /// there is something to forget (dropping a remote handle is a remote call).
+/// A call the layer itself made (the guard already held) forgets nothing, as
+/// the guarded path never did: its locks may be held around this call.
 #[inline]
 pub fn forget_stale_unguarded(fd: c_int) {
-    if fd::maybe_managed(fd) {
-        let _g = crate::guard::DetourGuard::enter();
+    if fd::maybe_managed(fd)
+        && let Some(_g) = crate::guard::DetourGuard::enter()
+    {
         forget_stale(fd);
     }
 }
