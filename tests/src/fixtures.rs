@@ -122,3 +122,26 @@ pub fn wait_for(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) 
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// The UDP responder [`udp_responder`] runs: one process, one socket bound to
+/// `127.0.0.1:PORT`, answering each datagram from that address.
+const UDP_RESPONDER: &str = "\
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+s.bind(('127.0.0.1', int(sys.argv[1])))
+while True:
+    data, peer = s.recvfrom(65535)
+    s.sendto(b'pod got ' + data.split(b'\\n')[0].strip() + b'\\n', peer)
+";
+
+/// A UDP service on `pod`'s loopback, port `port`: answers `pod got TEXT\n`
+/// to each datagram `TEXT\n`, from its own address. One python3 process
+/// answers every datagram (socat's `UDP4-RECVFROM,fork` forks a shell per
+/// datagram, which under a loaded test run cost most of a round trip);
+/// the caller waits until it answers.
+pub fn udp_responder(pod: &Pod, port: u16) -> Result<PodProcess> {
+    pod.command("python3")?
+        .args(["-c", UDP_RESPONDER, &port.to_string()])
+        .spawn()
+}

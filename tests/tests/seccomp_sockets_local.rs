@@ -32,8 +32,7 @@ fn socat(s: &seccomp::Setup, args: &[&str]) -> PodProcess {
 
 /// Start the pod's UDP service on [`UDP_PORT`] and wait until it answers.
 fn udp_service(s: &seccomp::Setup) -> PodProcess {
-    let listen = format!("UDP4-RECVFROM:{UDP_PORT},bind=127.0.0.1,fork");
-    let service = socat(s, &[&listen, "SYSTEM:read x; echo pod got $x"]);
+    let service = fixtures::udp_responder(&s.checkout.pod, UDP_PORT).unwrap();
     let addr = format!("127.0.0.1:{UDP_PORT}");
     // The service is up once it answers inside the pod.
     fixtures::wait_for("the pod's UDP service", Duration::from_secs(30), || {

@@ -140,7 +140,20 @@ static int mmsg(const char *ip, int port, int n) {
 
 static volatile int done;
 static volatile long interrupted;
+static volatile int round_no;
+static volatile long lost;
 static void on_usr1(int sig) { (void)sig; }
+
+/* SIGALRM in `signals` mode: say how far it got before the default
+ * action ends the program (write(2) only: async-signal-safe). */
+static void on_alarm(int sig) {
+    char line[160];
+    int n = snprintf(line, sizeof line, "alarm: round %d, %ld receives interrupted, %ld replies timed out\n",
+                     round_no, interrupted, lost);
+    if (n > 0) write(2, line, n);
+    signal(sig, SIG_DFL);
+    raise(sig);
+}
 
 struct rounds { const char *ip; int port, n, replies; };
 
@@ -151,12 +164,14 @@ static void *receiver(void *arg) {
     struct sockaddr_in to = addr(r->ip, r->port), from;
     char text[32], want[48], buf[512];
     for (int i = 0; i < r->n; i++) {
+        round_no = i;
         snprintf(text, sizeof text, "s%d\n", i);
         snprintf(want, sizeof want, "pod got s%d", i);
         if (!send_to(s, &to, text)) { perror("sendto"); break; }
         for (;;) {
             if (reply(s, buf, sizeof buf, &from) < 0) {
                 if (errno == EINTR) { interrupted++; continue; }
+                lost++;
                 break; /* timed out: this reply is lost */
             }
             if (!strcmp(buf, want)) { r->replies++; break; }
@@ -169,6 +184,7 @@ static void *receiver(void *arg) {
 static int signals(const char *ip, int port, int n) {
     struct sigaction sa = {.sa_handler = on_usr1};
     sigaction(SIGUSR1, &sa, NULL); /* no SA_RESTART: receives fail with EINTR */
+    signal(SIGALRM, on_alarm);
     struct rounds r = {ip, port, n, 0};
     pthread_t t;
     pthread_create(&t, NULL, receiver, &r);

@@ -156,14 +156,7 @@ fn bench() -> Result<()> {
     let port = CHECKOUT_PORT.to_string();
     // A UDP service on the pod's loopback for the unconnected-UDP row.
     let udp_port = UDP_PORT.to_string();
-    let _udp = pod
-        .command("socat")?
-        .args([
-            &format!("UDP4-RECVFROM:{UDP_PORT},bind=127.0.0.1,fork"),
-            "SYSTEM:read x; echo pod got $x",
-        ])
-        .stderr(std::process::Stdio::null())
-        .spawn()?;
+    let _udp = remora_tests::fixtures::udp_responder(pod, UDP_PORT)?;
     let write_mode: &[&str] = &["--fs-mode", "write"];
     let work: [(&str, Vec<&str>); 7] = [
         (
