@@ -156,7 +156,17 @@ fn cgo_go_program_sees_files_and_resolves_pod_names_through_libc() {
     let s = setup();
     assert_eq!(s.ok(&[probe, "env", "APP_SECRET"]).trim(), CHECKOUT_SECRET);
     assert_eq!(s.ok(&[probe, "cat", CHECKOUT_CONFIG]), CHECKOUT_CONFIG_BODY);
+    assert_eq!(
+        s.ok(&[probe, "ls", "/srv/checkout/www"]).trim(),
+        "health index.html"
+    );
+    assert_eq!(
+        s.ok(&[probe, "stat", CHECKOUT_CONFIG]).trim(),
+        format!("{} false", CHECKOUT_CONFIG_BODY.len())
+    );
     assert_eq!(s.ok(&[probe, "resolve", PAYMENTS_HOST]).trim(), "127.0.0.1");
+    let addr = format!("127.0.0.1:{CHECKOUT_PORT}");
+    assert_eq!(s.ok(&[probe, "get", &addr, "/health"]), "ok\n");
     let by_name = format!("{PAYMENTS_HOST}:{CHECKOUT_PORT}");
     assert_eq!(s.ok(&[probe, "get", &by_name, "/health"]), "ok\n");
 }
@@ -781,19 +791,26 @@ fn wait_for(what: &str, ready: impl FnMut() -> bool) {
     fixtures::wait_for(what, Duration::from_secs(30), ready);
 }
 
-/// The cgo build: `remora run --interception seccomp` (auto would give this
-/// dynamically linked program the layer, which sees none of Go's own calls).
+/// Both Go builds, pure and cgo. The cgo one under `remora run
+/// --interception seccomp` (auto would give that dynamically linked program
+/// the layer, which sees none of Go's own calls).
 #[test]
 fn go_http_server_under_a_filtered_steal_gets_only_matching_requests() {
     require_sandbox!();
     let apps = Apps::new();
-    let probe = apps.go_probe_cgo();
+    for probe in [apps.go_probe(), apps.go_probe_cgo()] {
+        filtered_steal_reaches_the_go_server(&apps, &probe);
+    }
+}
+
+fn filtered_steal_reaches_the_go_server(apps: &Apps, probe: &Path) {
     let sandbox = Sandbox::new().unwrap();
     let (pod, _service) = api_pod(&sandbox);
     let client = sandbox.pod(PodSpec::new("client")).unwrap();
     let log = apps.dir.path().join("requests.log");
+    let _ = std::fs::remove_file(&log);
     let flags = ["--steal", "--http-header-filter", "^x-user: alice$"];
-    let server = go_server(&probe, &pod, &client, &flags, &log);
+    let server = go_server(probe, &pod, &client, &flags, &log);
     wait_for("alice's requests to reach the Go server", || {
         curl_pod(&pod, Some("X-User: alice")) == "answer from the laptop\n"
     });
