@@ -119,6 +119,15 @@ fn pure_go_program_sees_env_files_dirs_dns_and_the_pods_loopback() {
     let out = s.run(&[], &[probe, "cat", "/etc/checkout/nope.yaml"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no such file"));
+    // fs mode `local`: the pod's files are out of reach, the env is not.
+    let local = ["--fs-mode", "local"];
+    let out = s.run(&local, &[probe, "cat", CHECKOUT_CONFIG]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no such file"));
+    assert_eq!(
+        s.ok_with(&local, &[probe, "env", "APP_SECRET"]).trim(),
+        CHECKOUT_SECRET
+    );
 }
 
 /// `chdir` into a pod directory (which does not exist here): relative paths,
