@@ -260,15 +260,20 @@ pub fn probe() -> Result<(), String> {
     let mut status = 0;
     // SAFETY: waiting for our own child.
     unsafe { libc::waitpid(pid, &mut status, 0) };
-    result?;
-    match libc::WEXITSTATUS(status) {
-        0 => Ok(()),
-        3 => Err("the notified call was not answered with the supervisor's fd".into()),
-        c if c >= 10 => Err(format!(
+    // A child that could not install the filter sent no listener, so the
+    // parent's error ("no listener") says less than the child's exit code.
+    let code = libc::WEXITSTATUS(status);
+    if code >= 10 {
+        return Err(format!(
             "installing a seccomp filter with a listener failed: {} (Linux 5.0 or later with \
              CONFIG_SECCOMP_FILTER is needed; containers may forbid seccomp)",
-            io::Error::from_raw_os_error(c - 10)
-        )),
+            io::Error::from_raw_os_error(code - 10)
+        ));
+    }
+    result?;
+    match code {
+        0 => Ok(()),
+        3 => Err("the notified call was not answered with the supervisor's fd".into()),
         c => Err(format!("probe child exited with {c}")),
     }
 }

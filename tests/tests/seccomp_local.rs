@@ -923,3 +923,109 @@ fn go_http_server_under_mirror_gets_copies_while_the_pod_answers() {
         std::fs::read_to_string(&log).is_ok_and(|l| l.contains('/'))
     });
 }
+
+/// The config key `interception` forces the mode as the flag does, and the
+/// startup line says which one was taken.
+#[test]
+fn the_config_key_interception_forces_the_mode() {
+    require_sandbox!();
+    let apps = Apps::new();
+    let probe = apps.go_probe();
+    let probe = probe.to_str().unwrap();
+    let s = setup();
+    let config = |mode: &str| {
+        let path = apps.dir.path().join(format!("{mode}.toml"));
+        std::fs::write(&path, format!("interception = \"{mode}\"\n")).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    // `preload` for a Go program: the layer never runs in it, so the pod's
+    // file stays out of reach, and no supervisor is announced.
+    let preload = config("preload");
+    let out = s.run(&["-f", &preload], &[probe, "cat", CHECKOUT_CONFIG]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(!stderr.contains("seccomp supervisor"), "{stderr}");
+    // `seccomp` for a dynamically linked program (coreutils' cat), which
+    // auto would give the layer: the supervisor serves it.
+    let seccomp = config("seccomp");
+    assert_eq!(
+        s.ok_with(&["-f", &seccomp], &["cat", CHECKOUT_CONFIG]),
+        CHECKOUT_CONFIG_BODY
+    );
+}
+
+/// On a kernel without part of user notification (simulated by
+/// `tests/apps/c/old_kernel.c`, a plain filter failing `seccomp(2)` or the
+/// `ADDFD` ioctl for the remora it execs), `doctor` names what is missing
+/// and the kernel version that has it, and `run` warns in one line and
+/// falls back to the layer.
+#[test]
+fn without_seccomp_or_addfd_doctor_says_what_is_missing_and_run_falls_back() {
+    require_sandbox!();
+    let apps = Apps::new();
+    let old = apps.c_static("old_kernel");
+    let old = old.to_str().unwrap();
+    let remora = bin_path("remora").unwrap();
+    let remora = remora.to_str().unwrap();
+    let doctor = |what: &str| {
+        let out = Command::new(old)
+            .args([what, remora, "doctor", "--", "/bin/busybox"])
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "doctor exits 1 when seccomp is unavailable"
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let stdout = doctor("no-seccomp");
+    assert!(
+        stdout.contains(
+            "seccomp user notification: unavailable: installing a seccomp filter with a \
+             listener failed: Function not implemented"
+        ) && stdout.contains("(Linux 5.0 or later with CONFIG_SECCOMP_FILTER is needed"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("/bin/busybox: cannot run under the seccomp supervisor here"),
+        "{stdout}"
+    );
+    let stdout = doctor("no-addfd");
+    assert!(
+        stdout.contains(
+            "seccomp user notification: unavailable: SECCOMP_IOCTL_NOTIF_ADDFD with \
+             SECCOMP_ADDFD_FLAG_SEND is not supported"
+        ) && stdout.contains("(Linux 5.14 or later is needed)"),
+        "{stdout}"
+    );
+    // `run`: one warning line, then the layer (which a static busybox
+    // ignores, so the pod's file is not there).
+    let s = setup();
+    let target = s.checkout.pod.target();
+    let out = s
+        .client
+        .command(old)
+        .unwrap()
+        .args(["no-addfd", remora, "run", "--target", &target, "--"])
+        .args(["/bin/busybox", "cat", CHECKOUT_CONFIG])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    let warnings: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("needs the seccomp supervisor"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{stderr}");
+    assert!(
+        warnings[0].starts_with("remora: warning: /bin/busybox needs the seccomp supervisor")
+            && warnings[0]
+                .contains("(Linux 5.14 or later is needed); falling back to the LD_PRELOAD layer"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("runs under the seccomp supervisor"),
+        "{stderr}"
+    );
+}
