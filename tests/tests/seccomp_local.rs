@@ -1029,3 +1029,37 @@ fn without_seccomp_or_addfd_doctor_says_what_is_missing_and_run_falls_back() {
         "{stderr}"
     );
 }
+
+/// What the supervisor cannot emulate on a pod file fails with a clear
+/// errno and a one-line warning each, never silently wrong data: an
+/// `O_PATH` open (`EROFS`), a writable shared `mmap` of a read-write open
+/// (`ENODEV`) and `fallocate` on it (`EOPNOTSUPP`); the pod's file is
+/// unchanged.
+#[test]
+fn calls_that_cannot_be_emulated_get_an_errno_and_a_warning() {
+    require_sandbox!();
+    let apps = Apps::new();
+    let probe = apps.c_probe();
+    let probe = probe.to_str().unwrap();
+    let s = setup();
+    let out = s.run(
+        &["--fs-mode", "write"],
+        &[probe, "unfaithful", CHECKOUT_CONFIG],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "o_path: Read-only file system\nshared mmap: No such device\n\
+         fallocate: Operation not supported\n"
+    );
+    let warnings: Vec<&str> = stderr.lines().filter(|l| l.contains("warning")).collect();
+    assert_eq!(warnings.len(), 3, "{stderr}");
+    for (warning, call) in warnings.iter().zip(["O_PATH", "mmap", "fallocate"]) {
+        assert!(warning.contains(call), "{warning}: not about {call}");
+    }
+    assert_eq!(
+        s.checkout.pod.exec_ok(&["cat", CHECKOUT_CONFIG]).unwrap(),
+        CHECKOUT_CONFIG_BODY
+    );
+}

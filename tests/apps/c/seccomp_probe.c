@@ -8,6 +8,10 @@
  *   seccomp_probe hold DIR [kill]  (lists DIR like ls, prints "ready", then
  *                           waits for a signal, or with "kill" SIGKILLs itself)
  *   seccomp_probe uring x   (io_uring_setup: prints "ok" or the error)
+ *   seccomp_probe unfaithful PATH  (what remora cannot emulate on a pod file:
+ *                                  an O_PATH open, then an O_RDWR open with a
+ *                                  writable shared mmap and a fallocate of it;
+ *                                  prints "NAME: ok" or "NAME: <strerror>" each)
  *   seccomp_probe rdwr PATH TEXT   (O_RDWR: pwrite "#" at 0, write TEXT at
  *                                  the end, writev TEXT "!\n" on a dup,
  *                                  ftruncate off the last byte, fsync,
@@ -24,6 +28,7 @@
  *   seccomp_probe udpmsg IP PORT TEXT  (the same with sendmsg and recvmsg)
  *   seccomp_probe bench N COMMAND ARG...   (N times, output discarded; prints
  *                                          "ns_per_op X" on stderr) */
+#define _GNU_SOURCE
 #include <time.h>
 #include <signal.h>
 #include <arpa/inet.h>
@@ -38,6 +43,7 @@
 #include <sys/uio.h>
 #include <fcntl.h>
 #include <unistd.h>
+#include <sys/mman.h>
 
 static int cmp(const void *a, const void *b) {
     return strcmp(*(char *const *)a, *(char *const *)b);
@@ -190,6 +196,16 @@ static int run1(int argc, char **argv) {
             || fstat(fd, &after)) { perror("pread"); return 1; }
         printf("%lld %lld %d%d%d%d %s\n", (long long)before.st_size, (long long)after.st_size,
                mid[0], mid[1], mid[2], mid[3], back);
+        close(fd);
+    } else if (!strcmp(cmd, "unfaithful")) {
+        int fd = open(arg, O_PATH);
+        printf("o_path: %s\n", fd >= 0 ? "ok" : strerror(errno));
+        if (fd >= 0) close(fd);
+        fd = open(arg, O_RDWR);
+        if (fd < 0) { perror(arg); return 1; }
+        void *at = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        printf("shared mmap: %s\n", at != MAP_FAILED ? "ok" : strerror(errno));
+        printf("fallocate: %s\n", fallocate(fd, 0, 0, 8192) == 0 ? "ok" : strerror(errno));
         close(fd);
     } else if (!strcmp(cmd, "uring")) {
         unsigned char params[120] = {0}; /* struct io_uring_params */
