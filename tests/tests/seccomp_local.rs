@@ -622,6 +622,9 @@ fn in_write_mode_read_write_opens_truncate_chmod_and_links_reach_the_pod() {
         pod.exec_ok(&["readlink", soft]).unwrap().trim(),
         "notes.txt"
     );
+    // readlink(2) of the pod's symlink, by Go and busybox (fs mode read).
+    assert_eq!(s.ok(&[go, "readlink", soft]).trim(), "notes.txt");
+    assert_eq!(s.ok(&[busybox, "readlink", soft]).trim(), "notes.txt");
     // The mirror's content is what the pod has: read back by a Go program.
     assert_eq!(s.ok(&[go, "cat", soft]), "#bc");
     // touch: utimensat of an existing file, and O_RDWR|O_CREAT of a new one.
