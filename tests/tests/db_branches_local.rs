@@ -1756,6 +1756,19 @@ fn a_mariadb_branch_half_made_when_the_operator_is_killed_is_dropped_by_its_succ
     );
     kill_operator_and_its_clients(op);
     let _ = session.wait();
+    // The killed mariadb-dump's query would read on for a minute (and hold
+    // the branch's drop back): ended too.
+    for id in maria(&format!(
+        "SELECT ID FROM information_schema.PROCESSLIST \
+         WHERE INFO LIKE '%SLEEP(1) = 0%' AND DB = '{source}'"
+    ))
+    .lines()
+    {
+        let _ = Command::new("mariadb")
+            .args(["-h127.0.0.1", "-uroot", "--protocol=tcp", "-e"])
+            .arg(format!("KILL {id}"))
+            .output();
+    }
     assert!(database_exists(), "the killed operator dropped its branch");
 
     let op = OperatorProcess::start_with(None, &["--state-dir", &state_arg]).unwrap();
@@ -1770,7 +1783,7 @@ fn a_mariadb_branch_half_made_when_the_operator_is_killed_is_dropped_by_its_succ
 
 /// The MariaDB fast path: an operator killed while it makes a source's
 /// golden copy with `mariadb-backup` (held up by a write lock the test
-/// takes on a source table) leaves no directory behind: the golden copy
+/// takes on a source table, the golden copy's directory made) leaves no directory behind: the golden copy
 /// and the branch were recorded first, and the operator started again with
 /// the same `--state-dir` removes what was made.
 #[test]
@@ -1799,8 +1812,8 @@ fn a_mariadb_fast_path_branch_half_made_when_the_operator_is_killed_is_removed_b
             work.display()
         ),
     );
-    // mariadb-backup waits for this lock once it has copied the InnoDB
-    // files into the golden copy's directory.
+    // mariadb-backup waits for this lock once it has made the golden
+    // copy's directory and started copying the redo log into it.
     // (Held while the client waits for more input; released when it is
     // killed, by the guard.)
     let mut lock = ChildGuard(
@@ -1856,9 +1869,9 @@ fn a_mariadb_fast_path_branch_half_made_when_the_operator_is_killed_is_removed_b
             .find(|p| p.to_string_lossy().ends_with("_golden"))
     };
     fixtures::wait_for(
-        "mariadb-backup to copy files into the golden copy",
+        "mariadb-backup to write into the golden copy",
         Duration::from_secs(60),
-        || golden().is_some_and(|g| g.join("ibdata1").exists()),
+        || golden().is_some_and(|g| g.join("ib_logfile0").exists()),
     );
     let golden_dir = golden().unwrap();
     kill_operator_and_its_clients(op);
