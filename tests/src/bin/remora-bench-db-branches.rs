@@ -28,7 +28,7 @@
 //! (by the dump: a filter has no fast path). Then a MariaDB source of four
 //! tables of the same total size: `mariadb-dump | mariadb` against `all`
 //! branches by the parallel dump and restore from one snapshot (`mydumper`
-//! + `myloader`, `dump_jobs` default and 4) and by the operator's own
+//! and `myloader`, `dump_jobs` default and 4) and by the operator's own
 //! one-connection path (`dump_jobs = 1`).
 //! `REMORA_BENCH_DB=postgres|mariadb|mariadb-parallel` runs one only.
 
