@@ -90,6 +90,9 @@ need python3-pip pip3
 # MariaDB golden copies by mariadb-backup, reflinked per branch.
 need xfsprogs mkfs.xfs
 need mariadb-backup mariadb-backup
+# MariaDB `all` branches without the fast path: a parallel dump and restore
+# from one snapshot (operator/src/branches/my_parallel.rs).
+need mydumper mydumper
 # Queue splitting (queues/tests): a real RabbitMQ broker.
 need rabbitmq-server /usr/sbin/rabbitmq-server
 

@@ -44,7 +44,22 @@ const OTHER_PROGRAMS: &[(&str, &[&str])] = &[
     ),
     (
         "mariadb-dump",
-        &["--no-data", "--where", "--single-transaction"],
+        &[
+            "--no-data",
+            "--where",
+            "--single-transaction",
+            "--routines",
+            "--triggers",
+        ],
+    ),
+    (
+        "mydumper",
+        &[
+            "--lock-all-tables",
+            "--trx-consistency-only",
+            "--no-locks",
+            "--rows",
+        ],
     ),
 ];
 

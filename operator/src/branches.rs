@@ -7,6 +7,8 @@
 //! * [`source`]: the connection read from the target's environment, and the
 //!   session's variables rewritten to the branch.
 //! * [`engine`]: the server clients that create, fill and drop databases.
+//! * [`my_parallel`]: MariaDB `all` branches by `mydumper` + `myloader`, a
+//!   parallel dump and restore from one snapshot.
 //! * `golden`: PostgreSQL golden copies, made in the background after a
 //!   source's first `all` branch, cloned by the next ones.
 //! * [`settings`]: the operator's `--db-config`: branch servers for sources
@@ -17,6 +19,7 @@
 pub mod engine;
 mod golden;
 pub mod instance;
+pub mod my_parallel;
 pub mod pg_clients;
 pub mod pods;
 pub mod settings;

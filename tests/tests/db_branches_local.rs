@@ -1074,7 +1074,7 @@ fn mariadb_sources_are_read_through_the_configured_read_only_role() {
         &dir,
         "db.toml",
         &format!(
-            "[[read_only_role]]\ntype = \"mysql\"\nserver = \"127.0.0.1:3306\"\n\
+            "dump_jobs = 2\n[[read_only_role]]\ntype = \"mysql\"\nserver = \"127.0.0.1:3306\"\n\
              user = \"{reader}\"\npassword_env = \"TEST_READER_PW\"\n"
         ),
     );
@@ -1088,6 +1088,15 @@ fn mariadb_sources_are_read_through_the_configured_read_only_role() {
     assert_eq!(
         ok(&out).lines().collect::<Vec<_>>(),
         ["30", format!("{app}@%").as_str()],
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The role may not LOCK TABLES: no parallel dump from one snapshot,
+    // and the session's output says why.
+    assert!(
+        flat(&out).contains(&format!(
+            "mariadb-dump|mariadb(oneconnection:{reader}maynotLOCKTABLESon{source}"
+        )),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
@@ -1426,4 +1435,460 @@ fn mariadb_refuses_a_branch_server_of_another_series_naming_both_versions() {
             .unwrap(),
         "0"
     );
+}
+
+/// A child process of the test (a `mariadb` client holding a lock, or
+/// writing), killed by its pid and reaped on drop.
+struct ChildGuard(std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The processes descended from `pid` (its children, theirs, …), from
+/// `/proc/*/stat`.
+fn descendants(pid: u32) -> Vec<i32> {
+    let mut parent_of = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(child) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // `pid (comm) state ppid …`; comm may hold spaces and parentheses.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<i32>().ok());
+        if let Some(ppid) = ppid {
+            parent_of.push((child, ppid));
+        }
+    }
+    let mut found = vec![i32::try_from(pid).unwrap()];
+    let mut i = 0;
+    while i < found.len() {
+        let parent = found[i];
+        found.extend(
+            parent_of
+                .iter()
+                .filter(|(_, p)| *p == parent)
+                .map(|(c, _)| *c),
+        );
+        i += 1;
+    }
+    found.remove(0);
+    found
+}
+
+/// SIGKILL the operator, then the clients it had started (by their pids:
+/// they would go on reading the source for a minute).
+fn kill_operator_and_its_clients(op: OperatorProcess) {
+    let clients = descendants(op.pid());
+    let kill = |pid: i32| {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    };
+    kill(i32::try_from(op.pid()).unwrap());
+    for pid in clients {
+        kill(pid);
+    }
+    drop(op);
+}
+
+/// The checksum column of `CHECKSUM TABLE db.t1, db.t2, …` (without the
+/// database's name, so that two databases' can be compared).
+fn maria_checksums(db: &str, tables: &[&str]) -> Vec<String> {
+    let list: Vec<String> = tables.iter().map(|t| format!("`{db}`.`{t}`")).collect();
+    maria(&format!("CHECKSUM TABLE {} EXTENDED", list.join(", ")))
+        .lines()
+        .map(|l| l.rsplit('\t').next().unwrap_or_default().to_owned())
+        .collect()
+}
+
+/// MariaDB `all` without the fast path is a parallel dump and restore
+/// (`mydumper` + `myloader`) whose connections share one snapshot: several
+/// tables (generated columns, binary values), a view, a routine, a filtered
+/// table with a trigger; the branch's tables have the source's checksums,
+/// the source's are unchanged, the session's output says how many
+/// connections read rows (more than one), and two tables a writer keeps
+/// changing in one transaction each (a transfer from one to the other)
+/// while the branch is made are copied from the same moment (their sum is
+/// the same as ever).
+#[test]
+fn mariadb_all_is_a_parallel_dump_and_restore_from_one_snapshot() {
+    let Names {
+        source,
+        dir,
+        _cleanup,
+        ..
+    } = names("mpar", Db::Mariadb);
+    let mut setup = format!(
+        "CREATE DATABASE `{source}`; USE `{source}`;
+         CREATE TABLE users (id int PRIMARY KEY, org_id int, name text);
+         INSERT INTO users SELECT seq, seq % 10, CONCAT('u', seq) FROM seq_1_to_100;
+         CREATE TABLE audit (id int AUTO_INCREMENT PRIMARY KEY, user_id int);
+         CREATE TRIGGER users_audit AFTER INSERT ON users FOR EACH ROW
+           INSERT INTO audit (user_id) VALUES (NEW.id);
+         CREATE VIEW big_ids AS SELECT id FROM t1 WHERE id > 39990;
+         CREATE FUNCTION twice(x int) RETURNS int DETERMINISTIC RETURN x * 2;
+         CREATE TABLE ledger_a (id int PRIMARY KEY, n bigint);
+         CREATE TABLE ledger_b (id int PRIMARY KEY, n bigint);
+         INSERT INTO ledger_a VALUES (1, 1000000);
+         INSERT INTO ledger_b VALUES (1, 0);"
+    );
+    // The view needs its table first.
+    let tables = ["t1", "t2", "t3", "t4"];
+    let mut made = String::new();
+    for t in tables {
+        made.push_str(&format!(
+            "CREATE TABLE {t} (id int PRIMARY KEY, body text, raw blob, \
+               twice int AS (id * 2) VIRTUAL, flags bit(8));
+             INSERT INTO {t} (id, body, raw, flags) \
+               SELECT seq, REPEAT(MD5(seq), 4), UNHEX(MD5(seq)), seq % 256 FROM seq_1_to_40000;"
+        ));
+    }
+    setup = setup.replacen(
+        "CREATE TABLE users",
+        &format!("{made}\n CREATE TABLE users"),
+        1,
+    );
+    maria(&setup);
+    let still = ["t1", "t2", "t3", "t4", "users", "audit"];
+    let before = maria_checksums(&source, &still);
+
+    // Live traffic on the source while the branch is made: transfers from
+    // ledger_a to ledger_b, one transaction each (`--force`: one rolled
+    // back as a deadlock victim of the dump's `LOCK TABLES` is not retried,
+    // the next ones go on).
+    let mut writer = ChildGuard(
+        Command::new("mariadb")
+            .args([
+                "-h127.0.0.1",
+                "-P3306",
+                "-uroot",
+                "--protocol=tcp",
+                "--force",
+            ])
+            .arg(&source)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut stdin = writer.0.stdin.take().unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writing = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            use std::io::Write;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let sent = stdin.write_all(
+                    b"START TRANSACTION; UPDATE ledger_a SET n = n - 1; \
+                      UPDATE ledger_b SET n = n + 1; COMMIT;\n",
+                );
+                if sent.is_err() {
+                    return;
+                }
+            }
+        })
+    };
+    let moved = || {
+        maria(&format!("SELECT n FROM `{source}`.ledger_b"))
+            .parse::<u64>()
+            .unwrap()
+    };
+    fixtures::wait_for("the writer to commit", Duration::from_secs(30), || {
+        moved() > 0
+    });
+
+    let db_config = config(&dir, "db.toml", "dump_jobs = 4\n");
+    let target = Workload::start(&[(
+        "DATABASE_URL",
+        &format!("mysql://root@127.0.0.1:3306/{source}"),
+    )]);
+    let op =
+        OperatorProcess::start_with(None, &["--db-config", db_config.to_str().unwrap()]).unwrap();
+    let all = config(
+        &dir,
+        "all.toml",
+        &branch("mysql", &source, "all", "ttl = \"10m\""),
+    );
+    let client =
+        "db=${DATABASE_URL##*/}; mariadb -h127.0.0.1 -uroot --protocol=tcp -N --batch \"$db\"";
+    let out = run(
+        &op,
+        &target,
+        "alice",
+        &all,
+        &format!(
+            "{client} -e 'SELECT count(*) FROM users; SELECT count(*) FROM audit; \
+             INSERT INTO users VALUES (1000, 7, \"new\"); SELECT count(*) FROM audit; \
+             SELECT twice(21); SELECT count(*) FROM big_ids; \
+             SELECT (SELECT n FROM ledger_a) + (SELECT n FROM ledger_b); SELECT DATABASE()'"
+        ),
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = writing.join();
+    drop(writer);
+    let text = ok(&out);
+    let lines: Vec<&str> = text.lines().collect();
+    // Filtered rows, the filtered table's trigger copied (it did not fire
+    // on the copied rows, it fires on a new one), the routine, the view,
+    // the two ledgers from one moment.
+    assert_eq!(
+        lines[..6],
+        ["10", "0", "1", "42", "10", "1000000"],
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let branch_db = lines[6];
+    assert!(
+        branch_db.starts_with(&format!("remora_{source}_")),
+        "{text}"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let flat_err = flat(&out);
+    assert!(
+        flat_err.contains("mydumper-t4+myloader-t4(onesnapshot,rowsreadby"),
+        "{stderr}"
+    );
+    let readers: usize = flat_err
+        .split("rowsreadby")
+        .nth(1)
+        .and_then(|rest| {
+            rest.chars()
+                .take_while(char::is_ascii_digit)
+                .collect::<String>()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0);
+    assert!(
+        readers >= 2,
+        "rows read by {readers} connection(s): {stderr}"
+    );
+    assert_eq!(
+        maria_checksums(branch_db, &tables),
+        maria_checksums(&source, &tables),
+        "the branch's tables differ from the source's"
+    );
+    assert_eq!(
+        maria_checksums(&source, &still),
+        before,
+        "the source changed"
+    );
+    assert!(moved() > 0);
+}
+
+/// MariaDB, without the fast path: an operator killed while a branch is
+/// being made (its database created and filled by the parallel dump, the
+/// filtered table's rows still being read) leaves no database behind: the
+/// branch was recorded first, and the operator started again with the same
+/// `--state-dir` drops it.
+#[test]
+fn a_mariadb_branch_half_made_when_the_operator_is_killed_is_dropped_by_its_successor() {
+    let Names {
+        source,
+        dir,
+        _cleanup,
+        ..
+    } = names("mcrash", Db::Mariadb);
+    maria(&format!(
+        "CREATE DATABASE `{source}`; USE `{source}`;
+         CREATE TABLE users (id int PRIMARY KEY, org_id int, name text);
+         INSERT INTO users SELECT seq, 7, CONCAT('u', seq) FROM seq_1_to_60;
+         CREATE TABLE orders (id int PRIMARY KEY, user_id int, total int);
+         INSERT INTO orders SELECT seq, seq, seq * 3 FROM seq_1_to_100;
+         CREATE TABLE items (id int PRIMARY KEY, name text);
+         INSERT INTO items SELECT seq, MD5(seq) FROM seq_1_to_100;"
+    ));
+    let checksum = || maria_checksums(&source, &["users", "orders", "items"]);
+    let before = checksum();
+    let url = format!("mysql://root@127.0.0.1:3306/{source}");
+    let target = Workload::start(&[("DATABASE_URL", &url)]);
+    let state_arg = dir.join("state").to_str().unwrap().to_owned();
+    let op = OperatorProcess::start_with(None, &["--state-dir", &state_arg]).unwrap();
+    // The filtered rows take a minute to read (a second a row).
+    let slow = config(
+        &dir,
+        "slow.toml",
+        &format!(
+            "[[db_branches]]\ntype = \"mysql\"\nname = \"{source}\"\n\
+             connection = {{ url = {{ env = \"DATABASE_URL\" }} }}\n\
+             copy = {{ mode = \"all\", tables = {{ users = {{ filter = \"WHERE SLEEP(1) = 0\" }} }} }}\n\
+             ttl = \"1h\"\nid = \"crash\"\n"
+        ),
+    );
+    let branch = format!("remora_{source}_crash");
+    let exists = |table: &str| {
+        maria(&format!(
+            "SELECT count(*) FROM information_schema.TABLES \
+             WHERE TABLE_SCHEMA = '{branch}' AND TABLE_NAME = '{table}'"
+        )) == "1"
+    };
+    let database_exists = || {
+        maria(&format!(
+            "SELECT count(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = '{branch}'"
+        )) == "1"
+    };
+    let mut session = op
+        .remora("alice")
+        .unwrap()
+        .args(["run", "-f"])
+        .arg(&slow)
+        .args(["--target", &target.target(), "--", "true"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // The filtered table's definition comes after the other tables' rows.
+    fixtures::wait_for(
+        "the branch to be half made",
+        Duration::from_secs(60),
+        || exists("users"),
+    );
+    kill_operator_and_its_clients(op);
+    let _ = session.wait();
+    // The killed mariadb-dump's query would read on for a minute (and hold
+    // the branch's drop back): ended too.
+    for id in maria(&format!(
+        "SELECT ID FROM information_schema.PROCESSLIST \
+         WHERE INFO LIKE '%SLEEP(1) = 0%' AND DB = '{source}'"
+    ))
+    .lines()
+    {
+        let _ = Command::new("mariadb")
+            .args(["-h127.0.0.1", "-uroot", "--protocol=tcp", "-e"])
+            .arg(format!("KILL {id}"))
+            .output();
+    }
+    assert!(database_exists(), "the killed operator dropped its branch");
+
+    let op = OperatorProcess::start_with(None, &["--state-dir", &state_arg]).unwrap();
+    fixtures::wait_for(
+        "the half-made branch to be dropped by the next operator",
+        Duration::from_secs(60),
+        || !database_exists(),
+    );
+    assert!(ls(&op).iter().all(|b| b["id"] != "crash"));
+    assert_eq!(checksum(), before, "the source changed");
+}
+
+/// The MariaDB fast path: an operator killed while it makes a source's
+/// golden copy with `mariadb-backup` (held up by a write lock the test
+/// takes on a source table, the golden copy's directory made) leaves no directory behind: the golden copy
+/// and the branch were recorded first, and the operator started again with
+/// the same `--state-dir` removes what was made.
+#[test]
+fn a_mariadb_fast_path_branch_half_made_when_the_operator_is_killed_is_removed_by_its_successor() {
+    let Names {
+        source,
+        dir,
+        _cleanup,
+        ..
+    } = names("mfcrash", Db::Mariadb);
+    maria(&format!(
+        "CREATE DATABASE `{source}`; USE `{source}`;
+         CREATE TABLE users (id int PRIMARY KEY, org_id int, name text);
+         INSERT INTO users SELECT seq, seq % 10, CONCAT('u', seq) FROM seq_1_to_100;"
+    ));
+    let checksum = || maria_checksums(&source, &["users"]);
+    let before = checksum();
+    // The backup is not reflinked (the operator is killed before the
+    // branch's copy), so the work directory may be anywhere.
+    let work = dir.join("work");
+    let db_config = config(
+        &dir,
+        "db.toml",
+        &format!(
+            "[[mariadb_backup]]\nserver = \"127.0.0.1:3306\"\nworkdir = \"{}\"\n",
+            work.display()
+        ),
+    );
+    // mariadb-backup waits for this lock once it has made the golden
+    // copy's directory and started copying the redo log into it.
+    // (Held while the client waits for more input; released when it is
+    // killed, by the guard.)
+    let mut lock = ChildGuard(
+        Command::new("mariadb")
+            .args(["-h127.0.0.1", "-P3306", "-uroot", "--protocol=tcp"])
+            .args(["-N", "--batch", "--unbuffered"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut lock_input = lock.0.stdin.take().unwrap();
+    {
+        use std::io::{BufRead, Write};
+        lock_input
+            .write_all(format!("LOCK TABLES `{source}`.users WRITE; SELECT 'locked';\n").as_bytes())
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(lock.0.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "locked");
+    }
+    let target = Workload::start(&[(
+        "DATABASE_URL",
+        &format!("mysql://root@127.0.0.1:3306/{source}"),
+    )]);
+    let state_arg = dir.join("state").to_str().unwrap().to_owned();
+    let args = [
+        "--state-dir",
+        &state_arg,
+        "--db-config",
+        db_config.to_str().unwrap(),
+    ];
+    let op = OperatorProcess::start_with(None, &args).unwrap();
+    let all = all_copy_config(&dir, "mysql", &source, "id = \"crash\"\n");
+    let mut session = op
+        .remora("alice")
+        .unwrap()
+        .args(["run", "-f"])
+        .arg(&all)
+        .args(["--target", &target.target(), "--", "true"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let golden = || -> Option<PathBuf> {
+        std::fs::read_dir(&work)
+            .ok()?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.to_string_lossy().ends_with("_golden"))
+    };
+    fixtures::wait_for(
+        "mariadb-backup to write into the golden copy",
+        Duration::from_secs(60),
+        || golden().is_some_and(|g| g.join("ib_logfile0").exists()),
+    );
+    let golden_dir = golden().unwrap();
+    kill_operator_and_its_clients(op);
+    let _ = session.wait();
+    drop(lock_input);
+    drop(lock);
+    assert!(
+        golden_dir.exists(),
+        "the killed operator removed its golden copy"
+    );
+
+    let op = OperatorProcess::start_with(None, &args).unwrap();
+    fixtures::wait_for(
+        "the half-made golden copy to be removed by the next operator",
+        Duration::from_secs(60),
+        || !golden_dir.exists(),
+    );
+    assert!(ls(&op).iter().all(|b| b["id"] != "crash"));
+    assert_eq!(checksum(), before, "the source changed");
 }

@@ -5,15 +5,17 @@
 //!
 //! The source is only ever read: PostgreSQL clients reading it run with
 //! `default_transaction_read_only=on`, MariaDB dumps in one consistent
-//! read (`--single-transaction`); where a read-only role is configured,
+//! read (`--single-transaction`, or [`my_parallel`]'s connections sharing
+//! one snapshot under a brief `LOCK TABLES … READ`); where a read-only role is configured,
 //! every read of the source logs in as that role ([`Plan::reader`]).
 //!
 //! A branch lives on [`Plan::at`]: the source's own server, or a branch
 //! server of the same version ([`check_versions`]).
 
+use super::my_parallel;
 use super::source::Server;
 use remora_protocol::db::{CopyMode, DbKind};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -36,7 +38,8 @@ pub struct Plan<'a> {
     /// PostgreSQL `all` without filters: clone this golden copy (made
     /// before by [`make_golden`]) instead of filling the branch.
     pub golden: Option<&'a str>,
-    /// Parallel jobs of `pg_dump -Fd` / `pg_restore` (PostgreSQL `all`).
+    /// Parallel jobs of `pg_dump -Fd` / `pg_restore` (PostgreSQL `all`),
+    /// threads of `mydumper` / `myloader` (MariaDB `all`).
     pub jobs: usize,
 }
 
@@ -400,20 +403,22 @@ fn pg_restore(dial: Dial<'_>, at: &Server, into: &str, dir: &Path, jobs: usize) 
 }
 
 /// Fill the plan's source into the database `into` on `plan.at` (which
-/// exists and is empty), in `mode`; PostgreSQL `all` by the parallel dump
-/// and restore when `parallel` (see [`parallel_pays`]).
+/// exists and is empty), in `mode`; `all` by the parallel dump and restore
+/// when `parallel` (see [`parallel_pays`], [`my_parallel::choose`]).
+/// Returns, for MariaDB's parallel dump, how many connections read rows.
 fn fill(
     dial: Dial<'_>,
     plan: &Plan<'_>,
     into: &str,
     mode: CopyMode,
     parallel: bool,
-) -> Result<(), String> {
+) -> Result<Option<usize>, String> {
     if mode == CopyMode::Empty {
-        return Ok(());
+        return Ok(None);
     }
     let (reader, at, source, filters) = (plan.reader, plan.at, plan.source, plan.filters);
     let what = format!("copying {source} into {into}");
+    let mut readers = None;
     match reader.kind {
         DbKind::Postgres if mode == CopyMode::All && parallel => {
             // Parallel: a directory-format dump in one snapshot, restored by
@@ -468,20 +473,38 @@ fn fill(
             copy_filtered_pg(dial, plan, into, &what)?;
         }
         DbKind::Mysql => {
-            let mut dump = client(dial, reader, "mariadb-dump", false);
-            dump.args(["--single-transaction", "--routines", "--triggers"]);
-            if mode == CopyMode::Schema {
-                dump.arg("--no-data");
+            let filtered: BTreeSet<&str> = filters.keys().map(String::as_str).collect();
+            if mode == CopyMode::All && parallel {
+                // Several connections sharing one snapshot (my_parallel).
+                let dir = DumpDir::new(into)?;
+                readers = Some(my_parallel::dump_and_restore(
+                    dial,
+                    reader,
+                    source,
+                    at,
+                    into,
+                    &filtered,
+                    &dir.path(),
+                    plan.jobs.max(1),
+                )?);
             } else {
-                for table in filters.keys() {
-                    dump.arg(format!("--ignore-table={source}.{table}"));
+                let mut dump = client(dial, reader, "mariadb-dump", false);
+                dump.args(["--single-transaction", "--routines", "--triggers"]);
+                if mode == CopyMode::Schema {
+                    dump.arg("--no-data");
+                } else {
+                    for table in filters.keys() {
+                        dump.arg(format!("--ignore-table={source}.{table}"));
+                    }
                 }
+                dump.arg(source);
+                pipe(dump, mariadb(dial, at, Some(into)), &what)?;
             }
-            dump.arg(source);
-            pipe(dump, mariadb(dial, at, Some(into)), &what)?;
-            if mode != CopyMode::Schema && !filters.is_empty() {
+            let whole_left_out = mode != CopyMode::Schema && !filters.is_empty();
+            if whole_left_out {
                 // The filtered tables were left out whole above: their
-                // definitions first, their filtered rows below.
+                // definitions first, their filtered rows below, then
+                // their triggers (which must not fire on those rows).
                 let mut dump = client(dial, reader, "mariadb-dump", false);
                 dump.args(["--single-transaction", "--no-data", "--skip-triggers"])
                     .arg(source)
@@ -515,9 +538,26 @@ fn fill(
                     &format!("{what} (table {table})"),
                 )?;
             }
+            if whole_left_out {
+                let mut dump = client(dial, reader, "mariadb-dump", false);
+                dump.args([
+                    "--single-transaction",
+                    "--no-create-info",
+                    "--no-data",
+                    "--triggers",
+                    "--skip-add-locks",
+                ])
+                .arg(source)
+                .args(filters.keys());
+                pipe(
+                    dump,
+                    mariadb(dial, at, Some(into)),
+                    &format!("{what} (filtered tables' triggers)"),
+                )?;
+            }
         }
     }
-    Ok(())
+    Ok(readers)
 }
 
 /// The tables (plain tables and materialized views: what holds rows) of
@@ -620,22 +660,46 @@ fn create_inner(dial: Dial<'_>, plan: &Plan<'_>) -> Result<String, String> {
             "CREATE DATABASE … TEMPLATE {golden} STRATEGY FILE_COPY{method}"
         ));
     }
-    let parallel =
-        at.kind == DbKind::Postgres && plan.mode == CopyMode::All && parallel_pays(dial, plan)?;
+    let my_way = if at.kind == DbKind::Mysql && plan.mode == CopyMode::All {
+        let filtered = plan.filters.keys().map(String::as_str).collect();
+        Some(my_parallel::choose(
+            dial,
+            plan.reader,
+            plan.source,
+            &filtered,
+            plan.jobs,
+        )?)
+    } else {
+        None
+    };
+    let parallel = match at.kind {
+        DbKind::Postgres => plan.mode == CopyMode::All && parallel_pays(dial, plan)?,
+        DbKind::Mysql => my_way == Some(my_parallel::Way::Parallel),
+    };
     create_empty(dial, at, plan.branch, None)?;
-    fill(dial, plan, plan.branch, plan.mode, parallel)?;
+    let readers = fill(dial, plan, plan.branch, plan.mode, parallel)?;
     let filtered = if plan.filters.is_empty() {
         ""
     } else {
         " + filtered tables"
     };
+    let jobs = plan.jobs.max(1);
     Ok(match (at.kind, plan.mode) {
         (_, CopyMode::Empty) => "empty database".to_owned(),
         (DbKind::Postgres, CopyMode::Schema) => format!("pg_dump --schema-only | psql{filtered}"),
         (DbKind::Postgres, CopyMode::All) => {
-            format!("{}{filtered}", all_method(parallel, plan.jobs.max(1)))
+            format!("{}{filtered}", all_method(parallel, jobs))
         }
         (DbKind::Mysql, CopyMode::Schema) => format!("mariadb-dump --no-data | mariadb{filtered}"),
-        (DbKind::Mysql, CopyMode::All) => format!("mariadb-dump | mariadb{filtered}"),
+        (DbKind::Mysql, CopyMode::All) => match (my_way, readers) {
+            (Some(my_parallel::Way::Parallel), Some(n)) => format!(
+                "mydumper -t {jobs} + myloader -t {jobs} (one snapshot, rows read by {n} \
+                 connections){filtered}"
+            ),
+            (Some(my_parallel::Way::Single(why)), _) => {
+                format!("mariadb-dump | mariadb{why}{filtered}")
+            }
+            _ => format!("mariadb-dump | mariadb{filtered}"),
+        },
     })
 }

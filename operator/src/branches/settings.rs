@@ -3,7 +3,7 @@
 //! and read-only roles the operator reads sources as.
 //!
 //! ```toml
-//! dump_jobs = 4                        # pg_dump -Fd / pg_restore jobs (default: CPUs, ≤ 4)
+//! dump_jobs = 4                        # pg_dump -Fd / pg_restore jobs, mydumper / myloader threads (default: CPUs, ≤ 4)
 //!
 //! [[branch_server]]
 //! type = "postgres"                    # or "mysql"
@@ -87,8 +87,9 @@ pub struct DbSettings {
     pub branch_pods: Vec<BranchPod>,
     pub read_only_roles: Vec<ReadOnlyRole>,
     pub mariadb_backups: Vec<MariadbBackup>,
-    /// Parallel jobs of `pg_dump -Fd` and `pg_restore` (`dump_jobs`;
-    /// default: the machine's CPUs, at most [`MAX_DEFAULT_JOBS`]).
+    /// Parallel jobs of `pg_dump -Fd` and `pg_restore`, threads (each a
+    /// connection) of `mydumper` and `myloader` (`dump_jobs`; default: the
+    /// machine's CPUs, at most [`MAX_DEFAULT_JOBS`]).
     pub jobs: usize,
 }
 

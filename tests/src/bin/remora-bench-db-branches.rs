@@ -25,8 +25,12 @@
 //! directory on an XFS loop mount with reflinks): the first makes the golden
 //! copy with `mariadb-backup`, the next are reflinked copies served by
 //! their own `mariadbd`; and `all` with the same filter as PostgreSQL's
-//! (by the dump: a filter has no fast path). `REMORA_BENCH_DB=postgres|mariadb`
-//! runs one only.
+//! (by the dump: a filter has no fast path). Then a MariaDB source of four
+//! tables of the same total size: `mariadb-dump | mariadb` against `all`
+//! branches by the parallel dump and restore from one snapshot (`mydumper`
+//! and `myloader`, `dump_jobs` default and 4) and by the operator's own
+//! one-connection path (`dump_jobs = 1`).
+//! `REMORA_BENCH_DB=postgres|mariadb|mariadb-parallel` runs one only.
 
 use remora_tests::db::{Workload, XfsMount};
 use remora_tests::operator::OperatorProcess;
@@ -355,17 +359,22 @@ fn maria_drop_all() -> Result<()> {
 
 /// `mariadb-dump SOURCE | mariadb COPY`; seconds.
 fn maria_dump_restore() -> Result<f64> {
-    maria(None, &format!("DROP DATABASE IF EXISTS {COPY}"))?;
+    maria_dump_restore_of(SOURCE, COPY)
+}
+
+/// `mariadb-dump source | mariadb copy`; seconds.
+fn maria_dump_restore_of(source: &str, copy: &str) -> Result<f64> {
+    maria(None, &format!("DROP DATABASE IF EXISTS {copy}"))?;
     let started = Instant::now();
-    maria(None, &format!("CREATE DATABASE {COPY}"))?;
+    maria(None, &format!("CREATE DATABASE {copy}"))?;
     let mut dump = Command::new("mariadb-dump")
         .args(["-h127.0.0.1", "-P3306", "-uroot", "--protocol=tcp"])
-        .args(["--single-transaction", "--routines", "--triggers", SOURCE])
+        .args(["--single-transaction", "--routines", "--triggers", source])
         .stdout(Stdio::piped())
         .spawn()?;
     let stdout = dump.stdout.take().ok_or("no mariadb-dump stdout")?;
     let restore = Command::new("mariadb")
-        .args(["-h127.0.0.1", "-P3306", "-uroot", "--protocol=tcp", COPY])
+        .args(["-h127.0.0.1", "-P3306", "-uroot", "--protocol=tcp", copy])
         .stdin(stdout)
         .stdout(Stdio::null())
         .status()?;
@@ -504,6 +513,127 @@ fn bench_mariadb(mb: u64, rounds: u64) -> Result<()> {
     Ok(())
 }
 
+const MULTI: &str = "remora_bench_multi";
+const MULTI_COPY: &str = "remora_bench_multi_copy";
+/// The tables of the several-table source.
+const MULTI_TABLES: u64 = 4;
+
+const MULTI_WAYS: [&str; 4] = [
+    "mariadb-dump | mariadb",
+    "branch all, dump_jobs = 1 (mariadb-dump \\| mariadb)",
+    "branch all, dump_jobs default (the CPUs, at most 4)",
+    "branch all, dump_jobs = 4",
+];
+
+/// MariaDB `all` branches of a source of several tables (the same size in
+/// all, [`MULTI_TABLES`] tables) without the fast path: the parallel dump
+/// and restore from one snapshot (`mydumper` + `myloader`), against
+/// `mariadb-dump | mariadb` of the same database and the operator's own
+/// one-connection path (`dump_jobs = 1`), in the same run.
+fn bench_mariadb_parallel(mb: u64, rounds: u64) -> Result<()> {
+    for name in maria(None, "SHOW DATABASES")?
+        .lines()
+        .filter(|n| n.starts_with(MULTI) || n.starts_with("remora_benchmulti_"))
+    {
+        maria(None, &format!("DROP DATABASE IF EXISTS `{name}`"))?;
+    }
+    maria(None, &format!("CREATE DATABASE {MULTI}"))?;
+    let rows = mb * 1024 * 1024 / 300 / MULTI_TABLES;
+    for t in 0..MULTI_TABLES {
+        maria(
+            Some(MULTI),
+            &format!(
+                "CREATE TABLE items{t} (id bigint PRIMARY KEY, org int, body text, KEY (org)) ENGINE=InnoDB;
+                 INSERT INTO items{t} SELECT seq, seq % 100, REPEAT(MD5(seq), 7) FROM seq_1_to_{rows};
+                 ANALYZE TABLE items{t};"
+            ),
+        )?;
+    }
+    let size: f64 = maria(
+        None,
+        &format!(
+            "SELECT SUM(data_length + index_length) FROM information_schema.TABLES \
+             WHERE table_schema = '{MULTI}'"
+        ),
+    )?
+    .parse()?;
+    let dir = TempDir(
+        std::env::temp_dir().join(format!("remora-bench-maria-multi-{}", std::process::id())),
+    );
+    std::fs::create_dir_all(&dir.0)?;
+    let jobs_config = |jobs: u32| -> Result<PathBuf> {
+        let path = dir.0.join(format!("db-{jobs}.toml"));
+        std::fs::write(&path, format!("dump_jobs = {jobs}\n"))?;
+        Ok(path)
+    };
+    let operators: [Option<PathBuf>; 3] = [Some(jobs_config(1)?), None, Some(jobs_config(4)?)];
+    let config = dir.0.join("multi-all.toml");
+    std::fs::write(
+        &config,
+        "[[db_branches]]\ntype = \"mysql\"\nname = \"benchmulti\"\n\
+         connection = { url = { env = \"DATABASE_URL\" } }\n\
+         copy = { mode = \"all\" }\nttl = \"10m\"\n",
+    )?;
+    let url = format!("mysql://root@127.0.0.1:3306/{MULTI}");
+    let target = Workload::start(&[("DATABASE_URL", &url)]);
+    let mut times: Vec<Vec<f64>> = vec![Vec::new(); MULTI_WAYS.len()];
+    let mut methods = vec![String::new(); MULTI_WAYS.len()];
+    for round in 0..rounds {
+        times[0].push(maria_dump_restore_of(MULTI, MULTI_COPY)?);
+        for (i, db_config) in operators.iter().enumerate() {
+            let op = match db_config {
+                Some(path) => OperatorProcess::start_with(
+                    None,
+                    &["--db-config", path.to_str().ok_or("path")?],
+                )?,
+                None => OperatorProcess::start(None)?,
+            };
+            let (secs, how) = branch(&op, &target, &config)?;
+            times[i + 1].push(secs);
+            methods[i + 1] = how;
+            remove_all(&op)?;
+        }
+        eprintln!(
+            "MariaDB, {MULTI_TABLES} tables: round {round}: {}",
+            times
+                .iter()
+                .map(|t| format!("{:.2}", t[t.len() - 1]))
+                .collect::<Vec<_>>()
+                .join(" / ")
+        );
+    }
+    let peer = median(&times[0]);
+    println!(
+        "\nMariaDB {} (this machine's, 127.0.0.1:3306), source of {MULTI_TABLES} tables, \
+         {:.0} MB (data + indexes), median of {rounds} rounds:\n",
+        maria(None, "SELECT VERSION()")?,
+        size / 1e6
+    );
+    println!("| how | seconds | vs mariadb-dump \\| mariadb | method |");
+    println!("| --- | ---: | ---: | --- |");
+    for (i, way) in MULTI_WAYS.iter().enumerate() {
+        let m = median(&times[i]);
+        println!(
+            "| {} | {m:.2} | {:.2}x | {} |",
+            if i == 0 {
+                way.replace('|', "\\|")
+            } else {
+                (*way).to_owned()
+            },
+            peer / m,
+            methods[i].replace('|', "\\|")
+        );
+    }
+    drop(target);
+    for name in maria(None, "SHOW DATABASES")?
+        .lines()
+        .filter(|n| n.starts_with(MULTI) || n.starts_with("remora_benchmulti_"))
+    {
+        maria(None, &format!("DROP DATABASE IF EXISTS `{name}`"))?;
+    }
+    Ok(())
+}
+
 /// `remora db rm` every branch `op` lists.
 fn remove_all(op: &OperatorProcess) -> Result<()> {
     let out = op.remora("bench")?.args(["db", "ls", "--json"]).output()?;
@@ -541,8 +671,12 @@ fn bench() -> Result<()> {
     let rounds = env_number("REMORA_BENCH_ROUNDS", 3).max(1);
     let only = std::env::var("REMORA_BENCH_DB").unwrap_or_default();
     println!("### Database branches (`remora-bench-db-branches`)");
+    if only == "mariadb-parallel" {
+        return bench_mariadb_parallel(mb, rounds);
+    }
     if only != "postgres" {
         bench_mariadb(mb, rounds)?;
+        bench_mariadb_parallel(mb, rounds)?;
     }
     if only == "mariadb" {
         return Ok(());
