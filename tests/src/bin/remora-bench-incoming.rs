@@ -71,8 +71,12 @@ fn parse_duration_us(text: &str) -> Option<f64> {
 }
 
 fn wrk_once(args: &[&str], url: &str, header: Option<&str>) -> Result<Wrk> {
-    let mut cmd = Command::new("wrk");
-    cmd.args(args);
+    // In a session of its own (util-linux `setsid` execs wrk in place): with
+    // autogroup scheduling each session is one scheduling group, and wrk in
+    // the driver's session would share a group with the pod's services
+    // (see `service_pod`), favouring the direct path.
+    let mut cmd = Command::new("setsid");
+    cmd.arg("wrk").args(args);
     if let Some(h) = header {
         cmd.args(["-H", h]);
     }
