@@ -71,8 +71,12 @@ fn parse_duration_us(text: &str) -> Option<f64> {
 }
 
 fn wrk_once(args: &[&str], url: &str, header: Option<&str>) -> Result<Wrk> {
-    let mut cmd = Command::new("wrk");
-    cmd.args(args);
+    // In a session of its own (util-linux `setsid` execs wrk in place): with
+    // autogroup scheduling each session is one scheduling group, and wrk in
+    // the driver's session would share a group with the pod's services
+    // (see `service_pod`), favouring the direct path.
+    let mut cmd = Command::new("setsid");
+    cmd.arg("wrk").args(args);
     if let Some(h) = header {
         cmd.args(["-H", h]);
     }
@@ -202,10 +206,26 @@ fn haproxy() -> std::result::Result<String, String> {
     })
 }
 
+/// Where HAProxy, started as a daemon in the pod, writes its PID.
+fn haproxy_pid_path(pod: &str) -> String {
+    format!("/tmp/remora-bench-haproxy-{}-{pod}.pid", std::process::id())
+}
+
+/// SIGKILLs a process this driver started (by its PID) on drop.
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.0 as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+    }
+}
+
 /// A pod named `name` running the service twice (POD_PORT, TWIN_PORT), each
 /// spending `work_us` per request, and HAProxy when there is one; also the
 /// twin's and HAProxy's PIDs.
 struct ServicePod {
+    _proxy: Option<KillOnDrop>,
     pod: Pod,
     _procs: Vec<remora_tests::PodProcess>,
     twin: u32,
@@ -232,24 +252,41 @@ fn service_pod(
         pod.wait_for_tcp(port, Duration::from_secs(20))?;
     }
     let twin = procs[1].pid();
+    // HAProxy as a daemon (`-D`: it forks and calls setsid), so that it
+    // runs in a session of its own like the agent (whose intproxy calls
+    // setsid): with the kernel's autogroup scheduling (the default of most
+    // distributions' kernels) each session is one scheduling group, and
+    // HAProxy in the session of wrk and the service would share their group
+    // while the agent competes on its own with every other session.
     let proxy = match proxy {
         Some(haproxy) => {
-            let p = pod
+            let pid_path = haproxy_pid_path(name);
+            let out = pod
                 .command(haproxy)?
-                .args(["-db", "-f", HAPROXY_CFG_PATH])
-                .spawn()?;
-            let pid = p.pid();
-            procs.push(p);
+                .args(["-D", "-p", &pid_path, "-f", HAPROXY_CFG_PATH])
+                .output()?;
+            if !out.status.success() {
+                let err = String::from_utf8_lossy(&out.stderr);
+                return Err(format!("HAProxy did not start: {err}").into());
+            }
+            let read = pod.command("cat")?.arg(&pid_path).output()?;
+            let _ = pod.command("rm")?.args(["-f", &pid_path]).output();
+            let pid: u32 = String::from_utf8_lossy(&read.stdout)
+                .trim()
+                .parse()
+                .map_err(|_| "no HAProxy PID file")?;
+            let guard = KillOnDrop(pid);
             pod.wait_for_tcp(PROXY_PORT, Duration::from_secs(20))?;
-            Some(pid)
+            Some(guard)
         }
         None => None,
     };
     Ok(ServicePod {
+        proxy: proxy.as_ref().map(|p| p.0),
+        _proxy: proxy,
         pod,
         _procs: procs,
         twin,
-        proxy,
     })
 }
 
@@ -323,6 +360,14 @@ fn bench() -> Result<()> {
         return Err("HAProxy does not reach the service".into());
     }
     let agent = procs::agent_of(&pod.target()).ok_or("no agent serves the pod")?;
+    hold(
+        agent,
+        service.twin,
+        service.proxy,
+        &url,
+        &twin_url,
+        &proxy_url,
+    );
     let mut paths = vec![
         Path {
             url: &twin_url,
@@ -393,7 +438,8 @@ fn bench() -> Result<()> {
     );
     match haproxy {
         Some(path) => println!(
-            "- (e): {} in the pod (`-db`, HTTP mode, `option http-keep-alive`, `http-reuse always`)\n",
+            "- (e): {} in the pod (`-D`: its own session, as the agent; HTTP mode, `option \
+             http-keep-alive`, `http-reuse always`)\n",
             version_of(path)
         ),
         None => println!("- (e): HAProxy is not installed here: no reverse-proxy rows\n"),
@@ -500,6 +546,24 @@ fn bench() -> Result<()> {
         )),
     );
     Ok(())
+}
+
+/// With `REMORA_BENCH_HOLD_SECS=N`: keep the first setup up for N seconds
+/// before the runs, printing the URLs and PIDs, to look at the processes
+/// with other tools (`perf`, `strace`, `ss`) while driving `wrk` by hand.
+fn hold(agent: u32, twin: u32, proxy: Option<u32>, url: &str, twin_url: &str, proxy_url: &str) {
+    let Some(secs) = std::env::var("REMORA_BENCH_HOLD_SECS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    else {
+        return;
+    };
+    eprintln!(
+        "bench: holding {secs} s: agent pid {agent}, twin service pid {twin}, HAProxy pid {}; \
+         (a) {twin_url} (b) {url} (e) {proxy_url}",
+        proxy.map_or("none".to_owned(), |p| p.to_string())
+    );
+    std::thread::sleep(Duration::from_secs(secs));
 }
 
 /// `haproxy -v`'s first line.
