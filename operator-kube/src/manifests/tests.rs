@@ -110,8 +110,7 @@ fn queue_split_namespaces_get_the_split_role_bound_to_the_operator() {
         assert_eq!(subjects[0].namespace.as_deref(), Some("tools"));
     }
     // Created after the operator's own RBAC, before its Deployment starts.
-    let position =
-        |pred: &dyn Fn(&serde_json::Value) -> bool| all.iter().position(|o| pred(o)).unwrap();
+    let position = |pred: &dyn Fn(&serde_json::Value) -> bool| all.iter().position(pred).unwrap();
     let split_role = position(&|o| o["metadata"]["name"] == QUEUE_SPLIT_ROLE);
     assert!(split_role > position(&|o| o["kind"] == "ClusterRoleBinding"));
     assert!(split_role < position(&|o| o["kind"] == "Deployment"));
