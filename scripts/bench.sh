@@ -26,7 +26,8 @@ echo >> target/bench-results.md
 echo >> target/bench-results.md
 ./target/release/remora-bench-db-branches | tee -a target/bench-results.md
 echo >> target/bench-results.md
-# Queue splitting against the local RabbitMQ (setup.sh starts it).
+# Queue splitting: the local RabbitMQ (setup.sh starts it), and SQS on moto_server and
+# Kafka on tansu, which the bench starts itself (setup.sh installs them).
 ./target/release/remora-bench-queues | tee -a target/bench-results.md
 echo >> target/bench-results.md
 # The test cluster (needs root for its pod namespaces, cgroups and bridge).

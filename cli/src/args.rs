@@ -360,6 +360,11 @@ pub enum OperatorCommand {
         /// The operator image.
         #[arg(long, default_value = remora_operator_kube::manifests::DEFAULT_IMAGE, value_name = "I")]
         image: String,
+        /// A namespace that registers RemoraQueueSplits: adds the Role
+        /// `remora-queue-splits` there (update its workloads, get its
+        /// ConfigMaps and Secrets), bound to the operator. Repeatable.
+        #[arg(long = "queue-split-namespace", value_name = "NS")]
+        queue_split_namespaces: Vec<String>,
     },
 }
 

@@ -6,8 +6,19 @@ use remora_operator_kube::manifests::{self, ManifestOptions};
 /// Run an `operator` subcommand; returns the exit code.
 pub fn run(command: OperatorCommand) -> i32 {
     match command {
-        OperatorCommand::Manifests { namespace, image } => {
-            print!("{}", manifests::yaml(&ManifestOptions { namespace, image }));
+        OperatorCommand::Manifests {
+            namespace,
+            image,
+            queue_split_namespaces,
+        } => {
+            print!(
+                "{}",
+                manifests::yaml(&ManifestOptions {
+                    namespace,
+                    image,
+                    queue_split_namespaces,
+                })
+            );
             0
         }
     }

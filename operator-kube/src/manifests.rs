@@ -43,13 +43,22 @@ pub const API_SERVICE_PORT: u16 = 443;
 /// The bootstrap Role (in kube-system) that reads the front proxy's trust.
 pub const AUTH_READER_ROLE: &str = "extension-apiserver-authentication-reader";
 
-/// `remora operator manifests [--namespace N] [--image I]`.
+/// Name of the Role (and its RoleBinding) [`queue_split_role`] puts in each
+/// namespace that registers queue splits.
+pub const QUEUE_SPLIT_ROLE: &str = "remora-queue-splits";
+
+/// `remora operator manifests [--namespace N] [--image I]
+/// [--queue-split-namespace NS]...`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ManifestOptions {
     /// Where the operator, its service account and its agents live.
     pub namespace: String,
     /// The operator image.
     pub image: String,
+    /// Namespaces that register `RemoraQueueSplit`s: each gets the Role
+    /// [`QUEUE_SPLIT_RULES`] and its binding to the operator's service
+    /// account. Empty: none (the default install edits no workload).
+    pub queue_split_namespaces: Vec<String>,
 }
 
 impl Default for ManifestOptions {
@@ -57,6 +66,7 @@ impl Default for ManifestOptions {
         ManifestOptions {
             namespace: DEFAULT_NAMESPACE.to_owned(),
             image: DEFAULT_IMAGE.to_owned(),
+            queue_split_namespaces: Vec::new(),
         }
     }
 }
@@ -231,6 +241,32 @@ pub const NAMESPACE_RULES: &[Rule] = &[
     },
 ];
 
+/// In each namespace named with `--queue-split-namespace`: a queue split
+/// edits its workload there and reads what its registration names there.
+pub const QUEUE_SPLIT_RULES: &[Rule] = &[
+    Rule {
+        group: "apps",
+        resources: &["deployments", "statefulsets"],
+        verbs: &["update"],
+        names: &[],
+        why: "queue splits: point the workload's queue variable at its temporary queue (a rollout), and restore it when the split ends (a second rollout); the template is read, edited and written back whole",
+    },
+    Rule {
+        group: "argoproj.io",
+        resources: &["rollouts"],
+        verbs: &["update"],
+        names: &[],
+        why: "the same for an Argo Rollout workload (one with `workloadRef` has its Deployment updated instead)",
+    },
+    Rule {
+        group: "",
+        resources: &["configmaps", "secrets"],
+        verbs: &["get"],
+        names: &[],
+        why: "read the broker's URL and credentials (`urlFrom`, `usernameFrom`, `passwordFrom`) and the ConfigMap or Secret the workload's queue variable is set from (`configMapKeyRef`, `secretKeyRef`, `envFrom`); no list, watch or write",
+    },
+];
+
 fn labels() -> BTreeMap<String, String> {
     BTreeMap::from([
         ("app.kubernetes.io/name".to_owned(), NAME.to_owned()),
@@ -330,6 +366,27 @@ pub fn role_binding(options: &ManifestOptions) -> RoleBinding {
             api_group: Some("rbac.authorization.k8s.io".to_owned()),
             kind: "Role".to_owned(),
             name: NAME.to_owned(),
+        },
+        subjects: Some(subject(&options.namespace)),
+    }
+}
+
+/// [`QUEUE_SPLIT_RULES`] in `namespace` (one that registers queue splits).
+pub fn queue_split_role(namespace: &str) -> Role {
+    Role {
+        metadata: meta(QUEUE_SPLIT_ROLE, Some(namespace)),
+        rules: Some(policy_rules(QUEUE_SPLIT_RULES)),
+    }
+}
+
+/// Binds [`queue_split_role`] in `namespace` to the operator's service account.
+pub fn queue_split_role_binding(options: &ManifestOptions, namespace: &str) -> RoleBinding {
+    RoleBinding {
+        metadata: meta(QUEUE_SPLIT_ROLE, Some(namespace)),
+        role_ref: RoleRef {
+            api_group: Some("rbac.authorization.k8s.io".to_owned()),
+            kind: "Role".to_owned(),
+            name: QUEUE_SPLIT_ROLE.to_owned(),
         },
         subjects: Some(subject(&options.namespace)),
     }
@@ -548,7 +605,9 @@ pub fn api_service(options: &ManifestOptions) -> APIService {
 }
 
 /// Every object, in the order `kubectl apply -f` should create them: the
-/// CRDs first, then the namespace and what lives in it.
+/// CRDs first, then the namespace and what lives in it (the queue-split
+/// Roles, in namespaces that must already exist, after the RBAC of the
+/// operator's own namespace).
 ///
 /// # Panics
 /// Never: typed objects always convert to JSON.
@@ -566,6 +625,19 @@ pub fn all(options: &ManifestOptions) -> Vec<serde_json::Value> {
         json(serde_json::to_value(role(options))),
         json(serde_json::to_value(role_binding(options))),
         json(serde_json::to_value(auth_reader_binding(options))),
+    ]);
+    let mut seen = std::collections::BTreeSet::new();
+    for ns in options
+        .queue_split_namespaces
+        .iter()
+        .filter(|ns| seen.insert(ns.as_str()))
+    {
+        out.extend([
+            json(serde_json::to_value(queue_split_role(ns))),
+            json(serde_json::to_value(queue_split_role_binding(options, ns))),
+        ]);
+    }
+    out.extend([
         json(serde_json::to_value(service(options))),
         json(serde_json::to_value(deployment(options))),
         json(serde_json::to_value(api_service(options))),

@@ -63,4 +63,6 @@ fn the_install_manifests_pass_strict_validation() {
     // the front-proxy reader RoleBinding, Service, Deployment, APIService.
     assert_valid(&golden.join("manifests-default.yaml"), 15);
     assert_valid(&golden.join("manifests-tools.yaml"), 15);
+    // + a Role and a RoleBinding in each of two queue-split namespaces.
+    assert_valid(&golden.join("manifests-queue-splits.yaml"), 19);
 }

@@ -112,7 +112,7 @@ fn assert_partition_order(what: &str, got: &[(u64, String)]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_split_topic_delivers_exactly_once_with_a_session_killed_midway() {
-    let n: u64 = std::env::var("REMORA_KAFKA_MESSAGES").map_or(3000, |v| v.parse().unwrap());
+    let n: u64 = std::env::var("REMORA_KAFKA_MESSAGES").map_or(10_000, |v| v.parse().unwrap());
     let tansu = Tansu::start();
     let broker = tansu.broker(GROUP).await;
     let original = q("orders");

@@ -6,9 +6,11 @@
 //! matching the session's filter reach only the session, the rest only the
 //! workload; `kubectl delete remorasession` of a second session ends it
 //! (its command is told why) and moves the messages it did not take to the
-//! workload's queue; when the first command ends, the messages it did not
-//! take go back to the original queue and the workload rolls back onto it.
-//! Then the operator is SIGKILLed while a third session holds a split: the
+//! workload's queue; a third session's `remora run` SIGKILLed gives the
+//! messages it did not take to the workload's queue the same way; when the
+//! first command ends, the messages it did not take go back to the original
+//! queue and the workload rolls back onto it.
+//! Then the operator is SIGKILLed while a fourth session holds a split: the
 //! next operator ends that split from the object's status, and nothing is
 //! lost.
 //!
@@ -380,6 +382,48 @@ spec:
         "carol's queue to be deleted",
     );
     carol.finish();
+
+    // Frank's `remora run` is SIGKILLed (the process it exec'd into, its
+    // command, holding the intproxy's lifeline) while five of his messages
+    // wait in his queue: the intproxy's connection to the operator drops,
+    // his session ends, and the five move to the workload's queue (alice
+    // still holds the split).
+    let mut frank = Run::start(&sim, &addr, "frank");
+    rabbit.queues.push(frank.queue.clone());
+    for n in 0..5 {
+        rabbit.publish(&original, "frank", n);
+    }
+    poll(
+        || {
+            rabbit
+                .rt
+                .block_on(rabbit.broker.depth(&frank.queue))
+                .is_ok_and(|d| d.ready == 5)
+        },
+        "frank's five to reach his queue",
+    );
+    frank.child.0.kill().unwrap();
+    let killed = frank.child.0.wait().unwrap();
+    {
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(killed.signal(), Some(9), "{killed:?}");
+    }
+    let moved = collect(
+        || rabbit.take_all(&workload_queue, idle),
+        5,
+        "frank's five at the workload's queue",
+    );
+    assert_eq!(
+        moved,
+        (0..5).map(|n| format!("frank-{n}")).collect::<Vec<_>>(),
+        "none lost, none twice"
+    );
+    poll(
+        || !rabbit.exists(&frank.queue),
+        "frank's queue to be deleted",
+    );
+    // Reaped: its drop must not signal a pid that may be reused.
+    std::mem::forget(frank.child);
 
     // Five more for alice that the command never takes; then it ends.
     for n in 50..55 {

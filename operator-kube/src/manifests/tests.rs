@@ -28,6 +28,7 @@ fn namespace_and_image_are_used_everywhere() {
     let options = ManifestOptions {
         namespace: "tools".into(),
         image: "registry.example/remora-operator:dev".into(),
+        ..ManifestOptions::default()
     };
     let text = yaml(&options);
     golden("manifests-tools.yaml", &text);
@@ -67,6 +68,57 @@ fn namespace_and_image_are_used_everywhere() {
 }
 
 #[test]
+fn queue_split_namespaces_get_the_split_role_bound_to_the_operator() {
+    let options = ManifestOptions {
+        namespace: "tools".into(),
+        // Named twice: emitted once.
+        queue_split_namespaces: vec!["shop".into(), "billing".into(), "shop".into()],
+        ..ManifestOptions::default()
+    };
+    let text = yaml(&options);
+    golden("manifests-queue-splits.yaml", &text);
+    let all = all(&options);
+    let plain = super::all(&ManifestOptions {
+        namespace: "tools".into(),
+        ..ManifestOptions::default()
+    });
+    assert_eq!(
+        all.len(),
+        plain.len() + 4,
+        "a Role and a RoleBinding per namespace"
+    );
+    for ns in ["shop", "billing"] {
+        let in_ns = |kind: &str| {
+            let found: Vec<_> = all
+                .iter()
+                .filter(|o| o["kind"] == kind && o["metadata"]["namespace"] == ns)
+                .collect();
+            assert_eq!(found.len(), 1, "{kind} in {ns}");
+            found[0].clone()
+        };
+        let role = in_ns("Role");
+        assert_eq!(role["metadata"]["name"], QUEUE_SPLIT_ROLE);
+        let role: Role = serde_json::from_value(role).unwrap();
+        assert_eq!(role.rules.unwrap(), policy_rules(QUEUE_SPLIT_RULES));
+        let binding: RoleBinding = serde_json::from_value(in_ns("RoleBinding")).unwrap();
+        assert_eq!(binding.role_ref.kind, "Role");
+        assert_eq!(binding.role_ref.name, QUEUE_SPLIT_ROLE);
+        let subjects = binding.subjects.unwrap();
+        assert_eq!(subjects.len(), 1);
+        assert_eq!(subjects[0].kind, "ServiceAccount");
+        assert_eq!(subjects[0].name, NAME);
+        assert_eq!(subjects[0].namespace.as_deref(), Some("tools"));
+    }
+    // Created after the operator's own RBAC, before its Deployment starts.
+    let position = |pred: &dyn Fn(&serde_json::Value) -> bool| all.iter().position(pred).unwrap();
+    let split_role = position(&|o| o["metadata"]["name"] == QUEUE_SPLIT_ROLE);
+    assert!(split_role > position(&|o| o["kind"] == "ClusterRoleBinding"));
+    assert!(split_role < position(&|o| o["kind"] == "Deployment"));
+    // Without the option, nothing of it.
+    assert!(!yaml(&ManifestOptions::default()).contains(QUEUE_SPLIT_ROLE));
+}
+
+#[test]
 fn the_operator_runs_restricted() {
     let d = deployment(&ManifestOptions::default());
     let pod = d.spec.template.spec.unwrap();
@@ -90,9 +142,25 @@ fn the_operator_runs_restricted() {
 
 #[test]
 fn rbac_grants_no_wildcards_and_secrets_only_to_create_get_and_patch_in_its_namespace() {
-    for rule in CLUSTER_RULES.iter().chain(NAMESPACE_RULES) {
+    for rule in CLUSTER_RULES
+        .iter()
+        .chain(NAMESPACE_RULES)
+        .chain(QUEUE_SPLIT_RULES)
+    {
         for word in rule.resources.iter().chain(rule.verbs).chain([&rule.group]) {
             assert_ne!(*word, "*", "{rule:?}");
+        }
+        if QUEUE_SPLIT_RULES.contains(rule) {
+            // In the namespaces a platform team names: read Secrets and
+            // ConfigMaps (no list), update workloads, nothing else.
+            let reads = rule.verbs == ["get"] && rule.resources == ["configmaps", "secrets"];
+            let workloads = rule.verbs == ["update"]
+                && rule
+                    .resources
+                    .iter()
+                    .all(|r| ["deployments", "statefulsets", "rollouts"].contains(r));
+            assert!(reads || workloads, "{rule:?}");
+            continue;
         }
         if rule.resources.iter().any(|r| r.contains("secret")) {
             // Its own database-branch records, branch pods' passwords and
@@ -152,6 +220,7 @@ fn docs_justify_every_rule() {
     let expected: Vec<String> = CLUSTER_RULES
         .iter()
         .chain(NAMESPACE_RULES)
+        .chain(QUEUE_SPLIT_RULES)
         .map(doc_row)
         .collect();
     let missing: Vec<&String> = expected.iter().filter(|row| !docs.contains(*row)).collect();

@@ -1,7 +1,12 @@
 //! Queue splitting benchmark behind `scripts/bench.sh` (issue 12): the
 //! router's throughput and the latency it adds, against consuming the
-//! original queue directly, on the local RabbitMQ (`REMORA_RABBITMQ_URL`,
-//! default `amqp://guest:guest@127.0.0.1:5672/%2f`), in one run.
+//! original queue directly, per broker, in one run: the local RabbitMQ
+//! (`REMORA_RABBITMQ_URL`, default `amqp://guest:guest@127.0.0.1:5672/%2f`),
+//! SQS on a `moto_server` and Kafka on a tansu broker, each started by the
+//! bench on a free loopback port and killed by PID at the end (as the
+//! tests do: `MOTO_SERVER`, `REMORA_TANSU` override the binaries).
+//! `remora-bench-queues rabbitmq sqs kafka` (the default: all three) picks
+//! the brokers.
 //!
 //! * **throughput**: `THROUGHPUT_N` messages wait in a queue; *direct*, one
 //!   consumer (the broker seam, prefetch 64 or `REMORA_BENCH_PREFETCH`, one ack each) takes them
@@ -14,7 +19,9 @@
 //!
 //! Each measurement runs `RUNS` times, direct and router alternating; the
 //! table shows the medians. Every queue is created for the run and deleted
-//! at the end (also on failure).
+//! at the end (also on failure). SQS and Kafka go through the broker seam
+//! only (publishes with `Broker::publish`), with counts of their own
+//! ([`Seam::counts`]): moto spends milliseconds of Python per request.
 
 use lapin::options::{
     BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
@@ -49,13 +56,24 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
         .expect("a tokio runtime");
-    match rt.block_on(bench()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("remora-bench-queues: {e}");
-            ExitCode::FAILURE
-        }
+    let mut wanted: Vec<String> = std::env::args().skip(1).collect();
+    if wanted.is_empty() {
+        wanted = ["rabbitmq", "sqs", "kafka"].map(str::to_owned).to_vec();
     }
+    for broker in &wanted {
+        let done = match broker.as_str() {
+            "rabbitmq" => rt.block_on(bench()),
+            "sqs" => rt.block_on(seam::bench(seam::Which::Sqs)),
+            "kafka" => rt.block_on(seam::bench(seam::Which::Kafka)),
+            other => Err(format!("unknown broker {other:?}: rabbitmq, sqs or kafka").into()),
+        };
+        if let Err(e) = done {
+            eprintln!("remora-bench-queues: {broker}: {e}");
+            return ExitCode::FAILURE;
+        }
+        println!();
+    }
+    ExitCode::SUCCESS
 }
 
 fn prefetch() -> u16 {
@@ -205,10 +223,22 @@ async fn receive(
     n: u64,
     epoch: Instant,
 ) -> Result<(Vec<u64>, Instant)> {
+    let mut consumers = Vec::new();
+    for q in queues {
+        consumers.push(broker.consume(q, prefetch()).await?);
+    }
+    receive_from(consumers, n, epoch).await
+}
+
+/// [`receive`] from consumers already open.
+async fn receive_from(
+    consumers: Vec<Box<dyn remora_queues::broker::Consumer>>,
+    n: u64,
+    epoch: Instant,
+) -> Result<(Vec<u64>, Instant)> {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<u64>(1024);
     let mut tasks = tokio::task::JoinSet::new();
-    for q in queues {
-        let mut consumer = broker.consume(q, prefetch()).await?;
+    for mut consumer in consumers {
         let tx = tx.clone();
         tasks.spawn(async move {
             while let Ok(Some(d)) = consumer.next().await {
@@ -421,3 +451,7 @@ async fn bench() -> Result<()> {
     }
     Ok(())
 }
+
+/// SQS and Kafka, through the broker seam.
+#[path = "bench_queues/seam.rs"]
+mod seam;
