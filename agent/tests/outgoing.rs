@@ -257,3 +257,81 @@ async fn a_client_that_sends_beyond_its_window_loses_that_connection() {
     assert!(error.message.contains("window"), "{error}");
     assert_eq!(client.request(Request::Ping).await.unwrap(), Response::Pong);
 }
+
+/// Request/response exchanges on three streams at once, with requests
+/// between them: every answer arrives whole, in order and on its own
+/// stream.
+#[tokio::test]
+async fn round_trips_on_several_streams_arrive_in_order() {
+    let target = Target::sleep(&[]);
+    let agent = agent_for(&target).await;
+    let mut client = Client::connect(agent.local_addr(), "alice").await;
+    let echo = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let echo_addr = echo.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut stream, _) = echo.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                loop {
+                    let n = stream.read(&mut buf).await.unwrap();
+                    if n == 0 {
+                        return;
+                    }
+                    stream.write_all(&buf[..n]).await.unwrap();
+                }
+            });
+        }
+    });
+    for conn in 1..=3 {
+        client
+            .connect_out(conn, Transport::Tcp, RemoteAddr::Ip(echo_addr))
+            .await;
+        let OutgoingServer::Connected { result, .. } = client.outgoing().await else {
+            panic!("no connect reply");
+        };
+        result.unwrap();
+    }
+    let mut received: [Vec<u8>; 3] = Default::default();
+    let mut expected: [Vec<u8>; 3] = Default::default();
+    for round in 0..300u32 {
+        for conn in 1..=3u64 {
+            // 1 to 1,500 bytes, each round's bytes distinct.
+            let len = 1 + (round as usize * 37 + conn as usize * 11) % 1500;
+            let message: Vec<u8> = (0..len)
+                .map(|i| (round as usize + i + conn as usize) as u8)
+                .collect();
+            client.data(conn, &message).await;
+            expected[conn as usize - 1].extend_from_slice(&message);
+        }
+        if round % 50 == 0 {
+            assert_eq!(client.request(Request::Ping).await.unwrap(), Response::Pong);
+        }
+        // Each stream's echo of this round, in order.
+        while (0..3).any(|i| received[i].len() < expected[i].len()) {
+            match client.outgoing().await {
+                OutgoingServer::Data { conn, data } => {
+                    let i = conn.0 as usize - 1;
+                    received[i].extend_from_slice(&data);
+                    assert!(
+                        received[i].len() <= expected[i].len(),
+                        "more than was sent on {conn}"
+                    );
+                    let bytes = credit_cost(data.len());
+                    client
+                        .send(ClientMessage::Outgoing(OutgoingClient::Credit {
+                            conn,
+                            bytes,
+                        }))
+                        .await;
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert!(received == expected, "an answer was corrupted or reordered");
+    }
+    for conn in 1..=3 {
+        client.shutdown_write(conn).await;
+        assert_eq!(client.drain_until_closed(conn).await, b"");
+    }
+}

@@ -152,7 +152,7 @@ pub use self::tokio_codec::FrameCodec;
 mod tokio_codec {
     //! `tokio_util::codec` adapter for the frame format.
     use super::*;
-    use bytes::{Buf, BytesMut};
+    use bytes::{Buf, BufMut, BytesMut};
     use std::marker::PhantomData;
 
     /// Decodes `In` frames and encodes `Out` frames.
@@ -193,11 +193,30 @@ mod tokio_codec {
     impl<In, Out: Serialize> tokio_util::codec::Encoder<Out> for FrameCodec<In, Out> {
         type Error = CodecError;
 
+        /// Encodes the payload straight into `dst` behind a header written
+        /// last: no intermediate buffer, one copy of a data message's bytes.
         fn encode(&mut self, item: Out, dst: &mut BytesMut) -> Result<(), CodecError> {
-            let payload = super::encode(&item)?;
-            dst.reserve(HEADER_LEN + payload.len());
-            dst.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-            dst.extend_from_slice(&payload);
+            let start = dst.len();
+            dst.extend_from_slice(&[0; HEADER_LEN]);
+            let mut writer = dst.writer();
+            let written = bincode::serde::encode_into_std_write(&item, &mut writer, config());
+            let dst = writer.into_inner();
+            let len = match written {
+                Ok(len) if len <= MAX_FRAME_LEN => len,
+                Ok(len) => {
+                    dst.truncate(start);
+                    return Err(CodecError::FrameTooLarge {
+                        len,
+                        max: MAX_FRAME_LEN,
+                    });
+                }
+                Err(e) => {
+                    dst.truncate(start);
+                    return Err(CodecError::Encode(e.to_string()));
+                }
+            };
+            // Cannot truncate: `len` is at most MAX_FRAME_LEN < u32::MAX.
+            dst[start..start + HEADER_LEN].copy_from_slice(&(len as u32).to_be_bytes());
             Ok(())
         }
     }

@@ -53,6 +53,17 @@ where
     // The blocking reader agrees with the slice decoder.
     let back2: T = codec::read_frame(&mut &frame[..]).expect("reads");
     assert_eq!(&back2, msg);
+    // The async encoder writes the same bytes after whatever is queued.
+    #[cfg(feature = "tokio-codec")]
+    {
+        use tokio_util::codec::Encoder;
+        let mut queued = bytes::BytesMut::from(&b"queued"[..]);
+        codec::FrameCodec::<T, &T>::default()
+            .encode(msg, &mut queued)
+            .expect("encodes");
+        assert_eq!(&queued[..6], b"queued");
+        assert_eq!(&queued[6..], &frame[..]);
+    }
 }
 
 proptest! {
@@ -181,6 +192,24 @@ fn oversized_message_is_refused_at_encode() {
         ),
         "{err:?}"
     );
+}
+
+/// An oversized message is refused by the async encoder too, and leaves
+/// what was queued before it untouched.
+#[cfg(feature = "tokio-codec")]
+#[test]
+fn oversized_message_is_refused_by_the_async_encoder() {
+    use tokio_util::codec::Encoder;
+    let msg = ClientMessage::Outgoing(crate::outgoing::OutgoingClient::Data {
+        conn: crate::ConnectionId(1),
+        data: Bytes::from(vec![0u8; MAX_FRAME_LEN + 10]),
+    });
+    let mut queued = bytes::BytesMut::from(&b"queued"[..]);
+    let err = codec::FrameCodec::<ServerMessage, ClientMessage>::default()
+        .encode(msg, &mut queued)
+        .unwrap_err();
+    assert!(matches!(err, CodecError::FrameTooLarge { .. }), "{err:?}");
+    assert_eq!(&queued[..], b"queued");
 }
 
 #[test]

@@ -88,6 +88,8 @@ pub fn hello(version: u32, token: &str, user: &str) -> Hello {
 
 pub async fn handshake(addr: SocketAddr, hello: Hello) -> (HelloReply, Link) {
     let stream = TcpStream::connect(addr).await.expect("connect to agent");
+    // As the intproxy does: small frames leave at once (no Nagle delay).
+    stream.set_nodelay(true).expect("TCP_NODELAY");
     let mut framed: Framed<TcpStream, FrameCodec<HelloReply, Hello>> =
         Framed::new(stream, FrameCodec::default());
     framed.send(hello).await.expect("send hello");

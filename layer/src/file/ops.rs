@@ -338,9 +338,30 @@ pub fn open_remote(path: String, flags: c_int, mode: u32) -> HookResult<Opened> 
         return placeholder(info, cloexec).map(Opened::Native);
     }
     if !write && stat::is_regular(metadata.mode) && metadata.size <= SNAPSHOT_LIMIT {
-        if let Some(content) = read_whole(&handle, metadata.size)? {
-            drop(handle);
-            return native_snapshot(path, metadata, &content, cloexec).map(Opened::Native);
+        let fd = memfd(SNAPSHOT_PREFIX, &path, cloexec)?;
+        match read_whole(&handle, metadata.size, fd) {
+            Ok(Some(len)) => {
+                drop(handle);
+                let mut metadata = metadata;
+                // What the fd holds is what fstat must report.
+                metadata.size = len;
+                let fd = read_only(fd, cloexec);
+                record(
+                    fd,
+                    FileInfo {
+                        path,
+                        metadata,
+                        remote: None,
+                        stream: None,
+                    },
+                );
+                return Ok(Opened::Native(fd));
+            }
+            Ok(None) => close_quietly(fd),
+            Err(e) => {
+                close_quietly(fd);
+                return Err(e);
+            }
         }
     }
     Ok(Opened::Handle(FileInfo {
@@ -523,10 +544,12 @@ fn native_snapshot(
 /// chunk while the next is read.
 const SNAPSHOT_PIPELINE: usize = 4;
 
-/// Fetch a whole remote file with pipelined `Pread`s; `None` when it grew
-/// past [`SNAPSHOT_LIMIT`] meanwhile (the handle's position is untouched).
-fn read_whole(handle: &RemoteHandle, expected: u64) -> HookResult<Option<Vec<u8>>> {
-    let mut out = Vec::with_capacity(expected as usize);
+/// Fetch a whole remote file with pipelined `Pread`s into `fd` (a new
+/// `memfd`), each chunk written as it arrives; its length, or `None` when
+/// it grew past [`SNAPSHOT_LIMIT`] meanwhile (the handle's position is
+/// untouched).
+fn read_whole(handle: &RemoteHandle, expected: u64, fd: c_int) -> HookResult<Option<u64>> {
+    let mut len = 0u64;
     let mut too_big = false;
     let offsets = (0u64..).map(|i| i * IO_CHUNK as u64);
     let requests = offsets.map(|offset| {
@@ -547,15 +570,16 @@ fn read_whole(handle: &RemoteHandle, expected: u64) -> HookResult<Option<Vec<u8>
             Response::Fs(FsReply::Data(data)) => data,
             other => return Err(session::protocol_violation(&other)),
         };
-        if (out.len() + chunk.len()) as u64 > SNAPSHOT_LIMIT {
+        if len + chunk.len() as u64 > SNAPSHOT_LIMIT {
             too_big = true;
             return Ok(false);
         }
-        out.extend_from_slice(&chunk);
+        write_all(fd, &chunk)?;
+        len += chunk.len() as u64;
         // A short chunk is the end (the agent answers up to IO_CHUNK).
         Ok(chunk.len() == IO_CHUNK)
     })?;
-    Ok((!too_big).then_some(out))
+    Ok((!too_big).then_some(len))
 }
 
 /// Start managing `fd`, first releasing whatever a stale entry held (an fd
@@ -641,6 +665,11 @@ fn snapshot_fd(path: &str, content: &[u8], cloexec: bool) -> HookResult<c_int> {
         close_quietly(fd);
         return Err(e);
     }
+    Ok(read_only(fd, cloexec))
+}
+
+/// `fd`, a filled `memfd`, made read-only at offset 0.
+fn read_only(fd: c_int, cloexec: bool) -> c_int {
     // Reopen read-only under the same number, so writes fail with EBADF as
     // they would on a file opened O_RDONLY, and open's lowest-free-fd
     // guarantee holds.
@@ -653,13 +682,13 @@ fn snapshot_fd(path: &str, content: &[u8], cloexec: bool) -> HookResult<c_int> {
         let rc = unsafe { libc::dup3(ro, fd, cloexec_flag) };
         close_quietly(ro);
         if rc >= 0 {
-            return Ok(fd);
+            return fd;
         }
     }
     // No /proc: keep the writable memfd, rewound.
     // SAFETY: seeking an fd we own.
     unsafe { libc::lseek(fd, 0, libc::SEEK_SET) };
-    Ok(fd)
+    fd
 }
 
 fn memfd_proc_path(fd: c_int) -> CString {
