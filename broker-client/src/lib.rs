@@ -9,6 +9,8 @@
 //! (so an `unsafe` conversion stays) and the layer, loaded into every
 //! program, takes no dependency it does not need.
 
+pub mod socket;
+
 use remora_protocol::broker::{
     BROKER_VERSION, BrokerHello, BrokerHelloReply, BrokerReply, BrokerRequest,
 };

@@ -5,11 +5,16 @@
 //! `SCM_RIGHTS`; the supervisor installs it in the program with
 //! `SECCOMP_IOCTL_NOTIF_ADDFD`. No copy, no intproxy round trip, and the
 //! program reads the file as it is now, as a program with the layer does.
+//! Likewise a TCP `connect` the outgoing policy sends to the target: the
+//! agent connects a socket inside the target's network namespace and the
+//! supervisor puts it in place of the program's socket, under the same
+//! number (`ADDFD` with `SETFD`), as the layer does with `dup3`.
 //!
 //! One blocking connection (the supervisor answers one notification at a
 //! time). Without [`BROKER_PATH_ENV`] (a Kubernetes target, an operator, the
 //! fast path turned off) or once the broker refused or broke, every open
-//! takes the proxied path (a snapshot in a `memfd`).
+//! takes the proxied path (a snapshot in a `memfd`) and every connect the
+//! intproxy's interceptor.
 
 use remora_protocol::broker::{BROKER_PATH_ENV, BrokerReply, BrokerRequest};
 use std::collections::BTreeMap;
@@ -32,6 +37,17 @@ pub enum OpenRead {
     Failed(i32),
     /// No fast path (never offered, or it refused or broke: `Some` says
     /// why, the first time only).
+    Unavailable(Option<String>),
+}
+
+/// What a TCP connect through the broker gave.
+#[derive(Debug)]
+pub enum ConnectTcp {
+    /// A socket connected to the remote from inside the target.
+    Socket(OwnedFd),
+    /// The connect failed in the target with this errno.
+    Failed(i32),
+    /// No fast path (as for [`OpenRead::Unavailable`]).
     Unavailable(Option<String>),
 }
 
@@ -91,13 +107,34 @@ impl Broker {
         }
     }
 
+    /// Connect a TCP socket to `remote` inside the target's network
+    /// namespace.
+    pub fn connect_tcp(&mut self, remote: std::net::SocketAddr) -> ConnectTcp {
+        if !self.available() {
+            return ConnectTcp::Unavailable(None);
+        }
+        match self.roundtrip(&BrokerRequest::ConnectTcp { remote }) {
+            Ok((BrokerReply::Connected { .. }, Some(fd))) => ConnectTcp::Socket(fd),
+            Ok((BrokerReply::Failed(e), _)) => ConnectTcp::Failed(e.code.to_linux_errno()),
+            Ok((other, _)) => {
+                ConnectTcp::Unavailable(self.unavailable(format!("unexpected reply {other:?}")))
+            }
+            Err(reason) => ConnectTcp::Unavailable(self.unavailable(reason)),
+        }
+    }
+
     fn disable(&mut self, reason: String) -> OpenRead {
+        OpenRead::Unavailable(self.unavailable(reason))
+    }
+
+    /// Stop using the broker; the warning to give, once.
+    fn unavailable(&mut self, reason: String) -> Option<String> {
         self.disabled = true;
         self.conn = None;
-        OpenRead::Unavailable(Some(format!(
+        Some(format!(
             "the local fast path broke ({reason}); the supervisor copies the target's files \
-             from now on"
-        )))
+             and proxies its connections from now on"
+        ))
     }
 
     fn connect(&mut self) -> Result<&UnixStream, String> {

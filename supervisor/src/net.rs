@@ -59,6 +59,11 @@ impl Supervisor {
         if !call.still_valid(self) {
             return Ok(Verdict::Errno(libc::EINTR));
         }
+        if transport == Transport::Tcp {
+            if let Some(verdict) = self.connect_fast(call, fd, &sock, domain, remote) {
+                return Ok(verdict);
+            }
+        }
         let reply = self.client().request(LayerRequest::ConnectOutgoing {
             transport,
             remote: RemoteAddr::Ip(remote),
@@ -99,6 +104,64 @@ impl Supervisor {
         } else {
             Ok(Verdict::Errno(errno))
         }
+    }
+
+    /// The local fast path for a TCP `connect` (see [`crate::broker`]): a
+    /// socket the agent connected inside the target replaces the program's
+    /// (`sock` is our copy of it) under the same number, with its status
+    /// flags, close-on-exec flag and the options programs set before
+    /// `connect`, as the layer's fast path does; the call returns 0 (a
+    /// non-blocking `connect` succeeds at once, which `connect(2)` allows).
+    /// `None`: not taken (no fast path, the socket is bound or connected,
+    /// a family the target's socket cannot stand in for), go on proxied.
+    fn connect_fast(
+        &mut self,
+        call: &Call,
+        fd: i32,
+        sock: &OwnedFd,
+        domain: i32,
+        remote: SocketAddr,
+    ) -> Option<Verdict> {
+        let family_matches = match remote {
+            SocketAddr::V4(_) => domain == libc::AF_INET,
+            SocketAddr::V6(v6) => domain == libc::AF_INET6 && v6.ip().to_ipv4_mapped().is_none(),
+        };
+        if !self.broker.available()
+            || !family_matches
+            || remora_broker_client::socket::bound_or_connected(sock.as_raw_fd())
+        {
+            return None;
+        }
+        // SAFETY: F_GETFL on our copy (status flags are the open file's,
+        // shared with the program's fd).
+        let status = unsafe { libc::fcntl(sock.as_raw_fd(), libc::F_GETFL) };
+        let cloexec = call.tgid().and_then(|tgid| close_on_exec(tgid, fd))?;
+        if status < 0 {
+            return None;
+        }
+        let new = match self.broker.connect_tcp(remote) {
+            crate::broker::ConnectTcp::Socket(new) => new,
+            crate::broker::ConnectTcp::Failed(errno) => return Some(Verdict::Errno(errno)),
+            crate::broker::ConnectTcp::Unavailable(why) => {
+                if let Some(why) = why {
+                    self.warn_once(&why);
+                }
+                return None;
+            }
+        };
+        remora_broker_client::socket::copy_options(sock.as_raw_fd(), new.as_raw_fd());
+        // SAFETY: plain fcntl on the socket we received.
+        unsafe { libc::fcntl(new.as_raw_fd(), libc::F_SETFL, status) };
+        if !call.still_valid(self) {
+            // (The connection is dropped with `new`.)
+            return Some(Verdict::Errno(libc::EINTR));
+        }
+        Some(Verdict::ReplaceFd {
+            fd: new,
+            at: fd as u32,
+            cloexec,
+            then: 0,
+        })
     }
 
     /// The sockets the supervisor connected or accepted for the program.
@@ -163,6 +226,17 @@ impl Supervisor {
         mem.write(len_addr, &slen.to_ne_bytes())?;
         Ok(Verdict::Return(0))
     }
+}
+
+/// Whether fd `fd` of process `tgid` is close-on-exec (`flags:` of its
+/// fdinfo, octal, `O_CLOEXEC` included); `None` when it cannot be read.
+fn close_on_exec(tgid: u32, fd: i32) -> Option<bool> {
+    let info = std::fs::read_to_string(format!("/proc/{tgid}/fdinfo/{fd}")).ok()?;
+    let flags = info
+        .lines()
+        .find_map(|l| l.strip_prefix("flags:"))
+        .and_then(|v| i64::from_str_radix(v.trim(), 8).ok())?;
+    Some(flags & i64::from(libc::O_CLOEXEC) != 0)
 }
 
 /// What the program should see of a socket the supervisor connected to an

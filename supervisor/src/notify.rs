@@ -21,6 +21,14 @@ pub enum Verdict {
     Fd { fd: OwnedFd, cloexec: bool },
     /// The same at exactly fd number `at` (replacing what was there).
     FdAt { fd: OwnedFd, at: u32, cloexec: bool },
+    /// `fd` put in place of the program's fd `at` (closing what was
+    /// there), then the call returns `then` (not the fd number).
+    ReplaceFd {
+        fd: OwnedFd,
+        at: u32,
+        cloexec: bool,
+        then: i64,
+    },
     /// Another thread answers it later (a blocking accept being waited for).
     Pending,
 }
@@ -128,6 +136,25 @@ impl Listener {
             Verdict::Continue => resp.flags = SECCOMP_USER_NOTIF_FLAG_CONTINUE,
             Verdict::Return(v) => resp.val = v,
             Verdict::Errno(e) => resp.error = -e,
+            Verdict::ReplaceFd {
+                fd,
+                at,
+                cloexec,
+                then,
+            } => {
+                // Without SEND: the fd is installed, the call answered next.
+                let mut addfd = SeccompNotifAddfd {
+                    id,
+                    flags: SECCOMP_ADDFD_FLAG_SETFD,
+                    srcfd: fd.as_raw_fd() as u32,
+                    newfd: at,
+                    newfd_flags: if cloexec { libc::O_CLOEXEC as u32 } else { 0 },
+                };
+                match ioctl(&self.fd, SECCOMP_IOCTL_NOTIF_ADDFD, &mut addfd) {
+                    Ok(_) => resp.val = then,
+                    Err(e) => resp.error = -e.raw_os_error().unwrap_or(libc::EIO),
+                }
+            }
             Verdict::Fd { .. } | Verdict::FdAt { .. } => {
                 let (fd, at, cloexec) = match verdict {
                     Verdict::Fd { fd, cloexec } => (fd, None, cloexec),

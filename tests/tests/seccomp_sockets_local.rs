@@ -8,6 +8,7 @@
 #[path = "support/seccomp.rs"]
 mod seccomp;
 
+use remora_tests::fixtures::CHECKOUT_PORT;
 use remora_tests::{PodProcess, fixtures, require_sandbox};
 use seccomp::{Apps, setup};
 use std::time::Duration;
@@ -95,12 +96,65 @@ fn getsockname_of_a_redirected_socket_is_its_address_in_the_pod() {
         .wait_for_tcp(TCP_PORT, Duration::from_secs(30))
         .unwrap();
     let addr = format!("127.0.0.1:{TCP_PORT}");
-    let out = s.ok(&[go, "addrs", &addr]);
-    let fields: Vec<&str> = out.split_whitespace().collect();
-    assert_eq!(fields.len(), 4, "{out}");
-    assert_eq!(fields[1], addr, "{out}");
-    let seen = format!("{}:{}", fields[2], fields[3]);
-    assert_eq!(fields[0], seen, "local address vs what the pod saw: {out}");
+    // On the local fast path (a socket connected in the pod) and on the
+    // proxied path (connected to an interceptor, the addresses rewritten).
+    for fast_path in ["on", "off"] {
+        let out = s
+            .command(&[], &[go, "addrs", &addr])
+            .env("REMORA_LOCAL_FAST_PATH", fast_path)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let out = String::from_utf8_lossy(&out.stdout);
+        let fields: Vec<&str> = out.split_whitespace().collect();
+        assert_eq!(fields.len(), 4, "{out}");
+        assert_eq!(fields[1], addr, "{out}");
+        let seen = format!("{}:{}", fields[2], fields[3]);
+        assert_eq!(fields[0], seen, "local address vs what the pod saw: {out}");
+    }
+}
+
+/// On the local platform a TCP connect to the pod takes the fast path, as
+/// with the layer: the program's socket is replaced, under its number, by
+/// one the agent connected inside the pod's network namespace (so no
+/// intproxy or agent is in between any more), keeping its close-on-exec
+/// flag; with the fast path off it stays the program's own socket,
+/// connected to an interceptor. A refused connect is refused either way.
+#[test]
+fn tcp_connects_take_the_fast_path_into_the_pods_network_namespace() {
+    require_sandbox!();
+    let apps = Apps::new();
+    let c = apps.c_probe();
+    let c = c.to_str().unwrap();
+    let s = setup();
+    let port = CHECKOUT_PORT.to_string();
+    let run = |fast_path: &str, port: &str| {
+        s.command(&[], &[c, "netns", "127.0.0.1", port])
+            .env("REMORA_LOCAL_FAST_PATH", fast_path)
+            .output()
+            .unwrap()
+    };
+    let out = run("on", &port);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "socket netns: other, close-on-exec: yes\n",
+        "{out:?}"
+    );
+    let out = run("off", &port);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "socket netns: own, close-on-exec: yes\n",
+        "{out:?}"
+    );
+    // Nothing listens on the UDP service's port over TCP.
+    let closed = UDP_PORT.to_string();
+    for fast_path in ["on", "off"] {
+        let out = run(fast_path, &closed);
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("connect: Connection refused"),
+            "{fast_path}: {out:?}"
+        );
+    }
 }
 
 /// A pod port where nothing listens: datagrams sent there get no answer.

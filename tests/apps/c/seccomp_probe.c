@@ -8,6 +8,9 @@
  *   seccomp_probe hold DIR [kill]  (lists DIR like ls, prints "ready", then
  *                           waits for a signal, or with "kill" SIGKILLs itself)
  *   seccomp_probe uring x   (io_uring_setup: prints "ok" or the error)
+ *   seccomp_probe netns IP PORT (a TCP connect, then whether the socket lives
+ *                                in this process's network namespace:
+ *                                "socket netns: own" or "socket netns: other")
  *   seccomp_probe unfaithful PATH  (what remora cannot emulate on a pod file:
  *                                  an O_PATH open, then an O_RDWR open with a
  *                                  writable shared mmap and a fallocate of it;
@@ -44,6 +47,8 @@
 #include <fcntl.h>
 #include <unistd.h>
 #include <sys/mman.h>
+#include <sys/ioctl.h>
+#include <linux/sockios.h>
 
 static int cmp(const void *a, const void *b) {
     return strcmp(*(char *const *)a, *(char *const *)b);
@@ -197,6 +202,17 @@ static int run1(int argc, char **argv) {
         printf("%lld %lld %d%d%d%d %s\n", (long long)before.st_size, (long long)after.st_size,
                mid[0], mid[1], mid[2], mid[3], back);
         close(fd);
+    } else if (!strcmp(cmd, "netns") && argc >= 4) {
+        struct sockaddr_in to = {.sin_family = AF_INET, .sin_port = htons(atoi(argv[3]))};
+        inet_pton(AF_INET, arg, &to.sin_addr);
+        int s = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (connect(s, (struct sockaddr *)&to, sizeof to)) { perror("connect"); return 1; }
+        int ns = ioctl(s, SIOCGSKNS);
+        struct stat theirs, ours;
+        if (ns < 0 || fstat(ns, &theirs) || stat("/proc/self/ns/net", &ours)) { perror("netns"); return 1; }
+        int cloexec = fcntl(s, F_GETFD) & FD_CLOEXEC;
+        printf("socket netns: %s, close-on-exec: %s\n", theirs.st_ino == ours.st_ino ? "own" : "other",
+               cloexec ? "yes" : "no");
     } else if (!strcmp(cmd, "unfaithful")) {
         int fd = open(arg, O_PATH);
         printf("o_path: %s\n", fd >= 0 ? "ok" : strerror(errno));
