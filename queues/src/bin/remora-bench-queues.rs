@@ -62,9 +62,9 @@ fn main() -> ExitCode {
     }
     for broker in &wanted {
         let done = match broker.as_str() {
-            "rabbitmq" => rt.block_on(bench()),
-            "sqs" => rt.block_on(seam::bench(seam::Which::Sqs)),
-            "kafka" => rt.block_on(seam::bench(seam::Which::Kafka)),
+            "rabbitmq" => rt.block_on(until_stopped(bench())),
+            "sqs" => rt.block_on(until_stopped(seam::bench(seam::Which::Sqs))),
+            "kafka" => rt.block_on(until_stopped(seam::bench(seam::Which::Kafka))),
             other => Err(format!("unknown broker {other:?}: rabbitmq, sqs or kafka").into()),
         };
         if let Err(e) = done {
@@ -74,6 +74,26 @@ fn main() -> ExitCode {
         println!();
     }
     ExitCode::SUCCESS
+}
+
+/// `bench` until it ends, or until SIGTERM, SIGINT or SIGHUP: then it is
+/// dropped, which stops the brokers it started (moto, tansu) and deletes
+/// what it declared, instead of leaving them running.
+async fn until_stopped<T>(bench: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
+        return bench.await;
+    };
+    tokio::select! {
+        done = bench => done,
+        _ = term.recv() => Err("stopped by SIGTERM".into()),
+        _ = int.recv() => Err("stopped by SIGINT".into()),
+        _ = hup.recv() => Err("stopped by SIGHUP".into()),
+    }
 }
 
 fn prefetch() -> u16 {
