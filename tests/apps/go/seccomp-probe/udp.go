@@ -11,7 +11,10 @@
 //	    sorted.
 //	udp-signals ADDR N: N request/reply rounds (WriteTo, ReadFrom with a
 //	    5 s deadline) on a goroutine locked to its thread, which another
-//	    goroutine sends SIGUSR1 every 100 µs: prints "replies R of N".
+//	    goroutine sends SIGUSR1 every 100 µs, at most 50 times per round
+//	    (then it waits for the next round: a notified call that cannot
+//	    finish between two signals would be restarted for ever on a
+//	    loaded machine): prints "replies R of N".
 package main
 
 import (
@@ -23,6 +26,7 @@ import (
 	"runtime"
 	"sort"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 	"unsafe"
@@ -158,6 +162,7 @@ func udpSignals(addr string, n int) {
 	}
 	tid := make(chan int)
 	done := make(chan int)
+	var round int64 // rounds finished, for the signaller's pause
 	go func() {
 		runtime.LockOSThread()
 		tid <- syscall.Gettid()
@@ -183,18 +188,26 @@ func udpSignals(addr string, n int) {
 					break
 				}
 			}
+			atomic.AddInt64(&round, 1)
 		}
 		done <- replies
 	}()
 	t := <-tid
 	pid := os.Getpid()
+	seen, sent := int64(0), 0
 	for {
 		select {
 		case replies := <-done:
 			fmt.Printf("replies %d of %d\n", replies, n)
 			return
 		default:
-			syscall.Tgkill(pid, t, syscall.SIGUSR1)
+			if now := atomic.LoadInt64(&round); now != seen {
+				seen, sent = now, 0
+			}
+			if sent < 50 {
+				syscall.Tgkill(pid, t, syscall.SIGUSR1)
+				sent++
+			}
 			time.Sleep(100 * time.Microsecond)
 		}
 	}
