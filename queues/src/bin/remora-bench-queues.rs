@@ -392,6 +392,30 @@ async fn latency(bench: &mut Bench, routed: bool) -> Result<Sample> {
     Ok(sample(latencies, LATENCY_N, last - start))
 }
 
+/// The result table of one broker: medians of the direct and routed runs
+/// (`[direct, router]`), throughput and latency.
+fn print_table(tput: &[Vec<Sample>; 2], lat: &[Vec<Sample>; 2]) {
+    let med = |v: &[Sample], f: fn(&Sample) -> f64| median(v.iter().map(f).collect());
+    println!("| measure | direct | router | router / direct |");
+    println!("| --- | --- | --- | --- |");
+    let (d, r) = (med(&tput[0], |s| s.per_s), med(&tput[1], |s| s.per_s));
+    println!("| throughput (msg/s) | {d:.0} | {r:.0} | {:.2} |", r / d);
+    for (name, f) in [
+        (
+            "latency p50 (µs)",
+            (|s: &Sample| s.p50_us as f64) as fn(&Sample) -> f64,
+        ),
+        ("latency p99 (µs)", |s: &Sample| s.p99_us as f64),
+    ] {
+        let (d, r) = (med(&lat[0], f), med(&lat[1], f));
+        println!(
+            "| {name} | {d:.0} | {r:.0} | {:.2} ({:+.0} µs) |",
+            r / d,
+            r - d
+        );
+    }
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -439,7 +463,6 @@ async fn bench() -> Result<()> {
             lat[i].push(l);
         }
     }
-    let med = |v: &[Sample], f: fn(&Sample) -> f64| median(v.iter().map(f).collect());
     println!("## Queue splitting (RabbitMQ)");
     println!();
     println!(
@@ -451,24 +474,7 @@ async fn bench() -> Result<()> {
         load()
     );
     println!();
-    println!("| measure | direct | router | router / direct |");
-    println!("| --- | --- | --- | --- |");
-    let (d, r) = (med(&tput[0], |s| s.per_s), med(&tput[1], |s| s.per_s));
-    println!("| throughput (msg/s) | {d:.0} | {r:.0} | {:.2} |", r / d);
-    for (name, f) in [
-        (
-            "latency p50 (µs)",
-            (|s: &Sample| s.p50_us as f64) as fn(&Sample) -> f64,
-        ),
-        ("latency p99 (µs)", |s: &Sample| s.p99_us as f64),
-    ] {
-        let (d, r) = (med(&lat[0], f), med(&lat[1], f));
-        println!(
-            "| {name} | {d:.0} | {r:.0} | {:.2} ({:+.0} µs) |",
-            r / d,
-            r - d
-        );
-    }
+    print_table(&tput, &lat);
     Ok(())
 }
 

@@ -20,7 +20,7 @@ mod moto;
 #[path = "../../../tests/support/tansu.rs"]
 mod tansu;
 
-use super::{BODY, LIMIT, RUNS, Result, Sample, load, median, receive_from, sample};
+use super::{BODY, LIMIT, RUNS, Result, Sample, load, print_table, receive_from, sample};
 use remora_queues::broker::{
     Broker, BrokerKind, Consumer, Delivery, Message, QueueDepth, QueueName, QueueProps,
 };
@@ -351,7 +351,6 @@ pub async fn bench(which: Which) -> Result<()> {
             lat[i].push(l);
         }
     }
-    let med = |v: &[Sample], f: fn(&Sample) -> f64| median(v.iter().map(f).collect());
     println!("## Queue splitting ({name})");
     println!();
     println!(
@@ -366,24 +365,7 @@ pub async fn bench(which: Which) -> Result<()> {
         load()
     );
     println!();
-    println!("| measure | direct | router | router / direct |");
-    println!("| --- | --- | --- | --- |");
-    let (d, r) = (med(&tput[0], |s| s.per_s), med(&tput[1], |s| s.per_s));
-    println!("| throughput (msg/s) | {d:.0} | {r:.0} | {:.2} |", r / d);
-    for (label, f) in [
-        (
-            "latency p50 (µs)",
-            (|s: &Sample| s.p50_us as f64) as fn(&Sample) -> f64,
-        ),
-        ("latency p99 (µs)", |s: &Sample| s.p99_us as f64),
-    ] {
-        let (d, r) = (med(&lat[0], f), med(&lat[1], f));
-        println!(
-            "| {label} | {d:.0} | {r:.0} | {:.2} ({:+.0} µs) |",
-            r / d,
-            r - d
-        );
-    }
+    print_table(&tput, &lat);
     Ok(())
 }
 
