@@ -342,20 +342,8 @@ pub fn open_remote(path: String, flags: c_int, mode: u32) -> HookResult<Opened> 
         match read_whole(&handle, metadata.size, fd) {
             Ok(Some(len)) => {
                 drop(handle);
-                let mut metadata = metadata;
-                // What the fd holds is what fstat must report.
-                metadata.size = len;
                 let fd = read_only(fd, cloexec);
-                record(
-                    fd,
-                    FileInfo {
-                        path,
-                        metadata,
-                        remote: None,
-                        stream: None,
-                    },
-                );
-                return Ok(Opened::Native(fd));
+                return Ok(Opened::Native(record_snapshot(fd, path, metadata, len)));
             }
             Ok(None) => close_quietly(fd),
             Err(e) => {
@@ -520,13 +508,18 @@ pub fn stream_sync(fd: c_int, stream: std::net::SocketAddr, sync: Option<bool>) 
 
 fn native_snapshot(
     path: Arc<str>,
-    mut metadata: Metadata,
+    metadata: Metadata,
     content: &[u8],
     cloexec: bool,
 ) -> HookResult<c_int> {
-    // What the fd holds is what fstat must report.
-    metadata.size = content.len() as u64;
     let fd = snapshot_fd(&path, content, cloexec)?;
+    Ok(record_snapshot(fd, path, metadata, content.len() as u64))
+}
+
+/// Manage `fd`, a snapshot of `path` holding `len` bytes; `fd`.
+fn record_snapshot(fd: c_int, path: Arc<str>, mut metadata: Metadata, len: u64) -> c_int {
+    // What the fd holds is what fstat must report.
+    metadata.size = len;
     record(
         fd,
         FileInfo {
@@ -536,7 +529,7 @@ fn native_snapshot(
             stream: None,
         },
     );
-    Ok(fd)
+    fd
 }
 
 /// `Pread`s in flight at once while fetching a snapshot (over as many of
