@@ -3,8 +3,22 @@
 //! checks that decide whether a socket may be replaced by one connected in
 //! the target, and the options carried over to it.
 
+/// Whether socket `fd` of family `domain` may be replaced by one the agent
+/// connects to `remote` in the target: the family fits (a v4-mapped IPv6
+/// destination does not) and `fd` is neither bound nor connected (a local
+/// address could not be kept).
+pub fn replaceable(fd: i32, domain: i32, remote: std::net::SocketAddr) -> bool {
+    let family_matches = match remote {
+        std::net::SocketAddr::V4(_) => domain == libc::AF_INET,
+        std::net::SocketAddr::V6(v6) => {
+            domain == libc::AF_INET6 && v6.ip().to_ipv4_mapped().is_none()
+        }
+    };
+    family_matches && !bound_or_connected(fd)
+}
+
 /// Whether `fd` already has a local port (bound) or a peer (connected).
-pub fn bound_or_connected(fd: i32) -> bool {
+fn bound_or_connected(fd: i32) -> bool {
     // SAFETY: sockaddr_storage is plain data; the calls fill at most `len` bytes.
     unsafe {
         let mut addr: libc::sockaddr_storage = std::mem::zeroed();

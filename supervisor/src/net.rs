@@ -60,7 +60,7 @@ impl Supervisor {
             return Ok(Verdict::Errno(libc::EINTR));
         }
         if transport == Transport::Tcp {
-            if let Some(verdict) = self.connect_fast(call, fd, &sock, domain, remote) {
+            if let Some(verdict) = self.connect_fast(call, tgid, fd, &sock, domain, remote) {
                 return Ok(verdict);
             }
         }
@@ -117,28 +117,24 @@ impl Supervisor {
     fn connect_fast(
         &mut self,
         call: &Call,
+        tgid: u32,
         fd: i32,
         sock: &OwnedFd,
         domain: i32,
         remote: SocketAddr,
     ) -> Option<Verdict> {
-        let family_matches = match remote {
-            SocketAddr::V4(_) => domain == libc::AF_INET,
-            SocketAddr::V6(v6) => domain == libc::AF_INET6 && v6.ip().to_ipv4_mapped().is_none(),
-        };
         if !self.broker.available()
-            || !family_matches
-            || remora_broker_client::socket::bound_or_connected(sock.as_raw_fd())
+            || !remora_broker_client::socket::replaceable(sock.as_raw_fd(), domain, remote)
         {
             return None;
         }
         // SAFETY: F_GETFL on our copy (status flags are the open file's,
         // shared with the program's fd).
         let status = unsafe { libc::fcntl(sock.as_raw_fd(), libc::F_GETFL) };
-        let cloexec = call.tgid().and_then(|tgid| close_on_exec(tgid, fd))?;
         if status < 0 {
             return None;
         }
+        let cloexec = close_on_exec(tgid, fd)?;
         let new = match self.broker.connect_tcp(remote) {
             crate::broker::ConnectTcp::Socket(new) => new,
             crate::broker::ConnectTcp::Failed(errno) => return Some(Verdict::Errno(errno)),

@@ -123,6 +123,32 @@ impl Listener {
         ioctl(&self.fd, SECCOMP_IOCTL_NOTIF_ID_VALID, &mut id).is_ok()
     }
 
+    /// Install a copy of `fd` in the program of notification `id`: at
+    /// number `at` (replacing what is there) or the lowest free one; with
+    /// `send`, the kernel also answers the call with the new fd's number.
+    fn add_fd(
+        &self,
+        id: u64,
+        fd: &OwnedFd,
+        at: Option<u32>,
+        cloexec: bool,
+        send: bool,
+    ) -> io::Result<()> {
+        let mut addfd = SeccompNotifAddfd {
+            id,
+            flags: if send { SECCOMP_ADDFD_FLAG_SEND } else { 0 }
+                | if at.is_some() {
+                    SECCOMP_ADDFD_FLAG_SETFD
+                } else {
+                    0
+                },
+            srcfd: fd.as_raw_fd() as u32,
+            newfd: at.unwrap_or(0),
+            newfd_flags: if cloexec { libc::O_CLOEXEC as u32 } else { 0 },
+        };
+        ioctl(&self.fd, SECCOMP_IOCTL_NOTIF_ADDFD, &mut addfd).map(|_| ())
+    }
+
     /// Answer notification `id`: whether the kernel took the answer (an
     /// error means the call is gone: its thread was interrupted by a signal
     /// or died; callers that consumed something for it put it back).
@@ -136,46 +162,24 @@ impl Listener {
             Verdict::Continue => resp.flags = SECCOMP_USER_NOTIF_FLAG_CONTINUE,
             Verdict::Return(v) => resp.val = v,
             Verdict::Errno(e) => resp.error = -e,
+            // Without SEND: the fd is installed, the call answered next.
             Verdict::ReplaceFd {
                 fd,
                 at,
                 cloexec,
                 then,
-            } => {
-                // Without SEND: the fd is installed, the call answered next.
-                let mut addfd = SeccompNotifAddfd {
-                    id,
-                    flags: SECCOMP_ADDFD_FLAG_SETFD,
-                    srcfd: fd.as_raw_fd() as u32,
-                    newfd: at,
-                    newfd_flags: if cloexec { libc::O_CLOEXEC as u32 } else { 0 },
-                };
-                match ioctl(&self.fd, SECCOMP_IOCTL_NOTIF_ADDFD, &mut addfd) {
-                    Ok(_) => resp.val = then,
-                    Err(e) => resp.error = -e.raw_os_error().unwrap_or(libc::EIO),
-                }
-            }
-            Verdict::Fd { .. } | Verdict::FdAt { .. } => {
-                let (fd, at, cloexec) = match verdict {
-                    Verdict::Fd { fd, cloexec } => (fd, None, cloexec),
-                    Verdict::FdAt { fd, at, cloexec } => (fd, Some(at), cloexec),
-                    _ => unreachable!("matched above"),
-                };
-                let mut addfd = SeccompNotifAddfd {
-                    id,
-                    flags: SECCOMP_ADDFD_FLAG_SEND
-                        | if at.is_some() {
-                            SECCOMP_ADDFD_FLAG_SETFD
-                        } else {
-                            0
-                        },
-                    srcfd: fd.as_raw_fd() as u32,
-                    newfd: at.unwrap_or(0),
-                    newfd_flags: if cloexec { libc::O_CLOEXEC as u32 } else { 0 },
-                };
-                // With SEND the kernel answers the syscall with the new fd.
-                match ioctl(&self.fd, SECCOMP_IOCTL_NOTIF_ADDFD, &mut addfd) {
-                    Ok(_) => return true,
+            } => match self.add_fd(id, &fd, Some(at), cloexec, false) {
+                Ok(()) => resp.val = then,
+                Err(e) => resp.error = -e.raw_os_error().unwrap_or(libc::EIO),
+            },
+            // With SEND the kernel answers the syscall with the new fd.
+            Verdict::Fd { fd, cloexec } => match self.add_fd(id, &fd, None, cloexec, true) {
+                Ok(()) => return true,
+                Err(e) => resp.error = -e.raw_os_error().unwrap_or(libc::EIO),
+            },
+            Verdict::FdAt { fd, at, cloexec } => {
+                match self.add_fd(id, &fd, Some(at), cloexec, true) {
+                    Ok(()) => return true,
                     Err(e) => resp.error = -e.raw_os_error().unwrap_or(libc::EIO),
                 }
             }

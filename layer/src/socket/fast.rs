@@ -32,13 +32,7 @@ pub fn connect(fd: i32, remote: SocketAddr) -> HookResult<bool> {
         Err(HookError::Bypass(_)) => return Ok(false),
         Err(e) => return Err(e),
     };
-    let family_matches = match remote {
-        SocketAddr::V4(_) => domain == libc::AF_INET,
-        SocketAddr::V6(v6) => domain == libc::AF_INET6 && v6.ip().to_ipv4_mapped().is_none(),
-    };
-    if transport != Transport::Tcp
-        || !family_matches
-        || remora_broker_client::socket::bound_or_connected(fd)
+    if transport != Transport::Tcp || !remora_broker_client::socket::replaceable(fd, domain, remote)
     {
         return Ok(false);
     }
