@@ -103,8 +103,43 @@ if [ ${#missing[@]} -gt 0 ]; then
     say "installing ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
     as_root apt-get update -qq >/dev/null || die "apt-get update failed"
+    apt_updated=true
     as_root apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
         || die "apt-get install ${missing[*]} failed"
+fi
+
+# Docker Engine (Debian's docker.io) for agent/tests/docker.rs, which starts a private
+# dockerd of its own (own data/exec root and socket, no iptables, no bridge). The
+# system's docker service must never run: its default iptables rules set the FORWARD
+# policy to DROP, which breaks the sandbox tests. So the package is installed with
+# invoke-rc.d refused (policy-rc.d exit 101) and, where systemd runs, its units masked.
+if [ ! -x /usr/sbin/dockerd ]; then
+    has apt-get || die "missing docker.io and apt-get is not available (Debian/Ubuntu only)"
+    say "installing docker.io (its service neither started nor enabled)"
+    export DEBIAN_FRONTEND=noninteractive
+    policy=/usr/sbin/policy-rc.d
+    ours=false
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\n# remora setup.sh: no service starts while docker.io installs\nexit 101\n' \
+            | as_root tee "$policy" >/dev/null
+        as_root chmod 755 "$policy"
+        ours=true
+    fi
+    if [ -d /run/systemd/system ]; then
+        # Masked before the package exists: its postinst can neither enable nor start them.
+        as_root systemctl mask -q docker.service docker.socket
+    fi
+    ${apt_updated:-false} || as_root apt-get update -qq >/dev/null || die "apt-get update failed"
+    status=0
+    as_root apt-get install -y -qq --no-install-recommends docker.io >/dev/null || status=$?
+    if $ours; then as_root rm -f "$policy"; fi
+    [ "$status" -eq 0 ] || die "apt-get install docker.io failed"
+fi
+if [ -d /run/systemd/system ] && [ -x /usr/sbin/dockerd ] \
+    && [ "$(systemctl is-enabled docker.service 2>/dev/null || true)" != masked ]; then
+    say "stopping and masking the system's docker service (tests start their own dockerd)"
+    as_root systemctl disable -q --now docker.socket docker.service 2>/dev/null || true
+    as_root systemctl mask -q docker.service docker.socket
 fi
 
 # kubernetes-validate (PyPI) checks the golden agent manifests of kube-platform.

@@ -127,7 +127,8 @@ impl Lookup {
     /// `/proc/*/cgroup` scan. Every step is logged (info).
     ///
     /// # Errors
-    /// [`ContainerError`] for an invalid id, or when the scan finds nothing.
+    /// [`ContainerError`] for an invalid id, or when the scan finds nothing
+    /// ([`ContainerError::RuntimesSaid`] with what each runtime asked answered).
     pub async fn find_pid(&self, id: &str) -> Result<(u32, Found), ContainerError> {
         let bare = normalize_id(id)?;
         let scheme = id.split_once("://").map(|(scheme, _)| scheme);
@@ -135,6 +136,7 @@ impl Lookup {
         tracing::info!(container_id = %bare, scheme = scheme.unwrap_or("(none)"),
             order = %order.iter().map(|r| r.name()).collect::<Vec<_>>().join(", "),
             "asking the runtimes for the container's process in this order, then scanning /proc");
+        let mut answers = Vec::new();
         for runtime in order {
             let socket = self.socket(runtime);
             if !socket.exists() {
@@ -148,11 +150,24 @@ impl Lookup {
                         "found the container's process through {}'s API", runtime.name());
                     return Ok((pid, Found::Api(runtime)));
                 }
-                Err(reason) => tracing::info!(container_id = %bare, %reason,
-                    "{} did not give the container's process", runtime.name()),
+                Err(reason) => {
+                    tracing::info!(container_id = %bare, %reason,
+                        "{} did not give the container's process", runtime.name());
+                    answers.push(format!("{}: {reason}", runtime.name()));
+                }
             }
         }
-        let pid = find_container_pid(&self.proc_root, &bare)?;
+        let pid = match find_container_pid(&self.proc_root, &bare) {
+            // What the runtimes said (a stopped container, an unknown id) is
+            // the likelier cause than a missing hostPID: say it.
+            Err(ContainerError::NotFound(id)) if !answers.is_empty() => {
+                return Err(ContainerError::RuntimesSaid {
+                    id,
+                    answers: answers.join("; "),
+                });
+            }
+            found => found?,
+        };
         tracing::info!(container_id = %bare, pid, "found the container's process by its cgroup");
         Ok((pid, Found::Cgroup))
     }
@@ -182,6 +197,18 @@ pub enum ContainerError {
         "no process of container {0} on this node (is the agent on the pod's node, with hostPID?)"
     )]
     NotFound(String),
+    /// No process is in the container's cgroup, and the runtimes asked
+    /// said why they gave none.
+    #[error(
+        "no process of container {id} on this node; the runtimes said: {answers} (is the \
+         container running? is the agent on the pod's node, with hostPID?)"
+    )]
+    RuntimesSaid {
+        /// The container id.
+        id: String,
+        /// Each runtime asked and its answer (`Docker: ...; CRI-O: ...`).
+        answers: String,
+    },
 }
 
 /// Strip a `containerd://`-style scheme and check the id.
