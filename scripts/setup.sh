@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what remora's builds and tests need on a Debian machine: network tools for the
-# end-to-end sandbox, load tools, PostgreSQL (running), moto_server (SQS), tansu (Kafka), cargo-nextest.
+# end-to-end sandbox, load tools, PostgreSQL (running), moto_server (SQS), tansu (Kafka), cargo-nextest,
+# Docker Engine (docker.io; its system service never started: tests run a private dockerd).
 #
 # Idempotent and quiet: prints one line per action taken, nothing when all is present.
 # Exits non-zero on a real failure. Needs root (or sudo) only when something is missing.

@@ -41,7 +41,7 @@ const OTHER_PROGRAMS: &[(&str, &[&str])] = &[
             "--bridge",
         ],
     ),
-    ("docker run", &["--network", "--hostname"]),
+    ("docker run", &["--network", "--hostname", "--security-opt"]),
     ("apt-get install", &["--no-install-recommends"]),
     ("busybox", &["--install"]),
     ("remora-agent (started by the intproxy)", &["--fd-broker"]),

@@ -210,8 +210,18 @@ impl Dockerd {
     }
 
     /// `docker run -d --network none ARGS`: the new container's full id.
+    /// AppArmor unconfined: on a kernel with AppArmor (Debian's default) dockerd
+    /// would apply its `docker-default` profile, which it cannot load without
+    /// `apparmor_parser` (the apparmor package, which setup does not install).
     pub fn run(&mut self, args: &[&str]) -> String {
-        let mut all = vec!["run", "-d", "--network", "none"];
+        let mut all = vec![
+            "run",
+            "-d",
+            "--network",
+            "none",
+            "--security-opt",
+            "apparmor=unconfined",
+        ];
         all.extend_from_slice(args);
         let id = self.docker_ok(&all);
         assert_eq!(id.len(), 64, "not a container id: {id}");
