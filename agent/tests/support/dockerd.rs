@@ -16,7 +16,10 @@
 //! 20 s), kills what is left of its processes (its containerd and shims: their
 //! command lines name the temp dir; the containers' processes: in its cgroup
 //! parent), unmounts whatever is mounted under the temp dir, removes the
-//! cgroup parent in every hierarchy and deletes the temp dir.
+//! cgroup parent in every hierarchy and deletes the temp dir. A test process
+//! killed before its drop (a timeout's SIGKILL) is covered by the next start:
+//! it removes the same way what dockerds of test processes no longer alive left
+//! (their names carry the test's pid).
 #![allow(dead_code)]
 
 use nix::sys::signal::{Signal, kill};
@@ -34,12 +37,16 @@ const START: Duration = Duration::from_secs(60);
 const STOP: Duration = Duration::from_secs(20);
 
 pub struct Dockerd {
+    /// `<temp>/remora-dockerd-<test pid>-<n>-<random>`; its file name is
+    /// also the containers' cgroup parent.
     dir: PathBuf,
     child: Option<Child>,
-    /// `remora-dockerd-<test pid>-<n>`: the containers' cgroup parent.
     cgroup_parent: String,
     containers: Vec<String>,
 }
+
+/// The prefix of every private dockerd's temp dir and cgroup parent.
+const PREFIX: &str = "remora-dockerd-";
 
 impl Dockerd {
     /// Starts a private dockerd and waits until it answers `docker version`.
@@ -54,17 +61,23 @@ impl Dockerd {
                 "{binary} is missing: apt-get install docker.io (scripts/setup.sh does)"
             );
         }
+        sweep();
         static COUNT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let dir = tempfile::Builder::new()
-            .prefix("remora-dockerd-")
+            .prefix(&format!("{PREFIX}{}-{n}-", std::process::id()))
             .tempdir()
             .expect("temp dir")
             .keep();
+        let cgroup_parent = dir
+            .file_name()
+            .expect("a temp dir name")
+            .to_string_lossy()
+            .into_owned();
         let mut me = Dockerd {
             dir,
             child: None,
-            cgroup_parent: format!("remora-dockerd-{}-{n}", std::process::id()),
+            cgroup_parent,
             containers: Vec::new(),
         };
         for sub in ["data", "exec", "cli"] {
@@ -239,67 +252,26 @@ impl Dockerd {
     /// Removes everything this dockerd made; see the module's guarantees.
     /// Idempotent.
     pub fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        if child.try_wait().ok().flatten().is_none() {
-            for id in std::mem::take(&mut self.containers) {
-                let _ = self.docker(&["rm", "-f", &id]);
+        if let Some(mut child) = self.child.take() {
+            if child.try_wait().ok().flatten().is_none() {
+                for id in std::mem::take(&mut self.containers) {
+                    let _ = self.docker(&["rm", "-f", &id]);
+                }
+                let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+                let deadline = Instant::now() + STOP;
+                while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                let _ = child.kill();
             }
-            let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
-            let deadline = Instant::now() + STOP;
-            while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            let _ = child.kill();
+            let _ = child.wait();
         }
-        let _ = child.wait();
-        // What outlived dockerd: its containerd and shims, and container processes.
-        let deadline = Instant::now() + STOP;
-        loop {
-            let left = self.leftover_pids();
-            if left.is_empty() || Instant::now() > deadline {
-                break;
-            }
-            for pid in left {
-                let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        for mount_point in self.host_mounts().into_iter().rev() {
-            let _ = Command::new("umount").arg("-l").arg(&mount_point).status();
-        }
-        for hierarchy in cgroup_mounts() {
-            remove_tree(&hierarchy.join(&self.cgroup_parent));
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        remove_remains(&self.dir);
     }
 
-    /// Processes of this dockerd still alive: those whose command line names
-    /// the temp dir (dockerd, its containerd, the shims) and those in its
-    /// cgroup parent (the containers').
+    /// Processes of this dockerd still alive; see [`leftover_pids`].
     pub fn leftover_pids(&self) -> Vec<u32> {
-        let dir = self.dir.to_string_lossy().into_owned();
-        let mut pids: Vec<u32> = std::fs::read_dir("/proc")
-            .map(|entries| {
-                entries
-                    .flatten()
-                    .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-                    .filter(|pid| {
-                        std::fs::read(format!("/proc/{pid}/cmdline"))
-                            .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&dir))
-                    })
-                    .filter(|pid| alive(*pid))
-                    .collect()
-            })
-            .unwrap_or_default();
-        for hierarchy in cgroup_mounts() {
-            collect_procs(&hierarchy.join(&self.cgroup_parent), &mut pids);
-        }
-        pids.retain(|pid| alive(*pid));
-        pids.sort_unstable();
-        pids.dedup();
-        pids
+        leftover_pids(&self.dir)
     }
 
     /// Mount points under the temp dir in this (the host's) mount namespace.
@@ -309,6 +281,82 @@ impl Dockerd {
             .filter(|m| m.starts_with(&self.dir))
             .collect()
     }
+}
+
+/// What a private dockerd with temp dir `dir` left once dockerd itself is
+/// stopped (or was SIGKILLed with its test): kills its processes, unmounts
+/// anything under `dir`, removes its cgroup parent and `dir`.
+fn remove_remains(dir: &Path) {
+    let deadline = Instant::now() + STOP;
+    loop {
+        let left = leftover_pids(dir);
+        if left.is_empty() || Instant::now() > deadline {
+            break;
+        }
+        for pid in left {
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mounted: Vec<PathBuf> = mount_points()
+        .into_iter()
+        .filter(|m| m.starts_with(dir))
+        .collect();
+    for mount_point in mounted.into_iter().rev() {
+        let _ = Command::new("umount").arg("-l").arg(&mount_point).status();
+    }
+    if let Some(name) = dir.file_name() {
+        for hierarchy in cgroup_mounts() {
+            remove_tree(&hierarchy.join(name));
+        }
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Removes what private dockerds of test processes that no longer run left
+/// (a test SIGKILLed by a timeout never reaches its drop).
+fn sweep() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let owner = name
+            .strip_prefix(PREFIX)
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok());
+        if owner.is_some_and(|pid| pid != std::process::id() && !alive(pid)) {
+            remove_remains(&entry.path());
+        }
+    }
+}
+
+/// Processes of the private dockerd with temp dir `dir` still alive: those
+/// whose command line names `dir` (dockerd, its containerd, the shims) and
+/// those in its cgroup parent (the containers').
+pub fn leftover_pids(dir: &Path) -> Vec<u32> {
+    let text = dir.to_string_lossy().into_owned();
+    let mut pids: Vec<u32> = std::fs::read_dir("/proc")
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+                .filter(|pid| {
+                    std::fs::read(format!("/proc/{pid}/cmdline"))
+                        .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&text))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if let Some(name) = dir.file_name() {
+        for hierarchy in cgroup_mounts() {
+            collect_procs(&hierarchy.join(name), &mut pids);
+        }
+    }
+    pids.retain(|pid| alive(*pid));
+    pids.sort_unstable();
+    pids.dedup();
+    pids
 }
 
 impl Drop for Dockerd {
