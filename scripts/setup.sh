@@ -118,6 +118,8 @@ if [ ! -x /usr/sbin/dockerd ]; then
     has apt-get || die "missing docker.io and apt-get is not available (Debian/Ubuntu only)"
     say "installing docker.io (its service neither started nor enabled)"
     export DEBIAN_FRONTEND=noninteractive
+    ${apt_updated:-false} || as_root apt-get update -qq >/dev/null || die "apt-get update failed"
+    # Nothing may die between writing a policy-rc.d and removing it.
     policy=/usr/sbin/policy-rc.d
     ours=false
     if [ ! -e "$policy" ]; then
@@ -127,10 +129,10 @@ if [ ! -x /usr/sbin/dockerd ]; then
         ours=true
     fi
     if [ -d /run/systemd/system ]; then
-        # Masked before the package exists: its postinst can neither enable nor start them.
-        as_root systemctl mask -q docker.service docker.socket
+        # Masked before the package exists: its postinst can neither enable nor start
+        # them (checked again below, where a failure may stop the script).
+        as_root systemctl mask -q docker.service docker.socket || true
     fi
-    ${apt_updated:-false} || as_root apt-get update -qq >/dev/null || die "apt-get update failed"
     status=0
     as_root apt-get install -y -qq --no-install-recommends docker.io >/dev/null || status=$?
     if $ours; then as_root rm -f "$policy"; fi
