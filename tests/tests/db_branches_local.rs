@@ -1648,6 +1648,15 @@ fn mariadb_all_is_a_parallel_dump_and_restore_from_one_snapshot() {
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
     let flat_err = flat(&out);
+    // How long the source's commits were held, as the session says it.
+    eprintln!(
+        "{}",
+        stderr
+            .lines()
+            .find(|l| l.contains("mydumper"))
+            .unwrap_or_default()
+            .trim()
+    );
     assert!(
         flat_err.contains("mydumper-t4+myloader-t4(onesnapshot,commitsheld"),
         "{stderr}"

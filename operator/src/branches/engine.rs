@@ -6,7 +6,8 @@
 //! The source is only ever read: PostgreSQL clients reading it run with
 //! `default_transaction_read_only=on`, MariaDB dumps in one consistent
 //! read (`--single-transaction`, or [`my_parallel`]'s connections sharing
-//! one snapshot under a brief `LOCK TABLES … READ`); where a read-only role is configured,
+//! one snapshot started while the operator holds commits off with
+//! `BACKUP STAGE BLOCK_COMMIT`); where a read-only role is configured,
 //! every read of the source logs in as that role ([`Plan::reader`]).
 //!
 //! A branch lives on [`Plan::at`]: the source's own server, or a branch
@@ -405,14 +406,14 @@ fn pg_restore(dial: Dial<'_>, at: &Server, into: &str, dir: &Path, jobs: usize) 
 /// Fill the plan's source into the database `into` on `plan.at` (which
 /// exists and is empty), in `mode`; `all` by the parallel dump and restore
 /// when `parallel` (see [`parallel_pays`], [`my_parallel::choose`]).
-/// Returns, for MariaDB's parallel dump, how many connections read rows.
+/// Returns, for MariaDB's parallel dump, what it did.
 fn fill(
     dial: Dial<'_>,
     plan: &Plan<'_>,
     into: &str,
     mode: CopyMode,
     parallel: bool,
-) -> Result<Option<usize>, String> {
+) -> Result<Option<my_parallel::Copied>, String> {
     if mode == CopyMode::Empty {
         return Ok(None);
     }
@@ -692,9 +693,11 @@ fn create_inner(dial: Dial<'_>, plan: &Plan<'_>) -> Result<String, String> {
         }
         (DbKind::Mysql, CopyMode::Schema) => format!("mariadb-dump --no-data | mariadb{filtered}"),
         (DbKind::Mysql, CopyMode::All) => match (my_way, readers) {
-            (Some(my_parallel::Way::Parallel), Some(n)) => format!(
-                "mydumper -t {jobs} + myloader -t {jobs} (one snapshot, rows read by {n} \
-                 connections){filtered}"
+            (Some(my_parallel::Way::Parallel), Some(copied)) => format!(
+                "mydumper -t {jobs} + myloader -t {jobs} (one snapshot, commits held {} ms, \
+                 rows read by {} connections){filtered}",
+                copied.commits_held.as_millis(),
+                copied.readers
             ),
             (Some(my_parallel::Way::Single(why)), _) => {
                 format!("mariadb-dump | mariadb{why}{filtered}")
