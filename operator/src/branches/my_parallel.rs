@@ -41,17 +41,18 @@
 //! a server busy with another backup (or a long DDL) fails the branch with
 //! the server's error rather than wait without end.
 //!
-//! What it replaced, measured with a writer of ~200 two-table transactions
-//! a second: `mydumper --lock-all-tables` (`LOCK TABLE … READ` of the
-//! source's tables, taken one after the other) made a write transaction
-//! holding one of the tables and writing another a deadlock victim (error
-//! 1213, rolled back) in 2 of 3 dumps: a branch must never make the shared
-//! database's transactions fail. `FLUSH TABLES WITH READ LOCK` (mydumper's
-//! default) fails none, but first waits for every running statement of the
-//! whole server (a long report on another database) while holding off
-//! every writer behind it. `BLOCK_COMMIT` waits only for commits in
-//! progress. Without any block (`--no-locks` alone) the writer's two tables
-//! were copied from different moments in 3 of 3 dumps.
+//! What it replaced, measured with a writer moving 1 between two tables
+//! in both orders (docs/db-branches.md has the numbers): `mydumper
+//! --lock-all-tables` (`LOCK TABLE … READ` of the source's tables, taken
+//! one after the other) made a write transaction holding one of the tables
+//! and writing another a deadlock victim (error 1213, rolled back) in 2 of
+//! 3 dumps: a branch must never make the shared database's transactions
+//! fail. `FLUSH TABLES WITH READ LOCK` (mydumper's default) fails none, but
+//! first waits for every write statement running on the whole server (an
+//! `UPDATE` of 4 s on another database stalled the writer 3.5 s) while
+//! holding off every writer behind it. `BLOCK_COMMIT` waits only for
+//! commits in progress. Without any block (`--no-locks` alone) the writer's
+//! two tables were copied from different moments in 2 of 3 dumps.
 //!
 //! Then `myloader --threads N` restores the tables in parallel into the
 //! branch (foreign key checks off per connection; views, triggers and
@@ -545,20 +546,4 @@ fn dump_under(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::readers;
-
-    #[test]
-    fn the_connections_that_read_rows_are_counted_from_mydumpers_log() {
-        // As mydumper 0.10 logs at -v 3 (to stderr).
-        let log = "** Message: 08:33:19.325: Thread 2 connected using MySQL connection ID 25\n\
-                   ** Message: 08:33:19.334: Transactions started, unlocking tables\n\
-                   ** Message: 08:33:19.335: Thread 2 dumping data for `shop`.`a`\n\
-                   ** Message: 08:33:19.335: Thread 4 dumping data for `shop`.`c`\n\
-                   ** Message: 08:33:19.336: Thread 2 dumping data for `shop`.`d`\n\
-                   ** Message: 08:33:19.336: Thread 3 dumping schema for `shop`.`a`\n";
-        assert_eq!(readers(log).into_iter().collect::<Vec<_>>(), [2, 4]);
-        let one = readers("** Message: Thread 1 dumping data for `s`.`t`\n");
-        assert_eq!(one.len(), 1);
-    }
-}
+mod tests;
