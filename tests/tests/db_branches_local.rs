@@ -1689,6 +1689,72 @@ fn mariadb_all_is_a_parallel_dump_and_restore_from_one_snapshot() {
     assert!(moved() > 0);
 }
 
+/// MariaDB `all` whose source's commits cannot be held for the parallel
+/// dump (another session is in `BACKUP STAGE`, as a running
+/// `mariadb-backup` would be): after the operator's `lock_wait_timeout`
+/// (10 s) the branch is filled by one connection instead, with every row,
+/// and the session says why in the server's words.
+#[test]
+fn mariadb_parallel_copy_takes_one_connection_when_the_source_commits_cannot_be_held() {
+    let Names {
+        source,
+        dir,
+        _cleanup,
+        ..
+    } = names("mheld", Db::Mariadb);
+    maria(&format!(
+        "CREATE DATABASE `{source}`; USE `{source}`;
+         CREATE TABLE a (id int PRIMARY KEY); CREATE TABLE b (id int PRIMARY KEY);
+         INSERT INTO a SELECT seq FROM seq_1_to_50; INSERT INTO b SELECT seq FROM seq_1_to_70;"
+    ));
+    // Another backup, in a session of its own, holds the server's one stage.
+    let mut backup = ChildGuard(
+        Command::new("mariadb")
+            .args(["-h127.0.0.1", "-P3306", "-uroot", "--protocol=tcp"])
+            .args(["-N", "--batch", "--unbuffered"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut backup_input = backup.0.stdin.take().unwrap();
+    {
+        use std::io::{BufRead, Write};
+        backup_input
+            .write_all(b"BACKUP STAGE START; SELECT 'started';\n")
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(backup.0.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "started");
+    }
+    let db_config = config(&dir, "db.toml", "dump_jobs = 2\n");
+    let target = Workload::start(&[(
+        "DATABASE_URL",
+        &format!("mysql://root@127.0.0.1:3306/{source}"),
+    )]);
+    let op =
+        OperatorProcess::start_with(None, &["--db-config", db_config.to_str().unwrap()]).unwrap();
+    let all = all_copy_config(&dir, "mysql", &source, "");
+    let out = run(
+        &op,
+        &target,
+        "alice",
+        &all,
+        &format!("{MARIA_CLIENT}m -e 'SELECT (SELECT count(*) FROM a) + (SELECT count(*) FROM b)'"),
+    );
+    drop(backup_input);
+    drop(backup);
+    assert_eq!(ok(&out).trim(), "120", "{}", flat(&out));
+    let said = flat(&out);
+    assert!(
+        said.contains("mariadb-dump|mariadb(oneconnection:thesource'scommitscouldnotbeheld"),
+        "{said}"
+    );
+    assert!(said.contains("Lockwaittimeoutexceeded"), "{said}");
+}
+
 /// A client of the shared database moving 1 from `ledger_a` to `ledger_b`
 /// of `source`, one transaction at a time, updating the two tables in one
 /// order, then in the other, 5 ms apart (so that a transaction holds one

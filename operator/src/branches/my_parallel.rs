@@ -38,8 +38,10 @@
 //! mydumper does). On the way to `BLOCK_COMMIT` the server also briefly
 //! holds off DDL and writes to non-transactional (MyISAM, Aria) tables.
 //! The stage is asked for with `lock_wait_timeout` = [`BLOCK_WAIT_SECS`]:
-//! a server busy with another backup (or a long DDL) fails the branch with
-//! the server's error rather than wait without end.
+//! on a server busy with another backup (MariaDB has one stage at a time)
+//! or a long DDL, the copy gives up before dumping anything
+//! ([`Parallel::NotHeld`], with the server's words) and the caller fills
+//! the branch by one connection instead.
 //!
 //! What it replaced, measured with a writer moving 1 between two tables
 //! in both orders (docs/db-branches.md has the numbers): `mydumper
@@ -406,15 +408,27 @@ pub struct Copied {
     pub commits_held: Duration,
 }
 
+/// What [`dump_and_restore`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Parallel {
+    /// The branch was filled.
+    Copied(Copied),
+    /// The source's commits could not be held (the server's words: another
+    /// backup holds the stage, a DDL outlasted [`BLOCK_WAIT_SECS`], a right
+    /// granted through a role the check did not see); nothing was dumped
+    /// or written, so the caller may fill the branch another way.
+    NotHeld(String),
+}
+
 /// Dump `source` (without the `filtered` tables) with `jobs` connections
 /// sharing one snapshot, started while [`CommitBlock`] holds the source's
 /// commits, into `dir` (which must not exist), and restore it into `into`
 /// on `at` with as many.
 ///
 /// # Errors
-/// The commit block could not be taken, mydumper's connections did not
-/// start within [`SNAPSHOTS_WITHIN`], or mydumper or myloader failed (what
-/// they said).
+/// mydumper's connections did not start within [`SNAPSHOTS_WITHIN`], or
+/// mydumper or myloader failed (what they said). Commits that could not be
+/// held are not an error: [`Parallel::NotHeld`].
 #[allow(clippy::too_many_arguments)]
 pub fn dump_and_restore(
     dial: Dial<'_>,
@@ -425,7 +439,7 @@ pub fn dump_and_restore(
     filtered: &BTreeSet<&str>,
     dir: &Path,
     jobs: usize,
-) -> Result<Copied, String> {
+) -> Result<Parallel, String> {
     let what = format!("copying {source} into {into}");
     let mut dump = dial("mydumper");
     connect(&mut dump, reader);
@@ -448,7 +462,10 @@ pub fn dump_and_restore(
         std::fs::write(&omit, list).map_err(|e| format!("{}: {e}", omit.display()))?;
         dump.arg(format!("--omit-from-file={}", omit.display()));
     }
-    let block = CommitBlock::take(dial, reader)?;
+    let block = match CommitBlock::take(dial, reader) {
+        Ok(block) => block,
+        Err(why) => return Ok(Parallel::NotHeld(why)),
+    };
     let (log, commits_held) = dump_under(dump, block, &format!("{what} (mydumper)"))?;
     let threads = readers(&log);
     let mut load = dial("myloader");
@@ -459,10 +476,10 @@ pub fn dump_and_restore(
         .arg(format!("--threads={jobs}"))
         .arg("--verbose=2");
     run(load, &format!("{what} (myloader)"))?;
-    Ok(Copied {
+    Ok(Parallel::Copied(Copied {
         readers: threads.len(),
         commits_held,
-    })
+    }))
 }
 
 /// Runs mydumper (`dump`) while `block` holds the source's commits, and

@@ -4,7 +4,7 @@
 //! refusal or a failed dump releases them. The real programs against the
 //! real server: `tests/tests/db_branches_local.rs`.
 
-use super::{dump_and_restore, readers};
+use super::{Copied, Parallel, dump_and_restore, readers};
 use crate::branches::source::Server;
 use remora_protocol::db::DbKind;
 use std::collections::BTreeSet;
@@ -81,7 +81,7 @@ impl Fakes {
         std::fs::read_to_string(self.dir.path().join("journal")).unwrap()
     }
 
-    fn copy(&self) -> Result<super::Copied, String> {
+    fn copy(&self) -> Result<Parallel, String> {
         let bin: PathBuf = self.dir.path().to_owned();
         let journal = bin.join("journal");
         let dial = move |program: &str| {
@@ -128,9 +128,11 @@ fn gone(journal: &str) -> bool {
 #[test]
 fn commits_are_held_from_before_the_snapshots_start_until_they_all_have_not_until_the_dump_ends() {
     let fakes = Fakes::new(GRANTING_MARIADB, MYDUMPER);
-    let copied = fakes.copy().unwrap();
+    let Ok(Parallel::Copied(Copied { readers, .. })) = fakes.copy() else {
+        panic!("not copied: {}", fakes.journal());
+    };
     let journal = fakes.journal();
-    assert_eq!(copied.readers, 2, "{journal}");
+    assert_eq!(readers, 2, "{journal}");
     let blocked = at(&journal, "BACKUP STAGE BLOCK_COMMIT");
     assert!(
         at(&journal, "lock_wait_timeout = 10") <= blocked,
@@ -148,14 +150,16 @@ fn commits_are_held_from_before_the_snapshots_start_until_they_all_have_not_unti
 }
 
 #[test]
-fn a_server_refusing_the_stage_fails_the_copy_with_its_words_and_no_dump() {
+fn a_server_refusing_the_stage_is_said_in_its_words_and_nothing_is_dumped() {
     let refusing = "#!/bin/sh\necho \"mariadb pid $$\" >> \"$J\"\nread line\n\
                     echo 'ERROR 1227 (42000) at line 1: Access denied; you need (at least one \
                     of) the RELOAD privilege(s) for this operation' >&2\nexit 1\n";
     let fakes = Fakes::new(refusing, MYDUMPER);
-    let err = fakes.copy().unwrap_err();
-    assert!(err.contains("BACKUP STAGE BLOCK_COMMIT"), "{err}");
-    assert!(err.contains("RELOAD privilege"), "{err}");
+    let Ok(Parallel::NotHeld(why)) = fakes.copy() else {
+        panic!("held: {}", fakes.journal());
+    };
+    assert!(why.contains("BACKUP STAGE BLOCK_COMMIT"), "{why}");
+    assert!(why.contains("RELOAD privilege"), "{why}");
     assert!(!fakes.journal().contains("mydumper"), "{}", fakes.journal());
 }
 
