@@ -1091,11 +1091,11 @@ fn mariadb_sources_are_read_through_the_configured_read_only_role() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    // The role may not LOCK TABLES: no parallel dump from one snapshot,
-    // and the session's output says why.
+    // The role has no RELOAD (BACKUP STAGE): no parallel dump from one
+    // snapshot, and the session's output says why.
     assert!(
         flat(&out).contains(&format!(
-            "mariadb-dump|mariadb(oneconnection:{reader}maynotLOCKTABLESon{source}"
+            "mariadb-dump|mariadb(oneconnection:{reader}hasnoRELOADprivilege"
         )),
         "{}",
         String::from_utf8_lossy(&out.stderr)
@@ -1562,49 +1562,21 @@ fn mariadb_all_is_a_parallel_dump_and_restore_from_one_snapshot() {
     let still = ["t1", "t2", "t3", "t4", "users", "audit"];
     let before = maria_checksums(&source, &still);
 
-    // Live traffic on the source while the branch is made: transfers from
-    // ledger_a to ledger_b, one transaction each (`--force`: one rolled
-    // back as a deadlock victim of the dump's `LOCK TABLES` is not retried,
-    // the next ones go on).
-    let mut writer = ChildGuard(
-        Command::new("mariadb")
-            .args([
-                "-h127.0.0.1",
-                "-P3306",
-                "-uroot",
-                "--protocol=tcp",
-                "--force",
-            ])
-            .arg(&source)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let mut stdin = writer.0.stdin.take().unwrap();
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let writing = {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            use std::io::Write;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let sent = stdin.write_all(
-                    b"START TRANSACTION; UPDATE ledger_a SET n = n - 1; \
-                      UPDATE ledger_b SET n = n + 1; COMMIT;\n",
-                );
-                if sent.is_err() {
-                    return;
-                }
-            }
-        })
-    };
+    // Live traffic on the source while the branches are made: transfers
+    // between ledger_a and ledger_b, one transaction each, in both orders
+    // (a→b, then b→a), so that a lock taking the source's tables one after
+    // the other meets a transaction holding the other one whichever order
+    // it takes them in. `--force`: an error does not stop the writer; each
+    // is counted (`ERROR …` on its stderr) and must never happen: a branch
+    // must not make the shared database's transactions fail.
+    let writer = LedgerWriter::start(&source);
     let moved = || {
         maria(&format!("SELECT n FROM `{source}`.ledger_b"))
-            .parse::<u64>()
+            .parse::<i64>()
             .unwrap()
     };
     fixtures::wait_for("the writer to commit", Duration::from_secs(30), || {
-        moved() > 0
+        moved() != 0
     });
 
     let db_config = config(&dir, "db.toml", "dump_jobs = 4\n");
@@ -1633,9 +1605,31 @@ fn mariadb_all_is_a_parallel_dump_and_restore_from_one_snapshot() {
              SELECT (SELECT n FROM ledger_a) + (SELECT n FROM ledger_b); SELECT DATABASE()'"
         ),
     );
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let _ = writing.join();
-    drop(writer);
+    // Two more branches while the writer goes on (three dumps, as the ones
+    // that measured the lock's deadlocks): their ledgers too are from one
+    // moment.
+    for user in ["bob", "carol"] {
+        let more = run(
+            &op,
+            &target,
+            user,
+            &all,
+            &format!("{client} -e 'SELECT (SELECT n FROM ledger_a) + (SELECT n FROM ledger_b)'"),
+        );
+        assert_eq!(ok(&more).trim(), "1000000", "{}", flat(&more));
+    }
+    let written = writer.stop();
+    eprintln!(
+        "the source's writer: {} pairs of transactions, longest between two pairs {:?}",
+        written.pairs, written.longest
+    );
+    assert!(
+        written.errors.is_empty(),
+        "the source's writer got {} error(s) while branches were made: {:?}",
+        written.errors.len(),
+        written.errors
+    );
+    assert!(written.pairs > 0);
     let text = ok(&out);
     let lines: Vec<&str> = text.lines().collect();
     // Filtered rows, the filtered table's trigger copied (it did not fire
@@ -1654,8 +1648,17 @@ fn mariadb_all_is_a_parallel_dump_and_restore_from_one_snapshot() {
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
     let flat_err = flat(&out);
+    // How long the source's commits were held, as the session says it.
+    eprintln!(
+        "{}",
+        stderr
+            .lines()
+            .find(|l| l.contains("mydumper"))
+            .unwrap_or_default()
+            .trim()
+    );
     assert!(
-        flat_err.contains("mydumper-t4+myloader-t4(onesnapshot,rowsreadby"),
+        flat_err.contains("mydumper-t4+myloader-t4(onesnapshot,commitsheld"),
         "{stderr}"
     );
     let readers: usize = flat_err
@@ -1684,6 +1687,184 @@ fn mariadb_all_is_a_parallel_dump_and_restore_from_one_snapshot() {
         "the source changed"
     );
     assert!(moved() > 0);
+}
+
+/// MariaDB `all` whose source's commits cannot be held for the parallel
+/// dump (another session is in `BACKUP STAGE`, as a running
+/// `mariadb-backup` would be): after the operator's `lock_wait_timeout`
+/// (10 s) the branch is filled by one connection instead, with every row,
+/// and the session says why in the server's words.
+#[test]
+fn mariadb_parallel_copy_takes_one_connection_when_the_source_commits_cannot_be_held() {
+    let Names {
+        source,
+        dir,
+        _cleanup,
+        ..
+    } = names("mheld", Db::Mariadb);
+    maria(&format!(
+        "CREATE DATABASE `{source}`; USE `{source}`;
+         CREATE TABLE a (id int PRIMARY KEY); CREATE TABLE b (id int PRIMARY KEY);
+         INSERT INTO a SELECT seq FROM seq_1_to_50; INSERT INTO b SELECT seq FROM seq_1_to_70;"
+    ));
+    // Another backup, in a session of its own, holds the server's one stage.
+    let mut backup = ChildGuard(
+        Command::new("mariadb")
+            .args(["-h127.0.0.1", "-P3306", "-uroot", "--protocol=tcp"])
+            .args(["-N", "--batch", "--unbuffered"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut backup_input = backup.0.stdin.take().unwrap();
+    {
+        use std::io::{BufRead, Write};
+        backup_input
+            .write_all(b"BACKUP STAGE START; SELECT 'started';\n")
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(backup.0.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "started");
+    }
+    let db_config = config(&dir, "db.toml", "dump_jobs = 2\n");
+    let target = Workload::start(&[(
+        "DATABASE_URL",
+        &format!("mysql://root@127.0.0.1:3306/{source}"),
+    )]);
+    let op =
+        OperatorProcess::start_with(None, &["--db-config", db_config.to_str().unwrap()]).unwrap();
+    let all = all_copy_config(&dir, "mysql", &source, "");
+    let out = run(
+        &op,
+        &target,
+        "alice",
+        &all,
+        &format!("{MARIA_CLIENT}m -e 'SELECT (SELECT count(*) FROM a) + (SELECT count(*) FROM b)'"),
+    );
+    drop(backup_input);
+    drop(backup);
+    assert_eq!(ok(&out).trim(), "120", "{}", flat(&out));
+    let said = flat(&out);
+    assert!(
+        said.contains("mariadb-dump|mariadb(oneconnection:thesource'scommitscouldnotbeheld"),
+        "{said}"
+    );
+    assert!(said.contains("Lockwaittimeoutexceeded"), "{said}");
+}
+
+/// A client of the shared database moving 1 from `ledger_a` to `ledger_b`
+/// of `source`, one transaction at a time, updating the two tables in one
+/// order, then in the other, 5 ms apart (so that a transaction holds one
+/// table and wants the other most of the time: the moment a lock taking
+/// tables one after the other turned into a deadlock); `mariadb --force`:
+/// an error is counted, the next transactions go on.
+struct LedgerWriter {
+    child: ChildGuard,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    writing: std::thread::JoinHandle<()>,
+    ticks: std::thread::JoinHandle<(u64, Duration)>,
+    errors: std::thread::JoinHandle<Vec<String>>,
+}
+
+/// What a [`LedgerWriter`] saw.
+struct Written {
+    /// Pairs of transactions committed (or failed).
+    pairs: u64,
+    /// The longest time between the ends of two pairs.
+    longest: Duration,
+    /// The `ERROR …` lines the client printed.
+    errors: Vec<String>,
+}
+
+impl LedgerWriter {
+    fn start(source: &str) -> Self {
+        use std::io::{BufRead, Write};
+        let mut child = ChildGuard(
+            Command::new("mariadb")
+                .args([
+                    "-h127.0.0.1",
+                    "-P3306",
+                    "-uroot",
+                    "--protocol=tcp",
+                    "--force",
+                    "--unbuffered",
+                    "-N",
+                    "--batch",
+                ])
+                .arg(source)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+        let mut stdin = child.0.stdin.take().unwrap();
+        let stdout = child.0.stdout.take().unwrap();
+        let stderr = child.0.stderr.take().unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writing = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let sent = stdin.write_all(
+                        b"START TRANSACTION; UPDATE ledger_a SET n = n - 1; DO SLEEP(0.005); \
+                          UPDATE ledger_b SET n = n + 1; COMMIT; \
+                          START TRANSACTION; UPDATE ledger_b SET n = n + 1; DO SLEEP(0.005); \
+                          UPDATE ledger_a SET n = n - 1; COMMIT; SELECT 'pair';\n",
+                    );
+                    if sent.is_err() {
+                        return;
+                    }
+                }
+                // Dropping stdin ends the client once it has run the rest.
+            })
+        };
+        let ticks = std::thread::spawn(move || {
+            let (mut pairs, mut longest) = (0, Duration::ZERO);
+            let mut last = std::time::Instant::now();
+            for line in std::io::BufReader::new(stdout).lines() {
+                if line.is_err() {
+                    break;
+                }
+                let now = std::time::Instant::now();
+                longest = longest.max(now - last);
+                last = now;
+                pairs += 1;
+            }
+            (pairs, longest)
+        });
+        let errors = std::thread::spawn(move || {
+            std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+                .filter(|l| l.starts_with("ERROR"))
+                .collect()
+        });
+        Self {
+            child,
+            stop,
+            writing,
+            ticks,
+            errors,
+        }
+    }
+
+    /// Stops writing, lets the client run what it was sent, and says what
+    /// it saw.
+    fn stop(mut self) -> Written {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.writing.join().unwrap();
+        let _ = self.child.0.wait();
+        let (pairs, longest) = self.ticks.join().unwrap();
+        Written {
+            pairs,
+            longest,
+            errors: self.errors.join().unwrap(),
+        }
+    }
 }
 
 /// MariaDB, without the fast path: an operator killed while a branch is

@@ -6,7 +6,8 @@
 //! The source is only ever read: PostgreSQL clients reading it run with
 //! `default_transaction_read_only=on`, MariaDB dumps in one consistent
 //! read (`--single-transaction`, or [`my_parallel`]'s connections sharing
-//! one snapshot under a brief `LOCK TABLES … READ`); where a read-only role is configured,
+//! one snapshot started while the operator holds commits off with
+//! `BACKUP STAGE BLOCK_COMMIT`); where a read-only role is configured,
 //! every read of the source logs in as that role ([`Plan::reader`]).
 //!
 //! A branch lives on [`Plan::at`]: the source's own server, or a branch
@@ -405,14 +406,16 @@ fn pg_restore(dial: Dial<'_>, at: &Server, into: &str, dir: &Path, jobs: usize) 
 /// Fill the plan's source into the database `into` on `plan.at` (which
 /// exists and is empty), in `mode`; `all` by the parallel dump and restore
 /// when `parallel` (see [`parallel_pays`], [`my_parallel::choose`]).
-/// Returns, for MariaDB's parallel dump, how many connections read rows.
+/// Returns, for MariaDB's parallel dump, what it did, or why the source's
+/// commits could not be held (then the branch was filled by
+/// `mariadb-dump | mariadb` instead).
 fn fill(
     dial: Dial<'_>,
     plan: &Plan<'_>,
     into: &str,
     mode: CopyMode,
     parallel: bool,
-) -> Result<Option<usize>, String> {
+) -> Result<Option<Result<my_parallel::Copied, String>>, String> {
     if mode == CopyMode::Empty {
         return Ok(None);
     }
@@ -474,10 +477,11 @@ fn fill(
         }
         DbKind::Mysql => {
             let filtered: BTreeSet<&str> = filters.keys().map(String::as_str).collect();
-            if mode == CopyMode::All && parallel {
+            let mut single = !(mode == CopyMode::All && parallel);
+            if !single {
                 // Several connections sharing one snapshot (my_parallel).
                 let dir = DumpDir::new(into)?;
-                readers = Some(my_parallel::dump_and_restore(
+                match my_parallel::dump_and_restore(
                     dial,
                     reader,
                     source,
@@ -486,8 +490,16 @@ fn fill(
                     &filtered,
                     &dir.path(),
                     plan.jobs.max(1),
-                )?);
-            } else {
+                )? {
+                    my_parallel::Parallel::Copied(copied) => readers = Some(Ok(copied)),
+                    my_parallel::Parallel::NotHeld(why) => {
+                        // Nothing was written: one connection instead.
+                        readers = Some(Err(why));
+                        single = true;
+                    }
+                }
+            }
+            if single {
                 let mut dump = client(dial, reader, "mariadb-dump", false);
                 dump.args(["--single-transaction", "--routines", "--triggers"]);
                 if mode == CopyMode::Schema {
@@ -692,9 +704,16 @@ fn create_inner(dial: Dial<'_>, plan: &Plan<'_>) -> Result<String, String> {
         }
         (DbKind::Mysql, CopyMode::Schema) => format!("mariadb-dump --no-data | mariadb{filtered}"),
         (DbKind::Mysql, CopyMode::All) => match (my_way, readers) {
-            (Some(my_parallel::Way::Parallel), Some(n)) => format!(
-                "mydumper -t {jobs} + myloader -t {jobs} (one snapshot, rows read by {n} \
-                 connections){filtered}"
+            (Some(my_parallel::Way::Parallel), Some(Err(why))) => format!(
+                "mariadb-dump | mariadb (one connection: the source's commits could not be \
+                 held for a parallel dump from one snapshot: {}){filtered}",
+                why.replace('\n', " ")
+            ),
+            (Some(my_parallel::Way::Parallel), Some(Ok(copied))) => format!(
+                "mydumper -t {jobs} + myloader -t {jobs} (one snapshot, commits held {} ms, \
+                 rows read by {} connections){filtered}",
+                copied.commits_held.as_millis(),
+                copied.readers
             ),
             (Some(my_parallel::Way::Single(why)), _) => {
                 format!("mariadb-dump | mariadb{why}{filtered}")
