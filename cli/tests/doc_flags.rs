@@ -25,7 +25,10 @@ const OTHER_PROGRAMS: &[(&str, &[&str])] = &[
     ("cargo nextest", &["--run-ignored", "--no-capture"]),
     ("kubernetes-validate", &["--strict"]),
     ("kubectl", &["--for", "--from", "--type", "--raw"]),
-    ("remora-kube-sim", &["--runtime", "--tls"]),
+    (
+        "remora-kube-sim",
+        &["--runtime", "--tls", "--rbac-service-account"],
+    ),
     ("nsenter", &["--net"]),
     ("remora-agent (started by the intproxy)", &["--fd-broker"]),
     ("pg_dump", &["--schema-only"]),
