@@ -42,7 +42,7 @@ pub enum SplitError {
     },
     /// The API server refused or failed a call (a refusal by RBAC says
     /// which install grants what splits need).
-    #[error("{what}: {source}{}", rbac_hint(.source))]
+    #[error("{what}: {}{}", api_message(.source), rbac_hint(.source))]
     Api {
         /// What was attempted.
         what: String,
@@ -54,6 +54,17 @@ pub enum SplitError {
     /// disagree on the queue's name.
     #[error("{0}")]
     Value(String),
+}
+
+/// The API server's own message for a refusal (kube's `Display` of it
+/// adds the whole `Status` in debug form), else the client's error.
+fn api_message(source: &kube::Error) -> String {
+    match source {
+        kube::Error::Api(status) => {
+            format!("{} ({} {})", status.message, status.code, status.reason)
+        }
+        other => other.to_string(),
+    }
 }
 
 /// What to do about a call RBAC refused: the operator's own permissions

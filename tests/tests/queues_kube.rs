@@ -676,6 +676,7 @@ spec:
     let (mut refused, _) = Run::command(&sim, "alice", remora_as(&kc, "alice"));
     let out = refused.output().unwrap();
     let err = text(&out.stderr);
+    eprintln!("without the queue-split Role: {err}");
     assert!(!out.status.success(), "{err}");
     assert!(
         says(
