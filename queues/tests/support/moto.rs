@@ -20,29 +20,11 @@ pub struct Moto {
     pub url: String,
 }
 
-/// moto's server under a Python whose threads switch only where they block
-/// (I/O, a long poll's wait): `sys.setswitchinterval` an hour instead of
-/// 5 ms. Each request's Python then runs as a whole, so moto's writes to
-/// one queue no longer interleave (its DeleteMessage rebuilds the queue's
-/// list outside its lock: a message sent meanwhile was lost). moto's SQS
-/// code is unchanged; only when the interpreter may switch threads.
-const ATOMIC_REQUESTS: &str = "import sys; sys.setswitchinterval(3600); \
-     from moto.server import main; main(sys.argv[1:])";
-
 impl Moto {
-    /// Starts one: `python3` running moto's server with [`ATOMIC_REQUESTS`],
-    /// or `$MOTO_SERVER` (a `moto_server` as installed, threads switching
-    /// as usual) when set.
+    /// Starts one (`$MOTO_SERVER` or `moto_server` from `PATH`).
     pub fn start() -> Self {
-        let (bin, mut command) = match std::env::var("MOTO_SERVER") {
-            Ok(bin) => (bin.clone(), Command::new(bin)),
-            Err(_) => {
-                let mut command = Command::new("python3");
-                command.args(["-c", ATOMIC_REQUESTS]);
-                ("python3 (moto.server)".to_owned(), command)
-            }
-        };
-        let mut child = command
+        let bin = std::env::var("MOTO_SERVER").unwrap_or_else(|_| "moto_server".into());
+        let mut child = Command::new(&bin)
             .args(["-H", "127.0.0.1", "-p", "0"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
