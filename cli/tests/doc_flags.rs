@@ -25,7 +25,10 @@ const OTHER_PROGRAMS: &[(&str, &[&str])] = &[
     ("cargo nextest", &["--run-ignored", "--no-capture"]),
     ("kubernetes-validate", &["--strict"]),
     ("kubectl", &["--for", "--from", "--type", "--raw"]),
-    ("remora-kube-sim", &["--runtime", "--tls"]),
+    (
+        "remora-kube-sim",
+        &["--runtime", "--tls", "--rbac-service-account"],
+    ),
     ("nsenter", &["--net"]),
     (
         "dockerd (a private one in agent/tests/docker.rs)",

@@ -110,6 +110,13 @@ pub const CLUSTER_RULES: &[Rule] = &[
         why: "resolve `deployment/`, `replicaset/`, `statefulset/` targets (and a rollout's `workloadRef`)",
     },
     Rule {
+        group: "apps",
+        resources: &["replicasets"],
+        verbs: &["list"],
+        names: &[],
+        why: "find a Deployment's or Rollout's own ReplicaSets (listed by its selector), whose pods are the target's, not another owner's with the same labels",
+    },
+    Rule {
         group: "batch",
         resources: &["jobs"],
         verbs: &["get", "list"],

@@ -40,8 +40,9 @@ pub enum SplitError {
         #[source]
         source: TemplateError,
     },
-    /// The API server refused or failed a call.
-    #[error("{what}: {source}")]
+    /// The API server refused or failed a call (a refusal by RBAC says
+    /// which install grants what splits need).
+    #[error("{what}: {}{}", api_message(.source), rbac_hint(.source))]
     Api {
         /// What was attempted.
         what: String,
@@ -53,6 +54,30 @@ pub enum SplitError {
     /// disagree on the queue's name.
     #[error("{0}")]
     Value(String),
+}
+
+/// The API server's own message for a refusal (kube's `Display` of it
+/// adds the whole `Status` in debug form), else the client's error.
+fn api_message(source: &kube::Error) -> String {
+    match source {
+        kube::Error::Api(status) => {
+            format!("{} ({} {})", status.message, status.code, status.reason)
+        }
+        other => other.to_string(),
+    }
+}
+
+/// What to do about a call RBAC refused: the operator's own permissions
+/// come from its install, and a split's from the per-namespace Role.
+fn rbac_hint(source: &kube::Error) -> &'static str {
+    match source {
+        kube::Error::Api(status) if status.code == 403 => {
+            " (the operator's service account lacks this permission: a queue split needs the Role \
+             that `remora operator manifests --queue-split-namespace NAMESPACE` emits for the \
+             workload's namespace, next to the install's ClusterRole)"
+        }
+        _ => "",
+    }
 }
 
 /// Results of this module.

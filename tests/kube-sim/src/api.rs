@@ -32,6 +32,9 @@ pub struct ApiState {
     pub token: String,
     /// Refuse requests without a bearer token (`serve --tls`: clients then send theirs).
     pub require_token: bool,
+    /// Service accounts (`NAMESPACE:NAME`) whose tokens RBAC decides for (`serve
+    /// --rbac-service-account`).
+    pub rbac_service_accounts: Vec<String>,
     pub logs: Logs,
     pub cgroups: Cgroups,
     pub execs: Execs,
@@ -123,7 +126,10 @@ pub async fn handle(state: Arc<ApiState>, req: Request<Incoming>) -> Response<Bo
     let user = match &cert {
         Some(cert) if cert.groups.iter().any(|g| g == "system:masters") => None,
         Some(cert) => Some(crate::rbac::User(cert.user.clone())),
-        None => credentials.and_then(crate::rbac::user_of),
+        None => credentials.and_then(crate::rbac::user_of).or_else(|| {
+            credentials
+                .and_then(|c| crate::rbac::service_account_of(c, &state.rbac_service_accounts))
+        }),
     };
     let who = identity(credentials, cert.as_ref());
     // A user's resource requests are authorized by RBAC (rbac.rs).
@@ -819,15 +825,18 @@ fn patch_request(
 }
 
 /// Whether a SubjectAccessReview asks about an RBAC-checked user of the sim (a
-/// `remora-sim-user:` token's user, not the admin or a service account, which stay allowed
-/// everything) and a resource.
-fn rbac_checked(spec: &Value) -> bool {
+/// `remora-sim-user:` token's user or a service account of `serve --rbac-service-account`,
+/// not the admin or another service account, which stay allowed everything) and a resource.
+fn rbac_checked(spec: &Value, rbac_service_accounts: &[String]) -> bool {
     let user = spec["user"].as_str().unwrap_or_default();
     let masters = spec["groups"]
         .as_array()
         .is_some_and(|g| g.iter().any(|g| g == "system:masters"));
+    let checked_sa = user
+        .strip_prefix("system:serviceaccount:")
+        .is_some_and(|sa| rbac_service_accounts.iter().any(|a| a == sa));
     !user.is_empty()
-        && !user.starts_with("system:")
+        && (checked_sa || !user.starts_with("system:"))
         && user != "remora-sim-admin"
         && !masters
         && spec["resourceAttributes"].is_object()
@@ -853,7 +862,7 @@ fn review(state: &ApiState, rt: &ResourceType, mut body: Value) -> Value {
                 json!({"authenticated": false, "error": "invalid bearer token"})
             };
         }
-        "subjectaccessreviews" if rbac_checked(&body["spec"]) => {
+        "subjectaccessreviews" if rbac_checked(&body["spec"], &state.rbac_service_accounts) => {
             // As the RBAC authorizer answers: allowed, or not (no reason).
             let spec = &body["spec"];
             let user = crate::rbac::User(spec["user"].as_str().unwrap_or_default().to_owned());

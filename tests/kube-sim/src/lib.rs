@@ -70,6 +70,12 @@ pub struct ServeArgs {
     /// CA, and every request must then carry a valid bearer token.
     #[arg(long)]
     pub tls: bool,
+    /// A service account (`NAMESPACE:NAME`) whose token RBAC decides for, as a real API
+    /// server does: its requests and SubjectAccessReviews about it are authorized by the
+    /// stored Roles and bindings (subjects of kind `ServiceAccount`). Repeatable; other
+    /// service accounts stay allowed everything.
+    #[arg(long = "rbac-service-account", value_name = "NAMESPACE:NAME")]
+    pub rbac_service_accounts: Vec<String>,
 }
 
 /// Why the simulator failed.
@@ -278,6 +284,7 @@ async fn serve(args: ServeArgs, parent: nix::unistd::Pid) -> Result<(), Error> {
         cgroups: cgroups.clone(),
         execs: execs.clone(),
         require_token: tls.is_some(),
+        rbac_service_accounts: args.rbac_service_accounts.clone(),
         tls: tls.clone(),
         front_proxy,
         discovered: Default::default(),

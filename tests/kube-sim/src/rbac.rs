@@ -1,7 +1,10 @@
 //! RBAC for users: a bearer token `remora-sim-user:<name>` authenticates as
 //! user `<name>`, whose resource requests are authorized by the stored Roles,
 //! ClusterRoles and their bindings, as a real API server does (the admin token
-//! and service-account tokens stay allowed everything: tests and pods rely on it).
+//! and service-account tokens stay allowed everything: tests and pods rely on it),
+//! and so is the token `remora-sim-sa:<ns>:<name>` of a service account named
+//! with `serve --rbac-service-account <ns>:<name>` (user
+//! `system:serviceaccount:<ns>:<name>`, bound by subjects of kind `ServiceAccount`).
 //! A denial is the real server's 403 `Forbidden` status and message.
 
 use hyper::Method;
@@ -26,6 +29,18 @@ pub fn user_of(authorization: &str) -> Option<User> {
         .strip_prefix(USER_TOKEN_PREFIX)
         .filter(|name| !name.is_empty())
         .map(|name| User(name.to_owned()))
+}
+
+/// The RBAC-checked user a service account's bearer header names: its token
+/// `remora-sim-sa:<ns>:<name>`, when `<ns>:<name>` is one of `checked`.
+pub fn service_account_of(authorization: &str, checked: &[String]) -> Option<User> {
+    let sa = authorization
+        .strip_prefix("Bearer ")?
+        .strip_prefix("remora-sim-sa:")?;
+    checked
+        .iter()
+        .any(|c| c == sa)
+        .then(|| User(format!("system:serviceaccount:{sa}")))
 }
 
 /// What a request asks, in RBAC's terms.
@@ -75,12 +90,23 @@ fn rule_allows(rule: &Value, a: &Attributes<'_>) -> bool {
         && (names.is_empty() || a.name.is_some_and(|n| names.contains(&n)))
 }
 
+/// Whether a binding names `user`: a subject of kind `User` with its name, or
+/// for `system:serviceaccount:<ns>:<name>`, of kind `ServiceAccount` with that
+/// namespace and name.
 fn binds(binding: &Value, user: &str) -> bool {
+    let service_account = user
+        .strip_prefix("system:serviceaccount:")
+        .and_then(|sa| sa.split_once(':'));
     binding["subjects"]
         .as_array()
         .into_iter()
         .flatten()
-        .any(|s| s["kind"] == "User" && s["name"] == user)
+        .any(|s| {
+            (s["kind"] == "User" && s["name"] == user)
+                || service_account.is_some_and(|(ns, name)| {
+                    s["kind"] == "ServiceAccount" && s["namespace"] == ns && s["name"] == name
+                })
+        })
 }
 
 /// Allow or refuse `user`'s request, as the RBAC authorizer does: any rule of a
@@ -240,5 +266,20 @@ mod tests {
         assert_eq!(verb(&Method::GET, false, true, None), "watch");
         assert_eq!(user_of("Bearer remora-sim-user:bob").unwrap().0, "bob");
         assert!(user_of("Bearer remora-sim-sa:default:x").is_none());
+    }
+
+    #[test]
+    fn a_checked_service_account_is_bound_by_service_account_subjects() {
+        let checked = ["remora:op".to_owned()];
+        let user = service_account_of("Bearer remora-sim-sa:remora:op", &checked).unwrap();
+        assert_eq!(user.0, "system:serviceaccount:remora:op");
+        assert!(service_account_of("Bearer remora-sim-sa:default:op", &checked).is_none());
+        let bound =
+            json!({"subjects": [{"kind": "ServiceAccount", "name": "op", "namespace": "remora"}]});
+        let elsewhere =
+            json!({"subjects": [{"kind": "ServiceAccount", "name": "op", "namespace": "shop"}]});
+        assert!(binds(&bound, &user.0));
+        assert!(!binds(&elsewhere, &user.0));
+        assert!(!binds(&bound, "op"));
     }
 }

@@ -255,6 +255,27 @@ pub fn start_operator(sim: &Sim) -> (Reaped, String) {
 /// The namespace `install_operator` installs the operator in.
 pub const OPERATOR_NS: &str = "remora";
 
+/// The host's address on the pods' bridge, where pods of their own network
+/// reach the host (the API server, a test's listener): any pod's address
+/// gives the subnet (not a hostNetwork pod's 127.0.0.1), the bridge is its
+/// `.1`. Needs a pod of its own network in `default`.
+pub fn bridge_ip(sim: &Sim) -> String {
+    let pod_ips = sim.kubectl(&[
+        "get",
+        "pods",
+        "-n",
+        "default",
+        "-o",
+        "jsonpath={.items[*].status.podIP}",
+    ]);
+    let pod_ip = pod_ips
+        .split_whitespace()
+        .find(|ip| !ip.starts_with("127."))
+        .expect("a pod of its own network runs already");
+    let (subnet, _) = pod_ip.rsplit_once('.').unwrap();
+    format!("{subnet}.1")
+}
+
 /// The server URL of the sim's kubeconfig (`http://127.0.0.1:PORT`, or
 /// `https://` with `serve --tls`).
 pub fn api_server(sim: &Sim) -> String {
@@ -275,27 +296,20 @@ pub fn api_port(sim: &Sim) -> String {
 /// `.1` of any pod's subnet) with a kubeconfig of its service account's
 /// token, mounted from a ConfigMap; it serves the targets of `default`.
 pub fn install_operator(sim: &Sim) {
+    install_operator_with(sim, &[]);
+}
+
+/// [`install_operator`] with more `remora operator manifests` flags (e.g.
+/// `--queue-split-namespace default`).
+pub fn install_operator_with(sim: &Sim, manifest_flags: &[&str]) {
     let manifests = Command::new(bin_path("remora").unwrap())
         .args(["operator", "manifests", "--namespace", OPERATOR_NS])
+        .args(manifest_flags)
         .output()
         .unwrap();
     assert!(manifests.status.success(), "{}", text(&manifests.stderr));
     sim.apply(&text(&manifests.stdout));
-    // Any pod's address gives the subnet (not a hostNetwork pod's
-    // 127.0.0.1); the bridge is its .1.
-    let pod_ips = sim.kubectl(&[
-        "get",
-        "pods",
-        "-n",
-        "default",
-        "-o",
-        "jsonpath={.items[*].status.podIP}",
-    ]);
-    let pod_ip = pod_ips
-        .split_whitespace()
-        .find(|ip| !ip.starts_with("127."))
-        .expect("a pod of its own network runs already");
-    let (subnet, _) = pod_ip.rsplit_once('.').unwrap();
+    let bridge = bridge_ip(sim);
     // Over TLS (`serve --tls`) with the sim's CA, as the admin's kubeconfig.
     let admin = std::fs::read_to_string(&sim.kubeconfig).unwrap();
     let scheme = if api_server(sim).starts_with("https://") {
@@ -310,7 +324,7 @@ pub fn install_operator(sim: &Sim) {
         .unwrap_or_default();
     let kubeconfig = format!(
         "apiVersion: v1\nkind: Config\nclusters:\n- name: sim\n  cluster:\n    server: \
-         {scheme}://{subnet}.1:{port}{ca}\ncontexts:\n- name: sim\n  context:\n    cluster: sim\n    \
+         {scheme}://{bridge}:{port}{ca}\ncontexts:\n- name: sim\n  context:\n    cluster: sim\n    \
          user: operator\n    namespace: default\ncurrent-context: sim\nusers:\n- name: \
          operator\n  user:\n    token: remora-sim-sa:{OPERATOR_NS}:remora-operator\n",
         port = api_port(sim)
