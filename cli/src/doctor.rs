@@ -24,6 +24,17 @@ pub fn run(args: DoctorArgs) -> i32 {
         ),
         None => {}
     }
+    match remora_supervisor::launch::wait_killable_probed() {
+        Some(true) => println!(
+            "seccomp answers kept from signals (SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV): yes"
+        ),
+        Some(false) => println!(
+            "seccomp answers kept from signals (SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV): no \
+             (Linux 5.19 or later; without it a signal in the instant the supervisor answers \
+             can lose a received datagram or an accepted connection)"
+        ),
+        None => {}
+    }
     let Some(program) = args.command.first() else {
         return i32::from(seccomp.is_err());
     };

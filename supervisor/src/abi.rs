@@ -5,6 +5,10 @@
 pub const SECCOMP_SET_MODE_FILTER: libc::c_uint = 1;
 /// Filter flag: return a listener fd for `SECCOMP_RET_USER_NOTIF`.
 pub const SECCOMP_FILTER_FLAG_NEW_LISTENER: libc::c_uint = 1 << 3;
+/// Filter flag (Linux 5.19, with `NEW_LISTENER` only): once the supervisor
+/// has received a notification, only a fatal signal ends the wait for its
+/// answer (see [`crate::signals`]).
+pub const SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV: libc::c_uint = 1 << 5;
 /// Filter verdict: run the syscall.
 pub const SECCOMP_RET_ALLOW: u32 = 0x7fff_0000;
 /// Filter verdict: ask the supervisor.

@@ -293,8 +293,9 @@ struct Accept {
     domain: i32,
 }
 
-/// How often a waiting accept checks that its call still waits.
-const WAIT_SLICE_MS: i32 = 200;
+/// How often a waiting accept checks that its call still waits and whether
+/// a signal came for its thread ([`crate::signals`]).
+const WAIT_SLICE_MS: i32 = 20;
 
 impl Accept {
     /// One `accept4` on our copy of the listener, never waiting: a blocking
@@ -328,21 +329,25 @@ impl Accept {
     /// On its own thread: wait until a connection comes (or the call is
     /// gone: the thread was interrupted or died), then answer.
     fn wait(self, seccomp: &Listener, client: &Mutex<Client>, redirected: &Mutex<Redirected>) {
+        let mut signals = crate::signals::Watch::default();
         let conn = loop {
             let ready = readable(&self.listener, WAIT_SLICE_MS);
             if !seccomp.id_valid(self.id) {
                 return;
             }
-            if !ready {
-                continue;
-            }
-            match self.now() {
-                Ok(conn) => break conn,
-                Err(libc::EAGAIN) => continue,
-                Err(errno) => {
-                    seccomp.answer(self.id, Verdict::Errno(errno));
-                    return;
+            if ready {
+                match self.now() {
+                    Ok(conn) => break conn,
+                    Err(libc::EAGAIN) => {}
+                    Err(errno) => {
+                        seccomp.answer(self.id, Verdict::Errno(errno));
+                        return;
+                    }
                 }
+            }
+            if let Some(errno) = signals.check(self.tid) {
+                seccomp.answer(self.id, Verdict::Errno(errno));
+                return;
             }
         };
         let id = self.id;

@@ -4,7 +4,10 @@
 //! Everything the child does there is a raw syscall on memory prepared
 //! before the fork: no allocation, no lock.
 
-use crate::abi::{SECCOMP_FILTER_FLAG_NEW_LISTENER, SECCOMP_SET_MODE_FILTER};
+use crate::abi::{
+    SECCOMP_FILTER_FLAG_NEW_LISTENER, SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV,
+    SECCOMP_SET_MODE_FILTER,
+};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
@@ -12,10 +15,13 @@ use std::os::unix::process::CommandExt;
 use std::process::{Child, Command};
 
 /// Install the filter in the calling process; returns the listener fd.
+/// Signals wait for the supervisor's answer where the kernel can do that
+/// (`WAIT_KILLABLE_RECV`, Linux 5.19: see [`crate::signals`]); older kernels
+/// refuse the flag (`EINVAL`) and get the filter without it.
 ///
 /// # Safety
 /// Async-signal-safe: only raw syscalls on `prog`, which must outlive the call.
-unsafe fn install(prog: &[libc::sock_filter]) -> io::Result<RawFd> {
+unsafe fn install(prog: &[libc::sock_filter]) -> io::Result<(RawFd, bool)> {
     // SAFETY: plain prctl/seccomp syscalls on valid pointers.
     unsafe {
         if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
@@ -25,16 +31,25 @@ unsafe fn install(prog: &[libc::sock_filter]) -> io::Result<RawFd> {
             len: prog.len() as u16,
             filter: prog.as_ptr().cast_mut(),
         };
-        let fd = libc::syscall(
-            libc::SYS_seccomp,
-            SECCOMP_SET_MODE_FILTER,
-            SECCOMP_FILTER_FLAG_NEW_LISTENER,
-            &fprog as *const libc::sock_fprog,
-        );
+        let seccomp = |flags: libc::c_uint| {
+            libc::syscall(
+                libc::SYS_seccomp,
+                SECCOMP_SET_MODE_FILTER,
+                flags,
+                &fprog as *const libc::sock_fprog,
+            )
+        };
+        let mut killable = true;
+        let mut fd =
+            seccomp(SECCOMP_FILTER_FLAG_NEW_LISTENER | SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV);
+        if fd < 0 && *libc::__errno_location() == libc::EINVAL {
+            killable = false;
+            fd = seccomp(SECCOMP_FILTER_FLAG_NEW_LISTENER);
+        }
         if fd < 0 {
             return Err(io::Error::last_os_error());
         }
-        Ok(fd as RawFd)
+        Ok((fd as RawFd, killable))
     }
 }
 
@@ -123,7 +138,7 @@ pub fn spawn(
             {
                 return Err(io::Error::other("the supervisor is gone"));
             }
-            let listener = install(&prog)?;
+            let (listener, _) = install(&prog)?;
             send_fd(theirs_fd, listener)?;
             libc::close(listener);
             Ok(())
@@ -144,6 +159,21 @@ static SYNC_WAKE_UP: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::
 /// last [`probe`]; `None` before one got that far.
 pub fn sync_wake_up_probed() -> Option<bool> {
     match SYNC_WAKE_UP.load(std::sync::atomic::Ordering::Relaxed) {
+        1 => Some(true),
+        2 => Some(false),
+        _ => None,
+    }
+}
+
+/// What the last [`probe`] learnt of `SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV`:
+/// 0 not probed, 1 taken, 2 refused.
+static KILLABLE: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// Whether the kernel took `SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV` (Linux
+/// 5.19: no answer of the supervisor is lost to a signal, see
+/// [`crate::signals`]) in the last successful [`probe`]; `None` before one.
+pub fn wait_killable_probed() -> Option<bool> {
+    match KILLABLE.load(std::sync::atomic::Ordering::Relaxed) {
         1 => Some(true),
         2 => Some(false),
         _ => None,
@@ -195,13 +225,13 @@ pub fn probe() -> Result<(), String> {
         // SAFETY: child side: raw syscalls only, then _exit.
         unsafe {
             let code = match install(&prog) {
-                Ok(listener) => {
+                Ok((listener, killable)) => {
                     let _ = send_fd(theirs_fd, listener);
                     libc::close(listener);
                     // Answered by the parent with a new fd (`/dev/null`).
                     let fd = libc::getppid();
                     if fd >= 0 && libc::fcntl(fd, libc::F_GETFD) >= 0 && fd != theirs_fd {
-                        0
+                        if killable { 0 } else { 4 }
                     } else {
                         3
                     }
@@ -271,8 +301,12 @@ pub fn probe() -> Result<(), String> {
         ));
     }
     result?;
+    KILLABLE.store(
+        if code == 0 { 1 } else { 2 },
+        std::sync::atomic::Ordering::Relaxed,
+    );
     match code {
-        0 => Ok(()),
+        0 | 4 => Ok(()),
         3 => Err("the notified call was not answered with the supervisor's fd".into()),
         c => Err(format!("probe child exited with {c}")),
     }
@@ -364,7 +398,7 @@ pub fn install_and_exec(
 ) -> io::Error {
     // SAFETY: raw syscalls on `prog`, alive for the call.
     let listener = match unsafe { install(prog) } {
-        Ok(fd) => fd,
+        Ok((fd, _)) => fd,
         Err(e) => return e,
     };
     // SAFETY: sending our own fd over our own socket, then closing it.

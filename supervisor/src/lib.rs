@@ -23,6 +23,7 @@ pub mod incoming;
 pub mod launch;
 pub mod net;
 pub mod notify;
+pub mod signals;
 
 use client::Client;
 use notify::{Listener, Memory, Verdict};

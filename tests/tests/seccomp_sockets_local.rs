@@ -229,6 +229,63 @@ fn recvmmsg_on_a_routed_socket_returns_every_pending_datagram_in_one_call() {
 /// rounds: a blocking `recvfrom` of static C (waited for by a supervisor
 /// thread, EINTR retried) and Go's non-blocking `ReadFrom` (answered at
 /// once). Before, a reply was lost now and then and its round timed out.
+/// A blocking receive the supervisor waits for ends as the kernel's would
+/// when a signal comes (the filter keeps signals from ending a notified call
+/// once the supervisor has it, so the waiter must end it): `EINTR` without
+/// `SA_RESTART`, a restarted call with it, and `EINTR` for a signal to the
+/// whole process; each handler runs.
+#[test]
+fn a_signal_ends_a_waited_udp_receive_as_the_kernels_would() {
+    require_sandbox!();
+    let apps = Apps::new();
+    let c = apps.c_static("udp_recv");
+    let c = c.to_str().unwrap();
+    let s = setup();
+    let _service = udp_service(&s);
+    assert_eq!(
+        s.ok(&[c, "interrupt", "127.0.0.1", &UDP_PORT.to_string(), "300"]),
+        "plain: Interrupted system call, handler ran 1\n\
+         restart: pod got late, handler ran 2\n\
+         process: Interrupted system call, handler ran 3\n"
+    );
+}
+
+/// A program killed by a signal's default action while the supervisor waits
+/// for its receive ends, and so does `remora run`, saying how it ended.
+#[test]
+fn a_fatal_signal_ends_a_program_in_a_waited_udp_receive() {
+    require_sandbox!();
+    let apps = Apps::new();
+    let c = apps.c_static("udp_recv");
+    let c = c.to_str().unwrap();
+    let s = setup();
+    let _service = udp_service(&s);
+    let mut child = s
+        .command(&[], &[c, "die", "127.0.0.1", &UDP_PORT.to_string(), "1"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A guard against a hang, not a measurement: the program's alarm comes
+    // after 1 s.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("remora run did not end within 60 s of a fatal SIGALRM");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut stdout = String::new();
+    let mut pipe = child.child_mut().stdout.take().unwrap();
+    std::io::Read::read_to_string(&mut pipe, &mut stdout).unwrap();
+    assert_eq!(stdout, "waiting\n");
+    assert!(!status.success(), "{status}");
+}
+
 #[test]
 fn a_signal_during_a_udp_receive_loses_no_datagram() {
     require_sandbox!();

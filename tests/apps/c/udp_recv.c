@@ -13,13 +13,27 @@
  *       then a MSG_DONTWAIT recvmmsg with nothing pending: "then: <strerror>";
  *       then 2 more datagrams and a recvmmsg of 3 with SO_RCVTIMEO 1 s:
  *       "timeout: K" (the third never comes).
+ *   udp_recv interrupt IP PORT MS
+ *       a round trip to IP:PORT (the socket gets its route), then blocking
+ *       recvfroms (no timeout) with nothing coming while another thread
+ *       sends SIGUSR2 after MS ms: to this thread, the handler without
+ *       SA_RESTART: "plain: <strerror>, handler ran 1"; the same with
+ *       SA_RESTART, and "late" sent to IP:PORT after another MS ms: the call
+ *       restarts and gets its reply: "restart: pod got late, handler ran 2";
+ *       to the process (kill), without SA_RESTART: "process: <strerror>,
+ *       handler ran 3".
+ *   udp_recv die IP PORT SECS
+ *       a round trip to IP:PORT, then a blocking recvfrom with nothing
+ *       coming and alarm(SECS) with SIGALRM's default action: the program
+ *       ends by SIGALRM, printing only "waiting".
  *   udp_recv signals IP PORT N
  *       N request/reply rounds (a blocking recvfrom each, SO_RCVTIMEO 5 s,
  *       retried on EINTR) while another thread sends the receiving thread
  *       SIGUSR1 (a handler without SA_RESTART) every 100 µs: prints
  *       "replies R of N". After 50 interrupted receives in one round the
- *       signals pause until that round's reply is in: a notified receive
- *       that cannot finish between two signals (a loaded machine: the
+ *       signals pause until that round's reply is in: on a kernel without
+ *       SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV a notified receive that
+ *       cannot finish between two signals (a loaded machine: the
  *       supervisor answers in more than 100 µs) would otherwise be retried
  *       for ever, where the kernel returns a pending datagram at once. */
 #define _GNU_SOURCE
@@ -166,6 +180,77 @@ static void on_alarm(int sig) {
 
 struct rounds { const char *ip; int port, n, replies; };
 
+static volatile int pokes;
+static void on_usr2(int sig) { (void)sig; pokes++; }
+
+/* After `ms` ms: SIGUSR2 to thread `target` (or to the whole process), and
+ * with `s` set, "late" sent to `to` after as long again. */
+struct poke { pthread_t target; int process, ms, s; struct sockaddr_in to; };
+
+static void sleep_ms(int ms) {
+    struct timespec wait = {ms / 1000, (ms % 1000) * 1000000L};
+    nanosleep(&wait, NULL);
+}
+
+static void *poke(void *arg) {
+    struct poke *p = arg;
+    sleep_ms(p->ms);
+    if (p->process) kill(getpid(), SIGUSR2);
+    else pthread_kill(p->target, SIGUSR2);
+    if (p->s >= 0) {
+        sleep_ms(p->ms);
+        send_to(p->s, &p->to, "late\n");
+    }
+    return NULL;
+}
+
+/* One blocking receive on `s` while a poke thread signals; prints what it got. */
+static void poked(const char *what, int s, struct poke *p, int flags) {
+    struct sigaction sa = {.sa_handler = on_usr2, .sa_flags = flags};
+    sigaction(SIGUSR2, &sa, NULL);
+    p->target = pthread_self();
+    pthread_t t;
+    pthread_create(&t, NULL, poke, p);
+    struct sockaddr_in from;
+    char buf[512];
+    ssize_t n = reply(s, buf, sizeof buf, &from);
+    const char *got = n < 0 ? strerror(errno) : buf;
+    pthread_join(t, NULL);
+    printf("%s: %s, handler ran %d\n", what, got, pokes);
+}
+
+static int die(const char *ip, int port, int secs) {
+    int s = socket(AF_INET, SOCK_DGRAM, 0);
+    struct sockaddr_in to = addr(ip, port), from;
+    char buf[512];
+    if (!send_to(s, &to, "first\n") || reply(s, buf, sizeof buf, &from) < 0) {
+        perror("first round trip");
+        return 1;
+    }
+    printf("waiting\n");
+    alarm(secs);
+    reply(s, buf, sizeof buf, &from);
+    printf("not ended: %s\n", strerror(errno));
+    return 1;
+}
+
+static int interrupt(const char *ip, int port, int ms) {
+    int s = socket(AF_INET, SOCK_DGRAM, 0);
+    struct sockaddr_in to = addr(ip, port), from;
+    char buf[512];
+    if (!send_to(s, &to, "first\n") || reply(s, buf, sizeof buf, &from) < 0) {
+        perror("first round trip");
+        return 1;
+    }
+    struct poke plain = {.ms = ms, .s = -1};
+    poked("plain", s, &plain, 0);
+    struct poke restart = {.ms = ms, .s = s, .to = to};
+    poked("restart", s, &restart, SA_RESTART);
+    struct poke process = {.process = 1, .ms = ms, .s = -1};
+    poked("process", s, &process, 0);
+    return 0;
+}
+
 static void *receiver(void *arg) {
     struct rounds *r = arg;
     int s = socket(AF_INET, SOCK_DGRAM, 0);
@@ -218,5 +303,7 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "timeout")) return timeout(ip, port, arg);
     if (!strcmp(cmd, "mmsg")) return mmsg(ip, port, arg);
     if (!strcmp(cmd, "signals")) return signals(ip, port, arg);
+    if (!strcmp(cmd, "interrupt")) return interrupt(ip, port, arg);
+    if (!strcmp(cmd, "die")) return die(ip, port, arg);
     return 2;
 }

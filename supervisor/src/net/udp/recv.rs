@@ -15,13 +15,16 @@
 //!   to the program's socket from a loopback socket of the supervisor
 //!   ([`Sender`]) whose address the source rewrite maps to the datagram's
 //!   source, so the restarted call, or any later receive, gets it (at the
-//!   end of the queue: UDP does not promise order).
+//!   end of the queue: UDP does not promise order). With
+//!   `WAIT_KILLABLE_RECV` (see [`crate::signals`]) that happens only when the
+//!   thread died; a waiter ends its call itself when a signal comes.
 
 use super::{
     CONTROL_MAX, DATAGRAM_MAX, MMSGHDR, MSGHDR, MsgHdr, UdpRoutes, canonical, errno, read_iovecs,
 };
 use crate::net::{encode, inode, parse_sockaddr, pidfd_getfd, socket_kind};
 use crate::notify::{Listener, Memory, Verdict, bytes_of};
+use crate::signals::Watch;
 use crate::{Call, Supervisor};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -31,8 +34,9 @@ use std::time::{Duration, Instant};
 
 /// Messages one `recvmmsg` takes at most (the kernel's `UIO_MAXIOV`).
 const VLEN_MAX: u64 = 1024;
-/// How often a waiting receive checks that its call still waits.
-const WAIT_SLICE: Duration = Duration::from_millis(200);
+/// How often a waiting receive checks that its call still waits and
+/// whether a signal came for its thread (the delay a handler can see).
+const WAIT_SLICE: Duration = Duration::from_millis(20);
 
 impl Supervisor {
     /// `recvfrom` (with a source address), `recvmsg`, `recvmmsg` on a socket
@@ -422,6 +426,7 @@ impl Recv {
 
     fn wait_for_answer(&mut self, seccomp: &Listener, waker: &Waker) {
         let mut since = Instant::now();
+        let mut signals = Watch::default();
         loop {
             let timeout_at = self.rcvtimeo.map(|t| since + t);
             let slice = timeout_at.map_or(WAIT_SLICE, |at| {
@@ -450,6 +455,21 @@ impl Recv {
             } else if timeout_at.is_some_and(|at| Instant::now() >= at) {
                 let result = match self.taken.len() {
                     0 => Err(libc::EAGAIN),
+                    n => Ok(n as i64),
+                };
+                self.finish(seccomp, result);
+                return;
+            } else if let Some(errno) = signals.check(self.tid) {
+                // As the kernel: a receive with a timeout is not restarted
+                // (`EINTR`), and one interrupted after some messages of a
+                // `recvmmsg` returns their count.
+                let errno = if self.rcvtimeo.is_some() {
+                    libc::EINTR
+                } else {
+                    errno
+                };
+                let result = match self.taken.len() {
+                    0 => Err(errno),
                     n => Ok(n as i64),
                 };
                 self.finish(seccomp, result);
