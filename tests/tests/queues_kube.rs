@@ -265,22 +265,7 @@ fn a_session_with_split_queues_gets_only_its_messages_and_gives_back_the_rest() 
         "crd/remoraqueuesplits.remora.dev",
     ]);
     sim.apply(&format!(
-        r#"
-apiVersion: apps/v1
-kind: Deployment
-metadata: {{name: worker}}
-spec:
-  replicas: 1
-  selector: {{matchLabels: {{app: worker}}}}
-  template:
-    metadata: {{labels: {{app: worker}}}}
-    spec:
-      containers:
-      - name: app
-        image: python:3
-        command: [sh, -c, "echo QUEUE=$ORDERS_QUEUE; exec sleep 300"]
-        env: [{{name: ORDERS_QUEUE, value: "{original}"}}]
----
+        r#"{}---
 apiVersion: remora.dev/v1alpha1
 kind: RemoraQueueSplit
 metadata: {{name: orders}}
@@ -292,7 +277,8 @@ spec:
       type: rabbitmq
       nameFrom: {{env: ORDERS_QUEUE}}
       brokerEndpoint: {{url: "{RABBIT}"}}
-"#
+"#,
+        worker_deployment(&original)
     ));
     wait_ready(&sim, "worker");
     let worker_says = || {
@@ -617,24 +603,7 @@ fn a_split_runs_under_the_installed_operators_service_account_with_only_the_mani
 
     let operator_sa = format!("{OPERATOR_NS}:remora-operator");
     let sim = Sim::start_with(true, &["--rbac-service-account", &operator_sa]);
-    sim.apply(&format!(
-        r#"
-apiVersion: apps/v1
-kind: Deployment
-metadata: {{name: worker}}
-spec:
-  replicas: 1
-  selector: {{matchLabels: {{app: worker}}}}
-  template:
-    metadata: {{labels: {{app: worker}}}}
-    spec:
-      containers:
-      - name: app
-        image: python:3
-        command: [sh, -c, "echo QUEUE=$ORDERS_QUEUE; exec sleep 300"]
-        env: [{{name: ORDERS_QUEUE, value: "{original}"}}]
-"#
-    ));
+    sim.apply(&worker_deployment(&original));
     wait_ready(&sim, "worker");
     let relay = Relay::start(&bridge_ip(&sim), "127.0.0.1:5672");
     // The install as printed, without `--queue-split-namespace`.
@@ -769,4 +738,27 @@ spec:
     );
     let phase = || sim.kubectl(&["get", "rqs", "orders", "-o", "jsonpath={.status.phase}"]);
     poll(|| phase() == "Idle", "the split to be Idle");
+}
+
+/// The workload of the split tests: a Deployment `worker` whose
+/// `ORDERS_QUEUE` names `original`, and which prints it.
+fn worker_deployment(original: &impl std::fmt::Display) -> String {
+    format!(
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: worker}}
+spec:
+  replicas: 1
+  selector: {{matchLabels: {{app: worker}}}}
+  template:
+    metadata: {{labels: {{app: worker}}}}
+    spec:
+      containers:
+      - name: app
+        image: python:3
+        command: [sh, -c, "echo QUEUE=$ORDERS_QUEUE; exec sleep 300"]
+        env: [{{name: ORDERS_QUEUE, value: "{original}"}}]
+"#
+    )
 }

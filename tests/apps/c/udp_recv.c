@@ -219,14 +219,25 @@ static void poked(const char *what, int s, struct poke *p, int flags) {
     printf("%s: %s, handler ran %d\n", what, got, pokes);
 }
 
-static int die(const char *ip, int port, int secs) {
+/* A socket that has made one round trip to IP:PORT (so the supervisor
+ * routes it), its peer in *to; -1 on failure. */
+static int routed(const char *ip, int port, struct sockaddr_in *to) {
     int s = socket(AF_INET, SOCK_DGRAM, 0);
-    struct sockaddr_in to = addr(ip, port), from;
+    struct sockaddr_in from;
     char buf[512];
-    if (!send_to(s, &to, "first\n") || reply(s, buf, sizeof buf, &from) < 0) {
+    *to = addr(ip, port);
+    if (!send_to(s, to, "first\n") || reply(s, buf, sizeof buf, &from) < 0) {
         perror("first round trip");
-        return 1;
+        return -1;
     }
+    return s;
+}
+
+static int die(const char *ip, int port, int secs) {
+    struct sockaddr_in to, from;
+    char buf[512];
+    int s = routed(ip, port, &to);
+    if (s < 0) return 1;
     printf("waiting\n");
     alarm(secs);
     reply(s, buf, sizeof buf, &from);
@@ -235,13 +246,9 @@ static int die(const char *ip, int port, int secs) {
 }
 
 static int interrupt(const char *ip, int port, int ms) {
-    int s = socket(AF_INET, SOCK_DGRAM, 0);
-    struct sockaddr_in to = addr(ip, port), from;
-    char buf[512];
-    if (!send_to(s, &to, "first\n") || reply(s, buf, sizeof buf, &from) < 0) {
-        perror("first round trip");
-        return 1;
-    }
+    struct sockaddr_in to;
+    int s = routed(ip, port, &to);
+    if (s < 0) return 1;
     struct poke plain = {.ms = ms, .s = -1};
     poked("plain", s, &plain, 0);
     struct poke restart = {.ms = ms, .s = s, .to = to};
