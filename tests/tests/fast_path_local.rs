@@ -581,3 +581,46 @@ fn pod_files_are_opened_without_a_broker_round_trip_unless_only_the_broker_can()
         }
     }
 }
+
+/// Programs that close every descriptor above 2 (daemons, `subprocess`
+/// children: `close_range`) keep the broker's root and connections, so
+/// their next open of a pod file still makes no round trip, and never
+/// resolves under a descriptor number the program reused.
+#[test]
+fn closing_every_descriptor_keeps_the_direct_opens() {
+    require_sandbox!();
+    let sandbox = Sandbox::new().unwrap();
+    let pod = sandbox
+        .pod(PodSpec::new("fpclose").file(SMALL, "from the pod\n"))
+        .unwrap();
+    let script = format!(
+        "import os\n\
+         print(open('{SMALL}').read(), end='')\n\
+         os.closerange(3, 1 << 20)\n\
+         d = os.open('/', os.O_RDONLY)\n\
+         fd = os.open('{SMALL}', os.O_RDONLY)\n\
+         print(os.readlink(f'/proc/self/fd/{{fd}}'))\n\
+         print(os.read(fd, 100).decode(), end='')\n"
+    );
+    let out = remora(&pod, Path::Fast, &[], &["python3", "-c", &script])
+        .env("REMORA_AGENT_LOG", "remora_agent::broker=debug")
+        .output()
+        .unwrap();
+    let stderr = out.stderr.clone();
+    let out = ok(out);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    assert_eq!((lines[0], lines[2]), ("from the pod", "from the pod"));
+    // Still the pod's file itself, not a snapshot of the proxied path.
+    assert!(!lines[1].starts_with("/memfd:"), "fast path lost: {out}");
+    let requests = broker_requests(&stderr);
+    assert!(
+        !requests.iter().any(|r| r.contains("OpenRead")),
+        "{requests:#?}"
+    );
+    assert_eq!(
+        requests.iter().filter(|r| r.contains("OpenRoot")).count(),
+        1,
+        "{requests:#?}"
+    );
+}
