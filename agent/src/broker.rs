@@ -145,6 +145,7 @@ fn serve(
             Err(remora_protocol::CodecError::Closed) => return Ok(()),
             Err(e) => return Err(e),
         };
+        tracing::debug!(?request, "fd broker request");
         let (reply, fd) = match answer(request) {
             Ok((reply, fd)) => (reply, Some(fd)),
             Err(reply) => (reply, None),
@@ -158,6 +159,26 @@ fn answer(request: BrokerRequest) -> Result<(BrokerReply, OwnedFd), BrokerReply>
     match request {
         BrokerRequest::OpenRead { path, nofollow } => open_read(&path, nofollow),
         BrokerRequest::ConnectTcp { remote } => connect_tcp(remote),
+        BrokerRequest::OpenRoot => open_root(),
+    }
+}
+
+/// This thread's root directory (the target's, entered in [`serve`]) as an
+/// `O_PATH` descriptor: the client resolves paths under it itself
+/// (`remora_broker_client::root`), with its own credentials, and comes back
+/// with [`BrokerRequest::OpenRead`] whenever that cannot give this thread's
+/// answer. It grants nothing [`open_read`] does not: the agent opens any
+/// file of the target for a client with the token.
+fn open_root() -> Result<(BrokerReply, OwnedFd), BrokerReply> {
+    use nix::fcntl::{OFlag, open};
+    use nix::sys::stat::Mode;
+    let flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+    match open("/", flags, Mode::empty()) {
+        Ok(fd) => Ok((BrokerReply::Opened, fd)),
+        Err(errno) => Err(BrokerReply::Failed(RemoteError::from_io(
+            "open the target's root".to_owned(),
+            &std::io::Error::from(errno),
+        ))),
     }
 }
 

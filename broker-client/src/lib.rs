@@ -3,12 +3,14 @@
 //! LD_PRELOAD layer (a pool of connections, under its detour guard) and the
 //! seccomp supervisor (one connection). Each keeps its own connection
 //! policy; this crate speaks the link: the hello, one request and its reply
-//! with the descriptor attached to the reply's first byte.
+//! with the descriptor attached to the reply's first byte. [`root`] opens
+//! files under the root the broker handed over, without a round trip.
 //!
 //! Hand-written `recvmsg`: `nix`'s safe wrapper still hands back raw fds
 //! (so an `unsafe` conversion stays) and the layer, loaded into every
 //! program, takes no dependency it does not need.
 
+pub mod root;
 pub mod socket;
 
 use remora_protocol::broker::{

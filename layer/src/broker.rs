@@ -11,12 +11,18 @@
 //! cannot be reached, the caller takes the proxied path
 //! ([`HookError::Bypass`]); a broker that refused or broke once is not
 //! tried again by this process.
+//!
+//! Read-only opens first try [`open_direct`]: under the broker's root
+//! directory, handed over once per process image
+//! ([`BrokerRequest::OpenRoot`]), with no round trip at all
+//! ([`remora_broker_client::root`] says when the broker is asked anyway).
 
 use crate::error::{HookError, HookResult};
 use crate::guard::DetourGuard;
 use crate::sync::ForkMutex;
-use remora_protocol::broker::{BROKER_PATH_ENV, BrokerReply, BrokerRequest};
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
+use remora_broker_client::root::Direct;
+use remora_protocol::broker::{BROKER_DIRECT_ENV, BROKER_PATH_ENV, BrokerReply, BrokerRequest};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
@@ -38,6 +44,14 @@ static ENDPOINT: OnceLock<Option<Endpoint>> = OnceLock::new();
 static DISABLED: AtomicBool = AtomicBool::new(false);
 /// fds of this process's broker connections, guarded against the app's `close`.
 static BROKER_FDS: [AtomicI32; MAX_CONNECTIONS] = [const { AtomicI32::new(-1) }; MAX_CONNECTIONS];
+/// The broker's root directory ([`open_direct`]): an `O_PATH` fd at or
+/// above [`BROKER_FD_FLOOR`], close-on-exec and guarded like the
+/// connections; -1 until fetched. Never closed: a forked child shares it
+/// (it is the same target's root), `exec` drops it.
+static ROOT_FD: AtomicI32 = AtomicI32::new(-1);
+/// Set when direct opens are off ([`BROKER_DIRECT_ENV`]), unsupported here,
+/// or the broker gave no root: every open asks the broker.
+static DIRECT_OFF: AtomicBool = AtomicBool::new(false);
 
 /// Idle connections of this process. A leaf lock (see [`crate::sync`]).
 pub(crate) static POOL: ForkMutex<Pool> = ForkMutex::new(Pool {
@@ -68,6 +82,11 @@ pub fn configure(token: &str) {
             token: token.to_owned(),
         });
     let _ = ENDPOINT.set(endpoint);
+    if std::env::var(BROKER_DIRECT_ENV)
+        .is_ok_and(|v| matches!(v.trim(), "0" | "off" | "false" | "no"))
+    {
+        DIRECT_OFF.store(true, Ordering::Relaxed);
+    }
 }
 
 /// Whether this process may try the fast path at all.
@@ -77,7 +96,87 @@ pub fn available() -> bool {
 
 /// Whether `fd` is one of the layer's broker connections.
 pub fn is_broker_fd(fd: i32) -> bool {
-    fd >= BROKER_FD_FLOOR && BROKER_FDS.iter().any(|s| s.load(Ordering::Relaxed) == fd)
+    fd >= BROKER_FD_FLOOR
+        && (BROKER_FDS.iter().any(|s| s.load(Ordering::Relaxed) == fd)
+            || ROOT_FD.load(Ordering::Relaxed) == fd)
+}
+
+/// The fds of the layer's broker connections and root, which `close_range`
+/// spares.
+pub fn broker_fds() -> Vec<i32> {
+    BROKER_FDS
+        .iter()
+        .chain(std::iter::once(&ROOT_FD))
+        .map(|fd| fd.load(Ordering::Relaxed))
+        .filter(|fd| *fd >= BROKER_FD_FLOOR)
+        .collect()
+}
+
+/// Open the target's `path` read-only without asking the broker, under its
+/// root (see [`remora_broker_client::root`]). `None`: ask the broker (no
+/// fast path, direct opens off, or an answer only the broker can give).
+pub fn open_direct(path: &str, nofollow: bool, cloexec: bool) -> Option<Direct> {
+    if DIRECT_OFF.load(Ordering::Relaxed) || !available() {
+        return None;
+    }
+    let root = match ROOT_FD.load(Ordering::Acquire) {
+        -1 => fetch_root()?,
+        fd => fd,
+    };
+    let _g = DetourGuard::enter();
+    // SAFETY: the root fd is never closed while this process image lives
+    // (the app cannot: `close`, `close_range` and `dup2` spare it).
+    let root = unsafe { BorrowedFd::borrow_raw(root) };
+    match remora_broker_client::root::open_read(root, path, nofollow, cloexec) {
+        Direct::AskBroker => None,
+        Direct::Unsupported => {
+            DIRECT_OFF.store(true, Ordering::Relaxed);
+            None
+        }
+        direct => Some(direct),
+    }
+}
+
+/// Ask the broker for its root once; `None` (and direct opens off) when it
+/// gives none.
+fn fetch_root() -> Option<i32> {
+    let received = match call(&BrokerRequest::OpenRoot, true) {
+        Ok(received) => received,
+        // Busy or gone: this open asks the broker (or the proxied path).
+        Err(_) => return None,
+    };
+    let fd = match received {
+        Received {
+            reply: BrokerReply::Opened,
+            fd: Some(fd),
+        } => fd,
+        Received { fd, .. } => {
+            if let Some(fd) = fd {
+                // SAFETY: an unexpected descriptor we own.
+                unsafe { libc::close(fd) };
+            }
+            DIRECT_OFF.store(true, Ordering::Relaxed);
+            return None;
+        }
+    };
+    let _g = DetourGuard::enter();
+    // SAFETY: duplicating the descriptor we own to a high number.
+    let high = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, BROKER_FD_FLOOR) };
+    // SAFETY: closing the received copy we own.
+    unsafe { libc::close(fd) };
+    if high < 0 {
+        DIRECT_OFF.store(true, Ordering::Relaxed);
+        return None;
+    }
+    match ROOT_FD.compare_exchange(-1, high, Ordering::AcqRel, Ordering::Acquire) {
+        Ok(_) => Some(high),
+        Err(first) => {
+            // Another thread fetched it first: use that one.
+            // SAFETY: closing our own duplicate, never published.
+            unsafe { libc::close(high) };
+            Some(first)
+        }
+    }
 }
 
 /// What a successful broker call handed over.

@@ -31,6 +31,7 @@ pub fn capture_environment() {
         remora_config::RESOLVED_CONFIG_ENV,
         handoff::SUPERVISE_EXE_ENV,
         remora_protocol::broker::BROKER_PATH_ENV,
+        remora_protocol::broker::BROKER_DIRECT_ENV,
     ];
     let vars = keys
         .iter()

@@ -338,7 +338,8 @@ pub unsafe extern "C" fn close_range(
         // own fds are close-on-exec already).
         return unsafe { real(first, last, flags) };
     }
-    let sessions = session::session_fds();
+    let mut sessions = session::session_fds();
+    sessions.extend(crate::broker::broker_fds());
     let mut rc = 0;
     for (lo, hi) in split_around(first, last, &sessions) {
         // SAFETY: closing a sub-range of what the caller asked for.

@@ -23,11 +23,17 @@ use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 
 /// Version of the broker link; both ends must agree exactly.
-pub const BROKER_VERSION: u32 = 1;
+pub const BROKER_VERSION: u32 = 2;
 
 /// Environment variable giving the layer (and the intproxy) the broker's
 /// unix socket path. Unset: no fast path.
 pub const BROKER_PATH_ENV: &str = "REMORA_FD_BROKER";
+
+/// Environment variable turning off the client's direct opens under the
+/// broker's root ([`BrokerRequest::OpenRoot`]) when `0`, `off`, `false` or
+/// `no`: every read-only open then asks the broker (to compare both, and
+/// to rule them out when diagnosing).
+pub const BROKER_DIRECT_ENV: &str = "REMORA_FD_BROKER_DIRECT";
 
 /// Environment variable carrying the token the agent's broker accepts (the
 /// run's layer token), so it never shows in `ps`.
@@ -96,13 +102,20 @@ pub enum BrokerRequest {
         #[serde(with = "crate::net::wire_addr")]
         remote: SocketAddr,
     },
+    /// Hand over the root directory the broker opens files under (the
+    /// target's, as the broker's thread sees it after entering the target's
+    /// mount namespace), as an `O_PATH` descriptor ([`BrokerReply::Opened`]).
+    /// The client then opens files under it itself, with `openat2` and
+    /// `RESOLVE_IN_ROOT`, and asks [`BrokerRequest::OpenRead`] only when
+    /// that cannot give the broker's answer (since version 2).
+    OpenRoot,
 }
 
 /// The agent's answer to one [`BrokerRequest`].
 #[cfg_attr(test, derive(proptest_derive::Arbitrary))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum BrokerReply {
-    /// The file's descriptor is attached.
+    /// The file's (or, for [`BrokerRequest::OpenRoot`], the root's) descriptor is attached.
     Opened,
     /// The path exists but is not a regular file (a directory, a FIFO, a
     /// device): the layer takes the proxied path for it.

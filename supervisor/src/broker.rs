@@ -10,15 +10,20 @@
 //! supervisor puts it in place of the program's socket, under the same
 //! number (`ADDFD` with `SETFD`), as the layer does with `dup3`.
 //!
+//! A read-only open is first tried here, under the broker's root directory
+//! (handed over once, [`BrokerRequest::OpenRoot`]), with no round trip:
+//! [`remora_broker_client::root`] says when the broker is asked anyway.
+//!
 //! One blocking connection (the supervisor answers one notification at a
 //! time). Without [`BROKER_PATH_ENV`] (a Kubernetes target, an operator, the
 //! fast path turned off) or once the broker refused or broke, every open
 //! takes the proxied path (a snapshot in a `memfd`) and every connect the
 //! intproxy's interceptor.
 
-use remora_protocol::broker::{BROKER_PATH_ENV, BrokerReply, BrokerRequest};
+use remora_broker_client::root::Direct;
+use remora_protocol::broker::{BROKER_DIRECT_ENV, BROKER_PATH_ENV, BrokerReply, BrokerRequest};
 use std::collections::BTreeMap;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -58,6 +63,11 @@ pub struct Broker {
     endpoint: Option<(PathBuf, String)>,
     conn: Option<UnixStream>,
     disabled: bool,
+    /// The broker's root, once handed over ([`Broker::open_read`]).
+    root: Option<OwnedFd>,
+    /// No direct opens: turned off ([`BROKER_DIRECT_ENV`]), unsupported
+    /// here, or the broker gave no root.
+    direct_off: bool,
 }
 
 impl Broker {
@@ -68,10 +78,15 @@ impl Broker {
             .get(BROKER_PATH_ENV)
             .filter(|p| !p.is_empty())
             .map(|p| (PathBuf::from(p), token.to_owned()));
+        let direct_off = env
+            .get(BROKER_DIRECT_ENV)
+            .is_some_and(|v| matches!(v.trim(), "0" | "off" | "false" | "no"));
         Broker {
             endpoint,
             conn: None,
             disabled: false,
+            root: None,
+            direct_off,
         }
     }
 
@@ -81,6 +96,8 @@ impl Broker {
             endpoint: None,
             conn: None,
             disabled: true,
+            root: None,
+            direct_off: true,
         }
     }
 
@@ -89,10 +106,15 @@ impl Broker {
         !self.disabled && self.endpoint.is_some()
     }
 
-    /// Open the target's `path` read-only (`nofollow`: `O_NOFOLLOW`).
+    /// Open the target's `path` read-only (`nofollow`: `O_NOFOLLOW`): here
+    /// under the broker's root when that gives the broker's answer, else
+    /// by the broker.
     pub fn open_read(&mut self, path: &str, nofollow: bool) -> OpenRead {
         if !self.available() {
             return OpenRead::Unavailable(None);
+        }
+        if let Some(direct) = self.open_direct(path, nofollow) {
+            return direct;
         }
         let request = BrokerRequest::OpenRead {
             path: path.to_owned(),
@@ -120,6 +142,35 @@ impl Broker {
                 ConnectTcp::Unavailable(self.unavailable(format!("unexpected reply {other:?}")))
             }
             Err(reason) => ConnectTcp::Unavailable(self.unavailable(reason)),
+        }
+    }
+
+    /// [`remora_broker_client::root::open_read`] under the broker's root
+    /// (asked for at the first call); `None`: ask the broker.
+    fn open_direct(&mut self, path: &str, nofollow: bool) -> Option<OpenRead> {
+        if self.direct_off {
+            return None;
+        }
+        if self.root.is_none() {
+            match self.roundtrip(&BrokerRequest::OpenRoot) {
+                Ok((BrokerReply::Opened, Some(fd))) => self.root = Some(fd),
+                // Refused or broken: the broker's own open says which.
+                _ => {
+                    self.direct_off = true;
+                    return None;
+                }
+            }
+        }
+        let root = self.root.as_ref()?;
+        match remora_broker_client::root::open_read(root.as_fd(), path, nofollow, true) {
+            Direct::File(fd) => Some(OpenRead::File(fd)),
+            Direct::NotRegular => Some(OpenRead::NotRegular),
+            Direct::Failed(errno) => Some(OpenRead::Failed(errno)),
+            Direct::AskBroker => None,
+            Direct::Unsupported => {
+                self.direct_off = true;
+                None
+            }
         }
     }
 

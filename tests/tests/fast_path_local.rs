@@ -498,3 +498,129 @@ fn no_fd_broker_socket_is_left_when_the_agent_and_the_intproxy_are_killed() {
     assert!(!unix_socket_bound(&broker), "{broker} still bound");
     assert_eq!(broker_sockets(tmp.path()), Vec::<std::path::PathBuf>::new());
 }
+
+/// The agent's broker requests of one run, as its debug log names them
+/// (`REMORA_AGENT_LOG=remora_agent::broker=debug`, on the run's stderr).
+fn broker_requests(stderr: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(stderr)
+        .lines()
+        .filter(|l| l.contains("fd broker request"))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Read-only opens under the pod's root are made by the program itself
+/// (`openat2` with `RESOLVE_IN_ROOT` under the root the broker handed over
+/// once), with no broker round trip; what only the broker can answer still
+/// goes to it: a file the program's user may not read (the agent can), and
+/// procfs, which answers by who asks (here a pod symlink to
+/// `/proc/self/status`: the broker's answer is the agent's own status, as
+/// before). A shell as `nobody`, so the refusal is a real one.
+#[test]
+fn pod_files_are_opened_without_a_broker_round_trip_unless_only_the_broker_can() {
+    require_sandbox!();
+    let sandbox = Sandbox::new().unwrap();
+    let secret = "/srv/fp/secret.txt";
+    let status = "/srv/fp/status";
+    let pod = sandbox
+        .pod(
+            PodSpec::new("fpdirect")
+                .file(SMALL, "readable by anyone\n")
+                .file(secret, "readable by root only\n"),
+        )
+        .unwrap();
+    pod.exec_ok(&["chmod", "600", secret]).unwrap();
+    pod.exec_ok(&["ln", "-s", "/proc/self/status", status])
+        .unwrap();
+    let script = format!(
+        "cat {SMALL} {secret}; grep '^Name:' {status}; cat /srv/fp/missing 2>/dev/null || echo missing"
+    );
+    let as_nobody = [
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "sh",
+        "-c",
+        &script,
+    ];
+    for direct in ["on", "off"] {
+        let out = remora(&pod, Path::Fast, &[], &as_nobody)
+            .env("REMORA_AGENT_LOG", "remora_agent::broker=debug")
+            .env("REMORA_FD_BROKER_DIRECT", direct)
+            .output()
+            .unwrap();
+        let stderr = out.stderr.clone();
+        assert_eq!(
+            ok(out),
+            "readable by anyone\nreadable by root only\nName:\tremora-agent\nmissing\n",
+            "direct opens {direct}"
+        );
+        let requests = broker_requests(&stderr);
+        let asked = |path: &str| {
+            requests
+                .iter()
+                .any(|r| r.contains(&format!("OpenRead {{ path: \"{path}\"")))
+        };
+        // Refused to nobody but not to the agent, and procfs: the broker's.
+        assert!(asked(secret), "direct opens {direct}: {requests:#?}");
+        assert!(asked(status), "direct opens {direct}: {requests:#?}");
+        let roots = requests.iter().filter(|r| r.contains("OpenRoot")).count();
+        match direct {
+            "on" => {
+                assert!(!asked(SMALL), "{requests:#?}");
+                assert!(!asked("/srv/fp/missing"), "{requests:#?}");
+                // At most one root per program image that opened a pod file.
+                assert!(roots >= 1, "{requests:#?}");
+            }
+            _ => {
+                assert!(asked(SMALL), "{requests:#?}");
+                assert!(asked("/srv/fp/missing"), "{requests:#?}");
+                assert_eq!(roots, 0, "{requests:#?}");
+            }
+        }
+    }
+}
+
+/// Programs that close every descriptor above 2 (daemons, `subprocess`
+/// children: `close_range`) keep the broker's root and connections, so
+/// their next open of a pod file still makes no round trip, and never
+/// resolves under a descriptor number the program reused.
+#[test]
+fn closing_every_descriptor_keeps_the_direct_opens() {
+    require_sandbox!();
+    let sandbox = Sandbox::new().unwrap();
+    let pod = sandbox
+        .pod(PodSpec::new("fpclose").file(SMALL, "from the pod\n"))
+        .unwrap();
+    let script = format!(
+        "import os\n\
+         print(open('{SMALL}').read(), end='')\n\
+         os.closerange(3, 1 << 20)\n\
+         d = os.open('/', os.O_RDONLY)\n\
+         fd = os.open('{SMALL}', os.O_RDONLY)\n\
+         print(os.readlink(f'/proc/self/fd/{{fd}}'))\n\
+         print(os.read(fd, 100).decode(), end='')\n"
+    );
+    let out = remora(&pod, Path::Fast, &[], &["python3", "-c", &script])
+        .env("REMORA_AGENT_LOG", "remora_agent::broker=debug")
+        .output()
+        .unwrap();
+    let stderr = out.stderr.clone();
+    let out = ok(out);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    assert_eq!((lines[0], lines[2]), ("from the pod", "from the pod"));
+    // Still the pod's file itself, not a snapshot of the proxied path.
+    assert!(!lines[1].starts_with("/memfd:"), "fast path lost: {out}");
+    let requests = broker_requests(&stderr);
+    assert!(
+        !requests.iter().any(|r| r.contains("OpenRead")),
+        "{requests:#?}"
+    );
+    assert_eq!(
+        requests.iter().filter(|r| r.contains("OpenRoot")).count(),
+        1,
+        "{requests:#?}"
+    );
+}

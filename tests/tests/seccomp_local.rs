@@ -366,6 +366,65 @@ fn static_c_program_reads_lists_stats_and_connects_through_the_pod() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("io_uring is not available"));
 }
 
+/// The supervisor opens the pod's files itself under the root the agent's
+/// broker handed over once (`openat2` with `RESOLVE_IN_ROOT`), with no
+/// round trip per open, and still asks the broker what only it can answer:
+/// procfs, which answers by who asks (a pod symlink to `/proc/self/status`
+/// reads the agent's status, as it always did). The agent's debug log says
+/// which requests the broker saw.
+#[test]
+fn static_c_program_opens_pod_files_without_a_broker_round_trip() {
+    require_sandbox!();
+    let apps = Apps::new();
+    let probe = apps.c_probe();
+    let probe = probe.to_str().unwrap();
+    let s = setup();
+    let status = "/etc/checkout/status";
+    s.checkout
+        .pod
+        .exec_ok(&["ln", "-s", "/proc/self/status", status])
+        .unwrap();
+    for direct in ["on", "off"] {
+        let run = |args: &[&str]| {
+            let mut cmd = s.command(&[], args);
+            cmd.env("REMORA_AGENT_LOG", "remora_agent::broker=debug")
+                .env("REMORA_FD_BROKER_DIRECT", direct);
+            let out = cmd.output().unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+            assert!(out.status.success(), "{args:?} ({direct}): {stderr}");
+            let requests: Vec<String> = stderr
+                .lines()
+                .filter(|l| l.contains("fd broker request"))
+                .map(str::to_owned)
+                .collect();
+            (String::from_utf8(out.stdout).unwrap(), requests)
+        };
+        let asked = |requests: &[String], path: &str| {
+            requests
+                .iter()
+                .any(|r| r.contains(&format!("OpenRead {{ path: \"{path}\"")))
+        };
+        let (out, requests) = run(&[probe, "link", CHECKOUT_CONFIG]);
+        let (link, content) = out.split_once('\n').unwrap();
+        assert!(!link.starts_with("/memfd:"), "fast path not taken: {link}");
+        assert_eq!(content, CHECKOUT_CONFIG_BODY);
+        let roots = requests.iter().filter(|r| r.contains("OpenRoot")).count();
+        if direct == "on" {
+            assert!(!asked(&requests, CHECKOUT_CONFIG), "{requests:#?}");
+            assert_eq!(roots, 1, "{requests:#?}");
+        } else {
+            assert!(asked(&requests, CHECKOUT_CONFIG), "{requests:#?}");
+            assert_eq!(roots, 0, "{requests:#?}");
+        }
+        let (out, requests) = run(&[probe, "cat", status]);
+        assert!(
+            out.lines().any(|l| l == "Name:\tremora-agent"),
+            "({direct}) {out}"
+        );
+        assert!(asked(&requests, status), "{requests:#?}");
+    }
+}
+
 /// The supervisor's shadow directories (where the pod's directories it
 /// lists are mirrored, under the temporary directory) are removed however
 /// the run ends: the program exits, the program is killed, `remora` gets

@@ -108,6 +108,22 @@ fn hands_over_files_and_sockets_opened_inside_the_target() {
     }
     assert_eq!(fd, None);
 
+    // The root the client opens under: this thread's `/` (here the test's).
+    let (reply, fd) = ask(&mut conn, &BrokerRequest::OpenRoot);
+    assert_eq!(reply, BrokerReply::Opened);
+    let fd = fd.expect("a descriptor with Opened");
+    let link = std::fs::read_link(format!("/proc/self/fd/{fd}")).unwrap();
+    assert_eq!(link, Path::new("/"));
+    let (reply, fd) = ask(
+        &mut conn,
+        &BrokerRequest::OpenRead {
+            path: file.to_str().unwrap().to_owned(),
+            nofollow: false,
+        },
+    );
+    assert_eq!(reply, BrokerReply::Opened, "the link goes on after a root");
+    assert!(fd.is_some());
+
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let remote = listener.local_addr().unwrap();
     let (reply, fd) = ask(&mut conn, &BrokerRequest::ConnectTcp { remote });

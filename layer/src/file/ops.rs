@@ -370,26 +370,39 @@ fn fast_path_allowed(path: &str) -> bool {
 }
 
 /// Open `path` through the local fast path: the target's file itself,
-/// opened read-only inside its mount namespace. `None`: not a regular file,
-/// or no fast path; the proxied path serves it.
+/// opened read-only under its root, here when that gives the broker's
+/// answer ([`crate::broker::open_direct`]), else by the broker inside the
+/// target's mount namespace. `None`: not a regular file, or no fast path;
+/// the proxied path serves it.
 fn open_fast(path: &str, flags: c_int) -> HookResult<Option<c_int>> {
+    use remora_broker_client::root::Direct;
     use remora_protocol::broker::{BrokerReply, BrokerRequest};
-    let request = BrokerRequest::OpenRead {
-        path: path.to_owned(),
-        nofollow: flags & libc::O_NOFOLLOW != 0,
-    };
-    let received = match crate::broker::call(&request, flags & libc::O_CLOEXEC != 0) {
-        Ok(received) => received,
-        Err(HookError::Bypass(_)) => return Ok(None),
-        Err(e) => return Err(e),
-    };
-    if received.reply == BrokerReply::NotRegular {
-        if let Some(fd) = received.fd {
-            close_quietly(fd);
+    use std::os::fd::IntoRawFd;
+    let nofollow = flags & libc::O_NOFOLLOW != 0;
+    let cloexec = flags & libc::O_CLOEXEC != 0;
+    let fd = match crate::broker::open_direct(path, nofollow, cloexec) {
+        Some(Direct::File(fd)) => fd.into_raw_fd(),
+        Some(Direct::NotRegular) => return Ok(None),
+        Some(Direct::Failed(errno)) => return Err(HookError::Errno(errno)),
+        Some(Direct::AskBroker | Direct::Unsupported) | None => {
+            let request = BrokerRequest::OpenRead {
+                path: path.to_owned(),
+                nofollow,
+            };
+            let received = match crate::broker::call(&request, cloexec) {
+                Ok(received) => received,
+                Err(HookError::Bypass(_)) => return Ok(None),
+                Err(e) => return Err(e),
+            };
+            if received.reply == BrokerReply::NotRegular {
+                if let Some(fd) = received.fd {
+                    close_quietly(fd);
+                }
+                return Ok(None);
+            }
+            crate::broker::expect_fd(received)?.1
         }
-        return Ok(None);
-    }
-    let (_, fd) = crate::broker::expect_fd(received)?;
+    };
     if flags & libc::O_NONBLOCK != 0 {
         // SAFETY: setting status flags on the descriptor we just received.
         unsafe { libc::fcntl(fd, libc::F_SETFL, libc::O_RDONLY | libc::O_NONBLOCK) };
