@@ -117,8 +117,8 @@ where
     };
     let mut writer =
         AbortOnDropHandle::new(tokio::spawn(write_upstream(writer, up_rx, credit_out)));
-    // The peer's bytes are read straight into the buffer their message
-    // carries (no copy per chunk on the way to the client).
+    // A full chunk of the peer's bytes is read straight into the buffer
+    // its message carries (no copy on the way to the client).
     let mut buf = BytesMut::new();
     let (mut writer_done, mut reader_done) = (false, false);
     while !(writer_done && reader_done) {
@@ -142,7 +142,7 @@ where
                     if !credited {
                         return Ok(());
                     }
-                    Some(buf.split().freeze())
+                    Some(take_chunk(&mut buf))
                 };
                 if !send(close, out_tx, message(conn, data)).await {
                     return Ok(());
@@ -160,6 +160,20 @@ async fn read_chunk<R: AsyncRead + Unpin>(reader: &mut R, buf: &mut BytesMut) ->
     // chunk; otherwise a fresh one, which the copy it replaces needed too.
     buf.reserve(MAX_CHUNK);
     reader.read_buf(&mut (&mut *buf).limit(MAX_CHUNK)).await
+}
+
+/// The chunk just read, leaving `buf` empty. A chunk of at least half of
+/// [`MAX_CHUNK`] keeps the buffer it was read into (no copy); a smaller one
+/// is copied out, so that the memory a stream's queued chunks hold stays
+/// within twice the bytes its credit allows.
+fn take_chunk(buf: &mut BytesMut) -> Bytes {
+    if buf.len() >= MAX_CHUNK / 2 {
+        buf.split().freeze()
+    } else {
+        let chunk = Bytes::copy_from_slice(buf);
+        buf.clear();
+        chunk
+    }
 }
 
 /// Where a stream's writer returns credit.
@@ -196,3 +210,6 @@ async fn write_upstream<W: AsyncWrite + Unpin>(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;
