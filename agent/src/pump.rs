@@ -6,7 +6,7 @@
 //! credit, and credit for the client's bytes goes back once they are written.
 
 use crate::flow::{Admit, CreditReturn, Inbound, SendWindow};
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 use remora_protocol::outgoing::MAX_CHUNK;
 use remora_protocol::{ConnectionId, ServerMessage};
 use std::io;
@@ -117,7 +117,9 @@ where
     };
     let mut writer =
         AbortOnDropHandle::new(tokio::spawn(write_upstream(writer, up_rx, credit_out)));
-    let mut buf = vec![0u8; MAX_CHUNK];
+    // A full chunk of the peer's bytes is read straight into the buffer
+    // its message carries (no copy on the way to the client).
+    let mut buf = BytesMut::new();
     let (mut writer_done, mut reader_done) = (false, false);
     while !(writer_done && reader_done) {
         tokio::select! {
@@ -126,7 +128,7 @@ where
                 joined.map_err(|e| PumpError::Write(io::Error::other(e)))?.map_err(PumpError::Write)?;
                 writer_done = true;
             }
-            read = reader.read(&mut buf), if !reader_done => {
+            read = read_chunk(&mut reader, &mut buf), if !reader_done => {
                 let n = read.map_err(PumpError::Read)?;
                 let data = if n == 0 {
                     reader_done = true;
@@ -140,7 +142,7 @@ where
                     if !credited {
                         return Ok(());
                     }
-                    Some(Bytes::copy_from_slice(&buf[..n]))
+                    Some(take_chunk(&mut buf))
                 };
                 if !send(close, out_tx, message(conn, data)).await {
                     return Ok(());
@@ -149,6 +151,29 @@ where
         }
     }
     Ok(())
+}
+
+/// Read at most [`MAX_CHUNK`] of the peer's bytes into `buf` (empty on
+/// entry). Cancel-safe: nothing is read when the future is dropped early.
+async fn read_chunk<R: AsyncRead + Unpin>(reader: &mut R, buf: &mut BytesMut) -> io::Result<usize> {
+    // Reuses the allocation once the client's writer dropped the last
+    // chunk; otherwise a fresh one, which the copy it replaces needed too.
+    buf.reserve(MAX_CHUNK);
+    reader.read_buf(&mut (&mut *buf).limit(MAX_CHUNK)).await
+}
+
+/// The chunk just read, leaving `buf` empty. A chunk of at least half of
+/// [`MAX_CHUNK`] keeps the buffer it was read into (no copy); a smaller one
+/// is copied out, so that the memory a stream's queued chunks hold stays
+/// within twice the bytes its credit allows.
+fn take_chunk(buf: &mut BytesMut) -> Bytes {
+    if buf.len() >= MAX_CHUNK / 2 {
+        buf.split().freeze()
+    } else {
+        let chunk = Bytes::copy_from_slice(buf);
+        buf.clear();
+        chunk
+    }
 }
 
 /// Where a stream's writer returns credit.
@@ -185,3 +210,6 @@ async fn write_upstream<W: AsyncWrite + Unpin>(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;

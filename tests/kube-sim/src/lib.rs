@@ -353,6 +353,10 @@ async fn accept(
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
+        // Go's net package sets TCP_NODELAY on every TCP connection, so a real API server
+        // writes a port-forward's small messages at once instead of waiting for the peer's
+        // (delayed) ACK.
+        let _ = stream.set_nodelay(true);
         let state = state.clone();
         let tls = tls.clone();
         tokio::spawn(async move {

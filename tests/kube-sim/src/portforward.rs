@@ -78,6 +78,8 @@ impl PodTarget {
             .await
             .map_err(|_| io::Error::other("the connecting thread died"))??;
         stream.set_nonblocking(true)?;
+        // As a kubelet's (Go) connection to the pod's port: no Nagle delay.
+        stream.set_nodelay(true)?;
         TcpStream::from_std(stream)
     }
 
