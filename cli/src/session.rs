@@ -466,7 +466,7 @@ pub const FAST_PATH_ENV: &str = "REMORA_LOCAL_FAST_PATH";
 /// or `None` when [`FAST_PATH_ENV`] turns it off.
 fn fd_broker_path() -> Result<Option<PathBuf>> {
     if let Ok(value) = std::env::var(FAST_PATH_ENV)
-        && matches!(value.trim(), "0" | "off" | "false" | "no")
+        && remora_protocol::broker::turned_off(&value)
     {
         return Ok(None);
     }

@@ -82,9 +82,7 @@ pub fn configure(token: &str) {
             token: token.to_owned(),
         });
     let _ = ENDPOINT.set(endpoint);
-    if std::env::var(BROKER_DIRECT_ENV)
-        .is_ok_and(|v| matches!(v.trim(), "0" | "off" | "false" | "no"))
-    {
+    if std::env::var(BROKER_DIRECT_ENV).is_ok_and(|v| remora_protocol::broker::turned_off(&v)) {
         DIRECT_OFF.store(true, Ordering::Relaxed);
     }
 }

@@ -35,6 +35,13 @@ pub const BROKER_PATH_ENV: &str = "REMORA_FD_BROKER";
 /// to rule them out when diagnosing).
 pub const BROKER_DIRECT_ENV: &str = "REMORA_FD_BROKER_DIRECT";
 
+/// Whether a switch variable's value turns its feature off (`0`, `off`,
+/// `false`, `no`, around spaces): [`BROKER_DIRECT_ENV`] and the CLI's
+/// `REMORA_LOCAL_FAST_PATH`.
+pub fn turned_off(value: &str) -> bool {
+    matches!(value.trim(), "0" | "off" | "false" | "no")
+}
+
 /// Environment variable carrying the token the agent's broker accepts (the
 /// run's layer token), so it never shows in `ps`.
 pub const BROKER_TOKEN_ENV: &str = "REMORA_FD_BROKER_TOKEN";
@@ -133,6 +140,16 @@ pub enum BrokerReply {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn switch_values_that_turn_a_feature_off() {
+        for off in ["0", "off", "false", "no", " off\n"] {
+            assert!(turned_off(off), "{off:?}");
+        }
+        for on in ["", "1", "on", "yes", "Off"] {
+            assert!(!turned_off(on), "{on:?}");
+        }
+    }
 
     proptest! {
         #[test]

@@ -80,7 +80,7 @@ impl Broker {
             .map(|p| (PathBuf::from(p), token.to_owned()));
         let direct_off = env
             .get(BROKER_DIRECT_ENV)
-            .is_some_and(|v| matches!(v.trim(), "0" | "off" | "false" | "no"));
+            .is_some_and(|v| remora_protocol::broker::turned_off(v));
         Broker {
             endpoint,
             conn: None,
