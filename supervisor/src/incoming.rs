@@ -293,10 +293,6 @@ struct Accept {
     domain: i32,
 }
 
-/// How often a waiting accept checks that its call still waits and whether
-/// a signal came for its thread ([`crate::signals`]).
-const WAIT_SLICE_MS: i32 = 20;
-
 impl Accept {
     /// One `accept4` on our copy of the listener, never waiting: a blocking
     /// listener is made non-blocking for the call (the file is shared with
@@ -331,7 +327,10 @@ impl Accept {
     fn wait(self, seccomp: &Listener, client: &Mutex<Client>, redirected: &Mutex<Redirected>) {
         let mut signals = crate::signals::Watch::default();
         let conn = loop {
-            let ready = readable(&self.listener, WAIT_SLICE_MS);
+            let ready = readable(
+                &self.listener,
+                crate::signals::CHECK_EVERY.as_millis() as i32,
+            );
             if !seccomp.id_valid(self.id) {
                 return;
             }

@@ -17,6 +17,10 @@
 //! `ERESTARTSYS`, which the kernel turns into `EINTR`, or a restart of the
 //! call under `SA_RESTART`, once it has run the handler.
 
+/// How often a waiter looks at its thread's signals (and whether its call
+/// still waits): the delay a signal handler can see.
+pub const CHECK_EVERY: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// `ERESTARTSYS` (kernel-internal, never seen by a program): the answer that
 /// makes the kernel restart the call, or fail it with `EINTR` when the
 /// signal's handler lacks `SA_RESTART`. Only valid when a signal is

@@ -24,7 +24,7 @@ use super::{
 };
 use crate::net::{encode, inode, parse_sockaddr, pidfd_getfd, socket_kind};
 use crate::notify::{Listener, Memory, Verdict, bytes_of};
-use crate::signals::Watch;
+use crate::signals::{CHECK_EVERY, Watch};
 use crate::{Call, Supervisor};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -34,9 +34,6 @@ use std::time::{Duration, Instant};
 
 /// Messages one `recvmmsg` takes at most (the kernel's `UIO_MAXIOV`).
 const VLEN_MAX: u64 = 1024;
-/// How often a waiting receive checks that its call still waits and
-/// whether a signal came for its thread (the delay a handler can see).
-const WAIT_SLICE: Duration = Duration::from_millis(20);
 
 impl Supervisor {
     /// `recvfrom` (with a source address), `recvmsg`, `recvmmsg` on a socket
@@ -429,8 +426,9 @@ impl Recv {
         let mut signals = Watch::default();
         loop {
             let timeout_at = self.rcvtimeo.map(|t| since + t);
-            let slice = timeout_at.map_or(WAIT_SLICE, |at| {
-                at.saturating_duration_since(Instant::now()).min(WAIT_SLICE)
+            let slice = timeout_at.map_or(CHECK_EVERY, |at| {
+                at.saturating_duration_since(Instant::now())
+                    .min(CHECK_EVERY)
             });
             let mut pfds = [self.sock.as_raw_fd(), waker.raw()].map(|fd| libc::pollfd {
                 fd,
