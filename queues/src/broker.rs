@@ -219,4 +219,21 @@ pub trait Consumer: Send + fmt::Debug {
 
     /// Gives the message back to its queue, to be delivered again.
     async fn requeue(&mut self, delivery: Delivery) -> Result<()>;
+
+    /// An [`Acker`] for this consumer's deliveries, when an ack is a
+    /// request of its own that needs nothing of the consumer (SQS's
+    /// DeleteMessage): the router then acks several deliveries at once
+    /// instead of one after another. `None` (the default): acks go through
+    /// [`Consumer::ack`].
+    fn acker(&self) -> Option<std::sync::Arc<dyn Acker>> {
+        None
+    }
+}
+
+/// Acks the deliveries of one consumer without borrowing it; see
+/// [`Consumer::acker`]. Valid while its consumer lives.
+#[async_trait]
+pub trait Acker: Send + Sync + fmt::Debug {
+    /// As [`Consumer::ack`].
+    async fn ack(&self, delivery: Delivery) -> Result<()>;
 }

@@ -10,7 +10,7 @@ use aws_sdk_sqs::types::{
     DeleteMessageBatchRequestEntry, MessageAttributeValue, MessageSystemAttributeName,
     SendMessageBatchRequestEntry,
 };
-use moto::{Moto, Serialized};
+use moto::Moto;
 use remora_queues::broker::{Broker, BrokerError, QueueName, QueueProps};
 use remora_queues::filter::MessageFilter;
 use remora_queues::router::{MemoryStore, RouterApi, RouterConfig, RouterTask, SplitSessionKey};
@@ -65,9 +65,8 @@ where
     }
 }
 
-/// Sends messages `range` to `url`, ten per SendMessageBatch, holding the
-/// moto write lock for each batch.
-async fn produce(broker: &Serialized, url: &str, range: std::ops::Range<u64>) {
+/// Sends messages `range` to `url`, ten per SendMessageBatch.
+async fn produce(broker: &SqsBroker, url: &str, range: std::ops::Range<u64>) {
     produce_paced(broker, url, range, None).await;
 }
 
@@ -76,7 +75,7 @@ async fn produce(broker: &Serialized, url: &str, range: std::ops::Range<u64>) {
 /// scans a queue's whole message list on every request (more than once),
 /// so letting the original fill up makes the run quadratic.
 async fn produce_paced(
-    broker: &Serialized,
+    broker: &SqsBroker,
     url: &str,
     range: std::ops::Range<u64>,
     paced: Option<(&RouterApi, u64)>,
@@ -111,9 +110,7 @@ async fn produce_paced(
                     .unwrap()
             })
             .collect();
-        let _write = broker.writes.lock().await;
         let out = broker
-            .inner
             .client()
             .send_message_batch()
             .queue_url(url)
@@ -212,7 +209,7 @@ async fn a_fifo_split_delivers_exactly_once_with_a_session_killed_midway() {
     let n: u64 = std::env::var("REMORA_SQS_MESSAGES").map_or(300, |v| v.parse().unwrap());
     let moto = Moto::start();
     let sqs = moto.broker();
-    let broker = Arc::new(Serialized::new(sqs.clone()));
+    let broker = sqs.clone();
     let original = q("orders.fifo");
     // A short visibility timeout: the killed session's messages come back
     // (and are moved) two seconds after it died.
@@ -368,12 +365,12 @@ async fn a_router_killed_midway_resumes_from_its_saved_state() {
     };
     sqs.create_like(&props, &original).await.unwrap();
     let url = sqs.queue_url(&original).await.unwrap();
-    produce(&Serialized::new(sqs.clone()), &url, 0..N).await;
+    produce(&sqs, &url, 0..N).await;
     let store = Arc::new(MemoryStore::default());
     let (alice, bob) = (key("alice"), key("bob"));
     let (alice_q, bob_q) = {
         // The first operator: its own client, gone with its task.
-        let broker = Arc::new(Serialized::new(moto.broker()));
+        let broker = moto.broker();
         let (task, api) = RouterTask::start(
             broker.clone(),
             store.clone(),
@@ -401,7 +398,7 @@ async fn a_router_killed_midway_resumes_from_its_saved_state() {
     assert_eq!(saved.sessions.len(), 2);
 
     // The restarted operator: bob's session ended while it was down.
-    let broker = Arc::new(Serialized::new(moto.broker()));
+    let broker = moto.broker();
     let live = std::collections::BTreeSet::from([alice.clone()]);
     let (task, api) =
         RouterTask::resume(broker.clone(), store.clone(), saved, &live, config.clone())

@@ -164,7 +164,7 @@ async fn drain(broker: &SqsBroker, name: &QueueName) -> Vec<Seen> {
             start.elapsed() < deadline(),
             "draining {name} took too long"
         );
-        let got = drain_once(broker, &url, None).await;
+        let got = drain_once(broker, &url).await;
         if got.is_empty() {
             empty_polls += 1;
         } else {
@@ -176,12 +176,8 @@ async fn drain(broker: &SqsBroker, name: &QueueName) -> Vec<Seen> {
 }
 
 /// One receive of up to ten messages (waiting up to a second), deleted with
-/// DeleteMessageBatch (holding `writes`, if given).
-async fn drain_once(
-    broker: &SqsBroker,
-    url: &str,
-    writes: Option<&tokio::sync::Mutex<()>>,
-) -> Vec<Seen> {
+/// DeleteMessageBatch.
+async fn drain_once(broker: &SqsBroker, url: &str) -> Vec<Seen> {
     let got = broker
         .client()
         .receive_message()
@@ -217,10 +213,6 @@ async fn drain_once(
             m.message_attributes.unwrap_or_default(),
         ));
     }
-    let _write = match writes {
-        Some(writes) => Some(writes.lock().await),
-        None => None,
-    };
     let deleted = broker
         .client()
         .delete_message_batch()
@@ -501,12 +493,8 @@ const WINDOW: usize = 200;
 /// Returns what the drainer received (until `dest` stayed empty after the
 /// last move) and the movers' rate in messages/s.
 ///
-/// moto is not safe for concurrent writers of one queue (a DeleteMessage
-/// rebuilds the queue's list without its lock, so a message sent or deleted
-/// meanwhile can be lost or come back), which real SQS of course is: the
-/// test takes `writes` around its sends and deletes (the movers around
-/// publish + ack), while receives, long polls and the consumer's own
-/// visibility changes run concurrently.
+/// Everything runs concurrently, as against real SQS (the tests' moto is
+/// made safe for that: support/moto_server.py).
 async fn stream(
     broker: &Arc<SqsBroker>,
     source: &QueueName,
@@ -516,16 +504,10 @@ async fn stream(
     workers: usize,
 ) -> (Vec<Seen>, f64) {
     let moved = Arc::new(AtomicUsize::new(0));
-    let writes = Arc::new(tokio::sync::Mutex::new(()));
     let start = Instant::now();
 
     let producer = {
-        let (broker, source, moved, writes) = (
-            broker.clone(),
-            source.clone(),
-            moved.clone(),
-            writes.clone(),
-        );
+        let (broker, source, moved) = (broker.clone(), source.clone(), moved.clone());
         tokio::spawn(async move {
             let url = broker.queue_url(&source).await.unwrap();
             let fifo = source.0.ends_with(".fifo");
@@ -537,7 +519,6 @@ async fn stream(
                     continue;
                 }
                 let batch = 10.min(count - sent);
-                let _write = writes.lock().await;
                 send_batch(
                     &broker,
                     &url,
@@ -553,13 +534,8 @@ async fn stream(
 
     let mut movers = Vec::new();
     for _ in 0..workers {
-        let (broker, from, to, moved, writes) = (
-            broker.clone(),
-            source.clone(),
-            dest.clone(),
-            moved.clone(),
-            writes.clone(),
-        );
+        let (broker, from, to, moved) =
+            (broker.clone(), source.clone(), dest.clone(), moved.clone());
         movers.push(tokio::spawn(async move {
             let mut consumer = broker.consume(&from, 10).await.unwrap();
             while moved.load(Ordering::SeqCst) < count {
@@ -570,7 +546,6 @@ async fn stream(
                 let Some(d) = consumer.next_within(Duration::from_secs(1)).await.unwrap() else {
                     continue;
                 };
-                let _write = writes.lock().await;
                 broker.publish(&to, &d.message).await.unwrap();
                 consumer.ack(d).await.unwrap();
                 moved.fetch_add(1, Ordering::SeqCst);
@@ -579,8 +554,7 @@ async fn stream(
     }
 
     let drainer = {
-        let (broker, dest, moved, writes) =
-            (broker.clone(), dest.clone(), moved.clone(), writes.clone());
+        let (broker, dest, moved) = (broker.clone(), dest.clone(), moved.clone());
         tokio::spawn(async move {
             let url = broker.queue_url(&dest).await.unwrap();
             let mut seen = Vec::new();
@@ -592,7 +566,7 @@ async fn stream(
                     seen.len()
                 );
                 let done = moved.load(Ordering::SeqCst) >= count;
-                let got = drain_once(&broker, &url, Some(&writes)).await;
+                let got = drain_once(&broker, &url).await;
                 if !done || !got.is_empty() {
                     empty_after_last_move = 0;
                 } else {

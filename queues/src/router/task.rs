@@ -5,7 +5,9 @@ use super::{
     COMMAND_CAPACITY, Command, Counts, DrainReport, Owner, RouterApi, RouterConfig, RouterError,
     SessionState, SplitSessionKey, SplitState, StateStore, move_then_delete, temp_queue_name,
 };
-use crate::broker::{Broker, BrokerError, Consumer, Delivery, QueueName, Result as BrokerResult};
+use crate::broker::{
+    Acker, Broker, BrokerError, Consumer, Delivery, QueueName, Result as BrokerResult,
+};
 use crate::filter::MessageFilter;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
@@ -40,14 +42,25 @@ struct Route {
     queue: QueueName,
 }
 
-/// A forward in flight: publish to the destination, then hand back the
-/// delivery for the ack (or the requeue).
+/// A forward in flight: publish to the destination, then ack the original
+/// itself (with the consumer's [`Acker`]) or hand back the delivery for the
+/// ack (or the requeue).
 type Forward = Pin<Box<dyn Future<Output = Forwarded> + Send>>;
 
 struct Forwarded {
-    delivery: Delivery,
+    /// The delivery's order key.
+    key: Option<String>,
     dest: QueueName,
-    result: BrokerResult<()>,
+    outcome: Outcome,
+}
+
+enum Outcome {
+    /// Published; the ack is the loop's to do.
+    Published(Delivery),
+    /// Published, then acked (or the ack failed) by the forward itself.
+    Acked(BrokerResult<()>),
+    /// The publish failed: the delivery goes back.
+    Failed(Delivery, BrokerError),
 }
 
 type RemoveReply = oneshot::Sender<Result<DrainReport, RouterError>>;
@@ -56,6 +69,9 @@ type RemoveReply = oneshot::Sender<Result<DrainReport, RouterError>>;
 #[derive(Default)]
 struct Flow {
     inflight: FuturesUnordered<Forward>,
+    /// The current consumer's acker, if it has one: forwards then ack
+    /// without waiting for each other.
+    acker: Option<Arc<dyn Acker>>,
     /// Forwards in flight per destination: an ended session's queue is
     /// drained only once none is left.
     inflight_to: HashMap<QueueName, usize>,
@@ -195,6 +211,7 @@ impl RouterTask {
                     .await
                 {
                     Ok(c) => {
+                        flow.acker = c.acker();
                         consumer = Some(c);
                         broken = false;
                     }
@@ -237,6 +254,7 @@ impl RouterTask {
             }
             if broken && flow.inflight.is_empty() && flow.keyed.is_empty() {
                 consumer = None;
+                flow.acker = None;
             }
         }
         // Stop: give back what waits behind an order key, finish what is in
@@ -278,13 +296,17 @@ impl RouterTask {
             .map_or_else(|| self.state.workload_queue.clone(), |r| r.queue.clone());
         *flow.inflight_to.entry(dest.clone()).or_default() += 1;
         let broker = self.broker.clone();
+        let acker = flow.acker.clone();
         flow.inflight.push(Box::pin(async move {
-            let result = broker.publish(&dest, &d.message).await;
-            Forwarded {
-                delivery: d,
-                dest,
-                result,
-            }
+            let key = d.message.order_key.clone();
+            let outcome = match broker.publish(&dest, &d.message).await {
+                Err(e) => Outcome::Failed(d, e),
+                Ok(()) => match acker {
+                    Some(acker) => Outcome::Acked(acker.ack(d).await),
+                    None => Outcome::Published(d),
+                },
+            };
+            Forwarded { key, dest, outcome }
         }));
     }
 
@@ -297,35 +319,20 @@ impl RouterTask {
         flow: &mut Flow,
         resume_at: &mut Instant,
     ) {
-        let Forwarded {
-            delivery,
-            dest,
-            result,
-        } = done;
-        let key = delivery.message.order_key.clone();
-        let ok = result.is_ok();
-        match result {
-            Ok(()) => {
-                let acked = match consumer.as_mut() {
-                    Some(c) => c.ack(delivery).await,
-                    None => Err(BrokerError::Operation {
-                        kind: self.state.kind,
-                        queue: self.state.original.clone(),
-                        op: "ack",
-                        message: "the consumer is gone".into(),
-                    }),
-                };
-                match acked {
-                    Ok(()) => *self.counts.routed.entry(dest.clone()).or_default() += 1,
-                    Err(e) => {
-                        // Stored at the destination, and delivered again by
-                        // the original: the one duplicate a failure causes.
-                        self.counts.ack_failures += 1;
-                        tracing::warn!(queue = %self.state.original, error = %e, "ack after a confirmed forward failed: the message will be forwarded twice");
-                    }
-                }
-            }
-            Err(e) => {
+        let Forwarded { key, dest, outcome } = done;
+        let ok = !matches!(outcome, Outcome::Failed(..));
+        let acked = match outcome {
+            Outcome::Acked(acked) => Some(acked),
+            Outcome::Published(delivery) => Some(match consumer.as_mut() {
+                Some(c) => c.ack(delivery).await,
+                None => Err(BrokerError::Operation {
+                    kind: self.state.kind,
+                    queue: self.state.original.clone(),
+                    op: "ack",
+                    message: "the consumer is gone".into(),
+                }),
+            }),
+            Outcome::Failed(delivery, e) => {
                 tracing::warn!(to = %dest, error = %e, "forward failed; the message goes back to the original queue");
                 self.give_back(delivery, consumer).await;
                 *resume_at = Instant::now() + self.config.retry;
@@ -334,7 +341,18 @@ impl RouterTask {
                 {
                     tracing::warn!(queue = %dest, error = %e, "cannot create the missing temporary queue again");
                 }
+                None
             }
+        };
+        match acked {
+            Some(Ok(())) => *self.counts.routed.entry(dest.clone()).or_default() += 1,
+            Some(Err(e)) => {
+                // Stored at the destination, and delivered again by the
+                // original: the one duplicate a failure causes.
+                self.counts.ack_failures += 1;
+                tracing::warn!(queue = %self.state.original, error = %e, "ack after a confirmed forward failed: the message will be forwarded twice");
+            }
+            None => {}
         }
         if let Some(n) = flow.inflight_to.get_mut(&dest) {
             *n -= 1;

@@ -4,7 +4,7 @@
 
 use super::convert::{self, Received};
 use super::{MAX_RECEIVE_BATCH, MAX_WAIT, SqsConfig, sdk_error};
-use crate::broker::{BrokerError, BrokerKind, Consumer, Delivery, QueueName, Result};
+use crate::broker::{Acker, BrokerError, BrokerKind, Consumer, Delivery, QueueName, Result};
 use async_trait::async_trait;
 use aws_sdk_sqs::Client;
 use aws_sdk_sqs::types::{ChangeMessageVisibilityBatchRequestEntry, MessageSystemAttributeName};
@@ -121,6 +121,7 @@ pub struct SqsConsumer {
     next_id: AtomicU64,
     heartbeat: JoinHandle<()>,
     closed: bool,
+    acker: Arc<SqsAcker>,
 }
 
 impl fmt::Debug for SqsConsumer {
@@ -152,7 +153,14 @@ impl SqsConsumer {
             visibility,
             held.clone(),
         ));
+        let acker = Arc::new(SqsAcker {
+            client: client.clone(),
+            config: config.clone(),
+            queue: queue.clone(),
+            url: url.clone(),
+        });
         Self {
+            acker,
             client,
             config,
             queue,
@@ -254,19 +262,20 @@ impl SqsConsumer {
         let _settle = self.held.settle.lock().await;
         release(&self.client, &self.config, &self.queue, &self.url, receipts).await
     }
+}
 
-    fn token(&self, delivery: Delivery, op: &'static str) -> Result<SqsToken> {
-        delivery
-            .token
-            .downcast::<SqsToken>()
-            .map(|t| *t)
-            .map_err(|_| BrokerError::Operation {
-                kind: BrokerKind::Sqs,
-                queue: self.queue.clone(),
-                op,
-                message: "the delivery did not come from an SQS consumer".into(),
-            })
-    }
+/// The SQS token of `delivery`, for `op` on `queue`.
+fn token_of(queue: &QueueName, delivery: Delivery, op: &'static str) -> Result<SqsToken> {
+    delivery
+        .token
+        .downcast::<SqsToken>()
+        .map(|t| *t)
+        .map_err(|_| BrokerError::Operation {
+            kind: BrokerKind::Sqs,
+            queue: queue.clone(),
+            op,
+            message: "the delivery did not come from an SQS consumer".into(),
+        })
 }
 
 /// Makes `receipts` visible again (visibility 0), ten at a time.
@@ -408,21 +417,11 @@ impl Consumer for SqsConsumer {
     }
 
     async fn ack(&mut self, delivery: Delivery) -> Result<()> {
-        let mut token = self.token(delivery, "ack")?;
-        let _settle = self.held.settle.lock().await;
-        self.client
-            .delete_message()
-            .queue_url(&self.url)
-            .receipt_handle(&token.receipt)
-            .send()
-            .await
-            .map_err(|e| sdk_error(&self.config, &self.queue, "ack", e))?;
-        token.settled = true;
-        Ok(())
+        self.acker.ack(delivery).await
     }
 
     async fn requeue(&mut self, delivery: Delivery) -> Result<()> {
-        let mut token = self.token(delivery, "requeue")?;
+        let mut token = token_of(&self.queue, delivery, "requeue")?;
         token.settled = true;
         let _settle = self.held.settle.lock().await;
         self.held.remove(token.id);
@@ -441,6 +440,38 @@ impl Consumer for SqsConsumer {
             self.buffer = kept;
         }
         release(&self.client, &self.config, &self.queue, &self.url, receipts).await
+    }
+
+    fn acker(&self) -> Option<Arc<dyn Acker>> {
+        Some(self.acker.clone())
+    }
+}
+
+/// Acks (DeleteMessage) the deliveries of one [`SqsConsumer`], several at
+/// once if its user likes: an ack needs only the receipt handle. It takes
+/// no `settle` lock: the heartbeat extending a message being deleted fails
+/// that entry, which it ignores.
+#[derive(Debug)]
+struct SqsAcker {
+    client: Client,
+    config: SqsConfig,
+    queue: QueueName,
+    url: String,
+}
+
+#[async_trait]
+impl Acker for SqsAcker {
+    async fn ack(&self, delivery: Delivery) -> Result<()> {
+        let mut token = token_of(&self.queue, delivery, "ack")?;
+        self.client
+            .delete_message()
+            .queue_url(&self.url)
+            .receipt_handle(&token.receipt)
+            .send()
+            .await
+            .map_err(|e| sdk_error(&self.config, &self.queue, "ack", e))?;
+        token.settled = true;
+        Ok(())
     }
 }
 
