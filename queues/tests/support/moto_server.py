@@ -19,6 +19,11 @@ docs/queues.md, "moto, mended"):
    `time.time()` (the same value: seconds since the epoch).
 4. DeleteMessage scans the queue, building a list of receipt handles per
    message. Here receipt handles are indexed when a message is received.
+5. The counts of GetQueueAttributes call two properties and a clock per
+   message; here each is one pass reading the clock once.
+
+It also logs no line per request (the tests drain moto's stderr; the
+start-up line with the port is still logged).
 
 A FIFO long poll whose visible messages all belong to groups in flight no
 longer spins a core: the wait is on the lock's condition, woken by a send
@@ -35,6 +40,7 @@ import time
 from collections.abc import Mapping
 
 from moto.core.utils import camelcase_to_underscores
+from werkzeug.serving import WSGIRequestHandler
 from moto.sqs import models
 from moto.sqs.exceptions import ReceiptHandleIsInvalid
 
@@ -181,6 +187,31 @@ def _delete_message(self, receipt_handle):
 
 
 models.Queue.delete_message = _delete_message
+
+
+# 5. Counts in one pass with one clock reading (the same tests as
+# Message.visible and Message.delayed).
+def _ready(self):
+    now = _unix_time_millis()
+    return sum(1 for m in self._messages if now > m.visible_at and now >= m.delayed_until)
+
+
+def _delayed(self):
+    now = _unix_time_millis()
+    return sum(1 for m in self._messages if now < m.delayed_until)
+
+
+def _not_visible(self):
+    now = _unix_time_millis()
+    return sum(1 for m in self._messages if not now > m.visible_at)
+
+
+models.Queue.approximate_number_of_messages = property(_ready)
+models.Queue.approximate_number_of_messages_delayed = property(_delayed)
+models.Queue.approximate_number_of_messages_not_visible = property(_not_visible)
+
+# No access log line per request.
+WSGIRequestHandler.log_request = lambda *args, **kwargs: None
 
 if __name__ == "__main__":
     from moto.server import main
