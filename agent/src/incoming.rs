@@ -18,9 +18,6 @@
 //!   connections and finding their original destination (`SO_ORIGINAL_DST`).
 //! * `conn`: one task per connection: the stolen pump, or the mirror proxy
 //!   plus the client's copy.
-//! * `shards`: the threads, one per CPU, each with a current-thread runtime,
-//!   that serve the connections of filtered ports (a connection and its
-//!   upstream connection on one thread).
 //! * `http` and `filter`: **filtered steals**: each HTTP/1.x request or
 //!   HTTP/2 stream goes to the first session whose filter takes it (all
 //!   filters of a port matched in one pass, see `filter`), the others to the
@@ -98,7 +95,6 @@ mod listener;
 mod nft;
 pub mod redirect;
 mod session;
-mod shards;
 mod task;
 
 pub use redirect::{

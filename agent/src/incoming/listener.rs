@@ -14,7 +14,6 @@ use super::Subscriber;
 use super::conn::{self, Accepted};
 use super::http::{self, Filtered};
 use super::redirect::ListenerPort;
-use super::shards;
 use super::task::PortRoutes;
 use crate::net::NetApi;
 use remora_protocol::incoming::{IncomingMode, IncomingServer, RemotePort};
@@ -244,13 +243,7 @@ impl PortTask {
                     shutdown: self.shutdown.clone(),
                     conn_ids: self.conn_ids.clone(),
                 };
-                // On a connection thread of its own (see `shards`), tracked
-                // from now on, not from when that thread starts it.
-                let tracked = (self.conns.token(), self.port_conns.token());
-                shards::spawn(accepted, move |accepted| async move {
-                    let _tracked = tracked;
-                    http::serve(accepted, filtered).await;
-                });
+                self.spawn(http::serve(accepted, filtered));
             }
             PortMode::Whole(IncomingMode::Steal) => {
                 self.spawn(conn::steal(accepted, self.subscriber.clone()));

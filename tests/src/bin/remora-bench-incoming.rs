@@ -44,6 +44,9 @@ const WORK_US: u64 = 1000;
 /// Another `remora-agent` binary to compare with the one next to `remora`.
 const AGENT_B_ENV: &str = "REMORA_BENCH_AGENT_B";
 
+/// Set (with `REMORA_BENCH_HOLD_SECS`): hold the second setup too.
+const HOLD_WORK_ENV: &str = "REMORA_BENCH_HOLD_WORK";
+
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
 fn main() -> ExitCode {
@@ -490,6 +493,20 @@ fn bench() -> Result<()> {
         Some(bin) => Some(pod_b(&sandbox, "bench-work-b", &app, WORK_US, bin)?),
         None => None,
     };
+    if let Some(b) = &b {
+        eprintln!("bench: agent B pid {}, (b2') {}", b.agent, b.url);
+    }
+    if std::env::var_os(HOLD_WORK_ENV).is_some() {
+        let agent = procs::agent_of(&pod.target()).ok_or("no agent serves the pod")?;
+        hold(
+            agent,
+            service.twin,
+            service.proxy,
+            &url,
+            &twin_url,
+            &proxy_url,
+        );
+    }
     let mut paths = vec![
         Path {
             url: &twin_url,
@@ -662,7 +679,9 @@ fn bench() -> Result<()> {
 
 /// With `REMORA_BENCH_HOLD_SECS=N`: keep the first setup up for N seconds
 /// before the runs, printing the URLs and PIDs, to look at the processes
-/// with other tools (`perf`, `strace`, `ss`) while driving `wrk` by hand.
+/// with other tools (`perf`, `strace`, `ss`) while driving `wrk` by hand;
+/// with [`HOLD_WORK_ENV`] set too, the second one (the service working
+/// [`WORK_US`] per request) as well.
 fn hold(agent: u32, twin: u32, proxy: Option<u32>, url: &str, twin_url: &str, proxy_url: &str) {
     let Some(secs) = std::env::var("REMORA_BENCH_HOLD_SECS")
         .ok()
