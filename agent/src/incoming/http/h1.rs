@@ -20,6 +20,10 @@
 //! idle upstream connection (its keep-alive timeout then applies to the peer
 //! as it would without remora), or after [`IDLE_TIMEOUT`] without a request.
 //!
+//! A request not taken allocates nothing: its head is parsed into header
+//! ranges kept in one `Vec` per direction for the connection's life, and
+//! its head and the body bytes read with it leave in one `writev`.
+//!
 //! This is a hand-written proxy rather than hyper's server and client: a
 //! request not taken must cost as little as possible and must reach the
 //! service as the peer sent it. hyper would parse into a header map, then
