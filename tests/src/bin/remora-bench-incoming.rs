@@ -11,6 +11,11 @@
 //! The stolen port is redirected for the pod's own connections too, so (a)
 //! and (e) reach a second instance of the same service on [`TWIN_PORT`] (the
 //! same program and arguments), which the steal does not touch.
+//!
+//! With [`AGENT_B_ENV`] naming another `remora-agent` binary (say, the build
+//! before a change), a second pod of the same shape gets its own filtered
+//! steal served by that agent, and its pass-through row (b2) alternates with
+//! the others: an A/B of two agents in one run.
 
 use remora_tests::fixtures::curl;
 use remora_tests::{Pod, PodSpec, Sandbox, bin_path, procs};
@@ -23,6 +28,8 @@ const TWIN_PORT: u16 = 19081;
 /// HAProxy's port in the pod.
 const PROXY_PORT: u16 = 19090;
 const LOCAL_PORT: u16 = 19181;
+/// The local app of agent B's pod ([`AGENT_B_ENV`]).
+const LOCAL_PORT_B: u16 = 19182;
 const RUNS: usize = 3;
 /// Load: as many requests as 32 connections get through.
 const WRK_ARGS: [&str; 6] = ["-t2", "-c32", "-d3s", "--latency", "--timeout", "5s"];
@@ -33,6 +40,12 @@ const HEADER: &str = "x-user: alice";
 /// CPU the pod's service spends per request in the last table: a service
 /// that does real work, next to one that does none.
 const WORK_US: u64 = 1000;
+
+/// Another `remora-agent` binary to compare with the one next to `remora`.
+const AGENT_B_ENV: &str = "REMORA_BENCH_AGENT_B";
+
+/// Set (with `REMORA_BENCH_HOLD_SECS`): hold the second setup too.
+const HOLD_WORK_ENV: &str = "REMORA_BENCH_HOLD_WORK";
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
@@ -300,10 +313,17 @@ impl Drop for App {
     }
 }
 
-fn start_local_app(pod: &Pod, app: &str) -> Result<App> {
-    let mapping = format!("{LOCAL_PORT}:{POD_PORT}");
-    let listen = format!("127.0.0.1:{LOCAL_PORT}");
-    let child = Command::new(bin_path("remora")?)
+/// `remora run` stealing the pod's port with the header filter, the local
+/// app on `local_port`; its agent is `agent` when given (else the one next
+/// to `remora`).
+fn start_local_app(pod: &Pod, app: &str, local_port: u16, agent: Option<&str>) -> Result<App> {
+    let mapping = format!("{local_port}:{POD_PORT}");
+    let listen = format!("127.0.0.1:{local_port}");
+    let mut cmd = Command::new(bin_path("remora")?);
+    if let Some(agent) = agent {
+        cmd.env("REMORA_AGENT_BIN", agent);
+    }
+    let child = cmd
         .args([
             "run",
             "--target",
@@ -330,6 +350,35 @@ fn wait_for_laptop(url: &str) -> Result<()> {
     Ok(())
 }
 
+/// The second agent of an A/B run, from [`AGENT_B_ENV`].
+fn agent_b() -> Option<String> {
+    std::env::var(AGENT_B_ENV).ok().filter(|v| !v.is_empty())
+}
+
+/// A pod of the same shape as the main one, without HAProxy, whose port is
+/// stolen (same filter) through agent B; the local app on [`LOCAL_PORT_B`].
+struct PodB {
+    // Declared first: `remora run` ends before its pod goes.
+    _app: App,
+    _service: ServicePod,
+    url: String,
+    agent: u32,
+}
+
+fn pod_b(sandbox: &Sandbox, name: &str, app: &str, work_us: u64, agent: &str) -> Result<PodB> {
+    let service = service_pod(sandbox, name, app, work_us, None)?;
+    let url = format!("http://{}:{POD_PORT}/", service.pod.ip());
+    let local = start_local_app(&service.pod, app, LOCAL_PORT_B, Some(agent))?;
+    wait_for_laptop(&url)?;
+    let pid = procs::agent_of(&service.pod.target()).ok_or("no agent B serves its pod")?;
+    Ok(PodB {
+        _app: local,
+        _service: service,
+        url,
+        agent: pid,
+    })
+}
+
 fn bench() -> Result<()> {
     let app = bin_path("remora-bench-app")?;
     let app = app.to_string_lossy().into_owned();
@@ -338,6 +387,7 @@ fn bench() -> Result<()> {
         eprintln!("bench: {why}");
     }
     let haproxy = haproxy.as_ref().ok().map(String::as_str);
+    let agent_b = agent_b();
     let sandbox = Sandbox::new()?;
     let service = service_pod(&sandbox, "bench-http", &app, 0, haproxy)?;
     let pod = &service.pod;
@@ -346,7 +396,7 @@ fn bench() -> Result<()> {
     let proxy_url = format!("http://{}:{PROXY_PORT}/", pod.ip());
     let local_url = format!("http://127.0.0.1:{LOCAL_PORT}/");
 
-    let local_app = start_local_app(pod, &app)?;
+    let local_app = start_local_app(pod, &app, LOCAL_PORT, None)?;
     wait_for_laptop(&url)?;
     // Both sides answer what they should before and after the load.
     let check = |url: &str| -> Result<()> {
@@ -360,6 +410,19 @@ fn bench() -> Result<()> {
         return Err("HAProxy does not reach the service".into());
     }
     let agent = procs::agent_of(&pod.target()).ok_or("no agent serves the pod")?;
+    let b = match &agent_b {
+        Some(bin) => Some(pod_b(&sandbox, "bench-http-b", &app, 0, bin)?),
+        None => None,
+    };
+    if let Some(b) = &b {
+        check(&b.url)?;
+        eprintln!(
+            "bench: agent B pid {} ({}), (b2) {}",
+            b.agent,
+            agent_b.as_deref().unwrap_or(""),
+            b.url
+        );
+    }
     hold(
         agent,
         service.twin,
@@ -378,11 +441,27 @@ fn bench() -> Result<()> {
             cpu_of: Some(agent),
         },
     ];
+    let mut names = vec![
+        "(a) pod service directly",
+        "(b) unmatched, passed through the agent",
+    ];
+    let mut proxy_row = None;
     if let Some(pid) = service.proxy {
+        proxy_row = Some(paths.len());
         paths.push(Path {
             url: &proxy_url,
             cpu_of: Some(pid),
         });
+        names.push("(e) HAProxy in the pod, keep-alive to the service");
+    }
+    let mut b_row = None;
+    if let Some(b) = &b {
+        b_row = Some(paths.len());
+        paths.push(Path {
+            url: &b.url,
+            cpu_of: Some(b.agent),
+        });
+        names.push("(b2) unmatched, passed through agent B");
     }
     eprintln!("bench: (a) direct, (b) unmatched through the agent, (e) HAProxy, alternating");
     let load = alternate(&WRK_ARGS, &paths)?;
@@ -394,8 +473,13 @@ fn bench() -> Result<()> {
     let local = wrk(&WRK_ARGS, &local_url, None)?;
     let local_one = wrk(&WRK_ONE, &local_url, None)?;
     check(&url)?;
+    if let Some(b) = &b {
+        check(&b.url)?;
+    }
 
     // The same in front of a service that works per request.
+    drop(paths);
+    drop(b);
     drop(local_app);
     drop(service);
     let service = service_pod(&sandbox, "bench-work", &app, WORK_US, haproxy)?;
@@ -403,8 +487,26 @@ fn bench() -> Result<()> {
     let url = format!("http://{}:{POD_PORT}/", pod.ip());
     let twin_url = format!("http://{}:{TWIN_PORT}/", pod.ip());
     let proxy_url = format!("http://{}:{PROXY_PORT}/", pod.ip());
-    let _local = start_local_app(pod, &app)?;
+    let _local = start_local_app(pod, &app, LOCAL_PORT, None)?;
     wait_for_laptop(&url)?;
+    let b = match &agent_b {
+        Some(bin) => Some(pod_b(&sandbox, "bench-work-b", &app, WORK_US, bin)?),
+        None => None,
+    };
+    if let Some(b) = &b {
+        eprintln!("bench: agent B pid {}, (b2') {}", b.agent, b.url);
+    }
+    if std::env::var_os(HOLD_WORK_ENV).is_some() {
+        let agent = procs::agent_of(&pod.target()).ok_or("no agent serves the pod")?;
+        hold(
+            agent,
+            service.twin,
+            service.proxy,
+            &url,
+            &twin_url,
+            &proxy_url,
+        );
+    }
     let mut paths = vec![
         Path {
             url: &twin_url,
@@ -415,11 +517,23 @@ fn bench() -> Result<()> {
             cpu_of: None,
         },
     ];
+    let mut work_names = vec![
+        "(a') that service directly",
+        "(b') unmatched, passed through the agent",
+    ];
     if service.proxy.is_some() {
         paths.push(Path {
             url: &proxy_url,
             cpu_of: None,
         });
+        work_names.push("(e') HAProxy in the pod, keep-alive to it");
+    }
+    if let Some(b) = &b {
+        paths.push(Path {
+            url: &b.url,
+            cpu_of: None,
+        });
+        work_names.push("(b2') unmatched, passed through agent B");
     }
     eprintln!("bench: (a') (b') (e') a service working {WORK_US} µs per request, alternating");
     let work = alternate(&WRK_ARGS, &paths)?;
@@ -439,16 +553,18 @@ fn bench() -> Result<()> {
     match haproxy {
         Some(path) => println!(
             "- (e): {} in the pod (`-D`: its own session, as the agent; HTTP mode, `option \
-             http-keep-alive`, `http-reuse always`)\n",
+             http-keep-alive`, `http-reuse always`)",
             version_of(path)
         ),
-        None => println!("- (e): HAProxy is not installed here: no reverse-proxy rows\n"),
+        None => println!("- (e): HAProxy is not installed here: no reverse-proxy rows"),
     }
-    let names = [
-        "(a) pod service directly",
-        "(b) unmatched, passed through the agent",
-        "(e) HAProxy in the pod, keep-alive to the service",
-    ];
+    if let Some(bin) = &agent_b {
+        println!(
+            "- (b2): agent B, `{bin}` ({AGENT_B_ENV}), stealing a second pod of the same shape \
+             with the same filter; it alternates with the others"
+        );
+    }
+    println!();
     for (title, args, alternated, matched, local) in [
         ("under load", WRK_ARGS, &load, matched, local),
         (
@@ -482,15 +598,16 @@ fn bench() -> Result<()> {
         }
         println!();
     }
-    let cpu = |i: usize| load.get(i).and_then(|r| r.1);
+    let cpu = |i: Option<usize>| i.and_then(|i| load.get(i)).and_then(|r| r.1);
     println!(
         "- CPU per request under load: the service {:.1} µs (direct); the agent {:.1} µs per \
-         passed-through request{}\n",
-        cpu(0).unwrap_or(f64::NAN),
-        cpu(1).unwrap_or(f64::NAN),
-        cpu(2).map_or(String::new(), |c| format!(
+         passed-through request{}{}\n",
+        cpu(Some(0)).unwrap_or(f64::NAN),
+        cpu(Some(1)).unwrap_or(f64::NAN),
+        cpu(proxy_row).map_or(String::new(), |c| format!(
             "; HAProxy {c:.1} µs per proxied request"
         )),
+        cpu(b_row).map_or(String::new(), |c| format!("; agent B {c:.1} µs")),
     );
     println!(
         "### a service spending {WORK_US} µs of CPU per request, under load: `wrk {}`\n",
@@ -498,11 +615,6 @@ fn bench() -> Result<()> {
     );
     println!("| path | req/s | p50 | p99 | req/s vs (a') | p50 vs (a') |");
     println!("| --- | ---: | ---: | ---: | ---: | ---: |");
-    let work_names = [
-        "(a') that service directly",
-        "(b') unmatched, passed through the agent",
-        "(e') HAProxy in the pod, keep-alive to it",
-    ];
     let direct_work = work[0].0;
     for (name, (w, _)) in work_names.iter().zip(&work) {
         println!(
@@ -516,7 +628,8 @@ fn bench() -> Result<()> {
     }
     println!();
     let verdict = |ok: bool| if ok { "yes" } else { "no" };
-    if let (Some((proxy, _)), Some((proxy_one, _))) = (load.get(2), one.get(2)) {
+    if let Some(i) = proxy_row {
+        let (proxy, proxy_one) = (load[i].0, one[i].0);
         let (pass, pass_one) = (load[1].0, one[1].0);
         println!(
             "- target: unmatched pass-through at 1.0x or more of HAProxy's req/s under load: {} \
@@ -540,17 +653,35 @@ fn bench() -> Result<()> {
         "- target: at least 0.95x of direct for a service working {WORK_US} µs per request: {} \
          ({ratio_work:.3}x{})",
         verdict(ratio_work >= 0.95),
-        work.get(2).map_or(String::new(), |(w, _)| format!(
+        proxy_row.map_or(String::new(), |i| format!(
             "; HAProxy {:.3}x",
-            w.rps / direct_work.rps
+            work[i].0.rps / direct_work.rps
         )),
     );
+    if let Some(i) = b_row {
+        println!(
+            "- A/B: the agent vs agent B, req/s under load {:.3}x, one connection {:.3}x, \
+             1 ms service {:.3}x; p50 under load {:.0} vs {:.0} µs, one connection {:.0} vs \
+             {:.0} µs; CPU per request {:.1} vs {:.1} µs",
+            load[1].0.rps / load[i].0.rps,
+            one[1].0.rps / one[i].0.rps,
+            work[1].0.rps / work[i].0.rps,
+            load[1].0.p50_us,
+            load[i].0.p50_us,
+            one[1].0.p50_us,
+            one[i].0.p50_us,
+            cpu(Some(1)).unwrap_or(f64::NAN),
+            cpu(Some(i)).unwrap_or(f64::NAN),
+        );
+    }
     Ok(())
 }
 
 /// With `REMORA_BENCH_HOLD_SECS=N`: keep the first setup up for N seconds
 /// before the runs, printing the URLs and PIDs, to look at the processes
-/// with other tools (`perf`, `strace`, `ss`) while driving `wrk` by hand.
+/// with other tools (`perf`, `strace`, `ss`) while driving `wrk` by hand;
+/// with [`HOLD_WORK_ENV`] set too, the second one (the service working
+/// [`WORK_US`] per request) as well.
 fn hold(agent: u32, twin: u32, proxy: Option<u32>, url: &str, twin_url: &str, proxy_url: &str) {
     let Some(secs) = std::env::var("REMORA_BENCH_HOLD_SECS")
         .ok()

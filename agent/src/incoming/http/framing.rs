@@ -6,6 +6,7 @@
 
 use bytes::{Bytes, BytesMut};
 use std::io;
+use std::mem::MaybeUninit;
 use std::ops::Range;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -64,11 +65,24 @@ fn offset(buf: &[u8], part: &[u8]) -> Range<usize> {
     start..start + part.len()
 }
 
-fn ranges(buf: &[u8], headers: &[httparse::Header<'_>]) -> Vec<(Range<usize>, Range<usize>)> {
-    headers
-        .iter()
-        .map(|h| (offset(buf, h.name.as_bytes()), offset(buf, h.value)))
-        .collect()
+/// The header lines of a head, as ranges of its buffer. A connection keeps
+/// one between messages ([`Head::recycle`]) so that parsing a head
+/// allocates nothing.
+pub type HeaderRanges = Vec<(Range<usize>, Range<usize>)>;
+
+/// Room for the header lines `httparse` finds, left uninitialised: zeroing
+/// [`MAX_HEADERS`] of them would cost more than parsing a small head.
+type HeaderSlots<'b> = [MaybeUninit<httparse::Header<'b>>; MAX_HEADERS];
+
+fn ranges(buf: &[u8], headers: &[httparse::Header<'_>], spare: &mut HeaderRanges) -> HeaderRanges {
+    let mut ranges = std::mem::take(spare);
+    ranges.clear();
+    ranges.extend(
+        headers
+            .iter()
+            .map(|h| (offset(buf, h.name.as_bytes()), offset(buf, h.value))),
+    );
+    ranges
 }
 
 /// What a parse attempt means: a head (built by `head` from its length),
@@ -90,34 +104,63 @@ fn complete(
 impl Head {
     /// Parse a request head at the start of `buf`; `Ok(None)` when more
     /// bytes are needed.
+    #[cfg(test)]
     pub fn request(buf: &[u8]) -> Result<Option<Head>, HeadError> {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut request = httparse::Request::new(&mut headers);
-        let parsed = request.parse(buf);
+        Head::request_reusing(buf, &mut Vec::new())
+    }
+
+    /// [`Head::request`], its header ranges in `spare`'s allocation (taken
+    /// when the head is complete).
+    pub fn request_reusing(
+        buf: &[u8],
+        spare: &mut HeaderRanges,
+    ) -> Result<Option<Head>, HeadError> {
+        let mut slots: HeaderSlots<'_> = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+        let mut request = httparse::Request::new(&mut []);
+        let parsed = request.parse_with_uninit_headers(buf, &mut slots);
         complete(buf, parsed, |len| Head {
             len,
             method: offset(buf, request.method.unwrap_or_default().as_bytes()),
             target: offset(buf, request.path.unwrap_or_default().as_bytes()),
             status: 0,
             minor: request.version.unwrap_or(1),
-            headers: ranges(buf, request.headers),
+            headers: ranges(buf, request.headers, spare),
         })
     }
 
     /// Parse a response head at the start of `buf`; `Ok(None)` when more
     /// bytes are needed.
+    #[cfg(test)]
     pub fn response(buf: &[u8]) -> Result<Option<Head>, HeadError> {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut response = httparse::Response::new(&mut headers);
-        let parsed = response.parse(buf);
+        Head::response_reusing(buf, &mut Vec::new())
+    }
+
+    /// [`Head::response`], its header ranges in `spare`'s allocation (taken
+    /// when the head is complete).
+    pub fn response_reusing(
+        buf: &[u8],
+        spare: &mut HeaderRanges,
+    ) -> Result<Option<Head>, HeadError> {
+        let mut slots: HeaderSlots<'_> = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+        let mut response = httparse::Response::new(&mut []);
+        let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut response,
+            buf,
+            &mut slots,
+        );
         complete(buf, parsed, |len| Head {
             len,
             method: 0..0,
             target: 0..0,
             status: response.code.unwrap_or_default(),
             minor: response.version.unwrap_or(1),
-            headers: ranges(buf, response.headers),
+            headers: ranges(buf, response.headers, spare),
         })
+    }
+
+    /// Give the header ranges' allocation back for the next head.
+    pub fn recycle(self, spare: &mut HeaderRanges) {
+        *spare = self.headers;
     }
 
     /// Values of header `name` (case-insensitive).

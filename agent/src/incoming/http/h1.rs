@@ -20,12 +20,16 @@
 //! idle upstream connection (its keep-alive timeout then applies to the peer
 //! as it would without remora), or after [`IDLE_TIMEOUT`] without a request.
 //!
+//! A request not taken allocates nothing: its head is parsed into header
+//! ranges kept in one `Vec` per direction for the connection's life, and
+//! its head and the body bytes read with it leave in one `writev`.
+//!
 //! This is a hand-written proxy rather than hyper's server and client: a
 //! request not taken must cost as little as possible and must reach the
 //! service as the peer sent it. hyper would parse into a header map, then
 //! re-serialise through a second connection task per request.
 
-use super::framing::{self, Body, Head, HeadError, READ_SIZE};
+use super::framing::{self, Body, Head, HeadError, HeaderRanges, READ_SIZE};
 use super::{Filtered, Prefixed, Taken, chunks};
 use crate::incoming::Subscriber;
 use crate::incoming::conn;
@@ -49,6 +53,8 @@ struct Upstream {
     stream: TcpStream,
     /// Bytes read from it not relayed yet.
     buf: BytesMut,
+    /// The allocation of the last response head's header ranges.
+    spare: HeaderRanges,
     /// It already carried a request (it may have been closed by the
     /// service since).
     reused: bool,
@@ -100,11 +106,15 @@ pub(super) async fn serve(
     filtered: &Filtered,
 ) {
     let mut upstream: Option<Upstream> = None;
+    // The allocation of the last request head's header ranges: a request
+    // passed through allocates nothing.
+    let mut spare = HeaderRanges::new();
     // One timer for the connection's life, pushed back only when it fires
     // early: arming a timer per request would cost more than routing it.
     let mut idle = pin!(tokio::time::sleep(IDLE_TIMEOUT));
     loop {
-        let head = match read_head(&mut down, &mut buf, &upstream, idle.as_mut()).await {
+        let head = match read_head(&mut down, &mut buf, &mut spare, &upstream, idle.as_mut()).await
+        {
             Ok(Some(head)) => head,
             Ok(None) => return,
             Err(HeadError::TooLarge) => {
@@ -154,6 +164,7 @@ pub(super) async fn serve(
                 }
             }
         };
+        head.recycle(&mut spare);
         if next == Next::Close {
             return;
         }
@@ -208,13 +219,14 @@ fn pick(head: &Head, buf: &[u8], filtered: &Filtered) -> Option<Subscriber> {
 async fn read_head(
     down: &mut TcpStream,
     buf: &mut BytesMut,
+    spare: &mut HeaderRanges,
     upstream: &Option<Upstream>,
     mut idle: Pin<&mut Sleep>,
 ) -> Result<Option<Head>, HeadError> {
     let idle_until = Instant::now() + IDLE_TIMEOUT;
     loop {
         if !buf.is_empty()
-            && let Some(head) = Head::request(buf)?
+            && let Some(head) = Head::request_reusing(buf, spare)?
         {
             return Ok(Some(head));
         }
@@ -327,6 +339,7 @@ async fn forward(
                 Ok(stream) => slot.insert(Upstream {
                     stream,
                     buf: BytesMut::with_capacity(READ_SIZE),
+                    spare: HeaderRanges::new(),
                     reused: false,
                 }),
                 Err(_) => {
@@ -374,6 +387,23 @@ fn idle_and_open(up: &Upstream) -> bool {
     matches!(up.stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
 }
 
+/// `first` then `second`, in one `writev` when the socket takes both (no
+/// copy into a buffer of their own).
+async fn write_both(stream: &mut TcpStream, first: &[u8], second: &[u8]) -> std::io::Result<()> {
+    let (mut first, mut second) = (first, second);
+    while !first.is_empty() || !second.is_empty() {
+        let slices = [std::io::IoSlice::new(first), std::io::IoSlice::new(second)];
+        let n = stream.write_vectored(&slices).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        let from_first = n.min(first.len());
+        first = &first[from_first..];
+        second = &second[n - from_first..];
+    }
+    Ok(())
+}
+
 /// One request and its answer over `up`.
 async fn exchange(
     down: &mut TcpStream,
@@ -387,15 +417,10 @@ async fn exchange(
     let Ok((read, done)) = progress.take(buf) else {
         return Err(Failure::Broken);
     };
-    let written = if read == 0 {
-        up.stream.write_all(head_bytes).await
-    } else {
-        let mut first = Vec::with_capacity(head_bytes.len() + read);
-        first.extend_from_slice(head_bytes);
-        first.extend_from_slice(&buf[..read]);
-        up.stream.write_all(&first).await
-    };
-    if written.is_err() {
+    if write_both(&mut up.stream, head_bytes, &buf[..read])
+        .await
+        .is_err()
+    {
         return Err(Failure::NoResponse { stale: true });
     }
     buf.advance(read);
@@ -403,6 +428,7 @@ async fn exchange(
     let (mut ur, mut uw) = up.stream.split();
     let mut response = pin!(relay_response(
         &mut up.buf,
+        &mut up.spare,
         &mut ur,
         &mut dw,
         info.head_method
@@ -432,6 +458,7 @@ async fn exchange(
 /// Relay the response (after any interim `1xx`) from the service to the peer.
 async fn relay_response(
     ubuf: &mut BytesMut,
+    spare: &mut HeaderRanges,
     ur: &mut ReadHalf<'_>,
     dw: &mut WriteHalf<'_>,
     head_method: bool,
@@ -446,7 +473,7 @@ async fn relay_response(
     };
     loop {
         let head = loop {
-            match Head::response(ubuf) {
+            match Head::response_reusing(ubuf, spare) {
                 Ok(Some(head)) => break head,
                 Ok(None) => {}
                 Err(e) => {
@@ -468,15 +495,16 @@ async fn relay_response(
             }
         };
         let keep_alive = head.keep_alive(ubuf) && body != Body::UntilClose;
-        let status = head.status;
+        let (status, head_len) = (head.status, head.len);
+        head.recycle(spare);
         // The head and the part of the body already read go in one write:
         // a small answer read whole reaches the peer in one segment.
         let mut progress = framing::Progress::new(body);
-        let Ok((read, done)) = progress.take(&ubuf[head.len..]) else {
+        let Ok((read, done)) = progress.take(&ubuf[head_len..]) else {
             tracing::debug!("bad chunked body from the original destination");
             return Err(broken(relayed_any, false));
         };
-        if dw.write_all(&ubuf.split_to(head.len + read)).await.is_err() {
+        if dw.write_all(&ubuf.split_to(head_len + read)).await.is_err() {
             return Err(Failure::Broken);
         }
         relayed_any = true;

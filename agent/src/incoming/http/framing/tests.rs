@@ -175,3 +175,37 @@ fn a_body_is_taken_as_its_bytes_go_by() {
     let mut until_close = Progress::new(Body::UntilClose);
     assert_eq!(until_close.take(b"anything").unwrap(), (8, false));
 }
+
+#[test]
+fn heads_parsed_one_after_another_reuse_one_allocation() {
+    let first = b"GET /a HTTP/1.1\r\nHost: x\r\nX-User: alice\r\n\r\n";
+    let second = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+    let third = b"POST /b HTTP/1.1\r\nHost: y\r\ncontent-length: 0\r\nX-Other: 1\r\n\r\n";
+    let mut spare = HeaderRanges::with_capacity(8);
+    let allocation = spare.as_ptr();
+    let head = Head::request_reusing(first, &mut spare).unwrap().unwrap();
+    assert_eq!(head.headers.as_ptr(), allocation);
+    let names = |head: &Head, buf: &[u8]| -> Vec<String> {
+        let name = |r: &Range<usize>| String::from_utf8_lossy(&buf[r.clone()]).into_owned();
+        head.headers.iter().map(|(n, _)| name(n)).collect()
+    };
+    assert_eq!(names(&head, first), ["Host", "X-User"]);
+    head.recycle(&mut spare);
+
+    // A partial head leaves the spare where it is.
+    assert!(
+        Head::response_reusing(&second[..10], &mut spare)
+            .unwrap()
+            .is_none()
+    );
+    let head = Head::response_reusing(second, &mut spare).unwrap().unwrap();
+    assert_eq!(head.headers.as_ptr(), allocation);
+    assert_eq!((head.status, head.len), (200, second.len() - 2));
+    assert_eq!(names(&head, second), ["content-length"]);
+    head.recycle(&mut spare);
+
+    let head = Head::request_reusing(third, &mut spare).unwrap().unwrap();
+    assert_eq!(head.headers.as_ptr(), allocation);
+    assert_eq!(&third[head.target.clone()], b"/b");
+    assert_eq!(names(&head, third), ["Host", "content-length", "X-Other"]);
+}
