@@ -112,13 +112,15 @@ unsafe fn stat_path<S>(
     convert: fn(&Metadata) -> S,
     local: impl FnOnce(c_int, *const c_char) -> c_int,
 ) -> c_int {
+    // SAFETY (stays_local): path is non-null and, by the caller's guarantee,
+    // NUL-terminated.
+    if path.is_null() || out.is_null() || unsafe { ops::stays_local(path, false) } {
+        return local(dirfd, path);
+    }
     // SAFETY: caller guarantees path is null or NUL-terminated.
     let Some(cpath) = (unsafe { cstr(path) }) else {
         return local(dirfd, path);
     };
-    if out.is_null() || ops::stays_local(cpath, false) {
-        return local(dirfd, path);
-    }
     let Some(_g) = DetourGuard::enter() else {
         return local(dirfd, path);
     };
