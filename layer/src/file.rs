@@ -55,6 +55,7 @@ pub mod cwd;
 pub mod dir;
 pub mod hooks;
 pub mod io;
+pub mod local_paths;
 pub mod meta;
 pub mod ops;
 pub mod read_mode;

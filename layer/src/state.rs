@@ -1,5 +1,6 @@
 //! The layer's process-wide configuration, read once at load time.
 
+use crate::file::local_paths::LocalPaths;
 use remora_config::{Config, Policies, RESOLVED_CONFIG_ENV};
 use std::sync::OnceLock;
 
@@ -13,6 +14,8 @@ pub const LAYER_TOKEN_ENV: &str = "REMORA_LAYER_TOKEN";
 pub struct LayerState {
     pub config: Config,
     pub policies: Policies,
+    /// The fast "certainly local" answer for paths, before the detour guard.
+    pub local_paths: LocalPaths,
 }
 
 static STATE: OnceLock<LayerState> = OnceLock::new();
@@ -40,7 +43,9 @@ pub fn init() -> Result<(), String> {
         Err(_) => Config::default(),
     };
     let mut policies = config.policies().map_err(|e| e.to_string())?;
-    policies.fs = policies.fs.with_local_prefixes(runtime_local_prefixes());
+    let prefixes = runtime_local_prefixes();
+    let local_paths = LocalPaths::new(&config.fs, &prefixes);
+    policies.fs = policies.fs.with_local_prefixes(prefixes);
     let reply_timeout = reply_timeout(&config);
     crate::broker::configure(&token);
     crate::session::configure(crate::session::ProxyEndpoint {
@@ -48,7 +53,11 @@ pub fn init() -> Result<(), String> {
         token,
         reply_timeout,
     });
-    let _ = STATE.set(LayerState { config, policies });
+    let _ = STATE.set(LayerState {
+        config,
+        policies,
+        local_paths,
+    });
     crate::exec::capture_environment();
     crate::file::cwd::init_from_env();
     crate::file::streams::init_from_env();

@@ -93,6 +93,24 @@ fn cat_ls_stat_read_the_targets_files() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("No such file"));
 }
 
+/// The layer answers "local" for paths under `/tmp`, `/usr`... before asking
+/// the fs policy (issue 15); a `..` that leads out of such a tree must still
+/// reach the target's file.
+#[test]
+fn dot_dot_out_of_a_local_tree_reads_the_targets_file() {
+    require_sandbox!();
+    let sandbox = Sandbox::new().unwrap();
+    let c = checkout_pod(&sandbox).unwrap();
+    let via_tmp = format!("/tmp/..{CHECKOUT_CONFIG}");
+    let via_usr = format!("/usr/lib/../..{CHECKOUT_CONFIG}");
+    assert_eq!(
+        ok(remora_run(&c.pod, &["cat", &via_tmp]).unwrap()),
+        CHECKOUT_CONFIG_BODY
+    );
+    let size = ok(remora_run(&c.pod, &["stat", "-c", "%s", &via_usr]).unwrap());
+    assert_eq!(size.trim(), CHECKOUT_CONFIG_BODY.len().to_string());
+}
+
 #[test]
 fn names_resolve_as_the_target_resolves_them() {
     require_sandbox!();

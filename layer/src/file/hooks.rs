@@ -85,15 +85,17 @@ pub(crate) unsafe fn open_at(
     mode: c_uint,
     local: impl FnOnce(c_int, *const c_char) -> c_int,
 ) -> c_int {
-    // SAFETY: caller guarantees path is null or NUL-terminated.
-    let Some(cpath) = (unsafe { cstr(path) }) else {
-        return local(dirfd, path);
-    };
-    if !ops::opens_for_write(flags) && ops::stays_local(cpath, false) {
+    // SAFETY (stays_local): path is non-null and, by the caller's guarantee,
+    // NUL-terminated.
+    if !path.is_null() && !ops::opens_for_write(flags) && unsafe { ops::stays_local(path, false) } {
         let fd = local(dirfd, path);
         ops::forget_stale_unguarded(fd);
         return fd;
     }
+    // SAFETY: caller guarantees path is null or NUL-terminated.
+    let Some(cpath) = (unsafe { cstr(path) }) else {
+        return local(dirfd, path);
+    };
     let Some(_g) = DetourGuard::enter() else {
         return local(dirfd, path);
     };

@@ -6,7 +6,7 @@ use crate::error::{HookError, HookResult};
 use crate::fd::{self, Managed, Shared};
 use crate::{session, state};
 use bytes::Bytes;
-use libc::c_int;
+use libc::{c_char, c_int};
 use remora_config::FsDecision;
 use remora_protocol::fs::{
     AccessMode, FsReply, FsRequest, Metadata, OpenOptions, OpenReply, OpenRequest, SeekFrom,
@@ -175,13 +175,23 @@ pub fn locate(dirfd: c_int, path: &CStr, write: bool) -> HookResult<Routed<Strin
 /// local for this kind of access (`write`). The decision is pure (no lock,
 /// no remote call, no hooked libc call), so the hot local case skips the
 /// detour guard's thread-local accesses; any other answer takes the guarded
-/// path, which decides the same way.
+/// path, which decides the same way. The common local paths are answered
+/// from precomputed data without measuring the string
+/// ([`super::local_paths`]); the others get the policy's full decision.
+///
+/// # Safety
+/// `path` must point to a NUL-terminated string.
 #[inline]
-pub fn stays_local(path: &CStr, write: bool) -> bool {
+pub unsafe fn stays_local(path: *const c_char, write: bool) -> bool {
     let Some(state) = state::get() else {
         return true;
     };
-    let bytes = path.to_bytes();
+    // SAFETY: the caller guarantees a NUL-terminated string.
+    if unsafe { state.local_paths.certainly_local(path) } {
+        return true;
+    }
+    // SAFETY: as above.
+    let bytes = unsafe { CStr::from_ptr(path) }.to_bytes();
     bytes.first() == Some(&b'/')
         && state.policies.fs.decide_bytes(bytes, write) == FsDecision::Local
 }

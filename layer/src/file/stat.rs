@@ -112,13 +112,23 @@ unsafe fn stat_path<S>(
     convert: fn(&Metadata) -> S,
     local: impl FnOnce(c_int, *const c_char) -> c_int,
 ) -> c_int {
+    // SAFETY (stays_local): path is non-null and, by the caller's guarantee,
+    // NUL-terminated.
+    if path.is_null() || out.is_null() || unsafe { ops::stays_local(path, false) } {
+        return local(dirfd, path);
+    }
+    // `fstatat(fd, "", AT_EMPTY_PATH)` (Rust's `File::metadata`, so every
+    // `std::fs::read`) of an fd the layer does not manage: libc, without
+    // the guard (what `ops::stat_at` would answer, from one atomic load).
+    // SAFETY: path is non-null and NUL-terminated (the caller's guarantee).
+    if flags & libc::AT_EMPTY_PATH != 0 && unsafe { *path } == 0 && !crate::fd::maybe_managed(dirfd)
+    {
+        return local(dirfd, path);
+    }
     // SAFETY: caller guarantees path is null or NUL-terminated.
     let Some(cpath) = (unsafe { cstr(path) }) else {
         return local(dirfd, path);
     };
-    if out.is_null() || ops::stays_local(cpath, false) {
-        return local(dirfd, path);
-    }
     let Some(_g) = DetourGuard::enter() else {
         return local(dirfd, path);
     };
@@ -139,12 +149,14 @@ unsafe fn stat_fd<S>(
     convert: fn(&Metadata) -> S,
     local: impl FnOnce() -> c_int,
 ) -> c_int {
+    // An fd the layer does not manage has libc's metadata: one atomic load,
+    // not the guard's thread-local accesses.
+    if out.is_null() || !crate::fd::maybe_managed(fd) {
+        return local();
+    }
     let Some(_g) = DetourGuard::enter() else {
         return local();
     };
-    if out.is_null() {
-        return local();
-    }
     match ops::fd_metadata(fd) {
         Ok(m) => {
             // SAFETY: caller guarantees out is valid for a write of S.

@@ -118,12 +118,22 @@ fn bench() -> Result<()> {
         ),
     ] {
         progress(format!("{name}: plain vs remora run"));
-        let measured = runner.measure(Where::Local, &args, "ns_per_op", LOCAL_RUNS)?;
-        local.push((args[0], rows.len()));
+        // Wall-clock and CPU time of the same runs: on a loaded machine the
+        // CPU time of the timed loop moves far less than the wall clock,
+        // which also counts the waits for a CPU.
+        let keys = ["ns_per_op", "cpu_ns_per_op"];
+        let [wall, cpu] = runner.measure_keys(Where::Local, &args, keys, LOCAL_RUNS)?;
+        local.push((args[0].to_owned(), rows.len()));
         rows.push(Row {
             name: name.into(),
             unit: Unit::Nanos,
-            measured,
+            measured: wall,
+        });
+        local.push((format!("{}, CPU time", args[0]), rows.len()));
+        rows.push(Row {
+            name: format!("{name}, CPU time of the timed loop"),
+            unit: Unit::Nanos,
+            measured: cpu,
         });
     }
 
@@ -379,28 +389,50 @@ impl Runner<'_> {
     /// Runs `remora-bench-app args` `runs` times directly and `runs` times under
     /// `remora run`, alternating, and collects the value of `key` they report.
     fn measure(&self, direct_at: Where, args: &[&str], key: &str, runs: usize) -> Result<Measured> {
-        let mut measured = Measured::default();
+        let [measured] = self.measure_keys(direct_at, args, [key], runs)?;
+        Ok(measured)
+    }
+
+    /// [`Runner::measure`] collecting several keys of the same runs.
+    fn measure_keys<const K: usize>(
+        &self,
+        direct_at: Where,
+        args: &[&str],
+        keys: [&str; K],
+        runs: usize,
+    ) -> Result<[Measured; K]> {
+        let mut measured: [Measured; K] = std::array::from_fn(|_| Measured::default());
+        let collect = |measured: &mut [Measured; K],
+                       out: &Output,
+                       how: &str,
+                       pick: fn(&mut Measured) -> &mut Vec<f64>|
+         -> Result<()> {
+            for (m, key) in measured.iter_mut().zip(keys) {
+                pick(m).push(value(out, args, key, how)?);
+            }
+            Ok(())
+        };
         for _ in 0..runs {
             let out = match direct_at {
                 Where::Local => Command::new(self.app).args(args).output()?,
                 Where::Pod => self.pod.command(self.app)?.args(args).output()?,
             };
-            measured.direct.push(value(&out, args, key, "direct")?);
+            collect(&mut measured, &out, "direct", |m| &mut m.direct)?;
             let mut argv = vec![self.app];
             argv.extend_from_slice(args);
             let out = remora_run(self.pod, &argv)?;
-            measured
-                .remora
-                .push(value(&out, args, key, "under remora")?);
+            collect(&mut measured, &out, "under remora", |m| &mut m.remora)?;
             if let Where::Pod = direct_at {
                 wait_for_remora_exit(self.pod);
                 let out = remora_run_env(self.pod, FAST_PATH_OFF, &argv)?;
                 let how = "under remora, proxied path";
-                measured.proxied.push(value(&out, args, key, how)?);
+                collect(&mut measured, &out, how, |m| &mut m.proxied)?;
                 wait_for_remora_exit(self.pod);
             }
         }
-        measured.log(key);
+        for (m, key) in measured.iter().zip(keys) {
+            m.log(key);
+        }
         Ok(measured)
     }
 }

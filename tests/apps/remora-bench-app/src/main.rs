@@ -21,7 +21,9 @@
 //!                                           with HEADER; prints "STATUS BODY" per request
 //! ```
 //!
-//! Output: `ns_per_op=1234.5 ops=N`, plus `mib_per_s=456.7 bytes=B` when bytes moved.
+//! Output: `ns_per_op=1234.5 ops=N`, plus `cpu_ns_per_op=987.6` (the timed loop's CPU
+//! time per op, user and system) where the kernel reports it, and `mib_per_s=456.7
+//! bytes=B` when bytes moved.
 
 mod files;
 mod h2;

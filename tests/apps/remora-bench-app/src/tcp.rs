@@ -113,6 +113,7 @@ pub fn stream(addr: &str, mb: u64) -> Result<Report, String> {
         ops: total / CHUNK as u64,
         elapsed,
         bytes: Some(total),
+        cpu: None,
     })
 }
 
