@@ -120,8 +120,12 @@ unsafe fn stat_path<S>(
     // `fstatat(fd, "", AT_EMPTY_PATH)` (Rust's `File::metadata`, so every
     // `std::fs::read`) of an fd the layer does not manage: libc, without
     // the guard (what `ops::stat_at` would answer, from one atomic load).
+    // Not `AT_FDCWD`: the working directory may be the target's.
     // SAFETY: path is non-null and NUL-terminated (the caller's guarantee).
-    if flags & libc::AT_EMPTY_PATH != 0 && unsafe { *path } == 0 && !crate::fd::maybe_managed(dirfd)
+    if flags & libc::AT_EMPTY_PATH != 0
+        && dirfd >= 0
+        && unsafe { *path } == 0
+        && !crate::fd::maybe_managed(dirfd)
     {
         return local(dirfd, path);
     }
