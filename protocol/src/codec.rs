@@ -38,8 +38,6 @@ pub enum CodecError {
     Io(#[source] std::io::Error),
 }
 
-pub mod shared_bytes;
-
 fn config() -> impl bincode::config::Config {
     bincode::config::standard().with_limit::<MAX_FRAME_LEN>()
 }
@@ -186,11 +184,9 @@ mod tokio_codec {
                 src.reserve(HEADER_LEN + len - src.len());
                 return Ok(None);
             }
-            // The frame leaves the read buffer as `Bytes`, so that a large
-            // data chunk in it is handed on without a copy (`shared_bytes`).
-            let mut frame = src.split_to(HEADER_LEN + len);
-            frame.advance(HEADER_LEN);
-            super::shared_bytes::decode_shared(frame.freeze()).map(Some)
+            let msg = super::decode(&src[HEADER_LEN..HEADER_LEN + len])?;
+            src.advance(HEADER_LEN + len);
+            Ok(Some(msg))
         }
     }
 

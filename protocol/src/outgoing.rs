@@ -25,7 +25,6 @@ pub enum OutgoingClient {
     Data {
         conn: ConnectionId,
         #[cfg_attr(test, proptest(strategy = "crate::tests::bytes()"))]
-        #[serde(with = "crate::codec::shared_bytes")]
         data: Bytes,
     },
     /// The local side will send no more (half close).
@@ -58,7 +57,6 @@ pub enum OutgoingServer {
     Data {
         conn: ConnectionId,
         #[cfg_attr(test, proptest(strategy = "crate::tests::bytes()"))]
-        #[serde(with = "crate::codec::shared_bytes")]
         data: Bytes,
     },
     /// The remote peer will send no more.

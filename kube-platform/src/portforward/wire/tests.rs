@@ -34,7 +34,12 @@ fn fragments(channel: u8, payload: &[u8], cuts: &[usize]) -> Vec<Vec<u8>> {
     let mut frames = Vec::new();
     let mut start = 0;
     for end in ends {
-        let opcode = if start == 0 { BINARY } else { CONTINUATION };
+        // The first frame opens the message, even an empty one.
+        let opcode = if frames.is_empty() {
+            BINARY
+        } else {
+            CONTINUATION
+        };
         frames.push(server_frame(end == whole.len(), opcode, &whole[start..end]));
         start = end;
     }
