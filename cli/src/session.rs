@@ -487,6 +487,30 @@ pub fn operator_token() -> Result<String> {
         .ok_or(Error::OperatorToken)
 }
 
+/// glibc's allocator settings for the intproxy (`GLIBC_TUNABLES`, read when
+/// it starts; other C libraries ignore the variable). Its data path allocates
+/// a buffer per chunk of a stream and frees it on another task; with glibc's
+/// dynamic trim threshold the top of the heap went back to the kernel
+/// (`madvise`) and was faulted in again over and over: about 11,000 page
+/// faults and a third of the intproxy's CPU per 100 MB downloaded
+/// (docs/benchmarks.md). A fixed trim threshold of 8 MiB keeps that memory;
+/// a fixed one turns off the dynamic mmap threshold too, so the mmap
+/// threshold is raised with it (1 MiB), keeping the chunk and read buffers
+/// (up to 256 KiB) on the heap.
+const INTPROXY_MALLOC_TUNABLES: &str =
+    "glibc.malloc.trim_threshold=8388608:glibc.malloc.mmap_threshold=1048576";
+
+/// The intproxy's `GLIBC_TUNABLES`: ours first, then the user's own (glibc
+/// keeps the last value of a key, so the user's settings win).
+fn intproxy_tunables(inherited: Option<&std::ffi::OsStr>) -> std::ffi::OsString {
+    let mut tunables = std::ffi::OsString::from(INTPROXY_MALLOC_TUNABLES);
+    if let Some(own) = inherited.filter(|own| !own.is_empty()) {
+        tunables.push(":");
+        tunables.push(own);
+    }
+    tunables
+}
+
 #[derive(Debug)]
 struct IntproxyLaunch<'a> {
     backend: &'a Backend,
@@ -503,6 +527,10 @@ fn start_intproxy(launch: &IntproxyLaunch<'_>, reporter: &mut dyn Reporter) -> R
     command
         .arg("intproxy")
         .arg("--detach")
+        .env(
+            "GLIBC_TUNABLES",
+            intproxy_tunables(std::env::var_os("GLIBC_TUNABLES").as_deref()),
+        )
         .env_remove(BROKER_PATH_ENV);
     match launch.backend {
         Backend::Agent {

@@ -22,11 +22,14 @@
 //! (`AsyncRead` + `AsyncWrite`) for a client that speaks to the pod's port
 //! itself: the intproxy carries its framed remora protocol in the
 //! WebSocket's payloads that way, with no local socket and relay between it
-//! and the WebSocket. [`PortForward::relay`] remains for clients that need a
-//! local address (the operator link of short commands, the `Platform` seam).
+//! and the WebSocket. It frames the WebSocket itself ([`wire`]): a data
+//! frame's payload is read out of the connection's read buffer in place,
+//! the bulk path of `remora run` through a port-forward. [`PortForward::relay`]
+//! remains for clients that need a local address (the operator link of short
+//! commands, the `Platform` seam), over tungstenite.
 
-use bytes::{Buf, Bytes};
-use futures::{Sink, SinkExt, StreamExt};
+use bytes::{Buf, Bytes, BytesMut};
+use futures::{SinkExt, StreamExt};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
 use std::pin::Pin;
@@ -36,24 +39,28 @@ use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use wire::{CLOSE_CHANNEL as CLOSE, DATA, ERROR};
+
+mod wire;
 
 /// Bytes read from the local socket per WebSocket message (the kubelet and
 /// the API server pass messages of any size; kube-rs sends what one read gives).
 const CHUNK: usize = 64 * 1024;
-/// The data channel of the one forwarded port.
-const DATA: u8 = 0;
-/// Its error channel.
-const ERROR: u8 = 1;
-/// `v5.channel.k8s.io`'s close signal (kube-rs offers v5 first): a message
-/// on it names the channel that was closed.
-const CLOSE: u8 = 255;
+/// Bytes [`PortForwardStream`] asks the connection for per read: several of
+/// the API server's messages (32 KiB each from Go's `io.Copy`) per system call.
+const READ_SIZE: usize = 256 * 1024;
+/// Frames [`PortForwardStream`] holds before a write waits for the
+/// connection to take them.
+const WRITE_HIGH: usize = 256 * 1024;
 
 /// The socket `kube::Client::connect` opens.
 pub type Upgraded = hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>;
 
 /// An open port-forward WebSocket to one port of a pod, not yet relaying.
 pub struct PortForward {
-    socket: WebSocketStream<Upgraded>,
+    /// The upgraded connection, before any WebSocket framing.
+    socket: Upgraded,
     pod: String,
     port: u16,
 }
@@ -82,7 +89,9 @@ impl PortForward {
             .into_client()
             .connect(request)
             .await?
-            .into_stream();
+            .into_stream()
+            // Nothing was read yet: tungstenite holds no bytes of ours.
+            .into_inner();
         Ok(PortForward {
             socket,
             pod: pod.to_owned(),
@@ -92,7 +101,8 @@ impl PortForward {
 
     /// Relay `local` to the pod's port and back until either side ends.
     pub async fn relay(self, local: TcpStream) {
-        relay(self.socket, local, &self.pod, self.port).await;
+        let socket = WebSocketStream::from_raw_socket(self.socket, Role::Client, None).await;
+        relay(socket, local, &self.pod, self.port).await;
     }
 
     /// The forward as a byte stream to the pod's port.
@@ -162,18 +172,28 @@ impl Channels {
 /// A port-forward WebSocket to one port of a pod as a byte stream: reads
 /// give the data channel's payloads (an error-channel message is a
 /// `ConnectionRefused` error: nothing listens on the port), each write is
-/// one data message, and shutting down closes the WebSocket (v4 has no
-/// half-close). Polled from one task (it is not split), so no lock sits
-/// between the two directions.
+/// one data message (sent on flush, or once [`WRITE_HIGH`] bytes wait), and
+/// shutting down closes the WebSocket (v4 has no half-close). Polled from
+/// one task (it is not split), so no lock sits between the two directions.
+///
+/// `S` is the upgraded connection (TLS already undone); this type frames
+/// the WebSocket over it itself ([`wire`]).
 pub struct PortForwardStream<S> {
-    socket: WebSocketStream<S>,
+    io: S,
     pod: String,
     port: u16,
-    channels: Channels,
-    /// The rest of the last data message, not yet read.
-    pending: Bytes,
-    /// The server closed the data channel or the WebSocket.
+    decoder: wire::Decoder,
+    /// What the server sent that was not decoded or read yet.
+    read_buf: BytesMut,
+    /// Encoded frames not yet written to `io`.
+    write_buf: BytesMut,
+    /// The server closed the data channel or the WebSocket: reads give the
+    /// end of the stream.
     ended: bool,
+    /// A close frame of ours is queued: nothing more may be sent.
+    closed: bool,
+    /// Why reading failed, returned once the data before it was read.
+    failed: Option<std::io::Error>,
 }
 
 impl<S> std::fmt::Debug for PortForwardStream<S> {
@@ -187,71 +207,142 @@ impl<S> std::fmt::Debug for PortForwardStream<S> {
 }
 
 impl<S> PortForwardStream<S> {
-    /// Over `socket`, a port-forward WebSocket to `port` of `pod` that
-    /// negotiated the binary channel protocol.
-    pub fn new(socket: WebSocketStream<S>, pod: String, port: u16) -> Self {
+    /// Over `io`, a connection upgraded to a port-forward WebSocket to
+    /// `port` of `pod` that negotiated the binary channel protocol.
+    pub fn new(io: S, pod: String, port: u16) -> Self {
         PortForwardStream {
-            socket,
+            io,
             pod,
             port,
-            channels: Channels::default(),
-            pending: Bytes::new(),
+            decoder: wire::Decoder::new(port),
+            read_buf: BytesMut::new(),
+            write_buf: BytesMut::new(),
             ended: false,
+            closed: false,
+            failed: None,
         }
+    }
+
+    /// Queue one control or data frame (masked with a fresh key).
+    fn queue(&mut self, opcode: u8, channel: Option<u8>, payload: &[u8]) {
+        wire::encode(
+            &mut self.write_buf,
+            opcode,
+            channel,
+            payload,
+            rand::random(),
+        );
+    }
+
+    fn io_error(&self, kind: std::io::ErrorKind, what: &str) -> std::io::Error {
+        std::io::Error::new(
+            kind,
+            format!(
+                "port-forward to pod {} port {}: {what}",
+                self.pod, self.port
+            ),
+        )
+    }
+}
+
+impl<S: AsyncWrite + Unpin> PortForwardStream<S> {
+    /// Write every queued frame to the connection.
+    fn poll_write_out(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        while !self.write_buf.is_empty() {
+            let n = ready!(Pin::new(&mut self.io).poll_write(cx, &self.write_buf))?;
+            if n == 0 {
+                return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+            }
+            self.write_buf.advance(n);
+        }
+        Poll::Ready(Ok(()))
     }
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for PortForwardStream<S> {
+    /// Fills `buf` with the data frames' payloads already read (several
+    /// frames per call), reading from the connection only when none is.
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
+        let start = buf.filled().len();
         loop {
-            if !this.pending.is_empty() {
-                let n = this.pending.len().min(buf.remaining());
-                buf.put_slice(&this.pending[..n]);
-                this.pending.advance(n);
+            if this.ended || buf.remaining() == 0 {
                 return Poll::Ready(Ok(()));
             }
-            if this.ended {
+            if buf.filled().len() > start && this.failed.is_some() {
+                // The data before the failure first; the failure next.
                 return Poll::Ready(Ok(()));
             }
-            let data = match ready!(this.socket.poll_next_unpin(cx)) {
-                Some(Ok(Message::Binary(data))) => data,
-                Some(Ok(Message::Close(_))) | None => {
-                    this.ended = true;
-                    continue;
+            if let Some(e) = this.failed.take() {
+                this.ended = true;
+                return Poll::Ready(Err(e));
+            }
+            match this.decoder.next(&mut this.read_buf) {
+                Ok(wire::Event::Data(n)) => {
+                    let n = n.min(buf.remaining());
+                    buf.put_slice(&this.read_buf[..n]);
+                    this.decoder.consume(&mut this.read_buf, n);
                 }
-                Some(Ok(_)) => continue,
-                Some(Err(e)) => {
-                    return Poll::Ready(Err(std::io::Error::other(format!(
-                        "port-forward to pod {} port {}: {e}",
-                        this.pod, this.port
-                    ))));
+                Ok(wire::Event::Ping(payload)) => {
+                    if !this.closed {
+                        this.queue(wire::PONG, None, &payload);
+                        // Sent now if the connection takes it, else with
+                        // the next write or flush.
+                        if let Poll::Ready(Err(e)) = this.poll_write_out(cx) {
+                            this.failed = Some(e);
+                        }
+                    }
                 }
-            };
-            match this.channels.frame(data, this.port) {
-                Ok(Frame::Data(payload)) => this.pending = payload,
-                Ok(Frame::Skip) => {}
-                Ok(Frame::End) => this.ended = true,
-                Err(Ended::Refused(message)) => {
+                Ok(wire::Event::Close(payload)) => {
                     this.ended = true;
-                    return Poll::Ready(Err(std::io::Error::new(
+                    if !this.closed {
+                        // Echo the status code (RFC 6455 section 5.5.1).
+                        this.queue(wire::CLOSE_FRAME, None, payload.get(..2).unwrap_or(&[]));
+                        this.closed = true;
+                        let _ = this.poll_write_out(cx);
+                    }
+                }
+                Ok(wire::Event::End) => this.ended = true,
+                Ok(wire::Event::NeedMore) => {
+                    if buf.filled().len() > start {
+                        return Poll::Ready(Ok(()));
+                    }
+                    if this.read_buf.capacity() - this.read_buf.len() < READ_SIZE / 4 {
+                        this.read_buf.reserve(READ_SIZE);
+                    }
+                    let read = ready!(tokio_util::io::poll_read_buf(
+                        Pin::new(&mut this.io),
+                        cx,
+                        &mut this.read_buf
+                    ));
+                    match read {
+                        Ok(0) if this.read_buf.is_empty() && this.decoder.idle() => {
+                            this.ended = true;
+                        }
+                        Ok(0) => {
+                            this.failed = Some(this.io_error(
+                                std::io::ErrorKind::UnexpectedEof,
+                                "the connection ended inside a frame",
+                            ));
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            this.failed = Some(this.io_error(e.kind(), &e.to_string()));
+                        }
+                    }
+                }
+                Err(wire::Failure::Refused(message)) => {
+                    this.failed = Some(std::io::Error::new(
                         std::io::ErrorKind::ConnectionRefused,
                         format!("pod {} port {}: {message}", this.pod, this.port),
-                    )));
+                    ));
                 }
-                Err(Ended::Broken(reason)) => {
-                    this.ended = true;
-                    return Poll::Ready(Err(std::io::Error::new(
-                        std::io::ErrorKind::InvalidData,
-                        format!(
-                            "port-forward to pod {} port {}: {reason}",
-                            this.pod, this.port
-                        ),
-                    )));
+                Err(wire::Failure::Broken(reason)) => {
+                    this.failed = Some(this.io_error(std::io::ErrorKind::InvalidData, &reason));
                 }
             }
         }
@@ -268,34 +359,37 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for PortForwardStream<S> {
             return Poll::Ready(Ok(0));
         }
         let this = self.get_mut();
-        ready!(Pin::new(&mut this.socket).poll_ready(cx)).map_err(ws_error)?;
+        if this.closed {
+            return Poll::Ready(Err(
+                this.io_error(std::io::ErrorKind::BrokenPipe, "the WebSocket is closed")
+            ));
+        }
+        if this.write_buf.len() >= WRITE_HIGH {
+            ready!(this.poll_write_out(cx))?;
+        }
         let n = buf.len().min(CHUNK);
-        let mut message = Vec::with_capacity(1 + n);
-        message.push(DATA);
-        message.extend_from_slice(&buf[..n]);
-        Pin::new(&mut this.socket)
-            .start_send(Message::Binary(message.into()))
-            .map_err(ws_error)?;
+        this.queue(wire::BINARY, Some(DATA), &buf[..n]);
         Poll::Ready(Ok(n))
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().socket)
-            .poll_flush(cx)
-            .map_err(ws_error)
+        let this = self.get_mut();
+        ready!(this.poll_write_out(cx))?;
+        Pin::new(&mut this.io).poll_flush(cx)
     }
 
+    /// Sends a close frame; the server answers it and then ends the
+    /// connection (RFC 6455 section 7.1.1: the server closes the TCP
+    /// connection first).
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().socket)
-            .poll_close(cx)
-            .map_err(ws_error)
-    }
-}
-
-fn ws_error(e: tokio_tungstenite::tungstenite::Error) -> std::io::Error {
-    match e {
-        tokio_tungstenite::tungstenite::Error::Io(e) => e,
-        other => std::io::Error::other(other),
+        let this = self.get_mut();
+        if !this.closed {
+            // 1000: normal closure.
+            this.queue(wire::CLOSE_FRAME, None, &1000u16.to_be_bytes());
+            this.closed = true;
+        }
+        ready!(this.poll_write_out(cx))?;
+        Pin::new(&mut this.io).poll_flush(cx)
     }
 }
 

@@ -36,3 +36,17 @@ fn diff_lists_new_changed_and_imported_variables_and_the_removed_ones() {
     );
     assert_eq!(unset, ["HOME"]);
 }
+
+#[test]
+fn the_intproxy_keeps_its_heap_and_the_users_own_malloc_tunables_win() {
+    assert_eq!(intproxy_tunables(None), INTPROXY_MALLOC_TUNABLES);
+    assert_eq!(
+        intproxy_tunables(Some(std::ffi::OsStr::new(""))),
+        INTPROXY_MALLOC_TUNABLES
+    );
+    let own = "glibc.malloc.trim_threshold=0";
+    assert_eq!(
+        intproxy_tunables(Some(std::ffi::OsStr::new(own))),
+        format!("{INTPROXY_MALLOC_TUNABLES}:{own}").as_str()
+    );
+}

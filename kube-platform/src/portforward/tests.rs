@@ -125,10 +125,9 @@ async fn streamed() -> (
     WebSocketStream<DuplexStream>,
 ) {
     let (client_io, server_io) = tokio::io::duplex(256 * 1024);
-    let socket = WebSocketStream::from_raw_socket(client_io, Role::Client, None).await;
     let server = WebSocketStream::from_raw_socket(server_io, Role::Server, None).await;
     (
-        PortForwardStream::new(socket, "agent-pod".into(), PORT),
+        PortForwardStream::new(client_io, "agent-pod".into(), PORT),
         server,
     )
 }
@@ -215,4 +214,132 @@ async fn a_channel_opened_for_another_port_is_invalid_data() {
     let e = stream.read(&mut [0; 16]).await.unwrap_err();
     assert_eq!(e.kind(), std::io::ErrorKind::InvalidData);
     assert!(e.to_string().contains("not 4242"), "{e}");
+}
+
+#[tokio::test]
+async fn a_download_through_the_stream_arrives_whole_and_in_order() {
+    let (mut stream, mut server) = streamed().await;
+    announce(&mut server, PORT).await;
+    let data: Vec<u8> = (0..4 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    let sent = data.clone();
+    let sender = tokio::spawn(async move {
+        // Messages of the size Go's io.Copy gives, and some odd ones.
+        for (i, chunk) in sent.chunks(32 * 1024 + 7).enumerate() {
+            let (a, b) = chunk.split_at(chunk.len().min(i % 300));
+            server.send(on(DATA, a)).await.unwrap();
+            server.send(on(DATA, b)).await.unwrap();
+        }
+        let _ = server.close(None).await;
+        server
+    });
+    let mut got = Vec::new();
+    stream.read_to_end(&mut got).await.unwrap();
+    assert!(
+        got == data,
+        "{} bytes of {} arrived, or out of order",
+        got.len(),
+        data.len()
+    );
+    drop(sender.await.unwrap());
+}
+
+#[tokio::test]
+async fn fragmented_messages_and_pings_between_their_fragments_are_read_whole() {
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    let (mut stream, mut server) = streamed().await;
+    // The data channel's announcement in two fragments.
+    let binary = |payload: &[u8], fin| {
+        Message::Frame(Frame::message(
+            payload.to_vec(),
+            OpCode::Data(Data::Binary),
+            fin,
+        ))
+    };
+    let more = |payload: &[u8], fin| {
+        Message::Frame(Frame::message(
+            payload.to_vec(),
+            OpCode::Data(Data::Continue),
+            fin,
+        ))
+    };
+    server
+        .send(binary(&[DATA, PORT.to_le_bytes()[0]], false))
+        .await
+        .unwrap();
+    server
+        .send(more(&[PORT.to_le_bytes()[1]], true))
+        .await
+        .unwrap();
+    server.send(on(ERROR, &PORT.to_le_bytes())).await.unwrap();
+    server
+        .send(binary(&[DATA, b'a', b'b'], false))
+        .await
+        .unwrap();
+    server
+        .send(Message::Ping(Bytes::from_static(b"are you there")))
+        .await
+        .unwrap();
+    server.send(more(b"", false)).await.unwrap();
+    server.send(more(b"cd", true)).await.unwrap();
+    server
+        .send(Message::Text("for nobody".into()))
+        .await
+        .unwrap();
+    server.send(on(DATA, b"ef")).await.unwrap();
+    let mut got = [0; 6];
+    stream.read_exact(&mut got).await.unwrap();
+    assert_eq!(&got, b"abcdef");
+    // The ping was answered with its payload.
+    let answer = server.next().await.unwrap().unwrap();
+    assert_eq!(answer, Message::Pong(Bytes::from_static(b"are you there")));
+}
+
+#[tokio::test]
+async fn the_servers_close_is_answered_with_its_status_code() {
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    let (mut stream, mut server) = streamed().await;
+    announce(&mut server, PORT).await;
+    server
+        .close(Some(CloseFrame {
+            code: CloseCode::Away,
+            reason: "shutting down".into(),
+        }))
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    stream.read_to_end(&mut rest).await.unwrap();
+    assert!(rest.is_empty());
+    match server.next().await {
+        Some(Ok(Message::Close(Some(frame)))) => assert_eq!(frame.code, CloseCode::Away),
+        other => panic!("expected the close echoed, got {other:?}"),
+    }
+    // Nothing can be sent after the close.
+    let e = stream.write(b"late").await.unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe);
+}
+
+#[tokio::test]
+async fn a_masked_frame_from_the_server_is_invalid_data() {
+    // A server must not mask (RFC 6455 section 5.1): played by a client-role
+    // tungstenite, which masks everything it sends.
+    let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+    let mut stream = PortForwardStream::new(client_io, "agent-pod".into(), PORT);
+    let mut masking = WebSocketStream::from_raw_socket(server_io, Role::Client, None).await;
+    masking.send(on(DATA, &PORT.to_le_bytes())).await.unwrap();
+    let e = stream.read(&mut [0; 16]).await.unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::InvalidData);
+    assert!(e.to_string().contains("masked"), "{e}");
+}
+
+#[tokio::test]
+async fn a_connection_cut_inside_a_frame_is_an_unexpected_end() {
+    let (client_io, mut server_io) = tokio::io::duplex(64 * 1024);
+    let mut stream = PortForwardStream::new(client_io, "agent-pod".into(), PORT);
+    // A binary frame announcing 10 bytes, of which 3 come.
+    server_io.write_all(&[0x82, 10, DATA, 1, 2]).await.unwrap();
+    drop(server_io);
+    let e = stream.read(&mut [0; 16]).await.unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof);
 }
