@@ -222,13 +222,6 @@ fn recvmmsg_on_a_routed_socket_returns_every_pending_datagram_in_one_call() {
     );
 }
 
-/// A signal that interrupts a receive after the supervisor took the
-/// datagram but before the answer reached the program no longer loses it:
-/// it is put back on the socket and the retried receive gets it. The
-/// receiving thread gets SIGUSR1 every 100 µs during 150 request/reply
-/// rounds: a blocking `recvfrom` of static C (waited for by a supervisor
-/// thread, EINTR retried) and Go's non-blocking `ReadFrom` (answered at
-/// once). Before, a reply was lost now and then and its round timed out.
 /// A blocking receive the supervisor waits for ends as the kernel's would
 /// when a signal comes (the filter keeps signals from ending a notified call
 /// once the supervisor has it, so the waiter must end it): `EINTR` without
@@ -286,6 +279,13 @@ fn a_fatal_signal_ends_a_program_in_a_waited_udp_receive() {
     assert!(!status.success(), "{status}");
 }
 
+/// A signal that interrupts a receive after the supervisor took the
+/// datagram but before the answer reached the program no longer loses it:
+/// it is put back on the socket and the retried receive gets it. The
+/// receiving thread gets SIGUSR1 every 100 µs during 150 request/reply
+/// rounds: a blocking `recvfrom` of static C (waited for by a supervisor
+/// thread, EINTR retried) and Go's non-blocking `ReadFrom` (answered at
+/// once). Before, a reply was lost now and then and its round timed out.
 #[test]
 fn a_signal_during_a_udp_receive_loses_no_datagram() {
     require_sandbox!();

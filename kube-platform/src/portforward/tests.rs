@@ -72,11 +72,25 @@ async fn bytes_go_both_ways_and_the_local_end_closes_the_forward() {
     assert!(rest.is_empty());
 }
 
+/// 4 MiB of a pattern that shows bytes out of order.
+fn download() -> Vec<u8> {
+    (0..4 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect()
+}
+
+fn assert_arrived_whole(got: &[u8], data: &[u8]) {
+    assert!(
+        got == data,
+        "{} bytes of {} arrived, or out of order",
+        got.len(),
+        data.len()
+    );
+}
+
 #[tokio::test]
 async fn a_large_download_arrives_whole_and_in_order() {
     let (mut app, mut server) = relayed().await;
     announce(&mut server, PORT).await;
-    let data: Vec<u8> = (0..4 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    let data = download();
     let sent = data.clone();
     let sender = tokio::spawn(async move {
         for chunk in sent.chunks(32 * 1024) {
@@ -87,12 +101,7 @@ async fn a_large_download_arrives_whole_and_in_order() {
     });
     let mut got = Vec::new();
     app.read_to_end(&mut got).await.unwrap();
-    assert!(
-        got == data,
-        "{} bytes of {} arrived, or out of order",
-        got.len(),
-        data.len()
-    );
+    assert_arrived_whole(&got, &data);
     drop(sender.await.unwrap());
 }
 
@@ -220,7 +229,7 @@ async fn a_channel_opened_for_another_port_is_invalid_data() {
 async fn a_download_through_the_stream_arrives_whole_and_in_order() {
     let (mut stream, mut server) = streamed().await;
     announce(&mut server, PORT).await;
-    let data: Vec<u8> = (0..4 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    let data = download();
     let sent = data.clone();
     let sender = tokio::spawn(async move {
         // Messages of the size Go's io.Copy gives, and some odd ones.
@@ -234,12 +243,7 @@ async fn a_download_through_the_stream_arrives_whole_and_in_order() {
     });
     let mut got = Vec::new();
     stream.read_to_end(&mut got).await.unwrap();
-    assert!(
-        got == data,
-        "{} bytes of {} arrived, or out of order",
-        got.len(),
-        data.len()
-    );
+    assert_arrived_whole(&got, &data);
     drop(sender.await.unwrap());
 }
 

@@ -1,5 +1,5 @@
 """moto_server (PyPI moto[server]) with its SQS backend made safe for
-concurrent requests and linear-time free on its hot paths.
+concurrent requests and without its per-message rescans of a whole queue.
 
 The tests run moto's own server and SQS implementation; this launcher only
 mends four things in moto 5.x that real SQS does not share (see
