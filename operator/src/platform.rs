@@ -77,6 +77,8 @@ pub trait Platform: Send + Sync + std::fmt::Debug + 'static {
     /// A command for `program` (a database client) whose connections leave
     /// from `target`'s network, so addresses mean what they mean to the
     /// target. `target` is a canonical name; when the target is gone the
-    /// command runs from the operator's own network.
+    /// command runs from the operator's own network. Spawn it on the thread
+    /// that waits for it: the local platform's command dies with the thread
+    /// that spawned it (so with a killed operator).
     fn dial(&self, target: &str, program: &str) -> std::process::Command;
 }

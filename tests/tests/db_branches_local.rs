@@ -1161,12 +1161,7 @@ fn a_branch_half_made_when_the_operator_is_killed_is_dropped_by_its_successor() 
         Duration::from_secs(60),
         || exists(&branch),
     );
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(i32::try_from(op.pid()).unwrap()),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
-    drop(op);
+    kill_operator_checking_its_copies_die(op);
     let _ = session.wait();
     assert!(exists(&branch), "the killed operator dropped its branch");
 
@@ -1484,10 +1479,49 @@ fn descendants(pid: u32) -> Vec<i32> {
     found
 }
 
-/// SIGKILL the operator, then the clients it had started (by their pids:
-/// they would go on reading the source for a minute).
-fn kill_operator_and_its_clients(op: OperatorProcess) {
-    let clients = descendants(op.pid());
+/// The database programs an operator runs to copy a branch.
+const COPY_PROGRAMS: [&str; 8] = [
+    "pg_dump",
+    "psql",
+    "mariadb",
+    "mariadb-dump",
+    "mariadb-backup",
+    "mydumper",
+    "myloader",
+    "nsenter",
+];
+
+/// `pid`'s command name, unless it is gone (or a zombie, dead but not yet
+/// reaped by whoever adopted it).
+fn live_comm(pid: i32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (head, rest) = stat.rsplit_once(')')?;
+    let comm = head.split_once('(')?.1.to_owned();
+    (rest.split_whitespace().next() != Some("Z")).then_some(comm)
+}
+
+/// Once the operator runs a copy program, SIGKILL the operator and check
+/// that the copy programs it had started die with it (they would go on
+/// reading the source for a minute); then end whatever else it had started
+/// (its agents), by their pids.
+fn kill_operator_checking_its_copies_die(op: OperatorProcess) {
+    let copies = |started: &[i32]| -> Vec<(i32, String)> {
+        started
+            .iter()
+            .filter_map(|&pid| live_comm(pid).map(|comm| (pid, comm)))
+            .filter(|(_, comm)| COPY_PROGRAMS.contains(&comm.as_str()))
+            .collect()
+    };
+    let (mut started, mut running) = (Vec::new(), Vec::new());
+    fixtures::wait_for(
+        "the operator to run a copy program",
+        Duration::from_secs(30),
+        || {
+            started = descendants(op.pid());
+            running = copies(&started);
+            !running.is_empty()
+        },
+    );
     let kill = |pid: i32| {
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(pid),
@@ -1495,10 +1529,15 @@ fn kill_operator_and_its_clients(op: OperatorProcess) {
         );
     };
     kill(i32::try_from(op.pid()).unwrap());
-    for pid in clients {
+    drop(op);
+    fixtures::wait_for(
+        &format!("the killed operator's copy programs {running:?} to die with it"),
+        Duration::from_secs(10),
+        || running.iter().all(|(pid, _)| live_comm(*pid).is_none()),
+    );
+    for pid in started {
         kill(pid);
     }
-    drop(op);
 }
 
 /// The checksum column of `CHECKSUM TABLE db.t1, db.t2, …` (without the
@@ -1935,7 +1974,7 @@ fn a_mariadb_branch_half_made_when_the_operator_is_killed_is_dropped_by_its_succ
         Duration::from_secs(60),
         || exists("users"),
     );
-    kill_operator_and_its_clients(op);
+    kill_operator_checking_its_copies_die(op);
     let _ = session.wait();
     // The killed mariadb-dump's query would read on for a minute (and hold
     // the branch's drop back): ended too.
@@ -2055,7 +2094,7 @@ fn a_mariadb_fast_path_branch_half_made_when_the_operator_is_killed_is_removed_b
         || golden().is_some_and(|g| g.join("ib_logfile0").exists()),
     );
     let golden_dir = golden().unwrap();
-    kill_operator_and_its_clients(op);
+    kill_operator_checking_its_copies_die(op);
     let _ = session.wait();
     drop(lock_input);
     drop(lock);

@@ -224,6 +224,39 @@ pub fn parse_pid_target(target: &str) -> std::result::Result<u32, String> {
         .ok_or_else(|| format!("{pid:?} is not a process id"))
 }
 
+/// A command that runs `program args…` and dies (SIGKILL) when the
+/// operator's thread that spawns it ends, so a database copy does not
+/// outlive a killed operator (its successor drops the half-made branch; the
+/// copy would only hold the source's connection and snapshot until it
+/// finished). util-linux `setpriv --pdeathsig` arms `PR_SET_PDEATHSIG` and
+/// execs the rest (the operator has no `unsafe` for a `pre_exec` of its
+/// own); without `setpriv` on this machine the command runs as it is.
+///
+/// The signal fires when the spawning *thread* exits, not the process:
+/// every caller spawns a copy's programs on the blocking thread that then
+/// waits for them, so that thread lives as long as they do. It survives the
+/// `exec` of `nsenter` and of the program it runs, not a fork (a server
+/// that `sh` starts in the background lives on).
+fn dying_with_the_operator(program: &str) -> Command {
+    static SETPRIV: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let have = *SETPRIV.get_or_init(|| {
+        Command::new("setpriv")
+            .args(["--pdeathsig", "KILL", "--", "true"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    });
+    if have {
+        let mut cmd = Command::new("setpriv");
+        cmd.args(["--pdeathsig", "KILL", "--", program]);
+        cmd
+    } else {
+        Command::new(program)
+    }
+}
+
 impl Platform for LocalPlatform {
     fn name(&self) -> &'static str {
         "local"
@@ -241,11 +274,11 @@ impl Platform for LocalPlatform {
             });
         match netns {
             Some(ns) => {
-                let mut cmd = Command::new("nsenter");
+                let mut cmd = dying_with_the_operator("nsenter");
                 cmd.arg(format!("--net={ns}")).arg("--").arg(program);
                 cmd
             }
-            None => Command::new(program),
+            None => dying_with_the_operator(program),
         }
     }
 
