@@ -4,8 +4,8 @@
 //! service, (c) for requests that match and are delivered to the local app,
 //! (d) against the local app directly, and (e) through a real reverse proxy,
 //! HAProxy, run in the pod in front of the same service with HTTP/1.1
-//! keep-alive to it. (a), (b) and (e) run alternately, RUNS rounds, and each
-//! row is the median of its runs. Prints a markdown table; every number is
+//! keep-alive to it. (a), (b) and (e) run alternately, `REMORA_BENCH_RUNS`
+//! rounds (default 3), and each row is the median of its runs. Prints a markdown table; every number is
 //! measured in this run.
 //!
 //! The stolen port is redirected for the pod's own connections too, so (a)
@@ -30,7 +30,15 @@ const PROXY_PORT: u16 = 19090;
 const LOCAL_PORT: u16 = 19181;
 /// The local app of agent B's pod ([`AGENT_B_ENV`]).
 const LOCAL_PORT_B: u16 = 19182;
-const RUNS: usize = 3;
+/// Rounds per comparison (`REMORA_BENCH_RUNS`, default 3; odd numbers
+/// give a true median).
+fn rounds() -> usize {
+    std::env::var("REMORA_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(3)
+}
 /// Load: as many requests as 32 connections get through.
 const WRK_ARGS: [&str; 6] = ["-t2", "-c32", "-d3s", "--latency", "--timeout", "5s"];
 /// Latency: one connection, one request at a time (the machine is not
@@ -134,7 +142,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn wrk(args: &[&str], url: &str, header: Option<&str>) -> Result<Wrk> {
-    let runs = (0..RUNS)
+    let runs = (0..rounds())
         .map(|_| wrk_once(args, url, header))
         .collect::<Result<Vec<_>>>()?;
     Ok(summary(&runs))
@@ -157,13 +165,13 @@ struct Path<'a> {
     cpu_of: Option<u32>,
 }
 
-/// `wrk args` against each path in turn, RUNS rounds: each path's medians
-/// and, when it names a process, that process's CPU µs per request over its
+/// `wrk args` against each path in turn, [`rounds`] rounds: each path's
+/// medians and, when it names a process, that process's CPU µs per request over its
 /// own runs.
 fn alternate(args: &[&str], paths: &[Path<'_>]) -> Result<Vec<(Wrk, Option<f64>)>> {
     let mut runs: Vec<Vec<Wrk>> = paths.iter().map(|_| Vec::new()).collect();
     let mut cpu = vec![0.0; paths.len()];
-    for _ in 0..RUNS {
+    for _ in 0..rounds() {
         for (i, path) in paths.iter().enumerate() {
             let before = path.cpu_of.and_then(procs::cpu_seconds);
             runs[i].push(wrk_once(args, path.url, None)?);
@@ -544,7 +552,9 @@ fn bench() -> Result<()> {
     println!("## incoming traffic (filtered steal, HTTP/1.1)\n");
     println!(
         "- wrk against the pod's IP from this machine (another host for the pod); (a), (b) and \
-         (e) alternate, {RUNS} rounds, medians; (c) and (d) median of {RUNS} runs"
+         (e) alternate, {} rounds, medians; (c) and (d) median of {} runs",
+        rounds(),
+        rounds()
     );
     println!(
         "- filter: `--http-header-filter '^{HEADER}$'`; service and local app: `remora-bench-app \
