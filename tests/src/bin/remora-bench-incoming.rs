@@ -5,8 +5,8 @@
 //! (d) against the local app directly, and (e) through a real reverse proxy,
 //! HAProxy, run in the pod in front of the same service with HTTP/1.1
 //! keep-alive to it. (a), (b) and (e) run alternately, `REMORA_BENCH_RUNS`
-//! rounds (default 3), and each row is the median of its runs. Prints a markdown table; every number is
-//! measured in this run.
+//! rounds (default 3), and each row is the median of its runs. Prints a
+//! markdown table; every number is measured in this run.
 //!
 //! The stolen port is redirected for the pod's own connections too, so (a)
 //! and (e) reach a second instance of the same service on [`TWIN_PORT`] (the
@@ -166,8 +166,8 @@ struct Path<'a> {
 }
 
 /// `wrk args` against each path in turn, [`rounds`] rounds: each path's
-/// medians and, when it names a process, that process's CPU µs per request over its
-/// own runs.
+/// medians and, when it names a process, that process's CPU µs per request
+/// over its own runs.
 fn alternate(args: &[&str], paths: &[Path<'_>]) -> Result<Vec<(Wrk, Option<f64>)>> {
     let mut runs: Vec<Vec<Wrk>> = paths.iter().map(|_| Vec::new()).collect();
     let mut cpu = vec![0.0; paths.len()];
