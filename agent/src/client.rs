@@ -14,8 +14,9 @@ use crate::outgoing::Outgoing;
 use crate::pool::NsPool;
 use crate::server::ShutdownHandle;
 use crate::session::SessionRegistry;
+use bytes::Buf;
 use futures::{SinkExt, StreamExt};
-use remora_protocol::codec::FrameCodec;
+use remora_protocol::codec::{FrameCodec, FrameQueue};
 use remora_protocol::fs::FsRequest;
 use remora_protocol::incoming::IncomingClient;
 use remora_protocol::session::{SessionReply, SessionRequest};
@@ -26,14 +27,20 @@ use remora_protocol::{
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedReadHalf;
 use tokio::sync::{Semaphore, mpsc};
-use tokio_util::codec::Framed;
+use tokio_util::codec::{Framed, FramedParts, FramedRead};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 /// Server messages queued for one client's socket.
 pub const OUTBOUND_CAPACITY: usize = 256;
+
+/// Bytes of queued frames gathered into one (vectored) write: several data
+/// chunks per system call when the socket is the bottleneck.
+const WRITE_BATCH: usize = 256 * 1024;
 
 /// Requests of one client being worked on at once; beyond that the agent
 /// stops reading that client's frames until one finishes.
@@ -62,6 +69,8 @@ pub(crate) struct AgentContext {
 
 type HelloFramed = Framed<TcpStream, FrameCodec<Hello, HelloReply>>;
 type LinkFramed = Framed<TcpStream, FrameCodec<ClientMessage, ServerMessage>>;
+/// The client's frames, once the link is split for the writer task.
+type LinkFrames = FramedRead<OwnedReadHalf, FrameCodec<ClientMessage, ServerMessage>>;
 
 /// Serve one TCP connection until it ends.
 pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, ctx: Arc<AgentContext>) {
@@ -189,11 +198,21 @@ impl ClientTask {
     }
 
     async fn run(mut self, link: LinkFramed, mut kill_rx: mpsc::Receiver<String>) {
-        let (sink, mut frames) = link.split();
         let Some(out_rx) = self.out_rx.take() else {
             return;
         };
-        let mut writer = tokio::spawn(write_loop(sink, out_rx));
+        // The writer writes data payloads as they are (no copy into a
+        // codec's buffer); the reader keeps what followed the handshake.
+        let FramedParts {
+            io,
+            read_buf,
+            codec,
+            ..
+        } = link.into_parts();
+        let (reader, writer) = io.into_split();
+        let mut frames = FramedRead::new(reader, codec);
+        *frames.read_buffer_mut() = read_buf;
+        let mut writer = tokio::spawn(write_loop(writer, out_rx));
         let token = self.token.clone();
         let ended = tokio::select! {
             ended = self.read_loop(&mut frames) => ended,
@@ -231,7 +250,7 @@ impl ClientTask {
         );
     }
 
-    async fn read_loop(&mut self, frames: &mut futures::stream::SplitStream<LinkFramed>) -> Ended {
+    async fn read_loop(&mut self, frames: &mut LinkFrames) -> Ended {
         loop {
             let message = match frames.next().await {
                 None | Some(Err(CodecError::Io(_))) => return Ended::Gone,
@@ -401,21 +420,29 @@ impl RequestWorker {
     }
 }
 
-/// Writes the client's outbound queue to its socket, batching flushes. Stops
-/// after a `Closing` frame, when the queue closes, or on a write error.
-async fn write_loop(
-    mut sink: futures::stream::SplitSink<LinkFramed, ServerMessage>,
+/// Writes the client's outbound queue to its socket: what is queued when
+/// the socket is free goes out in one vectored write (up to
+/// [`WRITE_BATCH`]), each large data payload as it is ([`FrameQueue`]).
+/// Stops after a `Closing` frame, when the queue closes, or on a write error.
+async fn write_loop<W: AsyncWrite + Unpin>(
+    mut writer: W,
     mut out_rx: mpsc::Receiver<ServerMessage>,
 ) {
+    let mut frames = FrameQueue::default();
     while let Some(message) = out_rx.recv().await {
-        let last = matches!(message, ServerMessage::Closing { .. });
-        if let Err(e) = sink.feed(message).await {
-            tracing::debug!(error = %e, "cannot write to the client");
-            return;
+        let mut next = Some(message);
+        let mut last = false;
+        while let Some(message) = next.take() {
+            last = matches!(message, ServerMessage::Closing { .. });
+            if let Err(e) = frames.push(&message) {
+                tracing::debug!(error = %e, "cannot write to the client");
+                return;
+            }
+            if !last && frames.remaining() < WRITE_BATCH {
+                next = out_rx.try_recv().ok();
+            }
         }
-        if (last || out_rx.is_empty())
-            && let Err(e) = sink.flush().await
-        {
+        if let Err(e) = writer.write_all_buf(&mut frames).await {
             tracing::debug!(error = %e, "cannot write to the client");
             return;
         }
@@ -423,5 +450,8 @@ async fn write_loop(
             break;
         }
     }
-    let _ = sink.close().await;
+    let _ = writer.shutdown().await;
 }
+
+#[cfg(test)]
+mod tests;

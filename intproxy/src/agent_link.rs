@@ -12,7 +12,7 @@ use crate::flow::{Admit, Route};
 use crate::{AgentEndpoint, AgentStream, IntProxyConfig};
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
-use remora_protocol::codec::FrameCodec;
+use remora_protocol::codec::{FrameCodec, LinkCodec};
 use remora_protocol::fs::{FsReply, FsRequest};
 use remora_protocol::handshake::PROTOCOL_VERSION;
 use remora_protocol::incoming::{
@@ -295,7 +295,9 @@ impl AgentApi {
     }
 }
 
-type AgentFramed = Framed<Box<dyn AgentStream>, FrameCodec<ServerMessage, ClientMessage>>;
+/// The link's codec hands a large data message's payload on as a slice of
+/// the read buffer ([`LinkCodec`]).
+type AgentFramed = Framed<Box<dyn AgentStream>, LinkCodec<ServerMessage, ClientMessage>>;
 
 /// Open the stream to the agent: a TCP connection, or the dialer's stream
 /// (a port-forward WebSocket, with no local socket in between).
@@ -377,7 +379,7 @@ pub async fn connect(config: &IntProxyConfig) -> Result<AgentApi> {
         Some(Err(e)) => return Err(handshake_error(e.to_string())),
         None => return Err(handshake_error("connection closed during handshake".into())),
     };
-    let framed: AgentFramed = hs.map_codec(|_| FrameCodec::default());
+    let framed: AgentFramed = hs.map_codec(|_| LinkCodec::default());
     let (command_tx, command_rx) = mpsc::channel(COMMAND_CAPACITY);
     let dead = Arc::new(Mutex::new(None));
     let flow_control = capabilities.contains(Capabilities::FLOW_CONTROL);

@@ -5,12 +5,17 @@
 //! bincode decoding is bounded by the same limit, so hostile or corrupt input
 //! produces a [`CodecError`], never a panic or an unbounded allocation.
 //!
-//! bincode is only ever named in this module: swapping the format means
-//! changing [`encode`] and [`decode`].
+//! bincode is only ever named in this module and [`data`]: swapping the
+//! format means changing [`encode`], [`decode`] and [`data`]'s prefixes.
 
+use bytes::{BufMut, BytesMut};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::io::{Read, Write};
+
+pub mod data;
+
+pub use data::{DataMessage, FrameQueue};
 
 /// Hard upper bound of one frame's payload. Data streams are chunked far below
 /// it ([`crate::outgoing::MAX_CHUNK`]).
@@ -71,6 +76,34 @@ pub fn encode_frame<T: Serialize>(msg: &T, out: &mut Vec<u8>) -> Result<(), Code
     // Cannot truncate: encode() refused payloads above MAX_FRAME_LEN < u32::MAX.
     out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
     out.extend_from_slice(&payload);
+    Ok(())
+}
+
+/// Append a complete frame (header + payload) to `dst`, encoding straight
+/// into it behind a header written last: no intermediate buffer. On an
+/// error `dst` is left as it was.
+pub fn encode_frame_into<T: Serialize>(msg: &T, dst: &mut BytesMut) -> Result<(), CodecError> {
+    let start = dst.len();
+    dst.put_bytes(0, HEADER_LEN);
+    let mut writer = dst.writer();
+    let written = bincode::serde::encode_into_std_write(msg, &mut writer, config());
+    let dst = writer.into_inner();
+    let len = match written {
+        Ok(len) if len <= MAX_FRAME_LEN => len,
+        Ok(len) => {
+            dst.truncate(start);
+            return Err(CodecError::FrameTooLarge {
+                len,
+                max: MAX_FRAME_LEN,
+            });
+        }
+        Err(e) => {
+            dst.truncate(start);
+            return Err(CodecError::Encode(e.to_string()));
+        }
+    };
+    // Cannot truncate: `len` is at most MAX_FRAME_LEN < u32::MAX.
+    dst[start..start + HEADER_LEN].copy_from_slice(&(len as u32).to_be_bytes());
     Ok(())
 }
 
@@ -146,13 +179,13 @@ fn read_exact_or_closed<R: Read>(
 }
 
 #[cfg(feature = "tokio-codec")]
-pub use self::tokio_codec::FrameCodec;
+pub use self::tokio_codec::{FrameCodec, LinkCodec};
 
 #[cfg(feature = "tokio-codec")]
 mod tokio_codec {
     //! `tokio_util::codec` adapter for the frame format.
     use super::*;
-    use bytes::{Buf, BufMut, BytesMut};
+    use bytes::{Buf, BytesMut};
     use std::marker::PhantomData;
 
     /// Decodes `In` frames and encodes `Out` frames.
@@ -174,20 +207,33 @@ mod tokio_codec {
         type Error = CodecError;
 
         fn decode(&mut self, src: &mut BytesMut) -> Result<Option<In>, CodecError> {
-            if src.len() < HEADER_LEN {
+            let Some(len) = whole_frame(src, 0)? else {
                 return Ok(None);
-            }
-            let mut h = [0u8; HEADER_LEN];
-            h.copy_from_slice(&src[..HEADER_LEN]);
-            let len = frame_len(h)?;
-            if src.len() < HEADER_LEN + len {
-                src.reserve(HEADER_LEN + len - src.len());
-                return Ok(None);
-            }
+            };
             let msg = super::decode(&src[HEADER_LEN..HEADER_LEN + len])?;
             src.advance(HEADER_LEN + len);
             Ok(Some(msg))
         }
+    }
+
+    /// The payload length of the whole frame at the front of `src`, or
+    /// `None` after making room for the rest of it (and for at least
+    /// `room` bytes).
+    fn whole_frame(src: &mut BytesMut, room: usize) -> Result<Option<usize>, CodecError> {
+        if src.len() < HEADER_LEN {
+            return Ok(None);
+        }
+        let mut h = [0u8; HEADER_LEN];
+        h.copy_from_slice(&src[..HEADER_LEN]);
+        let len = frame_len(h)?;
+        if src.len() < HEADER_LEN + len {
+            let missing = HEADER_LEN + len - src.len();
+            if src.capacity() - src.len() < missing {
+                src.reserve(missing.max(room));
+            }
+            return Ok(None);
+        }
+        Ok(Some(len))
     }
 
     impl<In, Out: Serialize> tokio_util::codec::Encoder<Out> for FrameCodec<In, Out> {
@@ -196,28 +242,54 @@ mod tokio_codec {
         /// Encodes the payload straight into `dst` behind a header written
         /// last: no intermediate buffer, one copy of a data message's bytes.
         fn encode(&mut self, item: Out, dst: &mut BytesMut) -> Result<(), CodecError> {
-            let start = dst.len();
-            dst.extend_from_slice(&[0; HEADER_LEN]);
-            let mut writer = dst.writer();
-            let written = bincode::serde::encode_into_std_write(&item, &mut writer, config());
-            let dst = writer.into_inner();
-            let len = match written {
-                Ok(len) if len <= MAX_FRAME_LEN => len,
-                Ok(len) => {
-                    dst.truncate(start);
-                    return Err(CodecError::FrameTooLarge {
-                        len,
-                        max: MAX_FRAME_LEN,
-                    });
-                }
-                Err(e) => {
-                    dst.truncate(start);
-                    return Err(CodecError::Encode(e.to_string()));
-                }
+            encode_frame_into(&item, dst)
+        }
+    }
+
+    /// Bytes a [`LinkCodec`] makes room for when a frame is incomplete:
+    /// several data frames, which then share one buffer.
+    const LINK_READ_ROOM: usize = 256 * 1024;
+
+    /// [`FrameCodec`] for the agent link: a large data message's payload is
+    /// handed on as a slice of the read buffer ([`data::decode_shared`])
+    /// instead of being copied out of it. The frames of one read share its
+    /// buffer, so an incomplete frame makes room for several more.
+    #[derive(Debug)]
+    pub struct LinkCodec<In, Out> {
+        frames: FrameCodec<In, Out>,
+    }
+
+    impl<In, Out> Default for LinkCodec<In, Out> {
+        fn default() -> Self {
+            Self {
+                frames: FrameCodec::default(),
+            }
+        }
+    }
+
+    impl<In: data::DataMessage, Out> tokio_util::codec::Decoder for LinkCodec<In, Out> {
+        type Item = In;
+        type Error = CodecError;
+
+        fn decode(&mut self, src: &mut BytesMut) -> Result<Option<In>, CodecError> {
+            let Some(len) = whole_frame(src, LINK_READ_ROOM)? else {
+                return Ok(None);
             };
-            // Cannot truncate: `len` is at most MAX_FRAME_LEN < u32::MAX.
-            dst[start..start + HEADER_LEN].copy_from_slice(&(len as u32).to_be_bytes());
-            Ok(())
+            let frame = HEADER_LEN..HEADER_LEN + len;
+            if data::split_data::<In>(&src[frame]).is_none() {
+                return tokio_util::codec::Decoder::decode(&mut self.frames, src);
+            }
+            let mut frame = src.split_to(HEADER_LEN + len);
+            frame.advance(HEADER_LEN);
+            data::decode_shared(frame.freeze()).map(Some)
+        }
+    }
+
+    impl<In, Out: Serialize> tokio_util::codec::Encoder<Out> for LinkCodec<In, Out> {
+        type Error = CodecError;
+
+        fn encode(&mut self, item: Out, dst: &mut BytesMut) -> Result<(), CodecError> {
+            self.frames.encode(item, dst)
         }
     }
 

@@ -114,7 +114,7 @@ where
     });
 }
 
-fn big_stack(f: impl FnOnce() + Send + 'static) {
+pub(crate) fn big_stack(f: impl FnOnce() + Send + 'static) {
     std::thread::Builder::new()
         .stack_size(64 << 20)
         .spawn(f)

@@ -61,6 +61,24 @@ fn a_deployment_target_gives_the_command_the_pods_env_files_and_network_then_the
     )));
     std::fs::create_dir_all(&pod_dir.0).unwrap();
     std::fs::write(pod_dir.0.join("hello.txt"), "a file of the pod\n").unwrap();
+    // A download of many data frames through the port-forward (in varied
+    // bytes, so a lost, doubled or reordered chunk changes the digest).
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    let big: Vec<u8> = (0..8_000_003)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (state >> 56) as u8
+        })
+        .collect();
+    std::fs::write(pod_dir.0.join("big.bin"), &big).unwrap();
+    let big_digest = Command::new("sha256sum")
+        .arg(pod_dir.0.join("big.bin"))
+        .output()
+        .unwrap();
+    let big_digest = text(&big_digest.stdout);
+    let big_digest = big_digest.split_whitespace().next().unwrap();
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
@@ -89,7 +107,8 @@ fn a_deployment_target_gives_the_command_the_pods_env_files_and_network_then_the
 
     let script = format!(
         "echo GREETING=$GREETING; cat {}/hello.txt; \
-         curl -sS http://127.0.0.1:{port}/hello.txt; uname -n",
+         curl -sS http://127.0.0.1:{port}/hello.txt; uname -n; \
+         curl -sS http://127.0.0.1:{port}/big.bin | sha256sum | head -c 64; echo",
         pod_dir.0.display()
     );
     let out = run_hiding(&sim, &pod_dir.0, "deployment/web", &script);
@@ -108,6 +127,7 @@ fn a_deployment_target_gives_the_command_the_pods_env_files_and_network_then_the
             "a file of the pod",
             "a file of the pod",
             pod,
+            big_digest,
         ],
         "{}",
         text(&out.stderr)
