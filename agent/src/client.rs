@@ -16,7 +16,7 @@ use crate::server::ShutdownHandle;
 use crate::session::SessionRegistry;
 use bytes::Buf;
 use futures::{SinkExt, StreamExt};
-use remora_protocol::codec::{FrameCodec, FrameQueue};
+use remora_protocol::codec::{FrameCodec, FrameQueue, LinkCodec};
 use remora_protocol::fs::FsRequest;
 use remora_protocol::incoming::IncomingClient;
 use remora_protocol::session::{SessionReply, SessionRequest};
@@ -70,7 +70,7 @@ pub(crate) struct AgentContext {
 type HelloFramed = Framed<TcpStream, FrameCodec<Hello, HelloReply>>;
 type LinkFramed = Framed<TcpStream, FrameCodec<ClientMessage, ServerMessage>>;
 /// The client's frames, once the link is split for the writer task.
-type LinkFrames = FramedRead<OwnedReadHalf, FrameCodec<ClientMessage, ServerMessage>>;
+type LinkFrames = FramedRead<OwnedReadHalf, LinkCodec<ClientMessage, ServerMessage>>;
 
 /// Serve one TCP connection until it ends.
 pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, ctx: Arc<AgentContext>) {
@@ -202,15 +202,11 @@ impl ClientTask {
             return;
         };
         // The writer writes data payloads as they are (no copy into a
-        // codec's buffer); the reader keeps what followed the handshake.
-        let FramedParts {
-            io,
-            read_buf,
-            codec,
-            ..
-        } = link.into_parts();
+        // codec's buffer); the reader keeps what followed the handshake and
+        // hands large uploads on as slices of its buffer ([`LinkCodec`]).
+        let FramedParts { io, read_buf, .. } = link.into_parts();
         let (reader, writer) = io.into_split();
-        let mut frames = FramedRead::new(reader, codec);
+        let mut frames = FramedRead::new(reader, LinkCodec::default());
         *frames.read_buffer_mut() = read_buf;
         let mut writer = tokio::spawn(write_loop(writer, out_rx));
         let token = self.token.clone();
