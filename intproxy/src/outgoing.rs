@@ -100,9 +100,12 @@ async fn pump_tcp(
     } = flow;
     // app → agent; `Err` when the stream must end now.
     let upstream = async {
-        let mut buf = vec![0u8; MAX_CHUNK];
+        // A large read is handed on in the buffer it was read into (no
+        // copy); the allocation is reused once the link has written it.
+        let mut buf = bytes::BytesMut::new();
         loop {
-            match rd.read(&mut buf).await {
+            buf.reserve(MAX_CHUNK);
+            match rd.read_buf(&mut bytes::BufMut::limit(&mut buf, MAX_CHUNK)).await {
                 Ok(0) => {
                     let shutdown = OutgoingClient::ShutdownWrite { conn };
                     return agent.send(shutdown).await.map_err(|_| ());
@@ -111,7 +114,15 @@ async fn pump_tcp(
                     if !window.take(n).await {
                         return Err(());
                     }
-                    let data = bytes::Bytes::copy_from_slice(&buf[..n]);
+                    // A small read is copied out: its buffer must not stay
+                    // pinned by the message.
+                    let data = if n >= MAX_CHUNK / 2 {
+                        buf.split().freeze()
+                    } else {
+                        let data = bytes::Bytes::copy_from_slice(&buf);
+                        buf.clear();
+                        data
+                    };
                     agent
                         .send(OutgoingClient::Data { conn, data })
                         .await
