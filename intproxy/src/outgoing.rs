@@ -105,7 +105,10 @@ async fn pump_tcp(
         let mut buf = bytes::BytesMut::new();
         loop {
             buf.reserve(MAX_CHUNK);
-            match rd.read_buf(&mut bytes::BufMut::limit(&mut buf, MAX_CHUNK)).await {
+            match rd
+                .read_buf(&mut bytes::BufMut::limit(&mut buf, MAX_CHUNK))
+                .await
+            {
                 Ok(0) => {
                     let shutdown = OutgoingClient::ShutdownWrite { conn };
                     return agent.send(shutdown).await.map_err(|_| ());
