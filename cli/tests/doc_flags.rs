@@ -30,6 +30,7 @@ const OTHER_PROGRAMS: &[(&str, &[&str])] = &[
         &["--runtime", "--tls", "--rbac-service-account"],
     ),
     ("nsenter", &["--net"]),
+    ("setpriv (util-linux)", &["--pdeathsig"]),
     (
         "dockerd (a private one in agent/tests/docker.rs)",
         &[
