@@ -7,6 +7,7 @@
 
 use crate::flow::{Admit, CreditReturn, Inbound, SendWindow};
 use bytes::{BufMut, Bytes, BytesMut};
+use remora_protocol::codec::data::take_chunk;
 use remora_protocol::outgoing::MAX_CHUNK;
 use remora_protocol::{ConnectionId, ServerMessage};
 use std::io;
@@ -160,20 +161,6 @@ async fn read_chunk<R: AsyncRead + Unpin>(reader: &mut R, buf: &mut BytesMut) ->
     // chunk; otherwise a fresh one, which the copy it replaces needed too.
     buf.reserve(MAX_CHUNK);
     reader.read_buf(&mut (&mut *buf).limit(MAX_CHUNK)).await
-}
-
-/// The chunk just read, leaving `buf` empty. A chunk of at least half of
-/// [`MAX_CHUNK`] keeps the buffer it was read into (no copy); a smaller one
-/// is copied out, so that the memory a stream's queued chunks hold stays
-/// within twice the bytes its credit allows.
-fn take_chunk(buf: &mut BytesMut) -> Bytes {
-    if buf.len() >= MAX_CHUNK / 2 {
-        buf.split().freeze()
-    } else {
-        let chunk = Bytes::copy_from_slice(buf);
-        buf.clear();
-        chunk
-    }
 }
 
 /// Where a stream's writer returns credit.

@@ -8,6 +8,7 @@
 //! to read) never holds up the other one, nor any other stream.
 
 use crate::agent_link::{AgentApi, StreamEvent, StreamFlow};
+use remora_protocol::codec::data::take_chunk;
 use remora_protocol::messages::InterceptorAddr;
 use remora_protocol::net::Transport;
 use remora_protocol::outgoing::{MAX_CHUNK, OutgoingClient};
@@ -100,8 +101,8 @@ async fn pump_tcp(
     } = flow;
     // app → agent; `Err` when the stream must end now.
     let upstream = async {
-        // A large read is handed on in the buffer it was read into (no
-        // copy); the allocation is reused once the link has written it.
+        // A large read is handed on in the buffer it was read into
+        // ([`take_chunk`]).
         let mut buf = bytes::BytesMut::new();
         loop {
             buf.reserve(MAX_CHUNK);
@@ -117,15 +118,7 @@ async fn pump_tcp(
                     if !window.take(n).await {
                         return Err(());
                     }
-                    // A small read is copied out: its buffer must not stay
-                    // pinned by the message.
-                    let data = if n >= MAX_CHUNK / 2 {
-                        buf.split().freeze()
-                    } else {
-                        let data = bytes::Bytes::copy_from_slice(&buf);
-                        buf.clear();
-                        data
-                    };
+                    let data = take_chunk(&mut buf);
                     agent
                         .send(OutgoingClient::Data { conn, data })
                         .await

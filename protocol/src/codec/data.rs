@@ -24,6 +24,22 @@ use std::io::IoSlice;
 /// keep a big read buffer alive (the same bound as the agent's chunks).
 pub const SHARED_MIN: usize = MAX_CHUNK / 2;
 
+/// The chunk just read into `buf`, leaving `buf` empty: a chunk of at least
+/// [`SHARED_MIN`] keeps the buffer it was read into (no copy; the
+/// allocation is reused once the chunk is dropped), a smaller one is copied
+/// out, so that the memory a stream's queued chunks hold stays within twice
+/// the bytes its credit allows. For readers of at most [`MAX_CHUNK`] per
+/// read (the agent's pump, the intproxy's outgoing streams).
+pub fn take_chunk(buf: &mut BytesMut) -> Bytes {
+    if buf.len() >= SHARED_MIN {
+        buf.split().freeze()
+    } else {
+        let chunk = Bytes::copy_from_slice(buf);
+        buf.clear();
+        chunk
+    }
+}
+
 /// The variant indices (outer, inner) of a data message.
 pub type DataTags = (u32, u32);
 
